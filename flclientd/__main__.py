@@ -1,0 +1,3 @@
+from flclientd.cli import main
+
+raise SystemExit(main())

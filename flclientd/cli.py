@@ -1,0 +1,110 @@
+"""flclientd: the federated learning client daemon of one site.
+
+Runs in the foreground and logs to stderr (journald under systemd). It
+verifies its startup kit, finds out what accelerators the site has, logs in
+to the server and then does what admins ask. The site's data folder is
+given by --data-root or the DATA_ROOT environment variable. Exit codes: 0
+after a shutdown command or SIGTERM, 2 for a bad kit or a refused
+certificate, 3 when the server stayed unreachable for the retry window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from flclientd.agent import EXIT_REFUSED, Agent
+from flclientd.device import probe_device
+from flclientd.logforward import LogForwarder
+from flcore.kitsig import KitSignatureError, verify_startup
+from flcore.logs import setup_logging
+from flcore.schema import ConfigError
+from flcore.sdnotify import notify
+from flcore.startup import STARTUP_DIR, ClientStartup, load_client, startup_path
+from flcore.tls import TlsFiles
+
+log = logging.getLogger("flclientd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line of the client daemon."""
+    parser = argparse.ArgumentParser(prog="flclientd", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        required=True,
+        help="the client workspace: the folder that holds the kit's startup/ folder",
+    )
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=os.environ.get("DATA_ROOT") or None,
+        help="the site's data folder (default: $DATA_ROOT)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the flclientd console script."""
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    workspace = args.workspace.resolve()
+    try:
+        verify_startup(workspace / STARTUP_DIR)
+        startup = load_client(workspace)
+    except (KitSignatureError, ConfigError) as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
+    data_root = args.data_root.resolve() if args.data_root else None
+    if data_root is not None and not data_root.is_dir():
+        log.error("data root %s is not a folder: check --data-root or DATA_ROOT", data_root)
+        return EXIT_REFUSED
+    forwarder = None
+    if startup.forward_logs:
+        forwarder = LogForwarder(startup.log_lines_per_second)
+        logging.getLogger().addHandler(forwarder)
+    return asyncio.run(serve(workspace, startup, data_root, forwarder))
+
+
+async def serve(
+    workspace: Path, startup: ClientStartup, data_root: Path | None, forwarder: LogForwarder | None
+) -> int:
+    """Run the agent until shutdown, SIGTERM or the end of the retry window."""
+    files = TlsFiles(
+        startup_path(workspace, startup.ssl_root_cert),
+        startup_path(workspace, startup.ssl_cert),
+        startup_path(workspace, startup.ssl_private_key),
+    )
+    device = await asyncio.to_thread(probe_device)
+    agent = Agent(workspace, startup, files, data_root, device, forwarder)
+    loop = asyncio.get_running_loop()
+    signals = {"count": 0}
+
+    def on_signal(signum: int) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        notify("STOPPING=1")
+        agent.request_shutdown()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    notify("READY=1", f"STATUS=client {startup.name} of {startup.project} on {device.device}")
+    log.info(
+        "flclientd ready: client %s of project %s, server %s, device %s, data root %s",
+        startup.name,
+        startup.project,
+        startup.server_target,
+        device.device,
+        data_root or "(not set)",
+    )
+    code = await agent.run()
+    log.info("flclientd stopped")
+    return code

@@ -1,0 +1,459 @@
+"""The client daemon's handle on its training child (see :mod:`flclientd.worker`).
+
+The child runs the app's custom code and owns the GPU; the daemon only
+starts it, sends it small JSON requests over a private Unix socket, reads
+its log lines, and kills it. Its processes (one per GPU with DataLoader
+workers and whatever custom code starts) all share one process group, so
+an abort is a single ``killpg`` that leaves nothing behind.
+
+The first process starts a new process group and the other ranks join it.
+That group lives in the daemon's session rather than a new one because a
+process can only join a group of its own session; being a group apart is
+what keeps terminal signals and the daemon's own signals away from it.
+The ranks are started here rather than by torchrun for the same reason:
+torchrun puts every rank in a session of its own, where a SIGKILL of the
+launcher cannot reach them and they would keep their GPUs. The ranks get
+torchrun's variables (RANK, LOCAL_RANK, WORLD_SIZE) and meet through a file
+in the private folder, so no TCP port is opened either.
+
+This module must not import torch: the daemon stays small and cannot be
+taken down by CUDA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import signal
+import sys
+import sysconfig
+import tempfile
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flclientd.worker.protocol import (
+    BEST_LOCAL_MODEL,
+    EVENT_FAILED,
+    EVENT_READY,
+    MAX_MESSAGE_BYTES,
+    OP_STOP,
+    OP_TRAIN,
+    OP_VALIDATE,
+    RENDEZVOUS_ENV,
+    SOCKET_ENV,
+    UNMARKED_STDERR_LEVEL,
+    UNMARKED_STDOUT_LEVEL,
+    decode,
+    encode,
+    parse_log_line,
+)
+
+logger = logging.getLogger(__name__)
+
+LogCallback = Callable[[int, str], None]
+
+# The folder holding the flclientd package. When it is not where the
+# interpreter finds installed packages (a source checkout, an editable
+# install), it goes on the child's PYTHONPATH so the child runs this very code.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+TAIL_LINES = 200
+MAX_LINE_CHARS = 64 * 1024
+DRAIN_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What the child found when it got ready."""
+
+    device: str
+    gpu_count: int
+    world_size: int
+    train_samples: int
+    val_samples: int
+
+
+@dataclass(frozen=True)
+class WorkResult:
+    """The answer to a train or validate request.
+
+    ``num_samples`` is the FedAvg weight after training (the site's training
+    samples) and the number of samples validated after validation.
+    """
+
+    num_samples: int
+    metrics: dict[str, float]
+
+
+class WorkerFailed(Exception):
+    """The training child could not do what was asked; ``traceback`` says where."""
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback
+
+
+def _child_environment(socket_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env[SOCKET_ENV] = str(socket_path)
+    env["PYTHONUNBUFFERED"] = "1"
+    installed = {str(Path(sysconfig.get_path(kind)).resolve()) for kind in ("purelib", "platlib")}
+    if str(SOURCE_ROOT) not in installed:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class TrainingProcess:
+    """A running training child; create it with :meth:`start`."""
+
+    def __init__(self, work_dir: Path, folder: Path, on_log: LogCallback | None) -> None:
+        self.work_dir = work_dir
+        self._folder = folder
+        self._on_log = on_log
+        self._procs: list[asyncio.subprocess.Process] = []
+        self._pgid: int | None = None
+        self._ready: asyncio.Future[WorkerInfo] = asyncio.get_running_loop().create_future()
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._server: asyncio.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._stopping = False
+        self._failure: WorkerFailed | None = None
+        self._exited = asyncio.Event()
+        self._monitor: asyncio.Task[None] | None = None
+        self._info: WorkerInfo | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        *,
+        app_dir: Path,
+        data_root: Path | None,
+        work_dir: Path,
+        nproc: int = 1,
+        allow_cpu_multiprocess: bool = False,
+        on_log: LogCallback | None = None,
+        ready_timeout: float = 300,
+    ) -> TrainingProcess:
+        """Start the child and wait until it has built the model and loaded the data.
+
+        Args:
+            app_dir: The run's app folder (config/ and resources/).
+            data_root: The site's DATA_ROOT, passed to the dataset component.
+            work_dir: The run's folder on this client; the child's working
+                directory, and where the best local model is kept.
+            nproc: Processes (GPUs) to train with; more than one means DDP.
+            allow_cpu_multiprocess: Allow several processes on a site without
+                GPUs (gloo on the CPU; for tests).
+            on_log: Called with (level, text) for every line the child logs or
+                prints; by default the lines go to this module's logger.
+            ready_timeout: Seconds to wait for the child to get ready.
+
+        Raises:
+            WorkerFailed: The child could not get ready (bad config, error in
+                custom code, missing data, not enough GPUs...); no process is
+                left behind.
+        """
+        if nproc < 1:
+            raise ValueError(f"nproc must be at least 1, got {nproc}")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self = cls(work_dir, Path(tempfile.mkdtemp(prefix="flworker-")), on_log)
+        try:
+            socket_path = self._folder / "ipc.sock"
+            self._server = await asyncio.start_unix_server(
+                self._on_connect, path=str(socket_path), limit=MAX_MESSAGE_BYTES
+            )
+            try:
+                await self._spawn(app_dir, data_root, nproc, allow_cpu_multiprocess, socket_path)
+            finally:
+                self._monitor = asyncio.create_task(self._watch(), name="training-child-monitor")
+            try:
+                self._info = await asyncio.wait_for(asyncio.shield(self._ready), ready_timeout)
+            except TimeoutError:
+                raise WorkerFailed(
+                    f"training process was not ready within {ready_timeout:g} s", self._tail_text()
+                ) from None
+        except BaseException:
+            if self._monitor is None:
+                self._close()
+                self._exited.set()
+            self.kill()
+            await asyncio.shield(self._exited.wait())
+            raise
+        return self
+
+    async def _spawn(
+        self,
+        app_dir: Path,
+        data_root: Path | None,
+        nproc: int,
+        allow_cpu_multiprocess: bool,
+        socket_path: Path,
+    ) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "flclientd.worker",
+            "--app",
+            str(app_dir.resolve()),
+            "--work-dir",
+            str(self.work_dir.resolve()),
+        ]
+        if data_root is not None:
+            command += ["--data-root", str(data_root.resolve())]
+        if allow_cpu_multiprocess:
+            command.append("--allow-cpu-multiprocess")
+        env = _child_environment(socket_path)
+        if nproc > 1:
+            env[RENDEZVOUS_ENV] = str(self._folder / "rendezvous")
+            env["WORLD_SIZE"] = env["LOCAL_WORLD_SIZE"] = str(nproc)
+            # Ranks on the CPU would otherwise each start a thread per core.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        for rank in range(nproc):
+            if nproc > 1:
+                env["RANK"] = env["LOCAL_RANK"] = str(rank)
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.work_dir,
+                env=dict(env),
+                process_group=self._pgid or 0,
+            )
+            self._procs.append(proc)
+            if self._pgid is None:
+                self._pgid = proc.pid
+            assert proc.stdout is not None and proc.stderr is not None
+            for stream, level in (
+                (proc.stdout, UNMARKED_STDOUT_LEVEL),
+                (proc.stderr, UNMARKED_STDERR_LEVEL),
+            ):
+                self._pumps.append(asyncio.create_task(self._pump(stream, level)))
+
+    @property
+    def info(self) -> WorkerInfo:
+        """What the child reported when it got ready."""
+        assert self._info is not None, "TrainingProcess.start() sets this"
+        return self._info
+
+    @property
+    def running(self) -> bool:
+        """Whether any process of the child is still alive."""
+        return not self._exited.is_set() and any(p.returncode is None for p in self._procs)
+
+    @property
+    def pgid(self) -> int | None:
+        """The process group of every process of the child."""
+        return self._pgid
+
+    @property
+    def best_local_model(self) -> Path | None:
+        """The best model this site trained in this run, once there is one."""
+        path = self.work_dir / BEST_LOCAL_MODEL
+        return path if path.is_file() else None
+
+    async def train(self, *, round: int, global_model: Path, out: Path, epochs: int) -> WorkResult:
+        """One round of local training on the global model.
+
+        The child validates the global model on the local validation split
+        (``val_accuracy``, ``val_loss``), trains ``epochs`` epochs
+        (``train_loss``), writes the update to ``out`` as safetensors,
+        validates it (``local_val_accuracy``, ``local_val_loss``) and keeps it
+        as the best local model when it beats the ones before.
+
+        Returns:
+            The site's training sample count (the FedAvg weight) and the metrics.
+
+        Raises:
+            WorkerFailed: Training failed or the child died.
+        """
+        result = await self._call(
+            OP_TRAIN,
+            {
+                "round": round,
+                "global_model": str(global_model.resolve()),
+                "out": str(out.resolve()),
+                "epochs": epochs,
+            },
+        )
+        return _work_result(result)
+
+    async def validate(self, *, model: Path) -> WorkResult:
+        """Metrics of any model file on the local validation split (cross-site validation)."""
+        return _work_result(await self._call(OP_VALIDATE, {"model": str(model.resolve())}))
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """Ask the child to exit; kill its process group if it has not within ``grace`` seconds."""
+        if not self._exited.is_set():
+            self._stopping = True
+            self._send({"id": next(self._ids), "op": OP_STOP})
+            try:
+                await asyncio.wait_for(asyncio.shield(self._exited.wait()), grace)
+            except TimeoutError:
+                logger.warning("training process did not stop within %g s; killing it", grace)
+                self.kill()
+        await asyncio.shield(self._exited.wait())
+
+    def kill(self) -> None:
+        """SIGKILL every process of the child now (abort); calls in flight raise WorkerFailed.
+
+        The private folder goes at once too, so nothing is left behind even
+        when the caller does not wait for the end (a daemon shutting down).
+        """
+        if self._pgid is not None and not self._exited.is_set():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pgid, signal.SIGKILL)
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    async def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        async with self._lock:
+            if self._failure is not None:
+                raise WorkerFailed(self._failure.message, self._failure.traceback)
+            if self._exited.is_set():
+                raise WorkerFailed("training process is not running")
+            request_id = next(self._ids)
+            reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._pending[request_id] = reply
+            try:
+                self._send({"id": request_id, "op": op, "args": args})
+                message = await reply
+            finally:
+                self._pending.pop(request_id, None)
+        if "error" in message:
+            raise WorkerFailed(str(message["error"]), str(message.get("traceback", "")))
+        result: dict[str, Any] = message.get("result") or {}
+        return result
+
+    def _send(self, message: dict[str, Any]) -> None:
+        """Send a message; a child that cannot be reached is killed, which fails its callers."""
+        try:
+            if self._writer is None or self._writer.is_closing():
+                raise ConnectionError("not connected")
+            self._writer.write(encode(message))
+        except OSError as exc:
+            logger.warning("cannot reach the training process (%s); killing it", exc)
+            self.kill()
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            writer.close()
+            return
+        self._writer = writer
+        if self._server is not None:
+            self._server.close()
+        self._reader_task = asyncio.current_task()
+        try:
+            while line := await reader.readline():
+                self._dispatch(line)
+            if not self._stopping:
+                self.kill()  # it hung up without being asked to stop: it cannot be trusted
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.error("training process broke the protocol (%s); killing it", exc)
+            self.kill()
+        finally:
+            writer.close()
+
+    def _dispatch(self, line: bytes) -> None:
+        message = decode(line)
+        event = message.get("event")
+        if event == EVENT_READY and not self._ready.done():
+            info = message["info"]
+            self._ready.set_result(
+                WorkerInfo(
+                    device=str(info["device"]),
+                    gpu_count=int(info["gpu_count"]),
+                    world_size=int(info["world_size"]),
+                    train_samples=int(info["train_samples"]),
+                    val_samples=int(info["val_samples"]),
+                )
+            )
+        elif event == EVENT_FAILED and not self._ready.done():
+            self._ready.set_exception(
+                WorkerFailed(str(message["error"]), str(message.get("traceback", "")))
+            )
+        else:
+            reply = self._pending.get(message.get("id", -1))
+            if reply is not None and not reply.done():
+                reply.set_result(message)
+
+    async def _pump(self, stream: asyncio.StreamReader, default_level: int) -> None:
+        pending = b""
+        while chunk := await stream.read(65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > MAX_LINE_CHARS:
+                lines.append(pending)
+                pending = b""
+            for raw in lines:
+                self._emit(raw, default_level)
+        if pending:
+            self._emit(pending, default_level)
+
+    def _emit(self, raw: bytes, default_level: int) -> None:
+        level, text = parse_log_line(raw.decode(errors="replace").rstrip("\r"), default_level)
+        self._tail.append(text)
+        if self._on_log is None:
+            logger.log(level, "training process: %s", text)
+            return
+        try:
+            self._on_log(level, text)
+        except Exception:
+            logger.exception("on_log failed for a line of the training process")
+
+    def _tail_text(self) -> str:
+        return "\n".join(self._tail)
+
+    async def _watch(self) -> None:
+        """Notice the end of the child, make sure all of it ends, and fail what waits on it."""
+        exits = {asyncio.ensure_future(proc.wait()): rank for rank, proc in enumerate(self._procs)}
+        message = "training process stopped"
+        if exits:
+            done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
+            if not self._stopping:
+                first = min(done, key=exits.__getitem__)
+                where = f" (rank {exits[first]})" if len(exits) > 1 else ""
+                message = f"training process{where} exited with code {first.result()}"
+                self.kill()
+            await asyncio.wait(exits)
+            # Whatever is left of the group (DataLoader workers, custom code's children) goes too.
+            self.kill()
+        tasks = [task for task in [self._reader_task, *self._pumps] if task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT)
+            for task in late:
+                task.cancel()
+        if not self._stopping:
+            self._failure = WorkerFailed(message, self._tail_text())
+        failure = self._failure or WorkerFailed(message)
+        if not self._ready.done():
+            self._ready.set_exception(failure)
+            self._ready.exception()  # retrieved: start() may have stopped waiting for it
+        for reply in self._pending.values():
+            if not reply.done():
+                reply.set_exception(WorkerFailed(failure.message, failure.traceback))
+        self._close()
+        self._exited.set()
+
+    def _close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._writer is not None:
+            self._writer.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _work_result(result: dict[str, Any]) -> WorkResult:
+    metrics = {str(key): float(value) for key, value in (result.get("metrics") or {}).items()}
+    return WorkResult(num_samples=int(result["num_samples"]), metrics=metrics)

@@ -1,0 +1,45 @@
+"""What a client daemon remembers across its own restarts.
+
+Its session token (so a restarted daemon resumes its instance name) and the
+run it was training (so a daemon restarted by systemd after a crash rejoins
+that run at the server's current round without an admin). Kept in
+``<workspace>/state/`` with mode 0600: the token is only useful with the
+site's certificate, but it is still nobody else's business.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flcore.atomic import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SiteState:
+    """Session token and the run in progress (0 when none)."""
+
+    token: str = ""
+    training_run: int = 0
+    gpus: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> SiteState:
+        """Read the state, starting afresh when it is missing or unreadable."""
+        try:
+            data = json.loads(path.read_text())
+            return cls(str(data["token"]), int(data["training_run"]), int(data["gpus"]))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable %s (%s)", path, exc)
+            return cls()
+
+    def save(self, path: Path) -> None:
+        """Write the state atomically, readable by the site's service user only."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(asdict(self)).encode(), mode=0o600)

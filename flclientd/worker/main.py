@@ -1,0 +1,146 @@
+"""The training child's life: connect, build, report ready, serve requests until told to stop.
+
+Every rank runs this. Rank 0 connects to the daemon and reports for all:
+a failure on any rank while building is gathered to rank 0 and sent as the
+``failed`` event with that rank's traceback. Requests that touch every rank
+(train, stop) are passed on from rank 0; validation runs on rank 0 alone.
+
+In a single process a failed request is answered with its error and the
+child carries on (a model from another site that does not fit must not end
+the run). With several ranks a failure may leave them out of step inside a
+collective, so the child exits and the daemon starts a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flclientd.worker.channel import ParentChannel
+from flclientd.worker.logsetup import setup_child_logging
+from flclientd.worker.protocol import (
+    EVENT_FAILED,
+    EVENT_READY,
+    OP_STOP,
+    OP_TRAIN,
+    OP_VALIDATE,
+    SOCKET_ENV,
+    error_fields,
+)
+from flclientd.worker.ranks import NoGpuError, RankGroup, Ranks, choose_device
+from flclientd.worker.session import Outcome, TrainingSession
+from flcore.schema import ConfigError
+from flcore.tensorfile import TensorFileError
+
+logger = logging.getLogger(__name__)
+
+# Failures whose message is written for people; others are shown with their type name.
+EXPECTED_ERRORS = (ConfigError, TensorFileError, NoGpuError)
+
+
+class _StartFailed(Exception):
+    """Building failed on some rank; ``fields`` is the error to report."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(fields["error"])
+        self.fields = fields
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    message = str(exc) if isinstance(exc, EXPECTED_ERRORS) else f"{type(exc).__name__}: {exc}"
+    return error_fields(message, traceback.format_exc())
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flclientd.worker")
+    parser.add_argument("--app", type=Path, required=True, help="the run's app folder")
+    parser.add_argument("--data-root", type=Path, default=None, help="the site's DATA_ROOT")
+    parser.add_argument("--work-dir", type=Path, required=True, help="where local models go")
+    parser.add_argument("--allow-cpu-multiprocess", action="store_true")
+    return parser.parse_args(argv)
+
+
+def _build(args: argparse.Namespace, ranks: Ranks) -> tuple[TrainingSession, RankGroup | None]:
+    device = choose_device(ranks, args.allow_cpu_multiprocess)
+    group = RankGroup(ranks, device) if ranks.distributed else None
+    failure: dict[str, str] = {}
+    session: TrainingSession | None = None
+    try:
+        session = TrainingSession(args.app, args.data_root, args.work_dir, ranks, device)
+    except Exception as exc:
+        failure = _error(exc)
+    if group is not None:
+        for rank, status in enumerate(group.exchange(failure)):
+            if status:
+                prefix = f"rank {rank}: " if rank else ""
+                raise _StartFailed({**status, "error": prefix + status["error"]})
+    if session is None:
+        raise _StartFailed(failure)
+    return session, group
+
+
+def _handle(session: TrainingSession, request: dict[str, Any]) -> Outcome:
+    op, args = request.get("op"), request.get("args") or {}
+    if op == OP_TRAIN:
+        return session.train(
+            int(args["round"]), Path(args["global_model"]), Path(args["out"]), int(args["epochs"])
+        )
+    if op == OP_VALIDATE:
+        return session.validate(Path(args["model"]))
+    raise ValueError(f"unknown request {op!r}")
+
+
+def _serve(session: TrainingSession, channel: ParentChannel | None, group: RankGroup | None) -> int:
+    while True:
+        request = channel.next_request() if channel is not None else None
+        if group is not None and (request is None or request.get("op") != OP_VALIDATE):
+            request = group.broadcast_json(request)
+        assert request is not None
+        if request.get("op") == OP_STOP:
+            logger.info("stopping on request")
+            if channel is not None:
+                channel.send({"id": request.get("id"), "result": {}})
+                channel.close()
+            if group is not None:
+                group.close()
+            return 0
+        try:
+            outcome = _handle(session, request)
+        except Exception as exc:
+            if channel is not None:
+                channel.send({"id": request.get("id"), **_error(exc)})
+            else:
+                logger.exception("%s failed", request.get("op"))
+            if group is not None:
+                return 1
+            continue
+        if channel is not None:
+            channel.send({"id": request.get("id"), "result": outcome.as_message()})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one rank of the training child; returns its exit code."""
+    args = _parse_args(argv)
+    ranks = Ranks.from_environment()
+    setup_child_logging(ranks.rank)
+    channel = ParentChannel(os.environ[SOCKET_ENV]) if ranks.is_main else None
+    try:
+        session, group = _build(args, ranks)
+    except _StartFailed as exc:
+        if channel is not None:
+            channel.send({"event": EVENT_FAILED, **exc.fields})
+        return 1
+    except Exception as exc:
+        if channel is not None:
+            channel.send({"event": EVENT_FAILED, **_error(exc)})
+        else:
+            logger.exception("could not start")
+        return 1
+    if channel is not None:
+        channel.send({"event": EVENT_READY, "info": session.info()})
+    return _serve(session, channel, group)

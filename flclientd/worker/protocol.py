@@ -1,0 +1,82 @@
+"""What the client daemon and its training child say to each other, and how.
+
+Shared by both sides, so it must not import torch: the daemon never does.
+
+Messages are JSON objects, one per line, over a Unix domain socket whose
+path the daemon passes in :data:`SOCKET_ENV`. stdin/stdout are left alone:
+torch's launchers do not forward stdin, and stdout belongs to the user's
+``print``. Nothing is pickled and models never travel over the socket, only
+the paths of safetensors files, so every message is small.
+
+Child to parent:
+    ``{"event": "ready", "info": {...}}`` once everything is built, or
+    ``{"event": "failed", "error": ..., "traceback": ...}`` if building failed;
+    then one reply per request: ``{"id": N, "result": {...}}`` or
+    ``{"id": N, "error": ..., "traceback": ...}``.
+
+Parent to child:
+    ``{"id": N, "op": "train" | "validate" | "stop", "args": {...}}``.
+
+Log lines: the child writes every line of a log record to stderr as
+``LOG_MARK <levelno> <text>`` so that the parent can recover the level;
+unmarked lines (a user's prints, a crash's traceback) are passed on at a
+default level.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+SOCKET_ENV = "FLCLIENTD_WORKER_SOCKET"
+RENDEZVOUS_ENV = "FLCLIENTD_WORKER_RENDEZVOUS"
+
+OP_TRAIN = "train"
+OP_VALIDATE = "validate"
+OP_STOP = "stop"
+
+EVENT_READY = "ready"
+EVENT_FAILED = "failed"
+
+LOG_MARK = "\x1e"
+UNMARKED_STDOUT_LEVEL = logging.INFO
+UNMARKED_STDERR_LEVEL = logging.WARNING
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_TRACEBACK_CHARS = 64 * 1024
+
+BEST_LOCAL_MODEL = "best_local_model.safetensors"
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as a line of JSON (NaN metrics allowed, as Python's json writes them)."""
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one line; refuses anything but a JSON object."""
+    message = json.loads(line)
+    if not isinstance(message, dict):
+        raise ValueError(f"expected a JSON object, got {type(message).__name__}")
+    return message
+
+
+def mark_log_line(levelno: int, text: str) -> str:
+    """A log line as the child writes it."""
+    return f"{LOG_MARK}{levelno} {text}"
+
+
+def parse_log_line(line: str, default_level: int) -> tuple[int, str]:
+    """The level and text of a line of the child's output."""
+    if line.startswith(LOG_MARK):
+        level, _, text = line[len(LOG_MARK) :].partition(" ")
+        if level.isdigit():
+            return int(level), text
+    return default_level, line
+
+
+def error_fields(message: str, traceback: str) -> dict[str, str]:
+    """The error part of a reply, with the traceback cut to a bounded size."""
+    if len(traceback) > MAX_TRACEBACK_CHARS:
+        traceback = "...\n" + traceback[-MAX_TRACEBACK_CHARS:]
+    return {"error": message, "traceback": traceback}

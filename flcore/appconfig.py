@@ -1,0 +1,196 @@
+"""The app (Clara's MMAR) folder and its three config files.
+
+An app is what admins upload and deploy: ``config/`` with
+``config_fed_server.json`` (rounds), ``config_fed_client.json`` (local
+training and cross-site validation) and ``config_train.json`` (model, data,
+optimizer), plus optional custom Python code in ``resources/``. The server
+checks all of it at upload time so that a typo fails in the admin's console
+with a clear message, not in a training process at a hospital an hour later.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flcore.schema import ConfigError, Field, at_least, non_empty, one_of, parse_mapping
+
+CONFIG_DIR = "config"
+RESOURCES_DIR = "resources"
+APP_TOP_LEVEL = (CONFIG_DIR, RESOURCES_DIR)
+SERVER_CONFIG = "config_fed_server.json"
+CLIENT_CONFIG = "config_fed_client.json"
+TRAIN_CONFIG = "config_train.json"
+
+
+@dataclass(frozen=True)
+class ServerAppConfig:
+    """How the server runs rounds (config_fed_server.json)."""
+
+    start_round: int = 0
+    num_rounds: int = 10
+    min_num_clients: int = 1
+    max_num_clients: int = 100
+    wait_after_min_clients: float = 10.0
+    validation_metric: str = "val_accuracy"
+    metric_mode: str = "max"
+    initial_checkpoint: str | None = None
+    final_validation_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class ClientAppConfig:
+    """How each site trains and validates (config_fed_client.json)."""
+
+    local_epochs: int = 1
+    cross_validate: bool = False
+    cross_validation_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A class or function named by dotted path, with its keyword arguments."""
+
+    path: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train and on which data (config_train.json)."""
+
+    model: ComponentSpec
+    dataset: ComponentSpec
+    optimizer: ComponentSpec
+    loss: ComponentSpec
+    trainer: ComponentSpec | None
+    batch_size: int
+    seed: int
+    num_workers: int = 0
+
+
+SERVER_FIELDS = [
+    Field("start_round", int, default=0, check=at_least(0)),
+    Field("num_rounds", int, default=10, check=at_least(1)),
+    Field("min_num_clients", int, default=1, check=at_least(1)),
+    Field("max_num_clients", int, default=100, check=at_least(1)),
+    Field("wait_after_min_clients", float, default=10.0, check=at_least(0)),
+    Field("validation_metric", str, default="val_accuracy", check=non_empty),
+    Field("metric_mode", str, default="max", check=one_of("max", "min")),
+    Field("initial_checkpoint", (str, type(None)), default=None),
+    Field("final_validation_timeout", float, default=120.0, check=at_least(1)),
+]
+
+CLIENT_FIELDS = [
+    Field("local_epochs", int, default=1, check=at_least(1)),
+    Field("cross_validate", bool, default=False),
+    Field("cross_validation_timeout", float, default=300.0, check=at_least(1)),
+]
+
+COMPONENT_FIELDS = [
+    Field("path", str, required=True, check=non_empty),
+    Field("args", dict, default=None),
+]
+
+TRAIN_FIELDS = [
+    Field("model", dict, required=True),
+    Field("dataset", dict, required=True),
+    Field("optimizer", dict, default={"path": "torch.optim.SGD", "args": {"lr": 0.01}}),
+    Field("loss", dict, default={"path": "torch.nn.CrossEntropyLoss"}),
+    Field("trainer", (dict, type(None)), default=None),
+    Field("batch_size", int, default=32, check=at_least(1)),
+    Field("seed", int, default=0),
+    Field("num_workers", int, default=0, check=at_least(0)),
+]
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON config file, turning every failure into a ConfigError."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path.parent.name}/{path.name}: missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path.parent.name}/{path.name}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path.parent.name}/{path.name}: not valid JSON ({exc})") from None
+
+
+def parse_server_config(
+    data: object, where: str = f"{CONFIG_DIR}/{SERVER_CONFIG}"
+) -> ServerAppConfig:
+    """Check a config_fed_server.json mapping."""
+    values = parse_mapping(data, SERVER_FIELDS, where)
+    config = ServerAppConfig(**values)
+    if config.start_round >= config.num_rounds:
+        raise ConfigError(
+            f"{where}: 'start_round' ({config.start_round}) must be smaller than "
+            f"'num_rounds' ({config.num_rounds})"
+        )
+    if config.min_num_clients > config.max_num_clients:
+        raise ConfigError(
+            f"{where}: 'min_num_clients' ({config.min_num_clients}) must not exceed "
+            f"'max_num_clients' ({config.max_num_clients})"
+        )
+    return config
+
+
+def parse_client_config(
+    data: object, where: str = f"{CONFIG_DIR}/{CLIENT_CONFIG}"
+) -> ClientAppConfig:
+    """Check a config_fed_client.json mapping."""
+    return ClientAppConfig(**parse_mapping(data, CLIENT_FIELDS, where))
+
+
+def _component(data: object, where: str) -> ComponentSpec:
+    values = parse_mapping(data, COMPONENT_FIELDS, where)
+    return ComponentSpec(path=values["path"], args=dict(values["args"] or {}))
+
+
+def parse_train_config(data: object, where: str = f"{CONFIG_DIR}/{TRAIN_CONFIG}") -> TrainConfig:
+    """Check a config_train.json mapping."""
+    values = parse_mapping(data, TRAIN_FIELDS, where)
+    trainer = values["trainer"]
+    return TrainConfig(
+        model=_component(values["model"], f"{where}: model"),
+        dataset=_component(values["dataset"], f"{where}: dataset"),
+        optimizer=_component(values["optimizer"], f"{where}: optimizer"),
+        loss=_component(values["loss"], f"{where}: loss"),
+        trainer=None if trainer is None else _component(trainer, f"{where}: trainer"),
+        batch_size=values["batch_size"],
+        seed=values["seed"],
+        num_workers=values["num_workers"],
+    )
+
+
+@dataclass(frozen=True)
+class App:
+    """A checked app folder."""
+
+    root: Path
+    train: TrainConfig
+    server: ServerAppConfig | None
+    client: ClientAppConfig | None
+
+    @property
+    def resources(self) -> Path:
+        """Folder of custom code, put first on sys.path of the processes that run it."""
+        return self.root / RESOURCES_DIR
+
+
+def load_app(root: Path) -> App:
+    """Read and check every config file of an app folder."""
+    config = root / CONFIG_DIR
+    if not config.is_dir():
+        raise ConfigError(f"{root.name}: no config/ folder; an app holds config/ and resources/")
+    server_path, client_path = config / SERVER_CONFIG, config / CLIENT_CONFIG
+    if not server_path.exists() and not client_path.exists():
+        raise ConfigError(f"{root.name}: config/ needs {SERVER_CONFIG}, {CLIENT_CONFIG} or both")
+    return App(
+        root=root,
+        train=parse_train_config(read_json(config / TRAIN_CONFIG)),
+        server=parse_server_config(read_json(server_path)) if server_path.exists() else None,
+        client=parse_client_config(read_json(client_path)) if client_path.exists() else None,
+    )

@@ -1,0 +1,78 @@
+"""Crash-safe file replacement.
+
+A checkpoint must be either the old file or the complete new one after a
+kill -9 at any instant: write a temp file in the same folder, fsync it,
+rename it over the target, then fsync the folder so the rename itself is
+durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or create inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``target`` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``target`` with ``data`` atomically."""
+    with atomic_writer(target, mode) as handle:
+        handle.write(data)
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """Replace ``target`` with a copy of ``source`` atomically."""
+    with source.open("rb") as src, atomic_writer(target) as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
+def atomic_produce(target: Path, produce: Callable[[Path], None]) -> None:
+    """Let ``produce`` write a temp path, then move it over ``target`` durably.
+
+    For writers that insist on a path (e.g. a library's save_file) rather
+    than an open file.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        produce(tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

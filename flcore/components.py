@@ -1,0 +1,123 @@
+"""Building the objects an app names by dotted path (model, dataset, optimizer, ...).
+
+config_train.json names classes and functions as ``{"path": ..., "args": ...}``
+so that apps can use torch's own classes, our built-ins, or custom code shipped
+in the app's ``resources/`` folder alike. Every way this can go wrong (a typo
+in the path, an import error inside custom code, a wrong keyword argument)
+is turned into a ConfigError that names the config file and the component,
+because the person who must fix it reads the message far from the code.
+
+Custom code only ever runs in child processes (the training child, the model
+initialiser), which call :func:`use_resources` first; the daemons never
+import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flcore.appconfig import TRAIN_CONFIG, ComponentSpec
+from flcore.schema import ConfigError
+
+
+def use_resources(resources: Path) -> None:
+    """Put an app's ``resources/`` folder first on ``sys.path``.
+
+    First, so that a module shipped with the app wins over an installed one
+    of the same name: the app's author tested against their own copy.
+    """
+    folder = str(resources.resolve())
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    importlib.invalidate_caches()
+
+
+def import_object(path: str, where: str) -> Any:
+    """Import the object named by a dotted path such as ``torch.optim.SGD``.
+
+    The longest importable module prefix is imported and the rest is looked
+    up as attributes, so nested names (``pkg.mod.Outer.Inner``) work too.
+    A module that exists but fails while importing is reported with its own
+    error, not as "not found", because that is what the author must fix.
+    """
+    parts = path.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"{where}: {path!r} is not a dotted path like 'package.module.Name'")
+    problem = ""
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name or module_name.startswith(f"{exc.name}."):
+                problem = str(exc)
+                continue
+            raise ConfigError(f"{where}: cannot import {path!r}: {exc}") from exc
+        except Exception as exc:
+            raise ConfigError(
+                f"{where}: cannot import {path!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        for depth, attribute in enumerate(parts[cut:], start=cut):
+            try:
+                obj = getattr(obj, attribute)
+            except AttributeError:
+                owner = ".".join(parts[:depth])
+                raise ConfigError(
+                    f"{where}: cannot import {path!r}: {owner!r} has no attribute {attribute!r}"
+                ) from None
+        return obj
+    raise ConfigError(f"{where}: cannot import {path!r}: {problem}")
+
+
+def resolve(spec: ComponentSpec, where: str) -> Callable[..., Any]:
+    """Import a component's class or function and check that it can be called."""
+    obj = import_object(spec.path, where)
+    if not callable(obj):
+        raise ConfigError(
+            f"{where}: {spec.path!r} names a value of type {type(obj).__name__}, "
+            "not a class or function"
+        )
+    return obj  # type: ignore[no-any-return]
+
+
+def build(spec: ComponentSpec, where: str, *args: Any, **extra: Any) -> Any:
+    """Create a component: ``factory(*args, **extra, **spec.args)``.
+
+    The call's arguments are checked against the factory's signature first,
+    so a misspelt key in ``args`` reads as a config error rather than as a
+    TypeError from deep inside a library.
+
+    Args:
+        spec: The component as written in the config.
+        where: Prefix of error messages, e.g. ``"config_train.json: model"``.
+        *args: Positional arguments the caller supplies (an optimizer's parameters).
+        **extra: Keyword arguments the caller supplies (a dataset's ``data_root``).
+    """
+    factory = resolve(spec, where)
+    clash = sorted(set(extra) & set(spec.args))
+    if clash:
+        raise ConfigError(f"{where}: 'args' may not set {', '.join(map(repr, clash))}")
+    kwargs = {**extra, **spec.args}
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"{where}: {spec.path!r} does not accept these arguments: {exc}"
+            ) from None
+    return factory(*args, **kwargs)
+
+
+def train_where(component: str) -> str:
+    """The prefix of messages about a component of config_train.json."""
+    return f"{TRAIN_CONFIG}: {component}"

@@ -1,0 +1,76 @@
+"""Built-in dataset components.
+
+A dataset component is called as ``factory(data_root=..., **args)`` and
+returns an object with ``.train`` and ``.validation`` torch Datasets. The
+site's data folder (DATA_ROOT) is set per client, so an app names file names
+relative to it and never a hospital's paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import TensorDataset
+
+from flcore.schema import ConfigError
+
+
+def _load_split(data_root: Path | None, name: str) -> TensorDataset:
+    if data_root is None and not Path(name).is_absolute():
+        raise ConfigError(
+            f"dataset file {name!r} is relative to DATA_ROOT, but this site has no DATA_ROOT set"
+        )
+    path = Path(name) if data_root is None else data_root / name
+    if not path.is_file():
+        raise ConfigError(f"dataset file {path} is missing (DATA_ROOT is {data_root})")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in ("x", "y") if key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"dataset file {path}: cannot read it as .npz ({exc})") from None
+    if set(arrays) != {"x", "y"}:
+        raise ConfigError(f"dataset file {path}: needs arrays 'x' and 'y', has {sorted(arrays)}")
+    x, y = _features(path, arrays["x"]), _labels(path, arrays["y"])
+    if len(x) != len(y):
+        raise ConfigError(f"dataset file {path}: 'x' has {len(x)} samples but 'y' has {len(y)}")
+    if not len(x):
+        raise ConfigError(f"dataset file {path} holds no samples")
+    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+
+def _features(path: Path, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    if not np.issubdtype(x.dtype, np.floating) or x.ndim < 1:
+        raise ConfigError(f"dataset file {path}: 'x' must be a float array, got {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _labels(path: Path, y: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise ConfigError(
+            f"dataset file {path}: 'y' must be a 1-D integer array, got {y.dtype} {list(y.shape)}"
+        )
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+class NpzClassification:
+    """Train and validation splits from two .npz files with arrays ``x`` and ``y``.
+
+    ``x`` holds float32 samples (first axis = sample), ``y`` int64 class
+    labels. Files are read with ``allow_pickle=False``: site data is never a
+    way to run code.
+
+    Args:
+        data_root: The site's DATA_ROOT; file names are relative to it.
+        train: File of the training split.
+        validation: File of the validation split.
+    """
+
+    def __init__(
+        self, data_root: Path | None, train: str = "train.npz", validation: str = "val.npz"
+    ) -> None:
+        self.train = _load_split(data_root, train)
+        self.validation = _load_split(data_root, validation)

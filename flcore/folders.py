@@ -1,0 +1,163 @@
+"""App folders on the wire: what may be sent, and checking what arrives.
+
+upload_folder and deploy move app folders file by file in chunks. The sender
+refuses links and special files (they could point outside the app); the
+receiver trusts nothing: every path must be relative, free of ``..`` and
+inside ``config/`` or ``resources/`` (anything else is dropped, as Clara
+does), and the total size and file count are bounded before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from flcore.appconfig import APP_TOP_LEVEL
+from flcore.atomic import fsync_dir
+from flcore.tensorfile import CHUNK_BYTES
+
+MAX_FILES = 10_000
+
+
+class FolderError(ValueError):
+    """An app folder or its stream is not acceptable; the message says why."""
+
+
+def check_relpath(raw: str) -> PurePosixPath:
+    """Accept only plain relative POSIX paths inside the folder."""
+    if not raw or "\\" in raw or "\0" in raw:
+        raise FolderError(f"invalid path {raw!r} in upload")
+    path = PurePosixPath(raw)
+    if path.is_absolute():
+        raise FolderError(f"absolute path {raw!r} refused: paths must be relative to the app")
+    if any(part in ("..", ".", "") for part in raw.split("/")):
+        raise FolderError(f"path {raw!r} refused: '..' and '.' are not allowed in app paths")
+    return path
+
+
+def iter_app_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """Yield (relative path, file) for the files of ``config/`` and ``resources/``.
+
+    Raises FolderError for links and special files, which never travel.
+    """
+    if not root.is_dir():
+        raise FolderError(f"{root} is not a folder")
+    for top in APP_TOP_LEVEL:
+        base = root / top
+        if base.is_symlink():
+            raise FolderError(f"{base} is a symbolic link; links are not uploaded")
+        if not base.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            here = Path(dirpath)
+            for name in [*dirnames, *sorted(filenames)]:
+                path = here / name
+                rel = path.relative_to(root).as_posix()
+                if path.is_symlink():
+                    raise FolderError(f"{rel} is a symbolic link; links are not uploaded")
+                if name in filenames:
+                    if not path.is_file():
+                        raise FolderError(f"{rel} is not a regular file")
+                    if "__pycache__" not in path.parts:
+                        yield rel, path
+
+
+def folder_size(root: Path) -> tuple[int, int]:
+    """Bytes and file count of what iter_app_files would send."""
+    files = list(iter_app_files(root))
+    return sum(p.stat().st_size for _, p in files), len(files)
+
+
+def iter_chunks(root: Path) -> Iterator[tuple[str, int, bytes, bool]]:
+    """Yield (path, offset, data, eof) for every file, in chunks."""
+    for rel, path in iter_app_files(root):
+        with path.open("rb") as handle:
+            offset = 0
+            while True:
+                data = handle.read(CHUNK_BYTES)
+                at_end = len(data) < CHUNK_BYTES or not handle.peek(1)
+                yield rel, offset, data, at_end
+                offset += len(data)
+                if at_end:
+                    break
+
+
+class FolderReceiver:
+    """Writes an incoming app folder into a staging folder, checking every chunk."""
+
+    def __init__(self, staging: Path, max_bytes: int, max_files: int = MAX_FILES) -> None:
+        self.staging = staging
+        self.max_bytes = max_bytes
+        self.max_files = max_files
+        self.total_bytes = 0
+        self.files: list[str] = []
+        self.dropped: set[str] = set()
+        self._current: tuple[str, BinaryIO] | None = None
+        self._offset = 0
+        staging.mkdir(parents=True)
+
+    def write(self, raw_path: str, offset: int, data: bytes, eof: bool) -> None:
+        """Take one chunk; raises FolderError on anything unexpected."""
+        path = check_relpath(raw_path)
+        if path.parts[0] not in APP_TOP_LEVEL or len(path.parts) < 2:
+            self.dropped.add(path.parts[0])
+            return
+        self.total_bytes += len(data)
+        if self.total_bytes > self.max_bytes:
+            limit = self.max_bytes / (1024 * 1024)
+            raise FolderError(f"upload exceeds the server's limit of {limit:g} MiB")
+        if self._current is None or self._current[0] != raw_path:
+            if self._current is not None:
+                raise FolderError(f"{self._current[0]}: file ended without its last chunk")
+            if offset != 0 or raw_path in self.files:
+                raise FolderError(f"{raw_path}: chunks out of order")
+            if len(self.files) >= self.max_files:
+                raise FolderError(f"upload has more than {self.max_files} files")
+            target = self.staging.joinpath(*path.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.files.append(raw_path)
+            self._current = (raw_path, target.open("xb"))
+            self._offset = 0
+        if offset != self._offset:
+            raise FolderError(f"{raw_path}: chunk at byte {offset}, expected {self._offset}")
+        handle = self._current[1]
+        handle.write(data)
+        self._offset += len(data)
+        if eof:
+            handle.close()
+            self._current = None
+
+    def finish(self) -> list[str]:
+        """Check the stream ended cleanly; returns the files written."""
+        if self._current is not None:
+            name = self._current[0]
+            self._current[1].close()
+            self._current = None
+            raise FolderError(f"{name}: upload ended in the middle of this file")
+        return self.files
+
+    def discard(self) -> None:
+        """Remove the staging folder after a failed transfer."""
+        if self._current is not None:
+            self._current[1].close()
+            self._current = None
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Move a complete staging folder over ``target`` (old content removed)."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(target)
+    fsync_dir(target.parent)

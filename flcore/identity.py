@@ -1,0 +1,64 @@
+"""Who a peer is, read from its certificate.
+
+Identity never comes from a field the peer fills in: the server reads the
+verified client certificate that gRPC puts in the auth context. Provisioning
+writes the subject as CN=<name>, O=<org>, OU=<kind>, and for admins
+TITLE=<role>; this module is the one place that reads it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+KIND_SERVER = "server"
+KIND_CLIENT = "client"
+KIND_ADMIN = "admin"
+KINDS = (KIND_SERVER, KIND_CLIENT, KIND_ADMIN)
+
+ROLE_SUPER = "super"
+ROLE_MEMBER = "member"
+ROLES = (ROLE_SUPER, ROLE_MEMBER)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A participant as its certificate names it."""
+
+    name: str
+    org: str
+    kind: str
+    role: str = ""
+
+
+def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
+    values = name.get_attributes_for_oid(oid)
+    if not values:
+        return ""
+    value = values[0].value
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def identity_from_certificate(cert: x509.Certificate) -> Identity:
+    """Read the identity of a certificate issued by flprovision."""
+    subject = cert.subject
+    return Identity(
+        name=_attr(subject, NameOID.COMMON_NAME),
+        org=_attr(subject, NameOID.ORGANIZATION_NAME),
+        kind=_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
+        role=_attr(subject, NameOID.TITLE),
+    )
+
+
+def identity_from_pem(pem: bytes) -> Identity:
+    """Read the identity of a PEM-encoded certificate."""
+    return identity_from_certificate(x509.load_pem_x509_certificate(pem))
+
+
+def identity_from_auth_context(auth: Mapping[str, Iterable[bytes]]) -> Identity | None:
+    """Read the verified peer certificate of a gRPC call, or None when there is none."""
+    pem = next(iter(auth.get("x509_pem_cert", ())), None)
+    return None if pem is None else identity_from_pem(pem)

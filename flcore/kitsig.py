@@ -1,0 +1,189 @@
+"""The signature that seals a kit's ``startup/`` folder.
+
+A kit travels by mail or shared drive and is then unpacked by hand, so a
+daemon or the console checks before it starts that ``startup/`` holds exactly
+what provisioning wrote: a changed server address, a swapped certificate or a
+stray file would otherwise surface later as a confusing TLS failure. The
+project CA signs a manifest of SHA-256 digests (``signature.json``); the
+check uses the CA certificate shipped in the kit and also makes sure the
+participant certificate was issued by that CA. Settings a site may change
+belong in ``<workspace>/local/`` (see :mod:`flcore.startup`), never here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+SIGNATURE_FILE = "signature.json"
+ROOT_CERT_FILE = "rootCA.pem"
+PARTICIPANT_CERT_FILES = ("server.crt", "client.crt")
+FORMAT_VERSION = 1
+ALG_ECDSA = "ecdsa-sha256"
+ALG_RSA = "rsa-pkcs1v15-sha256"
+
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+"""The key types a project CA may have."""
+
+_FIX = "re-extract the kit from its zip or have it re-issued"
+
+
+class KitSignatureError(Exception):
+    """A kit's startup folder is not what provisioning wrote."""
+
+
+def _canonical(files: Mapping[str, str]) -> bytes:
+    return json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digests(files: Mapping[str, bytes]) -> dict[str, str]:
+    """SHA-256 of every file but the manifest itself."""
+    return {
+        name: hashlib.sha256(data).hexdigest()
+        for name, data in files.items()
+        if name != SIGNATURE_FILE
+    }
+
+
+def sign_files(files: Mapping[str, bytes], ca_key: SigningKey) -> bytes:
+    """Return the ``signature.json`` content sealing ``files`` (name -> content).
+
+    Kits are built in memory so private keys never touch the provisioning
+    host's disk outside the encrypted zip; this is the entry point for that.
+    """
+    digests = _digests(files)
+    payload = _canonical(digests)
+    if isinstance(ca_key, rsa.RSAPrivateKey):
+        algorithm = ALG_RSA
+        signature = ca_key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        algorithm = ALG_ECDSA
+        signature = ca_key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "algorithm": algorithm,
+        "files": digests,
+        "signature": base64.b64encode(signature).decode(),
+    }
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def read_startup(startup_dir: Path) -> dict[str, bytes]:
+    """Read every regular file under ``startup_dir``, keyed by its relative POSIX path."""
+    return {
+        path.relative_to(startup_dir).as_posix(): path.read_bytes()
+        for path in sorted(startup_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+def sign_startup(startup_dir: Path, ca_key: SigningKey) -> None:
+    """Write ``signature.json`` into ``startup_dir`` covering every other file in it."""
+    manifest = sign_files(read_startup(startup_dir), ca_key)
+    (startup_dir / SIGNATURE_FILE).write_bytes(manifest)
+
+
+def verify_startup(startup_dir: Path) -> None:
+    """Check that ``startup_dir`` is exactly what provisioning signed.
+
+    Raises:
+        KitSignatureError: naming every altered, missing or unexpected file,
+            or saying why the manifest or the certificates do not check out.
+    """
+    if not startup_dir.is_dir():
+        raise KitSignatureError(f"{startup_dir}: not a folder; {_FIX}")
+    verify_files(read_startup(startup_dir), str(startup_dir))
+
+
+def verify_files(files: Mapping[str, bytes], where: str) -> None:
+    """Check a kit's startup files (name -> content) against their signature.
+
+    ``where`` names the folder or zip in error messages.
+    """
+    manifest = _read_manifest(files, where)
+    listed: dict[str, str] = manifest["files"]
+    actual = _digests(files)
+    problems = [
+        *(f"altered: {n}" for n in sorted(listed) if n in actual and actual[n] != listed[n]),
+        *(f"missing: {n}" for n in sorted(listed) if n not in actual),
+        *(f"unexpected: {n}" for n in sorted(actual) if n not in listed),
+    ]
+    if problems:
+        listing = "; ".join(problems)
+        raise KitSignatureError(f"{where}: kit does not match its signature ({listing}); {_FIX}")
+    ca_cert = _load_cert(files, ROOT_CERT_FILE, where)
+    _check_manifest_signature(manifest, ca_cert, where)
+    _check_participant_cert(files, ca_cert, where)
+
+
+def _read_manifest(files: Mapping[str, bytes], where: str) -> dict[str, Any]:
+    raw = files.get(SIGNATURE_FILE)
+    if raw is None:
+        raise KitSignatureError(f"{where}: {SIGNATURE_FILE} is missing; {_FIX}")
+    try:
+        manifest: dict[str, Any] = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise KitSignatureError(f"{where}: {SIGNATURE_FILE} is not valid JSON; {_FIX}") from None
+    well_formed = (
+        isinstance(manifest, dict)
+        and manifest.get("format_version") == FORMAT_VERSION
+        and manifest.get("algorithm") in (ALG_ECDSA, ALG_RSA)
+        and isinstance(manifest.get("signature"), str)
+        and isinstance(manifest.get("files"), dict)
+        and all(isinstance(v, str) for v in manifest["files"].values())
+    )
+    if not well_formed:
+        raise KitSignatureError(f"{where}: {SIGNATURE_FILE} is malformed; {_FIX}")
+    return manifest
+
+
+def _load_cert(files: Mapping[str, bytes], name: str, where: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(files[name])
+    except (KeyError, ValueError):
+        raise KitSignatureError(f"{where}: {name} is not a PEM certificate; {_FIX}") from None
+
+
+def _check_manifest_signature(
+    manifest: Mapping[str, Any], ca_cert: x509.Certificate, where: str
+) -> None:
+    public_key = ca_cert.public_key()
+    payload = _canonical(manifest["files"])
+    try:
+        signature = base64.b64decode(manifest["signature"], validate=True)
+        if manifest["algorithm"] == ALG_ECDSA and isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+        elif manifest["algorithm"] == ALG_RSA and isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise InvalidSignature
+    except (InvalidSignature, binascii.Error):
+        raise KitSignatureError(
+            f"{where}: {SIGNATURE_FILE} was not signed by the CA in {ROOT_CERT_FILE}; {_FIX}"
+        ) from None
+
+
+def _check_participant_cert(
+    files: Mapping[str, bytes], ca_cert: x509.Certificate, where: str
+) -> None:
+    present = [name for name in PARTICIPANT_CERT_FILES if name in files]
+    if not present:
+        raise KitSignatureError(f"{where}: no participant certificate (server.crt or client.crt)")
+    for name in present:
+        cert = _load_cert(files, name, where)
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise KitSignatureError(
+                f"{where}: {name} was not issued by the CA in {ROOT_CERT_FILE}; {_FIX}"
+            ) from None

@@ -1,0 +1,210 @@
+"""Startup configuration of each kit: fed_server.json, fed_client.json, fed_admin.json.
+
+Provisioning writes these files into the signed ``startup/`` folder, so a
+site cannot edit them without breaking the kit signature. The few settings a
+site's IT may legitimately change (retry window, log forwarding, where the
+server listens, ...) go into an optional file of the same name under
+``<workspace>/local/``, which is merged over the signed one; any other key
+there is refused. Both readers and the writer live here so the format is
+defined once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from flcore.schema import (
+    PORT,
+    ConfigError,
+    Field,
+    at_least,
+    email_like,
+    name_like,
+    non_empty,
+    one_of,
+    parse_mapping,
+)
+
+FORMAT_VERSION = 1
+STARTUP_DIR = "startup"
+LOCAL_DIR = "local"
+SERVER_FILE = "fed_server.json"
+CLIENT_FILE = "fed_client.json"
+ADMIN_FILE = "fed_admin.json"
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerStartup:
+    """What flserverd needs to know before it can serve."""
+
+    project: str
+    name: str
+    host: str
+    fed_port: int
+    admin_port: int
+    listen_host: str
+    heart_beat_timeout: float
+    heartbeat_interval: float
+    ssl_root_cert: str = "rootCA.pem"
+    ssl_cert: str = "server.crt"
+    ssl_private_key: str = "server.key"
+    max_upload_mb: int = 200
+    format_version: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True)
+class ClientStartup:
+    """What flclientd needs to reach the server and behave at its site."""
+
+    project: str
+    name: str
+    server_host: str
+    fed_port: int
+    heartbeat_interval: float
+    retry_window: float = 30.0
+    forward_logs: bool = True
+    log_lines_per_second: float = 20.0
+    allow_cpu_mgpu: bool = False
+    ssl_root_cert: str = "rootCA.pem"
+    ssl_cert: str = "client.crt"
+    ssl_private_key: str = "client.key"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def server_target(self) -> str:
+        """host:port of the federation service."""
+        return f"{self.server_host}:{self.fed_port}"
+
+
+@dataclass(frozen=True)
+class AdminStartup:
+    """What fltui needs to reach the admin service as this admin."""
+
+    project: str
+    email: str
+    role: str
+    server_host: str
+    admin_port: int
+    ssl_root_cert: str = "rootCA.pem"
+    ssl_cert: str = "client.crt"
+    ssl_private_key: str = "client.key"
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def admin_target(self) -> str:
+        """host:port of the admin service."""
+        return f"{self.server_host}:{self.admin_port}"
+
+
+_COMMON = [
+    Field("format_version", int, required=True, check=one_of(FORMAT_VERSION)),
+    Field("project", str, required=True, check=name_like),
+]
+_CERTS = [
+    Field("ssl_root_cert", str, default="rootCA.pem", check=non_empty),
+]
+
+SERVER_FIELDS = [
+    *_COMMON,
+    Field("name", str, required=True, check=name_like),
+    Field("host", str, required=True, check=non_empty),
+    Field("fed_port", int, required=True, check=PORT),
+    Field("admin_port", int, required=True, check=PORT),
+    Field("listen_host", str, default="0.0.0.0", check=non_empty),  # noqa: S104
+    Field("heart_beat_timeout", float, default=600.0, check=at_least(1)),
+    Field("heartbeat_interval", float, default=60.0, check=at_least(0.1)),
+    Field("max_upload_mb", int, default=200, check=at_least(1)),
+    *_CERTS,
+    Field("ssl_cert", str, default="server.crt", check=non_empty),
+    Field("ssl_private_key", str, default="server.key", check=non_empty),
+]
+SERVER_LOCAL_KEYS = ("listen_host", "heart_beat_timeout", "max_upload_mb")
+
+CLIENT_FIELDS = [
+    *_COMMON,
+    Field("name", str, required=True, check=name_like),
+    Field("server_host", str, required=True, check=non_empty),
+    Field("fed_port", int, required=True, check=PORT),
+    Field("heartbeat_interval", float, default=60.0, check=at_least(0.1)),
+    Field("retry_window", float, default=30.0, check=at_least(1)),
+    Field("forward_logs", bool, default=True),
+    Field("log_lines_per_second", float, default=20.0, check=at_least(0.1)),
+    Field("allow_cpu_mgpu", bool, default=False),
+    *_CERTS,
+    Field("ssl_cert", str, default="client.crt", check=non_empty),
+    Field("ssl_private_key", str, default="client.key", check=non_empty),
+]
+CLIENT_LOCAL_KEYS = (
+    "heartbeat_interval",
+    "retry_window",
+    "forward_logs",
+    "log_lines_per_second",
+    "allow_cpu_mgpu",
+)
+
+ADMIN_FIELDS = [
+    *_COMMON,
+    Field("email", str, required=True, check=email_like),
+    Field("role", str, required=True, check=one_of("super", "member")),
+    Field("server_host", str, required=True, check=non_empty),
+    Field("admin_port", int, required=True, check=PORT),
+    *_CERTS,
+    Field("ssl_cert", str, default="client.crt", check=non_empty),
+    Field("ssl_private_key", str, default="client.key", check=non_empty),
+]
+
+
+def to_json(config: ServerStartup | ClientStartup | AdminStartup) -> str:
+    """Serialise a startup config the way provisioning writes it."""
+    return json.dumps(asdict(config), indent=2) + "\n"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found; is this the folder that holds the kit's startup/ folder?"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+
+
+def _load(workspace: Path, file_name: str, fields: list[Field], local_keys: tuple[str, ...]) -> Any:
+    signed = workspace / STARTUP_DIR / file_name
+    values = parse_mapping(_read_json(signed), fields, str(signed))
+    local = workspace / LOCAL_DIR / file_name
+    if local.exists():
+        raw = _read_json(local)
+        local_fields = [f for f in fields if f.name in local_keys]
+        overrides = parse_mapping(raw, local_fields, str(local))
+        values.update({key: overrides[key] for key in raw})
+    return values
+
+
+def load_server(workspace: Path) -> ServerStartup:
+    """Read ``startup/fed_server.json`` (and ``local/fed_server.json`` overrides)."""
+    return ServerStartup(**_load(workspace, SERVER_FILE, SERVER_FIELDS, SERVER_LOCAL_KEYS))
+
+
+def load_client(workspace: Path) -> ClientStartup:
+    """Read ``startup/fed_client.json`` (and ``local/fed_client.json`` overrides)."""
+    return ClientStartup(**_load(workspace, CLIENT_FILE, CLIENT_FIELDS, CLIENT_LOCAL_KEYS))
+
+
+def load_admin(startup_dir: Path) -> AdminStartup:
+    """Read ``fed_admin.json`` from an admin kit's startup folder."""
+    path = startup_dir / ADMIN_FILE
+    return AdminStartup(**parse_mapping(_read_json(path), ADMIN_FIELDS, str(path)))
+
+
+def startup_path(workspace: Path, file_name: str) -> Path:
+    """Resolve a file named in a startup config (relative to ``startup/``)."""
+    path = Path(file_name)
+    return path if path.is_absolute() else workspace / STARTUP_DIR / path

@@ -1,0 +1,33 @@
+"""Status words shown to admins, as in the Clara guide.
+
+They are plain strings on the wire and in check_status output, so the
+console, scripts and people all read the same words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NOT_STARTED = "training not started"
+STARTING = "training starting"
+STARTED = "training started"
+STOPPED = "training stopped"
+FAILED = "training failed"
+CROSS_VALIDATING = "cross site validation"
+
+# Statuses during which a site or the server has a run in progress.
+ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING})
+
+
+@dataclass
+class ClientStatus:
+    """What a client says about itself: sent on every change and with each heartbeat."""
+
+    status: str = NOT_STARTED
+    run_number: int = 0
+    round: int = -1
+    samples: int = 0
+    error: str = ""
+    traceback: str = ""
+    app: str = ""
+    gpus_in_use: int = 0

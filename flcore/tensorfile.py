@@ -1,0 +1,296 @@
+"""Models on disk and on the wire, one tensor chunk at a time.
+
+Models are stored as safetensors files. The format is an 8-byte header length,
+a JSON header naming each tensor's dtype, shape and byte range, then the raw
+little-endian bytes. Because the layout is fixed by the manifest alone, a
+receiver can write the header first and then append chunks as they arrive:
+the spool file of an upload *is* a safetensors file once complete, and neither
+side ever holds a whole model in memory. Reading goes through numpy memory
+maps for the same reason. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+CHUNK_BYTES = 1024 * 1024
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+# safetensors dtype names -> numpy dtypes of the same width. BF16 has no numpy
+# type: it is carried as raw uint16 and widened to float32 by the aggregator.
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+class TensorFileError(ValueError):
+    """A model file or stream does not match what it claims or what is expected."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, dtype and shape of one tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return NUMPY_DTYPES[self.dtype].itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole tensor."""
+        return math.prod(self.shape) * self.itemsize
+
+    def check(self) -> None:
+        """Refuse unknown dtypes and negative dimensions before any allocation."""
+        if self.dtype not in NUMPY_DTYPES:
+            known = ", ".join(NUMPY_DTYPES)
+            raise TensorFileError(f"tensor {self.name!r}: unknown dtype {self.dtype!r} ({known})")
+        if any(d < 0 for d in self.shape):
+            raise TensorFileError(f"tensor {self.name!r}: negative dimension in {self.shape}")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The tensors of a model, in storage order."""
+
+    tensors: tuple[TensorSpec, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all tensors together."""
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def num_elements(self) -> int:
+        """Elements of all tensors together."""
+        return sum(math.prod(t.shape) for t in self.tensors)
+
+    def differences(self, other: Manifest, limit: int = 5) -> list[str]:
+        """Say how ``other`` differs from this manifest (empty when it matches)."""
+        mine = {t.name: t for t in self.tensors}
+        theirs = {t.name: t for t in other.tensors}
+        problems = [f"missing tensor {name!r}" for name in mine if name not in theirs]
+        problems += [f"unexpected tensor {name!r}" for name in theirs if name not in mine]
+        for name, spec in theirs.items():
+            want = mine.get(name)
+            if want is None:
+                continue
+            if want.dtype != spec.dtype:
+                problems.append(f"tensor {name!r} has dtype {spec.dtype}, expected {want.dtype}")
+            if want.shape != spec.shape:
+                problems.append(
+                    f"tensor {name!r} has shape {list(spec.shape)}, expected {list(want.shape)}"
+                )
+        if len(problems) > limit:
+            problems = [*problems[:limit], f"... and {len(problems) - limit} more"]
+        return problems
+
+
+def header_bytes(manifest: Manifest, metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors header (length prefix included) for tensors laid out in order."""
+    header: dict[str, Any] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    for spec in manifest.tensors:
+        header[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+class TensorFile:
+    """A safetensors file opened for streaming and memory-mapped reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) != 8:
+                raise TensorFileError(f"{path}: too short to be a safetensors file")
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(MAX_HEADER_BYTES, size - 8):
+                raise TensorFileError(f"{path}: header length {length} is out of bounds")
+            try:
+                header = json.loads(handle.read(length))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise TensorFileError(f"{path}: header is not valid JSON ({exc})") from None
+        if not isinstance(header, dict):
+            raise TensorFileError(f"{path}: header is not a JSON object")
+        self.metadata: dict[str, str] = dict(header.pop("__metadata__", None) or {})
+        self.data_start = 8 + length
+        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        specs: list[TensorSpec] = []
+        self.offsets: dict[str, tuple[int, int]] = {}
+        expected = 0
+        for name, entry in entries:
+            spec = TensorSpec(name, str(entry["dtype"]), tuple(int(d) for d in entry["shape"]))
+            spec.check()
+            begin, end = (int(x) for x in entry["data_offsets"])
+            if begin != expected or end - begin != spec.nbytes:
+                raise TensorFileError(f"{path}: tensor {name!r} has inconsistent data offsets")
+            expected = end
+            specs.append(spec)
+            self.offsets[name] = (begin, end)
+        if self.data_start + expected != size:
+            raise TensorFileError(f"{path}: file size does not match its header")
+        self.manifest = Manifest(tuple(specs))
+
+    def array(self, name: str) -> npt.NDArray[Any]:
+        """A read-only memory map of one tensor (BF16 as raw uint16)."""
+        spec = next(t for t in self.manifest.tensors if t.name == name)
+        begin, _ = self.offsets[name]
+        if spec.nbytes == 0:
+            return np.zeros(spec.shape, dtype=NUMPY_DTYPES[spec.dtype])
+        return np.memmap(
+            self.path,
+            dtype=NUMPY_DTYPES[spec.dtype],
+            mode="r",
+            offset=self.data_start + begin,
+            shape=spec.shape,
+        )
+
+    def iter_chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, int, bytes]]:
+        """Yield (tensor name, offset in tensor, bytes), whole elements per chunk.
+
+        Empty tensors yield nothing: the manifest alone recreates them.
+        """
+        with self.path.open("rb") as handle:
+            for spec in self.manifest.tensors:
+                begin, end = self.offsets[spec.name]
+                handle.seek(self.data_start + begin)
+                step = max(spec.itemsize, chunk_bytes - chunk_bytes % spec.itemsize)
+                position = 0
+                total = end - begin
+                while position < total:
+                    data = handle.read(min(step, total - position))
+                    yield spec.name, position, data
+                    position += len(data)
+
+
+def _all_finite(dtype: str, data: bytes) -> bool:
+    if dtype not in FLOAT_DTYPES or not data:
+        return True
+    values = np.frombuffer(data, dtype=NUMPY_DTYPES[dtype])
+    if dtype == "BF16":
+        return not bool(np.any((values & 0x7F80) == 0x7F80))
+    return bool(np.isfinite(values).all())
+
+
+class SpoolWriter:
+    """Receives a model chunk by chunk into a safetensors file, checking as it goes.
+
+    Every chunk is checked against the manifest before it is written: the
+    tensor it names must be the next expected one, its offset must continue
+    that tensor, it must hold whole elements, stay inside the tensor, and
+    (when ``require_finite``) contain no NaN or infinity. So a bad update is
+    refused at the first bad chunk, and a complete spool is known good.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        *,
+        require_finite: bool = True,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        for spec in manifest.tensors:
+            spec.check()
+        self.path = path
+        self.manifest = manifest
+        self.require_finite = require_finite
+        self._index = 0
+        self._position = 0
+        self._handle = path.open("wb")
+        self._handle.write(header_bytes(manifest, metadata))
+        self._skip_empty()
+
+    def _skip_empty(self) -> None:
+        tensors = self.manifest.tensors
+        while self._index < len(tensors) and self._position == tensors[self._index].nbytes:
+            self._index += 1
+            self._position = 0
+
+    def write(self, name: str, offset: int, data: bytes) -> None:
+        """Append one chunk; raises TensorFileError (and keeps nothing) when it is wrong."""
+        if not data:
+            return
+        tensors = self.manifest.tensors
+        if self._index >= len(tensors):
+            raise TensorFileError(f"chunk for {name!r} after the last tensor")
+        spec = tensors[self._index]
+        if name != spec.name:
+            raise TensorFileError(f"expected a chunk of tensor {spec.name!r}, got {name!r}")
+        if offset != self._position:
+            raise TensorFileError(
+                f"tensor {name!r}: chunk at byte {offset}, expected byte {self._position}"
+            )
+        if len(data) % spec.itemsize:
+            raise TensorFileError(f"tensor {name!r}: chunk does not hold whole elements")
+        if self._position + len(data) > spec.nbytes:
+            raise TensorFileError(
+                f"tensor {name!r}: chunk runs past the declared size of {spec.nbytes} bytes"
+            )
+        if self.require_finite and not _all_finite(spec.dtype, data):
+            raise TensorFileError(f"tensor {name!r} contains NaN or infinite values")
+        self._handle.write(data)
+        self._position += len(data)
+        self._skip_empty()
+
+    def finish(self) -> TensorFile:
+        """Close the spool once every byte arrived; raises if anything is missing."""
+        if self._index < len(self.manifest.tensors):
+            spec = self.manifest.tensors[self._index]
+            self.discard()
+            raise TensorFileError(
+                f"stream ended early: tensor {spec.name!r} has {self._position} of "
+                f"{spec.nbytes} bytes"
+            )
+        self._handle.close()
+        return TensorFile(self.path)
+
+    def discard(self) -> None:
+        """Close and delete the spool (bad or abandoned upload)."""
+        self._handle.close()
+        self.path.unlink(missing_ok=True)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a finished file to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,80 @@
+"""Mutual TLS for every gRPC connection, and the channel limits that go with it.
+
+Both sides present certificates from the project CA; there is no insecure
+mode. Message size limits are small on purpose: models and apps move as
+streams of chunks (see ``flcore.tensorfile.CHUNK_BYTES``), so a message above
+a few megabytes can only be a mistake or an attack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from flcore.schema import ConfigError
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    # Reconnect quickly after a server restart; the session layer decides
+    # when to give up (the retry window).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The three PEM files of a participant: project CA, own certificate, own key."""
+
+    root_cert: Path
+    cert: Path
+    private_key: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """Read all three, saying which one is missing or unreadable."""
+        out = []
+        for label, path in (
+            ("root certificate", self.root_cert),
+            ("certificate", self.cert),
+            ("private key", self.private_key),
+        ):
+            try:
+                out.append(path.read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"cannot read the {label} {path}: {exc.strerror}") from None
+        return out[0], out[1], out[2]
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Credentials that make the server require and verify a client certificate."""
+    root, cert, key = files.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=root, require_client_auth=True
+    )
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Credentials that make a client verify the server and present its own certificate."""
+    root, cert, key = files.read()
+    return grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=cert
+    )

@@ -1,0 +1,3 @@
+from flserverd.cli import main
+
+raise SystemExit(main())

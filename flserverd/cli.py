@@ -1,0 +1,138 @@
+"""flserverd: the federated learning server daemon.
+
+Runs in the foreground and logs to stderr (journald under systemd). It
+verifies its startup kit, opens the federation and admin ports with mutual
+TLS, tells systemd it is ready, and on SIGTERM stops accepting calls, lets
+in-flight checkpoint writes finish and exits 0; a second signal exits at
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import grpc
+
+from flcore.kitsig import KitSignatureError, verify_startup
+from flcore.logs import setup_logging
+from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
+from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
+from flcore.schema import ConfigError
+from flcore.sdnotify import notify
+from flcore.startup import STARTUP_DIR, ServerStartup, load_server, startup_path
+from flcore.tls import SERVER_OPTIONS, TlsFiles, server_credentials
+from flcore.version import flstack_version
+from flserverd.admin_service import AdminService
+from flserverd.federation_service import FederationService
+from flserverd.server import FLServer
+
+log = logging.getLogger("flserverd")
+
+EXIT_CONFIG = 2
+RPC_GRACE_S = 5.0
+CHECKPOINT_GRACE_S = 30.0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line of the server daemon."""
+    parser = argparse.ArgumentParser(prog="flserverd", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        required=True,
+        help="the server workspace: the folder that holds the kit's startup/ folder",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the flserverd console script."""
+    args = parse_args(argv)
+    setup_logging(args.log_level)
+    workspace = args.workspace.resolve()
+    try:
+        verify_startup(workspace / STARTUP_DIR)
+        startup = load_server(workspace)
+    except (KitSignatureError, ConfigError) as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    try:
+        return asyncio.run(serve(workspace, startup))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials) -> None:
+    try:
+        port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"cannot listen on {address}: {exc}; is another server running?"
+        ) from None
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address}: is the port in use?")
+
+
+async def serve(workspace: Path, startup: ServerStartup) -> int:
+    """Run the server until SIGTERM, SIGINT or an admin's shutdown."""
+    files = TlsFiles(
+        startup_path(workspace, startup.ssl_root_cert),
+        startup_path(workspace, startup.ssl_cert),
+        startup_path(workspace, startup.ssl_private_key),
+    )
+    credentials = server_credentials(files)
+    server = FLServer(workspace, startup, flstack_version())
+    await server.open()
+    federation = grpc.aio.server(options=SERVER_OPTIONS)
+    fed_grpc.add_FederationServicer_to_server(FederationService(server), federation)
+    admin = grpc.aio.server(options=SERVER_OPTIONS)
+    admin_grpc.add_AdminServicer_to_server(AdminService(server), admin)
+    try:
+        _bind(federation, f"{startup.listen_host}:{startup.fed_port}", credentials)
+        _bind(admin, f"{startup.listen_host}:{startup.admin_port}", credentials)
+    except ConfigError:
+        await server.close(0)
+        raise
+    await federation.start()
+    await admin.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    shutdown = loop.create_task(server.shutdown_requested.wait())
+    stopped = loop.create_task(stop.wait())
+
+    notify("READY=1", f"STATUS=serving project {startup.project}")
+    log.info(
+        "flserverd %s ready: project %s, federation on %s:%d, admin on %s:%d",
+        server.version,
+        startup.project,
+        startup.listen_host,
+        startup.fed_port,
+        startup.listen_host,
+        startup.admin_port,
+    )
+    await asyncio.wait({shutdown, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    shutdown.cancel()
+    stopped.cancel()
+    notify("STOPPING=1")
+    await asyncio.gather(federation.stop(RPC_GRACE_S), admin.stop(RPC_GRACE_S))
+    await server.close(CHECKPOINT_GRACE_S)
+    log.info("flserverd stopped")
+    return 0

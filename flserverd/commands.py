@@ -1,0 +1,365 @@
+"""Admin commands: the Clara vocabulary, parsed, checked and carried out.
+
+Each command returns the text an admin reads (Clara's wording and layout,
+without the trailing "Done [...]" line, which the admin client adds from
+the reply's timing) and the same facts as data for ``--json``. Usage errors
+say what was expected. ``member`` admins may only look.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flcore import status as st
+from flcore.identity import ROLE_SUPER
+from flserverd.registry import ClientSession
+from flserverd.server import CommandError, FLServer
+from flserverd.transfer import TransferError, client_app_dir, copy_app, uploaded_app
+from flserverd.views import ClientView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The outcome of one admin command."""
+
+    ok: bool
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+    confirm_prompt: str = ""
+
+
+@dataclass(frozen=True)
+class Request:
+    """An admin command as the servicer received it."""
+
+    user: str
+    role: str
+    words: list[str]
+    timeout: float
+    confirmed: bool
+
+
+Handler = Callable[["AdminCommands", Request], Awaitable[Reply]]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Usage and permission of one command."""
+
+    usage: str
+    summary: str
+    read_only: bool
+    handler: Handler
+
+
+COMMANDS: dict[str, Spec] = {}
+
+
+def command(usage: str, summary: str, read_only: bool = False) -> Callable[[Handler], Handler]:
+    """Register a handler under the first word of its usage line."""
+
+    def register(handler: Handler) -> Handler:
+        COMMANDS[usage.split()[0]] = Spec(usage, summary, read_only, handler)
+        return handler
+
+    return register
+
+
+def _usage(name: str) -> CommandError:
+    return CommandError(f"usage: {COMMANDS[name].usage}")
+
+
+def instance_line(instance: str, text: str) -> str:
+    """One client's line in a multi-client reply, as in the Clara guide."""
+    return f"instance:{instance} : {text}"
+
+
+class AdminCommands:
+    """Executes command lines against the server."""
+
+    def __init__(self, server: FLServer) -> None:
+        self.server = server
+
+    async def execute(
+        self, user: str, role: str, line: str, timeout: float, confirmed: bool
+    ) -> Reply:
+        """Parse and run one command line; never raises for a bad command."""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            return Reply(False, f"cannot parse the command: {exc}")
+        if not words:
+            return Reply(False, "empty command: type help for the list of commands")
+        spec = COMMANDS.get(words[0])
+        if spec is None:
+            return Reply(False, f"unknown command {words[0]!r}: type help for the list of commands")
+        if not spec.read_only and role != ROLE_SUPER:
+            return Reply(
+                False,
+                f"permission denied: {user} has the {role!r} role, which may only run "
+                "check_status, validate and help",
+            )
+        request = Request(user, role, words, timeout, confirmed)
+        try:
+            return await spec.handler(self, request)
+        except (CommandError, TransferError) as exc:
+            return Reply(False, str(exc))
+
+    # ------------------------------------------------------------------ helpers
+
+    def targets(self, names: list[str]) -> list[ClientSession]:
+        """Sessions named by instance (all when none are named)."""
+        registry = self.server.registry
+        if not names:
+            sessions = registry.sessions()
+            if not sessions:
+                raise CommandError("no clients are registered")
+            return sessions
+        unknown = [n for n in names if registry.by_instance(n) is None]
+        if unknown:
+            known = ", ".join(s.instance for s in registry.sessions()) or "none"
+            raise CommandError(
+                f"unknown client instance {', '.join(unknown)} (registered: {known})"
+            )
+        return [s for n in dict.fromkeys(names) if (s := registry.by_instance(n)) is not None]
+
+    async def per_client(
+        self, request: Request, sessions: list[ClientSession], name: str, args: dict[str, Any]
+    ) -> Reply:
+        """Send a command to clients and report one line each."""
+        results = await self.server.call(sessions, name, args, request.timeout)
+        lines = [instance_line(s.instance, r.text) for s, r in results]
+        data = {s.instance: {"ok": r.ok, "text": r.text, **r.data} for s, r in results}
+        return Reply(all(r.ok for _, r in results), "\n".join(lines) + "\n", {"clients": data})
+
+    @staticmethod
+    def target_kind(request: Request, name: str) -> tuple[str, list[str]]:
+        """Split ``<cmd> server|client [instance…]``."""
+        if len(request.words) < 2 or request.words[1] not in ("server", "client"):
+            raise _usage(name)
+        kind, rest = request.words[1], request.words[2:]
+        if kind == "server" and rest:
+            raise _usage(name)
+        return kind, rest
+
+
+# ---------------------------------------------------------------------- commands
+
+
+@command("help", "list the commands", read_only=True)
+async def _help(cmds: AdminCommands, request: Request) -> Reply:
+    width = max(len(spec.usage) for spec in COMMANDS.values())
+    lines = [f"{spec.usage.ljust(width)}  {spec.summary}" for spec in COMMANDS.values()]
+    lines.append(
+        "set_timeout <seconds>".ljust(width) + "  change how long commands wait for clients"
+    )
+    return Reply(True, "\n".join(lines), {"commands": {n: s.usage for n, s in COMMANDS.items()}})
+
+
+@command("check_status", "status of the server or of clients", read_only=True)
+async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
+    kind, names = cmds.target_kind(request, "check_status")
+    server = cmds.server
+    if kind == "server":
+        return _server_status(server)
+    sessions = cmds.targets(names)
+    results = await server.call(sessions, "check_status", {}, request.timeout)
+    lines, data = [], {}
+    for session, result in results:
+        row = ClientView.of(session).as_dict()
+        if result.ok:
+            row.update(result.data)
+            state = row["status"]
+        else:
+            state = f"{session.status.status} (no reply: {result.text})"
+        text = f"client name: {session.client_name}\ttoken: {session.token}\tstatus: {state}"
+        if row.get("round", -1) >= 0 and row.get("status") in st.ACTIVE:
+            text += f"\tround: {row['round']}"
+        text += f"\tdevice: {row.get('device') or session.machine.device}"
+        if row.get("error"):
+            text += f"\terror: {row['error']}"
+        lines.append(instance_line(session.instance, text))
+        data[session.instance] = row
+    return Reply(True, "\n".join(lines) + "\n", {"clients": data})
+
+
+def _server_status(server: FLServer) -> Reply:
+    view = server.run_view()
+    lines = []
+    if view.run_number:
+        lines.append(f"FL run number: {view.run_number}")
+    else:
+        lines.append("FL run number has not been set.")
+    status = view.server_status
+    if view.reason and status == st.STOPPED:
+        status += f" ({view.reason})"
+    elif view.reason and status == st.NOT_STARTED:
+        status += f" (last start failed: {view.reason})"
+    lines.append(f"FL server status: {status}")
+    if view.current_round >= 0:
+        lines.append(
+            f"Current round: {view.current_round} / {view.num_rounds}"
+            + (f" ({view.phase})" if view.phase and view.phase != "training" else "")
+        )
+        lines.append(
+            f"Updates received: {view.updates_received} (min_num_clients {view.min_num_clients},"
+            f" max_num_clients {view.max_num_clients})"
+        )
+        if view.server_status == st.STARTED:
+            lines.append(f"Waiting for: {', '.join(view.awaited) or 'nobody'}")
+    if view.best_metric:
+        lines.append(f"Best global model: {view.best_metric}")
+    if view.failed_sites:
+        lines.append(f"Failed sites: {', '.join(view.failed_sites)}")
+    clients = server.client_views()
+    lines.append(f"Registered clients: {len(clients)}")
+    for c in clients:
+        lines.append(f"client name:{c.client_name}\tinstance name:{c.instance}\ttoken: {c.token}")
+    data = {"run": view.as_dict(), "clients": [c.as_dict() for c in clients]}
+    return Reply(True, "\n".join(lines), data)
+
+
+@command("set_run_number", "select (and create) the run that training happens in")
+async def _set_run_number(cmds: AdminCommands, request: Request) -> Reply:
+    if len(request.words) != 2 or not request.words[1].isdigit() or int(request.words[1]) < 1:
+        raise CommandError("usage: set_run_number <N>  (N is a positive whole number)")
+    number = int(request.words[1])
+    existed = cmds.server.set_run_number(number)
+    text = (
+        f"Reuse the existing run folder: run_{number} (its models and logs are kept)"
+        if existed
+        else f"Create a new run folder: run_{number}"
+    )
+    log.info("run number set to %d by %s", number, request.user)
+    return Reply(True, text, {"run_number": number, "existed": existed})
+
+
+@command("upload_folder", "send an app from your transfer/ folder to the server")
+async def _upload_folder(cmds: AdminCommands, request: Request) -> Reply:
+    return Reply(False, "upload_folder sends files: run it from fltui, which streams the folder")
+
+
+@command("deploy", "copy an uploaded app into the current run on the server or clients")
+async def _deploy(cmds: AdminCommands, request: Request) -> Reply:
+    words = request.words
+    if (
+        len(words) < 3
+        or words[2] not in ("server", "client")
+        or (words[2] == "server" and len(words) > 3)
+    ):
+        raise _usage("deploy")
+    name, kind, names = words[1], words[2], words[3:]
+    server = cmds.server
+    number = server.require_run()
+    app = uploaded_app(server.store, name)
+    if kind == "server":
+        if app.server is None:
+            raise CommandError(f"{name} has no config/config_fed_server.json to run on the server")
+        training = server.training
+        if server.starting or (training is not None and training.active):
+            raise CommandError(f"run {number} is training: abort it before deploying to the server")
+        await asyncio.to_thread(copy_app, app.root, server.store.server_app(number), name)
+        server.publish_run()
+        return Reply(
+            True,
+            f"{name} has been deployed to the server (run_{number}/app_server).",
+            {"app": name, "run_number": number, "target": "server"},
+        )
+    if app.client is None:
+        raise CommandError(f"{name} has no config/config_fed_client.json to run on clients")
+    sessions = cmds.targets(names)
+    await asyncio.to_thread(copy_app, app.root, client_app_dir(server.store, number, name), name)
+    return await cmds.per_client(request, sessions, "deploy", {"run_number": number, "app": name})
+
+
+@command("start", "start training on the server or on clients")
+async def _start(cmds: AdminCommands, request: Request) -> Reply:
+    kind, names = cmds.target_kind(request, "start")
+    server = cmds.server
+    if kind == "server":
+        text = await server.start_training(request.timeout)
+        return Reply(True, text, {"run_number": server.run_number})
+    number = server.require_run()
+    return await cmds.per_client(
+        request, cmds.targets(names), "start", {"run_number": number, "gpus": 0}
+    )
+
+
+@command("start_mgpu", "start a client's training on several GPUs (torchrun)")
+async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
+    words = request.words
+    if len(words) != 4 or words[1] != "client" or not words[2].isdigit() or int(words[2]) < 1:
+        raise _usage("start_mgpu")
+    gpus = int(words[2])
+    number = cmds.server.require_run()
+    sessions = cmds.targets([words[3]])
+    return await cmds.per_client(request, sessions, "start", {"run_number": number, "gpus": gpus})
+
+
+@command("abort", "stop training on the server or on clients")
+async def _abort(cmds: AdminCommands, request: Request) -> Reply:
+    kind, names = cmds.target_kind(request, "abort")
+    server = cmds.server
+    if kind == "server":
+        training = server.training
+        if not server.abort_training() or training is None:
+            raise CommandError("the server is not training")
+        return Reply(
+            True,
+            f"Server training aborted: run {training.run.run_number} stopped at round "
+            f"{training.current_round}.",
+            {"run_number": training.run.run_number, "round": training.current_round},
+        )
+    return await cmds.per_client(request, cmds.targets(names), "abort", {})
+
+
+@command("shutdown", "end the server or client daemons (asks for confirmation)")
+async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
+    kind, names = cmds.target_kind(request, "shutdown")
+    server = cmds.server
+    if kind == "client":
+        sessions = cmds.targets(names)
+        if not request.confirmed:
+            return Reply(False, "", confirm_prompt="Are you sure (Y/N):")
+        return await cmds.per_client(request, sessions, "shutdown", {})
+    if not request.confirmed:
+        connected = [s.instance for s in server.registry.sessions()]
+        warning = (
+            f"{len(connected)} client(s) still registered ({', '.join(connected)}); shut clients "
+            "down first (shutdown client), because they receive commands through the server.\n"
+            if connected
+            else ""
+        )
+        return Reply(False, "", confirm_prompt=f"{warning}Are you sure (Y/N):")
+    server.abort_training()
+    log.info("shutdown requested by %s", request.user)
+    asyncio.get_running_loop().call_later(0.2, server.shutdown_requested.set)
+    return Reply(True, "Shutting down the server...", {})
+
+
+@command("validate", "cross-site validation results", read_only=True)
+async def _validate(cmds: AdminCommands, request: Request) -> Reply:
+    names = request.words[1:]
+    if not names:
+        raise _usage("validate")
+    server = cmds.server
+    number = server.require_run()
+    rows = server.db.validation_results(number)
+    if names != ["all"]:
+        wanted = set(names)
+        rows = [r for r in rows if r[0] in wanted or r[1] in wanted]
+    if not rows:
+        return Reply(True, f"No cross-site validation results for run {number}.", {"results": []})
+    lines = []
+    for owner, validator, metrics, error in rows:
+        shown = error or ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        lines.append(f"model of {owner} on {validator}: {shown}")
+    data = [{"model_owner": o, "validator": v, "metrics": m, "error": e} for o, v, m, e in rows]
+    return Reply(True, "\n".join(lines), {"results": data})

@@ -1,0 +1,111 @@
+"""Where a run's files live on the server, and how they are written.
+
+::
+
+    <workspace>/transfer/<app>/            uploaded apps (config/ and resources/ only)
+    <workspace>/run_<N>/app_server/        the app deployed to the server for run N
+    <workspace>/run_<N>/models/round_<r>.safetensors   input model of round r
+    <workspace>/run_<N>/global_model.safetensors       latest global model (hard link)
+    <workspace>/run_<N>/best_global_model.safetensors  best by the validation metric
+    <workspace>/run_<N>/metrics.jsonl      one JSON object per completed round
+    <workspace>/run_<N>/tb/                TensorBoard event files
+    <workspace>/run_<N>/.spool/            uploads in flight (deleted at start)
+
+Models are only ever replaced by rename (or a hard link renamed into place),
+so a reader or a crash sees either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from flcore.atomic import fsync_dir
+
+log = logging.getLogger(__name__)
+
+GLOBAL_MODEL = "global_model.safetensors"
+BEST_MODEL = "best_global_model.safetensors"
+
+
+class RunStore:
+    """Paths and file operations of the server workspace."""
+
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
+        self.transfer = workspace / "transfer"
+        self.transfer.mkdir(exist_ok=True)
+
+    def run_dir(self, run_number: int) -> Path:
+        """The folder of run N (``run_N``)."""
+        return self.workspace / f"run_{run_number}"
+
+    def create_run(self, run_number: int) -> bool:
+        """Create ``run_N/`` if needed; returns True when it already existed."""
+        path = self.run_dir(run_number)
+        existed = path.is_dir()
+        path.mkdir(exist_ok=True)
+        return existed
+
+    def server_app(self, run_number: int) -> Path:
+        """Where ``deploy <app> server`` puts the app."""
+        return self.run_dir(run_number) / "app_server"
+
+    def deployed_app_name(self, run_number: int) -> str:
+        """Name of the app deployed to the server for a run ('' when none)."""
+        marker = self.server_app(run_number) / ".app_name"
+        return marker.read_text().strip() if marker.exists() else ""
+
+    def round_model(self, run_number: int, round_number: int) -> Path:
+        """The input model of a round (the output of the previous one)."""
+        return self.run_dir(run_number) / "models" / f"round_{round_number}.safetensors"
+
+    def global_model(self, run_number: int) -> Path:
+        """The latest global model, for people and scripts."""
+        return self.run_dir(run_number) / GLOBAL_MODEL
+
+    def best_model(self, run_number: int) -> Path:
+        """The best global model so far by the validation metric."""
+        return self.run_dir(run_number) / BEST_MODEL
+
+    def spool_dir(self, run_number: int) -> Path:
+        """Uploads being received for a run."""
+        path = self.run_dir(run_number) / ".spool"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def clear_spool(self, run_number: int) -> None:
+        """Delete half-received uploads (after a restart they are worthless)."""
+        shutil.rmtree(self.run_dir(run_number) / ".spool", ignore_errors=True)
+
+    def publish(self, source: Path, target: Path) -> None:
+        """Make ``target`` the same file as ``source`` atomically (a hard link, no copy)."""
+        tmp = target.with_name(f".{target.name}.link")
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+
+    def drop_round_models(self, run_number: int, keep: set[int]) -> None:
+        """Delete round models no longer needed to resume (hard links keep published ones)."""
+        folder = self.run_dir(run_number) / "models"
+        for path in folder.glob("round_*.safetensors"):
+            number = path.stem.removeprefix("round_")
+            if number.isdigit() and int(number) not in keep:
+                path.unlink(missing_ok=True)
+
+    def append_metrics(self, run_number: int, record: dict[str, Any]) -> None:
+        """Append one round's metrics to ``metrics.jsonl`` (one JSON object per line)."""
+        path = self.run_dir(run_number) / "metrics.jsonl"
+        with path.open("a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def tensorboard_dir(self, run_number: int) -> Path:
+        """Folder of the TensorBoard event files of a run."""
+        return self.run_dir(run_number) / "tb"

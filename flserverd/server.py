@@ -1,0 +1,440 @@
+"""The server's state and behaviour, apart from gRPC.
+
+FLServer ties the domain objects together (registry, round controller, run
+store, event bus, client links) and offers the operations that the
+servicers and the admin commands need. It runs on one asyncio event loop;
+blocking work (folding updates, writing checkpoints, building the initial
+model) happens in threads or child processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from flcore import status as st
+from flcore.appconfig import ServerAppConfig, load_app
+from flcore.schema import ConfigError
+from flcore.sdnotify import notify
+from flcore.startup import ServerStartup
+from flcore.status import ClientStatus
+from flcore.tensorfile import TensorFile
+from flserverd.events import BusLogHandler, EventBus, LogLine
+from flserverd.links import ClientLink, Closed, CommandResult, RunEnded
+from flserverd.registry import ClientRegistry, ClientSession
+from flserverd.runstore import RunStore
+from flserverd.statedb import RunRecord, StateDB
+from flserverd.training import PHASE_TRAINING, Offer, Training
+from flserverd.views import ClientView, RunView
+
+log = logging.getLogger(__name__)
+
+RUN_NUMBER_KEY = "run_number"
+MODEL_INIT_TIMEOUT = 600.0
+
+
+class CommandError(Exception):
+    """An admin command cannot be carried out; the message tells the admin why."""
+
+
+class FLServer:
+    """Everything the server knows and does."""
+
+    def __init__(self, workspace: Path, startup: ServerStartup, version: str) -> None:
+        self.workspace = workspace
+        self.startup = startup
+        self.version = version
+        self.started_at = time.time()
+        state_dir = workspace / "state"
+        state_dir.mkdir(mode=0o700, exist_ok=True)
+        self.db = StateDB(state_dir / "flserverd.sqlite3")
+        self.store = RunStore(workspace)
+        self.bus = EventBus()
+        self.registry = ClientRegistry(self.db, startup.heart_beat_timeout)
+        self.links: dict[str, ClientLink] = {}
+        self.training: Training | None = None
+        self.starting = False
+        self.start_error = ""
+        self.shutdown_requested = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._log_handler: BusLogHandler | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Resume an interrupted run and start watching heartbeats."""
+        loop = asyncio.get_running_loop()
+        self._log_handler = BusLogHandler(self.bus, loop)
+        logging.getLogger().addHandler(self._log_handler)
+        number = self.run_number
+        record = self.db.get_run(number) if number else None
+        if record is not None and record.status in st.ACTIVE:
+            self._resume(record)
+        self._sweeper = loop.create_task(self._sweep())
+
+    def _resume(self, record: RunRecord) -> None:
+        app = load_app(self.store.server_app(record.run_number))
+        if app.server is None:
+            raise ConfigError(f"run {record.run_number}: the deployed app has no server config")
+        dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
+        self.store.clear_spool(record.run_number)
+        model = self.store.round_model(record.run_number, record.next_round)
+        self.training = Training(
+            record, app.server, TensorFile(model).manifest, self.store, self.db, self
+        )
+        log.info(
+            "resumed run %d at round %d of %d (%d unfinished updates will be resent by clients)",
+            record.run_number,
+            record.next_round,
+            record.num_rounds,
+            dropped,
+        )
+
+    async def close(self, grace: float) -> None:
+        """Stop cleanly: let checkpoint writes land, close streams, keep the run resumable."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.training is not None:
+            await self.training.close(grace)
+        for link in list(self.links.values()):
+            link.close()
+        self.bus.close()
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+        self.db.close()
+
+    async def _sweep(self) -> None:
+        """Drop clients not heard from within the heartbeat timeout."""
+        interval = min(1.0, self.startup.heart_beat_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            for session in self.registry.expired():
+                silent = time.time() - session.last_heartbeat
+                self.drop(session, f"no heartbeat for {silent:.0f}s")
+
+    # ------------------------------------------------------------------ runs
+
+    @property
+    def run_number(self) -> int:
+        """The run set by set_run_number (0 when never set)."""
+        value = self.db.get_meta(RUN_NUMBER_KEY)
+        return int(value) if value else 0
+
+    def set_run_number(self, number: int) -> bool:
+        """Select run N, creating run_N/; returns True when the folder already existed."""
+        if self.training is not None and self.training.active:
+            raise CommandError(
+                f"run {self.training.run.run_number} is still training: abort it before "
+                "setting a new run number"
+            )
+        if self.starting:
+            raise CommandError("the server is starting training: wait for it, or abort it")
+        existed = self.store.create_run(number)
+        self.db.set_meta(RUN_NUMBER_KEY, str(number))
+        if self.training is not None and self.training.run.run_number != number:
+            self.training = None
+        self.publish_run()
+        return existed
+
+    def server_status(self) -> str:
+        """Status word of the current run, as check_status shows it."""
+        if self.starting:
+            return st.STARTING
+        training = self.training
+        if training is not None and training.run.run_number == self.run_number:
+            return training.run.status
+        record = self.db.get_run(self.run_number) if self.run_number else None
+        return record.status if record is not None else st.NOT_STARTED
+
+    def require_run(self) -> int:
+        """The current run number, or a CommandError saying to set one."""
+        number = self.run_number
+        if not number:
+            raise CommandError("FL run number has not been set: use set_run_number <N> first")
+        return number
+
+    async def start_training(self, timeout: float) -> str:
+        """Begin training the current run from its server app; returns the reply text."""
+        number = self.require_run()
+        if self.starting or (self.training is not None and self.training.active):
+            raise CommandError(f"run {number} is already training")
+        app_dir = self.store.server_app(number)
+        if not app_dir.is_dir():
+            raise CommandError(
+                f"no app is deployed to the server for run {number}: use deploy <app> server first"
+            )
+        try:
+            app = load_app(app_dir)
+        except ConfigError as exc:
+            raise CommandError(f"the deployed app is not valid: {exc}") from None
+        if app.server is None:
+            raise CommandError("the deployed app has no config/config_fed_server.json")
+        config = app.server
+        self.starting = True
+        self.start_error = ""
+        self.publish_run()
+        task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if task in done and task.exception() is not None:
+            raise CommandError(f"cannot start training: {task.exception()}")
+        return "Server training is starting...."
+
+    async def _prepare_and_begin(self, number: int, config: ServerAppConfig) -> None:
+        try:
+            model = self.store.round_model(number, config.start_round)
+            await build_initial_model(self.store.server_app(number), model)
+            manifest = TensorFile(model).manifest
+        except Exception as exc:
+            self.starting = False
+            self.start_error = str(exc)
+            log.error("run %d: cannot start training: %s", number, exc)
+            self.publish_run()
+            raise
+        self.db.clear_round_records(number)
+        self.store.clear_spool(number)
+        record = RunRecord(
+            run_number=number,
+            status=st.STARTED,
+            phase=PHASE_TRAINING,
+            app=self.store.deployed_app_name(number),
+            start_round=config.start_round,
+            num_rounds=config.num_rounds,
+            next_round=config.start_round,
+        )
+        self.db.save_run(record)
+        self.training = Training(record, config, manifest, self.store, self.db, self)
+        self.starting = False
+        log.info(
+            "run %d: training started, rounds %d..%d, %d tensors (%.1f MB)",
+            number,
+            config.start_round,
+            config.num_rounds - 1,
+            len(manifest.tensors),
+            manifest.total_bytes / 1e6,
+        )
+        for session in self.registry.sessions():
+            if session.status.status == st.STARTED and session.status.run_number == number:
+                self.training.ready.add(session.instance)
+        self.training.begin()
+
+    def abort_training(self) -> bool:
+        """Stop the current run's training; False when nothing was training."""
+        training = self.training
+        if training is None or not training.active:
+            return False
+        training.abort()
+        return True
+
+    # ------------------------------------------------------------------ TrainingListener
+
+    def offer(self, instances: Iterable[str], offer: Offer) -> None:
+        """Send a task offer to clients (TrainingListener)."""
+        for instance in instances:
+            session = self.registry.by_instance(instance)
+            link = self.links.get(session.token) if session else None
+            if link is not None:
+                link.send(offer)
+
+    def run_changed(self) -> None:
+        """Publish round progress (TrainingListener)."""
+        self.publish_run()
+
+    def run_ended(self, run: RunRecord) -> None:
+        """Tell every client the run is over (TrainingListener)."""
+        message = RunEnded(run.run_number, run.status, run.reason)
+        for link in self.links.values():
+            link.send(message)
+        failed = f"; failed sites: {', '.join(run.failed_sites)}" if run.failed_sites else ""
+        log.info("run %d ended (%s)%s", run.run_number, run.reason, failed)
+
+    # ------------------------------------------------------------------ clients
+
+    def attach(self, session: ClientSession, status: ClientStatus) -> ClientLink:
+        """A client opened its Session stream."""
+        old = self.links.pop(session.token, None)
+        if old is not None:
+            old.close()
+        link = ClientLink(session.instance)
+        self.links[session.token] = link
+        session.connected = True
+        self.update_status(session, status)
+        return link
+
+    def detach(self, session: ClientSession, link: ClientLink) -> None:
+        """A client's Session stream ended; the session lives until the heartbeat timeout."""
+        link.close()
+        if self.links.get(session.token) is link:
+            del self.links[session.token]
+            session.connected = False
+            self.publish_client(session)
+
+    def update_status(self, session: ClientSession, status: ClientStatus) -> None:
+        """A client reported its status: keep the round controller in step."""
+        session.status = status
+        self.registry.heard(session)
+        self.publish_client(session)
+        training = self.training
+        if training is None or status.run_number != training.run.run_number or not training.active:
+            self._end_stale_run(session, status)
+            return
+        if status.status == st.STARTED:
+            if session.instance not in training.ready:
+                training.client_ready(session.instance)
+        elif status.status == st.FAILED:
+            training.client_gone(session.instance, failed_reason=status.error or "failed")
+        elif status.status not in st.ACTIVE:
+            training.client_gone(session.instance)
+
+    def _end_stale_run(self, session: ClientSession, status: ClientStatus) -> None:
+        """A client still trains a run that ended here (e.g. it was restarted meanwhile)."""
+        if status.status not in st.ACTIVE or not status.run_number or self.starting:
+            return
+        record = self.db.get_run(status.run_number)
+        link = self.links.get(session.token)
+        if record is not None and record.status not in st.ACTIVE and link is not None:
+            link.send(RunEnded(record.run_number, record.status, record.reason or "run ended"))
+
+    def heartbeat(self, session: ClientSession, status: ClientStatus) -> None:
+        """A heartbeat arrived."""
+        changed = status != session.status
+        if changed:
+            self.update_status(session, status)
+        else:
+            self.registry.heard(session)
+        self.bus.publish("heartbeat", (session.instance, session.last_heartbeat))
+
+    def client_logs(self, session: ClientSession, lines: list[LogLine], dropped: int) -> None:
+        """Forwarded log lines of a client go to the console's log feed."""
+        for line in lines:
+            self.bus.publish("log", replace(line, source=session.instance))
+        if dropped:
+            self.bus.publish(
+                "log",
+                LogLine(
+                    time.time(),
+                    "WARNING",
+                    "flclientd",
+                    f"{dropped} log lines dropped by the client's rate limit",
+                    session.instance,
+                ),
+            )
+
+    def drop(self, session: ClientSession, reason: str) -> None:
+        """Remove a client (heartbeat timeout, logout, shutdown)."""
+        link = self.links.pop(session.token, None)
+        if link is not None:
+            link.send(Closed(reason))
+            link.close()
+        self.registry.remove(session)
+        log.info("client %s (%s) removed: %s", session.instance, session.client_name, reason)
+        self.bus.publish("client_gone", (session.instance, reason))
+        if self.training is not None:
+            self.training.client_gone(session.instance)
+
+    async def call(
+        self, sessions: list[ClientSession], name: str, args: dict[str, object], timeout: float
+    ) -> list[tuple[ClientSession, CommandResult]]:
+        """Send a command to several clients at once and collect their results."""
+
+        async def one(session: ClientSession) -> CommandResult:
+            link = self.links.get(session.token)
+            if link is None:
+                return CommandResult(False, "client is not connected", {})
+            try:
+                return await link.call(name, dict(args), timeout)
+            except TimeoutError:
+                return CommandResult(False, f"no reply within {timeout:g}s (see set_timeout)", {})
+            except ConnectionError:
+                return CommandResult(False, "client disconnected before replying", {})
+
+        results = await asyncio.gather(*(one(s) for s in sessions))
+        return list(zip(sessions, results, strict=True))
+
+    # ------------------------------------------------------------------ views
+
+    def publish_client(self, session: ClientSession) -> None:
+        """Send a client's row to consoles."""
+        self.bus.publish("client", ClientView.of(session))
+
+    def publish_run(self) -> None:
+        """Send the run's state to consoles and to systemd."""
+        view = self.run_view()
+        self.bus.publish("run", view)
+        if view.current_round >= 0:
+            notify(
+                f"STATUS=run {view.run_number} {view.server_status}, round "
+                f"{view.current_round}/{view.num_rounds}, {len(self.registry)} clients"
+            )
+
+    def run_view(self) -> RunView:
+        """The run's state now."""
+        number = self.run_number
+        training = self.training
+        status = self.server_status()
+        if training is None or training.run.run_number != number:
+            return RunView(
+                number,
+                status,
+                app=self.store.deployed_app_name(number) if number else "",
+                reason=self.start_error,
+            )
+        run, state = training.run, training.round
+        best = ""
+        if run.best_value is not None:
+            best = (
+                f"{training.config.validation_metric}={run.best_value:.4f} (round {run.best_round})"
+            )
+        return RunView(
+            run_number=number,
+            server_status=status,
+            app=run.app,
+            phase=run.phase if training.active else "",
+            start_round=run.start_round,
+            current_round=training.current_round,
+            num_rounds=run.num_rounds,
+            min_num_clients=training.config.min_num_clients,
+            max_num_clients=training.config.max_num_clients,
+            updates_received=len(state.contributed),
+            contributed=tuple(sorted(state.contributed)),
+            awaited=tuple(training.awaited()) if training.active else (),
+            wait_deadline=state.deadline,
+            history=tuple(training.history),
+            failed_sites=tuple(run.failed_sites),
+            best_metric=best,
+            reason=run.reason or self.start_error,
+        )
+
+    def client_views(self) -> list[ClientView]:
+        """Every registered client, by instance name."""
+        return [ClientView.of(s) for s in self.registry.sessions()]
+
+
+async def build_initial_model(app_dir: Path, target: Path) -> None:
+    """Build the run's first global model in a child process (custom code and torch stay out
+    of the server), raising with the child's one-line error on failure."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "flcore.modelinit",
+        "--app",
+        str(app_dir),
+        "--out",
+        str(target),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = await asyncio.wait_for(process.communicate(), MODEL_INIT_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError("building the initial model took too long") from None
+    if process.returncode != 0:
+        text = stderr.decode(errors="replace").strip()
+        first = next((ln for ln in text.splitlines() if ln.startswith("error:")), text[-500:])
+        raise RuntimeError(first.removeprefix("error:").strip() or "model init failed")

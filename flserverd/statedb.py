@@ -1,0 +1,319 @@
+"""Server state that must survive a restart, in one SQLite file.
+
+Runs and their round pointer, client sessions and tokens, which updates were
+folded into which round, round metrics, cross-site validation results and
+the audit of admin commands. SQLite in WAL mode with synchronous=FULL gives
+atomic, durable transactions, which is what lets a round's completion and
+the exactly-once record of its updates survive kill -9.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_number INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    phase TEXT NOT NULL DEFAULT '',
+    app TEXT NOT NULL DEFAULT '',
+    start_round INTEGER NOT NULL DEFAULT 0,
+    num_rounds INTEGER NOT NULL DEFAULT 0,
+    next_round INTEGER NOT NULL DEFAULT 0,
+    best_round INTEGER,
+    best_value REAL,
+    failed_sites TEXT NOT NULL DEFAULT '[]',
+    reason TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token TEXT PRIMARY KEY,
+    client_name TEXT NOT NULL,
+    instance TEXT NOT NULL UNIQUE,
+    org TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS folded (
+    run_number INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    instance TEXT NOT NULL,
+    samples INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    folded_at REAL NOT NULL,
+    PRIMARY KEY (run_number, round, instance)
+);
+CREATE TABLE IF NOT EXISTS round_metrics (
+    run_number INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_number, round)
+);
+CREATE TABLE IF NOT EXISTS validation (
+    run_number INTEGER NOT NULL,
+    model_owner TEXT NOT NULL,
+    validator TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    error TEXT NOT NULL,
+    PRIMARY KEY (run_number, model_owner, validator)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    user TEXT NOT NULL,
+    line TEXT NOT NULL,
+    ok INTEGER NOT NULL
+);
+"""
+
+
+@dataclass
+class RunRecord:
+    """A run as the database keeps it; next_round is the round pointer."""
+
+    run_number: int
+    status: str
+    phase: str = ""
+    app: str = ""
+    start_round: int = 0
+    num_rounds: int = 0
+    next_round: int = 0
+    best_round: int | None = None
+    best_value: float | None = None
+    failed_sites: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A client session that outlives server restarts."""
+
+    token: str
+    client_name: str
+    instance: str
+    org: str
+    created_at: float
+
+
+class StateDB:
+    """Typed access to the state database; used from the server's event loop only."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection (the WAL is checkpointed by SQLite)."""
+        self._db.close()
+
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run several statements as one durable transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                self._db.execute(sql, params)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def get_meta(self, key: str) -> str | None:
+        """A single setting, e.g. the current run number."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a single setting."""
+        self._write([("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))])
+
+    @staticmethod
+    def _run_upsert(run: RunRecord) -> tuple[str, tuple[Any, ...]]:
+        return (
+            "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
+            " next_round, best_round, best_value, failed_sites, reason, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run.run_number,
+                run.status,
+                run.phase,
+                run.app,
+                run.start_round,
+                run.num_rounds,
+                run.next_round,
+                run.best_round,
+                run.best_value,
+                json.dumps(run.failed_sites),
+                run.reason,
+                time.time(),
+            ),
+        )
+
+    def save_run(self, run: RunRecord) -> None:
+        """Insert or replace a run record."""
+        self._write([self._run_upsert(run)])
+
+    def get_run(self, run_number: int) -> RunRecord | None:
+        """The record of one run, or None if it never trained."""
+        row = self._db.execute(
+            "SELECT run_number, status, phase, app, start_round, num_rounds, next_round,"
+            " best_round, best_value, failed_sites, reason FROM runs WHERE run_number=?",
+            (run_number,),
+        ).fetchone()
+        if row is None:
+            return None
+        return RunRecord(
+            run_number=row[0],
+            status=row[1],
+            phase=row[2],
+            app=row[3],
+            start_round=row[4],
+            num_rounds=row[5],
+            next_round=row[6],
+            best_round=row[7],
+            best_value=row[8],
+            failed_sites=json.loads(row[9]),
+            reason=row[10],
+        )
+
+    def complete_round(self, run: RunRecord, round_number: int, record: dict[str, Any]) -> None:
+        """Move the round pointer and store the round's metrics in one transaction."""
+        self._write(
+            [
+                self._run_upsert(run),
+                (
+                    "INSERT OR REPLACE INTO round_metrics(run_number, round, record)"
+                    " VALUES (?, ?, ?)",
+                    (run.run_number, round_number, json.dumps(record)),
+                ),
+            ]
+        )
+
+    def round_records(self, run_number: int) -> list[dict[str, Any]]:
+        """Metrics of every completed round of a run, in order."""
+        rows = self._db.execute(
+            "SELECT record FROM round_metrics WHERE run_number=? ORDER BY round", (run_number,)
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def clear_round_records(self, run_number: int) -> None:
+        """Forget metrics and folds of a run that is trained again from the start."""
+        self._write(
+            [
+                ("DELETE FROM round_metrics WHERE run_number=?", (run_number,)),
+                ("DELETE FROM folded WHERE run_number=?", (run_number,)),
+                ("DELETE FROM validation WHERE run_number=?", (run_number,)),
+            ]
+        )
+
+    def is_folded(self, run_number: int, round_number: int, instance: str) -> bool:
+        """Whether this (run, round, instance) update was already counted."""
+        row = self._db.execute(
+            "SELECT 1 FROM folded WHERE run_number=? AND round=? AND instance=?",
+            (run_number, round_number, instance),
+        ).fetchone()
+        return row is not None
+
+    def record_folded(
+        self,
+        run_number: int,
+        round_number: int,
+        instance: str,
+        samples: int,
+        metrics: dict[str, float],
+    ) -> None:
+        """Record that an update was folded into the round's running sum."""
+        self._write(
+            [
+                (
+                    "INSERT INTO folded(run_number, round, instance, samples, metrics, folded_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_number, round_number, instance, samples, json.dumps(metrics), time.time()),
+                )
+            ]
+        )
+
+    def forget_unfinished_folds(self, run_number: int, next_round: int) -> int:
+        """Drop fold records of rounds that were not completed (their sums died with the
+        process), so that clients resending after a restart are counted again, once."""
+        cursor = self._db.execute(
+            "DELETE FROM folded WHERE run_number=? AND round>=?", (run_number, next_round)
+        )
+        return cursor.rowcount
+
+    def save_session(self, session: SessionRecord) -> None:
+        """Persist a client session so its token survives a server restart."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO sessions(token, client_name, instance, org, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        session.token,
+                        session.client_name,
+                        session.instance,
+                        session.org,
+                        session.created_at,
+                    ),
+                )
+            ]
+        )
+
+    def delete_session(self, token: str) -> None:
+        """Forget a dropped or logged-out session."""
+        self._write([("DELETE FROM sessions WHERE token=?", (token,))])
+
+    def load_sessions(self) -> list[SessionRecord]:
+        """All sessions known before a restart."""
+        rows = self._db.execute(
+            "SELECT token, client_name, instance, org, created_at FROM sessions"
+        ).fetchall()
+        return [SessionRecord(*row) for row in rows]
+
+    def save_validation(
+        self, run_number: int, owner: str, validator: str, metrics: dict[str, float], error: str
+    ) -> None:
+        """Store one cell of the cross-site validation matrix."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO validation(run_number, model_owner, validator,"
+                    " metrics, error) VALUES (?, ?, ?, ?, ?)",
+                    (run_number, owner, validator, json.dumps(metrics), error),
+                )
+            ]
+        )
+
+    def validation_results(self, run_number: int) -> list[tuple[str, str, dict[str, float], str]]:
+        """(owner, validator, metrics, error) for every cell stored for a run."""
+        rows = self._db.execute(
+            "SELECT model_owner, validator, metrics, error FROM validation WHERE run_number=?"
+            " ORDER BY model_owner, validator",
+            (run_number,),
+        ).fetchall()
+        return [(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+    def audit(self, user: str, line: str, ok: bool) -> None:
+        """Record an admin command."""
+        self._write(
+            [
+                (
+                    "INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)",
+                    (time.time(), user, line, int(ok)),
+                )
+            ]
+        )
+
+    def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, bool]]:
+        """The most recent admin commands, newest last."""
+        rows = self._db.execute(
+            "SELECT time, user, line, ok FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [(r[0], r[1], r[2], bool(r[3])) for r in reversed(rows)]

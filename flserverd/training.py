@@ -1,0 +1,537 @@
+"""The round controller: one run's training on the server, driven by events.
+
+Rounds run from ``start_round`` to ``num_rounds``. Each round starts from the
+input model ``models/round_<r>.safetensors``; clients that are training this
+run are offered the round, fetch the model (at most ``max_num_clients`` are
+admitted), and send back updates that are folded into a running FedAvg sum as
+they arrive. The round is aggregated as soon as
+
+* ``max_num_clients`` updates arrived, or
+* at least ``min_num_clients`` arrived and nobody else is still awaited, or
+* at least ``min_num_clients`` arrived and ``wait_after_min_clients`` passed.
+
+Updates arriving after that are discarded and the sender is told why.
+Nothing here polls: rounds advance on uploads, client departures and the one
+wait timer. After the last round, every client validates the final model
+(``final validation``), then the run ends.
+
+Crash safety: the next round's input model is written (temp, fsync, rename)
+before one SQLite transaction moves the round pointer; on restart the run
+resumes from the pointer and fold records of the unfinished round are
+dropped, so each update is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from flcore import status as st
+from flcore.appconfig import ServerAppConfig
+from flcore.tensorfile import Manifest, TensorFile
+from flserverd.aggregator import FedAvg
+from flserverd.runstore import RunStore
+from flserverd.statedb import RunRecord, StateDB
+from flserverd.tensorboard import ScalarWriter
+
+log = logging.getLogger(__name__)
+
+PHASE_TRAINING = "training"
+PHASE_FINAL_VALIDATION = "final validation"
+
+
+class TaskKind(enum.Enum):
+    """What a client is asked to do next."""
+
+    TRAIN = "train"
+    VALIDATE_GLOBAL = "validate global"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Work offered to clients of a run."""
+
+    run_number: int
+    round: int
+    kind: TaskKind
+
+
+class Outcome(enum.Enum):
+    """What became of a submitted update."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    REJECTED = "rejected"
+
+
+class Refusal(Exception):
+    """A client asked for something this run cannot give now; ``retry`` when it may later."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class TrainingListener(Protocol):
+    """What the controller tells the rest of the server."""
+
+    def offer(self, instances: Iterable[str], offer: Offer) -> None:
+        """Send a task offer to these client instances."""
+
+    def run_changed(self) -> None:
+        """Round progress changed (for the event stream and systemd status)."""
+
+    def run_ended(self, run: RunRecord) -> None:
+        """The run stopped (finished, aborted or failed)."""
+
+
+@dataclass
+class RoundState:
+    """Progress of the current round."""
+
+    number: int
+    fedavg: FedAvg
+    started: float
+    participants: set[str] = field(default_factory=set)
+    contributed: dict[str, int] = field(default_factory=dict)
+    metric_sums: dict[str, float] = field(default_factory=dict)
+    metric_weights: dict[str, float] = field(default_factory=dict)
+    closed: bool = False
+    deadline: float = 0.0
+
+    def add_metrics(self, metrics: dict[str, float], weight: float) -> None:
+        """Fold a client's metrics into the round's weighted means."""
+        for key, value in metrics.items():
+            self.metric_sums[key] = self.metric_sums.get(key, 0.0) + value * weight
+            self.metric_weights[key] = self.metric_weights.get(key, 0.0) + weight
+
+    def mean_metrics(self) -> dict[str, float]:
+        """Sample-weighted mean of every metric reported this round."""
+        return {
+            key: self.metric_sums[key] / weight
+            for key, weight in self.metric_weights.items()
+            if weight > 0
+        }
+
+
+class Training:
+    """A run in progress on the server."""
+
+    def __init__(
+        self,
+        run: RunRecord,
+        config: ServerAppConfig,
+        manifest: Manifest,
+        store: RunStore,
+        db: StateDB,
+        listener: TrainingListener,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.run = run
+        self.config = config
+        self.manifest = manifest
+        self._store = store
+        self._db = db
+        self._listener = listener
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tb = ScalarWriter(store.tensorboard_dir(run.run_number))
+        self.ready: set[str] = set()
+        self.history: list[dict[str, Any]] = db.round_records(run.run_number)
+        self.final_reports: dict[str, int] = {}
+        self._final = RoundState(run.num_rounds, FedAvg(manifest), clock())
+        self.round = RoundState(run.next_round, FedAvg(manifest), clock())
+        if run.phase == PHASE_FINAL_VALIDATION:
+            self._start_final_validation()
+
+    @property
+    def active(self) -> bool:
+        """Whether the run still trains or validates."""
+        return self.run.status in st.ACTIVE
+
+    @property
+    def current_round(self) -> int:
+        """The round being trained (num_rounds during final validation)."""
+        return self.round.number if self.run.phase == PHASE_TRAINING else self.run.num_rounds
+
+    def awaited(self) -> list[str]:
+        """Clients the current round (or final validation) still waits for."""
+        if self.run.phase == PHASE_FINAL_VALIDATION:
+            return sorted(self.ready - set(self.final_reports))
+        state = self.round
+        if len(state.participants) >= self.config.max_num_clients:
+            pending = state.participants
+        else:
+            pending = state.participants | self.ready
+        return sorted(pending - set(state.contributed))
+
+    def current_offer(self) -> Offer:
+        """The task a client joining now should do."""
+        if self.run.phase == PHASE_FINAL_VALIDATION:
+            return Offer(self.run.run_number, self.run.num_rounds, TaskKind.VALIDATE_GLOBAL)
+        return Offer(self.run.run_number, self.round.number, TaskKind.TRAIN)
+
+    def begin(self) -> None:
+        """Offer the current round to every ready client."""
+        self._offer_all()
+        self._listener.run_changed()
+
+    def _offer_all(self) -> None:
+        if self.active and self.ready:
+            self._listener.offer(sorted(self.ready), self.current_offer())
+
+    def client_ready(self, instance: str) -> None:
+        """A client says it is training this run: offer it the current task."""
+        if not self.active:
+            return
+        self.ready.add(instance)
+        offer = self.current_offer()
+        done = (
+            instance in self.final_reports
+            if offer.kind is TaskKind.VALIDATE_GLOBAL
+            else instance in self.round.contributed
+        )
+        if not done:
+            self._listener.offer([instance], offer)
+        self._listener.run_changed()
+
+    def client_gone(self, instance: str, failed_reason: str = "") -> None:
+        """A client stopped, failed or was dropped: stop waiting for it."""
+        if failed_reason and instance not in self.run.failed_sites:
+            self.run.failed_sites.append(instance)
+            self._db.save_run(self.run)
+            log.warning("run %d: site %s failed: %s", self.run.run_number, instance, failed_reason)
+        was_known = instance in self.ready or instance in self.round.participants
+        self.ready.discard(instance)
+        if self.run.phase == PHASE_TRAINING and instance not in self.round.contributed:
+            self.round.participants.discard(instance)
+        if was_known and self.active:
+            self._progress()
+            self._listener.run_changed()
+
+    def admit(self, instance: str, round_number: int) -> Path:
+        """Let a client fetch a round's input model; raises Refusal when it may not."""
+        if not self.active:
+            raise Refusal(f"run {self.run.run_number} is not training")
+        if self.run.phase == PHASE_FINAL_VALIDATION:
+            if round_number != self.run.num_rounds:
+                raise Refusal(
+                    f"training is over; the final model is round {self.run.num_rounds}",
+                    retry=True,
+                )
+            self.ready.add(instance)
+            return self._store.round_model(self.run.run_number, round_number)
+        state = self.round
+        if round_number != state.number or state.closed:
+            raise Refusal(
+                f"round {round_number} is not open; the current round is {state.number}",
+                retry=True,
+            )
+        if (
+            instance not in state.participants
+            and len(state.participants) >= self.config.max_num_clients
+        ):
+            raise Refusal(
+                f"round {state.number} already has max_num_clients="
+                f"{self.config.max_num_clients} participants; wait for the next round",
+                retry=True,
+            )
+        self.ready.add(instance)
+        state.participants.add(instance)
+        self._listener.run_changed()
+        return self._store.round_model(self.run.run_number, round_number)
+
+    def check_submission(
+        self, instance: str, run_number: int, round_number: int
+    ) -> tuple[Outcome, str] | None:
+        """Refuse an update before its bytes are received, when the verdict is already known."""
+        if run_number != self.run.run_number:
+            return (
+                Outcome.REJECTED,
+                f"update is for run {run_number}, the server trains run {self.run.run_number}",
+            )
+        if not self.active:
+            return (
+                Outcome.LATE,
+                f"run {self.run.run_number} is no longer training; update discarded",
+            )
+        state = self.round
+        current = self.current_round
+        closed = self.run.phase != PHASE_TRAINING or state.closed
+        if round_number < current or (round_number == state.number and closed):
+            return Outcome.LATE, f"round {round_number} was already aggregated; update discarded"
+        if round_number > state.number:
+            return (
+                Outcome.REJECTED,
+                f"round {round_number} has not started (current round is {state.number})",
+            )
+        if instance in state.contributed or self._db.is_folded(
+            self.run.run_number, round_number, instance
+        ):
+            return (
+                Outcome.DUPLICATE,
+                f"update of {instance} for round {round_number} was already counted",
+            )
+        return None
+
+    async def accept_update(
+        self,
+        instance: str,
+        round_number: int,
+        update: TensorFile,
+        num_samples: int,
+        metrics: dict[str, float],
+    ) -> tuple[Outcome, str]:
+        """Fold a complete, validated update into the round, exactly once."""
+        if num_samples <= 0:
+            return Outcome.REJECTED, "update reports no training samples; it cannot be weighted"
+        async with self._lock:
+            verdict = self.check_submission(instance, self.run.run_number, round_number)
+            if verdict is not None:
+                return verdict
+            state = self.round
+            await asyncio.to_thread(state.fedavg.fold, update, float(num_samples))
+            self._db.record_folded(
+                self.run.run_number, round_number, instance, num_samples, metrics
+            )
+            state.contributed[instance] = num_samples
+            state.participants.add(instance)
+            self.ready.add(instance)
+            state.add_metrics(metrics, float(num_samples))
+        log.info(
+            "run %d round %d: update from %s accepted (%d samples; %d received, min %d)",
+            self.run.run_number,
+            round_number,
+            instance,
+            num_samples,
+            len(state.contributed),
+            self.config.min_num_clients,
+        )
+        self._progress()
+        self._listener.run_changed()
+        return Outcome.ACCEPTED, f"update for round {round_number} accepted"
+
+    def accept_final_metrics(
+        self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
+    ) -> tuple[Outcome, str]:
+        """Record a client's validation of the final global model."""
+        if self.run.phase != PHASE_FINAL_VALIDATION or round_number != self.run.num_rounds:
+            return Outcome.LATE, "final validation is not in progress; metrics discarded"
+        if instance in self.final_reports:
+            return Outcome.DUPLICATE, "final validation metrics were already counted"
+        self.final_reports[instance] = num_samples
+        self._final.add_metrics(metrics, float(max(num_samples, 1)))
+        self._progress()
+        self._listener.run_changed()
+        return Outcome.ACCEPTED, "final validation metrics accepted"
+
+    def _progress(self) -> None:
+        """Decide whether the round (or final validation) is complete."""
+        if not self.active:
+            return
+        if self.run.phase == PHASE_FINAL_VALIDATION:
+            if not self.awaited():
+                self._spawn(self._finish())
+            return
+        state = self.round
+        received = len(state.contributed)
+        if state.closed or received == 0:
+            return
+        enough = received >= self.config.min_num_clients
+        if received >= self.config.max_num_clients or (enough and not self.awaited()):
+            self._close_round()
+        elif enough and self._timer is None:
+            wait = self.config.wait_after_min_clients
+            if wait <= 0:
+                self._close_round()
+                return
+            state.deadline = self._clock() + wait
+            self._timer = asyncio.get_running_loop().call_later(wait, self._close_round)
+
+    def _close_round(self) -> None:
+        if self.round.closed or not self.active:
+            return
+        self.round.closed = True
+        self._cancel_timer()
+        self._spawn(self._aggregate(self.round))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("run %d: %s", self.run.run_number, exc, exc_info=exc)
+            self._end(st.STOPPED, f"server error: {exc}")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.round.deadline = 0.0
+
+    def _is_better(self, value: float) -> bool:
+        best = self.run.best_value
+        if best is None:
+            return True
+        return value > best if self.config.metric_mode == "max" else value < best
+
+    def _track_best(self, model_round: int, metrics: dict[str, float]) -> None:
+        """Keep best_global_model: the model clients validated is the round's input."""
+        value = metrics.get(self.config.validation_metric)
+        if value is None or not self._is_better(value):
+            return
+        number = self.run.run_number
+        self._store.publish(
+            self._store.round_model(number, model_round), self._store.best_model(number)
+        )
+        self.run.best_round = model_round
+        self.run.best_value = value
+
+    async def _aggregate(self, state: RoundState) -> None:
+        async with self._lock:
+            if not self.active:
+                return
+            number = self.run.run_number
+            following = state.number + 1
+            target = self._store.round_model(number, following)
+            metadata = {"run": str(number), "round": str(following)}
+            await asyncio.to_thread(state.fedavg.write, target, metadata)
+            if not self.active:
+                return
+            metrics = state.mean_metrics()
+            self._track_best(state.number, metrics)
+            record = {
+                "run": number,
+                "round": state.number,
+                "time": self._clock(),
+                "duration_s": round(self._clock() - state.started, 4),
+                "clients": sorted(state.contributed),
+                "samples": sum(state.contributed.values()),
+                "metrics": metrics,
+            }
+            self.run.next_round = following
+            finished = following >= self.run.num_rounds
+            if finished:
+                self.run.phase = PHASE_FINAL_VALIDATION
+            self._db.complete_round(self.run, state.number, record)
+            self._after_round(state, record, following)
+            if finished:
+                self._start_final_validation()
+            else:
+                self.round = RoundState(following, FedAvg(self.manifest), self._clock())
+            self._offer_all()
+        self._progress()
+        self._listener.run_changed()
+
+    def _after_round(self, state: RoundState, record: dict[str, Any], following: int) -> None:
+        """Publish the new global model and the round's metrics (all re-derivable)."""
+        number = self.run.run_number
+        self._store.publish(
+            self._store.round_model(number, following), self._store.global_model(number)
+        )
+        keep = {following}
+        if self.run.best_round is not None:
+            keep.add(self.run.best_round)
+        self._store.drop_round_models(number, keep)
+        self._store.append_metrics(number, record)
+        self._tb.add(state.number, record["metrics"])
+        self.history.append(record)
+        log.info(
+            "run %d round %d aggregated from %d clients in %.2fs: %s",
+            number,
+            state.number,
+            len(state.contributed),
+            record["duration_s"],
+            _fmt(record["metrics"]),
+        )
+
+    def _start_final_validation(self) -> None:
+        self.run.phase = PHASE_FINAL_VALIDATION
+        self._final = RoundState(self.run.num_rounds, FedAvg(self.manifest), self._clock())
+        self.final_reports = {}
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.config.final_validation_timeout, self._final_timeout)
+
+    def _final_timeout(self) -> None:
+        self._timer = None
+        if self.active and self.run.phase == PHASE_FINAL_VALIDATION:
+            log.warning(
+                "run %d: final validation timed out waiting for %s",
+                self.run.run_number,
+                ", ".join(self.awaited()) or "nobody",
+            )
+            self._spawn(self._finish())
+
+    async def _finish(self) -> None:
+        if not self.active:
+            return
+        metrics = self._final.mean_metrics()
+        number = self.run.run_number
+        if metrics:
+            self._track_best(self.run.num_rounds, metrics)
+            record = {
+                "run": number,
+                "round": self.run.num_rounds,
+                "final": True,
+                "time": self._clock(),
+                "clients": sorted(self.final_reports),
+                "metrics": metrics,
+            }
+            self._db.complete_round(self.run, self.run.num_rounds, record)
+            self._store.append_metrics(number, record)
+            self._tb.add(self.run.num_rounds, metrics)
+            self.history.append(record)
+            log.info("run %d final global model: %s", number, _fmt(metrics))
+        self._end(st.STOPPED, "finished")
+
+    def abort(self, reason: str = "aborted by admin") -> None:
+        """Stop the run now; the last completed round's model stays on disk."""
+        if self.active:
+            self._end(st.STOPPED, reason)
+
+    def _end(self, status: str, reason: str) -> None:
+        if not self.active:
+            return
+        self._cancel_timer()
+        self.run.status = status
+        self.run.reason = reason
+        self._db.save_run(self.run)
+        self._tb.close()
+        log.info("run %d %s: %s", self.run.run_number, status, reason)
+        self._listener.run_ended(self.run)
+        self._listener.run_changed()
+
+    async def close(self, grace: float) -> None:
+        """Stop timers and let an aggregation in flight finish, without ending the run.
+
+        Used on SIGTERM: the run resumes from its last completed round when
+        the server starts again, so a checkpoint being written is given
+        ``grace`` seconds to land rather than being cut off.
+        """
+        self._cancel_timer()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tb.close()
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "no metrics"

@@ -1,0 +1,88 @@
+"""Apps on the server: receiving uploads into transfer/, deploying them into runs.
+
+An upload lands in a staging folder and replaces ``transfer/<app>`` only
+after every file arrived and the app's configs validated, so a broken or
+interrupted upload never damages the copy that was there. Deploying copies
+the app into the run, so later uploads do not change what a run trains.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+from flcore.appconfig import App, load_app
+from flcore.folders import FolderError, FolderReceiver, replace_folder
+from flcore.schema import ConfigError, name_like
+from flserverd.runstore import RunStore
+
+
+class TransferError(Exception):
+    """An upload or deploy was refused; the message says why and what to do."""
+
+
+def check_app_name(name: str) -> str:
+    """App names become folder names: refuse anything else."""
+    problem = name_like(name)
+    if problem:
+        raise TransferError(f"app name {name!r} {problem}")
+    return name
+
+
+class Upload:
+    """One upload_folder in progress."""
+
+    def __init__(self, store: RunStore, app: str, max_bytes: int) -> None:
+        self.store = store
+        self.app = check_app_name(app)
+        staging = store.transfer / f".upload-{uuid.uuid4().hex}"
+        self.receiver = FolderReceiver(staging, max_bytes)
+
+    def write(self, path: str, offset: int, data: bytes, eof: bool) -> None:
+        """Take one chunk (FolderError on a bad path or size)."""
+        self.receiver.write(path, offset, data, eof)
+
+    def finish(self) -> tuple[Path, list[str], set[str]]:
+        """Validate the app and move it into place; returns (folder, files, dropped)."""
+        try:
+            files = self.receiver.finish()
+            if not files:
+                raise FolderError("the upload holds no files under config/ or resources/")
+            load_app(self.receiver.staging)
+        except (FolderError, ConfigError) as exc:
+            self.receiver.discard()
+            raise TransferError(str(exc)) from None
+        target = self.store.transfer / self.app
+        replace_folder(self.receiver.staging, target)
+        return target, files, self.receiver.dropped
+
+    def discard(self) -> None:
+        """Forget a failed upload."""
+        self.receiver.discard()
+
+
+def uploaded_app(store: RunStore, app: str) -> App:
+    """The checked app ``transfer/<app>``, or TransferError saying to upload it."""
+    folder = store.transfer / check_app_name(app)
+    if not folder.is_dir():
+        raise TransferError(
+            f"no app named {app!r} on the server: upload it first with upload_folder {app}"
+        )
+    try:
+        return load_app(folder)
+    except ConfigError as exc:
+        raise TransferError(f"app {app!r} is not valid: {exc}") from None
+
+
+def copy_app(source: Path, target: Path, app: str) -> None:
+    """Copy an app folder into a run atomically and remember its name."""
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    shutil.copytree(source, staging, symlinks=False)
+    (staging / ".app_name").write_text(app + "\n")
+    replace_folder(staging, target)
+
+
+def client_app_dir(store: RunStore, run_number: int, app: str) -> Path:
+    """Where the server keeps the copy of an app that clients of a run fetch."""
+    return store.run_dir(run_number) / "deploy" / app

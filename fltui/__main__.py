@@ -1,0 +1,3 @@
+from fltui.cli import main
+
+raise SystemExit(main())

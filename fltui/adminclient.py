@@ -1,0 +1,225 @@
+"""The admin client library: the one way fltui talks to the server.
+
+Both the full-screen console and ``fltui --cmd`` use it, so scripts see
+exactly what people see. Commands travel as text lines; ``set_timeout`` is
+kept here (it is how long the server waits for clients on our behalf) and
+``upload_folder`` streams an app from the admin's ``transfer/`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from flcore.folders import FolderError, folder_size, iter_chunks
+from flcore.kitsig import KitSignatureError, verify_startup
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flcore.schema import ConfigError
+from flcore.startup import AdminStartup, load_admin
+from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
+
+DEFAULT_TIMEOUT_S = 10.0
+LOGIN_TIMEOUT_S = 10.0
+RPC_SLACK_S = 5.0
+
+
+class AdminError(Exception):
+    """The console cannot reach or log in to the server; the message says why."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The reply to one command."""
+
+    line: str
+    ok: bool
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+    usecs: int = 0
+    finished_at: str = ""
+    confirm_prompt: str = ""
+
+    def render(self) -> str:
+        """What a person reads: the reply text, then the Done line."""
+        text = self.text.rstrip("\n")
+        body = f"{self.text}" if self.text.endswith("\n") else f"{text}\n" if text else ""
+        return f"{body}Done [{self.usecs} usecs] {self.finished_at}"
+
+    def as_json(self) -> str:
+        """One JSON object per command, for scripts."""
+        return json.dumps(
+            {
+                "command": self.line,
+                "ok": self.ok,
+                "text": self.text,
+                "data": self.data,
+                "usecs": self.usecs,
+                "finished_at": self.finished_at,
+            },
+            sort_keys=True,
+        )
+
+
+def _local(line: str, ok: bool, text: str, data: dict[str, Any] | None = None) -> Outcome:
+    now = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
+    return Outcome(line, ok, text, data or {}, 0, now)
+
+
+def load_kit(startup_dir: Path) -> AdminStartup:
+    """Check an admin kit's signature and read its settings."""
+    try:
+        verify_startup(startup_dir)
+        return load_admin(startup_dir)
+    except (KitSignatureError, ConfigError) as exc:
+        raise AdminError(str(exc)) from None
+
+
+class AdminClient:
+    """A logged-in admin session."""
+
+    def __init__(self, startup_dir: Path, kit: AdminStartup, user: str) -> None:
+        self.startup_dir = startup_dir
+        self.kit = kit
+        self.user = user
+        self.timeout = DEFAULT_TIMEOUT_S
+        self.token = ""
+        self.role = ""
+        self.project = kit.project
+        self.server_name = ""
+        files = TlsFiles(
+            startup_dir / kit.ssl_root_cert,
+            startup_dir / kit.ssl_cert,
+            startup_dir / kit.ssl_private_key,
+        )
+        try:
+            credentials = channel_credentials(files)
+        except ConfigError as exc:
+            raise AdminError(str(exc)) from None
+        self._channel = grpc.aio.secure_channel(
+            kit.admin_target, credentials, options=CHANNEL_OPTIONS
+        )
+        self._stub = admin_grpc.AdminStub(self._channel)
+
+    @property
+    def transfer_dir(self) -> Path:
+        """The admin's ``transfer/`` folder, beside ``startup/``."""
+        return self.startup_dir.parent / "transfer"
+
+    async def login(self) -> None:
+        """Log in with the kit's certificate; AdminError says why it failed."""
+        try:
+            reply = await self._stub.Login(
+                admin_pb2.AdminLoginRequest(user=self.user), timeout=LOGIN_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
+        self.token, self.role = reply.token, reply.role
+        self.project, self.server_name = reply.project, reply.server_name
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._channel.close()
+
+    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+        """Run one command line and return its reply (AdminError when the server is gone)."""
+        line = line.strip()
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            return _local(line, False, f"cannot parse the command: {exc}")
+        if words and words[0] == "set_timeout":
+            return self._set_timeout(line, words)
+        if words and words[0] == "upload_folder":
+            if len(words) != 2:
+                return _local(line, False, "usage: upload_folder <app>")
+            return await self.upload_folder(words[1])
+        request = admin_pb2.CommandRequest(
+            token=self.token, line=line, timeout_s=self.timeout, confirmed=confirmed
+        )
+        try:
+            reply = await self._stub.Execute(request, timeout=self.timeout + RPC_SLACK_S)
+        except grpc.aio.AioRpcError as exc:
+            raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
+        return _outcome(line, reply)
+
+    def _set_timeout(self, line: str, words: list[str]) -> Outcome:
+        try:
+            seconds = float(words[1]) if len(words) == 2 else -1.0
+        except ValueError:
+            seconds = -1.0
+        if not 0 < seconds <= 3600:
+            return _local(line, False, "usage: set_timeout <seconds>  (more than 0, at most 3600)")
+        self.timeout = seconds
+        return _local(
+            line, True, f"Command timeout set to {seconds:g} seconds", {"timeout_s": seconds}
+        )
+
+    async def upload_folder(self, app: str) -> Outcome:
+        """Stream ``transfer/<app>`` (config/ and resources/ only) to the server."""
+        line = f"upload_folder {app}"
+        folder = self.transfer_dir / app
+        if "/" in app or app in ("", ".", ".."):
+            return _local(line, False, f"app name {app!r} must be a folder name inside transfer/")
+        if not folder.is_dir():
+            return _local(
+                line, False, f"no folder {folder}: put the app in your transfer/ folder first"
+            )
+        try:
+            total, count = folder_size(folder)
+        except FolderError as exc:
+            return _local(line, False, f"upload refused: {exc}")
+
+        async def messages() -> AsyncIterator[admin_pb2.UploadMessage]:
+            header = admin_pb2.UploadHeader(
+                token=self.token, app=app, total_bytes=total, file_count=count
+            )
+            yield admin_pb2.UploadMessage(header=header)
+            for path, offset, data, eof in iter_chunks(folder):
+                chunk = common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
+                yield admin_pb2.UploadMessage(chunk=chunk)
+
+        try:
+            reply = await self._stub.UploadFolder(messages(), timeout=max(60.0, self.timeout))
+        except grpc.aio.AioRpcError as exc:
+            raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
+        except FolderError as exc:
+            return _local(line, False, f"upload refused: {exc}")
+        return _outcome(line, reply)
+
+    async def events(self) -> AsyncIterator[admin_pb2.Event]:
+        """The server's live feed: a snapshot, then deltas."""
+        call = self._stub.Events(admin_pb2.EventsRequest(token=self.token))
+        async for event in call:
+            yield event
+
+
+def _outcome(line: str, reply: admin_pb2.CommandReply) -> Outcome:
+    try:
+        data = json.loads(reply.data_json) if reply.data_json else {}
+    except json.JSONDecodeError:
+        data = {}
+    return Outcome(
+        line, reply.ok, reply.text, data, reply.usecs, reply.finished_at, reply.confirm_prompt
+    )
+
+
+def describe_rpc_error(exc: grpc.aio.AioRpcError, target: str) -> str:
+    """Turn a gRPC failure into a sentence an admin can act on."""
+    code = exc.code()
+    details = exc.details() or code.name
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot connect to the server at {target}: {details}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the server at {target} did not answer in time (see set_timeout)"
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return f"login refused: {details}"
+    return f"{code.name.lower()}: {details}"

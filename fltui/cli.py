@@ -1,0 +1,151 @@
+"""fltui: the admin console of an flstack project.
+
+``fltui --startup DIR --user EMAIL`` opens the console. ``--cmd "<command>"``
+(repeatable) runs commands without a screen and prints exactly what the
+console would; ``--json`` prints each reply as one JSON object instead.
+``--shell`` gives a line-mode prompt. Exit codes: 0 when every command
+succeeded, 1 when one failed, 2 when the server cannot be reached or the
+login is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from fltui.adminclient import AdminClient, AdminError, Outcome, load_kit
+
+EXIT_OK = 0
+EXIT_COMMAND = 1
+EXIT_CONNECT = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line of the console."""
+    parser = argparse.ArgumentParser(prog="fltui", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--startup",
+        type=Path,
+        default=Path("startup"),
+        help="the admin kit's startup/ folder (default: ./startup)",
+    )
+    parser.add_argument("--user", help="your admin email (default: the kit's)")
+    parser.add_argument(
+        "--cmd",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help='run a command and exit, e.g. --cmd "check_status server" (repeatable)',
+    )
+    parser.add_argument("--json", action="store_true", help="with --cmd: print JSON replies")
+    parser.add_argument("--yes", action="store_true", help="answer Y to confirmations (shutdown)")
+    parser.add_argument(
+        "--shell", action="store_true", help="line-mode prompt instead of the console"
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="command timeout in seconds (like set_timeout)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the fltui console script."""
+    args = parse_args(argv)
+    return asyncio.run(run(args))
+
+
+async def connect(args: argparse.Namespace) -> AdminClient:
+    """Read the kit, connect and log in (AdminError on failure)."""
+    startup = args.startup.resolve()
+    kit = load_kit(startup)
+    client = AdminClient(startup, kit, args.user or kit.email)
+    try:
+        await client.login()
+    except AdminError:
+        await client.close()
+        raise
+    if args.timeout:
+        client.timeout = args.timeout
+    return client
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run --cmd commands or the shell."""
+    try:
+        client = await connect(args)
+    except AdminError as exc:
+        print(f"fltui: {exc}", file=sys.stderr)
+        return EXIT_CONNECT
+    try:
+        if args.cmd:
+            return await run_commands(client, args.cmd, args.json, args.yes)
+        return await shell(client, args.yes)
+    finally:
+        await client.close()
+
+
+async def confirm(prompt: str) -> bool:
+    """Ask a Y/N question on the terminal."""
+    if not sys.stdin.isatty():
+        return False
+    answer = await asyncio.to_thread(input, f"{prompt} ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def execute(client: AdminClient, line: str, assume_yes: bool) -> Outcome:
+    """Run one command, asking for confirmation when the server wants it."""
+    outcome = await client.execute(line)
+    if outcome.confirm_prompt:
+        if assume_yes or await confirm(outcome.confirm_prompt):
+            outcome = await client.execute(line, confirmed=True)
+        else:
+            reason = "not confirmed" if sys.stdin.isatty() else "needs confirmation: add --yes"
+            outcome = Outcome(
+                line, False, f"{line.split()[0]} cancelled: {reason}", {}, 0, outcome.finished_at
+            )
+    return outcome
+
+
+async def run_commands(client: AdminClient, lines: list[str], as_json: bool, yes: bool) -> int:
+    """The --cmd mode: each command's reply, in order; stop at a lost connection."""
+    code = EXIT_OK
+    for line in lines:
+        try:
+            outcome = await execute(client, line, yes)
+        except AdminError as exc:
+            print(f"fltui: {exc}", file=sys.stderr)
+            return EXIT_CONNECT
+        if as_json:
+            print(outcome.as_json(), flush=True)
+        else:
+            print(f"> {line}\n{outcome.render()}\n", flush=True)
+        if not outcome.ok:
+            code = EXIT_COMMAND
+    return code
+
+
+async def shell(client: AdminClient, yes: bool) -> int:
+    """A line-mode prompt: type commands, ``bye`` or end of input to leave."""
+    print(f"Logged in to {client.project} as {client.user} ({client.role}).")
+    print("Type help for the commands, bye to leave.")
+    code = EXIT_OK
+    while True:
+        try:
+            line = await asyncio.to_thread(input, "> ")
+        except EOFError:
+            print()
+            return code
+        if line.strip() in ("bye", "exit", "quit"):
+            return code
+        if not line.strip():
+            continue
+        try:
+            outcome = await execute(client, line, yes)
+        except AdminError as exc:
+            print(f"fltui: {exc}", file=sys.stderr)
+            return EXIT_CONNECT
+        print(outcome.render(), flush=True)
+        if not outcome.ok:
+            code = EXIT_COMMAND

@@ -1,0 +1,214 @@
+"""``flprovision``: provision kits, write a sample project.yml, verify or extract a kit.
+
+Exit codes: 0 success, 2 project.yml is invalid (and nothing was written),
+1 any other error. Errors are one line on stderr; the password lines on
+stdout are the only place a password ever appears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from flcore.kitsig import KitSignatureError, verify_startup
+from flcore.schema import ConfigError
+from flcore.startup import STARTUP_DIR
+from provision.engine import provision_workspace
+from provision.errors import ProvisionError
+from provision.extract import extract_kit
+from provision.projectfile import load_project
+from provision.templates import sample_project
+
+PROG = "flprovision"
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INVALID_PROJECT = 2
+
+
+def _provision_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Issue an encrypted startup kit to every participant of project.yml.",
+        epilog=(
+            "other commands: 'flprovision init [PATH]' writes a sample project.yml; "
+            "'flprovision verify KIT_DIR' checks an extracted kit; "
+            "'flprovision extract KIT.zip -p PASSWORD -d DIR' unpacks one. "
+            "'flprovision COMMAND --help' says more."
+        ),
+    )
+    parser.add_argument(
+        "-p",
+        "--project",
+        type=Path,
+        default=Path("project.yml"),
+        help="the project description (default: ./project.yml)",
+    )
+    parser.add_argument(
+        "-w",
+        "--workspace",
+        type=Path,
+        required=True,
+        help="provisioning workspace: CA state, packages/, audit.json",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="re-issue every kit (under the same CA), not only new ones",
+    )
+    parser.add_argument(
+        "--passwords-file",
+        type=Path,
+        metavar="FILE",
+        help="also write the password lines to FILE (created with mode 0600)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    return parser
+
+
+def _init_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} init", description="Write a commented sample project.yml."
+    )
+    parser.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=Path("project.yml"),
+        help="where to write it (default: ./project.yml)",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} verify",
+        description="Check that an extracted kit's startup/ folder matches its signature.",
+    )
+    parser.add_argument(
+        "kit_dir",
+        type=Path,
+        metavar="KIT_DIR",
+        help="the workspace root holding startup/, or startup/ itself",
+    )
+    return parser
+
+
+def _extract_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} extract",
+        description="Decrypt a kit, check its signature and unpack it with the right file modes.",
+    )
+    parser.add_argument("kit", type=Path, metavar="KIT.zip")
+    parser.add_argument("-p", "--password", help="the kit's password (asked for when left out)")
+    parser.add_argument(
+        "-d",
+        "--dest",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="workspace root to extract into (default: current folder)",
+    )
+    return parser
+
+
+def _open_passwords_file(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ProvisionError(f"{path}: already exists; remove it or choose another file") from None
+    except OSError as exc:
+        raise ProvisionError(f"{path}: cannot create it ({exc.strerror})") from None
+
+
+def _run_provision(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format=f"{PROG}: %(message)s",
+    )
+    project = load_project(args.project)
+    passwords_fd = _open_passwords_file(args.passwords_file) if args.passwords_file else None
+    try:
+        result = provision_workspace(project, args.workspace, force=args.force)
+    except BaseException:
+        if passwords_fd is not None:
+            os.close(passwords_fd)
+            args.passwords_file.unlink()
+        raise
+    lines = [kit.password_line() for kit in result.written]
+    for line in lines:
+        print(line)
+    if result.skipped:
+        names = ", ".join(f"{name}.zip" for name in result.skipped)
+        print(f"===> skipped {names}: already issued (--force re-issues every kit)")
+    if passwords_fd is not None:
+        with os.fdopen(passwords_fd, "w") as out:
+            out.writelines(f"{line}\n" for line in lines)
+    return EXIT_OK
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    if path.exists() and not args.force:
+        raise ProvisionError(f"{path}: already exists; use --force to overwrite it")
+    try:
+        path.write_text(sample_project(), encoding="utf-8")
+    except OSError as exc:
+        raise ProvisionError(f"{path}: cannot write it ({exc.strerror})") from None
+    print(f"wrote {path}; edit it, then run: {PROG} -p {path} -w WORKSPACE")
+    return EXIT_OK
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    kit_dir: Path = args.kit_dir
+    startup = kit_dir / STARTUP_DIR if (kit_dir / STARTUP_DIR).is_dir() else kit_dir
+    verify_startup(startup)
+    print(f"OK: {startup} matches its signature")
+    return EXIT_OK
+
+
+def _run_extract(args: argparse.Namespace) -> int:
+    password = args.password
+    if password is None:
+        if not sys.stdin.isatty():
+            raise ProvisionError("give the kit's password with -p PASSWORD")
+        password = getpass.getpass(f"password for {args.kit}: ")
+    startup = extract_kit(args.kit, password, args.dest)
+    print(f"extracted {args.kit} into {startup}")
+    return EXIT_OK
+
+
+Command = tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
+COMMANDS: dict[str, Command] = {
+    "init": (_init_parser, _run_init),
+    "verify": (_verify_parser, _run_verify),
+    "extract": (_extract_parser, _run_extract),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run flprovision with ``argv`` (default: the command line) and return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args and args[0] in COMMANDS else None
+    make_parser, run = COMMANDS[command] if command else (_provision_parser, _run_provision)
+    try:
+        namespace = make_parser().parse_args(args)
+    except SystemExit as exc:  # argparse has printed usage or help already
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    try:
+        return run(namespace)
+    except ConfigError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID_PROJECT
+    except (ProvisionError, KitSignatureError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""What goes into each startup kit, and the encrypted zip that carries it.
+
+A kit is built in memory and sealed (``signature.json``) before it is
+written, so a participant's private key only ever exists on the provisioning
+host inside its AES-256 zip. The file modes are defined here once and used
+both when zipping and when ``flprovision extract`` unpacks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pyzipper
+
+from flcore.identity import KIND_ADMIN, KIND_CLIENT, KIND_SERVER
+from flcore.kitsig import ROOT_CERT_FILE, SIGNATURE_FILE, sign_files
+from flcore.startup import (
+    ADMIN_FILE,
+    CLIENT_FILE,
+    SERVER_FILE,
+    STARTUP_DIR,
+    AdminStartup,
+    ClientStartup,
+    ServerStartup,
+    to_json,
+)
+from provision import templates
+from provision.pki import CertifiedKey, Subject, cert_pem, key_pem
+from provision.project import Project
+
+KEY_MODE = 0o600
+SCRIPT_MODE = 0o755
+FILE_MODE = 0o644
+STARTUP_DIR_MODE = 0o700
+PASSWORD_LENGTH = 20
+_PASSWORD_ALPHABET = string.ascii_letters + string.digits
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+"""Server hosts that mean 'this machine only': the server then listens on localhost."""
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One kit to issue: who it is for and what its certificate names."""
+
+    kind: str
+    name: str
+    """Kit file name without .zip: server name, client name or admin email."""
+    org: str
+    common_name: str
+    email: str | None = None
+    role: str = ""
+
+    @property
+    def subject(self) -> Subject:
+        """The certificate subject of this participant."""
+        return Subject(self.common_name, self.org, self.kind, self.role)
+
+
+def participants(project: Project) -> list[Participant]:
+    """Every participant of ``project``: the server, then clients, then admins."""
+    server = project.server
+    return [
+        Participant(KIND_SERVER, server.name, server.org, common_name=server.host),
+        *(
+            Participant(KIND_CLIENT, c.name, c.org, common_name=c.name, email=c.email)
+            for c in project.clients
+        ),
+        *(
+            Participant(KIND_ADMIN, a.email, a.org, common_name=a.email, email=a.email, role=a.role)
+            for a in project.admins
+        ),
+    ]
+
+
+def file_mode(name: str) -> int:
+    """The mode a kit file gets: keys private, scripts executable, the rest readable."""
+    if name.endswith(".key"):
+        return KEY_MODE
+    if name.endswith(".sh"):
+        return SCRIPT_MODE
+    return FILE_MODE
+
+
+def new_password() -> str:
+    """A random kit password of letters and digits (about 119 bits)."""
+    return "".join(secrets.choice(_PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
+
+
+def _server_files(project: Project) -> dict[str, str]:
+    server, settings = project.server, project.settings
+    startup = ServerStartup(
+        project=project.name,
+        name=server.name,
+        host=server.host,
+        fed_port=server.fed_port,
+        admin_port=server.admin_port,
+        listen_host="localhost" if server.host in LOCAL_HOSTS else "0.0.0.0",  # noqa: S104
+        heart_beat_timeout=settings.heart_beat_timeout,
+        heartbeat_interval=settings.heartbeat_interval,
+    )
+    return {
+        SERVER_FILE: to_json(startup),
+        "start.sh": templates.server_start_script(project.name),
+        templates.SERVER_UNIT: templates.server_unit(
+            settings.install_prefix, settings.workspace_base, server.name
+        ),
+    }
+
+
+def _client_files(project: Project, name: str) -> dict[str, str]:
+    settings = project.settings
+    startup = ClientStartup(
+        project=project.name,
+        name=name,
+        server_host=project.server.host,
+        fed_port=project.server.fed_port,
+        heartbeat_interval=settings.heartbeat_interval,
+        retry_window=settings.retry_window,
+    )
+    return {
+        CLIENT_FILE: to_json(startup),
+        "start.sh": templates.client_start_script(project.name),
+        templates.CLIENT_UNIT: templates.client_unit(
+            settings.install_prefix, settings.workspace_base
+        ),
+    }
+
+
+def _admin_files(project: Project, email: str, role: str) -> dict[str, str]:
+    startup = AdminStartup(
+        project=project.name,
+        email=email,
+        role=role,
+        server_host=project.server.host,
+        admin_port=project.server.admin_port,
+    )
+    return {
+        ADMIN_FILE: to_json(startup),
+        "fl_admin.sh": templates.admin_script(project.name, email),
+    }
+
+
+def kit_files(
+    project: Project, who: Participant, ca: CertifiedKey, issued: CertifiedKey
+) -> dict[str, bytes]:
+    """The sealed content of ``who``'s startup folder (file name -> bytes)."""
+    if who.kind == KIND_SERVER:
+        texts, stem = _server_files(project), "server"
+    elif who.kind == KIND_CLIENT:
+        texts, stem = _client_files(project, who.name), "client"
+    else:
+        texts, stem = _admin_files(project, who.name, who.role), "client"
+    files = {name: text.encode() for name, text in texts.items()}
+    files[ROOT_CERT_FILE] = cert_pem(ca.cert)
+    files[f"{stem}.crt"] = cert_pem(issued.cert)
+    files[f"{stem}.key"] = key_pem(issued.key)
+    files[SIGNATURE_FILE] = sign_files(files, ca.key)
+    return files
+
+
+def write_kit_zip(path: Path, files: Mapping[str, bytes], password: str, when: datetime) -> None:
+    """Write ``files`` under ``startup/`` into an AES-256 zip at ``path``.
+
+    The zip is written beside its final name with mode 0600 and renamed into
+    place, so an interrupted run never leaves a truncated kit behind.
+    """
+    tmp = path.with_name(f".{path.name}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_MODE)
+    try:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            pyzipper.AESZipFile(
+                raw, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES
+            ) as archive,
+        ):
+            archive.setpassword(password.encode())
+            archive.setencryption(pyzipper.WZ_AES, nbits=256)
+            for name in sorted(files):
+                info = archive.zipinfo_cls(f"{STARTUP_DIR}/{name}", when.timetuple()[:6])
+                info.create_system = 3  # unix, so extractors honour the mode bits
+                info.external_attr = (stat.S_IFREG | file_mode(name)) << 16
+                info.compress_type = pyzipper.ZIP_DEFLATED
+                archive.writestr(info, files[name])
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

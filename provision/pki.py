@@ -1,0 +1,204 @@
+"""The project CA and the certificates it issues.
+
+Subjects follow :mod:`flcore.identity` (CN=name, O=org, OU=kind, TITLE=role
+for admins) because the server reads identity from the peer certificate and
+nowhere else. The CA outlives the participant certificates (ten years, or
+twice their validity when that is longer) so participants added in later
+runs can still be issued certificates under the same CA; a certificate never
+ends after its CA.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from flcore.identity import KIND_SERVER
+from flcore.kitsig import SigningKey
+from provision.errors import ProvisionError
+
+PrivateKey = SigningKey
+"""Participant keys come in the same types a CA key may have."""
+
+CA_MIN_VALIDITY_DAYS = 3650
+CLOCK_SKEW = timedelta(minutes=5)
+"""not_before is set this far back so a peer whose clock is a little behind accepts it."""
+
+
+@dataclass(frozen=True)
+class CertifiedKey:
+    """A private key with its certificate."""
+
+    key: PrivateKey
+    cert: x509.Certificate
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Who a participant certificate names (see flcore.identity)."""
+
+    common_name: str
+    org: str
+    kind: str
+    role: str = ""
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    """Make a private key of one of :data:`provision.project.KEY_TYPES`."""
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "rsa-3072":
+        return rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    raise ValueError(f"unknown key type {key_type!r}")
+
+
+def create_ca(
+    project: str, org: str, key_type: str, validity_days: int, now: datetime
+) -> CertifiedKey:
+    """Make the self-signed project root CA."""
+    key = generate_key(key_type)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{project} root CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+        ]
+    )
+    days = max(CA_MIN_VALIDITY_DAYS, 2 * validity_days)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertifiedKey(key, cert)
+
+
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def issue(
+    ca: CertifiedKey, subject: Subject, key_type: str, validity_days: int, now: datetime
+) -> CertifiedKey:
+    """Make a key and a certificate for one participant, signed by ``ca``.
+
+    A server certificate carries its host as subjectAltName (DNS name or IP
+    address) and may act as client too; others are for client auth only.
+
+    Raises:
+        ProvisionError: the CA has expired, so nothing it signs would be trusted.
+    """
+    ca_end = ca.cert.not_valid_after_utc
+    if ca_end <= now:
+        raise ProvisionError(
+            f"the project CA expired on {ca_end:%Y-%m-%d}; provision into a new workspace"
+        )
+    key = generate_key(key_type)
+    attributes = [
+        x509.NameAttribute(NameOID.COMMON_NAME, subject.common_name),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject.org),
+        x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, subject.kind),
+    ]
+    if subject.role:
+        attributes.append(x509.NameAttribute(NameOID.TITLE, subject.role))
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attributes))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(min(now + timedelta(days=validity_days), ca_end))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    if subject.kind == KIND_SERVER:
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_san(subject.common_name)]), critical=False
+        )
+    builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    return CertifiedKey(key, builder.sign(ca.key, hashes.SHA256()))
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """PKCS8 PEM without encryption: the daemons load it unattended; file modes guard it."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    """PEM encoding of a certificate."""
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def load_key(pem: bytes) -> PrivateKey:
+    """Load an unencrypted PEM private key of a supported type."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"unsupported key type {type(key).__name__}")
+    return key
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding as lowercase hex, to compare with what a site sees."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    """The serial number as lowercase hex (too large for a JSON number)."""
+    return f"{cert.serial_number:x}"

@@ -1,0 +1,325 @@
+"""A real flstack deployment on 127.0.0.1 for integration tests.
+
+Provisions a project with free ports, extracts the kits, prepares the digits
+data per site, starts flserverd and flclientd as real processes (each in
+its own process group, logs in files) and talks to the server through the
+real admin client over mutual TLS. Teardown kills every process group, so a
+hung daemon cannot hang the test run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fltui.adminclient import AdminClient, Outcome, load_kit
+from provision import extract_kit, parse_project, provision_workspace
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS_APP = REPO / "examples" / "apps" / "digits_fedavg"
+ADMIN = "admin@lead.org"
+MEMBER = "viewer@lead.org"
+SERVER_READY = "flserverd .* ready"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held open together so they differ)."""
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    ports = [s.getsockname()[1] for s in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Daemon:
+    """A daemon process started by the harness."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        """Start (or restart) the process, appending to its log."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        """Process id of the daemon."""
+        assert self.process is not None
+        return self.process.pid
+
+    def restart(self, ready: str) -> int:
+        """Start again and wait for ``ready`` in the new output; returns the log offset."""
+        offset = len(self.log())
+        self.start()
+        self.wait_log(ready, after=offset)
+        return offset
+
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        """Everything the daemon logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, pattern: str, timeout: float = 30.0, after: int = 0) -> re.Match[str]:
+        """Wait for a log line matching ``pattern`` (searched from offset ``after``)."""
+
+        def found() -> re.Match[str] | None:
+            if not self.alive() and not re.search(pattern, self.log()[after:]):
+                raise AssertionError(
+                    f"{self.name} exited before logging {pattern!r}:\n{self.log()[-3000:]}"
+                )
+            return re.search(pattern, self.log()[after:])
+
+        return wait_until(found, timeout, f"{self.name} to log {pattern!r}")  # type: ignore[no-any-return]
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the daemon's whole process group."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        """Wait for the process to exit and return its exit code."""
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon's process group and reap it."""
+        if self.process is not None:
+            self.signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+
+
+@dataclass
+class Cluster:
+    """A provisioned project and its running daemons."""
+
+    root: Path
+    clients: tuple[str, ...] = ("flclient1", "flclient2")
+    settings: dict[str, Any] = field(
+        default_factory=lambda: {
+            "heart_beat_timeout": 30,
+            "heartbeat_interval": 1,
+            "retry_window": 30,
+        }
+    )
+    fed_port: int = 0
+    admin_port: int = 0
+    daemons: list[Daemon] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.fed_port:
+            self.fed_port, self.admin_port = free_ports(2)
+        mapping = {
+            "api_version": 1,
+            "name": "itest",
+            "server": {
+                "name": "server",
+                "host": "localhost",
+                "fed_port": self.fed_port,
+                "admin_port": self.admin_port,
+                "org": "lead",
+            },
+            "clients": [{"name": c, "org": f"org-{c}"} for c in self.clients],
+            "admins": [
+                {"email": ADMIN, "org": "lead", "role": "super"},
+                {"email": MEMBER, "org": "lead", "role": "member"},
+            ],
+            "settings": self.settings,
+        }
+        project = parse_project(mapping)
+        result = provision_workspace(project, self.root / "provision")
+        for kit in result.written:
+            self.passwords[kit.name] = kit.password
+            extract_kit(kit.zip_path, kit.password, self.root / kit.name)
+        self.data = self.root / "data"
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "examples" / "digits" / "prepare_data.py"),
+                "--sites",
+                ",".join(self.clients),
+                "--out",
+                str(self.data),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        admin_transfer = self.root / ADMIN / "transfer"
+        shutil.copytree(DIGITS_APP, admin_transfer / "digits_fedavg")
+
+    def env(self) -> dict[str, str]:
+        """Environment for daemons: unbuffered, no inherited DATA_ROOT or systemd sockets."""
+        env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "NOTIFY_SOCKET")}
+        env["PYTHONUNBUFFERED"] = "1"
+        # Several sites share the test machine: one math thread each avoids oversubscription.
+        env["OMP_NUM_THREADS"] = "1"
+        return env
+
+    def server(self) -> Daemon:
+        """Start the server and wait until it is ready."""
+        daemon = Daemon(
+            "server",
+            [sys.executable, "-m", "flserverd", "--workspace", str(self.root / "server")],
+            self.root / "server.log",
+            self.env(),
+        )
+        self.daemons.append(daemon.start())
+        daemon.wait_log(SERVER_READY)
+        return daemon
+
+    def client(self, name: str, *, wait: bool = True, extra: list[str] | None = None) -> Daemon:
+        """Start a client of kit ``name`` with its site's data."""
+        daemon = Daemon(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "flclientd",
+                "--workspace",
+                str(self.root / name),
+                "--data-root",
+                str(self.data / name),
+                *(extra or []),
+            ],
+            self.root / f"{name}.log",
+            self.env(),
+        )
+        self.daemons.append(daemon.start())
+        if wait:
+            daemon.wait_log("Successfully registered client|Resumed session")
+        return daemon
+
+    def kit(self, email: str = ADMIN) -> Path:
+        """The startup folder of an admin kit."""
+        return self.root / email / "startup"
+
+    def admin(
+        self, *lines: str, user: str = ADMIN, confirmed: bool = False, timeout: float = 10.0
+    ) -> list[Outcome]:
+        """Run commands through the real admin client; one login for all of them."""
+
+        async def go() -> list[Outcome]:
+            startup = self.kit(user)
+            client = AdminClient(startup, load_kit(startup), user)
+            client.timeout = timeout
+            try:
+                await client.login()
+                return [await client.execute(line, confirmed=confirmed) for line in lines]
+            finally:
+                await client.close()
+
+        return asyncio.run(go())
+
+    def ok(self, line: str, **kwargs: Any) -> Outcome:
+        """Run one command and insist that it succeeded."""
+        (outcome,) = self.admin(line, **kwargs)
+        assert outcome.ok, f"{line!r} failed: {outcome.text}"
+        return outcome
+
+    def status(self) -> dict[str, Any]:
+        """check_status server as data."""
+        return self.ok("check_status server").data  # type: ignore[no-any-return]
+
+    def run_state(self) -> dict[str, Any]:
+        """The run part of check_status server."""
+        return self.status()["run"]  # type: ignore[no-any-return]
+
+    def configure(self, file_name: str, **changes: Any) -> None:
+        """Change keys of a config file of the admin's copy of the digits app."""
+        path = self.root / ADMIN / "transfer" / "digits_fedavg" / "config" / file_name
+        values = json.loads(path.read_text())
+        values.update(changes)
+        path.write_text(json.dumps(values))
+
+    def prepare_run(self, run_number: int = 1, **server_config: Any) -> None:
+        """set_run_number, upload and deploy the digits app (with config overrides) everywhere."""
+        if server_config:
+            self.configure("config_fed_server.json", **server_config)
+        self.ok(f"set_run_number {run_number}")
+        self.ok("upload_folder digits_fedavg")
+        self.ok("deploy digits_fedavg server")
+        self.ok("deploy digits_fedavg client")
+
+    def worker_pids(self) -> list[int]:
+        """Training processes (any rank or helper) started for this cluster's sites."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "flclientd.worker" in cmdline and str(self.root) in cmdline:
+                pids.append(int(proc.name))
+        return pids
+
+    def metrics(self, run_number: int = 1) -> list[dict[str, Any]]:
+        """Rows of the server's metrics.jsonl of a run."""
+        path = self.root / "server" / f"run_{run_number}" / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        """Kill every daemon's process group."""
+        for daemon in self.daemons:
+            daemon.kill()
+
+
+@contextlib.contextmanager
+def cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
+    """A Cluster whose daemons are all killed afterwards, whatever happens."""
+    c = Cluster(root, **kwargs)
+    try:
+        yield c
+    finally:
+        c.stop()

@@ -1,0 +1,272 @@
+"""Admin commands and who may run them, over the real admin service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
+from tests.integration.harness import ADMIN, MEMBER, Cluster, wait_until
+from tests.integration.test_training import finished
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def fltui(cluster: Cluster, *args: str, user: str = ADMIN) -> subprocess.CompletedProcess[str]:
+    """Run the real fltui console script without a screen."""
+    return subprocess.run(
+        [sys.executable, "-m", "fltui", "--startup", str(cluster.kit(user)), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def admin_stub(startup: Path, target: str) -> tuple[grpc.aio.Channel, admin_grpc.AdminStub]:
+    """A raw admin channel with the certificates of any kit (client or admin)."""
+    files = TlsFiles(startup / "rootCA.pem", startup / "client.crt", startup / "client.key")
+    channel = grpc.aio.secure_channel(target, channel_credentials(files), options=CHANNEL_OPTIONS)
+    return channel, admin_grpc.AdminStub(channel)
+
+
+def test_member_admin_may_look_but_not_start(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.client("flclient1")
+    (status,) = cluster.admin("check_status client", user=MEMBER)
+    assert status.ok
+    start, upload = cluster.admin("start server", "upload_folder digits_fedavg", user=MEMBER)
+    assert not start.ok and "permission denied" in start.text and "'member'" in start.text
+    assert not upload.ok
+    result = fltui(cluster, "--cmd", "set_run_number 3", user=MEMBER)
+    assert result.returncode == 1
+    assert "permission denied" in result.stdout
+
+
+def test_client_certificate_refused_as_admin(cluster: Cluster) -> None:
+    cluster.server()
+
+    async def login() -> grpc.aio.AioRpcError:
+        channel, stub = admin_stub(
+            cluster.root / "flclient1" / "startup", f"localhost:{cluster.admin_port}"
+        )
+        try:
+            await stub.Login(admin_pb2.AdminLoginRequest(user="flclient1"), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc
+        finally:
+            await channel.close()
+        raise AssertionError("a client certificate logged in as an admin")
+
+    error = asyncio.run(login())
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "not an admin certificate" in (error.details() or "")
+
+
+def test_wrong_user_name_is_refused(cluster: Cluster) -> None:
+    cluster.server()
+    result = fltui(cluster, "--user", MEMBER, "--cmd", "check_status server")
+    assert result.returncode == 2
+    assert "does not match the certificate" in result.stderr
+
+
+def test_certificate_from_another_ca_is_refused(make_cluster: Callable[..., Cluster]) -> None:
+    ours = make_cluster()
+    server = ours.server()
+    # A second project with its own CA, pointing at our server's ports.
+    foreign = make_cluster(fed_port=ours.fed_port, admin_port=ours.admin_port)
+    intruder = foreign.client("flclient1", wait=False)
+    intruder.wait_log("Could not connect to server", timeout=30)
+    result = fltui(foreign, "--cmd", "check_status server")
+    assert result.returncode == 2
+    assert "cannot connect" in result.stderr
+    assert ours.status()["clients"] == []
+    assert "joined" not in server.log()
+
+
+def test_fltui_cmd_output_json_and_exit_codes(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.client("flclient1")
+    result = fltui(cluster, "--cmd", "check_status server", "--cmd", "check_status client")
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.strip().split("\n\n")
+    assert blocks[0].startswith("> check_status server\nFL run number has not been set.")
+    assert blocks[0].splitlines()[-1].startswith("Done [")
+    assert blocks[1].startswith(
+        "> check_status client\ninstance:flclient1 : client name: flclient1"
+    )
+
+    result = fltui(
+        cluster, "--json", "--cmd", "check_status server", "--cmd", "deploy nothing server"
+    )
+    assert result.returncode == 1
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert first["ok"] and first["data"]["run"]["server_status"] == "training not started"
+    assert [c["instance"] for c in first["data"]["clients"]] == ["flclient1"]
+    assert not second["ok"] and "set_run_number" in second["text"]
+
+    result = fltui(cluster, "--cmd", "frobnicate")
+    assert result.returncode == 1 and "unknown command 'frobnicate'" in result.stdout
+    result = fltui(cluster, "--cmd", "shutdown client")
+    assert result.returncode == 1 and "needs confirmation: add --yes" in result.stdout
+
+
+def test_set_run_number_reuse_keeps_logs(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.client("flclient1")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    first = cluster.ok("set_run_number 1")
+    assert first.text == "Create a new run folder: run_1"
+    again = cluster.ok("set_run_number 1")
+    assert again.text.startswith("Reuse the existing run folder: run_1")
+    cluster.prepare_run(1, num_rounds=2, min_num_clients=1, wait_after_min_clients=0)
+    cluster.ok("start server")
+    (refused,) = cluster.admin("set_run_number 2")
+    assert not refused.ok and "abort it" in refused.text
+    cluster.ok("start client")
+    finished(cluster)
+    assert cluster.ok("set_run_number 2").text == "Create a new run folder: run_2"
+    assert cluster.ok("set_run_number 1").text.startswith("Reuse the existing")
+    cluster.ok("start server")
+    cluster.ok("start client")
+    finished(cluster)
+    rounds = [r["round"] for r in cluster.metrics(1)]
+    assert rounds == [0, 1, 2, 0, 1, 2]
+    for bad in ("set_run_number", "set_run_number x", "set_run_number 0", "set_run_number 1 2"):
+        (outcome,) = cluster.admin(bad)
+        assert not outcome.ok and outcome.text.startswith("usage: set_run_number <N>")
+
+
+def test_abort_then_start_again(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.prepare_run(1, num_rounds=30, min_num_clients=2, wait_after_min_clients=5)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    wait_until(lambda: cluster.run_state()["history"], 120, "a first round")
+    assert cluster.worker_pids()
+    aborted = cluster.ok("abort client")
+    assert aborted.text.splitlines() == [
+        "instance:flclient1 : Aborting the client...",
+        "instance:flclient2 : Aborting the client...",
+    ]
+    wait_until(lambda: not cluster.worker_pids(), 10, "training processes to be gone")
+    statuses = cluster.ok("check_status client").data["clients"]
+    assert {s["status"] for s in statuses.values()} == {"training stopped"}
+    assert cluster.ok("abort server").text.startswith(
+        "Server training aborted: run 1 stopped at round"
+    )
+    (again,) = cluster.admin("abort server")
+    assert not again.ok and again.text == "the server is not training"
+    assert "training stopped (aborted by admin)" in cluster.ok("check_status server").text
+
+    cluster.configure("config_fed_server.json", num_rounds=2)
+    cluster.ok("upload_folder digits_fedavg")
+    cluster.ok("deploy digits_fedavg server")
+    cluster.ok("start server")
+    cluster.ok("start client")
+    assert finished(cluster)["reason"] == "finished"
+    assert [r["round"] for r in cluster.metrics()][-3:] == [0, 1, 2]
+
+
+def test_shutdown_one_client_then_all_then_server(cluster: Cluster) -> None:
+    server = cluster.server()
+    one = cluster.client("flclient1")
+    two = cluster.client("flclient2")
+    (asked,) = cluster.admin("shutdown client flclient1")
+    assert not asked.ok and asked.confirm_prompt == "Are you sure (Y/N):"
+    assert one.alive()
+    done = cluster.ok("shutdown client flclient1", confirmed=True)
+    assert done.text.strip() == "instance:flclient1 : Shutdown the client..."
+    assert one.wait(20) == 0
+    wait_until(lambda: len(cluster.status()["clients"]) == 1, 10, "flclient1 to be removed")
+    (warned,) = cluster.admin("shutdown server")
+    assert "1 client(s) still registered (flclient2)" in warned.confirm_prompt
+    result = fltui(cluster, "--yes", "--cmd", "shutdown client")
+    assert result.returncode == 0, result.stdout
+    assert "instance:flclient2 : Shutdown the client..." in result.stdout
+    assert two.wait(20) == 0
+    result = fltui(cluster, "--yes", "--cmd", "shutdown server")
+    assert result.returncode == 0 and "Shutting down the server..." in result.stdout
+    assert server.wait(30) == 0
+
+
+def test_upload_validation(cluster: Cluster) -> None:
+    cluster.server()
+    transfer = cluster.root / ADMIN / "transfer"
+    (missing,) = cluster.admin("upload_folder nope")
+    assert not missing.ok and "put the app in your transfer/ folder" in missing.text
+
+    broken = transfer / "broken"
+    (broken / "config").mkdir(parents=True)
+    (broken / "config" / "config_train.json").write_text("{not json")
+    (broken / "config" / "config_fed_server.json").write_text("{}")
+    (outcome,) = cluster.admin("upload_folder broken")
+    assert not outcome.ok and "config_train.json: not valid JSON" in outcome.text
+
+    linked = transfer / "linked"
+    (linked / "config").mkdir(parents=True)
+    (linked / "config" / "secret").symlink_to("/etc/passwd")
+    (outcome,) = cluster.admin("upload_folder linked")
+    assert not outcome.ok and "symbolic link" in outcome.text
+
+    app = transfer / "digits_fedavg"
+    (app / "models").mkdir()
+    (app / "models" / "big.bin").write_bytes(b"x" * 1000)
+    ok = cluster.ok("upload_folder digits_fedavg")
+    server_copy = cluster.root / "server" / "transfer" / "digits_fedavg"
+    assert ok.text.startswith(f"Created folder {server_copy}")
+    assert sorted(p.name for p in server_copy.iterdir()) == ["config", "resources"]
+
+    async def raw_upload(paths: list[str]) -> admin_pb2.CommandReply:
+        channel, stub = admin_stub(cluster.kit(), f"localhost:{cluster.admin_port}")
+        try:
+            login = await stub.Login(admin_pb2.AdminLoginRequest(user=ADMIN), timeout=10)
+
+            async def messages() -> AsyncIterator[admin_pb2.UploadMessage]:
+                header = admin_pb2.UploadHeader(
+                    token=login.token, app="evil", total_bytes=4, file_count=1
+                )
+                yield admin_pb2.UploadMessage(header=header)
+                for path in paths:
+                    chunk = common_pb2.FileChunk(path=path, offset=0, data=b"boom", eof=True)
+                    yield admin_pb2.UploadMessage(chunk=chunk)
+
+            return await stub.UploadFolder(messages(), timeout=10)
+        finally:
+            await channel.close()
+
+    for path, problem in (
+        ("../config/escape.json", "'..' and '.' are not allowed"),
+        ("/etc/cron.d/evil", "absolute path"),
+        ("config/../../x", "'..' and '.' are not allowed"),
+    ):
+        reply = asyncio.run(raw_upload([path]))
+        assert not reply.ok and problem in reply.text, reply.text
+    assert not (cluster.root / "server" / "transfer" / "evil").exists()
+    assert not (cluster.root / "server" / "config").exists()
+    leftovers = [p.name for p in (cluster.root / "server" / "transfer").iterdir()]
+    assert leftovers == ["digits_fedavg"]
+
+
+def test_upload_size_limit(cluster: Cluster) -> None:
+    local = cluster.root / "server" / "local"
+    local.mkdir()
+    (local / "fed_server.json").write_text(json.dumps({"max_upload_mb": 1}))
+    cluster.server()
+    app = cluster.root / ADMIN / "transfer" / "digits_fedavg"
+    (app / "resources" / "weights.bin").write_bytes(os.urandom(2 * 1024 * 1024))
+    (outcome,) = cluster.admin("upload_folder digits_fedavg")
+    assert not outcome.ok and "over the server's limit of 1 MiB" in outcome.text

@@ -1,0 +1,122 @@
+"""Daemons that die, restart or stop: nothing is lost and training carries on."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.harness import SERVER_READY, Cluster, wait_until
+from tests.integration.test_training import finished
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+FAST_HEARTBEATS = {"heart_beat_timeout": 3, "heartbeat_interval": 0.5, "retry_window": 30}
+
+
+def rounds_done(cluster: Cluster) -> int:
+    """Training rounds aggregated so far."""
+    return len([r for r in cluster.metrics() if not r.get("final")])
+
+
+def test_killed_client_is_dropped_and_rejoins(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(settings=FAST_HEARTBEATS)
+    server = cluster.server()
+    cluster.client("flclient1")
+    victim = cluster.client("flclient2")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    # Rounds take ~0.1 s: plenty of them, and the run is aborted once the test is done.
+    cluster.prepare_run(1, num_rounds=2000, min_num_clients=1, wait_after_min_clients=1)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    wait_until(lambda: rounds_done(cluster) >= 2, 120, "two rounds")
+    victim.kill()
+    server.wait_log(r"client flclient2 \(flclient2\) removed: no heartbeat for \d+s", timeout=15)
+    status = cluster.status()
+    assert [c["instance"] for c in status["clients"]] == ["flclient1"]
+    dropped_at = rounds_done(cluster)
+    wait_until(lambda: rounds_done(cluster) >= dropped_at + 2, 60, "rounds without flclient2")
+    assert cluster.metrics()[-1]["clients"] == ["flclient1"]
+
+    offset = len(victim.log())
+    restarted = cluster.client("flclient2")
+    restarted.wait_log("rejoining", after=offset)
+    rejoined_from = rounds_done(cluster)
+    wait_until(
+        lambda: any("flclient2" in r["clients"] for r in cluster.metrics()[rejoined_from:]),
+        90,
+        "the restarted client to contribute again",
+    )
+    match = restarted.wait_log(r"round (\d+) update accepted", after=offset)
+    assert int(match.group(1)) >= rejoined_from
+    cluster.ok("abort server")
+
+
+def test_server_kill9_restart_resumes_without_restarting_clients(cluster: Cluster) -> None:
+    server = cluster.server()
+    clients = [cluster.client("flclient1"), cluster.client("flclient2")]
+    pids = [c.pid for c in clients]
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=12, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    wait_until(lambda: rounds_done(cluster) >= 3, 120, "three rounds")
+    server.signal(signal.SIGKILL)
+    server.wait()
+    time.sleep(1)
+    offset = server.restart(SERVER_READY)
+    server.wait_log(r"resumed run 1 at round \d+ of 12", after=offset)
+    state = finished(cluster, timeout=240)
+    assert state["reason"] == "finished"
+    assert [c.pid for c in clients] == pids and all(c.alive() for c in clients)
+    rows = [r for r in cluster.metrics() if not r.get("final")]
+    assert [r["round"] for r in rows] == list(range(12))
+    assert all(r["clients"] == ["flclient1", "flclient2"] for r in rows)
+    db = sqlite3.connect(cluster.root / "server" / "state" / "flserverd.sqlite3")
+    folded = db.execute("SELECT round, instance FROM folded WHERE run_number=1").fetchall()
+    assert sorted(folded) == [(r, i) for r in range(12) for i in ("flclient1", "flclient2")]
+
+
+def test_sigterm_stops_server_cleanly_and_run_resumes(cluster: Cluster) -> None:
+    server = cluster.server()
+    cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=6, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    wait_until(lambda: rounds_done(cluster) >= 2, 120, "two rounds")
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    assert "flserverd stopped" in server.log()
+    server.restart(SERVER_READY)
+    assert finished(cluster)["reason"] == "finished"
+    assert [r["round"] for r in cluster.metrics() if not r.get("final")] == list(range(6))
+
+
+def test_client_exits_after_retry_window(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster(
+        settings={"heart_beat_timeout": 10, "heartbeat_interval": 1, "retry_window": 3}
+    )
+    server = cluster.server()
+    client = cluster.client("flclient1")
+    server.kill()
+    started = time.monotonic()
+    assert client.wait(30) == 3
+    assert 3 <= time.monotonic() - started < 20
+    assert "retry window" in client.log()
+
+
+def test_client_sigterm_stops_worker_tree(cluster: Cluster) -> None:
+    cluster.server()
+    client = cluster.client("flclient1")
+    cluster.prepare_run(1, num_rounds=50, min_num_clients=2)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    client.wait_log("training process ready")
+    client.signal(signal.SIGTERM)
+    assert client.wait(30) == 0
+    assert "flclientd stopped" in client.log()

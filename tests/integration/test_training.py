@@ -1,0 +1,137 @@
+"""Full runs between real daemons: rounds, checkpoints, metrics, joins, late updates."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from safetensors.numpy import load_file
+
+from tests.integration.harness import Cluster, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def finished(cluster: Cluster, run_number: int = 1, timeout: float = 180) -> dict:
+    """Wait for a run to stop and return its state."""
+
+    def stopped() -> dict | None:
+        state = cluster.run_state()
+        ok = state["run_number"] == run_number and state["server_status"] == "training stopped"
+        return state if ok else None
+
+    return wait_until(stopped, timeout, f"run {run_number} to finish", interval=0.5)
+
+
+def test_full_run_two_clients(cluster: Cluster) -> None:
+    server = cluster.server()
+    cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.prepare_run(1, num_rounds=3, wait_after_min_clients=30)
+    assert cluster.ok("start server").text == "Server training is starting...."
+    started = cluster.ok("start client")
+    assert started.text.splitlines() == [
+        "instance:flclient1 : Starting the client...",
+        "instance:flclient2 : Starting the client...",
+    ]
+    state = finished(cluster)
+    assert state["reason"] == "finished"
+    rows = cluster.metrics()
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["clients"] == ["flclient1", "flclient2"] for r in rows)
+    assert rows[-1]["final"] is True
+    assert rows[-1]["metrics"]["val_accuracy"] > 0.8
+    run_dir = cluster.root / "server" / "run_1"
+    weights = load_file(run_dir / "global_model.safetensors")
+    best = load_file(run_dir / "best_global_model.safetensors")
+    assert weights.keys() == best.keys() and len(weights) > 2
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert not list((run_dir / ".spool").glob("*"))
+    log = server.log()
+    assert "run 1 round 2 aggregated from 2 clients" in log
+    assert re.search(r"final global model: val_accuracy=0\.\d+", log)
+
+
+def test_check_status_formats(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.client("flclient1")
+    cluster.client("flclient2")
+    before = cluster.ok("check_status server")
+    lines = before.text.splitlines()
+    assert lines[0] == "FL run number has not been set."
+    assert lines[1] == "FL server status: training not started"
+    assert lines[2] == "Registered clients: 2"
+    token = re.compile(r"[0-9a-f-]{36}")
+    for line, name in zip(lines[3:], ("flclient1", "flclient2"), strict=True):
+        assert re.fullmatch(
+            rf"client name:{name}\tinstance name:{name}\ttoken: {token.pattern}", line
+        )
+    rendered = before.render().splitlines()[-1]
+    assert re.fullmatch(r"Done \[\d+ usecs\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", rendered)
+
+    clients = cluster.ok("check_status client flclient2")
+    assert re.fullmatch(
+        rf"instance:flclient2 : client name: flclient2\ttoken: {token.pattern}\tstatus: "
+        r"training not started\tdevice: cpu",
+        clients.text.strip(),
+    )
+    assert clients.data["clients"]["flclient2"]["device"] == "cpu"
+
+    cluster.prepare_run(7, num_rounds=2, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client flclient1")
+    status = wait_until(
+        lambda: (s := cluster.ok("check_status server")).data["run"]["awaited"] and s,
+        60,
+        "a waiting round",
+    )
+    text = status.text
+    assert "FL run number: 7" in text
+    assert "FL server status: training started" in text
+    assert "Current round: 0 / 2" in text
+    assert re.search(r"Waiting for: flclient1$", text, re.M)
+    client_line = cluster.ok("check_status client flclient1").text
+    assert "status: training started" in client_line
+
+
+def test_client_joins_mid_run(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.client("flclient1")
+    # Rounds take ~0.1 s on their own; once flclient2 is ready, each waits up to 3 s for it.
+    cluster.prepare_run(1, num_rounds=5000, min_num_clients=1, wait_after_min_clients=3)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    wait_until(lambda: len(cluster.metrics()) >= 3, 120, "rounds from flclient1 alone")
+    joined = cluster.client("flclient2")
+    cluster.ok("deploy digits_fedavg client flclient2")
+    cluster.ok("start client flclient2")
+    first = int(joined.wait_log(r"round (\d+) update accepted", timeout=60).group(1))
+    cluster.ok("abort server")
+    rows = {r["round"]: r["clients"] for r in cluster.metrics()}
+    assert rows[0] == rows[1] == ["flclient1"]
+    assert first >= 3
+    assert rows[first] == ["flclient1", "flclient2"]
+
+
+def test_late_update_is_discarded(cluster: Cluster) -> None:
+    cluster.server()
+    fast = cluster.client("flclient1")
+    slow = cluster.client("flclient2")
+    cluster.prepare_run(1, num_rounds=5000, min_num_clients=1, wait_after_min_clients=0)
+    cluster.ok("start server")
+    cluster.ok("start client flclient1")
+    wait_until(lambda: cluster.run_state()["history"], 120, "round 0 to aggregate")
+    # Each round closes as soon as flclient1's update arrives (min_num_clients=1, no wait);
+    # flclient2 trains 30 local epochs per round, so its updates always come too late.
+    cluster.configure("config_fed_client.json", local_epochs=30)
+    cluster.ok("upload_folder digits_fedavg")
+    cluster.ok("deploy digits_fedavg client flclient2")
+    cluster.ok("start client flclient2")
+    late = slow.wait_log(
+        r"round (\d+) update late: round \d+ was already aggregated; update discarded", timeout=60
+    )
+    cluster.ok("abort server")
+    assert "update late" not in fast.log()
+    round_number = int(late.group(1))
+    assert all("flclient2" not in r["clients"] for r in cluster.metrics())
+    assert f"update from flclient2 for round {round_number} late" in cluster.daemons[0].log()

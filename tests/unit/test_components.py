@@ -1,0 +1,182 @@
+"""Components named by dotted path, and the built-in model and dataset components."""
+
+from __future__ import annotations
+
+import re
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flcore.appconfig import ComponentSpec
+from flcore.components import build, import_object, resolve, use_resources
+from flcore.datasets import NpzClassification
+from flcore.models import MLP, DigitsCNN
+from flcore.schema import ConfigError
+
+WHERE = "config_train.json: model"
+
+
+@pytest.fixture
+def resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An app's resources/ folder on sys.path, undone after the test (modules included)."""
+    folder = tmp_path / "resources"
+    folder.mkdir()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    before = set(sys.modules)
+    use_resources(folder)
+    yield folder
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+def write_module(folder: Path, name: str, text: str) -> None:
+    path = folder.joinpath(*name.split(".")).with_suffix(".py")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+
+
+def test_imports_classes_by_dotted_path() -> None:
+    assert import_object("torch.optim.SGD", WHERE) is torch.optim.SGD
+    assert import_object("flcore.models.DigitsCNN.forward", WHERE) is DigitsCNN.forward
+
+
+def test_a_missing_module_is_named() -> None:
+    with pytest.raises(ConfigError) as failure:
+        import_object("custom.net.Net", WHERE)
+    assert str(failure.value) == (
+        "config_train.json: model: cannot import 'custom.net.Net': No module named 'custom'"
+    )
+
+
+def test_a_missing_attribute_is_named() -> None:
+    with pytest.raises(ConfigError, match=re.escape("'torch.optim' has no attribute 'SGDD'")):
+        import_object("torch.optim.SGDD", WHERE)
+
+
+@pytest.mark.parametrize("path", ["Net", "torch..SGD", ""])
+def test_a_path_must_be_dotted(path: str) -> None:
+    with pytest.raises(ConfigError, match="is not a dotted path"):
+        import_object(path, WHERE)
+
+
+def test_errors_inside_custom_code_are_reported_as_they_are(resources: Path) -> None:
+    write_module(resources, "broken_dep", "import not_installed_anywhere\n")
+    with pytest.raises(ConfigError, match="No module named 'not_installed_anywhere'"):
+        import_object("broken_dep.Net", WHERE)
+    write_module(resources, "broken_code", "1 / 0\n")
+    with pytest.raises(ConfigError, match="ZeroDivisionError: division by zero"):
+        import_object("broken_code.Net", WHERE)
+
+
+def test_resources_come_first_on_sys_path(resources: Path) -> None:
+    write_module(resources, "custom_pkg.__init__", "")
+    write_module(resources, "custom_pkg.net", "VALUE = 3\nclass Net:\n    pass\n")
+    assert sys.path[0] == str(resources.resolve())
+    assert import_object("custom_pkg.net.VALUE", WHERE) == 3
+    with pytest.raises(
+        ConfigError,
+        match=re.escape("'custom_pkg.net.VALUE' names a value of type int, not a class"),
+    ):
+        resolve(ComponentSpec("custom_pkg.net.VALUE"), WHERE)
+
+
+def test_build_passes_the_callers_and_the_configs_arguments() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    optimizer = build(ComponentSpec("torch.optim.SGD", {"lr": 0.5}), "optimizer", params)
+    assert optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_build_refuses_arguments_the_factory_does_not_take() -> None:
+    with pytest.raises(ConfigError) as failure:
+        build(ComponentSpec("torch.optim.SGD", {"lrate": 0.5}), "config_train.json: optimizer", [])
+    message = str(failure.value)
+    assert message.startswith(
+        "config_train.json: optimizer: 'torch.optim.SGD' does not accept these arguments:"
+    )
+    assert "lrate" in message
+
+
+def test_build_refuses_args_that_the_caller_sets() -> None:
+    spec = ComponentSpec("flcore.datasets.NpzClassification", {"data_root": "/elsewhere"})
+    with pytest.raises(ConfigError, match="'args' may not set 'data_root'"):
+        build(spec, "config_train.json: dataset", data_root=Path("/data"))
+
+
+def test_digits_cnn_is_small_and_classifies_8x8_images() -> None:
+    model = DigitsCNN()
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 10_000 < parameters < 100_000
+    assert model(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
+
+
+@pytest.mark.parametrize(
+    ("layers", "expected"),
+    [(1, 64 * 10 + 10), (2, 64 * 32 + 32 + 32 * 10 + 10), (3, 64 * 32 + 32 + 32 * 32 + 32 + 330)],
+)
+def test_mlp_size_follows_its_arguments(layers: int, expected: int) -> None:
+    model = MLP(in_features=64, hidden=32, out_features=10, layers=layers)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_mlp_needs_a_layer() -> None:
+    with pytest.raises(ValueError, match="at least 1 layer"):
+        MLP(4, 4, 2, layers=0)
+
+
+def write_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=y)
+
+
+def test_npz_classification_loads_both_splits(tmp_path: Path) -> None:
+    write_split(
+        tmp_path / "train.npz", np.ones((6, 1, 8, 8), np.float64), np.arange(6, dtype=np.int32)
+    )
+    write_split(tmp_path / "held" / "v.npz", np.zeros((2, 3), np.float32), np.array([1, 0]))
+    data = NpzClassification(tmp_path, validation="held/v.npz")
+    assert len(data.train) == 6 and len(data.validation) == 2
+    x, y = data.train[5]
+    assert x.dtype == torch.float32 and x.shape == (1, 8, 8)
+    assert y.dtype == torch.int64 and int(y) == 5
+
+
+def test_a_missing_file_names_the_file_and_data_root(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as failure:
+        NpzClassification(tmp_path)
+    assert str(failure.value) == (
+        f"dataset file {tmp_path / 'train.npz'} is missing (DATA_ROOT is {tmp_path})"
+    )
+
+
+def test_relative_files_need_a_data_root() -> None:
+    with pytest.raises(ConfigError, match="this site has no DATA_ROOT set"):
+        NpzClassification(None)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (np.ones((3, 2), np.float32), np.ones(2, np.int64), "'x' has 3 samples but 'y' has 2"),
+        (np.ones((3, 2), np.int64), np.ones(3, np.int64), "'x' must be a float array"),
+        (np.ones((3, 2), np.float32), np.ones(3, np.float32), "'y' must be a 1-D integer array"),
+        (np.ones((0, 2), np.float32), np.ones(0, np.int64), "holds no samples"),
+    ],
+)
+def test_bad_arrays_are_refused(tmp_path: Path, x: np.ndarray, y: np.ndarray, message: str) -> None:
+    write_split(tmp_path / "train.npz", x, y)
+    write_split(tmp_path / "val.npz", x, y)
+    with pytest.raises(ConfigError, match=message):
+        NpzClassification(tmp_path)
+
+
+def test_pickled_arrays_are_refused(tmp_path: Path) -> None:
+    objects = np.array([{"a": 1}, None], dtype=object)
+    write_split(tmp_path / "train.npz", objects, np.ones(2, np.int64))
+    with pytest.raises(ConfigError, match=re.escape("cannot read it as .npz")):
+        NpzClassification(tmp_path)
