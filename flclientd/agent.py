@@ -186,15 +186,17 @@ class Agent:
             await call.write(fed_pb2.ClientMessage(hello=hello))
             self._connected.set()
             loop = asyncio.get_running_loop()
-            helpers = [
-                loop.create_task(self._write_outbox(call)),
-                loop.create_task(self._heartbeats()),
-                loop.create_task(self._forward_logs()),
+            jobs = [
+                self._read(call),
+                self._write_outbox(call),
+                self._heartbeats(),
+                self._shutdown.wait(),
             ]
-            reader = loop.create_task(self._read(call))
-            stop = loop.create_task(self._shutdown.wait())
-            helpers += [reader, stop]
-            await asyncio.wait({reader, stop, *helpers[:3]}, return_when=asyncio.FIRST_COMPLETED)
+            if self.forwarder is not None:
+                jobs.append(self._forward_logs(self.forwarder))
+            helpers = [loop.create_task(job) for job in jobs]
+            # Any of them ending (stream broken, write failed, shutdown) ends the session.
+            await asyncio.wait(helpers, return_when=asyncio.FIRST_COMPLETED)
         except grpc.aio.AioRpcError as exc:
             log.warning("lost the session with the server: %s", exc.details() or exc.code().name)
         finally:
@@ -225,14 +227,12 @@ class Agent:
             heartbeat = fed_pb2.Heartbeat(status=self._status_proto())
             self._outbox.put_nowait(fed_pb2.ClientMessage(heartbeat=heartbeat))
 
-    async def _forward_logs(self) -> None:
-        if self.forwarder is None:
-            return
+    async def _forward_logs(self, forwarder: LogForwarder) -> None:
         while True:
             await asyncio.sleep(LOG_FLUSH_S)
-            if not self.forwarder.pending():
+            if not forwarder.pending():
                 continue
-            lines, dropped = self.forwarder.take()
+            lines, dropped = forwarder.take()
             records = [
                 common_pb2.LogRecord(
                     time=x.time,

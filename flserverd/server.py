@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 RUN_NUMBER_KEY = "run_number"
 MODEL_INIT_TIMEOUT = 600.0
+# How long a command waits for a registered client whose stream is (re)connecting.
+RECONNECT_GRACE_S = 5.0
 
 
 class CommandError(Exception):
@@ -62,6 +64,8 @@ class FLServer:
         self.start_error = ""
         self.shutdown_requested = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._attached = asyncio.Condition()
+        self._background: set[asyncio.Task[None]] = set()
         self._log_handler: BusLogHandler | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -263,7 +267,17 @@ class FLServer:
         self.links[session.token] = link
         session.connected = True
         self.update_status(session, status)
+        self._spawn_notify()
         return link
+
+    def _spawn_notify(self) -> None:
+        async def notify_attached() -> None:
+            async with self._attached:
+                self._attached.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify_attached())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def detach(self, session: ClientSession, link: ClientLink) -> None:
         """A client's Session stream ended; the session lives until the heartbeat timeout."""
@@ -342,7 +356,7 @@ class FLServer:
         """Send a command to several clients at once and collect their results."""
 
         async def one(session: ClientSession) -> CommandResult:
-            link = self.links.get(session.token)
+            link = await self._link_of(session, min(timeout, RECONNECT_GRACE_S))
             if link is None:
                 return CommandResult(False, "client is not connected", {})
             try:
@@ -354,6 +368,17 @@ class FLServer:
 
         results = await asyncio.gather(*(one(s) for s in sessions))
         return list(zip(sessions, results, strict=True))
+
+    async def _link_of(self, session: ClientSession, wait: float) -> ClientLink | None:
+        """The client's stream, waiting briefly for one that is (re)connecting."""
+        async with self._attached:
+            try:
+                await asyncio.wait_for(
+                    self._attached.wait_for(lambda: session.token in self.links), wait
+                )
+            except TimeoutError:
+                return None
+        return self.links.get(session.token)
 
     # ------------------------------------------------------------------ views
 

@@ -279,14 +279,17 @@ class Cluster:
         values.update(changes)
         path.write_text(json.dumps(values))
 
-    def prepare_run(self, run_number: int = 1, **server_config: Any) -> None:
+    def prepare_run(
+        self, run_number: int = 1, *, deploy_clients: bool = True, **server_config: Any
+    ) -> None:
         """set_run_number, upload and deploy the digits app (with config overrides) everywhere."""
         if server_config:
             self.configure("config_fed_server.json", **server_config)
         self.ok(f"set_run_number {run_number}")
         self.ok("upload_folder digits_fedavg")
         self.ok("deploy digits_fedavg server")
-        self.ok("deploy digits_fedavg client")
+        if deploy_clients:
+            self.ok("deploy digits_fedavg client")
 
     def worker_pids(self) -> list[int]:
         """Training processes (any rank or helper) started for this cluster's sites."""

@@ -1,0 +1,196 @@
+"""What goes wrong at sites and on the wire reaches admins, and never the model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from flclientd.connection import Connection
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.startup import load_client, startup_path
+from flcore.tls import TlsFiles
+from fltui.adminclient import AdminClient, load_kit
+from tests.integration.harness import ADMIN, Cluster, wait_until
+from tests.integration.test_training import finished
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def test_training_error_reaches_the_server_with_its_traceback(cluster: Cluster) -> None:
+    server = cluster.server()
+    cluster.client("flclient1")
+    cluster.client("flclient2")
+    transfer = cluster.root / ADMIN / "transfer"
+    shutil.copytree(transfer / "digits_fedavg", transfer / "digits_broken")
+    train = transfer / "digits_broken" / "config" / "config_train.json"
+    config = json.loads(train.read_text())
+    config["optimizer"] = {"path": "torch.optim.SGD", "args": {"lr": -1.0}}
+    train.write_text(json.dumps(config))
+    cluster.prepare_run(1, num_rounds=2, min_num_clients=1, wait_after_min_clients=0)
+    cluster.ok("upload_folder digits_broken")
+    cluster.ok("deploy digits_broken client flclient1")
+    cluster.ok("start server")
+    cluster.ok("start client")
+
+    def failed() -> dict | None:
+        row = cluster.ok("check_status client flclient1").data["clients"]["flclient1"]
+        return row if row["status"] == "training failed" else None
+
+    row = wait_until(failed, 60, "flclient1 to fail")
+    assert "Invalid learning rate" in row["error"]
+    assert "Traceback" in row["traceback"] and "lr" in row["traceback"]
+    text = cluster.ok("check_status client flclient1").text
+    assert "status: training failed" in text and "error: " in text
+    finished(cluster)
+    assert "Failed sites: flclient1" in cluster.ok("check_status server").text
+    assert "run 1 ended (finished); failed sites: flclient1" in server.log()
+    assert all(r["clients"] == ["flclient2"] for r in cluster.metrics())
+
+
+def test_client_logs_reach_the_console_unless_switched_off(cluster: Cluster) -> None:
+    local = cluster.root / "flclient2" / "local"
+    local.mkdir()
+    (local / "fed_client.json").write_text(json.dumps({"forward_logs": False}))
+    cluster.server()
+    cluster.client("flclient1")
+    quiet = cluster.client("flclient2")
+    cluster.prepare_run(1, num_rounds=2, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    finished(cluster)
+    quiet.wait_log("training process ready")
+
+    async def sources() -> set[str]:
+        startup = cluster.kit()
+        client = AdminClient(startup, load_kit(startup), ADMIN)
+        await client.login()
+        try:
+            async for event in client.events():
+                return {line.source for line in event.snapshot.logs}
+        finally:
+            await client.close()
+        return set()
+
+    seen = asyncio.run(sources())
+    assert {"server", "flclient1"} <= seen
+    assert "flclient2" not in seen
+
+
+def test_tampered_kit_is_refused(cluster: Cluster) -> None:
+    config = cluster.root / "flclient1" / "startup" / "fed_client.json"
+    values = json.loads(config.read_text())
+    values["retry_window"] = 999
+    config.write_text(json.dumps(values))
+    result = subprocess.run(
+        [sys.executable, "-m", "flclientd", "--workspace", str(cluster.root / "flclient1")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "fed_client.json" in result.stderr and "re-extract the kit" in result.stderr
+
+
+def test_server_tells_systemd_when_ready(cluster: Cluster, tmp_path: Path) -> None:
+    address = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(address))
+    sock.settimeout(30)
+    os.environ["NOTIFY_SOCKET"] = str(address)
+    try:
+        env = cluster.env()
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+    env["NOTIFY_SOCKET"] = str(address)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flserverd", "--workspace", str(cluster.root / "server")],
+        env=env,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        message = sock.recv(4096).decode()
+        assert "READY=1" in message.splitlines()
+        assert cluster.status()["clients"] == []
+        process.terminate()
+        assert "STOPPING=1" in sock.recv(4096).decode()
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        sock.close()
+
+
+def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.server()
+    cluster.prepare_run(
+        1, deploy_clients=False, num_rounds=3, min_num_clients=1, wait_after_min_clients=0
+    )
+    cluster.ok("start server")
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    files = TlsFiles(
+        startup_path(workspace, startup.ssl_root_cert),
+        startup_path(workspace, startup.ssl_cert),
+        startup_path(workspace, startup.ssl_private_key),
+    )
+
+    async def scenario() -> list[tuple[str, str]]:
+        conn = Connection(startup, files)
+        try:
+            await conn.login("", fed_pb2.ClientInfo(device="cpu"))
+            glob = tmp_path / "global.safetensors"
+            await conn.get_model(1, 0, glob)
+            weights = load_file(glob)
+            names = sorted(weights)
+            outcomes = []
+
+            async def submit(label: str, tensors: dict[str, np.ndarray], samples: int = 10) -> None:
+                path = tmp_path / f"{label}.safetensors"
+                save_file(tensors, path)
+                verdict = await conn.submit_model(1, 0, path, samples, {"val_accuracy": 0.5})
+                outcomes.append((verdict.result, verdict.message))
+
+            wrong_shape = dict(weights)
+            wrong_shape[names[0]] = np.zeros((3, 3), dtype=np.float32)
+            await submit("shape", wrong_shape)
+            wrong_dtype = {k: v.astype(np.float64) for k, v in weights.items()}
+            await submit("dtype", wrong_dtype)
+            missing = {k: v for k, v in weights.items() if k != names[-1]}
+            await submit("missing", missing)
+            poisoned = {k: v.copy() for k, v in weights.items()}
+            big = max(names, key=lambda n: weights[n].size)
+            poisoned[big].reshape(-1)[-1] = np.nan
+            await submit("nan", poisoned)
+            await submit("nosamples", weights, samples=0)
+            good = {k: (v + 1).astype(v.dtype) for k, v in weights.items()}
+            await submit("good", good)
+            await submit("again", good)
+            return outcomes
+        finally:
+            await conn.close()
+
+    outcomes = asyncio.run(scenario())
+    results = [result for result, _ in outcomes]
+    assert results == ["rejected"] * 5 + ["accepted", "late"], outcomes
+    assert "has shape [3, 3]" in outcomes[0][1]
+    assert "has dtype F64, expected F32" in outcomes[1][1]
+    assert "missing tensor" in outcomes[2][1]
+    assert "NaN or infinite" in outcomes[3][1]
+    assert "no training samples" in outcomes[4][1]
+    wait_until(lambda: cluster.metrics(), 10, "round 0 to aggregate")
+    aggregated = load_file(cluster.root / "server" / "run_1" / "models" / "round_1.safetensors")
+    original = load_file(tmp_path / "global.safetensors")
+    assert aggregated.keys() == original.keys()
+    for name, values in aggregated.items():
+        np.testing.assert_allclose(values, original[name] + 1, rtol=1e-6)
+    cluster.ok("abort server")
