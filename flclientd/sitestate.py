@@ -32,7 +32,10 @@ class SiteState:
         """Read the state, starting afresh when it is missing or unreadable."""
         try:
             data = json.loads(path.read_text())
-            return cls(str(data["token"]), int(data["training_run"]), int(data["gpus"]))
+            token, run, gpus = data["token"], data["training_run"], data["gpus"]
+            if not (isinstance(token, str) and type(run) is int and type(gpus) is int):
+                raise TypeError("unexpected value types")
+            return cls(token, run, gpus)
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -74,3 +74,48 @@ class NpzClassification:
     ) -> None:
         self.train = _load_split(data_root, train)
         self.validation = _load_split(data_root, validation)
+
+
+class SyntheticClassification:
+    """Random train and validation splits, so that benchmarks and smoke tests need no files.
+
+    Inputs are float32 vectors drawn from a standard normal distribution,
+    labels int64 classes drawn uniformly; both splits have ``num_samples``
+    samples and are reproducible from ``seed`` (the validation split uses a
+    different stream than the training split). ``data_root`` is accepted,
+    as by every dataset component, and ignored.
+
+    Args:
+        data_root: The site's DATA_ROOT (unused).
+        num_samples: Samples in each split.
+        in_features: Size of one input vector.
+        num_classes: Number of classes of the labels.
+        seed: Seed of the random generator.
+    """
+
+    def __init__(
+        self,
+        data_root: Path | None,
+        num_samples: int,
+        in_features: int,
+        num_classes: int,
+        seed: int = 0,
+    ) -> None:
+        for name, value in (
+            ("num_samples", num_samples),
+            ("in_features", in_features),
+            ("num_classes", num_classes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"SyntheticClassification: {name} must be a positive integer")
+        generator = torch.Generator().manual_seed(seed)
+        self.train = _random_split(generator, num_samples, in_features, num_classes)
+        self.validation = _random_split(generator, num_samples, in_features, num_classes)
+
+
+def _random_split(
+    generator: torch.Generator, num_samples: int, in_features: int, num_classes: int
+) -> TensorDataset:
+    x = torch.randn(num_samples, in_features, generator=generator, dtype=torch.float32)
+    y = torch.randint(0, num_classes, (num_samples,), generator=generator, dtype=torch.int64)
+    return TensorDataset(x, y)

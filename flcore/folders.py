@@ -119,17 +119,21 @@ class FolderReceiver:
             if len(self.files) >= self.max_files:
                 raise FolderError(f"upload has more than {self.max_files} files")
             target = self.staging.joinpath(*path.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                handle = target.open("xb")
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                raise FolderError(f"{raw_path}: clashes with another file of the upload") from None
             self.files.append(raw_path)
-            self._current = (raw_path, target.open("xb"))
+            self._current = (raw_path, handle)
             self._offset = 0
         if offset != self._offset:
             raise FolderError(f"{raw_path}: chunk at byte {offset}, expected {self._offset}")
-        handle = self._current[1]
-        handle.write(data)
+        current = self._current[1]
+        current.write(data)
         self._offset += len(data)
         if eof:
-            handle.close()
+            current.close()
             self._current = None
 
     def finish(self) -> list[str]:

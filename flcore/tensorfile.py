@@ -148,16 +148,19 @@ class TensorFile:
                 raise TensorFileError(f"{path}: header is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
             raise TensorFileError(f"{path}: header is not a JSON object")
-        self.metadata: dict[str, str] = dict(header.pop("__metadata__", None) or {})
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise TensorFileError(f"{path}: __metadata__ is not a JSON object")
+        self.metadata: dict[str, str] = {str(k): str(v) for k, v in metadata.items()}
         self.data_start = 8 + length
-        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        entries = sorted(
+            ((name, *_parse_entry(path, name, entry)) for name, entry in header.items()),
+            key=lambda item: (item[2], item[3]),
+        )
         specs: list[TensorSpec] = []
         self.offsets: dict[str, tuple[int, int]] = {}
         expected = 0
-        for name, entry in entries:
-            spec = TensorSpec(name, str(entry["dtype"]), tuple(int(d) for d in entry["shape"]))
-            spec.check()
-            begin, end = (int(x) for x in entry["data_offsets"])
+        for name, spec, begin, end in entries:
             if begin != expected or end - begin != spec.nbytes:
                 raise TensorFileError(f"{path}: tensor {name!r} has inconsistent data offsets")
             expected = end
@@ -197,6 +200,22 @@ class TensorFile:
                     data = handle.read(min(step, total - position))
                     yield spec.name, position, data
                     position += len(data)
+
+
+def _parse_entry(path: Path, name: str, entry: Any) -> tuple[TensorSpec, int, int]:
+    """One tensor's header entry, or TensorFileError naming what is wrong with it."""
+    try:
+        shape = tuple(entry["shape"])
+        begin, end = entry["data_offsets"]
+        if not all(type(d) is int for d in (*shape, begin, end)):
+            raise TypeError("shape and data_offsets must be integers")
+        spec = TensorSpec(name, str(entry["dtype"]), shape)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise TensorFileError(
+            f"{path}: tensor {name!r} has a malformed header entry ({exc})"
+        ) from None
+    spec.check()
+    return spec, begin, end
 
 
 def _all_finite(dtype: str, data: bytes) -> bool:

@@ -10,7 +10,6 @@ true state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -54,6 +53,7 @@ class Subscription:
         self._bus = bus
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_LIMIT)
         self.overflowed = False
+        self._closed = False
 
     def push(self, event: Event) -> None:
         """Queue an event; on overflow the subscription ends."""
@@ -66,15 +66,19 @@ class Subscription:
             self._bus.unsubscribe(self)
 
     def close(self) -> None:
-        """End the subscription (server shutting down)."""
-        with contextlib.suppress(asyncio.QueueFull):
+        """End the subscription (server shutting down), even when its queue is full."""
+        self._closed = True
+        if not self._queue.full():
             self._queue.put_nowait(None)
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         try:
             while True:
-                if self.overflowed and self._queue.empty():
-                    raise Overflow("event consumer fell behind; reconnect for a fresh snapshot")
+                if self._queue.empty():
+                    if self.overflowed:
+                        raise Overflow("event consumer fell behind; reconnect for a fresh snapshot")
+                    if self._closed:
+                        return
                 event = await self._queue.get()
                 if event is None:
                     return

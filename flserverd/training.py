@@ -266,10 +266,18 @@ class Training:
                 f"run {self.run.run_number} is no longer training; update discarded",
             )
         state = self.round
-        current = self.current_round
-        closed = self.run.phase != PHASE_TRAINING or state.closed
-        if round_number < current or (round_number == state.number and closed):
+        if self.run.phase != PHASE_TRAINING:
+            return Outcome.LATE, "training is over (final validation); update discarded"
+        if round_number < state.number or (round_number == state.number and state.closed):
             return Outcome.LATE, f"round {round_number} was already aggregated; update discarded"
+        if (
+            instance not in state.participants
+            and len(state.participants) >= self.config.max_num_clients
+        ):
+            return Outcome.LATE, (
+                f"round {round_number} already has max_num_clients="
+                f"{self.config.max_num_clients} participants; update discarded"
+            )
         if round_number > state.number:
             return (
                 Outcome.REJECTED,

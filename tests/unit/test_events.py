@@ -1,0 +1,224 @@
+"""flserverd.events: the console's live feed (sequence numbers, log ring, slow consumers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from flserverd.events import (
+    LOG_RING,
+    QUEUE_LIMIT,
+    BusLogHandler,
+    Event,
+    EventBus,
+    LogLine,
+    Overflow,
+    Subscription,
+)
+
+
+def _line(i: int) -> LogLine:
+    return LogLine(float(i), "INFO", "test", f"line {i}", "server")
+
+
+async def _take(sub: Subscription, count: int, timeout: float = 1.0) -> list[Event]:
+    events: list[Event] = []
+
+    async def collect() -> None:
+        async for event in sub:
+            events.append(event)
+            if len(events) == count:
+                return
+
+    await asyncio.wait_for(collect(), timeout)
+    return events
+
+
+def test_sequence_numbers_and_delivery() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        bus.publish("client", {"name": "before"})  # before anyone subscribed
+        first = bus.subscribe()
+        second = bus.subscribe()
+        bus.publish("client", {"name": "a"})
+        bus.publish("run", {"round": 1})
+        bus.publish("log", _line(1))
+        assert bus.seq == 4
+        got = await _take(first, 3)
+        assert [(e.seq, e.kind) for e in got] == [(2, "client"), (3, "run"), (4, "log")]
+        assert got[0].payload == {"name": "a"}
+        assert got[2].payload == _line(1)
+        got2 = await _take(second, 3)
+        assert [e.seq for e in got2] == [2, 3, 4]
+        assert got2[0].time <= got2[2].time
+
+    asyncio.run(scenario())
+
+
+def test_log_ring_keeps_only_recent_lines() -> None:
+    bus = EventBus()
+    for i in range(LOG_RING + 25):
+        bus.publish("log", _line(i))
+        bus.publish("client", {"i": i})  # not a log line: not in the ring
+    assert len(bus.logs) == LOG_RING
+    assert bus.logs[0] == _line(25)
+    assert bus.logs[-1] == _line(LOG_RING + 24)
+    assert bus.seq == 2 * (LOG_RING + 25)
+
+
+def test_slow_subscriber_is_cut_off_without_growing() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        slow = bus.subscribe()
+        fast = bus.subscribe()
+        fast_seen: list[int] = []
+
+        for i in range(QUEUE_LIMIT + 500):
+            bus.publish("tick", i)
+            if i % 100 == 0:
+                # the fast consumer keeps up
+                while not fast._queue.empty():
+                    event = fast._queue.get_nowait()
+                    assert event is not None
+                    fast_seen.append(event.seq)
+        assert slow.overflowed
+        assert slow._queue.qsize() == QUEUE_LIMIT  # bounded: nothing past the limit queued
+        assert slow not in bus._subscribers
+        assert not fast.overflowed and fast in bus._subscribers
+        bus.publish("tick", "more")
+        assert slow._queue.qsize() == QUEUE_LIMIT
+
+        seen: list[int] = []
+        with pytest.raises(Overflow, match="reconnect"):
+            async for event in slow:
+                seen.append(event.seq)
+        # it got what was queued, in order, then the cut-off
+        assert seen == list(range(1, QUEUE_LIMIT + 1))
+        assert fast_seen == list(range(1, len(fast_seen) + 1))
+
+    asyncio.run(scenario())
+
+
+def test_close_ends_subscriptions() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        bus.publish("tick", 1)
+        bus.close()
+        got = [event.seq async for event in sub]
+        assert got == [1]
+        bus.publish("tick", 2)  # nobody is subscribed any more
+        assert bus._subscribers == set()
+
+    asyncio.run(scenario())
+
+
+def test_close_ends_subscription_with_full_queue() -> None:
+    """A console exactly QUEUE_LIMIT events behind at shutdown must not wait forever."""
+
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        for i in range(QUEUE_LIMIT):
+            bus.publish("tick", i)
+        assert not sub.overflowed
+        bus.close()
+
+        async def drain() -> int:
+            count = 0
+            try:
+                async for _ in sub:
+                    count += 1
+            except Overflow:
+                pass
+            return count
+
+        assert await asyncio.wait_for(drain(), 1.0) == QUEUE_LIMIT
+
+    asyncio.run(scenario())
+
+
+def test_iterator_exit_unsubscribes() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        bus.publish("tick", 1)
+        iterator: AsyncIterator[Event] = sub.__aiter__()
+        assert (await anext(iterator)).seq == 1
+        await iterator.aclose()  # type: ignore[attr-defined]
+        assert sub not in bus._subscribers
+
+    asyncio.run(scenario())
+
+
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+def test_bus_log_handler_from_loop_and_other_thread() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        handler = BusLogHandler(bus, asyncio.get_running_loop())
+        logger = _logger("flstack.test.events", handler)
+        try:
+            logger.debug("not forwarded")
+            logger.info("from the loop %d", 1)
+            assert bus.seq == 1  # published at once on the loop thread
+
+            def work() -> None:
+                logger.warning("from a thread %s", "T")
+
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+            got = await _take(sub, 2)
+        finally:
+            logger.handlers = []
+        assert [e.kind for e in got] == ["log", "log"]
+        lines = [e.payload for e in got]
+        assert [(line.level, line.message, line.logger, line.source) for line in lines] == [
+            ("INFO", "from the loop 1", "flstack.test.events", "server"),
+            ("WARNING", "from a thread T", "flstack.test.events", "server"),
+        ]
+        assert list(bus.logs) == lines
+
+    asyncio.run(scenario())
+
+
+def test_bus_log_handler_after_loop_closed_is_silent() -> None:
+    bus = EventBus()
+    loop = asyncio.new_event_loop()
+    handler = BusLogHandler(bus, loop)
+    loop.close()
+    logger = _logger("flstack.test.events.closed", handler)
+    try:
+        logger.error("after shutdown")
+    finally:
+        logger.handlers = []
+    assert bus.seq == 0
+
+
+def test_bus_log_handler_bad_format_does_not_raise() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        handler = BusLogHandler(bus, asyncio.get_running_loop())
+        logger = _logger("flstack.test.events.bad", handler)
+        previous = logging.raiseExceptions
+        logging.raiseExceptions = False
+        try:
+            logger.info("needs two %s %s", "only-one")
+        finally:
+            logging.raiseExceptions = previous
+            logger.handlers = []
+        assert bus.seq == 0
+
+    asyncio.run(scenario())

@@ -1,0 +1,353 @@
+"""flcore.folders: what an app folder may send, and what a receiver accepts."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from flcore.folders import (
+    FolderError,
+    FolderReceiver,
+    check_relpath,
+    folder_size,
+    iter_app_files,
+    iter_chunks,
+    replace_folder,
+)
+from flcore.tensorfile import CHUNK_BYTES
+
+# --------------------------------------------------------------------------- check_relpath
+
+
+@pytest.mark.parametrize(
+    "raw", ["config/a.json", "resources/pkg/mod.py", "x", "config/.hidden", "a/b..c/d"]
+)
+def test_check_relpath_accepts_plain_relative_paths(raw: str) -> None:
+    assert check_relpath(raw) == PurePosixPath(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("/etc/passwd", "absolute path"),
+        ("/config/a", "absolute path"),
+        ("//config/a", "absolute path"),
+        ("config/../../x", "'..'"),
+        ("..", "'..'"),
+        ("../x", "'..'"),
+        ("config/..", "'..'"),
+        ("./config/a", "'.'"),
+        ("config/./a", "'.'"),
+        ("config//a", "refused"),
+        ("config/a/", "refused"),
+        ("", "invalid path"),
+        ("config\\..\\x", "invalid path"),
+        ("config\\a", "invalid path"),
+        ("config/a\0b", "invalid path"),
+    ],
+)
+def test_check_relpath_refuses(raw: str, words: str) -> None:
+    with pytest.raises(FolderError, match=words):
+        check_relpath(raw)
+
+
+# --------------------------------------------------------------------------- iter_app_files
+
+
+def _app(root: Path) -> Path:
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "config_train.json").write_text("{}")
+    (root / "config" / "config_fed_server.json").write_text('{"num_rounds": 2}')
+    (root / "resources" / "pkg" / "__pycache__").mkdir(parents=True)
+    (root / "resources" / "pkg" / "model.py").write_text("X = 1\n")
+    (root / "resources" / "pkg" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0")
+    (root / "resources" / "__pycache__").mkdir()
+    (root / "resources" / "__pycache__" / "x.pyc").write_bytes(b"\0")
+    (root / "README.md").write_text("not part of the app")
+    (root / "models").mkdir()
+    (root / "models" / "big.pt").write_bytes(b"\0" * 10)
+    return root
+
+
+def test_iter_app_files_lists_config_and_resources_only(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app")
+    files = list(iter_app_files(root))
+    assert [rel for rel, _ in files] == [
+        "config/config_fed_server.json",
+        "config/config_train.json",
+        "resources/pkg/model.py",
+    ]
+    assert all(path == root / rel for rel, path in files)
+    size, count = folder_size(root)
+    assert (size, count) == (len('{"num_rounds": 2}') + 2 + 6, 3)
+
+
+def test_iter_app_files_refuses_file_symlink(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    (root / "resources" / "pkg" / "link.txt").symlink_to(secret)
+    with pytest.raises(FolderError, match=re.escape("resources/pkg/link.txt is a symbolic link")):
+        list(iter_app_files(root))
+
+
+def test_iter_app_files_refuses_dir_symlink(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.bin").write_bytes(b"x")
+    (root / "config" / "more").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(FolderError, match="config/more is a symbolic link"):
+        list(iter_app_files(root))
+
+
+def test_iter_app_files_refuses_symlinked_top_level(tmp_path: Path) -> None:
+    root = tmp_path / "app"
+    root.mkdir()
+    real = tmp_path / "real_config"
+    real.mkdir()
+    (real / "config_train.json").write_text("{}")
+    (root / "config").symlink_to(real, target_is_directory=True)
+    with pytest.raises(FolderError, match="symbolic link"):
+        list(iter_app_files(root))
+
+
+def test_iter_app_files_refuses_dangling_symlink(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app")
+    (root / "config" / "gone.json").symlink_to(tmp_path / "does-not-exist")
+    with pytest.raises(FolderError, match=re.escape("config/gone.json is a symbolic link")):
+        list(iter_app_files(root))
+
+
+def test_iter_app_files_refuses_special_file(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app")
+    os.mkfifo(root / "config" / "pipe")
+    with pytest.raises(FolderError, match="config/pipe is not a regular file"):
+        list(iter_app_files(root))
+
+
+def test_iter_app_files_refuses_non_folder(tmp_path: Path) -> None:
+    with pytest.raises(FolderError, match="is not a folder"):
+        list(iter_app_files(tmp_path / "missing"))
+
+
+def test_iter_chunks_covers_every_byte(tmp_path: Path) -> None:
+    root = tmp_path / "app"
+    (root / "config").mkdir(parents=True)
+    big = bytes(range(256)) * (CHUNK_BYTES // 256 * 2 + 3)
+    (root / "config" / "big.bin").write_bytes(big)
+    (root / "config" / "empty.txt").write_bytes(b"")
+    (root / "config" / "exact.bin").write_bytes(b"e" * CHUNK_BYTES)
+    chunks = list(iter_chunks(root))
+    by_file: dict[str, list[tuple[int, bytes, bool]]] = {}
+    for rel, offset, data, eof in chunks:
+        by_file.setdefault(rel, []).append((offset, data, eof))
+    assert sorted(by_file) == ["config/big.bin", "config/empty.txt", "config/exact.bin"]
+    for rel, parts in by_file.items():
+        assert [eof for _, _, eof in parts] == [False] * (len(parts) - 1) + [True], rel
+        assert b"".join(d for _, d, _ in parts) == (root / rel).read_bytes(), rel
+        offsets = [o for o, _, _ in parts]
+        assert offsets == [sum(len(d) for _, d, _ in parts[:i]) for i in range(len(parts))]
+    assert by_file["config/empty.txt"] == [(0, b"", True)]
+    assert len(by_file["config/exact.bin"]) == 1
+
+
+# --------------------------------------------------------------------------- FolderReceiver
+
+
+def _receiver(tmp_path: Path, max_bytes: int = 1 << 20, max_files: int = 100) -> FolderReceiver:
+    return FolderReceiver(tmp_path / "staging", max_bytes, max_files)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_receiver_round_trip_from_iter_chunks(tmp_path: Path) -> None:
+    source = _app(tmp_path / "app")
+    receiver = _receiver(tmp_path)
+    for rel, offset, data, eof in iter_chunks(source):
+        receiver.write(rel, offset, data, eof)
+    assert receiver.finish() == [
+        "config/config_fed_server.json",
+        "config/config_train.json",
+        "resources/pkg/model.py",
+    ]
+    assert _tree(receiver.staging) == {
+        "config/config_fed_server.json": b'{"num_rounds": 2}',
+        "config/config_train.json": b"{}",
+        "resources/pkg/model.py": b"X = 1\n",
+    }
+
+
+def test_receiver_writes_multi_chunk_file(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a.bin", 0, b"abc", False)
+    receiver.write("config/a.bin", 3, b"def", False)
+    receiver.write("config/a.bin", 6, b"g", True)
+    receiver.write("resources/empty.py", 0, b"", True)
+    assert receiver.finish() == ["config/a.bin", "resources/empty.py"]
+    assert _tree(receiver.staging) == {"config/a.bin": b"abcdefg", "resources/empty.py": b""}
+    assert receiver.total_bytes == 7
+
+
+def test_receiver_drops_other_top_level_folders_and_files(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path, max_bytes=10)
+    receiver.write("models/huge.pt", 0, b"x" * 1000, True)  # dropped: not counted to the limit
+    receiver.write("README.md", 0, b"readme", True)
+    receiver.write("config", 0, b"a file named config", True)
+    receiver.write("config/a.json", 0, b"{}", True)
+    receiver.write("secrets/deep/key.pem", 0, b"k", True)
+    assert receiver.finish() == ["config/a.json"]
+    assert receiver.dropped == {"models", "README.md", "config", "secrets"}
+    assert receiver.total_bytes == 2
+    assert _tree(receiver.staging) == {"config/a.json": b"{}"}
+
+
+def test_receiver_size_limit(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path, max_bytes=10)
+    receiver.write("config/a", 0, b"12345", True)
+    receiver.write("config/b", 0, b"12345", False)  # exactly at the limit: fine
+    with pytest.raises(FolderError, match="exceeds the server's limit"):
+        receiver.write("config/b", 5, b"6", True)
+    receiver.discard()
+    assert not receiver.staging.exists()
+
+
+def test_receiver_file_count_limit(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path, max_files=3)
+    for i in range(3):
+        receiver.write(f"config/f{i}", 0, b"x", True)
+    with pytest.raises(FolderError, match="more than 3 files"):
+        receiver.write("config/f3", 0, b"x", True)
+    assert not (receiver.staging / "config" / "f3").exists()
+
+
+def test_receiver_refuses_new_file_not_at_offset_zero(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path)
+    with pytest.raises(FolderError, match="chunks out of order"):
+        receiver.write("config/a", 5, b"x", True)
+
+
+def test_receiver_refuses_offset_gap_in_file(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a", 0, b"abc", False)
+    with pytest.raises(FolderError, match="chunk at byte 4, expected 3"):
+        receiver.write("config/a", 4, b"x", True)
+
+
+def test_receiver_refuses_file_sent_twice(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a", 0, b"abc", True)
+    with pytest.raises(FolderError, match="chunks out of order"):
+        receiver.write("config/a", 0, b"abc", True)
+    assert (receiver.staging / "config" / "a").read_bytes() == b"abc"
+
+
+def test_receiver_refuses_file_ending_without_eof(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a", 0, b"abc", False)
+    with pytest.raises(FolderError, match="config/a: file ended without its last chunk"):
+        receiver.write("config/b", 0, b"x", True)
+
+
+def test_receiver_finish_refuses_stream_ending_mid_file(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a", 0, b"abc", False)
+    with pytest.raises(FolderError, match="config/a: upload ended in the middle of this file"):
+        receiver.finish()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["config/../../escape.txt", "/tmp/escape.txt", "config/..", "resources/./../x", "config\\x"],
+)
+def test_receiver_never_writes_outside_staging(tmp_path: Path, raw: str) -> None:
+    receiver = _receiver(tmp_path / "inner")
+    before = {p for p in tmp_path.rglob("*")}
+    with pytest.raises(FolderError):
+        receiver.write(raw, 0, b"evil", True)
+    assert {p for p in tmp_path.rglob("*")} == before
+
+
+def test_receiver_refuses_path_below_a_file(tmp_path: Path) -> None:
+    """A path clash is the sender's fault and must be a FolderError, not an OSError."""
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a", 0, b"abc", True)
+    with pytest.raises(FolderError):
+        receiver.write("config/a/b", 0, b"x", True)
+
+
+def test_receiver_refuses_file_over_a_folder(tmp_path: Path) -> None:
+    """A path clash is the sender's fault and must be a FolderError, not an OSError."""
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a/b", 0, b"abc", True)
+    with pytest.raises(FolderError):
+        receiver.write("config/a", 0, b"x", True)
+
+
+def test_receiver_refuses_existing_staging(tmp_path: Path) -> None:
+    (tmp_path / "staging").mkdir()
+    with pytest.raises(FileExistsError):
+        _receiver(tmp_path)
+
+
+def test_receiver_discard_removes_staging_with_open_file(tmp_path: Path) -> None:
+    receiver = _receiver(tmp_path)
+    receiver.write("config/a", 0, b"abc", False)
+    receiver.discard()
+    assert not receiver.staging.exists()
+
+
+# --------------------------------------------------------------------------- replace_folder
+
+
+def test_replace_folder_over_existing(tmp_path: Path) -> None:
+    target = tmp_path / "transfer" / "app"
+    (target / "config").mkdir(parents=True)
+    (target / "config" / "old.json").write_text("old")
+    staging = tmp_path / "transfer" / ".staging"
+    (staging / "config").mkdir(parents=True)
+    (staging / "config" / "new.json").write_text("new")
+
+    replace_folder(staging, target)
+
+    assert _tree(target) == {"config/new.json": b"new"}
+    assert not staging.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["app"]
+
+
+def test_replace_folder_creates_parents(tmp_path: Path) -> None:
+    staging = tmp_path / "staging"
+    (staging / "resources").mkdir(parents=True)
+    (staging / "resources" / "m.py").write_text("pass")
+    target = tmp_path / "run_1" / "app_server"
+
+    replace_folder(staging, target)
+
+    assert _tree(target) == {"resources/m.py": b"pass"}
+    assert not staging.exists()
+
+
+def test_replace_folder_clears_leftover_old(tmp_path: Path) -> None:
+    target = tmp_path / "app"
+    target.mkdir()
+    (target / "a").write_text("1")
+    leftover = tmp_path / ".app.old"
+    leftover.mkdir()
+    (leftover / "stale").write_text("from a crash")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "b").write_text("2")
+
+    replace_folder(staging, target)
+
+    assert _tree(target) == {"b": b"2"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app"]

@@ -1,0 +1,328 @@
+"""flserverd.registry (sessions, tokens, instance names) and flserverd.statedb."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flcore.identity import KIND_CLIENT, Identity
+from flserverd.registry import AuthError, ClientRegistry, MachineInfo
+from flserverd.statedb import RunRecord, SessionRecord, StateDB
+
+SITE_A = Identity("site-a", "hospital-a", KIND_CLIENT)
+SITE_B = Identity("site-b", "hospital-b", KIND_CLIENT)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[StateDB]:
+    database = StateDB(tmp_path / "state.db")
+    yield database
+    database.close()
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_instance_names_for_concurrent_sessions_of_one_kit(db: StateDB) -> None:
+    registry = ClientRegistry(db, 600)
+    names = []
+    for _ in range(3):
+        session, resumed = registry.login(SITE_A, "", MachineInfo())
+        session.connected = True
+        assert resumed is False
+        names.append(session.instance)
+    other, _ = registry.login(SITE_B, "", MachineInfo())
+    assert names == ["site-a", "site-a_1", "site-a_2"]
+    assert other.instance == "site-b"
+    assert len({s.token for s in registry.sessions()}) == 4
+    assert [s.instance for s in registry.sessions()] == [
+        "site-a",
+        "site-a_1",
+        "site-a_2",
+        "site-b",
+    ]
+    assert all(s.client_name == "site-a" and s.org == "hospital-a" for s in registry.sessions()[:3])
+
+
+def test_free_instance_name_is_reused_after_remove(db: StateDB) -> None:
+    registry = ClientRegistry(db, 600)
+    first, _ = registry.login(SITE_A, "", MachineInfo())
+    second, _ = registry.login(SITE_A, "", MachineInfo())
+    third, _ = registry.login(SITE_A, "", MachineInfo())
+    registry.remove(second)
+    again, _ = registry.login(SITE_A, "", MachineInfo())
+    assert again.instance == "site-a_1"
+    registry.remove(first)
+    assert registry.login(SITE_A, "", MachineInfo())[0].instance == "site-a"
+    assert third.instance == "site-a_2"
+
+
+def test_token_resumes_disconnected_session(db: StateDB) -> None:
+    clock = Clock()
+    registry = ClientRegistry(db, 600, clock)
+    session, _ = registry.login(SITE_A, "", MachineInfo(hostname="old"))
+    session.connected = False
+    clock.now += 100
+    resumed, was_resumed = registry.login(SITE_A, session.token, MachineInfo(hostname="new"))
+    assert was_resumed is True
+    assert resumed is session
+    assert resumed.instance == "site-a"
+    assert resumed.last_heartbeat == clock.now
+    assert resumed.machine.hostname == "new"
+    assert len(registry) == 1
+
+
+def test_token_of_connected_session_gets_new_instance(db: StateDB) -> None:
+    registry = ClientRegistry(db, 600)
+    session, _ = registry.login(SITE_A, "", MachineInfo())
+    session.connected = True
+    second, was_resumed = registry.login(SITE_A, session.token, MachineInfo())
+    assert was_resumed is False
+    assert second.token != session.token
+    assert second.instance == "site-a_1"
+    assert session.connected and registry.by_instance("site-a") is session
+
+
+def test_token_with_another_certificate_refused_at_login(db: StateDB) -> None:
+    registry = ClientRegistry(db, 600)
+    session, _ = registry.login(SITE_A, "", MachineInfo())
+    with pytest.raises(AuthError, match="belongs to client 'site-a'"):
+        registry.login(SITE_B, session.token, MachineInfo())
+    assert len(registry) == 1
+    assert registry.by_instance("site-b") is None
+
+
+def test_authenticate_binds_token_to_identity(db: StateDB) -> None:
+    clock = Clock()
+    registry = ClientRegistry(db, 600, clock)
+    session, _ = registry.login(SITE_A, "", MachineInfo())
+    clock.now += 30
+    assert registry.authenticate(session.token, SITE_A) is session
+    assert session.last_heartbeat == clock.now
+    # same name from another org's certificate is still the same client name
+    with pytest.raises(AuthError, match="another certificate"):
+        registry.authenticate(session.token, SITE_B)
+    with pytest.raises(AuthError, match="another certificate"):
+        registry.authenticate(session.token, None)
+    with pytest.raises(AuthError, match="unknown or expired token"):
+        registry.authenticate("not-a-token", SITE_A)
+
+
+def test_unknown_token_at_login_starts_new_session(db: StateDB) -> None:
+    registry = ClientRegistry(db, 600)
+    session, resumed = registry.login(SITE_A, "stale-token-from-before", MachineInfo())
+    assert resumed is False
+    assert session.token != "stale-token-from-before"
+    assert session.instance == "site-a"
+
+
+def test_expired_after_timeout(db: StateDB) -> None:
+    clock = Clock()
+    registry = ClientRegistry(db, 10, clock)
+    quiet, _ = registry.login(SITE_A, "", MachineInfo())
+    chatty, _ = registry.login(SITE_B, "", MachineInfo())
+    clock.now += 6
+    registry.heard(chatty)
+    clock.now += 4  # quiet: silent 10 s, exactly the timeout
+    assert registry.expired() == []
+    clock.now += 0.5
+    assert registry.expired() == [quiet]
+    clock.now += 6  # chatty: silent 10.5 s
+    assert {s.instance for s in registry.expired()} == {"site-a", "site-b"}
+    registry.remove(quiet)
+    assert registry.expired() == [chatty]
+
+
+def test_sessions_survive_a_new_registry(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = StateDB(path)
+    clock = Clock(5000)
+    registry = ClientRegistry(db, 10, clock)
+    a, _ = registry.login(SITE_A, "", MachineInfo())
+    a1, _ = registry.login(SITE_A, "", MachineInfo())
+    b, _ = registry.login(SITE_B, "", MachineInfo())
+    registry.remove(b)
+    db.close()
+
+    db = StateDB(path)
+    clock.now += 1000  # long after the old heartbeats
+    restored = ClientRegistry(db, 10, clock)
+    assert [(s.instance, s.token) for s in restored.sessions()] == [
+        ("site-a", a.token),
+        ("site-a_1", a1.token),
+    ]
+    assert restored.expired() == []  # restored sessions get a full timeout to reconnect
+    session, resumed = restored.login(SITE_A, a1.token, MachineInfo())
+    assert resumed is True and session.instance == "site-a_1"
+    assert restored.authenticate(a.token, SITE_A).instance == "site-a"
+    with pytest.raises(AuthError):
+        restored.login(SITE_B, a.token, MachineInfo())
+    assert restored.login(SITE_B, "", MachineInfo())[0].instance == "site-b"
+    assert restored.login(SITE_A, "", MachineInfo())[0].instance == "site-a_2"
+    db.close()
+
+
+# --------------------------------------------------------------------------- statedb
+
+
+def _run(**changes: object) -> RunRecord:
+    record = RunRecord(
+        run_number=3,
+        status="training started",
+        phase="training",
+        app="app",
+        start_round=0,
+        num_rounds=5,
+        next_round=0,
+    )
+    for key, value in changes.items():
+        setattr(record, key, value)
+    return record
+
+
+def test_meta(db: StateDB) -> None:
+    assert db.get_meta("run_number") is None
+    db.set_meta("run_number", "4")
+    db.set_meta("run_number", "5")
+    assert db.get_meta("run_number") == "5"
+
+
+def test_run_record_round_trip(tmp_path: Path, db: StateDB) -> None:
+    assert db.get_run(3) is None
+    record = _run(best_round=2, best_value=0.75, failed_sites=["x", "y"], reason="r")
+    db.save_run(record)
+    assert db.get_run(3) == record
+    db.close()
+    reopened = StateDB(tmp_path / "state.db")
+    assert reopened.get_run(3) == record
+    reopened.close()
+
+
+def test_complete_round_moves_pointer_and_stores_metrics(tmp_path: Path, db: StateDB) -> None:
+    db.save_run(_run())
+    record = _run(next_round=1)
+    db.complete_round(record, 0, {"round": 0, "metrics": {"acc": 0.5}})
+    record.next_round = 2
+    db.complete_round(record, 1, {"round": 1, "metrics": {"acc": 0.6}})
+    run = db.get_run(3)
+    assert run is not None and run.next_round == 2
+    assert db.round_records(3) == [
+        {"round": 0, "metrics": {"acc": 0.5}},
+        {"round": 1, "metrics": {"acc": 0.6}},
+    ]
+    assert db.round_records(4) == []
+
+
+def test_complete_round_is_one_transaction(tmp_path: Path, db: StateDB) -> None:
+    db.save_run(_run(next_round=1))
+    db.complete_round(_run(next_round=1), 0, {"round": 0})
+    # make the metrics insert fail: the pointer must not move either
+    other = sqlite3.connect(tmp_path / "state.db")
+    other.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON round_metrics"
+        " BEGIN SELECT RAISE(ABORT, 'disk'); END"
+    )
+    other.commit()
+    other.close()
+    with pytest.raises(sqlite3.DatabaseError, match="disk"):
+        db.complete_round(_run(next_round=2), 1, {"round": 1})
+    run = db.get_run(3)
+    assert run is not None and run.next_round == 1
+    assert db.round_records(3) == [{"round": 0}]
+    # the connection is usable afterwards (no transaction left open)
+    db.set_meta("k", "v")
+    assert db.get_meta("k") == "v"
+
+
+def test_folded_primary_key(db: StateDB) -> None:
+    db.record_folded(3, 0, "site-a", 10, {"acc": 0.5})
+    assert db.is_folded(3, 0, "site-a")
+    assert not db.is_folded(3, 0, "site-b")
+    assert not db.is_folded(3, 1, "site-a")
+    assert not db.is_folded(4, 0, "site-a")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.record_folded(3, 0, "site-a", 99, {})
+    db.record_folded(3, 1, "site-a", 10, {})
+    db.record_folded(4, 0, "site-a", 10, {})
+
+
+def test_forget_unfinished_folds(db: StateDB) -> None:
+    for round_number in (0, 1, 2):
+        db.record_folded(3, round_number, "site-a", 1, {})
+    db.record_folded(3, 2, "site-b", 1, {})
+    db.record_folded(4, 2, "site-a", 1, {})
+    assert db.forget_unfinished_folds(3, 2) == 2
+    assert db.is_folded(3, 0, "site-a") and db.is_folded(3, 1, "site-a")
+    assert not db.is_folded(3, 2, "site-a") and not db.is_folded(3, 2, "site-b")
+    assert db.is_folded(4, 2, "site-a")  # other runs untouched
+    db.record_folded(3, 2, "site-a", 1, {})  # may be recorded again
+    assert db.forget_unfinished_folds(3, 5) == 0
+
+
+def test_clear_round_records(db: StateDB) -> None:
+    db.complete_round(_run(next_round=1), 0, {"r": 0})
+    db.record_folded(3, 0, "site-a", 1, {})
+    db.save_validation(3, "site-a", "site-b", {"acc": 1.0}, "")
+    db.complete_round(_run(run_number=4, next_round=1), 0, {"r": 0})
+    db.clear_round_records(3)
+    assert db.round_records(3) == []
+    assert not db.is_folded(3, 0, "site-a")
+    assert db.validation_results(3) == []
+    assert db.round_records(4) == [{"r": 0}]
+    assert db.get_run(3) is not None  # the run itself stays
+
+
+def test_sessions_table(db: StateDB) -> None:
+    one = SessionRecord("t1", "site-a", "site-a", "org", 1.0)
+    two = SessionRecord("t2", "site-a", "site-a_1", "org", 2.0)
+    db.save_session(one)
+    db.save_session(two)
+    assert sorted(db.load_sessions(), key=lambda s: s.token) == [one, two]
+    db.delete_session("t1")
+    assert db.load_sessions() == [two]
+    moved = SessionRecord("t2", "site-a", "site-a_1", "org", 9.0)
+    db.save_session(moved)  # saving a token again updates its row
+    assert db.load_sessions() == [moved]
+
+
+def test_audit_log_order_and_limit(db: StateDB) -> None:
+    for i in range(6):
+        db.audit(f"admin{i % 2}@example.org", f"command {i}", ok=i != 3)
+    log = db.audit_log(limit=4)
+    assert [(user, line, ok) for _, user, line, ok in log] == [
+        ("admin0@example.org", "command 2", True),
+        ("admin1@example.org", "command 3", False),
+        ("admin0@example.org", "command 4", True),
+        ("admin1@example.org", "command 5", True),
+    ]
+    times = [t for t, _, _, _ in log]
+    assert times == sorted(times)
+    assert len(db.audit_log()) == 6
+
+
+def test_validation_results(db: StateDB) -> None:
+    db.save_validation(3, "site-b", "site-a", {"acc": 0.7}, "")
+    db.save_validation(3, "global", "site-a", {"acc": 0.9}, "")
+    db.save_validation(3, "site-a", "site-b", {}, "CUDA out of memory")
+    db.save_validation(3, "site-b", "site-a", {"acc": 0.75}, "")  # replaces the cell
+    db.save_validation(4, "global", "site-a", {"acc": 0.1}, "")
+    assert db.validation_results(3) == [
+        ("global", "site-a", {"acc": 0.9}, ""),
+        ("site-a", "site-b", {}, "CUDA out of memory"),
+        ("site-b", "site-a", {"acc": 0.75}, ""),
+    ]
+    assert db.validation_results(4) == [("global", "site-a", {"acc": 0.1}, "")]
+    assert db.validation_results(5) == []

@@ -1,0 +1,453 @@
+"""Config files people edit: the schema checker, startup configs and app configs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flcore import appconfig, startup
+from flcore.appconfig import ClientAppConfig, ComponentSpec, ServerAppConfig, load_app
+from flcore.schema import (
+    ConfigError,
+    Field,
+    at_least,
+    email_like,
+    in_range,
+    name_like,
+    non_empty,
+    one_of,
+    parse_mapping,
+)
+
+# --------------------------------------------------------------------------- schema
+
+FIELDS = [
+    Field("name", str, required=True, check=name_like),
+    Field("port", int, default=8002, check=in_range(1, 65535)),
+    Field("rate", float, default=1.5, check=at_least(0.1)),
+    Field("on", bool, default=False),
+    Field("mode", str, default="max", check=one_of("max", "min")),
+    Field("opt", (str, type(None)), default=None, check=non_empty),
+]
+
+
+def test_parse_mapping_fills_defaults() -> None:
+    assert parse_mapping({"name": "site-a"}, FIELDS, "f.json") == {
+        "name": "site-a",
+        "port": 8002,
+        "rate": 1.5,
+        "on": False,
+        "mode": "max",
+        "opt": None,
+    }
+
+
+def test_parse_mapping_int_for_float_becomes_float() -> None:
+    out = parse_mapping({"name": "a", "rate": 2}, FIELDS, "f.json")
+    assert out["rate"] == 2.0 and isinstance(out["rate"], float)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([1, 2], "f.json: expected a mapping of keys to values, got a list"),
+        ("text", "f.json: expected a mapping of keys to values, got a string"),
+        ({}, "f.json: missing required key 'name'"),
+        (
+            {"name": "a", "colour": 1},
+            "f.json: unknown key 'colour' (allowed keys: mode, name, on, opt, port, rate)",
+        ),
+        ({"name": "a", "port": "80"}, "f.json: 'port' must be an integer, got '80'"),
+        ({"name": "a", "port": 8.5}, "f.json: 'port' must be an integer, got 8.5"),
+        ({"name": "a", "port": True}, "f.json: 'port' must be an integer, got True"),
+        ({"name": "a", "on": 1}, "f.json: 'on' must be true or false, got 1"),
+        ({"name": "a", "rate": True}, "f.json: 'rate' must be a number, got True"),
+        ({"name": "a", "opt": 3}, "f.json: 'opt' must be a string or null, got 3"),
+        ({"name": "a", "port": 0}, "f.json: 'port' must be between 1 and 65535, got 0"),
+        ({"name": "a", "port": 65536}, "f.json: 'port' must be between 1 and 65535, got 65536"),
+        ({"name": "a", "rate": 0.05}, "f.json: 'rate' must be at least 0.1, got 0.05"),
+        ({"name": "a", "mode": "avg"}, "f.json: 'mode' must be one of max, min, got 'avg'"),
+        ({"name": "a", "opt": ""}, "f.json: 'opt' must not be empty, got ''"),
+        ({"name": "-bad"}, "f.json: 'name' must be 1-63 letters"),
+        ({"name": "a" * 64}, "f.json: 'name' must be 1-63 letters"),
+        ({"name": "a/b"}, "f.json: 'name' must be 1-63 letters"),
+    ],
+)
+def test_parse_mapping_errors_name_file_and_key(data: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_mapping(data, FIELDS, "f.json")
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("good", ["a@b.org", "first.last+tag@sub.example.org"])
+def test_email_like_accepts(good: str) -> None:
+    assert email_like(good) is None
+
+
+@pytest.mark.parametrize("bad", ["a@b", "ab.org", "@b.org", "a b@c.org", "a@b..org"])
+def test_email_like_refuses(bad: str) -> None:
+    assert email_like(bad) is not None
+
+
+# --------------------------------------------------------------------------- startup
+
+SERVER = startup.ServerStartup(
+    project="demo",
+    name="server",
+    host="fl.example.org",
+    fed_port=8002,
+    admin_port=8003,
+    listen_host="0.0.0.0",  # noqa: S104
+    heart_beat_timeout=600.0,
+    heartbeat_interval=60.0,
+)
+CLIENT = startup.ClientStartup(
+    project="demo",
+    name="site-a",
+    server_host="fl.example.org",
+    fed_port=8002,
+    heartbeat_interval=1.0,
+)
+ADMIN = startup.AdminStartup(
+    project="demo",
+    email="lead@example.org",
+    role="super",
+    server_host="fl.example.org",
+    admin_port=8003,
+)
+
+
+def _workspace(root: Path, file_name: str, text: str, local: object = None) -> Path:
+    (root / "startup").mkdir(parents=True)
+    (root / "startup" / file_name).write_text(text)
+    if local is not None:
+        (root / "local").mkdir()
+        (root / "local" / file_name).write_text(
+            local if isinstance(local, str) else json.dumps(local)
+        )
+    return root
+
+
+def test_load_server_round_trip(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, "fed_server.json", startup.to_json(SERVER))
+    assert startup.load_server(ws) == SERVER
+
+
+def test_load_client_round_trip(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, "fed_client.json", startup.to_json(CLIENT))
+    loaded = startup.load_client(ws)
+    assert loaded == CLIENT
+    assert loaded.server_target == "fl.example.org:8002"
+
+
+def test_load_admin_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "fed_admin.json").write_text(startup.to_json(ADMIN))
+    loaded = startup.load_admin(tmp_path)
+    assert loaded == ADMIN
+    assert loaded.admin_target == "fl.example.org:8003"
+
+
+def test_load_server_local_overrides_merged(tmp_path: Path) -> None:
+    ws = _workspace(
+        tmp_path,
+        "fed_server.json",
+        startup.to_json(SERVER),
+        {"listen_host": "127.0.0.1", "max_upload_mb": 50},
+    )
+    loaded = startup.load_server(ws)
+    assert loaded.listen_host == "127.0.0.1"
+    assert loaded.max_upload_mb == 50
+    # keys the local file does not name keep the signed values, not the defaults
+    assert loaded.heart_beat_timeout == 600.0
+    assert loaded.host == "fl.example.org"
+
+
+def test_load_client_local_overrides_merged(tmp_path: Path) -> None:
+    ws = _workspace(
+        tmp_path,
+        "fed_client.json",
+        startup.to_json(CLIENT),
+        {"retry_window": 120, "forward_logs": False, "allow_cpu_mgpu": True},
+    )
+    loaded = startup.load_client(ws)
+    assert loaded.retry_window == 120.0 and isinstance(loaded.retry_window, float)
+    assert loaded.forward_logs is False
+    assert loaded.allow_cpu_mgpu is True
+    assert loaded.heartbeat_interval == 1.0  # signed value, not the 60 s default
+
+
+@pytest.mark.parametrize("key", ["fed_port", "server_host", "ssl_cert", "name", "project"])
+def test_load_client_local_refuses_signed_keys(tmp_path: Path, key: str) -> None:
+    value = getattr(CLIENT, key)
+    ws = _workspace(tmp_path, "fed_client.json", startup.to_json(CLIENT), {key: value})
+    with pytest.raises(ConfigError) as info:
+        startup.load_client(ws)
+    message = str(info.value)
+    assert message.startswith(str(ws / "local" / "fed_client.json"))
+    assert f"unknown key {key!r}" in message
+    assert "heartbeat_interval" in message  # names what may be set there
+
+
+@pytest.mark.parametrize("key", ["fed_port", "admin_port", "ssl_private_key", "host"])
+def test_load_server_local_refuses_signed_keys(tmp_path: Path, key: str) -> None:
+    ws = _workspace(
+        tmp_path, "fed_server.json", startup.to_json(SERVER), {key: getattr(SERVER, key)}
+    )
+    with pytest.raises(ConfigError, match=f"local/fed_server.json: unknown key {key!r}"):
+        startup.load_server(ws)
+
+
+def test_load_server_local_invalid_value(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, "fed_server.json", startup.to_json(SERVER), {"heart_beat_timeout": 0})
+    with pytest.raises(
+        ConfigError, match=re.escape("local/fed_server.json: 'heart_beat_timeout' must be")
+    ):
+        startup.load_server(ws)
+
+
+def test_load_local_not_json(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path, "fed_client.json", startup.to_json(CLIENT), "{oops")
+    with pytest.raises(ConfigError, match=re.escape("local/fed_client.json: not valid JSON")):
+        startup.load_client(ws)
+
+
+def test_load_server_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("startup/fed_server.json: not found")):
+        startup.load_server(tmp_path)
+
+
+def test_load_signed_invalid(tmp_path: Path) -> None:
+    data = json.loads(startup.to_json(SERVER))
+    data["fed_port"] = 70000
+    ws = _workspace(tmp_path, "fed_server.json", json.dumps(data))
+    with pytest.raises(
+        ConfigError, match=re.escape("startup/fed_server.json: 'fed_port' must be between")
+    ):
+        startup.load_server(ws)
+
+
+def test_load_signed_wrong_format_version(tmp_path: Path) -> None:
+    data = json.loads(startup.to_json(CLIENT))
+    data["format_version"] = 2
+    ws = _workspace(tmp_path, "fed_client.json", json.dumps(data))
+    with pytest.raises(ConfigError, match="'format_version' must be one of 1"):
+        startup.load_client(ws)
+
+
+def test_load_admin_bad_role(tmp_path: Path) -> None:
+    data = json.loads(startup.to_json(ADMIN))
+    data["role"] = "root"
+    (tmp_path / "fed_admin.json").write_text(json.dumps(data))
+    with pytest.raises(
+        ConfigError, match=re.escape("fed_admin.json: 'role' must be one of super, member")
+    ):
+        startup.load_admin(tmp_path)
+
+
+def test_startup_path() -> None:
+    ws = Path("/srv/site")
+    assert startup.startup_path(ws, "client.crt") == Path("/srv/site/startup/client.crt")
+    assert startup.startup_path(ws, "/etc/ssl/ca.pem") == Path("/etc/ssl/ca.pem")
+
+
+# --------------------------------------------------------------------------- app configs
+
+TRAIN = {
+    "model": {"path": "torch.nn.Linear", "args": {"in_features": 4, "out_features": 2}},
+    "dataset": {"path": "mypkg.data.Digits"},
+}
+
+
+def _app(
+    root: Path,
+    server: object = None,
+    client: object = None,
+    train: object = TRAIN,
+) -> Path:
+    config = root / "config"
+    config.mkdir(parents=True)
+    for name, data in (
+        ("config_fed_server.json", server),
+        ("config_fed_client.json", client),
+        ("config_train.json", train),
+    ):
+        if data is not None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            (config / name).write_text(text)
+    (root / "resources").mkdir()
+    return root
+
+
+def test_load_app_good(tmp_path: Path) -> None:
+    root = _app(
+        tmp_path / "app",
+        server={"num_rounds": 3, "min_num_clients": 2, "max_num_clients": 2, "metric_mode": "min"},
+        client={"cross_validate": True, "local_epochs": 2},
+    )
+    app = load_app(root)
+    assert app.server == ServerAppConfig(
+        num_rounds=3, min_num_clients=2, max_num_clients=2, metric_mode="min"
+    )
+    assert app.client == ClientAppConfig(local_epochs=2, cross_validate=True)
+    assert app.train.model == ComponentSpec(
+        "torch.nn.Linear", {"in_features": 4, "out_features": 2}
+    )
+    assert app.train.dataset == ComponentSpec("mypkg.data.Digits", {})
+    assert app.train.optimizer == ComponentSpec("torch.optim.SGD", {"lr": 0.01})
+    assert app.train.loss == ComponentSpec("torch.nn.CrossEntropyLoss", {})
+    assert app.train.trainer is None
+    assert app.train.batch_size == 32
+    assert app.resources == root / "resources"
+
+
+def test_load_app_server_only_and_client_only(tmp_path: Path) -> None:
+    server_only = load_app(_app(tmp_path / "s", server={}))
+    assert server_only.server == ServerAppConfig() and server_only.client is None
+    client_only = load_app(_app(tmp_path / "c", client={}))
+    assert client_only.client == ClientAppConfig() and client_only.server is None
+
+
+def test_load_app_missing_config_folder(tmp_path: Path) -> None:
+    root = tmp_path / "myapp"
+    (root / "resources").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="myapp: no config/ folder"):
+        load_app(root)
+
+
+def test_load_app_missing_both_fed_configs(tmp_path: Path) -> None:
+    root = _app(tmp_path / "myapp")
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "myapp: config/ needs config_fed_server.json, config_fed_client.json or both"
+        ),
+    ):
+        load_app(root)
+
+
+def test_load_app_missing_train_config(tmp_path: Path) -> None:
+    root = _app(tmp_path / "myapp", server={}, train=None)
+    with pytest.raises(ConfigError, match=r"^config/config_train\.json: missing$"):
+        load_app(root)
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        (
+            {"num_rounds": 0},
+            "config/config_fed_server.json: 'num_rounds' must be at least 1, got 0",
+        ),
+        (
+            {"num_rounds": "10"},
+            "config/config_fed_server.json: 'num_rounds' must be an integer, got '10'",
+        ),
+        (
+            {"start_round": 5, "num_rounds": 5},
+            "config/config_fed_server.json: 'start_round' (5) must be smaller than "
+            "'num_rounds' (5)",
+        ),
+        (
+            {"start_round": 7, "num_rounds": 5},
+            "config/config_fed_server.json: 'start_round' (7) must be smaller than "
+            "'num_rounds' (5)",
+        ),
+        (
+            {"min_num_clients": 3, "max_num_clients": 2},
+            "config/config_fed_server.json: 'min_num_clients' (3) must not exceed "
+            "'max_num_clients' (2)",
+        ),
+        (
+            {"wait_after_min_clients": -1},
+            "config/config_fed_server.json: 'wait_after_min_clients' must be at least 0, got -1",
+        ),
+        (
+            {"metric_mode": "best"},
+            "config/config_fed_server.json: 'metric_mode' must be one of max, min, got 'best'",
+        ),
+        (
+            {"num_round": 5},
+            "config/config_fed_server.json: unknown key 'num_round' (allowed keys: ",
+        ),
+        ([], "config/config_fed_server.json: expected a mapping"),
+    ],
+)
+def test_load_app_bad_server_config(tmp_path: Path, server: object, message: str) -> None:
+    root = _app(tmp_path / "app", server=server)
+    with pytest.raises(ConfigError) as info:
+        load_app(root)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("client", "message"),
+    [
+        (
+            {"cross_validate": "yes"},
+            "config/config_fed_client.json: 'cross_validate' must be true or false, got 'yes'",
+        ),
+        (
+            {"local_epochs": 0},
+            "config/config_fed_client.json: 'local_epochs' must be at least 1, got 0",
+        ),
+        (
+            {"epochs": 1},
+            "config/config_fed_client.json: unknown key 'epochs'",
+        ),
+    ],
+)
+def test_load_app_bad_client_config(tmp_path: Path, client: object, message: str) -> None:
+    root = _app(tmp_path / "app", client=client)
+    with pytest.raises(ConfigError) as info:
+        load_app(root)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"dataset": TRAIN["dataset"]}, "config/config_train.json: missing required key 'model'"),
+        (
+            {**TRAIN, "batch_size": 0},
+            "config/config_train.json: 'batch_size' must be at least 1, got 0",
+        ),
+        (
+            {**TRAIN, "model": {"args": {}}},
+            "config/config_train.json: model: missing required key 'path'",
+        ),
+        (
+            {**TRAIN, "optimizer": {"path": "torch.optim.Adam", "lr": 0.1}},
+            "config/config_train.json: optimizer: unknown key 'lr'",
+        ),
+        (
+            {**TRAIN, "trainer": {"path": ""}},
+            "config/config_train.json: trainer: 'path' must not be empty",
+        ),
+        ({**TRAIN, "model": "torch.nn.Linear"}, "config/config_train.json: 'model' must be a"),
+    ],
+)
+def test_load_app_bad_train_config(tmp_path: Path, train: object, message: str) -> None:
+    root = _app(tmp_path / "app", server={}, train=train)
+    with pytest.raises(ConfigError) as info:
+        load_app(root)
+    assert str(info.value).startswith(message)
+
+
+def test_load_app_invalid_json_names_file(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app", server='{"num_rounds": 3,}')
+    with pytest.raises(ConfigError, match=r"^config/config_fed_server\.json: not valid JSON"):
+        load_app(root)
+
+
+def test_parse_server_config_defaults_match_dataclass() -> None:
+    assert appconfig.parse_server_config({}) == ServerAppConfig()
+    assert appconfig.parse_client_config({}) == ClientAppConfig()
+    config = appconfig.parse_server_config(
+        {"wait_after_min_clients": 0, "initial_checkpoint": None}
+    )
+    assert config.wait_after_min_clients == 0.0
+    assert isinstance(config.wait_after_min_clients, float)

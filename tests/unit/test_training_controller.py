@@ -1,0 +1,750 @@
+"""flserverd.training.Training driven directly on an event loop (no gRPC, no daemons)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from flcore import status as st
+from flcore.appconfig import ServerAppConfig
+from flcore.tensorfile import TensorFile
+from flserverd.runstore import RunStore
+from flserverd.statedb import RunRecord, StateDB
+from flserverd.training import (
+    PHASE_FINAL_VALIDATION,
+    PHASE_TRAINING,
+    Offer,
+    Outcome,
+    Refusal,
+    TaskKind,
+    Training,
+)
+
+RUN = 1
+
+
+@dataclass
+class RecordingListener:
+    """Test double of the TrainingListener protocol: remembers what it was told."""
+
+    offers: list[tuple[list[str], Offer]] = field(default_factory=list)
+    changes: int = 0
+    ended: list[RunRecord] = field(default_factory=list)
+
+    def offer(self, instances: Iterable[str], offer: Offer) -> None:
+        self.offers.append((list(instances), offer))
+
+    def run_changed(self) -> None:
+        self.changes += 1
+
+    def run_ended(self, run: RunRecord) -> None:
+        self.ended.append(run)
+
+
+@dataclass
+class Setup:
+    """Everything a Training needs, on disk in tmp_path."""
+
+    root: Path
+    store: RunStore
+    db: StateDB
+    record: RunRecord
+    config: ServerAppConfig
+    listener: RecordingListener
+
+    def training(self) -> Training:
+        manifest = TensorFile(self.store.round_model(RUN, self.record.next_round)).manifest
+        return Training(self.record, self.config, manifest, self.store, self.db, self.listener)
+
+    def update(self, name: str, w: list[float], b: float = 0.0) -> TensorFile:
+        path = self.root / "updates" / f"{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        safetensors.numpy.save_file(
+            {"w": np.array(w, dtype=np.float32), "b": np.array([b], dtype=np.float32)}, path
+        )
+        return TensorFile(path)
+
+    def model(self, path: Path) -> dict[str, np.ndarray[Any, Any]]:
+        return safetensors.numpy.load_file(path)
+
+    def metrics_rows(self) -> list[dict[str, Any]]:
+        path = self.store.run_dir(RUN) / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def round_files(self) -> list[str]:
+        return sorted(p.name for p in (self.store.run_dir(RUN) / "models").iterdir())
+
+
+def make_setup(tmp_path: Path, start_round: int = 0, **config: Any) -> Setup:
+    store = RunStore(tmp_path)
+    store.create_run(RUN)
+    model = store.round_model(RUN, start_round)
+    model.parent.mkdir(parents=True)
+    safetensors.numpy.save_file(
+        {"w": np.zeros(4, dtype=np.float32), "b": np.zeros(1, dtype=np.float32)}, model
+    )
+    db = StateDB(tmp_path / "state.db")
+    app = ServerAppConfig(start_round=start_round, **config)
+    record = RunRecord(
+        run_number=RUN,
+        status=st.STARTED,
+        phase=PHASE_TRAINING,
+        app="app",
+        start_round=start_round,
+        num_rounds=app.num_rounds,
+        next_round=start_round,
+    )
+    db.save_run(record)
+    return Setup(tmp_path, store, db, record, app, RecordingListener())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Let the loop run until ``condition`` holds (aggregation runs in a task and a thread)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.002)
+
+
+async def submit(
+    training: Training,
+    setup: Setup,
+    instance: str,
+    round_number: int,
+    w: list[float],
+    samples: int = 1,
+    metrics: dict[str, float] | None = None,
+) -> Outcome:
+    update = setup.update(f"{instance}_r{round_number}_{time.monotonic_ns()}", w)
+    outcome, _ = await training.accept_update(
+        instance, round_number, update, samples, metrics or {}
+    )
+    return outcome
+
+
+async def run_round(
+    training: Training,
+    setup: Setup,
+    contributions: dict[str, tuple[list[float], int, dict[str, float]]],
+) -> None:
+    number = training.round.number
+    for instance in contributions:
+        training.admit(instance, number)
+    for instance, (w, samples, metrics) in contributions.items():
+        assert await submit(training, setup, instance, number, w, samples, metrics) is (
+            Outcome.ACCEPTED
+        )
+    await until(lambda: training.current_round != number)
+
+
+# --------------------------------------------------------------------------- closing a round
+
+
+def test_round_closes_when_max_clients_arrived(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=2, wait_after_min_clients=30
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is Outcome.ACCEPTED
+        await asyncio.sleep(0.02)
+        # min reached, but c2 is still awaited: the round waits for it (or the 30 s timer)
+        assert training.round.number == 0 and not training.round.closed
+        assert training.awaited() == ["c2"]
+        assert training.round.deadline > 0
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is Outcome.ACCEPTED
+        await until(lambda: training.round.number == 1)
+        assert training.round.deadline == 0.0  # the wait timer was cancelled
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_round_closes_when_min_arrived_and_nobody_else_awaited(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=5, wait_after_min_clients=60
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.client_ready("c1")
+        training.client_ready("c2")
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is Outcome.ACCEPTED
+        await asyncio.sleep(0.02)
+        assert training.round.number == 0  # below min
+        started = time.monotonic()
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is Outcome.ACCEPTED
+        await until(lambda: training.round.number == 1)
+        assert time.monotonic() - started < 1.0  # did not wait the 60 s
+        assert training.history[-1]["clients"] == ["c1", "c2"]
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_round_closes_after_wait_after_min_clients(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=5, wait_after_min_clients=0.2
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.client_ready("c1")
+        training.client_ready("slow")
+        started = time.monotonic()
+        assert await submit(training, setup, "c1", 0, [4, 4, 4, 4]) is Outcome.ACCEPTED
+        assert training.awaited() == ["slow"]
+        await asyncio.sleep(0.05)
+        assert training.round.number == 0 and not training.round.closed
+        await until(lambda: training.round.number == 1)
+        assert time.monotonic() - started >= 0.19
+        assert training.history[-1]["clients"] == ["c1"]
+        # the slow client's update for the aggregated round is now late
+        assert await submit(training, setup, "slow", 0, [9, 9, 9, 9]) is Outcome.LATE
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [4.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_update_after_aggregation_is_late(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=1)
+
+    async def scenario() -> None:
+        training = setup.training()
+        await run_round(training, setup, {"c1": ([1, 1, 1, 1], 1, {})})
+        assert training.check_submission("c2", RUN, 0) is not None
+        verdict = training.check_submission("c2", RUN, 0)
+        assert verdict is not None and verdict[0] is Outcome.LATE
+        outcome, message = await training.accept_update(
+            "c2", 0, setup.update("late", [5, 5, 5, 5]), 10, {}
+        )
+        assert outcome is Outcome.LATE
+        assert "already aggregated" in message
+        assert training.round.fedavg.count == 0  # not folded into the next round either
+        assert not setup.db.is_folded(RUN, 0, "c2")
+        # and a future round or another run is rejected, not accepted
+        future = training.check_submission("c1", RUN, 5)
+        assert future is not None and future[0] is Outcome.REJECTED
+        other_run = training.check_submission("c1", RUN + 1, 1)
+        assert other_run is not None and other_run[0] is Outcome.REJECTED
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_update_while_round_is_closing_is_late(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=1)
+
+    async def scenario() -> None:
+        training = setup.training()
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is Outcome.ACCEPTED
+        # the aggregation task was spawned but has not run yet
+        assert training.round.closed
+        assert await submit(training, setup, "c2", 0, [7, 7, 7, 7]) is Outcome.LATE
+        await until(lambda: training.round.number == 1)
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [1.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_same_instance_twice_is_duplicate(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 5) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 0, [9, 9, 9, 9], 5) is Outcome.DUPLICATE
+        assert training.round.fedavg.count == 1
+        assert training.round.fedavg.total_weight == 5.0
+        assert training.round.contributed == {"c1": 5}
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3], 5) is Outcome.ACCEPTED
+        await until(lambda: training.round.number == 1)
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_updates_fold_once_each(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=2, wait_after_min_clients=30
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        outcomes = await asyncio.gather(
+            submit(training, setup, "c1", 0, [1] * 4, 1),
+            submit(training, setup, "c2", 0, [5] * 4, 1),
+            submit(training, setup, "c3", 0, [100] * 4, 1),
+            submit(training, setup, "c1", 0, [100] * 4, 1),
+        )
+        assert list(outcomes[:2]) == [Outcome.ACCEPTED, Outcome.ACCEPTED]
+        assert outcomes[2] is Outcome.LATE  # max_num_clients=2 closed the round
+        assert outcomes[3] in (Outcome.DUPLICATE, Outcome.LATE)
+        await until(lambda: training.round.number == 1)
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [3.0] * 4
+        assert training.history[-1]["clients"] == ["c1", "c2"]
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_start_round_above_zero(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, start_round=2, num_rounds=3, min_num_clients=1, max_num_clients=1)
+
+    async def scenario() -> None:
+        training = setup.training()
+        assert training.current_offer() == Offer(RUN, 2, TaskKind.TRAIN)
+        with pytest.raises(Refusal):
+            training.admit("c1", 0)
+        await run_round(training, setup, {"c1": ([6] * 4, 1, {})})
+        assert training.run.phase == PHASE_FINAL_VALIDATION
+        assert training.current_round == 3
+        assert setup.round_files() == ["round_3.safetensors"]
+        assert [r["round"] for r in setup.metrics_rows()] == [2]
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_zero_samples_rejected(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 0) is Outcome.REJECTED
+        assert training.round.fedavg.count == 0
+        assert not setup.db.is_folded(RUN, 0, "c1")
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_exactly_once_across_restart(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=4, min_num_clients=2, max_num_clients=2, wait_after_min_clients=30
+    )
+
+    async def first_life() -> None:
+        training = setup.training()
+        await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([3] * 4, 1, {})})
+        assert training.round.number == 1
+        training.admit("c1", 1)
+        training.admit("c2", 1)
+        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is Outcome.ACCEPTED
+        assert setup.db.is_folded(RUN, 1, "c1")
+        await training.close(1)  # the server stops; the running sum of round 1 is lost
+
+    asyncio.run(first_life())
+    setup.db.close()
+
+    db = StateDB(tmp_path / "state.db")
+    record = db.get_run(RUN)
+    assert record is not None
+    assert record.next_round == 1 and record.status == st.STARTED
+    assert db.forget_unfinished_folds(RUN, record.next_round) == 1
+    assert db.is_folded(RUN, 0, "c1")  # completed rounds keep their records
+    assert not db.is_folded(RUN, 1, "c1")
+    setup.db, setup.record = db, record
+
+    async def second_life() -> None:
+        training = setup.training()
+        assert training.round.number == 1
+        assert [r["round"] for r in training.history] == [0]
+        assert await submit(training, setup, "c1", 0, [5] * 4, 1) is Outcome.LATE
+        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is Outcome.DUPLICATE
+        assert training.round.fedavg.count == 1
+        training.admit("c2", 1)
+        assert await submit(training, setup, "c2", 1, [20] * 4, 3) is Outcome.ACCEPTED
+        await until(lambda: training.round.number == 2)
+        # c1 counted once: (10*1 + 20*3) / 4
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [17.5] * 4
+        assert training.history[-1]["samples"] == 4
+        assert [r["round"] for r in db.round_records(RUN)] == [0, 1]
+        await training.close(1)
+
+    asyncio.run(second_life())
+    db.close()
+
+
+# --------------------------------------------------------------------------- admission, departures
+
+
+def test_admit_enforces_max_num_clients(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        model = setup.store.round_model(RUN, 0)
+        assert training.admit("c1", 0) == model
+        assert training.admit("c2", 0) == model
+        with pytest.raises(Refusal, match="max_num_clients=2") as info:
+            training.admit("c3", 0)
+        assert info.value.retry is True
+        assert training.admit("c1", 0) == model  # an admitted client may fetch again
+        assert training.round.participants == {"c1", "c2"}
+        with pytest.raises(Refusal, match="round 1 is not open") as wrong_round:
+            training.admit("c1", 1)
+        assert wrong_round.value.retry is True
+        # the third client is not awaited: the round closes on the two admitted ones
+        assert training.awaited() == ["c1", "c2"]
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_max_clients_blocks_unadmitted_update(tmp_path: Path) -> None:
+    """At most max_num_clients participate: once the round is full, an update from a
+    client that was never admitted must not take an admitted client's place."""
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=2, wait_after_min_clients=30
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is Outcome.ACCEPTED
+        outcome = await submit(training, setup, "c3", 0, [100] * 4)
+        assert outcome is not Outcome.ACCEPTED
+        assert training.round.fedavg.count == 1
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_client_gone_lets_round_close(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=3, wait_after_min_clients=60
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [2] * 4) is Outcome.ACCEPTED
+        await asyncio.sleep(0.02)
+        assert training.round.number == 0 and training.awaited() == ["c2"]
+        training.client_gone("c2", "training process crashed")
+        await until(lambda: training.round.number == 1)
+        assert training.history[-1]["clients"] == ["c1"]
+        assert training.run.failed_sites == ["c2"]
+        saved = setup.db.get_run(RUN)
+        assert saved is not None and saved.failed_sites == ["c2"]
+        assert "c2" not in training.ready
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_client_gone_below_min_does_not_close(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=3, wait_after_min_clients=0
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [2] * 4) is Outcome.ACCEPTED
+        training.client_gone("c2")
+        await asyncio.sleep(0.05)
+        assert training.round.number == 0 and not training.round.closed
+        assert training.run.failed_sites == []
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_offers_go_to_ready_clients(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.ready.update({"c1", "c2"})
+        training.begin()
+        assert setup.listener.offers == [(["c1", "c2"], Offer(RUN, 0, TaskKind.TRAIN))]
+        await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([1] * 4, 1, {})})
+        assert setup.listener.offers[-1] == (["c1", "c2"], Offer(RUN, 1, TaskKind.TRAIN))
+        # a client that already contributed to the current round is not offered it again
+        assert await submit(training, setup, "c1", 1, [1] * 4) is Outcome.ACCEPTED
+        count = len(setup.listener.offers)
+        training.client_ready("c1")
+        assert len(setup.listener.offers) == count
+        training.client_ready("c3")
+        assert setup.listener.offers[-1] == (["c3"], Offer(RUN, 1, TaskKind.TRAIN))
+        assert setup.listener.changes > 0
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- end of the run
+
+
+def test_final_validation_collects_metrics_and_ends_run(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([1] * 4, 1, {})})
+        assert training.run.phase == PHASE_FINAL_VALIDATION
+        assert training.current_offer() == Offer(RUN, 1, TaskKind.VALIDATE_GLOBAL)
+        assert setup.listener.offers[-1] == (["c1", "c2"], Offer(RUN, 1, TaskKind.VALIDATE_GLOBAL))
+        assert await submit(training, setup, "c1", 0, [1] * 4) is Outcome.LATE
+        assert training.admit("c1", 1) == setup.store.round_model(RUN, 1)
+        with pytest.raises(Refusal, match="training is over"):
+            training.admit("c1", 0)
+        assert training.accept_final_metrics("c1", 1, {"val_accuracy": 0.8}, 10)[0] is (
+            Outcome.ACCEPTED
+        )
+        assert training.accept_final_metrics("c1", 1, {"val_accuracy": 0.1}, 10)[0] is (
+            Outcome.DUPLICATE
+        )
+        assert training.accept_final_metrics("c2", 0, {"val_accuracy": 0.1}, 10)[0] is Outcome.LATE
+        assert setup.listener.ended == []
+        assert training.accept_final_metrics("c2", 1, {"val_accuracy": 0.6}, 30)[0] is (
+            Outcome.ACCEPTED
+        )
+        await until(lambda: bool(setup.listener.ended))
+        ended = setup.listener.ended
+        assert len(ended) == 1
+        assert ended[0].status == st.STOPPED and ended[0].reason == "finished"
+        assert not training.active
+        final = training.history[-1]
+        assert final["final"] is True and final["round"] == 1
+        assert final["clients"] == ["c1", "c2"]
+        assert final["metrics"]["val_accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40)
+        saved = setup.db.get_run(RUN)
+        assert saved is not None
+        assert (saved.status, saved.reason) == (st.STOPPED, "finished")
+        rows = setup.metrics_rows()
+        assert [r["round"] for r in rows] == [0, 1]
+        assert rows[1]["final"] is True
+
+    asyncio.run(scenario())
+
+
+def test_training_update_during_final_validation_is_late_before_and_after_restart(
+    tmp_path: Path,
+) -> None:
+    """Training is over: an update for round num_rounds is discarded as late, and the
+    verdict must not depend on whether the server restarted in between."""
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=1, max_num_clients=1)
+    verdicts: list[tuple[Outcome, str] | None] = []
+
+    async def first_life() -> None:
+        training = setup.training()
+        await run_round(training, setup, {"c1": ([1] * 4, 1, {})})
+        verdicts.append(training.check_submission("c1", RUN, 1))
+        await training.close(1)
+
+    asyncio.run(first_life())
+    record = setup.db.get_run(RUN)
+    assert record is not None
+    setup.record = record
+
+    async def second_life() -> None:
+        training = setup.training()
+        verdicts.append(training.check_submission("c1", RUN, 1))
+        await training.close(1)
+
+    asyncio.run(second_life())
+    outcomes = [v[0] if v else None for v in verdicts]
+    assert outcomes == [Outcome.LATE, Outcome.LATE], verdicts
+
+
+def test_final_metrics_during_training_are_late(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=2, min_num_clients=1, max_num_clients=1)
+
+    async def scenario() -> None:
+        training = setup.training()
+        outcome, _ = training.accept_final_metrics("c1", 2, {"val_accuracy": 1.0}, 5)
+        assert outcome is Outcome.LATE
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_final_validation_ends_when_last_validator_leaves(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([1] * 4, 1, {})})
+        training.accept_final_metrics("c1", 1, {"val_accuracy": 0.5}, 10)
+        training.client_gone("c2", "stopped")
+        await until(lambda: bool(setup.listener.ended))
+        assert setup.listener.ended[0].reason == "finished"
+        assert training.history[-1]["clients"] == ["c1"]
+
+    asyncio.run(scenario())
+
+
+def test_resume_in_final_validation(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=1, max_num_clients=1)
+
+    async def first_life() -> None:
+        training = setup.training()
+        await run_round(training, setup, {"c1": ([1] * 4, 1, {})})
+        assert training.run.phase == PHASE_FINAL_VALIDATION
+        await training.close(1)
+
+    asyncio.run(first_life())
+    record = setup.db.get_run(RUN)
+    assert record is not None and record.phase == PHASE_FINAL_VALIDATION
+    setup.record = record
+
+    async def second_life() -> None:
+        training = setup.training()
+        assert training.current_offer() == Offer(RUN, 1, TaskKind.VALIDATE_GLOBAL)
+        training.client_ready("c1")
+        assert training.accept_final_metrics("c1", 1, {"val_accuracy": 0.7}, 4)[0] is (
+            Outcome.ACCEPTED
+        )
+        await until(lambda: bool(setup.listener.ended))
+        assert setup.listener.ended[0].reason == "finished"
+
+    asyncio.run(second_life())
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "final", "best_round", "best_value"),
+    [
+        ("max", [0.5, 0.9, 0.7], 0.6, 1, 0.9),
+        ("min", [0.5, 0.9, 0.1], 0.3, 2, 0.1),
+        ("max", [0.5, 0.9, 0.7], 0.95, 3, 0.95),
+    ],
+)
+def test_best_model_tracking(
+    tmp_path: Path,
+    mode: str,
+    values: list[float],
+    final: float,
+    best_round: int,
+    best_value: float,
+) -> None:
+    metric = "val_accuracy" if mode == "max" else "val_loss"
+    setup = make_setup(
+        tmp_path,
+        num_rounds=3,
+        min_num_clients=1,
+        max_num_clients=1,
+        metric_mode=mode,
+        validation_metric=metric,
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        # round r's update reports the metric of round r's input model
+        for r, value in enumerate(values):
+            await run_round(training, setup, {"c1": ([float(r + 1)] * 4, 1, {metric: value})})
+        assert training.run.phase == PHASE_FINAL_VALIDATION
+        training.client_ready("c1")
+        training.accept_final_metrics("c1", 3, {metric: final}, 1)
+        await until(lambda: bool(setup.listener.ended))
+
+    asyncio.run(scenario())
+    saved = setup.db.get_run(RUN)
+    assert saved is not None
+    assert saved.best_round == best_round
+    assert saved.best_value == pytest.approx(best_value)
+    # the input model of round r is the average of round r-1: here just w = r
+    best = setup.model(setup.store.best_model(RUN))
+    assert best["w"].tolist() == [float(best_round)] * 4
+
+
+def test_checkpoints_global_model_and_metrics(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        await run_round(
+            training,
+            setup,
+            {
+                "c1": ([1.0, 2.0, 3.0, 4.0], 1, {"val_loss": 1.0}),
+                "c2": ([5.0, 6.0, 7.0, 8.0], 3, {"val_loss": 3.0}),
+            },
+        )
+        assert setup.round_files() == ["round_1.safetensors"]
+        round_1 = setup.store.round_model(RUN, 1)
+        global_path = setup.store.global_model(RUN)
+        expected = [(1 + 15) / 4, (2 + 18) / 4, (3 + 21) / 4, (4 + 24) / 4]
+        assert setup.model(round_1)["w"].tolist() == expected
+        assert setup.model(global_path)["w"].tolist() == expected
+        assert os.path.samefile(round_1, global_path)
+        assert TensorFile(global_path).metadata == {"run": "1", "round": "1"}
+        saved = setup.db.get_run(RUN)
+        assert saved is not None and saved.next_round == 1
+
+        await run_round(training, setup, {"c1": ([0.0] * 4, 1, {}), "c2": ([4.0] * 4, 1, {})})
+        assert setup.round_files() == ["round_2.safetensors"]
+        assert setup.model(global_path)["w"].tolist() == [2.0] * 4
+        assert not [p for p in setup.store.run_dir(RUN).rglob("*.tmp")]
+
+        rows = setup.metrics_rows()
+        assert [(r["run"], r["round"], r["clients"], r["samples"]) for r in rows] == [
+            (1, 0, ["c1", "c2"], 4),
+            (1, 1, ["c1", "c2"], 2),
+        ]
+        assert rows[0]["metrics"] == {"val_loss": pytest.approx((1.0 + 9.0) / 4)}
+        assert rows[1]["metrics"] == {}
+        assert [r["round"] for r in setup.db.round_records(RUN)] == [0, 1]
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_abort_ends_run_and_later_updates_are_late(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=3, wait_after_min_clients=0.1
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is Outcome.ACCEPTED
+        training.abort()
+        assert len(setup.listener.ended) == 1
+        assert setup.listener.ended[0].status == st.STOPPED
+        assert setup.listener.ended[0].reason == "aborted by admin"
+        assert not training.active
+        await asyncio.sleep(0.2)  # the wait timer must not aggregate an aborted run
+        assert not setup.store.round_model(RUN, 1).exists()
+        assert await submit(training, setup, "c2", 0, [1] * 4) is Outcome.LATE
+        with pytest.raises(Refusal, match="not training"):
+            training.admit("c3", 0)
+        training.abort()  # a second abort changes nothing
+        assert len(setup.listener.ended) == 1
+        saved = setup.db.get_run(RUN)
+        assert saved is not None
+        assert (saved.status, saved.reason, saved.next_round) == (
+            st.STOPPED,
+            "aborted by admin",
+            0,
+        )
+        await training.close(1)
+
+    asyncio.run(scenario())
