@@ -2,19 +2,13 @@
 
 The child runs the app's custom code and owns the GPU; the daemon only
 starts it, sends it small JSON requests over a private Unix socket, reads
-its log lines, and kills it. Its processes (one per GPU with DataLoader
-workers and whatever custom code starts) all share one process group, so
-an abort is a single ``killpg`` that leaves nothing behind.
-
-The first process starts a new process group and the other ranks join it.
-That group lives in the daemon's session rather than a new one because a
-process can only join a group of its own session; being a group apart is
-what keeps terminal signals and the daemon's own signals away from it.
-The ranks are started here rather than by torchrun for the same reason:
-torchrun puts every rank in a session of its own, where a SIGKILL of the
-launcher cannot reach them and they would keep their GPUs. The ranks get
-torchrun's variables (RANK, LOCAL_RANK, WORLD_SIZE) and meet through a file
-in the private folder, so no TCP port is opened either.
+its log lines, and kills it. One process trains on one device; for
+``start_mgpu`` the child is ``torchrun --nproc_per_node N`` and its ranks
+train with DistributedDataParallel. The child starts in a process group of
+its own so an abort kills it with everything it started: torchrun gives
+each rank a session of its own, which a ``killpg`` of the launcher does not
+reach, so :meth:`TrainingProcess.kill` also kills every descendant it finds
+in /proc, ranks and their DataLoader workers included.
 
 This module must not import torch: the daemon stays small and cannot be
 taken down by CUDA.
@@ -46,7 +40,6 @@ from flclientd.worker.protocol import (
     OP_STOP,
     OP_TRAIN,
     OP_VALIDATE,
-    RENDEZVOUS_ENV,
     SOCKET_ENV,
     UNMARKED_STDERR_LEVEL,
     UNMARKED_STDOUT_LEVEL,
@@ -117,7 +110,7 @@ class TrainingProcess:
         self.work_dir = work_dir
         self._folder = folder
         self._on_log = on_log
-        self._procs: list[asyncio.subprocess.Process] = []
+        self._proc: asyncio.subprocess.Process | None = None
         self._pgid: int | None = None
         self._ready: asyncio.Future[WorkerInfo] = asyncio.get_running_loop().create_future()
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -201,46 +194,37 @@ class TrainingProcess:
         allow_cpu_multiprocess: bool,
         socket_path: Path,
     ) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "flclientd.worker",
-            "--app",
-            str(app_dir.resolve()),
-            "--work-dir",
-            str(self.work_dir.resolve()),
-        ]
+        worker = ["-m", "flclientd.worker", "--app", str(app_dir.resolve())]
+        worker += ["--work-dir", str(self.work_dir.resolve())]
         if data_root is not None:
-            command += ["--data-root", str(data_root.resolve())]
+            worker += ["--data-root", str(data_root.resolve())]
         if allow_cpu_multiprocess:
-            command.append("--allow-cpu-multiprocess")
+            worker.append("--allow-cpu-multiprocess")
         env = _child_environment(socket_path)
+        launcher: list[str] = []
         if nproc > 1:
-            env[RENDEZVOUS_ENV] = str(self._folder / "rendezvous")
-            env["WORLD_SIZE"] = env["LOCAL_WORLD_SIZE"] = str(nproc)
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
             # Ranks on the CPU would otherwise each start a thread per core.
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-        for rank in range(nproc):
-            if nproc > 1:
-                env["RANK"] = env["LOCAL_RANK"] = str(rank)
-            proc = await asyncio.create_subprocess_exec(
-                *command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self.work_dir,
-                env=dict(env),
-                process_group=self._pgid or 0,
-            )
-            self._procs.append(proc)
-            if self._pgid is None:
-                self._pgid = proc.pid
-            assert proc.stdout is not None and proc.stderr is not None
-            for stream, level in (
-                (proc.stdout, UNMARKED_STDOUT_LEVEL),
-                (proc.stderr, UNMARKED_STDERR_LEVEL),
-            ):
-                self._pumps.append(asyncio.create_task(self._pump(stream, level)))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *launcher,
+            *worker,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.work_dir,
+            env=env,
+            process_group=0,
+        )
+        self._proc = proc
+        self._pgid = proc.pid
+        assert proc.stdout is not None and proc.stderr is not None
+        for stream, level in (
+            (proc.stdout, UNMARKED_STDOUT_LEVEL),
+            (proc.stderr, UNMARKED_STDERR_LEVEL),
+        ):
+            self._pumps.append(asyncio.create_task(self._pump(stream, level)))
 
     @property
     def info(self) -> WorkerInfo:
@@ -251,7 +235,9 @@ class TrainingProcess:
     @property
     def running(self) -> bool:
         """Whether any process of the child is still alive."""
-        return not self._exited.is_set() and any(p.returncode is None for p in self._procs)
+        return (
+            not self._exited.is_set() and self._proc is not None and self._proc.returncode is None
+        )
 
     @property
     def pgid(self) -> int | None:
@@ -313,8 +299,7 @@ class TrainingProcess:
         when the caller does not wait for the end (a daemon shutting down).
         """
         if self._pgid is not None and not self._exited.is_set():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._pgid, signal.SIGKILL)
+            kill_tree(self._pgid)
             shutil.rmtree(self._folder, ignore_errors=True)
 
     async def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -417,17 +402,12 @@ class TrainingProcess:
 
     async def _watch(self) -> None:
         """Notice the end of the child, make sure all of it ends, and fail what waits on it."""
-        exits = {asyncio.ensure_future(proc.wait()): rank for rank, proc in enumerate(self._procs)}
         message = "training process stopped"
-        if exits:
-            done, _ = await asyncio.wait(exits, return_when=asyncio.FIRST_COMPLETED)
+        if self._proc is not None:
+            code = await self._proc.wait()
             if not self._stopping:
-                first = min(done, key=exits.__getitem__)
-                where = f" (rank {exits[first]})" if len(exits) > 1 else ""
-                message = f"training process{where} exited with code {first.result()}"
-                self.kill()
-            await asyncio.wait(exits)
-            # Whatever is left of the group (DataLoader workers, custom code's children) goes too.
+                message = f"training process exited with code {code}"
+            # Whatever is left (ranks, DataLoader workers, custom code's children) goes too.
             self.kill()
         tasks = [task for task in [self._reader_task, *self._pumps] if task is not None]
         if tasks:
@@ -452,6 +432,49 @@ class TrainingProcess:
         if self._writer is not None:
             self._writer.close()
         shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root``, read from /proc (children first found first)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses; the fields follow the last ")".
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(leader: int) -> None:
+    """SIGKILL a process group and every descendant of its leader, wherever they moved.
+
+    Descendants are collected before anything dies (orphans would be
+    re-parented out of reach), then their process groups and themselves are
+    killed; a second pass catches anything started meanwhile.
+    """
+    for _ in range(2):
+        victims = descendants(leader)
+        groups = {leader}
+        for pid in victims:
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(pid))
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _work_result(result: dict[str, Any]) -> WorkResult:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flclientd.worker.protocol import OP_STOP, RENDEZVOUS_ENV, decode, encode
+from flclientd.worker.protocol import OP_STOP, decode, encode
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,6 @@ class ParentChannel:
 
     def _remove_daemon_folder(self) -> None:
         """Remove what the daemon no longer can: its private folder, if only ours is in it."""
-        rendezvous = os.environ.get(RENDEZVOUS_ENV)
-        for leftover in (self._path, Path(rendezvous) if rendezvous else None):
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+        self._path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self._path.parent.rmdir()

@@ -30,7 +30,6 @@ import logging
 from typing import Any
 
 SOCKET_ENV = "FLCLIENTD_WORKER_SOCKET"
-RENDEZVOUS_ENV = "FLCLIENTD_WORKER_RENDEZVOUS"
 
 OP_TRAIN = "train"
 OP_VALIDATE = "validate"

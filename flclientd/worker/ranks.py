@@ -1,15 +1,15 @@
 """The ranks of a multi-GPU training child, and the few messages they exchange.
 
-The daemon starts one process per GPU in a single process group (see
-:mod:`flclientd.runner`) and gives them the torchrun variables (RANK,
-LOCAL_RANK, WORLD_SIZE) plus a rendezvous file in its private folder, so no
-TCP port is opened. Only rank 0 talks to the daemon; it passes each request
-on to the other ranks as a JSON string in a uint8 tensor, so nothing is
-pickled even inside the group.
+For ``start_mgpu`` the daemon runs the child under torchrun, which starts
+one process per GPU with RANK, LOCAL_RANK, WORLD_SIZE and a local
+rendezvous (``--standalone``). Only rank 0 talks to the daemon; it passes
+each request on to the other ranks as a JSON string in a uint8 tensor, so
+nothing is pickled even inside the group.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from dataclasses import dataclass
@@ -17,8 +17,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-
-from flclientd.worker.protocol import RENDEZVOUS_ENV
 
 
 class NoGpuError(RuntimeError):
@@ -35,7 +33,7 @@ class Ranks:
 
     @classmethod
     def from_environment(cls) -> Ranks:
-        """Read the torchrun-style variables the daemon set (one rank when absent)."""
+        """Read torchrun's variables (one rank when absent)."""
         return cls(
             rank=int(os.environ.get("RANK", "0")),
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
@@ -92,11 +90,13 @@ class RankGroup:
         self.ranks = ranks
         self.backend = "nccl" if device.type == "cuda" else "gloo"
         self._device = device
+        # torchrun provides MASTER_ADDR/MASTER_PORT; a rank that loses its peers (the
+        # daemon killed) gives up after the timeout instead of holding its GPU.
         dist.init_process_group(
             self.backend,
-            init_method=f"file://{os.environ[RENDEZVOUS_ENV]}",
             rank=ranks.rank,
             world_size=ranks.world_size,
+            timeout=datetime.timedelta(minutes=10),
         )
 
     def broadcast_json(self, message: dict[str, Any] | None, src: int = 0) -> dict[str, Any]:

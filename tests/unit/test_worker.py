@@ -21,12 +21,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from flclientd.runner import TrainingProcess, WorkerFailed
+from flclientd.runner import TrainingProcess, WorkerFailed, descendants
 from flcore.modelinit import init_model
 from flcore.tensorfile import TensorFile
 
 TRAIN_SAMPLES = 48
 VAL_SAMPLES = 20
+
+
+def cmdline(pid: int) -> str:
+    """The command line of a process ('' once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def process_group_members(pgid: int) -> list[int]:
@@ -482,7 +490,9 @@ def test_two_ranks_train_with_ddp_on_the_cpu(
             assert process.info.world_size == 2
             assert process.info.train_samples == TRAIN_SAMPLES
             pgid = process.pgid
-            assert pgid is not None and len(process_group_members(pgid)) >= 2
+            assert pgid is not None
+            ranks = [pid for pid in descendants(pgid) if "flclientd.worker" in cmdline(pid)]
+            assert len(ranks) == 2  # torchrun's two ranks, each in a session of its own
             update = work / "update.safetensors"
             result = await process.train(round=0, global_model=global_model, out=update, epochs=2)
             assert result.num_samples == TRAIN_SAMPLES
@@ -497,5 +507,6 @@ def test_two_ranks_train_with_ddp_on_the_cpu(
         finally:
             await process.stop(grace=10)
         assert wait_until_gone(pgid) == []
+        assert [pid for pid in ranks if Path(f"/proc/{pid}").exists()] == []
 
     run(scenario())
