@@ -32,7 +32,7 @@ from flclientd.logforward import LogForwarder
 from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.sitestate import SiteState
 from flcore import status as st
-from flcore.appconfig import load_app
+from flcore.appconfig import ClientAppConfig, load_app
 from flcore.folders import FolderError
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
@@ -62,11 +62,24 @@ TRANSIENT = {
 
 @dataclass(frozen=True)
 class Task:
-    """An offer from the server: train a round, or validate the final model."""
+    """An offer from the server: train a round, validate the final model, or cross-validate."""
 
     run_number: int
     round: int
     kind: int
+    owners: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run this client trains, and where its files are."""
+
+    run_number: int
+    app_dir: Path
+    work_dir: Path
+    nproc: int
+    config: ClientAppConfig
 
 
 class Refused(Exception):
@@ -94,12 +107,15 @@ class Agent:
         self.instance = startup.name
         self.status = ClientStatus()
         self.worker: TrainingProcess | None = None
+        self.context: RunContext | None = None
         self.offer: Task | None = None
+        self.crossval_offer: Task | None = None
         self.exit_code = 0
         self._state_file = workspace / "state" / f"flclientd_{startup.name}.json"
         self.site = SiteState.load(self._state_file)
         self._outbox: asyncio.Queue[fed_pb2.ClientMessage] = asyncio.Queue()
         self._offer_changed = asyncio.Event()
+        self._crossval_changed = asyncio.Event()
         self._connected = asyncio.Event()
         self._shutdown = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
@@ -258,7 +274,15 @@ class Agent:
             self._spawn(self._command(message.command))
         elif body == "task":
             task = message.task
-            self._offer(Task(task.run_number, task.round, task.kind))
+            self._offer(
+                Task(
+                    task.run_number,
+                    task.round,
+                    task.kind,
+                    tuple(task.model_owners),
+                    tuple(task.pending_owners),
+                )
+            )
         elif body == "run_ended":
             ended = message.run_ended
             log.info("server ended run %d: %s", ended.run_number, ended.reason)
@@ -377,6 +401,7 @@ class Agent:
         )
         self._remember(training_run=run_number, gpus=gpus)
         self._work = self._spawn(self._run_training(run_number, app_dir, max(gpus, 1)))
+        self.crossval_offer = None
         return "Starting the client...", {"run_number": run_number, "gpus": gpus}
 
     async def _rejoin(self, run_number: int, gpus: int) -> None:
@@ -391,7 +416,18 @@ class Agent:
     async def _abort(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if not self._training():
             raise Refused("the client is not training")
+        run = self.context
+        to_crossval = (
+            run is not None and run.config.cross_validate and self.status.status == st.STARTED
+        )
         await self._stop_worker(kill=True)
+        if to_crossval and run is not None:
+            log.info("training aborted by an admin: moving to cross-site validation")
+            self._work = self._spawn(self._crossval(run, relaunch=True))
+            return (
+                "Aborting the client... (moving to cross-site validation; abort again to stop)",
+                {},
+            )
         self._remember(training_run=0)
         self._set_status(status=st.STOPPED, round=-1)
         log.info("training aborted by an admin")
@@ -417,8 +453,12 @@ class Agent:
     def _offer(self, task: Task) -> None:
         if task.run_number != self.status.run_number or self.status.status not in st.ACTIVE:
             return
-        self.offer = task
-        self._offer_changed.set()
+        if task.kind == fed_pb2.TASK_KIND_CROSS_VALIDATE:
+            self.crossval_offer = task
+            self._crossval_changed.set()
+        else:
+            self.offer = task
+            self._offer_changed.set()
 
     async def _next_task(self, done: set[tuple[int, int]]) -> Task:
         while True:
@@ -442,10 +482,43 @@ class Agent:
                 await worker.stop()
 
     async def _end_run(self) -> None:
+        run = self.context
+        if (
+            run is not None
+            and run.config.cross_validate
+            and self.worker is not None
+            and self.status.status == st.STARTED
+        ):
+            work, self._work = self._work, None
+            if work is not None:
+                work.cancel()
+            self._work = self._spawn(self._crossval(run, relaunch=False))
+            return
+        if self.status.status == st.CROSS_VALIDATING:
+            return
         await self._stop_worker(kill=False)
         self._remember(training_run=0)
         if self.status.status != st.FAILED:
             self._set_status(status=st.STOPPED, round=-1)
+
+    async def _launch(self, run: RunContext) -> TrainingProcess:
+        """Start the run's training process and wait until it is ready."""
+        self.worker = await TrainingProcess.start(
+            app_dir=run.app_dir,
+            data_root=self.data_root,
+            work_dir=run.work_dir,
+            nproc=run.nproc,
+            allow_cpu_multiprocess=self.startup.allow_cpu_mgpu,
+            on_log=lambda level, line: worker_log.log(level, "%s", line),
+        )
+        info = self.worker.info
+        log.info(
+            "training process ready on %s: %d training, %d validation samples",
+            info.device,
+            info.train_samples,
+            info.val_samples,
+        )
+        return self.worker
 
     async def _run_training(self, run_number: int, app_dir: Path, nproc: int) -> None:
         """The run's work: start the child, then do each offered task once."""
@@ -455,22 +528,14 @@ class Agent:
                 raise WorkerFailed("the deployed app has no config/config_fed_client.json", "")
             work_dir = self.run_dir(run_number) / f"work_{self.instance}"
             work_dir.mkdir(parents=True, exist_ok=True)
-            self.worker = await TrainingProcess.start(
-                app_dir=app_dir,
-                data_root=self.data_root,
-                work_dir=work_dir,
-                nproc=nproc,
-                allow_cpu_multiprocess=self.startup.allow_cpu_mgpu,
-                on_log=lambda level, line: worker_log.log(level, "%s", line),
+            run = RunContext(run_number, app_dir, work_dir, nproc, app.client)
+            self.context = run
+            worker = await self._launch(run)
+            self._set_status(
+                status=st.STARTED,
+                samples=worker.info.train_samples,
+                cross_validate=app.client.cross_validate,
             )
-            info = self.worker.info
-            log.info(
-                "training process ready on %s: %d training, %d validation samples",
-                info.device,
-                info.train_samples,
-                info.val_samples,
-            )
-            self._set_status(status=st.STARTED, samples=info.train_samples)
             done: set[tuple[int, int]] = set()
             while True:
                 task = await self._next_task(done)
@@ -480,15 +545,117 @@ class Agent:
                     await self._validate_final(task, work_dir)
                 done.add((task.round, task.kind))
         except (WorkerFailed, ConfigError, grpc.aio.AioRpcError) as exc:
-            if isinstance(exc, grpc.aio.AioRpcError):
-                exc = WorkerFailed(f"lost contact with the server: {exc.details()}", "")
-            trace = getattr(exc, "traceback", "")
-            log.error("training failed: %s%s", exc, f"\n{trace}" if trace else "")
-            self._set_status(status=st.FAILED, error=str(exc), traceback=trace)
-            self._remember(training_run=0)
-            worker, self.worker = self.worker, None
-            if worker is not None:
-                worker.kill()
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """Report a failure of the run at this site with its traceback, and stop training."""
+        if isinstance(exc, grpc.aio.AioRpcError):
+            exc = WorkerFailed(f"lost contact with the server: {exc.details()}", "")
+        trace = getattr(exc, "traceback", "")
+        log.error("training failed: %s%s", exc, f"\n{trace}" if trace else "")
+        self._set_status(status=st.FAILED, error=str(exc), traceback=trace)
+        self._remember(training_run=0)
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.kill()
+
+    async def _crossval(self, run: RunContext, relaunch: bool) -> None:
+        """Share the best local model, then validate the others' as they come."""
+        self.crossval_offer = None
+        self._set_status(status=st.CROSS_VALIDATING, round=-1)
+        try:
+            worker = await self._launch(run) if relaunch or self.worker is None else self.worker
+            await self._share_local_model(run, worker)
+            await self._validate_peers(run, worker, work_dir=run.work_dir)
+        except (WorkerFailed, ConfigError, grpc.aio.AioRpcError) as exc:
+            self._fail(exc)
+            return
+        log.info("cross-site validation done")
+        await self._stop_worker(kill=False)
+        self._remember(training_run=0)
+        self._set_status(status=st.STOPPED)
+
+    async def _share_local_model(self, run: RunContext, worker: TrainingProcess) -> None:
+        best = worker.best_local_model
+        if best is None:
+            reason = "no local model to share: this site never finished a round"
+            log.warning("%s", reason)
+            await self._report_crossval(run, self.instance, {}, 0, reason)
+            return
+        verdict = await self._retrying(
+            "upload of the local model",
+            lambda: self.conn.submit_model(
+                run.run_number, -1, best, worker.info.train_samples, {}, local=True
+            ),
+        )
+        log.info("best local model shared for cross-site validation: %s", verdict.message)
+
+    async def _validate_peers(
+        self, run: RunContext, worker: TrainingProcess, work_dir: Path
+    ) -> None:
+        """Validate every offered model once; stop when nothing more is expected, or give up
+        after ``cross_validation_timeout`` seconds without news."""
+        done: set[str] = set()
+        timeout = run.config.cross_validation_timeout
+        while True:
+            offer = self.crossval_offer
+            todo = [o for o in offer.owners if o not in done] if offer else []
+            if offer is not None and not todo and not offer.pending:
+                return
+            if not todo:
+                self._crossval_changed.clear()
+                try:
+                    await asyncio.wait_for(self._crossval_changed.wait(), timeout)
+                except TimeoutError:
+                    await self._give_up(run, offer.pending if offer else ("global",), timeout)
+                    return
+                continue
+            for owner in todo:
+                await self._validate_peer(run, worker, owner, work_dir)
+                done.add(owner)
+
+    async def _validate_peer(
+        self, run: RunContext, worker: TrainingProcess, owner: str, work_dir: Path
+    ) -> None:
+        model = work_dir / f"crossval_{owner}.safetensors"
+        error, metrics, samples = "", {}, 0
+        try:
+            await self._retrying(
+                f"download of {owner}'s model",
+                lambda: self.conn.get_model(run.run_number, -1, model, owner=owner),
+            )
+            result = await worker.validate(model=model)
+            metrics, samples = result.metrics, result.num_samples
+        except grpc.aio.AioRpcError as exc:
+            error = f"cannot fetch the model: {exc.details()}"
+        except WorkerFailed as exc:
+            error = f"validation failed: {exc}"
+        finally:
+            model.unlink(missing_ok=True)
+        shown = error or ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        log.info("cross-site validation of %s's model: %s", owner, shown)
+        await self._report_crossval(run, owner, metrics, samples, error)
+
+    async def _give_up(self, run: RunContext, pending: tuple[str, ...], timeout: float) -> None:
+        reason = f"gave up after waiting {timeout:g}s for this model"
+        log.warning(
+            "cross-site validation: gave up waiting for the models of %s after %gs",
+            ", ".join(pending),
+            timeout,
+        )
+        for owner in pending:
+            await self._report_crossval(run, owner, {}, 0, reason)
+
+    async def _report_crossval(
+        self, run: RunContext, owner: str, metrics: dict[str, float], samples: int, error: str
+    ) -> None:
+        """Send one cell of the cross-site matrix (metrics, or why there are none)."""
+        await self._retrying(
+            "cross-site report",
+            lambda: self.conn.submit_metrics(
+                run.run_number, -1, metrics, samples, error=error, owner=owner
+            ),
+        )
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry a call across reconnects; the retry window bounds it (the daemon exits)."""

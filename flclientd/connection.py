@@ -8,7 +8,6 @@ policy lives in the agent, which knows what a failure means.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from flcore.wire import manifest_from_proto, manifest_to_proto, tensor_chunks
 log = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S = 10.0
+GLOBAL_OWNER = "global"
 MAX_APP_BYTES = 1024 * 1024 * 1024
 
 RESULT_WORDS = {
@@ -92,14 +92,23 @@ class Connection:
         """Open the long-lived Session stream."""
         return self.stub.Session()
 
-    async def get_model(self, run_number: int, round_number: int, target: Path) -> TensorFile:
-        """Download a round's global model into ``target`` (a safetensors file)."""
+    async def get_model(
+        self, run_number: int, round_number: int, target: Path, owner: str = ""
+    ) -> TensorFile:
+        """Download a model into ``target`` (a safetensors file).
+
+        Without ``owner``, the global model of a round; with it, a model to
+        cross-validate: ``global`` (the best global model) or a site's.
+        """
+        if not owner:
+            kind = fed_pb2.MODEL_KIND_GLOBAL
+        elif owner == GLOBAL_OWNER:
+            kind = fed_pb2.MODEL_KIND_BEST_GLOBAL
+        else:
+            kind = fed_pb2.MODEL_KIND_LOCAL
         call = self.stub.GetModel(
             fed_pb2.ModelRequest(
-                token=self.token,
-                run_number=run_number,
-                round=round_number,
-                kind=fed_pb2.MODEL_KIND_GLOBAL,
+                token=self.token, run_number=run_number, round=round_number, kind=kind, owner=owner
             )
         )
         spool: SpoolWriter | None = None
@@ -128,8 +137,10 @@ class Connection:
         model: Path,
         num_samples: int,
         metrics: dict[str, float],
+        local: bool = False,
     ) -> Submitted:
-        """Stream an update (header, then chunks) and return the server's verdict."""
+        """Stream an update, or with ``local`` the best local model for cross-site
+        validation (header, then chunks) and return the server's verdict."""
         update = TensorFile(model)
 
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
@@ -138,7 +149,7 @@ class Connection:
                     token=self.token,
                     run_number=run_number,
                     round=round_number,
-                    kind=fed_pb2.MODEL_KIND_GLOBAL,
+                    kind=fed_pb2.MODEL_KIND_LOCAL if local else fed_pb2.MODEL_KIND_GLOBAL,
                     num_samples=num_samples,
                     metrics=metrics,
                     manifest=manifest_to_proto(update.manifest),
@@ -157,15 +168,22 @@ class Connection:
         metrics: dict[str, float],
         num_samples: int,
         error: str = "",
+        owner: str = "",
     ) -> Submitted:
-        """Report the validation of the final global model."""
+        """Report a validation: of the final global model, or with ``owner`` a
+        cross-site one (``error`` instead of metrics when it failed or was given up)."""
+        kind = (
+            fed_pb2.METRICS_KIND_CROSS_VALIDATION
+            if owner
+            else fed_pb2.METRICS_KIND_GLOBAL_VALIDATION
+        )
         reply = await self.stub.SubmitMetrics(
             fed_pb2.MetricsReport(
                 token=self.token,
                 run_number=run_number,
                 round=round_number,
-                kind=fed_pb2.METRICS_KIND_GLOBAL_VALIDATION,
-                model_owner="global",
+                kind=kind,
+                model_owner=owner or GLOBAL_OWNER,
                 metrics=metrics,
                 num_samples=num_samples,
                 error=error,
@@ -190,12 +208,3 @@ class Connection:
             receiver.discard()
             raise
         replace_folder(staging, target)
-
-
-def result_message(
-    ok: bool, text: str, data: dict[str, object] | None = None
-) -> fed_pb2.ClientMessage:
-    """A command result for the Session stream."""
-    return fed_pb2.ClientMessage(
-        result=fed_pb2.CommandResult(ok=ok, text=text, data_json=json.dumps(data or {}))
-    )

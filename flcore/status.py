@@ -31,3 +31,4 @@ class ClientStatus:
     traceback: str = ""
     app: str = ""
     gpus_in_use: int = 0
+    cross_validate: bool = False

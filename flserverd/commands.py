@@ -351,15 +351,61 @@ async def _validate(cmds: AdminCommands, request: Request) -> Reply:
         raise _usage("validate")
     server = cmds.server
     number = server.require_run()
-    rows = server.db.validation_results(number)
-    if names != ["all"]:
-        wanted = set(names)
-        rows = [r for r in rows if r[0] in wanted or r[1] in wanted]
-    if not rows:
-        return Reply(True, f"No cross-site validation results for run {number}.", {"results": []})
-    lines = []
-    for owner, validator, metrics, error in rows:
-        shown = error or ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
-        lines.append(f"model of {owner} on {validator}: {shown}")
-    data = [{"model_owner": o, "validator": v, "metrics": m, "error": e} for o, v, m, e in rows]
-    return Reply(True, "\n".join(lines), {"results": data})
+    crossval = server.crossval_for(number)
+    bystanders = {
+        s.instance: "does not take part (cross_validate is off)"
+        for s in server.registry.sessions()
+        if s.status.run_number == number and not s.status.cross_validate
+    }
+    matrix = crossval.matrix([] if names == ["all"] else names, bystanders)
+    metric = _matrix_metric(matrix)
+    matrix["metric"] = metric
+    if not matrix["cells"] and not matrix["notes"]:
+        text = f"No cross-site validation results for run {number}."
+        return Reply(True, text, matrix)
+    return Reply(True, render_matrix(matrix, metric), matrix)
+
+
+def _matrix_metric(matrix: dict[str, Any]) -> str:
+    """The metric to show: val_accuracy when present, else the first one reported."""
+    names = sorted(
+        {
+            name
+            for row in matrix["cells"].values()
+            for cell in row.values()
+            for name in cell["metrics"]
+        }
+    )
+    return "val_accuracy" if "val_accuracy" in names or not names else names[0]
+
+
+def render_matrix(matrix: dict[str, Any], metric: str) -> str:
+    """The cross-site matrix as text: rows are models, columns the sites validating them."""
+    corner = "model \\ site"
+    columns: list[str] = matrix["columns"]
+    width = max([len(corner), *(len(r) for r in matrix["rows"])]) + 2
+    cell_width = max([10, *(len(c) + 2 for c in columns)])
+    lines = [
+        f"Cross-site validation of run {matrix['run_number']} ({metric})",
+        (corner.ljust(width) + "".join(c.ljust(cell_width) for c in columns)).rstrip(),
+    ]
+    for row in matrix["rows"]:
+        cells = matrix["cells"].get(row, {})
+        shown = []
+        for column in columns:
+            cell = cells.get(column)
+            if cell is None:
+                shown.append("")
+            elif cell["error"]:
+                shown.append("error")
+            else:
+                value = cell["metrics"].get(metric)
+                shown.append("" if value is None else f"{value:.4f}")
+        lines.append((row.ljust(width) + "".join(v.ljust(cell_width) for v in shown)).rstrip())
+    for row, cells in matrix["cells"].items():
+        for column, cell in cells.items():
+            if cell["error"]:
+                lines.append(f"model of {row} on {column}: {cell['error']}")
+    for site, reason in sorted(matrix["notes"].items()):
+        lines.append(f"{site}: {reason}")
+    return "\n".join(lines)

@@ -26,8 +26,9 @@ from flcore.identity import KIND_CLIENT
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
-from flcore.tensorfile import SpoolWriter, TensorFile, TensorFileError
+from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flcore.wire import manifest_from_proto, manifest_to_proto
+from flserverd.crossval import GLOBAL
 from flserverd.links import CommandResult
 from flserverd.registry import AuthError, ClientSession
 from flserverd.rpc import Context, peer_identity
@@ -198,16 +199,8 @@ class FederationService(fed_grpc.FederationServicer):
     ) -> AsyncIterator[fed_pb2.ModelMessage]:
         """Stream a model: manifest first, then its bytes in chunks."""
         session = await self._session(request.token, context)
-        training = self.server.training
-        if training is None or training.run.run_number != request.run_number:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"run {request.run_number} is not training"
-            )
-        assert training is not None
-        if request.kind != fed_pb2.MODEL_KIND_GLOBAL:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "only global models are served")
         try:
-            path = training.admit(session.instance, request.round)
+            path = self._model_for(session.instance, request)
         except Refusal as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise
@@ -218,12 +211,31 @@ class FederationService(fed_grpc.FederationServicer):
                 chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
             )
 
+    def _model_for(self, instance: str, request: fed_pb2.ModelRequest) -> Path:
+        """The file a client may have: a round's model, or a model to cross-validate."""
+        if request.kind == fed_pb2.MODEL_KIND_GLOBAL:
+            training = self.server.training
+            if training is None or training.run.run_number != request.run_number:
+                raise Refusal(f"run {request.run_number} is not training")
+            return training.admit(instance, request.round)
+        owner = GLOBAL if request.kind == fed_pb2.MODEL_KIND_BEST_GLOBAL else request.owner
+        crossval = self.server.crossval_for(request.run_number)
+        if not crossval.may_fetch(instance, owner):
+            raise Refusal(
+                f"the model of {owner!r} is not available to {instance} for cross-site validation"
+            )
+        return crossval.model_path(owner)
+
     async def SubmitModel(
         self,
         request_iterator: AsyncIterator[fed_pb2.SubmitModelMessage],
         context: Context,
     ) -> fed_pb2.SubmitReply:
-        """Receive an update into a spool file, checking every chunk, then fold it once."""
+        """Receive a model into a spool file, checking every chunk, then hand it over once.
+
+        A training update (kind GLOBAL) is folded into its round; a best local
+        model (kind LOCAL) is kept for cross-site validation.
+        """
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("body") != "header":
             await context.abort(
@@ -233,39 +245,37 @@ class FederationService(fed_grpc.FederationServicer):
         header = first.header
         session = await self._session(header.token, context)
         training = self.server.training
+        current = training.current_round if training is not None else -1
+        what = "local model" if header.kind == fed_pb2.MODEL_KIND_LOCAL else "update"
 
         def reply(outcome: Outcome, message: str) -> fed_pb2.SubmitReply:
             if outcome is not Outcome.ACCEPTED:
                 log.info(
-                    "update from %s for round %d %s: %s",
+                    "%s from %s for round %d %s: %s",
+                    what,
                     session.instance,
                     header.round,
                     outcome.value,
                     message,
                 )
-            current = training.current_round if training is not None else -1
             return fed_pb2.SubmitReply(
                 result=_OUTCOMES[outcome], message=message, current_round=current
             )
 
-        if training is None:
-            return reply(Outcome.LATE, "the server is not training; update discarded")
-        verdict = training.check_submission(session.instance, header.run_number, header.round)
+        metrics = dict(header.metrics)
+        verdict = self._precheck(session.instance, header, metrics)
         if verdict is not None:
             return reply(*verdict)
-        metrics = dict(header.metrics)
-        problem = check_metrics(metrics)
-        if problem:
-            return reply(Outcome.REJECTED, problem)
         try:
             declared = manifest_from_proto(header.manifest)
+            expected = self._expected_manifest(header)
         except TensorFileError as exc:
             return reply(Outcome.REJECTED, str(exc))
-        differences = training.manifest.differences(declared)
+        differences = expected.differences(declared)
         if differences:
             return reply(
                 Outcome.REJECTED,
-                "update does not match the global model: " + "; ".join(differences),
+                f"{what} does not match the global model: " + "; ".join(differences),
             )
         spool_path = (
             self.server.store.spool_dir(header.run_number)
@@ -276,10 +286,14 @@ class FederationService(fed_grpc.FederationServicer):
             async for message in request_iterator:
                 chunk = message.chunk
                 spool.write(chunk.name, chunk.offset, chunk.data)
-            update = spool.finish()
+            model = spool.finish()
+            if header.kind == fed_pb2.MODEL_KIND_LOCAL:
+                self.server.crossval_for(header.run_number).accept_model(session.instance, model)
+                return reply(Outcome.ACCEPTED, "local model accepted for cross-site validation")
+            assert training is not None
             return reply(
                 *await training.accept_update(
-                    session.instance, header.round, update, header.num_samples, metrics
+                    session.instance, header.round, model, header.num_samples, metrics
                 )
             )
         except TensorFileError as exc:
@@ -287,22 +301,70 @@ class FederationService(fed_grpc.FederationServicer):
         finally:
             spool.discard()
 
+    def _precheck(
+        self, instance: str, header: fed_pb2.SubmitHeader, metrics: dict[str, float]
+    ) -> tuple[Outcome, str] | None:
+        """The verdict on an upload when it is known before its bytes arrive."""
+        problem = check_metrics(metrics)
+        if problem:
+            return Outcome.REJECTED, problem
+        if header.kind == fed_pb2.MODEL_KIND_LOCAL:
+            crossval = self.server.crossval_for(header.run_number)
+            if instance not in crossval.declared:
+                return Outcome.REJECTED, f"{instance} does not take part in cross-site validation"
+            if instance in crossval.submitted:
+                return Outcome.DUPLICATE, "the local model was already received"
+            return None
+        training = self.server.training
+        if training is None:
+            return Outcome.LATE, "the server is not training; update discarded"
+        return training.check_submission(instance, header.run_number, header.round)
+
+    def _expected_manifest(self, header: fed_pb2.SubmitHeader) -> Manifest:
+        """Names, dtypes and shapes an upload must have: those of the run's global model."""
+        training = self.server.training
+        if training is not None and training.run.run_number == header.run_number:
+            return training.manifest
+        model = self.server.store.global_model(header.run_number)
+        if not model.exists():
+            raise TensorFileError(f"run {header.run_number} has no global model to compare with")
+        return TensorFile(model).manifest
+
     async def SubmitMetrics(
         self, request: fed_pb2.MetricsReport, context: Context
     ) -> fed_pb2.SubmitReply:
-        """Metrics of a validation (final global model)."""
+        """Metrics of a validation: of the final global model, or cross-site."""
         session = await self._session(request.token, context)
-        training = self.server.training
         metrics = dict(request.metrics)
         problem = check_metrics(metrics)
         if problem:
             return fed_pb2.SubmitReply(result=fed_pb2.SUBMIT_RESULT_REJECTED, message=problem)
+        if request.error:
+            log.warning(
+                "validation of %s's model on %s failed: %s",
+                request.model_owner,
+                session.instance,
+                request.error[:500],
+            )
+        if request.kind == fed_pb2.METRICS_KIND_CROSS_VALIDATION:
+            crossval = self.server.crossval_for(request.run_number)
+            if session.instance not in crossval.declared:
+                return fed_pb2.SubmitReply(
+                    result=fed_pb2.SUBMIT_RESULT_REJECTED,
+                    message=f"{session.instance} does not take part in cross-site validation",
+                )
+            try:
+                crossval.record(
+                    request.model_owner[:128], session.instance, metrics, request.error[:2000]
+                )
+            except ValueError as exc:
+                return fed_pb2.SubmitReply(result=fed_pb2.SUBMIT_RESULT_REJECTED, message=str(exc))
+            return fed_pb2.SubmitReply(result=fed_pb2.SUBMIT_RESULT_ACCEPTED, message="recorded")
+        training = self.server.training
         if training is None or training.run.run_number != request.run_number:
             return fed_pb2.SubmitReply(
                 result=fed_pb2.SUBMIT_RESULT_LATE, message="run is not training"
             )
-        if request.error:
-            log.warning("validation on %s failed: %s", session.instance, request.error[:500])
         outcome, message = training.accept_final_metrics(
             session.instance, request.round, metrics, request.num_samples
         )

@@ -14,6 +14,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from flserverd.crossval import CrossValidationOffer
 from flserverd.training import Offer
 
 
@@ -51,7 +52,7 @@ class Closed:
     reason: str
 
 
-Outbound = Command | Offer | RunEnded | Closed
+Outbound = Command | Offer | CrossValidationOffer | RunEnded | Closed
 
 _ids = itertools.count(1)
 

@@ -8,6 +8,7 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.status import ClientStatus
+from flserverd.crossval import CrossValidationOffer
 from flserverd.events import Event, LogLine
 from flserverd.links import Closed, Command, Outbound, RunEnded
 from flserverd.registry import MachineInfo
@@ -33,6 +34,7 @@ def status_from_proto(message: fed_pb2.ClientStatus) -> ClientStatus:
         traceback=message.traceback[: 16 * MAX_TEXT],
         app=message.app[:128],
         gpus_in_use=message.gpus_in_use,
+        cross_validate=message.cross_validate,
     )
 
 
@@ -71,6 +73,15 @@ def outbound_to_proto(message: Outbound) -> fed_pb2.ServerMessage:
         return fed_pb2.ServerMessage(
             command=fed_pb2.ServerCommand(
                 command_id=message.command_id, name=message.name, args_json=json.dumps(message.args)
+            )
+        )
+    if isinstance(message, CrossValidationOffer):
+        return fed_pb2.ServerMessage(
+            task=fed_pb2.TaskOffer(
+                run_number=message.run_number,
+                kind=fed_pb2.TASK_KIND_CROSS_VALIDATE,
+                model_owners=list(message.owners),
+                pending_owners=list(message.pending),
             )
         )
     if isinstance(message, Offer):

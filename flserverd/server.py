@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from flcore.sdnotify import notify
 from flcore.startup import ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import TensorFile
+from flserverd.crossval import CrossValidation, CrossValidationOffer
 from flserverd.events import BusLogHandler, EventBus, LogLine
 from flserverd.links import ClientLink, Closed, CommandResult, RunEnded
 from flserverd.registry import ClientRegistry, ClientSession
@@ -60,6 +62,7 @@ class FLServer:
         self.registry = ClientRegistry(self.db, startup.heart_beat_timeout)
         self.links: dict[str, ClientLink] = {}
         self.training: Training | None = None
+        self._crossval: CrossValidation | None = None
         self.starting = False
         self.start_error = ""
         self.shutdown_requested = asyncio.Event()
@@ -201,6 +204,9 @@ class FLServer:
             raise
         self.db.clear_round_records(number)
         self.store.clear_spool(number)
+        shutil.rmtree(self.store.run_dir(number) / "cross_site", ignore_errors=True)
+        (self.store.run_dir(number) / "cross_site_validation.json").unlink(missing_ok=True)
+        self._crossval = CrossValidation(number, self.store, self.db, self)
         record = RunRecord(
             run_number=number,
             status=st.STARTED,
@@ -226,6 +232,19 @@ class FLServer:
                 self.training.ready.add(session.instance)
         self.training.begin()
 
+    def crossval_for(self, run_number: int) -> CrossValidation:
+        """The cross-site validation of a run (rebuilt from disk after a restart)."""
+        current = self._crossval
+        if current is None or current.run_number != run_number:
+            current = CrossValidation(run_number, self.store, self.db, self)
+            training = self.training
+            active = (
+                training is not None and training.active and training.run.run_number == run_number
+            )
+            current.training_over = not active and not self.starting
+            self._crossval = current
+        return current
+
     def abort_training(self) -> bool:
         """Stop the current run's training; False when nothing was training."""
         training = self.training
@@ -236,8 +255,8 @@ class FLServer:
 
     # ------------------------------------------------------------------ TrainingListener
 
-    def offer(self, instances: Iterable[str], offer: Offer) -> None:
-        """Send a task offer to clients (TrainingListener)."""
+    def offer(self, instances: Iterable[str], offer: Offer | CrossValidationOffer) -> None:
+        """Send a task offer to clients (TrainingListener, CrossValidationListener)."""
         for instance in instances:
             session = self.registry.by_instance(instance)
             link = self.links.get(session.token) if session else None
@@ -253,6 +272,7 @@ class FLServer:
         message = RunEnded(run.run_number, run.status, run.reason)
         for link in self.links.values():
             link.send(message)
+        self.crossval_for(run.run_number).end_training()
         failed = f"; failed sites: {', '.join(run.failed_sites)}" if run.failed_sites else ""
         log.info("run %d ended (%s)%s", run.run_number, run.reason, failed)
 
@@ -288,10 +308,14 @@ class FLServer:
             self.publish_client(session)
 
     def update_status(self, session: ClientSession, status: ClientStatus) -> None:
-        """A client reported its status: keep the round controller in step."""
+        """A client reported its status: keep the round controller and cross-site validation
+        in step."""
+        previous = session.status
         session.status = status
         self.registry.heard(session)
         self.publish_client(session)
+        if status.run_number:
+            self._follow_crossval(session.instance, previous, status)
         training = self.training
         if training is None or status.run_number != training.run.run_number or not training.active:
             self._end_stale_run(session, status)
@@ -301,12 +325,23 @@ class FLServer:
                 training.client_ready(session.instance)
         elif status.status == st.FAILED:
             training.client_gone(session.instance, failed_reason=status.error or "failed")
-        elif status.status not in st.ACTIVE:
+        elif status.status != st.STARTING:
             training.client_gone(session.instance)
+
+    def _follow_crossval(self, instance: str, previous: ClientStatus, status: ClientStatus) -> None:
+        crossval = self.crossval_for(status.run_number)
+        if status.cross_validate and status.status != st.FAILED:
+            crossval.declare(instance)
+        if status.status == st.CROSS_VALIDATING and instance not in crossval.validating:
+            crossval.start_validating(instance)
+        elif status.status == st.FAILED:
+            crossval.withdraw(instance, f"failed: {status.error or 'unknown error'}")
+        elif status.status not in st.ACTIVE and previous.status == st.CROSS_VALIDATING:
+            crossval.withdraw(instance, "stopped before sharing its model")
 
     def _end_stale_run(self, session: ClientSession, status: ClientStatus) -> None:
         """A client still trains a run that ended here (e.g. it was restarted meanwhile)."""
-        if status.status not in st.ACTIVE or not status.run_number or self.starting:
+        if status.status not in (st.STARTING, st.STARTED) or not status.run_number or self.starting:
             return
         record = self.db.get_run(status.run_number)
         link = self.links.get(session.token)
@@ -349,6 +384,8 @@ class FLServer:
         self.bus.publish("client_gone", (session.instance, reason))
         if self.training is not None:
             self.training.client_gone(session.instance)
+        if self._crossval is not None:
+            self._crossval.withdraw(session.instance, f"removed: {reason}")
 
     async def call(
         self, sessions: list[ClientSession], name: str, args: dict[str, object], timeout: float

@@ -24,16 +24,16 @@ The training child calls them like this:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torch.utils.data import DataLoader
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-Loader = DataLoader[Any]
+# Anything yielding (inputs, targets) batches: a DataLoader, or a custom trainer's wrapper.
+Loader = Iterable[Any]
 
 
 class TrainerHook(Protocol):

@@ -29,7 +29,8 @@ from fltui.adminclient import AdminClient, Outcome, load_kit
 from provision import extract_kit, parse_project, provision_workspace
 
 REPO = Path(__file__).resolve().parents[2]
-DIGITS_APP = REPO / "examples" / "apps" / "digits_fedavg"
+APPS = REPO / "examples" / "apps"
+DIGITS_APP = APPS / "digits_fedavg"
 ADMIN = "admin@lead.org"
 MEMBER = "viewer@lead.org"
 SERVER_READY = "flserverd .* ready"
@@ -272,9 +273,15 @@ class Cluster:
         """The run part of check_status server."""
         return self.status()["run"]  # type: ignore[no-any-return]
 
-    def configure(self, file_name: str, **changes: Any) -> None:
-        """Change keys of a config file of the admin's copy of the digits app."""
-        path = self.root / ADMIN / "transfer" / "digits_fedavg" / "config" / file_name
+    def add_app(self, name: str, source: Path | None = None) -> Path:
+        """Copy an app (an example by default) into the admin's transfer/ folder."""
+        target = self.root / ADMIN / "transfer" / name
+        shutil.copytree(source or APPS / name, target)
+        return target
+
+    def configure(self, file_name: str, app: str = "digits_fedavg", **changes: Any) -> None:
+        """Change keys of a config file of the admin's copy of an app."""
+        path = self.root / ADMIN / "transfer" / app / "config" / file_name
         values = json.loads(path.read_text())
         values.update(changes)
         path.write_text(json.dumps(values))

@@ -268,6 +268,7 @@ class ClientStatus(_message.Message):
     TRACEBACK_FIELD_NUMBER: _builtins.int
     APP_FIELD_NUMBER: _builtins.int
     GPUS_IN_USE_FIELD_NUMBER: _builtins.int
+    CROSS_VALIDATE_FIELD_NUMBER: _builtins.int
     status: _builtins.str
     """e.g. "training not started", "training started" """
     run_number: _builtins.int
@@ -282,6 +283,8 @@ class ClientStatus(_message.Message):
     app: _builtins.str
     """deployed app name"""
     gpus_in_use: _builtins.int
+    cross_validate: _builtins.bool
+    """The site takes part in cross-site validation (config_fed_client.json)."""
     def __init__(
         self,
         *,
@@ -293,10 +296,11 @@ class ClientStatus(_message.Message):
         traceback: _builtins.str = ...,
         app: _builtins.str = ...,
         gpus_in_use: _builtins.int = ...,
+        cross_validate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "error", b"error", "gpus_in_use", b"gpus_in_use", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "traceback", b"traceback"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "cross_validate", b"cross_validate", "error", b"error", "gpus_in_use", b"gpus_in_use", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -477,14 +481,19 @@ class TaskOffer(_message.Message):
     ROUND_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     MODEL_OWNERS_FIELD_NUMBER: _builtins.int
+    PENDING_OWNERS_FIELD_NUMBER: _builtins.int
     run_number: _builtins.int
     round: _builtins.int
     kind: Global___TaskKind.ValueType
     @_builtins.property
     def model_owners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """For TASK_KIND_CROSS_VALIDATE: the owners of models to validate
-        ("global" for the best global model, else an instance name).
+        """For TASK_KIND_CROSS_VALIDATE: the owners of models ready to validate
+        ("global" for the best global model, else an instance name) ...
         """
+
+    @_builtins.property
+    def pending_owners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """... and of models still expected; empty when nothing more will come."""
 
     def __init__(
         self,
@@ -493,10 +502,11 @@ class TaskOffer(_message.Message):
         round: _builtins.int = ...,
         kind: Global___TaskKind.ValueType = ...,
         model_owners: _abc.Iterable[_builtins.str] | None = ...,
+        pending_owners: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "model_owners", b"model_owners", "round", b"round", "run_number", b"run_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "model_owners", b"model_owners", "pending_owners", b"pending_owners", "round", b"round", "run_number", b"run_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

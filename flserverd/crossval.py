@@ -1,0 +1,200 @@
+"""Cross-site validation: every participating site validates every other one's model.
+
+Sites opt in with ``"cross_validate": true`` in their client config; a site
+that does not never shares its local model and is never sent anyone's.
+When a participant stops training (the run finished, or an admin aborted
+it) it submits its best local model; the server keeps it in
+``run_N/cross_site/<instance>.safetensors`` and offers each participant the
+models it has not validated yet: the other participants' and, once
+training is over, the best global model (owner ``global``). Offers also list
+the models still expected, so a site knows whether to keep waiting; a model
+that will never come (its owner failed, was dropped or gave up) is taken
+off that list with the reason. Results are stored in the state database and
+in ``run_N/cross_site_validation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from flcore.atomic import atomic_write_bytes
+from flcore.tensorfile import TensorFile
+from flserverd.runstore import RunStore
+from flserverd.statedb import StateDB
+
+log = logging.getLogger(__name__)
+
+GLOBAL = "global"
+
+
+@dataclass(frozen=True)
+class CrossValidationOffer:
+    """Models one participant may validate now, and those still to come."""
+
+    run_number: int
+    owners: tuple[str, ...]
+    pending: tuple[str, ...]
+
+
+class CrossValidationListener(Protocol):
+    """Where offers go (the server's client links)."""
+
+    def offer(self, instances: Iterable[str], offer: CrossValidationOffer) -> None:
+        """Send an offer to these client instances."""
+
+
+class CrossValidation:
+    """The cross-site validation of one run."""
+
+    def __init__(
+        self, run_number: int, store: RunStore, db: StateDB, listener: CrossValidationListener
+    ) -> None:
+        self.run_number = run_number
+        self._store = store
+        self._db = db
+        self._listener = listener
+        self.folder = store.run_dir(run_number) / "cross_site"
+        self.declared: set[str] = set()
+        self.validating: set[str] = set()
+        self.withdrawn: dict[str, str] = {}
+        self.training_over = False
+        self.submitted: set[str] = {p.stem for p in self.folder.glob("*.safetensors")}
+        self.declared |= self.submitted
+        self.results: dict[tuple[str, str], tuple[dict[str, float], str]] = {
+            (owner, validator): (metrics, error)
+            for owner, validator, metrics, error in db.validation_results(run_number)
+        }
+
+    def model_path(self, owner: str) -> Path:
+        """Where an owner's model for validation is (the best global model for ``global``)."""
+        if owner == GLOBAL:
+            best = self._store.best_model(self.run_number)
+            return best if best.exists() else self._store.global_model(self.run_number)
+        return self.folder / f"{owner}.safetensors"
+
+    def declare(self, instance: str) -> None:
+        """A site says it takes part (its client config opts in)."""
+        if instance not in self.declared and instance not in self.withdrawn:
+            self.declared.add(instance)
+            log.info("run %d: %s takes part in cross-site validation", self.run_number, instance)
+
+    def start_validating(self, instance: str) -> None:
+        """A participant finished training and is ready to validate others' models."""
+        self.declare(instance)
+        self.validating.add(instance)
+        self._offer([instance])
+
+    def end_training(self) -> None:
+        """The run's training is over: the best global model may now be validated."""
+        if not self.training_over:
+            self.training_over = True
+            self._offer(self.validating)
+
+    def accept_model(self, instance: str, spool: TensorFile) -> None:
+        """Keep a participant's best local model and offer it to the others."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.replace(spool.path, self.model_path(instance))
+        self.declare(instance)
+        self.submitted.add(instance)
+        log.info(
+            "run %d: local model of %s received for cross-site validation",
+            self.run_number,
+            instance,
+        )
+        self._offer(self.validating)
+
+    def withdraw(self, instance: str, reason: str) -> None:
+        """A participant's model will never come (failed, dropped, stopped)."""
+        if instance in self.declared and instance not in self.submitted:
+            self.withdrawn.setdefault(instance, reason)
+            self.declared.discard(instance)
+            self._offer(self.validating - {instance})
+        self.validating.discard(instance)
+
+    def record(self, owner: str, validator: str, metrics: dict[str, float], error: str) -> None:
+        """Store one cell of the matrix (an error when validation failed or was given up).
+
+        Raises ValueError for an owner that is not a participant.
+        """
+        if owner != GLOBAL and owner not in self.declared | self.submitted | set(self.withdrawn):
+            raise ValueError(f"{owner!r} has no model in the cross-site validation of this run")
+        if owner == validator and error:
+            self.withdraw(owner, error)
+            return
+        self.results[(owner, validator)] = (metrics, error)
+        self._db.save_validation(self.run_number, owner, validator, metrics, error)
+        atomic_write_bytes(
+            self._store.run_dir(self.run_number) / "cross_site_validation.json",
+            json.dumps(self.matrix(), indent=2, sort_keys=True).encode(),
+        )
+        shown = error or ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        log.info(
+            "run %d: %s validated the model of %s: %s", self.run_number, validator, owner, shown
+        )
+
+    def may_fetch(self, instance: str, owner: str) -> bool:
+        """Models for validation go to participating sites only, once they exist."""
+        if instance not in self.declared:
+            return False
+        if owner == GLOBAL:
+            return self.training_over
+        return owner in self.submitted and owner != instance
+
+    def offer_for(self, instance: str) -> CrossValidationOffer:
+        """What ``instance`` may validate now and what it should still wait for."""
+        done = {owner for owner, validator in self.results if validator == instance}
+        ready = [o for o in sorted(self.submitted) if o != instance and o not in done]
+        pending = sorted(self.declared - self.submitted - {instance})
+        if self.training_over:
+            if GLOBAL not in done:
+                ready.insert(0, GLOBAL)
+        else:
+            pending.insert(0, GLOBAL)
+        return CrossValidationOffer(self.run_number, tuple(ready), tuple(pending))
+
+    def _offer(self, instances: Iterable[str]) -> None:
+        for instance in sorted(instances):
+            self._listener.offer([instance], self.offer_for(instance))
+
+    def matrix(
+        self, names: Iterable[str] = (), bystanders: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The results as data: rows are model owners, columns validating sites.
+
+        ``names`` restricts rows and columns to those instances (the global
+        model's row is always shown); ``bystanders`` are sites of the run that
+        do not take part, shown with empty cells and the reason.
+        """
+        wanted = set(names)
+        notes = {**(bystanders or {}), **self.withdrawn}
+        sites = sorted(
+            self.declared
+            | set(notes)
+            | {v for _, v in self.results}
+            | {o for o, _ in self.results} - {GLOBAL}
+        )
+        rows = [GLOBAL, *sites]
+        columns = list(sites)
+        if wanted:
+            rows = [r for r in rows if r == GLOBAL or r in wanted]
+            columns = [c for c in columns if c in wanted]
+        cells: dict[str, dict[str, dict[str, Any]]] = {}
+        for row in rows:
+            for column in columns:
+                found = self.results.get((row, column))
+                if found is not None:
+                    metrics, error = found
+                    cells.setdefault(row, {})[column] = {"metrics": metrics, "error": error}
+        return {
+            "run_number": self.run_number,
+            "rows": rows,
+            "columns": columns,
+            "cells": cells,
+            "notes": {site: reason for site, reason in notes.items() if site in rows},
+        }
