@@ -721,11 +721,11 @@ class Agent:
             log.info("final model not available: %s", exc.details())
             return
         result = await self.worker.validate(model=model)
+        # Weighted by training samples, like the validation metrics of every round.
+        samples = self.worker.info.train_samples
         verdict = await self._retrying(
             "final validation report",
-            lambda: self.conn.submit_metrics(
-                task.run_number, task.round, result.metrics, result.num_samples
-            ),
+            lambda: self.conn.submit_metrics(task.run_number, task.round, result.metrics, samples),
         )
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
         log.info("final global model validated: %s (%s)", shown, verdict.result)

@@ -94,8 +94,7 @@ class Manifest:
         """Say how ``other`` differs from this manifest (empty when it matches)."""
         mine = {t.name: t for t in self.tensors}
         theirs = {t.name: t for t in other.tensors}
-        problems = [f"missing tensor {name!r}" for name in mine if name not in theirs]
-        problems += [f"unexpected tensor {name!r}" for name in theirs if name not in mine]
+        problems = []
         for name, spec in theirs.items():
             want = mine.get(name)
             if want is None:
@@ -106,6 +105,8 @@ class Manifest:
                 problems.append(
                     f"tensor {name!r} has shape {list(spec.shape)}, expected {list(want.shape)}"
                 )
+        problems += [f"missing tensor {name!r}" for name in mine if name not in theirs]
+        problems += [f"unexpected tensor {name!r}" for name in theirs if name not in mine]
         if len(problems) > limit:
             problems = [*problems[:limit], f"... and {len(problems) - limit} more"]
         return problems

@@ -163,7 +163,11 @@ async def _help(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(True, "\n".join(lines), {"commands": {n: s.usage for n, s in COMMANDS.items()}})
 
 
-@command("check_status", "status of the server or of clients", read_only=True)
+@command(
+    "check_status server | client [instance...]",
+    "status of the server or of clients",
+    read_only=True,
+)
 async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "check_status")
     server = cmds.server
@@ -226,7 +230,7 @@ def _server_status(server: FLServer) -> Reply:
     return Reply(True, "\n".join(lines), data)
 
 
-@command("set_run_number", "select (and create) the run that training happens in")
+@command("set_run_number <N>", "select (and create) the run that training happens in")
 async def _set_run_number(cmds: AdminCommands, request: Request) -> Reply:
     if len(request.words) != 2 or not request.words[1].isdigit() or int(request.words[1]) < 1:
         raise CommandError("usage: set_run_number <N>  (N is a positive whole number)")
@@ -241,12 +245,15 @@ async def _set_run_number(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(True, text, {"run_number": number, "existed": existed})
 
 
-@command("upload_folder", "send an app from your transfer/ folder to the server")
+@command("upload_folder <app>", "send an app from your transfer/ folder to the server")
 async def _upload_folder(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(False, "upload_folder sends files: run it from fltui, which streams the folder")
 
 
-@command("deploy", "copy an uploaded app into the current run on the server or clients")
+@command(
+    "deploy <app> server | client [instance...]",
+    "copy an uploaded app into the current run on the server or clients",
+)
 async def _deploy(cmds: AdminCommands, request: Request) -> Reply:
     words = request.words
     if (
@@ -279,7 +286,7 @@ async def _deploy(cmds: AdminCommands, request: Request) -> Reply:
     return await cmds.per_client(request, sessions, "deploy", {"run_number": number, "app": name})
 
 
-@command("start", "start training on the server or on clients")
+@command("start server | client [instance...]", "start training on the server or on clients")
 async def _start(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "start")
     server = cmds.server
@@ -292,7 +299,10 @@ async def _start(cmds: AdminCommands, request: Request) -> Reply:
     )
 
 
-@command("start_mgpu", "start a client's training on several GPUs (torchrun)")
+@command(
+    "start_mgpu client <gpu count> <instance>",
+    "start a client's training on several GPUs (torchrun)",
+)
 async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
     words = request.words
     if len(words) != 4 or words[1] != "client" or not words[2].isdigit() or int(words[2]) < 1:
@@ -303,7 +313,7 @@ async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
     return await cmds.per_client(request, sessions, "start", {"run_number": number, "gpus": gpus})
 
 
-@command("abort", "stop training on the server or on clients")
+@command("abort server | client [instance...]", "stop training on the server or on clients")
 async def _abort(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "abort")
     server = cmds.server
@@ -320,7 +330,10 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
     return await cmds.per_client(request, cmds.targets(names), "abort", {})
 
 
-@command("shutdown", "end the server or client daemons (asks for confirmation)")
+@command(
+    "shutdown server | client [instance...]",
+    "end the server or client daemons (asks for confirmation)",
+)
 async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "shutdown")
     server = cmds.server
@@ -344,7 +357,7 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(True, "Shutting down the server...", {})
 
 
-@command("validate", "cross-site validation results", read_only=True)
+@command("validate all | <instance> <instance>...", "cross-site validation results", read_only=True)
 async def _validate(cmds: AdminCommands, request: Request) -> Reply:
     names = request.words[1:]
     if not names:

@@ -502,11 +502,12 @@ def test_manifest_differences_names_each_problem() -> None:
     theirs = Manifest(
         (TensorSpec("a", "F16", (4,)), TensorSpec("b", "I16", (3, 1)), TensorSpec("d", "F32", (1,)))
     )
+    # Mismatches of tensors both sides have come first: they are the telling ones.
     assert mine.differences(theirs) == [
-        "missing tensor 'c'",
-        "unexpected tensor 'd'",
         "tensor 'a' has dtype F16, expected F32",
         "tensor 'b' has shape [3, 1], expected [3]",
+        "missing tensor 'c'",
+        "unexpected tensor 'd'",
     ]
 
 

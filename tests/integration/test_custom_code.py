@@ -1,0 +1,190 @@
+"""Custom code, multi-process clients and continued training, between real daemons."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from tests.integration.harness import ADMIN, Cluster, wait_until
+from tests.integration.test_training import finished
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+V2_HEAD = (
+    "self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_classes))"
+)
+
+
+def deploy_everywhere(cluster: Cluster, app: str, run_number: int) -> None:
+    """set_run_number, upload and deploy an app to the server and every client."""
+    cluster.ok(f"set_run_number {run_number}")
+    cluster.ok(f"upload_folder {app}")
+    cluster.ok(f"deploy {app} server")
+    cluster.ok(f"deploy {app} client")
+
+
+def test_changed_custom_code_is_picked_up_by_the_next_run(cluster: Cluster) -> None:
+    cluster.server()
+    client = cluster.client("flclient1")
+    cluster.client("flclient2")
+    app = cluster.add_app("digits_custom")
+    cluster.configure(
+        "config_fed_server.json", app="digits_custom", num_rounds=2, min_num_clients=2
+    )
+    cluster.configure(
+        "config_fed_client.json", app="digits_custom", local_epochs=1, cross_validate=False
+    )
+    deploy_everywhere(cluster, "digits_custom", 1)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    finished(cluster, 1)
+    model = app / "resources" / "digits_custom" / "model.py"
+    source = model.read_text()
+    assert "self.head = nn.Linear(width, num_classes)" in source
+    model.write_text(
+        source.replace("self.head = nn.Linear(width, num_classes)", V2_HEAD).replace(
+            "        super().__init__()\n        self.stem",
+            '        super().__init__()\n        print("ResidualDigitsNet v2 with a deeper head")\n'
+            "        self.stem",
+        )
+    )
+    offset = len(client.log())
+    deploy_everywhere(cluster, "digits_custom", 2)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    finished(cluster, 2)
+    first = load_file(cluster.root / "server" / "run_1" / "global_model.safetensors")
+    second = load_file(cluster.root / "server" / "run_2" / "global_model.safetensors")
+    assert "head.weight" in first and "head.0.weight" not in first
+    assert {"head.0.weight", "head.2.weight"} <= second.keys()
+    assert "ResidualDigitsNet v2 with a deeper head" in client.log()[offset:]
+
+
+def test_errors_in_custom_code_surface_and_the_daemons_stay_up(cluster: Cluster) -> None:
+    server = cluster.server()
+    client = cluster.client("flclient1")
+    app = cluster.add_app("digits_custom")
+    cluster.configure("config_fed_server.json", app="digits_custom", min_num_clients=1)
+    trainer = app / "resources" / "digits_custom" / "trainer.py"
+    trainer.write_text(
+        trainer.read_text().replace(
+            '        """Train one epoch on randomly shifted images."""',
+            '        """Train one epoch on randomly shifted images."""\n'
+            '        raise RuntimeError("custom trainer exploded")',
+        )
+    )
+    cluster.ok("set_run_number 1")
+    cluster.ok("upload_folder digits_custom")
+    cluster.ok("deploy digits_custom server")
+    cluster.ok("deploy digits_custom client")
+    cluster.ok("start server")
+    cluster.ok("start client")
+
+    def failed() -> dict | None:
+        row = cluster.ok("check_status client flclient1").data["clients"]["flclient1"]
+        return row if row["status"] == "training failed" else None
+
+    row = wait_until(failed, 60, "the site to fail")
+    assert row["error"] == "RuntimeError: custom trainer exploded"
+    assert 'digits_custom/trainer.py", line' in row["traceback"]
+    assert "RuntimeError: custom trainer exploded" in client.log()
+    assert client.alive() and server.alive()
+    assert cluster.ok("check_status server").data["run"]["failed_sites"] == ["flclient1"]
+    cluster.ok("abort server")
+
+    cluster.configure(
+        "config_train.json", app="digits_custom", model={"path": "digits_custom.nope.Net"}
+    )
+    cluster.ok("set_run_number 2")
+    cluster.ok("upload_folder digits_custom")
+    cluster.ok("deploy digits_custom server")
+    (start,) = cluster.admin("start server")
+    assert not start.ok
+    assert "cannot import 'digits_custom.nope.Net'" in start.text
+    assert "training not started" in cluster.ok("check_status server").text
+    assert server.alive()
+
+
+def test_continue_from_a_checkpoint(cluster: Cluster) -> None:
+    cluster.server()
+    cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.prepare_run(1, num_rounds=3, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    finished(cluster, 1)
+    run1_final = cluster.metrics(1)[-1]
+    resources = cluster.root / ADMIN / "transfer" / "digits_fedavg" / "resources"
+    shutil.copy(
+        cluster.root / "server" / "run_1" / "global_model.safetensors",
+        resources / "pretrained.safetensors",
+    )
+    cluster.configure(
+        "config_fed_server.json",
+        initial_checkpoint="resources/pretrained.safetensors",
+        start_round=3,
+        num_rounds=5,
+    )
+    cluster.prepare_run(2)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    finished(cluster, 2)
+    rows = cluster.metrics(2)
+    assert [r["round"] for r in rows] == [3, 4, 5]
+    assert rows[0]["metrics"]["val_accuracy"] == pytest.approx(
+        run1_final["metrics"]["val_accuracy"], abs=1e-9
+    )
+
+    bad = resources / "mismatch.pt"
+    torch.save({"features.0.weight": torch.zeros(3, 3)}, bad)
+    cluster.configure("config_fed_server.json", initial_checkpoint="resources/mismatch.pt")
+    cluster.prepare_run(3)
+    (start,) = cluster.admin("start server")
+    assert not start.ok
+    assert "checkpoint" in start.text and "features.0.weight" in start.text
+    assert cluster.metrics(3) == []
+    assert "training not started" in cluster.ok("check_status server").text
+
+
+def test_start_mgpu_with_two_cpu_processes_aggregates_correctly(cluster: Cluster) -> None:
+    local = cluster.root / "flclient1" / "local"
+    local.mkdir()
+    (local / "fed_client.json").write_text(json.dumps({"allow_cpu_mgpu": True}))
+    cluster.server()
+    multi = cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=2, min_num_clients=2, wait_after_min_clients=60)
+    (refused,) = cluster.admin("start_mgpu client 2 flclient2")
+    assert not refused.ok
+    assert "this site has 0 GPU(s); start_mgpu asked for 2" in refused.text
+    (usage,) = cluster.admin("start_mgpu client 2")
+    assert not usage.ok and usage.text.startswith("usage: start_mgpu client <gpu count> <instance>")
+    cluster.ok("start server")
+    cluster.ok("start_mgpu client 2 flclient1")
+    cluster.ok("start client flclient2")
+    finished(cluster)
+    assert "rank 1 " in multi.log()
+    rows = cluster.metrics()
+    assert all(r["clients"] == ["flclient1", "flclient2"] for r in rows)
+    samples = {
+        name: int(np.load(cluster.data / name / "train.npz")["y"].shape[0])
+        for name in ("flclient1", "flclient2")
+    }
+    assert rows[0]["samples"] == sum(samples.values())
+    updates = {
+        name: load_file(
+            cluster.root / name / "run_1" / f"models_{name}" / "update_round_1.safetensors"
+        )
+        for name in samples
+    }
+    aggregated = load_file(cluster.root / "server" / "run_1" / "models" / "round_2.safetensors")
+    total = sum(samples.values())
+    for tensor, value in aggregated.items():
+        expected = sum(samples[n] * updates[n][tensor].astype(np.float64) for n in samples) / total
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7)
