@@ -221,8 +221,12 @@ class Agent:
             for task in helpers:
                 task.cancel()
             for task in helpers:
-                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # a broken stream must never take the daemon down
+                    log.debug("session task ended with %r", exc)
 
     async def _read(self, call: Any) -> None:
         try:
@@ -233,9 +237,14 @@ class Agent:
             log.warning("lost the session with the server: %s", exc.details() or exc.code().name)
 
     async def _write_outbox(self, call: Any) -> None:
+        """Send queued messages; returns when the stream can take no more (it ended)."""
         while True:
             message = await self._outbox.get()
-            await call.write(message)
+            try:
+                await call.write(message)
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                # The next session starts with a hello that carries the current status.
+                return
 
     async def _heartbeats(self) -> None:
         while True:

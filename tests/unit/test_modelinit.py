@@ -262,8 +262,8 @@ def test_load_state_refuses_a_file_that_does_not_fit(tmp_path: Path) -> None:
     with pytest.raises(TensorFileError) as failure:
         load_state(model, path, state_manifest(model.state_dict()))
     assert str(failure.value) == (
-        "m.safetensors does not fit the model: missing tensor 'head.weight'; "
-        "tensor 'embed.weight' has dtype F16, expected F32"
+        "m.safetensors does not fit the model: tensor 'embed.weight' has dtype F16, "
+        "expected F32; missing tensor 'head.weight'"
     )
 
 
