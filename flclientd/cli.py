@@ -17,9 +17,10 @@ import os
 import signal
 from pathlib import Path
 
-from flclientd.agent import EXIT_REFUSED, Agent
+from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
+from flclientd.session import EXIT_REFUSED
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.schema import ConfigError

@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from flcore.atomic import atomic_write_bytes
 
@@ -46,3 +47,17 @@ class SiteState:
         """Write the state atomically, readable by the site's service user only."""
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(asdict(self)).encode(), mode=0o600)
+
+
+class SiteStore:
+    """The site state and the file that keeps it, updated together."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.state = SiteState.load(path)
+
+    def update(self, **changes: Any) -> None:
+        """Change some fields and write the file at once."""
+        for key, value in changes.items():
+            setattr(self.state, key, value)
+        self.state.save(self.path)

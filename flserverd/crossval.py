@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flcore.atomic import atomic_write_bytes
+from flcore.metrics import format_metrics
 from flcore.tensorfile import TensorFile
 from flserverd.runstore import RunStore
 from flserverd.statedb import StateDB
@@ -133,7 +134,7 @@ class CrossValidation:
             self._store.run_dir(self.run_number) / "cross_site_validation.json",
             json.dumps(self.matrix(), indent=2, sort_keys=True).encode(),
         )
-        shown = error or ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        shown = error or format_metrics(metrics)
         log.info(
             "run %d: %s validated the model of %s: %s", self.run_number, validator, owner, shown
         )

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig
+from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
 from flserverd.aggregator import FedAvg
 from flserverd.runstore import RunStore
@@ -464,7 +465,7 @@ class Training:
             state.number,
             len(state.contributed),
             record["duration_s"],
-            _fmt(record["metrics"]),
+            format_metrics(record["metrics"]),
         )
 
     def _start_final_validation(self) -> None:
@@ -504,7 +505,7 @@ class Training:
             self._store.append_metrics(number, record)
             self._tb.add(self.run.num_rounds, metrics)
             self.history.append(record)
-            log.info("run %d final global model: %s", number, _fmt(metrics))
+            log.info("run %d final global model: %s", number, format_metrics(metrics))
         self._end(st.STOPPED, "finished")
 
     def abort(self, reason: str = "aborted by admin") -> None:
@@ -539,7 +540,3 @@ class Training:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tb.close()
-
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())) or "no metrics"

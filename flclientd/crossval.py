@@ -1,0 +1,117 @@
+"""A site's part in cross-site validation.
+
+After training (or a first abort) a participating site shares its best
+local model, then validates what the server offers: the other participants'
+models and the best global model. Offers also say which models are still
+expected; when none are, the site is done. A model that is expected but
+does not come within ``cross_validation_timeout`` is given up, and the site
+tells the server why its cell stays empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from flclientd.connection import Connection
+from flclientd.runner import TrainingProcess, WorkerFailed
+from flclientd.session import ServerLink
+from flclientd.tasks import RunContext, Task
+from flcore.metrics import format_metrics
+
+log = logging.getLogger(__name__)
+
+
+class CrossSiteValidation:
+    """Follows the server's cross-validation offers for one run."""
+
+    def __init__(self, link: ServerLink, conn: Connection) -> None:
+        self.link = link
+        self.conn = conn
+        self.offer: Task | None = None
+        self._changed = asyncio.Event()
+
+    def offered(self, task: Task) -> None:
+        """The server's latest offer (it lists everything still to do)."""
+        self.offer = task
+        self._changed.set()
+
+    async def run(self, run: RunContext, worker: TrainingProcess) -> None:
+        """Share the best local model, then validate the others' as they come."""
+        await self._share(run, worker)
+        done: set[str] = set()
+        timeout = run.config.cross_validation_timeout
+        while True:
+            offer = self.offer
+            todo = [o for o in offer.owners if o not in done] if offer else []
+            if offer is not None and not todo and not offer.pending:
+                return
+            if not todo:
+                self._changed.clear()
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout)
+                except TimeoutError:
+                    await self._give_up(run, offer.pending if offer else ("global",), timeout)
+                    return
+                continue
+            for owner in todo:
+                await self._validate(run, worker, owner)
+                done.add(owner)
+
+    async def _share(self, run: RunContext, worker: TrainingProcess) -> None:
+        best = worker.best_local_model
+        if best is None:
+            reason = "no local model to share: this site never finished a round"
+            log.warning("%s", reason)
+            await self._report(run, self.link.instance, {}, 0, reason)
+            return
+        verdict = await self.link.retrying(
+            "upload of the local model",
+            lambda: self.conn.submit_model(
+                run.run_number, -1, best, worker.info.train_samples, {}, local=True
+            ),
+        )
+        log.info("best local model shared for cross-site validation: %s", verdict.message)
+
+    async def _validate(self, run: RunContext, worker: TrainingProcess, owner: str) -> None:
+        model = run.work_dir / f"crossval_{owner}.safetensors"
+        error, metrics, samples = "", {}, 0
+        try:
+            await self.link.retrying(
+                f"download of {owner}'s model",
+                lambda: self.conn.get_model(run.run_number, -1, model, owner=owner),
+            )
+            result = await worker.validate(model=model)
+            metrics, samples = result.metrics, result.num_samples
+        except grpc.aio.AioRpcError as exc:
+            error = f"cannot fetch the model: {exc.details()}"
+        except WorkerFailed as exc:
+            error = f"validation failed: {exc}"
+        finally:
+            model.unlink(missing_ok=True)
+        shown = error or format_metrics(metrics)
+        log.info("cross-site validation of %s's model: %s", owner, shown)
+        await self._report(run, owner, metrics, samples, error)
+
+    async def _give_up(self, run: RunContext, pending: tuple[str, ...], timeout: float) -> None:
+        reason = f"gave up after waiting {timeout:g}s for this model"
+        log.warning(
+            "cross-site validation: gave up waiting for the models of %s after %gs",
+            ", ".join(pending),
+            timeout,
+        )
+        for owner in pending:
+            await self._report(run, owner, {}, 0, reason)
+
+    async def _report(
+        self, run: RunContext, owner: str, metrics: dict[str, float], samples: int, error: str
+    ) -> None:
+        """Send one cell of the matrix (metrics, or why there are none)."""
+        await self.link.retrying(
+            "cross-site report",
+            lambda: self.conn.submit_metrics(
+                run.run_number, -1, metrics, samples, error=error, owner=owner
+            ),
+        )

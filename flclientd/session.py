@@ -1,0 +1,215 @@
+"""Keeping a client logged in, with its Session stream open, across server restarts.
+
+One Session stream carries everything small: heartbeats, statuses, command
+results and forwarded log lines go up; commands and offers come down. When
+the server goes away the client logs in again with its token (keeping its
+instance name) until the retry window runs out; then the daemon exits
+non-zero so that systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from flclientd.connection import Connection
+from flclientd.logforward import LogForwarder
+from flclientd.sitestate import SiteStore
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.startup import ClientStartup
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EXIT_RETRY_WINDOW = 3
+EXIT_REFUSED = 2
+LOG_FLUSH_S = 0.5
+# Failures that a reconnect cures; anything else is a verdict.
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+}
+
+
+class ServerLink:
+    """The client's side of its session with the server."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        startup: ClientStartup,
+        store: SiteStore,
+        info: fed_pb2.ClientInfo,
+        status: Callable[[], fed_pb2.ClientStatus],
+        dispatch: Callable[[fed_pb2.ServerMessage], None],
+        forwarder: LogForwarder | None,
+    ) -> None:
+        self.conn = conn
+        self.startup = startup
+        self.store = store
+        self.instance = startup.name
+        self.connected = asyncio.Event()
+        self._info = info
+        self._status = status
+        self._dispatch = dispatch
+        self._forwarder = forwarder
+        self._outbox: asyncio.Queue[fed_pb2.ClientMessage] = asyncio.Queue()
+        self._stop = asyncio.Event()
+
+    def send(self, message: fed_pb2.ClientMessage) -> None:
+        """Queue a message for the Session stream (sent once connected)."""
+        self._outbox.put_nowait(message)
+
+    def stop(self) -> None:
+        """End the session loop (shutdown)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the daemon is shutting down."""
+        return self._stop.is_set()
+
+    async def run(self) -> int:
+        """Stay connected until stopped (0), or until the retry window runs out (3)."""
+        lost_since = time.monotonic()
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                login = await self.conn.login(self.store.state.token, self._info)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    log.error("the server refused this client: %s", exc.details())
+                    return EXIT_REFUSED
+                log.warning(
+                    "Could not connect to server %s: %s",
+                    self.startup.server_target,
+                    exc.details() or exc.code().name,
+                )
+            else:
+                delay = 0.2
+                self._logged_in(login.token, login.instance, login.resumed)
+                await self._session()
+                if self._stop.is_set():
+                    break
+                lost_since = time.monotonic()
+            waited = time.monotonic() - lost_since
+            if waited > self.startup.retry_window:
+                log.error(
+                    "server unreachable for %.0fs (retry window %.0fs): exiting so that the "
+                    "service manager restarts this client",
+                    waited,
+                    self.startup.retry_window,
+                )
+                return EXIT_RETRY_WINDOW
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = min(delay * 2, 2.0)
+        return 0
+
+    def _logged_in(self, token: str, instance: str, resumed: bool) -> None:
+        self.instance = instance
+        self.store.update(token=token)
+        if resumed:
+            log.info("Resumed session as %s with token %s", instance, token)
+        else:
+            log.info(
+                "Successfully registered client %s as instance %s. Got token: %s",
+                self.startup.name,
+                instance,
+                token,
+            )
+
+    async def _session(self) -> None:
+        """Run one Session stream until it breaks or the daemon shuts down."""
+        call = self.conn.open_session()
+        helpers: list[asyncio.Task[Any]] = []
+        try:
+            hello = fed_pb2.SessionHello(token=self.store.state.token, status=self._status())
+            await call.write(fed_pb2.ClientMessage(hello=hello))
+            self.connected.set()
+            jobs = [self._read(call), self._write(call), self._heartbeats(), self._stop.wait()]
+            if self._forwarder is not None:
+                jobs.append(self._forward_logs(self._forwarder))
+            helpers = [asyncio.ensure_future(job) for job in jobs]
+            # Any of them ending (stream broken, write failed, shutdown) ends the session.
+            await asyncio.wait(helpers, return_when=asyncio.FIRST_COMPLETED)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("lost the session with the server: %s", exc.details() or exc.code().name)
+        finally:
+            self.connected.clear()
+            call.cancel()
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # a broken stream must never take the daemon down
+                    log.debug("session task ended with %r", exc)
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for message in call:
+                self._dispatch(message)
+            log.warning("the server closed the session stream")
+        except grpc.aio.AioRpcError as exc:
+            log.warning("lost the session with the server: %s", exc.details() or exc.code().name)
+
+    async def _write(self, call: Any) -> None:
+        """Send queued messages; returns when the stream can take no more (it ended)."""
+        while True:
+            message = await self._outbox.get()
+            try:
+                await call.write(message)
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                # The next session starts with a hello that carries the current status.
+                return
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.startup.heartbeat_interval)
+            self.send(fed_pb2.ClientMessage(heartbeat=fed_pb2.Heartbeat(status=self._status())))
+
+    async def _forward_logs(self, forwarder: LogForwarder) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_S)
+            if not forwarder.pending():
+                continue
+            lines, dropped = forwarder.take()
+            records = [
+                common_pb2.LogRecord(
+                    time=x.time,
+                    level=x.level,
+                    logger=x.logger,
+                    message=x.message,
+                    source=self.instance,
+                )
+                for x in lines
+            ]
+            self.send(
+                fed_pb2.ClientMessage(logs=fed_pb2.LogBatch(records=records, dropped=dropped))
+            )
+
+    async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry a call across reconnects; the retry window bounds it (the daemon exits)."""
+        while True:
+            await self.connected.wait()
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in TRANSIENT:
+                    raise
+                log.warning("%s interrupted (%s); retrying after reconnect", what, exc.code().name)
+                await asyncio.sleep(0.5)
