@@ -212,11 +212,11 @@ def _server_status(server: FLServer) -> Reply:
             f"Current round: {view.current_round} / {view.num_rounds}"
             + (f" ({view.phase})" if view.phase and view.phase != "training" else "")
         )
-        lines.append(
-            f"Updates received: {view.updates_received} (min_num_clients {view.min_num_clients},"
-            f" max_num_clients {view.max_num_clients})"
-        )
         if view.server_status == st.STARTED:
+            lines.append(
+                f"Updates received: {view.updates_received} (min_num_clients "
+                f"{view.min_num_clients}, max_num_clients {view.max_num_clients})"
+            )
             lines.append(f"Waiting for: {', '.join(view.awaited) or 'nobody'}")
     if view.best_metric:
         lines.append(f"Best global model: {view.best_metric}")

@@ -24,7 +24,7 @@ from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import ServerStartup
 from flcore.status import ClientStatus
-from flcore.tensorfile import TensorFile
+from flcore.tensorfile import TensorFile, TensorFileError
 from flserverd.crossval import CrossValidation, CrossValidationOffer
 from flserverd.events import BusLogHandler, EventBus, LogLine
 from flserverd.links import ClientLink, Closed, CommandResult, RunEnded
@@ -60,6 +60,7 @@ class FLServer:
         self.store = RunStore(workspace)
         self.bus = EventBus()
         self.registry = ClientRegistry(self.db, startup.heart_beat_timeout)
+        self._run_number = int(self.db.get_meta(RUN_NUMBER_KEY) or 0)
         self.links: dict[str, ClientLink] = {}
         self.training: Training | None = None
         self._crossval: CrossValidation | None = None
@@ -81,7 +82,13 @@ class FLServer:
         number = self.run_number
         record = self.db.get_run(number) if number else None
         if record is not None and record.status in st.ACTIVE:
-            self._resume(record)
+            try:
+                self._resume(record)
+            except (ConfigError, TensorFileError, OSError) as exc:
+                # Keep serving: admins can look, fix and start the run again.
+                log.error("cannot resume run %d: %s; marking it stopped", number, exc)
+                record.status, record.reason = st.STOPPED, f"could not resume: {exc}"
+                self.db.save_run(record)
         self._sweeper = loop.create_task(self._sweep())
 
     def _resume(self, record: RunRecord) -> None:
@@ -129,8 +136,7 @@ class FLServer:
     @property
     def run_number(self) -> int:
         """The run set by set_run_number (0 when never set)."""
-        value = self.db.get_meta(RUN_NUMBER_KEY)
-        return int(value) if value else 0
+        return self._run_number
 
     def set_run_number(self, number: int) -> bool:
         """Select run N, creating run_N/; returns True when the folder already existed."""
@@ -143,6 +149,7 @@ class FLServer:
             raise CommandError("the server is starting training: wait for it, or abort it")
         existed = self.store.create_run(number)
         self.db.set_meta(RUN_NUMBER_KEY, str(number))
+        self._run_number = number
         if self.training is not None and self.training.run.run_number != number:
             self.training = None
         self.publish_run()
@@ -434,17 +441,33 @@ class FLServer:
             )
 
     def run_view(self) -> RunView:
-        """The run's state now."""
+        """The run's state now (from the database when it is not training here)."""
         number = self.run_number
         training = self.training
         status = self.server_status()
-        if training is None or training.run.run_number != number:
-            return RunView(
-                number,
-                status,
-                app=self.store.deployed_app_name(number) if number else "",
-                reason=self.start_error,
-            )
+        if training is not None and training.run.run_number == number:
+            return self._training_view(training, status)
+        record = self.db.get_run(number) if number and not self.starting else None
+        if record is None:
+            app = self.store.deployed_app_name(number) if number else ""
+            return RunView(number, status, app=app, reason=self.start_error)
+        best = ""
+        if record.best_value is not None:
+            best = f"{record.best_value:.4f} (round {record.best_round})"
+        return RunView(
+            run_number=number,
+            server_status=status,
+            app=record.app,
+            start_round=record.start_round,
+            current_round=record.next_round,
+            num_rounds=record.num_rounds,
+            history=tuple(self.db.round_records(number)),
+            failed_sites=tuple(record.failed_sites),
+            best_metric=best,
+            reason=record.reason,
+        )
+
+    def _training_view(self, training: Training, status: str) -> RunView:
         run, state = training.run, training.round
         best = ""
         if run.best_value is not None:
@@ -452,7 +475,7 @@ class FLServer:
                 f"{training.config.validation_metric}={run.best_value:.4f} (round {run.best_round})"
             )
         return RunView(
-            run_number=number,
+            run_number=run.run_number,
             server_status=status,
             app=run.app,
             phase=run.phase if training.active else "",

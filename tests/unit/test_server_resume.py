@@ -1,0 +1,66 @@
+"""FLServer resuming a run after a restart, driven without gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from flcore import status as st
+from flcore.startup import ServerStartup
+from flserverd.server import FLServer
+from flserverd.statedb import RunRecord, StateDB
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
+
+
+def startup() -> ServerStartup:
+    return ServerStartup(
+        project="p",
+        name="server",
+        host="localhost",
+        fed_port=1,
+        admin_port=2,
+        listen_host="localhost",
+        heart_beat_timeout=60,
+        heartbeat_interval=5,
+    )
+
+
+def interrupted_run(workspace: Path, with_app: bool) -> None:
+    """A workspace whose database says run 4 was training when the server died."""
+    (workspace / "state").mkdir(parents=True)
+    db = StateDB(workspace / "state" / "flserverd.sqlite3")
+    db.set_meta("run_number", "4")
+    db.save_run(RunRecord(4, st.STARTED, phase="training", num_rounds=5, next_round=2))
+    db.close()
+    if with_app:
+        shutil.copytree(APP, workspace / "run_4" / "app_server")
+
+
+def reopen(workspace: Path) -> tuple[str, str]:
+    async def scenario() -> tuple[str, str]:
+        server = FLServer(workspace, startup(), "test")
+        await server.open()
+        try:
+            view = server.run_view()
+            return view.server_status, view.reason
+        finally:
+            await server.close(1)
+
+    return asyncio.run(scenario())
+
+
+def test_a_run_whose_round_model_is_gone_is_stopped_not_fatal(tmp_path: Path) -> None:
+    interrupted_run(tmp_path, with_app=True)
+    status, reason = reopen(tmp_path)
+    assert status == st.STOPPED
+    assert reason.startswith("could not resume:") and "round_2.safetensors" in reason
+    # The next start sees the same verdict: nothing is retried behind the admin's back.
+    assert reopen(tmp_path)[0] == st.STOPPED
+
+
+def test_a_run_without_its_app_is_stopped_not_fatal(tmp_path: Path) -> None:
+    interrupted_run(tmp_path, with_app=False)
+    status, reason = reopen(tmp_path)
+    assert status == st.STOPPED and "no config/ folder" in reason
