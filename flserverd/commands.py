@@ -24,6 +24,8 @@ from flserverd.views import ClientView
 
 log = logging.getLogger(__name__)
 
+MAX_GPUS = 64
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -111,6 +113,9 @@ class AdminCommands:
             return await spec.handler(self, request)
         except (CommandError, TransferError) as exc:
             return Reply(False, str(exc))
+        except Exception as exc:  # the admin gets an answer and the server carries on
+            log.exception("command %r failed", line)
+            return Reply(False, f"the server could not carry out {words[0]}: {exc}")
 
     # ------------------------------------------------------------------ helpers
 
@@ -232,8 +237,9 @@ def _server_status(server: FLServer) -> Reply:
 
 @command("set_run_number <N>", "select (and create) the run that training happens in")
 async def _set_run_number(cmds: AdminCommands, request: Request) -> Reply:
-    if len(request.words) != 2 or not request.words[1].isdigit() or int(request.words[1]) < 1:
-        raise CommandError("usage: set_run_number <N>  (N is a positive whole number)")
+    word = request.words[1] if len(request.words) == 2 else ""
+    if not (word.isdigit() and len(word) <= 9 and int(word) >= 1):
+        raise CommandError("usage: set_run_number <N>  (N is a whole number from 1 to 999999999)")
     number = int(request.words[1])
     existed = cmds.server.set_run_number(number)
     text = (
@@ -305,8 +311,10 @@ async def _start(cmds: AdminCommands, request: Request) -> Reply:
 )
 async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
     words = request.words
-    if len(words) != 4 or words[1] != "client" or not words[2].isdigit() or int(words[2]) < 1:
+    if len(words) != 4 or words[1] != "client" or not words[2].isdigit():
         raise _usage("start_mgpu")
+    if not 1 <= int(words[2]) <= MAX_GPUS:
+        raise CommandError(f"start_mgpu: the GPU count must be between 1 and {MAX_GPUS}")
     gpus = int(words[2])
     number = cmds.server.require_run()
     sessions = cmds.targets([words[3]])

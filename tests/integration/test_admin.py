@@ -143,7 +143,13 @@ def test_set_run_number_reuse_keeps_logs(cluster: Cluster) -> None:
     finished(cluster)
     rounds = [r["round"] for r in cluster.metrics(1)]
     assert rounds == [0, 1, 2, 0, 1, 2]
-    for bad in ("set_run_number", "set_run_number x", "set_run_number 0", "set_run_number 1 2"):
+    for bad in (
+        "set_run_number",
+        "set_run_number x",
+        "set_run_number 0",
+        "set_run_number 1 2",
+        "set_run_number 99999999999999999999",
+    ):
         (outcome,) = cluster.admin(bad)
         assert not outcome.ok and outcome.text.startswith("usage: set_run_number <N>")
 
