@@ -14,18 +14,18 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 from pathlib import Path
 
 from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
 from flclientd.session import EXIT_REFUSED
+from flcore.daemon import stop_on_signals
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
-from flcore.startup import STARTUP_DIR, ClientStartup, load_client, startup_path
+from flcore.startup import STARTUP_DIR, ClientStartup, load_client
 from flcore.tls import TlsFiles
 
 log = logging.getLogger("flclientd")
@@ -76,27 +76,10 @@ async def serve(
     workspace: Path, startup: ClientStartup, data_root: Path | None, forwarder: LogForwarder | None
 ) -> int:
     """Run the agent until shutdown, SIGTERM or the end of the retry window."""
-    files = TlsFiles(
-        startup_path(workspace, startup.ssl_root_cert),
-        startup_path(workspace, startup.ssl_cert),
-        startup_path(workspace, startup.ssl_private_key),
-    )
+    files = TlsFiles.named_by(startup, workspace / STARTUP_DIR)
     device = await asyncio.to_thread(probe_device)
     agent = Agent(workspace, startup, files, data_root, device, forwarder)
-    loop = asyncio.get_running_loop()
-    signals = {"count": 0}
-
-    def on_signal(signum: int) -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
-            log.warning("second %s: exiting at once", signal.Signals(signum).name)
-            os._exit(1)
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        notify("STOPPING=1")
-        agent.request_shutdown()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop_on_signals(agent.request_shutdown)
     notify("READY=1", f"STATUS=client {startup.name} of {startup.project} on {device.device}")
     log.info(
         "flclientd ready: client %s of project %s, server %s, device %s, data root %s",

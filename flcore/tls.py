@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -41,6 +42,22 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+class NamesTlsFiles(Protocol):
+    """A startup config naming the PEM files (fed_server.json, fed_client.json, ...)."""
+
+    @property
+    def ssl_root_cert(self) -> str:
+        """The project CA certificate."""
+
+    @property
+    def ssl_cert(self) -> str:
+        """The participant's certificate."""
+
+    @property
+    def ssl_private_key(self) -> str:
+        """The participant's private key."""
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """The three PEM files of a participant: project CA, own certificate, own key."""
@@ -48,6 +65,16 @@ class TlsFiles:
     root_cert: Path
     cert: Path
     private_key: Path
+
+    @classmethod
+    def named_by(cls, config: NamesTlsFiles, startup_dir: Path) -> TlsFiles:
+        """The files a startup config names, relative paths being inside ``startup/``."""
+        return cls(
+            *(
+                startup_dir / name
+                for name in (config.ssl_root_cert, config.ssl_cert, config.ssl_private_key)
+            )
+        )
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         """Read all three, saying which one is missing or unreadable."""

@@ -12,19 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import signal
 from pathlib import Path
 
 import grpc
 
+from flcore.daemon import stop_on_signals
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
-from flcore.startup import STARTUP_DIR, ServerStartup, load_server, startup_path
+from flcore.startup import STARTUP_DIR, ServerStartup, load_server
 from flcore.tls import SERVER_OPTIONS, TlsFiles, server_credentials
 from flcore.version import flstack_version
 from flserverd.admin_service import AdminService
@@ -82,12 +81,7 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 
 async def serve(workspace: Path, startup: ServerStartup) -> int:
     """Run the server until SIGTERM, SIGINT or an admin's shutdown."""
-    files = TlsFiles(
-        startup_path(workspace, startup.ssl_root_cert),
-        startup_path(workspace, startup.ssl_cert),
-        startup_path(workspace, startup.ssl_private_key),
-    )
-    credentials = server_credentials(files)
+    credentials = server_credentials(TlsFiles.named_by(startup, workspace / STARTUP_DIR))
     server = FLServer(workspace, startup, flstack_version())
     await server.open()
     federation = grpc.aio.server(options=SERVER_OPTIONS)
@@ -105,16 +99,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            log.warning("second %s: exiting at once", signal.Signals(signum).name)
-            os._exit(1)
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
+    stop_on_signals(stop.set)
     shutdown = loop.create_task(server.shutdown_requested.wait())
     stopped = loop.create_task(stop.wait())
 
@@ -131,7 +116,6 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     await asyncio.wait({shutdown, stopped}, return_when=asyncio.FIRST_COMPLETED)
     shutdown.cancel()
     stopped.cancel()
-    notify("STOPPING=1")
     await asyncio.gather(federation.stop(RPC_GRACE_S), admin.stop(RPC_GRACE_S))
     await server.close(CHECKPOINT_GRACE_S)
     log.info("flserverd stopped")

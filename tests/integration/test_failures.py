@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from flclientd.connection import Connection
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
-from flcore.startup import load_client, startup_path
+from flcore.startup import load_client
 from flcore.tls import TlsFiles
 from fltui.adminclient import AdminClient, load_kit
 from tests.integration.harness import ADMIN, Cluster, wait_until
@@ -138,11 +138,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
     cluster.ok("start server")
     workspace = cluster.root / "flclient1"
     startup = load_client(workspace)
-    files = TlsFiles(
-        startup_path(workspace, startup.ssl_root_cert),
-        startup_path(workspace, startup.ssl_cert),
-        startup_path(workspace, startup.ssl_private_key),
-    )
+    files = TlsFiles.named_by(startup, workspace / "startup")
 
     async def scenario() -> list[tuple[str, str]]:
         conn = Connection(startup, files)
