@@ -30,10 +30,19 @@ from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
 DEFAULT_TIMEOUT_S = 10.0
 LOGIN_TIMEOUT_S = 10.0
 RPC_SLACK_S = 5.0
+REFUSED_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 
 class AdminError(Exception):
-    """The console cannot reach or log in to the server; the message says why."""
+    """The console cannot reach or log in to the server; the message says why.
+
+    ``refused`` tells a refused login (wrong user, not an admin certificate)
+    from a server that cannot be reached: retrying helps only the latter.
+    """
+
+    def __init__(self, message: str, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,8 @@ class AdminClient:
                 admin_pb2.AdminLoginRequest(user=self.user), timeout=LOGIN_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
+            refused = exc.code() in REFUSED_CODES
+            raise AdminError(describe_rpc_error(exc, self.kit.admin_target), refused) from None
         self.token, self.role = reply.token, reply.role
         self.project, self.server_name = reply.project, reply.server_name
 
@@ -196,10 +206,13 @@ class AdminClient:
         return _outcome(line, reply)
 
     async def events(self) -> AsyncIterator[admin_pb2.Event]:
-        """The server's live feed: a snapshot, then deltas."""
+        """The server's live feed: a snapshot, then deltas (AdminError when it breaks)."""
         call = self._stub.Events(admin_pb2.EventsRequest(token=self.token))
-        async for event in call:
-            yield event
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
 
 
 def _outcome(line: str, reply: admin_pb2.CommandReply) -> Outcome:
@@ -220,6 +233,6 @@ def describe_rpc_error(exc: grpc.aio.AioRpcError, target: str) -> str:
         return f"cannot connect to the server at {target}: {details}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the server at {target} did not answer in time (see set_timeout)"
-    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+    if code in REFUSED_CODES:
         return f"login refused: {details}"
     return f"{code.name.lower()}: {details}"

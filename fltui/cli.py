@@ -1,6 +1,8 @@
 """fltui: the admin console of an flstack project.
 
-``fltui --startup DIR --user EMAIL`` opens the console. ``--cmd "<command>"``
+``fltui --startup DIR --user EMAIL`` opens the full-screen console (a login
+screen asks for whatever is missing); ``fltui provision [WORKSPACE]`` opens
+the provisioning wizard without a server. ``--cmd "<command>"``
 (repeatable) runs commands without a screen and prints exactly what the
 console would; ``--json`` prints each reply as one JSON object instead.
 ``--shell`` gives a line-mode prompt. Exit codes: 0 when every command
@@ -16,7 +18,9 @@ import sys
 from pathlib import Path
 
 from fltui.adminclient import AdminClient, AdminError, Outcome, load_kit
+from fltui.link import ServerLink
 
+DEFAULT_STARTUP = Path("startup")
 EXIT_OK = 0
 EXIT_COMMAND = 1
 EXIT_CONNECT = 2
@@ -28,7 +32,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--startup",
         type=Path,
-        default=Path("startup"),
         help="the admin kit's startup/ folder (default: ./startup)",
     )
     parser.add_argument("--user", help="your admin email (default: the kit's)")
@@ -50,15 +53,67 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_provision_args(argv: list[str]) -> argparse.Namespace:
+    """Command line of ``fltui provision``."""
+    parser = argparse.ArgumentParser(
+        prog="fltui provision",
+        description="Provisioning wizard: write project.yml and issue startup kits.",
+    )
+    parser.add_argument(
+        "workspace",
+        nargs="?",
+        type=Path,
+        default=Path("fl-workspace"),
+        help="provisioning workspace; its project.yml is opened if it has one "
+        "(default: ./fl-workspace)",
+    )
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the fltui console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["provision"]:
+        return open_wizard(parse_provision_args(argv[1:]).workspace)
     args = parse_args(argv)
-    return asyncio.run(run(args))
+    if args.cmd or args.shell:
+        return asyncio.run(run(args))
+    return open_console(args)
+
+
+def open_console(args: argparse.Namespace) -> int:
+    """The full-screen console; the login screen asks for what the arguments lack."""
+    from fltui.app import ConsoleApp  # Textual is loaded only for the screen
+
+    startup: Path | None = args.startup
+    if startup is None and DEFAULT_STARTUP.is_dir():
+        startup = DEFAULT_STARTUP
+    if startup is None:
+        app = ConsoleApp(user=args.user or "")
+    else:
+        try:
+            link = ServerLink(startup, args.user)
+        except AdminError as exc:
+            app = ConsoleApp(startup=startup, user=args.user or "", problem=str(exc))
+        else:
+            if args.timeout:
+                link.timeout = args.timeout
+            app = ConsoleApp(link)
+    app.run()
+    return EXIT_OK
+
+
+def open_wizard(workspace: Path) -> int:
+    """The provisioning wizard on its own."""
+    from fltui.wizard.app import ProvisionApp
+
+    ProvisionApp(workspace).run()
+    return EXIT_OK
 
 
 async def connect(args: argparse.Namespace) -> AdminClient:
     """Read the kit, connect and log in (AdminError on failure)."""
-    startup = args.startup.resolve()
+    startup = (args.startup or DEFAULT_STARTUP).resolve()
     kit = load_kit(startup)
     client = AdminClient(startup, kit, args.user or kit.email)
     try:

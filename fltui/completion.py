@@ -1,0 +1,66 @@
+"""Completion for the ``:`` command line: command names, then the words each one takes.
+
+The vocabulary is the server's (``flserverd.commands``) plus ``set_timeout``,
+which the admin client keeps; instance and app names come from the live
+picture and the admin's ``transfer/`` folder at the moment of typing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+COMMAND_NAMES = (
+    "abort",
+    "check_status",
+    "deploy",
+    "help",
+    "set_run_number",
+    "set_timeout",
+    "shutdown",
+    "start",
+    "start_mgpu",
+    "upload_folder",
+    "validate",
+)
+TARGETED = ("check_status", "start", "abort", "shutdown")
+KINDS = ("server", "client")
+
+
+def candidates(words: Sequence[str], instances: Sequence[str], apps: Sequence[str]) -> list[str]:
+    """Words that may follow ``words`` (the complete words typed so far)."""
+    if not words:
+        return list(COMMAND_NAMES)
+    name, args = words[0], list(words[1:])
+    unused = [i for i in instances if i not in args]
+    if name in TARGETED:
+        if not args:
+            return list(KINDS)
+        return unused if args[0] == "client" else []
+    if name == "deploy":
+        if not args:
+            return list(apps)
+        if len(args) == 1:
+            return list(KINDS)
+        return unused if args[1] == "client" else []
+    if name == "upload_folder":
+        return list(apps) if not args else []
+    if name == "start_mgpu":
+        if not args:
+            return ["client"]
+        return unused if len(args) == 2 else []
+    if name == "validate":
+        return ["all", *unused] if not args else ([] if "all" in args else unused)
+    return []
+
+
+def complete(line: str, instances: Sequence[str], apps: Sequence[str]) -> str | None:
+    """The whole line with its last word completed, or None when nothing fits."""
+    words = line.split()
+    if line.endswith(" ") or not words:
+        done, partial = words, ""
+    else:
+        done, partial = words[:-1], words[-1]
+    for word in candidates(done, instances, apps):
+        if word.startswith(partial) and word != partial:
+            return line + word[len(partial) :]
+    return None

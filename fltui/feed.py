@@ -1,0 +1,138 @@
+"""The server's live feed as plain data: what the console's panes are drawn from.
+
+The wire messages (``flstack_admin.proto``) are converted once, in
+:mod:`fltui.serde`; everything after that (the store, the panes, the tests
+that replay a recorded run) sees only these frozen dataclasses, so the
+console can be driven without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Who the server is and the heartbeat timing that decides when a site looks stale."""
+
+    project: str
+    name: str
+    fed_target: str = ""
+    admin_target: str = ""
+    started_at: float = 0.0
+    version: str = ""
+    heart_beat_timeout_s: float = 600.0
+    heartbeat_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    """One connected client instance, as the server last described it."""
+
+    instance: str
+    client_name: str
+    token: str = ""
+    org: str = ""
+    status: str = "training not started"
+    last_heartbeat: float = 0.0
+    connected_at: float = 0.0
+    run_number: int = 0
+    round: int = -1
+    samples: int = 0
+    device: str = ""
+    gpu_count: int = 0
+    error: str = ""
+    traceback: str = ""
+    app: str = ""
+    hostname: str = ""
+    connected: bool = True
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """Sample-weighted metrics of one round (the round ``num_rounds`` is the final validation)."""
+
+    round: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    clients: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The current run and the progress of its round."""
+
+    run_number: int = 0
+    server_status: str = "training not started"
+    app: str = ""
+    start_round: int = 0
+    current_round: int = -1
+    num_rounds: int = 0
+    min_num_clients: int = 0
+    max_num_clients: int = 0
+    updates_received: int = 0
+    contributed: tuple[str, ...] = ()
+    awaited: tuple[str, ...] = ()
+    wait_deadline: float = 0.0
+    history: tuple[RoundRecord, ...] = ()
+    failed_sites: tuple[str, ...] = ()
+    phase: str = ""
+    best_metric: str = ""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A log line of the server, of a site (source = instance) or of this console."""
+
+    time: float
+    level: str
+    logger: str
+    message: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything at once: the first event of every subscription."""
+
+    server: ServerInfo
+    run: RunInfo
+    clients: tuple[ClientRow, ...] = ()
+    logs: tuple[LogEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientGone:
+    """The server dropped a client (heartbeat timeout, shutdown, removal)."""
+
+    instance: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A heartbeat arrived from a client."""
+
+    instance: str
+    time: float
+
+
+@dataclass(frozen=True)
+class CommandSeen:
+    """An admin (maybe another one) ran a command."""
+
+    user: str
+    line: str
+    ok: bool
+
+
+Body = Snapshot | ClientRow | ClientGone | RunInfo | LogEntry | Heartbeat | CommandSeen
+
+
+@dataclass(frozen=True)
+class FeedEvent:
+    """One event of the feed; ``seq`` numbers follow each other within a subscription."""
+
+    seq: int
+    time: float
+    body: Body

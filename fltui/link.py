@@ -1,0 +1,99 @@
+"""What the console needs from a server, and the one real implementation of it.
+
+The app talks to a :class:`Link`: log in, run a command line, follow the
+live feed. :class:`ServerLink` is the admin client library underneath
+``fltui --cmd`` too; tests give the app a link that replays a recorded
+feed instead, which is how the dashboard's look is pinned without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+from fltui.adminclient import DEFAULT_TIMEOUT_S, AdminClient, AdminError, Outcome, load_kit
+from fltui.feed import FeedEvent
+from fltui.serde import event_from_proto
+
+
+class Link(Protocol):
+    """A (possibly not yet logged-in) session with a server."""
+
+    startup: Path
+    user: str
+    role: str
+    project: str
+    target: str
+    transfer_dir: Path
+    timeout: float
+
+    async def login(self) -> None:
+        """Log in (again); AdminError says why not, ``refused`` when retrying cannot help."""
+
+    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+        """Run one command line; AdminError when the server is gone."""
+
+    def events(self) -> AsyncIterator[FeedEvent]:
+        """The live feed, snapshot first; AdminError when it breaks."""
+
+    async def close(self) -> None:
+        """Let go of the connection."""
+
+
+class ServerLink:
+    """A link over :class:`~fltui.adminclient.AdminClient` (mutual TLS gRPC).
+
+    The client, and with it the gRPC channel, is made on the first
+    :meth:`login`, which runs on the app's event loop: a channel made before
+    ``App.run()`` would belong to another loop.
+    """
+
+    def __init__(self, startup: Path, user: str | None = None) -> None:
+        """Read the admin kit now, so a wrong folder is reported before any screen opens.
+
+        Raises:
+            AdminError: the kit is missing, tampered with or unreadable.
+        """
+        self.startup = startup.resolve()
+        self.kit = load_kit(self.startup)
+        self.user = user or self.kit.email
+        self.role = self.kit.role
+        self.project = self.kit.project
+        self.target = self.kit.admin_target
+        self.transfer_dir = self.startup.parent / "transfer"
+        self.timeout = DEFAULT_TIMEOUT_S
+        self._client: AdminClient | None = None
+
+    def _session(self) -> AdminClient:
+        if self._client is None:
+            raise AdminError("not logged in")
+        return self._client
+
+    async def login(self) -> None:
+        """Log in, creating the channel the first time."""
+        if self._client is None:
+            self._client = AdminClient(self.startup, self.kit, self.user)
+            self._client.timeout = self.timeout
+        await self._client.login()
+        self.role, self.project = self._client.role, self._client.project
+
+    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+        """Run a command; ``timeout`` follows ``set_timeout`` (the console shows it)."""
+        client = self._session()
+        outcome = await client.execute(line, confirmed)
+        self.timeout = client.timeout
+        return outcome
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        """The feed, converted from the wire; unknown event kinds are skipped."""
+        async for message in self._session().events():
+            event = event_from_proto(message)
+            if event is not None:
+                yield event
+
+    async def close(self) -> None:
+        """Close the channel."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

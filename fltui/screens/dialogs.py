@@ -1,0 +1,119 @@
+"""The dashboard's small dialogs: confirm, pick one, type a value.
+
+Danger is slow: :class:`ConfirmScreen` opens with *Cancel* focused, so
+``enter`` right away does nothing harmful, and it has no one-key yes.
+Safe things are fast: pickers take ``enter`` on the highlighted choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from fltui.targets import Choice
+
+Check = Callable[[str], str | None]
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Names what will stop, shows the server's warning, and asks; Cancel is the default."""
+
+    AUTO_FOCUS = "#confirm-cancel"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(False)", "Cancel")]
+
+    def __init__(self, title: str, stops: Sequence[str], warning: str, verb: str) -> None:
+        """``stops`` lists what will stop; ``verb`` labels the button that does it."""
+        super().__init__()
+        self._title = title
+        self._stops = list(stops)
+        self._warning = warning
+        self._verb = verb
+
+    def compose(self) -> ComposeResult:
+        """Title, what stops, warning, question, buttons."""
+        with Vertical(id="confirm-dialog", classes="dialog"):
+            yield Static(self._title, classes="dialog-title")
+            yield Static("This stops:", classes="dialog-label")
+            yield Static("\n".join(f"• {line}" for line in self._stops), id="confirm-stops")
+            if self._warning:
+                yield Static(f"⚠ {self._warning}", id="confirm-warning")
+            yield Static("Are you sure?", id="confirm-question")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Cancel", id="confirm-cancel")
+                yield Button(self._verb, id="confirm-ok", variant="error")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        """Answer with the button pressed."""
+        self.dismiss(event.button.id == "confirm-ok")
+
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """Pick one of a few choices (an app, a target)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, title: str, choices: Sequence[Choice], hint: str = "") -> None:
+        """Offer ``choices``; the first is highlighted."""
+        super().__init__()
+        self._title = title
+        self._choices = list(choices)
+        self._hint = hint or "enter to choose · esc to cancel"
+
+    def compose(self) -> ComposeResult:
+        """Title, options, hint."""
+        with Vertical(classes="dialog"):
+            yield Static(self._title, classes="dialog-title")
+            yield OptionList(
+                *(Option(c.label, id=str(i)) for i, c in enumerate(self._choices)),
+                id="choice-list",
+            )
+            yield Static(self._hint, classes="dialog-hint")
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        """Answer with the chosen value."""
+        self.dismiss(self._choices[int(event.option.id or 0)].value)
+
+
+class PromptScreen(ModalScreen[str | None]):
+    """Type one value (a run number, a timeout); ``check`` explains what is wrong as you type."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, title: str, hint: str, check: Check, value: str = "") -> None:
+        """Ask for a value; ``check`` returns a message for a bad one, None for a good one."""
+        super().__init__()
+        self._title = title
+        self._hint = hint
+        self._check = check
+        self._value = value
+
+    def compose(self) -> ComposeResult:
+        """Title, input, hint or error."""
+        with Vertical(classes="dialog"):
+            yield Static(self._title, classes="dialog-title")
+            yield Input(value=self._value, id="prompt-input")
+            yield Static(self._hint, id="prompt-hint", classes="dialog-hint")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        """Say what is wrong while typing."""
+        problem = self._check(event.value) if event.value else None
+        hint = self.query_one("#prompt-hint", Static)
+        hint.update(problem or self._hint)
+        hint.set_class(bool(problem), "-error")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Accept a good value."""
+        problem = self._check(event.value)
+        if problem is None:
+            self.dismiss(event.value.strip())
+        else:
+            hint = self.query_one("#prompt-hint", Static)
+            hint.update(problem)
+            hint.add_class("-error")

@@ -1,0 +1,157 @@
+"""``v``: the cross-site validation matrix, each cell coloured by its value.
+
+Rows are model owners (``global`` first), columns the sites that validated
+them. ``m`` switches the metric shown. A cell with an error shows the
+reason; a missing cell stays empty; sites that took no part are listed
+under the table with why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.style import Style
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.color import Color
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Static
+
+from fltui.widgets.tones import tone_style
+
+CELL_WIDTH = 12
+
+
+def has_matrix(data: dict[str, Any]) -> bool:
+    """Whether a ``validate`` reply holds any result (older servers send ``{"results": []}``)."""
+    return bool(data.get("cells")) and "rows" in data and "columns" in data
+
+
+def notes_text(data: dict[str, Any]) -> str:
+    """Why some sites have no results: one line per site."""
+    return "\n".join(f"{site}: {reason}" for site, reason in sorted(data.get("notes", {}).items()))
+
+
+def metric_names(data: dict[str, Any]) -> list[str]:
+    """Every metric some cell reports; the reply's own ``metric`` first."""
+    names = {
+        name
+        for row in data.get("cells", {}).values()
+        for cell in row.values()
+        for name in cell.get("metrics", {})
+    }
+    first = data.get("metric", "")
+    return ([first] if first in names else []) + sorted(names - {first})
+
+
+def shade(value: float, low: float, high: float, lower_is_better: bool) -> float:
+    """Where ``value`` sits between the worst (0) and the best (1) of its metric."""
+    if high <= low:
+        return 1.0
+    where = (value - low) / (high - low)
+    return 1.0 - where if lower_is_better else where
+
+
+class ValidationScreen(Screen[None]):
+    """The matrix of one ``validate`` reply."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape,q", "dismiss(None)", "Close"),
+        Binding("m", "next_metric", "Metric"),
+    ]
+
+    def __init__(self, data: dict[str, Any], run_number: int, failure: str = "") -> None:
+        """``data`` is the reply's JSON; ``failure`` the reply text when the command failed."""
+        super().__init__()
+        self._data = data
+        self._run = data.get("run_number", run_number)
+        self._failure = failure
+        self._metrics = metric_names(data)
+        self._metric = self._metrics[0] if self._metrics else ""
+
+    def compose(self) -> ComposeResult:
+        """Title, matrix (or why there is none), notes."""
+        with Vertical(classes="dialog", id="validation-dialog"):
+            yield Static(f"Cross-site validation of run {self._run}", classes="dialog-title")
+            if self._failure:
+                yield Static(self._failure, id="validation-empty", classes="-error")
+            elif not has_matrix(self._data):
+                yield Static(
+                    f"No cross-site validation results for run {self._run}.", id="validation-empty"
+                )
+                yield Static(notes_text(self._data), id="validation-notes", classes="dialog-hint")
+            else:
+                yield Static(id="validation-metric")
+                yield DataTable(id="validation-table", cursor_type="cell")
+                yield Static(id="validation-notes", classes="dialog-hint")
+            yield Static("m next metric · esc close", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        """Fill the matrix."""
+        if has_matrix(self._data) and not self._failure:
+            self._fill()
+
+    def action_next_metric(self) -> None:
+        """Show the next metric."""
+        if len(self._metrics) > 1:
+            index = (self._metrics.index(self._metric) + 1) % len(self._metrics)
+            self._metric = self._metrics[index]
+            self._fill()
+
+    def _fill(self) -> None:
+        data = self._data
+        rows: list[str] = data["rows"]
+        columns: list[str] = data["columns"]
+        cells: dict[str, dict[str, dict[str, Any]]] = data.get("cells", {})
+        values = [
+            cell["metrics"][self._metric]
+            for row in cells.values()
+            for cell in row.values()
+            if not cell.get("error") and self._metric in cell.get("metrics", {})
+        ]
+        low, high = (min(values), max(values)) if values else (0.0, 0.0)
+        table = self.query_one("#validation-table", DataTable)
+        table.clear(columns=True)
+        table.add_column("model \\ site", key="row")
+        for column in columns:
+            table.add_column(column, key=column, width=max(CELL_WIDTH, len(column)))
+        lower_is_better = "loss" in self._metric
+        for row in rows:
+            shown = [Text(row, style="bold")]
+            for column in columns:
+                shown.append(self._cell(cells.get(row, {}).get(column), low, high, lower_is_better))
+            table.add_row(*shown, key=row)
+        self.query_one("#validation-metric", Static).update(
+            Text.assemble(("metric ", tone_style(self.app, "muted")), (self._metric or "-", "bold"))
+        )
+        errors = [
+            f"model of {row} on {column}: {cell['error']}"
+            for row, by_site in cells.items()
+            for column, cell in by_site.items()
+            if cell.get("error")
+        ]
+        self.query_one("#validation-notes", Static).update("\n".join([*errors, notes_text(data)]))
+
+    def _cell(
+        self, cell: dict[str, Any] | None, low: float, high: float, lower_is_better: bool
+    ) -> Text:
+        if cell is None:
+            return Text("")
+        if cell.get("error"):
+            return Text(f"✖ {cell['error']}", style=tone_style(self.app, "error"))
+        value = cell.get("metrics", {}).get(self._metric)
+        if value is None:
+            return Text("")
+        return Text(f"{value:.4f}", style=self._colour(shade(value, low, high, lower_is_better)))
+
+    def _colour(self, where: float) -> Style:
+        variables = self.app.theme_variables
+        worst = Color.parse(variables.get("error", "red"))
+        middle = Color.parse(variables.get("warning", "yellow"))
+        best = Color.parse(variables.get("success", "green"))
+        colour = (
+            worst.blend(middle, where * 2) if where < 0.5 else middle.blend(best, where * 2 - 1)
+        )
+        return Style(color=colour.hex, bold=where >= 0.999)

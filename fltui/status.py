@@ -1,0 +1,97 @@
+"""How a state reads on screen: always a glyph, a word and a tone.
+
+The tone names a theme colour (``success``, ``warning``, ``error``,
+``muted``), never a literal colour, so themes apply and ``NO_COLOR`` still
+leaves the glyph and the word to tell states apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flcore import status as st
+from fltui.feed import ClientRow
+
+STALE_AFTER_BEATS = 3
+"""A client is stale after missing this many heartbeats in a row."""
+STALE_MIN_S = 5.0
+
+
+@dataclass(frozen=True)
+class Look:
+    """Glyph, word and tone of a state."""
+
+    glyph: str
+    word: str
+    tone: str
+
+    @property
+    def label(self) -> str:
+        """``● online``."""
+        return f"{self.glyph} {self.word}"
+
+
+ONLINE = Look("●", "online", "success")
+STALE = Look("◌", "stale", "warning")
+OFFLINE = Look("◌", "offline", "warning")
+LOST = Look("✖", "lost", "error")
+
+_TRAINING = {
+    st.NOT_STARTED: Look("○", "not started", "muted"),
+    st.STARTING: Look("◔", "starting", "accent"),
+    st.STARTED: Look("▶", "started", "success"),
+    st.STOPPED: Look("■", "stopped", "muted"),
+    st.FAILED: Look("✖", "failed", "error"),
+    st.CROSS_VALIDATING: Look("◇", "cross-val", "accent"),
+}
+
+
+def stale_after(heartbeat_interval: float) -> float:
+    """Seconds without a heartbeat after which a client looks stale."""
+    return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
+
+
+def health(row: ClientRow, now: float, heartbeat_interval: float, gone: bool) -> Look:
+    """Whether a client is online, stale (silent), offline (link down) or lost (dropped)."""
+    if gone:
+        return LOST
+    if not row.connected:
+        return OFFLINE
+    if row.last_heartbeat and now - row.last_heartbeat > stale_after(heartbeat_interval):
+        return STALE
+    return ONLINE
+
+
+def training(status: str) -> Look:
+    """A client's or the server's training status, without the repeated word "training"."""
+    return _TRAINING.get(status, Look("?", status.removeprefix("training ") or "unknown", "muted"))
+
+
+def server_look(status: str) -> Look:
+    """The server's status as the header shows it: the full words of the Clara guide."""
+    look = training(status)
+    return Look(look.glyph, status, look.tone)
+
+
+def age(seconds: float) -> str:
+    """A short, whole-unit age: ``4s``, ``12m``, ``3h``, ``2d``."""
+    seconds = max(0, int(seconds))
+    if seconds < 100:
+        return f"{seconds}s"
+    if seconds < 100 * 60:
+        return f"{seconds // 60}m"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def short_token(token: str) -> str:
+    """The first 8 characters of a token: enough to tell sessions apart."""
+    return token if len(token) <= 9 else f"{token[:8]}…"
+
+
+def device(row: ClientRow) -> str:
+    """``CPU`` or ``2 GPUs`` (the device name is in the client's detail)."""
+    if row.gpu_count:
+        return f"{row.gpu_count} GPU" + ("s" if row.gpu_count > 1 else "")
+    return row.device.upper() if row.device in ("", "cpu") else row.device

@@ -1,0 +1,63 @@
+"""The ``:`` command line: any admin command, with inline completion and history.
+
+The completion shows greyed after the cursor; ``tab`` (or ``→``) takes it.
+``↑``/``↓`` walk through the commands typed before; ``esc`` closes the line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from textual.binding import Binding, BindingType
+from textual.suggester import Suggester
+from textual.widgets import Input
+
+from fltui.completion import complete
+
+Names = Callable[[], Sequence[str]]
+
+
+class CommandSuggester(Suggester):
+    """Suggests the completion of the line typed so far."""
+
+    def __init__(self, instances: Names, apps: Names) -> None:
+        """``instances`` and ``apps`` are asked at each keystroke, so they are always current."""
+        super().__init__(use_cache=False, case_sensitive=True)
+        self._instances = instances
+        self._apps = apps
+
+    async def get_suggestion(self, value: str) -> str | None:
+        """The completed line, or None."""
+        return complete(value, self._instances(), self._apps())
+
+
+class CommandLine(Input):
+    """An input with a history of submitted lines."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("tab", "cursor_right", "Complete", show=False),
+        Binding("up", "history(-1)", "Previous", show=False),
+        Binding("down", "history(1)", "Next", show=False),
+    ]
+
+    def __init__(self, suggester: Suggester, id: str | None = None) -> None:
+        """An empty line with an empty history."""
+        super().__init__(placeholder="admin command, e.g. check_status client", id=id)
+        self.suggester = suggester
+        self.history: list[str] = []
+        self._position = 0
+
+    def remember(self, line: str) -> None:
+        """Add a submitted line to the history (not twice in a row)."""
+        if line and (not self.history or self.history[-1] != line):
+            self.history.append(line)
+        self._position = len(self.history)
+
+    def action_history(self, step: int) -> None:
+        """Show the previous (-1) or next (+1) line of the history."""
+        if not self.history:
+            return
+        self._position = min(max(self._position + step, 0), len(self.history))
+        self.value = self.history[self._position] if self._position < len(self.history) else ""
+        self.cursor_position = len(self.value)

@@ -1,0 +1,123 @@
+"""The round pane: where the run stands, who it waits for, and how the model is doing.
+
+Everything comes from the feed's run state; only the wait-after-min
+countdown moves with the clock, on the dashboard's one-second tick.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import ProgressBar, Sparkline
+
+from fltui.feed import RunInfo
+from fltui.widgets.line import Line
+from fltui.widgets.tones import tone_style
+
+DEFAULT_METRIC = "val_accuracy"
+MAX_NAMES = 6
+
+
+def chart_metric(run: RunInfo) -> str:
+    """The metric to chart: the one ``best_metric`` names, else val_accuracy, else the first."""
+    named = run.best_metric.split("=", 1)[0].strip()
+    if named:
+        return named
+    names = [name for record in run.history for name in record.metrics]
+    return DEFAULT_METRIC if DEFAULT_METRIC in names or not names else names[0]
+
+
+def metric_series(run: RunInfo, metric: str) -> list[float]:
+    """The metric of each round that reported it, in round order."""
+    return [
+        r.metrics[metric] for r in sorted(run.history, key=lambda r: r.round) if metric in r.metrics
+    ]
+
+
+def names(instances: tuple[str, ...]) -> str:
+    """A short list of instance names."""
+    shown = ", ".join(instances[:MAX_NAMES])
+    more = len(instances) - MAX_NAMES
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+class RoundPane(Vertical, can_focus=True):
+    """Round progress bar, updates against min/max, awaited clients, countdown, metric chart."""
+
+    def compose(self) -> ComposeResult:
+        """The parts of the pane, top to bottom."""
+        yield Line(id="round-title")
+        yield ProgressBar(total=1, show_eta=False, id="round-bar")
+        yield Line(id="round-updates")
+        yield Line(id="round-countdown")
+        yield Line(id="round-metric")
+        yield Sparkline([], id="round-chart")
+
+    def show(self, run: RunInfo, now: float) -> None:
+        """Redraw from the run state."""
+        muted = tone_style(self.app, "muted")
+        title = Text(no_wrap=True, overflow="ellipsis")
+        bar = self.query_one("#round-bar", ProgressBar)
+        in_rounds = run.current_round >= 0 and run.num_rounds > 0
+        if not run.run_number:
+            title.append("No run selected (n sets one)", style=muted)
+        elif not in_rounds:
+            title.append(f"Run {run.run_number}", style="bold")
+            title.append(f" · {run.app or 'no app deployed'}", style=muted)
+        else:
+            shown_round = min(run.current_round, run.num_rounds)
+            title.append(f"Round {shown_round} / {run.num_rounds}", style="bold")
+            phase = "" if run.phase == "training" else run.phase
+            detail = " · ".join(part for part in (run.app, phase) if part)
+            if detail:
+                title.append(f"  {detail}", style=muted)
+        self.query_one("#round-title", Line).set(title)
+        bar.display = in_rounds
+        if in_rounds:
+            bar.update(
+                total=max(run.num_rounds - run.start_round, 1),
+                progress=max(min(run.current_round, run.num_rounds) - run.start_round, 0),
+            )
+        self.query_one("#round-updates", Line).set(self._updates(run))
+        self.show_countdown(run, now)
+        metric = chart_metric(run)
+        series = metric_series(run, metric)
+        label = Text(no_wrap=True, overflow="ellipsis")
+        if series:
+            label.append(f"{metric} ", style=muted)
+            label.append(f"{series[-1]:.4f}", style="bold")
+        if run.best_metric:
+            label.append(f"\nbest {run.best_metric.split('=', 1)[-1]}", style=muted)
+        self.query_one("#round-metric", Line).set(label)
+        chart = self.query_one("#round-chart", Sparkline)
+        chart.data = series
+        chart.display = len(series) > 1
+
+    def _updates(self, run: RunInfo) -> Text:
+        text = Text()
+        if run.current_round < 0 or run.current_round >= run.num_rounds:
+            if run.failed_sites:
+                text.append(
+                    f"Failed: {names(run.failed_sites)}", style=tone_style(self.app, "error")
+                )
+            return text
+        text.append(f"Updates {run.updates_received}", style="bold")
+        text.append(f"  min {run.min_num_clients} · max {run.max_num_clients}\n")
+        if run.awaited:
+            text.append("Waiting for ", style=tone_style(self.app, "muted"))
+            text.append(names(run.awaited))
+        else:
+            text.append("Waiting for nobody", style=tone_style(self.app, "muted"))
+        if run.failed_sites:
+            text.append(f"\nFailed: {names(run.failed_sites)}", style=tone_style(self.app, "error"))
+        return text
+
+    def show_countdown(self, run: RunInfo, now: float) -> None:
+        """The wait-after-min countdown: seconds until the round is aggregated anyway."""
+        left = run.wait_deadline - now
+        text = Text()
+        if run.wait_deadline and left > 0:
+            text.append(f"Aggregating in {left:.0f}s", style=tone_style(self.app, "warning"))
+            text.append(" (wait after min)", style=tone_style(self.app, "muted"))
+        self.query_one("#round-countdown", Line).set(text)

@@ -1,0 +1,1 @@
+"""The provisioning wizard: flprovision's engine behind a step-by-step screen."""

@@ -1,0 +1,25 @@
+"""``fltui provision [WORKSPACE]``: the wizard on its own, without a server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import App
+
+from fltui.wizard.screen import WizardScreen
+
+
+class ProvisionApp(App[None]):
+    """Runs the provisioning wizard and exits when it is closed."""
+
+    CSS_PATH = "../console.tcss"
+    TITLE = "fltui provision"
+
+    def __init__(self, workspace: Path) -> None:
+        """Open the wizard on ``workspace`` (its project.yml is loaded if there is one)."""
+        super().__init__()
+        self.workspace = workspace
+
+    def on_mount(self) -> None:
+        """Show the wizard; closing it ends the app."""
+        self.push_screen(WizardScreen(self.workspace), lambda _: self.exit())

@@ -1,0 +1,370 @@
+"""The provisioning wizard: project, server, clients, admins, settings, review, kits.
+
+Every edit goes into the :class:`~fltui.wizard.draft.Draft` and is checked
+at once with flprovision's own parse functions; the message under the form
+is the one flprovision would print, and *Next* stays disabled until the
+step is valid. The review shows the project.yml that will be written and
+which kits are new; provisioning runs the same engine as flprovision, in a
+thread, and only participants without a kit get one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Button, ContentSwitcher, Footer, Input, Label, Static
+
+from flcore.identity import KIND_ADMIN, KIND_CLIENT, ROLES
+from flcore.schema import ConfigError
+from fltui.wizard.draft import Draft
+from fltui.wizard.forms import Field, Form
+from fltui.wizard.kits import KitsStep
+from fltui.wizard.rows import RowsEditor
+from provision import ProvisionError, project_to_yaml
+from provision.project import KEY_TYPES
+
+STEPS = ("project", "server", "clients", "admins", "settings", "review", "kits")
+TITLES = ("Project", "Server", "Clients", "Admins", "Settings", "Review", "Kits")
+SERVER_FIELDS = (
+    Field("name", "Kit name", "server"),
+    Field("host", "Host", "DNS name or IP that clients and admins dial"),
+    Field("fed_port", "Federation port", "8002"),
+    Field("admin_port", "Admin port", "8003"),
+    Field("org", "Organisation", "lead"),
+)
+CLIENT_FIELDS = (
+    Field("name", "Name", "site-a (kit name and identity)"),
+    Field("org", "Organisation", "hospital-a"),
+    Field("email", "Email", "optional: where the password goes"),
+)
+ADMIN_FIELDS = (
+    Field("email", "Email", "the admin's login"),
+    Field("org", "Organisation", "lead"),
+    Field("role", "Role", choices=ROLES),
+)
+SETTINGS_FIELDS = (
+    Field("heart_beat_timeout", "Heartbeat timeout (s)"),
+    Field("heartbeat_interval", "Heartbeat interval (s)"),
+    Field("retry_window", "Retry window (s)"),
+    Field("cert_validity_days", "Certificate days"),
+    Field("key_type", "Key type", choices=KEY_TYPES),
+    Field("install_prefix", "Install prefix"),
+    Field("workspace_base", "Workspace base"),
+)
+
+
+class WizardScreen(Screen[None]):
+    """Step by step to a project.yml and its kits."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("ctrl+n", "next", "Next"),
+        Binding("ctrl+b", "back", "Back"),
+        Binding("escape", "close", "Close"),
+    ]
+
+    def __init__(self, workspace: Path) -> None:
+        """Start a new project in ``workspace``, or open the one saved there."""
+        super().__init__()
+        self.draft = Draft.new(workspace)
+        self.step = 0
+        self._open_error = ""
+        if Draft.saved_in(workspace):
+            try:
+                self.draft = Draft.open(workspace)
+            except (ConfigError, ProvisionError) as exc:
+                self._open_error = str(exc)
+
+    def compose(self) -> ComposeResult:
+        """Steps indicator, the steps, the message line, the buttons."""
+        yield Static(id="wizard-steps")
+        with ContentSwitcher(initial="step-project", id="wizard-body"):
+            with VerticalScroll(id="step-project", classes="step"):
+                yield Label("Provisioning workspace (CA, packages/, project.yml)")
+                with Horizontal(classes="form-row"):
+                    yield Input(id="project-workspace", compact=True)
+                    yield Button("Open", id="project-open", compact=True)
+                yield Static(id="project-workspace-hint", classes="dialog-hint")
+                yield Form("project", [Field("name", "Project name", "example_project")])
+            with VerticalScroll(id="step-server", classes="step"):
+                yield Form("server", SERVER_FIELDS)
+                yield Static(id="server-note", classes="dialog-hint")
+            yield RowsEditor(
+                "clients",
+                CLIENT_FIELDS,
+                self.draft_check_client,
+                lambda row: self.draft.is_issued(KIND_CLIENT, row.get("name", "").strip()),
+                lambda: {"name": "", "org": "", "email": ""},
+                id="step-clients",
+            )
+            yield RowsEditor(
+                "admins",
+                ADMIN_FIELDS,
+                self.draft_check_admin,
+                lambda row: self.draft.is_issued(KIND_ADMIN, row.get("email", "").strip()),
+                lambda: self.draft.new_admin(),
+                id="step-admins",
+            )
+            with VerticalScroll(id="step-settings", classes="step"):
+                yield Form("settings", SETTINGS_FIELDS)
+            with Vertical(id="step-review", classes="step"):
+                yield Static(id="review-summary")
+                with VerticalScroll(id="review-yaml-box"):
+                    yield Static(id="review-yaml")
+                yield Button(
+                    "Write project.yml and provision",
+                    id="review-go",
+                    variant="primary",
+                    compact=True,
+                )
+            yield KitsStep(id="step-kits")
+        yield Static(id="wizard-problem", classes="wizard-problem")
+        with Horizontal(id="wizard-nav", classes="dialog-buttons"):
+            yield Button("Back", id="wizard-back", compact=True)
+            yield Button("Next", id="wizard-next", variant="primary", compact=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Fill the forms from the draft."""
+        self._load_draft()
+        if self._open_error:
+            self.notify(self._open_error, title="cannot open the workspace", severity="error")
+        self._show_step()
+
+    # ---------------------------------------------------------------- draft <-> forms
+
+    def draft_check_client(self, form: dict[str, str], index: int) -> str | None:
+        """Validate a client form against the current draft."""
+        return self.draft.check_client(form, index)
+
+    def draft_check_admin(self, form: dict[str, str], index: int) -> str | None:
+        """Validate an admin form against the current draft."""
+        return self.draft.check_admin(form, index)
+
+    def _load_draft(self) -> None:
+        draft = self.draft
+        self.query_one("#project-workspace", Input).value = str(draft.workspace)
+        self._form("project").load({"name": draft.name})
+        self._form("server").load(draft.server)
+        self._form("settings").load(draft.settings)
+        self.query_one("#step-clients", RowsEditor).reload(draft.clients)
+        self.query_one("#step-admins", RowsEditor).reload(draft.admins)
+        self._lock()
+        self._workspace_hint()
+
+    def _lock(self) -> None:
+        locked = self.draft.locked
+        self._form("project").set_locked(locked)
+        self._form("server").set_locked(locked)
+        note = (
+            "Kits were issued with these values: they cannot change here "
+            "(flprovision --force re-issues every kit)."
+            if locked
+            else ""
+        )
+        self.query_one("#server-note", Static).update(note)
+
+    def _form(self, prefix: str) -> Form:
+        return next(form for form in self.query(Form) if form.prefix == prefix)
+
+    @on(Form.Edited)
+    def _form_edited(self, event: Form.Edited) -> None:
+        prefix = event.form.prefix
+        values = event.form.values()
+        if prefix == "project":
+            self.draft.name = values["name"]
+        elif prefix == "server":
+            self.draft.server = values
+        elif prefix == "settings":
+            self.draft.settings = values
+        else:
+            return  # a row form: its editor checks it
+        self._validate()
+
+    @on(RowsEditor.Changed)
+    def _rows_changed(self) -> None:
+        self._validate()
+
+    @on(Input.Changed, "#project-workspace")
+    def _workspace_changed(self, event: Input.Changed) -> None:
+        workspace = Path(event.value.strip() or ".").expanduser()
+        if workspace != self.draft.workspace and self.draft.issued:
+            self.draft.issued = frozenset()  # another workspace: none of its kits exist there
+            self._lock()
+        self.draft.workspace = workspace
+        self._workspace_hint()
+        self._validate()
+
+    def _workspace_hint(self) -> None:
+        workspace = self.draft.workspace
+        hint = self.query_one("#project-workspace-hint", Static)
+        opener = self.query_one("#project-open", Button)
+        opener.disabled = not Draft.saved_in(workspace)
+        problem = Draft.workspace_problem(workspace)
+        if problem:
+            hint.update(problem)
+        elif self.draft.issued:
+            hint.update(
+                f"opened {workspace}: {len(self.draft.issued)} kits issued; add sites or admins"
+            )
+        elif Draft.saved_in(workspace):
+            hint.update(f"{workspace} holds a project.yml: Open loads it to add sites or admins")
+        else:
+            hint.update("a new workspace: the project CA will be created there")
+
+    @on(Button.Pressed, "#project-open")
+    def _open(self) -> None:
+        try:
+            self.draft = Draft.open(self.draft.workspace)
+        except (ConfigError, ProvisionError) as exc:
+            self.notify(str(exc), title="cannot open the workspace", severity="error")
+            return
+        self._load_draft()
+        self.notify(
+            f"opened {self.draft.workspace}: {len(self.draft.issued)} kits issued; "
+            "add sites or admins and provision again",
+            title="workspace",
+        )
+        self._validate()
+
+    # ---------------------------------------------------------------- steps
+
+    def problem(self) -> str | None:
+        """What keeps the current step from being done, or None."""
+        draft = self.draft
+        name = STEPS[self.step]
+        if name == "project":
+            return Draft.workspace_problem(draft.workspace) or draft.check_name()
+        if name == "server":
+            return draft.check_server()
+        if name in ("clients", "admins"):
+            return self._rows_problem(name)
+        if name == "settings":
+            return draft.check_settings()
+        if name == "review":
+            try:
+                project = draft.project()
+            except ConfigError as exc:
+                return str(exc)
+            return (
+                None
+                if draft.split_kits(project)[0]
+                else "nothing new to issue: every participant has a kit"
+            )
+        return None
+
+    def _rows_problem(self, name: str) -> str | None:
+        editor = self.query_one(f"#step-{name}", RowsEditor)
+        if editor.pending:
+            return (
+                editor.problem() or "the form holds an unsaved entry: press enter to add it, or New"
+            )
+        check = self.draft.check_client if name == "clients" else self.draft.check_admin
+        for index, row in enumerate(editor.rows):
+            problem = check(row, index)
+            if problem:
+                return problem
+        return None
+
+    def _validate(self) -> None:
+        problem = self.problem()
+        message = self.query_one("#wizard-problem", Static)
+        message.update(f"✖ {problem}" if problem else "✔ looks good")
+        message.set_class(bool(problem), "-error")
+        last = STEPS[self.step] in ("review", "kits")
+        self.query_one("#wizard-next", Button).disabled = bool(problem) or last
+        self.query_one("#review-go", Button).disabled = bool(problem)
+        self.query_one("#wizard-back", Button).disabled = (
+            self.step == 0 or STEPS[self.step] == "kits"
+        )
+
+    def _show_step(self) -> None:
+        name = STEPS[self.step]
+        self.query_one(ContentSwitcher).current = f"step-{name}"
+        parts = [
+            f"[b reverse] {title} [/]" if index == self.step else f" {title} "
+            for index, title in enumerate(TITLES)
+        ]
+        self.query_one("#wizard-steps", Static).update("›".join(parts))
+        if name == "review":
+            self._review()
+        self._validate()
+        self.call_after_refresh(self._focus_step)
+
+    def _focus_step(self) -> None:
+        """Focus the first field of the step (a form field before a table or a button)."""
+        step = self.query_one(f"#step-{STEPS[self.step]}")
+        for kind in ("Input", "Select", "DataTable", "Button"):
+            focusable = [widget for widget in step.query(kind) if widget.focusable]
+            if focusable:
+                focusable[0].focus()
+                return
+
+    def _review(self) -> None:
+        draft = self.draft
+        summary = self.query_one("#review-summary", Static)
+        yaml_view = self.query_one("#review-yaml", Static)
+        try:
+            project = draft.project()
+        except ConfigError as exc:
+            summary.update(f"✖ {exc}")
+            yaml_view.update("")
+            return
+        new, kept = draft.split_kits(project)
+        workspace = draft.workspace
+        text = f"Writes {workspace / 'project.yml'} and the kits of: {', '.join(new) or 'nobody'}."
+        if kept:
+            text += f"\nAlready issued, left as they are: {', '.join(kept)}."
+        summary.update(text)
+        yaml_view.update(project_to_yaml(project))
+
+    def action_next(self) -> None:
+        """Go to the next step when this one is valid."""
+        if self.problem() is None and STEPS[self.step] not in ("review", "kits"):
+            self.step += 1
+            self._show_step()
+
+    def action_back(self) -> None:
+        """Go back a step (not from the kits: they are written)."""
+        if self.step > 0 and STEPS[self.step] != "kits":
+            self.step -= 1
+            self._show_step()
+
+    def action_close(self) -> None:
+        """Leave the wizard."""
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#wizard-next")
+    def _next_pressed(self) -> None:
+        self.action_next()
+
+    @on(Button.Pressed, "#wizard-back")
+    def _back_pressed(self) -> None:
+        self.action_back()
+
+    @on(Button.Pressed, "#review-go")
+    def _go(self) -> None:
+        self.provision()
+
+    @work(exclusive=True, exit_on_error=False)
+    async def provision(self) -> None:
+        """Write project.yml and the kits (in a thread: key generation takes a while)."""
+        self.query_one("#review-go", Button).disabled = True
+        self.query_one("#wizard-problem", Static).update("provisioning…")
+        try:
+            result = await asyncio.to_thread(self.draft.provision)
+        except (ConfigError, ProvisionError, OSError) as exc:
+            self.query_one("#wizard-problem", Static).update(f"✖ {exc}")
+            self.notify(str(exc), title="provisioning failed", severity="error", timeout=12)
+            self.query_one("#review-go", Button).disabled = False
+            return
+        self.step = STEPS.index("kits")
+        self.query_one(KitsStep).show(result, self.draft.workspace)
+        self._show_step()
+        self.notify(f"wrote {len(result.written)} kit(s)", title="provisioned")

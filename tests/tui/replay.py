@@ -1,0 +1,64 @@
+"""A :class:`fltui.link.Link` that replays a fixed feed: the console without a server.
+
+Snapshot tests and the documentation's screenshot use it, so the
+dashboard's look is pinned from a recorded sequence of events with a
+frozen clock. Commands get canned replies and are remembered, so tests can
+check what a key sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from fltui.adminclient import Outcome
+from fltui.feed import FeedEvent
+
+Reply = Callable[[str, bool], Outcome]
+
+
+def ok_reply(line: str, confirmed: bool) -> Outcome:
+    """Every command succeeds with a short text."""
+    return Outcome(line, True, f"{line}: done", {}, 42, "2025-06-15 12:00:00.000000")
+
+
+class ReplayLink:
+    """Replays ``events`` once, then stays connected and silent."""
+
+    def __init__(
+        self,
+        events: Sequence[FeedEvent],
+        reply: Reply = ok_reply,
+        *,
+        user: str = "admin@lead.org",
+        role: str = "super",
+        project: str = "hospitals",
+        target: str = "fl.example.org:8003",
+        transfer_dir: Path = Path("/nonexistent/transfer"),
+    ) -> None:
+        self._events = list(events)
+        self._reply = reply
+        self.user, self.role, self.project, self.target = user, role, project, target
+        self.transfer_dir = transfer_dir
+        self.startup = transfer_dir.parent / "startup"
+        self.timeout = 10.0
+        self.sent: list[tuple[str, bool]] = []
+        self._forever = asyncio.Event()
+
+    async def login(self) -> None:
+        """Nothing to do."""
+
+    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+        """Remember the command and answer from ``reply``."""
+        self.sent.append((line, confirmed))
+        return self._reply(line, confirmed)
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        """The recorded events, then nothing (the feed stays open)."""
+        for event in self._events:
+            yield event
+        await self._forever.wait()
+
+    async def close(self) -> None:
+        """Nothing to close."""

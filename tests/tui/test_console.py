@@ -1,0 +1,438 @@
+"""The console's behaviour on a replayed feed: keys, dialogs, filters, reconnects, login.
+
+No server here (see test_live.py for that): a ReplayLink plays a recorded
+run and records the command lines the keys send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from fltui.adminclient import AdminError, Outcome
+from fltui.app import ConsoleApp
+from fltui.feed import FeedEvent
+from fltui.screens.client import ClientScreen
+from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
+from fltui.screens.help import HelpScreen
+from fltui.screens.login import LoginScreen
+from fltui.screens.validation import ValidationScreen
+from fltui.widgets.clients import ClientsTable
+from fltui.widgets.commandline import CommandLine
+from fltui.widgets.header import CONNECTED, DISCONNECTED
+from fltui.widgets.logview import LogView
+from fltui.wizard.screen import WizardScreen
+from tests.tui.helpers import wait_for
+from tests.tui.recorded import NOW, RUN, recorded_events
+from tests.tui.replay import ReplayLink, ok_reply
+
+WARNING = (
+    "2 client(s) still registered (flclient1, flclient2); shut clients down first "
+    "(shutdown client), because they receive commands through the server.\nAre you sure (Y/N):"
+)
+MATRIX = {
+    "run_number": 1,
+    "metric": "val_accuracy",
+    "rows": ["global", "flclient1", "flclient2"],
+    "columns": ["flclient1", "flclient2"],
+    "cells": {
+        "global": {
+            "flclient1": {"metrics": {"val_accuracy": 0.97}, "error": ""},
+            "flclient2": {"metrics": {"val_accuracy": 0.95}, "error": ""},
+        },
+        "flclient1": {"flclient2": {"metrics": {"val_accuracy": 0.91}, "error": ""}},
+        "flclient2": {"flclient1": {"metrics": {}, "error": "model does not fit the data"}},
+    },
+    "notes": {"site-b": "does not take part (cross_validate is off)"},
+}
+
+
+def reply(line: str, confirmed: bool) -> Outcome:
+    """The server's answers: shutdown asks first (and warns), validate has data."""
+    if line.startswith("shutdown") and not confirmed:
+        prompt = WARNING if line == "shutdown server" else "Are you sure (Y/N):"
+        return Outcome(line, False, "", {}, 0, "", prompt)
+    if line == "validate all":
+        return Outcome(line, True, "Cross-site validation of run 1", MATRIX, 10, "")
+    return ok_reply(line, confirmed)
+
+
+def stopped_run() -> list[FeedEvent]:
+    """The recorded run, then the server stops training (so a new run number may be set)."""
+    events = recorded_events()
+    stopped = replace(RUN, server_status="training stopped", awaited=(), wait_deadline=0.0)
+    return [*events, FeedEvent(events[-1].seq + 1, NOW, stopped)]
+
+
+def console(
+    tmp_path: Path, events: list[FeedEvent] | None = None, **kwargs: Any
+) -> tuple[ConsoleApp, ReplayLink]:
+    """An app on the recorded run, with a transfer/ folder holding two apps."""
+    transfer = tmp_path / "transfer"
+    for app in ("digits_fedavg", "digits_custom"):
+        (transfer / app / "config").mkdir(parents=True)
+    feed = recorded_events() if events is None else events
+    link = ReplayLink(feed, kwargs.pop("reply", reply), transfer_dir=transfer, **kwargs)
+    return ConsoleApp(link, clock=lambda: NOW, flush_s=0.05), link
+
+
+async def ready(pilot: Any) -> None:
+    """Wait for the snapshot to be drawn."""
+    app = pilot.app
+    await wait_for(
+        pilot, lambda: app.connected and app.dashboard.query_one(ClientsTable).row_count == 5
+    )
+
+
+async def choose(pilot: Any, label_part: str) -> None:
+    """Pick the option whose label contains ``label_part`` in the open picker."""
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ChoiceScreen))
+    options = pilot.app.screen.query_one("OptionList")
+    for index in range(options.option_count):
+        if label_part in str(options.get_option_at_index(index).prompt):
+            options.highlighted = index
+            break
+    else:
+        raise AssertionError(f"no option with {label_part!r}")
+    await pilot.press("enter")
+
+
+def sent(link: ReplayLink) -> list[str]:
+    """Lines sent, confirmed ones marked with a trailing '!'."""
+    return [line + ("!" if confirmed else "") for line, confirmed in link.sent]
+
+
+def test_keys_send_their_commands(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path, stopped_run())
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await wait_for(pilot, lambda: app.store.run.server_status == "training stopped")
+            await pilot.press("n")
+            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await pilot.press("0")
+            assert "a whole number" in str(app.screen.query_one("#prompt-hint").render())
+            await pilot.press("backspace", "2", "enter")
+            await pilot.press("u")
+            await choose(pilot, "digits_fedavg")
+            await pilot.press("d")
+            await choose(pilot, "digits_custom")
+            await choose(pilot, "the server")
+            await pilot.press("d")
+            await choose(pilot, "digits_custom")
+            await choose(pilot, "all clients")
+            await pilot.press("s")
+            await choose(pilot, "the server")
+            await pilot.press("t")
+            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            app.screen.query_one("Input").value = "30"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: len(link.sent) == 6)
+            assert sent(link) == [
+                "set_run_number 2",
+                "upload_folder digits_fedavg",
+                "deploy digits_custom server",
+                "deploy digits_custom client",
+                "start server",
+                "set_timeout 30",
+            ]
+            logs = app.dashboard.query_one(LogView)
+            await wait_for(pilot, lambda: any("> set_timeout 30" in e.message for e in logs._lines))
+
+    asyncio.run(scenario())
+
+
+def test_selected_and_marked_clients_are_offered(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            await pilot.press("down", "space", "down", "down", "space")
+            assert table.marked == {"flclient2", "flclient1_1"}
+            await pilot.press("s")
+            await choose(pilot, "selected: flclient2, flclient1_1")
+            await wait_for(pilot, lambda: link.sent)
+            assert sent(link) == ["start client flclient2 flclient1_1"]
+
+    asyncio.run(scenario())
+
+
+def test_abort_asks_with_cancel_focused_and_names_what_stops(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("a")
+            await choose(pilot, "the server")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            stops = str(app.screen.query_one("#confirm-stops").render())
+            assert "Run 1 (digits_fedavg) on the server, at round 3 of 10" in stops
+            assert app.screen.focused is app.screen.query_one("#confirm-cancel")
+            await pilot.press("enter")  # Cancel: nothing is sent
+            await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            assert link.sent == []
+            await pilot.press("a")
+            await choose(pilot, "all clients")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            stops = str(app.screen.query_one("#confirm-stops").render())
+            assert "flclient1: training started, round 3 (digits_fedavg)" in stops
+            await pilot.press("tab", "enter")
+            await wait_for(pilot, lambda: link.sent)
+            assert sent(link) == ["abort client"]
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_shows_the_servers_warning_then_confirms(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("x")
+            await choose(pilot, "the server")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            warning = str(app.screen.query_one("#confirm-warning").render())
+            assert "2 client(s) still registered (flclient1, flclient2)" in warning
+            assert "Are you sure (Y/N)" not in warning
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+            await pilot.press("x")
+            await choose(pilot, "all clients")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.click("#confirm-ok")
+            await wait_for(pilot, lambda: len(link.sent) == 3)
+            assert sent(link) == ["shutdown server", "shutdown client", "shutdown client!"]
+
+    asyncio.run(scenario())
+
+
+def test_member_sees_dangerous_keys_dimmed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path, role="member", user="viewer@lead.org")
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            screen = app.dashboard
+            for action in ("upload", "deploy", "start", "abort", "shutdown"):
+                assert screen.check_action(action, ()) is None, action
+            for action in ("validate", "timeout", "help", "filter", "command_line"):
+                assert screen.check_action(action, ()) is True, action
+            await pilot.press("s", "a", "x", "n")
+            await pilot.pause(0.2)
+            assert app.screen is screen and link.sent == []
+            footer = {k.key: k for k in app.screen.query("FooterKey")}  # type: ignore[attr-defined]
+            assert footer["s"].has_class("-disabled") and not footer["v"].has_class("-disabled")
+
+    asyncio.run(scenario())
+
+
+def test_validation_matrix_and_the_empty_case(tmp_path: Path) -> None:
+    async def scenario(data: dict[str, Any]) -> ValidationScreen:
+        def answer(line: str, confirmed: bool) -> Outcome:
+            return Outcome(line, True, "", data, 1, "")
+
+        app, _ = console(tmp_path / str(len(data)), reply=answer)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("v")
+            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            screen = app.screen
+            assert isinstance(screen, ValidationScreen)
+            if data.get("cells"):
+                table = screen.query_one("DataTable")
+                assert str(table.get_cell("global", "flclient1")) == "0.9700"
+                assert "model does not fit" in str(table.get_cell("flclient2", "flclient1"))
+                assert str(table.get_cell("flclient1", "flclient1")) == ""
+                notes = str(screen.query_one("#validation-notes").render())
+                assert "site-b: does not take part" in notes
+            else:
+                text = str(screen.query_one("#validation-empty").render())
+                assert text == "No cross-site validation results for run 1."
+            return screen
+
+    asyncio.run(scenario(MATRIX))
+    asyncio.run(scenario({"results": []}))
+
+
+def test_enter_shows_the_traceback_of_a_failed_site(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            table.move_cursor(row=table.get_row_index("flclient3"))
+            detail = app.dashboard.query_one("#client-detail")
+            await wait_for(
+                pilot, lambda: "e7f60b12-3c4d-4e5f-8a9b-0c1d2e3f4a5b" in str(detail.render())
+            )
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ClientScreen))
+            facts = str(app.screen.query_one("#client-facts").render())
+            assert "RuntimeError: CUDA out of memory" in facts and "loss.backward()" in facts
+            await pilot.press("escape")
+            await pilot.press("question_mark")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+
+    asyncio.run(scenario())
+
+
+def test_filters_on_the_focused_pane(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            await pilot.press("slash", *"stale", "enter")
+            assert table.shown == ["flclient1_1"]
+            assert "filter: stale" in str(app.dashboard.query_one("#clients-pane").border_title)
+            await pilot.press("escape")
+            assert len(table.shown) == 5
+            logs = app.dashboard.query_one(LogView)
+            await pilot.press("4", "slash", *"@server round 3", "enter")
+            assert [e.source for e in logs._lines] == ["server", "server"]
+            assert "filter: @server round 3" in str(logs.border_title)
+            await pilot.press("slash", "escape")
+            assert logs.line_count == 8
+
+    asyncio.run(scenario())
+
+
+def test_command_line_completes_and_remembers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("colon", *"check_st")
+            line = app.dashboard.query_one(CommandLine)
+            await wait_for(pilot, lambda: line._suggestion == "check_status")
+            await pilot.press("tab", "space", *"cl")
+            await wait_for(pilot, lambda: line._suggestion == "check_status client")
+            await pilot.press("tab", "space", *"flclient1_")
+            await wait_for(pilot, lambda: line._suggestion == "check_status client flclient1_1")
+            await pilot.press("tab", "enter")
+            await wait_for(pilot, lambda: link.sent)
+            assert sent(link) == ["check_status client flclient1_1"]
+            await pilot.press("colon", "up")
+            assert line.value == "check_status client flclient1_1"
+            await pilot.press("escape")
+            assert not line.display
+
+    asyncio.run(scenario())
+
+
+class FlakyLink(ReplayLink):
+    """Loses the feed after the first snapshot, then serves a changed picture."""
+
+    def __init__(self, events: list[FeedEvent]) -> None:
+        super().__init__(events)
+        self.logins = 0
+        self.subscriptions = 0
+        self.release = asyncio.Event()
+
+    async def login(self) -> None:
+        self.logins += 1
+        if self.subscriptions == 1 and not self.release.is_set():
+            raise AdminError("cannot connect to the server at fl.example.org:8003: refused")
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        self.subscriptions += 1
+        if self.subscriptions == 1:
+            for event in self._events[:1]:
+                yield event
+            await self.release.wait()
+            raise AdminError("cannot connect to the server at fl.example.org:8003: gone")
+        async for event in super().events():
+            yield event
+
+
+def test_lost_connection_shows_a_banner_and_reconnects(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        link = FlakyLink(recorded_events())
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: app.link_look is CONNECTED)
+            banner = app.dashboard.query_one("#banner")
+            assert not banner.display
+            link.release.set()
+            await wait_for(pilot, lambda: app.link_look is DISCONNECTED and banner.display)
+            assert "connection lost" in str(banner.render())
+            assert app.dashboard.check_action("start", ()) is None
+            await wait_for(pilot, lambda: app.link_look is CONNECTED, timeout=10)
+            assert not banner.display and link.logins >= 2 and link.subscriptions == 2
+
+    asyncio.run(scenario())
+
+
+def test_without_a_kit_the_login_screen_asks(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = ConsoleApp(user="", clock=lambda: NOW)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            startup = app.screen.query_one("#login-startup")
+            assert app.focused is startup
+            startup.value = str(tmp_path / "nothing")
+            await pilot.press("enter")
+            problem = app.screen.query_one("#login-problem")
+            await wait_for(pilot, lambda: "nothing" in str(problem.render()))
+            assert isinstance(app.screen, LoginScreen)
+
+    asyncio.run(scenario())
+
+
+def test_unknown_event_kinds_are_skipped() -> None:
+    from fltui.serde import event_from_proto
+
+    assert event_from_proto(admin_pb2.Event(seq=3, time=1.0)) is None
+
+
+def test_panes_logs_follow_and_the_wizard_key(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        app.workspace = tmp_path / "ws"
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            logs = app.dashboard.query_one(LogView)
+            for key, selector in (("2", "#round"), ("3", "#heartbeats"), ("4", "#logs")):
+                await pilot.press(key)
+                assert app.focused is app.dashboard.query_one(selector)
+            for i in range(60):
+                app.log_line("INFO", f"line {i}")
+            await wait_for(pilot, lambda: logs.line_count == 68)
+            await pilot.press("k")
+            assert not logs.follow
+            app.log_line("INFO", "one more")
+            await wait_for(pilot, lambda: "paused, +1 new" in str(logs.border_title))
+            await pilot.press("G")
+            assert logs.follow and logs.is_vertical_scroll_end
+            assert "following" in str(logs.border_title)
+            await pilot.press("1", "p")
+            await wait_for(pilot, lambda: isinstance(app.screen, WizardScreen))
+            assert app.screen.query_one("#project-workspace").value == str(tmp_path / "ws")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            titles = [c.title for c in app.get_system_commands(app.dashboard)]
+            assert "Upload an app from your transfer/ folder to the server" in titles
+
+    asyncio.run(scenario())
+
+
+def test_no_color_leaves_glyphs_and_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+
+    async def scenario() -> str:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            return app.export_screenshot()
+
+    svg = asyncio.run(scenario())
+    colours = set(re.findall(r"-r\d+ \{ fill: #([0-9a-f]{6})", svg)) - {"c5c8c6"}  # Rich's frame
+    assert colours and all(c[0:2] == c[2:4] == c[4:6] for c in colours), colours
+    assert "◌ stale" in svg.replace("&#160;", " ") and "✖ failed" in svg.replace("&#160;", " ")

@@ -1,0 +1,223 @@
+"""The console against a real server: the harness's flserverd and two flclientd sites.
+
+The tests share one cluster (see conftest.py) and run in file order: look,
+train from the keys, look as a member, then shut a client and the server
+down and watch the console reconnect to the restarted server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fltui.adminclient import Outcome
+from fltui.app import ConsoleApp
+from fltui.link import ServerLink
+from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
+from fltui.screens.login import LoginScreen
+from fltui.screens.validation import ValidationScreen
+from fltui.status import short_token
+from fltui.widgets.clients import ClientsTable
+from fltui.widgets.header import CONNECTED, DISCONNECTED
+from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster
+from tests.tui.helpers import wait_for
+
+# One shared cluster, used in file order: keep these tests on one xdist worker.
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(180),
+    pytest.mark.xdist_group("tui-live-cluster"),
+]
+
+
+class RecordingLink(ServerLink):
+    """The real link, keeping every reply so tests can wait for one."""
+
+    def __init__(self, startup: Path, user: str) -> None:
+        super().__init__(startup, user)
+        self.replies: list[Outcome] = []
+
+    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+        outcome = await super().execute(line, confirmed)
+        self.replies.append(outcome)
+        return outcome
+
+    def reply(self, line: str) -> Outcome | None:
+        """The last reply to ``line``."""
+        return next((o for o in reversed(self.replies) if o.line == line), None)
+
+
+def open_console(cluster: Cluster, user: str = ADMIN) -> tuple[ConsoleApp, RecordingLink]:
+    """The console for one of the cluster's admin kits."""
+    link = RecordingLink(cluster.kit(user), user)
+    return ConsoleApp(link, flush_s=0.1), link
+
+
+async def choose(pilot: Any, label_part: str) -> None:
+    """Pick the option containing ``label_part`` in the open picker."""
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ChoiceScreen))
+    options = pilot.app.screen.query_one("OptionList")
+    labels = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+    options.highlighted = next(i for i, label in enumerate(labels) if label_part in label)
+    await pilot.press("enter")
+
+
+async def ok(pilot: Any, link: RecordingLink, line: str, timeout: float = 30.0) -> Outcome:
+    """Wait for the reply to ``line`` and insist it succeeded."""
+    outcome: Outcome = await wait_for(pilot, lambda: link.reply(line), timeout, f"reply to {line}")
+    assert outcome.ok, f"{line}: {outcome.text}"
+    return outcome
+
+
+def test_clients_appear_with_tokens_and_heartbeats_tick(live: Cluster) -> None:
+    tokens = {c["instance"]: c["token"] for c in live.status()["clients"]}
+
+    async def scenario() -> None:
+        app, _ = open_console(live)
+        async with app.run_test(size=(120, 36)) as pilot:
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: sorted(table.shown) == ["flclient1", "flclient2"])
+            header = str(app.dashboard.query_one("#header-title").render())
+            assert "itest" in header and f"{ADMIN} (super)" in header and "no run set" in header
+            for instance, token in tokens.items():
+                assert str(table.get_cell(instance, "token")) == short_token(token)
+                assert str(table.get_cell(instance, "health")) == "● online"
+            table.move_cursor(row=table.get_row_index("flclient2"))
+            detail = app.dashboard.query_one("#client-detail")
+            await wait_for(pilot, lambda: tokens["flclient2"] in str(detail.render()))
+            beats = len(app.store.beats["flclient1"])
+            await wait_for(pilot, lambda: len(app.store.beats["flclient1"]) >= beats + 2)
+            age = str(table.get_cell("flclient1", "beat"))
+            assert age.endswith("s") and int(age[:-1]) <= 3
+
+    asyncio.run(scenario())
+
+
+def test_run_from_the_keys(live: Cluster) -> None:
+    live.configure("config_fed_server.json", num_rounds=40, min_num_clients=2)
+
+    async def scenario() -> None:
+        app, link = open_console(live)
+        store = app.store
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: app.connected and len(store.clients) == 2)
+            await pilot.press("n")
+            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await pilot.press("1", "enter")
+            await ok(pilot, link, "set_run_number 1")
+            await wait_for(pilot, lambda: store.run.run_number == 1)
+            await pilot.press("u")
+            await choose(pilot, "digits_fedavg")
+            await ok(pilot, link, "upload_folder digits_fedavg")
+            await pilot.press("d")
+            await choose(pilot, "digits_fedavg")
+            await choose(pilot, "the server")
+            await ok(pilot, link, "deploy digits_fedavg server")
+            await pilot.press("d")
+            await choose(pilot, "digits_fedavg")
+            await choose(pilot, "all clients (2)")
+            await ok(pilot, link, "deploy digits_fedavg client")
+            await wait_for(pilot, lambda: store.run.app == "digits_fedavg")
+            await pilot.press("s")
+            await choose(pilot, "the server")
+            await ok(pilot, link, "start server")
+            await pilot.press("s")
+            await choose(pilot, "all clients")
+            await ok(pilot, link, "start client")
+            bar = app.dashboard.query_one("#round-bar")
+            await wait_for(pilot, lambda: (bar.progress or 0) >= 1, 90, "round 1")
+            assert bar.total == 40
+            await wait_for(pilot, lambda: store.run.history, 10, "round metrics")
+            assert "Round" in str(app.dashboard.query_one("#round-title").render())
+
+            await pilot.press("v")
+            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            empty = str(app.screen.query_one("#validation-empty").render())
+            assert empty == "No cross-site validation results for run 1."
+            await pilot.press("escape")
+
+            await pilot.press("a")
+            await choose(pilot, "the server")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert app.screen.focused is app.screen.query_one("#confirm-cancel")
+            await pilot.press("tab", "enter")
+            await ok(pilot, link, "abort server")
+            await wait_for(pilot, lambda: store.run.server_status == "training stopped", 30)
+
+    asyncio.run(scenario())
+
+
+def test_member_sees_dangerous_keys_dimmed(live: Cluster) -> None:
+    async def scenario() -> None:
+        app, link = open_console(live, MEMBER)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: app.connected and app.store.clients)
+            assert app.role == "member"
+            for action in ("upload", "deploy", "start", "shutdown", "run_number"):
+                assert app.dashboard.check_action(action, ()) is None, action
+            assert app.dashboard.check_action("validate", ()) is True
+            await pilot.press("x", "s")
+            await pilot.pause(0.3)
+            assert app.screen is app.dashboard and link.replies == []
+
+    asyncio.run(scenario())
+
+
+def test_login_screen_reports_a_refusal_then_logs_in(live: Cluster) -> None:
+    async def scenario() -> None:
+        app = ConsoleApp(ServerLink(live.kit(), MEMBER))  # the admin's kit, someone else's name
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            problem = app.screen.query_one("#login-problem")
+            assert "login refused" in str(problem.render())
+            assert app.screen.query_one("#login-startup").value == str(live.kit())
+            app.screen.query_one("#login-user").value = ""  # the kit's own email
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.screen is app.dashboard and app.connected)
+            assert app.role == "super" and app.store.clients
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_asks_then_reconnects_to_a_restarted_server(live: Cluster) -> None:
+    server = next(d for d in live.daemons if d.name == "server")
+    client2 = next(d for d in live.daemons if d.name == "flclient2")
+
+    async def scenario() -> None:
+        app, link = open_console(live)
+        async with app.run_test(size=(120, 36)) as pilot:
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: app.connected and "flclient2" in table.shown)
+            table.move_cursor(row=table.get_row_index("flclient2"))
+            await pilot.press("x")
+            await choose(pilot, "selected: flclient2")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            stops = str(app.screen.query_one("#confirm-stops").render())
+            assert "flclient2" in stops and "flclient1" not in stops
+            await pilot.press("tab", "enter")
+            await ok(pilot, link, "shutdown client flclient2")
+            assert await asyncio.to_thread(client2.wait, 30) == 0
+            await wait_for(pilot, lambda: "flclient2" in app.store.gone, 30)
+
+            await pilot.press("x")
+            await choose(pilot, "the server")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            warning = str(app.screen.query_one("#confirm-warning").render())
+            assert "1 client(s) still registered (flclient1)" in warning
+            await pilot.press("tab", "enter")
+            await ok(pilot, link, "shutdown server")
+            assert await asyncio.to_thread(server.wait, 30) == 0
+            banner = app.dashboard.query_one("#banner")
+            await wait_for(pilot, lambda: app.link_look is DISCONNECTED and banner.display, 20)
+            assert "connection lost" in str(banner.render())
+
+            await asyncio.to_thread(server.restart, SERVER_READY)
+            await wait_for(pilot, lambda: app.link_look is CONNECTED, 30, "reconnect")
+            assert not banner.display
+            await wait_for(pilot, lambda: "flclient1" in app.store.clients, 30)
+            assert "flclient2" not in app.store.clients
+
+    asyncio.run(scenario())
