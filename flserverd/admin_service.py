@@ -18,6 +18,8 @@ from datetime import datetime
 
 import grpc
 
+from flcore.feed import CommandSeen, FeedEvent, ServerInfo, Snapshot
+from flcore.feedwire import event_to_proto
 from flcore.folders import FolderError
 from flcore.identity import KIND_ADMIN, ROLE_SUPER, ROLES
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -25,7 +27,6 @@ from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flserverd.commands import AdminCommands, Reply
 from flserverd.events import Overflow
 from flserverd.rpc import Context, peer_identity
-from flserverd.serde import client_to_proto, event_to_proto, log_to_proto, run_to_proto
 from flserverd.server import FLServer
 from flserverd.transfer import TransferError, Upload
 
@@ -118,7 +119,7 @@ class AdminService(admin_grpc.AdminServicer):
 
     def _audit(self, user: str, line: str, ok: bool) -> None:
         self.server.db.audit(user, line, ok)
-        self.server.bus.publish("command", (user, line, ok))
+        self.server.bus.publish(CommandSeen(user, line, ok))
         log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
 
     async def UploadFolder(
@@ -182,8 +183,8 @@ class AdminService(admin_grpc.AdminServicer):
         server = self.server
         subscription = server.bus.subscribe()
         startup = server.startup
-        snapshot = admin_pb2.Snapshot(
-            server=admin_pb2.ServerInfo(
+        snapshot = Snapshot(
+            server=ServerInfo(
                 project=startup.project,
                 name=startup.name,
                 fed_target=f"{startup.host}:{startup.fed_port}",
@@ -193,11 +194,11 @@ class AdminService(admin_grpc.AdminServicer):
                 heart_beat_timeout_s=startup.heart_beat_timeout,
                 heartbeat_interval_s=startup.heartbeat_interval,
             ),
-            run=run_to_proto(server.run_view()),
-            clients=[client_to_proto(v) for v in server.client_views()],
-            logs=[log_to_proto(line) for line in server.bus.logs],
+            run=server.run_view(),
+            clients=tuple(server.client_rows()),
+            logs=tuple(server.bus.logs),
         )
-        yield admin_pb2.Event(seq=server.bus.seq, time=time.time(), snapshot=snapshot)
+        yield event_to_proto(FeedEvent(server.bus.seq, time.time(), snapshot))
         try:
             async for event in subscription:
                 yield event_to_proto(event)

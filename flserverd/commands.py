@@ -12,7 +12,7 @@ import asyncio
 import logging
 import shlex
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flcore import status as st
@@ -20,7 +20,7 @@ from flcore.identity import ROLE_SUPER
 from flserverd.registry import ClientSession
 from flserverd.server import CommandError, FLServer
 from flserverd.transfer import TransferError, client_app_dir, copy_app, uploaded_app
-from flserverd.views import ClientView
+from flserverd.views import client_row
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
     results = await server.call(sessions, "check_status", {}, request.timeout)
     lines, data = [], {}
     for session, result in results:
-        row = ClientView.of(session).as_dict()
+        row = asdict(client_row(session))
         if result.ok:
             row.update(result.data)
             state = row["status"]
@@ -227,11 +227,11 @@ def _server_status(server: FLServer) -> Reply:
         lines.append(f"Best global model: {view.best_metric}")
     if view.failed_sites:
         lines.append(f"Failed sites: {', '.join(view.failed_sites)}")
-    clients = server.client_views()
+    clients = server.client_rows()
     lines.append(f"Registered clients: {len(clients)}")
     for c in clients:
         lines.append(f"client name:{c.client_name}\tinstance name:{c.instance}\ttoken: {c.token}")
-    data = {"run": view.as_dict(), "clients": [c.as_dict() for c in clients]}
+    data = {"run": asdict(view), "clients": [asdict(c) for c in clients]}
     return Reply(True, "\n".join(lines), data)
 
 

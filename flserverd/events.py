@@ -1,5 +1,8 @@
 """The live event feed behind the console: sequence-numbered deltas and a log ring.
 
+Events are :mod:`flcore.feed` dataclasses; the admin servicer turns them
+into wire messages with :mod:`flcore.feedwire`.
+
 Publishers call ``publish`` from the event loop; each subscriber (one per
 connected console) has a bounded queue. A console that falls too far behind
 is cut off rather than allowed to grow the server's memory; it reconnects
@@ -14,32 +17,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+
+from flcore.feed import Body, FeedEvent, LogEntry
 
 QUEUE_LIMIT = 10_000
 LOG_RING = 2_000
-
-
-@dataclass(frozen=True)
-class Event:
-    """One delta: ``kind`` says what ``payload`` is (client, run, log, ...)."""
-
-    seq: int
-    time: float
-    kind: str
-    payload: Any
-
-
-@dataclass(frozen=True)
-class LogLine:
-    """A log line of the server or of a client (source = instance name)."""
-
-    time: float
-    level: str
-    logger: str
-    message: str
-    source: str
 
 
 class Overflow(Exception):
@@ -51,11 +33,11 @@ class Subscription:
 
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(QUEUE_LIMIT)
+        self._queue: asyncio.Queue[FeedEvent | None] = asyncio.Queue(QUEUE_LIMIT)
         self.overflowed = False
         self._closed = False
 
-    def push(self, event: Event) -> None:
+    def push(self, event: FeedEvent) -> None:
         """Queue an event; on overflow the subscription ends."""
         if self.overflowed:
             return
@@ -71,7 +53,7 @@ class Subscription:
         if not self._queue.full():
             self._queue.put_nowait(None)
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    async def __aiter__(self) -> AsyncIterator[FeedEvent]:
         try:
             while True:
                 if self._queue.empty():
@@ -92,15 +74,15 @@ class EventBus:
 
     def __init__(self) -> None:
         self.seq = 0
-        self.logs: deque[LogLine] = deque(maxlen=LOG_RING)
+        self.logs: deque[LogEntry] = deque(maxlen=LOG_RING)
         self._subscribers: set[Subscription] = set()
 
-    def publish(self, kind: str, payload: Any) -> None:
+    def publish(self, body: Body) -> None:
         """Send an event to every subscriber."""
         self.seq += 1
-        if kind == "log":
-            self.logs.append(payload)
-        event = Event(self.seq, time.time(), kind, payload)
+        if isinstance(body, LogEntry):
+            self.logs.append(body)
+        event = FeedEvent(self.seq, time.time(), body)
         for sub in list(self._subscribers):
             sub.push(event)
 
@@ -132,7 +114,7 @@ class BusLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Forward a record, from whichever thread logged it."""
         try:
-            line = LogLine(
+            line = LogEntry(
                 record.created, record.levelname, record.name, record.getMessage(), "server"
             )
         except Exception:  # a malformed log call must not break the server
@@ -143,6 +125,6 @@ class BusLogHandler(logging.Handler):
         except RuntimeError:
             running = None
         if running is self._loop:
-            self._bus.publish("log", line)
+            self._bus.publish(line)
         elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._bus.publish, "log", line)
+            self._loop.call_soon_threadsafe(self._bus.publish, line)

@@ -1,19 +1,17 @@
-"""Server-side conversions between domain views and protobuf messages."""
+"""Server-side conversions of federation messages (the feed's are in flcore.feedwire)."""
 
 from __future__ import annotations
 
 import json
 
-from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.feed import LogEntry
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.status import ClientStatus
 from flserverd.crossval import CrossValidationOffer
-from flserverd.events import Event, LogLine
 from flserverd.links import Closed, Command, Outbound, RunEnded
 from flserverd.registry import MachineInfo
 from flserverd.training import Offer, TaskKind
-from flserverd.views import ClientView, RunView
 
 MAX_TEXT = 4096
 
@@ -49,21 +47,10 @@ def machine_from_proto(info: fed_pb2.ClientInfo) -> MachineInfo:
     )
 
 
-def log_from_proto(record: common_pb2.LogRecord, source: str) -> LogLine:
-    """A forwarded log line, bounded."""
-    return LogLine(
+def log_from_proto(record: common_pb2.LogRecord, source: str) -> LogEntry:
+    """A forwarded log line, bounded, with the source the server knows it by."""
+    return LogEntry(
         record.time, record.level[:16], record.logger[:128], record.message[:MAX_TEXT], source
-    )
-
-
-def log_to_proto(line: LogLine) -> common_pb2.LogRecord:
-    """A log line for the console."""
-    return common_pb2.LogRecord(
-        time=line.time,
-        level=line.level,
-        logger=line.logger,
-        message=line.message,
-        source=line.source,
     )
 
 
@@ -100,60 +87,3 @@ def outbound_to_proto(message: Outbound) -> fed_pb2.ServerMessage:
         )
     assert isinstance(message, Closed)
     return fed_pb2.ServerMessage(closed=fed_pb2.SessionClosed(reason=message.reason))
-
-
-def client_to_proto(view: ClientView) -> admin_pb2.ClientState:
-    """One row of the console's clients table."""
-    return admin_pb2.ClientState(**view.as_dict())
-
-
-def run_to_proto(view: RunView) -> admin_pb2.RunState:
-    """The console's round pane."""
-    history = [
-        admin_pb2.RoundMetrics(
-            round=record["round"],
-            metrics=record.get("metrics", {}),
-            clients=len(record.get("clients", [])),
-            seconds=record.get("duration_s", 0.0),
-        )
-        for record in view.history
-    ]
-    return admin_pb2.RunState(
-        run_number=view.run_number,
-        server_status=view.server_status,
-        app=view.app,
-        start_round=view.start_round,
-        current_round=view.current_round,
-        num_rounds=view.num_rounds,
-        min_num_clients=view.min_num_clients,
-        max_num_clients=view.max_num_clients,
-        updates_received=view.updates_received,
-        contributed=list(view.contributed),
-        awaited=list(view.awaited),
-        wait_deadline=view.wait_deadline,
-        history=history,
-        failed_sites=list(view.failed_sites),
-        phase=view.phase,
-        best_metric=view.best_metric,
-    )
-
-
-def event_to_proto(event: Event) -> admin_pb2.Event:
-    """A bus event for the console."""
-    out = admin_pb2.Event(seq=event.seq, time=event.time)
-    payload = event.payload
-    if event.kind == "client":
-        out.client.CopyFrom(client_to_proto(payload))
-    elif event.kind == "client_gone":
-        out.client_gone.CopyFrom(admin_pb2.ClientGone(instance=payload[0], reason=payload[1]))
-    elif event.kind == "run":
-        out.run.CopyFrom(run_to_proto(payload))
-    elif event.kind == "log":
-        out.log.CopyFrom(log_to_proto(payload))
-    elif event.kind == "heartbeat":
-        out.heartbeat.CopyFrom(admin_pb2.HeartbeatSeen(instance=payload[0], time=payload[1]))
-    elif event.kind == "command":
-        out.command.CopyFrom(
-            admin_pb2.CommandAudit(user=payload[0], line=payload[1], ok=payload[2])
-        )
-    return out

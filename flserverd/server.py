@@ -20,19 +20,20 @@ from pathlib import Path
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
+from flcore.feed import ClientGone, ClientRow, Heartbeat, LogEntry, RunInfo
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import TensorFile, TensorFileError
 from flserverd.crossval import CrossValidation, CrossValidationOffer
-from flserverd.events import BusLogHandler, EventBus, LogLine
+from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink, Closed, CommandResult, RunEnded
 from flserverd.registry import ClientRegistry, ClientSession
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
 from flserverd.training import PHASE_TRAINING, Offer, Training
-from flserverd.views import ClientView, RunView
+from flserverd.views import client_row, round_record
 
 log = logging.getLogger(__name__)
 
@@ -362,16 +363,15 @@ class FLServer:
             self.update_status(session, status)
         else:
             self.registry.heard(session)
-        self.bus.publish("heartbeat", (session.instance, session.last_heartbeat))
+        self.bus.publish(Heartbeat(session.instance, session.last_heartbeat))
 
-    def client_logs(self, session: ClientSession, lines: list[LogLine], dropped: int) -> None:
+    def client_logs(self, session: ClientSession, lines: list[LogEntry], dropped: int) -> None:
         """Forwarded log lines of a client go to the console's log feed."""
         for line in lines:
-            self.bus.publish("log", replace(line, source=session.instance))
+            self.bus.publish(replace(line, source=session.instance))
         if dropped:
             self.bus.publish(
-                "log",
-                LogLine(
+                LogEntry(
                     time.time(),
                     "WARNING",
                     "flclientd",
@@ -388,7 +388,7 @@ class FLServer:
             link.close()
         self.registry.remove(session)
         log.info("client %s (%s) removed: %s", session.instance, session.client_name, reason)
-        self.bus.publish("client_gone", (session.instance, reason))
+        self.bus.publish(ClientGone(session.instance, reason))
         if self.training is not None:
             self.training.client_gone(session.instance)
         if self._crossval is not None:
@@ -428,19 +428,19 @@ class FLServer:
 
     def publish_client(self, session: ClientSession) -> None:
         """Send a client's row to consoles."""
-        self.bus.publish("client", ClientView.of(session))
+        self.bus.publish(client_row(session))
 
     def publish_run(self) -> None:
         """Send the run's state to consoles and to systemd."""
         view = self.run_view()
-        self.bus.publish("run", view)
+        self.bus.publish(view)
         if view.current_round >= 0:
             notify(
                 f"STATUS=run {view.run_number} {view.server_status}, round "
                 f"{view.current_round}/{view.num_rounds}, {len(self.registry)} clients"
             )
 
-    def run_view(self) -> RunView:
+    def run_view(self) -> RunInfo:
         """The run's state now (from the database when it is not training here)."""
         number = self.run_number
         training = self.training
@@ -450,31 +450,31 @@ class FLServer:
         record = self.db.get_run(number) if number and not self.starting else None
         if record is None:
             app = self.store.deployed_app_name(number) if number else ""
-            return RunView(number, status, app=app, reason=self.start_error)
+            return RunInfo(number, status, app=app, reason=self.start_error)
         best = ""
         if record.best_value is not None:
             best = f"{record.best_value:.4f} (round {record.best_round})"
-        return RunView(
+        return RunInfo(
             run_number=number,
             server_status=status,
             app=record.app,
             start_round=record.start_round,
             current_round=record.next_round,
             num_rounds=record.num_rounds,
-            history=tuple(self.db.round_records(number)),
+            history=tuple(round_record(r) for r in self.db.round_records(number)),
             failed_sites=tuple(record.failed_sites),
             best_metric=best,
             reason=record.reason,
         )
 
-    def _training_view(self, training: Training, status: str) -> RunView:
+    def _training_view(self, training: Training, status: str) -> RunInfo:
         run, state = training.run, training.round
         best = ""
         if run.best_value is not None:
             best = (
                 f"{training.config.validation_metric}={run.best_value:.4f} (round {run.best_round})"
             )
-        return RunView(
+        return RunInfo(
             run_number=run.run_number,
             server_status=status,
             app=run.app,
@@ -488,15 +488,15 @@ class FLServer:
             contributed=tuple(sorted(state.contributed)),
             awaited=tuple(training.awaited()) if training.active else (),
             wait_deadline=state.deadline,
-            history=tuple(training.history),
+            history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
             best_metric=best,
             reason=run.reason or self.start_error,
         )
 
-    def client_views(self) -> list[ClientView]:
+    def client_rows(self) -> list[ClientRow]:
         """Every registered client, by instance name."""
-        return [ClientView.of(s) for s in self.registry.sessions()]
+        return [client_row(s) for s in self.registry.sessions()]
 
 
 async def build_initial_model(app_dir: Path, target: Path) -> None:

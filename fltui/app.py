@@ -21,8 +21,8 @@ from textual.app import App, SystemCommand
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
+from flcore.feed import LogEntry, Snapshot
 from fltui.adminclient import AdminError, Outcome
-from fltui.feed import LogEntry, Snapshot
 from fltui.link import Link, ServerLink
 from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen

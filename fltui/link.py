@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
+from flcore.feed import FeedEvent
+from flcore.feedwire import event_from_proto
 from fltui.adminclient import DEFAULT_TIMEOUT_S, AdminClient, AdminError, Outcome, load_kit
-from fltui.feed import FeedEvent
-from fltui.serde import event_from_proto
 
 
 class Link(Protocol):

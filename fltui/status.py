@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flcore import status as st
-from fltui.feed import ClientRow
+from flcore.feed import ClientRow
 
 STALE_AFTER_BEATS = 3
 """A client is stale after missing this many heartbeats in a row."""

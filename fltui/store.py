@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from fltui.feed import (
+from flcore.feed import (
     ClientGone,
     ClientRow,
     CommandSeen,

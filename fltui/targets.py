@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flcore import status as st
-from fltui.feed import ClientRow
+from flcore.feed import ClientRow
 from fltui.store import Store
 
 MAX_LISTED = 8

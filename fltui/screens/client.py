@@ -12,7 +12,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
-from fltui.feed import ClientRow
+from flcore.feed import ClientRow
 from fltui.widgets.tones import tone_style
 
 

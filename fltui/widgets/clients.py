@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
-from fltui.feed import ClientRow
+from flcore.feed import ClientRow
 from fltui.status import Look, age, device, health, short_token, training
 from fltui.widgets.tones import toned
 

@@ -13,7 +13,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 
-from fltui.feed import RunInfo
+from flcore.feed import RunInfo
 from fltui.status import Look, server_look
 from fltui.widgets.line import Line
 from fltui.widgets.tones import look_text, tone_style

@@ -19,7 +19,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from fltui.feed import LogEntry
+from flcore.feed import LogEntry
 from fltui.logfilter import LogFilter
 
 SOURCE_WIDTH = 12

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Sparkline
 
-from fltui.feed import RunInfo
+from flcore.feed import RunInfo
 from fltui.widgets.line import Line
 from fltui.widgets.tones import tone_style
 

@@ -8,7 +8,7 @@ metrics for the chart and a few log lines. Every time is relative to
 
 from __future__ import annotations
 
-from fltui.feed import (
+from flcore.feed import (
     ClientRow,
     FeedEvent,
     Heartbeat,

@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+from flcore.feed import FeedEvent
 from fltui.adminclient import Outcome
-from fltui.feed import FeedEvent
 
 Reply = Callable[[str, bool], Outcome]
 

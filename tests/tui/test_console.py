@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from flcore.feed import FeedEvent
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from fltui.adminclient import AdminError, Outcome
 from fltui.app import ConsoleApp
-from fltui.feed import FeedEvent
 from fltui.screens.client import ClientScreen
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.help import HelpScreen
@@ -387,7 +387,7 @@ def test_without_a_kit_the_login_screen_asks(tmp_path: Path) -> None:
 
 
 def test_unknown_event_kinds_are_skipped() -> None:
-    from fltui.serde import event_from_proto
+    from flcore.feedwire import event_from_proto
 
     assert event_from_proto(admin_pb2.Event(seq=3, time=1.0)) is None
 

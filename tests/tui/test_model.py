@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from flcore.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, Snapshot
+from flcore.feedwire import event_from_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fltui.completion import complete
-from fltui.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, Snapshot
 from fltui.logfilter import LogFilter
-from fltui.serde import event_from_proto
 from fltui.status import LOST, OFFLINE, ONLINE, STALE, age, health, short_token
 from fltui.store import BEAT, DOWN, GONE, UP, Store
 from fltui.targets import describe_stop, target_choices

@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from flcore.feed import ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, ServerInfo, Snapshot
 from fltui.app import ConsoleApp
-from fltui.feed import ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, ServerInfo, Snapshot
 from fltui.screens.help import HelpScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView

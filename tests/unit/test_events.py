@@ -9,24 +9,27 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from flcore.feed import ClientGone, FeedEvent, Heartbeat, LogEntry
 from flserverd.events import (
     LOG_RING,
     QUEUE_LIMIT,
     BusLogHandler,
-    Event,
     EventBus,
-    LogLine,
     Overflow,
     Subscription,
 )
 
 
-def _line(i: int) -> LogLine:
-    return LogLine(float(i), "INFO", "test", f"line {i}", "server")
+def _line(i: int) -> LogEntry:
+    return LogEntry(float(i), "INFO", "test", f"line {i}", "server")
 
 
-async def _take(sub: Subscription, count: int, timeout: float = 1.0) -> list[Event]:
-    events: list[Event] = []
+def _tick(i: object) -> Heartbeat:
+    return Heartbeat(str(i), 0.0)
+
+
+async def _take(sub: Subscription, count: int, timeout: float = 1.0) -> list[FeedEvent]:
+    events: list[FeedEvent] = []
 
     async def collect() -> None:
         async for event in sub:
@@ -41,17 +44,21 @@ async def _take(sub: Subscription, count: int, timeout: float = 1.0) -> list[Eve
 def test_sequence_numbers_and_delivery() -> None:
     async def scenario() -> None:
         bus = EventBus()
-        bus.publish("client", {"name": "before"})  # before anyone subscribed
+        bus.publish(ClientGone("before", "x"))  # before anyone subscribed
         first = bus.subscribe()
         second = bus.subscribe()
-        bus.publish("client", {"name": "a"})
-        bus.publish("run", {"round": 1})
-        bus.publish("log", _line(1))
+        bus.publish(ClientGone("a", "dropped"))
+        bus.publish(_tick(1))
+        bus.publish(_line(1))
         assert bus.seq == 4
         got = await _take(first, 3)
-        assert [(e.seq, e.kind) for e in got] == [(2, "client"), (3, "run"), (4, "log")]
-        assert got[0].payload == {"name": "a"}
-        assert got[2].payload == _line(1)
+        assert [(e.seq, type(e.body)) for e in got] == [
+            (2, ClientGone),
+            (3, Heartbeat),
+            (4, LogEntry),
+        ]
+        assert got[0].body == ClientGone("a", "dropped")
+        assert got[2].body == _line(1)
         got2 = await _take(second, 3)
         assert [e.seq for e in got2] == [2, 3, 4]
         assert got2[0].time <= got2[2].time
@@ -62,8 +69,8 @@ def test_sequence_numbers_and_delivery() -> None:
 def test_log_ring_keeps_only_recent_lines() -> None:
     bus = EventBus()
     for i in range(LOG_RING + 25):
-        bus.publish("log", _line(i))
-        bus.publish("client", {"i": i})  # not a log line: not in the ring
+        bus.publish(_line(i))
+        bus.publish(_tick(i))  # not a log line: not in the ring
     assert len(bus.logs) == LOG_RING
     assert bus.logs[0] == _line(25)
     assert bus.logs[-1] == _line(LOG_RING + 24)
@@ -78,7 +85,7 @@ def test_slow_subscriber_is_cut_off_without_growing() -> None:
         fast_seen: list[int] = []
 
         for i in range(QUEUE_LIMIT + 500):
-            bus.publish("tick", i)
+            bus.publish(_tick(i))
             if i % 100 == 0:
                 # the fast consumer keeps up
                 while not fast._queue.empty():
@@ -89,7 +96,7 @@ def test_slow_subscriber_is_cut_off_without_growing() -> None:
         assert slow._queue.qsize() == QUEUE_LIMIT  # bounded: nothing past the limit queued
         assert slow not in bus._subscribers
         assert not fast.overflowed and fast in bus._subscribers
-        bus.publish("tick", "more")
+        bus.publish(_tick("more"))
         assert slow._queue.qsize() == QUEUE_LIMIT
 
         seen: list[int] = []
@@ -107,11 +114,11 @@ def test_close_ends_subscriptions() -> None:
     async def scenario() -> None:
         bus = EventBus()
         sub = bus.subscribe()
-        bus.publish("tick", 1)
+        bus.publish(_tick(1))
         bus.close()
         got = [event.seq async for event in sub]
         assert got == [1]
-        bus.publish("tick", 2)  # nobody is subscribed any more
+        bus.publish(_tick(2))  # nobody is subscribed any more
         assert bus._subscribers == set()
 
     asyncio.run(scenario())
@@ -124,7 +131,7 @@ def test_close_ends_subscription_with_full_queue() -> None:
         bus = EventBus()
         sub = bus.subscribe()
         for i in range(QUEUE_LIMIT):
-            bus.publish("tick", i)
+            bus.publish(_tick(i))
         assert not sub.overflowed
         bus.close()
 
@@ -146,8 +153,8 @@ def test_iterator_exit_unsubscribes() -> None:
     async def scenario() -> None:
         bus = EventBus()
         sub = bus.subscribe()
-        bus.publish("tick", 1)
-        iterator: AsyncIterator[Event] = sub.__aiter__()
+        bus.publish(_tick(1))
+        iterator: AsyncIterator[FeedEvent] = sub.__aiter__()
         assert (await anext(iterator)).seq == 1
         await iterator.aclose()  # type: ignore[attr-defined]
         assert sub not in bus._subscribers
@@ -183,8 +190,8 @@ def test_bus_log_handler_from_loop_and_other_thread() -> None:
             got = await _take(sub, 2)
         finally:
             logger.handlers = []
-        assert [e.kind for e in got] == ["log", "log"]
-        lines = [e.payload for e in got]
+        lines = [e.body for e in got if isinstance(e.body, LogEntry)]
+        assert len(lines) == len(got)
         assert [(line.level, line.message, line.logger, line.source) for line in lines] == [
             ("INFO", "from the loop 1", "flstack.test.events", "server"),
             ("WARNING", "from a thread T", "flstack.test.events", "server"),

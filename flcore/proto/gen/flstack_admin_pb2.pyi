@@ -394,6 +394,7 @@ class RunState(_message.Message):
     FAILED_SITES_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
     BEST_METRIC_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     run_number: _builtins.int
     """0: no run set"""
     server_status: _builtins.str
@@ -410,6 +411,8 @@ class RunState(_message.Message):
     """"training", "final validation", "cross site validation", "" """
     best_metric: _builtins.str
     """e.g. "accuracy=0.9412 (round 7)" """
+    reason: _builtins.str
+    """why the run stopped, or why starting it failed"""
     @_builtins.property
     def contributed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -437,10 +440,11 @@ class RunState(_message.Message):
         failed_sites: _abc.Iterable[_builtins.str] | None = ...,
         phase: _builtins.str = ...,
         best_metric: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "run_number", b"run_number", "server_status", b"server_status", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,9 +1,10 @@
-"""The server's live feed as plain data: what the console's panes are drawn from.
+"""The server's live feed as plain data: what the server publishes and the console draws.
 
-The wire messages (``flstack_admin.proto``) are converted once, in
-:mod:`fltui.serde`; everything after that (the store, the panes, the tests
-that replay a recorded run) sees only these frozen dataclasses, so the
-console can be driven without a server.
+The server's event bus carries these frozen dataclasses, ``check_status``
+builds its JSON from them, and the console's panes are drawn from them. The
+wire messages (``flstack_admin.proto``) are converted in one place,
+:mod:`flcore.feedwire`, in both directions, so the tests that replay a
+recorded run drive the console without a server.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class RunInfo:
     failed_sites: tuple[str, ...] = ()
     phase: str = ""
     best_metric: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True)

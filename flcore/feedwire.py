@@ -1,14 +1,15 @@
-"""Wire messages of the ``Events`` feed to :mod:`fltui.feed` data: the console's one serde module.
+"""The live feed on the wire: :mod:`flcore.feed` data to and from ``flstack_admin.proto``.
 
-Only this module and :mod:`fltui.adminclient` see generated protobuf code;
-the rest of the console works on plain dataclasses.
+The server converts what it publishes here and the console converts what it
+receives here, so both ends agree by construction. Only this module, the
+servicers and the admin client see generated protobuf code.
 """
 
 from __future__ import annotations
 
-from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
-from flcore.proto.gen import flstack_common_pb2 as common_pb2
-from fltui.feed import (
+from dataclasses import asdict
+
+from flcore.feed import (
     Body,
     ClientGone,
     ClientRow,
@@ -21,6 +22,13 @@ from fltui.feed import (
     ServerInfo,
     Snapshot,
 )
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
+
+
+def server_to_proto(info: ServerInfo) -> admin_pb2.ServerInfo:
+    """The server's identity and heartbeat timing, for the wire."""
+    return admin_pb2.ServerInfo(**asdict(info))
 
 
 def server_from_proto(message: admin_pb2.ServerInfo) -> ServerInfo:
@@ -35,6 +43,11 @@ def server_from_proto(message: admin_pb2.ServerInfo) -> ServerInfo:
         heart_beat_timeout_s=message.heart_beat_timeout_s,
         heartbeat_interval_s=message.heartbeat_interval_s,
     )
+
+
+def client_to_proto(row: ClientRow) -> admin_pb2.ClientState:
+    """One row of the clients table, for the wire."""
+    return admin_pb2.ClientState(**asdict(row))
 
 
 def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
@@ -60,6 +73,13 @@ def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
     )
 
 
+def run_to_proto(run: RunInfo) -> admin_pb2.RunState:
+    """The run and its round progress, for the wire."""
+    fields = asdict(run)
+    fields["history"] = [admin_pb2.RoundMetrics(**asdict(r)) for r in run.history]
+    return admin_pb2.RunState(**fields)
+
+
 def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
     """The run and its round progress."""
     return RunInfo(
@@ -81,12 +101,46 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         failed_sites=tuple(message.failed_sites),
         phase=message.phase,
         best_metric=message.best_metric,
+        reason=message.reason,
     )
+
+
+def log_to_proto(entry: LogEntry) -> common_pb2.LogRecord:
+    """One log line, for the wire."""
+    return common_pb2.LogRecord(**asdict(entry))
 
 
 def log_from_proto(message: common_pb2.LogRecord) -> LogEntry:
     """One log line."""
     return LogEntry(message.time, message.level, message.logger, message.message, message.source)
+
+
+def event_to_proto(event: FeedEvent) -> admin_pb2.Event:
+    """One feed event, for the wire."""
+    out = admin_pb2.Event(seq=event.seq, time=event.time)
+    body = event.body
+    if isinstance(body, Snapshot):
+        out.snapshot.CopyFrom(
+            admin_pb2.Snapshot(
+                server=server_to_proto(body.server),
+                run=run_to_proto(body.run),
+                clients=[client_to_proto(c) for c in body.clients],
+                logs=[log_to_proto(line) for line in body.logs],
+            )
+        )
+    elif isinstance(body, ClientRow):
+        out.client.CopyFrom(client_to_proto(body))
+    elif isinstance(body, ClientGone):
+        out.client_gone.CopyFrom(admin_pb2.ClientGone(instance=body.instance, reason=body.reason))
+    elif isinstance(body, RunInfo):
+        out.run.CopyFrom(run_to_proto(body))
+    elif isinstance(body, LogEntry):
+        out.log.CopyFrom(log_to_proto(body))
+    elif isinstance(body, Heartbeat):
+        out.heartbeat.CopyFrom(admin_pb2.HeartbeatSeen(instance=body.instance, time=body.time))
+    else:
+        out.command.CopyFrom(admin_pb2.CommandAudit(user=body.user, line=body.line, ok=body.ok))
+    return out
 
 
 def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
