@@ -104,11 +104,7 @@ class AdminClient:
         self.role = ""
         self.project = kit.project
         self.server_name = ""
-        files = TlsFiles(
-            startup_dir / kit.ssl_root_cert,
-            startup_dir / kit.ssl_cert,
-            startup_dir / kit.ssl_private_key,
-        )
+        files = TlsFiles.named_by(kit, startup_dir)
         try:
             credentials = channel_credentials(files)
         except ConfigError as exc:
