@@ -20,7 +20,7 @@ from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
 from flclientd.session import EXIT_REFUSED
-from flcore.daemon import stop_on_signals
+from flcore.daemon import limit_malloc_arenas, stop_on_signals
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.schema import ConfigError
@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flclientd console script."""
     args = parse_args(argv)
+    limit_malloc_arenas()
     setup_logging(args.log_level)
     workspace = args.workspace.resolve()
     try:

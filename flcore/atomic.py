@@ -57,11 +57,13 @@ def atomic_copy(source: Path, target: Path) -> None:
         shutil.copyfileobj(src, dst, 1024 * 1024)
 
 
-def atomic_produce(target: Path, produce: Callable[[Path], None]) -> None:
-    """Let ``produce`` write a temp path, then move it over ``target`` durably.
+def atomic_produce(target: Path, produce: Callable[[Path], None], durable: bool = True) -> None:
+    """Let ``produce`` write a temp path, then move it over ``target`` (durably by default).
 
     For writers that insist on a path (e.g. a library's save_file) rather
-    than an open file.
+    than an open file. ``durable=False`` skips the fsyncs for files that are
+    cheap to make again (a site's update is simply trained and sent again):
+    the rename alone still means a reader never sees half a file.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -69,10 +71,12 @@ def atomic_produce(target: Path, produce: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         produce(tmp)
-        with tmp.open("rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with tmp.open("rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, target)
-        fsync_dir(target.parent)
+        if durable:
+            fsync_dir(target.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -84,8 +84,8 @@ def check_fits(expected: Manifest, found: Manifest, what: str) -> None:
         raise TensorFileError(f"{what} does not fit the model: {'; '.join(problems)}")
 
 
-def save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Write a state dict as safetensors, atomically.
+def save_state(state: Mapping[str, torch.Tensor], path: Path, durable: bool = True) -> None:
+    """Write a state dict as safetensors, atomically (and durably unless told otherwise).
 
     Tensors that share storage (tied weights) are cloned, because
     safetensors refuses shared memory, and every name must still be saved so
@@ -100,7 +100,9 @@ def save_state(state: Mapping[str, torch.Tensor], path: Path) -> None:
             value = value.clone()
         storages.add(storage)
         tensors[name] = value
-    atomic_produce(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_produce(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}), durable
+    )
 
 
 def load_state(model: nn.Module, path: Path, expected: Manifest) -> None:

@@ -202,9 +202,3 @@ def load_admin(startup_dir: Path) -> AdminStartup:
     """Read ``fed_admin.json`` from an admin kit's startup folder."""
     path = startup_dir / ADMIN_FILE
     return AdminStartup(**parse_mapping(_read_json(path), ADMIN_FIELDS, str(path)))
-
-
-def startup_path(workspace: Path, file_name: str) -> Path:
-    """Resolve a file named in a startup config (relative to ``startup/``)."""
-    path = Path(file_name)
-    return path if path.is_absolute() else workspace / STARTUP_DIR / path

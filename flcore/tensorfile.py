@@ -185,6 +185,21 @@ class TensorFile:
             shape=spec.shape,
         )
 
+    def iter_slabs(self, name: str, elements: int) -> Iterator[npt.NDArray[Any]]:
+        """One tensor's values, flat, ``elements`` at a time (BF16 as raw uint16).
+
+        Read rather than memory-mapped: a map would count the whole tensor
+        against the process's resident memory while it is read, a slab only
+        its own size.
+        """
+        spec = next(t for t in self.manifest.tensors if t.name == name)
+        dtype = NUMPY_DTYPES[spec.dtype]
+        total = math.prod(spec.shape)
+        with self.path.open("rb") as handle:
+            handle.seek(self.data_start + self.offsets[name][0])
+            for start in range(0, total, elements):
+                yield np.fromfile(handle, dtype=dtype, count=min(elements, total - start))
+
     def iter_chunks(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, int, bytes]]:
         """Yield (tensor name, offset in tensor, bytes), whole elements per chunk.
 

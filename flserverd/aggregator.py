@@ -2,7 +2,7 @@
 
 The server keeps one running weighted sum per round, never one copy of the
 model per client: each complete, validated update is read back from its
-spool file through a memory map, slab by slab, and added in. Peak memory is
+spool file slab by slab and added in. Peak memory is
 the accumulator plus one slab, whatever the number of clients.
 
 Floating-point tensors are averaged in float32 (float64 for F64 tensors).
@@ -68,10 +68,10 @@ class FedAvg:
                 total = np.zeros(spec.shape, dtype=_accumulator_dtype(spec.dtype))
                 self._sums[spec.name] = total
             flat_total = total.reshape(-1)
-            flat_update = update.array(spec.name).reshape(-1)
-            for start in range(0, flat_total.size, SLAB_ELEMENTS):
-                stop = start + SLAB_ELEMENTS
-                flat_total[start:stop] += _widen(spec.dtype, flat_update[start:stop]) * weight
+            start = 0
+            for slab in update.iter_slabs(spec.name, SLAB_ELEMENTS):
+                flat_total[start : start + slab.size] += _widen(spec.dtype, slab) * weight
+                start += slab.size
         self.total_weight += weight
         self.count += 1
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from flcore.daemon import stop_on_signals
+from flcore.daemon import limit_malloc_arenas, stop_on_signals
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flserverd console script."""
     args = parse_args(argv)
+    limit_malloc_arenas()
     setup_logging(args.log_level)
     workspace = args.workspace.resolve()
     try:

@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 MAX_METRICS = 64
 MAX_LOG_BATCH = 500
-CHUNKS_PER_READ = 8
+# Chunks read ahead per download: bounds a stream's memory to a few MiB.
+CHUNKS_PER_READ = 2
 
 _OUTCOMES = {
     Outcome.ACCEPTED: fed_pb2.SUBMIT_RESULT_ACCEPTED,
@@ -168,7 +169,7 @@ class FederationService(fed_grpc.FederationServicer):
     ) -> None:
         server = self.server
         async for message in request_iterator:
-            if server.registry.by_instance(session.instance) is not session:
+            if not server.registry.is_current(session):
                 return
             body = message.WhichOneof("body")
             if body == "heartbeat":
@@ -283,10 +284,12 @@ class FederationService(fed_grpc.FederationServicer):
         )
         spool = SpoolWriter(spool_path, declared)
         try:
+            # Disk writes and the NaN checks run in a thread: the loop keeps serving
+            # commands and heartbeats while large models stream in.
             async for message in request_iterator:
                 chunk = message.chunk
-                spool.write(chunk.name, chunk.offset, chunk.data)
-            model = spool.finish()
+                await asyncio.to_thread(spool.write, chunk.name, chunk.offset, chunk.data)
+            model = await asyncio.to_thread(spool.finish)
             if header.kind == fed_pb2.MODEL_KIND_LOCAL:
                 self.server.crossval_for(header.run_number).accept_model(session.instance, model)
                 return reply(Outcome.ACCEPTED, "local model accepted for cross-site validation")
@@ -299,7 +302,7 @@ class FederationService(fed_grpc.FederationServicer):
         except TensorFileError as exc:
             return reply(Outcome.REJECTED, str(exc))
         finally:
-            spool.discard()
+            await asyncio.to_thread(spool.discard)
 
     def _precheck(
         self, instance: str, header: fed_pb2.SubmitHeader, metrics: dict[str, float]

@@ -65,16 +65,19 @@ class ClientRegistry:
         self.heart_beat_timeout = heart_beat_timeout
         self._clock = clock
         self._sessions: dict[str, ClientSession] = {}
+        self._by_instance: dict[str, ClientSession] = {}
         now = clock()
         for record in db.load_sessions():
             # Restored sessions get a full timeout to reconnect after a restart.
-            self._sessions[record.token] = ClientSession(
-                token=record.token,
-                client_name=record.client_name,
-                instance=record.instance,
-                org=record.org,
-                connected_at=record.created_at,
-                last_heartbeat=now,
+            self._add(
+                ClientSession(
+                    token=record.token,
+                    client_name=record.client_name,
+                    instance=record.instance,
+                    org=record.org,
+                    connected_at=record.created_at,
+                    last_heartbeat=now,
+                )
             )
         if self._sessions:
             log.info("restored %d client sessions from the state database", len(self._sessions))
@@ -86,9 +89,17 @@ class ClientRegistry:
         """Live sessions ordered by instance name."""
         return sorted(self._sessions.values(), key=lambda s: s.instance)
 
+    def _add(self, session: ClientSession) -> None:
+        self._sessions[session.token] = session
+        self._by_instance[session.instance] = session
+
     def by_instance(self, instance: str) -> ClientSession | None:
         """The session of an instance name, if it is registered."""
-        return next((s for s in self._sessions.values() if s.instance == instance), None)
+        return self._by_instance.get(instance)
+
+    def is_current(self, session: ClientSession) -> bool:
+        """Whether the session is still registered (not dropped or replaced)."""
+        return self._sessions.get(session.token) is session
 
     def login(
         self, identity: Identity, token: str, machine: MachineInfo
@@ -121,14 +132,14 @@ class ClientRegistry:
             last_heartbeat=now,
             machine=machine,
         )
-        self._sessions[session.token] = session
+        self._add(session)
         self._db.save_session(
             SessionRecord(session.token, session.client_name, session.instance, session.org, now)
         )
         return session, False
 
     def _free_instance(self, name: str) -> str:
-        taken = {s.instance for s in self._sessions.values()}
+        taken = self._by_instance
         if name not in taken:
             return name
         n = 1
@@ -158,4 +169,5 @@ class ClientRegistry:
     def remove(self, session: ClientSession) -> None:
         """Forget a session (dropped, logged out or shut down)."""
         if self._sessions.pop(session.token, None) is not None:
+            self._by_instance.pop(session.instance, None)
             self._db.delete_session(session.token)

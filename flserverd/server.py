@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 RUN_NUMBER_KEY = "run_number"
 MODEL_INIT_TIMEOUT = 600.0
+# Rounds of metrics in each run-state event: the console's chart shows the latest ones;
+# run_N/metrics.jsonl has them all.
+HISTORY_SHOWN = 100
 # How long a command waits for a registered client whose stream is (re)connecting.
 RECONNECT_GRACE_S = 5.0
 
@@ -415,6 +418,9 @@ class FLServer:
 
     async def _link_of(self, session: ClientSession, wait: float) -> ClientLink | None:
         """The client's stream, waiting briefly for one that is (re)connecting."""
+        link = self.links.get(session.token)
+        if link is not None:
+            return link
         async with self._attached:
             try:
                 await asyncio.wait_for(
@@ -461,7 +467,7 @@ class FLServer:
             start_round=record.start_round,
             current_round=record.next_round,
             num_rounds=record.num_rounds,
-            history=tuple(round_record(r) for r in self.db.round_records(number)),
+            history=tuple(round_record(r) for r in self.db.round_records(number)[-HISTORY_SHOWN:]),
             failed_sites=tuple(record.failed_sites),
             best_metric=best,
             reason=record.reason,
@@ -488,7 +494,7 @@ class FLServer:
             contributed=tuple(sorted(state.contributed)),
             awaited=tuple(training.awaited()) if training.active else (),
             wait_deadline=state.deadline,
-            history=tuple(round_record(r) for r in training.history),
+            history=tuple(round_record(r) for r in training.history[-HISTORY_SHOWN:]),
             failed_sites=tuple(run.failed_sites),
             best_metric=best,
             reason=run.reason or self.start_error,

@@ -82,6 +82,9 @@ class TrainingSession:
         self.ranks = ranks
         self.device = device
         self.best_path = work_dir / BEST_LOCAL_MODEL
+        # Judging each update on the local data costs a validation pass per round;
+        # only a site that shares its best local model (cross-site validation) needs it.
+        self.keeps_best = app.client is not None and app.client.cross_validate
         self.best_metric = app.server.validation_metric if app.server else "val_accuracy"
         self.higher_is_better = app.server.metric_mode == "max" if app.server else True
         self.best_score: float | None = None
@@ -155,8 +158,9 @@ class TrainingSession:
         """Validate the global model, train on it, write the update; on every rank.
 
         Only rank 0 validates and writes; with DDP its model is the
-        synchronised one. The update is validated too (``local_val_*``) to
-        keep the best local model for cross-site validation.
+        synchronised one. At a site that takes part in cross-site validation
+        the update is validated too (``local_val_*``) to keep the best local
+        model.
         """
         load_state(self.model, global_model, self.manifest)
         metrics: dict[str, float] = {}
@@ -177,10 +181,12 @@ class TrainingSession:
         if self.ranks.is_main:
             state = self.model.state_dict()
             check_fits(self.manifest, state_manifest(state), "the trained model")
-            save_state(state, out)
-            local = self._validate()
-            metrics.update({f"local_{key}": value for key, value in local.items()})
-            self._keep_if_best(state, local)
+            # Not fsynced: an update lost in a crash is simply trained and sent again.
+            save_state(state, out, durable=False)
+            if self.keeps_best:
+                local = self._validate()
+                metrics.update({f"local_{key}": value for key, value in local.items()})
+                self._keep_if_best(state, local)
         return Outcome(self.train_samples, metrics)
 
     def _keep_if_best(self, state: dict[str, torch.Tensor], local: dict[str, float]) -> None:
@@ -196,7 +202,7 @@ class TrainingSession:
             self.best_score = score
         else:
             return
-        save_state(state, self.best_path)
+        save_state(state, self.best_path, durable=False)
 
 
 def _format(metrics: dict[str, float]) -> str:

@@ -267,7 +267,7 @@ class Cluster:
 
     def status(self) -> dict[str, Any]:
         """check_status server as data."""
-        return self.ok("check_status server").data  # type: ignore[no-any-return]
+        return self.ok("check_status server").data
 
     def run_state(self) -> dict[str, Any]:
         """The run part of check_status server."""

@@ -8,7 +8,7 @@ from typing import Any
 
 
 async def wait_for(
-    pilot: Any, predicate: Callable[[], Any], timeout: float = 10.0, what: str = ""
+    pilot: Any, predicate: Callable[[], Any], timeout: float = 30.0, what: str = ""
 ) -> Any:
     """Let the app run until ``predicate`` is truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

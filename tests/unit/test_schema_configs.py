@@ -22,6 +22,7 @@ from flcore.schema import (
     one_of,
     parse_mapping,
 )
+from flcore.tls import TlsFiles
 
 # --------------------------------------------------------------------------- schema
 
@@ -248,10 +249,18 @@ def test_load_admin_bad_role(tmp_path: Path) -> None:
         startup.load_admin(tmp_path)
 
 
-def test_startup_path() -> None:
-    ws = Path("/srv/site")
-    assert startup.startup_path(ws, "client.crt") == Path("/srv/site/startup/client.crt")
-    assert startup.startup_path(ws, "/etc/ssl/ca.pem") == Path("/etc/ssl/ca.pem")
+def test_tls_files_are_found_in_startup_unless_absolute() -> None:
+    config = startup.ClientStartup(
+        project="p",
+        name="c",
+        server_host="h",
+        fed_port=1,
+        heartbeat_interval=1,
+        ssl_root_cert="/etc/ssl/ca.pem",
+    )
+    files = TlsFiles.named_by(config, Path("/srv/site/startup"))
+    assert files.cert == Path("/srv/site/startup/client.crt")
+    assert files.root_cert == Path("/etc/ssl/ca.pem")
 
 
 # --------------------------------------------------------------------------- app configs

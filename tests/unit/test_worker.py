@@ -72,7 +72,10 @@ def write_data(folder: Path, seed: int = 0) -> Path:
 
 
 def write_app(
-    root: Path, train: dict[str, Any] | None = None, resources: dict[str, str] | None = None
+    root: Path,
+    train: dict[str, Any] | None = None,
+    resources: dict[str, str] | None = None,
+    cross_validate: bool = True,
 ) -> Path:
     """An app folder with the digits configuration, changed by ``train``."""
     config = {
@@ -84,7 +87,8 @@ def write_app(
     }
     (root / "config").mkdir(parents=True)
     (root / "config" / "config_train.json").write_text(json.dumps(config))
-    (root / "config" / "config_fed_client.json").write_text(json.dumps({"local_epochs": 1}))
+    client = {"local_epochs": 1, "cross_validate": cross_validate}
+    (root / "config" / "config_fed_client.json").write_text(json.dumps(client))
     (root / "config" / "config_fed_server.json").write_text(json.dumps({"num_rounds": 2}))
     for name, text in (resources or {}).items():
         path = root / "resources" / name
@@ -144,6 +148,33 @@ def digits_run(tmp_path: Path) -> Iterator[tuple[Path, Path, Path, Path]]:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+@pytest.mark.timeout(90)
+def test_a_site_that_does_not_cross_validate_skips_judging_its_updates(
+    tmp_path: Path, keeper: Keeper
+) -> None:
+    app = write_app(tmp_path / "app", cross_validate=False)
+    work = tmp_path / "run"
+    init_model(app, work / "global.safetensors")
+    data = write_data(tmp_path / "data")
+
+    async def scenario() -> None:
+        process = await keeper.start(app, data, work)
+        try:
+            result = await process.train(
+                round=0,
+                global_model=work / "global.safetensors",
+                out=work / "u.safetensors",
+                epochs=1,
+            )
+            assert {"val_accuracy", "train_loss"} <= set(result.metrics)
+            assert not any(key.startswith("local_") for key in result.metrics)
+            assert process.best_local_model is None
+        finally:
+            await process.stop()
+
+    run(scenario())
 
 
 @pytest.mark.timeout(90)

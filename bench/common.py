@@ -1,0 +1,267 @@
+"""Helpers shared by the benchmark scripts: process statistics, the benchmark app, tables.
+
+The scripts put the repository root on ``sys.path`` themselves (they are run
+as ``.venv/bin/python bench/<name>.py``), then reuse the integration-test
+harness (``tests.integration.harness``) to provision a project and start
+real daemons.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import statistics
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+APP_NAME = "bench_mlp"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """An MLP of a chosen parameter count: ``flcore.models.MLP`` arguments."""
+
+    name: str
+    in_features: int
+    hidden: int
+    out_features: int
+    layers: int
+
+    @property
+    def parameters(self) -> int:
+        """Exact number of parameters (weights and biases)."""
+        widths = [self.in_features, *([self.hidden] * (self.layers - 1)), self.out_features]
+        return sum(a * b + b for a, b in itertools.pairwise(widths))
+
+    @property
+    def megabytes(self) -> float:
+        """Size of the float32 model in MB (10^6 bytes)."""
+        return self.parameters * 4 / 1e6
+
+
+MODELS = {
+    # 1,011,010 parameters (4.0 MB)
+    "small": ModelSize("small", in_features=1000, hidden=1000, out_features=10, layers=2),
+    # 25,004,650 parameters (100 MB)
+    "large": ModelSize("large", in_features=1000, hidden=4520, out_features=10, layers=3),
+}
+
+
+def write_app(
+    folder: Path,
+    model: ModelSize,
+    *,
+    clients: int,
+    num_rounds: int,
+    batch_size: int = 32,
+) -> Path:
+    """Write the benchmark app: one SGD step per round, rounds closed by all clients.
+
+    The dataset holds exactly ``batch_size`` samples and ``local_epochs`` is
+    1, so a round's local training is one optimizer step.
+    ``min_num_clients = max_num_clients = clients`` and a wait of an hour
+    mean a round closes because every client reported, never by a timer.
+    """
+    config = folder / APP_NAME / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    (folder / APP_NAME / "resources").mkdir(exist_ok=True)
+    files: dict[str, Any] = {
+        "config_fed_server.json": {
+            "start_round": 0,
+            "num_rounds": num_rounds,
+            "min_num_clients": clients,
+            "max_num_clients": clients,
+            "wait_after_min_clients": 3600,
+            "validation_metric": "val_accuracy",
+            "final_validation_timeout": 60,
+        },
+        "config_fed_client.json": {"local_epochs": 1},
+        "config_train.json": {
+            "model": {
+                "path": "flcore.models.MLP",
+                "args": {
+                    "in_features": model.in_features,
+                    "hidden": model.hidden,
+                    "out_features": model.out_features,
+                    "layers": model.layers,
+                },
+            },
+            "dataset": {
+                "path": "flcore.datasets.SyntheticClassification",
+                "args": {
+                    "num_samples": batch_size,
+                    "in_features": model.in_features,
+                    "num_classes": model.out_features,
+                },
+            },
+            "optimizer": {"path": "torch.optim.SGD", "args": {"lr": 0.01}},
+            "loss": {"path": "torch.nn.CrossEntropyLoss"},
+            "batch_size": batch_size,
+            "seed": 0,
+        },
+    }
+    for name, values in files.items():
+        (config / name).write_text(json.dumps(values, indent=2) + "\n")
+    return folder / APP_NAME
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """CPU time and memory of one process, read from /proc."""
+
+    cpu_s: float
+    rss_mb: float
+    peak_rss_mb: float
+
+
+def proc_stat(pid: int) -> ProcStat:
+    """utime+stime (seconds), VmRSS and VmHWM (MB) of a live process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Fields after the command name, which is in parentheses and may hold spaces.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    memory: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            memory[key] = int(value.split()[0]) / 1024
+    return ProcStat(cpu, memory.get("VmRSS", 0.0), memory.get("VmHWM", 0.0))
+
+
+class MemorySampler:
+    """Samples a process's RSS split (anonymous / file-backed) in a background thread.
+
+    VmHWM gives the true peak but not what it is made of; the samples (every
+    ``interval`` seconds) tell anonymous memory (heaps, buffers) apart from
+    file pages mapped by the process (e.g. memory-mapped model files).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak: dict[str, float] = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        status = Path(f"/proc/{self.pid}/status")
+        while not self._stop.wait(self.interval):
+            try:
+                text = status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                key, _, value = line.partition(":")
+                if key in self.peak and value.strip():
+                    self.peak[key] = max(self.peak[key], int(value.split()[0]) / 1024)
+
+
+class ConsoleFeed:
+    """A console's live feed (the admin ``Events`` stream), read in a background thread.
+
+    Counts events and their serialized bytes, as a console attached during
+    training would receive them.
+    """
+
+    def __init__(self, startup_dir: Path, user: str) -> None:
+        self.startup_dir = startup_dir
+        self.user = user
+        self.events = 0
+        self.bytes = 0
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ConsoleFeed:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        import asyncio
+
+        from fltui.adminclient import AdminClient, load_kit
+
+        async def consume() -> None:
+            client = AdminClient(self.startup_dir, load_kit(self.startup_dir), self.user)
+            await client.login()
+            try:
+                async for event in client.events():
+                    self.events += 1
+                    self.bytes += event.ByteSize()
+                    if self._stop.is_set():
+                        return
+            finally:
+                await client.close()
+
+        async def until_stopped() -> None:
+            task = asyncio.ensure_future(consume())
+            while not self._stop.is_set() and not task.done():
+                await asyncio.sleep(0.2)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # reported, not raised: the feed is an observer
+                self.error = f"{type(exc).__name__}: {exc}"
+
+        asyncio.run(until_stopped())
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """Summed CPU time of processes that are still alive (others count 0)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += proc_stat(pid).cpu_s
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine spent busy since boot (/proc/stat; not idle/iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    # guest time is already counted in user time
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence."""
+    return float(statistics.median(values))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table, columns left-aligned."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
