@@ -193,8 +193,9 @@ class Demo:
                 if not (event.HasField("snapshot") or event.HasField("run")):
                     continue
                 for record in run.history[shown:]:
+                    plural = "s" if record.round > 1 else ""
                     rounds = (
-                        "initial model" if record.round == 0 else f"after {record.round} rounds"
+                        f"after {record.round} round{plural}" if record.round else "initial model"
                     )
                     accuracy = record.metrics.get("val_accuracy", float("nan"))
                     print(f"  {rounds:>16}: global model accuracy {accuracy:.3f}", flush=True)
