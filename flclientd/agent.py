@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from flclientd.connection import Connection
+from flclientd.connection import Connection, Submitted
 from flclientd.crossval import CrossSiteValidation
 from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
@@ -85,6 +85,7 @@ class Agent:
         self.worker: TrainingProcess | None = None
         self.context: RunContext | None = None
         self.offer: Task | None = None
+        self._offers = 0
         self.crossval = CrossSiteValidation(self.link, self.conn)
         self._offer_changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
@@ -296,15 +297,20 @@ class Agent:
             self.crossval.offered(task)
         else:
             self.offer = task
+            self._offers += 1
             self._offer_changed.set()
 
-    async def _next_task(self, done: set[tuple[int, int]]) -> Task:
-        while True:
-            task = self.offer
-            if task is not None and (task.round, task.kind) not in done:
-                return task
+    async def _next_offer(self, seen: int) -> tuple[Task, int]:
+        """The latest offer once one newer than the ``seen``-th arrived.
+
+        Every offer counts, also one for a round already done: the server
+        offers a round again only when it may have lost what it was sent
+        (it restarted), and then the answer is to send it again.
+        """
+        while self.offer is None or self._offers <= seen:
             self._offer_changed.clear()
             await self._offer_changed.wait()
+        return self.offer, self._offers
 
     async def _stop_worker(self, kill: bool) -> None:
         work, self._work = self._work, None
@@ -374,14 +380,22 @@ class Agent:
                 samples=worker.info.train_samples,
                 cross_validate=app.client.cross_validate,
             )
-            done: set[tuple[int, int]] = set()
+            seen = 0
+            sent: dict[tuple[int, int], Callable[[], Awaitable[Submitted]]] = {}
             while True:
-                task = await self._next_task(done)
-                if task.kind == fed_pb2.TASK_KIND_TRAIN:
-                    await self._train_round(task, app.client.local_epochs, work_dir)
+                task, seen = await self._next_offer(seen)
+                key = (task.round, task.kind)
+                if key in sent:
+                    verdict = await self.link.retrying(f"resend for round {task.round}", sent[key])
+                    log.info("round %d sent again: %s", task.round, verdict.message)
+                elif task.kind == fed_pb2.TASK_KIND_TRAIN:
+                    send = await self._train_round(task, app.client.local_epochs, work_dir)
+                    if send is not None:
+                        sent = {key: send}
                 elif task.kind == fed_pb2.TASK_KIND_VALIDATE_GLOBAL:
-                    await self._validate_final(task, work_dir)
-                done.add((task.round, task.kind))
+                    send = await self._validate_final(task, work_dir)
+                    if send is not None:
+                        sent = {key: send}
         except (WorkerFailed, ConfigError, grpc.aio.AioRpcError) as exc:
             self._fail(exc)
 
@@ -413,7 +427,11 @@ class Agent:
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED)
 
-    async def _train_round(self, task: Task, epochs: int, work_dir: Path) -> None:
+    async def _train_round(
+        self, task: Task, epochs: int, work_dir: Path
+    ) -> Callable[[], Awaitable[Submitted]] | None:
+        """Train one round and send the update; returns how to send it again (None when
+        the round was no longer open)."""
         assert self.worker is not None
         models = work_dir.parent / f"models_{self.link.instance}"
         models.mkdir(exist_ok=True)
@@ -427,7 +445,7 @@ class Agent:
             )
         except grpc.aio.AioRpcError as exc:
             log.info("round %d not available: %s", task.round, exc.details())
-            return
+            return None
         except (TensorFileError, ValueError) as exc:
             raise WorkerFailed(
                 f"the global model of round {task.round} is unusable: {exc}", ""
@@ -435,12 +453,13 @@ class Agent:
         result = await self.worker.train(
             round=task.round, global_model=model, out=update, epochs=epochs
         )
-        verdict = await self.link.retrying(
-            f"upload of round {task.round}",
-            lambda: self.conn.submit_model(
+
+        def send() -> Awaitable[Submitted]:
+            return self.conn.submit_model(
                 task.run_number, task.round, update, result.num_samples, result.metrics
-            ),
-        )
+            )
+
+        verdict = await self.link.retrying(f"upload of round {task.round}", send)
         log.info(
             "round %d update %s: %s (%s)",
             task.round,
@@ -455,8 +474,12 @@ class Agent:
         for old in models.glob("*_round_*.safetensors"):
             if not old.name.endswith(f"_round_{task.round}.safetensors"):
                 old.unlink(missing_ok=True)
+        return send
 
-    async def _validate_final(self, task: Task, work_dir: Path) -> None:
+    async def _validate_final(
+        self, task: Task, work_dir: Path
+    ) -> Callable[[], Awaitable[Submitted]] | None:
+        """Validate the final global model and report it; returns how to report it again."""
         assert self.worker is not None
         model = work_dir.parent / f"models_{self.link.instance}" / "final_global_model.safetensors"
         model.parent.mkdir(exist_ok=True)
@@ -468,14 +491,16 @@ class Agent:
             )
         except grpc.aio.AioRpcError as exc:
             log.info("final model not available: %s", exc.details())
-            return
+            return None
         result = await self.worker.validate(model=model)
         # Weighted by training samples, like the validation metrics of every round.
         samples = self.worker.info.train_samples
-        verdict = await self.link.retrying(
-            "final validation report",
-            lambda: self.conn.submit_metrics(task.run_number, task.round, result.metrics, samples),
-        )
+
+        def send() -> Awaitable[Submitted]:
+            return self.conn.submit_metrics(task.run_number, task.round, result.metrics, samples)
+
+        verdict = await self.link.retrying("final validation report", send)
         log.info(
             "final global model validated: %s (%s)", format_metrics(result.metrics), verdict.result
         )
+        return send

@@ -309,14 +309,16 @@ class Training:
             if verdict is not None:
                 return verdict
             state = self.round
-            await asyncio.to_thread(state.fedavg.fold, update, float(num_samples))
-            self._db.record_folded(
-                self.run.run_number, round_number, instance, num_samples, metrics
+            fold = asyncio.ensure_future(
+                self._fold(state, instance, update, num_samples, metrics)
             )
-            state.contributed[instance] = num_samples
-            state.participants.add(instance)
-            self.ready.add(instance)
-            state.add_metrics(metrics, float(num_samples))
+            try:
+                await asyncio.shield(fold)
+            except asyncio.CancelledError:
+                # The sender went away mid-fold: the fold still finishes and is recorded
+                # (a resend is then a duplicate) before the lock lets anything else in.
+                await fold
+                raise
         log.info(
             "run %d round %d: update from %s accepted (%d samples; %d received, min %d)",
             self.run.run_number,
@@ -329,6 +331,22 @@ class Training:
         self._progress()
         self._listener.run_changed()
         return Outcome.ACCEPTED, f"update for round {round_number} accepted"
+
+    async def _fold(
+        self,
+        state: RoundState,
+        instance: str,
+        update: TensorFile,
+        num_samples: int,
+        metrics: dict[str, float],
+    ) -> None:
+        """Add an update to the round's sum and record it, as one unit."""
+        await asyncio.to_thread(state.fedavg.fold, update, float(num_samples))
+        self._db.record_folded(self.run.run_number, state.number, instance, num_samples, metrics)
+        state.contributed[instance] = num_samples
+        state.participants.add(instance)
+        self.ready.add(instance)
+        state.add_metrics(metrics, float(num_samples))
 
     def accept_final_metrics(
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int

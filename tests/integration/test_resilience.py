@@ -80,6 +80,26 @@ def test_server_kill9_restart_resumes_without_restarting_clients(cluster: Cluste
     assert sorted(folded) == [(r, i) for r in range(12) for i in ("flclient1", "flclient2")]
 
 
+def test_updates_accepted_before_a_server_crash_are_sent_again(cluster: Cluster) -> None:
+    """The sum of an unfinished round dies with the server: its updates must come again."""
+    server = cluster.server()
+    early = cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.prepare_run(1, num_rounds=2, min_num_clients=2, wait_after_min_clients=60)
+    cluster.ok("start server")
+    cluster.ok("start client flclient1")
+    early.wait_log(r"round 0 update accepted")
+    server.signal(signal.SIGKILL)
+    server.wait()
+    offset = server.restart(SERVER_READY)
+    server.wait_log(r"resumed run 1 at round 0 of 2 \(1 unfinished updates", after=offset)
+    early.wait_log(r"round 0 sent again: update for round 0 accepted")
+    cluster.ok("start client flclient2")
+    assert finished(cluster)["reason"] == "finished"
+    rows = [r for r in cluster.metrics() if not r.get("final")]
+    assert [r["clients"] for r in rows] == [["flclient1", "flclient2"]] * 2
+
+
 def test_sigterm_stops_server_cleanly_and_run_resumes(cluster: Cluster) -> None:
     server = cluster.server()
     cluster.client("flclient1")
