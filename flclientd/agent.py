@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -247,6 +248,8 @@ class Agent:
     async def _rejoin(self, run_number: int, gpus: int) -> None:
         """After a restart of this daemon, go back to the run it was training."""
         log.info("this client was training run %d before it stopped: rejoining", run_number)
+        # After the login, so that its folders carry the instance name the server gives.
+        await self.link.connected.wait()
         try:
             await self._start({"run_number": run_number, "gpus": gpus})
         except Refused as exc:
@@ -396,13 +399,15 @@ class Agent:
                     send = await self._validate_final(task, work_dir)
                     if send is not None:
                         sent = {key: send}
-        except (WorkerFailed, ConfigError, grpc.aio.AioRpcError) as exc:
+        except Exception as exc:  # whatever stops the run is reported, never swallowed
             self._fail(exc)
 
     def _fail(self, exc: Exception) -> None:
         """Report a failure of the run at this site with its traceback, and stop training."""
         if isinstance(exc, grpc.aio.AioRpcError):
             exc = WorkerFailed(f"lost contact with the server: {exc.details()}", "")
+        elif not isinstance(exc, WorkerFailed | ConfigError):
+            exc = WorkerFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
         trace = getattr(exc, "traceback", "")
         log.error("training failed: %s", exc)
         if trace:
@@ -419,7 +424,7 @@ class Agent:
         try:
             worker = await self._launch(run) if relaunch or self.worker is None else self.worker
             await self.crossval.run(run, worker)
-        except (WorkerFailed, ConfigError, grpc.aio.AioRpcError) as exc:
+        except Exception as exc:  # whatever stops it is reported, never swallowed
             self._fail(exc)
             return
         log.info("cross-site validation done")

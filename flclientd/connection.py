@@ -45,7 +45,6 @@ class Login:
     token: str
     instance: str
     resumed: bool
-    project: str
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class Connection:
             fed_pb2.ClientLoginRequest(token=token, info=info), timeout=LOGIN_TIMEOUT_S
         )
         self.token = reply.token
-        return Login(reply.token, reply.instance_name, reply.resumed, reply.project)
+        return Login(reply.token, reply.instance_name, reply.resumed)
 
     async def logout(self) -> None:
         """Tell the server this client is leaving (best effort)."""

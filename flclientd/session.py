@@ -32,14 +32,15 @@ T = TypeVar("T")
 EXIT_RETRY_WINDOW = 3
 EXIT_REFUSED = 2
 LOG_FLUSH_S = 0.5
-# Failures that a reconnect cures; anything else is a verdict.
+# Failures that a reconnect cures; retried as long as the retry window allows.
 TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
 }
+# Errors of the server's own (a crash in a handler): worth a few more tries, not forever.
+SERVER_ERRORS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
+SERVER_ERROR_TRIES = 5
 
 
 class ServerLink:
@@ -74,11 +75,6 @@ class ServerLink:
     def stop(self) -> None:
         """End the session loop (shutdown)."""
         self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        """Whether the daemon is shutting down."""
-        return self._stop.is_set()
 
     async def run(self) -> int:
         """Stay connected until stopped (0), or until the retry window runs out (3)."""
@@ -121,19 +117,20 @@ class ServerLink:
         self.instance = instance
         self.store.update(token=token)
         if resumed:
-            log.info("Resumed session as %s with token %s", instance, token)
+            log.info("Resumed session as %s with token %s…", instance, token[:8])
         else:
             log.info(
-                "Successfully registered client %s as instance %s. Got token: %s",
+                "Successfully registered client %s as instance %s. Got token: %s…",
                 self.startup.name,
                 instance,
-                token,
+                token[:8],
             )
 
     async def _session(self) -> None:
         """Run one Session stream until it breaks or the daemon shuts down."""
         call = self.conn.open_session()
         helpers: list[asyncio.Task[Any]] = []
+        self._drop_stale_reports()
         try:
             hello = fed_pb2.SessionHello(token=self.store.state.token, status=self._status())
             await call.write(fed_pb2.ClientMessage(hello=hello))
@@ -158,6 +155,17 @@ class ServerLink:
                     pass
                 except Exception as exc:  # a broken stream must never take the daemon down
                     log.debug("session task ended with %r", exc)
+
+    def _drop_stale_reports(self) -> None:
+        """Forget statuses and heartbeats queued while disconnected: the hello carries the
+        current status, and an old one sent after it would overwrite it."""
+        kept = []
+        while not self._outbox.empty():
+            message = self._outbox.get_nowait()
+            if message.WhichOneof("body") not in ("status", "heartbeat"):
+                kept.append(message)
+        for message in kept:
+            self._outbox.put_nowait(message)
 
     async def _read(self, call: Any) -> None:
         try:
@@ -203,13 +211,18 @@ class ServerLink:
             )
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a call across reconnects; the retry window bounds it (the daemon exits)."""
+        """Retry a call across reconnects (bounded by the retry window: the daemon exits)
+        and a server error a few times; anything else is the server's verdict."""
+        server_errors = 0
         while True:
             await self.connected.wait()
             try:
                 return await call()
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in TRANSIENT:
+                code = exc.code()
+                if code in SERVER_ERRORS and server_errors < SERVER_ERROR_TRIES:
+                    server_errors += 1
+                elif code not in TRANSIENT:
                     raise
-                log.warning("%s interrupted (%s); retrying after reconnect", what, exc.code().name)
+                log.warning("%s interrupted (%s); retrying", what, code.name)
                 await asyncio.sleep(0.5)

@@ -9,8 +9,10 @@ site's certificate, but it is still nobody else's business.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +52,33 @@ class SiteState:
 
 
 class SiteStore:
-    """The site state and the file that keeps it, updated together."""
+    """The site state and the file that keeps it, updated together.
+
+    The daemon holds a lock on the file for its lifetime. A second daemon of
+    the same kit started in the same workspace (a second instance) cannot
+    take it: that one keeps its state in memory only, so the two never
+    share a token or a run.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning(
+                "another flclientd uses %s: this instance will not remember its session", path
+            )
+            self.owned = False
+            self.state = SiteState()
+            return
+        self.owned = True
         self.state = SiteState.load(path)
 
     def update(self, **changes: Any) -> None:
-        """Change some fields and write the file at once."""
+        """Change some fields, and write the file at once when this daemon owns it."""
         for key, value in changes.items():
             setattr(self.state, key, value)
-        self.state.save(self.path)
+        if self.owned:
+            self.state.save(self.path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,12 +48,6 @@ def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Replace ``target`` with ``data`` atomically."""
     with atomic_writer(target, mode) as handle:
         handle.write(data)
-
-
-def atomic_copy(source: Path, target: Path) -> None:
-    """Replace ``target`` with a copy of ``source`` atomically."""
-    with source.open("rb") as src, atomic_writer(target) as dst:
-        shutil.copyfileobj(src, dst, 1024 * 1024)
 
 
 def atomic_produce(target: Path, produce: Callable[[Path], None], durable: bool = True) -> None:

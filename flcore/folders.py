@@ -153,14 +153,30 @@ class FolderReceiver:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
+def _previous(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def restore_interrupted(target: Path) -> None:
+    """Bring back the previous copy of a folder whose replacement a crash cut off."""
+    previous = _previous(target)
+    if previous.is_dir() and not target.exists():
+        previous.rename(target)
+
+
 def replace_folder(staging: Path, target: Path) -> None:
-    """Move a complete staging folder over ``target`` (old content removed)."""
+    """Move a complete staging folder over ``target`` (old content removed).
+
+    Two renames: a crash between them leaves the previous copy as
+    ``.<name>.old``, which :func:`restore_interrupted` puts back.
+    """
+    restore_interrupted(target)
     if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
+        previous = _previous(target)
+        shutil.rmtree(previous, ignore_errors=True)
+        target.rename(previous)
         staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(target)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -171,20 +170,6 @@ class TensorFile:
             raise TensorFileError(f"{path}: file size does not match its header")
         self.manifest = Manifest(tuple(specs))
 
-    def array(self, name: str) -> npt.NDArray[Any]:
-        """A read-only memory map of one tensor (BF16 as raw uint16)."""
-        spec = next(t for t in self.manifest.tensors if t.name == name)
-        begin, _ = self.offsets[name]
-        if spec.nbytes == 0:
-            return np.zeros(spec.shape, dtype=NUMPY_DTYPES[spec.dtype])
-        return np.memmap(
-            self.path,
-            dtype=NUMPY_DTYPES[spec.dtype],
-            mode="r",
-            offset=self.data_start + begin,
-            shape=spec.shape,
-        )
-
     def iter_slabs(self, name: str, elements: int) -> Iterator[npt.NDArray[Any]]:
         """One tensor's values, flat, ``elements`` at a time (BF16 as raw uint16).
 
@@ -320,12 +305,3 @@ class SpoolWriter:
         """Close and delete the spool (bad or abandoned upload)."""
         self._handle.close()
         self.path.unlink(missing_ok=True)
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a finished file to disk before it is renamed into place."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

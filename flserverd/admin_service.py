@@ -35,12 +35,17 @@ log = logging.getLogger(__name__)
 MAX_LINE = 4096
 
 
-@dataclass(frozen=True)
+# An admin token unused this long is forgotten (every fltui --cmd logs in afresh).
+ADMIN_SESSION_IDLE_S = 12 * 3600
+
+
+@dataclass
 class AdminSession:
     """A logged-in admin."""
 
     user: str
     role: str
+    last_used: float
 
 
 def _reply(reply: Reply, started: float) -> admin_pb2.CommandReply:
@@ -69,6 +74,7 @@ class AdminService(admin_grpc.AdminServicer):
         if session is None or identity is None or identity.name != session.user:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not logged in: log in again")
         assert session is not None
+        session.last_used = time.time()
         return session
 
     async def Login(
@@ -92,8 +98,12 @@ class AdminService(admin_grpc.AdminServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"user name {request.user!r} does not match the certificate ({identity.name})",
             )
+        now = time.time()
+        self.sessions = {
+            t: s for t, s in self.sessions.items() if now - s.last_used < ADMIN_SESSION_IDLE_S
+        }
         token = str(uuid.uuid4())
-        self.sessions[token] = AdminSession(identity.name, identity.role)
+        self.sessions[token] = AdminSession(identity.name, identity.role, now)
         log.info("admin %s logged in (role %s)", identity.name, identity.role)
         return admin_pb2.AdminLoginReply(
             token=token,

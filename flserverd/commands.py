@@ -141,7 +141,7 @@ class AdminCommands:
         """Send a command to clients and report one line each."""
         results = await self.server.call(sessions, name, args, request.timeout)
         lines = [instance_line(s.instance, r.text) for s, r in results]
-        data = {s.instance: {"ok": r.ok, "text": r.text, **r.data} for s, r in results}
+        data = {s.instance: {**r.data, "ok": r.ok, "text": r.text} for s, r in results}
         return Reply(all(r.ok for _, r in results), "\n".join(lines) + "\n", {"clients": data})
 
     @staticmethod
@@ -184,7 +184,7 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
     for session, result in results:
         row = asdict(client_row(session))
         if result.ok:
-            row.update(result.data)
+            row.update(_reported(result.data, row))
             state = row["status"]
         else:
             state = f"{session.status.status} (no reply: {result.text})"
@@ -197,6 +197,30 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
         lines.append(instance_line(session.instance, text))
         data[session.instance] = row
     return Reply(True, "\n".join(lines) + "\n", {"clients": data})
+
+
+# What a client may report about itself in check_status; identity fields stay the server's.
+REPORTED = (
+    "status",
+    "run_number",
+    "round",
+    "samples",
+    "error",
+    "traceback",
+    "app",
+    "device",
+    "gpu_count",
+    "cross_validate",
+)
+
+
+def _reported(data: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a client's reply that it may set, when their types are right."""
+    return {
+        key: data[key]
+        for key in REPORTED
+        if key in data and (key not in row or type(data[key]) is type(row[key]))
+    }
 
 
 def _server_status(server: FLServer) -> Reply:
@@ -326,6 +350,9 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "abort")
     server = cmds.server
     if kind == "server":
+        if server.starting:
+            server.abort_training()
+            return Reply(True, "Server training start aborted.", {"run_number": server.run_number})
         training = server.training
         if not server.abort_training() or training is None:
             raise CommandError("the server is not training")

@@ -40,7 +40,7 @@ from flserverd.serde import (
 )
 from flserverd.server import FLServer
 from flserverd.training import Outcome, Refusal
-from flserverd.transfer import client_app_dir
+from flserverd.transfer import TransferError, check_app_name, client_app_dir
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +116,11 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         verb = "resumed its session" if resumed else "joined"
         log.info(
-            "Client %s %s as instance %s with token %s. Total clients: %d",
+            "Client %s %s as instance %s with token %s…. Total clients: %d",
             session.client_name,
             verb,
             session.instance,
-            session.token,
+            session.token[:8],
             len(self.server.registry),
         )
         self.server.publish_client(session)
@@ -220,6 +220,8 @@ class FederationService(fed_grpc.FederationServicer):
                 raise Refusal(f"run {request.run_number} is not training")
             return training.admit(instance, request.round)
         owner = GLOBAL if request.kind == fed_pb2.MODEL_KIND_BEST_GLOBAL else request.owner
+        if not self.server.known_run(request.run_number):
+            raise Refusal(f"run {request.run_number} does not exist on this server")
         crossval = self.server.crossval_for(request.run_number)
         if not crossval.may_fetch(instance, owner):
             raise Refusal(
@@ -312,6 +314,8 @@ class FederationService(fed_grpc.FederationServicer):
         if problem:
             return Outcome.REJECTED, problem
         if header.kind == fed_pb2.MODEL_KIND_LOCAL:
+            if not self.server.known_run(header.run_number):
+                return Outcome.REJECTED, f"run {header.run_number} does not exist on this server"
             crossval = self.server.crossval_for(header.run_number)
             if instance not in crossval.declared:
                 return Outcome.REJECTED, f"{instance} does not take part in cross-site validation"
@@ -350,6 +354,11 @@ class FederationService(fed_grpc.FederationServicer):
                 request.error[:500],
             )
         if request.kind == fed_pb2.METRICS_KIND_CROSS_VALIDATION:
+            if not self.server.known_run(request.run_number):
+                return fed_pb2.SubmitReply(
+                    result=fed_pb2.SUBMIT_RESULT_REJECTED,
+                    message=f"run {request.run_number} does not exist on this server",
+                )
             crossval = self.server.crossval_for(request.run_number)
             if session.instance not in crossval.declared:
                 return fed_pb2.SubmitReply(
@@ -380,8 +389,14 @@ class FederationService(fed_grpc.FederationServicer):
     ) -> AsyncIterator[common_pb2.FileChunk]:
         """Stream the copy of an app deployed to clients of a run."""
         await self._session(request.token, context)
-        folder: Path = client_app_dir(self.server.store, request.run_number, request.app)
-        if request.app in ("", ".", "..") or "/" in request.app or not folder.is_dir():
+        try:
+            folder: Path = client_app_dir(
+                self.server.store, request.run_number, check_app_name(request.app)
+            )
+        except TransferError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise
+        if not folder.is_dir():
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"app {request.app!r} is not deployed to clients of run {request.run_number}",

@@ -77,6 +77,8 @@ class ClientLink:
 
     async def call(self, name: str, args: dict[str, Any], timeout: float) -> CommandResult:
         """Send a command and wait for its result; TimeoutError after ``timeout``."""
+        if self.closed:
+            raise ConnectionError(f"{self.instance} disconnected")
         command = Command(f"c{next(_ids)}", name, args)
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._pending[command.command_id] = future

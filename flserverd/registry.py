@@ -107,9 +107,13 @@ class ClientRegistry:
         """Start or resume a session for a verified client certificate.
 
         Returns the session and whether it was resumed. A token that belongs
-        to another identity is refused; a token whose session is still
-        connected is not taken over (a second process of the same kit gets
-        a new instance name instead).
+        to another identity is refused. A known token of the same identity
+        always resumes its session, even while the server still thinks the old
+        stream is open (after a network blip the client often knows first);
+        the new stream then replaces the old one. Two processes of one kit in
+        one workspace do not share a token: the client daemon locks its state
+        file, so a second process logs in without one and gets a new
+        instance name.
         """
         now = self._clock()
         if token:
@@ -119,7 +123,7 @@ class ClientRegistry:
                     f"token belongs to client {session.client_name!r}, "
                     f"not to certificate {identity.name!r}"
                 )
-            if session is not None and not session.connected:
+            if session is not None:
                 session.last_heartbeat = now
                 session.machine = machine
                 return session, True

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from flcore.atomic import fsync_dir
 
@@ -101,11 +101,33 @@ class RunStore:
     def append_metrics(self, run_number: int, record: dict[str, Any]) -> None:
         """Append one round's metrics to ``metrics.jsonl`` (one JSON object per line)."""
         path = self.run_dir(run_number) / "metrics.jsonl"
-        with path.open("a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        with path.open("a+b") as handle:
+            # A line cut short by a crash stays a line of its own; readers skip it.
+            start = b"\n" if handle.tell() and not _ends_with_newline(handle) else b""
+            handle.write(start + json.dumps(record, sort_keys=True).encode() + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+    def metrics_times(self, run_number: int) -> set[float]:
+        """The ``time`` of every record in ``metrics.jsonl`` (to find what a crash cut off)."""
+        path = self.run_dir(run_number) / "metrics.jsonl"
+        if not path.exists():
+            return set()
+        times = set()
+        for line in path.read_text().splitlines():
+            try:
+                times.add(float(json.loads(line)["time"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line half-written by a crash
+        return times
 
     def tensorboard_dir(self, run_number: int) -> Path:
         """Folder of the TensorBoard event files of a run."""
         return self.run_dir(run_number) / "tb"
+
+
+def _ends_with_newline(handle: BinaryIO) -> bool:
+    handle.seek(-1, os.SEEK_END)
+    last = handle.read(1)
+    handle.seek(0, os.SEEK_END)
+    return last == b"\n"

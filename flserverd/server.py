@@ -25,7 +25,7 @@ from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import ServerStartup
 from flcore.status import ClientStatus
-from flcore.tensorfile import TensorFile, TensorFileError
+from flcore.tensorfile import Manifest, TensorFile, TensorFileError
 from flserverd.crossval import CrossValidation, CrossValidationOffer
 from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink, Closed, CommandResult, RunEnded
@@ -67,8 +67,9 @@ class FLServer:
         self._run_number = int(self.db.get_meta(RUN_NUMBER_KEY) or 0)
         self.links: dict[str, ClientLink] = {}
         self.training: Training | None = None
-        self._crossval: CrossValidation | None = None
+        self._crossvals: dict[int, CrossValidation] = {}
         self.starting = False
+        self._starting_task: asyncio.Task[None] | None = None
         self.start_error = ""
         self.shutdown_requested = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
@@ -105,6 +106,7 @@ class FLServer:
         self.training = Training(
             record, app.server, TensorFile(model).manifest, self.store, self.db, self
         )
+        self.training.recover_outputs()
         log.info(
             "resumed run %d at round %d of %d (%d unfinished updates will be resent by clients)",
             record.run_number,
@@ -197,8 +199,9 @@ class FLServer:
         self.start_error = ""
         self.publish_run()
         task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
+        self._starting_task = task
         done, _ = await asyncio.wait({task}, timeout=timeout)
-        if task in done and task.exception() is not None:
+        if task in done and not task.cancelled() and task.exception() is not None:
             raise CommandError(f"cannot start training: {task.exception()}")
         return "Server training is starting...."
 
@@ -207,17 +210,27 @@ class FLServer:
             model = self.store.round_model(number, config.start_round)
             await build_initial_model(self.store.server_app(number), model)
             manifest = TensorFile(model).manifest
+            self._begin(number, config, manifest)
+        except asyncio.CancelledError:
+            self.start_error = "start aborted by admin"
+            log.info("run %d: start aborted", number)
+            raise
         except Exception as exc:
-            self.starting = False
             self.start_error = str(exc)
             log.error("run %d: cannot start training: %s", number, exc)
-            self.publish_run()
             raise
+        finally:
+            self.starting = False
+            self._starting_task = None
+            self.publish_run()
+
+    def _begin(self, number: int, config: ServerAppConfig, manifest: Manifest) -> None:
+        """The initial model is ready: a fresh run record, and the first round offered."""
         self.db.clear_round_records(number)
         self.store.clear_spool(number)
         shutil.rmtree(self.store.run_dir(number) / "cross_site", ignore_errors=True)
         (self.store.run_dir(number) / "cross_site_validation.json").unlink(missing_ok=True)
-        self._crossval = CrossValidation(number, self.store, self.db, self)
+        self._crossvals[number] = CrossValidation(number, self.store, self.db, self)
         record = RunRecord(
             run_number=number,
             status=st.STARTED,
@@ -229,7 +242,6 @@ class FLServer:
         )
         self.db.save_run(record)
         self.training = Training(record, config, manifest, self.store, self.db, self)
-        self.starting = False
         log.info(
             "run %d: training started, rounds %d..%d, %d tensors (%.1f MB)",
             number,
@@ -243,21 +255,28 @@ class FLServer:
                 self.training.ready.add(session.instance)
         self.training.begin()
 
+    def known_run(self, run_number: int) -> bool:
+        """Whether a run number from a peer names a run of this server."""
+        return run_number > 0 and self.store.run_dir(run_number).is_dir()
+
     def crossval_for(self, run_number: int) -> CrossValidation:
         """The cross-site validation of a run (rebuilt from disk after a restart)."""
-        current = self._crossval
-        if current is None or current.run_number != run_number:
+        current = self._crossvals.get(run_number)
+        if current is None:
             current = CrossValidation(run_number, self.store, self.db, self)
             training = self.training
             active = (
                 training is not None and training.active and training.run.run_number == run_number
             )
             current.training_over = not active and not self.starting
-            self._crossval = current
+            self._crossvals[run_number] = current
         return current
 
     def abort_training(self) -> bool:
-        """Stop the current run's training; False when nothing was training."""
+        """Stop the current run's training (or its start); False when nothing was training."""
+        if self._starting_task is not None:
+            self._starting_task.cancel()
+            return True
         training = self.training
         if training is None or not training.active:
             return False
@@ -325,7 +344,7 @@ class FLServer:
         session.status = status
         self.registry.heard(session)
         self.publish_client(session)
-        if status.run_number:
+        if self.known_run(status.run_number):
             self._follow_crossval(session.instance, previous, status)
         training = self.training
         if training is None or status.run_number != training.run.run_number or not training.active:
@@ -394,8 +413,8 @@ class FLServer:
         self.bus.publish(ClientGone(session.instance, reason))
         if self.training is not None:
             self.training.client_gone(session.instance)
-        if self._crossval is not None:
-            self._crossval.withdraw(session.instance, f"removed: {reason}")
+        for crossval in self._crossvals.values():
+            crossval.withdraw(session.instance, f"removed: {reason}")
 
     async def call(
         self, sessions: list[ClientSession], name: str, args: dict[str, object], timeout: float
@@ -523,8 +542,11 @@ async def build_initial_model(app_dir: Path, target: Path) -> None:
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), MODEL_INIT_TIMEOUT)
     except TimeoutError:
-        process.kill()
         raise RuntimeError("building the initial model took too long") from None
+    finally:
+        if process.returncode is None:  # timed out, or the start was aborted
+            process.kill()
+            await process.wait()
     if process.returncode != 0:
         text = stderr.decode(errors="replace").strip()
         first = next((ln for ln in text.splitlines() if ln.startswith("error:")), text[-500:])

@@ -120,10 +120,11 @@ class StateDB:
         try:
             for sql, params in statements:
                 self._db.execute(sql, params)
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def get_meta(self, key: str) -> str | None:
         """A single setting, e.g. the current run number."""

@@ -74,11 +74,7 @@ class Outcome(enum.Enum):
 
 
 class Refusal(Exception):
-    """A client asked for something this run cannot give now; ``retry`` when it may later."""
-
-    def __init__(self, message: str, *, retry: bool = False) -> None:
-        super().__init__(message)
-        self.retry = retry
+    """A client asked for something this run cannot give now; the message says why."""
 
 
 class TrainingListener(Protocol):
@@ -228,7 +224,6 @@ class Training:
             if round_number != self.run.num_rounds:
                 raise Refusal(
                     f"training is over; the final model is round {self.run.num_rounds}",
-                    retry=True,
                 )
             self.ready.add(instance)
             return self._store.round_model(self.run.run_number, round_number)
@@ -236,7 +231,6 @@ class Training:
         if round_number != state.number or state.closed:
             raise Refusal(
                 f"round {round_number} is not open; the current round is {state.number}",
-                retry=True,
             )
         if (
             instance not in state.participants
@@ -245,7 +239,6 @@ class Training:
             raise Refusal(
                 f"round {state.number} already has max_num_clients="
                 f"{self.config.max_num_clients} participants; wait for the next round",
-                retry=True,
             )
         self.ready.add(instance)
         state.participants.add(instance)
@@ -309,9 +302,7 @@ class Training:
             if verdict is not None:
                 return verdict
             state = self.round
-            fold = asyncio.ensure_future(
-                self._fold(state, instance, update, num_samples, metrics)
-            )
+            fold = asyncio.ensure_future(self._fold(state, instance, update, num_samples, metrics))
             try:
                 await asyncio.shield(fold)
             except asyncio.CancelledError:
@@ -417,16 +408,45 @@ class Training:
         return value > best if self.config.metric_mode == "max" else value < best
 
     def _track_best(self, model_round: int, metrics: dict[str, float]) -> None:
-        """Keep best_global_model: the model clients validated is the round's input."""
+        """Note a new best model: the model clients validated is the round's input.
+
+        Only the run record changes here; the file follows from it in
+        :meth:`publish_models`, after the record is committed.
+        """
         value = metrics.get(self.config.validation_metric)
-        if value is None or not self._is_better(value):
-            return
+        if value is not None and self._is_better(value):
+            self.run.best_round = model_round
+            self.run.best_value = value
+
+    def publish_models(self) -> None:
+        """Make global_model and best_global_model the files the committed record names.
+
+        Called after each commit, and on resume: a crash between the commit
+        and this leaves the round files in place, so nothing is lost.
+        """
         number = self.run.run_number
-        self._store.publish(
-            self._store.round_model(number, model_round), self._store.best_model(number)
-        )
-        self.run.best_round = model_round
-        self.run.best_value = value
+        latest = self._store.round_model(number, self.run.next_round)
+        self._store.publish(latest, self._store.global_model(number))
+        keep = {self.run.next_round}
+        if self.run.best_round is not None:
+            best = self._store.round_model(number, self.run.best_round)
+            self._store.publish(best, self._store.best_model(number))
+            keep.add(self.run.best_round)
+        self._store.drop_round_models(number, keep)
+
+    def recover_outputs(self) -> None:
+        """After a restart: republish the models and write the records a crash cut off.
+
+        metrics.jsonl and the TensorBoard files are appended after the
+        database commit; records the database has but the file lacks are
+        written now.
+        """
+        self.publish_models()
+        written = self._store.metrics_times(self.run.run_number)
+        for record in self.history:
+            if record["time"] not in written:
+                self._store.append_metrics(self.run.run_number, record)
+                self._tb.add(record["round"], record["metrics"])
 
     async def _aggregate(self, state: RoundState) -> None:
         async with self._lock:
@@ -455,7 +475,7 @@ class Training:
             if finished:
                 self.run.phase = PHASE_FINAL_VALIDATION
             self._db.complete_round(self.run, state.number, record)
-            self._after_round(state, record, following)
+            self._after_round(state, record)
             if finished:
                 self._start_final_validation()
             else:
@@ -464,16 +484,10 @@ class Training:
         self._progress()
         self._listener.run_changed()
 
-    def _after_round(self, state: RoundState, record: dict[str, Any], following: int) -> None:
-        """Publish the new global model and the round's metrics (all re-derivable)."""
+    def _after_round(self, state: RoundState, record: dict[str, Any]) -> None:
+        """Publish the new global model and the round's metrics (recovered after a crash)."""
         number = self.run.run_number
-        self._store.publish(
-            self._store.round_model(number, following), self._store.global_model(number)
-        )
-        keep = {following}
-        if self.run.best_round is not None:
-            keep.add(self.run.best_round)
-        self._store.drop_round_models(number, keep)
+        self.publish_models()
         self._store.append_metrics(number, record)
         self._tb.add(state.number, record["metrics"])
         self.history.append(record)
@@ -520,6 +534,7 @@ class Training:
                 "metrics": metrics,
             }
             self._db.complete_round(self.run, self.run.num_rounds, record)
+            self.publish_models()
             self._store.append_metrics(number, record)
             self._tb.add(self.run.num_rounds, metrics)
             self.history.append(record)

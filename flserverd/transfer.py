@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from flcore.appconfig import App, load_app
-from flcore.folders import FolderError, FolderReceiver, replace_folder
+from flcore.folders import FolderError, FolderReceiver, replace_folder, restore_interrupted
 from flcore.schema import ConfigError, name_like
 from flserverd.runstore import RunStore
 
@@ -65,6 +65,7 @@ class Upload:
 def uploaded_app(store: RunStore, app: str) -> App:
     """The checked app ``transfer/<app>``, or TransferError saying to upload it."""
     folder = store.transfer / check_app_name(app)
+    restore_interrupted(folder)
     if not folder.is_dir():
         raise TransferError(
             f"no app named {app!r} on the server: upload it first with upload_folder {app}"

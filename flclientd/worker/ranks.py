@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+IDLE_TIMEOUT = datetime.timedelta(days=30)
+
 
 class NoGpuError(RuntimeError):
     """Multi-process training was asked for on a site that cannot host it."""
@@ -90,13 +92,15 @@ class RankGroup:
         self.ranks = ranks
         self.backend = "nccl" if device.type == "cuda" else "gloo"
         self._device = device
-        # torchrun provides MASTER_ADDR/MASTER_PORT; a rank that loses its peers (the
-        # daemon killed) gives up after the timeout instead of holding its GPU.
+        # torchrun provides MASTER_ADDR/MASTER_PORT. Ranks other than 0 wait for the next
+        # request inside a broadcast, and a site may wait for hours between rounds, so the
+        # collective timeout is long; a lost daemon ends the ranks another way (rank 0
+        # sees its socket close and exits, then torchrun stops the others).
         dist.init_process_group(
             self.backend,
             rank=ranks.rank,
             world_size=ranks.world_size,
-            timeout=datetime.timedelta(minutes=10),
+            timeout=IDLE_TIMEOUT,
         )
 
     def broadcast_json(self, message: dict[str, Any] | None, src: int = 0) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flclientd.logforward import BUFFER_LINES, MAX_MESSAGE, LogForwarder
-from flclientd.sitestate import SiteState
+from flclientd.sitestate import SiteState, SiteStore
 
 # --------------------------------------------------------------------------- logforward
 
@@ -186,3 +186,14 @@ def test_site_state_unreadable_permissions(tmp_path: Path) -> None:
     path.write_text(json.dumps({"token": "t", "training_run": 1, "gpus": 0}))
     path.chmod(0)
     assert SiteState.load(path) == SiteState()
+
+
+def test_a_second_daemon_of_the_kit_does_not_share_the_state(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "flclientd_site.json"
+    first = SiteStore(path)
+    first.update(token="t1", training_run=3)
+    second = SiteStore(path)
+    assert first.owned and not second.owned
+    assert second.state == SiteState()
+    second.update(token="t2")
+    assert SiteState.load(path).token == "t1"
