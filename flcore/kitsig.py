@@ -87,12 +87,6 @@ def read_startup(startup_dir: Path) -> dict[str, bytes]:
     }
 
 
-def sign_startup(startup_dir: Path, ca_key: SigningKey) -> None:
-    """Write ``signature.json`` into ``startup_dir`` covering every other file in it."""
-    manifest = sign_files(read_startup(startup_dir), ca_key)
-    (startup_dir / SIGNATURE_FILE).write_bytes(manifest)
-
-
 def verify_startup(startup_dir: Path) -> None:
     """Check that ``startup_dir`` is exactly what provisioning signed.
 

@@ -14,8 +14,9 @@ from typing import Any
 
 Check = Callable[[Any], str | None]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+"""Both are used with ``fullmatch``: ``$`` would let a trailing newline through."""
 
 
 class ConfigError(ValueError):
@@ -124,14 +125,14 @@ def one_of(*choices: object) -> Check:
 
 def name_like(value: Any) -> str | None:
     """Names become file names, certificate CNs and instance names."""
-    if NAME_RE.match(value):
+    if NAME_RE.fullmatch(value):
         return None
     return "must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def email_like(value: Any) -> str | None:
     """Admin names are emails, as in their certificate CN."""
-    return None if EMAIL_RE.match(value) else "must be an email address like name@example.org"
+    return None if EMAIL_RE.fullmatch(value) else "must be an email address like name@example.org"
 
 
 def non_empty(value: Any) -> str | None:

@@ -11,6 +11,7 @@ defined once.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,18 @@ SERVER_FILE = "fed_server.json"
 CLIENT_FILE = "fed_client.json"
 ADMIN_FILE = "fed_admin.json"
 MiB = 1024 * 1024
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC dials or binds it: an IPv6 address goes in brackets.
+
+    ``::1:8002`` cannot be told apart from an address; ``[::1]:8002`` can.
+    """
+    try:
+        bracketed = ipaddress.ip_address(host).version == 6
+    except ValueError:  # a DNS name, or already bracketed
+        bracketed = False
+    return f"[{host}]:{port}" if bracketed else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,7 @@ class ClientStartup:
     @property
     def server_target(self) -> str:
         """host:port of the federation service."""
-        return f"{self.server_host}:{self.fed_port}"
+        return host_port(self.server_host, self.fed_port)
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,7 @@ class AdminStartup:
     @property
     def admin_target(self) -> str:
         """host:port of the admin service."""
-        return f"{self.server_host}:{self.admin_port}"
+        return host_port(self.server_host, self.admin_port)
 
 
 _COMMON = [

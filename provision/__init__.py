@@ -7,6 +7,7 @@ names below; ``flprovision`` (:mod:`provision.cli`) is a thin layer over them.
 from provision.engine import ProvisionResult, WrittenKit, provision_workspace
 from provision.errors import ProvisionError
 from provision.extract import extract_kit, read_kit
+from provision.passwords import PasswordsFile
 from provision.project import (
     AdminSpec,
     ClientSpec,
@@ -25,6 +26,7 @@ from provision.templates import sample_project
 __all__ = [
     "AdminSpec",
     "ClientSpec",
+    "PasswordsFile",
     "Project",
     "ProjectSettings",
     "ProvisionError",

@@ -1,8 +1,9 @@
 """``flprovision``: provision kits, write a sample project.yml, verify or extract a kit.
 
 Exit codes: 0 success, 2 project.yml is invalid (and nothing was written),
-1 any other error. Errors are one line on stderr; the password lines on
-stdout are the only place a password ever appears.
+1 any other error, a wrong command line included. Errors and warnings are
+one line each on stderr. Passwords appear only in the password lines on
+stdout and, with ``--passwords-file``, in that file (created with mode 0600).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +21,7 @@ from flcore.startup import STARTUP_DIR
 from provision.engine import provision_workspace
 from provision.errors import ProvisionError
 from provision.extract import extract_kit
+from provision.passwords import PasswordsFile
 from provision.projectfile import load_project
 from provision.templates import sample_project
 
@@ -117,38 +118,28 @@ def _extract_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_passwords_file(path: Path) -> int:
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ProvisionError(f"{path}: already exists; remove it or choose another file") from None
-    except OSError as exc:
-        raise ProvisionError(f"{path}: cannot create it ({exc.strerror})") from None
-
-
 def _run_provision(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format=f"{PROG}: %(message)s",
     )
     project = load_project(args.project)
-    passwords_fd = _open_passwords_file(args.passwords_file) if args.passwords_file else None
+    passwords = PasswordsFile(args.passwords_file) if args.passwords_file else None
     try:
         result = provision_workspace(project, args.workspace, force=args.force)
     except BaseException:
-        if passwords_fd is not None:
-            os.close(passwords_fd)
-            args.passwords_file.unlink()
+        if passwords is not None:
+            passwords.discard()
         raise
-    lines = [kit.password_line() for kit in result.written]
-    for line in lines:
-        print(line)
+    for warning in result.warnings:
+        print(f"{PROG}: {warning}", file=sys.stderr)
+    for kit in result.written:
+        print(kit.password_line())
     if result.skipped:
         names = ", ".join(f"{name}.zip" for name in result.skipped)
         print(f"===> skipped {names}: already issued (--force re-issues every kit)")
-    if passwords_fd is not None:
-        with os.fdopen(passwords_fd, "w") as out:
-            out.writelines(f"{line}\n" for line in lines)
+    if passwords is not None:
+        passwords.write(result.written)
     return EXIT_OK
 
 
@@ -199,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         namespace = make_parser().parse_args(args)
     except SystemExit as exc:  # argparse has printed usage or help already
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+        # Its usage errors would exit 2, which here means an invalid project.yml.
+        return EXIT_OK if exc.code in (0, None) else EXIT_ERROR
     try:
         return run(namespace)
     except ConfigError as exc:
@@ -207,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID_PROJECT
     except (ProvisionError, KitSignatureError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # a bug: still one line, not a traceback, and exit 1
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
 

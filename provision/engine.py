@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 
-from flcore.identity import KIND_SERVER
+from flcore.identity import KIND_CLIENT, KIND_SERVER
 from provision.errors import ProvisionError
 from provision.kits import Participant, kit_files, new_password, participants, write_kit_zip
 from provision.pki import CertifiedKey, create_ca, fingerprint, issue, serial_hex
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 _EMBEDDED = ("org", "common_name", "role")
 """Participant details a certificate carries: changing one needs a new kit."""
+SERVER_SETTINGS = "server_settings"
+"""Record key: the settings the server kit out there was issued with (None before it is)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class ProvisionResult:
     """Kit names left alone because an earlier run issued them."""
     removed: tuple[str, ...]
     """Kits issued earlier to participants no longer in project.yml; they stay valid."""
+    warnings: tuple[str, ...] = ()
+    """What the lead should know about the run (removed participants, changed settings)."""
 
 
 def _key(who: Participant) -> str:
@@ -71,6 +75,8 @@ def _cert_facts(cert: x509.Certificate) -> dict[str, str]:
 
 
 def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) -> None:
+    if not record["participants"]:
+        return  # a first run stopped before any kit was issued: nothing embeds anything yet
     changes = []
     if record.get("project") != project.name:
         changes.append(f"name {record.get('project')!r} -> {project.name!r}")
@@ -94,6 +100,25 @@ def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) 
         )
 
 
+def _check_server_timing(project: Project, record: dict[str, Any], workspace: Path) -> None:
+    """New client kits must beat more often than the server kit already out there times out.
+
+    parse_settings checks the settings against themselves only; when the
+    server keeps its kit, what counts is the timeout that kit was issued with.
+    """
+    holders = record["participants"]
+    server, *others = participants(project)
+    new_clients = any(w.kind == KIND_CLIENT and _key(w) not in holders for w in others)
+    timeout = (record.get(SERVER_SETTINGS) or {}).get("heart_beat_timeout")
+    interval = project.settings.heartbeat_interval
+    if _key(server) in holders and new_clients and timeout is not None and interval >= timeout:
+        raise ProvisionError(
+            f"{workspace}: new client kits would send a heartbeat every {interval:g}s, but the "
+            f"server kit already issued drops a client after {timeout:g}s without one; lower "
+            "settings.heartbeat_interval, or re-issue every kit with --force"
+        )
+
+
 def provision_workspace(
     project: Project, workspace: Path, force: bool = False, now: datetime | None = None
 ) -> ProvisionResult:
@@ -106,8 +131,9 @@ def provision_workspace(
         now: the run time (tests pass a fixed one).
 
     Raises:
-        ProvisionError: the workspace's CA or records are unusable, or project.yml
-            changed something issued kits embed and ``force`` is false.
+        ProvisionError: the workspace's CA or records are unusable, or (unless
+            ``force``) project.yml changed something issued kits embed, or new
+            client kits would beat too rarely for the server kit already issued.
     """
     now = now or datetime.now(UTC)
     ws = Workspace(workspace)
@@ -122,7 +148,8 @@ def provision_workspace(
             )
         if record is not None and not force:
             _check_unchanged(project, record, workspace)
-        if ca is None:
+            _check_server_timing(project, record, workspace)
+        if ca is None or record is None:
             ca = create_ca(
                 project.name,
                 project.server.org,
@@ -131,8 +158,25 @@ def provision_workspace(
                 now,
             )
             ws.save_ca(ca)
+            # Recorded with the CA, before any kit: a first run cut short (Ctrl-C, a full
+            # disk) then leaves a workspace the next run continues, issuing every kit.
+            record = _record(project, {}, None)
+            ws.save_issued(record)
             logger.info("created the project CA in %s", ws.state_dir)
-        return _issue_kits(project, ws, ca, record or {}, force, now)
+        return _issue_kits(project, ws, ca, record, force, now)
+
+
+def _record(
+    project: Project, holders: dict[str, Any], server_settings: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What issued.json holds: the project as issued, and who holds a kit."""
+    return {
+        "project": project.name,
+        "server": asdict(project.server),
+        "settings": asdict(project.settings),
+        SERVER_SETTINGS: server_settings,
+        "participants": holders,
+    }
 
 
 def _issue_kits(
@@ -143,18 +187,20 @@ def _issue_kits(
     force: bool,
     now: datetime,
 ) -> ProvisionResult:
-    issued: dict[str, Any] = dict(record.get("participants", {}))
+    issued: dict[str, Any] = dict(record["participants"])
     everyone = participants(project)
     current = {_key(who) for who in everyone}
     removed = tuple(entry["name"] for key, entry in issued.items() if key not in current)
-    for name in removed:
-        logger.warning("%s left project.yml; its kit stays valid until it expires", name)
+    warnings = [
+        f"{name} left project.yml; its kit stays valid until it expires" for name in removed
+    ]
     settings = project.settings
     if issued and not force and record.get("settings") != asdict(settings):
-        logger.warning(
+        warnings.append(
             "settings changed since earlier kits were issued; those kits keep the old values "
             "(sites may override some in local/, or --force re-issues every kit)"
         )
+    server_settings = record.get(SERVER_SETTINGS)
     written: list[WrittenKit] = []
     skipped: list[str] = []
     entries: list[dict[str, Any]] = []
@@ -178,14 +224,10 @@ def _issue_kits(
         issued[_key(who)] = entry
         entries.append(entry)
         written.append(WrittenKit(who.name, who.kind, zip_path, password, who.email))
-    ws.save_issued(
-        {
-            "project": project.name,
-            "server": asdict(project.server),
-            "settings": asdict(settings),
-            "participants": {key: issued[key] for key in issued if key in current},
-        }
-    )
+        if who.kind == KIND_SERVER:
+            server_settings = asdict(settings)
+    holders = {key: issued[key] for key in issued if key in current}
+    ws.save_issued(_record(project, holders, server_settings))
     ca_summary = {"subject": ca.cert.subject.rfc4514_string(), **_cert_facts(ca.cert)}
     ws.append_audit(project.name, ca_summary, entries)
-    return ProvisionResult(tuple(written), tuple(skipped), removed)
+    return ProvisionResult(tuple(written), tuple(skipped), removed, tuple(warnings))

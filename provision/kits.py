@@ -8,6 +8,7 @@ both when zipping and when ``flprovision extract`` unpacks.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import stat
@@ -43,6 +44,21 @@ PASSWORD_LENGTH = 20
 _PASSWORD_ALPHABET = string.ascii_letters + string.digits
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 """Server hosts that mean 'this machine only': the server then listens on localhost."""
+
+
+def listen_host(host: str) -> str:
+    """Where a server dialled at ``host`` listens: localhost, or every address of its family.
+
+    An IPv6 host gets ``[::]`` (bracketed, as flserverd appends the port);
+    ``localhost`` covers both ``127.0.0.1`` and ``::1``.
+    """
+    if host in LOCAL_HOSTS:
+        return "localhost"
+    try:
+        ipv6 = ipaddress.ip_address(host).version == 6
+    except ValueError:  # a DNS name
+        ipv6 = False
+    return "[::]" if ipv6 else "0.0.0.0"  # noqa: S104 - a server listens for its sites
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,7 @@ def _server_files(project: Project) -> dict[str, str]:
         host=server.host,
         fed_port=server.fed_port,
         admin_port=server.admin_port,
-        listen_host="localhost" if server.host in LOCAL_HOSTS else "0.0.0.0",  # noqa: S104
+        listen_host=listen_host(server.host),
         heart_beat_timeout=settings.heart_beat_timeout,
         heartbeat_interval=settings.heartbeat_interval,
     )

@@ -28,6 +28,8 @@ PrivateKey = SigningKey
 """Participant keys come in the same types a CA key may have."""
 
 CA_MIN_VALIDITY_DAYS = 3650
+CA_NAME_SUFFIX = " root CA"
+"""The CA is called ``<project><suffix>``; the project name's cap leaves room for it."""
 CLOCK_SKEW = timedelta(minutes=5)
 """not_before is set this far back so a peer whose clock is a little behind accepts it."""
 
@@ -68,7 +70,7 @@ def create_ca(
     key = generate_key(key_type)
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{project} root CA"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{project}{CA_NAME_SUFFIX}"),
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
         ]
     )

@@ -26,6 +26,7 @@ from flcore.schema import (
     one_of,
     parse_mapping,
 )
+from provision.pki import CA_NAME_SUFFIX
 
 API_VERSION = 1
 SOURCE = "project.yml"
@@ -35,10 +36,13 @@ DEFAULT_WORKSPACE_BASE = "/var/lib/flstack"
 MAX_CERT_VALIDITY_DAYS = 3650
 X509_NAME_MAX = 64
 """Upper bound of an X.509 CN, O or TITLE; hosts, orgs and emails end up there."""
+PROJECT_NAME_MAX = X509_NAME_MAX - len(CA_NAME_SUFFIX)
+"""The project names the CA (``<name> root CA``), whose CN has the same bound."""
 
-_INSTANCE_SUFFIX = re.compile(r"_[0-9]+$")
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
+# Used with fullmatch: ``$`` would let a trailing newline into a kit or a unit file.
+_INSTANCE_SUFFIX = re.compile(r"_[0-9]+\Z")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/-]+")
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ def _host_like(value: Any) -> str | None:
     except ValueError:
         pass
     labels = value.removesuffix(".").split(".")
-    if len(value) <= X509_NAME_MAX and all(_HOST_LABEL.match(label) for label in labels):
+    if len(value) <= X509_NAME_MAX and all(_HOST_LABEL.fullmatch(label) for label in labels):
         return None
     return f"must be a DNS name or an IP address of at most {X509_NAME_MAX} characters"
 
@@ -111,6 +115,16 @@ def _org_like(value: Any) -> str | None:
     if 0 < len(value) <= X509_NAME_MAX and value.isprintable() and value == value.strip():
         return None
     return f"must be 1-{X509_NAME_MAX} printable characters without leading or trailing spaces"
+
+
+def _project_name(value: Any) -> str | None:
+    problem = name_like(value)
+    if problem is None and len(value) > PROJECT_NAME_MAX:
+        return (
+            f"must be at most {PROJECT_NAME_MAX} characters "
+            f"(it names the CA, '<name>{CA_NAME_SUFFIX}', of at most {X509_NAME_MAX})"
+        )
+    return problem
 
 
 def _client_name(value: Any) -> str | None:
@@ -128,7 +142,7 @@ def _cert_email(value: Any) -> str | None:
 
 
 def _install_path(value: Any) -> str | None:
-    if _SAFE_PATH.match(value):
+    if _SAFE_PATH.fullmatch(value):
         return None
     return "must be an absolute path of letters, digits, '.', '_', '-' and '/'"
 
@@ -167,12 +181,28 @@ SETTINGS_FIELDS = [
 ]
 PROJECT_FIELDS = [
     Field("api_version", int, required=True, check=one_of(API_VERSION)),
-    Field("name", str, required=True, check=name_like),
+    Field("name", str, required=True, check=_project_name),
     Field("server", dict, required=True),
     Field("clients", list, default=[]),
     Field("admins", list, default=[]),
     Field("settings", dict, default={}),
 ]
+
+
+def _refuse_clash(name: str, taken: Collection[str], message: str) -> None:
+    """Refuse a kit name already taken, ignoring case.
+
+    Kits are files called ``<name>.zip``: on a case-insensitive file system
+    ``Site-A.zip`` would overwrite ``site-a.zip``.
+    """
+    folded = name.casefold()
+    other = next((each for each in taken if each.casefold() == folded), None)
+    if other == name:
+        raise ConfigError(f"{message} {name!r}")
+    if other is not None:
+        raise ConfigError(
+            f"{message} {name!r} (the same kit file as {other!r}: case does not count)"
+        )
 
 
 def parse_server(data: object, source: str = SOURCE) -> ServerSpec:
@@ -206,8 +236,7 @@ def parse_client(
     """
     where = f"{source}: clients[{index}]"
     client = ClientSpec(**parse_mapping(data, CLIENT_FIELDS, where))
-    if client.name in taken:
-        raise ConfigError(f"{where}: duplicate client name {client.name!r}")
+    _refuse_clash(client.name, taken, f"{where}: duplicate client name")
     return client
 
 
@@ -217,8 +246,7 @@ def parse_admin(
     """Check entry ``index`` of ``admins``; ``taken`` holds earlier admins' emails."""
     where = f"{source}: admins[{index}]"
     admin = AdminSpec(**parse_mapping(data, ADMIN_FIELDS, where))
-    if admin.email in taken:
-        raise ConfigError(f"{where}: duplicate admin email {admin.email!r}")
+    _refuse_clash(admin.email, taken, f"{where}: duplicate admin email")
     return admin
 
 

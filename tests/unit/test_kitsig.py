@@ -14,8 +14,9 @@ from flcore.kitsig import (
     ALG_RSA,
     SIGNATURE_FILE,
     KitSignatureError,
+    SigningKey,
+    read_startup,
     sign_files,
-    sign_startup,
     verify_startup,
 )
 from provision.pki import CertifiedKey, Subject, cert_pem, create_ca, issue, key_pem
@@ -31,13 +32,18 @@ def _client(ca: CertifiedKey, name: str = "site-a") -> CertifiedKey:
     return issue(ca, Subject(name, "hospital", KIND_CLIENT), "ecdsa-p256", 30, NOW)
 
 
+def _seal(folder: Path, ca_key: SigningKey) -> None:
+    """Sign what the folder holds, as provisioning signs a kit before zipping it."""
+    (folder / SIGNATURE_FILE).write_bytes(sign_files(read_startup(folder), ca_key))
+
+
 def _write_kit(folder: Path, ca: CertifiedKey, client: CertifiedKey) -> Path:
     folder.mkdir()
     (folder / "rootCA.pem").write_bytes(cert_pem(ca.cert))
     (folder / "client.crt").write_bytes(cert_pem(client.cert))
     (folder / "client.key").write_bytes(key_pem(client.key))
     (folder / "fed_client.json").write_text('{"name": "site-a"}\n')
-    sign_startup(folder, ca.key)
+    _seal(folder, ca.key)
     return folder
 
 
@@ -121,7 +127,7 @@ def test_certificate_from_another_ca_is_refused_even_when_resigned(
 
 def test_manifest_signed_by_another_key_is_refused(startup: Path) -> None:
     (startup / SIGNATURE_FILE).unlink()
-    sign_startup(startup, _ca(project="other").key)
+    _seal(startup, _ca(project="other").key)
     assert "was not signed by the CA in rootCA.pem" in _problem(startup)
 
 

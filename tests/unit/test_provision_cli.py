@@ -155,9 +155,43 @@ def test_missing_project_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixt
     assert not (tmp_path / "ws").exists()
 
 
-def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-p", "project.yml"]) == 2
+def test_usage_error_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-p", "project.yml"]) == 1  # 2 says project.yml is invalid
     assert "-w/--workspace" in capsys.readouterr().err
+    assert main(["extract"]) == 1
+    assert main(["--help"]) == 0
+
+
+def test_warnings_go_to_stderr(
+    tmp_path: Path, provision_project_mapping: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = _write_project(tmp_path, provision_project_mapping)
+    assert main(["-p", str(project), "-w", str(tmp_path / "ws")]) == 0
+    capsys.readouterr()
+    del provision_project_mapping["clients"][1]
+    _write_project(tmp_path, provision_project_mapping)
+    assert main(["-p", str(project), "-w", str(tmp_path / "ws")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "flprovision: site-b left project.yml; its kit stays valid until it expires\n"
+    assert out.startswith("===> skipped ")
+
+
+def test_an_unexpected_error_is_one_line(
+    tmp_path: Path,
+    provision_project_mapping: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: object) -> None:
+        raise ValueError("Attribute's length must be >= 1 and <= 64, but it was 65")
+
+    monkeypatch.setattr("provision.engine.create_ca", broken)
+    project = _write_project(tmp_path, provision_project_mapping)
+    assert main(["-p", str(project), "-w", str(tmp_path / "ws")]) == 1
+    assert capsys.readouterr().err == (
+        "flprovision: error: unexpected ValueError: "
+        "Attribute's length must be >= 1 and <= 64, but it was 65\n"
+    )
 
 
 def test_init_writes_a_sample_that_provisions(tmp_path: Path) -> None:

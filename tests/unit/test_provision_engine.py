@@ -161,16 +161,14 @@ def test_changed_client_email_needs_no_new_kit(
 
 
 def test_removed_participant_is_reported(
-    provisioned_workspace: Any,
-    provision_project_mapping: dict[str, Any],
-    provision_into: Any,
-    caplog: pytest.LogCaptureFixture,
+    provisioned_workspace: Any, provision_project_mapping: dict[str, Any], provision_into: Any
 ) -> None:
     del provision_project_mapping["clients"][1]
-    with caplog.at_level(logging.WARNING):
-        again = provision_into(provision_project_mapping)
+    again = provision_into(provision_project_mapping)
     assert again.result.removed == ("site-b",)
-    assert "site-b left project.yml" in caplog.text
+    assert again.result.warnings == (
+        "site-b left project.yml; its kit stays valid until it expires",
+    )
     provision_project_mapping["clients"].append({"name": "site-b", "org": "hospital-b"})
     assert [k.name for k in provision_into(provision_project_mapping).result.written] == ["site-b"]
 
@@ -234,13 +232,61 @@ def test_corrupt_record_is_refused(
 
 
 def test_changed_settings_warn_and_keep_old_kits(
-    provisioned_workspace: Any,
-    provision_project_mapping: dict[str, Any],
-    provision_into: Any,
-    caplog: pytest.LogCaptureFixture,
+    provisioned_workspace: Any, provision_project_mapping: dict[str, Any], provision_into: Any
 ) -> None:
+    assert provisioned_workspace.result.warnings == ()
     provision_project_mapping["settings"]["retry_window"] = 99
-    with caplog.at_level(logging.WARNING):
-        again = provision_into(provision_project_mapping)
+    again = provision_into(provision_project_mapping)
     assert again.result.written == ()
-    assert "settings changed since earlier kits were issued" in caplog.text
+    assert len(again.result.warnings) == 1
+    assert again.result.warnings[0].startswith("settings changed since earlier kits were issued")
+
+
+def test_new_clients_must_beat_faster_than_the_issued_server_times_out(
+    provisioned_workspace: Any, provision_project_mapping: dict[str, Any], provision_into: Any
+) -> None:
+    # The server kit out there drops a client after 5s; a new site beating every 10s
+    # would be dropped over and over, although these settings are fine on their own.
+    provision_project_mapping["settings"].update(heart_beat_timeout=20, heartbeat_interval=10)
+    provision_project_mapping["clients"].append({"name": "site-c", "org": "hospital-c"})
+    with pytest.raises(ProvisionError) as caught:
+        provision_into(provision_project_mapping)
+    assert "new client kits would send a heartbeat every 10s" in str(caught.value)
+    assert "drops a client after 5s" in str(caught.value)
+    assert not (provisioned_workspace.root / "packages" / "site-c.zip").exists()
+    provision_project_mapping["settings"]["heartbeat_interval"] = 4
+    assert [k.name for k in provision_into(provision_project_mapping).result.written] == ["site-c"]
+    # An admin kit carries no heartbeat: adding one never trips the check.
+    provision_project_mapping["settings"]["heartbeat_interval"] = 10
+    provision_project_mapping["admins"].append(
+        {"email": "new@example.org", "org": "lead", "role": "member"}
+    )
+    assert [k.name for k in provision_into(provision_project_mapping).result.written] == [
+        "new@example.org"
+    ]
+
+
+def test_a_first_run_cut_short_is_carried_on(
+    tmp_path: Path, provision_project_mapping: dict[str, Any], provision_into: Any
+) -> None:
+    packages = tmp_path / "workspace" / "packages"
+    (packages / "site-a.zip").mkdir(parents=True)  # in the way of the second kit
+    with pytest.raises(IsADirectoryError):
+        provision_into(provision_project_mapping)
+    state = tmp_path / "workspace" / "state"
+    ca = (state / "rootCA.pem").read_bytes()
+    assert json.loads((state / "issued.json").read_text())["participants"] == {}
+    (packages / "site-a.zip").rmdir()
+    again = provision_into(provision_project_mapping)
+    assert [k.name for k in again.result.written] == [
+        "server",
+        "site-a",
+        "site-b",
+        "lead@example.org",
+        "viewer@example.org",
+    ]
+    assert (state / "rootCA.pem").read_bytes() == ca
+    for kit in again.result.written:
+        startup = extract_kit(kit.zip_path, kit.password, tmp_path / "out" / kit.name)
+        verify_startup(startup)
+        assert (startup / "rootCA.pem").read_bytes() == ca

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import pyzipper
 from cryptography import x509
 
 from flcore.kitsig import verify_startup
 from flcore.startup import load_admin, load_client, load_server
+from flcore.tls import TlsFiles, channel_credentials, server_credentials
 from provision import extract_kit, parse_project, read_kit
 from provision.kits import new_password
 
@@ -191,6 +195,55 @@ def test_public_server_listens_everywhere(
     assert "ExecStart=/srv/fl/venv/bin/flserverd --workspace /srv/fl/sites/server\n" in unit
     client_unit = (_extract(workspace, "site-a", tmp_path / "a") / "flclientd@.service").read_text()
     assert "ExecStart=/srv/fl/venv/bin/flclientd --workspace /srv/fl/sites/%i\n" in client_unit
+
+
+def test_public_ipv6_server_listens_on_every_ipv6_address(
+    provision_project_mapping: dict[str, Any], provision_into: Any, tmp_path: Path
+) -> None:
+    provision_project_mapping["server"]["host"] = "2001:db8::7"
+    workspace = provision_into(provision_project_mapping)
+    _extract(workspace, "server", tmp_path / "server")
+    _extract(workspace, "site-a", tmp_path / "a")
+    assert load_server(tmp_path / "server").listen_host == "[::]"
+    assert load_client(tmp_path / "a").server_target == "[2001:db8::7]:8002"
+
+
+def _free_ipv6_ports(count: int) -> list[int]:
+    sockets = [socket.socket(socket.AF_INET6) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("::1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_an_ipv6_server_is_reached_through_its_kits(
+    provision_project_mapping: dict[str, Any], provision_into: Any, tmp_path: Path
+) -> None:
+    """A real TLS gRPC server bound as flserverd binds, dialled as the console dials."""
+    fed_port, admin_port = _free_ipv6_ports(2)
+    provision_project_mapping["server"].update(host="::1", fed_port=fed_port, admin_port=admin_port)
+    workspace = provision_into(provision_project_mapping)
+    server = load_server(_extract(workspace, "server", tmp_path / "server").parent)
+    admin_startup = _extract(workspace, "lead@example.org", tmp_path / "admin")
+    admin = load_admin(admin_startup)
+    assert admin.admin_target == f"[::1]:{admin_port}"
+
+    async def dial() -> None:
+        listener = grpc.aio.server()
+        credentials = server_credentials(TlsFiles.named_by(server, tmp_path / "server/startup"))
+        assert listener.add_secure_port(f"{server.listen_host}:{server.admin_port}", credentials)
+        await listener.start()
+        channel_creds = channel_credentials(TlsFiles.named_by(admin, admin_startup))
+        try:
+            async with grpc.aio.secure_channel(admin.admin_target, channel_creds) as channel:
+                await asyncio.wait_for(channel.channel_ready(), 10)
+        finally:
+            await listener.stop(None)
+
+    asyncio.run(dial())
 
 
 def _fake_commands(folder: Path) -> Path:

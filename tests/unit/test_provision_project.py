@@ -19,6 +19,7 @@ from provision import (
     parse_server,
     parse_settings,
     project_to_yaml,
+    provision_workspace,
     sample_project,
     write_project,
 )
@@ -135,6 +136,70 @@ def test_good_server_host(provision_project_mapping: dict[str, Any], host: str) 
     assert parse_project(provision_project_mapping).server.host == host
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda m: m.update(name="demo\n"), "project.yml: 'name' must be 1-63"),
+        (lambda m: m["server"].update(name="server\n"), "server: 'name' must be 1-63"),
+        (lambda m: m["server"].update(host="server\n"), "server: 'host' must be a DNS name"),
+        (lambda m: m["clients"][0].update(name="site-a\n"), "clients[0]: 'name' must be 1-63"),
+        (
+            lambda m: m["admins"][0].update(email="lead@example.org\n"),
+            "admins[0]: 'email' must be an email address",
+        ),
+        (
+            lambda m: m["settings"].update(install_prefix="/opt/flstack/venv\n"),
+            "'install_prefix' must be an absolute path",
+        ),
+        (
+            lambda m: m["settings"].update(workspace_base="/var/lib/flstack\n"),
+            "'workspace_base' must be an absolute path",
+        ),
+    ],
+)
+def test_a_trailing_newline_is_refused(
+    provision_project_mapping: dict[str, Any], change: Any, expected: str
+) -> None:
+    change(provision_project_mapping)
+    assert expected in _error(provision_project_mapping)
+
+
+def test_project_name_leaves_room_for_the_ca_name(
+    provision_project_mapping: dict[str, Any], tmp_path: Path
+) -> None:
+    provision_project_mapping["name"] = "p" * 57
+    assert _error(provision_project_mapping) == (
+        "project.yml: 'name' must be at most 56 characters (it names the CA, "
+        f"'<name> root CA', of at most 64), got '{'p' * 57}'"
+    )
+    provision_project_mapping["name"] = "p" * 56
+    project = parse_project(provision_project_mapping)
+    result = provision_workspace(project, tmp_path / "ws")
+    assert len(result.written) == 5
+
+
+@pytest.mark.parametrize(
+    ("section", "index", "key", "value", "other"),
+    [
+        ("clients", 1, "name", "Site-A", "site-a"),
+        ("clients", 0, "name", "SERVER", "server"),
+        ("admins", 1, "email", "Lead@Example.org", "lead@example.org"),
+    ],
+)
+def test_kit_names_differing_only_in_case_clash(
+    provision_project_mapping: dict[str, Any],
+    section: str,
+    index: int,
+    key: str,
+    value: str,
+    other: str,
+) -> None:
+    provision_project_mapping[section][index][key] = value
+    message = _error(provision_project_mapping)
+    assert message.startswith(f"project.yml: {section}[{index}]: duplicate ")
+    assert f"{value!r} (the same kit file as {other!r}: case does not count)" in message
+
+
 def test_bad_role(provision_project_mapping: dict[str, Any]) -> None:
     provision_project_mapping["admins"][0]["role"] = "root"
     message = _error(provision_project_mapping)
@@ -232,7 +297,7 @@ def test_public_api_is_what_the_wizard_uses() -> None:
     import provision
 
     assert sorted(provision.__all__) == [
-        "AdminSpec", "ClientSpec", "Project", "ProjectSettings", "ProvisionError",
+        "AdminSpec", "ClientSpec", "PasswordsFile", "Project", "ProjectSettings", "ProvisionError",
         "ProvisionResult", "ServerSpec", "WrittenKit", "extract_kit", "load_project",
         "parse_admin", "parse_client", "parse_project", "parse_project_yaml", "parse_server",
         "parse_settings", "project_to_yaml", "provision_workspace", "read_kit", "sample_project",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,32 @@ def test_email_like_accepts(good: str) -> None:
     assert email_like(good) is None
 
 
-@pytest.mark.parametrize("bad", ["a@b", "ab.org", "@b.org", "a b@c.org", "a@b..org"])
+@pytest.mark.parametrize(
+    "bad", ["a@b", "ab.org", "@b.org", "a b@c.org", "a@b..org", "a@b.org\n", "a@b.org\nx"]
+)
 def test_email_like_refuses(bad: str) -> None:
     assert email_like(bad) is not None
+
+
+@pytest.mark.parametrize("bad", ["demo\n", "demo\nx", "", "-demo", "a" * 64])
+def test_name_like_refuses_even_a_trailing_newline(bad: str) -> None:
+    assert name_like(bad) is not None
+    assert name_like("demo") is None
+
+
+@pytest.mark.parametrize(
+    ("host", "target"),
+    [
+        ("fl.example.org", "fl.example.org:8002"),
+        ("10.0.0.5", "10.0.0.5:8002"),
+        ("::1", "[::1]:8002"),
+        ("2001:db8::7", "[2001:db8::7]:8002"),
+    ],
+)
+def test_targets_bracket_ipv6_addresses(host: str, target: str) -> None:
+    assert startup.host_port(host, 8002) == target
+    assert replace(CLIENT, server_host=host).server_target == target
+    assert replace(ADMIN, server_host=host, admin_port=8002).admin_target == target
 
 
 # --------------------------------------------------------------------------- startup
