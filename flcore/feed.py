@@ -11,6 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+_CONTROLS = {code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to draw on a terminal: control characters become ``\ufffd``.
+
+    The feed carries what sites wrote (host names, errors, tracebacks, log
+    lines); an escape sequence among them must not reach the admin's
+    terminal. C0 and C1 controls and DEL go; newlines and tabs stay, so a
+    traceback keeps its lines.
+    """
+    return text.translate(_CONTROLS)
+
 
 @dataclass(frozen=True)
 class ServerInfo:

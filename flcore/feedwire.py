@@ -2,11 +2,14 @@
 
 The server converts what it publishes here and the console converts what it
 receives here, so both ends agree by construction. Only this module, the
-servicers and the admin client see generated protobuf code.
+servicers and the admin client see generated protobuf code. Every string
+received passes :func:`flcore.feed.printable` here, once, so no pane of the
+console can draw a site's escape sequence.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 
 from flcore.feed import (
@@ -21,6 +24,7 @@ from flcore.feed import (
     RunInfo,
     ServerInfo,
     Snapshot,
+    printable,
 )
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
@@ -34,12 +38,12 @@ def server_to_proto(info: ServerInfo) -> admin_pb2.ServerInfo:
 def server_from_proto(message: admin_pb2.ServerInfo) -> ServerInfo:
     """The server's identity and heartbeat timing."""
     return ServerInfo(
-        project=message.project,
-        name=message.name,
-        fed_target=message.fed_target,
-        admin_target=message.admin_target,
+        project=printable(message.project),
+        name=printable(message.name),
+        fed_target=printable(message.fed_target),
+        admin_target=printable(message.admin_target),
         started_at=message.started_at,
-        version=message.version,
+        version=printable(message.version),
         heart_beat_timeout_s=message.heart_beat_timeout_s,
         heartbeat_interval_s=message.heartbeat_interval_s,
     )
@@ -53,22 +57,22 @@ def client_to_proto(row: ClientRow) -> admin_pb2.ClientState:
 def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
     """One row of the clients table."""
     return ClientRow(
-        instance=message.instance,
-        client_name=message.client_name,
-        token=message.token,
-        org=message.org,
-        status=message.status,
+        instance=printable(message.instance),
+        client_name=printable(message.client_name),
+        token=printable(message.token),
+        org=printable(message.org),
+        status=printable(message.status),
         last_heartbeat=message.last_heartbeat,
         connected_at=message.connected_at,
         run_number=message.run_number,
         round=message.round,
         samples=message.samples,
-        device=message.device,
+        device=printable(message.device),
         gpu_count=message.gpu_count,
-        error=message.error,
-        traceback=message.traceback,
-        app=message.app,
-        hostname=message.hostname,
+        error=printable(message.error),
+        traceback=printable(message.traceback),
+        app=printable(message.app),
+        hostname=printable(message.hostname),
         connected=message.connected,
     )
 
@@ -80,28 +84,35 @@ def run_to_proto(run: RunInfo) -> admin_pb2.RunState:
     return admin_pb2.RunState(**fields)
 
 
+def _names(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(printable(value) for value in values)
+
+
 def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
     """The run and its round progress."""
     return RunInfo(
         run_number=message.run_number,
-        server_status=message.server_status,
-        app=message.app,
+        server_status=printable(message.server_status),
+        app=printable(message.app),
         start_round=message.start_round,
         current_round=message.current_round,
         num_rounds=message.num_rounds,
         min_num_clients=message.min_num_clients,
         max_num_clients=message.max_num_clients,
         updates_received=message.updates_received,
-        contributed=tuple(message.contributed),
-        awaited=tuple(message.awaited),
+        contributed=_names(message.contributed),
+        awaited=_names(message.awaited),
         wait_deadline=message.wait_deadline,
         history=tuple(
-            RoundRecord(r.round, dict(r.metrics), r.clients, r.seconds) for r in message.history
+            RoundRecord(
+                r.round, {printable(k): v for k, v in r.metrics.items()}, r.clients, r.seconds
+            )
+            for r in message.history
         ),
-        failed_sites=tuple(message.failed_sites),
-        phase=message.phase,
-        best_metric=message.best_metric,
-        reason=message.reason,
+        failed_sites=_names(message.failed_sites),
+        phase=printable(message.phase),
+        best_metric=printable(message.best_metric),
+        reason=printable(message.reason),
     )
 
 
@@ -112,7 +123,13 @@ def log_to_proto(entry: LogEntry) -> common_pb2.LogRecord:
 
 def log_from_proto(message: common_pb2.LogRecord) -> LogEntry:
     """One log line."""
-    return LogEntry(message.time, message.level, message.logger, message.message, message.source)
+    return LogEntry(
+        message.time,
+        printable(message.level),
+        printable(message.logger),
+        printable(message.message),
+        printable(message.source),
+    )
 
 
 def event_to_proto(event: FeedEvent) -> admin_pb2.Event:
@@ -158,15 +175,17 @@ def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
     elif kind == "client":
         body = client_from_proto(message.client)
     elif kind == "client_gone":
-        body = ClientGone(message.client_gone.instance, message.client_gone.reason)
+        gone = message.client_gone
+        body = ClientGone(printable(gone.instance), printable(gone.reason))
     elif kind == "run":
         body = run_from_proto(message.run)
     elif kind == "log":
         body = log_from_proto(message.log)
     elif kind == "heartbeat":
-        body = Heartbeat(message.heartbeat.instance, message.heartbeat.time)
+        body = Heartbeat(printable(message.heartbeat.instance), message.heartbeat.time)
     elif kind == "command":
-        body = CommandSeen(message.command.user, message.command.line, message.command.ok)
+        command = message.command
+        body = CommandSeen(printable(command.user), printable(command.line), command.ok)
     else:
         return None
     return FeedEvent(message.seq, message.time, body)

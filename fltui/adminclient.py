@@ -4,6 +4,8 @@ Both the full-screen console and ``fltui --cmd`` use it, so scripts see
 exactly what people see. Commands travel as text lines; ``set_timeout`` is
 kept here (it is how long the server waits for clients on our behalf) and
 ``upload_folder`` streams an app from the admin's ``transfer/`` folder.
+Strings from the server pass :func:`flcore.feed.printable` as they arrive
+here, since they carry what sites wrote and end up on a terminal.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from flcore.feed import printable
 from flcore.folders import FolderError, folder_size, iter_chunks
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -28,6 +31,7 @@ from flcore.startup import AdminStartup, load_admin
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
 
 DEFAULT_TIMEOUT_S = 10.0
+MAX_TIMEOUT_S = 3600.0
 LOGIN_TIMEOUT_S = 10.0
 RPC_SLACK_S = 5.0
 REFUSED_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
@@ -60,8 +64,7 @@ class Outcome:
     def render(self) -> str:
         """What a person reads: the reply text, then the Done line."""
         text = self.text.rstrip("\n")
-        body = f"{self.text}" if self.text.endswith("\n") else f"{text}\n" if text else ""
-        return f"{body}Done [{self.usecs} usecs] {self.finished_at}"
+        return f"{text}\n" * bool(text) + f"Done [{self.usecs} usecs] {self.finished_at}"
 
     def as_json(self) -> str:
         """One JSON object per command, for scripts."""
@@ -78,18 +81,38 @@ class Outcome:
         )
 
 
+def parse_timeout(text: str) -> float | None:
+    """Seconds for ``set_timeout`` (and ``--timeout``): above 0, at most an hour; else None."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds <= MAX_TIMEOUT_S else None  # nan fails both comparisons
+
+
+TIMEOUT_RULE = f"a number of seconds, more than 0 and at most {MAX_TIMEOUT_S:g}"
+
+
 def _local(line: str, ok: bool, text: str, data: dict[str, Any] | None = None) -> Outcome:
     now = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
     return Outcome(line, ok, text, data or {}, 0, now)
 
 
 def load_kit(startup_dir: Path) -> AdminStartup:
-    """Check an admin kit's signature and read its settings."""
+    """Check an admin kit's signature and read its settings.
+
+    Raises:
+        AdminError: the kit is missing, tampered with or unreadable (a folder
+            without permission, a name too long): the console then asks again.
+    """
     try:
         verify_startup(startup_dir)
         return load_admin(startup_dir)
     except (KitSignatureError, ConfigError) as exc:
         raise AdminError(str(exc)) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise AdminError(f"{startup_dir}: cannot read the admin kit ({reason})") from None
 
 
 class AdminClient:
@@ -103,7 +126,6 @@ class AdminClient:
         self.token = ""
         self.role = ""
         self.project = kit.project
-        self.server_name = ""
         files = TlsFiles.named_by(kit, startup_dir)
         try:
             credentials = channel_credentials(files)
@@ -128,8 +150,8 @@ class AdminClient:
         except grpc.aio.AioRpcError as exc:
             refused = exc.code() in REFUSED_CODES
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target), refused) from None
-        self.token, self.role = reply.token, reply.role
-        self.project, self.server_name = reply.project, reply.server_name
+        self.token, self.role = reply.token, printable(reply.role)
+        self.project = printable(reply.project)
 
     async def close(self) -> None:
         """Close the connection."""
@@ -158,12 +180,9 @@ class AdminClient:
         return _outcome(line, reply)
 
     def _set_timeout(self, line: str, words: list[str]) -> Outcome:
-        try:
-            seconds = float(words[1]) if len(words) == 2 else -1.0
-        except ValueError:
-            seconds = -1.0
-        if not 0 < seconds <= 3600:
-            return _local(line, False, "usage: set_timeout <seconds>  (more than 0, at most 3600)")
+        seconds = parse_timeout(words[1]) if len(words) == 2 else None
+        if seconds is None:
+            return _local(line, False, f"usage: set_timeout <seconds>  ({TIMEOUT_RULE})")
         self.timeout = seconds
         return _local(
             line, True, f"Command timeout set to {seconds:g} seconds", {"timeout_s": seconds}
@@ -181,25 +200,34 @@ class AdminClient:
             )
         try:
             total, count = folder_size(folder)
-        except FolderError as exc:
+        except (FolderError, OSError) as exc:
             return _local(line, False, f"upload refused: {exc}")
+        failure: list[str] = []
 
         async def messages() -> AsyncIterator[admin_pb2.UploadMessage]:
+            # grpc.aio turns an exception raised here into a cancelled call, losing
+            # it: a file that cannot be read is noted, and the stream just ends.
             header = admin_pb2.UploadHeader(
                 token=self.token, app=app, total_bytes=total, file_count=count
             )
             yield admin_pb2.UploadMessage(header=header)
-            for path, offset, data, eof in iter_chunks(folder):
-                chunk = common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
-                yield admin_pb2.UploadMessage(chunk=chunk)
+            try:
+                for path, offset, data, eof in iter_chunks(folder):
+                    chunk = common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
+                    yield admin_pb2.UploadMessage(chunk=chunk)
+            except (FolderError, OSError) as exc:
+                failure.append(str(exc))
 
         try:
             reply = await self._stub.UploadFolder(messages(), timeout=max(60.0, self.timeout))
         except grpc.aio.AioRpcError as exc:
-            raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
-        except FolderError as exc:
-            return _local(line, False, f"upload refused: {exc}")
-        return _outcome(line, reply)
+            if not failure:
+                raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
+        else:
+            if not failure:
+                return _outcome(line, reply)
+        # The server saw the stream end early; the reason is on this side.
+        return _local(line, False, f"upload failed: {failure[0]}")
 
     async def events(self) -> AsyncIterator[admin_pb2.Event]:
         """The server's live feed: a snapshot, then deltas (AdminError when it breaks)."""
@@ -211,20 +239,38 @@ class AdminClient:
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
 
 
+def _printable_json(value: Any) -> Any:
+    """A reply's data with every string cleaned: it carries what sites wrote (errors, notes)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list):
+        return [_printable_json(item) for item in value]
+    if isinstance(value, dict):
+        return {printable(key): _printable_json(item) for key, item in value.items()}
+    return value
+
+
 def _outcome(line: str, reply: admin_pb2.CommandReply) -> Outcome:
+    """A reply as the console and scripts see it, its texts safe to draw on a terminal."""
     try:
-        data = json.loads(reply.data_json) if reply.data_json else {}
+        data = _printable_json(json.loads(reply.data_json)) if reply.data_json else {}
     except json.JSONDecodeError:
         data = {}
     return Outcome(
-        line, reply.ok, reply.text, data, reply.usecs, reply.finished_at, reply.confirm_prompt
+        line,
+        reply.ok,
+        printable(reply.text),
+        data,
+        reply.usecs,
+        reply.finished_at,
+        printable(reply.confirm_prompt),
     )
 
 
 def describe_rpc_error(exc: grpc.aio.AioRpcError, target: str) -> str:
     """Turn a gRPC failure into a sentence an admin can act on."""
     code = exc.code()
-    details = exc.details() or code.name
+    details = printable(exc.details() or code.name)
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"cannot connect to the server at {target}: {details}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

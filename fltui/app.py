@@ -11,6 +11,7 @@ freezes the screen; their replies become notifications and log lines.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -22,7 +23,7 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from flcore.feed import LogEntry, Snapshot
-from fltui.adminclient import AdminError, Outcome
+from fltui.adminclient import DEFAULT_TIMEOUT_S, AdminError, Outcome
 from fltui.link import Link, ServerLink
 from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
@@ -41,6 +42,19 @@ CONFIRMED_VERBS = {"abort": ("Abort training", "Abort"), "shutdown": ("Shut down
 CONSOLE = "console"
 
 
+def command_words(line: str) -> list[str]:
+    """The words of a command line as the server reads them (shell quoting).
+
+    Splitting on spaces would take ``"abort" client`` for another command and
+    skip the confirmation; an unbalanced quote falls back to plain words, and
+    the server then refuses the line itself.
+    """
+    try:
+        return shlex.split(line)
+    except ValueError:
+        return line.split()
+
+
 class ConsoleApp(App[None]):
     """fltui's full-screen console."""
 
@@ -55,6 +69,7 @@ class ConsoleApp(App[None]):
         user: str = "",
         problem: str = "",
         workspace: Path | None = None,
+        timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         flush_s: float = FLUSH_S,
     ) -> None:
@@ -66,10 +81,15 @@ class ConsoleApp(App[None]):
             user: the user name to prefill on the login screen.
             problem: why the login screen is shown.
             workspace: provisioning workspace the wizard opens first.
+            timeout: the command timeout (``--timeout``), for this link and any
+                the login screen makes; None keeps the default.
             clock: the time source of ages and countdowns (tests freeze it).
             flush_s: how often queued changes are drawn.
         """
         super().__init__()
+        self._timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
+        if link is not None and timeout is not None:
+            link.timeout = timeout
         self.link = link
         self.store = Store()
         self.clock = clock
@@ -97,8 +117,8 @@ class ConsoleApp(App[None]):
 
     @property
     def timeout(self) -> float:
-        """The command timeout (``set_timeout``)."""
-        return self.link.timeout if self.link else 10.0
+        """The command timeout (``set_timeout``, or ``--timeout`` before any login)."""
+        return self.link.timeout if self.link else self._timeout
 
     @property
     def transfer_dir(self) -> Path | None:
@@ -118,8 +138,13 @@ class ConsoleApp(App[None]):
         """App folders in the admin's ``transfer/``, plus the run's app."""
         names = set()
         folder = self.transfer_dir
-        if folder is not None and folder.is_dir():
-            names = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+        try:
+            if folder is not None and folder.is_dir():
+                names = {
+                    p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+                }
+        except OSError:  # an unreadable transfer/ offers no apps (the pickers then say so)
+            names = set()
         if self.store.run.app:
             names.add(self.store.run.app)
         return sorted(names)
@@ -165,6 +190,7 @@ class ConsoleApp(App[None]):
             link = ServerLink(startup, user or None)
         except AdminError as exc:
             return str(exc)
+        link.timeout = self.timeout
         try:
             await link.login()
         except AdminError as exc:
@@ -209,7 +235,9 @@ class ConsoleApp(App[None]):
             attempt += 1
             delay = min(2.0 ** (attempt - 1), RETRY_MAX_S)
             if self.connected:
-                self.notify(problem, title="connection lost", severity="error", timeout=8)
+                self.notify(
+                    problem, title="connection lost", severity="error", timeout=8, markup=False
+                )
             self.set_link(
                 DISCONNECTED,
                 f"connection lost: {problem} · reconnecting in {delay:g}s (attempt {attempt})",
@@ -239,7 +267,7 @@ class ConsoleApp(App[None]):
         Returns:
             The reply, or None when cancelled or the server could not be reached.
         """
-        words = line.split()
+        words = command_words(line)
         if not words or self.link is None:
             return None
         asks_first = words[0] == "abort" and len(words) > 1 and words[1] in ("server", "client")
@@ -280,13 +308,17 @@ class ConsoleApp(App[None]):
             body = "\n".join(lines[:NOTIFY_LINES]) + ("\n…" if len(lines) > NOTIFY_LINES else "")
             severity: SeverityLevel = "information" if outcome.ok else "error"
             self.notify(
-                body, title=outcome.line, severity=severity, timeout=6 if outcome.ok else 12
+                body,
+                title=outcome.line,
+                severity=severity,
+                timeout=6 if outcome.ok else 12,
+                markup=False,
             )
 
     def problem(self, message: str) -> None:
         """Something went wrong on our side: an error notification and a log line."""
         self.log_line("ERROR", message)
-        self.notify(message, severity="error", timeout=12)
+        self.notify(message, severity="error", timeout=12, markup=False)
 
     def log_line(self, level: str, message: str) -> None:
         """Write one line of the console's own to the logs pane."""

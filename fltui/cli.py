@@ -17,13 +17,28 @@ import asyncio
 import sys
 from pathlib import Path
 
-from fltui.adminclient import AdminClient, AdminError, Outcome, load_kit
+from fltui.adminclient import (
+    TIMEOUT_RULE,
+    AdminClient,
+    AdminError,
+    Outcome,
+    load_kit,
+    parse_timeout,
+)
 from fltui.link import ServerLink
 
 DEFAULT_STARTUP = Path("startup")
 EXIT_OK = 0
 EXIT_COMMAND = 1
 EXIT_CONNECT = 2
+
+
+def timeout_seconds(text: str) -> float:
+    """``--timeout``: what ``set_timeout`` accepts, refused at once otherwise."""
+    seconds = parse_timeout(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {TIMEOUT_RULE}")
+    return seconds
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--shell", action="store_true", help="line-mode prompt instead of the console"
     )
     parser.add_argument(
-        "--timeout", type=float, help="command timeout in seconds (like set_timeout)"
+        "--timeout",
+        type=timeout_seconds,
+        help="command timeout in seconds, at most 3600 (like set_timeout)",
     )
     return parser.parse_args(argv)
 
@@ -88,17 +105,16 @@ def open_console(args: argparse.Namespace) -> int:
     startup: Path | None = args.startup
     if startup is None and DEFAULT_STARTUP.is_dir():
         startup = DEFAULT_STARTUP
+    user = args.user or ""
     if startup is None:
-        app = ConsoleApp(user=args.user or "")
+        app = ConsoleApp(user=user, timeout=args.timeout)
     else:
         try:
             link = ServerLink(startup, args.user)
         except AdminError as exc:
-            app = ConsoleApp(startup=startup, user=args.user or "", problem=str(exc))
+            app = ConsoleApp(startup=startup, user=user, problem=str(exc), timeout=args.timeout)
         else:
-            if args.timeout:
-                link.timeout = args.timeout
-            app = ConsoleApp(link)
+            app = ConsoleApp(link, timeout=args.timeout)
     app.run()
     return EXIT_OK
 
@@ -121,7 +137,7 @@ async def connect(args: argparse.Namespace) -> AdminClient:
     except AdminError:
         await client.close()
         raise
-    if args.timeout:
+    if args.timeout is not None:
         client.timeout = args.timeout
     return client
 

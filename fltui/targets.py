@@ -45,7 +45,8 @@ def target_choices(store: Store, selected: Sequence[str], server: bool = True) -
         choices.append(Choice("server", f"the server ({detail})"))
     everyone = live_clients(store)
     choices.append(Choice("client", f"all clients ({len(everyone)})"))
-    reachable = [name for name in selected if name in everyone]
+    chosen = set(selected)
+    reachable = [name for name in everyone if name in chosen]  # in the table's order
     if reachable:
         choices.append(Choice("client " + " ".join(reachable), f"selected: {listing(reachable)}"))
     return choices

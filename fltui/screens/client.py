@@ -60,5 +60,5 @@ class ClientScreen(Screen[None]):
         if row.traceback:
             text.append(f"\n{row.traceback.rstrip()}\n", style=error_style)
         with VerticalScroll(classes="dialog", id="client-dialog"):
-            yield Static(f"Client {row.instance}", classes="dialog-title")
+            yield Static(f"Client {row.instance}", classes="dialog-title", markup=False)
             yield Static(text, id="client-facts")

@@ -2,7 +2,8 @@
 
 Each key opens a picker or a prompt (fast: ``enter`` takes the highlighted
 choice) and hands the finished command line to the app, which asks before
-anything is stopped. :meth:`CommandKeys.check_action` dims the keys that
+anything is stopped. The command then runs in a worker of its own, so the
+next key never cancels a reply still on its way. :meth:`CommandKeys.check_action` dims the keys that
 cannot work now, so a member, a console without a connection, or a run
 with nothing deployed shows them greyed out instead of failing afterwards.
 """
@@ -16,6 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
 from flcore import status as st
+from fltui.adminclient import TIMEOUT_RULE, parse_timeout
 from fltui.screens.dialogs import ChoiceScreen, PromptScreen
 from fltui.screens.help import HelpScreen
 from fltui.screens.validation import ValidationScreen
@@ -29,20 +31,22 @@ SERVER_ACTIONS = frozenset(
     {"upload", "deploy", "start", "abort", "shutdown", "run_number", "validate"}
 )
 SUPER_ACTIONS = SERVER_ACTIONS - {"validate"}
+DIALOGS = "dialog"
+"""Worker group of the pickers and prompts: one at a time."""
+COMMANDS = "commands"
+"""Worker group of commands on their way: never cancelled by another key."""
 
 
 def check_positive_int(value: str) -> str | None:
-    """A run number: a whole number from 1."""
-    return None if value.strip().isdigit() and int(value) >= 1 else "a whole number from 1"
+    """A run number: a whole number from 1, in ASCII digits (``²`` is a digit to Python)."""
+    text = value.strip()
+    ok = text.isascii() and text.isdigit() and int(text) >= 1
+    return None if ok else "a whole number from 1"
 
 
 def check_seconds(value: str) -> str | None:
-    """A timeout: seconds, more than 0 and at most 3600."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        return "a number of seconds"
-    return None if 0 < seconds <= 3600 else "more than 0, at most 3600 seconds"
+    """A timeout, as ``set_timeout`` accepts it."""
+    return None if parse_timeout(value) is not None else TIMEOUT_RULE
 
 
 class CommandKeys(Screen[None]):
@@ -126,43 +130,53 @@ class CommandKeys(Screen[None]):
             return None
         return await self._pick(title, [Choice(app, app) for app in apps])
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(group=COMMANDS, exit_on_error=False)
+    async def send(self, line: str) -> None:
+        """Run a finished command line in a worker of its own.
+
+        The pickers are exclusive, one at a time; a command already on its
+        way must not be, or the next key would cancel it and its reply would
+        never be shown.
+        """
+        await self.console.run_command(line)
+
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_upload(self) -> None:
         """Pick an app from transfer/ and upload it."""
         app = await self._pick_app("Upload which app from transfer/?")
         if app:
-            await self.console.run_command(f"upload_folder {app}")
+            self.send(f"upload_folder {app}")
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_deploy(self) -> None:
         """Pick an app, then where to deploy it."""
         app = await self._pick_app("Deploy which app?")
         target = await self._pick_target(f"Deploy {app}") if app else None
         if app and target:
-            await self.console.run_command(f"deploy {app} {target}")
+            self.send(f"deploy {app} {target}")
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_start(self) -> None:
         """Pick where to start training."""
         target = await self._pick_target("Start training")
         if target:
-            await self.console.run_command(f"start {target}")
+            self.send(f"start {target}")
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_abort(self) -> None:
         """Pick what to abort; the app asks for confirmation."""
         target = await self._pick_target("Abort training")
         if target:
-            await self.console.run_command(f"abort {target}")
+            self.send(f"abort {target}")
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_shutdown(self) -> None:
         """Pick what to shut down; the server's confirmation (and warning) follows."""
         target = await self._pick_target("Shut down")
         if target:
-            await self.console.run_command(f"shutdown {target}")
+            self.send(f"shutdown {target}")
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_run_number(self) -> None:
         """Ask for a run number and set it."""
         current = self.console.store.run.run_number
@@ -171,9 +185,9 @@ class CommandKeys(Screen[None]):
             PromptScreen("Set the run number", hint, check_positive_int)
         )
         if number:
-            await self.console.run_command(f"set_run_number {number}")
+            self.send(f"set_run_number {number}")
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_timeout(self) -> None:
         """Ask how long commands wait for clients."""
         current = f"{self.console.timeout:g}"
@@ -181,9 +195,9 @@ class CommandKeys(Screen[None]):
             PromptScreen("Command timeout (seconds)", f"now {current}s", check_seconds, current)
         )
         if seconds:
-            await self.console.run_command(f"set_timeout {seconds}")
+            self.send(f"set_timeout {seconds}")
 
-    @work(exclusive=True, group="dialog", exit_on_error=False)
+    @work(group=COMMANDS, exit_on_error=False)
     async def action_validate(self) -> None:
         """Run ``validate all`` and show the matrix."""
         outcome = await self.console.run_command("validate all", quiet=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import ClassVar
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -23,6 +23,7 @@ from fltui.screens.client import ClientScreen
 from fltui.screens.commandkeys import CommandKeys
 from fltui.status import ONLINE, health
 from fltui.store import LOG_LIMIT, Changes
+from fltui.targets import live_clients
 from fltui.widgets.clients import ClientsTable, ClientView
 from fltui.widgets.commandline import CommandLine, CommandSuggester
 from fltui.widgets.header import Banner, StatusHeader
@@ -97,8 +98,7 @@ class DashboardScreen(CommandKeys):
 
     def instances(self) -> list[str]:
         """Instance names the server has now (for completion)."""
-        store = self.console.store
-        return [name for name in store.clients if name not in store.gone]
+        return live_clients(self.console.store)
 
     def _views(self, names: Iterable[str]) -> Iterator[ClientView]:
         store = self.console.store
@@ -113,7 +113,9 @@ class DashboardScreen(CommandKeys):
     def render_all(self) -> None:
         """Redraw everything (after a snapshot)."""
         store = self.console.store
-        self.query_one("#clients", ClientsTable).rebuild(self._views(list(store.clients)))
+        table = self.query_one("#clients", ClientsTable)
+        table.keep_marks(store.clients)
+        table.rebuild(self._views(list(store.clients)))
         self.query_one("#logs", LogView).replace_all(store.logs)
         self._draw_run()
         self._draw_lanes()
@@ -319,8 +321,4 @@ class DashboardScreen(CommandKeys):
         box.value = ""
         self._close_line("#command")
         if line:
-            self._run_typed(line)
-
-    @work(group="typed", exit_on_error=False)
-    async def _run_typed(self, line: str) -> None:
-        await self.console.run_command(line)
+            self.send(line)

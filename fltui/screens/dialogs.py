@@ -3,6 +3,8 @@
 Danger is slow: :class:`ConfirmScreen` opens with *Cancel* focused, so
 ``enter`` right away does nothing harmful, and it has no one-key yes.
 Safe things are fast: pickers take ``enter`` on the highlighted choice.
+What they show (client names and states, the server's warning, app folder
+names) is never read as markup.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         """Title, what stops, warning, question, buttons."""
         with Vertical(id="confirm-dialog", classes="dialog"):
-            yield Static(self._title, classes="dialog-title")
+            yield Static(self._title, classes="dialog-title", markup=False)
             yield Static("This stops:", classes="dialog-label")
-            yield Static("\n".join(f"• {line}" for line in self._stops), id="confirm-stops")
+            stops = "\n".join(f"• {line}" for line in self._stops)
+            yield Static(stops, id="confirm-stops", markup=False)
             if self._warning:
-                yield Static(f"⚠ {self._warning}", id="confirm-warning")
+                yield Static(f"⚠ {self._warning}", id="confirm-warning", markup=False)
             yield Static("Are you sure?", id="confirm-question")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="confirm-cancel")
@@ -69,10 +72,11 @@ class ChoiceScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         """Title, options, hint."""
         with Vertical(classes="dialog"):
-            yield Static(self._title, classes="dialog-title")
+            yield Static(self._title, classes="dialog-title", markup=False)
             yield OptionList(
                 *(Option(c.label, id=str(i)) for i, c in enumerate(self._choices)),
                 id="choice-list",
+                markup=False,
             )
             yield Static(self._hint, classes="dialog-hint")
 

@@ -18,6 +18,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Static
 
+from fltui.paths import typed_path
+
 LogIn = Callable[[Path, str], Awaitable[str | None]]
 """Tries a login; returns why it failed, or None."""
 
@@ -43,7 +45,8 @@ class LoginScreen(Screen[None]):
             yield Input(self._startup, placeholder="~/fl/admin/startup", id="login-startup")
             yield Label("User: your admin email (empty: the kit's)")
             yield Input(self._user, placeholder="you@example.org", id="login-user")
-            yield Static(self._problem, id="login-problem", classes="-error")
+            # The reason quotes paths and the server's words: never markup.
+            yield Static(self._problem, id="login-problem", classes="-error", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Log in", id="login-go", variant="primary")
         yield Footer()
@@ -64,7 +67,7 @@ class LoginScreen(Screen[None]):
     @work(exclusive=True, exit_on_error=False)
     async def attempt(self) -> None:
         """Try the login; stay here with the reason if it fails."""
-        startup = Path(self.query_one("#login-startup", Input).value.strip()).expanduser()
+        startup = typed_path(self.query_one("#login-startup", Input).value)
         user = self.query_one("#login-user", Input).value.strip()
         problem = self.query_one("#login-problem", Static)
         problem.update("logging in…")

@@ -74,18 +74,28 @@ class ValidationScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         """Title, matrix (or why there is none), notes."""
         with Vertical(classes="dialog", id="validation-dialog"):
-            yield Static(f"Cross-site validation of run {self._run}", classes="dialog-title")
+            # The reply's texts are the server's and the sites' words: never markup.
+            yield Static(
+                f"Cross-site validation of run {self._run}", classes="dialog-title", markup=False
+            )
             if self._failure:
-                yield Static(self._failure, id="validation-empty", classes="-error")
+                yield Static(self._failure, id="validation-empty", classes="-error", markup=False)
             elif not has_matrix(self._data):
                 yield Static(
-                    f"No cross-site validation results for run {self._run}.", id="validation-empty"
+                    f"No cross-site validation results for run {self._run}.",
+                    id="validation-empty",
+                    markup=False,
                 )
-                yield Static(notes_text(self._data), id="validation-notes", classes="dialog-hint")
+                yield Static(
+                    notes_text(self._data),
+                    id="validation-notes",
+                    classes="dialog-hint",
+                    markup=False,
+                )
             else:
                 yield Static(id="validation-metric")
                 yield DataTable(id="validation-table", cursor_type="cell")
-                yield Static(id="validation-notes", classes="dialog-hint")
+                yield Static(id="validation-notes", classes="dialog-hint", markup=False)
             yield Static("m next metric · esc close", classes="dialog-hint")
 
     def on_mount(self) -> None:
@@ -116,7 +126,7 @@ class ValidationScreen(Screen[None]):
         table.clear(columns=True)
         table.add_column("model \\ site", key="row")
         for column in columns:
-            table.add_column(column, key=column, width=max(CELL_WIDTH, len(column)))
+            table.add_column(Text(column), key=column, width=max(CELL_WIDTH, len(column)))
         lower_is_better = "loss" in self._metric
         for row in rows:
             shown = [Text(row, style="bold")]

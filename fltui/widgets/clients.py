@@ -8,7 +8,7 @@ the dashboard's single one-second tick.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -134,11 +134,19 @@ class ClientsTable(DataTable[Text]):
         return key.value
 
     def targets(self) -> list[str]:
-        """The marked instances, or the one under the cursor when none is marked."""
+        """The marked instances, or the one under the cursor when none is marked.
+
+        Marked rows a filter hides count too: the marks are the selection,
+        whatever the table shows now.
+        """
         if self.marked:
-            return [key for key in self._shown if key in self.marked]
+            return sorted(self.marked)
         selected = self.selected
         return [selected] if selected else []
+
+    def keep_marks(self, instances: Collection[str]) -> None:
+        """Forget the marks of instances the server no longer has (after a snapshot)."""
+        self.marked &= set(instances)
 
     def action_toggle_mark(self) -> None:
         """Mark or unmark the row under the cursor (commands then target the marked rows)."""

@@ -2,7 +2,9 @@
 
 ``Static.update`` re-lays out the whole screen by default; a :class:`Line`
 updates only when its text changes, and asks for a layout only when the
-number of lines does.
+number of lines does. A string is shown as it is, never read as markup: the
+lines show what the server and the sites wrote (errors, host names), where
+a ``[/`` would otherwise stop the console.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ class Line(Static):
 
     def __init__(self, id: str | None = None, classes: str | None = None) -> None:
         """Empty at first."""
-        super().__init__(id=id, classes=classes)
+        super().__init__(id=id, classes=classes, markup=False)
         self._shown: Text | str = ""
 
     def set(self, text: Text | str) -> None:

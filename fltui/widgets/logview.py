@@ -19,7 +19,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from flcore.feed import LogEntry
+from flcore.feed import LogEntry, printable
 from fltui.logfilter import LogFilter
 
 SOURCE_WIDTH = 12
@@ -34,13 +34,17 @@ LEVEL_CLASSES = {
 }
 
 
-_CONTROLS = {code: "�" for code in (*range(32), 127)} | {ord("\n"): " ⏎ ", ord("\t"): "    "}
+_LINE_BREAKS = {ord("\n"): " ⏎ ", ord("\t"): "    "}
 
 
-def printable(message: str) -> str:
-    """A log message safe to draw: control characters (an escape sequence in a
-    site's log line, say) must not reach the terminal."""
-    return message.translate(_CONTROLS)
+def one_line(message: str) -> str:
+    """A log message as one line of the pane, safe to draw.
+
+    Newlines and tabs are shown rather than obeyed, and control characters
+    never reach the terminal, whether the line came from the feed (cleaned
+    there already) or from the console itself.
+    """
+    return printable(message).translate(_LINE_BREAKS)
 
 
 def clock_time(stamp: float) -> str:
@@ -176,7 +180,7 @@ class LogView(ScrollView, can_focus=True):
         entry = self._lines[index]
         style = self.get_component_rich_style
         level_style = style(LEVEL_CLASSES.get(entry.level.upper(), "log--info"))
-        message = printable(entry.message)
+        message = one_line(entry.message)
         segments = [
             Segment(clock_time(entry.time) + " ", base + style("log--time")),
             Segment(

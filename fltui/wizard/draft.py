@@ -6,12 +6,18 @@ empty fields left out), and each ``check_*`` runs the matching
 ``provision.parse_*`` on it, so the wizard shows the message flprovision
 would print for the same mistake, word for word. Nothing here knows about
 the screen.
+
+Who already has a kit is read from the workspace (:class:`Folder`), never
+carried over from another one, and the draft writes project.yml only into
+the workspace it was opened from (or a new one), and only once the engine
+has accepted the run: a refused run leaves the saved project as it was.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,7 @@ from flcore.schema import ConfigError
 from provision import (
     Project,
     ProjectSettings,
+    ProvisionError,
     ProvisionResult,
     load_project,
     parse_admin,
@@ -30,12 +37,13 @@ from provision import (
     provision_workspace,
     write_project,
 )
-from provision.workspace import Workspace
+from provision.project import API_VERSION, SOURCE
+from provision.workspace import STATE_DIR, Workspace
 
 PROJECT_FILE = "project.yml"
-SOURCE = PROJECT_FILE
-API_VERSION = 1
 Form = dict[str, str]
+Kit = tuple[str, str]
+"""(kind, name) of a participant's kit."""
 
 SERVER_KEYS = ("name", "host", "fed_port", "admin_port", "org")
 CLIENT_KEYS = ("name", "org", "email")
@@ -76,6 +84,40 @@ def form_of(values: dict[str, Any], keys: Sequence[str]) -> Form:
     return {key: "" if values.get(key) is None else str(values[key]) for key in keys}
 
 
+@dataclass(frozen=True)
+class Folder:
+    """What a workspace path holds, looked at once each time the path changes."""
+
+    path: Path
+    problem: str | None = None
+    """Why the wizard cannot look into it or use it at all."""
+    project_file: bool = False
+    issued: frozenset[Kit] = frozenset()
+    """Participants that have a kit from this workspace."""
+
+    @classmethod
+    def look(cls, path: Path) -> Folder:
+        """Look at ``path`` without ever raising: an unreadable path becomes a problem."""
+        try:
+            if path.exists() and not path.is_dir():
+                return cls(path, f"{path} is not a folder")
+            project_file = (path / PROJECT_FILE).is_file()
+            ca = (path / STATE_DIR).is_dir()
+        except OSError as exc:  # no permission, a name too long, ...
+            return cls(path, f"{path}: cannot look into it ({exc.strerror or exc})")
+        try:
+            record = Workspace(path).load_issued() if ca else None
+        except ProvisionError as exc:
+            return cls(path, str(exc), project_file)
+        holders = (record or {}).get("participants", {}).values()
+        issued = frozenset((entry["kind"], entry["name"]) for entry in holders)
+        return cls(path, None, project_file, issued)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 @dataclass
 class Draft:
     """Everything the wizard's steps edit."""
@@ -86,8 +128,13 @@ class Draft:
     clients: list[Form] = field(default_factory=list)
     admins: list[Form] = field(default_factory=list)
     settings: Form = field(default_factory=dict)
-    issued: frozenset[tuple[str, str]] = frozenset()
-    """(kind, name) of participants that already have a kit in this workspace."""
+    opened: Path | None = None
+    """The workspace whose project.yml this draft holds (None: a new project)."""
+    folder: Folder = field(init=False)
+
+    def __post_init__(self) -> None:
+        """Look at the workspace."""
+        self.folder = Folder.look(self.workspace)
 
     @classmethod
     def new(cls, workspace: Path) -> Draft:
@@ -108,17 +155,13 @@ class Draft:
 
     @classmethod
     def open(cls, workspace: Path) -> Draft:
-        """The project saved in a workspace, with who already has a kit.
+        """The project saved in a workspace.
 
         Raises:
             ConfigError: project.yml is not valid.
-            ProvisionError: it or the workspace's records cannot be read.
+            ProvisionError: it cannot be read.
         """
         project = load_project(workspace / PROJECT_FILE)
-        record = Workspace(workspace).load_issued() or {}
-        issued = frozenset(
-            (entry["kind"], entry["name"]) for entry in record.get("participants", {}).values()
-        )
         return cls(
             workspace=workspace,
             name=project.name,
@@ -126,21 +169,37 @@ class Draft:
             clients=[form_of(asdict(c), CLIENT_KEYS) for c in project.clients],
             admins=[form_of(asdict(a), ADMIN_KEYS) for a in project.admins],
             settings=form_of(asdict(project.settings), SETTINGS_KEYS),
-            issued=issued,
+            opened=workspace,
         )
 
-    @staticmethod
-    def saved_in(workspace: Path) -> bool:
-        """Whether a workspace holds a project.yml the wizard can open."""
-        return (workspace / PROJECT_FILE).is_file()
+    def set_workspace(self, workspace: Path) -> None:
+        """Point at another workspace; who has a kit is what that one says."""
+        self.workspace = workspace
+        self.folder = Folder.look(workspace)
 
-    @staticmethod
-    def workspace_problem(workspace: Path) -> str | None:
-        """Why kits cannot go into ``workspace``, or None."""
-        if workspace.exists() and not workspace.is_dir():
-            return f"{workspace} is not a folder"
-        if (workspace / "state").is_dir() and not Draft.saved_in(workspace):
-            return f"{workspace} holds a CA but no project.yml: choose another folder"
+    @property
+    def issued(self) -> frozenset[Kit]:
+        """(kind, name) of participants that already have a kit in this workspace."""
+        return self.folder.issued
+
+    @property
+    def is_opened(self) -> bool:
+        """Whether the workspace is the one this draft's project.yml came from."""
+        return self.opened is not None and _same_folder(self.opened, self.workspace)
+
+    def workspace_problem(self) -> str | None:
+        """Why kits cannot go into the workspace, or None."""
+        folder = self.folder
+        if folder.problem:
+            return folder.problem
+        if folder.project_file and not self.is_opened:
+            return (
+                f"{folder.path} holds a project.yml that is not the one open here: "
+                "Open loads it, or choose another folder"
+            )
+        if folder.issued and not folder.project_file:
+            # A CA without kits is a first run cut short: provisioning carries it on.
+            return f"{folder.path} holds a CA and kits but no project.yml: choose another folder"
         return None
 
     @property
@@ -176,28 +235,26 @@ class Draft:
         return None
 
     def check_client(self, form: Form, index: int) -> str | None:
-        """Client ``index`` (where it is or would go) among the others and the server."""
+        """Client ``index`` (where it is or would go) among the others and the server.
+
+        Rows before and after it count: the wizard must block the row being
+        edited, while flprovision names the later of two duplicates.
+        """
         taken = [self.server.get("name", "").strip()]
-        taken += [c["name"].strip() for i, c in enumerate(self.clients) if i < index]
+        taken += [c["name"].strip() for i, c in enumerate(self.clients) if i != index]
         try:
             parse_client(section(form), index, taken)
         except ConfigError as exc:
             return str(exc)
-        later = [c["name"].strip() for i, c in enumerate(self.clients) if i > index]
-        if form.get("name", "").strip() in later:
-            return f"{SOURCE}: clients[{index}]: duplicate client name {form['name'].strip()!r}"
         return None
 
     def check_admin(self, form: Form, index: int) -> str | None:
-        """Admin ``index`` among the others."""
-        taken = [a["email"].strip() for i, a in enumerate(self.admins) if i < index]
+        """Admin ``index`` among the others (before and after it)."""
+        taken = [a["email"].strip() for i, a in enumerate(self.admins) if i != index]
         try:
             parse_admin(section(form), index, taken)
         except ConfigError as exc:
             return str(exc)
-        later = [a["email"].strip() for i, a in enumerate(self.admins) if i > index]
-        if form.get("email", "").strip() in later:
-            return f"{SOURCE}: admins[{index}]: duplicate admin email {form['email'].strip()!r}"
         return None
 
     def check_settings(self) -> str | None:
@@ -233,17 +290,36 @@ class Draft:
         return new, kept
 
     def provision(self) -> ProvisionResult:
-        """Write project.yml into the workspace and issue the kits not yet issued.
+        """Issue the kits not yet issued, then save project.yml into the workspace.
 
-        Blocking (key generation); run it in a thread.
+        project.yml is written only after the engine accepted the run, so a
+        refused run (a changed server, say) leaves the saved project as it
+        was. The kits are out once the engine returns: a project.yml that
+        cannot be written then becomes a warning of the result, never an
+        error that would lose the passwords. Blocking (key generation); run
+        it in a thread.
 
         Raises:
             ConfigError: the project is not valid.
-            ProvisionError: the workspace refused (e.g. the server changed after kits were issued).
+            ProvisionError: the workspace is not this project's, or the engine
+                refused (e.g. the server changed after kits were issued).
         """
         project = self.project()
-        self.workspace.mkdir(parents=True, exist_ok=True)
-        write_project(project, self.workspace / PROJECT_FILE)
+        self.set_workspace(self.workspace)  # look again: the folder may have changed since
+        problem = self.workspace_problem()
+        if problem:
+            raise ProvisionError(problem)
         result = provision_workspace(project, self.workspace)
-        self.issued = self.issued | {(kit.kind, kit.name) for kit in result.written}
+        path = self.workspace / PROJECT_FILE
+        try:
+            write_project(project, path)
+        except OSError as exc:
+            warning = (
+                f"{path}: cannot write it ({exc.strerror or exc}); the kits are issued, but "
+                "later runs need project.yml: save the review's text there by hand"
+            )
+            result = replace(result, warnings=(*result.warnings, warning))
+        else:
+            self.opened = self.workspace
+        self.set_workspace(self.workspace)
         return result

@@ -3,12 +3,14 @@
 ``enter`` in the form adds the row (or saves the one being edited);
 ``enter`` on a table row loads it into the form. Rows that already have a
 kit are shown but locked: changing what a certificate names needs a new kit.
+What was typed is shown as text, never read as markup (an org may hold ``[/``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
@@ -51,7 +53,7 @@ class RowsEditor(Vertical):
         """Table, form, message, buttons."""
         yield DataTable(id=f"{self.kind}-table", cursor_type="row")
         yield Form(self.kind, self.fields, id=f"{self.kind}-form")
-        yield Static(id=f"{self.kind}-problem", classes="wizard-problem")
+        yield Static(id=f"{self.kind}-problem", classes="wizard-problem", markup=False)
         with Horizontal(classes="dialog-buttons"):
             yield Button("Add", id=f"{self.kind}-add", variant="primary", compact=True)
             yield Button("Save", id=f"{self.kind}-save", compact=True)
@@ -77,12 +79,18 @@ class RowsEditor(Vertical):
         self._form().load(self._blank())
         self._validate()
 
+    def show_kits(self) -> None:
+        """Redraw who has a kit: the workspace changed, and with it who does."""
+        self._fill()
+        self._validate()
+
     def _fill(self) -> None:
         table = self.query_one(DataTable)
         table.clear()
         for index, row in enumerate(self.rows):
             kit = "issued" if self._issued(row) else "new"
-            table.add_row(*(row.get(spec.key, "") for spec in self.fields), kit, key=str(index))
+            cells = (Text(row.get(spec.key, "")) for spec in self.fields)
+            table.add_row(*cells, kit, key=str(index))
 
     @property
     def pending(self) -> bool:

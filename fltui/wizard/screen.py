@@ -5,7 +5,9 @@ at once with flprovision's own parse functions; the message under the form
 is the one flprovision would print, and *Next* stays disabled until the
 step is valid. The review shows the project.yml that will be written and
 which kits are new; provisioning runs the same engine as flprovision, in a
-thread, and only participants without a kit get one.
+thread, and only participants without a kit get one. While it runs the
+wizard cannot be left: its result holds the only copy of the passwords.
+Whatever the user typed or a file holds is shown as text, never as markup.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from textual.widgets import Button, ContentSwitcher, Footer, Input, Label, Stati
 
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, ROLES
 from flcore.schema import ConfigError
+from fltui.paths import typed_path
 from fltui.wizard.draft import Draft
 from fltui.wizard.forms import Field, Form
 from fltui.wizard.kits import KitsStep
@@ -74,8 +77,10 @@ class WizardScreen(Screen[None]):
         super().__init__()
         self.draft = Draft.new(workspace)
         self.step = 0
+        self.provisioning = False
+        """A run is under way: the screen stays until it shows the passwords."""
         self._open_error = ""
-        if Draft.saved_in(workspace):
+        if self.draft.folder.project_file:
             try:
                 self.draft = Draft.open(workspace)
             except (ConfigError, ProvisionError) as exc:
@@ -90,7 +95,7 @@ class WizardScreen(Screen[None]):
                 with Horizontal(classes="form-row"):
                     yield Input(id="project-workspace", compact=True)
                     yield Button("Open", id="project-open", compact=True)
-                yield Static(id="project-workspace-hint", classes="dialog-hint")
+                yield Static(id="project-workspace-hint", classes="dialog-hint", markup=False)
                 yield Form("project", [Field("name", "Project name", "example_project")])
             with VerticalScroll(id="step-server", classes="step"):
                 yield Form("server", SERVER_FIELDS)
@@ -114,17 +119,17 @@ class WizardScreen(Screen[None]):
             with VerticalScroll(id="step-settings", classes="step"):
                 yield Form("settings", SETTINGS_FIELDS)
             with Vertical(id="step-review", classes="step"):
-                yield Static(id="review-summary")
+                yield Static(id="review-summary", markup=False)
                 with VerticalScroll(id="review-yaml-box"):
-                    yield Static(id="review-yaml")
+                    yield Static(id="review-yaml", markup=False)
                 yield Button(
-                    "Write project.yml and provision",
+                    "Provision and save project.yml",
                     id="review-go",
                     variant="primary",
                     compact=True,
                 )
             yield KitsStep(id="step-kits")
-        yield Static(id="wizard-problem", classes="wizard-problem")
+        yield Static(id="wizard-problem", classes="wizard-problem", markup=False)
         with Horizontal(id="wizard-nav", classes="dialog-buttons"):
             yield Button("Back", id="wizard-back", compact=True)
             yield Button("Next", id="wizard-next", variant="primary", compact=True)
@@ -134,7 +139,9 @@ class WizardScreen(Screen[None]):
         """Fill the forms from the draft."""
         self._load_draft()
         if self._open_error:
-            self.notify(self._open_error, title="cannot open the workspace", severity="error")
+            self.notify(
+                self._open_error, title="cannot open the workspace", severity="error", markup=False
+            )
         self._show_step()
 
     # ---------------------------------------------------------------- draft <-> forms
@@ -183,8 +190,7 @@ class WizardScreen(Screen[None]):
             self.draft.server = values
         elif prefix == "settings":
             self.draft.settings = values
-        else:
-            return  # a row form: its editor checks it
+        # A row form's editor checks the row; Next and the message follow it too.
         self._validate()
 
     @on(RowsEditor.Changed)
@@ -193,28 +199,28 @@ class WizardScreen(Screen[None]):
 
     @on(Input.Changed, "#project-workspace")
     def _workspace_changed(self, event: Input.Changed) -> None:
-        workspace = Path(event.value.strip() or ".").expanduser()
-        if workspace != self.draft.workspace and self.draft.issued:
-            self.draft.issued = frozenset()  # another workspace: none of its kits exist there
-            self._lock()
-        self.draft.workspace = workspace
+        workspace = typed_path(event.value)
+        if workspace == self.draft.workspace:
+            return
+        self.draft.set_workspace(workspace)  # who has a kit is what this workspace says
+        self._lock()
+        for editor in self.query(RowsEditor):
+            editor.show_kits()
         self._workspace_hint()
         self._validate()
 
     def _workspace_hint(self) -> None:
-        workspace = self.draft.workspace
+        draft = self.draft
+        workspace = draft.workspace
         hint = self.query_one("#project-workspace-hint", Static)
-        opener = self.query_one("#project-open", Button)
-        opener.disabled = not Draft.saved_in(workspace)
-        problem = Draft.workspace_problem(workspace)
+        self.query_one("#project-open", Button).disabled = not draft.folder.project_file
+        problem = draft.workspace_problem()
         if problem:
             hint.update(problem)
-        elif self.draft.issued:
-            hint.update(
-                f"opened {workspace}: {len(self.draft.issued)} kits issued; add sites or admins"
-            )
-        elif Draft.saved_in(workspace):
-            hint.update(f"{workspace} holds a project.yml: Open loads it to add sites or admins")
+        elif draft.issued:
+            hint.update(f"opened {workspace}: {len(draft.issued)} kits issued; add sites or admins")
+        elif draft.folder.project_file:
+            hint.update(f"opened {workspace}: no kits issued yet")
         else:
             hint.update("a new workspace: the project CA will be created there")
 
@@ -223,13 +229,14 @@ class WizardScreen(Screen[None]):
         try:
             self.draft = Draft.open(self.draft.workspace)
         except (ConfigError, ProvisionError) as exc:
-            self.notify(str(exc), title="cannot open the workspace", severity="error")
+            self.notify(str(exc), title="cannot open the workspace", severity="error", markup=False)
             return
         self._load_draft()
         self.notify(
             f"opened {self.draft.workspace}: {len(self.draft.issued)} kits issued; "
             "add sites or admins and provision again",
             title="workspace",
+            markup=False,
         )
         self._validate()
 
@@ -240,7 +247,7 @@ class WizardScreen(Screen[None]):
         draft = self.draft
         name = STEPS[self.step]
         if name == "project":
-            return Draft.workspace_problem(draft.workspace) or draft.check_name()
+            return draft.workspace_problem() or draft.check_name()
         if name == "server":
             return draft.check_server()
         if name in ("clients", "admins"):
@@ -273,6 +280,8 @@ class WizardScreen(Screen[None]):
         return None
 
     def _validate(self) -> None:
+        if self.provisioning:
+            return  # the message line says "provisioning…" until the run is over
         problem = self.problem()
         message = self.query_one("#wizard-problem", Static)
         message.update(f"✖ {problem}" if problem else "✔ looks good")
@@ -324,21 +333,32 @@ class WizardScreen(Screen[None]):
         summary.update(text)
         yaml_view.update(project_to_yaml(project))
 
+    def _busy(self) -> bool:
+        """Whether a run is under way; says so, since the key pressed does nothing."""
+        if self.provisioning:
+            self.notify("provisioning: the kits and their passwords follow", title="wait")
+        return self.provisioning
+
     def action_next(self) -> None:
         """Go to the next step when this one is valid."""
+        if self._busy():
+            return
         if self.problem() is None and STEPS[self.step] not in ("review", "kits"):
             self.step += 1
             self._show_step()
 
     def action_back(self) -> None:
         """Go back a step (not from the kits: they are written)."""
+        if self._busy():
+            return
         if self.step > 0 and STEPS[self.step] != "kits":
             self.step -= 1
             self._show_step()
 
     def action_close(self) -> None:
-        """Leave the wizard."""
-        self.dismiss(None)
+        """Leave the wizard (not while provisioning: the passwords would be lost)."""
+        if not self._busy():
+            self.dismiss(None)
 
     @on(Button.Pressed, "#wizard-next")
     def _next_pressed(self) -> None:
@@ -354,17 +374,32 @@ class WizardScreen(Screen[None]):
 
     @work(exclusive=True, exit_on_error=False)
     async def provision(self) -> None:
-        """Write project.yml and the kits (in a thread: key generation takes a while)."""
-        self.query_one("#review-go", Button).disabled = True
-        self.query_one("#wizard-problem", Static).update("provisioning…")
+        """Write the kits, then project.yml (in a thread: key generation takes a while)."""
+        if self.provisioning:
+            return
+        self.provisioning = True
+        for button in ("#review-go", "#wizard-back", "#wizard-next"):
+            self.query_one(button, Button).disabled = True
+        problem = self.query_one("#wizard-problem", Static)
+        problem.update("provisioning…")
+        problem.remove_class("-error")
         try:
             result = await asyncio.to_thread(self.draft.provision)
-        except (ConfigError, ProvisionError, OSError) as exc:
-            self.query_one("#wizard-problem", Static).update(f"✖ {exc}")
-            self.notify(str(exc), title="provisioning failed", severity="error", timeout=12)
-            self.query_one("#review-go", Button).disabled = False
+        except Exception as exc:  # whatever it is, say so: never stay at "provisioning…"
+            known = isinstance(exc, ConfigError | ProvisionError | OSError)
+            message = str(exc) if known else f"unexpected {type(exc).__name__}: {exc}"
+            self.provisioning = False
+            self._validate()
+            problem.update(f"✖ {message}")
+            problem.add_class("-error")
+            self.notify(
+                message, title="provisioning failed", severity="error", timeout=12, markup=False
+            )
             return
+        self.provisioning = False
         self.step = STEPS.index("kits")
         self.query_one(KitsStep).show(result, self.draft.workspace)
+        self._lock()
+        self._workspace_hint()
         self._show_step()
         self.notify(f"wrote {len(result.written)} kit(s)", title="provisioned")

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Input
 
-from flcore.feed import FeedEvent
+from flcore.feed import ClientRow, FeedEvent, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fltui.adminclient import AdminError, Outcome
 from fltui.app import ConsoleApp
+from fltui.link import ServerLink
 from fltui.screens.client import ClientScreen
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.help import HelpScreen
@@ -436,3 +439,345 @@ def test_no_color_leaves_glyphs_and_words(tmp_path: Path, monkeypatch: pytest.Mo
     colours = set(re.findall(r"-r\d+ \{ fill: #([0-9a-f]{6})", svg)) - {"c5c8c6"}  # Rich's frame
     assert colours and all(c[0:2] == c[2:4] == c[4:6] for c in colours), colours
     assert "◌ stale" in svg.replace("&#160;", " ") and "✖ failed" in svg.replace("&#160;", " ")
+
+
+# --------------------------------------------------------------------------- outside text
+
+ODD = "odd[/x]"
+ODD_ROW = ClientRow(
+    ODD,
+    "odd",
+    token="0f0f0f0f-1111-4222-8333-444455556666",
+    org="[b]org",
+    status="training failed",
+    last_heartbeat=NOW - 1,
+    run_number=1,
+    round=2,
+    device="regex [a-z]+",
+    error="[/x] ValueError: regex [a-z]+ did not match",
+    traceback="Traceback (most recent call last):\n[/x]",
+    app="[red]app",
+    hostname="[/x].example.org",
+)
+
+
+def with_odd_client() -> list[FeedEvent]:
+    """The recorded run, then a client whose every string looks like markup."""
+    events = recorded_events()
+    return [*events, FeedEvent(events[-1].seq + 1, NOW, ODD_ROW)]
+
+
+async def six_rows(pilot: Any) -> ClientsTable:
+    app = pilot.app
+    table = app.dashboard.query_one(ClientsTable)
+    await wait_for(pilot, lambda: app.connected and table.row_count == 6)
+    return table
+
+
+def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
+    def answer(line: str, confirmed: bool) -> Outcome:
+        if line == "validate all":
+            return Outcome(line, False, "[/x] validation failed: regex [a-z]+", {}, 1, "")
+        if line.startswith("abort") and not confirmed:
+            return Outcome(line, False, "", {}, 0, "", "[/x] still training\nAre you sure (Y/N):")
+        return Outcome(line, True, "[/x] done: regex [a-z]+", {}, 1, "")
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, with_odd_client(), reply=answer)
+        async with app.run_test(size=(120, 36)) as pilot:
+            table = await six_rows(pilot)
+            table.move_cursor(row=table.get_row_index(ODD))
+            detail = app.dashboard.query_one("#client-detail")
+            await wait_for(pilot, lambda: "[/x].example.org" in str(detail.render()))
+            assert "regex [a-z]+ · [red]app · ✖ [/x] ValueError" in str(detail.render())
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ClientScreen))
+            assert str(app.screen.query_one(".dialog-title").render()) == f"Client {ODD}"
+            await pilot.press("escape", "space", "a")
+            await choose(pilot, f"selected: {ODD}")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert f"• {ODD}: training failed" in str(
+                app.screen.query_one("#confirm-stops").render()
+            )
+            await pilot.press("tab", "enter")  # yes: the server's own question follows
+            await wait_for(pilot, lambda: app.screen.query("#confirm-warning"))
+            warning = str(app.screen.query_one("#confirm-warning").render())
+            assert warning == "⚠ [/x] still training"
+            await pilot.press("escape")
+            await pilot.press("colon", *"check_status server", "enter")
+            await wait_for(pilot, lambda: any("[/x] done" in e.message for e in app.store.logs))
+            await pilot.pause(0.2)  # the notification is drawn too
+            await pilot.press("v")
+            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            failure = str(app.screen.query_one("#validation-empty").render())
+            assert failure == "[/x] validation failed: regex [a-z]+"
+            await pilot.press("escape")
+            app.set_link(DISCONNECTED, "connection lost: [/x] regex [a-z]+")
+            banner = app.dashboard.query_one("#banner")
+            assert str(banner.render()) == "✖ connection lost: [/x] regex [a-z]+"
+            await pilot.pause(0.2)
+
+    asyncio.run(scenario())
+
+
+def test_validation_cells_and_notes_from_sites_are_never_markup(tmp_path: Path) -> None:
+    matrix = {
+        **MATRIX,
+        "columns": ["flclient1", "site[/x]"],
+        "cells": {"global": {"site[/x]": {"metrics": {}, "error": "[/x] regex [a-z]+"}}},
+        "notes": {"site-b": "[/x] cross_validate is off"},
+    }
+
+    def answer(line: str, confirmed: bool) -> Outcome:
+        return Outcome(line, True, "", matrix, 1, "")
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, reply=answer)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("v")
+            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            notes = str(app.screen.query_one("#validation-notes").render())
+            assert "model of global on site[/x]: [/x] regex [a-z]+" in notes
+            assert "site-b: [/x] cross_validate is off" in notes
+            table = app.screen.query_one("DataTable")
+            assert [str(c.label) for c in table.columns.values()][2] == "site[/x]"
+
+    asyncio.run(scenario())
+
+
+def test_the_login_screen_shows_a_reason_as_it_is(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app = ConsoleApp(
+            startup=tmp_path, user="", problem="login refused: [/x]", clock=lambda: NOW
+        )
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            problem = app.screen.query_one("#login-problem")
+            assert str(problem.render()) == "login refused: [/x]"
+
+    asyncio.run(scenario())
+
+
+def test_escape_sequences_from_sites_never_reach_the_terminal(tmp_path: Path) -> None:
+    from flcore.feedwire import event_from_proto
+
+    esc = "\x1b[2J\x1b]0;pwned\x07"
+    client = admin_pb2.ClientState(
+        instance="evil",
+        client_name="evil",
+        status="training failed",
+        device=f"cuda{esc}",
+        hostname=f"host{esc}",
+        error=f"boom{esc}",
+        traceback=f"Traceback:\n  line{esc}",
+        connected=True,
+        last_heartbeat=NOW,
+    )
+    log = common_pb2.LogRecord(
+        time=NOW, level=f"ERROR{esc}", logger="x", message=f"msg{esc}", source="evil"
+    )
+    events = recorded_events()
+    seq = events[-1].seq
+    for offset, message in enumerate(
+        [admin_pb2.Event(seq=seq + 1, client=client), admin_pb2.Event(seq=seq + 2, log=log)], 1
+    ):
+        event = event_from_proto(message)
+        assert event is not None and event.seq == seq + offset
+        events.append(event)
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, events)
+        async with app.run_test(size=(160, 40)) as pilot:
+            table = await six_rows(pilot)
+            logs = app.dashboard.query_one(LogView)
+            await wait_for(pilot, lambda: logs.line_count == 9)
+            drawn = "".join(
+                segment.text for y in range(logs.size.height) for segment in logs.render_line(y)
+            )
+            assert "ERROR" in drawn and "msg" in drawn and "\x1b" not in drawn
+            assert "\x1b" not in str(table.get_cell("evil", "device"))
+            table.move_cursor(row=table.get_row_index("evil"))
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ClientScreen))
+            facts = str(app.screen.query_one("#client-facts").render())
+            assert "host" in facts and "Traceback:\n  line" in facts
+            assert "\x1b" not in facts and "\x07" not in facts
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class SlowLink(ReplayLink):
+    """Holds the reply to ``start server`` until released."""
+
+    def __init__(self, events: list[FeedEvent]) -> None:
+        super().__init__(events)
+        self.release = asyncio.Event()
+
+    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+        self.sent.append((line, confirmed))
+        if line == "start server":
+            await self.release.wait()
+        return ok_reply(line, confirmed)
+
+
+def test_a_key_pressed_meanwhile_does_not_cancel_a_command(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        link = SlowLink(recorded_events())
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("s")
+            await choose(pilot, "the server")
+            await wait_for(pilot, lambda: link.sent)
+            await pilot.press("t")  # opens a prompt while the start is on its way
+            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await pilot.press("escape")
+            link.release.set()
+            await wait_for(
+                pilot,
+                lambda: any(e.message == "start server: done" for e in app.store.logs),
+                timeout=5,
+                what="the reply to start server",
+            )
+
+    asyncio.run(scenario())
+
+
+def test_the_run_number_prompt_takes_only_ascii_digits(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path, stopped_run())
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await wait_for(pilot, lambda: app.store.run.server_status == "training stopped")
+            await pilot.press("n")
+            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await pilot.press("²")
+            assert "a whole number" in str(app.screen.query_one("#prompt-hint").render())
+            await pilot.press("enter")
+            assert isinstance(app.screen, PromptScreen) and link.sent == []
+            await pilot.press("backspace", "3", "enter")
+            await wait_for(pilot, lambda: link.sent)
+            assert sent(link) == ["set_run_number 3"]
+
+    asyncio.run(scenario())
+
+
+def test_a_quoted_abort_on_the_command_line_still_asks(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("colon", *'"abort" client', "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert link.sent == []
+            await pilot.press("escape")
+            await pilot.pause(0.1)
+            assert link.sent == []
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- marks
+
+
+class SecondSnapshotLink(ReplayLink):
+    """The recorded run; on release, a snapshot without flclient1_1 (it went away)."""
+
+    def __init__(self) -> None:
+        super().__init__(recorded_events())
+        self.release = asyncio.Event()
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        for event in self._events:
+            yield event
+        await self.release.wait()
+        first = self._events[0].body
+        assert isinstance(first, Snapshot)
+        clients = tuple(c for c in first.clients if c.instance != "flclient1_1")
+        yield FeedEvent(1000, NOW, replace(first, clients=clients))
+        await asyncio.Event().wait()
+
+
+def test_marks_follow_the_clients_and_count_behind_a_filter(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        link = SecondSnapshotLink()
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            pane = app.dashboard.query_one("#clients-pane")
+            await pilot.press("down", "space", "down", "down", "space")
+            assert table.marked == {"flclient2", "flclient1_1"}
+            await pilot.press("slash", *"site-b", "enter")
+            assert table.shown == ["site-b"]
+            await pilot.press("s")
+            await choose(pilot, "selected: flclient2, flclient1_1")
+            await wait_for(pilot, lambda: link.sent)
+            assert link.sent == [("start client flclient2 flclient1_1", False)]
+            await pilot.press("slash", "escape")
+            link.release.set()
+            await wait_for(pilot, lambda: table.row_count == 4)
+            assert table.marked == {"flclient2"}
+            assert "1 marked" in str(pane.border_title)
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def test_timeout_is_checked_and_reaches_a_login_made_on_screen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fltui.cli import parse_args
+
+    for bad in ("0", "-1", "nan", "3601", "soon"):
+        with pytest.raises(SystemExit):
+            parse_args(["--timeout", bad])
+    assert parse_args(["--timeout", "30"]).timeout == 30.0
+
+    class KitLink(ReplayLink):
+        def __init__(self, startup: Path, user: str | None) -> None:
+            super().__init__(recorded_events(), transfer_dir=startup.parent / "transfer")
+
+    monkeypatch.setattr("fltui.app.ServerLink", KitLink)
+
+    async def scenario() -> None:
+        app = ConsoleApp(startup=tmp_path, user="", problem="no kit", timeout=30, clock=lambda: NOW)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            assert app.timeout == 30
+            await pilot.click("#login-go")
+            await wait_for(pilot, lambda: app.link is not None and app.connected)
+            assert app.link is not None and app.link.timeout == 30
+
+    asyncio.run(scenario())
+
+
+def test_an_unreadable_kit_is_an_error_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fltui.cli import main
+
+    unreadable = tmp_path / ("k" * 300)  # too long a name: stat raises, as without permission
+    assert main(["--startup", str(unreadable), "--cmd", "check_status server"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fltui: ") and "cannot read the admin kit" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(AdminError, match="cannot read the admin kit"):
+        ServerLink(unreadable)
+
+    async def scenario() -> None:
+        app = ConsoleApp(user="", clock=lambda: NOW)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            app.screen.query_one("#login-startup", Input).value = str(unreadable)
+            await pilot.press("enter")
+            problem = app.screen.query_one("#login-problem")
+            await wait_for(pilot, lambda: "cannot read the admin kit" in str(problem.render()))
+
+    asyncio.run(scenario())

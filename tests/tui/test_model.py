@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+from collections.abc import Iterator
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+from google.protobuf.message import Message
 
 from flcore.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, Snapshot
 from flcore.feedwire import event_from_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from fltui.adminclient import AdminClient, Outcome, load_kit
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LOST, OFFLINE, ONLINE, STALE, age, health, short_token
 from fltui.store import BEAT, DOWN, GONE, UP, Store
 from fltui.targets import describe_stop, target_choices
-from fltui.widgets.logview import printable
+from fltui.widgets.logview import one_line
 from fltui.wizard.draft import Draft, section
-from fltui.wizard.kits import save_passwords
-from provision import parse_project
+from provision import (
+    PasswordsFile,
+    ProvisionError,
+    WrittenKit,
+    extract_kit,
+    parse_project,
+    provision_workspace,
+)
 from tests.tui.recorded import NOW, SERVER, recorded_events
 
 
@@ -179,16 +193,210 @@ def test_draft_checks_give_flprovisions_messages(tmp_path: Path) -> None:
 
 def test_passwords_file_is_created_private_and_never_overwritten(tmp_path: Path) -> None:
     path = tmp_path / "passwords.txt"
+    kit = WrittenKit("a", "client", tmp_path / "a.zip", "x")
     old = os.umask(0)
     try:
-        save_passwords(path, ["===> password: x for a.zip"])
+        PasswordsFile(path).write([kit])
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text() == "===> password: x for a.zip\n"
-    with pytest.raises(FileExistsError):
-        save_passwords(path, ["again"])
+    with pytest.raises(ProvisionError, match="already exists"):
+        PasswordsFile(path)
 
 
 def test_log_lines_cannot_reach_the_terminal_with_control_characters() -> None:
-    assert printable("a\x1b[31mred\nb\tc\x07") == "a�[31mred ⏎ b    c�"
+    assert one_line("a\x1b[31mred\nb\tc\x07") == "a�[31mred ⏎ b    c�"
+
+
+# --------------------------------------------------------------------------- feed strings
+
+
+def _poison(message: Message) -> None:
+    """Put an escape sequence (and a newline) into every string of ``message``, deeply."""
+    for spec in message.DESCRIPTOR.fields:
+        value = getattr(message, spec.name)
+        if spec.message_type is not None and spec.message_type.GetOptions().map_entry:
+            value["metric\x1b[2J"] = 1.0
+        elif spec.type == spec.TYPE_STRING:
+            if spec.is_repeated:
+                value.append(POISON)
+            else:
+                setattr(message, spec.name, POISON)
+        elif spec.type == spec.TYPE_MESSAGE:
+            _poison(value.add() if spec.is_repeated else value)
+
+
+POISON = "x\x1b[2J\x9b\x07\n"
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if is_dataclass(value):
+        return [s for f in fields(value) for s in _strings(getattr(value, f.name))]
+    if isinstance(value, tuple | list):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, dict):
+        return [s for key, item in value.items() for s in (*_strings(key), *_strings(item))]
+    return []
+
+
+@pytest.mark.parametrize(
+    "kind", ["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command"]
+)
+def test_every_string_of_the_feed_is_made_printable(kind: str) -> None:
+    message = admin_pb2.Event(seq=1, time=NOW)
+    _poison(getattr(message, kind))
+    event = event_from_proto(message)
+    assert event is not None
+    strings = _strings(event.body)
+    assert strings
+    for text in strings:
+        assert not any((ord(c) < 32 and c not in "\n\t") or 127 <= ord(c) < 160 for c in text), text
+    assert "x\ufffd[2J\ufffd\ufffd\n" in strings  # the newline stays: tracebacks keep their lines
+
+
+# --------------------------------------------------------------------------- the wizard's draft
+
+
+def saved_workspace(root: Path, clients: tuple[str, ...] = ("site-a", "site-b")) -> Draft:
+    """A project provisioned by the wizard's draft into ``root``."""
+    draft = Draft.new(root)
+    draft.name = "demo"
+    draft.server["org"] = "lead"
+    draft.clients = [{"name": name, "org": "h", "email": ""} for name in clients]
+    draft.provision()
+    return draft
+
+
+def test_a_refused_run_leaves_project_yml_as_it_was(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    saved_workspace(workspace)
+    saved = (workspace / "project.yml").read_text()
+    draft = Draft.open(workspace)
+    draft.server["org"] = "other"
+    draft.clients.append({"name": "site-c", "org": "h", "email": ""})
+    with pytest.raises(ProvisionError, match=r"server\.org 'lead' -> 'other'"):
+        draft.provision()
+    assert (workspace / "project.yml").read_text() == saved
+    draft.server["org"] = "lead"  # the run is accepted again: the saved file never lied
+    assert [kit.name for kit in draft.provision().written] == ["site-c"]
+    assert [c["name"] for c in Draft.open(workspace).clients] == ["site-a", "site-b", "site-c"]
+
+
+def test_a_workspace_holding_a_project_not_opened_is_refused(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    saved_workspace(workspace)
+    fresh = Draft.new(workspace)
+    fresh.name = "demo"
+    fresh.server["org"] = "lead"
+    fresh.clients = [{"name": "site-c", "org": "h", "email": ""}]
+    problem = fresh.workspace_problem()
+    assert problem == (
+        f"{workspace} holds a project.yml that is not the one open here: "
+        "Open loads it, or choose another folder"
+    )
+    with pytest.raises(ProvisionError, match="not the one open here"):
+        fresh.provision()
+    assert ("client", "site-a") in Draft.open(workspace).issued
+    assert Draft.open(workspace).workspace_problem() is None
+
+
+def test_who_has_a_kit_is_read_from_the_workspace(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    saved_workspace(workspace)
+    draft = Draft.open(workspace)
+    assert draft.locked and draft.is_issued("client", "site-a")
+    draft.set_workspace(tmp_path / "elsewhere")
+    assert not draft.locked and draft.workspace_problem() is None
+    draft.set_workspace(Path(f"{workspace}/"))
+    assert draft.locked and draft.is_issued("client", "site-b")
+
+
+def test_a_first_run_cut_short_in_the_wizard_can_be_run_again(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / "packages" / "site-a.zip").mkdir(parents=True)
+    draft = Draft.new(workspace)
+    draft.name = "demo"
+    draft.server["org"] = "lead"
+    draft.clients = [{"name": "site-a", "org": "h", "email": ""}]
+    with pytest.raises(IsADirectoryError):
+        draft.provision()
+    assert not (workspace / "project.yml").exists()
+    assert draft.workspace_problem() is None and not draft.issued
+    (workspace / "packages" / "site-a.zip").rmdir()
+    assert [kit.name for kit in draft.provision().written] == ["server", "site-a"]
+    assert draft.is_opened and draft.locked
+
+
+def test_kits_are_kept_when_project_yml_cannot_be_saved(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / "project.yml").mkdir(parents=True)  # in the way of the file
+    draft = Draft.new(workspace)
+    draft.name = "demo"
+    draft.server["org"] = "lead"
+    result = draft.provision()
+    assert [kit.name for kit in result.written] == ["server"] and result.written[0].password
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith(f"{workspace / 'project.yml'}: cannot write it (")
+
+
+def test_an_unreadable_workspace_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    too_long = tmp_path / ("w" * 300)  # stat raises, as it does without permission
+    draft = Draft.new(too_long)
+    assert (draft.workspace_problem() or "").startswith(f"{too_long}: cannot look into it (")
+    assert not draft.issued
+
+
+# --------------------------------------------------------------------------- upload
+
+
+class Sink(admin_grpc.AdminServicer):
+    """Takes an upload stream to its end, as the server does, and refuses a cut one."""
+
+    async def UploadFolder(self, request_iterator: Any, context: Any) -> admin_pb2.CommandReply:
+        async for _ in request_iterator:
+            pass
+        return admin_pb2.CommandReply(ok=False, text="upload ended in the middle of a file")
+
+
+def test_a_file_that_cannot_be_read_fails_the_upload_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mapping = {
+        "api_version": 1,
+        "name": "demo",
+        "server": {"name": "s", "host": "localhost", "fed_port": 1, "admin_port": 2, "org": "o"},
+        "admins": [{"email": "a@b.org", "org": "o", "role": "super"}],
+    }
+    result = provision_workspace(parse_project(mapping), tmp_path / "ws")
+    kit = next(k for k in result.written if k.name == "a@b.org")
+    startup = extract_kit(kit.zip_path, kit.password, tmp_path / "admin")
+    (tmp_path / "admin" / "transfer" / "app" / "config").mkdir(parents=True)
+    (tmp_path / "admin" / "transfer" / "app" / "config" / "x.json").write_text("{}")
+
+    def unreadable(folder: Path) -> Iterator[tuple[str, int, bytes, bool]]:
+        yield "config/a.json", 0, b"{}", True
+        raise PermissionError(13, "Permission denied", "config/x.json")
+
+    monkeypatch.setattr("fltui.adminclient.iter_chunks", unreadable)
+
+    async def scenario() -> Outcome:
+        server = grpc.aio.server()
+        admin_grpc.add_AdminServicer_to_server(Sink(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        client = AdminClient(startup, load_kit(startup), "a@b.org")
+        await client.close()
+        client._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        client._stub = admin_grpc.AdminStub(client._channel)
+        try:
+            return await client.upload_folder("app")
+        finally:
+            await client.close()
+            await server.stop(None)
+
+    outcome = asyncio.run(scenario())
+    assert not outcome.ok
+    assert outcome.text == "upload failed: [Errno 13] Permission denied: 'config/x.json'"
