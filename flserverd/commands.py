@@ -18,7 +18,7 @@ from typing import Any
 from flcore import status as st
 from flcore.identity import ROLE_SUPER
 from flserverd.registry import ClientSession
-from flserverd.server import CommandError, FLServer
+from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
 from flserverd.transfer import TransferError, client_app_dir, copy_app, uploaded_app
 from flserverd.views import client_row
 
@@ -376,7 +376,10 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
         sessions = cmds.targets(names)
         if not request.confirmed:
             return Reply(False, "", confirm_prompt="Are you sure (Y/N):")
-        return await cmds.per_client(request, sessions, "shutdown", {})
+        reply = await cmds.per_client(request, sessions, "shutdown", {})
+        answers = reply.data["clients"]
+        server.leaving(s for s in sessions if answers[s.instance]["ok"])
+        return reply
     if not request.confirmed:
         connected = [s.instance for s in server.registry.sessions()]
         warning = (
@@ -388,6 +391,9 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
         return Reply(False, "", confirm_prompt=f"{warning}Are you sure (Y/N):")
     server.abort_training()
     log.info("shutdown requested by %s", request.user)
+    still_here = await server.departures(DEPARTURE_WAIT_S)
+    if still_here:
+        log.warning("shutting down before %s logged out", ", ".join(still_here))
     asyncio.get_running_loop().call_later(0.2, server.shutdown_requested.set)
     return Reply(True, "Shutting down the server...", {})
 

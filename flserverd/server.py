@@ -10,6 +10,7 @@ model) happens in threads or child processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import sys
@@ -44,6 +45,9 @@ MODEL_INIT_TIMEOUT = 600.0
 HISTORY_SHOWN = 100
 # How long a command waits for a registered client whose stream is (re)connecting.
 RECONNECT_GRACE_S = 5.0
+# How long `shutdown server` waits for clients just told to shut down to log out: else a
+# restarted server would list them, and wait for them, until their heartbeat timeout.
+DEPARTURE_WAIT_S = 3.0
 
 
 class CommandError(Exception):
@@ -73,7 +77,10 @@ class FLServer:
         self.start_error = ""
         self.shutdown_requested = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
-        self._attached = asyncio.Condition()
+        self._links_changed = asyncio.Condition()
+        """Notified when a client's stream attaches or a client is dropped."""
+        self._leaving: set[str] = set()
+        """Tokens of clients that agreed to shut down and have not logged out yet."""
         self._background: set[asyncio.Task[None]] = set()
         self._log_handler: BusLogHandler | None = None
 
@@ -321,11 +328,11 @@ class FLServer:
         return link
 
     def _spawn_notify(self) -> None:
-        async def notify_attached() -> None:
-            async with self._attached:
-                self._attached.notify_all()
+        async def notify_links_changed() -> None:
+            async with self._links_changed:
+                self._links_changed.notify_all()
 
-        task = asyncio.get_running_loop().create_task(notify_attached())
+        task = asyncio.get_running_loop().create_task(notify_links_changed())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -409,6 +416,8 @@ class FLServer:
             link.send(Closed(reason))
             link.close()
         self.registry.remove(session)
+        self._leaving.discard(session.token)
+        self._spawn_notify()
         log.info("client %s (%s) removed: %s", session.instance, session.client_name, reason)
         self.bus.publish(ClientGone(session.instance, reason))
         if self.training is not None:
@@ -440,14 +449,36 @@ class FLServer:
         link = self.links.get(session.token)
         if link is not None:
             return link
-        async with self._attached:
+        async with self._links_changed:
             try:
                 await asyncio.wait_for(
-                    self._attached.wait_for(lambda: session.token in self.links), wait
+                    self._links_changed.wait_for(lambda: session.token in self.links), wait
                 )
             except TimeoutError:
                 return None
         return self.links.get(session.token)
+
+    def leaving(self, sessions: Iterable[ClientSession]) -> None:
+        """These clients agreed to shut down: each logs out once its training is stopped."""
+        self._leaving.update(session.token for session in sessions)
+
+    async def departures(self, wait: float) -> list[str]:
+        """Wait up to ``wait`` seconds for leaving clients to log out; returns those still here.
+
+        A client answers ``shutdown`` before it logs out, so a script that
+        shuts the clients down and then the server at once would otherwise
+        stop the server with their sessions still in the state database.
+        """
+
+        def still_here() -> list[str]:
+            return [s.instance for s in self.registry.sessions() if s.token in self._leaving]
+
+        async with self._links_changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._links_changed.wait_for(lambda: not still_here()), wait
+                )
+        return still_here()
 
     # ------------------------------------------------------------------ views
 

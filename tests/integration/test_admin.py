@@ -17,7 +17,7 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from tests.integration.harness import ADMIN, MEMBER, Cluster, wait_until
+from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster, wait_until
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -207,6 +207,19 @@ def test_shutdown_one_client_then_all_then_server(cluster: Cluster) -> None:
     result = fltui(cluster, "--yes", "--cmd", "shutdown server")
     assert result.returncode == 0 and "Shutting down the server..." in result.stdout
     assert server.wait(30) == 0
+
+
+def test_clients_then_server_shut_down_back_to_back_leave_no_sessions(cluster: Cluster) -> None:
+    # A script's "shutdown client" then "shutdown server" at once: the server waits for the
+    # clients' logouts, so after a restart it neither lists nor waits for them.
+    server = cluster.server()
+    one, two = cluster.client("flclient1"), cluster.client("flclient2")
+    result = fltui(cluster, "--yes", "--cmd", "shutdown client", "--cmd", "shutdown server")
+    assert result.returncode == 0, result.stdout
+    assert server.wait(30) == 0 and one.wait(20) == 0 and two.wait(20) == 0
+    assert "logged out" in server.log() and "shutting down before" not in server.log()
+    server.restart(SERVER_READY)
+    assert cluster.status()["clients"] == []
 
 
 def test_upload_validation(cluster: Cluster) -> None:

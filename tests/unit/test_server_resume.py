@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 from flcore import status as st
+from flcore.identity import KIND_CLIENT, Identity
 from flcore.startup import ServerStartup
+from flserverd.registry import MachineInfo
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, StateDB
 
@@ -64,3 +66,33 @@ def test_a_run_without_its_app_is_stopped_not_fatal(tmp_path: Path) -> None:
     interrupted_run(tmp_path, with_app=False)
     status, reason = reopen(tmp_path)
     assert status == st.STOPPED and "no config/ folder" in reason
+
+
+def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], float, list[str], list[str]]:
+        server = FLServer(tmp_path, startup(), "test")
+        await server.open()
+        try:
+            site = Identity("site", "org", KIND_CLIENT)
+            leaving, _ = server.registry.login(site, "", MachineInfo())
+            staying, _ = server.registry.login(site, "", MachineInfo())
+            server.leaving([leaving])
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.3, server.drop, leaving, "logged out")
+            began = loop.time()
+            gone = await server.departures(5.0)
+            waited = loop.time() - began
+            # A client that agreed but never logs out holds the shutdown for `wait` at most.
+            server.leaving([staying])
+            late = await server.departures(0.2)
+            restarted = FLServer(tmp_path, startup(), "test")
+            after_restart = [s.instance for s in restarted.registry.sessions()]
+            restarted.db.close()
+            return gone, waited, late, after_restart
+        finally:
+            await server.close(1)
+
+    gone, waited, late, after_restart = asyncio.run(scenario())
+    assert gone == [] and waited >= 0.25  # returned when the client left, not before
+    assert late == ["site_1"]
+    assert after_restart == ["site_1"]  # the one that logged out is gone from the database too
