@@ -15,6 +15,10 @@ STOPPED = "training stopped"
 FAILED = "training failed"
 CROSS_VALIDATING = "cross site validation"
 
+LOGGED_OUT = "logged out"
+"""Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
+console tells it apart from a client lost to the heartbeat timeout."""
+
 # Statuses during which a site or the server has a run in progress.
 ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING})
 

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import grpc
 
+from flcore import status as st
 from flcore.folders import iter_chunks
 from flcore.identity import KIND_CLIENT
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
@@ -137,7 +138,7 @@ class FederationService(fed_grpc.FederationServicer):
     ) -> fed_pb2.ClientLogoutReply:
         """End a session at once (client shutting down)."""
         session = await self._session(request.token, context)
-        self.server.drop(session, "logged out")
+        self.server.drop(session, st.LOGGED_OUT)
         return fed_pb2.ClientLogoutReply()
 
     async def Session(

@@ -35,6 +35,7 @@ ONLINE = Look("●", "online", "success")
 STALE = Look("◌", "stale", "warning")
 OFFLINE = Look("◌", "offline", "warning")
 LOST = Look("✖", "lost", "error")
+LEFT = Look("○", "left", "muted")
 
 _TRAINING = {
     st.NOT_STARTED: Look("○", "not started", "muted"),
@@ -51,10 +52,14 @@ def stale_after(heartbeat_interval: float) -> float:
     return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
 
 
-def health(row: ClientRow, now: float, heartbeat_interval: float, gone: bool) -> Look:
-    """Whether a client is online, stale (silent), offline (link down) or lost (dropped)."""
-    if gone:
-        return LOST
+def health(row: ClientRow, now: float, heartbeat_interval: float, gone: str | None) -> Look:
+    """Whether a client is online, stale (silent), offline (link down), lost or left.
+
+    ``gone`` is why the server dropped the client (None while registered): a
+    client that logged out left on purpose, any other reason means it was lost.
+    """
+    if gone is not None:
+        return LEFT if gone == st.LOGGED_OUT else LOST
     if not row.connected:
         return OFFLINE
     if row.last_heartbeat and now - row.last_heartbeat > stale_after(heartbeat_interval):

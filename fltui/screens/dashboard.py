@@ -108,7 +108,7 @@ class DashboardScreen(CommandKeys):
         for name in names:
             row = store.clients.get(name)
             if row is not None:
-                yield ClientView(row, now, interval, name in store.gone, name in table.marked)
+                yield ClientView(row, now, interval, store.gone.get(name), name in table.marked)
 
     def render_all(self) -> None:
         """Redraw everything (after a snapshot)."""
@@ -188,7 +188,9 @@ class DashboardScreen(CommandKeys):
         interval = store.heartbeat_interval
         lanes = [
             Lane(
-                name, health(row, now, interval, name in store.gone).tone, store.beats.get(name, ())
+                name,
+                health(row, now, interval, store.gone.get(name)).tone,
+                store.beats.get(name, ()),
             )
             for name, row in store.clients.items()
         ]
@@ -204,7 +206,7 @@ class DashboardScreen(CommandKeys):
         online = sum(
             1
             for name, row in store.clients.items()
-            if health(row, now, interval, name in store.gone) is ONLINE
+            if health(row, now, interval, store.gone.get(name)) is ONLINE
         )
         title = f"Clients ({online}/{len(store.clients)} online"
         if table.filter:

@@ -58,12 +58,13 @@ class ClientView:
     row: ClientRow
     now: float
     heartbeat_interval: float
-    gone: bool
+    gone: str | None
+    """Why the server dropped the client, or None while it is registered."""
     marked: bool
 
     @property
     def health(self) -> Look:
-        """Online, stale, offline or lost."""
+        """Online, stale, offline, lost or left."""
         return health(self.row, self.now, self.heartbeat_interval, self.gone)
 
     def ticking_cells(self) -> dict[str, Cell]:

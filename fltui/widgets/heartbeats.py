@@ -19,7 +19,7 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from fltui.status import LOST, ONLINE
+from fltui.status import LEFT, LOST, ONLINE
 from fltui.store import BEAT, DOWN, GONE, UP, Beat
 
 NAME_WIDTH = 14
@@ -88,8 +88,9 @@ class HeartbeatView(ScrollView, can_focus=True):
         self.bucket_s = 1.0
 
     def set_lanes(self, lanes: list[Lane], bucket_s: float) -> None:
-        """Show these lanes (troubled ones first) with one column per ``bucket_s`` seconds."""
-        rank = {LOST.tone: 0, "warning": 1, ONLINE.tone: 2}
+        """Show these lanes (troubled ones first, those that left last), one column per
+        ``bucket_s`` seconds."""
+        rank = {LOST.tone: 0, "warning": 1, ONLINE.tone: 2, LEFT.tone: 3}
         self._lanes = sorted(lanes, key=lambda lane: (rank.get(lane.tone, 1), lane.instance))
         self.bucket_s = max(bucket_s, MIN_BUCKET_S)
         self.virtual_size = Size(0, len(self._lanes))  # as wide as the pane: no horizontal scroll

@@ -201,6 +201,8 @@ def test_shutdown_asks_then_reconnects_to_a_restarted_server(live: Cluster) -> N
             await ok(pilot, link, "shutdown client flclient2")
             assert await asyncio.to_thread(client2.wait, 30) == 0
             await wait_for(pilot, lambda: "flclient2" in app.store.gone, 30)
+            # It left on purpose: its row says so, without the alarm of a lost site.
+            await wait_for(pilot, lambda: str(table.get_cell("flclient2", "health")) == "○ left", 5)
 
             await pilot.press("x")
             await choose(pilot, "the server")

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+from flcore import status as st
 from flcore.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, Snapshot
 from flcore.feedwire import event_from_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -22,7 +23,7 @@ from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fltui.adminclient import AdminClient, Outcome, load_kit
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
-from fltui.status import LOST, OFFLINE, ONLINE, STALE, age, health, short_token
+from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health, short_token
 from fltui.store import BEAT, DOWN, GONE, UP, Store
 from fltui.targets import describe_stop, target_choices
 from fltui.widgets.logview import one_line
@@ -112,11 +113,13 @@ def test_serde_converts_every_event_kind() -> None:
 
 def test_health_and_ages_read_as_glyph_word_and_tone() -> None:
     row = ClientRow("a", "a", last_heartbeat=NOW - 2)
-    assert health(row, NOW, 1.0, gone=False) is ONLINE
-    assert health(row, NOW + 10, 1.0, gone=False) is STALE
-    assert health(ClientRow("a", "a", connected=False), NOW, 1.0, gone=False) is OFFLINE
-    assert health(row, NOW, 1.0, gone=True) is LOST
-    assert ONLINE.label == "● online" and LOST.tone == "error"
+    assert health(row, NOW, 1.0, gone=None) is ONLINE
+    assert health(row, NOW + 10, 1.0, gone=None) is STALE
+    assert health(ClientRow("a", "a", connected=False), NOW, 1.0, gone=None) is OFFLINE
+    assert health(row, NOW, 1.0, gone="no heartbeat for 601s") is LOST
+    # A client that logged out (shutdown, SIGTERM) left on purpose: no alarm colour.
+    assert health(row, NOW, 1.0, gone=st.LOGGED_OUT) is LEFT
+    assert ONLINE.label == "● online" and LOST.tone == "error" and LEFT.tone == "muted"
     assert [age(s) for s in (0.4, 99, 100, 6000, 200_000)] == ["0s", "99s", "1m", "1h", "2d"]
     assert short_token("5c1e0a2f-4c1e-4f6a-9b1d-3e5f7a9c0b2d") == "5c1e0a2f…"
 
