@@ -52,9 +52,16 @@ class LoginScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        """Focus the first field that is empty."""
-        startup = self.query_one("#login-startup", Input)
-        (self.query_one("#login-user", Input) if startup.value else startup).focus()
+        """Focus the kit field when it is empty, else the user field.
+
+        Mount can come after a quick login already dismissed the screen
+        (fields typed and ``enter`` pressed while it was being composed):
+        then there is no field left to focus, and that is no error.
+        """
+        for field in self.query(Input):
+            if not field.value or field.id == "login-user":
+                field.focus()
+                return
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """``enter`` in either field logs in."""

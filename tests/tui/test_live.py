@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import Input
 
 from fltui.adminclient import Outcome
 from fltui.app import ConsoleApp
@@ -174,7 +175,9 @@ def test_login_screen_reports_a_refusal_then_logs_in(live: Cluster) -> None:
             problem = app.screen.query_one("#login-problem")
             assert "login refused" in str(problem.render())
             assert app.screen.query_one("#login-startup").value == str(live.kit())
-            app.screen.query_one("#login-user").value = ""  # the kit's own email
+            user = app.screen.query_one("#login-user", Input)
+            await wait_for(pilot, lambda: app.focused is user)  # the kit is known: user next
+            user.value = ""  # the kit's own email
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.screen is app.dashboard and app.connected)
             assert app.role == "super" and app.store.clients
