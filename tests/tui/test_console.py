@@ -32,7 +32,7 @@ from fltui.widgets.commandline import CommandLine
 from fltui.widgets.header import CONNECTED, DISCONNECTED
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
-from tests.tui.helpers import wait_for
+from tests.tui.helpers import login_ready, wait_for
 from tests.tui.recorded import NOW, RUN, recorded_events
 from tests.tui.replay import ReplayLink, ok_reply
 
@@ -377,7 +377,7 @@ def test_without_a_kit_the_login_screen_asks(tmp_path: Path) -> None:
     async def scenario() -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            await login_ready(pilot, app)
             startup = app.screen.query_one("#login-startup")
             assert app.focused is startup
             startup.value = str(tmp_path / "nothing")
@@ -552,7 +552,7 @@ def test_the_login_screen_shows_a_reason_as_it_is(tmp_path: Path) -> None:
             startup=tmp_path, user="", problem="login refused: [/x]", clock=lambda: NOW
         )
         async with app.run_test(size=(100, 30)) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            await login_ready(pilot, app)
             problem = app.screen.query_one("#login-problem")
             assert str(problem.render()) == "login refused: [/x]"
 
@@ -749,7 +749,7 @@ def test_timeout_is_checked_and_reaches_a_login_made_on_screen(
     async def scenario() -> None:
         app = ConsoleApp(startup=tmp_path, user="", problem="no kit", timeout=30, clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            await login_ready(pilot, app)
             assert app.timeout == 30
             await pilot.click("#login-go")
             await wait_for(pilot, lambda: app.link is not None and app.connected)
@@ -774,7 +774,7 @@ def test_an_unreadable_kit_is_an_error_not_a_crash(
     async def scenario() -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            await login_ready(pilot, app)
             app.screen.query_one("#login-startup", Input).value = str(unreadable)
             await pilot.press("enter")
             problem = app.screen.query_one("#login-problem")

@@ -18,13 +18,12 @@ from fltui.adminclient import Outcome
 from fltui.app import ConsoleApp
 from fltui.link import ServerLink
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
-from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.status import short_token
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.header import CONNECTED, DISCONNECTED
 from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster
-from tests.tui.helpers import wait_for
+from tests.tui.helpers import login_ready, wait_for
 
 # One shared cluster, used in file order: keep these tests on one xdist worker.
 pytestmark = [
@@ -171,13 +170,12 @@ def test_login_screen_reports_a_refusal_then_logs_in(live: Cluster) -> None:
     async def scenario() -> None:
         app = ConsoleApp(ServerLink(live.kit(), MEMBER))  # the admin's kit, someone else's name
         async with app.run_test(size=(120, 36)) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, LoginScreen))
+            await login_ready(pilot, app)
+            assert getattr(app.focused, "id", "") == "login-user"  # the kit is known: user next
             problem = app.screen.query_one("#login-problem")
             assert "login refused" in str(problem.render())
-            assert app.screen.query_one("#login-startup").value == str(live.kit())
-            user = app.screen.query_one("#login-user", Input)
-            await wait_for(pilot, lambda: app.focused is user)  # the kit is known: user next
-            user.value = ""  # the kit's own email
+            assert app.screen.query_one("#login-startup", Input).value == str(live.kit())
+            app.screen.query_one("#login-user", Input).value = ""  # the kit's own email
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.screen is app.dashboard and app.connected)
             assert app.role == "super" and app.store.clients
