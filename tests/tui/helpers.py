@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from fltui.screens.login import LoginScreen
+from textual.screen import Screen
+
+ScreenT = TypeVar("ScreenT", bound=Screen[Any])
 
 
 async def wait_for(
@@ -23,16 +25,17 @@ async def wait_for(
         await pilot.pause(0.05)
 
 
-async def login_ready(pilot: Any, app: Any) -> LoginScreen:
-    """The login screen once it is set up: pushed is not yet mounted.
+async def shown(pilot: Any, app: Any, screen_type: type[ScreenT]) -> ScreenT:
+    """The app's screen once it is a ``screen_type`` and set up.
 
-    It is ready when it has put the cursor in one of its fields (its
-    ``on_mount``), so queries and keys then reach a composed screen.
+    A pushed screen is composed and mounted a little later; until then its
+    widgets cannot be queried, and a key may reach it before its
+    ``on_mount`` ran. ``is_mounted`` turns true after both.
     """
     await wait_for(
         pilot,
-        lambda: isinstance(app.screen, LoginScreen) and app.focused is not None,
-        what="the login screen",
+        lambda: isinstance(app.screen, screen_type) and app.screen.is_mounted,
+        what=f"the {screen_type.__name__}",
     )
-    screen: LoginScreen = app.screen
+    screen: ScreenT = app.screen
     return screen

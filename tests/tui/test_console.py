@@ -32,7 +32,7 @@ from fltui.widgets.commandline import CommandLine
 from fltui.widgets.header import CONNECTED, DISCONNECTED
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
-from tests.tui.helpers import login_ready, wait_for
+from tests.tui.helpers import shown, wait_for
 from tests.tui.recorded import NOW, RUN, recorded_events
 from tests.tui.replay import ReplayLink, ok_reply
 
@@ -119,7 +119,7 @@ def test_keys_send_their_commands(tmp_path: Path) -> None:
             await ready(pilot)
             await wait_for(pilot, lambda: app.store.run.server_status == "training stopped")
             await pilot.press("n")
-            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await shown(pilot, app, PromptScreen)
             await pilot.press("0")
             assert "a whole number" in str(app.screen.query_one("#prompt-hint").render())
             await pilot.press("backspace", "2", "enter")
@@ -134,7 +134,7 @@ def test_keys_send_their_commands(tmp_path: Path) -> None:
             await pilot.press("s")
             await choose(pilot, "the server")
             await pilot.press("t")
-            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await shown(pilot, app, PromptScreen)
             app.screen.query_one("Input").value = "30"
             await pilot.press("enter")
             await wait_for(pilot, lambda: len(link.sent) == 6)
@@ -175,7 +175,7 @@ def test_abort_asks_with_cancel_focused_and_names_what_stops(tmp_path: Path) -> 
             await ready(pilot)
             await pilot.press("a")
             await choose(pilot, "the server")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             stops = str(app.screen.query_one("#confirm-stops").render())
             assert "Run 1 (digits_fedavg) on the server, at round 3 of 10" in stops
             assert app.screen.focused is app.screen.query_one("#confirm-cancel")
@@ -184,7 +184,7 @@ def test_abort_asks_with_cancel_focused_and_names_what_stops(tmp_path: Path) -> 
             assert link.sent == []
             await pilot.press("a")
             await choose(pilot, "all clients")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             stops = str(app.screen.query_one("#confirm-stops").render())
             assert "flclient1: training started, round 3 (digits_fedavg)" in stops
             await pilot.press("tab", "enter")
@@ -201,7 +201,7 @@ def test_shutdown_shows_the_servers_warning_then_confirms(tmp_path: Path) -> Non
             await ready(pilot)
             await pilot.press("x")
             await choose(pilot, "the server")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             warning = str(app.screen.query_one("#confirm-warning").render())
             assert "2 client(s) still registered (flclient1, flclient2)" in warning
             assert "Are you sure (Y/N)" not in warning
@@ -209,7 +209,7 @@ def test_shutdown_shows_the_servers_warning_then_confirms(tmp_path: Path) -> Non
             await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
             await pilot.press("x")
             await choose(pilot, "all clients")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             await pilot.click("#confirm-ok")
             await wait_for(pilot, lambda: len(link.sent) == 3)
             assert sent(link) == ["shutdown server", "shutdown client", "shutdown client!"]
@@ -245,7 +245,7 @@ def test_validation_matrix_and_the_empty_case(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             await pilot.press("v")
-            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            await shown(pilot, app, ValidationScreen)
             screen = app.screen
             assert isinstance(screen, ValidationScreen)
             if data.get("cells"):
@@ -276,12 +276,12 @@ def test_enter_shows_the_traceback_of_a_failed_site(tmp_path: Path) -> None:
                 pilot, lambda: "e7f60b12-3c4d-4e5f-8a9b-0c1d2e3f4a5b" in str(detail.render())
             )
             await pilot.press("enter")
-            await wait_for(pilot, lambda: isinstance(app.screen, ClientScreen))
+            await shown(pilot, app, ClientScreen)
             facts = str(app.screen.query_one("#client-facts").render())
             assert "RuntimeError: CUDA out of memory" in facts and "loss.backward()" in facts
             await pilot.press("escape")
             await pilot.press("question_mark")
-            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            await shown(pilot, app, HelpScreen)
 
     asyncio.run(scenario())
 
@@ -377,7 +377,7 @@ def test_without_a_kit_the_login_screen_asks(tmp_path: Path) -> None:
     async def scenario() -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
-            await login_ready(pilot, app)
+            await shown(pilot, app, LoginScreen)
             startup = app.screen.query_one("#login-startup")
             assert app.focused is startup
             startup.value = str(tmp_path / "nothing")
@@ -416,7 +416,7 @@ def test_panes_logs_follow_and_the_wizard_key(tmp_path: Path) -> None:
             assert logs.follow and logs.is_vertical_scroll_end
             assert "following" in str(logs.border_title)
             await pilot.press("1", "p")
-            await wait_for(pilot, lambda: isinstance(app.screen, WizardScreen))
+            await shown(pilot, app, WizardScreen)
             assert app.screen.query_one("#project-workspace").value == str(tmp_path / "ws")
             await pilot.press("escape")
             await wait_for(pilot, lambda: app.screen is app.dashboard)
@@ -491,11 +491,11 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             await wait_for(pilot, lambda: "[/x].example.org" in str(detail.render()))
             assert "regex [a-z]+ · [red]app · ✖ [/x] ValueError" in str(detail.render())
             await pilot.press("enter")
-            await wait_for(pilot, lambda: isinstance(app.screen, ClientScreen))
+            await shown(pilot, app, ClientScreen)
             assert str(app.screen.query_one(".dialog-title").render()) == f"Client {ODD}"
             await pilot.press("escape", "space", "a")
             await choose(pilot, f"selected: {ODD}")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             assert f"• {ODD}: training failed" in str(
                 app.screen.query_one("#confirm-stops").render()
             )
@@ -508,7 +508,7 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             await wait_for(pilot, lambda: any("[/x] done" in e.message for e in app.store.logs))
             await pilot.pause(0.2)  # the notification is drawn too
             await pilot.press("v")
-            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            await shown(pilot, app, ValidationScreen)
             failure = str(app.screen.query_one("#validation-empty").render())
             assert failure == "[/x] validation failed: regex [a-z]+"
             await pilot.press("escape")
@@ -536,7 +536,7 @@ def test_validation_cells_and_notes_from_sites_are_never_markup(tmp_path: Path) 
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             await pilot.press("v")
-            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            await shown(pilot, app, ValidationScreen)
             notes = str(app.screen.query_one("#validation-notes").render())
             assert "model of global on site[/x]: [/x] regex [a-z]+" in notes
             assert "site-b: [/x] cross_validate is off" in notes
@@ -552,7 +552,7 @@ def test_the_login_screen_shows_a_reason_as_it_is(tmp_path: Path) -> None:
             startup=tmp_path, user="", problem="login refused: [/x]", clock=lambda: NOW
         )
         async with app.run_test(size=(100, 30)) as pilot:
-            await login_ready(pilot, app)
+            await shown(pilot, app, LoginScreen)
             problem = app.screen.query_one("#login-problem")
             assert str(problem.render()) == "login refused: [/x]"
 
@@ -599,7 +599,7 @@ def test_escape_sequences_from_sites_never_reach_the_terminal(tmp_path: Path) ->
             assert "\x1b" not in str(table.get_cell("evil", "device"))
             table.move_cursor(row=table.get_row_index("evil"))
             await pilot.press("enter")
-            await wait_for(pilot, lambda: isinstance(app.screen, ClientScreen))
+            await shown(pilot, app, ClientScreen)
             facts = str(app.screen.query_one("#client-facts").render())
             assert "host" in facts and "Traceback:\n  line" in facts
             assert "\x1b" not in facts and "\x07" not in facts
@@ -634,7 +634,7 @@ def test_a_key_pressed_meanwhile_does_not_cancel_a_command(tmp_path: Path) -> No
             await choose(pilot, "the server")
             await wait_for(pilot, lambda: link.sent)
             await pilot.press("t")  # opens a prompt while the start is on its way
-            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await shown(pilot, app, PromptScreen)
             await pilot.press("escape")
             link.release.set()
             await wait_for(
@@ -654,7 +654,7 @@ def test_the_run_number_prompt_takes_only_ascii_digits(tmp_path: Path) -> None:
             await ready(pilot)
             await wait_for(pilot, lambda: app.store.run.server_status == "training stopped")
             await pilot.press("n")
-            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await shown(pilot, app, PromptScreen)
             await pilot.press("²")
             assert "a whole number" in str(app.screen.query_one("#prompt-hint").render())
             await pilot.press("enter")
@@ -672,7 +672,7 @@ def test_a_quoted_abort_on_the_command_line_still_asks(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             await pilot.press("colon", *'"abort" client', "enter")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             assert link.sent == []
             await pilot.press("escape")
             await pilot.pause(0.1)
@@ -749,7 +749,7 @@ def test_timeout_is_checked_and_reaches_a_login_made_on_screen(
     async def scenario() -> None:
         app = ConsoleApp(startup=tmp_path, user="", problem="no kit", timeout=30, clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
-            await login_ready(pilot, app)
+            await shown(pilot, app, LoginScreen)
             assert app.timeout == 30
             await pilot.click("#login-go")
             await wait_for(pilot, lambda: app.link is not None and app.connected)
@@ -774,7 +774,7 @@ def test_an_unreadable_kit_is_an_error_not_a_crash(
     async def scenario() -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
-            await login_ready(pilot, app)
+            await shown(pilot, app, LoginScreen)
             app.screen.query_one("#login-startup", Input).value = str(unreadable)
             await pilot.press("enter")
             problem = app.screen.query_one("#login-problem")

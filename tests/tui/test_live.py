@@ -18,12 +18,13 @@ from fltui.adminclient import Outcome
 from fltui.app import ConsoleApp
 from fltui.link import ServerLink
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
+from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.status import short_token
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.header import CONNECTED, DISCONNECTED
 from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster
-from tests.tui.helpers import login_ready, wait_for
+from tests.tui.helpers import shown, wait_for
 
 # One shared cluster, used in file order: keep these tests on one xdist worker.
 pytestmark = [
@@ -105,7 +106,7 @@ def test_run_from_the_keys(live: Cluster) -> None:
         async with app.run_test(size=(120, 36)) as pilot:
             await wait_for(pilot, lambda: app.connected and len(store.clients) == 2)
             await pilot.press("n")
-            await wait_for(pilot, lambda: isinstance(app.screen, PromptScreen))
+            await shown(pilot, app, PromptScreen)
             await pilot.press("1", "enter")
             await ok(pilot, link, "set_run_number 1")
             await wait_for(pilot, lambda: store.run.run_number == 1)
@@ -134,14 +135,14 @@ def test_run_from_the_keys(live: Cluster) -> None:
             assert "Round" in str(app.dashboard.query_one("#round-title").render())
 
             await pilot.press("v")
-            await wait_for(pilot, lambda: isinstance(app.screen, ValidationScreen))
+            await shown(pilot, app, ValidationScreen)
             empty = str(app.screen.query_one("#validation-empty").render())
             assert empty == "No cross-site validation results for run 1."
             await pilot.press("escape")
 
             await pilot.press("a")
             await choose(pilot, "the server")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             assert app.screen.focused is app.screen.query_one("#confirm-cancel")
             await pilot.press("tab", "enter")
             await ok(pilot, link, "abort server")
@@ -170,7 +171,7 @@ def test_login_screen_reports_a_refusal_then_logs_in(live: Cluster) -> None:
     async def scenario() -> None:
         app = ConsoleApp(ServerLink(live.kit(), MEMBER))  # the admin's kit, someone else's name
         async with app.run_test(size=(120, 36)) as pilot:
-            await login_ready(pilot, app)
+            await shown(pilot, app, LoginScreen)
             assert getattr(app.focused, "id", "") == "login-user"  # the kit is known: user next
             problem = app.screen.query_one("#login-problem")
             assert "login refused" in str(problem.render())
@@ -195,7 +196,7 @@ def test_shutdown_asks_then_reconnects_to_a_restarted_server(live: Cluster) -> N
             table.move_cursor(row=table.get_row_index("flclient2"))
             await pilot.press("x")
             await choose(pilot, "selected: flclient2")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             stops = str(app.screen.query_one("#confirm-stops").render())
             assert "flclient2" in stops and "flclient1" not in stops
             await pilot.press("tab", "enter")
@@ -207,7 +208,7 @@ def test_shutdown_asks_then_reconnects_to_a_restarted_server(live: Cluster) -> N
 
             await pilot.press("x")
             await choose(pilot, "the server")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await shown(pilot, app, ConfirmScreen)
             warning = str(app.screen.query_one("#confirm-warning").render())
             assert "1 client(s) still registered (flclient1)" in warning
             await pilot.press("tab", "enter")

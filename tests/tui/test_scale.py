@@ -18,7 +18,7 @@ from fltui.screens.help import HelpScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
 from tests.tui.busy import CLIENTS, BusyLink, instance
-from tests.tui.helpers import wait_for
+from tests.tui.helpers import shown, wait_for
 
 
 @pytest.mark.timeout(120)
@@ -37,7 +37,7 @@ def test_a_thousand_clients_and_a_busy_log_keep_rows_in_place_and_keys_working()
             )
             for _ in range(3):
                 await pilot.press("question_mark")
-                await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+                await shown(pilot, app, HelpScreen)
                 await pilot.press("escape")
                 await wait_for(pilot, lambda: app.screen is app.dashboard)
                 row = table.cursor_row
