@@ -91,6 +91,8 @@ class Agent:
         self._offer_changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping: set[TrainingProcess] = set()
+        """Training children asked to stop and not gone yet: a shutdown kills them."""
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
@@ -322,11 +324,17 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await work
         worker, self.worker = self.worker, None
-        if worker is not None:
-            if kill:
-                worker.kill()
-            else:
+        if kill:
+            # A child still on its way out of a graceful stop (the run just ended) goes too.
+            for stopping in (worker, *self._stopping):
+                if stopping is not None:
+                    stopping.kill()
+        elif worker is not None:
+            self._stopping.add(worker)
+            try:
                 await worker.stop()
+            finally:
+                self._stopping.discard(worker)
 
     async def _end_run(self) -> None:
         run = self.context

@@ -50,6 +50,9 @@ from flclientd.worker.protocol import (
 
 logger = logging.getLogger(__name__)
 
+PRIVATE_DIR_PREFIX = "flworker-"
+"""The child's private folder (its IPC socket) in the temp dir; removed when it ends."""
+
 LogCallback = Callable[[int, str], None]
 
 # The folder holding the flclientd package. When it is not where the
@@ -161,7 +164,7 @@ class TrainingProcess:
         if nproc < 1:
             raise ValueError(f"nproc must be at least 1, got {nproc}")
         work_dir.mkdir(parents=True, exist_ok=True)
-        self = cls(work_dir, Path(tempfile.mkdtemp(prefix="flworker-")), on_log)
+        self = cls(work_dir, Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX)), on_log)
         try:
             socket_path = self._folder / "ipc.sock"
             self._server = await asyncio.start_unix_server(

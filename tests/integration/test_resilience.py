@@ -6,9 +6,11 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from flclientd.runner import PRIVATE_DIR_PREFIX
 from tests.integration.harness import SERVER_READY, Cluster, wait_until
 from tests.integration.test_training import finished
 
@@ -140,3 +142,23 @@ def test_client_sigterm_stops_worker_tree(cluster: Cluster) -> None:
     client.signal(signal.SIGTERM)
     assert client.wait(30) == 0
     assert "flclientd stopped" in client.log()
+
+
+def test_shutdown_as_a_run_ends_leaves_no_training_process_behind(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The demo's sequence: the run finishes, the training child is asked to stop, and the
+    # admin shuts the client down while that child is still on its way out.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setenv("TMPDIR", str(private))  # where the child's socket folder goes
+    cluster.server()
+    client = cluster.client("flclient1")
+    cluster.prepare_run(1, num_rounds=1, min_num_clients=1)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    client.wait_log("stopping on request", timeout=120)
+    cluster.ok("shutdown client", confirmed=True)
+    assert client.wait(30) == 0
+    assert cluster.worker_pids() == []
+    assert list(private.glob(f"{PRIVATE_DIR_PREFIX}*")) == []
