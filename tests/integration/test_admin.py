@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -278,6 +278,27 @@ def test_upload_validation(cluster: Cluster) -> None:
     assert not (cluster.root / "server" / "config").exists()
     leftovers = [p.name for p in (cluster.root / "server" / "transfer").iterdir()]
     assert leftovers == ["digits_fedavg"]
+
+
+def test_a_file_that_cannot_be_read_fails_the_upload_clearly(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root reads any file whatever its mode, so the read error is injected where the admin
+    # client reads the app; the server at the other end is the real one.
+    def unreadable(folder: Path) -> Iterator[tuple[str, int, bytes, bool]]:
+        yield "config/config_train.json", 0, b"{}", True
+        raise PermissionError(13, "Permission denied", "config/config_fed_client.json")
+
+    cluster.server()
+    monkeypatch.setattr("fltui.adminclient.iter_chunks", unreadable)
+    (outcome,) = cluster.admin("upload_folder digits_fedavg")
+    assert not outcome.ok
+    assert outcome.text == (
+        "upload failed: [Errno 13] Permission denied: 'config/config_fed_client.json'"
+    )
+    assert not (cluster.root / "server" / "transfer" / "digits_fedavg").exists()
+    monkeypatch.undo()
+    assert cluster.ok("upload_folder digits_fedavg").text.startswith("Created folder")
 
 
 def test_upload_size_limit(cluster: Cluster) -> None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 from google.protobuf.message import Message
 
@@ -18,9 +14,7 @@ from flcore import status as st
 from flcore.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, Snapshot
 from flcore.feedwire import event_from_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
-from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
-from fltui.adminclient import AdminClient, Outcome, load_kit
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health, short_token
@@ -32,9 +26,7 @@ from provision import (
     PasswordsFile,
     ProvisionError,
     WrittenKit,
-    extract_kit,
     parse_project,
-    provision_workspace,
 )
 from tests.tui.recorded import NOW, SERVER, recorded_events
 
@@ -350,56 +342,3 @@ def test_an_unreadable_workspace_is_a_problem_not_a_crash(tmp_path: Path) -> Non
     draft = Draft.new(too_long)
     assert (draft.workspace_problem() or "").startswith(f"{too_long}: cannot look into it (")
     assert not draft.issued
-
-
-# --------------------------------------------------------------------------- upload
-
-
-class Sink(admin_grpc.AdminServicer):
-    """Takes an upload stream to its end, as the server does, and refuses a cut one."""
-
-    async def UploadFolder(self, request_iterator: Any, context: Any) -> admin_pb2.CommandReply:
-        async for _ in request_iterator:
-            pass
-        return admin_pb2.CommandReply(ok=False, text="upload ended in the middle of a file")
-
-
-def test_a_file_that_cannot_be_read_fails_the_upload_clearly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    mapping = {
-        "api_version": 1,
-        "name": "demo",
-        "server": {"name": "s", "host": "localhost", "fed_port": 1, "admin_port": 2, "org": "o"},
-        "admins": [{"email": "a@b.org", "org": "o", "role": "super"}],
-    }
-    result = provision_workspace(parse_project(mapping), tmp_path / "ws")
-    kit = next(k for k in result.written if k.name == "a@b.org")
-    startup = extract_kit(kit.zip_path, kit.password, tmp_path / "admin")
-    (tmp_path / "admin" / "transfer" / "app" / "config").mkdir(parents=True)
-    (tmp_path / "admin" / "transfer" / "app" / "config" / "x.json").write_text("{}")
-
-    def unreadable(folder: Path) -> Iterator[tuple[str, int, bytes, bool]]:
-        yield "config/a.json", 0, b"{}", True
-        raise PermissionError(13, "Permission denied", "config/x.json")
-
-    monkeypatch.setattr("fltui.adminclient.iter_chunks", unreadable)
-
-    async def scenario() -> Outcome:
-        server = grpc.aio.server()
-        admin_grpc.add_AdminServicer_to_server(Sink(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        client = AdminClient(startup, load_kit(startup), "a@b.org")
-        await client.close()
-        client._channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        client._stub = admin_grpc.AdminStub(client._channel)
-        try:
-            return await client.upload_folder("app")
-        finally:
-            await client.close()
-            await server.stop(None)
-
-    outcome = asyncio.run(scenario())
-    assert not outcome.ok
-    assert outcome.text == "upload failed: [Errno 13] Permission denied: 'config/x.json'"
