@@ -28,6 +28,10 @@ class LoginScreen(Screen[None]):
     """Startup folder and user name; the login is tried on ``enter`` or the button."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "app.quit", "Quit")]
+    # The field to type in first is marked when composed and focused as the screen is
+    # set up: the kit field when no kit is known, else the user field. Deciding it in
+    # on_mount would focus one message later, after keys typed meanwhile went elsewhere.
+    AUTO_FOCUS = "Input.-first"
 
     def __init__(self, log_in: LogIn, startup: str, user: str, problem: str = "") -> None:
         """Prefill what is known and show ``problem`` (why we are here) if any."""
@@ -42,26 +46,25 @@ class LoginScreen(Screen[None]):
         with Vertical(classes="dialog", id="login-dialog"):
             yield Static("fltui · log in to an flstack server", classes="dialog-title")
             yield Label("Admin kit: the startup/ folder of your kit")
-            yield Input(self._startup, placeholder="~/fl/admin/startup", id="login-startup")
+            kit_known = bool(self._startup.strip())
+            yield Input(
+                self._startup,
+                placeholder="~/fl/admin/startup",
+                id="login-startup",
+                classes="" if kit_known else "-first",
+            )
             yield Label("User: your admin email (empty: the kit's)")
-            yield Input(self._user, placeholder="you@example.org", id="login-user")
+            yield Input(
+                self._user,
+                placeholder="you@example.org",
+                id="login-user",
+                classes="-first" if kit_known else "",
+            )
             # The reason quotes paths and the server's words: never markup.
             yield Static(self._problem, id="login-problem", classes="-error", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Log in", id="login-go", variant="primary")
         yield Footer()
-
-    def on_mount(self) -> None:
-        """Focus the kit field when it is empty, else the user field.
-
-        Mount can come after a quick login already dismissed the screen
-        (fields typed and ``enter`` pressed while it was being composed):
-        then there is no field left to focus, and that is no error.
-        """
-        for field in self.query(Input):
-            if not field.value or field.id == "login-user":
-                field.focus()
-                return
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """``enter`` in either field logs in."""

@@ -389,6 +389,26 @@ def test_without_a_kit_the_login_screen_asks(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_the_login_screen_is_ready_for_typing_as_soon_as_it_is_mounted(tmp_path: Path) -> None:
+    """The field to type in is focused by the time the screen is up, not a message later:
+    a test (or a person) that types then must reach the user field, whatever the machine."""
+
+    async def log_in(startup: Path, user: str) -> str | None:
+        return "refused"
+
+    async def scenario() -> None:
+        app = ConsoleApp(user="", clock=lambda: NOW)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await shown(pilot, app, LoginScreen)
+            await app.push_screen(LoginScreen(log_in, str(tmp_path), ""))
+            assert getattr(app.focused, "id", "") == "login-user"
+            await pilot.press(*"me@x.org")
+            assert app.screen.query_one("#login-user", Input).value == "me@x.org"
+            assert app.screen.query_one("#login-startup", Input).value == str(tmp_path)
+
+    asyncio.run(scenario())
+
+
 def test_unknown_event_kinds_are_skipped() -> None:
     from flcore.feedwire import event_from_proto
 
