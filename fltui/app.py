@@ -22,9 +22,9 @@ from textual.app import App, SystemCommand
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
+from fladmin.client import DEFAULT_TIMEOUT_S, AdminError, CommandReply
+from fladmin.link import AdminLink, Link
 from flcore.feed import LogEntry, Snapshot
-from fltui.adminclient import DEFAULT_TIMEOUT_S, AdminError, Outcome
-from fltui.link import Link, ServerLink
 from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.login import LoginScreen
@@ -187,7 +187,7 @@ class ConsoleApp(App[None]):
     async def log_in(self, startup: Path, user: str) -> str | None:
         """Try a login from the login screen; on success follow the feed of that server."""
         try:
-            link = ServerLink(startup, user or None)
+            link = AdminLink(startup, user or None)
         except AdminError as exc:
             return str(exc)
         link.timeout = self.timeout
@@ -255,7 +255,7 @@ class ConsoleApp(App[None]):
 
     # ------------------------------------------------------------------ commands
 
-    async def run_command(self, line: str, quiet: bool = False) -> Outcome | None:
+    async def run_command(self, line: str, quiet: bool = False) -> CommandReply | None:
         """Run a command line, confirming what is dangerous; report the reply.
 
         Must run in a worker (the confirmation is a modal screen awaited here).
@@ -298,7 +298,7 @@ class ConsoleApp(App[None]):
         )
         return answer
 
-    def report(self, outcome: Outcome, quiet: bool = False) -> None:
+    def report(self, outcome: CommandReply, quiet: bool = False) -> None:
         """A reply becomes log lines and (unless quiet and fine) a notification."""
         level = "INFO" if outcome.ok else "ERROR"
         lines = outcome.text.rstrip("\n").splitlines() or ["(no reply text)"]

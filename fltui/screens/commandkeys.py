@@ -16,8 +16,8 @@ from textual import work
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 
+from fladmin.client import TIMEOUT_RULE, parse_timeout
 from flcore import status as st
-from fltui.adminclient import TIMEOUT_RULE, parse_timeout
 from fltui.screens.dialogs import ChoiceScreen, PromptScreen
 from fltui.screens.help import HelpScreen
 from fltui.screens.validation import ValidationScreen

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fltui.adminclient import AdminClient, Outcome, load_kit
+from fladmin import AdminClient, CommandReply, load_kit
 from provision import extract_kit, parse_project, provision_workspace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,10 +244,10 @@ class Cluster:
 
     def admin(
         self, *lines: str, user: str = ADMIN, confirmed: bool = False, timeout: float = 10.0
-    ) -> list[Outcome]:
+    ) -> list[CommandReply]:
         """Run commands through the real admin client; one login for all of them."""
 
-        async def go() -> list[Outcome]:
+        async def go() -> list[CommandReply]:
             startup = self.kit(user)
             client = AdminClient(startup, load_kit(startup), user)
             client.timeout = timeout
@@ -259,7 +259,7 @@ class Cluster:
 
         return asyncio.run(go())
 
-    def ok(self, line: str, **kwargs: Any) -> Outcome:
+    def ok(self, line: str, **kwargs: Any) -> CommandReply:
         """Run one command and insist that it succeeded."""
         (outcome,) = self.admin(line, **kwargs)
         assert outcome.ok, f"{line!r} failed: {outcome.text}"

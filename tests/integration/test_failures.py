@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from fladmin import AdminClient, load_kit
 from flclientd.connection import Connection
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client
 from flcore.tls import TlsFiles
-from fltui.adminclient import AdminClient, load_kit
 from tests.integration.harness import ADMIN, Cluster, wait_until
 from tests.integration.test_training import finished
 

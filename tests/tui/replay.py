@@ -1,4 +1,4 @@
-"""A :class:`fltui.link.Link` that replays a fixed feed: the console without a server.
+"""A :class:`fladmin.link.Link` that replays a fixed feed: the console without a server.
 
 Snapshot tests and the documentation's screenshot use it, so the
 dashboard's look is pinned from a recorded sequence of events with a
@@ -12,15 +12,15 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+from fladmin.client import CommandReply
 from flcore.feed import FeedEvent
-from fltui.adminclient import Outcome
 
-Reply = Callable[[str, bool], Outcome]
+Reply = Callable[[str, bool], CommandReply]
 
 
-def ok_reply(line: str, confirmed: bool) -> Outcome:
+def ok_reply(line: str, confirmed: bool) -> CommandReply:
     """Every command succeeds with a short text."""
-    return Outcome(line, True, f"{line}: done", {}, 42, "2025-06-15 12:00:00.000000")
+    return CommandReply(line, True, f"{line}: done", {}, 42, "2025-06-15 12:00:00.000000")
 
 
 class ReplayLink:
@@ -49,7 +49,7 @@ class ReplayLink:
     async def login(self) -> None:
         """Nothing to do."""
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         """Remember the command and answer from ``reply``."""
         self.sent.append((line, confirmed))
         return self._reply(line, confirmed)

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from textual.widgets import Input
 
+from fladmin.client import AdminError, CommandReply
+from fladmin.link import AdminLink
 from flcore.feed import ClientRow, FeedEvent, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
-from fltui.adminclient import AdminError, Outcome
 from fltui.app import ConsoleApp
-from fltui.link import ServerLink
 from fltui.screens.client import ClientScreen
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.help import HelpScreen
@@ -57,13 +57,13 @@ MATRIX = {
 }
 
 
-def reply(line: str, confirmed: bool) -> Outcome:
+def reply(line: str, confirmed: bool) -> CommandReply:
     """The server's answers: shutdown asks first (and warns), validate has data."""
     if line.startswith("shutdown") and not confirmed:
         prompt = WARNING if line == "shutdown server" else "Are you sure (Y/N):"
-        return Outcome(line, False, "", {}, 0, "", prompt)
+        return CommandReply(line, False, "", {}, 0, "", prompt)
     if line == "validate all":
-        return Outcome(line, True, "Cross-site validation of run 1", MATRIX, 10, "")
+        return CommandReply(line, True, "Cross-site validation of run 1", MATRIX, 10, "")
     return ok_reply(line, confirmed)
 
 
@@ -238,8 +238,8 @@ def test_member_sees_dangerous_keys_dimmed(tmp_path: Path) -> None:
 
 def test_validation_matrix_and_the_empty_case(tmp_path: Path) -> None:
     async def scenario(data: dict[str, Any]) -> ValidationScreen:
-        def answer(line: str, confirmed: bool) -> Outcome:
-            return Outcome(line, True, "", data, 1, "")
+        def answer(line: str, confirmed: bool) -> CommandReply:
+            return CommandReply(line, True, "", data, 1, "")
 
         app, _ = console(tmp_path / str(len(data)), reply=answer)
         async with app.run_test(size=(120, 36)) as pilot:
@@ -495,12 +495,14 @@ async def six_rows(pilot: Any) -> ClientsTable:
 
 
 def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
-    def answer(line: str, confirmed: bool) -> Outcome:
+    def answer(line: str, confirmed: bool) -> CommandReply:
         if line == "validate all":
-            return Outcome(line, False, "[/x] validation failed: regex [a-z]+", {}, 1, "")
+            return CommandReply(line, False, "[/x] validation failed: regex [a-z]+", {}, 1, "")
         if line.startswith("abort") and not confirmed:
-            return Outcome(line, False, "", {}, 0, "", "[/x] still training\nAre you sure (Y/N):")
-        return Outcome(line, True, "[/x] done: regex [a-z]+", {}, 1, "")
+            return CommandReply(
+                line, False, "", {}, 0, "", "[/x] still training\nAre you sure (Y/N):"
+            )
+        return CommandReply(line, True, "[/x] done: regex [a-z]+", {}, 1, "")
 
     async def scenario() -> None:
         app, _ = console(tmp_path, with_odd_client(), reply=answer)
@@ -548,8 +550,8 @@ def test_validation_cells_and_notes_from_sites_are_never_markup(tmp_path: Path) 
         "notes": {"site-b": "[/x] cross_validate is off"},
     }
 
-    def answer(line: str, confirmed: bool) -> Outcome:
-        return Outcome(line, True, "", matrix, 1, "")
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        return CommandReply(line, True, "", matrix, 1, "")
 
     async def scenario() -> None:
         app, _ = console(tmp_path, reply=answer)
@@ -637,7 +639,7 @@ class SlowLink(ReplayLink):
         super().__init__(events)
         self.release = asyncio.Event()
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         self.sent.append((line, confirmed))
         if line == "start server":
             await self.release.wait()
@@ -764,7 +766,7 @@ def test_timeout_is_checked_and_reaches_a_login_made_on_screen(
         def __init__(self, startup: Path, user: str | None) -> None:
             super().__init__(recorded_events(), transfer_dir=startup.parent / "transfer")
 
-    monkeypatch.setattr("fltui.app.ServerLink", KitLink)
+    monkeypatch.setattr("fltui.app.AdminLink", KitLink)
 
     async def scenario() -> None:
         app = ConsoleApp(startup=tmp_path, user="", problem="no kit", timeout=30, clock=lambda: NOW)
@@ -789,7 +791,7 @@ def test_an_unreadable_kit_is_an_error_not_a_crash(
     assert err.startswith("fltui: ") and "cannot read the admin kit" in err
     assert len(err.splitlines()) == 1
     with pytest.raises(AdminError, match="cannot read the admin kit"):
-        ServerLink(unreadable)
+        AdminLink(unreadable)
 
     async def scenario() -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)

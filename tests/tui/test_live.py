@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from textual.widgets import Input
 
-from fltui.adminclient import Outcome
+from fladmin.client import CommandReply
+from fladmin.link import AdminLink
 from fltui.app import ConsoleApp
-from fltui.link import ServerLink
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
@@ -34,19 +34,19 @@ pytestmark = [
 ]
 
 
-class RecordingLink(ServerLink):
+class RecordingLink(AdminLink):
     """The real link, keeping every reply so tests can wait for one."""
 
     def __init__(self, startup: Path, user: str) -> None:
         super().__init__(startup, user)
-        self.replies: list[Outcome] = []
+        self.replies: list[CommandReply] = []
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         outcome = await super().execute(line, confirmed)
         self.replies.append(outcome)
         return outcome
 
-    def reply(self, line: str) -> Outcome | None:
+    def reply(self, line: str) -> CommandReply | None:
         """The last reply to ``line``."""
         return next((o for o in reversed(self.replies) if o.line == line), None)
 
@@ -66,9 +66,11 @@ async def choose(pilot: Any, label_part: str) -> None:
     await pilot.press("enter")
 
 
-async def ok(pilot: Any, link: RecordingLink, line: str, timeout: float = 30.0) -> Outcome:
+async def ok(pilot: Any, link: RecordingLink, line: str, timeout: float = 30.0) -> CommandReply:
     """Wait for the reply to ``line`` and insist it succeeded."""
-    outcome: Outcome = await wait_for(pilot, lambda: link.reply(line), timeout, f"reply to {line}")
+    outcome: CommandReply = await wait_for(
+        pilot, lambda: link.reply(line), timeout, f"reply to {line}"
+    )
     assert outcome.ok, f"{line}: {outcome.text}"
     return outcome
 
@@ -169,7 +171,7 @@ def test_member_sees_dangerous_keys_dimmed(live: Cluster) -> None:
 
 def test_login_screen_reports_a_refusal_then_logs_in(live: Cluster) -> None:
     async def scenario() -> None:
-        app = ConsoleApp(ServerLink(live.kit(), MEMBER))  # the admin's kit, someone else's name
+        app = ConsoleApp(AdminLink(live.kit(), MEMBER))  # the admin's kit, someone else's name
         async with app.run_test(size=(120, 36)) as pilot:
             await shown(pilot, app, LoginScreen)
             assert getattr(app.focused, "id", "") == "login-user"  # the kit is known: user next

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from fltui.adminclient import Outcome
+from fladmin.client import CommandReply
 from fltui.app import ConsoleApp
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen
 from fltui.screens.validation import ValidationScreen
@@ -80,8 +80,8 @@ def test_shutdown_confirmation(snap_compare: Snap, size: tuple[int, int]) -> Non
 
 
 def test_validation_matrix(snap_compare: Snap) -> None:
-    def answer(line: str, confirmed: bool) -> Outcome:
-        return Outcome(line, True, "", MATRIX, 1, "")
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        return CommandReply(line, True, "", MATRIX, 1, "")
 
     app = ConsoleApp(ReplayLink(recorded_events(), answer), clock=lambda: NOW, flush_s=0.05)
     assert snap_compare(
