@@ -22,6 +22,7 @@ from flcore.feed import ClientRow, FeedEvent, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fltui.app import ConsoleApp
+from fltui.connection import CONNECTED, DISCONNECTED, Connection
 from fltui.screens.client import ClientScreen
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.help import HelpScreen
@@ -29,7 +30,6 @@ from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
-from fltui.widgets.header import CONNECTED, DISCONNECTED
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
 from tests.tui.helpers import shown, wait_for
@@ -518,7 +518,8 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             await pilot.press("escape", "space", "a")
             await choose(pilot, f"selected: {ODD}")
             await shown(pilot, app, ConfirmScreen)
-            assert f"• {ODD}: training failed" in str(
+            # A failed site trains no more: it is named as left alone, not as stopping.
+            assert f"• Not training, left as they are: {ODD}." in str(
                 app.screen.query_one("#confirm-stops").render()
             )
             await pilot.press("tab", "enter")  # yes: the server's own question follows
@@ -534,9 +535,12 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             failure = str(app.screen.query_one("#validation-empty").render())
             assert failure == "[/x] validation failed: regex [a-z]+"
             await pilot.press("escape")
-            app.set_link(DISCONNECTED, "connection lost: [/x] regex [a-z]+")
+            app.publish(Connection(DISCONNECTED, NOW, "[/x] regex [a-z]+", NOW + 4, 1))
             banner = app.dashboard.query_one("#banner")
-            assert str(banner.render()) == "✖ connection lost: [/x] regex [a-z]+"
+            assert str(banner.render()) == (
+                "✖ connection lost since 15:06:40: [/x] regex [a-z]+ · reconnecting in 4s "
+                "(attempt 1) · r now"
+            )
             await pilot.pause(0.2)
 
     asyncio.run(scenario())

@@ -17,12 +17,12 @@ from textual.widgets import Input
 from fladmin.client import CommandReply
 from fladmin.link import AdminLink
 from fltui.app import ConsoleApp
+from fltui.connection import CONNECTED, DISCONNECTED
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.status import short_token
 from fltui.widgets.clients import ClientsTable
-from fltui.widgets.header import CONNECTED, DISCONNECTED
 from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster
 from tests.tui.helpers import shown, wait_for
 

@@ -19,7 +19,7 @@ from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health, short_token
 from fltui.store import BEAT, DOWN, GONE, UP, Store
-from fltui.targets import describe_stop, target_choices
+from fltui.targets import describe_stop, describe_target, target_choices
 from fltui.widgets.logview import one_line
 from fltui.wizard.draft import Draft, section
 from provision import (
@@ -153,12 +153,34 @@ def test_targets_and_what_stops() -> None:
     choices = target_choices(store, ["flclient2", "flclient1_1"])
     assert [c.value for c in choices] == ["server", "client", "client flclient2 flclient1_1"]
     assert choices[1].label == "all clients (5)"
-    assert describe_stop(store, ["abort", "server"])[0] == (
+    careful = target_choices(store, ["flclient2", "flclient1_1"], careful=True)
+    assert [c.value for c in careful] == ["client flclient2 flclient1_1", "client", "server"]
+    assert describe_stop(store, ["abort", "server"]).lines[0] == (
         "Run 1 (digits_fedavg) on the server, at round 3 of 10."
     )
-    lines = describe_stop(store, ["shutdown", "client", "flclient2"])
-    assert lines[0] == "flclient2: training started, round 3 (digits_fedavg)"
-    assert "each site must start its own again" in lines[-1]
+    shutdown = describe_stop(store, ["shutdown", "client", "flclient2"])
+    assert shutdown.heading == "This shuts down:"
+    assert shutdown.lines[0] == "flclient2: training started, round 3 (digits_fedavg)"
+    assert "each site must start its own again" in shutdown.lines[-1]
+    assert describe_target(store, ["shutdown", "client"]) == "all clients (5)"
+    assert describe_target(store, ["abort", "client", "a", "b"]) == "a, b"
+    assert describe_target(store, ["abort", "server"]) == "the server"
+
+
+def test_an_abort_lists_only_what_runs_and_says_where_training_sites_go() -> None:
+    """Issue 10, defect 8: a confirmation says what will really happen."""
+    store = Store()
+    for event in recorded_events():
+        store.apply(event)
+    abort = describe_stop(store, ["abort", "client"])
+    assert abort.heading == "This stops:"
+    listed = [line.split(":")[0] for line in abort.lines if ": training" in line]
+    assert listed == ["flclient1", "flclient2", "flclient1_1"]  # not the failed, not the idle
+    assert any("moves to cross-site validation" in line for line in abort.lines)
+    assert abort.lines[-1] == "Not training, left as they are: flclient3, site-b."
+    idle = describe_stop(store, ["abort", "client", "site-b"])
+    assert idle.lines[0] == "nothing: none of them is training"
+    assert not any("cross-site" in line for line in idle.lines)
 
 
 def test_draft_checks_give_flprovisions_messages(tmp_path: Path) -> None:
