@@ -75,6 +75,7 @@ class ConsoleApp(App[None]):
         timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         flush_s: float = FLUSH_S,
+        retry_first_s: float = 1.0,
     ) -> None:
         """Open with ``link`` or, without one, the login screen (showing ``problem``).
 
@@ -88,6 +89,8 @@ class ConsoleApp(App[None]):
                 the login screen makes; None keeps the default.
             clock: the time source of ages and countdowns (tests freeze it).
             flush_s: how often queued changes are drawn.
+            retry_first_s: the pause before the first reconnection attempt; it
+                doubles with each failed attempt, up to ten seconds (or this).
         """
         super().__init__()
         self._timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
@@ -102,6 +105,7 @@ class ConsoleApp(App[None]):
         self._problem = problem
         self._ever_connected = False
         self._reconnect = asyncio.Event()
+        self._retry_first_s = retry_first_s
         self.state = self._state_of(Connection(target=link.target if link else ""))
         self.dashboard = DashboardScreen(self.store, clock, self.app_names, flush_s)
 
@@ -256,7 +260,8 @@ class ConsoleApp(App[None]):
     async def _after_loss(self, problem: str, attempt: int) -> None:
         """The link broke: say since when, and count down to the next attempt."""
         now = self.clock()
-        delay = min(2.0 ** (attempt - 1), RETRY_MAX_S)
+        first = self._retry_first_s
+        delay = min(first * 2.0 ** (attempt - 1), max(RETRY_MAX_S, first))
         old = self.state.connection
         if old.up:
             self.notify(problem, title="connection lost", severity="error", timeout=8, markup=False)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from fladmin.client import CommandReply
-from flcore.feed import FeedEvent
+from flcore.feed import Body, FeedEvent
 
 Reply = Callable[[str, bool], CommandReply]
 
@@ -44,7 +44,8 @@ class ReplayLink:
         self.startup = transfer_dir.parent / "startup"
         self.timeout = 10.0
         self.sent: list[tuple[str, bool]] = []
-        self._forever = asyncio.Event()
+        self._pushed: asyncio.Queue[FeedEvent] = asyncio.Queue()
+        self._seq = self._events[-1].seq if self._events else 0
 
     async def login(self) -> None:
         """Nothing to do."""
@@ -54,11 +55,19 @@ class ReplayLink:
         self.sent.append((line, confirmed))
         return self._reply(line, confirmed)
 
+    def push(self, *bodies: Body, time: float = 0.0) -> None:
+        """Send these as the next events of the feed."""
+        for body in bodies:
+            self._seq += 1
+            stamp = time or (self._events[-1].time if self._events else 0.0)
+            self._pushed.put_nowait(FeedEvent(self._seq, stamp, body))
+
     async def events(self) -> AsyncIterator[FeedEvent]:
-        """The recorded events, then nothing (the feed stays open)."""
+        """The recorded events, then whatever is pushed (the feed stays open)."""
         for event in self._events:
             yield event
-        await self._forever.wait()
+        while True:
+            yield await self._pushed.get()
 
     async def close(self) -> None:
         """Nothing to close."""
