@@ -88,6 +88,9 @@ def screen_lines(app: Any) -> list[str]:
     return console.export_text().splitlines()
 
 
+SVG_TEXT = r'<text class="[^"]*" x="[^"]*" y="([^"]*)"[^>]*>([^<]*)</text>'
+
+
 def reader_lines(svg: str) -> list[str]:
     """An SVG screenshot's rows as a reader that drops each span's leading spaces sees them.
 
