@@ -358,6 +358,10 @@ class DashboardScreen(CommandKeys):
         table = self.query_one("#clients", ClientsTable)
         table.tick(self._views(table.in_view()))
 
+    @on(ClientsTable.Sorted)
+    def _sorted(self) -> None:
+        self._titles()
+
     @on(ClientsTable.MarksChanged)
     def _marks_changed(self, event: ClientsTable.MarksChanged) -> None:
         self.query_one("#clients", ClientsTable).update_rows(self._views([event.instance]))
@@ -368,10 +372,17 @@ class DashboardScreen(CommandKeys):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """``r`` shows only while the link is down; the command keys dim as CommandKeys says.
 
-        ``:`` and ``/`` are typed as text while a line has the focus.
+        ``:`` and ``/`` are typed as text while a line has the focus, and no
+        other key of the dashboard acts then: a key typed ahead of the line
+        opening must not act as a hotkey once the line is open.
         """
+        line_open = isinstance(self.focused, Input)
         if action in ("command_line", "filter"):
-            return not isinstance(self.focused, Input)
+            return not line_open
+        if action == "escape":
+            return True
+        if line_open:
+            return False
         if action == "reconnect":
             return not self.state.connection.up and bool(self.state.who.target)
         return super().check_action(action, parameters)
@@ -461,8 +472,6 @@ class DashboardScreen(CommandKeys):
         if focused is self.query_one("#filter", Input):
             self._apply_filter("")
             self._close_line("#filter")
-        elif focused is self.query_one("#command", CommandLine):
-            self._close_line("#command")
         elif self.maximized is not None:
             self.minimize()
         elif isinstance(focused, ClientsTable | LogView):
@@ -477,8 +486,9 @@ class DashboardScreen(CommandKeys):
         the focused table and bubbled back up, by which time the keys after
         it have gone to the table too, as hotkeys; and ``Widget.focus``
         takes effect one message later still. So ``:`` and ``/`` are
-        priority bindings (run as the key is read) and ``set_focus`` moves
-        the focus at once: every key after them lands in the line, in order.
+        priority bindings, run as the key is read, and ``set_focus`` moves
+        the focus at once: every key after them lands in the line, in order
+        (the line itself reads its ``enter`` and ``esc`` in that order too).
         """
         self._return_focus = self.focused
         box = self.query_one(selector, Input)
@@ -509,13 +519,11 @@ class DashboardScreen(CommandKeys):
     def _filter_done(self) -> None:
         self._close_line("#filter")
 
-    @on(Input.Submitted, "#command")
-    def _command_submitted(self, event: Input.Submitted) -> None:
-        line = event.value.strip()
-        box = self.query_one("#command", CommandLine)
-        box.remember(line)
-        box.value = ""
-        self._close_line("#command")
+    @on(CommandLine.Entered)
+    def _command_entered(self, event: CommandLine.Entered) -> None:
+        if self.focused is self.query_one("#command", CommandLine):
+            self._close_line("#command")
+        line = event.line or ""
         if is_view(line):
             self.switch_view(command_words(line))
         elif line:

@@ -338,15 +338,22 @@ class ClientsTable(DataTable[Text], VimKeys):
 
     def _relabel(self) -> None:
         self._set_columns(self._picked)
+        self.post_message(self.Sorted())
+
+    class Sorted(Message):
+        """The sort order was changed (the pane's title says by what)."""
 
     def resort(self) -> None:
         """Put the rows in the chosen order again (values change with the feed and time)."""
-        if not self.sort_column or self.row_count < 2:
+        if self.row_count < 2:
             return
         key, views = self.sort_column, self._views
-        wanted = sorted(
-            self._shown, key=lambda i: views[i].sort_value(key), reverse=self.sort_reverse
-        )
+        if key:
+            wanted = sorted(
+                self._shown, key=lambda i: views[i].sort_value(key), reverse=self.sort_reverse
+            )
+        else:  # the server's order, in which the rows were added
+            wanted = list(self._shown)
         if wanted == [row.key.value for row in self.ordered_rows]:
             return
         rank = {instance: index for index, instance in enumerate(wanted)}
