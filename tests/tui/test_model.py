@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,9 @@ from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health, short_token
 from fltui.store import BEAT, DOWN, GONE, UP, Store
 from fltui.targets import describe_stop, describe_target, target_choices
+from fltui.vocabulary import refusal
 from fltui.widgets.logview import one_line
+from fltui.widgets.roundpane import best_label
 from fltui.wizard.draft import Draft, section
 from provision import (
     PasswordsFile,
@@ -66,6 +68,31 @@ def test_heartbeat_history_marks_links_going_down_and_up() -> None:
     store.apply(FeedEvent(13, NOW, Heartbeat("a", NOW - 6)))
     store.apply(FeedEvent(14, NOW, ClientGone("a", "shutdown")))
     assert [b.kind for b in store.beats["a"]] == [BEAT, DOWN, UP, BEAT, GONE]
+
+
+def test_heartbeat_history_survives_a_server_restart() -> None:
+    """Issue 10, defect 6: a restarted server's first snapshot lists no site yet."""
+    store = snapshot_store(ClientRow("a", "a", last_heartbeat=NOW - 9))
+    store.apply(FeedEvent(11, NOW, Heartbeat("a", NOW - 4)))
+    before = list(store.beats["a"])
+    store.apply(FeedEvent(1, NOW, Snapshot(SERVER, RunInfo(), ())))  # the restarted server
+    store.apply(FeedEvent(2, NOW, ClientRow("a", "a", connected=True, last_heartbeat=NOW)))
+    assert list(store.beats["a"])[: len(before)] == before
+    assert [b.kind for b in store.beats["a"]][-1] == UP
+
+
+def test_best_names_only_rounds_the_run_has() -> None:
+    """Issue 10, defect 11: the final validation reports as round num_rounds."""
+    run = RunInfo(num_rounds=8, best_metric="val_accuracy=0.7889 (round 8)")
+    assert best_label(run) == "0.7889 (final model)"
+    assert best_label(replace(run, best_metric="0.7000 (round 5)")) == "0.7000 (round 5)"
+
+
+def test_a_member_may_run_only_read_only_commands() -> None:
+    assert refusal("abort", "member") == "member role: read-only (abort needs the super role)"
+    assert refusal("check_status", "member") is None
+    assert refusal("set_timeout", "member") is None
+    assert refusal("abort", "super") is None
 
 
 def test_logs_are_bounded_and_a_resubscription_does_not_repeat_them() -> None:
