@@ -32,12 +32,15 @@ Clock = Callable[[], float]
 class SiteLogScreen(Screen[None]):
     """The log lines of one site."""
 
+    # The log view has these keys too, unlisted; here they are the screen's
+    # own keys, so the footer lists them (priority: they are the screen's
+    # first, except while the search box takes the typing).
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("slash", "search", "Search", key_display="/"),
-        Binding("n", "log_view('next_match(1)')", "Next"),
-        Binding("N", "log_view('next_match(-1)')", "Previous", key_display="N"),
-        Binding("w", "log_view('toggle_wrap')", "Wrap"),
-        Binding("f", "log_view('toggle_follow')", "Follow"),
+        Binding("n", "log_view('next_match(1)')", "Next", priority=True),
+        Binding("N", "log_view('next_match(-1)')", "Previous", key_display="N", priority=True),
+        Binding("w", "log_view('toggle_wrap')", "Wrap", priority=True),
+        Binding("f", "log_view('toggle_follow')", "Follow", priority=True),
         Binding("ctrl+s", "save", "Save"),
         Binding("escape,q", "back", "Back"),
     ]
@@ -75,6 +78,12 @@ class SiteLogScreen(Screen[None]):
         self._seen = self._store.log_total
         if fresh:
             self.query_one(LogView).append(fresh)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The log view's letters are text while the search box has the focus."""
+        if action == "log_view":
+            return not isinstance(self.focused, Input)
+        return True
 
     async def action_log_view(self, action: str) -> None:
         """Keys of the log view, whatever has the focus."""

@@ -237,7 +237,9 @@ class LogView(ScrollView, VimKeys, can_focus=True):
 
     def _retitle(self) -> None:
         """Border title: how many lines, the filter, following or how many arrived unseen."""
-        state = "following" if self.follow else f"paused, +{self.unseen:,} new"
+        state = "following" if self.follow else "paused"
+        if not self.follow and self.unseen:
+            state += f", +{self.unseen:,} new"
         shown = f"{self.line_count:,} lines"
         if self.filter_text:
             shown += f" · filter: {self.filter_text}"
