@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from fladmin.client import CommandReply
+from fldev.replay import ReplayLink
 from fltui.app import ConsoleApp
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.help import HelpScreen
 from fltui.screens.validation import ValidationScreen
 from tests.tui.recorded import NOW, recorded_events
-from tests.tui.replay import ReplayLink
 from tests.tui.test_console import MATRIX
 from tests.tui.test_snapshots import dashboard, drawn, link_lost, opening, shut_down, site_logs
 

@@ -18,6 +18,8 @@ from textual.widgets import Input
 
 from fladmin.client import CommandReply
 from fladmin.link import AdminLink
+from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, free_ports
+from fldev.poll import wait_for
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
@@ -25,8 +27,7 @@ from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.status import short_token
 from fltui.widgets.clients import ClientsTable
-from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster, free_ports
-from tests.tui.helpers import burst, shown, wait_for
+from tests.tui.helpers import burst, shown
 from tests.tui.proxy import Proxy
 
 # One shared cluster, used in file order: keep these tests on one xdist worker.

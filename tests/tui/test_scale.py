@@ -1,6 +1,6 @@
 """A thousand clients and a busy log: the console keeps up and its keys still work.
 
-The feed (:mod:`tests.tui.busy`) registers 1,000 clients, then keeps every
+The feed (:mod:`fldev.busyfeed`) registers 1,000 clients, then keeps every
 one heartbeating once a second and writes 200 log lines a second. This test
 checks behaviour only: every client is one row, updated in place, the log
 pane takes the lines, and keys act while that goes on. How fast they act
@@ -13,12 +13,13 @@ import asyncio
 
 import pytest
 
+from fldev.busyfeed import CLIENTS, BusyLink, instance
+from fldev.poll import wait_for
 from fltui.app import ConsoleApp
 from fltui.screens.help import HelpScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
-from tests.tui.busy import CLIENTS, BusyLink, instance
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 
 
 @pytest.mark.timeout(120)

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from fladmin.client import CommandReply
+from fldev.poll import wait_for
+from fldev.replay import ReplayLink
 from fltui.app import ConsoleApp
 from fltui.connection import DISCONNECTED, SHUT_DOWN, Connection, Shutdown
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen
@@ -25,9 +27,8 @@ from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.screen import WizardScreen
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 from tests.tui.recorded import NOW, recorded_events
-from tests.tui.replay import ReplayLink
 from tests.tui.test_console import MATRIX, reply
 
 SIZES = [(80, 24), (120, 36), (200, 50)]
