@@ -391,3 +391,13 @@ def test_an_unreadable_workspace_is_a_problem_not_a_crash(tmp_path: Path) -> Non
     draft = Draft.new(too_long)
     assert (draft.workspace_problem() or "").startswith(f"{too_long}: cannot look into it (")
     assert not draft.issued
+
+
+@pytest.mark.timeout(90)
+def test_a_script_uses_the_admin_client_without_loading_the_console() -> None:
+    """Issue 11: the admin client moved out of fltui, so a script need not import the console."""
+    from tests.unit.test_import_hygiene import loaded_by
+
+    loaded = loaded_by("fladmin")
+    assert "fladmin" in loaded
+    assert loaded & {"fltui", "textual", "torch", "flapp"} == set()
