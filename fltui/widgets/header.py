@@ -13,6 +13,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 
+from flcore import status as st
 from flcore.feed import RunInfo
 from fltui.state import Who
 from fltui.status import Look, server_look
@@ -50,6 +51,8 @@ class StatusHeader(Horizontal):
             title.append("no run set", style=muted)
         title.append(SEPARATOR, style=muted)
         title.append_text(look_text(app, server_look(run.server_status)))
+        if run.reason and run.server_status not in st.ACTIVE:
+            title.append(f" ({run.reason})")
         if run.current_round >= 0 and run.num_rounds:
             title.append(SEPARATOR, style=muted)
             title.append(f"round {min(run.current_round, run.num_rounds)}/{run.num_rounds}")

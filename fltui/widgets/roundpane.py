@@ -13,12 +13,15 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Sparkline
 
+from flcore import status as st
 from flcore.feed import RunInfo
 from fltui.widgets.line import Line
 from fltui.widgets.tones import tone_style
 
 DEFAULT_METRIC = "val_accuracy"
 MAX_NAMES = 6
+FINISHED = "finished"
+"""The server's reason for a run that trained all its rounds."""
 BEST_ROUND = re.compile(r"\(round (\d+)\)")
 SEPARATOR = " · "
 
@@ -51,6 +54,17 @@ def best_label(run: RunInfo) -> str:
     if found and run.num_rounds and int(found.group(1)) >= run.num_rounds:
         value = f"{value[: found.start()]}(final model){value[found.end() :]}"
     return value
+
+
+def ending_of(run: RunInfo) -> str:
+    """Why a run that does not train stopped, or why it never started ("" when unknown)."""
+    if not run.reason:
+        return ""
+    if run.reason == FINISHED:
+        return "Finished all rounds"
+    if run.server_status == st.NOT_STARTED:
+        return f"Not started: {run.reason}"
+    return f"Stopped: {run.reason}"
 
 
 def names(instances: tuple[str, ...]) -> str:
@@ -114,6 +128,17 @@ class RoundPane(Vertical, can_focus=True):
 
     def _updates(self, run: RunInfo) -> Text:
         text = Text()
+        if run.server_status not in st.ACTIVE and run.run_number:
+            ending = ending_of(run)
+            if ending:
+                tone = "success" if run.reason == FINISHED else "warning"
+                text.append(ending, style=tone_style(self.app, tone))
+            if run.failed_sites:
+                text.append("\n" if ending else "")
+                text.append(
+                    f"Failed: {names(run.failed_sites)}", style=tone_style(self.app, "error")
+                )
+            return text
         if run.current_round < 0 or run.current_round >= run.num_rounds:
             if run.failed_sites:
                 text.append(

@@ -156,3 +156,23 @@ def test_a_screenshot_goes_under_the_admins_folder_and_says_where(
             assert not (home / "Downloads").exists()
 
     asyncio.run(scenario())
+
+
+def test_a_stopped_run_says_why(tmp_path: Path) -> None:
+    """What the feed already says about a run's end is on screen (issue 10, "why did it stop")."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            header = app.dashboard.query_one("#header-title")
+            updates = app.dashboard.query_one("#round-updates")
+            stopped = replace(app.store.run, server_status="training stopped", awaited=())
+            link.push(replace(stopped, reason="aborted by admin"))
+            await wait_for(pilot, lambda: "(aborted by admin)" in str(header.render()))
+            assert "■ training stopped (aborted by admin)" in str(header.render())
+            assert str(updates.render()) == "Stopped: aborted by admin\nFailed: flclient3"
+            link.push(replace(stopped, reason="finished", failed_sites=()))
+            await wait_for(pilot, lambda: str(updates.render()) == "Finished all rounds")
+
+    asyncio.run(scenario())
