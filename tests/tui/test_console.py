@@ -229,7 +229,8 @@ def test_member_sees_dangerous_keys_dimmed(tmp_path: Path) -> None:
             for action in ("validate", "timeout", "help", "filter", "command_line"):
                 assert screen.check_action(action, ()) is True, action
             await pilot.press("s", "a", "x", "n")
-            await pilot.pause(0.2)
+            status = screen.query_one("#status-line")
+            await wait_for(pilot, lambda: "run_number needs the super role" in str(status.render()))
             assert app.screen is screen and link.sent == []
             footer = {k.key: k for k in app.screen.query("FooterKey")}  # type: ignore[attr-defined]
             assert footer["s"].has_class("-disabled") and not footer["v"].has_class("-disabled")
@@ -530,7 +531,8 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             await pilot.press("escape")
             await pilot.press("colon", *"check_status server", "enter")
             await wait_for(pilot, lambda: any("[/x] done" in e.message for e in app.store.logs))
-            await pilot.pause(0.2)  # the notification is drawn too
+            await wait_for(pilot, lambda: any("[/x] done" in n.message for n in app._notifications))
+            await pilot.pause()  # the notification is drawn (as it is, never as markup)
             await pilot.press("v")
             await shown(pilot, app, ValidationScreen)
             failure = str(app.screen.query_one("#validation-empty").render())
@@ -542,7 +544,7 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
                 "✖ connection lost since 15:06:40: [/x] regex [a-z]+ · reconnecting in 4s "
                 "(attempt 1) · r now"
             )
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: banner.display and banner.size.height)
 
     asyncio.run(scenario())
 
@@ -702,7 +704,7 @@ def test_a_quoted_abort_on_the_command_line_still_asks(tmp_path: Path) -> None:
             await shown(pilot, app, ConfirmScreen)
             assert link.sent == []
             await pilot.press("escape")
-            await pilot.pause(0.1)
+            await wait_for(pilot, lambda: any("cancelled" in e.message for e in app.store.logs))
             assert link.sent == []
 
     asyncio.run(scenario())

@@ -181,7 +181,8 @@ def test_member_sees_dangerous_keys_dimmed(live: Cluster) -> None:
                 assert app.dashboard.check_action(action, ()) is None, action
             assert app.dashboard.check_action("validate", ()) is True
             await pilot.press("x", "s")
-            await pilot.pause(0.3)
+            status = app.dashboard.query_one("#status-line")
+            await wait_for(pilot, lambda: "start needs the super role" in str(status.render()))
             assert app.screen is app.dashboard and link.replies == []
 
     asyncio.run(scenario())
