@@ -19,7 +19,7 @@ from pathlib import Path
 from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
-from flclientd.session import EXIT_REFUSED
+from flclientd.uplink import EXIT_REFUSED
 from flcore.daemon import limit_malloc_arenas, stop_on_signals
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging

@@ -235,7 +235,7 @@ class Cluster:
         )
         self.daemons.append(daemon.start())
         if wait:
-            daemon.wait_log("Successfully registered client|Resumed session")
+            daemon.wait_log("Successfully registered client|Resumed registration")
         return daemon
 
     def kit(self, email: str = ADMIN) -> Path:

@@ -16,7 +16,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from flclientd.connection import Connection
-from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.federation import MachineInfo
 from flcore.startup import load_client
 from flcore.tls import TlsFiles
 from fltui.adminclient import AdminClient, load_kit
@@ -143,7 +143,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
     async def scenario() -> list[tuple[str, str]]:
         conn = Connection(startup, files)
         try:
-            await conn.login("", fed_pb2.ClientInfo(device="cpu"))
+            await conn.login("", MachineInfo(device="cpu"))
             glob = tmp_path / "global.safetensors"
             await conn.get_model(1, 0, glob)
             weights = load_file(glob)
@@ -154,7 +154,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
                 path = tmp_path / f"{label}.safetensors"
                 save_file(tensors, path)
                 verdict = await conn.submit_model(1, 0, path, samples, {"val_accuracy": 0.5})
-                outcomes.append((verdict.result, verdict.message))
+                outcomes.append((verdict.outcome, verdict.message))
 
             wrong_shape = dict(weights)
             wrong_shape[names[0]] = np.zeros((3, 3), dtype=np.float32)
