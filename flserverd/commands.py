@@ -19,6 +19,7 @@ from flcore import status as st
 from flcore.feed import CommandSeen
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
+from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
 from flserverd.transfer import (
@@ -463,53 +464,45 @@ async def _validate(cmds: AdminCommands, request: Request) -> Reply:
     }
     matrix = crossval.matrix([] if names == ["all"] else names, bystanders)
     metric = _matrix_metric(matrix)
-    matrix["metric"] = metric
-    if not matrix["cells"] and not matrix["notes"]:
+    data = {**matrix.as_json(), "metric": metric}
+    if not matrix.cells and not matrix.notes:
         text = f"No cross-site validation results for run {number}."
-        return Reply(True, text, matrix)
-    return Reply(True, render_matrix(matrix, metric), matrix)
+        return Reply(True, text, data)
+    return Reply(True, render_matrix(matrix, metric), data)
 
 
-def _matrix_metric(matrix: dict[str, Any]) -> str:
+def _matrix_metric(matrix: ValidationMatrix) -> str:
     """The metric to show: val_accuracy when present, else the first one reported."""
-    names = sorted(
-        {
-            name
-            for row in matrix["cells"].values()
-            for cell in row.values()
-            for name in cell["metrics"]
-        }
-    )
+    names = matrix.metric_names()
     return "val_accuracy" if "val_accuracy" in names or not names else names[0]
 
 
-def render_matrix(matrix: dict[str, Any], metric: str) -> str:
+def render_matrix(matrix: ValidationMatrix, metric: str) -> str:
     """The cross-site matrix as text: rows are models, columns the sites validating them."""
     corner = "model \\ site"
-    columns: list[str] = matrix["columns"]
-    width = max([len(corner), *(len(r) for r in matrix["rows"])]) + 2
+    columns = matrix.columns
+    width = max([len(corner), *(len(r) for r in matrix.rows)]) + 2
     cell_width = max([10, *(len(c) + 2 for c in columns)])
     lines = [
-        f"Cross-site validation of run {matrix['run_number']} ({metric})",
+        f"Cross-site validation of run {matrix.run_number} ({metric})",
         (corner.ljust(width) + "".join(c.ljust(cell_width) for c in columns)).rstrip(),
     ]
-    for row in matrix["rows"]:
-        cells = matrix["cells"].get(row, {})
+    for row in matrix.rows:
         shown = []
         for column in columns:
-            cell = cells.get(column)
+            cell = matrix.cell(row, column)
             if cell is None:
                 shown.append("")
-            elif cell["error"]:
+            elif cell.error:
                 shown.append("error")
             else:
-                value = cell["metrics"].get(metric)
+                value = cell.metrics.get(metric)
                 shown.append("" if value is None else f"{value:.4f}")
         lines.append((row.ljust(width) + "".join(v.ljust(cell_width) for v in shown)).rstrip())
-    for row, cells in matrix["cells"].items():
+    for row, cells in matrix.cells.items():
         for column, cell in cells.items():
-            if cell["error"]:
-                lines.append(f"model of {row} on {column}: {cell['error']}")
-    for site, reason in sorted(matrix["notes"].items()):
+            if cell.error:
+                lines.append(f"model of {row} on {column}: {cell.error}")
+    for site, reason in sorted(matrix.notes.items()):
         lines.append(f"{site}: {reason}")
     return "\n".join(lines)

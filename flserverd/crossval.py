@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +32,52 @@ from flserverd.statedb import StateDB
 from flserverd.training import Refusal
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MatrixCell:
+    """One site's validation of one model: its metrics, or why there are none."""
+
+    metrics: dict[str, float]
+    error: str
+
+
+@dataclass(frozen=True)
+class ValidationMatrix:
+    """The cross-site results: rows are model owners (``global`` first), columns the
+    validating sites; ``notes`` say why a site has no model or no results."""
+
+    run_number: int
+    rows: list[str]
+    columns: list[str]
+    cells: dict[str, dict[str, MatrixCell]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def cell(self, row: str, column: str) -> MatrixCell | None:
+        """The result of ``column`` validating the model of ``row``, if there is one."""
+        return self.cells.get(row, {}).get(column)
+
+    def metric_names(self) -> list[str]:
+        """Every metric some cell reports, sorted."""
+        return sorted(
+            {name for row in self.cells.values() for cell in row.values() for name in cell.metrics}
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The matrix for programs (``validate --json``, cross_site_validation.json)."""
+        return {
+            "run_number": self.run_number,
+            "rows": list(self.rows),
+            "columns": list(self.columns),
+            "cells": {
+                row: {
+                    column: {"metrics": cell.metrics, "error": cell.error}
+                    for column, cell in cells.items()
+                }
+                for row, cells in self.cells.items()
+            },
+            "notes": dict(self.notes),
+        }
 
 
 class CrossValidationListener(Protocol):
@@ -155,7 +202,7 @@ class CrossValidation:
         self._db.save_validation(self.run_number, owner, validator, metrics, error)
         atomic_write_bytes(
             self._store.run_dir(self.run_number) / "cross_site_validation.json",
-            json.dumps(self.matrix(), indent=2, sort_keys=True).encode(),
+            json.dumps(self.matrix().as_json(), indent=2, sort_keys=True).encode(),
         )
         shown = error or format_metrics(metrics)
         log.info(
@@ -188,8 +235,8 @@ class CrossValidation:
 
     def matrix(
         self, names: Iterable[str] = (), bystanders: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """The results as data: rows are model owners, columns validating sites.
+    ) -> ValidationMatrix:
+        """The results: rows are model owners, columns validating sites.
 
         ``names`` restricts rows and columns to those instances (the global
         model's row is always shown); ``bystanders`` are sites of the run that
@@ -208,17 +255,12 @@ class CrossValidation:
         if wanted:
             rows = [r for r in rows if r == GLOBAL_OWNER or r in wanted]
             columns = [c for c in columns if c in wanted]
-        cells: dict[str, dict[str, dict[str, Any]]] = {}
+        cells: dict[str, dict[str, MatrixCell]] = {}
         for row in rows:
             for column in columns:
                 found = self.results.get((row, column))
                 if found is not None:
                     metrics, error = found
-                    cells.setdefault(row, {})[column] = {"metrics": metrics, "error": error}
-        return {
-            "run_number": self.run_number,
-            "rows": rows,
-            "columns": columns,
-            "cells": cells,
-            "notes": {site: reason for site, reason in notes.items() if site in rows},
-        }
+                    cells.setdefault(row, {})[column] = MatrixCell(metrics, error)
+        notes = {site: reason for site, reason in notes.items() if site in rows}
+        return ValidationMatrix(self.run_number, rows, columns, cells, notes)
