@@ -48,6 +48,7 @@ from flclientd.worker.protocol import (
     encode,
     parse_log_line,
 )
+from flcore.proctable import descendants
 
 logger = logging.getLogger(__name__)
 
@@ -406,28 +407,6 @@ class TrainingProcess:
         if self._writer is not None:
             self._writer.close()
         shutil.rmtree(self._folder, ignore_errors=True)
-
-
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root``, read from /proc (children first found first)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses; the fields follow the last ")".
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
 
 
 def kill_tree(leader: int) -> None:
