@@ -1,4 +1,5 @@
-"""What a client may download, and what becomes of what it uploads: verdicts, without gRPC.
+"""What a client may download (models, apps), and what becomes of what it uploads: verdicts,
+without gRPC.
 
 The federation servicer converts and calls; every decision about a model or
 a metrics report is made here, from the server's state. An upload is judged
@@ -32,6 +33,7 @@ from flcore.federation import (
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.training import Refusal, Training
+from flserverd.transfer import check_app_name, client_app_dir
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,14 @@ class ModelExchange:
             raise Refusal(f"run {request.run_number} does not exist on this server")
         owner = GLOBAL_OWNER if request.kind is ModelKind.BEST_GLOBAL else request.owner
         return self.server.crossval_for(request.run_number).model_for(instance, owner)
+
+    def app_folder(self, run_number: int, app: str) -> Path:
+        """The copy of an app deployed to clients of a run; TransferError for a name that
+        cannot be an app's, Refusal when it was not deployed."""
+        folder = client_app_dir(self.server.store, run_number, check_app_name(app))
+        if not folder.is_dir():
+            raise Refusal(f"app {app!r} is not deployed to clients of run {run_number}")
+        return folder
 
     def refuse(self, instance: str, reason: str) -> Verdict:
         """The verdict on an upload whose header could not be read."""

@@ -20,7 +20,6 @@ import grpc
 
 from flcore import status as st
 from flcore.folders import iter_chunks
-from flcore.identity import KIND_CLIENT
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
@@ -42,7 +41,7 @@ from flserverd.serde import (
 )
 from flserverd.server import FLServer
 from flserverd.training import Refusal
-from flserverd.transfer import TransferError, check_app_name, client_app_dir
+from flserverd.transfer import TransferError
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +79,9 @@ class FederationService(fed_grpc.FederationServicer):
         self, request: fed_pb2.ClientLoginRequest, context: Context
     ) -> fed_pb2.ClientLoginReply:
         """Register a client certificate, or resume its registration."""
-        identity = peer_identity(context)
-        if identity is None or identity.kind != KIND_CLIENT:
-            who = f"{identity.kind} certificate {identity.name!r}" if identity else "no certificate"
-            log.warning("refused federation login with %s", who)
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the federation service accepts client certificates only, got {who}",
-            )
-        assert identity is not None
         try:
             client, resumed = self.server.login(
-                identity, request.token, machine_from_proto(request.info)
+                peer_identity(context), request.token, machine_from_proto(request.info)
             )
         except AuthError as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
@@ -210,16 +200,12 @@ class FederationService(fed_grpc.FederationServicer):
         """Stream the copy of an app deployed to clients of a run."""
         await self._client(request.token, context)
         try:
-            folder = client_app_dir(
-                self.server.store, request.run_number, check_app_name(request.app)
-            )
+            folder = self.exchange.app_folder(request.run_number, request.app)
         except TransferError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
-        if not folder.is_dir():
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"app {request.app!r} is not deployed to clients of run {request.run_number}",
-            )
+        except Refusal as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
         async for path, offset, data, eof in _in_batches(iter_chunks(folder)):
             yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)

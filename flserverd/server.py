@@ -42,7 +42,7 @@ from flcore.feed import (
     ServerInfo,
     Snapshot,
 )
-from flcore.identity import Identity
+from flcore.identity import KIND_CLIENT, Identity
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import ServerStartup
@@ -51,7 +51,7 @@ from flcore.tensorfile import Manifest, TensorFile, TensorFileError
 from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink
-from flserverd.registry import ClientRegistry, RegisteredClient
+from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
 from flserverd.training import PHASE_TRAINING, Training
@@ -362,9 +362,14 @@ class FLServer:
     # ------------------------------------------------------------------ clients
 
     def login(
-        self, identity: Identity, token: str, machine: MachineInfo
+        self, identity: Identity | None, token: str, machine: MachineInfo
     ) -> tuple[RegisteredClient, bool]:
-        """Register a client certificate (or resume its registration: the second value)."""
+        """Register a client certificate (or resume its registration: the second value);
+        AuthError for any other certificate or a token that belongs to another."""
+        if identity is None or identity.kind != KIND_CLIENT:
+            who = f"{identity.kind} certificate {identity.name!r}" if identity else "no certificate"
+            log.warning("refused federation login with %s", who)
+            raise AuthError(f"the federation service accepts client certificates only, got {who}")
         client, resumed = self.registry.login(identity, token, machine)
         verb = "resumed its registration" if resumed else "joined"
         log.info(

@@ -16,6 +16,7 @@ from flcore import status as st
 from flcore.appconfig import ServerAppConfig
 from flcore.federation import (
     GLOBAL_OWNER,
+    MachineInfo,
     MetricsKind,
     MetricsReport,
     ModelKind,
@@ -24,12 +25,15 @@ from flcore.federation import (
     SubmitOutcome,
     UploadKind,
 )
+from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
 from flcore.startup import ServerStartup
 from flcore.tensorfile import Manifest, TensorFile
 from flserverd.exchange import MAX_METRICS, Chunk, ModelExchange, check_metrics
+from flserverd.registry import AuthError
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord
 from flserverd.training import PHASE_TRAINING, Refusal, Training
+from flserverd.transfer import TransferError
 
 RUN = 1
 
@@ -238,3 +242,31 @@ def test_check_metrics_bounds_names_and_values() -> None:
     assert "1-64 characters" in (check_metrics({"": 1.0}) or "")
     assert "1-64 characters" in (check_metrics({"x" * 65: 1.0}) or "")
     assert "not a finite number" in (check_metrics({"loss": float("inf")}) or "")
+
+
+def test_only_client_certificates_register(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        admin = Identity("admin@lead.org", "lead", KIND_ADMIN, "super")
+        for identity in (None, admin):
+            with pytest.raises(AuthError, match="accepts client certificates only"):
+                server.login(identity, "", MachineInfo())
+        site = Identity("site-a", "hospital", KIND_CLIENT)
+        client, resumed = server.login(site, "", MachineInfo())
+        assert (client.instance, resumed) == ("site-a", False)
+        assert server.login(site, client.token, MachineInfo()) == (client, True)
+
+    on_server(tmp_path, scenario)
+
+
+def test_apps_are_served_only_once_deployed_to_clients(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        with pytest.raises(TransferError):
+            exchange.app_folder(RUN, "../etc")
+        with pytest.raises(Refusal, match="'digits' is not deployed to clients of run 1"):
+            exchange.app_folder(RUN, "digits")
+        folder = server.store.run_dir(RUN) / "deploy" / "digits"
+        folder.mkdir(parents=True)
+        assert exchange.app_folder(RUN, "digits") == folder
+
+    on_server(tmp_path, scenario)
