@@ -57,7 +57,7 @@ from flcore.federation import (  # noqa: E402
 from flcore.startup import ClientStartup, load_client  # noqa: E402
 from flcore.tls import TlsFiles  # noqa: E402
 from flcore.version import flstack_version  # noqa: E402
-from tests.integration.harness import cluster  # noqa: E402
+from fldev.cluster import cluster  # noqa: E402
 
 TARGET_CORES = 0.5
 KIT = "flclient1"

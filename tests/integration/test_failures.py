@@ -24,8 +24,9 @@ from flcore.startup import load_client
 from flcore.tensorfile import TensorFile
 from flcore.tls import TlsFiles
 from flcore.wire import manifest_to_proto, tensor_chunks
+from fldev.cluster import ADMIN, Cluster
+from fldev.poll import wait_until
 from fltui.adminclient import AdminClient, load_kit
-from tests.integration.harness import ADMIN, Cluster, wait_until
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

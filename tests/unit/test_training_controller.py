@@ -19,6 +19,7 @@ from flcore import status as st
 from flcore.appconfig import ServerAppConfig
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.tensorfile import TensorFile
+from fldev.poll import wait_until_async
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
 from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Refusal, Training
@@ -147,11 +148,7 @@ def make_setup(tmp_path: Path, start_round: int = 0, **config: Any) -> Setup:
 
 async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     """Let the loop run until ``condition`` holds (aggregation runs in a task and a thread)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)
+    await wait_until_async(condition, timeout, "the condition", interval=0.002)
 
 
 async def aggregated(training: Training, setup: Setup, rounds: int) -> None:
