@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flcore.proctable import command_line, process_table
 from fldev.poll import wait_until
 from fltui.adminclient import AdminClient, Outcome, load_kit
 from provision import extract_kit, parse_project, provision_workspace
@@ -221,7 +222,7 @@ class Cluster:
         )
         self.daemons.append(daemon.start())
         if wait:
-            daemon.wait_log("Successfully registered client|Resumed session")
+            daemon.wait_log("Successfully registered client|Resumed registration")
         return daemon
 
     def kit(self, email: str = ADMIN) -> Path:
@@ -286,17 +287,8 @@ class Cluster:
 
     def worker_pids(self) -> list[int]:
         """Training processes (any rank or helper) started for this cluster's sites."""
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "flclientd.worker" in cmdline and str(self.root) in cmdline:
-                pids.append(int(proc.name))
-        return pids
+        mine = ("flclientd.worker", str(self.root))
+        return [p.pid for p in process_table() if all(word in command_line(p.pid) for word in mine)]
 
     def metrics(self, run_number: int = 1) -> list[dict[str, Any]]:
         """Rows of the server's metrics.jsonl of a run."""
