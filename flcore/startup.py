@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from flcore.configfile import load_json
 from flcore.schema import (
     PORT,
     ConfigError,
@@ -178,15 +179,13 @@ def to_json(config: ServerStartup | ClientStartup | AdminStartup) -> str:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return load_json(path)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: not found; is this the folder that holds the kit's startup/ folder?"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _load(workspace: Path, file_name: str, fields: list[Field], local_keys: tuple[str, ...]) -> Any:
