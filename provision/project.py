@@ -39,6 +39,19 @@ X509_NAME_MAX = 64
 PROJECT_NAME_MAX = X509_NAME_MAX - len(CA_NAME_SUFFIX)
 """The project names the CA (``<name> root CA``), whose CN has the same bound."""
 
+SYSTEM_NAMES = ("global", "server", "client", "admin", "all")
+"""Words a site name would collide with: the global model's row and file in cross-site
+validation, the kinds of participants and targets in admin commands (``abort client``,
+``validate all``), the admin kits' OU."""
+WINDOWS_DEVICES = (
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)),
+)
+"""``nul.zip`` or ``con.a.zip`` cannot be saved on Windows, where kits are often passed on."""
+
 # Used with fullmatch: ``$`` would let a trailing newline into a kit or a unit file.
 _INSTANCE_SUFFIX = re.compile(r"_[0-9]+\Z")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -131,7 +144,18 @@ def _client_name(value: Any) -> str | None:
     problem = name_like(value)
     if problem is None and _INSTANCE_SUFFIX.search(value):
         return "must not end in '_<digits>' (that form names extra instances, like site_1)"
+    if problem is None and is_reserved(value):
+        return (
+            f"must not be a word flstack uses itself ({', '.join(SYSTEM_NAMES)}, in any case) "
+            "nor a Windows device name (con, nul, com1, ...)"
+        )
     return problem
+
+
+def is_reserved(name: str) -> bool:
+    """Whether a site may not be called ``name`` (see :data:`SYSTEM_NAMES`)."""
+    folded = name.casefold()
+    return folded in SYSTEM_NAMES or folded.split(".")[0] in WINDOWS_DEVICES
 
 
 def _cert_email(value: Any) -> str | None:

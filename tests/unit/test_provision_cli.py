@@ -111,6 +111,7 @@ def test_passwords_file_is_private_and_matches_stdout(
         (lambda m: m["admins"][0].update(email="x"), "admins[0]: 'email' must be an email"),
         (lambda m: m["server"].update(admin_port=70000), "'admin_port' must be between 1 and"),
         (lambda m: m.update(extra=1), "unknown key 'extra'"),
+        (lambda m: m["clients"][0].update(name="global"), "'name' must not be a word flstack"),
     ],
 )
 def test_invalid_project_exits_2_and_writes_nothing(
