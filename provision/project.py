@@ -76,6 +76,8 @@ class ClientSpec:
     name: str
     org: str
     email: str | None = None
+    csr: bool = False
+    """The site makes its own key and sends a certificate request (flprovision request/sign)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class AdminSpec:
     email: str
     org: str
     role: str
+    csr: bool = False
+    """The admin makes their own key and sends a certificate request."""
 
 
 @dataclass(frozen=True)
@@ -182,11 +186,13 @@ CLIENT_FIELDS = [
     Field("name", str, required=True, check=_client_name),
     Field("org", str, required=True, check=_org_like),
     Field("email", (str, type(None)), check=email_like),
+    Field("csr", bool, default=False),
 ]
 ADMIN_FIELDS = [
     Field("email", str, required=True, check=_cert_email),
     Field("org", str, required=True, check=_org_like),
     Field("role", str, required=True, check=one_of(*ROLES)),
+    Field("csr", bool, default=False),
 ]
 _DEFAULTS = ProjectSettings()
 SETTINGS_FIELDS = [

@@ -67,17 +67,20 @@ def load_project(path: Path) -> Project:
 
 
 def project_to_dict(project: Project) -> dict[str, Any]:
-    """The mapping project.yml holds for ``project``; a client without email omits it."""
+    """The mapping project.yml holds for ``project``; defaults a person leaves out are left out."""
     return {
         "api_version": project.api_version,
         "name": project.name,
         "server": asdict(project.server),
-        "clients": [
-            {k: v for k, v in asdict(client).items() if v is not None} for client in project.clients
-        ],
-        "admins": [asdict(admin) for admin in project.admins],
+        "clients": [_written(asdict(client)) for client in project.clients],
+        "admins": [_written(asdict(admin)) for admin in project.admins],
         "settings": {key: as_written(value) for key, value in asdict(project.settings).items()},
     }
+
+
+def _written(entry: dict[str, Any]) -> dict[str, Any]:
+    """A client or admin entry without what is left at its default (no email, no csr)."""
+    return {key: value for key, value in entry.items() if value not in (None, False)}
 
 
 def as_written(value: Any) -> Any:

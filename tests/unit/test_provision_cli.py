@@ -173,7 +173,10 @@ def test_warnings_go_to_stderr(
     _write_project(tmp_path, provision_project_mapping)
     assert main(["-p", str(project), "-w", str(tmp_path / "ws")]) == 0
     out, err = capsys.readouterr()
-    assert err == "flprovision: site-b left project.yml; its kit stays valid until it expires\n"
+    assert err == (
+        "flprovision: site-b left project.yml; its kit stays valid until it expires "
+        f"(flprovision revoke site-b -w {tmp_path / 'ws'} ends it now)\n"
+    )
     assert out.startswith("===> skipped ")
 
 
