@@ -18,10 +18,12 @@ from pathlib import Path
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR
+from provision.csr import REQUEST_ROLES, assemble, colon_hex, make_request, sign_request
 from provision.engine import provision_workspace
 from provision.errors import ProvisionError
 from provision.extract import extract_kit
 from provision.passwords import PasswordsFile
+from provision.project import KEY_TYPES
 from provision.projectfile import load_project
 from provision.revocation import CRL_DAYS, REASONS, CrlWritten, check_days, refresh_crl, revoke
 from provision.templates import sample_project
@@ -40,6 +42,8 @@ def _provision_parser() -> argparse.ArgumentParser:
             "other commands: 'flprovision init [PATH]' writes a sample project.yml; "
             "'flprovision revoke NAME -w WORKSPACE' revokes a participant's certificates; "
             "'flprovision crl -w WORKSPACE' signs the revocation list again; "
+            "'flprovision request', 'sign' and 'assemble' make a kit whose key never leaves "
+            "its site; "
             "'flprovision verify KIT_DIR' checks an extracted kit; "
             "'flprovision extract KIT.zip -p PASSWORD -d DIR' unpacks one. "
             "'flprovision COMMAND --help' says more."
@@ -218,6 +222,105 @@ def _print_crl(crl: CrlWritten) -> None:
     )
 
 
+def _request_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} request",
+        description=(
+            "At a site: make a private key that never leaves DIR, and a certificate request "
+            "(DIR/request/NAME.csr) to send to lead IT."
+        ),
+    )
+    parser.add_argument("name", metavar="NAME", help="the client name, or the admin's email")
+    parser.add_argument("--role", choices=REQUEST_ROLES, required=True)
+    parser.add_argument(
+        "-w",
+        "--workspace",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the participant's workspace root: startup/ will be assembled there",
+    )
+    parser.add_argument(
+        "--key-type", choices=KEY_TYPES, default=KEY_TYPES[0], help="default: %(default)s"
+    )
+    return parser
+
+
+def _sign_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} sign",
+        description=(
+            "At lead IT: check a certificate request against project.yml and write the "
+            "participant's kit without a key (packages/NAME.zip) to send back."
+        ),
+    )
+    parser.add_argument("request", type=Path, metavar="REQUEST.csr")
+    parser.add_argument(
+        "-p",
+        "--project",
+        type=Path,
+        default=Path("project.yml"),
+        help="the project description (default: ./project.yml)",
+    )
+    _add_workspace(parser)
+    parser.add_argument(
+        "--reissue",
+        action="store_true",
+        help="the participant has a certificate already: replace it and revoke the old one",
+    )
+    _add_days(parser)
+    return parser
+
+
+def _assemble_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} assemble",
+        description="At a site: build startup/ from the kit lead IT signed and the key made here.",
+    )
+    parser.add_argument("kit", type=Path, metavar="KIT.zip")
+    parser.add_argument(
+        "-w",
+        "--workspace",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="the workspace where the request was made (default: current folder)",
+    )
+    parser.add_argument(
+        "--ca-fingerprint",
+        metavar="SHA256",
+        help="the project CA's fingerprint as lead IT gave it; the kit is refused if it differs",
+    )
+    return parser
+
+
+def _run_request(args: argparse.Namespace) -> int:
+    made = make_request(args.name, args.role, args.workspace, args.key_type)
+    print(f"wrote the private key {made.key} (mode 0600): it stays here")
+    print(f"wrote the request {made.csr}: send it to lead IT, who run: {PROG} sign {made.csr.name}")
+    return EXIT_OK
+
+
+def _run_sign(args: argparse.Namespace) -> int:
+    check_days(args.days)
+    project = load_project(args.project)
+    signed = sign_request(project, args.workspace, args.request, args.reissue, crl_days=args.days)
+    if signed.crl is not None:
+        _print_crl(signed.crl)
+    print(signed.kit.password_line())
+    print(f"===> project CA fingerprint (SHA-256): {colon_hex(signed.ca_fingerprint)}")
+    return EXIT_OK
+
+
+def _run_assemble(args: argparse.Namespace) -> int:
+    done = assemble(args.kit, args.workspace, args.ca_fingerprint)
+    print(f"assembled {done.startup} for {done.name} with the key made here")
+    print(f"project CA fingerprint (SHA-256): {colon_hex(done.ca_fingerprint)}")
+    if args.ca_fingerprint is None:
+        print("compare it with the one lead IT gave you (or pass it with --ca-fingerprint)")
+    return EXIT_OK
+
+
 def _run_revoke(args: argparse.Namespace) -> int:
     crl = revoke(args.workspace, args.name, args.reason, args.days)
     if not crl.revoked:
@@ -267,6 +370,9 @@ COMMANDS: dict[str, Command] = {
     "init": (_init_parser, _run_init),
     "revoke": (_revoke_parser, _run_revoke),
     "crl": (_crl_parser, _run_crl),
+    "request": (_request_parser, _run_request),
+    "sign": (_sign_parser, _run_sign),
+    "assemble": (_assemble_parser, _run_assemble),
     "verify": (_verify_parser, _run_verify),
     "extract": (_extract_parser, _run_extract),
 }

@@ -89,7 +89,8 @@ class ProvisionResult:
     """The revocation a re-issue did, and the CRL it wrote."""
 
 
-def _key(who: Participant) -> str:
+def holder_key(who: Participant) -> str:
+    """How issued.json keys a participant: ``<kind>:<name>``."""
     return f"{who.kind}:{who.name}"
 
 
@@ -104,7 +105,7 @@ def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) 
         if old_server.get(key) != new:
             changes.append(f"server.{key} {old_server.get(key)!r} -> {new!r}")
     for who in participants(project):
-        old = record["participants"].get(_key(who))
+        old = record["participants"].get(holder_key(who))
         if old is None or who.kind == KIND_SERVER:  # the server section was compared above
             continue
         changes.extend(
@@ -132,7 +133,12 @@ def _check_server_timing(
     new_clients = any(who.kind == KIND_CLIENT for who in issuing)
     timeout = (record.get(SERVER_SETTINGS) or {}).get("heart_beat_timeout")
     interval = project.settings.heartbeat_interval
-    if _key(server) in holders and new_clients and timeout is not None and interval >= timeout:
+    if (
+        holder_key(server) in holders
+        and new_clients
+        and timeout is not None
+        and interval >= timeout
+    ):
         raise ProvisionError(
             f"{workspace}: new client kits would send a heartbeat every {interval:g}s, but the "
             f"server kit already issued drops a client after {timeout:g}s without one; lower "
@@ -179,24 +185,46 @@ def provision_workspace(
                 )
             return _reissue(project, ws, ca, record, reissue, now, crl_days)
         if record is not None and not force:
-            _check_unchanged(project, record, workspace)
-            newcomers = [w for w in participants(project) if _key(w) not in record["participants"]]
-            _check_server_timing(project, record, workspace, newcomers)
-        if ca is None or record is None:
-            ca = create_ca(
-                project.name,
-                project.server.org,
-                project.settings.key_type,
-                project.settings.cert_validity_days,
-                now,
-            )
-            ws.save_ca(ca)
-            # Recorded with the CA, before any kit: a first run cut short (Ctrl-C, a full
-            # disk) then leaves a workspace the next run continues, issuing every kit.
-            record = _record(project, {}, None)
-            ws.save_issued(record)
-            logger.info("created the project CA in %s", ws.state_dir)
+            newcomers = [
+                w for w in participants(project) if holder_key(w) not in record["participants"]
+            ]
+            check_run(project, record, ws.root, newcomers)
+        record, ca = start(project, ws, record, ca, now)
         return _issue_kits(project, ws, ca, record, force, now)
+
+
+def check_run(
+    project: Project, record: dict[str, Any], workspace: Path, issuing: list[Participant]
+) -> None:
+    """Refuse a run that would change what issued kits embed, or issue kits that beat too rarely."""
+    _check_unchanged(project, record, workspace)
+    _check_server_timing(project, record, workspace, issuing)
+
+
+def start(
+    project: Project,
+    ws: Workspace,
+    record: dict[str, Any] | None,
+    ca: CertifiedKey | None,
+    now: datetime,
+) -> tuple[dict[str, Any], CertifiedKey]:
+    """The workspace's record and CA, making the CA on a project's first run (lock held)."""
+    if ca is not None and record is not None:
+        return record, ca
+    ca = create_ca(
+        project.name,
+        project.server.org,
+        project.settings.key_type,
+        project.settings.cert_validity_days,
+        now,
+    )
+    ws.save_ca(ca)
+    # Recorded with the CA, before any kit: a first run cut short (Ctrl-C, a full
+    # disk) then leaves a workspace the next run continues, issuing every kit.
+    record = _record(project, {}, None)
+    ws.save_issued(record)
+    logger.info("created the project CA in %s", ws.state_dir)
+    return record, ca
 
 
 def _record(
@@ -266,7 +294,7 @@ def finish_run(
     entries: list[dict[str, Any]],
 ) -> None:
     """Record who holds a kit now (participants still in project.yml) and audit the new ones."""
-    current = {_key(who) for who in participants(project)}
+    current = {holder_key(who) for who in participants(project)}
     kept = {key: holders[key] for key in holders if key in current}
     ws.save_issued(_record(project, kept, server_settings))
     ws.append_audit(project.name, ca_summary(ca), entries)
@@ -282,7 +310,7 @@ def _issue_kits(
 ) -> ProvisionResult:
     issued: dict[str, Any] = dict(record["participants"])
     everyone = participants(project)
-    current = {_key(who) for who in everyone}
+    current = {holder_key(who) for who in everyone}
     removed = tuple(entry["name"] for key, entry in issued.items() if key not in current)
     warnings = [
         f"{name} left project.yml; its kit stays valid until it expires "
@@ -301,7 +329,7 @@ def _issue_kits(
     awaiting: list[str] = []
     entries: list[dict[str, Any]] = []
     for who in everyone:
-        held = issued.get(_key(who))
+        held = issued.get(holder_key(who))
         if held is not None and not force:
             held["email"] = who.email
             skipped.append(who.name)
@@ -316,7 +344,7 @@ def _issue_kits(
             awaiting.append(who.name)
             continue
         entry, kit = write_kit(project, ws, ca, who, now, public_key)
-        issued[_key(who)] = entry
+        issued[holder_key(who)] = entry
         entries.append(entry)
         written.append(kit)
         if who.kind == KIND_SERVER:
@@ -356,13 +384,12 @@ def _reissue(
             f"its IT runs 'flprovision request {name} ...' again and you sign the new request "
             "with 'flprovision sign REQUEST.csr --reissue'"
         )
-    if _key(who) not in record["participants"]:
+    if holder_key(who) not in record["participants"]:
         raise ProvisionError(f"{name!r} has no kit yet: a plain run (without --reissue) issues it")
-    _check_unchanged(project, record, ws.root)
-    _check_server_timing(project, record, ws.root, [who])
+    check_run(project, record, ws.root, [who])
     crl = revoke_certificates(ws, ca, name, REISSUE_REASON, now, crl_days)
     record = ws.load_issued() or record  # the revocation marked the old entry
     entry, kit = write_kit(project, ws, ca, who, now)
-    holders = {**record["participants"], _key(who): entry}
+    holders = {**record["participants"], holder_key(who): entry}
     finish_run(project, ws, ca, holders, record.get(SERVER_SETTINGS), [entry])
     return ProvisionResult((kit,), (), (), (), (), crl)

@@ -144,7 +144,8 @@ def _project_name(value: Any) -> str | None:
     return problem
 
 
-def _client_name(value: Any) -> str | None:
+def client_name_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a site name (None: nothing)."""
     problem = name_like(value)
     if problem is None and _INSTANCE_SUFFIX.search(value):
         return "must not end in '_<digits>' (that form names extra instances, like site_1)"
@@ -162,7 +163,8 @@ def is_reserved(name: str) -> bool:
     return folded in SYSTEM_NAMES or folded.split(".")[0] in WINDOWS_DEVICES
 
 
-def _cert_email(value: Any) -> str | None:
+def admin_email_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as an admin's email and certificate name (None: nothing)."""
     problem = email_like(value)
     if problem is None and len(value) > X509_NAME_MAX:
         return f"must be at most {X509_NAME_MAX} characters (it becomes a certificate name)"
@@ -183,13 +185,13 @@ SERVER_FIELDS = [
     Field("org", str, required=True, check=_org_like),
 ]
 CLIENT_FIELDS = [
-    Field("name", str, required=True, check=_client_name),
+    Field("name", str, required=True, check=client_name_problem),
     Field("org", str, required=True, check=_org_like),
     Field("email", (str, type(None)), check=email_like),
     Field("csr", bool, default=False),
 ]
 ADMIN_FIELDS = [
-    Field("email", str, required=True, check=_cert_email),
+    Field("email", str, required=True, check=admin_email_problem),
     Field("org", str, required=True, check=_org_like),
     Field("role", str, required=True, check=one_of(*ROLES)),
     Field("csr", bool, default=False),
