@@ -285,11 +285,8 @@ class WizardScreen(Screen[None]):
                 project = draft.project()
             except ConfigError as exc:
                 return str(exc)
-            return (
-                None
-                if draft.split_kits(project)[0]
-                else "nothing new to issue: every participant has a kit or makes its own key"
-            )
+            new, _, awaited = draft.split_kits(project)
+            return None if new or awaited else "nothing new to issue: every participant has a kit"
         return None
 
     def _rows_problem(self, name: str) -> str | None:
