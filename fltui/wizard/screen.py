@@ -340,8 +340,15 @@ class WizardScreen(Screen[None]):
         self.call_after_refresh(self._focus_step)
 
     def _focus_step(self) -> None:
-        """Focus the first field of the step (a form field before a table or a button)."""
+        """Focus the first field of the step (a form field before a table or a button).
+
+        Not when focus is in the step already: keys typed since it was shown
+        went there, and taking focus away would send the rest elsewhere.
+        """
         step = self.query_one(f"#step-{STEPS[self.step]}")
+        focused = self.app.focused
+        if focused is not None and step in focused.ancestors:
+            return
         for kind in ("Input", "Select", "DataTable", "Button"):
             focusable = [widget for widget in step.query(kind) if widget.focusable]
             if focusable:

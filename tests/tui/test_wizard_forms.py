@@ -138,3 +138,21 @@ def test_numbers_are_written_as_typed(tmp_path: Path) -> None:
     asyncio.run(new())
     text = (workspace / "project.yml").read_text()
     assert "heart_beat_timeout: 600\n" in text and "retry_window: 30\n" in text
+
+
+def test_keys_typed_at_once_stay_in_the_field_they_were_typed_into(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with ProvisionApp(tmp_path / "ws").run_test(size=(120, 36)) as pilot:
+            screen = pilot.app.screen
+            assert isinstance(screen, WizardScreen)
+            await type_into(pilot, "#project-name", "demo")
+            await next_step(pilot, "server")
+            screen.action_back()  # the project step shows; its first field gets focus after
+            name = screen.query_one("#project-name", Input)
+            name.focus()  # ... but the user is quicker
+            await pilot.press(*"-hospitals")
+            await pilot.pause(0.2)
+            assert name.value == "demo-hospitals"
+            assert screen.query_one("#project-workspace", Input).value == str(tmp_path / "ws")
+
+    asyncio.run(scenario())
