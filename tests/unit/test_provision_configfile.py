@@ -27,8 +27,15 @@ from flcore import appconfig, startup
 from flcore.configfile import MAX_CONFIG_BYTES, load_json, parse_json, parse_yaml, read_bounded
 from flcore.kitsig import KitSignatureError, verify_files, verify_startup
 from flcore.schema import ConfigError, shown
-from provision import load_project, parse_project_yaml, project_to_yaml, provision_workspace
+from provision import (
+    ProvisionError,
+    load_project,
+    parse_project_yaml,
+    project_to_yaml,
+    provision_workspace,
+)
 from provision.project import parse_project
+from provision.workspace import Workspace
 from tests.fuzz import FUZZ, mutated, values
 
 REPO = Path(__file__).resolve().parents[2]
@@ -330,3 +337,22 @@ def test_load_json_reads_a_small_file(tmp_path: Path) -> None:
     path = tmp_path / "f.json"
     path.write_text('{"a": [1, 2.5, "x"]}')
     assert load_json(path) == {"a": [1, 2.5, "x"]}
+
+
+@FUZZ
+@given(
+    st.sampled_from(["issued.json", "revoked.json", "audit"]),
+    st.binary(max_size=200) | values.map(lambda v: json.dumps(v).encode()),
+)
+def test_property_workspace_records_are_read_or_refused_cleanly(
+    tmp_path: Path, record: str, data: bytes
+) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.prepare()
+    path = ws.audit_path if record == "audit" else ws.state_dir / record
+    path.write_bytes(data)
+    load = {"issued.json": ws.load_issued, "revoked.json": ws.load_revoked, "audit": ws.load_audit}
+    try:
+        load[record]()
+    except ProvisionError as exc:
+        assert str(exc).startswith(str(path))
