@@ -36,8 +36,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import APP_NAME, MODELS, median, percentile, table, write_app  # noqa: E402
+from fldev.cluster import ADMIN, cluster  # noqa: E402
+from fldev.poll import wait_until  # noqa: E402
 from fltui.adminclient import AdminClient, load_kit  # noqa: E402
-from tests.integration.harness import ADMIN, cluster, wait_until  # noqa: E402
 
 TARGET_MS = 200.0
 

@@ -1,8 +1,8 @@
 """Helpers shared by the benchmark scripts: process statistics, the benchmark app, tables.
 
 The scripts put the repository root on ``sys.path`` themselves (they are run
-as ``.venv/bin/python bench/<name>.py``), then reuse the integration-test
-harness (``tests.integration.harness``) to provision a project and start
+as ``.venv/bin/python bench/<name>.py``), then reuse the cluster harness
+the integration tests use (:mod:`fldev.cluster`) to provision a project and start
 real daemons.
 """
 
@@ -26,7 +26,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class ModelSize:
-    """An MLP of a chosen parameter count: ``flcore.models.MLP`` arguments."""
+    """An MLP of a chosen parameter count: ``flapp.models.MLP`` arguments."""
 
     name: str
     in_features: int
@@ -85,7 +85,7 @@ def write_app(
         "config_fed_client.json": {"local_epochs": 1},
         "config_train.json": {
             "model": {
-                "path": "flcore.models.MLP",
+                "path": "flapp.models.MLP",
                 "args": {
                     "in_features": model.in_features,
                     "hidden": model.hidden,
@@ -94,7 +94,7 @@ def write_app(
                 },
             },
             "dataset": {
-                "path": "flcore.datasets.SyntheticClassification",
+                "path": "flapp.datasets.SyntheticClassification",
                 "args": {
                     "num_samples": batch_size,
                     "in_features": model.in_features,

@@ -1,7 +1,7 @@
 """Console key latency with 1,000 clients and a busy log (DESIGN/issue target: < 100 ms).
 
 Drives the real Textual app (``App.run_test``) against the feed of
-:mod:`tests.tui.busy`: a snapshot of 1,000 clients, then every client
+:mod:`fldev.busyfeed`: a snapshot of 1,000 clients, then every client
 heartbeating once a second and 200 log lines a second, as the server's
 event stream would deliver them. For each try it times, from a key arriving
 as if typed to its result being laid out on screen,
@@ -33,12 +33,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import median, percentile, table  # noqa: E402
+from fldev.busyfeed import CLIENTS, LOG_LINES_PER_S, BusyLink  # noqa: E402
+from fldev.poll import wait_for  # noqa: E402
 from fltui.app import ConsoleApp  # noqa: E402
 from fltui.screens.help import HelpScreen  # noqa: E402
 from fltui.widgets.clients import ClientsTable  # noqa: E402
 from fltui.widgets.logview import LogView  # noqa: E402
-from tests.tui.busy import CLIENTS, LOG_LINES_PER_S, BusyLink  # noqa: E402
-from tests.tui.helpers import wait_for  # noqa: E402
 
 TARGET_S = 0.100
 Latency = tuple[float, float]

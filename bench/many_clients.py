@@ -50,7 +50,7 @@ from flcore.proto.gen import flstack_federation_pb2 as fed_pb2  # noqa: E402
 from flcore.startup import ClientStartup, load_client  # noqa: E402
 from flcore.tls import TlsFiles  # noqa: E402
 from flcore.version import flstack_version  # noqa: E402
-from tests.integration.harness import cluster  # noqa: E402
+from fldev.cluster import cluster  # noqa: E402
 
 TARGET_CORES = 0.5
 KIT = "flclient1"

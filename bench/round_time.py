@@ -5,7 +5,7 @@ SGD step per round (a dataset of exactly ``batch_size`` samples, one local
 epoch), full model down and up, ``min_num_clients = max_num_clients`` = the
 number of clients and a wait of an hour, so rounds close because every
 client reported. Real ``flserverd`` and ``flclientd`` processes on
-127.0.0.1, started by the integration-test harness.
+127.0.0.1, started by the cluster harness of the integration tests (:mod:`fldev.cluster`).
 
 Reported per scenario: the median and p90 of ``duration_s`` in the server's
 ``run_1/metrics.jsonl`` (round 0 excluded: it includes starting the
@@ -52,7 +52,8 @@ from bench.common import (  # noqa: E402
     table,
     write_app,
 )
-from tests.integration.harness import ADMIN, Cluster, cluster, wait_until  # noqa: E402
+from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
+from fldev.poll import wait_until  # noqa: E402
 
 TARGETS = {"small": (0.1, None), "large": (4.0, 500.0)}
 DEFAULT_CLIENTS = {"small": 2, "large": 8}

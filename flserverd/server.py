@@ -561,7 +561,7 @@ async def build_initial_model(app_dir: Path, target: Path) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "flcore.modelinit",
+        "flapp.runtime.modelinit",
         "--app",
         str(app_dir),
         "--out",

@@ -3,7 +3,7 @@
 The digits (1,797 images, 10 classes) ship inside scikit-learn, so the
 example trains on real data without downloading anything. Each site gets
 ``train.npz`` and ``val.npz`` with arrays ``x`` (N, 1, 8, 8) float32 in
-[0, 1] and ``y`` int64, the format of ``flcore.datasets.NpzClassification``.
+[0, 1] and ``y`` int64, the format of ``flapp.datasets.NpzClassification``.
 By default the split is IID; ``--non-iid ALPHA`` skews the labels per site
 with a Dirichlet(ALPHA) draw per class (smaller ALPHA, stronger skew), the
 usual way to mimic hospitals that see different case mixes.

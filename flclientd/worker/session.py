@@ -20,17 +20,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from flapp.runtime.components import build, train_where, use_resources
+from flapp.runtime.modelfile import build_model, check_fits, load_state, save_state, state_manifest
+from flapp.trainer import Loader, TrainerHook
 from flclientd.worker.protocol import BEST_LOCAL_MODEL
 from flclientd.worker.ranks import Ranks, describe_device
-from flclientd.worker.trainer import Loader, TrainerHook
 from flcore.appconfig import ComponentSpec, load_app
-from flcore.components import build, train_where, use_resources
-from flcore.modelinit import build_model, check_fits, load_state, save_state, state_manifest
 from flcore.schema import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRAINER = ComponentSpec("flclientd.worker.trainer.SupervisedTrainer")
+DEFAULT_TRAINER = ComponentSpec("flapp.trainer.SupervisedTrainer")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class TrainingSession:
             if not callable(getattr(self.trainer, method, None)):
                 raise ConfigError(
                     f"{train_where('trainer')}: {type(self.trainer).__name__} has no {method}() "
-                    "method (see flclientd.worker.trainer.TrainerHook)"
+                    "method (see flapp.TrainerHook)"
                 )
         self.net: nn.Module = self.model
         if ranks.distributed:

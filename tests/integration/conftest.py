@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Cluster
+from fldev.cluster import Cluster
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster, wait_until
+from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster
+from fldev.poll import wait_until
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

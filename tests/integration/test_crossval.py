@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.integration.harness import APPS, Cluster, wait_until
+from fldev.cluster import APPS, Cluster
+from fldev.poll import wait_until
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from tests.integration.harness import ADMIN, Cluster, wait_until
+from fldev.cluster import ADMIN, Cluster
+from fldev.poll import wait_until
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -19,8 +19,9 @@ from flclientd.connection import Connection
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client
 from flcore.tls import TlsFiles
+from fldev.cluster import ADMIN, Cluster
+from fldev.poll import wait_until
 from fltui.adminclient import AdminClient, load_kit
-from tests.integration.harness import ADMIN, Cluster, wait_until
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

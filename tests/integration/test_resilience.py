@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from flclientd.runner import PRIVATE_DIR_PREFIX
-from tests.integration.harness import SERVER_READY, Cluster, wait_until
+from fldev.cluster import SERVER_READY, Cluster
+from fldev.poll import wait_until
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

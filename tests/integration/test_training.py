@@ -7,7 +7,8 @@ import re
 import pytest
 from safetensors.numpy import load_file
 
-from tests.integration.harness import Cluster, wait_until
+from fldev.cluster import Cluster
+from fldev.poll import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

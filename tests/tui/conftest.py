@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import Cluster
+from fldev.cluster import Cluster
 
 
 @pytest.fixture(autouse=True)

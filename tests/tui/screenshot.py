@@ -11,11 +11,11 @@ import os
 import time
 from pathlib import Path
 
+from fldev.poll import wait_for
+from fldev.replay import ReplayLink
 from fltui.app import ConsoleApp
 from fltui.widgets.clients import ClientsTable
-from tests.tui.helpers import wait_for
 from tests.tui.recorded import NOW, recorded_events
-from tests.tui.replay import ReplayLink
 
 TARGET = Path(__file__).resolve().parents[2] / "docs" / "images" / "console-dashboard.svg"
 

@@ -19,6 +19,8 @@ from textual.widgets import Input
 from flcore.feed import ClientRow, FeedEvent, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from fldev.poll import wait_for
+from fldev.replay import ReplayLink, ok_reply
 from fltui.adminclient import AdminError, Outcome
 from fltui.app import ConsoleApp
 from fltui.link import ServerLink
@@ -32,9 +34,8 @@ from fltui.widgets.commandline import CommandLine
 from fltui.widgets.header import CONNECTED, DISCONNECTED
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 from tests.tui.recorded import NOW, RUN, recorded_events
-from tests.tui.replay import ReplayLink, ok_reply
 
 WARNING = (
     "2 client(s) still registered (flclient1, flclient2); shut clients down first "

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from textual.widgets import Input
 
+from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster
+from fldev.poll import wait_for
 from fltui.adminclient import Outcome
 from fltui.app import ConsoleApp
 from fltui.link import ServerLink
@@ -23,8 +25,7 @@ from fltui.screens.validation import ValidationScreen
 from fltui.status import short_token
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.header import CONNECTED, DISCONNECTED
-from tests.integration.harness import ADMIN, MEMBER, SERVER_READY, Cluster
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 
 # One shared cluster, used in file order: keep these tests on one xdist worker.
 pytestmark = [

@@ -13,12 +13,13 @@ import asyncio
 
 import pytest
 
+from fldev.busyfeed import CLIENTS, BusyLink, instance
+from fldev.poll import wait_for
 from fltui.app import ConsoleApp
 from fltui.screens.help import HelpScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
-from tests.tui.busy import CLIENTS, BusyLink, instance
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 
 
 @pytest.mark.timeout(120)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from fldev.poll import wait_for
+from fldev.replay import ReplayLink
 from fltui.adminclient import Outcome
 from fltui.app import ConsoleApp
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen
@@ -21,9 +23,7 @@ from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.screen import WizardScreen
-from tests.tui.helpers import wait_for
 from tests.tui.recorded import NOW, recorded_events
-from tests.tui.replay import ReplayLink
 from tests.tui.test_console import MATRIX, reply
 
 SIZES = [(120, 36), (80, 24)]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import ADMIN, Cluster, wait_until
+from fldev.cluster import ADMIN, Cluster
+from fldev.poll import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 TMUX = shutil.which("tmux")

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from fldev.cluster import SERVER_READY, Daemon, free_ports
+from fldev.poll import wait_for
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.draft import Draft
 from fltui.wizard.screen import WizardScreen
 from provision import extract_kit
-from tests.integration.harness import SERVER_READY, Daemon, free_ports
-from tests.tui.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from textual.widgets import Input
 
+from fldev.poll import wait_for
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.screen import WizardScreen
-from tests.tui.helpers import wait_for
 from tests.tui.test_wizard import next_step, problem, type_into
 from tests.tui.test_wizard_steps import saved_workspace, to_review
 
@@ -104,8 +104,8 @@ def test_enter_in_a_step_form_goes_on_when_it_is_valid(tmp_path: Path) -> None:
 def test_next_and_back_are_offered_only_where_they_go(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with ProvisionApp(tmp_path / "ws").run_test(size=(120, 36)) as pilot:
-            await pilot.pause(0.1)
-            assert "ctrl+n" in footer_keys(pilot) and "ctrl+b" not in footer_keys(pilot)
+            await wait_for(pilot, lambda: "ctrl+n" in footer_keys(pilot))  # the footer is drawn
+            assert "ctrl+b" not in footer_keys(pilot)
             screen = await to_review(pilot)
             await wait_for(pilot, lambda: "ctrl+n" not in footer_keys(pilot))
             assert "ctrl+b" in footer_keys(pilot)

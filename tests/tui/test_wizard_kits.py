@@ -15,13 +15,14 @@ from cryptography import x509
 
 from flcore.crl import CRL_FILE, read_crl
 from flcore.kitsig import verify_startup
+from fldev.poll import wait_for
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.kits import KitsStep
 from fltui.wizard.question import Question
 from fltui.wizard.screen import WizardScreen
 from provision import extract_kit
 from provision.csr import assemble, make_request
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 from tests.tui.test_wizard import next_step, type_into
 from tests.tui.test_wizard_steps import saved_workspace, to_review
 

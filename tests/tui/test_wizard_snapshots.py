@@ -17,9 +17,10 @@ import pytest
 from textual.widgets import Input
 
 import provision.engine
+from fldev.poll import wait_for
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.question import Question
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 from tests.tui.test_wizard_steps import to_review
 
 Snap = Callable[..., bool]

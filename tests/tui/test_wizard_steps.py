@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 
 import fltui.wizard.draft
+from fldev.poll import wait_for
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.draft import Draft
 from fltui.wizard.question import Question
 from fltui.wizard.screen import WizardScreen
 from provision import Project, ProvisionResult
-from tests.tui.helpers import shown, wait_for
+from tests.tui.helpers import shown
 from tests.tui.test_wizard import next_step, problem, type_into
 
 

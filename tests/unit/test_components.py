@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from flapp.datasets import NpzClassification
+from flapp.models import MLP, DigitsCNN
+from flapp.runtime.components import build, import_object, resolve, use_resources
+from flapp.trainer import SupervisedTrainer
 from flcore.appconfig import ComponentSpec
-from flcore.components import build, import_object, resolve, use_resources
-from flcore.datasets import NpzClassification
-from flcore.models import MLP, DigitsCNN
 from flcore.schema import ConfigError
 
 WHERE = "config_train.json: model"
@@ -42,7 +43,7 @@ def write_module(folder: Path, name: str, text: str) -> None:
 
 def test_imports_classes_by_dotted_path() -> None:
     assert import_object("torch.optim.SGD", WHERE) is torch.optim.SGD
-    assert import_object("flcore.models.DigitsCNN.forward", WHERE) is DigitsCNN.forward
+    assert import_object("flapp.models.DigitsCNN.forward", WHERE) is DigitsCNN.forward
 
 
 def test_a_missing_module_is_named() -> None:
@@ -71,6 +72,51 @@ def test_errors_inside_custom_code_are_reported_as_they_are(resources: Path) -> 
     write_module(resources, "broken_code", "1 / 0\n")
     with pytest.raises(ConfigError, match="ZeroDivisionError: division by zero"):
         import_object("broken_code.Net", WHERE)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "obj"),
+    [
+        ("flcore.models.DigitsCNN", "flapp.models.DigitsCNN", DigitsCNN),
+        (
+            "flcore.datasets.NpzClassification",
+            "flapp.datasets.NpzClassification",
+            NpzClassification,
+        ),
+        (
+            "flclientd.worker.trainer.SupervisedTrainer",
+            "flapp.trainer.SupervisedTrainer",
+            SupervisedTrainer,
+        ),
+    ],
+)
+def test_apps_that_name_the_old_modules_still_work(
+    old: str, new: str, obj: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Apps uploaded or deployed before the app API moved to flapp keep running."""
+    assert import_object(old, WHERE) is obj
+    assert caplog.messages == [f"{WHERE}: {old!r} is now {new!r}; rename it in the app"]
+
+
+@pytest.mark.parametrize(
+    ("statement", "moved"),
+    [
+        ("from flclientd.worker.trainer import SupervisedTrainer", "flapp.trainer"),
+        ("from flcore.models import DigitsCNN", "flapp.models"),
+        ("import flcore.datasets", "flapp.datasets"),
+    ],
+)
+def test_custom_code_that_imports_an_old_module_is_told_the_new_one(
+    resources: Path, statement: str, moved: str
+) -> None:
+    write_module(resources, "oldstyle", f"{statement}\n")
+    old = statement.split()[1]
+    with pytest.raises(ConfigError) as failure:
+        import_object("oldstyle.Net", WHERE)
+    assert str(failure.value) == (
+        f"{WHERE}: cannot import 'oldstyle.Net': it imports {old!r}, which is now {moved!r} "
+        "(import the app API from 'flapp')"
+    )
 
 
 def test_resources_come_first_on_sys_path(resources: Path) -> None:
@@ -102,7 +148,7 @@ def test_build_refuses_arguments_the_factory_does_not_take() -> None:
 
 
 def test_build_refuses_args_that_the_caller_sets() -> None:
-    spec = ComponentSpec("flcore.datasets.NpzClassification", {"data_root": "/elsewhere"})
+    spec = ComponentSpec("flapp.datasets.NpzClassification", {"data_root": "/elsewhere"})
     with pytest.raises(ConfigError, match="'args' may not set 'data_root'"):
         build(spec, "config_train.json: dataset", data_root=Path("/data"))
 

@@ -16,14 +16,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flcore.modelinit import (
-    init_model,
-    load_state,
-    main,
-    save_state,
-    state_manifest,
-)
-from flcore.models import DigitsCNN
+from flapp.models import DigitsCNN
+from flapp.runtime.modelfile import load_state, save_state, state_manifest
+from flapp.runtime.modelinit import init_model, main
 from flcore.tensorfile import TensorFile, TensorFileError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +41,8 @@ def write_app(
     resources: dict[str, str] | None = None,
 ) -> Path:
     train = {
-        "model": model or {"path": "flcore.models.DigitsCNN"},
-        "dataset": {"path": "flcore.datasets.NpzClassification"},
+        "model": model or {"path": "flapp.models.DigitsCNN"},
+        "dataset": {"path": "flapp.datasets.NpzClassification"},
         "seed": 3,
     }
     (root / "config").mkdir(parents=True)
@@ -100,8 +95,12 @@ def test_continues_from_an_initial_checkpoint(tmp_path: Path, form: str) -> None
 def test_a_relative_checkpoint_is_found_in_the_app(tmp_path: Path) -> None:
     app = write_app(tmp_path / "app", {"initial_checkpoint": "resources/start.safetensors"})
     (app / "resources").mkdir()
-    save_file(DigitsCNN().state_dict(), str(app / "resources" / "start.safetensors"))
+    state = {name: torch.full_like(t, 0.5) for name, t in DigitsCNN().state_dict().items()}
+    save_file(state, str(app / "resources" / "start.safetensors"))
     init_model(app, tmp_path / "global.safetensors")
+    written = load_file(str(tmp_path / "global.safetensors"))
+    assert written.keys() == state.keys()
+    assert all(torch.equal(written[name], value) for name, value in state.items())
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
@@ -213,7 +212,7 @@ def test_a_model_must_be_a_module(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_runs_as_a_module(tmp_path: Path) -> None:
     app = write_app(tmp_path / "app")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "flcore.modelinit", "--app", str(app), "--seed", "1"]
+    command = [sys.executable, "-m", "flapp.runtime.modelinit", "--app", str(app), "--seed", "1"]
     done = subprocess.run(
         [*command, "--out", str(tmp_path / "g.safetensors")],
         capture_output=True,

@@ -6,17 +6,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from flapp.datasets import SyntheticClassification
+from flapp.models import MLP
+from flapp.runtime.components import build
 from flcore.appconfig import ComponentSpec
-from flcore.components import build
-from flcore.datasets import SyntheticClassification
-from flcore.models import MLP
 from flcore.schema import ConfigError
 
 
 def test_splits_have_the_asked_shapes_and_dtypes() -> None:
     data = build(
         ComponentSpec(
-            "flcore.datasets.SyntheticClassification",
+            "flapp.datasets.SyntheticClassification",
             {"num_samples": 12, "in_features": 7, "num_classes": 3},
         ),
         "config_train.json: dataset",

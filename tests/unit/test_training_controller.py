@@ -18,6 +18,7 @@ import safetensors.numpy
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig
 from flcore.tensorfile import TensorFile
+from fldev.poll import wait_until_async
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
 from flserverd.training import (
@@ -110,11 +111,7 @@ def make_setup(tmp_path: Path, start_round: int = 0, **config: Any) -> Setup:
 
 async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     """Let the loop run until ``condition`` holds (aggregation runs in a task and a thread)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.002)
+    await wait_until_async(condition, timeout, "the condition", interval=0.002)
 
 
 async def submit(

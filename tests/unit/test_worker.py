@@ -21,9 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from flapp.runtime.modelinit import init_model
 from flclientd.runner import TrainingProcess, WorkerFailed, descendants
-from flcore.modelinit import init_model
 from flcore.tensorfile import TensorFile
+from fldev.poll import wait_until_async
 
 TRAIN_SAMPLES = 48
 VAL_SAMPLES = 20
@@ -79,8 +80,8 @@ def write_app(
 ) -> Path:
     """An app folder with the digits configuration, changed by ``train``."""
     config = {
-        "model": {"path": "flcore.models.DigitsCNN"},
-        "dataset": {"path": "flcore.datasets.NpzClassification"},
+        "model": {"path": "flapp.models.DigitsCNN"},
+        "dataset": {"path": "flapp.datasets.NpzClassification"},
         "optimizer": {"path": "torch.optim.SGD", "args": {"lr": 0.05}},
         "batch_size": 16,
         **(train or {}),
@@ -312,7 +313,7 @@ CHATTY_MODEL = """
     import logging
     import sys
 
-    from flcore.models import DigitsCNN
+    from flapp import DigitsCNN
 
     def build():
         logging.getLogger("custom.chatty").warning("a warning\\nover two lines")
@@ -344,7 +345,7 @@ def test_log_lines_reach_the_parent_with_their_level(tmp_path: Path, keeper: Kee
 
 
 CUSTOM_TRAINER = """
-    from flclientd.worker.trainer import SupervisedTrainer
+    from flapp import SupervisedTrainer
 
     class CountingTrainer(SupervisedTrainer):
         def __init__(self, bonus):
@@ -390,7 +391,7 @@ def test_a_custom_trainer_replaces_the_steps(tmp_path: Path, keeper: Keeper) -> 
 GRANDCHILD_DATASET = """
     import subprocess
 
-    from flcore.datasets import NpzClassification
+    from flapp import NpzClassification
 
     def with_grandchild(data_root, **args):
         subprocess.Popen(["sleep", "300"])
@@ -418,11 +419,11 @@ def test_kill_ends_every_process_of_the_group_at_once(tmp_path: Path, keeper: Ke
                 round=0, global_model=global_model, out=tmp_path / "u.safetensors", epochs=100_000
             )
         )
-        deadline = time.monotonic() + 20
-        # The child itself, two DataLoader workers and the sleep.
-        while len(process_group_members(pgid)) < 4 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert len(process_group_members(pgid)) >= 4
+        await wait_until_async(
+            lambda: len(process_group_members(pgid)) >= 4,
+            20,
+            "the child itself, two DataLoader workers and the sleep",
+        )
         killed_at = time.monotonic()
         process.kill()
         with pytest.raises(WorkerFailed, match=r"^training process exited with code -9$"):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from flclientd.worker.trainer import Loader, LossFunction, SupervisedTrainer
+from flapp import Loader, LossFunction, SupervisedTrainer
 
 
 class ShiftAugmentingTrainer(SupervisedTrainer):

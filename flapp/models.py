@@ -1,7 +1,7 @@
 """Built-in models, so that the examples and benchmarks need no custom code.
 
-Apps name them in config_train.json as ``flcore.models.DigitsCNN`` or
-``flcore.models.MLP``; anything else comes from an app's ``resources/``.
+Apps name them in config_train.json as ``flapp.models.DigitsCNN`` or
+``flapp.models.MLP``; anything else comes from an app's ``resources/``.
 """
 
 from __future__ import annotations

@@ -10,12 +10,19 @@ because the person who must fix it reads the message far from the code.
 Custom code only ever runs in child processes (the training child, the model
 initialiser), which call :func:`use_resources` first; the daemons never
 import it.
+
+The app API used to live in ``flcore`` and ``flclientd``. Apps uploaded,
+deployed or resumed after an upgrade still name those modules, so their
+config paths are read under the new names (with a warning that says
+which), and custom code that imports an old module fails with the name to
+use instead of a bare "No module named".
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +30,15 @@ from typing import Any
 
 from flcore.appconfig import TRAIN_CONFIG, ComponentSpec
 from flcore.schema import ConfigError
+
+logger = logging.getLogger(__name__)
+
+MOVED_MODULES: dict[str, str] = {
+    "flcore.models": "flapp.models",
+    "flcore.datasets": "flapp.datasets",
+    "flclientd.worker.trainer": "flapp.trainer",
+}
+"""Modules of the app API that moved to :mod:`flapp`, old name to new."""
 
 
 def use_resources(resources: Path) -> None:
@@ -49,6 +65,8 @@ def import_object(path: str, where: str) -> Any:
     parts = path.split(".")
     if len(parts) < 2 or not all(parts):
         raise ConfigError(f"{where}: {path!r} is not a dotted path like 'package.module.Name'")
+    path = _current_name(path, where)
+    parts = path.split(".")
     problem = ""
     for cut in range(len(parts) - 1, 0, -1):
         module_name = ".".join(parts[:cut])
@@ -58,6 +76,12 @@ def import_object(path: str, where: str) -> Any:
             if exc.name == module_name or module_name.startswith(f"{exc.name}."):
                 problem = str(exc)
                 continue
+            moved = MOVED_MODULES.get(exc.name or "")
+            if moved:
+                raise ConfigError(
+                    f"{where}: cannot import {path!r}: it imports {exc.name!r}, "
+                    f"which is now {moved!r} (import the app API from 'flapp')"
+                ) from exc
             raise ConfigError(f"{where}: cannot import {path!r}: {exc}") from exc
         except Exception as exc:
             raise ConfigError(
@@ -73,6 +97,16 @@ def import_object(path: str, where: str) -> Any:
                 ) from None
         return obj
     raise ConfigError(f"{where}: cannot import {path!r}: {problem}")
+
+
+def _current_name(path: str, where: str) -> str:
+    """``path`` under the module's new name if it names a moved module, else as it is."""
+    for old, new in MOVED_MODULES.items():
+        if path.startswith(f"{old}."):
+            current = new + path.removeprefix(old)
+            logger.warning("%s: %r is now %r; rename it in the app", where, path, current)
+            return current
+    return path
 
 
 def resolve(spec: ComponentSpec, where: str) -> Callable[..., Any]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 
 from flcore.feed import ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, ServerInfo, Snapshot
-from tests.tui.replay import ReplayLink
+from fldev.replay import ReplayLink
 
 CLIENTS = 1_000
 LOG_LINES_PER_S = 200

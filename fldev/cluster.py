@@ -1,4 +1,4 @@
-"""A real flstack deployment on 127.0.0.1 for integration tests.
+"""A real flstack deployment on 127.0.0.1, for integration tests and benchmarks.
 
 Provisions a project with free ports, extracts the kits, prepares the digits
 data per site, starts flserverd and flclientd as real processes (each in
@@ -19,16 +19,16 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fldev.poll import wait_until
 from fltui.adminclient import AdminClient, Outcome, load_kit
 from provision import extract_kit, parse_project, provision_workspace
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 APPS = REPO / "examples" / "apps"
 DIGITS_APP = APPS / "digits_fedavg"
 ADMIN = "admin@lead.org"
@@ -47,20 +47,6 @@ def free_ports(count: int) -> list[int]:
     for sock in sockets:
         sock.close()
     return ports
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -116,7 +102,7 @@ class Daemon:
                 )
             return re.search(pattern, self.log()[after:])
 
-        return wait_until(found, timeout, f"{self.name} to log {pattern!r}")  # type: ignore[no-any-return]
+        return wait_until(found, timeout, f"{self.name} to log {pattern!r}")
 
     def signal(self, signum: int) -> None:
         """Send a signal to the daemon's whole process group."""

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from flapp.metrics import ClassificationMetrics
+
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Anything yielding (inputs, targets) batches: a DataLoader, or a custom trainer's wrapper.
 Loader = Iterable[Any]
@@ -70,9 +72,7 @@ class SupervisedTrainer:
     ) -> dict[str, float]:
         """One epoch of plain mini-batch training; ``train_loss`` and ``train_accuracy``."""
         model.train()
-        total_loss = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        count = 0
+        metrics = ClassificationMetrics(device)
         for inputs, targets in loader:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
@@ -81,15 +81,10 @@ class SupervisedTrainer:
             loss = loss_fn(outputs, targets)
             torch.autograd.backward(loss)
             optimizer.step()
-            total_loss += loss.detach() * len(targets)
-            correct += (outputs.detach().argmax(dim=1) == targets).sum()
-            count += len(targets)
-        if not count:
+            metrics.update(outputs, targets, loss)
+        if not metrics.samples:
             return {}
-        return {
-            "train_loss": total_loss.item() / count,
-            "train_accuracy": correct.item() / count,
-        }
+        return {"train_loss": metrics.mean_loss(), "train_accuracy": metrics.accuracy()}
 
     @torch.no_grad()
     def validate(
@@ -97,16 +92,12 @@ class SupervisedTrainer:
     ) -> dict[str, float]:
         """Mean loss and accuracy over the whole loader: ``val_loss`` and ``val_accuracy``."""
         model.eval()
-        total_loss = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        count = 0
+        metrics = ClassificationMetrics(device)
         for inputs, targets in loader:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
             outputs = model(inputs)
-            total_loss += loss_fn(outputs, targets) * len(targets)
-            correct += (outputs.argmax(dim=1) == targets).sum()
-            count += len(targets)
-        if not count:
+            metrics.update(outputs, targets, loss_fn(outputs, targets))
+        if not metrics.samples:
             return {}
-        return {"val_accuracy": correct.item() / count, "val_loss": total_loss.item() / count}
+        return {"val_accuracy": metrics.accuracy(), "val_loss": metrics.mean_loss()}

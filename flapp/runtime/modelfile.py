@@ -1,0 +1,97 @@
+"""State dicts in and out of safetensors files, checked against the model they belong to.
+
+Both children use these helpers, so the server's first global model, each
+site's update and each best local model hold exactly the tensors of the
+app's model: a file that does not fit is refused with the differences
+listed, never cast silently or loaded half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from flapp.runtime.components import build, train_where
+from flcore.appconfig import ComponentSpec
+from flcore.atomic import atomic_produce
+from flcore.schema import ConfigError
+from flcore.tensorfile import Manifest, TensorFile, TensorFileError, TensorSpec
+
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def build_model(spec: ComponentSpec) -> nn.Module:
+    """Create the model named in config_train.json and check that it is a torch module."""
+    where = train_where("model")
+    model = build(spec, where)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"{where}: {spec.path!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def state_manifest(state: Mapping[str, torch.Tensor]) -> Manifest:
+    """Names, dtypes and shapes of a state dict, as a model file would list them."""
+    specs = []
+    for name, tensor in state.items():
+        dtype = SAFETENSORS_DTYPES.get(tensor.dtype)
+        if dtype is None:
+            raise TensorFileError(
+                f"tensor {name!r} has dtype {tensor.dtype}, which model files cannot hold"
+            )
+        specs.append(TensorSpec(name, dtype, tuple(tensor.shape)))
+    return Manifest(tuple(specs))
+
+
+def check_fits(expected: Manifest, found: Manifest, what: str) -> None:
+    """Refuse a model file whose tensors differ from the model's in any name, dtype or shape.
+
+    Loading would otherwise silently cast dtypes or fail later with a torch
+    error that names no file.
+    """
+    problems = expected.differences(found)
+    if problems:
+        raise TensorFileError(f"{what} does not fit the model: {'; '.join(problems)}")
+
+
+def save_state(state: Mapping[str, torch.Tensor], path: Path, durable: bool = True) -> None:
+    """Write a state dict as safetensors, atomically (and durably unless told otherwise).
+
+    Tensors that share storage (tied weights) are cloned, because
+    safetensors refuses shared memory, and every name must still be saved so
+    that the file lists exactly the keys of the model's state dict.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for name, tensor in state.items():
+        value = tensor.detach().to("cpu").contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if storage in storages:
+            value = value.clone()
+        storages.add(storage)
+        tensors[name] = value
+    atomic_produce(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}), durable
+    )
+
+
+def load_state(model: nn.Module, path: Path, expected: Manifest) -> None:
+    """Load a safetensors model file into ``model`` after checking that it fits."""
+    check_fits(expected, TensorFile(path).manifest, path.name)
+    model.load_state_dict(load_file(str(path)), strict=True)
