@@ -49,13 +49,7 @@ def _provision_parser() -> argparse.ArgumentParser:
             "'flprovision COMMAND --help' says more."
         ),
     )
-    parser.add_argument(
-        "-p",
-        "--project",
-        type=Path,
-        default=Path("project.yml"),
-        help="the project description (default: ./project.yml)",
-    )
+    _add_project(parser)
     _add_workspace(parser)
     parser.add_argument(
         "--force",
@@ -76,6 +70,16 @@ def _provision_parser() -> argparse.ArgumentParser:
     _add_days(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
     return parser
+
+
+def _add_project(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-p",
+        "--project",
+        type=Path,
+        default=Path("project.yml"),
+        help="the project description (default: ./project.yml)",
+    )
 
 
 def _add_workspace(parser: argparse.ArgumentParser) -> None:
@@ -255,13 +259,7 @@ def _sign_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("request", type=Path, metavar="REQUEST.csr")
-    parser.add_argument(
-        "-p",
-        "--project",
-        type=Path,
-        default=Path("project.yml"),
-        help="the project description (default: ./project.yml)",
-    )
+    _add_project(parser)
     _add_workspace(parser)
     parser.add_argument(
         "--reissue",

@@ -27,6 +27,7 @@ from fltui.wizard.app import ProvisionApp
 from fltui.wizard.draft import Draft
 from fltui.wizard.screen import WizardScreen
 from provision import extract_kit
+from tests.flprovision import flprovision
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -143,15 +144,9 @@ def add_site(workspace: Path) -> list[tuple[str, str]]:
     return asyncio.run(scenario())
 
 
-def flprovision(*args: str) -> str:
+def flprovision_ok(*args: str, cwd: Path) -> str:
     """Run flprovision as a process; its stdout (it must succeed)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    done = flprovision(*args, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -211,15 +206,15 @@ def test_wizard_kits_start_real_daemons(tmp_path: Path) -> None:
 
         # site-d makes its own key; only its request and a kit without a key travel
         site_d = tmp_path / "site-d"
-        flprovision("request", "site-d", "--role", "client", "-w", str(site_d))
-        signed = flprovision(
+        flprovision_ok("request", "site-d", "--role", "client", "-w", str(site_d), cwd=tmp_path)
+        signed = flprovision_ok(
             "sign", str(site_d / "request" / "site-d.csr"),
-            "-p", str(workspace / "project.yml"), "-w", str(workspace),
+            "-p", str(workspace / "project.yml"), "-w", str(workspace), cwd=tmp_path,
         )  # fmt: skip
         fingerprint = signed.splitlines()[-1].rsplit(" ", 1)[1]
-        flprovision(
+        flprovision_ok(
             "assemble", str(packages / "site-d.zip"), "-w", str(site_d),
-            "--ca-fingerprint", fingerprint,
+            "--ca-fingerprint", fingerprint, cwd=tmp_path,
         )  # fmt: skip
         assert not (site_d / "request" / "client.key").exists()
         own_key = Daemon(

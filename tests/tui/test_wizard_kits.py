@@ -188,6 +188,19 @@ def test_append_refuses_a_file_others_may_read(tmp_path: Path) -> None:
     assert shared.read_text() == ""
 
 
+async def client_row(pilot: Any, row: int) -> WizardScreen:
+    """On an opened workspace: the clients step, with row ``row`` loaded into the form."""
+    screen = pilot.app.screen
+    assert isinstance(screen, WizardScreen)
+    await next_step(pilot, "server")
+    await next_step(pilot, "clients")
+    table = screen.query_one("#clients-table")
+    table.focus()
+    table.move_cursor(row=row)
+    await pilot.press("enter")
+    return screen
+
+
 def test_a_kit_is_reissued_from_its_row(tmp_path: Path) -> None:
     workspace = saved_workspace(tmp_path / "ws")
     old = workspace / "packages" / "site-a.zip"
@@ -195,13 +208,7 @@ def test_a_kit_is_reissued_from_its_row(tmp_path: Path) -> None:
 
     async def scenario() -> list[list[str]]:
         async with ProvisionApp(workspace).run_test(size=(120, 36)) as pilot:
-            screen = pilot.app.screen
-            assert isinstance(screen, WizardScreen)
-            await next_step(pilot, "server")
-            await next_step(pilot, "clients")
-            table = screen.query_one("#clients-table")
-            table.focus()
-            await pilot.press("enter")  # the first row, site-a, into the form
+            screen = await client_row(pilot, 0)  # site-a
             reissue = screen.query_one("#clients-reissue")
             await wait_for(pilot, lambda: reissue.display)
             assert not screen.query_one("#clients-sign").display
@@ -250,19 +257,13 @@ def test_a_site_that_makes_its_own_key_is_signed_from_its_row(tmp_path: Path) ->
 
     async def sign() -> list[list[str]]:
         async with ProvisionApp(workspace).run_test(size=(120, 36)) as pilot:
-            screen = pilot.app.screen
-            assert isinstance(screen, WizardScreen)
-            await next_step(pilot, "server")
-            await next_step(pilot, "clients")
+            screen = await client_row(pilot, 2)
             table = screen.query_one("#clients-table")
             assert [str(table.get_row_at(2)[i]) for i in (0, 3, 4)] == [
                 "site-c",
                 "site",
                 "awaits request",
             ]
-            table.focus()
-            table.move_cursor(row=2)
-            await pilot.press("enter")
             await wait_for(pilot, lambda: screen.query_one("#clients-sign").display)
             assert not screen.query_one("#clients-reissue").display
             await pilot.click("#clients-sign")

@@ -15,6 +15,7 @@ import yaml
 
 import provision
 from provision.cli import main
+from tests.flprovision import flprovision
 
 REPO = Path(provision.__file__).resolve().parents[1]
 LINE = re.compile(r"^===> password: ([A-Za-z0-9]{16,}) for (\S+\.zip)( to \S+@\S+)?$")
@@ -24,22 +25,6 @@ def _write_project(tmp_path: Path, mapping: dict[str, Any]) -> Path:
     path = tmp_path / "project.yml"
     path.write_text(yaml.safe_dump(mapping))
     return path
-
-
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def _passwords(stdout: str) -> dict[str, str]:
@@ -199,17 +184,17 @@ def test_an_unexpected_error_is_one_line(
 
 
 def test_init_writes_a_sample_that_provisions(tmp_path: Path) -> None:
-    init = _run("init", cwd=tmp_path)
+    init = flprovision("init", cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     assert (tmp_path / "project.yml").read_text().startswith("# project.yml")
-    again = _run("init", cwd=tmp_path)
+    again = flprovision("init", cwd=tmp_path)
     assert again.returncode == 1
     assert (
         again.stderr
         == "flprovision: error: project.yml: already exists; use --force to overwrite it\n"
     )
-    assert _run("init", "--force", cwd=tmp_path).returncode == 0
-    run = _run("-p", "project.yml", "-w", "ws", cwd=tmp_path)
+    assert flprovision("init", "--force", cwd=tmp_path).returncode == 0
+    run = flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert list(_passwords(run.stdout)) == [
         "server.zip",
@@ -312,8 +297,8 @@ def test_verify_names_what_was_altered(
     assert len(err.splitlines()) == 1
 
 
-def test_module_entry_points_run(tmp_path: Path) -> None:
-    run = _run("--help", cwd=tmp_path)
+def test_module_entry_pointsflprovision(tmp_path: Path) -> None:
+    run = flprovision("--help", cwd=tmp_path)
     assert run.returncode == 0
     assert "flprovision init" in run.stdout
     env = {**os.environ, "PYTHONPATH": str(REPO)}

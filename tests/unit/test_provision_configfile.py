@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,9 +34,8 @@ from provision import (
 )
 from provision.project import parse_project
 from provision.workspace import Workspace
+from tests.flprovision import flprovision
 from tests.fuzz import FUZZ, mutated, values
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def laughs(levels: int = 9) -> str:
@@ -65,14 +62,7 @@ def test_billion_laughs_is_refused_before_expansion() -> None:
 def test_flprovision_refuses_a_billion_laughs_project_and_writes_nothing(tmp_path: Path) -> None:
     bomb = tmp_path / "project.yml"
     bomb.write_text(laughs())
-    done = subprocess.run(
-        [sys.executable, "-m", "provision", "-p", str(bomb), "-w", str(tmp_path / "ws")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    done = flprovision("-p", str(bomb), "-w", str(tmp_path / "ws"), cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith(f"flprovision: error: {bomb}: its anchors and aliases expand")
     assert len(done.stderr.splitlines()) == 1

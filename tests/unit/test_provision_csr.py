@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,8 @@ from flcore.kitsig import KitSignatureError, verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
 from provision.csr import assemble, make_request, read_request, sign_request
 from provision.pki import key_pem
+from tests.flprovision import flprovision
 from tests.fuzz import FUZZ
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -342,50 +339,38 @@ def test_property_any_file_is_a_request_or_a_clear_error(tmp_path: Path, data: b
         assert str(exc).startswith(f"{path}: ")
 
 
-def _flprovision(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-
-
 def test_cli_request_sign_assemble(tmp_path: Path, csr_mapping: dict[str, Any]) -> None:
     import yaml
 
     (tmp_path / "project.yml").write_text(yaml.safe_dump(csr_mapping))
-    done = _flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path)
+    done = flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-2:] == [
         "===> awaiting site-b: csr: true, so it sends a request (flprovision sign REQUEST.csr)",
         "===> awaiting viewer@example.org: csr: true, so it sends a request (flprovision sign "
         "REQUEST.csr)",
     ]
-    done = _flprovision("request", "site-b", "--role", "client", "-w", "site", cwd=tmp_path)
+    done = flprovision("request", "site-b", "--role", "client", "-w", "site", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == (
         "wrote the private key site/request/client.key (mode 0600): it stays here\n"
         "wrote the request site/request/site-b.csr: send it to lead IT, who run: flprovision "
         "sign site-b.csr\n"
     )
-    done = _flprovision("sign", "site/request/site-b.csr", "-w", "ws", cwd=tmp_path)
+    done = flprovision("sign", "site/request/site-b.csr", "-w", "ws", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     kit_line, fingerprint_line = done.stdout.splitlines()
     assert kit_line == "===> no password: site-b.zip holds no key; send it as it is"
     fingerprint = fingerprint_line.removeprefix("===> project CA fingerprint (SHA-256): ")
     assert len(fingerprint) == 95
-    done = _flprovision(
+    done = flprovision(
         "assemble", "ws/packages/site-b.zip", "-w", "site", "--ca-fingerprint", fingerprint,
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "assembled site/startup for site-b with the key made here"
-    assert _flprovision("verify", "site", cwd=tmp_path).returncode == 0
-    done = _flprovision("sign", "site/request/site-b.csr", "-w", "ws", cwd=tmp_path)
+    assert flprovision("verify", "site", cwd=tmp_path).returncode == 0
+    done = flprovision("sign", "site/request/site-b.csr", "-w", "ws", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith("flprovision: error: 'site-b' has a certificate already")
 

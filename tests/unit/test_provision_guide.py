@@ -9,15 +9,15 @@ mapped into the test's folder; files the guide says to send are copied.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from tests.flprovision import flprovision
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = REPO / "docs" / "provisioning.md"
@@ -58,15 +58,7 @@ def guide_commands() -> list[tuple[str, list[str]]]:
 def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     argv = shlex.split(command)
     assert argv[0] == "flprovision", command
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *argv[1:]],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    return flprovision(*argv[1:], cwd=cwd)
 
 
 def test_the_guide_runs_as_written(tmp_path: Path) -> None:

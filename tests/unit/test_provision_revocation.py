@@ -7,9 +7,6 @@ project CA's certificate; openssl is not needed.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,9 +22,9 @@ from flcore.kitsig import verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
 from provision.pki import create_ca
 from provision.revocation import refresh_crl, revoke, sign_crl
+from tests.flprovision import flprovision
 from tests.fuzz import FUZZ
 
-REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -285,22 +282,10 @@ def test_property_any_bytes_are_a_crl_or_a_crl_error(data: bytes) -> None:
 # --------------------------------------------------------------------------- the CLI, as a process
 
 
-def _flprovision(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-
-
 def test_cli_revoke_reissue_and_crl(tmp_path: Path) -> None:
-    assert _flprovision("init", cwd=tmp_path).returncode == 0
-    assert _flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path).returncode == 0
-    done = _flprovision(
+    assert flprovision("init", cwd=tmp_path).returncode == 0
+    assert flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path).returncode == 0
+    done = flprovision(
         "revoke", "flclient2", "-w", "ws", "--reason", "key-compromise", cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr
@@ -310,7 +295,7 @@ def test_cli_revoke_reissue_and_crl(tmp_path: Path) -> None:
     assert second.startswith("===> wrote ws/crl.pem: CRL number 1, 1 certificate(s) revoked in all")
     assert done.stderr == ""
 
-    done = _flprovision("-p", "project.yml", "-w", "ws", "--reissue", "flclient1", cwd=tmp_path)
+    done = flprovision("-p", "project.yml", "-w", "ws", "--reissue", "flclient1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("===> revoked flclient1: certificate serial ")
@@ -319,19 +304,19 @@ def test_cli_revoke_reissue_and_crl(tmp_path: Path) -> None:
     assert lines[2].startswith("===> password: ")
     assert lines[2].endswith(" for flclient1.zip to optional.email@flclient.org")
 
-    done = _flprovision("revoke", "server", "-w", "ws", cwd=tmp_path)
+    done = flprovision("revoke", "server", "-w", "ws", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith("flprovision: error: 'server' is the server")
     assert len(done.stderr.splitlines()) == 1
 
-    done = _flprovision("crl", "-w", "ws", "--days", "30", cwd=tmp_path)
+    done = flprovision("crl", "-w", "ws", "--days", "30", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "CRL number 3, 2 certificate(s) revoked in all" in done.stdout
 
-    done = _flprovision("crl", "-w", "ws", "--days", "0", cwd=tmp_path)
+    done = flprovision("crl", "-w", "ws", "--days", "0", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr == "flprovision: error: --days must be between 1 and 3650, got 0\n"
 
-    done = _flprovision("revoke", "flclient1", "-w", "ws", "--reason", "stolen", cwd=tmp_path)
+    done = flprovision("revoke", "flclient1", "-w", "ws", "--reason", "stolen", cwd=tmp_path)
     assert done.returncode == 1
     assert "argument --reason: invalid choice: 'stolen'" in done.stderr

@@ -19,6 +19,7 @@ import yaml
 
 from fltui.adminclient import AdminError, load_kit
 from provision import extract_kit
+from tests.flprovision import flprovision
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,14 +85,7 @@ def test_verbose_provisioning_logs_no_password_and_no_key(
 ) -> None:
     project = tmp_path / "project.yml"
     project.write_text(yaml.safe_dump(provision_project_mapping))
-    done = subprocess.run(
-        [sys.executable, "-m", "provision", "-v", "-p", str(project), "-w", str(tmp_path / "ws")],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        env=_env(),
-    )
+    done = flprovision("-v", "-p", str(project), "-w", str(tmp_path / "ws"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     passwords = [line.split()[2] for line in done.stdout.splitlines()]
     assert len(passwords) == 5
