@@ -8,6 +8,8 @@ project CA signs a manifest of SHA-256 digests (``signature.json``); the
 check uses the CA certificate shipped in the kit and also makes sure the
 participant certificate was issued by that CA. Settings a site may change
 belong in ``<workspace>/local/`` (see :mod:`flcore.startup`), never here.
+A key the site made itself (the CSR flow) is listed by its public key's
+digest, since lead IT never sees the key; the check is otherwise the same.
 """
 
 from __future__ import annotations
