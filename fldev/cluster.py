@@ -165,6 +165,7 @@ class Cluster:
         project = parse_project(mapping)
         result = provision_workspace(project, self.root / "provision")
         for kit in result.written:
+            assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password
             extract_kit(kit.zip_path, kit.password, self.root / kit.name)
         self.data = self.root / "data"
