@@ -6,8 +6,8 @@ with the client daemon's own connection class
 (``flclientd.connection.Connection``: one mutual-TLS channel, hence one TCP
 connection, per session, as 1,000 daemons would have). Every session
 logs in with the same client kit (the server names the instances
-``flclient1``, ``flclient1_1``, ...), opens its Session stream with a
-``SessionHello``, sends a heartbeat every ``heartbeat_interval`` (5 s here;
+``flclient1``, ``flclient1_1``, ...), opens its control stream with a
+``Hello``, sends a heartbeat every ``heartbeat_interval`` (5 s here;
 the kit is provisioned with ``heartbeat_interval: 5, heart_beat_timeout:
 60``) and answers commands as a client daemon would.
 
@@ -44,9 +44,16 @@ if str(REPO) not in sys.path:
 import grpc  # noqa: E402
 
 from bench.common import median, percentile, proc_stat, table  # noqa: E402
-from flclientd.connection import Connection  # noqa: E402
+from flclientd.connection import Connection, ControlStream  # noqa: E402
 from flcore import status as st  # noqa: E402
-from flcore.proto.gen import flstack_federation_pb2 as fed_pb2  # noqa: E402
+from flcore.federation import (  # noqa: E402
+    ClientHeartbeat,
+    Command,
+    CommandResult,
+    Hello,
+    MachineInfo,
+    Upward,
+)
 from flcore.startup import ClientStartup, load_client  # noqa: E402
 from flcore.tls import TlsFiles  # noqa: E402
 from flcore.version import flstack_version  # noqa: E402
@@ -73,13 +80,13 @@ class Site:
     conn: Connection
     instance: str
     token: str
-    call: grpc.aio.StreamStreamCall[fed_pb2.ClientMessage, fed_pb2.ServerMessage]
-    outbox: asyncio.Queue[fed_pb2.ClientMessage] = field(default_factory=asyncio.Queue)
+    call: ControlStream
+    outbox: asyncio.Queue[Upward] = field(default_factory=asyncio.Queue)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def status(self) -> fed_pb2.ClientStatus:
+    def status(self) -> st.ClientStatus:
         """The status a fresh client daemon reports."""
-        return fed_pb2.ClientStatus(status=st.NOT_STARTED, round=-1)
+        return st.ClientStatus(status=st.NOT_STARTED, round=-1)
 
     async def write_loop(self, counters: Counters) -> None:
         """The only writer of the stream, as in the agent."""
@@ -93,27 +100,25 @@ class Site:
         """A heartbeat every ``interval`` seconds, phases spread at random."""
         await asyncio.sleep(random.uniform(0, interval))
         while True:
-            heartbeat = fed_pb2.Heartbeat(status=self.status())
-            self.outbox.put_nowait(fed_pb2.ClientMessage(heartbeat=heartbeat))
+            self.outbox.put_nowait(ClientHeartbeat(self.status()))
             counters.heartbeats += 1
             await asyncio.sleep(interval)
 
     async def read_loop(self, counters: Counters) -> None:
         """Answer commands like a client daemon that is not training."""
         with contextlib.suppress(grpc.aio.AioRpcError):
-            async for message in self.call:
-                if message.WhichOneof("body") != "command":
+            async for command in self.call:
+                if not isinstance(command, Command):
                     continue
                 counters.commands += 1
-                command = message.command
                 data = {"status": st.NOT_STARTED, "run_number": 0, "round": -1, "device": "cpu"}
-                result = fed_pb2.CommandResult(
-                    command_id=command.command_id,
-                    ok=command.name == "check_status",
-                    text=st.NOT_STARTED if command.name == "check_status" else "not supported",
-                    data_json=json.dumps(data),
+                result = CommandResult(
+                    command.command_id,
+                    command.name == "check_status",
+                    st.NOT_STARTED if command.name == "check_status" else "not supported",
+                    data,
                 )
-                self.outbox.put_nowait(fed_pb2.ClientMessage(result=result))
+                self.outbox.put_nowait(result)
 
     async def close(self) -> None:
         """Stop the tasks and close the channel."""
@@ -129,17 +134,14 @@ class Site:
 async def open_site(
     startup: ClientStartup, files: TlsFiles, index: int, counters: Counters
 ) -> Site:
-    """Log in and open a Session stream, as ``flclientd`` does."""
+    """Log in and open a control stream, as ``flclientd`` does."""
     conn = Connection(startup, files)
-    info = fed_pb2.ClientInfo(
+    info = MachineInfo(
         device="cpu", gpu_count=0, hostname=f"bench-{index}", version=flstack_version(), pid=0
     )
     login = await conn.login("", info)
-    call = conn.open_session()
-    hello = fed_pb2.SessionHello(
-        token=login.token, status=fed_pb2.ClientStatus(status=st.NOT_STARTED, round=-1)
-    )
-    await call.write(fed_pb2.ClientMessage(hello=hello))
+    call = conn.open_control()
+    await call.write(Hello(login.token, st.ClientStatus(status=st.NOT_STARTED, round=-1)))
     site = Site(conn, login.instance, login.token, call)
     loop = asyncio.get_running_loop()
     site.tasks = [

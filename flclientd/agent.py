@@ -1,12 +1,13 @@
 """What a client daemon does: obey admins' commands and work through the rounds.
 
-Commands and offers arrive through the :class:`ServerLink` (which keeps the
-session alive across server restarts). Training happens in a child process
-per run (:mod:`flclientd.runner`): for each round the agent downloads the
-global model, has the child validate it and train on it, and streams the
-update back, resending it after a reconnect or a server restart until the
-server gives a verdict. The server counts every update at most once, so
-resending is always safe. After the run, a participating site takes part in
+Commands and offers arrive through the :class:`~flclientd.uplink.Uplink`
+(which keeps the client registered and its control stream open across server
+restarts). Training happens in a child process per run
+(:mod:`flclientd.runner`): for each round the agent downloads the global
+model, has the child validate it and train on it, and streams the update
+back, resending it after a reconnect or a server restart until the server
+gives a verdict. The server counts every update at most once, so resending
+is always safe. After the run, a participating site takes part in
 cross-site validation (:mod:`flclientd.crossval`).
 """
 
@@ -14,40 +15,56 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from flclientd.connection import Connection, Submitted
+from flclientd.connection import Connection
 from flclientd.crossval import CrossSiteValidation
 from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
+from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
-from flclientd.session import ServerLink
 from flclientd.sitestate import SiteStore
-from flclientd.tasks import RunContext, Task
+from flclientd.uplink import Uplink
 from flcore import status as st
 from flcore.appconfig import load_app
+from flcore.federation import (
+    Closed,
+    Command,
+    CommandResult,
+    Downward,
+    MachineInfo,
+    RunEnded,
+    StatusChanged,
+    SubmitOutcome,
+    TaskKind,
+    TaskOffer,
+    Unreadable,
+    Verdict,
+)
 from flcore.folders import FolderError
 from flcore.metrics import format_metrics
-from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.schema import ConfigError
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import TensorFileError
 from flcore.tls import TlsFiles
 from flcore.version import flstack_version
+from flcore.wire import WireError
 
 log = logging.getLogger(__name__)
 worker_log = logging.getLogger("flclientd.worker")
+
+# How long a shutdown waits for its own answer to be written before it logs out.
+ANSWER_FLUSH_S = 3.0
 
 
 class Refused(Exception):
@@ -73,21 +90,21 @@ class Agent:
         self.conn = Connection(startup, files)
         self.status = ClientStatus()
         self.store = SiteStore(workspace / "state" / f"flclientd_{startup.name}.json")
-        info = fed_pb2.ClientInfo(
+        info = MachineInfo(
             device=device.device,
             gpu_count=device.gpu_count,
             hostname=socket.gethostname(),
             version=flstack_version(),
             pid=os.getpid(),
         )
-        self.link = ServerLink(
-            self.conn, startup, self.store, info, self._status_proto, self._dispatch, forwarder
+        self.uplink = Uplink(
+            self.conn, startup, self.store, info, self._status_now, self._dispatch, forwarder
         )
         self.worker: TrainingProcess | None = None
         self.context: RunContext | None = None
-        self.offer: Task | None = None
+        self.offer: TaskOffer | None = None
         self._offers = 0
-        self.crossval = CrossSiteValidation(self.link, self.conn)
+        self.crossval = CrossSiteValidation(self.uplink, self.conn)
         self._offer_changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -100,7 +117,7 @@ class Agent:
         if state.training_run:
             self._spawn(self._rejoin(state.training_run, state.gpus))
         try:
-            return await self.link.run()
+            return await self.uplink.run()
         finally:
             await self._stop_worker(kill=True)
             await self.conn.close()
@@ -111,39 +128,33 @@ class Agent:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _dispatch(self, message: fed_pb2.ServerMessage) -> None:
-        body = message.WhichOneof("body")
-        if body == "command":
-            self._spawn(self._command(message.command))
-        elif body == "task":
-            task = message.task
-            self._offer(
-                Task(
-                    task.run_number,
-                    task.round,
-                    task.kind,
-                    tuple(task.model_owners),
-                    tuple(task.pending_owners),
-                )
-            )
-        elif body == "run_ended":
-            ended = message.run_ended
-            log.info("server ended run %d: %s", ended.run_number, ended.reason)
-            if ended.run_number == self.status.run_number:
+    def _dispatch(self, message: Downward | Unreadable) -> None:
+        if isinstance(message, Command):
+            self._spawn(self._command(message))
+        elif isinstance(message, TaskOffer):
+            self._offer(message)
+        elif isinstance(message, RunEnded):
+            log.info("server ended run %d: %s", message.run_number, message.reason)
+            if message.run_number == self.status.run_number:
                 self._spawn(self._end_run())
-        elif body == "closed":
-            log.warning("the server closed this session: %s", message.closed.reason)
+        elif isinstance(message, Closed):
+            log.warning("the server ended this client's registration: %s", message.reason)
             self.store.update(token="")
+        elif message.command_id:
+            self.uplink.send(CommandResult(message.command_id, False, message.reason))
+        else:
+            log.warning("%s", message.reason)
 
     # ------------------------------------------------------------------ status
 
-    def _status_proto(self) -> fed_pb2.ClientStatus:
-        return fed_pb2.ClientStatus(**asdict(self.status))
+    def _status_now(self) -> st.ClientStatus:
+        """A copy of the status: what was sent must not change with what comes next."""
+        return replace(self.status)
 
     def _set_status(self, **changes: Any) -> None:
         for key, value in changes.items():
             setattr(self.status, key, value)
-        self.link.send(fed_pb2.ClientMessage(status=self._status_proto()))
+        self.uplink.send(StatusChanged(self._status_now()))
 
     def status_data(self) -> dict[str, Any]:
         """The client's status for check_status."""
@@ -153,24 +164,18 @@ class Agent:
 
     # ------------------------------------------------------------------ commands
 
-    async def _command(self, command: fed_pb2.ServerCommand) -> None:
+    async def _command(self, command: Command) -> None:
         try:
-            args = json.loads(command.args_json or "{}")
-            if not isinstance(args, dict):
-                raise Refused("malformed command arguments")
             handler = self._handlers().get(command.name)
             if handler is None:
                 raise Refused(f"unknown command {command.name!r}")
-            ok, text, data = True, *await handler(args)
+            ok, text, data = True, *await handler(command.args)
         except Refused as exc:
             ok, text, data = False, str(exc), {}
         except Exception as exc:
             log.exception("command %s failed", command.name)
             ok, text, data = False, f"{type(exc).__name__}: {exc}", {}
-        result = fed_pb2.CommandResult(
-            command_id=command.command_id, ok=ok, text=text, data_json=json.dumps(data)
-        )
-        self.link.send(fed_pb2.ClientMessage(result=result))
+        self.uplink.send(CommandResult(command.command_id, ok, text, data))
         if command.name == "shutdown" and ok:
             self._spawn(self._shut_down())
 
@@ -194,7 +199,7 @@ class Agent:
 
     def app_dir(self, run_number: int) -> Path:
         """Where the app deployed for a run lives at this site."""
-        return self.run_dir(run_number) / f"app_{self.link.instance}"
+        return self.run_dir(run_number) / f"app_{self.uplink.instance}"
 
     def _training(self) -> bool:
         return self.worker is not None or self.status.status in st.ACTIVE
@@ -243,7 +248,7 @@ class Agent:
             gpus_in_use=gpus,
         )
         self.store.update(training_run=run_number, gpus=gpus)
-        self.crossval = CrossSiteValidation(self.link, self.conn)
+        self.crossval = CrossSiteValidation(self.uplink, self.conn)
         self._work = self._spawn(self._run_training(run_number, app_dir, max(gpus, 1)))
         return "Starting the client...", {"run_number": run_number, "gpus": gpus}
 
@@ -251,7 +256,7 @@ class Agent:
         """After a restart of this daemon, go back to the run it was training."""
         log.info("this client was training run %d before it stopped: rejoining", run_number)
         # After the login, so that its folders carry the instance name the server gives.
-        await self.link.connected.wait()
+        await self.uplink.connected.wait()
         try:
             await self._start({"run_number": run_number, "gpus": gpus})
         except Refused as exc:
@@ -282,30 +287,32 @@ class Agent:
         return "Shutdown the client...", {}
 
     async def _shut_down(self) -> None:
-        await asyncio.sleep(0.2)  # let the result reach the server first
+        # The admin's answer goes out before the client logs out and its stream closes.
+        if not await self.uplink.flush(ANSWER_FLUSH_S):
+            log.warning("the answer to shutdown could not be sent within %gs", ANSWER_FLUSH_S)
         log.info("shutting down at the request of an admin")
         await self._stop_worker(kill=True)
         self.store.update(training_run=0)
         await self.conn.logout()
-        self.link.stop()
+        self.uplink.stop()
 
     def request_shutdown(self) -> None:
         """SIGTERM: stop the worker and leave (the run resumes when the daemon restarts)."""
-        self.link.stop()
+        self.uplink.stop()
 
     # ------------------------------------------------------------------ training
 
-    def _offer(self, task: Task) -> None:
+    def _offer(self, task: TaskOffer) -> None:
         if task.run_number != self.status.run_number or self.status.status not in st.ACTIVE:
             return
-        if task.kind == fed_pb2.TASK_KIND_CROSS_VALIDATE:
+        if task.kind is TaskKind.CROSS_VALIDATE:
             self.crossval.offered(task)
         else:
             self.offer = task
             self._offers += 1
             self._offer_changed.set()
 
-    async def _next_offer(self, seen: int) -> tuple[Task, int]:
+    async def _next_offer(self, seen: int) -> tuple[TaskOffer, int]:
         """The latest offer once one newer than the ``seen``-th arrived.
 
         Every offer counts, also one for a round already done: the server
@@ -381,7 +388,7 @@ class Agent:
             app = load_app(app_dir)
             if app.client is None:
                 raise WorkerFailed("the deployed app has no config/config_fed_client.json", "")
-            work_dir = self.run_dir(run_number) / f"work_{self.link.instance}"
+            work_dir = self.run_dir(run_number) / f"work_{self.uplink.instance}"
             work_dir.mkdir(parents=True, exist_ok=True)
             run = RunContext(run_number, app_dir, work_dir, nproc, app.client)
             self.context = run
@@ -392,18 +399,20 @@ class Agent:
                 cross_validate=app.client.cross_validate,
             )
             seen = 0
-            sent: dict[tuple[int, int], Callable[[], Awaitable[Submitted]]] = {}
+            sent: dict[tuple[int, TaskKind], Callable[[], Awaitable[Verdict]]] = {}
             while True:
                 task, seen = await self._next_offer(seen)
                 key = (task.round, task.kind)
                 if key in sent:
-                    verdict = await self.link.retrying(f"resend for round {task.round}", sent[key])
+                    verdict = await self.uplink.retrying(
+                        f"resend for round {task.round}", sent[key]
+                    )
                     log.info("round %d sent again: %s", task.round, verdict.message)
-                elif task.kind == fed_pb2.TASK_KIND_TRAIN:
+                elif task.kind is TaskKind.TRAIN:
                     send = await self._train_round(task, app.client.local_epochs, work_dir)
                     if send is not None:
                         sent = {key: send}
-                elif task.kind == fed_pb2.TASK_KIND_VALIDATE_GLOBAL:
+                elif task.kind is TaskKind.VALIDATE_GLOBAL:
                     send = await self._validate_final(task, work_dir)
                     if send is not None:
                         sent = {key: send}
@@ -414,6 +423,8 @@ class Agent:
         """Report a failure of the run at this site with its traceback, and stop training."""
         if isinstance(exc, grpc.aio.AioRpcError):
             exc = WorkerFailed(f"lost contact with the server: {exc.details()}", "")
+        elif isinstance(exc, WireError):
+            exc = WorkerFailed(f"the server's answer could not be read: {exc}", "")
         elif not isinstance(exc, WorkerFailed | ConfigError):
             exc = WorkerFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
         trace = getattr(exc, "traceback", "")
@@ -441,18 +452,18 @@ class Agent:
         self._set_status(status=st.STOPPED)
 
     async def _train_round(
-        self, task: Task, epochs: int, work_dir: Path
-    ) -> Callable[[], Awaitable[Submitted]] | None:
+        self, task: TaskOffer, epochs: int, work_dir: Path
+    ) -> Callable[[], Awaitable[Verdict]] | None:
         """Train one round and send the update; returns how to send it again (None when
         the round was no longer open)."""
         assert self.worker is not None
-        models = work_dir.parent / f"models_{self.link.instance}"
+        models = work_dir.parent / f"models_{self.uplink.instance}"
         models.mkdir(exist_ok=True)
         model = models / f"global_round_{task.round}.safetensors"
         update = models / f"update_round_{task.round}.safetensors"
         self._set_status(round=task.round)
         try:
-            await self.link.retrying(
+            await self.uplink.retrying(
                 f"download of round {task.round}",
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
@@ -467,20 +478,20 @@ class Agent:
             round=task.round, global_model=model, out=update, epochs=epochs
         )
 
-        def send() -> Awaitable[Submitted]:
+        def send() -> Awaitable[Verdict]:
             return self.conn.submit_model(
                 task.run_number, task.round, update, result.num_samples, result.metrics
             )
 
-        verdict = await self.link.retrying(f"upload of round {task.round}", send)
+        verdict = await self.uplink.retrying(f"upload of round {task.round}", send)
         log.info(
             "round %d update %s: %s (%s)",
             task.round,
-            verdict.result,
+            verdict.outcome,
             verdict.message,
             format_metrics(result.metrics),
         )
-        if verdict.result == "rejected":
+        if verdict.outcome is SubmitOutcome.REJECTED:
             raise WorkerFailed(
                 f"the server rejected the update of round {task.round}: {verdict.message}", ""
             )
@@ -490,15 +501,17 @@ class Agent:
         return send
 
     async def _validate_final(
-        self, task: Task, work_dir: Path
-    ) -> Callable[[], Awaitable[Submitted]] | None:
+        self, task: TaskOffer, work_dir: Path
+    ) -> Callable[[], Awaitable[Verdict]] | None:
         """Validate the final global model and report it; returns how to report it again."""
         assert self.worker is not None
-        model = work_dir.parent / f"models_{self.link.instance}" / "final_global_model.safetensors"
+        model = (
+            work_dir.parent / f"models_{self.uplink.instance}" / "final_global_model.safetensors"
+        )
         model.parent.mkdir(exist_ok=True)
         self._set_status(round=task.round)
         try:
-            await self.link.retrying(
+            await self.uplink.retrying(
                 "download of the final model",
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
@@ -509,11 +522,11 @@ class Agent:
         # Weighted by training samples, like the validation metrics of every round.
         samples = self.worker.info.train_samples
 
-        def send() -> Awaitable[Submitted]:
+        def send() -> Awaitable[Verdict]:
             return self.conn.submit_metrics(task.run_number, task.round, result.metrics, samples)
 
-        verdict = await self.link.retrying("final validation report", send)
+        verdict = await self.uplink.retrying("final validation report", send)
         log.info(
-            "final global model validated: %s (%s)", format_metrics(result.metrics), verdict.result
+            "final global model validated: %s (%s)", format_metrics(result.metrics), verdict.outcome
         )
         return send

@@ -19,11 +19,8 @@ from pathlib import Path
 from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
-from flclientd.session import EXIT_REFUSED
-from flcore.daemon import limit_malloc_arenas, stop_on_signals
-from flcore.kitsig import KitSignatureError, verify_startup
-from flcore.logs import setup_logging
-from flcore.schema import ConfigError
+from flclientd.uplink import EXIT_REFUSED
+from flcore.daemon import daemon_parser, start_daemon, stop_on_signals
 from flcore.sdnotify import notify
 from flcore.startup import STARTUP_DIR, ClientStartup, load_client
 from flcore.tls import TlsFiles
@@ -33,35 +30,23 @@ log = logging.getLogger("flclientd")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line of the client daemon."""
-    parser = argparse.ArgumentParser(prog="flclientd", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        required=True,
-        help="the client workspace: the folder that holds the kit's startup/ folder",
-    )
+    parser = daemon_parser("flclientd", __doc__.splitlines()[0], "client")
     parser.add_argument(
         "--data-root",
         type=Path,
         default=os.environ.get("DATA_ROOT") or None,
         help="the site's data folder (default: $DATA_ROOT)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flclientd console script."""
     args = parse_args(argv)
-    limit_malloc_arenas()
-    setup_logging(args.log_level)
-    workspace = args.workspace.resolve()
-    try:
-        verify_startup(workspace / STARTUP_DIR)
-        startup = load_client(workspace)
-    except (KitSignatureError, ConfigError) as exc:
-        log.error("%s", exc)
+    started = start_daemon(args, load_client, log)
+    if started is None:
         return EXIT_REFUSED
+    workspace, startup = started
     data_root = args.data_root.resolve() if args.data_root else None
     if data_root is not None and not data_root.is_dir():
         log.error("data root %s is not a folder: check --data-root or DATA_ROOT", data_root)

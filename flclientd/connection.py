@@ -1,9 +1,10 @@
-"""The client's calls to the server over mutual TLS gRPC.
+"""The client's calls to the server over mutual TLS gRPC: the client's RPC edge.
 
-Thin: each method is one RPC, turning protobuf into flcore types. Models
-stream straight from and to safetensors files (checked chunk by chunk), so a
-model of any size costs the client one chunk of memory in transit. Retry
-policy lives in the agent, which knows what a failure means.
+Thin: each method is one RPC, taking and returning :mod:`flcore.federation`
+records (converted in :mod:`flclientd.serde`). Models stream straight from
+and to safetensors files (checked chunk by chunk), so a model of any size
+costs the client one chunk of memory in transit. Retry policy lives in the
+uplink and the agent, which know what a failure means.
 """
 
 from __future__ import annotations
@@ -11,48 +12,68 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from flclientd.serde import (
+    downward_from_proto,
+    login_from_proto,
+    machine_to_proto,
+    metrics_report_to_proto,
+    model_request_to_proto,
+    submit_header_to_proto,
+    upward_to_proto,
+    verdict_from_proto,
+)
+from flcore.federation import (
+    GLOBAL_OWNER,
+    Downward,
+    Login,
+    MachineInfo,
+    MetricsKind,
+    MetricsReport,
+    ModelKind,
+    ModelRequest,
+    SubmitHeader,
+    Unreadable,
+    UploadKind,
+    Upward,
+    Verdict,
+)
 from flcore.folders import FolderReceiver, replace_folder
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.startup import ClientStartup
 from flcore.tensorfile import SpoolWriter, TensorFile
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from flcore.wire import manifest_from_proto, manifest_to_proto, tensor_chunks
+from flcore.wire import manifest_from_proto, tensor_chunks
 
 log = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT_S = 10.0
-GLOBAL_OWNER = "global"
 MAX_APP_BYTES = 1024 * 1024 * 1024
 
-RESULT_WORDS = {
-    fed_pb2.SUBMIT_RESULT_ACCEPTED: "accepted",
-    fed_pb2.SUBMIT_RESULT_DUPLICATE: "duplicate",
-    fed_pb2.SUBMIT_RESULT_LATE: "late",
-    fed_pb2.SUBMIT_RESULT_REJECTED: "rejected",
-}
 
+class ControlStream:
+    """This client's end of an open control stream (the ``Control`` RPC)."""
 
-@dataclass(frozen=True)
-class Login:
-    """What the server granted at login."""
+    def __init__(
+        self, call: grpc.aio.StreamStreamCall[fed_pb2.ClientMessage, fed_pb2.ServerMessage]
+    ) -> None:
+        self._call = call
 
-    token: str
-    instance: str
-    resumed: bool
+    async def write(self, message: Upward) -> None:
+        """Send one message (raises once the stream has ended)."""
+        await self._call.write(upward_to_proto(message))
 
+    async def __aiter__(self) -> AsyncIterator[Downward | Unreadable]:
+        async for message in self._call:
+            yield downward_from_proto(message)
 
-@dataclass(frozen=True)
-class Submitted:
-    """The server's verdict on an upload: accepted, duplicate, late or rejected."""
-
-    result: str
-    message: str
+    def cancel(self) -> None:
+        """End the stream."""
+        self._call.cancel()
 
 
 class Connection:
@@ -70,13 +91,14 @@ class Connection:
         """Close the channel."""
         await self._channel.close()
 
-    async def login(self, token: str, info: fed_pb2.ClientInfo) -> Login:
-        """Log in (resuming ``token``'s session when the server still knows it)."""
+    async def login(self, token: str, info: MachineInfo) -> Login:
+        """Log in (resuming ``token``'s registration when the server still knows it)."""
         reply = await self.stub.Login(
-            fed_pb2.ClientLoginRequest(token=token, info=info), timeout=LOGIN_TIMEOUT_S
+            fed_pb2.ClientLoginRequest(token=token, info=machine_to_proto(info)),
+            timeout=LOGIN_TIMEOUT_S,
         )
         self.token = reply.token
-        return Login(reply.token, reply.instance_name, reply.resumed)
+        return login_from_proto(reply)
 
     async def logout(self) -> None:
         """Tell the server this client is leaving (best effort)."""
@@ -85,11 +107,9 @@ class Connection:
         except grpc.aio.AioRpcError as exc:
             log.debug("logout failed: %s", exc.details())
 
-    def open_session(
-        self,
-    ) -> grpc.aio.StreamStreamCall[fed_pb2.ClientMessage, fed_pb2.ServerMessage]:
-        """Open the long-lived Session stream."""
-        return self.stub.Session()
+    def open_control(self) -> ControlStream:
+        """Open the long-lived control stream."""
+        return ControlStream(self.stub.Control())
 
     async def get_model(
         self, run_number: int, round_number: int, target: Path, owner: str = ""
@@ -100,16 +120,13 @@ class Connection:
         cross-validate: ``global`` (the best global model) or a site's.
         """
         if not owner:
-            kind = fed_pb2.MODEL_KIND_GLOBAL
+            kind = ModelKind.GLOBAL
         elif owner == GLOBAL_OWNER:
-            kind = fed_pb2.MODEL_KIND_BEST_GLOBAL
+            kind = ModelKind.BEST_GLOBAL
         else:
-            kind = fed_pb2.MODEL_KIND_LOCAL
-        call = self.stub.GetModel(
-            fed_pb2.ModelRequest(
-                token=self.token, run_number=run_number, round=round_number, kind=kind, owner=owner
-            )
-        )
+            kind = ModelKind.LOCAL
+        request = ModelRequest(run_number, round_number, kind, owner)
+        call = self.stub.GetModel(model_request_to_proto(self.token, request))
         spool: SpoolWriter | None = None
         try:
             async for message in call:
@@ -136,29 +153,19 @@ class Connection:
         model: Path,
         num_samples: int,
         metrics: dict[str, float],
-        local: bool = False,
-    ) -> Submitted:
-        """Stream an update, or with ``local`` the best local model for cross-site
-        validation (header, then chunks) and return the server's verdict."""
-        update = TensorFile(model)
+        kind: UploadKind = UploadKind.UPDATE,
+    ) -> Verdict:
+        """Stream an update, or the best local model for cross-site validation (header,
+        then chunks), and return the server's verdict."""
+        upload = TensorFile(model)
+        header = SubmitHeader(run_number, round_number, kind, num_samples, metrics, upload.manifest)
 
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
-            yield fed_pb2.SubmitModelMessage(
-                header=fed_pb2.SubmitHeader(
-                    token=self.token,
-                    run_number=run_number,
-                    round=round_number,
-                    kind=fed_pb2.MODEL_KIND_LOCAL if local else fed_pb2.MODEL_KIND_GLOBAL,
-                    num_samples=num_samples,
-                    metrics=metrics,
-                    manifest=manifest_to_proto(update.manifest),
-                )
-            )
-            for chunk in tensor_chunks(update):
+            yield submit_header_to_proto(self.token, header)
+            for chunk in tensor_chunks(upload):
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
 
-        reply = await self.stub.SubmitModel(messages())
-        return Submitted(RESULT_WORDS.get(reply.result, "rejected"), reply.message)
+        return verdict_from_proto(await self.stub.SubmitModel(messages()))
 
     async def submit_metrics(
         self,
@@ -168,28 +175,17 @@ class Connection:
         num_samples: int,
         error: str = "",
         owner: str = "",
-    ) -> Submitted:
+    ) -> Verdict:
         """Report a validation: of the final global model, or with ``owner`` a
         cross-site one (``error`` instead of metrics when it failed or was given up)."""
-        kind = (
-            fed_pb2.METRICS_KIND_CROSS_VALIDATION
-            if owner
-            else fed_pb2.METRICS_KIND_GLOBAL_VALIDATION
+        kind = MetricsKind.CROSS_VALIDATION if owner else MetricsKind.GLOBAL_VALIDATION
+        report = MetricsReport(
+            run_number, round_number, kind, owner or GLOBAL_OWNER, metrics, num_samples, error
         )
         reply = await self.stub.SubmitMetrics(
-            fed_pb2.MetricsReport(
-                token=self.token,
-                run_number=run_number,
-                round=round_number,
-                kind=kind,
-                model_owner=owner or GLOBAL_OWNER,
-                metrics=metrics,
-                num_samples=num_samples,
-                error=error,
-            ),
-            timeout=30,
+            metrics_report_to_proto(self.token, report), timeout=30
         )
-        return Submitted(RESULT_WORDS.get(reply.result, "rejected"), reply.message)
+        return verdict_from_proto(reply)
 
     async def get_app(self, run_number: int, app: str, target: Path) -> None:
         """Download an app deployed to this run and put it in place atomically."""

@@ -16,9 +16,10 @@ import logging
 import grpc
 
 from flclientd.connection import Connection
+from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
-from flclientd.session import ServerLink
-from flclientd.tasks import RunContext, Task
+from flclientd.uplink import Uplink
+from flcore.federation import GLOBAL_OWNER, TaskOffer, UploadKind
 from flcore.metrics import format_metrics
 
 log = logging.getLogger(__name__)
@@ -27,13 +28,13 @@ log = logging.getLogger(__name__)
 class CrossSiteValidation:
     """Follows the server's cross-validation offers for one run."""
 
-    def __init__(self, link: ServerLink, conn: Connection) -> None:
-        self.link = link
+    def __init__(self, uplink: Uplink, conn: Connection) -> None:
+        self.uplink = uplink
         self.conn = conn
-        self.offer: Task | None = None
+        self.offer: TaskOffer | None = None
         self._changed = asyncio.Event()
 
-    def offered(self, task: Task) -> None:
+    def offered(self, task: TaskOffer) -> None:
         """The server's latest offer (it lists everything still to do)."""
         self.offer = task
         self._changed.set()
@@ -53,7 +54,7 @@ class CrossSiteValidation:
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout)
                 except TimeoutError:
-                    await self._give_up(run, offer.pending if offer else ("global",), timeout)
+                    await self._give_up(run, offer.pending if offer else (GLOBAL_OWNER,), timeout)
                     return
                 continue
             for owner in todo:
@@ -65,12 +66,12 @@ class CrossSiteValidation:
         if best is None:
             reason = "no local model to share: this site never finished a round"
             log.warning("%s", reason)
-            await self._report(run, self.link.instance, {}, 0, reason)
+            await self._report(run, self.uplink.instance, {}, 0, reason)
             return
-        verdict = await self.link.retrying(
+        verdict = await self.uplink.retrying(
             "upload of the local model",
             lambda: self.conn.submit_model(
-                run.run_number, -1, best, worker.info.train_samples, {}, local=True
+                run.run_number, -1, best, worker.info.train_samples, {}, UploadKind.BEST_LOCAL
             ),
         )
         log.info("best local model shared for cross-site validation: %s", verdict.message)
@@ -79,7 +80,7 @@ class CrossSiteValidation:
         model = run.work_dir / f"crossval_{owner}.safetensors"
         error, metrics, samples = "", {}, 0
         try:
-            await self.link.retrying(
+            await self.uplink.retrying(
                 f"download of {owner}'s model",
                 lambda: self.conn.get_model(run.run_number, -1, model, owner=owner),
             )
@@ -109,7 +110,7 @@ class CrossSiteValidation:
         self, run: RunContext, owner: str, metrics: dict[str, float], samples: int, error: str
     ) -> None:
         """Send one cell of the matrix (metrics, or why there are none)."""
-        await self.link.retrying(
+        await self.uplink.retrying(
             "cross-site report",
             lambda: self.conn.submit_metrics(
                 run.run_number, -1, metrics, samples, error=error, owner=owner

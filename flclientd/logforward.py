@@ -29,7 +29,7 @@ class ForwardedLine:
 
 
 class LogForwarder(logging.Handler):
-    """Collects log records for the Session stream, thread-safe."""
+    """Collects log records for the control stream, thread-safe."""
 
     def __init__(self, lines_per_second: float) -> None:
         super().__init__(logging.INFO)

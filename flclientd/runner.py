@@ -28,7 +28,6 @@ import sysconfig
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,13 @@ from flclientd.worker.protocol import (
     SOCKET_ENV,
     UNMARKED_STDERR_LEVEL,
     UNMARKED_STDOUT_LEVEL,
+    WorkerInfo,
+    WorkResult,
     decode,
     encode,
     parse_log_line,
 )
+from flcore.proctable import descendants
 
 logger = logging.getLogger(__name__)
 
@@ -62,29 +64,6 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 TAIL_LINES = 200
 MAX_LINE_CHARS = 64 * 1024
 DRAIN_TIMEOUT = 1.0
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """What the child found when it got ready."""
-
-    device: str
-    gpu_count: int
-    world_size: int
-    train_samples: int
-    val_samples: int
-
-
-@dataclass(frozen=True)
-class WorkResult:
-    """The answer to a train or validate request.
-
-    ``num_samples`` is the FedAvg weight after training (the site's training
-    samples) and the number of samples validated after validation.
-    """
-
-    num_samples: int
-    metrics: dict[str, float]
 
 
 class WorkerFailed(Exception):
@@ -277,11 +256,13 @@ class TrainingProcess:
                 "epochs": epochs,
             },
         )
-        return _work_result(result)
+        return WorkResult.from_message(result)
 
     async def validate(self, *, model: Path) -> WorkResult:
         """Metrics of any model file on the local validation split (cross-site validation)."""
-        return _work_result(await self._call(OP_VALIDATE, {"model": str(model.resolve())}))
+        return WorkResult.from_message(
+            await self._call(OP_VALIDATE, {"model": str(model.resolve())})
+        )
 
     async def stop(self, grace: float = 3.0) -> None:
         """Ask the child to exit; kill its process group if it has not within ``grace`` seconds."""
@@ -357,16 +338,7 @@ class TrainingProcess:
         message = decode(line)
         event = message.get("event")
         if event == EVENT_READY and not self._ready.done():
-            info = message["info"]
-            self._ready.set_result(
-                WorkerInfo(
-                    device=str(info["device"]),
-                    gpu_count=int(info["gpu_count"]),
-                    world_size=int(info["world_size"]),
-                    train_samples=int(info["train_samples"]),
-                    val_samples=int(info["val_samples"]),
-                )
-            )
+            self._ready.set_result(WorkerInfo.from_message(message["info"]))
         elif event == EVENT_FAILED and not self._ready.done():
             self._ready.set_exception(
                 WorkerFailed(str(message["error"]), str(message.get("traceback", "")))
@@ -437,28 +409,6 @@ class TrainingProcess:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
-def descendants(root: int) -> list[int]:
-    """Every live process below ``root``, read from /proc (children first found first)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses; the fields follow the last ")".
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
 def kill_tree(leader: int) -> None:
     """SIGKILL a process group and every descendant of its leader, wherever they moved.
 
@@ -478,8 +428,3 @@ def kill_tree(leader: int) -> None:
         for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-
-
-def _work_result(result: dict[str, Any]) -> WorkResult:
-    metrics = {str(key): float(value) for key, value in (result.get("metrics") or {}).items()}
-    return WorkResult(num_samples=int(result["num_samples"]), metrics=metrics)

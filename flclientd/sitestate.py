@@ -1,6 +1,6 @@
 """What a client daemon remembers across its own restarts.
 
-Its session token (so a restarted daemon resumes its instance name) and the
+Its registration token (so a restarted daemon resumes its instance name) and the
 run it was training (so a daemon restarted by systemd after a crash rejoins
 that run at the server's current round without an admin). Kept in
 ``<workspace>/state/`` with mode 0600: the token is only useful with the
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SiteState:
-    """Session token and the run in progress (0 when none)."""
+    """Registration token and the run in progress (0 when none)."""
 
     token: str = ""
     training_run: int = 0
@@ -68,7 +68,7 @@ class SiteStore:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.warning(
-                "another flclientd uses %s: this instance will not remember its session", path
+                "another flclientd uses %s: this instance will not remember its registration", path
             )
             self.owned = False
             self.state = SiteState()

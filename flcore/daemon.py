@@ -1,17 +1,61 @@
-"""Daemon plumbing shared by flserverd and flclientd: stopping on signals, memory arenas."""
+"""Daemon plumbing shared by flserverd and flclientd: the command line and start-up they
+have in common, stopping on signals, memory arenas."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import logging
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
+from flcore.kitsig import KitSignatureError, verify_startup
+from flcore.logs import setup_logging
+from flcore.schema import ConfigError
 from flcore.sdnotify import notify
+from flcore.startup import STARTUP_DIR
 
 log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+
+def daemon_parser(prog: str, description: str, workspace: str) -> argparse.ArgumentParser:
+    """The command line both daemons start with: ``--workspace`` (``workspace`` says whose)
+    and ``--log-level``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        required=True,
+        help=f"the {workspace} workspace: the folder that holds the kit's startup/ folder",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def start_daemon(
+    args: argparse.Namespace, load: Callable[[Path], S], daemon_log: logging.Logger
+) -> tuple[Path, S] | None:
+    """What both daemons do before anything else: few malloc arenas, logging to stderr,
+    then the kit's signature and its startup config.
+
+    Returns the resolved workspace and the loaded config, or None after
+    logging (to ``daemon_log``) why the kit cannot be used.
+    """
+    limit_malloc_arenas()
+    setup_logging(args.log_level)
+    workspace: Path = args.workspace.resolve()
+    try:
+        verify_startup(workspace / STARTUP_DIR)
+        return workspace, load(workspace)
+    except (KitSignatureError, ConfigError) as exc:
+        daemon_log.error("%s", exc)
+        return None
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:

@@ -15,6 +15,7 @@ from typing import Protocol
 import grpc
 
 from flcore.schema import ConfigError
+from flcore.startup import check_private_key
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -34,7 +35,7 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    # Reconnect quickly after a server restart; the session layer decides
+    # Reconnect quickly after a server restart; the client's uplink decides
     # when to give up (the retry window).
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
@@ -88,7 +89,8 @@ class TlsFiles:
         )
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        """Read all three, saying which one is missing or unreadable."""
+        """Read all three, saying which one is missing or unreadable, or a key others may read."""
+        check_private_key(self.private_key)
         out = []
         for label, path in (
             ("root certificate", self.root_cert),

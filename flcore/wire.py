@@ -1,18 +1,65 @@
-"""Conversions between flcore's types and the generated protobuf messages.
+"""Conversions between flcore's types and the generated protobuf messages, shared by
+both daemons' serde edges (``flserverd/serde.py``, ``flclientd/serde.py``).
 
-The one serde module: domain code works with flcore dataclasses and never
-imports ``*_pb2``; servicers, the client session and the admin client call
-these functions at the edge.
+Domain code works with flcore dataclasses and never imports ``*_pb2``. Enums
+read from the wire go through :func:`enum_from_proto`: proto3 lets any
+number through, so a value this side does not know is refused with a reason
+instead of being read as a default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import enum
+from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
+from flcore.federation import MetricsKind, ModelKind, SubmitOutcome, TaskKind, UploadKind
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError, TensorSpec
 
 MAX_TENSORS = 100_000
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+class WireError(ValueError):
+    """A peer sent a message this side cannot read; the message says what was wrong."""
+
+
+TASK_KINDS: Mapping[TaskKind, fed_pb2.TaskKind.ValueType] = {
+    TaskKind.TRAIN: fed_pb2.TASK_KIND_TRAIN,
+    TaskKind.VALIDATE_GLOBAL: fed_pb2.TASK_KIND_VALIDATE_GLOBAL,
+    TaskKind.CROSS_VALIDATE: fed_pb2.TASK_KIND_CROSS_VALIDATE,
+}
+MODEL_KINDS: Mapping[ModelKind, fed_pb2.ModelKind.ValueType] = {
+    ModelKind.GLOBAL: fed_pb2.MODEL_KIND_GLOBAL,
+    ModelKind.BEST_GLOBAL: fed_pb2.MODEL_KIND_BEST_GLOBAL,
+    ModelKind.LOCAL: fed_pb2.MODEL_KIND_LOCAL,
+}
+UPLOAD_KINDS: Mapping[UploadKind, fed_pb2.UploadKind.ValueType] = {
+    UploadKind.UPDATE: fed_pb2.UPLOAD_KIND_UPDATE,
+    UploadKind.BEST_LOCAL: fed_pb2.UPLOAD_KIND_BEST_LOCAL,
+}
+METRICS_KINDS: Mapping[MetricsKind, fed_pb2.MetricsKind.ValueType] = {
+    MetricsKind.GLOBAL_VALIDATION: fed_pb2.METRICS_KIND_GLOBAL_VALIDATION,
+    MetricsKind.CROSS_VALIDATION: fed_pb2.METRICS_KIND_CROSS_VALIDATION,
+}
+SUBMIT_OUTCOMES: Mapping[SubmitOutcome, fed_pb2.SubmitResult.ValueType] = {
+    SubmitOutcome.ACCEPTED: fed_pb2.SUBMIT_RESULT_ACCEPTED,
+    SubmitOutcome.DUPLICATE: fed_pb2.SUBMIT_RESULT_DUPLICATE,
+    SubmitOutcome.LATE: fed_pb2.SUBMIT_RESULT_LATE,
+    SubmitOutcome.REJECTED: fed_pb2.SUBMIT_RESULT_REJECTED,
+}
+
+
+def enum_from_proto(table: Mapping[E, int], value: int, what: str) -> E:
+    """The member of ``table`` that ``value`` stands for; WireError for any other number."""
+    for member, number in table.items():
+        if number == value:
+            return member
+    known = ", ".join(member.value for member in table)
+    raise WireError(f"unknown {what} {value} (this side knows {known})")
 
 
 def manifest_to_proto(manifest: Manifest) -> common_pb2.ModelManifest:

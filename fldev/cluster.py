@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fladmin import AdminClient, CommandReply, load_kit
+from flcore.proctable import command_line, process_table
 from fldev.poll import wait_until
 from provision import extract_kit, parse_project, provision_workspace
 
@@ -164,6 +165,7 @@ class Cluster:
         project = parse_project(mapping)
         result = provision_workspace(project, self.root / "provision")
         for kit in result.written:
+            assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password
             extract_kit(kit.zip_path, kit.password, self.root / kit.name)
         self.data = self.root / "data"
@@ -221,7 +223,7 @@ class Cluster:
         )
         self.daemons.append(daemon.start())
         if wait:
-            daemon.wait_log("Successfully registered client|Resumed session")
+            daemon.wait_log("Successfully registered client|Resumed registration")
         return daemon
 
     def kit(self, email: str = ADMIN) -> Path:
@@ -286,17 +288,8 @@ class Cluster:
 
     def worker_pids(self) -> list[int]:
         """Training processes (any rank or helper) started for this cluster's sites."""
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if "flclientd.worker" in cmdline and str(self.root) in cmdline:
-                pids.append(int(proc.name))
-        return pids
+        mine = ("flclientd.worker", str(self.root))
+        return [p.pid for p in process_table() if all(word in command_line(p.pid) for word in mine)]
 
     def metrics(self, run_number: int = 1) -> list[dict[str, Any]]:
         """Rows of the server's metrics.jsonl of a run."""

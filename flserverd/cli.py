@@ -16,9 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from flcore.daemon import limit_malloc_arenas, stop_on_signals
-from flcore.kitsig import KitSignatureError, verify_startup
-from flcore.logs import setup_logging
+from flcore.daemon import daemon_parser, start_daemon, stop_on_signals
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.schema import ConfigError
@@ -39,29 +37,15 @@ CHECKPOINT_GRACE_S = 30.0
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line of the server daemon."""
-    parser = argparse.ArgumentParser(prog="flserverd", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        required=True,
-        help="the server workspace: the folder that holds the kit's startup/ folder",
-    )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    return parser.parse_args(argv)
+    return daemon_parser("flserverd", __doc__.splitlines()[0], "server").parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flserverd console script."""
-    args = parse_args(argv)
-    limit_malloc_arenas()
-    setup_logging(args.log_level)
-    workspace = args.workspace.resolve()
-    try:
-        verify_startup(workspace / STARTUP_DIR)
-        startup = load_server(workspace)
-    except (KitSignatureError, ConfigError) as exc:
-        log.error("%s", exc)
+    started = start_daemon(parse_args(argv), load_server, log)
+    if started is None:
         return EXIT_CONFIG
+    workspace, startup = started
     try:
         return asyncio.run(serve(workspace, startup))
     except ConfigError as exc:

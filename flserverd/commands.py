@@ -11,15 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flcore import status as st
+from flcore.feed import CommandSeen
+from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
-from flserverd.registry import ClientSession
+from flserverd.crossval import ValidationMatrix
+from flserverd.registry import RegisteredClient
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
-from flserverd.transfer import TransferError, client_app_dir, copy_app, uploaded_app
+from flserverd.transfer import (
+    FileChunk,
+    TransferError,
+    client_app_dir,
+    copy_app,
+    receive_app,
+    uploaded_app,
+)
 from flserverd.views import client_row
 
 log = logging.getLogger(__name__)
@@ -29,12 +39,17 @@ MAX_GPUS = 64
 
 @dataclass(frozen=True)
 class Reply:
-    """The outcome of one admin command."""
+    """The outcome of one admin command.
+
+    ``then`` runs once the reply has reached the admin: ``shutdown server``
+    stops the server only after its answer went out.
+    """
 
     ok: bool
     text: str
     data: dict[str, Any] = field(default_factory=dict)
     confirm_prompt: str = ""
+    then: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,45 @@ class AdminCommands:
     async def execute(
         self, user: str, role: str, line: str, timeout: float, confirmed: bool
     ) -> Reply:
-        """Parse and run one command line; never raises for a bad command."""
+        """Parse and run one command line, and audit it once it ran (not when it only asked
+        for confirmation); never raises for a bad command."""
+        reply = await self._run(user, role, line, timeout, confirmed)
+        if not reply.confirm_prompt:
+            self.audit(user, line, reply.ok)
+        return reply
+
+    def audit(self, user: str, line: str, ok: bool) -> None:
+        """Record an admin's command in the state database and the console's feed."""
+        self.server.db.audit(user, line, ok)
+        self.server.bus.publish(CommandSeen(user, line, ok))
+        log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
+
+    async def upload(
+        self, user: str, role: str, app: str, total_bytes: int, chunks: AsyncIterator[FileChunk]
+    ) -> Reply:
+        """Receive an app into transfer/ (upload_folder), validating every chunk and the
+        configs; audited like a command."""
+        if role != ROLE_SUPER:
+            reply = Reply(False, f"permission denied: {user} has the {role!r} role")
+        else:
+            reply = await self._receive(app, total_bytes, chunks)
+        self.audit(user, f"upload_folder {app}", reply.ok)
+        return reply
+
+    async def _receive(self, app: str, total_bytes: int, chunks: AsyncIterator[FileChunk]) -> Reply:
+        store, limit = self.server.store, self.server.startup.max_upload_mb
+        try:
+            target, files, dropped = await receive_app(store, app, total_bytes, limit, chunks)
+        except (FolderError, TransferError) as exc:
+            return Reply(False, f"upload refused: {exc}")
+        text = f"Created folder {target}"
+        if dropped:
+            text += (
+                f"\n(ignored {', '.join(sorted(dropped))}: only config/ and resources/ are kept)"
+            )
+        return Reply(True, text, {"app": app, "path": str(target), "files": files})
+
+    async def _run(self, user: str, role: str, line: str, timeout: float, confirmed: bool) -> Reply:
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -119,27 +172,27 @@ class AdminCommands:
 
     # ------------------------------------------------------------------ helpers
 
-    def targets(self, names: list[str]) -> list[ClientSession]:
-        """Sessions named by instance (all when none are named)."""
+    def targets(self, names: list[str]) -> list[RegisteredClient]:
+        """Registered clients named by instance (all when none are named)."""
         registry = self.server.registry
         if not names:
-            sessions = registry.sessions()
-            if not sessions:
+            clients = registry.clients()
+            if not clients:
                 raise CommandError("no clients are registered")
-            return sessions
+            return clients
         unknown = [n for n in names if registry.by_instance(n) is None]
         if unknown:
-            known = ", ".join(s.instance for s in registry.sessions()) or "none"
+            known = ", ".join(s.instance for s in registry.clients()) or "none"
             raise CommandError(
                 f"unknown client instance {', '.join(unknown)} (registered: {known})"
             )
         return [s for n in dict.fromkeys(names) if (s := registry.by_instance(n)) is not None]
 
     async def per_client(
-        self, request: Request, sessions: list[ClientSession], name: str, args: dict[str, Any]
+        self, request: Request, clients: list[RegisteredClient], name: str, args: dict[str, Any]
     ) -> Reply:
         """Send a command to clients and report one line each."""
-        results = await self.server.call(sessions, name, args, request.timeout)
+        results = await self.server.call(clients, name, args, request.timeout)
         lines = [instance_line(s.instance, r.text) for s, r in results]
         data = {s.instance: {**r.data, "ok": r.ok, "text": r.text} for s, r in results}
         return Reply(all(r.ok for _, r in results), "\n".join(lines) + "\n", {"clients": data})
@@ -178,24 +231,24 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
     server = cmds.server
     if kind == "server":
         return _server_status(server)
-    sessions = cmds.targets(names)
-    results = await server.call(sessions, "check_status", {}, request.timeout)
+    clients = cmds.targets(names)
+    results = await server.call(clients, "check_status", {}, request.timeout)
     lines, data = [], {}
-    for session, result in results:
-        row = asdict(client_row(session))
+    for client, result in results:
+        row = asdict(client_row(client))
         if result.ok:
             row.update(_reported(result.data, row))
             state = row["status"]
         else:
-            state = f"{session.status.status} (no reply: {result.text})"
-        text = f"client name: {session.client_name}\ttoken: {session.token}\tstatus: {state}"
+            state = f"{client.status.status} (no reply: {result.text})"
+        text = f"client name: {client.client_name}\ttoken: {client.token}\tstatus: {state}"
         if row.get("round", -1) >= 0 and row.get("status") in st.ACTIVE:
             text += f"\tround: {row['round']}"
-        text += f"\tdevice: {row.get('device') or session.machine.device}"
+        text += f"\tdevice: {row.get('device') or client.machine.device}"
         if row.get("error"):
             text += f"\terror: {row['error']}"
-        lines.append(instance_line(session.instance, text))
-        data[session.instance] = row
+        lines.append(instance_line(client.instance, text))
+        data[client.instance] = row
     return Reply(True, "\n".join(lines) + "\n", {"clients": data})
 
 
@@ -299,8 +352,7 @@ async def _deploy(cmds: AdminCommands, request: Request) -> Reply:
     if kind == "server":
         if app.server is None:
             raise CommandError(f"{name} has no config/config_fed_server.json to run on the server")
-        training = server.training
-        if server.starting or (training is not None and training.active):
+        if server.busy:
             raise CommandError(f"run {number} is training: abort it before deploying to the server")
         await asyncio.to_thread(copy_app, app.root, server.store.server_app(number), name)
         server.publish_run()
@@ -311,9 +363,9 @@ async def _deploy(cmds: AdminCommands, request: Request) -> Reply:
         )
     if app.client is None:
         raise CommandError(f"{name} has no config/config_fed_client.json to run on clients")
-    sessions = cmds.targets(names)
+    clients = cmds.targets(names)
     await asyncio.to_thread(copy_app, app.root, client_app_dir(server.store, number, name), name)
-    return await cmds.per_client(request, sessions, "deploy", {"run_number": number, "app": name})
+    return await cmds.per_client(request, clients, "deploy", {"run_number": number, "app": name})
 
 
 @command("start server | client [instance...]", "start training on the server or on clients")
@@ -341,8 +393,8 @@ async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
         raise CommandError(f"start_mgpu: the GPU count must be between 1 and {MAX_GPUS}")
     gpus = int(words[2])
     number = cmds.server.require_run()
-    sessions = cmds.targets([words[3]])
-    return await cmds.per_client(request, sessions, "start", {"run_number": number, "gpus": gpus})
+    clients = cmds.targets([words[3]])
+    return await cmds.per_client(request, clients, "start", {"run_number": number, "gpus": gpus})
 
 
 @command("abort server | client [instance...]", "stop training on the server or on clients")
@@ -353,8 +405,8 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
         if server.starting:
             server.abort_training()
             return Reply(True, "Server training start aborted.", {"run_number": server.run_number})
-        training = server.training
-        if not server.abort_training() or training is None:
+        training = server.active_training()
+        if training is None or not server.abort_training():
             raise CommandError("the server is not training")
         return Reply(
             True,
@@ -373,15 +425,15 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "shutdown")
     server = cmds.server
     if kind == "client":
-        sessions = cmds.targets(names)
+        clients = cmds.targets(names)
         if not request.confirmed:
             return Reply(False, "", confirm_prompt="Are you sure (Y/N):")
-        reply = await cmds.per_client(request, sessions, "shutdown", {})
+        reply = await cmds.per_client(request, clients, "shutdown", {})
         answers = reply.data["clients"]
-        server.leaving(s for s in sessions if answers[s.instance]["ok"])
+        server.leaving(s for s in clients if answers[s.instance]["ok"])
         return reply
     if not request.confirmed:
-        connected = [s.instance for s in server.registry.sessions()]
+        connected = [s.instance for s in server.registry.clients()]
         warning = (
             f"{len(connected)} client(s) still registered ({', '.join(connected)}); shut clients "
             "down first (shutdown client), because they receive commands through the server.\n"
@@ -394,8 +446,7 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     still_here = await server.departures(DEPARTURE_WAIT_S)
     if still_here:
         log.warning("shutting down before %s logged out", ", ".join(still_here))
-    asyncio.get_running_loop().call_later(0.2, server.shutdown_requested.set)
-    return Reply(True, "Shutting down the server...", {})
+    return Reply(True, "Shutting down the server...", {}, then=server.shutdown_requested.set)
 
 
 @command("validate all | <instance> <instance>...", "cross-site validation results", read_only=True)
@@ -408,58 +459,50 @@ async def _validate(cmds: AdminCommands, request: Request) -> Reply:
     crossval = server.crossval_for(number)
     bystanders = {
         s.instance: "does not take part (cross_validate is off)"
-        for s in server.registry.sessions()
+        for s in server.registry.clients()
         if s.status.run_number == number and not s.status.cross_validate
     }
     matrix = crossval.matrix([] if names == ["all"] else names, bystanders)
     metric = _matrix_metric(matrix)
-    matrix["metric"] = metric
-    if not matrix["cells"] and not matrix["notes"]:
+    data = {**matrix.as_json(), "metric": metric}
+    if not matrix.cells and not matrix.notes:
         text = f"No cross-site validation results for run {number}."
-        return Reply(True, text, matrix)
-    return Reply(True, render_matrix(matrix, metric), matrix)
+        return Reply(True, text, data)
+    return Reply(True, render_matrix(matrix, metric), data)
 
 
-def _matrix_metric(matrix: dict[str, Any]) -> str:
+def _matrix_metric(matrix: ValidationMatrix) -> str:
     """The metric to show: val_accuracy when present, else the first one reported."""
-    names = sorted(
-        {
-            name
-            for row in matrix["cells"].values()
-            for cell in row.values()
-            for name in cell["metrics"]
-        }
-    )
+    names = matrix.metric_names()
     return "val_accuracy" if "val_accuracy" in names or not names else names[0]
 
 
-def render_matrix(matrix: dict[str, Any], metric: str) -> str:
+def render_matrix(matrix: ValidationMatrix, metric: str) -> str:
     """The cross-site matrix as text: rows are models, columns the sites validating them."""
     corner = "model \\ site"
-    columns: list[str] = matrix["columns"]
-    width = max([len(corner), *(len(r) for r in matrix["rows"])]) + 2
+    columns = matrix.columns
+    width = max([len(corner), *(len(r) for r in matrix.rows)]) + 2
     cell_width = max([10, *(len(c) + 2 for c in columns)])
     lines = [
-        f"Cross-site validation of run {matrix['run_number']} ({metric})",
+        f"Cross-site validation of run {matrix.run_number} ({metric})",
         (corner.ljust(width) + "".join(c.ljust(cell_width) for c in columns)).rstrip(),
     ]
-    for row in matrix["rows"]:
-        cells = matrix["cells"].get(row, {})
+    for row in matrix.rows:
         shown = []
         for column in columns:
-            cell = cells.get(column)
+            cell = matrix.cell(row, column)
             if cell is None:
                 shown.append("")
-            elif cell["error"]:
+            elif cell.error:
                 shown.append("error")
             else:
-                value = cell["metrics"].get(metric)
+                value = cell.metrics.get(metric)
                 shown.append("" if value is None else f"{value:.4f}")
         lines.append((row.ljust(width) + "".join(v.ljust(cell_width) for v in shown)).rstrip())
-    for row, cells in matrix["cells"].items():
+    for row, cells in matrix.cells.items():
         for column, cell in cells.items():
-            if cell["error"]:
-                lines.append(f"model of {row} on {column}: {cell['error']}")
-    for site, reason in sorted(matrix["notes"].items()):
+            if cell.error:
+                lines.append(f"model of {row} on {column}: {cell.error}")
+    for site, reason in sorted(matrix.notes.items()):
         lines.append(f"{site}: {reason}")
     return "\n".join(lines)

@@ -19,34 +19,71 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from flcore.atomic import atomic_write_bytes
+from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import TensorFile
 from flserverd.runstore import RunStore
 from flserverd.statedb import StateDB
+from flserverd.training import Refusal
 
 log = logging.getLogger(__name__)
 
-GLOBAL = "global"
+
+@dataclass(frozen=True)
+class MatrixCell:
+    """One site's validation of one model: its metrics, or why there are none."""
+
+    metrics: dict[str, float]
+    error: str
 
 
 @dataclass(frozen=True)
-class CrossValidationOffer:
-    """Models one participant may validate now, and those still to come."""
+class ValidationMatrix:
+    """The cross-site results: rows are model owners (``global`` first), columns the
+    validating sites; ``notes`` say why a site has no model or no results."""
 
     run_number: int
-    owners: tuple[str, ...]
-    pending: tuple[str, ...]
+    rows: list[str]
+    columns: list[str]
+    cells: dict[str, dict[str, MatrixCell]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def cell(self, row: str, column: str) -> MatrixCell | None:
+        """The result of ``column`` validating the model of ``row``, if there is one."""
+        return self.cells.get(row, {}).get(column)
+
+    def metric_names(self) -> list[str]:
+        """Every metric some cell reports, sorted."""
+        return sorted(
+            {name for row in self.cells.values() for cell in row.values() for name in cell.metrics}
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The matrix for programs (``validate --json``, cross_site_validation.json)."""
+        return {
+            "run_number": self.run_number,
+            "rows": list(self.rows),
+            "columns": list(self.columns),
+            "cells": {
+                row: {
+                    column: {"metrics": cell.metrics, "error": cell.error}
+                    for column, cell in cells.items()
+                }
+                for row, cells in self.cells.items()
+            },
+            "notes": dict(self.notes),
+        }
 
 
 class CrossValidationListener(Protocol):
     """Where offers go (the server's client links)."""
 
-    def offer(self, instances: Iterable[str], offer: CrossValidationOffer) -> None:
+    def offer(self, instances: Iterable[str], offer: TaskOffer) -> None:
         """Send an offer to these client instances."""
 
 
@@ -72,9 +109,41 @@ class CrossValidation:
             for owner, validator, metrics, error in db.validation_results(run_number)
         }
 
+    def model_for(self, instance: str, owner: str) -> Path:
+        """The model of ``owner`` for ``instance`` to validate; Refusal when it may not have it."""
+        if not self.may_fetch(instance, owner):
+            raise Refusal(
+                f"the model of {owner!r} is not available to {instance} for cross-site validation"
+            )
+        return self.model_path(owner)
+
+    def check_model(self, instance: str) -> Verdict | None:
+        """The verdict on a participant's best local model before its bytes arrive."""
+        if instance not in self.declared:
+            return Verdict(
+                SubmitOutcome.REJECTED, f"{instance} does not take part in cross-site validation"
+            )
+        if instance in self.submitted:
+            return Verdict(SubmitOutcome.DUPLICATE, "the local model was already received")
+        return None
+
+    def record_report(
+        self, validator: str, owner: str, metrics: dict[str, float], error: str
+    ) -> Verdict:
+        """A participant's validation of ``owner``'s model (or why there is none)."""
+        if validator not in self.declared:
+            return Verdict(
+                SubmitOutcome.REJECTED, f"{validator} does not take part in cross-site validation"
+            )
+        try:
+            self.record(owner, validator, metrics, error)
+        except ValueError as exc:
+            return Verdict(SubmitOutcome.REJECTED, str(exc))
+        return Verdict(SubmitOutcome.ACCEPTED, "recorded")
+
     def model_path(self, owner: str) -> Path:
         """Where an owner's model for validation is (the best global model for ``global``)."""
-        if owner == GLOBAL:
+        if owner == GLOBAL_OWNER:
             best = self._store.best_model(self.run_number)
             return best if best.exists() else self._store.global_model(self.run_number)
         return self.folder / f"{owner}.safetensors"
@@ -123,7 +192,8 @@ class CrossValidation:
 
         Raises ValueError for an owner that is not a participant.
         """
-        if owner != GLOBAL and owner not in self.declared | self.submitted | set(self.withdrawn):
+        participants = self.declared | self.submitted | set(self.withdrawn)
+        if owner != GLOBAL_OWNER and owner not in participants:
             raise ValueError(f"{owner!r} has no model in the cross-site validation of this run")
         if owner == validator and error:
             self.withdraw(owner, error)
@@ -132,7 +202,7 @@ class CrossValidation:
         self._db.save_validation(self.run_number, owner, validator, metrics, error)
         atomic_write_bytes(
             self._store.run_dir(self.run_number) / "cross_site_validation.json",
-            json.dumps(self.matrix(), indent=2, sort_keys=True).encode(),
+            json.dumps(self.matrix().as_json(), indent=2, sort_keys=True).encode(),
         )
         shown = error or format_metrics(metrics)
         log.info(
@@ -143,21 +213,21 @@ class CrossValidation:
         """Models for validation go to participating sites only, once they exist."""
         if instance not in self.declared:
             return False
-        if owner == GLOBAL:
+        if owner == GLOBAL_OWNER:
             return self.training_over
         return owner in self.submitted and owner != instance
 
-    def offer_for(self, instance: str) -> CrossValidationOffer:
+    def offer_for(self, instance: str) -> TaskOffer:
         """What ``instance`` may validate now and what it should still wait for."""
         done = {owner for owner, validator in self.results if validator == instance}
         ready = [o for o in sorted(self.submitted) if o != instance and o not in done]
         pending = sorted(self.declared - self.submitted - {instance})
         if self.training_over:
-            if GLOBAL not in done:
-                ready.insert(0, GLOBAL)
+            if GLOBAL_OWNER not in done:
+                ready.insert(0, GLOBAL_OWNER)
         else:
-            pending.insert(0, GLOBAL)
-        return CrossValidationOffer(self.run_number, tuple(ready), tuple(pending))
+            pending.insert(0, GLOBAL_OWNER)
+        return TaskOffer(self.run_number, -1, TaskKind.CROSS_VALIDATE, tuple(ready), tuple(pending))
 
     def _offer(self, instances: Iterable[str]) -> None:
         for instance in sorted(instances):
@@ -165,8 +235,8 @@ class CrossValidation:
 
     def matrix(
         self, names: Iterable[str] = (), bystanders: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        """The results as data: rows are model owners, columns validating sites.
+    ) -> ValidationMatrix:
+        """The results: rows are model owners, columns validating sites.
 
         ``names`` restricts rows and columns to those instances (the global
         model's row is always shown); ``bystanders`` are sites of the run that
@@ -178,24 +248,19 @@ class CrossValidation:
             self.declared
             | set(notes)
             | {v for _, v in self.results}
-            | {o for o, _ in self.results} - {GLOBAL}
+            | {o for o, _ in self.results} - {GLOBAL_OWNER}
         )
-        rows = [GLOBAL, *sites]
+        rows = [GLOBAL_OWNER, *sites]
         columns = list(sites)
         if wanted:
-            rows = [r for r in rows if r == GLOBAL or r in wanted]
+            rows = [r for r in rows if r == GLOBAL_OWNER or r in wanted]
             columns = [c for c in columns if c in wanted]
-        cells: dict[str, dict[str, dict[str, Any]]] = {}
+        cells: dict[str, dict[str, MatrixCell]] = {}
         for row in rows:
             for column in columns:
                 found = self.results.get((row, column))
                 if found is not None:
                     metrics, error = found
-                    cells.setdefault(row, {})[column] = {"metrics": metrics, "error": error}
-        return {
-            "run_number": self.run_number,
-            "rows": rows,
-            "columns": columns,
-            "cells": cells,
-            "notes": {site: reason for site, reason in notes.items() if site in rows},
-        }
+                    cells.setdefault(row, {})[column] = MatrixCell(metrics, error)
+        notes = {site: reason for site, reason in notes.items() if site in rows}
+        return ValidationMatrix(self.run_number, rows, columns, cells, notes)

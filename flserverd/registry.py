@@ -1,9 +1,10 @@
-"""The server's registry of client sessions: login, tokens, instance names, heartbeats.
+"""The server's registry of clients: login, tokens, instance names, heartbeats.
 
-A token is bound to the certificate identity that obtained it; presenting it
-with another certificate is refused. Sessions are persisted so that, after a
-server restart, a client that reconnects with its token keeps its instance
-name and carries on. A session that is not heard from for
+A client that logs in is registered under a token and an instance name. A
+token is bound to the certificate identity that obtained it; presenting it
+with another certificate is refused. Registrations are persisted so that,
+after a server restart, a client that reconnects with its token keeps its
+instance name and carries on. A client that is not heard from for
 ``heart_beat_timeout`` seconds is dropped.
 """
 
@@ -15,9 +16,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flcore.federation import MachineInfo
 from flcore.identity import Identity
 from flcore.status import ClientStatus
-from flserverd.statedb import SessionRecord, StateDB
+from flserverd.statedb import ClientRecord, StateDB
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +29,7 @@ class AuthError(PermissionError):
 
 
 @dataclass
-class MachineInfo:
-    """What a client said about its machine at login."""
-
-    device: str = "unknown"
-    gpu_count: int = 0
-    hostname: str = ""
-    version: str = ""
-    pid: int = 0
-
-
-@dataclass
-class ClientSession:
+class RegisteredClient:
     """One logged-in client instance."""
 
     token: str
@@ -53,7 +44,7 @@ class ClientSession:
 
 
 class ClientRegistry:
-    """Sessions by token; instance names are unique among live sessions."""
+    """Registered clients by token; instance names are unique among them."""
 
     def __init__(
         self,
@@ -64,13 +55,13 @@ class ClientRegistry:
         self._db = db
         self.heart_beat_timeout = heart_beat_timeout
         self._clock = clock
-        self._sessions: dict[str, ClientSession] = {}
-        self._by_instance: dict[str, ClientSession] = {}
+        self._clients: dict[str, RegisteredClient] = {}
+        self._by_instance: dict[str, RegisteredClient] = {}
         now = clock()
-        for record in db.load_sessions():
-            # Restored sessions get a full timeout to reconnect after a restart.
+        for record in db.load_clients():
+            # Restored clients get a full timeout to reconnect after a restart.
             self._add(
-                ClientSession(
+                RegisteredClient(
                     token=record.token,
                     client_name=record.client_name,
                     instance=record.instance,
@@ -79,36 +70,36 @@ class ClientRegistry:
                     last_heartbeat=now,
                 )
             )
-        if self._sessions:
-            log.info("restored %d client sessions from the state database", len(self._sessions))
+        if self._clients:
+            log.info("restored %d registered clients from the state database", len(self._clients))
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        return len(self._clients)
 
-    def sessions(self) -> list[ClientSession]:
-        """Live sessions ordered by instance name."""
-        return sorted(self._sessions.values(), key=lambda s: s.instance)
+    def clients(self) -> list[RegisteredClient]:
+        """Registered clients ordered by instance name."""
+        return sorted(self._clients.values(), key=lambda s: s.instance)
 
-    def _add(self, session: ClientSession) -> None:
-        self._sessions[session.token] = session
-        self._by_instance[session.instance] = session
+    def _add(self, client: RegisteredClient) -> None:
+        self._clients[client.token] = client
+        self._by_instance[client.instance] = client
 
-    def by_instance(self, instance: str) -> ClientSession | None:
-        """The session of an instance name, if it is registered."""
+    def by_instance(self, instance: str) -> RegisteredClient | None:
+        """The client registered under an instance name, if any."""
         return self._by_instance.get(instance)
 
-    def is_current(self, session: ClientSession) -> bool:
-        """Whether the session is still registered (not dropped or replaced)."""
-        return self._sessions.get(session.token) is session
+    def is_current(self, client: RegisteredClient) -> bool:
+        """Whether the client is still registered (not dropped or replaced)."""
+        return self._clients.get(client.token) is client
 
     def login(
         self, identity: Identity, token: str, machine: MachineInfo
-    ) -> tuple[ClientSession, bool]:
-        """Start or resume a session for a verified client certificate.
+    ) -> tuple[RegisteredClient, bool]:
+        """Register a verified client certificate, or resume its registration.
 
-        Returns the session and whether it was resumed. A token that belongs
+        Returns the client and whether it was resumed. A token that belongs
         to another identity is refused. A known token of the same identity
-        always resumes its session, even while the server still thinks the old
+        always resumes its registration, even while the server still thinks the old
         stream is open (after a network blip the client often knows first);
         the new stream then replaces the old one. Two processes of one kit in
         one workspace do not share a token: the client daemon locks its state
@@ -117,17 +108,17 @@ class ClientRegistry:
         """
         now = self._clock()
         if token:
-            session = self._sessions.get(token)
-            if session is not None and session.client_name != identity.name:
+            client = self._clients.get(token)
+            if client is not None and client.client_name != identity.name:
                 raise AuthError(
-                    f"token belongs to client {session.client_name!r}, "
+                    f"token belongs to client {client.client_name!r}, "
                     f"not to certificate {identity.name!r}"
                 )
-            if session is not None:
-                session.last_heartbeat = now
-                session.machine = machine
-                return session, True
-        session = ClientSession(
+            if client is not None:
+                client.last_heartbeat = now
+                client.machine = machine
+                return client, True
+        client = RegisteredClient(
             token=str(uuid.uuid4()),
             client_name=identity.name,
             instance=self._free_instance(identity.name),
@@ -136,11 +127,11 @@ class ClientRegistry:
             last_heartbeat=now,
             machine=machine,
         )
-        self._add(session)
-        self._db.save_session(
-            SessionRecord(session.token, session.client_name, session.instance, session.org, now)
+        self._add(client)
+        self._db.save_client(
+            ClientRecord(client.token, client.client_name, client.instance, client.org, now)
         )
-        return session, False
+        return client, False
 
     def _free_instance(self, name: str) -> str:
         taken = self._by_instance
@@ -151,27 +142,27 @@ class ClientRegistry:
             n += 1
         return f"{name}_{n}"
 
-    def authenticate(self, token: str, identity: Identity | None) -> ClientSession:
-        """The session of a token presented with a certificate; AuthError if they don't match."""
-        session = self._sessions.get(token)
-        if session is None:
+    def authenticate(self, token: str, identity: Identity | None) -> RegisteredClient:
+        """The client of a token presented with a certificate; AuthError if they don't match."""
+        client = self._clients.get(token)
+        if client is None:
             raise AuthError("unknown or expired token: log in again")
-        if identity is None or identity.name != session.client_name:
+        if identity is None or identity.name != client.client_name:
             raise AuthError("token was issued to another certificate")
-        session.last_heartbeat = self._clock()
-        return session
+        client.last_heartbeat = self._clock()
+        return client
 
-    def heard(self, session: ClientSession) -> None:
+    def heard(self, client: RegisteredClient) -> None:
         """Note that a client was heard from just now."""
-        session.last_heartbeat = self._clock()
+        client.last_heartbeat = self._clock()
 
-    def expired(self) -> list[ClientSession]:
-        """Sessions silent for longer than the heartbeat timeout."""
+    def expired(self) -> list[RegisteredClient]:
+        """Clients silent for longer than the heartbeat timeout."""
         limit = self._clock() - self.heart_beat_timeout
-        return [s for s in self._sessions.values() if s.last_heartbeat < limit]
+        return [s for s in self._clients.values() if s.last_heartbeat < limit]
 
-    def remove(self, session: ClientSession) -> None:
-        """Forget a session (dropped, logged out or shut down)."""
-        if self._sessions.pop(session.token, None) is not None:
-            self._by_instance.pop(session.instance, None)
-            self._db.delete_session(session.token)
+    def remove(self, client: RegisteredClient) -> None:
+        """Forget a client (dropped, logged out or shut down)."""
+        if self._clients.pop(client.token, None) is not None:
+            self._by_instance.pop(client.instance, None)
+            self._db.delete_client(client.token)

@@ -22,9 +22,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from flcore.atomic import fsync_dir
+from flserverd.statedb import RoundSummary
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,14 @@ class RunStore:
             if number.isdigit() and int(number) not in keep:
                 path.unlink(missing_ok=True)
 
-    def append_metrics(self, run_number: int, record: dict[str, Any]) -> None:
+    def append_metrics(self, summary: RoundSummary) -> None:
         """Append one round's metrics to ``metrics.jsonl`` (one JSON object per line)."""
-        path = self.run_dir(run_number) / "metrics.jsonl"
+        path = self.run_dir(summary.run) / "metrics.jsonl"
         with path.open("a+b") as handle:
             # A line cut short by a crash stays a line of its own; readers skip it.
             start = b"\n" if handle.tell() and not _ends_with_newline(handle) else b""
-            handle.write(start + json.dumps(record, sort_keys=True).encode() + b"\n")
+            line = json.dumps(summary.as_json(), sort_keys=True).encode()
+            handle.write(start + line + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -1,24 +1,54 @@
-"""Server-side conversions of federation messages (the feed's are in flcore.feedwire)."""
+"""The server's serde edge for the federation service: protobuf in, flcore records out,
+and back (the feed's conversions are in flcore.feedwire, shared ones in flcore.wire).
+
+Everything a client controls is bounded here, before the server stores or
+relays it; enums are checked (an unknown value raises WireError).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from typing import Any
 
+from flcore.federation import (
+    ClientHeartbeat,
+    Closed,
+    Command,
+    CommandResult,
+    Downward,
+    Hello,
+    LogBatch,
+    MachineInfo,
+    MetricsReport,
+    ModelRequest,
+    RunEnded,
+    StatusChanged,
+    SubmitHeader,
+    TaskOffer,
+    Upward,
+    Verdict,
+)
 from flcore.feed import LogEntry
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.status import ClientStatus
-from flserverd.crossval import CrossValidationOffer
-from flserverd.links import Closed, Command, Outbound, RunEnded
-from flserverd.registry import MachineInfo
-from flserverd.training import Offer, TaskKind
+from flcore.wire import (
+    METRICS_KINDS,
+    MODEL_KINDS,
+    SUBMIT_OUTCOMES,
+    TASK_KINDS,
+    UPLOAD_KINDS,
+    WireError,
+    enum_from_proto,
+    manifest_from_proto,
+)
 
 MAX_TEXT = 4096
-
-_TASK_KINDS = {
-    TaskKind.TRAIN: fed_pb2.TASK_KIND_TRAIN,
-    TaskKind.VALIDATE_GLOBAL: fed_pb2.TASK_KIND_VALIDATE_GLOBAL,
-}
+MAX_RESULT_TEXT = 65536
+MAX_LOG_BATCH = 500
+MAX_OWNER = 128
+MAX_VALIDATION_ERROR = 2000
 
 
 def status_from_proto(message: fed_pb2.ClientStatus) -> ClientStatus:
@@ -54,27 +84,55 @@ def log_from_proto(record: common_pb2.LogRecord, source: str) -> LogEntry:
     )
 
 
-def outbound_to_proto(message: Outbound) -> fed_pb2.ServerMessage:
-    """A message for a client's Session stream."""
+def _result_data(data_json: str) -> dict[str, Any]:
+    """The JSON part of a command result; a client that sends anything but an object
+    sends nothing."""
+    try:
+        data = json.loads(data_json) if data_json else {}
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward:
+    """A message on a client's control stream (``source``: the instance it comes from)."""
+    body = message.WhichOneof("body")
+    if body == "hello":
+        return Hello(message.hello.token, status_from_proto(message.hello.status))
+    if body == "heartbeat":
+        return ClientHeartbeat(status_from_proto(message.heartbeat.status))
+    if body == "status":
+        return StatusChanged(status_from_proto(message.status))
+    if body == "result":
+        result = message.result
+        return CommandResult(
+            result.command_id,
+            result.ok,
+            result.text[:MAX_RESULT_TEXT],
+            _result_data(result.data_json),
+        )
+    if body == "logs":
+        records = message.logs.records[:MAX_LOG_BATCH]
+        return LogBatch(tuple(log_from_proto(r, source) for r in records), message.logs.dropped)
+    raise WireError("a control-stream message with no body this server knows")
+
+
+def downward_to_proto(message: Downward) -> fed_pb2.ServerMessage:
+    """A message for a client's control stream."""
     if isinstance(message, Command):
         return fed_pb2.ServerMessage(
             command=fed_pb2.ServerCommand(
                 command_id=message.command_id, name=message.name, args_json=json.dumps(message.args)
             )
         )
-    if isinstance(message, CrossValidationOffer):
+    if isinstance(message, TaskOffer):
         return fed_pb2.ServerMessage(
             task=fed_pb2.TaskOffer(
                 run_number=message.run_number,
-                kind=fed_pb2.TASK_KIND_CROSS_VALIDATE,
+                round=message.round,
+                kind=TASK_KINDS[message.kind],
                 model_owners=list(message.owners),
                 pending_owners=list(message.pending),
-            )
-        )
-    if isinstance(message, Offer):
-        return fed_pb2.ServerMessage(
-            task=fed_pb2.TaskOffer(
-                run_number=message.run_number, round=message.round, kind=_TASK_KINDS[message.kind]
             )
         )
     if isinstance(message, RunEnded):
@@ -86,4 +144,58 @@ def outbound_to_proto(message: Outbound) -> fed_pb2.ServerMessage:
             )
         )
     assert isinstance(message, Closed)
-    return fed_pb2.ServerMessage(closed=fed_pb2.SessionClosed(reason=message.reason))
+    return fed_pb2.ServerMessage(closed=fed_pb2.Closed(reason=message.reason))
+
+
+def model_request_from_proto(message: fed_pb2.ModelRequest) -> ModelRequest:
+    """A download request; WireError for a model kind this server does not know."""
+    return ModelRequest(
+        run_number=message.run_number,
+        round=message.round,
+        kind=enum_from_proto(MODEL_KINDS, message.kind, "model kind"),
+        owner=message.owner[:MAX_OWNER],
+    )
+
+
+def submit_header_from_proto(message: fed_pb2.SubmitHeader) -> SubmitHeader:
+    """What an upload declares; WireError for an unknown kind, TensorFileError for a
+    manifest that contradicts itself."""
+    return SubmitHeader(
+        run_number=message.run_number,
+        round=message.round,
+        kind=enum_from_proto(UPLOAD_KINDS, message.kind, "upload kind"),
+        num_samples=message.num_samples,
+        metrics=dict(message.metrics),
+        manifest=manifest_from_proto(message.manifest),
+    )
+
+
+async def chunks_from_proto(
+    messages: AsyncIterator[fed_pb2.SubmitModelMessage],
+) -> AsyncIterator[tuple[str, int, bytes]]:
+    """The tensor chunks that follow an upload's header."""
+    async for message in messages:
+        chunk = message.chunk
+        yield chunk.name, chunk.offset, chunk.data
+
+
+def metrics_report_from_proto(message: fed_pb2.MetricsReport) -> MetricsReport:
+    """A validation report, bounded; WireError for an unknown kind."""
+    return MetricsReport(
+        run_number=message.run_number,
+        round=message.round,
+        kind=enum_from_proto(METRICS_KINDS, message.kind, "metrics kind"),
+        owner=message.model_owner[:MAX_OWNER],
+        metrics=dict(message.metrics),
+        num_samples=message.num_samples,
+        error=message.error[:MAX_VALIDATION_ERROR],
+    )
+
+
+def verdict_to_proto(verdict: Verdict, current_round: int) -> fed_pb2.SubmitReply:
+    """The answer to an upload or a metrics report."""
+    return fed_pb2.SubmitReply(
+        result=SUBMIT_OUTCOMES[verdict.outcome],
+        message=verdict.message,
+        current_round=current_round,
+    )

@@ -21,19 +21,40 @@ from pathlib import Path
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
-from flcore.feed import ClientGone, ClientRow, Heartbeat, LogEntry, RunInfo
+from flcore.federation import (
+    ClientHeartbeat,
+    Closed,
+    CommandResult,
+    Hello,
+    LogBatch,
+    MachineInfo,
+    RunEnded,
+    StatusChanged,
+    TaskOffer,
+    Upward,
+)
+from flcore.feed import (
+    ClientGone,
+    ClientRow,
+    Heartbeat,
+    LogEntry,
+    RunInfo,
+    ServerInfo,
+    Snapshot,
+)
+from flcore.identity import KIND_CLIENT, Identity
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
-from flserverd.crossval import CrossValidation, CrossValidationOffer
+from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
-from flserverd.links import ClientLink, Closed, CommandResult, RunEnded
-from flserverd.registry import ClientRegistry, ClientSession
+from flserverd.links import ClientLink
+from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
-from flserverd.training import PHASE_TRAINING, Offer, Training
+from flserverd.training import PHASE_TRAINING, Training
 from flserverd.views import client_row, round_record
 
 log = logging.getLogger(__name__)
@@ -140,9 +161,9 @@ class FLServer:
         interval = min(1.0, self.startup.heart_beat_timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            for session in self.registry.expired():
-                silent = time.time() - session.last_heartbeat
-                self.drop(session, f"no heartbeat for {silent:.0f}s")
+            for client in self.registry.expired():
+                silent = time.time() - client.last_heartbeat
+                self.drop(client, f"no heartbeat for {silent:.0f}s")
 
     # ------------------------------------------------------------------ runs
 
@@ -151,19 +172,39 @@ class FLServer:
         """The run set by set_run_number (0 when never set)."""
         return self._run_number
 
+    def training_for(self, run_number: int) -> Training | None:
+        """The round controller of run ``run_number`` when it is the run this server holds
+        (training now, or stopped since it was started or resumed here)."""
+        training = self.training
+        if training is not None and training.run.run_number == run_number:
+            return training
+        return None
+
+    def active_training(self) -> Training | None:
+        """The round controller of the run that is training or validating now."""
+        training = self.training
+        return training if training is not None and training.active else None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is starting, training or validating: the run's app and number
+        must not change under it."""
+        return self.starting or self.active_training() is not None
+
     def set_run_number(self, number: int) -> bool:
         """Select run N, creating run_N/; returns True when the folder already existed."""
-        if self.training is not None and self.training.active:
-            raise CommandError(
-                f"run {self.training.run.run_number} is still training: abort it before "
-                "setting a new run number"
-            )
         if self.starting:
             raise CommandError("the server is starting training: wait for it, or abort it")
+        active = self.active_training()
+        if active is not None:
+            raise CommandError(
+                f"run {active.run.run_number} is still training: abort it before "
+                "setting a new run number"
+            )
         existed = self.store.create_run(number)
         self.db.set_meta(RUN_NUMBER_KEY, str(number))
         self._run_number = number
-        if self.training is not None and self.training.run.run_number != number:
+        if self.training_for(number) is None:
             self.training = None
         self.publish_run()
         return existed
@@ -172,11 +213,17 @@ class FLServer:
         """Status word of the current run, as check_status shows it."""
         if self.starting:
             return st.STARTING
-        training = self.training
-        if training is not None and training.run.run_number == self.run_number:
+        training = self.training_for(self.run_number)
+        if training is not None:
             return training.run.status
         record = self.db.get_run(self.run_number) if self.run_number else None
         return record.status if record is not None else st.NOT_STARTED
+
+    @property
+    def current_round(self) -> int:
+        """The round of the run this server holds (-1 when it holds none)."""
+        training = self.training
+        return training.current_round if training is not None else -1
 
     def require_run(self) -> int:
         """The current run number, or a CommandError saying to set one."""
@@ -188,7 +235,7 @@ class FLServer:
     async def start_training(self, timeout: float) -> str:
         """Begin training the current run from its server app; returns the reply text."""
         number = self.require_run()
-        if self.starting or (self.training is not None and self.training.active):
+        if self.busy:
             raise CommandError(f"run {number} is already training")
         app_dir = self.store.server_app(number)
         if not app_dir.is_dir():
@@ -248,7 +295,8 @@ class FLServer:
             next_round=config.start_round,
         )
         self.db.save_run(record)
-        self.training = Training(record, config, manifest, self.store, self.db, self)
+        training = Training(record, config, manifest, self.store, self.db, self)
+        self.training = training
         log.info(
             "run %d: training started, rounds %d..%d, %d tensors (%.1f MB)",
             number,
@@ -257,10 +305,10 @@ class FLServer:
             len(manifest.tensors),
             manifest.total_bytes / 1e6,
         )
-        for session in self.registry.sessions():
-            if session.status.status == st.STARTED and session.status.run_number == number:
-                self.training.ready.add(session.instance)
-        self.training.begin()
+        for client in self.registry.clients():
+            if client.status.status == st.STARTED and client.status.run_number == number:
+                training.ready.add(client.instance)
+        training.begin()
 
     def known_run(self, run_number: int) -> bool:
         """Whether a run number from a peer names a run of this server."""
@@ -271,10 +319,8 @@ class FLServer:
         current = self._crossvals.get(run_number)
         if current is None:
             current = CrossValidation(run_number, self.store, self.db, self)
-            training = self.training
-            active = (
-                training is not None and training.active and training.run.run_number == run_number
-            )
+            training = self.training_for(run_number)
+            active = training is not None and training.active
             current.training_over = not active and not self.starting
             self._crossvals[run_number] = current
         return current
@@ -284,19 +330,19 @@ class FLServer:
         if self._starting_task is not None:
             self._starting_task.cancel()
             return True
-        training = self.training
-        if training is None or not training.active:
+        training = self.active_training()
+        if training is None:
             return False
         training.abort()
         return True
 
     # ------------------------------------------------------------------ TrainingListener
 
-    def offer(self, instances: Iterable[str], offer: Offer | CrossValidationOffer) -> None:
+    def offer(self, instances: Iterable[str], offer: TaskOffer) -> None:
         """Send a task offer to clients (TrainingListener, CrossValidationListener)."""
         for instance in instances:
-            session = self.registry.by_instance(instance)
-            link = self.links.get(session.token) if session else None
+            client = self.registry.by_instance(instance)
+            link = self.links.get(client.token) if client else None
             if link is not None:
                 link.send(offer)
 
@@ -315,15 +361,37 @@ class FLServer:
 
     # ------------------------------------------------------------------ clients
 
-    def attach(self, session: ClientSession, status: ClientStatus) -> ClientLink:
-        """A client opened its Session stream."""
-        old = self.links.pop(session.token, None)
+    def login(
+        self, identity: Identity | None, token: str, machine: MachineInfo
+    ) -> tuple[RegisteredClient, bool]:
+        """Register a client certificate (or resume its registration: the second value);
+        AuthError for any other certificate or a token that belongs to another."""
+        if identity is None or identity.kind != KIND_CLIENT:
+            who = f"{identity.kind} certificate {identity.name!r}" if identity else "no certificate"
+            log.warning("refused federation login with %s", who)
+            raise AuthError(f"the federation service accepts client certificates only, got {who}")
+        client, resumed = self.registry.login(identity, token, machine)
+        verb = "resumed its registration" if resumed else "joined"
+        log.info(
+            "Client %s %s as instance %s with token %s…. Total clients: %d",
+            client.client_name,
+            verb,
+            client.instance,
+            client.token[:8],
+            len(self.registry),
+        )
+        self.publish_client(client)
+        return client, resumed
+
+    def attach(self, client: RegisteredClient, status: ClientStatus) -> ClientLink:
+        """A client opened its control stream."""
+        old = self.links.pop(client.token, None)
         if old is not None:
             old.close()
-        link = ClientLink(session.instance)
-        self.links[session.token] = link
-        session.connected = True
-        self.update_status(session, status)
+        link = ClientLink(client.instance)
+        self.links[client.token] = link
+        client.connected = True
+        self.update_status(client, status)
         self._spawn_notify()
         return link
 
@@ -336,34 +404,34 @@ class FLServer:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def detach(self, session: ClientSession, link: ClientLink) -> None:
-        """A client's Session stream ended; the session lives until the heartbeat timeout."""
+    def detach(self, client: RegisteredClient, link: ClientLink) -> None:
+        """A client's control stream ended; it stays registered until the heartbeat timeout."""
         link.close()
-        if self.links.get(session.token) is link:
-            del self.links[session.token]
-            session.connected = False
-            self.publish_client(session)
+        if self.links.get(client.token) is link:
+            del self.links[client.token]
+            client.connected = False
+            self.publish_client(client)
 
-    def update_status(self, session: ClientSession, status: ClientStatus) -> None:
+    def update_status(self, client: RegisteredClient, status: ClientStatus) -> None:
         """A client reported its status: keep the round controller and cross-site validation
         in step."""
-        previous = session.status
-        session.status = status
-        self.registry.heard(session)
-        self.publish_client(session)
+        previous = client.status
+        client.status = status
+        self.registry.heard(client)
+        self.publish_client(client)
         if self.known_run(status.run_number):
-            self._follow_crossval(session.instance, previous, status)
-        training = self.training
-        if training is None or status.run_number != training.run.run_number or not training.active:
-            self._end_stale_run(session, status)
+            self._follow_crossval(client.instance, previous, status)
+        training = self.training_for(status.run_number)
+        if training is None or not training.active:
+            self._end_stale_run(client, status)
             return
         if status.status == st.STARTED:
-            if session.instance not in training.ready:
-                training.client_ready(session.instance)
+            if client.instance not in training.ready:
+                training.client_ready(client.instance)
         elif status.status == st.FAILED:
-            training.client_gone(session.instance, failed_reason=status.error or "failed")
+            training.client_gone(client.instance, failed_reason=status.error or "failed")
         elif status.status != st.STARTING:
-            training.client_gone(session.instance)
+            training.client_gone(client.instance)
 
     def _follow_crossval(self, instance: str, previous: ClientStatus, status: ClientStatus) -> None:
         crossval = self.crossval_for(status.run_number)
@@ -376,115 +444,133 @@ class FLServer:
         elif status.status not in st.ACTIVE and previous.status == st.CROSS_VALIDATING:
             crossval.withdraw(instance, "stopped before sharing its model")
 
-    def _end_stale_run(self, session: ClientSession, status: ClientStatus) -> None:
+    def _end_stale_run(self, client: RegisteredClient, status: ClientStatus) -> None:
         """A client still trains a run that ended here (e.g. it was restarted meanwhile)."""
         if status.status not in (st.STARTING, st.STARTED) or not status.run_number or self.starting:
             return
         record = self.db.get_run(status.run_number)
-        link = self.links.get(session.token)
+        link = self.links.get(client.token)
         if record is not None and record.status not in st.ACTIVE and link is not None:
             link.send(RunEnded(record.run_number, record.status, record.reason or "run ended"))
 
-    def heartbeat(self, session: ClientSession, status: ClientStatus) -> None:
+    def heartbeat(self, client: RegisteredClient, status: ClientStatus) -> None:
         """A heartbeat arrived."""
-        changed = status != session.status
+        changed = status != client.status
         if changed:
-            self.update_status(session, status)
+            self.update_status(client, status)
         else:
-            self.registry.heard(session)
-        self.bus.publish(Heartbeat(session.instance, session.last_heartbeat))
+            self.registry.heard(client)
+        self.bus.publish(Heartbeat(client.instance, client.last_heartbeat))
 
-    def client_logs(self, session: ClientSession, lines: list[LogEntry], dropped: int) -> None:
+    def received(self, client: RegisteredClient, message: Upward) -> bool:
+        """A message on a client's control stream; False once the client is no longer
+        registered (dropped or replaced), when its stream should end."""
+        if not self.registry.is_current(client):
+            return False
+        if isinstance(message, ClientHeartbeat):
+            self.heartbeat(client, message.status)
+        elif isinstance(message, StatusChanged):
+            self.update_status(client, message.status)
+        elif isinstance(message, CommandResult):
+            link = self.links.get(client.token)
+            if link is not None:
+                link.resolve(message)
+        elif isinstance(message, LogBatch):
+            self.client_logs(client, message)
+        elif isinstance(message, Hello):
+            log.debug("%s sent a second hello on its control stream", client.instance)
+        self.registry.heard(client)
+        return True
+
+    def client_logs(self, client: RegisteredClient, batch: LogBatch) -> None:
         """Forwarded log lines of a client go to the console's log feed."""
-        for line in lines:
-            self.bus.publish(replace(line, source=session.instance))
-        if dropped:
+        for line in batch.records:
+            self.bus.publish(replace(line, source=client.instance))
+        if batch.dropped:
             self.bus.publish(
                 LogEntry(
                     time.time(),
                     "WARNING",
                     "flclientd",
-                    f"{dropped} log lines dropped by the client's rate limit",
-                    session.instance,
+                    f"{batch.dropped} log lines dropped by the client's rate limit",
+                    client.instance,
                 ),
             )
 
-    def drop(self, session: ClientSession, reason: str) -> None:
+    def drop(self, client: RegisteredClient, reason: str) -> None:
         """Remove a client (heartbeat timeout, logout, shutdown)."""
-        link = self.links.pop(session.token, None)
+        link = self.links.pop(client.token, None)
         if link is not None:
             link.send(Closed(reason))
             link.close()
-        self.registry.remove(session)
-        self._leaving.discard(session.token)
+        self.registry.remove(client)
+        self._leaving.discard(client.token)
         self._spawn_notify()
-        log.info("client %s (%s) removed: %s", session.instance, session.client_name, reason)
-        self.bus.publish(ClientGone(session.instance, reason))
+        log.info("client %s (%s) removed: %s", client.instance, client.client_name, reason)
+        self.bus.publish(ClientGone(client.instance, reason))
         if self.training is not None:
-            self.training.client_gone(session.instance)
+            self.training.client_gone(client.instance)
         for crossval in self._crossvals.values():
-            crossval.withdraw(session.instance, f"removed: {reason}")
+            crossval.withdraw(client.instance, f"removed: {reason}")
 
     async def call(
-        self, sessions: list[ClientSession], name: str, args: dict[str, object], timeout: float
-    ) -> list[tuple[ClientSession, CommandResult]]:
+        self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
+    ) -> list[tuple[RegisteredClient, CommandResult]]:
         """Send a command to several clients at once and collect their results."""
 
-        async def one(session: ClientSession) -> CommandResult:
-            link = await self._link_of(session, min(timeout, RECONNECT_GRACE_S))
+        async def one(client: RegisteredClient) -> CommandResult:
+            link = await self._link_of(client, min(timeout, RECONNECT_GRACE_S))
             if link is None:
-                return CommandResult(False, "client is not connected", {})
+                return CommandResult("", False, "client is not connected")
             try:
                 return await link.call(name, dict(args), timeout)
             except TimeoutError:
-                return CommandResult(False, f"no reply within {timeout:g}s (see set_timeout)", {})
+                return CommandResult("", False, f"no reply within {timeout:g}s (see set_timeout)")
             except ConnectionError:
-                return CommandResult(False, "client disconnected before replying", {})
+                return CommandResult("", False, "client disconnected before replying")
 
-        results = await asyncio.gather(*(one(s) for s in sessions))
-        return list(zip(sessions, results, strict=True))
+        results = await asyncio.gather(*(one(s) for s in clients))
+        return list(zip(clients, results, strict=True))
 
-    async def _link_of(self, session: ClientSession, wait: float) -> ClientLink | None:
+    async def _link_of(self, client: RegisteredClient, wait: float) -> ClientLink | None:
         """The client's stream, waiting briefly for one that is (re)connecting."""
-        link = self.links.get(session.token)
+        link = self.links.get(client.token)
         if link is not None:
             return link
         async with self._links_changed:
             try:
                 await asyncio.wait_for(
-                    self._links_changed.wait_for(lambda: session.token in self.links), wait
+                    self._links_changed.wait_for(lambda: client.token in self.links), wait
                 )
             except TimeoutError:
                 return None
-        return self.links.get(session.token)
+        return self.links.get(client.token)
 
-    def leaving(self, sessions: Iterable[ClientSession]) -> None:
+    def leaving(self, clients: Iterable[RegisteredClient]) -> None:
         """These clients agreed to shut down: each logs out once its training is stopped."""
-        self._leaving.update(session.token for session in sessions)
+        self._leaving.update(client.token for client in clients)
 
     async def departures(self, wait: float) -> list[str]:
         """Wait up to ``wait`` seconds for leaving clients to log out; returns those still here.
 
         A client answers ``shutdown`` before it logs out, so a script that
         shuts the clients down and then the server at once would otherwise
-        stop the server with their sessions still in the state database.
+        stop the server with them still registered in the state database.
         """
 
         def still_here() -> list[str]:
-            return [s.instance for s in self.registry.sessions() if s.token in self._leaving]
+            return [s.instance for s in self.registry.clients() if s.token in self._leaving]
 
         async with self._links_changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._links_changed.wait_for(lambda: not still_here()), wait
-                )
+                await asyncio.wait_for(self._links_changed.wait_for(lambda: not still_here()), wait)
         return still_here()
 
     # ------------------------------------------------------------------ views
 
-    def publish_client(self, session: ClientSession) -> None:
+    def publish_client(self, client: RegisteredClient) -> None:
         """Send a client's row to consoles."""
-        self.bus.publish(client_row(session))
+        self.bus.publish(client_row(client))
 
     def publish_run(self) -> None:
         """Send the run's state to consoles and to systemd."""
@@ -499,9 +585,9 @@ class FLServer:
     def run_view(self) -> RunInfo:
         """The run's state now (from the database when it is not training here)."""
         number = self.run_number
-        training = self.training
+        training = self.training_for(number)
         status = self.server_status()
-        if training is not None and training.run.run_number == number:
+        if training is not None:
             return self._training_view(training, status)
         record = self.db.get_run(number) if number and not self.starting else None
         if record is None:
@@ -552,7 +638,26 @@ class FLServer:
 
     def client_rows(self) -> list[ClientRow]:
         """Every registered client, by instance name."""
-        return [client_row(s) for s in self.registry.sessions()]
+        return [client_row(s) for s in self.registry.clients()]
+
+    def snapshot(self) -> Snapshot:
+        """Everything a console shows, as it is now (the first event of its feed)."""
+        startup = self.startup
+        return Snapshot(
+            server=ServerInfo(
+                project=startup.project,
+                name=startup.name,
+                fed_target=f"{startup.host}:{startup.fed_port}",
+                admin_target=f"{startup.host}:{startup.admin_port}",
+                started_at=self.started_at,
+                version=self.version,
+                heart_beat_timeout_s=startup.heart_beat_timeout,
+                heartbeat_interval_s=startup.heartbeat_interval,
+            ),
+            run=self.run_view(),
+            clients=tuple(self.client_rows()),
+            logs=tuple(self.bus.logs),
+        )
 
 
 async def build_initial_model(app_dir: Path, target: Path) -> None:

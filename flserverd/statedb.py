@@ -1,6 +1,6 @@
 """Server state that must survive a restart, in one SQLite file.
 
-Runs and their round pointer, client sessions and tokens, which updates were
+Runs and their round pointer, registered clients and their tokens, which updates were
 folded into which round, round metrics, cross-site validation results and
 the audit of admin commands. SQLite in WAL mode with synchronous=FULL gives
 atomic, durable transactions, which is what lets a round's completion and
@@ -32,7 +32,7 @@ CREATE TABLE IF NOT EXISTS runs (
     reason TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sessions (
+CREATE TABLE IF NOT EXISTS clients (
     token TEXT PRIMARY KEY,
     client_name TEXT NOT NULL,
     instance TEXT NOT NULL UNIQUE,
@@ -90,8 +90,50 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class SessionRecord:
-    """A client session that outlives server restarts."""
+class RoundSummary:
+    """A completed round (or the final validation, ``final``): one line of metrics.jsonl.
+
+    ``metrics`` are the sample-weighted means of what clients reported;
+    ``duration_s`` and ``samples`` belong to training rounds only.
+    """
+
+    run: int
+    round: int
+    time: float
+    clients: list[str]
+    metrics: dict[str, float]
+    duration_s: float = 0.0
+    samples: int = 0
+    final: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The record as metrics.jsonl and the database keep it."""
+        data: dict[str, Any] = {"run": self.run, "round": self.round, "time": self.time}
+        if self.final:
+            data["final"] = True
+        else:
+            data.update(duration_s=self.duration_s, samples=self.samples)
+        data.update(clients=list(self.clients), metrics=dict(self.metrics))
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoundSummary:
+        """Read a record written by :meth:`as_json`."""
+        return cls(
+            run=int(data["run"]),
+            round=int(data["round"]),
+            time=float(data["time"]),
+            clients=[str(c) for c in data.get("clients", [])],
+            metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
+            duration_s=float(data.get("duration_s", 0.0)),
+            samples=int(data.get("samples", 0)),
+            final=bool(data.get("final", False)),
+        )
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    """A registered client that outlives server restarts."""
 
     token: str
     client_name: str
@@ -108,7 +150,16 @@ class StateDB:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._rename_legacy_tables()
         self._db.executescript(SCHEMA)
+
+    def _rename_legacy_tables(self) -> None:
+        """State databases written before the registry's rename keep clients in ``sessions``."""
+        tables = {
+            row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "sessions" in tables and "clients" not in tables:
+            self._db.execute("ALTER TABLE sessions RENAME TO clients")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -184,7 +235,7 @@ class StateDB:
             reason=row[10],
         )
 
-    def complete_round(self, run: RunRecord, round_number: int, record: dict[str, Any]) -> None:
+    def complete_round(self, run: RunRecord, summary: RoundSummary) -> None:
         """Move the round pointer and store the round's metrics in one transaction."""
         self._write(
             [
@@ -192,17 +243,17 @@ class StateDB:
                 (
                     "INSERT OR REPLACE INTO round_metrics(run_number, round, record)"
                     " VALUES (?, ?, ?)",
-                    (run.run_number, round_number, json.dumps(record)),
+                    (run.run_number, summary.round, json.dumps(summary.as_json())),
                 ),
             ]
         )
 
-    def round_records(self, run_number: int) -> list[dict[str, Any]]:
+    def round_records(self, run_number: int) -> list[RoundSummary]:
         """Metrics of every completed round of a run, in order."""
         rows = self._db.execute(
             "SELECT record FROM round_metrics WHERE run_number=? ORDER BY round", (run_number,)
         ).fetchall()
-        return [json.loads(r[0]) for r in rows]
+        return [RoundSummary.from_json(json.loads(r[0])) for r in rows]
 
     def clear_round_records(self, run_number: int) -> None:
         """Forget metrics and folds of a run that is trained again from the start."""
@@ -249,34 +300,34 @@ class StateDB:
         )
         return cursor.rowcount
 
-    def save_session(self, session: SessionRecord) -> None:
-        """Persist a client session so its token survives a server restart."""
+    def save_client(self, client: ClientRecord) -> None:
+        """Persist a registered client so its token survives a server restart."""
         self._write(
             [
                 (
-                    "INSERT OR REPLACE INTO sessions(token, client_name, instance, org, created_at)"
+                    "INSERT OR REPLACE INTO clients(token, client_name, instance, org, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (
-                        session.token,
-                        session.client_name,
-                        session.instance,
-                        session.org,
-                        session.created_at,
+                        client.token,
+                        client.client_name,
+                        client.instance,
+                        client.org,
+                        client.created_at,
                     ),
                 )
             ]
         )
 
-    def delete_session(self, token: str) -> None:
-        """Forget a dropped or logged-out session."""
-        self._write([("DELETE FROM sessions WHERE token=?", (token,))])
+    def delete_client(self, token: str) -> None:
+        """Forget a dropped or logged-out client."""
+        self._write([("DELETE FROM clients WHERE token=?", (token,))])
 
-    def load_sessions(self) -> list[SessionRecord]:
-        """All sessions known before a restart."""
+    def load_clients(self) -> list[ClientRecord]:
+        """All clients registered before a restart."""
         rows = self._db.execute(
-            "SELECT token, client_name, instance, org, created_at FROM sessions"
+            "SELECT token, client_name, instance, org, created_at FROM clients"
         ).fetchall()
-        return [SessionRecord(*row) for row in rows]
+        return [ClientRecord(*row) for row in rows]
 
     def save_validation(
         self, run_number: int, owner: str, validator: str, metrics: dict[str, float], error: str

@@ -18,28 +18,33 @@ wait timer. After the last round, every client validates the final model
 Crash safety: the next round's input model is written (temp, fsync, rename)
 before one SQLite transaction moves the round pointer; on restart the run
 resumes from the pointer and fold records of the unfinished round are
-dropped, so each update is counted exactly once.
+dropped, so each update is counted exactly once. The files that follow from
+the commit (global and best model links, metrics.jsonl, TensorBoard) are
+written in one worker-thread step, so their fsyncs never stall the loop.
+
+The clock and the round timer are injected, so tests drive the
+``wait_after_min_clients`` and final-validation timers themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig
+from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
 from flserverd.aggregator import FedAvg
 from flserverd.runstore import RunStore
-from flserverd.statedb import RunRecord, StateDB
+from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.tensorboard import ScalarWriter
 
 log = logging.getLogger(__name__)
@@ -48,39 +53,30 @@ PHASE_TRAINING = "training"
 PHASE_FINAL_VALIDATION = "final validation"
 
 
-class TaskKind(enum.Enum):
-    """What a client is asked to do next."""
-
-    TRAIN = "train"
-    VALIDATE_GLOBAL = "validate global"
-
-
-@dataclass(frozen=True)
-class Offer:
-    """Work offered to clients of a run."""
-
-    run_number: int
-    round: int
-    kind: TaskKind
-
-
-class Outcome(enum.Enum):
-    """What became of a submitted update."""
-
-    ACCEPTED = "accepted"
-    DUPLICATE = "duplicate"
-    LATE = "late"
-    REJECTED = "rejected"
-
-
 class Refusal(Exception):
     """A client asked for something this run cannot give now; the message says why."""
+
+
+class TimerHandle(Protocol):
+    """What a timer returns: a call that can be cancelled before it happens."""
+
+    def cancel(self) -> None:
+        """Do not make the call."""
+
+
+Timer = Callable[[float, Callable[[], None]], TimerHandle]
+"""Calls ``callback`` after ``delay`` seconds; the real one is :func:`loop_timer`."""
+
+
+def loop_timer(delay: float, callback: Callable[[], None]) -> TimerHandle:
+    """The event loop's timer."""
+    return asyncio.get_running_loop().call_later(delay, callback)
 
 
 class TrainingListener(Protocol):
     """What the controller tells the rest of the server."""
 
-    def offer(self, instances: Iterable[str], offer: Offer) -> None:
+    def offer(self, instances: Iterable[str], offer: TaskOffer) -> None:
         """Send a task offer to these client instances."""
 
     def run_changed(self) -> None:
@@ -131,6 +127,7 @@ class Training:
         db: StateDB,
         listener: TrainingListener,
         clock: Callable[[], float] = time.time,
+        timer: Timer = loop_timer,
     ) -> None:
         self.run = run
         self.config = config
@@ -139,12 +136,14 @@ class Training:
         self._db = db
         self._listener = listener
         self._clock = clock
+        self._call_later = timer
         self._lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._tb = ScalarWriter(store.tensorboard_dir(run.run_number))
+        self._writing: asyncio.Future[None] | None = None
         self.ready: set[str] = set()
-        self.history: list[dict[str, Any]] = db.round_records(run.run_number)
+        self.history: list[RoundSummary] = db.round_records(run.run_number)
         self.final_reports: dict[str, int] = {}
         self._final = RoundState(run.num_rounds, FedAvg(manifest), clock())
         self.round = RoundState(run.next_round, FedAvg(manifest), clock())
@@ -172,11 +171,11 @@ class Training:
             pending = state.participants | self.ready
         return sorted(pending - set(state.contributed))
 
-    def current_offer(self) -> Offer:
+    def current_offer(self) -> TaskOffer:
         """The task a client joining now should do."""
         if self.run.phase == PHASE_FINAL_VALIDATION:
-            return Offer(self.run.run_number, self.run.num_rounds, TaskKind.VALIDATE_GLOBAL)
-        return Offer(self.run.run_number, self.round.number, TaskKind.TRAIN)
+            return TaskOffer(self.run.run_number, self.run.num_rounds, TaskKind.VALIDATE_GLOBAL)
+        return TaskOffer(self.run.run_number, self.round.number, TaskKind.TRAIN)
 
     def begin(self) -> None:
         """Offer the current round to every ready client."""
@@ -245,43 +244,46 @@ class Training:
         self._listener.run_changed()
         return self._store.round_model(self.run.run_number, round_number)
 
-    def check_submission(
-        self, instance: str, run_number: int, round_number: int
-    ) -> tuple[Outcome, str] | None:
+    def check_submission(self, instance: str, run_number: int, round_number: int) -> Verdict | None:
         """Refuse an update before its bytes are received, when the verdict is already known."""
         if run_number != self.run.run_number:
-            return (
-                Outcome.REJECTED,
+            return Verdict(
+                SubmitOutcome.REJECTED,
                 f"update is for run {run_number}, the server trains run {self.run.run_number}",
             )
         if not self.active:
-            return (
-                Outcome.LATE,
+            return Verdict(
+                SubmitOutcome.LATE,
                 f"run {self.run.run_number} is no longer training; update discarded",
             )
         state = self.round
         if self.run.phase != PHASE_TRAINING:
-            return Outcome.LATE, "training is over (final validation); update discarded"
+            return Verdict(
+                SubmitOutcome.LATE, "training is over (final validation); update discarded"
+            )
         if round_number < state.number or (round_number == state.number and state.closed):
-            return Outcome.LATE, f"round {round_number} was already aggregated; update discarded"
+            return Verdict(
+                SubmitOutcome.LATE, f"round {round_number} was already aggregated; update discarded"
+            )
         if (
             instance not in state.participants
             and len(state.participants) >= self.config.max_num_clients
         ):
-            return Outcome.LATE, (
+            return Verdict(
+                SubmitOutcome.LATE,
                 f"round {round_number} already has max_num_clients="
-                f"{self.config.max_num_clients} participants; update discarded"
+                f"{self.config.max_num_clients} participants; update discarded",
             )
         if round_number > state.number:
-            return (
-                Outcome.REJECTED,
+            return Verdict(
+                SubmitOutcome.REJECTED,
                 f"round {round_number} has not started (current round is {state.number})",
             )
         if instance in state.contributed or self._db.is_folded(
             self.run.run_number, round_number, instance
         ):
-            return (
-                Outcome.DUPLICATE,
+            return Verdict(
+                SubmitOutcome.DUPLICATE,
                 f"update of {instance} for round {round_number} was already counted",
             )
         return None
@@ -293,10 +295,12 @@ class Training:
         update: TensorFile,
         num_samples: int,
         metrics: dict[str, float],
-    ) -> tuple[Outcome, str]:
+    ) -> Verdict:
         """Fold a complete, validated update into the round, exactly once."""
         if num_samples <= 0:
-            return Outcome.REJECTED, "update reports no training samples; it cannot be weighted"
+            return Verdict(
+                SubmitOutcome.REJECTED, "update reports no training samples; it cannot be weighted"
+            )
         async with self._lock:
             verdict = self.check_submission(instance, self.run.run_number, round_number)
             if verdict is not None:
@@ -321,7 +325,7 @@ class Training:
         )
         self._progress()
         self._listener.run_changed()
-        return Outcome.ACCEPTED, f"update for round {round_number} accepted"
+        return Verdict(SubmitOutcome.ACCEPTED, f"update for round {round_number} accepted")
 
     async def _fold(
         self,
@@ -341,17 +345,19 @@ class Training:
 
     def accept_final_metrics(
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
-    ) -> tuple[Outcome, str]:
+    ) -> Verdict:
         """Record a client's validation of the final global model."""
         if self.run.phase != PHASE_FINAL_VALIDATION or round_number != self.run.num_rounds:
-            return Outcome.LATE, "final validation is not in progress; metrics discarded"
+            return Verdict(
+                SubmitOutcome.LATE, "final validation is not in progress; metrics discarded"
+            )
         if instance in self.final_reports:
-            return Outcome.DUPLICATE, "final validation metrics were already counted"
+            return Verdict(SubmitOutcome.DUPLICATE, "final validation metrics were already counted")
         self.final_reports[instance] = num_samples
         self._final.add_metrics(metrics, float(max(num_samples, 1)))
         self._progress()
         self._listener.run_changed()
-        return Outcome.ACCEPTED, "final validation metrics accepted"
+        return Verdict(SubmitOutcome.ACCEPTED, "final validation metrics accepted")
 
     def _progress(self) -> None:
         """Decide whether the round (or final validation) is complete."""
@@ -374,7 +380,7 @@ class Training:
                 self._close_round()
                 return
             state.deadline = self._clock() + wait
-            self._timer = asyncio.get_running_loop().call_later(wait, self._close_round)
+            self._timer = self._call_later(wait, self._close_round)
 
     def _close_round(self) -> None:
         if self.round.closed or not self.active:
@@ -383,7 +389,7 @@ class Training:
         self._cancel_timer()
         self._spawn(self._aggregate(self.round))
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -443,10 +449,30 @@ class Training:
         """
         self.publish_models()
         written = self._store.metrics_times(self.run.run_number)
-        for record in self.history:
-            if record["time"] not in written:
-                self._store.append_metrics(self.run.run_number, record)
-                self._tb.add(record["round"], record["metrics"])
+        for summary in self.history:
+            if summary.time not in written:
+                self._store.append_metrics(summary)
+                self._tb.add(summary.round, summary.metrics)
+
+    def _write_outputs(self, summary: RoundSummary) -> None:
+        """The files that follow from a committed round, fsyncs and all (in a worker thread)."""
+        self.publish_models()
+        self._store.append_metrics(summary)
+        self._tb.add(summary.round, summary.metrics)
+
+    async def _commit(self, summary: RoundSummary) -> None:
+        """Commit a completed round, then write its files off the loop.
+
+        The SQLite commit stays on the loop: the connection belongs to the
+        loop's thread, and it is one WAL fsync. The in-memory state moves on
+        before the files are written, so nothing that arrives meanwhile is
+        judged against the old round.
+        """
+        self._db.complete_round(self.run, summary)
+        self.history.append(summary)
+        writing = asyncio.ensure_future(asyncio.to_thread(self._write_outputs, summary))
+        self._writing = writing
+        await asyncio.shield(writing)
 
     async def _aggregate(self, state: RoundState) -> None:
         async with self._lock:
@@ -461,52 +487,41 @@ class Training:
                 return
             metrics = state.mean_metrics()
             self._track_best(state.number, metrics)
-            record = {
-                "run": number,
-                "round": state.number,
-                "time": self._clock(),
-                "duration_s": round(self._clock() - state.started, 4),
-                "clients": sorted(state.contributed),
-                "samples": sum(state.contributed.values()),
-                "metrics": metrics,
-            }
+            now = self._clock()
+            summary = RoundSummary(
+                run=number,
+                round=state.number,
+                time=now,
+                clients=sorted(state.contributed),
+                metrics=metrics,
+                duration_s=round(now - state.started, 4),
+                samples=sum(state.contributed.values()),
+            )
             self.run.next_round = following
             finished = following >= self.run.num_rounds
             if finished:
-                self.run.phase = PHASE_FINAL_VALIDATION
-            self._db.complete_round(self.run, state.number, record)
-            self._after_round(state, record)
-            if finished:
                 self._start_final_validation()
             else:
-                self.round = RoundState(following, FedAvg(self.manifest), self._clock())
+                self.round = RoundState(following, FedAvg(self.manifest), now)
+            await self._commit(summary)
+            log.info(
+                "run %d round %d aggregated from %d clients in %.2fs: %s",
+                number,
+                state.number,
+                len(state.contributed),
+                summary.duration_s,
+                format_metrics(metrics),
+            )
             self._offer_all()
         self._progress()
         self._listener.run_changed()
-
-    def _after_round(self, state: RoundState, record: dict[str, Any]) -> None:
-        """Publish the new global model and the round's metrics (recovered after a crash)."""
-        number = self.run.run_number
-        self.publish_models()
-        self._store.append_metrics(number, record)
-        self._tb.add(state.number, record["metrics"])
-        self.history.append(record)
-        log.info(
-            "run %d round %d aggregated from %d clients in %.2fs: %s",
-            number,
-            state.number,
-            len(state.contributed),
-            record["duration_s"],
-            format_metrics(record["metrics"]),
-        )
 
     def _start_final_validation(self) -> None:
         self.run.phase = PHASE_FINAL_VALIDATION
         self._final = RoundState(self.run.num_rounds, FedAvg(self.manifest), self._clock())
         self.final_reports = {}
         self._cancel_timer()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.config.final_validation_timeout, self._final_timeout)
+        self._timer = self._call_later(self.config.final_validation_timeout, self._final_timeout)
 
     def _final_timeout(self) -> None:
         self._timer = None
@@ -519,27 +534,24 @@ class Training:
             self._spawn(self._finish())
 
     async def _finish(self) -> None:
-        if not self.active:
-            return
-        metrics = self._final.mean_metrics()
-        number = self.run.run_number
-        if metrics:
-            self._track_best(self.run.num_rounds, metrics)
-            record = {
-                "run": number,
-                "round": self.run.num_rounds,
-                "final": True,
-                "time": self._clock(),
-                "clients": sorted(self.final_reports),
-                "metrics": metrics,
-            }
-            self._db.complete_round(self.run, self.run.num_rounds, record)
-            self.publish_models()
-            self._store.append_metrics(number, record)
-            self._tb.add(self.run.num_rounds, metrics)
-            self.history.append(record)
-            log.info("run %d final global model: %s", number, format_metrics(metrics))
-        self._end(st.STOPPED, "finished")
+        async with self._lock:
+            if not self.active:
+                return
+            metrics = self._final.mean_metrics()
+            number = self.run.run_number
+            if metrics:
+                self._track_best(self.run.num_rounds, metrics)
+                summary = RoundSummary(
+                    run=number,
+                    round=self.run.num_rounds,
+                    time=self._clock(),
+                    clients=sorted(self.final_reports),
+                    metrics=metrics,
+                    final=True,
+                )
+                await self._commit(summary)
+                log.info("run %d final global model: %s", number, format_metrics(metrics))
+            self._end(st.STOPPED, "finished")
 
     def abort(self, reason: str = "aborted by admin") -> None:
         """Stop the run now; the last completed round's model stays on disk."""
@@ -553,7 +565,7 @@ class Training:
         self.run.status = status
         self.run.reason = reason
         self._db.save_run(self.run)
-        self._tb.close()
+        self._close_tensorboard()
         log.info("run %d %s: %s", self.run.run_number, status, reason)
         self._listener.run_ended(self.run)
         self._listener.run_changed()
@@ -572,4 +584,12 @@ class Training:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._tb.close()
+        self._close_tensorboard()
+
+    def _close_tensorboard(self) -> None:
+        """Close the event file once no round's files are being written."""
+        writing = self._writing
+        if writing is not None and not writing.done():
+            writing.add_done_callback(lambda _: self._tb.close())
+        else:
+            self._tb.close()

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from flcore.appconfig import App, load_app
 from flcore.folders import FolderError, FolderReceiver, replace_folder, restore_interrupted
 from flcore.schema import ConfigError, name_like
 from flserverd.runstore import RunStore
+
+FileChunk = tuple[str, int, bytes, bool]
+"""A slice of one file of an uploaded app: path, byte offset, bytes, last of its file."""
 
 
 class TransferError(Exception):
@@ -60,6 +64,29 @@ class Upload:
     def discard(self) -> None:
         """Forget a failed upload."""
         self.receiver.discard()
+
+
+async def receive_app(
+    store: RunStore, app: str, total_bytes: int, max_mb: int, chunks: AsyncIterator[FileChunk]
+) -> tuple[Path, list[str], set[str]]:
+    """Receive an upload_folder into ``transfer/<app>``; returns (folder, files, dropped).
+
+    Raises TransferError (or FolderError) with what was wrong; a refused
+    upload leaves the app that was there untouched.
+    """
+    max_bytes = max_mb * 1024 * 1024
+    if total_bytes > max_bytes:
+        raise TransferError(
+            f"app is {total_bytes / 1048576:.1f} MiB, over the server's limit of {max_mb} MiB"
+        )
+    upload = Upload(store, app, max_bytes)
+    try:
+        async for path, offset, data, eof in chunks:
+            upload.write(path, offset, data, eof)
+        return upload.finish()
+    except BaseException:
+        upload.discard()
+        raise
 
 
 def uploaded_app(store: RunStore, app: str) -> App:

@@ -1,15 +1,14 @@
-"""The server's sessions as the feed shows them (see :mod:`flcore.feed`)."""
+"""The server's clients and rounds as the feed shows them (see :mod:`flcore.feed`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from flcore.feed import ClientRow, RoundRecord
-from flserverd.registry import ClientSession
+from flserverd.registry import RegisteredClient
+from flserverd.statedb import RoundSummary
 
 
-def client_row(s: ClientSession) -> ClientRow:
-    """A session as one row of the clients table, as it is now."""
+def client_row(s: RegisteredClient) -> ClientRow:
+    """A registered client as one row of the clients table, as it is now."""
     return ClientRow(
         instance=s.instance,
         client_name=s.client_name,
@@ -31,11 +30,11 @@ def client_row(s: ClientSession) -> ClientRow:
     )
 
 
-def round_record(record: dict[str, Any]) -> RoundRecord:
-    """A row of metrics.jsonl as the feed shows it."""
+def round_record(summary: RoundSummary) -> RoundRecord:
+    """A completed round as the feed shows it."""
     return RoundRecord(
-        round=record["round"],
-        metrics=dict(record.get("metrics", {})),
-        clients=len(record.get("clients", [])),
-        seconds=record.get("duration_s", 0.0),
+        round=summary.round,
+        metrics=dict(summary.metrics),
+        clients=len(summary.clients),
+        seconds=summary.duration_s,
     )

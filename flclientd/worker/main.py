@@ -30,10 +30,11 @@ from flclientd.worker.protocol import (
     OP_TRAIN,
     OP_VALIDATE,
     SOCKET_ENV,
+    WorkResult,
     error_fields,
 )
 from flclientd.worker.ranks import NoGpuError, RankGroup, Ranks, choose_device
-from flclientd.worker.session import Outcome, TrainingSession
+from flclientd.worker.workbench import Workbench
 from flcore.schema import ConfigError
 from flcore.tensorfile import TensorFileError
 
@@ -65,13 +66,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _build(args: argparse.Namespace, ranks: Ranks) -> tuple[TrainingSession, RankGroup | None]:
+def _build(args: argparse.Namespace, ranks: Ranks) -> tuple[Workbench, RankGroup | None]:
     device = choose_device(ranks, args.allow_cpu_multiprocess)
     group = RankGroup(ranks, device) if ranks.distributed else None
     failure: dict[str, str] = {}
-    session: TrainingSession | None = None
+    bench: Workbench | None = None
     try:
-        session = TrainingSession(args.app, args.data_root, args.work_dir, ranks, device)
+        bench = Workbench(args.app, args.data_root, args.work_dir, ranks, device)
     except Exception as exc:
         failure = _error(exc)
     if group is not None:
@@ -79,23 +80,23 @@ def _build(args: argparse.Namespace, ranks: Ranks) -> tuple[TrainingSession, Ran
             if status:
                 prefix = f"rank {rank}: " if rank else ""
                 raise _StartFailed({**status, "error": prefix + status["error"]})
-    if session is None:
+    if bench is None:
         raise _StartFailed(failure)
-    return session, group
+    return bench, group
 
 
-def _handle(session: TrainingSession, request: dict[str, Any]) -> Outcome:
+def _handle(bench: Workbench, request: dict[str, Any]) -> WorkResult:
     op, args = request.get("op"), request.get("args") or {}
     if op == OP_TRAIN:
-        return session.train(
+        return bench.train(
             int(args["round"]), Path(args["global_model"]), Path(args["out"]), int(args["epochs"])
         )
     if op == OP_VALIDATE:
-        return session.validate(Path(args["model"]))
+        return bench.validate(Path(args["model"]))
     raise ValueError(f"unknown request {op!r}")
 
 
-def _serve(session: TrainingSession, channel: ParentChannel | None, group: RankGroup | None) -> int:
+def _serve(bench: Workbench, channel: ParentChannel | None, group: RankGroup | None) -> int:
     while True:
         request = channel.next_request() if channel is not None else None
         if group is not None and (request is None or request.get("op") != OP_VALIDATE):
@@ -110,7 +111,7 @@ def _serve(session: TrainingSession, channel: ParentChannel | None, group: RankG
                 group.close()
             return 0
         try:
-            outcome = _handle(session, request)
+            result = _handle(bench, request)
         except Exception as exc:
             if channel is not None:
                 channel.send({"id": request.get("id"), **_error(exc)})
@@ -120,7 +121,7 @@ def _serve(session: TrainingSession, channel: ParentChannel | None, group: RankG
                 return 1
             continue
         if channel is not None:
-            channel.send({"id": request.get("id"), "result": outcome.as_message()})
+            channel.send({"id": request.get("id"), "result": result.as_message()})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_child_logging(ranks.rank)
     channel = ParentChannel(os.environ[SOCKET_ENV]) if ranks.is_main else None
     try:
-        session, group = _build(args, ranks)
+        bench, group = _build(args, ranks)
     except _StartFailed as exc:
         if channel is not None:
             channel.send({"event": EVENT_FAILED, **exc.fields})
@@ -142,5 +143,5 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("could not start")
         return 1
     if channel is not None:
-        channel.send({"event": EVENT_READY, "info": session.info()})
-    return _serve(session, channel, group)
+        channel.send({"event": EVENT_READY, "info": bench.info().as_message()})
+    return _serve(bench, channel, group)

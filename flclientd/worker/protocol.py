@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass
 from typing import Any
 
 SOCKET_ENV = "FLCLIENTD_WORKER_SOCKET"
@@ -45,6 +46,54 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_TRACEBACK_CHARS = 64 * 1024
 
 BEST_LOCAL_MODEL = "best_local_model.safetensors"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What the child found when it got ready (the ``info`` of the ``ready`` event)."""
+
+    device: str
+    gpu_count: int
+    world_size: int
+    train_samples: int
+    val_samples: int
+
+    def as_message(self) -> dict[str, Any]:
+        """The ``info`` part of the ``ready`` event."""
+        return asdict(self)
+
+    @classmethod
+    def from_message(cls, info: dict[str, Any]) -> WorkerInfo:
+        """Read the ``info`` part of a ``ready`` event (KeyError, ValueError when malformed)."""
+        return cls(
+            device=str(info["device"]),
+            gpu_count=int(info["gpu_count"]),
+            world_size=int(info["world_size"]),
+            train_samples=int(info["train_samples"]),
+            val_samples=int(info["val_samples"]),
+        )
+
+
+@dataclass(frozen=True)
+class WorkResult:
+    """The answer to a train or validate request.
+
+    ``num_samples`` is the FedAvg weight after training (the site's training
+    samples) and the number of samples validated after validation.
+    """
+
+    num_samples: int
+    metrics: dict[str, float]
+
+    def as_message(self) -> dict[str, Any]:
+        """The ``result`` part of a reply."""
+        return {"num_samples": self.num_samples, "metrics": self.metrics}
+
+    @classmethod
+    def from_message(cls, result: dict[str, Any]) -> WorkResult:
+        """Read the ``result`` part of a reply (KeyError, ValueError when malformed)."""
+        metrics = {str(key): float(value) for key, value in (result.get("metrics") or {}).items()}
+        return cls(num_samples=int(result["num_samples"]), metrics=metrics)
 
 
 def encode(message: dict[str, Any]) -> bytes:

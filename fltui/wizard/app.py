@@ -23,3 +23,12 @@ class ProvisionApp(App[None]):
     def on_mount(self) -> None:
         """Show the wizard; closing it ends the app."""
         self.push_screen(WizardScreen(self.workspace), lambda _: self.exit())
+
+    async def action_quit(self) -> None:
+        """Quit as the wizard closes: asking first while passwords are unsaved."""
+        wizard = next((s for s in self.screen_stack if isinstance(s, WizardScreen)), None)
+        if wizard is None:
+            await super().action_quit()
+        elif wizard is self.screen:
+            wizard.action_close()
+        # else one of the wizard's questions is open, and asking already

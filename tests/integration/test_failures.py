@@ -9,17 +9,22 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
 from fladmin import AdminClient, load_kit
 from flclientd.connection import Connection
+from flcore.federation import MachineInfo, Verdict
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client
+from flcore.tensorfile import TensorFile
 from flcore.tls import TlsFiles
+from flcore.wire import manifest_to_proto, tensor_chunks
 from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
 from tests.integration.test_training import finished
@@ -144,7 +149,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
     async def scenario() -> list[tuple[str, str]]:
         conn = Connection(startup, files)
         try:
-            await conn.login("", fed_pb2.ClientInfo(device="cpu"))
+            await conn.login("", MachineInfo(device="cpu"))
             glob = tmp_path / "global.safetensors"
             await conn.get_model(1, 0, glob)
             weights = load_file(glob)
@@ -155,7 +160,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
                 path = tmp_path / f"{label}.safetensors"
                 save_file(tensors, path)
                 verdict = await conn.submit_model(1, 0, path, samples, {"val_accuracy": 0.5})
-                outcomes.append((verdict.result, verdict.message))
+                outcomes.append((verdict.outcome, verdict.message))
 
             wrong_shape = dict(weights)
             wrong_shape[names[0]] = np.zeros((3, 3), dtype=np.float32)
@@ -190,4 +195,66 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
     assert aggregated.keys() == original.keys()
     for name, values in aggregated.items():
         np.testing.assert_allclose(values, original[name] + 1, rtol=1e-6)
+    cluster.ok("abort server")
+
+
+def test_unknown_enum_values_are_refused_not_read_as_defaults(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """An upload of kind 99 was once folded as a training update (hostile run, issue 14)."""
+    server = cluster.server()
+    cluster.prepare_run(
+        1, deploy_clients=False, num_rounds=3, min_num_clients=1, wait_after_min_clients=0
+    )
+    cluster.ok("start server")
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    files = TlsFiles.named_by(startup, workspace / "startup")
+
+    async def scenario() -> tuple[fed_pb2.SubmitReply, str, fed_pb2.SubmitReply, Verdict]:
+        conn = Connection(startup, files)
+        try:
+            await conn.login("", MachineInfo(device="cpu"))
+            model = tmp_path / "global.safetensors"
+            manifest = manifest_to_proto((await conn.get_model(1, 0, model)).manifest)
+
+            async def upload(kind: int) -> AsyncIterator[fed_pb2.SubmitModelMessage]:
+                header = fed_pb2.SubmitHeader(
+                    token=conn.token,
+                    run_number=1,
+                    round=0,
+                    kind=kind,
+                    num_samples=10,
+                    manifest=manifest,
+                )
+                yield fed_pb2.SubmitModelMessage(header=header)
+                for chunk in tensor_chunks(TensorFile(model)):
+                    yield fed_pb2.SubmitModelMessage(chunk=chunk)
+
+            odd_upload = await conn.stub.SubmitModel(upload(99))
+            request = fed_pb2.ModelRequest(token=conn.token, run_number=1, round=0, kind=99)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in conn.stub.GetModel(request):
+                    pass
+            report = fed_pb2.MetricsReport(
+                token=conn.token, run_number=1, round=3, kind=99, model_owner="global"
+            )
+            odd_report = await conn.stub.SubmitMetrics(report)
+            # The server carries on: a proper update of the same round is still welcome.
+            verdict = await conn.submit_model(1, 0, model, 10, {})
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            return odd_upload, refused.value.details() or "", odd_report, verdict
+        finally:
+            await conn.close()
+
+    odd_upload, refused, odd_report, verdict = asyncio.run(scenario())
+    assert odd_upload.result == fed_pb2.SUBMIT_RESULT_REJECTED
+    assert "unknown upload kind 99" in odd_upload.message
+    assert "unknown model kind 99" in refused
+    assert odd_report.result == fed_pb2.SUBMIT_RESULT_REJECTED
+    assert "unknown metrics kind 99" in odd_report.message
+    assert verdict.outcome == "accepted", verdict
+    rows = wait_until(cluster.metrics, 30, "round 0 to aggregate")
+    assert rows[0]["clients"] == ["flclient1"] and rows[0]["samples"] == 10
+    assert "upload from flclient1 rejected: unknown upload kind 99" in server.log()
     cluster.ok("abort server")

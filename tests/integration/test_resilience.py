@@ -67,9 +67,12 @@ def test_server_kill9_restart_resumes_without_restarting_clients(cluster: Cluste
     cluster.ok("start server")
     cluster.ok("start client")
     wait_until(lambda: rounds_done(cluster) >= 3, 120, "three rounds")
+    marks = [len(c.log()) for c in clients]
     server.signal(signal.SIGKILL)
     server.wait()
-    time.sleep(1)
+    # Restart only once every client saw its control stream break: they really reconnect.
+    for client, mark in zip(clients, marks, strict=True):
+        client.wait_log("lost the control stream|the server closed the control stream", after=mark)
     offset = server.restart(SERVER_READY)
     server.wait_log(r"resumed run 1 at round \d+ of 12", after=offset)
     state = finished(cluster, timeout=240)

@@ -1,4 +1,4 @@
-"""flserverd.registry (sessions, tokens, instance names) and flserverd.statedb."""
+"""flserverd.registry (registered clients, tokens, instance names) and flserverd.statedb."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
-from flserverd.registry import AuthError, ClientRegistry, MachineInfo
-from flserverd.statedb import RunRecord, SessionRecord, StateDB
+from flserverd.registry import AuthError, ClientRegistry
+from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
 
 SITE_A = Identity("site-a", "hospital-a", KIND_CLIENT)
 SITE_B = Identity("site-b", "hospital-b", KIND_CLIENT)
@@ -36,25 +37,25 @@ def db(tmp_path: Path) -> Iterator[StateDB]:
 # --------------------------------------------------------------------------- registry
 
 
-def test_instance_names_for_concurrent_sessions_of_one_kit(db: StateDB) -> None:
+def test_instance_names_for_concurrent_clients_of_one_kit(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
     names = []
     for _ in range(3):
-        session, resumed = registry.login(SITE_A, "", MachineInfo())
-        session.connected = True
+        client, resumed = registry.login(SITE_A, "", MachineInfo())
+        client.connected = True
         assert resumed is False
-        names.append(session.instance)
+        names.append(client.instance)
     other, _ = registry.login(SITE_B, "", MachineInfo())
     assert names == ["site-a", "site-a_1", "site-a_2"]
     assert other.instance == "site-b"
-    assert len({s.token for s in registry.sessions()}) == 4
-    assert [s.instance for s in registry.sessions()] == [
+    assert len({s.token for s in registry.clients()}) == 4
+    assert [s.instance for s in registry.clients()] == [
         "site-a",
         "site-a_1",
         "site-a_2",
         "site-b",
     ]
-    assert all(s.client_name == "site-a" and s.org == "hospital-a" for s in registry.sessions()[:3])
+    assert all(s.client_name == "site-a" and s.org == "hospital-a" for s in registry.clients()[:3])
 
 
 def test_free_instance_name_is_reused_after_remove(db: StateDB) -> None:
@@ -70,29 +71,29 @@ def test_free_instance_name_is_reused_after_remove(db: StateDB) -> None:
     assert third.instance == "site-a_2"
 
 
-def test_token_resumes_disconnected_session(db: StateDB) -> None:
+def test_token_resumes_disconnected_client(db: StateDB) -> None:
     clock = Clock()
     registry = ClientRegistry(db, 600, clock)
-    session, _ = registry.login(SITE_A, "", MachineInfo(hostname="old"))
-    session.connected = False
+    client, _ = registry.login(SITE_A, "", MachineInfo(hostname="old"))
+    client.connected = False
     clock.now += 100
-    resumed, was_resumed = registry.login(SITE_A, session.token, MachineInfo(hostname="new"))
+    resumed, was_resumed = registry.login(SITE_A, client.token, MachineInfo(hostname="new"))
     assert was_resumed is True
-    assert resumed is session
+    assert resumed is client
     assert resumed.instance == "site-a"
     assert resumed.last_heartbeat == clock.now
     assert resumed.machine.hostname == "new"
     assert len(registry) == 1
 
 
-def test_token_of_connected_session_resumes_it(db: StateDB) -> None:
+def test_token_of_connected_client_resumes_it(db: StateDB) -> None:
     """After a network blip the client may log in before the old stream is seen to die."""
     registry = ClientRegistry(db, 600)
-    session, _ = registry.login(SITE_A, "", MachineInfo())
-    session.connected = True
-    second, was_resumed = registry.login(SITE_A, session.token, MachineInfo())
+    client, _ = registry.login(SITE_A, "", MachineInfo())
+    client.connected = True
+    second, was_resumed = registry.login(SITE_A, client.token, MachineInfo())
     assert was_resumed is True
-    assert second is session and second.instance == "site-a"
+    assert second is client and second.instance == "site-a"
     assert len(registry) == 1
 
 
@@ -106,9 +107,9 @@ def test_without_a_token_a_second_process_gets_a_new_instance(db: StateDB) -> No
 
 def test_token_with_another_certificate_refused_at_login(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
-    session, _ = registry.login(SITE_A, "", MachineInfo())
+    client, _ = registry.login(SITE_A, "", MachineInfo())
     with pytest.raises(AuthError, match="belongs to client 'site-a'"):
-        registry.login(SITE_B, session.token, MachineInfo())
+        registry.login(SITE_B, client.token, MachineInfo())
     assert len(registry) == 1
     assert registry.by_instance("site-b") is None
 
@@ -116,25 +117,25 @@ def test_token_with_another_certificate_refused_at_login(db: StateDB) -> None:
 def test_authenticate_binds_token_to_identity(db: StateDB) -> None:
     clock = Clock()
     registry = ClientRegistry(db, 600, clock)
-    session, _ = registry.login(SITE_A, "", MachineInfo())
+    client, _ = registry.login(SITE_A, "", MachineInfo())
     clock.now += 30
-    assert registry.authenticate(session.token, SITE_A) is session
-    assert session.last_heartbeat == clock.now
+    assert registry.authenticate(client.token, SITE_A) is client
+    assert client.last_heartbeat == clock.now
     # same name from another org's certificate is still the same client name
     with pytest.raises(AuthError, match="another certificate"):
-        registry.authenticate(session.token, SITE_B)
+        registry.authenticate(client.token, SITE_B)
     with pytest.raises(AuthError, match="another certificate"):
-        registry.authenticate(session.token, None)
+        registry.authenticate(client.token, None)
     with pytest.raises(AuthError, match="unknown or expired token"):
         registry.authenticate("not-a-token", SITE_A)
 
 
-def test_unknown_token_at_login_starts_new_session(db: StateDB) -> None:
+def test_unknown_token_at_login_registers_anew(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
-    session, resumed = registry.login(SITE_A, "stale-token-from-before", MachineInfo())
+    client, resumed = registry.login(SITE_A, "stale-token-from-before", MachineInfo())
     assert resumed is False
-    assert session.token != "stale-token-from-before"
-    assert session.instance == "site-a"
+    assert client.token != "stale-token-from-before"
+    assert client.instance == "site-a"
 
 
 def test_expired_after_timeout(db: StateDB) -> None:
@@ -154,7 +155,7 @@ def test_expired_after_timeout(db: StateDB) -> None:
     assert registry.expired() == [chatty]
 
 
-def test_sessions_survive_a_new_registry(tmp_path: Path) -> None:
+def test_registrations_survive_a_new_registry(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     db = StateDB(path)
     clock = Clock(5000)
@@ -168,13 +169,13 @@ def test_sessions_survive_a_new_registry(tmp_path: Path) -> None:
     db = StateDB(path)
     clock.now += 1000  # long after the old heartbeats
     restored = ClientRegistry(db, 10, clock)
-    assert [(s.instance, s.token) for s in restored.sessions()] == [
+    assert [(s.instance, s.token) for s in restored.clients()] == [
         ("site-a", a.token),
         ("site-a_1", a1.token),
     ]
-    assert restored.expired() == []  # restored sessions get a full timeout to reconnect
-    session, resumed = restored.login(SITE_A, a1.token, MachineInfo())
-    assert resumed is True and session.instance == "site-a_1"
+    assert restored.expired() == []  # restored clients get a full timeout to reconnect
+    client, resumed = restored.login(SITE_A, a1.token, MachineInfo())
+    assert resumed is True and client.instance == "site-a_1"
     assert restored.authenticate(a.token, SITE_A).instance == "site-a"
     with pytest.raises(AuthError):
         restored.login(SITE_B, a.token, MachineInfo())
@@ -219,24 +220,49 @@ def test_run_record_round_trip(tmp_path: Path, db: StateDB) -> None:
     reopened.close()
 
 
+def _summary(round_number: int, run_number: int = 3, **metrics: float) -> RoundSummary:
+    return RoundSummary(run_number, round_number, 100.0 + round_number, ["site-a"], metrics)
+
+
 def test_complete_round_moves_pointer_and_stores_metrics(tmp_path: Path, db: StateDB) -> None:
     db.save_run(_run())
     record = _run(next_round=1)
-    db.complete_round(record, 0, {"round": 0, "metrics": {"acc": 0.5}})
+    db.complete_round(record, _summary(0, acc=0.5))
     record.next_round = 2
-    db.complete_round(record, 1, {"round": 1, "metrics": {"acc": 0.6}})
+    db.complete_round(record, _summary(1, acc=0.6))
     run = db.get_run(3)
     assert run is not None and run.next_round == 2
-    assert db.round_records(3) == [
-        {"round": 0, "metrics": {"acc": 0.5}},
-        {"round": 1, "metrics": {"acc": 0.6}},
-    ]
+    assert db.round_records(3) == [_summary(0, acc=0.5), _summary(1, acc=0.6)]
     assert db.round_records(4) == []
+
+
+def test_round_summary_json_keeps_the_metrics_jsonl_format() -> None:
+    training = RoundSummary(1, 0, 5.0, ["a", "b"], {"acc": 0.5}, duration_s=1.5, samples=30)
+    assert training.as_json() == {
+        "run": 1,
+        "round": 0,
+        "time": 5.0,
+        "duration_s": 1.5,
+        "samples": 30,
+        "clients": ["a", "b"],
+        "metrics": {"acc": 0.5},
+    }
+    final = RoundSummary(1, 3, 6.0, ["a"], {"acc": 0.7}, final=True)
+    assert final.as_json() == {
+        "run": 1,
+        "round": 3,
+        "time": 6.0,
+        "final": True,
+        "clients": ["a"],
+        "metrics": {"acc": 0.7},
+    }
+    for summary in (training, final):
+        assert RoundSummary.from_json(summary.as_json()) == summary
 
 
 def test_complete_round_is_one_transaction(tmp_path: Path, db: StateDB) -> None:
     db.save_run(_run(next_round=1))
-    db.complete_round(_run(next_round=1), 0, {"round": 0})
+    db.complete_round(_run(next_round=1), _summary(0))
     # make the metrics insert fail: the pointer must not move either
     other = sqlite3.connect(tmp_path / "state.db")
     other.execute(
@@ -246,10 +272,10 @@ def test_complete_round_is_one_transaction(tmp_path: Path, db: StateDB) -> None:
     other.commit()
     other.close()
     with pytest.raises(sqlite3.DatabaseError, match="disk"):
-        db.complete_round(_run(next_round=2), 1, {"round": 1})
+        db.complete_round(_run(next_round=2), _summary(1))
     run = db.get_run(3)
     assert run is not None and run.next_round == 1
-    assert db.round_records(3) == [{"round": 0}]
+    assert db.round_records(3) == [_summary(0)]
     # the connection is usable afterwards (no transaction left open)
     db.set_meta("k", "v")
     assert db.get_meta("k") == "v"
@@ -281,29 +307,47 @@ def test_forget_unfinished_folds(db: StateDB) -> None:
 
 
 def test_clear_round_records(db: StateDB) -> None:
-    db.complete_round(_run(next_round=1), 0, {"r": 0})
+    db.complete_round(_run(next_round=1), _summary(0))
     db.record_folded(3, 0, "site-a", 1, {})
     db.save_validation(3, "site-a", "site-b", {"acc": 1.0}, "")
-    db.complete_round(_run(run_number=4, next_round=1), 0, {"r": 0})
+    db.complete_round(_run(run_number=4, next_round=1), _summary(0, run_number=4))
     db.clear_round_records(3)
     assert db.round_records(3) == []
     assert not db.is_folded(3, 0, "site-a")
     assert db.validation_results(3) == []
-    assert db.round_records(4) == [{"r": 0}]
+    assert db.round_records(4) == [_summary(0, run_number=4)]
     assert db.get_run(3) is not None  # the run itself stays
 
 
-def test_sessions_table(db: StateDB) -> None:
-    one = SessionRecord("t1", "site-a", "site-a", "org", 1.0)
-    two = SessionRecord("t2", "site-a", "site-a_1", "org", 2.0)
-    db.save_session(one)
-    db.save_session(two)
-    assert sorted(db.load_sessions(), key=lambda s: s.token) == [one, two]
-    db.delete_session("t1")
-    assert db.load_sessions() == [two]
-    moved = SessionRecord("t2", "site-a", "site-a_1", "org", 9.0)
-    db.save_session(moved)  # saving a token again updates its row
-    assert db.load_sessions() == [moved]
+def test_clients_table(db: StateDB) -> None:
+    one = ClientRecord("t1", "site-a", "site-a", "org", 1.0)
+    two = ClientRecord("t2", "site-a", "site-a_1", "org", 2.0)
+    db.save_client(one)
+    db.save_client(two)
+    assert sorted(db.load_clients(), key=lambda s: s.token) == [one, two]
+    db.delete_client("t1")
+    assert db.load_clients() == [two]
+    moved = ClientRecord("t2", "site-a", "site-a_1", "org", 9.0)
+    db.save_client(moved)  # saving a token again updates its row
+    assert db.load_clients() == [moved]
+
+
+def test_clients_of_an_older_state_database_are_kept(tmp_path: Path) -> None:
+    """Registered clients were once kept in a table named ``sessions``."""
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE sessions (token TEXT PRIMARY KEY, client_name TEXT NOT NULL,"
+        " instance TEXT NOT NULL UNIQUE, org TEXT NOT NULL, created_at REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO sessions VALUES ('t1', 'site-a', 'site-a', 'org', 1.0)")
+    old.commit()
+    old.close()
+    db = StateDB(path)
+    try:
+        assert db.load_clients() == [ClientRecord("t1", "site-a", "site-a", "org", 1.0)]
+    finally:
+        db.close()
 
 
 def test_audit_log_order_and_limit(db: StateDB) -> None:

@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 
 from flcore import status as st
+from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
 from flcore.startup import ServerStartup
-from flserverd.registry import MachineInfo
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, StateDB
 
@@ -86,7 +86,7 @@ def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None
             server.leaving([staying])
             late = await server.departures(0.2)
             restarted = FLServer(tmp_path, startup(), "test")
-            after_restart = [s.instance for s in restarted.registry.sessions()]
+            after_restart = [s.instance for s in restarted.registry.clients()]
             restarted.db.close()
             return gone, waited, late, after_restart
         finally:

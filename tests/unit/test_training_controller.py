@@ -17,19 +17,12 @@ import safetensors.numpy
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig
+from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.tensorfile import TensorFile
 from fldev.poll import wait_until_async
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
-from flserverd.training import (
-    PHASE_FINAL_VALIDATION,
-    PHASE_TRAINING,
-    Offer,
-    Outcome,
-    Refusal,
-    TaskKind,
-    Training,
-)
+from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Refusal, Training
 
 RUN = 1
 
@@ -38,11 +31,11 @@ RUN = 1
 class RecordingListener:
     """Test double of the TrainingListener protocol: remembers what it was told."""
 
-    offers: list[tuple[list[str], Offer]] = field(default_factory=list)
+    offers: list[tuple[list[str], TaskOffer]] = field(default_factory=list)
     changes: int = 0
     ended: list[RunRecord] = field(default_factory=list)
 
-    def offer(self, instances: Iterable[str], offer: Offer) -> None:
+    def offer(self, instances: Iterable[str], offer: TaskOffer) -> None:
         self.offers.append((list(instances), offer))
 
     def run_changed(self) -> None:
@@ -50,6 +43,40 @@ class RecordingListener:
 
     def run_ended(self, run: RunRecord) -> None:
         self.ended.append(run)
+
+
+@dataclass
+class Scheduled:
+    """One call a ManualTimer holds until the test fires it."""
+
+    delay: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+    fired: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        assert not self.cancelled and not self.fired
+        self.fired = True
+        self.callback()
+
+
+@dataclass
+class ManualTimer:
+    """The round timer, driven by the test: nothing fires until the test says so."""
+
+    calls: list[Scheduled] = field(default_factory=list)
+
+    def __call__(self, delay: float, callback: Callable[[], None]) -> Scheduled:
+        scheduled = Scheduled(delay, callback)
+        self.calls.append(scheduled)
+        return scheduled
+
+    @property
+    def pending(self) -> list[Scheduled]:
+        return [s for s in self.calls if not s.cancelled and not s.fired]
 
 
 @dataclass
@@ -62,10 +89,20 @@ class Setup:
     record: RunRecord
     config: ServerAppConfig
     listener: RecordingListener
+    timer: ManualTimer = field(default_factory=ManualTimer)
 
     def training(self) -> Training:
         manifest = TensorFile(self.store.round_model(RUN, self.record.next_round)).manifest
-        return Training(self.record, self.config, manifest, self.store, self.db, self.listener)
+        return Training(
+            self.record,
+            self.config,
+            manifest,
+            self.store,
+            self.db,
+            self.listener,
+            clock=lambda: 1000.0,
+            timer=self.timer,
+        )
 
     def update(self, name: str, w: list[float], b: float = 0.0) -> TensorFile:
         path = self.root / "updates" / f"{name}.safetensors"
@@ -114,6 +151,17 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     await wait_until_async(condition, timeout, "the condition", interval=0.002)
 
 
+async def aggregated(training: Training, setup: Setup, rounds: int) -> None:
+    """Wait until ``rounds`` rounds are aggregated, their files written and the next round
+    offered (the aggregation task is gone then)."""
+
+    def written() -> int:
+        path = setup.store.run_dir(RUN) / "metrics.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    await until(lambda: written() >= rounds and not training._tasks)
+
+
 async def submit(
     training: Training,
     setup: Setup,
@@ -122,7 +170,7 @@ async def submit(
     w: list[float],
     samples: int = 1,
     metrics: dict[str, float] | None = None,
-) -> Outcome:
+) -> SubmitOutcome:
     update = setup.update(f"{instance}_r{round_number}_{time.monotonic_ns()}", w)
     outcome, _ = await training.accept_update(
         instance, round_number, update, samples, metrics or {}
@@ -140,9 +188,10 @@ async def run_round(
         training.admit(instance, number)
     for instance, (w, samples, metrics) in contributions.items():
         assert await submit(training, setup, instance, number, w, samples, metrics) is (
-            Outcome.ACCEPTED
+            SubmitOutcome.ACCEPTED
         )
     await until(lambda: training.current_round != number)
+    await aggregated(training, setup, len(training.history))
 
 
 # --------------------------------------------------------------------------- closing a round
@@ -157,15 +206,16 @@ def test_round_closes_when_max_clients_arrived(tmp_path: Path) -> None:
         training = setup.training()
         training.admit("c1", 0)
         training.admit("c2", 0)
-        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is Outcome.ACCEPTED
-        await asyncio.sleep(0.02)
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
         # min reached, but c2 is still awaited: the round waits for it (or the 30 s timer)
         assert training.round.number == 0 and not training.round.closed
         assert training.awaited() == ["c2"]
-        assert training.round.deadline > 0
-        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is Outcome.ACCEPTED
-        await until(lambda: training.round.number == 1)
-        assert training.round.deadline == 0.0  # the wait timer was cancelled
+        assert [s.delay for s in setup.timer.pending] == [30]
+        assert training.round.deadline == 1030.0
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        assert training.round.deadline == 0.0
+        assert setup.timer.pending == []  # the wait timer was cancelled
         assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
         await training.close(1)
 
@@ -181,14 +231,14 @@ def test_round_closes_when_min_arrived_and_nobody_else_awaited(tmp_path: Path) -
         training = setup.training()
         training.client_ready("c1")
         training.client_ready("c2")
-        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is Outcome.ACCEPTED
-        await asyncio.sleep(0.02)
-        assert training.round.number == 0  # below min
-        started = time.monotonic()
-        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is Outcome.ACCEPTED
-        await until(lambda: training.round.number == 1)
-        assert time.monotonic() - started < 1.0  # did not wait the 60 s
-        assert training.history[-1]["clients"] == ["c1", "c2"]
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
+        assert not training.round.closed  # below min
+        assert setup.timer.calls == []
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is SubmitOutcome.ACCEPTED
+        assert training.round.closed
+        await aggregated(training, setup, 1)
+        assert setup.timer.calls == []  # did not wait the 60 s
+        assert training.history[-1].clients == ["c1", "c2"]
         await training.close(1)
 
     asyncio.run(scenario())
@@ -203,16 +253,18 @@ def test_round_closes_after_wait_after_min_clients(tmp_path: Path) -> None:
         training = setup.training()
         training.client_ready("c1")
         training.client_ready("slow")
-        started = time.monotonic()
-        assert await submit(training, setup, "c1", 0, [4, 4, 4, 4]) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 0, [4, 4, 4, 4]) is SubmitOutcome.ACCEPTED
         assert training.awaited() == ["slow"]
-        await asyncio.sleep(0.05)
         assert training.round.number == 0 and not training.round.closed
-        await until(lambda: training.round.number == 1)
-        assert time.monotonic() - started >= 0.19
-        assert training.history[-1]["clients"] == ["c1"]
+        [wait] = setup.timer.pending
+        assert wait.delay == 0.2
+        assert training.round.deadline == pytest.approx(1000.2)
+        wait.fire()
+        assert training.round.closed
+        await aggregated(training, setup, 1)
+        assert training.history[-1].clients == ["c1"]
         # the slow client's update for the aggregated round is now late
-        assert await submit(training, setup, "slow", 0, [9, 9, 9, 9]) is Outcome.LATE
+        assert await submit(training, setup, "slow", 0, [9, 9, 9, 9]) is SubmitOutcome.LATE
         assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [4.0] * 4
         await training.close(1)
 
@@ -227,19 +279,19 @@ def test_update_after_aggregation_is_late(tmp_path: Path) -> None:
         await run_round(training, setup, {"c1": ([1, 1, 1, 1], 1, {})})
         assert training.check_submission("c2", RUN, 0) is not None
         verdict = training.check_submission("c2", RUN, 0)
-        assert verdict is not None and verdict[0] is Outcome.LATE
+        assert verdict is not None and verdict[0] is SubmitOutcome.LATE
         outcome, message = await training.accept_update(
             "c2", 0, setup.update("late", [5, 5, 5, 5]), 10, {}
         )
-        assert outcome is Outcome.LATE
+        assert outcome is SubmitOutcome.LATE
         assert "already aggregated" in message
         assert training.round.fedavg.count == 0  # not folded into the next round either
         assert not setup.db.is_folded(RUN, 0, "c2")
         # and a future round or another run is rejected, not accepted
         future = training.check_submission("c1", RUN, 5)
-        assert future is not None and future[0] is Outcome.REJECTED
+        assert future is not None and future[0] is SubmitOutcome.REJECTED
         other_run = training.check_submission("c1", RUN + 1, 1)
-        assert other_run is not None and other_run[0] is Outcome.REJECTED
+        assert other_run is not None and other_run[0] is SubmitOutcome.REJECTED
         await training.close(1)
 
     asyncio.run(scenario())
@@ -250,11 +302,11 @@ def test_update_while_round_is_closing_is_late(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         training = setup.training()
-        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
         # the aggregation task was spawned but has not run yet
         assert training.round.closed
-        assert await submit(training, setup, "c2", 0, [7, 7, 7, 7]) is Outcome.LATE
-        await until(lambda: training.round.number == 1)
+        assert await submit(training, setup, "c2", 0, [7, 7, 7, 7]) is SubmitOutcome.LATE
+        await aggregated(training, setup, 1)
         assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [1.0] * 4
         await training.close(1)
 
@@ -266,13 +318,13 @@ def test_same_instance_twice_is_duplicate(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         training = setup.training()
-        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 5) is Outcome.ACCEPTED
-        assert await submit(training, setup, "c1", 0, [9, 9, 9, 9], 5) is Outcome.DUPLICATE
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 5) is SubmitOutcome.ACCEPTED
+        assert await submit(training, setup, "c1", 0, [9, 9, 9, 9], 5) is SubmitOutcome.DUPLICATE
         assert training.round.fedavg.count == 1
         assert training.round.fedavg.total_weight == 5.0
         assert training.round.contributed == {"c1": 5}
-        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3], 5) is Outcome.ACCEPTED
-        await until(lambda: training.round.number == 1)
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3], 5) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
         assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
         await training.close(1)
 
@@ -294,12 +346,12 @@ def test_concurrent_updates_fold_once_each(tmp_path: Path) -> None:
             submit(training, setup, "c3", 0, [100] * 4, 1),
             submit(training, setup, "c1", 0, [100] * 4, 1),
         )
-        assert list(outcomes[:2]) == [Outcome.ACCEPTED, Outcome.ACCEPTED]
-        assert outcomes[2] is Outcome.LATE  # max_num_clients=2 closed the round
-        assert outcomes[3] in (Outcome.DUPLICATE, Outcome.LATE)
-        await until(lambda: training.round.number == 1)
+        assert list(outcomes[:2]) == [SubmitOutcome.ACCEPTED, SubmitOutcome.ACCEPTED]
+        assert outcomes[2] is SubmitOutcome.LATE  # max_num_clients=2 closed the round
+        assert outcomes[3] in (SubmitOutcome.DUPLICATE, SubmitOutcome.LATE)
+        await aggregated(training, setup, 1)
         assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [3.0] * 4
-        assert training.history[-1]["clients"] == ["c1", "c2"]
+        assert training.history[-1].clients == ["c1", "c2"]
         await training.close(1)
 
     asyncio.run(scenario())
@@ -310,7 +362,7 @@ def test_start_round_above_zero(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         training = setup.training()
-        assert training.current_offer() == Offer(RUN, 2, TaskKind.TRAIN)
+        assert training.current_offer() == TaskOffer(RUN, 2, TaskKind.TRAIN)
         with pytest.raises(Refusal):
             training.admit("c1", 0)
         await run_round(training, setup, {"c1": ([6] * 4, 1, {})})
@@ -328,7 +380,7 @@ def test_zero_samples_rejected(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         training = setup.training()
-        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 0) is Outcome.REJECTED
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 0) is SubmitOutcome.REJECTED
         assert training.round.fedavg.count == 0
         assert not setup.db.is_folded(RUN, 0, "c1")
         await training.close(1)
@@ -347,7 +399,7 @@ def test_exactly_once_across_restart(tmp_path: Path) -> None:
         assert training.round.number == 1
         training.admit("c1", 1)
         training.admit("c2", 1)
-        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.ACCEPTED
         assert setup.db.is_folded(RUN, 1, "c1")
         await training.close(1)  # the server stops; the running sum of round 1 is lost
 
@@ -366,18 +418,18 @@ def test_exactly_once_across_restart(tmp_path: Path) -> None:
     async def second_life() -> None:
         training = setup.training()
         assert training.round.number == 1
-        assert [r["round"] for r in training.history] == [0]
-        assert await submit(training, setup, "c1", 0, [5] * 4, 1) is Outcome.LATE
-        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is Outcome.ACCEPTED
-        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is Outcome.DUPLICATE
+        assert [r.round for r in training.history] == [0]
+        assert await submit(training, setup, "c1", 0, [5] * 4, 1) is SubmitOutcome.LATE
+        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.ACCEPTED
+        assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.DUPLICATE
         assert training.round.fedavg.count == 1
         training.admit("c2", 1)
-        assert await submit(training, setup, "c2", 1, [20] * 4, 3) is Outcome.ACCEPTED
-        await until(lambda: training.round.number == 2)
+        assert await submit(training, setup, "c2", 1, [20] * 4, 3) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 2)
         # c1 counted once: (10*1 + 20*3) / 4
         assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [17.5] * 4
-        assert training.history[-1]["samples"] == 4
-        assert [r["round"] for r in db.round_records(RUN)] == [0, 1]
+        assert training.history[-1].samples == 4
+        assert [r.round for r in db.round_records(RUN)] == [0, 1]
         await training.close(1)
 
     asyncio.run(second_life())
@@ -419,9 +471,9 @@ def test_max_clients_blocks_unadmitted_update(tmp_path: Path) -> None:
         training = setup.training()
         training.admit("c1", 0)
         training.admit("c2", 0)
-        assert await submit(training, setup, "c1", 0, [1] * 4) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
         outcome = await submit(training, setup, "c3", 0, [100] * 4)
-        assert outcome is not Outcome.ACCEPTED
+        assert outcome is not SubmitOutcome.ACCEPTED
         assert training.round.fedavg.count == 1
         await training.close(1)
 
@@ -437,12 +489,13 @@ def test_client_gone_lets_round_close(tmp_path: Path) -> None:
         training = setup.training()
         training.admit("c1", 0)
         training.admit("c2", 0)
-        assert await submit(training, setup, "c1", 0, [2] * 4) is Outcome.ACCEPTED
-        await asyncio.sleep(0.02)
-        assert training.round.number == 0 and training.awaited() == ["c2"]
+        assert await submit(training, setup, "c1", 0, [2] * 4) is SubmitOutcome.ACCEPTED
+        assert not training.round.closed and training.awaited() == ["c2"]
+        assert [s.delay for s in setup.timer.pending] == [60]
         training.client_gone("c2", "training process crashed")
-        await until(lambda: training.round.number == 1)
-        assert training.history[-1]["clients"] == ["c1"]
+        assert training.round.closed
+        await aggregated(training, setup, 1)
+        assert training.history[-1].clients == ["c1"]
         assert training.run.failed_sites == ["c2"]
         saved = setup.db.get_run(RUN)
         assert saved is not None and saved.failed_sites == ["c2"]
@@ -461,10 +514,10 @@ def test_client_gone_below_min_does_not_close(tmp_path: Path) -> None:
         training = setup.training()
         training.admit("c1", 0)
         training.admit("c2", 0)
-        assert await submit(training, setup, "c1", 0, [2] * 4) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 0, [2] * 4) is SubmitOutcome.ACCEPTED
         training.client_gone("c2")
-        await asyncio.sleep(0.05)
         assert training.round.number == 0 and not training.round.closed
+        assert setup.timer.calls == []
         assert training.run.failed_sites == []
         await training.close(1)
 
@@ -478,16 +531,16 @@ def test_offers_go_to_ready_clients(tmp_path: Path) -> None:
         training = setup.training()
         training.ready.update({"c1", "c2"})
         training.begin()
-        assert setup.listener.offers == [(["c1", "c2"], Offer(RUN, 0, TaskKind.TRAIN))]
+        assert setup.listener.offers == [(["c1", "c2"], TaskOffer(RUN, 0, TaskKind.TRAIN))]
         await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([1] * 4, 1, {})})
-        assert setup.listener.offers[-1] == (["c1", "c2"], Offer(RUN, 1, TaskKind.TRAIN))
+        assert setup.listener.offers[-1] == (["c1", "c2"], TaskOffer(RUN, 1, TaskKind.TRAIN))
         # a client that already contributed to the current round is not offered it again
-        assert await submit(training, setup, "c1", 1, [1] * 4) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 1, [1] * 4) is SubmitOutcome.ACCEPTED
         count = len(setup.listener.offers)
         training.client_ready("c1")
         assert len(setup.listener.offers) == count
         training.client_ready("c3")
-        assert setup.listener.offers[-1] == (["c3"], Offer(RUN, 1, TaskKind.TRAIN))
+        assert setup.listener.offers[-1] == (["c3"], TaskOffer(RUN, 1, TaskKind.TRAIN))
         assert setup.listener.changes > 0
         await training.close(1)
 
@@ -504,22 +557,24 @@ def test_final_validation_collects_metrics_and_ends_run(tmp_path: Path) -> None:
         training = setup.training()
         await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([1] * 4, 1, {})})
         assert training.run.phase == PHASE_FINAL_VALIDATION
-        assert training.current_offer() == Offer(RUN, 1, TaskKind.VALIDATE_GLOBAL)
-        assert setup.listener.offers[-1] == (["c1", "c2"], Offer(RUN, 1, TaskKind.VALIDATE_GLOBAL))
-        assert await submit(training, setup, "c1", 0, [1] * 4) is Outcome.LATE
+        assert training.current_offer() == TaskOffer(RUN, 1, TaskKind.VALIDATE_GLOBAL)
+        validate = TaskOffer(RUN, 1, TaskKind.VALIDATE_GLOBAL)
+        assert setup.listener.offers[-1] == (["c1", "c2"], validate)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.LATE
         assert training.admit("c1", 1) == setup.store.round_model(RUN, 1)
         with pytest.raises(Refusal, match="training is over"):
             training.admit("c1", 0)
         assert training.accept_final_metrics("c1", 1, {"val_accuracy": 0.8}, 10)[0] is (
-            Outcome.ACCEPTED
+            SubmitOutcome.ACCEPTED
         )
         assert training.accept_final_metrics("c1", 1, {"val_accuracy": 0.1}, 10)[0] is (
-            Outcome.DUPLICATE
+            SubmitOutcome.DUPLICATE
         )
-        assert training.accept_final_metrics("c2", 0, {"val_accuracy": 0.1}, 10)[0] is Outcome.LATE
+        late = training.accept_final_metrics("c2", 0, {"val_accuracy": 0.1}, 10)
+        assert late.outcome is SubmitOutcome.LATE
         assert setup.listener.ended == []
         assert training.accept_final_metrics("c2", 1, {"val_accuracy": 0.6}, 30)[0] is (
-            Outcome.ACCEPTED
+            SubmitOutcome.ACCEPTED
         )
         await until(lambda: bool(setup.listener.ended))
         ended = setup.listener.ended
@@ -527,9 +582,9 @@ def test_final_validation_collects_metrics_and_ends_run(tmp_path: Path) -> None:
         assert ended[0].status == st.STOPPED and ended[0].reason == "finished"
         assert not training.active
         final = training.history[-1]
-        assert final["final"] is True and final["round"] == 1
-        assert final["clients"] == ["c1", "c2"]
-        assert final["metrics"]["val_accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40)
+        assert final.final is True and final.round == 1
+        assert final.clients == ["c1", "c2"]
+        assert final.metrics["val_accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40)
         saved = setup.db.get_run(RUN)
         assert saved is not None
         assert (saved.status, saved.reason) == (st.STOPPED, "finished")
@@ -546,7 +601,7 @@ def test_training_update_during_final_validation_is_late_before_and_after_restar
     """Training is over: an update for round num_rounds is discarded as late, and the
     verdict must not depend on whether the server restarted in between."""
     setup = make_setup(tmp_path, num_rounds=1, min_num_clients=1, max_num_clients=1)
-    verdicts: list[tuple[Outcome, str] | None] = []
+    verdicts: list[Verdict | None] = []
 
     async def first_life() -> None:
         training = setup.training()
@@ -566,7 +621,7 @@ def test_training_update_during_final_validation_is_late_before_and_after_restar
 
     asyncio.run(second_life())
     outcomes = [v[0] if v else None for v in verdicts]
-    assert outcomes == [Outcome.LATE, Outcome.LATE], verdicts
+    assert outcomes == [SubmitOutcome.LATE, SubmitOutcome.LATE], verdicts
 
 
 def test_final_metrics_during_training_are_late(tmp_path: Path) -> None:
@@ -575,7 +630,7 @@ def test_final_metrics_during_training_are_late(tmp_path: Path) -> None:
     async def scenario() -> None:
         training = setup.training()
         outcome, _ = training.accept_final_metrics("c1", 2, {"val_accuracy": 1.0}, 5)
-        assert outcome is Outcome.LATE
+        assert outcome is SubmitOutcome.LATE
         await training.close(1)
 
     asyncio.run(scenario())
@@ -591,7 +646,7 @@ def test_final_validation_ends_when_last_validator_leaves(tmp_path: Path) -> Non
         training.client_gone("c2", "stopped")
         await until(lambda: bool(setup.listener.ended))
         assert setup.listener.ended[0].reason == "finished"
-        assert training.history[-1]["clients"] == ["c1"]
+        assert training.history[-1].clients == ["c1"]
 
     asyncio.run(scenario())
 
@@ -612,10 +667,10 @@ def test_resume_in_final_validation(tmp_path: Path) -> None:
 
     async def second_life() -> None:
         training = setup.training()
-        assert training.current_offer() == Offer(RUN, 1, TaskKind.VALIDATE_GLOBAL)
+        assert training.current_offer() == TaskOffer(RUN, 1, TaskKind.VALIDATE_GLOBAL)
         training.client_ready("c1")
         assert training.accept_final_metrics("c1", 1, {"val_accuracy": 0.7}, 4)[0] is (
-            Outcome.ACCEPTED
+            SubmitOutcome.ACCEPTED
         )
         await until(lambda: bool(setup.listener.ended))
         assert setup.listener.ended[0].reason == "finished"
@@ -705,7 +760,7 @@ def test_checkpoints_global_model_and_metrics(tmp_path: Path) -> None:
         ]
         assert rows[0]["metrics"] == {"val_loss": pytest.approx((1.0 + 9.0) / 4)}
         assert rows[1]["metrics"] == {}
-        assert [r["round"] for r in setup.db.round_records(RUN)] == [0, 1]
+        assert [r.round for r in setup.db.round_records(RUN)] == [0, 1]
         await training.close(1)
 
     asyncio.run(scenario())
@@ -720,15 +775,19 @@ def test_abort_ends_run_and_later_updates_are_late(tmp_path: Path) -> None:
         training = setup.training()
         training.admit("c1", 0)
         training.admit("c2", 0)
-        assert await submit(training, setup, "c1", 0, [1] * 4) is Outcome.ACCEPTED
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
+        [wait] = setup.timer.pending
         training.abort()
         assert len(setup.listener.ended) == 1
         assert setup.listener.ended[0].status == st.STOPPED
         assert setup.listener.ended[0].reason == "aborted by admin"
         assert not training.active
-        await asyncio.sleep(0.2)  # the wait timer must not aggregate an aborted run
+        assert wait.cancelled
+        # the wait timer must not aggregate an aborted run, even when its call was already due
+        wait.callback()
+        assert not training.round.closed
         assert not setup.store.round_model(RUN, 1).exists()
-        assert await submit(training, setup, "c2", 0, [1] * 4) is Outcome.LATE
+        assert await submit(training, setup, "c2", 0, [1] * 4) is SubmitOutcome.LATE
         with pytest.raises(Refusal, match="not training"):
             training.admit("c3", 0)
         training.abort()  # a second abort changes nothing
@@ -753,7 +812,7 @@ def test_a_crash_after_the_commit_loses_no_published_output(tmp_path: Path) -> N
         training = setup.training()
         training.client_ready("a")
         await submit(training, setup, "a", 0, [1, 1, 1, 1], metrics={"val_accuracy": 0.5})
-        await until(lambda: training.round.number == 1)
+        await aggregated(training, setup, 1)
         await training.close(1)
 
     asyncio.run(scenario())

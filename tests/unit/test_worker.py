@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flapp.runtime.modelinit import init_model
-from flclientd.runner import TrainingProcess, WorkerFailed, descendants
+from flclientd.runner import TrainingProcess, WorkerFailed
+from flcore.proctable import command_line, descendants, process_table
 from flcore.tensorfile import TensorFile
 from fldev.poll import wait_until_async
 
@@ -30,28 +31,9 @@ TRAIN_SAMPLES = 48
 VAL_SAMPLES = 20
 
 
-def cmdline(pid: int) -> str:
-    """The command line of a process ('' once it is gone)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def process_group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+    """Live (non-zombie) processes of a process group."""
+    return [p.pid for p in process_table() if p.group == pgid and p.state != "Z"]
 
 
 def wait_until_gone(pgid: int, timeout: float = 2.0) -> list[int]:
@@ -127,15 +109,7 @@ def keeper() -> Iterator[Keeper]:
 
 def processes_mentioning(text: str) -> list[int]:
     """Processes whose command line contains ``text``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    return [p.pid for p in process_table() if p.pid != os.getpid() and text in command_line(p.pid)]
 
 
 @pytest.fixture
@@ -523,7 +497,7 @@ def test_two_ranks_train_with_ddp_on_the_cpu(
             assert process.info.train_samples == TRAIN_SAMPLES
             pgid = process.pgid
             assert pgid is not None
-            ranks = [pid for pid in descendants(pgid) if "flclientd.worker" in cmdline(pid)]
+            ranks = [pid for pid in descendants(pgid) if "flclientd.worker" in command_line(pid)]
             assert len(ranks) == 2  # torchrun's two ranks, each in a session of its own
             update = work / "update.safetensors"
             result = await process.train(round=0, global_model=global_model, out=update, epochs=2)

@@ -293,7 +293,7 @@ class ClientState(_message.Message):
     app: _builtins.str
     hostname: _builtins.str
     connected: _builtins.bool
-    """False while the session stream is down (client reconnecting); the
+    """False while the client's control stream is down (reconnecting); the
     client is dropped when heart_beat_timeout passes without news.
     """
     def __init__(

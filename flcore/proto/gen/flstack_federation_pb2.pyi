@@ -4,10 +4,13 @@ isort:skip_file
 Client <-> server federation service.
 
 The server never opens a connection to a client. Each client logs in, then
-keeps one bidirectional Session stream open: heartbeats, statuses, command
-results and forwarded log lines go up; commands and task offers come down.
-Models and apps move over their own chunked streams so that the Session
+keeps one bidirectional control stream (Control) open: heartbeats, statuses,
+command results and forwarded log lines go up; commands and task offers come
+down. Models and apps move over their own chunked streams so that the control
 stream stays responsive while hundreds of megabytes are in flight.
+
+Every enum read from the wire is checked: a value the reader does not know
+is refused with a reason, never taken for a default.
 
 Identity always comes from the peer certificate (CN); the token returned by
 Login is bound to that identity and is refused with any other certificate.
@@ -73,7 +76,8 @@ class _ModelKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelKind.V
     MODEL_KIND_LOCAL: _ModelKind.ValueType  # 3
     """a participant's best local model (cross-site)"""
 
-class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper): ...
+class ModelKind(_ModelKind, metaclass=_ModelKindEnumTypeWrapper):
+    """What a client downloads (GetModel)."""
 
 MODEL_KIND_UNSPECIFIED: ModelKind.ValueType  # 0
 MODEL_KIND_GLOBAL: ModelKind.ValueType  # 1
@@ -83,6 +87,28 @@ MODEL_KIND_BEST_GLOBAL: ModelKind.ValueType  # 2
 MODEL_KIND_LOCAL: ModelKind.ValueType  # 3
 """a participant's best local model (cross-site)"""
 Global___ModelKind: _TypeAlias = ModelKind  # noqa: Y015
+
+class _UploadKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UploadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UploadKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UPLOAD_KIND_UNSPECIFIED: _UploadKind.ValueType  # 0
+    UPLOAD_KIND_UPDATE: _UploadKind.ValueType  # 1
+    """a training update for a round"""
+    UPLOAD_KIND_BEST_LOCAL: _UploadKind.ValueType  # 2
+    """the site's best local model, for cross-site validation"""
+
+class UploadKind(_UploadKind, metaclass=_UploadKindEnumTypeWrapper):
+    """What a client uploads (SubmitModel)."""
+
+UPLOAD_KIND_UNSPECIFIED: UploadKind.ValueType  # 0
+UPLOAD_KIND_UPDATE: UploadKind.ValueType  # 1
+"""a training update for a round"""
+UPLOAD_KIND_BEST_LOCAL: UploadKind.ValueType  # 2
+"""the site's best local model, for cross-site validation"""
+Global___UploadKind: _TypeAlias = UploadKind  # noqa: Y015
 
 class _SubmitResult:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -171,7 +197,7 @@ class ClientLoginRequest(_message.Message):
     INFO_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """Empty on a first login. A token from an earlier login resumes that
-    session (same instance name), e.g. after a server restart.
+    registration (same instance name), e.g. after a server restart.
     """
     @_builtins.property
     def info(self) -> Global___ClientInfo: ...
@@ -390,8 +416,8 @@ class ClientMessage(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     LOGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def hello(self) -> Global___SessionHello:
-        """First message on every Session stream."""
+    def hello(self) -> Global___Hello:
+        """First message on every control stream."""
 
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
@@ -404,7 +430,7 @@ class ClientMessage(_message.Message):
     def __init__(
         self,
         *,
-        hello: Global___SessionHello | None = ...,
+        hello: Global___Hello | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         result: Global___CommandResult | None = ...,
         status: Global___ClientStatus | None = ...,
@@ -421,7 +447,7 @@ class ClientMessage(_message.Message):
 Global___ClientMessage: _TypeAlias = ClientMessage  # noqa: Y015
 
 @_typing.final
-class SessionHello(_message.Message):
+class Hello(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
@@ -441,7 +467,7 @@ class SessionHello(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SessionHello: _TypeAlias = SessionHello  # noqa: Y015
+Global___Hello: _TypeAlias = Hello  # noqa: Y015
 
 @_typing.final
 class ServerCommand(_message.Message):
@@ -540,8 +566,8 @@ class RunEnded(_message.Message):
 Global___RunEnded: _TypeAlias = RunEnded  # noqa: Y015
 
 @_typing.final
-class SessionClosed(_message.Message):
-    """The server refuses this session (token replaced, client removed)."""
+class Closed(_message.Message):
+    """The server ended this client's registration (token replaced, client removed)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -558,7 +584,7 @@ class SessionClosed(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SessionClosed: _TypeAlias = SessionClosed  # noqa: Y015
+Global___Closed: _TypeAlias = Closed  # noqa: Y015
 
 @_typing.final
 class ServerMessage(_message.Message):
@@ -575,14 +601,14 @@ class ServerMessage(_message.Message):
     @_builtins.property
     def run_ended(self) -> Global___RunEnded: ...
     @_builtins.property
-    def closed(self) -> Global___SessionClosed: ...
+    def closed(self) -> Global___Closed: ...
     def __init__(
         self,
         *,
         command: Global___ServerCommand | None = ...,
         task: Global___TaskOffer | None = ...,
         run_ended: Global___RunEnded | None = ...,
-        closed: Global___SessionClosed | None = ...,
+        closed: Global___Closed | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "closed", b"closed", "command", b"command", "run_ended", b"run_ended", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -686,8 +712,7 @@ class SubmitHeader(_message.Message):
     token: _builtins.str
     run_number: _builtins.int
     round: _builtins.int
-    kind: Global___ModelKind.ValueType
-    """GLOBAL: a training update; LOCAL: for cross-site"""
+    kind: Global___UploadKind.ValueType
     num_samples: _builtins.int
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
@@ -703,7 +728,7 @@ class SubmitHeader(_message.Message):
         token: _builtins.str = ...,
         run_number: _builtins.int = ...,
         round: _builtins.int = ...,
-        kind: Global___ModelKind.ValueType = ...,
+        kind: Global___UploadKind.ValueType = ...,
         num_samples: _builtins.int = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         manifest: _flstack_common_pb2.ModelManifest | None = ...,

@@ -45,8 +45,8 @@ class FederationStub:
                 request_serializer=flstack__federation__pb2.ClientLogoutRequest.SerializeToString,
                 response_deserializer=flstack__federation__pb2.ClientLogoutReply.FromString,
                 _registered_method=True)
-        self.Session = channel.stream_stream(
-                '/flstack.v1.Federation/Session',
+        self.Control = channel.stream_stream(
+                '/flstack.v1.Federation/Control',
                 request_serializer=flstack__federation__pb2.ClientMessage.SerializeToString,
                 response_deserializer=flstack__federation__pb2.ServerMessage.FromString,
                 _registered_method=True)
@@ -82,13 +82,13 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Logout(self, request, context):
-        """Ends the session at once instead of waiting for the heartbeat timeout.
+        """Ends the client's registration at once instead of waiting for the heartbeat timeout.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Session(self, request_iterator, context):
+    def Control(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,8 +135,8 @@ def add_FederationServicer_to_server(servicer, server):
                     request_deserializer=flstack__federation__pb2.ClientLogoutRequest.FromString,
                     response_serializer=flstack__federation__pb2.ClientLogoutReply.SerializeToString,
             ),
-            'Session': grpc.stream_stream_rpc_method_handler(
-                    servicer.Session,
+            'Control': grpc.stream_stream_rpc_method_handler(
+                    servicer.Control,
                     request_deserializer=flstack__federation__pb2.ClientMessage.FromString,
                     response_serializer=flstack__federation__pb2.ServerMessage.SerializeToString,
             ),
@@ -226,7 +226,7 @@ class Federation:
             _registered_method=True)
 
     @staticmethod
-    def Session(request_iterator,
+    def Control(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -239,7 +239,7 @@ class Federation:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/flstack.v1.Federation/Session',
+            '/flstack.v1.Federation/Control',
             flstack__federation__pb2.ClientMessage.SerializeToString,
             flstack__federation__pb2.ServerMessage.FromString,
             options,

@@ -4,10 +4,13 @@ isort:skip_file
 Client <-> server federation service.
 
 The server never opens a connection to a client. Each client logs in, then
-keeps one bidirectional Session stream open: heartbeats, statuses, command
-results and forwarded log lines go up; commands and task offers come down.
-Models and apps move over their own chunked streams so that the Session
+keeps one bidirectional control stream (Control) open: heartbeats, statuses,
+command results and forwarded log lines go up; commands and task offers come
+down. Models and apps move over their own chunked streams so that the control
 stream stays responsive while hundreds of megabytes are in flight.
+
+Every enum read from the wire is checked: a value the reader does not know
+is refused with a reason, never taken for a default.
 
 Identity always comes from the peer certificate (CN); the token returned by
 Login is bound to that identity and is refused with any other certificate.
@@ -44,8 +47,8 @@ class FederationStub:
     def __new__(cls, channel: _aio.Channel) -> FederationAsyncStub: ...
     Login: _grpc.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLoginRequest, _flstack_federation_pb2.ClientLoginReply]
     Logout: _grpc.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLogoutRequest, _flstack_federation_pb2.ClientLogoutReply]
-    """Ends the session at once instead of waiting for the heartbeat timeout."""
-    Session: _grpc.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]
+    """Ends the client's registration at once instead of waiting for the heartbeat timeout."""
+    Control: _grpc.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]
     GetModel: _grpc.UnaryStreamMultiCallable[_flstack_federation_pb2.ModelRequest, _flstack_federation_pb2.ModelMessage]
     """Downloads a model: first message is the manifest, then tensor chunks."""
     SubmitModel: _grpc.StreamUnaryMultiCallable[_flstack_federation_pb2.SubmitModelMessage, _flstack_federation_pb2.SubmitReply]
@@ -60,8 +63,8 @@ class FederationAsyncStub(FederationStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Login: _aio.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLoginRequest, _flstack_federation_pb2.ClientLoginReply]  # type: ignore[assignment]
     Logout: _aio.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLogoutRequest, _flstack_federation_pb2.ClientLogoutReply]  # type: ignore[assignment]
-    """Ends the session at once instead of waiting for the heartbeat timeout."""
-    Session: _aio.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]  # type: ignore[assignment]
+    """Ends the client's registration at once instead of waiting for the heartbeat timeout."""
+    Control: _aio.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]  # type: ignore[assignment]
     GetModel: _aio.UnaryStreamMultiCallable[_flstack_federation_pb2.ModelRequest, _flstack_federation_pb2.ModelMessage]  # type: ignore[assignment]
     """Downloads a model: first message is the manifest, then tensor chunks."""
     SubmitModel: _aio.StreamUnaryMultiCallable[_flstack_federation_pb2.SubmitModelMessage, _flstack_federation_pb2.SubmitReply]  # type: ignore[assignment]
@@ -85,10 +88,10 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         request: _flstack_federation_pb2.ClientLogoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_flstack_federation_pb2.ClientLogoutReply, _abc.Awaitable[_flstack_federation_pb2.ClientLogoutReply]]:
-        """Ends the session at once instead of waiting for the heartbeat timeout."""
+        """Ends the client's registration at once instead of waiting for the heartbeat timeout."""
 
     @_abc_1.abstractmethod
-    def Session(
+    def Control(
         self,
         request_iterator: _MaybeAsyncIterator[_flstack_federation_pb2.ClientMessage],
         context: _ServicerContext,

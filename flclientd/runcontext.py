@@ -1,4 +1,5 @@
-"""What the server asks a client to do, and the run a client does it for."""
+"""The run a client trains and where its files are: shared by the agent and cross-site
+validation."""
 
 from __future__ import annotations
 
@@ -6,17 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flcore.appconfig import ClientAppConfig
-
-
-@dataclass(frozen=True)
-class Task:
-    """An offer from the server: train a round, validate the final model, or cross-validate."""
-
-    run_number: int
-    round: int
-    kind: int
-    owners: tuple[str, ...] = ()
-    pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

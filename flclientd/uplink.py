@@ -1,6 +1,7 @@
-"""Keeping a client logged in, with its Session stream open, across server restarts.
+"""The uplink: keeping a client logged in, with its control stream open, across server
+restarts.
 
-One Session stream carries everything small: heartbeats, statuses, command
+One control stream carries everything small: heartbeats, statuses, command
 results and forwarded log lines go up; commands and offers come down. When
 the server goes away the client logs in again with its token (keeping its
 instance name) until the retry window runs out; then the daemon exits
@@ -18,12 +19,22 @@ from typing import Any, TypeVar
 
 import grpc
 
-from flclientd.connection import Connection
+from flclientd.connection import Connection, ControlStream
 from flclientd.logforward import LogForwarder
 from flclientd.sitestate import SiteStore
-from flcore.proto.gen import flstack_common_pb2 as common_pb2
-from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.federation import (
+    ClientHeartbeat,
+    Downward,
+    Hello,
+    LogBatch,
+    MachineInfo,
+    StatusChanged,
+    Unreadable,
+    Upward,
+)
+from flcore.feed import LogEntry
 from flcore.startup import ClientStartup
+from flcore.status import ClientStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +54,17 @@ SERVER_ERRORS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 SERVER_ERROR_TRIES = 5
 
 
-class ServerLink:
-    """The client's side of its session with the server."""
+class Uplink:
+    """The client's side of its registration with the server and its control stream."""
 
     def __init__(
         self,
         conn: Connection,
         startup: ClientStartup,
         store: SiteStore,
-        info: fed_pb2.ClientInfo,
-        status: Callable[[], fed_pb2.ClientStatus],
-        dispatch: Callable[[fed_pb2.ServerMessage], None],
+        info: MachineInfo,
+        status: Callable[[], ClientStatus],
+        dispatch: Callable[[Downward | Unreadable], None],
         forwarder: LogForwarder | None,
     ) -> None:
         self.conn = conn
@@ -65,15 +76,27 @@ class ServerLink:
         self._status = status
         self._dispatch = dispatch
         self._forwarder = forwarder
-        self._outbox: asyncio.Queue[fed_pb2.ClientMessage] = asyncio.Queue()
+        # Flush markers travel in the queue: the writer sets one when it gets there.
+        self._outbox: asyncio.Queue[Upward | asyncio.Event] = asyncio.Queue()
         self._stop = asyncio.Event()
 
-    def send(self, message: fed_pb2.ClientMessage) -> None:
-        """Queue a message for the Session stream (sent once connected)."""
+    def send(self, message: Upward) -> None:
+        """Queue a message for the control stream (sent once connected)."""
         self._outbox.put_nowait(message)
 
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every message queued so far was written to the control stream, or
+        for ``timeout`` seconds; returns whether they were."""
+        written = asyncio.Event()
+        self._outbox.put_nowait(written)
+        try:
+            await asyncio.wait_for(written.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def stop(self) -> None:
-        """End the session loop (shutdown)."""
+        """End the uplink's loop (shutdown)."""
         self._stop.set()
 
     async def run(self) -> int:
@@ -95,7 +118,7 @@ class ServerLink:
             else:
                 delay = 0.2
                 self._logged_in(login.token, login.instance, login.resumed)
-                await self._session()
+                await self._control()
                 if self._stop.is_set():
                     break
                 lost_since = time.monotonic()
@@ -117,7 +140,7 @@ class ServerLink:
         self.instance = instance
         self.store.update(token=token)
         if resumed:
-            log.info("Resumed session as %s with token %s…", instance, token[:8])
+            log.info("Resumed registration as %s with token %s…", instance, token[:8])
         else:
             log.info(
                 "Successfully registered client %s as instance %s. Got token: %s…",
@@ -126,23 +149,22 @@ class ServerLink:
                 token[:8],
             )
 
-    async def _session(self) -> None:
-        """Run one Session stream until it breaks or the daemon shuts down."""
-        call = self.conn.open_session()
+    async def _control(self) -> None:
+        """Run one control stream until it breaks or the daemon shuts down."""
+        call = self.conn.open_control()
         helpers: list[asyncio.Task[Any]] = []
         self._drop_stale_reports()
         try:
-            hello = fed_pb2.SessionHello(token=self.store.state.token, status=self._status())
-            await call.write(fed_pb2.ClientMessage(hello=hello))
+            await call.write(Hello(self.store.state.token, self._status()))
             self.connected.set()
             jobs = [self._read(call), self._write(call), self._heartbeats(), self._stop.wait()]
             if self._forwarder is not None:
                 jobs.append(self._forward_logs(self._forwarder))
             helpers = [asyncio.ensure_future(job) for job in jobs]
-            # Any of them ending (stream broken, write failed, shutdown) ends the session.
+            # Any of them ending (stream broken, write failed, shutdown) ends the stream.
             await asyncio.wait(helpers, return_when=asyncio.FIRST_COMPLETED)
         except grpc.aio.AioRpcError as exc:
-            log.warning("lost the session with the server: %s", exc.details() or exc.code().name)
+            log.warning("lost the control stream: %s", exc.details() or exc.code().name)
         finally:
             self.connected.clear()
             call.cancel()
@@ -154,41 +176,44 @@ class ServerLink:
                 except asyncio.CancelledError:
                     pass
                 except Exception as exc:  # a broken stream must never take the daemon down
-                    log.debug("session task ended with %r", exc)
+                    log.debug("control stream task ended with %r", exc)
 
     def _drop_stale_reports(self) -> None:
         """Forget statuses and heartbeats queued while disconnected: the hello carries the
         current status, and an old one sent after it would overwrite it."""
         kept = []
         while not self._outbox.empty():
-            message = self._outbox.get_nowait()
-            if message.WhichOneof("body") not in ("status", "heartbeat"):
-                kept.append(message)
-        for message in kept:
-            self._outbox.put_nowait(message)
+            entry = self._outbox.get_nowait()
+            if not isinstance(entry, StatusChanged | ClientHeartbeat):
+                kept.append(entry)
+        for entry in kept:
+            self._outbox.put_nowait(entry)
 
-    async def _read(self, call: Any) -> None:
+    async def _read(self, call: ControlStream) -> None:
         try:
             async for message in call:
                 self._dispatch(message)
-            log.warning("the server closed the session stream")
+            log.warning("the server closed the control stream")
         except grpc.aio.AioRpcError as exc:
-            log.warning("lost the session with the server: %s", exc.details() or exc.code().name)
+            log.warning("lost the control stream: %s", exc.details() or exc.code().name)
 
-    async def _write(self, call: Any) -> None:
+    async def _write(self, call: ControlStream) -> None:
         """Send queued messages; returns when the stream can take no more (it ended)."""
         while True:
             message = await self._outbox.get()
+            if isinstance(message, asyncio.Event):
+                message.set()
+                continue
             try:
                 await call.write(message)
             except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
-                # The next session starts with a hello that carries the current status.
+                # The next stream starts with a hello that carries the current status.
                 return
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.startup.heartbeat_interval)
-            self.send(fed_pb2.ClientMessage(heartbeat=fed_pb2.Heartbeat(status=self._status())))
+            self.send(ClientHeartbeat(self._status()))
 
     async def _forward_logs(self, forwarder: LogForwarder) -> None:
         while True:
@@ -196,19 +221,10 @@ class ServerLink:
             if not forwarder.pending():
                 continue
             lines, dropped = forwarder.take()
-            records = [
-                common_pb2.LogRecord(
-                    time=x.time,
-                    level=x.level,
-                    logger=x.logger,
-                    message=x.message,
-                    source=self.instance,
-                )
-                for x in lines
-            ]
-            self.send(
-                fed_pb2.ClientMessage(logs=fed_pb2.LogBatch(records=records, dropped=dropped))
+            records = tuple(
+                LogEntry(x.time, x.level, x.logger, x.message, self.instance) for x in lines
             )
+            self.send(LogBatch(records, dropped))
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry a call across reconnects (bounded by the retry window: the daemon exits)

@@ -1,4 +1,5 @@
-"""One run's training state in the child: built once, then used for every request.
+"""The workbench: one run's model, data and trainer in the child, built once and then used
+for every request.
 
 Building everything up front (model, data, optimizer) is what lets a bad
 config or a broken custom module fail at ``start client``, with its
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sized
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from flapp.runtime.components import build, train_where, use_resources
 from flapp.runtime.modelfile import build_model, check_fits, load_state, save_state, state_manifest
 from flapp.trainer import Loader, TrainerHook
-from flclientd.worker.protocol import BEST_LOCAL_MODEL
+from flclientd.worker.protocol import BEST_LOCAL_MODEL, WorkerInfo, WorkResult
 from flclientd.worker.ranks import Ranks, describe_device
 from flcore.appconfig import ComponentSpec, load_app
 from flcore.schema import ConfigError
@@ -31,18 +31,6 @@ from flcore.schema import ConfigError
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRAINER = ComponentSpec("flapp.trainer.SupervisedTrainer")
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a request produced: the FedAvg weight (or sample count) and the metrics."""
-
-    num_samples: int
-    metrics: dict[str, float]
-
-    def as_message(self) -> dict[str, Any]:
-        """The ``result`` part of a reply."""
-        return {"num_samples": self.num_samples, "metrics": self.metrics}
 
 
 def _split(data: object, name: str, where: str) -> tuple[Dataset[Any], int]:
@@ -64,7 +52,7 @@ def _metrics(values: object, where: str) -> dict[str, float]:
         raise TypeError(f"{where} returned a metric that is not a number: {exc}") from None
 
 
-class TrainingSession:
+class Workbench:
     """The model, data, optimizer and trainer of one run on one rank."""
 
     def __init__(
@@ -135,26 +123,26 @@ class TrainingSession:
             sum(p.numel() for p in self.model.parameters()),
         )
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> WorkerInfo:
         """What the daemon shows about this child (the ``ready`` event)."""
-        return {
-            "device": describe_device(self.device, self.ranks.world_size),
-            "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
-            "world_size": self.ranks.world_size,
-            "train_samples": self.train_samples,
-            "val_samples": self.val_samples,
-        }
+        return WorkerInfo(
+            device=describe_device(self.device, self.ranks.world_size),
+            gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            world_size=self.ranks.world_size,
+            train_samples=self.train_samples,
+            val_samples=self.val_samples,
+        )
 
     def _validate(self) -> dict[str, float]:
         values = self.trainer.validate(self.model, self.val_loader, self.loss_fn, self.device)
         return _metrics(values, "trainer.validate")
 
-    def validate(self, model: Path) -> Outcome:
+    def validate(self, model: Path) -> WorkResult:
         """Metrics of any model file on this site's validation split (rank 0 only)."""
         load_state(self.model, model, self.manifest)
-        return Outcome(self.val_samples, self._validate())
+        return WorkResult(self.val_samples, self._validate())
 
-    def train(self, round_number: int, global_model: Path, out: Path, epochs: int) -> Outcome:
+    def train(self, round_number: int, global_model: Path, out: Path, epochs: int) -> WorkResult:
         """Validate the global model, train on it, write the update; on every rank.
 
         Only rank 0 validates and writes; with DDP its model is the
@@ -187,7 +175,7 @@ class TrainingSession:
                 local = self._validate()
                 metrics.update({f"local_{key}": value for key, value in local.items()})
                 self._keep_if_best(state, local)
-        return Outcome(self.train_samples, metrics)
+        return WorkResult(self.train_samples, metrics)
 
     def _keep_if_best(self, state: dict[str, torch.Tensor], local: dict[str, float]) -> None:
         score = local.get(self.best_metric)

@@ -1,0 +1,217 @@
+"""What a client may download (models, apps), and what becomes of what it uploads: verdicts,
+without gRPC.
+
+The federation servicer converts and calls; every decision about a model or
+a metrics report is made here, from the server's state. An upload is judged
+twice: before its bytes arrive (wrong run, late, duplicate, a manifest that
+does not match the global model), and once it is complete and every chunk
+was checked (then it is folded into its round, or kept for cross-site
+validation). Uploads stream into a spool file chunk by chunk, so a model of
+any size costs one chunk of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from flcore.federation import (
+    GLOBAL_OWNER,
+    MetricsKind,
+    MetricsReport,
+    ModelKind,
+    ModelRequest,
+    SubmitHeader,
+    SubmitOutcome,
+    UploadKind,
+    Verdict,
+)
+from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
+from flserverd.server import FLServer
+from flserverd.training import Refusal, Training
+from flserverd.transfer import check_app_name, client_app_dir
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS = 64
+MAX_METRIC_NAME = 64
+
+Chunk = tuple[str, int, bytes]
+"""A slice of one tensor of an upload: tensor name, byte offset, bytes."""
+
+
+def check_metrics(metrics: dict[str, float]) -> str | None:
+    """Metrics become JSON and charts: bounded in number, named, and finite."""
+    if len(metrics) > MAX_METRICS:
+        return f"too many metrics ({len(metrics)} > {MAX_METRICS})"
+    for key, value in metrics.items():
+        if not key or len(key) > MAX_METRIC_NAME:
+            return f"metric name {key[:70]!r} must be 1-{MAX_METRIC_NAME} characters"
+        if not math.isfinite(value):
+            return f"metric {key!r} is not a finite number"
+    return None
+
+
+def _what(kind: UploadKind) -> str:
+    return "local model" if kind is UploadKind.BEST_LOCAL else "update"
+
+
+class ModelExchange:
+    """The server's side of models and metrics moving between it and its clients."""
+
+    def __init__(self, server: FLServer) -> None:
+        self.server = server
+
+    def model_for(self, instance: str, request: ModelRequest) -> Path:
+        """The file a client may download now; Refusal says why it may not."""
+        if request.kind is ModelKind.GLOBAL:
+            training = self.server.training_for(request.run_number)
+            if training is None:
+                raise Refusal(f"run {request.run_number} is not training")
+            return training.admit(instance, request.round)
+        if not self.server.known_run(request.run_number):
+            raise Refusal(f"run {request.run_number} does not exist on this server")
+        owner = GLOBAL_OWNER if request.kind is ModelKind.BEST_GLOBAL else request.owner
+        return self.server.crossval_for(request.run_number).model_for(instance, owner)
+
+    def app_folder(self, run_number: int, app: str) -> Path:
+        """The copy of an app deployed to clients of a run; TransferError for a name that
+        cannot be an app's, Refusal when it was not deployed."""
+        folder = client_app_dir(self.server.store, run_number, check_app_name(app))
+        if not folder.is_dir():
+            raise Refusal(f"app {app!r} is not deployed to clients of run {run_number}")
+        return folder
+
+    def refuse(self, instance: str, reason: str) -> Verdict:
+        """The verdict on an upload whose header could not be read."""
+        log.info("upload from %s rejected: %s", instance, reason)
+        return Verdict(SubmitOutcome.REJECTED, reason)
+
+    async def receive(
+        self, instance: str, header: SubmitHeader, chunks: AsyncIterator[Chunk]
+    ) -> Verdict:
+        """Judge an upload, receive it when it may be used, and hand it over once.
+
+        An update goes to the round controller that judged its header, even if
+        the run was restarted meanwhile: that one then finds it late.
+        """
+        training = self.server.training
+        verdict = self.check_upload(instance, header, training)
+        if verdict is None:
+            verdict = await self._spool_and_accept(instance, header, training, chunks)
+        if verdict.outcome is not SubmitOutcome.ACCEPTED:
+            log.info(
+                "%s from %s for round %d %s: %s",
+                _what(header.kind),
+                instance,
+                header.round,
+                verdict.outcome.value,
+                verdict.message,
+            )
+        return verdict
+
+    def check_upload(
+        self, instance: str, header: SubmitHeader, training: Training | None
+    ) -> Verdict | None:
+        """The verdict on an upload when it is known before its bytes arrive (None: receive it);
+        ``training`` is the run the server holds."""
+        problem = check_metrics(header.metrics)
+        if problem:
+            return Verdict(SubmitOutcome.REJECTED, problem)
+        if header.kind is UploadKind.BEST_LOCAL:
+            if not self.server.known_run(header.run_number):
+                return Verdict(
+                    SubmitOutcome.REJECTED,
+                    f"run {header.run_number} does not exist on this server",
+                )
+            verdict = self.server.crossval_for(header.run_number).check_model(instance)
+        else:
+            if training is None:
+                return Verdict(SubmitOutcome.LATE, "the server is not training; update discarded")
+            verdict = training.check_submission(instance, header.run_number, header.round)
+        if verdict is not None:
+            return verdict
+        try:
+            expected = self.expected_manifest(header.run_number)
+        except TensorFileError as exc:
+            return Verdict(SubmitOutcome.REJECTED, str(exc))
+        differences = expected.differences(header.manifest)
+        if differences:
+            return Verdict(
+                SubmitOutcome.REJECTED,
+                f"{_what(header.kind)} does not match the global model: " + "; ".join(differences),
+            )
+        return None
+
+    def expected_manifest(self, run_number: int) -> Manifest:
+        """Names, dtypes and shapes an upload must have: those of the run's global model."""
+        training = self.server.training_for(run_number)
+        if training is not None:
+            return training.manifest
+        model = self.server.store.global_model(run_number)
+        if not model.exists():
+            raise TensorFileError(f"run {run_number} has no global model to compare with")
+        return TensorFile(model).manifest
+
+    async def _spool_and_accept(
+        self,
+        instance: str,
+        header: SubmitHeader,
+        training: Training | None,
+        chunks: AsyncIterator[Chunk],
+    ) -> Verdict:
+        spool_path = (
+            self.server.store.spool_dir(header.run_number)
+            / f"{instance}-{uuid.uuid4().hex}.safetensors"
+        )
+        spool = SpoolWriter(spool_path, header.manifest)
+        try:
+            # Disk writes and the NaN checks run in a thread: the loop keeps serving
+            # commands and heartbeats while large models stream in.
+            async for name, offset, data in chunks:
+                await asyncio.to_thread(spool.write, name, offset, data)
+            model = await asyncio.to_thread(spool.finish)
+            if header.kind is UploadKind.BEST_LOCAL:
+                self.server.crossval_for(header.run_number).accept_model(instance, model)
+                return Verdict(
+                    SubmitOutcome.ACCEPTED, "local model accepted for cross-site validation"
+                )
+            assert training is not None  # check_upload refuses updates when nothing trains
+            return await training.accept_update(
+                instance, header.round, model, header.num_samples, header.metrics
+            )
+        except TensorFileError as exc:
+            return Verdict(SubmitOutcome.REJECTED, str(exc))
+        finally:
+            await asyncio.to_thread(spool.discard)
+
+    def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
+        """A validation report: of the final global model, or one cross-site cell."""
+        problem = check_metrics(report.metrics)
+        if problem:
+            return Verdict(SubmitOutcome.REJECTED, problem)
+        if report.error:
+            log.warning(
+                "validation of %s's model on %s failed: %s",
+                report.owner,
+                instance,
+                report.error[:500],
+            )
+        if report.kind is MetricsKind.CROSS_VALIDATION:
+            if not self.server.known_run(report.run_number):
+                return Verdict(
+                    SubmitOutcome.REJECTED,
+                    f"run {report.run_number} does not exist on this server",
+                )
+            crossval = self.server.crossval_for(report.run_number)
+            return crossval.record_report(instance, report.owner, report.metrics, report.error)
+        training = self.server.training_for(report.run_number)
+        if training is None:
+            return Verdict(SubmitOutcome.LATE, "run is not training")
+        return training.accept_final_metrics(
+            instance, report.round, report.metrics, report.num_samples
+        )

@@ -1,0 +1,317 @@
+"""flserverd.commands.AdminCommands against a small fake server: parsing, permissions,
+confirmations, the audit, and the replies' text and data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import pytest
+
+from flcore import status as st
+from flcore.federation import CommandResult, MachineInfo
+from flcore.feed import ClientRow, CommandSeen, RunInfo
+from flcore.identity import ROLE_MEMBER, ROLE_SUPER
+from flcore.status import ClientStatus
+from flserverd.commands import AdminCommands, Reply
+from flserverd.crossval import MatrixCell, ValidationMatrix
+from flserverd.registry import RegisteredClient
+from flserverd.server import CommandError, FLServer
+from flserverd.transfer import FileChunk
+from flserverd.views import client_row
+
+T = TypeVar("T")
+ADMIN = "admin@lead.org"
+
+
+def client(instance: str, **status: Any) -> RegisteredClient:
+    return RegisteredClient(
+        token=f"token-{instance}",
+        client_name=instance.split("_")[0],
+        instance=instance,
+        org="org",
+        connected_at=1.0,
+        last_heartbeat=2.0,
+        connected=True,
+        status=ClientStatus(**status),
+        machine=MachineInfo(device="cpu"),
+    )
+
+
+@dataclass
+class FakeRegistry:
+    registered: list[RegisteredClient]
+
+    def clients(self) -> list[RegisteredClient]:
+        return sorted(self.registered, key=lambda c: c.instance)
+
+    def by_instance(self, instance: str) -> RegisteredClient | None:
+        return next((c for c in self.registered if c.instance == instance), None)
+
+
+@dataclass
+class FakeDB:
+    audited: list[tuple[str, str, bool]] = field(default_factory=list)
+
+    def audit(self, user: str, line: str, ok: bool) -> None:
+        self.audited.append((user, line, ok))
+
+
+@dataclass
+class FakeBus:
+    published: list[object] = field(default_factory=list)
+
+    def publish(self, body: object) -> None:
+        self.published.append(body)
+
+
+@dataclass
+class FakeCrossValidation:
+    result: ValidationMatrix
+
+    def matrix(self, names: Iterable[str], bystanders: dict[str, str]) -> ValidationMatrix:
+        notes = {**self.result.notes, **bystanders}
+        return ValidationMatrix(
+            self.result.run_number, self.result.rows, self.result.columns, self.result.cells, notes
+        )
+
+
+@dataclass
+class FakeServer:
+    """What the commands use of FLServer, recorded; clients answer from ``answers``."""
+
+    registry: FakeRegistry
+    answers: dict[str, CommandResult] = field(default_factory=dict)
+    run_number: int = 0
+    starting: bool = False
+    busy: bool = False
+    db: FakeDB = field(default_factory=FakeDB)
+    bus: FakeBus = field(default_factory=FakeBus)
+    calls: list[tuple[list[str], str, dict[str, object]]] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    shutdown_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    crossval: FakeCrossValidation | None = None
+
+    async def call(
+        self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
+    ) -> list[tuple[RegisteredClient, CommandResult]]:
+        self.calls.append(([c.instance for c in clients], name, args))
+        return [(c, self.answers[c.instance]) for c in clients]
+
+    def require_run(self) -> int:
+        if not self.run_number:
+            raise CommandError("FL run number has not been set: use set_run_number <N> first")
+        return self.run_number
+
+    def set_run_number(self, number: int) -> bool:
+        self.run_number = number
+        return False
+
+    def run_view(self) -> RunInfo:
+        return RunInfo(self.run_number, st.NOT_STARTED)
+
+    def client_rows(self) -> list[ClientRow]:
+        return [client_row(c) for c in self.registry.clients()]
+
+    def abort_training(self) -> bool:
+        return False
+
+    def active_training(self) -> None:
+        return None
+
+    def leaving(self, clients: Iterable[RegisteredClient]) -> None:
+        self.left.extend(c.instance for c in clients)
+
+    async def departures(self, wait: float) -> list[str]:
+        return []
+
+    def crossval_for(self, run_number: int) -> FakeCrossValidation:
+        assert self.crossval is not None and run_number == self.run_number
+        return self.crossval
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def commands(server: FakeServer) -> AdminCommands:
+    return AdminCommands(cast(FLServer, server))
+
+
+def execute(
+    server: FakeServer, line: str, role: str = ROLE_SUPER, confirmed: bool = False
+) -> Reply:
+    return run(commands(server).execute(ADMIN, role, line, 5.0, confirmed))
+
+
+def two_sites() -> FakeServer:
+    return FakeServer(FakeRegistry([client("site-b"), client("site-a")]))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", "empty command"),
+        ("frobnicate", "unknown command 'frobnicate'"),
+        ('deploy "unclosed', "cannot parse the command"),
+        ("check_status", "usage: check_status server | client [instance...]"),
+        ("check_status server extra", "usage: check_status server | client [instance...]"),
+        ("set_run_number x", "usage: set_run_number <N>"),
+        ("set_run_number 0", "usage: set_run_number <N>"),
+        ("start_mgpu client 99 site-a", "between 1 and 64"),
+        ("validate", "usage: validate all | <instance> <instance>..."),
+        ("start client", "FL run number has not been set"),
+    ],
+)
+def test_bad_command_lines_get_a_clear_answer_and_are_audited(line: str, expected: str) -> None:
+    server = two_sites()
+    reply = execute(server, line)
+    assert not reply.ok and expected in reply.text
+    assert server.db.audited == [(ADMIN, line, False)]
+    assert server.bus.published == [CommandSeen(ADMIN, line, False)]
+
+
+def test_members_may_only_look() -> None:
+    server = two_sites()
+    server.answers = {i: CommandResult("c", True, "ok", {}) for i in ("site-a", "site-b")}
+    denied = execute(server, "abort client", role=ROLE_MEMBER)
+    assert not denied.ok and "permission denied" in denied.text and "'member' role" in denied.text
+    assert server.calls == []
+    assert execute(server, "check_status client", role=ROLE_MEMBER).ok
+
+
+def test_check_status_client_keeps_identity_fields_the_servers() -> None:
+    server = two_sites()
+    reported = {"status": "training started", "round": 3, "instance": "forged", "samples": "x"}
+    server.answers = {
+        "site-a": CommandResult("c1", True, "training started", reported),
+        "site-b": CommandResult("", False, "no reply within 5s (see set_timeout)"),
+    }
+    reply = execute(server, "check_status client")
+    assert reply.ok
+    rows = reply.data["clients"]
+    assert rows["site-a"]["status"] == "training started" and rows["site-a"]["round"] == 3
+    assert rows["site-a"]["instance"] == "site-a"  # a client cannot rename itself
+    assert rows["site-a"]["samples"] == 0  # wrong type: ignored
+    lines = reply.text.splitlines()
+    assert lines[0].startswith("instance:site-a : client name: site-a\ttoken: token-site-a")
+    assert "status: training started\tround: 3" in lines[0]
+    assert "(no reply: no reply within 5s (see set_timeout))" in lines[1]
+
+
+def test_unknown_instances_are_named_with_the_registered_ones() -> None:
+    reply = execute(two_sites(), "abort client site-a nowhere")
+    assert not reply.ok
+    assert reply.text == "unknown client instance nowhere (registered: site-a, site-b)"
+
+
+def test_commands_for_clients_carry_the_run_and_report_each_client() -> None:
+    server = two_sites()
+    server.run_number = 4
+    server.answers = {
+        "site-a": CommandResult("c", True, "Starting the client...", {"gpus": 2}),
+        "site-b": CommandResult("c", False, "this site has 0 GPU(s)"),
+    }
+    reply = execute(server, "start_mgpu client 2 site-a")
+    assert reply.ok and server.calls == [(["site-a"], "start", {"run_number": 4, "gpus": 2})]
+    both = execute(server, "start client")
+    assert not both.ok  # one client refused
+    assert both.text == (
+        "instance:site-a : Starting the client...\ninstance:site-b : this site has 0 GPU(s)\n"
+    )
+    assert both.data["clients"]["site-a"] == {
+        "gpus": 2,
+        "ok": True,
+        "text": "Starting the client...",
+    }
+
+
+def test_shutting_clients_down_asks_first_then_remembers_who_agreed() -> None:
+    server = two_sites()
+    server.answers = {
+        "site-a": CommandResult("c", True, "Shutdown the client..."),
+        "site-b": CommandResult("c", False, "client disconnected before replying"),
+    }
+    asked = execute(server, "shutdown client")
+    assert not asked.ok and asked.confirm_prompt == "Are you sure (Y/N):"
+    assert server.calls == [] and server.db.audited == []  # not run, so not audited yet
+    done = execute(server, "shutdown client", confirmed=True)
+    assert not done.ok and server.left == ["site-a"]
+    assert server.db.audited == [(ADMIN, "shutdown client", False)]
+
+
+def test_the_server_stops_only_once_its_answer_went_out() -> None:
+    server = two_sites()
+    asked = execute(server, "shutdown server")
+    assert "2 client(s) still registered (site-a, site-b)" in asked.confirm_prompt
+    reply = execute(server, "shutdown server", confirmed=True)
+    assert reply.ok and reply.text == "Shutting down the server..."
+    assert not server.shutdown_requested.is_set()
+    assert reply.then is not None
+    reply.then()  # what the admin servicer runs when the reply has been sent
+    assert server.shutdown_requested.is_set()
+
+
+def test_abort_server_when_nothing_trains() -> None:
+    reply = execute(two_sites(), "abort server")
+    assert not reply.ok and reply.text == "the server is not training"
+
+
+def test_set_run_number_reports_a_new_folder() -> None:
+    server = two_sites()
+    reply = execute(server, "set_run_number 12")
+    assert reply.ok and reply.text == "Create a new run folder: run_12"
+    assert reply.data == {"run_number": 12, "existed": False} and server.run_number == 12
+
+
+def test_validate_renders_the_matrix_and_names_bystanders() -> None:
+    sites = [client("site-a", run_number=3, cross_validate=True), client("site-c", run_number=3)]
+    server = FakeServer(FakeRegistry(sites))
+    server.run_number = 3
+    server.crossval = FakeCrossValidation(
+        ValidationMatrix(
+            3,
+            ["global", "site-a", "site-c"],
+            ["site-a", "site-c"],
+            {
+                "global": {"site-a": MatrixCell({"val_accuracy": 0.91234, "loss": 0.3}, "")},
+                "site-a": {"site-a": MatrixCell({}, "cannot fetch the model: gone")},
+            },
+        )
+    )
+    reply = execute(server, "validate all", role=ROLE_MEMBER)
+    assert reply.ok
+    assert reply.text.splitlines() == [
+        "Cross-site validation of run 3 (val_accuracy)",
+        "model \\ site  site-a    site-c",
+        "global        0.9123",
+        "site-a        error",
+        "site-c",
+        "model of site-a on site-a: cannot fetch the model: gone",
+        "site-c: does not take part (cross_validate is off)",
+    ]
+    assert reply.data["metric"] == "val_accuracy"
+    assert reply.data["cells"]["global"]["site-a"]["metrics"]["val_accuracy"] == 0.91234
+
+
+def test_help_lists_every_command() -> None:
+    reply = execute(two_sites(), "help", role=ROLE_MEMBER)
+    assert reply.ok and "shutdown server | client [instance...]" in reply.text
+    assert "set_timeout <seconds>" in reply.text
+    assert set(reply.data["commands"]) >= {"check_status", "deploy", "start", "validate"}
+
+
+async def no_chunks() -> AsyncIterator[FileChunk]:
+    chunks: list[FileChunk] = []
+    for chunk in chunks:
+        yield chunk
+
+
+def test_uploads_by_members_are_refused_and_audited(tmp_path: Path) -> None:
+    server = two_sites()
+    reply = run(commands(server).upload("viewer@lead.org", ROLE_MEMBER, "app", 10, no_chunks()))
+    assert not reply.ok and "permission denied" in reply.text
+    assert server.db.audited == [("viewer@lead.org", "upload_folder app", False)]

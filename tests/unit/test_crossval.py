@@ -1,0 +1,164 @@
+"""flserverd.crossval.CrossValidation with a recording listener in place of the server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskKind, TaskOffer
+from flcore.tensorfile import TensorFile
+from flserverd.crossval import CrossValidation, MatrixCell
+from flserverd.runstore import RunStore
+from flserverd.statedb import StateDB
+from flserverd.training import Refusal
+
+RUN = 2
+
+
+@dataclass
+class RecordingServer:
+    """Stands in for the server: the offers cross-site validation sends."""
+
+    offers: list[tuple[str, TaskOffer]] = field(default_factory=list)
+
+    def offer(self, instances: Iterable[str], offer: TaskOffer) -> None:
+        self.offers.extend((instance, offer) for instance in instances)
+
+    def last(self, instance: str) -> TaskOffer:
+        return [offer for who, offer in self.offers if who == instance][-1]
+
+
+@dataclass
+class Setup:
+    root: Path
+    store: RunStore
+    db: StateDB
+    server: RecordingServer
+
+    def crossval(self) -> CrossValidation:
+        return CrossValidation(RUN, self.store, self.db, self.server)
+
+    def model(self, name: str) -> TensorFile:
+        path = self.root / "spool" / f"{name}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        safetensors.numpy.save_file({"w": np.ones(3, dtype=np.float32)}, path)
+        return TensorFile(path)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    store = RunStore(tmp_path)
+    store.create_run(RUN)
+    return Setup(tmp_path, store, StateDB(tmp_path / "state.db"), RecordingServer())
+
+
+def offer(owners: tuple[str, ...], pending: tuple[str, ...]) -> TaskOffer:
+    return TaskOffer(RUN, -1, TaskKind.CROSS_VALIDATE, owners, pending)
+
+
+def test_participants_are_offered_each_others_models_as_they_come(setup: Setup) -> None:
+    crossval = setup.crossval()
+    crossval.declare("a")
+    crossval.declare("b")
+    crossval.start_validating("a")
+    assert setup.server.offers == [("a", offer((), (GLOBAL_OWNER, "b")))]
+    assert crossval.check_model("a") is None
+    crossval.accept_model("b", setup.model("b"))
+    assert setup.server.last("a") == offer(("b",), (GLOBAL_OWNER,))
+    assert crossval.check_model("b") == (
+        SubmitOutcome.DUPLICATE,
+        "the local model was already received",
+    )
+    crossval.end_training()
+    assert setup.server.last("a") == offer((GLOBAL_OWNER, "b"), ())
+    assert crossval.record_report("a", "b", {"acc": 0.9}, "").outcome is SubmitOutcome.ACCEPTED
+    crossval.start_validating("a")
+    assert setup.server.last("a") == offer((GLOBAL_OWNER,), ())
+
+
+def test_models_go_to_participants_only_once_they_exist(setup: Setup) -> None:
+    crossval = setup.crossval()
+    crossval.declare("a")
+    crossval.declare("b")
+    with pytest.raises(Refusal, match="'b' is not available to a"):
+        crossval.model_for("a", "b")  # not submitted yet
+    crossval.accept_model("b", setup.model("b"))
+    assert crossval.model_for("a", "b") == setup.store.run_dir(RUN) / "cross_site" / "b.safetensors"
+    with pytest.raises(Refusal):
+        crossval.model_for("b", "b")  # its own model
+    with pytest.raises(Refusal):
+        crossval.model_for("outsider", "b")
+    with pytest.raises(Refusal, match="'global' is not available"):
+        crossval.model_for("a", GLOBAL_OWNER)  # training is not over
+    crossval.end_training()
+    assert crossval.model_for("a", GLOBAL_OWNER) == setup.store.global_model(RUN)
+
+
+def test_outsiders_and_unknown_owners_are_refused(setup: Setup) -> None:
+    crossval = setup.crossval()
+    crossval.declare("a")
+    outsider = crossval.check_model("outsider")
+    assert outsider is not None and outsider.outcome is SubmitOutcome.REJECTED
+    report = crossval.record_report("outsider", GLOBAL_OWNER, {"acc": 1.0}, "")
+    assert report.outcome is SubmitOutcome.REJECTED
+    unknown = crossval.record_report("a", "nobody", {"acc": 1.0}, "")
+    assert unknown.outcome is SubmitOutcome.REJECTED and "'nobody' has no model" in unknown.message
+    assert crossval.results == {}
+
+
+def test_a_withdrawn_site_is_no_longer_awaited(setup: Setup) -> None:
+    crossval = setup.crossval()
+    for site in ("a", "b"):
+        crossval.declare(site)
+    crossval.start_validating("a")
+    crossval.withdraw("b", "failed: out of memory")
+    assert setup.server.last("a") == offer((), (GLOBAL_OWNER,))
+    crossval.declare("b")  # a withdrawn site does not come back by declaring again
+    assert "b" not in crossval.declared
+    assert crossval.matrix().notes == {"b": "failed: out of memory"}
+
+
+def test_results_survive_a_restart_and_are_written_as_json(setup: Setup) -> None:
+    crossval = setup.crossval()
+    crossval.declare("a")
+    crossval.declare("b")
+    crossval.accept_model("a", setup.model("a"))
+    crossval.record("a", "b", {"acc": 0.75}, "")
+    crossval.record(GLOBAL_OWNER, "b", {}, "validation failed: shapes differ")
+    restarted = setup.crossval()
+    assert restarted.submitted == {"a"} and "a" in restarted.declared
+    matrix = restarted.matrix()
+    assert matrix.rows == [GLOBAL_OWNER, "a", "b"] and matrix.columns == ["a", "b"]
+    assert matrix.cell("a", "b") == MatrixCell({"acc": 0.75}, "")
+    assert matrix.cell(GLOBAL_OWNER, "b") == MatrixCell({}, "validation failed: shapes differ")
+    assert matrix.metric_names() == ["acc"]
+    written = json.loads((setup.store.run_dir(RUN) / "cross_site_validation.json").read_text())
+    assert written == matrix.as_json()
+    assert written["cells"]["a"]["b"] == {"metrics": {"acc": 0.75}, "error": ""}
+
+
+def test_the_matrix_can_be_narrowed_and_shows_bystanders(setup: Setup) -> None:
+    crossval = setup.crossval()
+    for site in ("a", "b", "c"):
+        crossval.declare(site)
+    crossval.record(GLOBAL_OWNER, "a", {"acc": 0.5}, "")
+    crossval.record(GLOBAL_OWNER, "c", {"acc": 0.6}, "")
+    matrix = crossval.matrix(["a", "d"], {"d": "does not take part"})
+    assert matrix.rows == [GLOBAL_OWNER, "a", "d"]
+    assert matrix.columns == ["a", "d"]
+    assert matrix.cells == {GLOBAL_OWNER: {"a": MatrixCell({"acc": 0.5}, "")}}
+    assert matrix.notes == {"d": "does not take part"}
+
+
+def test_a_site_that_cannot_validate_its_own_model_withdraws(setup: Setup) -> None:
+    crossval = setup.crossval()
+    crossval.declare("a")
+    crossval.record("a", "a", {}, "no local model to share")
+    assert crossval.withdrawn == {"a": "no local model to share"}
+    assert crossval.results == {}

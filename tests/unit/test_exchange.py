@@ -1,0 +1,272 @@
+"""The server's decisions about downloads, uploads and reports, and its one query API for
+"is run N training?", driven on a real FLServer without gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from flcore import status as st
+from flcore.appconfig import ServerAppConfig
+from flcore.federation import (
+    GLOBAL_OWNER,
+    MachineInfo,
+    MetricsKind,
+    MetricsReport,
+    ModelKind,
+    ModelRequest,
+    SubmitHeader,
+    SubmitOutcome,
+    UploadKind,
+)
+from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
+from flcore.startup import ServerStartup
+from flcore.tensorfile import Manifest, TensorFile
+from flserverd.exchange import MAX_METRICS, Chunk, ModelExchange, check_metrics
+from flserverd.registry import AuthError
+from flserverd.server import FLServer
+from flserverd.statedb import RunRecord
+from flserverd.training import PHASE_TRAINING, Refusal, Training
+from flserverd.transfer import TransferError
+
+RUN = 1
+
+
+def startup() -> ServerStartup:
+    return ServerStartup(
+        project="p",
+        name="server",
+        host="localhost",
+        fed_port=1,
+        admin_port=2,
+        listen_host="localhost",
+        heart_beat_timeout=60,
+        heartbeat_interval=5,
+    )
+
+
+def write_model(path: Path, w: float = 0.0, dtype: type = np.float32) -> TensorFile:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.numpy.save_file(
+        {"w": np.full(4, w, dtype=dtype), "b": np.zeros(1, dtype=dtype)}, path
+    )
+    return TensorFile(path)
+
+
+def train(server: FLServer, **config: Any) -> Training:
+    """Make run 1 train on ``server`` from a tiny model (what start server does, minus the
+    model-init child)."""
+    server.set_run_number(RUN)
+    manifest = write_model(server.store.round_model(RUN, 0)).manifest
+    app = ServerAppConfig(**config)
+    record = RunRecord(RUN, st.STARTED, PHASE_TRAINING, "app", 0, app.num_rounds, 0)
+    server.db.save_run(record)
+    server.training = Training(record, app, manifest, server.store, server.db, server)
+    return server.training
+
+
+async def chunks_of(model: TensorFile) -> AsyncIterator[Chunk]:
+    for chunk in model.iter_chunks():
+        yield chunk
+
+
+def on_server(tmp_path: Path, scenario: Callable[[FLServer], Awaitable[None]]) -> None:
+    async def run() -> None:
+        server = FLServer(tmp_path, startup(), "test")
+        await server.open()
+        try:
+            await scenario(server)
+        finally:
+            await server.close(1)
+
+    asyncio.run(run())
+
+
+def header(
+    manifest: Manifest,
+    kind: UploadKind = UploadKind.UPDATE,
+    run_number: int = RUN,
+    round: int = 0,
+    metrics: dict[str, float] | None = None,
+) -> SubmitHeader:
+    metrics = {"val_accuracy": 0.5} if metrics is None else metrics
+    return SubmitHeader(run_number, round, kind, 10, metrics, manifest)
+
+
+def test_one_query_api_says_which_run_trains(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        assert server.training_for(RUN) is None and server.active_training() is None
+        assert not server.busy and server.current_round == -1
+        training = train(server, num_rounds=2)
+        assert server.training_for(RUN) is training and server.training_for(2) is None
+        assert server.active_training() is training and server.busy
+        assert server.current_round == 0
+        training.abort()
+        assert server.training_for(RUN) is training  # still the run this server holds
+        assert server.active_training() is None and not server.busy
+        server.set_run_number(2)
+        assert server.training_for(RUN) is None
+
+    on_server(tmp_path, scenario)
+
+
+def test_downloads_are_decided_by_the_run(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        with pytest.raises(Refusal, match="run 1 is not training"):
+            exchange.model_for("site-a", ModelRequest(RUN, 0, ModelKind.GLOBAL))
+        training = train(server, num_rounds=2, max_num_clients=1)
+        path = exchange.model_for("site-a", ModelRequest(RUN, 0, ModelKind.GLOBAL))
+        assert path == server.store.round_model(RUN, 0)
+        assert training.round.participants == {"site-a"}
+        with pytest.raises(Refusal, match="max_num_clients=1"):
+            exchange.model_for("site-b", ModelRequest(RUN, 0, ModelKind.GLOBAL))
+        with pytest.raises(Refusal, match="run 7 does not exist"):
+            exchange.model_for("site-a", ModelRequest(7, -1, ModelKind.BEST_GLOBAL))
+        with pytest.raises(Refusal, match="not available to site-a"):
+            exchange.model_for("site-a", ModelRequest(RUN, -1, ModelKind.BEST_GLOBAL))
+        with pytest.raises(Refusal, match="'site-b' is not available"):
+            exchange.model_for("site-a", ModelRequest(RUN, -1, ModelKind.LOCAL, "site-b"))
+
+    on_server(tmp_path, scenario)
+
+
+def test_an_update_is_judged_before_its_bytes_arrive(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        manifest = model.manifest
+        assert exchange.check_upload("site-a", header(manifest), None) == (
+            SubmitOutcome.LATE,
+            "the server is not training; update discarded",
+        )
+        training = train(server, num_rounds=2, min_num_clients=2)
+        cases = {
+            "too many metrics": header(
+                manifest, metrics={f"m{i}": 1.0 for i in range(MAX_METRICS + 1)}
+            ),
+            "update is for run 2": header(manifest, run_number=2),
+            "has not started": header(manifest, round=4),
+            "does not match the global model": header(
+                write_model(tmp_path / "f64.safetensors", 1.0, np.float64).manifest
+            ),
+        }
+        for expected, upload in cases.items():
+            verdict = exchange.check_upload("site-a", upload, training)
+            assert verdict is not None and verdict.outcome is SubmitOutcome.REJECTED
+            assert expected in verdict.message
+        assert exchange.check_upload("site-a", header(manifest), training) is None
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_complete_update_is_folded_once_and_its_spool_file_removed(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=2, min_num_clients=2)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        first = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
+        assert first.outcome is SubmitOutcome.ACCEPTED
+        assert training.round.contributed == {"site-a": 10}
+        again = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
+        assert again.outcome is SubmitOutcome.DUPLICATE
+        assert list(server.store.spool_dir(RUN).iterdir()) == []
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_poisoned_update_is_rejected_and_not_folded(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=2, min_num_clients=2)
+        model = write_model(tmp_path / "nan.safetensors", float("nan"))
+        verdict = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
+        assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
+        assert training.round.contributed == {}
+        assert list(server.store.spool_dir(RUN).iterdir()) == []
+
+    on_server(tmp_path, scenario)
+
+
+def test_best_local_models_and_cross_site_reports(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2)
+        model = write_model(tmp_path / "local.safetensors", 2.0)
+        local = header(model.manifest, UploadKind.BEST_LOCAL, round=-1)
+        refused = await exchange.receive("site-a", local, chunks_of(model))
+        assert refused.outcome is SubmitOutcome.REJECTED
+        assert "does not take part in cross-site validation" in refused.message
+        server.crossval_for(RUN).declare("site-a")
+        server.crossval_for(RUN).declare("site-b")
+        accepted = await exchange.receive("site-a", local, chunks_of(model))
+        assert accepted.outcome is SubmitOutcome.ACCEPTED
+        again = await exchange.receive("site-a", local, chunks_of(model))
+        assert again.outcome is SubmitOutcome.DUPLICATE
+        path = exchange.model_for("site-b", ModelRequest(RUN, -1, ModelKind.LOCAL, "site-a"))
+        assert TensorFile(path).manifest == model.manifest
+        report = MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, "site-a", {"acc": 0.9}, 5)
+        assert exchange.accept_metrics("site-b", report).outcome is SubmitOutcome.ACCEPTED
+        assert exchange.accept_metrics("site-c", report).outcome is SubmitOutcome.REJECTED
+        unknown_owner = MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, "nobody", {}, 0)
+        verdict = exchange.accept_metrics("site-b", unknown_owner)
+        assert verdict.outcome is SubmitOutcome.REJECTED and "'nobody'" in verdict.message
+        elsewhere = MetricsReport(9, -1, MetricsKind.CROSS_VALIDATION, GLOBAL_OWNER, {}, 0)
+        assert "run 9 does not exist" in exchange.accept_metrics("site-b", elsewhere).message
+
+    on_server(tmp_path, scenario)
+
+
+def test_final_validation_reports(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        report = MetricsReport(RUN, 2, MetricsKind.GLOBAL_VALIDATION, GLOBAL_OWNER, {"a": 1.0}, 4)
+        assert exchange.accept_metrics("site-a", report).outcome is SubmitOutcome.LATE
+        train(server, num_rounds=2)
+        late = exchange.accept_metrics("site-a", report)
+        assert late.outcome is SubmitOutcome.LATE and "not in progress" in late.message
+        bad = MetricsReport(RUN, 2, MetricsKind.GLOBAL_VALIDATION, GLOBAL_OWNER, {"a": 1e999}, 4)
+        assert "not a finite number" in exchange.accept_metrics("site-a", bad).message
+
+    on_server(tmp_path, scenario)
+
+
+def test_check_metrics_bounds_names_and_values() -> None:
+    assert check_metrics({"val_accuracy": 0.5}) is None
+    assert "1-64 characters" in (check_metrics({"": 1.0}) or "")
+    assert "1-64 characters" in (check_metrics({"x" * 65: 1.0}) or "")
+    assert "not a finite number" in (check_metrics({"loss": float("inf")}) or "")
+
+
+def test_only_client_certificates_register(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        admin = Identity("admin@lead.org", "lead", KIND_ADMIN, "super")
+        for identity in (None, admin):
+            with pytest.raises(AuthError, match="accepts client certificates only"):
+                server.login(identity, "", MachineInfo())
+        site = Identity("site-a", "hospital", KIND_CLIENT)
+        client, resumed = server.login(site, "", MachineInfo())
+        assert (client.instance, resumed) == ("site-a", False)
+        assert server.login(site, client.token, MachineInfo()) == (client, True)
+
+    on_server(tmp_path, scenario)
+
+
+def test_apps_are_served_only_once_deployed_to_clients(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        with pytest.raises(TransferError):
+            exchange.app_folder(RUN, "../etc")
+        with pytest.raises(Refusal, match="'digits' is not deployed to clients of run 1"):
+            exchange.app_folder(RUN, "digits")
+        folder = server.store.run_dir(RUN) / "deploy" / "digits"
+        folder.mkdir(parents=True)
+        assert exchange.app_folder(RUN, "digits") == folder
+
+    on_server(tmp_path, scenario)

@@ -1,0 +1,199 @@
+"""The daemons' serde edges: what one side writes, the other reads back the same, and
+nothing unknown is read as something known."""
+
+from __future__ import annotations
+
+import pytest
+
+from flclientd import serde as client_serde
+from flcore.federation import (
+    ClientHeartbeat,
+    Closed,
+    Command,
+    CommandResult,
+    Downward,
+    Hello,
+    LogBatch,
+    MetricsKind,
+    MetricsReport,
+    ModelKind,
+    ModelRequest,
+    RunEnded,
+    StatusChanged,
+    SubmitHeader,
+    SubmitOutcome,
+    TaskKind,
+    TaskOffer,
+    Unreadable,
+    UploadKind,
+    Upward,
+    Verdict,
+)
+from flcore.feed import LogEntry
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.status import ClientStatus
+from flcore.tensorfile import Manifest, TensorSpec
+from flcore.wire import WireError
+from flserverd import serde as server_serde
+
+STATUS = ClientStatus(
+    status="training started",
+    run_number=3,
+    round=7,
+    samples=48,
+    app="digits",
+    gpus_in_use=2,
+    cross_validate=True,
+)
+MANIFEST = Manifest((TensorSpec("w", "F32", (2, 3)), TensorSpec("b", "F32", (3,))))
+
+
+def _wire(message: fed_pb2.ClientMessage) -> fed_pb2.ClientMessage:
+    return fed_pb2.ClientMessage.FromString(message.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Hello("token-1", STATUS),
+        ClientHeartbeat(STATUS),
+        StatusChanged(STATUS),
+        CommandResult("c7", True, "deployed", {"app": "digits", "run_number": 3}),
+        LogBatch((LogEntry(1.5, "INFO", "flclientd.agent", "round 7 done", "site-a"),), 4),
+    ],
+)
+def test_upward_messages_survive_the_wire(message: Upward) -> None:
+    proto = client_serde.upward_to_proto(message)
+    assert server_serde.upward_from_proto(_wire(proto), "site-a") == message
+
+
+def test_server_bounds_what_a_client_sends() -> None:
+    long = "x" * 100_000
+    status = ClientStatus(status=long, error=long, traceback=long * 2, app=long)
+    read = server_serde.upward_from_proto(
+        client_serde.upward_to_proto(StatusChanged(status)), "site-a"
+    )
+    assert isinstance(read, StatusChanged)
+    assert len(read.status.status) == 64 and len(read.status.app) == 128
+    assert len(read.status.error) == server_serde.MAX_TEXT
+    result = client_serde.upward_to_proto(CommandResult("c1", True, long))
+    read_result = server_serde.upward_from_proto(result, "site-a")
+    assert isinstance(read_result, CommandResult)
+    assert len(read_result.text) == server_serde.MAX_RESULT_TEXT
+    lines = tuple(LogEntry(0.0, "INFO", "x", "y", "site-a") for _ in range(900))
+    batch = server_serde.upward_from_proto(client_serde.upward_to_proto(LogBatch(lines)), "s")
+    assert isinstance(batch, LogBatch) and len(batch.records) == server_serde.MAX_LOG_BATCH
+    assert {r.source for r in batch.records} == {"s"}  # the server names the source
+
+
+def test_result_data_that_is_not_an_object_is_dropped() -> None:
+    for data_json in ("[1, 2]", "{not json", ""):
+        message = fed_pb2.ClientMessage(
+            result=fed_pb2.CommandResult(command_id="c1", ok=True, text="t", data_json=data_json)
+        )
+        read = server_serde.upward_from_proto(message, "site-a")
+        assert read == CommandResult("c1", True, "t", {})
+
+
+def test_a_control_message_without_a_body_is_refused() -> None:
+    with pytest.raises(WireError, match="no body"):
+        server_serde.upward_from_proto(fed_pb2.ClientMessage(), "site-a")
+    assert isinstance(client_serde.downward_from_proto(fed_pb2.ServerMessage()), Unreadable)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Command("c3", "start", {"run_number": 2, "gpus": 0}),
+        TaskOffer(2, 5, TaskKind.TRAIN),
+        TaskOffer(2, 6, TaskKind.VALIDATE_GLOBAL),
+        TaskOffer(2, -1, TaskKind.CROSS_VALIDATE, ("global", "site-b"), ("site-c",)),
+        RunEnded(2, "training stopped", "finished"),
+        Closed("replaced by a new login"),
+    ],
+)
+def test_downward_messages_survive_the_wire(message: Downward) -> None:
+    proto = server_serde.downward_to_proto(message)
+    wire = fed_pb2.ServerMessage.FromString(proto.SerializeToString())
+    assert client_serde.downward_from_proto(wire) == message
+
+
+def test_an_unknown_task_kind_is_not_taken_for_training() -> None:
+    task = fed_pb2.TaskOffer(run_number=2, round=1, kind=fed_pb2.TaskKind.ValueType(99))
+    offer = fed_pb2.ServerMessage(task=task)
+    read = client_serde.downward_from_proto(offer)
+    assert isinstance(read, Unreadable)
+    assert "unknown task kind 99" in read.reason and not read.command_id
+
+
+def test_malformed_command_arguments_still_get_an_answer() -> None:
+    for args_json in ("[1]", "{oops"):
+        command = fed_pb2.ServerCommand(command_id="c9", name="start", args_json=args_json)
+        read = client_serde.downward_from_proto(fed_pb2.ServerMessage(command=command))
+        assert read == Unreadable("malformed command arguments", "c9")
+
+
+@pytest.mark.parametrize("kind", list(ModelKind))
+def test_model_requests_survive_the_wire(kind: ModelKind) -> None:
+    request = ModelRequest(4, 2, kind, "site-b" if kind is ModelKind.LOCAL else "")
+    proto = client_serde.model_request_to_proto("tok", request)
+    assert proto.token == "tok"
+    assert server_serde.model_request_from_proto(proto) == request
+
+
+def test_an_unknown_model_kind_is_refused() -> None:
+    for kind in (0, 99):
+        with pytest.raises(WireError, match=f"unknown model kind {kind}"):
+            request = fed_pb2.ModelRequest(kind=fed_pb2.ModelKind.ValueType(kind))
+            server_serde.model_request_from_proto(request)
+
+
+@pytest.mark.parametrize("kind", list(UploadKind))
+def test_upload_headers_survive_the_wire(kind: UploadKind) -> None:
+    header = SubmitHeader(4, 2, kind, 48, {"val_accuracy": 0.5}, MANIFEST)
+    proto = client_serde.submit_header_to_proto("tok", header).header
+    assert server_serde.submit_header_from_proto(proto) == header
+
+
+def test_an_unknown_upload_kind_is_refused() -> None:
+    proto = client_serde.submit_header_to_proto(
+        "tok", SubmitHeader(4, 2, UploadKind.UPDATE, 48, {}, MANIFEST)
+    ).header
+    for kind in (0, 3, 99):  # 3 was MODEL_KIND_LOCAL, the old way to send a local model
+        proto.kind = fed_pb2.UploadKind.ValueType(kind)
+        with pytest.raises(WireError, match=f"unknown upload kind {kind}"):
+            server_serde.submit_header_from_proto(proto)
+
+
+@pytest.mark.parametrize("kind", list(MetricsKind))
+def test_metrics_reports_survive_the_wire(kind: MetricsKind) -> None:
+    report = MetricsReport(4, -1, kind, "site-b", {"val_accuracy": 0.75}, 20, "")
+    proto = client_serde.metrics_report_to_proto("tok", report)
+    assert server_serde.metrics_report_from_proto(proto) == report
+
+
+def test_metrics_reports_are_bounded_and_checked() -> None:
+    proto = fed_pb2.MetricsReport(
+        kind=fed_pb2.METRICS_KIND_CROSS_VALIDATION, model_owner="o" * 500, error="e" * 9000
+    )
+    report = server_serde.metrics_report_from_proto(proto)
+    assert len(report.owner) == server_serde.MAX_OWNER
+    assert len(report.error) == server_serde.MAX_VALIDATION_ERROR
+    proto.kind = fed_pb2.MetricsKind.ValueType(99)
+    with pytest.raises(WireError, match="unknown metrics kind 99"):
+        server_serde.metrics_report_from_proto(proto)
+
+
+@pytest.mark.parametrize("outcome", list(SubmitOutcome))
+def test_verdicts_survive_the_wire(outcome: SubmitOutcome) -> None:
+    verdict = Verdict(outcome, "because")
+    proto = server_serde.verdict_to_proto(verdict, current_round=3)
+    assert proto.current_round == 3
+    assert client_serde.verdict_from_proto(proto) == verdict
+
+
+def test_an_unknown_verdict_is_not_read_as_rejected() -> None:
+    for result in (0, 7):
+        with pytest.raises(WireError, match=f"unknown submit result {result}"):
+            reply = fed_pb2.SubmitReply(result=fed_pb2.SubmitResult.ValueType(result))
+            client_serde.verdict_from_proto(reply)

@@ -1,0 +1,113 @@
+"""flclientd.uplink.Uplink's control stream against a fake connection: what goes out, in
+which order, and flush() as the event a shutdown waits for (it used to sleep 0.2 s)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+from flclientd.connection import Connection
+from flclientd.sitestate import SiteStore
+from flclientd.uplink import Uplink
+from flcore.federation import (
+    ClientHeartbeat,
+    CommandResult,
+    Downward,
+    Hello,
+    MachineInfo,
+    StatusChanged,
+    Unreadable,
+    Upward,
+)
+from flcore.startup import ClientStartup
+from flcore.status import ClientStatus
+
+
+class FakeStream:
+    """A control stream whose writes take as long as the test says."""
+
+    def __init__(self) -> None:
+        self.written: list[Upward] = []
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def write(self, message: Upward) -> None:
+        await self.open.wait()
+        self.written.append(message)
+
+    async def __aiter__(self) -> AsyncIterator[Downward | Unreadable]:
+        await asyncio.Event().wait()  # the server says nothing
+        yield Unreadable("never")
+
+    def cancel(self) -> None:
+        pass
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.streams: list[FakeStream] = []
+
+    def open_control(self) -> FakeStream:
+        self.streams.append(FakeStream())
+        return self.streams[-1]
+
+
+def make_uplink(tmp_path: Path) -> tuple[Uplink, FakeConnection]:
+    conn = FakeConnection()
+    startup = ClientStartup("p", "site-a", "localhost", 1, heartbeat_interval=3600)
+    uplink = Uplink(
+        cast(Connection, conn),
+        startup,
+        SiteStore(tmp_path / "state.json"),
+        MachineInfo(),
+        lambda: ClientStatus(status="now"),
+        lambda message: None,
+        None,
+    )
+    return uplink, conn
+
+
+def test_flush_waits_until_the_answer_is_written(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        uplink, conn = make_uplink(tmp_path)
+        stream_task = asyncio.ensure_future(uplink._control())
+        await uplink.connected.wait()
+        stream = conn.streams[0]
+        stream.open.clear()  # the network is slow now
+        answer = CommandResult("c1", True, "Shutdown the client...")
+        uplink.send(answer)
+        assert not await uplink.flush(0.05)  # not written yet
+        assert answer not in stream.written
+        stream.open.set()
+        assert await uplink.flush(5)
+        assert stream.written[-1] == answer
+        uplink.stop()
+        await stream_task
+
+    asyncio.run(scenario())
+
+
+def test_a_new_stream_starts_with_hello_and_keeps_results_not_stale_reports(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        uplink, conn = make_uplink(tmp_path)
+        old = ClientStatus(status="old")
+        uplink.send(StatusChanged(old))
+        uplink.send(CommandResult("c1", True, "deployed"))
+        uplink.send(ClientHeartbeat(old))
+        flushed = asyncio.ensure_future(uplink.flush(5))  # queued while disconnected
+        await asyncio.sleep(0)
+        assert not flushed.done()
+        stream_task = asyncio.ensure_future(uplink._control())
+        assert await flushed
+        assert conn.streams[0].written == [
+            Hello("", ClientStatus(status="now")),
+            CommandResult("c1", True, "deployed"),
+        ]
+        uplink.stop()
+        await stream_task
+
+    asyncio.run(scenario())
