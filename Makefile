@@ -23,7 +23,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy flcore flapp provision flserverd flclientd fltui fldev examples bench
+	$(BIN)/mypy flcore flapp provision flserverd flclientd fladmin fltui fldev examples bench
 
 test: lint
 	$(BIN)/pytest -n 2 --dist loadgroup
