@@ -44,6 +44,7 @@ from fltui.status import Look, clock_time
 from fltui.store import Store
 from fltui.targets import describe_stop, describe_target
 from fltui.vocabulary import command_words, refusal
+from fltui.wizard.app import guard_quit
 from fltui.wizard.screen import WizardScreen
 
 FLUSH_S = 0.25
@@ -412,6 +413,11 @@ class ConsoleApp(App[None]):
     def open_wizard(self) -> None:
         """Push the provisioning wizard over the dashboard."""
         self.push_screen(WizardScreen(self.workspace))
+
+    async def action_quit(self) -> None:
+        """Quit, through the wizard's question when it holds unsaved kit passwords."""
+        if not guard_quit(self):
+            await super().action_quit()
 
     def deliver_screenshot(
         self, filename: str | None = None, path: str | None = None, time_format: str | None = None
