@@ -12,6 +12,9 @@ NOT_STARTED = "training not started"
 STARTING = "training starting"
 STARTED = "training started"
 STOPPED = "training stopped"
+STOPPING = "training stopping"
+"""A client whose training was aborted or ended, until its training child is really gone:
+no status claims a training that is over, nor a stop that has not happened yet."""
 FAILED = "training failed"
 CROSS_VALIDATING = "cross site validation"
 
