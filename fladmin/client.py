@@ -118,8 +118,14 @@ def load_kit(startup_dir: Path) -> AdminStartup:
 class AdminClient:
     """A logged-in admin session."""
 
-    def __init__(self, startup_dir: Path, kit: AdminStartup, user: str) -> None:
+    def __init__(
+        self, startup_dir: Path, kit: AdminStartup, user: str, interactive: bool = False
+    ) -> None:
+        """A session for ``user`` with the kit in ``startup_dir``; ``interactive``: the admin
+        sits at a console that confirms whatever stops training (the server then asks
+        before an abort too, not only before a shutdown)."""
         self.startup_dir = startup_dir
+        self.interactive = interactive
         self.kit = kit
         self.user = user
         self.timeout = DEFAULT_TIMEOUT_S
@@ -171,7 +177,11 @@ class AdminClient:
                 return _local(line, False, "usage: upload_folder <app>")
             return await self.upload_folder(words[1])
         request = admin_pb2.CommandRequest(
-            token=self.token, line=line, timeout_s=self.timeout, confirmed=confirmed
+            token=self.token,
+            line=line,
+            timeout_s=self.timeout,
+            confirmed=confirmed,
+            interactive=self.interactive,
         )
         try:
             reply = await self._stub.Execute(request, timeout=self.timeout + RPC_SLACK_S)

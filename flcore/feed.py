@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flcore.status import ACTIVE
+
+FINISHED = "finished"
+"""The reason of a run that trained all its rounds."""
+ORDINARY_ENDS = ("aborted by ", "start aborted by ", "server shut down by ")
+"""Reasons of runs stopped on purpose; any other reason is a failure."""
+
 _CONTROLS = {code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)}
 
 
@@ -60,6 +67,8 @@ class ClientRow:
     app: str = ""
     hostname: str = ""
     connected: bool = True
+    cross_validate: bool = False
+    """The site takes part in cross-site validation: an abort moves it on to that."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,44 @@ class RunInfo:
     phase: str = ""
     best_metric: str = ""
     reason: str = ""
+    site_errors: dict[str, str] = field(default_factory=dict)
+    """The first line of each failed site's error."""
+    stalled: str = ""
+    """Why the training run cannot complete its round now ("" when it can)."""
+
+    def ending(self) -> str:
+        """How a run that no longer trains ended, in a few words ("" while it trains).
+
+        ``finished``, ``aborted by <admin>``, ``failed: <why>``, each followed
+        by the sites that failed on the way and the first line of their error.
+        """
+        if self.server_status in ACTIVE:
+            return ""
+        parts = []
+        if self.reason:
+            ordinary = self.reason == FINISHED or self.reason.startswith(ORDINARY_ENDS)
+            parts.append(self.reason if ordinary else f"failed: {self.reason}")
+        if self.failed_sites:
+            parts.append(f"failed sites: {self.failed_sites_text()}")
+        return " · ".join(parts)
+
+    def failed_sites_text(self) -> str:
+        """``flclient3 (no DATA_ROOT set), flclient4``: each failed site and its error."""
+        errors = self.site_errors
+        return ", ".join(
+            f"{site} ({errors[site]})" if site in errors else site for site in self.failed_sites
+        )
+
+
+@dataclass(frozen=True)
+class ServerStopping:
+    """The server is about to stop (the last event of every feed), and who asked."""
+
+    by: str
+    """The admin who ran ``shutdown server``, or what else stopped it (the event's time
+    says when)."""
+    admin: bool = False
+    """An admin asked (the server stays down); else a signal did (it may be restarting)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +188,16 @@ class CommandSeen:
     ok: bool
 
 
-Body = Snapshot | ClientRow | ClientGone | RunInfo | LogEntry | Heartbeat | CommandSeen
+Body = (
+    Snapshot
+    | ClientRow
+    | ClientGone
+    | RunInfo
+    | LogEntry
+    | Heartbeat
+    | CommandSeen
+    | ServerStopping
+)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from flcore.feed import (
     RoundRecord,
     RunInfo,
     ServerInfo,
+    ServerStopping,
     Snapshot,
     printable,
 )
@@ -74,6 +75,7 @@ def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
         app=printable(message.app),
         hostname=printable(message.hostname),
         connected=message.connected,
+        cross_validate=message.cross_validate,
     )
 
 
@@ -113,6 +115,8 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         phase=printable(message.phase),
         best_metric=printable(message.best_metric),
         reason=printable(message.reason),
+        site_errors={printable(k): printable(v) for k, v in message.site_errors.items()},
+        stalled=printable(message.stalled),
     )
 
 
@@ -155,6 +159,8 @@ def event_to_proto(event: FeedEvent) -> admin_pb2.Event:
         out.log.CopyFrom(log_to_proto(body))
     elif isinstance(body, Heartbeat):
         out.heartbeat.CopyFrom(admin_pb2.HeartbeatSeen(instance=body.instance, time=body.time))
+    elif isinstance(body, ServerStopping):
+        out.stopping.CopyFrom(admin_pb2.ServerStopping(by=body.by, admin=body.admin))
     else:
         out.command.CopyFrom(admin_pb2.CommandAudit(user=body.user, line=body.line, ok=body.ok))
     return out
@@ -186,6 +192,8 @@ def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
     elif kind == "command":
         command = message.command
         body = CommandSeen(printable(command.user), printable(command.line), command.ok)
+    elif kind == "stopping":
+        body = ServerStopping(printable(message.stopping.by), message.stopping.admin)
     else:
         return None
     return FeedEvent(message.seq, message.time, body)

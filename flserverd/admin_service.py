@@ -94,7 +94,7 @@ class AdminService(admin_grpc.AdminServicer):
         line = request.line.strip()[:MAX_LINE]
         timeout = request.timeout_s if 0 < request.timeout_s <= MAX_TIMEOUT_S else DEFAULT_TIMEOUT_S
         reply = await self.commands.execute(
-            admin.user, admin.role, line, timeout, request.confirmed
+            admin.user, admin.role, line, timeout, request.confirmed, request.interactive
         )
         then = reply.then
         if then is not None:

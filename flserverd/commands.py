@@ -19,6 +19,8 @@ from flcore import status as st
 from flcore.feed import CommandSeen
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
+from flserverd import confirm
+from flserverd.confirm import Confirmation
 from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
@@ -61,6 +63,8 @@ class Request:
     words: list[str]
     timeout: float
     confirmed: bool
+    interactive: bool = False
+    """The admin sits at a console that confirms whatever stops training."""
 
 
 Handler = Callable[["AdminCommands", Request], Awaitable[Reply]]
@@ -93,6 +97,11 @@ def _usage(name: str) -> CommandError:
     return CommandError(f"usage: {COMMANDS[name].usage}")
 
 
+def ask(question: Confirmation) -> Reply:
+    """The reply that asks for confirmation: the question as text and as data."""
+    return Reply(False, "", {"confirm": question.as_json()}, confirm_prompt=question.prompt())
+
+
 def instance_line(instance: str, text: str) -> str:
     """One client's line in a multi-client reply, as in the Clara guide."""
     return f"instance:{instance} : {text}"
@@ -105,11 +114,17 @@ class AdminCommands:
         self.server = server
 
     async def execute(
-        self, user: str, role: str, line: str, timeout: float, confirmed: bool
+        self,
+        user: str,
+        role: str,
+        line: str,
+        timeout: float,
+        confirmed: bool,
+        interactive: bool = False,
     ) -> Reply:
         """Parse and run one command line, and audit it once it ran (not when it only asked
         for confirmation); never raises for a bad command."""
-        reply = await self._run(user, role, line, timeout, confirmed)
+        reply = await self._run(user, role, line, timeout, confirmed, interactive)
         if not reply.confirm_prompt:
             self.audit(user, line, reply.ok)
         return reply
@@ -145,7 +160,9 @@ class AdminCommands:
             )
         return Reply(True, text, {"app": app, "path": str(target), "files": files})
 
-    async def _run(self, user: str, role: str, line: str, timeout: float, confirmed: bool) -> Reply:
+    async def _run(
+        self, user: str, role: str, line: str, timeout: float, confirmed: bool, interactive: bool
+    ) -> Reply:
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -161,7 +178,7 @@ class AdminCommands:
                 f"permission denied: {user} has the {role!r} role, which may only run "
                 "check_status, validate and help",
             )
-        request = Request(user, role, words, timeout, confirmed)
+        request = Request(user, role, words, timeout, confirmed, interactive)
         try:
             return await spec.handler(self, request)
         except (CommandError, TransferError) as exc:
@@ -196,6 +213,13 @@ class AdminCommands:
         lines = [instance_line(s.instance, r.text) for s, r in results]
         data = {s.instance: {**r.data, "ok": r.ok, "text": r.text} for s, r in results}
         return Reply(all(r.ok for _, r in results), "\n".join(lines) + "\n", {"clients": data})
+
+    def question(self, request: Request, clients: list[RegisteredClient]) -> Confirmation | None:
+        """What ``abort``/``shutdown`` asks before it stops anything (None: nothing to ask)."""
+        server = self.server
+        registered = [s.instance for s in server.registry.clients()]
+        rows = [client_row(s) for s in clients]
+        return confirm.question(request.words, rows, server.run_view(), registered)
 
     @staticmethod
     def target_kind(request: Request, name: str) -> tuple[str, list[str]]:
@@ -284,11 +308,13 @@ def _server_status(server: FLServer) -> Reply:
     else:
         lines.append("FL run number has not been set.")
     status = view.server_status
-    if view.reason and status == st.STOPPED:
-        status += f" ({view.reason})"
-    elif view.reason and status == st.NOT_STARTED:
+    if view.reason and status == st.NOT_STARTED:
         status += f" (last start failed: {view.reason})"
+    elif view.ending():
+        status += f" ({view.ending()})"
     lines.append(f"FL server status: {status}")
+    if view.stalled:
+        lines.append(f"Cannot progress: {view.stalled}")
     if view.current_round >= 0:
         lines.append(
             f"Current round: {view.current_round} / {view.num_rounds}"
@@ -302,8 +328,8 @@ def _server_status(server: FLServer) -> Reply:
             lines.append(f"Waiting for: {', '.join(view.awaited) or 'nobody'}")
     if view.best_metric:
         lines.append(f"Best global model: {view.best_metric}")
-    if view.failed_sites:
-        lines.append(f"Failed sites: {', '.join(view.failed_sites)}")
+    if view.failed_sites and view.server_status in st.ACTIVE:
+        lines.append(f"Failed sites: {view.failed_sites_text()}")
     clients = server.client_rows()
     lines.append(f"Registered clients: {len(clients)}")
     for c in clients:
@@ -401,12 +427,18 @@ async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
 async def _abort(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "abort")
     server = cmds.server
+    clients = cmds.targets(names) if kind == "client" else []
+    if request.interactive and not request.confirmed:
+        question = cmds.question(request, clients)
+        if question is not None:
+            return ask(question)
     if kind == "server":
+        reason = f"aborted by {request.user}"
         if server.starting:
-            server.abort_training()
+            server.abort_training(reason)
             return Reply(True, "Server training start aborted.", {"run_number": server.run_number})
         training = server.active_training()
-        if training is None or not server.abort_training():
+        if training is None or not server.abort_training(reason):
             raise CommandError("the server is not training")
         return Reply(
             True,
@@ -414,7 +446,7 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
             f"{training.current_round}.",
             {"run_number": training.run.run_number, "round": training.current_round},
         )
-    return await cmds.per_client(request, cmds.targets(names), "abort", {})
+    return await cmds.per_client(request, clients, "abort", {})
 
 
 @command(
@@ -424,29 +456,23 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
 async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "shutdown")
     server = cmds.server
+    clients = cmds.targets(names) if kind == "client" else []
+    if not request.confirmed:
+        question = cmds.question(request, clients)
+        if question is not None:
+            return ask(question)
     if kind == "client":
-        clients = cmds.targets(names)
-        if not request.confirmed:
-            return Reply(False, "", confirm_prompt="Are you sure (Y/N):")
         reply = await cmds.per_client(request, clients, "shutdown", {})
         answers = reply.data["clients"]
         server.leaving(s for s in clients if answers[s.instance]["ok"])
         return reply
-    if not request.confirmed:
-        connected = [s.instance for s in server.registry.clients()]
-        warning = (
-            f"{len(connected)} client(s) still registered ({', '.join(connected)}); shut clients "
-            "down first (shutdown client), because they receive commands through the server.\n"
-            if connected
-            else ""
-        )
-        return Reply(False, "", confirm_prompt=f"{warning}Are you sure (Y/N):")
-    server.abort_training()
+    server.abort_training(f"server shut down by {request.user}")
     log.info("shutdown requested by %s", request.user)
     still_here = await server.departures(DEPARTURE_WAIT_S)
     if still_here:
         log.warning("shutting down before %s logged out", ", ".join(still_here))
-    return Reply(True, "Shutting down the server...", {}, then=server.shutdown_requested.set)
+    user = request.user
+    return Reply(True, "Shutting down the server...", {}, then=lambda: server.stop_soon(user))
 
 
 @command("validate all | <instance> <instance>...", "cross-site validation results", read_only=True)

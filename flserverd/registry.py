@@ -14,7 +14,8 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, TypeVar
 
 from flcore.federation import MachineInfo
 from flcore.identity import Identity
@@ -22,6 +23,26 @@ from flcore.status import ClientStatus
 from flserverd.statedb import ClientRecord, StateDB
 
 log = logging.getLogger(__name__)
+
+
+R = TypeVar("R", ClientStatus, MachineInfo)
+STATUS_AT = "status_at"
+"""Kept beside a client's saved status: when it last changed (see RegisteredClient)."""
+
+
+def _restored(kind: type[R], saved: dict[str, Any]) -> R:
+    """A record read back from the state database; fields of the wrong type are dropped."""
+    defaults = kind()
+    known = {
+        f.name: saved[f.name]
+        for f in fields(kind)
+        if f.name in saved and type(saved[f.name]) is type(getattr(defaults, f.name))
+    }
+    return kind(**known)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class AuthError(PermissionError):
@@ -41,6 +62,8 @@ class RegisteredClient:
     connected: bool = False
     status: ClientStatus = field(default_factory=ClientStatus)
     machine: MachineInfo = field(default_factory=MachineInfo)
+    status_at: float = 0.0
+    """When the client last changed its status word or run (0: not since the server started)."""
 
 
 class ClientRegistry:
@@ -58,8 +81,11 @@ class ClientRegistry:
         self._clients: dict[str, RegisteredClient] = {}
         self._by_instance: dict[str, RegisteredClient] = {}
         now = clock()
+        states = db.client_states()
         for record in db.load_clients():
-            # Restored clients get a full timeout to reconnect after a restart.
+            # Restored clients get a full timeout to reconnect after a restart, and show
+            # (offline) what they last said until they say it again.
+            status, machine = states.get(record.token, ({}, {}))
             self._add(
                 RegisteredClient(
                     token=record.token,
@@ -68,6 +94,9 @@ class ClientRegistry:
                     org=record.org,
                     connected_at=record.created_at,
                     last_heartbeat=now,
+                    status=_restored(ClientStatus, status),
+                    machine=_restored(MachineInfo, machine),
+                    status_at=_number(status.get(STATUS_AT)),
                 )
             )
         if self._clients:
@@ -117,6 +146,7 @@ class ClientRegistry:
             if client is not None:
                 client.last_heartbeat = now
                 client.machine = machine
+                self.remember(client)
                 return client, True
         client = RegisteredClient(
             token=str(uuid.uuid4()),
@@ -131,7 +161,14 @@ class ClientRegistry:
         self._db.save_client(
             ClientRecord(client.token, client.client_name, client.instance, client.org, now)
         )
+        self.remember(client)
         return client, False
+
+    def remember(self, client: RegisteredClient) -> None:
+        """Keep what a client last said about itself (not its traceback) and its machine,
+        for the rows a restarted server shows until the client is back."""
+        status = {**asdict(replace(client.status, traceback="")), STATUS_AT: client.status_at}
+        self._db.save_client_state(client.token, status, asdict(client.machine))
 
     def _free_instance(self, name: str) -> str:
         taken = self._by_instance

@@ -30,7 +30,11 @@ CREATE TABLE IF NOT EXISTS runs (
     best_value REAL,
     failed_sites TEXT NOT NULL DEFAULT '[]',
     reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    failures TEXT NOT NULL DEFAULT '{}',
+    metric TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL DEFAULT 0,
+    ended_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS clients (
     token TEXT PRIMARY KEY,
@@ -38,6 +42,11 @@ CREATE TABLE IF NOT EXISTS clients (
     instance TEXT NOT NULL UNIQUE,
     org TEXT NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS client_state (
+    token TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    machine TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS folded (
     run_number INTEGER NOT NULL,
@@ -72,6 +81,29 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+RUN_COLUMNS_ADDED = {
+    "failures": "TEXT NOT NULL DEFAULT '{}'",
+    "metric": "TEXT NOT NULL DEFAULT ''",
+    "started_at": "REAL NOT NULL DEFAULT 0",
+    "ended_at": "REAL NOT NULL DEFAULT 0",
+}
+SAVE_RUN = (
+    "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
+    " next_round, best_round, best_value, failed_sites, reason, failures, metric, started_at,"
+    " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+GET_RUN = (
+    "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
+    " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
+    " FROM runs WHERE run_number=?"
+)
+LIST_RUNS = (
+    "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
+    " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
+    " FROM runs ORDER BY run_number DESC LIMIT ? OFFSET ?"
+)
+
+
 @dataclass
 class RunRecord:
     """A run as the database keeps it; next_round is the round pointer."""
@@ -87,6 +119,13 @@ class RunRecord:
     best_value: float | None = None
     failed_sites: list[str] = field(default_factory=list)
     reason: str = ""
+    failures: dict[str, str] = field(default_factory=dict)
+    """The first line of each failed site's error."""
+    metric: str = ""
+    """The validation metric that picks the best model (best_value is its value)."""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    """When the run last started and ended (0: not yet)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +191,7 @@ class StateDB:
         self._db.execute("PRAGMA synchronous=FULL")
         self._rename_legacy_tables()
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
 
     def _rename_legacy_tables(self) -> None:
         """State databases written before the registry's rename keep clients in ``sessions``."""
@@ -160,6 +200,13 @@ class StateDB:
         }
         if "sessions" in tables and "clients" not in tables:
             self._db.execute("ALTER TABLE sessions RENAME TO clients")
+
+    def _add_missing_columns(self) -> None:
+        """A database written before the runs table grew its newer columns gets them, empty."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for name, declaration in RUN_COLUMNS_ADDED.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -189,9 +236,7 @@ class StateDB:
     @staticmethod
     def _run_upsert(run: RunRecord) -> tuple[str, tuple[Any, ...]]:
         return (
-            "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
-            " next_round, best_round, best_value, failed_sites, reason, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            SAVE_RUN,
             (
                 run.run_number,
                 run.status,
@@ -204,6 +249,10 @@ class StateDB:
                 run.best_value,
                 json.dumps(run.failed_sites),
                 run.reason,
+                json.dumps(run.failures),
+                run.metric,
+                run.started_at,
+                run.ended_at,
                 time.time(),
             ),
         )
@@ -214,26 +263,26 @@ class StateDB:
 
     def get_run(self, run_number: int) -> RunRecord | None:
         """The record of one run, or None if it never trained."""
-        row = self._db.execute(
-            "SELECT run_number, status, phase, app, start_round, num_rounds, next_round,"
-            " best_round, best_value, failed_sites, reason FROM runs WHERE run_number=?",
-            (run_number,),
-        ).fetchone()
-        if row is None:
-            return None
-        return RunRecord(
-            run_number=row[0],
-            status=row[1],
-            phase=row[2],
-            app=row[3],
-            start_round=row[4],
-            num_rounds=row[5],
-            next_round=row[6],
-            best_round=row[7],
-            best_value=row[8],
-            failed_sites=json.loads(row[9]),
-            reason=row[10],
-        )
+        row = self._db.execute(GET_RUN, (run_number,)).fetchone()
+        return None if row is None else _run_record(row)
+
+    def runs(self, limit: int, offset: int = 0) -> tuple[list[RunRecord], int]:
+        """A page of run records, newest number first, and how many there are in all."""
+        total = int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        rows = self._db.execute(LIST_RUNS, (limit, offset)).fetchall()
+        return [_run_record(row) for row in rows], total
+
+    def folds(self, run_number: int, first: int, last: int) -> list[tuple[int, str, int, str]]:
+        """(round, instance, samples, metrics JSON) of each update folded into rounds
+        ``first``..``last`` of a run, by round and instance."""
+        return [
+            (int(r[0]), str(r[1]), int(r[2]), str(r[3]))
+            for r in self._db.execute(
+                "SELECT round, instance, samples, metrics FROM folded"
+                " WHERE run_number=? AND round BETWEEN ? AND ? ORDER BY round, instance",
+                (run_number, first, last),
+            )
+        ]
 
     def complete_round(self, run: RunRecord, summary: RoundSummary) -> None:
         """Move the round pointer and store the round's metrics in one transaction."""
@@ -320,7 +369,29 @@ class StateDB:
 
     def delete_client(self, token: str) -> None:
         """Forget a dropped or logged-out client."""
-        self._write([("DELETE FROM clients WHERE token=?", (token,))])
+        self._write(
+            [
+                ("DELETE FROM clients WHERE token=?", (token,)),
+                ("DELETE FROM client_state WHERE token=?", (token,)),
+            ]
+        )
+
+    def save_client_state(self, token: str, status: dict[str, Any], machine: dict[str, Any]) -> None:
+        """What a registered client last said about itself and its machine, so that a
+        restarted server shows it (offline) as it was rather than blank."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO client_state(token, status, machine) VALUES (?, ?, ?)",
+                    (token, json.dumps(status), json.dumps(machine)),
+                )
+            ]
+        )
+
+    def client_states(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """The last status and machine of each registered client, by token."""
+        rows = self._db.execute("SELECT token, status, machine FROM client_state").fetchall()
+        return {str(r[0]): (json.loads(r[1]), json.loads(r[2])) for r in rows}
 
     def load_clients(self) -> list[ClientRecord]:
         """All clients registered before a restart."""
@@ -369,3 +440,23 @@ class StateDB:
             "SELECT time, user, line, ok FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [(r[0], r[1], r[2], bool(r[3])) for r in reversed(rows)]
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_number=row[0],
+        status=row[1],
+        phase=row[2],
+        app=row[3],
+        start_round=row[4],
+        num_rounds=row[5],
+        next_round=row[6],
+        best_round=row[7],
+        best_value=row[8],
+        failed_sites=json.loads(row[9]),
+        reason=row[10],
+        failures=json.loads(row[11]),
+        metric=row[12],
+        started_at=row[13],
+        ended_at=row[14],
+    )

@@ -42,7 +42,6 @@ from fltui.screens.validation import ValidationScreen
 from fltui.state import ConsoleState, Who
 from fltui.status import Look, clock_time
 from fltui.store import Store
-from fltui.targets import describe_stop, describe_target
 from fltui.vocabulary import command_words, refusal
 from fltui.wizard.app import guard_quit
 from fltui.wizard.screen import WizardScreen
@@ -50,8 +49,6 @@ from fltui.wizard.screen import WizardScreen
 FLUSH_S = 0.25
 RETRY_MAX_S = 10.0
 NOTIFY_LINES = 8
-CONFIRM_QUESTION = "Are you sure (Y/N):"
-CONFIRMED_VERBS = {"abort": ("Abort training", "Abort"), "shutdown": ("Shut down", "Shut down")}
 CONSOLE = "console"
 COMMANDS = "commands"
 """Worker group of commands on their way: never cancelled by another key."""
@@ -237,6 +234,8 @@ class ConsoleApp(App[None]):
                     return
                 problem = str(exc)
             self._reconnect.clear()
+            if self.store.stopped_by and self.connected:
+                problem = f"the server stopped ({self.store.stopped_by}); it may be starting again"
             if self.connected and self.store.shutdown is not None:
                 await self._after_shutdown()
                 attempt = 0
@@ -323,17 +322,13 @@ class ConsoleApp(App[None]):
             self.dashboard.say(f"{line}: not sent · {reason}")
             self.log_line("INFO", f"{line}: not sent ({reason})")
             return None
-        asks_first = words[0] == "abort" and len(words) > 1 and words[1] in ("server", "client")
-        if asks_first and not await self.confirm(words, ""):
-            self.log_line("INFO", f"{line}: cancelled")
-            return None
         audited = words[0] not in LOCAL_COMMANDS
         try:
             if audited:
                 self.store.sending(line)
             reply = await self.link.execute(line)
             if reply.confirm_prompt:
-                if not await self.confirm(words, reply.confirm_prompt):
+                if not await self.confirm(reply):
                     self.store.not_sent(line)
                     self.log_line("INFO", f"{line}: cancelled")
                     return None
@@ -342,24 +337,16 @@ class ConsoleApp(App[None]):
             self.store.not_sent(line)
             self.problem(f"{line}: {exc}")
             return None
-        if reply.ok and words[:2] == ["shutdown", "server"]:
-            self.store.shut_down(self.link.user, self.clock())
         self.report(reply, quiet)
         if words[0] == "set_timeout":
             self.publish()
         return reply
 
-    async def confirm(self, words: list[str], prompt: str) -> bool:
-        """Ask in a modal, naming what will happen and showing the server's warning."""
-        title, verb = CONFIRMED_VERBS.get(words[0], (words[0], words[0]))
-        target = describe_target(self.store, words)
-        warning = prompt.replace(CONFIRM_QUESTION, "").strip()
-        consequences = describe_stop(self.store, words)
-        answer: bool = await self.push_screen_wait(
-            ConfirmScreen(
-                f"{title}: {target}", consequences.lines, warning, verb, consequences.heading
-            )
-        )
+    async def confirm(self, reply: CommandReply) -> bool:
+        """Ask in a modal, showing the server's question as it is: the server decides what
+        asks and says what will really happen."""
+        question = ConfirmScreen.asking(reply.line, reply.data.get("confirm"), reply.confirm_prompt)
+        answer: bool = await self.push_screen_wait(question)
         return answer
 
     def report(self, reply: CommandReply, quiet: bool = False) -> None:

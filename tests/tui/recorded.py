@@ -65,6 +65,7 @@ CLIENTS = (
         "flclient2",
         token="9d3b7e41-8a2c-4b5d-a6e7-f8091a2b3c4d",
         samples=2210,
+        cross_validate=True,
         device="cuda x2 (NVIDIA H100 80GB HBM3)",
         gpu_count=2,
         last_heartbeat=NOW - 4,
