@@ -19,7 +19,7 @@ from flcore.feed import FeedEvent
 from flcore.feedwire import event_to_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
-from flserverd.admins import AdminLogin, AdminLogins
+from flserverd.admins import AdminLogin
 from flserverd.commands import AdminCommands, Reply
 from flserverd.events import Overflow
 from flserverd.registry import AuthError
@@ -60,7 +60,7 @@ class AdminService(admin_grpc.AdminServicer):
     def __init__(self, server: FLServer) -> None:
         self.server = server
         self.commands = AdminCommands(server)
-        self.logins = AdminLogins()
+        self.logins = server.admins
 
     async def _admin(self, token: str, context: Context) -> AdminLogin:
         try:
@@ -126,12 +126,13 @@ class AdminService(admin_grpc.AdminServicer):
         self, request: admin_pb2.EventsRequest, context: Context
     ) -> AsyncIterator[admin_pb2.Event]:
         """A snapshot of everything, then every change as it happens."""
-        await self._admin(request.token, context)
+        admin = await self._admin(request.token, context)
         subscription = self.server.bus.subscribe()
         snapshot = self.server.snapshot()
-        yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
-        try:
-            async for event in subscription:
-                yield event_to_proto(event)
-        except Overflow as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        with self.logins.watching(admin.user):
+            yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
+            try:
+                async for event in subscription:
+                    yield event_to_proto(event)
+            except Overflow as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

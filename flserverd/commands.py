@@ -19,7 +19,7 @@ from flcore import status as st
 from flcore.feed import CommandSeen
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
-from flserverd import confirm
+from flserverd import confirm, listings
 from flserverd.confirm import Confirmation
 from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
@@ -112,6 +112,7 @@ class AdminCommands:
 
     def __init__(self, server: FLServer) -> None:
         self.server = server
+        self.digests = listings.AppDigests()
 
     async def execute(
         self,
@@ -132,6 +133,7 @@ class AdminCommands:
     def audit(self, user: str, line: str, ok: bool) -> None:
         """Record an admin's command in the state database and the console's feed."""
         self.server.db.audit(user, line, ok)
+        self.server.admins.ran(user, line, ok)
         self.server.bus.publish(CommandSeen(user, line, ok))
         log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
 
@@ -176,7 +178,7 @@ class AdminCommands:
             return Reply(
                 False,
                 f"permission denied: {user} has the {role!r} role, which may only run "
-                "check_status, validate and help",
+                + ", ".join(name for name, spec in COMMANDS.items() if spec.read_only),
             )
         request = Request(user, role, words, timeout, confirmed, interactive)
         try:
@@ -473,6 +475,86 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
         log.warning("shutting down before %s logged out", ", ".join(still_here))
     user = request.user
     return Reply(True, "Shutting down the server...", {}, then=lambda: server.stop_soon(user))
+
+
+def _page_word(request: Request, name: str, fixed: int) -> str | None:
+    """The page number word after ``fixed`` words (None: the first page)."""
+    words = request.words
+    if len(words) > fixed + 1:
+        raise _usage(name)
+    return words[fixed] if len(words) == fixed + 1 else None
+
+
+def _page(word: str | None, total: int, size: int) -> listings.Page:
+    try:
+        return listings.page_of(word, total, size)
+    except listings.PageError as exc:
+        raise CommandError(str(exc)) from None
+
+
+@command("list_runs [page]", "every run on the server, newest first", read_only=True)
+async def _list_runs(cmds: AdminCommands, request: Request) -> Reply:
+    server = cmds.server
+    word = _page_word(request, "list_runs", 1)
+    numbers = listings.run_numbers(server.store, server.db.run_numbers())
+    page = _page(word, len(numbers), listings.PAGE)
+    lines = [_run_line(server, n) for n in numbers[page.start : page.start + page.size]]
+    return Reply(True, listings.runs_text(lines, page), listings.runs_data(lines, page))
+
+
+def _run_line(server: FLServer, number: int) -> listings.RunLine:
+    training = server.training_for(number)
+    record = training.run if training is not None else server.db.get_run(number)
+    view = server.run_view() if number == server.run_number else None
+    return listings.run_line(number, record, view, server.store.deployed_app_name(number))
+
+
+@command(
+    "show_run <N> [page]", "one run's metrics, round by round and site by site", read_only=True
+)
+async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
+    words = request.words
+    if len(words) < 2 or not (words[1].isascii() and words[1].isdigit()):
+        raise _usage("show_run")
+    number, server = int(words[1]), cmds.server
+    if not server.known_run(number) and server.db.get_run(number) is None:
+        raise CommandError(f"there is no run {number} on this server (list_runs lists them)")
+    header = _run_line(server, number)
+    rounds = listings.rounds_of(server.db, number)
+    per_page = listings.rounds_per_page(len(server.db.fold_instances(number)))
+    page = _page(_page_word(request, "show_run", 2), len(rounds), per_page)
+    shown = rounds[page.start : page.start + page.size]
+    listings.add_sites(server.db, number, shown)
+    data = {
+        "run": asdict(header),
+        "rounds": [asdict(line) for line in shown],
+        **page.as_json(),
+    }
+    return Reply(True, listings.run_text(number, header, shown, page), data)
+
+
+@command("list_apps [page]", "the apps uploaded to the server, with size and hash", read_only=True)
+async def _list_apps(cmds: AdminCommands, request: Request) -> Reply:
+    store = cmds.server.store
+    names = listings.app_names(store)
+    page = _page(_page_word(request, "list_apps", 1), len(names), listings.PAGE)
+    folders = [store.transfer / name for name in names[page.start : page.start + page.size]]
+    lines = await asyncio.to_thread(lambda: [cmds.digests.line(f) for f in folders])
+    data = {"apps": [asdict(line) for line in lines], **page.as_json()}
+    return Reply(True, listings.apps_text(lines, page), data)
+
+
+@command("list_admins [page]", "the admins logged in: role, consoles, last command", read_only=True)
+async def _list_admins(cmds: AdminCommands, request: Request) -> Reply:
+    admins = cmds.server.admins
+    users = admins.users()
+    page = _page(_page_word(request, "list_admins", 1), len(users), listings.PAGE)
+    shown = users[page.start : page.start + page.size]
+    data = {
+        "admins": [{"user": user, **asdict(admins.seen(user))} for user in shown],
+        **page.as_json(),
+    }
+    return Reply(True, listings.admins_text(admins, shown, page), data)
 
 
 @command("validate all | <instance> <instance>...", "cross-site validation results", read_only=True)

@@ -49,6 +49,7 @@ from flcore.sdnotify import notify
 from flcore.startup import ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
+from flserverd.admins import AdminLogins
 from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink
@@ -89,6 +90,7 @@ class FLServer:
         self.db = StateDB(state_dir / "flserverd.sqlite3")
         self.store = RunStore(workspace)
         self.bus = EventBus()
+        self.admins = AdminLogins()
         self.registry = ClientRegistry(self.db, startup.heart_beat_timeout)
         self._run_number = int(self.db.get_meta(RUN_NUMBER_KEY) or 0)
         self.links: dict[str, ClientLink] = {}

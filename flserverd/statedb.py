@@ -97,11 +97,6 @@ GET_RUN = (
     " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
     " FROM runs WHERE run_number=?"
 )
-LIST_RUNS = (
-    "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
-    " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
-    " FROM runs ORDER BY run_number DESC LIMIT ? OFFSET ?"
-)
 
 
 @dataclass
@@ -266,11 +261,16 @@ class StateDB:
         row = self._db.execute(GET_RUN, (run_number,)).fetchone()
         return None if row is None else _run_record(row)
 
-    def runs(self, limit: int, offset: int = 0) -> tuple[list[RunRecord], int]:
-        """A page of run records, newest number first, and how many there are in all."""
-        total = int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
-        rows = self._db.execute(LIST_RUNS, (limit, offset)).fetchall()
-        return [_run_record(row) for row in rows], total
+    def run_numbers(self) -> list[int]:
+        """The number of every run that has a record (it was started at least once)."""
+        return [int(r[0]) for r in self._db.execute("SELECT run_number FROM runs")]
+
+    def fold_instances(self, run_number: int) -> list[str]:
+        """The sites whose updates were folded into a round of a run."""
+        rows = self._db.execute(
+            "SELECT DISTINCT instance FROM folded WHERE run_number=?", (run_number,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
 
     def folds(self, run_number: int, first: int, last: int) -> list[tuple[int, str, int, str]]:
         """(round, instance, samples, metrics JSON) of each update folded into rounds
@@ -376,7 +376,9 @@ class StateDB:
             ]
         )
 
-    def save_client_state(self, token: str, status: dict[str, Any], machine: dict[str, Any]) -> None:
+    def save_client_state(
+        self, token: str, status: dict[str, Any], machine: dict[str, Any]
+    ) -> None:
         """What a registered client last said about itself and its machine, so that a
         restarted server shows it (offline) as it was rather than blank."""
         self._write(

@@ -105,7 +105,11 @@ class ConsoleApp(App[None]):
         self._reconnect = asyncio.Event()
         self._retry_first_s = retry_first_s
         self.state = self._state_of(Connection(target=link.target if link else ""))
-        self.dashboard = DashboardScreen(self.store, clock, self.app_names, flush_s)
+        self.server_apps: list[str] = []
+        """The apps on the server, as its last ``list_apps`` named them."""
+        self.dashboard = DashboardScreen(
+            self.store, clock, self.app_names, self.ask, self.server_app_names, flush_s
+        )
 
     # ------------------------------------------------------------------ facts
 
@@ -152,19 +156,16 @@ class ConsoleApp(App[None]):
         self.dashboard.set_state(self.state)
 
     def app_names(self) -> list[str]:
-        """App folders in the admin's ``transfer/``, plus the run's app."""
-        names = set()
+        """App folders in the admin's ``transfer/``: what ``u`` and ``upload_folder`` send."""
         folder = self.transfer_dir
         try:
-            if folder is not None and folder.is_dir():
-                names = {
-                    p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                }
-        except OSError:  # an unreadable transfer/ offers no apps (the pickers then say so)
-            names = set()
-        if self.store.run.app:
-            names.add(self.store.run.app)
-        return sorted(names)
+            if folder is None or not folder.is_dir():
+                return []
+            return sorted(
+                p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+        except OSError:  # an unreadable transfer/ offers no apps (the picker then says so)
+            return []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -340,6 +341,35 @@ class ConsoleApp(App[None]):
         self.report(reply, quiet)
         if words[0] == "set_timeout":
             self.publish()
+        if reply.ok and words[0] == "upload_folder" and len(words) == 2:
+            self.server_apps = sorted({*self.server_apps, words[1]})
+        return reply
+
+    def server_app_names(self) -> list[str]:
+        """The apps on the server as the console last heard (a ``d`` picker, ``:apps``, an
+        upload), and the run's app: what ``deploy`` completes. Typing asks the server
+        nothing."""
+        names = set(self.server_apps)
+        if self.store.run.app:
+            names.add(self.store.run.app)
+        return sorted(names)
+
+    async def ask(self, line: str) -> CommandReply | None:
+        """Run a read-only command for a view or a picker: its reply, not logged (the view
+        shows it); None, with the reason notified, when the server cannot be asked."""
+        if self.link is None or not self.connected:
+            self.dashboard.say("not connected to the server: the view waits for the link")
+            return None
+        try:
+            reply = await self.link.execute(line)
+        except AdminError as exc:
+            self.problem(f"{line}: {exc}")
+            return None
+        if reply.ok and command_words(line)[:1] == ["list_apps"]:
+            named = [str(app.get("name", "")) for app in reply.data.get("apps", [])]
+            page = reply.data.get("page", 1)
+            known = [] if page == 1 else self.server_apps
+            self.server_apps = sorted({*known, *named})
         return reply
 
     async def confirm(self, reply: CommandReply) -> bool:

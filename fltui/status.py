@@ -109,6 +109,11 @@ def clock_time(stamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(stamp))
 
 
+def clock_date(stamp: float) -> str:
+    """``YYYY-mm-dd HH:MM`` in local time."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+
+
 def short_token(token: str) -> str:
     """The first 8 characters of a token: enough to tell sessions apart."""
     return token if len(token) <= 9 else f"{token[:8]}…"

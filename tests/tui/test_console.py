@@ -35,7 +35,7 @@ from fltui.widgets.commandline import CommandLine
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
 from tests.tui.helpers import shown
-from tests.tui.recorded import CLIENTS, NOW, RUN, recorded_events
+from tests.tui.recorded import CLIENTS, LISTINGS, NOW, RUN, recorded_events
 
 MATRIX = {
     "run_number": 1,
@@ -55,9 +55,11 @@ MATRIX = {
 
 
 def answers(line: str, confirmed: bool) -> CommandReply:
-    """The server's answers: validate has data, the rest just succeeds."""
+    """The server's answers: validate and the listings have data, the rest just succeeds."""
     if line == "validate all":
         return CommandReply(line, True, "Cross-site validation of run 1", MATRIX, 10, "")
+    if line in LISTINGS:
+        return CommandReply(line, True, f"{line}: the listing", LISTINGS[line], 10, "")
     return ok_reply(line, confirmed)
 
 
@@ -135,11 +137,13 @@ def test_keys_send_their_commands(tmp_path: Path) -> None:
             await shown(pilot, app, PromptScreen)
             app.screen.query_one("Input").value = "30"
             await pilot.press("enter")
-            await wait_for(pilot, lambda: len(link.sent) == 6)
+            await wait_for(pilot, lambda: len(link.sent) == 8)
             assert sent(link) == [
                 "set_run_number 2",
                 "upload_folder digits_fedavg",
+                "list_apps",  # d offers the apps the server has
                 "deploy digits_custom server",
+                "list_apps",
                 "deploy digits_custom client",
                 "start server",
                 "set_timeout 30",

@@ -160,7 +160,16 @@ def test_health_and_ages_read_as_glyph_word_and_tone() -> None:
     ],
 )
 def test_command_completion(typed: str, completed: str | None) -> None:
-    assert complete(typed, ["flclient1", "flclient2"], ["digits_fedavg"]) == completed
+    apps = ["digits_fedavg"]
+    assert complete(typed, ["flclient1", "flclient2"], apps, apps) == completed
+
+
+def test_deploy_completes_the_servers_apps_and_upload_the_local_ones() -> None:
+    local, remote = ["only_here"], ["on_server"]
+    assert complete("deploy o", [], local, remote) == "deploy on_server"
+    assert complete("upload_folder o", [], local, remote) == "upload_folder only_here"
+    assert complete("list_r", [], local, remote) == "list_runs"
+    assert complete(":ru"[1:], [], local, remote) == "runs"
 
 
 def test_log_filter_words() -> None:

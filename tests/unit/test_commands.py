@@ -16,6 +16,7 @@ from flcore.federation import CommandResult, MachineInfo
 from flcore.feed import ClientRow, CommandSeen, RunInfo
 from flcore.identity import ROLE_MEMBER, ROLE_SUPER
 from flcore.status import ClientStatus
+from flserverd.admins import AdminLogins
 from flserverd.commands import AdminCommands, Reply
 from flserverd.crossval import MatrixCell, ValidationMatrix
 from flserverd.registry import RegisteredClient
@@ -97,6 +98,7 @@ class FakeServer:
     aborted: list[str] = field(default_factory=list)
     run: RunInfo | None = None
     crossval: FakeCrossValidation | None = None
+    admins: AdminLogins = field(default_factory=AdminLogins)
 
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
