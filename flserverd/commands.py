@@ -138,6 +138,13 @@ class AdminCommands:
             target, files, dropped = await receive_app(store, app, total_bytes, limit, chunks)
         except (FolderError, TransferError) as exc:
             return Reply(False, f"upload refused: {exc}")
+        except Exception as exc:  # the admin gets an answer and the server carries on
+            log.exception("upload_folder %s failed", app[:80])
+            return Reply(
+                False,
+                f"the server could not store the upload: {getattr(exc, 'strerror', None) or exc};"
+                " the app that was there is unchanged",
+            )
         text = f"Created folder {target}"
         if dropped:
             text += (
