@@ -245,7 +245,7 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
         row = asdict(client_row(client))
         if result.ok:
             row.update(_reported(result.data, row))
-            state = row["status"]
+            state = row["detail"] or row["status"]
         else:
             state = f"{client.status.status} (no reply: {result.text})"
         text = f"client name: {client.client_name}\ttoken: {client.token}\tstatus: {state}"
@@ -271,6 +271,7 @@ REPORTED = (
     "device",
     "gpu_count",
     "cross_validate",
+    "detail",
 )
 
 

@@ -63,6 +63,7 @@ def status_from_proto(message: fed_pb2.ClientStatus) -> ClientStatus:
         app=message.app[:128],
         gpus_in_use=message.gpus_in_use,
         cross_validate=message.cross_validate,
+        detail=message.detail[:MAX_TEXT],
     )
 
 

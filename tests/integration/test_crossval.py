@@ -120,8 +120,10 @@ def test_matrix_over_three_sites_two_taking_part(make_cluster: Callable[..., Clu
         "flclient2.safetensors",
     ]
     for row, column in expected:
-        model = run / (
-            "best_global_model.safetensors" if row == "global" else f"cross_site/sites/{row}.safetensors"
+        model = (
+            run / "best_global_model.safetensors"
+            if row == "global"
+            else run / "cross_site" / "sites" / f"{row}.safetensors"
         )
         direct = accuracy_of(str(model), str(cluster.data / column / "val.npz"))
         assert cell(data, row, column)["metrics"]["val_accuracy"] == pytest.approx(direct, abs=1e-6)
@@ -163,7 +165,8 @@ def test_abort_moves_to_validation_and_a_second_abort_stops(cluster: Cluster) ->
         "flclient1 to validate",
     )
     first.wait_log("best local model shared for cross-site validation")
-    assert (cluster.root / "server" / "run_1" / "cross_site" / "sites" / "flclient1.safetensors").exists()
+    sites = cluster.root / "server" / "run_1" / "cross_site" / "sites"
+    assert (sites / "flclient1.safetensors").exists()
     assert cluster.run_state()["server_status"] == "training started"
     stopped = cluster.ok("abort client flclient1")
     assert stopped.text.strip() == "instance:flclient1 : Aborting the client..."

@@ -311,7 +311,7 @@ def test_receiver_turns_what_the_disk_refuses_into_a_clear_error(tmp_path: Path)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
     try:
-        with pytest.raises(FolderError, match="'resources/a.py' cannot be stored here: File too"):
+        with pytest.raises(FolderError, match=r"'resources/a\.py' cannot be stored here: File too"):
             receiver.write("resources/a.py", 0, b"x" * 5000, True)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
