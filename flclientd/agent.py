@@ -156,6 +156,9 @@ class Agent:
         return replace(self.status)
 
     def _set_status(self, **changes: Any) -> None:
+        """Change the status and tell the server; a status other than a wait has no detail."""
+        if changes.get("status", st.WAITING_APPROVAL) != st.WAITING_APPROVAL:
+            changes.setdefault("detail", "")
         for key, value in changes.items():
             setattr(self.status, key, value)
         self.uplink.send(StatusChanged(self._status_now()))
@@ -257,7 +260,6 @@ class Agent:
             traceback="",
             app=app_name,
             gpus_in_use=gpus,
-            detail="",
         )
         self.store.update(training_run=run_number, gpus=gpus)
         self.crossval = CrossSiteValidation(self.uplink, self.conn)
@@ -424,7 +426,7 @@ class Agent:
         )
         await self.approvals.wait_for(review.digest, lambda exc: log.error("%s", exc))
         log.info("app %s (%s) approved by this site: starting", name, review.short)
-        self._set_status(status=resumed, detail="")
+        self._set_status(status=resumed)
 
     async def _launch(self, run: RunContext) -> TrainingProcess:
         """Start the run's training process once the site lets its app run, and wait until

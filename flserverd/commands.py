@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flcore import status as st
+from flcore.appreview import review_app
 from flcore.feed import CommandSeen
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
@@ -136,6 +137,7 @@ class AdminCommands:
         store, limit = self.server.store, self.server.startup.max_upload_mb
         try:
             target, files, dropped = await receive_app(store, app, total_bytes, limit, chunks)
+            review = await asyncio.to_thread(review_app, target, app)
         except (FolderError, TransferError) as exc:
             return Reply(False, f"upload refused: {exc}")
         except Exception as exc:  # the admin gets an answer and the server carries on
@@ -150,7 +152,13 @@ class AdminCommands:
             text += (
                 f"\n(ignored {', '.join(sorted(dropped))}: only config/ and resources/ are kept)"
             )
-        return Reply(True, text, {"app": app, "path": str(target), "files": files})
+        if review.needs_approval:
+            text += (
+                f"\n{app} runs custom code: each site trains it only after its IT approved "
+                f"sha256:{review.digest} (flclientd approve)"
+            )
+        data = {"app": app, "path": str(target), "files": files, "sha256": review.digest}
+        return Reply(True, text, {**data, "needs_approval": review.needs_approval})
 
     async def _run(self, user: str, role: str, line: str, timeout: float, confirmed: bool) -> Reply:
         try:

@@ -74,8 +74,10 @@ def prepare(cluster: Cluster, rounds: int, private: tuple[str, ...] = (), **clie
     cluster.ok("deploy digits_custom server")
     sharing = [s for s in cluster.clients if s not in private]
     cluster.ok(f"deploy digits_custom client {' '.join(sharing)}")
+    cluster.approve("digits_custom", *sharing)
     if private:
         cluster.ok(f"deploy digits_private client {' '.join(private)}")
+        cluster.approve("digits_private", *private)
 
 
 def contributed(cluster: Cluster, instance: str) -> None:
