@@ -23,6 +23,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/python scripts/check_unsafe.py
 	$(BIN)/mypy flcore flapp provision flserverd flclientd fltui fldev examples bench
 
 test: lint

@@ -170,7 +170,7 @@ def expanded_size(node: yaml.Node, limit: int) -> int:
 def parse_yaml(text: str, where: str, loader: type[BoundedLoader] = BoundedLoader) -> Any:
     """Parse YAML ``text`` with ``loader`` (a :class:`BoundedLoader`); ``where`` starts messages."""
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=loader)  # noqa: S506  unsafe-ok: a SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:
