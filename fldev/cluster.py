@@ -284,9 +284,9 @@ class Cluster:
         default) with ``flclientd approve``, as after reading it with show-app."""
         digest = self.digest(app)
         for site in sites or self.clients:
+            workspace = str(self.root / site)
             subprocess.run(
-                [sys.executable, "-m", "flclientd", "approve", "--workspace", str(self.root / site)]
-                + [digest],
+                [sys.executable, "-m", "flclientd", "approve", "--workspace", workspace, digest],
                 check=True,
                 capture_output=True,
             )
