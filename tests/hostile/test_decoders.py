@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 
+from fladmin.client import _from_wire
 from flapp.models import MLP
 from flapp.runtime.modelfile import load_state, state_manifest
 from flapp.runtime.modelinit import read_checkpoint
@@ -43,7 +44,6 @@ from flcore.wire import manifest_from_proto
 from fldev.cluster import APPS
 from flserverd.serde import upward_from_proto
 from flserverd.transfer import TransferError, check_app_name
-from fltui.adminclient import _outcome
 from provision import ProvisionError, extract_kit, load_project
 from tests.hostile import payloads
 from tests.hostile.payloads import (
@@ -145,7 +145,7 @@ def test_a_message_naming_classes_is_plain_data_for_the_peer_decoders() -> None:
     )
     assert downward_from_proto(command).args == CLASS_NAMING  # type: ignore[union-attr]
     reply = admin_pb2.CommandReply(ok=True, text="t", data_json=class_naming_json())
-    assert _outcome("x", reply).data == CLASS_NAMING
+    assert _from_wire("x", reply).data == CLASS_NAMING
 
 
 def test_a_config_naming_classes_is_refused_or_held_for_approval(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_deeply_nested_json_from_peers_is_read_as_nothing() -> None:
     assert upward_from_proto(result, "site").data == {}  # type: ignore[union-attr]
     command = fed_pb2.ServerMessage(command=fed_pb2.ServerCommand(command_id="2", args_json=deep))
     assert downward_from_proto(command).reason == "malformed command arguments"  # type: ignore[union-attr]
-    assert _outcome("x", admin_pb2.CommandReply(ok=True, data_json=deep)).data == {}
+    assert _from_wire("x", admin_pb2.CommandReply(ok=True, data_json=deep)).data == {}
 
 
 def test_a_training_child_speaking_deep_json_is_killed_not_followed(tmp_path: Path) -> None:

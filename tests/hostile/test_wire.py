@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fladmin import AdminClient, load_kit
 from flclientd.connection import Connection
 from flcore.federation import MachineInfo
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -23,7 +24,6 @@ from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client
 from flcore.tls import TlsFiles
 from fldev.cluster import ADMIN, Cluster
-from fltui.adminclient import AdminClient, load_kit
 from tests.hostile.payloads import (
     CLASS_NAMING,
     HOSTILE_PATHS,
