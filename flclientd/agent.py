@@ -225,6 +225,8 @@ class Agent:
             raise Refused(f"deploy failed: {exc}") from None
         except grpc.aio.AioRpcError as exc:
             raise Refused(f"deploy failed: {exc.details()}") from None
+        except OSError as exc:
+            raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
         self.status.app = app
         text = f"{app} deployed."
         if not self._allowed(review):
@@ -396,7 +398,10 @@ class Agent:
         digest in ``local/approved_apps.json`` or ``trust_custom_code``.
         """
         name = self.status.app or run.app_dir.name
-        review = await asyncio.to_thread(review_app, run.app_dir, name)
+        try:
+            review = await asyncio.to_thread(review_app, run.app_dir, name)
+        except (FolderError, OSError) as exc:
+            raise WorkerFailed(f"the deployed app {name} cannot be reviewed: {exc}") from None
         if not review.needs_approval:
             log.info("app %s (%s) uses built-in components only", name, review.short)
             return
