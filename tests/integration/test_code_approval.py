@@ -84,7 +84,11 @@ def test_custom_code_runs_only_after_the_site_approved_it(cluster: Cluster) -> N
     (again,) = cluster.admin("start client flclient1")
     assert not again.ok
     assert "training then starts by itself" in again.text
-    assert cluster.run_state()["server_status"] == "training started"
+    wait_until(
+        lambda: cluster.run_state()["server_status"] == "training started",
+        60,
+        "the server's run to go on while the sites wait",
+    )
 
     shown = site_tool(cluster, "show-app", "--workspace", str(cluster.root / "flclient1"), APP)
     assert f"sha256:{digest}" in shown.splitlines()
