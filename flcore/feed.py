@@ -67,6 +67,7 @@ class ClientRow:
     app: str = ""
     hostname: str = ""
     connected: bool = True
+    detail: str = ""
     cross_validate: bool = False
     """The site takes part in cross-site validation: an abort moves it on to that."""
 

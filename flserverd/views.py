@@ -40,6 +40,7 @@ def client_row(s: RegisteredClient, run_number: int = 0, run_started: float = 0.
         app=status.app,
         hostname=s.machine.hostname,
         connected=s.connected,
+        detail=status.detail,
         cross_validate=status.cross_validate,
     )
 
