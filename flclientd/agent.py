@@ -401,7 +401,7 @@ class Agent:
         if self.status.status == st.CROSS_VALIDATING:
             return
         failed = self.status.status == st.FAILED
-        if not failed and self.worker is not None:
+        if self.status.status in st.ACTIVE:
             self._set_status(status=st.STOPPING)
         await self._stop_worker(graceful=True)
         self.store.update(training_run=0)

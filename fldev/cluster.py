@@ -205,8 +205,11 @@ class Cluster:
         daemon.wait_log(SERVER_READY)
         return daemon
 
-    def client(self, name: str, *, wait: bool = True, extra: list[str] | None = None) -> Daemon:
-        """Start a client of kit ``name`` with its site's data."""
+    def client(
+        self, name: str, *, wait: bool = True, extra: list[str] | None = None, data: bool = True
+    ) -> Daemon:
+        """Start a client of kit ``name`` with its site's data (none when ``data`` is False)."""
+        data_root = ["--data-root", str(self.data / name)] if data else []
         daemon = Daemon(
             name,
             [
@@ -215,8 +218,7 @@ class Cluster:
                 "flclientd",
                 "--workspace",
                 str(self.root / name),
-                "--data-root",
-                str(self.data / name),
+                *data_root,
                 *(extra or []),
             ],
             self.root / f"{name}.log",
