@@ -15,13 +15,15 @@ from flcore.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, R
 from flcore.feedwire import event_from_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flserverd.commands import COMMANDS
 from flserverd.confirm import Confirmation, question
+from fltui.cli import parse_args
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health, short_token
 from fltui.store import BEAT, DOWN, GONE, UP, Store
 from fltui.targets import target_choices
-from fltui.vocabulary import refusal
+from fltui.vocabulary import COMMAND_NAMES, READ_ONLY, refusal
 from fltui.widgets.logview import one_line
 from fltui.widgets.roundpane import best_label
 from fltui.wizard.draft import Draft, section
@@ -430,3 +432,15 @@ def test_a_script_uses_the_admin_client_without_loading_the_console() -> None:
     loaded = loaded_by("fladmin")
     assert "fladmin" in loaded
     assert loaded & {"fltui", "textual", "torch", "flapp"} == set()
+
+
+def test_fltui_help_names_the_wizard(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "fltui provision [WORKSPACE]" in capsys.readouterr().out
+
+
+def test_the_consoles_vocabulary_is_the_servers() -> None:
+    """The console refuses a member's command before asking only where the server would."""
+    assert set(COMMAND_NAMES) == set(COMMANDS) | {"set_timeout"}
+    assert {n for n, spec in COMMANDS.items() if spec.read_only} | {"set_timeout"} == READ_ONLY
