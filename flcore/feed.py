@@ -116,13 +116,15 @@ class RunInfo:
         """
         if self.server_status in ACTIVE:
             return ""
-        parts = []
-        if self.reason:
-            ordinary = self.reason == FINISHED or self.reason.startswith(ORDINARY_ENDS)
-            parts.append(self.reason if ordinary else f"failed: {self.reason}")
+        parts = [self.end_reason()] if self.reason else []
         if self.failed_sites:
             parts.append(f"failed sites: {self.failed_sites_text()}")
         return " · ".join(parts)
+
+    def end_reason(self) -> str:
+        """Why the run stopped: ``finished``, ``aborted by <admin>``, ``failed: <why>``."""
+        ordinary = self.reason == FINISHED or self.reason.startswith(ORDINARY_ENDS)
+        return self.reason if ordinary else f"failed: {self.reason}"
 
     def failed_sites_text(self) -> str:
         """``flclient3 (no DATA_ROOT set), flclient4``: each failed site and its error."""

@@ -119,6 +119,7 @@ RUN = RunInfo(
         RoundRecord(2, {"val_accuracy": 0.9361, "val_loss": 0.2067}, 2, 1.6),
     ),
     failed_sites=("flclient3",),
+    site_errors={"flclient3": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"},
     phase="training",
     best_metric="val_accuracy=0.9361 (round 2)",
 )

@@ -171,11 +171,39 @@ def test_a_stopped_run_says_why(tmp_path: Path) -> None:
             updates = app.dashboard.query_one("#round-updates")
             stopped = replace(app.store.run, server_status="training stopped", awaited=())
             link.push(replace(stopped, reason="aborted by admin"))
-            await wait_for(pilot, lambda: "(aborted by admin)" in str(header.render()))
-            assert "■ training stopped (aborted by admin)" in str(header.render())
-            assert str(updates.render()) == "Stopped: aborted by admin\nFailed: flclient3"
+            await wait_for(pilot, lambda: "(aborted by admin" in str(header.render()))
+            # Who stopped it, and the sites that failed on the way with their error.
+            assert "■ training stopped (aborted by admin · failed sites: flclient3 (Runtime" in str(
+                header.render()
+            )
+            assert str(updates.render()) == (
+                "Stopped: aborted by admin\n"
+                "Failed: flclient3 (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)"
+            )
             link.push(replace(stopped, reason="finished", failed_sites=()))
             await wait_for(pilot, lambda: str(updates.render()) == "Finished all rounds")
+            crashed = replace(stopped, reason="server error: disk full", failed_sites=())
+            link.push(crashed)
+            await wait_for(
+                pilot, lambda: "(failed: server error: disk full)" in str(header.render())
+            )
+            assert str(updates.render()) == "Stopped: failed: server error: disk full"
+
+    asyncio.run(scenario())
+
+
+def test_a_run_that_cannot_progress_says_so(tmp_path: Path) -> None:
+    why = "min_num_clients 2 but only 1 site(s) can train: flclient3 failed (no DATA_ROOT set)"
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await ready(pilot)
+            header = app.dashboard.query_one("#header-title")
+            updates = app.dashboard.query_one("#round-updates")
+            link.push(replace(app.store.run, stalled=why))
+            await wait_for(pilot, lambda: "⚠ cannot progress" in str(header.render()))
+            assert str(updates.render()).endswith(f"\nCannot progress: {why}")
 
     asyncio.run(scenario())
 
