@@ -14,6 +14,8 @@ COMMAND_NAMES = (
     "check_status",
     "deploy",
     "help",
+    "load_crl",
+    "revoke",
     "set_run_number",
     "set_timeout",
     "shutdown",

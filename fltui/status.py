@@ -90,11 +90,6 @@ def age(seconds: float) -> str:
     return f"{seconds // 86400}d"
 
 
-def short_token(token: str) -> str:
-    """The first 8 characters of a token: enough to tell sessions apart."""
-    return token if len(token) <= 9 else f"{token[:8]}…"
-
-
 def device(row: ClientRow) -> str:
     """``CPU`` or ``2 GPUs`` (the device name is in the client's detail)."""
     if row.gpu_count:

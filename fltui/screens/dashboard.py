@@ -221,7 +221,7 @@ class DashboardScreen(CommandKeys):
         if row is None:
             detail.set("")
             return
-        parts = [row.instance, f"token {row.token}", row.org, row.hostname, row.device, row.app]
+        parts = [row.instance, f"token {row.token_id}", row.org, row.hostname, row.device, row.app]
         if row.error:
             parts.append(f"✖ {row.error} (enter: traceback)")
         detail.set(" · ".join(part for part in parts if part))

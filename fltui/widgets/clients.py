@@ -19,7 +19,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import RowDoesNotExist
 
 from flcore.feed import ClientRow
-from fltui.status import Look, age, device, health, short_token, training
+from fltui.status import Look, age, device, health, training
 from fltui.widgets.tones import toned
 
 Cell = tuple[str, str]
@@ -87,7 +87,7 @@ class ClientView:
                 "error" if failed else ("accent" if self.marked else ""),
             ),
             "client": (row.client_name, ""),
-            "token": (short_token(row.token), "muted"),
+            "token": (row.token_id, "muted"),
             "training": (state.label, state.tone),
             "round": (str(row.round) if in_run else "-", ""),
             "samples": (f"{row.samples:,}" if row.samples else "-", ""),

@@ -468,7 +468,7 @@ ODD = "odd[/x]"
 ODD_ROW = ClientRow(
     ODD,
     "odd",
-    token="0f0f0f0f-1111-4222-8333-444455556666",
+    token_id="0f0f0f0f",
     org="[b]org",
     status="training failed",
     last_heartbeat=NOW - 1,
