@@ -65,8 +65,10 @@ def test_a_revoked_site_is_dropped_within_a_heartbeat_and_cannot_log_in_again(
         seen: list[object] = []
 
         async def follow() -> None:
-            async for event in console.events():
-                seen.append(event_from_proto(event).body)
+            async for message in console.events():
+                event = event_from_proto(message)
+                if event is not None:
+                    seen.append(event.body)
 
         feed = asyncio.ensure_future(follow())
         try:
