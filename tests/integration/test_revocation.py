@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from fladmin.client import AdminClient, AdminError, load_kit
 from flcore import status as st
 from flcore.feedwire import event_from_proto
 from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, Daemon
 from fldev.poll import wait_until_async
-from fltui.adminclient import AdminClient, AdminError, load_kit
 from provision.revocation import revoke
 from tests.flprovision import flprovision
 from tests.integration.test_admin import fltui
