@@ -73,11 +73,14 @@ class Refused(Exception):
 def _argument(command: str, args: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
     """An argument of a command from the server, of the type it must have; Refused (a
     sentence for the admin) when it is missing or of another type."""
+    hint = "are the server and this client running the same flstack version?"
+    if key not in args and default is None:
+        raise Refused(f"{command}: the server sent no {key}; {hint}")
     value = args.get(key, default)
     if type(value) is not kind:
+        what = "a whole number" if kind is int else "text"
         raise Refused(
-            f"{command}: the server sent no usable {key} ({str(value)[:40]!r}); are the server "
-            "and this client running the same flstack version?"
+            f"{command}: the server sent {key} {str(value)[:40]!r}, which is not {what}; {hint}"
         )
     return value
 
