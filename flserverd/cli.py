@@ -28,7 +28,7 @@ from flserverd.admin_service import AdminService
 from flserverd.federation_service import FederationService
 from flserverd.gate import Gate
 from flserverd.server import FLServer
-from flserverd.throttle import LOGIN_BURST, LoginThrottle
+from flserverd.throttle import LOGIN_BURST, LOGINS_PER_SECOND, Throttle
 
 log = logging.getLogger("flserverd")
 
@@ -75,7 +75,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     except ConfigError:
         await server.close(0)
         raise
-    throttle = LoginThrottle(burst=LOGIN_BURST + 2 * startup.max_instances_per_kit)
+    throttle = Throttle(LOGIN_BURST + 2 * startup.max_instances_per_kit, LOGINS_PER_SECOND)
     gate = Gate(server.revocations, throttle)
     options = server_options(raise_open_files())
     federation = grpc.aio.server(options=options, interceptors=[gate])

@@ -10,7 +10,7 @@ A gRPC interceptor, so that no RPC of either service can skip it:
   the TLS handshake itself, so this is where revocation bites: a connection
   can do nothing but make calls.
 - ``Login`` calls are counted per certificate name
-  (:class:`flserverd.throttle.LoginThrottle`); one over the limit gets
+  (:class:`flserverd.throttle.Throttle`); one over the limit gets
   ``RESOURCE_EXHAUSTED`` and how long to wait. The certificate of an
   admitted login is remembered (see ``Revocations.seen``).
 - An exception a servicer did not expect is logged at ERROR with its
@@ -29,7 +29,7 @@ import grpc
 
 from flserverd.revocation import Revocations
 from flserverd.rpc import Context, peer_identity
-from flserverd.throttle import LoginThrottle
+from flserverd.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 class Gate(grpc.aio.ServerInterceptor):
     """Checks each call's certificate, counts logins and words unexpected errors."""
 
-    def __init__(self, revocations: Revocations, throttle: LoginThrottle) -> None:
+    def __init__(self, revocations: Revocations, throttle: Throttle) -> None:
         self._revocations = revocations
         self._throttle = throttle
         self._refusals_logged: dict[int, float] = {}

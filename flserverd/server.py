@@ -57,6 +57,13 @@ from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
 from flserverd.revocation import CRL_STORE, Revocations
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
+from flserverd.throttle import (
+    LOG_LINE_BURST,
+    LOG_LINES_PER_SECOND,
+    MESSAGE_BURST,
+    MESSAGES_PER_SECOND,
+    Throttle,
+)
 from flserverd.training import PHASE_TRAINING, Training
 from flserverd.views import client_row, fit_snapshot, round_record
 
@@ -72,6 +79,8 @@ RECONNECT_GRACE_S = 5.0
 # How long `shutdown server` waits for clients just told to shut down to log out: else a
 # restarted server would list them, and wait for them, until their heartbeat timeout.
 DEPARTURE_WAIT_S = 3.0
+FLOOD_LOG_EVERY_S = 60.0
+"""A site that floods its control stream is named in the log once a minute at most."""
 
 
 class CommandError(Exception):
@@ -116,6 +125,9 @@ class FLServer:
         """Tokens of clients that agreed to shut down and have not logged out yet."""
         self._background: set[asyncio.Task[None]] = set()
         self._log_handler: BusLogHandler | None = None
+        self._messages = Throttle(MESSAGE_BURST, MESSAGES_PER_SECOND)
+        self._log_lines = Throttle(LOG_LINE_BURST, LOG_LINES_PER_SECOND)
+        self._floods_logged: dict[str, float] = {}
         self._revoked_instances: dict[str, str] = {}
         """Instances dropped because their certificate was revoked, and why: an upload of
         theirs still arriving is discarded."""
@@ -487,7 +499,9 @@ class FLServer:
         registered (dropped or replaced), when its stream should end."""
         if not self.registry.is_current(client):
             return False
-        if isinstance(message, ClientHeartbeat):
+        if self._messages.take(client.instance):
+            self._flooding(client, f"more than {MESSAGES_PER_SECOND:g} messages a second")
+        elif isinstance(message, ClientHeartbeat):
             self.heartbeat(client, message.status)
         elif isinstance(message, StatusChanged):
             self.update_status(client, message.status)
@@ -502,20 +516,35 @@ class FLServer:
         self.registry.heard(client)
         return True
 
+    def _flooding(self, client: RegisteredClient, what: str) -> None:
+        """A site sent more than the server takes; what was over is dropped."""
+        now = time.monotonic()
+        if now - self._floods_logged.get(client.instance, -FLOOD_LOG_EVERY_S) >= (
+            FLOOD_LOG_EVERY_S
+        ):
+            self._floods_logged[client.instance] = now
+            log.warning("%s sends %s: the rest is dropped", client.instance, what)
+
     def client_logs(self, client: RegisteredClient, batch: LogBatch) -> None:
-        """Forwarded log lines of a client go to the console's log feed."""
-        for line in batch.records:
+        """Forwarded log lines of a client go to the console's log feed, as many as the
+        server takes from one site."""
+        shown = [line for line in batch.records if not self._log_lines.take(client.instance)]
+        for line in shown:
             self.bus.publish(replace(line, source=client.instance))
-        if batch.dropped:
-            self.bus.publish(
-                LogEntry(
-                    time.time(),
-                    "WARNING",
-                    "flclientd",
-                    f"{batch.dropped} log lines dropped by the client's rate limit",
-                    client.instance,
-                ),
-            )
+        over = len(batch.records) - len(shown)
+        if over:
+            self._flooding(client, f"more than {LOG_LINES_PER_SECOND:g} log lines a second")
+        for count, whose in ((batch.dropped, "client's"), (over, "server's")):
+            if count:
+                self.bus.publish(
+                    LogEntry(
+                        time.time(),
+                        "WARNING",
+                        "flclientd",
+                        f"{count} log lines dropped by the {whose} rate limit",
+                        client.instance,
+                    ),
+                )
 
     def drop(self, client: RegisteredClient, reason: str) -> None:
         """Remove a client (heartbeat timeout, logout, shutdown)."""

@@ -1,9 +1,12 @@
-"""How often one participant may log in: a token bucket per certificate name.
+"""How often one peer may do something: a token bucket per name.
 
-Logins are cheap, but a kit that logs in in a loop (a bug, or a stolen kit
-in hostile hands) would keep the server's event loop busy and fill its log.
-Every peer here passed mutual TLS, so the certificate's name is who it is:
-one bucket per name, however many addresses or instances it uses.
+Every peer here passed mutual TLS, so a certificate's name (or a client
+instance's) is who it is. Logins are counted per certificate name: a kit
+that logs in in a loop (a bug, or a stolen kit in hostile hands) would keep
+the event loop busy and fill the log. What arrives on a client's control
+stream is counted per instance: one instance sending statuses or log lines
+as fast as it can would otherwise flood every console's feed until each is
+cut off for falling behind.
 """
 
 from __future__ import annotations
@@ -16,6 +19,14 @@ LOGINS_PER_SECOND = 10.0
 LOGIN_BURST = 20
 """Logins a participant may make at once beyond two per instance it may run: after a
 server restart every instance of a kit logs in again together."""
+MESSAGES_PER_SECOND = 20.0
+MESSAGE_BURST = 200
+"""Control-stream messages of one instance: heartbeats (at most 10 a second), statuses,
+command results and log batches."""
+LOG_LINES_PER_SECOND = 100.0
+LOG_LINE_BURST = 1000
+"""Forwarded log lines of one instance; a client sends at most its own
+``log_lines_per_second`` (20 by default)."""
 MAX_TRACKED = 10_000
 
 
@@ -25,13 +36,13 @@ class _Bucket:
     stamp: float
 
 
-class LoginThrottle:
-    """A token bucket per certificate name: ``burst`` logins at once, ``per_second`` after."""
+class Throttle:
+    """A token bucket per name: ``burst`` at once, ``per_second`` after."""
 
     def __init__(
         self,
         burst: float,
-        per_second: float = LOGINS_PER_SECOND,
+        per_second: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.burst = burst
@@ -40,7 +51,7 @@ class LoginThrottle:
         self._buckets: dict[str, _Bucket] = {}
 
     def take(self, name: str) -> float:
-        """Count a login by ``name``: 0 when it may go ahead, else the seconds to wait."""
+        """Count one for ``name``: 0 when it may go ahead, else the seconds to wait."""
         now = self._clock()
         bucket = self._buckets.get(name)
         if bucket is None:

@@ -17,7 +17,7 @@ from flserverd.gate import Gate
 from flserverd.revocation import Revocations
 from flserverd.rpc import Context
 from flserverd.statedb import StateDB
-from flserverd.throttle import LoginThrottle
+from flserverd.throttle import Throttle
 from provision import extract_kit
 
 SERVICE = "test.Gated"
@@ -72,7 +72,7 @@ def _on_gated_server(provisioned_workspace: Any, tmp_path: Path, scenario: Scena
     async def run() -> None:
         db = StateDB(tmp_path / "state.sqlite3")
         revocations = Revocations(db, tmp_path / "crl.pem", server_kit / "rootCA.pem", "server")
-        gate = Gate(revocations, LoginThrottle(burst=3, per_second=0.5))
+        gate = Gate(revocations, Throttle(burst=3, per_second=0.5))
         server = grpc.aio.server(interceptors=[gate])
         server.add_generic_rpc_handlers((_handler(),))
         files = TlsFiles(

@@ -1,8 +1,8 @@
-"""flserverd.throttle: logins per certificate name, a burst then a steady rate."""
+"""flserverd.throttle: a burst, then a steady rate, per name."""
 
 from __future__ import annotations
 
-from flserverd.throttle import LoginThrottle
+from flserverd.throttle import Throttle
 
 
 class Clock:
@@ -15,7 +15,7 @@ class Clock:
 
 def test_a_burst_then_the_rate_per_name() -> None:
     clock = Clock()
-    throttle = LoginThrottle(burst=5, per_second=2, clock=clock)
+    throttle = Throttle(burst=5, per_second=2, clock=clock)
     assert [throttle.take("site-a") for _ in range(5)] == [0.0] * 5
     wait = throttle.take("site-a")
     assert 0.4 < wait <= 0.5  # one login refills in half a second
@@ -29,7 +29,7 @@ def test_a_burst_then_the_rate_per_name() -> None:
 
 def test_it_forgets_full_buckets_rather_than_grow() -> None:
     clock = Clock()
-    throttle = LoginThrottle(burst=2, per_second=1, clock=clock)
+    throttle = Throttle(burst=2, per_second=1, clock=clock)
     for i in range(10_000):
         throttle.take(f"n{i}")
     clock.now += 10
