@@ -80,8 +80,8 @@ class Gate(grpc.aio.ServerInterceptor):
 
     def _unary(self, method: str, behaviour: Unary) -> Unary:
         async def gated(request: Any, context: Context) -> Any:
-            await self._admit(method, context)
             try:
+                await self._admit(method, context)
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -92,8 +92,8 @@ class Gate(grpc.aio.ServerInterceptor):
 
     def _streaming(self, method: str, behaviour: Streaming) -> Streaming:
         async def gated(request: Any, context: Context) -> AsyncIterator[Any]:
-            await self._admit(method, context)
             try:
+                await self._admit(method, context)
                 async for response in behaviour(request, context):
                     yield response
             except grpc.aio.AbortError:
