@@ -85,6 +85,7 @@ class ClientRow:
     app: str = ""
     hostname: str = ""
     connected: bool = True
+    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ STARTED = "training started"
 STOPPED = "training stopped"
 FAILED = "training failed"
 CROSS_VALIDATING = "cross site validation"
+WAITING_APPROVAL = "waiting for approval"
+"""A site was told to train an app with custom code that its IT has not approved yet;
+``ClientStatus.detail`` names the app and its digest."""
 
 LOGGED_OUT = "logged out"
 """Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
@@ -24,7 +27,7 @@ REVOKED = "certificate revoked"
 the console shows the site as revoked rather than lost."""
 
 # Statuses during which a site or the server has a run in progress.
-ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING})
+ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING, WAITING_APPROVAL})
 
 
 @dataclass
@@ -40,3 +43,4 @@ class ClientStatus:
     app: str = ""
     gpus_in_use: int = 0
     cross_validate: bool = False
+    detail: str = ""
