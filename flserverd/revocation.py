@@ -76,6 +76,14 @@ class CrlLoaded:
     """Names still revoked at the console, and why this CRL does not carry them."""
 
 
+def _certificate(path: Path, what: str) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise RevocationError(f"cannot read {what} {path}: {reason}") from None
+
+
 def when(stamp: datetime | float) -> str:
     """A moment as people read it in replies and logs (UTC)."""
     moment = stamp if isinstance(stamp, datetime) else datetime.fromtimestamp(stamp, UTC)
@@ -91,12 +99,14 @@ class Revocations:
         crl_path: Path,
         ca_path: Path,
         server_name: str,
+        server_cert: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self.crl_path = crl_path
         self._ca_path = ca_path
         self._server_name = server_name
+        self._server_cert = server_cert
         self._clock = clock
         self._crl: RevocationList | None = None
         self._names = {name: RevokedName(name, since, by) for name, since, by in db.revoked_names()}
@@ -129,13 +139,19 @@ class Revocations:
         self.check_stale()
 
     def _ca(self) -> x509.Certificate:
-        try:
-            return x509.load_pem_x509_certificate(self._ca_path.read_bytes())
-        except (OSError, ValueError) as exc:
+        return _certificate(self._ca_path, "the project CA certificate")
+
+    def _refuse_revoking_the_server(self, crl: RevocationList) -> None:
+        if self._server_cert is None:
+            return
+        serial = _certificate(self._server_cert, "this server's certificate").serial_number
+        if crl.is_revoked(serial):
             raise RevocationError(
-                f"cannot read the project CA certificate {self._ca_path}: "
-                f"{getattr(exc, 'strerror', None) or exc}"
-            ) from None
+                f"the list revokes this server's own certificate (serial {serial:x}), which "
+                "cannot be revoked: clients and admins check the server by the project CA and "
+                "its host name, not by a revocation list. If the server's key leaked, provision "
+                "the project into a new workspace (a new CA) and replace every kit"
+            )
 
     @property
     def crl(self) -> RevocationList | None:
@@ -218,6 +234,7 @@ class Revocations:
             crl = parse_crl(data, self._ca(), "the revocation list")
         except CrlError as exc:
             raise RevocationError(str(exc)) from None
+        self._refuse_revoking_the_server(crl)
         held = self._crl
         if not crl.supersedes(held):
             assert held is not None

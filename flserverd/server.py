@@ -109,6 +109,7 @@ class FLServer:
             state_dir / CRL_STORE,
             workspace / STARTUP_DIR / startup.ssl_root_cert,
             startup.name,
+            workspace / STARTUP_DIR / startup.ssl_cert,
         )
         self._run_number = int(self.db.get_meta(RUN_NUMBER_KEY) or 0)
         self.links: dict[str, ClientLink] = {}

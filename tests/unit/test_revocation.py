@@ -56,7 +56,7 @@ def db(tmp_path: Path) -> StateDB:
 
 
 def _revocations(db: StateDB, tmp_path: Path, ca_path: Path, clock: Clock) -> Revocations:
-    return Revocations(db, tmp_path / "crl.pem", ca_path, "server", clock)
+    return Revocations(db, tmp_path / "crl.pem", ca_path, "server", clock=clock)
 
 
 def test_a_loaded_crl_refuses_what_it_lists_and_survives_a_restart(
@@ -182,3 +182,13 @@ def test_a_stale_crl_keeps_revoking_and_warns_once(
     assert len(warnings) == 1 and "flprovision crl" in warnings[0]
     assert "stale" in revocations.stale_warning()
     assert revocations.refusal(SITE.name, SITE.serial) is not None
+
+
+def test_a_list_that_revokes_the_server_itself_is_refused(db: StateDB, tmp_path: Path) -> None:
+    ca, ca_path = _ca(tmp_path)
+    # Any certificate serves as "the server's" here: the CA's own is at hand.
+    revocations = Revocations(db, tmp_path / "crl.pem", ca_path, "server", server_cert=ca_path)
+    with pytest.raises(RevocationError, match="revokes this server's own certificate"):
+        revocations.load(_crl(ca, [SITE.serial, ca.cert.serial_number], 1))
+    assert revocations.crl is None and not (tmp_path / "crl.pem").exists()
+    assert revocations.load(_crl(ca, [SITE.serial], 1)).crl.number == 1
