@@ -109,11 +109,6 @@ def clock_time(stamp: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(stamp))
 
 
-def short_token(token: str) -> str:
-    """The first 8 characters of a token: enough to tell sessions apart."""
-    return token if len(token) <= 9 else f"{token[:8]}…"
-
-
 def device(row: ClientRow) -> str:
     """``CPU`` or ``2 GPUs`` (the device name is in the client's detail)."""
     if row.gpu_count:
