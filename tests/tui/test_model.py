@@ -17,7 +17,7 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
-from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health
+from fltui.status import LEFT, LOST, OFFLINE, ONLINE, REVOKED, STALE, age, health
 from fltui.store import BEAT, DOWN, GONE, UP, Store
 from fltui.targets import describe_stop, describe_target, target_choices
 from fltui.vocabulary import refusal
@@ -138,6 +138,7 @@ def test_health_and_ages_read_as_glyph_word_and_tone() -> None:
     assert health(row, NOW, 1.0, gone="no heartbeat for 601s") is LOST
     # A client that logged out (shutdown, SIGTERM) left on purpose: no alarm colour.
     assert health(row, NOW, 1.0, gone=st.LOGGED_OUT) is LEFT
+    assert health(row, NOW, 1.0, gone=st.REVOKED) is REVOKED  # not an outage: it cannot return
     assert ONLINE.label == "● online" and LOST.tone == "error" and LEFT.tone == "muted"
     assert [age(s) for s in (0.4, 99, 100, 6000, 200_000)] == ["0s", "99s", "1m", "1h", "2d"]
 
