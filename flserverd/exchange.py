@@ -176,6 +176,9 @@ class ModelExchange:
             async for name, offset, data in chunks:
                 await asyncio.to_thread(spool.write, name, offset, data)
             model = await asyncio.to_thread(spool.finish)
+            revoked = self.server.revoked_sender(instance)
+            if revoked is not None:
+                return Verdict(SubmitOutcome.REJECTED, f"{_what(header.kind)} discarded: {revoked}")
             if header.kind is UploadKind.BEST_LOCAL:
                 self.server.crossval_for(header.run_number).accept_model(instance, model)
                 return Verdict(

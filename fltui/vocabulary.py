@@ -20,6 +20,8 @@ COMMAND_NAMES = (
     "list_admins",
     "list_apps",
     "list_runs",
+    "load_crl",
+    "revoke",
     "set_run_number",
     "set_timeout",
     "show_run",
