@@ -115,8 +115,8 @@ def clock_time(stamp: float) -> str:
 
 
 def clock_date(stamp: float) -> str:
-    """``YYYY-mm-dd HH:MM`` in local time."""
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp))
+    """``mm-dd HH:MM`` in local time: a listing's dates, short enough to leave room."""
+    return time.strftime("%m-%d %H:%M", time.localtime(stamp))
 
 
 def device(row: ClientRow) -> str:

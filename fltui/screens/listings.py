@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer
 
 from fladmin.client import CommandReply
 from flcore.folders import human_size
-from fltui.status import clock_date
+from fltui.status import clock_date, training
 from fltui.widgets.line import Line
 
 Ask = Callable[[str], Awaitable[CommandReply | None]]
@@ -140,15 +140,13 @@ class RunsScreen(ListingScreen):
     HINT = "enter rounds per site · r refresh · [ ] page · esc back"
 
     def columns(self, data: dict[str, Any]) -> Sequence[str]:
-        """Run, app, rounds, status, best, started, ended."""
-        return ("run", "app", "rounds", "status", "best", "started", "ended")
+        """Run, app, rounds, status, best, started, ended, and how it ended (the widest)."""
+        return ("run", "app", "rounds", "status", "best", "started", "ended", "how it ended")
 
     def rows(self, data: dict[str, Any]) -> Sequence[Row]:
         """One row per run."""
         rows = []
         for run in data.get("runs", []):
-            status = str(run.get("status", ""))
-            ending = str(run.get("ending", ""))
             rows.append(
                 (
                     str(run.get("run_number", "")),
@@ -156,14 +154,29 @@ class RunsScreen(ListingScreen):
                         str(run.get("run_number", "")),
                         str(run.get("app", "")) or "-",
                         str(run.get("rounds", "")),
-                        f"{status} ({ending})" if ending else status,
+                        training(str(run.get("status", ""))).label,
                         str(run.get("best", "")) or "-",
                         _when(run.get("started_at")),
                         _when(run.get("ended_at")),
+                        str(run.get("ending", "")) or "-",
                     ),
                 )
             )
         return rows
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """The whole story of the run under the cursor, however narrow the terminal."""
+        number = event.row_key.value or ""
+        run = next(
+            (r for r in self.data.get("runs", []) if str(r.get("run_number")) == number), None
+        )
+        if run is not None:
+            ending = str(run.get("ending", ""))
+            status = str(run.get("status", ""))
+            self.query_one("#listing-status", Line).set(
+                f"run {number}: {status}" + (f" ({ending})" if ending else "") + f" · {self.HINT}"
+            )
 
     @on(DataTable.RowSelected)
     def _open(self, event: DataTable.RowSelected) -> None:

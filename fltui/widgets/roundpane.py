@@ -142,9 +142,11 @@ class RoundPane(Vertical, can_focus=True):
                 text.append("\n" if ending else "")
                 text.append(failed_text(run), style=tone_style(self.app, "error"))
             return text
+        # While it trains, the failed sites' errors are in their rows (enter): names only.
+        failed = f"Failed: {names(run.failed_sites)}"
         if run.current_round < 0 or run.current_round >= run.num_rounds:
             if run.failed_sites:
-                text.append(failed_text(run), style=tone_style(self.app, "error"))
+                text.append(failed, style=tone_style(self.app, "error"))
             return text
         text.append(f"Updates {run.updates_received}", style="bold")
         text.append(f"{SEPARATOR}min {run.min_num_clients} · max {run.max_num_clients}\n")
@@ -154,7 +156,7 @@ class RoundPane(Vertical, can_focus=True):
         else:
             text.append("Waiting for nobody", style=tone_style(self.app, "muted"))
         if run.failed_sites:
-            text.append(f"\n{failed_text(run)}", style=tone_style(self.app, "error"))
+            text.append(f"\n{failed}", style=tone_style(self.app, "error"))
         if run.stalled:
             text.append(f"\nCannot progress: {run.stalled}", style=tone_style(self.app, "warning"))
         return text

@@ -170,7 +170,7 @@ def test_a_server_stopped_by_a_signal_is_tried_again(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         link = DroppingLink(transfer_dir=tmp_path / "transfer")
-        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05, retry_first_s=0.2)
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05, retry_first_s=30)
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             link.push(ServerStopping("a signal (systemctl stop, kill or Ctrl+C)"), time=NOW)
@@ -180,7 +180,9 @@ def test_a_server_stopped_by_a_signal_is_tried_again(tmp_path: Path) -> None:
             assert app.store.shutdown is None
             banner = str(app.dashboard.query_one("#banner").render())
             assert "the server stopped (a signal (systemctl stop, kill or Ctrl+C))" in banner
+            assert app.state.connection.retry_at > 0  # a retry is planned: no waiting for r
             link.heal()
+            await pilot.press("r")
             await wait_for(pilot, lambda: app.link_look is CONNECTED, what="a retry")
 
     asyncio.run(scenario())

@@ -191,8 +191,8 @@ def test_runs_apps_and_admins_views_show_the_servers_listings(live: Cluster) -> 
             table = runs.query_one(DataTable)
             await wait_for(pilot, lambda: table.row_count == 1, 30, "the runs")
             row = [str(cell) for cell in table.get_row_at(0)]
-            assert row[:2] == ["1", "digits_fedavg"]
-            assert row[3] == f"training stopped (aborted by {ADMIN})"
+            assert row[:2] == ["1", "digits_fedavg"] and row[3] == "■ stopped"
+            assert row[7] == f"aborted by {ADMIN}"
             await pilot.press("enter")
             run = await shown(pilot, app, RunScreen)
             rounds = run.query_one(DataTable)

@@ -236,15 +236,20 @@ def test_runs_view_lists_every_run_and_opens_one_round_by_round(tmp_path: Path) 
                 "best",
                 "started",
                 "ended",
+                "how it ended",
             ]
             aborted = cells(table, 1)
-            assert aborted[:3] == ["2", "digits_custom", "4/10"]
-            assert aborted[3] == (
-                "training stopped (aborted by admin@lead.org · failed sites: flclient3 "
-                "(no DATA_ROOT set))"
+            assert aborted[:4] == ["2", "digits_custom", "4/10", "■ stopped"]
+            assert aborted[7] == (
+                "aborted by admin@lead.org · failed sites: flclient3 (no DATA_ROOT set)"
             )
             assert cells(table, 2)[4] == "val_accuracy=0.9744 (final model)"
-            assert cells(table, 0)[6] == "-"  # still training: no end
+            assert cells(table, 0)[3] == "▶ started" and cells(table, 0)[6] == "-"
+            table.move_cursor(row=1)  # the whole story of a run is in the status line too
+            status = runs.query_one("#listing-status")
+            await wait_for(
+                pilot, lambda: "run 2: training stopped (aborted by" in str(status.render())
+            )
             assert "Runs (3 · page 1 of 1)" in str(table.border_title)
             table.move_cursor(row=2)
             await pilot.press("enter")
@@ -279,7 +284,7 @@ def test_apps_and_admins_views_show_what_the_server_says(tmp_path: Path) -> None
                 "digits_custom",
                 "9.0 KiB",
                 "5",
-                "2025-06-15 13:05",
+                "06-15 13:05",
                 "3f1c" * 16,
             ]
             assert app.server_apps == ["digits_custom", "digits_fedavg"]  # deploy completes them
@@ -289,7 +294,7 @@ def test_apps_and_admins_views_show_what_the_server_says(tmp_path: Path) -> None
             table = admins.query_one(DataTable)
             await wait_for(pilot, lambda: table.row_count == 2)
             assert cells(table, 0)[:4] == ["admin@lead.org", "super", "1", "2"]
-            assert cells(table, 0)[5] == "start client (ok, 2025-06-15 14:56)"
+            assert cells(table, 0)[5] == "start client (ok, 06-15 14:56)"
             await pilot.press("r")
             await wait_for(pilot, lambda: link.sent.count(("list_admins", False)) == 2)
 
