@@ -193,7 +193,14 @@ def test_shutdown_one_client_then_all_then_server(cluster: Cluster) -> None:
     one = cluster.client("flclient1")
     two = cluster.client("flclient2")
     (asked,) = cluster.admin("shutdown client flclient1")
-    assert not asked.ok and asked.confirm_prompt == "Are you sure (Y/N):"
+    # The server's question names what it ends (it was the bare question before).
+    assert not asked.ok and asked.confirm_prompt.splitlines() == [
+        "Shut down: flclient1",
+        "This shuts down:",
+        "  flclient1: training not started",
+        "  Their client daemons exit; each site must start its own again.",
+        "Are you sure (Y/N):",
+    ]
     assert one.alive()
     done = cluster.ok("shutdown client flclient1", confirmed=True)
     assert done.text.strip() == "instance:flclient1 : Shutdown the client..."
