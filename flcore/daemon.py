@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from flcore import faultpoints
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.schema import ConfigError
@@ -49,6 +50,7 @@ def start_daemon(
     """
     limit_malloc_arenas()
     setup_logging(args.log_level)
+    faultpoints.arm()
     workspace: Path = args.workspace.resolve()
     try:
         verify_startup(workspace / STARTUP_DIR)

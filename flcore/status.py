@@ -14,13 +14,16 @@ STARTED = "training started"
 STOPPED = "training stopped"
 FAILED = "training failed"
 CROSS_VALIDATING = "cross site validation"
+PAUSED = "training paused"
+"""A run (on the server) or a site that cannot write to its disk: it goes on by itself once
+the write succeeds again."""
 
 LOGGED_OUT = "logged out"
 """Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
 console tells it apart from a client lost to the heartbeat timeout."""
 
 # Statuses during which a site or the server has a run in progress.
-ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING})
+ACTIVE = frozenset({STARTING, STARTED, PAUSED, CROSS_VALIDATING})
 
 
 @dataclass

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flcore import status as st
+from flcore.diskfault import disk_fault
 from flcore.feed import CommandSeen
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
@@ -35,6 +38,7 @@ from flserverd.views import client_row
 log = logging.getLogger(__name__)
 
 MAX_GPUS = 64
+MAX_UNWRITTEN_AUDIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class AdminCommands:
 
     def __init__(self, server: FLServer) -> None:
         self.server = server
+        self._unwritten: list[tuple[float, str, str, bool]] = []
+        """Audit entries a full disk kept out of the state database, oldest first."""
 
     async def execute(
         self, user: str, role: str, line: str, timeout: float, confirmed: bool
@@ -115,8 +121,27 @@ class AdminCommands:
         return reply
 
     def audit(self, user: str, line: str, ok: bool) -> None:
-        """Record an admin's command in the state database and the console's feed."""
-        self.server.db.audit(user, line, ok)
+        """Record an admin's command in the state database and the console's feed.
+
+        On a full disk the entry waits in memory (in order, bounded) and is written
+        with the next one that can be: the command itself still runs and answers.
+        """
+        self._unwritten.append((time.time(), user, line, ok))
+        del self._unwritten[:-MAX_UNWRITTEN_AUDIT]
+        try:
+            self.server.db.audit_entries(self._unwritten)
+        except sqlite3.Error as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                raise
+            log.error(
+                "audit of %d command(s) not written yet: server %s (kept in memory until the "
+                "disk takes writes again)",
+                len(self._unwritten),
+                fault,
+            )
+        else:
+            self._unwritten.clear()
         self.server.bus.publish(CommandSeen(user, line, ok))
         log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
 
@@ -166,6 +191,13 @@ class AdminCommands:
             return await spec.handler(self, request)
         except (CommandError, TransferError) as exc:
             return Reply(False, str(exc))
+        except (OSError, sqlite3.Error) as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                log.exception("command %r failed", line)
+                return Reply(False, f"the server could not carry out {words[0]}: {exc}")
+            log.error("command %r failed: server %s", line, fault)
+            return Reply(False, f"{words[0]} failed: server {fault}")
         except Exception as exc:  # the admin gets an answer and the server carries on
             log.exception("command %r failed", line)
             return Reply(False, f"the server could not carry out {words[0]}: {exc}")
@@ -368,16 +400,40 @@ async def _deploy(cmds: AdminCommands, request: Request) -> Reply:
     return await cmds.per_client(request, clients, "deploy", {"run_number": number, "app": name})
 
 
-@command("start server | client [instance...]", "start training on the server or on clients")
+@command(
+    "start server [fresh] | client [instance...]",
+    "start training on the server (continuing a stopped run; fresh: from its first round) "
+    "or on clients",
+)
 async def _start(cmds: AdminCommands, request: Request) -> Reply:
-    kind, names = cmds.target_kind(request, "start")
+    fresh = request.words[1:] == ["server", "fresh"]
+    kind, names = cmds.target_kind(request, "start") if not fresh else ("server", [])
     server = cmds.server
     if kind == "server":
-        text = await server.start_training(request.timeout)
-        return Reply(True, text, {"run_number": server.run_number})
+        if fresh and not request.confirmed:
+            prompt = _fresh_prompt(server)
+            if prompt:
+                return Reply(False, "", confirm_prompt=prompt)
+        text = await server.start_training(request.timeout, fresh=fresh)
+        return Reply(True, text, {"run_number": server.run_number, "fresh": fresh})
     number = server.require_run()
     return await cmds.per_client(
         request, cmds.targets(names), "start", {"run_number": number, "gpus": 0}
+    )
+
+
+def _fresh_prompt(server: FLServer) -> str:
+    """The question before ``start server fresh`` throws away what a run has trained."""
+    number = server.require_run()
+    record = server.db.get_run(number)
+    if record is None or server.busy:
+        return ""
+    done = record.next_round - record.start_round
+    return (
+        f"Run {number} has {done} completed round(s) ({record.status}"
+        + (f": {record.reason}" if record.reason else "")
+        + "). Starting fresh deletes its models, metrics and cross-site results.\n"
+        "Are you sure (Y/N):"
     )
 
 

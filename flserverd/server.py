@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
+from flcore.diskfault import disk_fault
 from flcore.federation import (
     ClientHeartbeat,
     Closed,
@@ -54,7 +55,7 @@ from flserverd.links import ClientLink
 from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
-from flserverd.training import PHASE_TRAINING, Training
+from flserverd.training import FINISHED, PHASE_FINAL_VALIDATION, PHASE_TRAINING, Training
 from flserverd.views import client_row, round_record
 
 log = logging.getLogger(__name__)
@@ -128,13 +129,7 @@ class FLServer:
         app = load_app(self.store.server_app(record.run_number))
         if app.server is None:
             raise ConfigError(f"run {record.run_number}: the deployed app has no server config")
-        dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
-        self.store.clear_spool(record.run_number)
-        model = self.store.round_model(record.run_number, record.next_round)
-        self.training = Training(
-            record, app.server, TensorFile(model).manifest, self.store, self.db, self
-        )
-        self.training.recover_outputs()
+        dropped = self._hold(record, app.server)
         log.info(
             "resumed run %d at round %d of %d (%d unfinished updates will be resent by clients)",
             record.run_number,
@@ -142,6 +137,17 @@ class FLServer:
             record.num_rounds,
             dropped,
         )
+
+    def _hold(self, record: RunRecord, config: ServerAppConfig) -> int:
+        """Take up a run from its last committed round (after a restart, or to continue a
+        stopped run); returns how many updates of the unfinished round were forgotten."""
+        model = self.store.round_model(record.run_number, record.next_round)
+        manifest = TensorFile(model).manifest
+        dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
+        self.store.clear_spool(record.run_number)
+        self.training = Training(record, config, manifest, self.store, self.db, self)
+        self.training.recover_outputs()
+        return dropped
 
     async def close(self, grace: float) -> None:
         """Stop cleanly: let checkpoint writes land, close streams, keep the run resumable."""
@@ -215,7 +221,7 @@ class FLServer:
             return st.STARTING
         training = self.training_for(self.run_number)
         if training is not None:
-            return training.run.status
+            return st.PAUSED if training.fault and training.active else training.run.status
         record = self.db.get_run(self.run_number) if self.run_number else None
         return record.status if record is not None else st.NOT_STARTED
 
@@ -232,11 +238,31 @@ class FLServer:
             raise CommandError("FL run number has not been set: use set_run_number <N> first")
         return number
 
-    async def start_training(self, timeout: float) -> str:
-        """Begin training the current run from its server app; returns the reply text."""
+    async def start_training(self, timeout: float, fresh: bool = False) -> str:
+        """Begin training the current run from its server app, or continue it from its last
+        completed round when it stopped before the end (``fresh``: start over); returns the
+        reply text."""
         number = self.require_run()
+        paused = self.active_training()
+        if paused is not None and paused.retry_paused():
+            return f"Run {number} is paused ({paused.fault}): trying the failed write again."
         if self.busy:
             raise CommandError(f"run {number} is already training")
+        config = self._deployed_config(number)
+        record = None if fresh else self.db.get_run(number)
+        if record is not None:
+            return self._continue(record, config)
+        self.starting = True
+        self.start_error = ""
+        self.publish_run()
+        task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
+        self._starting_task = task
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if task in done and not task.cancelled() and task.exception() is not None:
+            raise CommandError(f"cannot start training: {task.exception()}")
+        return "Server training is starting...."
+
+    def _deployed_config(self, number: int) -> ServerAppConfig:
         app_dir = self.store.server_app(number)
         if not app_dir.is_dir():
             raise CommandError(
@@ -248,16 +274,48 @@ class FLServer:
             raise CommandError(f"the deployed app is not valid: {exc}") from None
         if app.server is None:
             raise CommandError("the deployed app has no config/config_fed_server.json")
-        config = app.server
-        self.starting = True
-        self.start_error = ""
-        self.publish_run()
-        task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
-        self._starting_task = task
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if task in done and not task.cancelled() and task.exception() is not None:
-            raise CommandError(f"cannot start training: {task.exception()}")
-        return "Server training is starting...."
+        return app.server
+
+    def _continue(self, record: RunRecord, config: ServerAppConfig) -> str:
+        """Go on with a run that stopped before its end (a fault, an abort) from its last
+        completed round, with the settings of the app deployed now."""
+        number = record.run_number
+        again = f"start server fresh trains run {number} again from round {config.start_round}"
+        if record.reason == FINISHED:
+            raise CommandError(
+                f"run {number} finished all its rounds: {again} (replacing its models and "
+                "metrics), or set_run_number <N> starts a new run"
+            )
+        if record.next_round > config.num_rounds:
+            raise CommandError(
+                f"run {number} has completed {record.next_round} rounds but the deployed app "
+                f"has num_rounds={config.num_rounds}: deploy an app with more rounds, or {again}"
+            )
+        training_left = record.next_round < config.num_rounds
+        record.num_rounds = config.num_rounds
+        record.phase = PHASE_TRAINING if training_left else PHASE_FINAL_VALIDATION
+        record.status, record.reason, record.failed_sites = st.STARTED, "", []
+        try:
+            self._hold(record, config)
+            self.db.save_run(record)
+        except (OSError, TensorFileError, sqlite3.Error) as exc:
+            self.training = None
+            fault = disk_fault(exc)
+            why = f"server {fault}" if fault else f"its checkpoint cannot be used: {exc}"
+            raise CommandError(f"cannot continue run {number}: {why}; {again}") from None
+        self._crossvals.pop(number, None)
+        self._offer_to_ready(self.training, number)
+        where = f"round {record.next_round}" if training_left else "the final validation"
+        log.info("run %d continues at %s of %d rounds", number, where, record.num_rounds)
+        return f"Server training continues run {number} at {where} (of {record.num_rounds} rounds)."
+
+    def _offer_to_ready(self, training: Training | None, number: int) -> None:
+        """Clients already training run ``number`` are ready for its first round now."""
+        assert training is not None
+        for client in self.registry.clients():
+            if client.status.status == st.STARTED and client.status.run_number == number:
+                training.ready.add(client.instance)
+        training.begin()
 
     async def _prepare_and_begin(self, number: int, config: ServerAppConfig) -> None:
         try:
@@ -281,9 +339,7 @@ class FLServer:
     def _begin(self, number: int, config: ServerAppConfig, manifest: Manifest) -> None:
         """The initial model is ready: a fresh run record, and the first round offered."""
         self.db.clear_round_records(number)
-        self.store.clear_spool(number)
-        shutil.rmtree(self.store.run_dir(number) / "cross_site", ignore_errors=True)
-        (self.store.run_dir(number) / "cross_site_validation.json").unlink(missing_ok=True)
+        self.store.clear_outputs(number, keep_round=config.start_round)
         self._crossvals[number] = CrossValidation(number, self.store, self.db, self)
         record = RunRecord(
             run_number=number,
@@ -305,10 +361,7 @@ class FLServer:
             len(manifest.tensors),
             manifest.total_bytes / 1e6,
         )
-        for client in self.registry.clients():
-            if client.status.status == st.STARTED and client.status.run_number == number:
-                training.ready.add(client.instance)
-        training.begin()
+        self._offer_to_ready(training, number)
 
     def known_run(self, run_number: int) -> bool:
         """Whether a run number from a peer names a run of this server."""
@@ -634,6 +687,7 @@ class FLServer:
             failed_sites=tuple(run.failed_sites),
             best_metric=best,
             reason=run.reason or self.start_error,
+            fault=training.fault,
         )
 
     def client_rows(self) -> list[ClientRow]:

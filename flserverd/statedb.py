@@ -352,14 +352,16 @@ class StateDB:
         ).fetchall()
         return [(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    def audit(self, user: str, line: str, ok: bool) -> None:
-        """Record an admin command."""
+    def audit(self, user: str, line: str, ok: bool, at: float | None = None) -> None:
+        """Record an admin command (run at ``at``, now by default)."""
+        self.audit_entries([(time.time() if at is None else at, user, line, ok)])
+
+    def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
+        """Record admin commands (time, user, line, ok), in this order, in one transaction."""
         self._write(
             [
-                (
-                    "INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)",
-                    (time.time(), user, line, int(ok)),
-                )
+                ("INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)", (t, u, x, int(ok)))
+                for t, u, x, ok in entries
             ]
         )
 

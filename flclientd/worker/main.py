@@ -35,6 +35,7 @@ from flclientd.worker.protocol import (
 )
 from flclientd.worker.ranks import NoGpuError, RankGroup, Ranks, choose_device
 from flclientd.worker.workbench import Workbench
+from flcore.diskfault import disk_fault
 from flcore.schema import ConfigError
 from flcore.tensorfile import TensorFileError
 
@@ -53,8 +54,14 @@ class _StartFailed(Exception):
 
 
 def _error(exc: BaseException) -> dict[str, str]:
-    message = str(exc) if isinstance(exc, EXPECTED_ERRORS) else f"{type(exc).__name__}: {exc}"
-    return error_fields(message, traceback.format_exc())
+    fault = disk_fault(exc)
+    if fault:
+        message = f"client {fault}"
+    elif isinstance(exc, EXPECTED_ERRORS):
+        message = str(exc)
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    return error_fields(message, traceback.format_exc(), fault or "")
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -96,6 +96,8 @@ class RoundPane(Vertical, can_focus=True):
 
     def _updates(self, run: RunInfo) -> Text:
         text = Text()
+        if run.fault:
+            text.append(f"Paused: {run.fault}\n", style=tone_style(self.app, "error"))
         if run.current_round < 0 or run.current_round >= run.num_rounds:
             if run.failed_sites:
                 text.append(

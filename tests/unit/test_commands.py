@@ -56,8 +56,8 @@ class FakeRegistry:
 class FakeDB:
     audited: list[tuple[str, str, bool]] = field(default_factory=list)
 
-    def audit(self, user: str, line: str, ok: bool) -> None:
-        self.audited.append((user, line, ok))
+    def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
+        self.audited.extend((user, line, ok) for _, user, line, ok in entries)
 
 
 @dataclass

@@ -222,6 +222,27 @@ def test_round_closes_when_max_clients_arrived(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_updates_wait_in_the_spool_until_their_round_is_aggregated(tmp_path: Path) -> None:
+    """Accepted updates are folded in instance order (flserverd.foldorder): a later one
+    waits in its file, and the round's files are gone once it is aggregated."""
+    setup = make_setup(tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is SubmitOutcome.ACCEPTED
+        kept = setup.store.spool_dir(RUN) / "round_0"
+        assert sorted(p.name for p in kept.iterdir()) == ["c2.safetensors"]
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        assert not kept.exists()
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
 def test_round_closes_when_min_arrived_and_nobody_else_awaited(tmp_path: Path) -> None:
     setup = make_setup(
         tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=5, wait_after_min_clients=60
@@ -285,7 +306,7 @@ def test_update_after_aggregation_is_late(tmp_path: Path) -> None:
         )
         assert outcome is SubmitOutcome.LATE
         assert "already aggregated" in message
-        assert training.round.fedavg.count == 0  # not folded into the next round either
+        assert len(training.round.updates) == 0  # not counted in the next round either
         assert not setup.db.is_folded(RUN, 0, "c2")
         # and a future round or another run is rejected, not accepted
         future = training.check_submission("c1", RUN, 5)
@@ -320,8 +341,7 @@ def test_same_instance_twice_is_duplicate(tmp_path: Path) -> None:
         training = setup.training()
         assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 5) is SubmitOutcome.ACCEPTED
         assert await submit(training, setup, "c1", 0, [9, 9, 9, 9], 5) is SubmitOutcome.DUPLICATE
-        assert training.round.fedavg.count == 1
-        assert training.round.fedavg.total_weight == 5.0
+        assert len(training.round.updates) == 1
         assert training.round.contributed == {"c1": 5}
         assert await submit(training, setup, "c2", 0, [3, 3, 3, 3], 5) is SubmitOutcome.ACCEPTED
         await aggregated(training, setup, 1)
@@ -381,7 +401,7 @@ def test_zero_samples_rejected(tmp_path: Path) -> None:
     async def scenario() -> None:
         training = setup.training()
         assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 0) is SubmitOutcome.REJECTED
-        assert training.round.fedavg.count == 0
+        assert len(training.round.updates) == 0
         assert not setup.db.is_folded(RUN, 0, "c1")
         await training.close(1)
 
@@ -422,7 +442,7 @@ def test_exactly_once_across_restart(tmp_path: Path) -> None:
         assert await submit(training, setup, "c1", 0, [5] * 4, 1) is SubmitOutcome.LATE
         assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.ACCEPTED
         assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.DUPLICATE
-        assert training.round.fedavg.count == 1
+        assert len(training.round.updates) == 1
         training.admit("c2", 1)
         assert await submit(training, setup, "c2", 1, [20] * 4, 3) is SubmitOutcome.ACCEPTED
         await aggregated(training, setup, 2)
@@ -474,7 +494,7 @@ def test_max_clients_blocks_unadmitted_update(tmp_path: Path) -> None:
         assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
         outcome = await submit(training, setup, "c3", 0, [100] * 4)
         assert outcome is not SubmitOutcome.ACCEPTED
-        assert training.round.fedavg.count == 1
+        assert len(training.round.updates) == 1
         await training.close(1)
 
     asyncio.run(scenario())
