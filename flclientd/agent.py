@@ -440,7 +440,7 @@ class Agent:
             try:
                 return await step()
             except (OSError, WorkerFailed) as exc:
-                fault = exc.disk_fault if isinstance(exc, WorkerFailed) else disk_fault(exc)
+                fault = exc.disk_fault if isinstance(exc, WorkerFailed) else disk_fault(exc, folder)
                 if not fault:
                     raise
             message = f"client {fault}"

@@ -22,12 +22,17 @@ SQLITE_DISK_CODES = {
 }
 
 
-def disk_fault(exc: BaseException) -> str | None:
-    """``"disk full: <what>"`` (or another disk fault) when ``exc`` means the disk; else None."""
+def disk_fault(exc: BaseException, where: Path | None = None) -> str | None:
+    """``"disk full: <what>"`` (or another disk fault) when ``exc`` means the disk; else None.
+
+    ``where`` names the folder written to when the error does not name a file (a write to
+    an open file does not).
+    """
     if isinstance(exc, OSError) and exc.errno is not None:
         detail = exc.strerror or str(exc)
-        if exc.filename:
-            detail = f"{exc.filename}: {detail}"
+        place = exc.filename or where
+        if place:
+            detail = f"{place}: {detail}"
         if exc.errno in DISK_FULL_ERRNOS:
             return f"disk full: {detail}"
         if exc.errno in DISK_ERRNOS:

@@ -26,6 +26,7 @@ from typing import Any
 
 from flcore.faultpoints import FAULT_ENV
 from flcore.proctable import command_line, process_table
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from fldev.faultswitch import FAULT_DIR_ENV, hold_path, release
 from fldev.poll import wait_until
 from fltui.adminclient import AdminClient, Outcome, load_kit
@@ -36,6 +37,8 @@ APPS = REPO / "examples" / "apps"
 DIGITS_APP = APPS / "digits_fedavg"
 ADMIN = "admin@lead.org"
 MEMBER = "viewer@lead.org"
+DEPUTY = "deputy@lead.org"
+"""A second super admin, for two admins at once."""
 SERVER_READY = "flserverd .* ready"
 
 
@@ -169,6 +172,7 @@ class Cluster:
             "admins": [
                 {"email": ADMIN, "org": "lead", "role": "super"},
                 {"email": MEMBER, "org": "lead", "role": "member"},
+                {"email": DEPUTY, "org": "lead", "role": "super"},
             ],
             "settings": self.settings,
         }
@@ -212,9 +216,12 @@ class Cluster:
         """Where daemons holding at a fault point put their FIFO."""
         return self.root / "faults"
 
-    def release(self, point: str, timeout: float = 60.0) -> None:
-        """Wait until a daemon holds at ``point``, then let it go on."""
+    def held(self, point: str, timeout: float = 120.0) -> None:
+        """Wait until a daemon holds at ``point`` (armed with ``hold:<point>``)."""
         wait_until(hold_path(self.faults, point).exists, timeout, f"a daemon to hold at {point}")
+
+    def release(self, point: str) -> None:
+        """Let the daemon holding at ``point`` go on."""
         release(self.faults, point)
 
     def server(self, fault: str = "") -> Daemon:
@@ -279,6 +286,22 @@ class Cluster:
         (outcome,) = self.admin(line, **kwargs)
         assert outcome.ok, f"{line!r} failed: {outcome.text}"
         return outcome
+
+    def snapshot(self) -> admin_pb2.Snapshot:
+        """The first event of the console's live feed: everything, as the server has it."""
+
+        async def first() -> admin_pb2.Snapshot:
+            startup = self.kit()
+            client = AdminClient(startup, load_kit(startup), ADMIN)
+            await client.login()
+            try:
+                async for event in client.events():
+                    return event.snapshot
+            finally:
+                await client.close()
+            raise AssertionError("the live feed ended before its snapshot")
+
+        return asyncio.run(first())
 
     def status(self) -> dict[str, Any]:
         """check_status server as data."""

@@ -9,7 +9,9 @@ reaches ``point`` it
   at a known instant, the same in every run), or
 * ``hold``: creates the FIFO ``$FLSTACK_FAULT_DIR/<point>.hold`` and blocks
   until someone opens it for writing (:func:`release`), so that a test can
-  change the world (fill a disk) at that instant, without sleeping.
+  change the world (fill a disk) at that instant, without sleeping, or
+* ``fail``: raises :class:`InjectedFailure` there, as a bug in the server
+  would (the run stops with "server error: ...").
 
 Only :func:`flcore.faultpoints.reached` calls into this module, and only in
 a development checkout; this module imports nothing of flstack's.
@@ -26,7 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FAULT_DIR_ENV = "FLSTACK_FAULT_DIR"
-ACTIONS = ("kill", "hold")
+ACTIONS = ("kill", "hold", "fail")
+
+
+class InjectedFailure(RuntimeError):
+    """The error a ``fail`` fault raises."""
 
 
 @dataclass
@@ -65,6 +71,8 @@ class FaultSwitch:
             sys.stderr.flush()
             os.kill(os.getpid(), signal.SIGKILL)
             return
+        if fault.action == "fail":
+            raise InjectedFailure(f"fault point {fault.point}: injected failure")
         assert self.hold_dir is not None
         fifo = hold_path(self.hold_dir, fault.point)
         os.mkfifo(fifo)

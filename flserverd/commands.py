@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 MAX_GPUS = 64
 MAX_UNWRITTEN_AUDIT = 10_000
+INTERRUPTING = frozenset({"abort"})
+"""Commands that never wait for another admin's command: abort stops a start in progress."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,10 @@ class AdminCommands:
 
     def __init__(self, server: FLServer) -> None:
         self.server = server
+        self._one_at_a_time = asyncio.Lock()
+        """Commands that change something run one at a time, in the order they arrive, so
+        that two admins' conflicting commands (deploy and set_run_number, two starts, two
+        shutdowns) each see the state the other one left."""
         self._unwritten: list[tuple[float, str, str, bool]] = []
         """Audit entries a full disk kept out of the state database, oldest first."""
 
@@ -134,13 +140,15 @@ class AdminCommands:
             fault = disk_fault(exc)
             if fault is None:
                 raise
-            log.error(
-                "audit of %d command(s) not written yet: server %s (kept in memory until the "
-                "disk takes writes again)",
-                len(self._unwritten),
-                fault,
-            )
+            if len(self._unwritten) == 1:
+                log.error(
+                    "admin commands are audited in memory until the disk takes writes again: "
+                    "server %s",
+                    fault,
+                )
         else:
+            if len(self._unwritten) > 1:
+                log.info("%d audit entries kept in memory written", len(self._unwritten))
             self._unwritten.clear()
         self.server.bus.publish(CommandSeen(user, line, ok))
         log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
@@ -187,6 +195,16 @@ class AdminCommands:
                 "check_status, validate and help",
             )
         request = Request(user, role, words, timeout, confirmed)
+        if spec.read_only or words[0] in INTERRUPTING:
+            return await self._handle(spec, request, line)
+        async with self._one_at_a_time:
+            if self.server.shutting_down:
+                return Reply(False, "the server is shutting down")
+            return await self._handle(spec, request, line)
+
+    async def _handle(self, spec: Spec, request: Request, line: str) -> Reply:
+        """Run a command's handler; whatever goes wrong becomes the admin's answer."""
+        words = request.words
         try:
             return await spec.handler(self, request)
         except (CommandError, TransferError) as exc:
@@ -320,7 +338,11 @@ def _server_status(server: FLServer) -> Reply:
         status += f" ({view.reason})"
     elif view.reason and status == st.NOT_STARTED:
         status += f" (last start failed: {view.reason})"
+    elif view.fault:
+        status += f" ({view.fault})"
     lines.append(f"FL server status: {status}")
+    if view.fault and status.startswith(st.STOPPED):
+        lines.append(f"Disk: {view.fault}")
     if view.current_round >= 0:
         lines.append(
             f"Current round: {view.current_round} / {view.num_rounds}"
@@ -497,6 +519,7 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
             else ""
         )
         return Reply(False, "", confirm_prompt=f"{warning}Are you sure (Y/N):")
+    server.shutting_down = True
     server.abort_training()
     log.info("shutdown requested by %s", request.user)
     still_here = await server.departures(DEPARTURE_WAIT_S)

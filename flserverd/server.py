@@ -98,6 +98,8 @@ class FLServer:
         self._starting_task: asyncio.Task[None] | None = None
         self.start_error = ""
         self.shutdown_requested = asyncio.Event()
+        self.shutting_down = False
+        """An admin's shutdown was accepted: no other command changes anything now."""
         self._sweeper: asyncio.Task[None] | None = None
         self._links_changed = asyncio.Condition()
         """Notified when a client's stream attaches or a client is dropped."""
@@ -258,7 +260,9 @@ class FLServer:
         task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
         self._starting_task = task
         done, _ = await asyncio.wait({task}, timeout=timeout)
-        if task in done and not task.cancelled() and task.exception() is not None:
+        if task in done and task.cancelled():
+            raise CommandError(f"the start of run {number} was aborted (abort server)")
+        if task in done and task.exception() is not None:
             raise CommandError(f"cannot start training: {task.exception()}")
         return "Server training is starting...."
 

@@ -277,6 +277,11 @@ class Training:
             return Verdict(
                 SubmitOutcome.LATE, "training is over (final validation); update discarded"
             )
+        if round_number == state.number and instance in state.contributed:
+            return Verdict(
+                SubmitOutcome.DUPLICATE,
+                f"update of {instance} for round {round_number} was already counted",
+            )
         if round_number < state.number or (round_number == state.number and state.closed):
             return Verdict(
                 SubmitOutcome.LATE, f"round {round_number} was already aggregated; update discarded"
@@ -295,9 +300,7 @@ class Training:
                 SubmitOutcome.REJECTED,
                 f"round {round_number} has not started (current round is {state.number})",
             )
-        if instance in state.contributed or self._db.is_folded(
-            self.run.run_number, round_number, instance
-        ):
+        if self._db.is_folded(self.run.run_number, round_number, instance):
             return Verdict(
                 SubmitOutcome.DUPLICATE,
                 f"update of {instance} for round {round_number} was already counted",
@@ -672,7 +675,7 @@ class Training:
         training pauses and ``step`` (or, without one, a check for free space) is tried
         again every STORAGE_RETRY_S seconds and on ``start server``; returns False for any
         other error, which the caller raises."""
-        fault = disk_fault(exc)
+        fault = disk_fault(exc, self._store.workspace)
         if fault is None:
             return False
         message = f"server {fault}"
