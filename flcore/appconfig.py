@@ -10,11 +10,11 @@ with a clear message, not in a training process at a hospital an hour later.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flcore.configfile import parse_json, read_bounded
 from flcore.schema import ConfigError, Field, at_least, non_empty, one_of, parse_mapping
 
 CONFIG_DIR = "config"
@@ -107,15 +107,14 @@ TRAIN_FIELDS = [
 
 
 def read_json(path: Path) -> Any:
-    """Read a JSON config file, turning every failure into a ConfigError."""
+    """Read a JSON config file within flcore.configfile's bounds; every failure a ConfigError."""
+    where = f"{path.parent.name}/{path.name}"
     try:
-        return json.loads(path.read_text())
+        return parse_json(read_bounded(path, where=where), where)
     except FileNotFoundError:
-        raise ConfigError(f"{path.parent.name}/{path.name}: missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path.parent.name}/{path.name}: cannot read it ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path.parent.name}/{path.name}: not valid JSON ({exc})") from None
+        raise ConfigError(f"{where}: missing") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
 
 
 def parse_server_config(

@@ -8,6 +8,8 @@ project CA signs a manifest of SHA-256 digests (``signature.json``); the
 check uses the CA certificate shipped in the kit and also makes sure the
 participant certificate was issued by that CA. Settings a site may change
 belong in ``<workspace>/local/`` (see :mod:`flcore.startup`), never here.
+A key the site made itself (the CSR flow) is listed by its public key's
+digest, since lead IT never sees the key; the check is otherwise the same.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from flcore.configfile import parse_json, read_bounded
+from flcore.schema import ConfigError
 
 SIGNATURE_FILE = "signature.json"
 ROOT_CERT_FILE = "rootCA.pem"
@@ -32,8 +42,13 @@ FORMAT_VERSION = 1
 ALG_ECDSA = "ecdsa-sha256"
 ALG_RSA = "rsa-pkcs1v15-sha256"
 
+MAX_KIT_FILES = 32
+PUBLIC_KEY_DIGEST = "public-key-sha256:"
+"""Prefix of a manifest entry that seals a private key by its public key (see sign_files)."""
+
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 """The key types a project CA may have."""
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 _FIX = "re-extract the kit from its zip or have it re-issued"
 
@@ -46,22 +61,55 @@ def _canonical(files: Mapping[str, str]) -> bytes:
     return json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _digests(files: Mapping[str, bytes]) -> dict[str, str]:
-    """SHA-256 of every file but the manifest itself."""
+def public_key_digest(public_key: PublicKey) -> str:
+    """How the manifest lists a private key held at its site: its public key's SHA-256."""
+    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return f"{PUBLIC_KEY_DIGEST}{hashlib.sha256(der).hexdigest()}"
+
+
+def _private_key_digest(pem: bytes) -> str:
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "not a private key"
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return "not a private key"
+    return public_key_digest(key.public_key())
+
+
+def _digests(files: Mapping[str, bytes], listed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """SHA-256 of every file but the manifest itself, as ``listed`` says to take it.
+
+    A file the manifest lists by :func:`public_key_digest` is a private key
+    that never left its site: it is sealed by the public key it belongs to.
+    """
+    listed = listed or {}
     return {
-        name: hashlib.sha256(data).hexdigest()
+        name: (
+            _private_key_digest(data)
+            if listed.get(name, "").startswith(PUBLIC_KEY_DIGEST)
+            else hashlib.sha256(data).hexdigest()
+        )
         for name, data in files.items()
         if name != SIGNATURE_FILE
     }
 
 
-def sign_files(files: Mapping[str, bytes], ca_key: SigningKey) -> bytes:
+def sign_files(
+    files: Mapping[str, bytes],
+    ca_key: SigningKey,
+    held_keys: Mapping[str, PublicKey] | None = None,
+) -> bytes:
     """Return the ``signature.json`` content sealing ``files`` (name -> content).
 
     Kits are built in memory so private keys never touch the provisioning
     host's disk outside the encrypted zip; this is the entry point for that.
+    ``held_keys`` names the private key files a site made itself (the CSR
+    flow) with their public keys: lead IT never sees them, yet the seal
+    still covers them, so a swapped key fails the check like any other file.
     """
     digests = _digests(files)
+    digests.update({name: public_key_digest(key) for name, key in (held_keys or {}).items()})
     payload = _canonical(digests)
     if isinstance(ca_key, rsa.RSAPrivateKey):
         algorithm = ALG_RSA
@@ -79,12 +127,20 @@ def sign_files(files: Mapping[str, bytes], ca_key: SigningKey) -> bytes:
 
 
 def read_startup(startup_dir: Path) -> dict[str, bytes]:
-    """Read every regular file under ``startup_dir``, keyed by its relative POSIX path."""
-    return {
-        path.relative_to(startup_dir).as_posix(): path.read_bytes()
-        for path in sorted(startup_dir.rglob("*"))
-        if path.is_file()
-    }
+    """Read every regular file under ``startup_dir``, keyed by its relative POSIX path.
+
+    A kit has a handful of small files: more than :data:`MAX_KIT_FILES`, or
+    one above flcore.configfile's size limit, is refused before it is read.
+    """
+    paths = [path for path in sorted(startup_dir.rglob("*")) if path.is_file()]
+    if len(paths) > MAX_KIT_FILES:
+        raise KitSignatureError(
+            f"{startup_dir}: {len(paths)} files, more than a kit has ({MAX_KIT_FILES}); {_FIX}"
+        )
+    try:
+        return {path.relative_to(startup_dir).as_posix(): read_bounded(path) for path in paths}
+    except ConfigError as exc:
+        raise KitSignatureError(f"{exc}; {_FIX}") from None
 
 
 def verify_startup(startup_dir: Path) -> None:
@@ -106,7 +162,7 @@ def verify_files(files: Mapping[str, bytes], where: str) -> None:
     """
     manifest = _read_manifest(files, where)
     listed: dict[str, str] = manifest["files"]
-    actual = _digests(files)
+    actual = _digests(files, listed)
     problems = [
         *(f"altered: {n}" for n in sorted(listed) if n in actual and actual[n] != listed[n]),
         *(f"missing: {n}" for n in sorted(listed) if n not in actual),
@@ -125,9 +181,9 @@ def _read_manifest(files: Mapping[str, bytes], where: str) -> dict[str, Any]:
     if raw is None:
         raise KitSignatureError(f"{where}: {SIGNATURE_FILE} is missing; {_FIX}")
     try:
-        manifest: dict[str, Any] = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise KitSignatureError(f"{where}: {SIGNATURE_FILE} is not valid JSON; {_FIX}") from None
+        manifest: dict[str, Any] = parse_json(raw, f"{where}/{SIGNATURE_FILE}")
+    except ConfigError as exc:
+        raise KitSignatureError(f"{exc}; {_FIX}") from None
     well_formed = (
         isinstance(manifest, dict)
         and manifest.get("format_version") == FORMAT_VERSION

@@ -8,6 +8,7 @@ One checker serves all of them so the messages read the same everywhere.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,10 @@ Check = Callable[[Any], str | None]
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 """Both are used with ``fullmatch``: ``$`` would let a trailing newline through."""
+MAX_SHOWN = 80
+_SHORT_REPR = reprlib.Repr()
+"""Never walks more of a value than a message shows (a value may be a billion-laughs list)."""
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, MAX_SHOWN, MAX_SHOWN
 
 
 class ConfigError(ValueError):
@@ -71,7 +76,7 @@ def parse_mapping(data: object, fields: Sequence[Field], where: str) -> dict[str
     for key in data:
         if key not in allowed:
             names = ", ".join(sorted(allowed))
-            raise ConfigError(f"{where}: unknown key {key!r} (allowed keys: {names})")
+            raise ConfigError(f"{where}: unknown key {shown(key)} (allowed keys: {names})")
     out: dict[str, Any] = {}
     for f in fields:
         if f.name not in data:
@@ -81,15 +86,23 @@ def parse_mapping(data: object, fields: Sequence[Field], where: str) -> dict[str
             continue
         value = data[f.name]
         if not _matches(value, f.kind):
-            raise ConfigError(f"{where}: {f.name!r} must be {_describe(f.kind)}, got {value!r}")
+            raise ConfigError(
+                f"{where}: {f.name!r} must be {_describe(f.kind)}, got {shown(value)}"
+            )
         if isinstance(value, int) and not isinstance(value, bool) and f.kind is float:
             value = float(value)
         if f.check is not None and value is not None:
             problem = f.check(value)
             if problem:
-                raise ConfigError(f"{where}: {f.name!r} {problem}, got {value!r}")
+                raise ConfigError(f"{where}: {f.name!r} {problem}, got {shown(value)}")
         out[f.name] = value
     return out
+
+
+def shown(value: object) -> str:
+    """``repr(value)``, cut short: a message names a value, it never dumps one."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[: MAX_SHOWN - 1]}…"
 
 
 def _typename(value: object) -> str:

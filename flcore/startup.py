@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from flcore.configfile import load_json
 from flcore.schema import (
     PORT,
     ConfigError,
@@ -178,20 +180,41 @@ def to_json(config: ServerStartup | ClientStartup | AdminStartup) -> str:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return load_json(path)
     except FileNotFoundError:
         raise ConfigError(
             f"{path}: not found; is this the folder that holds the kit's startup/ folder?"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def check_private_key(path: Path) -> None:
+    """Refuse a private key that anyone but its owner may read, as ssh does.
+
+    Whoever can read a kit's key *is* that participant; a key left readable
+    by a group or everyone (an archive tool, a ``cp -r``, a wide umask) is a
+    leak waiting to happen, so the daemons and the console stop and say how
+    to fix it rather than start with it.
+
+    Raises:
+        ConfigError: the key cannot be looked at, or its mode lets others read it.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the private key {path}: {exc.strerror or exc}") from None
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: the private key may be read by others (mode {mode:04o}); only its owner "
+            f"may read it: run chmod 600 {path}"
+        )
 
 
 def _load(workspace: Path, file_name: str, fields: list[Field], local_keys: tuple[str, ...]) -> Any:
     signed = workspace / STARTUP_DIR / file_name
     values = parse_mapping(_read_json(signed), fields, str(signed))
+    check_private_key(workspace / STARTUP_DIR / values["ssl_private_key"])
     local = workspace / LOCAL_DIR / file_name
     if local.exists():
         raw = _read_json(local)
@@ -214,4 +237,6 @@ def load_client(workspace: Path) -> ClientStartup:
 def load_admin(startup_dir: Path) -> AdminStartup:
     """Read ``fed_admin.json`` from an admin kit's startup folder."""
     path = startup_dir / ADMIN_FILE
-    return AdminStartup(**parse_mapping(_read_json(path), ADMIN_FIELDS, str(path)))
+    admin = AdminStartup(**parse_mapping(_read_json(path), ADMIN_FIELDS, str(path)))
+    check_private_key(startup_dir / admin.ssl_private_key)
+    return admin

@@ -18,6 +18,10 @@ PAUSED = "training paused"
 """A run (on the server) or a site that cannot write to its disk: it goes on by itself once
 the write succeeds again."""
 
+FINISHED = "finished"
+"""The reason of a run that trained all its rounds and validated the final model (any other
+reason of a stopped run says why it stopped before its end)."""
+
 LOGGED_OUT = "logged out"
 """Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
 console tells it apart from a client lost to the heartbeat timeout."""

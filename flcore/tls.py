@@ -15,6 +15,7 @@ from typing import Protocol
 import grpc
 
 from flcore.schema import ConfigError
+from flcore.startup import check_private_key
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -88,7 +89,8 @@ class TlsFiles:
         )
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        """Read all three, saying which one is missing or unreadable."""
+        """Read all three, saying which one is missing or unreadable, or a key others may read."""
+        check_private_key(self.private_key)
         out = []
         for label, path in (
             ("root certificate", self.root_cert),

@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fladmin import AdminClient, CommandReply, load_kit
 from flcore.faultpoints import FAULT_ENV
 from flcore.proctable import command_line, process_table
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from fldev.faultswitch import FAULT_DIR_ENV, hold_path, release
 from fldev.poll import wait_until
-from fltui.adminclient import AdminClient, Outcome, load_kit
 from provision import extract_kit, parse_project, provision_workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,6 +179,7 @@ class Cluster:
         project = parse_project(mapping)
         result = provision_workspace(project, self.root / "provision")
         for kit in result.written:
+            assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password
             extract_kit(kit.zip_path, kit.password, self.root / kit.name)
         self.data = self.root / "data"
@@ -266,10 +267,10 @@ class Cluster:
 
     def admin(
         self, *lines: str, user: str = ADMIN, confirmed: bool = False, timeout: float = 10.0
-    ) -> list[Outcome]:
+    ) -> list[CommandReply]:
         """Run commands through the real admin client; one login for all of them."""
 
-        async def go() -> list[Outcome]:
+        async def go() -> list[CommandReply]:
             startup = self.kit(user)
             client = AdminClient(startup, load_kit(startup), user)
             client.timeout = timeout
@@ -281,7 +282,7 @@ class Cluster:
 
         return asyncio.run(go())
 
-    def ok(self, line: str, **kwargs: Any) -> Outcome:
+    def ok(self, line: str, **kwargs: Any) -> CommandReply:
         """Run one command and insist that it succeeded."""
         (outcome,) = self.admin(line, **kwargs)
         assert outcome.ok, f"{line!r} failed: {outcome.text}"

@@ -55,7 +55,7 @@ from flserverd.links import ClientLink
 from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
-from flserverd.training import FINISHED, PHASE_FINAL_VALIDATION, PHASE_TRAINING, Training
+from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Training
 from flserverd.views import client_row, round_record
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class FLServer:
         completed round, with the settings of the app deployed now."""
         number = record.run_number
         again = f"start server fresh trains run {number} again from round {config.start_round}"
-        if record.reason == FINISHED:
+        if record.reason == st.FINISHED:
             raise CommandError(
                 f"run {number} finished all its rounds: {again} (replacing its models and "
                 "metrics), or set_run_number <N> starts a new run"

@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 
 PHASE_TRAINING = "training"
 PHASE_FINAL_VALIDATION = "final validation"
-FINISHED = "finished"
-"""The reason of a run that trained all its rounds and validated the final model."""
 STORAGE_RETRY_S = 3.0
 """How often a run paused by a disk fault tries the failed write again."""
 
@@ -636,7 +634,7 @@ class Training:
                 log.info(
                     "run %d final global model: %s", self.run.run_number, format_metrics(metrics)
                 )
-            self._end(st.STOPPED, FINISHED)
+            self._end(st.STOPPED, st.FINISHED)
 
     def abort(self, reason: str = "aborted by admin") -> None:
         """Stop the run now; the last completed round's model stays on disk."""

@@ -1,4 +1,4 @@
-"""``flprovision``: provision kits, write a sample project.yml, verify or extract a kit.
+"""``flprovision``: provision kits, revoke them, sign requests, verify, extract and assemble kits.
 
 Exit codes: 0 success, 2 project.yml is invalid (and nothing was written),
 1 any other error, a wrong command line included. Errors and warnings are
@@ -18,11 +18,14 @@ from pathlib import Path
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR
+from provision.csr import REQUEST_ROLES, assemble, colon_hex, make_request, sign_request
 from provision.engine import provision_workspace
 from provision.errors import ProvisionError
 from provision.extract import extract_kit
 from provision.passwords import PasswordsFile
+from provision.project import KEY_TYPES
 from provision.projectfile import load_project
+from provision.revocation import CRL_DAYS, REASONS, CrlWritten, check_days, refresh_crl, revoke
 from provision.templates import sample_project
 
 PROG = "flprovision"
@@ -37,29 +40,26 @@ def _provision_parser() -> argparse.ArgumentParser:
         description="Issue an encrypted startup kit to every participant of project.yml.",
         epilog=(
             "other commands: 'flprovision init [PATH]' writes a sample project.yml; "
+            "'flprovision revoke NAME -w WORKSPACE' revokes a participant's certificates; "
+            "'flprovision crl -w WORKSPACE' signs the revocation list again; "
+            "'flprovision request', 'sign' and 'assemble' make a kit whose key never leaves "
+            "its site; "
             "'flprovision verify KIT_DIR' checks an extracted kit; "
             "'flprovision extract KIT.zip -p PASSWORD -d DIR' unpacks one. "
             "'flprovision COMMAND --help' says more."
         ),
     )
-    parser.add_argument(
-        "-p",
-        "--project",
-        type=Path,
-        default=Path("project.yml"),
-        help="the project description (default: ./project.yml)",
-    )
-    parser.add_argument(
-        "-w",
-        "--workspace",
-        type=Path,
-        required=True,
-        help="provisioning workspace: CA state, packages/, audit.json",
-    )
+    _add_project(parser)
+    _add_workspace(parser)
     parser.add_argument(
         "--force",
         action="store_true",
         help="re-issue every kit (under the same CA), not only new ones",
+    )
+    parser.add_argument(
+        "--reissue",
+        metavar="NAME",
+        help="give only NAME (a client or admin kit name) a new kit, revoking its old certificates",
     )
     parser.add_argument(
         "--passwords-file",
@@ -67,7 +67,71 @@ def _provision_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="also write the password lines to FILE (created with mode 0600)",
     )
+    _add_days(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step to stderr")
+    return parser
+
+
+def _add_project(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-p",
+        "--project",
+        type=Path,
+        default=Path("project.yml"),
+        help="the project description (default: ./project.yml)",
+    )
+
+
+def _add_workspace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-w",
+        "--workspace",
+        type=Path,
+        required=True,
+        help="the provisioning workspace (CA state, packages/, audit.json, crl.pem)",
+    )
+
+
+def _add_days(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=CRL_DAYS,
+        metavar="N",
+        help=f"days until the next update of the revocation list written (default: {CRL_DAYS})",
+    )
+
+
+def _revoke_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} revoke",
+        description=(
+            "Revoke every certificate issued to NAME (a client name or an admin email) and "
+            "write the project's revocation list, crl.pem, for the server."
+        ),
+    )
+    parser.add_argument("name", metavar="NAME")
+    _add_workspace(parser)
+    parser.add_argument(
+        "--reason",
+        choices=REASONS,
+        default="unspecified",
+        help="why, as the revocation list records it (default: unspecified)",
+    )
+    _add_days(parser)
+    return parser
+
+
+def _crl_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} crl",
+        description=(
+            "Sign the project's revocation list again (a new number and next update), "
+            "with every certificate revoked so far; the first one is empty."
+        ),
+    )
+    _add_workspace(parser)
+    _add_days(parser)
     return parser
 
 
@@ -123,23 +187,148 @@ def _run_provision(args: argparse.Namespace) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format=f"{PROG}: %(message)s",
     )
+    check_days(args.days)
     project = load_project(args.project)
     passwords = PasswordsFile(args.passwords_file) if args.passwords_file else None
     try:
-        result = provision_workspace(project, args.workspace, force=args.force)
+        result = provision_workspace(
+            project, args.workspace, args.force, reissue=args.reissue, crl_days=args.days
+        )
     except BaseException:
         if passwords is not None:
             passwords.discard()
         raise
     for warning in result.warnings:
         print(f"{PROG}: {warning}", file=sys.stderr)
+    if result.crl is not None:
+        _print_crl(result.crl)
     for kit in result.written:
         print(kit.password_line())
     if result.skipped:
         names = ", ".join(f"{name}.zip" for name in result.skipped)
         print(f"===> skipped {names}: already issued (--force re-issues every kit)")
+    for name in result.awaiting:
+        print(f"===> awaiting {name}: csr: true, so it sends a request ({PROG} sign REQUEST.csr)")
     if passwords is not None:
         passwords.write(result.written)
+    return EXIT_OK
+
+
+def _print_crl(crl: CrlWritten) -> None:
+    for each in crl.revoked:
+        print(f"===> revoked {each.name}: certificate serial {each.serial} ({each.reason})")
+    if crl.next_update is None:
+        return
+    print(
+        f"===> wrote {crl.path}: CRL number {crl.number}, {crl.listed} certificate(s) revoked "
+        f"in all, next update {crl.next_update:%Y-%m-%d}; load it into the running server "
+        "(console command load_crl)"
+    )
+
+
+def _request_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} request",
+        description=(
+            "At a site: make a private key that never leaves DIR, and a certificate request "
+            "(DIR/request/NAME.csr) to send to lead IT."
+        ),
+    )
+    parser.add_argument("name", metavar="NAME", help="the client name, or the admin's email")
+    parser.add_argument("--role", choices=REQUEST_ROLES, required=True)
+    parser.add_argument(
+        "-w",
+        "--workspace",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the participant's workspace root: startup/ will be assembled there",
+    )
+    parser.add_argument(
+        "--key-type", choices=KEY_TYPES, default=KEY_TYPES[0], help="default: %(default)s"
+    )
+    return parser
+
+
+def _sign_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} sign",
+        description=(
+            "At lead IT: check a certificate request against project.yml and write the "
+            "participant's kit without a key (packages/NAME.zip) to send back."
+        ),
+    )
+    parser.add_argument("request", type=Path, metavar="REQUEST.csr")
+    _add_project(parser)
+    _add_workspace(parser)
+    parser.add_argument(
+        "--reissue",
+        action="store_true",
+        help="the participant has a certificate already: replace it and revoke the old one",
+    )
+    _add_days(parser)
+    return parser
+
+
+def _assemble_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} assemble",
+        description="At a site: build startup/ from the kit lead IT signed and the key made here.",
+    )
+    parser.add_argument("kit", type=Path, metavar="KIT.zip")
+    parser.add_argument(
+        "-w",
+        "--workspace",
+        type=Path,
+        default=Path("."),
+        metavar="DIR",
+        help="the workspace where the request was made (default: current folder)",
+    )
+    parser.add_argument(
+        "--ca-fingerprint",
+        metavar="SHA256",
+        help="the project CA's fingerprint as lead IT gave it; the kit is refused if it differs",
+    )
+    return parser
+
+
+def _run_request(args: argparse.Namespace) -> int:
+    made = make_request(args.name, args.role, args.workspace, args.key_type)
+    print(f"wrote the private key {made.key} (mode 0600): it stays here")
+    print(f"wrote the request {made.csr}: send it to lead IT, who run: {PROG} sign {made.csr.name}")
+    return EXIT_OK
+
+
+def _run_sign(args: argparse.Namespace) -> int:
+    check_days(args.days)
+    project = load_project(args.project)
+    signed = sign_request(project, args.workspace, args.request, args.reissue, crl_days=args.days)
+    if signed.crl is not None:
+        _print_crl(signed.crl)
+    print(signed.kit.password_line())
+    print(f"===> project CA fingerprint (SHA-256): {colon_hex(signed.ca_fingerprint)}")
+    return EXIT_OK
+
+
+def _run_assemble(args: argparse.Namespace) -> int:
+    done = assemble(args.kit, args.workspace, args.ca_fingerprint)
+    print(f"assembled {done.startup} for {done.name} with the key made here")
+    print(f"project CA fingerprint (SHA-256): {colon_hex(done.ca_fingerprint)}")
+    if args.ca_fingerprint is None:
+        print("compare it with the one lead IT gave you (or pass it with --ca-fingerprint)")
+    return EXIT_OK
+
+
+def _run_revoke(args: argparse.Namespace) -> int:
+    crl = revoke(args.workspace, args.name, args.reason, args.days)
+    if not crl.revoked:
+        print(f"===> {args.name}: every certificate is revoked already; {crl.path} lists them")
+    _print_crl(crl)
+    return EXIT_OK
+
+
+def _run_crl(args: argparse.Namespace) -> int:
+    _print_crl(refresh_crl(args.workspace, args.days))
     return EXIT_OK
 
 
@@ -177,6 +366,11 @@ def _run_extract(args: argparse.Namespace) -> int:
 Command = tuple[Callable[[], argparse.ArgumentParser], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {
     "init": (_init_parser, _run_init),
+    "revoke": (_revoke_parser, _run_revoke),
+    "crl": (_crl_parser, _run_crl),
+    "request": (_request_parser, _run_request),
+    "sign": (_sign_parser, _run_sign),
+    "assemble": (_assemble_parser, _run_assemble),
     "verify": (_verify_parser, _run_verify),
     "extract": (_extract_parser, _run_extract),
 }

@@ -5,6 +5,12 @@ and issue kits only to participants that have none, so kits already handed
 out keep working. What a certificate or every kit embeds (the project name,
 the server's address and ports, a participant's org or role) cannot change
 quietly: the run refuses unless ``force`` re-issues every kit under the same CA.
+
+A re-issue (``reissue``) gives one participant a new kit (new key, serial
+and password) and revokes its old certificates in the same locked step.
+Participants marked ``csr: true`` make their own key: a run never writes a
+kit for them; :mod:`provision.csr` signs their request, and ``force`` then
+certifies the public key they sent again.
 """
 
 from __future__ import annotations
@@ -15,13 +21,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from flcore.identity import KIND_CLIENT, KIND_SERVER
+from flcore.kitsig import PublicKey
 from provision.errors import ProvisionError
 from provision.kits import Participant, kit_files, new_password, participants, write_kit_zip
-from provision.pki import CertifiedKey, create_ca, fingerprint, issue, serial_hex
+from provision.pki import (
+    CertifiedKey,
+    ca_summary,
+    cert_facts,
+    certify,
+    create_ca,
+    generate_key,
+    public_pem,
+    serial_hex,
+)
 from provision.project import Project
+from provision.revocation import CRL_DAYS, REISSUE_REASON, CrlWritten, revoke_certificates
 from provision.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -39,12 +56,19 @@ class WrittenKit:
     name: str
     kind: str
     zip_path: Path
-    password: str
+    password: str | None
+    """None for a kit without a key (its owner made its own): nothing to protect."""
     email: str | None = None
 
     def password_line(self) -> str:
-        """The line to hand to the lead: ``===> password: … for <kit>.zip [to <email>]``."""
-        line = f"===> password: {self.password} for {self.zip_path.name}"
+        """The line to hand to the lead: ``===> password: … for <kit>.zip [to <email>]``.
+
+        A kit without a key has no password; its line says so.
+        """
+        if self.password is None:
+            line = f"===> no password: {self.zip_path.name} holds no key; send it as it is"
+        else:
+            line = f"===> password: {self.password} for {self.zip_path.name}"
         return f"{line} to {self.email}" if self.email else line
 
 
@@ -59,19 +83,15 @@ class ProvisionResult:
     """Kits issued earlier to participants no longer in project.yml; they stay valid."""
     warnings: tuple[str, ...] = ()
     """What the lead should know about the run (removed participants, changed settings)."""
+    awaiting: tuple[str, ...] = ()
+    """Participants with ``csr: true`` whose certificate request has not been signed yet."""
+    crl: CrlWritten | None = None
+    """The revocation a re-issue did, and the CRL it wrote."""
 
 
-def _key(who: Participant) -> str:
+def holder_key(who: Participant) -> str:
+    """How issued.json keys a participant: ``<kind>:<name>``."""
     return f"{who.kind}:{who.name}"
-
-
-def _cert_facts(cert: x509.Certificate) -> dict[str, str]:
-    return {
-        "serial": serial_hex(cert),
-        "sha256": fingerprint(cert),
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-    }
 
 
 def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) -> None:
@@ -85,7 +105,7 @@ def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) 
         if old_server.get(key) != new:
             changes.append(f"server.{key} {old_server.get(key)!r} -> {new!r}")
     for who in participants(project):
-        old = record["participants"].get(_key(who))
+        old = record["participants"].get(holder_key(who))
         if old is None or who.kind == KIND_SERVER:  # the server section was compared above
             continue
         changes.extend(
@@ -100,18 +120,25 @@ def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) 
         )
 
 
-def _check_server_timing(project: Project, record: dict[str, Any], workspace: Path) -> None:
+def _check_server_timing(
+    project: Project, record: dict[str, Any], workspace: Path, issuing: list[Participant]
+) -> None:
     """New client kits must beat more often than the server kit already out there times out.
 
     parse_settings checks the settings against themselves only; when the
     server keeps its kit, what counts is the timeout that kit was issued with.
     """
     holders = record["participants"]
-    server, *others = participants(project)
-    new_clients = any(w.kind == KIND_CLIENT and _key(w) not in holders for w in others)
+    server = participants(project)[0]
+    new_clients = any(who.kind == KIND_CLIENT for who in issuing)
     timeout = (record.get(SERVER_SETTINGS) or {}).get("heart_beat_timeout")
     interval = project.settings.heartbeat_interval
-    if _key(server) in holders and new_clients and timeout is not None and interval >= timeout:
+    if (
+        holder_key(server) in holders
+        and new_clients
+        and timeout is not None
+        and interval >= timeout
+    ):
         raise ProvisionError(
             f"{workspace}: new client kits would send a heartbeat every {interval:g}s, but the "
             f"server kit already issued drops a client after {timeout:g}s without one; lower "
@@ -120,7 +147,12 @@ def _check_server_timing(project: Project, record: dict[str, Any], workspace: Pa
 
 
 def provision_workspace(
-    project: Project, workspace: Path, force: bool = False, now: datetime | None = None
+    project: Project,
+    workspace: Path,
+    force: bool = False,
+    now: datetime | None = None,
+    reissue: str | None = None,
+    crl_days: int = CRL_DAYS,
 ) -> ProvisionResult:
     """Issue kits for ``project`` into ``workspace`` (see :mod:`provision.workspace`).
 
@@ -129,41 +161,70 @@ def provision_workspace(
         workspace: the provisioning workspace; created on the first run.
         force: re-issue every kit, even to participants that have one.
         now: the run time (tests pass a fixed one).
+        reissue: give only this participant (kit name) a new kit and revoke its old
+            certificates; crl.pem is written with ``crl_days`` until its next update.
+        crl_days: days until the next update of the CRL a re-issue writes.
 
     Raises:
         ProvisionError: the workspace's CA or records are unusable, or (unless
             ``force``) project.yml changed something issued kits embed, or new
-            client kits would beat too rarely for the server kit already issued.
+            client kits would beat too rarely for the server kit already issued,
+            or ``reissue`` names someone who cannot be re-issued a kit.
     """
     now = now or datetime.now(UTC)
+    if force and reissue is not None:
+        raise ProvisionError("--force re-issues every kit and --reissue one: choose one of them")
     ws = Workspace(workspace)
     ws.prepare()
     with ws.lock():
-        record = ws.load_issued()
-        ca = ws.load_ca()
-        if (record is None) != (ca is None):
-            raise ProvisionError(
-                f"{ws.state_dir}: holds only part of the project's state (CA and issued.json "
-                "go together); restore it from a backup or provision into a new workspace"
-            )
+        record, ca = ws.open_state()
+        if reissue is not None:
+            if record is None or ca is None:
+                raise ProvisionError(
+                    f"{workspace}: nothing was issued here yet, so there is nothing to re-issue"
+                )
+            return _reissue(project, ws, ca, record, reissue, now, crl_days)
         if record is not None and not force:
-            _check_unchanged(project, record, workspace)
-            _check_server_timing(project, record, workspace)
-        if ca is None or record is None:
-            ca = create_ca(
-                project.name,
-                project.server.org,
-                project.settings.key_type,
-                project.settings.cert_validity_days,
-                now,
-            )
-            ws.save_ca(ca)
-            # Recorded with the CA, before any kit: a first run cut short (Ctrl-C, a full
-            # disk) then leaves a workspace the next run continues, issuing every kit.
-            record = _record(project, {}, None)
-            ws.save_issued(record)
-            logger.info("created the project CA in %s", ws.state_dir)
+            newcomers = [
+                w for w in participants(project) if holder_key(w) not in record["participants"]
+            ]
+            check_run(project, record, ws.root, newcomers)
+        record, ca = start(project, ws, record, ca, now)
         return _issue_kits(project, ws, ca, record, force, now)
+
+
+def check_run(
+    project: Project, record: dict[str, Any], workspace: Path, issuing: list[Participant]
+) -> None:
+    """Refuse a run that would change what issued kits embed, or issue kits that beat too rarely."""
+    _check_unchanged(project, record, workspace)
+    _check_server_timing(project, record, workspace, issuing)
+
+
+def start(
+    project: Project,
+    ws: Workspace,
+    record: dict[str, Any] | None,
+    ca: CertifiedKey | None,
+    now: datetime,
+) -> tuple[dict[str, Any], CertifiedKey]:
+    """The workspace's record and CA, making the CA on a project's first run (lock held)."""
+    if ca is not None and record is not None:
+        return record, ca
+    ca = create_ca(
+        project.name,
+        project.server.org,
+        project.settings.key_type,
+        project.settings.cert_validity_days,
+        now,
+    )
+    ws.save_ca(ca)
+    # Recorded with the CA, before any kit: a first run cut short (Ctrl-C, a full
+    # disk) then leaves a workspace the next run continues, issuing every kit.
+    record = _record(project, {}, None)
+    ws.save_issued(record)
+    logger.info("created the project CA in %s", ws.state_dir)
+    return record, ca
 
 
 def _record(
@@ -179,6 +240,66 @@ def _record(
     }
 
 
+def write_kit(
+    project: Project,
+    ws: Workspace,
+    ca: CertifiedKey,
+    who: Participant,
+    now: datetime,
+    public_key: PublicKey | None = None,
+) -> tuple[dict[str, Any], WrittenKit]:
+    """Certify ``who`` and write its kit into packages/; return its record entry and the kit.
+
+    Without ``public_key`` a new key goes into an encrypted zip with a new
+    password; with one (the key its owner made) the kit is a plain zip
+    without a key, and the entry keeps the public key so ``--force`` can
+    certify it again.
+    """
+    settings = project.settings
+    key = generate_key(settings.key_type) if public_key is None else None
+    certified = key.public_key() if key is not None else public_key
+    assert certified is not None
+    cert = certify(ca, who.subject, certified, settings.cert_validity_days, now)
+    zip_path = ws.packages_dir / f"{who.name}.zip"
+    password = new_password() if key is not None else None
+    write_kit_zip(zip_path, kit_files(project, who, ca, cert, key), password, now)
+    logger.info("wrote %s (certificate serial %s)", zip_path, serial_hex(cert))
+    entry = {
+        **asdict(who),
+        **cert_facts(cert),
+        "kit": str(zip_path.relative_to(ws.root)),
+        "run_time": now.isoformat(),
+    }
+    if key is None:
+        entry["public_key"] = public_pem(certified)
+    return entry, WrittenKit(who.name, who.kind, zip_path, password, who.email)
+
+
+def held_public_key(entry: dict[str, Any]) -> PublicKey | None:
+    """The public key a participant that made its own key sent, as its record entry keeps it."""
+    pem = entry.get("public_key")
+    if not isinstance(pem, str):
+        return None
+    key = load_pem_public_key(pem.encode())
+    assert isinstance(key, PublicKey)  # only keys of our types were ever certified
+    return key
+
+
+def finish_run(
+    project: Project,
+    ws: Workspace,
+    ca: CertifiedKey,
+    holders: dict[str, Any],
+    server_settings: dict[str, Any] | None,
+    entries: list[dict[str, Any]],
+) -> None:
+    """Record who holds a kit now (participants still in project.yml) and audit the new ones."""
+    current = {holder_key(who) for who in participants(project)}
+    kept = {key: holders[key] for key in holders if key in current}
+    ws.save_issued(_record(project, kept, server_settings))
+    ws.append_audit(project.name, ca_summary(ca), entries)
+
+
 def _issue_kits(
     project: Project,
     ws: Workspace,
@@ -189,10 +310,12 @@ def _issue_kits(
 ) -> ProvisionResult:
     issued: dict[str, Any] = dict(record["participants"])
     everyone = participants(project)
-    current = {_key(who) for who in everyone}
+    current = {holder_key(who) for who in everyone}
     removed = tuple(entry["name"] for key, entry in issued.items() if key not in current)
     warnings = [
-        f"{name} left project.yml; its kit stays valid until it expires" for name in removed
+        f"{name} left project.yml; its kit stays valid until it expires "
+        f"(flprovision revoke {name} -w {ws.root} ends it now)"
+        for name in removed
     ]
     settings = project.settings
     if issued and not force and record.get("settings") != asdict(settings):
@@ -203,31 +326,70 @@ def _issue_kits(
     server_settings = record.get(SERVER_SETTINGS)
     written: list[WrittenKit] = []
     skipped: list[str] = []
+    awaiting: list[str] = []
     entries: list[dict[str, Any]] = []
-    run_time = now.isoformat()
     for who in everyone:
-        if _key(who) in issued and not force:
-            issued[_key(who)]["email"] = who.email
+        held = issued.get(holder_key(who))
+        if held is not None and not force:
+            held["email"] = who.email
             skipped.append(who.name)
+            if held.get("revoked"):
+                warnings.append(
+                    f"{who.name}'s kit is revoked; flprovision --reissue {who.name} gives it a new "
+                    "one, or remove it from project.yml"
+                )
             continue
-        cert = issue(ca, who.subject, settings.key_type, settings.cert_validity_days, now)
-        zip_path = ws.packages_dir / f"{who.name}.zip"
-        password = new_password()
-        write_kit_zip(zip_path, kit_files(project, who, ca, cert), password, now)
-        logger.info("wrote %s (certificate serial %s)", zip_path, serial_hex(cert.cert))
-        entry = {
-            **asdict(who),
-            **_cert_facts(cert.cert),
-            "kit": str(zip_path.relative_to(ws.root)),
-            "run_time": run_time,
-        }
-        issued[_key(who)] = entry
+        public_key = None if held is None else held_public_key(held)
+        if who.csr and public_key is None:
+            awaiting.append(who.name)
+            continue
+        entry, kit = write_kit(project, ws, ca, who, now, public_key)
+        issued[holder_key(who)] = entry
         entries.append(entry)
-        written.append(WrittenKit(who.name, who.kind, zip_path, password, who.email))
+        written.append(kit)
         if who.kind == KIND_SERVER:
             server_settings = asdict(settings)
-    holders = {key: issued[key] for key in issued if key in current}
-    ws.save_issued(_record(project, holders, server_settings))
-    ca_summary = {"subject": ca.cert.subject.rfc4514_string(), **_cert_facts(ca.cert)}
-    ws.append_audit(project.name, ca_summary, entries)
-    return ProvisionResult(tuple(written), tuple(skipped), removed, tuple(warnings))
+    finish_run(project, ws, ca, issued, server_settings, entries)
+    return ProvisionResult(
+        tuple(written), tuple(skipped), removed, tuple(warnings), tuple(awaiting)
+    )
+
+
+def _reissue(
+    project: Project,
+    ws: Workspace,
+    ca: CertifiedKey,
+    record: dict[str, Any],
+    name: str,
+    now: datetime,
+    crl_days: int,
+) -> ProvisionResult:
+    """A new kit for ``name`` and its old certificates revoked, in one locked step."""
+    who = next((each for each in participants(project) if each.name == name), None)
+    if who is None:
+        raise ProvisionError(
+            f"{name!r} is not in project.yml; only a participant of the project can be given a "
+            f"new kit (to end a kit of someone who left: flprovision revoke {name} -w {ws.root})"
+        )
+    if who.kind == KIND_SERVER:
+        raise ProvisionError(
+            f"{name!r} is the server: its certificate cannot be revoked, since clients and admins "
+            "check the server by the project CA and its host name, not by a CRL. If its key "
+            "leaked, provision the project into a new workspace (a new CA) and replace every "
+            "kit; if only its kit was lost, re-issue every kit with --force"
+        )
+    if who.csr:
+        raise ProvisionError(
+            f"{name!r} makes its own key (csr: true), so there is no kit to re-issue here: "
+            f"its IT runs 'flprovision request {name} ...' again and you sign the new request "
+            "with 'flprovision sign REQUEST.csr --reissue'"
+        )
+    if holder_key(who) not in record["participants"]:
+        raise ProvisionError(f"{name!r} has no kit yet: a plain run (without --reissue) issues it")
+    check_run(project, record, ws.root, [who])
+    crl = revoke_certificates(ws, ca, name, REISSUE_REASON, now, crl_days)
+    record = ws.load_issued() or record  # the revocation marked the old entry
+    entry, kit = write_kit(project, ws, ca, who, now)
+    holders = {**record["participants"], holder_key(who): entry}
+    finish_run(project, ws, ca, holders, record.get(SERVER_SETTINGS), [entry])
+    return ProvisionResult((kit,), (), (), (), (), crl)

@@ -13,12 +13,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 import zlib
 from pathlib import Path
 
 import pyzipper
 
-from flcore.kitsig import KitSignatureError, verify_files
+from flcore.configfile import MAX_CONFIG_BYTES
+from flcore.kitsig import MAX_KIT_FILES, KitSignatureError, verify_files
 from flcore.startup import STARTUP_DIR
 from provision.errors import ProvisionError
 from provision.kits import STARTUP_DIR_MODE, file_mode
@@ -32,8 +34,27 @@ def _member_name(entry: str, zip_path: Path) -> str:
     return name
 
 
-def read_kit(zip_path: Path, password: str) -> dict[str, bytes]:
+def _check_sizes(infos: list[zipfile.ZipInfo], zip_path: Path) -> None:
+    """Refuse a zip with more entries, or larger ones, than a kit has: before inflating any."""
+    if len(infos) > MAX_KIT_FILES:
+        raise ProvisionError(
+            f"{zip_path}: {len(infos)} entries, more than a kit has ({MAX_KIT_FILES}); "
+            "not a startup kit"
+        )
+    for info in infos:
+        if info.file_size > MAX_CONFIG_BYTES:
+            raise ProvisionError(
+                f"{zip_path}: {info.filename} would unpack to {info.file_size:,} bytes, more "
+                "than any kit file; not a startup kit"
+            )
+
+
+def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
     """Decrypt a kit into memory: startup file name -> content.
+
+    ``password`` is None for a kit without a key, which is not encrypted.
+    Entries are counted and their sizes checked before any is inflated, so
+    a zip bomb is refused before it takes memory.
 
     Raises:
         ProvisionError: missing file, wrong password, damaged zip, or not a kit.
@@ -41,14 +62,21 @@ def read_kit(zip_path: Path, password: str) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     try:
         with pyzipper.AESZipFile(zip_path) as archive:
-            archive.setpassword(password.encode())
-            for info in archive.infolist():
-                if not info.is_dir():
-                    files[_member_name(info.filename, zip_path)] = archive.read(info)
+            if password is not None:
+                archive.setpassword(password.encode())
+            infos = [info for info in archive.infolist() if not info.is_dir()]
+            _check_sizes(infos, zip_path)
+            for info in infos:
+                files[_member_name(info.filename, zip_path)] = archive.read(info)
     except FileNotFoundError:
         raise ProvisionError(f"{zip_path}: no such file") from None
     except RuntimeError as exc:
         if "password" in str(exc).lower():
+            if password is None:
+                raise ProvisionError(
+                    f"{zip_path}: encrypted, so it holds a key of its own: unpack it with "
+                    "'flprovision extract' and its password"
+                ) from None
             raise ProvisionError(f"{zip_path}: wrong password") from None
         raise ProvisionError(f"{zip_path}: cannot read it ({exc})") from None
     except (pyzipper.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
@@ -67,14 +95,34 @@ def extract_kit(zip_path: Path, password: str, dest: Path) -> Path:
         ProvisionError: the kit cannot be read or fails its signature check, or
             ``dest/startup`` already exists.
     """
-    target = dest / STARTUP_DIR
-    if target.exists():
-        raise ProvisionError(f"{target}: already exists; move it away or extract elsewhere")
+    refuse_existing(dest)
     files = read_kit(zip_path, password)
     try:
         verify_files(files, str(zip_path))
     except KitSignatureError as exc:
         raise ProvisionError(str(exc)) from None
+    return install_startup(files, dest)
+
+
+def refuse_existing(dest: Path) -> None:
+    """Refuse to put a kit where one is already: its startup/ is never overwritten."""
+    target = dest / STARTUP_DIR
+    if target.exists():
+        raise ProvisionError(f"{target}: already exists; move it away or extract elsewhere")
+
+
+def install_startup(files: dict[str, bytes], dest: Path, replace: bool = False) -> Path:
+    """Write checked kit files as ``dest/startup/`` with their modes, all or nothing.
+
+    With ``replace`` an existing ``startup/`` is swapped for the new one (and
+    deleted), else it is refused.
+
+    Raises:
+        ProvisionError: ``dest/startup`` exists, or the files cannot be written.
+    """
+    if not replace:
+        refuse_existing(dest)
+    target = dest / STARTUP_DIR
     try:
         dest.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".flprovision-", dir=dest))
@@ -90,7 +138,16 @@ def extract_kit(zip_path: Path, password: str, dest: Path) -> Path:
                 os.fchmod(out.fileno(), mode)  # the umask may have taken bits away
                 out.write(data)
         folder.chmod(STARTUP_DIR_MODE)
-        folder.rename(target)
+        if replace and target.exists():
+            replaced = staging / "replaced"
+            target.rename(replaced)
+            try:
+                folder.rename(target)
+            except OSError:
+                replaced.rename(target)  # the kit in use stays in use
+                raise
+        else:
+            folder.rename(target)
     except OSError as exc:
         raise ProvisionError(f"{dest}: cannot write the kit ({exc.strerror})") from None
     finally:

@@ -1,9 +1,11 @@
-"""What goes into each startup kit, and the encrypted zip that carries it.
+"""What goes into each startup kit, and the zip that carries it.
 
 A kit is built in memory and sealed (``signature.json``) before it is
 written, so a participant's private key only ever exists on the provisioning
-host inside its AES-256 zip. The file modes are defined here once and used
-both when zipping and when ``flprovision extract`` unpacks.
+host inside its AES-256 zip. A participant that made its own key (the CSR
+flow) gets a kit without one: a plain zip, since nothing in it is secret,
+whose seal covers the key it will hold by that key's public half. The file
+modes are defined here once and used when zipping, extracting and assembling.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pyzipper
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, KIND_SERVER
-from flcore.kitsig import ROOT_CERT_FILE, SIGNATURE_FILE, sign_files
+from flcore.kitsig import ROOT_CERT_FILE, SIGNATURE_FILE, PublicKey, sign_files
 from flcore.startup import (
     ADMIN_FILE,
     CLIENT_FILE,
@@ -33,7 +37,7 @@ from flcore.startup import (
     to_json,
 )
 from provision import templates
-from provision.pki import CertifiedKey, Subject, cert_pem, key_pem
+from provision.pki import CertifiedKey, PrivateKey, Subject, cert_pem, key_pem
 from provision.project import Project
 
 KEY_MODE = 0o600
@@ -72,6 +76,8 @@ class Participant:
     common_name: str
     email: str | None = None
     role: str = ""
+    csr: bool = False
+    """It makes its own key and sends a certificate request; its kit holds no key."""
 
     @property
     def subject(self) -> Subject:
@@ -85,14 +91,28 @@ def participants(project: Project) -> list[Participant]:
     return [
         Participant(KIND_SERVER, server.name, server.org, common_name=server.host),
         *(
-            Participant(KIND_CLIENT, c.name, c.org, common_name=c.name, email=c.email)
+            Participant(KIND_CLIENT, c.name, c.org, c.name, email=c.email, csr=c.csr)
             for c in project.clients
         ),
         *(
-            Participant(KIND_ADMIN, a.email, a.org, common_name=a.email, email=a.email, role=a.role)
+            Participant(KIND_ADMIN, a.email, a.org, a.email, a.email, role=a.role, csr=a.csr)
             for a in project.admins
         ),
     ]
+
+
+def key_file(kind: str) -> str:
+    """The name of a kit's private key file (admins' too are called client.key)."""
+    return f"{_stem(kind)}.key"
+
+
+def cert_file(kind: str) -> str:
+    """The name of a kit's own certificate file."""
+    return f"{_stem(kind)}.crt"
+
+
+def _stem(kind: str) -> str:
+    return "server" if kind == KIND_SERVER else "client"
 
 
 def file_mode(name: str) -> int:
@@ -164,28 +184,45 @@ def _admin_files(project: Project, email: str, role: str) -> dict[str, str]:
 
 
 def kit_files(
-    project: Project, who: Participant, ca: CertifiedKey, issued: CertifiedKey
+    project: Project,
+    who: Participant,
+    ca: CertifiedKey,
+    cert: x509.Certificate,
+    key: PrivateKey | None = None,
 ) -> dict[str, bytes]:
-    """The sealed content of ``who``'s startup folder (file name -> bytes)."""
+    """The sealed content of ``who``'s startup folder (file name -> bytes).
+
+    Without ``key`` (the participant made its own) the kit holds no key file,
+    and its seal lists the key file by the certificate's public key.
+    """
     if who.kind == KIND_SERVER:
-        texts, stem = _server_files(project), "server"
+        texts = _server_files(project)
     elif who.kind == KIND_CLIENT:
-        texts, stem = _client_files(project, who.name), "client"
+        texts = _client_files(project, who.name)
     else:
-        texts, stem = _admin_files(project, who.name, who.role), "client"
+        texts = _admin_files(project, who.name, who.role)
     files = {name: text.encode() for name, text in texts.items()}
     files[ROOT_CERT_FILE] = cert_pem(ca.cert)
-    files[f"{stem}.crt"] = cert_pem(issued.cert)
-    files[f"{stem}.key"] = key_pem(issued.key)
-    files[SIGNATURE_FILE] = sign_files(files, ca.key)
+    files[cert_file(who.kind)] = cert_pem(cert)
+    held: dict[str, PublicKey] = {}
+    if key is None:
+        public_key = cert.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        held[key_file(who.kind)] = public_key
+    else:
+        files[key_file(who.kind)] = key_pem(key)
+    files[SIGNATURE_FILE] = sign_files(files, ca.key, held)
     return files
 
 
-def write_kit_zip(path: Path, files: Mapping[str, bytes], password: str, when: datetime) -> None:
-    """Write ``files`` under ``startup/`` into an AES-256 zip at ``path``.
+def write_kit_zip(
+    path: Path, files: Mapping[str, bytes], password: str | None, when: datetime
+) -> None:
+    """Write ``files`` under ``startup/`` into a zip at ``path``, AES-256 with a password.
 
-    The zip is written beside its final name with mode 0600 and renamed into
-    place, so an interrupted run never leaves a truncated kit behind.
+    A kit without a key (the CSR flow) has no secret and no password: its zip
+    is plain. The zip is written beside its final name with mode 0600 and
+    renamed into place, so an interrupted run never leaves a truncated kit.
     """
     tmp = path.with_name(f".{path.name}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, KEY_MODE)
@@ -193,11 +230,15 @@ def write_kit_zip(path: Path, files: Mapping[str, bytes], password: str, when: d
         with (
             os.fdopen(fd, "wb") as raw,
             pyzipper.AESZipFile(
-                raw, "w", compression=pyzipper.ZIP_DEFLATED, encryption=pyzipper.WZ_AES
+                raw,
+                "w",
+                compression=pyzipper.ZIP_DEFLATED,
+                encryption=pyzipper.WZ_AES if password is not None else None,
             ) as archive,
         ):
-            archive.setpassword(password.encode())
-            archive.setencryption(pyzipper.WZ_AES, nbits=256)
+            if password is not None:
+                archive.setpassword(password.encode())
+                archive.setencryption(pyzipper.WZ_AES, nbits=256)
             for name in sorted(files):
                 info = archive.zipinfo_cls(f"{STARTUP_DIR}/{name}", when.timetuple()[:6])
                 info.create_system = 3  # unix, so extractors honour the mode bits

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flcore.identity import KIND_SERVER
-from flcore.kitsig import SigningKey
+from flcore.kitsig import PublicKey, SigningKey
 from provision.errors import ProvisionError
 
 PrivateKey = SigningKey
@@ -116,8 +116,22 @@ def issue(
 ) -> CertifiedKey:
     """Make a key and a certificate for one participant, signed by ``ca``.
 
-    A server certificate carries its host as subjectAltName (DNS name or IP
-    address) and may act as client too; others are for client auth only.
+    Raises:
+        ProvisionError: the CA has expired, so nothing it signs would be trusted.
+    """
+    key = generate_key(key_type)
+    return CertifiedKey(key, certify(ca, subject, key.public_key(), validity_days, now))
+
+
+def certify(
+    ca: CertifiedKey, subject: Subject, key: PublicKey, validity_days: int, now: datetime
+) -> x509.Certificate:
+    """A certificate binding ``subject`` to a public ``key``, signed by ``ca``.
+
+    The key is a new one (:func:`issue`) or one a site made itself and sent
+    in a certificate request. A server certificate carries its host as
+    subjectAltName (DNS name or IP address) and may act as client too;
+    others are for client auth only.
 
     Raises:
         ProvisionError: the CA has expired, so nothing it signs would be trusted.
@@ -127,7 +141,6 @@ def issue(
         raise ProvisionError(
             f"the project CA expired on {ca_end:%Y-%m-%d}; provision into a new workspace"
         )
-    key = generate_key(key_type)
     attributes = [
         x509.NameAttribute(NameOID.COMMON_NAME, subject.common_name),
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, subject.org),
@@ -140,7 +153,7 @@ def issue(
         x509.CertificateBuilder()
         .subject_name(x509.Name(attributes))
         .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
+        .public_key(key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SKEW)
         .not_valid_after(min(now + timedelta(days=validity_days), ca_end))
@@ -149,7 +162,7 @@ def issue(
             x509.KeyUsage(
                 digital_signature=True,
                 content_commitment=False,
-                key_encipherment=isinstance(key, rsa.RSAPrivateKey),
+                key_encipherment=isinstance(key, rsa.RSAPublicKey),
                 data_encipherment=False,
                 key_agreement=False,
                 key_cert_sign=False,
@@ -159,7 +172,7 @@ def issue(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
             critical=False,
@@ -171,7 +184,7 @@ def issue(
             x509.SubjectAlternativeName([_san(subject.common_name)]), critical=False
         )
     builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    return CertifiedKey(key, builder.sign(ca.key, hashes.SHA256()))
+    return builder.sign(ca.key, hashes.SHA256())
 
 
 def key_pem(key: PrivateKey) -> bytes:
@@ -181,6 +194,13 @@ def key_pem(key: PrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def public_pem(key: PublicKey) -> str:
+    """A public key as SubjectPublicKeyInfo PEM text (issued.json keeps those sites sent)."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -204,3 +224,18 @@ def fingerprint(cert: x509.Certificate) -> str:
 def serial_hex(cert: x509.Certificate) -> str:
     """The serial number as lowercase hex (too large for a JSON number)."""
     return f"{cert.serial_number:x}"
+
+
+def cert_facts(cert: x509.Certificate) -> dict[str, str]:
+    """What issued.json and audit.json say of a certificate: serial, fingerprint, validity."""
+    return {
+        "serial": serial_hex(cert),
+        "sha256": fingerprint(cert),
+        "not_before": cert.not_valid_before_utc.isoformat(),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+    }
+
+
+def ca_summary(ca: CertifiedKey) -> dict[str, str]:
+    """How audit.json describes the project CA."""
+    return {"subject": ca.cert.subject.rfc4514_string(), **cert_facts(ca.cert)}

@@ -39,6 +39,19 @@ X509_NAME_MAX = 64
 PROJECT_NAME_MAX = X509_NAME_MAX - len(CA_NAME_SUFFIX)
 """The project names the CA (``<name> root CA``), whose CN has the same bound."""
 
+SYSTEM_NAMES = ("global", "server", "client", "admin", "all")
+"""Words a site name would collide with: the global model's row and file in cross-site
+validation, the kinds of participants and targets in admin commands (``abort client``,
+``validate all``), the admin kits' OU."""
+WINDOWS_DEVICES = (
+    "con",
+    "prn",
+    "aux",
+    "nul",
+    *(f"{port}{n}" for port in ("com", "lpt") for n in range(1, 10)),
+)
+"""``nul.zip`` or ``con.a.zip`` cannot be saved on Windows, where kits are often passed on."""
+
 # Used with fullmatch: ``$`` would let a trailing newline into a kit or a unit file.
 _INSTANCE_SUFFIX = re.compile(r"_[0-9]+\Z")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -63,6 +76,8 @@ class ClientSpec:
     name: str
     org: str
     email: str | None = None
+    csr: bool = False
+    """The site makes its own key and sends a certificate request (flprovision request/sign)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,8 @@ class AdminSpec:
     email: str
     org: str
     role: str
+    csr: bool = False
+    """The admin makes their own key and sends a certificate request."""
 
 
 @dataclass(frozen=True)
@@ -127,14 +144,27 @@ def _project_name(value: Any) -> str | None:
     return problem
 
 
-def _client_name(value: Any) -> str | None:
+def client_name_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a site name (None: nothing)."""
     problem = name_like(value)
     if problem is None and _INSTANCE_SUFFIX.search(value):
         return "must not end in '_<digits>' (that form names extra instances, like site_1)"
+    if problem is None and is_reserved(value):
+        return (
+            f"must not be a word flstack uses itself ({', '.join(SYSTEM_NAMES)}, in any case) "
+            "nor a Windows device name (con, nul, com1, ...)"
+        )
     return problem
 
 
-def _cert_email(value: Any) -> str | None:
+def is_reserved(name: str) -> bool:
+    """Whether a site may not be called ``name`` (see :data:`SYSTEM_NAMES`)."""
+    folded = name.casefold()
+    return folded in SYSTEM_NAMES or folded.split(".")[0] in WINDOWS_DEVICES
+
+
+def admin_email_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as an admin's email and certificate name (None: nothing)."""
     problem = email_like(value)
     if problem is None and len(value) > X509_NAME_MAX:
         return f"must be at most {X509_NAME_MAX} characters (it becomes a certificate name)"
@@ -155,14 +185,16 @@ SERVER_FIELDS = [
     Field("org", str, required=True, check=_org_like),
 ]
 CLIENT_FIELDS = [
-    Field("name", str, required=True, check=_client_name),
+    Field("name", str, required=True, check=client_name_problem),
     Field("org", str, required=True, check=_org_like),
     Field("email", (str, type(None)), check=email_like),
+    Field("csr", bool, default=False),
 ]
 ADMIN_FIELDS = [
-    Field("email", str, required=True, check=_cert_email),
+    Field("email", str, required=True, check=admin_email_problem),
     Field("org", str, required=True, check=_org_like),
     Field("role", str, required=True, check=one_of(*ROLES)),
+    Field("csr", bool, default=False),
 ]
 _DEFAULTS = ProjectSettings()
 SETTINGS_FIELDS = [

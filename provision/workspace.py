@@ -3,12 +3,15 @@
 ::
 
     WORKSPACE/
-      state/          0700: rootCA.key (0600), rootCA.pem, issued.json, .lock
+      state/          0700: rootCA.key (0600), rootCA.pem, issued.json, revoked.json, .lock
       packages/       0700: one <name>.zip per participant (0600)
-      audit.json      every certificate ever issued here, never a key or password
+      audit.json      every certificate ever issued or revoked here, never a key or password
+      crl.pem         the revocation list for the server (public: no secret in it)
 
 ``state/`` is what lets a later run add participants under the same CA and
 tell who is new; it must be kept (and backed up) as long as the project lives.
+``revoked.json`` is the record every CRL is signed from, so a lost crl.pem
+is signed again (``flprovision crl``) without forgetting a revocation.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from typing import Any
 
 from cryptography import x509
 
+from flcore.configfile import parse_json, read_bounded
+from flcore.crl import CRL_FILE
 from flcore.kitsig import ROOT_CERT_FILE
+from flcore.schema import ConfigError
 from provision.errors import ProvisionError
 from provision.pki import CertifiedKey, cert_pem, key_pem, load_key
 
@@ -32,6 +38,9 @@ PACKAGES_DIR = "packages"
 AUDIT_FILE = "audit.json"
 CA_KEY_FILE = "rootCA.key"
 ISSUED_FILE = "issued.json"
+REVOKED_FILE = "revoked.json"
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+"""audit.json grows with every certificate issued; this is over 100,000 of them."""
 FORMAT_VERSION = 1
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
@@ -53,11 +62,15 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(read_bounded(path, MAX_RECORD_BYTES), str(path))
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProvisionError(f"{path}: cannot read it ({exc}); restore it from a backup") from None
+    except OSError as exc:
+        raise ProvisionError(
+            f"{path}: cannot read it ({exc.strerror or exc}); restore it from a backup"
+        ) from None
+    except ConfigError as exc:
+        raise ProvisionError(f"{exc}; restore it from a backup") from None
 
 
 class Workspace:
@@ -69,6 +82,7 @@ class Workspace:
         self.state_dir = root / STATE_DIR
         self.packages_dir = root / PACKAGES_DIR
         self.audit_path = root / AUDIT_FILE
+        self.crl_path = root / CRL_FILE
 
     def prepare(self) -> None:
         """Create the folders, keeping ``state/`` and ``packages/`` private to the owner."""
@@ -83,7 +97,13 @@ class Workspace:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the workspace for one run; two runs at once would issue conflicting kits."""
-        fd = os.open(self.state_dir / ".lock", os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE)
+        try:
+            fd = os.open(self.state_dir / ".lock", os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            raise ProvisionError(
+                f"{self.root}: not a provisioning workspace (no {STATE_DIR}/ folder); provision "
+                f"the project first: flprovision -p project.yml -w {self.root}"
+            ) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -112,6 +132,35 @@ class Workspace:
                 "backup, or provision into a new workspace and re-issue every kit"
             ) from None
 
+    def open_state(self) -> tuple[dict[str, Any] | None, CertifiedKey | None]:
+        """issued.json and the CA, which exist together or not at all (None before a first run).
+
+        Raises:
+            ProvisionError: only one of them is there, or either is unreadable.
+        """
+        record = self.load_issued()
+        ca = self.load_ca()
+        if (record is None) != (ca is None):
+            raise ProvisionError(
+                f"{self.state_dir}: holds only part of the project's state (CA and issued.json "
+                "go together); restore it from a backup or provision into a new workspace"
+            )
+        return record, ca
+
+    def require_ca(self) -> CertifiedKey:
+        """The project CA of a workspace that was provisioned.
+
+        Raises:
+            ProvisionError: nothing was provisioned here yet, or the state is damaged.
+        """
+        _, ca = self.open_state()
+        if ca is None:
+            raise ProvisionError(
+                f"{self.root}: no project CA here yet; provision the project first: "
+                f"flprovision -p project.yml -w {self.root}"
+            )
+        return ca
+
     def save_ca(self, ca: CertifiedKey) -> None:
         """Keep the CA for later runs; its key file is readable by the owner only."""
         _write_atomic(self.state_dir / CA_KEY_FILE, key_pem(ca.key), PRIVATE_FILE_MODE)
@@ -132,15 +181,51 @@ class Workspace:
         """Record the project, its server section and the participants holding kits."""
         _write_json(self.state_dir / ISSUED_FILE, {"format_version": FORMAT_VERSION, **record})
 
-    def append_audit(self, project: str, ca: dict[str, str], entries: list[dict[str, Any]]) -> None:
-        """Add this run's certificates to audit.json, keeping every earlier entry."""
-        earlier = _read_json(self.audit_path) or {"issued": []}
-        if not isinstance(earlier, dict) or not isinstance(earlier.get("issued"), list):
+    def load_audit(self) -> dict[str, Any]:
+        """audit.json: ``issued`` and ``revoked`` lists (empty before the first run)."""
+        audit = _read_json(self.audit_path) or {"issued": []}
+        if not isinstance(audit, dict) or not all(
+            isinstance(audit.get(key, []), list) for key in ("issued", "revoked")
+        ):
             raise ProvisionError(f"{self.audit_path}: not an audit flprovision wrote")
+        return audit
+
+    def append_audit(
+        self,
+        project: str,
+        ca: dict[str, str],
+        issued: list[dict[str, Any]],
+        revoked: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Add this run's certificates (and revocations) to audit.json, keeping every entry."""
+        earlier = self.load_audit()
         audit = {
             "format_version": FORMAT_VERSION,
             "project": project,
             "ca": ca,
-            "issued": [*earlier["issued"], *entries],
+            "issued": [*earlier["issued"], *issued],
+            "revoked": [*earlier.get("revoked", []), *(revoked or [])],
         }
         _write_json(self.audit_path, audit)
+
+    def load_revoked(self) -> dict[str, Any]:
+        """Every certificate ever revoked here and the number of the last CRL signed."""
+        value = _read_json(self.state_dir / REVOKED_FILE)
+        if value is None:
+            return {"crl_number": 0, "revoked": []}
+        if not (
+            isinstance(value, dict)
+            and value.get("format_version") == FORMAT_VERSION
+            and isinstance(value.get("crl_number"), int)
+            and isinstance(value.get("revoked"), list)
+        ):
+            raise ProvisionError(f"{self.state_dir / REVOKED_FILE}: not a record flprovision wrote")
+        return value
+
+    def save_revoked(self, record: dict[str, Any]) -> None:
+        """Keep the revocations and the CRL number (before the CRL they are signed into)."""
+        _write_json(self.state_dir / REVOKED_FILE, {"format_version": FORMAT_VERSION, **record})
+
+    def write_crl(self, pem: bytes) -> None:
+        """Replace crl.pem: public, so readable by everyone who may hand it to the server."""
+        _write_atomic(self.crl_path, pem)

@@ -37,7 +37,9 @@ from provision import (
     provision_workspace,
     write_project,
 )
+from provision.csr import sign_request
 from provision.project import API_VERSION, SOURCE
+from provision.projectfile import as_written
 from provision.workspace import STATE_DIR, Workspace
 
 PROJECT_FILE = "project.yml"
@@ -46,8 +48,12 @@ Kit = tuple[str, str]
 """(kind, name) of a participant's kit."""
 
 SERVER_KEYS = ("name", "host", "fed_port", "admin_port", "org")
-CLIENT_KEYS = ("name", "org", "email")
-ADMIN_KEYS = ("email", "org", "role")
+CLIENT_KEYS = ("name", "org", "email", "csr")
+ADMIN_KEYS = ("email", "org", "role", "csr")
+KEY_BY_LEAD = "lead"
+KEY_BY_SITE = "site"
+KEY_MAKERS = (KEY_BY_LEAD, KEY_BY_SITE)
+"""The ``csr`` field as the forms show it: who makes the participant's private key."""
 SETTINGS_KEYS = tuple(ProjectSettings.__dataclass_fields__)
 NUMERIC = frozenset(
     {
@@ -62,8 +68,13 @@ NUMERIC = frozenset(
 
 
 def typed(key: str, text: str) -> Any:
-    """Form text as YAML would read it: a number for numeric keys when it is one."""
+    """Form text as YAML would read it: a number for numeric keys when it is one.
+
+    ``csr`` is the key maker's word: ``site`` is ``csr: true``.
+    """
     text = text.strip()
+    if key == "csr":
+        return text == KEY_BY_SITE
     if key not in NUMERIC:
         return text
     for kind in (int, float):
@@ -75,13 +86,22 @@ def typed(key: str, text: str) -> Any:
 
 
 def section(form: Form) -> dict[str, Any]:
-    """The mapping of one form; empty fields are left out, as if never written."""
-    return {key: typed(key, value) for key, value in form.items() if value.strip()}
+    """The mapping of one form; empty fields and defaults are left out, as if never written."""
+    values = {key: typed(key, value) for key, value in form.items() if value.strip()}
+    return {key: value for key, value in values.items() if value is not False}
 
 
 def form_of(values: dict[str, Any], keys: Sequence[str]) -> Form:
-    """Form text for the values of a loaded section."""
-    return {key: "" if values.get(key) is None else str(values[key]) for key in keys}
+    """Form text for the values of a loaded section, numbers as a person writes them."""
+    return {key: _text(key, values.get(key)) for key in keys}
+
+
+def _text(key: str, value: Any) -> str:
+    if key == "csr":
+        return KEY_BY_SITE if value else KEY_BY_LEAD
+    if value is None:
+        return ""
+    return str(as_written(value))
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,8 @@ class Folder:
     project_file: bool = False
     issued: frozenset[Kit] = frozenset()
     """Participants that have a kit from this workspace."""
+    revoked: frozenset[Kit] = frozenset()
+    """Those of them whose kit was revoked (``flprovision revoke``) and not re-issued."""
 
     @classmethod
     def look(cls, path: Path) -> Folder:
@@ -109,9 +131,10 @@ class Folder:
             record = Workspace(path).load_issued() if ca else None
         except ProvisionError as exc:
             return cls(path, str(exc), project_file)
-        holders = (record or {}).get("participants", {}).values()
+        holders = list((record or {}).get("participants", {}).values())
         issued = frozenset((entry["kind"], entry["name"]) for entry in holders)
-        return cls(path, None, project_file, issued)
+        revoked = frozenset((e["kind"], e["name"]) for e in holders if e.get("revoked"))
+        return cls(path, None, project_file, issued, revoked)
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -211,9 +234,22 @@ class Draft:
         """Whether this participant already has a kit."""
         return (kind, name) in self.issued
 
+    def kit_state(self, kind: str, row: Form) -> str:
+        """What the Kit column says of a row: issued, revoked, new, or awaits a request."""
+        name = row.get("email" if kind == KIND_ADMIN else "name", "").strip()
+        if (kind, name) in self.folder.revoked:
+            return "revoked"
+        if self.is_issued(kind, name):
+            return "issued"
+        return "awaits request" if typed("csr", row.get("csr", "")) else "new"
+
+    def new_client(self) -> Form:
+        """An empty client row; lead IT makes its key, as with the sample."""
+        return {"name": "", "org": "", "email": "", "csr": KEY_BY_LEAD}
+
     def new_admin(self) -> Form:
         """An empty admin row (super by default, like the sample)."""
-        return {"email": "", "org": "", "role": ROLE_SUPER}
+        return {"email": "", "org": "", "role": ROLE_SUPER, "csr": KEY_BY_LEAD}
 
     # ---------------------------------------------------------------- checks
 
@@ -280,14 +316,19 @@ class Draft:
         """The checked project (ConfigError with flprovision's message when it is not)."""
         return parse_project(self.mapping())
 
-    def split_kits(self, project: Project) -> tuple[list[str], list[str]]:
-        """Kit names a provisioning run will write, and those it will leave alone."""
-        kits = [(KIND_SERVER, project.server.name)]
-        kits += [(KIND_CLIENT, c.name) for c in project.clients]
-        kits += [(KIND_ADMIN, a.email) for a in project.admins]
-        new = [name for kind, name in kits if not self.is_issued(kind, name)]
-        kept = [name for kind, name in kits if self.is_issued(kind, name)]
-        return new, kept
+    def split_kits(self, project: Project) -> tuple[list[str], list[str], list[str]]:
+        """Kit names a provisioning run will write, those it leaves alone, and those it awaits.
+
+        Awaited are new participants that make their own key (``csr: true``):
+        their kit is written when their request is signed.
+        """
+        kits = [(KIND_SERVER, project.server.name, False)]
+        kits += [(KIND_CLIENT, c.name, c.csr) for c in project.clients]
+        kits += [(KIND_ADMIN, a.email, a.csr) for a in project.admins]
+        new = [name for kind, name, csr in kits if not csr and not self.is_issued(kind, name)]
+        kept = [name for kind, name, _ in kits if self.is_issued(kind, name)]
+        awaited = [name for kind, name, csr in kits if csr and not self.is_issued(kind, name)]
+        return new, kept, awaited
 
     def provision(self) -> ProvisionResult:
         """Issue the kits not yet issued, then save project.yml into the workspace.
@@ -304,12 +345,46 @@ class Draft:
             ProvisionError: the workspace is not this project's, or the engine
                 refused (e.g. the server changed after kits were issued).
         """
+        project = self._checked()
+        return self._saved(project, provision_workspace(project, self.workspace))
+
+    def reissue(self, name: str) -> ProvisionResult:
+        """A new kit for ``name`` (new key and password), its old certificates revoked.
+
+        Raises:
+            ConfigError, ProvisionError: as :meth:`provision`, or the engine
+                refused (the server, someone without a kit, or one whose site
+                makes its own key).
+        """
+        project = self._checked()
+        return self._saved(project, provision_workspace(project, self.workspace, reissue=name))
+
+    def sign(self, request: Path, reissue: bool = False) -> tuple[ProvisionResult, str]:
+        """Sign a certificate request (``flprovision sign``) into a kit without a key.
+
+        Returns the run as a result of one kit, and the project CA's
+        fingerprint for the site to compare. With ``reissue`` the request
+        replaces a certificate, which is revoked.
+
+        Raises:
+            ConfigError, ProvisionError: as :meth:`provision`, or the request
+                does not match the project.
+        """
+        project = self._checked()
+        signed = sign_request(project, self.workspace, request, reissue)
+        result = ProvisionResult((signed.kit,), (), (), crl=signed.crl)
+        return self._saved(project, result), signed.ca_fingerprint
+
+    def _checked(self) -> Project:
         project = self.project()
         self.set_workspace(self.workspace)  # look again: the folder may have changed since
         problem = self.workspace_problem()
         if problem:
             raise ProvisionError(problem)
-        result = provision_workspace(project, self.workspace)
+        return project
+
+    def _saved(self, project: Project, result: ProvisionResult) -> ProvisionResult:
+        """Write project.yml after the engine accepted a run; a failure becomes a warning."""
         path = self.workspace / PROJECT_FILE
         try:
             write_project(project, path)

@@ -3,14 +3,23 @@
 A form knows nothing of project.yml: it shows text, reports each edit as
 a :class:`Form.Edited` message, and gives back its values as text. The
 wizard screen turns them into the draft and checks them.
+
+Keys behave the same in every field, as the hint under each form says:
+``enter`` submits the form (:class:`Form.Submitted`), on a picker too;
+``space`` or the arrows open a picker's list. Focusing a field puts the
+cursor at its end and selects nothing, so the first key typed adds to
+what is there instead of erasing it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
+from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, Select
@@ -28,6 +37,22 @@ class Field:
     choices: tuple[str, ...] = ()
 
 
+class Picker(Select[str]):
+    """A Select whose ``enter`` submits the form, like an input's; space and arrows open it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("down,space,up", "show_overlay", "Open", show=False),
+        Binding("enter", "submit", "Submit", show=False),
+    ]
+
+    class Submitted(Message):
+        """``enter`` was pressed on the closed picker."""
+
+    def action_submit(self) -> None:
+        """Submit the form this picker is in."""
+        self.post_message(self.Submitted())
+
+
 class Form(Vertical):
     """A column of labelled fields whose widget ids are ``<prefix>-<key>``."""
 
@@ -38,6 +63,13 @@ class Form(Vertical):
             super().__init__()
             self.form = form
             self.key = key
+
+    class Submitted(Message):
+        """``enter`` in a field of the form."""
+
+        def __init__(self, form: Form) -> None:
+            super().__init__()
+            self.form = form
 
     def __init__(self, prefix: str, fields: Sequence[Field], id: str | None = None) -> None:
         """Fields in order; values come with :meth:`load`."""
@@ -51,7 +83,7 @@ class Form(Vertical):
             with Horizontal(classes="form-row"):
                 yield Label(spec.label, classes="form-label")
                 if spec.choices:
-                    yield Select(
+                    yield Picker(
                         [(choice, choice) for choice in spec.choices],
                         allow_blank=False,
                         id=self._field_id(spec.key),
@@ -59,7 +91,10 @@ class Form(Vertical):
                     )
                 else:
                     yield Input(
-                        placeholder=spec.placeholder, id=self._field_id(spec.key), compact=True
+                        placeholder=spec.placeholder,
+                        id=self._field_id(spec.key),
+                        compact=True,
+                        select_on_focus=False,
                     )
 
     def _field_id(self, key: str) -> str:
@@ -98,6 +133,12 @@ class Form(Vertical):
     def on_select_changed(self, event: Select.Changed) -> None:
         """Report a choice."""
         self._edited(event.select.id)
+
+    @on(Input.Submitted)
+    @on(Picker.Submitted)
+    def _submitted(self, event: Message) -> None:
+        event.stop()
+        self.post_message(self.Submitted(self))
 
     def _edited(self, widget_id: str | None) -> None:
         if widget_id:

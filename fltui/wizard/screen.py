@@ -6,13 +6,22 @@ is the one flprovision would print, and *Next* stays disabled until the
 step is valid. The review shows the project.yml that will be written and
 which kits are new; provisioning runs the same engine as flprovision, in a
 thread, and only participants without a kit get one. While it runs the
-wizard cannot be left: its result holds the only copy of the passwords.
-Whatever the user typed or a file holds is shown as text, never as markup.
+wizard cannot be left: its result holds the only copy of the passwords,
+and leaving the Kits step while they are not saved asks first, offering to
+save them. A participant's kit can be re-issued (its old certificate is
+revoked) and a site that makes its own key gets its kit by signing its
+request, both from its row. Placeholders describe a field and never look
+like a value; ``enter`` in a step's form goes on as its hint says; a key
+that would do nothing is not offered in the footer. Whatever the user typed
+or a file holds is shown as text, never as markup.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -26,31 +35,37 @@ from textual.widgets import Button, ContentSwitcher, Footer, Input, Label, Stati
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, ROLES
 from flcore.schema import ConfigError
 from fltui.paths import typed_path
-from fltui.wizard.draft import Draft
+from fltui.wizard.draft import KEY_MAKERS, Draft
 from fltui.wizard.forms import Field, Form
 from fltui.wizard.kits import KitsStep
+from fltui.wizard.question import Answer, Question, Reply
 from fltui.wizard.rows import RowsEditor
-from provision import ProvisionError, project_to_yaml
+from provision import ProvisionError, ProvisionResult, project_to_yaml
+from provision.csr import colon_hex
 from provision.project import KEY_TYPES
 
 STEPS = ("project", "server", "clients", "admins", "settings", "review", "kits")
 TITLES = ("Project", "Server", "Clients", "Admins", "Settings", "Review", "Kits")
 SERVER_FIELDS = (
-    Field("name", "Kit name", "server"),
-    Field("host", "Host", "DNS name or IP that clients and admins dial"),
-    Field("fed_port", "Federation port", "8002"),
-    Field("admin_port", "Admin port", "8003"),
-    Field("org", "Organisation", "lead"),
+    Field("name", "Kit name", "required: the server kit's file name"),
+    Field("host", "Host", "required: DNS name or IP address that clients and admins dial"),
+    Field("fed_port", "Federation port", "required: port the clients connect to"),
+    Field("admin_port", "Admin port", "required: port the consoles connect to"),
+    Field("org", "Organisation", "required: who runs the server (certificate O)"),
 )
+KEY_MAKER = Field("csr", "Key made by", choices=KEY_MAKERS)
+"""lead: the key is in the zip kit; site: the site sends a certificate request."""
 CLIENT_FIELDS = (
-    Field("name", "Name", "site-a (kit name and identity)"),
-    Field("org", "Organisation", "hospital-a"),
-    Field("email", "Email", "optional: where the password goes"),
+    Field("name", "Name", "required: the site's kit name and identity"),
+    Field("org", "Organisation", "required: the hospital or institute (certificate O)"),
+    Field("email", "Email", "optional: where the kit's password goes"),
+    KEY_MAKER,
 )
 ADMIN_FIELDS = (
-    Field("email", "Email", "the admin's login"),
-    Field("org", "Organisation", "lead"),
+    Field("email", "Email", "required: the admin's login"),
+    Field("org", "Organisation", "required: the admin's organisation (certificate O)"),
     Field("role", "Role", choices=ROLES),
+    KEY_MAKER,
 )
 SETTINGS_FIELDS = (
     Field("heart_beat_timeout", "Heartbeat timeout (s)"),
@@ -71,6 +86,7 @@ class WizardScreen(Screen[None]):
         Binding("ctrl+b", "back", "Back"),
         Binding("escape", "close", "Close"),
     ]
+    STEP_HINT = "enter or ^n: next step · ^b: back · esc: close"
 
     def __init__(self, workspace: Path) -> None:
         """Start a new project in ``workspace``, or open the one saved there."""
@@ -93,31 +109,37 @@ class WizardScreen(Screen[None]):
             with VerticalScroll(id="step-project", classes="step"):
                 yield Label("Provisioning workspace (CA, packages/, project.yml)")
                 with Horizontal(classes="form-row"):
-                    yield Input(id="project-workspace", compact=True)
+                    yield Input(id="project-workspace", compact=True, select_on_focus=False)
                     yield Button("Open", id="project-open", compact=True)
                 yield Static(id="project-workspace-hint", classes="dialog-hint", markup=False)
-                yield Form("project", [Field("name", "Project name", "example_project")])
+                yield Form(
+                    "project",
+                    [Field("name", "Project name", "required: letters, digits, '.', '_' or '-'")],
+                )
+                yield Static(self.STEP_HINT, classes="dialog-hint")
             with VerticalScroll(id="step-server", classes="step"):
                 yield Form("server", SERVER_FIELDS)
+                yield Static(self.STEP_HINT, classes="dialog-hint")
                 yield Static(id="server-note", classes="dialog-hint")
             yield RowsEditor(
                 "clients",
                 CLIENT_FIELDS,
                 self.draft_check_client,
-                lambda row: self.draft.is_issued(KIND_CLIENT, row.get("name", "").strip()),
-                lambda: {"name": "", "org": "", "email": ""},
+                lambda row: self.draft.kit_state(KIND_CLIENT, row),
+                lambda: self.draft.new_client(),
                 id="step-clients",
             )
             yield RowsEditor(
                 "admins",
                 ADMIN_FIELDS,
                 self.draft_check_admin,
-                lambda row: self.draft.is_issued(KIND_ADMIN, row.get("email", "").strip()),
+                lambda row: self.draft.kit_state(KIND_ADMIN, row),
                 lambda: self.draft.new_admin(),
                 id="step-admins",
             )
             with VerticalScroll(id="step-settings", classes="step"):
                 yield Form("settings", SETTINGS_FIELDS)
+                yield Static(self.STEP_HINT, classes="dialog-hint")
             with Vertical(id="step-review", classes="step"):
                 yield Static(id="review-summary", markup=False)
                 with VerticalScroll(id="review-yaml-box"):
@@ -193,6 +215,11 @@ class WizardScreen(Screen[None]):
         # A row form's editor checks the row; Next and the message follow it too.
         self._validate()
 
+    @on(Form.Submitted)
+    def _form_submitted(self) -> None:
+        """``enter`` in the project, server or settings form: on to the next step."""
+        self.action_next()
+
     @on(RowsEditor.Changed)
     def _rows_changed(self) -> None:
         self._validate()
@@ -259,11 +286,8 @@ class WizardScreen(Screen[None]):
                 project = draft.project()
             except ConfigError as exc:
                 return str(exc)
-            return (
-                None
-                if draft.split_kits(project)[0]
-                else "nothing new to issue: every participant has a kit"
-            )
+            new, _, awaited = draft.split_kits(project)
+            return None if new or awaited else "nothing new to issue: every participant has a kit"
         return None
 
     def _rows_problem(self, name: str) -> str | None:
@@ -292,6 +316,16 @@ class WizardScreen(Screen[None]):
         self.query_one("#wizard-back", Button).disabled = (
             self.step == 0 or STEPS[self.step] == "kits"
         )
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Offer Next and Back in the footer only where they go somewhere."""
+        name = STEPS[self.step]
+        if action == "next":
+            return name not in ("review", "kits")
+        if action == "back":
+            return self.step > 0 and name != "kits"
+        return True
 
     def _show_step(self) -> None:
         name = STEPS[self.step]
@@ -307,8 +341,15 @@ class WizardScreen(Screen[None]):
         self.call_after_refresh(self._focus_step)
 
     def _focus_step(self) -> None:
-        """Focus the first field of the step (a form field before a table or a button)."""
+        """Focus the first field of the step (a form field before a table or a button).
+
+        Not when focus is in the step already: keys typed since it was shown
+        went there, and taking focus away would send the rest elsewhere.
+        """
         step = self.query_one(f"#step-{STEPS[self.step]}")
+        focused = self.app.focused
+        if focused is not None and step in focused.ancestors:
+            return
         for kind in ("Input", "Select", "DataTable", "Button"):
             focusable = [widget for widget in step.query(kind) if widget.focusable]
             if focusable:
@@ -325,11 +366,16 @@ class WizardScreen(Screen[None]):
             summary.update(f"✖ {exc}")
             yaml_view.update("")
             return
-        new, kept = draft.split_kits(project)
+        new, kept, awaited = draft.split_kits(project)
         workspace = draft.workspace
         text = f"Writes {workspace / 'project.yml'} and the kits of: {', '.join(new) or 'nobody'}."
         if kept:
             text += f"\nAlready issued, left as they are: {', '.join(kept)}."
+        if awaited:
+            text += (
+                f"\nMake their own key, so their kits wait for their requests: {', '.join(awaited)}"
+                " (Sign request on their row, or flprovision sign)."
+            )
         summary.update(text)
         yaml_view.update(project_to_yaml(project))
 
@@ -356,9 +402,49 @@ class WizardScreen(Screen[None]):
             self._show_step()
 
     def action_close(self) -> None:
-        """Leave the wizard (not while provisioning: the passwords would be lost)."""
-        if not self._busy():
-            self.dismiss(None)
+        """Leave the wizard: not while provisioning, and not past unsaved passwords unasked."""
+        self.request_close()
+
+    def request_close(self, then: Callable[[], object] | None = None) -> None:
+        """Leave the wizard as :meth:`action_close` does, then call ``then`` (an app's quit).
+
+        ``then`` is dropped when the admin chooses to stay, so a quit that was
+        answered "stay" does not happen later by surprise.
+        """
+        if self._busy():
+            return
+        kits = self.query_one(KitsStep)
+        if STEPS[self.step] == "kits" and kits.unsaved:
+            self.app.push_screen(self._leave_question(kits), partial(self._leave_answered, then))
+        else:
+            self._leave(then)
+
+    def _leave(self, then: Callable[[], object] | None) -> None:
+        self.dismiss(None)
+        if then is not None:
+            then()
+
+    def _leave_question(self, kits: KitsStep) -> Question:
+        count = len(kits.passwords)
+        path = kits.query_one("#kits-file", Input).value
+        return Question(
+            f"The passwords of {count} kit(s) are not saved",
+            "They are shown only now and stored nowhere else: without its password a kit "
+            "cannot be opened, and a lost one means re-issuing that kit.",
+            [
+                Answer("stay", "Stay"),
+                Answer("save", f"Save to {Path(path).name} and close", "primary"),
+                Answer("discard", "Close without saving", "error"),
+            ],
+        )
+
+    def _leave_answered(self, then: Callable[[], object] | None, reply: Reply | None) -> None:
+        if reply is None or reply.key == "stay":
+            return
+        kits = self.query_one(KitsStep)
+        if reply.key == "save" and not kits.save(append=False):
+            return  # the kits step says why; the passwords are still on screen
+        self._leave(then)
 
     @on(Button.Pressed, "#wizard-next")
     def _next_pressed(self) -> None:
@@ -370,21 +456,71 @@ class WizardScreen(Screen[None]):
 
     @on(Button.Pressed, "#review-go")
     def _go(self) -> None:
-        self.provision()
+        self.run_engine("provisioning…", self.draft.provision)
+
+    @on(RowsEditor.KitWanted)
+    def _kit_wanted(self, event: RowsEditor.KitWanted) -> None:
+        if self._busy():
+            return
+        kind = KIND_ADMIN if event.editor.kind == "admins" else KIND_CLIENT
+        name = event.row.get("email" if kind == KIND_ADMIN else "name", "").strip()
+        issued = self.draft.is_issued(kind, name)
+        if event.action == "reissue":
+            question = Question(
+                f"Re-issue the kit of {name}?",
+                f"{name} gets a new kit with a new key and password. Its current certificate is "
+                "revoked: load the new crl.pem into the server so the old kit stops working.",
+                [Answer("cancel", "Cancel"), Answer("reissue", "Re-issue", "error")],
+            )
+        else:
+            revoke = (
+                f" {name} has a certificate already: it is revoked, and the new request's key "
+                "takes its place."
+                if issued
+                else ""
+            )
+            question = Question(
+                f"Sign the certificate request of {name}",
+                f"The request file {name}'s IT made with 'flprovision request'.{revoke}",
+                [Answer("cancel", "Cancel"), Answer("sign", "Sign", "primary")],
+                field=("Request file (.csr)", str(self.draft.workspace / f"{name}.csr")),
+            )
+        self.app.push_screen(question, lambda reply: self._kit_answered(reply, name, issued))
+
+    def _kit_answered(self, reply: Reply | None, name: str, issued: bool) -> None:
+        if reply is None or reply.key == "cancel":
+            return
+        if reply.key == "reissue":
+            self.run_engine(f"re-issuing {name}…", lambda: self.draft.reissue(name))
+            return
+
+        def sign() -> ProvisionResult:
+            result, fingerprint = self.draft.sign(typed_path(reply.text), reissue=issued)
+            note = (
+                f"Project CA fingerprint (SHA-256) for {name}'s IT to compare: "
+                f"{colon_hex(fingerprint)}."
+            )
+            return replace(result, warnings=(note, *result.warnings))
+
+        self.run_engine(f"signing the request of {name}…", sign)
 
     @work(exclusive=True, exit_on_error=False)
-    async def provision(self) -> None:
-        """Write the kits, then project.yml (in a thread: key generation takes a while)."""
+    async def run_engine(self, doing: str, run: Callable[[], ProvisionResult]) -> None:
+        """Run provisioning, a re-issue or a signing in a thread, then show the kits.
+
+        Key generation takes a while; until the result (and its passwords) is
+        on the Kits step the wizard cannot be left.
+        """
         if self.provisioning:
             return
         self.provisioning = True
         for button in ("#review-go", "#wizard-back", "#wizard-next"):
             self.query_one(button, Button).disabled = True
         problem = self.query_one("#wizard-problem", Static)
-        problem.update("provisioning…")
+        problem.update(doing)
         problem.remove_class("-error")
         try:
-            result = await asyncio.to_thread(self.draft.provision)
+            result = await asyncio.to_thread(run)
         except Exception as exc:  # whatever it is, say so: never stay at "provisioning…"
             known = isinstance(exc, ConfigError | ProvisionError | OSError)
             message = str(exc) if known else f"unexpected {type(exc).__name__}: {exc}"
@@ -392,14 +528,14 @@ class WizardScreen(Screen[None]):
             self._validate()
             problem.update(f"✖ {message}")
             problem.add_class("-error")
-            self.notify(
-                message, title="provisioning failed", severity="error", timeout=12, markup=False
-            )
+            self.notify(message, title="failed", severity="error", timeout=12, markup=False)
             return
         self.provisioning = False
         self.step = STEPS.index("kits")
         self.query_one(KitsStep).show(result, self.draft.workspace)
         self._lock()
         self._workspace_hint()
+        for editor in self.query(RowsEditor):
+            editor.show_kits()
         self._show_step()
-        self.notify(f"wrote {len(result.written)} kit(s)", title="provisioned")
+        self.notify(f"wrote {len(result.written)} kit(s)", title="done")

@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from fladmin import AdminClient, CommandReply, load_kit
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
 from fldev.cluster import ADMIN, DEPUTY, MEMBER, SERVER_READY, Cluster
 from fldev.poll import wait_until
-from fltui.adminclient import AdminClient, Outcome, load_kit
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -296,7 +296,7 @@ def test_a_file_that_cannot_be_read_fails_the_upload_clearly(
         raise PermissionError(13, "Permission denied", "config/config_fed_client.json")
 
     cluster.server()
-    monkeypatch.setattr("fltui.adminclient.iter_chunks", unreadable)
+    monkeypatch.setattr("fladmin.client.iter_chunks", unreadable)
     (outcome,) = cluster.admin("upload_folder digits_fedavg")
     assert not outcome.ok
     assert outcome.text == (
@@ -321,11 +321,13 @@ def test_upload_size_limit(cluster: Cluster) -> None:
 # --------------------------------------------------------------------------- two admins at once
 
 
-def at_once(cluster: Cluster, first: str, second: str, confirmed: bool = False) -> list[Outcome]:
+def at_once(
+    cluster: Cluster, first: str, second: str, confirmed: bool = False
+) -> list[CommandReply]:
     """``first`` from admin@lead.org and ``second`` from deputy@lead.org, sent together by two
     real admin clients, each logged in beforehand."""
 
-    async def go() -> list[Outcome]:
+    async def go() -> list[CommandReply]:
         admins = []
         for user in (ADMIN, DEPUTY):
             startup = cluster.kit(user)
@@ -359,7 +361,7 @@ def audit_rows(cluster: Cluster) -> int:
     return int(count)
 
 
-def assert_audited_in_order(cluster: Cluster, before: int, outcomes: list[Outcome]) -> None:
+def assert_audited_in_order(cluster: Cluster, before: int, outcomes: list[CommandReply]) -> None:
     """Both commands are in the audit trail, in the order the server answered them."""
     answered = sorted(zip((ADMIN, DEPUTY), outcomes, strict=True), key=lambda p: p[1].finished_at)
     expected = [(user, o.line, o.ok) for user, o in answered]

@@ -4,7 +4,9 @@ A project is typed in step by step (with a mistake or two, to see flprovision's
 messages), provisioned, its passwords saved to a 0600 file; the server kit
 starts flserverd and a client kit's flclientd registers with it. Then the
 workspace is opened again, a site is added, and only its kit is written,
-under the same CA: its client registers with the same running server.
+under the same CA: its client registers with the same running server. A
+second site added then makes its own key (flprovision request, sign and
+assemble, as processes): it registers over mTLS beside the zip-kit sites.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fltui.wizard.app import ProvisionApp
 from fltui.wizard.draft import Draft
 from fltui.wizard.screen import WizardScreen
 from provision import extract_kit
+from tests.flprovision import flprovision
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -54,7 +57,7 @@ async def add_row(pilot: Any, kind: str, values: dict[str, str]) -> None:
     screen = pilot.app.screen
     count = len(screen.query_one(f"#step-{kind}").rows)
     for key, value in values.items():
-        if key == "role":  # a picker
+        if key in ("role", "csr"):  # pickers
             screen.query_one(f"#{kind}-{key}").value = value
         else:
             await type_into(pilot, f"#{kind}-{key}", value)
@@ -130,13 +133,22 @@ def add_site(workspace: Path) -> list[tuple[str, str]]:
             table = screen.query_one("#clients-table")
             assert [str(c) for c in table.get_row_at(0)][-1] == "issued"
             await add_row(pilot, "clients", {"name": "site-c", "org": "hospital-c"})
+            await add_row(pilot, "clients", {"name": "site-d", "org": "hospital-d", "csr": "site"})
             for step in ("admins", "settings", "review"):
                 await next_step(pilot, step)
             summary = str(screen.query_one("#review-summary").render())
             assert "the kits of: site-c." in summary
+            assert "wait for their requests: site-d" in summary
             return await provision(pilot)
 
     return asyncio.run(scenario())
+
+
+def flprovision_ok(*args: str, cwd: Path) -> str:
+    """Run flprovision as a process; its stdout (it must succeed)."""
+    done = flprovision(*args, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_wizard_kits_start_real_daemons(tmp_path: Path) -> None:
@@ -191,6 +203,28 @@ def test_wizard_kits_start_real_daemons(tmp_path: Path) -> None:
         ).start()
         daemons.append(newcomer)
         newcomer.wait_log("Successfully registered client")
+
+        # site-d makes its own key; only its request and a kit without a key travel
+        site_d = tmp_path / "site-d"
+        flprovision_ok("request", "site-d", "--role", "client", "-w", str(site_d), cwd=tmp_path)
+        signed = flprovision_ok(
+            "sign", str(site_d / "request" / "site-d.csr"),
+            "-p", str(workspace / "project.yml"), "-w", str(workspace), cwd=tmp_path,
+        )  # fmt: skip
+        fingerprint = signed.splitlines()[-1].rsplit(" ", 1)[1]
+        flprovision_ok(
+            "assemble", str(packages / "site-d.zip"), "-w", str(site_d),
+            "--ca-fingerprint", fingerprint, cwd=tmp_path,
+        )  # fmt: skip
+        assert not (site_d / "request" / "client.key").exists()
+        own_key = Daemon(
+            "site-d",
+            [sys.executable, "-m", "flclientd", "--workspace", str(site_d)],
+            tmp_path / "site-d.log",
+            env,
+        ).start()
+        daemons.append(own_key)
+        own_key.wait_log("Successfully registered client")
     finally:
         for daemon in daemons:
             daemon.kill()

@@ -17,8 +17,10 @@ import fltui.wizard.draft
 from fldev.poll import wait_for
 from fltui.wizard.app import ProvisionApp
 from fltui.wizard.draft import Draft
+from fltui.wizard.question import Question
 from fltui.wizard.screen import WizardScreen
 from provision import Project, ProvisionResult
+from tests.tui.helpers import shown
 from tests.tui.test_wizard import next_step, problem, type_into
 
 
@@ -70,7 +72,9 @@ def test_the_wizard_stays_until_provisioning_shows_the_passwords(
             switcher = screen.query_one("ContentSwitcher")
             await wait_for(pilot, lambda: switcher.current == "step-kits")
             assert screen.query_one("#kits-table").row_count == 1
-            await pilot.press("escape")  # now it may close
+            await pilot.press("escape")  # now it may close, once told the passwords are unsaved
+            await shown(pilot, pilot.app, Question)
+            await pilot.click("#question-discard")
             await wait_for(pilot, lambda: not pilot.app.is_running)
 
     asyncio.run(scenario())

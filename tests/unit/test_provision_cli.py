@@ -15,6 +15,7 @@ import yaml
 
 import provision
 from provision.cli import main
+from tests.flprovision import flprovision
 
 REPO = Path(provision.__file__).resolve().parents[1]
 LINE = re.compile(r"^===> password: ([A-Za-z0-9]{16,}) for (\S+\.zip)( to \S+@\S+)?$")
@@ -24,22 +25,6 @@ def _write_project(tmp_path: Path, mapping: dict[str, Any]) -> Path:
     path = tmp_path / "project.yml"
     path.write_text(yaml.safe_dump(mapping))
     return path
-
-
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "provision", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
 
 
 def _passwords(stdout: str) -> dict[str, str]:
@@ -111,6 +96,7 @@ def test_passwords_file_is_private_and_matches_stdout(
         (lambda m: m["admins"][0].update(email="x"), "admins[0]: 'email' must be an email"),
         (lambda m: m["server"].update(admin_port=70000), "'admin_port' must be between 1 and"),
         (lambda m: m.update(extra=1), "unknown key 'extra'"),
+        (lambda m: m["clients"][0].update(name="global"), "'name' must not be a word flstack"),
     ],
 )
 def test_invalid_project_exits_2_and_writes_nothing(
@@ -172,7 +158,10 @@ def test_warnings_go_to_stderr(
     _write_project(tmp_path, provision_project_mapping)
     assert main(["-p", str(project), "-w", str(tmp_path / "ws")]) == 0
     out, err = capsys.readouterr()
-    assert err == "flprovision: site-b left project.yml; its kit stays valid until it expires\n"
+    assert err == (
+        "flprovision: site-b left project.yml; its kit stays valid until it expires "
+        f"(flprovision revoke site-b -w {tmp_path / 'ws'} ends it now)\n"
+    )
     assert out.startswith("===> skipped ")
 
 
@@ -195,17 +184,17 @@ def test_an_unexpected_error_is_one_line(
 
 
 def test_init_writes_a_sample_that_provisions(tmp_path: Path) -> None:
-    init = _run("init", cwd=tmp_path)
+    init = flprovision("init", cwd=tmp_path)
     assert init.returncode == 0, init.stderr
     assert (tmp_path / "project.yml").read_text().startswith("# project.yml")
-    again = _run("init", cwd=tmp_path)
+    again = flprovision("init", cwd=tmp_path)
     assert again.returncode == 1
     assert (
         again.stderr
         == "flprovision: error: project.yml: already exists; use --force to overwrite it\n"
     )
-    assert _run("init", "--force", cwd=tmp_path).returncode == 0
-    run = _run("-p", "project.yml", "-w", "ws", cwd=tmp_path)
+    assert flprovision("init", "--force", cwd=tmp_path).returncode == 0
+    run = flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert list(_passwords(run.stdout)) == [
         "server.zip",
@@ -308,8 +297,8 @@ def test_verify_names_what_was_altered(
     assert len(err.splitlines()) == 1
 
 
-def test_module_entry_points_run(tmp_path: Path) -> None:
-    run = _run("--help", cwd=tmp_path)
+def test_module_entry_pointsflprovision(tmp_path: Path) -> None:
+    run = flprovision("--help", cwd=tmp_path)
     assert run.returncode == 0
     assert "flprovision init" in run.stdout
     env = {**os.environ, "PYTHONPATH": str(REPO)}

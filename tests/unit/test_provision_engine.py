@@ -167,7 +167,8 @@ def test_removed_participant_is_reported(
     again = provision_into(provision_project_mapping)
     assert again.result.removed == ("site-b",)
     assert again.result.warnings == (
-        "site-b left project.yml; its kit stays valid until it expires",
+        "site-b left project.yml; its kit stays valid until it expires "
+        f"(flprovision revoke site-b -w {again.root} ends it now)",
     )
     provision_project_mapping["clients"].append({"name": "site-b", "org": "hospital-b"})
     assert [k.name for k in provision_into(provision_project_mapping).result.written] == ["site-b"]
@@ -227,7 +228,8 @@ def test_corrupt_record_is_refused(
     provisioned_workspace: Any, provision_into: Any, provision_project_mapping: dict[str, Any]
 ) -> None:
     (provisioned_workspace.root / "state" / "issued.json").write_text("{")
-    with pytest.raises(ProvisionError, match=r"issued\.json: cannot read it"):
+    expected = r"issued\.json: not valid JSON \(.*\); restore it from a backup"
+    with pytest.raises(ProvisionError, match=expected):
         provision_into(provision_project_mapping)
 
 

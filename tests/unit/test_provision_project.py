@@ -76,9 +76,10 @@ def test_duplicate_client_name(provision_project_mapping: dict[str, Any]) -> Non
 
 
 def test_client_named_like_the_server(provision_project_mapping: dict[str, Any]) -> None:
-    provision_project_mapping["clients"][0]["name"] = "server"
+    provision_project_mapping["server"]["name"] = "hub"  # "server" itself is reserved for sites
+    provision_project_mapping["clients"][0]["name"] = "hub"
     message = _error(provision_project_mapping)
-    assert message == "project.yml: clients[0]: duplicate client name 'server'"
+    assert message == "project.yml: clients[0]: duplicate client name 'hub'"
 
 
 def test_duplicate_admin_email(provision_project_mapping: dict[str, Any]) -> None:
@@ -116,6 +117,32 @@ def test_client_name_with_instance_suffix(provision_project_mapping: dict[str, A
     provision_project_mapping["clients"][0]["name"] = "site_2"
     message = _error(provision_project_mapping)
     assert message.startswith("project.yml: clients[0]: 'name' must not end in '_<digits>'")
+
+
+@pytest.mark.parametrize(
+    "name", ["global", "Global", "server", "client", "admin", "ALL", "nul", "con.site", "lpt9"]
+)
+def test_names_the_system_uses_are_refused_for_sites(
+    provision_project_mapping: dict[str, Any], name: str
+) -> None:
+    provision_project_mapping["clients"][1]["name"] = name
+    assert _error(provision_project_mapping) == (
+        "project.yml: clients[1]: 'name' must not be a word flstack uses itself (global, server, "
+        "client, admin, all, in any case) nor a Windows device name (con, nul, com1, ...), "
+        f"got {name!r}"
+    )
+
+
+@pytest.mark.parametrize("name", ["globals", "server-2", "console", "all-sites", "com10"])
+def test_names_that_only_contain_a_reserved_word_are_fine(
+    provision_project_mapping: dict[str, Any], name: str
+) -> None:
+    provision_project_mapping["clients"][1]["name"] = name
+    assert parse_project(provision_project_mapping).clients[1].name == name
+
+
+def test_the_server_may_keep_its_usual_name(provision_project_mapping: dict[str, Any]) -> None:
+    assert parse_project(provision_project_mapping).server.name == "server"
 
 
 @pytest.mark.parametrize("name", ["", "a b", "../x", "-x", "x" * 64])
@@ -182,7 +209,7 @@ def test_project_name_leaves_room_for_the_ca_name(
     ("section", "index", "key", "value", "other"),
     [
         ("clients", 1, "name", "Site-A", "site-a"),
-        ("clients", 0, "name", "SERVER", "server"),
+        ("clients", 0, "name", "HUB", "hub"),
         ("admins", 1, "email", "Lead@Example.org", "lead@example.org"),
     ],
 )
@@ -194,6 +221,7 @@ def test_kit_names_differing_only_in_case_clash(
     value: str,
     other: str,
 ) -> None:
+    provision_project_mapping["server"]["name"] = "hub"  # "server" itself is reserved for sites
     provision_project_mapping[section][index][key] = value
     message = _error(provision_project_mapping)
     assert message.startswith(f"project.yml: {section}[{index}]: duplicate ")

@@ -146,9 +146,18 @@ ADMIN = startup.AdminStartup(
 )
 
 
+def _private_key(folder: Path, name: str, mode: int = 0o600) -> Path:
+    """A stand-in key file: the loaders look at its mode, TLS would read it."""
+    key = folder / name
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(mode)
+    return key
+
+
 def _workspace(root: Path, file_name: str, text: str, local: object = None) -> Path:
     (root / "startup").mkdir(parents=True)
     (root / "startup" / file_name).write_text(text)
+    _private_key(root / "startup", "server.key" if "server" in file_name else "client.key")
     if local is not None:
         (root / "local").mkdir()
         (root / "local" / file_name).write_text(
@@ -171,6 +180,7 @@ def test_load_client_round_trip(tmp_path: Path) -> None:
 
 def test_load_admin_round_trip(tmp_path: Path) -> None:
     (tmp_path / "fed_admin.json").write_text(startup.to_json(ADMIN))
+    _private_key(tmp_path, "client.key")
     loaded = startup.load_admin(tmp_path)
     assert loaded == ADMIN
     assert loaded.admin_target == "fl.example.org:8003"
@@ -271,6 +281,36 @@ def test_load_admin_bad_role(tmp_path: Path) -> None:
         ConfigError, match=re.escape("fed_admin.json: 'role' must be one of super, member")
     ):
         startup.load_admin(tmp_path)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+@pytest.mark.parametrize("kind", ["server", "client", "admin"])
+def test_a_private_key_others_may_read_is_refused(tmp_path: Path, kind: str, mode: int) -> None:
+    if kind == "admin":
+        (tmp_path / "fed_admin.json").write_text(startup.to_json(ADMIN))
+        key = _private_key(tmp_path, "client.key", mode)
+        load: Any = lambda: startup.load_admin(tmp_path)  # noqa: E731
+    else:
+        config = SERVER if kind == "server" else CLIENT
+        ws = _workspace(tmp_path, f"fed_{kind}.json", startup.to_json(config))
+        key = ws / "startup" / f"{kind}.key"
+        key.chmod(mode)
+        load = lambda: getattr(startup, f"load_{kind}")(ws)  # noqa: E731
+    with pytest.raises(ConfigError) as refused:
+        load()
+    assert str(refused.value) == (
+        f"{key}: the private key may be read by others (mode {mode:04o}); only its owner may "
+        f"read it: run chmod 600 {key}"
+    )
+    key.chmod(0o400)  # read-only for the owner is fine
+    load()
+
+
+def test_tls_refuses_a_key_others_may_read(tmp_path: Path) -> None:
+    key = _private_key(tmp_path, "client.key", 0o644)
+    files = TlsFiles(tmp_path / "rootCA.pem", tmp_path / "client.crt", key)
+    with pytest.raises(ConfigError, match="the private key may be read by others"):
+        files.read()
 
 
 def test_tls_files_are_found_in_startup_unless_absolute() -> None:

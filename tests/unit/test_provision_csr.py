@@ -1,0 +1,384 @@
+"""Keys that never leave their site: flprovision request, sign and assemble.
+
+The site's key is made in its workspace and never read by lead IT's side;
+the kit sent back holds no key and no secret; the assembled startup/ passes
+the same seal check as a zip kit and loads as a client's or admin's kit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flcore import startup
+from flcore.crl import CRL_FILE, read_crl
+from flcore.identity import identity_from_certificate
+from flcore.kitsig import KitSignatureError, verify_startup
+from provision import ProvisionError, extract_kit, parse_project, provision_workspace
+from provision.csr import assemble, make_request, read_request, sign_request
+from provision.pki import key_pem
+from tests.flprovision import flprovision
+from tests.fuzz import FUZZ
+
+
+@pytest.fixture
+def csr_mapping(provision_project_mapping: dict[str, Any]) -> dict[str, Any]:
+    """The example project with site-b and viewer@example.org making their own keys."""
+    provision_project_mapping["clients"][1]["csr"] = True
+    provision_project_mapping["admins"][1]["csr"] = True
+    return provision_project_mapping
+
+
+@pytest.fixture
+def lead(tmp_path: Path, csr_mapping: dict[str, Any]) -> Any:
+    """Lead IT's workspace after a plain run: site-b and the viewer are awaited."""
+    project = parse_project(csr_mapping)
+    root = tmp_path / "lead"
+    result = provision_workspace(project, root)
+    assert result.awaiting == ("site-b", "viewer@example.org")
+    assert "site-b" not in [kit.name for kit in result.written]
+    return project, root
+
+
+def _subject(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
+    return str(cert.subject.get_attributes_for_oid(oid)[0].value)
+
+
+def _kit_files(zip_path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(zip_path) as archive:  # plain: no password needed
+        return {info.filename: archive.read(info) for info in archive.infolist()}
+
+
+def test_request_makes_a_private_key_and_a_csr(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        made = make_request("site-b", "client", tmp_path / "site-b")
+    finally:
+        os.umask(old)
+    assert made.key == tmp_path / "site-b" / "request" / "client.key"
+    assert made.csr == tmp_path / "site-b" / "request" / "site-b.csr"
+    assert stat.S_IMODE(made.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(made.key.parent.stat().st_mode) == 0o700
+    assert b"PRIVATE KEY" not in made.csr.read_bytes()
+    csr = read_request(made.csr)
+    assert csr.subject.rfc4514_string() == "OU=client,CN=site-b"
+    key = serialization.load_pem_private_key(made.key.read_bytes(), None)
+    assert csr.public_key() == key.public_key()
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "message"),
+    [
+        ("global", "client", "'global' cannot be a client name: it must not be a word flstack"),
+        ("site_1", "client", "it must not end in '_<digits>'"),
+        ("lead", "admin", "'lead' cannot be an admin's email: it must be an email address"),
+        ("site-b", "server", "--role must be one of client, admin, got 'server'"),
+    ],
+)
+def test_request_refuses_bad_names_and_roles(
+    tmp_path: Path, name: str, role: str, message: str
+) -> None:
+    with pytest.raises(ProvisionError, match=message):
+        make_request(name, role, tmp_path / "ws")
+    assert not (tmp_path / "ws").exists()
+
+
+def test_request_never_overwrites_a_key(tmp_path: Path) -> None:
+    first = make_request("site-b", "client", tmp_path)
+    key = first.key.read_bytes()
+    with pytest.raises(ProvisionError, match="a request was made here already"):
+        make_request("site-b", "client", tmp_path)
+    assert first.key.read_bytes() == key
+
+
+def test_a_client_request_signed_and_assembled_is_a_sealed_kit(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    key = made.key.read_bytes()
+    signed = sign_request(project, root, made.csr)
+    kit = signed.kit
+    assert (kit.name, kit.kind, kit.password) == ("site-b", "client", None)
+    assert kit.password_line() == "===> no password: site-b.zip holds no key; send it as it is"
+    files = _kit_files(kit.zip_path)
+    assert sorted(files) == [
+        "startup/client.crt",
+        "startup/fed_client.json",
+        "startup/flclientd@.service",
+        "startup/rootCA.pem",
+        "startup/signature.json",
+        "startup/start.sh",
+    ]
+    assert not any(b"PRIVATE KEY" in data for data in files.values())
+    cert = x509.load_pem_x509_certificate(files["startup/client.crt"])
+    assert identity_from_certificate(cert).name == "site-b"
+    assert _subject(cert, NameOID.ORGANIZATION_NAME) == "hospital-b"  # from project.yml
+
+    done = assemble(kit.zip_path, site, signed.ca_fingerprint)
+    assert (done.startup, done.name, done.ca_fingerprint) == (
+        site / "startup",
+        "site-b",
+        signed.ca_fingerprint,
+    )
+    verify_startup(done.startup)
+    assert (done.startup / "client.key").read_bytes() == key
+    assert stat.S_IMODE((done.startup / "client.key").stat().st_mode) == 0o600
+    assert not made.key.exists()  # one copy of the key, in startup/
+    assert startup.load_client(site).name == "site-b"
+    record = json.loads((root / "state" / "issued.json").read_text())
+    assert record["participants"]["client:site-b"]["csr"] is True
+    assert "PUBLIC KEY" in record["participants"]["client:site-b"]["public_key"]
+
+
+def test_an_admin_request_gets_the_role_project_yml_gives(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    made = make_request("viewer@example.org", "admin", tmp_path / "viewer")
+    signed = sign_request(project, root, made.csr)
+    done = assemble(signed.kit.zip_path, tmp_path / "viewer")
+    cert = x509.load_pem_x509_certificate((done.startup / "client.crt").read_bytes())
+    identity = identity_from_certificate(cert)
+    assert (identity.name, identity.kind, identity.role) == (
+        "viewer@example.org",
+        "admin",
+        "member",
+    )
+    assert startup.load_admin(done.startup).role == "member"
+
+
+def test_a_swapped_key_breaks_the_seal(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    made = make_request("site-b", "client", tmp_path / "site-b")
+    done = assemble(sign_request(project, root, made.csr).kit.zip_path, tmp_path / "site-b")
+    other = key_pem(ec.generate_private_key(ec.SECP256R1()))
+    (done.startup / "client.key").write_bytes(other)
+    with pytest.raises(KitSignatureError, match=r"altered: client\.key"):
+        verify_startup(done.startup)
+
+
+def _csr(name: str, kind: str, key: Any) -> bytes:
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, kind),
+        ]
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+P256 = ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.mark.parametrize(
+    ("csr", "message"),
+    [
+        (_csr("site-z", "client", P256), "'site-z' is not in project.yml; add it with csr: true"),
+        (
+            _csr("site-b", "admin", P256),
+            "'site-b' is a client in project.yml, but the request is for an admin; ask for a "
+            "request with --role client",
+        ),
+        (_csr("site-a", "client", P256), "'site-a' gets a zip kit with its key from you"),
+        (_csr("server", "server", P256), "asks for a 'server' certificate; only client or admin"),
+        (_csr("global", "client", P256), "'global' cannot be a client name"),
+        (
+            _csr(
+                "site-b", "client", rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            ),
+            r"its key is not one flstack accepts \(ecdsa-p256, ecdsa-p384, rsa-3072\)",
+        ),
+        (
+            _csr("site-b", "client", ec.generate_private_key(ec.SECP521R1())),
+            "its key is not one flstack accepts",
+        ),
+        (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", "not a certificate request"),
+    ],
+)
+def test_sign_checks_the_request_against_project_yml(
+    lead: Any, tmp_path: Path, csr: bytes, message: str
+) -> None:
+    project, root = lead
+    path = tmp_path / "request.csr"
+    path.write_bytes(csr)
+    with pytest.raises(ProvisionError, match=message):
+        sign_request(project, root, path)
+    assert not (root / "packages" / "site-b.zip").exists()
+
+
+def test_sign_refuses_a_forged_request(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    made = make_request("site-b", "client", tmp_path / "site-b")
+    der = bytearray(read_request(made.csr).public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x01  # inside the signature
+    forged = tmp_path / "forged.csr"
+    forged.write_bytes(bytes(der))
+    with pytest.raises(ProvisionError, match="its signature does not match the key in it"):
+        sign_request(project, root, forged)
+
+
+def test_sign_refuses_a_huge_file(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    huge = tmp_path / "huge.csr"
+    with huge.open("wb") as out:
+        out.truncate(100 * 1024 * 1024)
+    with pytest.raises(ProvisionError, match="104,857,600 bytes is more than"):
+        sign_request(project, root, huge)
+
+
+def test_a_second_request_needs_reissue_and_a_new_key(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    first = make_request("site-b", "client", tmp_path / "first")
+    old = sign_request(project, root, first.csr)
+    old_cert = x509.load_pem_x509_certificate(_kit_files(old.kit.zip_path)["startup/client.crt"])
+    with pytest.raises(
+        ProvisionError,
+        match=r"has a certificate already \(serial [0-9a-f]+\); to replace it .* --reissue",
+    ):
+        sign_request(project, root, first.csr)
+    with pytest.raises(ProvisionError, match="is for the key 'site-b' holds already"):
+        sign_request(project, root, first.csr, reissue=True)
+    second = make_request("site-b", "client", tmp_path / "second")
+    new = sign_request(project, root, second.csr, reissue=True)
+    assert new.crl is not None and [r.reason for r in new.crl.revoked] == ["superseded"]
+    ca = x509.load_pem_x509_certificate((root / "state" / "rootCA.pem").read_bytes())
+    assert read_crl(root / CRL_FILE, ca).revokes(old_cert)
+    verify_startup(assemble(new.kit.zip_path, tmp_path / "second").startup)
+
+
+def test_assemble_refuses_what_does_not_fit(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    signed = sign_request(project, root, made.csr)
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(ProvisionError, match="no key made here"):
+        assemble(signed.kit.zip_path, elsewhere)
+    make_request("site-b", "client", elsewhere)
+    with pytest.raises(ProvisionError, match="its certificate was made for another key than"):
+        assemble(signed.kit.zip_path, elsewhere)
+    wrong = "ab" * 32
+    with pytest.raises(
+        ProvisionError, match=r"its project CA has fingerprint [0-9A-F:]+, not the AB:AB"
+    ):
+        assemble(signed.kit.zip_path, site, wrong)
+    with pytest.raises(ProvisionError, match="--ca-fingerprint must be a SHA-256"):
+        assemble(signed.kit.zip_path, site, "12:34")
+    made.key.chmod(0o644)
+    with pytest.raises(ProvisionError, match="the private key may be read by others"):
+        assemble(signed.kit.zip_path, site)
+    made.key.chmod(0o600)
+    zip_kit = root / "packages" / "site-a.zip"
+    with pytest.raises(ProvisionError, match="encrypted, so it holds a key of its own"):
+        assemble(zip_kit, site)
+    assert made.key.exists() and not (site / "startup").exists()  # nothing moved, nothing lost
+
+
+def test_assemble_refuses_a_tampered_kit(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    signed = sign_request(project, root, made.csr)
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(tampered, "w") as out:
+        for name, data in _kit_files(signed.kit.zip_path).items():
+            if name == "startup/fed_client.json":
+                data = data.replace(b"localhost", b"evil.example.org")
+            out.writestr(name, data)
+    with pytest.raises(ProvisionError, match=r"altered: fed_client\.json"):
+        assemble(tampered, site)
+    assert made.key.exists()
+
+
+def test_force_certifies_the_key_a_site_holds_and_assemble_renews(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any]
+) -> None:
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    assemble(sign_request(project, root, made.csr).kit.zip_path, site)
+    key = (site / "startup" / "client.key").read_bytes()
+    again = provision_workspace(project, root, force=True)
+    renewed = next(kit for kit in again.written if kit.name == "site-b")
+    assert renewed.password is None
+    assert again.awaiting == ("viewer@example.org",)
+    assemble(renewed.zip_path, site)
+    verify_startup(site / "startup")
+    assert (site / "startup" / "client.key").read_bytes() == key
+    assert sorted(p.name for p in site.iterdir()) == ["request", "startup"]
+
+
+def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:
+    project, root = lead
+    with pytest.raises(
+        ProvisionError,
+        match=r"makes its own key \(csr: true\), so there is no kit to re-issue here",
+    ):
+        provision_workspace(project, root, reissue="site-b")
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_property_any_file_is_a_request_or_a_clear_error(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "any.csr"
+    path.write_bytes(data)
+    try:
+        read_request(path)
+    except ProvisionError as exc:
+        assert str(exc).startswith(f"{path}: ")
+
+
+def test_cli_request_sign_assemble(tmp_path: Path, csr_mapping: dict[str, Any]) -> None:
+    import yaml
+
+    (tmp_path / "project.yml").write_text(yaml.safe_dump(csr_mapping))
+    done = flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-2:] == [
+        "===> awaiting site-b: csr: true, so it sends a request (flprovision sign REQUEST.csr)",
+        "===> awaiting viewer@example.org: csr: true, so it sends a request (flprovision sign "
+        "REQUEST.csr)",
+    ]
+    done = flprovision("request", "site-b", "--role", "client", "-w", "site", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "wrote the private key site/request/client.key (mode 0600): it stays here\n"
+        "wrote the request site/request/site-b.csr: send it to lead IT, who run: flprovision "
+        "sign site-b.csr\n"
+    )
+    done = flprovision("sign", "site/request/site-b.csr", "-w", "ws", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    kit_line, fingerprint_line = done.stdout.splitlines()
+    assert kit_line == "===> no password: site-b.zip holds no key; send it as it is"
+    fingerprint = fingerprint_line.removeprefix("===> project CA fingerprint (SHA-256): ")
+    assert len(fingerprint) == 95
+    done = flprovision(
+        "assemble", "ws/packages/site-b.zip", "-w", "site", "--ca-fingerprint", fingerprint,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "assembled site/startup for site-b with the key made here"
+    assert flprovision("verify", "site", cwd=tmp_path).returncode == 0
+    done = flprovision("sign", "site/request/site-b.csr", "-w", "ws", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("flprovision: error: 'site-b' has a certificate already")
+
+
+def test_extract_refuses_a_zip_bomb(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as out:
+        out.writestr("startup/fed_client.json", b"\0" * (50 * 1024 * 1024))
+    with pytest.raises(ProvisionError, match="would unpack to 52,428,800 bytes"):
+        extract_kit(bomb, "x", tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()

@@ -1,0 +1,94 @@
+"""Secrets stay secret: keys only their owner may read, passwords only where they belong.
+
+The daemons are started as real processes on a kit whose key others may
+read: each stops at once with the ssh-like message and its exit code, before
+it opens a port or dials anyone.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fladmin.client import AdminError, load_kit
+from provision import extract_kit
+from tests.flprovision import flprovision
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+
+def _extract(workspace: Any, name: str, dest: Path) -> Path:
+    return extract_kit(workspace.kit(name), workspace.password(name), dest)
+
+
+@pytest.mark.parametrize(
+    ("kit", "daemon", "key"),
+    [("server", "flserverd", "server.key"), ("site-a", "flclientd", "client.key")],
+)
+def test_a_daemon_refuses_a_key_others_may_read(
+    provisioned_workspace: Any, tmp_path: Path, kit: str, daemon: str, key: str
+) -> None:
+    startup = _extract(provisioned_workspace, kit, tmp_path / kit)
+    (startup / key).chmod(0o644)
+    done = subprocess.run(
+        [sys.executable, "-m", daemon, "--workspace", str(tmp_path / kit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=_env(),
+    )
+    assert done.returncode != 0
+    expected = (
+        f"{startup / key}: the private key may be read by others (mode 0644); only its owner "
+        f"may read it: run chmod 600 {startup / key}"
+    )
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_console_refuses_an_admin_key_others_may_read(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    startup = _extract(provisioned_workspace, "lead@example.org", tmp_path / "lead")
+    (startup / "client.key").chmod(0o640)
+    with pytest.raises(AdminError, match=r"may be read by others \(mode 0640\)"):
+        load_kit(startup)
+    (startup / "client.key").chmod(0o600)
+    assert load_kit(startup).email == "lead@example.org"
+
+
+def test_extracted_keys_are_owner_only_whatever_the_umask(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    old = os.umask(0)
+    try:
+        startup = _extract(provisioned_workspace, "site-b", tmp_path / "site-b")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((startup / "client.key").stat().st_mode) == 0o600
+
+
+def test_verbose_provisioning_logs_no_password_and_no_key(
+    tmp_path: Path, provision_project_mapping: dict[str, Any]
+) -> None:
+    project = tmp_path / "project.yml"
+    project.write_text(yaml.safe_dump(provision_project_mapping))
+    done = flprovision("-v", "-p", str(project), "-w", str(tmp_path / "ws"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    passwords = [line.split()[2] for line in done.stdout.splitlines()]
+    assert len(passwords) == 5
+    assert "wrote" in done.stderr
+    for secret in (*passwords, "PRIVATE KEY"):
+        assert secret not in done.stderr
