@@ -55,7 +55,12 @@ from flserverd.links import ClientLink
 from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
-from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Training
+from flserverd.training import (
+    PHASE_FINAL_VALIDATION,
+    PHASE_TRAINING,
+    STORAGE_RETRY_S,
+    Training,
+)
 from flserverd.views import client_row, round_record
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,9 @@ class FLServer:
         self.shutting_down = False
         """An admin's shutdown was accepted: no other command changes anything now."""
         self._sweeper: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
+        self.resume_fault = ""
+        """Why the interrupted run could not be resumed yet (a full disk); retried."""
         self._links_changed = asyncio.Condition()
         """Notified when a client's stream attaches or a client is dropped."""
         self._leaving: set[str] = set()
@@ -117,15 +125,47 @@ class FLServer:
         logging.getLogger().addHandler(self._log_handler)
         number = self.run_number
         record = self.db.get_run(number) if number else None
-        if record is not None and record.status in st.ACTIVE:
-            try:
-                self._resume(record)
-            except (ConfigError, TensorFileError, OSError) as exc:
-                # Keep serving: admins can look, fix and start the run again.
-                log.error("cannot resume run %d: %s; marking it stopped", number, exc)
-                record.status, record.reason = st.STOPPED, f"could not resume: {exc}"
-                self.db.save_run(record)
+        if record is not None and record.status in st.ACTIVE and not self._try_resume(record):
+            self._resuming = loop.create_task(self._resume_when_possible(record))
         self._sweeper = loop.create_task(self._sweep())
+
+    def _try_resume(self, record: RunRecord) -> bool:
+        """Resume an interrupted run; False when the disk must take writes first (the run
+        is then shown paused, with why)."""
+        try:
+            self._resume(record)
+        except (ConfigError, TensorFileError, OSError, sqlite3.Error) as exc:
+            self.training = None
+            fault = disk_fault(exc, self.workspace)
+            if fault is not None:
+                if not self.resume_fault:
+                    log.error(
+                        "cannot resume run %d yet: server %s; it resumes once the disk takes "
+                        "writes again (tried every %gs, or at once with start server)",
+                        record.run_number,
+                        fault,
+                        STORAGE_RETRY_S,
+                    )
+                self.resume_fault = f"server {fault}"
+                return False
+            if isinstance(exc, sqlite3.Error):
+                raise
+            # Keep serving: admins can look, fix and start the run again.
+            log.error("cannot resume run %d: %s; marking it stopped", record.run_number, exc)
+            record.status, record.reason = st.STOPPED, f"could not resume: {exc}"
+            self.db.save_run(record)
+        self.resume_fault = ""
+        return True
+
+    async def _resume_when_possible(self, record: RunRecord) -> None:
+        def waiting() -> bool:
+            number = record.run_number
+            return self.run_number == number and self.training_for(number) is None
+
+        while waiting() and self.resume_fault:
+            await asyncio.sleep(STORAGE_RETRY_S)
+            if waiting() and self._try_resume(record):
+                self.publish_run()
 
     def _resume(self, record: RunRecord) -> None:
         app = load_app(self.store.server_app(record.run_number))
@@ -153,8 +193,9 @@ class FLServer:
 
     async def close(self, grace: float) -> None:
         """Stop cleanly: let checkpoint writes land, close streams, keep the run resumable."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._resuming):
+            if task is not None:
+                task.cancel()
         if self.training is not None:
             await self.training.close(grace)
         for link in list(self.links.values()):
@@ -225,7 +266,9 @@ class FLServer:
         if training is not None:
             return st.PAUSED if training.fault and training.active else training.run.status
         record = self.db.get_run(self.run_number) if self.run_number else None
-        return record.status if record is not None else st.NOT_STARTED
+        if record is None:
+            return st.NOT_STARTED
+        return st.PAUSED if self.resume_fault and record.status in st.ACTIVE else record.status
 
     @property
     def current_round(self) -> int:
@@ -307,6 +350,7 @@ class FLServer:
             fault = disk_fault(exc)
             why = f"server {fault}" if fault else f"its checkpoint cannot be used: {exc}"
             raise CommandError(f"cannot continue run {number}: {why}; {again}") from None
+        self.resume_fault = ""
         self._crossvals.pop(number, None)
         self._offer_to_ready(self.training, number)
         where = f"round {record.next_round}" if training_left else "the final validation"
@@ -664,6 +708,7 @@ class FLServer:
             failed_sites=tuple(record.failed_sites),
             best_metric=best,
             reason=record.reason,
+            fault=self.resume_fault,
         )
 
     def _training_view(self, training: Training, status: str) -> RunInfo:

@@ -869,13 +869,13 @@ class FullDiskDB(StateDB):
     full = False
     commits_full = False
 
-    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
         committing = any("round_metrics" in sql for sql, _ in statements)
         if self.full or (self.commits_full and committing):
             error = sqlite3.OperationalError("database or disk is full")
             error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
             raise error
-        super()._write(statements)
+        return super()._write(statements)
 
 
 def full_disk_setup(tmp_path: Path) -> tuple[Setup, FullDiskDB]:
