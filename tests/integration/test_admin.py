@@ -141,11 +141,16 @@ def test_set_run_number_reuse_keeps_logs(cluster: Cluster) -> None:
     finished(cluster)
     assert cluster.ok("set_run_number 2").text == "Create a new run folder: run_2"
     assert cluster.ok("set_run_number 1").text.startswith("Reuse the existing")
-    cluster.ok("start server")
+    assert [r["round"] for r in cluster.metrics(1)] == [0, 1, 2]  # kept
+    # A finished run is not trained again by accident: that is start server fresh, which
+    # replaces its results rather than appending a second copy of every round.
+    (again,) = cluster.admin("start server")
+    assert not again.ok and "start server fresh" in again.text
+    cluster.ok("start server fresh", confirmed=True)
     cluster.ok("start client")
     finished(cluster)
     rounds = [r["round"] for r in cluster.metrics(1)]
-    assert rounds == [0, 1, 2, 0, 1, 2]
+    assert rounds == [0, 1, 2]
     for bad in (
         "set_run_number",
         "set_run_number x",
