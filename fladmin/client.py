@@ -3,7 +3,8 @@
 The full-screen console, ``fltui --cmd``, the demo and the benchmarks all
 use it, so scripts see exactly what people see. Commands travel as text lines; ``set_timeout`` is
 kept here (it is how long the server waits for clients on our behalf) and
-``upload_folder`` streams an app from the admin's ``transfer/`` folder.
+``upload_folder`` streams an app from the admin's ``transfer/`` folder;
+``load_crl <file>`` reads the file here and sends it with the command line.
 Strings from the server pass :func:`flcore.feed.printable` as they arrive
 here, since they carry what sites wrote and end up on a terminal.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from flcore.configfile import parse_json, read_bounded
 from flcore.feed import printable
 from flcore.folders import FolderError, folder_size, iter_chunks
 from flcore.kitsig import KitSignatureError, verify_startup
@@ -35,6 +37,10 @@ MAX_TIMEOUT_S = 3600.0
 LOGIN_TIMEOUT_S = 10.0
 RPC_SLACK_S = 5.0
 REFUSED_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+ATTACHING = frozenset({"load_crl"})
+"""Commands whose one argument is a file on the admin's machine, sent along."""
+MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024
+"""Fits one gRPC message; a CRL of tens of thousands of revoked certificates."""
 
 
 class AdminError(Exception):
@@ -170,8 +176,20 @@ class AdminClient:
             if len(words) != 2:
                 return _local(line, False, "usage: upload_folder <app>")
             return await self.upload_folder(words[1])
+        attachment = b""
+        if words and words[0] in ATTACHING:
+            if len(words) != 2:
+                return _local(line, False, f"usage: {words[0]} <file>")
+            try:
+                attachment = read_attachment(Path(words[1]).expanduser())
+            except AdminError as exc:
+                return _local(line, False, str(exc))
         request = admin_pb2.CommandRequest(
-            token=self.token, line=line, timeout_s=self.timeout, confirmed=confirmed
+            token=self.token,
+            line=line,
+            timeout_s=self.timeout,
+            confirmed=confirmed,
+            attachment=attachment,
         )
         try:
             reply = await self._stub.Execute(request, timeout=self.timeout + RPC_SLACK_S)
@@ -239,6 +257,19 @@ class AdminClient:
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
 
 
+def read_attachment(path: Path) -> bytes:
+    """The file a command sends along; AdminError says why it cannot be sent."""
+    try:
+        data = read_bounded(path, MAX_ATTACHMENT_BYTES)
+    except ConfigError as exc:
+        raise AdminError(str(exc)) from None
+    except OSError as exc:
+        raise AdminError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise AdminError(f"{path} is empty")
+    return data
+
+
 def _printable_json(value: Any) -> Any:
     """A reply's data with every string cleaned: it carries what sites wrote (errors, notes)."""
     if isinstance(value, str):
@@ -253,9 +284,10 @@ def _printable_json(value: Any) -> Any:
 def _from_wire(line: str, reply: admin_pb2.CommandReply) -> CommandReply:
     """A reply as the console and scripts see it, its texts safe to draw on a terminal."""
     try:
-        data = _printable_json(json.loads(reply.data_json)) if reply.data_json else {}
-    except json.JSONDecodeError:
-        data = {}
+        raw = parse_json(reply.data_json, "reply data", allow_nan=True) if reply.data_json else {}
+    except ConfigError:
+        raw = {}
+    data = _printable_json(raw)
     return CommandReply(
         line,
         reply.ok,

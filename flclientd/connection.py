@@ -26,6 +26,7 @@ from flclientd.serde import (
     upward_to_proto,
     verdict_from_proto,
 )
+from flclientd.siteapps import APP_NAME_FILE
 from flcore import faultpoints
 from flcore.federation import (
     GLOBAL_OWNER,
@@ -205,7 +206,7 @@ class Connection:
             async for chunk in call:
                 receiver.write(chunk.path, chunk.offset, chunk.data, chunk.eof)
             receiver.finish()
-            (staging / ".app_name").write_text(app + "\n")
+            (staging / APP_NAME_FILE).write_text(app + "\n")
         except BaseException:
             receiver.discard()
             raise

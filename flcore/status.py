@@ -14,6 +14,9 @@ STARTED = "training started"
 STOPPED = "training stopped"
 FAILED = "training failed"
 CROSS_VALIDATING = "cross site validation"
+WAITING_APPROVAL = "waiting for approval"
+"""A site was told to train an app with custom code that its IT has not approved yet;
+``ClientStatus.detail`` names the app and its digest."""
 PAUSED = "training paused"
 """A run (on the server) or a site that cannot write to its disk: it goes on by itself once
 the write succeeds again."""
@@ -26,8 +29,12 @@ LOGGED_OUT = "logged out"
 """Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
 console tells it apart from a client lost to the heartbeat timeout."""
 
+REVOKED = "certificate revoked"
+"""The last status of a client whose certificate was revoked, and why the server dropped it:
+the console shows the site as revoked rather than lost."""
+
 # Statuses during which a site or the server has a run in progress.
-ACTIVE = frozenset({STARTING, STARTED, PAUSED, CROSS_VALIDATING})
+ACTIVE = frozenset({STARTING, STARTED, PAUSED, CROSS_VALIDATING, WAITING_APPROVAL})
 
 
 @dataclass
@@ -43,3 +50,4 @@ class ClientStatus:
     app: str = ""
     gpus_in_use: int = 0
     cross_validate: bool = False
+    detail: str = ""

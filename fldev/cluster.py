@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fladmin import AdminClient, CommandReply, load_kit
+from flcore.appreview import review_app
 from flcore.faultpoints import FAULT_ENV
 from flcore.proctable import command_line, process_table
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -152,6 +153,8 @@ class Cluster:
     )
     fed_port: int = 0
     admin_port: int = 0
+    server_local: dict[str, Any] = field(default_factory=dict)
+    """Settings for the server's local/fed_server.json (e.g. max_instances_per_kit)."""
     daemons: list[Daemon] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
 
@@ -182,6 +185,10 @@ class Cluster:
             assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password
             extract_kit(kit.zip_path, kit.password, self.root / kit.name)
+        if self.server_local:
+            local = self.root / "server" / "local"
+            local.mkdir(exist_ok=True)
+            (local / "fed_server.json").write_text(json.dumps(self.server_local))
         self.data = self.root / "data"
         subprocess.run(
             [
@@ -324,6 +331,22 @@ class Cluster:
         values = json.loads(path.read_text())
         values.update(changes)
         path.write_text(json.dumps(values))
+
+    def digest(self, app: str) -> str:
+        """The SHA-256 a site approves the admin's copy of ``app`` by."""
+        return review_app(self.root / ADMIN / "transfer" / app, app).digest
+
+    def approve(self, app: str, *sites: str) -> None:
+        """Site IT approves the admin's copy of ``app`` at each site (every client by
+        default) with ``flclientd approve``, as after reading it with show-app."""
+        digest = self.digest(app)
+        for site in sites or self.clients:
+            workspace = str(self.root / site)
+            subprocess.run(
+                [sys.executable, "-m", "flclientd", "approve", "--workspace", workspace, digest],
+                check=True,
+                capture_output=True,
+            )
 
     def prepare_run(
         self, run_number: int = 1, *, deploy_clients: bool = True, **server_config: Any

@@ -11,7 +11,7 @@ reaches ``point`` it
   until someone opens it for writing (:func:`release`), so that a test can
   change the world (fill a disk) at that instant, without sleeping, or
 * ``fail``: raises :class:`InjectedFailure` there, as a bug in the server
-  would (the run stops with "server error: ...").
+  would (the run stops on "an unexpected error on the server").
 
 Only :func:`flcore.faultpoints.reached` calls into this module, and only in
 a development checkout; this module imports nothing of flstack's.

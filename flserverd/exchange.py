@@ -22,7 +22,6 @@ from pathlib import Path
 from flcore import faultpoints
 from flcore.diskfault import disk_fault
 from flcore.federation import (
-    GLOBAL_OWNER,
     MetricsKind,
     MetricsReport,
     ModelKind,
@@ -77,8 +76,10 @@ class ModelExchange:
             return training.admit(instance, request.round)
         if not self.server.known_run(request.run_number):
             raise Refusal(f"run {request.run_number} does not exist on this server")
-        owner = GLOBAL_OWNER if request.kind is ModelKind.BEST_GLOBAL else request.owner
-        return self.server.crossval_for(request.run_number).model_for(instance, owner)
+        crossval = self.server.crossval_for(request.run_number)
+        if request.kind is ModelKind.BEST_GLOBAL:
+            return crossval.global_model_for(instance)
+        return crossval.site_model_for(instance, request.owner)
 
     def app_folder(self, run_number: int, app: str) -> Path:
         """The copy of an app deployed to clients of a run; TransferError for a name that
@@ -182,6 +183,9 @@ class ModelExchange:
                 if received == 1:
                     faultpoints.reached(faultpoints.SERVER_UPLOAD)
             model = await asyncio.to_thread(spool.finish)
+            revoked = self.server.revoked_sender(instance)
+            if revoked is not None:
+                return Verdict(SubmitOutcome.REJECTED, f"{_what(header.kind)} discarded: {revoked}")
             if header.kind is UploadKind.BEST_LOCAL:
                 self.server.crossval_for(header.run_number).accept_model(instance, model)
                 return Verdict(

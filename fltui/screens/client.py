@@ -69,11 +69,11 @@ class ClientScreen(Screen[None]):
         facts = [
             ("instance", row.instance),
             ("client name", row.client_name),
-            ("token", row.token or "-"),
+            ("token id", row.token_id or "-"),
             ("org", row.org),
             ("host", row.hostname),
             ("device", row.device),
-            ("status", row.status),
+            ("status", row.detail or row.status),
             ("run / round", f"{row.run_number or '-'} / {row.round if row.round >= 0 else '-'}"),
             ("samples", str(row.samples)),
             ("app", row.app or "-"),

@@ -207,11 +207,14 @@ def test_a_run_stopped_by_a_server_error_continues_with_start_server(
     cluster.ok("start server fresh", confirmed=True)
     cluster.ok("start client")
     state = wait_until(
-        lambda: (s := cluster.run_state())["reason"].startswith("server error") and s,
+        lambda: (s := cluster.run_state())["reason"].startswith("an unexpected error") and s,
         120,
         "the run to stop with a server error",
     )
-    assert state["reason"] == "server error: fault point server.checkpoint: injected failure"
+    assert state["reason"] == (
+        "an unexpected error on the server stopped it; the server's log has the details"
+    )
+    assert "fault point server.checkpoint: injected failure" in server.log()
     assert state["server_status"] == "training stopped"
     assert [r["round"] for r in training_rows(cluster)] == [0]
     assert_checkpoints_intact(cluster)
