@@ -273,7 +273,7 @@ def test_after_a_shutdown_nothing_else_changes_the_server() -> None:
     async def scenario() -> tuple[Reply, Reply, Reply]:
         stop = await cmds.execute(ADMIN, ROLE_SUPER, "shutdown server", 5.0, True)
         again = await cmds.execute("deputy@lead.org", ROLE_SUPER, "shutdown server", 5.0, True)
-        look = await cmds.execute("deputy@lead.org", ROLE_SUPER, "check_status server", 5.0, True)
+        look = await cmds.execute("deputy@lead.org", ROLE_SUPER, "help", 5.0, True)
         return stop, again, look
 
     stop, again, look = run(scenario())
@@ -282,7 +282,7 @@ def test_after_a_shutdown_nothing_else_changes_the_server() -> None:
     assert [line for _, line, _ in server.db.audited] == [
         "shutdown server",
         "shutdown server",
-        "check_status server",
+        "help",
     ]
 
 
@@ -292,7 +292,7 @@ def test_a_full_disk_keeps_the_audit_in_memory_and_in_order() -> None:
     server.db.full = True
 
     async def scenario() -> list[Reply]:
-        lines = ["check_status server", "set_run_number 3"]
+        lines = ["help", "set_run_number 3"]
         replies = [await cmds.execute(ADMIN, ROLE_SUPER, line, 5.0, False) for line in lines]
         server.db.full = False
         replies.append(await cmds.execute(ADMIN, ROLE_SUPER, "abort server", 5.0, False))
@@ -301,7 +301,7 @@ def test_a_full_disk_keeps_the_audit_in_memory_and_in_order() -> None:
     replies = run(scenario())
     assert [r.ok for r in replies] == [True, True, False]  # the commands ran all the same
     assert server.db.audited == [
-        (ADMIN, "check_status server", True),
+        (ADMIN, "help", True),
         (ADMIN, "set_run_number 3", True),
         (ADMIN, "abort server", False),
     ]
