@@ -30,6 +30,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROUNDS = 3
 CLIENTS = ("flclient1", "flclient2")
+SITES = ("flclient1", "flclient2", "flclient3")
+"""The server-kill cases train with three sites: with two, addition is commutative and the
+order updates are folded in could not change the bytes."""
 
 
 def state_db(cluster: Cluster) -> sqlite3.Connection:
@@ -91,15 +94,16 @@ class Reference:
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
     cluster = Cluster(
         tmp_path_factory.mktemp("kills"),
+        clients=SITES,
         settings={"heart_beat_timeout": 60, "heartbeat_interval": 0.5, "retry_window": 60},
     )
     try:
         server = cluster.server()
-        for name in CLIENTS:
+        for name in SITES:
             cluster.client(name)
         cluster.configure("config_fed_client.json", local_epochs=1)
         cluster.prepare_run(
-            1, num_rounds=ROUNDS, min_num_clients=2, max_num_clients=2, wait_after_min_clients=60
+            1, num_rounds=ROUNDS, min_num_clients=3, max_num_clients=3, wait_after_min_clients=60
         )
         cluster.ok("start server")
         cluster.ok("start client")
@@ -130,8 +134,8 @@ def rerun_with_server_killed(ref: Reference, point: str, nth: int) -> None:
 @pytest.mark.parametrize(
     ("point", "nth", "round_killed"),
     [
-        ("server.download", 3, 1),  # two downloads per round: the third is in round 1
-        ("server.upload", 3, 1),
+        ("server.download", 4, 1),  # three downloads per round: the fourth is in round 1
+        ("server.upload", 4, 1),
         ("server.fold", 1, 0),  # the first fold (its count depends on arrival order)
         ("server.checkpoint", 2, 1),
         ("server.commit", 2, 1),
@@ -154,7 +158,7 @@ def test_server_killed_mid_run_resumes_to_the_same_bytes(
     assert finished(cluster)["reason"] == "finished"
     run_dir = cluster.root / "server" / "run_1"
     assert (run_dir / "global_model.safetensors").read_bytes() == reference.global_model
-    assert counted(cluster) == [(r, c) for r in range(ROUNDS) for c in CLIENTS]
+    assert counted(cluster) == [(r, c) for r in range(ROUNDS) for c in SITES]
     rows = training_rows(cluster)
     assert [r["round"] for r in rows] == list(range(ROUNDS))  # each round's line once
     assert [r["samples"] for r in rows] == [r["samples"] for r in training_rows_of(reference)]
@@ -233,7 +237,7 @@ def test_a_run_stopped_by_a_server_error_continues_with_start_server(
     cluster.ok("start client")
     assert finished(cluster)["reason"] == "finished"
     assert [r["round"] for r in cluster.metrics()] == [*range(ROUNDS), ROUNDS]  # no row twice
-    assert counted(cluster) == [(r, c) for r in range(ROUNDS) for c in CLIENTS]
+    assert counted(cluster) == [(r, c) for r in range(ROUNDS) for c in SITES]
     assert f"run 1 continues at round 1 of {ROUNDS} rounds" in server.log()
 
     (again,) = cluster.admin("start server")
