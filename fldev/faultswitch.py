@@ -9,7 +9,10 @@ reaches ``point`` it
   at a known instant, the same in every run), or
 * ``hold``: creates the FIFO ``$FLSTACK_FAULT_DIR/<point>.hold`` and blocks
   until someone opens it for writing (:func:`release`), so that a test can
-  change the world (fill a disk) at that instant, without sleeping, or
+  change the world (fill a disk) at that instant, without sleeping (a point
+  reached on the event loop, such as the upload and download points, holds
+  the whole daemon meanwhile; the fold and checkpoint points are reached in
+  a worker thread), or
 * ``fail``: raises :class:`InjectedFailure` there, as a bug in the server
   would (the run stops on "an unexpected error on the server").
 
