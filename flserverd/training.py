@@ -201,7 +201,8 @@ class Training:
             self._listener.offer(sorted(self.ready), self.current_offer())
 
     def client_ready(self, instance: str) -> None:
-        """A client says it is training this run: offer it the current task."""
+        """A client says it is training this run: offer it the current task (once training
+        goes on, when it is paused)."""
         if not self.active:
             return
         self.ready.add(instance)
@@ -211,7 +212,7 @@ class Training:
             if offer.kind is TaskKind.VALIDATE_GLOBAL
             else instance in self.round.contributed
         )
-        if not done:
+        if not done and not self.fault:
             self._listener.offer([instance], offer)
         self._listener.run_changed()
 
