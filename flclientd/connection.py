@@ -27,6 +27,7 @@ from flclientd.serde import (
     verdict_from_proto,
 )
 from flclientd.siteapps import APP_NAME_FILE
+from flcore import faultpoints
 from flcore.federation import (
     GLOBAL_OWNER,
     Downward,
@@ -129,6 +130,7 @@ class Connection:
         request = ModelRequest(run_number, round_number, kind, owner)
         call = self.stub.GetModel(model_request_to_proto(self.token, request))
         spool: SpoolWriter | None = None
+        received = 0
         try:
             async for message in call:
                 if message.WhichOneof("body") == "manifest":
@@ -139,6 +141,9 @@ class Connection:
                     raise ValueError("the server sent model bytes before the manifest")
                 else:
                     spool.write(message.chunk.name, message.chunk.offset, message.chunk.data)
+                    received += 1
+                    if received == 1:
+                        faultpoints.reached(faultpoints.CLIENT_DOWNLOAD)
             if spool is None:
                 raise ValueError("the server sent no model")
             return spool.finish()
@@ -163,8 +168,10 @@ class Connection:
 
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
             yield submit_header_to_proto(self.token, header)
-            for chunk in tensor_chunks(upload):
+            for index, chunk in enumerate(tensor_chunks(upload)):
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
+                if index == 0:
+                    faultpoints.reached(faultpoints.CLIENT_UPLOAD)
 
         return verdict_from_proto(await self.stub.SubmitModel(messages()))
 

@@ -119,6 +119,8 @@ class RunInfo:
     phase: str = ""
     best_metric: str = ""
     reason: str = ""
+    fault: str = ""
+    """Why training is paused now (e.g. "server disk full: ..."); empty while it is not."""
 
 
 @dataclass(frozen=True)

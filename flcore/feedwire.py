@@ -114,6 +114,7 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         phase=printable(message.phase),
         best_metric=printable(message.best_metric),
         reason=printable(message.reason),
+        fault=printable(message.fault),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from flcore import faultpoints
 from flcore.atomic import atomic_writer
 from flcore.tensorfile import NUMPY_DTYPES, Manifest, TensorFile, header_bytes
 
@@ -62,7 +63,9 @@ class FedAvg:
         """Add ``weight`` x update; blocking, so callers run it in a worker thread."""
         if weight <= 0:
             raise ValueError("an update's weight (sample count) must be positive")
-        for spec in self.manifest.tensors:
+        for index, spec in enumerate(self.manifest.tensors):
+            if index == 1:
+                faultpoints.reached(faultpoints.SERVER_FOLD)
             total = self._sums.get(spec.name)
             if total is None:
                 total = np.zeros(spec.shape, dtype=_accumulator_dtype(spec.dtype))
@@ -81,6 +84,7 @@ class FedAvg:
             raise ValueError("no update was folded into this round")
         with atomic_writer(target) as handle:
             handle.write(header_bytes(self.manifest, metadata))
+            faultpoints.reached(faultpoints.SERVER_CHECKPOINT)
             for spec in self.manifest.tensors:
                 flat = self._sums[spec.name].reshape(-1)
                 for start in range(0, flat.size, SLAB_ELEMENTS):

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from flcore import faultpoints
+from flcore.diskfault import disk_fault
 from flcore.federation import (
     MetricsKind,
     MetricsReport,
@@ -169,12 +171,17 @@ class ModelExchange:
             self.server.store.spool_dir(header.run_number)
             / f"{instance}-{uuid.uuid4().hex}.safetensors"
         )
-        spool = SpoolWriter(spool_path, header.manifest)
+        spool: SpoolWriter | None = None
         try:
+            spool = SpoolWriter(spool_path, header.manifest)
             # Disk writes and the NaN checks run in a thread: the loop keeps serving
             # commands and heartbeats while large models stream in.
+            received = 0
             async for name, offset, data in chunks:
                 await asyncio.to_thread(spool.write, name, offset, data)
+                received += 1
+                if received == 1:
+                    faultpoints.reached(faultpoints.SERVER_UPLOAD)
             model = await asyncio.to_thread(spool.finish)
             revoked = self.server.revoked_sender(instance)
             if revoked is not None:
@@ -190,8 +197,18 @@ class ModelExchange:
             )
         except TensorFileError as exc:
             return Verdict(SubmitOutcome.REJECTED, str(exc))
+        except OSError as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                raise
+            if header.kind is UploadKind.UPDATE and training is not None:
+                training.storage_failed(exc)
+                return training.postponed()
+            return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
         finally:
-            await asyncio.to_thread(spool.discard)
+            # An accepted update's file was moved into its round (flserverd.foldorder).
+            if spool is not None:
+                await asyncio.to_thread(spool.discard)
 
     def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
         """A validation report: of the final global model, or one cross-site cell."""

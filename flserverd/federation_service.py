@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import grpc
 
+from flcore import faultpoints
 from flcore import status as st
 from flcore.folders import iter_chunks
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
@@ -154,10 +155,14 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         model = TensorFile(path)
         yield fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest))
+        sent = 0
         async for name, offset, data in _in_batches(model.iter_chunks()):
             yield fed_pb2.ModelMessage(
                 chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
             )
+            sent += 1
+            if sent == 1:
+                faultpoints.reached(faultpoints.SERVER_DOWNLOAD)
 
     async def SubmitModel(
         self,

@@ -177,17 +177,19 @@ class StateDB:
         """Close the connection (the WAL is checkpointed by SQLite)."""
         self._db.close()
 
-    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run several statements as one durable transaction."""
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        """Run several statements as one durable transaction; returns the rows they changed."""
         self._db.execute("BEGIN IMMEDIATE")
+        changed = 0
         try:
             for sql, params in statements:
-                self._db.execute(sql, params)
+                changed += self._db.execute(sql, params).rowcount
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        return changed
 
     def get_meta(self, key: str) -> str | None:
         """A single setting, e.g. the current run number."""
@@ -307,10 +309,9 @@ class StateDB:
     def forget_unfinished_folds(self, run_number: int, next_round: int) -> int:
         """Drop fold records of rounds that were not completed (their sums died with the
         process), so that clients resending after a restart are counted again, once."""
-        cursor = self._db.execute(
-            "DELETE FROM folded WHERE run_number=? AND round>=?", (run_number, next_round)
+        return self._write(
+            [("DELETE FROM folded WHERE run_number=? AND round>=?", (run_number, next_round))]
         )
-        return cursor.rowcount
 
     def save_client(self, client: ClientRecord) -> None:
         """Persist a registered client so its token survives a server restart."""
@@ -364,14 +365,16 @@ class StateDB:
         ).fetchall()
         return [(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    def audit(self, user: str, line: str, ok: bool) -> None:
-        """Record an admin command."""
+    def audit(self, user: str, line: str, ok: bool, at: float | None = None) -> None:
+        """Record an admin command (run at ``at``, now by default)."""
+        self.audit_entries([(time.time() if at is None else at, user, line, ok)])
+
+    def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
+        """Record admin commands (time, user, line, ok), in this order, in one transaction."""
         self._write(
             [
-                (
-                    "INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)",
-                    (time.time(), user, line, int(ok)),
-                )
+                ("INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)", (t, u, x, int(ok)))
+                for t, u, x, ok in entries
             ]
         )
 

@@ -181,6 +181,26 @@ def test_expired_after_timeout(db: StateDB) -> None:
     assert registry.expired() == [chatty]
 
 
+def test_a_full_disk_keeps_registrations_in_memory(
+    db: StateDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logins and removals go on when the state database cannot be written; the heartbeat
+    sweep must never stop on it."""
+    registry = ClientRegistry(db, 10, Clock())
+
+    def full(*_: object) -> None:
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise error
+
+    monkeypatch.setattr(db, "save_client", full)
+    monkeypatch.setattr(db, "delete_client", full)
+    client, resumed = registry.login(SITE_A, "", MachineInfo())
+    assert not resumed and registry.by_instance("site-a") is client
+    registry.remove(client)
+    assert registry.by_instance("site-a") is None
+
+
 def test_registrations_survive_a_new_registry(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     db = StateDB(path)

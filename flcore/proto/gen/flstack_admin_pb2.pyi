@@ -404,6 +404,7 @@ class RunState(_message.Message):
     PHASE_FIELD_NUMBER: _builtins.int
     BEST_METRIC_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FAULT_FIELD_NUMBER: _builtins.int
     run_number: _builtins.int
     """0: no run set"""
     server_status: _builtins.str
@@ -422,6 +423,8 @@ class RunState(_message.Message):
     """e.g. "accuracy=0.9412 (round 7)" """
     reason: _builtins.str
     """why the run stopped, or why starting it failed"""
+    fault: _builtins.str
+    """why training is paused now (e.g. "server disk full: ..."), or "" """
     @_builtins.property
     def contributed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -450,10 +453,11 @@ class RunState(_message.Message):
         phase: _builtins.str = ...,
         best_metric: _builtins.str = ...,
         reason: _builtins.str = ...,
+        fault: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "fault", b"fault", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
