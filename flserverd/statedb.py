@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flserverd.aggregator import UpdateStats
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -94,7 +96,8 @@ class RoundSummary:
     """A completed round (or the final validation, ``final``): one line of metrics.jsonl.
 
     ``metrics`` are the sample-weighted means of what clients reported;
-    ``duration_s`` and ``samples`` belong to training rounds only.
+    ``duration_s``, ``samples`` and ``updates`` (each update's norm and outlier
+    score, by instance) belong to training rounds only.
     """
 
     run: int
@@ -105,6 +108,7 @@ class RoundSummary:
     duration_s: float = 0.0
     samples: int = 0
     final: bool = False
+    updates: dict[str, UpdateStats] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         """The record as metrics.jsonl and the database keep it."""
@@ -113,6 +117,7 @@ class RoundSummary:
             data["final"] = True
         else:
             data.update(duration_s=self.duration_s, samples=self.samples)
+            data["updates"] = {name: stats.as_json() for name, stats in self.updates.items()}
         data.update(clients=list(self.clients), metrics=dict(self.metrics))
         return data
 
@@ -128,6 +133,10 @@ class RoundSummary:
             duration_s=float(data.get("duration_s", 0.0)),
             samples=int(data.get("samples", 0)),
             final=bool(data.get("final", False)),
+            updates={
+                str(name): UpdateStats(float(stats["norm"]), float(stats["score"]))
+                for name, stats in data.get("updates", {}).items()
+            },
         )
 
 

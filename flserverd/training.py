@@ -42,7 +42,7 @@ from flcore.appconfig import ServerAppConfig
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
-from flserverd.aggregator import FedAvg
+from flserverd.aggregator import Aggregator, UpdateStats, make_aggregator
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.tensorboard import ScalarWriter
@@ -50,6 +50,10 @@ from flserverd.tensorboard import ScalarWriter
 log = logging.getLogger(__name__)
 
 PHASE_TRAINING = "training"
+OUTLIER_SCORE = 3.0
+"""An update this many times farther from the round's aggregate than the median update
+is named in the log."""
+MIN_UPDATES_FOR_OUTLIERS = 3
 PHASE_FINAL_VALIDATION = "final validation"
 
 
@@ -91,7 +95,7 @@ class RoundState:
     """Progress of the current round."""
 
     number: int
-    fedavg: FedAvg
+    aggregator: Aggregator
     started: float
     participants: set[str] = field(default_factory=set)
     contributed: dict[str, int] = field(default_factory=dict)
@@ -145,10 +149,20 @@ class Training:
         self.ready: set[str] = set()
         self.history: list[RoundSummary] = db.round_records(run.run_number)
         self.final_reports: dict[str, int] = {}
-        self._final = RoundState(run.num_rounds, FedAvg(manifest), clock())
-        self.round = RoundState(run.next_round, FedAvg(manifest), clock())
+        self._final = RoundState(run.num_rounds, self._aggregator(run.num_rounds), clock())
+        self.round = RoundState(run.next_round, self._aggregator(run.next_round), clock())
         if run.phase == PHASE_FINAL_VALIDATION:
             self._start_final_validation()
+
+    def _aggregator(self, round_number: int) -> Aggregator:
+        """The aggregator the app's config asks for, for a round (files opened when used)."""
+        number = self.run.run_number
+        return make_aggregator(
+            self.config,
+            self.manifest,
+            self._store.round_model(number, round_number),
+            self._store.spool_dir(number) / f"round_{round_number}",
+        )
 
     @property
     def active(self) -> bool:
@@ -336,7 +350,7 @@ class Training:
         metrics: dict[str, float],
     ) -> None:
         """Add an update to the round's sum and record it, as one unit."""
-        await asyncio.to_thread(state.fedavg.fold, update, float(num_samples))
+        await asyncio.to_thread(state.aggregator.add, instance, update, float(num_samples))
         self._db.record_folded(self.run.run_number, state.number, instance, num_samples, metrics)
         state.contributed[instance] = num_samples
         state.participants.add(instance)
@@ -477,14 +491,19 @@ class Training:
     async def _aggregate(self, state: RoundState) -> None:
         async with self._lock:
             if not self.active:
+                await asyncio.to_thread(state.aggregator.discard)
                 return
             number = self.run.run_number
             following = state.number + 1
             target = self._store.round_model(number, following)
             metadata = {"run": str(number), "round": str(following)}
-            await asyncio.to_thread(state.fedavg.write, target, metadata)
+            try:
+                updates = await asyncio.to_thread(state.aggregator.write, target, metadata)
+            finally:
+                await asyncio.to_thread(state.aggregator.discard)
             if not self.active:
                 return
+            self._report_outliers(state.number, updates)
             metrics = state.mean_metrics()
             self._track_best(state.number, metrics)
             now = self._clock()
@@ -496,13 +515,14 @@ class Training:
                 metrics=metrics,
                 duration_s=round(now - state.started, 4),
                 samples=sum(state.contributed.values()),
+                updates=updates,
             )
             self.run.next_round = following
             finished = following >= self.run.num_rounds
             if finished:
                 self._start_final_validation()
             else:
-                self.round = RoundState(following, FedAvg(self.manifest), now)
+                self.round = RoundState(following, self._aggregator(following), now)
             await self._commit(summary)
             log.info(
                 "run %d round %d aggregated from %d clients in %.2fs: %s",
@@ -516,9 +536,32 @@ class Training:
         self._progress()
         self._listener.run_changed()
 
+    def _report_outliers(self, round_number: int, updates: dict[str, UpdateStats]) -> None:
+        """Name the updates that stand out from the round's aggregate (console log)."""
+        if len(updates) < MIN_UPDATES_FOR_OUTLIERS:
+            return
+        bound = self.config.clip_update_norm
+        for instance, stats in sorted(updates.items()):
+            if stats.score >= OUTLIER_SCORE:
+                clipped = (
+                    f", clipped to {bound:g}" if bound is not None and stats.norm > bound else ""
+                )
+                log.warning(
+                    "run %d round %d: the update of %s is an outlier "
+                    "(score %.1f, distance to the input model %.4g%s)",
+                    self.run.run_number,
+                    round_number,
+                    instance,
+                    stats.score,
+                    stats.norm,
+                    clipped,
+                )
+
     def _start_final_validation(self) -> None:
         self.run.phase = PHASE_FINAL_VALIDATION
-        self._final = RoundState(self.run.num_rounds, FedAvg(self.manifest), self._clock())
+        self._final = RoundState(
+            self.run.num_rounds, self._aggregator(self.run.num_rounds), self._clock()
+        )
         self.final_reports = {}
         self._cancel_timer()
         self._timer = self._call_later(self.config.final_validation_timeout, self._final_timeout)
@@ -566,9 +609,16 @@ class Training:
         self.run.reason = reason
         self._db.save_run(self.run)
         self._close_tensorboard()
+        if not self.round.closed:  # a closed round's aggregation deletes its own files
+            self._spawn(self._drop_round(self.round))
         log.info("run %d %s: %s", self.run.run_number, status, reason)
         self._listener.run_ended(self.run)
         self._listener.run_changed()
+
+    async def _drop_round(self, state: RoundState) -> None:
+        """Delete what an abandoned round kept, once no update is being added to it."""
+        async with self._lock:
+            await asyncio.to_thread(state.aggregator.discard)
 
     async def close(self, grace: float) -> None:
         """Stop timers and let an aggregation in flight finish, without ending the run.

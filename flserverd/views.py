@@ -30,11 +30,17 @@ def client_row(s: RegisteredClient) -> ClientRow:
     )
 
 
+OUTLIERS_SHOWN = 5
+"""Outlier scores per round in the feed (the highest); metrics.jsonl has every update's."""
+
+
 def round_record(summary: RoundSummary) -> RoundRecord:
     """A completed round as the feed shows it."""
+    highest = sorted(summary.updates.items(), key=lambda item: -item[1].score)[:OUTLIERS_SHOWN]
     return RoundRecord(
         round=summary.round,
         metrics=dict(summary.metrics),
         clients=len(summary.clients),
         seconds=summary.duration_s,
+        outliers={name: stats.score for name, stats in highest},
     )

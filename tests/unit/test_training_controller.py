@@ -285,7 +285,7 @@ def test_update_after_aggregation_is_late(tmp_path: Path) -> None:
         )
         assert outcome is SubmitOutcome.LATE
         assert "already aggregated" in message
-        assert training.round.fedavg.count == 0  # not folded into the next round either
+        assert training.round.aggregator.count == 0  # not folded into the next round either
         assert not setup.db.is_folded(RUN, 0, "c2")
         # and a future round or another run is rejected, not accepted
         future = training.check_submission("c1", RUN, 5)
@@ -320,8 +320,8 @@ def test_same_instance_twice_is_duplicate(tmp_path: Path) -> None:
         training = setup.training()
         assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 5) is SubmitOutcome.ACCEPTED
         assert await submit(training, setup, "c1", 0, [9, 9, 9, 9], 5) is SubmitOutcome.DUPLICATE
-        assert training.round.fedavg.count == 1
-        assert training.round.fedavg.total_weight == 5.0
+        assert training.round.aggregator.count == 1
+        assert training.round.aggregator.total_weight == 5.0
         assert training.round.contributed == {"c1": 5}
         assert await submit(training, setup, "c2", 0, [3, 3, 3, 3], 5) is SubmitOutcome.ACCEPTED
         await aggregated(training, setup, 1)
@@ -381,7 +381,7 @@ def test_zero_samples_rejected(tmp_path: Path) -> None:
     async def scenario() -> None:
         training = setup.training()
         assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 0) is SubmitOutcome.REJECTED
-        assert training.round.fedavg.count == 0
+        assert training.round.aggregator.count == 0
         assert not setup.db.is_folded(RUN, 0, "c1")
         await training.close(1)
 
@@ -422,7 +422,7 @@ def test_exactly_once_across_restart(tmp_path: Path) -> None:
         assert await submit(training, setup, "c1", 0, [5] * 4, 1) is SubmitOutcome.LATE
         assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.ACCEPTED
         assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.DUPLICATE
-        assert training.round.fedavg.count == 1
+        assert training.round.aggregator.count == 1
         training.admit("c2", 1)
         assert await submit(training, setup, "c2", 1, [20] * 4, 3) is SubmitOutcome.ACCEPTED
         await aggregated(training, setup, 2)
@@ -474,7 +474,7 @@ def test_max_clients_blocks_unadmitted_update(tmp_path: Path) -> None:
         assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
         outcome = await submit(training, setup, "c3", 0, [100] * 4)
         assert outcome is not SubmitOutcome.ACCEPTED
-        assert training.round.fedavg.count == 1
+        assert training.round.aggregator.count == 1
         await training.close(1)
 
     asyncio.run(scenario())
@@ -836,3 +836,60 @@ def test_a_crash_after_the_commit_loses_no_published_output(tmp_path: Path) -> N
     best = setup.model(run_dir / "best_global_model.safetensors")
     np.testing.assert_array_equal(best["w"], np.zeros(4, dtype=np.float32))  # round 0's input
     assert [row["round"] for row in setup.metrics_rows()] == [0]
+
+
+# --------------------------------------------------------------------------- robust aggregation
+
+
+def test_median_round_keeps_updates_until_written_and_names_the_outlier(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=2, min_num_clients=3, max_num_clients=3, aggregator="median"
+    )
+    kept = setup.store.spool_dir(RUN) / "round_0"
+
+    async def scenario() -> None:
+        training = setup.training()
+        for name in ("c1", "c2", "c3"):
+            training.admit(name, 0)
+        assert await submit(training, setup, "c1", 0, [1, 2, 3, 4]) is SubmitOutcome.ACCEPTED
+        assert await submit(training, setup, "c2", 0, [1, 2, 3, 5], samples=10**6) is (
+            SubmitOutcome.ACCEPTED
+        )
+        assert sorted(p.name for p in kept.iterdir()) == ["c1.safetensors", "c2.safetensors"]
+        poisoned = [-100.0, 200, -300, 400]
+        assert await submit(training, setup, "c3", 0, poisoned) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        # one vote each, whatever the sample counts: the median, not the weighted mean
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [1, 2, 3, 5]
+        assert not kept.exists()
+        await training.close(1)
+
+    with caplog.at_level("WARNING", logger="flserverd.training"):
+        asyncio.run(scenario())
+    [row] = setup.metrics_rows()
+    scores = {name: stats["score"] for name, stats in row["updates"].items()}
+    assert scores["c3"] > 50 and scores["c1"] < 2 and scores["c2"] < 2
+    assert row["updates"]["c1"]["norm"] == pytest.approx(np.sqrt(30))
+    assert setup.db.round_records(RUN)[0].updates["c3"].score == scores["c3"]
+    [warning] = [r.getMessage() for r in caplog.records if "outlier" in r.getMessage()]
+    assert "run 1 round 0: the update of c3 is an outlier" in warning
+
+
+def test_abort_deletes_the_kept_updates_of_the_open_round(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=2, min_num_clients=3, max_num_clients=3, aggregator="median"
+    )
+    kept = setup.store.spool_dir(RUN) / "round_0"
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        assert await submit(training, setup, "c1", 0, [1, 2, 3, 4]) is SubmitOutcome.ACCEPTED
+        assert kept.exists()
+        training.abort()
+        await until(lambda: not kept.exists())
+        await training.close(1)
+
+    asyncio.run(scenario())
