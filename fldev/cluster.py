@@ -35,6 +35,7 @@ DIGITS_APP = APPS / "digits_fedavg"
 ADMIN = "admin@lead.org"
 MEMBER = "viewer@lead.org"
 SERVER_READY = "flserverd .* ready"
+PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy", "no_proxy", "no_grpc_proxy")
 
 
 def free_ports(count: int) -> list[int]:
@@ -185,8 +186,13 @@ class Cluster:
         shutil.copytree(DIGITS_APP, admin_transfer / "digits_fedavg")
 
     def env(self) -> dict[str, str]:
-        """Environment for daemons: unbuffered, no inherited DATA_ROOT or systemd sockets."""
-        env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "NOTIFY_SOCKET")}
+        """Environment for daemons: unbuffered, no inherited DATA_ROOT, systemd sockets or
+        proxies (gRPC would route 127.0.0.1 through a proxy the machine names)."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DATA_ROOT", "NOTIFY_SOCKET") and k.lower() not in PROXY_VARIABLES
+        }
         env["PYTHONUNBUFFERED"] = "1"
         # Several sites share the test machine: one math thread each avoids oversubscription.
         env["OMP_NUM_THREADS"] = "1"
@@ -204,8 +210,20 @@ class Cluster:
         daemon.wait_log(SERVER_READY)
         return daemon
 
-    def client(self, name: str, *, wait: bool = True, extra: list[str] | None = None) -> Daemon:
-        """Start a client of kit ``name`` with its site's data."""
+    def client(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        extra: list[str] | None = None,
+        proxy: str = "",
+    ) -> Daemon:
+        """Start a client of kit ``name`` with its site's data; with ``proxy`` (an HTTP
+        CONNECT proxy's URL, e.g. a :class:`fldev.netproxy.FaultyLink`) it reaches the server
+        through it."""
+        env = self.env()
+        if proxy:
+            env["grpc_proxy"] = proxy
         daemon = Daemon(
             name,
             [
@@ -219,7 +237,7 @@ class Cluster:
                 *(extra or []),
             ],
             self.root / f"{name}.log",
-            self.env(),
+            env,
         )
         self.daemons.append(daemon.start())
         if wait:

@@ -30,6 +30,7 @@ from flcore.federation import (
     UploadKind,
     Verdict,
 )
+from flcore.progress import ProgressWatch, TransferStalled
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.training import Refusal, Training
@@ -97,7 +98,8 @@ class ModelExchange:
         """Judge an upload, receive it when it may be used, and hand it over once.
 
         An update goes to the round controller that judged its header, even if
-        the run was restarted meanwhile: that one then finds it late.
+        the run was restarted meanwhile: that one then finds it late. Raises
+        TransferStalled when the sender stopped sending mid-upload.
         """
         training = self.server.training
         verdict = self.check_upload(instance, header, training)
@@ -169,12 +171,18 @@ class ModelExchange:
             / f"{instance}-{uuid.uuid4().hex}.safetensors"
         )
         spool = SpoolWriter(spool_path, header.manifest)
-        try:
+        watch = ProgressWatch(f"{_what(header.kind)} from {instance}")
+
+        async def receive() -> TensorFile:
             # Disk writes and the NaN checks run in a thread: the loop keeps serving
             # commands and heartbeats while large models stream in.
             async for name, offset, data in chunks:
+                watch.moved()
                 await asyncio.to_thread(spool.write, name, offset, data)
-            model = await asyncio.to_thread(spool.finish)
+            return await asyncio.to_thread(spool.finish)
+
+        try:
+            model = await watch.run(receive())
             if header.kind is UploadKind.BEST_LOCAL:
                 self.server.crossval_for(header.run_number).accept_model(instance, model)
                 return Verdict(
@@ -186,6 +194,9 @@ class ModelExchange:
             )
         except TensorFileError as exc:
             return Verdict(SubmitOutcome.REJECTED, str(exc))
+        except TransferStalled as exc:
+            log.warning("%s", exc)
+            raise
         finally:
             await asyncio.to_thread(spool.discard)
 

@@ -410,6 +410,7 @@ class FLServer:
         if self.links.get(client.token) is link:
             del self.links[client.token]
             client.connected = False
+            log.info("control stream of %s closed; it stays registered", client.instance)
             self.publish_client(client)
 
     def update_status(self, client: RegisteredClient, status: ClientStatus) -> None:
