@@ -23,7 +23,8 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy flcore flapp provision flserverd flclientd fltui fldev examples bench
+	$(BIN)/mypy flcore flapp provision flserverd flclientd fladmin fltui fldev examples bench
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/pytest -n 2 --dist loadgroup

@@ -1,7 +1,7 @@
 """Admin command latency: how fast a command reaches clients and comes back.
 
 Starts a server and N real ``flclientd`` processes (default 8) on
-127.0.0.1, logs in once with the real admin client (``fltui.adminclient``)
+127.0.0.1, logs in once with the real admin client (``fladmin.client``)
 and times, from the admin's side, ~50 calls each of
 
 * ``check_status server``: the admin round trip alone (no client involved);
@@ -36,10 +36,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import median, percentile, table  # noqa: E402
+from fladmin import AdminClient, load_kit  # noqa: E402
 from fldev.cluster import ADMIN, cluster  # noqa: E402
 from fldev.mlpapp import APP_NAME, MODELS, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
-from fltui.adminclient import AdminClient, load_kit  # noqa: E402
 
 TARGET_MS = 200.0
 

@@ -106,7 +106,7 @@ class ConsoleFeed:
     def _run(self) -> None:
         import asyncio
 
-        from fltui.adminclient import AdminClient, load_kit
+        from fladmin import AdminClient, load_kit
 
         async def consume() -> None:
             client = AdminClient(self.startup_dir, load_kit(self.startup_dir), self.user)

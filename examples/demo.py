@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from fltui.adminclient import AdminClient, load_kit
+from fladmin import AdminClient, load_kit
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "digits_fedavg"

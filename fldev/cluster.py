@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fladmin import AdminClient, CommandReply, load_kit
 from flcore.proctable import command_line, process_table
 from fldev.poll import wait_until
-from fltui.adminclient import AdminClient, Outcome, load_kit
 from provision import extract_kit, parse_project, provision_workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,10 +250,10 @@ class Cluster:
 
     def admin(
         self, *lines: str, user: str = ADMIN, confirmed: bool = False, timeout: float = 10.0
-    ) -> list[Outcome]:
+    ) -> list[CommandReply]:
         """Run commands through the real admin client; one login for all of them."""
 
-        async def go() -> list[Outcome]:
+        async def go() -> list[CommandReply]:
             startup = self.kit(user)
             client = AdminClient(startup, load_kit(startup), user)
             client.timeout = timeout
@@ -265,7 +265,7 @@ class Cluster:
 
         return asyncio.run(go())
 
-    def ok(self, line: str, **kwargs: Any) -> Outcome:
+    def ok(self, line: str, **kwargs: Any) -> CommandReply:
         """Run one command and insist that it succeeded."""
         (outcome,) = self.admin(line, **kwargs)
         assert outcome.ok, f"{line!r} failed: {outcome.text}"

@@ -1,4 +1,4 @@
-"""A :class:`fltui.link.Link` that replays a fixed feed: the console without a server.
+"""A :class:`fladmin.link.Link` that replays a fixed feed: the console without a server.
 
 Snapshot tests and the documentation's screenshot use it, so the
 dashboard's look is pinned from a recorded sequence of events with a
@@ -12,15 +12,15 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from flcore.feed import FeedEvent
-from fltui.adminclient import Outcome
+from fladmin.client import CommandReply
+from flcore.feed import Body, FeedEvent
 
-Reply = Callable[[str, bool], Outcome]
+Reply = Callable[[str, bool], CommandReply]
 
 
-def ok_reply(line: str, confirmed: bool) -> Outcome:
+def ok_reply(line: str, confirmed: bool) -> CommandReply:
     """Every command succeeds with a short text."""
-    return Outcome(line, True, f"{line}: done", {}, 42, "2025-06-15 12:00:00.000000")
+    return CommandReply(line, True, f"{line}: done", {}, 42, "2025-06-15 12:00:00.000000")
 
 
 class ReplayLink:
@@ -44,21 +44,30 @@ class ReplayLink:
         self.startup = transfer_dir.parent / "startup"
         self.timeout = 10.0
         self.sent: list[tuple[str, bool]] = []
-        self._forever = asyncio.Event()
+        self._pushed: asyncio.Queue[FeedEvent] = asyncio.Queue()
+        self._seq = self._events[-1].seq if self._events else 0
 
     async def login(self) -> None:
         """Nothing to do."""
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         """Remember the command and answer from ``reply``."""
         self.sent.append((line, confirmed))
         return self._reply(line, confirmed)
 
+    def push(self, *bodies: Body, time: float = 0.0) -> None:
+        """Send these as the next events of the feed."""
+        for body in bodies:
+            self._seq += 1
+            stamp = time or (self._events[-1].time if self._events else 0.0)
+            self._pushed.put_nowait(FeedEvent(self._seq, stamp, body))
+
     async def events(self) -> AsyncIterator[FeedEvent]:
-        """The recorded events, then nothing (the feed stays open)."""
+        """The recorded events, then whatever is pushed (the feed stays open)."""
         for event in self._events:
             yield event
-        await self._forever.wait()
+        while True:
+            yield await self._pushed.get()
 
     async def close(self) -> None:
         """Nothing to close."""

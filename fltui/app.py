@@ -1,37 +1,50 @@
 """The console app: owns the link, the store, the feed worker and the command runner.
 
 One exclusive worker follows the server's event feed and folds it into the
-store; a 250 ms timer hands the accumulated changes to the dashboard, and a
-one-second timer ticks the ages. When the feed breaks, a banner says so and
-the worker logs in again and takes a fresh snapshot, with a growing pause
-between attempts. Commands run in workers too, so a slow server never
-freezes the screen; their replies become notifications and log lines.
+store; the dashboard, handed the store, draws what changed on its own
+timers. Attributes go down, messages come up: the app hands its screens a
+:class:`~fltui.state.ConsoleState` whenever the login or the link changes,
+and they post :mod:`fltui.messages` for what only the app can do (send a
+command, reconnect, open the wizard).
+
+When the feed breaks, the console says that *its* link is down (the sites
+are not), retries with a growing pause and a ticking countdown, logs in
+again and takes a fresh snapshot. When the server went away because an
+admin shut it down (the feed's audit, or our own reply, says who), that is
+no outage: the console says so and waits for ``r`` or ``q``. Commands run
+in workers too, so a slow server never freezes the screen; their replies
+become notifications and log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shlex
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-from textual import work
+from textual import on, work
 from textual.app import App, SystemCommand
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
+from fladmin.client import DEFAULT_TIMEOUT_S, AdminError, CommandReply
+from fladmin.link import AdminLink, Link
 from flcore.feed import LogEntry, Snapshot
-from fltui.adminclient import DEFAULT_TIMEOUT_S, AdminError, Outcome
-from fltui.link import Link, ServerLink
+from fltui.connection import CONNECTED, CONNECTING, DISCONNECTED, SHUT_DOWN, Connection
+from fltui.messages import OpenWizard, Reconnect, RunCommand, ShowValidation
 from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.login import LoginScreen
-from fltui.status import Look
+from fltui.screens.validation import ValidationScreen
+from fltui.state import ConsoleState, Who
+from fltui.status import Look, clock_time
 from fltui.store import Store
-from fltui.targets import describe_stop
-from fltui.widgets.header import CONNECTED, CONNECTING, DISCONNECTED, Who
+from fltui.targets import describe_stop, describe_target
+from fltui.vocabulary import command_words, refusal
+from fltui.wizard.app import guard_quit
 from fltui.wizard.screen import WizardScreen
 
 FLUSH_S = 0.25
@@ -40,19 +53,10 @@ NOTIFY_LINES = 8
 CONFIRM_QUESTION = "Are you sure (Y/N):"
 CONFIRMED_VERBS = {"abort": ("Abort training", "Abort"), "shutdown": ("Shut down", "Shut down")}
 CONSOLE = "console"
-
-
-def command_words(line: str) -> list[str]:
-    """The words of a command line as the server reads them (shell quoting).
-
-    Splitting on spaces would take ``"abort" client`` for another command and
-    skip the confirmation; an unbalanced quote falls back to plain words, and
-    the server then refuses the line itself.
-    """
-    try:
-        return shlex.split(line)
-    except ValueError:
-        return line.split()
+COMMANDS = "commands"
+"""Worker group of commands on their way: never cancelled by another key."""
+LOCAL_COMMANDS = frozenset({"set_timeout"})
+"""Commands the admin client answers itself: the server never audits them."""
 
 
 class ConsoleApp(App[None]):
@@ -72,6 +76,7 @@ class ConsoleApp(App[None]):
         timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         flush_s: float = FLUSH_S,
+        retry_first_s: float = 1.0,
     ) -> None:
         """Open with ``link`` or, without one, the login screen (showing ``problem``).
 
@@ -85,6 +90,8 @@ class ConsoleApp(App[None]):
                 the login screen makes; None keeps the default.
             clock: the time source of ages and countdowns (tests freeze it).
             flush_s: how often queued changes are drawn.
+            retry_first_s: the pause before the first reconnection attempt; it
+                doubles with each failed attempt, up to ten seconds (or this).
         """
         super().__init__()
         self._timeout = DEFAULT_TIMEOUT_S if timeout is None else timeout
@@ -94,21 +101,26 @@ class ConsoleApp(App[None]):
         self.store = Store()
         self.clock = clock
         self.workspace = workspace or Path("fl-workspace")
-        self.link_look: Look = CONNECTING
-        self.link_problem = ""
         self._startup = startup
         self._user = user
         self._problem = problem
-        self.flush_s = flush_s
         self._ever_connected = False
-        self.dashboard = DashboardScreen()
+        self._reconnect = asyncio.Event()
+        self._retry_first_s = retry_first_s
+        self.state = self._state_of(Connection(target=link.target if link else ""))
+        self.dashboard = DashboardScreen(self.store, clock, self.app_names, flush_s)
 
     # ------------------------------------------------------------------ facts
 
     @property
     def connected(self) -> bool:
         """Whether the feed is live (commands may be sent)."""
-        return self.link_look is CONNECTED
+        return self.state.connection.up
+
+    @property
+    def link_look(self) -> Look:
+        """The link's state as the header shows it (connected, disconnected, …)."""
+        return self.state.connection.look
 
     @property
     def role(self) -> str:
@@ -125,14 +137,22 @@ class ConsoleApp(App[None]):
         """The admin's ``transfer/`` folder."""
         return self.link.transfer_dir if self.link else None
 
-    def who(self) -> Who:
-        """Project, server, admin and role, for the header."""
+    def _state_of(self, connection: Connection) -> ConsoleState:
         link = self.link
-        server = self.store.server
         if link is None:
-            return Who(server.project if server else "", "", "not logged in", "")
-        project = server.project if server else link.project
-        return Who(project, link.target, link.user, link.role)
+            return ConsoleState(timeout=self.timeout, save_dir=Path.cwd(), connection=connection)
+        return ConsoleState(
+            who=Who(link.project, link.target, link.user, link.role),
+            timeout=link.timeout,
+            transfer_dir=link.transfer_dir,
+            save_dir=link.startup.parent,
+            connection=connection,
+        )
+
+    def publish(self, connection: Connection | None = None) -> None:
+        """Hand the screens the current state (after a login, a timeout or a link change)."""
+        self.state = self._state_of(connection or self.state.connection)
+        self.dashboard.set_state(self.state)
 
     def app_names(self) -> list[str]:
         """App folders in the admin's ``transfer/``, plus the run's app."""
@@ -152,8 +172,9 @@ class ConsoleApp(App[None]):
     # ------------------------------------------------------------------ lifecycle
 
     async def on_mount(self) -> None:
-        """Show the dashboard, start the timers, then log in or ask how to."""
+        """Show the dashboard, then log in or ask how to."""
         await self.push_screen(self.dashboard)
+        self.publish()
         if self.link is None:
             self.ask_login(self._problem)
         else:
@@ -164,20 +185,6 @@ class ConsoleApp(App[None]):
         if self.link is not None:
             await self.link.close()
 
-    def flush(self) -> None:
-        """Draw what the feed changed since the last flush, in one batch.
-
-        While a dialog covers the dashboard, changes keep piling up in the
-        store instead: redrawing a dimmed background costs as much as the
-        dashboard itself, and the dialog has to answer keys quickly.
-        """
-        if self.screen is not self.dashboard:
-            return
-        changes = self.store.take_changes()
-        if changes:
-            with self.batch_update():
-                self.dashboard.render_changes(changes)
-
     def ask_login(self, problem: str) -> None:
         """Show the login screen, filled in with what the link or the command line gave."""
         startup = self.link.startup if self.link else self._startup
@@ -187,7 +194,7 @@ class ConsoleApp(App[None]):
     async def log_in(self, startup: Path, user: str) -> str | None:
         """Try a login from the login screen; on success follow the feed of that server."""
         try:
-            link = ServerLink(startup, user or None)
+            link = AdminLink(startup, user or None)
         except AdminError as exc:
             return str(exc)
         link.timeout = self.timeout
@@ -199,13 +206,9 @@ class ConsoleApp(App[None]):
         if self.link is not None:
             await self.link.close()
         self.link = link
+        self.publish(Connection(target=link.target))
         self.follow_feed(logged_in=True)
         return None
-
-    def set_link(self, look: Look, problem: str = "") -> None:
-        """Record the connection state and redraw header, banner and keys."""
-        self.link_look, self.link_problem = look, problem
-        self.dashboard.show_link()
 
     @work(exclusive=True, exit_on_error=False, group="feed")
     async def follow_feed(self, logged_in: bool = False) -> None:
@@ -218,6 +221,7 @@ class ConsoleApp(App[None]):
                 if not logged_in:
                     await link.login()
                 logged_in = False
+                self.store.user = link.user
                 problem = "the server ended the event stream"
                 async for event in link.events():
                     if not self.store.apply(event):
@@ -228,90 +232,150 @@ class ConsoleApp(App[None]):
                         self._connected()
             except AdminError as exc:
                 if exc.refused and not self._ever_connected:
-                    self.set_link(DISCONNECTED, str(exc))
+                    self.publish(Connection(DISCONNECTED, problem=str(exc), target=link.target))
                     self.ask_login(str(exc))
                     return
                 problem = str(exc)
-            attempt += 1
-            delay = min(2.0 ** (attempt - 1), RETRY_MAX_S)
-            if self.connected:
-                self.notify(
-                    problem, title="connection lost", severity="error", timeout=8, markup=False
-                )
-            self.set_link(
-                DISCONNECTED,
-                f"connection lost: {problem} · reconnecting in {delay:g}s (attempt {attempt})",
-            )
+            self._reconnect.clear()
+            if self.connected and self.store.shutdown is not None:
+                await self._after_shutdown()
+                attempt = 0
+            else:
+                attempt += 1
+                await self._after_loss(problem, attempt)
+            self.publish(replace(self.state.connection, look=CONNECTING, retry_at=0.0))
+
+    async def _after_shutdown(self) -> None:
+        """The server went away because an admin shut it down: say so, wait for ``r``."""
+        shutdown = self.store.shutdown
+        assert shutdown is not None
+        now = self.clock()
+        connection = Connection(SHUT_DOWN, now, "", 0.0, 0, self.state.connection.target, shutdown)
+        self.publish(connection)
+        message = f"server shut down by {shutdown.user} at {clock_time(shutdown.time)}"
+        self.log_line("INFO", message)
+        self.notify(f"{message}: r reconnects, q quits", title="server shut down", timeout=10)
+        await self._reconnect.wait()
+        self.store.shutdown = None
+
+    async def _after_loss(self, problem: str, attempt: int) -> None:
+        """The link broke: say since when, and count down to the next attempt."""
+        now = self.clock()
+        first = self._retry_first_s
+        delay = min(first * 2.0 ** (attempt - 1), max(RETRY_MAX_S, first))
+        old = self.state.connection
+        if old.up:
+            self.notify(problem, title="connection lost", severity="error", timeout=8, markup=False)
             self.log_line("WARNING", f"connection lost: {problem}")
-            await asyncio.sleep(delay)
-            self.set_link(CONNECTING, f"reconnecting to {link.target} (attempt {attempt})…")
+        lost_at = now if old.up or not old.lost_at else old.lost_at
+        self.publish(Connection(DISCONNECTED, lost_at, problem, now + delay, attempt, old.target))
+        try:
+            await asyncio.wait_for(self._reconnect.wait(), delay)
+        except TimeoutError:
+            return
 
     def _connected(self) -> None:
         if self._ever_connected and not self.connected:
             self.notify("reconnected: showing a fresh snapshot", title="connection")
             self.log_line("INFO", "reconnected")
         self._ever_connected = True
-        self.set_link(CONNECTED)
+        self.publish(Connection(CONNECTED, target=self.state.connection.target))
+
+    @on(Reconnect)
+    def _reconnect_now(self) -> None:
+        self._reconnect.set()
 
     # ------------------------------------------------------------------ commands
 
-    async def run_command(self, line: str, quiet: bool = False) -> Outcome | None:
+    @on(RunCommand)
+    def _run_command(self, message: RunCommand) -> None:
+        self.send(message.line)
+
+    @work(group=COMMANDS, exit_on_error=False)
+    async def send(self, line: str) -> None:
+        """Run a command line in a worker of its own.
+
+        The pickers are exclusive, one at a time; a command already on its
+        way must not be, or the next key would cancel it and its reply would
+        never be shown.
+        """
+        await self.run_command(line)
+
+    async def run_command(self, line: str, quiet: bool = False) -> CommandReply | None:
         """Run a command line, confirming what is dangerous; report the reply.
 
         Must run in a worker (the confirmation is a modal screen awaited here).
+        A command the admin's role may not run is refused here, before any
+        confirmation: asking "are you sure?" about a refusal wastes a decision.
 
         Args:
             line: the command, as typed.
             quiet: log the reply but notify only failures (the caller shows it).
 
         Returns:
-            The reply, or None when cancelled or the server could not be reached.
+            The reply, or None when refused, cancelled or the server could not be reached.
         """
         words = command_words(line)
         if not words or self.link is None:
+            return None
+        reason = refusal(words[0], self.role)
+        if reason is not None:
+            self.dashboard.say(f"{line}: not sent · {reason}")
+            self.log_line("INFO", f"{line}: not sent ({reason})")
             return None
         asks_first = words[0] == "abort" and len(words) > 1 and words[1] in ("server", "client")
         if asks_first and not await self.confirm(words, ""):
             self.log_line("INFO", f"{line}: cancelled")
             return None
+        audited = words[0] not in LOCAL_COMMANDS
         try:
-            outcome = await self.link.execute(line)
-            if outcome.confirm_prompt:
-                if not await self.confirm(words, outcome.confirm_prompt):
+            if audited:
+                self.store.sending(line)
+            reply = await self.link.execute(line)
+            if reply.confirm_prompt:
+                if not await self.confirm(words, reply.confirm_prompt):
+                    self.store.not_sent(line)
                     self.log_line("INFO", f"{line}: cancelled")
                     return None
-                outcome = await self.link.execute(line, confirmed=True)
+                reply = await self.link.execute(line, confirmed=True)
         except AdminError as exc:
+            self.store.not_sent(line)
             self.problem(f"{line}: {exc}")
             return None
-        self.report(outcome, quiet)
-        return outcome
+        if reply.ok and words[:2] == ["shutdown", "server"]:
+            self.store.shut_down(self.link.user, self.clock())
+        self.report(reply, quiet)
+        if words[0] == "set_timeout":
+            self.publish()
+        return reply
 
     async def confirm(self, words: list[str], prompt: str) -> bool:
-        """Ask in a modal, naming what will stop and showing the server's warning."""
+        """Ask in a modal, naming what will happen and showing the server's warning."""
         title, verb = CONFIRMED_VERBS.get(words[0], (words[0], words[0]))
-        target = " ".join(words[1:])
+        target = describe_target(self.store, words)
         warning = prompt.replace(CONFIRM_QUESTION, "").strip()
-        stops = describe_stop(self.store, words)
+        consequences = describe_stop(self.store, words)
         answer: bool = await self.push_screen_wait(
-            ConfirmScreen(f"{title}: {target}", stops, warning, verb)
+            ConfirmScreen(
+                f"{title}: {target}", consequences.lines, warning, verb, consequences.heading
+            )
         )
         return answer
 
-    def report(self, outcome: Outcome, quiet: bool = False) -> None:
+    def report(self, reply: CommandReply, quiet: bool = False) -> None:
         """A reply becomes log lines and (unless quiet and fine) a notification."""
-        level = "INFO" if outcome.ok else "ERROR"
-        lines = outcome.text.rstrip("\n").splitlines() or ["(no reply text)"]
-        self.log_line(level, f"> {outcome.line}")
+        level = "INFO" if reply.ok else "ERROR"
+        lines = reply.text.rstrip("\n").splitlines() or ["(no reply text)"]
+        self.log_line(level, f"> {reply.line}")
         self.log_lines(level, lines)
-        if not outcome.ok or not quiet:
+        if not reply.ok or not quiet:
             body = "\n".join(lines[:NOTIFY_LINES]) + ("\n…" if len(lines) > NOTIFY_LINES else "")
-            severity: SeverityLevel = "information" if outcome.ok else "error"
+            severity: SeverityLevel = "information" if reply.ok else "error"
             self.notify(
                 body,
-                title=outcome.line,
+                title=reply.line,
                 severity=severity,
-                timeout=6 if outcome.ok else 12,
+                timeout=6 if reply.ok else 12,
                 markup=False,
             )
 
@@ -332,16 +396,51 @@ class ConsoleApp(App[None]):
 
     # ------------------------------------------------------------------ screens
 
+    @on(ShowValidation)
+    def _show_validation(self) -> None:
+        self.validation()
+
+    @work(group=COMMANDS, exit_on_error=False)
+    async def validation(self) -> None:
+        """Run ``validate all`` and show the matrix."""
+        reply = await self.run_command("validate all", quiet=True)
+        if reply is not None:
+            failure = "" if reply.ok else reply.text
+            screen = ValidationScreen(reply.data, self.store.run.run_number, failure)
+            await self.push_screen_wait(screen)
+
+    @on(OpenWizard)
     def open_wizard(self) -> None:
         """Push the provisioning wizard over the dashboard."""
         self.push_screen(WizardScreen(self.workspace))
 
+    async def action_quit(self) -> None:
+        """Quit, through the wizard's question when it holds unsaved kit passwords."""
+        if not guard_quit(self):
+            await super().action_quit()
+
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """Save a screenshot under the admin's folder (not ``~/Downloads``) and say where."""
+        folder = Path(path) if path else self.state.save_dir / "screenshots"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            saved = self.save_screenshot(filename, str(folder), time_format)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            self.notify(f"cannot save to {folder}: {reason}", severity="error", markup=False)
+            return None
+        self.notify(f"saved to {saved}", title="screenshot", markup=False)
+        self.log_line("INFO", f"screenshot saved to {saved}")
+        return None
+
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
-        """The palette offers the dashboard's actions too."""
+        """The palette offers the dashboard's actions too (each once)."""
         yield from super().get_system_commands(screen)
         if isinstance(screen, DashboardScreen):
             for key, action, text in screen.key_help():
-                if screen.check_action(action, ()) is True:
+                if action != "app.quit" and screen.check_action(action, ()) is True:
                     yield SystemCommand(
                         text.capitalize(), f"key: {key}", partial(screen.run_action, action)
                     )

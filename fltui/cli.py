@@ -17,15 +17,15 @@ import asyncio
 import sys
 from pathlib import Path
 
-from fltui.adminclient import (
+from fladmin.client import (
     TIMEOUT_RULE,
     AdminClient,
     AdminError,
-    Outcome,
+    CommandReply,
     load_kit,
     parse_timeout,
 )
-from fltui.link import ServerLink
+from fladmin.link import AdminLink
 
 DEFAULT_STARTUP = Path("startup")
 EXIT_OK = 0
@@ -110,7 +110,7 @@ def open_console(args: argparse.Namespace) -> int:
         app = ConsoleApp(user=user, timeout=args.timeout)
     else:
         try:
-            link = ServerLink(startup, args.user)
+            link = AdminLink(startup, args.user)
         except AdminError as exc:
             app = ConsoleApp(startup=startup, user=user, problem=str(exc), timeout=args.timeout)
         else:
@@ -165,18 +165,18 @@ async def confirm(prompt: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-async def execute(client: AdminClient, line: str, assume_yes: bool) -> Outcome:
+async def execute(client: AdminClient, line: str, assume_yes: bool) -> CommandReply:
     """Run one command, asking for confirmation when the server wants it."""
-    outcome = await client.execute(line)
-    if outcome.confirm_prompt:
-        if assume_yes or await confirm(outcome.confirm_prompt):
-            outcome = await client.execute(line, confirmed=True)
+    reply = await client.execute(line)
+    if reply.confirm_prompt:
+        if assume_yes or await confirm(reply.confirm_prompt):
+            reply = await client.execute(line, confirmed=True)
         else:
             reason = "not confirmed" if sys.stdin.isatty() else "needs confirmation: add --yes"
-            outcome = Outcome(
-                line, False, f"{line.split()[0]} cancelled: {reason}", {}, 0, outcome.finished_at
+            reply = CommandReply(
+                line, False, f"{line.split()[0]} cancelled: {reason}", {}, 0, reply.finished_at
             )
-    return outcome
+    return reply
 
 
 async def run_commands(client: AdminClient, lines: list[str], as_json: bool, yes: bool) -> int:
@@ -184,15 +184,15 @@ async def run_commands(client: AdminClient, lines: list[str], as_json: bool, yes
     code = EXIT_OK
     for line in lines:
         try:
-            outcome = await execute(client, line, yes)
+            reply = await execute(client, line, yes)
         except AdminError as exc:
             print(f"fltui: {exc}", file=sys.stderr)
             return EXIT_CONNECT
         if as_json:
-            print(outcome.as_json(), flush=True)
+            print(reply.as_json(), flush=True)
         else:
-            print(f"> {line}\n{outcome.render()}\n", flush=True)
-        if not outcome.ok:
+            print(f"> {line}\n{reply.render()}\n", flush=True)
+        if not reply.ok:
             code = EXIT_COMMAND
     return code
 
@@ -213,10 +213,10 @@ async def shell(client: AdminClient, yes: bool) -> int:
         if not line.strip():
             continue
         try:
-            outcome = await execute(client, line, yes)
+            reply = await execute(client, line, yes)
         except AdminError as exc:
             print(f"fltui: {exc}", file=sys.stderr)
             return EXIT_CONNECT
-        print(outcome.render(), flush=True)
-        if not outcome.ok:
+        print(reply.render(), flush=True)
+        if not reply.ok:
             code = EXIT_COMMAND

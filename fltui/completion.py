@@ -1,27 +1,15 @@
-"""Completion for the ``:`` command line: command names, then the words each one takes.
+"""Completion for the ``:`` line: command and view names, then the words each one takes.
 
-The vocabulary is the server's (``flserverd.commands``) plus ``set_timeout``,
-which the admin client keeps; instance and app names come from the live
-picture and the admin's ``transfer/`` folder at the moment of typing.
+The vocabulary is :mod:`fltui.vocabulary`; instance and app names come from
+the live picture and the admin's ``transfer/`` folder at the moment of typing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-COMMAND_NAMES = (
-    "abort",
-    "check_status",
-    "deploy",
-    "help",
-    "set_run_number",
-    "set_timeout",
-    "shutdown",
-    "start",
-    "start_mgpu",
-    "upload_folder",
-    "validate",
-)
+from fltui.vocabulary import COMMAND_NAMES, VIEWS
+
 TARGETED = ("check_status", "start", "abort", "shutdown")
 KINDS = ("server", "client")
 
@@ -29,9 +17,11 @@ KINDS = ("server", "client")
 def candidates(words: Sequence[str], instances: Sequence[str], apps: Sequence[str]) -> list[str]:
     """Words that may follow ``words`` (the complete words typed so far)."""
     if not words:
-        return list(COMMAND_NAMES)
+        return sorted((*COMMAND_NAMES, *VIEWS))
     name, args = words[0], list(words[1:])
     unused = [i for i in instances if i not in args]
+    if name == "logs":
+        return list(instances) if not args else []
     if name in TARGETED:
         if not args:
             return list(KINDS)

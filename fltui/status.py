@@ -7,6 +7,7 @@ leaves the glyph and the word to tell states apart.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from flcore import status as st
@@ -36,6 +37,8 @@ STALE = Look("◌", "stale", "warning")
 OFFLINE = Look("◌", "offline", "warning")
 LOST = Look("✖", "lost", "error")
 LEFT = Look("○", "left", "muted")
+UNKNOWN = Look("?", "unknown", "muted")
+"""The console's own link is down: the site may be fine, nobody here can tell."""
 
 _TRAINING = {
     st.NOT_STARTED: Look("○", "not started", "muted"),
@@ -52,12 +55,22 @@ def stale_after(heartbeat_interval: float) -> float:
     return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
 
 
-def health(row: ClientRow, now: float, heartbeat_interval: float, gone: str | None) -> Look:
+def health(
+    row: ClientRow,
+    now: float,
+    heartbeat_interval: float,
+    gone: str | None,
+    frozen_at: float | None = None,
+) -> Look:
     """Whether a client is online, stale (silent), offline (link down), lost or left.
 
     ``gone`` is why the server dropped the client (None while registered): a
     client that logged out left on purpose, any other reason means it was lost.
+    ``frozen_at`` is when the console's own link broke: from then on nothing
+    here is known about the site.
     """
+    if frozen_at is not None:
+        return UNKNOWN
     if gone is not None:
         return LEFT if gone == st.LOGGED_OUT else LOST
     if not row.connected:
@@ -88,6 +101,11 @@ def age(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"{seconds // 3600}h"
     return f"{seconds // 86400}d"
+
+
+def clock_time(stamp: float) -> str:
+    """``HH:MM:SS`` in local time."""
+    return time.strftime("%H:%M:%S", time.localtime(stamp))
 
 
 def short_token(token: str) -> str:

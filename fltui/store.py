@@ -9,6 +9,7 @@ keeps the screen calm with a thousand clients heartbeating at once.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 
 from flcore.feed import (
@@ -22,10 +23,17 @@ from flcore.feed import (
     ServerInfo,
     Snapshot,
 )
+from fltui.connection import Shutdown
+from fltui.vocabulary import command_words
 
 LOG_LIMIT = 5_000
 BEAT_HISTORY = 240
 DEFAULT_HEARTBEAT_INTERVAL = 60.0
+KEPT_HISTORIES = 1_000
+"""Heartbeat histories kept for instances the server no longer lists (they may come back)."""
+OWN_PENDING = 32
+"""Own command lines remembered until the feed's audit of them arrives."""
+AUDIT = "admin"
 
 BEAT = "beat"
 DOWN = "down"
@@ -82,6 +90,13 @@ class Store:
         self._log_limit = log_limit
         self.beats: dict[str, deque[Beat]] = {}
         self.seq = 0
+        self.log_total = 0
+        """Log lines added since the start: a view that read ``n`` has ``log_total - n`` new."""
+        self.user = ""
+        """The logged-in admin: the feed's audit of their own commands is not logged twice."""
+        self.shutdown: Shutdown | None = None
+        """The last ``shutdown server`` the feed (or our own reply) reported."""
+        self._own: deque[str] = deque(maxlen=OWN_PENDING)
         self._changes = Changes()
 
     @property
@@ -124,17 +139,42 @@ class Store:
         elif isinstance(body, ClientGone):
             self._apply_gone(body, event.time)
         elif isinstance(body, CommandSeen):
-            verdict = "ok" if body.ok else "failed"
-            self.add_log(
-                LogEntry(
-                    event.time, "INFO", "audit", f"{body.user}: {body.line} ({verdict})", "admin"
-                )
-            )
+            self._apply_command(body, event.time)
         return in_order
+
+    def sending(self, line: str) -> None:
+        """Our own command is on its way: its audit in the feed repeats what we log."""
+        self._own.append(line.strip())
+
+    def not_sent(self, line: str) -> None:
+        """Our command was not carried out after all (cancelled, link lost): no audit comes."""
+        with suppress(ValueError):
+            self._own.remove(line.strip())
+
+    def shut_down(self, user: str, when: float) -> None:
+        """The server is shutting down at the request of ``user``."""
+        self.shutdown = Shutdown(user, when)
+
+    def new_logs(self, seen: int) -> list[LogEntry]:
+        """Lines added after the first ``seen`` (those still kept)."""
+        fresh = min(self.log_total - seen, len(self.logs))
+        return list(self.logs)[-fresh:] if fresh > 0 else []
+
+    def _apply_command(self, seen: CommandSeen, when: float) -> None:
+        if seen.ok and command_words(seen.line)[:2] == ["shutdown", "server"]:
+            self.shut_down(seen.user, when)
+        if seen.user == self.user and seen.line in self._own:
+            self._own.remove(seen.line)  # the console logged it with its reply already
+            return
+        verdict = "ok" if seen.ok else "failed"
+        self.add_log(
+            LogEntry(when, "INFO", "audit", f"{seen.user}: {seen.line} ({verdict})", AUDIT)
+        )
 
     def add_log(self, entry: LogEntry) -> None:
         """Add a log line (the feed's, or one the console writes about its own doings)."""
         self.logs.append(entry)
+        self.log_total += 1
         pending = self._changes.logs
         pending.append(entry)
         if len(pending) > self._log_limit // 2:  # nobody drew them for a while: redraw all
@@ -146,16 +186,28 @@ class Store:
         self.run = snap.run
         self.clients = {row.instance: row for row in snap.clients}
         self.gone.clear()
-        self.beats = {
-            row.instance: self.beats.get(row.instance, deque(maxlen=BEAT_HISTORY))
-            for row in snap.clients
-        }
+        self.shutdown = None
+        self._keep_histories()
         for row in snap.clients:
-            if row.last_heartbeat:
+            history = self.beats.get(row.instance)
+            if row.last_heartbeat and (not history or history[-1].time < row.last_heartbeat):
                 self._beat(row.instance, Beat(row.last_heartbeat, BEAT))
         seen = set(self.logs)  # a resubscription repeats lines we have; keep ours and theirs once
-        self.logs.extend(line for line in snap.logs if line not in seen)
+        fresh = [line for line in snap.logs if line not in seen]
+        self.logs.extend(fresh)
+        self.log_total += len(fresh)
         self._changes = Changes(reset=True, server=True, run=True, beats=True)
+
+    def _keep_histories(self) -> None:
+        """Keep every listed client's heartbeat history, and a bounded number of others'.
+
+        After a server restart the first snapshot lists only the sites that
+        are back; the others come back over the next seconds, and their
+        history (the gap included) is what an operator wants to see.
+        """
+        others = [name for name in self.beats if name not in self.clients]
+        for name in others[: max(len(others) - KEPT_HISTORIES, 0)]:
+            del self.beats[name]
 
     def _apply_client(self, row: ClientRow) -> None:
         old = self.clients.get(row.instance)

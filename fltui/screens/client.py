@@ -1,4 +1,8 @@
-"""``enter`` on a client: everything the server knows about it, and its traceback if it failed."""
+"""``enter`` on a client: everything the server knows about it, and its traceback if it failed.
+
+The screen reads the store it was handed a few times a second, so what it
+shows is the client now, not when the screen opened.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,11 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from flcore.feed import ClientRow
+from fltui.store import Store
 from fltui.widgets.tones import tone_style
+
+CLOSE = "esc, enter or q close"
+REFRESH_S = 0.25
 
 
 def _when(stamp: float) -> str:
@@ -21,19 +29,43 @@ def _when(stamp: float) -> str:
 
 
 class ClientScreen(Screen[None]):
-    """Details of one client instance."""
+    """Details of one client instance, kept current."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,q", "dismiss(None)", "Close")]
 
-    def __init__(self, row: ClientRow, gone_reason: str | None) -> None:
-        """Show ``row``; ``gone_reason`` says why the server dropped it, if it did."""
+    def __init__(self, store: Store, instance: str) -> None:
+        """Show ``instance`` as ``store`` has it."""
         super().__init__()
-        self._row = row
-        self._gone = gone_reason
+        self._store = store
+        self._instance = instance
+        self._drawn: tuple[ClientRow | None, str | None] = (None, None)
 
     def compose(self) -> ComposeResult:
-        """Facts first, then the error and traceback."""
-        row = self._row
+        """Title, facts, and how to close."""
+        with VerticalScroll(classes="dialog", id="client-dialog"):
+            yield Static(f"Client {self._instance}", classes="dialog-title", markup=False)
+            yield Static(id="client-facts")
+            yield Static(CLOSE, classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        """Draw now, then whenever the store has news of this client."""
+        self.redraw()
+        self.set_interval(REFRESH_S, self.redraw)
+
+    def redraw(self) -> None:
+        """Draw the client's facts again if they changed."""
+        row = self._store.clients.get(self._instance)
+        gone = self._store.gone.get(self._instance)
+        if (row, gone) == self._drawn:
+            return
+        self._drawn = (row, gone)
+        self.query_one("#client-facts", Static).update(self._facts(row, gone))
+
+    def _facts(self, row: ClientRow | None, gone: str | None) -> Text:
+        text = Text()
+        if row is None:
+            text.append("The server no longer lists this client.", style="bold")
+            return text
         facts = [
             ("instance", row.instance),
             ("client name", row.client_name),
@@ -48,9 +80,8 @@ class ClientScreen(Screen[None]):
             ("connected since", _when(row.connected_at)),
             ("last heartbeat", _when(row.last_heartbeat)),
         ]
-        if self._gone is not None:
-            facts.append(("dropped", self._gone))
-        text = Text()
+        if gone is not None:
+            facts.append(("dropped", gone))
         for name, value in facts:
             text.append(f"{name:>16}  ", style="bold")
             text.append(f"{value}\n")
@@ -59,6 +90,4 @@ class ClientScreen(Screen[None]):
             text.append(f"\n{row.error}\n", style=error_style)
         if row.traceback:
             text.append(f"\n{row.traceback.rstrip()}\n", style=error_style)
-        with VerticalScroll(classes="dialog", id="client-dialog"):
-            yield Static(f"Client {row.instance}", classes="dialog-title", markup=False)
-            yield Static(text, id="client-facts")
+        return text

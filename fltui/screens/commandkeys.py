@@ -1,40 +1,43 @@
-"""The dashboard's command keys: pick a target or type a value, then send the command.
+"""The dashboard's command keys: pick a target or type a value, then ask the app to send it.
 
-Each key opens a picker or a prompt (fast: ``enter`` takes the highlighted
-choice) and hands the finished command line to the app, which asks before
-anything is stopped. The command then runs in a worker of its own, so the
-next key never cancels a reply still on its way. :meth:`CommandKeys.check_action` dims the keys that
-cannot work now, so a member, a console without a connection, or a run
-with nothing deployed shows them greyed out instead of failing afterwards.
+Each key opens a picker or a prompt and posts the finished command line up
+to the app (:class:`~fltui.messages.RunCommand`), which asks before
+anything is stopped and sends it in a worker of its own, so the next key
+never cancels a reply still on its way. :meth:`CommandKeys.check_action`
+dims the keys that cannot work now, so a member, a console without a
+connection, or a run with nothing deployed shows them greyed out; pressing
+one says why in the status line instead of doing nothing.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar
 
-from textual import work
-from textual.binding import Binding, BindingType
+from textual import events, work
 from textual.screen import Screen
 
+from fladmin.client import TIMEOUT_RULE, parse_timeout
 from flcore import status as st
-from fltui.adminclient import TIMEOUT_RULE, parse_timeout
+from fltui.messages import RunCommand, ShowValidation
 from fltui.screens.dialogs import ChoiceScreen, PromptScreen
 from fltui.screens.help import HelpScreen
-from fltui.screens.validation import ValidationScreen
+from fltui.state import ConsoleState
+from fltui.store import Store
 from fltui.targets import Choice, target_choices
+from fltui.vocabulary import SUPER
 from fltui.widgets.clients import ClientsTable
-
-if TYPE_CHECKING:
-    from fltui.app import ConsoleApp
 
 SERVER_ACTIONS = frozenset(
     {"upload", "deploy", "start", "abort", "shutdown", "run_number", "validate"}
 )
 SUPER_ACTIONS = SERVER_ACTIONS - {"validate"}
+CAREFUL_ACTIONS = frozenset({"abort", "shutdown"})
+"""Their pickers open with nothing highlighted: a typed-ahead ``enter`` picks nothing."""
 DIALOGS = "dialog"
 """Worker group of the pickers and prompts: one at a time."""
-COMMANDS = "commands"
-"""Worker group of commands on their way: never cancelled by another key."""
+
+Names = Callable[[], Sequence[str]]
 
 
 def check_positive_int(value: str) -> str | None:
@@ -50,20 +53,18 @@ def check_seconds(value: str) -> str | None:
 
 
 class CommandKeys(Screen[None]):
-    """Keys that send admin commands; the screen using it has a ``#clients`` table."""
+    """Keys that send admin commands; the screen using it has a ``#clients`` table.
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("u", "upload", "Upload"),
-        Binding("d", "deploy", "Deploy"),
-        Binding("s", "start", "Start"),
-        Binding("a", "abort", "Abort"),
-        Binding("x", "shutdown", "Shutdown"),
-        Binding("n", "run_number", "Run #"),
-        Binding("v", "validate", "Validate"),
-        Binding("t", "timeout", "Timeout"),
-    ]
+    The screen is handed the store and the app names it offers, and the app
+    keeps :attr:`state` current; the bindings are the using screen's, in the
+    order its footer shows them.
+    """
+
     ACTION_HELP: ClassVar[dict[str, str]] = {
+        "command_line": "type any admin command or a view (:clients, :logs), tab completes",
+        "filter": "filter the focused table or the logs",
+        "help": "this help",
+        "app.quit": "quit",
         "upload": "upload an app from your transfer/ folder to the server",
         "deploy": "deploy an uploaded app to the server, all clients or the selected ones",
         "start": "start training on the server, all clients or the selected ones",
@@ -72,73 +73,78 @@ class CommandKeys(Screen[None]):
         "run_number": "set the run number (creates run_N on the server)",
         "validate": "cross-site validation results of the run, as a matrix",
         "timeout": "how long commands wait for clients' replies",
-        "command_line": "type any admin command, with completion (tab) and history (↑ ↓)",
-        "filter": "filter the focused table or the logs",
         "provision": "the provisioning wizard: new project, or add sites and admins",
-        "help": "this help",
-        "app.quit": "quit",
+        "reconnect": "connect again now (after a shutdown, or without waiting)",
     }
 
-    @property
-    def console(self) -> ConsoleApp:
-        """The app, with its store and link."""
-        return self.app  # type: ignore[return-value]
+    def __init__(self, store: Store, apps: Names) -> None:
+        """Keys over ``store``; ``apps`` names the apps the pickers offer, asked each time."""
+        super().__init__()
+        self.store = store
+        self.apps = apps
+        self.state = ConsoleState()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Dim what cannot run now: server commands while disconnected, changes for members,
         starting before anything is deployed, aborting when nothing trains."""
+        return None if self.why_not(action) else True
+
+    def why_not(self, action: str) -> str:
+        """Why the key of ``action`` does nothing now ("" when it works)."""
         if action not in SERVER_ACTIONS:
-            return True
-        console = self.console
-        if not console.connected:
-            return None
-        if action in SUPER_ACTIONS and console.role != "super":
-            return None
-        store = console.store
-        run = store.run
-        clients = store.clients.values()
+            return ""
+        state = self.state
+        if not state.connection.up:
+            return "not connected to the server: commands wait for the link"
+        if action in SUPER_ACTIONS and state.role != SUPER:
+            return f"{state.role or 'this'} role: read-only ({action} needs the {SUPER} role)"
+        run = self.store.run
+        clients = self.store.clients.values()
         if action in ("deploy", "start", "validate") and not run.run_number:
-            return None
+            return "no run number set yet: n sets one"
         if action == "start" and not (run.app or any(c.app for c in clients)):
-            return None
+            return "nothing is deployed yet: d deploys an app"
         if action == "abort" and not (
             run.server_status in st.ACTIVE or any(c.status in st.ACTIVE for c in clients)
         ):
-            return None
+            return "nothing is training: there is nothing to abort"
         if action == "run_number" and run.server_status in st.ACTIVE:
-            return None
-        return True
+            return f"run {run.run_number} is training: abort it before setting another run"
+        return ""
+
+    def on_key(self, event: events.Key) -> None:
+        """A dimmed key says why it does nothing (the binding itself does not run)."""
+        for binding in self._bindings.key_to_bindings.get(event.key, ()):
+            reason = self.why_not(binding.action)
+            if reason:
+                self.say(reason)
+
+    def say(self, message: str) -> None:
+        """Show a short message in the status line (the using screen draws it)."""
+        self.notify(message, severity="warning", timeout=4, markup=False)
 
     def _targets(self) -> list[str]:
         return self.query_one("#clients", ClientsTable).targets()
 
-    async def _pick(self, title: str, choices: list[Choice]) -> str | None:
+    async def _pick(self, title: str, choices: list[Choice], careful: bool = False) -> str | None:
         if not choices:
             return None
-        return await self.app.push_screen_wait(ChoiceScreen(title, choices))
+        return await self.app.push_screen_wait(ChoiceScreen(title, choices, careful=careful))
 
-    async def _pick_target(self, verb: str, server: bool = True) -> str | None:
-        choices = target_choices(self.console.store, self._targets(), server)
-        return await self._pick(f"{verb} on", choices)
+    async def _pick_target(self, verb: str, careful: bool = False) -> str | None:
+        choices = target_choices(self.store, self._targets(), careful=careful)
+        return await self._pick(f"{verb} on", choices, careful)
 
     async def _pick_app(self, title: str) -> str | None:
-        apps = self.console.app_names()
+        apps = self.apps()
         if not apps:
-            self.console.problem(
-                f"no apps in {self.console.transfer_dir}: copy an app folder there"
-            )
+            self.say(f"no apps in {self.state.transfer_dir}: copy an app folder there")
             return None
         return await self._pick(title, [Choice(app, app) for app in apps])
 
-    @work(group=COMMANDS, exit_on_error=False)
-    async def send(self, line: str) -> None:
-        """Run a finished command line in a worker of its own.
-
-        The pickers are exclusive, one at a time; a command already on its
-        way must not be, or the next key would cancel it and its reply would
-        never be shown.
-        """
-        await self.console.run_command(line)
+    def send(self, line: str) -> None:
+        """Hand a finished command line to the app."""
+        self.post_message(RunCommand(line))
 
     @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_upload(self) -> None:
@@ -164,22 +170,22 @@ class CommandKeys(Screen[None]):
 
     @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_abort(self) -> None:
-        """Pick what to abort; the app asks for confirmation."""
-        target = await self._pick_target("Abort training")
+        """Pick what to abort (nothing is preselected); the app asks for confirmation."""
+        target = await self._pick_target("Abort training", careful=True)
         if target:
             self.send(f"abort {target}")
 
     @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_shutdown(self) -> None:
-        """Pick what to shut down; the server's confirmation (and warning) follows."""
-        target = await self._pick_target("Shut down")
+        """Pick what to shut down (nothing is preselected); a confirmation follows."""
+        target = await self._pick_target("Shut down", careful=True)
         if target:
             self.send(f"shutdown {target}")
 
     @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_run_number(self) -> None:
         """Ask for a run number and set it."""
-        current = self.console.store.run.run_number
+        current = self.store.run.run_number
         hint = f"current run: {current}" if current else "no run set yet"
         number = await self.app.push_screen_wait(
             PromptScreen("Set the run number", hint, check_positive_int)
@@ -190,21 +196,16 @@ class CommandKeys(Screen[None]):
     @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_timeout(self) -> None:
         """Ask how long commands wait for clients."""
-        current = f"{self.console.timeout:g}"
+        current = f"{self.state.timeout:g}"
         seconds = await self.app.push_screen_wait(
             PromptScreen("Command timeout (seconds)", f"now {current}s", check_seconds, current)
         )
         if seconds:
             self.send(f"set_timeout {seconds}")
 
-    @work(group=COMMANDS, exit_on_error=False)
-    async def action_validate(self) -> None:
-        """Run ``validate all`` and show the matrix."""
-        outcome = await self.console.run_command("validate all", quiet=True)
-        if outcome is not None:
-            failure = "" if outcome.ok else outcome.text
-            run = self.console.store.run.run_number
-            await self.app.push_screen_wait(ValidationScreen(outcome.data, run, failure))
+    def action_validate(self) -> None:
+        """Ask the app for the validation matrix."""
+        self.post_message(ShowValidation())
 
     def key_help(self) -> list[tuple[str, str, str]]:
         """Key, action and what it does, for every documented key of this screen."""

@@ -1,15 +1,19 @@
 """The dashboard: header, clients, round, heartbeats and logs, all drawn from the store.
 
 It never asks the server for anything on a timer: the app folds the feed
-into the store, and calls :meth:`DashboardScreen.render_changes` a few times
-a second with what changed and :meth:`DashboardScreen.tick` once a second
-for what time alone changes (heartbeat ages, staleness, the countdown).
+into the store it hands down here, and the screen's own timers draw what
+changed a few times a second (:meth:`DashboardScreen.flush`) and what time
+alone changes once a second (:meth:`DashboardScreen.tick`: heartbeat ages,
+staleness, countdowns). What the app knows about the admin and the link
+arrives as a :class:`~fltui.state.ConsoleState` (:meth:`set_state`); what
+only the app can do is asked for with a message (:mod:`fltui.messages`).
 The keys that send commands are in :mod:`fltui.screens.commandkeys`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import ClassVar
 
 from textual import on
@@ -19,12 +23,18 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input
 
+from fltui.connection import SHUT_DOWN
+from fltui.messages import OpenWizard, Reconnect
 from fltui.screens.client import ClientScreen
-from fltui.screens.commandkeys import CommandKeys
-from fltui.status import ONLINE, health
-from fltui.store import LOG_LIMIT, Changes
+from fltui.screens.commandkeys import CommandKeys, Names
+from fltui.screens.dialogs import ColumnsScreen
+from fltui.screens.sitelogs import SiteLogScreen
+from fltui.state import ConsoleState
+from fltui.status import ONLINE, clock_time, health
+from fltui.store import LOG_LIMIT, Changes, Store
 from fltui.targets import live_clients
-from fltui.widgets.clients import ClientsTable, ClientView
+from fltui.vocabulary import command_words, is_view
+from fltui.widgets.clients import BY_KEY, COLUMNS, ClientsTable, ClientView
 from fltui.widgets.commandline import CommandLine, CommandSuggester
 from fltui.widgets.header import Banner, StatusHeader
 from fltui.widgets.heartbeats import HeartbeatView, Lane
@@ -35,89 +45,166 @@ from fltui.widgets.roundpane import RoundPane
 PANES = {"1": "#clients", "2": "#round", "3": "#heartbeats", "4": "#logs"}
 NARROW = 100
 """Terminals narrower than this get the compact layout."""
+WIDE = 160
+"""Terminals at least this wide give the extra room to the heartbeats and the clients' columns."""
+SHORT = 30
+"""Terminals shorter than this hide the heartbeats pane (``3`` or ``z`` shows it maximised)."""
 HEARTBEAT_COLUMN_BEATS = 2
 """Heartbeat intervals per column of the heartbeats pane: one late beat is no gap."""
+SAY_TICKS = 8
+"""Seconds a status-line message stays."""
+Clock = Callable[[], float]
+
+
+class ClientsPane(Vertical):
+    """The clients table and the detail line under it: one pane, maximised together."""
+
+    ALLOW_MAXIMIZE = True
 
 
 class DashboardScreen(CommandKeys):
     """The live view of one server."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("colon", "command_line", "Command", key_display=":"),
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("p", "provision", "Provision"),
+        # The footer shows them in this order and cuts the end off on a narrow
+        # terminal: the ways in and out come first. ``:`` and ``/`` are priority
+        # bindings, acted on as the key is read: see _open_line.
+        Binding("colon", "command_line", "Command", key_display=":", priority=True),
+        Binding("slash", "filter", "Filter", key_display="/", priority=True),
+        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "app.quit", "Quit"),
+        Binding("r", "reconnect", "Reconnect"),
+        Binding("u", "upload", "Upload"),
+        Binding("d", "deploy", "Deploy"),
+        Binding("s", "start", "Start"),
+        Binding("a", "abort", "Abort"),
+        Binding("x", "shutdown", "Shutdown"),
+        Binding("n", "run_number", "Run #"),
+        Binding("v", "validate", "Validate"),
+        Binding("t", "timeout", "Timeout"),
+        Binding("p", "provision", "Provision"),
+        Binding("l", "site_logs", "Logs", show=False),
+        Binding("z", "zoom", "Zoom", show=False),
+        Binding("y", "copy_token", "Copy token", show=False),
+        Binding("c", "columns", "Columns", show=False),
         Binding("escape", "escape", "Back", show=False),
         *(Binding(key, f"focus_pane('{key}')", f"Pane {key}", show=False) for key in PANES),
     ]
 
-    def __init__(self) -> None:
-        """Panes are created in :meth:`compose`."""
-        super().__init__()
+    def __init__(self, store: Store, clock: Clock, apps: Names, flush_s: float = 0.25) -> None:
+        """A dashboard over ``store``; ``clock`` dates ages and countdowns (tests freeze it)."""
+        super().__init__(store, apps)
+        self.clock = clock
+        self.flush_s = flush_s
         self._filter_target = "#logs"
         self._return_focus: Widget | None = None
+        self._said_ticks = 0
+        self._run_number = 0
 
     def compose(self) -> ComposeResult:
-        """Header, banner, the four panes, the filter and command lines, the footer."""
+        """Header, banner, the four panes, the status, filter and command lines, the footer."""
         yield StatusHeader(id="header")
         yield Banner(id="banner")
-        with Horizontal(id="body"):
-            with Vertical(id="left"):
-                with Vertical(id="clients-pane", classes="pane"):
-                    yield ClientsTable(id="clients")
-                    yield Line(id="client-detail")
-                yield LogView(LOG_LIMIT, id="logs")
+        with Horizontal(id="top"):
+            with ClientsPane(id="clients-pane", classes="pane"):
+                yield ClientsTable(id="clients")
+                yield Line(id="client-detail")
             with Vertical(id="right"):
                 yield RoundPane(id="round", classes="pane")
-                yield HeartbeatView(self.console.clock, id="heartbeats")
+                yield HeartbeatView(self._lane_clock, id="heartbeats")
+        yield LogView(LOG_LIMIT, id="logs")
+        yield Line(id="status-line")
         yield Input(placeholder="filter", id="filter")
-        suggester = CommandSuggester(self.instances, self.console.app_names)
-        yield CommandLine(suggester, id="command")
+        yield CommandLine(CommandSuggester(self.instances, self.apps), id="command")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         """Start with the clients table focused and the bars hidden."""
-        self.query_one("#banner", Banner).clear()
         self.query_one("#filter", Input).display = False
         self.query_one("#command", CommandLine).display = False
+        self.query_one("#status-line", Line).display = False
         self.query_one("#round", RoundPane).border_title = "Round"
         self.query_one("#heartbeats", HeartbeatView).border_title = "Heartbeats"
         self.query_one("#clients", ClientsTable).focus()
         self.app.theme_changed_signal.subscribe(self, lambda _: self.restyle())
         self.render_all()
+        self.show_state()
         # The timers belong to the screen, so they stop with it.
-        self.set_interval(self.console.flush_s, self.console.flush)
+        self.set_interval(self.flush_s, self.flush)
         self.set_interval(1.0, self.tick)
+
+    # ------------------------------------------------------------------ facts handed down
+
+    def set_state(self, state: ConsoleState) -> None:
+        """The app's news about the admin and the link: redraw what shows it."""
+        was_up = self.state.connection.up
+        self.state = state
+        if self.is_mounted:
+            self.show_state()
+            if was_up != state.connection.up:
+                self._redraw_rows()
+
+    def _lane_clock(self) -> float:
+        """The heartbeat strips stop where the console stopped hearing from the server."""
+        frozen = self.state.connection.frozen_at
+        return frozen if frozen is not None else self.clock()
 
     # ------------------------------------------------------------------ drawing
 
+    def flush(self) -> None:
+        """Draw what the feed changed since the last flush, in one batch.
+
+        While a dialog covers the dashboard, changes keep piling up in the
+        store instead: redrawing a dimmed background costs as much as the
+        dashboard itself, and the dialog has to answer keys quickly.
+        """
+        if not self.is_current:
+            return
+        changes = self.store.take_changes()
+        if changes:
+            with self.app.batch_update():
+                self.render_changes(changes)
+
     def on_resize(self) -> None:
-        """Narrow terminals get a narrower right column and a two-line header."""
+        """Narrow terminals get a narrower right column and a two-line header; wide ones more."""
         self.set_class(self.size.width < NARROW, "-narrow")
+        self.set_class(self.size.width >= WIDE, "-wide")
+        self.set_class(self.size.height < SHORT, "-short")
         self._draw_run()
 
     def instances(self) -> list[str]:
         """Instance names the server has now (for completion)."""
-        return live_clients(self.console.store)
+        return live_clients(self.store)
 
     def _views(self, names: Iterable[str]) -> Iterator[ClientView]:
-        store = self.console.store
+        store = self.store
         table = self.query_one("#clients", ClientsTable)
-        now = self.console.clock()
+        now = self.clock()
         interval = store.heartbeat_interval
+        frozen = self.state.connection.frozen_at
+        run = store.run.run_number
         for name in names:
             row = store.clients.get(name)
             if row is not None:
-                yield ClientView(row, now, interval, store.gone.get(name), name in table.marked)
+                marked = name in table.marked
+                gone = store.gone.get(name)
+                yield ClientView(row, now, interval, gone, marked, frozen, run)
 
     def render_all(self) -> None:
         """Redraw everything (after a snapshot)."""
-        store = self.console.store
+        store = self.store
         table = self.query_one("#clients", ClientsTable)
         table.keep_marks(store.clients)
+        self._run_number = store.run.run_number
         table.rebuild(self._views(list(store.clients)))
         self.query_one("#logs", LogView).replace_all(store.logs)
         self._draw_run()
+        self._draw_lanes()
+        self._titles()
+
+    def _redraw_rows(self) -> None:
+        table = self.query_one("#clients", ClientsTable)
+        table.update_rows(self._views(list(self.store.clients)))
         self._draw_lanes()
         self._titles()
 
@@ -129,6 +216,7 @@ class DashboardScreen(CommandKeys):
             return
         table = self.query_one("#clients", ClientsTable)
         if changes.clients:
+            table.keep_marks(self.store.clients)
             table.update_rows(self._views(changes.clients))
             if table.selected in changes.clients:
                 self._detail(table.selected)
@@ -138,6 +226,9 @@ class DashboardScreen(CommandKeys):
             self.query_one("#logs", LogView).append(changes.logs)
         if changes.run or changes.server:
             self._draw_run()
+            if self.store.run.run_number != self._run_number:  # rounds of another run blank out
+                self._run_number = self.store.run.run_number
+                table.update_rows(self._views(list(self.store.clients)))
         if changes.beats:
             self._draw_lanes()
         if changes.run or changes.statuses:
@@ -146,29 +237,44 @@ class DashboardScreen(CommandKeys):
 
     def on_screen_resume(self) -> None:
         """Back from a dialog: draw what changed meanwhile."""
-        self.console.flush()
+        self.flush()
         self.tick()
 
     def tick(self) -> None:
-        """What time alone changes: ages, staleness, the countdown, the heartbeat strips."""
+        """What time alone changes: ages, staleness, countdowns, the heartbeat strips."""
         if not self.is_current:
             return
-        store = self.console.store
         table = self.query_one("#clients", ClientsTable)
-        table.tick(self._views(table.in_view()))
-        self.query_one("#round", RoundPane).show_countdown(store.run, self.console.clock())
+        shown = table.shown if table.sorts_by_time else table.in_view()
+        table.tick(self._views(shown))
+        table.resort()
+        self.query_one("#round", RoundPane).show_countdown(self.store.run, self.clock())
+        self._draw_banner()
         self._draw_lanes()
         self._titles()
+        if self._said_ticks:
+            self._said_ticks -= 1
+            if not self._said_ticks:
+                self.query_one("#status-line", Line).display = False
 
-    def show_link(self) -> None:
-        """Redraw the header and banner after the connection changed."""
+    def show_state(self) -> None:
+        """Redraw the header, banner and keys after the connection or the login changed."""
         self._draw_run()
-        banner = self.query_one("#banner", Banner)
-        if self.console.link_problem:
-            banner.show_problem(self.console.link_problem)
-        else:
-            banner.clear()
+        self._draw_banner()
         self.refresh_bindings()
+
+    def _draw_banner(self) -> None:
+        connection = self.state.connection
+        banner = self.query_one("#banner", Banner)
+        banner.set_class(connection.look is SHUT_DOWN, "-calm")
+        banner.show(connection.banner(self.clock()))
+
+    def say(self, message: str) -> None:
+        """Show ``message`` in the status line above the footer for a few seconds."""
+        line = self.query_one("#status-line", Line)
+        line.set(message)
+        line.display = True
+        self._said_ticks = SAY_TICKS
 
     def restyle(self) -> None:
         """The theme changed: redraw what carries colours of its own."""
@@ -176,20 +282,24 @@ class DashboardScreen(CommandKeys):
         self._draw_run()
 
     def _draw_run(self) -> None:
-        console = self.console
+        who = self.state.who
+        server = self.store.server
+        if server is not None and server.project:
+            who = replace(who, project=server.project)
         self.query_one("#header", StatusHeader).show(
-            console.who(), console.store.run, console.link_look, self.has_class("-narrow")
+            who, self.store.run, self.state.connection.look, self.has_class("-narrow")
         )
-        self.query_one("#round", RoundPane).show(console.store.run, console.clock())
+        self.query_one("#round", RoundPane).show(self.store.run, self.clock())
 
     def _draw_lanes(self) -> None:
-        store = self.console.store
-        now = self.console.clock()
+        store = self.store
+        now = self.clock()
         interval = store.heartbeat_interval
+        frozen = self.state.connection.frozen_at
         lanes = [
             Lane(
                 name,
-                health(row, now, interval, store.gone.get(name)).tone,
+                health(row, now, interval, store.gone.get(name), frozen).tone,
                 store.beats.get(name, ()),
             )
             for name, row in store.clients.items()
@@ -199,25 +309,32 @@ class DashboardScreen(CommandKeys):
         view.border_title = f"Heartbeats ({view.bucket_s:g}s/col)"
 
     def _titles(self) -> None:
-        store = self.console.store
+        store = self.store
         table = self.query_one("#clients", ClientsTable)
-        now = self.console.clock()
-        interval = store.heartbeat_interval
-        online = sum(
-            1
-            for name, row in store.clients.items()
-            if health(row, now, interval, store.gone.get(name)) is ONLINE
-        )
-        title = f"Clients ({online}/{len(store.clients)} online"
+        frozen = self.state.connection.frozen_at
+        if frozen is not None:
+            title = f"Clients ({len(store.clients)} · unknown since {clock_time(frozen)}"
+        else:
+            now = self.clock()
+            interval = store.heartbeat_interval
+            online = sum(
+                1
+                for name, row in store.clients.items()
+                if health(row, now, interval, store.gone.get(name)) is ONLINE
+            )
+            title = f"Clients ({online}/{len(store.clients)} online"
         if table.filter:
             title += f" · {len(table.shown)} shown · filter: {table.filter}"
         if table.marked:
             title += f" · {len(table.marked)} marked"
+        if table.sort_column:
+            order = "▼" if table.sort_reverse else "▲"
+            title += f" · by {BY_KEY[table.sort_column].label.lower()} {order}"
         self.query_one("#clients-pane").border_title = title + ")"
 
     def _detail(self, instance: str | None) -> None:
         detail = self.query_one("#client-detail", Line)
-        row = self.console.store.clients.get(instance or "")
+        row = self.store.clients.get(instance or "")
         if row is None:
             detail.set("")
             return
@@ -232,15 +349,18 @@ class DashboardScreen(CommandKeys):
 
     @on(DataTable.RowSelected, "#clients")
     def _selected(self, event: DataTable.RowSelected) -> None:
-        store = self.console.store
-        row = store.clients.get(event.row_key.value or "")
-        if row is not None:
-            self.app.push_screen(ClientScreen(row, store.gone.get(row.instance)))
+        instance = event.row_key.value or ""
+        if instance in self.store.clients:
+            self.app.push_screen(ClientScreen(self.store, instance))
 
     @on(ClientsTable.Scrolled)
     def _scrolled(self) -> None:
         table = self.query_one("#clients", ClientsTable)
         table.tick(self._views(table.in_view()))
+
+    @on(ClientsTable.Sorted)
+    def _sorted(self) -> None:
+        self._titles()
 
     @on(ClientsTable.MarksChanged)
     def _marks_changed(self, event: ClientsTable.MarksChanged) -> None:
@@ -249,13 +369,84 @@ class DashboardScreen(CommandKeys):
 
     # ------------------------------------------------------------------ keys
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """``r`` shows only while the link is down; the command keys dim as CommandKeys says.
+
+        ``:`` and ``/`` are typed as text while a line has the focus, and no
+        other key of the dashboard acts then: a key typed ahead of the line
+        opening must not act as a hotkey once the line is open.
+        """
+        line_open = isinstance(self.focused, Input)
+        if action in ("command_line", "filter"):
+            return not line_open
+        if action == "escape":
+            return True
+        if line_open:
+            return False
+        if action == "reconnect":
+            return not self.state.connection.up and bool(self.state.who.target)
+        return super().check_action(action, parameters)
+
+    def action_reconnect(self) -> None:
+        """Ask the app to connect again now."""
+        self.post_message(Reconnect())
+
     def action_provision(self) -> None:
-        """Open the provisioning wizard."""
-        self.console.open_wizard()
+        """Ask the app for the provisioning wizard."""
+        self.post_message(OpenWizard())
 
     def action_focus_pane(self, key: str) -> None:
-        """Focus a pane by its number."""
-        self.query_one(PANES[key]).focus()
+        """Focus a pane by its number (a pane hidden for want of room opens maximised)."""
+        pane = self.query_one(PANES[key])
+        if self.maximized is not None:
+            self.minimize()
+        if not pane.display:
+            pane.add_class("-shown")
+            self.maximize(pane)
+        self.set_focus(pane)
+
+    def action_zoom(self) -> None:
+        """Maximise the focused pane, or put it back."""
+        if self.maximized is not None:
+            self.minimize()
+        elif self.focused is not None:
+            self.maximize(self.focused)
+
+    def minimize(self) -> None:
+        """Put a maximised pane back (one shown only while maximised hides again)."""
+        super().minimize()
+        for pane in self.query(".-shown"):
+            pane.remove_class("-shown")
+
+    def action_site_logs(self, instance: str = "") -> None:
+        """The log view of one site (the one under the cursor by default)."""
+        name = instance or self.query_one("#clients", ClientsTable).selected or ""
+        if name not in self.store.clients and name not in self.store.beats:
+            self.say(f"no client {name!r}" if name else "no client selected")
+            return
+        screen = SiteLogScreen(self.store, name, self.state.save_dir, self.clock)
+        self.app.push_screen(screen)
+
+    def action_copy_token(self) -> None:
+        """Copy the selected client's token to the clipboard (OSC 52) and say so."""
+        row = self.store.clients.get(self.query_one("#clients", ClientsTable).selected or "")
+        if row is None or not row.token:
+            self.say("no client with a token selected")
+            return
+        self.app.copy_to_clipboard(row.token)
+        self.notify(
+            f"token of {row.instance} copied (OSC 52: the terminal must allow clipboard writes)",
+            title="copied",
+            markup=False,
+        )
+
+    def action_columns(self) -> None:
+        """Pick the clients table's columns."""
+        table = self.query_one("#clients", ClientsTable)
+        columns = [
+            (c.key, c.label, c.key not in table.hidden) for c in COLUMNS if c.key != "instance"
+        ]
+        self.app.push_screen(ColumnsScreen(columns, table.toggle_column))
 
     def action_command_line(self) -> None:
         """Open the command line."""
@@ -275,36 +466,49 @@ class DashboardScreen(CommandKeys):
         self._open_line("#filter")
 
     def action_escape(self) -> None:
-        """Close the filter (clearing it) or the command line, or clear the pane's filter."""
+        """Close the filter (clearing it) or the command line, put a maximised pane back,
+        or clear the pane's filter."""
         focused = self.focused
         if focused is self.query_one("#filter", Input):
             self._apply_filter("")
             self._close_line("#filter")
-        elif focused is self.query_one("#command", CommandLine):
-            self._close_line("#command")
+        elif self.maximized is not None:
+            self.minimize()
         elif isinstance(focused, ClientsTable | LogView):
             self._filter_target = "#clients" if isinstance(focused, ClientsTable) else "#logs"
             self._apply_filter("")
 
     def _open_line(self, selector: str) -> None:
+        """Show a line and give it the focus *now*.
+
+        Keys typed ahead (a paste, keys bunched over SSH) are queued in the
+        app together. An ordinary binding acts only once its key has gone to
+        the focused table and bubbled back up, by which time the keys after
+        it have gone to the table too, as hotkeys; and ``Widget.focus``
+        takes effect one message later still. So ``:`` and ``/`` are
+        priority bindings, run as the key is read, and ``set_focus`` moves
+        the focus at once: every key after them lands in the line, in order
+        (the line itself reads its ``enter`` and ``esc`` in that order too).
+        """
         self._return_focus = self.focused
         box = self.query_one(selector, Input)
         box.display = True
-        box.focus()
+        self.set_focus(box)
 
     def _close_line(self, selector: str) -> None:
         self.query_one(selector, Input).display = False
         back = self._return_focus
-        (back if back is not None and back.is_attached else self.query_one("#clients")).focus()
+        self.set_focus(
+            back if back is not None and back.is_attached else self.query_one("#clients")
+        )
 
     def _apply_filter(self, text: str) -> None:
-        store = self.console.store
         if self._filter_target == "#clients":
             table = self.query_one("#clients", ClientsTable)
             table.filter = text.strip()
-            table.rebuild(self._views(list(store.clients)))
+            table.rebuild(self._views(list(self.store.clients)))
         else:
-            self.query_one("#logs", LogView).set_filter(text, store.logs)
+            self.query_one("#logs", LogView).set_filter(text, self.store.logs)
         self._titles()
 
     @on(Input.Changed, "#filter")
@@ -315,12 +519,22 @@ class DashboardScreen(CommandKeys):
     def _filter_done(self) -> None:
         self._close_line("#filter")
 
-    @on(Input.Submitted, "#command")
-    def _command_submitted(self, event: Input.Submitted) -> None:
-        line = event.value.strip()
-        box = self.query_one("#command", CommandLine)
-        box.remember(line)
-        box.value = ""
-        self._close_line("#command")
-        if line:
+    @on(CommandLine.Entered)
+    def _command_entered(self, event: CommandLine.Entered) -> None:
+        if self.focused is self.query_one("#command", CommandLine):
+            self._close_line("#command")
+        line = event.line or ""
+        if is_view(line):
+            self.switch_view(command_words(line))
+        elif line:
             self.send(line)
+
+    def switch_view(self, words: list[str]) -> None:
+        """``:clients`` back to the dashboard's table, ``:logs [NAME]`` a site's log view."""
+        view, args = words[0], words[1:]
+        if view == "clients":
+            if self.maximized is not None:
+                self.minimize()
+            self.set_focus(self.query_one("#clients"))
+        elif view == "logs":
+            self.action_site_logs(args[0] if args else "")

@@ -1,8 +1,10 @@
 """The dashboard's small dialogs: confirm, pick one, type a value.
 
 Danger is slow: :class:`ConfirmScreen` opens with *Cancel* focused, so
-``enter`` right away does nothing harmful, and it has no one-key yes.
-Safe things are fast: pickers take ``enter`` on the highlighted choice.
+``enter`` right away does nothing harmful, and it has no one-key yes; the
+pickers of commands that stop something open with nothing highlighted, so
+an ``enter`` typed ahead picks nothing (least of all the server).
+Safe things are fast: other pickers take ``enter`` on the highlighted choice.
 What they show (client names and states, the server's warning, app folder
 names) is never read as markup.
 """
@@ -16,7 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, OptionList, Static
+from textual.widgets import Button, Input, OptionList, SelectionList, Static
 from textual.widgets.option_list import Option
 
 from fltui.targets import Choice
@@ -30,19 +32,27 @@ class ConfirmScreen(ModalScreen[bool]):
     AUTO_FOCUS = "#confirm-cancel"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(False)", "Cancel")]
 
-    def __init__(self, title: str, stops: Sequence[str], warning: str, verb: str) -> None:
-        """``stops`` lists what will stop; ``verb`` labels the button that does it."""
+    def __init__(
+        self,
+        title: str,
+        stops: Sequence[str],
+        warning: str,
+        verb: str,
+        heading: str = "This stops:",
+    ) -> None:
+        """``stops`` lists what ``heading`` announces; ``verb`` labels the button that does it."""
         super().__init__()
         self._title = title
         self._stops = list(stops)
         self._warning = warning
         self._verb = verb
+        self._heading = heading
 
     def compose(self) -> ComposeResult:
         """Title, what stops, warning, question, buttons."""
         with Vertical(id="confirm-dialog", classes="dialog"):
             yield Static(self._title, classes="dialog-title", markup=False)
-            yield Static("This stops:", classes="dialog-label")
+            yield Static(self._heading, classes="dialog-label")
             stops = "\n".join(f"• {line}" for line in self._stops)
             yield Static(stops, id="confirm-stops", markup=False)
             if self._warning:
@@ -62,12 +72,16 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, title: str, choices: Sequence[Choice], hint: str = "") -> None:
-        """Offer ``choices``; the first is highlighted."""
+    def __init__(
+        self, title: str, choices: Sequence[Choice], hint: str = "", careful: bool = False
+    ) -> None:
+        """Offer ``choices``: the first is highlighted, or none when ``careful``."""
         super().__init__()
         self._title = title
         self._choices = list(choices)
-        self._hint = hint or "enter to choose · esc to cancel"
+        self._careful = careful
+        default = "↑ ↓ to pick, then enter" if careful else "enter to choose"
+        self._hint = hint or f"{default} · esc to cancel"
 
     def compose(self) -> ComposeResult:
         """Title, options, hint."""
@@ -79,6 +93,11 @@ class ChoiceScreen(ModalScreen[str | None]):
                 markup=False,
             )
             yield Static(self._hint, classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        """A careful picker starts with nothing highlighted: ``enter`` alone picks nothing."""
+        if self._careful:
+            self.query_one("#choice-list", OptionList).highlighted = None
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         """Answer with the chosen value."""
@@ -121,3 +140,35 @@ class PromptScreen(ModalScreen[str | None]):
             hint = self.query_one("#prompt-hint", Static)
             hint.update(problem)
             hint.add_class("-error")
+
+
+class ColumnsScreen(ModalScreen[None]):
+    """``c``: tick the clients table's columns to show; the change applies at once."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,c", "dismiss(None)", "Close")]
+
+    def __init__(self, columns: Sequence[tuple[str, str, bool]], toggle: Callable[[str], None]):
+        """``columns`` are (key, label, shown); ``toggle`` hides or shows one by key."""
+        super().__init__()
+        self._columns = list(columns)
+        self._toggle = toggle
+
+    def compose(self) -> ComposeResult:
+        """Title, the list of columns, hint."""
+        with Vertical(classes="dialog", id="columns-dialog"):
+            yield Static("Columns of the clients table", classes="dialog-title")
+            yield SelectionList[str](
+                *((label, key, shown) for key, label, shown in self._columns),
+                id="columns-list",
+            )
+            yield Static(
+                "space shows or hides · columns that do not fit the width stay out · "
+                "esc, enter or c close",
+                classes="dialog-hint",
+            )
+
+    def on_selection_list_selection_toggled(
+        self, event: SelectionList.SelectionToggled[str]
+    ) -> None:
+        """Apply the change now, so the table behind shows it."""
+        self._toggle(event.selection.value)

@@ -15,13 +15,20 @@ from textual.widgets import Static
 NAVIGATION = (
     ("tab / shift+tab, 1-4", "move between panes (clients, round, heartbeats, logs)"),
     ("↑ ↓ / j k", "move in a table, scroll a pane"),
-    ("g / G", "top / bottom (G in the logs also resumes following)"),
+    ("g / G, end", "top / bottom (G in the logs also resumes following)"),
+    ("z", "maximise the focused pane, or back"),
     ("enter", "details of the client under the cursor, with its traceback if it failed"),
+    ("l", "the log view of the client under the cursor"),
     ("space", "mark or unmark a client; commands then offer the marked ones"),
-    ("f", "logs: follow the tail on or off"),
+    ("y", "copy the token of the client under the cursor (OSC 52)"),
+    ("S / I C H T B R M D A O", "sort the clients: cycle, or by a column (again: reverse)"),
+    ("c", "show or hide columns of the clients table"),
+    ("f / w", "logs: follow the tail on or off / wrap long lines"),
+    ("r", "reconnect now (when the link is down or the server was shut down)"),
     ("esc", "close a dialog, clear the filter, close the command line"),
     ("ctrl+p", "command palette"),
 )
+CLOSE = "esc, q or ? close this help"
 FILTER_HELP = (
     "Log filter words: src:NAME or @NAME (a source: server, an instance, console, admin), "
     "level:warning (that level and worse), anything else is text to look for."
@@ -47,6 +54,7 @@ class HelpScreen(Screen[None]):
             yield Static(self._table("Actions", self._actions))
             yield Static(self._table("Navigation", NAVIGATION))
             yield Static(FILTER_HELP, classes="dialog-hint")
+            yield Static(CLOSE, classes="dialog-hint", id="help-close")
 
     @staticmethod
     def _table(title: str, rows: Sequence[tuple[str, str]]) -> Table:

@@ -22,6 +22,10 @@ from textual.widgets import DataTable, Static
 from fltui.widgets.tones import tone_style
 
 CELL_WIDTH = 12
+DIAGONAL = (
+    "A site's own model is never validated on its own data (the site picked it as its best "
+    "local model by that same validation), so a site's own cell stays empty."
+)
 
 
 def has_matrix(data: dict[str, Any]) -> bool:
@@ -95,8 +99,9 @@ class ValidationScreen(Screen[None]):
             else:
                 yield Static(id="validation-metric")
                 yield DataTable(id="validation-table", cursor_type="cell")
+                yield Static(DIAGONAL, id="validation-diagonal", classes="dialog-hint")
                 yield Static(id="validation-notes", classes="dialog-hint", markup=False)
-            yield Static("m next metric · esc close", classes="dialog-hint")
+            yield Static("m next metric · esc or q close", classes="dialog-hint")
 
     def on_mount(self) -> None:
         """Fill the matrix."""

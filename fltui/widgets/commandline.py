@@ -1,7 +1,12 @@
-"""The ``:`` command line: any admin command, with inline completion and history.
+"""The ``:`` command line: any admin command or view, with inline completion and history.
 
 The completion shows greyed after the cursor; ``tab`` (or ``→``) takes it.
 ``↑``/``↓`` walk through the commands typed before; ``esc`` closes the line.
+
+``enter`` and ``esc`` are handled as the line reads its keys, in the order
+they were typed, not as bindings (those act only once the key has gone up
+to the app, after the keys typed behind it): a paste of
+``:set_run_number 5⏎:deploy …⏎`` is two commands, never one line with both.
 """
 
 from __future__ import annotations
@@ -9,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from textual import events
 from textual.binding import Binding, BindingType
+from textual.message import Message
 from textual.suggester import Suggester
 from textual.widgets import Input
 
@@ -47,6 +54,27 @@ class CommandLine(Input):
         self.suggester = suggester
         self.history: list[str] = []
         self._position = 0
+
+    class Entered(Message):
+        """A line was entered (history kept, the line emptied); ``None`` when ``esc`` closed it."""
+
+        def __init__(self, line: str | None) -> None:
+            super().__init__()
+            self.line = line
+
+    async def _on_key(self, event: events.Key) -> None:
+        """``enter`` and ``esc`` in typing order; the ``:`` of a line typed ahead is dropped."""
+        if event.key in ("enter", "escape"):
+            event.stop()
+            event.prevent_default()
+            line = self.value.strip() if event.key == "enter" else None
+            if line is not None:
+                self.remember(line)
+            self.value = ""
+            self.post_message(self.Entered(line))
+        elif event.character == ":" and not self.value:
+            event.stop()
+            event.prevent_default()
 
     def remember(self, line: str) -> None:
         """Add a submitted line to the history (not twice in a row)."""

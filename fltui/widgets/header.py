@@ -1,36 +1,26 @@
-"""The fixed top of the dashboard: who, where, which run, and whether the link is up.
+"""The fixed top of the dashboard: who, where, which run, and whether the console's link is up.
 
 The connection state is drawn on its own at the right edge so that it stays
-visible however narrow the terminal is; the rest is cut short first.
+visible however narrow the terminal is; the rest is cut short first. Fields
+are separated by `` · ``, never by bare spaces alone: a screen read back as
+text (a screen reader, a copied SVG screenshot) must not run words together.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 
+from flcore import status as st
 from flcore.feed import RunInfo
+from fltui.state import Who
 from fltui.status import Look, server_look
 from fltui.widgets.line import Line
 from fltui.widgets.tones import look_text, tone_style
 
-CONNECTED = Look("●", "connected", "success")
-CONNECTING = Look("◌", "connecting", "warning")
-DISCONNECTED = Look("✖", "disconnected", "error")
-
-
-@dataclass(frozen=True)
-class Who:
-    """The logged-in admin and the server they reach."""
-
-    project: str
-    target: str
-    user: str
-    role: str
+SEPARATOR = " · "
 
 
 class StatusHeader(Horizontal):
@@ -45,34 +35,36 @@ class StatusHeader(Horizontal):
         """Redraw from the current facts; ``two_lines`` puts the run on a line of its own."""
         app = self.app
         bold = tone_style(app, "accent") + Style(bold=True)
+        muted = tone_style(app, "muted")
         title = Text(no_wrap=True, overflow="ellipsis")
         title.append(" ◆ ", style=bold)
         title.append(who.project or "flstack", style=bold)
-        title.append(f"  {who.target}")
-        title.append(f"  {who.user}" + (f" ({who.role})" if who.role else ""))
-        title.append("\n   " if two_lines else "  ")
+        if who.target:
+            title.append(SEPARATOR, style=muted)
+            title.append(who.target)
+        title.append(SEPARATOR, style=muted)
+        title.append(who.user + (f" ({who.role})" if who.role else ""))
+        title.append("\n   " if two_lines else SEPARATOR, style=muted)
         if run.run_number:
             title.append(f"run {run.run_number}", style="bold")
         else:
-            title.append("no run set", style=tone_style(app, "muted"))
-        status = server_look(run.server_status)
-        title.append("  ")
-        title.append_text(look_text(app, status))
+            title.append("no run set", style=muted)
+        title.append(SEPARATOR, style=muted)
+        title.append_text(look_text(app, server_look(run.server_status)))
+        if run.reason and run.server_status not in st.ACTIVE:
+            title.append(f" ({run.reason})")
         if run.current_round >= 0 and run.num_rounds:
-            title.append(f"  round {run.current_round}/{run.num_rounds}")
+            title.append(SEPARATOR, style=muted)
+            title.append(f"round {min(run.current_round, run.num_rounds)}/{run.num_rounds}")
         self.styles.height = 2 if two_lines else 1
         self.query_one("#header-title", Line).set(title)
         self.query_one("#header-link", Line).set(look_text(app, link))
 
 
 class Banner(Line):
-    """A line under the header that says the link is down and what the console is doing."""
+    """A line under the header: the console's link is down (and what it does about it)."""
 
-    def show_problem(self, message: str) -> None:
-        """Show ``message``; the banner stays until :meth:`clear`."""
-        self.set(f"✖ {message}")
-        self.display = True
-
-    def clear(self) -> None:
-        """Hide the banner."""
-        self.display = False
+    def show(self, message: str) -> None:
+        """Show ``message``, or hide the banner when it is empty."""
+        self.set(message)
+        self.display = bool(message)

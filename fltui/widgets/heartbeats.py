@@ -14,13 +14,13 @@ from typing import ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
-from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from fltui.status import LEFT, LOST, ONLINE
 from fltui.store import BEAT, DOWN, GONE, UP, Beat
+from fltui.widgets.vimkeys import VimKeys
 
 NAME_WIDTH = 14
 MIN_BUCKET_S = 0.5
@@ -61,7 +61,7 @@ def bucket_marks(beats: Sequence[Beat], now: float, bucket: float, count: int) -
     return marks
 
 
-class HeartbeatView(ScrollView, can_focus=True):
+class HeartbeatView(ScrollView, VimKeys, can_focus=True):
     """Recent heartbeats of every client, drawn line by line."""
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -73,15 +73,10 @@ class HeartbeatView(ScrollView, can_focus=True):
         "heartbeat--warning",
         "heartbeat--error",
     }
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("j", "scroll_down", "Down", show=False),
-        Binding("k", "scroll_up", "Up", show=False),
-        Binding("g", "scroll_home", "Top", show=False),
-        Binding("G", "scroll_end", "Bottom", show=False),
-    ]
 
     def __init__(self, clock: Callable[[], float], id: str | None = None) -> None:
-        """An empty view; ``clock`` gives the time the right edge stands for."""
+        """An empty view; ``clock`` gives the time the right edge stands for (the dashboard
+        stops it while the console's link is down: what happened since is unknown)."""
         super().__init__(id=id)
         self._clock = clock
         self._lanes: list[Lane] = []

@@ -6,17 +6,24 @@ countdown moves with the clock, on the dashboard's one-second tick.
 
 from __future__ import annotations
 
+import re
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import ProgressBar, Sparkline
 
+from flcore import status as st
 from flcore.feed import RunInfo
 from fltui.widgets.line import Line
 from fltui.widgets.tones import tone_style
 
 DEFAULT_METRIC = "val_accuracy"
 MAX_NAMES = 6
+FINISHED = "finished"
+"""The server's reason for a run that trained all its rounds."""
+BEST_ROUND = re.compile(r"\(round (\d+)\)")
+SEPARATOR = " · "
 
 
 def chart_metric(run: RunInfo) -> str:
@@ -33,6 +40,31 @@ def metric_series(run: RunInfo, metric: str) -> list[float]:
     return [
         r.metrics[metric] for r in sorted(run.history, key=lambda r: r.round) if metric in r.metrics
     ]
+
+
+def best_label(run: RunInfo) -> str:
+    """The best metric, naming only rounds the run has.
+
+    The metrics of round *r* describe the model the sites received at its
+    start; the final validation reports as round ``num_rounds``, which the
+    run does not have as a training round: that best is the final model's.
+    """
+    value = run.best_metric.split("=", 1)[-1].strip()
+    found = BEST_ROUND.search(value)
+    if found and run.num_rounds and int(found.group(1)) >= run.num_rounds:
+        value = f"{value[: found.start()]}(final model){value[found.end() :]}"
+    return value
+
+
+def ending_of(run: RunInfo) -> str:
+    """Why a run that does not train stopped, or why it never started ("" when unknown)."""
+    if not run.reason:
+        return ""
+    if run.reason == FINISHED:
+        return "Finished all rounds"
+    if run.server_status == st.NOT_STARTED:
+        return f"Not started: {run.reason}"
+    return f"Stopped: {run.reason}"
 
 
 def names(instances: tuple[str, ...]) -> str:
@@ -64,14 +96,14 @@ class RoundPane(Vertical, can_focus=True):
             title.append("No run selected (n sets one)", style=muted)
         elif not in_rounds:
             title.append(f"Run {run.run_number}", style="bold")
-            title.append(f" · {run.app or 'no app deployed'}", style=muted)
+            title.append(f"{SEPARATOR}{run.app or 'no app deployed'}", style=muted)
         else:
             shown_round = min(run.current_round, run.num_rounds)
             title.append(f"Round {shown_round} / {run.num_rounds}", style="bold")
             phase = "" if run.phase == "training" else run.phase
-            detail = " · ".join(part for part in (run.app, phase) if part)
+            detail = SEPARATOR.join(part for part in (run.app, phase) if part)
             if detail:
-                title.append(f"  {detail}", style=muted)
+                title.append(f"{SEPARATOR}{detail}", style=muted)
         self.query_one("#round-title", Line).set(title)
         bar.display = in_rounds
         if in_rounds:
@@ -88,7 +120,7 @@ class RoundPane(Vertical, can_focus=True):
             label.append(f"{metric} ", style=muted)
             label.append(f"{series[-1]:.4f}", style="bold")
         if run.best_metric:
-            label.append(f"\nbest {run.best_metric.split('=', 1)[-1]}", style=muted)
+            label.append(f"\nbest {best_label(run)}", style=muted)
         self.query_one("#round-metric", Line).set(label)
         chart = self.query_one("#round-chart", Sparkline)
         chart.data = series
@@ -96,6 +128,17 @@ class RoundPane(Vertical, can_focus=True):
 
     def _updates(self, run: RunInfo) -> Text:
         text = Text()
+        if run.server_status not in st.ACTIVE and run.run_number:
+            ending = ending_of(run)
+            if ending:
+                tone = "success" if run.reason == FINISHED else "warning"
+                text.append(ending, style=tone_style(self.app, tone))
+            if run.failed_sites:
+                text.append("\n" if ending else "")
+                text.append(
+                    f"Failed: {names(run.failed_sites)}", style=tone_style(self.app, "error")
+                )
+            return text
         if run.current_round < 0 or run.current_round >= run.num_rounds:
             if run.failed_sites:
                 text.append(
@@ -103,7 +146,7 @@ class RoundPane(Vertical, can_focus=True):
                 )
             return text
         text.append(f"Updates {run.updates_received}", style="bold")
-        text.append(f"  min {run.min_num_clients} · max {run.max_num_clients}\n")
+        text.append(f"{SEPARATOR}min {run.min_num_clients} · max {run.max_num_clients}\n")
         if run.awaited:
             text.append("Waiting for ", style=tone_style(self.app, "muted"))
             text.append(names(run.awaited))

@@ -26,9 +26,20 @@ class ProvisionApp(App[None]):
 
     async def action_quit(self) -> None:
         """Quit as the wizard closes: asking first while passwords are unsaved."""
-        wizard = next((s for s in self.screen_stack if isinstance(s, WizardScreen)), None)
-        if wizard is None:
+        if not guard_quit(self):
             await super().action_quit()
-        elif wizard is self.screen:
-            wizard.action_close()
-        # else one of the wizard's questions is open, and asking already
+
+
+def guard_quit(app: App[None]) -> bool:
+    """Route a quit through the wizard when one is open; True when the wizard took it.
+
+    Kit passwords are shown only on the wizard's Kits step and stored nowhere
+    else, so quitting the app must ask the same question as leaving the step.
+    """
+    wizard = next((s for s in app.screen_stack if isinstance(s, WizardScreen)), None)
+    if wizard is None:
+        return False
+    if wizard is app.screen:
+        wizard.request_close(then=app.exit)
+    # else one of the wizard's questions is open, and it is already asking
+    return True

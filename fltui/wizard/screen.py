@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -402,13 +403,26 @@ class WizardScreen(Screen[None]):
 
     def action_close(self) -> None:
         """Leave the wizard: not while provisioning, and not past unsaved passwords unasked."""
+        self.request_close()
+
+    def request_close(self, then: Callable[[], object] | None = None) -> None:
+        """Leave the wizard as :meth:`action_close` does, then call ``then`` (an app's quit).
+
+        ``then`` is dropped when the admin chooses to stay, so a quit that was
+        answered "stay" does not happen later by surprise.
+        """
         if self._busy():
             return
         kits = self.query_one(KitsStep)
         if STEPS[self.step] == "kits" and kits.unsaved:
-            self.app.push_screen(self._leave_question(kits), self._leave_answered)
+            self.app.push_screen(self._leave_question(kits), partial(self._leave_answered, then))
         else:
-            self.dismiss(None)
+            self._leave(then)
+
+    def _leave(self, then: Callable[[], object] | None) -> None:
+        self.dismiss(None)
+        if then is not None:
+            then()
 
     def _leave_question(self, kits: KitsStep) -> Question:
         count = len(kits.passwords)
@@ -424,13 +438,13 @@ class WizardScreen(Screen[None]):
             ],
         )
 
-    def _leave_answered(self, reply: Reply | None) -> None:
+    def _leave_answered(self, then: Callable[[], object] | None, reply: Reply | None) -> None:
         if reply is None or reply.key == "stay":
             return
         kits = self.query_one(KitsStep)
         if reply.key == "save" and not kits.save(append=False):
             return  # the kits step says why; the passwords are still on screen
-        self.dismiss(None)
+        self._leave(then)
 
     @on(Button.Pressed, "#wizard-next")
     def _next_pressed(self) -> None:

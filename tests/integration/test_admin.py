@@ -291,7 +291,7 @@ def test_a_file_that_cannot_be_read_fails_the_upload_clearly(
         raise PermissionError(13, "Permission denied", "config/config_fed_client.json")
 
     cluster.server()
-    monkeypatch.setattr("fltui.adminclient.iter_chunks", unreadable)
+    monkeypatch.setattr("fladmin.client.iter_chunks", unreadable)
     (outcome,) = cluster.admin("upload_folder digits_fedavg")
     assert not outcome.ok
     assert outcome.text == (

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from fladmin import AdminClient, load_kit
 from flclientd.connection import Connection
 from flcore.federation import MachineInfo, Verdict
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
@@ -26,7 +27,6 @@ from flcore.tls import TlsFiles
 from flcore.wire import manifest_to_proto, tensor_chunks
 from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
-from fltui.adminclient import AdminClient, load_kit
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import html
+import io
+import re
 from typing import Any, TypeVar
 
+from rich.console import Console
+from textual import events
+from textual.keys import _character_to_key
 from textual.screen import Screen
 
 from fldev.poll import wait_for
@@ -25,3 +31,72 @@ async def shown(pilot: Any, app: Any, screen_type: type[ScreenT]) -> ScreenT:
     )
     screen: ScreenT = app.screen
     return screen
+
+
+def burst(app: Any, *keys: str) -> None:
+    """Queue key events all at once, as a paste or keys bunched over SSH arrive.
+
+    ``pilot.press`` waits for the app to be idle after each key, which a
+    person typing fast or a paste never does: every key here is queued
+    before the app handles the first. A string is typed character by
+    character; a name of :data:`KEY_NAMES` (``enter``) is that one key.
+    """
+    for item in keys:
+        for key, char in _keys(item):
+            event = events.Key(key, char)
+            event.set_sender(app)
+            app._driver.send_message(event)
+
+
+KEY_NAMES = {"enter": "\r", "escape": "\x1b", "tab": "\t", "backspace": "\x7f", "up": None}
+
+
+def _keys(item: str) -> list[tuple[str, str | None]]:
+    if item in KEY_NAMES:
+        return [(item, KEY_NAMES[item])]
+    return [(ch if ch.isalnum() else _character_to_key(ch), ch) for ch in item]
+
+
+def screen_lines(app: Any) -> list[str]:
+    """What the terminal shows now, one string per row (as a person reads it)."""
+    width, height = app.size
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system=None,
+        record=True,
+        legacy_windows=False,
+        safe_box=False,
+    )
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text().splitlines()
+
+
+SVG_TEXT = r'<text class="[^"]*" x="[^"]*" y="([^"]*)"[^>]*>([^<]*)</text>'
+
+
+def reader_lines(svg: str) -> list[str]:
+    """An SVG screenshot's rows as a reader that drops each span's leading spaces sees them.
+
+    Text tools that read screenshots (and some that copy from them) drop
+    the spaces at the start of each differently-styled span; a screen that
+    separates words by spaces alone reads as ``hospitalsfl.example.org``.
+    """
+    rows: dict[float, list[str]] = {}
+    for y, text in re.findall(
+        r'<text class="[^"]*" x="[^"]*" y="([^"]*)"[^>]*>([^<]*)</text>', svg
+    ):
+        rows.setdefault(float(y), []).append(html.unescape(text).replace("\xa0", " ").lstrip())
+    return ["".join(parts) for _, parts in sorted(rows.items())]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -16,14 +16,15 @@ from typing import Any
 import pytest
 from textual.widgets import Input
 
+from fladmin.client import AdminError, CommandReply
+from fladmin.link import AdminLink
 from flcore.feed import ClientRow, FeedEvent, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fldev.poll import wait_for
 from fldev.replay import ReplayLink, ok_reply
-from fltui.adminclient import AdminError, Outcome
 from fltui.app import ConsoleApp
-from fltui.link import ServerLink
+from fltui.connection import CONNECTED, DISCONNECTED, Connection
 from fltui.screens.client import ClientScreen
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.help import HelpScreen
@@ -31,7 +32,6 @@ from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
-from fltui.widgets.header import CONNECTED, DISCONNECTED
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
 from tests.tui.helpers import shown
@@ -58,13 +58,13 @@ MATRIX = {
 }
 
 
-def reply(line: str, confirmed: bool) -> Outcome:
+def reply(line: str, confirmed: bool) -> CommandReply:
     """The server's answers: shutdown asks first (and warns), validate has data."""
     if line.startswith("shutdown") and not confirmed:
         prompt = WARNING if line == "shutdown server" else "Are you sure (Y/N):"
-        return Outcome(line, False, "", {}, 0, "", prompt)
+        return CommandReply(line, False, "", {}, 0, "", prompt)
     if line == "validate all":
-        return Outcome(line, True, "Cross-site validation of run 1", MATRIX, 10, "")
+        return CommandReply(line, True, "Cross-site validation of run 1", MATRIX, 10, "")
     return ok_reply(line, confirmed)
 
 
@@ -229,7 +229,8 @@ def test_member_sees_dangerous_keys_dimmed(tmp_path: Path) -> None:
             for action in ("validate", "timeout", "help", "filter", "command_line"):
                 assert screen.check_action(action, ()) is True, action
             await pilot.press("s", "a", "x", "n")
-            await pilot.pause(0.2)
+            status = screen.query_one("#status-line")
+            await wait_for(pilot, lambda: "run_number needs the super role" in str(status.render()))
             assert app.screen is screen and link.sent == []
             footer = {k.key: k for k in app.screen.query("FooterKey")}  # type: ignore[attr-defined]
             assert footer["s"].has_class("-disabled") and not footer["v"].has_class("-disabled")
@@ -239,8 +240,8 @@ def test_member_sees_dangerous_keys_dimmed(tmp_path: Path) -> None:
 
 def test_validation_matrix_and_the_empty_case(tmp_path: Path) -> None:
     async def scenario(data: dict[str, Any]) -> ValidationScreen:
-        def answer(line: str, confirmed: bool) -> Outcome:
-            return Outcome(line, True, "", data, 1, "")
+        def answer(line: str, confirmed: bool) -> CommandReply:
+            return CommandReply(line, True, "", data, 1, "")
 
         app, _ = console(tmp_path / str(len(data)), reply=answer)
         async with app.run_test(size=(120, 36)) as pilot:
@@ -496,12 +497,14 @@ async def six_rows(pilot: Any) -> ClientsTable:
 
 
 def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
-    def answer(line: str, confirmed: bool) -> Outcome:
+    def answer(line: str, confirmed: bool) -> CommandReply:
         if line == "validate all":
-            return Outcome(line, False, "[/x] validation failed: regex [a-z]+", {}, 1, "")
+            return CommandReply(line, False, "[/x] validation failed: regex [a-z]+", {}, 1, "")
         if line.startswith("abort") and not confirmed:
-            return Outcome(line, False, "", {}, 0, "", "[/x] still training\nAre you sure (Y/N):")
-        return Outcome(line, True, "[/x] done: regex [a-z]+", {}, 1, "")
+            return CommandReply(
+                line, False, "", {}, 0, "", "[/x] still training\nAre you sure (Y/N):"
+            )
+        return CommandReply(line, True, "[/x] done: regex [a-z]+", {}, 1, "")
 
     async def scenario() -> None:
         app, _ = console(tmp_path, with_odd_client(), reply=answer)
@@ -517,7 +520,8 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             await pilot.press("escape", "space", "a")
             await choose(pilot, f"selected: {ODD}")
             await shown(pilot, app, ConfirmScreen)
-            assert f"• {ODD}: training failed" in str(
+            # A failed site trains no more: it is named as left alone, not as stopping.
+            assert f"• Not training, left as they are: {ODD}." in str(
                 app.screen.query_one("#confirm-stops").render()
             )
             await pilot.press("tab", "enter")  # yes: the server's own question follows
@@ -527,16 +531,20 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             await pilot.press("escape")
             await pilot.press("colon", *"check_status server", "enter")
             await wait_for(pilot, lambda: any("[/x] done" in e.message for e in app.store.logs))
-            await pilot.pause(0.2)  # the notification is drawn too
+            await wait_for(pilot, lambda: any("[/x] done" in n.message for n in app._notifications))
+            await pilot.pause()  # the notification is drawn (as it is, never as markup)
             await pilot.press("v")
             await shown(pilot, app, ValidationScreen)
             failure = str(app.screen.query_one("#validation-empty").render())
             assert failure == "[/x] validation failed: regex [a-z]+"
             await pilot.press("escape")
-            app.set_link(DISCONNECTED, "connection lost: [/x] regex [a-z]+")
+            app.publish(Connection(DISCONNECTED, NOW, "[/x] regex [a-z]+", NOW + 4, 1))
             banner = app.dashboard.query_one("#banner")
-            assert str(banner.render()) == "✖ connection lost: [/x] regex [a-z]+"
-            await pilot.pause(0.2)
+            assert str(banner.render()) == (
+                "✖ connection lost since 15:06:40: [/x] regex [a-z]+ · reconnecting in 4s "
+                "(attempt 1) · r now"
+            )
+            await wait_for(pilot, lambda: banner.display and banner.size.height)
 
     asyncio.run(scenario())
 
@@ -549,8 +557,8 @@ def test_validation_cells_and_notes_from_sites_are_never_markup(tmp_path: Path) 
         "notes": {"site-b": "[/x] cross_validate is off"},
     }
 
-    def answer(line: str, confirmed: bool) -> Outcome:
-        return Outcome(line, True, "", matrix, 1, "")
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        return CommandReply(line, True, "", matrix, 1, "")
 
     async def scenario() -> None:
         app, _ = console(tmp_path, reply=answer)
@@ -638,7 +646,7 @@ class SlowLink(ReplayLink):
         super().__init__(events)
         self.release = asyncio.Event()
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         self.sent.append((line, confirmed))
         if line == "start server":
             await self.release.wait()
@@ -696,7 +704,7 @@ def test_a_quoted_abort_on_the_command_line_still_asks(tmp_path: Path) -> None:
             await shown(pilot, app, ConfirmScreen)
             assert link.sent == []
             await pilot.press("escape")
-            await pilot.pause(0.1)
+            await wait_for(pilot, lambda: any("cancelled" in e.message for e in app.store.logs))
             assert link.sent == []
 
     asyncio.run(scenario())
@@ -765,7 +773,7 @@ def test_timeout_is_checked_and_reaches_a_login_made_on_screen(
         def __init__(self, startup: Path, user: str | None) -> None:
             super().__init__(recorded_events(), transfer_dir=startup.parent / "transfer")
 
-    monkeypatch.setattr("fltui.app.ServerLink", KitLink)
+    monkeypatch.setattr("fltui.app.AdminLink", KitLink)
 
     async def scenario() -> None:
         app = ConsoleApp(startup=tmp_path, user="", problem="no kit", timeout=30, clock=lambda: NOW)
@@ -790,7 +798,7 @@ def test_an_unreadable_kit_is_an_error_not_a_crash(
     assert err.startswith("fltui: ") and "cannot read the admin kit" in err
     assert len(err.splitlines()) == 1
     with pytest.raises(AdminError, match="cannot read the admin kit"):
-        ServerLink(unreadable)
+        AdminLink(unreadable)
 
     async def scenario() -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)

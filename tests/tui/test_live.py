@@ -1,31 +1,34 @@
 """The console against a real server: the harness's flserverd and two flclientd sites.
 
 The tests share one cluster (see conftest.py) and run in file order: look,
-train from the keys, look as a member, then shut a client and the server
-down and watch the console reconnect to the restarted server.
+train from the keys, look as a member, lose only the console's link (the
+sites stay online), then shut a client and the server down and reconnect
+to the restarted server when asked.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from textual.widgets import Input
 
-from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster
+from fladmin.client import CommandReply
+from fladmin.link import AdminLink
+from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, free_ports
 from fldev.poll import wait_for
-from fltui.adminclient import Outcome
 from fltui.app import ConsoleApp
-from fltui.link import ServerLink
+from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.status import short_token
 from fltui.widgets.clients import ClientsTable
-from fltui.widgets.header import CONNECTED, DISCONNECTED
-from tests.tui.helpers import shown
+from tests.tui.helpers import burst, shown
+from tests.tui.proxy import Proxy
 
 # One shared cluster, used in file order: keep these tests on one xdist worker.
 pytestmark = [
@@ -35,21 +38,35 @@ pytestmark = [
 ]
 
 
-class RecordingLink(ServerLink):
+class RecordingLink(AdminLink):
     """The real link, keeping every reply so tests can wait for one."""
 
     def __init__(self, startup: Path, user: str) -> None:
         super().__init__(startup, user)
-        self.replies: list[Outcome] = []
+        self.replies: list[CommandReply] = []
+        self.logins = 0
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def login(self) -> None:
+        self.logins += 1
+        await super().login()
+
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         outcome = await super().execute(line, confirmed)
         self.replies.append(outcome)
         return outcome
 
-    def reply(self, line: str) -> Outcome | None:
+    def reply(self, line: str) -> CommandReply | None:
         """The last reply to ``line``."""
         return next((o for o in reversed(self.replies) if o.line == line), None)
+
+
+class ProxiedLink(RecordingLink):
+    """The real link, dialling the admin port through a :class:`Proxy` the test can cut."""
+
+    def __init__(self, startup: Path, user: str, port: int) -> None:
+        super().__init__(startup, user)
+        self.kit = replace(self.kit, admin_port=port)
+        self.target = self.kit.admin_target
 
 
 def open_console(cluster: Cluster, user: str = ADMIN) -> tuple[ConsoleApp, RecordingLink]:
@@ -67,9 +84,11 @@ async def choose(pilot: Any, label_part: str) -> None:
     await pilot.press("enter")
 
 
-async def ok(pilot: Any, link: RecordingLink, line: str, timeout: float = 30.0) -> Outcome:
+async def ok(pilot: Any, link: RecordingLink, line: str, timeout: float = 30.0) -> CommandReply:
     """Wait for the reply to ``line`` and insist it succeeded."""
-    outcome: Outcome = await wait_for(pilot, lambda: link.reply(line), timeout, f"reply to {line}")
+    outcome: CommandReply = await wait_for(
+        pilot, lambda: link.reply(line), timeout, f"reply to {line}"
+    )
     assert outcome.ok, f"{line}: {outcome.text}"
     return outcome
 
@@ -162,15 +181,32 @@ def test_member_sees_dangerous_keys_dimmed(live: Cluster) -> None:
                 assert app.dashboard.check_action(action, ()) is None, action
             assert app.dashboard.check_action("validate", ()) is True
             await pilot.press("x", "s")
-            await pilot.pause(0.3)
+            status = app.dashboard.query_one("#status-line")
+            await wait_for(pilot, lambda: "start needs the super role" in str(status.render()))
             assert app.screen is app.dashboard and link.replies == []
+
+    asyncio.run(scenario())
+
+
+def test_keys_sent_in_one_go_reach_the_command_line(live: Cluster) -> None:
+    """Issue 10, defect 3 against the real server: a paste of two commands is two commands."""
+
+    async def scenario() -> None:
+        app, link = open_console(live)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.connected and app.store.clients)
+            burst(app, ":check_status server", "enter", ":check_status client", "enter")
+            await ok(pilot, link, "check_status server")
+            await ok(pilot, link, "check_status client")
+            assert [r.line for r in link.replies] == ["check_status server", "check_status client"]
+            assert app.screen is app.dashboard
 
     asyncio.run(scenario())
 
 
 def test_login_screen_reports_a_refusal_then_logs_in(live: Cluster) -> None:
     async def scenario() -> None:
-        app = ConsoleApp(ServerLink(live.kit(), MEMBER))  # the admin's kit, someone else's name
+        app = ConsoleApp(AdminLink(live.kit(), MEMBER))  # the admin's kit, someone else's name
         async with app.run_test(size=(120, 36)) as pilot:
             await shown(pilot, app, LoginScreen)
             assert getattr(app.focused, "id", "") == "login-user"  # the kit is known: user next
@@ -181,6 +217,41 @@ def test_login_screen_reports_a_refusal_then_logs_in(live: Cluster) -> None:
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.screen is app.dashboard and app.connected)
             assert app.role == "super" and app.store.clients
+
+    asyncio.run(scenario())
+
+
+def test_only_the_consoles_link_lost_leaves_the_sites_online(live: Cluster) -> None:
+    """Issue 10, defect 4: the console's own link drops, the federation does not."""
+    (port,) = free_ports(1)
+    proxy = Proxy(port, live.admin_port)
+
+    async def scenario() -> None:
+        await proxy.start()
+        link = ProxiedLink(live.kit(), ADMIN, port)
+        app = ConsoleApp(link, flush_s=0.1, retry_first_s=1.0)
+        async with app.run_test(size=(120, 36)) as pilot:
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: app.connected and len(table.shown) == 2)
+            await wait_for(pilot, lambda: str(table.get_cell("flclient1", "health")) == "● online")
+            await proxy.cut()
+            await wait_for(pilot, lambda: app.link_look is DISCONNECTED, 20, "the link to drop")
+            pane = app.dashboard.query_one("#clients-pane")
+            await wait_for(pilot, lambda: "unknown since" in str(pane.border_title), 5)
+            assert "0/2 online" not in str(pane.border_title)
+            for instance in ("flclient1", "flclient2"):
+                assert str(table.get_cell(instance, "health")) == "? unknown"
+            banner = str(app.dashboard.query_one("#banner").render())
+            assert "connection lost since" in banner and "reconnecting in" in banner
+            # The server still has both sites, heartbeating: they were never lost.
+            clients = (await asyncio.to_thread(live.status))["clients"]
+            assert sorted(c["instance"] for c in clients) == ["flclient1", "flclient2"]
+            await proxy.start()
+            await pilot.press("r")
+            await wait_for(pilot, lambda: app.link_look is CONNECTED, 30, "the link to return")
+            await wait_for(pilot, lambda: str(table.get_cell("flclient1", "health")) == "● online")
+            assert "unknown" not in str(pane.border_title)
+        await proxy.cut()
 
     asyncio.run(scenario())
 
@@ -215,11 +286,19 @@ def test_shutdown_asks_then_reconnects_to_a_restarted_server(live: Cluster) -> N
             await pilot.press("tab", "enter")
             await ok(pilot, link, "shutdown server")
             assert await asyncio.to_thread(server.wait, 30) == 0
+            # Asked for, so no outage (issue 10, defect 5): who and when, then r or q.
             banner = app.dashboard.query_one("#banner")
-            await wait_for(pilot, lambda: app.link_look is DISCONNECTED and banner.display, 20)
-            assert "connection lost" in str(banner.render())
+            await wait_for(pilot, lambda: app.link_look is SHUT_DOWN and banner.display, 20)
+            assert str(banner.render()).startswith(f"■ server shut down by {ADMIN} at ")
+            assert str(banner.render()).endswith(" · r reconnect · q quit")
+            errors = [n.title for n in app._notifications if n.severity == "error"]
+            assert "connection lost" not in errors
+            logins = link.logins
 
             await asyncio.to_thread(server.restart, SERVER_READY)
+            assert app.link_look is SHUT_DOWN and app.state.connection.retry_at == 0.0
+            assert link.logins == logins  # it waits for r, trying nothing meanwhile
+            await pilot.press("r")
             await wait_for(pilot, lambda: app.link_look is CONNECTED, 30, "reconnect")
             assert not banner.display
             await wait_for(pilot, lambda: "flclient1" in app.store.clients, 30)

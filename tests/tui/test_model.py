@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -19,8 +19,10 @@ from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health, short_token
 from fltui.store import BEAT, DOWN, GONE, UP, Store
-from fltui.targets import describe_stop, target_choices
+from fltui.targets import describe_stop, describe_target, target_choices
+from fltui.vocabulary import refusal
 from fltui.widgets.logview import one_line
+from fltui.widgets.roundpane import best_label
 from fltui.wizard.draft import Draft, section
 from provision import (
     PasswordsFile,
@@ -66,6 +68,31 @@ def test_heartbeat_history_marks_links_going_down_and_up() -> None:
     store.apply(FeedEvent(13, NOW, Heartbeat("a", NOW - 6)))
     store.apply(FeedEvent(14, NOW, ClientGone("a", "shutdown")))
     assert [b.kind for b in store.beats["a"]] == [BEAT, DOWN, UP, BEAT, GONE]
+
+
+def test_heartbeat_history_survives_a_server_restart() -> None:
+    """Issue 10, defect 6: a restarted server's first snapshot lists no site yet."""
+    store = snapshot_store(ClientRow("a", "a", last_heartbeat=NOW - 9))
+    store.apply(FeedEvent(11, NOW, Heartbeat("a", NOW - 4)))
+    before = list(store.beats["a"])
+    store.apply(FeedEvent(1, NOW, Snapshot(SERVER, RunInfo(), ())))  # the restarted server
+    store.apply(FeedEvent(2, NOW, ClientRow("a", "a", connected=True, last_heartbeat=NOW)))
+    assert list(store.beats["a"])[: len(before)] == before
+    assert [b.kind for b in store.beats["a"]][-1] == UP
+
+
+def test_best_names_only_rounds_the_run_has() -> None:
+    """Issue 10, defect 11: the final validation reports as round num_rounds."""
+    run = RunInfo(num_rounds=8, best_metric="val_accuracy=0.7889 (round 8)")
+    assert best_label(run) == "0.7889 (final model)"
+    assert best_label(replace(run, best_metric="0.7000 (round 5)")) == "0.7000 (round 5)"
+
+
+def test_a_member_may_run_only_read_only_commands() -> None:
+    assert refusal("abort", "member") == "member role: read-only (abort needs the super role)"
+    assert refusal("check_status", "member") is None
+    assert refusal("set_timeout", "member") is None
+    assert refusal("abort", "super") is None
 
 
 def test_logs_are_bounded_and_a_resubscription_does_not_repeat_them() -> None:
@@ -153,12 +180,34 @@ def test_targets_and_what_stops() -> None:
     choices = target_choices(store, ["flclient2", "flclient1_1"])
     assert [c.value for c in choices] == ["server", "client", "client flclient2 flclient1_1"]
     assert choices[1].label == "all clients (5)"
-    assert describe_stop(store, ["abort", "server"])[0] == (
+    careful = target_choices(store, ["flclient2", "flclient1_1"], careful=True)
+    assert [c.value for c in careful] == ["client flclient2 flclient1_1", "client", "server"]
+    assert describe_stop(store, ["abort", "server"]).lines[0] == (
         "Run 1 (digits_fedavg) on the server, at round 3 of 10."
     )
-    lines = describe_stop(store, ["shutdown", "client", "flclient2"])
-    assert lines[0] == "flclient2: training started, round 3 (digits_fedavg)"
-    assert "each site must start its own again" in lines[-1]
+    shutdown = describe_stop(store, ["shutdown", "client", "flclient2"])
+    assert shutdown.heading == "This shuts down:"
+    assert shutdown.lines[0] == "flclient2: training started, round 3 (digits_fedavg)"
+    assert "each site must start its own again" in shutdown.lines[-1]
+    assert describe_target(store, ["shutdown", "client"]) == "all clients (5)"
+    assert describe_target(store, ["abort", "client", "a", "b"]) == "a, b"
+    assert describe_target(store, ["abort", "server"]) == "the server"
+
+
+def test_an_abort_lists_only_what_runs_and_says_where_training_sites_go() -> None:
+    """Issue 10, defect 8: a confirmation says what will really happen."""
+    store = Store()
+    for event in recorded_events():
+        store.apply(event)
+    abort = describe_stop(store, ["abort", "client"])
+    assert abort.heading == "This stops:"
+    listed = [line.split(":")[0] for line in abort.lines if ": training" in line]
+    assert listed == ["flclient1", "flclient2", "flclient1_1"]  # not the failed, not the idle
+    assert any("moves to cross-site validation" in line for line in abort.lines)
+    assert abort.lines[-1] == "Not training, left as they are: flclient3, site-b."
+    idle = describe_stop(store, ["abort", "client", "site-b"])
+    assert idle.lines[0] == "nothing: none of them is training"
+    assert not any("cross-site" in line for line in idle.lines)
 
 
 def test_draft_checks_give_flprovisions_messages(tmp_path: Path) -> None:
@@ -176,9 +225,10 @@ def test_draft_checks_give_flprovisions_messages(tmp_path: Path) -> None:
     assert draft.check_client({"name": "site-a", "org": "b", "email": ""}, 1) == (
         "project.yml: clients[1]: duplicate client name 'site-a'"
     )
-    assert draft.check_client({"name": "server", "org": "b", "email": ""}, 1) == (
-        "project.yml: clients[1]: duplicate client name 'server'"
-    )
+    # A site may not take a name flstack uses itself (the server's among them).
+    reserved = draft.check_client({"name": "server", "org": "b", "email": ""}, 1) or ""
+    assert reserved.startswith("project.yml: clients[1]: 'name' must not be a word flstack uses")
+    assert reserved.endswith("got 'server'")
     draft.settings["heartbeat_interval"] = "700"
     assert "'heartbeat_interval' must be smaller" in (draft.check_settings() or "")
     draft.settings["heartbeat_interval"] = "1"
@@ -342,3 +392,13 @@ def test_an_unreadable_workspace_is_a_problem_not_a_crash(tmp_path: Path) -> Non
     draft = Draft.new(too_long)
     assert (draft.workspace_problem() or "").startswith(f"{too_long}: cannot look into it (")
     assert not draft.issued
+
+
+@pytest.mark.timeout(90)
+def test_a_script_uses_the_admin_client_without_loading_the_console() -> None:
+    """Issue 11: the admin client moved out of fltui, so a script need not import the console."""
+    from tests.unit.test_import_hygiene import loaded_by
+
+    loaded = loaded_by("fladmin")
+    assert "fladmin" in loaded
+    assert loaded & {"fltui", "textual", "torch", "flapp"} == set()

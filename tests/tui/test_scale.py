@@ -1,6 +1,6 @@
 """A thousand clients and a busy log: the console keeps up and its keys still work.
 
-The feed (:mod:`tests.tui.busy`) registers 1,000 clients, then keeps every
+The feed (:mod:`fldev.busyfeed`) registers 1,000 clients, then keeps every
 one heartbeating once a second and writes 200 log lines a second. This test
 checks behaviour only: every client is one row, updated in place, the log
 pane takes the lines, and keys act while that goes on. How fast they act

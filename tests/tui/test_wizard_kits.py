@@ -23,6 +23,7 @@ from fltui.wizard.screen import WizardScreen
 from provision import extract_kit
 from provision.csr import assemble, make_request
 from tests.tui.helpers import shown
+from tests.tui.test_console import console, ready
 from tests.tui.test_wizard import next_step, type_into
 from tests.tui.test_wizard_steps import saved_workspace, to_review
 
@@ -106,6 +107,33 @@ def test_closing_without_saving_is_a_choice_of_its_own(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert not (tmp_path / "ws" / "passwords.txt").exists()
+
+
+def test_quitting_the_console_asks_while_the_wizard_holds_unsaved_passwords(
+    tmp_path: Path,
+) -> None:
+    """The full console's quit goes through the wizard's question, as the wizard app's does."""
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        app.workspace = tmp_path / "ws"
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("p")
+            screen = await shown(pilot, app, WizardScreen)
+            await provisioned(pilot)
+            await pilot.press("ctrl+q")
+            await shown(pilot, app, Question)
+            await pilot.click("#question-stay")  # staying drops the quit
+            await wait_for(pilot, lambda: app.screen is screen)
+            assert app.is_running
+            await pilot.press("ctrl+q")
+            await shown(pilot, app, Question)
+            await pilot.click("#question-save")
+            await wait_for(pilot, lambda: not app.is_running)
+
+    asyncio.run(scenario())
+    assert (tmp_path / "ws" / "passwords.txt").is_file()
 
 
 async def add_site(pilot: Any, name: str, key_maker: str = "lead") -> WizardScreen:

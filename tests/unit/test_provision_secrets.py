@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fltui.adminclient import AdminError, load_kit
+from fladmin.client import AdminError, load_kit
 from provision import extract_kit
 from tests.flprovision import flprovision
 

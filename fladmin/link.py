@@ -1,9 +1,10 @@
-"""What the console needs from a server, and the one real implementation of it.
+"""A session that follows the server's live feed, and the protocol a console needs of it.
 
-The app talks to a :class:`Link`: log in, run a command line, follow the
-live feed. :class:`ServerLink` is the admin client library underneath
-``fltui --cmd`` too; tests give the app a link that replays a recorded
-feed instead, which is how the dashboard's look is pinned without a server.
+A console talks to a :class:`Link`: log in, run a command line, follow the
+live feed as :mod:`flcore.feed` data. :class:`AdminLink` is the real one,
+over :class:`~fladmin.client.AdminClient`; the console's tests give it a
+link that replays a recorded feed instead, which is how the dashboard's
+look is pinned without a server.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
+from fladmin.client import DEFAULT_TIMEOUT_S, AdminClient, AdminError, CommandReply, load_kit
 from flcore.feed import FeedEvent
 from flcore.feedwire import event_from_proto
-from fltui.adminclient import DEFAULT_TIMEOUT_S, AdminClient, AdminError, Outcome, load_kit
 
 
 class Link(Protocol):
@@ -31,7 +32,7 @@ class Link(Protocol):
     async def login(self) -> None:
         """Log in (again); AdminError says why not, ``refused`` when retrying cannot help."""
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         """Run one command line; AdminError when the server is gone."""
 
     def events(self) -> AsyncIterator[FeedEvent]:
@@ -41,8 +42,8 @@ class Link(Protocol):
         """Let go of the connection."""
 
 
-class ServerLink:
-    """A link over :class:`~fltui.adminclient.AdminClient` (mutual TLS gRPC).
+class AdminLink:
+    """A link over :class:`~fladmin.client.AdminClient` (mutual TLS gRPC).
 
     The client, and with it the gRPC channel, is made on the first
     :meth:`login`, which runs on the app's event loop: a channel made before
@@ -78,12 +79,12 @@ class ServerLink:
         await self._client.login()
         self.role, self.project = self._client.role, self._client.project
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         """Run a command; ``timeout`` follows ``set_timeout`` (the console shows it)."""
         client = self._session()
-        outcome = await client.execute(line, confirmed)
+        reply = await client.execute(line, confirmed)
         self.timeout = client.timeout
-        return outcome
+        return reply
 
     async def events(self) -> AsyncIterator[FeedEvent]:
         """The feed, converted from the wire; unknown event kinds are skipped."""

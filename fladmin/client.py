@@ -1,7 +1,7 @@
-"""The admin client library: the one way fltui talks to the server.
+"""The admin client: the one way a console or a script talks to the server.
 
-Both the full-screen console and ``fltui --cmd`` use it, so scripts see
-exactly what people see. Commands travel as text lines; ``set_timeout`` is
+The full-screen console, ``fltui --cmd``, the demo and the benchmarks all
+use it, so scripts see exactly what people see. Commands travel as text lines; ``set_timeout`` is
 kept here (it is how long the server waits for clients on our behalf) and
 ``upload_folder`` streams an app from the admin's ``transfer/`` folder.
 Strings from the server pass :func:`flcore.feed.printable` as they arrive
@@ -38,7 +38,7 @@ REFUSED_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICA
 
 
 class AdminError(Exception):
-    """The console cannot reach or log in to the server; the message says why.
+    """The server cannot be reached or refuses the login; the message says why.
 
     ``refused`` tells a refused login (wrong user, not an admin certificate)
     from a server that cannot be reached: retrying helps only the latter.
@@ -50,8 +50,8 @@ class AdminError(Exception):
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """The reply to one command."""
+class CommandReply:
+    """The reply to one command line, as a person or a script sees it."""
 
     line: str
     ok: bool
@@ -93,9 +93,9 @@ def parse_timeout(text: str) -> float | None:
 TIMEOUT_RULE = f"a number of seconds, more than 0 and at most {MAX_TIMEOUT_S:g}"
 
 
-def _local(line: str, ok: bool, text: str, data: dict[str, Any] | None = None) -> Outcome:
+def _local(line: str, ok: bool, text: str, data: dict[str, Any] | None = None) -> CommandReply:
     now = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")
-    return Outcome(line, ok, text, data or {}, 0, now)
+    return CommandReply(line, ok, text, data or {}, 0, now)
 
 
 def load_kit(startup_dir: Path) -> AdminStartup:
@@ -157,7 +157,7 @@ class AdminClient:
         """Close the connection."""
         await self._channel.close()
 
-    async def execute(self, line: str, confirmed: bool = False) -> Outcome:
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         """Run one command line and return its reply (AdminError when the server is gone)."""
         line = line.strip()
         try:
@@ -177,9 +177,9 @@ class AdminClient:
             reply = await self._stub.Execute(request, timeout=self.timeout + RPC_SLACK_S)
         except grpc.aio.AioRpcError as exc:
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
-        return _outcome(line, reply)
+        return _from_wire(line, reply)
 
-    def _set_timeout(self, line: str, words: list[str]) -> Outcome:
+    def _set_timeout(self, line: str, words: list[str]) -> CommandReply:
         seconds = parse_timeout(words[1]) if len(words) == 2 else None
         if seconds is None:
             return _local(line, False, f"usage: set_timeout <seconds>  ({TIMEOUT_RULE})")
@@ -188,7 +188,7 @@ class AdminClient:
             line, True, f"Command timeout set to {seconds:g} seconds", {"timeout_s": seconds}
         )
 
-    async def upload_folder(self, app: str) -> Outcome:
+    async def upload_folder(self, app: str) -> CommandReply:
         """Stream ``transfer/<app>`` (config/ and resources/ only) to the server."""
         line = f"upload_folder {app}"
         folder = self.transfer_dir / app
@@ -225,7 +225,7 @@ class AdminClient:
                 raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
         else:
             if not failure:
-                return _outcome(line, reply)
+                return _from_wire(line, reply)
         # The server saw the stream end early; the reason is on this side.
         return _local(line, False, f"upload failed: {failure[0]}")
 
@@ -250,13 +250,13 @@ def _printable_json(value: Any) -> Any:
     return value
 
 
-def _outcome(line: str, reply: admin_pb2.CommandReply) -> Outcome:
+def _from_wire(line: str, reply: admin_pb2.CommandReply) -> CommandReply:
     """A reply as the console and scripts see it, its texts safe to draw on a terminal."""
     try:
         data = _printable_json(json.loads(reply.data_json)) if reply.data_json else {}
     except json.JSONDecodeError:
         data = {}
-    return Outcome(
+    return CommandReply(
         line,
         reply.ok,
         printable(reply.text),

@@ -1,0 +1,268 @@
+"""Keys as fast as a paste, keys that are refused, and the k9s-style keys of the clients table.
+
+Issue 10, defects 3 and 9: keys typed after ``:`` went to the dashboard as
+hotkeys when they arrived together (``:xyz`` opened the shutdown picker);
+destructive pickers defaulted to the server; a member's dimmed key and a
+mutating command typed on ``:`` said nothing, or asked first. Then the
+views on ``:``, sorting, columns and copying a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from textual.widgets import OptionList
+
+from flcore.feed import ClientRow
+from fltui.screens.dialogs import ChoiceScreen, ColumnsScreen, ConfirmScreen
+from fltui.screens.sitelogs import SiteLogScreen
+from fltui.screens.validation import ValidationScreen
+from fltui.widgets.clients import ClientsTable
+from fltui.widgets.commandline import CommandLine
+from tests.tui.helpers import burst, shown, wait_for
+from tests.tui.recorded import NOW, recorded_events
+from tests.tui.test_console import console, ready, sent, stopped_run
+
+SIZES = [(80, 24), (120, 36), (200, 50)]
+ids = [f"{w}x{h}" for w, h in SIZES]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=ids)
+def test_keys_typed_after_a_colon_all_reach_the_command_line(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path, stopped_run())
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            line = app.dashboard.query_one(CommandLine)
+            burst(app, ":xyz")
+            await wait_for(pilot, lambda: line.value == "xyz")
+            assert app.screen is app.dashboard  # no picker opened by x
+            burst(app, "escape", ":check_status server", "enter")
+            await wait_for(pilot, lambda: link.sent)
+            assert sent(link) == ["check_status server"]
+            assert not isinstance(app.screen, ValidationScreen)  # v was text, not a key
+            burst(app, ":set_run_number 5", "enter", ":deploy digits_fedavg server", "enter")
+            await wait_for(pilot, lambda: len(link.sent) == 3)
+            assert sent(link)[1:] == ["set_run_number 5", "deploy digits_fedavg server"]
+            assert app.screen is app.dashboard  # p (the wizard) and d were text
+            await pilot.press(":", *"check_status client", "enter")  # one pilot.press
+            await wait_for(pilot, lambda: len(link.sent) == 4)
+            assert sent(link)[3] == "check_status client"
+
+    asyncio.run(scenario())
+
+
+def test_a_slash_typed_ahead_filters_with_every_key(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            burst(app, "/stale", "enter")
+            await wait_for(pilot, lambda: table.filter == "stale")
+            assert table.shown == ["flclient1_1"] and app.screen is app.dashboard
+
+    asyncio.run(scenario())
+
+
+def test_destructive_pickers_preselect_nothing_and_list_the_server_last(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            for key in ("x", "a"):
+                await pilot.press(key)
+                picker = await shown(pilot, app, ChoiceScreen)
+                options = picker.query_one(OptionList)
+                assert options.highlighted is None
+                last = options.get_option_at_index(options.option_count - 1)
+                assert str(last.prompt).startswith("the server")
+                burst(app, "enter", "enter")  # enters typed ahead pick nothing
+                await pilot.pause()
+                assert app.screen is picker and link.sent == []
+                await pilot.press("escape")
+                await wait_for(pilot, lambda: app.screen is app.dashboard)
+            await pilot.press("s")
+            picker = await shown(pilot, app, ChoiceScreen)
+            assert picker.query_one(OptionList).highlighted == 0  # a start is no danger
+
+    asyncio.run(scenario())
+
+
+def test_confirmation_titles_name_the_target_as_the_picker_did(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("x")
+            picker = await shown(pilot, app, ChoiceScreen)
+            options = picker.query_one(OptionList)
+            options.highlighted = 1
+            assert str(options.get_option_at_index(1).prompt) == "all clients (5)"
+            await pilot.press("enter")
+            confirm = await shown(pilot, app, ConfirmScreen)
+            title = str(confirm.query_one(".dialog-title").render())
+            assert title == "Shut down: all clients (5)"
+            assert str(confirm.query_one(".dialog-label").render()) == "This shuts down:"
+
+    asyncio.run(scenario())
+
+
+def test_a_members_refused_key_and_command_say_why_and_ask_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path, role="member", user="viewer@lead.org")
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            status = app.dashboard.query_one("#status-line")
+            await pilot.press("s")
+            assert status.display
+            assert str(status.render()) == "member role: read-only (start needs the super role)"
+            burst(app, ":abort client", "enter")
+            await wait_for(pilot, lambda: "abort client: not sent" in str(status.render()))
+            assert "member role: read-only" in str(status.render())
+            assert not isinstance(app.screen, ConfirmScreen) and link.sent == []
+            assert any("abort client: not sent" in e.message for e in app.store.logs)
+            burst(app, ":check_status server", "enter")  # a read-only command goes through
+            await wait_for(pilot, lambda: link.sent)
+            assert sent(link) == ["check_status server"]
+
+    asyncio.run(scenario())
+
+
+def test_a_dimmed_key_of_a_super_admin_says_why_too(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("n")  # run 1 is training
+            status = app.dashboard.query_one("#status-line")
+            assert str(status.render()) == "run 1 is training: abort it before setting another run"
+
+    asyncio.run(scenario())
+
+
+def test_views_switch_on_the_command_line_with_completion(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            line = app.dashboard.query_one(CommandLine)
+            await pilot.press(":", "c", "l")
+            await wait_for(pilot, lambda: line._suggestion == "clients")
+            await pilot.press("escape")
+            burst(app, ":logs flclient2", "enter")
+            logs = await shown(pilot, app, SiteLogScreen)
+            assert logs.instance == "flclient2"
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            await pilot.press("4", "z")
+            assert app.dashboard.maximized is not None
+            burst(app, ":clients", "enter")
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: app.focused is table)
+            assert app.dashboard.maximized is None
+
+    asyncio.run(scenario())
+
+
+def test_the_clients_table_sorts_by_a_column_and_cycles(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            server_order = table.shown
+            await pilot.press("H")  # shift+h: by status, troubled first
+            assert table.shown[:2] == ["site-b", "flclient1_1"]  # offline, then stale
+            assert "by status ▲" in str(app.dashboard.query_one("#clients-pane").border_title)
+            await pilot.press("H")
+            assert table.shown[-2:] == ["flclient1_1", "site-b"]
+            await pilot.press("B")  # by beat: the longest silence first
+            assert table.shown[0] == "flclient1_1"
+            assert table.selected == table.shown[table.cursor_row]
+            await pilot.press("S")
+            assert table.sort_column == "round"
+            for _ in range(20):
+                if not table.sort_column:
+                    break
+                await pilot.press("S")
+            assert table.sort_column == "" and table.shown == server_order
+
+    asyncio.run(scenario())
+
+
+def test_columns_can_be_hidden_and_shown(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            assert "token" in table.columns_shown
+            await pilot.press("c")
+            screen = await shown(pilot, app, ColumnsScreen)
+            choices = screen.query_one("SelectionList")
+            token = next(
+                i
+                for i in range(choices.option_count)
+                if choices.get_option_at_index(i).value == "token"
+            )
+            choices.highlighted = token
+            await pilot.press("space")
+            await wait_for(pilot, lambda: "token" not in table.columns_shown)
+            await pilot.press("space", "escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            assert "token" in table.columns_shown
+            assert str(table.get_cell("flclient1", "token")) == "5c1e0a2f…"
+
+    asyncio.run(scenario())
+
+
+def test_y_copies_the_token_of_the_selected_client(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("down", "y")
+            assert app.clipboard == "9d3b7e41-8a2c-4b5d-a6e7-f8091a2b3c4d"
+            messages = [n.message for n in app._notifications]
+            assert any("token of flclient2 copied" in m for m in messages)
+
+    asyncio.run(scenario())
+
+
+def test_a_mark_is_dropped_when_the_instance_comes_back_in_a_new_session(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            await pilot.press("space", "down", "space")
+            assert table.marked == {"flclient1", "flclient2"}
+            row = app.store.clients["flclient2"]
+            link.push(ClientRow(**{**row.__dict__, "token": "ffff0000-new-session"}))
+            await wait_for(pilot, lambda: table.marked == {"flclient1"})
+            assert str(table.get_cell("flclient2", "instance")).startswith("  ")
+
+    asyncio.run(scenario())
+
+
+def test_a_row_of_another_run_shows_no_round_or_samples(tmp_path: Path) -> None:
+    """Issue 10, defect 6: after a new run number, last run's round and samples are not now."""
+    events = recorded_events()
+
+    async def scenario() -> None:
+        app, link = console(tmp_path, events)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            assert str(table.get_cell("flclient1", "round")) == "3"
+            run = app.store.run
+            link.push(type(run)(run_number=2, server_status="training not started"), time=NOW)
+            await wait_for(pilot, lambda: str(table.get_cell("flclient1", "round")) == "-")
+            assert str(table.get_cell("flclient1", "samples")) == "-"
+
+    asyncio.run(scenario())

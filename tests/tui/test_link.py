@@ -1,0 +1,188 @@
+"""The console's own link, told apart from the sites': lost, counting down, shut down on purpose.
+
+Issue 10, defects 4, 5 and 11 (own commands logged once), on a replayed
+feed; test_live.py does the same against a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fladmin.client import AdminError, CommandReply
+from flcore.feed import CommandSeen, FeedEvent
+from fldev.replay import ReplayLink, ok_reply
+from fltui.app import ConsoleApp
+from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
+from fltui.widgets.clients import ClientsTable
+from fltui.widgets.heartbeats import HeartbeatView
+from tests.tui.helpers import Clock, burst, wait_for
+from tests.tui.recorded import NOW, recorded_events
+from tests.tui.test_console import ready
+
+GONE = "cannot connect to the server at fl.example.org:8003: gone"
+
+
+class DroppingLink(ReplayLink):
+    """The recorded run; :meth:`drop` breaks the feed and logins fail until :meth:`heal`."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(recorded_events(), **kwargs)  # type: ignore[arg-type]
+        self.logins = 0
+        self.subscriptions = 0
+        self._drop = asyncio.Event()
+        self._down = False
+
+    def drop(self) -> None:
+        self._down = True
+        self._drop.set()
+
+    def heal(self) -> None:
+        self._down = False
+        self._drop.clear()
+
+    async def login(self) -> None:
+        self.logins += 1
+        if self._down:
+            raise AdminError(GONE)
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        self.subscriptions += 1
+        feed = super().events()
+        waiter = asyncio.ensure_future(self._drop.wait())
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(feed))
+                done, _ = await asyncio.wait({step, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if waiter in done:
+                    step.cancel()
+                    raise AdminError(GONE)
+                yield step.result()
+        finally:
+            waiter.cancel()
+
+
+def test_a_lost_console_link_freezes_the_sites_as_unknown_and_counts_down(tmp_path: Path) -> None:
+    clock = Clock(NOW)
+
+    async def scenario() -> None:
+        link = DroppingLink(transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=clock, flush_s=0.05, retry_first_s=30)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            pane = app.dashboard.query_one("#clients-pane")
+            assert str(table.get_cell("flclient1", "health")) == "● online"
+            link.drop()
+            await wait_for(pilot, lambda: app.link_look is DISCONNECTED)
+            # The sites are not lost: the console cannot tell. Their rows say so, not "stale".
+            await wait_for(pilot, lambda: str(table.get_cell("flclient1", "health")) == "? unknown")
+            assert {str(table.get_cell(i, "health")) for i in table.shown} == {"? unknown"}
+            assert str(pane.border_title) == "Clients (5 · unknown since 15:06:40)"
+            header = str(app.dashboard.query_one("#header-link").render())
+            assert header == "✖ disconnected"
+            banner = app.dashboard.query_one("#banner")
+            assert "connection lost since 15:06:40" in str(banner.render())
+            assert "reconnecting in 30s (attempt 1)" in str(banner.render())
+            beat = str(table.get_cell("flclient1", "beat"))
+            for left in (29, 20, 1):
+                clock.now = NOW + 30 - left
+                app.dashboard.tick()
+                assert f"reconnecting in {left}s" in str(banner.render())
+            # Frozen: ages stop at the moment the link broke, strips stop too.
+            assert str(table.get_cell("flclient1", "beat")) == beat
+            assert app.dashboard.query_one(HeartbeatView)._clock() == NOW
+            link.heal()
+            await pilot.press("r")  # no need to wait for the countdown
+            await wait_for(pilot, lambda: app.link_look is CONNECTED)
+            await wait_for(pilot, lambda: str(table.get_cell("flclient1", "health")) != "? unknown")
+            assert str(pane.border_title).startswith("Clients (")
+            assert "unknown" not in str(pane.border_title)
+            assert not banner.display
+
+    asyncio.run(scenario())
+
+
+def test_a_shutdown_by_another_admin_is_said_and_waits_for_r(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        link = DroppingLink(transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            link.push(CommandSeen("lead@other.org", "shutdown server", True), time=NOW - 1)
+            await wait_for(pilot, lambda: app.store.shutdown is not None)
+            link.drop()
+            await wait_for(pilot, lambda: app.link_look is SHUT_DOWN)
+            banner = app.dashboard.query_one("#banner")
+            assert str(banner.render()) == (
+                "■ server shut down by lead@other.org at 15:06:39 · r reconnect · q quit"
+            )
+            assert banner.has_class("-calm")
+            notes = list(app._notifications)
+            assert not any(n.severity == "error" for n in notes), [n.message for n in notes]
+            assert any("server shut down by lead@other.org" in n.message for n in notes)
+            logins = link.logins
+            assert app.state.connection.retry_at == 0.0  # no attempt is planned: it waits for r
+            assert "r" in {k.key for k in app.screen.query("FooterKey")}  # type: ignore[attr-defined]
+            link.heal()
+            await pilot.press("r")
+            await wait_for(pilot, lambda: app.link_look is CONNECTED)
+            assert link.logins == logins + 1 and not banner.display
+
+    asyncio.run(scenario())
+
+
+def test_our_own_shutdown_is_no_outage_either(tmp_path: Path) -> None:
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        if line == "shutdown server" and not confirmed:
+            return CommandReply(line, False, "", {}, 0, "", "Are you sure (Y/N):")
+        return ok_reply(line, confirmed)
+
+    async def scenario() -> None:
+        link = DroppingLink(reply=answer, transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            burst(app, ":shutdown server", "enter")
+            await wait_for(pilot, lambda: app.screen is not app.dashboard)
+            await pilot.press("tab", "enter")
+            await wait_for(pilot, lambda: ("shutdown server", True) in link.sent)
+            await wait_for(pilot, lambda: app.store.shutdown is not None)
+            link.drop()
+            await wait_for(pilot, lambda: app.link_look is SHUT_DOWN)
+            banner = str(app.dashboard.query_one("#banner").render())
+            assert banner.startswith("■ server shut down by admin@lead.org at 15:06:40")
+
+    asyncio.run(scenario())
+
+
+def test_own_commands_are_logged_once_and_others_commands_too(tmp_path: Path) -> None:
+    """The feed's audit of our own command repeats what the console logged with the reply."""
+
+    class AuditingLink(ReplayLink):
+        async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
+            self.push(CommandSeen(self.user, line, True))  # the server audits before it replies
+            return await super().execute(line, confirmed)
+
+    async def scenario() -> None:
+        link = AuditingLink(recorded_events(), transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            burst(app, ":check_status server", "enter")
+            await wait_for(
+                pilot, lambda: any("check_status server: done" in e.message for e in app.store.logs)
+            )
+            link.push(CommandSeen("other@lead.org", "check_status client", True))
+            await wait_for(pilot, lambda: any(e.source == "admin" for e in app.store.logs))
+            await pilot.pause()
+            mentions = [e for e in app.store.logs if "check_status server" in e.message]
+            assert [e.message for e in mentions] == [
+                "> check_status server",
+                "check_status server: done",
+            ]
+            audits = [e.message for e in app.store.logs if e.source == "admin"]
+            assert audits == ["other@lead.org: check_status client (ok)"]
+
+    asyncio.run(scenario())
