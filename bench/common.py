@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: process statistics, the benchmark app, tables.
+"""Helpers shared by the benchmark scripts: process statistics over time, tables.
 
 The scripts put the repository root on ``sys.path`` themselves (they are run
 as ``.venv/bin/python bench/<name>.py``), then reuse the cluster harness
@@ -8,10 +8,12 @@ real daemons, and its MLP app of a chosen size (:mod:`fldev.mlpapp`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +175,89 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A process's resources at one moment (/proc)."""
+
+    time: float
+    rss_mb: float
+    fds: int
+    threads: int
+
+
+def usage(pid: int) -> Usage:
+    """RSS, open file descriptors and threads of a live process, now."""
+    rss, threads = 0.0, 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmRSS":
+            rss = int(value.split()[0]) / 1024
+        elif key == "Threads":
+            threads = int(value)
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return Usage(time.monotonic(), rss, fds, threads)
+
+
+def slope_per_minute(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per minute (0 for fewer than two)."""
+    if len(points) < 2:
+        return 0.0
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        return 0.0
+    return 60 * sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+class UsageSampler:
+    """Samples :func:`usage` of named processes every ``interval`` seconds in a thread.
+
+    A process that has exited is no longer sampled (its last samples stay).
+    """
+
+    def __init__(self, pids: dict[str, int], interval: float = 2.0) -> None:
+        self.pids = dict(pids)
+        self.interval = interval
+        self.samples: dict[str, list[Usage]] = {name: [] for name in pids}
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> UsageSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError, ValueError):
+                self.samples[name].append(usage(pid))
+
+    def after(self, name: str, warmup: float) -> list[Usage]:
+        """A process's samples taken ``warmup`` seconds or more into the sampling."""
+        return [s for s in self.samples[name] if s.time - self.started >= warmup]
+
+    def slopes(self, warmup: float) -> dict[str, tuple[float, float, float]]:
+        """Per process: slopes per minute of RSS (MB), file descriptors and threads, after the
+        warm-up."""
+        out = {}
+        for name in self.samples:
+            kept = self.after(name, warmup)
+            out[name] = (
+                slope_per_minute([(s.time, s.rss_mb) for s in kept]),
+                slope_per_minute([(s.time, float(s.fds)) for s in kept]),
+                slope_per_minute([(s.time, float(s.threads)) for s in kept]),
+            )
+        return out

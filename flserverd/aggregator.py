@@ -42,6 +42,7 @@ rounded; boolean tensors take the (weighted) majority.
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -220,6 +221,13 @@ class _Sample:
         into[offset + lo : offset + hi] = slab[indices[lo:hi] - start]
 
 
+@functools.lru_cache(maxsize=4)
+def _sample_of(manifest: Manifest) -> _Sample:
+    """The sample of a model's coordinates: the same for every round of a run, made once
+    (the draw takes some milliseconds for a large model)."""
+    return _Sample(manifest)
+
+
 @dataclass
 class _Received:
     """An update as the round keeps it in mind."""
@@ -258,7 +266,7 @@ class _RoundUpdates:
         self.rule = rule
         self.clip_norm = clip_norm
         self.received: dict[str, _Received] = {}
-        self._sample = _Sample(manifest)
+        self._sample = _sample_of(manifest)
         self._reference: TensorFile | None = None
         self._reference_sample: Array | None = None
 

@@ -54,16 +54,13 @@ from flserverd.links import ClientLink
 from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
-from flserverd.training import PHASE_TRAINING, Training
+from flserverd.training import HISTORY_SHOWN, PHASE_TRAINING, Training
 from flserverd.views import client_row, round_record
 
 log = logging.getLogger(__name__)
 
 RUN_NUMBER_KEY = "run_number"
 MODEL_INIT_TIMEOUT = 600.0
-# Rounds of metrics in each run-state event: the console's chart shows the latest ones;
-# run_N/metrics.jsonl has them all.
-HISTORY_SHOWN = 100
 # How long a command waits for a registered client whose stream is (re)connecting.
 RECONNECT_GRACE_S = 5.0
 # How long `shutdown server` waits for clients just told to shut down to log out: else a
@@ -631,7 +628,7 @@ class FLServer:
             contributed=tuple(sorted(state.contributed)),
             awaited=tuple(training.awaited()) if training.active else (),
             wait_deadline=state.deadline,
-            history=tuple(round_record(r) for r in training.history[-HISTORY_SHOWN:]),
+            history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
             best_metric=best,
             reason=run.reason or self.start_error,

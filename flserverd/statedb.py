@@ -9,6 +9,7 @@ the exactly-once record of its updates survive kill -9.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
@@ -109,6 +110,12 @@ class RoundSummary:
     samples: int = 0
     final: bool = False
     updates: dict[str, UpdateStats] = field(default_factory=dict)
+
+    @functools.cached_property
+    def ranked_scores(self) -> tuple[tuple[str, float], ...]:
+        """(instance, outlier score) of the round's updates, highest first; sorted once, as
+        the feed shows the top ones in every run-state event."""
+        return tuple(sorted(((n, s.score) for n, s in self.updates.items()), key=lambda i: -i[1]))
 
     def as_json(self) -> dict[str, Any]:
         """The record as metrics.jsonl and the database keep it."""

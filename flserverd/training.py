@@ -29,6 +29,7 @@ The clock and the round timer are injected, so tests drive the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -50,11 +51,14 @@ from flserverd.tensorboard import ScalarWriter
 log = logging.getLogger(__name__)
 
 PHASE_TRAINING = "training"
+PHASE_FINAL_VALIDATION = "final validation"
 OUTLIER_SCORE = 3.0
 """An update this many times farther from the round's aggregate than the median update
-is named in the log."""
+is named in the log (when the round has at least MIN_UPDATES_FOR_OUTLIERS)."""
 MIN_UPDATES_FOR_OUTLIERS = 3
-PHASE_FINAL_VALIDATION = "final validation"
+HISTORY_SHOWN = 100
+"""Rounds of metrics in each run-state event (the console's chart shows the latest ones), and
+rounds kept in memory: a run of thousands of rounds with many sites must not grow the server."""
 
 
 class Refusal(Exception):
@@ -147,7 +151,10 @@ class Training:
         self._tb = ScalarWriter(store.tensorboard_dir(run.run_number))
         self._writing: asyncio.Future[None] | None = None
         self.ready: set[str] = set()
-        self.history: list[RoundSummary] = db.round_records(run.run_number)
+        self.history: collections.deque[RoundSummary] = collections.deque(
+            db.round_records(run.run_number), maxlen=HISTORY_SHOWN
+        )
+        """The latest rounds, for the feed; metrics.jsonl and the database have them all."""
         self.final_reports: dict[str, int] = {}
         self._final = RoundState(run.num_rounds, self._aggregator(run.num_rounds), clock())
         self.round = RoundState(run.next_round, self._aggregator(run.next_round), clock())
@@ -463,7 +470,7 @@ class Training:
         """
         self.publish_models()
         written = self._store.metrics_times(self.run.run_number)
-        for summary in self.history:
+        for summary in self._db.round_records(self.run.run_number):
             if summary.time not in written:
                 self._store.append_metrics(summary)
                 self._tb.add(summary.round, summary.metrics)

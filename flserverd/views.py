@@ -36,11 +36,10 @@ OUTLIERS_SHOWN = 5
 
 def round_record(summary: RoundSummary) -> RoundRecord:
     """A completed round as the feed shows it."""
-    highest = sorted(summary.updates.items(), key=lambda item: -item[1].score)[:OUTLIERS_SHOWN]
     return RoundRecord(
         round=summary.round,
         metrics=dict(summary.metrics),
         clients=len(summary.clients),
         seconds=summary.duration_s,
-        outliers={name: stats.score for name, stats in highest},
+        outliers=dict(summary.ranked_scores[:OUTLIERS_SHOWN]),
     )

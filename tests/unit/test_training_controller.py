@@ -20,8 +20,9 @@ from flcore.appconfig import ServerAppConfig
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.tensorfile import TensorFile
 from fldev.poll import wait_until_async
+from flserverd import training as training_module
 from flserverd.runstore import RunStore
-from flserverd.statedb import RunRecord, StateDB
+from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Refusal, Training
 
 RUN = 1
@@ -836,6 +837,32 @@ def test_a_crash_after_the_commit_loses_no_published_output(tmp_path: Path) -> N
     best = setup.model(run_dir / "best_global_model.safetensors")
     np.testing.assert_array_equal(best["w"], np.zeros(4, dtype=np.float32))  # round 0's input
     assert [row["round"] for row in setup.metrics_rows()] == [0]
+
+
+def test_memory_keeps_the_latest_rounds_and_a_restart_rewrites_every_lost_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run must not grow the server: the round records stay in the database and
+    metrics.jsonl, and only the rounds the feed shows stay in memory."""
+    monkeypatch.setattr(training_module, "HISTORY_SHOWN", 3)
+    setup = make_setup(tmp_path, num_rounds=10)
+    record = setup.record
+    for number in range(5):
+        record.next_round = number + 1
+        setup.db.complete_round(
+            record, RoundSummary(RUN, number, 100.0 + number, ["a"], {"val_accuracy": 0.5})
+        )
+    (setup.store.run_dir(RUN) / "metrics.jsonl").write_text("")
+    setup.store.round_model(RUN, 0).rename(setup.store.round_model(RUN, record.next_round))
+
+    async def restart() -> None:
+        training = setup.training()
+        assert [r.round for r in training.history] == [2, 3, 4]
+        training.recover_outputs()
+        await training.close(1)
+
+    asyncio.run(restart())
+    assert [row["round"] for row in setup.metrics_rows()] == [0, 1, 2, 3, 4]
 
 
 # --------------------------------------------------------------------------- robust aggregation
