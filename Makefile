@@ -23,6 +23,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/python scripts/check_unsafe.py
 	$(BIN)/mypy flcore flapp provision flserverd flclientd fladmin fltui fldev examples bench
 	$(BIN)/lint-imports --no-cache
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 
+from flcore.configfile import parse_json
 from flcore.feed import printable
 from flcore.folders import FolderError, folder_size, iter_chunks
 from flcore.kitsig import KitSignatureError, verify_startup
@@ -253,9 +254,10 @@ def _printable_json(value: Any) -> Any:
 def _from_wire(line: str, reply: admin_pb2.CommandReply) -> CommandReply:
     """A reply as the console and scripts see it, its texts safe to draw on a terminal."""
     try:
-        data = _printable_json(json.loads(reply.data_json)) if reply.data_json else {}
-    except json.JSONDecodeError:
-        data = {}
+        raw = parse_json(reply.data_json, "reply data", allow_nan=True) if reply.data_json else {}
+    except ConfigError:
+        raw = {}
+    data = _printable_json(raw)
     return CommandReply(
         line,
         reply.ok,

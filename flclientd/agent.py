@@ -26,16 +26,19 @@ from typing import Any
 
 import grpc
 
+from flclientd.approvals import ApprovalError, ApprovalList
 from flclientd.connection import Connection
 from flclientd.crossval import CrossSiteValidation
 from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
 from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
+from flclientd.siteapps import deployed_name
 from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink
 from flcore import status as st
 from flcore.appconfig import load_app
+from flcore.appreview import AppReview, review_app
 from flcore.federation import (
     Closed,
     Command,
@@ -105,6 +108,7 @@ class Agent:
         self.offer: TaskOffer | None = None
         self._offers = 0
         self.crossval = CrossSiteValidation(self.uplink, self.conn)
+        self.approvals = ApprovalList(workspace)
         self._offer_changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -152,6 +156,9 @@ class Agent:
         return replace(self.status)
 
     def _set_status(self, **changes: Any) -> None:
+        """Change the status and tell the server; a status other than a wait has no detail."""
+        if changes.get("status", st.WAITING_APPROVAL) != st.WAITING_APPROVAL:
+            changes.setdefault("detail", "")
         for key, value in changes.items():
             setattr(self.status, key, value)
         self.uplink.send(StatusChanged(self._status_now()))
@@ -213,16 +220,27 @@ class Agent:
         try:
             await self.conn.get_app(run_number, app, target)
             load_app(target)
+            review = await asyncio.to_thread(review_app, target, app)
         except (FolderError, ConfigError) as exc:
             raise Refused(f"deploy failed: {exc}") from None
         except grpc.aio.AioRpcError as exc:
             raise Refused(f"deploy failed: {exc.details()}") from None
+        except OSError as exc:
+            raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
         self.status.app = app
-        log.info("app %s deployed for run %d", app, run_number)
-        return f"{app} deployed.", {"app": app, "run_number": run_number}
+        text = f"{app} deployed."
+        if not self._allowed(review):
+            text += f" It runs custom code that this site has not approved yet ({review.short})."
+        log.info("app %s deployed for run %d (%s)", app, run_number, review.short)
+        return text, {"app": app, "run_number": run_number, "sha256": review.digest}
 
     async def _start(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         run_number, gpus = int(args["run_number"]), int(args.get("gpus", 0))
+        if self.status.status == st.WAITING_APPROVAL:
+            raise Refused(
+                f"{self.status.detail}: the site's IT approves it with flclientd approve, "
+                "and training then starts by itself"
+            )
         if self._training():
             raise Refused(f"already {self.status.status} (run {self.status.run_number})")
         app_dir = self.app_dir(run_number)
@@ -234,9 +252,7 @@ class Agent:
                 f"this site has {self.device.gpu_count} GPU(s); start_mgpu asked for {gpus}"
                 + ("" if self.device.gpu_count else " (and allow_cpu_mgpu is off)")
             )
-        app_name = (
-            (app_dir / ".app_name").read_text().strip() if (app_dir / ".app_name").exists() else ""
-        )
+        app_name = deployed_name(app_dir)
         self.offer = None
         self._set_status(
             status=st.STARTING,
@@ -363,8 +379,64 @@ class Agent:
         if self.status.status != st.FAILED:
             self._set_status(status=st.STOPPED, round=-1)
 
+    def _allowed(self, review: AppReview) -> bool:
+        """Whether this site lets the app run now."""
+        if not review.needs_approval or self.startup.trust_custom_code:
+            return True
+        try:
+            return self.approvals.allows(review.digest)
+        except ApprovalError as exc:
+            log.error("%s", exc)
+            return False
+
+    async def _until_approved(self, run: RunContext) -> None:
+        """Return once the site lets the run's app run; meanwhile the status says what
+        the site waits for.
+
+        Nothing of the app is imported and no process is started before that.
+        An app of built-in components needs nothing; custom code needs its
+        digest in ``local/approved_apps.json`` or ``trust_custom_code``.
+        """
+        name = self.status.app or run.app_dir.name
+        try:
+            review = await asyncio.to_thread(review_app, run.app_dir, name)
+        except (FolderError, OSError) as exc:
+            raise WorkerFailed(f"the deployed app {name} cannot be reviewed: {exc}") from None
+        if not review.needs_approval:
+            log.info("app %s (%s) uses built-in components only", name, review.short)
+            return
+        code = "; ".join(review.custom_code())
+        if self.startup.trust_custom_code:
+            log.warning(
+                "app %s (%s) runs custom code without approval, since trust_custom_code is on: %s",
+                name,
+                review.short,
+                code,
+            )
+            return
+        if self._allowed(review):
+            log.info("app %s (%s) was approved by this site", name, review.short)
+            return
+        resumed = self.status.status
+        self._set_status(status=st.WAITING_APPROVAL, detail=review.waiting)
+        log.warning(
+            "%s (%s): review it with 'flclientd show-app --workspace %s %s', then approve it "
+            "with 'flclientd approve --workspace %s %s'",
+            review.waiting,
+            code,
+            self.workspace,
+            name,
+            self.workspace,
+            review.digest,
+        )
+        await self.approvals.wait_for(review.digest, lambda exc: log.error("%s", exc))
+        log.info("app %s (%s) approved by this site: starting", name, review.short)
+        self._set_status(status=resumed)
+
     async def _launch(self, run: RunContext) -> TrainingProcess:
-        """Start the run's training process and wait until it is ready."""
+        """Start the run's training process once the site lets its app run, and wait until
+        it is ready."""
+        await self._until_approved(run)
         self.worker = await TrainingProcess.start(
             app_dir=run.app_dir,
             data_root=self.data_root,

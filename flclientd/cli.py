@@ -6,6 +6,10 @@ to the server and then does what admins ask. The site's data folder is
 given by --data-root or the DATA_ROOT environment variable. Exit codes: 0
 after a shutdown command or SIGTERM, 2 for a bad kit or a refused
 certificate, 3 when the server stayed unreachable for the retry window.
+
+Site IT reviews and approves apps with custom code through the same
+command: ``flclientd show-app --workspace W APP`` and ``flclientd approve
+--workspace W SHA256`` (:mod:`flclientd.review`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 
+from flclientd import review
 from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
@@ -31,6 +37,10 @@ log = logging.getLogger("flclientd")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line of the client daemon."""
     parser = daemon_parser("flclientd", __doc__.splitlines()[0], "client")
+    parser.epilog = (
+        "Site IT: 'flclientd show-app --workspace W APP' prints an app deployed here and its "
+        "SHA-256; 'flclientd approve --workspace W SHA256' lets it run."
+    )
     parser.add_argument(
         "--data-root",
         type=Path,
@@ -41,7 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the flclientd console script."""
+    """Entry point of the flclientd console script: the daemon, or a site IT command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in review.COMMANDS:
+        return review.main(argv)
     args = parse_args(argv)
     started = start_daemon(args, load_client, log)
     if started is None:

@@ -27,6 +27,7 @@ from flclientd.serde import (
     upward_to_proto,
     verdict_from_proto,
 )
+from flclientd.siteapps import APP_NAME_FILE
 from flcore.federation import (
     GLOBAL_OWNER,
     Downward,
@@ -218,7 +219,7 @@ class Connection:
         try:
             await watch.run(receive())
             receiver.finish()
-            (staging / ".app_name").write_text(app + "\n")
+            (staging / APP_NAME_FILE).write_text(app + "\n")
         except BaseException:
             receiver.discard()
             raise

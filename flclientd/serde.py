@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+from flcore.configfile import parse_json
 from flcore.federation import (
     ClientHeartbeat,
     Closed,
@@ -34,6 +35,7 @@ from flcore.federation import (
 )
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.schema import ConfigError
 from flcore.status import ClientStatus
 from flcore.wire import (
     METRICS_KINDS,
@@ -92,8 +94,8 @@ def upward_to_proto(message: Upward) -> fed_pb2.ClientMessage:
 
 def _command_from_proto(command: fed_pb2.ServerCommand) -> Command | Unreadable:
     try:
-        args = json.loads(command.args_json or "{}")
-    except json.JSONDecodeError:
+        args = parse_json(command.args_json or "{}", "command arguments")
+    except ConfigError:
         args = None
     if not isinstance(args, dict):
         return Unreadable("malformed command arguments", command.command_id)

@@ -70,12 +70,17 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def parse_json(data: bytes | str, where: str, max_depth: int = MAX_DEPTH) -> Any:
+def parse_json(
+    data: bytes | str, where: str, max_depth: int = MAX_DEPTH, allow_nan: bool = False
+) -> Any:
     """Parse JSON ``data``; ``where`` starts every message.
 
     Refuses, besides invalid JSON, nesting deeper than ``max_depth`` (before
-    parsing) and ``NaN``/``Infinity``, which are not JSON and which no
-    setting means.
+    parsing) and, unless ``allow_nan``, ``NaN``/``Infinity``, which are not
+    JSON and which no setting means. Also the reader of JSON that peers send
+    (command results, the training child's messages): Python's own parser
+    ends in a RecursionError, not a ValueError, on a message nested a
+    hundred thousand deep.
     """
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
@@ -84,6 +89,8 @@ def parse_json(data: bytes | str, where: str, max_depth: int = MAX_DEPTH) -> Any
     if json_depth(text) > max_depth:
         raise ConfigError(f"{where}: nested more than {max_depth} levels deep; not a config file")
     try:
+        if allow_nan:
+            return json.loads(text)
         return json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:  # JSONDecodeError, a refused constant, an integer of 5,000 digits
         raise ConfigError(f"{where}: not valid JSON ({exc})") from None
@@ -170,7 +177,7 @@ def expanded_size(node: yaml.Node, limit: int) -> int:
 def parse_yaml(text: str, where: str, loader: type[BoundedLoader] = BoundedLoader) -> Any:
     """Parse YAML ``text`` with ``loader`` (a :class:`BoundedLoader`); ``where`` starts messages."""
     try:
-        return yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=loader)  # noqa: S506  unsafe-ok: a SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:

@@ -60,6 +60,7 @@ class ClientRow:
     app: str = ""
     hostname: str = ""
     connected: bool = True
+    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
         app=printable(message.app),
         hostname=printable(message.hostname),
         connected=message.connected,
+        detail=printable(message.detail),
     )
 
 

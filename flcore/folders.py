@@ -11,6 +11,7 @@ written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -27,15 +28,73 @@ class FolderError(ValueError):
     """An app folder or its stream is not acceptable; the message says why."""
 
 
+MAX_NAME_BYTES = 255
+"""Longest file or folder name, in UTF-8 bytes: NAME_MAX of the usual Linux, macOS and Windows
+file systems."""
+MAX_PATH_BYTES = 1024
+"""Longest path inside an app, in UTF-8 bytes: a quarter of Linux's PATH_MAX (4096), which
+leaves room for the folder the app lands in (a workspace, ``run_N/app_<instance>``)."""
+MAX_PATH_DEPTH = 32
+"""Most folders a path inside an app may go down; real apps use four or five."""
+BYTECODE_DIR = "__pycache__"
+"""Python's compiled-code folder: never sent, and refused when it arrives, so that the code a
+site reviews and approves is the code it runs (a stale ``.pyc`` there would run instead)."""
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def shown_path(raw: str, limit: int = 80) -> str:
+    """A path as messages quote it: at most ``limit`` characters, so that a 10 KB name cannot
+    flood a reply or a log."""
+    return repr(raw if len(raw) <= limit else raw[:limit] + "...")
+
+
 def check_relpath(raw: str) -> PurePosixPath:
-    """Accept only plain relative POSIX paths inside the folder."""
-    if not raw or "\\" in raw or "\0" in raw:
-        raise FolderError(f"invalid path {raw!r} in upload")
+    """Accept only plain relative POSIX paths inside the folder, within every limit a file
+    system sets (name and path length, depth, no NUL or control characters, valid UTF-8).
+
+    Checked by the sender before it sends and by the receiver before it creates anything, so
+    a name no disk can hold is refused with its reason instead of failing half-way with an
+    ``OSError``.
+    """
+    where = shown_path(raw)
+    if not raw:
+        raise FolderError("invalid path '' in upload: a file must have a name")
+    if "\\" in raw:
+        raise FolderError(f"invalid path {where} in upload: use '/' between folders, not '\\'")
+    if _CONTROL.search(raw):
+        raise FolderError(
+            f"invalid path {where} in upload: NUL, newline and other control characters "
+            "are not allowed in file names"
+        )
+    try:
+        length = len(raw.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise FolderError(
+            f"invalid path {where} in upload: the name is not valid UTF-8; rename the file"
+        ) from None
     path = PurePosixPath(raw)
     if path.is_absolute():
-        raise FolderError(f"absolute path {raw!r} refused: paths must be relative to the app")
-    if any(part in ("..", ".", "") for part in raw.split("/")):
-        raise FolderError(f"path {raw!r} refused: '..' and '.' are not allowed in app paths")
+        raise FolderError(f"absolute path {where} refused: paths must be relative to the app")
+    parts = raw.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        raise FolderError(
+            f"path {where} refused: it is {len(parts):,} levels deep, and app paths may be "
+            f"at most {MAX_PATH_DEPTH}"
+        )
+    if any(part in ("..", ".", "") for part in parts):
+        raise FolderError(f"path {where} refused: '..' and '.' are not allowed in app paths")
+    if length > MAX_PATH_BYTES:
+        raise FolderError(
+            f"path {where} refused: it is {length:,} bytes long, and app paths may be at most "
+            f"{MAX_PATH_BYTES:,}; shorten its folder or file names"
+        )
+    for part in parts:
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise FolderError(
+                f"name {shown_path(part)} refused: it is {len(part.encode('utf-8')):,} bytes "
+                f"long, and file systems allow at most {MAX_NAME_BYTES} per file or folder name"
+            )
     return path
 
 
@@ -58,12 +117,13 @@ def iter_app_files(root: Path) -> Iterator[tuple[str, Path]]:
             for name in [*dirnames, *sorted(filenames)]:
                 path = here / name
                 rel = path.relative_to(root).as_posix()
+                check_relpath(rel)  # before os.walk goes any deeper
                 if path.is_symlink():
                     raise FolderError(f"{rel} is a symbolic link; links are not uploaded")
                 if name in filenames:
                     if not path.is_file():
                         raise FolderError(f"{rel} is not a regular file")
-                    if "__pycache__" not in path.parts:
+                    if BYTECODE_DIR not in path.parts:
                         yield rel, path
 
 
@@ -107,6 +167,11 @@ class FolderReceiver:
         if path.parts[0] not in APP_TOP_LEVEL or len(path.parts) < 2:
             self.dropped.add(path.parts[0])
             return
+        if BYTECODE_DIR in path.parts:
+            raise FolderError(
+                f"{shown_path(raw_path)}: compiled Python ({BYTECODE_DIR}) is not accepted in "
+                "apps; send the sources only"
+            )
         self.total_bytes += len(data)
         if self.total_bytes > self.max_bytes:
             limit = self.max_bytes / (1024 * 1024)
@@ -124,16 +189,22 @@ class FolderReceiver:
                 handle = target.open("xb")
             except (FileExistsError, NotADirectoryError, IsADirectoryError):
                 raise FolderError(f"{raw_path}: clashes with another file of the upload") from None
+            except OSError as exc:
+                raise _unstorable(raw_path, exc) from None
             self.files.append(raw_path)
             self._current = (raw_path, handle)
             self._offset = 0
         if offset != self._offset:
             raise FolderError(f"{raw_path}: chunk at byte {offset}, expected {self._offset}")
         current = self._current[1]
-        current.write(data)
+        try:
+            current.write(data)
+            if eof:
+                current.close()
+        except OSError as exc:
+            raise _unstorable(raw_path, exc) from None
         self._offset += len(data)
         if eof:
-            current.close()
             self._current = None
 
     def finish(self) -> list[str]:
@@ -151,6 +222,13 @@ class FolderReceiver:
             self._current[1].close()
             self._current = None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _unstorable(raw_path: str, exc: OSError) -> FolderError:
+    """What the checks above could not foresee (a full disk, a file system with shorter names)."""
+    return FolderError(
+        f"{shown_path(raw_path)} cannot be stored here: {exc.strerror or exc}; nothing was kept"
+    )
 
 
 def _previous(target: Path) -> Path:

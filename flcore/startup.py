@@ -84,6 +84,7 @@ class ClientStartup:
     forward_logs: bool = True
     log_lines_per_second: float = 20.0
     allow_cpu_mgpu: bool = False
+    trust_custom_code: bool = False
     ssl_root_cert: str = "rootCA.pem"
     ssl_cert: str = "client.crt"
     ssl_private_key: str = "client.key"
@@ -160,6 +161,9 @@ CLIENT_LOCAL_KEYS = (
     "log_lines_per_second",
     "allow_cpu_mgpu",
 )
+CLIENT_SITE_ONLY = [Field("trust_custom_code", bool, default=False)]
+"""Settings only the site may make: a kit that carried them would let whoever provisions
+decide for the site (``trust_custom_code`` runs apps' code without the site's approval)."""
 
 ADMIN_FIELDS = [
     *_COMMON,
@@ -174,8 +178,12 @@ ADMIN_FIELDS = [
 
 
 def to_json(config: ServerStartup | ClientStartup | AdminStartup) -> str:
-    """Serialise a startup config the way provisioning writes it."""
-    return json.dumps(asdict(config), indent=2) + "\n"
+    """Serialise a startup config the way provisioning writes it (without the settings only
+    a site may make)."""
+    values = asdict(config)
+    for field in CLIENT_SITE_ONLY:
+        values.pop(field.name, None)
+    return json.dumps(values, indent=2) + "\n"
 
 
 def _read_json(path: Path) -> Any:
@@ -211,14 +219,21 @@ def check_private_key(path: Path) -> None:
         )
 
 
-def _load(workspace: Path, file_name: str, fields: list[Field], local_keys: tuple[str, ...]) -> Any:
+def _load(
+    workspace: Path,
+    file_name: str,
+    fields: list[Field],
+    local_keys: tuple[str, ...],
+    site_only: tuple[Field, ...] = (),
+) -> Any:
     signed = workspace / STARTUP_DIR / file_name
     values = parse_mapping(_read_json(signed), fields, str(signed))
+    values.update({field.name: field.default for field in site_only})
     check_private_key(workspace / STARTUP_DIR / values["ssl_private_key"])
     local = workspace / LOCAL_DIR / file_name
     if local.exists():
         raw = _read_json(local)
-        local_fields = [f for f in fields if f.name in local_keys]
+        local_fields = [f for f in fields if f.name in local_keys] + list(site_only)
         overrides = parse_mapping(raw, local_fields, str(local))
         values.update({key: overrides[key] for key in raw})
     return values
@@ -231,7 +246,9 @@ def load_server(workspace: Path) -> ServerStartup:
 
 def load_client(workspace: Path) -> ClientStartup:
     """Read ``startup/fed_client.json`` (and ``local/fed_client.json`` overrides)."""
-    return ClientStartup(**_load(workspace, CLIENT_FILE, CLIENT_FIELDS, CLIENT_LOCAL_KEYS))
+    return ClientStartup(
+        **_load(workspace, CLIENT_FILE, CLIENT_FIELDS, CLIENT_LOCAL_KEYS, tuple(CLIENT_SITE_ONLY))
+    )
 
 
 def load_admin(startup_dir: Path) -> AdminStartup:

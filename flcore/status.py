@@ -14,13 +14,16 @@ STARTED = "training started"
 STOPPED = "training stopped"
 FAILED = "training failed"
 CROSS_VALIDATING = "cross site validation"
+WAITING_APPROVAL = "waiting for approval"
+"""A site was told to train an app with custom code that its IT has not approved yet;
+``ClientStatus.detail`` names the app and its digest."""
 
 LOGGED_OUT = "logged out"
 """Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
 console tells it apart from a client lost to the heartbeat timeout."""
 
 # Statuses during which a site or the server has a run in progress.
-ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING})
+ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING, WAITING_APPROVAL})
 
 
 @dataclass
@@ -36,3 +39,4 @@ class ClientStatus:
     app: str = ""
     gpus_in_use: int = 0
     cross_validate: bool = False
+    detail: str = ""

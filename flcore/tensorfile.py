@@ -22,8 +22,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from flcore.configfile import parse_json
+from flcore.schema import ConfigError
+
 CHUNK_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_MODEL_BYTES = 1 << 39
+"""512 GiB: more than any model a site trains (a 70-billion-parameter model in float32 is
+280 GB), far less than a declared size meant to fill a disk (2^40 bytes and up)."""
+MAX_DIMS = 64
+MAX_TENSOR_NAME = 1024
+"""Characters of a tensor name; torch's longest real names are a few hundred."""
 
 # safetensors dtype names -> numpy dtypes of the same width. BF16 has no numpy
 # type: it is carried as raw uint16 and widened to float32 by the aggregator.
@@ -65,12 +74,26 @@ class TensorSpec:
         return math.prod(self.shape) * self.itemsize
 
     def check(self) -> None:
-        """Refuse unknown dtypes and negative dimensions before any allocation."""
+        """Refuse odd names, unknown dtypes, negative dimensions and sizes no model has,
+        before any allocation."""
+        if not self.name or len(self.name) > MAX_TENSOR_NAME or not self.name.isprintable():
+            raise TensorFileError(
+                f"tensor name {self.name[:80]!r} must be 1-{MAX_TENSOR_NAME} printable characters"
+            )
         if self.dtype not in NUMPY_DTYPES:
             known = ", ".join(NUMPY_DTYPES)
             raise TensorFileError(f"tensor {self.name!r}: unknown dtype {self.dtype!r} ({known})")
+        if len(self.shape) > MAX_DIMS:
+            raise TensorFileError(
+                f"tensor {self.name!r} has {len(self.shape)} dimensions; at most {MAX_DIMS}"
+            )
         if any(d < 0 for d in self.shape):
             raise TensorFileError(f"tensor {self.name!r}: negative dimension in {self.shape}")
+        if self.nbytes > MAX_MODEL_BYTES:
+            raise TensorFileError(
+                f"tensor {self.name!r} declares {self.nbytes:,} bytes, more than a model may "
+                f"hold ({MAX_MODEL_BYTES:,})"
+            )
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,19 @@ class Manifest:
     def num_elements(self) -> int:
         """Elements of all tensors together."""
         return sum(math.prod(t.shape) for t in self.tensors)
+
+    def check(self) -> None:
+        """Refuse a manifest that a peer or a file could declare but no model has: every
+        tensor checked, no name twice, a total size within bounds."""
+        for spec in self.tensors:
+            spec.check()
+        if len({spec.name for spec in self.tensors}) != len(self.tensors):
+            raise TensorFileError("manifest names a tensor twice")
+        if self.total_bytes > MAX_MODEL_BYTES:
+            raise TensorFileError(
+                f"manifest declares {self.total_bytes:,} bytes, more than a model may hold "
+                f"({MAX_MODEL_BYTES:,})"
+            )
 
     def differences(self, other: Manifest, limit: int = 5) -> list[str]:
         """Say how ``other`` differs from this manifest (empty when it matches)."""
@@ -143,9 +179,9 @@ class TensorFile:
             if length > min(MAX_HEADER_BYTES, size - 8):
                 raise TensorFileError(f"{path}: header length {length} is out of bounds")
             try:
-                header = json.loads(handle.read(length))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise TensorFileError(f"{path}: header is not valid JSON ({exc})") from None
+                header = parse_json(handle.read(length), f"{path}: header", max_depth=3)
+            except ConfigError as exc:
+                raise TensorFileError(str(exc)) from None
         if not isinstance(header, dict):
             raise TensorFileError(f"{path}: header is not a JSON object")
         metadata = header.pop("__metadata__", None) or {}
@@ -169,6 +205,7 @@ class TensorFile:
         if self.data_start + expected != size:
             raise TensorFileError(f"{path}: file size does not match its header")
         self.manifest = Manifest(tuple(specs))
+        self.manifest.check()
 
     def iter_slabs(self, name: str, elements: int) -> Iterator[npt.NDArray[Any]]:
         """One tensor's values, flat, ``elements`` at a time (BF16 as raw uint16).
@@ -246,8 +283,7 @@ class SpoolWriter:
         require_finite: bool = True,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        for spec in manifest.tensors:
-            spec.check()
+        manifest.check()
         self.path = path
         self.manifest = manifest
         self.require_finite = require_finite

@@ -77,12 +77,8 @@ def manifest_from_proto(message: common_pb2.ModelManifest) -> Manifest:
     """Read a declared manifest, refusing anything inconsistent before allocation."""
     if len(message.tensors) > MAX_TENSORS:
         raise TensorFileError(f"manifest declares {len(message.tensors)} tensors, too many")
-    specs = tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in message.tensors)
-    for spec in specs:
-        spec.check()
-    if len({s.name for s in specs}) != len(specs):
-        raise TensorFileError("manifest names a tensor twice")
-    manifest = Manifest(specs)
+    manifest = Manifest(tuple(TensorSpec(t.name, t.dtype, tuple(t.shape)) for t in message.tensors))
+    manifest.check()
     if manifest.total_bytes != message.total_bytes:
         raise TensorFileError(
             f"manifest declares {message.total_bytes} bytes but its tensors add up to "

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fladmin import AdminClient, CommandReply, load_kit
+from flcore.appreview import review_app
 from flcore.proctable import command_line, process_table
 from fldev.poll import wait_until
 from provision import extract_kit, parse_project, provision_workspace
@@ -291,6 +292,22 @@ class Cluster:
         values = json.loads(path.read_text())
         values.update(changes)
         path.write_text(json.dumps(values))
+
+    def digest(self, app: str) -> str:
+        """The SHA-256 a site approves the admin's copy of ``app`` by."""
+        return review_app(self.root / ADMIN / "transfer" / app, app).digest
+
+    def approve(self, app: str, *sites: str) -> None:
+        """Site IT approves the admin's copy of ``app`` at each site (every client by
+        default) with ``flclientd approve``, as after reading it with show-app."""
+        digest = self.digest(app)
+        for site in sites or self.clients:
+            workspace = str(self.root / site)
+            subprocess.run(
+                [sys.executable, "-m", "flclientd", "approve", "--workspace", workspace, digest],
+                check=True,
+                capture_output=True,
+            )
 
     def prepare_run(
         self, run_number: int = 1, *, deploy_clients: bool = True, **server_config: Any

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from flcore import status as st
+from flcore.appreview import review_app
 from flcore.feed import CommandSeen
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
@@ -136,14 +137,28 @@ class AdminCommands:
         store, limit = self.server.store, self.server.startup.max_upload_mb
         try:
             target, files, dropped = await receive_app(store, app, total_bytes, limit, chunks)
+            review = await asyncio.to_thread(review_app, target, app)
         except (FolderError, TransferError) as exc:
             return Reply(False, f"upload refused: {exc}")
+        except Exception as exc:  # the admin gets an answer and the server carries on
+            log.exception("upload_folder %s failed", app[:80])
+            return Reply(
+                False,
+                f"the server could not store the upload: {getattr(exc, 'strerror', None) or exc};"
+                " the app that was there is unchanged",
+            )
         text = f"Created folder {target}"
         if dropped:
             text += (
                 f"\n(ignored {', '.join(sorted(dropped))}: only config/ and resources/ are kept)"
             )
-        return Reply(True, text, {"app": app, "path": str(target), "files": files})
+        if review.needs_approval:
+            text += (
+                f"\n{app} runs custom code: each site trains it only after its IT approved "
+                f"sha256:{review.digest} (flclientd approve)"
+            )
+        data = {"app": app, "path": str(target), "files": files, "sha256": review.digest}
+        return Reply(True, text, {**data, "needs_approval": review.needs_approval})
 
     async def _run(self, user: str, role: str, line: str, timeout: float, confirmed: bool) -> Reply:
         try:
@@ -238,7 +253,7 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
         row = asdict(client_row(client))
         if result.ok:
             row.update(_reported(result.data, row))
-            state = row["status"]
+            state = row["detail"] or row["status"]
         else:
             state = f"{client.status.status} (no reply: {result.text})"
         text = f"client name: {client.client_name}\ttoken: {client.token}\tstatus: {state}"
@@ -264,6 +279,7 @@ REPORTED = (
     "device",
     "gpu_count",
     "cross_validate",
+    "detail",
 )
 
 

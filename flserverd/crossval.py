@@ -4,9 +4,12 @@ Sites opt in with ``"cross_validate": true`` in their client config; a site
 that does not never shares its local model and is never sent anyone's.
 When a participant stops training (the run finished, or an admin aborted
 it) it submits its best local model; the server keeps it in
-``run_N/cross_site/<instance>.safetensors`` and offers each participant the
-models it has not validated yet: the other participants' and, once
-training is over, the best global model (owner ``global``). Offers also list
+``run_N/cross_site/sites/<instance>.safetensors`` and offers each participant
+the models it has not validated yet: the other participants' and, once
+training is over, the best global model (owner ``global``, the run's
+``best_global_model.safetensors``). Site models and the server's live in
+separate folders and are asked for by separate kinds on the wire, so no site
+name, ``global`` included, can ever stand for the global model's file. Offers also list
 the models still expected, so a site knows whether to keep waiting; a model
 that will never come (its owner failed, was dropped or gave up) is taken
 off that list with the reason. Results are stored in the state database and
@@ -80,6 +83,25 @@ class ValidationMatrix:
         }
 
 
+SITES_DIR = "sites"
+"""Subfolder of ``run_N/cross_site/`` that holds the sites' models, and nothing else."""
+
+
+def _move_flat_layout(sites: Path) -> None:
+    """Move site models that an older server kept in ``cross_site/`` itself into ``sites/``.
+
+    Run folders written before the two namespaces existed hold
+    ``cross_site/<instance>.safetensors``; only sites' models were ever
+    written there (the global model was always the run's own file), so each
+    one is moved as it is, and a resumed or inspected run finds it.
+    """
+    flat = sites.parent
+    for model in sorted(flat.glob("*.safetensors")):
+        sites.mkdir(parents=True, exist_ok=True)
+        os.replace(model, sites / model.name)
+        log.info("moved %s into %s (the sites' models have their own folder now)", model, sites)
+
+
 class CrossValidationListener(Protocol):
     """Where offers go (the server's client links)."""
 
@@ -97,7 +119,8 @@ class CrossValidation:
         self._store = store
         self._db = db
         self._listener = listener
-        self.folder = store.run_dir(run_number) / "cross_site"
+        self.folder = store.run_dir(run_number) / "cross_site" / SITES_DIR
+        _move_flat_layout(self.folder)
         self.declared: set[str] = set()
         self.validating: set[str] = set()
         self.withdrawn: dict[str, str] = {}
@@ -109,13 +132,24 @@ class CrossValidation:
             for owner, validator, metrics, error in db.validation_results(run_number)
         }
 
-    def model_for(self, instance: str, owner: str) -> Path:
-        """The model of ``owner`` for ``instance`` to validate; Refusal when it may not have it."""
+    def site_model_for(self, instance: str, owner: str) -> Path:
+        """The site ``owner``'s model for ``instance`` to validate; Refusal when it may not
+        have it."""
         if not self.may_fetch(instance, owner):
             raise Refusal(
                 f"the model of {owner!r} is not available to {instance} for cross-site validation"
             )
-        return self.model_path(owner)
+        return self.site_model(owner)
+
+    def global_model_for(self, instance: str) -> Path:
+        """The best global model for ``instance`` to validate; Refusal before training is over
+        or for a site that does not take part."""
+        if instance not in self.declared or not self.training_over:
+            raise Refusal(
+                f"the global model is not available to {instance} for cross-site validation yet"
+            )
+        best = self._store.best_model(self.run_number)
+        return best if best.exists() else self._store.global_model(self.run_number)
 
     def check_model(self, instance: str) -> Verdict | None:
         """The verdict on a participant's best local model before its bytes arrive."""
@@ -141,11 +175,8 @@ class CrossValidation:
             return Verdict(SubmitOutcome.REJECTED, str(exc))
         return Verdict(SubmitOutcome.ACCEPTED, "recorded")
 
-    def model_path(self, owner: str) -> Path:
-        """Where an owner's model for validation is (the best global model for ``global``)."""
-        if owner == GLOBAL_OWNER:
-            best = self._store.best_model(self.run_number)
-            return best if best.exists() else self._store.global_model(self.run_number)
+    def site_model(self, owner: str) -> Path:
+        """Where a site's best local model is kept: in the sites' folder, whatever its name."""
         return self.folder / f"{owner}.safetensors"
 
     def declare(self, instance: str) -> None:
@@ -169,7 +200,7 @@ class CrossValidation:
     def accept_model(self, instance: str, spool: TensorFile) -> None:
         """Keep a participant's best local model and offer it to the others."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        os.replace(spool.path, self.model_path(instance))
+        os.replace(spool.path, self.site_model(instance))
         self.declare(instance)
         self.submitted.add(instance)
         log.info(
@@ -210,12 +241,9 @@ class CrossValidation:
         )
 
     def may_fetch(self, instance: str, owner: str) -> bool:
-        """Models for validation go to participating sites only, once they exist."""
-        if instance not in self.declared:
-            return False
-        if owner == GLOBAL_OWNER:
-            return self.training_over
-        return owner in self.submitted and owner != instance
+        """Sites' models for validation go to the other participating sites only, once
+        they exist."""
+        return instance in self.declared and owner in self.submitted and owner != instance
 
     def offer_for(self, instance: str) -> TaskOffer:
         """What ``instance`` may validate now and what it should still wait for."""

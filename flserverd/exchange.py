@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from flcore.federation import (
-    GLOBAL_OWNER,
     MetricsKind,
     MetricsReport,
     ModelKind,
@@ -76,8 +75,10 @@ class ModelExchange:
             return training.admit(instance, request.round)
         if not self.server.known_run(request.run_number):
             raise Refusal(f"run {request.run_number} does not exist on this server")
-        owner = GLOBAL_OWNER if request.kind is ModelKind.BEST_GLOBAL else request.owner
-        return self.server.crossval_for(request.run_number).model_for(instance, owner)
+        crossval = self.server.crossval_for(request.run_number)
+        if request.kind is ModelKind.BEST_GLOBAL:
+            return crossval.global_model_for(instance)
+        return crossval.site_model_for(instance, request.owner)
 
     def app_folder(self, run_number: int, app: str) -> Path:
         """The copy of an app deployed to clients of a run; TransferError for a name that

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from flcore.configfile import parse_json
 from flcore.federation import (
     ClientHeartbeat,
     Closed,
@@ -32,6 +33,7 @@ from flcore.federation import (
 from flcore.feed import LogEntry
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.schema import ConfigError
 from flcore.status import ClientStatus
 from flcore.wire import (
     METRICS_KINDS,
@@ -63,6 +65,7 @@ def status_from_proto(message: fed_pb2.ClientStatus) -> ClientStatus:
         app=message.app[:128],
         gpus_in_use=message.gpus_in_use,
         cross_validate=message.cross_validate,
+        detail=message.detail[:MAX_TEXT],
     )
 
 
@@ -88,8 +91,8 @@ def _result_data(data_json: str) -> dict[str, Any]:
     """The JSON part of a command result; a client that sends anything but an object
     sends nothing."""
     try:
-        data = json.loads(data_json) if data_json else {}
-    except json.JSONDecodeError:
+        data = parse_json(data_json, "command result", allow_nan=True) if data_json else {}
+    except ConfigError:
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -27,6 +27,7 @@ def client_row(s: RegisteredClient) -> ClientRow:
         app=s.status.app,
         hostname=s.machine.hostname,
         connected=s.connected,
+        detail=s.status.detail,
     )
 
 

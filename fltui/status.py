@@ -47,6 +47,7 @@ _TRAINING = {
     st.STOPPED: Look("■", "stopped", "muted"),
     st.FAILED: Look("✖", "failed", "error"),
     st.CROSS_VALIDATING: Look("◇", "cross-val", "accent"),
+    st.WAITING_APPROVAL: Look("⏸", "approval", "warning"),
 }
 
 

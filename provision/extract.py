@@ -49,6 +49,24 @@ def _check_sizes(infos: list[zipfile.ZipInfo], zip_path: Path) -> None:
             )
 
 
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path) -> bytes:
+    """A member's bytes, inflating at most one byte more than a kit file may hold.
+
+    The sizes in a zip's headers are the archive's word only: a member that
+    claims 10 bytes may inflate to gigabytes, and reading it whole would
+    take that memory before the CRC check notices.
+    """
+    with archive.open(info) as member:
+        data = member.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ProvisionError(
+            f"{zip_path}: {info.filename} unpacks to more than any kit file "
+            f"({MAX_CONFIG_BYTES:,} bytes), though its header says {info.file_size:,}; "
+            "not a startup kit"
+        )
+    return data
+
+
 def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
     """Decrypt a kit into memory: startup file name -> content.
 
@@ -67,7 +85,7 @@ def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
             infos = [info for info in archive.infolist() if not info.is_dir()]
             _check_sizes(infos, zip_path)
             for info in infos:
-                files[_member_name(info.filename, zip_path)] = archive.read(info)
+                files[_member_name(info.filename, zip_path)] = _read_member(archive, info, zip_path)
     except FileNotFoundError:
         raise ProvisionError(f"{zip_path}: no such file") from None
     except RuntimeError as exc:

@@ -42,11 +42,15 @@ MOVED_MODULES: dict[str, str] = {
 
 
 def use_resources(resources: Path) -> None:
-    """Put an app's ``resources/`` folder first on ``sys.path``.
+    """Put an app's ``resources/`` folder first on ``sys.path``, and write no bytecode.
 
     First, so that a module shipped with the app wins over an installed one
-    of the same name: the app's author tested against their own copy.
+    of the same name: the app's author tested against their own copy. No
+    bytecode, so that importing the app leaves no ``__pycache__`` in
+    ``resources/``: the digest a site approved (flcore.appreview) covers
+    every file there, and must still match at the next start.
     """
+    sys.dont_write_bytecode = True
     folder = str(resources.resolve())
     if folder in sys.path:
         sys.path.remove(folder)

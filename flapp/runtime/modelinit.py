@@ -32,6 +32,23 @@ from flcore.schema import ConfigError
 from flcore.tensorfile import Manifest, TensorFileError
 
 
+def _reason(exc: Exception) -> str:
+    """Why a checkpoint could not be read, in one line an admin can act on.
+
+    torch's refusal of a pickle that names anything but tensors spans many
+    lines, carries terminal escapes and offers to load the file unsafely;
+    the admin gets what it means instead.
+    """
+    if type(exc).__name__ == "UnpicklingError":
+        return (
+            "it holds Python objects other than tensors, which flstack never loads "
+            "(torch.load with weights_only=True); save only the model's state_dict, "
+            "best as .safetensors"
+        )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return "".join(char for char in first if char.isprintable())[:300]
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a pre-trained checkpoint: safetensors, or a torch file holding only tensors.
 
@@ -49,7 +66,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         )
     except Exception as exc:
         raise ConfigError(
-            f"{SERVER_CONFIG}: initial_checkpoint {path}: cannot read it ({exc})"
+            f"{SERVER_CONFIG}: initial_checkpoint {path}: cannot read it ({_reason(exc)})"
         ) from None
     if isinstance(loaded, Mapping):
         for key in ("state_dict", "model"):

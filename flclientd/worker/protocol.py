@@ -30,6 +30,8 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from flcore.configfile import parse_json
+
 SOCKET_ENV = "FLCLIENTD_WORKER_SOCKET"
 
 OP_TRAIN = "train"
@@ -102,8 +104,8 @@ def encode(message: dict[str, Any]) -> bytes:
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    """Parse one line; refuses anything but a JSON object."""
-    message = json.loads(line)
+    """Parse one line; refuses (ValueError) anything but a JSON object of bounded depth."""
+    message = parse_json(line, "message", allow_nan=True)
     if not isinstance(message, dict):
         raise ValueError(f"expected a JSON object, got {type(message).__name__}")
     return message

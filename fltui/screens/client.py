@@ -73,7 +73,7 @@ class ClientScreen(Screen[None]):
             ("org", row.org),
             ("host", row.hostname),
             ("device", row.device),
-            ("status", row.status),
+            ("status", row.detail or row.status),
             ("run / round", f"{row.run_number or '-'} / {row.round if row.round >= 0 else '-'}"),
             ("samples", str(row.samples)),
             ("app", row.app or "-"),

@@ -339,6 +339,8 @@ class DashboardScreen(CommandKeys):
             detail.set("")
             return
         parts = [row.instance, f"token {row.token}", row.org, row.hostname, row.device, row.app]
+        if row.detail:
+            parts.append(f"⏸ {row.detail}")
         if row.error:
             parts.append(f"✖ {row.error} (enter: traceback)")
         detail.set(" · ".join(part for part in parts if part))

@@ -74,8 +74,10 @@ def prepare(cluster: Cluster, rounds: int, private: tuple[str, ...] = (), **clie
     cluster.ok("deploy digits_custom server")
     sharing = [s for s in cluster.clients if s not in private]
     cluster.ok(f"deploy digits_custom client {' '.join(sharing)}")
+    cluster.approve("digits_custom", *sharing)
     if private:
         cluster.ok(f"deploy digits_private client {' '.join(private)}")
+        cluster.approve("digits_private", *private)
 
 
 def contributed(cluster: Cluster, instance: str) -> None:
@@ -114,13 +116,16 @@ def test_matrix_over_three_sites_two_taking_part(make_cluster: Callable[..., Clu
     assert cell(data, "flclient1", "flclient1") is None
     assert all(cell(data, r, "flclient3") is None for r in data["rows"])
     run = cluster.root / "server" / "run_1"
-    assert sorted(p.name for p in (run / "cross_site").iterdir()) == [
+    assert sorted(p.name for p in (run / "cross_site").iterdir()) == ["sites"]
+    assert sorted(p.name for p in (run / "cross_site" / "sites").iterdir()) == [
         "flclient1.safetensors",
         "flclient2.safetensors",
     ]
     for row, column in expected:
-        model = run / (
-            "best_global_model.safetensors" if row == "global" else f"cross_site/{row}.safetensors"
+        model = (
+            run / "best_global_model.safetensors"
+            if row == "global"
+            else run / "cross_site" / "sites" / f"{row}.safetensors"
         )
         direct = accuracy_of(str(model), str(cluster.data / column / "val.npz"))
         assert cell(data, row, column)["metrics"]["val_accuracy"] == pytest.approx(direct, abs=1e-6)
@@ -162,7 +167,8 @@ def test_abort_moves_to_validation_and_a_second_abort_stops(cluster: Cluster) ->
         "flclient1 to validate",
     )
     first.wait_log("best local model shared for cross-site validation")
-    assert (cluster.root / "server" / "run_1" / "cross_site" / "flclient1.safetensors").exists()
+    sites = cluster.root / "server" / "run_1" / "cross_site" / "sites"
+    assert (sites / "flclient1.safetensors").exists()
     assert cluster.run_state()["server_status"] == "training started"
     stopped = cluster.ok("abort client flclient1")
     assert stopped.text.strip() == "instance:flclient1 : Aborting the client..."

@@ -41,6 +41,7 @@ def test_changed_custom_code_is_picked_up_by_the_next_run(cluster: Cluster) -> N
         "config_fed_client.json", app="digits_custom", local_epochs=1, cross_validate=False
     )
     deploy_everywhere(cluster, "digits_custom", 1)
+    cluster.approve("digits_custom")
     cluster.ok("start server")
     cluster.ok("start client")
     finished(cluster, 1)
@@ -56,6 +57,7 @@ def test_changed_custom_code_is_picked_up_by_the_next_run(cluster: Cluster) -> N
     )
     offset = len(client.log())
     deploy_everywhere(cluster, "digits_custom", 2)
+    cluster.approve("digits_custom")  # the changed code has a new digest
     cluster.ok("start server")
     cluster.ok("start client")
     finished(cluster, 2)
@@ -83,6 +85,7 @@ def test_errors_in_custom_code_surface_and_the_daemons_stay_up(cluster: Cluster)
     cluster.ok("upload_folder digits_custom")
     cluster.ok("deploy digits_custom server")
     cluster.ok("deploy digits_custom client")
+    cluster.approve("digits_custom", "flclient1")
     cluster.ok("start server")
     cluster.ok("start client")
 

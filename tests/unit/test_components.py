@@ -28,6 +28,7 @@ def resources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     folder = tmp_path / "resources"
     folder.mkdir()
     monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
     before = set(sys.modules)
     use_resources(folder)
     yield folder
@@ -39,6 +40,14 @@ def write_module(folder: Path, name: str, text: str) -> None:
     path = folder.joinpath(*name.split(".")).with_suffix(".py")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text))
+
+
+def test_custom_code_leaves_no_bytecode_beside_it(resources: Path) -> None:
+    """The digest a site approved covers every file in resources/: importing the app must
+    not add a __pycache__ there."""
+    write_module(resources, "approved_pkg.model", "class Net:\n    pass\n")
+    assert import_object("approved_pkg.model.Net", WHERE).__name__ == "Net"
+    assert not list(resources.rglob("__pycache__"))
 
 
 def test_imports_classes_by_dotted_path() -> None:

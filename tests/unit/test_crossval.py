@@ -87,17 +87,51 @@ def test_models_go_to_participants_only_once_they_exist(setup: Setup) -> None:
     crossval.declare("a")
     crossval.declare("b")
     with pytest.raises(Refusal, match="'b' is not available to a"):
-        crossval.model_for("a", "b")  # not submitted yet
+        crossval.site_model_for("a", "b")  # not submitted yet
     crossval.accept_model("b", setup.model("b"))
-    assert crossval.model_for("a", "b") == setup.store.run_dir(RUN) / "cross_site" / "b.safetensors"
+    sites = setup.store.run_dir(RUN) / "cross_site" / "sites"
+    assert crossval.site_model_for("a", "b") == sites / "b.safetensors"
     with pytest.raises(Refusal):
-        crossval.model_for("b", "b")  # its own model
+        crossval.site_model_for("b", "b")  # its own model
     with pytest.raises(Refusal):
-        crossval.model_for("outsider", "b")
-    with pytest.raises(Refusal, match="'global' is not available"):
-        crossval.model_for("a", GLOBAL_OWNER)  # training is not over
+        crossval.site_model_for("outsider", "b")
+    with pytest.raises(Refusal, match="global model is not available to a"):
+        crossval.global_model_for("a")  # training is not over
     crossval.end_training()
-    assert crossval.model_for("a", GLOBAL_OWNER) == setup.store.global_model(RUN)
+    assert crossval.global_model_for("a") == setup.store.global_model(RUN)
+    with pytest.raises(Refusal):
+        crossval.global_model_for("outsider")
+
+
+def test_a_site_named_global_never_touches_the_global_model(setup: Setup) -> None:
+    """A kit named 'global' (made before the name was reserved) shares its best local model:
+    it lands among the sites' models, the run's best global model keeps its bytes, and asking
+    for the site model 'global' never yields the global model."""
+    best = setup.store.best_model(RUN)
+    safetensors.numpy.save_file({"w": np.zeros(3, dtype=np.float32)}, best)
+    before = best.read_bytes()
+    crossval = setup.crossval()
+    crossval.declare(GLOBAL_OWNER)
+    crossval.declare("a")
+    crossval.accept_model(GLOBAL_OWNER, setup.model(GLOBAL_OWNER))
+    crossval.end_training()
+    assert best.read_bytes() == before
+    site_copy = crossval.site_model_for("a", GLOBAL_OWNER)
+    assert site_copy == setup.store.run_dir(RUN) / "cross_site" / "sites" / "global.safetensors"
+    assert site_copy.read_bytes() != before
+    assert crossval.global_model_for("a") == best
+
+
+def test_site_models_of_an_older_run_folder_move_into_their_own_folder(setup: Setup) -> None:
+    flat = setup.store.run_dir(RUN) / "cross_site"
+    flat.mkdir()
+    safetensors.numpy.save_file({"w": np.ones(3, dtype=np.float32)}, flat / "a.safetensors")
+    crossval = setup.crossval()
+    assert crossval.submitted == {"a"}
+    assert not (flat / "a.safetensors").exists()
+    assert (flat / "sites" / "a.safetensors").exists()
+    crossval.declare("b")
+    assert crossval.site_model_for("b", "a") == flat / "sites" / "a.safetensors"
 
 
 def test_outsiders_and_unknown_owners_are_refused(setup: Setup) -> None:

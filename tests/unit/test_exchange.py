@@ -211,6 +211,10 @@ def test_best_local_models_and_cross_site_reports(tmp_path: Path) -> None:
         assert again.outcome is SubmitOutcome.DUPLICATE
         path = exchange.model_for("site-b", ModelRequest(RUN, -1, ModelKind.LOCAL, "site-a"))
         assert TensorFile(path).manifest == model.manifest
+        server.crossval_for(RUN).end_training()
+        with pytest.raises(Refusal, match="'global' is not available"):
+            # A site's model named like the global one is a site's model, never the global one.
+            exchange.model_for("site-b", ModelRequest(RUN, -1, ModelKind.LOCAL, GLOBAL_OWNER))
         report = MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, "site-a", {"acc": 0.9}, 5)
         assert exchange.accept_metrics("site-b", report).outcome is SubmitOutcome.ACCEPTED
         assert exchange.accept_metrics("site-c", report).outcome is SubmitOutcome.REJECTED

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import resource
+import signal
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -47,11 +49,32 @@ def test_check_relpath_accepts_plain_relative_paths(raw: str) -> None:
         ("config\\..\\x", "invalid path"),
         ("config\\a", "invalid path"),
         ("config/a\0b", "invalid path"),
+        ("config/a\nb", "control characters"),
+        ("config/\x1b[31mred", "control characters"),
+        ("config/del\x7f", "control characters"),
+        ("resources/" + "n" * 300 + ".py", "303 bytes long, and file systems allow at most 255"),
+        ("resources/" + "é" * 128, "256 bytes long"),
+        ("/".join(["resources", *["d"] * 4999, "x.py"]), "5,001 levels deep"),
+        ("/".join(["resources", *["d" * 200] * 6]), "1,215 bytes long, and app paths"),
+        ("resources/bad\udcff.py", "not valid UTF-8"),
     ],
 )
 def test_check_relpath_refuses(raw: str, words: str) -> None:
     with pytest.raises(FolderError, match=words):
         check_relpath(raw)
+
+
+def test_check_relpath_accepts_names_at_the_limits() -> None:
+    longest = "resources/" + "n" * 255
+    assert check_relpath(longest).name == "n" * 255
+    deepest = "/".join(["resources", *["d"] * 30, "x.py"])
+    assert len(check_relpath(deepest).parts) == 32
+
+
+def test_messages_quote_a_huge_path_briefly() -> None:
+    with pytest.raises(FolderError) as refused:
+        check_relpath("/".join(["resources", *["d"] * 4999, "x.py"]))
+    assert len(str(refused.value)) < 200
 
 
 # --------------------------------------------------------------------------- iter_app_files
@@ -126,6 +149,28 @@ def test_iter_app_files_refuses_special_file(tmp_path: Path) -> None:
     root = _app(tmp_path / "app")
     os.mkfifo(root / "config" / "pipe")
     with pytest.raises(FolderError, match="config/pipe is not a regular file"):
+        list(iter_app_files(root))
+
+
+def test_iter_app_files_refuses_a_path_too_deep_before_walking_it(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app")
+    deep = root / "resources"
+    for _ in range(40):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "x.py").write_text("")
+    with pytest.raises(FolderError, match="33 levels deep, and app paths may be at most 32"):
+        folder_size(root)
+
+
+def test_iter_app_files_refuses_a_path_too_long_to_send(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app")
+    long = root / "resources"
+    for letter in "abcde":
+        long = long / (letter * 250)
+    long.mkdir(parents=True)
+    (long / "x.py").write_text("")
+    with pytest.raises(FolderError, match="app paths may be at most 1,024"):
         list(iter_app_files(root))
 
 
@@ -249,6 +294,29 @@ def test_receiver_refuses_file_sent_twice(tmp_path: Path) -> None:
     with pytest.raises(FolderError, match="chunks out of order"):
         receiver.write("config/a", 0, b"abc", True)
     assert (receiver.staging / "config" / "a").read_bytes() == b"abc"
+
+
+def test_receiver_refuses_compiled_python(tmp_path: Path) -> None:
+    """A .pyc in __pycache__ would run instead of the reviewed source: it never lands."""
+    receiver = _receiver(tmp_path)
+    with pytest.raises(FolderError, match="compiled Python"):
+        receiver.write("resources/pkg/__pycache__/model.cpython-311.pyc", 0, b"\0", True)
+    assert not (receiver.staging / "resources").exists()
+
+
+def test_receiver_turns_what_the_disk_refuses_into_a_clear_error(tmp_path: Path) -> None:
+    """A file larger than the process may write (as a full disk would refuse it)."""
+    receiver = _receiver(tmp_path)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+    try:
+        with pytest.raises(FolderError, match=r"'resources/a\.py' cannot be stored here: File too"):
+            receiver.write("resources/a.py", 0, b"x" * 5000, True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    receiver.discard()
 
 
 def test_receiver_refuses_file_ending_without_eof(tmp_path: Path) -> None:

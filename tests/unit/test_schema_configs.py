@@ -215,6 +215,30 @@ def test_load_client_local_overrides_merged(tmp_path: Path) -> None:
     assert loaded.heartbeat_interval == 1.0  # signed value, not the 60 s default
 
 
+def test_trust_custom_code_is_off_unless_the_site_turns_it_on(tmp_path: Path) -> None:
+    assert (
+        startup.load_client(
+            _workspace(tmp_path / "a", "fed_client.json", startup.to_json(CLIENT))
+        ).trust_custom_code
+        is False
+    )
+    assert "trust_custom_code" not in startup.to_json(CLIENT)
+    ws = _workspace(
+        tmp_path / "b", "fed_client.json", startup.to_json(CLIENT), {"trust_custom_code": True}
+    )
+    assert startup.load_client(ws).trust_custom_code is True
+
+
+def test_a_kit_cannot_decide_to_trust_custom_code_for_the_site(tmp_path: Path) -> None:
+    signed = json.loads(startup.to_json(CLIENT))
+    signed["trust_custom_code"] = True
+    ws = _workspace(tmp_path, "fed_client.json", json.dumps(signed))
+    with pytest.raises(
+        ConfigError, match=r"startup/fed_client\.json: unknown key 'trust_custom_code'"
+    ):
+        startup.load_client(ws)
+
+
 @pytest.mark.parametrize("key", ["fed_port", "server_host", "ssl_cert", "name", "project"])
 def test_load_client_local_refuses_signed_keys(tmp_path: Path, key: str) -> None:
     value = getattr(CLIENT, key)

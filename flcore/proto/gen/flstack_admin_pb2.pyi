@@ -275,6 +275,7 @@ class ClientState(_message.Message):
     APP_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     CONNECTED_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     client_name: _builtins.str
     token: _builtins.str
@@ -296,6 +297,8 @@ class ClientState(_message.Message):
     """False while the client's control stream is down (reconnecting); the
     client is dropped when heart_beat_timeout passes without news.
     """
+    detail: _builtins.str
+    """what the client waits for (see ClientStatus.detail)"""
     def __init__(
         self,
         *,
@@ -316,10 +319,11 @@ class ClientState(_message.Message):
         app: _builtins.str = ...,
         hostname: _builtins.str = ...,
         connected: _builtins.bool = ...,
+        detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_name", b"client_name", "connected", b"connected", "connected_at", b"connected_at", "device", b"device", "error", b"error", "gpu_count", b"gpu_count", "hostname", b"hostname", "instance", b"instance", "last_heartbeat", b"last_heartbeat", "org", b"org", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "token", b"token", "traceback", b"traceback"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_name", b"client_name", "connected", b"connected", "connected_at", b"connected_at", "detail", b"detail", "device", b"device", "error", b"error", "gpu_count", b"gpu_count", "hostname", b"hostname", "instance", b"instance", "last_heartbeat", b"last_heartbeat", "org", b"org", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "token", b"token", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -295,6 +295,7 @@ class ClientStatus(_message.Message):
     APP_FIELD_NUMBER: _builtins.int
     GPUS_IN_USE_FIELD_NUMBER: _builtins.int
     CROSS_VALIDATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     status: _builtins.str
     """e.g. "training not started", "training started" """
     run_number: _builtins.int
@@ -311,6 +312,10 @@ class ClientStatus(_message.Message):
     gpus_in_use: _builtins.int
     cross_validate: _builtins.bool
     """The site takes part in cross-site validation (config_fed_client.json)."""
+    detail: _builtins.str
+    """What the site waits for, in its own words, while the status says it waits
+    (e.g. "waiting for approval of app digits_custom sha256:3f2a9c0d11e4").
+    """
     def __init__(
         self,
         *,
@@ -323,10 +328,11 @@ class ClientStatus(_message.Message):
         app: _builtins.str = ...,
         gpus_in_use: _builtins.int = ...,
         cross_validate: _builtins.bool = ...,
+        detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "cross_validate", b"cross_validate", "error", b"error", "gpus_in_use", b"gpus_in_use", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "traceback", b"traceback"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "cross_validate", b"cross_validate", "detail", b"detail", "error", b"error", "gpus_in_use", b"gpus_in_use", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,190 @@
+"""``flclientd show-app`` and ``flclientd approve``: site IT reads an app's code and approves it.
+
+``show-app --workspace W NAME`` prints the newest deployed copy of an app:
+its digest, whether this site lets it run, what in it is custom code, and
+every file with its content. Control characters and the Unicode controls
+that reorder or hide text ("Trojan Source") are printed as visible escapes
+and counted, so that what the reviewer reads is what Python would run.
+``approve --workspace W SHA256`` adds a digest to
+``local/approved_apps.json``; a run waiting for it starts within a second.
+Neither needs the daemon to be running, nor the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from flclientd.approvals import ApprovalError, ApprovalList, parse_digest
+from flclientd.siteapps import DeployedApp, deployed_apps
+from flcore.appreview import AppReview, review_app
+from flcore.folders import FolderError
+from flcore.schema import ConfigError
+from flcore.startup import STARTUP_DIR, load_client
+
+COMMANDS = ("show-app", "approve")
+
+_INVISIBLE = {0x200E, 0x200F, 0x061C, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+"""Bidirectional marks, embeddings, overrides and isolates: they change the order in which a
+terminal shows code, not the order in which Python reads it."""
+
+
+def visible(text: str) -> tuple[str, int]:
+    """``text`` with control and bidirectional characters as escapes, and how many there were.
+
+    Newlines and tabs stay as they are.
+    """
+    out, hidden = [], 0
+    for char in text:
+        code = ord(char)
+        if (code < 0x20 and char not in "\n\t") or 0x7F <= code < 0xA0 or code in _INVISIBLE:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+            hidden += 1
+        else:
+            out.append(char)
+    return "".join(out), hidden
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command line of the site IT commands."""
+    parser = argparse.ArgumentParser(
+        prog="flclientd", description="Review and approve the apps deployed at this site."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser(
+        "show-app", help="print a deployed app's files, its digest and whether it may run here"
+    )
+    show.add_argument("--workspace", type=Path, required=True, help="the client workspace")
+    show.add_argument("app", help="the app's name, as deployed")
+    show.add_argument("--list", action="store_true", help="list the files without their contents")
+    approve = commands.add_parser("approve", help="let the app with this SHA-256 run at this site")
+    approve.add_argument("--workspace", type=Path, required=True, help="the client workspace")
+    approve.add_argument("sha256", help="the app's digest, as show-app prints it")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str], out: TextIO | None = None) -> int:
+    """Run ``show-app`` or ``approve`` (printing to ``out``, stdout by default); 0 on success,
+    1 when it cannot be done."""
+    out = out or sys.stdout
+    args = parse_args(argv)
+    workspace: Path = args.workspace.resolve()
+    try:
+        if not (workspace / STARTUP_DIR).is_dir():
+            raise ReviewError(
+                f"{workspace} holds no {STARTUP_DIR}/ folder: give the client workspace"
+            )
+        if args.command == "show-app":
+            show_app(workspace, args.app, args.list, out)
+        else:
+            approve(workspace, args.sha256, out)
+    except (ReviewError, ApprovalError, FolderError, ConfigError, OSError) as exc:
+        print(f"flclientd {args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class ReviewError(Exception):
+    """What site IT asked for cannot be done; the message says why."""
+
+
+def _reviews(workspace: Path, name: str | None = None) -> list[tuple[DeployedApp, AppReview]]:
+    return [
+        (app, review_app(app.folder, app.name))
+        for app in deployed_apps(workspace)
+        if name is None or app.name == name
+    ]
+
+
+def _may_run(workspace: Path, review: AppReview) -> str:
+    """Whether this site lets the app run, in words."""
+    if not review.needs_approval:
+        return "needs no approval: built-in components only"
+    approvals = ApprovalList(workspace)
+    try:
+        if approvals.allows(review.digest):
+            return f"approved at this site ({approvals.path})"
+    except ApprovalError as exc:
+        return f"NOT approved: {exc}"
+    try:
+        trusted = load_client(workspace).trust_custom_code
+    except ConfigError:
+        trusted = False
+    if trusted:
+        return "runs without approval: this site set trust_custom_code"
+    return (
+        "NOT approved at this site. After reading it, approve it with:\n"
+        f"  flclientd approve --workspace {workspace} {review.digest}"
+    )
+
+
+def show_app(workspace: Path, name: str, list_only: bool, out: TextIO) -> None:
+    """Print the newest deployed copy of app ``name``."""
+    found = _reviews(workspace, name)
+    if not found:
+        raise ReviewError(
+            f"no app named {name!r} is deployed in {workspace} (deployed apps are in "
+            "run_<N>/app_<instance>/; an admin deploys them with 'deploy <app> client')"
+        )
+    app, review = found[0]
+    where = app.folder.relative_to(workspace)
+    print(f"app {name}, deployed in {where}", file=out)
+    print(f"sha256:{review.digest}", file=out)
+    print(f"status: {_may_run(workspace, review)}", file=out)
+    if review.needs_approval:
+        print("custom code:", file=out)
+        for line in review.custom_code():
+            print(f"  {line}", file=out)
+    for other, other_review in found[1:]:
+        if other_review.digest != review.digest:
+            print(
+                f"note: {other.folder.relative_to(workspace)} holds another version "
+                f"({other_review.short})",
+                file=out,
+            )
+    print(f"\nfiles ({len(review.files)}):", file=out)
+    for rel in review.files:
+        print(f"  {(app.folder / rel).stat().st_size:>12,}  {rel}", file=out)
+    if list_only:
+        return
+    for rel in review.files:
+        _show_file(app.folder / rel, rel, out)
+
+
+def _show_file(path: Path, rel: str, out: TextIO) -> None:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        print(f"\n===== {rel} ({len(data):,} bytes): binary, not shown =====", file=out)
+        return
+    shown, hidden = visible(text)
+    print(f"\n===== {rel} ({len(data):,} bytes) =====", file=out)
+    if hidden:
+        print(
+            f"!!! {hidden} control or bidirectional character(s), shown as \\x.. or \\u....: "
+            "read this file with care",
+            file=out,
+        )
+    print(shown, end="" if shown.endswith("\n") else "\n", file=out)
+
+
+def approve(workspace: Path, text: str, out: TextIO) -> None:
+    """Approve a digest, naming the deployed app it belongs to when there is one."""
+    digest = parse_digest(text)
+    names = sorted({app.name for app, review in _reviews(workspace) if review.digest == digest})
+    approvals = ApprovalList(workspace)
+    added = approvals.approve(digest, ", ".join(names))
+    what = f"app {', '.join(names)} sha256:{digest}" if names else f"sha256:{digest}"
+    if not added:
+        print(f"{what} was approved already ({approvals.path})", file=out)
+        return
+    print(f"approved {what} in {approvals.path}", file=out)
+    if names:
+        print("a run waiting for it starts within a second", file=out)
+    else:
+        print("no app deployed here has this digest yet; it may run once one is", file=out)

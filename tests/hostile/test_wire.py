@@ -1,0 +1,264 @@
+"""The wire cases of the hostile corpus, sent to real daemons over mutual TLS.
+
+Each is refused with a clear reason; the daemons stay alive, the app that
+was uploaded before keeps its bytes, and a run under way finishes with
+every honest update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fladmin import AdminClient, load_kit
+from flclientd.connection import Connection
+from flcore.federation import MachineInfo
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flcore.startup import load_client
+from flcore.tls import TlsFiles
+from fldev.cluster import ADMIN, Cluster
+from tests.hostile.payloads import (
+    CLASS_NAMING,
+    HOSTILE_PATHS,
+    class_naming_json,
+    deep_json,
+    huge_manifest,
+    pickle_that_runs_code,
+    sparse_file,
+    zip_bomb,
+)
+from tests.integration.test_training import finished
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+EXPECTED = {
+    "parent": "'..' and '.' are not allowed",
+    "dotdot_first": "'..' and '.' are not allowed",
+    "absolute": "absolute path",
+    "absolute_double": "absolute path",
+    "nul": "control characters",
+    "newline": "control characters",
+    "escape": "control characters",
+    "delete": "control characters",
+    "backslash": "use '/' between folders",
+    "name_300": "303 bytes long, and file systems allow at most 255",
+    "deep_5000": "5,002 levels deep",
+    "bytecode": "compiled Python (__pycache__) is not accepted",
+}
+
+
+def raw_uploads(
+    cluster: Cluster, uploads: list[list[tuple[str, bytes]]]
+) -> list[admin_pb2.CommandReply]:
+    """Send uploads of ``digits_fedavg`` file by file, as a hostile admin tool would (the
+    real admin client refuses these names before sending)."""
+
+    async def go() -> list[admin_pb2.CommandReply]:
+        startup = cluster.kit()
+        client = AdminClient(startup, load_kit(startup), ADMIN)
+        await client.login()
+        replies = []
+        try:
+            for files in uploads:
+
+                async def messages(
+                    files: list[tuple[str, bytes]] = files,
+                ) -> AsyncIterator[admin_pb2.UploadMessage]:
+                    total = sum(len(data) for _, data in files)
+                    header = admin_pb2.UploadHeader(
+                        token=client.token, app="digits_fedavg", total_bytes=total
+                    )
+                    yield admin_pb2.UploadMessage(header=header)
+                    for path, data in files:
+                        chunk = common_pb2.FileChunk(path=path, offset=0, data=data, eof=True)
+                        yield admin_pb2.UploadMessage(chunk=chunk)
+
+                replies.append(await client._stub.UploadFolder(messages(), timeout=60))
+        finally:
+            await client.close()
+        return replies
+
+    return asyncio.run(go())
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_hostile_uploads_are_refused_and_the_uploaded_app_keeps_its_bytes(
+    cluster: Cluster,
+) -> None:
+    server = cluster.server()
+    cluster.ok("upload_folder digits_fedavg")
+    stored = cluster.root / "server" / "transfer" / "digits_fedavg"
+    before = tree(stored)
+    config = {
+        rel: data for rel, data in before.items() if rel.startswith("config/")
+    }  # a valid app around each hostile file
+    train = json.loads(before["config/config_train.json"])
+    cases = {
+        **{case: [(path, b"x")] for case, path in HOSTILE_PATHS.items()},
+        "deep json": [("config/config_train.json", deep_json().encode())],
+        "class naming": [
+            ("config/config_train.json", json.dumps({**train, **CLASS_NAMING}).encode())
+        ],
+        "pickle as config": [
+            ("config/config_train.json", pickle_that_runs_code(cluster.root / "pwned"))
+        ],
+    }
+    expected = {
+        **EXPECTED,
+        "deep json": "config/config_train.json: nested more than 32 levels deep",
+        "class naming": "config/config_train.json: unknown key '__class__'",
+        "pickle as config": "config/config_train.json: not valid JSON",
+    }
+    names = sorted(cases)
+    replies = raw_uploads(
+        cluster,
+        [
+            [*((rel, data) for rel, data in config.items() if rel not in dict(cases[n])), *cases[n]]
+            for n in names
+        ],
+    )
+    for name, reply in zip(names, replies, strict=True):
+        assert not reply.ok, name
+        assert reply.text.startswith("upload refused: "), (name, reply.text)
+        assert expected[name] in reply.text, (name, reply.text)
+        assert (
+            len(reply.text) < 400 and "Error" not in reply.text and "Unexpected" not in reply.text
+        )
+    assert server.alive()
+    assert tree(stored) == before
+    assert not list((cluster.root / "server" / "transfer").glob(".upload-*"))
+    assert not list(cluster.root.rglob("escaped*")) and not (cluster.root / "pwned").exists()
+    assert cluster.ok("check_status server").ok
+
+
+def test_an_admin_upload_of_odd_names_is_refused_before_sending(cluster: Cluster) -> None:
+    """The admin's side checks the same limits, so the server never sees the upload."""
+    server = cluster.server()
+    app = cluster.add_app("deep", cluster.root / ADMIN / "transfer" / "digits_fedavg")
+    deep = app / "resources"
+    for _ in range(40):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "x.py").write_text("")
+    (refused,) = cluster.admin("upload_folder deep")
+    assert not refused.ok
+    assert refused.text.startswith("upload refused: path 'resources/d/d/")
+    assert "app paths may be at most 32" in refused.text
+    assert "upload_folder deep" not in server.log()  # nothing reached the server
+
+
+def test_a_100_mb_config_and_a_zip_bomb_in_uploads(cluster: Cluster) -> None:
+    cluster.server()
+    bomb_app = cluster.add_app("bomb", cluster.root / ADMIN / "transfer" / "digits_fedavg")
+    bomb = zip_bomb(bomb_app / "resources" / "data.zip")
+    cluster.ok("upload_folder bomb")
+    kept = cluster.root / "server" / "transfer" / "bomb" / "resources" / "data.zip"
+    assert kept.read_bytes() == bomb.read_bytes()  # stored as it came, never unpacked
+    big = cluster.add_app("big", cluster.root / ADMIN / "transfer" / "digits_fedavg")
+    sparse_file(big / "config" / "config_fed_client.json")
+    (refused,) = cluster.admin("upload_folder big", timeout=120)
+    assert not refused.ok
+    assert "config/config_fed_client.json: 104,857,600 bytes is more than a config file" in (
+        refused.text
+    )
+    assert not (cluster.root / "server" / "transfer" / "big").exists()
+
+
+def test_a_hostile_site_cannot_stop_a_run_or_lose_an_update(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """flclient1's kit in hostile hands, beside an honest flclient2 that trains."""
+    server = cluster.server()
+    honest = cluster.client("flclient2")
+    cluster.prepare_run(
+        1, deploy_clients=False, num_rounds=3, min_num_clients=1, wait_after_min_clients=0
+    )
+    cluster.ok("deploy digits_fedavg client flclient2")
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    files = TlsFiles.named_by(startup, workspace / "startup")
+
+    async def hostile() -> tuple[fed_pb2.SubmitReply, str]:
+        conn = Connection(startup, files)
+        try:
+            await conn.login("", MachineInfo(device="cpu"))
+            control = conn.stub.Control()
+            status = fed_pb2.ClientStatus(
+                status="\x1b[2J" + "x" * 100_000, error="\x1b]0;pwned\x07" * 1000
+            )
+            await control.write(
+                fed_pb2.ClientMessage(hello=fed_pb2.Hello(token=conn.token, status=status))
+            )
+            for data in (deep_json(), class_naming_json(), "\0" * 1000):
+                result = fed_pb2.CommandResult(command_id="forged", ok=True, data_json=data)
+                await control.write(fed_pb2.ClientMessage(result=result))
+            await control.write(fed_pb2.ClientMessage(heartbeat=fed_pb2.Heartbeat(status=status)))
+
+            async def upload() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
+                header = fed_pb2.SubmitHeader(
+                    token=conn.token,
+                    run_number=1,
+                    round=0,
+                    kind=fed_pb2.UPLOAD_KIND_UPDATE,
+                    num_samples=10,
+                    manifest=huge_manifest(),
+                )
+                yield fed_pb2.SubmitModelMessage(header=header)
+                chunk = common_pb2.TensorChunk(name="w", offset=0, data=bytes(1024 * 1024))
+                for _ in range(8):
+                    yield fed_pb2.SubmitModelMessage(chunk=chunk)
+
+            reply = await conn.stub.SubmitModel(upload(), timeout=60)
+            control.cancel()
+            return reply, "sent"
+        finally:
+            await conn.close()
+
+    cluster.ok("start server")
+    reply, _ = asyncio.run(hostile())
+    assert reply.result == fed_pb2.SUBMIT_RESULT_REJECTED
+    assert "more than a model may hold" in reply.message
+    assert server.alive()
+    cluster.ok("start client flclient2")
+    finished(cluster, 1)
+    rows = cluster.metrics()
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["clients"] == ["flclient2"] for r in rows)
+    assert not list((cluster.root / "server" / "run_1" / ".spool").glob("*"))
+    assert honest.alive() and server.alive()
+    shown = cluster.ok("check_status server")
+    assert "flclient2" in shown.text and "\x1b" not in shown.text
+
+
+def test_a_pickle_checkpoint_never_runs_on_the_server(cluster: Cluster) -> None:
+    marker = cluster.root / "pwned"
+    server = cluster.server()
+    app = cluster.root / ADMIN / "transfer" / "digits_fedavg"
+    (app / "resources" / "evil.pt").write_bytes(pickle_that_runs_code(marker))
+    cluster.configure("config_fed_server.json", initial_checkpoint="resources/evil.pt")
+    cluster.prepare_run(1, deploy_clients=False)
+    (start,) = cluster.admin("start server")
+    assert not start.ok
+    assert "holds Python objects other than tensors, which flstack never loads" in start.text
+    assert "\x1b" not in start.text and "weights_only=False" not in start.text
+    assert not marker.exists() and server.alive()
+    cluster.configure("config_fed_server.json", initial_checkpoint=None, num_rounds=1)
+    shutil.rmtree(cluster.root / "server" / "transfer" / "digits_fedavg")
+    cluster.prepare_run(2, deploy_clients=False)
+    cluster.ok("start server")
+    cluster.ok("abort server")
+    assert not marker.exists()

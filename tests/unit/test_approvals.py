@@ -1,0 +1,187 @@
+"""flclientd.approvals and the site IT commands ``flclientd show-app`` / ``flclientd approve``."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flclientd import approvals
+from flclientd.approvals import ApprovalError, ApprovalList, parse_digest
+from flclientd.cli import main as flclientd_main
+from flclientd.review import main as review_main
+from flclientd.review import visible
+from flcore.appreview import review_app
+from fldev.cluster import APPS
+
+DIGEST = "ab" * 32
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A client workspace with digits_custom deployed for run 3."""
+    (tmp_path / "startup").mkdir()
+    app = shutil.copytree(APPS / "digits_custom", tmp_path / "run_3" / "app_site")
+    (app / ".app_name").write_text("digits_custom\n")
+    return tmp_path
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return review_main(list(argv), out), out.getvalue()
+
+
+@pytest.mark.parametrize("text", [DIGEST, f"sha256:{DIGEST}", DIGEST.upper(), f" {DIGEST}\n"])
+def test_digests_are_read_as_people_type_them(text: str) -> None:
+    assert parse_digest(text) == DIGEST
+
+
+def test_a_prefix_is_not_an_approval() -> None:
+    with pytest.raises(ApprovalError, match="only the start of a digest: give all 64 hex digits"):
+        parse_digest(f"sha256:{DIGEST[:12]}")
+    with pytest.raises(ApprovalError, match="is not a SHA-256 digest"):
+        parse_digest("not-a-digest")
+
+
+def test_approving_adds_once_and_keeps_earlier_approvals(workspace: Path) -> None:
+    approvals_ = ApprovalList(workspace)
+    assert approvals_.load() == [] and not approvals_.allows(DIGEST)
+    assert approvals_.approve(DIGEST, "first")
+    assert not approvals_.approve(DIGEST, "first")
+    assert approvals_.approve("cd" * 32, "second")
+    data = json.loads(approvals_.path.read_text())
+    assert data["format_version"] == 1
+    assert [(e["sha256"], e["app"]) for e in data["approved"]] == [
+        (DIGEST, "first"),
+        ("cd" * 32, "second"),
+    ]
+    assert approvals_.path == workspace / "local" / "approved_apps.json"
+    assert approvals_.path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("{", "not valid JSON"),
+        (
+            '{"format_version": 1, "approved": [{"sha256": "abc"}]}',
+            r"approved\[0\]: 'sha256' must be 64",
+        ),
+        ('{"format_version": 1, "approved": [], "extra": 1}', "unknown key 'extra'"),
+        ("[" * 100 + "]" * 100, "nested more than"),
+        ('{"approved": []}', "missing required key 'format_version'"),
+    ],
+)
+def test_a_malformed_file_approves_nothing_and_is_left_alone(
+    workspace: Path, content: str, words: str
+) -> None:
+    approvals_ = ApprovalList(workspace)
+    approvals_.path.parent.mkdir()
+    approvals_.path.write_text(content)
+    with pytest.raises(ApprovalError, match=words):
+        approvals_.allows(DIGEST)
+    with pytest.raises(ApprovalError):
+        approvals_.approve(DIGEST, "x")
+    assert approvals_.path.read_text() == content
+
+
+def test_a_file_others_may_change_approves_nothing(workspace: Path) -> None:
+    approvals_ = ApprovalList(workspace)
+    approvals_.approve(DIGEST, "x")
+    approvals_.path.chmod(0o666)
+    with pytest.raises(ApprovalError, match=r"mode 0666.*chmod 644"):
+        approvals_.allows(DIGEST)
+
+
+def test_a_huge_file_is_refused_before_it_is_read(workspace: Path) -> None:
+    approvals_ = ApprovalList(workspace)
+    approvals_.path.parent.mkdir()
+    with approvals_.path.open("wb") as handle:
+        handle.truncate(100 * 1024 * 1024)  # sparse: costs no disk
+    with pytest.raises(ApprovalError, match="more than a config file may hold"):
+        approvals_.allows(DIGEST)
+
+
+def test_a_waiting_run_sees_the_approval(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(approvals, "POLL_S", 0.01)
+    errors: list[ApprovalError] = []
+
+    async def scenario() -> None:
+        approvals_ = ApprovalList(workspace)
+        approvals_.path.parent.mkdir()
+        approvals_.path.write_text("{")  # unusable first: reported once, approves nothing
+        waiting = asyncio.ensure_future(approvals_.wait_for(DIGEST, errors.append))
+        while not errors:
+            await asyncio.sleep(0.01)
+        assert not waiting.done()
+        approvals_.path.unlink()
+        approvals_.approve("cd" * 32, "another app")
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        approvals_.approve(DIGEST, "this app")
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(scenario())
+    assert len(errors) == 1 and "not valid JSON" in str(errors[0])
+
+
+def test_show_app_prints_the_digest_the_code_and_how_to_approve(workspace: Path) -> None:
+    review = review_app(workspace / "run_3" / "app_site", "digits_custom")
+    code, out = run("show-app", "--workspace", str(workspace), "digits_custom")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "app digits_custom, deployed in run_3/app_site"
+    assert lines[1] == f"sha256:{review.digest}"
+    assert f"flclientd approve --workspace {workspace} {review.digest}" in out
+    assert "  component model: digits_custom.model.ResidualDigitsNet" in lines
+    model = (APPS / "digits_custom" / "resources" / "digits_custom" / "model.py").read_text()
+    assert model in out
+    code, listed = run("show-app", "--workspace", str(workspace), "digits_custom", "--list")
+    assert code == 0 and model not in listed and "resources/digits_custom/model.py" in listed
+
+
+def test_approve_names_the_app_and_show_app_then_says_approved(workspace: Path) -> None:
+    review = review_app(workspace / "run_3" / "app_site", "digits_custom")
+    code, out = run("approve", "--workspace", str(workspace), f"sha256:{review.digest}")
+    assert code == 0
+    assert out.startswith(f"approved app digits_custom sha256:{review.digest} in ")
+    assert ApprovalList(workspace).allows(review.digest)
+    code, out = run("show-app", "--workspace", str(workspace), "digits_custom", "--list")
+    assert "status: approved at this site" in out
+    code, out = run("approve", "--workspace", str(workspace), review.digest)
+    assert code == 0 and "was approved already" in out
+
+
+def test_hidden_characters_are_shown_and_counted(workspace: Path) -> None:
+    code_file = workspace / "run_3" / "app_site" / "resources" / "trick.py"
+    code_file.write_text("ok = True  # \u202e } \u2066if admin:\x1b[2K\n\tpass\n")
+    _, out = run("show-app", "--workspace", str(workspace), "digits_custom")
+    assert "!!! 3 control or bidirectional character(s)" in out
+    assert "ok = True  # \\u202e } \\u2066if admin:\\x1b[2K\n\tpass\n" in out
+    assert visible("plain\n\ttext") == ("plain\n\ttext", 0)
+
+
+def test_binary_files_are_named_not_printed(workspace: Path) -> None:
+    (workspace / "run_3" / "app_site" / "resources" / "blob.so").write_bytes(b"\x7fELF\x00\x01")
+    _, out = run("show-app", "--workspace", str(workspace), "digits_custom")
+    assert "===== resources/blob.so (6 bytes): binary, not shown =====" in out
+    assert "code file resources/blob.so" in out
+
+
+def test_mistakes_are_explained(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("show-app", "--workspace", str(workspace), "other")[0] == 1
+    assert "no app named 'other' is deployed" in capsys.readouterr().err
+    assert run("approve", "--workspace", str(workspace / "run_3"), DIGEST)[0] == 1
+    assert "holds no startup/ folder" in capsys.readouterr().err
+
+
+def test_the_daemon_command_dispatches_site_it_commands(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert flclientd_main(["approve", "--workspace", str(workspace), DIGEST]) == 0
+    assert f"approved sha256:{DIGEST}" in capsys.readouterr().out
+    assert ApprovalList(workspace).allows(DIGEST)
