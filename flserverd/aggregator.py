@@ -25,7 +25,9 @@ buy votes by claiming more data.
 ``clip_update_norm`` bounds each update before any rule: an update whose
 difference to the round's input model has an L2 norm (over floating-point
 tensors) above the bound is scaled back onto it. Norms are computed by
-reading the update alongside the round's input model, slab by slab.
+reading the update alongside the round's input model, slab by slab: with
+clipping, and by the robust rules; plain FedAvg skips it, so its fold
+stays one read of the update.
 
 Each update also gets an *outlier score*: its distance to the round's
 aggregate divided by the median of those distances over the round (about 1
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -129,15 +132,20 @@ class UpdateStats:
     """What the round learned about one update, for metrics.jsonl and the console.
 
     ``norm`` is the L2 distance of the update to the round's input model over
-    its floating-point tensors, before clipping; ``score`` its outlier score.
+    its floating-point tensors, before clipping (None where it was not
+    measured: plain FedAvg does not read the input model); ``score`` its
+    outlier score.
     """
 
-    norm: float
+    norm: float | None
     score: float
 
     def as_json(self) -> dict[str, float]:
         """The stats as metrics.jsonl and the database keep them."""
-        return {"norm": _finite(self.norm), "score": _finite(self.score)}
+        data = {"score": _finite(self.score)}
+        if self.norm is not None:
+            data["norm"] = _finite(self.norm)
+        return data
 
 
 def _finite(value: float) -> float:
@@ -192,22 +200,24 @@ class _Sample:
             start = end
 
     def values_of(self, model: TensorFile) -> Array:
-        """The sampled values of a model file, read through a map that touches only their
-        pages."""
+        """The sampled values of a model file, read one by one (a memory map would pull the
+        pages around each into the process's resident memory: most of the file)."""
         values = np.zeros(self.size, dtype=np.float64)
-        for spec in model.manifest.tensors:
-            entry = self.where.get(spec.name)
-            if entry is None or not entry[1].size:
-                continue
-            offset, indices = entry
-            mapped = np.memmap(
-                model.path,
-                dtype=NUMPY_DTYPES[spec.dtype],
-                mode="r",
-                offset=model.data_start + model.offsets[spec.name][0],
-                shape=(math.prod(spec.shape),),
-            )
-            values[offset : offset + indices.size] = _widen(spec.dtype, mapped[indices])
+        with model.path.open("rb") as handle:
+            for spec in model.manifest.tensors:
+                entry = self.where.get(spec.name)
+                if entry is None or not entry[1].size:
+                    continue
+                offset, indices = entry
+                dtype = NUMPY_DTYPES[spec.dtype]
+                start = model.data_start + model.offsets[spec.name][0]
+                raw = b"".join(
+                    os.pread(handle.fileno(), dtype.itemsize, start + int(i) * dtype.itemsize)
+                    for i in indices
+                )
+                values[offset : offset + indices.size] = _widen(
+                    spec.dtype, np.frombuffer(raw, dtype=dtype)
+                )
         return values
 
     def take(self, name: str, start: int, slab: Array, into: Array) -> None:
@@ -233,7 +243,7 @@ class _Received:
     """An update as the round keeps it in mind."""
 
     weight: float
-    norm: float
+    norm: float | None
     factor: float
     """What clipping multiplies its difference to the input model by (1: unclipped)."""
     sample: Array
@@ -299,43 +309,51 @@ class _RoundUpdates:
         self,
         update: TensorFile,
         visit: Callable[[TensorSpec, int, Array, Array | None], None] | None = None,
-    ) -> tuple[float, Array]:
-        """Read an update alongside the input model: its norm and sample; ``visit`` sees
-        each slab with its difference to the input model (None for non-float tensors)."""
+        against_input: bool = True,
+    ) -> tuple[float | None, Array]:
+        """Read an update slab by slab: its sample, and ``against_input`` also its norm (the
+        input model is read alongside). ``visit`` sees each slab with its difference to the
+        input model (None for non-float tensors, or not ``against_input``)."""
         squares = 0.0
         sample = np.zeros(self._sample.size, dtype=np.float64)
         for spec in self.manifest.tensors:
-            slabs = _slabs(update, spec, SLAB_ELEMENTS)
-            if spec.dtype not in FLOAT_DTYPES:
-                if visit is not None:
-                    for start, values in slabs:
-                        visit(spec, start, values, None)
-                continue
-            inputs = _slabs(self.reference, spec, SLAB_ELEMENTS)
-            for (start, values), (_, base) in zip(slabs, inputs, strict=True):
-                # In place: a slab of the input model, then of the difference (memory).
-                difference = np.subtract(values, base, out=base)
-                squares += float(np.dot(difference, difference))
-                self._sample.take(spec.name, start, values, sample)
+            floating = spec.dtype in FLOAT_DTYPES
+            inputs = (
+                _slabs(self.reference, spec, SLAB_ELEMENTS) if floating and against_input else None
+            )
+            for start, values in _slabs(update, spec, SLAB_ELEMENTS):
+                difference = None
+                if floating:
+                    self._sample.take(spec.name, start, values, sample)
+                if inputs is not None:
+                    # In place: a slab of the input model, then of the difference (memory).
+                    _, base = next(inputs)
+                    difference = np.subtract(values, base, out=base)
+                    del base
+                    squares += float(np.dot(difference, difference))
                 if visit is not None:
                     visit(spec, start, values, difference)
-                del values, base, difference  # before the next slabs are read
-        return math.sqrt(squares), sample
+                del values, difference  # before the next slabs are read
+        return (math.sqrt(squares) if against_input else None), sample
 
-    def _factor(self, norm: float) -> float:
-        if self.clip_norm is None or norm <= self.clip_norm:
+    def _factor(self, norm: float | None) -> float:
+        if self.clip_norm is None or norm is None or norm <= self.clip_norm:
             return 1.0
         return self.clip_norm / norm if math.isfinite(norm) else 0.0
+
+    def _clipped_sample(self, received: _Received) -> Array:
+        """An update's sample as it was combined (clipped towards the input model)."""
+        if received.factor == 1.0:
+            return received.sample
+        if self._reference_sample is None:
+            self._reference_sample = self._sample.values_of(self.reference)
+        base = self._reference_sample
+        return base + received.factor * (received.sample - base)
 
     def _stats(self) -> dict[str, UpdateStats]:
         """Norms and outlier scores of the round's updates, from their samples."""
         names = sorted(self.received)
-        if self._reference_sample is None:
-            self._reference_sample = self._sample.values_of(self.reference)
-        base = self._reference_sample
-        rows = np.stack(
-            [base + self.received[n].factor * (self.received[n].sample - base) for n in names]
-        )
+        rows = np.stack([self._clipped_sample(self.received[n]) for n in names])
         weights = np.array([self.received[n].weight for n in names])
         aggregate = self.rule(rows, weights)
         distances = np.sqrt(((rows - aggregate) ** 2).sum(axis=1))
@@ -355,9 +373,15 @@ class FedAvg(_RoundUpdates):
         self._sums: dict[str, Array] = {}
 
     def add(self, source: str, update: TensorFile, weight: float) -> None:
-        """Add ``weight`` x update (clipped first when a bound is set)."""
+        """Add ``weight`` x update (clipped first when a bound is set).
+
+        Without a bound the update is read once and the input model not at
+        all (no norm); with one, a first pass measures the norm, and the
+        fold reads the input model again only when the update is clipped.
+        """
         self._check(source, update, weight)
-        factor = self._factor(self._read(update)[0]) if self.clip_norm is not None else 1.0
+        norm = self._read(update)[0] if self.clip_norm is not None else None
+        factor = self._factor(norm)
 
         def fold(spec: TensorSpec, start: int, values: Array, difference: Array | None) -> None:
             total = self._sums.get(spec.name)
@@ -370,7 +394,7 @@ class FedAvg(_RoundUpdates):
             flat = total.reshape(-1)
             flat[start : start + values.size] += values
 
-        norm, sample = self._read(update, fold)
+        _, sample = self._read(update, fold, against_input=factor != 1.0)
         for spec in self.manifest.tensors:  # tensors without elements are never visited
             self._sums.setdefault(spec.name, np.zeros(spec.shape, _accumulator_dtype(spec.dtype)))
         self.received[source] = _Received(weight, norm, factor, sample)

@@ -141,7 +141,10 @@ class RoundSummary:
             samples=int(data.get("samples", 0)),
             final=bool(data.get("final", False)),
             updates={
-                str(name): UpdateStats(float(stats["norm"]), float(stats["score"]))
+                str(name): UpdateStats(
+                    None if stats.get("norm") is None else float(stats["norm"]),
+                    float(stats["score"]),
+                )
                 for name, stats in data.get("updates", {}).items()
             },
         )

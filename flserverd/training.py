@@ -549,20 +549,20 @@ class Training:
             return
         bound = self.config.clip_update_norm
         for instance, stats in sorted(updates.items()):
-            if stats.score >= OUTLIER_SCORE:
-                clipped = (
-                    f", clipped to {bound:g}" if bound is not None and stats.norm > bound else ""
-                )
-                log.warning(
-                    "run %d round %d: the update of %s is an outlier "
-                    "(score %.1f, distance to the input model %.4g%s)",
-                    self.run.run_number,
-                    round_number,
-                    instance,
-                    stats.score,
-                    stats.norm,
-                    clipped,
-                )
+            if stats.score < OUTLIER_SCORE:
+                continue
+            norm = stats.norm
+            detail = "" if norm is None else f", distance to the input model {norm:.4g}"
+            if norm is not None and bound is not None and norm > bound:
+                detail += f", clipped to {bound:g}"
+            log.warning(
+                "run %d round %d: the update of %s is an outlier (score %.1f%s)",
+                self.run.run_number,
+                round_number,
+                instance,
+                stats.score,
+                detail,
+            )
 
     def _start_final_validation(self) -> None:
         self.run.phase = PHASE_FINAL_VALIDATION
