@@ -97,7 +97,7 @@ class Ledger:
     online: dict[str, float] = field(default_factory=dict)
     """Clients online now, with the time they logged in."""
     departures: list[Departure] = field(default_factory=list)
-    open_departure: dict[str, Departure] = field(default_factory=dict)
+    departures_of: dict[str, list[Departure]] = field(default_factory=dict)
     sent: dict[str, collections.deque[float]] = field(default_factory=dict)
     """Heartbeats not yet seen in the feed, per client."""
     last_contact: dict[str, float] = field(default_factory=dict)
@@ -126,16 +126,26 @@ class Ledger:
                 self.round_trips.append(received - matched)
 
     def gone(self, name: str, reason: str, when: float) -> None:
-        """A ClientGone event: judged against who left when."""
+        """A ClientGone event (``when``: the server's time) for the latest departure of that
+        client before it; the feed may bring it after the client came back and left again."""
         if name in REAL:
             return
         with self.lock:
-            departure = self.open_departure.pop(name, None)
-            if departure is None:
+            candidates = [
+                d
+                for d in self.departures_of.get(name, [])
+                if d.dropped_at is None and d.last_heartbeat <= when
+            ]
+            if not candidates:
                 target = self.wrongly_dropped if name in self.online else self.unmatched_drops
                 target.append((name, reason))
                 return
-            departure.dropped_at = when
+            candidates[-1].dropped_at = when
+
+    def waiting(self) -> int:
+        """Departures for good (not back) that the server has not dropped yet."""
+        with self.lock:
+            return sum(d.back_at is None and d.dropped_at is None for d in self.departures)
 
 
 class Feed(threading.Thread):
@@ -210,11 +220,9 @@ class SimClient:
             ledger.online[self.name] = now
             ledger.last_contact[self.name] = now
             ledger.sent.setdefault(self.name, collections.deque())
-            # Still open: a drop that comes now is judged against it (too early, or in time
-            # when the client came back just as its timeout ran out).
-            departure = ledger.open_departure.get(self.name)
-            if departure is not None and departure.back_at is None:
-                departure.back_at = now
+            previous = ledger.departures_of.get(self.name)
+            if previous:
+                previous[-1].back_at = now
         self.tasks = [
             asyncio.ensure_future(self._heartbeats(call, ledger)),
             asyncio.ensure_future(self._answer(call)),
@@ -246,7 +254,7 @@ class SimClient:
             ledger.sent[self.name] = collections.deque()
             departure = Departure(self.name, last)
             ledger.departures.append(departure)
-            ledger.open_departure[self.name] = departure
+            ledger.departures_of.setdefault(self.name, []).append(departure)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -408,7 +416,7 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     own_cores = (time.process_time() - own_before) / window
     ended = time.time()
     wait_until(
-        lambda: not ledger.open_departure or time.time() > ended + timeout + 2 * DROP_SLACK_S,
+        lambda: not ledger.waiting() or time.time() > ended + timeout + 2 * DROP_SLACK_S,
         timeout + 4 * DROP_SLACK_S,
         "the last departures to be dropped",
     )
