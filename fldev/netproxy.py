@@ -145,7 +145,7 @@ class FaultyLink:
         """Reset every connection and stop the proxy's thread."""
         if not self._thread.is_alive():
             return
-        self._call(self._do_cut)
+        self._submit(self._shut()).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
@@ -180,6 +180,14 @@ class FaultyLink:
         finally:
             server.close()
             self._loop.close()
+
+    async def _shut(self) -> None:
+        """Reset every connection and let every connection's task end."""
+        self._do_cut()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _do_cut(self) -> None:
         self._cut = True
