@@ -6,7 +6,8 @@ with the client daemon's own connection class
 (``flclientd.connection.Connection``: one mutual-TLS channel, hence one TCP
 connection, per session, as 1,000 daemons would have). Every session
 logs in with the same client kit (the server names the instances
-``flclient1``, ``flclient1_1``, ...), opens its control stream with a
+``flclient1``, ``flclient1_1``, ...; the server's local config lets one kit
+run that many instances), opens its control stream with a
 ``Hello``, sends a heartbeat every ``heartbeat_interval`` (5 s here;
 the kit is provisioned with ``heartbeat_interval: 5, heart_beat_timeout:
 60``) and answers commands as a client daemon would.
@@ -302,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"heart_beat_timeout": 60, "heartbeat_interval": 5, "retry_window": 60}
     with tempfile.TemporaryDirectory(prefix="flbench-many-") as tmp:
         root = (args.workdir or Path(tmp)) / f"many-{args.sessions}"
-        with cluster(root, clients=(KIT,), settings=settings) as c:
+        # One kit plays every site here: let it run that many instances (and log them in).
+        local = {"max_instances_per_kit": args.sessions}
+        with cluster(root, clients=(KIT,), settings=settings, server_local=local) as c:
             server = c.server()
             print(f"server started (pid {server.pid})", flush=True)
             rows = asyncio.run(hold_sessions(root, server.pid, c.fed_port, args))

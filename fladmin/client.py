@@ -3,7 +3,8 @@
 The full-screen console, ``fltui --cmd``, the demo and the benchmarks all
 use it, so scripts see exactly what people see. Commands travel as text lines; ``set_timeout`` is
 kept here (it is how long the server waits for clients on our behalf) and
-``upload_folder`` streams an app from the admin's ``transfer/`` folder.
+``upload_folder`` streams an app from the admin's ``transfer/`` folder;
+``load_crl <file>`` reads the file here and sends it with the command line.
 Strings from the server pass :func:`flcore.feed.printable` as they arrive
 here, since they carry what sites wrote and end up on a terminal.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from flcore.configfile import parse_json
+from flcore.configfile import parse_json, read_bounded
 from flcore.feed import printable
 from flcore.folders import FolderError, folder_size, iter_chunks
 from flcore.kitsig import KitSignatureError, verify_startup
@@ -36,6 +37,10 @@ MAX_TIMEOUT_S = 3600.0
 LOGIN_TIMEOUT_S = 10.0
 RPC_SLACK_S = 5.0
 REFUSED_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+ATTACHING = frozenset({"load_crl"})
+"""Commands whose one argument is a file on the admin's machine, sent along."""
+MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024
+"""Fits one gRPC message; a CRL of tens of thousands of revoked certificates."""
 
 
 class AdminError(Exception):
@@ -171,8 +176,20 @@ class AdminClient:
             if len(words) != 2:
                 return _local(line, False, "usage: upload_folder <app>")
             return await self.upload_folder(words[1])
+        attachment = b""
+        if words and words[0] in ATTACHING:
+            if len(words) != 2:
+                return _local(line, False, f"usage: {words[0]} <file>")
+            try:
+                attachment = read_attachment(Path(words[1]).expanduser())
+            except AdminError as exc:
+                return _local(line, False, str(exc))
         request = admin_pb2.CommandRequest(
-            token=self.token, line=line, timeout_s=self.timeout, confirmed=confirmed
+            token=self.token,
+            line=line,
+            timeout_s=self.timeout,
+            confirmed=confirmed,
+            attachment=attachment,
         )
         try:
             reply = await self._stub.Execute(request, timeout=self.timeout + RPC_SLACK_S)
@@ -238,6 +255,19 @@ class AdminClient:
                 yield event
         except grpc.aio.AioRpcError as exc:
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
+
+
+def read_attachment(path: Path) -> bytes:
+    """The file a command sends along; AdminError says why it cannot be sent."""
+    try:
+        data = read_bounded(path, MAX_ATTACHMENT_BYTES)
+    except ConfigError as exc:
+        raise AdminError(str(exc)) from None
+    except OSError as exc:
+        raise AdminError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not data:
+        raise AdminError(f"{path} is empty")
+    return data
 
 
 def _printable_json(value: Any) -> Any:

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import os
 import socket
-import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -72,6 +71,21 @@ ANSWER_FLUSH_S = 3.0
 
 class Refused(Exception):
     """A command cannot be carried out; the message goes back to the admin."""
+
+
+def _argument(command: str, args: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    """An argument of a command from the server, of the type it must have; Refused (a
+    sentence for the admin) when it is missing or of another type."""
+    hint = "are the server and this client running the same flstack version?"
+    if key not in args and default is None:
+        raise Refused(f"{command}: the server sent no {key}; {hint}")
+    value = args.get(key, default)
+    if type(value) is not kind:
+        what = "a whole number" if kind is int else "text"
+        raise Refused(
+            f"{command}: the server sent {key} {str(value)[:40]!r}, which is not {what}; {hint}"
+        )
+    return value
 
 
 class Agent:
@@ -179,9 +193,14 @@ class Agent:
             ok, text, data = True, *await handler(command.args)
         except Refused as exc:
             ok, text, data = False, str(exc), {}
-        except Exception as exc:
+        except Exception:
             log.exception("command %s failed", command.name)
-            ok, text, data = False, f"{type(exc).__name__}: {exc}", {}
+            ok, text, data = (
+                False,
+                f"the client could not carry out {command.name} because of an unexpected "
+                "error; the client's log has the details",
+                {},
+            )
         self.uplink.send(CommandResult(command.command_id, ok, text, data))
         if command.name == "shutdown" and ok:
             self._spawn(self._shut_down())
@@ -212,7 +231,8 @@ class Agent:
         return self.worker is not None or self.status.status in st.ACTIVE
 
     async def _deploy(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        run_number, app = int(args["run_number"]), str(args["app"])
+        run_number = _argument("deploy", args, "run_number", int)
+        app = _argument("deploy", args, "app", str)
         if self._training() and self.status.run_number == run_number:
             raise Refused(f"run {run_number} is training here: abort it before deploying")
         target = self.app_dir(run_number)
@@ -235,7 +255,8 @@ class Agent:
         return text, {"app": app, "run_number": run_number, "sha256": review.digest}
 
     async def _start(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        run_number, gpus = int(args["run_number"]), int(args.get("gpus", 0))
+        run_number = _argument("start", args, "run_number", int)
+        gpus = _argument("start", args, "gpus", int, 0)
         if self.status.status == st.WAITING_APPROVAL:
             raise Refused(
                 f"{self.status.detail}: the site's IT approves it with flclientd approve, "
@@ -498,7 +519,12 @@ class Agent:
         elif isinstance(exc, WireError):
             exc = WorkerFailed(f"the server's answer could not be read: {exc}", "")
         elif not isinstance(exc, WorkerFailed | ConfigError):
-            exc = WorkerFailed(f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            log.error("the run stopped on an unexpected error", exc_info=exc)
+            exc = WorkerFailed(
+                "an unexpected error in the client daemon stopped the run; the site's log has "
+                "the details",
+                "",
+            )
         trace = getattr(exc, "traceback", "")
         log.error("training failed: %s", exc)
         if trace:

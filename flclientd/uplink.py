@@ -36,6 +36,7 @@ from flcore.feed import LogEntry
 from flcore.progress import TransferStalled
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
+from flcore.tokens import token_id
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +142,13 @@ class Uplink:
         self.instance = instance
         self.store.update(token=token)
         if resumed:
-            log.info("Resumed registration as %s with token %s…", instance, token[:8])
+            log.info("Resumed registration as %s with token %s", instance, token_id(token))
         else:
             log.info(
-                "Successfully registered client %s as instance %s. Got token: %s…",
+                "Successfully registered client %s as instance %s. Got token: %s",
                 self.startup.name,
                 instance,
-                token[:8],
+                token_id(token),
             )
 
     async def _control(self) -> None:

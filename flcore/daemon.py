@@ -1,5 +1,5 @@
 """Daemon plumbing shared by flserverd and flclientd: the command line and start-up they
-have in common, stopping on signals, memory arenas."""
+have in common, stopping on signals, memory arenas, process limits."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -41,12 +42,14 @@ def daemon_parser(prog: str, description: str, workspace: str) -> argparse.Argum
 def start_daemon(
     args: argparse.Namespace, load: Callable[[Path], S], daemon_log: logging.Logger
 ) -> tuple[Path, S] | None:
-    """What both daemons do before anything else: few malloc arenas, logging to stderr,
-    then the kit's signature and its startup config.
+    """What both daemons do before anything else: no core dumps, room for connections,
+    few malloc arenas, logging to stderr, then the kit's signature and its startup config.
 
     Returns the resolved workspace and the loaded config, or None after
     logging (to ``daemon_log``) why the kit cannot be used.
     """
+    forbid_core_dumps()
+    raise_open_files()
     limit_malloc_arenas()
     setup_logging(args.log_level)
     workspace: Path = args.workspace.resolve()
@@ -79,6 +82,34 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+OPEN_FILES_WANTED = 65_536
+
+
+def forbid_core_dumps() -> None:
+    """No core file, ever, from a daemon or the children it starts.
+
+    A core dump holds the process's memory: the kit's private key, login
+    tokens, models and site data, written to wherever the system keeps
+    cores, readable by whoever reads those. The limit is inherited, and a
+    hard limit of 0 cannot be raised again by anything the daemon runs.
+    """
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def raise_open_files() -> int:
+    """Lift the soft limit on open files towards the hard one; returns the limit now.
+
+    A server holds a descriptor per connection, and systems often start
+    processes at 1,024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = wanted
+    return soft
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number

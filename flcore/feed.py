@@ -14,6 +14,30 @@ from dataclasses import dataclass, field
 _CONTROLS = {code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)}
 
 
+MAX_TEXT = 4096
+"""The most of one error message or log line the server keeps and relays."""
+MAX_TRACEBACK = 16384
+"""The most of a traceback the server keeps: its end, where the exception is."""
+MAX_LABEL = 128
+"""The most of a short label a site sends (device, app, logger, host name)."""
+
+
+def clip(text: str, limit: int) -> str:
+    """The start of ``text``, at most ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f"… ({len(text) - limit + 40:,} characters cut)"
+    return text[: max(0, limit - 40)] + note[:40]
+
+
+def clip_end(text: str, limit: int) -> str:
+    """The end of ``text`` (a traceback's exception is at its end), saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    note = f"({len(text) - limit + 40:,} characters cut) …"
+    return note[:40] + text[len(text) - max(0, limit - 40) :]
+
+
 def printable(text: str) -> str:
     """``text`` safe to draw on a terminal: control characters become ``\ufffd``.
 
@@ -45,7 +69,8 @@ class ClientRow:
 
     instance: str
     client_name: str
-    token: str = ""
+    token_id: str = ""
+    """A short public name of the client's login token (flcore.tokens.token_id)."""
     org: str = ""
     status: str = "training not started"
     last_heartbeat: float = 0.0

@@ -59,7 +59,7 @@ def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
     return ClientRow(
         instance=printable(message.instance),
         client_name=printable(message.client_name),
-        token=printable(message.token),
+        token_id=printable(message.token_id),
         org=printable(message.org),
         status=printable(message.status),
         last_heartbeat=message.last_heartbeat,

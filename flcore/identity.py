@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -32,6 +33,8 @@ class Identity:
     org: str
     kind: str
     role: str = ""
+    serial: int = 0
+    """The certificate's serial number: what a revocation list names."""
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
@@ -50,11 +53,14 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         org=_attr(subject, NameOID.ORGANIZATION_NAME),
         kind=_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
         role=_attr(subject, NameOID.TITLE),
+        serial=cert.serial_number,
     )
 
 
+@lru_cache(maxsize=1024)
 def identity_from_pem(pem: bytes) -> Identity:
-    """Read the identity of a PEM-encoded certificate."""
+    """Read the identity of a PEM-encoded certificate (each peer's once: the server reads
+    it on every call)."""
     return identity_from_certificate(x509.load_pem_x509_certificate(pem))
 
 

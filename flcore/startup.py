@@ -25,6 +25,7 @@ from flcore.schema import (
     Field,
     at_least,
     email_like,
+    in_range,
     name_like,
     non_empty,
     one_of,
@@ -68,6 +69,7 @@ class ServerStartup:
     ssl_cert: str = "server.crt"
     ssl_private_key: str = "server.key"
     max_upload_mb: int = 200
+    max_instances_per_kit: int = 4
     format_version: int = FORMAT_VERSION
 
 
@@ -134,11 +136,12 @@ SERVER_FIELDS = [
     Field("heart_beat_timeout", float, default=600.0, check=at_least(1)),
     Field("heartbeat_interval", float, default=60.0, check=at_least(0.1)),
     Field("max_upload_mb", int, default=200, check=at_least(1)),
+    Field("max_instances_per_kit", int, default=4, check=in_range(1, 10_000)),
     *_CERTS,
     Field("ssl_cert", str, default="server.crt", check=non_empty),
     Field("ssl_private_key", str, default="server.key", check=non_empty),
 ]
-SERVER_LOCAL_KEYS = ("listen_host", "heart_beat_timeout", "max_upload_mb")
+SERVER_LOCAL_KEYS = ("listen_host", "heart_beat_timeout", "max_upload_mb", "max_instances_per_kit")
 
 CLIENT_FIELDS = [
     *_COMMON,

@@ -22,6 +22,10 @@ LOGGED_OUT = "logged out"
 """Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
 console tells it apart from a client lost to the heartbeat timeout."""
 
+REVOKED = "certificate revoked"
+"""The last status of a client whose certificate was revoked, and why the server dropped it:
+the console shows the site as revoked rather than lost."""
+
 # Statuses during which a site or the server has a run in progress.
 ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING, WAITING_APPROVAL})
 

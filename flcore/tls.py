@@ -4,6 +4,16 @@ Both sides present certificates from the project CA; there is no insecure
 mode. Message size limits are small on purpose: models and apps move as
 streams of chunks (see ``flcore.tensorfile.CHUNK_BYTES``), so a message above
 a few megabytes can only be a mistake or an attack.
+
+TLS versions are gRPC's: its SSL credentials accept TLS 1.2 and 1.3 only
+(1.3 when both ends can) and verify the peer against the project CA alone,
+with no fallback (``tests/integration/test_transport.py`` proves both).
+The server also bounds what a peer can hold before it is anyone: a TLS
+handshake must end within :data:`HANDSHAKE_TIMEOUT_MS`, a connection that
+makes no call for :data:`IDLE_CONNECTION_MS` is closed, and each port takes
+at most :func:`connection_cap` connections, so that a flood of half-open
+connections is shed in seconds and can never run the daemon out of file
+descriptors (which would also stop it writing checkpoints).
 """
 
 from __future__ import annotations
@@ -57,16 +67,37 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     *FLOW_CONTROL,
 ]
 
-SERVER_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    *KEEPALIVE,
-    # Clients ping every KEEPALIVE_TIME_S; the server must not count that as abuse
-    # (three pings sooner than this and it would close the connection).
-    ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_S * 1000 // 2),
-    ("grpc.so_reuseport", 0),
-    *FLOW_CONTROL,
-]
+HANDSHAKE_TIMEOUT_MS = 5_000
+IDLE_CONNECTION_MS = 30_000
+MAX_STREAMS_PER_CONNECTION = 32
+"""A client daemon uses a few at once (control stream, a model each way, metrics)."""
+RESERVED_FDS = 512
+"""File descriptors kept for files (models, spools, the state database) and children."""
+MAX_CONNECTIONS_PER_PORT = 8192
+
+
+def connection_cap(open_files: int) -> int:
+    """Connections one port takes, for a process allowed ``open_files`` descriptors: the
+    two ports together leave :data:`RESERVED_FDS` free."""
+    return max(64, min(MAX_CONNECTIONS_PER_PORT, (open_files - RESERVED_FDS) // 2))
+
+
+def server_options(open_files: int) -> list[tuple[str, int]]:
+    """The server's channel options, for a process allowed ``open_files`` descriptors."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        *KEEPALIVE,
+        # Clients ping every KEEPALIVE_TIME_S; the server must not count that as abuse
+        # (three pings sooner than this and it would close the connection).
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_S * 1000 // 2),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+        ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ("grpc.max_allowed_incoming_connections", connection_cap(open_files)),
+        *FLOW_CONTROL,
+    ]
 
 
 class NamesTlsFiles(Protocol):

@@ -141,6 +141,8 @@ class Cluster:
     )
     fed_port: int = 0
     admin_port: int = 0
+    server_local: dict[str, Any] = field(default_factory=dict)
+    """Settings for the server's local/fed_server.json (e.g. max_instances_per_kit)."""
     daemons: list[Daemon] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
 
@@ -170,6 +172,10 @@ class Cluster:
             assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password
             extract_kit(kit.zip_path, kit.password, self.root / kit.name)
+        if self.server_local:
+            local = self.root / "server" / "local"
+            local.mkdir(exist_ok=True)
+            (local / "fed_server.json").write_text(json.dumps(self.server_local))
         self.data = self.root / "data"
         subprocess.run(
             [

@@ -1,7 +1,8 @@
 """gRPC servicer of the admin service: login, commands, uploads and the event feed.
 
 It converts and calls: who may log in is decided by
-:class:`flserverd.admins.AdminLogins`, what a command does by
+:class:`flserverd.admins.AdminLogins` (the server's, so that a revocation
+logs an admin out), what a command does by
 :class:`flserverd.commands.AdminCommands`, what the feed shows by the server.
 """
 
@@ -19,9 +20,9 @@ from flcore.feed import FeedEvent
 from flcore.feedwire import event_to_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
-from flserverd.admins import AdminLogin, AdminLogins
+from flserverd.admins import AdminLogin
 from flserverd.commands import AdminCommands, Reply
-from flserverd.events import Overflow
+from flserverd.events import Overflow, Revoked
 from flserverd.registry import AuthError
 from flserverd.rpc import Context, peer_identity
 from flserverd.server import FLServer
@@ -60,7 +61,7 @@ class AdminService(admin_grpc.AdminServicer):
     def __init__(self, server: FLServer) -> None:
         self.server = server
         self.commands = AdminCommands(server)
-        self.logins = AdminLogins()
+        self.logins = server.admins
 
     async def _admin(self, token: str, context: Context) -> AdminLogin:
         try:
@@ -94,7 +95,7 @@ class AdminService(admin_grpc.AdminServicer):
         line = request.line.strip()[:MAX_LINE]
         timeout = request.timeout_s if 0 < request.timeout_s <= MAX_TIMEOUT_S else DEFAULT_TIMEOUT_S
         reply = await self.commands.execute(
-            admin.user, admin.role, line, timeout, request.confirmed
+            admin.user, admin.role, line, timeout, request.confirmed, request.attachment
         )
         then = reply.then
         if then is not None:
@@ -127,7 +128,7 @@ class AdminService(admin_grpc.AdminServicer):
     ) -> AsyncIterator[admin_pb2.Event]:
         """A snapshot of everything, then every change as it happens."""
         await self._admin(request.token, context)
-        subscription = self.server.bus.subscribe()
+        subscription = self.server.bus.subscribe(owner=request.token)
         snapshot = self.server.snapshot()
         yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
         try:
@@ -135,3 +136,5 @@ class AdminService(admin_grpc.AdminServicer):
                 yield event_to_proto(event)
         except Overflow as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except Revoked as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))

@@ -3,33 +3,41 @@
 Admins are identified by their certificate: it must be an admin certificate
 of the project (OU=admin) whose CN is the email the admin typed. Tokens are
 kept in memory only; after a server restart the console simply logs in
-again.
+again. Every ``fltui --cmd`` logs in afresh, so an admin keeps at most
+:data:`MAX_LOGINS_PER_ADMIN` tokens: a script that loops cannot grow the
+server's memory, and the token least recently used goes first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from flcore.identity import KIND_ADMIN, ROLES, Identity
+from flcore.tokens import new_token, same_token, token_id, token_key
 from flserverd.registry import AuthError
 
 log = logging.getLogger(__name__)
 
 # An admin token unused this long is forgotten (every fltui --cmd logs in afresh).
 ADMIN_LOGIN_IDLE_S = 12 * 3600
+MAX_LOGINS_PER_ADMIN = 64
+MAX_USER_SHOWN = 100
+"""A typed user name is the peer's text: logs and replies show this much of it."""
 
 
 @dataclass
 class AdminLogin:
     """A logged-in admin."""
 
+    token: str
     user: str
     role: str
     last_used: float
+    serial: int = 0
+    """Serial of the certificate it logged in with."""
 
 
 class AdminLogins:
@@ -37,34 +45,57 @@ class AdminLogins:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._logins: dict[str, AdminLogin] = {}
+        self._logins: dict[bytes, AdminLogin] = {}
+        """By the SHA-256 of the token (flcore.tokens.token_key)."""
 
     def login(self, identity: Identity | None, user: str) -> tuple[str, AdminLogin]:
         """Admit a provisioned admin whose certificate matches the typed user name;
         returns the new token. AuthError says why an admin is refused."""
         if identity is None or identity.kind != KIND_ADMIN or identity.role not in ROLES:
             who = f"{identity.kind} certificate {identity.name!r}" if identity else "no certificate"
-            log.warning("refused admin login as %r with %s", user, who)
+            log.warning("refused admin login as %r with %s", user[:MAX_USER_SHOWN], who)
             raise AuthError(
                 f"not an admin certificate ({who}): use the startup kit of a provisioned admin"
             )
         if user != identity.name:
-            log.warning("refused admin login: user %r with certificate of %r", user, identity.name)
-            raise AuthError(f"user name {user!r} does not match the certificate ({identity.name})")
+            shown = user[:MAX_USER_SHOWN]
+            log.warning("refused admin login: user %r with certificate of %r", shown, identity.name)
+            raise AuthError(f"user name {shown!r} does not match the certificate ({identity.name})")
         now = self._clock()
         self._logins = {
-            t: s for t, s in self._logins.items() if now - s.last_used < ADMIN_LOGIN_IDLE_S
+            k: s for k, s in self._logins.items() if now - s.last_used < ADMIN_LOGIN_IDLE_S
         }
-        token = str(uuid.uuid4())
-        admin = AdminLogin(identity.name, identity.role, now)
-        self._logins[token] = admin
-        log.info("admin %s logged in (role %s)", identity.name, identity.role)
+        mine = sorted((s.last_used, k) for k, s in self._logins.items() if s.user == identity.name)
+        for _, key in mine[: max(0, len(mine) - MAX_LOGINS_PER_ADMIN + 1)]:
+            del self._logins[key]
+        token = new_token()
+        admin = AdminLogin(token, identity.name, identity.role, now, identity.serial)
+        self._logins[token_key(token)] = admin
+        log.info(
+            "admin %s logged in (role %s, token %s)", identity.name, identity.role, token_id(token)
+        )
         return token, admin
 
     def authenticate(self, token: str, identity: Identity | None) -> AdminLogin:
         """The admin of a token presented with its certificate; AuthError otherwise."""
-        admin = self._logins.get(token)
-        if admin is None or identity is None or identity.name != admin.user:
+        admin = self._logins.get(token_key(token))
+        if (
+            admin is None
+            or not same_token(admin.token, token)
+            or identity is None
+            or identity.name != admin.user
+        ):
             raise AuthError("not logged in: log in again")
         admin.last_used = self._clock()
         return admin
+
+    def revoke(self, refused: Callable[[AdminLogin], str | None]) -> dict[str, str]:
+        """Log out every admin whose certificate is now refused; returns their tokens and
+        why each was refused."""
+        out = {}
+        for key, admin in list(self._logins.items()):
+            reason = refused(admin)
+            if reason is not None:
+                del self._logins[key]
+                out[admin.token] = reason
+        return out

@@ -16,17 +16,19 @@ from pathlib import Path
 
 import grpc
 
-from flcore.daemon import daemon_parser, start_daemon, stop_on_signals
+from flcore.daemon import daemon_parser, raise_open_files, start_daemon, stop_on_signals
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import STARTUP_DIR, ServerStartup, load_server
-from flcore.tls import SERVER_OPTIONS, TlsFiles, server_credentials
+from flcore.tls import TlsFiles, server_credentials, server_options
 from flcore.version import flstack_version
 from flserverd.admin_service import AdminService
 from flserverd.federation_service import FederationService
+from flserverd.gate import Gate
 from flserverd.server import FLServer
+from flserverd.throttle import LOGIN_BURST, LOGINS_PER_SECOND, Throttle
 
 log = logging.getLogger("flserverd")
 
@@ -68,10 +70,17 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     """Run the server until SIGTERM, SIGINT or an admin's shutdown."""
     credentials = server_credentials(TlsFiles.named_by(startup, workspace / STARTUP_DIR))
     server = FLServer(workspace, startup, flstack_version())
-    await server.open()
-    federation = grpc.aio.server(options=SERVER_OPTIONS)
+    try:
+        await server.open()
+    except ConfigError:
+        await server.close(0)
+        raise
+    throttle = Throttle(LOGIN_BURST + 2 * startup.max_instances_per_kit, LOGINS_PER_SECOND)
+    gate = Gate(server.revocations, throttle)
+    options = server_options(raise_open_files())
+    federation = grpc.aio.server(options=options, interceptors=[gate])
     fed_grpc.add_FederationServicer_to_server(FederationService(server), federation)
-    admin = grpc.aio.server(options=SERVER_OPTIONS)
+    admin = grpc.aio.server(options=options, interceptors=[gate])
     admin_grpc.add_AdminServicer_to_server(AdminService(server), admin)
     try:
         _bind(federation, f"{startup.listen_host}:{startup.fed_port}", credentials)

@@ -9,19 +9,22 @@ say what was expected. ``member`` admins may only look.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from flcore import status as st
 from flcore.appreview import review_app
-from flcore.feed import CommandSeen
+from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, clip_end
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
+from flcore.tokens import token_id
 from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
+from flserverd.revocation import RevocationError, when
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
 from flserverd.transfer import (
     FileChunk,
@@ -36,6 +39,11 @@ from flserverd.views import client_row
 log = logging.getLogger(__name__)
 
 MAX_GPUS = 64
+MAX_REPLY_BYTES = 3 * 1024 * 1024
+"""A reply's text and JSON together stay below gRPC's 4 MiB message limit."""
+MAX_REPLY_TEXT = 512 * 1024
+SHED_TEXT = 1024
+"""Characters each string of an oversized reply's data keeps (a traceback its end)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,8 @@ class Request:
     words: list[str]
     timeout: float
     confirmed: bool
+    attachment: bytes = b""
+    """A file the command line names, read by the admin client (load_crl)."""
 
 
 Handler = Callable[["AdminCommands", Request], Awaitable[Reply]]
@@ -106,14 +116,21 @@ class AdminCommands:
         self.server = server
 
     async def execute(
-        self, user: str, role: str, line: str, timeout: float, confirmed: bool
+        self,
+        user: str,
+        role: str,
+        line: str,
+        timeout: float,
+        confirmed: bool,
+        attachment: bytes = b"",
     ) -> Reply:
         """Parse and run one command line, and audit it once it ran (not when it only asked
-        for confirmation); never raises for a bad command."""
-        reply = await self._run(user, role, line, timeout, confirmed)
+        for confirmation); never raises for a bad command, and the reply always fits one
+        message."""
+        reply = await self._run(user, role, line, timeout, confirmed, attachment)
         if not reply.confirm_prompt:
             self.audit(user, line, reply.ok)
-        return reply
+        return fit_reply(reply)
 
     def audit(self, user: str, line: str, ok: bool) -> None:
         """Record an admin's command in the state database and the console's feed."""
@@ -160,7 +177,9 @@ class AdminCommands:
         data = {"app": app, "path": str(target), "files": files, "sha256": review.digest}
         return Reply(True, text, {**data, "needs_approval": review.needs_approval})
 
-    async def _run(self, user: str, role: str, line: str, timeout: float, confirmed: bool) -> Reply:
+    async def _run(
+        self, user: str, role: str, line: str, timeout: float, confirmed: bool, attachment: bytes
+    ) -> Reply:
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -176,14 +195,18 @@ class AdminCommands:
                 f"permission denied: {user} has the {role!r} role, which may only run "
                 "check_status, validate and help",
             )
-        request = Request(user, role, words, timeout, confirmed)
+        request = Request(user, role, words, timeout, confirmed, attachment)
         try:
             return await spec.handler(self, request)
         except (CommandError, TransferError) as exc:
             return Reply(False, str(exc))
-        except Exception as exc:  # the admin gets an answer and the server carries on
+        except Exception:  # the admin gets an answer and the server carries on
             log.exception("command %r failed", line)
-            return Reply(False, f"the server could not carry out {words[0]}: {exc}")
+            return Reply(
+                False,
+                f"the server could not carry out {words[0]} because of an unexpected error; "
+                "the server's log has the details",
+            )
 
     # ------------------------------------------------------------------ helpers
 
@@ -256,7 +279,9 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
             state = row["detail"] or row["status"]
         else:
             state = f"{client.status.status} (no reply: {result.text})"
-        text = f"client name: {client.client_name}\ttoken: {client.token}\tstatus: {state}"
+        text = (
+            f"client name: {client.client_name}\ttoken: {token_id(client.token)}\tstatus: {state}"
+        )
         if row.get("round", -1) >= 0 and row.get("status") in st.ACTIVE:
             text += f"\tround: {row['round']}"
         text += f"\tdevice: {row.get('device') or client.machine.device}"
@@ -284,12 +309,21 @@ REPORTED = (
 
 
 def _reported(data: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a client's reply that it may set, when their types are right."""
-    return {
+    """The fields of a client's reply that it may set, when their types are right, and its
+    texts bounded as the server bounds them everywhere."""
+    reported = {
         key: data[key]
         for key in REPORTED
         if key in data and (key not in row or type(data[key]) is type(row[key]))
     }
+    for key, value in reported.items():
+        if isinstance(value, str):
+            reported[key] = (
+                clip_end(value, MAX_TRACEBACK)
+                if key == "traceback"
+                else clip(value, MAX_TEXT if key == "error" else MAX_LABEL)
+            )
+    return reported
 
 
 def _server_status(server: FLServer) -> Reply:
@@ -320,12 +354,43 @@ def _server_status(server: FLServer) -> Reply:
         lines.append(f"Best global model: {view.best_metric}")
     if view.failed_sites:
         lines.append(f"Failed sites: {', '.join(view.failed_sites)}")
+    revocation = _revocation_state(server)
+    lines.extend(revocation.pop("lines"))
     clients = server.client_rows()
     lines.append(f"Registered clients: {len(clients)}")
     for c in clients:
-        lines.append(f"client name:{c.client_name}\tinstance name:{c.instance}\ttoken: {c.token}")
-    data = {"run": asdict(view), "clients": [asdict(c) for c in clients]}
+        lines.append(
+            f"client name:{c.client_name}\tinstance name:{c.instance}\ttoken: {c.token_id}"
+        )
+    data = {"run": asdict(view), "revocation": revocation, "clients": [asdict(c) for c in clients]}
     return Reply(True, "\n".join(lines), data)
+
+
+def _revocation_state(server: FLServer) -> dict[str, Any]:
+    """What check_status server says about revocation: the CRL held and the names revoked
+    here, as text lines (under "lines") and data."""
+    revocations = server.revocations
+    crl = revocations.crl
+    names = revocations.names()
+    stale = revocations.stale_warning()
+    if crl is None:
+        lines = ["Revocation list: none loaded"]
+    else:
+        due = f", next update {when(crl.next_update)}" if crl.next_update else ""
+        lines = [f"Revocation list: number {crl.number}, {len(crl.serials)} revoked{due}"]
+    if stale:
+        lines.append(f"Warning: {stale}")
+    lines.extend(f"Revoked on this server: {n.name} (by {n.by} on {when(n.since)})" for n in names)
+    return {
+        "lines": lines,
+        "crl_number": None if crl is None else crl.number,
+        "crl_revoked": 0 if crl is None else len(crl.serials),
+        "next_update": None
+        if crl is None or crl.next_update is None
+        else crl.next_update.isoformat(),
+        "stale": bool(stale),
+        "revoked_here": [n.name for n in names],
+    }
 
 
 @command("set_run_number <N>", "select (and create) the run that training happens in")
@@ -465,6 +530,91 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(True, "Shutting down the server...", {}, then=server.shutdown_requested.set)
 
 
+@command("load_crl <file>", "load the project's revocation list (the crl.pem flprovision wrote)")
+async def _load_crl(cmds: AdminCommands, request: Request) -> Reply:
+    if len(request.words) != 2:
+        raise _usage("load_crl")
+    if not request.attachment:
+        raise CommandError(
+            "load_crl sends a file: run it from fltui, which reads the file it names"
+        )
+    server = cmds.server
+    try:
+        loaded = server.revocations.load(request.attachment)
+    except RevocationError as exc:
+        raise CommandError(f"revocation list refused: {exc}") from None
+    removed = server.enforce_revocations()
+    crl = loaded.crl
+    replaced = f" (replaces number {loaded.previous})" if loaded.previous is not None else ""
+    due = f", next update {when(crl.next_update)}" if crl.next_update else ""
+    lines = [
+        f"Loaded revocation list number {crl.number}{replaced}: "
+        f"{len(crl.serials)} certificate(s) revoked{due}."
+    ]
+    lines.append(_removed_line(removed))
+    if loaded.lifted:
+        lines.append(f"Revoked on this server, now carried by the list: {', '.join(loaded.lifted)}")
+    lines.extend(
+        f"Still revoked on this server: {name}: {why}" for name, why in loaded.kept.items()
+    )
+    stale = server.revocations.stale_warning()
+    if stale:
+        lines.append(f"Warning: {stale}")
+    data = {
+        "crl_number": crl.number,
+        "replaced": loaded.previous,
+        "revoked": len(crl.serials),
+        "removed": removed,
+        "lifted": list(loaded.lifted),
+        "kept": loaded.kept,
+        "stale": bool(stale),
+    }
+    return Reply(True, "\n".join(lines), data)
+
+
+def _removed_line(removed: list[str]) -> str:
+    if not removed:
+        return "No client logged in now is revoked."
+    return f"Disconnected and removed: {', '.join(removed)}"
+
+
+@command("revoke <name>", "refuse a client's or admin's certificates now (asks for confirmation)")
+async def _revoke(cmds: AdminCommands, request: Request) -> Reply:
+    if len(request.words) != 2:
+        raise _usage("revoke")
+    name, server = request.words[1], cmds.server
+    if name == request.user:
+        raise CommandError(
+            "you cannot revoke the kit you are logged in with: another super admin must do it"
+        )
+    try:
+        server.revocations.check_revocable(name)
+    except RevocationError as exc:
+        raise CommandError(str(exc)) from None
+    if not request.confirmed:
+        return Reply(
+            False,
+            "",
+            confirm_prompt=(
+                f"Every certificate of {name} will be refused by this server, and its "
+                "clients disconnected, until a revocation list that revokes them is loaded.\n"
+                "Are you sure (Y/N):"
+            ),
+        )
+    revoked = server.revocations.revoke(name, request.user)
+    removed = server.enforce_revocations()
+    lines = [
+        f"{name} is revoked on this server: its certificates are refused from now on."
+        if revoked is not None
+        else f"{name} was revoked on this server already.",
+        _removed_line(removed),
+        f"To revoke it for good, run 'flprovision revoke {name}' (or re-issue its kit with "
+        f"'flprovision --reissue {name}') where the project was provisioned, and load the "
+        "crl.pem it writes with load_crl.",
+    ]
+    return Reply(True, "\n".join(lines), {"name": name, "removed": removed})
+
+
 @command("validate all | <instance> <instance>...", "cross-site validation results", read_only=True)
 async def _validate(cmds: AdminCommands, request: Request) -> Reply:
     names = request.words[1:]
@@ -522,3 +672,39 @@ def render_matrix(matrix: ValidationMatrix, metric: str) -> str:
     for site, reason in sorted(matrix.notes.items()):
         lines.append(f"{site}: {reason}")
     return "\n".join(lines)
+
+
+def fit_reply(reply: Reply) -> Reply:
+    """A reply that fits one gRPC message, however much the sites wrote.
+
+    Every text a site sends is bounded, but one reply may carry every
+    instance's: past :data:`MAX_REPLY_BYTES` each string of the data keeps
+    its first (a traceback its last) :data:`SHED_TEXT` characters, the text
+    is cut, and past that the data is dropped; the text says so and how to
+    ask for less.
+    """
+    if _size(reply.text, reply.data) <= MAX_REPLY_BYTES:
+        return reply
+    data: dict[str, Any] = _shed(reply.data, "")
+    text = clip(reply.text, MAX_REPLY_TEXT)
+    if _size(text, data) > MAX_REPLY_BYTES:
+        data = {}
+    note = (
+        "(this reply was shortened to fit: ask about fewer clients at a time, "
+        "e.g. check_status client <instance>)"
+    )
+    return replace(reply, text=f"{text.rstrip()}\n{note}", data={**data, "truncated": True})
+
+
+def _size(text: str, data: dict[str, Any]) -> int:
+    return len(text.encode()) + len(json.dumps(data, default=str).encode())
+
+
+def _shed(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        return clip_end(value, SHED_TEXT) if key == "traceback" else clip(value, SHED_TEXT)
+    if isinstance(value, dict):
+        return {k: _shed(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shed(v, key) for v in value]
+    return value

@@ -18,53 +18,77 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator
 
-from flcore.feed import Body, FeedEvent, LogEntry
+from flcore.feed import MAX_TEXT, Body, FeedEvent, LogEntry, clip
 
 QUEUE_LIMIT = 10_000
 LOG_RING = 2_000
 
 
-class Overflow(Exception):
+class CutOff(Exception):
+    """The server ended a subscription; the message says why."""
+
+
+class Overflow(CutOff):
     """A subscriber fell too far behind and was cut off."""
 
 
-class Subscription:
-    """One subscriber's queue of events."""
+class Revoked(CutOff):
+    """The subscriber's admin certificate was revoked."""
 
-    def __init__(self, bus: EventBus) -> None:
+
+class Subscription:
+    """One subscriber's queue of events; ``owner`` is the admin token it was opened with."""
+
+    def __init__(self, bus: EventBus, owner: str = "") -> None:
         self._bus = bus
+        self.owner = owner
         self._queue: asyncio.Queue[FeedEvent | None] = asyncio.Queue(QUEUE_LIMIT)
-        self.overflowed = False
+        self.ended: CutOff | None = None
         self._closed = False
+
+    @property
+    def overflowed(self) -> bool:
+        """Whether the subscriber fell too far behind (its queue was full)."""
+        return isinstance(self.ended, Overflow)
 
     def push(self, event: FeedEvent) -> None:
         """Queue an event; on overflow the subscription ends."""
-        if self.overflowed:
+        if self.ended is not None:
             return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.overflowed = True
+            self.ended = Overflow("event consumer fell behind; reconnect for a fresh snapshot")
             self._bus.unsubscribe(self)
+
+    def cut(self, reason: str) -> None:
+        """End the subscription at once, before the events still queued (admin revoked)."""
+        self.ended = Revoked(reason)
+        self._wake()
 
     def close(self) -> None:
         """End the subscription (server shutting down), even when its queue is full."""
         self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        """A reader waiting on an empty queue wakes up; a full queue has no reader waiting."""
         if not self._queue.full():
             self._queue.put_nowait(None)
 
     async def __aiter__(self) -> AsyncIterator[FeedEvent]:
         try:
             while True:
+                if isinstance(self.ended, Revoked):
+                    raise self.ended
                 if self._queue.empty():
-                    if self.overflowed:
-                        raise Overflow("event consumer fell behind; reconnect for a fresh snapshot")
+                    if self.ended is not None:
+                        raise self.ended
                     if self._closed:
                         return
                 event = await self._queue.get()
-                if event is None:
-                    return
-                yield event
+                if event is not None:
+                    yield event
         finally:
             self._bus.unsubscribe(self)
 
@@ -86,11 +110,18 @@ class EventBus:
         for sub in list(self._subscribers):
             sub.push(event)
 
-    def subscribe(self) -> Subscription:
-        """Start receiving events published from now on."""
-        sub = Subscription(self)
+    def subscribe(self, owner: str = "") -> Subscription:
+        """Start receiving events published from now on (``owner``: the admin's token)."""
+        sub = Subscription(self, owner)
         self._subscribers.add(sub)
         return sub
+
+    def cut_off(self, owners: dict[str, str]) -> None:
+        """End the subscriptions of these admin tokens, each with its reason."""
+        for sub in list(self._subscribers):
+            reason = owners.get(sub.owner) if sub.owner else None
+            if reason is not None:
+                sub.cut(reason)
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to a subscriber."""
@@ -115,7 +146,11 @@ class BusLogHandler(logging.Handler):
         """Forward a record, from whichever thread logged it."""
         try:
             line = LogEntry(
-                record.created, record.levelname, record.name, record.getMessage(), "server"
+                record.created,
+                record.levelname,
+                record.name,
+                clip(record.getMessage(), MAX_TEXT),
+                "server",
             )
         except Exception:  # a malformed log call must not break the server
             self.handleError(record)

@@ -184,6 +184,9 @@ class ModelExchange:
 
         try:
             model = await watch.run(receive())
+            revoked = self.server.revoked_sender(instance)
+            if revoked is not None:
+                return Verdict(SubmitOutcome.REJECTED, f"{_what(header.kind)} discarded: {revoked}")
             if header.kind is UploadKind.BEST_LOCAL:
                 self.server.crossval_for(header.run_number).accept_model(instance, model)
                 return Verdict(

@@ -5,20 +5,22 @@ token is bound to the certificate identity that obtained it; presenting it
 with another certificate is refused. Registrations are persisted so that,
 after a server restart, a client that reconnects with its token keeps its
 instance name and carries on. A client that is not heard from for
-``heart_beat_timeout`` seconds is dropped.
+``heart_beat_timeout`` seconds is dropped. One kit may run at most
+``max_instances`` instances at once, so a stolen or misused kit cannot fill
+the server (and every admin's screen) with registrations.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flcore.federation import MachineInfo
 from flcore.identity import Identity
 from flcore.status import ClientStatus
+from flcore.tokens import new_token, same_token, token_key
 from flserverd.statedb import ClientRecord, StateDB
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class RegisteredClient:
     connected: bool = False
     status: ClientStatus = field(default_factory=ClientStatus)
     machine: MachineInfo = field(default_factory=MachineInfo)
+    serial: int = 0
+    """Serial of the certificate it last presented (0 until it does after a restart)."""
 
 
 class ClientRegistry:
@@ -51,11 +55,14 @@ class ClientRegistry:
         db: StateDB,
         heart_beat_timeout: float,
         clock: Callable[[], float] = time.time,
+        max_instances: int = 4,
     ) -> None:
         self._db = db
         self.heart_beat_timeout = heart_beat_timeout
+        self.max_instances = max_instances
         self._clock = clock
-        self._clients: dict[str, RegisteredClient] = {}
+        self._clients: dict[bytes, RegisteredClient] = {}
+        """By the SHA-256 of the token (flcore.tokens.token_key)."""
         self._by_instance: dict[str, RegisteredClient] = {}
         now = clock()
         for record in db.load_clients():
@@ -81,7 +88,7 @@ class ClientRegistry:
         return sorted(self._clients.values(), key=lambda s: s.instance)
 
     def _add(self, client: RegisteredClient) -> None:
-        self._clients[client.token] = client
+        self._clients[token_key(client.token)] = client
         self._by_instance[client.instance] = client
 
     def by_instance(self, instance: str) -> RegisteredClient | None:
@@ -90,7 +97,11 @@ class ClientRegistry:
 
     def is_current(self, client: RegisteredClient) -> bool:
         """Whether the client is still registered (not dropped or replaced)."""
-        return self._clients.get(client.token) is client
+        return self._clients.get(token_key(client.token)) is client
+
+    def _by_token(self, token: str) -> RegisteredClient | None:
+        client = self._clients.get(token_key(token)) if token else None
+        return client if client is not None and same_token(client.token, token) else None
 
     def login(
         self, identity: Identity, token: str, machine: MachineInfo
@@ -104,28 +115,39 @@ class ClientRegistry:
         the new stream then replaces the old one. Two processes of one kit in
         one workspace do not share a token: the client daemon locks its state
         file, so a second process logs in without one and gets a new
-        instance name.
+        instance name, unless the kit already runs ``max_instances``.
         """
         now = self._clock()
-        if token:
-            client = self._clients.get(token)
-            if client is not None and client.client_name != identity.name:
-                raise AuthError(
-                    f"token belongs to client {client.client_name!r}, "
-                    f"not to certificate {identity.name!r}"
-                )
-            if client is not None:
-                client.last_heartbeat = now
-                client.machine = machine
-                return client, True
+        client = self._by_token(token)
+        if client is not None and client.client_name != identity.name:
+            raise AuthError(
+                f"token belongs to client {client.client_name!r}, "
+                f"not to certificate {identity.name!r}"
+            )
+        if client is not None:
+            client.last_heartbeat = now
+            client.machine = machine
+            client.serial = identity.serial
+            return client, True
+        running = sum(1 for c in self._clients.values() if c.client_name == identity.name)
+        if running >= self.max_instances:
+            log.warning(
+                "refused another instance of %s: it runs %d already", identity.name, running
+            )
+            raise AuthError(
+                f"kit {identity.name} already runs {running} instances, the most this server "
+                f"allows (max_instances_per_kit in the server's local/fed_server.json): stop "
+                f"one, or wait up to {self.heart_beat_timeout:g}s for one that crashed to time out"
+            )
         client = RegisteredClient(
-            token=str(uuid.uuid4()),
+            token=new_token(),
             client_name=identity.name,
             instance=self._free_instance(identity.name),
             org=identity.org,
             connected_at=now,
             last_heartbeat=now,
             machine=machine,
+            serial=identity.serial,
         )
         self._add(client)
         self._db.save_client(
@@ -144,12 +166,13 @@ class ClientRegistry:
 
     def authenticate(self, token: str, identity: Identity | None) -> RegisteredClient:
         """The client of a token presented with a certificate; AuthError if they don't match."""
-        client = self._clients.get(token)
+        client = self._by_token(token)
         if client is None:
             raise AuthError("unknown or expired token: log in again")
         if identity is None or identity.name != client.client_name:
             raise AuthError("token was issued to another certificate")
         client.last_heartbeat = self._clock()
+        client.serial = identity.serial
         return client
 
     def heard(self, client: RegisteredClient) -> None:
@@ -163,6 +186,6 @@ class ClientRegistry:
 
     def remove(self, client: RegisteredClient) -> None:
         """Forget a client (dropped, logged out or shut down)."""
-        if self._clients.pop(client.token, None) is not None:
+        if self._clients.pop(token_key(client.token), None) is not None:
             self._by_instance.pop(client.instance, None)
             self._db.delete_client(client.token)

@@ -30,7 +30,7 @@ from flcore.federation import (
     Upward,
     Verdict,
 )
-from flcore.feed import LogEntry
+from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, LogEntry, clip, clip_end
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.schema import ConfigError
@@ -46,23 +46,25 @@ from flcore.wire import (
     manifest_from_proto,
 )
 
-MAX_TEXT = 4096
-MAX_RESULT_TEXT = 65536
 MAX_LOG_BATCH = 500
 MAX_OWNER = 128
 MAX_VALIDATION_ERROR = 2000
+MAX_RESULT_JSON = 64 * 1024
+"""A command result's data: what check_status reports is a few hundred bytes; one reply
+carries every client's, so each must stay small."""
+MAX_STATUS = 64
 
 
 def status_from_proto(message: fed_pb2.ClientStatus) -> ClientStatus:
     """A client's self-report, with its free text bounded."""
     return ClientStatus(
-        status=message.status[:64],
+        status=message.status[:MAX_STATUS],
         run_number=message.run_number,
         round=message.round,
         samples=message.samples,
-        error=message.error[:MAX_TEXT],
-        traceback=message.traceback[: 16 * MAX_TEXT],
-        app=message.app[:128],
+        error=clip(message.error, MAX_TEXT),
+        traceback=clip_end(message.traceback, MAX_TRACEBACK),
+        app=message.app[:MAX_LABEL],
         gpus_in_use=message.gpus_in_use,
         cross_validate=message.cross_validate,
         detail=message.detail[:MAX_TEXT],
@@ -72,9 +74,9 @@ def status_from_proto(message: fed_pb2.ClientStatus) -> ClientStatus:
 def machine_from_proto(info: fed_pb2.ClientInfo) -> MachineInfo:
     """What a client says about its machine."""
     return MachineInfo(
-        device=info.device[:128] or "unknown",
+        device=info.device[:MAX_LABEL] or "unknown",
         gpu_count=info.gpu_count,
-        hostname=info.hostname[:256],
+        hostname=info.hostname[: 2 * MAX_LABEL],
         version=info.version[:64],
         pid=info.pid,
     )
@@ -83,13 +85,19 @@ def machine_from_proto(info: fed_pb2.ClientInfo) -> MachineInfo:
 def log_from_proto(record: common_pb2.LogRecord, source: str) -> LogEntry:
     """A forwarded log line, bounded, with the source the server knows it by."""
     return LogEntry(
-        record.time, record.level[:16], record.logger[:128], record.message[:MAX_TEXT], source
+        record.time,
+        record.level[:16],
+        record.logger[:MAX_LABEL],
+        clip(record.message, MAX_TEXT),
+        source,
     )
 
 
 def _result_data(data_json: str) -> dict[str, Any]:
-    """The JSON part of a command result; a client that sends anything but an object
-    sends nothing."""
+    """The JSON part of a command result; a client that sends anything but an object, or
+    more than :data:`MAX_RESULT_JSON`, sends nothing."""
+    if len(data_json) > MAX_RESULT_JSON:
+        return {}
     try:
         data = parse_json(data_json, "command result", allow_nan=True) if data_json else {}
     except ConfigError:
@@ -111,7 +119,7 @@ def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward:
         return CommandResult(
             result.command_id,
             result.ok,
-            result.text[:MAX_RESULT_TEXT],
+            clip(result.text, MAX_TEXT),
             _result_data(result.data_json),
         )
     if body == "logs":

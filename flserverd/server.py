@@ -45,17 +45,27 @@ from flcore.feed import (
 from flcore.identity import KIND_CLIENT, Identity
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
-from flcore.startup import ServerStartup
+from flcore.startup import STARTUP_DIR, ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
+from flcore.tokens import token_id
+from flserverd.admins import AdminLogin, AdminLogins
 from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink
 from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
+from flserverd.revocation import CRL_STORE, Revocations
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
+from flserverd.throttle import (
+    LOG_LINE_BURST,
+    LOG_LINES_PER_SECOND,
+    MESSAGE_BURST,
+    MESSAGES_PER_SECOND,
+    Throttle,
+)
 from flserverd.training import HISTORY_SHOWN, PHASE_TRAINING, Training
-from flserverd.views import client_row, round_record
+from flserverd.views import client_row, fit_snapshot, round_record
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +76,8 @@ RECONNECT_GRACE_S = 5.0
 # How long `shutdown server` waits for clients just told to shut down to log out: else a
 # restarted server would list them, and wait for them, until their heartbeat timeout.
 DEPARTURE_WAIT_S = 3.0
+FLOOD_LOG_EVERY_S = 60.0
+"""A site that floods its control stream is named in the log once a minute at most."""
 
 
 class CommandError(Exception):
@@ -85,7 +97,17 @@ class FLServer:
         self.db = StateDB(state_dir / "flserverd.sqlite3")
         self.store = RunStore(workspace)
         self.bus = EventBus()
-        self.registry = ClientRegistry(self.db, startup.heart_beat_timeout)
+        self.registry = ClientRegistry(
+            self.db, startup.heart_beat_timeout, max_instances=startup.max_instances_per_kit
+        )
+        self.admins = AdminLogins()
+        self.revocations = Revocations(
+            self.db,
+            state_dir / CRL_STORE,
+            workspace / STARTUP_DIR / startup.ssl_root_cert,
+            startup.name,
+            workspace / STARTUP_DIR / startup.ssl_cert,
+        )
         self._run_number = int(self.db.get_meta(RUN_NUMBER_KEY) or 0)
         self.links: dict[str, ClientLink] = {}
         self.training: Training | None = None
@@ -101,11 +123,19 @@ class FLServer:
         """Tokens of clients that agreed to shut down and have not logged out yet."""
         self._background: set[asyncio.Task[None]] = set()
         self._log_handler: BusLogHandler | None = None
+        self._messages = Throttle(MESSAGE_BURST, MESSAGES_PER_SECOND)
+        self._log_lines = Throttle(LOG_LINE_BURST, LOG_LINES_PER_SECOND)
+        self._floods_logged: dict[str, float] = {}
+        self._revoked_instances: dict[str, str] = {}
+        """Instances dropped because their certificate was revoked, and why: an upload of
+        theirs still arriving is discarded."""
 
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        """Resume an interrupted run and start watching heartbeats."""
+        """Read the revocation list held, resume an interrupted run and start watching
+        heartbeats; ConfigError when the revocation list held cannot be used."""
+        self.revocations.open()
         loop = asyncio.get_running_loop()
         self._log_handler = BusLogHandler(self.bus, loop)
         logging.getLogger().addHandler(self._log_handler)
@@ -154,13 +184,15 @@ class FLServer:
         self.db.close()
 
     async def _sweep(self) -> None:
-        """Drop clients not heard from within the heartbeat timeout."""
+        """Drop clients not heard from within the heartbeat timeout; warn once when the
+        revocation list goes stale."""
         interval = min(1.0, self.startup.heart_beat_timeout / 4)
         while True:
             await asyncio.sleep(interval)
             for client in self.registry.expired():
                 silent = time.time() - client.last_heartbeat
                 self.drop(client, f"no heartbeat for {silent:.0f}s")
+            self.revocations.check_stale()
 
     # ------------------------------------------------------------------ runs
 
@@ -253,7 +285,7 @@ class FLServer:
         self._starting_task = task
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if task in done and not task.cancelled() and task.exception() is not None:
-            raise CommandError(f"cannot start training: {task.exception()}")
+            raise CommandError(f"cannot start training: {self.start_error}")
         return "Server training is starting...."
 
     async def _prepare_and_begin(self, number: int, config: ServerAppConfig) -> None:
@@ -267,8 +299,8 @@ class FLServer:
             log.info("run %d: start aborted", number)
             raise
         except Exception as exc:
-            self.start_error = str(exc)
-            log.error("run %d: cannot start training: %s", number, exc)
+            self.start_error = _start_failure(exc)
+            log.error("run %d: cannot start training: %s", number, exc, exc_info=exc)
             raise
         finally:
             self.starting = False
@@ -368,13 +400,14 @@ class FLServer:
             log.warning("refused federation login with %s", who)
             raise AuthError(f"the federation service accepts client certificates only, got {who}")
         client, resumed = self.registry.login(identity, token, machine)
+        self._revoked_instances.pop(client.instance, None)
         verb = "resumed its registration" if resumed else "joined"
         log.info(
-            "Client %s %s as instance %s with token %s…. Total clients: %d",
+            "Client %s %s as instance %s with token %s. Total clients: %d",
             client.client_name,
             verb,
             client.instance,
-            client.token[:8],
+            token_id(client.token),
             len(self.registry),
         )
         self.publish_client(client)
@@ -465,7 +498,9 @@ class FLServer:
         registered (dropped or replaced), when its stream should end."""
         if not self.registry.is_current(client):
             return False
-        if isinstance(message, ClientHeartbeat):
+        if self._messages.take(client.instance):
+            self._flooding(client, f"more than {MESSAGES_PER_SECOND:g} messages a second")
+        elif isinstance(message, ClientHeartbeat):
             self.heartbeat(client, message.status)
         elif isinstance(message, StatusChanged):
             self.update_status(client, message.status)
@@ -480,20 +515,35 @@ class FLServer:
         self.registry.heard(client)
         return True
 
+    def _flooding(self, client: RegisteredClient, what: str) -> None:
+        """A site sent more than the server takes; what was over is dropped."""
+        now = time.monotonic()
+        if now - self._floods_logged.get(client.instance, -FLOOD_LOG_EVERY_S) >= (
+            FLOOD_LOG_EVERY_S
+        ):
+            self._floods_logged[client.instance] = now
+            log.warning("%s sends %s: the rest is dropped", client.instance, what)
+
     def client_logs(self, client: RegisteredClient, batch: LogBatch) -> None:
-        """Forwarded log lines of a client go to the console's log feed."""
-        for line in batch.records:
+        """Forwarded log lines of a client go to the console's log feed, as many as the
+        server takes from one site."""
+        shown = [line for line in batch.records if not self._log_lines.take(client.instance)]
+        for line in shown:
             self.bus.publish(replace(line, source=client.instance))
-        if batch.dropped:
-            self.bus.publish(
-                LogEntry(
-                    time.time(),
-                    "WARNING",
-                    "flclientd",
-                    f"{batch.dropped} log lines dropped by the client's rate limit",
-                    client.instance,
-                ),
-            )
+        over = len(batch.records) - len(shown)
+        if over:
+            self._flooding(client, f"more than {LOG_LINES_PER_SECOND:g} log lines a second")
+        for count, whose in ((batch.dropped, "client's"), (over, "server's")):
+            if count:
+                self.bus.publish(
+                    LogEntry(
+                        time.time(),
+                        "WARNING",
+                        "flclientd",
+                        f"{count} log lines dropped by the {whose} rate limit",
+                        client.instance,
+                    ),
+                )
 
     def drop(self, client: RegisteredClient, reason: str) -> None:
         """Remove a client (heartbeat timeout, logout, shutdown)."""
@@ -510,6 +560,36 @@ class FLServer:
             self.training.client_gone(client.instance)
         for crossval in self._crossvals.values():
             crossval.withdraw(client.instance, f"removed: {reason}")
+
+    def enforce_revocations(self) -> list[str]:
+        """Apply the revocation list and the names revoked here to everyone logged in now:
+        revoked clients are dropped (their control stream closes, an update they are still
+        sending is discarded) and revoked admins logged out (their feed ends). Returns who."""
+        removed = []
+        for client in self.registry.clients():
+            reason = self.revocations.refusal(client.client_name, client.serial)
+            if reason is None:
+                continue
+            log.warning("client %s: %s", client.instance, reason)
+            self._revoked_instances[client.instance] = reason
+            client.status = replace(client.status, status=st.REVOKED)
+            self.publish_client(client)
+            self.drop(client, st.REVOKED)
+            removed.append(client.instance)
+
+        def refused(admin: AdminLogin) -> str | None:
+            return self.revocations.refusal(admin.user, admin.serial)
+
+        admins = self.admins.revoke(refused)
+        for reason in admins.values():
+            log.warning("admin logged out: %s", reason)
+        self.bus.cut_off(admins)
+        return removed
+
+    def revoked_sender(self, instance: str) -> str | None:
+        """Why an upload of ``instance`` must not be used: its certificate was revoked while
+        it was sending (None: it was not)."""
+        return self._revoked_instances.get(instance)
 
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
@@ -641,7 +721,7 @@ class FLServer:
     def snapshot(self) -> Snapshot:
         """Everything a console shows, as it is now (the first event of its feed)."""
         startup = self.startup
-        return Snapshot(
+        snapshot = Snapshot(
             server=ServerInfo(
                 project=startup.project,
                 name=startup.name,
@@ -656,6 +736,16 @@ class FLServer:
             clients=tuple(self.client_rows()),
             logs=tuple(self.bus.logs),
         )
+        return fit_snapshot(snapshot)
+
+
+def _start_failure(exc: Exception) -> str:
+    """Why a run could not start, as a sentence (the log has the traceback)."""
+    if isinstance(exc, RuntimeError | ConfigError | TensorFileError):
+        return str(exc)  # build_initial_model's and the model file's words
+    if isinstance(exc, OSError):
+        return f"the server could not write the initial model: {exc.strerror or exc}"
+    return "an unexpected error on the server; its log has the details"
 
 
 async def build_initial_model(app_dir: Path, target: Path) -> None:

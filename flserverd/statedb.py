@@ -1,8 +1,9 @@
 """Server state that must survive a restart, in one SQLite file.
 
 Runs and their round pointer, registered clients and their tokens, which updates were
-folded into which round, round metrics, cross-site validation results and
-the audit of admin commands. SQLite in WAL mode with synchronous=FULL gives
+folded into which round, round metrics, cross-site validation results, the
+audit of admin commands, the certificates peers logged in with and the
+names an admin revoked here. SQLite in WAL mode with synchronous=FULL gives
 atomic, durable transactions, which is what lets a round's completion and
 the exactly-once record of its updates survive kill -9.
 """
@@ -71,6 +72,17 @@ CREATE TABLE IF NOT EXISTS audit (
     user TEXT NOT NULL,
     line TEXT NOT NULL,
     ok INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_names (
+    name TEXT PRIMARY KEY,
+    since REAL NOT NULL,
+    by_user TEXT NOT NULL
 );
 """
 
@@ -388,3 +400,40 @@ class StateDB:
             "SELECT time, user, line, ok FROM audit ORDER BY id DESC LIMIT ?", (limit,)
         ).fetchall()
         return [(r[0], r[1], r[2], bool(r[3])) for r in reversed(rows)]
+
+    def record_certificate(self, serial: int, name: str, kind: str) -> None:
+        """Remember a certificate a peer logged in with (its first time only)."""
+        self._write(
+            [
+                (
+                    "INSERT OR IGNORE INTO certificates(serial, name, kind, first_seen)"
+                    " VALUES (?, ?, ?, ?)",
+                    (f"{serial:x}", name, kind, time.time()),
+                )
+            ]
+        )
+
+    def certificates_of(self, name: str) -> list[int]:
+        """Serial numbers of every certificate ``name`` ever logged in with."""
+        rows = self._db.execute("SELECT serial FROM certificates WHERE name=?", (name,))
+        return sorted(int(row[0], 16) for row in rows)
+
+    def save_revoked_name(self, name: str, since: float, by_user: str) -> None:
+        """Record that an admin revoked ``name`` on this server."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO revoked_names(name, since, by_user) VALUES (?, ?, ?)",
+                    (name, since, by_user),
+                )
+            ]
+        )
+
+    def delete_revoked_names(self, names: list[str]) -> None:
+        """Forget names whose revocation a CRL now carries."""
+        self._write([("DELETE FROM revoked_names WHERE name=?", (name,)) for name in names])
+
+    def revoked_names(self) -> list[tuple[str, float, str]]:
+        """(name, since, by_user) of every name revoked here, oldest first."""
+        rows = self._db.execute("SELECT name, since, by_user FROM revoked_names ORDER BY since")
+        return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]

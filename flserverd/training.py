@@ -420,7 +420,10 @@ class Training:
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
             log.error("run %d: %s", self.run.run_number, exc, exc_info=exc)
-            self._end(st.STOPPED, f"server error: {exc}")
+            self._end(
+                st.STOPPED,
+                "an unexpected error on the server stopped it; the server's log has the details",
+            )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

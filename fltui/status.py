@@ -37,6 +37,8 @@ STALE = Look("◌", "stale", "warning")
 OFFLINE = Look("◌", "offline", "warning")
 LOST = Look("✖", "lost", "error")
 LEFT = Look("○", "left", "muted")
+REVOKED = Look("⊘", "revoked", "error")
+"""Dropped because its certificate was revoked: it will not come back with this kit."""
 UNKNOWN = Look("?", "unknown", "muted")
 """The console's own link is down: the site may be fine, nobody here can tell."""
 
@@ -48,6 +50,7 @@ _TRAINING = {
     st.FAILED: Look("✖", "failed", "error"),
     st.CROSS_VALIDATING: Look("◇", "cross-val", "accent"),
     st.WAITING_APPROVAL: Look("⏸", "approval", "warning"),
+    st.REVOKED: REVOKED,
 }
 
 
@@ -66,14 +69,15 @@ def health(
     """Whether a client is online, stale (silent), offline (link down), lost or left.
 
     ``gone`` is why the server dropped the client (None while registered): a
-    client that logged out left on purpose, any other reason means it was lost.
+    client that logged out left on purpose, one whose certificate was revoked
+    cannot return with its kit, any other reason means it was lost.
     ``frozen_at`` is when the console's own link broke: from then on nothing
     here is known about the site.
     """
     if frozen_at is not None:
         return UNKNOWN
     if gone is not None:
-        return LEFT if gone == st.LOGGED_OUT else LOST
+        return {st.LOGGED_OUT: LEFT, st.REVOKED: REVOKED}.get(gone, LOST)
     if not row.connected:
         return OFFLINE
     if row.last_heartbeat and now - row.last_heartbeat > stale_after(heartbeat_interval):
@@ -107,11 +111,6 @@ def age(seconds: float) -> str:
 def clock_time(stamp: float) -> str:
     """``HH:MM:SS`` in local time."""
     return time.strftime("%H:%M:%S", time.localtime(stamp))
-
-
-def short_token(token: str) -> str:
-    """The first 8 characters of a token: enough to tell sessions apart."""
-    return token if len(token) <= 9 else f"{token[:8]}…"
 
 
 def device(row: ClientRow) -> str:

@@ -17,6 +17,8 @@ COMMAND_NAMES = (
     "check_status",
     "deploy",
     "help",
+    "load_crl",
+    "revoke",
     "set_run_number",
     "set_timeout",
     "shutdown",

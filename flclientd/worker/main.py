@@ -40,7 +40,8 @@ from flcore.tensorfile import TensorFileError
 
 logger = logging.getLogger(__name__)
 
-# Failures whose message is written for people; others are shown with their type name.
+# Failures whose message is written for people; others are put in a sentence that names what
+# was raised (the app's own code is the usual source, and its author needs the type).
 EXPECTED_ERRORS = (ConfigError, TensorFileError, NoGpuError)
 
 
@@ -53,7 +54,14 @@ class _StartFailed(Exception):
 
 
 def _error(exc: BaseException) -> dict[str, str]:
-    message = str(exc) if isinstance(exc, EXPECTED_ERRORS) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, EXPECTED_ERRORS):
+        message = str(exc)
+    else:
+        detail = f" ({str(exc)[:500]})" if str(exc) else ""
+        message = (
+            f"the training process stopped on an error it did not expect, "
+            f"{type(exc).__name__}{detail}; the traceback shows where"
+        )
     return error_fields(message, traceback.format_exc())
 
 

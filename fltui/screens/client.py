@@ -69,7 +69,7 @@ class ClientScreen(Screen[None]):
         facts = [
             ("instance", row.instance),
             ("client name", row.client_name),
-            ("token", row.token or "-"),
+            ("token id", row.token_id or "-"),
             ("org", row.org),
             ("host", row.hostname),
             ("device", row.device),

@@ -338,7 +338,7 @@ class DashboardScreen(CommandKeys):
         if row is None:
             detail.set("")
             return
-        parts = [row.instance, f"token {row.token}", row.org, row.hostname, row.device, row.app]
+        parts = [row.instance, f"token {row.token_id}", row.org, row.hostname, row.device, row.app]
         if row.detail:
             parts.append(f"⏸ {row.detail}")
         if row.error:
@@ -430,14 +430,15 @@ class DashboardScreen(CommandKeys):
         self.app.push_screen(screen)
 
     def action_copy_token(self) -> None:
-        """Copy the selected client's token to the clipboard (OSC 52) and say so."""
+        """Copy the selected client's token id to the clipboard (OSC 52) and say so: the id
+        is what the daemons' logs name a session by (the token itself never leaves them)."""
         row = self.store.clients.get(self.query_one("#clients", ClientsTable).selected or "")
-        if row is None or not row.token:
+        if row is None or not row.token_id:
             self.say("no client with a token selected")
             return
-        self.app.copy_to_clipboard(row.token)
+        self.app.copy_to_clipboard(row.token_id)
         self.notify(
-            f"token of {row.instance} copied (OSC 52: the terminal must allow clipboard writes)",
+            f"token id of {row.instance} copied (OSC 52: the terminal must allow clipboard writes)",
             title="copied",
             markup=False,
         )

@@ -36,7 +36,6 @@ from fltui.status import (
     age,
     device,
     health,
-    short_token,
     training,
 )
 from fltui.widgets.tones import toned
@@ -132,7 +131,7 @@ class ClientView:
                 "error" if failed else ("accent" if self.marked else ""),
             ),
             "client": (row.client_name, ""),
-            "token": (short_token(row.token), "muted"),
+            "token": (row.token_id, "muted"),
             "training": (state.label, state.tone),
             "round": (str(row.round) if current else "-", ""),
             "samples": (f"{row.samples:,}" if current and row.samples else "-", ""),
@@ -291,7 +290,7 @@ class ClientsTable(DataTable[Text], VimKeys):
         """
         for instance in list(self.marked):
             row = rows.get(instance)
-            if row is None or row.token != self._mark_tokens.get(instance):
+            if row is None or row.token_id != self._mark_tokens.get(instance):
                 self.marked.discard(instance)
                 self._mark_tokens.pop(instance, None)
 
@@ -306,7 +305,7 @@ class ClientsTable(DataTable[Text], VimKeys):
         else:
             self.marked.add(instance)
             view = self._views.get(instance)
-            self._mark_tokens[instance] = view.row.token if view is not None else ""
+            self._mark_tokens[instance] = view.row.token_id if view is not None else ""
         self.post_message(self.MarksChanged(instance))
 
     class MarksChanged(Message):

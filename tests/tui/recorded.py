@@ -43,7 +43,7 @@ def _client(instance: str, **changes: object) -> ClientRow:
     base = {
         "instance": instance,
         "client_name": name,
-        "token": "",
+        "token_id": "",
         "org": f"org-{name}",
         "status": "training started",
         "last_heartbeat": NOW - 2,
@@ -60,10 +60,10 @@ def _client(instance: str, **changes: object) -> ClientRow:
 
 
 CLIENTS = (
-    _client("flclient1", token="5c1e0a2f-4c1e-4f6a-9b1d-3e5f7a9c0b2d"),
+    _client("flclient1", token_id="5c1e0a2f"),
     _client(
         "flclient2",
-        token="9d3b7e41-8a2c-4b5d-a6e7-f8091a2b3c4d",
+        token_id="9d3b7e41",
         samples=2210,
         device="cuda x2 (NVIDIA H100 80GB HBM3)",
         gpu_count=2,
@@ -71,7 +71,7 @@ CLIENTS = (
     ),
     _client(
         "flclient3",
-        token="e7f60b12-3c4d-4e5f-8a9b-0c1d2e3f4a5b",
+        token_id="e7f60b12",
         status="training failed",
         round=2,
         error="RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
@@ -81,7 +81,7 @@ CLIENTS = (
     ),
     _client(
         "flclient1_1",
-        token="0a1b2c3d-4e5f-4061-8273-94a5b6c7d8e9",
+        token_id="0a1b2c3d",
         last_heartbeat=NOW - 40,
         round=2,
         samples=690,
@@ -89,7 +89,7 @@ CLIENTS = (
     _client(
         "site-b",
         client_name="site-b",
-        token="77aa88bb-99cc-4dde-8eff-001122334455",
+        token_id="77aa88bb",
         status="training not started",
         round=-1,
         run_number=0,
@@ -156,7 +156,7 @@ def _beats() -> list[object]:
             _client(
                 "site-b",
                 client_name="site-b",
-                token="77aa88bb-99cc-4dde-8eff-001122334455",
+                token_id="77aa88bb",
                 status="training not started",
                 round=-1,
                 run_number=0,

@@ -25,7 +25,6 @@ from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
-from fltui.status import short_token
 from fltui.widgets.clients import ClientsTable
 from tests.tui.helpers import burst, shown
 from tests.tui.proxy import Proxy
@@ -94,7 +93,7 @@ async def ok(pilot: Any, link: RecordingLink, line: str, timeout: float = 30.0) 
 
 
 def test_clients_appear_with_tokens_and_heartbeats_tick(live: Cluster) -> None:
-    tokens = {c["instance"]: c["token"] for c in live.status()["clients"]}
+    tokens = {c["instance"]: c["token_id"] for c in live.status()["clients"]}
 
     async def scenario() -> None:
         app, _ = open_console(live)
@@ -104,7 +103,7 @@ def test_clients_appear_with_tokens_and_heartbeats_tick(live: Cluster) -> None:
             header = str(app.dashboard.query_one("#header-title").render())
             assert "itest" in header and f"{ADMIN} (super)" in header and "no run set" in header
             for instance, token in tokens.items():
-                assert str(table.get_cell(instance, "token")) == short_token(token)
+                assert str(table.get_cell(instance, "token")) == token
                 assert str(table.get_cell(instance, "health")) == "● online"
             table.move_cursor(row=table.get_row_index("flclient2"))
             detail = app.dashboard.query_one("#client-detail")

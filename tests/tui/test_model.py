@@ -17,7 +17,7 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
-from fltui.status import LEFT, LOST, OFFLINE, ONLINE, STALE, age, health, short_token
+from fltui.status import LEFT, LOST, OFFLINE, ONLINE, REVOKED, STALE, age, health
 from fltui.store import BEAT, DOWN, GONE, UP, Store
 from fltui.targets import describe_stop, describe_target, target_choices
 from fltui.vocabulary import refusal
@@ -117,7 +117,7 @@ def test_serde_converts_every_event_kind() -> None:
                 awaited=["a"],
                 history=[admin_pb2.RoundMetrics(round=0, metrics={"val_accuracy": 0.5})],
             ),
-            clients=[admin_pb2.ClientState(instance="a", client_name="a", token="t")],
+            clients=[admin_pb2.ClientState(instance="a", client_name="a", token_id="t")],
             logs=[common_pb2.LogRecord(time=NOW, level="INFO", message="hi", source="server")],
         ),
     )
@@ -125,7 +125,7 @@ def test_serde_converts_every_event_kind() -> None:
     assert event is not None and isinstance(event.body, Snapshot)
     assert event.body.run.awaited == ("a",)
     assert event.body.run.history[0].metrics == {"val_accuracy": 0.5}
-    assert event.body.clients[0].token == "t" and event.body.server.heartbeat_interval_s == 2
+    assert event.body.clients[0].token_id == "t" and event.body.server.heartbeat_interval_s == 2
     gone = event_from_proto(admin_pb2.Event(seq=6, client_gone=admin_pb2.ClientGone(instance="a")))
     assert gone is not None and gone.body == ClientGone("a", "")
 
@@ -138,9 +138,9 @@ def test_health_and_ages_read_as_glyph_word_and_tone() -> None:
     assert health(row, NOW, 1.0, gone="no heartbeat for 601s") is LOST
     # A client that logged out (shutdown, SIGTERM) left on purpose: no alarm colour.
     assert health(row, NOW, 1.0, gone=st.LOGGED_OUT) is LEFT
+    assert health(row, NOW, 1.0, gone=st.REVOKED) is REVOKED  # not an outage: it cannot return
     assert ONLINE.label == "● online" and LOST.tone == "error" and LEFT.tone == "muted"
     assert [age(s) for s in (0.4, 99, 100, 6000, 200_000)] == ["0s", "99s", "1m", "1h", "2d"]
-    assert short_token("5c1e0a2f-4c1e-4f6a-9b1d-3e5f7a9c0b2d") == "5c1e0a2f…"
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from flcore.federation import CommandResult, MachineInfo
 from flcore.feed import ClientRow, CommandSeen, RunInfo
 from flcore.identity import ROLE_MEMBER, ROLE_SUPER
 from flcore.status import ClientStatus
+from flcore.tokens import token_id
 from flserverd.commands import AdminCommands, Reply
 from flserverd.crossval import MatrixCell, ValidationMatrix
 from flserverd.registry import RegisteredClient
@@ -197,7 +198,10 @@ def test_check_status_client_keeps_identity_fields_the_servers() -> None:
     assert rows["site-a"]["instance"] == "site-a"  # a client cannot rename itself
     assert rows["site-a"]["samples"] == 0  # wrong type: ignored
     lines = reply.text.splitlines()
-    assert lines[0].startswith("instance:site-a : client name: site-a\ttoken: token-site-a")
+    # A token id, never the token: check_status is read by people and scripts.
+    assert lines[0].startswith(
+        f"instance:site-a : client name: site-a\ttoken: {token_id('token-site-a')}\t"
+    )
     assert "status: training started\tround: 3" in lines[0]
     assert "(no reply: no reply within 5s (see set_timeout))" in lines[1]
 

@@ -16,6 +16,7 @@ from flserverd.events import (
     BusLogHandler,
     EventBus,
     Overflow,
+    Revoked,
     Subscription,
 )
 
@@ -145,6 +146,35 @@ def test_close_ends_subscription_with_full_queue() -> None:
             return count
 
         assert await asyncio.wait_for(drain(), 1.0) == QUEUE_LIMIT
+
+    asyncio.run(scenario())
+
+
+def test_cut_off_ends_an_admins_feeds_at_once_and_no_one_elses() -> None:
+    """A revoked admin's console stops getting events now, not after its backlog."""
+
+    async def scenario() -> None:
+        bus = EventBus()
+        revoked, waiting, kept = bus.subscribe("t1"), bus.subscribe("t1"), bus.subscribe("t2")
+        for i in range(5):
+            bus.publish(_tick(i))
+
+        async def read_all(sub: Subscription) -> list[int]:
+            seen = []
+            async for event in sub:
+                seen.append(event.seq)
+            return seen
+
+        reader = asyncio.ensure_future(read_all(waiting))
+        while not waiting._queue.empty():  # the reader drains its queue, then waits for more
+            await asyncio.sleep(0)
+        bus.cut_off({"t1": "certificate revoked"})
+        with pytest.raises(Revoked, match="certificate revoked"):
+            await asyncio.wait_for(read_all(revoked), 1.0)  # 5 events queued, none delivered
+        with pytest.raises(Revoked):
+            await asyncio.wait_for(reader, 1.0)
+        assert bus._subscribers == {kept}
+        assert [e.seq for e in await _take(kept, 5)] == [1, 2, 3, 4, 5]
 
     asyncio.run(scenario())
 

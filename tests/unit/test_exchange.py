@@ -25,9 +25,11 @@ from flcore.federation import (
     SubmitOutcome,
     UploadKind,
 )
+from flcore.feed import ClientGone, ClientRow
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
 from flcore.startup import ServerStartup
 from flcore.tensorfile import Manifest, TensorFile
+from flserverd.events import Revoked
 from flserverd.exchange import MAX_METRICS, Chunk, ModelExchange, check_metrics
 from flserverd.registry import AuthError
 from flserverd.server import FLServer
@@ -272,5 +274,57 @@ def test_apps_are_served_only_once_deployed_to_clients(tmp_path: Path) -> None:
         folder = server.store.run_dir(RUN) / "deploy" / "digits"
         folder.mkdir(parents=True)
         assert exchange.app_folder(RUN, "digits") == folder
+
+    on_server(tmp_path, scenario)
+
+
+def test_revocation_drops_a_client_mid_upload_and_its_update_is_never_folded(
+    tmp_path: Path,
+) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=2, min_num_clients=2)
+        site = Identity("site-a", "hospital", KIND_CLIENT, serial=0x51)
+        client, _ = server.login(site, "", MachineInfo())
+        link = server.attach(client, st.ClientStatus(status=st.STARTED, run_number=RUN))
+        feed = server.bus.subscribe()
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+
+        async def revoked_midway() -> AsyncIterator[Chunk]:
+            for i, chunk in enumerate(model.iter_chunks()):
+                if i == 1:
+                    server.revocations.revoke("site-a", "it@lead.org")
+                    assert server.enforce_revocations() == ["site-a"]
+                yield chunk
+
+        verdict = await exchange.receive("site-a", header(model.manifest), revoked_midway())
+        assert verdict.outcome is SubmitOutcome.REJECTED
+        assert "update discarded: site-a was revoked on this server" in verdict.message
+        assert training.round.contributed == {} and len(server.registry) == 0
+        assert link.closed
+        bodies = []
+        while not feed._queue.empty():
+            event = feed._queue.get_nowait()
+            assert event is not None
+            bodies.append(event.body)
+        rows = [b for b in bodies if isinstance(b, ClientRow) and b.instance == "site-a"]
+        assert rows[-1].status == st.REVOKED  # the console shows the site as revoked
+        assert ClientGone("site-a", st.REVOKED) in bodies
+
+    on_server(tmp_path, scenario)
+
+
+def test_revocation_logs_an_admin_out_and_ends_its_feed(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        admin = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=0x71)
+        token, _ = server.admins.login(admin, admin.name)
+        feed = server.bus.subscribe(owner=token)
+        server.revocations.revoke(admin.name, "boss@lead.org")
+        assert server.enforce_revocations() == []
+        with pytest.raises(AuthError):
+            server.admins.authenticate(token, admin)
+        with pytest.raises(Revoked, match=r"it@lead\.org was revoked on this server"):
+            async for _ in feed:
+                pass
 
     on_server(tmp_path, scenario)

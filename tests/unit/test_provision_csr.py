@@ -205,6 +205,18 @@ P256 = ec.generate_private_key(ec.SECP256R1())
         ),
         (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", "not a certificate request"),
     ],
+    # Named ids: the requests are made afresh by each process, and pytest-xdist's
+    # workers must collect the same test names.
+    ids=[
+        "undeclared",
+        "wrong-role",
+        "zip-kit-site",
+        "server-role",
+        "reserved-name",
+        "rsa-2048",
+        "p521",
+        "not-a-request",
+    ],
 )
 def test_sign_checks_the_request_against_project_yml(
     lead: Any, tmp_path: Path, csr: bytes, message: str

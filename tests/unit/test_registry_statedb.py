@@ -38,6 +38,32 @@ def db(tmp_path: Path) -> Iterator[StateDB]:
 # --------------------------------------------------------------------------- registry
 
 
+def test_a_kit_runs_at_most_max_instances_and_a_resume_is_not_one_more(db: StateDB) -> None:
+    registry = ClientRegistry(db, 600, max_instances=2)
+    first, _ = registry.login(SITE_A, "", MachineInfo())
+    registry.login(SITE_A, "", MachineInfo())
+    with pytest.raises(AuthError, match="kit site-a already runs 2 instances") as refused:
+        registry.login(SITE_A, "", MachineInfo())
+    assert "max_instances_per_kit" in str(refused.value)
+    assert registry.login(SITE_A, first.token, MachineInfo()) == (first, True)
+    registry.login(SITE_B, "", MachineInfo())  # another kit is not affected
+    registry.remove(first)
+    assert registry.login(SITE_A, "", MachineInfo())[0].instance == "site-a"
+    assert len(registry) == 3
+
+
+def test_tokens_are_random_and_a_near_miss_is_unknown(db: StateDB) -> None:
+    registry = ClientRegistry(db, 600)
+    client, _ = registry.login(SITE_A, "", MachineInfo())
+    other, _ = registry.login(SITE_B, "", MachineInfo())
+    assert len(client.token) >= 20 and client.token != other.token
+    near = client.token[:-1] + ("A" if client.token[-1] != "A" else "B")
+    for token in (near, client.token[:8], client.token + "x", ""):
+        with pytest.raises(AuthError, match="unknown or expired token"):
+            registry.authenticate(token, SITE_A)
+    assert registry.authenticate(client.token, SITE_A) is client
+
+
 def test_instance_names_for_concurrent_clients_of_one_kit(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
     names = []
@@ -49,7 +75,7 @@ def test_instance_names_for_concurrent_clients_of_one_kit(db: StateDB) -> None:
     other, _ = registry.login(SITE_B, "", MachineInfo())
     assert names == ["site-a", "site-a_1", "site-a_2"]
     assert other.instance == "site-b"
-    assert len({s.token for s in registry.clients()}) == 4
+    assert len({s.token for s in registry.clients()}) == 4  # the default cap is 4 per kit
     assert [s.instance for s in registry.clients()] == [
         "site-a",
         "site-a_1",

@@ -29,7 +29,7 @@ from flcore.federation import (
     Upward,
     Verdict,
 )
-from flcore.feed import LogEntry
+from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, LogEntry
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorSpec
@@ -69,17 +69,22 @@ def test_upward_messages_survive_the_wire(message: Upward) -> None:
 
 def test_server_bounds_what_a_client_sends() -> None:
     long = "x" * 100_000
-    status = ClientStatus(status=long, error=long, traceback=long * 2, app=long)
+    trace = "Traceback (most recent call last):\n" + long + "\nValueError: the end"
+    status = ClientStatus(status=long, error=long, traceback=trace, app=long)
     read = server_serde.upward_from_proto(
         client_serde.upward_to_proto(StatusChanged(status)), "site-a"
     )
     assert isinstance(read, StatusChanged)
-    assert len(read.status.status) == 64 and len(read.status.app) == 128
-    assert len(read.status.error) == server_serde.MAX_TEXT
-    result = client_serde.upward_to_proto(CommandResult("c1", True, long))
+    assert len(read.status.status) == 64 and len(read.status.app) == MAX_LABEL
+    assert len(read.status.error) <= MAX_TEXT and "characters cut" in read.status.error
+    # A traceback keeps its end, where the exception is.
+    assert len(read.status.traceback) <= MAX_TRACEBACK
+    assert read.status.traceback.endswith("ValueError: the end")
+    result = client_serde.upward_to_proto(CommandResult("c1", True, long, {"pad": long}))
     read_result = server_serde.upward_from_proto(result, "site-a")
     assert isinstance(read_result, CommandResult)
-    assert len(read_result.text) == server_serde.MAX_RESULT_TEXT
+    assert len(read_result.text) <= MAX_TEXT
+    assert read_result.data == {}  # more than MAX_RESULT_JSON of data is dropped whole
     lines = tuple(LogEntry(0.0, "INFO", "x", "y", "site-a") for _ in range(900))
     batch = server_serde.upward_from_proto(client_serde.upward_to_proto(LogBatch(lines)), "s")
     assert isinstance(batch, LogBatch) and len(batch.records) == server_serde.MAX_LOG_BATCH

@@ -81,6 +81,7 @@ class CommandRequest(_message.Message):
     LINE_FIELD_NUMBER: _builtins.int
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     CONFIRMED_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     line: _builtins.str
     """e.g. "check_status client flclient1" """
@@ -88,6 +89,8 @@ class CommandRequest(_message.Message):
     """How long the server waits for clients' replies (set_timeout)."""
     confirmed: _builtins.bool
     """The admin confirmed a command that asks "Are you sure (Y/N):"."""
+    attachment: _builtins.bytes
+    """A file the command line names, read by the admin client (load_crl <file>)."""
     def __init__(
         self,
         *,
@@ -95,10 +98,11 @@ class CommandRequest(_message.Message):
         line: _builtins.str = ...,
         timeout_s: _builtins.float = ...,
         confirmed: _builtins.bool = ...,
+        attachment: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed", b"confirmed", "line", b"line", "timeout_s", b"timeout_s", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "confirmed", b"confirmed", "line", b"line", "timeout_s", b"timeout_s", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,7 +264,7 @@ class ClientState(_message.Message):
 
     INSTANCE_FIELD_NUMBER: _builtins.int
     CLIENT_NAME_FIELD_NUMBER: _builtins.int
-    TOKEN_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
     ORG_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
@@ -278,7 +282,8 @@ class ClientState(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     client_name: _builtins.str
-    token: _builtins.str
+    token_id: _builtins.str
+    """A short public name of the client's login token (never the token itself)."""
     org: _builtins.str
     status: _builtins.str
     last_heartbeat: _builtins.float
@@ -304,7 +309,7 @@ class ClientState(_message.Message):
         *,
         instance: _builtins.str = ...,
         client_name: _builtins.str = ...,
-        token: _builtins.str = ...,
+        token_id: _builtins.str = ...,
         org: _builtins.str = ...,
         status: _builtins.str = ...,
         last_heartbeat: _builtins.float = ...,
@@ -323,7 +328,7 @@ class ClientState(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_name", b"client_name", "connected", b"connected", "connected_at", b"connected_at", "detail", b"detail", "device", b"device", "error", b"error", "gpu_count", b"gpu_count", "hostname", b"hostname", "instance", b"instance", "last_heartbeat", b"last_heartbeat", "org", b"org", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "token", b"token", "traceback", b"traceback"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_name", b"client_name", "connected", b"connected", "connected_at", b"connected_at", "detail", b"detail", "device", b"device", "error", b"error", "gpu_count", b"gpu_count", "hostname", b"hostname", "instance", b"instance", "last_heartbeat", b"last_heartbeat", "org", b"org", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "token_id", b"token_id", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

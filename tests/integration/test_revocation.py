@@ -1,0 +1,207 @@
+"""Revocation that bites, between real daemons over mutual TLS: load_crl, revoke, and what
+a revoked site or admin can still do (nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fladmin.client import AdminClient, AdminError, load_kit
+from flcore import status as st
+from flcore.feedwire import event_from_proto
+from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, Daemon
+from fldev.poll import wait_until_async
+from provision.revocation import revoke
+from tests.flprovision import flprovision
+from tests.integration.test_admin import fltui
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+EXIT_REFUSED = 2
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.MULTILINE)
+
+
+def _logged_at(daemon: Daemon, pattern: str) -> datetime:
+    """When a daemon logged the line matching ``pattern`` (its log's own time stamp)."""
+    line = daemon.wait_log(rf"(?m)^.*{pattern}.*$").group(0)
+    stamp = STAMP.match(line)
+    assert stamp is not None, line
+    return datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
+
+
+def _provisioning(cluster: Cluster) -> Path:
+    return cluster.root / "provision"
+
+
+def test_a_revoked_site_is_dropped_within_a_heartbeat_and_cannot_log_in_again(
+    cluster: Cluster,
+) -> None:
+    server = cluster.server()
+    one = cluster.client("flclient1")
+    two = cluster.client("flclient2")
+    interval = cluster.settings["heartbeat_interval"]
+    revoked = flprovision(
+        "revoke",
+        "flclient1",
+        "-w",
+        str(_provisioning(cluster)),
+        "--reason",
+        "key-compromise",
+        cwd=cluster.root,
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    crl = _provisioning(cluster) / "crl.pem"
+
+    async def watch_the_feed() -> list[object]:
+        """What a console sees while lead IT loads the list."""
+        startup = cluster.kit()
+        console = AdminClient(startup, load_kit(startup), ADMIN)
+        await console.login()
+        seen: list[object] = []
+
+        async def follow() -> None:
+            async for message in console.events():
+                event = event_from_proto(message)
+                if event is not None:
+                    seen.append(event.body)
+
+        feed = asyncio.ensure_future(follow())
+        try:
+            await wait_until_async(lambda: seen, 30, "the snapshot")
+            loaded = await asyncio.to_thread(fltui, cluster, "--cmd", f"load_crl {crl}")
+            assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+            assert "Loaded revocation list number 1: 1 certificate(s) revoked" in loaded.stdout
+            assert "Disconnected and removed: flclient1" in loaded.stdout
+            await wait_until_async(
+                lambda: any(getattr(b, "reason", "") == st.REVOKED for b in seen),
+                10,
+                "the console to hear that flclient1 is gone",
+            )
+        finally:
+            feed.cancel()
+            await console.close()
+        return seen
+
+    seen = asyncio.run(watch_the_feed())
+    rows = [b for b in seen if getattr(b, "instance", "") == "flclient1"]
+    assert getattr(rows[-2], "status", "") == st.REVOKED  # its last row, then it is gone
+    loaded_at = _logged_at(server, "revocation list number 1 loaded")
+    dropped_at = _logged_at(one, "the server ended this client's registration: certificate revoked")
+    assert dropped_at - loaded_at < timedelta(seconds=interval)
+
+    # Its login is refused with the reason, and the daemon stops (systemd must not loop it).
+    assert one.wait(30) == EXIT_REFUSED
+    assert re.search(
+        r"the server refused this client: the certificate of flclient1 \(serial [0-9a-f]+\) "
+        r"is revoked by the project's revocation list \(number 1\)",
+        one.log(),
+    )
+    offset = len(one.log())
+    one.start()
+    assert one.wait(30) == EXIT_REFUSED
+    assert "the server refused this client" in one.log()[offset:]
+
+    state = cluster.status()
+    assert [c["instance"] for c in state["clients"]] == ["flclient2"]
+    assert state["revocation"]["crl_number"] == 1 and state["revocation"]["crl_revoked"] == 1
+    assert two.alive() and server.alive()
+
+    # The list is kept: a restarted server refuses the kit just the same.
+    server.signal(15)
+    assert server.wait(30) == 0
+    server.restart(SERVER_READY)
+    one.start()
+    assert one.wait(30) == EXIT_REFUSED
+    assert "Revocation list: number 1, 1 revoked" in cluster.ok("check_status server").text
+
+
+def test_a_revoked_admin_is_logged_out_and_refused(cluster: Cluster) -> None:
+    server = cluster.server()
+
+    async def member_feed_ends() -> grpc.aio.AioRpcError | AdminError:
+        startup = cluster.kit(MEMBER)
+        console = AdminClient(startup, load_kit(startup), MEMBER)
+        await console.login()
+        try:
+            events = console.events()
+            await anext(events)  # the snapshot: the feed is live
+            revoked = await asyncio.to_thread(fltui, cluster, "--yes", "--cmd", f"revoke {MEMBER}")
+            assert revoked.returncode == 0, revoked.stdout
+            assert f"{MEMBER} is revoked on this server" in revoked.stdout
+            assert f"flprovision revoke {MEMBER}" in revoked.stdout
+            try:
+                async for _ in events:
+                    pass
+            except AdminError as exc:
+                return exc
+            raise AssertionError("the revoked admin's feed went on")
+        finally:
+            await console.close()
+
+    ended = asyncio.run(member_feed_ends())
+    assert f"{MEMBER} was revoked on this server by {ADMIN}" in str(ended)
+
+    refused = fltui(cluster, "--cmd", "check_status server", user=MEMBER)
+    assert refused.returncode == 2
+    assert f"login refused: {MEMBER} was revoked on this server" in refused.stderr
+
+    # Nobody revokes the server, nor the kit they are logged in with.
+    for line, words in (
+        ("revoke server", "'server' is this server: its certificate cannot be revoked"),
+        (f"revoke {ADMIN}", "another super admin must do it"),
+        ("revoke ../../x", "is not a client name or an admin's email"),
+    ):
+        (outcome,) = cluster.admin(line, confirmed=True)
+        assert not outcome.ok and words in outcome.text, outcome.text
+    (asked,) = cluster.admin("revoke flclient1")
+    assert not asked.ok and "Are you sure (Y/N):" in asked.confirm_prompt
+    assert cluster.status()["revocation"]["revoked_here"] == [MEMBER]
+
+    # Lead IT's list catches up: it carries the revocation from now on.
+    done = flprovision("revoke", MEMBER, "-w", str(_provisioning(cluster)), cwd=cluster.root)
+    assert done.returncode == 0, done.stderr
+    loaded = cluster.ok(f"load_crl {_provisioning(cluster) / 'crl.pem'}")
+    assert loaded.data["lifted"] == [MEMBER]
+    assert cluster.status()["revocation"]["revoked_here"] == []
+    refused = fltui(cluster, "--cmd", "check_status server", user=MEMBER)
+    assert refused.returncode == 2 and "revocation list (number 1)" in refused.stderr
+    assert server.alive()
+
+
+def test_a_stale_list_is_still_enforced_with_a_warning_and_an_older_one_is_refused(
+    cluster: Cluster,
+) -> None:
+    server = cluster.server()
+    workspace = _provisioning(cluster)
+    # Signed three days ago with a next update one day later: stale on arrival.
+    stale = revoke(workspace, "flclient1", days=1, now=datetime.now(UTC) - timedelta(days=3))
+    kept = workspace / "crl-3-days-old.pem"
+    kept.write_bytes(stale.path.read_bytes())
+    loaded = cluster.ok(f"load_crl {kept}")
+    assert "Warning: the revocation list is stale" in loaded.text
+    assert "flprovision crl" in loaded.text and loaded.data["stale"] is True
+    server.wait_log("WARNING flserverd.revocation: the revocation list is stale")
+    client = cluster.client("flclient1", wait=False)
+    assert client.wait(30) == EXIT_REFUSED
+    assert "is revoked by the project's revocation list (number 1)" in client.log()
+    status = cluster.ok("check_status server")
+    assert "Warning: the revocation list is stale" in status.text
+    assert status.data["revocation"]["stale"] is True
+
+    fresh = flprovision("crl", "-w", str(workspace), cwd=cluster.root)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "stale" not in cluster.ok(f"load_crl {workspace / 'crl.pem'}").text
+    (older,) = cluster.admin(f"load_crl {kept}")
+    assert not older.ok
+    assert "number 1, and this server holds number 2" in older.text
+    (foreign,) = cluster.admin(f"load_crl {cluster.kit() / 'client.crt'}")
+    assert not foreign.ok and "not a certificate revocation list" in foreign.text
+    (missing,) = cluster.admin(f"load_crl {workspace / 'nope.pem'}")
+    assert not missing.ok and "cannot read" in missing.text
+    assert cluster.status()["revocation"]["crl_number"] == 2
+    assert server.alive()

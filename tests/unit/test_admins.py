@@ -1,0 +1,62 @@
+"""flserverd.admins: who is logged in as an admin, by token, and how many tokens each keeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
+from flserverd.admins import MAX_LOGINS_PER_ADMIN, AdminLogins
+from flserverd.registry import AuthError
+
+ADMIN = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=7)
+OTHER = Identity("viewer@lead.org", "lead", KIND_ADMIN, "member", serial=8)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+def test_a_looping_script_keeps_a_bounded_number_of_tokens_least_recently_used_first() -> None:
+    logins = AdminLogins(Clock())
+    console, _ = logins.login(ADMIN, ADMIN.name)
+    scripts = [logins.login(ADMIN, ADMIN.name)[0] for _ in range(MAX_LOGINS_PER_ADMIN - 2)]
+    logins.authenticate(console, ADMIN)  # the console keeps working: its token is recent
+    viewer, _ = logins.login(OTHER, OTHER.name)
+    for _ in range(10):
+        scripts.append(logins.login(ADMIN, ADMIN.name)[0])
+    assert len(logins._logins) == MAX_LOGINS_PER_ADMIN + 1
+    assert logins.authenticate(viewer, OTHER).user == OTHER.name  # another admin's is kept
+    assert logins.authenticate(scripts[-1], ADMIN).serial == ADMIN.serial
+    assert logins.authenticate(console, ADMIN).user == ADMIN.name
+    with pytest.raises(AuthError, match="not logged in"):
+        logins.authenticate(scripts[0], ADMIN)
+
+
+def test_a_token_works_only_whole_and_with_its_certificate() -> None:
+    logins = AdminLogins(Clock())
+    token, _ = logins.login(ADMIN, ADMIN.name)
+    for presented, identity in ((token, OTHER), (token, None), (token[:-1], ADMIN), ("", ADMIN)):
+        with pytest.raises(AuthError, match="not logged in"):
+            logins.authenticate(presented, identity)
+    site = Identity("site-a", "h", KIND_CLIENT)
+    with pytest.raises(AuthError, match="not an admin certificate"):
+        logins.login(site, "site-a")
+    with pytest.raises(AuthError, match="does not match the certificate") as refused:
+        logins.login(ADMIN, "x" * 10_000)
+    assert len(str(refused.value)) < 300  # the typed name is the peer's: shown bounded
+
+
+def test_revoke_logs_out_exactly_the_refused_admins() -> None:
+    logins = AdminLogins(Clock())
+    mine = [logins.login(ADMIN, ADMIN.name)[0] for _ in range(2)]
+    kept, _ = logins.login(OTHER, OTHER.name)
+    out = logins.revoke(lambda admin: "revoked" if admin.serial == ADMIN.serial else None)
+    assert out == {token: "revoked" for token in mine}
+    assert logins.authenticate(kept, OTHER).user == OTHER.name
+    with pytest.raises(AuthError):
+        logins.authenticate(mine[0], ADMIN)

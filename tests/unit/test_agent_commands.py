@@ -1,0 +1,97 @@
+"""flclientd.agent: what an admin reads when a command reaches a client malformed, or fails
+in a way the client did not foresee: a sentence, never an exception's class name."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flclientd.agent import Agent
+from flclientd.device import DeviceInfo
+from flcore.federation import Command, CommandResult
+from flcore.startup import STARTUP_DIR, load_client
+from flcore.tls import TlsFiles
+from provision import extract_kit
+
+
+def _agent(provisioned_workspace: Any, tmp_path: Path) -> Agent:
+    workspace = tmp_path / "site-a"
+    kit = provisioned_workspace.kit("site-a")
+    extract_kit(kit, provisioned_workspace.password("site-a"), workspace)
+    startup = load_client(workspace)
+    files = TlsFiles.named_by(startup, workspace / STARTUP_DIR)
+    return Agent(workspace, startup, files, None, DeviceInfo("cpu", 0), None)
+
+
+def _answer(
+    provisioned_workspace: Any,
+    tmp_path: Path,
+    command: Command,
+    prepare: Callable[[Agent], None] = lambda _: None,
+) -> CommandResult:
+    """Build an agent on a real kit (inside the loop, as the daemon does) and let it answer."""
+
+    async def run() -> CommandResult:
+        agent = _agent(provisioned_workspace, tmp_path)
+        prepare(agent)
+        try:
+            await agent._command(command)
+            sent = agent.uplink._outbox.get_nowait()
+            assert isinstance(sent, CommandResult)
+            return sent
+        finally:
+            await agent.conn.close()
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "words"),
+    [
+        ("start", {}, "start: the server sent no run_number;"),
+        (
+            "start",
+            {"run_number": "1"},
+            "start: the server sent run_number '1', which is not a whole",
+        ),
+        ("start", {"run_number": 1, "gpus": True}, "start: the server sent gpus 'True', which is"),
+        ("deploy", {"run_number": 1}, "deploy: the server sent no app;"),
+        (
+            "deploy",
+            {"run_number": 1, "app": 7},
+            "deploy: the server sent app '7', which is not text",
+        ),
+    ],
+)
+def test_a_malformed_argument_gets_a_sentence(
+    provisioned_workspace: Any, tmp_path: Path, name: str, args: dict[str, Any], words: str
+) -> None:
+    result = _answer(provisioned_workspace, tmp_path, Command("c1", name, args))
+    assert not result.ok and result.text.startswith(words)
+    assert "same flstack version" in result.text and "KeyError" not in result.text
+
+
+def test_an_unforeseen_failure_is_a_sentence_and_its_traceback_stays_in_the_log(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise KeyError("run_number")
+
+    def break_status(agent: Agent) -> None:
+        agent.status_data = broken  # type: ignore[method-assign]
+
+    with caplog.at_level(logging.ERROR, "flclientd.agent"):
+        command = Command("c1", "check_status", {})
+        result = _answer(provisioned_workspace, tmp_path, command, break_status)
+    assert not result.ok
+    assert result.text == (
+        "the client could not carry out check_status because of an unexpected error; "
+        "the client's log has the details"
+    )
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError

@@ -1,0 +1,194 @@
+"""flserverd.revocation: the CRL a server holds and the names revoked at its console.
+
+CRLs are signed here with a real project CA (provision's own signer), and
+read back the way the server reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
+from flcore.schema import ConfigError
+from flserverd.revocation import CLOCK_SLACK_S, RevocationError, Revocations
+from flserverd.statedb import StateDB
+from provision.pki import CertifiedKey, create_ca
+from provision.revocation import RevokedCert, sign_crl
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SITE = Identity("site-a", "hospital-a", KIND_CLIENT, serial=0x51)
+SITE_NEW = Identity("site-a", "hospital-a", KIND_CLIENT, serial=0x52)
+OTHER = Identity("site-b", "hospital-b", KIND_CLIENT, serial=0x61)
+ADMIN = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=0x71)
+
+
+class Clock:
+    def __init__(self, moment: datetime) -> None:
+        self.now = moment.timestamp()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _ca(tmp_path: Path, name: str = "proj") -> tuple[CertifiedKey, Path]:
+    ca = create_ca(name, "lead", "ecdsa-p256", 365, NOW)
+    path = tmp_path / f"{name}-rootCA.pem"
+    path.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
+    return ca, path
+
+
+def _crl(ca: CertifiedKey, serials: list[int], number: int, signed: datetime = NOW) -> bytes:
+    revoked = [
+        RevokedCert(f"{s:x}", f"n{s}", KIND_CLIENT, "key-compromise", signed.isoformat())
+        for s in serials
+    ]
+    return sign_crl(ca, revoked, number, signed, 30)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> StateDB:
+    return StateDB(tmp_path / "state.sqlite3")
+
+
+def _revocations(db: StateDB, tmp_path: Path, ca_path: Path, clock: Clock) -> Revocations:
+    return Revocations(db, tmp_path / "crl.pem", ca_path, "server", clock=clock)
+
+
+def test_a_loaded_crl_refuses_what_it_lists_and_survives_a_restart(
+    db: StateDB, tmp_path: Path
+) -> None:
+    ca, ca_path = _ca(tmp_path)
+    clock = Clock(NOW)
+    revocations = _revocations(db, tmp_path, ca_path, clock)
+    revocations.open()
+    assert revocations.crl is None and revocations.refusal(SITE.name, SITE.serial) is None
+
+    loaded = revocations.load(_crl(ca, [SITE.serial], 1))
+    assert loaded.previous is None and loaded.crl.number == 1
+    reason = revocations.refusal(SITE.name, SITE.serial)
+    assert reason is not None and "serial 51" in reason and "number 1" in reason
+    assert "ask lead IT for a new one" in reason
+    assert revocations.refusal(OTHER.name, OTHER.serial) is None
+    assert (tmp_path / "crl.pem").read_bytes() == loaded.crl.pem
+
+    restarted = _revocations(db, tmp_path, ca_path, clock)
+    restarted.open()
+    assert restarted.crl is not None and restarted.crl.number == 1
+    assert restarted.refusal(SITE.name, SITE.serial) is not None
+
+
+def test_an_older_a_replayed_or_a_foreign_crl_is_refused_and_changes_nothing(
+    db: StateDB, tmp_path: Path
+) -> None:
+    ca, ca_path = _ca(tmp_path)
+    foreign, _ = _ca(tmp_path, "other")
+    revocations = _revocations(db, tmp_path, ca_path, Clock(NOW))
+    revocations.load(_crl(ca, [SITE.serial], 2))
+    kept = (tmp_path / "crl.pem").read_bytes()
+    for data, words in (
+        (_crl(ca, [], 2), "number 2, and this server holds number 2"),
+        (_crl(ca, [], 1), "older or equal list cannot replace it"),
+        (_crl(foreign, [], 9), "not by this project's CA"),
+        (b"not a crl", "not a certificate revocation list"),
+    ):
+        with pytest.raises(RevocationError, match=words):
+            revocations.load(data)
+    assert (tmp_path / "crl.pem").read_bytes() == kept
+    assert revocations.refusal(SITE.name, SITE.serial) is not None
+
+
+def test_a_damaged_stored_crl_stops_the_server_from_starting(db: StateDB, tmp_path: Path) -> None:
+    _, ca_path = _ca(tmp_path)
+    (tmp_path / "crl.pem").write_bytes(b"-----BEGIN X509 CRL-----\ngarbage\n")
+    with pytest.raises(ConfigError, match="will not start without it"):
+        _revocations(db, tmp_path, ca_path, Clock(NOW)).open()
+
+
+def test_revoke_refuses_every_certificate_of_a_name_until_a_crl_carries_it(
+    db: StateDB, tmp_path: Path
+) -> None:
+    ca, ca_path = _ca(tmp_path)
+    clock = Clock(NOW)
+    revocations = _revocations(db, tmp_path, ca_path, clock)
+    revocations.seen(SITE)
+    revocations.seen(ADMIN)
+    assert revocations.revoke(SITE.name, ADMIN.name) is not None
+    assert revocations.revoke(SITE.name, ADMIN.name) is None  # once is enough
+    for serial in (SITE.serial, SITE_NEW.serial):  # whatever the serial: the name is refused
+        reason = revocations.refusal(SITE.name, serial)
+        assert reason is not None and f"revoked on this server by {ADMIN.name}" in reason
+    # Kept across a restart (the state database).
+    assert [n.name for n in _revocations(db, tmp_path, ca_path, clock).names()] == [SITE.name]
+
+    # A list without the serial the site logged in with does not lift it.
+    clock.now += 60
+    loaded = revocations.load(_crl(ca, [OTHER.serial], 1, NOW + timedelta(seconds=60)))
+    assert loaded.lifted == () and "serial 51" in loaded.kept[SITE.name]
+    # Nor does a list signed well before the revocation, even if it lists the serial.
+    loaded = revocations.load(_crl(ca, [SITE.serial], 2, NOW - timedelta(days=1)))
+    assert loaded.lifted == () and "before site-a was revoked here" in loaded.kept[SITE.name]
+    # Lead IT's list caught up: it decides from now on, and a re-issued kit works.
+    loaded = revocations.load(_crl(ca, [SITE.serial], 3, NOW + timedelta(seconds=90)))
+    assert loaded.lifted == (SITE.name,) and loaded.kept == {}
+    assert revocations.refusal(SITE.name, SITE.serial) is not None  # by the CRL now
+    assert revocations.refusal(SITE_NEW.name, SITE_NEW.serial) is None
+    assert revocations.names() == []
+    assert _revocations(db, tmp_path, ca_path, clock).names() == []
+
+
+def test_a_crl_signed_a_little_before_the_revocation_still_carries_it(
+    db: StateDB, tmp_path: Path
+) -> None:
+    ca, ca_path = _ca(tmp_path)
+    revocations = _revocations(db, tmp_path, ca_path, Clock(NOW))
+    revocations.seen(SITE)
+    revocations.revoke(SITE.name, ADMIN.name)
+    signed = NOW - timedelta(seconds=CLOCK_SLACK_S / 2)  # lead IT's clock is a bit behind
+    assert revocations.load(_crl(ca, [SITE.serial], 1, signed)).lifted == (SITE.name,)
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [("server", "cannot be revoked"), ("../etc", "is not a client name"), ("", "is not a client")],
+)
+def test_the_server_and_names_no_kit_can_have_cannot_be_revoked(
+    db: StateDB, tmp_path: Path, name: str, words: str
+) -> None:
+    _, ca_path = _ca(tmp_path)
+    revocations = _revocations(db, tmp_path, ca_path, Clock(NOW))
+    with pytest.raises(RevocationError, match=words):
+        revocations.revoke(name, ADMIN.name)
+    assert revocations.names() == []
+
+
+def test_a_stale_crl_keeps_revoking_and_warns_once(
+    db: StateDB, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca, ca_path = _ca(tmp_path)
+    clock = Clock(NOW)
+    revocations = _revocations(db, tmp_path, ca_path, clock)
+    revocations.load(_crl(ca, [SITE.serial], 1))
+    assert revocations.stale_warning() == ""
+    clock.now += 31 * 86400  # past its next update (30 days)
+    with caplog.at_level(logging.WARNING, "flserverd.revocation"):
+        revocations.check_stale()
+        revocations.check_stale()
+    warnings = [r.getMessage() for r in caplog.records if "stale" in r.getMessage()]
+    assert len(warnings) == 1 and "flprovision crl" in warnings[0]
+    assert "stale" in revocations.stale_warning()
+    assert revocations.refusal(SITE.name, SITE.serial) is not None
+
+
+def test_a_list_that_revokes_the_server_itself_is_refused(db: StateDB, tmp_path: Path) -> None:
+    ca, ca_path = _ca(tmp_path)
+    # Any certificate serves as "the server's" here: the CA's own is at hand.
+    revocations = Revocations(db, tmp_path / "crl.pem", ca_path, "server", server_cert=ca_path)
+    with pytest.raises(RevocationError, match="revokes this server's own certificate"):
+        revocations.load(_crl(ca, [SITE.serial, ca.cert.serial_number], 1))
+    assert revocations.crl is None and not (tmp_path / "crl.pem").exists()
+    assert revocations.load(_crl(ca, [SITE.serial], 1)).crl.number == 1
