@@ -1,7 +1,7 @@
 """What folding a round's updates in one canonical order costs, against arrival order.
 
 The server folds the updates of a round in the order of their senders' names
-(flserverd.foldorder) so that the average is the same bytes whatever order
+(flserverd.aggregator.CanonicalFold) so that the average is the same bytes whatever order
 they arrived in. An update whose turn has not come waits in its file and is
 folded when its turn comes, at the latest when the round closes; so part of
 the folding can move from "while the others still train" to "after the last
@@ -40,8 +40,7 @@ import safetensors.numpy  # noqa: E402
 
 from bench.common import median, percentile, table  # noqa: E402
 from flcore.tensorfile import TensorFile  # noqa: E402
-from flserverd.aggregator import FedAvg  # noqa: E402
-from flserverd.foldorder import CanonicalFold  # noqa: E402
+from flserverd.aggregator import CanonicalFold, FedAvg  # noqa: E402
 
 
 def make_updates(folder: Path, clients: int, params: int) -> dict[str, Path]:
@@ -59,13 +58,18 @@ def make_updates(folder: Path, clients: int, params: int) -> dict[str, Path]:
     return updates
 
 
+def running_sum(model: Path) -> FedAvg:
+    """The server's FedAvg without clipping (it never reads its input model, here ``model``)."""
+    return FedAvg(TensorFile(model).manifest, model)
+
+
 def plain(updates: dict[str, Path], order: list[str], target: Path) -> float:
     """Fold on arrival; returns the close: from the last arrival to the checkpoint written."""
-    fedavg = FedAvg(TensorFile(updates[order[0]]).manifest)
+    fedavg = running_sum(updates[order[0]])
     for instance in order[:-1]:
-        fedavg.fold(TensorFile(updates[instance]), 1.0)
+        fedavg.add(instance, TensorFile(updates[instance]), 1.0)
     started = time.perf_counter()
-    fedavg.fold(TensorFile(updates[order[-1]]), 1.0)
+    fedavg.add(order[-1], TensorFile(updates[order[-1]]), 1.0)
     fedavg.write(target)
     return time.perf_counter() - started
 
@@ -73,15 +77,15 @@ def plain(updates: dict[str, Path], order: list[str], target: Path) -> float:
 def canonical(updates: dict[str, Path], order: list[str], target: Path) -> tuple[float, int]:
     """Fold in name order as turns come (as flserverd.training does on each arrival); returns
     the close and how many folds were still to do when the last update arrived."""
-    fold = CanonicalFold(TensorFile(updates[order[0]]).manifest)
+    fold = CanonicalFold(lambda: running_sum(updates[order[0]]), target.parent / "kept")
     folded = 0
     for arrived, instance in enumerate(order[:-1], start=1):
-        fold.add(instance, updates[instance], 1.0)
+        fold.add(instance, TensorFile(updates[instance]), 1.0)
         folded += fold.fold_due(awaited=set(order[arrived:]))
     started = time.perf_counter()
-    fold.add(order[-1], updates[order[-1]], 1.0)
+    fold.add(order[-1], TensorFile(updates[order[-1]]), 1.0)
     fold.fold_due(awaited=set())
-    fold.finish().write(target)
+    fold.write(target)
     return time.perf_counter() - started, len(order) - folded
 
 
@@ -109,8 +113,7 @@ def main() -> int:
         worst = [canonical(updates, [*names[1:], names[0]], folder / "w.safetensors")[0]]
         worst += [canonical(updates, [*names[1:], names[0]], folder / "w.safetensors")[0]]
         fold_started = time.perf_counter()
-        one = FedAvg(TensorFile(updates[names[0]]).manifest)
-        one.fold(TensorFile(updates[names[0]]), 1.0)
+        running_sum(updates[names[0]]).add(names[0], TensorFile(updates[names[0]]), 1.0)
         fold_s = time.perf_counter() - fold_started
     mb = args.params * 4 / 1e6
     print(f"{args.clients} updates of {args.params:,} float32 ({mb:.0f} MB), {args.orders} orders")

@@ -90,12 +90,14 @@ class ClientRow:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """Sample-weighted metrics of one round (the round ``num_rounds`` is the final validation)."""
+    """Sample-weighted metrics of one round (the round ``num_rounds`` is the final validation),
+    and the highest outlier scores of its updates, by instance."""
 
     round: int
     metrics: dict[str, float] = field(default_factory=dict)
     clients: int = 0
     seconds: float = 0.0
+    outliers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

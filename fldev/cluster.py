@@ -41,6 +41,7 @@ MEMBER = "viewer@lead.org"
 DEPUTY = "deputy@lead.org"
 """A second super admin, for two admins at once."""
 SERVER_READY = "flserverd .* ready"
+PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy", "no_proxy", "no_grpc_proxy")
 
 
 def free_ports(count: int) -> list[int]:
@@ -208,10 +209,15 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         """Environment for daemons: unbuffered, no inherited DATA_ROOT, systemd sockets or
-        fault points; this checkout first on the path, so that fault points can be armed
+        fault points, nor proxies (gRPC would route 127.0.0.1 through a proxy the machine
+        names); this checkout first on the path, so that fault points can be armed
         (:mod:`flcore.faultpoints`) whatever the working folder."""
         dropped = ("DATA_ROOT", "NOTIFY_SOCKET", FAULT_ENV)
-        env = {k: v for k, v in os.environ.items() if k not in dropped}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in dropped and k.lower() not in PROXY_VARIABLES
+        }
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         env[FAULT_DIR_ENV] = str(self.faults)
         env["PYTHONUNBUFFERED"] = "1"
@@ -245,9 +251,20 @@ class Cluster:
         return daemon
 
     def client(
-        self, name: str, *, wait: bool = True, extra: list[str] | None = None, fault: str = ""
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        extra: list[str] | None = None,
+        fault: str = "",
+        proxy: str = "",
     ) -> Daemon:
-        """Start a client of kit ``name`` with its site's data (and a fault point armed)."""
+        """Start a client of kit ``name`` with its site's data (and a fault point armed); with
+        ``proxy`` (an HTTP CONNECT proxy's URL, e.g. a :class:`fldev.netproxy.FaultyLink`) it
+        reaches the server through it."""
+        env = self.env()
+        if proxy:
+            env["grpc_proxy"] = proxy
         daemon = Daemon(
             name,
             [
@@ -261,7 +278,7 @@ class Cluster:
                 *(extra or []),
             ],
             self.root / f"{name}.log",
-            self.env(),
+            env,
         )
         self.daemons.append(daemon.arm(fault).start())
         if wait:

@@ -31,6 +31,7 @@ from flcore.federation import (
     UploadKind,
     Verdict,
 )
+from flcore.progress import ProgressWatch, TransferStalled
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.training import Refusal, Training
@@ -100,7 +101,8 @@ class ModelExchange:
         """Judge an upload, receive it when it may be used, and hand it over once.
 
         An update goes to the round controller that judged its header, even if
-        the run was restarted meanwhile: that one then finds it late.
+        the run was restarted meanwhile: that one then finds it late. Raises
+        TransferStalled when the sender stopped sending mid-upload.
         """
         training = self.server.training
         verdict = self.check_upload(instance, header, training)
@@ -172,17 +174,23 @@ class ModelExchange:
             / f"{instance}-{uuid.uuid4().hex}.safetensors"
         )
         spool: SpoolWriter | None = None
-        try:
-            spool = SpoolWriter(spool_path, header.manifest)
+        watch = ProgressWatch(f"{_what(header.kind)} from {instance}")
+
+        async def receive(spool: SpoolWriter) -> TensorFile:
             # Disk writes and the NaN checks run in a thread: the loop keeps serving
             # commands and heartbeats while large models stream in.
             received = 0
             async for name, offset, data in chunks:
+                watch.moved()
                 await asyncio.to_thread(spool.write, name, offset, data)
                 received += 1
                 if received == 1:
                     faultpoints.reached(faultpoints.SERVER_UPLOAD)
-            model = await asyncio.to_thread(spool.finish)
+            return await asyncio.to_thread(spool.finish)
+
+        try:
+            spool = SpoolWriter(spool_path, header.manifest)
+            model = await watch.run(receive(spool))
             revoked = self.server.revoked_sender(instance)
             if revoked is not None:
                 return Verdict(SubmitOutcome.REJECTED, f"{_what(header.kind)} discarded: {revoked}")
@@ -205,8 +213,11 @@ class ModelExchange:
                 training.storage_failed(exc)
                 return training.postponed()
             return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
+        except TransferStalled as exc:
+            log.warning("%s", exc)
+            raise
         finally:
-            # An accepted update's file was moved into its round (flserverd.foldorder).
+            # An accepted update's file was moved into its round (RunStore.keep_update).
             if spool is not None:
                 await asyncio.to_thread(spool.discard)
 

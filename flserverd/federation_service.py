@@ -21,6 +21,7 @@ import grpc
 from flcore import faultpoints
 from flcore import status as st
 from flcore.folders import iter_chunks
+from flcore.progress import TransferStalled
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
@@ -183,7 +184,11 @@ class FederationService(fed_grpc.FederationServicer):
             verdict = self.exchange.refuse(client.instance, str(exc))
         else:
             chunks = chunks_from_proto(request_iterator)
-            verdict = await self.exchange.receive(client.instance, header, chunks)
+            try:
+                verdict = await self.exchange.receive(client.instance, header, chunks)
+            except TransferStalled as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                raise
         return verdict_to_proto(verdict, self.server.current_round)
 
     async def SubmitMetrics(

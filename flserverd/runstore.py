@@ -83,8 +83,8 @@ class RunStore:
 
     def keep_update(self, run_number: int, round_number: int, instance: str, spool: Path) -> Path:
         """Move an accepted update's spool file into its round's folder, where it waits to be
-        folded (:mod:`flserverd.foldorder`); returns its new path."""
-        folder = self._round_updates(run_number, round_number)
+        folded (:class:`flserverd.aggregator.CanonicalFold`); returns its new path."""
+        folder = self.round_updates(run_number, round_number)
         folder.mkdir(exist_ok=True)
         target = folder / f"{instance}.safetensors"
         os.replace(spool, target)
@@ -92,9 +92,10 @@ class RunStore:
 
     def drop_round_updates(self, run_number: int, round_number: int) -> None:
         """Delete the kept updates of a round that was aggregated."""
-        shutil.rmtree(self._round_updates(run_number, round_number), ignore_errors=True)
+        shutil.rmtree(self.round_updates(run_number, round_number), ignore_errors=True)
 
-    def _round_updates(self, run_number: int, round_number: int) -> Path:
+    def round_updates(self, run_number: int, round_number: int) -> Path:
+        """The folder where a round's accepted updates wait until it is aggregated."""
         return self.spool_dir(run_number) / f"round_{round_number}"
 
     def clear_spool(self, run_number: int) -> None:

@@ -66,6 +66,7 @@ from flserverd.throttle import (
     Throttle,
 )
 from flserverd.training import (
+    HISTORY_SHOWN,
     PHASE_FINAL_VALIDATION,
     PHASE_TRAINING,
     STORAGE_RETRY_S,
@@ -77,9 +78,6 @@ log = logging.getLogger(__name__)
 
 RUN_NUMBER_KEY = "run_number"
 MODEL_INIT_TIMEOUT = 600.0
-# Rounds of metrics in each run-state event: the console's chart shows the latest ones;
-# run_N/metrics.jsonl has them all.
-HISTORY_SHOWN = 100
 # How long a command waits for a registered client whose stream is (re)connecting.
 RECONNECT_GRACE_S = 5.0
 # How long `shutdown server` waits for clients just told to shut down to log out: else a
@@ -544,6 +542,7 @@ class FLServer:
         if self.links.get(client.token) is link:
             del self.links[client.token]
             client.connected = False
+            log.info("control stream of %s closed; it stays registered", client.instance)
             self.publish_client(client)
 
     def update_status(self, client: RegisteredClient, status: ClientStatus) -> None:
@@ -812,7 +811,7 @@ class FLServer:
             contributed=tuple(sorted(state.contributed)),
             awaited=tuple(training.awaited()) if training.active else (),
             wait_deadline=state.deadline,
-            history=tuple(round_record(r) for r in training.history[-HISTORY_SHOWN:]),
+            history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
             best_metric=best,
             reason=run.reason or self.start_error,

@@ -10,12 +10,15 @@ the exactly-once record of its updates survive kill -9.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from flserverd.aggregator import UpdateStats
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,7 +109,8 @@ class RoundSummary:
     """A completed round (or the final validation, ``final``): one line of metrics.jsonl.
 
     ``metrics`` are the sample-weighted means of what clients reported;
-    ``duration_s`` and ``samples`` belong to training rounds only.
+    ``duration_s``, ``samples`` and ``updates`` (each update's norm and outlier
+    score, by instance) belong to training rounds only.
     """
 
     run: int
@@ -117,6 +121,13 @@ class RoundSummary:
     duration_s: float = 0.0
     samples: int = 0
     final: bool = False
+    updates: dict[str, UpdateStats] = field(default_factory=dict)
+
+    @functools.cached_property
+    def ranked_scores(self) -> tuple[tuple[str, float], ...]:
+        """(instance, outlier score) of the round's updates, highest first; sorted once, as
+        the feed shows the top ones in every run-state event."""
+        return tuple(sorted(((n, s.score) for n, s in self.updates.items()), key=lambda i: -i[1]))
 
     def as_json(self) -> dict[str, Any]:
         """The record as metrics.jsonl and the database keep it."""
@@ -125,6 +136,7 @@ class RoundSummary:
             data["final"] = True
         else:
             data.update(duration_s=self.duration_s, samples=self.samples)
+            data["updates"] = {name: stats.as_json() for name, stats in self.updates.items()}
         data.update(clients=list(self.clients), metrics=dict(self.metrics))
         return data
 
@@ -140,6 +152,13 @@ class RoundSummary:
             duration_s=float(data.get("duration_s", 0.0)),
             samples=int(data.get("samples", 0)),
             final=bool(data.get("final", False)),
+            updates={
+                str(name): UpdateStats(
+                    None if stats.get("norm") is None else float(stats["norm"]),
+                    float(stats["score"]),
+                )
+                for name, stats in data.get("updates", {}).items()
+            },
         )
 
 

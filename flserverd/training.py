@@ -29,6 +29,7 @@ The clock and the round timer are injected, so tests drive the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -45,7 +46,7 @@ from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
-from flserverd.foldorder import CanonicalFold
+from flserverd.aggregator import Aggregator, UpdateStats, make_aggregator
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.tensorboard import ScalarWriter
@@ -56,6 +57,13 @@ PHASE_TRAINING = "training"
 PHASE_FINAL_VALIDATION = "final validation"
 STORAGE_RETRY_S = 3.0
 """How often a run paused by a disk fault tries the failed write again."""
+OUTLIER_SCORE = 3.0
+"""An update this many times farther from the round's aggregate than the median update
+is named in the log (when the round has at least MIN_UPDATES_FOR_OUTLIERS)."""
+MIN_UPDATES_FOR_OUTLIERS = 3
+HISTORY_SHOWN = 100
+"""Rounds of metrics in each run-state event (the console's chart shows the latest ones), and
+rounds kept in memory: a run of thousands of rounds with many sites must not grow the server."""
 
 
 class Refusal(Exception):
@@ -99,7 +107,7 @@ class RoundState:
     """Progress of the current round."""
 
     number: int
-    updates: CanonicalFold
+    aggregator: Aggregator
     started: float
     participants: set[str] = field(default_factory=set)
     contributed: dict[str, int] = field(default_factory=dict)
@@ -157,12 +165,25 @@ class Training:
         self._failures = 0
         self._retry_timer: TimerHandle | None = None
         self.ready: set[str] = set()
-        self.history: list[RoundSummary] = db.round_records(run.run_number)
+        self.history: collections.deque[RoundSummary] = collections.deque(
+            db.round_records(run.run_number), maxlen=HISTORY_SHOWN
+        )
+        """The latest rounds, for the feed; metrics.jsonl and the database have them all."""
         self.final_reports: dict[str, int] = {}
-        self._final = RoundState(run.num_rounds, CanonicalFold(manifest), clock())
-        self.round = RoundState(run.next_round, CanonicalFold(manifest), clock())
+        self._final = RoundState(run.num_rounds, self._aggregator(run.num_rounds), clock())
+        self.round = RoundState(run.next_round, self._aggregator(run.next_round), clock())
         if run.phase == PHASE_FINAL_VALIDATION:
             self._start_final_validation()
+
+    def _aggregator(self, round_number: int) -> Aggregator:
+        """The aggregator the app's config asks for, for a round (files opened when used)."""
+        number = self.run.run_number
+        return make_aggregator(
+            self.config,
+            self.manifest,
+            self._store.round_model(number, round_number),
+            self._store.round_updates(number, round_number),
+        )
 
     @property
     def active(self) -> bool:
@@ -366,8 +387,9 @@ class Training:
         num_samples: int,
         metrics: dict[str, float],
     ) -> None:
-        """Count an update in the round and record it, as one unit; it is folded into the
-        sum when its turn in the canonical order comes (:mod:`flserverd.foldorder`)."""
+        """Count an update in the round and record it, as one unit; FedAvg folds it into the
+        sum when its turn in the canonical order comes
+        (:class:`flserverd.aggregator.CanonicalFold`)."""
         kept = self._store.keep_update(self.run.run_number, state.number, instance, update.path)
         try:
             self._db.record_folded(
@@ -376,12 +398,14 @@ class Training:
         except BaseException:
             kept.unlink(missing_ok=True)
             raise
-        state.updates.add(instance, kept, float(num_samples))
+        await asyncio.to_thread(
+            state.aggregator.add, instance, TensorFile(kept), float(num_samples)
+        )
         state.contributed[instance] = num_samples
         state.participants.add(instance)
         self.ready.add(instance)
         state.add_metrics(instance, metrics, float(num_samples))
-        await asyncio.to_thread(state.updates.fold_due, self.awaited())
+        await asyncio.to_thread(state.aggregator.fold_due, self.awaited())
 
     def accept_final_metrics(
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
@@ -497,7 +521,7 @@ class Training:
         """
         self.publish_models()
         written = self._store.metrics_times(self.run.run_number)
-        for summary in self.history:
+        for summary in self._db.round_records(self.run.run_number):
             if summary.time not in written:
                 self._store.append_metrics(summary)
                 self._tb.add(summary.round, summary.metrics)
@@ -535,8 +559,8 @@ class Training:
         number = self.run.run_number
         following = state.number + 1
         target = self._store.round_model(number, following)
-        fedavg = await asyncio.to_thread(state.updates.finish)
-        await asyncio.to_thread(fedavg.write, target, {"run": str(number), "round": str(following)})
+        metadata = {"run": str(number), "round": str(following)}
+        updates = await asyncio.to_thread(state.aggregator.write, target, metadata)
         if not self.active:
             return None
         faultpoints.reached(faultpoints.SERVER_COMMIT)
@@ -550,6 +574,7 @@ class Training:
             metrics=metrics,
             duration_s=round(now - state.started, 4),
             samples=sum(state.contributed.values()),
+            updates=updates,
         )
         record = replace(self.run, next_round=following)
         self._with_best(record, state.number, metrics)
@@ -569,16 +594,18 @@ class Training:
                     return
                 raise
             if committed is None:
+                await asyncio.to_thread(state.aggregator.discard)
                 return
             record, summary = committed
             self._adopt(record)
+            self._report_outliers(state.number, summary.updates)
             # In memory the run moves on before the files are written, so that an upload
             # arriving meanwhile is judged against the new round.
             if record.next_round >= self.run.num_rounds:
                 self._start_final_validation()
             else:
                 self.round = RoundState(
-                    record.next_round, CanonicalFold(self.manifest), summary.time
+                    record.next_round, self._aggregator(record.next_round), summary.time
                 )
             await self._publish(summary)
             log.info(
@@ -594,9 +621,32 @@ class Training:
         self._progress()
         self._listener.run_changed()
 
+    def _report_outliers(self, round_number: int, updates: dict[str, UpdateStats]) -> None:
+        """Name the updates that stand out from the round's aggregate (console log)."""
+        if len(updates) < MIN_UPDATES_FOR_OUTLIERS:
+            return
+        bound = self.config.clip_update_norm
+        for instance, stats in sorted(updates.items()):
+            if stats.score < OUTLIER_SCORE:
+                continue
+            norm = stats.norm
+            detail = "" if norm is None else f", distance to the input model {norm:.4g}"
+            if norm is not None and bound is not None and norm > bound:
+                detail += f", clipped to {bound:g}"
+            log.warning(
+                "run %d round %d: the update of %s is an outlier (score %.1f%s)",
+                self.run.run_number,
+                round_number,
+                instance,
+                stats.score,
+                detail,
+            )
+
     def _start_final_validation(self) -> None:
         self.run.phase = PHASE_FINAL_VALIDATION
-        self._final = RoundState(self.run.num_rounds, CanonicalFold(self.manifest), self._clock())
+        self._final = RoundState(
+            self.run.num_rounds, self._aggregator(self.run.num_rounds), self._clock()
+        )
         self.final_reports = {}
         self._cancel_timer()
         self._timer = self._call_later(self.config.final_validation_timeout, self._final_timeout)
@@ -654,6 +704,8 @@ class Training:
         self.run.status = status
         self.run.reason = reason
         self._close_tensorboard()
+        if not self.round.closed:  # a closed round's aggregation deletes its own files
+            self._spawn(self._drop_round(self.round))
         log.info("run %d %s: %s", self.run.run_number, status, reason)
         self._listener.run_ended(self.run)
         self._listener.run_changed()
@@ -743,6 +795,11 @@ class Training:
             self._offer_all()
             self._progress()
         self._listener.run_changed()
+
+    async def _drop_round(self, state: RoundState) -> None:
+        """Delete what an abandoned round kept, once no update is being added to it."""
+        async with self._lock:
+            await asyncio.to_thread(state.aggregator.discard)
 
     async def close(self, grace: float) -> None:
         """Stop timers and let an aggregation in flight finish, without ending the run.

@@ -197,7 +197,6 @@ def test_a_kit_cannot_arm_a_fault_point(cluster: Cluster, tmp_path: Path) -> Non
     assert daemon.alive()
 
 
-
 # --------------------------------------------------------------------------- continuing a run
 
 
@@ -224,10 +223,10 @@ def test_a_run_stopped_by_a_server_error_continues_with_start_server(
     assert_checkpoints_intact(cluster)
     # The clients were told: none sits in "training started".
     wait_until(
-        lambda: {
-            row["status"] for row in cluster.ok("check_status client").data["clients"].values()
-        }
-        == {"training stopped"},
+        lambda: (
+            {row["status"] for row in cluster.ok("check_status client").data["clients"].values()}
+            == {"training stopped"}
+        ),
         30,
         "the clients to stop",
     )
@@ -378,8 +377,9 @@ def test_a_full_server_disk_pauses_training_and_loses_nothing(
         fill(workspace)
         cluster.ok("abort server")
         wait_until(
-            lambda: {s["status"] for s in client_statuses(cluster).values()}
-            == {"training stopped"},
+            lambda: (
+                {s["status"] for s in client_statuses(cluster).values()} == {"training stopped"}
+            ),
             30,
             "the clients to be told the run stopped",
         )
@@ -427,8 +427,9 @@ def test_a_full_client_disk_pauses_that_site_only(make_cluster: Callable[..., Cl
         cluster.release("client.download")
         site.wait_log(r"training paused: client disk full: ")
         row = wait_until(
-            lambda: (r := client_statuses(cluster)["flclient2"])["status"] == "training paused"
-            and r,
+            lambda: (
+                (r := client_statuses(cluster)["flclient2"])["status"] == "training paused" and r
+            ),
             30,
             "flclient2 to show it is paused",
         )

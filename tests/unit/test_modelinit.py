@@ -279,6 +279,7 @@ def test_a_full_disk_while_saving_is_the_oserror_it_is(
 ) -> None:
     """safetensors reports I/O errors as its own exception: a full disk must still be
     recognised as one (the site pauses instead of failing), and nothing half-written stays."""
+
     def full(*_: object, **__: object) -> None:
         raise SafetensorError(
             "Error while serializing: I/O error: No space left on device (os error 28)"
