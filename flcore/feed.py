@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flcore.status import ACTIVE
+from flcore.status import ACTIVE, FINISHED
 
-FINISHED = "finished"
-"""The reason of a run that trained all its rounds."""
 ORDINARY_ENDS = ("aborted by ", "start aborted by ", "server shut down by ")
 """Reasons of runs stopped on purpose; any other reason is a failure."""
 
@@ -99,12 +97,14 @@ class ClientRow:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """Sample-weighted metrics of one round (the round ``num_rounds`` is the final validation)."""
+    """Sample-weighted metrics of one round (the round ``num_rounds`` is the final validation),
+    and the highest outlier scores of its updates, by instance."""
 
     round: int
     metrics: dict[str, float] = field(default_factory=dict)
     clients: int = 0
     seconds: float = 0.0
+    outliers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,8 @@ class RunInfo:
     """The first line of each failed site's error."""
     stalled: str = ""
     """Why the training run cannot complete its round now ("" when it can)."""
+    fault: str = ""
+    """Why training is paused now (e.g. "server disk full: ..."); empty while it is not."""
 
     def ending(self) -> str:
         """How a run that no longer trains ended, in a few words ("" while it trains).

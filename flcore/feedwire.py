@@ -108,7 +108,11 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         wait_deadline=message.wait_deadline,
         history=tuple(
             RoundRecord(
-                r.round, {printable(k): v for k, v in r.metrics.items()}, r.clients, r.seconds
+                r.round,
+                {printable(k): v for k, v in r.metrics.items()},
+                r.clients,
+                r.seconds,
+                {printable(k): v for k, v in r.outliers.items()},
             )
             for r in message.history
         ),
@@ -118,6 +122,7 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         reason=printable(message.reason),
         site_errors={printable(k): printable(v) for k, v in message.site_errors.items()},
         stalled=printable(message.stalled),
+        fault=printable(message.fault),
     )
 
 

@@ -143,6 +143,7 @@ class AdminLogins:
             self._feeds[user] -= 1
             if not self._feeds[user]:
                 del self._feeds[user]
+
     def revoke(self, refused: Callable[[AdminLogin], str | None]) -> dict[str, str]:
         """Log out every admin whose certificate is now refused; returns their tokens and
         why each was refused."""

@@ -1,12 +1,13 @@
-"""What a command that stops something will really do: the question the server asks first.
+"""What a command that stops or deletes something will really do: the question asked first.
 
 The server decides, in one place, which commands ask (``shutdown`` always,
 as in Clara; ``abort`` when the admin sits at a console that confirms
-stops, see :class:`Confirmation`) and says what will happen from its own
-picture at that moment: which sites are training and stop, which move on
-to cross-site validation instead, which are idle and are left alone. The
-console shows this text as it is; ``fltui --cmd`` prints it before its
-``Are you sure (Y/N):``.
+stops, see :class:`Confirmation`; ``start server fresh`` when the run has
+trained before) and says what will happen from its own picture at that
+moment: which sites are training and stop, which move on to cross-site
+validation instead, which are idle and are left alone, what a fresh start
+deletes. The console shows this text as it is; ``fltui --cmd`` prints it
+before its ``Are you sure (Y/N):``.
 """
 
 from __future__ import annotations
@@ -120,8 +121,8 @@ def shutdown_server(run: RunInfo, registered: Sequence[str]) -> Confirmation:
     lines = ["The server daemon exits, and every console's feed with it."]
     if run.server_status in st.ACTIVE:
         lines.append(
-            f"Run {run.run_number} stops at round {run.current_round} of {run.num_rounds} and is "
-            "not resumed when the server starts again."
+            f"Run {run.run_number} stops at round {run.current_round} of {run.num_rounds}; once "
+            "the server is back, start server continues it."
         )
     warning = ""
     if registered:
@@ -130,6 +131,19 @@ def shutdown_server(run: RunInfo, registered: Sequence[str]) -> Confirmation:
             "down first (shutdown client), because they receive commands through the server."
         )
     return Confirmation("Shut down: the server", "This shuts down:", lines, warning, "Shut down")
+
+
+def start_fresh(run_number: int, rounds_done: int, ended: str) -> Confirmation:
+    """What ``start server fresh`` throws away of a run that has trained before (``ended``:
+    its status and reason)."""
+    lines = [
+        f"Run {run_number}: {rounds_done} completed round(s) ({ended}).",
+        "Training begins again from its first round, with a new initial model.",
+    ]
+    warning = "Starting fresh deletes its models, metrics and cross-site results."
+    return Confirmation(
+        f"Start fresh: run {run_number}", "This starts over:", lines, warning, "Start fresh"
+    )
 
 
 def question(

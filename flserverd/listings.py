@@ -145,12 +145,13 @@ def run_numbers(store: RunStore, db_numbers: Iterable[int]) -> list[int]:
 
 
 def run_line(number: int, record: RunRecord | None, view: RunInfo | None, app: str) -> RunLine:
-    """A run from its record (or, for the current run, the server's view of it)."""
+    """A run from its record (or, for the current run, the server's view of it: how it
+    ended, or why it is paused now)."""
     if record is None:
         return RunLine(number, app, "-", st.NOT_STARTED, "", "", 0.0, 0.0)
     status = view.server_status if view is not None else record.status
     ending = (
-        view.ending()
+        view.ending() or view.fault
         if view is not None
         else RunInfo(
             number,

@@ -13,11 +13,13 @@ the server (and every admin's screen) with registrations.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
+from flcore.diskfault import disk_fault
 from flcore.federation import MachineInfo
 from flcore.identity import Identity
 from flcore.status import ClientStatus
@@ -180,9 +182,8 @@ class ClientRegistry:
             serial=identity.serial,
         )
         self._add(client)
-        self._db.save_client(
-            ClientRecord(client.token, client.client_name, client.instance, client.org, now)
-        )
+        record = ClientRecord(client.token, client.client_name, client.instance, client.org, now)
+        self._saved(lambda: self._db.save_client(record), f"registration of {client.instance}")
         self.remember(client)
         return client, False
 
@@ -190,7 +191,23 @@ class ClientRegistry:
         """Keep what a client last said about itself (not its traceback) and its machine,
         for the rows a restarted server shows until the client is back."""
         status = {**asdict(replace(client.status, traceback="")), STATUS_AT: client.status_at}
-        self._db.save_client_state(client.token, status, asdict(client.machine))
+        machine = asdict(client.machine)
+        self._saved(
+            lambda: self._db.save_client_state(client.token, status, machine),
+            f"status of {client.instance}",
+        )
+
+    @staticmethod
+    def _saved(write: Callable[[], None], what: str) -> None:
+        """Write to the state database; on a full disk the registry goes on in memory (a
+        registration not saved is asked for again after a server restart)."""
+        try:
+            write()
+        except sqlite3.Error as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                raise
+            log.warning("%s kept in memory only: server %s", what, fault)
 
     def _free_instance(self, name: str) -> str:
         taken = self._by_instance
@@ -225,4 +242,6 @@ class ClientRegistry:
         """Forget a client (dropped, logged out or shut down)."""
         if self._clients.pop(token_key(client.token), None) is not None:
             self._by_instance.pop(client.instance, None)
-            self._db.delete_client(client.token)
+            self._saved(
+                lambda: self._db.delete_client(client.token), f"removal of {client.instance}"
+            )

@@ -48,6 +48,10 @@ def client_row(s: RegisteredClient, run_number: int = 0, run_started: float = 0.
     )
 
 
+OUTLIERS_SHOWN = 5
+"""Outlier scores per round in the feed (the highest); metrics.jsonl has every update's."""
+
+
 def round_record(summary: RoundSummary) -> RoundRecord:
     """A completed round as the feed shows it."""
     return RoundRecord(
@@ -55,6 +59,7 @@ def round_record(summary: RoundSummary) -> RoundRecord:
         metrics=dict(summary.metrics),
         clients=len(summary.clients),
         seconds=summary.duration_s,
+        outliers=dict(summary.ranked_scores[:OUTLIERS_SHOWN]),
     )
 
 

@@ -47,6 +47,7 @@ _TRAINING = {
     st.STARTING: Look("◔", "starting", "accent"),
     st.STARTED: Look("▶", "started", "success"),
     st.STOPPING: Look("◑", "stopping", "warning"),
+    st.PAUSED: Look("⏸", "paused", "warning"),
     st.STOPPED: Look("■", "stopped", "muted"),
     st.FAILED: Look("✖", "failed", "error"),
     st.CROSS_VALIDATING: Look("◇", "cross-val", "accent"),

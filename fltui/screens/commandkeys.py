@@ -64,7 +64,9 @@ class CommandKeys(Screen[None]):
     """
 
     ACTION_HELP: ClassVar[dict[str, str]] = {
-        "command_line": "an admin command or a view (:clients :logs :runs :apps :admins), tab completes",
+        "command_line": (
+            "an admin command or a view (:clients :logs :runs :apps :admins), tab completes"
+        ),
         "filter": "filter the focused table or the logs",
         "help": "this help",
         "app.quit": "quit",

@@ -55,6 +55,8 @@ class StatusHeader(Horizontal):
             title.append(f" (last start failed: {run.reason})")
         elif run.ending():
             title.append(f" ({run.ending()})")
+        elif run.fault:
+            title.append(f" ({run.fault})")
         if run.stalled:
             title.append(SEPARATOR, style=muted)
             title.append("⚠ cannot progress", style=tone_style(app, "warning"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from flcore import status as st
+from flcore.feed import RunInfo
 from flcore.identity import KIND_ADMIN, Identity
 from flserverd import listings
 from flserverd.admins import AdminLogins
@@ -62,6 +63,17 @@ def test_list_runs_pages_newest_first_and_names_runs_never_started(tmp_path: Pat
             assert "page must be" in refused.text or "usage: list_runs" in refused.text
 
     on_server(tmp_path, scenario)
+
+
+def test_list_runs_says_why_the_current_run_is_paused() -> None:
+    """A run paused by the server's disk reads as the header does, with the fault."""
+    paused = record(4, status=st.STARTED, reason="", next_round=3, ended_at=5.0)
+    view = RunInfo(4, st.PAUSED, "digits", fault="server disk full: state database")
+    line = listings.run_line(4, paused, view, "digits")
+    assert (line.status, line.ending) == (st.PAUSED, "server disk full: state database")
+    assert line.ended_at == 0.0  # it has not ended
+    text = listings.runs_text([line], page_of(None, 1, listings.PAGE))
+    assert "training paused (server disk full: state database)" in text
 
 
 def test_show_run_gives_each_sites_metrics_per_round_in_bounded_pages(
