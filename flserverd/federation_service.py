@@ -82,16 +82,16 @@ class FederationService(fed_grpc.FederationServicer):
     ) -> fed_pb2.ClientLoginReply:
         """Register a client certificate, or resume its registration."""
         try:
-            client, resumed = self.server.login(
+            login = self.server.login(
                 peer_identity(context), request.token, machine_from_proto(request.info)
             )
         except AuthError as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise
         return fed_pb2.ClientLoginReply(
-            token=client.token,
-            instance_name=client.instance,
-            resumed=resumed,
+            token=login.token,
+            instance_name=login.client.instance,
+            resumed=login.resumed,
             project=self.server.startup.project,
             heartbeat_interval_s=int(self.server.startup.heartbeat_interval),
         )
