@@ -18,8 +18,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,16 @@ ANSWER_FLUSH_S = 3.0
 
 class Refused(Exception):
     """A command cannot be carried out; the message goes back to the admin."""
+
+
+@dataclass(frozen=True)
+class RoundDone:
+    """The last round this site trained: from the offer to the server's verdict."""
+
+    round: int
+    seconds: float
+    finished_at: float
+    outcome: SubmitOutcome
 
 
 def _argument(command: str, args: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
@@ -128,6 +139,7 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: set[TrainingProcess] = set()
         """Training children asked to stop and not gone yet: a shutdown kills them."""
+        self.last_round: RoundDone | None = None
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
@@ -559,6 +571,7 @@ class Agent:
         models.mkdir(exist_ok=True)
         model = models / f"global_round_{task.round}.safetensors"
         update = models / f"update_round_{task.round}.safetensors"
+        started = time.monotonic()
         self._set_status(round=task.round)
         try:
             await self.uplink.retrying(
@@ -582,6 +595,9 @@ class Agent:
             )
 
         verdict = await self.uplink.retrying(f"upload of round {task.round}", send)
+        self.last_round = RoundDone(
+            task.round, time.monotonic() - started, time.time(), verdict.outcome
+        )
         log.info(
             "round %d update %s: %s (%s)",
             task.round,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,7 @@ from flcore.federation import (
     ModelKind,
     ModelRequest,
     SubmitHeader,
+    SubmitOutcome,
     Unreadable,
     UploadKind,
     Upward,
@@ -77,6 +79,20 @@ class ControlStream:
         self._call.cancel()
 
 
+@dataclass
+class Traffic:
+    """What this client moved since it started, for its metrics endpoint (the keys are fixed,
+    so another thread may read the counts while they grow)."""
+
+    received: dict[str, int] = field(default_factory=lambda: {"model": 0, "app": 0})
+    sent: dict[str, int] = field(
+        default_factory=lambda: {kind.value.replace(" ", "_"): 0 for kind in UploadKind}
+    )
+    verdicts: dict[str, int] = field(
+        default_factory=lambda: {outcome.value: 0 for outcome in SubmitOutcome}
+    )
+
+
 class Connection:
     """One channel to the server's federation service."""
 
@@ -87,6 +103,7 @@ class Connection:
         )
         self.stub = fed_grpc.FederationStub(self._channel)
         self.token = ""
+        self.traffic = Traffic()
 
     async def close(self) -> None:
         """Close the channel."""
@@ -139,6 +156,7 @@ class Connection:
                     raise ValueError("the server sent model bytes before the manifest")
                 else:
                     spool.write(message.chunk.name, message.chunk.offset, message.chunk.data)
+                    self.traffic.received["model"] += len(message.chunk.data)
             if spool is None:
                 raise ValueError("the server sent no model")
             return spool.finish()
@@ -161,12 +179,17 @@ class Connection:
         upload = TensorFile(model)
         header = SubmitHeader(run_number, round_number, kind, num_samples, metrics, upload.manifest)
 
+        sent = kind.value.replace(" ", "_")
+
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
             yield submit_header_to_proto(self.token, header)
             for chunk in tensor_chunks(upload):
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
+                self.traffic.sent[sent] += len(chunk.data)
 
-        return verdict_from_proto(await self.stub.SubmitModel(messages()))
+        verdict = verdict_from_proto(await self.stub.SubmitModel(messages()))
+        self.traffic.verdicts[verdict.outcome.value] += 1
+        return verdict
 
     async def submit_metrics(
         self,
@@ -198,6 +221,7 @@ class Connection:
             )
             async for chunk in call:
                 receiver.write(chunk.path, chunk.offset, chunk.data, chunk.eof)
+                self.traffic.received["app"] += len(chunk.data)
             receiver.finish()
             (staging / APP_NAME_FILE).write_text(app + "\n")
         except BaseException:

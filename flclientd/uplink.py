@@ -80,6 +80,10 @@ class Uplink:
         # Flush markers travel in the queue: the writer sets one when it gets there.
         self._outbox: asyncio.Queue[Upward | asyncio.Event] = asyncio.Queue()
         self._stop = asyncio.Event()
+        self.logins = 0
+        """Logins since the daemon started: the first, then one per reconnect."""
+        self.retries = 0
+        """Calls tried again after a broken connection or a server error."""
 
     def send(self, message: Upward) -> None:
         """Queue a message for the control stream (sent once connected)."""
@@ -118,6 +122,7 @@ class Uplink:
                 )
             else:
                 delay = 0.2
+                self.logins += 1
                 self._logged_in(login.token, login.instance, login.resumed)
                 await self._control()
                 if self._stop.is_set():
@@ -242,4 +247,5 @@ class Uplink:
                 elif code not in TRANSIENT:
                     raise
                 log.warning("%s interrupted (%s); retrying", what, code.name)
+                self.retries += 1
                 await asyncio.sleep(0.5)

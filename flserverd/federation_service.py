@@ -158,6 +158,7 @@ class FederationService(fed_grpc.FederationServicer):
             yield fed_pb2.ModelMessage(
                 chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
             )
+            self.exchange.sent("model", len(data))
 
     async def SubmitModel(
         self,
@@ -209,3 +210,4 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         async for path, offset, data, eof in _in_batches(iter_chunks(folder)):
             yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
+            self.exchange.sent("app", len(data))

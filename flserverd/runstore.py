@@ -10,6 +10,7 @@
     <workspace>/run_<N>/metrics.jsonl      one JSON object per completed round
     <workspace>/run_<N>/tb/                TensorBoard event files
     <workspace>/run_<N>/.spool/            uploads in flight (deleted at start)
+    <workspace>/run_<N>/mlflow_run.json    the MLflow run this run logs to (flserverd.tracking)
 
 Models are only ever replaced by rename (or a hard link renamed into place),
 so a reader or a crash sees either the old file or the new one.
@@ -17,6 +18,7 @@ so a reader or a crash sees either the old file or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 GLOBAL_MODEL = "global_model.safetensors"
 BEST_MODEL = "best_global_model.safetensors"
+SPOOL_DIR = ".spool"
 
 
 class RunStore:
@@ -75,13 +78,27 @@ class RunStore:
 
     def spool_dir(self, run_number: int) -> Path:
         """Uploads being received for a run."""
-        path = self.run_dir(run_number) / ".spool"
+        path = self.run_dir(run_number) / SPOOL_DIR
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def spool_usage(self, run_number: int) -> tuple[int, int]:
+        """Files and bytes of the uploads being received for a run now (creates nothing;
+        safe from any thread)."""
+        files = size = 0
+        try:
+            with os.scandir(self.run_dir(run_number) / SPOOL_DIR) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):  # it landed meanwhile
+                        size += entry.stat(follow_symlinks=False).st_size
+                        files += 1
+        except FileNotFoundError:
+            pass
+        return files, size
+
     def clear_spool(self, run_number: int) -> None:
         """Delete half-received uploads (after a restart they are worthless)."""
-        shutil.rmtree(self.run_dir(run_number) / ".spool", ignore_errors=True)
+        shutil.rmtree(self.run_dir(run_number) / SPOOL_DIR, ignore_errors=True)
 
     def publish(self, source: Path, target: Path) -> None:
         """Make ``target`` the same file as ``source`` atomically (a hard link, no copy)."""
