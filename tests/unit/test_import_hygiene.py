@@ -3,8 +3,9 @@
 The daemons must start fast and small and never run torch or an app's code
 (their training and model-init children do), load prometheus_client only
 when a site turns the metrics endpoint on and MLflow never (their tracking
-child does), and only the console draws with Textual. An import added anywhere below a daemon's entry point that
-breaks this fails here, not as a slow start in production.
+child does), and only the console draws with Textual. An import added
+anywhere below a daemon's entry point that breaks this fails here, not as a
+slow start in production.
 """
 
 from __future__ import annotations
