@@ -3,14 +3,17 @@ exchange move them, and what the MLflow tracker hands its child."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import re
 import ssl
 import urllib.error
 import urllib.request
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from flclientd.agent import RoundDone
+from flclientd.connection import Traffic
+from flclientd.telemetry import ClientTelemetry
 from flcore import startup
 from flcore import status as st
 from flcore.appconfig import MlflowSettings, parse_server_config
@@ -36,6 +42,7 @@ from flcore.feed import (
 )
 from flcore.identity import KIND_ADMIN, KIND_SERVER
 from flcore.schema import ConfigError
+from flcore.status import ClientStatus
 from fldev.cluster import free_ports
 from flserverd import mlflow_child
 from flserverd.exchange import ModelExchange
@@ -46,6 +53,7 @@ from provision import pki
 from tests.unit.test_exchange import RUN, chunks_of, header, on_server, train, write_model
 from tests.unit.test_schema_configs import CLIENT, SERVER, _workspace
 
+ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -487,3 +495,53 @@ def test_a_tracking_server_away_is_a_warning_a_minute(
     assert [line["level"] for line in lines] == ["warning"]
     assert lines[0]["message"].startswith("cannot log start of run 1 (1 failed call(s) so far)")
     assert logger.failures == 2
+
+
+# --------------------------------------------------------------------------- the dashboard
+
+
+def served_names(*collectors: Any) -> set[str]:
+    """The names of every sample these collectors serve, empty families included."""
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def client_telemetry() -> ClientTelemetry:
+    """A client's collector over a stand-in for its agent."""
+    uplink = SimpleNamespace(connected=asyncio.Event(), logins=1, retries=0)
+    agent = SimpleNamespace(
+        startup=CLIENT,
+        status=ClientStatus(),
+        uplink=uplink,
+        conn=SimpleNamespace(traffic=Traffic()),
+        last_round=RoundDone(0, 1.0, 2.0, SubmitOutcome.ACCEPTED),
+        worker=None,
+    )
+    return ClientTelemetry(agent)  # type: ignore[arg-type]
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_daemons_serve(tmp_path: Path) -> None:
+    dashboard = json.loads((ROOT / "packaging" / "grafana" / "flstack.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"\b((?:flstack|process)_\w+)", target["expr"])
+    }
+
+    async def scenario(server: FLServer) -> None:
+        served = served_names(*ServerTelemetry(server).collectors(), client_telemetry())
+        served |= {"process_resident_memory_bytes", "process_cpu_seconds_total"}
+        assert asked <= served, asked - served
+        ours = {name for name in served if name.startswith("flstack_")}
+        assert all(re.fullmatch(r"flstack_(server|client)_[a-z_]+", name) for name in ours)
+        assert len(asked) > 20
+
+    on_server(tmp_path, scenario)
