@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from flclientd.agent import Agent
 from flcore import status as st
+from flcore.exporter import status_family
 from flcore.proctable import descendants, resident_bytes
 from flcore.version import flstack_version
 
@@ -52,14 +53,9 @@ class ClientTelemetry:
 
     def _training(self) -> Iterator[Metric]:
         status = self._agent.status
-        state = GaugeMetricFamily(
-            "flstack_client_training_status",
-            "The client's training status (1 for the current one)",
-            labels=["status"],
+        yield status_family(
+            "flstack_client_training_status", "The client's", STATUSES, status.status
         )
-        for word in STATUSES:
-            state.add_metric([word], 1.0 if status.status == word else 0.0)
-        yield state
         yield GaugeMetricFamily(
             "flstack_client_run_number", "The run the client trains (0: none)", status.run_number
         )

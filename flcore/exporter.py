@@ -127,6 +127,19 @@ class Endpoint:
         self._thread.join(5)
 
 
+def status_family(name: str, whose: str, statuses: Iterable[str], current: str) -> Any:
+    """A status as Prometheus wants an enumeration: one series per status word, 1 for the
+    current one (so a dashboard shows it and an alert matches it by name)."""
+    from prometheus_client.core import GaugeMetricFamily  # with the endpoint only
+
+    family = GaugeMetricFamily(
+        name, f"{whose} training status (1 for the current one)", labels=["status"]
+    )
+    for word in statuses:
+        family.add_metric([word], 1.0 if word == current else 0.0)
+    return family
+
+
 def serve_metrics(settings: EndpointSettings, collectors: Iterable[Any]) -> Endpoint:
     """Serve the daemon's own collectors, with the process's memory and CPU and Python's
     garbage collector beside them; ConfigError when the address cannot be served."""

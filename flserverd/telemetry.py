@@ -27,6 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from flcore import status as st
+from flcore.exporter import status_family
 from flcore.federation import MetricsReport, SubmitHeader, SubmitOutcome, Verdict
 from flcore.feed import (
     Body,
@@ -338,11 +339,6 @@ def _run_gauges(run: RunInfo) -> Iterator[Metric]:
     }
     for name, (text, value) in values.items():
         yield GaugeMetricFamily(name, text, value=value)
-    status = GaugeMetricFamily(
-        "flstack_server_run_status",
-        "The server's training status (1 for the current one)",
-        labels=["status"],
+    yield status_family(
+        "flstack_server_run_status", "The server's", RUN_STATUSES, run.server_status
     )
-    for word in RUN_STATUSES:
-        status.add_metric([word], 1.0 if run.server_status == word else 0.0)
-    yield status

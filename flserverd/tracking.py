@@ -31,7 +31,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flcore import status as st
-from flcore.appconfig import MlflowSettings
 from flcore.federation import (
     MetricsKind,
     MetricsReport,
@@ -160,10 +159,11 @@ class Tracker:
         tracked = _Tracked(number, run.num_rounds, max(done, default=-1))
         self._runs[number] = tracked
         config = training.config
+        uri = tracking_uri(settings.tracking_uri, self._workspace)
         self._send(
             op="start",
             run=number,
-            tracking_uri=tracking_uri(settings.tracking_uri, self._workspace),
+            tracking_uri=uri,
             experiment=settings.experiment or run.app or "flstack",
             run_name=f"run_{number}",
             resume=resumed,
@@ -184,7 +184,7 @@ class Tracker:
                 "metric_mode": config.metric_mode,
             },
         )
-        log.info("run %d: logging to MLflow at %s", number, _shown(settings))
+        log.info("run %d: logging to MLflow at %s", number, _shown(uri))
         return tracked
 
     # ------------------------------------------------------------------ exchange
@@ -333,7 +333,7 @@ async def _keep_tail(stream: asyncio.StreamReader, tail: deque[str]) -> None:
             log.debug("MLflow child: %s", line)
 
 
-def _shown(settings: MlflowSettings) -> str:
-    """The tracking URI for the log, without a query (it might carry a token)."""
-    parts = urlsplit(settings.tracking_uri)
+def _shown(uri: str) -> str:
+    """A tracking URI for the log, without a query (it might carry a token)."""
+    parts = urlsplit(uri)
     return parts._replace(query="", fragment="").geturl()

@@ -545,3 +545,24 @@ def test_the_grafana_dashboard_asks_only_for_metrics_the_daemons_serve(tmp_path:
         assert len(asked) > 20
 
     on_server(tmp_path, scenario)
+
+
+def test_a_store_the_server_cannot_write_is_a_warning_from_the_real_child(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="flserverd.tracking")
+
+    async def scenario(server: FLServer) -> None:
+        tracker = Tracker(server, server.workspace)
+        train(server, num_rounds=2, mlflow=MlflowSettings("/dev/null/mlruns"))
+        tracker.seen(RunInfo(RUN, st.STARTING))
+        tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2))
+        tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(RoundRecord(0, {"a": 1}),)))
+        await tracker.close()  # the child works through what it was sent, then ends
+
+    on_server(tmp_path, scenario)
+    said = [r.getMessage() for r in caplog.records if r.name == "flserverd.tracking"]
+    assert said[0] == "run 1: logging to MLflow at file:///dev/null/mlruns"
+    assert said[1].startswith("MLflow: cannot log start of run 1 (1 failed call(s) so far): ")
+    assert len(said) == 2  # the round failed too, within the same minute: no second warning
+    assert all(r.levelname != "ERROR" for r in caplog.records)
