@@ -52,6 +52,20 @@ def _metrics(values: object, where: str) -> dict[str, float]:
         raise TypeError(f"{where} returned a metric that is not a number: {exc}") from None
 
 
+def make_reproducible(seed: int) -> None:
+    """Seed torch and use its deterministic kernels, so that a site trains the same update
+    from the same global model in every run with this seed: what lets a seeded run be
+    repeated, or resumed after a server crash, bit for bit.
+
+    An operation without a deterministic kernel warns (in the site's log, which reaches
+    the console) instead of failing the run; the daemon sets ``CUBLAS_WORKSPACE_CONFIG``
+    for the GPU's matrix products (flclientd.runner).
+    """
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 class Workbench:
     """The model, data, optimizer and trainer of one run on one rank."""
 
@@ -66,7 +80,7 @@ class Workbench:
         app = load_app(app_dir)
         config = app.train
         use_resources(app.resources)
-        torch.manual_seed(config.seed)
+        make_reproducible(config.seed)
         self.ranks = ranks
         self.device = device
         self.best_path = work_dir / BEST_LOCAL_MODEL
