@@ -24,6 +24,7 @@ STATUSES = (
     st.STARTING,
     st.WAITING_APPROVAL,
     st.STARTED,
+    st.PAUSED,
     st.CROSS_VALIDATING,
     st.STOPPED,
     st.FAILED,
@@ -75,8 +76,14 @@ class ClientTelemetry:
         )
         yield CounterMetricFamily(
             "flstack_client_retries",
-            "Downloads, uploads and reports tried again after a broken connection",
+            "Downloads, uploads and reports tried again after a broken connection, a stalled "
+            "transfer or a server error",
             uplink.retries,
+        )
+        yield CounterMetricFamily(
+            "flstack_client_transfers_stalled",
+            "Downloads and uploads given up because nothing moved for a while (then tried again)",
+            uplink.stalls,
         )
         for name, text, counts in (
             ("flstack_client_received_bytes", "Model and app bytes received", traffic.received),

@@ -85,6 +85,8 @@ class Uplink:
         """Logins since the daemon started: the first, then one per reconnect."""
         self.retries = 0
         """Calls tried again after a broken connection, a stalled transfer or a server error."""
+        self.stalls = 0
+        """Transfers given up because nothing moved for a while (then tried again)."""
 
     def send(self, message: Upward) -> None:
         """Queue a message for the control stream (sent once connected)."""
@@ -243,6 +245,7 @@ class Uplink:
             try:
                 return await call()
             except TransferStalled as exc:
+                self.stalls += 1
                 log.warning("%s; retrying", exc)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()

@@ -76,6 +76,10 @@ class ExchangeWatcher(Protocol):
     def moved(self, outward: bool, what: str, size: int) -> None:
         """``size`` bytes of a model (``what``: an upload kind, ``model`` or ``app``) moved."""
 
+    def stalled(self, kind: UploadKind) -> None:
+        """An upload was given up because nothing moved for a while (the client sends it
+        again)."""
+
 
 class ModelExchange:
     """The server's side of models and metrics moving between it and its clients."""
@@ -243,6 +247,8 @@ class ModelExchange:
             return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
         except TransferStalled as exc:
             log.warning("%s", exc)
+            for watcher in self.watchers:
+                watcher.stalled(header.kind)
             raise
         finally:
             # An accepted update's file was moved into its round (RunStore.keep_update).

@@ -10,7 +10,8 @@ stderr, which the server keeps at DEBUG.
 
 Messages (see the tracker): ``start`` (a run: where to log, its name, tags
 and parameters; ``resume`` reuses the MLflow run recorded in the run's
-folder), ``round`` (global metrics of a round), ``site`` (one site's
+folder), ``round`` (global metrics of a round, and the highest outlier
+scores of its updates for the sites' nested runs), ``site`` (one site's
 metrics of a round, logged in a run nested under the run and tagged with
 the site), ``end`` (how it ended; the final and best global models as
 artifacts) and ``close``.
@@ -126,8 +127,10 @@ class Logger:
         tags = {str(k): str(v) for k, v in message["tags"].items()}
         known = _recorded(record, uri) if message["resume"] else {}
         run_id = str(known.get("run_id", ""))
-        if run_id:
-            client.update_run(run_id, status="RUNNING")
+        sites = {str(k): str(v) for k, v in dict(known.get("sites", {})).items()}
+        if run_id:  # a run continued after it ended (an abort, a fault) logs on where it was
+            for resumed in (run_id, *sites.values()):
+                client.update_run(resumed, status="RUNNING")
         else:
             run_id = client.create_run(
                 experiment_id, run_name=message["run_name"], tags=tags
@@ -135,17 +138,23 @@ class Logger:
             params = [self.mlflow.entities.Param(k, str(v)) for k, v in message["params"].items()]
             client.log_batch(run_id, params=params)
         run = Run(client, experiment_id, run_id, str(message["run_name"]), record, uri, tags)
-        run.sites = {str(k): str(v) for k, v in dict(known.get("sites", {})).items()}
+        run.sites = sites
         run.save()
         self.runs[int(message["run"])] = run
         say("info", f"run {message['run']} logs to MLflow run {run_id} ({name})")
 
     def on_round(self, message: dict[str, Any]) -> None:
         run = self.run(message)
+        step, now = int(message["round"]), time.time()
         values = {**message["metrics"], "clients": message["clients"]}
         if message["seconds"]:
             values["round_duration_seconds"] = message["seconds"]
-        self._log(run.client, run.run_id, values, int(message["round"]), time.time())
+        outliers: dict[str, float] = message.get("outliers") or {}
+        if outliers:
+            values["outlier_score_max"] = max(outliers.values())
+        self._log(run.client, run.run_id, values, step, now)
+        for site, score in outliers.items():
+            self._log(run.client, run.site_run(site), {"outlier_score": score}, step, now)
 
     def on_site(self, message: dict[str, Any]) -> None:
         run = self.run(message)

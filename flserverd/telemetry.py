@@ -22,29 +22,31 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from flcore import status as st
 from flcore.exporter import status_family
-from flcore.federation import MetricsReport, SubmitHeader, SubmitOutcome, Verdict
+from flcore.federation import MetricsReport, SubmitHeader, SubmitOutcome, UploadKind, Verdict
 from flcore.feed import (
     Body,
     ClientGone,
     ClientRow,
     CommandSeen,
     Heartbeat,
+    RoundRecord,
     RunInfo,
     Snapshot,
     stale_after,
 )
 from flserverd.commands import COMMANDS
 from flserverd.server import FLServer
+from flserverd.training import MIN_UPDATES_FOR_OUTLIERS, OUTLIER_SCORE
 
 ROUND_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 """Seconds: a round of a small model on CPUs takes seconds, of a 3D network hours."""
-RUN_STATUSES = (st.NOT_STARTED, st.STARTING, st.STARTED, st.STOPPED)
+RUN_STATUSES = (st.NOT_STARTED, st.STARTING, st.STARTED, st.PAUSED, st.STOPPED)
 CLIENT_STATES = ("online", "stale", "offline", "lost")
 
 REJECTIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
@@ -157,7 +159,25 @@ class ServerTelemetry:
             ["reason"],
             registry=None,
         )
+        self.stalls = Counter(
+            "flstack_server_uploads_stalled",
+            "Uploads given up because nothing moved for a while (the client sends them again)",
+            ["kind"],
+            registry=None,
+        )
         self.rounds = Counter("flstack_server_rounds_completed", "Rounds aggregated", registry=None)
+        self.outlier_score = Gauge(
+            "flstack_server_round_outlier_score_max",
+            "The highest outlier score among the updates of the last aggregated round (about 1: "
+            "typical; 0: no round aggregated yet)",
+            registry=None,
+        )
+        self.outliers = Counter(
+            "flstack_server_outlier_updates",
+            f"Updates that scored {OUTLIER_SCORE:g} or more in a round of at least "
+            f"{MIN_UPDATES_FOR_OUTLIERS} (the server's log names each one's site)",
+            registry=None,
+        )
         self.round_seconds = Histogram(
             "flstack_server_round_duration_seconds",
             "Time from a round's start to its aggregation",
@@ -178,8 +198,11 @@ class ServerTelemetry:
             self.sent,
             self.commands,
             self.removals,
+            self.stalls,
             self.rounds,
             self.round_seconds,
+            self.outlier_score,
+            self.outliers,
         ]
 
     # ------------------------------------------------------------------ exchange
@@ -198,6 +221,10 @@ class ServerTelemetry:
     def moved(self, outward: bool, what: str, size: int) -> None:
         """Count bytes that moved."""
         (self.sent if outward else self.received).labels(_label(what)).inc(size)
+
+    def stalled(self, kind: UploadKind) -> None:
+        """Count an upload given up for not moving."""
+        self.stalls.labels(_label(kind.value)).inc()
 
     # ------------------------------------------------------------------ feed
 
@@ -247,8 +274,17 @@ class ServerTelemetry:
         for record in completed:
             if record.round > self._last_round[number]:
                 self._last_round[number] = record.round
-                self.rounds.inc()
-                self.round_seconds.observe(record.seconds)
+                self._completed(record)
+
+    def _completed(self, record: RoundRecord) -> None:
+        """A round newly aggregated: its duration and its outliers. The feed carries the
+        highest scores of a round only (flserverd.views.OUTLIERS_SHOWN), which holds every
+        update at or above OUTLIER_SCORE unless more than that many stand out at once."""
+        self.rounds.inc()
+        self.round_seconds.observe(record.seconds)
+        self.outlier_score.set(max(record.outliers.values(), default=0.0))
+        if record.clients >= MIN_UPDATES_FOR_OUTLIERS:
+            self.outliers.inc(sum(1 for s in record.outliers.values() if s >= OUTLIER_SCORE))
 
     # ------------------------------------------------------------------ scrape
 

@@ -127,6 +127,7 @@ class Tracker:
                     metrics=record.metrics,
                     clients=record.clients,
                     seconds=record.seconds,
+                    outliers=record.outliers,
                 )
         if run.server_status == st.STOPPED:
             del self._runs[number]
@@ -212,6 +213,9 @@ class Tracker:
 
     def moved(self, outward: bool, what: str, size: int) -> None:
         """Bytes are the metrics endpoint's business."""
+
+    def stalled(self, kind: UploadKind) -> None:
+        """So are stalled transfers."""
 
     def _site(
         self, instance: str, number: int, round_number: int, metrics: dict[str, float]

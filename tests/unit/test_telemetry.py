@@ -10,8 +10,10 @@ import re
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,11 +43,12 @@ from flcore.feed import (
     Snapshot,
 )
 from flcore.identity import KIND_ADMIN, KIND_SERVER
+from flcore.progress import ProgressWatch, TransferStalled
 from flcore.schema import ConfigError
 from flcore.status import ClientStatus
 from fldev.cluster import free_ports
 from flserverd import mlflow_child
-from flserverd.exchange import ModelExchange
+from flserverd.exchange import Chunk, ModelExchange
 from flserverd.server import FLServer
 from flserverd.telemetry import ServerTelemetry
 from flserverd.tracking import Tracker, end_status, tracking_uri
@@ -57,11 +60,15 @@ ROOT = Path(__file__).resolve().parents[2]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def samples_of(*collectors: Any) -> Samples:
+def registry_of(*collectors: Any) -> CollectorRegistry:
     registry = CollectorRegistry()
     for collector in collectors:
         registry.register(collector)
-    text = generate_latest(registry).decode()
+    return registry
+
+
+def samples_of(*collectors: Any) -> Samples:
+    text = generate_latest(registry_of(*collectors)).decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -160,18 +167,24 @@ def test_endpoint_serves_plain_http_on_loopback_and_refuses_a_port_in_use() -> N
         endpoint.close()
 
 
-def test_endpoint_over_tls_requires_the_scrapers_certificate(tmp_path: Path) -> None:
+def metrics_tls_files() -> dict[str, bytes]:
+    """A CA (``ca.pem``), the endpoint's certificate for 127.0.0.1 (``m.crt``, ``m.key``)
+    and a scraper's client certificate (``s.crt``, ``s.key``), all from that CA."""
     now = datetime.now(UTC)
     ca = pki.create_ca("p", "org", "ecdsa-p256", 30, now)
     server = pki.issue(ca, pki.Subject("127.0.0.1", "org", KIND_SERVER), "ecdsa-p256", 30, now)
     scraper = pki.issue(ca, pki.Subject("prom", "org", KIND_ADMIN), "ecdsa-p256", 30, now)
-    files = {
+    return {
         "ca.pem": pki.cert_pem(ca.cert),
         "m.crt": pki.cert_pem(server.cert),
         "m.key": pki.key_pem(server.key),
         "s.crt": pki.cert_pem(scraper.cert),
         "s.key": pki.key_pem(scraper.key),
     }
+
+
+def test_endpoint_over_tls_requires_the_scrapers_certificate(tmp_path: Path) -> None:
+    files = metrics_tls_files()
     (port,) = free_ports(1)
     ws = site_with(
         tmp_path,
@@ -315,6 +328,76 @@ def test_rejected_uploads_are_counted_by_reason(tmp_path: Path) -> None:
     on_server(tmp_path, scenario)
 
 
+def test_paused_runs_and_outlier_scores_in_the_server_metrics(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        telemetry = ServerTelemetry(server)
+        run = RunInfo(1, st.STARTED, num_rounds=5)
+        telemetry.seen(Snapshot(ServerInfo("p", "s"), run))
+        got = samples_of(*telemetry.collectors())
+        assert value(got, "flstack_server_round_outlier_score_max") == 0
+        scored = {"flclient3": 7.5, "flclient2": 3.0, "flclient1": 0.6}
+        telemetry.seen(replace(run, history=(RoundRecord(0, {}, 3, 2.0, scored),)))
+        telemetry.seen(replace(run, server_status=st.PAUSED, fault="server disk full: ..."))
+        got = samples_of(*telemetry.collectors())
+        assert value(got, "flstack_server_run_status", status=st.PAUSED) == 1
+        assert value(got, "flstack_server_run_status", status=st.STARTED) == 0
+        assert value(got, "flstack_server_round_outlier_score_max") == 7.5
+        assert value(got, "flstack_server_outlier_updates_total") == 2
+        # with two updates a score says little: the log names none, nor is any counted
+        telemetry.seen(replace(run, history=(RoundRecord(1, {}, 2, 2.0, {"flclient1": 5.0}),)))
+        got = samples_of(*telemetry.collectors())
+        assert value(got, "flstack_server_round_outlier_score_max") == 5.0
+        assert value(got, "flstack_server_outlier_updates_total") == 2
+        # no fault text, site or instance name reaches the endpoint with the scores
+        text = generate_latest(registry_of(*telemetry.collectors())).decode()
+        assert "disk full" not in text and "flclient" not in text
+
+    on_server(tmp_path, scenario)
+
+
+def test_the_spool_gauges_count_uploads_in_flight_and_updates_kept_for_their_round(
+    tmp_path: Path,
+) -> None:
+    async def scenario(server: FLServer) -> None:
+        telemetry = ServerTelemetry(server)
+        train(server, num_rounds=2)
+        telemetry.seen(Snapshot(ServerInfo("p", "s"), RunInfo(RUN, st.STARTED, num_rounds=2)))
+        spool = server.store.spool_dir(RUN)
+        (spool / "arriving.safetensors").write_bytes(b"x" * 100)
+        (spool / "kept.safetensors").write_bytes(b"y" * 1000)
+        server.store.keep_update(RUN, 0, "flclient1", spool / "kept.safetensors")
+        got = samples_of(telemetry)
+        assert value(got, "flstack_server_spool_files") == 2
+        assert value(got, "flstack_server_spool_bytes") == 1100
+        server.store.drop_round_updates(RUN, 0)
+        assert value(samples_of(telemetry), "flstack_server_spool_bytes") == 100
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_stalled_upload_is_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("flserverd.exchange.ProgressWatch", partial(ProgressWatch, limit=0.2))
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        telemetry = ServerTelemetry(server)
+        exchange.watchers.append(telemetry)
+        train(server, num_rounds=2, min_num_clients=2)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+
+        async def first_chunk_only() -> AsyncIterator[Chunk]:
+            yield next(iter(model.iter_chunks()))
+            await asyncio.Event().wait()  # the sender stops sending
+
+        with pytest.raises(TransferStalled):
+            await exchange.receive("a", header(model.manifest), first_chunk_only())
+        got = samples_of(*telemetry.collectors())
+        assert value(got, "flstack_server_uploads_stalled_total", kind="update") == 1
+        assert value(got, "flstack_server_uploads_total", kind="update", outcome="accepted") == 0
+
+    on_server(tmp_path, scenario)
+
+
 # --------------------------------------------------------------------------- tracking
 
 
@@ -334,7 +417,8 @@ def test_the_tracker_hands_its_child_a_run_its_rounds_and_its_sites(tmp_path: Pa
         tracker = Recording(server)
         mlflow = MlflowSettings("mlruns", "")
         train(server, num_rounds=2, mlflow=mlflow)
-        r0, r1 = RoundRecord(0, {"acc": 0.5}, 2, 1.0), RoundRecord(1, {"acc": 0.7}, 2, 1.0)
+        r0 = RoundRecord(0, {"acc": 0.5}, 2, 1.0)
+        r1 = RoundRecord(1, {"acc": 0.7}, 2, 1.0, {"flclient2": 1.1, "flclient1": 0.9})
         final = RoundRecord(2, {"acc": 0.8}, 2)
         tracker.seen(RunInfo(RUN, st.STARTING))
         tracker.seen(RunInfo(RUN, st.STARTED, app="digits", num_rounds=2))
@@ -376,6 +460,22 @@ def test_the_tracker_hands_its_child_a_run_its_rounds_and_its_sites(tmp_path: Pa
             str(server.store.global_model(RUN)),
             str(server.store.best_model(RUN)),
         ]
+        assert tracker.sent[1]["outliers"] == {}
+        assert tracker.sent[4]["outliers"] == {"flclient2": 1.1, "flclient1": 0.9}
+        # a run stopped early and continued (start server, no "training starting") logs on
+        # in its MLflow run, from the round after the last one it logged
+        tracker.sent.clear()
+        tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(r0,)))
+        tracker.seen(RunInfo(RUN, st.STOPPED, num_rounds=2, history=(r0,), reason="aborted"))
+        tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(r0,)))
+        tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(r0, r1)))
+        assert [(m["op"], m.get("resume"), m.get("round")) for m in tracker.sent] == [
+            ("start", True, None),
+            ("end", None, None),
+            ("start", True, None),
+            ("round", None, 1),
+        ]
+        assert tracker.sent[1]["status"] == "KILLED"
         # after a restart of the server the run goes on in the MLflow run it had
         resumed = Recording(server)
         server.training = None
@@ -477,6 +577,28 @@ def test_the_child_logs_a_run_and_resumes_it(
     assert [m.step for m in client.get_metric_history(site.info.run_id, "acc")] == [0, 1]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "models")]
     assert artifacts == ["models/mlflow_run.json"]
+    # the run is continued after it was killed: its runs are running again, and a round's
+    # outlier scores go to the sites' runs, the highest to the run's
+    continued, _ = child_logger(monkeypatch)
+    continued.handle(start_message(tmp_path, uri, resume=True))
+    continued.handle(
+        {
+            "op": "round",
+            "run": 1,
+            "round": 2,
+            "metrics": {"acc": 0.8},
+            "clients": 3,
+            "seconds": 1.0,
+            "outliers": {"s1": 4.5, "s2": 0.8},
+        }
+    )
+    run = client.get_run(first["run_id"])
+    assert run.info.status == "RUNNING" and run.data.metrics["outlier_score_max"] == 4.5
+    assert client.get_run(first["sites"]["s1"]).info.status == "RUNNING"
+    scores = client.get_metric_history(first["sites"]["s1"], "outlier_score")
+    assert [(m.step, m.value) for m in scores] == [(2, 4.5)]
+    s2 = json.loads((tmp_path / "mlflow_run.json").read_text())["sites"]["s2"]
+    assert client.get_run(s2).data.tags["flstack.site"] == "s2"
     assert "warning" not in said.getvalue()
 
 
@@ -515,7 +637,7 @@ def served_names(*collectors: Any) -> set[str]:
 
 def client_telemetry() -> ClientTelemetry:
     """A client's collector over a stand-in for its agent."""
-    uplink = SimpleNamespace(connected=asyncio.Event(), logins=1, retries=0)
+    uplink = SimpleNamespace(connected=asyncio.Event(), logins=1, retries=0, stalls=0)
     agent = SimpleNamespace(
         startup=CLIENT,
         status=ClientStatus(),
