@@ -1,9 +1,11 @@
-"""Telemetry during a real run: the Prometheus endpoints of both daemons and MLflow tracking
+"""Telemetry during a real run: the Prometheus endpoints of both daemons (the server's on
+plain HTTP on loopback, a site's over HTTPS with a client certificate) and MLflow tracking
 into a local file store, with real daemons over mutual TLS."""
 
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -13,21 +15,32 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fldev.cluster import Cluster, free_ports
 from fldev.poll import wait_until
+from tests.integration.test_secrets import _secrets
+from tests.unit.test_telemetry import metrics_tls_files
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(port: int) -> Samples:
-    """Every sample the endpoint serves now, by name and labels."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
+def read(url: str, context: ssl.SSLContext | None = None) -> str:
+    """The endpoint's whole text."""
+    with urllib.request.urlopen(url, timeout=10, context=context) as reply:  # noqa: S310
+        return str(reply.read().decode())
+
+
+def parsed(text: str) -> Samples:
+    """Every sample of an endpoint's text, by name and labels."""
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def scrape(port: int) -> Samples:
+    """Every sample the server's endpoint serves now."""
+    return parsed(read(f"http://127.0.0.1:{port}/metrics"))
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -39,12 +52,29 @@ def test_metrics_move_and_mlflow_logs_a_run(
     make_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server_port, client_port = free_ports(2)
+    tls = tmp_path / "metrics-tls"
+    tls.mkdir()
+    for name, data in metrics_tls_files().items():
+        (tls / name).write_bytes(data)
+        (tls / name).chmod(0o600)
     cluster: Cluster = make_cluster(
         server_local={"metrics_port": server_port},
-        client_local={"flclient1": {"metrics_port": client_port}},
+        client_local={
+            "flclient1": {
+                "metrics_port": client_port,
+                "metrics_tls_cert": str(tls / "m.crt"),
+                "metrics_tls_key": str(tls / "m.key"),
+                "metrics_tls_client_ca": str(tls / "ca.pem"),
+            }
+        },
     )
     cluster.server()
     cluster.client("flclient1")
+    site_url = f"https://127.0.0.1:{client_port}/metrics"
+    scraper = ssl.create_default_context(cafile=str(tls / "ca.pem"))
+    with pytest.raises(OSError):  # urllib's URLError and ssl's errors alike
+        read(site_url, scraper)  # no client certificate: no metrics
+    scraper.load_cert_chain(tls / "s.crt", tls / "s.key")
     cluster.client("flclient2")
     store = tmp_path / "mlruns"
     cluster.configure(
@@ -96,7 +126,7 @@ def test_metrics_move_and_mlflow_logs_a_run(
     assert value(after, "flstack_server_site_last_heartbeat_timestamp_seconds", site="flclient2")
 
     def site_stopped() -> Samples | None:
-        samples = scrape(client_port)
+        samples = parsed(read(site_url, scraper))
         stopped = value(samples, "flstack_client_training_status", status="training stopped")
         return samples if stopped == 1 else None
 
@@ -109,6 +139,14 @@ def test_metrics_move_and_mlflow_logs_a_run(
     assert value(site, "flstack_client_connected") == 1
     assert value(site, "flstack_client_logins_total") == 1
     assert value(site, "flstack_client_training_status", status="training started") == 0
+    assert value(site, "flstack_client_transfers_stalled_total") == 0
+
+    # Neither endpoint tells a secret, a path, or what a site's data scored.
+    for text in read(f"http://127.0.0.1:{server_port}/metrics"), read(site_url, scraper):
+        leaked = [what for what, secret in _secrets(cluster, []).items() if secret in text]
+        assert leaked == []
+        assert str(cluster.root) not in text and str(tmp_path) not in text
+        assert "val_accuracy" not in text and "val_loss" not in text
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as the server's tracking child does
     check_mlflow_store(store)
