@@ -161,6 +161,7 @@ class FederationService(fed_grpc.FederationServicer):
             yield fed_pb2.ModelMessage(
                 chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
             )
+            self.exchange.sent("model", len(data))
             sent += 1
             if sent == 1:
                 faultpoints.reached(faultpoints.SERVER_DOWNLOAD)
@@ -219,3 +220,4 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         async for path, offset, data, eof in _in_batches(iter_chunks(folder)):
             yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
+            self.exchange.sent("app", len(data))
