@@ -16,6 +16,13 @@ from flcore.status import ACTIVE, FINISHED
 ORDINARY_ENDS = ("aborted by ", "start aborted by ", "server shut down by ")
 """Reasons of runs stopped on purpose; any other reason is a failure."""
 
+
+def ended_on_purpose(reason: str) -> bool:
+    """Whether a stopped run's reason is an ordinary end (it finished, an admin aborted it or
+    shut the server down) rather than a failure."""
+    return reason == FINISHED or reason.startswith(ORDINARY_ENDS)
+
+
 _CONTROLS = {code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)}
 
 
@@ -25,6 +32,15 @@ MAX_TRACEBACK = 16384
 """The most of a traceback the server keeps: its end, where the exception is."""
 MAX_LABEL = 128
 """The most of a short label a site sends (device, app, logger, host name)."""
+STALE_AFTER_BEATS = 3
+"""A client is stale after missing this many heartbeats in a row."""
+STALE_MIN_S = 5.0
+
+
+def stale_after(heartbeat_interval: float) -> float:
+    """Seconds without a heartbeat after which a client looks stale (to the console and to
+    the server's metrics alike)."""
+    return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
 
 
 def clip(text: str, limit: int) -> str:
@@ -130,7 +146,7 @@ class RunInfo:
     reason: str = ""
     site_errors: dict[str, str] = field(default_factory=dict)
     """The first line of each failed site's error."""
-    stalled: str = ""
+    blocked: str = ""
     """Why the training run cannot complete its round now ("" when it can)."""
     fault: str = ""
     """Why training is paused now (e.g. "server disk full: ..."); empty while it is not."""
@@ -150,8 +166,7 @@ class RunInfo:
 
     def end_reason(self) -> str:
         """Why the run stopped: ``finished``, ``aborted by <admin>``, ``failed: <why>``."""
-        ordinary = self.reason == FINISHED or self.reason.startswith(ORDINARY_ENDS)
-        return self.reason if ordinary else f"failed: {self.reason}"
+        return self.reason if ended_on_purpose(self.reason) else f"failed: {self.reason}"
 
     def failed_sites_text(self) -> str:
         """``flclient3 (no DATA_ROOT set), flclient4``: each failed site and its error."""

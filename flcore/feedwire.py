@@ -121,7 +121,7 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         best_metric=printable(message.best_metric),
         reason=printable(message.reason),
         site_errors={printable(k): printable(v) for k, v in message.site_errors.items()},
-        stalled=printable(message.stalled),
+        blocked=printable(message.blocked),
         fault=printable(message.fault),
     )
 

@@ -1,6 +1,6 @@
 """Server state that must survive a restart, in one SQLite file.
 
-Runs and their round pointer, registered clients and their tokens, which updates were
+Runs and their round pointer, registered clients and their tokens' SHA-256, which updates were
 folded into which round, round metrics, cross-site validation results, the
 audit of admin commands, the certificates peers logged in with and the
 names an admin revoked here. SQLite in WAL mode with synchronous=FULL gives
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flcore.tokens import token_key
 from flserverd.aggregator import UpdateStats
 
 SCHEMA = """
@@ -40,15 +41,15 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at REAL NOT NULL DEFAULT 0,
     ended_at REAL NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS clients (
-    token TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS registrations (
+    token_sha256 BLOB PRIMARY KEY,
     client_name TEXT NOT NULL,
     instance TEXT NOT NULL UNIQUE,
     org TEXT NOT NULL,
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS client_state (
-    token TEXT PRIMARY KEY,
+    token_sha256 BLOB PRIMARY KEY,
     status TEXT NOT NULL,
     machine TEXT NOT NULL
 );
@@ -200,7 +201,8 @@ class RoundSummary:
 class ClientRecord:
     """A registered client that outlives server restarts."""
 
-    token: str
+    token_key: bytes
+    """The SHA-256 of its token (:func:`flcore.tokens.token_key`)."""
     client_name: str
     instance: str
     org: str
@@ -215,17 +217,38 @@ class StateDB:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._rename_legacy_tables()
+        # Deleted rows (a dropped client, a legacy table of tokens) are overwritten, not left
+        # in free pages for a copy of the file to give away.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
         self._add_missing_columns()
+        self._hash_legacy_tokens()
 
-    def _rename_legacy_tables(self) -> None:
-        """State databases written before the registry's rename keep clients in ``sessions``."""
+    def _hash_legacy_tokens(self) -> None:
+        """State databases of earlier versions kept clients' tokens themselves (in ``clients``,
+        before that in ``sessions``): keep the registrations, store only the tokens' SHA-256,
+        and drop the old table, in one transaction."""
         tables = {
             row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        if "sessions" in tables and "clients" not in tables:
-            self._db.execute("ALTER TABLE sessions RENAME TO clients")
+        for legacy in ("sessions", "clients"):
+            if legacy not in tables:
+                continue
+            columns = "token, client_name, instance, org, created_at"
+            query = f"SELECT {columns} FROM {legacy}"  # noqa: S608 (a name of the tuple above)
+            rows = self._db.execute(query).fetchall()
+            self._write(
+                [
+                    (
+                        "INSERT OR IGNORE INTO registrations"
+                        "(token_sha256, client_name, instance, org, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (token_key(token), *rest),
+                    )
+                    for token, *rest in rows
+                ]
+                + [(f"DROP TABLE {legacy}", ())]
+            )
 
     def _add_missing_columns(self) -> None:
         """A database written before the runs table grew its newer columns gets them, empty."""
@@ -386,10 +409,11 @@ class StateDB:
         self._write(
             [
                 (
-                    "INSERT OR REPLACE INTO clients(token, client_name, instance, org, created_at)"
+                    "INSERT OR REPLACE INTO registrations"
+                    "(token_sha256, client_name, instance, org, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (
-                        client.token,
+                        client.token_key,
                         client.client_name,
                         client.instance,
                         client.org,
@@ -399,38 +423,39 @@ class StateDB:
             ]
         )
 
-    def delete_client(self, token: str) -> None:
-        """Forget a dropped or logged-out client."""
+    def delete_client(self, key: bytes) -> None:
+        """Forget a dropped or logged-out client (by its token's SHA-256)."""
         self._write(
             [
-                ("DELETE FROM clients WHERE token=?", (token,)),
-                ("DELETE FROM client_state WHERE token=?", (token,)),
+                ("DELETE FROM registrations WHERE token_sha256=?", (key,)),
+                ("DELETE FROM client_state WHERE token_sha256=?", (key,)),
             ]
         )
 
     def save_client_state(
-        self, token: str, status: dict[str, Any], machine: dict[str, Any]
+        self, key: bytes, status: dict[str, Any], machine: dict[str, Any]
     ) -> None:
-        """What a registered client last said about itself and its machine, so that a
-        restarted server shows it (offline) as it was rather than blank."""
+        """What a registered client (by its token's SHA-256) last said about itself and its
+        machine, so that a restarted server shows it (offline) as it was rather than blank."""
         self._write(
             [
                 (
-                    "INSERT OR REPLACE INTO client_state(token, status, machine) VALUES (?, ?, ?)",
-                    (token, json.dumps(status), json.dumps(machine)),
+                    "INSERT OR REPLACE INTO client_state(token_sha256, status, machine)"
+                    " VALUES (?, ?, ?)",
+                    (key, json.dumps(status), json.dumps(machine)),
                 )
             ]
         )
 
-    def client_states(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-        """The last status and machine of each registered client, by token."""
-        rows = self._db.execute("SELECT token, status, machine FROM client_state").fetchall()
-        return {str(r[0]): (json.loads(r[1]), json.loads(r[2])) for r in rows}
+    def client_states(self) -> dict[bytes, tuple[dict[str, Any], dict[str, Any]]]:
+        """The last status and machine of each registered client, by its token's SHA-256."""
+        rows = self._db.execute("SELECT token_sha256, status, machine FROM client_state").fetchall()
+        return {bytes(r[0]): (json.loads(r[1]), json.loads(r[2])) for r in rows}
 
     def load_clients(self) -> list[ClientRecord]:
         """All clients registered before a restart."""
         rows = self._db.execute(
-            "SELECT token, client_name, instance, org, created_at FROM clients"
+            "SELECT token_sha256, client_name, instance, org, created_at FROM registrations"
         ).fetchall()
         return [ClientRecord(*row) for row in rows]
 

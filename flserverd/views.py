@@ -7,7 +7,6 @@ from dataclasses import replace
 from flcore import status as st
 from flcore.feed import ClientRow, LogEntry, RoundRecord, Snapshot, clip, clip_end
 from flcore.status import ClientStatus
-from flcore.tokens import token_id
 from flserverd.registry import RegisteredClient
 from flserverd.statedb import RoundSummary, RunRecord
 
@@ -28,7 +27,7 @@ def client_row(s: RegisteredClient, run_number: int = 0, run_started: float = 0.
     return ClientRow(
         instance=s.instance,
         client_name=s.client_name,
-        token_id=token_id(s.token),
+        token_id=s.token_id,
         org=s.org,
         status=status.status,
         last_heartbeat=s.last_heartbeat,

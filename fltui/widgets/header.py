@@ -57,7 +57,7 @@ class StatusHeader(Horizontal):
             title.append(f" ({run.ending()})")
         elif run.fault:
             title.append(f" ({run.fault})")
-        if run.stalled:
+        if run.blocked:
             title.append(SEPARATOR, style=muted)
             title.append("⚠ cannot progress", style=tone_style(app, "warning"))
         if run.current_round >= 0 and run.num_rounds:

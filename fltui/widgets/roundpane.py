@@ -157,8 +157,8 @@ class RoundPane(Vertical, can_focus=True):
             text.append("Waiting for nobody", style=tone_style(self.app, "muted"))
         if run.failed_sites:
             text.append(f"\n{failed}", style=tone_style(self.app, "error"))
-        if run.stalled:
-            text.append(f"\nCannot progress: {run.stalled}", style=tone_style(self.app, "warning"))
+        if run.blocked:
+            text.append(f"\nCannot progress: {run.blocked}", style=tone_style(self.app, "warning"))
         return text
 
     def show_countdown(self, run: RunInfo, now: float) -> None:

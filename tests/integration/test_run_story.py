@@ -38,17 +38,17 @@ def test_why_a_run_stopped_and_what_the_server_lists(cluster: Cluster) -> None:
     cluster.ok("start client")
 
     # A run that cannot progress says so, naming the failed site and its error.
-    stalled = wait_until(lambda: cluster.run_state()["stalled"], 120, "the run to stall")
-    assert stalled.startswith("min_num_clients 2 but only 1 site(s) can train: flclient2 failed (")
-    assert "DATA_ROOT" in stalled
+    why = wait_until(lambda: cluster.run_state()["blocked"], 120, "the run to be blocked")
+    assert why.startswith("min_num_clients 2 but only 1 site(s) can train: flclient2 failed (")
+    assert "DATA_ROOT" in why
     text = cluster.ok("check_status server").text
-    assert f"Cannot progress: {stalled}" in text
+    assert f"Cannot progress: {why}" in text
     assert "Failed sites: flclient2 (" in text
 
     # How it ended: who aborted it, and the failed sites with their error.
     cluster.ok("abort server")
     state = cluster.run_state()
-    assert state["reason"] == f"aborted by {ADMIN}" and state["stalled"] == ""
+    assert state["reason"] == f"aborted by {ADMIN}" and state["blocked"] == ""
     status_line = next(
         line
         for line in cluster.ok("check_status server").text.splitlines()

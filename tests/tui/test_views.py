@@ -201,7 +201,7 @@ def test_a_run_that_cannot_progress_says_so(tmp_path: Path) -> None:
             await ready(pilot)
             header = app.dashboard.query_one("#header-title")
             updates = app.dashboard.query_one("#round-updates")
-            link.push(replace(app.store.run, stalled=why))
+            link.push(replace(app.store.run, blocked=why))
             await wait_for(pilot, lambda: "⚠ cannot progress" in str(header.render()))
             assert str(updates.render()).endswith(f"\nCannot progress: {why}")
 

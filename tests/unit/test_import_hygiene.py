@@ -1,9 +1,11 @@
 """What each program imports at start, checked in a fresh interpreter.
 
 The daemons must start fast and small and never run torch or an app's code
-(their training and model-init children do), and only the console draws
-with Textual. An import added anywhere below a daemon's entry point that
-breaks this fails here, not as a slow start in production.
+(their training and model-init children do), load prometheus_client only
+when a site turns the metrics endpoint on and MLflow never (their tracking
+child does), and only the console draws with Textual. An import added
+anywhere below a daemon's entry point that breaks this fails here, not as a
+slow start in production.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ def loaded_by(*modules: str) -> set[str]:
 @pytest.mark.parametrize(
     ("modules", "forbidden"),
     [
-        (("flserverd.cli",), {"torch", "flapp", "textual"}),
-        (("flclientd.cli",), {"torch", "flapp", "textual"}),
+        (("flserverd.cli",), {"torch", "flapp", "textual", "prometheus_client", "mlflow"}),
+        (("flclientd.cli",), {"torch", "flapp", "textual", "prometheus_client", "mlflow"}),
         (("fltui.cli",), {"torch", "flapp"}),
-        (tuple(FLCORE_MODULES), {"torch", "flapp", "textual"}),
+        (tuple(FLCORE_MODULES), {"torch", "flapp", "textual", "prometheus_client", "mlflow"}),
     ],
     ids=["flserverd", "flclientd", "fltui", "flcore"],
 )

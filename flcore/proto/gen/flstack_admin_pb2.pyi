@@ -463,7 +463,7 @@ class RunState(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
     SITE_ERRORS_FIELD_NUMBER: _builtins.int
-    STALLED_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
     run_number: _builtins.int
     """0: no run set"""
     server_status: _builtins.str
@@ -484,7 +484,7 @@ class RunState(_message.Message):
     """why the run stopped, or why starting it failed"""
     fault: _builtins.str
     """why training is paused now (e.g. "server disk full: ..."), or "" """
-    stalled: _builtins.str
+    blocked: _builtins.str
     """Why the training run cannot complete its round now ("" when it can), e.g.
     "min_num_clients 2 but only 1 site(s) can train: flclient3 failed (...)".
     """
@@ -522,11 +522,11 @@ class RunState(_message.Message):
         reason: _builtins.str = ...,
         fault: _builtins.str = ...,
         site_errors: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
-        stalled: _builtins.str = ...,
+        blocked: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "fault", b"fault", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "site_errors", b"site_errors", "stalled", b"stalled", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "blocked", b"blocked", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "fault", b"fault", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "site_errors", b"site_errors", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
