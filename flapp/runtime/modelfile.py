@@ -91,7 +91,12 @@ def save_state(state: Mapping[str, torch.Tensor], path: Path, durable: bool = Tr
     )
 
 
+def read_state(path: Path, expected: Manifest) -> dict[str, torch.Tensor]:
+    """Read a safetensors model file after checking that it fits the model of ``expected``."""
+    check_fits(expected, TensorFile(path).manifest, path.name)
+    return load_file(str(path))
+
+
 def load_state(model: nn.Module, path: Path, expected: Manifest) -> None:
     """Load a safetensors model file into ``model`` after checking that it fits."""
-    check_fits(expected, TensorFile(path).manifest, path.name)
-    model.load_state_dict(load_file(str(path)), strict=True)
+    model.load_state_dict(read_state(path, expected), strict=True)
