@@ -129,7 +129,9 @@ class SegmentationTrainer:
         amp: Mixed precision on CUDA devices.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label", amp: bool = True) -> None:
+    def __init__(
+        self, image_key: str = "image", label_key: str = "label", amp: bool = True
+    ) -> None:
         self.image_key = image_key
         self.label_key = label_key
         self.amp = amp

@@ -122,7 +122,6 @@ TRAIN_FIELDS = [
 ]
 
 
-
 def inside(value: Any) -> str | None:
     """Accept a relative path that stays inside its folder (no '..', nothing absolute)."""
     path = PurePosixPath(value)

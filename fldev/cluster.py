@@ -142,6 +142,9 @@ class Cluster:
     admin_port: int = 0
     server_local: dict[str, Any] = field(default_factory=dict)
     """Settings for the server's local/fed_server.json (e.g. max_instances_per_kit)."""
+    data_kind: tuple[str, ...] = ("digits",)
+    """The sites' data: the folder of examples/ whose prepare_data.py writes it, and its
+    extra arguments (e.g. ``("seg3d", "--size", "24")``)."""
     daemons: list[Daemon] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
 
@@ -175,15 +178,17 @@ class Cluster:
             local = self.root / "server" / "local"
             local.mkdir(exist_ok=True)
             (local / "fed_server.json").write_text(json.dumps(self.server_local))
+        kind, *data_args = self.data_kind
         self.data = self.root / "data"
         subprocess.run(
             [
                 sys.executable,
-                str(REPO / "examples" / "digits" / "prepare_data.py"),
+                str(REPO / "examples" / kind / "prepare_data.py"),
                 "--sites",
                 ",".join(self.clients),
                 "--out",
                 str(self.data),
+                *data_args,
             ],
             check=True,
             capture_output=True,

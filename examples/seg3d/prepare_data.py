@@ -58,7 +58,8 @@ def site_look(index: int, size: int) -> SiteLook:
 def write_volume(path: Path, volume: np.ndarray, dtype: type[np.generic]) -> None:
     """Write one volume as a compressed NIfTI file with a 1 mm identity affine."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(volume.astype(dtype), np.eye(4)), str(path))
+    image = nib.Nifti1Image(volume.astype(dtype), np.eye(4))  # type: ignore[no-untyped-call]
+    nib.save(image, str(path))
 
 
 def write_site(folder: Path, look: SiteLook, size: int, train: int, val: int, seed: int) -> None:
@@ -120,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_site(args.out / site, look, args.size, args.train, args.val, args.seed * 1000 + index)
         print(
             f"{site}: {args.train} train, {args.val} validation volumes of {args.size}^3; "
-            f"{look.spheres} spheres of radius {look.rad_min}-{look.rad_max}, noise {look.noise:.1f}"
+            f"{look.spheres} spheres of radius {look.rad_min}-{look.rad_max}, "
+            f"noise {look.noise:.1f}"
         )
     return 0
 

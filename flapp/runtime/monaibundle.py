@@ -188,7 +188,7 @@ class BundleLearner:
             # MONAI warns that the configs run as code: the site's approval of the app is
             # where that was decided (docs/security.md).
             warnings.filterwarnings("ignore", message=_CONFIG_WARNING)
-            self.algo.initialize(
+            self.algo.initialize(  # type: ignore[no-untyped-call]
                 extra={ExtraItems.CLIENT_NAME: root.parent.name, ExtraItems.LOGGING_FILE: False}
             )
         trainer, evaluator = self.algo.trainer, self.algo.evaluator
@@ -205,7 +205,7 @@ class BundleLearner:
         self._weights: dict[str, torch.Tensor] = self._current()
 
     def _current(self) -> dict[str, torch.Tensor]:
-        weights = self.algo.get_weights().weights
+        weights = self.algo.get_weights().weights  # type: ignore[no-untyped-call]
         if not isinstance(weights, Mapping):
             raise TypeError("MonaiAlgo.get_weights gave no weights")
         return {str(name): tensor for name, tensor in weights.items()}

@@ -59,7 +59,9 @@ def _entries(path: Path, key: str) -> list[dict[str, Any]]:
     for entry in entries:
         for name in KEYS:
             if not Path(entry.get(name, "")).exists():
-                raise ConfigError(f"data list {path}: {key!r} names a missing file {entry.get(name)}")
+                raise ConfigError(
+                    f"data list {path}: {key!r} names a missing file {entry.get(name)}"
+                )
     return entries
 
 
@@ -80,7 +82,9 @@ class DataListSegmentation:
         self, data_root: Path | None, datalist: str = "datalist.json", flip_prob: float = 0.5
     ) -> None:
         if data_root is None:
-            raise ConfigError("this app reads DATA_ROOT/datalist.json, but the site set no DATA_ROOT")
+            raise ConfigError(
+                "this app reads DATA_ROOT/datalist.json, but the site set no DATA_ROOT"
+            )
         path = data_root / datalist
         if not path.is_file():
             raise ConfigError(
