@@ -42,10 +42,11 @@ class DiceMetrics:
 
     Dice is computed per sample and per foreground class on the predicted
     labels (the argmax over the class channel, or ``logit > 0`` for a
-    single-channel output) as ``2 |P ∩ G| / (|P| + |G|)``, and averaged over
-    every (sample, class) pair whose ground truth holds the class. Pairs
-    whose ground truth lacks the class are left out, so a volume without a
-    structure neither rewards nor punishes the model; this is what MONAI's
+    single-channel output) as ``2 |P ∩ G| / (|P| + |G|)``, averaged over the
+    classes of each sample and then over the samples. A class that a
+    sample's ground truth lacks is left out of that sample's mean (and a
+    sample that lacks every class, of the whole mean), so a volume without a
+    structure neither rewards nor punishes the model. This is what MONAI's
     ``DiceMetric(include_background=False)`` reports, so numbers compare
     with MONAI's own training scripts.
 
@@ -56,7 +57,7 @@ class DiceMetrics:
     def __init__(self, device: torch.device) -> None:
         self._loss = torch.zeros((), dtype=torch.float64, device=device)
         self._dice = torch.zeros((), dtype=torch.float64, device=device)
-        self._pairs = torch.zeros((), dtype=torch.int64, device=device)
+        self._counted = torch.zeros((), dtype=torch.int64, device=device)
         self.samples = 0
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
@@ -70,15 +71,18 @@ class DiceMetrics:
         classes = outputs.shape[1]
         predicted = outputs.argmax(dim=1) if classes > 1 else (outputs[:, 0] > 0).long()
         spatial = tuple(range(1, predicted.dim()))
+        total = torch.zeros(len(outputs), dtype=torch.float64, device=outputs.device)
+        present = torch.zeros(len(outputs), dtype=torch.int64, device=outputs.device)
         for label in range(1, max(classes, 2)):
             truth, guess = labels == label, predicted == label
             truth_voxels = truth.sum(dim=spatial)
             overlap = (truth & guess).sum(dim=spatial)
             denominator = truth_voxels + guess.sum(dim=spatial)
-            present = truth_voxels > 0
             dice = 2.0 * overlap.double() / denominator.clamp(min=1).double()
-            self._dice += (dice * present).sum()
-            self._pairs += present.sum()
+            total += dice * (truth_voxels > 0)
+            present += truth_voxels > 0
+        self._dice += (total / present.clamp(min=1)).sum()
+        self._counted += (present > 0).sum()
         self._loss += loss.detach().double() * len(outputs)
         self.samples += len(outputs)
 
@@ -87,6 +91,6 @@ class DiceMetrics:
         return self._loss.item() / self.samples if self.samples else float("nan")
 
     def dice(self) -> float:
-        """Mean Dice over the (sample, class) pairs counted (NaN while there is none)."""
-        pairs = int(self._pairs.item())
-        return self._dice.item() / pairs if pairs else float("nan")
+        """Mean Dice over the samples counted (NaN while there is none)."""
+        counted = int(self._counted.item())
+        return self._dice.item() / counted if counted else float("nan")
