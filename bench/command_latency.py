@@ -35,9 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import APP_NAME, MODELS, median, percentile, table, write_app  # noqa: E402
+from bench.common import median, percentile, table  # noqa: E402
 from fladmin import AdminClient, load_kit  # noqa: E402
 from fldev.cluster import ADMIN, cluster  # noqa: E402
+from fldev.mlpapp import APP_NAME, MODELS, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
 
 TARGET_MS = 200.0

@@ -1,115 +1,25 @@
-"""Helpers shared by the benchmark scripts: process statistics, the benchmark app, tables.
+"""Helpers shared by the benchmark scripts: process statistics over time, tables.
 
 The scripts put the repository root on ``sys.path`` themselves (they are run
 as ``.venv/bin/python bench/<name>.py``), then reuse the cluster harness
 the integration tests use (:mod:`fldev.cluster`) to provision a project and start
-real daemons.
+real daemons, and its MLP app of a chosen size (:mod:`fldev.mlpapp`).
 """
 
 from __future__ import annotations
 
-import itertools
-import json
+import contextlib
 import math
 import os
 import statistics
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-APP_NAME = "bench_mlp"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclass(frozen=True)
-class ModelSize:
-    """An MLP of a chosen parameter count: ``flapp.models.MLP`` arguments."""
-
-    name: str
-    in_features: int
-    hidden: int
-    out_features: int
-    layers: int
-
-    @property
-    def parameters(self) -> int:
-        """Exact number of parameters (weights and biases)."""
-        widths = [self.in_features, *([self.hidden] * (self.layers - 1)), self.out_features]
-        return sum(a * b + b for a, b in itertools.pairwise(widths))
-
-    @property
-    def megabytes(self) -> float:
-        """Size of the float32 model in MB (10^6 bytes)."""
-        return self.parameters * 4 / 1e6
-
-
-MODELS = {
-    # 1,011,010 parameters (4.0 MB)
-    "small": ModelSize("small", in_features=1000, hidden=1000, out_features=10, layers=2),
-    # 25,004,650 parameters (100 MB)
-    "large": ModelSize("large", in_features=1000, hidden=4520, out_features=10, layers=3),
-}
-
-
-def write_app(
-    folder: Path,
-    model: ModelSize,
-    *,
-    clients: int,
-    num_rounds: int,
-    batch_size: int = 32,
-) -> Path:
-    """Write the benchmark app: one SGD step per round, rounds closed by all clients.
-
-    The dataset holds exactly ``batch_size`` samples and ``local_epochs`` is
-    1, so a round's local training is one optimizer step.
-    ``min_num_clients = max_num_clients = clients`` and a wait of an hour
-    mean a round closes because every client reported, never by a timer.
-    """
-    config = folder / APP_NAME / "config"
-    config.mkdir(parents=True, exist_ok=True)
-    (folder / APP_NAME / "resources").mkdir(exist_ok=True)
-    files: dict[str, Any] = {
-        "config_fed_server.json": {
-            "start_round": 0,
-            "num_rounds": num_rounds,
-            "min_num_clients": clients,
-            "max_num_clients": clients,
-            "wait_after_min_clients": 3600,
-            "validation_metric": "val_accuracy",
-            "final_validation_timeout": 60,
-        },
-        "config_fed_client.json": {"local_epochs": 1},
-        "config_train.json": {
-            "model": {
-                "path": "flapp.models.MLP",
-                "args": {
-                    "in_features": model.in_features,
-                    "hidden": model.hidden,
-                    "out_features": model.out_features,
-                    "layers": model.layers,
-                },
-            },
-            "dataset": {
-                "path": "flapp.datasets.SyntheticClassification",
-                "args": {
-                    "num_samples": batch_size,
-                    "in_features": model.in_features,
-                    "num_classes": model.out_features,
-                },
-            },
-            "optimizer": {"path": "torch.optim.SGD", "args": {"lr": 0.01}},
-            "loss": {"path": "torch.nn.CrossEntropyLoss"},
-            "batch_size": batch_size,
-            "seed": 0,
-        },
-    }
-    for name, values in files.items():
-        (config / name).write_text(json.dumps(values, indent=2) + "\n")
-    return folder / APP_NAME
 
 
 @dataclass(frozen=True)
@@ -265,3 +175,89 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A process's resources at one moment (/proc)."""
+
+    time: float
+    rss_mb: float
+    fds: int
+    threads: int
+
+
+def usage(pid: int) -> Usage:
+    """RSS, open file descriptors and threads of a live process, now."""
+    rss, threads = 0.0, 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "VmRSS":
+            rss = int(value.split()[0]) / 1024
+        elif key == "Threads":
+            threads = int(value)
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return Usage(time.monotonic(), rss, fds, threads)
+
+
+def slope_per_minute(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per minute (0 for fewer than two)."""
+    if len(points) < 2:
+        return 0.0
+    xs = [x for x, _ in points]
+    ys = [y for _, y in points]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    if spread == 0:
+        return 0.0
+    return 60 * sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
+
+
+class UsageSampler:
+    """Samples :func:`usage` of named processes every ``interval`` seconds in a thread.
+
+    A process that has exited is no longer sampled (its last samples stay).
+    """
+
+    def __init__(self, pids: dict[str, int], interval: float = 2.0) -> None:
+        self.pids = dict(pids)
+        self.interval = interval
+        self.samples: dict[str, list[Usage]] = {name: [] for name in pids}
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> UsageSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError, ValueError):
+                self.samples[name].append(usage(pid))
+
+    def after(self, name: str, warmup: float) -> list[Usage]:
+        """A process's samples taken ``warmup`` seconds or more into the sampling."""
+        return [s for s in self.samples[name] if s.time - self.started >= warmup]
+
+    def slopes(self, warmup: float) -> dict[str, tuple[float, float, float]]:
+        """Per process: slopes per minute of RSS (MB), file descriptors and threads, after the
+        warm-up."""
+        out = {}
+        for name in self.samples:
+            kept = self.after(name, warmup)
+            out[name] = (
+                slope_per_minute([(s.time, s.rss_mb) for s in kept]),
+                slope_per_minute([(s.time, float(s.fds)) for s in kept]),
+                slope_per_minute([(s.time, float(s.threads)) for s in kept]),
+            )
+        return out

@@ -39,20 +39,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    APP_NAME,
-    MODELS,
     ConsoleFeed,
     MemorySampler,
-    ModelSize,
     cpu_seconds,
     machine_busy_seconds,
     median,
     percentile,
     proc_stat,
     table,
-    write_app,
 )
 from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
+from fldev.mlpapp import APP_NAME, MODELS, ModelSize, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
 
 TARGETS = {"small": (0.1, None), "large": (4.0, 500.0)}

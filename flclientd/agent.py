@@ -20,6 +20,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from flclientd.uplink import Uplink
 from flcore import status as st
 from flcore.appconfig import load_app
 from flcore.appreview import AppReview, review_app
+from flcore.diskfault import disk_fault, free_bytes
 from flcore.federation import (
     Closed,
     Command,
@@ -67,6 +69,12 @@ worker_log = logging.getLogger("flclientd.worker")
 
 # How long a shutdown waits for its own answer to be written before it logs out.
 ANSWER_FLUSH_S = 3.0
+# A site paused by a full disk looks for room this often, and wants room for two models.
+DISK_CHECK_S = 2.0
+MIN_ROOM_BYTES = 1 << 20
+
+Sending = Callable[[], Awaitable[Verdict]] | None
+"""How to send a round's result again (None when there was nothing to send)."""
 
 
 class Refused(Exception):
@@ -122,6 +130,8 @@ class Agent:
         self.offer: TaskOffer | None = None
         self._offers = 0
         self.crossval = CrossSiteValidation(self.uplink, self.conn)
+        self._model_bytes = 0
+        """Size of the last global model downloaded: how much room a paused site waits for."""
         self.approvals = ApprovalList(workspace)
         self._offer_changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
@@ -502,15 +512,42 @@ class Agent:
                     )
                     log.info("round %d sent again: %s", task.round, verdict.message)
                 elif task.kind is TaskKind.TRAIN:
-                    send = await self._train_round(task, app.client.local_epochs, work_dir)
+                    train = partial(self._train_round, task, app.client.local_epochs, work_dir)
+                    send = await self._despite_disk_faults(train, work_dir)
                     if send is not None:
                         sent = {key: send}
                 elif task.kind is TaskKind.VALIDATE_GLOBAL:
-                    send = await self._validate_final(task, work_dir)
+                    validate = partial(self._validate_final, task, work_dir)
+                    send = await self._despite_disk_faults(validate, work_dir)
                     if send is not None:
                         sent = {key: send}
         except Exception as exc:  # whatever stops the run is reported, never swallowed
             self._fail(exc)
+
+    async def _despite_disk_faults(
+        self, step: Callable[[], Awaitable[Sending]], folder: Path
+    ) -> Sending:
+        """Do a round's work; when the site's disk is full (or failing) pause until it has room
+        again, then do it again. The server meanwhile goes on with the other sites."""
+        while True:
+            try:
+                return await step()
+            except (OSError, WorkerFailed) as exc:
+                fault = exc.disk_fault if isinstance(exc, WorkerFailed) else disk_fault(exc, folder)
+                if not fault:
+                    raise
+            message = f"client {fault}"
+            log.error(
+                "training paused: %s; it goes on once there is room (checked every %gs)",
+                message,
+                DISK_CHECK_S,
+            )
+            self._set_status(status=st.PAUSED, error=message)
+            needed = max(2 * self._model_bytes, MIN_ROOM_BYTES)
+            while free_bytes(folder) < needed:
+                await asyncio.sleep(DISK_CHECK_S)
+            log.info("the disk has room again: training goes on")
+            self._set_status(status=st.STARTED, error="")
 
     def _fail(self, exc: Exception) -> None:
         """Report a failure of the run at this site with its traceback, and stop training."""
@@ -549,9 +586,7 @@ class Agent:
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED)
 
-    async def _train_round(
-        self, task: TaskOffer, epochs: int, work_dir: Path
-    ) -> Callable[[], Awaitable[Verdict]] | None:
+    async def _train_round(self, task: TaskOffer, epochs: int, work_dir: Path) -> Sending:
         """Train one round and send the update; returns how to send it again (None when
         the round was no longer open)."""
         assert self.worker is not None
@@ -561,7 +596,7 @@ class Agent:
         update = models / f"update_round_{task.round}.safetensors"
         self._set_status(round=task.round)
         try:
-            await self.uplink.retrying(
+            downloaded = await self.uplink.retrying(
                 f"download of round {task.round}",
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
@@ -572,6 +607,7 @@ class Agent:
             raise WorkerFailed(
                 f"the global model of round {task.round} is unusable: {exc}", ""
             ) from None
+        self._model_bytes = downloaded.manifest.total_bytes
         result = await self.worker.train(
             round=task.round, global_model=model, out=update, epochs=epochs
         )
@@ -582,7 +618,8 @@ class Agent:
             )
 
         verdict = await self.uplink.retrying(f"upload of round {task.round}", send)
-        log.info(
+        log.log(
+            logging.WARNING if verdict.outcome is SubmitOutcome.POSTPONED else logging.INFO,
             "round %d update %s: %s (%s)",
             task.round,
             verdict.outcome,
@@ -598,9 +635,7 @@ class Agent:
                 old.unlink(missing_ok=True)
         return send
 
-    async def _validate_final(
-        self, task: TaskOffer, work_dir: Path
-    ) -> Callable[[], Awaitable[Verdict]] | None:
+    async def _validate_final(self, task: TaskOffer, work_dir: Path) -> Sending:
         """Validate the final global model and report it; returns how to report it again."""
         assert self.worker is not None
         model = (

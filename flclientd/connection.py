@@ -3,7 +3,8 @@
 Thin: each method is one RPC, taking and returning :mod:`flcore.federation`
 records (converted in :mod:`flclientd.serde`). Models stream straight from
 and to safetensors files (checked chunk by chunk), so a model of any size
-costs the client one chunk of memory in transit. Retry policy lives in the
+costs the client one chunk of memory in transit. Transfers have no deadline;
+one that stops moving is given up (:mod:`flcore.progress`). Retry policy lives in the
 uplink and the agent, which know what a failure means.
 """
 
@@ -27,6 +28,7 @@ from flclientd.serde import (
     verdict_from_proto,
 )
 from flclientd.siteapps import APP_NAME_FILE
+from flcore import faultpoints
 from flcore.federation import (
     GLOBAL_OWNER,
     Downward,
@@ -43,6 +45,7 @@ from flcore.federation import (
     Verdict,
 )
 from flcore.folders import FolderReceiver, replace_folder
+from flcore.progress import ProgressWatch
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.startup import ClientStartup
@@ -127,10 +130,15 @@ class Connection:
         else:
             kind = ModelKind.LOCAL
         request = ModelRequest(run_number, round_number, kind, owner)
-        call = self.stub.GetModel(model_request_to_proto(self.token, request))
+        watch = ProgressWatch(f"download of {target.name}")
         spool: SpoolWriter | None = None
-        try:
+
+        async def receive() -> TensorFile:
+            nonlocal spool
+            call = self.stub.GetModel(model_request_to_proto(self.token, request))
+            received = 0
             async for message in call:
+                watch.moved()
                 if message.WhichOneof("body") == "manifest":
                     spool = SpoolWriter(
                         target, manifest_from_proto(message.manifest), require_finite=False
@@ -139,9 +147,15 @@ class Connection:
                     raise ValueError("the server sent model bytes before the manifest")
                 else:
                     spool.write(message.chunk.name, message.chunk.offset, message.chunk.data)
+                    received += 1
+                    if received == 1:
+                        faultpoints.reached(faultpoints.CLIENT_DOWNLOAD)
             if spool is None:
                 raise ValueError("the server sent no model")
             return spool.finish()
+
+        try:
+            return await watch.run(receive())
         except BaseException:
             if spool is not None:
                 spool.discard()
@@ -160,13 +174,20 @@ class Connection:
         then chunks), and return the server's verdict."""
         upload = TensorFile(model)
         header = SubmitHeader(run_number, round_number, kind, num_samples, metrics, upload.manifest)
+        watch = ProgressWatch(f"upload of {model.name}")
 
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
             yield submit_header_to_proto(self.token, header)
-            for chunk in tensor_chunks(upload):
+            for index, chunk in enumerate(tensor_chunks(upload)):
+                watch.moved()  # gRPC asks for the next chunk once the last one could go
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
+                if index == 0:
+                    faultpoints.reached(faultpoints.CLIENT_UPLOAD)
 
-        return verdict_from_proto(await self.stub.SubmitModel(messages()))
+        async def send() -> fed_pb2.SubmitReply:
+            return await self.stub.SubmitModel(messages())
+
+        return verdict_from_proto(await watch.run(send()))
 
     async def submit_metrics(
         self,
@@ -192,12 +213,18 @@ class Connection:
         """Download an app deployed to this run and put it in place atomically."""
         staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         receiver = FolderReceiver(staging, MAX_APP_BYTES)
-        try:
+        watch = ProgressWatch(f"download of app {app}")
+
+        async def receive() -> None:
             call = self.stub.GetApp(
                 fed_pb2.AppRequest(token=self.token, run_number=run_number, app=app)
             )
             async for chunk in call:
+                watch.moved()
                 receiver.write(chunk.path, chunk.offset, chunk.data, chunk.eof)
+
+        try:
+            await watch.run(receive())
             receiver.finish()
             (staging / APP_NAME_FILE).write_text(app + "\n")
         except BaseException:

@@ -48,6 +48,7 @@ from flclientd.worker.protocol import (
     encode,
     parse_log_line,
 )
+from flcore import faultpoints
 from flcore.proctable import descendants
 
 logger = logging.getLogger(__name__)
@@ -67,18 +68,32 @@ DRAIN_TIMEOUT = 1.0
 
 
 class WorkerFailed(Exception):
-    """The training child could not do what was asked; ``traceback`` says where."""
+    """The training child could not do what was asked; ``traceback`` says where, and
+    ``disk_fault`` what is wrong with the disk when that is why ("disk full: ...")."""
 
-    def __init__(self, message: str, traceback: str = "") -> None:
+    def __init__(self, message: str, traceback: str = "", disk_fault: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.traceback = traceback
+        self.disk_fault = disk_fault
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> WorkerFailed:
+        """The error of a child's reply or ``failed`` event."""
+        return cls(
+            str(message["error"]),
+            str(message.get("traceback", "")),
+            str(message.get("disk_fault", "")),
+        )
 
 
 def _child_environment(socket_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env[SOCKET_ENV] = str(socket_path)
     env["PYTHONUNBUFFERED"] = "1"
+    # cuBLAS matrix products are deterministic only with a fixed workspace (the training
+    # child turns on torch's deterministic algorithms: flclientd.worker.workbench).
+    env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     installed = {str(Path(sysconfig.get_path(kind)).resolve()) for kind in ("purelib", "platlib")}
     if str(SOURCE_ROOT) not in installed:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
@@ -297,11 +312,13 @@ class TrainingProcess:
             self._pending[request_id] = reply
             try:
                 self._send({"id": request_id, "op": op, "args": args})
+                if op == OP_TRAIN:
+                    faultpoints.reached(faultpoints.CLIENT_TRAIN)
                 message = await reply
             finally:
                 self._pending.pop(request_id, None)
         if "error" in message:
-            raise WorkerFailed(str(message["error"]), str(message.get("traceback", "")))
+            raise WorkerFailed.from_message(message)
         result: dict[str, Any] = message.get("result") or {}
         return result
 
@@ -340,9 +357,7 @@ class TrainingProcess:
         if event == EVENT_READY and not self._ready.done():
             self._ready.set_result(WorkerInfo.from_message(message["info"]))
         elif event == EVENT_FAILED and not self._ready.done():
-            self._ready.set_exception(
-                WorkerFailed(str(message["error"]), str(message.get("traceback", "")))
-            )
+            self._ready.set_exception(WorkerFailed.from_message(message))
         else:
             reply = self._pending.get(message.get("id", -1))
             if reply is not None and not reply.done():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flcore.atomic import atomic_write_bytes
+from flcore.diskfault import disk_fault
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,19 @@ class SiteStore:
         self.state = SiteState.load(path)
 
     def update(self, **changes: Any) -> None:
-        """Change some fields, and write the file at once when this daemon owns it."""
+        """Change some fields, and write the file at once when this daemon owns it.
+
+        On a full disk the state stays in memory (the daemon goes on) and is written
+        with the next change that can be.
+        """
         for key, value in changes.items():
             setattr(self.state, key, value)
-        if self.owned:
+        if not self.owned:
+            return
+        try:
             self.state.save(self.path)
+        except OSError as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                raise
+            log.error("site state not saved (client %s): kept in memory until it can be", fault)

@@ -33,6 +33,7 @@ from flcore.federation import (
     Upward,
 )
 from flcore.feed import LogEntry
+from flcore.progress import TransferStalled
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
 from flcore.tokens import token_id
@@ -228,13 +229,16 @@ class Uplink:
             self.send(LogBatch(records, dropped))
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry a call across reconnects (bounded by the retry window: the daemon exits)
-        and a server error a few times; anything else is the server's verdict."""
+        """Retry a call across reconnects (bounded by the retry window: the daemon exits),
+        a transfer that stalled, and a server error a few times; anything else is the
+        server's verdict."""
         server_errors = 0
         while True:
             await self.connected.wait()
             try:
                 return await call()
+            except TransferStalled as exc:
+                log.warning("%s; retrying", exc)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 if code in SERVER_ERRORS and server_errors < SERVER_ERROR_TRIES:
@@ -242,4 +246,4 @@ class Uplink:
                 elif code not in TRANSIENT:
                     raise
                 log.warning("%s interrupted (%s); retrying", what, code.name)
-                await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)

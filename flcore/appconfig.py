@@ -11,9 +11,10 @@ with a clear message, not in a training process at a hospital an hour later.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 from flcore.configfile import parse_json, read_bounded
 from flcore.schema import ConfigError, Field, at_least, non_empty, one_of, parse_mapping
@@ -39,6 +40,9 @@ class ServerAppConfig:
     metric_mode: str = "max"
     initial_checkpoint: str | None = None
     final_validation_timeout: float = 120.0
+    aggregator: str = "fedavg"
+    trim_fraction: float = 0.1
+    clip_update_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,19 @@ class BundleConfig:
     seed: int = 0
 
 
+AGGREGATORS = ("fedavg", "median", "trimmed_mean")
+
+
+def below_half(value: Any) -> str | None:
+    """A trimmed mean drops this fraction at each end: something must be left in the middle."""
+    return None if 0 <= value < 0.5 else "must be at least 0 and below 0.5"
+
+
+def positive(value: Any) -> str | None:
+    """A bound that must be above zero."""
+    return None if value > 0 else "must be above 0"
+
+
 SERVER_FIELDS = [
     Field("start_round", int, default=0, check=at_least(0)),
     Field("num_rounds", int, default=10, check=at_least(1)),
@@ -97,6 +114,9 @@ SERVER_FIELDS = [
     Field("metric_mode", str, default="max", check=one_of("max", "min")),
     Field("initial_checkpoint", (str, type(None)), default=None),
     Field("final_validation_timeout", float, default=120.0, check=at_least(1)),
+    Field("aggregator", str, default="fedavg", check=one_of(*AGGREGATORS)),
+    Field("trim_fraction", float, default=0.1, check=below_half),
+    Field("clip_update_norm", (float, type(None)), default=None, check=positive),
 ]
 
 CLIENT_FIELDS = [
@@ -159,7 +179,10 @@ def parse_server_config(
 ) -> ServerAppConfig:
     """Check a config_fed_server.json mapping."""
     values = parse_mapping(data, SERVER_FIELDS, where)
+    if values["clip_update_norm"] is not None:
+        values["clip_update_norm"] = float(values["clip_update_norm"])
     config = ServerAppConfig(**values)
+    _check_aggregation(config, "trim_fraction" in cast(Mapping[str, Any], data), where)
     if config.start_round >= config.num_rounds:
         raise ConfigError(
             f"{where}: 'start_round' ({config.start_round}) must be smaller than "
@@ -171,6 +194,24 @@ def parse_server_config(
             f"'max_num_clients' ({config.max_num_clients})"
         )
     return config
+
+
+def _check_aggregation(config: ServerAppConfig, trim_given: bool, where: str) -> None:
+    """Refuse aggregation settings that could never do what they say."""
+    if config.aggregator != "trimmed_mean":
+        if trim_given:
+            raise ConfigError(
+                f"{where}: 'trim_fraction' applies to the aggregator 'trimmed_mean' only "
+                f"(the aggregator is {config.aggregator!r}); remove it or set "
+                "'aggregator': 'trimmed_mean'"
+            )
+        return
+    if int(config.trim_fraction * config.max_num_clients) == 0:
+        raise ConfigError(
+            f"{where}: 'trim_fraction' {config.trim_fraction:g} trims nothing even with "
+            f"'max_num_clients' ({config.max_num_clients}) updates; it must be at least "
+            f"{1 / config.max_num_clients:.3g}"
+        )
 
 
 def parse_client_config(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from flcore import faultpoints
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.schema import ConfigError
@@ -52,6 +53,7 @@ def start_daemon(
     raise_open_files()
     limit_malloc_arenas()
     setup_logging(args.log_level)
+    faultpoints.arm()
     workspace: Path = args.workspace.resolve()
     try:
         verify_startup(workspace / STARTUP_DIR)

@@ -31,6 +31,9 @@ class SubmitOutcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     LATE = "late"
     REJECTED = "rejected"
+    POSTPONED = "postponed"
+    """Not stored now (the server's disk is full); the server offers the round again once it
+    can take updates, and the client then sends the same update again."""
 
 
 class Verdict(NamedTuple):

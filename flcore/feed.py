@@ -90,12 +90,14 @@ class ClientRow:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """Sample-weighted metrics of one round (the round ``num_rounds`` is the final validation)."""
+    """Sample-weighted metrics of one round (the round ``num_rounds`` is the final validation),
+    and the highest outlier scores of its updates, by instance."""
 
     round: int
     metrics: dict[str, float] = field(default_factory=dict)
     clients: int = 0
     seconds: float = 0.0
+    outliers: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,8 @@ class RunInfo:
     phase: str = ""
     best_metric: str = ""
     reason: str = ""
+    fault: str = ""
+    """Why training is paused now (e.g. "server disk full: ..."); empty while it is not."""
 
 
 @dataclass(frozen=True)

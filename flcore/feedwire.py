@@ -106,7 +106,11 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         wait_deadline=message.wait_deadline,
         history=tuple(
             RoundRecord(
-                r.round, {printable(k): v for k, v in r.metrics.items()}, r.clients, r.seconds
+                r.round,
+                {printable(k): v for k, v in r.metrics.items()},
+                r.clients,
+                r.seconds,
+                {printable(k): v for k, v in r.outliers.items()},
             )
             for r in message.history
         ),
@@ -114,6 +118,7 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         phase=printable(message.phase),
         best_metric=printable(message.best_metric),
         reason=printable(message.reason),
+        fault=printable(message.fault),
     )
 
 

@@ -17,6 +17,13 @@ CROSS_VALIDATING = "cross site validation"
 WAITING_APPROVAL = "waiting for approval"
 """A site was told to train an app with custom code that its IT has not approved yet;
 ``ClientStatus.detail`` names the app and its digest."""
+PAUSED = "training paused"
+"""A run (on the server) or a site that cannot write to its disk: it goes on by itself once
+the write succeeds again."""
+
+FINISHED = "finished"
+"""The reason of a run that trained all its rounds and validated the final model (any other
+reason of a stopped run says why it stopped before its end)."""
 
 LOGGED_OUT = "logged out"
 """Why the server dropped a client that left on purpose (shutdown, SIGTERM): the
@@ -27,7 +34,7 @@ REVOKED = "certificate revoked"
 the console shows the site as revoked rather than lost."""
 
 # Statuses during which a site or the server has a run in progress.
-ACTIVE = frozenset({STARTING, STARTED, CROSS_VALIDATING, WAITING_APPROVAL})
+ACTIVE = frozenset({STARTING, STARTED, PAUSED, CROSS_VALIDATING, WAITING_APPROVAL})
 
 
 @dataclass

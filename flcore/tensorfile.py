@@ -11,6 +11,7 @@ maps for the same reason. No pickle anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -290,7 +291,11 @@ class SpoolWriter:
         self._index = 0
         self._position = 0
         self._handle = path.open("wb")
-        self._handle.write(header_bytes(manifest, metadata))
+        try:
+            self._handle.write(header_bytes(manifest, metadata))
+        except BaseException:
+            self.discard()  # not even an empty file stays behind (a full disk)
+            raise
         self._skip_empty()
 
     def _skip_empty(self) -> None:
@@ -339,5 +344,8 @@ class SpoolWriter:
 
     def discard(self) -> None:
         """Close and delete the spool (bad or abandoned upload)."""
-        self._handle.close()
+        # Closing flushes, which fails on a full disk: the descriptor is closed all the same,
+        # and the bytes are not wanted.
+        with contextlib.suppress(OSError):
+            self._handle.close()
         self.path.unlink(missing_ok=True)

@@ -38,12 +38,27 @@ FLOW_CONTROL: list[tuple[str, int]] = [
     ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024),
 ]
 
+# A link that swallows packets without a reset (a dead NAT entry, a cable pulled
+# somewhere) is noticed by keepalive pings: each side pings after KEEPALIVE_TIME_S and
+# closes the connection when no answer came KEEPALIVE_TIMEOUT_S later. Any bytes
+# received also count as an answer (gRPC clears the ping's timer on data), so a slow
+# link that keeps moving is never cut, however long a transfer takes. A dead link is
+# therefore noticed within STALL_DETECTED_S by both the client and the server.
+KEEPALIVE_TIME_S = 10
+KEEPALIVE_TIMEOUT_S = 5
+STALL_DETECTED_S = KEEPALIVE_TIME_S + KEEPALIVE_TIMEOUT_S
+KEEPALIVE: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_S * 1000),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+    # gRPC >= 1.6x times every ping, the keepalive's too, with this (default 60 s).
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    *KEEPALIVE,
     ("grpc.http2.max_pings_without_data", 0),
     # Reconnect quickly after a server restart; the client's uplink decides
     # when to give up (the retry window).
@@ -72,10 +87,10 @@ def server_options(open_files: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
+        *KEEPALIVE,
+        # Clients ping every KEEPALIVE_TIME_S; the server must not count that as abuse
+        # (three pings sooner than this and it would close the connection).
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_S * 1000 // 2),
         ("grpc.so_reuseport", 0),
         ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),

@@ -49,6 +49,7 @@ SUBMIT_OUTCOMES: Mapping[SubmitOutcome, fed_pb2.SubmitResult.ValueType] = {
     SubmitOutcome.ACCEPTED: fed_pb2.SUBMIT_RESULT_ACCEPTED,
     SubmitOutcome.DUPLICATE: fed_pb2.SUBMIT_RESULT_DUPLICATE,
     SubmitOutcome.LATE: fed_pb2.SUBMIT_RESULT_LATE,
+    SubmitOutcome.POSTPONED: fed_pb2.SUBMIT_RESULT_POSTPONED,
     SubmitOutcome.REJECTED: fed_pb2.SUBMIT_RESULT_REJECTED,
 }
 

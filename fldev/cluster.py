@@ -26,7 +26,10 @@ from typing import Any
 
 from fladmin import AdminClient, CommandReply, load_kit
 from flcore.appreview import review_app
+from flcore.faultpoints import FAULT_ENV
 from flcore.proctable import command_line, process_table
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from fldev.faultswitch import FAULT_DIR_ENV, hold_path, release
 from fldev.poll import wait_until
 from provision import extract_kit, parse_project, provision_workspace
 
@@ -35,7 +38,10 @@ APPS = REPO / "examples" / "apps"
 DIGITS_APP = APPS / "digits_fedavg"
 ADMIN = "admin@lead.org"
 MEMBER = "viewer@lead.org"
+DEPUTY = "deputy@lead.org"
+"""A second super admin, for two admins at once."""
 SERVER_READY = "flserverd .* ready"
+PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy", "no_proxy", "no_grpc_proxy")
 
 
 def free_ports(count: int) -> list[int]:
@@ -78,6 +84,14 @@ class Daemon:
         """Process id of the daemon."""
         assert self.process is not None
         return self.process.pid
+
+    def arm(self, fault: str) -> Daemon:
+        """Start with this ``FLSTACK_FAULT`` from now on ('' for none; fldev.faultswitch)."""
+        if fault:
+            self.env[FAULT_ENV] = fault
+        else:
+            self.env.pop(FAULT_ENV, None)
+        return self
 
     def restart(self, ready: str) -> int:
         """Start again and wait for ``ready`` in the new output; returns the log offset."""
@@ -165,6 +179,7 @@ class Cluster:
             "admins": [
                 {"email": ADMIN, "org": "lead", "role": "super"},
                 {"email": MEMBER, "org": "lead", "role": "member"},
+                {"email": DEPUTY, "org": "lead", "role": "super"},
             ],
             "settings": self.settings,
         }
@@ -195,29 +210,66 @@ class Cluster:
         )
         admin_transfer = self.root / ADMIN / "transfer"
         shutil.copytree(DIGITS_APP, admin_transfer / "digits_fedavg")
+        self.faults.mkdir()
 
     def env(self) -> dict[str, str]:
-        """Environment for daemons: unbuffered, no inherited DATA_ROOT or systemd sockets."""
-        env = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "NOTIFY_SOCKET")}
+        """Environment for daemons: unbuffered, no inherited DATA_ROOT, systemd sockets or
+        fault points, nor proxies (gRPC would route 127.0.0.1 through a proxy the machine
+        names); this checkout first on the path, so that fault points can be armed
+        (:mod:`flcore.faultpoints`) whatever the working folder."""
+        dropped = ("DATA_ROOT", "NOTIFY_SOCKET", FAULT_ENV)
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in dropped and k.lower() not in PROXY_VARIABLES
+        }
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env[FAULT_DIR_ENV] = str(self.faults)
         env["PYTHONUNBUFFERED"] = "1"
         # Several sites share the test machine: one math thread each avoids oversubscription.
         env["OMP_NUM_THREADS"] = "1"
         return env
 
-    def server(self) -> Daemon:
-        """Start the server and wait until it is ready."""
+    @property
+    def faults(self) -> Path:
+        """Where daemons holding at a fault point put their FIFO."""
+        return self.root / "faults"
+
+    def held(self, point: str, timeout: float = 120.0) -> None:
+        """Wait until a daemon holds at ``point`` (armed with ``hold:<point>``)."""
+        wait_until(hold_path(self.faults, point).exists, timeout, f"a daemon to hold at {point}")
+
+    def release(self, point: str) -> None:
+        """Let the daemon holding at ``point`` go on."""
+        release(self.faults, point)
+
+    def server(self, fault: str = "") -> Daemon:
+        """Start the server (with a fault point armed) and wait until it is ready."""
         daemon = Daemon(
             "server",
             [sys.executable, "-m", "flserverd", "--workspace", str(self.root / "server")],
             self.root / "server.log",
             self.env(),
         )
-        self.daemons.append(daemon.start())
+        self.daemons.append(daemon.arm(fault).start())
         daemon.wait_log(SERVER_READY)
         return daemon
 
-    def client(self, name: str, *, wait: bool = True, extra: list[str] | None = None) -> Daemon:
-        """Start a client of kit ``name`` with its site's data."""
+    def client(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        extra: list[str] | None = None,
+        fault: str = "",
+        proxy: str = "",
+    ) -> Daemon:
+        """Start a client of kit ``name`` with its site's data (and a fault point armed); with
+        ``proxy`` (an HTTP CONNECT proxy's URL, e.g. a :class:`fldev.netproxy.FaultyLink`) it
+        reaches the server through it."""
+        env = self.env()
+        if proxy:
+            env["grpc_proxy"] = proxy
         daemon = Daemon(
             name,
             [
@@ -231,9 +283,9 @@ class Cluster:
                 *(extra or []),
             ],
             self.root / f"{name}.log",
-            self.env(),
+            env,
         )
-        self.daemons.append(daemon.start())
+        self.daemons.append(daemon.arm(fault).start())
         if wait:
             daemon.wait_log("Successfully registered client|Resumed registration")
         return daemon
@@ -264,6 +316,22 @@ class Cluster:
         (outcome,) = self.admin(line, **kwargs)
         assert outcome.ok, f"{line!r} failed: {outcome.text}"
         return outcome
+
+    def snapshot(self) -> admin_pb2.Snapshot:
+        """The first event of the console's live feed: everything, as the server has it."""
+
+        async def first() -> admin_pb2.Snapshot:
+            startup = self.kit()
+            client = AdminClient(startup, load_kit(startup), ADMIN)
+            await client.login()
+            try:
+                async for event in client.events():
+                    return event.snapshot
+            finally:
+                await client.close()
+            raise AssertionError("the live feed ended before its snapshot")
+
+        return asyncio.run(first())
 
     def status(self) -> dict[str, Any]:
         """check_status server as data."""

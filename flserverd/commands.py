@@ -12,12 +12,15 @@ import asyncio
 import json
 import logging
 import shlex
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from flcore import status as st
 from flcore.appreview import review_app
+from flcore.diskfault import disk_fault
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, clip_end
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
@@ -39,6 +42,9 @@ from flserverd.views import client_row
 log = logging.getLogger(__name__)
 
 MAX_GPUS = 64
+MAX_UNWRITTEN_AUDIT = 10_000
+INTERRUPTING = frozenset({"abort"})
+"""Commands that never wait for another admin's command: abort stops a start in progress."""
 MAX_REPLY_BYTES = 3 * 1024 * 1024
 """A reply's text and JSON together stay below gRPC's 4 MiB message limit."""
 MAX_REPLY_TEXT = 512 * 1024
@@ -114,6 +120,12 @@ class AdminCommands:
 
     def __init__(self, server: FLServer) -> None:
         self.server = server
+        self._one_at_a_time = asyncio.Lock()
+        """Commands that change something run one at a time, in the order they arrive, so
+        that two admins' conflicting commands (deploy and set_run_number, two starts, two
+        shutdowns) each see the state the other one left."""
+        self._unwritten: list[tuple[float, str, str, bool]] = []
+        """Audit entries a full disk kept out of the state database, oldest first."""
 
     async def execute(
         self,
@@ -133,8 +145,29 @@ class AdminCommands:
         return fit_reply(reply)
 
     def audit(self, user: str, line: str, ok: bool) -> None:
-        """Record an admin's command in the state database and the console's feed."""
-        self.server.db.audit(user, line, ok)
+        """Record an admin's command in the state database and the console's feed.
+
+        On a full disk the entry waits in memory (in order, bounded) and is written
+        with the next one that can be: the command itself still runs and answers.
+        """
+        self._unwritten.append((time.time(), user, line, ok))
+        del self._unwritten[:-MAX_UNWRITTEN_AUDIT]
+        try:
+            self.server.db.audit_entries(self._unwritten)
+        except sqlite3.Error as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                raise
+            if len(self._unwritten) == 1:
+                log.error(
+                    "admin commands are audited in memory until the disk takes writes again: "
+                    "server %s",
+                    fault,
+                )
+        else:
+            if len(self._unwritten) > 1:
+                log.info("%d audit entries kept in memory written", len(self._unwritten))
+            self._unwritten.clear()
         self.server.bus.publish(CommandSeen(user, line, ok))
         log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
 
@@ -196,11 +229,25 @@ class AdminCommands:
                 "check_status, validate and help",
             )
         request = Request(user, role, words, timeout, confirmed, attachment)
+        if spec.read_only or words[0] in INTERRUPTING:
+            return await self._handle(spec, request, line)
+        async with self._one_at_a_time:
+            if self.server.shutting_down:
+                return Reply(False, "the server is shutting down")
+            return await self._handle(spec, request, line)
+
+    async def _handle(self, spec: Spec, request: Request, line: str) -> Reply:
+        """Run a command's handler; whatever goes wrong becomes the admin's answer."""
+        words = request.words
         try:
             return await spec.handler(self, request)
         except (CommandError, TransferError) as exc:
             return Reply(False, str(exc))
-        except Exception:  # the admin gets an answer and the server carries on
+        except Exception as exc:  # the admin gets an answer and the server carries on
+            fault = disk_fault(exc)
+            if fault is not None:
+                log.error("command %r failed: server %s", line, fault)
+                return Reply(False, f"{words[0]} failed: server {fault}")
             log.exception("command %r failed", line)
             return Reply(
                 False,
@@ -338,7 +385,11 @@ def _server_status(server: FLServer) -> Reply:
         status += f" ({view.reason})"
     elif view.reason and status == st.NOT_STARTED:
         status += f" (last start failed: {view.reason})"
+    elif view.fault:
+        status += f" ({view.fault})"
     lines.append(f"FL server status: {status}")
+    if view.fault and status.startswith(st.STOPPED):
+        lines.append(f"Disk: {view.fault}")
     if view.current_round >= 0:
         lines.append(
             f"Current round: {view.current_round} / {view.num_rounds}"
@@ -449,16 +500,40 @@ async def _deploy(cmds: AdminCommands, request: Request) -> Reply:
     return await cmds.per_client(request, clients, "deploy", {"run_number": number, "app": name})
 
 
-@command("start server | client [instance...]", "start training on the server or on clients")
+@command(
+    "start server [fresh] | client [instance...]",
+    "start training on the server (continuing a stopped run; fresh: from its first round) "
+    "or on clients",
+)
 async def _start(cmds: AdminCommands, request: Request) -> Reply:
-    kind, names = cmds.target_kind(request, "start")
+    fresh = request.words[1:] == ["server", "fresh"]
+    kind, names = cmds.target_kind(request, "start") if not fresh else ("server", [])
     server = cmds.server
     if kind == "server":
-        text = await server.start_training(request.timeout)
-        return Reply(True, text, {"run_number": server.run_number})
+        if fresh and not request.confirmed:
+            prompt = _fresh_prompt(server)
+            if prompt:
+                return Reply(False, "", confirm_prompt=prompt)
+        text = await server.start_training(request.timeout, fresh=fresh)
+        return Reply(True, text, {"run_number": server.run_number, "fresh": fresh})
     number = server.require_run()
     return await cmds.per_client(
         request, cmds.targets(names), "start", {"run_number": number, "gpus": 0}
+    )
+
+
+def _fresh_prompt(server: FLServer) -> str:
+    """The question before ``start server fresh`` throws away what a run has trained."""
+    number = server.require_run()
+    record = server.db.get_run(number)
+    if record is None or server.busy:
+        return ""
+    done = record.next_round - record.start_round
+    return (
+        f"Run {number} has {done} completed round(s) ({record.status}"
+        + (f": {record.reason}" if record.reason else "")
+        + "). Starting fresh deletes its models, metrics and cross-site results.\n"
+        "Are you sure (Y/N):"
     )
 
 
@@ -522,6 +597,7 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
             else ""
         )
         return Reply(False, "", confirm_prompt=f"{warning}Are you sure (Y/N):")
+    server.shutting_down = True
     server.abort_training()
     log.info("shutdown requested by %s", request.user)
     still_here = await server.departures(DEPARTURE_WAIT_S)

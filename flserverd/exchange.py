@@ -19,6 +19,8 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from flcore import faultpoints
+from flcore.diskfault import disk_fault
 from flcore.federation import (
     MetricsKind,
     MetricsReport,
@@ -29,6 +31,7 @@ from flcore.federation import (
     UploadKind,
     Verdict,
 )
+from flcore.progress import ProgressWatch, TransferStalled
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.training import Refusal, Training
@@ -98,7 +101,8 @@ class ModelExchange:
         """Judge an upload, receive it when it may be used, and hand it over once.
 
         An update goes to the round controller that judged its header, even if
-        the run was restarted meanwhile: that one then finds it late.
+        the run was restarted meanwhile: that one then finds it late. Raises
+        TransferStalled when the sender stopped sending mid-upload.
         """
         training = self.server.training
         verdict = self.check_upload(instance, header, training)
@@ -169,13 +173,24 @@ class ModelExchange:
             self.server.store.spool_dir(header.run_number)
             / f"{instance}-{uuid.uuid4().hex}.safetensors"
         )
-        spool = SpoolWriter(spool_path, header.manifest)
-        try:
+        spool: SpoolWriter | None = None
+        watch = ProgressWatch(f"{_what(header.kind)} from {instance}")
+
+        async def receive(spool: SpoolWriter) -> TensorFile:
             # Disk writes and the NaN checks run in a thread: the loop keeps serving
             # commands and heartbeats while large models stream in.
+            received = 0
             async for name, offset, data in chunks:
+                watch.moved()
                 await asyncio.to_thread(spool.write, name, offset, data)
-            model = await asyncio.to_thread(spool.finish)
+                received += 1
+                if received == 1:
+                    faultpoints.reached(faultpoints.SERVER_UPLOAD)
+            return await asyncio.to_thread(spool.finish)
+
+        try:
+            spool = SpoolWriter(spool_path, header.manifest)
+            model = await watch.run(receive(spool))
             revoked = self.server.revoked_sender(instance)
             if revoked is not None:
                 return Verdict(SubmitOutcome.REJECTED, f"{_what(header.kind)} discarded: {revoked}")
@@ -190,8 +205,21 @@ class ModelExchange:
             )
         except TensorFileError as exc:
             return Verdict(SubmitOutcome.REJECTED, str(exc))
+        except OSError as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                raise
+            if header.kind is UploadKind.UPDATE and training is not None:
+                training.storage_failed(exc)
+                return training.postponed()
+            return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
+        except TransferStalled as exc:
+            log.warning("%s", exc)
+            raise
         finally:
-            await asyncio.to_thread(spool.discard)
+            # An accepted update's file was moved into its round (RunStore.keep_update).
+            if spool is not None:
+                await asyncio.to_thread(spool.discard)
 
     def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
         """A validation report: of the final global model, or one cross-site cell."""

@@ -18,8 +18,10 @@ from typing import TypeVar
 
 import grpc
 
+from flcore import faultpoints
 from flcore import status as st
 from flcore.folders import iter_chunks
+from flcore.progress import TransferStalled
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
@@ -154,10 +156,14 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         model = TensorFile(path)
         yield fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest))
+        sent = 0
         async for name, offset, data in _in_batches(model.iter_chunks()):
             yield fed_pb2.ModelMessage(
                 chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
             )
+            sent += 1
+            if sent == 1:
+                faultpoints.reached(faultpoints.SERVER_DOWNLOAD)
 
     async def SubmitModel(
         self,
@@ -178,7 +184,11 @@ class FederationService(fed_grpc.FederationServicer):
             verdict = self.exchange.refuse(client.instance, str(exc))
         else:
             chunks = chunks_from_proto(request_iterator)
-            verdict = await self.exchange.receive(client.instance, header, chunks)
+            try:
+                verdict = await self.exchange.receive(client.instance, header, chunks)
+            except TransferStalled as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                raise
         return verdict_to_proto(verdict, self.server.current_round)
 
     async def SubmitMetrics(

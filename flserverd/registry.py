@@ -13,10 +13,12 @@ the server (and every admin's screen) with registrations.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flcore.diskfault import disk_fault
 from flcore.federation import MachineInfo
 from flcore.identity import Identity
 from flcore.status import ClientStatus
@@ -150,10 +152,21 @@ class ClientRegistry:
             serial=identity.serial,
         )
         self._add(client)
-        self._db.save_client(
-            ClientRecord(client.token, client.client_name, client.instance, client.org, now)
-        )
+        record = ClientRecord(client.token, client.client_name, client.instance, client.org, now)
+        self._saved(lambda: self._db.save_client(record), f"registration of {client.instance}")
         return client, False
+
+    @staticmethod
+    def _saved(write: Callable[[], None], what: str) -> None:
+        """Write to the state database; on a full disk the registry goes on in memory (a
+        registration not saved is asked for again after a server restart)."""
+        try:
+            write()
+        except sqlite3.Error as exc:
+            fault = disk_fault(exc)
+            if fault is None:
+                raise
+            log.warning("%s kept in memory only: server %s", what, fault)
 
     def _free_instance(self, name: str) -> str:
         taken = self._by_instance
@@ -188,4 +201,6 @@ class ClientRegistry:
         """Forget a client (dropped, logged out or shut down)."""
         if self._clients.pop(token_key(client.token), None) is not None:
             self._by_instance.pop(client.instance, None)
-            self._db.delete_client(client.token)
+            self._saved(
+                lambda: self._db.delete_client(client.token), f"removal of {client.instance}"
+            )

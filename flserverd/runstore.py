@@ -10,6 +10,7 @@
     <workspace>/run_<N>/metrics.jsonl      one JSON object per completed round
     <workspace>/run_<N>/tb/                TensorBoard event files
     <workspace>/run_<N>/.spool/            uploads in flight (deleted at start)
+    <workspace>/run_<N>/.spool/round_<r>/  accepted updates of round r, until it is aggregated
 
 Models are only ever replaced by rename (or a hard link renamed into place),
 so a reader or a crash sees either the old file or the new one.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from flcore.atomic import fsync_dir
+from flcore.diskfault import free_bytes
 from flserverd.statedb import RoundSummary
 
 log = logging.getLogger(__name__)
@@ -79,9 +81,43 @@ class RunStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def keep_update(self, run_number: int, round_number: int, instance: str, spool: Path) -> Path:
+        """Move an accepted update's spool file into its round's folder, where it waits to be
+        folded (:class:`flserverd.aggregator.CanonicalFold`); returns its new path."""
+        folder = self.round_updates(run_number, round_number)
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{instance}.safetensors"
+        os.replace(spool, target)
+        return target
+
+    def drop_round_updates(self, run_number: int, round_number: int) -> None:
+        """Delete the kept updates of a round that was aggregated."""
+        shutil.rmtree(self.round_updates(run_number, round_number), ignore_errors=True)
+
+    def round_updates(self, run_number: int, round_number: int) -> Path:
+        """The folder where a round's accepted updates wait until it is aggregated."""
+        return self.spool_dir(run_number) / f"round_{round_number}"
+
     def clear_spool(self, run_number: int) -> None:
         """Delete half-received uploads (after a restart they are worthless)."""
         shutil.rmtree(self.run_dir(run_number) / ".spool", ignore_errors=True)
+
+    def clear_outputs(self, run_number: int, keep_round: int) -> None:
+        """Forget what an earlier start of run N produced (it is trained again from the
+        start): models but the initial one of ``keep_round``, metrics, TensorBoard files,
+        uploads and cross-site results. Without this, metrics.jsonl would hold the rounds of
+        both starts."""
+        folder = self.run_dir(run_number)
+        self.clear_spool(run_number)
+        for name in ("cross_site", "tb"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        for name in ("cross_site_validation.json", "metrics.jsonl", GLOBAL_MODEL, BEST_MODEL):
+            (folder / name).unlink(missing_ok=True)
+        self.drop_round_models(run_number, {keep_round})
+
+    def free_bytes(self) -> int:
+        """Bytes free in the workspace's file system."""
+        return free_bytes(self.workspace)
 
     def publish(self, source: Path, target: Path) -> None:
         """Make ``target`` the same file as ``source`` atomically (a hard link, no copy)."""
@@ -98,6 +134,9 @@ class RunStore:
             number = path.stem.removeprefix("round_")
             if number.isdigit() and int(number) not in keep:
                 path.unlink(missing_ok=True)
+        # A checkpoint cut off by a crash or a full disk leaves its temp file (flcore.atomic).
+        for path in folder.glob(".round_*.safetensors.*.tmp"):
+            path.unlink(missing_ok=True)
 
     def append_metrics(self, summary: RoundSummary) -> None:
         """Append one round's metrics to ``metrics.jsonl`` (one JSON object per line)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Iterable
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
+from flcore.diskfault import disk_fault
 from flcore.federation import (
     ClientHeartbeat,
     Closed,
@@ -64,16 +65,19 @@ from flserverd.throttle import (
     MESSAGES_PER_SECOND,
     Throttle,
 )
-from flserverd.training import PHASE_TRAINING, Training
+from flserverd.training import (
+    HISTORY_SHOWN,
+    PHASE_FINAL_VALIDATION,
+    PHASE_TRAINING,
+    STORAGE_RETRY_S,
+    Training,
+)
 from flserverd.views import client_row, fit_snapshot, round_record
 
 log = logging.getLogger(__name__)
 
 RUN_NUMBER_KEY = "run_number"
 MODEL_INIT_TIMEOUT = 600.0
-# Rounds of metrics in each run-state event: the console's chart shows the latest ones;
-# run_N/metrics.jsonl has them all.
-HISTORY_SHOWN = 100
 # How long a command waits for a registered client whose stream is (re)connecting.
 RECONNECT_GRACE_S = 5.0
 # How long `shutdown server` waits for clients just told to shut down to log out: else a
@@ -119,7 +123,12 @@ class FLServer:
         self._starting_task: asyncio.Task[None] | None = None
         self.start_error = ""
         self.shutdown_requested = asyncio.Event()
+        self.shutting_down = False
+        """An admin's shutdown was accepted: no other command changes anything now."""
         self._sweeper: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
+        self.resume_fault = ""
+        """Why the interrupted run could not be resumed yet (a full disk); retried."""
         self._links_changed = asyncio.Condition()
         """Notified when a client's stream attaches or a client is dropped."""
         self._leaving: set[str] = set()
@@ -144,27 +153,53 @@ class FLServer:
         logging.getLogger().addHandler(self._log_handler)
         number = self.run_number
         record = self.db.get_run(number) if number else None
-        if record is not None and record.status in st.ACTIVE:
-            try:
-                self._resume(record)
-            except (ConfigError, TensorFileError, OSError) as exc:
-                # Keep serving: admins can look, fix and start the run again.
-                log.error("cannot resume run %d: %s; marking it stopped", number, exc)
-                record.status, record.reason = st.STOPPED, f"could not resume: {exc}"
-                self.db.save_run(record)
+        if record is not None and record.status in st.ACTIVE and not self._try_resume(record):
+            self._resuming = loop.create_task(self._resume_when_possible(record))
         self._sweeper = loop.create_task(self._sweep())
+
+    def _try_resume(self, record: RunRecord) -> bool:
+        """Resume an interrupted run; False when the disk must take writes first (the run
+        is then shown paused, with why)."""
+        try:
+            self._resume(record)
+        except (ConfigError, TensorFileError, OSError, sqlite3.Error) as exc:
+            self.training = None
+            fault = disk_fault(exc, self.workspace)
+            if fault is not None:
+                if not self.resume_fault:
+                    log.error(
+                        "cannot resume run %d yet: server %s; it resumes once the disk takes "
+                        "writes again (tried every %gs, or at once with start server)",
+                        record.run_number,
+                        fault,
+                        STORAGE_RETRY_S,
+                    )
+                self.resume_fault = f"server {fault}"
+                return False
+            if isinstance(exc, sqlite3.Error):
+                raise
+            # Keep serving: admins can look, fix and start the run again.
+            log.error("cannot resume run %d: %s; marking it stopped", record.run_number, exc)
+            record.status, record.reason = st.STOPPED, f"could not resume: {exc}"
+            self.db.save_run(record)
+        self.resume_fault = ""
+        return True
+
+    async def _resume_when_possible(self, record: RunRecord) -> None:
+        def waiting() -> bool:
+            number = record.run_number
+            return self.run_number == number and self.training_for(number) is None
+
+        while waiting() and self.resume_fault:
+            await asyncio.sleep(STORAGE_RETRY_S)
+            if waiting() and self._try_resume(record):
+                self.publish_run()
 
     def _resume(self, record: RunRecord) -> None:
         app = load_app(self.store.server_app(record.run_number))
         if app.server is None:
             raise ConfigError(f"run {record.run_number}: the deployed app has no server config")
-        dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
-        self.store.clear_spool(record.run_number)
-        model = self.store.round_model(record.run_number, record.next_round)
-        self.training = Training(
-            record, app.server, TensorFile(model).manifest, self.store, self.db, self
-        )
-        self.training.recover_outputs()
+        dropped = self._hold(record, app.server)
         log.info(
             "resumed run %d at round %d of %d (%d unfinished updates will be resent by clients)",
             record.run_number,
@@ -173,10 +208,22 @@ class FLServer:
             dropped,
         )
 
+    def _hold(self, record: RunRecord, config: ServerAppConfig) -> int:
+        """Take up a run from its last committed round (after a restart, or to continue a
+        stopped run); returns how many updates of the unfinished round were forgotten."""
+        model = self.store.round_model(record.run_number, record.next_round)
+        manifest = TensorFile(model).manifest
+        dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
+        self.store.clear_spool(record.run_number)
+        self.training = Training(record, config, manifest, self.store, self.db, self)
+        self.training.recover_outputs()
+        return dropped
+
     async def close(self, grace: float) -> None:
         """Stop cleanly: let checkpoint writes land, close streams, keep the run resumable."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._resuming):
+            if task is not None:
+                task.cancel()
         if self.training is not None:
             await self.training.close(grace)
         for link in list(self.links.values()):
@@ -247,9 +294,11 @@ class FLServer:
             return st.STARTING
         training = self.training_for(self.run_number)
         if training is not None:
-            return training.run.status
+            return st.PAUSED if training.fault and training.active else training.run.status
         record = self.db.get_run(self.run_number) if self.run_number else None
-        return record.status if record is not None else st.NOT_STARTED
+        if record is None:
+            return st.NOT_STARTED
+        return st.PAUSED if self.resume_fault and record.status in st.ACTIVE else record.status
 
     @property
     def current_round(self) -> int:
@@ -264,11 +313,33 @@ class FLServer:
             raise CommandError("FL run number has not been set: use set_run_number <N> first")
         return number
 
-    async def start_training(self, timeout: float) -> str:
-        """Begin training the current run from its server app; returns the reply text."""
+    async def start_training(self, timeout: float, fresh: bool = False) -> str:
+        """Begin training the current run from its server app, or continue it from its last
+        completed round when it stopped before the end (``fresh``: start over); returns the
+        reply text."""
         number = self.require_run()
+        paused = self.active_training()
+        if paused is not None and paused.retry_paused():
+            return f"Run {number} is paused ({paused.fault}): trying the failed write again."
         if self.busy:
             raise CommandError(f"run {number} is already training")
+        config = self._deployed_config(number)
+        record = None if fresh else self.db.get_run(number)
+        if record is not None:
+            return self._continue(record, config)
+        self.starting = True
+        self.start_error = ""
+        self.publish_run()
+        task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
+        self._starting_task = task
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if task in done and task.cancelled():
+            raise CommandError(f"the start of run {number} was aborted (abort server)")
+        if task in done and task.exception() is not None:
+            raise CommandError(f"cannot start training: {self.start_error}")
+        return "Server training is starting...."
+
+    def _deployed_config(self, number: int) -> ServerAppConfig:
         app_dir = self.store.server_app(number)
         if not app_dir.is_dir():
             raise CommandError(
@@ -280,16 +351,49 @@ class FLServer:
             raise CommandError(f"the deployed app is not valid: {exc}") from None
         if app.server is None:
             raise CommandError("the deployed app has no config/config_fed_server.json")
-        config = app.server
-        self.starting = True
-        self.start_error = ""
-        self.publish_run()
-        task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
-        self._starting_task = task
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if task in done and not task.cancelled() and task.exception() is not None:
-            raise CommandError(f"cannot start training: {self.start_error}")
-        return "Server training is starting...."
+        return app.server
+
+    def _continue(self, record: RunRecord, config: ServerAppConfig) -> str:
+        """Go on with a run that stopped before its end (a fault, an abort) from its last
+        completed round, with the settings of the app deployed now."""
+        number = record.run_number
+        again = f"start server fresh trains run {number} again from round {config.start_round}"
+        if record.reason == st.FINISHED:
+            raise CommandError(
+                f"run {number} finished all its rounds: {again} (replacing its models and "
+                "metrics), or set_run_number <N> starts a new run"
+            )
+        if record.next_round > config.num_rounds:
+            raise CommandError(
+                f"run {number} has completed {record.next_round} rounds but the deployed app "
+                f"has num_rounds={config.num_rounds}: deploy an app with more rounds, or {again}"
+            )
+        training_left = record.next_round < config.num_rounds
+        record.num_rounds = config.num_rounds
+        record.phase = PHASE_TRAINING if training_left else PHASE_FINAL_VALIDATION
+        record.status, record.reason, record.failed_sites = st.STARTED, "", []
+        try:
+            self._hold(record, config)
+            self.db.save_run(record)
+        except (OSError, TensorFileError, sqlite3.Error) as exc:
+            self.training = None
+            fault = disk_fault(exc)
+            why = f"server {fault}" if fault else f"its checkpoint cannot be used: {exc}"
+            raise CommandError(f"cannot continue run {number}: {why}; {again}") from None
+        self.resume_fault = ""
+        self._crossvals.pop(number, None)
+        self._offer_to_ready(self.training, number)
+        where = f"round {record.next_round}" if training_left else "the final validation"
+        log.info("run %d continues at %s of %d rounds", number, where, record.num_rounds)
+        return f"Server training continues run {number} at {where} (of {record.num_rounds} rounds)."
+
+    def _offer_to_ready(self, training: Training | None, number: int) -> None:
+        """Clients already training run ``number`` are ready for its first round now."""
+        assert training is not None
+        for client in self.registry.clients():
+            if client.status.status == st.STARTED and client.status.run_number == number:
+                training.ready.add(client.instance)
+        training.begin()
 
     async def _prepare_and_begin(self, number: int, config: ServerAppConfig) -> None:
         try:
@@ -313,9 +417,7 @@ class FLServer:
     def _begin(self, number: int, config: ServerAppConfig, manifest: Manifest) -> None:
         """The initial model is ready: a fresh run record, and the first round offered."""
         self.db.clear_round_records(number)
-        self.store.clear_spool(number)
-        shutil.rmtree(self.store.run_dir(number) / "cross_site", ignore_errors=True)
-        (self.store.run_dir(number) / "cross_site_validation.json").unlink(missing_ok=True)
+        self.store.clear_outputs(number, keep_round=config.start_round)
         self._crossvals[number] = CrossValidation(number, self.store, self.db, self)
         record = RunRecord(
             run_number=number,
@@ -337,10 +439,7 @@ class FLServer:
             len(manifest.tensors),
             manifest.total_bytes / 1e6,
         )
-        for client in self.registry.clients():
-            if client.status.status == st.STARTED and client.status.run_number == number:
-                training.ready.add(client.instance)
-        training.begin()
+        self._offer_to_ready(training, number)
 
     def known_run(self, run_number: int) -> bool:
         """Whether a run number from a peer names a run of this server."""
@@ -443,6 +542,7 @@ class FLServer:
         if self.links.get(client.token) is link:
             del self.links[client.token]
             client.connected = False
+            log.info("control stream of %s closed; it stays registered", client.instance)
             self.publish_client(client)
 
     def update_status(self, client: RegisteredClient, status: ClientStatus) -> None:
@@ -687,6 +787,7 @@ class FLServer:
             failed_sites=tuple(record.failed_sites),
             best_metric=best,
             reason=record.reason,
+            fault=self.resume_fault,
         )
 
     def _training_view(self, training: Training, status: str) -> RunInfo:
@@ -710,10 +811,11 @@ class FLServer:
             contributed=tuple(sorted(state.contributed)),
             awaited=tuple(training.awaited()) if training.active else (),
             wait_deadline=state.deadline,
-            history=tuple(round_record(r) for r in training.history[-HISTORY_SHOWN:]),
+            history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
             best_metric=best,
             reason=run.reason or self.start_error,
+            fault=training.fault,
         )
 
     def client_rows(self) -> list[ClientRow]:

@@ -10,12 +10,15 @@ the exactly-once record of its updates survive kill -9.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from flserverd.aggregator import UpdateStats
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -106,7 +109,8 @@ class RoundSummary:
     """A completed round (or the final validation, ``final``): one line of metrics.jsonl.
 
     ``metrics`` are the sample-weighted means of what clients reported;
-    ``duration_s`` and ``samples`` belong to training rounds only.
+    ``duration_s``, ``samples`` and ``updates`` (each update's norm and outlier
+    score, by instance) belong to training rounds only.
     """
 
     run: int
@@ -117,6 +121,13 @@ class RoundSummary:
     duration_s: float = 0.0
     samples: int = 0
     final: bool = False
+    updates: dict[str, UpdateStats] = field(default_factory=dict)
+
+    @functools.cached_property
+    def ranked_scores(self) -> tuple[tuple[str, float], ...]:
+        """(instance, outlier score) of the round's updates, highest first; sorted once, as
+        the feed shows the top ones in every run-state event."""
+        return tuple(sorted(((n, s.score) for n, s in self.updates.items()), key=lambda i: -i[1]))
 
     def as_json(self) -> dict[str, Any]:
         """The record as metrics.jsonl and the database keep it."""
@@ -125,6 +136,7 @@ class RoundSummary:
             data["final"] = True
         else:
             data.update(duration_s=self.duration_s, samples=self.samples)
+            data["updates"] = {name: stats.as_json() for name, stats in self.updates.items()}
         data.update(clients=list(self.clients), metrics=dict(self.metrics))
         return data
 
@@ -140,6 +152,13 @@ class RoundSummary:
             duration_s=float(data.get("duration_s", 0.0)),
             samples=int(data.get("samples", 0)),
             final=bool(data.get("final", False)),
+            updates={
+                str(name): UpdateStats(
+                    None if stats.get("norm") is None else float(stats["norm"]),
+                    float(stats["score"]),
+                )
+                for name, stats in data.get("updates", {}).items()
+            },
         )
 
 
@@ -177,17 +196,19 @@ class StateDB:
         """Close the connection (the WAL is checkpointed by SQLite)."""
         self._db.close()
 
-    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run several statements as one durable transaction."""
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        """Run several statements as one durable transaction; returns the rows they changed."""
         self._db.execute("BEGIN IMMEDIATE")
+        changed = 0
         try:
             for sql, params in statements:
-                self._db.execute(sql, params)
+                changed += self._db.execute(sql, params).rowcount
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        return changed
 
     def get_meta(self, key: str) -> str | None:
         """A single setting, e.g. the current run number."""
@@ -307,10 +328,9 @@ class StateDB:
     def forget_unfinished_folds(self, run_number: int, next_round: int) -> int:
         """Drop fold records of rounds that were not completed (their sums died with the
         process), so that clients resending after a restart are counted again, once."""
-        cursor = self._db.execute(
-            "DELETE FROM folded WHERE run_number=? AND round>=?", (run_number, next_round)
+        return self._write(
+            [("DELETE FROM folded WHERE run_number=? AND round>=?", (run_number, next_round))]
         )
-        return cursor.rowcount
 
     def save_client(self, client: ClientRecord) -> None:
         """Persist a registered client so its token survives a server restart."""
@@ -364,14 +384,16 @@ class StateDB:
         ).fetchall()
         return [(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
 
-    def audit(self, user: str, line: str, ok: bool) -> None:
-        """Record an admin command."""
+    def audit(self, user: str, line: str, ok: bool, at: float | None = None) -> None:
+        """Record an admin command (run at ``at``, now by default)."""
+        self.audit_entries([(time.time() if at is None else at, user, line, ok)])
+
+    def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
+        """Record admin commands (time, user, line, ok), in this order, in one transaction."""
         self._write(
             [
-                (
-                    "INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)",
-                    (time.time(), user, line, int(ok)),
-                )
+                ("INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)", (t, u, x, int(ok)))
+                for t, u, x, ok in entries
             ]
         )
 

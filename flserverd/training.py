@@ -29,20 +29,24 @@ The clock and the round timer are injected, so tests drive the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import errno
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from flcore import faultpoints
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig
+from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
-from flserverd.aggregator import FedAvg
+from flserverd.aggregator import Aggregator, UpdateStats, make_aggregator
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.tensorboard import ScalarWriter
@@ -51,6 +55,15 @@ log = logging.getLogger(__name__)
 
 PHASE_TRAINING = "training"
 PHASE_FINAL_VALIDATION = "final validation"
+STORAGE_RETRY_S = 3.0
+"""How often a run paused by a disk fault tries the failed write again."""
+OUTLIER_SCORE = 3.0
+"""An update this many times farther from the round's aggregate than the median update
+is named in the log (when the round has at least MIN_UPDATES_FOR_OUTLIERS)."""
+MIN_UPDATES_FOR_OUTLIERS = 3
+HISTORY_SHOWN = 100
+"""Rounds of metrics in each run-state event (the console's chart shows the latest ones), and
+rounds kept in memory: a run of thousands of rounds with many sites must not grow the server."""
 
 
 class Refusal(Exception):
@@ -66,6 +79,9 @@ class TimerHandle(Protocol):
 
 Timer = Callable[[float, Callable[[], None]], TimerHandle]
 """Calls ``callback`` after ``delay`` seconds; the real one is :func:`loop_timer`."""
+
+Step = Callable[[], Awaitable[None]]
+"""A write that a disk fault interrupted, tried again until it succeeds."""
 
 
 def loop_timer(delay: float, callback: Callable[[], None]) -> TimerHandle:
@@ -91,28 +107,29 @@ class RoundState:
     """Progress of the current round."""
 
     number: int
-    fedavg: FedAvg
+    aggregator: Aggregator
     started: float
     participants: set[str] = field(default_factory=set)
     contributed: dict[str, int] = field(default_factory=dict)
-    metric_sums: dict[str, float] = field(default_factory=dict)
-    metric_weights: dict[str, float] = field(default_factory=dict)
+    reports: dict[str, tuple[dict[str, float], float]] = field(default_factory=dict)
     closed: bool = False
     deadline: float = 0.0
 
-    def add_metrics(self, metrics: dict[str, float], weight: float) -> None:
-        """Fold a client's metrics into the round's weighted means."""
-        for key, value in metrics.items():
-            self.metric_sums[key] = self.metric_sums.get(key, 0.0) + value * weight
-            self.metric_weights[key] = self.metric_weights.get(key, 0.0) + weight
+    def add_metrics(self, instance: str, metrics: dict[str, float], weight: float) -> None:
+        """Keep a client's metrics and their weight for the round's weighted means."""
+        self.reports[instance] = (metrics, weight)
 
     def mean_metrics(self) -> dict[str, float]:
-        """Sample-weighted mean of every metric reported this round."""
-        return {
-            key: self.metric_sums[key] / weight
-            for key, weight in self.metric_weights.items()
-            if weight > 0
-        }
+        """Sample-weighted mean of every metric reported this round, summed in instance
+        order (like the updates) so that a repeated run gives the same numbers."""
+        sums: dict[str, float] = {}
+        weights: dict[str, float] = {}
+        for instance in sorted(self.reports):
+            metrics, weight = self.reports[instance]
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value * weight
+                weights[key] = weights.get(key, 0.0) + weight
+        return {key: sums[key] / weight for key, weight in weights.items() if weight > 0}
 
 
 class Training:
@@ -142,13 +159,31 @@ class Training:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tb = ScalarWriter(store.tensorboard_dir(run.run_number))
         self._writing: asyncio.Future[None] | None = None
+        self.fault = ""
+        """Why training is paused ("server disk full: ..."); empty while it is not."""
+        self._failed_step: Step | None = None
+        self._failures = 0
+        self._retry_timer: TimerHandle | None = None
         self.ready: set[str] = set()
-        self.history: list[RoundSummary] = db.round_records(run.run_number)
+        self.history: collections.deque[RoundSummary] = collections.deque(
+            db.round_records(run.run_number), maxlen=HISTORY_SHOWN
+        )
+        """The latest rounds, for the feed; metrics.jsonl and the database have them all."""
         self.final_reports: dict[str, int] = {}
-        self._final = RoundState(run.num_rounds, FedAvg(manifest), clock())
-        self.round = RoundState(run.next_round, FedAvg(manifest), clock())
+        self._final = RoundState(run.num_rounds, self._aggregator(run.num_rounds), clock())
+        self.round = RoundState(run.next_round, self._aggregator(run.next_round), clock())
         if run.phase == PHASE_FINAL_VALIDATION:
             self._start_final_validation()
+
+    def _aggregator(self, round_number: int) -> Aggregator:
+        """The aggregator the app's config asks for, for a round (files opened when used)."""
+        number = self.run.run_number
+        return make_aggregator(
+            self.config,
+            self.manifest,
+            self._store.round_model(number, round_number),
+            self._store.round_updates(number, round_number),
+        )
 
     @property
     def active(self) -> bool:
@@ -187,7 +222,8 @@ class Training:
             self._listener.offer(sorted(self.ready), self.current_offer())
 
     def client_ready(self, instance: str) -> None:
-        """A client says it is training this run: offer it the current task."""
+        """A client says it is training this run: offer it the current task (once training
+        goes on, when it is paused)."""
         if not self.active:
             return
         self.ready.add(instance)
@@ -197,7 +233,7 @@ class Training:
             if offer.kind is TaskKind.VALIDATE_GLOBAL
             else instance in self.round.contributed
         )
-        if not done:
+        if not done and not self.fault:
             self._listener.offer([instance], offer)
         self._listener.run_changed()
 
@@ -205,7 +241,7 @@ class Training:
         """A client stopped, failed or was dropped: stop waiting for it."""
         if failed_reason and instance not in self.run.failed_sites:
             self.run.failed_sites.append(instance)
-            self._db.save_run(self.run)
+            self._save_record()
             log.warning("run %d: site %s failed: %s", self.run.run_number, instance, failed_reason)
         was_known = instance in self.ready or instance in self.round.participants
         self.ready.discard(instance)
@@ -261,6 +297,11 @@ class Training:
             return Verdict(
                 SubmitOutcome.LATE, "training is over (final validation); update discarded"
             )
+        if round_number == state.number and instance in state.contributed:
+            return Verdict(
+                SubmitOutcome.DUPLICATE,
+                f"update of {instance} for round {round_number} was already counted",
+            )
         if round_number < state.number or (round_number == state.number and state.closed):
             return Verdict(
                 SubmitOutcome.LATE, f"round {round_number} was already aggregated; update discarded"
@@ -279,14 +320,21 @@ class Training:
                 SubmitOutcome.REJECTED,
                 f"round {round_number} has not started (current round is {state.number})",
             )
-        if instance in state.contributed or self._db.is_folded(
-            self.run.run_number, round_number, instance
-        ):
+        if self._db.is_folded(self.run.run_number, round_number, instance):
             return Verdict(
                 SubmitOutcome.DUPLICATE,
                 f"update of {instance} for round {round_number} was already counted",
             )
+        if self.fault:
+            return self.postponed()
         return None
+
+    def postponed(self) -> Verdict:
+        """The verdict on an update that cannot be stored while training is paused."""
+        return Verdict(
+            SubmitOutcome.POSTPONED,
+            f"{self.fault}; training is paused and asks for the update again when it goes on",
+        )
 
     async def accept_update(
         self,
@@ -314,6 +362,10 @@ class Training:
                 # (a resend is then a duplicate) before the lock lets anything else in.
                 await fold
                 raise
+            except Exception as exc:
+                if not self.storage_failed(exc):
+                    raise
+                return self.postponed()
         log.info(
             "run %d round %d: update from %s accepted (%d samples; %d received, min %d)",
             self.run.run_number,
@@ -335,13 +387,25 @@ class Training:
         num_samples: int,
         metrics: dict[str, float],
     ) -> None:
-        """Add an update to the round's sum and record it, as one unit."""
-        await asyncio.to_thread(state.fedavg.fold, update, float(num_samples))
-        self._db.record_folded(self.run.run_number, state.number, instance, num_samples, metrics)
+        """Count an update in the round and record it, as one unit; FedAvg folds it into the
+        sum when its turn in the canonical order comes
+        (:class:`flserverd.aggregator.CanonicalFold`)."""
+        kept = self._store.keep_update(self.run.run_number, state.number, instance, update.path)
+        try:
+            self._db.record_folded(
+                self.run.run_number, state.number, instance, num_samples, metrics
+            )
+        except BaseException:
+            kept.unlink(missing_ok=True)
+            raise
+        await asyncio.to_thread(
+            state.aggregator.add, instance, TensorFile(kept), float(num_samples)
+        )
         state.contributed[instance] = num_samples
         state.participants.add(instance)
         self.ready.add(instance)
-        state.add_metrics(metrics, float(num_samples))
+        state.add_metrics(instance, metrics, float(num_samples))
+        await asyncio.to_thread(state.aggregator.fold_due, self.awaited())
 
     def accept_final_metrics(
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
@@ -354,7 +418,7 @@ class Training:
         if instance in self.final_reports:
             return Verdict(SubmitOutcome.DUPLICATE, "final validation metrics were already counted")
         self.final_reports[instance] = num_samples
-        self._final.add_metrics(metrics, float(max(num_samples, 1)))
+        self._final.add_metrics(instance, metrics, float(max(num_samples, 1)))
         self._progress()
         self._listener.run_changed()
         return Verdict(SubmitOutcome.ACCEPTED, "final validation metrics accepted")
@@ -416,16 +480,20 @@ class Training:
             return True
         return value > best if self.config.metric_mode == "max" else value < best
 
-    def _track_best(self, model_round: int, metrics: dict[str, float]) -> None:
-        """Note a new best model: the model clients validated is the round's input.
-
-        Only the run record changes here; the file follows from it in
-        :meth:`publish_models`, after the record is committed.
-        """
+    def _with_best(self, record: RunRecord, model_round: int, metrics: dict[str, float]) -> None:
+        """Note a new best model in ``record`` (a copy of the run's, committed before the run
+        moves on): the model clients validated is the round's input. The file follows from
+        the committed record in :meth:`publish_models`."""
         value = metrics.get(self.config.validation_metric)
         if value is not None and self._is_better(value):
-            self.run.best_round = model_round
-            self.run.best_value = value
+            record.best_round = model_round
+            record.best_value = value
+
+    def _adopt(self, record: RunRecord) -> None:
+        """The committed record becomes the run's (the object the server holds stays the same)."""
+        self.run.next_round = record.next_round
+        self.run.best_round = record.best_round
+        self.run.best_value = record.best_value
 
     def publish_models(self) -> None:
         """Make global_model and best_global_model the files the committed record names.
@@ -444,7 +512,8 @@ class Training:
         self._store.drop_round_models(number, keep)
 
     def recover_outputs(self) -> None:
-        """After a restart: republish the models and write the records a crash cut off.
+        """After a restart or a disk fault: republish the models and write the records that
+        were cut off.
 
         metrics.jsonl and the TensorBoard files are appended after the
         database commit; records the database has but the file lacks are
@@ -452,76 +521,132 @@ class Training:
         """
         self.publish_models()
         written = self._store.metrics_times(self.run.run_number)
-        for summary in self.history:
+        for summary in self._db.round_records(self.run.run_number):
             if summary.time not in written:
                 self._store.append_metrics(summary)
                 self._tb.add(summary.round, summary.metrics)
 
     def _write_outputs(self, summary: RoundSummary) -> None:
-        """The files that follow from a committed round, fsyncs and all (in a worker thread)."""
+        """The files that follow from a committed round, fsyncs and all (in a worker thread);
+        the round's kept updates go first, which frees the most space."""
+        faultpoints.reached(faultpoints.SERVER_OUTPUTS)
+        if not summary.final:
+            self._store.drop_round_updates(summary.run, summary.round)
         self.publish_models()
         self._store.append_metrics(summary)
         self._tb.add(summary.round, summary.metrics)
 
-    async def _commit(self, summary: RoundSummary) -> None:
-        """Commit a completed round, then write its files off the loop.
-
-        The SQLite commit stays on the loop: the connection belongs to the
-        loop's thread, and it is one WAL fsync. The in-memory state moves on
-        before the files are written, so nothing that arrives meanwhile is
-        judged against the old round.
-        """
-        self._db.complete_round(self.run, summary)
+    async def _publish(self, summary: RoundSummary) -> None:
+        """Write a committed round's files off the loop: the SQLite commit stays on the loop
+        (the connection belongs to the loop's thread, and it is one WAL fsync)."""
         self.history.append(summary)
         writing = asyncio.ensure_future(asyncio.to_thread(self._write_outputs, summary))
         self._writing = writing
-        await asyncio.shield(writing)
+        try:
+            await asyncio.shield(writing)
+        except Exception as exc:
+            if not self.storage_failed(exc, self._recover_outputs):
+                raise
+
+    async def _recover_outputs(self) -> None:
+        async with self._lock:  # no checkpoint is being written while its temp files go
+            await asyncio.to_thread(self.recover_outputs)
+
+    async def _commit_round(self, state: RoundState) -> tuple[RunRecord, RoundSummary] | None:
+        """Write the next round's model, then move the round pointer in one transaction;
+        None when the run stopped meanwhile. The run itself moves on only once this is done,
+        so a disk fault here leaves the round as it was, to be committed again."""
+        number = self.run.run_number
+        following = state.number + 1
+        target = self._store.round_model(number, following)
+        metadata = {"run": str(number), "round": str(following)}
+        updates = await asyncio.to_thread(state.aggregator.write, target, metadata)
+        if not self.active:
+            return None
+        faultpoints.reached(faultpoints.SERVER_COMMIT)
+        metrics = state.mean_metrics()
+        now = self._clock()
+        summary = RoundSummary(
+            run=number,
+            round=state.number,
+            time=now,
+            clients=sorted(state.contributed),
+            metrics=metrics,
+            duration_s=round(now - state.started, 4),
+            samples=sum(state.contributed.values()),
+            updates=updates,
+        )
+        record = replace(self.run, next_round=following)
+        self._with_best(record, state.number, metrics)
+        if following >= record.num_rounds:
+            record.phase = PHASE_FINAL_VALIDATION
+        self._db.complete_round(record, summary)
+        return record, summary
 
     async def _aggregate(self, state: RoundState) -> None:
         async with self._lock:
-            if not self.active:
+            if not self.active or state is not self.round:
                 return
-            number = self.run.run_number
-            following = state.number + 1
-            target = self._store.round_model(number, following)
-            metadata = {"run": str(number), "round": str(following)}
-            await asyncio.to_thread(state.fedavg.write, target, metadata)
-            if not self.active:
+            try:
+                committed = await self._commit_round(state)
+            except Exception as exc:
+                if self.storage_failed(exc, lambda: self._aggregate(state)):
+                    return
+                raise
+            if committed is None:
+                await asyncio.to_thread(state.aggregator.discard)
                 return
-            metrics = state.mean_metrics()
-            self._track_best(state.number, metrics)
-            now = self._clock()
-            summary = RoundSummary(
-                run=number,
-                round=state.number,
-                time=now,
-                clients=sorted(state.contributed),
-                metrics=metrics,
-                duration_s=round(now - state.started, 4),
-                samples=sum(state.contributed.values()),
-            )
-            self.run.next_round = following
-            finished = following >= self.run.num_rounds
-            if finished:
+            record, summary = committed
+            self._adopt(record)
+            self._report_outliers(state.number, summary.updates)
+            # In memory the run moves on before the files are written, so that an upload
+            # arriving meanwhile is judged against the new round.
+            if record.next_round >= self.run.num_rounds:
                 self._start_final_validation()
             else:
-                self.round = RoundState(following, FedAvg(self.manifest), now)
-            await self._commit(summary)
+                self.round = RoundState(
+                    record.next_round, self._aggregator(record.next_round), summary.time
+                )
+            await self._publish(summary)
             log.info(
                 "run %d round %d aggregated from %d clients in %.2fs: %s",
-                number,
+                record.run_number,
                 state.number,
                 len(state.contributed),
                 summary.duration_s,
-                format_metrics(metrics),
+                format_metrics(summary.metrics),
             )
-            self._offer_all()
+            if not self.fault:
+                self._offer_all()
         self._progress()
         self._listener.run_changed()
 
+    def _report_outliers(self, round_number: int, updates: dict[str, UpdateStats]) -> None:
+        """Name the updates that stand out from the round's aggregate (console log)."""
+        if len(updates) < MIN_UPDATES_FOR_OUTLIERS:
+            return
+        bound = self.config.clip_update_norm
+        for instance, stats in sorted(updates.items()):
+            if stats.score < OUTLIER_SCORE:
+                continue
+            norm = stats.norm
+            detail = "" if norm is None else f", distance to the input model {norm:.4g}"
+            if norm is not None and bound is not None and norm > bound:
+                detail += f", clipped to {bound:g}"
+            log.warning(
+                "run %d round %d: the update of %s is an outlier (score %.1f%s)",
+                self.run.run_number,
+                round_number,
+                instance,
+                stats.score,
+                detail,
+            )
+
     def _start_final_validation(self) -> None:
         self.run.phase = PHASE_FINAL_VALIDATION
-        self._final = RoundState(self.run.num_rounds, FedAvg(self.manifest), self._clock())
+        self._final = RoundState(
+            self.run.num_rounds, self._aggregator(self.run.num_rounds), self._clock()
+        )
         self.final_reports = {}
         self._cancel_timer()
         self._timer = self._call_later(self.config.final_validation_timeout, self._final_timeout)
@@ -541,20 +666,29 @@ class Training:
             if not self.active:
                 return
             metrics = self._final.mean_metrics()
-            number = self.run.run_number
             if metrics:
-                self._track_best(self.run.num_rounds, metrics)
                 summary = RoundSummary(
-                    run=number,
+                    run=self.run.run_number,
                     round=self.run.num_rounds,
                     time=self._clock(),
                     clients=sorted(self.final_reports),
                     metrics=metrics,
                     final=True,
                 )
-                await self._commit(summary)
-                log.info("run %d final global model: %s", number, format_metrics(metrics))
-            self._end(st.STOPPED, "finished")
+                record = replace(self.run)
+                self._with_best(record, self.run.num_rounds, metrics)
+                try:
+                    self._db.complete_round(record, summary)
+                except Exception as exc:
+                    if self.storage_failed(exc, self._finish):
+                        return
+                    raise
+                self._adopt(record)
+                await self._publish(summary)
+                log.info(
+                    "run %d final global model: %s", self.run.run_number, format_metrics(metrics)
+                )
+            self._end(st.STOPPED, st.FINISHED)
 
     def abort(self, reason: str = "aborted by admin") -> None:
         """Stop the run now; the last completed round's model stays on disk."""
@@ -562,16 +696,110 @@ class Training:
             self._end(st.STOPPED, reason)
 
     def _end(self, status: str, reason: str) -> None:
+        """Stop the run. Clients are told even when the database cannot record it (a full
+        disk): they must not wait for a round that never comes."""
         if not self.active:
             return
         self._cancel_timer()
         self.run.status = status
         self.run.reason = reason
-        self._db.save_run(self.run)
         self._close_tensorboard()
+        if not self.round.closed:  # a closed round's aggregation deletes its own files
+            self._spawn(self._drop_round(self.round))
         log.info("run %d %s: %s", self.run.run_number, status, reason)
         self._listener.run_ended(self.run)
         self._listener.run_changed()
+        self._save_record()
+
+    def _save_record(self) -> None:
+        """Store the run record; a disk fault pauses (or, once it ended, keeps retrying)."""
+        try:
+            self._db.save_run(self.run)
+        except Exception as exc:
+            if not self.storage_failed(exc, self._save_record_again):
+                raise
+
+    async def _save_record_again(self) -> None:
+        self._save_record()
+
+    # ------------------------------------------------------------------ disk faults
+
+    def storage_failed(self, exc: BaseException, step: Step | None = None) -> bool:
+        """A write failed. When it failed because of the disk (full, read-only, failing),
+        training pauses and ``step`` (or, without one, a check for free space) is tried
+        again every STORAGE_RETRY_S seconds and on ``start server``; returns False for any
+        other error, which the caller raises."""
+        fault = disk_fault(exc, self._store.workspace)
+        if fault is None:
+            return False
+        message = f"server {fault}"
+        if message != self.fault:
+            log.error(
+                "run %d: %s; training is paused and goes on once the write succeeds "
+                "(tried again every %gs, or at once with start server)",
+                self.run.run_number,
+                message,
+                STORAGE_RETRY_S,
+            )
+        self.fault = message
+        self._failures += 1
+        if step is not None:
+            self._failed_step = step
+        if self._retry_timer is None:
+            self._retry_timer = self._call_later(STORAGE_RETRY_S, self._retry_due)
+        self._listener.run_changed()
+        return True
+
+    def _retry_due(self) -> None:
+        self._retry_timer = None
+        self.retry_paused()
+
+    def retry_paused(self) -> bool:
+        """Try the write a disk fault stopped, now; False when nothing is paused."""
+        if not self.fault:
+            return False
+        self._spawn(self._retry())
+        return True
+
+    async def _retry(self) -> None:
+        step, self._failed_step = self._failed_step, None
+        failures = self._failures
+        if step is not None:
+            await step()
+        else:
+            self._check_room()
+        if self._failures == failures and self.fault:
+            self._resume_after_fault()
+
+    def _check_room(self) -> None:
+        """Without a step to repeat (an upload could not be stored), training goes on once
+        there is room for an update and the next checkpoint."""
+        needed = 2 * self.manifest.total_bytes
+        free = self._store.free_bytes()
+        if free < needed:
+            self.storage_failed(
+                OSError(
+                    errno.ENOSPC,
+                    f"No space left on device ({free} bytes free, {needed} needed)",
+                    str(self._store.workspace),
+                )
+            )
+
+    def _resume_after_fault(self) -> None:
+        log.info("run %d: the disk takes writes again; training goes on", self.run.run_number)
+        self.fault = ""
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if self.active:
+            self._offer_all()
+            self._progress()
+        self._listener.run_changed()
+
+    async def _drop_round(self, state: RoundState) -> None:
+        """Delete what an abandoned round kept, once no update is being added to it."""
+        async with self._lock:
+            await asyncio.to_thread(state.aggregator.discard)
 
     async def close(self, grace: float) -> None:
         """Stop timers and let an aggregation in flight finish, without ending the run.
@@ -581,6 +809,9 @@ class Training:
         ``grace`` seconds to land rather than being cut off.
         """
         self._cancel_timer()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=grace)
             for task in pending:

@@ -34,6 +34,10 @@ def client_row(s: RegisteredClient) -> ClientRow:
     )
 
 
+OUTLIERS_SHOWN = 5
+"""Outlier scores per round in the feed (the highest); metrics.jsonl has every update's."""
+
+
 def round_record(summary: RoundSummary) -> RoundRecord:
     """A completed round as the feed shows it."""
     return RoundRecord(
@@ -41,6 +45,7 @@ def round_record(summary: RoundSummary) -> RoundRecord:
         metrics=dict(summary.metrics),
         clients=len(summary.clients),
         seconds=summary.duration_s,
+        outliers=dict(summary.ranked_scores[:OUTLIERS_SHOWN]),
     )
 
 

@@ -46,6 +46,7 @@ _TRAINING = {
     st.NOT_STARTED: Look("○", "not started", "muted"),
     st.STARTING: Look("◔", "starting", "accent"),
     st.STARTED: Look("▶", "started", "success"),
+    st.PAUSED: Look("⏸", "paused", "warning"),
     st.STOPPED: Look("■", "stopped", "muted"),
     st.FAILED: Look("✖", "failed", "error"),
     st.CROSS_VALIDATING: Look("◇", "cross-val", "accent"),

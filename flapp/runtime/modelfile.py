@@ -8,10 +8,13 @@ listed, never cast silently or loaded half.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -86,9 +89,22 @@ def save_state(state: Mapping[str, torch.Tensor], path: Path, durable: bool = Tr
             value = value.clone()
         storages.add(storage)
         tensors[name] = value
-    atomic_produce(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}), durable
-    )
+    atomic_produce(path, lambda tmp: _save_file(tensors, tmp), durable)
+
+
+OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' writer, whose I/O errors (a full disk) become the OSError they are."""
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        code = OS_ERROR.search(str(exc))
+        if code is None:
+            raise
+        number = int(code.group(1))
+        raise OSError(number, os.strerror(number), str(path)) from exc
 
 
 def read_state(path: Path, expected: Manifest) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from flclientd.worker.protocol import (
 )
 from flclientd.worker.ranks import NoGpuError, RankGroup, Ranks, choose_device
 from flclientd.worker.workbench import Workbench
+from flcore.diskfault import disk_fault
 from flcore.schema import ConfigError
 from flcore.tensorfile import TensorFileError
 
@@ -54,7 +55,10 @@ class _StartFailed(Exception):
 
 
 def _error(exc: BaseException) -> dict[str, str]:
-    if isinstance(exc, EXPECTED_ERRORS):
+    fault = disk_fault(exc)
+    if fault:
+        message = f"client {fault}"
+    elif isinstance(exc, EXPECTED_ERRORS):
         message = str(exc)
     else:
         detail = f" ({str(exc)[:500]})" if str(exc) else ""
@@ -62,7 +66,7 @@ def _error(exc: BaseException) -> dict[str, str]:
             f"the training process stopped on an error it did not expect, "
             f"{type(exc).__name__}{detail}; the traceback shows where"
         )
-    return error_fields(message, traceback.format_exc())
+    return error_fields(message, traceback.format_exc(), fault or "")
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -125,8 +125,12 @@ def parse_log_line(line: str, default_level: int) -> tuple[int, str]:
     return default_level, line
 
 
-def error_fields(message: str, traceback: str) -> dict[str, str]:
-    """The error part of a reply, with the traceback cut to a bounded size."""
+def error_fields(message: str, traceback: str, disk_fault: str = "") -> dict[str, str]:
+    """The error part of a reply, with the traceback cut to a bounded size; ``disk_fault``
+    says what is wrong with the disk when that is the cause (the daemon pauses then)."""
     if len(traceback) > MAX_TRACEBACK_CHARS:
         traceback = "...\n" + traceback[-MAX_TRACEBACK_CHARS:]
-    return {"error": message, "traceback": traceback}
+    fields = {"error": message, "traceback": traceback}
+    if disk_fault:
+        fields["disk_fault"] = disk_fault
+    return fields

@@ -53,6 +53,20 @@ def open_learner(
     return BundleLearner(app.resources / bundle.folder, bundle, data_root, work_dir, device)
 
 
+def make_reproducible(seed: int) -> None:
+    """Seed torch and use its deterministic kernels, so that a site trains the same update
+    from the same global model in every run with this seed: what lets a seeded run be
+    repeated, or resumed after a server crash, bit for bit.
+
+    An operation without a deterministic kernel warns (in the site's log, which reaches
+    the console) instead of failing the run; the daemon sets ``CUBLAS_WORKSPACE_CONFIG``
+    for the GPU's matrix products (flclientd.runner).
+    """
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 class Workbench:
     """One run's learner on one rank, and the round around it."""
 
@@ -66,7 +80,7 @@ class Workbench:
     ) -> None:
         app = load_app(app_dir)
         use_resources(app.resources)
-        torch.manual_seed(app.train.seed)
+        make_reproducible(app.train.seed)
         self.ranks = ranks
         self.device = device
         self.best_path = work_dir / BEST_LOCAL_MODEL

@@ -53,6 +53,8 @@ class StatusHeader(Horizontal):
         title.append_text(look_text(app, server_look(run.server_status)))
         if run.reason and run.server_status not in st.ACTIVE:
             title.append(f" ({run.reason})")
+        elif run.fault:
+            title.append(f" ({run.fault})")
         if run.current_round >= 0 and run.num_rounds:
             title.append(SEPARATOR, style=muted)
             title.append(f"round {min(run.current_round, run.num_rounds)}/{run.num_rounds}")

@@ -20,8 +20,6 @@ from fltui.widgets.tones import tone_style
 
 DEFAULT_METRIC = "val_accuracy"
 MAX_NAMES = 6
-FINISHED = "finished"
-"""The server's reason for a run that trained all its rounds."""
 BEST_ROUND = re.compile(r"\(round (\d+)\)")
 SEPARATOR = " · "
 
@@ -60,7 +58,7 @@ def ending_of(run: RunInfo) -> str:
     """Why a run that does not train stopped, or why it never started ("" when unknown)."""
     if not run.reason:
         return ""
-    if run.reason == FINISHED:
+    if run.reason == st.FINISHED:
         return "Finished all rounds"
     if run.server_status == st.NOT_STARTED:
         return f"Not started: {run.reason}"
@@ -128,10 +126,12 @@ class RoundPane(Vertical, can_focus=True):
 
     def _updates(self, run: RunInfo) -> Text:
         text = Text()
+        if run.fault:
+            text.append(f"Paused: {run.fault}\n", style=tone_style(self.app, "error"))
         if run.server_status not in st.ACTIVE and run.run_number:
             ending = ending_of(run)
             if ending:
-                tone = "success" if run.reason == FINISHED else "warning"
+                tone = "success" if run.reason == st.FINISHED else "warning"
                 text.append(ending, style=tone_style(self.app, tone))
             if run.failed_sites:
                 text.append("\n" if ending else "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,11 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from fladmin import AdminClient, CommandReply, load_kit
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster
+from fldev.cluster import ADMIN, DEPUTY, MEMBER, SERVER_READY, Cluster
 from fldev.poll import wait_until
 from tests.integration.test_training import finished
 
@@ -139,11 +141,16 @@ def test_set_run_number_reuse_keeps_logs(cluster: Cluster) -> None:
     finished(cluster)
     assert cluster.ok("set_run_number 2").text == "Create a new run folder: run_2"
     assert cluster.ok("set_run_number 1").text.startswith("Reuse the existing")
-    cluster.ok("start server")
+    assert [r["round"] for r in cluster.metrics(1)] == [0, 1, 2]  # kept
+    # A finished run is not trained again by accident: that is start server fresh, which
+    # replaces its results rather than appending a second copy of every round.
+    (again,) = cluster.admin("start server")
+    assert not again.ok and "start server fresh" in again.text
+    cluster.ok("start server fresh", confirmed=True)
     cluster.ok("start client")
     finished(cluster)
     rounds = [r["round"] for r in cluster.metrics(1)]
-    assert rounds == [0, 1, 2, 0, 1, 2]
+    assert rounds == [0, 1, 2]
     for bad in (
         "set_run_number",
         "set_run_number x",
@@ -182,10 +189,13 @@ def test_abort_then_start_again(cluster: Cluster) -> None:
     cluster.configure("config_fed_server.json", num_rounds=2)
     cluster.ok("upload_folder digits_fedavg")
     cluster.ok("deploy digits_fedavg server")
-    cluster.ok("start server")
+    # Starting over is explicit; the earlier start's metrics go with it (no duplicate rows).
+    (asked,) = cluster.admin("start server fresh")
+    assert not asked.ok and "Starting fresh deletes its models" in asked.confirm_prompt
+    cluster.ok("start server fresh", confirmed=True)
     cluster.ok("start client")
     assert finished(cluster)["reason"] == "finished"
-    assert [r["round"] for r in cluster.metrics()][-3:] == [0, 1, 2]
+    assert [r["round"] for r in cluster.metrics()] == [0, 1, 2]
 
 
 def test_shutdown_one_client_then_all_then_server(cluster: Cluster) -> None:
@@ -311,3 +321,104 @@ def test_upload_size_limit(cluster: Cluster) -> None:
     (app / "resources" / "weights.bin").write_bytes(os.urandom(2 * 1024 * 1024))
     (outcome,) = cluster.admin("upload_folder digits_fedavg")
     assert not outcome.ok and "over the server's limit of 1 MiB" in outcome.text
+
+
+# --------------------------------------------------------------------------- two admins at once
+
+
+def at_once(
+    cluster: Cluster, first: str, second: str, confirmed: bool = False
+) -> list[CommandReply]:
+    """``first`` from admin@lead.org and ``second`` from deputy@lead.org, sent together by two
+    real admin clients, each logged in beforehand."""
+
+    async def go() -> list[CommandReply]:
+        admins = []
+        for user in (ADMIN, DEPUTY):
+            startup = cluster.kit(user)
+            admin = AdminClient(startup, load_kit(startup), user)
+            admin.timeout = 30
+            await admin.login()
+            admins.append(admin)
+        try:
+            return list(
+                await asyncio.gather(
+                    admins[0].execute(first, confirmed=confirmed),
+                    admins[1].execute(second, confirmed=confirmed),
+                )
+            )
+        finally:
+            for admin in admins:
+                await admin.close()
+
+    return asyncio.run(go())
+
+
+def audit_since(cluster: Cluster, rows_before: int) -> list[tuple[str, str, bool]]:
+    with sqlite3.connect(cluster.root / "server" / "state" / "flserverd.sqlite3") as db:
+        rows = db.execute("SELECT user, line, ok FROM audit ORDER BY id").fetchall()
+    return [(user, line, bool(ok)) for user, line, ok in rows[rows_before:]]
+
+
+def audit_rows(cluster: Cluster) -> int:
+    with sqlite3.connect(cluster.root / "server" / "state" / "flserverd.sqlite3") as db:
+        (count,) = db.execute("SELECT count(*) FROM audit").fetchone()
+    return int(count)
+
+
+def assert_audited_in_order(cluster: Cluster, before: int, outcomes: list[CommandReply]) -> None:
+    """Both commands are in the audit trail, in the order the server answered them."""
+    answered = sorted(zip((ADMIN, DEPUTY), outcomes, strict=True), key=lambda p: p[1].finished_at)
+    expected = [(user, o.line, o.ok) for user, o in answered]
+    lines = {o.line for o in outcomes}
+    assert [row for row in audit_since(cluster, before) if row[1] in lines] == expected
+
+
+def test_two_admins_at_once_get_definite_answers_and_leave_a_consistent_state(
+    cluster: Cluster,
+) -> None:
+    server = cluster.server()
+    cluster.prepare_run(1, deploy_clients=False)
+
+    # start vs abort: whichever came first, the answers and the state agree.
+    before = audit_rows(cluster)
+    start, abort = at_once(cluster, "start server", "abort server")
+    status = wait_until(
+        lambda: (s := cluster.run_state()["server_status"]) != "training starting" and s,
+        60,
+        "the start to settle",
+    )
+    assert_audited_in_order(cluster, before, [start, abort])
+    if not abort.ok:  # abort came first: nothing was training yet
+        assert abort.text == "the server is not training"
+        assert start.ok and status == "training started"
+        cluster.ok("abort server")
+    elif abort.text == "Server training start aborted.":
+        assert not start.ok and start.text == "the start of run 1 was aborted (abort server)"
+        assert status == "training not started"
+    else:
+        assert abort.text.startswith("Server training aborted: run 1 stopped at round 0")
+        assert start.ok and status == "training stopped"
+
+    # deploy vs set_run_number: the deploy goes to the run that was current when it ran.
+    before = audit_rows(cluster)
+    deploy, renumber = at_once(cluster, "deploy digits_fedavg server", "set_run_number 2")
+    assert deploy.ok and renumber.ok, (deploy.text, renumber.text)
+    target = deploy.data["run_number"]
+    where = f"run_{target}/app_server"
+    assert deploy.text == f"digits_fedavg has been deployed to the server ({where})."
+    assert (cluster.root / "server" / f"run_{target}" / "app_server" / "config").is_dir()
+    assert cluster.run_state()["run_number"] == 2
+    deploy_first = deploy.finished_at < renumber.finished_at
+    assert target == (1 if deploy_first else 2)
+    assert_audited_in_order(cluster, before, [deploy, renumber])
+
+    # two shutdowns: both answered, the server stops once and cleanly.
+    before = audit_rows(cluster)
+    one, two = at_once(cluster, "shutdown server", "shutdown server", confirmed=True)
+    answers = sorted([one, two], key=lambda o: o.finished_at)
+    assert answers[0].ok and answers[0].text == "Shutting down the server..."
+    assert not answers[1].ok and answers[1].text == "the server is shutting down"
+    assert server.wait(30) == 0
+    assert "ERROR" not in server.log()
+    assert_audited_in_order(cluster, before, [one, two])

@@ -124,7 +124,12 @@ def test_a_shutdown_by_another_admin_is_said_and_waits_for_r(tmp_path: Path) -> 
             assert any("server shut down by lead@other.org" in n.message for n in notes)
             logins = link.logins
             assert app.state.connection.retry_at == 0.0  # no attempt is planned: it waits for r
-            assert "r" in {k.key for k in app.screen.query("FooterKey")}  # type: ignore[attr-defined]
+            # The footer recomposes after the bindings change, a refresh later.
+            await wait_for(
+                pilot,
+                lambda: "r" in {k.key for k in app.screen.query("FooterKey")},  # type: ignore[attr-defined]
+                what="the footer offers r",
+            )
             link.heal()
             await pilot.press("r")
             await wait_for(pilot, lambda: app.link_look is CONNECTED)

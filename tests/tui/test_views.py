@@ -176,3 +176,23 @@ def test_a_stopped_run_says_why(tmp_path: Path) -> None:
             await wait_for(pilot, lambda: str(updates.render()) == "Finished all rounds")
 
     asyncio.run(scenario())
+
+
+def test_a_paused_run_says_why(tmp_path: Path) -> None:
+    """A server that cannot write to its disk pauses training: the console says so (issue 15)."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            header = app.dashboard.query_one("#header-title")
+            updates = app.dashboard.query_one("#round-updates")
+            fault = "server disk full: /srv/fl: No space left on device"
+            link.push(replace(app.store.run, server_status="training paused", fault=fault))
+            await wait_for(pilot, lambda: fault in str(header.render()))
+            assert f"⏸ training paused ({fault})" in str(header.render())
+            assert str(updates.render()).startswith(f"Paused: {fault}\n")
+            link.push(replace(app.store.run, server_status="training started", fault=""))
+            await wait_for(pilot, lambda: "Paused" not in str(updates.render()))
+
+    asyncio.run(scenario())

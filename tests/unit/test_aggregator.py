@@ -1,4 +1,5 @@
-"""flserverd.aggregator.FedAvg: a sample-weighted mean folded one update at a time."""
+"""flserverd.aggregator: FedAvg (a sample-weighted mean folded one update at a time), the
+robust rules, clipping and outlier scores."""
 
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ def _updates(tmp_path: Path, models: list[dict[str, torch.Tensor]]) -> list[Tens
 
 
 def _average(updates: list[TensorFile], weights: list[float], target: Path) -> FedAvg:
-    fedavg = FedAvg(updates[0].manifest)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
     for update, weight in zip(updates, weights, strict=True):
-        fedavg.fold(update, weight)
+        fedavg.add(update.path.stem, update, weight)
     fedavg.write(target)
     return fedavg
 
@@ -81,9 +82,9 @@ def test_bf16_rounds_to_nearest(tmp_path: Path) -> None:
     )
     updates = _updates(tmp_path, [{"w": lo}, {"w": hi}])
     target = tmp_path / "avg.safetensors"
-    fedavg = FedAvg(updates[0].manifest)
-    fedavg.fold(updates[0], 1.0)
-    fedavg.fold(updates[1], 3.0)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg.add(updates[0].path.stem, updates[0], 1.0)
+    fedavg.add(updates[1].path.stem, updates[1], 3.0)
     fedavg.write(target)
     assert safetensors.torch.load_file(target)["w"].item() == 1.0078125
 
@@ -94,9 +95,9 @@ def test_integer_tensors_are_rounded(tmp_path: Path, dtype: torch.dtype) -> None
     b = torch.tensor([4, 20, 7, 2, 101], dtype=dtype)
     updates = _updates(tmp_path, [{"n": a}, {"n": b}])
     target = tmp_path / "avg.safetensors"
-    fedavg = FedAvg(updates[0].manifest)
-    fedavg.fold(updates[0], 1.0)
-    fedavg.fold(updates[1], 3.0)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg.add(updates[0].path.stem, updates[0], 1.0)
+    fedavg.add(updates[1].path.stem, updates[1], 3.0)
     fedavg.write(target)
     result = safetensors.torch.load_file(target)["n"]
     assert result.dtype == dtype
@@ -175,9 +176,9 @@ def test_write_is_atomic_and_valid(tmp_path: Path) -> None:
     reader = out / "reader_view"
     os.link(target, reader)  # a reader that opened the old file
 
-    fedavg = FedAvg(updates[0].manifest)
-    fedavg.fold(updates[0], 1.0)
-    fedavg.fold(updates[1], 3.0)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg.add(updates[0].path.stem, updates[0], 1.0)
+    fedavg.add(updates[1].path.stem, updates[1], 3.0)
     fedavg.write(target, {"run": "2", "round": "1"})
 
     assert sorted(p.name for p in out.iterdir()) == ["reader_view", "round_1.safetensors"]
@@ -192,7 +193,7 @@ def test_write_is_atomic_and_valid(tmp_path: Path) -> None:
 
 def test_write_without_updates_refused(tmp_path: Path) -> None:
     updates = _updates(tmp_path, _models(torch.float32, (4,), 1))
-    fedavg = FedAvg(updates[0].manifest)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
     with pytest.raises(ValueError, match="no update"):
         fedavg.write(tmp_path / "avg.safetensors")
     assert not (tmp_path / "avg.safetensors").exists()
@@ -202,10 +203,10 @@ def test_write_without_updates_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("weight", [0.0, -1.0, -1e-9])
 def test_non_positive_weight_refused(tmp_path: Path, weight: float) -> None:
     updates = _updates(tmp_path, _models(torch.float32, (4,), 2))
-    fedavg = FedAvg(updates[0].manifest)
-    fedavg.fold(updates[0], 2.0)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg.add(updates[0].path.stem, updates[0], 2.0)
     with pytest.raises(ValueError, match="must be positive"):
-        fedavg.fold(updates[1], weight)
+        fedavg.add(updates[1].path.stem, updates[1], weight)
     assert fedavg.count == 1
     assert fedavg.total_weight == 2.0
     target = tmp_path / "avg.safetensors"
@@ -221,11 +222,11 @@ def test_folding_many_updates_keeps_one_accumulator_per_tensor(tmp_path: Path) -
         for i in range(6)
     ]
     updates = _updates(tmp_path, models)
-    fedavg = FedAvg(updates[0].manifest)
-    fedavg.fold(updates[0], 1.0)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg.add(updates[0].path.stem, updates[0], 1.0)
     first_ids = {name: id(array) for name, array in fedavg._sums.items()}
     for update in updates[1:]:
-        fedavg.fold(update, 1.0)
+        fedavg.add(update.path.stem, update, 1.0)
     sums = fedavg._sums
     assert sorted(sums) == ["a", "b"]
     assert {name: id(array) for name, array in sums.items()} == first_ids  # summed in place
@@ -243,11 +244,11 @@ def test_fold_memory_does_not_grow_with_updates(tmp_path: Path) -> None:
             {"w": np.full(size, float(i), np.float32)}, tmp_path / f"u{i}.st"
         )
     updates = [TensorFile(tmp_path / f"u{i}.st") for i in range(8)]
-    fedavg = FedAvg(updates[0].manifest)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path)
     tracemalloc.start()
     try:
         for update in updates:
-            fedavg.fold(update, 1.0)
+            fedavg.add(update.path.stem, update, 1.0)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -4,6 +4,7 @@ confirmations, the audit, and the replies' text and data."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,9 +57,14 @@ class FakeRegistry:
 @dataclass
 class FakeDB:
     audited: list[tuple[str, str, bool]] = field(default_factory=list)
+    full: bool = False
 
-    def audit(self, user: str, line: str, ok: bool) -> None:
-        self.audited.append((user, line, ok))
+    def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
+        if self.full:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
+        self.audited.extend((user, line, ok) for _, user, line, ok in entries)
 
 
 @dataclass
@@ -94,6 +100,7 @@ class FakeServer:
     calls: list[tuple[list[str], str, dict[str, object]]] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
     shutdown_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    shutting_down: bool = False
     crossval: FakeCrossValidation | None = None
 
     async def call(
@@ -257,6 +264,47 @@ def test_the_server_stops_only_once_its_answer_went_out() -> None:
     assert reply.then is not None
     reply.then()  # what the admin servicer runs when the reply has been sent
     assert server.shutdown_requested.is_set()
+
+
+def test_after_a_shutdown_nothing_else_changes_the_server() -> None:
+    server = two_sites()
+    cmds = commands(server)
+
+    async def scenario() -> tuple[Reply, Reply, Reply]:
+        stop = await cmds.execute(ADMIN, ROLE_SUPER, "shutdown server", 5.0, True)
+        again = await cmds.execute("deputy@lead.org", ROLE_SUPER, "shutdown server", 5.0, True)
+        look = await cmds.execute("deputy@lead.org", ROLE_SUPER, "help", 5.0, True)
+        return stop, again, look
+
+    stop, again, look = run(scenario())
+    assert stop.ok and not again.ok and again.text == "the server is shutting down"
+    assert look.ok  # looking still works
+    assert [line for _, line, _ in server.db.audited] == [
+        "shutdown server",
+        "shutdown server",
+        "help",
+    ]
+
+
+def test_a_full_disk_keeps_the_audit_in_memory_and_in_order() -> None:
+    server = two_sites()
+    cmds = commands(server)
+    server.db.full = True
+
+    async def scenario() -> list[Reply]:
+        lines = ["help", "set_run_number 3"]
+        replies = [await cmds.execute(ADMIN, ROLE_SUPER, line, 5.0, False) for line in lines]
+        server.db.full = False
+        replies.append(await cmds.execute(ADMIN, ROLE_SUPER, "abort server", 5.0, False))
+        return replies
+
+    replies = run(scenario())
+    assert [r.ok for r in replies] == [True, True, False]  # the commands ran all the same
+    assert server.db.audited == [
+        (ADMIN, "help", True),
+        (ADMIN, "set_run_number 3", True),
+        (ADMIN, "abort server", False),
+    ]
 
 
 def test_abort_server_when_nothing_trains() -> None:

@@ -168,7 +168,9 @@ def test_an_update_is_judged_before_its_bytes_arrive(tmp_path: Path) -> None:
     on_server(tmp_path, scenario)
 
 
-def test_a_complete_update_is_folded_once_and_its_spool_file_removed(tmp_path: Path) -> None:
+def test_a_complete_update_is_counted_once_and_kept_until_its_round_is_aggregated(
+    tmp_path: Path,
+) -> None:
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
         training = train(server, num_rounds=2, min_num_clients=2)
@@ -178,7 +180,9 @@ def test_a_complete_update_is_folded_once_and_its_spool_file_removed(tmp_path: P
         assert training.round.contributed == {"site-a": 10}
         again = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
         assert again.outcome is SubmitOutcome.DUPLICATE
-        assert list(server.store.spool_dir(RUN).iterdir()) == []
+        spool = server.store.spool_dir(RUN)
+        kept = [p.relative_to(spool) for p in spool.rglob("*") if p.is_file()]
+        assert kept == [Path("round_0/site-a.safetensors")]  # the duplicate's spool is gone
 
     on_server(tmp_path, scenario)
 

@@ -13,12 +13,15 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from flapp.models import DigitsCNN
+from flapp.runtime import modelfile
 from flapp.runtime.modelfile import load_state, save_state, state_manifest
 from flapp.runtime.modelinit import init_model, main
+from flcore.diskfault import disk_fault
 from flcore.tensorfile import TensorFile, TensorFileError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -269,3 +272,22 @@ def test_load_state_refuses_a_file_that_does_not_fit(tmp_path: Path) -> None:
 def test_state_manifest_refuses_dtypes_model_files_cannot_hold() -> None:
     with pytest.raises(TensorFileError, match="which model files cannot hold"):
         state_manifest({"z": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_a_full_disk_while_saving_is_the_oserror_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """safetensors reports I/O errors as its own exception: a full disk must still be
+    recognised as one (the site pauses instead of failing), and nothing half-written stays."""
+
+    def full(*_: object, **__: object) -> None:
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(modelfile, "save_file", full)
+    target = tmp_path / "update.safetensors"
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        save_state(DigitsCNN().state_dict(), target, durable=False)
+    assert (disk_fault(raised.value) or "").startswith("disk full: ")
+    assert list(tmp_path.iterdir()) == []

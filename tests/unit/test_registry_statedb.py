@@ -10,6 +10,7 @@ import pytest
 
 from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
+from flserverd.aggregator import UpdateStats
 from flserverd.registry import AuthError, ClientRegistry
 from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
 
@@ -181,6 +182,26 @@ def test_expired_after_timeout(db: StateDB) -> None:
     assert registry.expired() == [chatty]
 
 
+def test_a_full_disk_keeps_registrations_in_memory(
+    db: StateDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Logins and removals go on when the state database cannot be written; the heartbeat
+    sweep must never stop on it."""
+    registry = ClientRegistry(db, 10, Clock())
+
+    def full(*_: object) -> None:
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        raise error
+
+    monkeypatch.setattr(db, "save_client", full)
+    monkeypatch.setattr(db, "delete_client", full)
+    client, resumed = registry.login(SITE_A, "", MachineInfo())
+    assert not resumed and registry.by_instance("site-a") is client
+    registry.remove(client)
+    assert registry.by_instance("site-a") is None
+
+
 def test_registrations_survive_a_new_registry(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     db = StateDB(path)
@@ -263,13 +284,17 @@ def test_complete_round_moves_pointer_and_stores_metrics(tmp_path: Path, db: Sta
 
 
 def test_round_summary_json_keeps_the_metrics_jsonl_format() -> None:
-    training = RoundSummary(1, 0, 5.0, ["a", "b"], {"acc": 0.5}, duration_s=1.5, samples=30)
+    updates = {"a": UpdateStats(0.25, 0.8), "b": UpdateStats(None, 12.0)}  # b: norm not measured
+    training = RoundSummary(
+        1, 0, 5.0, ["a", "b"], {"acc": 0.5}, duration_s=1.5, samples=30, updates=updates
+    )
     assert training.as_json() == {
         "run": 1,
         "round": 0,
         "time": 5.0,
         "duration_s": 1.5,
         "samples": 30,
+        "updates": {"a": {"norm": 0.25, "score": 0.8}, "b": {"score": 12.0}},
         "clients": ["a", "b"],
         "metrics": {"acc": 0.5},
     }

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import safetensors.numpy
 
 from flcore import status as st
 from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
 from flcore.startup import ServerStartup
+from fldev.poll import wait_until_async
+from flserverd import server as server_module
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, StateDB
 
@@ -96,3 +104,44 @@ def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None
     assert gone == [] and waited >= 0.25  # returned when the client left, not before
     assert late == ["site_1"]
     assert after_restart == ["site_1"]  # the one that logged out is gone from the database too
+
+
+def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interrupted_run(tmp_path, with_app=True)
+    models = tmp_path / "run_4" / "models"
+    models.mkdir()
+    weights = {"w": np.zeros(4, dtype=np.float32)}
+    safetensors.numpy.save_file(weights, models / "round_2.safetensors")
+    full = {"on": True}
+    write = StateDB._write
+
+    def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        if full["on"]:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
+        return write(db, statements)
+
+    monkeypatch.setattr(StateDB, "_write", full_disk)
+    monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
+
+    async def scenario() -> None:
+        server = FLServer(tmp_path, startup(), "test")
+        await server.open()  # does not fail: the admins can look
+        try:
+            view = server.run_view()
+            assert view.server_status == st.PAUSED
+            assert view.fault.startswith("server disk full: state database")
+            full["on"] = False
+            await wait_until_async(
+                lambda: server.training_for(4) is not None, 10, "the run to resume"
+            )
+            view = server.run_view()
+            assert view.server_status == st.STARTED and view.current_round == 2
+            assert view.fault == ""
+        finally:
+            await server.close(1)
+
+    asyncio.run(scenario())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,8 +21,9 @@ from flcore.appconfig import ServerAppConfig
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.tensorfile import TensorFile
 from fldev.poll import wait_until_async
+from flserverd import training as training_module
 from flserverd.runstore import RunStore
-from flserverd.statedb import RunRecord, StateDB
+from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Refusal, Training
 
 RUN = 1
@@ -222,6 +224,27 @@ def test_round_closes_when_max_clients_arrived(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_updates_wait_in_the_spool_until_their_round_is_aggregated(tmp_path: Path) -> None:
+    """Accepted updates are folded in instance order (flserverd.aggregator.CanonicalFold): a
+    later one waits in its file, and the round's files are gone once it is aggregated."""
+    setup = make_setup(tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is SubmitOutcome.ACCEPTED
+        kept = setup.store.spool_dir(RUN) / "round_0"
+        assert sorted(p.name for p in kept.iterdir()) == ["c2.safetensors"]
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        assert not kept.exists()
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
 def test_round_closes_when_min_arrived_and_nobody_else_awaited(tmp_path: Path) -> None:
     setup = make_setup(
         tmp_path, num_rounds=3, min_num_clients=2, max_num_clients=5, wait_after_min_clients=60
@@ -285,7 +308,7 @@ def test_update_after_aggregation_is_late(tmp_path: Path) -> None:
         )
         assert outcome is SubmitOutcome.LATE
         assert "already aggregated" in message
-        assert training.round.fedavg.count == 0  # not folded into the next round either
+        assert training.round.aggregator.count == 0  # not folded into the next round either
         assert not setup.db.is_folded(RUN, 0, "c2")
         # and a future round or another run is rejected, not accepted
         future = training.check_submission("c1", RUN, 5)
@@ -320,8 +343,7 @@ def test_same_instance_twice_is_duplicate(tmp_path: Path) -> None:
         training = setup.training()
         assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 5) is SubmitOutcome.ACCEPTED
         assert await submit(training, setup, "c1", 0, [9, 9, 9, 9], 5) is SubmitOutcome.DUPLICATE
-        assert training.round.fedavg.count == 1
-        assert training.round.fedavg.total_weight == 5.0
+        assert training.round.aggregator.count == 1
         assert training.round.contributed == {"c1": 5}
         assert await submit(training, setup, "c2", 0, [3, 3, 3, 3], 5) is SubmitOutcome.ACCEPTED
         await aggregated(training, setup, 1)
@@ -381,7 +403,7 @@ def test_zero_samples_rejected(tmp_path: Path) -> None:
     async def scenario() -> None:
         training = setup.training()
         assert await submit(training, setup, "c1", 0, [1, 1, 1, 1], 0) is SubmitOutcome.REJECTED
-        assert training.round.fedavg.count == 0
+        assert training.round.aggregator.count == 0
         assert not setup.db.is_folded(RUN, 0, "c1")
         await training.close(1)
 
@@ -422,7 +444,7 @@ def test_exactly_once_across_restart(tmp_path: Path) -> None:
         assert await submit(training, setup, "c1", 0, [5] * 4, 1) is SubmitOutcome.LATE
         assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.ACCEPTED
         assert await submit(training, setup, "c1", 1, [10] * 4, 1) is SubmitOutcome.DUPLICATE
-        assert training.round.fedavg.count == 1
+        assert training.round.aggregator.count == 1
         training.admit("c2", 1)
         assert await submit(training, setup, "c2", 1, [20] * 4, 3) is SubmitOutcome.ACCEPTED
         await aggregated(training, setup, 2)
@@ -474,7 +496,7 @@ def test_max_clients_blocks_unadmitted_update(tmp_path: Path) -> None:
         assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
         outcome = await submit(training, setup, "c3", 0, [100] * 4)
         assert outcome is not SubmitOutcome.ACCEPTED
-        assert training.round.fedavg.count == 1
+        assert training.round.aggregator.count == 1
         await training.close(1)
 
     asyncio.run(scenario())
@@ -836,3 +858,166 @@ def test_a_crash_after_the_commit_loses_no_published_output(tmp_path: Path) -> N
     best = setup.model(run_dir / "best_global_model.safetensors")
     np.testing.assert_array_equal(best["w"], np.zeros(4, dtype=np.float32))  # round 0's input
     assert [row["round"] for row in setup.metrics_rows()] == [0]
+
+
+# --------------------------------------------------------------------------- disk faults
+
+
+class FullDiskDB(StateDB):
+    """The state database on a disk that is full while ``full`` is set (for round commits
+    only, while ``commits_full`` is)."""
+
+    full = False
+    commits_full = False
+
+    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        committing = any("round_metrics" in sql for sql, _ in statements)
+        if self.full or (self.commits_full and committing):
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
+        return super()._write(statements)
+
+
+def full_disk_setup(tmp_path: Path) -> tuple[Setup, FullDiskDB]:
+    setup = make_setup(tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=2)
+    setup.db.close()
+    db = FullDiskDB(tmp_path / "state.db")
+    setup.db = db
+    return setup, db
+
+
+def test_a_full_disk_at_the_commit_pauses_and_the_retry_commits_the_round(tmp_path: Path) -> None:
+    setup, db = full_disk_setup(tmp_path)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.ready.update({"c1", "c2"})
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
+        db.full = True
+        assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.POSTPONED
+        assert training.fault.startswith("server disk full: state database")
+        assert training.round.contributed == {"c1": 1}  # the postponed update is not counted
+        assert not (setup.store.spool_dir(RUN) / "round_0" / "c2.safetensors").exists()
+        db.full = False
+        [retry] = setup.timer.pending
+        offers = len(setup.listener.offers)
+        retry.fire()  # room again: training goes on and asks for the round again
+        await until(lambda: not training.fault)
+        assert setup.listener.offers[offers:] == [(["c1", "c2"], training.current_offer())]
+        db.commits_full = True  # this time the disk fills as the round is committed
+        assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.ACCEPTED
+        await until(lambda: bool(training.fault))
+        record = db.get_run(RUN)
+        assert record is not None and record.next_round == 0 and training.round.number == 0
+        assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.DUPLICATE
+        db.commits_full = False
+        [retry] = setup.timer.pending
+        retry.fire()
+        await aggregated(training, setup, 1)
+        assert not training.fault and training.round.number == 1
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_a_stop_that_cannot_be_recorded_still_reaches_the_clients(tmp_path: Path) -> None:
+    setup, db = full_disk_setup(tmp_path)
+
+    async def scenario() -> None:
+        training = setup.training()
+        db.full = True
+        training.abort()
+        assert [r.reason for r in setup.listener.ended] == ["aborted by admin"]
+        assert db.get_run(RUN).status == st.STARTED  # type: ignore[union-attr]
+        db.full = False
+        [retry] = setup.timer.pending
+        retry.fire()
+        await until(lambda: not training.fault)
+        assert db.get_run(RUN).status == st.STOPPED  # type: ignore[union-attr]
+
+
+def test_memory_keeps_the_latest_rounds_and_a_restart_rewrites_every_lost_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run must not grow the server: the round records stay in the database and
+    metrics.jsonl, and only the rounds the feed shows stay in memory."""
+    monkeypatch.setattr(training_module, "HISTORY_SHOWN", 3)
+    setup = make_setup(tmp_path, num_rounds=10)
+    record = setup.record
+    for number in range(5):
+        record.next_round = number + 1
+        setup.db.complete_round(
+            record, RoundSummary(RUN, number, 100.0 + number, ["a"], {"val_accuracy": 0.5})
+        )
+    (setup.store.run_dir(RUN) / "metrics.jsonl").write_text("")
+    setup.store.round_model(RUN, 0).rename(setup.store.round_model(RUN, record.next_round))
+
+    async def restart() -> None:
+        training = setup.training()
+        assert [r.round for r in training.history] == [2, 3, 4]
+        training.recover_outputs()
+        await training.close(1)
+
+    asyncio.run(restart())
+    assert [row["round"] for row in setup.metrics_rows()] == [0, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- robust aggregation
+
+
+def test_median_round_keeps_updates_until_written_and_names_the_outlier(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=2, min_num_clients=3, max_num_clients=3, aggregator="median"
+    )
+    kept = setup.store.spool_dir(RUN) / "round_0"
+
+    async def scenario() -> None:
+        training = setup.training()
+        for name in ("c1", "c2", "c3"):
+            training.admit(name, 0)
+        assert await submit(training, setup, "c1", 0, [1, 2, 3, 4]) is SubmitOutcome.ACCEPTED
+        assert await submit(training, setup, "c2", 0, [1, 2, 3, 5], samples=10**6) is (
+            SubmitOutcome.ACCEPTED
+        )
+        assert sorted(p.name for p in kept.iterdir()) == ["c1.safetensors", "c2.safetensors"]
+        poisoned = [-100.0, 200, -300, 400]
+        assert await submit(training, setup, "c3", 0, poisoned) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        # one vote each, whatever the sample counts: the median, not the weighted mean
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [1, 2, 3, 5]
+        assert not kept.exists()
+        await training.close(1)
+
+    with caplog.at_level("WARNING", logger="flserverd.training"):
+        asyncio.run(scenario())
+    [row] = setup.metrics_rows()
+    scores = {name: stats["score"] for name, stats in row["updates"].items()}
+    assert scores["c3"] > 50 and scores["c1"] < 2 and scores["c2"] < 2
+    assert row["updates"]["c1"]["norm"] == pytest.approx(np.sqrt(30))
+    assert setup.db.round_records(RUN)[0].updates["c3"].score == scores["c3"]
+    [warning] = [r.getMessage() for r in caplog.records if "outlier" in r.getMessage()]
+    assert "run 1 round 0: the update of c3 is an outlier" in warning
+
+
+def test_abort_deletes_the_kept_updates_of_the_open_round(tmp_path: Path) -> None:
+    setup = make_setup(
+        tmp_path, num_rounds=2, min_num_clients=3, max_num_clients=3, aggregator="median"
+    )
+    kept = setup.store.spool_dir(RUN) / "round_0"
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        assert await submit(training, setup, "c1", 0, [1, 2, 3, 4]) is SubmitOutcome.ACCEPTED
+        assert kept.exists()
+        training.abort()
+        await until(lambda: not kept.exists())
+        await training.close(1)
+
+    asyncio.run(scenario())

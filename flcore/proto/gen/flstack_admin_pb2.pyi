@@ -358,15 +358,40 @@ class RoundMetrics(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class OutliersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROUND_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     CLIENTS_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    OUTLIERS_FIELD_NUMBER: _builtins.int
     round: _builtins.int
     clients: _builtins.int
     seconds: _builtins.float
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
+    @_builtins.property
+    def outliers(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """highest outlier scores of the round's updates, by instance"""
+
     def __init__(
         self,
         *,
@@ -374,10 +399,11 @@ class RoundMetrics(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         clients: _builtins.int = ...,
         seconds: _builtins.float = ...,
+        outliers: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "metrics", b"metrics", "round", b"round", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "metrics", b"metrics", "outliers", b"outliers", "round", b"round", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -404,6 +430,7 @@ class RunState(_message.Message):
     PHASE_FIELD_NUMBER: _builtins.int
     BEST_METRIC_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    FAULT_FIELD_NUMBER: _builtins.int
     run_number: _builtins.int
     """0: no run set"""
     server_status: _builtins.str
@@ -422,6 +449,8 @@ class RunState(_message.Message):
     """e.g. "accuracy=0.9412 (round 7)" """
     reason: _builtins.str
     """why the run stopped, or why starting it failed"""
+    fault: _builtins.str
+    """why training is paused now (e.g. "server disk full: ..."), or "" """
     @_builtins.property
     def contributed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -450,10 +479,11 @@ class RunState(_message.Message):
         phase: _builtins.str = ...,
         best_metric: _builtins.str = ...,
         reason: _builtins.str = ...,
+        fault: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "fault", b"fault", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -124,6 +124,10 @@ class _SubmitResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubmitRe
     """The round was aggregated before this arrived; it was discarded."""
     SUBMIT_RESULT_REJECTED: _SubmitResult.ValueType  # 4
     """Invalid (names, shapes, dtypes, non-finite values, size); never used."""
+    SUBMIT_RESULT_POSTPONED: _SubmitResult.ValueType  # 5
+    """Not stored now (e.g. the server's disk is full); the round is offered again once the
+    server can take updates, and the same update is then sent again.
+    """
 
 class SubmitResult(_SubmitResult, metaclass=_SubmitResultEnumTypeWrapper): ...
 
@@ -135,6 +139,10 @@ SUBMIT_RESULT_LATE: SubmitResult.ValueType  # 3
 """The round was aggregated before this arrived; it was discarded."""
 SUBMIT_RESULT_REJECTED: SubmitResult.ValueType  # 4
 """Invalid (names, shapes, dtypes, non-finite values, size); never used."""
+SUBMIT_RESULT_POSTPONED: SubmitResult.ValueType  # 5
+"""Not stored now (e.g. the server's disk is full); the round is offered again once the
+server can take updates, and the same update is then sent again.
+"""
 Global___SubmitResult: _TypeAlias = SubmitResult  # noqa: Y015
 
 class _MetricsKind:

@@ -1,0 +1,472 @@
+"""A fleet that comes and goes: 1,000 clients, each with its own certificate, joining and
+leaving at random for ten minutes while a real run trains.
+
+The project is provisioned as usual with two real client daemons, which
+train the digits app for the whole window. Then the script issues
+``--clients`` more client certificates from the project's CA (ECDSA P-256,
+``provision.pki``, as flprovision would) and runs one simulated client per
+certificate in this process, each with its own mutual-TLS channel (one TCP
+connection) made by the client daemon's own connection class: it logs in
+(resuming its registration with its token when the server still has it),
+opens its control stream, sends a heartbeat every second, and after an
+online spell (exponential, mean ``--mean-online`` s) leaves the way a
+crashed site or a cut cable does: it stops and closes its connection
+without logging out. After an offline spell (mean ``--mean-offline`` s) it
+comes back.
+
+An admin feed (the console's ``Events`` stream) is followed in a thread and
+gives:
+
+* heartbeat round trip: from the simulated client writing a heartbeat to
+  the feed delivering the server's ``Heartbeat`` event for it (through the
+  control stream, the server's loop and its event bus), p50 / p99;
+* every ``ClientGone`` (timed by the server): a client that left for good
+  must be dropped ``no heartbeat``, never sooner than
+  ``heart_beat_timeout`` after its last heartbeat (the table counts drops
+  more than 3 s later apart: the server sweeps every second, so more means
+  its loop was held up), a client that came back in time must be kept, and
+  a client that is online must never be dropped. Departures whose offline
+  spell ended within 3 s of the timeout either way are not judged.
+
+The server's RSS, file descriptors and threads are sampled every 2 s; the
+slopes after the warm-up are printed. At the end every simulated client
+leaves, the script waits out the timeout and checks that only the two real
+clients are registered, that every process is alive and that the run
+trained throughout.
+
+    .venv/bin/python bench/churn.py                              # 1,000 clients, 10 minutes
+    .venv/bin/python bench/churn.py --clients 300 --duration 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+
+from bench.common import UsageSampler, percentile, proc_stat, table, usage  # noqa: E402
+from fladmin import AdminError  # noqa: E402
+from fladmin.link import AdminLink  # noqa: E402
+from flclientd.connection import Connection, ControlStream  # noqa: E402
+from flcore import status as st  # noqa: E402
+from flcore.federation import ClientHeartbeat, Hello, MachineInfo  # noqa: E402
+from flcore.feed import ClientGone, FeedEvent, Heartbeat  # noqa: E402
+from flcore.identity import KIND_CLIENT  # noqa: E402
+from flcore.startup import ClientStartup, load_client  # noqa: E402
+from flcore.tls import TlsFiles  # noqa: E402
+from flcore.version import flstack_version  # noqa: E402
+from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
+from fldev.poll import wait_until  # noqa: E402
+from provision.pki import Subject, cert_pem, issue, key_pem  # noqa: E402
+from provision.workspace import Workspace  # noqa: E402
+
+REAL = ("flclient1", "flclient2")
+HEARTBEAT_S = 1.0
+DROP_SLACK_S = 3.0
+"""A drop may come this long after the timeout (the server sweeps every second)."""
+JOIN_CONCURRENCY = 50
+
+
+@dataclass
+class Departure:
+    """A simulated client that left: when it last sent a heartbeat, and when it came back."""
+
+    name: str
+    last_heartbeat: float
+    back_at: float | None = None
+    dropped_at: float | None = None
+
+
+@dataclass
+class Ledger:
+    """What happened, as the simulated clients and the feed saw it (wall-clock times)."""
+
+    online: dict[str, float] = field(default_factory=dict)
+    """Clients online now, with the time they logged in."""
+    departures: list[Departure] = field(default_factory=list)
+    departures_of: dict[str, list[Departure]] = field(default_factory=dict)
+    sent: dict[str, collections.deque[float]] = field(default_factory=dict)
+    """Heartbeats not yet seen in the feed, per client."""
+    last_contact: dict[str, float] = field(default_factory=dict)
+    """When each client last said something to the server (login or heartbeat)."""
+    to_server: list[float] = field(default_factory=list)
+    """Seconds from writing a heartbeat to the server having handled it."""
+    round_trips: list[float] = field(default_factory=list)
+    """Seconds from writing a heartbeat to its event arriving through the feed."""
+    wrongly_dropped: list[tuple[str, str]] = field(default_factory=list)
+    unmatched_drops: list[tuple[str, str]] = field(default_factory=list)
+    heartbeats: int = 0
+    joins: int = 0
+    resumed: int = 0
+    failed_joins: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def heard(self, name: str, server_time: float, received: float) -> None:
+        """A Heartbeat event: match it with the heartbeat it answers (FIFO per client)."""
+        with self.lock:
+            queue = self.sent.get(name)
+            matched = None
+            while queue and queue[0] <= server_time:
+                matched = queue.popleft()
+            if matched is not None:
+                self.to_server.append(server_time - matched)
+                self.round_trips.append(received - matched)
+
+    def gone(self, name: str, reason: str, when: float) -> None:
+        """A ClientGone event (``when``: the server's time) for the latest departure of that
+        client before it; the feed may bring it after the client came back and left again."""
+        if name in REAL:
+            return
+        with self.lock:
+            candidates = [
+                d
+                for d in self.departures_of.get(name, [])
+                if d.dropped_at is None and d.last_heartbeat <= when
+            ]
+            if not candidates:
+                target = self.wrongly_dropped if name in self.online else self.unmatched_drops
+                target.append((name, reason))
+                return
+            candidates[-1].dropped_at = when
+
+    def waiting(self) -> int:
+        """Departures for good (not back) that the server has not dropped yet."""
+        with self.lock:
+            return sum(d.back_at is None and d.dropped_at is None for d in self.departures)
+
+
+class Feed(threading.Thread):
+    """Follows the admin feed in its own thread and loop, reconnecting if it is cut off."""
+
+    def __init__(self, startup: Path, ledger: Ledger) -> None:
+        super().__init__(daemon=True)
+        self.startup = startup
+        self.ledger = ledger
+        self.stop = threading.Event()
+        self.reconnects = 0
+
+    def run(self) -> None:
+        asyncio.run(self._follow())
+
+    async def _follow(self) -> None:
+        while not self.stop.is_set():
+            link = AdminLink(self.startup, ADMIN)
+            try:
+                await link.login()
+                async for event in link.events():
+                    self._event(event)
+                    if self.stop.is_set():
+                        return
+            except AdminError:
+                self.reconnects += 1
+            finally:
+                await link.close()
+
+    def _event(self, event: FeedEvent) -> None:
+        body = event.body
+        if isinstance(body, Heartbeat):
+            self.ledger.heard(body.instance, body.time, time.time())
+        elif isinstance(body, ClientGone):
+            self.ledger.gone(body.instance, body.reason, event.time)  # when the server dropped it
+
+
+@dataclass
+class SimClient:
+    """One simulated site: its certificate, its token, and its connection while online."""
+
+    startup: ClientStartup
+    files: TlsFiles
+    token: str = ""
+    conn: Connection | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.startup.name
+
+    async def join(self, ledger: Ledger) -> None:
+        """Log in (resuming when the server still has the token), open the stream."""
+        conn = Connection(self.startup, self.files)
+        info = MachineInfo(
+            device="cpu", gpu_count=0, hostname=self.name, version=flstack_version(), pid=0
+        )
+        try:
+            login = await conn.login(self.token, info)
+        except grpc.aio.AioRpcError:
+            ledger.failed_joins += 1
+            await conn.close()
+            return
+        self.conn, self.token = conn, login.token
+        status = st.ClientStatus(status=st.NOT_STARTED, round=-1)
+        call = conn.open_control()
+        await call.write(Hello(login.token, status))
+        now = time.time()
+        with ledger.lock:
+            ledger.joins += 1
+            ledger.resumed += login.resumed
+            ledger.online[self.name] = now
+            ledger.last_contact[self.name] = now
+            ledger.sent.setdefault(self.name, collections.deque())
+            previous = ledger.departures_of.get(self.name)
+            if previous:
+                previous[-1].back_at = now
+        self.tasks = [
+            asyncio.ensure_future(self._heartbeats(call, ledger)),
+            asyncio.ensure_future(self._answer(call)),
+        ]
+
+    async def _heartbeats(self, call: ControlStream, ledger: Ledger) -> None:
+        await asyncio.sleep(random.uniform(0, HEARTBEAT_S))
+        status = st.ClientStatus(status=st.NOT_STARTED, round=-1)
+        while True:
+            sent = time.time()
+            with ledger.lock:
+                ledger.sent[self.name].append(sent)
+            await call.write(ClientHeartbeat(status))
+            with ledger.lock:  # written: a heartbeat cut off by leave() never counts
+                ledger.last_contact[self.name] = sent
+                ledger.heartbeats += 1
+            await asyncio.sleep(HEARTBEAT_S)
+
+    async def _answer(self, call: ControlStream) -> None:
+        """Read what the server sends (nothing is expected: these clients train no run)."""
+        async for _ in call:
+            pass
+
+    async def leave(self, ledger: Ledger) -> None:
+        """Stop and close the connection without logging out, as a crashed site would."""
+        with ledger.lock:
+            last = ledger.last_contact.get(self.name, time.time())
+            ledger.online.pop(self.name, None)
+            ledger.sent[self.name] = collections.deque()
+            departure = Departure(self.name, last)
+            ledger.departures.append(departure)
+            ledger.departures_of.setdefault(self.name, []).append(departure)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await task
+        self.tasks = []
+        if self.conn is not None:
+            await self.conn.close()
+            self.conn = None
+
+    async def live(
+        self, ledger: Ledger, until: float, joins: asyncio.Semaphore, args: argparse.Namespace
+    ) -> None:
+        """Alternate online and offline spells until ``until`` (monotonic), then leave."""
+        await asyncio.sleep(random.uniform(0, args.mean_offline))
+        while time.monotonic() < until:
+            async with joins:
+                await self.join(ledger)
+            online = random.expovariate(1 / args.mean_online)
+            await asyncio.sleep(max(0.0, min(online, until - time.monotonic())))
+            if self.conn is not None:
+                await self.leave(ledger)
+            offline = random.expovariate(1 / args.mean_offline)
+            await asyncio.sleep(max(0.0, min(offline, until - time.monotonic())))
+
+
+def issue_certificates(c: Cluster, count: int, folder: Path) -> list[SimClient]:
+    """One client certificate per simulated site, from the project CA."""
+    ca = Workspace(c.root / "provision").require_ca()
+    template = load_client(c.root / REAL[0])
+    root_cert = c.root / REAL[0] / "startup" / template.ssl_root_cert
+    now = datetime.now(UTC)
+    sims = []
+    for index in range(count):
+        name = f"churn{index:04d}"
+        issued = issue(ca, Subject(name, "org-churn", KIND_CLIENT), "ecdsa-p256", 30, now)
+        cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+        cert.write_bytes(cert_pem(issued.cert))
+        key.write_bytes(key_pem(issued.key))
+        key.chmod(0o600)
+        sims.append(SimClient(replace(template, name=name), TlsFiles(root_cert, cert, key)))
+    return sims
+
+
+async def churn(sims: list[SimClient], ledger: Ledger, args: argparse.Namespace) -> None:
+    """Every simulated client lives for the duration; then all leave."""
+    until = time.monotonic() + args.duration
+    joins = asyncio.Semaphore(JOIN_CONCURRENCY)
+    await asyncio.gather(*(sim.live(ledger, until, joins, args) for sim in sims))
+
+
+def judge(ledger: Ledger, timeout: float) -> list[list[str]]:
+    """Rows about departures: dropped in time, too early, not at all."""
+    early, late, missing, spared, unjudged = 0, 0, 0, 0, 0
+    delays = []
+    for departure in ledger.departures:
+        due = departure.last_heartbeat + timeout
+        back = departure.back_at  # None: gone for good at the end
+        if back is not None and abs(back - due) <= DROP_SLACK_S:
+            unjudged += 1
+            continue
+        if back is not None and back < due:  # came back in time: must not have been dropped
+            if departure.dropped_at is not None:
+                early += 1
+            else:
+                spared += 1
+            continue
+        if departure.dropped_at is None:
+            missing += 1
+            continue
+        delay = departure.dropped_at - departure.last_heartbeat
+        delays.append(delay)
+        if delay < timeout - 0.5:
+            early += 1
+        elif delay > timeout + DROP_SLACK_S:
+            late += 1
+    spread = (
+        f" (after the last heartbeat: median {percentile(delays, 50):.1f} s, "
+        f"p99 {percentile(delays, 99):.1f} s, max {max(delays):.1f} s)"
+        if delays
+        else ""
+    )
+    return [
+        ["departures (no logout)", str(len(ledger.departures))],
+        ["gone for good and dropped", f"{len(delays) - early}{spread}"],
+        [
+            f"dropped before the timeout / over {DROP_SLACK_S:g} s after it / never",
+            f"{early} / {late} / {missing}",
+        ],
+        ["back before their timeout and kept", str(spared)],
+        ["not judged (back within 3 s of the timeout)", str(unjudged)],
+        ["online clients dropped (must be 0)", str(len(ledger.wrongly_dropped))],
+        ["drops of clients not known to have left", str(len(ledger.unmatched_drops))],
+    ]
+
+
+def latency(samples: list[float]) -> str:
+    """p50 and p99 of heartbeat latencies, in milliseconds."""
+    if not samples:
+        return "none matched"
+    p50, p99 = (1000 * percentile(samples, q) for q in (50, 99))
+    return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(samples)} heartbeats)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Provision, train, churn, judge, print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=1000, help="simulated clients (1000)")
+    parser.add_argument("--duration", type=float, default=600, help="seconds of churn (600)")
+    parser.add_argument("--mean-online", type=float, default=60, help="mean online spell (60)")
+    parser.add_argument("--mean-offline", type=float, default=20, help="mean offline spell (20)")
+    parser.add_argument("--heartbeat-timeout", type=float, default=10, help="seconds (10)")
+    parser.add_argument(
+        "--warmup", type=float, help="seconds left out of the RSS fit (a fifth, at least 60)"
+    )
+    parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
+    args = parser.parse_args(argv)
+    timeout = args.heartbeat_timeout
+    settings = {"heart_beat_timeout": timeout, "heartbeat_interval": HEARTBEAT_S}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="flbench-churn-") as tmp:
+        root = (args.workdir or Path(tmp)) / f"churn-{args.clients}"
+        with cluster(root, clients=REAL, settings={**settings, "retry_window": 60}) as c:
+            rows = run(c, root, args)
+    print()
+    print(table(["measure", "value"], rows))
+    print(f"\nwall time {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
+    """Train with the real clients, churn the simulated ones, and measure."""
+    timeout = args.heartbeat_timeout
+    server = c.server()
+    real = [c.client(name) for name in REAL]
+    c.configure("config_fed_client.json", local_epochs=1)
+    c.prepare_run(1, num_rounds=10**6, min_num_clients=2, wait_after_min_clients=5)
+    c.ok("start server")
+    c.ok("start client")
+    wait_until(lambda: c.metrics(), 300, "round 0", interval=0.5)
+    certificates = root / "churn-certs"
+    certificates.mkdir()
+    print(f"issuing {args.clients} client certificates ...", flush=True)
+    sims = issue_certificates(c, args.clients, certificates)
+    ledger = Ledger()
+    feed = Feed(c.kit(), ledger)
+    feed.start()
+    rounds_before = len(c.metrics())
+    cpu_before, own_before = proc_stat(server.pid).cpu_s, time.process_time()
+    warmup = args.warmup if args.warmup is not None else max(60.0, args.duration / 5)
+    print(f"churning for {args.duration:g} s ...", flush=True)
+    with UsageSampler({"flserverd": server.pid}, 2.0) as sampler:
+        window = time.monotonic()
+        asyncio.run(churn(sims, ledger, args))
+        window = time.monotonic() - window
+    server_cores = (proc_stat(server.pid).cpu_s - cpu_before) / window
+    own_cores = (time.process_time() - own_before) / window
+    ended = time.time()
+    wait_until(
+        lambda: not ledger.waiting() or time.time() > ended + timeout + 2 * DROP_SLACK_S,
+        timeout + 4 * DROP_SLACK_S,
+        "the last departures to be dropped",
+    )
+    left = usage(server.pid)
+    registered = sorted(client["instance"] for client in c.status()["clients"])
+    alive = server.alive() and all(d.alive() for d in real)
+    state = c.run_state()
+    rounds = len(c.metrics()) - rounds_before
+    c.ok("abort server")
+    feed.stop.set()
+    feed.join(10)  # it stops at its next event and closes its channel
+    trips, one_way = ledger.round_trips, ledger.to_server
+    rss, fds, threads = sampler.slopes(warmup)["flserverd"]
+    kept = sampler.after("flserverd", warmup)
+    rows = [
+        ["simulated clients (own certificates)", str(len(sims))],
+        [
+            "joins (resumed a registration) / failed",
+            f"{ledger.joins} ({ledger.resumed}) / {ledger.failed_joins}",
+        ],
+        ["heartbeats sent", f"{ledger.heartbeats} ({ledger.heartbeats / window:.0f}/s)"],
+        ["heartbeat, client -> handled by the server", latency(one_way)],
+        ["heartbeat round trip, client -> server -> feed", latency(trips)],
+        *judge(ledger, timeout),
+        ["registered at the end (must be the 2 real clients)", ", ".join(registered)],
+        [
+            "all daemons alive, run trained throughout",
+            f"{alive}, {state['server_status']}, {rounds} rounds in the window",
+        ],
+        ["server CPU / this process's CPU", f"{server_cores:.2f} / {own_cores:.2f} cores"],
+        ["feed reconnects (cut off as too slow)", str(feed.reconnects)],
+    ]
+    if len(kept) >= 2:
+        start, end = kept[0], kept[-1]
+        rows.append(
+            [
+                f"server during the churn, after {warmup:g} s warm-up",
+                f"RSS {start.rss_mb:.0f} -> {end.rss_mb:.0f} MB ({rss:+.2f} MB/min), "
+                f"fds {start.fds} -> {end.fds} ({fds:+.2f}/min), "
+                f"threads {start.threads} -> {end.threads} ({threads:+.2f}/min)",
+            ]
+        )
+    rows.append(
+        [
+            "server once every simulated client left",
+            f"RSS {left.rss_mb:.0f} MB, fds {left.fds}, threads {left.threads}",
+        ]
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

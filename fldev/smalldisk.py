@@ -1,0 +1,68 @@
+"""A daemon's workspace on a small tmpfs that a test fills up and frees again.
+
+Mounting needs root (CI runs as root); :func:`why_not_mountable` says why it
+cannot be done here, so that a test can skip with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+FILLER = ".fill"
+
+
+def why_not_mountable() -> str:
+    """Why a tmpfs cannot be mounted here ('' when it can)."""
+    if os.geteuid() != 0:
+        return "mounting a small tmpfs needs root (the CI runs the suite as root)"
+    with tempfile.TemporaryDirectory() as probe:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            return f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}"
+        subprocess.run(["umount", probe], check=False)
+    return ""
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size_mb: int) -> Iterator[Path]:
+    """Put ``folder`` (with what it holds) on a tmpfs of ``size_mb`` MiB until the end."""
+    aside = folder.with_name(f"{folder.name}.before-tmpfs")
+    folder.rename(aside)
+    folder.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(folder)],
+        check=True,
+    )
+    try:
+        shutil.copytree(aside, folder, symlinks=True, dirs_exist_ok=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+def fill(folder: Path) -> int:
+    """Take every free byte of ``folder``'s file system; returns how many were taken."""
+    free = shutil.disk_usage(folder).free
+    fd = os.open(folder / FILLER, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if free:
+            os.posix_fallocate(fd, 0, free)
+    finally:
+        os.close(fd)
+    return free
+
+
+def free_up(folder: Path) -> None:
+    """Give back what :func:`fill` took."""
+    (folder / FILLER).unlink(missing_ok=True)
