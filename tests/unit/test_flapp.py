@@ -161,7 +161,7 @@ def test_the_segmentation_trainer_learns_from_dict_batches_and_reports_dice() ->
 
 def test_a_batch_without_the_keys_says_which_to_set() -> None:
     trainer = SegmentationTrainer(image_key="img")
-    with pytest.raises(KeyError, match="no 'img'.*it has 'image', 'label'.*set image_key"):
+    with pytest.raises(KeyError, match=r"no 'img'.*it has 'image', 'label'.*set image_key"):
         trainer.pair({"image": torch.zeros(1), "label": torch.zeros(1)})
 
 
