@@ -26,7 +26,9 @@ its training handlers, with ``torch.load(weights_only=True)`` in MONAI
 
 The bundle runs from a copy in the run's work folder at the site, so what
 its handlers write (checkpoints, evaluation outputs) never lands in the
-app's ``resources/``, whose digest the site approved.
+app's ``resources/``, whose digest the site approved. Its folder is put on
+``sys.path``, as ``python -m monai.bundle run`` does, so configs that
+``"$import scripts"`` find the bundle's own code.
 
 MONAI is an optional extra (``pip install flstack[monai]``); importing this
 module without it raises a ConfigError that says so.
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,12 +75,21 @@ def _where(config: BundleConfig) -> str:
     return f"{TRAIN_CONFIG}: bundle {config.folder!r}"
 
 
+def _importable(bundle_dir: Path) -> None:
+    """Put the bundle's folder on ``sys.path`` (after the app's resources/), where
+    ``monai.bundle run`` puts it, for configs that import the bundle's ``scripts``."""
+    folder = str(bundle_dir)
+    if folder not in sys.path:
+        sys.path.insert(1, folder)
+
+
 def bundle_network(bundle_dir: Path, config: BundleConfig) -> nn.Module:
     """The bundle's network as its train config defines it (the id ``config.network``).
 
     Only that definition and what it refers to are built, so the server
     needs neither data nor engines to make the first global model.
     """
+    _importable(bundle_dir)
     parser = ConfigParser()
     parser.read_config(str(bundle_dir / config.train_config))
     parser["bundle_root"] = str(bundle_dir)
@@ -165,6 +177,7 @@ class BundleLearner:
         root = work_dir / BUNDLE_COPY
         shutil.rmtree(root, ignore_errors=True)
         shutil.copytree(bundle_dir, root)
+        _importable(root)
         overrides: dict[str, Any] = {"device": f"$torch.device({str(device)!r})"}
         if data_root is not None:
             overrides[DATASET_DIR] = str(data_root)
