@@ -18,8 +18,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,16 @@ class Refused(Exception):
     """A command cannot be carried out; the message goes back to the admin."""
 
 
+@dataclass(frozen=True)
+class RoundDone:
+    """The last round this site trained: from the offer to the server's verdict."""
+
+    round: int
+    seconds: float
+    finished_at: float
+    outcome: SubmitOutcome
+
+
 def _argument(command: str, args: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
     """An argument of a command from the server, of the type it must have; Refused (a
     sentence for the admin) when it is missing or of another type."""
@@ -138,6 +149,7 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: set[TrainingProcess] = set()
         """Training children asked to stop and not gone yet: a shutdown kills them."""
+        self.last_round: RoundDone | None = None
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
@@ -594,6 +606,7 @@ class Agent:
         models.mkdir(exist_ok=True)
         model = models / f"global_round_{task.round}.safetensors"
         update = models / f"update_round_{task.round}.safetensors"
+        started = time.monotonic()
         self._set_status(round=task.round)
         try:
             downloaded = await self.uplink.retrying(
@@ -618,6 +631,9 @@ class Agent:
             )
 
         verdict = await self.uplink.retrying(f"upload of round {task.round}", send)
+        self.last_round = RoundDone(
+            task.round, time.monotonic() - started, time.time(), verdict.outcome
+        )
         log.log(
             logging.WARNING if verdict.outcome is SubmitOutcome.POSTPONED else logging.INFO,
             "round %d update %s: %s (%s)",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -39,6 +40,7 @@ from flcore.federation import (
     ModelKind,
     ModelRequest,
     SubmitHeader,
+    SubmitOutcome,
     Unreadable,
     UploadKind,
     Upward,
@@ -80,6 +82,20 @@ class ControlStream:
         self._call.cancel()
 
 
+@dataclass
+class Traffic:
+    """What this client moved since it started, for its metrics endpoint (the keys are fixed,
+    so another thread may read the counts while they grow)."""
+
+    received: dict[str, int] = field(default_factory=lambda: {"model": 0, "app": 0})
+    sent: dict[str, int] = field(
+        default_factory=lambda: {kind.value.replace(" ", "_"): 0 for kind in UploadKind}
+    )
+    verdicts: dict[str, int] = field(
+        default_factory=lambda: {outcome.value: 0 for outcome in SubmitOutcome}
+    )
+
+
 class Connection:
     """One channel to the server's federation service."""
 
@@ -90,6 +106,7 @@ class Connection:
         )
         self.stub = fed_grpc.FederationStub(self._channel)
         self.token = ""
+        self.traffic = Traffic()
 
     async def close(self) -> None:
         """Close the channel."""
@@ -147,6 +164,7 @@ class Connection:
                     raise ValueError("the server sent model bytes before the manifest")
                 else:
                     spool.write(message.chunk.name, message.chunk.offset, message.chunk.data)
+                    self.traffic.received["model"] += len(message.chunk.data)
                     received += 1
                     if received == 1:
                         faultpoints.reached(faultpoints.CLIENT_DOWNLOAD)
@@ -176,18 +194,23 @@ class Connection:
         header = SubmitHeader(run_number, round_number, kind, num_samples, metrics, upload.manifest)
         watch = ProgressWatch(f"upload of {model.name}")
 
+        sent = kind.value.replace(" ", "_")
+
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
             yield submit_header_to_proto(self.token, header)
             for index, chunk in enumerate(tensor_chunks(upload)):
                 watch.moved()  # gRPC asks for the next chunk once the last one could go
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
+                self.traffic.sent[sent] += len(chunk.data)
                 if index == 0:
                     faultpoints.reached(faultpoints.CLIENT_UPLOAD)
 
         async def send() -> fed_pb2.SubmitReply:
             return await self.stub.SubmitModel(messages())
 
-        return verdict_from_proto(await watch.run(send()))
+        verdict = verdict_from_proto(await watch.run(send()))
+        self.traffic.verdicts[verdict.outcome.value] += 1
+        return verdict
 
     async def submit_metrics(
         self,
@@ -222,6 +245,7 @@ class Connection:
             async for chunk in call:
                 watch.moved()
                 receiver.write(chunk.path, chunk.offset, chunk.data, chunk.eof)
+                self.traffic.received["app"] += len(chunk.data)
 
         try:
             await watch.run(receive())

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from flcore.configfile import parse_json, read_bounded
 from flcore.schema import ConfigError, Field, at_least, non_empty, one_of, parse_mapping
@@ -25,6 +26,15 @@ APP_TOP_LEVEL = (CONFIG_DIR, RESOURCES_DIR)
 SERVER_CONFIG = "config_fed_server.json"
 CLIENT_CONFIG = "config_fed_client.json"
 TRAIN_CONFIG = "config_train.json"
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where the server logs a run for MLflow (config_fed_server.json, ``mlflow``)."""
+
+    tracking_uri: str
+    experiment: str = ""
+    """'' means the app's name."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,7 @@ class ServerAppConfig:
     aggregator: str = "fedavg"
     trim_fraction: float = 0.1
     clip_update_norm: float | None = None
+    mlflow: MlflowSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,49 @@ SERVER_FIELDS = [
     Field("aggregator", str, default="fedavg", check=one_of(*AGGREGATORS)),
     Field("trim_fraction", float, default=0.1, check=below_half),
     Field("clip_update_norm", (float, type(None)), default=None, check=positive),
+    Field("mlflow", (dict, type(None)), default=None),
+]
+MAX_URI = 2048
+MLFLOW_SCHEMES = ("", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql")
+"""A path (the file store), MLflow's REST server, or a database it tracks in directly."""
+
+
+def _printable_text(limit: int) -> Any:
+    def check(value: Any) -> str | None:
+        if len(value) > limit:
+            return f"must be at most {limit} characters"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            return "must not hold control characters"
+        return None
+
+    return check
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why a tracking URI cannot be used (None: it can).
+
+    The app is deployed to every site, so a password in it would reach
+    them all: credentials belong in the server's environment
+    (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``).
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter is a path
+        scheme = ""
+    if scheme not in MLFLOW_SCHEMES:
+        return f"has the scheme {scheme!r}; use one of {', '.join(s for s in MLFLOW_SCHEMES if s)}"
+    if parts.username or parts.password:
+        return (
+            "must not carry a user name or password (the app reaches every site): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, "
+            "in the server's environment"
+        )
+    return None
+
+
+MLFLOW_FIELDS = [
+    Field("tracking_uri", str, required=True, check=_printable_text(MAX_URI)),
+    Field("experiment", str, default="", check=_printable_text(250)),
 ]
 
 CLIENT_FIELDS = [
@@ -181,6 +235,8 @@ def parse_server_config(
     values = parse_mapping(data, SERVER_FIELDS, where)
     if values["clip_update_norm"] is not None:
         values["clip_update_norm"] = float(values["clip_update_norm"])
+    if values["mlflow"] is not None:
+        values["mlflow"] = _mlflow(values["mlflow"], f"{where}: mlflow")
     config = ServerAppConfig(**values)
     _check_aggregation(config, "trim_fraction" in cast(Mapping[str, Any], data), where)
     if config.start_round >= config.num_rounds:
@@ -194,6 +250,16 @@ def parse_server_config(
             f"'max_num_clients' ({config.max_num_clients})"
         )
     return config
+
+
+def _mlflow(data: object, where: str) -> MlflowSettings:
+    settings = MlflowSettings(**parse_mapping(data, MLFLOW_FIELDS, where))
+    if not settings.tracking_uri.strip():
+        raise ConfigError(f"{where}: 'tracking_uri' must not be empty")
+    problem = tracking_uri_problem(settings.tracking_uri)
+    if problem:
+        raise ConfigError(f"{where}: 'tracking_uri' {problem}")
+    return settings
 
 
 def _check_aggregation(config: ServerAppConfig, trim_given: bool, where: str) -> None:

@@ -20,6 +20,15 @@ MAX_TRACEBACK = 16384
 """The most of a traceback the server keeps: its end, where the exception is."""
 MAX_LABEL = 128
 """The most of a short label a site sends (device, app, logger, host name)."""
+STALE_AFTER_BEATS = 3
+"""A client is stale after missing this many heartbeats in a row."""
+STALE_MIN_S = 5.0
+
+
+def stale_after(heartbeat_interval: float) -> float:
+    """Seconds without a heartbeat after which a client looks stale (to the console and to
+    the server's metrics alike)."""
+    return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
 
 
 def clip(text: str, limit: int) -> str:

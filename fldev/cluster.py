@@ -159,6 +159,8 @@ class Cluster:
     data_kind: tuple[str, ...] = ("digits",)
     """The sites' data: the folder of examples/ whose prepare_data.py writes it, and its
     extra arguments (e.g. ``("seg3d", "--size", "24")``)."""
+    client_local: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Settings for each named client's local/fed_client.json (e.g. metrics_port)."""
     daemons: list[Daemon] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
 
@@ -189,10 +191,14 @@ class Cluster:
             assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password
             extract_kit(kit.zip_path, kit.password, self.root / kit.name)
-        if self.server_local:
-            local = self.root / "server" / "local"
-            local.mkdir(exist_ok=True)
-            (local / "fed_server.json").write_text(json.dumps(self.server_local))
+        for kit_name, settings, file_name in (
+            ("server", self.server_local, "fed_server.json"),
+            *((name, values, "fed_client.json") for name, values in self.client_local.items()),
+        ):
+            if settings:
+                local = self.root / kit_name / "local"
+                local.mkdir(exist_ok=True)
+                (local / file_name).write_text(json.dumps(settings))
         kind, *data_args = self.data_kind
         self.data = self.root / "data"
         subprocess.run(

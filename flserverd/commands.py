@@ -24,7 +24,6 @@ from flcore.diskfault import disk_fault
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, clip_end
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
-from flcore.tokens import token_id
 from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
 from flserverd.revocation import RevocationError, when
@@ -326,9 +325,7 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
             state = row["detail"] or row["status"]
         else:
             state = f"{client.status.status} (no reply: {result.text})"
-        text = (
-            f"client name: {client.client_name}\ttoken: {token_id(client.token)}\tstatus: {state}"
-        )
+        text = f"client name: {client.client_name}\ttoken: {client.token_id}\tstatus: {state}"
         if row.get("round", -1) >= 0 and row.get("status") in st.ACTIVE:
             text += f"\tround: {row['round']}"
         text += f"\tdevice: {row.get('device') or client.machine.device}"

@@ -18,6 +18,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Protocol
 
 from flcore import faultpoints
 from flcore.diskfault import disk_fault
@@ -62,11 +63,35 @@ def _what(kind: UploadKind) -> str:
     return "local model" if kind is UploadKind.BEST_LOCAL else "update"
 
 
+class ExchangeWatcher(Protocol):
+    """Who learns what became of each upload and report, and how many bytes moved: the
+    metrics endpoint and experiment tracking. Called on the event loop; must not block."""
+
+    def upload_judged(self, instance: str, header: SubmitHeader | None, verdict: Verdict) -> None:
+        """The verdict on an upload (``header`` None: it could not be read)."""
+
+    def report_judged(self, instance: str, report: MetricsReport, verdict: Verdict) -> None:
+        """The verdict on a metrics report."""
+
+    def moved(self, outward: bool, what: str, size: int) -> None:
+        """``size`` bytes of a model (``what``: an upload kind, ``model`` or ``app``) moved."""
+
+    def stalled(self, kind: UploadKind) -> None:
+        """An upload was given up because nothing moved for a while (the client sends it
+        again)."""
+
+
 class ModelExchange:
     """The server's side of models and metrics moving between it and its clients."""
 
     def __init__(self, server: FLServer) -> None:
         self.server = server
+        self.watchers: list[ExchangeWatcher] = []
+
+    def sent(self, what: str, size: int) -> None:
+        """``size`` bytes of a model or an app went to a client."""
+        for watcher in self.watchers:
+            watcher.moved(True, what, size)
 
     def model_for(self, instance: str, request: ModelRequest) -> Path:
         """The file a client may download now; Refusal says why it may not."""
@@ -93,7 +118,10 @@ class ModelExchange:
     def refuse(self, instance: str, reason: str) -> Verdict:
         """The verdict on an upload whose header could not be read."""
         log.info("upload from %s rejected: %s", instance, reason)
-        return Verdict(SubmitOutcome.REJECTED, reason)
+        verdict = Verdict(SubmitOutcome.REJECTED, reason)
+        for watcher in self.watchers:
+            watcher.upload_judged(instance, None, verdict)
+        return verdict
 
     async def receive(
         self, instance: str, header: SubmitHeader, chunks: AsyncIterator[Chunk]
@@ -117,6 +145,8 @@ class ModelExchange:
                 verdict.outcome.value,
                 verdict.message,
             )
+        for watcher in self.watchers:
+            watcher.upload_judged(instance, header, verdict)
         return verdict
 
     def check_upload(
@@ -183,6 +213,8 @@ class ModelExchange:
             async for name, offset, data in chunks:
                 watch.moved()
                 await asyncio.to_thread(spool.write, name, offset, data)
+                for watcher in self.watchers:
+                    watcher.moved(False, header.kind.value, len(data))
                 received += 1
                 if received == 1:
                     faultpoints.reached(faultpoints.SERVER_UPLOAD)
@@ -215,6 +247,8 @@ class ModelExchange:
             return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
         except TransferStalled as exc:
             log.warning("%s", exc)
+            for watcher in self.watchers:
+                watcher.stalled(header.kind)
             raise
         finally:
             # An accepted update's file was moved into its round (RunStore.keep_update).
@@ -223,6 +257,12 @@ class ModelExchange:
 
     def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
         """A validation report: of the final global model, or one cross-site cell."""
+        verdict = self._judge_report(instance, report)
+        for watcher in self.watchers:
+            watcher.report_judged(instance, report, verdict)
+        return verdict
+
+    def _judge_report(self, instance: str, report: MetricsReport) -> Verdict:
         problem = check_metrics(report.metrics)
         if problem:
             return Verdict(SubmitOutcome.REJECTED, problem)

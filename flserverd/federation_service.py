@@ -82,16 +82,16 @@ class FederationService(fed_grpc.FederationServicer):
     ) -> fed_pb2.ClientLoginReply:
         """Register a client certificate, or resume its registration."""
         try:
-            client, resumed = self.server.login(
+            login = self.server.login(
                 peer_identity(context), request.token, machine_from_proto(request.info)
             )
         except AuthError as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise
         return fed_pb2.ClientLoginReply(
-            token=client.token,
-            instance_name=client.instance,
-            resumed=resumed,
+            token=login.token,
+            instance_name=login.client.instance,
+            resumed=login.resumed,
             project=self.server.startup.project,
             heartbeat_interval_s=int(self.server.startup.heartbeat_interval),
         )
@@ -161,6 +161,7 @@ class FederationService(fed_grpc.FederationServicer):
             yield fed_pb2.ModelMessage(
                 chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
             )
+            self.exchange.sent("model", len(data))
             sent += 1
             if sent == 1:
                 faultpoints.reached(faultpoints.SERVER_DOWNLOAD)
@@ -219,3 +220,4 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         async for path, offset, data, eof in _in_batches(iter_chunks(folder)):
             yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
+            self.exchange.sent("app", len(data))

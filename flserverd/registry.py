@@ -2,12 +2,16 @@
 
 A client that logs in is registered under a token and an instance name. A
 token is bound to the certificate identity that obtained it; presenting it
-with another certificate is refused. Registrations are persisted so that,
-after a server restart, a client that reconnects with its token keeps its
-instance name and carries on. A client that is not heard from for
-``heart_beat_timeout`` seconds is dropped. One kit may run at most
-``max_instances`` instances at once, so a stolen or misused kit cannot fill
-the server (and every admin's screen) with registrations.
+with another certificate is refused. The registry keeps only each token's
+SHA-256 (:func:`flcore.tokens.token_key`): the token itself goes to the
+client once, in the login reply, and a copy of the state database (a
+backup, a stolen disk) holds nothing a client could log in with.
+Registrations are persisted so that, after a server restart, a client that
+reconnects with its token keeps its instance name and carries on. A client
+that is not heard from for ``heart_beat_timeout`` seconds is dropped. One
+kit may run at most ``max_instances`` instances at once, so a stolen or
+misused kit cannot fill the server (and every admin's screen) with
+registrations.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from flcore.diskfault import disk_fault
 from flcore.federation import MachineInfo
 from flcore.identity import Identity
 from flcore.status import ClientStatus
-from flcore.tokens import new_token, same_token, token_key
+from flcore.tokens import key_id, new_token, same_key, token_key
 from flserverd.statedb import ClientRecord, StateDB
 
 log = logging.getLogger(__name__)
@@ -36,7 +41,8 @@ class AuthError(PermissionError):
 class RegisteredClient:
     """One logged-in client instance."""
 
-    token: str
+    token_key: bytes
+    """The SHA-256 of its token (the token itself is never kept)."""
     client_name: str
     instance: str
     org: str
@@ -47,6 +53,20 @@ class RegisteredClient:
     machine: MachineInfo = field(default_factory=MachineInfo)
     serial: int = 0
     """Serial of the certificate it last presented (0 until it does after a restart)."""
+
+    @property
+    def token_id(self) -> str:
+        """Its token's public name (:func:`flcore.tokens.token_id`)."""
+        return key_id(self.token_key)
+
+
+class Login(NamedTuple):
+    """A client's login: its registration, the token it presents from now on, and whether it
+    resumed an earlier registration."""
+
+    client: RegisteredClient
+    token: str
+    resumed: bool
 
 
 class ClientRegistry:
@@ -71,7 +91,7 @@ class ClientRegistry:
             # Restored clients get a full timeout to reconnect after a restart.
             self._add(
                 RegisteredClient(
-                    token=record.token,
+                    token_key=record.token_key,
                     client_name=record.client_name,
                     instance=record.instance,
                     org=record.org,
@@ -90,7 +110,7 @@ class ClientRegistry:
         return sorted(self._clients.values(), key=lambda s: s.instance)
 
     def _add(self, client: RegisteredClient) -> None:
-        self._clients[token_key(client.token)] = client
+        self._clients[client.token_key] = client
         self._by_instance[client.instance] = client
 
     def by_instance(self, instance: str) -> RegisteredClient | None:
@@ -99,18 +119,16 @@ class ClientRegistry:
 
     def is_current(self, client: RegisteredClient) -> bool:
         """Whether the client is still registered (not dropped or replaced)."""
-        return self._clients.get(token_key(client.token)) is client
+        return self._clients.get(client.token_key) is client
 
     def _by_token(self, token: str) -> RegisteredClient | None:
         client = self._clients.get(token_key(token)) if token else None
-        return client if client is not None and same_token(client.token, token) else None
+        return client if client is not None and same_key(client.token_key, token) else None
 
-    def login(
-        self, identity: Identity, token: str, machine: MachineInfo
-    ) -> tuple[RegisteredClient, bool]:
+    def login(self, identity: Identity, token: str, machine: MachineInfo) -> Login:
         """Register a verified client certificate, or resume its registration.
 
-        Returns the client and whether it was resumed. A token that belongs
+        Returns the client, its token and whether it was resumed. A token that belongs
         to another identity is refused. A known token of the same identity
         always resumes its registration, even while the server still thinks the old
         stream is open (after a network blip the client often knows first);
@@ -130,7 +148,7 @@ class ClientRegistry:
             client.last_heartbeat = now
             client.machine = machine
             client.serial = identity.serial
-            return client, True
+            return Login(client, token, True)
         running = sum(1 for c in self._clients.values() if c.client_name == identity.name)
         if running >= self.max_instances:
             log.warning(
@@ -141,8 +159,9 @@ class ClientRegistry:
                 f"allows (max_instances_per_kit in the server's local/fed_server.json): stop "
                 f"one, or wait up to {self.heart_beat_timeout:g}s for one that crashed to time out"
             )
+        token = new_token()
         client = RegisteredClient(
-            token=new_token(),
+            token_key=token_key(token),
             client_name=identity.name,
             instance=self._free_instance(identity.name),
             org=identity.org,
@@ -152,9 +171,11 @@ class ClientRegistry:
             serial=identity.serial,
         )
         self._add(client)
-        record = ClientRecord(client.token, client.client_name, client.instance, client.org, now)
+        record = ClientRecord(
+            client.token_key, client.client_name, client.instance, client.org, now
+        )
         self._saved(lambda: self._db.save_client(record), f"registration of {client.instance}")
-        return client, False
+        return Login(client, token, False)
 
     @staticmethod
     def _saved(write: Callable[[], None], what: str) -> None:
@@ -199,8 +220,8 @@ class ClientRegistry:
 
     def remove(self, client: RegisteredClient) -> None:
         """Forget a client (dropped, logged out or shut down)."""
-        if self._clients.pop(token_key(client.token), None) is not None:
+        if self._clients.pop(client.token_key, None) is not None:
             self._by_instance.pop(client.instance, None)
             self._saved(
-                lambda: self._db.delete_client(client.token), f"removal of {client.instance}"
+                lambda: self._db.delete_client(client.token_key), f"removal of {client.instance}"
             )

@@ -49,12 +49,11 @@ from flcore.sdnotify import notify
 from flcore.startup import STARTUP_DIR, ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
-from flcore.tokens import token_id
 from flserverd.admins import AdminLogin, AdminLogins
 from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink
-from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
+from flserverd.registry import AuthError, ClientRegistry, Login, RegisteredClient
 from flserverd.revocation import CRL_STORE, Revocations
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
@@ -116,7 +115,7 @@ class FLServer:
             workspace / STARTUP_DIR / startup.ssl_cert,
         )
         self._run_number = int(self.db.get_meta(RUN_NUMBER_KEY) or 0)
-        self.links: dict[str, ClientLink] = {}
+        self.links: dict[bytes, ClientLink] = {}
         self.training: Training | None = None
         self._crossvals: dict[int, CrossValidation] = {}
         self.starting = False
@@ -131,7 +130,7 @@ class FLServer:
         """Why the interrupted run could not be resumed yet (a full disk); retried."""
         self._links_changed = asyncio.Condition()
         """Notified when a client's stream attaches or a client is dropped."""
-        self._leaving: set[str] = set()
+        self._leaving: set[bytes] = set()
         """Tokens of clients that agreed to shut down and have not logged out yet."""
         self._background: set[asyncio.Task[None]] = set()
         self._log_handler: BusLogHandler | None = None
@@ -473,7 +472,7 @@ class FLServer:
         """Send a task offer to clients (TrainingListener, CrossValidationListener)."""
         for instance in instances:
             client = self.registry.by_instance(instance)
-            link = self.links.get(client.token) if client else None
+            link = self.links.get(client.token_key) if client else None
             if link is not None:
                 link.send(offer)
 
@@ -492,36 +491,35 @@ class FLServer:
 
     # ------------------------------------------------------------------ clients
 
-    def login(
-        self, identity: Identity | None, token: str, machine: MachineInfo
-    ) -> tuple[RegisteredClient, bool]:
-        """Register a client certificate (or resume its registration: the second value);
-        AuthError for any other certificate or a token that belongs to another."""
+    def login(self, identity: Identity | None, token: str, machine: MachineInfo) -> Login:
+        """Register a client certificate (or resume its registration); AuthError for any
+        other certificate or a token that belongs to another."""
         if identity is None or identity.kind != KIND_CLIENT:
             who = f"{identity.kind} certificate {identity.name!r}" if identity else "no certificate"
             log.warning("refused federation login with %s", who)
             raise AuthError(f"the federation service accepts client certificates only, got {who}")
-        client, resumed = self.registry.login(identity, token, machine)
+        login = self.registry.login(identity, token, machine)
+        client = login.client
         self._revoked_instances.pop(client.instance, None)
-        verb = "resumed its registration" if resumed else "joined"
+        verb = "resumed its registration" if login.resumed else "joined"
         log.info(
             "Client %s %s as instance %s with token %s. Total clients: %d",
             client.client_name,
             verb,
             client.instance,
-            token_id(client.token),
+            client.token_id,
             len(self.registry),
         )
         self.publish_client(client)
-        return client, resumed
+        return login
 
     def attach(self, client: RegisteredClient, status: ClientStatus) -> ClientLink:
         """A client opened its control stream."""
-        old = self.links.pop(client.token, None)
+        old = self.links.pop(client.token_key, None)
         if old is not None:
             old.close()
         link = ClientLink(client.instance)
-        self.links[client.token] = link
+        self.links[client.token_key] = link
         client.connected = True
         self.update_status(client, status)
         self._spawn_notify()
@@ -539,8 +537,8 @@ class FLServer:
     def detach(self, client: RegisteredClient, link: ClientLink) -> None:
         """A client's control stream ended; it stays registered until the heartbeat timeout."""
         link.close()
-        if self.links.get(client.token) is link:
-            del self.links[client.token]
+        if self.links.get(client.token_key) is link:
+            del self.links[client.token_key]
             client.connected = False
             log.info("control stream of %s closed; it stays registered", client.instance)
             self.publish_client(client)
@@ -582,7 +580,7 @@ class FLServer:
         if status.status not in (st.STARTING, st.STARTED) or not status.run_number or self.starting:
             return
         record = self.db.get_run(status.run_number)
-        link = self.links.get(client.token)
+        link = self.links.get(client.token_key)
         if record is not None and record.status not in st.ACTIVE and link is not None:
             link.send(RunEnded(record.run_number, record.status, record.reason or "run ended"))
 
@@ -607,7 +605,7 @@ class FLServer:
         elif isinstance(message, StatusChanged):
             self.update_status(client, message.status)
         elif isinstance(message, CommandResult):
-            link = self.links.get(client.token)
+            link = self.links.get(client.token_key)
             if link is not None:
                 link.resolve(message)
         elif isinstance(message, LogBatch):
@@ -649,12 +647,12 @@ class FLServer:
 
     def drop(self, client: RegisteredClient, reason: str) -> None:
         """Remove a client (heartbeat timeout, logout, shutdown)."""
-        link = self.links.pop(client.token, None)
+        link = self.links.pop(client.token_key, None)
         if link is not None:
             link.send(Closed(reason))
             link.close()
         self.registry.remove(client)
-        self._leaving.discard(client.token)
+        self._leaving.discard(client.token_key)
         self._spawn_notify()
         log.info("client %s (%s) removed: %s", client.instance, client.client_name, reason)
         self.bus.publish(ClientGone(client.instance, reason))
@@ -714,21 +712,21 @@ class FLServer:
 
     async def _link_of(self, client: RegisteredClient, wait: float) -> ClientLink | None:
         """The client's stream, waiting briefly for one that is (re)connecting."""
-        link = self.links.get(client.token)
+        link = self.links.get(client.token_key)
         if link is not None:
             return link
         async with self._links_changed:
             try:
                 await asyncio.wait_for(
-                    self._links_changed.wait_for(lambda: client.token in self.links), wait
+                    self._links_changed.wait_for(lambda: client.token_key in self.links), wait
                 )
             except TimeoutError:
                 return None
-        return self.links.get(client.token)
+        return self.links.get(client.token_key)
 
     def leaving(self, clients: Iterable[RegisteredClient]) -> None:
         """These clients agreed to shut down: each logs out once its training is stopped."""
-        self._leaving.update(client.token for client in clients)
+        self._leaving.update(client.token_key for client in clients)
 
     async def departures(self, wait: float) -> list[str]:
         """Wait up to ``wait`` seconds for leaving clients to log out; returns those still here.
@@ -739,7 +737,7 @@ class FLServer:
         """
 
         def still_here() -> list[str]:
-            return [s.instance for s in self.registry.clients() if s.token in self._leaving]
+            return [s.instance for s in self.registry.clients() if s.token_key in self._leaving]
 
         async with self._links_changed:
             with contextlib.suppress(TimeoutError):

@@ -1,6 +1,6 @@
 """Server state that must survive a restart, in one SQLite file.
 
-Runs and their round pointer, registered clients and their tokens, which updates were
+Runs and their round pointer, registered clients and their tokens' SHA-256, which updates were
 folded into which round, round metrics, cross-site validation results, the
 audit of admin commands, the certificates peers logged in with and the
 names an admin revoked here. SQLite in WAL mode with synchronous=FULL gives
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flcore.tokens import token_key
 from flserverd.aggregator import UpdateStats
 
 SCHEMA = """
@@ -36,8 +37,8 @@ CREATE TABLE IF NOT EXISTS runs (
     reason TEXT NOT NULL DEFAULT '',
     updated_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS clients (
-    token TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS registrations (
+    token_sha256 BLOB PRIMARY KEY,
     client_name TEXT NOT NULL,
     instance TEXT NOT NULL UNIQUE,
     org TEXT NOT NULL,
@@ -166,7 +167,8 @@ class RoundSummary:
 class ClientRecord:
     """A registered client that outlives server restarts."""
 
-    token: str
+    token_key: bytes
+    """The SHA-256 of its token (:func:`flcore.tokens.token_key`)."""
     client_name: str
     instance: str
     org: str
@@ -181,16 +183,37 @@ class StateDB:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._rename_legacy_tables()
+        # Deleted rows (a dropped client, a legacy table of tokens) are overwritten, not left
+        # in free pages for a copy of the file to give away.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        self._hash_legacy_tokens()
 
-    def _rename_legacy_tables(self) -> None:
-        """State databases written before the registry's rename keep clients in ``sessions``."""
+    def _hash_legacy_tokens(self) -> None:
+        """State databases of earlier versions kept clients' tokens themselves (in ``clients``,
+        before that in ``sessions``): keep the registrations, store only the tokens' SHA-256,
+        and drop the old table, in one transaction."""
         tables = {
             row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        if "sessions" in tables and "clients" not in tables:
-            self._db.execute("ALTER TABLE sessions RENAME TO clients")
+        for legacy in ("sessions", "clients"):
+            if legacy not in tables:
+                continue
+            columns = "token, client_name, instance, org, created_at"
+            query = f"SELECT {columns} FROM {legacy}"  # noqa: S608 (a name of the tuple above)
+            rows = self._db.execute(query).fetchall()
+            self._write(
+                [
+                    (
+                        "INSERT OR IGNORE INTO registrations"
+                        "(token_sha256, client_name, instance, org, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (token_key(token), *rest),
+                    )
+                    for token, *rest in rows
+                ]
+                + [(f"DROP TABLE {legacy}", ())]
+            )
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -337,10 +360,11 @@ class StateDB:
         self._write(
             [
                 (
-                    "INSERT OR REPLACE INTO clients(token, client_name, instance, org, created_at)"
+                    "INSERT OR REPLACE INTO registrations"
+                    "(token_sha256, client_name, instance, org, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (
-                        client.token,
+                        client.token_key,
                         client.client_name,
                         client.instance,
                         client.org,
@@ -350,14 +374,14 @@ class StateDB:
             ]
         )
 
-    def delete_client(self, token: str) -> None:
-        """Forget a dropped or logged-out client."""
-        self._write([("DELETE FROM clients WHERE token=?", (token,))])
+    def delete_client(self, key: bytes) -> None:
+        """Forget a dropped or logged-out client (by its token's SHA-256)."""
+        self._write([("DELETE FROM registrations WHERE token_sha256=?", (key,))])
 
     def load_clients(self) -> list[ClientRecord]:
         """All clients registered before a restart."""
         rows = self._db.execute(
-            "SELECT token, client_name, instance, org, created_at FROM clients"
+            "SELECT token_sha256, client_name, instance, org, created_at FROM registrations"
         ).fetchall()
         return [ClientRecord(*row) for row in rows]
 

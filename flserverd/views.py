@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from flcore.feed import ClientRow, LogEntry, RoundRecord, Snapshot, clip, clip_end
-from flcore.tokens import token_id
 from flserverd.registry import RegisteredClient
 from flserverd.statedb import RoundSummary
 
@@ -15,7 +14,7 @@ def client_row(s: RegisteredClient) -> ClientRow:
     return ClientRow(
         instance=s.instance,
         client_name=s.client_name,
-        token_id=token_id(s.token),
+        token_id=s.token_id,
         org=s.org,
         status=s.status.status,
         last_heartbeat=s.last_heartbeat,

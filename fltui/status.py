@@ -11,11 +11,7 @@ import time
 from dataclasses import dataclass
 
 from flcore import status as st
-from flcore.feed import ClientRow
-
-STALE_AFTER_BEATS = 3
-"""A client is stale after missing this many heartbeats in a row."""
-STALE_MIN_S = 5.0
+from flcore.feed import ClientRow, stale_after
 
 
 @dataclass(frozen=True)
@@ -53,11 +49,6 @@ _TRAINING = {
     st.WAITING_APPROVAL: Look("⏸", "approval", "warning"),
     st.REVOKED: REVOKED,
 }
-
-
-def stale_after(heartbeat_interval: float) -> float:
-    """Seconds without a heartbeat after which a client looks stale."""
-    return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
 
 
 def health(

@@ -17,7 +17,7 @@ from flcore.federation import CommandResult, MachineInfo
 from flcore.feed import ClientRow, CommandSeen, RunInfo
 from flcore.identity import ROLE_MEMBER, ROLE_SUPER
 from flcore.status import ClientStatus
-from flcore.tokens import token_id
+from flcore.tokens import token_id, token_key
 from flserverd.commands import AdminCommands, Reply
 from flserverd.crossval import MatrixCell, ValidationMatrix
 from flserverd.registry import RegisteredClient
@@ -31,7 +31,7 @@ ADMIN = "admin@lead.org"
 
 def client(instance: str, **status: Any) -> RegisteredClient:
     return RegisteredClient(
-        token=f"token-{instance}",
+        token_key=token_key(f"token-{instance}"),
         client_name=instance.split("_")[0],
         instance=instance,
         org="org",

@@ -261,9 +261,9 @@ def test_only_client_certificates_register(tmp_path: Path) -> None:
             with pytest.raises(AuthError, match="accepts client certificates only"):
                 server.login(identity, "", MachineInfo())
         site = Identity("site-a", "hospital", KIND_CLIENT)
-        client, resumed = server.login(site, "", MachineInfo())
+        client, token, resumed = server.login(site, "", MachineInfo())
         assert (client.instance, resumed) == ("site-a", False)
-        assert server.login(site, client.token, MachineInfo()) == (client, True)
+        assert server.login(site, token, MachineInfo()) == (client, token, True)
 
     on_server(tmp_path, scenario)
 
@@ -289,7 +289,7 @@ def test_revocation_drops_a_client_mid_upload_and_its_update_is_never_folded(
         exchange = ModelExchange(server)
         training = train(server, num_rounds=2, min_num_clients=2)
         site = Identity("site-a", "hospital", KIND_CLIENT, serial=0x51)
-        client, _ = server.login(site, "", MachineInfo())
+        client = server.login(site, "", MachineInfo()).client
         link = server.attach(client, st.ClientStatus(status=st.STARTED, run_number=RUN))
         feed = server.bus.subscribe()
         model = write_model(tmp_path / "u.safetensors", 1.0)

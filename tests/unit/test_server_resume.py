@@ -82,8 +82,8 @@ def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None
         await server.open()
         try:
             site = Identity("site", "org", KIND_CLIENT)
-            leaving, _ = server.registry.login(site, "", MachineInfo())
-            staying, _ = server.registry.login(site, "", MachineInfo())
+            leaving = server.registry.login(site, "", MachineInfo()).client
+            staying = server.registry.login(site, "", MachineInfo()).client
             server.leaving([leaving])
             loop = asyncio.get_running_loop()
             loop.call_later(0.3, server.drop, leaving, "logged out")
