@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from monai.data import CacheDataset, load_decathlon_datalist
 from monai.transforms import (
     Compose,
@@ -26,6 +27,7 @@ from monai.transforms import (
     RandFlipd,
     ScaleIntensityd,
 )
+from monai.utils import MAX_SEED
 
 from flapp import ConfigError
 
@@ -70,7 +72,9 @@ class DataListSegmentation:
 
     Volumes are read once and kept in memory after the deterministic
     transforms (MONAI's ``CacheDataset``), so an epoch costs only the random
-    flips and the training.
+    flips and the training. The flips draw from a generator seeded from
+    torch's, which the training process seeded with the app's ``seed``, so
+    a seeded run flips the same volumes every time.
 
     Args:
         data_root: The site's DATA_ROOT; ``datalist`` is relative to it.
@@ -92,5 +96,6 @@ class DataListSegmentation:
                 "the format)"
             )
         train_transforms, val_transforms = _transforms(flip_prob)
+        train_transforms.set_random_state(seed=int(torch.randint(MAX_SEED, ()).item()))
         self.train = CacheDataset(_entries(path, "training"), train_transforms, progress=False)
         self.validation = CacheDataset(_entries(path, "validation"), val_transforms, progress=False)
