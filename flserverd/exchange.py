@@ -100,7 +100,7 @@ class ModelExchange:
         self.watchers: list[ExchangeWatcher] = []
 
     def sent(self, what: str, size: int) -> None:
-        """``size`` bytes of an app went to a client."""
+        """``size`` bytes of a model or an app went to a client."""
         for watcher in self.watchers:
             watcher.moved(True, what, size)
 

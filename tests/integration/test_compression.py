@@ -3,6 +3,8 @@ the server's metrics.jsonl shows what the rounds moved and what that stood for."
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from safetensors import safe_open
 
@@ -15,8 +17,8 @@ SHARE = {"int8": 0.25, "bf16": 0.5}
 """Wire bytes per tensor byte of float32 tensors (the digits model has nothing else to send)."""
 
 
-def finished(cluster: Cluster, run_number: int) -> dict:
-    def stopped() -> dict | None:
+def finished(cluster: Cluster, run_number: int) -> dict[str, Any]:
+    def stopped() -> dict[str, Any] | None:
         state = cluster.run_state()
         ok = state["run_number"] == run_number and state["server_status"] == "training stopped"
         return state if ok else None
