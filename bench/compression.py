@@ -50,8 +50,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_seconds, machine_busy_seconds, median, table  # noqa: E402
+from bench.common import CLK_TCK, cpu_seconds, machine_busy_seconds, median, table  # noqa: E402
 from flcore.compression import WireCompression  # noqa: E402
+from flcore.proctable import descendants  # noqa: E402
 from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
 from fldev.mlpapp import APP_NAME, MODELS, write_app  # noqa: E402
 from fldev.netproxy import FaultyLink  # noqa: E402
@@ -71,9 +72,10 @@ class Load:
 
 
 @contextlib.contextmanager
-def measured_load(own_pids: list[int]) -> Iterator[Load]:
-    """The load average before and after, and the CPU the machine spent beyond ``own_pids``
-    (filled in as processes start) and this process."""
+def measured_load(daemons: list[int]) -> Iterator[Load]:
+    """The load average before and after, and the CPU the machine spent beyond this process,
+    the ``daemons`` (filled in as they start) and their children (training children that
+    ended count in their daemon's reaped-children time)."""
     load = Load(_loadavg())
     started = (time.monotonic(), machine_busy_seconds(), time.process_time())
     try:
@@ -81,9 +83,21 @@ def measured_load(own_pids: list[int]) -> Iterator[Load]:
     finally:
         window = time.monotonic() - started[0]
         busy = machine_busy_seconds() - started[1]
-        ours = cpu_seconds(own_pids) + time.process_time() - started[2]
+        ours = sum(_family_cpu(pid) for pid in daemons) + time.process_time() - started[2]
         load.end_loadavg = _loadavg()
         load.other_cores = max(0.0, busy - ours) / window
+
+
+def _family_cpu(pid: int) -> float:
+    """CPU seconds of a live process, its reaped children and its live descendants."""
+    total = 0.0
+    for index, member in enumerate([pid, *descendants(pid)]):
+        with contextlib.suppress(OSError, ValueError):
+            stat = Path(f"/proc/{member}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            # utime, stime; the first process also cutime, cstime (children it reaped).
+            total += sum(int(f) for f in fields[11 : 15 if index == 0 else 13]) / CLK_TCK
+    return total
 
 
 def _loadavg() -> str:
@@ -166,7 +180,7 @@ def link_part(
                 print(f"[link] run {run_number}: {compression}, repeat {repeat + 1}", flush=True)
                 c.configure("config_fed_server.json", app=APP_NAME, wire_compression=compression)
                 _start_run(c, run_number, APP_NAME)
-                results.append(_link_run(c, run_number, compression, rounds, limit, faulty, pids))
+                results.append(_link_run(c, run_number, compression, rounds, limit, faulty))
     return results, load
 
 
@@ -177,7 +191,6 @@ def _link_run(
     rounds: int,
     limit: float,
     links: Sequence[FaultyLink],
-    pids: list[int],
 ) -> LinkRun:
     """Measure a started run's rounds 1..N-1 and wait until it ended."""
 
@@ -186,7 +199,6 @@ def _link_run(
 
     wait_until(rows, limit, "round 0", interval=0.05)
     workers = c.worker_pids()
-    pids += workers
     before = _counters(c, links, workers)
     wait_until(lambda: len(rows()) >= rounds, limit, f"{rounds} rounds", interval=0.05)
     after = _counters(c, links, workers)
@@ -303,7 +315,6 @@ def accuracy_part(
                 )
                 _start_run(c, run_number, DIGITS_APP)
                 _wait_finished(c, run_number, 120 + 60 * rounds)
-                pids += c.worker_pids()
                 rows = c.metrics(run_number)
                 assert rows and rows[-1].get("final"), f"run {run_number} has no final validation"
                 results.append(
