@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# `make demo APP=seg3d_monai` (or seg3d_bundle) trains a MONAI example instead of the digits.
+APP ?= digits_fedavg
+
 demo: install
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py --app $(APP)
 
 lint: install
 	$(BIN)/ruff check .

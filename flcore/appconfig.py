@@ -3,7 +3,8 @@
 An app is what admins upload and deploy: ``config/`` with
 ``config_fed_server.json`` (rounds), ``config_fed_client.json`` (local
 training and cross-site validation) and ``config_train.json`` (model, data,
-optimizer), plus optional custom Python code in ``resources/``. The server
+optimizer; or the MONAI bundle in ``resources/`` that holds them), plus
+optional custom Python code in ``resources/``. The server
 checks all of it at upload time so that a typo fails in the admin's console
 with a clear message, not in a training process at a hospital an hour later.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -86,6 +87,21 @@ class TrainConfig:
     batch_size: int
     seed: int
     num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """A MONAI bundle in ``resources/`` that the app trains (config_train.json's ``bundle``).
+
+    The bundle's own configs name the network, data, optimizer and loss, so
+    an app names only where the bundle is and which of its configs to run.
+    """
+
+    folder: str
+    train_config: str = "configs/train.json"
+    evaluate_config: str = "configs/evaluate.json"
+    network: str = "network_def"
+    seed: int = 0
 
 
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
@@ -183,6 +199,27 @@ TRAIN_FIELDS = [
 ]
 
 
+def inside(value: Any) -> str | None:
+    """Accept a relative path that stays inside its folder (no '..', nothing absolute)."""
+    path = PurePosixPath(value)
+    if "\\" in value or path.is_absolute() or ".." in path.parts:
+        return "must be a relative path with '/' that stays inside its folder"
+    return None
+
+
+BUNDLE_FIELDS = [
+    Field("folder", str, required=True, check=inside),
+    Field("train_config", str, default="configs/train.json", check=inside),
+    Field("evaluate_config", str, default="configs/evaluate.json", check=inside),
+    Field("network", str, default="network_def", check=non_empty),
+]
+
+BUNDLE_TRAIN_FIELDS = [
+    Field("bundle", dict, required=True),
+    Field("seed", int, default=0),
+]
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON config file within flcore.configfile's bounds; every failure a ConfigError."""
     where = f"{path.parent.name}/{path.name}"
@@ -259,8 +296,14 @@ def _component(data: object, where: str) -> ComponentSpec:
     return ComponentSpec(path=values["path"], args=dict(values["args"] or {}))
 
 
-def parse_train_config(data: object, where: str = f"{CONFIG_DIR}/{TRAIN_CONFIG}") -> TrainConfig:
-    """Check a config_train.json mapping."""
+def parse_train_config(
+    data: object, where: str = f"{CONFIG_DIR}/{TRAIN_CONFIG}"
+) -> TrainConfig | BundleConfig:
+    """Check a config_train.json mapping: components, or a MONAI bundle (with ``bundle``)."""
+    if isinstance(data, dict) and "bundle" in data:
+        values = parse_mapping(data, BUNDLE_TRAIN_FIELDS, where)
+        bundle = parse_mapping(values["bundle"], BUNDLE_FIELDS, f"{where}: bundle")
+        return BundleConfig(**bundle, seed=values["seed"])
     values = parse_mapping(data, TRAIN_FIELDS, where)
     trainer = values["trainer"]
     return TrainConfig(
@@ -280,7 +323,7 @@ class App:
     """A checked app folder."""
 
     root: Path
-    train: TrainConfig
+    train: TrainConfig | BundleConfig
     server: ServerAppConfig | None
     client: ClientAppConfig | None
 
@@ -288,6 +331,11 @@ class App:
     def resources(self) -> Path:
         """Folder of custom code, put first on sys.path of the processes that run it."""
         return self.root / RESOURCES_DIR
+
+    @property
+    def bundle(self) -> BundleConfig | None:
+        """The MONAI bundle the app trains, or None for an app of components."""
+        return self.train if isinstance(self.train, BundleConfig) else None
 
 
 def load_app(root: Path) -> App:
@@ -298,9 +346,23 @@ def load_app(root: Path) -> App:
     server_path, client_path = config / SERVER_CONFIG, config / CLIENT_CONFIG
     if not server_path.exists() and not client_path.exists():
         raise ConfigError(f"{root.name}: config/ needs {SERVER_CONFIG}, {CLIENT_CONFIG} or both")
-    return App(
+    app = App(
         root=root,
         train=parse_train_config(read_json(config / TRAIN_CONFIG)),
         server=parse_server_config(read_json(server_path)) if server_path.exists() else None,
         client=parse_client_config(read_json(client_path)) if client_path.exists() else None,
     )
+    if app.bundle is not None:
+        _check_bundle(app.resources, app.bundle)
+    return app
+
+
+def _check_bundle(resources: Path, bundle: BundleConfig) -> None:
+    """Refuse a bundle whose configs are not where config_train.json says."""
+    folder = resources / bundle.folder
+    for name in (bundle.train_config, bundle.evaluate_config):
+        if not (folder / name).is_file():
+            raise ConfigError(
+                f"{CONFIG_DIR}/{TRAIN_CONFIG}: bundle: {RESOURCES_DIR}/{bundle.folder}/{name} "
+                "is missing (a bundle holds configs/train.json and configs/evaluate.json)"
+            )

@@ -156,6 +156,9 @@ class Cluster:
     admin_port: int = 0
     server_local: dict[str, Any] = field(default_factory=dict)
     """Settings for the server's local/fed_server.json (e.g. max_instances_per_kit)."""
+    data_kind: tuple[str, ...] = ("digits",)
+    """The sites' data: the folder of examples/ whose prepare_data.py writes it, and its
+    extra arguments (e.g. ``("seg3d", "--size", "24")``)."""
     client_local: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Settings for each named client's local/fed_client.json (e.g. metrics_port)."""
     daemons: list[Daemon] = field(default_factory=list)
@@ -196,15 +199,17 @@ class Cluster:
                 local = self.root / kit_name / "local"
                 local.mkdir(exist_ok=True)
                 (local / file_name).write_text(json.dumps(settings))
+        kind, *data_args = self.data_kind
         self.data = self.root / "data"
         subprocess.run(
             [
                 sys.executable,
-                str(REPO / "examples" / "digits" / "prepare_data.py"),
+                str(REPO / "examples" / kind / "prepare_data.py"),
                 "--sites",
                 ",".join(self.clients),
                 "--out",
                 str(self.data),
+                *data_args,
             ],
             check=True,
             capture_output=True,
