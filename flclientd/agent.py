@@ -656,7 +656,12 @@ class Agent:
 
         def send() -> Awaitable[Verdict]:
             return self.conn.submit_model(
-                task.run_number, task.round, update, result.num_samples, result.metrics
+                task.run_number,
+                task.round,
+                update,
+                result.num_samples,
+                result.metrics,
+                compression=task.compression,
             )
 
         verdict = await self.uplink.retrying(f"upload of round {task.round}", send)

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from flcore.compression import WireCompression
 from flcore.configfile import parse_json, read_bounded
 from flcore.schema import ConfigError, Field, at_least, non_empty, one_of, parse_mapping
 
@@ -54,6 +55,7 @@ class ServerAppConfig:
     trim_fraction: float = 0.1
     clip_update_norm: float | None = None
     mlflow: MlflowSettings | None = None
+    wire_compression: WireCompression = WireCompression.NONE
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ SERVER_FIELDS = [
     Field("trim_fraction", float, default=0.1, check=below_half),
     Field("clip_update_norm", (float, type(None)), default=None, check=positive),
     Field("mlflow", (dict, type(None)), default=None),
+    Field("wire_compression", str, default="none", check=one_of(*WireCompression)),
 ]
 MAX_URI = 2048
 MLFLOW_SCHEMES = ("", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql")
@@ -237,6 +240,7 @@ def parse_server_config(
         values["clip_update_norm"] = float(values["clip_update_norm"])
     if values["mlflow"] is not None:
         values["mlflow"] = _mlflow(values["mlflow"], f"{where}: mlflow")
+    values["wire_compression"] = WireCompression(values["wire_compression"])
     config = ServerAppConfig(**values)
     _check_aggregation(config, "trim_fraction" in cast(Mapping[str, Any], data), where)
     if config.start_round >= config.num_rounds:

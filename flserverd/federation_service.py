@@ -20,13 +20,14 @@ import grpc
 
 from flcore import faultpoints
 from flcore import status as st
+from flcore.compression import encoded_chunks
 from flcore.folders import iter_chunks
 from flcore.progress import TransferStalled
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.tensorfile import TensorFile, TensorFileError
-from flcore.wire import WireError, manifest_to_proto
+from flcore.wire import WireError, chunk_to_proto, manifest_to_proto
 from flserverd.exchange import ModelExchange
 from flserverd.registry import AuthError, RegisteredClient
 from flserverd.rpc import Context, peer_identity
@@ -147,21 +148,20 @@ class FederationService(fed_grpc.FederationServicer):
         """Stream a model: manifest first, then its bytes in chunks."""
         client = await self._client(request.token, context)
         try:
-            path = self.exchange.model_for(client.instance, model_request_from_proto(request))
+            download = self.exchange.model_for(client.instance, model_request_from_proto(request))
         except WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         except Refusal as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise
-        model = TensorFile(path)
+        model = TensorFile(download.path)
         yield fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest))
         sent = 0
-        async for name, offset, data in _in_batches(model.iter_chunks()):
-            yield fed_pb2.ModelMessage(
-                chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
-            )
-            self.exchange.sent("model", len(data))
+        chunks = encoded_chunks(model, download.compression)
+        async for chunk, raw in _in_batches(chunks):
+            yield fed_pb2.ModelMessage(chunk=chunk_to_proto(chunk))
+            self.exchange.sent_chunk(download, chunk, raw)
             sent += 1
             if sent == 1:
                 faultpoints.reached(faultpoints.SERVER_DOWNLOAD)

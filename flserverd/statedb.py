@@ -139,13 +139,58 @@ class RunRecord:
     """When the run last started and ended (0: not yet)."""
 
 
+@dataclass
+class WireTally:
+    """Model bytes a round moved: the global model sent to sites (``down``) and the updates
+    received (``up``), as the tensor chunks carried them on the wire (``*_bytes``: payload
+    only, without protobuf, gRPC and TLS framing) and as the tensors they stand for
+    (``*_raw_bytes``). Every chunk sent or taken in for the round counts, also those of a
+    transfer that was cut off or of an update refused or repeated: the link carried them."""
+
+    compression: str = "none"
+    down_bytes: int = 0
+    down_raw_bytes: int = 0
+    up_bytes: int = 0
+    up_raw_bytes: int = 0
+
+    def add(self, outward: bool, wire: int, raw: int) -> None:
+        """Count one chunk sent to a site (``outward``) or received from one."""
+        if outward:
+            self.down_bytes += wire
+            self.down_raw_bytes += raw
+        else:
+            self.up_bytes += wire
+            self.up_raw_bytes += raw
+
+    def described(self) -> str:
+        """The saving in words, for the log."""
+        wire = self.down_bytes + self.up_bytes
+        raw = self.down_raw_bytes + self.up_raw_bytes
+        share = f", {wire / raw:.0%}" if raw else ""
+        return (
+            f"models on the wire {wire / 1e6:.1f} MB for {raw / 1e6:.1f} MB of tensors "
+            f"({self.compression}{share})"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The tally as metrics.jsonl and the database keep it."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WireTally:
+        """Read a tally written by :meth:`as_json`."""
+        counts = {key: int(data.get(key, 0)) for key in vars(cls()) if key != "compression"}
+        return cls(compression=str(data.get("compression", "none")), **counts)
+
+
 @dataclass(frozen=True)
 class RoundSummary:
     """A completed round (or the final validation, ``final``): one line of metrics.jsonl.
 
     ``metrics`` are the sample-weighted means of what clients reported;
-    ``duration_s``, ``samples`` and ``updates`` (each update's norm and outlier
-    score, by instance) belong to training rounds only.
+    ``duration_s``, ``samples``, ``updates`` (each update's norm and outlier
+    score, by instance) and ``wire`` (the model bytes the round moved) belong to
+    training rounds only.
     """
 
     run: int
@@ -157,6 +202,7 @@ class RoundSummary:
     samples: int = 0
     final: bool = False
     updates: dict[str, UpdateStats] = field(default_factory=dict)
+    wire: WireTally | None = None
 
     @functools.cached_property
     def ranked_scores(self) -> tuple[tuple[str, float], ...]:
@@ -172,6 +218,8 @@ class RoundSummary:
         else:
             data.update(duration_s=self.duration_s, samples=self.samples)
             data["updates"] = {name: stats.as_json() for name, stats in self.updates.items()}
+            if self.wire is not None:
+                data["wire"] = self.wire.as_json()
         data.update(clients=list(self.clients), metrics=dict(self.metrics))
         return data
 
@@ -194,6 +242,7 @@ class RoundSummary:
                 )
                 for name, stats in data.get("updates", {}).items()
             },
+            wire=WireTally.from_json(data["wire"]) if "wire" in data else None,
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from flcore.identity import KIND_CLIENT, Identity
 from flcore.tokens import token_key
 from flserverd.aggregator import UpdateStats
 from flserverd.registry import AuthError, ClientRegistry
-from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
+from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB, WireTally
 
 SITE_A = Identity("site-a", "hospital-a", KIND_CLIENT)
 SITE_B = Identity("site-b", "hospital-b", KIND_CLIENT)
@@ -308,7 +309,17 @@ def test_round_summary_json_keeps_the_metrics_jsonl_format() -> None:
         "clients": ["a"],
         "metrics": {"acc": 0.7},
     }
-    for summary in (training, final):
+    wire = WireTally("int8", down_bytes=25, down_raw_bytes=100, up_bytes=26, up_raw_bytes=100)
+    compressed = replace(training, wire=wire)
+    assert compressed.as_json()["wire"] == {
+        "compression": "int8",
+        "down_bytes": 25,
+        "down_raw_bytes": 100,
+        "up_bytes": 26,
+        "up_raw_bytes": 100,
+    }
+    assert wire.described() == ("models on the wire 0.0 MB for 0.0 MB of tensors (int8, 26%)")
+    for summary in (training, final, compressed):
         assert RoundSummary.from_json(summary.as_json()) == summary
 
 

@@ -18,6 +18,7 @@ from flcore.appconfig import (
     ServerAppConfig,
     load_app,
 )
+from flcore.compression import WireCompression
 from flcore.schema import (
     ConfigError,
     Field,
@@ -476,6 +477,11 @@ def test_load_app_missing_train_config(tmp_path: Path) -> None:
             {"num_round": 5},
             "config/config_fed_server.json: unknown key 'num_round' (allowed keys: ",
         ),
+        (
+            {"wire_compression": "int4"},
+            "config/config_fed_server.json: 'wire_compression' must be one of none, bf16, fp16, "
+            "int8, got 'int4'",
+        ),
         ([], "config/config_fed_server.json: expected a mapping"),
     ],
 )
@@ -554,6 +560,10 @@ def test_parse_server_config_defaults_match_dataclass() -> None:
     )
     assert config.wait_after_min_clients == 0.0
     assert isinstance(config.wait_after_min_clients, float)
+    assert ServerAppConfig().wire_compression is WireCompression.NONE
+    for word in ("none", "bf16", "fp16", "int8"):
+        parsed = appconfig.parse_server_config({"wire_compression": word})
+        assert parsed.wire_compression is WireCompression(word)
 
 
 # --------------------------------------------------------------------------- MONAI bundle apps

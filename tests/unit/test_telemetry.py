@@ -30,6 +30,7 @@ from flclientd.telemetry import ClientTelemetry
 from flcore import startup
 from flcore import status as st
 from flcore.appconfig import MlflowSettings, parse_server_config
+from flcore.compression import WireChunk
 from flcore.exporter import EndpointSettings, endpoint_settings, serve_metrics
 from flcore.federation import MetricsKind, MetricsReport, SubmitOutcome, UploadKind, Verdict
 from flcore.feed import (
@@ -48,7 +49,7 @@ from flcore.schema import ConfigError
 from flcore.status import ClientStatus
 from fldev.cluster import free_ports
 from flserverd import mlflow_child
-from flserverd.exchange import Chunk, ModelExchange
+from flserverd.exchange import ModelExchange
 from flserverd.server import FLServer
 from flserverd.telemetry import ServerTelemetry
 from flserverd.tracking import Tracker, end_status, tracking_uri
@@ -382,8 +383,8 @@ def test_a_stalled_upload_is_counted(tmp_path: Path, monkeypatch: pytest.MonkeyP
         train(server, num_rounds=2, min_num_clients=2)
         model = write_model(tmp_path / "u.safetensors", 1.0)
 
-        async def first_chunk_only() -> AsyncIterator[Chunk]:
-            yield next(iter(model.iter_chunks()))
+        async def first_chunk_only() -> AsyncIterator[WireChunk]:
+            yield WireChunk(*next(iter(model.iter_chunks())))
             await asyncio.Event().wait()  # the sender stops sending
 
         with pytest.raises(TransferStalled):
