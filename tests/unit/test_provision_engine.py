@@ -20,7 +20,9 @@ def _root_ca(workspace: ProvisionedWorkspace) -> bytes:
     return (workspace.root / "state" / "rootCA.pem").read_bytes()
 
 
-def _kit_cert(workspace: ProvisionedWorkspace, kit: str, password: str, dest: Path) -> x509.Certificate:
+def _kit_cert(
+    workspace: ProvisionedWorkspace, kit: str, password: str, dest: Path
+) -> x509.Certificate:
     startup = extract_kit(workspace.kit(kit), password, dest)
     verify_startup(startup)
     name = "server.crt" if (startup / "server.crt").exists() else "client.crt"
