@@ -18,10 +18,11 @@ from rich.cells import cell_len
 from textual.widgets import Static
 
 from flcore.feed import FeedEvent, LogEntry
+from fldev.poll import wait_for
 from fltui.connection import DISCONNECTED, Connection
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
-from tests.tui.helpers import reader_lines, screen_lines, wait_for
+from tests.tui.helpers import reader_lines, screen_lines
 from tests.tui.recorded import NOW, RUN, recorded_events
 from tests.tui.test_console import console, ready
 
