@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
 from fladmin.client import CommandReply
 from fldev.poll import wait_for
@@ -22,6 +22,7 @@ from fldev.replay import ReplayLink
 from fltui.app import ConsoleApp
 from fltui.connection import DISCONNECTED, SHUT_DOWN, Connection, Shutdown
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen
+from fltui.screens.listings import RunScreen, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
@@ -125,6 +126,32 @@ def test_site_log_view(snap_compare: Snap, size: tuple[int, int]) -> None:
 def test_shutdown_confirmation(snap_compare: Snap, size: tuple[int, int]) -> None:
     run_before = opening("x", choose="the server", until=ConfirmScreen)
     assert snap_compare(dashboard(), terminal_size=size, run_before=run_before)
+
+
+async def runs_view(pilot: Any) -> None:
+    """``:runs``: every run on the server, as the recorded server lists them."""
+    await drawn(pilot)
+    await pilot.press("colon", *"runs", "enter")
+    screen = await shown(pilot, pilot.app, RunsScreen)
+    await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 3)
+
+
+async def run_rounds(pilot: Any) -> None:
+    """``enter`` on run 1 in ``:runs``: its rounds, each site's result under its round."""
+    await runs_view(pilot)
+    pilot.app.screen.query_one(DataTable).move_cursor(row=2)
+    await pilot.press("enter")
+    screen = await shown(pilot, pilot.app, RunScreen)
+    await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 9)
+
+
+@pytest.mark.parametrize("size", SIZES[:2], ids=ids[:2])
+def test_runs_view(snap_compare: Snap, size: tuple[int, int]) -> None:
+    assert snap_compare(dashboard(), terminal_size=size, run_before=runs_view)
+
+
+def test_run_rounds_view(snap_compare: Snap) -> None:
+    assert snap_compare(dashboard(), terminal_size=(120, 36), run_before=run_rounds)
 
 
 def test_validation_matrix(snap_compare: Snap) -> None:
