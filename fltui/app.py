@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from textual import on, work
 from textual.app import App, SystemCommand
@@ -452,7 +453,7 @@ class ConsoleApp(App[None]):
         self.log_line("INFO", f"screenshot saved to {saved}")
         return None
 
-    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """The palette offers the dashboard's actions too (each once)."""
         yield from super().get_system_commands(screen)
         if isinstance(screen, DashboardScreen):

@@ -37,7 +37,7 @@ def fltui(cluster: Cluster, *args: str, user: str = ADMIN) -> subprocess.Complet
     )
 
 
-def admin_stub(startup: Path, target: str) -> tuple[grpc.aio.Channel, admin_grpc.AdminStub]:
+def admin_stub(startup: Path, target: str) -> tuple[grpc.aio.Channel, admin_grpc.AdminAsyncStub]:
     """A raw admin channel with the certificates of any kit (client or admin)."""
     files = TlsFiles(startup / "rootCA.pem", startup / "client.crt", startup / "client.key")
     channel = grpc.aio.secure_channel(target, channel_credentials(files), options=CHANNEL_OPTIONS)

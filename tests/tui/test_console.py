@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
 from fladmin.client import AdminError, CommandReply
 from fladmin.link import AdminLink
@@ -135,7 +135,7 @@ def test_keys_send_their_commands(tmp_path: Path) -> None:
             await choose(pilot, "the server")
             await pilot.press("t")
             await shown(pilot, app, PromptScreen)
-            app.screen.query_one("Input").value = "30"
+            app.screen.query_one("Input", Input).value = "30"
             await pilot.press("enter")
             await wait_for(pilot, lambda: len(link.sent) == 8)
             assert sent(link) == [
@@ -252,7 +252,7 @@ def test_validation_matrix_and_the_empty_case(tmp_path: Path) -> None:
             screen = app.screen
             assert isinstance(screen, ValidationScreen)
             if data.get("cells"):
-                table = screen.query_one("DataTable")
+                table = screen.query_one("DataTable", DataTable)
                 assert str(table.get_cell("global", "flclient1")) == "0.9700"
                 assert "model does not fit" in str(table.get_cell("flclient2", "flclient1"))
                 assert str(table.get_cell("flclient1", "flclient1")) == ""
@@ -379,7 +379,7 @@ def test_without_a_kit_the_login_screen_asks(tmp_path: Path) -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
             await shown(pilot, app, LoginScreen)
-            startup = app.screen.query_one("#login-startup")
+            startup = app.screen.query_one("#login-startup", Input)
             assert app.focused is startup
             startup.value = str(tmp_path / "nothing")
             await pilot.press("enter")
@@ -489,7 +489,7 @@ def with_odd_client() -> list[FeedEvent]:
 
 
 async def six_rows(pilot: Any) -> ClientsTable:
-    app = pilot.app
+    app: ConsoleApp = pilot.app
     table = app.dashboard.query_one(ClientsTable)
     await wait_for(pilot, lambda: app.connected and table.row_count == 6)
     return table
@@ -571,7 +571,7 @@ def test_validation_cells_and_notes_from_sites_are_never_markup(tmp_path: Path) 
             notes = str(app.screen.query_one("#validation-notes").render())
             assert "model of global on site[/x]: [/x] regex [a-z]+" in notes
             assert "site-b: [/x] cross_validate is off" in notes
-            table = app.screen.query_one("DataTable")
+            table = app.screen.query_one("DataTable", DataTable)
             assert [str(c.label) for c in table.columns.values()][2] == "site[/x]"
 
     asyncio.run(scenario())

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from fladmin.client import AdminError, CommandReply
 from flcore.feed import CommandSeen, FeedEvent, ServerStopping
+from fldev.poll import wait_for
 from fldev.replay import ReplayLink, ok_reply
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.heartbeats import HeartbeatView
-from tests.tui.helpers import Clock, burst, wait_for
+from tests.tui.helpers import Clock, burst
 from tests.tui.recorded import NOW, recorded_events
 from tests.tui.test_console import ready
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, ProgressBar
 
 from fladmin.client import CommandReply
 from fladmin.link import AdminLink
@@ -151,7 +151,7 @@ def test_run_from_the_keys(live: Cluster) -> None:
             await pilot.press("s")
             await choose(pilot, "all clients")
             await ok(pilot, link, "start client")
-            bar = app.dashboard.query_one("#round-bar")
+            bar = app.dashboard.query_one("#round-bar", ProgressBar)
             await wait_for(pilot, lambda: (bar.progress or 0) >= 1, 90, "round 1")
             assert bar.total == 40
             await wait_for(pilot, lambda: store.run.history, 10, "round metrics")

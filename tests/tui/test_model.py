@@ -241,7 +241,8 @@ def asked(store: Store, line: str) -> Confirmation:
 def test_draft_checks_give_flprovisions_messages(tmp_path: Path) -> None:
     draft = Draft.new(tmp_path / "ws")
     draft.name = "bad name"
-    assert draft.check_name() is not None and draft.check_name().startswith("project.yml: 'name'")
+    problem = draft.check_name()
+    assert problem is not None and problem.startswith("project.yml: 'name'")
     draft.name = "ok"
     assert draft.check_name() is None
     assert draft.check_server() == "project.yml: server: missing required key 'org'"

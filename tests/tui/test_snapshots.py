@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 
 from fladmin.client import CommandReply
 from fldev.poll import wait_for
@@ -168,13 +168,13 @@ async def wizard_server_step(pilot: Any) -> None:
     """Name the project, go to the server step and give both services one port."""
     screen = pilot.app.screen
     assert isinstance(screen, WizardScreen)
-    for box in screen.query("Input"):
+    for box in screen.query(Input):
         box.cursor_blink = False
-    screen.query_one("#project-name").value = "hospitals"
+    screen.query_one("#project-name", Input).value = "hospitals"
     await pilot.press("ctrl+n")
-    screen.query_one("#server-host").value = "fl.example.org"
-    screen.query_one("#server-admin_port").value = "8002"
-    screen.query_one("#server-org").value = "lead"
+    screen.query_one("#server-host", Input).value = "fl.example.org"
+    screen.query_one("#server-admin_port", Input).value = "8002"
+    screen.query_one("#server-org", Input).value = "lead"
     await pilot.pause(0.2)
 
 

@@ -17,13 +17,14 @@ from textual.widgets import DataTable, Input
 
 from fladmin.client import CommandReply
 from flcore.feed import LogEntry
+from fldev.poll import wait_for
 from fltui.screens.client import ClientScreen
 from fltui.screens.help import HelpScreen
 from fltui.screens.listings import AdminsScreen, AppsScreen, RunScreen, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.logview import LogView
-from tests.tui.helpers import burst, screen_lines, shown, wait_for
+from tests.tui.helpers import burst, screen_lines, shown
 from tests.tui.recorded import NOW
 from tests.tui.test_console import console, ready
 

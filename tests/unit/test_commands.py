@@ -63,7 +63,7 @@ class FakeDB:
     def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
         if self.full:
             error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
             raise error
         self.audited.extend((user, line, ok) for _, user, line, ok in entries)
 

@@ -12,11 +12,12 @@ import pytest
 
 from flcore import status as st
 from flcore.feed import RunInfo
+from flcore.folders import app_digest
 from flcore.identity import KIND_ADMIN, Identity
 from flserverd import listings
 from flserverd.admins import AdminLogins
 from flserverd.commands import AdminCommands, Reply
-from flserverd.listings import PageError, app_digest, page_of
+from flserverd.listings import PageError, page_of
 from flserverd.server import FLServer
 from flserverd.statedb import RoundSummary, RunRecord
 from tests.unit.test_exchange import on_server

@@ -120,7 +120,7 @@ def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
     def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
         if full["on"]:
             error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
             raise error
         return write(db, statements)
 
