@@ -59,7 +59,10 @@ def test_training_error_reaches_the_server_with_its_traceback(cluster: Cluster) 
     text = cluster.ok("check_status client flclient1").text
     assert "status: training failed" in text and "error: " in text
     finished(cluster)
-    assert "Failed sites: flclient1" in cluster.ok("check_status server").text
+    # once the run has stopped, how it ended (failed sites included) is on the status line
+    text = cluster.ok("check_status server").text
+    [status] = [line for line in text.splitlines() if line.startswith("FL server status:")]
+    assert "(finished · failed sites: flclient1" in status, text
     assert "run 1 ended (finished); failed sites: flclient1" in server.log()
     assert all(r["clients"] == ["flclient2"] for r in cluster.metrics())
 
