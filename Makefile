@@ -27,7 +27,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/check_unsafe.py
-	$(BIN)/mypy flcore flapp provision flserverd flclientd fladmin fltui fldev examples bench
+	$(BIN)/mypy flcore flapp provision flserverd flclientd fladmin fltui fldev examples bench tests
 	$(BIN)/lint-imports --no-cache
 
 test: lint

@@ -100,6 +100,12 @@ async def serve(
             return EXIT_REFUSED
     stop_on_signals(agent.request_shutdown)
     notify("READY=1", f"STATUS=client {startup.name} of {startup.project} on {device.device}")
+    if data_root is None:
+        log.warning(
+            "no data root: neither DATA_ROOT nor --data-root is set, so an app whose dataset "
+            "names its files relative to the data root fails at this site; set DATA_ROOT "
+            "(or pass --data-root) and start the client again"
+        )
     log.info(
         "flclientd ready: client %s of project %s, server %s, device %s, data root %s",
         startup.name,

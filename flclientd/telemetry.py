@@ -26,6 +26,7 @@ STATUSES = (
     st.STARTED,
     st.PAUSED,
     st.CROSS_VALIDATING,
+    st.STOPPING,
     st.STOPPED,
     st.FAILED,
 )

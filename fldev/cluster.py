@@ -267,12 +267,14 @@ class Cluster:
         *,
         wait: bool = True,
         extra: list[str] | None = None,
+        data: bool = True,
         fault: str = "",
         proxy: str = "",
     ) -> Daemon:
-        """Start a client of kit ``name`` with its site's data (and a fault point armed); with
-        ``proxy`` (an HTTP CONNECT proxy's URL, e.g. a :class:`fldev.netproxy.FaultyLink`) it
-        reaches the server through it."""
+        """Start a client of kit ``name`` with its site's data (none when ``data`` is False)
+        and a fault point armed; with ``proxy`` (an HTTP CONNECT proxy's URL, e.g. a
+        :class:`fldev.netproxy.FaultyLink`) it reaches the server through it."""
+        data_root = ["--data-root", str(self.data / name)] if data else []
         env = self.env()
         if proxy:
             env["grpc_proxy"] = proxy
@@ -284,8 +286,7 @@ class Cluster:
                 "flclientd",
                 "--workspace",
                 str(self.root / name),
-                "--data-root",
-                str(self.data / name),
+                *data_root,
                 *(extra or []),
             ],
             self.root / f"{name}.log",

@@ -37,6 +37,8 @@ log = logging.getLogger("flserverd")
 EXIT_CONFIG = 2
 RPC_GRACE_S = 5.0
 CHECKPOINT_GRACE_S = 30.0
+SIGNALLED = "a signal (systemctl stop, kill or Ctrl+C)"
+"""Who stopped a server that no admin shut down, as consoles are told."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,6 +117,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     await asyncio.wait({shutdown, stopped}, return_when=asyncio.FIRST_COMPLETED)
     shutdown.cancel()
     stopped.cancel()
+    server.announce_stop(SIGNALLED)
     await asyncio.gather(federation.stop(RPC_GRACE_S), admin.stop(RPC_GRACE_S))
     await server.close(CHECKPOINT_GRACE_S)
     await watching.close()

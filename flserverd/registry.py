@@ -20,8 +20,8 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, NamedTuple, TypeVar
 
 from flcore.diskfault import disk_fault
 from flcore.federation import MachineInfo
@@ -31,6 +31,26 @@ from flcore.tokens import key_id, new_token, same_key, token_key
 from flserverd.statedb import ClientRecord, StateDB
 
 log = logging.getLogger(__name__)
+
+
+R = TypeVar("R", ClientStatus, MachineInfo)
+STATUS_AT = "status_at"
+"""Kept beside a client's saved status: when it last changed (see RegisteredClient)."""
+
+
+def _restored(kind: type[R], saved: dict[str, Any]) -> R:
+    """A record read back from the state database; fields of the wrong type are dropped."""
+    defaults = kind()
+    known = {
+        f.name: saved[f.name]
+        for f in fields(kind)
+        if f.name in saved and type(saved[f.name]) is type(getattr(defaults, f.name))
+    }
+    return kind(**known)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class AuthError(PermissionError):
@@ -51,6 +71,8 @@ class RegisteredClient:
     connected: bool = False
     status: ClientStatus = field(default_factory=ClientStatus)
     machine: MachineInfo = field(default_factory=MachineInfo)
+    status_at: float = 0.0
+    """When the client last changed its status word or run (0: not since the server started)."""
     serial: int = 0
     """Serial of the certificate it last presented (0 until it does after a restart)."""
 
@@ -87,8 +109,11 @@ class ClientRegistry:
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
         self._by_instance: dict[str, RegisteredClient] = {}
         now = clock()
+        states = db.client_states()
         for record in db.load_clients():
-            # Restored clients get a full timeout to reconnect after a restart.
+            # Restored clients get a full timeout to reconnect after a restart, and show
+            # (offline) what they last said until they say it again.
+            status, machine = states.get(record.token_key, ({}, {}))
             self._add(
                 RegisteredClient(
                     token_key=record.token_key,
@@ -97,6 +122,9 @@ class ClientRegistry:
                     org=record.org,
                     connected_at=record.created_at,
                     last_heartbeat=now,
+                    status=_restored(ClientStatus, status),
+                    machine=_restored(MachineInfo, machine),
+                    status_at=_number(status.get(STATUS_AT)),
                 )
             )
         if self._clients:
@@ -148,6 +176,7 @@ class ClientRegistry:
             client.last_heartbeat = now
             client.machine = machine
             client.serial = identity.serial
+            self.remember(client)
             return Login(client, token, True)
         running = sum(1 for c in self._clients.values() if c.client_name == identity.name)
         if running >= self.max_instances:
@@ -175,7 +204,18 @@ class ClientRegistry:
             client.token_key, client.client_name, client.instance, client.org, now
         )
         self._saved(lambda: self._db.save_client(record), f"registration of {client.instance}")
+        self.remember(client)
         return Login(client, token, False)
+
+    def remember(self, client: RegisteredClient) -> None:
+        """Keep what a client last said about itself (not its traceback) and its machine,
+        for the rows a restarted server shows until the client is back."""
+        status = {**asdict(replace(client.status, traceback="")), STATUS_AT: client.status_at}
+        machine = asdict(client.machine)
+        self._saved(
+            lambda: self._db.save_client_state(client.token_key, status, machine),
+            f"status of {client.instance}",
+        )
 
     @staticmethod
     def _saved(write: Callable[[], None], what: str) -> None:

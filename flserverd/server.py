@@ -41,6 +41,7 @@ from flcore.feed import (
     LogEntry,
     RunInfo,
     ServerInfo,
+    ServerStopping,
     Snapshot,
 )
 from flcore.identity import KIND_CLIENT, Identity
@@ -71,9 +72,12 @@ from flserverd.training import (
     STORAGE_RETRY_S,
     Training,
 )
-from flserverd.views import client_row, fit_snapshot, round_record
+from flserverd.views import best_text, client_row, fit_snapshot, round_record
 
 log = logging.getLogger(__name__)
+
+TRAINING_ON = frozenset({st.STARTING, st.STARTED, st.PAUSED})
+"""Statuses of a site that will send an update for the round without an admin's help."""
 
 RUN_NUMBER_KEY = "run_number"
 MODEL_INIT_TIMEOUT = 600.0
@@ -121,7 +125,12 @@ class FLServer:
         self.starting = False
         self._starting_task: asyncio.Task[None] | None = None
         self.start_error = ""
+        self._abort_reason = ""
+        self._blocked = ""
+        """Why the training run cannot progress, as last published."""
         self.shutdown_requested = asyncio.Event()
+        self.stopped_by = ""
+        """The admin whose ``shutdown server`` stops the server ("" until one does)."""
         self.shutting_down = False
         """An admin's shutdown was accepted: no other command changes anything now."""
         self._sweeper: asyncio.Task[None] | None = None
@@ -207,6 +216,19 @@ class FLServer:
             dropped,
         )
 
+    def stop_soon(self, user: str) -> None:
+        """An admin's ``shutdown server`` was answered: the daemon stops now."""
+        self.stopped_by = user
+        self.shutdown_requested.set()
+
+    def announce_stop(self, signalled: str) -> None:
+        """Tell every console the server stops, and who asked (an admin, else what
+        ``signalled`` says), as the last event of its feed."""
+        by = self.stopped_by or signalled
+        log.info("stopping: asked by %s", by)
+        self.bus.publish(ServerStopping(by, admin=bool(self.stopped_by)))
+        self.bus.close()
+
     def _hold(self, record: RunRecord, config: ServerAppConfig) -> int:
         """Take up a run from its last committed round (after a restart, or to continue a
         stopped run); returns how many updates of the unfinished round were forgotten."""
@@ -285,6 +307,7 @@ class FLServer:
         if self.training_for(number) is None:
             self.training = None
         self.publish_run()
+        self.publish_clients()
         return existed
 
     def server_status(self) -> str:
@@ -371,6 +394,7 @@ class FLServer:
         record.num_rounds = config.num_rounds
         record.phase = PHASE_TRAINING if training_left else PHASE_FINAL_VALIDATION
         record.status, record.reason, record.failed_sites = st.STARTED, "", []
+        record.failures, record.started_at, record.ended_at = {}, time.time(), 0.0
         try:
             self._hold(record, config)
             self.db.save_run(record)
@@ -392,6 +416,7 @@ class FLServer:
         for client in self.registry.clients():
             if client.status.status == st.STARTED and client.status.run_number == number:
                 training.ready.add(client.instance)
+        self.publish_clients()
         training.begin()
 
     async def _prepare_and_begin(self, number: int, config: ServerAppConfig) -> None:
@@ -401,8 +426,8 @@ class FLServer:
             manifest = TensorFile(model).manifest
             self._begin(number, config, manifest)
         except asyncio.CancelledError:
-            self.start_error = "start aborted by admin"
-            log.info("run %d: start aborted", number)
+            self.start_error = f"start {self._abort_reason}"
+            log.info("run %d: start %s", number, self._abort_reason)
             raise
         except Exception as exc:
             self.start_error = _start_failure(exc)
@@ -426,6 +451,8 @@ class FLServer:
             start_round=config.start_round,
             num_rounds=config.num_rounds,
             next_round=config.start_round,
+            metric=config.validation_metric,
+            started_at=time.time(),
         )
         self.db.save_run(record)
         training = Training(record, config, manifest, self.store, self.db, self)
@@ -455,15 +482,17 @@ class FLServer:
             self._crossvals[run_number] = current
         return current
 
-    def abort_training(self) -> bool:
-        """Stop the current run's training (or its start); False when nothing was training."""
+    def abort_training(self, reason: str) -> bool:
+        """Stop the current run's training (or its start), saying why (``aborted by
+        <admin>``); False when nothing was training."""
+        self._abort_reason = reason
         if self._starting_task is not None:
             self._starting_task.cancel()
             return True
         training = self.active_training()
         if training is None:
             return False
-        training.abort()
+        training.abort(reason)
         return True
 
     # ------------------------------------------------------------------ TrainingListener
@@ -549,6 +578,10 @@ class FLServer:
         previous = client.status
         client.status = status
         self.registry.heard(client)
+        if (status.status, status.run_number) != (previous.status, previous.run_number):
+            client.status_at = time.time()
+        if _lasting(status) != _lasting(previous):
+            self.registry.remember(client)
         self.publish_client(client)
         if self.known_run(status.run_number):
             self._follow_crossval(client.instance, previous, status)
@@ -563,6 +596,8 @@ class FLServer:
             training.client_gone(client.instance, failed_reason=status.error or "failed")
         elif status.status != st.STARTING:
             training.client_gone(client.instance)
+        if self.blocked(training) != self._blocked:
+            self.publish_run()
 
     def _follow_crossval(self, instance: str, previous: ClientStatus, status: ClientStatus) -> None:
         crossval = self.crossval_for(status.run_number)
@@ -748,7 +783,23 @@ class FLServer:
 
     def publish_client(self, client: RegisteredClient) -> None:
         """Send a client's row to consoles."""
-        self.bus.publish(client_row(client))
+        self.bus.publish(self.client_row(client))
+
+    def client_row(self, client: RegisteredClient) -> ClientRow:
+        """A client's row as it describes the server's current run (see views.client_row)."""
+        return client_row(client, *self._run_scope())
+
+    def _run_scope(self) -> tuple[int, float]:
+        """The current run's number and when it last started (0 when it never did)."""
+        number = self.run_number
+        training = self.training_for(number)
+        record = training.run if training is not None else self.db.get_run(number)
+        return number, record.started_at if record is not None else 0.0
+
+    def publish_clients(self) -> None:
+        """Send every client's row again: the run changed, and with it what the rows say."""
+        for client in self.registry.clients():
+            self.publish_client(client)
 
     def publish_run(self) -> None:
         """Send the run's state to consoles and to systemd."""
@@ -759,6 +810,33 @@ class FLServer:
                 f"STATUS=run {view.run_number} {view.server_status}, round "
                 f"{view.current_round}/{view.num_rounds}, {len(self.registry)} clients"
             )
+
+    def blocked(self, training: Training) -> str:
+        """Why a training run cannot finish its round, or "" when it can.
+
+        A round needs ``min_num_clients`` updates; the sites that can still
+        send one are those that did and those training this run (or
+        starting to, or paused by their disk: they go on by themselves).
+        Failed sites are named with their error.
+        """
+        if not training.active or training.run.phase != PHASE_TRAINING:
+            return ""
+        number, needed = training.run.run_number, training.config.min_num_clients
+        able = set(training.round.contributed) | {
+            s.instance
+            for s in self.registry.clients()
+            if s.status.run_number == number and s.status.status in TRAINING_ON
+        }
+        if len(able) >= needed:
+            return ""
+        failures = training.run.failures
+        if failures:
+            why = ", ".join(f"{site} failed ({error})" for site, error in sorted(failures.items()))
+            return f"min_num_clients {needed} but only {len(able)} site(s) can train: {why}"
+        return (
+            f"min_num_clients {needed} but only {len(able)} site(s) are training: "
+            "start more clients (start client)"
+        )
 
     def run_view(self) -> RunInfo:
         """The run's state now (from the database when it is not training here)."""
@@ -771,9 +849,6 @@ class FLServer:
         if record is None:
             app = self.store.deployed_app_name(number) if number else ""
             return RunInfo(number, status, app=app, reason=self.start_error)
-        best = ""
-        if record.best_value is not None:
-            best = f"{record.best_value:.4f} (round {record.best_round})"
         return RunInfo(
             run_number=number,
             server_status=status,
@@ -783,18 +858,15 @@ class FLServer:
             num_rounds=record.num_rounds,
             history=tuple(round_record(r) for r in self.db.round_records(number)[-HISTORY_SHOWN:]),
             failed_sites=tuple(record.failed_sites),
-            best_metric=best,
+            best_metric=best_text(record),
             reason=record.reason,
+            site_errors=dict(record.failures),
             fault=self.resume_fault,
         )
 
     def _training_view(self, training: Training, status: str) -> RunInfo:
         run, state = training.run, training.round
-        best = ""
-        if run.best_value is not None:
-            best = (
-                f"{training.config.validation_metric}={run.best_value:.4f} (round {run.best_round})"
-            )
+        self._blocked = self.blocked(training)
         return RunInfo(
             run_number=run.run_number,
             server_status=status,
@@ -811,14 +883,17 @@ class FLServer:
             wait_deadline=state.deadline,
             history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
-            best_metric=best,
+            best_metric=best_text(run),
             reason=run.reason or self.start_error,
+            site_errors=dict(run.failures),
+            blocked=self._blocked,
             fault=training.fault,
         )
 
     def client_rows(self) -> list[ClientRow]:
         """Every registered client, by instance name."""
-        return [client_row(s) for s in self.registry.clients()]
+        scope = self._run_scope()
+        return [client_row(s, *scope) for s in self.registry.clients()]
 
     def snapshot(self) -> Snapshot:
         """Everything a console shows, as it is now (the first event of its feed)."""
@@ -848,6 +923,11 @@ def _start_failure(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"the server could not write the initial model: {exc.strerror or exc}"
     return "an unexpected error on the server; its log has the details"
+
+
+def _lasting(status: ClientStatus) -> tuple[object, ...]:
+    """What of a client's status is worth keeping across a server restart (not its round)."""
+    return (status.status, status.run_number, status.app, status.cross_validate, status.error)
 
 
 async def build_initial_model(app_dir: Path, target: Path) -> None:

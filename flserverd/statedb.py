@@ -35,7 +35,11 @@ CREATE TABLE IF NOT EXISTS runs (
     best_value REAL,
     failed_sites TEXT NOT NULL DEFAULT '[]',
     reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    failures TEXT NOT NULL DEFAULT '{}',
+    metric TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL DEFAULT 0,
+    ended_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS registrations (
     token_sha256 BLOB PRIMARY KEY,
@@ -43,6 +47,11 @@ CREATE TABLE IF NOT EXISTS registrations (
     instance TEXT NOT NULL UNIQUE,
     org TEXT NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS client_state (
+    token_sha256 BLOB PRIMARY KEY,
+    status TEXT NOT NULL,
+    machine TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS folded (
     run_number INTEGER NOT NULL,
@@ -88,6 +97,24 @@ CREATE TABLE IF NOT EXISTS revoked_names (
 """
 
 
+RUN_COLUMNS_ADDED = {
+    "failures": "TEXT NOT NULL DEFAULT '{}'",
+    "metric": "TEXT NOT NULL DEFAULT ''",
+    "started_at": "REAL NOT NULL DEFAULT 0",
+    "ended_at": "REAL NOT NULL DEFAULT 0",
+}
+SAVE_RUN = (
+    "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
+    " next_round, best_round, best_value, failed_sites, reason, failures, metric, started_at,"
+    " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+GET_RUN = (
+    "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
+    " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
+    " FROM runs WHERE run_number=?"
+)
+
+
 @dataclass
 class RunRecord:
     """A run as the database keeps it; next_round is the round pointer."""
@@ -103,6 +130,13 @@ class RunRecord:
     best_value: float | None = None
     failed_sites: list[str] = field(default_factory=list)
     reason: str = ""
+    failures: dict[str, str] = field(default_factory=dict)
+    """The first line of each failed site's error."""
+    metric: str = ""
+    """The validation metric that picks the best model (best_value is its value)."""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    """When the run last started and ended (0: not yet)."""
 
 
 @dataclass
@@ -236,6 +270,7 @@ class StateDB:
         # in free pages for a copy of the file to give away.
         self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
         self._hash_legacy_tokens()
 
     def _hash_legacy_tokens(self) -> None:
@@ -263,6 +298,13 @@ class StateDB:
                 ]
                 + [(f"DROP TABLE {legacy}", ())]
             )
+
+    def _add_missing_columns(self) -> None:
+        """A database written before the runs table grew its newer columns gets them, empty."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for name, declaration in RUN_COLUMNS_ADDED.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -294,9 +336,7 @@ class StateDB:
     @staticmethod
     def _run_upsert(run: RunRecord) -> tuple[str, tuple[Any, ...]]:
         return (
-            "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
-            " next_round, best_round, best_value, failed_sites, reason, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            SAVE_RUN,
             (
                 run.run_number,
                 run.status,
@@ -309,6 +349,10 @@ class StateDB:
                 run.best_value,
                 json.dumps(run.failed_sites),
                 run.reason,
+                json.dumps(run.failures),
+                run.metric,
+                run.started_at,
+                run.ended_at,
                 time.time(),
             ),
         )
@@ -319,26 +363,31 @@ class StateDB:
 
     def get_run(self, run_number: int) -> RunRecord | None:
         """The record of one run, or None if it never trained."""
-        row = self._db.execute(
-            "SELECT run_number, status, phase, app, start_round, num_rounds, next_round,"
-            " best_round, best_value, failed_sites, reason FROM runs WHERE run_number=?",
-            (run_number,),
-        ).fetchone()
-        if row is None:
-            return None
-        return RunRecord(
-            run_number=row[0],
-            status=row[1],
-            phase=row[2],
-            app=row[3],
-            start_round=row[4],
-            num_rounds=row[5],
-            next_round=row[6],
-            best_round=row[7],
-            best_value=row[8],
-            failed_sites=json.loads(row[9]),
-            reason=row[10],
-        )
+        row = self._db.execute(GET_RUN, (run_number,)).fetchone()
+        return None if row is None else _run_record(row)
+
+    def run_numbers(self) -> list[int]:
+        """The number of every run that has a record (it was started at least once)."""
+        return [int(r[0]) for r in self._db.execute("SELECT run_number FROM runs")]
+
+    def fold_instances(self, run_number: int) -> list[str]:
+        """The sites whose updates were folded into a round of a run."""
+        rows = self._db.execute(
+            "SELECT DISTINCT instance FROM folded WHERE run_number=?", (run_number,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def folds(self, run_number: int, first: int, last: int) -> list[tuple[int, str, int, str]]:
+        """(round, instance, samples, metrics JSON) of each update folded into rounds
+        ``first``..``last`` of a run, by round and instance."""
+        return [
+            (int(r[0]), str(r[1]), int(r[2]), str(r[3]))
+            for r in self._db.execute(
+                "SELECT round, instance, samples, metrics FROM folded"
+                " WHERE run_number=? AND round BETWEEN ? AND ? ORDER BY round, instance",
+                (run_number, first, last),
+            )
+        ]
 
     def complete_round(self, run: RunRecord, summary: RoundSummary) -> None:
         """Move the round pointer and store the round's metrics in one transaction."""
@@ -425,7 +474,32 @@ class StateDB:
 
     def delete_client(self, key: bytes) -> None:
         """Forget a dropped or logged-out client (by its token's SHA-256)."""
-        self._write([("DELETE FROM registrations WHERE token_sha256=?", (key,))])
+        self._write(
+            [
+                ("DELETE FROM registrations WHERE token_sha256=?", (key,)),
+                ("DELETE FROM client_state WHERE token_sha256=?", (key,)),
+            ]
+        )
+
+    def save_client_state(
+        self, key: bytes, status: dict[str, Any], machine: dict[str, Any]
+    ) -> None:
+        """What a registered client (by its token's SHA-256) last said about itself and its
+        machine, so that a restarted server shows it (offline) as it was rather than blank."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO client_state(token_sha256, status, machine)"
+                    " VALUES (?, ?, ?)",
+                    (key, json.dumps(status), json.dumps(machine)),
+                )
+            ]
+        )
+
+    def client_states(self) -> dict[bytes, tuple[dict[str, Any], dict[str, Any]]]:
+        """The last status and machine of each registered client, by its token's SHA-256."""
+        rows = self._db.execute("SELECT token_sha256, status, machine FROM client_state").fetchall()
+        return {bytes(r[0]): (json.loads(r[1]), json.loads(r[2])) for r in rows}
 
     def load_clients(self) -> list[ClientRecord]:
         """All clients registered before a restart."""
@@ -513,3 +587,23 @@ class StateDB:
         """(name, since, by_user) of every name revoked here, oldest first."""
         rows = self._db.execute("SELECT name, since, by_user FROM revoked_names ORDER BY since")
         return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_number=row[0],
+        status=row[1],
+        phase=row[2],
+        app=row[3],
+        start_round=row[4],
+        num_rounds=row[5],
+        next_round=row[6],
+        best_round=row[7],
+        best_value=row[8],
+        failed_sites=json.loads(row[9]),
+        reason=row[10],
+        failures=json.loads(row[11]),
+        metric=row[12],
+        started_at=row[13],
+        ended_at=row[14],
+    )

@@ -39,7 +39,7 @@ from flcore.federation import (
     UploadKind,
     Verdict,
 )
-from flcore.feed import Body, RunInfo, Snapshot
+from flcore.feed import Body, RunInfo, Snapshot, ended_on_purpose
 from flserverd.server import FLServer
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,10 @@ def tracking_uri(uri: str, workspace: Path) -> str:
 
 
 def end_status(reason: str) -> str:
-    """MLflow's word for how a run ended."""
-    if reason == "finished":
+    """MLflow's word for how a run ended: an admin's abort or shutdown killed it."""
+    if reason == st.FINISHED:
         return "FINISHED"
-    if reason.startswith("aborted"):
-        return "KILLED"
-    return "FAILED"
+    return "KILLED" if ended_on_purpose(reason) else "FAILED"
 
 
 @dataclass

@@ -67,6 +67,16 @@ HISTORY_SHOWN = 100
 rounds kept in memory: a run of thousands of rounds with many sites must not grow the server."""
 
 
+FIRST_LINE_CHARS = 200
+"""How much of a site's error a run keeps: its first line, for "why did it stop?"."""
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of an error, at most FIRST_LINE_CHARS characters."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= FIRST_LINE_CHARS else line[: FIRST_LINE_CHARS - 1] + "…"
+
+
 class Refusal(Exception):
     """A client asked for something this run cannot give now; the message says why."""
 
@@ -261,6 +271,7 @@ class Training:
         """A client stopped, failed or was dropped: stop waiting for it."""
         if failed_reason and instance not in self.run.failed_sites:
             self.run.failed_sites.append(instance)
+            self.run.failures[instance] = first_line(failed_reason)
             self._save_record()
             log.warning("run %d: site %s failed: %s", self.run.run_number, instance, failed_reason)
         was_known = instance in self.ready or instance in self.round.participants
@@ -728,6 +739,7 @@ class Training:
         self._cancel_timer()
         self.run.status = status
         self.run.reason = reason
+        self.run.ended_at = self._clock()
         self._close_tensorboard()
         if not self.round.closed:  # a closed round's aggregation deletes its own files
             self._spawn(self._drop_round(self.round))

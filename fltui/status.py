@@ -42,6 +42,7 @@ _TRAINING = {
     st.NOT_STARTED: Look("○", "not started", "muted"),
     st.STARTING: Look("◔", "starting", "accent"),
     st.STARTED: Look("▶", "started", "success"),
+    st.STOPPING: Look("◑", "stopping", "warning"),
     st.PAUSED: Look("⏸", "paused", "warning"),
     st.STOPPED: Look("■", "stopped", "muted"),
     st.FAILED: Look("✖", "failed", "error"),
@@ -103,6 +104,11 @@ def age(seconds: float) -> str:
 def clock_time(stamp: float) -> str:
     """``HH:MM:SS`` in local time."""
     return time.strftime("%H:%M:%S", time.localtime(stamp))
+
+
+def clock_date(stamp: float) -> str:
+    """``mm-dd HH:MM`` in local time: a listing's dates, short enough to leave room."""
+    return time.strftime("%m-%d %H:%M", time.localtime(stamp))
 
 
 def device(row: ClientRow) -> str:

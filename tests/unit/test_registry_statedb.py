@@ -193,7 +193,7 @@ def test_a_full_disk_keeps_registrations_in_memory(
 
     def full(*_: object) -> None:
         error = sqlite3.OperationalError("database or disk is full")
-        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL
         raise error
 
     monkeypatch.setattr(db, "save_client", full)

@@ -16,6 +16,7 @@ from flcore.appconfig import (
     ClientAppConfig,
     ComponentSpec,
     ServerAppConfig,
+    TrainConfig,
     load_app,
 )
 from flcore.compression import WireCompression
@@ -397,6 +398,7 @@ def test_load_app_good(tmp_path: Path) -> None:
         num_rounds=3, min_num_clients=2, max_num_clients=2, metric_mode="min"
     )
     assert app.client == ClientAppConfig(local_epochs=2, cross_validate=True)
+    assert isinstance(app.train, TrainConfig)
     assert app.train.model == ComponentSpec(
         "torch.nn.Linear", {"in_features": 4, "out_features": 2}
     )

@@ -36,9 +36,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def data_module() -> Iterator[ModuleType]:
     sys.path.insert(0, str(RESOURCES))
     try:
-        from seg3d_monai import data as module
-
-        yield module
+        yield importlib.import_module("seg3d_monai.data")
     finally:
         sys.path.remove(str(RESOURCES))
 

@@ -232,11 +232,8 @@ def test_tracking_uris_relative_to_the_server_workspace(tmp_path: Path) -> None:
     assert tracking_uri("file:mlruns", tmp_path) == (tmp_path / "mlruns").as_uri()
     assert tracking_uri("/srv/mlruns", tmp_path) == "file:///srv/mlruns"
     assert tracking_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
-    assert [end_status(r) for r in ("finished", "aborted by admin", "an unexpected error")] == [
-        "FINISHED",
-        "KILLED",
-        "FAILED",
-    ]
+    ends = ("finished", "aborted by admin", "server shut down by a@b.org", "an unexpected error")
+    assert [end_status(r) for r in ends] == ["FINISHED", "KILLED", "KILLED", "FAILED"]
 
 
 # --------------------------------------------------------------------------- server metrics
@@ -467,7 +464,9 @@ def test_the_tracker_hands_its_child_a_run_its_rounds_and_its_sites(tmp_path: Pa
         # in its MLflow run, from the round after the last one it logged
         tracker.sent.clear()
         tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(r0,)))
-        tracker.seen(RunInfo(RUN, st.STOPPED, num_rounds=2, history=(r0,), reason="aborted"))
+        tracker.seen(
+            RunInfo(RUN, st.STOPPED, num_rounds=2, history=(r0,), reason="aborted by admin")
+        )
         tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(r0,)))
         tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(r0, r1)))
         assert [(m["op"], m.get("resume"), m.get("round")) for m in tracker.sent] == [
