@@ -109,6 +109,10 @@ def test_client_joins_mid_run(cluster: Cluster) -> None:
     cluster.ok("deploy digits_fedavg client flclient2")
     cluster.ok("start client flclient2")
     first = int(joined.wait_log(r"round (\d+) update accepted", timeout=60).group(1))
+    # An accepted update is folded when its round ends; the round's row is written then.
+    wait_until(
+        lambda: any(r["round"] == first for r in cluster.metrics()), 60, f"round {first}'s row"
+    )
     cluster.ok("abort server")
     rows = {r["round"]: r["clients"] for r in cluster.metrics()}
     assert rows[0] == rows[1] == ["flclient1"]
