@@ -46,7 +46,7 @@ from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
-from flserverd.aggregator import Aggregator, UpdateStats, make_aggregator
+from flserverd.aggregator import Aggregator, RunningSum, UpdateStats, make_aggregator
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.tensorboard import ScalarWriter
@@ -773,8 +773,8 @@ class Training:
 
     def _check_room(self) -> None:
         """Without a step to repeat (an upload could not be stored), training goes on once
-        there is room for an update and the next checkpoint."""
-        needed = 2 * self.manifest.total_bytes
+        there is room for an update, FedAvg's running sum and the next checkpoint."""
+        needed = 2 * self.manifest.total_bytes + RunningSum.size_of(self.manifest)
         free = self._store.free_bytes()
         if free < needed:
             self.storage_failed(
