@@ -42,6 +42,7 @@ class ServerAppConfig:
     aggregator: str = "fedavg"
     trim_fraction: float = 0.1
     clip_update_norm: float | None = None
+    keep_round_models: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ SERVER_FIELDS = [
     Field("aggregator", str, default="fedavg", check=one_of(*AGGREGATORS)),
     Field("trim_fraction", float, default=0.1, check=below_half),
     Field("clip_update_norm", (float, type(None)), default=None, check=positive),
+    Field("keep_round_models", int, default=1, check=at_least(1)),
 ]
 
 CLIENT_FIELDS = [

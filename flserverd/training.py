@@ -496,7 +496,9 @@ class Training:
         self.run.best_value = record.best_value
 
     def publish_models(self) -> None:
-        """Make global_model and best_global_model the files the committed record names.
+        """Make global_model and best_global_model the files the committed record names, and
+        delete the round models that are neither among the last ``keep_round_models`` nor
+        the best.
 
         Called after each commit, and on resume: a crash between the commit
         and this leaves the round files in place, so nothing is lost.
@@ -504,7 +506,7 @@ class Training:
         number = self.run.run_number
         latest = self._store.round_model(number, self.run.next_round)
         self._store.publish(latest, self._store.global_model(number))
-        keep = {self.run.next_round}
+        keep = {self.run.next_round - back for back in range(self.config.keep_round_models)}
         if self.run.best_round is not None:
             best = self._store.round_model(number, self.run.best_round)
             self._store.publish(best, self._store.best_model(number))

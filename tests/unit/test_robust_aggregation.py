@@ -313,6 +313,8 @@ def test_defence_keys_are_read() -> None:
     )
     assert isinstance(config.clip_update_norm, float)
     assert parse(aggregator="median").aggregator == "median"
+    assert parse().keep_round_models == 1
+    assert parse(keep_round_models=3).keep_round_models == 3
 
 
 @pytest.mark.parametrize(
@@ -329,6 +331,9 @@ def test_defence_keys_are_read() -> None:
         ({"aggregator": "trimmed_mean", "trim_fraction": 0.05}, "trims nothing even with"),
         ({"clip_update_norm": 0}, "'clip_update_norm' must be above 0"),
         ({"clip_update_norm": "10"}, "'clip_update_norm' must be a number or null"),
+        ({"keep_round_models": 0}, "'keep_round_models' must be at least 1"),
+        ({"keep_round_models": 2.5}, "'keep_round_models' must be an integer"),
+        ({"keep_round_models": True}, "'keep_round_models' must be an integer"),
     ],
 )
 def test_defence_keys_are_checked_with_clear_errors(keys: dict[str, Any], message: str) -> None:
