@@ -72,6 +72,10 @@ ANSWER_FLUSH_S = 3.0
 # A site paused by a full disk looks for room this often, and wants room for two models.
 DISK_CHECK_S = 2.0
 MIN_ROOM_BYTES = 1 << 20
+ROUND_FILES = "*_round_*.safetensors"
+"""A round's global model (deleted once trained on) and update (kept until the next task)."""
+FINAL_MODEL = "final_global_model.safetensors"
+"""The run's final global model: what a site keeps of a run (docs/operations.md)."""
 
 Sending = Callable[[], Awaitable[Verdict]] | None
 """How to send a round's result again (None when there was nothing to send)."""
@@ -325,6 +329,8 @@ class Agent:
                 "Aborting the client... (moving to cross-site validation; abort again to stop)",
                 {},
             )
+        if run is not None:
+            self._drop_round_files(run.work_dir)
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED, round=-1)
         log.info("training aborted by an admin")
@@ -406,6 +412,8 @@ class Agent:
         if self.status.status == st.CROSS_VALIDATING:
             return
         await self._stop_worker(kill=False)
+        if run is not None:
+            self._drop_round_files(run.work_dir)
         self.store.update(training_run=0)
         if self.status.status != st.FAILED:
             self._set_status(status=st.STOPPED, round=-1)
@@ -575,6 +583,7 @@ class Agent:
     async def _crossval(self, run: RunContext, relaunch: bool) -> None:
         """Take part in cross-site validation, then stop."""
         self._set_status(status=st.CROSS_VALIDATING, round=-1)
+        self._drop_round_files(run.work_dir)
         try:
             worker = await self._launch(run) if relaunch or self.worker is None else self.worker
             await self.crossval.run(run, worker)
@@ -586,12 +595,23 @@ class Agent:
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED)
 
+    def _models_dir(self, work_dir: Path) -> Path:
+        """Where this site keeps the run's models (``run_N/models_<instance>/``)."""
+        return work_dir.parent / f"models_{self.uplink.instance}"
+
+    def _drop_round_files(self, work_dir: Path) -> None:
+        """Delete the files of earlier rounds: once the server offers something new, the update
+        it was sent (kept to be sent again) is counted or no longer wanted."""
+        for old in self._models_dir(work_dir).glob(ROUND_FILES):
+            old.unlink(missing_ok=True)
+
     async def _train_round(self, task: TaskOffer, epochs: int, work_dir: Path) -> Sending:
         """Train one round and send the update; returns how to send it again (None when
         the round was no longer open)."""
         assert self.worker is not None
-        models = work_dir.parent / f"models_{self.uplink.instance}"
+        models = self._models_dir(work_dir)
         models.mkdir(exist_ok=True)
+        self._drop_round_files(work_dir)
         model = models / f"global_round_{task.round}.safetensors"
         update = models / f"update_round_{task.round}.safetensors"
         self._set_status(round=task.round)
@@ -611,6 +631,7 @@ class Agent:
         result = await self.worker.train(
             round=task.round, global_model=model, out=update, epochs=epochs
         )
+        model.unlink()  # the child has it; the update is what may be sent again
 
         def send() -> Awaitable[Verdict]:
             return self.conn.submit_model(
@@ -630,18 +651,14 @@ class Agent:
             raise WorkerFailed(
                 f"the server rejected the update of round {task.round}: {verdict.message}", ""
             )
-        for old in models.glob("*_round_*.safetensors"):
-            if not old.name.endswith(f"_round_{task.round}.safetensors"):
-                old.unlink(missing_ok=True)
         return send
 
     async def _validate_final(self, task: TaskOffer, work_dir: Path) -> Sending:
         """Validate the final global model and report it; returns how to report it again."""
         assert self.worker is not None
-        model = (
-            work_dir.parent / f"models_{self.uplink.instance}" / "final_global_model.safetensors"
-        )
+        model = self._models_dir(work_dir) / FINAL_MODEL
         model.parent.mkdir(exist_ok=True)
+        self._drop_round_files(work_dir)
         self._set_status(round=task.round)
         try:
             await self.uplink.retrying(

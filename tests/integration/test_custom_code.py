@@ -163,7 +163,9 @@ def test_start_mgpu_with_two_cpu_processes_aggregates_correctly(cluster: Cluster
     local = cluster.root / "flclient1" / "local"
     local.mkdir()
     (local / "fed_client.json").write_text(json.dumps({"allow_cpu_mgpu": True}))
-    cluster.server()
+    # Held at the checkpoint of round 2, the server still keeps round 1's updates: the
+    # sites delete theirs once the run no longer needs them.
+    cluster.server(fault="hold:server.checkpoint@2")
     multi = cluster.client("flclient1")
     cluster.client("flclient2")
     cluster.configure("config_fed_client.json", local_epochs=1)
@@ -176,6 +178,10 @@ def test_start_mgpu_with_two_cpu_processes_aggregates_correctly(cluster: Cluster
     cluster.ok("start server")
     cluster.ok("start_mgpu client 2 flclient1")
     cluster.ok("start client flclient2")
+    cluster.held("server.checkpoint")
+    kept = cluster.root / "server" / "run_1" / ".spool" / "round_1"
+    updates = {name: load_file(kept / f"{name}.safetensors") for name in ("flclient1", "flclient2")}
+    cluster.release("server.checkpoint")
     finished(cluster)
     assert "rank 1 " in multi.log()
     rows = cluster.metrics()
@@ -185,12 +191,6 @@ def test_start_mgpu_with_two_cpu_processes_aggregates_correctly(cluster: Cluster
         for name in ("flclient1", "flclient2")
     }
     assert rows[0]["samples"] == sum(samples.values())
-    updates = {
-        name: load_file(
-            cluster.root / name / "run_1" / f"models_{name}" / "update_round_1.safetensors"
-        )
-        for name in samples
-    }
     aggregated = load_file(cluster.root / "server" / "run_1" / "models" / "round_2.safetensors")
     total = sum(samples.values())
     for tensor, value in aggregated.items():

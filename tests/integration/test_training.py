@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file
@@ -48,6 +49,16 @@ def test_full_run_two_clients(cluster: Cluster) -> None:
     assert weights.keys() == best.keys() and len(weights) > 2
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert not list((run_dir / ".spool").glob("*"))
+    # No temporary link names are left (publishing the unchanged best model used to).
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".spool"]
+    # A site keeps the run's final global model, not each round's download and update.
+    for name in cluster.clients:
+        site_run = cluster.root / name / "run_1"
+        kept = sorted(p.relative_to(site_run) for p in site_run.rglob("*.safetensors"))
+        assert kept == [Path(f"models_{name}") / "final_global_model.safetensors"], name
+        final = load_file(site_run / kept[0])
+        assert final.keys() == weights.keys()
+        assert all((final[k] == weights[k]).all() for k in weights)
     log = server.log()
     assert "run 1 round 2 aggregated from 2 clients" in log
     assert re.search(r"final global model: val_accuracy=0\.\d+", log)
