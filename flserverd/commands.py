@@ -514,7 +514,7 @@ async def _start(cmds: AdminCommands, request: Request) -> Reply:
             prompt = _fresh_prompt(server)
             if prompt:
                 return Reply(False, "", confirm_prompt=prompt)
-        text = await server.start_training(request.timeout, fresh=fresh)
+        text = await server.start_training(fresh=fresh)
         return Reply(True, text, {"run_number": server.run_number, "fresh": fresh})
     number = server.require_run()
     return await cmds.per_client(

@@ -25,6 +25,17 @@ def finished(cluster: Cluster, run_number: int = 1, timeout: float = 180) -> dic
     return wait_until(stopped, timeout, f"run {run_number} to finish", interval=0.5)
 
 
+def start_failure(cluster: Cluster) -> str:
+    """check_status server once a start failed: start server replies while the initial model
+    is built, and a build that fails is the run's status."""
+
+    def failed() -> str | None:
+        text = cluster.ok("check_status server").text
+        return text if "training not started (last start failed: " in text else None
+
+    return wait_until(failed, 120, "the start to fail")
+
+
 def test_full_run_two_clients(cluster: Cluster) -> None:
     server = cluster.server()
     cluster.client("flclient1")
