@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from flapp.runtime.components import use_resources
+from flapp.runtime.leave import leave
 from flapp.runtime.modelfile import build_model, check_fits, save_state, state_manifest
 from flcore.appconfig import SERVER_CONFIG, load_app
 from flcore.schema import ConfigError
@@ -142,4 +143,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
