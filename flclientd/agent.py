@@ -142,6 +142,8 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: set[TrainingProcess] = set()
         """Training children asked to stop and not gone yet: a shutdown kills them."""
+        self._ending: asyncio.Task[Any] | None = None
+        """The end of a run the server ended, while this site winds it down."""
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
@@ -168,7 +170,7 @@ class Agent:
         elif isinstance(message, RunEnded):
             log.info("server ended run %d: %s", message.run_number, message.reason)
             if message.run_number == self.status.run_number:
-                self._spawn(self._end_run())
+                self._ending = self._spawn(self._end_run())
         elif isinstance(message, Closed):
             log.warning("the server ended this client's registration: %s", message.reason)
             self.store.update(token="")
@@ -276,6 +278,11 @@ class Agent:
                 f"{self.status.detail}: the site's IT approves it with flclientd approve, "
                 "and training then starts by itself"
             )
+        ending = self._ending
+        if ending is not None and not ending.done():
+            # The server ended the run a moment ago and its training child is on its way out:
+            # a start that follows at once (the next run) waits for that, not refused.
+            await asyncio.wait({ending})
         if self._training():
             raise Refused(f"already {self.status.status} (run {self.status.run_number})")
         app_dir = self.app_dir(run_number)
