@@ -373,7 +373,13 @@ def test_a_full_server_disk_pauses_training_and_loses_nothing(
         # clients, and is recorded once there is room.
         cluster.ok("start server fresh", confirmed=True)
         cluster.ok("start client")
-        wait_until(lambda: training_rows(cluster), 120, "a first round")
+
+        def first_round() -> bool:
+            # start server replies while the model is built; the old rows go when it begins.
+            state = cluster.run_state()
+            return bool(state["server_status"] == "training started" and state["history"])
+
+        wait_until(first_round, 120, "a first round")
         fill(workspace)
         cluster.ok("abort server")
         wait_until(
