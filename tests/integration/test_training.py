@@ -25,6 +25,17 @@ def finished(cluster: Cluster, run_number: int = 1, timeout: float = 180) -> dic
     return wait_until(stopped, timeout, f"run {run_number} to finish", interval=0.5)
 
 
+def started(cluster: Cluster) -> None:
+    """Wait until the run has begun: start server replies while the initial model is built,
+    and only then does the server hand out round 0."""
+    wait_until(
+        lambda: cluster.run_state()["server_status"] == "training started",
+        120,
+        "the run to begin",
+        interval=0.2,
+    )
+
+
 def start_failure(cluster: Cluster) -> str:
     """check_status server once a start failed: start server replies while the initial model
     is built, and a build that fails is the run's status."""
