@@ -18,13 +18,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# `make demo APP=seg3d_monai` (or seg3d_bundle) trains a MONAI example instead of the digits.
+APP ?= digits_fedavg
+
 demo: install
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py --app $(APP)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/check_unsafe.py
-	$(BIN)/mypy flcore flapp provision flserverd flclientd fladmin fltui fldev examples bench
+	$(BIN)/mypy flcore flapp provision flserverd flclientd fladmin fltui fldev examples bench tests
 	$(BIN)/lint-imports --no-cache
 
 test: lint

@@ -2,11 +2,16 @@
 
 It does what the three kinds of users do, with the real tools: provisions a
 project (one server, two hospitals, one admin) on free localhost ports,
-extracts the kits, splits the 8x8 digits data set between the two sites,
-starts the daemons with their kits' start.sh, then drives training with
-fltui --cmd (set_run_number, upload_folder, deploy, start), shows the
-progress, prints the final global accuracy and shuts everything down.
-Everything lands in ./demo-workspace (recreated on each run).
+extracts the kits, writes each site's data, starts the daemons with their
+kits' start.sh, then drives training with fltui --cmd (set_run_number,
+upload_folder, deploy, start), has each site's IT approve an app with custom
+code (flclientd show-app and approve), shows the progress, prints the final
+global metric and shuts everything down. Everything lands in
+./demo-workspace (recreated on each run).
+
+``--app`` picks the example: ``digits_fedavg`` (8x8 digits, the default),
+``seg3d_monai`` (a MONAI UNet on 3D volumes) or ``seg3d_bundle`` (the same
+as a MONAI bundle); the two MONAI apps need ``pip install 'flstack[monai]'``.
 """
 
 from __future__ import annotations
@@ -21,15 +26,35 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fladmin import AdminClient, load_kit
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = "digits_fedavg"
 SITES = ("flclient1", "flclient2")
 ADMIN = "admin@example.org"
-TARGET_ACCURACY = 0.90
+
+
+@dataclass(frozen=True)
+class DemoApp:
+    """An example app the demo trains, and what its run must reach."""
+
+    data: str
+    """The folder of examples/ whose prepare_data.py writes the sites' data."""
+    metric: str
+    """The global metric shown round by round (the app's validation_metric)."""
+    target: float
+    """The final value below which the demo exits with 1."""
+    custom_code: bool
+    """Whether the sites' IT must approve the app before it runs."""
+
+
+APPS = {
+    "digits_fedavg": DemoApp("digits", "val_accuracy", 0.90, custom_code=False),
+    "seg3d_monai": DemoApp("seg3d", "val_dice", 0.80, custom_code=True),
+    "seg3d_bundle": DemoApp("seg3d", "val_dice", 0.80, custom_code=True),
+}
 
 
 def free_ports(count: int) -> list[int]:
@@ -57,9 +82,12 @@ def run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 class Demo:
     """The demo's workspace and processes."""
 
-    def __init__(self, workspace: Path, rounds: int) -> None:
+    def __init__(self, workspace: Path, app: str, rounds: int | None) -> None:
         self.ws = workspace
+        self.app = app
+        self.kind = APPS[app]
         self.rounds = rounds
+        self.cross_validate = False
         self.bin = Path(sys.executable).parent
         self.daemons: list[subprocess.Popen[bytes]] = []
 
@@ -133,24 +161,42 @@ class Demo:
         print("kits extracted into " + ", ".join(str(self.ws / n) for n in passwords))
 
     def prepare(self) -> None:
-        """Split the data between the sites and put the app in the admin's transfer/."""
-        say("Splitting the 8x8 digits data set between the two hospitals")
+        """Write the sites' data and put the app in the admin's transfer/."""
+        say(f"Writing each hospital's data (examples/{self.kind.data}/prepare_data.py)")
         run(
             [
                 sys.executable,
-                str(ROOT / "examples" / "digits" / "prepare_data.py"),
+                str(ROOT / "examples" / self.kind.data / "prepare_data.py"),
                 "--sites",
                 ",".join(SITES),
                 "--out",
                 str(self.ws / "data"),
             ]
         )
-        transfer = self.ws / ADMIN / "transfer" / APP
-        shutil.copytree(ROOT / "examples" / "apps" / APP, transfer)
+        transfer = self.ws / ADMIN / "transfer" / self.app
+        shutil.copytree(ROOT / "examples" / "apps" / self.app, transfer)
         config = transfer / "config" / "config_fed_server.json"
         values = json.loads(config.read_text())
-        values["num_rounds"] = self.rounds
+        if self.rounds is not None:
+            values["num_rounds"] = self.rounds
+        self.rounds = values["num_rounds"]
         config.write_text(json.dumps(values, indent=2))
+        client = json.loads((transfer / "config" / "config_fed_client.json").read_text())
+        self.cross_validate = bool(client.get("cross_validate", False))
+
+    def approve(self) -> None:
+        """Each site's IT reads the deployed app and approves its digest."""
+        say("Each hospital's IT reviews the app's code and approves it")
+        flclientd = str(self.bin / "flclientd")
+        for site in SITES:
+            workspace = str(self.ws / site)
+            shown = run(
+                [flclientd, "show-app", "--workspace", workspace, self.app, "--list"],
+                capture_output=True,
+            ).stdout
+            print(shown, end="")
+            digest = next(line for line in shown.splitlines() if line.startswith("sha256:"))
+            run([flclientd, "approve", "--workspace", workspace, digest.removeprefix("sha256:")])
 
     def start(self, name: str, **extra: str) -> None:
         """Start a daemon with its kit's start.sh; its log goes to <name>.log."""
@@ -179,13 +225,14 @@ class Demo:
         raise SystemExit("the clients did not register within 120 s: see demo-workspace/*.log")
 
     async def follow(self) -> float:
-        """Print each round's global accuracy from the server's live event feed.
+        """Print each round's global metric from the server's live event feed.
 
-        Returns the accuracy of the final global model once the run stops.
+        Returns the metric of the final global model once the run stops.
         """
         startup = self.ws / ADMIN / "startup"
         client = AdminClient(startup, load_kit(startup), ADMIN)
         await client.login()
+        metric = self.kind.metric
         shown = 0
         try:
             async for event in client.events():
@@ -197,14 +244,30 @@ class Demo:
                     rounds = (
                         f"after {record.round} round{plural}" if record.round else "initial model"
                     )
-                    accuracy = record.metrics.get("val_accuracy", float("nan"))
-                    print(f"  {rounds:>16}: global model accuracy {accuracy:.3f}", flush=True)
+                    value = record.metrics.get(metric, float("nan"))
+                    print(f"  {rounds:>16}: global model {metric} {value:.3f}", flush=True)
                 shown = max(shown, len(run.history))
                 if run.server_status == "training stopped" and run.history:
-                    return run.history[-1].metrics.get("val_accuracy", 0.0)
+                    return run.history[-1].metrics.get(metric, 0.0)
         finally:
             await client.close()
         raise SystemExit("the server ended the event feed before training finished")
+
+    def cross_site_validation(self) -> None:
+        """Wait until every site validated the others' models and the global one, then
+        print the matrix."""
+        owners = ("global", *SITES)
+        expected = [(row, column) for row in owners for column in SITES if row != column]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            result = self.admin("validate all", as_json=True)
+            if result.returncode == 0:
+                cells = json.loads(result.stdout.splitlines()[0])["data"]["cells"]
+                if all(cells.get(row, {}).get(column) for row, column in expected):
+                    self.admin("validate all")
+                    return
+            time.sleep(1)
+        raise SystemExit("cross-site validation did not finish within 300 s: see the logs")
 
     def stop(self) -> None:
         """Stop every daemon that is still running."""
@@ -222,11 +285,13 @@ def main() -> int:
     """Run the demo end to end."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, default=ROOT / "demo-workspace")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--app", choices=sorted(APPS), default="digits_fedavg")
+    parser.add_argument("--rounds", type=int, help="rounds to train (default: the app's)")
     args = parser.parse_args()
     shutil.rmtree(args.workspace, ignore_errors=True)
     args.workspace.mkdir(parents=True)
-    demo = Demo(args.workspace.resolve(), args.rounds)
+    demo = Demo(args.workspace.resolve(), args.app, args.rounds)
+    app, kind = demo.app, demo.kind
     try:
         demo.provision()
         demo.prepare()
@@ -236,26 +301,31 @@ def main() -> int:
             demo.start(site, DATA_ROOT=str(demo.ws / "data" / site))
         demo.wait_for_clients()
         say("Operating the run with fltui --cmd")
-        commands = (
+        deploy = (
             "check_status server",
             "set_run_number 1",
-            f"upload_folder {APP}",
-            f"deploy {APP} server",
-            f"deploy {APP} client",
-            "start server",
-            "start client",
+            f"upload_folder {app}",
+            f"deploy {app} server",
+            f"deploy {app} client",
         )
-        if demo.admin(*commands).returncode != 0:
+        if demo.admin(*deploy).returncode != 0:
             raise SystemExit("an admin command failed: see above")
-        say(f"Training {args.rounds} rounds (live from the server's event feed)")
-        accuracy = asyncio.run(asyncio.wait_for(demo.follow(), 600))
+        if kind.custom_code:
+            demo.approve()
+        if demo.admin("start server", "start client").returncode != 0:
+            raise SystemExit("an admin command failed: see above")
+        say(f"Training {demo.rounds} rounds (live from the server's event feed)")
+        value = asyncio.run(asyncio.wait_for(demo.follow(), 900))
+        if demo.cross_validate:
+            say("Cross-site validation: each hospital validates the other's best model")
+            demo.cross_site_validation()
         say("Shutting down: clients first, then the server")
         demo.admin("shutdown client", "shutdown server")
         for process in demo.daemons:
             process.wait(30)
-        print(f"\nFinal global model accuracy on the sites' validation data: {accuracy:.3f}")
+        print(f"\nFinal global model {kind.metric} on the sites' validation data: {value:.3f}")
         print(f"Models, metrics.jsonl and TensorBoard logs: {demo.ws / 'server' / 'run_1'}")
-        return 0 if accuracy >= TARGET_ACCURACY else 1
+        return 0 if value >= kind.target else 1
     finally:
         demo.stop()
 

@@ -124,8 +124,14 @@ def load_kit(startup_dir: Path) -> AdminStartup:
 class AdminClient:
     """A logged-in admin session."""
 
-    def __init__(self, startup_dir: Path, kit: AdminStartup, user: str) -> None:
+    def __init__(
+        self, startup_dir: Path, kit: AdminStartup, user: str, interactive: bool = False
+    ) -> None:
+        """A session for ``user`` with the kit in ``startup_dir``; ``interactive``: the admin
+        sits at a console that confirms whatever stops training (the server then asks
+        before an abort too, not only before a shutdown)."""
         self.startup_dir = startup_dir
+        self.interactive = interactive
         self.kit = kit
         self.user = user
         self.timeout = DEFAULT_TIMEOUT_S
@@ -189,6 +195,7 @@ class AdminClient:
             line=line,
             timeout_s=self.timeout,
             confirmed=confirmed,
+            interactive=self.interactive,
             attachment=attachment,
         )
         try:

@@ -74,7 +74,8 @@ class AdminLink:
     async def login(self) -> None:
         """Log in, creating the channel the first time."""
         if self._client is None:
-            self._client = AdminClient(self.startup, self.kit, self.user)
+            # A console that follows the feed is a screen: it confirms whatever stops training.
+            self._client = AdminClient(self.startup, self.kit, self.user, interactive=True)
             self._client.timeout = self.timeout
         await self._client.login()
         self.role, self.project = self._client.role, self._client.project

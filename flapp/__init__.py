@@ -9,10 +9,14 @@ here, so that flstack can rearrange its daemons without breaking apps::
 What is here:
 
 * the trainer hook: :class:`TrainerHook` (what a ``trainer`` component
-  offers), :class:`SupervisedTrainer` (the built-in one, to subclass), and
-  the types of its arguments, :data:`Loader` and :data:`LossFunction`;
-* :class:`ClassificationMetrics`, the running loss and accuracy that the
-  built-in trainer reports, for custom trainers that report the same;
+  offers), the built-in ones to subclass, :class:`SupervisedTrainer`
+  (classification) and :class:`SegmentationTrainer` (a class per voxel,
+  dictionary batches as MONAI's transforms make them, Dice, mixed
+  precision on CUDA), and the types of their arguments, :data:`Loader`
+  and :data:`LossFunction`;
+* :class:`ClassificationMetrics` and :class:`DiceMetrics`, the running
+  loss and accuracy or Dice that the built-in trainers report, for custom
+  trainers that report the same;
 * the built-in components that config_train.json may name:
   ``flapp.models.DigitsCNN``, ``flapp.models.MLP``,
   ``flapp.datasets.NpzClassification`` and
@@ -25,19 +29,27 @@ docs/apps.md describes how the training child calls each component.
 """
 
 from flapp.datasets import NpzClassification, SyntheticClassification
-from flapp.metrics import ClassificationMetrics
+from flapp.metrics import ClassificationMetrics, DiceMetrics
 from flapp.models import MLP, DigitsCNN
-from flapp.trainer import Loader, LossFunction, SupervisedTrainer, TrainerHook
+from flapp.trainer import (
+    Loader,
+    LossFunction,
+    SegmentationTrainer,
+    SupervisedTrainer,
+    TrainerHook,
+)
 from flcore.schema import ConfigError
 
 __all__ = [
     "MLP",
     "ClassificationMetrics",
     "ConfigError",
+    "DiceMetrics",
     "DigitsCNN",
     "Loader",
     "LossFunction",
     "NpzClassification",
+    "SegmentationTrainer",
     "SupervisedTrainer",
     "SyntheticClassification",
     "TrainerHook",

@@ -18,8 +18,9 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,16 @@ class Refused(Exception):
     """A command cannot be carried out; the message goes back to the admin."""
 
 
+@dataclass(frozen=True)
+class RoundDone:
+    """The last round this site trained: from the offer to the server's verdict."""
+
+    round: int
+    seconds: float
+    finished_at: float
+    outcome: SubmitOutcome
+
+
 def _argument(command: str, args: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
     """An argument of a command from the server, of the type it must have; Refused (a
     sentence for the admin) when it is missing or of another type."""
@@ -142,6 +153,9 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping: set[TrainingProcess] = set()
         """Training children asked to stop and not gone yet: a shutdown kills them."""
+        self._log_out = False
+        """An admin shut this client down: its registration ends once the stream is closed."""
+        self.last_round: RoundDone | None = None
         self._ending: asyncio.Task[Any] | None = None
         """The end of a run the server ended, while this site winds it down."""
 
@@ -153,7 +167,9 @@ class Agent:
         try:
             return await self.uplink.run()
         finally:
-            await self._stop_worker(kill=True)
+            await self._stop_worker(graceful=False)
+            if self._log_out:
+                await self._logout()
             await self.conn.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -244,7 +260,8 @@ class Agent:
         return self.run_dir(run_number) / f"app_{self.uplink.instance}"
 
     def _training(self) -> bool:
-        return self.worker is not None or self.status.status in st.ACTIVE
+        status = self.status.status
+        return self.worker is not None or status in st.ACTIVE or status == st.STOPPING
 
     async def _deploy(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         run_number = _argument("deploy", args, "run_number", int)
@@ -328,7 +345,8 @@ class Agent:
         to_crossval = (
             run is not None and run.config.cross_validate and self.status.status == st.STARTED
         )
-        await self._stop_worker(kill=True)
+        self._set_status(status=st.STOPPING)
+        await self._stop_worker(graceful=False)
         if to_crossval and run is not None:
             log.info("training aborted by an admin: moving to cross-site validation")
             self._work = self._spawn(self._crossval(run, relaunch=True))
@@ -347,14 +365,25 @@ class Agent:
         return "Shutdown the client...", {}
 
     async def _shut_down(self) -> None:
-        # The admin's answer goes out before the client logs out and its stream closes.
+        # The admin's answer goes out before the client's stream closes and it logs out.
         if not await self.uplink.flush(ANSWER_FLUSH_S):
             log.warning("the answer to shutdown could not be sent within %gs", ANSWER_FLUSH_S)
         log.info("shutting down at the request of an admin")
-        await self._stop_worker(kill=True)
+        await self._stop_worker(graceful=False)
         self.store.update(training_run=0)
-        await self.conn.logout()
+        # The client closes its own stream first, then logs out: the server then has no
+        # stream to cut under it, and neither side takes the other's leaving for a fault.
+        self._log_out = True
         self.uplink.stop()
+
+    async def _logout(self) -> None:
+        try:
+            await self.conn.logout()
+        except grpc.aio.AioRpcError as exc:
+            log.warning(
+                "could not log out (%s): the server drops this client after its heartbeat timeout",
+                exc.details() or exc.code().name,
+            )
 
     def request_shutdown(self) -> None:
         """SIGTERM: stop the worker and leave (the run resumes when the daemon restarts)."""
@@ -384,18 +413,27 @@ class Agent:
             await self._offer_changed.wait()
         return self.offer, self._offers
 
-    async def _stop_worker(self, kill: bool) -> None:
+    async def _stop_worker(self, graceful: bool) -> None:
+        """End the run's work and its training child, and wait until the child is gone.
+
+        ``graceful`` lets an idle child exit on its own (the run is over); a
+        child in the middle of a request is killed all the same: what it
+        computes would be discarded, and waiting for it is what kept a site
+        training for seconds after an abort.
+        """
+        worker, self.worker = self.worker, None
+        graceful = graceful and worker is not None and not worker.busy
         work, self._work = self._work, None
         if work is not None and work is not asyncio.current_task():
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
-        worker, self.worker = self.worker, None
-        if kill:
+        if not graceful:
             # A child still on its way out of a graceful stop (the run just ended) goes too.
             for stopping in (worker, *self._stopping):
                 if stopping is not None:
                     stopping.kill()
+                    await stopping.wait()
         elif worker is not None:
             self._stopping.add(worker)
             try:
@@ -418,11 +456,14 @@ class Agent:
             return
         if self.status.status == st.CROSS_VALIDATING:
             return
-        await self._stop_worker(kill=False)
+        failed = self.status.status == st.FAILED
+        if self.status.status in st.ACTIVE:
+            self._set_status(status=st.STOPPING)
+        await self._stop_worker(graceful=True)
         if run is not None:
             self._drop_round_files(run.work_dir)
         self.store.update(training_run=0)
-        if self.status.status != st.FAILED:
+        if not failed:
             self._set_status(status=st.STOPPED, round=-1)
 
     def _allowed(self, review: AppReview) -> bool:
@@ -598,7 +639,7 @@ class Agent:
             self._fail(exc)
             return
         log.info("cross-site validation done")
-        await self._stop_worker(kill=False)
+        await self._stop_worker(graceful=True)
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED)
 
@@ -621,6 +662,7 @@ class Agent:
         self._drop_round_files(work_dir)
         model = models / f"global_round_{task.round}.safetensors"
         update = models / f"update_round_{task.round}.safetensors"
+        started = time.monotonic()
         self._set_status(round=task.round)
         try:
             downloaded = await self.uplink.retrying(
@@ -642,10 +684,18 @@ class Agent:
 
         def send() -> Awaitable[Verdict]:
             return self.conn.submit_model(
-                task.run_number, task.round, update, result.num_samples, result.metrics
+                task.run_number,
+                task.round,
+                update,
+                result.num_samples,
+                result.metrics,
+                compression=task.compression,
             )
 
         verdict = await self.uplink.retrying(f"upload of round {task.round}", send)
+        self.last_round = RoundDone(
+            task.round, time.monotonic() - started, time.time(), verdict.outcome
+        )
         log.log(
             logging.WARNING if verdict.outcome is SubmitOutcome.POSTPONED else logging.INFO,
             "round %d update %s: %s (%s)",

@@ -27,8 +27,10 @@ from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
 from flclientd.uplink import EXIT_REFUSED
 from flcore.daemon import daemon_parser, start_daemon, stop_on_signals
+from flcore.exporter import EndpointSettings, endpoint_settings, serve_metrics
+from flcore.schema import ConfigError
 from flcore.sdnotify import notify
-from flcore.startup import STARTUP_DIR, ClientStartup, load_client
+from flcore.startup import CLIENT_FILE, STARTUP_DIR, ClientStartup, load_client
 from flcore.tls import TlsFiles
 
 log = logging.getLogger("flclientd")
@@ -64,22 +66,46 @@ def main(argv: list[str] | None = None) -> int:
     if data_root is not None and not data_root.is_dir():
         log.error("data root %s is not a folder: check --data-root or DATA_ROOT", data_root)
         return EXIT_REFUSED
+    try:
+        metrics = endpoint_settings(startup, workspace, CLIENT_FILE)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
     forwarder = None
     if startup.forward_logs:
         forwarder = LogForwarder(startup.log_lines_per_second)
         logging.getLogger().addHandler(forwarder)
-    return asyncio.run(serve(workspace, startup, data_root, forwarder))
+    return asyncio.run(serve(workspace, startup, data_root, forwarder, metrics))
 
 
 async def serve(
-    workspace: Path, startup: ClientStartup, data_root: Path | None, forwarder: LogForwarder | None
+    workspace: Path,
+    startup: ClientStartup,
+    data_root: Path | None,
+    forwarder: LogForwarder | None,
+    metrics: EndpointSettings | None = None,
 ) -> int:
     """Run the agent until shutdown, SIGTERM or the end of the retry window."""
     files = TlsFiles.named_by(startup, workspace / STARTUP_DIR)
     device = await asyncio.to_thread(probe_device)
     agent = Agent(workspace, startup, files, data_root, device, forwarder)
+    endpoint = None
+    if metrics is not None:
+        from flclientd.telemetry import ClientTelemetry  # imports prometheus_client
+
+        try:
+            endpoint = serve_metrics(metrics, [ClientTelemetry(agent)])
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return EXIT_REFUSED
     stop_on_signals(agent.request_shutdown)
     notify("READY=1", f"STATUS=client {startup.name} of {startup.project} on {device.device}")
+    if data_root is None:
+        log.warning(
+            "no data root: neither DATA_ROOT nor --data-root is set, so an app whose dataset "
+            "names its files relative to the data root fails at this site; set DATA_ROOT "
+            "(or pass --data-root) and start the client again"
+        )
     log.info(
         "flclientd ready: client %s of project %s, server %s, device %s, data root %s",
         startup.name,
@@ -88,6 +114,10 @@ async def serve(
         device.device,
         data_root or "(not set)",
     )
-    code = await agent.run()
+    try:
+        code = await agent.run()
+    finally:
+        if endpoint is not None:
+            await asyncio.to_thread(endpoint.close)
     log.info("flclientd stopped")
     return code

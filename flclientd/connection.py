@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,6 +30,8 @@ from flclientd.serde import (
 )
 from flclientd.siteapps import APP_NAME_FILE
 from flcore import faultpoints
+from flcore.compression import WireCompression
+from flcore.compression import receive as receive_chunk
 from flcore.federation import (
     GLOBAL_OWNER,
     Downward,
@@ -39,6 +42,7 @@ from flcore.federation import (
     ModelKind,
     ModelRequest,
     SubmitHeader,
+    SubmitOutcome,
     Unreadable,
     UploadKind,
     Upward,
@@ -51,7 +55,7 @@ from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.startup import ClientStartup
 from flcore.tensorfile import SpoolWriter, TensorFile
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from flcore.wire import manifest_from_proto, tensor_chunks
+from flcore.wire import chunk_from_proto, manifest_from_proto, tensor_chunks
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,20 @@ class ControlStream:
         self._call.cancel()
 
 
+@dataclass
+class Traffic:
+    """What this client moved since it started, for its metrics endpoint (the keys are fixed,
+    so another thread may read the counts while they grow)."""
+
+    received: dict[str, int] = field(default_factory=lambda: {"model": 0, "app": 0})
+    sent: dict[str, int] = field(
+        default_factory=lambda: {kind.value.replace(" ", "_"): 0 for kind in UploadKind}
+    )
+    verdicts: dict[str, int] = field(
+        default_factory=lambda: {outcome.value: 0 for outcome in SubmitOutcome}
+    )
+
+
 class Connection:
     """One channel to the server's federation service."""
 
@@ -90,6 +108,7 @@ class Connection:
         )
         self.stub = fed_grpc.FederationStub(self._channel)
         self.token = ""
+        self.traffic = Traffic()
 
     async def close(self) -> None:
         """Close the channel."""
@@ -121,7 +140,8 @@ class Connection:
         """Download a model into ``target`` (a safetensors file).
 
         Without ``owner``, the global model of a round; with it, a model to
-        cross-validate: ``global`` (the best global model) or a site's.
+        cross-validate: ``global`` (the best global model) or a site's. Compressed
+        chunks are decoded before they are written: the file holds the model's own dtypes.
         """
         if not owner:
             kind = ModelKind.GLOBAL
@@ -146,7 +166,8 @@ class Connection:
                 elif spool is None:
                     raise ValueError("the server sent model bytes before the manifest")
                 else:
-                    spool.write(message.chunk.name, message.chunk.offset, message.chunk.data)
+                    receive_chunk(spool, chunk_from_proto(message.chunk))
+                    self.traffic.received["model"] += len(message.chunk.data)
                     received += 1
                     if received == 1:
                         faultpoints.reached(faultpoints.CLIENT_DOWNLOAD)
@@ -169,25 +190,32 @@ class Connection:
         num_samples: int,
         metrics: dict[str, float],
         kind: UploadKind = UploadKind.UPDATE,
+        compression: WireCompression = WireCompression.NONE,
     ) -> Verdict:
         """Stream an update, or the best local model for cross-site validation (header,
-        then chunks), and return the server's verdict."""
+        then chunks, floating-point ones compressed as the round's offer said), and return
+        the server's verdict."""
         upload = TensorFile(model)
         header = SubmitHeader(run_number, round_number, kind, num_samples, metrics, upload.manifest)
         watch = ProgressWatch(f"upload of {model.name}")
 
+        sent = kind.value.replace(" ", "_")
+
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
             yield submit_header_to_proto(self.token, header)
-            for index, chunk in enumerate(tensor_chunks(upload)):
+            for index, chunk in enumerate(tensor_chunks(upload, compression)):
                 watch.moved()  # gRPC asks for the next chunk once the last one could go
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
+                self.traffic.sent[sent] += len(chunk.data)
                 if index == 0:
                     faultpoints.reached(faultpoints.CLIENT_UPLOAD)
 
         async def send() -> fed_pb2.SubmitReply:
             return await self.stub.SubmitModel(messages())
 
-        return verdict_from_proto(await watch.run(send()))
+        verdict = verdict_from_proto(await watch.run(send()))
+        self.traffic.verdicts[verdict.outcome.value] += 1
+        return verdict
 
     async def submit_metrics(
         self,
@@ -222,6 +250,7 @@ class Connection:
             async for chunk in call:
                 watch.moved()
                 receiver.write(chunk.path, chunk.offset, chunk.data, chunk.eof)
+                self.traffic.received["app"] += len(chunk.data)
 
         try:
             await watch.run(receive())

@@ -289,6 +289,15 @@ class TrainingProcess:
             except TimeoutError:
                 logger.warning("training process did not stop within %g s; killing it", grace)
                 self.kill()
+        await self.wait()
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request (training, validating) is in flight: a stop would wait for it."""
+        return bool(self._pending)
+
+    async def wait(self) -> None:
+        """Until every process of the child is gone."""
         await asyncio.shield(self._exited.wait())
 
     def kill(self) -> None:
@@ -332,14 +341,22 @@ class TrainingProcess:
             logger.warning("cannot reach the training process (%s); killing it", exc)
             self.kill()
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The child dialled in: read its messages in a task of our own.
+
+        Not in the task asyncio makes for a coroutine callback: when that one
+        is cancelled (a daemon shutting down), Python 3.11's streams module
+        asks it for its exception and logs the CancelledError as an ERROR.
+        """
         if self._writer is not None:
             writer.close()
             return
         self._writer = writer
         if self._server is not None:
             self._server.close()
-        self._reader_task = asyncio.current_task()
+        self._reader_task = asyncio.create_task(self._read(reader, writer), name="training-child")
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
                 self._dispatch(line)

@@ -38,6 +38,7 @@ from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.schema import ConfigError
 from flcore.status import ClientStatus
 from flcore.wire import (
+    COMPRESSIONS,
     METRICS_KINDS,
     MODEL_KINDS,
     SUBMIT_OUTCOMES,
@@ -112,10 +113,16 @@ def downward_from_proto(message: fed_pb2.ServerMessage) -> Downward | Unreadable
         task = message.task
         try:
             kind = enum_from_proto(TASK_KINDS, task.kind, "task kind")
+            compression = enum_from_proto(COMPRESSIONS, task.compression, "wire compression")
         except WireError as exc:
             return Unreadable(f"task offer for run {task.run_number} ignored: {exc}")
         return TaskOffer(
-            task.run_number, task.round, kind, tuple(task.model_owners), tuple(task.pending_owners)
+            task.run_number,
+            task.round,
+            kind,
+            tuple(task.model_owners),
+            tuple(task.pending_owners),
+            compression,
         )
     if body == "run_ended":
         ended = message.run_ended

@@ -81,6 +81,12 @@ class Uplink:
         # Flush markers travel in the queue: the writer sets one when it gets there.
         self._outbox: asyncio.Queue[Upward | asyncio.Event] = asyncio.Queue()
         self._stop = asyncio.Event()
+        self.logins = 0
+        """Logins since the daemon started: the first, then one per reconnect."""
+        self.retries = 0
+        """Calls tried again after a broken connection, a stalled transfer or a server error."""
+        self.stalls = 0
+        """Transfers given up because nothing moved for a while (then tried again)."""
 
     def send(self, message: Upward) -> None:
         """Queue a message for the control stream (sent once connected)."""
@@ -119,6 +125,7 @@ class Uplink:
                 )
             else:
                 delay = 0.2
+                self.logins += 1
                 self._logged_in(login.token, login.instance, login.resumed)
                 await self._control()
                 if self._stop.is_set():
@@ -238,6 +245,7 @@ class Uplink:
             try:
                 return await call()
             except TransferStalled as exc:
+                self.stalls += 1
                 log.warning("%s; retrying", exc)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
@@ -246,4 +254,5 @@ class Uplink:
                 elif code not in TRANSIENT:
                     raise
                 log.warning("%s interrupted (%s); retrying", what, code.name)
+            self.retries += 1
             await asyncio.sleep(0.5)

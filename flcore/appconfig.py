@@ -3,7 +3,8 @@
 An app is what admins upload and deploy: ``config/`` with
 ``config_fed_server.json`` (rounds), ``config_fed_client.json`` (local
 training and cross-site validation) and ``config_train.json`` (model, data,
-optimizer), plus optional custom Python code in ``resources/``. The server
+optimizer; or the MONAI bundle in ``resources/`` that holds them), plus
+optional custom Python code in ``resources/``. The server
 checks all of it at upload time so that a typo fails in the admin's console
 with a clear message, not in a training process at a hospital an hour later.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, cast
+from urllib.parse import urlsplit
 
+from flcore.compression import WireCompression
 from flcore.configfile import parse_json, read_bounded
 from flcore.schema import ConfigError, Field, at_least, non_empty, one_of, parse_mapping
 
@@ -24,6 +27,15 @@ APP_TOP_LEVEL = (CONFIG_DIR, RESOURCES_DIR)
 SERVER_CONFIG = "config_fed_server.json"
 CLIENT_CONFIG = "config_fed_client.json"
 TRAIN_CONFIG = "config_train.json"
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """Where the server logs a run for MLflow (config_fed_server.json, ``mlflow``)."""
+
+    tracking_uri: str
+    experiment: str = ""
+    """'' means the app's name."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,8 @@ class ServerAppConfig:
     trim_fraction: float = 0.1
     clip_update_norm: float | None = None
     keep_round_models: int = 1
+    mlflow: MlflowSettings | None = None
+    wire_compression: WireCompression = WireCompression.NONE
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,21 @@ class TrainConfig:
     num_workers: int = 0
 
 
+@dataclass(frozen=True)
+class BundleConfig:
+    """A MONAI bundle in ``resources/`` that the app trains (config_train.json's ``bundle``).
+
+    The bundle's own configs name the network, data, optimizer and loss, so
+    an app names only where the bundle is and which of its configs to run.
+    """
+
+    folder: str
+    train_config: str = "configs/train.json"
+    evaluate_config: str = "configs/evaluate.json"
+    network: str = "network_def"
+    seed: int = 0
+
+
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
 
 
@@ -103,6 +132,50 @@ SERVER_FIELDS = [
     Field("trim_fraction", float, default=0.1, check=below_half),
     Field("clip_update_norm", (float, type(None)), default=None, check=positive),
     Field("keep_round_models", int, default=1, check=at_least(1)),
+    Field("mlflow", (dict, type(None)), default=None),
+    Field("wire_compression", str, default="none", check=one_of(*WireCompression)),
+]
+MAX_URI = 2048
+MLFLOW_SCHEMES = ("", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql")
+"""A path (the file store), MLflow's REST server, or a database it tracks in directly."""
+
+
+def _printable_text(limit: int) -> Any:
+    def check(value: Any) -> str | None:
+        if len(value) > limit:
+            return f"must be at most {limit} characters"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            return "must not hold control characters"
+        return None
+
+    return check
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why a tracking URI cannot be used (None: it can).
+
+    The app is deployed to every site, so a password in it would reach
+    them all: credentials belong in the server's environment
+    (``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``).
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter is a path
+        scheme = ""
+    if scheme not in MLFLOW_SCHEMES:
+        return f"has the scheme {scheme!r}; use one of {', '.join(s for s in MLFLOW_SCHEMES if s)}"
+    if parts.username or parts.password:
+        return (
+            "must not carry a user name or password (the app reaches every site): set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, "
+            "in the server's environment"
+        )
+    return None
+
+
+MLFLOW_FIELDS = [
+    Field("tracking_uri", str, required=True, check=_printable_text(MAX_URI)),
+    Field("experiment", str, default="", check=_printable_text(250)),
 ]
 
 CLIENT_FIELDS = [
@@ -128,6 +201,27 @@ TRAIN_FIELDS = [
 ]
 
 
+def inside(value: Any) -> str | None:
+    """Accept a relative path that stays inside its folder (no '..', nothing absolute)."""
+    path = PurePosixPath(value)
+    if "\\" in value or path.is_absolute() or ".." in path.parts:
+        return "must be a relative path with '/' that stays inside its folder"
+    return None
+
+
+BUNDLE_FIELDS = [
+    Field("folder", str, required=True, check=inside),
+    Field("train_config", str, default="configs/train.json", check=inside),
+    Field("evaluate_config", str, default="configs/evaluate.json", check=inside),
+    Field("network", str, default="network_def", check=non_empty),
+]
+
+BUNDLE_TRAIN_FIELDS = [
+    Field("bundle", dict, required=True),
+    Field("seed", int, default=0),
+]
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON config file within flcore.configfile's bounds; every failure a ConfigError."""
     where = f"{path.parent.name}/{path.name}"
@@ -146,6 +240,9 @@ def parse_server_config(
     values = parse_mapping(data, SERVER_FIELDS, where)
     if values["clip_update_norm"] is not None:
         values["clip_update_norm"] = float(values["clip_update_norm"])
+    if values["mlflow"] is not None:
+        values["mlflow"] = _mlflow(values["mlflow"], f"{where}: mlflow")
+    values["wire_compression"] = WireCompression(values["wire_compression"])
     config = ServerAppConfig(**values)
     _check_aggregation(config, "trim_fraction" in cast(Mapping[str, Any], data), where)
     if config.start_round >= config.num_rounds:
@@ -159,6 +256,16 @@ def parse_server_config(
             f"'max_num_clients' ({config.max_num_clients})"
         )
     return config
+
+
+def _mlflow(data: object, where: str) -> MlflowSettings:
+    settings = MlflowSettings(**parse_mapping(data, MLFLOW_FIELDS, where))
+    if not settings.tracking_uri.strip():
+        raise ConfigError(f"{where}: 'tracking_uri' must not be empty")
+    problem = tracking_uri_problem(settings.tracking_uri)
+    if problem:
+        raise ConfigError(f"{where}: 'tracking_uri' {problem}")
+    return settings
 
 
 def _check_aggregation(config: ServerAppConfig, trim_given: bool, where: str) -> None:
@@ -191,8 +298,14 @@ def _component(data: object, where: str) -> ComponentSpec:
     return ComponentSpec(path=values["path"], args=dict(values["args"] or {}))
 
 
-def parse_train_config(data: object, where: str = f"{CONFIG_DIR}/{TRAIN_CONFIG}") -> TrainConfig:
-    """Check a config_train.json mapping."""
+def parse_train_config(
+    data: object, where: str = f"{CONFIG_DIR}/{TRAIN_CONFIG}"
+) -> TrainConfig | BundleConfig:
+    """Check a config_train.json mapping: components, or a MONAI bundle (with ``bundle``)."""
+    if isinstance(data, dict) and "bundle" in data:
+        values = parse_mapping(data, BUNDLE_TRAIN_FIELDS, where)
+        bundle = parse_mapping(values["bundle"], BUNDLE_FIELDS, f"{where}: bundle")
+        return BundleConfig(**bundle, seed=values["seed"])
     values = parse_mapping(data, TRAIN_FIELDS, where)
     trainer = values["trainer"]
     return TrainConfig(
@@ -212,7 +325,7 @@ class App:
     """A checked app folder."""
 
     root: Path
-    train: TrainConfig
+    train: TrainConfig | BundleConfig
     server: ServerAppConfig | None
     client: ClientAppConfig | None
 
@@ -220,6 +333,11 @@ class App:
     def resources(self) -> Path:
         """Folder of custom code, put first on sys.path of the processes that run it."""
         return self.root / RESOURCES_DIR
+
+    @property
+    def bundle(self) -> BundleConfig | None:
+        """The MONAI bundle the app trains, or None for an app of components."""
+        return self.train if isinstance(self.train, BundleConfig) else None
 
 
 def load_app(root: Path) -> App:
@@ -230,9 +348,23 @@ def load_app(root: Path) -> App:
     server_path, client_path = config / SERVER_CONFIG, config / CLIENT_CONFIG
     if not server_path.exists() and not client_path.exists():
         raise ConfigError(f"{root.name}: config/ needs {SERVER_CONFIG}, {CLIENT_CONFIG} or both")
-    return App(
+    app = App(
         root=root,
         train=parse_train_config(read_json(config / TRAIN_CONFIG)),
         server=parse_server_config(read_json(server_path)) if server_path.exists() else None,
         client=parse_client_config(read_json(client_path)) if client_path.exists() else None,
     )
+    if app.bundle is not None:
+        _check_bundle(app.resources, app.bundle)
+    return app
+
+
+def _check_bundle(resources: Path, bundle: BundleConfig) -> None:
+    """Refuse a bundle whose configs are not where config_train.json says."""
+    folder = resources / bundle.folder
+    for name in (bundle.train_config, bundle.evaluate_config):
+        if not (folder / name).is_file():
+            raise ConfigError(
+                f"{CONFIG_DIR}/{TRAIN_CONFIG}: bundle: {RESOURCES_DIR}/{bundle.folder}/{name} "
+                "is missing (a bundle holds configs/train.json and configs/evaluate.json)"
+            )

@@ -26,7 +26,9 @@ built-in components, named exactly as ``<module>.<Name>`` for a module of
 ``torch.hub.load`` fetches and runs code from the internet, and one
 attribute more (``torch.nn.functional.torch.hub.load``) reaches it from any
 module that imports torch, which is why the path must stop right after the
-module.
+module. An app that trains a MONAI bundle always needs approval: a
+bundle's configs instantiate any class they name and evaluate the
+expressions they hold (``"$..."``) as Python.
 """
 
 from __future__ import annotations
@@ -39,7 +41,16 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from flcore.appconfig import APP_TOP_LEVEL, CONFIG_DIR, TRAIN_CONFIG, parse_train_config, read_json
+from flcore.appconfig import (
+    APP_TOP_LEVEL,
+    CONFIG_DIR,
+    RESOURCES_DIR,
+    TRAIN_CONFIG,
+    BundleConfig,
+    TrainConfig,
+    parse_train_config,
+    read_json,
+)
 from flcore.folders import FolderError
 
 DIGEST_DOMAIN = b"flstack-app-v1\0"
@@ -169,7 +180,21 @@ def review_app(root: Path, name: str) -> AppReview:
         OSError: a file cannot be read.
     """
     files = app_files(root)
-    train = parse_train_config(read_json(root / CONFIG_DIR / TRAIN_CONFIG))
+    return AppReview(
+        name=name,
+        digest=app_digest(files),
+        files=tuple(rel for rel, _ in files),
+        code_files=tuple(rel for rel, _ in files if rel.endswith(CODE_SUFFIXES)),
+        custom_components=_custom_components(
+            parse_train_config(read_json(root / CONFIG_DIR / TRAIN_CONFIG))
+        ),
+    )
+
+
+def _custom_components(train: TrainConfig | BundleConfig) -> tuple[str, ...]:
+    """What config_train.json names that is not built in; a MONAI bundle always is."""
+    if isinstance(train, BundleConfig):
+        return (f"bundle: {RESOURCES_DIR}/{train.folder} (its configs run as code)",)
     named = {
         "model": train.model,
         "dataset": train.dataset,
@@ -177,14 +202,8 @@ def review_app(root: Path, name: str) -> AppReview:
         "loss": train.loss,
         "trainer": train.trainer,
     }
-    return AppReview(
-        name=name,
-        digest=app_digest(files),
-        files=tuple(rel for rel, _ in files),
-        code_files=tuple(rel for rel, _ in files if rel.endswith(CODE_SUFFIXES)),
-        custom_components=tuple(
-            f"{role}: {spec.path}"
-            for role, spec in named.items()
-            if spec is not None and not is_built_in(spec.path)
-        ),
+    return tuple(
+        f"{role}: {spec.path}"
+        for role, spec in named.items()
+        if spec is not None and not is_built_in(spec.path)
     )

@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from flcore.compression import WireCompression
 from flcore.feed import LogEntry
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest
@@ -145,6 +146,8 @@ class TaskOffer:
     kind: TaskKind
     owners: tuple[str, ...] = ()
     pending: tuple[str, ...] = ()
+    compression: WireCompression = WireCompression.NONE
+    """How a training round's update goes on the wire (its global model comes the same way)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from flcore.status import ACTIVE, FINISHED
+
+ORDINARY_ENDS = ("aborted by ", "start aborted by ", "server shut down by ")
+"""Reasons of runs stopped on purpose; any other reason is a failure."""
+
+
+def ended_on_purpose(reason: str) -> bool:
+    """Whether a stopped run's reason is an ordinary end (it finished, an admin aborted it or
+    shut the server down) rather than a failure."""
+    return reason == FINISHED or reason.startswith(ORDINARY_ENDS)
+
+
 _CONTROLS = {code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)}
 
 
@@ -20,6 +32,15 @@ MAX_TRACEBACK = 16384
 """The most of a traceback the server keeps: its end, where the exception is."""
 MAX_LABEL = 128
 """The most of a short label a site sends (device, app, logger, host name)."""
+STALE_AFTER_BEATS = 3
+"""A client is stale after missing this many heartbeats in a row."""
+STALE_MIN_S = 5.0
+
+
+def stale_after(heartbeat_interval: float) -> float:
+    """Seconds without a heartbeat after which a client looks stale (to the console and to
+    the server's metrics alike)."""
+    return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
 
 
 def clip(text: str, limit: int) -> str:
@@ -86,6 +107,8 @@ class ClientRow:
     hostname: str = ""
     connected: bool = True
     detail: str = ""
+    cross_validate: bool = False
+    """The site takes part in cross-site validation: an abort moves it on to that."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +144,47 @@ class RunInfo:
     phase: str = ""
     best_metric: str = ""
     reason: str = ""
+    site_errors: dict[str, str] = field(default_factory=dict)
+    """The first line of each failed site's error."""
+    blocked: str = ""
+    """Why the training run cannot complete its round now ("" when it can)."""
     fault: str = ""
     """Why training is paused now (e.g. "server disk full: ..."); empty while it is not."""
+
+    def ending(self) -> str:
+        """How a run that no longer trains ended, in a few words ("" while it trains).
+
+        ``finished``, ``aborted by <admin>``, ``failed: <why>``, each followed
+        by the sites that failed on the way and the first line of their error.
+        """
+        if self.server_status in ACTIVE:
+            return ""
+        parts = [self.end_reason()] if self.reason else []
+        if self.failed_sites:
+            parts.append(f"failed sites: {self.failed_sites_text()}")
+        return " · ".join(parts)
+
+    def end_reason(self) -> str:
+        """Why the run stopped: ``finished``, ``aborted by <admin>``, ``failed: <why>``."""
+        return self.reason if ended_on_purpose(self.reason) else f"failed: {self.reason}"
+
+    def failed_sites_text(self) -> str:
+        """``flclient3 (no DATA_ROOT set), flclient4``: each failed site and its error."""
+        errors = self.site_errors
+        return ", ".join(
+            f"{site} ({errors[site]})" if site in errors else site for site in self.failed_sites
+        )
+
+
+@dataclass(frozen=True)
+class ServerStopping:
+    """The server is about to stop (the last event of every feed), and who asked."""
+
+    by: str
+    """The admin who ran ``shutdown server``, or what else stopped it (the event's time
+    says when)."""
+    admin: bool = False
+    """An admin asked (the server stays down); else a signal did (it may be restarting)."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +233,16 @@ class CommandSeen:
     ok: bool
 
 
-Body = Snapshot | ClientRow | ClientGone | RunInfo | LogEntry | Heartbeat | CommandSeen
+Body = (
+    Snapshot
+    | ClientRow
+    | ClientGone
+    | RunInfo
+    | LogEntry
+    | Heartbeat
+    | CommandSeen
+    | ServerStopping
+)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from flcore.feed import (
     RoundRecord,
     RunInfo,
     ServerInfo,
+    ServerStopping,
     Snapshot,
     printable,
 )
@@ -75,6 +76,7 @@ def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
         hostname=printable(message.hostname),
         connected=message.connected,
         detail=printable(message.detail),
+        cross_validate=message.cross_validate,
     )
 
 
@@ -118,6 +120,8 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         phase=printable(message.phase),
         best_metric=printable(message.best_metric),
         reason=printable(message.reason),
+        site_errors={printable(k): printable(v) for k, v in message.site_errors.items()},
+        blocked=printable(message.blocked),
         fault=printable(message.fault),
     )
 
@@ -161,6 +165,8 @@ def event_to_proto(event: FeedEvent) -> admin_pb2.Event:
         out.log.CopyFrom(log_to_proto(body))
     elif isinstance(body, Heartbeat):
         out.heartbeat.CopyFrom(admin_pb2.HeartbeatSeen(instance=body.instance, time=body.time))
+    elif isinstance(body, ServerStopping):
+        out.stopping.CopyFrom(admin_pb2.ServerStopping(by=body.by, admin=body.admin))
     else:
         out.command.CopyFrom(admin_pb2.CommandAudit(user=body.user, line=body.line, ok=body.ok))
     return out
@@ -192,6 +198,8 @@ def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
     elif kind == "command":
         command = message.command
         body = CommandSeen(printable(command.user), printable(command.line), command.ok)
+    elif kind == "stopping":
+        body = ServerStopping(printable(message.stopping.by), message.stopping.admin)
     else:
         return None
     return FeedEvent(message.seq, message.time, body)

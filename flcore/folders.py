@@ -10,6 +10,7 @@ written.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -131,6 +132,38 @@ def folder_size(root: Path) -> tuple[int, int]:
     """Bytes and file count of what iter_app_files would send."""
     files = list(iter_app_files(root))
     return sum(p.stat().st_size for _, p in files), len(files)
+
+
+def app_digest(root: Path) -> tuple[int, int, str]:
+    """Bytes, file count and content hash of what iter_app_files would send.
+
+    The hash is the SHA-256 of what ``sha256sum`` prints for those files,
+    sorted by path, so anyone can check a copy with standard tools:
+    ``cd APP && find config resources -type f | LC_ALL=C sort | xargs sha256sum | sha256sum``.
+    """
+    listing = hashlib.sha256()
+    size = count = 0
+    for rel, path in sorted(iter_app_files(root), key=lambda item: item[0].encode()):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK_BYTES):
+                digest.update(chunk)
+                size += len(chunk)
+        count += 1
+        listing.update(f"{digest.hexdigest()}  {rel}\n".encode())
+    return size, count, listing.hexdigest()
+
+
+def human_size(size: int) -> str:
+    """``512 B``, ``12.3 KiB``, ``4.0 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def iter_chunks(root: Path) -> Iterator[tuple[str, int, bytes, bool]]:

@@ -39,6 +39,7 @@ SERVER_FILE = "fed_server.json"
 CLIENT_FILE = "fed_client.json"
 ADMIN_FILE = "fed_admin.json"
 MiB = 1024 * 1024
+LOOPBACK = "127.0.0.1"
 
 
 def host_port(host: str, port: int) -> str:
@@ -70,6 +71,11 @@ class ServerStartup:
     ssl_private_key: str = "server.key"
     max_upload_mb: int = 200
     max_instances_per_kit: int = 4
+    metrics_port: int = 0
+    metrics_host: str = LOOPBACK
+    metrics_tls_cert: str = ""
+    metrics_tls_key: str = ""
+    metrics_tls_client_ca: str = ""
     format_version: int = FORMAT_VERSION
 
 
@@ -87,6 +93,11 @@ class ClientStartup:
     log_lines_per_second: float = 20.0
     allow_cpu_mgpu: bool = False
     trust_custom_code: bool = False
+    metrics_port: int = 0
+    metrics_host: str = LOOPBACK
+    metrics_tls_cert: str = ""
+    metrics_tls_key: str = ""
+    metrics_tls_client_ca: str = ""
     ssl_root_cert: str = "rootCA.pem"
     ssl_cert: str = "client.crt"
     ssl_private_key: str = "client.key"
@@ -142,6 +153,15 @@ SERVER_FIELDS = [
     Field("ssl_private_key", str, default="server.key", check=non_empty),
 ]
 SERVER_LOCAL_KEYS = ("listen_host", "heart_beat_timeout", "max_upload_mb", "max_instances_per_kit")
+METRICS_FIELDS = [
+    Field("metrics_port", int, default=0, check=in_range(0, 65535)),
+    Field("metrics_host", str, default=LOOPBACK, check=non_empty),
+    Field("metrics_tls_cert", str, default=""),
+    Field("metrics_tls_key", str, default=""),
+    Field("metrics_tls_client_ca", str, default=""),
+]
+"""The Prometheus endpoint (flcore.exporter), a setting only the site may make: it opens a
+listening port on the site's machine, which a kit must not do for the site."""
 
 CLIENT_FIELDS = [
     *_COMMON,
@@ -164,9 +184,10 @@ CLIENT_LOCAL_KEYS = (
     "log_lines_per_second",
     "allow_cpu_mgpu",
 )
-CLIENT_SITE_ONLY = [Field("trust_custom_code", bool, default=False)]
+CLIENT_SITE_ONLY = [Field("trust_custom_code", bool, default=False), *METRICS_FIELDS]
 """Settings only the site may make: a kit that carried them would let whoever provisions
-decide for the site (``trust_custom_code`` runs apps' code without the site's approval)."""
+decide for the site (``trust_custom_code`` runs apps' code without the site's approval; the
+metrics endpoint opens a port)."""
 
 ADMIN_FIELDS = [
     *_COMMON,
@@ -184,7 +205,7 @@ def to_json(config: ServerStartup | ClientStartup | AdminStartup) -> str:
     """Serialise a startup config the way provisioning writes it (without the settings only
     a site may make)."""
     values = asdict(config)
-    for field in CLIENT_SITE_ONLY:
+    for field in (*CLIENT_SITE_ONLY, *METRICS_FIELDS):
         values.pop(field.name, None)
     return json.dumps(values, indent=2) + "\n"
 
@@ -244,7 +265,9 @@ def _load(
 
 def load_server(workspace: Path) -> ServerStartup:
     """Read ``startup/fed_server.json`` (and ``local/fed_server.json`` overrides)."""
-    return ServerStartup(**_load(workspace, SERVER_FILE, SERVER_FIELDS, SERVER_LOCAL_KEYS))
+    return ServerStartup(
+        **_load(workspace, SERVER_FILE, SERVER_FIELDS, SERVER_LOCAL_KEYS, tuple(METRICS_FIELDS))
+    )
 
 
 def load_client(workspace: Path) -> ClientStartup:

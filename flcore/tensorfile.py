@@ -304,10 +304,9 @@ class SpoolWriter:
             self._index += 1
             self._position = 0
 
-    def write(self, name: str, offset: int, data: bytes) -> None:
-        """Append one chunk; raises TensorFileError (and keeps nothing) when it is wrong."""
-        if not data:
-            return
+    def expect(self, name: str, offset: int) -> tuple[TensorSpec, int]:
+        """The tensor of the chunk expected next and the bytes left in it; TensorFileError
+        when a chunk of ``name`` at ``offset`` is not that chunk."""
         tensors = self.manifest.tensors
         if self._index >= len(tensors):
             raise TensorFileError(f"chunk for {name!r} after the last tensor")
@@ -318,9 +317,16 @@ class SpoolWriter:
             raise TensorFileError(
                 f"tensor {name!r}: chunk at byte {offset}, expected byte {self._position}"
             )
+        return spec, spec.nbytes - self._position
+
+    def write(self, name: str, offset: int, data: bytes) -> None:
+        """Append one chunk; raises TensorFileError (and keeps nothing) when it is wrong."""
+        if not data:
+            return
+        spec, room = self.expect(name, offset)
         if len(data) % spec.itemsize:
             raise TensorFileError(f"tensor {name!r}: chunk does not hold whole elements")
-        if self._position + len(data) > spec.nbytes:
+        if len(data) > room:
             raise TensorFileError(
                 f"tensor {name!r}: chunk runs past the declared size of {spec.nbytes} bytes"
             )

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Iterator, Mapping
 from typing import TypeVar
 
+from flcore.compression import WireChunk, WireCompression, encoded_chunks
 from flcore.federation import MetricsKind, ModelKind, SubmitOutcome, TaskKind, UploadKind
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
@@ -53,6 +54,13 @@ SUBMIT_OUTCOMES: Mapping[SubmitOutcome, fed_pb2.SubmitResult.ValueType] = {
     SubmitOutcome.REJECTED: fed_pb2.SUBMIT_RESULT_REJECTED,
 }
 
+COMPRESSIONS: Mapping[WireCompression, common_pb2.WireCompression.ValueType] = {
+    WireCompression.NONE: common_pb2.WIRE_COMPRESSION_NONE,
+    WireCompression.BF16: common_pb2.WIRE_COMPRESSION_BF16,
+    WireCompression.FP16: common_pb2.WIRE_COMPRESSION_FP16,
+    WireCompression.INT8: common_pb2.WIRE_COMPRESSION_INT8,
+}
+
 
 def enum_from_proto(table: Mapping[E, int], value: int, what: str) -> E:
     """The member of ``table`` that ``value`` stands for; WireError for any other number."""
@@ -88,7 +96,33 @@ def manifest_from_proto(message: common_pb2.ModelManifest) -> Manifest:
     return manifest
 
 
-def tensor_chunks(model: TensorFile) -> Iterator[common_pb2.TensorChunk]:
-    """The raw bytes of a model file as chunk messages."""
-    for name, offset, data in model.iter_chunks():
-        yield common_pb2.TensorChunk(name=name, offset=offset, data=data)
+def chunk_to_proto(chunk: WireChunk) -> common_pb2.TensorChunk:
+    """One tensor chunk as it travels."""
+    return common_pb2.TensorChunk(
+        name=chunk.name,
+        offset=chunk.offset,
+        data=chunk.data,
+        encoding=COMPRESSIONS[chunk.encoding],
+        scale=chunk.scale,
+        zero_point=chunk.zero_point,
+    )
+
+
+def chunk_from_proto(message: common_pb2.TensorChunk) -> WireChunk:
+    """A received tensor chunk; TensorFileError for an encoding this side does not know (the
+    model it belongs to cannot be used)."""
+    try:
+        encoding = enum_from_proto(COMPRESSIONS, message.encoding, "chunk encoding")
+    except WireError as exc:
+        raise TensorFileError(f"tensor {message.name[:80]!r}: {exc}") from None
+    return WireChunk(
+        message.name, message.offset, message.data, encoding, message.scale, message.zero_point
+    )
+
+
+def tensor_chunks(
+    model: TensorFile, compression: WireCompression = WireCompression.NONE
+) -> Iterator[common_pb2.TensorChunk]:
+    """A model file as chunk messages, floating-point chunks compressed as asked."""
+    for chunk, _ in encoded_chunks(model, compression):
+        yield chunk_to_proto(chunk)

@@ -156,6 +156,11 @@ class Cluster:
     admin_port: int = 0
     server_local: dict[str, Any] = field(default_factory=dict)
     """Settings for the server's local/fed_server.json (e.g. max_instances_per_kit)."""
+    data_kind: tuple[str, ...] = ("digits",)
+    """The sites' data: the folder of examples/ whose prepare_data.py writes it, and its
+    extra arguments (e.g. ``("seg3d", "--size", "24")``)."""
+    client_local: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Settings for each named client's local/fed_client.json (e.g. metrics_port)."""
     daemons: list[Daemon] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
 
@@ -186,19 +191,25 @@ class Cluster:
             assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password
             extract_kit(kit.zip_path, kit.password, self.root / kit.name)
-        if self.server_local:
-            local = self.root / "server" / "local"
-            local.mkdir(exist_ok=True)
-            (local / "fed_server.json").write_text(json.dumps(self.server_local))
+        for kit_name, settings, file_name in (
+            ("server", self.server_local, "fed_server.json"),
+            *((name, values, "fed_client.json") for name, values in self.client_local.items()),
+        ):
+            if settings:
+                local = self.root / kit_name / "local"
+                local.mkdir(exist_ok=True)
+                (local / file_name).write_text(json.dumps(settings))
+        kind, *data_args = self.data_kind
         self.data = self.root / "data"
         subprocess.run(
             [
                 sys.executable,
-                str(REPO / "examples" / "digits" / "prepare_data.py"),
+                str(REPO / "examples" / kind / "prepare_data.py"),
                 "--sites",
                 ",".join(self.clients),
                 "--out",
                 str(self.data),
+                *data_args,
             ],
             check=True,
             capture_output=True,
@@ -256,12 +267,14 @@ class Cluster:
         *,
         wait: bool = True,
         extra: list[str] | None = None,
+        data: bool = True,
         fault: str = "",
         proxy: str = "",
     ) -> Daemon:
-        """Start a client of kit ``name`` with its site's data (and a fault point armed); with
-        ``proxy`` (an HTTP CONNECT proxy's URL, e.g. a :class:`fldev.netproxy.FaultyLink`) it
-        reaches the server through it."""
+        """Start a client of kit ``name`` with its site's data (none when ``data`` is False)
+        and a fault point armed; with ``proxy`` (an HTTP CONNECT proxy's URL, e.g. a
+        :class:`fldev.netproxy.FaultyLink`) it reaches the server through it."""
+        data_root = ["--data-root", str(self.data / name)] if data else []
         env = self.env()
         if proxy:
             env["grpc_proxy"] = proxy
@@ -273,8 +286,7 @@ class Cluster:
                 "flclientd",
                 "--workspace",
                 str(self.root / name),
-                "--data-root",
-                str(self.data / name),
+                *data_root,
                 *(extra or []),
             ],
             self.root / f"{name}.log",

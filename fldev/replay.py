@@ -9,11 +9,13 @@ check what a key sent.
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from fladmin.client import CommandReply
-from flcore.feed import Body, FeedEvent
+from flcore.feed import Body, ClientRow, FeedEvent, RunInfo
+from flserverd.confirm import question
 
 Reply = Callable[[str, bool], CommandReply]
 
@@ -21,6 +23,25 @@ Reply = Callable[[str, bool], CommandReply]
 def ok_reply(line: str, confirmed: bool) -> CommandReply:
     """Every command succeeds with a short text."""
     return CommandReply(line, True, f"{line}: done", {}, 42, "2025-06-15 12:00:00.000000")
+
+
+def confirming(rows: Sequence[ClientRow], run: RunInfo, otherwise: Reply = ok_reply) -> Reply:
+    """Replies that ask first where the server would, with its words for this picture
+    (``rows`` and ``run``): abort and shutdown, from the console; ``otherwise`` answers
+    the rest and what was confirmed."""
+
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        words = shlex.split(line)
+        if confirmed or words[:1] not in (["abort"], ["shutdown"]) or len(words) < 2:
+            return otherwise(line, confirmed)
+        named = set(words[2:])
+        targets = [row for row in rows if not named or row.instance in named]
+        asked = question(words, targets, run, [row.instance for row in rows])
+        if asked is None:
+            return otherwise(line, confirmed)
+        return CommandReply(line, False, "", {"confirm": asked.as_json()}, 0, "", asked.prompt())
+
+    return answer
 
 
 class ReplayLink:

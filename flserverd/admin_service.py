@@ -95,7 +95,13 @@ class AdminService(admin_grpc.AdminServicer):
         line = request.line.strip()[:MAX_LINE]
         timeout = request.timeout_s if 0 < request.timeout_s <= MAX_TIMEOUT_S else DEFAULT_TIMEOUT_S
         reply = await self.commands.execute(
-            admin.user, admin.role, line, timeout, request.confirmed, request.attachment
+            admin.user,
+            admin.role,
+            line,
+            timeout,
+            request.confirmed,
+            attachment=request.attachment,
+            interactive=request.interactive,
         )
         then = reply.then
         if then is not None:
@@ -127,14 +133,15 @@ class AdminService(admin_grpc.AdminServicer):
         self, request: admin_pb2.EventsRequest, context: Context
     ) -> AsyncIterator[admin_pb2.Event]:
         """A snapshot of everything, then every change as it happens."""
-        await self._admin(request.token, context)
+        admin = await self._admin(request.token, context)
         subscription = self.server.bus.subscribe(owner=request.token)
         snapshot = self.server.snapshot()
-        yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
-        try:
-            async for event in subscription:
-                yield event_to_proto(event)
-        except Overflow as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except Revoked as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        with self.logins.watching(admin.user):
+            yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
+            try:
+                async for event in subscription:
+                    yield event_to_proto(event)
+            except Overflow as exc:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            except Revoked as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flcore.identity import KIND_ADMIN, ROLES, Identity
@@ -40,13 +41,29 @@ class AdminLogin:
     """Serial of the certificate it logged in with."""
 
 
+@dataclass(frozen=True)
+class AdminActivity:
+    """What ``list_admins`` says of one admin: logins, open consoles, the last command."""
+
+    role: str
+    logins: int
+    consoles: int
+    """Live feeds open (a full-screen console each)."""
+    last_used: float
+    last_command: str = ""
+    last_command_at: float = 0.0
+    last_ok: bool = False
+
+
 class AdminLogins:
-    """Logged-in admins by token."""
+    """Logged-in admins by token, with what each admin did last."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._logins: dict[bytes, AdminLogin] = {}
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
+        self._feeds: dict[str, int] = {}
+        self._last: dict[str, tuple[str, float, bool]] = {}
 
     def login(self, identity: Identity | None, user: str) -> tuple[str, AdminLogin]:
         """Admit a provisioned admin whose certificate matches the typed user name;
@@ -88,6 +105,44 @@ class AdminLogins:
             raise AuthError("not logged in: log in again")
         admin.last_used = self._clock()
         return admin
+
+    def _live(self) -> list[AdminLogin]:
+        now = self._clock()
+        return [a for a in self._logins.values() if now - a.last_used < ADMIN_LOGIN_IDLE_S]
+
+    def users(self) -> list[str]:
+        """Admins logged in now (a token used within the idle limit, or a console open)."""
+        live = {a.user for a in self._live()}
+        return sorted(live | {user for user, count in self._feeds.items() if count})
+
+    def seen(self, user: str) -> AdminActivity:
+        """What one admin is doing: logins, consoles, when last seen, the last command."""
+        mine = [a for a in self._live() if a.user == user]
+        line, at, ok = self._last.get(user, ("", 0.0, False))
+        return AdminActivity(
+            role=mine[0].role if mine else "",
+            logins=len(mine),
+            consoles=self._feeds.get(user, 0),
+            last_used=max((a.last_used for a in mine), default=0.0),
+            last_command=line,
+            last_command_at=at,
+            last_ok=ok,
+        )
+
+    def ran(self, user: str, line: str, ok: bool) -> None:
+        """An admin's command was carried out (or refused)."""
+        self._last[user] = (line, self._clock(), ok)
+
+    @contextmanager
+    def watching(self, user: str) -> Iterator[None]:
+        """While an admin's console follows the live feed."""
+        self._feeds[user] = self._feeds.get(user, 0) + 1
+        try:
+            yield
+        finally:
+            self._feeds[user] -= 1
+            if not self._feeds[user]:
+                del self._feeds[user]
 
     def revoke(self, refused: Callable[[AdminLogin], str | None]) -> dict[str, str]:
         """Log out every admin whose certificate is now refused; returns their tokens and

@@ -17,11 +17,12 @@ from pathlib import Path
 import grpc
 
 from flcore.daemon import daemon_parser, raise_open_files, start_daemon, stop_on_signals
+from flcore.exporter import endpoint_settings
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
-from flcore.startup import STARTUP_DIR, ServerStartup, load_server
+from flcore.startup import SERVER_FILE, STARTUP_DIR, ServerStartup, load_server
 from flcore.tls import TlsFiles, server_credentials, server_options
 from flcore.version import flstack_version
 from flserverd.admin_service import AdminService
@@ -29,12 +30,15 @@ from flserverd.federation_service import FederationService
 from flserverd.gate import Gate
 from flserverd.server import FLServer
 from flserverd.throttle import LOGIN_BURST, LOGINS_PER_SECOND, Throttle
+from flserverd.watching import start_watching
 
 log = logging.getLogger("flserverd")
 
 EXIT_CONFIG = 2
 RPC_GRACE_S = 5.0
 CHECKPOINT_GRACE_S = 30.0
+SIGNALLED = "a signal (systemctl stop, kill or Ctrl+C)"
+"""Who stopped a server that no admin shut down, as consoles are told."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -69,6 +73,7 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 async def serve(workspace: Path, startup: ServerStartup) -> int:
     """Run the server until SIGTERM, SIGINT or an admin's shutdown."""
     credentials = server_credentials(TlsFiles.named_by(startup, workspace / STARTUP_DIR))
+    metrics = endpoint_settings(startup, workspace, SERVER_FILE)
     server = FLServer(workspace, startup, flstack_version())
     try:
         await server.open()
@@ -79,12 +84,14 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     gate = Gate(server.revocations, throttle)
     options = server_options(raise_open_files())
     federation = grpc.aio.server(options=options, interceptors=[gate])
-    fed_grpc.add_FederationServicer_to_server(FederationService(server), federation)
+    federation_service = FederationService(server)
+    fed_grpc.add_FederationServicer_to_server(federation_service, federation)
     admin = grpc.aio.server(options=options, interceptors=[gate])
     admin_grpc.add_AdminServicer_to_server(AdminService(server), admin)
     try:
         _bind(federation, f"{startup.listen_host}:{startup.fed_port}", credentials)
         _bind(admin, f"{startup.listen_host}:{startup.admin_port}", credentials)
+        watching = start_watching(server, federation_service.exchange, metrics, workspace)
     except ConfigError:
         await server.close(0)
         raise
@@ -110,7 +117,9 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     await asyncio.wait({shutdown, stopped}, return_when=asyncio.FIRST_COMPLETED)
     shutdown.cancel()
     stopped.cancel()
+    server.announce_stop(SIGNALLED)
     await asyncio.gather(federation.stop(RPC_GRACE_S), admin.stop(RPC_GRACE_S))
     await server.close(CHECKPOINT_GRACE_S)
+    await watching.close()
     log.info("flserverd stopped")
     return 0

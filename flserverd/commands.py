@@ -24,7 +24,8 @@ from flcore.diskfault import disk_fault
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, clip_end
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
-from flcore.tokens import token_id
+from flserverd import confirm, listings
+from flserverd.confirm import Confirmation
 from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
 from flserverd.revocation import RevocationError, when
@@ -78,6 +79,8 @@ class Request:
     confirmed: bool
     attachment: bytes = b""
     """A file the command line names, read by the admin client (load_crl)."""
+    interactive: bool = False
+    """The admin sits at a console that confirms whatever stops training."""
 
 
 Handler = Callable[["AdminCommands", Request], Awaitable[Reply]]
@@ -110,6 +113,11 @@ def _usage(name: str) -> CommandError:
     return CommandError(f"usage: {COMMANDS[name].usage}")
 
 
+def ask(question: Confirmation) -> Reply:
+    """The reply that asks for confirmation: the question as text and as data."""
+    return Reply(False, "", {"confirm": question.as_json()}, confirm_prompt=question.prompt())
+
+
 def instance_line(instance: str, text: str) -> str:
     """One client's line in a multi-client reply, as in the Clara guide."""
     return f"instance:{instance} : {text}"
@@ -120,6 +128,7 @@ class AdminCommands:
 
     def __init__(self, server: FLServer) -> None:
         self.server = server
+        self.digests = listings.AppDigests()
         self._one_at_a_time = asyncio.Lock()
         """Commands that change something run one at a time, in the order they arrive, so
         that two admins' conflicting commands (deploy and set_run_number, two starts, two
@@ -135,11 +144,12 @@ class AdminCommands:
         timeout: float,
         confirmed: bool,
         attachment: bytes = b"",
+        interactive: bool = False,
     ) -> Reply:
         """Parse and run one command line, and audit it once it ran (not when it only asked
         for confirmation); never raises for a bad command, and the reply always fits one
         message."""
-        reply = await self._run(user, role, line, timeout, confirmed, attachment)
+        reply = await self._run(user, role, line, timeout, confirmed, attachment, interactive)
         if not reply.confirm_prompt:
             self.audit(user, line, reply.ok)
         return fit_reply(reply)
@@ -168,6 +178,7 @@ class AdminCommands:
             if len(self._unwritten) > 1:
                 log.info("%d audit entries kept in memory written", len(self._unwritten))
             self._unwritten.clear()
+        self.server.admins.ran(user, line, ok)
         self.server.bus.publish(CommandSeen(user, line, ok))
         log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
 
@@ -211,7 +222,14 @@ class AdminCommands:
         return Reply(True, text, {**data, "needs_approval": review.needs_approval})
 
     async def _run(
-        self, user: str, role: str, line: str, timeout: float, confirmed: bool, attachment: bytes
+        self,
+        user: str,
+        role: str,
+        line: str,
+        timeout: float,
+        confirmed: bool,
+        attachment: bytes,
+        interactive: bool,
     ) -> Reply:
         try:
             words = shlex.split(line)
@@ -226,9 +244,9 @@ class AdminCommands:
             return Reply(
                 False,
                 f"permission denied: {user} has the {role!r} role, which may only run "
-                "check_status, validate and help",
+                + ", ".join(name for name, spec in COMMANDS.items() if spec.read_only),
             )
-        request = Request(user, role, words, timeout, confirmed, attachment)
+        request = Request(user, role, words, timeout, confirmed, attachment, interactive)
         if spec.read_only or words[0] in INTERRUPTING:
             return await self._handle(spec, request, line)
         async with self._one_at_a_time:
@@ -282,6 +300,13 @@ class AdminCommands:
         data = {s.instance: {**r.data, "ok": r.ok, "text": r.text} for s, r in results}
         return Reply(all(r.ok for _, r in results), "\n".join(lines) + "\n", {"clients": data})
 
+    def question(self, request: Request, clients: list[RegisteredClient]) -> Confirmation | None:
+        """What ``abort``/``shutdown`` asks before it stops anything (None: nothing to ask)."""
+        server = self.server
+        registered = [s.instance for s in server.registry.clients()]
+        rows = [client_row(s) for s in clients]
+        return confirm.question(request.words, rows, server.run_view(), registered)
+
     @staticmethod
     def target_kind(request: Request, name: str) -> tuple[str, list[str]]:
         """Split ``<cmd> server|client [instance…]``."""
@@ -326,9 +351,7 @@ async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
             state = row["detail"] or row["status"]
         else:
             state = f"{client.status.status} (no reply: {result.text})"
-        text = (
-            f"client name: {client.client_name}\ttoken: {token_id(client.token)}\tstatus: {state}"
-        )
+        text = f"client name: {client.client_name}\ttoken: {client.token_id}\tstatus: {state}"
         if row.get("round", -1) >= 0 and row.get("status") in st.ACTIVE:
             text += f"\tround: {row['round']}"
         text += f"\tdevice: {row.get('device') or client.machine.device}"
@@ -381,15 +404,17 @@ def _server_status(server: FLServer) -> Reply:
     else:
         lines.append("FL run number has not been set.")
     status = view.server_status
-    if view.reason and status == st.STOPPED:
-        status += f" ({view.reason})"
-    elif view.reason and status == st.NOT_STARTED:
+    if view.reason and status == st.NOT_STARTED:
         status += f" (last start failed: {view.reason})"
+    elif view.ending():
+        status += f" ({view.ending()})"
     elif view.fault:
         status += f" ({view.fault})"
     lines.append(f"FL server status: {status}")
     if view.fault and status.startswith(st.STOPPED):
         lines.append(f"Disk: {view.fault}")
+    if view.blocked:
+        lines.append(f"Cannot progress: {view.blocked}")
     if view.current_round >= 0:
         lines.append(
             f"Current round: {view.current_round} / {view.num_rounds}"
@@ -403,8 +428,8 @@ def _server_status(server: FLServer) -> Reply:
             lines.append(f"Waiting for: {', '.join(view.awaited) or 'nobody'}")
     if view.best_metric:
         lines.append(f"Best global model: {view.best_metric}")
-    if view.failed_sites:
-        lines.append(f"Failed sites: {', '.join(view.failed_sites)}")
+    if view.failed_sites and view.server_status in st.ACTIVE:
+        lines.append(f"Failed sites: {view.failed_sites_text()}")
     revocation = _revocation_state(server)
     lines.extend(revocation.pop("lines"))
     clients = server.client_rows()
@@ -511,9 +536,9 @@ async def _start(cmds: AdminCommands, request: Request) -> Reply:
     server = cmds.server
     if kind == "server":
         if fresh and not request.confirmed:
-            prompt = _fresh_prompt(server)
-            if prompt:
-                return Reply(False, "", confirm_prompt=prompt)
+            question = _fresh_question(server)
+            if question is not None:
+                return ask(question)
         text = await server.start_training(fresh=fresh)
         return Reply(True, text, {"run_number": server.run_number, "fresh": fresh})
     number = server.require_run()
@@ -522,19 +547,15 @@ async def _start(cmds: AdminCommands, request: Request) -> Reply:
     )
 
 
-def _fresh_prompt(server: FLServer) -> str:
-    """The question before ``start server fresh`` throws away what a run has trained."""
+def _fresh_question(server: FLServer) -> Confirmation | None:
+    """The question before ``start server fresh`` throws away what a run has trained (None:
+    it has trained nothing yet)."""
     number = server.require_run()
     record = server.db.get_run(number)
     if record is None or server.busy:
-        return ""
-    done = record.next_round - record.start_round
-    return (
-        f"Run {number} has {done} completed round(s) ({record.status}"
-        + (f": {record.reason}" if record.reason else "")
-        + "). Starting fresh deletes its models, metrics and cross-site results.\n"
-        "Are you sure (Y/N):"
-    )
+        return None
+    ended = record.status + (f": {record.reason}" if record.reason else "")
+    return confirm.start_fresh(number, record.next_round - record.start_round, ended)
 
 
 @command(
@@ -557,12 +578,18 @@ async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
 async def _abort(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "abort")
     server = cmds.server
+    clients = cmds.targets(names) if kind == "client" else []
+    if request.interactive and not request.confirmed:
+        question = cmds.question(request, clients)
+        if question is not None:
+            return ask(question)
     if kind == "server":
+        reason = f"aborted by {request.user}"
         if server.starting:
-            server.abort_training()
+            server.abort_training(reason)
             return Reply(True, "Server training start aborted.", {"run_number": server.run_number})
         training = server.active_training()
-        if training is None or not server.abort_training():
+        if training is None or not server.abort_training(reason):
             raise CommandError("the server is not training")
         return Reply(
             True,
@@ -570,7 +597,7 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
             f"{training.current_round}.",
             {"run_number": training.run.run_number, "round": training.current_round},
         )
-    return await cmds.per_client(request, cmds.targets(names), "abort", {})
+    return await cmds.per_client(request, clients, "abort", {})
 
 
 @command(
@@ -580,30 +607,104 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
 async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "shutdown")
     server = cmds.server
+    clients = cmds.targets(names) if kind == "client" else []
+    if not request.confirmed:
+        question = cmds.question(request, clients)
+        if question is not None:
+            return ask(question)
     if kind == "client":
-        clients = cmds.targets(names)
-        if not request.confirmed:
-            return Reply(False, "", confirm_prompt="Are you sure (Y/N):")
         reply = await cmds.per_client(request, clients, "shutdown", {})
         answers = reply.data["clients"]
         server.leaving(s for s in clients if answers[s.instance]["ok"])
         return reply
-    if not request.confirmed:
-        connected = [s.instance for s in server.registry.clients()]
-        warning = (
-            f"{len(connected)} client(s) still registered ({', '.join(connected)}); shut clients "
-            "down first (shutdown client), because they receive commands through the server.\n"
-            if connected
-            else ""
-        )
-        return Reply(False, "", confirm_prompt=f"{warning}Are you sure (Y/N):")
     server.shutting_down = True
-    server.abort_training()
+    server.abort_training(f"server shut down by {request.user}")
     log.info("shutdown requested by %s", request.user)
     still_here = await server.departures(DEPARTURE_WAIT_S)
     if still_here:
         log.warning("shutting down before %s logged out", ", ".join(still_here))
-    return Reply(True, "Shutting down the server...", {}, then=server.shutdown_requested.set)
+    user = request.user
+    return Reply(True, "Shutting down the server...", {}, then=lambda: server.stop_soon(user))
+
+
+def _page_word(request: Request, name: str, fixed: int) -> str | None:
+    """The page number word after ``fixed`` words (None: the first page)."""
+    words = request.words
+    if len(words) > fixed + 1:
+        raise _usage(name)
+    return words[fixed] if len(words) == fixed + 1 else None
+
+
+def _page(word: str | None, total: int, size: int) -> listings.Page:
+    try:
+        return listings.page_of(word, total, size)
+    except listings.PageError as exc:
+        raise CommandError(str(exc)) from None
+
+
+@command("list_runs [page]", "every run on the server, newest first", read_only=True)
+async def _list_runs(cmds: AdminCommands, request: Request) -> Reply:
+    server = cmds.server
+    word = _page_word(request, "list_runs", 1)
+    numbers = listings.run_numbers(server.store, server.db.run_numbers())
+    page = _page(word, len(numbers), listings.PAGE)
+    lines = [_run_line(server, n) for n in numbers[page.start : page.start + page.size]]
+    return Reply(True, listings.runs_text(lines, page), listings.runs_data(lines, page))
+
+
+def _run_line(server: FLServer, number: int) -> listings.RunLine:
+    training = server.training_for(number)
+    record = training.run if training is not None else server.db.get_run(number)
+    view = server.run_view() if number == server.run_number else None
+    return listings.run_line(number, record, view, server.store.deployed_app_name(number))
+
+
+@command(
+    "show_run <N> [page]", "one run's metrics, round by round and site by site", read_only=True
+)
+async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
+    words = request.words
+    if len(words) < 2 or not (words[1].isascii() and words[1].isdigit()):
+        raise _usage("show_run")
+    number, server = int(words[1]), cmds.server
+    if not server.known_run(number) and server.db.get_run(number) is None:
+        raise CommandError(f"there is no run {number} on this server (list_runs lists them)")
+    header = _run_line(server, number)
+    rounds = listings.rounds_of(server.db, number)
+    per_page = listings.rounds_per_page(len(server.db.fold_instances(number)))
+    page = _page(_page_word(request, "show_run", 2), len(rounds), per_page)
+    shown = rounds[page.start : page.start + page.size]
+    listings.add_sites(server.db, number, shown)
+    data = {
+        "run": asdict(header),
+        "rounds": [asdict(line) for line in shown],
+        **page.as_json(),
+    }
+    return Reply(True, listings.run_text(number, header, shown, page), data)
+
+
+@command("list_apps [page]", "the apps uploaded to the server, with size and hash", read_only=True)
+async def _list_apps(cmds: AdminCommands, request: Request) -> Reply:
+    store = cmds.server.store
+    names = listings.app_names(store)
+    page = _page(_page_word(request, "list_apps", 1), len(names), listings.PAGE)
+    folders = [store.transfer / name for name in names[page.start : page.start + page.size]]
+    lines = await asyncio.to_thread(lambda: [cmds.digests.line(f) for f in folders])
+    data = {"apps": [asdict(line) for line in lines], **page.as_json()}
+    return Reply(True, listings.apps_text(lines, page), data)
+
+
+@command("list_admins [page]", "the admins logged in: role, consoles, last command", read_only=True)
+async def _list_admins(cmds: AdminCommands, request: Request) -> Reply:
+    admins = cmds.server.admins
+    users = admins.users()
+    page = _page(_page_word(request, "list_admins", 1), len(users), listings.PAGE)
+    shown = users[page.start : page.start + page.size]
+    data = {
+        "admins": [{"user": user, **asdict(admins.seen(user))} for user in shown],
+        **page.as_json(),
+    }
+    return Reply(True, listings.admins_text(admins, shown, page), data)
 
 
 @command("load_crl <file>", "load the project's revocation list (the crl.pem flprovision wrote)")

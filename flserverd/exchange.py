@@ -17,9 +17,13 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from flcore import faultpoints
+from flcore.compression import WireChunk, WireCompression
+from flcore.compression import receive as receive_chunk
 from flcore.diskfault import disk_fault
 from flcore.federation import (
     MetricsKind,
@@ -34,6 +38,7 @@ from flcore.federation import (
 from flcore.progress import ProgressWatch, TransferStalled
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
+from flserverd.statedb import WireTally
 from flserverd.training import Refusal, Training
 from flserverd.transfer import check_app_name, client_app_dir
 
@@ -42,8 +47,15 @@ log = logging.getLogger(__name__)
 MAX_METRICS = 64
 MAX_METRIC_NAME = 64
 
-Chunk = tuple[str, int, bytes]
-"""A slice of one tensor of an upload: tensor name, byte offset, bytes."""
+
+@dataclass(frozen=True)
+class Download:
+    """A model a client may download now: its file, how its chunks travel, and the tally of
+    the training round its bytes count in (None: not a round's model)."""
+
+    path: Path
+    compression: WireCompression = WireCompression.NONE
+    tally: WireTally | None = None
 
 
 def check_metrics(metrics: dict[str, float]) -> str | None:
@@ -62,25 +74,58 @@ def _what(kind: UploadKind) -> str:
     return "local model" if kind is UploadKind.BEST_LOCAL else "update"
 
 
+class ExchangeWatcher(Protocol):
+    """Who learns what became of each upload and report, and how many bytes moved: the
+    metrics endpoint and experiment tracking. Called on the event loop; must not block."""
+
+    def upload_judged(self, instance: str, header: SubmitHeader | None, verdict: Verdict) -> None:
+        """The verdict on an upload (``header`` None: it could not be read)."""
+
+    def report_judged(self, instance: str, report: MetricsReport, verdict: Verdict) -> None:
+        """The verdict on a metrics report."""
+
+    def moved(self, outward: bool, what: str, size: int) -> None:
+        """``size`` bytes of a model (``what``: an upload kind, ``model`` or ``app``) moved."""
+
+    def stalled(self, kind: UploadKind) -> None:
+        """An upload was given up because nothing moved for a while (the client sends it
+        again)."""
+
+
 class ModelExchange:
     """The server's side of models and metrics moving between it and its clients."""
 
     def __init__(self, server: FLServer) -> None:
         self.server = server
+        self.watchers: list[ExchangeWatcher] = []
 
-    def model_for(self, instance: str, request: ModelRequest) -> Path:
-        """The file a client may download now; Refusal says why it may not."""
+    def sent(self, what: str, size: int) -> None:
+        """``size`` bytes of a model or an app went to a client."""
+        for watcher in self.watchers:
+            watcher.moved(True, what, size)
+
+    def sent_chunk(self, download: Download, chunk: WireChunk, raw: int) -> None:
+        """A chunk of a model went to a client; it stood for ``raw`` bytes of the model."""
+        self.sent("model", len(chunk.data))
+        if download.tally is not None:
+            download.tally.add(True, len(chunk.data), raw)
+
+    def model_for(self, instance: str, request: ModelRequest) -> Download:
+        """The model a client may download now; Refusal says why it may not. A round's model
+        travels as the app's ``wire_compression`` says; cross-site models as stored, so that
+        sites validate the very models the matrix names."""
         if request.kind is ModelKind.GLOBAL:
             training = self.server.training_for(request.run_number)
             if training is None:
                 raise Refusal(f"run {request.run_number} is not training")
-            return training.admit(instance, request.round)
+            path = training.admit(instance, request.round)
+            return Download(path, training.compression, training.tally)
         if not self.server.known_run(request.run_number):
             raise Refusal(f"run {request.run_number} does not exist on this server")
         crossval = self.server.crossval_for(request.run_number)
         if request.kind is ModelKind.BEST_GLOBAL:
-            return crossval.global_model_for(instance)
-        return crossval.site_model_for(instance, request.owner)
+            return Download(crossval.global_model_for(instance))
+        return Download(crossval.site_model_for(instance, request.owner))
 
     def app_folder(self, run_number: int, app: str) -> Path:
         """The copy of an app deployed to clients of a run; TransferError for a name that
@@ -93,10 +138,13 @@ class ModelExchange:
     def refuse(self, instance: str, reason: str) -> Verdict:
         """The verdict on an upload whose header could not be read."""
         log.info("upload from %s rejected: %s", instance, reason)
-        return Verdict(SubmitOutcome.REJECTED, reason)
+        verdict = Verdict(SubmitOutcome.REJECTED, reason)
+        for watcher in self.watchers:
+            watcher.upload_judged(instance, None, verdict)
+        return verdict
 
     async def receive(
-        self, instance: str, header: SubmitHeader, chunks: AsyncIterator[Chunk]
+        self, instance: str, header: SubmitHeader, chunks: AsyncIterator[WireChunk]
     ) -> Verdict:
         """Judge an upload, receive it when it may be used, and hand it over once.
 
@@ -117,6 +165,8 @@ class ModelExchange:
                 verdict.outcome.value,
                 verdict.message,
             )
+        for watcher in self.watchers:
+            watcher.upload_judged(instance, header, verdict)
         return verdict
 
     def check_upload(
@@ -167,7 +217,7 @@ class ModelExchange:
         instance: str,
         header: SubmitHeader,
         training: Training | None,
-        chunks: AsyncIterator[Chunk],
+        chunks: AsyncIterator[WireChunk],
     ) -> Verdict:
         spool_path = (
             self.server.store.spool_dir(header.run_number)
@@ -175,14 +225,22 @@ class ModelExchange:
         )
         spool: SpoolWriter | None = None
         watch = ProgressWatch(f"{_what(header.kind)} from {instance}")
+        tally = None
+        if training is not None and header.kind is UploadKind.UPDATE:
+            tally = training.tally
 
         async def receive(spool: SpoolWriter) -> TensorFile:
-            # Disk writes and the NaN checks run in a thread: the loop keeps serving
-            # commands and heartbeats while large models stream in.
+            # Decoding, disk writes and the NaN checks run in a thread: the loop keeps
+            # serving commands and heartbeats while large models stream in. The spool holds
+            # the decoded tensors, so everything after it sees an ordinary model.
             received = 0
-            async for name, offset, data in chunks:
+            async for chunk in chunks:
                 watch.moved()
-                await asyncio.to_thread(spool.write, name, offset, data)
+                raw = await asyncio.to_thread(receive_chunk, spool, chunk)
+                for watcher in self.watchers:
+                    watcher.moved(False, header.kind.value, len(chunk.data))
+                if tally is not None:
+                    tally.add(False, len(chunk.data), raw)
                 received += 1
                 if received == 1:
                     faultpoints.reached(faultpoints.SERVER_UPLOAD)
@@ -215,6 +273,8 @@ class ModelExchange:
             return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
         except TransferStalled as exc:
             log.warning("%s", exc)
+            for watcher in self.watchers:
+                watcher.stalled(header.kind)
             raise
         finally:
             # An accepted update's file was moved into its round (RunStore.keep_update).
@@ -223,6 +283,12 @@ class ModelExchange:
 
     def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
         """A validation report: of the final global model, or one cross-site cell."""
+        verdict = self._judge_report(instance, report)
+        for watcher in self.watchers:
+            watcher.report_judged(instance, report, verdict)
+        return verdict
+
+    def _judge_report(self, instance: str, report: MetricsReport) -> Verdict:
         problem = check_metrics(report.metrics)
         if problem:
             return Verdict(SubmitOutcome.REJECTED, problem)

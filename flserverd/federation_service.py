@@ -20,13 +20,14 @@ import grpc
 
 from flcore import faultpoints
 from flcore import status as st
+from flcore.compression import encoded_chunks
 from flcore.folders import iter_chunks
 from flcore.progress import TransferStalled
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.tensorfile import TensorFile, TensorFileError
-from flcore.wire import WireError, manifest_to_proto
+from flcore.wire import WireError, chunk_to_proto, manifest_to_proto
 from flserverd.exchange import ModelExchange
 from flserverd.registry import AuthError, RegisteredClient
 from flserverd.rpc import Context, peer_identity
@@ -82,16 +83,16 @@ class FederationService(fed_grpc.FederationServicer):
     ) -> fed_pb2.ClientLoginReply:
         """Register a client certificate, or resume its registration."""
         try:
-            client, resumed = self.server.login(
+            login = self.server.login(
                 peer_identity(context), request.token, machine_from_proto(request.info)
             )
         except AuthError as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise
         return fed_pb2.ClientLoginReply(
-            token=client.token,
-            instance_name=client.instance,
-            resumed=resumed,
+            token=login.token,
+            instance_name=login.client.instance,
+            resumed=login.resumed,
             project=self.server.startup.project,
             heartbeat_interval_s=int(self.server.startup.heartbeat_interval),
         )
@@ -147,20 +148,20 @@ class FederationService(fed_grpc.FederationServicer):
         """Stream a model: manifest first, then its bytes in chunks."""
         client = await self._client(request.token, context)
         try:
-            path = self.exchange.model_for(client.instance, model_request_from_proto(request))
+            download = self.exchange.model_for(client.instance, model_request_from_proto(request))
         except WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise
         except Refusal as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise
-        model = TensorFile(path)
+        model = TensorFile(download.path)
         yield fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest))
         sent = 0
-        async for name, offset, data in _in_batches(model.iter_chunks()):
-            yield fed_pb2.ModelMessage(
-                chunk=common_pb2.TensorChunk(name=name, offset=offset, data=data)
-            )
+        chunks = encoded_chunks(model, download.compression)
+        async for chunk, raw in _in_batches(chunks):
+            yield fed_pb2.ModelMessage(chunk=chunk_to_proto(chunk))
+            self.exchange.sent_chunk(download, chunk, raw)
             sent += 1
             if sent == 1:
                 faultpoints.reached(faultpoints.SERVER_DOWNLOAD)
@@ -219,3 +220,4 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         async for path, offset, data, eof in _in_batches(iter_chunks(folder)):
             yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
+            self.exchange.sent("app", len(data))

@@ -2,12 +2,16 @@
 
 A client that logs in is registered under a token and an instance name. A
 token is bound to the certificate identity that obtained it; presenting it
-with another certificate is refused. Registrations are persisted so that,
-after a server restart, a client that reconnects with its token keeps its
-instance name and carries on. A client that is not heard from for
-``heart_beat_timeout`` seconds is dropped. One kit may run at most
-``max_instances`` instances at once, so a stolen or misused kit cannot fill
-the server (and every admin's screen) with registrations.
+with another certificate is refused. The registry keeps only each token's
+SHA-256 (:func:`flcore.tokens.token_key`): the token itself goes to the
+client once, in the login reply, and a copy of the state database (a
+backup, a stolen disk) holds nothing a client could log in with.
+Registrations are persisted so that, after a server restart, a client that
+reconnects with its token keeps its instance name and carries on. A client
+that is not heard from for ``heart_beat_timeout`` seconds is dropped. One
+kit may run at most ``max_instances`` instances at once, so a stolen or
+misused kit cannot fill the server (and every admin's screen) with
+registrations.
 """
 
 from __future__ import annotations
@@ -16,16 +20,37 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, NamedTuple, TypeVar
 
 from flcore.diskfault import disk_fault
 from flcore.federation import MachineInfo
 from flcore.identity import Identity
 from flcore.status import ClientStatus
-from flcore.tokens import new_token, same_token, token_key
+from flcore.tokens import key_id, new_token, same_key, token_key
 from flserverd.statedb import ClientRecord, StateDB
 
 log = logging.getLogger(__name__)
+
+
+R = TypeVar("R", ClientStatus, MachineInfo)
+STATUS_AT = "status_at"
+"""Kept beside a client's saved status: when it last changed (see RegisteredClient)."""
+
+
+def _restored(kind: type[R], saved: dict[str, Any]) -> R:
+    """A record read back from the state database; fields of the wrong type are dropped."""
+    defaults = kind()
+    known = {
+        f.name: saved[f.name]
+        for f in fields(kind)
+        if f.name in saved and type(saved[f.name]) is type(getattr(defaults, f.name))
+    }
+    return kind(**known)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class AuthError(PermissionError):
@@ -36,7 +61,8 @@ class AuthError(PermissionError):
 class RegisteredClient:
     """One logged-in client instance."""
 
-    token: str
+    token_key: bytes
+    """The SHA-256 of its token (the token itself is never kept)."""
     client_name: str
     instance: str
     org: str
@@ -45,8 +71,24 @@ class RegisteredClient:
     connected: bool = False
     status: ClientStatus = field(default_factory=ClientStatus)
     machine: MachineInfo = field(default_factory=MachineInfo)
+    status_at: float = 0.0
+    """When the client last changed its status word or run (0: not since the server started)."""
     serial: int = 0
     """Serial of the certificate it last presented (0 until it does after a restart)."""
+
+    @property
+    def token_id(self) -> str:
+        """Its token's public name (:func:`flcore.tokens.token_id`)."""
+        return key_id(self.token_key)
+
+
+class Login(NamedTuple):
+    """A client's login: its registration, the token it presents from now on, and whether it
+    resumed an earlier registration."""
+
+    client: RegisteredClient
+    token: str
+    resumed: bool
 
 
 class ClientRegistry:
@@ -67,16 +109,22 @@ class ClientRegistry:
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
         self._by_instance: dict[str, RegisteredClient] = {}
         now = clock()
+        states = db.client_states()
         for record in db.load_clients():
-            # Restored clients get a full timeout to reconnect after a restart.
+            # Restored clients get a full timeout to reconnect after a restart, and show
+            # (offline) what they last said until they say it again.
+            status, machine = states.get(record.token_key, ({}, {}))
             self._add(
                 RegisteredClient(
-                    token=record.token,
+                    token_key=record.token_key,
                     client_name=record.client_name,
                     instance=record.instance,
                     org=record.org,
                     connected_at=record.created_at,
                     last_heartbeat=now,
+                    status=_restored(ClientStatus, status),
+                    machine=_restored(MachineInfo, machine),
+                    status_at=_number(status.get(STATUS_AT)),
                 )
             )
         if self._clients:
@@ -90,7 +138,7 @@ class ClientRegistry:
         return sorted(self._clients.values(), key=lambda s: s.instance)
 
     def _add(self, client: RegisteredClient) -> None:
-        self._clients[token_key(client.token)] = client
+        self._clients[client.token_key] = client
         self._by_instance[client.instance] = client
 
     def by_instance(self, instance: str) -> RegisteredClient | None:
@@ -99,18 +147,16 @@ class ClientRegistry:
 
     def is_current(self, client: RegisteredClient) -> bool:
         """Whether the client is still registered (not dropped or replaced)."""
-        return self._clients.get(token_key(client.token)) is client
+        return self._clients.get(client.token_key) is client
 
     def _by_token(self, token: str) -> RegisteredClient | None:
         client = self._clients.get(token_key(token)) if token else None
-        return client if client is not None and same_token(client.token, token) else None
+        return client if client is not None and same_key(client.token_key, token) else None
 
-    def login(
-        self, identity: Identity, token: str, machine: MachineInfo
-    ) -> tuple[RegisteredClient, bool]:
+    def login(self, identity: Identity, token: str, machine: MachineInfo) -> Login:
         """Register a verified client certificate, or resume its registration.
 
-        Returns the client and whether it was resumed. A token that belongs
+        Returns the client, its token and whether it was resumed. A token that belongs
         to another identity is refused. A known token of the same identity
         always resumes its registration, even while the server still thinks the old
         stream is open (after a network blip the client often knows first);
@@ -130,7 +176,8 @@ class ClientRegistry:
             client.last_heartbeat = now
             client.machine = machine
             client.serial = identity.serial
-            return client, True
+            self.remember(client)
+            return Login(client, token, True)
         running = sum(1 for c in self._clients.values() if c.client_name == identity.name)
         if running >= self.max_instances:
             log.warning(
@@ -141,8 +188,9 @@ class ClientRegistry:
                 f"allows (max_instances_per_kit in the server's local/fed_server.json): stop "
                 f"one, or wait up to {self.heart_beat_timeout:g}s for one that crashed to time out"
             )
+        token = new_token()
         client = RegisteredClient(
-            token=new_token(),
+            token_key=token_key(token),
             client_name=identity.name,
             instance=self._free_instance(identity.name),
             org=identity.org,
@@ -152,9 +200,22 @@ class ClientRegistry:
             serial=identity.serial,
         )
         self._add(client)
-        record = ClientRecord(client.token, client.client_name, client.instance, client.org, now)
+        record = ClientRecord(
+            client.token_key, client.client_name, client.instance, client.org, now
+        )
         self._saved(lambda: self._db.save_client(record), f"registration of {client.instance}")
-        return client, False
+        self.remember(client)
+        return Login(client, token, False)
+
+    def remember(self, client: RegisteredClient) -> None:
+        """Keep what a client last said about itself (not its traceback) and its machine,
+        for the rows a restarted server shows until the client is back."""
+        status = {**asdict(replace(client.status, traceback="")), STATUS_AT: client.status_at}
+        machine = asdict(client.machine)
+        self._saved(
+            lambda: self._db.save_client_state(client.token_key, status, machine),
+            f"status of {client.instance}",
+        )
 
     @staticmethod
     def _saved(write: Callable[[], None], what: str) -> None:
@@ -199,8 +260,8 @@ class ClientRegistry:
 
     def remove(self, client: RegisteredClient) -> None:
         """Forget a client (dropped, logged out or shut down)."""
-        if self._clients.pop(token_key(client.token), None) is not None:
+        if self._clients.pop(client.token_key, None) is not None:
             self._by_instance.pop(client.instance, None)
             self._saved(
-                lambda: self._db.delete_client(client.token), f"removal of {client.instance}"
+                lambda: self._db.delete_client(client.token_key), f"removal of {client.instance}"
             )

@@ -12,6 +12,7 @@
     <workspace>/run_<N>/tb/                TensorBoard event files
     <workspace>/run_<N>/.spool/            uploads in flight (deleted at start)
     <workspace>/run_<N>/.spool/round_<r>/  accepted updates of round r, until it is aggregated
+    <workspace>/run_<N>/mlflow_run.json    the MLflow run this run logs to (flserverd.tracking)
 
 Models are only ever replaced by rename (or a hard link renamed into place),
 so a reader or a crash sees either the old file or the new one.
@@ -19,6 +20,7 @@ so a reader or a crash sees either the old file or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 GLOBAL_MODEL = "global_model.safetensors"
 BEST_MODEL = "best_global_model.safetensors"
+SPOOL_DIR = ".spool"
 
 
 class RunStore:
@@ -78,9 +81,29 @@ class RunStore:
 
     def spool_dir(self, run_number: int) -> Path:
         """Uploads being received for a run."""
-        path = self.run_dir(run_number) / ".spool"
+        path = self.run_dir(run_number) / SPOOL_DIR
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def spool_usage(self, run_number: int) -> tuple[int, int]:
+        """Files and bytes in a run's spool now: uploads being received and accepted updates
+        waiting for their round's aggregation (creates nothing; safe from any thread)."""
+        files = size = 0
+        folders = [self.run_dir(run_number) / SPOOL_DIR]
+        while folders:
+            try:
+                with os.scandir(folders.pop()) as entries:
+                    for entry in entries:
+                        # An entry may go meanwhile: a file folded, a round's folder dropped.
+                        with contextlib.suppress(FileNotFoundError):
+                            if entry.is_dir(follow_symlinks=False):
+                                folders.append(Path(entry.path))
+                                continue
+                            size += entry.stat(follow_symlinks=False).st_size
+                            files += 1
+            except FileNotFoundError:
+                continue
+        return files, size
 
     def keep_update(self, run_number: int, round_number: int, instance: str, spool: Path) -> Path:
         """Move an accepted update's spool file into its round's folder, where it waits to be
@@ -101,7 +124,7 @@ class RunStore:
 
     def clear_spool(self, run_number: int) -> None:
         """Delete half-received uploads (after a restart they are worthless)."""
-        shutil.rmtree(self.run_dir(run_number) / ".spool", ignore_errors=True)
+        shutil.rmtree(self.run_dir(run_number) / SPOOL_DIR, ignore_errors=True)
 
     def clear_outputs(self, run_number: int, keep_round: int) -> None:
         """Forget what an earlier start of run N produced (it is trained again from the

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from flcore.compression import WireChunk
 from flcore.configfile import parse_json
 from flcore.federation import (
     ClientHeartbeat,
@@ -36,12 +37,14 @@ from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.schema import ConfigError
 from flcore.status import ClientStatus
 from flcore.wire import (
+    COMPRESSIONS,
     METRICS_KINDS,
     MODEL_KINDS,
     SUBMIT_OUTCOMES,
     TASK_KINDS,
     UPLOAD_KINDS,
     WireError,
+    chunk_from_proto,
     enum_from_proto,
     manifest_from_proto,
 )
@@ -144,6 +147,7 @@ def downward_to_proto(message: Downward) -> fed_pb2.ServerMessage:
                 kind=TASK_KINDS[message.kind],
                 model_owners=list(message.owners),
                 pending_owners=list(message.pending),
+                compression=COMPRESSIONS[message.compression],
             )
         )
     if isinstance(message, RunEnded):
@@ -183,11 +187,11 @@ def submit_header_from_proto(message: fed_pb2.SubmitHeader) -> SubmitHeader:
 
 async def chunks_from_proto(
     messages: AsyncIterator[fed_pb2.SubmitModelMessage],
-) -> AsyncIterator[tuple[str, int, bytes]]:
-    """The tensor chunks that follow an upload's header."""
+) -> AsyncIterator[WireChunk]:
+    """The tensor chunks that follow an upload's header (TensorFileError for one in an
+    encoding this server does not know)."""
     async for message in messages:
-        chunk = message.chunk
-        yield chunk.name, chunk.offset, chunk.data
+        yield chunk_from_proto(message.chunk)
 
 
 def metrics_report_from_proto(message: fed_pb2.MetricsReport) -> MetricsReport:

@@ -41,6 +41,7 @@ from flcore.feed import (
     LogEntry,
     RunInfo,
     ServerInfo,
+    ServerStopping,
     Snapshot,
 )
 from flcore.identity import KIND_CLIENT, Identity
@@ -49,12 +50,11 @@ from flcore.sdnotify import notify
 from flcore.startup import STARTUP_DIR, ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
-from flcore.tokens import token_id
 from flserverd.admins import AdminLogin, AdminLogins
 from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink
-from flserverd.registry import AuthError, ClientRegistry, RegisteredClient
+from flserverd.registry import AuthError, ClientRegistry, Login, RegisteredClient
 from flserverd.revocation import CRL_STORE, Revocations
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
@@ -72,9 +72,12 @@ from flserverd.training import (
     STORAGE_RETRY_S,
     Training,
 )
-from flserverd.views import client_row, fit_snapshot, round_record
+from flserverd.views import best_text, client_row, fit_snapshot, round_record
 
 log = logging.getLogger(__name__)
+
+TRAINING_ON = frozenset({st.STARTING, st.STARTED, st.PAUSED})
+"""Statuses of a site that will send an update for the round without an admin's help."""
 
 RUN_NUMBER_KEY = "run_number"
 MODEL_INIT_TIMEOUT = 600.0
@@ -116,13 +119,18 @@ class FLServer:
             workspace / STARTUP_DIR / startup.ssl_cert,
         )
         self._run_number = int(self.db.get_meta(RUN_NUMBER_KEY) or 0)
-        self.links: dict[str, ClientLink] = {}
+        self.links: dict[bytes, ClientLink] = {}
         self.training: Training | None = None
         self._crossvals: dict[int, CrossValidation] = {}
         self.starting = False
         self._starting_task: asyncio.Task[None] | None = None
         self.start_error = ""
+        self._abort_reason = ""
+        self._blocked = ""
+        """Why the training run cannot progress, as last published."""
         self.shutdown_requested = asyncio.Event()
+        self.stopped_by = ""
+        """The admin whose ``shutdown server`` stops the server ("" until one does)."""
         self.shutting_down = False
         """An admin's shutdown was accepted: no other command changes anything now."""
         self._sweeper: asyncio.Task[None] | None = None
@@ -131,7 +139,7 @@ class FLServer:
         """Why the interrupted run could not be resumed yet (a full disk); retried."""
         self._links_changed = asyncio.Condition()
         """Notified when a client's stream attaches or a client is dropped."""
-        self._leaving: set[str] = set()
+        self._leaving: set[bytes] = set()
         """Tokens of clients that agreed to shut down and have not logged out yet."""
         self._background: set[asyncio.Task[None]] = set()
         self._log_handler: BusLogHandler | None = None
@@ -207,6 +215,19 @@ class FLServer:
             record.num_rounds,
             dropped,
         )
+
+    def stop_soon(self, user: str) -> None:
+        """An admin's ``shutdown server`` was answered: the daemon stops now."""
+        self.stopped_by = user
+        self.shutdown_requested.set()
+
+    def announce_stop(self, signalled: str) -> None:
+        """Tell every console the server stops, and who asked (an admin, else what
+        ``signalled`` says), as the last event of its feed."""
+        by = self.stopped_by or signalled
+        log.info("stopping: asked by %s", by)
+        self.bus.publish(ServerStopping(by, admin=bool(self.stopped_by)))
+        self.bus.close()
 
     def _hold(self, record: RunRecord, config: ServerAppConfig) -> int:
         """Take up a run from its last committed round (after a restart, or to continue a
@@ -286,6 +307,7 @@ class FLServer:
         if self.training_for(number) is None:
             self.training = None
         self.publish_run()
+        self.publish_clients()
         return existed
 
     def server_status(self) -> str:
@@ -375,6 +397,7 @@ class FLServer:
         record.num_rounds = config.num_rounds
         record.phase = PHASE_TRAINING if training_left else PHASE_FINAL_VALIDATION
         record.status, record.reason, record.failed_sites = st.STARTED, "", []
+        record.failures, record.started_at, record.ended_at = {}, time.time(), 0.0
         try:
             self._hold(record, config)
             self.db.save_run(record)
@@ -396,6 +419,7 @@ class FLServer:
         for client in self.registry.clients():
             if client.status.status == st.STARTED and client.status.run_number == number:
                 training.ready.add(client.instance)
+        self.publish_clients()
         training.begin()
 
     async def _prepare_and_begin(self, number: int, config: ServerAppConfig) -> None:
@@ -405,8 +429,8 @@ class FLServer:
             manifest = TensorFile(model).manifest
             self._begin(number, config, manifest)
         except asyncio.CancelledError:
-            self.start_error = "start aborted by admin"
-            log.info("run %d: start aborted", number)
+            self.start_error = f"start {self._abort_reason}"
+            log.info("run %d: start %s", number, self._abort_reason)
             raise
         except Exception as exc:
             self.start_error = _start_failure(exc)
@@ -449,6 +473,8 @@ class FLServer:
             start_round=config.start_round,
             num_rounds=config.num_rounds,
             next_round=config.start_round,
+            metric=config.validation_metric,
+            started_at=time.time(),
         )
         self.db.save_run(record)
         training = Training(record, config, manifest, self.store, self.db, self)
@@ -478,15 +504,17 @@ class FLServer:
             self._crossvals[run_number] = current
         return current
 
-    def abort_training(self) -> bool:
-        """Stop the current run's training (or its start); False when nothing was training."""
+    def abort_training(self, reason: str) -> bool:
+        """Stop the current run's training (or its start), saying why (``aborted by
+        <admin>``); False when nothing was training."""
+        self._abort_reason = reason
         if self._starting_task is not None:
             self._starting_task.cancel()
             return True
         training = self.active_training()
         if training is None:
             return False
-        training.abort()
+        training.abort(reason)
         return True
 
     # ------------------------------------------------------------------ TrainingListener
@@ -495,7 +523,7 @@ class FLServer:
         """Send a task offer to clients (TrainingListener, CrossValidationListener)."""
         for instance in instances:
             client = self.registry.by_instance(instance)
-            link = self.links.get(client.token) if client else None
+            link = self.links.get(client.token_key) if client else None
             if link is not None:
                 link.send(offer)
 
@@ -514,36 +542,35 @@ class FLServer:
 
     # ------------------------------------------------------------------ clients
 
-    def login(
-        self, identity: Identity | None, token: str, machine: MachineInfo
-    ) -> tuple[RegisteredClient, bool]:
-        """Register a client certificate (or resume its registration: the second value);
-        AuthError for any other certificate or a token that belongs to another."""
+    def login(self, identity: Identity | None, token: str, machine: MachineInfo) -> Login:
+        """Register a client certificate (or resume its registration); AuthError for any
+        other certificate or a token that belongs to another."""
         if identity is None or identity.kind != KIND_CLIENT:
             who = f"{identity.kind} certificate {identity.name!r}" if identity else "no certificate"
             log.warning("refused federation login with %s", who)
             raise AuthError(f"the federation service accepts client certificates only, got {who}")
-        client, resumed = self.registry.login(identity, token, machine)
+        login = self.registry.login(identity, token, machine)
+        client = login.client
         self._revoked_instances.pop(client.instance, None)
-        verb = "resumed its registration" if resumed else "joined"
+        verb = "resumed its registration" if login.resumed else "joined"
         log.info(
             "Client %s %s as instance %s with token %s. Total clients: %d",
             client.client_name,
             verb,
             client.instance,
-            token_id(client.token),
+            client.token_id,
             len(self.registry),
         )
         self.publish_client(client)
-        return client, resumed
+        return login
 
     def attach(self, client: RegisteredClient, status: ClientStatus) -> ClientLink:
         """A client opened its control stream."""
-        old = self.links.pop(client.token, None)
+        old = self.links.pop(client.token_key, None)
         if old is not None:
             old.close()
         link = ClientLink(client.instance)
-        self.links[client.token] = link
+        self.links[client.token_key] = link
         client.connected = True
         self.update_status(client, status)
         self._spawn_notify()
@@ -561,8 +588,8 @@ class FLServer:
     def detach(self, client: RegisteredClient, link: ClientLink) -> None:
         """A client's control stream ended; it stays registered until the heartbeat timeout."""
         link.close()
-        if self.links.get(client.token) is link:
-            del self.links[client.token]
+        if self.links.get(client.token_key) is link:
+            del self.links[client.token_key]
             client.connected = False
             log.info("control stream of %s closed; it stays registered", client.instance)
             self.publish_client(client)
@@ -573,6 +600,10 @@ class FLServer:
         previous = client.status
         client.status = status
         self.registry.heard(client)
+        if (status.status, status.run_number) != (previous.status, previous.run_number):
+            client.status_at = time.time()
+        if _lasting(status) != _lasting(previous):
+            self.registry.remember(client)
         self.publish_client(client)
         if self.known_run(status.run_number):
             self._follow_crossval(client.instance, previous, status)
@@ -587,6 +618,8 @@ class FLServer:
             training.client_gone(client.instance, failed_reason=status.error or "failed")
         elif status.status != st.STARTING:
             training.client_gone(client.instance)
+        if self.blocked(training) != self._blocked:
+            self.publish_run()
 
     def _follow_crossval(self, instance: str, previous: ClientStatus, status: ClientStatus) -> None:
         crossval = self.crossval_for(status.run_number)
@@ -604,7 +637,7 @@ class FLServer:
         whose start failed."""
         if status.status not in (st.STARTING, st.STARTED) or not status.run_number or self.starting:
             return
-        link = self.links.get(client.token)
+        link = self.links.get(client.token_key)
         if link is None:
             return
         record = self.db.get_run(status.run_number)
@@ -634,7 +667,7 @@ class FLServer:
         elif isinstance(message, StatusChanged):
             self.update_status(client, message.status)
         elif isinstance(message, CommandResult):
-            link = self.links.get(client.token)
+            link = self.links.get(client.token_key)
             if link is not None:
                 link.resolve(message)
         elif isinstance(message, LogBatch):
@@ -676,12 +709,12 @@ class FLServer:
 
     def drop(self, client: RegisteredClient, reason: str) -> None:
         """Remove a client (heartbeat timeout, logout, shutdown)."""
-        link = self.links.pop(client.token, None)
+        link = self.links.pop(client.token_key, None)
         if link is not None:
             link.send(Closed(reason))
             link.close()
         self.registry.remove(client)
-        self._leaving.discard(client.token)
+        self._leaving.discard(client.token_key)
         self._spawn_notify()
         log.info("client %s (%s) removed: %s", client.instance, client.client_name, reason)
         self.bus.publish(ClientGone(client.instance, reason))
@@ -741,21 +774,21 @@ class FLServer:
 
     async def _link_of(self, client: RegisteredClient, wait: float) -> ClientLink | None:
         """The client's stream, waiting briefly for one that is (re)connecting."""
-        link = self.links.get(client.token)
+        link = self.links.get(client.token_key)
         if link is not None:
             return link
         async with self._links_changed:
             try:
                 await asyncio.wait_for(
-                    self._links_changed.wait_for(lambda: client.token in self.links), wait
+                    self._links_changed.wait_for(lambda: client.token_key in self.links), wait
                 )
             except TimeoutError:
                 return None
-        return self.links.get(client.token)
+        return self.links.get(client.token_key)
 
     def leaving(self, clients: Iterable[RegisteredClient]) -> None:
         """These clients agreed to shut down: each logs out once its training is stopped."""
-        self._leaving.update(client.token for client in clients)
+        self._leaving.update(client.token_key for client in clients)
 
     async def departures(self, wait: float) -> list[str]:
         """Wait up to ``wait`` seconds for leaving clients to log out; returns those still here.
@@ -766,7 +799,7 @@ class FLServer:
         """
 
         def still_here() -> list[str]:
-            return [s.instance for s in self.registry.clients() if s.token in self._leaving]
+            return [s.instance for s in self.registry.clients() if s.token_key in self._leaving]
 
         async with self._links_changed:
             with contextlib.suppress(TimeoutError):
@@ -777,7 +810,23 @@ class FLServer:
 
     def publish_client(self, client: RegisteredClient) -> None:
         """Send a client's row to consoles."""
-        self.bus.publish(client_row(client))
+        self.bus.publish(self.client_row(client))
+
+    def client_row(self, client: RegisteredClient) -> ClientRow:
+        """A client's row as it describes the server's current run (see views.client_row)."""
+        return client_row(client, *self._run_scope())
+
+    def _run_scope(self) -> tuple[int, float]:
+        """The current run's number and when it last started (0 when it never did)."""
+        number = self.run_number
+        training = self.training_for(number)
+        record = training.run if training is not None else self.db.get_run(number)
+        return number, record.started_at if record is not None else 0.0
+
+    def publish_clients(self) -> None:
+        """Send every client's row again: the run changed, and with it what the rows say."""
+        for client in self.registry.clients():
+            self.publish_client(client)
 
     def publish_run(self) -> None:
         """Send the run's state to consoles and to systemd."""
@@ -788,6 +837,33 @@ class FLServer:
                 f"STATUS=run {view.run_number} {view.server_status}, round "
                 f"{view.current_round}/{view.num_rounds}, {len(self.registry)} clients"
             )
+
+    def blocked(self, training: Training) -> str:
+        """Why a training run cannot finish its round, or "" when it can.
+
+        A round needs ``min_num_clients`` updates; the sites that can still
+        send one are those that did and those training this run (or
+        starting to, or paused by their disk: they go on by themselves).
+        Failed sites are named with their error.
+        """
+        if not training.active or training.run.phase != PHASE_TRAINING:
+            return ""
+        number, needed = training.run.run_number, training.config.min_num_clients
+        able = set(training.round.contributed) | {
+            s.instance
+            for s in self.registry.clients()
+            if s.status.run_number == number and s.status.status in TRAINING_ON
+        }
+        if len(able) >= needed:
+            return ""
+        failures = training.run.failures
+        if failures:
+            why = ", ".join(f"{site} failed ({error})" for site, error in sorted(failures.items()))
+            return f"min_num_clients {needed} but only {len(able)} site(s) can train: {why}"
+        return (
+            f"min_num_clients {needed} but only {len(able)} site(s) are training: "
+            "start more clients (start client)"
+        )
 
     def run_view(self) -> RunInfo:
         """The run's state now (from the database when it is not training here)."""
@@ -800,9 +876,6 @@ class FLServer:
         if record is None:
             app = self.store.deployed_app_name(number) if number else ""
             return RunInfo(number, status, app=app, reason=self.start_error)
-        best = ""
-        if record.best_value is not None:
-            best = f"{record.best_value:.4f} (round {record.best_round})"
         return RunInfo(
             run_number=number,
             server_status=status,
@@ -812,18 +885,15 @@ class FLServer:
             num_rounds=record.num_rounds,
             history=tuple(round_record(r) for r in self.db.round_records(number)[-HISTORY_SHOWN:]),
             failed_sites=tuple(record.failed_sites),
-            best_metric=best,
+            best_metric=best_text(record),
             reason=record.reason,
+            site_errors=dict(record.failures),
             fault=self.resume_fault,
         )
 
     def _training_view(self, training: Training, status: str) -> RunInfo:
         run, state = training.run, training.round
-        best = ""
-        if run.best_value is not None:
-            best = (
-                f"{training.config.validation_metric}={run.best_value:.4f} (round {run.best_round})"
-            )
+        self._blocked = self.blocked(training)
         return RunInfo(
             run_number=run.run_number,
             server_status=status,
@@ -840,14 +910,17 @@ class FLServer:
             wait_deadline=state.deadline,
             history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
-            best_metric=best,
+            best_metric=best_text(run),
             reason=run.reason or self.start_error,
+            site_errors=dict(run.failures),
+            blocked=self._blocked,
             fault=training.fault,
         )
 
     def client_rows(self) -> list[ClientRow]:
         """Every registered client, by instance name."""
-        return [client_row(s) for s in self.registry.clients()]
+        scope = self._run_scope()
+        return [client_row(s, *scope) for s in self.registry.clients()]
 
     def snapshot(self) -> Snapshot:
         """Everything a console shows, as it is now (the first event of its feed)."""
@@ -877,6 +950,11 @@ def _start_failure(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return f"the server could not write the initial model: {exc.strerror or exc}"
     return "an unexpected error on the server; its log has the details"
+
+
+def _lasting(status: ClientStatus) -> tuple[object, ...]:
+    """What of a client's status is worth keeping across a server restart (not its round)."""
+    return (status.status, status.run_number, status.app, status.cross_validate, status.error)
 
 
 async def build_initial_model(app_dir: Path, target: Path) -> None:

@@ -1,6 +1,6 @@
 """Server state that must survive a restart, in one SQLite file.
 
-Runs and their round pointer, registered clients and their tokens, which updates were
+Runs and their round pointer, registered clients and their tokens' SHA-256, which updates were
 folded into which round, round metrics, cross-site validation results, the
 audit of admin commands, the certificates peers logged in with and the
 names an admin revoked here. SQLite in WAL mode with synchronous=FULL gives
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flcore.tokens import token_key
 from flserverd.aggregator import UpdateStats
 
 SCHEMA = """
@@ -34,14 +35,23 @@ CREATE TABLE IF NOT EXISTS runs (
     best_value REAL,
     failed_sites TEXT NOT NULL DEFAULT '[]',
     reason TEXT NOT NULL DEFAULT '',
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    failures TEXT NOT NULL DEFAULT '{}',
+    metric TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL DEFAULT 0,
+    ended_at REAL NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS clients (
-    token TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS registrations (
+    token_sha256 BLOB PRIMARY KEY,
     client_name TEXT NOT NULL,
     instance TEXT NOT NULL UNIQUE,
     org TEXT NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS client_state (
+    token_sha256 BLOB PRIMARY KEY,
+    status TEXT NOT NULL,
+    machine TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS folded (
     run_number INTEGER NOT NULL,
@@ -87,6 +97,24 @@ CREATE TABLE IF NOT EXISTS revoked_names (
 """
 
 
+RUN_COLUMNS_ADDED = {
+    "failures": "TEXT NOT NULL DEFAULT '{}'",
+    "metric": "TEXT NOT NULL DEFAULT ''",
+    "started_at": "REAL NOT NULL DEFAULT 0",
+    "ended_at": "REAL NOT NULL DEFAULT 0",
+}
+SAVE_RUN = (
+    "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
+    " next_round, best_round, best_value, failed_sites, reason, failures, metric, started_at,"
+    " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+GET_RUN = (
+    "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
+    " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
+    " FROM runs WHERE run_number=?"
+)
+
+
 @dataclass
 class RunRecord:
     """A run as the database keeps it; next_round is the round pointer."""
@@ -102,6 +130,57 @@ class RunRecord:
     best_value: float | None = None
     failed_sites: list[str] = field(default_factory=list)
     reason: str = ""
+    failures: dict[str, str] = field(default_factory=dict)
+    """The first line of each failed site's error."""
+    metric: str = ""
+    """The validation metric that picks the best model (best_value is its value)."""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    """When the run last started and ended (0: not yet)."""
+
+
+@dataclass
+class WireTally:
+    """Model bytes a round moved: the global model sent to sites (``down``) and the updates
+    received (``up``), as the tensor chunks carried them on the wire (``*_bytes``: payload
+    only, without protobuf, gRPC and TLS framing) and as the tensors they stand for
+    (``*_raw_bytes``). Every chunk sent or taken in for the round counts, also those of a
+    transfer that was cut off or of an update refused or repeated: the link carried them."""
+
+    compression: str = "none"
+    down_bytes: int = 0
+    down_raw_bytes: int = 0
+    up_bytes: int = 0
+    up_raw_bytes: int = 0
+
+    def add(self, outward: bool, wire: int, raw: int) -> None:
+        """Count one chunk sent to a site (``outward``) or received from one."""
+        if outward:
+            self.down_bytes += wire
+            self.down_raw_bytes += raw
+        else:
+            self.up_bytes += wire
+            self.up_raw_bytes += raw
+
+    def described(self) -> str:
+        """The saving in words, for the log."""
+        wire = self.down_bytes + self.up_bytes
+        raw = self.down_raw_bytes + self.up_raw_bytes
+        share = f", {wire / raw:.0%}" if raw else ""
+        return (
+            f"models on the wire {wire / 1e6:.1f} MB for {raw / 1e6:.1f} MB of tensors "
+            f"({self.compression}{share})"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The tally as metrics.jsonl and the database keep it."""
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WireTally:
+        """Read a tally written by :meth:`as_json`."""
+        counts = {key: int(data.get(key, 0)) for key in vars(cls()) if key != "compression"}
+        return cls(compression=str(data.get("compression", "none")), **counts)
 
 
 @dataclass(frozen=True)
@@ -109,8 +188,9 @@ class RoundSummary:
     """A completed round (or the final validation, ``final``): one line of metrics.jsonl.
 
     ``metrics`` are the sample-weighted means of what clients reported;
-    ``duration_s``, ``samples`` and ``updates`` (each update's norm and outlier
-    score, by instance) belong to training rounds only.
+    ``duration_s``, ``samples``, ``updates`` (each update's norm and outlier
+    score, by instance) and ``wire`` (the model bytes the round moved) belong to
+    training rounds only.
     """
 
     run: int
@@ -122,6 +202,7 @@ class RoundSummary:
     samples: int = 0
     final: bool = False
     updates: dict[str, UpdateStats] = field(default_factory=dict)
+    wire: WireTally | None = None
 
     @functools.cached_property
     def ranked_scores(self) -> tuple[tuple[str, float], ...]:
@@ -137,6 +218,8 @@ class RoundSummary:
         else:
             data.update(duration_s=self.duration_s, samples=self.samples)
             data["updates"] = {name: stats.as_json() for name, stats in self.updates.items()}
+            if self.wire is not None:
+                data["wire"] = self.wire.as_json()
         data.update(clients=list(self.clients), metrics=dict(self.metrics))
         return data
 
@@ -159,6 +242,7 @@ class RoundSummary:
                 )
                 for name, stats in data.get("updates", {}).items()
             },
+            wire=WireTally.from_json(data["wire"]) if "wire" in data else None,
         )
 
 
@@ -166,7 +250,8 @@ class RoundSummary:
 class ClientRecord:
     """A registered client that outlives server restarts."""
 
-    token: str
+    token_key: bytes
+    """The SHA-256 of its token (:func:`flcore.tokens.token_key`)."""
     client_name: str
     instance: str
     org: str
@@ -181,16 +266,45 @@ class StateDB:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._rename_legacy_tables()
+        # Deleted rows (a dropped client, a legacy table of tokens) are overwritten, not left
+        # in free pages for a copy of the file to give away.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
+        self._hash_legacy_tokens()
 
-    def _rename_legacy_tables(self) -> None:
-        """State databases written before the registry's rename keep clients in ``sessions``."""
+    def _hash_legacy_tokens(self) -> None:
+        """State databases of earlier versions kept clients' tokens themselves (in ``clients``,
+        before that in ``sessions``): keep the registrations, store only the tokens' SHA-256,
+        and drop the old table, in one transaction."""
         tables = {
             row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")
         }
-        if "sessions" in tables and "clients" not in tables:
-            self._db.execute("ALTER TABLE sessions RENAME TO clients")
+        for legacy in ("sessions", "clients"):
+            if legacy not in tables:
+                continue
+            columns = "token, client_name, instance, org, created_at"
+            query = f"SELECT {columns} FROM {legacy}"  # noqa: S608 (a name of the tuple above)
+            rows = self._db.execute(query).fetchall()
+            self._write(
+                [
+                    (
+                        "INSERT OR IGNORE INTO registrations"
+                        "(token_sha256, client_name, instance, org, created_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (token_key(token), *rest),
+                    )
+                    for token, *rest in rows
+                ]
+                + [(f"DROP TABLE {legacy}", ())]
+            )
+
+    def _add_missing_columns(self) -> None:
+        """A database written before the runs table grew its newer columns gets them, empty."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
+        for name, declaration in RUN_COLUMNS_ADDED.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -222,9 +336,7 @@ class StateDB:
     @staticmethod
     def _run_upsert(run: RunRecord) -> tuple[str, tuple[Any, ...]]:
         return (
-            "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
-            " next_round, best_round, best_value, failed_sites, reason, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            SAVE_RUN,
             (
                 run.run_number,
                 run.status,
@@ -237,6 +349,10 @@ class StateDB:
                 run.best_value,
                 json.dumps(run.failed_sites),
                 run.reason,
+                json.dumps(run.failures),
+                run.metric,
+                run.started_at,
+                run.ended_at,
                 time.time(),
             ),
         )
@@ -247,26 +363,31 @@ class StateDB:
 
     def get_run(self, run_number: int) -> RunRecord | None:
         """The record of one run, or None if it never trained."""
-        row = self._db.execute(
-            "SELECT run_number, status, phase, app, start_round, num_rounds, next_round,"
-            " best_round, best_value, failed_sites, reason FROM runs WHERE run_number=?",
-            (run_number,),
-        ).fetchone()
-        if row is None:
-            return None
-        return RunRecord(
-            run_number=row[0],
-            status=row[1],
-            phase=row[2],
-            app=row[3],
-            start_round=row[4],
-            num_rounds=row[5],
-            next_round=row[6],
-            best_round=row[7],
-            best_value=row[8],
-            failed_sites=json.loads(row[9]),
-            reason=row[10],
-        )
+        row = self._db.execute(GET_RUN, (run_number,)).fetchone()
+        return None if row is None else _run_record(row)
+
+    def run_numbers(self) -> list[int]:
+        """The number of every run that has a record (it was started at least once)."""
+        return [int(r[0]) for r in self._db.execute("SELECT run_number FROM runs")]
+
+    def fold_instances(self, run_number: int) -> list[str]:
+        """The sites whose updates were folded into a round of a run."""
+        rows = self._db.execute(
+            "SELECT DISTINCT instance FROM folded WHERE run_number=?", (run_number,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def folds(self, run_number: int, first: int, last: int) -> list[tuple[int, str, int, str]]:
+        """(round, instance, samples, metrics JSON) of each update folded into rounds
+        ``first``..``last`` of a run, by round and instance."""
+        return [
+            (int(r[0]), str(r[1]), int(r[2]), str(r[3]))
+            for r in self._db.execute(
+                "SELECT round, instance, samples, metrics FROM folded"
+                " WHERE run_number=? AND round BETWEEN ? AND ? ORDER BY round, instance",
+                (run_number, first, last),
+            )
+        ]
 
     def complete_round(self, run: RunRecord, summary: RoundSummary) -> None:
         """Move the round pointer and store the round's metrics in one transaction."""
@@ -337,10 +458,11 @@ class StateDB:
         self._write(
             [
                 (
-                    "INSERT OR REPLACE INTO clients(token, client_name, instance, org, created_at)"
+                    "INSERT OR REPLACE INTO registrations"
+                    "(token_sha256, client_name, instance, org, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (
-                        client.token,
+                        client.token_key,
                         client.client_name,
                         client.instance,
                         client.org,
@@ -350,14 +472,39 @@ class StateDB:
             ]
         )
 
-    def delete_client(self, token: str) -> None:
-        """Forget a dropped or logged-out client."""
-        self._write([("DELETE FROM clients WHERE token=?", (token,))])
+    def delete_client(self, key: bytes) -> None:
+        """Forget a dropped or logged-out client (by its token's SHA-256)."""
+        self._write(
+            [
+                ("DELETE FROM registrations WHERE token_sha256=?", (key,)),
+                ("DELETE FROM client_state WHERE token_sha256=?", (key,)),
+            ]
+        )
+
+    def save_client_state(
+        self, key: bytes, status: dict[str, Any], machine: dict[str, Any]
+    ) -> None:
+        """What a registered client (by its token's SHA-256) last said about itself and its
+        machine, so that a restarted server shows it (offline) as it was rather than blank."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO client_state(token_sha256, status, machine)"
+                    " VALUES (?, ?, ?)",
+                    (key, json.dumps(status), json.dumps(machine)),
+                )
+            ]
+        )
+
+    def client_states(self) -> dict[bytes, tuple[dict[str, Any], dict[str, Any]]]:
+        """The last status and machine of each registered client, by its token's SHA-256."""
+        rows = self._db.execute("SELECT token_sha256, status, machine FROM client_state").fetchall()
+        return {bytes(r[0]): (json.loads(r[1]), json.loads(r[2])) for r in rows}
 
     def load_clients(self) -> list[ClientRecord]:
         """All clients registered before a restart."""
         rows = self._db.execute(
-            "SELECT token, client_name, instance, org, created_at FROM clients"
+            "SELECT token_sha256, client_name, instance, org, created_at FROM registrations"
         ).fetchall()
         return [ClientRecord(*row) for row in rows]
 
@@ -440,3 +587,23 @@ class StateDB:
         """(name, since, by_user) of every name revoked here, oldest first."""
         rows = self._db.execute("SELECT name, since, by_user FROM revoked_names ORDER BY since")
         return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
+
+
+def _run_record(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_number=row[0],
+        status=row[1],
+        phase=row[2],
+        app=row[3],
+        start_round=row[4],
+        num_rounds=row[5],
+        next_round=row[6],
+        best_round=row[7],
+        best_value=row[8],
+        failed_sites=json.loads(row[9]),
+        reason=row[10],
+        failures=json.loads(row[11]),
+        metric=row[12],
+        started_at=row[13],
+        ended_at=row[14],
+    )

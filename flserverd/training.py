@@ -42,13 +42,14 @@ from typing import Any, Protocol
 from flcore import faultpoints
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig
+from flcore.compression import WireCompression
 from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
 from flserverd.aggregator import Aggregator, RunningSum, UpdateStats, make_aggregator
 from flserverd.runstore import RunStore
-from flserverd.statedb import RoundSummary, RunRecord, StateDB
+from flserverd.statedb import RoundSummary, RunRecord, StateDB, WireTally
 from flserverd.tensorboard import ScalarWriter
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,16 @@ MIN_UPDATES_FOR_OUTLIERS = 3
 HISTORY_SHOWN = 100
 """Rounds of metrics in each run-state event (the console's chart shows the latest ones), and
 rounds kept in memory: a run of thousands of rounds with many sites must not grow the server."""
+
+
+FIRST_LINE_CHARS = 200
+"""How much of a site's error a run keeps: its first line, for "why did it stop?"."""
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of an error, at most FIRST_LINE_CHARS characters."""
+    line = next((part.strip() for part in text.splitlines() if part.strip()), "")
+    return line if len(line) <= FIRST_LINE_CHARS else line[: FIRST_LINE_CHARS - 1] + "…"
 
 
 class Refusal(Exception):
@@ -114,6 +125,7 @@ class RoundState:
     reports: dict[str, tuple[dict[str, float], float]] = field(default_factory=dict)
     closed: bool = False
     deadline: float = 0.0
+    wire: WireTally = field(default_factory=WireTally)
 
     def add_metrics(self, instance: str, metrics: dict[str, float], weight: float) -> None:
         """Keep a client's metrics and their weight for the round's weighted means."""
@@ -210,7 +222,25 @@ class Training:
         """The task a client joining now should do."""
         if self.run.phase == PHASE_FINAL_VALIDATION:
             return TaskOffer(self.run.run_number, self.run.num_rounds, TaskKind.VALIDATE_GLOBAL)
-        return TaskOffer(self.run.run_number, self.round.number, TaskKind.TRAIN)
+        return TaskOffer(
+            self.run.run_number,
+            self.round.number,
+            TaskKind.TRAIN,
+            compression=self.config.wire_compression,
+        )
+
+    @property
+    def compression(self) -> WireCompression:
+        """How the model a client fetches now travels. The final model goes as stored: its
+        validation is the run's last word on the model the server holds."""
+        if self.run.phase != PHASE_TRAINING:
+            return WireCompression.NONE
+        return self.config.wire_compression
+
+    @property
+    def tally(self) -> WireTally | None:
+        """Where the bytes of the current round's transfers count (None after training)."""
+        return self.round.wire if self.run.phase == PHASE_TRAINING else None
 
     def begin(self) -> None:
         """Offer the current round to every ready client."""
@@ -241,6 +271,7 @@ class Training:
         """A client stopped, failed or was dropped: stop waiting for it."""
         if failed_reason and instance not in self.run.failed_sites:
             self.run.failed_sites.append(instance)
+            self.run.failures[instance] = first_line(failed_reason)
             self._save_record()
             log.warning("run %d: site %s failed: %s", self.run.run_number, instance, failed_reason)
         was_known = instance in self.ready or instance in self.round.participants
@@ -577,6 +608,7 @@ class Training:
             duration_s=round(now - state.started, 4),
             samples=sum(state.contributed.values()),
             updates=updates,
+            wire=replace(state.wire, compression=self.config.wire_compression.value),
         )
         record = replace(self.run, next_round=following)
         self._with_best(record, state.number, metrics)
@@ -610,13 +642,17 @@ class Training:
                     record.next_round, self._aggregator(record.next_round), summary.time
                 )
             await self._publish(summary)
+            saving = ""
+            if summary.wire is not None and summary.wire.compression != WireCompression.NONE:
+                saving = f"; {summary.wire.described()}"
             log.info(
-                "run %d round %d aggregated from %d clients in %.2fs: %s",
+                "run %d round %d aggregated from %d clients in %.2fs: %s%s",
                 record.run_number,
                 state.number,
                 len(state.contributed),
                 summary.duration_s,
                 format_metrics(summary.metrics),
+                saving,
             )
             if not self.fault:
                 self._offer_all()
@@ -705,6 +741,7 @@ class Training:
         self._cancel_timer()
         self.run.status = status
         self.run.reason = reason
+        self.run.ended_at = self._clock()
         self._close_tensorboard()
         if not self.round.closed:  # a closed round's aggregation deletes its own files
             self._spawn(self._drop_round(self.round))

@@ -4,33 +4,46 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from flcore import status as st
 from flcore.feed import ClientRow, LogEntry, RoundRecord, Snapshot, clip, clip_end
-from flcore.tokens import token_id
+from flcore.status import ClientStatus
 from flserverd.registry import RegisteredClient
-from flserverd.statedb import RoundSummary
+from flserverd.statedb import RoundSummary, RunRecord
 
 
-def client_row(s: RegisteredClient) -> ClientRow:
-    """A registered client as one row of the clients table, as it is now."""
+def client_row(s: RegisteredClient, run_number: int = 0, run_started: float = 0.0) -> ClientRow:
+    """A registered client as one row of the clients table, as it is now.
+
+    Given the server's run (``run_number``, started at ``run_started``), a
+    client that is not training describes that run: what it said about an
+    earlier run, or before this one started (stopped, failed, its samples),
+    is no longer true, and the row reads ``training not started``.
+    """
+    status = s.status
+    busy = status.status in st.ACTIVE or status.status == st.STOPPING
+    earlier = status.run_number != run_number or s.status_at < run_started
+    if run_number and not busy and earlier:
+        status = ClientStatus(app=status.app, cross_validate=status.cross_validate)
     return ClientRow(
         instance=s.instance,
         client_name=s.client_name,
-        token_id=token_id(s.token),
+        token_id=s.token_id,
         org=s.org,
-        status=s.status.status,
+        status=status.status,
         last_heartbeat=s.last_heartbeat,
         connected_at=s.connected_at,
-        run_number=s.status.run_number,
-        round=s.status.round,
-        samples=s.status.samples,
+        run_number=status.run_number,
+        round=status.round,
+        samples=status.samples,
         device=s.machine.device,
         gpu_count=s.machine.gpu_count,
-        error=s.status.error,
-        traceback=s.status.traceback,
-        app=s.status.app,
+        error=status.error,
+        traceback=status.traceback,
+        app=status.app,
         hostname=s.machine.hostname,
         connected=s.connected,
-        detail=s.status.detail,
+        detail=status.detail,
+        cross_validate=status.cross_validate,
     )
 
 
@@ -47,6 +60,21 @@ def round_record(summary: RoundSummary) -> RoundRecord:
         seconds=summary.duration_s,
         outliers=dict(summary.ranked_scores[:OUTLIERS_SHOWN]),
     )
+
+
+def best_text(run: RunRecord) -> str:
+    """The best model so far, as ``val_accuracy=0.9412 (round 7)``.
+
+    The metrics of round *r* describe the model the sites received at its
+    start, so the best names the round it was the input of; the final
+    validation reports as round ``num_rounds``, which the run does not have:
+    that best is the final model's, and says so.
+    """
+    if run.best_value is None or run.best_round is None:
+        return ""
+    where = "final model" if run.best_round >= run.num_rounds else f"round {run.best_round}"
+    name = f"{run.metric}=" if run.metric else ""
+    return f"{name}{run.best_value:.4f} ({where})"
 
 
 SNAPSHOT_LOG_BYTES = 1024 * 1024

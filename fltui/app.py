@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from textual import on, work
 from textual.app import App, SystemCommand
@@ -42,7 +43,6 @@ from fltui.screens.validation import ValidationScreen
 from fltui.state import ConsoleState, Who
 from fltui.status import Look, clock_time
 from fltui.store import Store
-from fltui.targets import describe_stop, describe_target
 from fltui.vocabulary import command_words, refusal
 from fltui.wizard.app import guard_quit
 from fltui.wizard.screen import WizardScreen
@@ -50,8 +50,6 @@ from fltui.wizard.screen import WizardScreen
 FLUSH_S = 0.25
 RETRY_MAX_S = 10.0
 NOTIFY_LINES = 8
-CONFIRM_QUESTION = "Are you sure (Y/N):"
-CONFIRMED_VERBS = {"abort": ("Abort training", "Abort"), "shutdown": ("Shut down", "Shut down")}
 CONSOLE = "console"
 COMMANDS = "commands"
 """Worker group of commands on their way: never cancelled by another key."""
@@ -108,7 +106,11 @@ class ConsoleApp(App[None]):
         self._reconnect = asyncio.Event()
         self._retry_first_s = retry_first_s
         self.state = self._state_of(Connection(target=link.target if link else ""))
-        self.dashboard = DashboardScreen(self.store, clock, self.app_names, flush_s)
+        self.server_apps: list[str] = []
+        """The apps on the server, as its last ``list_apps`` named them."""
+        self.dashboard = DashboardScreen(
+            self.store, clock, self.app_names, self.ask, self.server_app_names, flush_s
+        )
 
     # ------------------------------------------------------------------ facts
 
@@ -155,19 +157,16 @@ class ConsoleApp(App[None]):
         self.dashboard.set_state(self.state)
 
     def app_names(self) -> list[str]:
-        """App folders in the admin's ``transfer/``, plus the run's app."""
-        names = set()
+        """App folders in the admin's ``transfer/``: what ``u`` and ``upload_folder`` send."""
         folder = self.transfer_dir
         try:
-            if folder is not None and folder.is_dir():
-                names = {
-                    p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                }
-        except OSError:  # an unreadable transfer/ offers no apps (the pickers then say so)
-            names = set()
-        if self.store.run.app:
-            names.add(self.store.run.app)
-        return sorted(names)
+            if folder is None or not folder.is_dir():
+                return []
+            return sorted(
+                p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+        except OSError:  # an unreadable transfer/ offers no apps (the picker then says so)
+            return []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -237,6 +236,8 @@ class ConsoleApp(App[None]):
                     return
                 problem = str(exc)
             self._reconnect.clear()
+            if self.store.stopped_by and self.connected:
+                problem = f"the server stopped ({self.store.stopped_by}); it may be starting again"
             if self.connected and self.store.shutdown is not None:
                 await self._after_shutdown()
                 attempt = 0
@@ -323,17 +324,13 @@ class ConsoleApp(App[None]):
             self.dashboard.say(f"{line}: not sent · {reason}")
             self.log_line("INFO", f"{line}: not sent ({reason})")
             return None
-        asks_first = words[0] == "abort" and len(words) > 1 and words[1] in ("server", "client")
-        if asks_first and not await self.confirm(words, ""):
-            self.log_line("INFO", f"{line}: cancelled")
-            return None
         audited = words[0] not in LOCAL_COMMANDS
         try:
             if audited:
                 self.store.sending(line)
             reply = await self.link.execute(line)
             if reply.confirm_prompt:
-                if not await self.confirm(words, reply.confirm_prompt):
+                if not await self.confirm(reply):
                     self.store.not_sent(line)
                     self.log_line("INFO", f"{line}: cancelled")
                     return None
@@ -342,24 +339,45 @@ class ConsoleApp(App[None]):
             self.store.not_sent(line)
             self.problem(f"{line}: {exc}")
             return None
-        if reply.ok and words[:2] == ["shutdown", "server"]:
-            self.store.shut_down(self.link.user, self.clock())
         self.report(reply, quiet)
         if words[0] == "set_timeout":
             self.publish()
+        if reply.ok and words[0] == "upload_folder" and len(words) == 2:
+            self.server_apps = sorted({*self.server_apps, words[1]})
         return reply
 
-    async def confirm(self, words: list[str], prompt: str) -> bool:
-        """Ask in a modal, naming what will happen and showing the server's warning."""
-        title, verb = CONFIRMED_VERBS.get(words[0], (words[0], words[0]))
-        target = describe_target(self.store, words)
-        warning = prompt.replace(CONFIRM_QUESTION, "").strip()
-        consequences = describe_stop(self.store, words)
-        answer: bool = await self.push_screen_wait(
-            ConfirmScreen(
-                f"{title}: {target}", consequences.lines, warning, verb, consequences.heading
-            )
-        )
+    def server_app_names(self) -> list[str]:
+        """The apps on the server as the console last heard (a ``d`` picker, ``:apps``, an
+        upload), and the run's app: what ``deploy`` completes. Typing asks the server
+        nothing."""
+        names = set(self.server_apps)
+        if self.store.run.app:
+            names.add(self.store.run.app)
+        return sorted(names)
+
+    async def ask(self, line: str) -> CommandReply | None:
+        """Run a read-only command for a view or a picker: its reply, not logged (the view
+        shows it); None, with the reason notified, when the server cannot be asked."""
+        if self.link is None or not self.connected:
+            self.dashboard.say("not connected to the server: the view waits for the link")
+            return None
+        try:
+            reply = await self.link.execute(line)
+        except AdminError as exc:
+            self.problem(f"{line}: {exc}")
+            return None
+        if reply.ok and command_words(line)[:1] == ["list_apps"]:
+            named = [str(app.get("name", "")) for app in reply.data.get("apps", [])]
+            page = reply.data.get("page", 1)
+            known = [] if page == 1 else self.server_apps
+            self.server_apps = sorted({*known, *named})
+        return reply
+
+    async def confirm(self, reply: CommandReply) -> bool:
+        """Ask in a modal, showing the server's question as it is: the server decides what
+        asks and says what will really happen."""
+        question = ConfirmScreen.asking(reply.line, reply.data.get("confirm"), reply.confirm_prompt)
+        answer: bool = await self.push_screen_wait(question)
         return answer
 
     def report(self, reply: CommandReply, quiet: bool = False) -> None:
@@ -435,7 +453,7 @@ class ConsoleApp(App[None]):
         self.log_line("INFO", f"screenshot saved to {saved}")
         return None
 
-    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """The palette offers the dashboard's actions too (each once)."""
         yield from super().get_system_commands(screen)
         if isinstance(screen, DashboardScreen):

@@ -43,7 +43,13 @@ def timeout_seconds(text: str) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command line of the console."""
-    parser = argparse.ArgumentParser(prog="fltui", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fltui",
+        usage="%(prog)s [options]\n       %(prog)s provision [WORKSPACE]",
+        description=__doc__.splitlines()[0],
+        epilog="fltui provision [WORKSPACE] opens the provisioning wizard, no server needed "
+        "(fltui provision --help).",
+    )
     parser.add_argument(
         "--startup",
         type=Path,

@@ -1,7 +1,9 @@
 """Completion for the ``:`` line: command and view names, then the words each one takes.
 
-The vocabulary is :mod:`fltui.vocabulary`; instance and app names come from
-the live picture and the admin's ``transfer/`` folder at the moment of typing.
+The vocabulary is :mod:`fltui.vocabulary`; instance names come from the
+live picture, the apps to upload from the admin's ``transfer/`` folder and
+the apps to deploy from the server (its last ``list_apps``) at the moment of
+typing.
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ TARGETED = ("check_status", "start", "abort", "shutdown")
 KINDS = ("server", "client")
 
 
-def candidates(words: Sequence[str], instances: Sequence[str], apps: Sequence[str]) -> list[str]:
-    """Words that may follow ``words`` (the complete words typed so far)."""
+def candidates(
+    words: Sequence[str],
+    instances: Sequence[str],
+    apps: Sequence[str],
+    server_apps: Sequence[str] = (),
+) -> list[str]:
+    """Words that may follow ``words`` (the complete words typed so far): ``apps`` are the
+    admin's to upload, ``server_apps`` the server's to deploy."""
     if not words:
         return sorted((*COMMAND_NAMES, *VIEWS))
     name, args = words[0], list(words[1:])
@@ -28,7 +36,7 @@ def candidates(words: Sequence[str], instances: Sequence[str], apps: Sequence[st
         return unused if args[0] == "client" else []
     if name == "deploy":
         if not args:
-            return list(apps)
+            return list(server_apps)
         if len(args) == 1:
             return list(KINDS)
         return unused if args[1] == "client" else []
@@ -43,14 +51,16 @@ def candidates(words: Sequence[str], instances: Sequence[str], apps: Sequence[st
     return []
 
 
-def complete(line: str, instances: Sequence[str], apps: Sequence[str]) -> str | None:
+def complete(
+    line: str, instances: Sequence[str], apps: Sequence[str], server_apps: Sequence[str] = ()
+) -> str | None:
     """The whole line with its last word completed, or None when nothing fits."""
     words = line.split()
     if line.endswith(" ") or not words:
         done, partial = words, ""
     else:
         done, partial = words[:-1], words[-1]
-    for word in candidates(done, instances, apps):
+    for word in candidates(done, instances, apps, server_apps):
         if word.startswith(partial) and word != partial:
             return line + word[len(partial) :]
     return None

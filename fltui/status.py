@@ -11,11 +11,7 @@ import time
 from dataclasses import dataclass
 
 from flcore import status as st
-from flcore.feed import ClientRow
-
-STALE_AFTER_BEATS = 3
-"""A client is stale after missing this many heartbeats in a row."""
-STALE_MIN_S = 5.0
+from flcore.feed import ClientRow, stale_after
 
 
 @dataclass(frozen=True)
@@ -46,6 +42,7 @@ _TRAINING = {
     st.NOT_STARTED: Look("○", "not started", "muted"),
     st.STARTING: Look("◔", "starting", "accent"),
     st.STARTED: Look("▶", "started", "success"),
+    st.STOPPING: Look("◑", "stopping", "warning"),
     st.PAUSED: Look("⏸", "paused", "warning"),
     st.STOPPED: Look("■", "stopped", "muted"),
     st.FAILED: Look("✖", "failed", "error"),
@@ -53,11 +50,6 @@ _TRAINING = {
     st.WAITING_APPROVAL: Look("⏸", "approval", "warning"),
     st.REVOKED: REVOKED,
 }
-
-
-def stale_after(heartbeat_interval: float) -> float:
-    """Seconds without a heartbeat after which a client looks stale."""
-    return max(STALE_AFTER_BEATS * heartbeat_interval, STALE_MIN_S)
 
 
 def health(
@@ -112,6 +104,11 @@ def age(seconds: float) -> str:
 def clock_time(stamp: float) -> str:
     """``HH:MM:SS`` in local time."""
     return time.strftime("%H:%M:%S", time.localtime(stamp))
+
+
+def clock_date(stamp: float) -> str:
+    """``mm-dd HH:MM`` in local time: a listing's dates, short enough to leave room."""
+    return time.strftime("%m-%d %H:%M", time.localtime(stamp))
 
 
 def device(row: ClientRow) -> str:

@@ -21,10 +21,10 @@ from flcore.feed import (
     LogEntry,
     RunInfo,
     ServerInfo,
+    ServerStopping,
     Snapshot,
 )
 from fltui.connection import Shutdown
-from fltui.vocabulary import command_words
 
 LOG_LIMIT = 5_000
 BEAT_HISTORY = 240
@@ -95,7 +95,9 @@ class Store:
         self.user = ""
         """The logged-in admin: the feed's audit of their own commands is not logged twice."""
         self.shutdown: Shutdown | None = None
-        """The last ``shutdown server`` the feed (or our own reply) reported."""
+        """The admin's ``shutdown server`` the feed announced: the server stays down."""
+        self.stopped_by = ""
+        """What else stopped the server, as the feed announced it (it may come back)."""
         self._own: deque[str] = deque(maxlen=OWN_PENDING)
         self._changes = Changes()
 
@@ -140,6 +142,11 @@ class Store:
             self._apply_gone(body, event.time)
         elif isinstance(body, CommandSeen):
             self._apply_command(body, event.time)
+        elif isinstance(body, ServerStopping):
+            if body.admin:
+                self.shutdown = Shutdown(body.by, event.time)
+            else:
+                self.stopped_by = body.by
         return in_order
 
     def sending(self, line: str) -> None:
@@ -151,18 +158,12 @@ class Store:
         with suppress(ValueError):
             self._own.remove(line.strip())
 
-    def shut_down(self, user: str, when: float) -> None:
-        """The server is shutting down at the request of ``user``."""
-        self.shutdown = Shutdown(user, when)
-
     def new_logs(self, seen: int) -> list[LogEntry]:
         """Lines added after the first ``seen`` (those still kept)."""
         fresh = min(self.log_total - seen, len(self.logs))
         return list(self.logs)[-fresh:] if fresh > 0 else []
 
     def _apply_command(self, seen: CommandSeen, when: float) -> None:
-        if seen.ok and command_words(seen.line)[:2] == ["shutdown", "server"]:
-            self.shut_down(seen.user, when)
         if seen.user == self.user and seen.line in self._own:
             self._own.remove(seen.line)  # the console logged it with its reply already
             return
@@ -187,6 +188,7 @@ class Store:
         self.clients = {row.instance: row for row in snap.clients}
         self.gone.clear()
         self.shutdown = None
+        self.stopped_by = ""
         self._keep_histories()
         for row in snap.clients:
             history = self.beats.get(row.instance)

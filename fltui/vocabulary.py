@@ -17,21 +17,39 @@ COMMAND_NAMES = (
     "check_status",
     "deploy",
     "help",
+    "list_admins",
+    "list_apps",
+    "list_runs",
     "load_crl",
     "revoke",
     "set_run_number",
     "set_timeout",
+    "show_run",
     "shutdown",
     "start",
     "start_mgpu",
     "upload_folder",
     "validate",
 )
-READ_ONLY = frozenset({"check_status", "help", "validate", "set_timeout"})
+READ_ONLY = frozenset(
+    {
+        "check_status",
+        "help",
+        "list_admins",
+        "list_apps",
+        "list_runs",
+        "show_run",
+        "validate",
+        "set_timeout",
+    }
+)
 """Commands a ``member`` may run (``set_timeout`` never leaves the console)."""
 VIEWS = {
     "clients": "the dashboard, clients table focused",
     "logs": "the log view of one site (the selected one, or :logs NAME)",
+    "runs": "every run on the server; enter opens its rounds, site by site",
+    "apps": "the apps on the server, with size and hash",
+    "admins": "the admins logged in, their role and last command",
 }
 SUPER = "super"
 

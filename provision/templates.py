@@ -56,7 +56,15 @@ def client_unit(
     return _render(CLIENT_UNIT, install_prefix=install_prefix, workspace_base=workspace_base)
 
 
-def _launcher(project: str, purpose: str, program: str, arguments: str, note: str = "") -> str:
+_ADMIN_PREPARE = (
+    "\n# The apps this admin uploads (upload_folder, the console's u) go into ../transfer/."
+    '\nmkdir -p "$ROOT/transfer"'
+)
+
+
+def _launcher(
+    project: str, purpose: str, program: str, arguments: str, note: str = "", prepare: str = ""
+) -> str:
     return _render(
         "launch.sh",
         project=project,
@@ -64,6 +72,7 @@ def _launcher(project: str, purpose: str, program: str, arguments: str, note: st
         program=program,
         arguments=arguments,
         note=note,
+        prepare=prepare,
     )
 
 
@@ -92,4 +101,5 @@ def admin_script(project: str, email: str) -> str:
         "Opens the flstack console as the admin of this kit.",
         "fltui",
         f'--startup "$ROOT/startup" --user {shlex.quote(email)}',
+        prepare=_ADMIN_PREPARE,
     )

@@ -107,7 +107,12 @@ def _save_file(tensors: dict[str, torch.Tensor], path: Path) -> None:
         raise OSError(number, os.strerror(number), str(path)) from exc
 
 
+def read_state(path: Path, expected: Manifest) -> dict[str, torch.Tensor]:
+    """Read a safetensors model file after checking that it fits the model of ``expected``."""
+    check_fits(expected, TensorFile(path).manifest, path.name)
+    return load_file(str(path))
+
+
 def load_state(model: nn.Module, path: Path, expected: Manifest) -> None:
     """Load a safetensors model file into ``model`` after checking that it fits."""
-    check_fits(expected, TensorFile(path).manifest, path.name)
-    model.load_state_dict(load_file(str(path)), strict=True)
+    model.load_state_dict(read_state(path, expected), strict=True)

@@ -6,7 +6,8 @@ short child process::
 
     python -m flapp.runtime.modelinit --app APP_DIR --out FILE [--seed N]
 
-which builds the app's model, optionally loads the pre-trained checkpoint
+which builds the app's model (its ``model`` component, or the network
+definition of its MONAI bundle), optionally loads the pre-trained checkpoint
 named by ``initial_checkpoint`` in config_fed_server.json (to continue
 training), and writes the state dict as safetensors. On failure it exits
 with code 2 and one line ``error: <message>`` on stderr (followed by the
@@ -24,11 +25,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from flapp.runtime.components import use_resources
 from flapp.runtime.leave import leave
 from flapp.runtime.modelfile import build_model, check_fits, save_state, state_manifest
-from flcore.appconfig import SERVER_CONFIG, load_app
+from flcore.appconfig import SERVER_CONFIG, App, TrainConfig, load_app
 from flcore.schema import ConfigError
 from flcore.tensorfile import Manifest, TensorFileError
 
@@ -90,6 +92,16 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _model(app: App) -> nn.Module:
+    """The app's model: its ``model`` component, or its MONAI bundle's network definition."""
+    if isinstance(app.train, TrainConfig):
+        return build_model(app.train.model)
+    # MONAI is an optional extra: imported only for an app that trains a bundle.
+    from flapp.runtime.monaibundle import bundle_network
+
+    return bundle_network(app.resources / app.train.folder, app.train)
+
+
 def init_model(app_dir: Path, out: Path, seed: int | None = None) -> Manifest:
     """Build the app's initial global model and write it to ``out``.
 
@@ -105,7 +117,7 @@ def init_model(app_dir: Path, out: Path, seed: int | None = None) -> Manifest:
     app = load_app(app_dir)
     use_resources(app.resources)
     torch.manual_seed(app.train.seed if seed is None else seed)
-    model = build_model(app.train.model)
+    model = _model(app)
     expected = state_manifest(model.state_dict())
     checkpoint = app.server.initial_checkpoint if app.server else None
     if checkpoint:

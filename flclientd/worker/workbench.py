@@ -1,55 +1,56 @@
-"""The workbench: one run's model, data and trainer in the child, built once and then used
-for every request.
+"""The workbench: one run's learner in the child, built once and then used for every request.
 
-Building everything up front (model, data, optimizer) is what lets a bad
-config or a broken custom module fail at ``start client``, with its
-traceback, instead of in round 1. Keeping it for the whole run is what makes
-a round cost only its training: nothing is re-imported or re-read.
+Building everything up front (model, data, optimizer, or the MONAI bundle's
+engines) is what lets a bad config or a broken custom module fail at
+``start client``, with its traceback, instead of in round 1. Keeping it
+for the whole run is what makes a round cost only its training: nothing is
+re-imported or re-read.
+
+The round itself is done here, the same for every kind of app: read the
+global model (checked against the model's manifest), validate it, train,
+write the update, and keep the best local model for cross-site validation.
+What trains is a :class:`~flclientd.worker.learner.Learner`: the app's
+components, or a MONAI bundle driven through MONAI's own FL client.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sized
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from flapp.runtime.components import build, train_where, use_resources
-from flapp.runtime.modelfile import build_model, check_fits, load_state, save_state, state_manifest
-from flapp.trainer import Loader, TrainerHook
+from flapp.runtime.components import use_resources
+from flapp.runtime.modelfile import check_fits, read_state, save_state, state_manifest
+from flclientd.worker.learner import ComponentLearner, Learner, checked_metrics
 from flclientd.worker.protocol import BEST_LOCAL_MODEL, WorkerInfo, WorkResult
 from flclientd.worker.ranks import Ranks, describe_device
-from flcore.appconfig import ComponentSpec, load_app
+from flcore.appconfig import App, TrainConfig, load_app
 from flcore.schema import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRAINER = ComponentSpec("flapp.trainer.SupervisedTrainer")
 
+def open_learner(
+    app: App, data_root: Path | None, work_dir: Path, ranks: Ranks, device: torch.device
+) -> Learner:
+    """The learner of an app: its components, or its MONAI bundle.
 
-def _split(data: object, name: str, where: str) -> tuple[Dataset[Any], int]:
-    split = getattr(data, name, None)
-    if not isinstance(split, Dataset) or not isinstance(split, Sized):
+    MONAI is an optional extra, so its adapter is imported only for a
+    bundle app (a site without MONAI runs every other app).
+    """
+    if isinstance(app.train, TrainConfig):
+        return ComponentLearner(app.train, data_root, ranks, device)
+    bundle = app.train
+    if ranks.distributed:
         raise ConfigError(
-            f"{where}: the dataset component must have a .{name} torch Dataset with a length, "
-            f"got {type(split).__name__}"
+            f"app {app.root.name} trains a MONAI bundle, which runs in one process here; "
+            "start this site with 'start client', not 'start_mgpu'"
         )
-    return split, len(split)
+    from flapp.runtime.monaibundle import BundleLearner
 
-
-def _metrics(values: object, where: str) -> dict[str, float]:
-    if not isinstance(values, dict):
-        raise TypeError(f"{where} must return a dict of metrics, got {type(values).__name__}")
-    try:
-        return {str(key): float(value) for key, value in values.items()}
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{where} returned a metric that is not a number: {exc}") from None
+    return BundleLearner(app.resources / bundle.folder, bundle, data_root, work_dir, device)
 
 
 def make_reproducible(seed: int) -> None:
@@ -67,7 +68,7 @@ def make_reproducible(seed: int) -> None:
 
 
 class Workbench:
-    """The model, data, optimizer and trainer of one run on one rank."""
+    """One run's learner on one rank, and the round around it."""
 
     def __init__(
         self,
@@ -78,9 +79,8 @@ class Workbench:
         device: torch.device,
     ) -> None:
         app = load_app(app_dir)
-        config = app.train
         use_resources(app.resources)
-        make_reproducible(config.seed)
+        make_reproducible(app.train.seed)
         self.ranks = ranks
         self.device = device
         self.best_path = work_dir / BEST_LOCAL_MODEL
@@ -90,51 +90,14 @@ class Workbench:
         self.best_metric = app.server.validation_metric if app.server else "val_accuracy"
         self.higher_is_better = app.server.metric_mode == "max" if app.server else True
         self.best_score: float | None = None
-
-        self.model = build_model(config.model).to(device)
-        self.manifest = state_manifest(self.model.state_dict())
-        where = train_where("dataset")
-        data = build(config.dataset, where, data_root=data_root)
-        train_set, self.train_samples = _split(data, "train", where)
-        val_set, self.val_samples = _split(data, "validation", where)
-        self.loss_fn = build(config.loss, train_where("loss"))
-        self.trainer: TrainerHook = build(config.trainer or DEFAULT_TRAINER, train_where("trainer"))
-        for method in ("train_epoch", "validate"):
-            if not callable(getattr(self.trainer, method, None)):
-                raise ConfigError(
-                    f"{train_where('trainer')}: {type(self.trainer).__name__} has no {method}() "
-                    "method (see flapp.TrainerHook)"
-                )
-        self.net: nn.Module = self.model
-        if ranks.distributed:
-            device_ids = [device.index] if device.type == "cuda" else None
-            self.net = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.optimizer = build(config.optimizer, train_where("optimizer"), self.net.parameters())
-        loader_args: dict[str, Any] = {
-            "batch_size": config.batch_size,
-            "num_workers": config.num_workers,
-            "persistent_workers": config.num_workers > 0,
-            "pin_memory": device.type == "cuda",
-        }
-        self.sampler: DistributedSampler[Any] | None = None
-        if ranks.distributed:
-            self.sampler = DistributedSampler(
-                train_set, ranks.world_size, ranks.rank, shuffle=True, seed=config.seed
-            )
-            self.train_loader: Loader = DataLoader(train_set, sampler=self.sampler, **loader_args)
-        else:
-            generator = torch.Generator().manual_seed(config.seed)
-            self.train_loader = DataLoader(
-                train_set, shuffle=True, generator=generator, **loader_args
-            )
-        self.val_loader: Loader = DataLoader(val_set, shuffle=False, **loader_args)
-        self.epochs_done = 0
+        self.learner = open_learner(app, data_root, work_dir, ranks, device)
+        self.manifest = state_manifest(self.learner.state())
         logger.info(
-            "ready on %s: %d training and %d validation samples, %d parameters",
+            "ready on %s: %d training and %d validation samples, a model of %d values",
             describe_device(device, ranks.world_size),
-            self.train_samples,
-            self.val_samples,
-            sum(p.numel() for p in self.model.parameters()),
+            self.learner.train_samples,
+            self.learner.val_samples,
+            self.manifest.num_elements,
         )
 
     def info(self) -> WorkerInfo:
@@ -143,18 +106,17 @@ class Workbench:
             device=describe_device(self.device, self.ranks.world_size),
             gpu_count=torch.cuda.device_count() if torch.cuda.is_available() else 0,
             world_size=self.ranks.world_size,
-            train_samples=self.train_samples,
-            val_samples=self.val_samples,
+            train_samples=self.learner.train_samples,
+            val_samples=self.learner.val_samples,
         )
 
     def _validate(self) -> dict[str, float]:
-        values = self.trainer.validate(self.model, self.val_loader, self.loss_fn, self.device)
-        return _metrics(values, "trainer.validate")
+        return checked_metrics(self.learner.validate(), "validation")
 
     def validate(self, model: Path) -> WorkResult:
         """Metrics of any model file on this site's validation split (rank 0 only)."""
-        load_state(self.model, model, self.manifest)
-        return WorkResult(self.val_samples, self._validate())
+        self.learner.load(read_state(model, self.manifest))
+        return WorkResult(self.learner.val_samples, self._validate())
 
     def train(self, round_number: int, global_model: Path, out: Path, epochs: int) -> WorkResult:
         """Validate the global model, train on it, write the update; on every rank.
@@ -164,24 +126,13 @@ class Workbench:
         the update is validated too (``local_val_*``) to keep the best local
         model.
         """
-        load_state(self.model, global_model, self.manifest)
+        self.learner.load(read_state(global_model, self.manifest))
         metrics: dict[str, float] = {}
         if self.ranks.is_main:
             metrics.update(self._validate())
-        for epoch in range(epochs):
-            if self.sampler is not None:
-                self.sampler.set_epoch(self.epochs_done)
-            values = self.trainer.train_epoch(
-                self.net, self.train_loader, self.optimizer, self.loss_fn, self.device
-            )
-            train_metrics = _metrics(values, "trainer.train_epoch")
-            self.epochs_done += 1
-            logger.info(
-                "round %d epoch %d/%d: %s", round_number, epoch + 1, epochs, _format(train_metrics)
-            )
-            metrics.update(train_metrics)
+        metrics.update(self.learner.train(round_number, epochs))
         if self.ranks.is_main:
-            state = self.model.state_dict()
+            state = self.learner.state()
             check_fits(self.manifest, state_manifest(state), "the trained model")
             # Not fsynced: an update lost in a crash is simply trained and sent again.
             save_state(state, out, durable=False)
@@ -189,7 +140,7 @@ class Workbench:
                 local = self._validate()
                 metrics.update({f"local_{key}": value for key, value in local.items()})
                 self._keep_if_best(state, local)
-        return WorkResult(self.train_samples, metrics)
+        return WorkResult(self.learner.train_samples, metrics)
 
     def _keep_if_best(self, state: dict[str, torch.Tensor], local: dict[str, float]) -> None:
         score = local.get(self.best_metric)
@@ -205,7 +156,3 @@ class Workbench:
         else:
             return
         save_state(state, self.best_path, durable=False)
-
-
-def _format(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{key} {value:.4g}" for key, value in sorted(metrics.items())) or "no metrics"

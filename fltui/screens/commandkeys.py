@@ -22,6 +22,7 @@ from flcore import status as st
 from fltui.messages import RunCommand, ShowValidation
 from fltui.screens.dialogs import ChoiceScreen, PromptScreen
 from fltui.screens.help import HelpScreen
+from fltui.screens.listings import Ask
 from fltui.state import ConsoleState
 from fltui.store import Store
 from fltui.targets import Choice, target_choices
@@ -34,6 +35,8 @@ SERVER_ACTIONS = frozenset(
 SUPER_ACTIONS = SERVER_ACTIONS - {"validate"}
 CAREFUL_ACTIONS = frozenset({"abort", "shutdown"})
 """Their pickers open with nothing highlighted: a typed-ahead ``enter`` picks nothing."""
+MAX_APP_PAGES = 20
+"""Pages of list_apps a deploy picker reads (50 apps each)."""
 DIALOGS = "dialog"
 """Worker group of the pickers and prompts: one at a time."""
 
@@ -61,7 +64,9 @@ class CommandKeys(Screen[None]):
     """
 
     ACTION_HELP: ClassVar[dict[str, str]] = {
-        "command_line": "type any admin command or a view (:clients, :logs), tab completes",
+        "command_line": (
+            "an admin command or a view (:clients :logs :runs :apps :admins), tab completes"
+        ),
         "filter": "filter the focused table or the logs",
         "help": "this help",
         "app.quit": "quit",
@@ -77,11 +82,13 @@ class CommandKeys(Screen[None]):
         "reconnect": "connect again now (after a shutdown, or without waiting)",
     }
 
-    def __init__(self, store: Store, apps: Names) -> None:
-        """Keys over ``store``; ``apps`` names the apps the pickers offer, asked each time."""
+    def __init__(self, store: Store, apps: Names, ask: Ask) -> None:
+        """Keys over ``store``; ``apps`` names the admin's apps to upload, asked each time;
+        ``ask`` runs a read-only command on the server (the apps to deploy are its)."""
         super().__init__()
         self.store = store
         self.apps = apps
+        self.ask = ask
         self.state = ConsoleState()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -135,12 +142,24 @@ class CommandKeys(Screen[None]):
         choices = target_choices(self.store, self._targets(), careful=careful)
         return await self._pick(f"{verb} on", choices, careful)
 
-    async def _pick_app(self, title: str) -> str | None:
-        apps = self.apps()
+    async def _pick_app(self, title: str, apps: Sequence[str], none: str) -> str | None:
         if not apps:
-            self.say(f"no apps in {self.state.transfer_dir}: copy an app folder there")
+            self.say(none)
             return None
         return await self._pick(title, [Choice(app, app) for app in apps])
+
+    async def _server_apps(self) -> list[str] | None:
+        """The apps uploaded to the server, every page of them (None: it did not answer)."""
+        names: list[str] = []
+        page, pages = 1, 1
+        while page <= min(pages, MAX_APP_PAGES):
+            reply = await self.ask("list_apps" if page == 1 else f"list_apps {page}")
+            if reply is None or not reply.ok:
+                return None
+            names += [str(app.get("name", "")) for app in reply.data.get("apps", [])]
+            pages = int(reply.data.get("pages", 1) or 1)
+            page += 1
+        return names
 
     def send(self, line: str) -> None:
         """Hand a finished command line to the app."""
@@ -149,14 +168,19 @@ class CommandKeys(Screen[None]):
     @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_upload(self) -> None:
         """Pick an app from transfer/ and upload it."""
-        app = await self._pick_app("Upload which app from transfer/?")
+        none = f"no apps in {self.state.transfer_dir}: copy an app folder there"
+        app = await self._pick_app("Upload which app from transfer/?", self.apps(), none)
         if app:
             self.send(f"upload_folder {app}")
 
     @work(exclusive=True, group=DIALOGS, exit_on_error=False)
     async def action_deploy(self) -> None:
-        """Pick an app, then where to deploy it."""
-        app = await self._pick_app("Deploy which app?")
+        """Pick an app the server has, then where to deploy it."""
+        apps = await self._server_apps()
+        if apps is None:
+            return
+        none = "no apps on the server yet: u uploads one from your transfer/ folder"
+        app = await self._pick_app("Deploy which app (on the server)?", apps, none)
         target = await self._pick_target(f"Deploy {app}") if app else None
         if app and target:
             self.send(f"deploy {app} {target}")

@@ -28,6 +28,7 @@ from fltui.messages import OpenWizard, Reconnect
 from fltui.screens.client import ClientScreen
 from fltui.screens.commandkeys import CommandKeys, Names
 from fltui.screens.dialogs import ColumnsScreen
+from fltui.screens.listings import AdminsScreen, AppsScreen, Ask, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.state import ConsoleState
 from fltui.status import ONLINE, clock_time, health
@@ -51,6 +52,8 @@ SHORT = 30
 """Terminals shorter than this hide the heartbeats pane (``3`` or ``z`` shows it maximised)."""
 HEARTBEAT_COLUMN_BEATS = 2
 """Heartbeat intervals per column of the heartbeats pane: one late beat is no gap."""
+LISTINGS = {"runs": RunsScreen, "apps": AppsScreen, "admins": AdminsScreen}
+"""The views of ``:`` that are the server's listings."""
 SAY_TICKS = 8
 """Seconds a status-line message stays."""
 Clock = Callable[[], float]
@@ -91,9 +94,20 @@ class DashboardScreen(CommandKeys):
         *(Binding(key, f"focus_pane('{key}')", f"Pane {key}", show=False) for key in PANES),
     ]
 
-    def __init__(self, store: Store, clock: Clock, apps: Names, flush_s: float = 0.25) -> None:
-        """A dashboard over ``store``; ``clock`` dates ages and countdowns (tests freeze it)."""
-        super().__init__(store, apps)
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        apps: Names,
+        ask: Ask,
+        server_apps: Names,
+        flush_s: float = 0.25,
+    ) -> None:
+        """A dashboard over ``store``; ``clock`` dates ages and countdowns (tests freeze it);
+        ``apps`` and ``server_apps`` name the apps to upload and to deploy, ``ask`` runs a
+        read-only command on the server (for the views)."""
+        super().__init__(store, apps, ask)
+        self.server_apps = server_apps
         self.clock = clock
         self.flush_s = flush_s
         self._filter_target = "#logs"
@@ -115,7 +129,8 @@ class DashboardScreen(CommandKeys):
         yield LogView(LOG_LIMIT, id="logs")
         yield Line(id="status-line")
         yield Input(placeholder="filter", id="filter")
-        yield CommandLine(CommandSuggester(self.instances, self.apps), id="command")
+        suggester = CommandSuggester(self.instances, self.apps, self.server_apps)
+        yield CommandLine(suggester, id="command")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -533,9 +548,13 @@ class DashboardScreen(CommandKeys):
             self.send(line)
 
     def switch_view(self, words: list[str]) -> None:
-        """``:clients`` back to the dashboard's table, ``:logs [NAME]`` a site's log view."""
+        """``:clients`` back to the dashboard's table, ``:logs [NAME]`` a site's log view,
+        ``:runs``, ``:apps``, ``:admins`` the server's listings."""
         view, args = words[0], words[1:]
-        if view == "clients":
+        listing = LISTINGS.get(view)
+        if listing is not None:
+            self.app.push_screen(listing(self.ask))
+        elif view == "clients":
             if self.maximized is not None:
                 self.minimize()
             self.set_focus(self.query_one("#clients"))

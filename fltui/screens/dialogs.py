@@ -12,7 +12,7 @@ names) is never read as markup.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -24,6 +24,7 @@ from textual.widgets.option_list import Option
 from fltui.targets import Choice
 
 Check = Callable[[str], str | None]
+QUESTION = "Are you sure (Y/N):"
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -48,11 +49,29 @@ class ConfirmScreen(ModalScreen[bool]):
         self._verb = verb
         self._heading = heading
 
+    @classmethod
+    def asking(cls, line: str, question: Any, prompt: str) -> ConfirmScreen:
+        """The server's question about ``line`` (its reply's ``confirm`` data), shown as it
+        is; a question without that data (an older server) shows its text as the lines."""
+        if isinstance(question, dict):
+            lines = question.get("lines")
+            texts = [str(x) for x in lines] if isinstance(lines, list) else []
+            return cls(
+                str(question.get("title", line)),
+                texts,
+                str(question.get("warning", "")),
+                str(question.get("verb", "") or line.split()[0]),
+                str(question.get("heading", "")),
+            )
+        lines = [ln for ln in prompt.splitlines() if ln.strip() and ln != QUESTION]
+        return cls(line, lines, "", line.split()[0], "")
+
     def compose(self) -> ComposeResult:
         """Title, what stops, warning, question, buttons."""
         with Vertical(id="confirm-dialog", classes="dialog"):
             yield Static(self._title, classes="dialog-title", markup=False)
-            yield Static(self._heading, classes="dialog-label")
+            if self._heading:
+                yield Static(self._heading, classes="dialog-label", markup=False)
             stops = "\n".join(f"• {line}" for line in self._stops)
             yield Static(stops, id="confirm-stops", markup=False)
             if self._warning:

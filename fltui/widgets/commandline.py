@@ -28,15 +28,17 @@ Names = Callable[[], Sequence[str]]
 class CommandSuggester(Suggester):
     """Suggests the completion of the line typed so far."""
 
-    def __init__(self, instances: Names, apps: Names) -> None:
-        """``instances`` and ``apps`` are asked at each keystroke, so they are always current."""
+    def __init__(self, instances: Names, apps: Names, server_apps: Names) -> None:
+        """``instances``, ``apps`` (to upload) and ``server_apps`` (to deploy) are asked at
+        each keystroke, so they are always current."""
         super().__init__(use_cache=False, case_sensitive=True)
         self._instances = instances
         self._apps = apps
+        self._server_apps = server_apps
 
     async def get_suggestion(self, value: str) -> str | None:
         """The completed line, or None."""
-        return complete(value, self._instances(), self._apps())
+        return complete(value, self._instances(), self._apps(), self._server_apps())
 
 
 class CommandLine(Input):

@@ -51,10 +51,15 @@ class StatusHeader(Horizontal):
             title.append("no run set", style=muted)
         title.append(SEPARATOR, style=muted)
         title.append_text(look_text(app, server_look(run.server_status)))
-        if run.reason and run.server_status not in st.ACTIVE:
-            title.append(f" ({run.reason})")
+        if run.server_status == st.NOT_STARTED and run.reason:
+            title.append(f" (last start failed: {run.reason})")
+        elif run.ending():
+            title.append(f" ({run.ending()})")
         elif run.fault:
             title.append(f" ({run.fault})")
+        if run.blocked:
+            title.append(SEPARATOR, style=muted)
+            title.append("⚠ cannot progress", style=tone_style(app, "warning"))
         if run.current_round >= 0 and run.num_rounds:
             title.append(SEPARATOR, style=muted)
             title.append(f"round {min(run.current_round, run.num_rounds)}/{run.num_rounds}")

@@ -62,7 +62,12 @@ def ending_of(run: RunInfo) -> str:
         return "Finished all rounds"
     if run.server_status == st.NOT_STARTED:
         return f"Not started: {run.reason}"
-    return f"Stopped: {run.reason}"
+    return f"Stopped: {run.end_reason()}"
+
+
+def failed_text(run: RunInfo) -> str:
+    """``Failed: flclient3 (no DATA_ROOT set)``: each failed site with its error."""
+    return f"Failed: {run.failed_sites_text()}"
 
 
 def names(instances: tuple[str, ...]) -> str:
@@ -135,15 +140,13 @@ class RoundPane(Vertical, can_focus=True):
                 text.append(ending, style=tone_style(self.app, tone))
             if run.failed_sites:
                 text.append("\n" if ending else "")
-                text.append(
-                    f"Failed: {names(run.failed_sites)}", style=tone_style(self.app, "error")
-                )
+                text.append(failed_text(run), style=tone_style(self.app, "error"))
             return text
+        # While it trains, the failed sites' errors are in their rows (enter): names only.
+        failed = f"Failed: {names(run.failed_sites)}"
         if run.current_round < 0 or run.current_round >= run.num_rounds:
             if run.failed_sites:
-                text.append(
-                    f"Failed: {names(run.failed_sites)}", style=tone_style(self.app, "error")
-                )
+                text.append(failed, style=tone_style(self.app, "error"))
             return text
         text.append(f"Updates {run.updates_received}", style="bold")
         text.append(f"{SEPARATOR}min {run.min_num_clients} · max {run.max_num_clients}\n")
@@ -153,7 +156,9 @@ class RoundPane(Vertical, can_focus=True):
         else:
             text.append("Waiting for nobody", style=tone_style(self.app, "muted"))
         if run.failed_sites:
-            text.append(f"\nFailed: {names(run.failed_sites)}", style=tone_style(self.app, "error"))
+            text.append(f"\n{failed}", style=tone_style(self.app, "error"))
+        if run.blocked:
+            text.append(f"\nCannot progress: {run.blocked}", style=tone_style(self.app, "warning"))
         return text
 
     def show_countdown(self, run: RunInfo, now: float) -> None:

@@ -11,5 +11,5 @@ ROOT="$$(dirname "$$STARTUP")"
 PROGRAM="${program}"
 if [[ -n "$${FLSTACK_BIN:-}" ]]; then
     PROGRAM="$$FLSTACK_BIN/${program}"
-fi
+fi${prepare}
 exec "$$PROGRAM" ${arguments} "$$@"

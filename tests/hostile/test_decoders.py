@@ -281,7 +281,9 @@ def test_a_training_child_speaking_deep_json_is_killed_not_followed(tmp_path: Pa
         theirs.sendall(deep_json(50_000).encode() + b"\n")
         theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)
-        await asyncio.wait_for(process._on_connect(reader, writer), 10)
+        process._on_connect(reader, writer)  # reads in a task of its own
+        assert process._reader_task is not None
+        await asyncio.wait_for(process._reader_task, 10)
         return killed
 
     assert asyncio.run(scenario()) == ["killed"]

@@ -22,8 +22,11 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client
+from flcore.tensorfile import TensorFile
 from flcore.tls import TlsFiles
+from flcore.wire import manifest_to_proto
 from fldev.cluster import ADMIN, Cluster
+from fldev.poll import wait_until
 from tests.hostile.payloads import (
     CLASS_NAMING,
     HOSTILE_PATHS,
@@ -222,16 +225,51 @@ def test_a_hostile_site_cannot_stop_a_run_or_lose_an_update(
                 for _ in range(8):
                     yield fed_pb2.SubmitModelMessage(chunk=chunk)
 
+            async def compressed(
+                chunk: common_pb2.TensorChunk,
+            ) -> AsyncIterator[fed_pb2.SubmitModelMessage]:
+                header = fed_pb2.SubmitHeader(
+                    token=conn.token,
+                    run_number=1,
+                    round=0,
+                    kind=fed_pb2.UPLOAD_KIND_UPDATE,
+                    num_samples=10,
+                    manifest=manifest_to_proto(model.manifest),
+                )
+                yield fed_pb2.SubmitModelMessage(header=header)
+                yield fed_pb2.SubmitModelMessage(chunk=chunk)
+
             reply = await conn.stub.SubmitModel(upload(), timeout=60)
+            # A real manifest, then a first chunk whose compression no honest sender makes.
+            for bad in (
+                common_pb2.TensorChunk(encoding=common_pb2.WireCompression.ValueType(9)),
+                common_pb2.TensorChunk(encoding=common_pb2.WIRE_COMPRESSION_INT8, scale=-1.0),
+                common_pb2.TensorChunk(
+                    encoding=common_pb2.WIRE_COMPRESSION_INT8, scale=1.0, zero_point=1 << 30
+                ),
+                common_pb2.TensorChunk(encoding=common_pb2.WIRE_COMPRESSION_BF16),
+            ):
+                bad.name, bad.offset = first.name, 0
+                bad.data = bytes(first.nbytes)  # twice the tensor once decoded from bf16
+                replies.append(await conn.stub.SubmitModel(compressed(bad), timeout=60))
             control.cancel()
             return reply, "sent"
         finally:
             await conn.close()
 
     cluster.ok("start server")
+    wait_until(lambda: cluster.run_state()["server_status"] == "training started", 60, "training")
+    model = TensorFile(cluster.root / "server" / "run_1" / "models" / "round_0.safetensors")
+    first = model.manifest.tensors[0]
+    replies: list[fed_pb2.SubmitReply] = []
     reply, _ = asyncio.run(hostile())
     assert reply.result == fed_pb2.SUBMIT_RESULT_REJECTED
     assert "more than a model may hold" in reply.message
+    assert [r.result for r in replies] == [fed_pb2.SUBMIT_RESULT_REJECTED] * 4
+    assert "unknown chunk encoding 9" in replies[0].message
+    assert "int8 chunk with scale -1.0 and zero point 0" in replies[1].message
+    assert f"int8 chunk with scale 1.0 and zero point {1 << 30}" in replies[2].message
+    assert f"runs past the declared size of {first.nbytes} bytes" in replies[3].message
     assert server.alive()
     cluster.ok("start client flclient2")
     finished(cluster, 1)

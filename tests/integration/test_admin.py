@@ -37,7 +37,7 @@ def fltui(cluster: Cluster, *args: str, user: str = ADMIN) -> subprocess.Complet
     )
 
 
-def admin_stub(startup: Path, target: str) -> tuple[grpc.aio.Channel, admin_grpc.AdminStub]:
+def admin_stub(startup: Path, target: str) -> tuple[grpc.aio.Channel, admin_grpc.AdminAsyncStub]:
     """A raw admin channel with the certificates of any kit (client or admin)."""
     files = TlsFiles(startup / "rootCA.pem", startup / "client.crt", startup / "client.key")
     channel = grpc.aio.secure_channel(target, channel_credentials(files), options=CHANNEL_OPTIONS)
@@ -184,7 +184,8 @@ def test_abort_then_start_again(cluster: Cluster) -> None:
     )
     (again,) = cluster.admin("abort server")
     assert not again.ok and again.text == "the server is not training"
-    assert "training stopped (aborted by admin)" in cluster.ok("check_status server").text
+    # The reason names the admin who aborted (issue 10).
+    assert f"training stopped (aborted by {ADMIN})" in cluster.ok("check_status server").text
 
     cluster.configure("config_fed_server.json", num_rounds=2)
     cluster.ok("upload_folder digits_fedavg")
@@ -192,6 +193,8 @@ def test_abort_then_start_again(cluster: Cluster) -> None:
     # Starting over is explicit; the earlier start's metrics go with it (no duplicate rows).
     (asked,) = cluster.admin("start server fresh")
     assert not asked.ok and "Starting fresh deletes its models" in asked.confirm_prompt
+    question = asked.data["confirm"]  # the console draws the server's question
+    assert question["title"] == "Start fresh: run 1" and question["verb"] == "Start fresh"
     cluster.ok("start server fresh", confirmed=True)
     cluster.ok("start client")
     assert finished(cluster)["reason"] == "finished"
@@ -203,7 +206,14 @@ def test_shutdown_one_client_then_all_then_server(cluster: Cluster) -> None:
     one = cluster.client("flclient1")
     two = cluster.client("flclient2")
     (asked,) = cluster.admin("shutdown client flclient1")
-    assert not asked.ok and asked.confirm_prompt == "Are you sure (Y/N):"
+    # The server's question names what it ends (it was the bare question before).
+    assert not asked.ok and asked.confirm_prompt.splitlines() == [
+        "Shut down: flclient1",
+        "This shuts down:",
+        "  flclient1: training not started",
+        "  Their client daemons exit; each site must start its own again.",
+        "Are you sure (Y/N):",
+    ]
     assert one.alive()
     done = cluster.ok("shutdown client flclient1", confirmed=True)
     assert done.text.strip() == "instance:flclient1 : Shutdown the client..."

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,11 +37,12 @@ def imported_under(marker: Path, pid: int) -> bool:
     return marker.exists() and str(pid) in marker.read_text().split()
 
 
-def client_row(cluster: Cluster, site: str) -> dict:
-    return cluster.ok(f"check_status client {site}").data["clients"][site]
+def client_row(cluster: Cluster, site: str) -> dict[str, Any]:
+    row: dict[str, Any] = cluster.ok(f"check_status client {site}").data["clients"][site]
+    return row
 
 
-def waiting(cluster: Cluster, site: str, run_number: int) -> dict | None:
+def waiting(cluster: Cluster, site: str, run_number: int) -> dict[str, Any] | None:
     row = client_row(cluster, site)
     return (
         row if row["status"] == "waiting for approval" and row["run_number"] == run_number else None
@@ -71,7 +74,7 @@ def test_custom_code_runs_only_after_the_site_approved_it(cluster: Cluster) -> N
     cluster.ok("start client")
 
     for site in ("flclient1", "flclient2"):
-        row = wait_until(lambda s=site: waiting(cluster, s, 1), 60, f"{site} to wait")
+        row = wait_until(partial(waiting, cluster, site, 1), 60, f"{site} to wait")
         assert row["detail"] == f"waiting for approval of app {APP} sha256:{digest[:12]}"
     text = cluster.ok("check_status client").text
     assert f"status: waiting for approval of app {APP} sha256:{digest[:12]}" in text

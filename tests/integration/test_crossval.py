@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,12 +24,19 @@ SITES = ("flclient1", "flclient2", "flclient3")
 def matrix(cluster: Cluster, *names: str) -> dict[str, Any]:
     """The validate command's data."""
     line = "validate " + (" ".join(names) if names else "all")
-    return cluster.ok(line).data  # type: ignore[no-any-return]
+    return cluster.ok(line).data
 
 
 def cell(data: dict[str, Any], row: str, column: str) -> dict[str, Any] | None:
     """One cell of the matrix, or None when it is empty."""
     return data["cells"].get(row, {}).get(column)  # type: ignore[no-any-return]
+
+
+def filled(data: dict[str, Any], row: str, column: str) -> dict[str, Any]:
+    """One cell of the matrix that must hold a result or an error."""
+    found = cell(data, row, column)
+    assert found is not None, f"the cell {row} x {column} is empty"
+    return found
 
 
 def matrix_with(cluster: Cluster, cells: list[tuple[str, str]]) -> dict[str, Any] | None:
@@ -41,10 +49,10 @@ def accuracy_of(model_file: str, site_data: str) -> float:
     """Evaluate a saved model on a site's validation split, outside flstack."""
     sys.path.insert(0, str(APPS / "digits_custom" / "resources"))
     try:
-        from digits_custom.model import ResidualDigitsNet
+        digits_model = importlib.import_module("digits_custom.model")
     finally:
         sys.path.pop(0)
-    model = ResidualDigitsNet(width=24)
+    model: torch.nn.Module = digits_model.ResidualDigitsNet(width=24)
     model.load_state_dict(load_file(model_file))
     model.eval()
     with np.load(site_data, allow_pickle=False) as arrays:
@@ -128,7 +136,9 @@ def test_matrix_over_three_sites_two_taking_part(make_cluster: Callable[..., Clu
             else run / "cross_site" / "sites" / f"{row}.safetensors"
         )
         direct = accuracy_of(str(model), str(cluster.data / column / "val.npz"))
-        assert cell(data, row, column)["metrics"]["val_accuracy"] == pytest.approx(direct, abs=1e-6)
+        assert filled(data, row, column)["metrics"]["val_accuracy"] == pytest.approx(
+            direct, abs=1e-6
+        )
     text = cluster.ok("validate all").text.splitlines()
     assert text[0] == "Cross-site validation of run 1 (val_accuracy)"
     assert text[1].split() == ["model", "\\", "site", "flclient1", "flclient2", "flclient3"]
@@ -197,9 +207,9 @@ def test_a_model_that_never_comes_is_given_up(make_cluster: Callable[..., Cluste
         lambda: matrix_with(cluster, [("flclient2", "flclient1")]), 15, "the given-up cell"
     )
     assert (
-        cell(data, "flclient2", "flclient1")["error"] == "gave up after waiting 3s for this model"
+        filled(data, "flclient2", "flclient1")["error"] == "gave up after waiting 3s for this model"
     )
-    assert cell(data, "global", "flclient1")["metrics"]["val_accuracy"] > 0.5
+    assert filled(data, "global", "flclient1")["metrics"]["val_accuracy"] > 0.5
     assert (
         "model of flclient2 on flclient1: gave up after waiting 3s"
         in cluster.ok("validate all").text

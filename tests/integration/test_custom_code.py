@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from typing import Any
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def test_errors_in_custom_code_surface_and_the_daemons_stay_up(cluster: Cluster)
     cluster.ok("start server")
     cluster.ok("start client")
 
-    def failed() -> dict | None:
+    def failed() -> dict[str, Any] | None:
         row = cluster.ok("check_status client flclient1").data["clients"]["flclient1"]
         return row if row["status"] == "training failed" else None
 

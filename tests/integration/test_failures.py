@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -19,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 
 from fladmin import AdminClient, load_kit
 from flclientd.connection import Connection
-from flcore.federation import MachineInfo, Verdict
+from flcore.federation import MachineInfo, SubmitOutcome, Verdict
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client
 from flcore.tensorfile import TensorFile
@@ -48,7 +49,7 @@ def test_training_error_reaches_the_server_with_its_traceback(cluster: Cluster) 
     cluster.ok("start server")
     cluster.ok("start client")
 
-    def failed() -> dict | None:
+    def failed() -> dict[str, Any] | None:
         row = cluster.ok("check_status client flclient1").data["clients"]["flclient1"]
         return row if row["status"] == "training failed" else None
 
@@ -58,7 +59,10 @@ def test_training_error_reaches_the_server_with_its_traceback(cluster: Cluster) 
     text = cluster.ok("check_status client flclient1").text
     assert "status: training failed" in text and "error: " in text
     finished(cluster)
-    assert "Failed sites: flclient1" in cluster.ok("check_status server").text
+    # once the run has stopped, how it ended (failed sites included) is on the status line
+    text = cluster.ok("check_status server").text
+    [status] = [line for line in text.splitlines() if line.startswith("FL server status:")]
+    assert "(finished · failed sites: flclient1" in status, text
     assert "run 1 ended (finished); failed sites: flclient1" in server.log()
     assert all(r["clients"] == ["flclient2"] for r in cluster.metrics())
 
@@ -147,7 +151,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
     startup = load_client(workspace)
     files = TlsFiles.named_by(startup, workspace / "startup")
 
-    async def scenario() -> list[tuple[str, str]]:
+    async def scenario() -> list[tuple[SubmitOutcome, str]]:
         conn = Connection(startup, files)
         try:
             await conn.login("", MachineInfo(device="cpu"))
@@ -155,7 +159,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
             await conn.get_model(1, 0, glob)
             weights = load_file(glob)
             names = sorted(weights)
-            outcomes = []
+            outcomes: list[tuple[SubmitOutcome, str]] = []
 
             async def submit(label: str, tensors: dict[str, np.ndarray], samples: int = 10) -> None:
                 path = tmp_path / f"{label}.safetensors"
@@ -223,7 +227,9 @@ def test_unknown_enum_values_are_refused_not_read_as_defaults(
             model = tmp_path / "global.safetensors"
             manifest = manifest_to_proto((await conn.get_model(1, 0, model)).manifest)
 
-            async def upload(kind: int) -> AsyncIterator[fed_pb2.SubmitModelMessage]:
+            async def upload(
+                kind: fed_pb2.UploadKind.ValueType,
+            ) -> AsyncIterator[fed_pb2.SubmitModelMessage]:
                 header = fed_pb2.SubmitHeader(
                     token=conn.token,
                     run_number=1,
@@ -236,13 +242,19 @@ def test_unknown_enum_values_are_refused_not_read_as_defaults(
                 for chunk in tensor_chunks(TensorFile(model)):
                     yield fed_pb2.SubmitModelMessage(chunk=chunk)
 
-            odd_upload = await conn.stub.SubmitModel(upload(99))
-            request = fed_pb2.ModelRequest(token=conn.token, run_number=1, round=0, kind=99)
+            odd_upload = await conn.stub.SubmitModel(upload(fed_pb2.UploadKind.ValueType(99)))
+            request = fed_pb2.ModelRequest(
+                token=conn.token, run_number=1, round=0, kind=fed_pb2.ModelKind.ValueType(99)
+            )
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 async for _ in conn.stub.GetModel(request):
                     pass
             report = fed_pb2.MetricsReport(
-                token=conn.token, run_number=1, round=3, kind=99, model_owner="global"
+                token=conn.token,
+                run_number=1,
+                round=3,
+                kind=fed_pb2.MetricsKind.ValueType(99),
+                model_owner="global",
             )
             odd_report = await conn.stub.SubmitMetrics(report)
             # The server carries on: a proper update of the same round is still welcome.

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from fldev.cluster import SERVER_READY, Cluster, Daemon
+from fldev.cluster import ADMIN, SERVER_READY, Cluster, Daemon
 from fldev.faultswitch import fault_spec
 from fldev.poll import wait_until
 from fldev.smalldisk import fill, free_up, small_disk, why_not_mountable
@@ -387,7 +387,8 @@ def test_a_full_server_disk_pauses_training_and_loses_nothing(
             30,
             "the clients to be told the run stopped",
         )
-        assert "training stopped (aborted by admin)" in cluster.ok("check_status server").text
+        # The reason names the admin who aborted (issue 10).
+        assert f"training stopped (aborted by {ADMIN})" in cluster.ok("check_status server").text
         free_up(workspace)
 
         def recorded() -> bool:

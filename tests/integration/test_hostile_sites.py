@@ -8,7 +8,7 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -87,7 +87,7 @@ async def _admin(cluster: Cluster) -> AdminClient:
 
 async def _snapshot(client: AdminClient) -> tuple[Snapshot, int]:
     """The first event of the console's feed, and its size on the wire."""
-    events: AsyncIterator[object] = client.events()
+    events = client.events()
     message = await anext(events)
     event = event_from_proto(message)
     assert event is not None and isinstance(event.body, Snapshot)

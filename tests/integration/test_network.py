@@ -137,7 +137,7 @@ def test_a_cut_longer_than_the_retry_window_exits_3_and_the_restarted_client_rej
         "the restarted client to contribute again",
     )
     cluster.ok("abort server")
-    rounds = {}
+    rounds: dict[int, list[str]] = {}
     for round_number, instance in folds(cluster):
         rounds.setdefault(round_number, []).append(instance)
     assert all(len(names) == len(set(names)) for names in rounds.values())

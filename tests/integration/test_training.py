@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from safetensors.numpy import load_file
@@ -14,10 +15,10 @@ from fldev.poll import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def finished(cluster: Cluster, run_number: int = 1, timeout: float = 180) -> dict:
+def finished(cluster: Cluster, run_number: int = 1, timeout: float = 180) -> dict[str, Any]:
     """Wait for a run to stop and return its state."""
 
-    def stopped() -> dict | None:
+    def stopped() -> dict[str, Any] | None:
         state = cluster.run_state()
         ok = state["run_number"] == run_number and state["server_status"] == "training stopped"
         return state if ok else None

@@ -65,6 +65,7 @@ CLIENTS = (
         "flclient2",
         token_id="9d3b7e41",
         samples=2210,
+        cross_validate=True,
         device="cuda x2 (NVIDIA H100 80GB HBM3)",
         gpu_count=2,
         last_heartbeat=NOW - 4,
@@ -118,6 +119,7 @@ RUN = RunInfo(
         RoundRecord(2, {"val_accuracy": 0.9361, "val_loss": 0.2067}, 2, 1.6),
     ),
     failed_sites=("flclient3",),
+    site_errors={"flclient3": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"},
     phase="training",
     best_metric="val_accuracy=0.9361 (round 2)",
 )
@@ -175,3 +177,123 @@ def recorded_events() -> list[FeedEvent]:
     for seq, body in enumerate(_beats(), start=101):
         events.append(FeedEvent(seq, NOW, body))  # type: ignore[arg-type]
     return events
+
+
+# --------------------------------------------------------------------------- the server's listings
+
+RUNS = {
+    "runs": [
+        {
+            "run_number": 3,
+            "app": "digits_fedavg",
+            "rounds": "3/10",
+            "status": "training started",
+            "ending": "",
+            "best": "val_accuracy=0.9361 (round 2)",
+            "started_at": NOW - 600,
+            "ended_at": 0.0,
+        },
+        {
+            "run_number": 2,
+            "app": "digits_custom",
+            "rounds": "4/10",
+            "status": "training stopped",
+            "ending": "aborted by admin@lead.org · failed sites: flclient3 (no DATA_ROOT set)",
+            "best": "val_accuracy=0.8811 (round 3)",
+            "started_at": NOW - 7200,
+            "ended_at": NOW - 6600,
+        },
+        {
+            "run_number": 1,
+            "app": "digits_fedavg",
+            "rounds": "10/10",
+            "status": "training stopped",
+            "ending": "finished",
+            "best": "val_accuracy=0.9744 (final model)",
+            "started_at": NOW - 86400,
+            "ended_at": NOW - 84000,
+        },
+    ],
+    "page": 1,
+    "pages": 1,
+    "total": 3,
+}
+"""What ``list_runs`` answers: three runs, one training, one aborted, one finished."""
+
+
+def _site(samples: int, accuracy: float, loss: float) -> dict[str, object]:
+    return {"samples": samples, "metrics": {"train_loss": loss, "val_accuracy": accuracy}}
+
+
+RUN_ONE = {
+    "run": RUNS["runs"][2],  # type: ignore[index]
+    "rounds": [
+        {
+            "round": r,
+            "metrics": {"train_loss": 2.1 / (r + 1), "val_accuracy": 0.1 + 0.09 * r},
+            "seconds": 1.5,
+            "final": False,
+            "sites": {
+                "flclient1": _site(1437, 0.1 + 0.09 * r, 2.0 / (r + 1)),
+                "flclient2": _site(2210, 0.11 + 0.09 * r, 2.2 / (r + 1)),
+            },
+        }
+        for r in range(3)
+    ],
+    "page": 1,
+    "pages": 4,
+    "total": 11,
+}
+"""What ``show_run 1`` answers: its first rounds, each site's result under its round."""
+
+APPS = {
+    "apps": [
+        {
+            "name": "digits_custom",
+            "size": 9216,
+            "files": 5,
+            "sha256": "3f1c" * 16,
+            "uploaded_at": NOW - 7300,
+        },
+        {
+            "name": "digits_fedavg",
+            "size": 4210,
+            "files": 3,
+            "sha256": "9a0e" * 16,
+            "uploaded_at": NOW - 700,
+        },
+    ],
+    "page": 1,
+    "pages": 1,
+    "total": 2,
+}
+
+ADMINS = {
+    "admins": [
+        {
+            "user": "admin@lead.org",
+            "role": "super",
+            "logins": 2,
+            "consoles": 1,
+            "last_used": NOW - 3,
+            "last_command": "start client",
+            "last_command_at": NOW - 590,
+            "last_ok": True,
+        },
+        {
+            "user": "viewer@lead.org",
+            "role": "member",
+            "logins": 1,
+            "consoles": 1,
+            "last_used": NOW - 40,
+            "last_command": "list_runs",
+            "last_command_at": NOW - 40,
+            "last_ok": True,
+        },
+    ],
+    "page": 1,
+    "pages": 1,
+    "total": 2,
+}
+LISTINGS = {"list_runs": RUNS, "show_run 1": RUN_ONE, "list_apps": APPS, "list_admins": ADMINS}
+"""The recorded server's answers to the read-only listings, by command line."""

@@ -22,7 +22,16 @@ from fltui.screens.help import HelpScreen
 from fltui.screens.validation import ValidationScreen
 from tests.tui.recorded import NOW, recorded_events
 from tests.tui.test_console import MATRIX
-from tests.tui.test_snapshots import dashboard, drawn, link_lost, opening, shut_down, site_logs
+from tests.tui.test_snapshots import (
+    dashboard,
+    drawn,
+    link_lost,
+    opening,
+    run_rounds,
+    runs_view,
+    shut_down,
+    site_logs,
+)
 
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 SetUp = Callable[[Any], Awaitable[None]]
@@ -56,6 +65,8 @@ VIEWS: dict[str, tuple[Callable[[], ConsoleApp], SetUp, tuple[int, int]]] = {
     ),
     "console-validation": (matrix_console, opening("v", until=ValidationScreen), (120, 36)),
     "console-help": (dashboard, help_screen, (120, 36)),
+    "console-runs": (dashboard, runs_view, (120, 36)),
+    "console-run": (dashboard, run_rounds, (120, 36)),
 }
 
 

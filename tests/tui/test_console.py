@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
 from fladmin.client import AdminError, CommandReply
 from fladmin.link import AdminLink
@@ -22,7 +22,7 @@ from flcore.feed import ClientRow, FeedEvent, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fldev.poll import wait_for
-from fldev.replay import ReplayLink, ok_reply
+from fldev.replay import ReplayLink, confirming, ok_reply
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, Connection
 from fltui.screens.client import ClientScreen
@@ -35,12 +35,8 @@ from fltui.widgets.commandline import CommandLine
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
 from tests.tui.helpers import shown
-from tests.tui.recorded import NOW, RUN, recorded_events
+from tests.tui.recorded import CLIENTS, LISTINGS, NOW, RUN, recorded_events
 
-WARNING = (
-    "2 client(s) still registered (flclient1, flclient2); shut clients down first "
-    "(shutdown client), because they receive commands through the server.\nAre you sure (Y/N):"
-)
 MATRIX = {
     "run_number": 1,
     "metric": "val_accuracy",
@@ -58,14 +54,17 @@ MATRIX = {
 }
 
 
-def reply(line: str, confirmed: bool) -> CommandReply:
-    """The server's answers: shutdown asks first (and warns), validate has data."""
-    if line.startswith("shutdown") and not confirmed:
-        prompt = WARNING if line == "shutdown server" else "Are you sure (Y/N):"
-        return CommandReply(line, False, "", {}, 0, "", prompt)
+def answers(line: str, confirmed: bool) -> CommandReply:
+    """The server's answers: validate and the listings have data, the rest just succeeds."""
     if line == "validate all":
         return CommandReply(line, True, "Cross-site validation of run 1", MATRIX, 10, "")
+    if line in LISTINGS:
+        return CommandReply(line, True, f"{line}: the listing", LISTINGS[line], 10, "")
     return ok_reply(line, confirmed)
+
+
+reply = confirming(CLIENTS, RUN, answers)
+"""The server's answers, with its questions before an abort or a shutdown."""
 
 
 def stopped_run() -> list[FeedEvent]:
@@ -136,13 +135,15 @@ def test_keys_send_their_commands(tmp_path: Path) -> None:
             await choose(pilot, "the server")
             await pilot.press("t")
             await shown(pilot, app, PromptScreen)
-            app.screen.query_one("Input").value = "30"
+            app.screen.query_one("Input", Input).value = "30"
             await pilot.press("enter")
-            await wait_for(pilot, lambda: len(link.sent) == 6)
+            await wait_for(pilot, lambda: len(link.sent) == 8)
             assert sent(link) == [
                 "set_run_number 2",
                 "upload_folder digits_fedavg",
+                "list_apps",  # d offers the apps the server has
                 "deploy digits_custom server",
+                "list_apps",
                 "deploy digits_custom client",
                 "start server",
                 "set_timeout 30",
@@ -180,17 +181,17 @@ def test_abort_asks_with_cancel_focused_and_names_what_stops(tmp_path: Path) -> 
             stops = str(app.screen.query_one("#confirm-stops").render())
             assert "Run 1 (digits_fedavg) on the server, at round 3 of 10" in stops
             assert app.screen.focused is app.screen.query_one("#confirm-cancel")
-            await pilot.press("enter")  # Cancel: nothing is sent
+            await pilot.press("enter")  # Cancel: the server only asked, nothing is confirmed
             await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
-            assert link.sent == []
+            assert sent(link) == ["abort server"]
             await pilot.press("a")
             await choose(pilot, "all clients")
             await shown(pilot, app, ConfirmScreen)
             stops = str(app.screen.query_one("#confirm-stops").render())
             assert "flclient1: training started, round 3 (digits_fedavg)" in stops
             await pilot.press("tab", "enter")
-            await wait_for(pilot, lambda: link.sent)
-            assert sent(link) == ["abort client"]
+            await wait_for(pilot, lambda: len(link.sent) == 3)
+            assert sent(link) == ["abort server", "abort client", "abort client!"]
 
     asyncio.run(scenario())
 
@@ -204,7 +205,7 @@ def test_shutdown_shows_the_servers_warning_then_confirms(tmp_path: Path) -> Non
             await choose(pilot, "the server")
             await shown(pilot, app, ConfirmScreen)
             warning = str(app.screen.query_one("#confirm-warning").render())
-            assert "2 client(s) still registered (flclient1, flclient2)" in warning
+            assert "5 client(s) still registered (flclient1, flclient2, flclient3," in warning
             assert "Are you sure (Y/N)" not in warning
             await pilot.press("escape")
             await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
@@ -251,7 +252,7 @@ def test_validation_matrix_and_the_empty_case(tmp_path: Path) -> None:
             screen = app.screen
             assert isinstance(screen, ValidationScreen)
             if data.get("cells"):
-                table = screen.query_one("DataTable")
+                table = screen.query_one("DataTable", DataTable)
                 assert str(table.get_cell("global", "flclient1")) == "0.9700"
                 assert "model does not fit" in str(table.get_cell("flclient2", "flclient1"))
                 assert str(table.get_cell("flclient1", "flclient1")) == ""
@@ -378,7 +379,7 @@ def test_without_a_kit_the_login_screen_asks(tmp_path: Path) -> None:
         app = ConsoleApp(user="", clock=lambda: NOW)
         async with app.run_test(size=(100, 30)) as pilot:
             await shown(pilot, app, LoginScreen)
-            startup = app.screen.query_one("#login-startup")
+            startup = app.screen.query_one("#login-startup", Input)
             assert app.focused is startup
             startup.value = str(tmp_path / "nothing")
             await pilot.press("enter")
@@ -488,7 +489,7 @@ def with_odd_client() -> list[FeedEvent]:
 
 
 async def six_rows(pilot: Any) -> ClientsTable:
-    app = pilot.app
+    app: ConsoleApp = pilot.app
     table = app.dashboard.query_one(ClientsTable)
     await wait_for(pilot, lambda: app.connected and table.row_count == 6)
     return table
@@ -498,10 +499,16 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
     def answer(line: str, confirmed: bool) -> CommandReply:
         if line == "validate all":
             return CommandReply(line, False, "[/x] validation failed: regex [a-z]+", {}, 1, "")
-        if line.startswith("abort") and not confirmed:
-            return CommandReply(
-                line, False, "", {}, 0, "", "[/x] still training\nAre you sure (Y/N):"
-            )
+        if line.startswith("abort") and not confirmed:  # the server's words, as it sends them
+            question = {
+                "title": f"Abort training: {ODD}",
+                "heading": "[b]This stops:",
+                "lines": [f"{ODD}: [/x] still training"],
+                "warning": "[/x] still training",
+                "verb": "Abort",
+            }
+            prompt = "[/x] still training\nAre you sure (Y/N):"
+            return CommandReply(line, False, "", {"confirm": question}, 0, "", prompt)
         return CommandReply(line, True, "[/x] done: regex [a-z]+", {}, 1, "")
 
     async def scenario() -> None:
@@ -518,12 +525,9 @@ def test_text_from_sites_and_the_server_is_never_markup(tmp_path: Path) -> None:
             await pilot.press("escape", "space", "a")
             await choose(pilot, f"selected: {ODD}")
             await shown(pilot, app, ConfirmScreen)
-            # A failed site trains no more: it is named as left alone, not as stopping.
-            assert f"• Not training, left as they are: {ODD}." in str(
-                app.screen.query_one("#confirm-stops").render()
-            )
-            await pilot.press("tab", "enter")  # yes: the server's own question follows
-            await wait_for(pilot, lambda: app.screen.query("#confirm-warning"))
+            stops = str(app.screen.query_one("#confirm-stops").render())
+            assert stops == f"• {ODD}: [/x] still training"
+            assert str(app.screen.query_one(".dialog-label").render()) == "[b]This stops:"
             warning = str(app.screen.query_one("#confirm-warning").render())
             assert warning == "⚠ [/x] still training"
             await pilot.press("escape")
@@ -567,7 +571,7 @@ def test_validation_cells_and_notes_from_sites_are_never_markup(tmp_path: Path) 
             notes = str(app.screen.query_one("#validation-notes").render())
             assert "model of global on site[/x]: [/x] regex [a-z]+" in notes
             assert "site-b: [/x] cross_validate is off" in notes
-            table = app.screen.query_one("DataTable")
+            table = app.screen.query_one("DataTable", DataTable)
             assert [str(c.label) for c in table.columns.values()][2] == "site[/x]"
 
     asyncio.run(scenario())
@@ -699,11 +703,10 @@ def test_a_quoted_abort_on_the_command_line_still_asks(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             await pilot.press("colon", *'"abort" client', "enter")
-            await shown(pilot, app, ConfirmScreen)
-            assert link.sent == []
+            await shown(pilot, app, ConfirmScreen)  # the server read the words as abort
             await pilot.press("escape")
             await wait_for(pilot, lambda: any("cancelled" in e.message for e in app.store.logs))
-            assert link.sent == []
+            assert sent(link) == ['"abort" client']  # asked, never confirmed
 
     asyncio.run(scenario())
 

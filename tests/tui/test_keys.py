@@ -13,15 +13,16 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from textual.widgets import OptionList
+from textual.widgets import OptionList, SelectionList
 
 from flcore.feed import ClientRow
+from fldev.poll import wait_for
 from fltui.screens.dialogs import ChoiceScreen, ColumnsScreen, ConfirmScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
-from tests.tui.helpers import burst, shown, wait_for
+from tests.tui.helpers import burst, shown
 from tests.tui.recorded import NOW, recorded_events
 from tests.tui.test_console import console, ready, sent, stopped_run
 
@@ -204,7 +205,7 @@ def test_columns_can_be_hidden_and_shown(tmp_path: Path) -> None:
             assert "token" in table.columns_shown
             await pilot.press("c")
             screen = await shown(pilot, app, ColumnsScreen)
-            choices = screen.query_one("SelectionList")
+            choices = screen.query_one("SelectionList", SelectionList)
             token = next(
                 i
                 for i in range(choices.option_count)

@@ -15,13 +15,15 @@ from typing import Any
 
 import pytest
 from rich.cells import cell_len
+from textual.widget import Widget
 from textual.widgets import Static
 
-from flcore.feed import FeedEvent, LogEntry
+from flcore.feed import FeedEvent, LogEntry, Snapshot
+from fldev.poll import wait_for
 from fltui.connection import DISCONNECTED, Connection
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
-from tests.tui.helpers import reader_lines, screen_lines, wait_for
+from tests.tui.helpers import reader_lines, screen_lines
 from tests.tui.recorded import NOW, RUN, recorded_events
 from tests.tui.test_console import console, ready
 
@@ -32,7 +34,7 @@ ids = [f"{w}x{h}" for w, h in SIZES]
 def fits(widget: Static) -> bool:
     """Whether the widget got the height its text needs at its width (and the width, if auto)."""
     parent = widget.parent
-    assert parent is not None
+    assert isinstance(parent, Widget)
     have = widget.content_size
     width = have.width
     if widget.styles.width is not None and widget.styles.width.is_auto:
@@ -118,7 +120,8 @@ def test_fields_never_run_together_when_read_back(tmp_path: Path) -> None:
     run = replace(RUN, app="digits_slow", current_round=8, num_rounds=12)
     events = recorded_events()
     snapshot = events[0].body
-    events[0] = FeedEvent(events[0].seq, events[0].time, replace(snapshot, run=run))  # type: ignore[type-var]
+    assert isinstance(snapshot, Snapshot)
+    events[0] = FeedEvent(events[0].seq, events[0].time, replace(snapshot, run=run))
 
     async def scenario() -> str:
         app, _ = console(tmp_path, events, project="tui_review", target="localhost:38387")

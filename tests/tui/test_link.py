@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fladmin.client import AdminError, CommandReply
-from flcore.feed import CommandSeen, FeedEvent
+from flcore.feed import CommandSeen, FeedEvent, ServerStopping
+from fldev.poll import wait_for
 from fldev.replay import ReplayLink, ok_reply
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.heartbeats import HeartbeatView
-from tests.tui.helpers import Clock, burst, wait_for
+from tests.tui.helpers import Clock, burst
 from tests.tui.recorded import NOW, recorded_events
 from tests.tui.test_console import ready
 
@@ -110,7 +111,8 @@ def test_a_shutdown_by_another_admin_is_said_and_waits_for_r(tmp_path: Path) -> 
         app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
-            link.push(CommandSeen("lead@other.org", "shutdown server", True), time=NOW - 1)
+            # The server's own announcement, not the audit of the command, says who and when.
+            link.push(ServerStopping("lead@other.org", admin=True), time=NOW - 1)
             await wait_for(pilot, lambda: app.store.shutdown is not None)
             link.drop()
             await wait_for(pilot, lambda: app.link_look is SHUT_DOWN)
@@ -153,11 +155,35 @@ def test_our_own_shutdown_is_no_outage_either(tmp_path: Path) -> None:
             await wait_for(pilot, lambda: app.screen is not app.dashboard)
             await pilot.press("tab", "enter")
             await wait_for(pilot, lambda: ("shutdown server", True) in link.sent)
+            link.push(ServerStopping("admin@lead.org", admin=True), time=NOW)  # as the server does
             await wait_for(pilot, lambda: app.store.shutdown is not None)
             link.drop()
             await wait_for(pilot, lambda: app.link_look is SHUT_DOWN)
             banner = str(app.dashboard.query_one("#banner").render())
             assert banner.startswith("■ server shut down by admin@lead.org at 15:06:40")
+
+    asyncio.run(scenario())
+
+
+def test_a_server_stopped_by_a_signal_is_tried_again(tmp_path: Path) -> None:
+    """systemctl restart is no admin's shutdown: the console says so and keeps trying."""
+
+    async def scenario() -> None:
+        link = DroppingLink(transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05, retry_first_s=30)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            link.push(ServerStopping("a signal (systemctl stop, kill or Ctrl+C)"), time=NOW)
+            await wait_for(pilot, lambda: app.store.stopped_by != "")
+            link.drop()
+            await wait_for(pilot, lambda: app.link_look is DISCONNECTED)
+            assert app.store.shutdown is None
+            banner = str(app.dashboard.query_one("#banner").render())
+            assert "the server stopped (a signal (systemctl stop, kill or Ctrl+C))" in banner
+            assert app.state.connection.retry_at > 0  # a retry is planned: no waiting for r
+            link.heal()
+            await pilot.press("r")
+            await wait_for(pilot, lambda: app.link_look is CONNECTED, what="a retry")
 
     asyncio.run(scenario())
 

@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import DataTable, Input, ProgressBar
 
 from fladmin.client import CommandReply
 from fladmin.link import AdminLink
+from flcore.folders import app_digest
 from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, free_ports
 from fldev.poll import wait_for
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
+from fltui.screens.listings import AdminsScreen, AppsScreen, RunScreen, RunsScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
@@ -55,8 +57,10 @@ class RecordingLink(AdminLink):
         return outcome
 
     def reply(self, line: str) -> CommandReply | None:
-        """The last reply to ``line``."""
-        return next((o for o in reversed(self.replies) if o.line == line), None)
+        """The last answer to ``line`` (not a question: the server asks before some)."""
+        return next(
+            (o for o in reversed(self.replies) if o.line == line and not o.confirm_prompt), None
+        )
 
 
 class ProxiedLink(RecordingLink):
@@ -147,7 +151,7 @@ def test_run_from_the_keys(live: Cluster) -> None:
             await pilot.press("s")
             await choose(pilot, "all clients")
             await ok(pilot, link, "start client")
-            bar = app.dashboard.query_one("#round-bar")
+            bar = app.dashboard.query_one("#round-bar", ProgressBar)
             await wait_for(pilot, lambda: (bar.progress or 0) >= 1, 90, "round 1")
             assert bar.total == 40
             await wait_for(pilot, lambda: store.run.history, 10, "round metrics")
@@ -163,6 +167,8 @@ def test_run_from_the_keys(live: Cluster) -> None:
             await choose(pilot, "the server")
             await shown(pilot, app, ConfirmScreen)
             assert app.screen.focused is app.screen.query_one("#confirm-cancel")
+            stops = str(app.screen.query_one("#confirm-stops").render())  # the server's words
+            assert stops.startswith("• Run 1 (digits_fedavg) on the server, at round ")
             await pilot.press("tab", "enter")
             await ok(pilot, link, "abort server")
             await wait_for(pilot, lambda: store.run.server_status == "training stopped", 30)
@@ -170,7 +176,61 @@ def test_run_from_the_keys(live: Cluster) -> None:
     asyncio.run(scenario())
 
 
+def test_runs_apps_and_admins_views_show_the_servers_listings(live: Cluster) -> None:
+    """Issue 10: ``:runs`` (enter: the run's rounds per site), ``:apps``, ``:admins``, and
+    the header says who aborted the run (after test_run_from_the_keys)."""
+
+    async def scenario() -> None:
+        app, _ = open_console(live)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await wait_for(pilot, lambda: app.connected and app.store.run.run_number == 1)
+            header = app.dashboard.query_one("#header-title")
+            assert f"■ training stopped (aborted by {ADMIN})" in str(header.render())
+            burst(app, ":runs", "enter")
+            runs = await shown(pilot, app, RunsScreen)
+            table = runs.query_one(DataTable)
+            await wait_for(pilot, lambda: table.row_count == 1, 30, "the runs")
+            row = [str(cell) for cell in table.get_row_at(0)]
+            assert row[:2] == ["1", "digits_fedavg"] and row[3] == "■ stopped"
+            assert row[7] == f"aborted by {ADMIN}"
+            await pilot.press("enter")
+            run = await shown(pilot, app, RunScreen)
+            rounds = run.query_one(DataTable)
+            await wait_for(pilot, lambda: rounds.row_count >= 3, 30, "round 0 and its sites")
+            assert [str(rounds.get_row_at(i)[1]) for i in range(3)] == [
+                "all (weighted)",
+                "  flclient1",
+                "  flclient2",
+            ]
+            await pilot.press("escape", "escape")
+            burst(app, ":apps", "enter")
+            apps = await shown(pilot, app, AppsScreen)
+            table = apps.query_one(DataTable)
+            await wait_for(pilot, lambda: table.row_count == 1, 30, "the apps")
+            copy = live.root / "server" / "transfer" / "digits_fedavg"
+            assert str(table.get_row_at(0)[-1]) == app_digest(copy)[2]
+            await pilot.press("escape")
+            burst(app, ":admins", "enter")
+            admins = await shown(pilot, app, AdminsScreen)
+            table = admins.query_one(DataTable)
+            await wait_for(pilot, lambda: table.row_count >= 1, 30, "the admins")
+            mine = next(
+                [str(c) for c in table.get_row_at(i)]
+                for i in range(table.row_count)
+                if str(table.get_row_at(i)[0]) == ADMIN
+            )
+            assert mine[1] == "super" and int(mine[2]) >= 1  # this console follows the feed
+            assert mine[5].startswith("list_apps (ok, ")
+
+    asyncio.run(scenario())
+
+
 def test_member_sees_dangerous_keys_dimmed(live: Cluster) -> None:
+    if not live.run_state()["run_number"]:
+        # validate works for a member once a run number is set (by a super admin); other
+        # tests of this module set one, but this test must not depend on running after them
+        live.ok("set_run_number 1")
+
     async def scenario() -> None:
         app, link = open_console(live, MEMBER)
         async with app.run_test(size=(120, 36)) as pilot:

@@ -15,12 +15,15 @@ from flcore.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, R
 from flcore.feedwire import event_from_proto
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flserverd.commands import COMMANDS
+from flserverd.confirm import Confirmation, question
+from fltui.cli import parse_args
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, REVOKED, STALE, age, health
 from fltui.store import BEAT, DOWN, GONE, UP, Store
-from fltui.targets import describe_stop, describe_target, target_choices
-from fltui.vocabulary import refusal
+from fltui.targets import target_choices
+from fltui.vocabulary import COMMAND_NAMES, READ_ONLY, refusal
 from fltui.widgets.logview import one_line
 from fltui.widgets.roundpane import best_label
 from fltui.wizard.draft import Draft, section
@@ -159,7 +162,16 @@ def test_health_and_ages_read_as_glyph_word_and_tone() -> None:
     ],
 )
 def test_command_completion(typed: str, completed: str | None) -> None:
-    assert complete(typed, ["flclient1", "flclient2"], ["digits_fedavg"]) == completed
+    apps = ["digits_fedavg"]
+    assert complete(typed, ["flclient1", "flclient2"], apps, apps) == completed
+
+
+def test_deploy_completes_the_servers_apps_and_upload_the_local_ones() -> None:
+    local, remote = ["only_here"], ["on_server"]
+    assert complete("deploy o", [], local, remote) == "deploy on_server"
+    assert complete("upload_folder o", [], local, remote) == "upload_folder only_here"
+    assert complete("list_r", [], local, remote) == "list_runs"
+    assert complete(":ru"[1:], [], local, remote) == "runs"
 
 
 def test_log_filter_words() -> None:
@@ -182,16 +194,16 @@ def test_targets_and_what_stops() -> None:
     assert choices[1].label == "all clients (5)"
     careful = target_choices(store, ["flclient2", "flclient1_1"], careful=True)
     assert [c.value for c in careful] == ["client flclient2 flclient1_1", "client", "server"]
-    assert describe_stop(store, ["abort", "server"]).lines[0] == (
-        "Run 1 (digits_fedavg) on the server, at round 3 of 10."
-    )
-    shutdown = describe_stop(store, ["shutdown", "client", "flclient2"])
+    # What a stop does is the server's to say (flserverd.confirm), from the same picture.
+    abort = asked(store, "abort server")
+    assert abort.title == "Abort training: the server"
+    assert abort.lines[0] == "Run 1 (digits_fedavg) on the server, at round 3 of 10."
+    shutdown = asked(store, "shutdown client flclient2")
+    assert shutdown.title == "Shut down: flclient2"
     assert shutdown.heading == "This shuts down:"
     assert shutdown.lines[0] == "flclient2: training started, round 3 (digits_fedavg)"
     assert "each site must start its own again" in shutdown.lines[-1]
-    assert describe_target(store, ["shutdown", "client"]) == "all clients (5)"
-    assert describe_target(store, ["abort", "client", "a", "b"]) == "a, b"
-    assert describe_target(store, ["abort", "server"]) == "the server"
+    assert asked(store, "shutdown client").title == "Shut down: all clients (5)"
 
 
 def test_an_abort_lists_only_what_runs_and_says_where_training_sites_go() -> None:
@@ -199,21 +211,38 @@ def test_an_abort_lists_only_what_runs_and_says_where_training_sites_go() -> Non
     store = Store()
     for event in recorded_events():
         store.apply(event)
-    abort = describe_stop(store, ["abort", "client"])
+    abort = asked(store, "abort client")
     assert abort.heading == "This stops:"
     listed = [line.split(":")[0] for line in abort.lines if ": training" in line]
     assert listed == ["flclient1", "flclient2", "flclient1_1"]  # not the failed, not the idle
-    assert any("moves to cross-site validation" in line for line in abort.lines)
+    # Only the site that takes part in cross-site validation moves on to it.
+    moving = [line for line in abort.lines if "cross-site validation" in line]
+    assert moving == [
+        "flclient2 then move on to cross-site validation (cross_validate is on); abort again "
+        "to stop that too."
+    ]
     assert abort.lines[-1] == "Not training, left as they are: flclient3, site-b."
-    idle = describe_stop(store, ["abort", "client", "site-b"])
-    assert idle.lines[0] == "nothing: none of them is training"
-    assert not any("cross-site" in line for line in idle.lines)
+    # Nothing of site-b's trains: the server asks nothing, and its reply says so.
+    assert question(["abort", "client", "site-b"], rows(store, ["site-b"]), store.run, []) is None
+
+
+def rows(store: Store, names: list[str]) -> list[ClientRow]:
+    return [row for name, row in store.clients.items() if not names or name in names]
+
+
+def asked(store: Store, line: str) -> Confirmation:
+    """The server's question for ``line`` about the recorded picture."""
+    words = line.split()
+    found = question(words, rows(store, words[2:]), store.run, list(store.clients))
+    assert found is not None
+    return found
 
 
 def test_draft_checks_give_flprovisions_messages(tmp_path: Path) -> None:
     draft = Draft.new(tmp_path / "ws")
     draft.name = "bad name"
-    assert draft.check_name() is not None and draft.check_name().startswith("project.yml: 'name'")
+    problem = draft.check_name()
+    assert problem is not None and problem.startswith("project.yml: 'name'")
     draft.name = "ok"
     assert draft.check_name() is None
     assert draft.check_server() == "project.yml: server: missing required key 'org'"
@@ -262,7 +291,8 @@ def _poison(message: Message) -> None:
     for spec in message.DESCRIPTOR.fields:
         value = getattr(message, spec.name)
         if spec.message_type is not None and spec.message_type.GetOptions().map_entry:
-            value["metric\x1b[2J"] = 1.0
+            text = spec.message_type.fields_by_name["value"].type == spec.TYPE_STRING
+            value["metric\x1b[2J"] = POISON if text else 1.0
         elif spec.type == spec.TYPE_STRING:
             if spec.is_repeated:
                 value.append(POISON)
@@ -288,7 +318,8 @@ def _strings(value: object) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command"]
+    "kind",
+    ["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command", "stopping"],
 )
 def test_every_string_of_the_feed_is_made_printable(kind: str) -> None:
     message = admin_pb2.Event(seq=1, time=NOW)
@@ -402,3 +433,15 @@ def test_a_script_uses_the_admin_client_without_loading_the_console() -> None:
     loaded = loaded_by("fladmin")
     assert "fladmin" in loaded
     assert loaded & {"fltui", "textual", "torch", "flapp"} == set()
+
+
+def test_fltui_help_names_the_wizard(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    assert "fltui provision [WORKSPACE]" in capsys.readouterr().out
+
+
+def test_the_consoles_vocabulary_is_the_servers() -> None:
+    """The console refuses a member's command before asking only where the server would."""
+    assert set(COMMAND_NAMES) == set(COMMANDS) | {"set_timeout"}
+    assert {n for n, spec in COMMANDS.items() if spec.read_only} | {"set_timeout"} == READ_ONLY

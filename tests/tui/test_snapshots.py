@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import DataTable, Input
 
 from fladmin.client import CommandReply
 from fldev.poll import wait_for
@@ -21,6 +22,7 @@ from fldev.replay import ReplayLink
 from fltui.app import ConsoleApp
 from fltui.connection import DISCONNECTED, SHUT_DOWN, Connection, Shutdown
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen
+from fltui.screens.listings import RunScreen, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
@@ -126,6 +128,32 @@ def test_shutdown_confirmation(snap_compare: Snap, size: tuple[int, int]) -> Non
     assert snap_compare(dashboard(), terminal_size=size, run_before=run_before)
 
 
+async def runs_view(pilot: Any) -> None:
+    """``:runs``: every run on the server, as the recorded server lists them."""
+    await drawn(pilot)
+    await pilot.press("colon", *"runs", "enter")
+    screen = await shown(pilot, pilot.app, RunsScreen)
+    await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 3)
+
+
+async def run_rounds(pilot: Any) -> None:
+    """``enter`` on run 1 in ``:runs``: its rounds, each site's result under its round."""
+    await runs_view(pilot)
+    pilot.app.screen.query_one(DataTable).move_cursor(row=2)
+    await pilot.press("enter")
+    screen = await shown(pilot, pilot.app, RunScreen)
+    await wait_for(pilot, lambda: screen.query_one(DataTable).row_count == 9)
+
+
+@pytest.mark.parametrize("size", SIZES[:2], ids=ids[:2])
+def test_runs_view(snap_compare: Snap, size: tuple[int, int]) -> None:
+    assert snap_compare(dashboard(), terminal_size=size, run_before=runs_view)
+
+
+def test_run_rounds_view(snap_compare: Snap) -> None:
+    assert snap_compare(dashboard(), terminal_size=(120, 36), run_before=run_rounds)
+
+
 def test_validation_matrix(snap_compare: Snap) -> None:
     def answer(line: str, confirmed: bool) -> CommandReply:
         return CommandReply(line, True, "", MATRIX, 1, "")
@@ -140,13 +168,13 @@ async def wizard_server_step(pilot: Any) -> None:
     """Name the project, go to the server step and give both services one port."""
     screen = pilot.app.screen
     assert isinstance(screen, WizardScreen)
-    for box in screen.query("Input"):
+    for box in screen.query(Input):
         box.cursor_blink = False
-    screen.query_one("#project-name").value = "hospitals"
+    screen.query_one("#project-name", Input).value = "hospitals"
     await pilot.press("ctrl+n")
-    screen.query_one("#server-host").value = "fl.example.org"
-    screen.query_one("#server-admin_port").value = "8002"
-    screen.query_one("#server-org").value = "lead"
+    screen.query_one("#server-host", Input).value = "fl.example.org"
+    screen.query_one("#server-admin_port", Input).value = "8002"
+    screen.query_one("#server-org", Input).value = "lead"
     await pilot.pause(0.2)
 
 

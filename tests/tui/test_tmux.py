@@ -42,6 +42,10 @@ def test_fltui_in_tmux_shows_project_and_clients(live: Cluster, tmp_path: Path) 
         text = capture()
         return text if "● connected" in text and "flclient1" in text else ""
 
+    def command_replied() -> str:
+        text = capture()
+        return text if "check_status server" in text else ""
+
     try:
         text = wait_until(connected_screen, 30, "the console to show the server's clients")
         header = text.splitlines()[0]
@@ -56,7 +60,7 @@ def test_fltui_in_tmux_shows_project_and_clients(live: Cluster, tmp_path: Path) 
             env=env,
         )
         replied = wait_until(
-            lambda: "check_status server" in (screen := capture()) and screen,
+            command_replied,
             30,
             "the command's reply (its notification is titled with the command)",
         )

@@ -13,15 +13,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
+from fladmin.client import CommandReply
 from flcore.feed import LogEntry
+from fldev.poll import wait_for
 from fltui.screens.client import ClientScreen
 from fltui.screens.help import HelpScreen
+from fltui.screens.listings import AdminsScreen, AppsScreen, RunScreen, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.logview import LogView
-from tests.tui.helpers import burst, screen_lines, shown, wait_for
+from tests.tui.helpers import burst, screen_lines, shown
 from tests.tui.recorded import NOW
 from tests.tui.test_console import console, ready
 
@@ -169,11 +172,149 @@ def test_a_stopped_run_says_why(tmp_path: Path) -> None:
             updates = app.dashboard.query_one("#round-updates")
             stopped = replace(app.store.run, server_status="training stopped", awaited=())
             link.push(replace(stopped, reason="aborted by admin"))
-            await wait_for(pilot, lambda: "(aborted by admin)" in str(header.render()))
-            assert "■ training stopped (aborted by admin)" in str(header.render())
-            assert str(updates.render()) == "Stopped: aborted by admin\nFailed: flclient3"
+            await wait_for(pilot, lambda: "(aborted by admin" in str(header.render()))
+            # Who stopped it, and the sites that failed on the way with their error.
+            assert "■ training stopped (aborted by admin · failed sites: flclient3 (Runtime" in str(
+                header.render()
+            )
+            assert str(updates.render()) == (
+                "Stopped: aborted by admin\n"
+                "Failed: flclient3 (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)"
+            )
             link.push(replace(stopped, reason="finished", failed_sites=()))
             await wait_for(pilot, lambda: str(updates.render()) == "Finished all rounds")
+            crashed = replace(stopped, reason="server error: disk full", failed_sites=())
+            link.push(crashed)
+            await wait_for(
+                pilot, lambda: "(failed: server error: disk full)" in str(header.render())
+            )
+            assert str(updates.render()) == "Stopped: failed: server error: disk full"
+
+    asyncio.run(scenario())
+
+
+def test_a_run_that_cannot_progress_says_so(tmp_path: Path) -> None:
+    why = "min_num_clients 2 but only 1 site(s) can train: flclient3 failed (no DATA_ROOT set)"
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await ready(pilot)
+            header = app.dashboard.query_one("#header-title")
+            updates = app.dashboard.query_one("#round-updates")
+            link.push(replace(app.store.run, blocked=why))
+            await wait_for(pilot, lambda: "⚠ cannot progress" in str(header.render()))
+            assert str(updates.render()).endswith(f"\nCannot progress: {why}")
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- the server's listings
+
+
+def cells(table: DataTable[object], row: int) -> list[str]:
+    return [str(cell) for cell in table.get_row_at(row)]
+
+
+def test_runs_view_lists_every_run_and_opens_one_round_by_round(tmp_path: Path) -> None:
+    """Issue 10: ``:runs`` (number, app, rounds, status, best, started/ended), enter opens a
+    run's per-round metrics per site; the member role may look."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path, role="member", user="viewer@lead.org")
+        async with app.run_test(size=(160, 40)) as pilot:
+            await ready(pilot)
+            burst(app, ":runs", "enter")
+            runs = await shown(pilot, app, RunsScreen)
+            table = runs.query_one(DataTable)
+            await wait_for(pilot, lambda: table.row_count == 3)
+            assert link.sent == [("list_runs", False)]
+            assert [str(c.label) for c in table.columns.values()] == [
+                "run",
+                "app",
+                "rounds",
+                "status",
+                "best",
+                "started",
+                "ended",
+                "how it ended",
+            ]
+            aborted = cells(table, 1)
+            assert aborted[:4] == ["2", "digits_custom", "4/10", "■ stopped"]
+            assert aborted[7] == (
+                "aborted by admin@lead.org · failed sites: flclient3 (no DATA_ROOT set)"
+            )
+            assert cells(table, 2)[4] == "val_accuracy=0.9744 (final model)"
+            assert cells(table, 0)[3] == "▶ started" and cells(table, 0)[6] == "-"
+            table.move_cursor(row=1)  # the whole story of a run is in the status line too
+            status = runs.query_one("#listing-status")
+            await wait_for(
+                pilot, lambda: "run 2: training stopped (aborted by" in str(status.render())
+            )
+            assert "Runs (3 · page 1 of 1)" in str(table.border_title)
+            table.move_cursor(row=2)
+            await pilot.press("enter")
+            run = await shown(pilot, app, RunScreen)
+            rounds = run.query_one(DataTable)
+            await wait_for(pilot, lambda: rounds.row_count == 9)
+            assert link.sent[-1] == ("show_run 1", False)
+            assert cells(rounds, 0)[:3] == ["0", "all (weighted)", "3647"]
+            assert cells(rounds, 1)[:3] == ["", "  flclient1", "1437"]
+            assert cells(rounds, 2)[1:] == ["  flclient2", "2210", "2.2000", "0.1100"]
+            assert "rounds: page 1 of 4" in str(rounds.border_title)
+            await pilot.press("right_square_bracket")
+            await wait_for(pilot, lambda: link.sent[-1] == ("show_run 1 2", False))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is runs)
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+
+    asyncio.run(scenario())
+
+
+def test_apps_and_admins_views_show_what_the_server_says(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await ready(pilot)
+            burst(app, ":apps", "enter")
+            apps = await shown(pilot, app, AppsScreen)
+            table = apps.query_one(DataTable)
+            await wait_for(pilot, lambda: table.row_count == 2)
+            assert cells(table, 0) == [
+                "digits_custom",
+                "9.0 KiB",
+                "5",
+                "06-15 13:05",
+                "3f1c" * 16,
+            ]
+            assert app.server_apps == ["digits_custom", "digits_fedavg"]  # deploy completes them
+            await pilot.press("q")
+            burst(app, ":admins", "enter")
+            admins = await shown(pilot, app, AdminsScreen)
+            table = admins.query_one(DataTable)
+            await wait_for(pilot, lambda: table.row_count == 2)
+            assert cells(table, 0)[:4] == ["admin@lead.org", "super", "1", "2"]
+            assert cells(table, 0)[5] == "start client (ok, 06-15 14:56)"
+            await pilot.press("r")
+            await wait_for(pilot, lambda: link.sent.count(("list_admins", False)) == 2)
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_listing_says_why_in_the_view(tmp_path: Path) -> None:
+    def refusing(line: str, confirmed: bool) -> CommandReply:
+        return CommandReply(line, False, "unknown command 'list_runs': [b]old server", {}, 1, "")
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, reply=refusing)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            burst(app, ":runs", "enter")
+            runs = await shown(pilot, app, RunsScreen)
+            status = runs.query_one("#listing-status")
+            await wait_for(pilot, lambda: "old server" in str(status.render()))
+            assert str(status.render()) == "unknown command 'list_runs': [b]old server"
 
     asyncio.run(scenario())
 

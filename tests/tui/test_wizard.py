@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import ContentSwitcher, DataTable, Input
 
 from fldev.cluster import SERVER_READY, Daemon, free_ports
 from fldev.poll import wait_for
@@ -49,7 +50,7 @@ async def next_step(pilot: Any, name: str) -> None:
     """``ctrl+n`` and wait for step ``name``."""
     await pilot.press("ctrl+n")
     screen = pilot.app.screen
-    await wait_for(pilot, lambda: screen.query_one("ContentSwitcher").current == f"step-{name}")
+    await wait_for(pilot, lambda: screen.query_one(ContentSwitcher).current == f"step-{name}")
 
 
 async def add_row(pilot: Any, kind: str, values: dict[str, str]) -> None:
@@ -70,8 +71,8 @@ async def provision(pilot: Any) -> list[tuple[str, str]]:
     screen = pilot.app.screen
     assert isinstance(screen, WizardScreen)
     await pilot.click("#review-go")
-    await wait_for(pilot, lambda: screen.query_one("ContentSwitcher").current == "step-kits", 60)
-    table = screen.query_one("#kits-table")
+    await wait_for(pilot, lambda: screen.query_one(ContentSwitcher).current == "step-kits", 60)
+    table = screen.query_one("#kits-table", DataTable)
     return [
         (str(row[0]), str(row[2])) for row in (table.get_row_at(i) for i in range(table.row_count))
     ]
@@ -112,7 +113,7 @@ def new_project(workspace: Path, fed_port: int, admin_port: int) -> list[tuple[s
             review = str(pilot.app.screen.query_one("#review-yaml").render())
             assert "name: wizproject" in review and "site-b" in review
             kits = await provision(pilot)
-            passwords = pilot.app.screen.query_one("#kits-file")
+            passwords = pilot.app.screen.query_one("#kits-file", Input)
             assert passwords.value == str(workspace / "passwords.txt")
             await pilot.click("#kits-save")
             saved = pilot.app.screen.query_one("#kits-saved")
@@ -130,7 +131,7 @@ def add_site(workspace: Path) -> list[tuple[str, str]]:
             assert screen.query_one("#project-name").disabled  # kits embed it
             await next_step(pilot, "server")
             await next_step(pilot, "clients")
-            table = screen.query_one("#clients-table")
+            table = screen.query_one("#clients-table", DataTable)
             assert [str(c) for c in table.get_row_at(0)][-1] == "issued"
             await add_row(pilot, "clients", {"name": "site-c", "org": "hospital-c"})
             await add_row(pilot, "clients", {"name": "site-d", "org": "hospital-d", "csr": "site"})

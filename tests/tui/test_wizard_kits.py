@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from textual.widgets import Button, ContentSwitcher, DataTable, Input, Static
 
 from flcore.crl import CRL_FILE, read_crl
 from flcore.kitsig import verify_startup
 from fldev.poll import wait_for
 from fltui.wizard.app import ProvisionApp
+from fltui.wizard.forms import Picker
 from fltui.wizard.kits import KitsStep
 from fltui.wizard.question import Question
 from fltui.wizard.screen import WizardScreen
@@ -32,14 +34,14 @@ async def provisioned(pilot: Any, name: str = "demo") -> WizardScreen:
     """A new project provisioned from the review: the Kits step with unsaved passwords."""
     screen = await to_review(pilot, name)
     await pilot.click("#review-go")
-    switcher = screen.query_one("ContentSwitcher")
+    switcher = screen.query_one(ContentSwitcher)
     await wait_for(pilot, lambda: switcher.current == "step-kits", 60)
     return screen
 
 
 def kit_rows(screen: WizardScreen) -> list[list[str]]:
     """The cells of the kits table."""
-    table = screen.query_one("#kits-table")
+    table = screen.query_one("#kits-table", DataTable)
     return [[str(cell) for cell in table.get_row_at(i)] for i in range(table.row_count)]
 
 
@@ -54,7 +56,7 @@ def test_leaving_unsaved_passwords_asks_and_stay_keeps_them(tmp_path: Path) -> N
             assert pilot.app.focused is question.query_one("#question-stay")
             await pilot.press("escape")  # the safe answer: stay
             await wait_for(pilot, lambda: pilot.app.screen is screen)
-            assert screen.query_one("ContentSwitcher").current == "step-kits"
+            assert screen.query_one(ContentSwitcher).current == "step-kits"
             await pilot.press("ctrl+q")  # quitting asks too
             await shown(pilot, pilot.app, Question)
             await pilot.click("#question-stay")
@@ -73,7 +75,7 @@ def test_leaving_can_save_the_passwords_first(tmp_path: Path) -> None:
             ((kit, _, password, _),) = kit_rows(screen)
             await pilot.press("escape")
             question = await shown(pilot, pilot.app, Question)
-            save = question.query_one("#question-save")
+            save = question.query_one("#question-save", Button)
             assert str(save.label) == "Save to passwords.txt and close"
             await pilot.click("#question-save")
             await wait_for(pilot, lambda: not pilot.app.is_running)
@@ -144,7 +146,7 @@ async def add_site(pilot: Any, name: str, key_maker: str = "lead") -> WizardScre
     await next_step(pilot, "clients")
     await type_into(pilot, "#clients-name", name)
     await type_into(pilot, "#clients-org", "h")
-    screen.query_one("#clients-csr").value = key_maker
+    screen.query_one("#clients-csr", Picker).value = key_maker
     await pilot.press("enter")
     for step in ("admins", "settings", "review"):
         await next_step(pilot, step)
@@ -161,23 +163,25 @@ def test_a_later_run_never_offers_an_earlier_runs_passwords_file(tmp_path: Path)
         async with ProvisionApp(workspace).run_test(size=(120, 36)) as pilot:
             screen = await add_site(pilot, "site-c")
             await pilot.click("#review-go")
-            switcher = screen.query_one("ContentSwitcher")
+            switcher = screen.query_one(ContentSwitcher)
             await wait_for(pilot, lambda: switcher.current == "step-kits", 60)
-            field = screen.query_one("#kits-file")
+            field = screen.query_one("#kits-file", Input)
             assert field.value == str(workspace / "passwords-2.txt")
             field.value = str(earlier)  # typed over: the earlier file
             await wait_for(pilot, lambda: screen.query_one("#kits-save").disabled)
             assert not screen.query_one("#kits-append").disabled
-            message = str(screen.query_one("#kits-saved").render())
-            assert message.startswith("passwords.txt exists (an earlier run's passwords?)")
+            saved = screen.query_one("#kits-saved", Static)
+            assert str(saved.render()).startswith(
+                "passwords.txt exists (an earlier run's passwords?)"
+            )
             field.focus()
             await pilot.press("enter")  # enter never appends: that is Append's job
-            message = screen.query_one("#kits-saved")
-            await wait_for(pilot, lambda: "already exists" in str(message.render()))
+            saved = screen.query_one("#kits-saved", Static)
+            await wait_for(pilot, lambda: "already exists" in str(saved.render()))
             assert earlier.read_text() == "===> password: old for site-a.zip\n"
             await pilot.click("#kits-append")
-            message = screen.query_one("#kits-saved")
-            await wait_for(pilot, lambda: str(message.render()).startswith("added 1 password"))
+            saved = screen.query_one("#kits-saved", Static)
+            await wait_for(pilot, lambda: str(saved.render()).startswith("added 1 password"))
             rows = kit_rows(screen)
             await pilot.press("escape")  # saved: no question
             await wait_for(pilot, lambda: not pilot.app.is_running)
@@ -201,12 +205,12 @@ def test_append_refuses_a_file_others_may_read(tmp_path: Path) -> None:
         async with ProvisionApp(workspace).run_test(size=(120, 36)) as pilot:
             screen = await add_site(pilot, "site-c")
             await pilot.click("#review-go")
-            switcher = screen.query_one("ContentSwitcher")
+            switcher = screen.query_one(ContentSwitcher)
             await wait_for(pilot, lambda: switcher.current == "step-kits", 60)
-            screen.query_one("#kits-file").value = str(shared)
+            screen.query_one("#kits-file", Input).value = str(shared)
             await wait_for(pilot, lambda: not screen.query_one("#kits-append").disabled)
             await pilot.click("#kits-append")
-            message = screen.query_one("#kits-saved")
+            message = screen.query_one("#kits-saved", Static)
             await wait_for(pilot, lambda: "only you can read" in str(message.render()))
             assert "(this one has mode 0644)" in str(message.render())
             await pilot.press("escape")  # still unsaved: it asks
@@ -222,7 +226,7 @@ async def client_row(pilot: Any, row: int) -> WizardScreen:
     assert isinstance(screen, WizardScreen)
     await next_step(pilot, "server")
     await next_step(pilot, "clients")
-    table = screen.query_one("#clients-table")
+    table = screen.query_one("#clients-table", DataTable)
     table.focus()
     table.move_cursor(row=row)
     await pilot.press("enter")
@@ -246,7 +250,7 @@ def test_a_kit_is_reissued_from_its_row(tmp_path: Path) -> None:
                 "Re-issue the kit of site-a?"
             )
             await pilot.click("#question-reissue")
-            switcher = screen.query_one("ContentSwitcher")
+            switcher = screen.query_one(ContentSwitcher)
             await wait_for(pilot, lambda: switcher.current == "step-kits", 60)
             warnings = str(screen.query_one("#kits-warnings").render())
             assert warnings.startswith("⚠ revoked site-a's certificate ")
@@ -273,7 +277,7 @@ def test_a_site_that_makes_its_own_key_is_signed_from_its_row(tmp_path: Path) ->
             summary = str(screen.query_one("#review-summary").render())
             assert "their kits wait for their requests: site-c" in summary
             await pilot.click("#review-go")  # saves project.yml; no kit to write yet
-            switcher = screen.query_one("ContentSwitcher")
+            switcher = screen.query_one(ContentSwitcher)
             await wait_for(pilot, lambda: switcher.current == "step-kits", 60)
             summary = str(screen.query_one("#kits-summary").render())
             assert "Awaiting certificate requests: site-c." in summary
@@ -286,7 +290,7 @@ def test_a_site_that_makes_its_own_key_is_signed_from_its_row(tmp_path: Path) ->
     async def sign() -> list[list[str]]:
         async with ProvisionApp(workspace).run_test(size=(120, 36)) as pilot:
             screen = await client_row(pilot, 2)
-            table = screen.query_one("#clients-table")
+            table = screen.query_one("#clients-table", DataTable)
             assert [str(table.get_row_at(2)[i]) for i in (0, 3, 4)] == [
                 "site-c",
                 "site",
@@ -296,11 +300,11 @@ def test_a_site_that_makes_its_own_key_is_signed_from_its_row(tmp_path: Path) ->
             assert not screen.query_one("#clients-reissue").display
             await pilot.click("#clients-sign")
             question = await shown(pilot, pilot.app, Question)
-            field = question.query_one("#question-field")
+            field = question.query_one("#question-field", Input)
             assert pilot.app.focused is field
             field.value = str(request.csr)
             await pilot.press("enter")
-            switcher = screen.query_one("ContentSwitcher")
+            switcher = screen.query_one(ContentSwitcher)
             await wait_for(pilot, lambda: switcher.current == "step-kits", 60)
             warnings = str(screen.query_one("#kits-warnings").render())
             assert warnings.startswith("⚠ Project CA fingerprint (SHA-256) for site-c's IT")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import Input
+from textual.widgets import ContentSwitcher, Input
 
 import provision.engine
 from fldev.poll import wait_for
@@ -31,7 +31,7 @@ async def leaving_the_kits_step(pilot: Any) -> None:
     await wait_for(pilot, lambda: pilot.app.focused is not None)  # the first step is set up
     screen = await to_review(pilot, "hospitals")
     await pilot.click("#review-go")
-    switcher = screen.query_one("ContentSwitcher")
+    switcher = screen.query_one(ContentSwitcher)
     await wait_for(pilot, lambda: switcher.current == "step-kits", 60)
     for box in screen.query(Input):
         box.cursor_blink = False

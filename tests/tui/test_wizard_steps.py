@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual.widgets import ContentSwitcher, DataTable
 
 import fltui.wizard.draft
 from fldev.poll import wait_for
@@ -19,7 +20,7 @@ from fltui.wizard.app import ProvisionApp
 from fltui.wizard.draft import Draft
 from fltui.wizard.question import Question
 from fltui.wizard.screen import WizardScreen
-from provision import Project, ProvisionResult
+from provision import Project, ProvisionResult, provision_workspace
 from tests.tui.helpers import shown
 from tests.tui.test_wizard import next_step, problem, type_into
 
@@ -50,7 +51,7 @@ def test_the_wizard_stays_until_provisioning_shows_the_passwords(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    engine = fltui.wizard.draft.provision_workspace
+    engine = provision_workspace
 
     def slow(project: Project, workspace: Path) -> ProvisionResult:
         release.wait(30)
@@ -66,12 +67,12 @@ def test_the_wizard_stays_until_provisioning_shows_the_passwords(
             await pilot.press("escape", "ctrl+b", "ctrl+n")
             await pilot.pause(0.1)
             assert pilot.app.screen is screen
-            assert screen.query_one("ContentSwitcher").current == "step-review"
+            assert screen.query_one(ContentSwitcher).current == "step-review"
             assert screen.query_one("#wizard-back").disabled
             release.set()
-            switcher = screen.query_one("ContentSwitcher")
+            switcher = screen.query_one(ContentSwitcher)
             await wait_for(pilot, lambda: switcher.current == "step-kits")
-            assert screen.query_one("#kits-table").row_count == 1
+            assert screen.query_one("#kits-table", DataTable).row_count == 1
             await pilot.press("escape")  # now it may close, once told the passwords are unsaved
             await shown(pilot, pilot.app, Question)
             await pilot.click("#question-discard")
@@ -96,7 +97,7 @@ def test_an_unexpected_error_is_reported_not_stuck(
             await wait_for(pilot, lambda: problem(pilot) == expected)
             assert not screen.query_one("#review-go").disabled
             await pilot.press("ctrl+b")
-            assert screen.query_one("ContentSwitcher").current == "step-settings"
+            assert screen.query_one(ContentSwitcher).current == "step-settings"
 
     asyncio.run(scenario())
 
@@ -117,7 +118,7 @@ def test_editing_the_workspace_path_keeps_what_it_says(tmp_path: Path) -> None:
             assert screen.query_one("#server-org").disabled
             await next_step(pilot, "server")
             await next_step(pilot, "clients")
-            table = screen.query_one("#clients-table")
+            table = screen.query_one("#clients-table", DataTable)
             assert [str(table.get_row_at(i)[-1]) for i in range(table.row_count)] == [
                 "issued",
                 "issued",
@@ -164,7 +165,7 @@ def test_the_kits_step_shows_the_engines_warnings(tmp_path: Path) -> None:
             await type_into(pilot, "#settings-retry_window", "99")
             await next_step(pilot, "review")
             await pilot.click("#review-go")
-            switcher = screen.query_one("ContentSwitcher")
+            switcher = screen.query_one(ContentSwitcher)
             await wait_for(pilot, lambda: switcher.current == "step-kits")
             warnings = str(screen.query_one("#kits-warnings").render())
             assert warnings.startswith("⚠ settings changed since earlier kits were issued")
@@ -190,7 +191,7 @@ def test_what_was_typed_is_shown_never_read_as_markup(tmp_path: Path) -> None:
             await type_into(pilot, "#clients-name", "site-a")
             await type_into(pilot, "#clients-org", "[/x] regex [a-z]+")
             await pilot.press("enter")
-            table = screen.query_one("#clients-table")
+            table = screen.query_one("#clients-table", DataTable)
             await wait_for(pilot, lambda: table.row_count == 1)
             assert str(table.get_row_at(0)[1]) == "[/x] regex [a-z]+"
             await type_into(pilot, "#clients-name", "site a")

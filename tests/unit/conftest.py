@@ -54,7 +54,9 @@ class ProvisionedWorkspace:
 
     def password(self, name: str) -> str:
         """The password printed for kit ``name``."""
-        return next(k.password for k in self.result.written if k.name == name)
+        password = next(k.password for k in self.result.written if k.name == name)
+        assert password is not None, f"kit {name} was written without a key, so without a password"
+        return password
 
 
 @pytest.fixture

@@ -100,7 +100,9 @@ def test_an_unforeseen_failure_is_a_sentence_and_its_traceback_stays_in_the_log(
 
 
 class StoppingChild:
-    """A training child on its way out: it exits once the test lets it."""
+    """An idle training child on its way out: it exits once the test lets it."""
+
+    busy = False
 
     def __init__(self) -> None:
         self.stopping = False
@@ -112,6 +114,9 @@ class StoppingChild:
 
     def kill(self) -> None:
         self.gone.set()
+
+    async def wait(self) -> None:
+        await self.gone.wait()
 
 
 def test_a_start_right_after_the_server_ended_the_run_waits_for_the_end(
@@ -141,7 +146,7 @@ def test_a_start_right_after_the_server_ended_the_run_waits_for_the_end(
             (result,) = results
             return result
         finally:
-            await agent._stop_worker(kill=True)
+            await agent._stop_worker(graceful=False)
             await agent.conn.close()
 
     result = asyncio.run(run())

@@ -145,6 +145,16 @@ def test_custom_code_is_listed_file_by_file_and_component_by_component() -> None
     assert review.waiting == f"waiting for approval of app digits_custom {review.short}"
 
 
+def test_a_monai_bundle_always_needs_approval() -> None:
+    """A bundle's configs build any class and run their "$..." expressions, even without
+    a Python file in the app."""
+    review = review_app(APPS / "seg3d_bundle", "seg3d_bundle")
+    assert review.needs_approval
+    assert review.custom_code() == [
+        "component bundle: resources/seg3d_bundle (its configs run as code)"
+    ]
+
+
 @pytest.mark.parametrize("name", ["native.cpython-311-x86_64-linux-gnu.so", "mod.pyc", "x.abi3.so"])
 def test_compiled_code_counts_as_code(tmp_path: Path, name: str) -> None:
     root = shutil.copytree(APPS / "digits_fedavg", tmp_path / "app")

@@ -17,7 +17,8 @@ from flcore.federation import CommandResult, MachineInfo
 from flcore.feed import ClientRow, CommandSeen, RunInfo
 from flcore.identity import ROLE_MEMBER, ROLE_SUPER
 from flcore.status import ClientStatus
-from flcore.tokens import token_id
+from flcore.tokens import token_id, token_key
+from flserverd.admins import AdminLogins
 from flserverd.commands import AdminCommands, Reply
 from flserverd.crossval import MatrixCell, ValidationMatrix
 from flserverd.registry import RegisteredClient
@@ -31,7 +32,7 @@ ADMIN = "admin@lead.org"
 
 def client(instance: str, **status: Any) -> RegisteredClient:
     return RegisteredClient(
-        token=f"token-{instance}",
+        token_key=token_key(f"token-{instance}"),
         client_name=instance.split("_")[0],
         instance=instance,
         org="org",
@@ -62,7 +63,7 @@ class FakeDB:
     def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
         if self.full:
             error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
             raise error
         self.audited.extend((user, line, ok) for _, user, line, ok in entries)
 
@@ -100,8 +101,12 @@ class FakeServer:
     calls: list[tuple[list[str], str, dict[str, object]]] = field(default_factory=list)
     left: list[str] = field(default_factory=list)
     shutdown_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped_by: str = ""
+    aborted: list[str] = field(default_factory=list)
+    run: RunInfo | None = None
     shutting_down: bool = False
     crossval: FakeCrossValidation | None = None
+    admins: AdminLogins = field(default_factory=AdminLogins)
 
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
@@ -119,13 +124,18 @@ class FakeServer:
         return False
 
     def run_view(self) -> RunInfo:
-        return RunInfo(self.run_number, st.NOT_STARTED)
+        return self.run or RunInfo(self.run_number, st.NOT_STARTED)
 
     def client_rows(self) -> list[ClientRow]:
         return [client_row(c) for c in self.registry.clients()]
 
-    def abort_training(self) -> bool:
+    def abort_training(self, reason: str) -> bool:
+        self.aborted.append(reason)
         return False
+
+    def stop_soon(self, user: str) -> None:
+        self.stopped_by = user
+        self.shutdown_requested.set()
 
     def active_training(self) -> None:
         return None
@@ -150,9 +160,13 @@ def commands(server: FakeServer) -> AdminCommands:
 
 
 def execute(
-    server: FakeServer, line: str, role: str = ROLE_SUPER, confirmed: bool = False
+    server: FakeServer,
+    line: str,
+    role: str = ROLE_SUPER,
+    confirmed: bool = False,
+    interactive: bool = False,
 ) -> Reply:
-    return run(commands(server).execute(ADMIN, role, line, 5.0, confirmed))
+    return run(commands(server).execute(ADMIN, role, line, 5.0, confirmed, interactive=interactive))
 
 
 def two_sites() -> FakeServer:
@@ -247,7 +261,16 @@ def test_shutting_clients_down_asks_first_then_remembers_who_agreed() -> None:
         "site-b": CommandResult("c", False, "client disconnected before replying"),
     }
     asked = execute(server, "shutdown client")
-    assert not asked.ok and asked.confirm_prompt == "Are you sure (Y/N):"
+    # The server's question says what happens (it used to be the bare question).
+    assert not asked.ok and asked.confirm_prompt.splitlines() == [
+        "Shut down: all clients (2)",
+        "This shuts down:",
+        "  site-a: training not started",
+        "  site-b: training not started",
+        "  Their client daemons exit; each site must start its own again.",
+        "Are you sure (Y/N):",
+    ]
+    assert asked.data["confirm"]["title"] == "Shut down: all clients (2)"
     assert server.calls == [] and server.db.audited == []  # not run, so not audited yet
     done = execute(server, "shutdown client", confirmed=True)
     assert not done.ok and server.left == ["site-a"]
@@ -261,9 +284,10 @@ def test_the_server_stops_only_once_its_answer_went_out() -> None:
     reply = execute(server, "shutdown server", confirmed=True)
     assert reply.ok and reply.text == "Shutting down the server..."
     assert not server.shutdown_requested.is_set()
+    assert server.aborted == [f"server shut down by {ADMIN}"]
     assert reply.then is not None
     reply.then()  # what the admin servicer runs when the reply has been sent
-    assert server.shutdown_requested.is_set()
+    assert server.shutdown_requested.is_set() and server.stopped_by == ADMIN
 
 
 def test_after_a_shutdown_nothing_else_changes_the_server() -> None:
@@ -308,8 +332,54 @@ def test_a_full_disk_keeps_the_audit_in_memory_and_in_order() -> None:
 
 
 def test_abort_server_when_nothing_trains() -> None:
-    reply = execute(two_sites(), "abort server")
+    server = two_sites()
+    reply = execute(server, "abort server")
     assert not reply.ok and reply.text == "the server is not training"
+    asked = execute(server, "abort server", interactive=True)
+    assert not asked.confirm_prompt  # nothing to stop: nothing to ask
+
+
+def training_sites() -> FakeServer:
+    """site-a trains with cross_validate on, site-b trains, site-c failed, site-d is idle."""
+    sites = [
+        client("site-a", status=st.STARTED, run_number=1, round=3, app="app", cross_validate=True),
+        client("site-b", status=st.STARTED, run_number=1, round=3, app="app"),
+        client("site-c", status=st.FAILED, run_number=1, round=2, error="boom"),
+        client("site-d"),
+    ]
+    run = RunInfo(1, st.STARTED, "app", current_round=3, num_rounds=10)
+    return FakeServer(FakeRegistry(sites), run_number=1, run=run)
+
+
+def test_the_server_decides_what_an_abort_asks_and_says() -> None:
+    """Issue 10, defect 8 and issue 11: one place decides the question, and it names what
+    really happens; a script (not interactive) is not asked, as in Clara."""
+    server = training_sites()
+    aborting = CommandResult("c", True, "Aborting the client...")
+    server.answers = {f"site-{i}": aborting for i in "abcd"}
+    asked = execute(server, "abort client", interactive=True)
+    assert not asked.ok and server.calls == [] and server.db.audited == []
+    question = asked.data["confirm"]
+    assert question["title"] == "Abort training: all clients (4)"
+    assert question["heading"] == "This stops:" and question["verb"] == "Abort"
+    assert question["lines"] == [
+        "site-a: training started, round 3 (app)",
+        "site-b: training started, round 3 (app)",
+        "Their training processes stop at once.",
+        "site-a then move on to cross-site validation (cross_validate is on); abort again to "
+        "stop that too.",
+        "Not training, left as they are: site-c, site-d.",
+    ]
+    assert asked.confirm_prompt.endswith("\nAre you sure (Y/N):")
+    idle = execute(server, "abort client site-c site-d", interactive=True)
+    assert not idle.confirm_prompt  # nothing of theirs trains: no question, their replies say so
+    assert server.calls == [(["site-c", "site-d"], "abort", {})]
+    done = execute(server, "abort client site-b", interactive=True, confirmed=True)
+    assert done.ok and server.calls[-1] == (["site-b"], "abort", {})
+    script = execute(server, "abort client site-a")
+    assert script.ok and not script.confirm_prompt
+    on_server = execute(server, "abort server", interactive=True)
+    assert on_server.data["confirm"]["lines"][0] == "Run 1 (app) on the server, at round 3 of 10."
 
 
 def test_set_run_number_reports_a_new_folder() -> None:

@@ -13,7 +13,7 @@ from flcore.diskfault import disk_fault
 
 def sqlite_error(code: int, message: str) -> sqlite3.OperationalError:
     error = sqlite3.OperationalError(message)
-    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    error.sqlite_errorcode = code
     return error
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import safetensors.numpy
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig
+from flcore.compression import WireChunk, WireCompression, encoded_chunks
 from flcore.federation import (
     GLOBAL_OWNER,
     MachineInfo,
@@ -29,12 +31,13 @@ from flcore.feed import ClientGone, ClientRow
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
 from flcore.startup import ServerStartup
 from flcore.tensorfile import Manifest, TensorFile
+from fldev.poll import wait_until_async
 from flserverd.aggregator import RUNNING_SUM
 from flserverd.events import Revoked
-from flserverd.exchange import MAX_METRICS, Chunk, ModelExchange, check_metrics
+from flserverd.exchange import MAX_METRICS, ModelExchange, check_metrics
 from flserverd.registry import AuthError
 from flserverd.server import FLServer
-from flserverd.statedb import RunRecord
+from flserverd.statedb import RunRecord, WireTally
 from flserverd.training import PHASE_TRAINING, Refusal, Training
 from flserverd.transfer import TransferError
 
@@ -74,9 +77,9 @@ def train(server: FLServer, **config: Any) -> Training:
     return server.training
 
 
-async def chunks_of(model: TensorFile) -> AsyncIterator[Chunk]:
+async def chunks_of(model: TensorFile) -> AsyncIterator[WireChunk]:
     for chunk in model.iter_chunks():
-        yield chunk
+        yield WireChunk(*chunk)
 
 
 def on_server(tmp_path: Path, scenario: Callable[[FLServer], Awaitable[None]]) -> None:
@@ -125,7 +128,7 @@ def test_downloads_are_decided_by_the_run(tmp_path: Path) -> None:
         with pytest.raises(Refusal, match="run 1 is not training"):
             exchange.model_for("site-a", ModelRequest(RUN, 0, ModelKind.GLOBAL))
         training = train(server, num_rounds=2, max_num_clients=1)
-        path = exchange.model_for("site-a", ModelRequest(RUN, 0, ModelKind.GLOBAL))
+        path = exchange.model_for("site-a", ModelRequest(RUN, 0, ModelKind.GLOBAL)).path
         assert path == server.store.round_model(RUN, 0)
         assert training.round.participants == {"site-a"}
         with pytest.raises(Refusal, match="max_num_clients=1"):
@@ -217,7 +220,7 @@ def test_best_local_models_and_cross_site_reports(tmp_path: Path) -> None:
         assert accepted.outcome is SubmitOutcome.ACCEPTED
         again = await exchange.receive("site-a", local, chunks_of(model))
         assert again.outcome is SubmitOutcome.DUPLICATE
-        path = exchange.model_for("site-b", ModelRequest(RUN, -1, ModelKind.LOCAL, "site-a"))
+        path = exchange.model_for("site-b", ModelRequest(RUN, -1, ModelKind.LOCAL, "site-a")).path
         assert TensorFile(path).manifest == model.manifest
         server.crossval_for(RUN).end_training()
         with pytest.raises(Refusal, match="'global' is not available"):
@@ -263,9 +266,9 @@ def test_only_client_certificates_register(tmp_path: Path) -> None:
             with pytest.raises(AuthError, match="accepts client certificates only"):
                 server.login(identity, "", MachineInfo())
         site = Identity("site-a", "hospital", KIND_CLIENT)
-        client, resumed = server.login(site, "", MachineInfo())
+        client, token, resumed = server.login(site, "", MachineInfo())
         assert (client.instance, resumed) == ("site-a", False)
-        assert server.login(site, client.token, MachineInfo()) == (client, True)
+        assert server.login(site, token, MachineInfo()) == (client, token, True)
 
     on_server(tmp_path, scenario)
 
@@ -291,17 +294,17 @@ def test_revocation_drops_a_client_mid_upload_and_its_update_is_never_folded(
         exchange = ModelExchange(server)
         training = train(server, num_rounds=2, min_num_clients=2)
         site = Identity("site-a", "hospital", KIND_CLIENT, serial=0x51)
-        client, _ = server.login(site, "", MachineInfo())
+        client = server.login(site, "", MachineInfo()).client
         link = server.attach(client, st.ClientStatus(status=st.STARTED, run_number=RUN))
         feed = server.bus.subscribe()
         model = write_model(tmp_path / "u.safetensors", 1.0)
 
-        async def revoked_midway() -> AsyncIterator[Chunk]:
+        async def revoked_midway() -> AsyncIterator[WireChunk]:
             for i, chunk in enumerate(model.iter_chunks()):
                 if i == 1:
                     server.revocations.revoke("site-a", "it@lead.org")
                     assert server.enforce_revocations() == ["site-a"]
-                yield chunk
+                yield WireChunk(*chunk)
 
         verdict = await exchange.receive("site-a", header(model.manifest), revoked_midway())
         assert verdict.outcome is SubmitOutcome.REJECTED
@@ -332,5 +335,60 @@ def test_revocation_logs_an_admin_out_and_ends_its_feed(tmp_path: Path) -> None:
         with pytest.raises(Revoked, match=r"it@lead\.org was revoked on this server"):
             async for _ in feed:
                 pass
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_compressed_round_counts_its_bytes_and_folds_the_decoded_update(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=1, wire_compression=WireCompression.INT8)
+        assert training.current_offer().compression is WireCompression.INT8
+        download = exchange.model_for("site-a", ModelRequest(RUN, 0, ModelKind.GLOBAL))
+        assert download.compression is WireCompression.INT8
+        for chunk, raw in encoded_chunks(TensorFile(download.path), download.compression):
+            exchange.sent_chunk(download, chunk, raw)
+        update = write_model(tmp_path / "u.safetensors", 0.5)
+
+        async def compressed() -> AsyncIterator[WireChunk]:
+            for chunk, _ in encoded_chunks(update, WireCompression.INT8):
+                yield chunk
+
+        verdict = await exchange.receive("site-a", header(update.manifest), compressed())
+        assert verdict.outcome is SubmitOutcome.ACCEPTED
+        await wait_until_async(
+            lambda: bool(training.history) and not training._tasks, 10, "round 0 aggregated"
+        )
+        # 4 + 1 float32 values each way: 20 bytes of tensors, 5 bytes on the wire.
+        expected = WireTally("int8", down_bytes=5, down_raw_bytes=20, up_bytes=5, up_raw_bytes=20)
+        assert training.history[-1].wire == expected
+        lines = (server.store.run_dir(RUN) / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(lines[-1])["wire"] == expected.as_json()
+        folded = safetensors.numpy.load_file(server.store.round_model(RUN, 1))
+        assert folded["w"].dtype == np.float32
+        assert np.abs(folded["w"] - 0.5).max() <= 0.5 / 255 / 2 and (folded["b"] == 0).all()
+        # The final model goes as stored, and no round counts it.
+        final = exchange.model_for("site-a", ModelRequest(RUN, 1, ModelKind.GLOBAL))
+        assert final.compression is WireCompression.NONE and final.tally is None
+        assert training.current_offer().compression is WireCompression.NONE
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_compressed_update_is_checked_on_its_decoded_values(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=2, min_num_clients=2)
+        manifest = write_model(tmp_path / "u.safetensors").manifest
+        nan_in_bf16 = np.array([0x7FC0], dtype="<u2").tobytes()
+
+        async def poisoned() -> AsyncIterator[WireChunk]:
+            yield WireChunk("b", 0, nan_in_bf16, WireCompression.BF16)
+
+        verdict = await exchange.receive("site-a", header(manifest), poisoned())
+        assert verdict.outcome is SubmitOutcome.REJECTED
+        assert verdict.message == "tensor 'b' contains NaN or infinite values"
+        assert training.round.contributed == {}
+        assert list(server.store.spool_dir(RUN).iterdir()) == []
 
     on_server(tmp_path, scenario)

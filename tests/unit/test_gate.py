@@ -102,7 +102,10 @@ def _password(provisioned_workspace: Any, name: str) -> str:
 
 
 async def _call(channel: grpc.aio.Channel, method: str) -> bytes:
-    return await channel.unary_unary(f"/{SERVICE}/{method}")(b"", timeout=10)  # type: ignore[no-any-return]
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+        f"/{SERVICE}/{method}"
+    )
+    return await call(b"", timeout=10)
 
 
 def test_an_unexpected_error_becomes_a_sentence_and_a_logged_traceback(
@@ -116,8 +119,11 @@ def test_an_unexpected_error_becomes_a_sentence_and_a_logged_traceback(
             "the server could not handle this call (Gated/Boom) because of an unexpected "
             "error; the server's log has the details"
         )
-        stream = channel.unary_stream(f"/{SERVICE}/Stream")(b"", timeout=10)
-        received = []
+        call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            f"/{SERVICE}/Stream"
+        )
+        stream = call(b"", timeout=10)
+        received: list[bytes] = []
         with pytest.raises(grpc.aio.AioRpcError) as broken:
             async for message in stream:
                 received.append(message)

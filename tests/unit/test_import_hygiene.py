@@ -1,9 +1,12 @@
 """What each program imports at start, checked in a fresh interpreter.
 
 The daemons must start fast and small and never run torch or an app's code
-(their training and model-init children do), and only the console draws
-with Textual. An import added anywhere below a daemon's entry point that
-breaks this fails here, not as a slow start in production.
+(their training and model-init children do), load prometheus_client only
+when a site turns the metrics endpoint on and MLflow never (their tracking
+child does), and only the console draws with Textual. MONAI, an optional
+extra, is imported by the children only for an app that trains a MONAI
+bundle. An import added anywhere below a daemon's entry point that breaks
+this fails here, not as a slow start in production.
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ def loaded_by(*modules: str) -> set[str]:
 @pytest.mark.parametrize(
     ("modules", "forbidden"),
     [
-        (("flserverd.cli",), {"torch", "flapp", "textual"}),
-        (("flclientd.cli",), {"torch", "flapp", "textual"}),
-        (("fltui.cli",), {"torch", "flapp"}),
-        (tuple(FLCORE_MODULES), {"torch", "flapp", "textual"}),
+        (("flserverd.cli",), {"torch", "flapp", "textual", "prometheus_client", "mlflow", "monai"}),
+        (("flclientd.cli",), {"torch", "flapp", "textual", "prometheus_client", "mlflow", "monai"}),
+        (("fltui.cli",), {"torch", "flapp", "monai"}),
+        (
+            tuple(FLCORE_MODULES),
+            {"torch", "flapp", "textual", "prometheus_client", "mlflow", "monai"},
+        ),
+        # MONAI is an optional extra: the children import its adapter only for a bundle app.
+        (("flapp", "flapp.runtime.modelinit", "flclientd.worker.main"), {"textual", "monai"}),
     ],
-    ids=["flserverd", "flclientd", "fltui", "flcore"],
+    ids=["flserverd", "flclientd", "fltui", "flcore", "children"],
 )
 def test_a_program_starts_without_what_it_must_not_import(
     modules: tuple[str, ...], forbidden: set[str]

@@ -163,6 +163,7 @@ def kit_folder(tmp_path: Path, provision_project_mapping: dict[str, Any]) -> Pat
 
     result = provision_workspace(parse_project(provision_project_mapping), tmp_path / "ws")
     kit = next(k for k in result.written if k.name == "site-a")
+    assert kit.password is not None
     extract_kit(kit.zip_path, kit.password, tmp_path / "site-a")
     return tmp_path / "site-a"
 

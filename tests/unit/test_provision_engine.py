@@ -13,13 +13,16 @@ from cryptography import x509
 
 from flcore.kitsig import verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
+from tests.unit.conftest import ProvisionedWorkspace
 
 
-def _root_ca(workspace: Any) -> bytes:
+def _root_ca(workspace: ProvisionedWorkspace) -> bytes:
     return (workspace.root / "state" / "rootCA.pem").read_bytes()
 
 
-def _kit_cert(workspace: Any, kit: str, password: str, dest: Path) -> x509.Certificate:
+def _kit_cert(
+    workspace: ProvisionedWorkspace, kit: str, password: str, dest: Path
+) -> x509.Certificate:
     startup = extract_kit(workspace.kit(kit), password, dest)
     verify_startup(startup)
     name = "server.crt" if (startup / "server.crt").exists() else "client.crt"
@@ -204,7 +207,8 @@ def test_no_secret_leaks(
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         result = provision_workspace(parse_project(provision_project_mapping), tmp_path / "ws")
-    passwords = [k.password for k in result.written]
+    passwords = [k.password for k in result.written if k.password is not None]
+    assert len(passwords) == len(result.written)
     readable = [
         (tmp_path / "ws" / "audit.json").read_text(),
         (tmp_path / "ws" / "state" / "issued.json").read_text(),
@@ -289,6 +293,7 @@ def test_a_first_run_cut_short_is_carried_on(
     ]
     assert (state / "rootCA.pem").read_bytes() == ca
     for kit in again.result.written:
+        assert kit.password is not None
         startup = extract_kit(kit.zip_path, kit.password, tmp_path / "out" / kit.name)
         verify_startup(startup)
         assert (startup / "rootCA.pem").read_bytes() == ca

@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 
 from tests.flprovision import flprovision
+from tests.guides import DOCS, section_commands
 
-REPO = Path(__file__).resolve().parents[2]
-GUIDE = REPO / "docs" / "provisioning.md"
+GUIDE = DOCS / "provisioning.md"
 SECTIONS = ("## Revoking a kit", "## Re-issuing a lost kit", "## Keys made at the site")
 SITE = "/var/lib/flstack"
 MASKS = [
@@ -40,19 +40,7 @@ def mask(text: str) -> str:
 
 def guide_commands() -> list[tuple[str, list[str]]]:
     """(command, expected output lines) of the console blocks in SECTIONS, in order."""
-    text = GUIDE.read_text()
-    found: list[tuple[str, list[str]]] = []
-    for section in re.split(r"\n(?=## )", text):
-        if not section.startswith(SECTIONS):
-            continue
-        for block in re.findall(r"```console\n(.*?)```", section, re.DOTALL):
-            for line in block.splitlines():
-                line = line.strip()
-                if line.startswith("$ "):
-                    found.append((line[2:], []))
-                elif line and found:
-                    found[-1][1].append(line)
-    return found
+    return [(c.line, c.output) for c in section_commands(GUIDE, SECTIONS)]
 
 
 def run(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -282,6 +282,8 @@ def test_scripts_start_the_right_program(
         check=True,
     )
     assert run.stdout.splitlines() == [part.format(root=root) for part in expected]
+    # An admin's apps go into transfer/ beside startup/: the admin's script makes it.
+    assert (root / "transfer").is_dir() == (script == "fl_admin.sh")
 
 
 def test_kits_verify_after_extract(provisioned_workspace: Any, tmp_path: Path) -> None:

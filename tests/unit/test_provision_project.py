@@ -51,7 +51,7 @@ def test_clients_and_admins_may_be_empty(provision_project_mapping: dict[str, An
     provision_project_mapping["clients"] = []
     del provision_project_mapping["admins"]
     project = parse_project(provision_project_mapping)
-    assert project.clients == project.admins == ()
+    assert project.clients == () and project.admins == ()
 
 
 def test_unknown_key_is_named(provision_project_mapping: dict[str, Any]) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
+from flcore.tokens import token_key
 from flserverd.aggregator import UpdateStats
 from flserverd.registry import AuthError, ClientRegistry
-from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
+from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB, WireTally
 
 SITE_A = Identity("site-a", "hospital-a", KIND_CLIENT)
 SITE_B = Identity("site-b", "hospital-b", KIND_CLIENT)
@@ -40,12 +42,12 @@ def db(tmp_path: Path) -> Iterator[StateDB]:
 
 def test_a_kit_runs_at_most_max_instances_and_a_resume_is_not_one_more(db: StateDB) -> None:
     registry = ClientRegistry(db, 600, max_instances=2)
-    first, _ = registry.login(SITE_A, "", MachineInfo())
+    first, first_token, _ = registry.login(SITE_A, "", MachineInfo())
     registry.login(SITE_A, "", MachineInfo())
     with pytest.raises(AuthError, match="kit site-a already runs 2 instances") as refused:
         registry.login(SITE_A, "", MachineInfo())
     assert "max_instances_per_kit" in str(refused.value)
-    assert registry.login(SITE_A, first.token, MachineInfo()) == (first, True)
+    assert registry.login(SITE_A, first_token, MachineInfo()) == (first, first_token, True)
     registry.login(SITE_B, "", MachineInfo())  # another kit is not affected
     registry.remove(first)
     assert registry.login(SITE_A, "", MachineInfo())[0].instance == "site-a"
@@ -54,28 +56,28 @@ def test_a_kit_runs_at_most_max_instances_and_a_resume_is_not_one_more(db: State
 
 def test_tokens_are_random_and_a_near_miss_is_unknown(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
-    client, _ = registry.login(SITE_A, "", MachineInfo())
-    other, _ = registry.login(SITE_B, "", MachineInfo())
-    assert len(client.token) >= 20 and client.token != other.token
-    near = client.token[:-1] + ("A" if client.token[-1] != "A" else "B")
-    for token in (near, client.token[:8], client.token + "x", ""):
+    client, client_token, _ = registry.login(SITE_A, "", MachineInfo())
+    _, other_token, _ = registry.login(SITE_B, "", MachineInfo())
+    assert len(client_token) >= 20 and client_token != other_token
+    near = client_token[:-1] + ("A" if client_token[-1] != "A" else "B")
+    for token in (near, client_token[:8], client_token + "x", ""):
         with pytest.raises(AuthError, match="unknown or expired token"):
             registry.authenticate(token, SITE_A)
-    assert registry.authenticate(client.token, SITE_A) is client
+    assert registry.authenticate(client_token, SITE_A) is client
 
 
 def test_instance_names_for_concurrent_clients_of_one_kit(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
     names = []
     for _ in range(3):
-        client, resumed = registry.login(SITE_A, "", MachineInfo())
+        client, _, resumed = registry.login(SITE_A, "", MachineInfo())
         client.connected = True
         assert resumed is False
         names.append(client.instance)
-    other, _ = registry.login(SITE_B, "", MachineInfo())
+    other, _, _ = registry.login(SITE_B, "", MachineInfo())
     assert names == ["site-a", "site-a_1", "site-a_2"]
     assert other.instance == "site-b"
-    assert len({s.token for s in registry.clients()}) == 4  # the default cap is 4 per kit
+    assert len({s.token_key for s in registry.clients()}) == 4  # the default cap is 4 per kit
     assert [s.instance for s in registry.clients()] == [
         "site-a",
         "site-a_1",
@@ -87,11 +89,11 @@ def test_instance_names_for_concurrent_clients_of_one_kit(db: StateDB) -> None:
 
 def test_free_instance_name_is_reused_after_remove(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
-    first, _ = registry.login(SITE_A, "", MachineInfo())
-    second, _ = registry.login(SITE_A, "", MachineInfo())
-    third, _ = registry.login(SITE_A, "", MachineInfo())
+    first, _, _ = registry.login(SITE_A, "", MachineInfo())
+    second, _, _ = registry.login(SITE_A, "", MachineInfo())
+    third, _, _ = registry.login(SITE_A, "", MachineInfo())
     registry.remove(second)
-    again, _ = registry.login(SITE_A, "", MachineInfo())
+    again, _, _ = registry.login(SITE_A, "", MachineInfo())
     assert again.instance == "site-a_1"
     registry.remove(first)
     assert registry.login(SITE_A, "", MachineInfo())[0].instance == "site-a"
@@ -101,10 +103,10 @@ def test_free_instance_name_is_reused_after_remove(db: StateDB) -> None:
 def test_token_resumes_disconnected_client(db: StateDB) -> None:
     clock = Clock()
     registry = ClientRegistry(db, 600, clock)
-    client, _ = registry.login(SITE_A, "", MachineInfo(hostname="old"))
+    client, client_token, _ = registry.login(SITE_A, "", MachineInfo(hostname="old"))
     client.connected = False
     clock.now += 100
-    resumed, was_resumed = registry.login(SITE_A, client.token, MachineInfo(hostname="new"))
+    resumed, _, was_resumed = registry.login(SITE_A, client_token, MachineInfo(hostname="new"))
     assert was_resumed is True
     assert resumed is client
     assert resumed.instance == "site-a"
@@ -116,9 +118,9 @@ def test_token_resumes_disconnected_client(db: StateDB) -> None:
 def test_token_of_connected_client_resumes_it(db: StateDB) -> None:
     """After a network blip the client may log in before the old stream is seen to die."""
     registry = ClientRegistry(db, 600)
-    client, _ = registry.login(SITE_A, "", MachineInfo())
+    client, client_token, _ = registry.login(SITE_A, "", MachineInfo())
     client.connected = True
-    second, was_resumed = registry.login(SITE_A, client.token, MachineInfo())
+    second, _, was_resumed = registry.login(SITE_A, client_token, MachineInfo())
     assert was_resumed is True
     assert second is client and second.instance == "site-a"
     assert len(registry) == 1
@@ -126,17 +128,17 @@ def test_token_of_connected_client_resumes_it(db: StateDB) -> None:
 
 def test_without_a_token_a_second_process_gets_a_new_instance(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
-    first, _ = registry.login(SITE_A, "", MachineInfo())
-    second, was_resumed = registry.login(SITE_A, "", MachineInfo())
+    first, _, _ = registry.login(SITE_A, "", MachineInfo())
+    second, _, was_resumed = registry.login(SITE_A, "", MachineInfo())
     assert was_resumed is False and second.instance == "site-a_1"
     assert registry.by_instance("site-a") is first
 
 
 def test_token_with_another_certificate_refused_at_login(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
-    client, _ = registry.login(SITE_A, "", MachineInfo())
+    _, client_token, _ = registry.login(SITE_A, "", MachineInfo())
     with pytest.raises(AuthError, match="belongs to client 'site-a'"):
-        registry.login(SITE_B, client.token, MachineInfo())
+        registry.login(SITE_B, client_token, MachineInfo())
     assert len(registry) == 1
     assert registry.by_instance("site-b") is None
 
@@ -144,32 +146,32 @@ def test_token_with_another_certificate_refused_at_login(db: StateDB) -> None:
 def test_authenticate_binds_token_to_identity(db: StateDB) -> None:
     clock = Clock()
     registry = ClientRegistry(db, 600, clock)
-    client, _ = registry.login(SITE_A, "", MachineInfo())
+    client, client_token, _ = registry.login(SITE_A, "", MachineInfo())
     clock.now += 30
-    assert registry.authenticate(client.token, SITE_A) is client
+    assert registry.authenticate(client_token, SITE_A) is client
     assert client.last_heartbeat == clock.now
     # same name from another org's certificate is still the same client name
     with pytest.raises(AuthError, match="another certificate"):
-        registry.authenticate(client.token, SITE_B)
+        registry.authenticate(client_token, SITE_B)
     with pytest.raises(AuthError, match="another certificate"):
-        registry.authenticate(client.token, None)
+        registry.authenticate(client_token, None)
     with pytest.raises(AuthError, match="unknown or expired token"):
         registry.authenticate("not-a-token", SITE_A)
 
 
 def test_unknown_token_at_login_registers_anew(db: StateDB) -> None:
     registry = ClientRegistry(db, 600)
-    client, resumed = registry.login(SITE_A, "stale-token-from-before", MachineInfo())
+    client, client_token, resumed = registry.login(SITE_A, "stale-token-from-before", MachineInfo())
     assert resumed is False
-    assert client.token != "stale-token-from-before"
+    assert client_token != "stale-token-from-before"
     assert client.instance == "site-a"
 
 
 def test_expired_after_timeout(db: StateDB) -> None:
     clock = Clock()
     registry = ClientRegistry(db, 10, clock)
-    quiet, _ = registry.login(SITE_A, "", MachineInfo())
-    chatty, _ = registry.login(SITE_B, "", MachineInfo())
+    quiet, _, _ = registry.login(SITE_A, "", MachineInfo())
+    chatty, _, _ = registry.login(SITE_B, "", MachineInfo())
     clock.now += 6
     registry.heard(chatty)
     clock.now += 4  # quiet: silent 10 s, exactly the timeout
@@ -191,12 +193,12 @@ def test_a_full_disk_keeps_registrations_in_memory(
 
     def full(*_: object) -> None:
         error = sqlite3.OperationalError("database or disk is full")
-        error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+        error.sqlite_errorcode = sqlite3.SQLITE_FULL
         raise error
 
     monkeypatch.setattr(db, "save_client", full)
     monkeypatch.setattr(db, "delete_client", full)
-    client, resumed = registry.login(SITE_A, "", MachineInfo())
+    client, _, resumed = registry.login(SITE_A, "", MachineInfo())
     assert not resumed and registry.by_instance("site-a") is client
     registry.remove(client)
     assert registry.by_instance("site-a") is None
@@ -207,25 +209,25 @@ def test_registrations_survive_a_new_registry(tmp_path: Path) -> None:
     db = StateDB(path)
     clock = Clock(5000)
     registry = ClientRegistry(db, 10, clock)
-    a, _ = registry.login(SITE_A, "", MachineInfo())
-    a1, _ = registry.login(SITE_A, "", MachineInfo())
-    b, _ = registry.login(SITE_B, "", MachineInfo())
+    _, a_token, _ = registry.login(SITE_A, "", MachineInfo())
+    _, a1_token, _ = registry.login(SITE_A, "", MachineInfo())
+    b, _, _ = registry.login(SITE_B, "", MachineInfo())
     registry.remove(b)
     db.close()
 
     db = StateDB(path)
     clock.now += 1000  # long after the old heartbeats
     restored = ClientRegistry(db, 10, clock)
-    assert [(s.instance, s.token) for s in restored.clients()] == [
-        ("site-a", a.token),
-        ("site-a_1", a1.token),
+    assert [(s.instance, s.token_key) for s in restored.clients()] == [
+        ("site-a", token_key(a_token)),
+        ("site-a_1", token_key(a1_token)),
     ]
     assert restored.expired() == []  # restored clients get a full timeout to reconnect
-    client, resumed = restored.login(SITE_A, a1.token, MachineInfo())
+    client, _, resumed = restored.login(SITE_A, a1_token, MachineInfo())
     assert resumed is True and client.instance == "site-a_1"
-    assert restored.authenticate(a.token, SITE_A).instance == "site-a"
+    assert restored.authenticate(a_token, SITE_A).instance == "site-a"
     with pytest.raises(AuthError):
-        restored.login(SITE_B, a.token, MachineInfo())
+        restored.login(SITE_B, a_token, MachineInfo())
     assert restored.login(SITE_B, "", MachineInfo())[0].instance == "site-b"
     assert restored.login(SITE_A, "", MachineInfo())[0].instance == "site-a_2"
     db.close()
@@ -307,7 +309,17 @@ def test_round_summary_json_keeps_the_metrics_jsonl_format() -> None:
         "clients": ["a"],
         "metrics": {"acc": 0.7},
     }
-    for summary in (training, final):
+    wire = WireTally("int8", down_bytes=25, down_raw_bytes=100, up_bytes=26, up_raw_bytes=100)
+    compressed = replace(training, wire=wire)
+    assert compressed.as_json()["wire"] == {
+        "compression": "int8",
+        "down_bytes": 25,
+        "down_raw_bytes": 100,
+        "up_bytes": 26,
+        "up_raw_bytes": 100,
+    }
+    assert wire.described() == ("models on the wire 0.0 MB for 0.0 MB of tensors (int8, 26%)")
+    for summary in (training, final, compressed):
         assert RoundSummary.from_json(summary.as_json()) == summary
 
 
@@ -371,34 +383,60 @@ def test_clear_round_records(db: StateDB) -> None:
 
 
 def test_clients_table(db: StateDB) -> None:
-    one = ClientRecord("t1", "site-a", "site-a", "org", 1.0)
-    two = ClientRecord("t2", "site-a", "site-a_1", "org", 2.0)
+    one = ClientRecord(token_key("t1"), "site-a", "site-a", "org", 1.0)
+    two = ClientRecord(token_key("t2"), "site-a", "site-a_1", "org", 2.0)
     db.save_client(one)
     db.save_client(two)
-    assert sorted(db.load_clients(), key=lambda s: s.token) == [one, two]
-    db.delete_client("t1")
+    assert sorted(db.load_clients(), key=lambda s: s.created_at) == [one, two]
+    db.delete_client(token_key("t1"))
     assert db.load_clients() == [two]
-    moved = ClientRecord("t2", "site-a", "site-a_1", "org", 9.0)
+    moved = ClientRecord(token_key("t2"), "site-a", "site-a_1", "org", 9.0)
     db.save_client(moved)  # saving a token again updates its row
     assert db.load_clients() == [moved]
 
 
-def test_clients_of_an_older_state_database_are_kept(tmp_path: Path) -> None:
-    """Registered clients were once kept in a table named ``sessions``."""
+@pytest.mark.parametrize("table", ["sessions", "clients"])
+def test_clients_of_an_older_state_database_are_kept_and_their_tokens_hashed(
+    tmp_path: Path, table: str
+) -> None:
+    """Registered clients were once kept with their tokens themselves, in a table named
+    ``sessions`` and later ``clients``: the registrations stay, the tokens do not."""
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
     old.execute(
-        "CREATE TABLE sessions (token TEXT PRIMARY KEY, client_name TEXT NOT NULL,"
+        f"CREATE TABLE {table} (token TEXT PRIMARY KEY, client_name TEXT NOT NULL,"
         " instance TEXT NOT NULL UNIQUE, org TEXT NOT NULL, created_at REAL NOT NULL)"
     )
-    old.execute("INSERT INTO sessions VALUES ('t1', 'site-a', 'site-a', 'org', 1.0)")
+    insert = f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?)"  # noqa: S608 (a test's own name)
+    old.execute(insert, ("t1-secret", "site-a", "site-a", "org", 1.0))
     old.commit()
     old.close()
     db = StateDB(path)
     try:
-        assert db.load_clients() == [ClientRecord("t1", "site-a", "site-a", "org", 1.0)]
+        record = ClientRecord(token_key("t1-secret"), "site-a", "site-a", "org", 1.0)
+        assert db.load_clients() == [record]
+        restored = ClientRegistry(db, heart_beat_timeout=30.0)
+        assert restored.authenticate("t1-secret", SITE_A).instance == "site-a"
     finally:
         db.close()
+    assert b"t1-secret" not in path.read_bytes()  # the dropped table's pages were zeroed
+
+
+def test_the_state_database_holds_no_client_token(tmp_path: Path) -> None:
+    """A copy of the state database (a backup, a stolen disk) gives no token to log in with."""
+    path = tmp_path / "state.sqlite3"
+    db = StateDB(path)
+    registry = ClientRegistry(db, heart_beat_timeout=30.0)
+    tokens = [registry.login(SITE_A, "", MachineInfo()).token for _ in range(3)]
+    db.close()
+    stored = path.read_bytes()
+    assert all(token.encode() not in stored for token in tokens)
+    reopened = StateDB(path)
+    try:
+        restored = ClientRegistry(reopened, heart_beat_timeout=30.0)
+        assert restored.authenticate(tokens[1], SITE_A).instance == "site-a_1"
+    finally:
+        reopened.close()
 
 
 def test_audit_log_order_and_limit(db: StateDB) -> None:

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from flcore import appconfig, startup
-from flcore.appconfig import ClientAppConfig, ComponentSpec, ServerAppConfig, load_app
+from flcore.appconfig import (
+    BundleConfig,
+    ClientAppConfig,
+    ComponentSpec,
+    ServerAppConfig,
+    TrainConfig,
+    load_app,
+)
+from flcore.compression import WireCompression
 from flcore.schema import (
     ConfigError,
     Field,
@@ -390,6 +398,7 @@ def test_load_app_good(tmp_path: Path) -> None:
         num_rounds=3, min_num_clients=2, max_num_clients=2, metric_mode="min"
     )
     assert app.client == ClientAppConfig(local_epochs=2, cross_validate=True)
+    assert isinstance(app.train, TrainConfig)
     assert app.train.model == ComponentSpec(
         "torch.nn.Linear", {"in_features": 4, "out_features": 2}
     )
@@ -470,6 +479,11 @@ def test_load_app_missing_train_config(tmp_path: Path) -> None:
             {"num_round": 5},
             "config/config_fed_server.json: unknown key 'num_round' (allowed keys: ",
         ),
+        (
+            {"wire_compression": "int4"},
+            "config/config_fed_server.json: 'wire_compression' must be one of none, bf16, fp16, "
+            "int8, got 'int4'",
+        ),
         ([], "config/config_fed_server.json: expected a mapping"),
     ],
 )
@@ -548,3 +562,75 @@ def test_parse_server_config_defaults_match_dataclass() -> None:
     )
     assert config.wait_after_min_clients == 0.0
     assert isinstance(config.wait_after_min_clients, float)
+    assert ServerAppConfig().wire_compression is WireCompression.NONE
+    for word in ("none", "bf16", "fp16", "int8"):
+        parsed = appconfig.parse_server_config({"wire_compression": word})
+        assert parsed.wire_compression is WireCompression(word)
+
+
+# --------------------------------------------------------------------------- MONAI bundle apps
+
+
+def _bundle_app(root: Path, bundle: object, files: tuple[str, ...]) -> Path:
+    _app(root, server={}, train={"bundle": bundle, "seed": 3})
+    for rel in files:
+        (root / "resources" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / "resources" / rel).write_text("{}")
+    return root
+
+
+def test_a_bundle_app_names_its_bundle_and_configs(tmp_path: Path) -> None:
+    files = ("seg/configs/train.json", "seg/configs/evaluate.json")
+    app = load_app(_bundle_app(tmp_path / "app", {"folder": "seg"}, files))
+    assert app.train == BundleConfig(folder="seg", seed=3)
+    assert app.bundle == app.train
+    custom = {
+        "folder": "nested/seg",
+        "train_config": "configs/train.yaml",
+        "evaluate_config": "eval.json",
+        "network": "net",
+    }
+    files = ("nested/seg/configs/train.yaml", "nested/seg/eval.json")
+    app = load_app(_bundle_app(tmp_path / "custom", custom, files))
+    assert app.train == BundleConfig(
+        "nested/seg", "configs/train.yaml", "eval.json", network="net", seed=3
+    )
+
+
+def test_an_app_of_components_has_no_bundle(tmp_path: Path) -> None:
+    assert load_app(_app(tmp_path / "app", server={})).bundle is None
+
+
+@pytest.mark.parametrize(
+    ("bundle", "message"),
+    [
+        ({}, "config/config_train.json: bundle: missing required key 'folder'"),
+        ("seg", "config/config_train.json: 'bundle' must be"),
+        ({"folder": "../elsewhere"}, "config/config_train.json: bundle: 'folder' must be a"),
+        ({"folder": "/srv/bundle"}, "config/config_train.json: bundle: 'folder' must be a"),
+        ({"folder": "seg", "train_config": "..\\x.json"}, "config/config_train.json: bundle: "),
+        ({"folder": "seg", "network": ""}, "config/config_train.json: bundle: 'network' must"),
+        ({"folder": "seg", "epochs": 3}, "config/config_train.json: bundle: unknown key 'epochs'"),
+    ],
+)
+def test_a_bad_bundle_entry_is_refused(tmp_path: Path, bundle: object, message: str) -> None:
+    root = _bundle_app(tmp_path / "app", bundle, ())
+    with pytest.raises(ConfigError) as info:
+        load_app(root)
+    assert str(info.value).startswith(message)
+
+
+def test_a_bundle_entry_beside_components_is_refused(tmp_path: Path) -> None:
+    root = _app(tmp_path / "app", server={}, train={**TRAIN, "bundle": {"folder": "seg"}})
+    with pytest.raises(ConfigError, match=r"config/config_train\.json: unknown key 'model'"):
+        load_app(root)
+
+
+def test_a_bundle_without_its_configs_is_refused(tmp_path: Path) -> None:
+    root = _bundle_app(tmp_path / "app", {"folder": "seg"}, ("seg/configs/train.json",))
+    with pytest.raises(ConfigError) as info:
+        load_app(root)
+    assert str(info.value) == (
+        "config/config_train.json: bundle: resources/seg/configs/evaluate.json is missing "
+        "(a bundle holds configs/train.json and configs/evaluate.json)"
+    )

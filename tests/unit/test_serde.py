@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from flclientd import serde as client_serde
+from flcore.compression import WireCompression
 from flcore.federation import (
     ClientHeartbeat,
     Closed,
@@ -30,6 +31,7 @@ from flcore.federation import (
     Verdict,
 )
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, LogEntry
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorSpec
@@ -111,6 +113,7 @@ def test_a_control_message_without_a_body_is_refused() -> None:
     [
         Command("c3", "start", {"run_number": 2, "gpus": 0}),
         TaskOffer(2, 5, TaskKind.TRAIN),
+        *(TaskOffer(2, 5, TaskKind.TRAIN, compression=c) for c in WireCompression),
         TaskOffer(2, 6, TaskKind.VALIDATE_GLOBAL),
         TaskOffer(2, -1, TaskKind.CROSS_VALIDATE, ("global", "site-b"), ("site-c",)),
         RunEnded(2, "training stopped", "finished"),
@@ -121,6 +124,16 @@ def test_downward_messages_survive_the_wire(message: Downward) -> None:
     proto = server_serde.downward_to_proto(message)
     wire = fed_pb2.ServerMessage.FromString(proto.SerializeToString())
     assert client_serde.downward_from_proto(wire) == message
+
+
+def test_an_unknown_compression_is_not_taken_for_none() -> None:
+    compression = common_pb2.WireCompression.ValueType(7)
+    task = fed_pb2.TaskOffer(
+        run_number=2, round=1, kind=fed_pb2.TASK_KIND_TRAIN, compression=compression
+    )
+    read = client_serde.downward_from_proto(fed_pb2.ServerMessage(task=task))
+    assert isinstance(read, Unreadable)
+    assert "unknown wire compression 7" in read.reason
 
 
 def test_an_unknown_task_kind_is_not_taken_for_training() -> None:

@@ -32,8 +32,8 @@ def test_statuses_and_log_lines_beyond_the_limits_are_dropped_per_instance(
     tmp_path: Path,
 ) -> None:
     async def scenario(server: FLServer) -> None:
-        flooder, _ = server.login(FLOODER, "", MachineInfo())
-        calm, _ = server.login(CALM, "", MachineInfo())
+        flooder = server.login(FLOODER, "", MachineInfo()).client
+        calm = server.login(CALM, "", MachineInfo()).client
         feed = server.bus.subscribe()
         for i in range(5 * MESSAGE_BURST):  # as fast as it can, statuses that all differ
             status = st.ClientStatus(status=st.STARTED, round=i)

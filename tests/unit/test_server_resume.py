@@ -82,8 +82,8 @@ def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None
         await server.open()
         try:
             site = Identity("site", "org", KIND_CLIENT)
-            leaving, _ = server.registry.login(site, "", MachineInfo())
-            staying, _ = server.registry.login(site, "", MachineInfo())
+            leaving = server.registry.login(site, "", MachineInfo()).client
+            staying = server.registry.login(site, "", MachineInfo()).client
             server.leaving([leaving])
             loop = asyncio.get_running_loop()
             loop.call_later(0.3, server.drop, leaving, "logged out")
@@ -120,7 +120,7 @@ def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
     def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
         if full["on"]:
             error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
             raise error
         return write(db, statements)
 
@@ -141,6 +141,49 @@ def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
             view = server.run_view()
             assert view.server_status == st.STARTED and view.current_round == 2
             assert view.fault == ""
+        finally:
+            await server.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_a_continued_run_forgets_how_it_ended_before(tmp_path: Path) -> None:
+    """start server continues a stopped run: the sites that failed before, their errors and
+    when it ended are the previous attempt's, and the rows of the run date from now."""
+    interrupted_run(tmp_path, with_app=True)
+    db = StateDB(tmp_path / "state" / "flserverd.sqlite3")
+    stopped = RunRecord(
+        4,
+        st.STOPPED,
+        phase="training",
+        num_rounds=5,
+        next_round=2,
+        failed_sites=["site_1"],
+        reason="aborted by admin@lead.org",
+        failures={"site_1": "no DATA_ROOT set"},
+        started_at=100.0,
+        ended_at=200.0,
+    )
+    db.save_run(stopped)
+    db.close()
+    models = tmp_path / "run_4" / "models"
+    models.mkdir()
+    weights = {"w": np.zeros(4, dtype=np.float32)}
+    safetensors.numpy.save_file(weights, models / "round_2.safetensors")
+
+    async def scenario() -> None:
+        server = FLServer(tmp_path, startup(), "test")
+        await server.open()
+        try:
+            assert server.run_view().site_errors == {"site_1": "no DATA_ROOT set"}
+            reply = await server.start_training()
+            assert reply.startswith("Server training continues run 4 at round 2")
+            view = server.run_view()
+            assert view.server_status == st.STARTED and view.ending() == ""
+            assert view.failed_sites == () and view.site_errors == {}
+            record = server.db.get_run(4)
+            assert record is not None and record.failures == {}
+            assert record.ended_at == 0.0 and record.started_at > 200.0
         finally:
             await server.close(1)
 

@@ -48,7 +48,7 @@ def deploy(server: FLServer) -> None:
 
 
 def started_site(server: FLServer, name: str, status: str = st.STARTED) -> ClientLink:
-    client, _ = server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo())
+    client = server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo()).client
     return server.attach(client, st.ClientStatus(status=status, run_number=RUN))
 
 

@@ -902,7 +902,7 @@ class FullDiskDB(StateDB):
         committing = any("round_metrics" in sql for sql, _ in statements)
         if self.full or (self.commits_full and committing):
             error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
             raise error
         return super()._write(statements)
 

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
+import grpc
+
 from flclientd.connection import Connection
 from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink
@@ -21,6 +23,7 @@ from flcore.federation import (
     Unreadable,
     Upward,
 )
+from flcore.progress import TransferStalled
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
 
@@ -111,3 +114,30 @@ def test_a_new_stream_starts_with_hello_and_keeps_results_not_stale_reports(
         await stream_task
 
     asyncio.run(scenario())
+
+
+def test_retries_and_stalled_transfers_are_counted_for_the_metrics(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        uplink, _ = make_uplink(tmp_path)
+        uplink.connected.set()
+        failures: list[Exception] = [
+            TransferStalled("download of m: nothing moved for 60s; given up"),
+            FakeRpcError(grpc.StatusCode.UNAVAILABLE),
+        ]
+
+        async def call() -> str:
+            if failures:
+                raise failures.pop(0)
+            return "done"
+
+        assert await uplink.retrying("download of m", call) == "done"
+        assert (uplink.retries, uplink.stalls) == (2, 1)
+
+    asyncio.run(scenario())
+
+
+class FakeRpcError(grpc.aio.AioRpcError):
+    """An RPC error of a given status code, as a broken connection gives one."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata())

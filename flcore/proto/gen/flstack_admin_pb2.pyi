@@ -82,6 +82,7 @@ class CommandRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _builtins.int
     CONFIRMED_FIELD_NUMBER: _builtins.int
     ATTACHMENT_FIELD_NUMBER: _builtins.int
+    INTERACTIVE_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     line: _builtins.str
     """e.g. "check_status client flclient1" """
@@ -91,6 +92,11 @@ class CommandRequest(_message.Message):
     """The admin confirmed a command that asks "Are you sure (Y/N):"."""
     attachment: _builtins.bytes
     """A file the command line names, read by the admin client (load_crl <file>)."""
+    interactive: _builtins.bool
+    """The admin sits at a console that confirms whatever stops training (fltui's
+    screen): the server then asks before an abort too, as it always does
+    before a shutdown; a script or the line console (Clara's) is not asked.
+    """
     def __init__(
         self,
         *,
@@ -99,10 +105,11 @@ class CommandRequest(_message.Message):
         timeout_s: _builtins.float = ...,
         confirmed: _builtins.bool = ...,
         attachment: _builtins.bytes = ...,
+        interactive: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "confirmed", b"confirmed", "line", b"line", "timeout_s", b"timeout_s", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "confirmed", b"confirmed", "interactive", b"interactive", "line", b"line", "timeout_s", b"timeout_s", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,6 +287,7 @@ class ClientState(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     CONNECTED_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    CROSS_VALIDATE_FIELD_NUMBER: _builtins.int
     instance: _builtins.str
     client_name: _builtins.str
     token_id: _builtins.str
@@ -304,6 +312,8 @@ class ClientState(_message.Message):
     """
     detail: _builtins.str
     """what the client waits for (see ClientStatus.detail)"""
+    cross_validate: _builtins.bool
+    """The site takes part in cross-site validation (config_fed_client.json)."""
     def __init__(
         self,
         *,
@@ -325,10 +335,11 @@ class ClientState(_message.Message):
         hostname: _builtins.str = ...,
         connected: _builtins.bool = ...,
         detail: _builtins.str = ...,
+        cross_validate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_name", b"client_name", "connected", b"connected", "connected_at", b"connected_at", "detail", b"detail", "device", b"device", "error", b"error", "gpu_count", b"gpu_count", "hostname", b"hostname", "instance", b"instance", "last_heartbeat", b"last_heartbeat", "org", b"org", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "token_id", b"token_id", "traceback", b"traceback"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "client_name", b"client_name", "connected", b"connected", "connected_at", b"connected_at", "cross_validate", b"cross_validate", "detail", b"detail", "device", b"device", "error", b"error", "gpu_count", b"gpu_count", "hostname", b"hostname", "instance", b"instance", "last_heartbeat", b"last_heartbeat", "org", b"org", "round", b"round", "run_number", b"run_number", "samples", b"samples", "status", b"status", "token_id", b"token_id", "traceback", b"traceback"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -413,6 +424,26 @@ Global___RoundMetrics: _TypeAlias = RoundMetrics  # noqa: Y015
 class RunState(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SiteErrorsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RUN_NUMBER_FIELD_NUMBER: _builtins.int
     SERVER_STATUS_FIELD_NUMBER: _builtins.int
     APP_FIELD_NUMBER: _builtins.int
@@ -431,6 +462,8 @@ class RunState(_message.Message):
     BEST_METRIC_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
+    SITE_ERRORS_FIELD_NUMBER: _builtins.int
+    BLOCKED_FIELD_NUMBER: _builtins.int
     run_number: _builtins.int
     """0: no run set"""
     server_status: _builtins.str
@@ -451,6 +484,10 @@ class RunState(_message.Message):
     """why the run stopped, or why starting it failed"""
     fault: _builtins.str
     """why training is paused now (e.g. "server disk full: ..."), or "" """
+    blocked: _builtins.str
+    """Why the training run cannot complete its round now ("" when it can), e.g.
+    "min_num_clients 2 but only 1 site(s) can train: flclient3 failed (...)".
+    """
     @_builtins.property
     def contributed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -459,6 +496,10 @@ class RunState(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoundMetrics]: ...
     @_builtins.property
     def failed_sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def site_errors(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The first line of each failed site's error, by instance."""
+
     def __init__(
         self,
         *,
@@ -480,10 +521,12 @@ class RunState(_message.Message):
         best_metric: _builtins.str = ...,
         reason: _builtins.str = ...,
         fault: _builtins.str = ...,
+        site_errors: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        blocked: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "fault", b"fault", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "awaited", b"awaited", "best_metric", b"best_metric", "blocked", b"blocked", "contributed", b"contributed", "current_round", b"current_round", "failed_sites", b"failed_sites", "fault", b"fault", "history", b"history", "max_num_clients", b"max_num_clients", "min_num_clients", b"min_num_clients", "num_rounds", b"num_rounds", "phase", b"phase", "reason", b"reason", "run_number", b"run_number", "server_status", b"server_status", "site_errors", b"site_errors", "start_round", b"start_round", "updates_received", b"updates_received", "wait_deadline", b"wait_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -591,6 +634,32 @@ class CommandAudit(_message.Message):
 Global___CommandAudit: _TypeAlias = CommandAudit  # noqa: Y015
 
 @_typing.final
+class ServerStopping(_message.Message):
+    """The server is about to stop: the last event of every feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BY_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    by: _builtins.str
+    """the admin who ran "shutdown server", or the signal"""
+    admin: _builtins.bool
+    """an admin asked: the server stays down"""
+    def __init__(
+        self,
+        *,
+        by: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "by", b"by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerStopping: _TypeAlias = ServerStopping  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -603,6 +672,7 @@ class Event(_message.Message):
     LOG_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
+    STOPPING_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     time: _builtins.float
     @_builtins.property
@@ -619,6 +689,8 @@ class Event(_message.Message):
     def heartbeat(self) -> Global___HeartbeatSeen: ...
     @_builtins.property
     def command(self) -> Global___CommandAudit: ...
+    @_builtins.property
+    def stopping(self) -> Global___ServerStopping: ...
     def __init__(
         self,
         *,
@@ -631,12 +703,13 @@ class Event(_message.Message):
         log: _flstack_common_pb2.LogRecord | None = ...,
         heartbeat: Global___HeartbeatSeen | None = ...,
         command: Global___CommandAudit | None = ...,
+        stopping: Global___ServerStopping | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "snapshot", b"snapshot"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "snapshot", b"snapshot", "stopping", b"stopping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "seq", b"seq", "snapshot", b"snapshot", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "seq", b"seq", "snapshot", b"snapshot", "stopping", b"stopping", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command", "stopping"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66lstack_common.proto\x12\nflstack.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"M\n\rModelManifest\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.flstack.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"9\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"D\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\"Y\n\tLogRecord\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0e\n\x06logger\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x66lstack_common.proto\x12\nflstack.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"M\n\rModelManifest\x12\'\n\x07tensors\x18\x01 \x03(\x0b\x32\x16.flstack.v1.TensorSpec\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x03\"\x8b\x01\n\x0bTensorChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12-\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1b.flstack.v1.WireCompression\x12\r\n\x05scale\x18\x05 \x01(\x02\x12\x12\n\nzero_point\x18\x06 \x01(\x05\"D\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\"Y\n\tLogRecord\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\r\n\x05level\x18\x02 \x01(\t\x12\x0e\n\x06logger\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t*}\n\x0fWireCompression\x12\x19\n\x15WIRE_COMPRESSION_NONE\x10\x00\x12\x19\n\x15WIRE_COMPRESSION_BF16\x10\x01\x12\x19\n\x15WIRE_COMPRESSION_FP16\x10\x02\x12\x19\n\x15WIRE_COMPRESSION_INT8\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flstack_common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WIRECOMPRESSION']._serialized_start=476
+  _globals['_WIRECOMPRESSION']._serialized_end=601
   _globals['_TENSORSPEC']._serialized_start=36
   _globals['_TENSORSPEC']._serialized_end=92
   _globals['_MODELMANIFEST']._serialized_start=94
   _globals['_MODELMANIFEST']._serialized_end=171
-  _globals['_TENSORCHUNK']._serialized_start=173
-  _globals['_TENSORCHUNK']._serialized_end=230
-  _globals['_FILECHUNK']._serialized_start=232
-  _globals['_FILECHUNK']._serialized_end=300
-  _globals['_LOGRECORD']._serialized_start=302
-  _globals['_LOGRECORD']._serialized_end=391
+  _globals['_TENSORCHUNK']._serialized_start=174
+  _globals['_TENSORCHUNK']._serialized_end=313
+  _globals['_FILECHUNK']._serialized_start=315
+  _globals['_FILECHUNK']._serialized_end=383
+  _globals['_LOGRECORD']._serialized_start=385
+  _globals['_LOGRECORD']._serialized_end=474
 # @@protoc_insertion_point(module_scope)

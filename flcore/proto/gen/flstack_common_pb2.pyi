@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -22,6 +23,37 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WireCompression:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WireCompressionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WireCompression.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WIRE_COMPRESSION_NONE: _WireCompression.ValueType  # 0
+    """the tensor's own dtype, little-endian"""
+    WIRE_COMPRESSION_BF16: _WireCompression.ValueType  # 1
+    """bfloat16, little-endian"""
+    WIRE_COMPRESSION_FP16: _WireCompression.ValueType  # 2
+    """IEEE half precision, little-endian"""
+    WIRE_COMPRESSION_INT8: _WireCompression.ValueType  # 3
+    """one byte q per value: (q - zero_point) * scale"""
+
+class WireCompression(_WireCompression, metaclass=_WireCompressionEnumTypeWrapper):
+    """How floating-point tensor chunks travel (config_fed_server.json,
+    wire_compression), and how one chunk is encoded. Zero is a real value, not
+    "unspecified": a chunk from a sender that compresses nothing is as stored.
+    """
+
+WIRE_COMPRESSION_NONE: WireCompression.ValueType  # 0
+"""the tensor's own dtype, little-endian"""
+WIRE_COMPRESSION_BF16: WireCompression.ValueType  # 1
+"""bfloat16, little-endian"""
+WIRE_COMPRESSION_FP16: WireCompression.ValueType  # 2
+"""IEEE half precision, little-endian"""
+WIRE_COMPRESSION_INT8: WireCompression.ValueType  # 3
+"""one byte q per value: (q - zero_point) * scale"""
+Global___WireCompression: _TypeAlias = WireCompression  # noqa: Y015
 
 @_typing.final
 class TensorSpec(_message.Message):
@@ -83,8 +115,9 @@ Global___ModelManifest: _TypeAlias = ModelManifest  # noqa: Y015
 
 @_typing.final
 class TensorChunk(_message.Message):
-    """A slice of one tensor's raw bytes. Chunks of a tensor arrive in order;
-    offset is the byte position of data inside that tensor.
+    """A slice of one tensor's bytes. Chunks of a tensor arrive in order; offset
+    is the byte position inside that tensor as stored (decoded), whatever the
+    encoding of data.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -92,19 +125,29 @@ class TensorChunk(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    ZERO_POINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     offset: _builtins.int
     data: _builtins.bytes
+    encoding: Global___WireCompression.ValueType
+    scale: _builtins.float
+    """For WIRE_COMPRESSION_INT8 only."""
+    zero_point: _builtins.int
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         offset: _builtins.int = ...,
         data: _builtins.bytes = ...,
+        encoding: Global___WireCompression.ValueType = ...,
+        scale: _builtins.float = ...,
+        zero_point: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "name", b"name", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "encoding", b"encoding", "name", b"name", "offset", b"offset", "scale", b"scale", "zero_point", b"zero_point"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -522,9 +522,14 @@ class TaskOffer(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     MODEL_OWNERS_FIELD_NUMBER: _builtins.int
     PENDING_OWNERS_FIELD_NUMBER: _builtins.int
+    COMPRESSION_FIELD_NUMBER: _builtins.int
     run_number: _builtins.int
     round: _builtins.int
     kind: Global___TaskKind.ValueType
+    compression: _flstack_common_pb2.WireCompression.ValueType
+    """For TASK_KIND_TRAIN: how the update is to be compressed on the wire (the
+    round's global model comes compressed the same way).
+    """
     @_builtins.property
     def model_owners(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """For TASK_KIND_CROSS_VALIDATE: the owners of models ready to validate
@@ -543,10 +548,11 @@ class TaskOffer(_message.Message):
         kind: Global___TaskKind.ValueType = ...,
         model_owners: _abc.Iterable[_builtins.str] | None = ...,
         pending_owners: _abc.Iterable[_builtins.str] | None = ...,
+        compression: _flstack_common_pb2.WireCompression.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "model_owners", b"model_owners", "pending_owners", b"pending_owners", "round", b"round", "run_number", b"run_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compression", b"compression", "kind", b"kind", "model_owners", b"model_owners", "pending_owners", b"pending_owners", "round", b"round", "run_number", b"run_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,35 @@
+"""Why a training run cannot finish its round (FLServer.blocked, the run's ``blocked``),
+on a real FLServer without gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flcore import status as st
+from flcore.federation import MachineInfo
+from flcore.identity import KIND_CLIENT, Identity
+from flcore.status import ClientStatus
+from flserverd.server import FLServer
+from tests.unit.test_exchange import RUN, on_server, train
+
+
+def test_a_site_paused_by_its_disk_still_counts_as_training(tmp_path: Path) -> None:
+    """A paused site goes on by itself once it has room: "start more clients" would be wrong
+    advice. A site that is not training at all leaves the run blocked."""
+
+    async def scenario(server: FLServer) -> None:
+        training = train(server, num_rounds=5, min_num_clients=2)
+        training.begin()
+        sites = [
+            server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo()).client
+            for name in ("site-a", "site-b")
+        ]
+        server.update_status(sites[0], ClientStatus(st.STARTED, RUN))
+        server.update_status(sites[1], ClientStatus(st.PAUSED, RUN, error="client disk full"))
+        assert server.blocked(training) == "" and server.run_view().blocked == ""
+        server.update_status(sites[1], ClientStatus(st.STOPPED, RUN))
+        assert server.run_view().blocked == (
+            "min_num_clients 2 but only 1 site(s) are training: start more clients (start client)"
+        )
+
+    on_server(tmp_path, scenario)
