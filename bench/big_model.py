@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({model.megabytes / 1000:.2f} GB), 2 clients, 1 round; load average {load}",
         flush=True,
     )
-    with tempfile.TemporaryDirectory(prefix="flbench-big-", dir=args.workdir) as tmp:
-        watch, facts = run(Path(tmp) / "big", model, args)
+    with tempfile.TemporaryDirectory(prefix="flbench-big-") as tmp:
+        watch, facts = run((args.workdir or Path(tmp)) / "big", model, args)
     rows = [
         [
             peak.name,
