@@ -242,7 +242,12 @@ class FLServer:
 
     async def close(self, grace: float) -> None:
         """Stop cleanly: let checkpoint writes land, close streams, keep the run resumable."""
-        for task in (self._sweeper, self._resuming, self._starting_task):
+        starting = self._starting_task
+        if starting is not None:  # a start still building its model: end it before the database
+            self.abort_training("stopped by the server's shutdown")
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        for task in (self._sweeper, self._resuming):
             if task is not None:
                 task.cancel()
         if self.training is not None:

@@ -125,3 +125,35 @@ def test_a_failed_build_stops_the_sites_started_meanwhile(
         assert sent(starting) == [ended]
 
     run_with(tmp_path, scenario)
+
+
+def test_a_shutdown_during_the_build_ends_the_start_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build is a child process: a server stopping while it runs ends it and says why,
+    before the state database is closed."""
+    ended: list[str] = []
+
+    async def go() -> None:
+        never, building = asyncio.Event(), asyncio.Event()
+
+        async def build(app_dir: Path, target: Path) -> None:
+            building.set()
+            try:
+                await never.wait()
+            except asyncio.CancelledError:
+                ended.append("build ended")
+                raise
+
+        monkeypatch.setattr(server_module, "build_initial_model", build)
+        server = FLServer(tmp_path, startup(), "test")
+        await server.open()
+        deploy(server)
+        await server.start_training()
+        await building.wait()
+        await server.close(1)
+        assert server.start_error == "start stopped by the server's shutdown"
+        assert not server.starting
+
+    asyncio.run(go())
+    assert ended == ["build ended"]
