@@ -60,7 +60,7 @@ def make_updates(folder: Path, clients: int, params: int) -> dict[str, Path]:
 
 def running_sum(model: Path) -> FedAvg:
     """The server's FedAvg without clipping (it never reads its input model, here ``model``)."""
-    return FedAvg(TensorFile(model).manifest, model)
+    return FedAvg(TensorFile(model).manifest, model, model.parent / "kept")
 
 
 def plain(updates: dict[str, Path], order: list[str], target: Path) -> float:

@@ -73,6 +73,10 @@ ANSWER_FLUSH_S = 3.0
 # A site paused by a full disk looks for room this often, and wants room for two models.
 DISK_CHECK_S = 2.0
 MIN_ROOM_BYTES = 1 << 20
+ROUND_FILES = "*_round_*.safetensors"
+"""A round's global model (deleted once trained on) and update (kept until the next task)."""
+FINAL_MODEL = "final_global_model.safetensors"
+"""The run's final global model: what a site keeps of a run (docs/operations.md)."""
 
 Sending = Callable[[], Awaitable[Verdict]] | None
 """How to send a round's result again (None when there was nothing to send)."""
@@ -152,6 +156,8 @@ class Agent:
         self._log_out = False
         """An admin shut this client down: its registration ends once the stream is closed."""
         self.last_round: RoundDone | None = None
+        self._ending: asyncio.Task[Any] | None = None
+        """The end of a run the server ended, while this site winds it down."""
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
@@ -180,7 +186,7 @@ class Agent:
         elif isinstance(message, RunEnded):
             log.info("server ended run %d: %s", message.run_number, message.reason)
             if message.run_number == self.status.run_number:
-                self._spawn(self._end_run())
+                self._ending = self._spawn(self._end_run())
         elif isinstance(message, Closed):
             log.warning("the server ended this client's registration: %s", message.reason)
             self.store.update(token="")
@@ -289,6 +295,11 @@ class Agent:
                 f"{self.status.detail}: the site's IT approves it with flclientd approve, "
                 "and training then starts by itself"
             )
+        ending = self._ending
+        if ending is not None and not ending.done():
+            # The server ended the run a moment ago and its training child is on its way out:
+            # a start that follows at once (the next run) waits for that, not refused.
+            await asyncio.wait({ending})
         if self._training():
             raise Refused(f"already {self.status.status} (run {self.status.run_number})")
         app_dir = self.app_dir(run_number)
@@ -343,6 +354,8 @@ class Agent:
                 "Aborting the client... (moving to cross-site validation; abort again to stop)",
                 {},
             )
+        if run is not None:
+            self._drop_round_files(run.work_dir)
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED, round=-1)
         log.info("training aborted by an admin")
@@ -447,6 +460,8 @@ class Agent:
         if self.status.status in st.ACTIVE:
             self._set_status(status=st.STOPPING)
         await self._stop_worker(graceful=True)
+        if run is not None:
+            self._drop_round_files(run.work_dir)
         self.store.update(training_run=0)
         if not failed:
             self._set_status(status=st.STOPPED, round=-1)
@@ -616,6 +631,7 @@ class Agent:
     async def _crossval(self, run: RunContext, relaunch: bool) -> None:
         """Take part in cross-site validation, then stop."""
         self._set_status(status=st.CROSS_VALIDATING, round=-1)
+        self._drop_round_files(run.work_dir)
         try:
             worker = await self._launch(run) if relaunch or self.worker is None else self.worker
             await self.crossval.run(run, worker)
@@ -627,12 +643,23 @@ class Agent:
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED)
 
+    def _models_dir(self, work_dir: Path) -> Path:
+        """Where this site keeps the run's models (``run_N/models_<instance>/``)."""
+        return work_dir.parent / f"models_{self.uplink.instance}"
+
+    def _drop_round_files(self, work_dir: Path) -> None:
+        """Delete the files of earlier rounds: once the server offers something new, the update
+        it was sent (kept to be sent again) is counted or no longer wanted."""
+        for old in self._models_dir(work_dir).glob(ROUND_FILES):
+            old.unlink(missing_ok=True)
+
     async def _train_round(self, task: TaskOffer, epochs: int, work_dir: Path) -> Sending:
         """Train one round and send the update; returns how to send it again (None when
         the round was no longer open)."""
         assert self.worker is not None
-        models = work_dir.parent / f"models_{self.uplink.instance}"
+        models = self._models_dir(work_dir)
         models.mkdir(exist_ok=True)
+        self._drop_round_files(work_dir)
         model = models / f"global_round_{task.round}.safetensors"
         update = models / f"update_round_{task.round}.safetensors"
         started = time.monotonic()
@@ -653,6 +680,7 @@ class Agent:
         result = await self.worker.train(
             round=task.round, global_model=model, out=update, epochs=epochs
         )
+        model.unlink()  # the child has it; the update is what may be sent again
 
         def send() -> Awaitable[Verdict]:
             return self.conn.submit_model(
@@ -680,18 +708,14 @@ class Agent:
             raise WorkerFailed(
                 f"the server rejected the update of round {task.round}: {verdict.message}", ""
             )
-        for old in models.glob("*_round_*.safetensors"):
-            if not old.name.endswith(f"_round_{task.round}.safetensors"):
-                old.unlink(missing_ok=True)
         return send
 
     async def _validate_final(self, task: TaskOffer, work_dir: Path) -> Sending:
         """Validate the final global model and report it; returns how to report it again."""
         assert self.worker is not None
-        model = (
-            work_dir.parent / f"models_{self.uplink.instance}" / "final_global_model.safetensors"
-        )
+        model = self._models_dir(work_dir) / FINAL_MODEL
         model.parent.mkdir(exist_ok=True)
+        self._drop_round_files(work_dir)
         self._set_status(round=task.round)
         try:
             await self.uplink.retrying(

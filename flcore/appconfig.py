@@ -54,6 +54,7 @@ class ServerAppConfig:
     aggregator: str = "fedavg"
     trim_fraction: float = 0.1
     clip_update_norm: float | None = None
+    keep_round_models: int = 1
     mlflow: MlflowSettings | None = None
     wire_compression: WireCompression = WireCompression.NONE
 
@@ -130,6 +131,7 @@ SERVER_FIELDS = [
     Field("aggregator", str, default="fedavg", check=one_of(*AGGREGATORS)),
     Field("trim_fraction", float, default=0.1, check=below_half),
     Field("clip_update_norm", (float, type(None)), default=None, check=positive),
+    Field("keep_round_models", int, default=1, check=at_least(1)),
     Field("mlflow", (dict, type(None)), default=None),
     Field("wire_compression", str, default="none", check=one_of(*WireCompression)),
 ]

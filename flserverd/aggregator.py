@@ -8,7 +8,9 @@ by ``aggregator`` in config_fed_server.json:
 
 * ``fedavg``: the sample-weighted mean, folded into one running sum as
   updates arrive (the accumulator is one model, whatever the number of
-  clients), in one canonical order (:class:`CanonicalFold`);
+  clients, and it lives in a file of the round's folder, not in the
+  server's memory: :class:`RunningSum`), in one canonical order
+  (:class:`CanonicalFold`);
 * ``median``: the coordinate-wise median, every site one vote;
 * ``trimmed_mean``: per coordinate, the ``trim_fraction`` largest and
   smallest values are dropped and the rest averaged, every site one vote.
@@ -44,6 +46,7 @@ rounded; boolean tensors take the (weighted) majority.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -74,6 +77,8 @@ WINDOW_BYTES = 32 * 1024 * 1024
 MIN_WINDOW_ELEMENTS = 4096
 SAMPLE_SIZE = 4096
 SAMPLE_SEED = 20240601
+RUNNING_SUM = ".running_sum"
+"""FedAvg's running sum in the round's folder (no instance's update file is named so)."""
 
 Array = npt.NDArray[Any]
 Rule = Callable[[Array, Array], Array]
@@ -101,7 +106,7 @@ def _narrow(dtype: str, values: Array) -> Array:
         values = values >= 0.5
     elif dtype.startswith(("I", "U")):
         values = np.rint(values)
-    return values.astype(NUMPY_DTYPES[dtype])
+    return values.astype(NUMPY_DTYPES[dtype], copy=False)
 
 
 def weighted_mean(matrix: Array, weights: Array) -> Array:
@@ -379,12 +384,131 @@ class _RoundUpdates:
         }
 
 
-class FedAvg(_RoundUpdates):
-    """Running weighted sum of the updates of one round."""
+class RunningSum:
+    """FedAvg's running weighted sum of one round, in a file rather than in the server's memory.
 
-    def __init__(self, manifest: Manifest, reference: Path, clip_norm: float | None = None) -> None:
+    The sum of a 2 GB model is 2 GB of float32: held in the server's heap it
+    made the daemon's resident memory grow with the model. Here it is a file
+    (``RUNNING_SUM`` in the round's folder, deleted with it) that the fold
+    reads and writes one slab at a time with ``pread``/``pwrite``: the page
+    cache holds it while there is memory to spare, the kernel writes it back
+    when there is not, and the daemon's own memory is one slab. Explicit I/O
+    rather than a memory map: a mapped page counts against the process until
+    it is unmapped, and a write through a map to a full disk kills the
+    process with SIGBUS instead of raising ENOSPC. The whole size is
+    allocated (``posix_fallocate``) when the first update is folded, so a
+    full disk is refused before any byte of the sum is written.
+
+    The arithmetic is the in-memory sum's, element for element: the sum
+    starts at +0.0 and each update is added to it in its own dtype
+    (``float32``; ``float64`` for F64 and I64 tensors), so the bytes of the
+    average are the same as when it was held in memory.
+    """
+
+    def __init__(self, manifest: Manifest, path: Path) -> None:
+        self.path = path
+        self._where, self.nbytes = self._layout(manifest)
+        """Per tensor: where its sum starts in the file, and the sum's dtype; the file's size."""
+        self._buffer = np.empty(0, dtype=np.uint8)
+
+    @staticmethod
+    def _layout(manifest: Manifest) -> tuple[dict[str, tuple[int, np.dtype[Any]]], int]:
+        where = {}
+        offset = 0
+        for spec in manifest.tensors:
+            dtype = _accumulator_dtype(spec.dtype)
+            where[spec.name] = (offset, dtype)
+            offset += math.prod(spec.shape) * dtype.itemsize
+        return where, offset
+
+    @classmethod
+    def size_of(cls, manifest: Manifest) -> int:
+        """Bytes of the running sum of a model: what a round needs on disk beside its updates
+        and its checkpoint."""
+        return cls._layout(manifest)[1]
+
+    @contextlib.contextmanager
+    def adding(self, first: bool) -> Iterator[Callable[[str, int, Array], None]]:
+        """Open the sum for one update's fold (creating it for the ``first``); yields
+        ``add(tensor name, start element, values)``, which adds the values (already weighted,
+        in the sum's dtype) at their place."""
+        if first:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        else:
+            flags = os.O_RDWR
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            if first and self.nbytes:
+                os.posix_fallocate(fd, 0, self.nbytes)
+
+            def add(name: str, start: int, values: Array) -> None:
+                offset, dtype = self._where[name]
+                offset += start * dtype.itemsize
+                if first:
+                    np.add(values, 0.0, out=values)  # 0.0 + x: -0.0 becomes +0.0, as before
+                    _write_all(fd, values, offset)
+                    return
+                total = self._slab(values.size, dtype)
+                _read_all(fd, total, offset)
+                total += values
+                _write_all(fd, total, offset)
+
+            yield add
+        finally:
+            os.close(fd)
+
+    def slabs(self, spec: TensorSpec, elements: int) -> Iterator[Array]:
+        """One tensor's sum, ``elements`` at a time (a buffer reused for the next slab)."""
+        offset, dtype = self._where[spec.name]
+        total = math.prod(spec.shape)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for start in range(0, total, elements):
+                slab = self._slab(min(elements, total - start), dtype)
+                _read_all(fd, slab, offset + start * dtype.itemsize)
+                yield slab
+        finally:
+            os.close(fd)
+
+    def delete(self) -> None:
+        """Let the sum go (its pages are dropped from the page cache unwritten if still there)."""
+        self.path.unlink(missing_ok=True)
+
+    def _slab(self, count: int, dtype: np.dtype[Any]) -> Array:
+        """A view of one reused buffer: the fold allocates nothing per slab."""
+        size = count * dtype.itemsize
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=np.uint8)
+        return self._buffer[:size].view(dtype)
+
+
+def _read_all(fd: int, into: Array, offset: int) -> None:
+    view = into.data.cast("B")
+    done = 0
+    while done < len(view):
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise OSError(f"the running sum ends before byte {offset + len(view)}")
+        done += count
+
+
+def _write_all(fd: int, values: Array, offset: int) -> None:
+    view = values.data.cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+class FedAvg(_RoundUpdates):
+    """Running weighted sum of the updates of one round, kept in ``folder`` (a
+    :class:`RunningSum`)."""
+
+    def __init__(
+        self, manifest: Manifest, reference: Path, folder: Path, clip_norm: float | None = None
+    ) -> None:
         super().__init__(manifest, reference, weighted_mean, clip_norm)
-        self._sums: dict[str, Array] = {}
+        self._sum = RunningSum(manifest, folder / RUNNING_SUM)
 
     def add(self, source: str, update: TensorFile, weight: float) -> None:
         """Add ``weight`` x update (clipped first when a bound is set).
@@ -398,22 +522,18 @@ class FedAvg(_RoundUpdates):
         factor = self._factor(norm)
         second = self.manifest.tensors[1] if len(self.manifest.tensors) > 1 else None
 
-        def fold(spec: TensorSpec, start: int, values: Array, difference: Array | None) -> None:
-            total = self._sums.get(spec.name)
-            if total is None:
-                total = np.zeros(spec.shape, dtype=_accumulator_dtype(spec.dtype))
-                self._sums[spec.name] = total
-            if start == 0 and spec is second:
-                faultpoints.reached(faultpoints.SERVER_FOLD)  # mid-fold: a tensor is in the sum
-            if difference is not None and factor != 1.0:
-                values -= (1.0 - factor) * difference
-            values *= weight
-            flat = total.reshape(-1)
-            flat[start : start + values.size] += values
+        with self._sum.adding(first=not self.received) as add:
 
-        _, sample = self._read(update, fold, against_input=factor != 1.0)
-        for spec in self.manifest.tensors:  # tensors without elements are never visited
-            self._sums.setdefault(spec.name, np.zeros(spec.shape, _accumulator_dtype(spec.dtype)))
+            def fold(spec: TensorSpec, start: int, values: Array, difference: Array | None) -> None:
+                if start == 0 and spec is second:
+                    # Mid-fold: a tensor is in the sum.
+                    faultpoints.reached(faultpoints.SERVER_FOLD)
+                if difference is not None and factor != 1.0:
+                    values -= (1.0 - factor) * difference
+                values *= weight
+                add(spec.name, start, values)
+
+            _, sample = self._read(update, fold, against_input=factor != 1.0)
         self.received[source] = _Received(weight, norm, factor, sample)
 
     def write(
@@ -427,10 +547,9 @@ class FedAvg(_RoundUpdates):
             handle.write(header_bytes(self.manifest, metadata))
             faultpoints.reached(faultpoints.SERVER_CHECKPOINT)
             for spec in self.manifest.tensors:
-                flat = self._sums[spec.name].reshape(-1)
-                for start in range(0, flat.size, SLAB_ELEMENTS):
-                    slab = flat[start : start + SLAB_ELEMENTS] / total_weight
-                    handle.write(_narrow(spec.dtype, slab).tobytes())
+                for total in self._sum.slabs(spec, SLAB_ELEMENTS):
+                    mean = np.divide(total, total_weight, out=total)
+                    handle.write(_narrow(spec.dtype, mean).data)
         return self._stats()
 
     def fold_due(self, awaited: Collection[str]) -> int:
@@ -438,8 +557,8 @@ class FedAvg(_RoundUpdates):
         return 0
 
     def discard(self) -> None:
-        """Nothing is kept on disk; the sums are let go."""
-        self._sums = {}
+        """Delete the running sum."""
+        self._sum.delete()
 
 
 class CanonicalFold:
@@ -453,8 +572,8 @@ class CanonicalFold:
     would. An update whose turn has not come yet waits in its file (kept in
     ``keep_dir``); it is folded as soon as no client that may still send
     sorts before it, and at the latest when the round closes. Folding stays
-    incremental in the common case, and the memory is still one accumulator
-    plus one slab.
+    incremental in the common case, and the server's memory is still one
+    slab (the sum is a file: :class:`RunningSum`).
 
     An update that arrives after one sorting after it was folded (a client
     that joined the round late, or resent after a server restart) breaks the
@@ -504,21 +623,31 @@ class CanonicalFold:
         the average; writing again writes the same bytes."""
         order = sorted(self._kept)
         if self._folded != order[: len(self._folded)]:
-            self._fedavg = self._start()
-            self._folded = []
+            self._restart()
         for source in order[len(self._folded) :]:
             self._fold(source)
         return self._fedavg.write(target, metadata)
 
     def discard(self) -> None:
-        """Let the sums go and delete the kept update files."""
+        """Delete the running sum and the kept update files."""
         self._fedavg.discard()
         shutil.rmtree(self.keep_dir, ignore_errors=True)
 
     def _fold(self, source: str) -> None:
         update, weight = self._kept[source]
-        self._fedavg.add(source, update, weight)
+        try:
+            self._fedavg.add(source, update, weight)
+        except BaseException:
+            # A fold cut short (a failing disk) may have added part of the update: the sum
+            # is rebuilt from the kept files when the round closes.
+            self._restart()
+            raise
         self._folded.append(source)
+
+    def _restart(self) -> None:
+        self._fedavg.discard()
+        self._fedavg = self._start()
+        self._folded = []
 
 
 class CoordinateWise(_RoundUpdates):
@@ -591,4 +720,4 @@ def make_aggregator(
     if config.aggregator == "trimmed_mean":
         rule = trimmed_mean(config.trim_fraction)
         return CoordinateWise(manifest, reference, rule, keep_dir, clip)
-    return CanonicalFold(lambda: FedAvg(manifest, reference, clip), keep_dir)
+    return CanonicalFold(lambda: FedAvg(manifest, reference, keep_dir, clip), keep_dir)

@@ -539,7 +539,7 @@ async def _start(cmds: AdminCommands, request: Request) -> Reply:
             question = _fresh_question(server)
             if question is not None:
                 return ask(question)
-        text = await server.start_training(request.timeout, fresh=fresh)
+        text = await server.start_training(fresh=fresh)
         return Reply(True, text, {"run_number": server.run_number, "fresh": fresh})
     number = server.require_run()
     return await cmds.per_client(

@@ -4,7 +4,8 @@
 
     <workspace>/transfer/<app>/            uploaded apps (config/ and resources/ only)
     <workspace>/run_<N>/app_server/        the app deployed to the server for run N
-    <workspace>/run_<N>/models/round_<r>.safetensors   input model of round r
+    <workspace>/run_<N>/models/round_<r>.safetensors   input model of round r (the last
+                                           keep_round_models rounds and the best are kept)
     <workspace>/run_<N>/global_model.safetensors       latest global model (hard link)
     <workspace>/run_<N>/best_global_model.safetensors  best by the validation metric
     <workspace>/run_<N>/metrics.jsonl      one JSON object per completed round
@@ -143,9 +144,16 @@ class RunStore:
         return free_bytes(self.workspace)
 
     def publish(self, source: Path, target: Path) -> None:
-        """Make ``target`` the same file as ``source`` atomically (a hard link, no copy)."""
+        """Make ``target`` the same file as ``source`` atomically (a hard link, no copy).
+
+        When it already is (the best model did not change, a resume publishes
+        again), nothing is done: renaming a link over another link to the same
+        file does nothing and would leave the temporary name behind.
+        """
         tmp = target.with_name(f".{target.name}.link")
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # left by a crash (or by a version before this check)
+        if target.exists() and os.path.samefile(source, target):
+            return
         os.link(source, tmp)
         os.replace(tmp, target)
         fsync_dir(target.parent)

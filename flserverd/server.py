@@ -242,6 +242,11 @@ class FLServer:
 
     async def close(self, grace: float) -> None:
         """Stop cleanly: let checkpoint writes land, close streams, keep the run resumable."""
+        starting = self._starting_task
+        if starting is not None:  # a start still building its model: end it before the database
+            self.abort_training("stopped by the server's shutdown")
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         for task in (self._sweeper, self._resuming):
             if task is not None:
                 task.cancel()
@@ -335,10 +340,18 @@ class FLServer:
             raise CommandError("FL run number has not been set: use set_run_number <N> first")
         return number
 
-    async def start_training(self, timeout: float, fresh: bool = False) -> str:
+    async def start_training(self, fresh: bool = False) -> str:
         """Begin training the current run from its server app, or continue it from its last
         completed round when it stopped before the end (``fresh``: start over); returns the
-        reply text."""
+        reply text.
+
+        A new start replies as soon as the initial model is being built (in a
+        child that imports torch and the app's code: seconds, minutes for a
+        large model), so that ``start client`` can start the sites' training
+        processes meanwhile instead of after it. A build that fails is
+        reported in the run's status (``training not started (last start
+        failed: ...)``), the log, and to the sites already started, which stop.
+        """
         number = self.require_run()
         paused = self.active_training()
         if paused is not None and paused.retry_paused():
@@ -354,11 +367,6 @@ class FLServer:
         self.publish_run()
         task = asyncio.get_running_loop().create_task(self._prepare_and_begin(number, config))
         self._starting_task = task
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-        if task in done and task.cancelled():
-            raise CommandError(f"the start of run {number} was aborted (abort server)")
-        if task in done and task.exception() is not None:
-            raise CommandError(f"cannot start training: {self.start_error}")
         return "Server training is starting...."
 
     def _deployed_config(self, number: int) -> ServerAppConfig:
@@ -432,11 +440,30 @@ class FLServer:
         except Exception as exc:
             self.start_error = _start_failure(exc)
             log.error("run %d: cannot start training: %s", number, exc, exc_info=exc)
-            raise
         finally:
             self.starting = False
             self._starting_task = None
             self.publish_run()
+            if self.start_error:
+                self._start_failed(number)
+
+    def _start_failed(self, number: int) -> None:
+        """Sites started for a run whose start failed must not wait for its first round."""
+        ended = self._failed_start(number)
+        if ended is not None:
+            for link in self.links.values():
+                link.send(ended)
+
+    def _failed_start(self, number: int) -> RunEnded | None:
+        """What a site training run ``number`` is told when its last start failed (None when
+        it did not)."""
+        if number != self.run_number or not self.start_error or self.busy:
+            return None
+        if self.db.get_run(number) is not None:
+            return None  # an earlier start of the run is what the sites follow
+        return RunEnded(
+            number, st.STOPPED, f"the server could not start run {number}: {self.start_error}"
+        )
 
     def _begin(self, number: int, config: ServerAppConfig, manifest: Manifest) -> None:
         """The initial model is ready: a fresh run record, and the first round offered."""
@@ -611,13 +638,18 @@ class FLServer:
             crossval.withdraw(instance, "stopped before sharing its model")
 
     def _end_stale_run(self, client: RegisteredClient, status: ClientStatus) -> None:
-        """A client still trains a run that ended here (e.g. it was restarted meanwhile)."""
+        """A client still trains a run that ended here (e.g. it was restarted meanwhile), or
+        whose start failed."""
         if status.status not in (st.STARTING, st.STARTED) or not status.run_number or self.starting:
             return
-        record = self.db.get_run(status.run_number)
         link = self.links.get(client.token_key)
-        if record is not None and record.status not in st.ACTIVE and link is not None:
+        if link is None:
+            return
+        record = self.db.get_run(status.run_number)
+        if record is not None and record.status not in st.ACTIVE:
             link.send(RunEnded(record.run_number, record.status, record.reason or "run ended"))
+        elif record is None and (ended := self._failed_start(status.run_number)) is not None:
+            link.send(ended)
 
     def heartbeat(self, client: RegisteredClient, status: ClientStatus) -> None:
         """A heartbeat arrived."""

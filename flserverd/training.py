@@ -47,7 +47,7 @@ from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
-from flserverd.aggregator import Aggregator, UpdateStats, make_aggregator
+from flserverd.aggregator import Aggregator, RunningSum, UpdateStats, make_aggregator
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB, WireTally
 from flserverd.tensorboard import ScalarWriter
@@ -527,7 +527,9 @@ class Training:
         self.run.best_value = record.best_value
 
     def publish_models(self) -> None:
-        """Make global_model and best_global_model the files the committed record names.
+        """Make global_model and best_global_model the files the committed record names, and
+        delete the round models that are neither among the last ``keep_round_models`` nor
+        the best.
 
         Called after each commit, and on resume: a crash between the commit
         and this leaves the round files in place, so nothing is lost.
@@ -535,7 +537,7 @@ class Training:
         number = self.run.run_number
         latest = self._store.round_model(number, self.run.next_round)
         self._store.publish(latest, self._store.global_model(number))
-        keep = {self.run.next_round}
+        keep = {self.run.next_round - back for back in range(self.config.keep_round_models)}
         if self.run.best_round is not None:
             best = self._store.round_model(number, self.run.best_round)
             self._store.publish(best, self._store.best_model(number))
@@ -810,8 +812,8 @@ class Training:
 
     def _check_room(self) -> None:
         """Without a step to repeat (an upload could not be stored), training goes on once
-        there is room for an update and the next checkpoint."""
-        needed = 2 * self.manifest.total_bytes
+        there is room for an update, FedAvg's running sum and the next checkpoint."""
+        needed = 2 * self.manifest.total_bytes + RunningSum.size_of(self.manifest)
         free = self._store.free_bytes()
         if free < needed:
             self.storage_failed(

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from flapp.runtime.components import use_resources
+from flapp.runtime.leave import leave
 from flapp.runtime.modelfile import build_model, check_fits, save_state, state_manifest
 from flcore.appconfig import SERVER_CONFIG, App, TrainConfig, load_app
 from flcore.schema import ConfigError
@@ -154,4 +155,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())

@@ -1,9 +1,9 @@
-"""``python -m flclientd.worker``: the entry point of every rank of the training child."""
+"""``python -m flclientd.worker``: the entry point of every rank of the training child (which
+ends without tearing down torch: :mod:`flapp.runtime.leave`)."""
 
 from __future__ import annotations
 
-import sys
-
+from flapp.runtime.leave import leave
 from flclientd.worker.main import main
 
-sys.exit(main())
+leave(main())

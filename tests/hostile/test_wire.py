@@ -37,7 +37,7 @@ from tests.hostile.payloads import (
     sparse_file,
     zip_bomb,
 )
-from tests.integration.test_training import finished
+from tests.integration.test_training import finished, start_failure
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -289,10 +289,10 @@ def test_a_pickle_checkpoint_never_runs_on_the_server(cluster: Cluster) -> None:
     (app / "resources" / "evil.pt").write_bytes(pickle_that_runs_code(marker))
     cluster.configure("config_fed_server.json", initial_checkpoint="resources/evil.pt")
     cluster.prepare_run(1, deploy_clients=False)
-    (start,) = cluster.admin("start server")
-    assert not start.ok
-    assert "holds Python objects other than tensors, which flstack never loads" in start.text
-    assert "\x1b" not in start.text and "weights_only=False" not in start.text
+    cluster.ok("start server")
+    text = start_failure(cluster)
+    assert "holds Python objects other than tensors, which flstack never loads" in text
+    assert "\x1b" not in text and "weights_only=False" not in text
     assert not marker.exists() and server.alive()
     cluster.configure("config_fed_server.json", initial_checkpoint=None, num_rounds=1)
     shutil.rmtree(cluster.root / "server" / "transfer" / "digits_fedavg")

@@ -28,7 +28,7 @@ from flcore.tls import TlsFiles
 from flcore.wire import manifest_to_proto, tensor_chunks
 from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
-from tests.integration.test_training import finished
+from tests.integration.test_training import finished, started
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -146,6 +146,7 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
         1, deploy_clients=False, num_rounds=3, min_num_clients=1, wait_after_min_clients=0
     )
     cluster.ok("start server")
+    started(cluster)  # this test is the site: it fetches round 0 itself
     workspace = cluster.root / "flclient1"
     startup = load_client(workspace)
     files = TlsFiles.named_by(startup, workspace / "startup")
@@ -214,6 +215,7 @@ def test_unknown_enum_values_are_refused_not_read_as_defaults(
         1, deploy_clients=False, num_rounds=3, min_num_clients=1, wait_after_min_clients=0
     )
     cluster.ok("start server")
+    started(cluster)  # this test is the site: it fetches round 0 itself
     workspace = cluster.root / "flclient1"
     startup = load_client(workspace)
     files = TlsFiles.named_by(startup, workspace / "startup")

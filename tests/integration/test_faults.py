@@ -371,8 +371,12 @@ def test_a_full_server_disk_pauses_training_and_loses_nothing(
 
         # 3. A stop that the full disk keeps out of the state database still reaches the
         # clients, and is recorded once there is room.
+        offset = len(server.log())
         cluster.ok("start server fresh", confirmed=True)
         cluster.ok("start client")
+        # start server replies while the model is built; the old rows go when the run begins
+        # (read from the log: the commands this part sends are counted below).
+        server.wait_log("run 1: training started", timeout=120, after=offset)
         wait_until(lambda: training_rows(cluster), 120, "a first round")
         fill(workspace)
         cluster.ok("abort server")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +24,28 @@ def finished(cluster: Cluster, run_number: int = 1, timeout: float = 180) -> dic
         return state if ok else None
 
     return wait_until(stopped, timeout, f"run {run_number} to finish", interval=0.5)
+
+
+def started(cluster: Cluster) -> None:
+    """Wait until the run has begun: start server replies while the initial model is built,
+    and only then does the server hand out round 0."""
+    wait_until(
+        lambda: cluster.run_state()["server_status"] == "training started",
+        120,
+        "the run to begin",
+        interval=0.2,
+    )
+
+
+def start_failure(cluster: Cluster) -> str:
+    """check_status server once a start failed: start server replies while the initial model
+    is built, and a build that fails is the run's status."""
+
+    def failed() -> str | None:
+        text = cluster.ok("check_status server").text
+        return text if "training not started (last start failed: " in text else None
+
+    return wait_until(failed, 120, "the start to fail")
 
 
 def test_full_run_two_clients(cluster: Cluster) -> None:
@@ -49,6 +72,16 @@ def test_full_run_two_clients(cluster: Cluster) -> None:
     assert weights.keys() == best.keys() and len(weights) > 2
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert not list((run_dir / ".spool").glob("*"))
+    # No temporary link names are left (publishing the unchanged best model used to).
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".spool"]
+    # A site keeps the run's final global model, not each round's download and update.
+    for name in cluster.clients:
+        site_run = cluster.root / name / "run_1"
+        kept = sorted(p.relative_to(site_run) for p in site_run.rglob("*.safetensors"))
+        assert kept == [Path(f"models_{name}") / "final_global_model.safetensors"], name
+        final = load_file(site_run / kept[0])
+        assert final.keys() == weights.keys()
+        assert all((final[k] == weights[k]).all() for k in weights)
     log = server.log()
     assert "run 1 round 2 aggregated from 2 clients" in log
     assert re.search(r"final global model: val_accuracy=0\.\d+", log)

@@ -13,9 +13,11 @@ import pytest
 
 from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
-from flcore.federation import Command, CommandResult
+from flcore import status as st
+from flcore.federation import Command, CommandResult, RunEnded
 from flcore.startup import STARTUP_DIR, load_client
 from flcore.tls import TlsFiles
+from fldev.poll import wait_until_async
 from provision import extract_kit
 
 
@@ -95,3 +97,58 @@ def test_an_unforeseen_failure_is_a_sentence_and_its_traceback_stays_in_the_log(
     )
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.exc_info is not None and record.exc_info[0] is KeyError
+
+
+class StoppingChild:
+    """An idle training child on its way out: it exits once the test lets it."""
+
+    busy = False
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.gone = asyncio.Event()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        await self.gone.wait()
+
+    def kill(self) -> None:
+        self.gone.set()
+
+    async def wait(self) -> None:
+        await self.gone.wait()
+
+
+def test_a_start_right_after_the_server_ended_the_run_waits_for_the_end(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The server ends a run, and an admin starts the next one at once: the site's training
+    child is still stopping. The start waits for it rather than answer 'already training'."""
+
+    async def run() -> CommandResult:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            agent.app_dir(2).mkdir(parents=True)
+            child = StoppingChild()
+            agent.worker = child  # type: ignore[assignment]
+            agent.status = st.ClientStatus(status=st.STARTED, run_number=1)
+            agent._dispatch(RunEnded(1, st.STOPPED, "finished"))
+            start = asyncio.ensure_future(agent._command(Command("c1", "start", {"run_number": 2})))
+            await wait_until_async(lambda: child.stopping, 5, "the child to be asked to stop")
+            assert not start.done()
+            child.gone.set()
+            await start
+            results = []
+            while not agent.uplink._outbox.empty():
+                sent = agent.uplink._outbox.get_nowait()
+                if isinstance(sent, CommandResult):
+                    results.append(sent)
+            (result,) = results
+            return result
+        finally:
+            await agent._stop_worker(graceful=False)
+            await agent.conn.close()
+
+    result = asyncio.run(run())
+    assert result.ok, result.text
+    assert result.text == "Starting the client..."

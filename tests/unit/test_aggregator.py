@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 from flcore.tensorfile import TensorFile
-from flserverd.aggregator import SLAB_ELEMENTS, FedAvg
+from flserverd.aggregator import RUNNING_SUM, SLAB_ELEMENTS, FedAvg
 
 WEIGHTS = [1.0, 3.0, 2.5]
 
@@ -30,7 +30,7 @@ def _updates(tmp_path: Path, models: list[dict[str, torch.Tensor]]) -> list[Tens
 
 
 def _average(updates: list[TensorFile], weights: list[float], target: Path) -> FedAvg:
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, target.parent / "sum")
     for update, weight in zip(updates, weights, strict=True):
         fedavg.add(update.path.stem, update, weight)
     fedavg.write(target)
@@ -82,7 +82,7 @@ def test_bf16_rounds_to_nearest(tmp_path: Path) -> None:
     )
     updates = _updates(tmp_path, [{"w": lo}, {"w": hi}])
     target = tmp_path / "avg.safetensors"
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, tmp_path / "sum")
     fedavg.add(updates[0].path.stem, updates[0], 1.0)
     fedavg.add(updates[1].path.stem, updates[1], 3.0)
     fedavg.write(target)
@@ -95,7 +95,7 @@ def test_integer_tensors_are_rounded(tmp_path: Path, dtype: torch.dtype) -> None
     b = torch.tensor([4, 20, 7, 2, 101], dtype=dtype)
     updates = _updates(tmp_path, [{"n": a}, {"n": b}])
     target = tmp_path / "avg.safetensors"
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, tmp_path / "sum")
     fedavg.add(updates[0].path.stem, updates[0], 1.0)
     fedavg.add(updates[1].path.stem, updates[1], 3.0)
     fedavg.write(target)
@@ -176,7 +176,7 @@ def test_write_is_atomic_and_valid(tmp_path: Path) -> None:
     reader = out / "reader_view"
     os.link(target, reader)  # a reader that opened the old file
 
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, tmp_path / "sum")
     fedavg.add(updates[0].path.stem, updates[0], 1.0)
     fedavg.add(updates[1].path.stem, updates[1], 3.0)
     fedavg.write(target, {"run": "2", "round": "1"})
@@ -193,7 +193,7 @@ def test_write_is_atomic_and_valid(tmp_path: Path) -> None:
 
 def test_write_without_updates_refused(tmp_path: Path) -> None:
     updates = _updates(tmp_path, _models(torch.float32, (4,), 1))
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, tmp_path / "sum")
     with pytest.raises(ValueError, match="no update"):
         fedavg.write(tmp_path / "avg.safetensors")
     assert not (tmp_path / "avg.safetensors").exists()
@@ -203,7 +203,7 @@ def test_write_without_updates_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("weight", [0.0, -1.0, -1e-9])
 def test_non_positive_weight_refused(tmp_path: Path, weight: float) -> None:
     updates = _updates(tmp_path, _models(torch.float32, (4,), 2))
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, tmp_path / "sum")
     fedavg.add(updates[0].path.stem, updates[0], 2.0)
     with pytest.raises(ValueError, match="must be positive"):
         fedavg.add(updates[1].path.stem, updates[1], weight)
@@ -216,43 +216,50 @@ def test_non_positive_weight_refused(tmp_path: Path, weight: float) -> None:
     )
 
 
-def test_folding_many_updates_keeps_one_accumulator_per_tensor(tmp_path: Path) -> None:
+def test_the_running_sum_is_one_file_in_the_round_folder(tmp_path: Path) -> None:
+    """The sum is not held in memory: one file of float32 per element, summed in place."""
     models = [
         {"a": torch.full((64, 64), float(i)), "b": torch.full((7,), float(i), dtype=torch.float16)}
         for i in range(6)
     ]
     updates = _updates(tmp_path, models)
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    folder = tmp_path / "round_3"
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, folder)
     fedavg.add(updates[0].path.stem, updates[0], 1.0)
-    first_ids = {name: id(array) for name, array in fedavg._sums.items()}
+    running = folder / RUNNING_SUM
+    inode = running.stat().st_ino
     for update in updates[1:]:
         fedavg.add(update.path.stem, update, 1.0)
-    sums = fedavg._sums
-    assert sorted(sums) == ["a", "b"]
-    assert {name: id(array) for name, array in sums.items()} == first_ids  # summed in place
-    assert sums["a"].shape == (64, 64) and sums["a"].dtype == np.float32
-    assert sums["b"].shape == (7,) and sums["b"].dtype == np.float32
+    assert [p.name for p in folder.iterdir()] == [RUNNING_SUM]
+    assert running.stat().st_ino == inode  # summed in place
+    assert running.stat().st_size == (64 * 64 + 7) * 4  # float32 sums, F16 included
     assert fedavg.count == 6 and fedavg.total_weight == 6.0
-    np.testing.assert_allclose(sums["a"], np.full((64, 64), 15.0))
+    sums = np.fromfile(running, dtype=np.float32)
+    np.testing.assert_array_equal(sums, np.full(64 * 64 + 7, 15.0, np.float32))
+    fedavg.discard()
+    assert list(folder.iterdir()) == []
 
 
-def test_fold_memory_does_not_grow_with_updates(tmp_path: Path) -> None:
-    size = SLAB_ELEMENTS * 3
+def test_fold_memory_does_not_grow_with_the_model_or_the_updates(tmp_path: Path) -> None:
+    """Folding and writing hold a few slabs, not the model: the sum is a file."""
+    size = SLAB_ELEMENTS * 5
     model_bytes = size * 4
-    for i in range(8):
+    for i in range(3):
         safetensors.numpy.save_file(
             {"w": np.full(size, float(i), np.float32)}, tmp_path / f"u{i}.st"
         )
-    updates = [TensorFile(tmp_path / f"u{i}.st") for i in range(8)]
-    fedavg = FedAvg(updates[0].manifest, updates[0].path)
+    updates = [TensorFile(tmp_path / f"u{i}.st") for i in range(3)]
+    fedavg = FedAvg(updates[0].manifest, updates[0].path, tmp_path / "sum")
     tracemalloc.start()
     try:
         for update in updates:
             fedavg.add(update.path.stem, update, 1.0)
+        fedavg.write(tmp_path / "avg.safetensors")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # accumulator (one model) plus a slab or two, never eight models
-    assert peak >= model_bytes  # the accumulator itself is seen, so the measurement works
-    assert peak < model_bytes + 4 * SLAB_ELEMENTS * 4
-    assert float(fedavg._sums["w"][0]) == sum(range(8))
+    slab_bytes = SLAB_ELEMENTS * 4
+    assert peak >= slab_bytes  # a slab is seen, so the measurement works
+    assert peak < 4 * slab_bytes < model_bytes
+    result = safetensors.numpy.load_file(tmp_path / "avg.safetensors")["w"]
+    np.testing.assert_array_equal(result, np.full(size, 1.0, np.float32))

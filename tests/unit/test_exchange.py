@@ -32,6 +32,7 @@ from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
 from flcore.startup import ServerStartup
 from flcore.tensorfile import Manifest, TensorFile
 from fldev.poll import wait_until_async
+from flserverd.aggregator import RUNNING_SUM
 from flserverd.events import Revoked
 from flserverd.exchange import MAX_METRICS, ModelExchange, check_metrics
 from flserverd.registry import AuthError
@@ -184,8 +185,9 @@ def test_a_complete_update_is_counted_once_and_kept_until_its_round_is_aggregate
         again = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
         assert again.outcome is SubmitOutcome.DUPLICATE
         spool = server.store.spool_dir(RUN)
-        kept = [p.relative_to(spool) for p in spool.rglob("*") if p.is_file()]
-        assert kept == [Path("round_0/site-a.safetensors")]  # the duplicate's spool is gone
+        kept = sorted(p.relative_to(spool) for p in spool.rglob("*") if p.is_file())
+        # The duplicate's spool is gone; the round keeps the update and FedAvg's running sum.
+        assert kept == [Path("round_0") / RUNNING_SUM, Path("round_0/site-a.safetensors")]
 
     on_server(tmp_path, scenario)
 

@@ -34,7 +34,7 @@ def average_bytes(aggregator: Aggregator, target: Path) -> bytes:
 
 def running_sum(model: Path) -> FedAvg:
     """FedAvg without clipping: it never reads its input model, so any file stands for it."""
-    return FedAvg(TensorFile(model).manifest, model)
+    return FedAvg(TensorFile(model).manifest, model, model.parent / "kept")
 
 
 def canonical(paths: dict[str, Path]) -> CanonicalFold:

@@ -57,13 +57,13 @@ class FuzzServer(FakeServer):
 
     store: RunStore | None = None
     published: int = 0
-    starts: list[float] = field(default_factory=list)
+    starts: list[bool] = field(default_factory=list)
 
     def publish_run(self) -> None:
         self.published += 1
 
-    async def start_training(self, timeout: float) -> str:
-        self.starts.append(timeout)
+    async def start_training(self, fresh: bool = False) -> str:
+        self.starts.append(fresh)
         return "Server training is starting...."
 
 

@@ -208,7 +208,7 @@ def test_clipping_scales_a_large_update_back_onto_the_bound(tmp_path: Path) -> N
     }
 
     def fedavg(manifest: Any, ref: Path) -> FedAvg:
-        return FedAvg(manifest, ref, clip_norm=2.0)
+        return FedAvg(manifest, ref, tmp_path / "sum", clip_norm=2.0)
 
     result, stats, _ = combine(tmp_path, fedavg, reference, updates)
     clipped_huge = base + np.array([0, 1.2, 1.6, 0], np.float32)
@@ -225,7 +225,7 @@ def test_clipping_leaves_integer_tensors_alone(tmp_path: Path) -> None:
     reference = tmp_path / "input.safetensors"
     save(reference, {"w": np.zeros(2, np.float32), "n": np.array([10], np.int64)})
     spool = tmp_path / "u"
-    agg = FedAvg(TensorFile(reference).manifest, reference, clip_norm=1.0)
+    agg = FedAvg(TensorFile(reference).manifest, reference, tmp_path / "sum", clip_norm=1.0)
     agg.add("a", save(spool, {"w": np.array([30, 40], np.float32), "n": np.array([90])}), 1.0)
     agg.write(tmp_path / "out")
     result = safetensors.numpy.load_file(tmp_path / "out")
@@ -261,7 +261,7 @@ def test_plain_fedavg_reads_each_update_once_and_never_the_input_model(tmp_path:
     reference, updates = honest_round(tmp_path, 3)
     manifest = TensorFile(reference).manifest
     gone = tmp_path / "not-there.safetensors"  # any read of the input model would fail
-    agg = FedAvg(manifest, gone)
+    agg = FedAvg(manifest, gone, tmp_path / "sum")
     for name, values in sorted(updates.items()):
         agg.add(name, save(tmp_path / f"{name}.st", {"w": values}), 1.0)
     stats = agg.write(tmp_path / "out.safetensors")
@@ -313,6 +313,8 @@ def test_defence_keys_are_read() -> None:
     )
     assert isinstance(config.clip_update_norm, float)
     assert parse(aggregator="median").aggregator == "median"
+    assert parse().keep_round_models == 1
+    assert parse(keep_round_models=3).keep_round_models == 3
 
 
 @pytest.mark.parametrize(
@@ -329,6 +331,9 @@ def test_defence_keys_are_read() -> None:
         ({"aggregator": "trimmed_mean", "trim_fraction": 0.05}, "trims nothing even with"),
         ({"clip_update_norm": 0}, "'clip_update_norm' must be above 0"),
         ({"clip_update_norm": "10"}, "'clip_update_norm' must be a number or null"),
+        ({"keep_round_models": 0}, "'keep_round_models' must be at least 1"),
+        ({"keep_round_models": 2.5}, "'keep_round_models' must be an integer"),
+        ({"keep_round_models": True}, "'keep_round_models' must be an integer"),
     ],
 )
 def test_defence_keys_are_checked_with_clear_errors(keys: dict[str, Any], message: str) -> None:

@@ -176,7 +176,7 @@ def test_a_continued_run_forgets_how_it_ended_before(tmp_path: Path) -> None:
         await server.open()
         try:
             assert server.run_view().site_errors == {"site_1": "no DATA_ROOT set"}
-            reply = await server.start_training(5.0)
+            reply = await server.start_training()
             assert reply.startswith("Server training continues run 4 at round 2")
             view = server.run_view()
             assert view.server_status == st.STARTED and view.ending() == ""

@@ -788,6 +788,34 @@ def test_checkpoints_global_model_and_metrics(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(("keep", "kept"), [(1, [1, 4]), (2, [1, 3, 4]), (5, [0, 1, 2, 3, 4])])
+def test_round_models_are_pruned_to_the_last_ones_and_the_best(
+    tmp_path: Path, keep: int, kept: list[int]
+) -> None:
+    """keep_round_models: the latest K round models stay, and the best one (round 1 here, by
+    its clients' val_accuracy); the published names are links to them, never copies nor
+    leftover temporary links."""
+    setup = make_setup(
+        tmp_path, num_rounds=4, min_num_clients=1, max_num_clients=1, keep_round_models=keep
+    )
+    accuracy = [0.5, 0.9, 0.7, 0.8]
+
+    async def scenario() -> None:
+        training = setup.training()
+        for r, value in enumerate(accuracy):
+            await run_round(
+                training, setup, {"c1": ([float(r + 1)] * 4, 1, {"val_accuracy": value})}
+            )
+        await training.close(1)
+
+    asyncio.run(scenario())
+    assert setup.round_files() == [f"round_{r}.safetensors" for r in kept]
+    run = setup.store.run_dir(RUN)
+    assert os.path.samefile(setup.store.best_model(RUN), setup.store.round_model(RUN, 1))
+    assert os.path.samefile(setup.store.global_model(RUN), setup.store.round_model(RUN, 4))
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == [".spool"]
+
+
 def test_abort_ends_run_and_later_updates_are_late(tmp_path: Path) -> None:
     setup = make_setup(
         tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=3, wait_after_min_clients=0.1

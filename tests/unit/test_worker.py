@@ -362,6 +362,51 @@ def test_a_custom_trainer_replaces_the_steps(tmp_path: Path, keeper: Keeper) -> 
     run(scenario())
 
 
+EXIT_WATCHER = """
+    import atexit
+    from pathlib import Path
+
+    from flapp import NpzClassification
+
+    MARKS = Path(__file__).resolve().parents[2] / "marks"
+
+    class Sentinel:
+        def __del__(self):
+            (MARKS / "torn down").touch()
+
+    KEPT = Sentinel()  # collected only when the interpreter is torn down
+    atexit.register(lambda: (MARKS / "exit handlers").touch())
+
+    def watched(data_root, **args):
+        MARKS.mkdir(exist_ok=True)
+        return NpzClassification(data_root, **args)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_child_runs_its_exit_handlers_but_skips_tearing_down_torch(
+    tmp_path: Path, keeper: Keeper
+) -> None:
+    """Tearing down an interpreter with torch loaded takes a second or two of CPU (more than
+    the 3 s grace on a busy machine, and the child was killed): a stopped child runs the exit
+    handlers (its own and the app's) and then ends without the teardown."""
+    app = write_app(
+        tmp_path / "app",
+        {"dataset": {"path": "exits.watched"}},
+        {"exits.py": EXIT_WATCHER},
+    )
+    data = write_data(tmp_path / "data")
+    marks = tmp_path / "marks"
+
+    async def scenario() -> None:
+        process = await keeper.start(app, data, tmp_path / "run")
+        await process.stop()
+        assert not process.running
+
+    run(scenario())
+    assert sorted(p.name for p in marks.iterdir()) == ["exit handlers"]
+
+
 GRANDCHILD_DATASET = """
     import subprocess
 
