@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,6 +137,17 @@ def _serve(bench: Workbench, channel: ParentChannel | None, group: RankGroup | N
             channel.send({"id": request.get("id"), "result": result.as_message()})
 
 
+def _leave_the_report_to_rank_0() -> None:
+    """Wait to be stopped, as a rank other than 0 that found too few GPUs.
+
+    Every rank sees the same devices, so rank 0 fails the same check and
+    tells the daemon why. A rank that ended first would have torchrun stop
+    rank 0 before it could, and the site would only see an exit code.
+    """
+    logger.info("rank 0 reports the missing GPUs; waiting to be stopped")
+    threading.Event().wait()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one rank of the training child; returns its exit code."""
     args = _parse_args(argv)
@@ -151,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if channel is not None:
             channel.send({"event": EVENT_FAILED, **_error(exc)})
+        elif isinstance(exc, NoGpuError):
+            _leave_the_report_to_rank_0()
         else:
             logger.exception("could not start")
         return 1
