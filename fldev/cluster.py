@@ -10,6 +10,7 @@ hung daemon cannot hang the test run.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,42 @@ MEMBER = "viewer@lead.org"
 DEPUTY = "deputy@lead.org"
 """A second super admin, for two admins at once."""
 SERVER_READY = "flserverd .* ready"
+_PREPARED: dict[tuple[str, ...], Path] = {}
+
+
+def prepared_data(data_kind: tuple[str, ...], sites: tuple[str, ...]) -> Path:
+    """The sites' data as the example's prepare_data.py writes it, made once per process.
+
+    The script is deterministic (seeded per site), and starting it costs about two
+    seconds of CPU, which every cluster of a test session would pay again; each cluster
+    copies the folder, so what one test does to its data stays its own.
+    """
+    key = (*data_kind, "--sites", ",".join(sites))
+    if key not in _PREPARED:
+        if not _PREPARED:
+            atexit.register(_remove_prepared_data)
+        kind, *data_args = data_kind
+        out = Path(tempfile.mkdtemp(prefix="fldev-data-")) / "data"
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "examples" / kind / "prepare_data.py"),
+                "--sites",
+                ",".join(sites),
+                "--out",
+                str(out),
+                *data_args,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        _PREPARED[key] = out
+    return _PREPARED[key]
+
+
+def _remove_prepared_data() -> None:
+    for folder in _PREPARED.values():
+        shutil.rmtree(folder.parent, ignore_errors=True)
 PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy", "no_proxy", "no_grpc_proxy")
 
 
@@ -199,21 +237,8 @@ class Cluster:
                 local = self.root / kit_name / "local"
                 local.mkdir(exist_ok=True)
                 (local / file_name).write_text(json.dumps(settings))
-        kind, *data_args = self.data_kind
         self.data = self.root / "data"
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "examples" / kind / "prepare_data.py"),
-                "--sites",
-                ",".join(self.clients),
-                "--out",
-                str(self.data),
-                *data_args,
-            ],
-            check=True,
-            capture_output=True,
-        )
+        shutil.copytree(prepared_data(self.data_kind, self.clients), self.data)
         admin_transfer = self.root / ADMIN / "transfer"
         shutil.copytree(DIGITS_APP, admin_transfer / "digits_fedavg")
         self.faults.mkdir()

@@ -273,6 +273,7 @@ def test_a_client_killed_mid_round_leaves_nothing_behind_and_rejoins(
         killed_in = max(sent) + 1  # it sends every round it is offered: the next one died
         # The round it died in goes on with flclient1 once flclient2's heartbeat is missed.
         server.wait_log(r"client flclient2 \(flclient2\) removed: no heartbeat", timeout=30)
+        assert [c["instance"] for c in cluster.status()["clients"]] == ["flclient1"], point
         wait_until(
             lambda: any(
                 r["round"] >= killed_in and r["clients"] == ["flclient1"]  # noqa: B023

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from textual import events
 from textual.widgets import ContentSwitcher, DataTable, Input
 
 from fldev.cluster import SERVER_READY, Daemon, free_ports
@@ -39,6 +40,20 @@ async def type_into(pilot: Any, selector: str, text: str) -> None:
     box.focus()
     box.value = ""
     await pilot.press(*text)
+
+
+async def paste_into(pilot: Any, selector: str, text: str) -> None:
+    """Focus a field, empty it and paste ``text`` as a terminal delivers a paste (one event).
+
+    For long values whose every character needs no test of its own (paths): typing 300
+    keys costs the suite seconds.
+    """
+    box = pilot.app.screen.query_one(selector)
+    box.focus()
+    box.value = ""
+    pilot.app.post_message(events.Paste(text))
+    await wait_for(pilot, lambda: box.value == text)
+    await pilot.pause()  # the screen handles the Changed message the paste posted
 
 
 def problem(pilot: Any) -> str:

@@ -22,7 +22,7 @@ from fltui.wizard.question import Question
 from fltui.wizard.screen import WizardScreen
 from provision import Project, ProvisionResult, provision_workspace
 from tests.tui.helpers import shown
-from tests.tui.test_wizard import next_step, problem, type_into
+from tests.tui.test_wizard import next_step, paste_into, problem, type_into
 
 
 def saved_workspace(root: Path) -> Path:
@@ -181,7 +181,7 @@ def test_what_was_typed_is_shown_never_read_as_markup(tmp_path: Path) -> None:
             assert problem(pilot).endswith("got '[/x]'")
             await type_into(pilot, "#project-name", "regex [a-z]+")
             assert problem(pilot).endswith("got 'regex [a-z]+'")
-            await type_into(pilot, "#project-workspace", str(tmp_path / "[/x]"))
+            await paste_into(pilot, "#project-workspace", str(tmp_path / "[/x]"))
             hint = screen.query_one("#project-workspace-hint")
             assert "the project CA will be created there" in str(hint.render())
             await type_into(pilot, "#project-name", "demo")
@@ -210,7 +210,7 @@ def test_an_unreadable_workspace_path_is_a_message_not_a_crash(tmp_path: Path) -
         async with ProvisionApp(tmp_path / "ws").run_test(size=(120, 36)) as pilot:
             screen = pilot.app.screen
             too_long = tmp_path / ("w" * 300)  # stat raises, as it does without permission
-            await type_into(pilot, "#project-workspace", str(too_long))
+            await paste_into(pilot, "#project-workspace", str(too_long))
             hint = str(screen.query_one("#project-workspace-hint").render())
             assert "cannot look into it" in hint
             assert "cannot look into it" in problem(pilot)
