@@ -202,9 +202,14 @@ class Agent:
         return replace(self.status)
 
     def _set_status(self, **changes: Any) -> None:
-        """Change the status and tell the server; a status other than a wait has no detail."""
+        """Change the status and tell the server; a status other than a wait has no detail,
+        and one other than a failure or a pause has no error (the row would show a problem
+        that ended with the state it belonged to)."""
         if changes.get("status", st.WAITING_APPROVAL) != st.WAITING_APPROVAL:
             changes.setdefault("detail", "")
+        if changes.get("status", st.FAILED) not in (st.FAILED, st.PAUSED):
+            changes.setdefault("error", "")
+            changes.setdefault("traceback", "")
         for key, value in changes.items():
             setattr(self.status, key, value)
         self.uplink.send(StatusChanged(self._status_now()))

@@ -152,3 +152,27 @@ def test_a_start_right_after_the_server_ended_the_run_waits_for_the_end(
     result = asyncio.run(run())
     assert result.ok, result.text
     assert result.text == "Starting the client..."
+
+
+def test_aborting_a_site_paused_by_a_full_disk_leaves_no_error_on_its_row(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The pause's reason was the state of a run that is gone once the site is aborted."""
+
+    async def run() -> st.ClientStatus:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            child = StoppingChild()
+            child.gone.set()
+            agent.worker = child  # type: ignore[assignment]
+            agent.status = st.ClientStatus(
+                status=st.PAUSED, run_number=1, error="client disk full: /data"
+            )
+            await agent._command(Command("c1", "abort", {}))
+            return agent.status
+        finally:
+            await agent._stop_worker(graceful=False)
+            await agent.conn.close()
+
+    status = asyncio.run(run())
+    assert (status.status, status.error) == (st.STOPPED, "")
