@@ -1,0 +1,265 @@
+"""The rows of the server's read-only listings, as the server writes and the console reads them.
+
+The server sends each listing (``list_runs``, ``show_run N``, ``list_apps``,
+``list_admins``) as JSON in a command reply's data; these records are that
+JSON's one definition. The server builds them and turns them into JSON with
+``asdict``/:meth:`AdminLine.as_json`; a reader decodes the data once with
+``from_json`` and works on the records. Decoding never fails: a field that
+is missing or of the wrong type (a server of another version) reads as
+empty, so a listing shows what it can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+JSON = Mapping[str, Any]
+"""A JSON object as ``json.loads`` gives it, before it is decoded."""
+
+
+def _text(data: JSON, key: str) -> str:
+    value = data.get(key)
+    return "" if value is None else str(value)
+
+
+def _number(data: JSON, key: str) -> float:
+    value = data.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _count(data: JSON, key: str) -> int:
+    value = data.get(key)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _objects(data: JSON, key: str) -> list[JSON]:
+    value = data.get(key)
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def _object(data: JSON, key: str) -> JSON:
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _metrics(data: JSON) -> dict[str, float]:
+    return {
+        str(name): float(value)
+        for name, value in _object(data, "metrics").items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+
+
+@dataclass(frozen=True)
+class PageCount:
+    """Which page a listing is, of how many, and how many items there are in all."""
+
+    page: int = 1
+    pages: int = 1
+    total: int | None = None
+    """None when the reply did not say."""
+
+    @classmethod
+    def from_json(cls, data: JSON) -> PageCount:
+        """The page a reply's data says it is."""
+        total = data.get("total")
+        return cls(
+            page=max(_count(data, "page"), 1),
+            pages=max(_count(data, "pages"), 1),
+            total=int(total) if isinstance(total, int) and not isinstance(total, bool) else None,
+        )
+
+
+@dataclass(frozen=True)
+class RunLine:
+    """One run as ``list_runs`` shows it."""
+
+    run_number: int
+    app: str
+    rounds: str
+    """Rounds trained of the run's rounds: ``3/10``."""
+    status: str
+    ending: str
+    best: str
+    started_at: float
+    ended_at: float
+
+    @classmethod
+    def from_json(cls, data: JSON) -> RunLine:
+        """A run as the reply's data has it."""
+        return cls(
+            run_number=_count(data, "run_number"),
+            app=_text(data, "app"),
+            rounds=_text(data, "rounds"),
+            status=_text(data, "status"),
+            ending=_text(data, "ending"),
+            best=_text(data, "best"),
+            started_at=_number(data, "started_at"),
+            ended_at=_number(data, "ended_at"),
+        )
+
+
+@dataclass(frozen=True)
+class SiteResult:
+    """What one site sent for one round: its sample count and its metrics."""
+
+    samples: int
+    metrics: dict[str, float]
+
+    @classmethod
+    def from_json(cls, data: JSON) -> SiteResult:
+        """A site's result as the reply's data has it."""
+        return cls(_count(data, "samples"), _metrics(data))
+
+
+@dataclass
+class RoundLine:
+    """One round of a run: the weighted metrics and what each site sent."""
+
+    round: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    final: bool = False
+    sites: dict[str, SiteResult] = field(default_factory=dict)
+    """By instance."""
+
+    @classmethod
+    def from_json(cls, data: JSON) -> RoundLine:
+        """A round as the reply's data has it."""
+        return cls(
+            round=_count(data, "round"),
+            metrics=_metrics(data),
+            seconds=_number(data, "seconds"),
+            final=bool(data.get("final")),
+            sites={
+                str(site): SiteResult.from_json(result)
+                for site, result in _object(data, "sites").items()
+                if isinstance(result, Mapping)
+            },
+        )
+
+
+@dataclass(frozen=True)
+class AppLine:
+    """An uploaded app: its size, files and content hash."""
+
+    name: str
+    size: int
+    files: int
+    sha256: str
+    """SHA-256 of the app's ``sha256sum`` listing (see :func:`flcore.folders.app_digest`)."""
+    uploaded_at: float
+
+    @classmethod
+    def from_json(cls, data: JSON) -> AppLine:
+        """An app as the reply's data has it."""
+        return cls(
+            name=_text(data, "name"),
+            size=_count(data, "size"),
+            files=_count(data, "files"),
+            sha256=_text(data, "sha256"),
+            uploaded_at=_number(data, "uploaded_at"),
+        )
+
+
+@dataclass(frozen=True)
+class AdminActivity:
+    """What one admin is doing now, across their logins."""
+
+    role: str
+    logins: int
+    consoles: int
+    """Consoles with the live feed open."""
+    last_used: float
+    last_command: str = ""
+    last_command_at: float = 0.0
+    last_ok: bool = False
+
+
+@dataclass(frozen=True)
+class AdminLine:
+    """One admin as ``list_admins`` shows them."""
+
+    user: str
+    activity: AdminActivity
+
+    def as_json(self) -> dict[str, Any]:
+        """The admin as the reply's data says it: the user beside the activity's fields."""
+        return {"user": self.user, **asdict(self.activity)}
+
+    @classmethod
+    def from_json(cls, data: JSON) -> AdminLine:
+        """An admin as the reply's data has it."""
+        return cls(
+            user=_text(data, "user"),
+            activity=AdminActivity(
+                role=_text(data, "role"),
+                logins=_count(data, "logins"),
+                consoles=_count(data, "consoles"),
+                last_used=_number(data, "last_used"),
+                last_command=_text(data, "last_command"),
+                last_command_at=_number(data, "last_command_at"),
+                last_ok=bool(data.get("last_ok")),
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class RunsPage:
+    """A page of ``list_runs``."""
+
+    count: PageCount
+    runs: tuple[RunLine, ...]
+
+    @classmethod
+    def from_json(cls, data: JSON) -> RunsPage:
+        """The page in a reply's data."""
+        return cls(PageCount.from_json(data), tuple(map(RunLine.from_json, _objects(data, "runs"))))
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """A page of ``show_run N``: the run and some of its rounds."""
+
+    count: PageCount
+    run: RunLine
+    rounds: tuple[RoundLine, ...]
+
+    @classmethod
+    def from_json(cls, data: JSON) -> RunPage:
+        """The page in a reply's data."""
+        return cls(
+            PageCount.from_json(data),
+            RunLine.from_json(_object(data, "run")),
+            tuple(map(RoundLine.from_json, _objects(data, "rounds"))),
+        )
+
+
+@dataclass(frozen=True)
+class AppsPage:
+    """A page of ``list_apps``."""
+
+    count: PageCount
+    apps: tuple[AppLine, ...]
+
+    @classmethod
+    def from_json(cls, data: JSON) -> AppsPage:
+        """The page in a reply's data."""
+        return cls(PageCount.from_json(data), tuple(map(AppLine.from_json, _objects(data, "apps"))))
+
+
+@dataclass(frozen=True)
+class AdminsPage:
+    """A page of ``list_admins``."""
+
+    count: PageCount
+    admins: tuple[AdminLine, ...]
+
+    @classmethod
+    def from_json(cls, data: JSON) -> AdminsPage:
+        """The page in a reply's data."""
+        return cls(
+            PageCount.from_json(data), tuple(map(AdminLine.from_json, _objects(data, "admins")))
+        )
