@@ -20,6 +20,7 @@ from typing import Any
 
 from flcore import status as st
 from flcore.appreview import review_app
+from flcore.crossvalmatrix import ValidationMatrix
 from flcore.diskfault import disk_fault
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, clip_end
 from flcore.folders import FolderError
@@ -27,7 +28,6 @@ from flcore.identity import ROLE_SUPER
 from flcore.listingrecords import AdminLine, RunLine
 from flserverd import confirm, listings
 from flserverd.confirm import Confirmation
-from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
 from flserverd.revocation import RevocationError, when
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
