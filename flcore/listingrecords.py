@@ -11,9 +11,12 @@ empty, so a listing shows what it can.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 JSON = Mapping[str, Any]
 """A JSON object as ``json.loads`` gives it, before it is decoded."""
@@ -32,6 +35,24 @@ def _number(data: JSON, key: str) -> float:
 def _count(data: JSON, key: str) -> int:
     value = data.get(key)
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _flag(data: JSON, key: str) -> bool:
+    return bool(data.get(key))
+
+
+_READERS: dict[str, Callable[[JSON, str], object]] = {
+    "str": _text,
+    "int": _count,
+    "float": _number,
+    "bool": _flag,
+}
+Flat = TypeVar("Flat", bound="DataclassInstance")
+
+
+def _flat(record: type[Flat], data: JSON) -> Flat:
+    """A dataclass of text, numbers and flags, each field read by its type under its name."""
+    return record(**{f.name: _READERS[str(f.type)](data, f.name) for f in fields(record)})
 
 
 def _objects(data: JSON, key: str) -> list[JSON]:
@@ -89,16 +110,7 @@ class RunLine:
     @classmethod
     def from_json(cls, data: JSON) -> RunLine:
         """A run as the reply's data has it."""
-        return cls(
-            run_number=_count(data, "run_number"),
-            app=_text(data, "app"),
-            rounds=_text(data, "rounds"),
-            status=_text(data, "status"),
-            ending=_text(data, "ending"),
-            best=_text(data, "best"),
-            started_at=_number(data, "started_at"),
-            ended_at=_number(data, "ended_at"),
-        )
+        return _flat(cls, data)
 
 
 @dataclass(frozen=True)
@@ -132,7 +144,7 @@ class RoundLine:
             round=_count(data, "round"),
             metrics=_metrics(data),
             seconds=_number(data, "seconds"),
-            final=bool(data.get("final")),
+            final=_flag(data, "final"),
             sites={
                 str(site): SiteResult.from_json(result)
                 for site, result in _object(data, "sites").items()
@@ -155,13 +167,7 @@ class AppLine:
     @classmethod
     def from_json(cls, data: JSON) -> AppLine:
         """An app as the reply's data has it."""
-        return cls(
-            name=_text(data, "name"),
-            size=_count(data, "size"),
-            files=_count(data, "files"),
-            sha256=_text(data, "sha256"),
-            uploaded_at=_number(data, "uploaded_at"),
-        )
+        return _flat(cls, data)
 
 
 @dataclass(frozen=True)
@@ -192,18 +198,7 @@ class AdminLine:
     @classmethod
     def from_json(cls, data: JSON) -> AdminLine:
         """An admin as the reply's data has it."""
-        return cls(
-            user=_text(data, "user"),
-            activity=AdminActivity(
-                role=_text(data, "role"),
-                logins=_count(data, "logins"),
-                consoles=_count(data, "consoles"),
-                last_used=_number(data, "last_used"),
-                last_command=_text(data, "last_command"),
-                last_command_at=_number(data, "last_command_at"),
-                last_ok=bool(data.get("last_ok")),
-            ),
-        )
+        return cls(_text(data, "user"), _flat(AdminActivity, data))
 
 
 @dataclass(frozen=True)
