@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from flcore.identity import KIND_SERVER
 from provision.errors import ProvisionError
 from provision.pki import CertifiedKey, ca_summary
-from provision.workspace import Workspace
+from provision.workspace import IssuedRecord, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def sign_crl(
 
 def _certificates_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
     """Every certificate issued here to ``name``: audit.json, and issued.json's holders."""
-    record = ws.load_issued() or {"participants": {}}
-    entries = [*ws.load_audit()["issued"], *record["participants"].values()]
+    record = ws.load_issued() or IssuedRecord(None)
+    entries = [*ws.load_audit()["issued"], *record.participants.values()]
     found: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if isinstance(entry, dict) and entry.get("name") == name and "serial" in entry:
@@ -172,14 +172,12 @@ def revoke_certificates(
     if not new:
         return CrlWritten(ws.crl_path, revoked["crl_number"], None, (), len(done))
     written = publish(ws, ca, new, now, days)
-    record = ws.load_issued() or {"participants": {}}
-    for holder in record["participants"].values():
+    record = ws.load_issued() or IssuedRecord(None)
+    for holder in record.participants.values():
         if holder.get("name") == name:
             holder["revoked"] = True
-    ws.save_issued({key: value for key, value in record.items() if key != "format_version"})
-    ws.append_audit(
-        str(record.get("project", "")), ca_summary(ca), [], [asdict(entry) for entry in new]
-    )
+    ws.save_issued(record)
+    ws.append_audit(record.project or "", ca_summary(ca), [], [asdict(entry) for entry in new])
     for entry in new:
         logger.info("revoked %s %s (serial %s, %s)", entry.kind, name, entry.serial, reason)
     return written

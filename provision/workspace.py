@@ -19,8 +19,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,53 @@ def _read_json(path: Path) -> Any:
         ) from None
     except ConfigError as exc:
         raise ProvisionError(f"{exc}; restore it from a backup") from None
+
+
+Entry = dict[str, Any]
+"""A certificate as issued.json and audit.json keep it: the participant's fields as issued,
+its serial, fingerprint, validity and kit (``revoked`` once revoked, ``public_key`` when its
+owner made the key). Kept as JSON: records written by every earlier version read back as
+they were written."""
+
+
+@dataclass
+class IssuedRecord:
+    """issued.json: the project as its kits embed it, and who holds a kit, read once."""
+
+    project: str | None
+    """The project's name (None in a record that does not say)."""
+    server: dict[str, Any] = field(default_factory=dict)
+    """The server section as issued."""
+    settings: dict[str, Any] | None = None
+    """The settings as issued."""
+    server_settings: dict[str, Any] | None = None
+    """The settings the server's kit was issued with (None before a server kit)."""
+    participants: dict[str, Entry] = field(default_factory=dict)
+    """The kit holders' entries, by ``<kind>:<name>``."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The record as issued.json holds it."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "project": self.project,
+            "server": self.server,
+            "settings": self.settings,
+            "server_settings": self.server_settings,
+            "participants": self.participants,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> IssuedRecord:
+        """The record in issued.json's JSON, whose ``participants`` was checked to hold objects."""
+        project, server = value.get("project"), value.get("server")
+        settings, server_settings = value.get("settings"), value.get("server_settings")
+        return cls(
+            project=project if isinstance(project, str) else None,
+            server=server if isinstance(server, dict) else {},
+            settings=settings if isinstance(settings, dict) else None,
+            server_settings=server_settings if isinstance(server_settings, dict) else None,
+            participants=dict(value["participants"]),
+        )
 
 
 class Workspace:
@@ -132,7 +180,7 @@ class Workspace:
                 "backup, or provision into a new workspace and re-issue every kit"
             ) from None
 
-    def open_state(self) -> tuple[dict[str, Any] | None, CertifiedKey | None]:
+    def open_state(self) -> tuple[IssuedRecord | None, CertifiedKey | None]:
         """issued.json and the CA, which exist together or not at all (None before a first run).
 
         Raises:
@@ -166,20 +214,21 @@ class Workspace:
         _write_atomic(self.state_dir / CA_KEY_FILE, key_pem(ca.key), PRIVATE_FILE_MODE)
         _write_atomic(self.state_dir / ROOT_CERT_FILE, cert_pem(ca.cert))
 
-    def load_issued(self) -> dict[str, Any] | None:
+    def load_issued(self) -> IssuedRecord | None:
         """What earlier runs issued (see :meth:`save_issued`), or None before the first run."""
         value = _read_json(self.state_dir / ISSUED_FILE)
         if value is not None and not (
             isinstance(value, dict)
             and value.get("format_version") == FORMAT_VERSION
             and isinstance(value.get("participants"), dict)
+            and all(isinstance(entry, dict) for entry in value["participants"].values())
         ):
             raise ProvisionError(f"{self.state_dir / ISSUED_FILE}: not a record flprovision wrote")
-        return value
+        return None if value is None else IssuedRecord.from_json(value)
 
-    def save_issued(self, record: dict[str, Any]) -> None:
+    def save_issued(self, record: IssuedRecord) -> None:
         """Record the project, its server section and the participants holding kits."""
-        _write_json(self.state_dir / ISSUED_FILE, {"format_version": FORMAT_VERSION, **record})
+        _write_json(self.state_dir / ISSUED_FILE, record.as_json())
 
     def load_audit(self) -> dict[str, Any]:
         """audit.json: ``issued`` and ``revoked`` lists (empty before the first run)."""
@@ -194,7 +243,7 @@ class Workspace:
         self,
         project: str,
         ca: dict[str, str],
-        issued: list[dict[str, Any]],
+        issued: list[Entry],
         revoked: list[dict[str, Any]] | None = None,
     ) -> None:
         """Add this run's certificates (and revocations) to audit.json, keeping every entry."""
