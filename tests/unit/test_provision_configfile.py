@@ -377,3 +377,16 @@ def test_issued_json_with_a_holder_that_is_not_an_object_is_refused(tmp_path: Pa
     path.write_text(json.dumps({"format_version": 1, "participants": {"client:a": "x"}}))
     with pytest.raises(ProvisionError, match="not a record flprovision wrote"):
         ws.load_issued()
+
+
+def test_revoked_json_with_an_entry_flprovision_never_wrote_is_refused(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.prepare()
+    path = ws.state_dir / "revoked.json"
+    entry = {"serial": "0a", "name": "a", "kind": "client", "reason": "superseded"}
+    path.write_text(json.dumps({"format_version": 1, "crl_number": 1, "revoked": [entry]}))
+    with pytest.raises(ProvisionError, match="not a record flprovision wrote"):
+        ws.load_revoked()
+    entry["revoked_at"] = "2026-01-01T00:00:00+00:00"
+    path.write_text(json.dumps({"format_version": 1, "crl_number": 1, "revoked": [entry]}))
+    assert [cert.serial for cert in ws.load_revoked().revoked] == ["0a"]
