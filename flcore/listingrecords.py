@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -201,17 +201,35 @@ class AdminLine:
         return cls(_text(data, "user"), _flat(AdminActivity, data))
 
 
+Line = TypeVar("Line")
+
+
 @dataclass(frozen=True)
-class RunsPage:
-    """A page of ``list_runs``."""
+class LinesPage(Generic[Line]):
+    """A page of ``list_runs``, ``list_apps`` or ``list_admins``: the page and its lines."""
 
     count: PageCount
-    runs: tuple[RunLine, ...]
+    lines: tuple[Line, ...]
 
     @classmethod
-    def from_json(cls, data: JSON) -> RunsPage:
-        """The page in a reply's data."""
-        return cls(PageCount.from_json(data), tuple(map(RunLine.from_json, _objects(data, "runs"))))
+    def from_json(cls, data: JSON, key: str, line: Callable[[JSON], Line]) -> LinesPage[Line]:
+        """The page in a reply's data, its lines under ``key``, each read by ``line``."""
+        return cls(PageCount.from_json(data), tuple(map(line, _objects(data, key))))
+
+
+def runs_page(data: JSON) -> LinesPage[RunLine]:
+    """A page of ``list_runs``."""
+    return LinesPage.from_json(data, "runs", RunLine.from_json)
+
+
+def apps_page(data: JSON) -> LinesPage[AppLine]:
+    """A page of ``list_apps``."""
+    return LinesPage.from_json(data, "apps", AppLine.from_json)
+
+
+def admins_page(data: JSON) -> LinesPage[AdminLine]:
+    """A page of ``list_admins``."""
+    return LinesPage.from_json(data, "admins", AdminLine.from_json)
 
 
 @dataclass(frozen=True)
@@ -229,32 +247,4 @@ class RunPage:
             PageCount.from_json(data),
             RunLine.from_json(_object(data, "run")),
             tuple(map(RoundLine.from_json, _objects(data, "rounds"))),
-        )
-
-
-@dataclass(frozen=True)
-class AppsPage:
-    """A page of ``list_apps``."""
-
-    count: PageCount
-    apps: tuple[AppLine, ...]
-
-    @classmethod
-    def from_json(cls, data: JSON) -> AppsPage:
-        """The page in a reply's data."""
-        return cls(PageCount.from_json(data), tuple(map(AppLine.from_json, _objects(data, "apps"))))
-
-
-@dataclass(frozen=True)
-class AdminsPage:
-    """A page of ``list_admins``."""
-
-    count: PageCount
-    admins: tuple[AdminLine, ...]
-
-    @classmethod
-    def from_json(cls, data: JSON) -> AdminsPage:
-        """The page in a reply's data."""
-        return cls(
-            PageCount.from_json(data), tuple(map(AdminLine.from_json, _objects(data, "admins")))
         )

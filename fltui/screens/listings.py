@@ -22,7 +22,18 @@ from textual.widgets import DataTable, Footer
 
 from fladmin.client import CommandReply
 from flcore.folders import human_size
-from flcore.listingrecords import JSON, AdminsPage, AppsPage, PageCount, RunPage, RunsPage
+from flcore.listingrecords import (
+    JSON,
+    AdminLine,
+    AppLine,
+    LinesPage,
+    PageCount,
+    RunLine,
+    RunPage,
+    admins_page,
+    apps_page,
+    runs_page,
+)
 from fltui.status import clock_date, training
 from fltui.widgets.line import Line
 
@@ -155,22 +166,22 @@ class ListingScreen(Screen[None], Generic[ListingT]):
             self.load()
 
 
-class RunsScreen(ListingScreen[RunsPage]):
+class RunsScreen(ListingScreen[LinesPage[RunLine]]):
     """``:runs``: every run on the server, newest first; ``enter`` opens one."""
 
     COMMAND = "list_runs"
     TITLE = "Runs"
     HINT = "enter rounds per site · r refresh · [ ] page · esc back"
 
-    def decode(self, data: JSON) -> RunsPage:
+    def decode(self, data: JSON) -> LinesPage[RunLine]:
         """A page of runs."""
-        return RunsPage.from_json(data)
+        return runs_page(data)
 
-    def columns(self, listing: RunsPage) -> Sequence[str]:
+    def columns(self, listing: LinesPage[RunLine]) -> Sequence[str]:
         """Run, app, rounds, status, best, started, ended, and how it ended (the widest)."""
         return ("run", "app", "rounds", "status", "best", "started", "ended", "how it ended")
 
-    def rows(self, listing: RunsPage) -> Sequence[Row]:
+    def rows(self, listing: LinesPage[RunLine]) -> Sequence[Row]:
         """One row per run."""
         return [
             (
@@ -186,14 +197,14 @@ class RunsScreen(ListingScreen[RunsPage]):
                     run.ending or "-",
                 ),
             )
-            for run in listing.runs
+            for run in listing.lines
         ]
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         """The whole story of the run under the cursor, however narrow the terminal."""
         number = event.row_key.value or ""
-        runs = self.listing.runs if self.listing is not None else ()
+        runs = self.listing.lines if self.listing is not None else ()
         run = next((r for r in runs if str(r.run_number) == number), None)
         if run is not None:
             self.query_one("#listing-status", Line).set(
@@ -271,21 +282,21 @@ class RunScreen(ListingScreen[RunPage]):
         return (f"best {best} · " if best else "") + super().summary(listing)
 
 
-class AppsScreen(ListingScreen[AppsPage]):
+class AppsScreen(ListingScreen[LinesPage[AppLine]]):
     """``:apps``: the apps uploaded to the server, with size and content hash."""
 
     COMMAND = "list_apps"
     TITLE = "Apps on the server"
 
-    def decode(self, data: JSON) -> AppsPage:
+    def decode(self, data: JSON) -> LinesPage[AppLine]:
         """A page of apps."""
-        return AppsPage.from_json(data)
+        return apps_page(data)
 
-    def columns(self, listing: AppsPage) -> Sequence[str]:
+    def columns(self, listing: LinesPage[AppLine]) -> Sequence[str]:
         """App, size, files, uploaded, sha256."""
         return ("app", "size", "files", "uploaded", "sha256")
 
-    def rows(self, listing: AppsPage) -> Sequence[Row]:
+    def rows(self, listing: LinesPage[AppLine]) -> Sequence[Row]:
         """One row per app."""
         return [
             (
@@ -298,28 +309,28 @@ class AppsScreen(ListingScreen[AppsPage]):
                     app.sha256,
                 ),
             )
-            for app in listing.apps
+            for app in listing.lines
         ]
 
 
-class AdminsScreen(ListingScreen[AdminsPage]):
+class AdminsScreen(ListingScreen[LinesPage[AdminLine]]):
     """``:admins``: who is logged in, their role, consoles open and last command."""
 
     COMMAND = "list_admins"
     TITLE = "Admins logged in"
 
-    def decode(self, data: JSON) -> AdminsPage:
+    def decode(self, data: JSON) -> LinesPage[AdminLine]:
         """A page of admins."""
-        return AdminsPage.from_json(data)
+        return admins_page(data)
 
-    def columns(self, listing: AdminsPage) -> Sequence[str]:
+    def columns(self, listing: LinesPage[AdminLine]) -> Sequence[str]:
         """Admin, role, consoles, logins, last seen, last command."""
         return ("admin", "role", "consoles", "logins", "last seen", "last command")
 
-    def rows(self, listing: AdminsPage) -> Sequence[Row]:
+    def rows(self, listing: LinesPage[AdminLine]) -> Sequence[Row]:
         """One row per admin."""
         rows = []
-        for admin in listing.admins:
+        for admin in listing.lines:
             seen = admin.activity
             last = seen.last_command
             verdict = "ok" if seen.last_ok else "failed"
