@@ -19,11 +19,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -96,19 +96,59 @@ class RoundDone:
     outcome: SubmitOutcome
 
 
-def _argument(command: str, args: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+Kind = TypeVar("Kind", int, str)
+
+
+def _argument(
+    command: str,
+    args: Mapping[str, object],
+    key: str,
+    kind: type[Kind],
+    default: Kind | None = None,
+) -> Kind:
     """An argument of a command from the server, of the type it must have; Refused (a
     sentence for the admin) when it is missing or of another type."""
     hint = "are the server and this client running the same flstack version?"
     if key not in args and default is None:
         raise Refused(f"{command}: the server sent no {key}; {hint}")
     value = args.get(key, default)
-    if type(value) is not kind:
+    if not isinstance(value, kind) or type(value) is not kind:
         what = "a whole number" if kind is int else "text"
         raise Refused(
             f"{command}: the server sent {key} {str(value)[:40]!r}, which is not {what}; {hint}"
         )
     return value
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """What ``deploy`` put in place (the JSON part of its answer)."""
+
+    app: str
+    run_number: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """The run ``start`` began, on how many GPUs (the JSON part of its answer)."""
+
+    run_number: int
+    gpus: int
+
+
+Answer = tuple[str, Deployed | Started | dict[str, object] | None]
+"""A command's text for people and the data for programs: a record, ``check_status``'s
+JSON-ready status, or none."""
+Handler = Callable[[Mapping[str, object]], Awaitable[Answer]]
+"""Carries out a command from its arguments as the server sent them."""
+
+
+def _json(result: Deployed | Started | dict[str, object] | None) -> dict[str, Any]:
+    """An answer's data as it goes on the wire."""
+    if result is None:
+        return {}
+    return dict(result) if isinstance(result, dict) else asdict(result)
 
 
 class Agent:
@@ -227,7 +267,8 @@ class Agent:
             handler = self._handlers().get(command.name)
             if handler is None:
                 raise Refused(f"unknown command {command.name!r}")
-            ok, text, data = True, *await handler(command.args)
+            text, result = await handler(command.args)
+            ok, data = True, _json(result)
         except Refused as exc:
             ok, text, data = False, str(exc), {}
         except Exception:
@@ -242,9 +283,7 @@ class Agent:
         if command.name == "shutdown" and ok:
             self._spawn(self._shut_down())
 
-    def _handlers(
-        self,
-    ) -> dict[str, Callable[[dict[str, Any]], Awaitable[tuple[str, dict[str, Any]]]]]:
+    def _handlers(self) -> dict[str, Handler]:
         return {
             "check_status": self._check_status,
             "deploy": self._deploy,
@@ -253,7 +292,7 @@ class Agent:
             "shutdown": self._shutdown_command,
         }
 
-    async def _check_status(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    async def _check_status(self, args: Mapping[str, object]) -> Answer:
         return self.status.status, self.status_data()
 
     def run_dir(self, run_number: int) -> Path:
@@ -268,7 +307,7 @@ class Agent:
         status = self.status.status
         return self.worker is not None or status in st.ACTIVE or status == st.STOPPING
 
-    async def _deploy(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    async def _deploy(self, args: Mapping[str, object]) -> Answer:
         run_number = _argument("deploy", args, "run_number", int)
         app = _argument("deploy", args, "app", str)
         if self._training() and self.status.run_number == run_number:
@@ -290,11 +329,14 @@ class Agent:
         if not self._allowed(review):
             text += f" It runs custom code that this site has not approved yet ({review.short})."
         log.info("app %s deployed for run %d (%s)", app, run_number, review.short)
-        return text, {"app": app, "run_number": run_number, "sha256": review.digest}
+        return text, Deployed(app, run_number, review.digest)
 
-    async def _start(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    async def _start(self, args: Mapping[str, object]) -> Answer:
         run_number = _argument("start", args, "run_number", int)
-        gpus = _argument("start", args, "gpus", int, 0)
+        return await self._start_run(run_number, _argument("start", args, "gpus", int, 0))
+
+    async def _start_run(self, run_number: int, gpus: int) -> Answer:
+        """Train run ``run_number`` on ``gpus`` GPUs (0: the app's default of one)."""
         if self.status.status == st.WAITING_APPROVAL:
             raise Refused(
                 f"{self.status.detail}: the site's IT approves it with flclientd approve, "
@@ -330,7 +372,7 @@ class Agent:
         self.store.update(training_run=run_number, gpus=gpus)
         self.crossval = CrossSiteValidation(self.uplink, self.conn)
         self._work = self._spawn(self._run_training(run_number, app_dir, max(gpus, 1)))
-        return "Starting the client...", {"run_number": run_number, "gpus": gpus}
+        return "Starting the client...", Started(run_number, gpus)
 
     async def _rejoin(self, run_number: int, gpus: int) -> None:
         """After a restart of this daemon, go back to the run it was training."""
@@ -338,12 +380,12 @@ class Agent:
         # After the login, so that its folders carry the instance name the server gives.
         await self.uplink.connected.wait()
         try:
-            await self._start({"run_number": run_number, "gpus": gpus})
+            await self._start_run(run_number, gpus)
         except Refused as exc:
             log.warning("cannot rejoin run %d: %s", run_number, exc)
             self.store.update(training_run=0)
 
-    async def _abort(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    async def _abort(self, args: Mapping[str, object]) -> Answer:
         if not self._training():
             raise Refused("the client is not training")
         run = self.context
@@ -357,17 +399,17 @@ class Agent:
             self._work = self._spawn(self._crossval(run, relaunch=True))
             return (
                 "Aborting the client... (moving to cross-site validation; abort again to stop)",
-                {},
+                None,
             )
         if run is not None:
             self._drop_round_files(run.work_dir)
         self.store.update(training_run=0)
         self._set_status(status=st.STOPPED, round=-1)
         log.info("training aborted by an admin")
-        return "Aborting the client...", {}
+        return "Aborting the client...", None
 
-    async def _shutdown_command(self, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        return "Shutdown the client...", {}
+    async def _shutdown_command(self, args: Mapping[str, object]) -> Answer:
+        return "Shutdown the client...", None
 
     async def _shut_down(self) -> None:
         # The admin's answer goes out before the client's stream closes and it logs out.

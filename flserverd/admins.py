@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from flcore.identity import KIND_ADMIN, ROLES, Identity
+from flcore.listingrecords import AdminActivity
 from flcore.tokens import new_token, same_token, token_id, token_key
 from flserverd.registry import AuthError
 
@@ -39,20 +40,6 @@ class AdminLogin:
     last_used: float
     serial: int = 0
     """Serial of the certificate it logged in with."""
-
-
-@dataclass(frozen=True)
-class AdminActivity:
-    """What ``list_admins`` says of one admin: logins, open consoles, the last command."""
-
-    role: str
-    logins: int
-    consoles: int
-    """Live feeds open (a full-screen console each)."""
-    last_used: float
-    last_command: str = ""
-    last_command_at: float = 0.0
-    last_ok: bool = False
 
 
 class AdminLogins:

@@ -20,13 +20,14 @@ from typing import Any
 
 from flcore import status as st
 from flcore.appreview import review_app
+from flcore.crossvalmatrix import ValidationMatrix
 from flcore.diskfault import disk_fault
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, clip_end
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
+from flcore.listingrecords import AdminLine, RunLine
 from flserverd import confirm, listings
 from flserverd.confirm import Confirmation
-from flserverd.crossval import ValidationMatrix
 from flserverd.registry import RegisteredClient
 from flserverd.revocation import RevocationError, when
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
@@ -652,7 +653,7 @@ async def _list_runs(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(True, listings.runs_text(lines, page), listings.runs_data(lines, page))
 
 
-def _run_line(server: FLServer, number: int) -> listings.RunLine:
+def _run_line(server: FLServer, number: int) -> RunLine:
     training = server.training_for(number)
     record = training.run if training is not None else server.db.get_run(number)
     view = server.run_view() if number == server.run_number else None
@@ -701,7 +702,7 @@ async def _list_admins(cmds: AdminCommands, request: Request) -> Reply:
     page = _page(_page_word(request, "list_admins", 1), len(users), listings.PAGE)
     shown = users[page.start : page.start + page.size]
     data = {
-        "admins": [{"user": user, **asdict(admins.seen(user))} for user in shown],
+        "admins": [AdminLine(user, admins.seen(user)).as_json() for user in shown],
         **page.as_json(),
     }
     return Reply(True, listings.admins_text(admins, shown, page), data)

@@ -22,11 +22,11 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from flcore.atomic import atomic_write_bytes
+from flcore.crossvalmatrix import MatrixCell, ValidationMatrix
 from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import TensorFile
@@ -35,52 +35,6 @@ from flserverd.statedb import StateDB
 from flserverd.training import Refusal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MatrixCell:
-    """One site's validation of one model: its metrics, or why there are none."""
-
-    metrics: dict[str, float]
-    error: str
-
-
-@dataclass(frozen=True)
-class ValidationMatrix:
-    """The cross-site results: rows are model owners (``global`` first), columns the
-    validating sites; ``notes`` say why a site has no model or no results."""
-
-    run_number: int
-    rows: list[str]
-    columns: list[str]
-    cells: dict[str, dict[str, MatrixCell]] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
-
-    def cell(self, row: str, column: str) -> MatrixCell | None:
-        """The result of ``column`` validating the model of ``row``, if there is one."""
-        return self.cells.get(row, {}).get(column)
-
-    def metric_names(self) -> list[str]:
-        """Every metric some cell reports, sorted."""
-        return sorted(
-            {name for row in self.cells.values() for cell in row.values() for name in cell.metrics}
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        """The matrix for programs (``validate --json``, cross_site_validation.json)."""
-        return {
-            "run_number": self.run_number,
-            "rows": list(self.rows),
-            "columns": list(self.columns),
-            "cells": {
-                row: {
-                    column: {"metrics": cell.metrics, "error": cell.error}
-                    for column, cell in cells.items()
-                }
-                for row, cells in self.cells.items()
-            },
-            "notes": dict(self.notes),
-        }
 
 
 SITES_DIR = "sites"

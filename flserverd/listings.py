@@ -15,13 +15,14 @@ import json
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from flcore import status as st
 from flcore.feed import RunInfo
 from flcore.folders import app_digest, human_size
+from flcore.listingrecords import AppLine, RoundLine, RunLine, SiteResult
 from flserverd.admins import AdminLogins
 from flserverd.runstore import RunStore
 from flserverd.statedb import RunRecord, StateDB
@@ -119,21 +120,6 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 # ---------------------------------------------------------------------- runs
 
 
-@dataclass(frozen=True)
-class RunLine:
-    """One run as ``list_runs`` shows it."""
-
-    run_number: int
-    app: str
-    rounds: str
-    """Rounds trained of the run's rounds: ``3/10``."""
-    status: str
-    ending: str
-    best: str
-    started_at: float
-    ended_at: float
-
-
 def run_numbers(store: RunStore, db_numbers: Iterable[int]) -> list[int]:
     """Every run the server has, newest first: a ``run_N`` folder or a record."""
     folders = {
@@ -201,18 +187,6 @@ def runs_data(lines: Sequence[RunLine], page: Page) -> dict[str, Any]:
 # ---------------------------------------------------------------------- one run
 
 
-@dataclass
-class RoundLine:
-    """One round of a run: the weighted metrics and what each site sent."""
-
-    round: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    final: bool = False
-    sites: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """By instance: ``samples`` and ``metrics``."""
-
-
 def rounds_of(db: StateDB, run_number: int) -> list[RoundLine]:
     """Every completed round of a run (the final validation last), without the sites yet."""
     return [
@@ -245,10 +219,7 @@ def add_sites(db: StateDB, run_number: int, rounds: Sequence[RoundLine]) -> None
             if isinstance(metrics, dict)
             else {}
         )
-        line.sites[clip(instance, MAX_NAME)] = {
-            "samples": samples,
-            "metrics": bounded_metrics(numbers),
-        }
+        line.sites[clip(instance, MAX_NAME)] = SiteResult(samples, bounded_metrics(numbers))
 
 
 def run_text(number: int, header: RunLine, rounds: Sequence[RoundLine], page: Page) -> str:
@@ -262,24 +233,12 @@ def run_text(number: int, header: RunLine, rounds: Sequence[RoundLine], page: Pa
         took = f" · {line.seconds:.1f}s" if line.seconds else ""
         lines.append(f"{name}: {metrics_text(line.metrics) or '(no metrics)'}{took}")
         for site, result in sorted(line.sites.items()):
-            lines.append(f"  {site}: {result['samples']} samples {metrics_text(result['metrics'])}")
+            lines.append(f"  {site}: {result.samples} samples {metrics_text(result.metrics)}")
     lines.append(page.footer("rounds", f"show_run {number}"))
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- apps
-
-
-@dataclass(frozen=True)
-class AppLine:
-    """An uploaded app: its size, files and content hash."""
-
-    name: str
-    size: int
-    files: int
-    sha256: str
-    """SHA-256 of the app's ``sha256sum`` listing (see :func:`flcore.folders.app_digest`)."""
-    uploaded_at: float
 
 
 def app_names(store: RunStore) -> list[str]:

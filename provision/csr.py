@@ -36,7 +36,6 @@ from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, PublicKey, verify_f
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR, check_private_key
 from provision.engine import (
-    SERVER_SETTINGS,
     WrittenKit,
     check_run,
     finish_run,
@@ -356,7 +355,7 @@ def sign_request(
         if record is not None:
             check_run(project, record, workspace, [who])
         record, ca = start(project, ws, record, ca, now)
-        held = record["participants"].get(holder_key(who))
+        held = record.participants.get(holder_key(who))
         crl = None
         if held is not None:
             if not reissue:
@@ -372,6 +371,6 @@ def sign_request(
             crl = revoke_certificates(ws, ca, name, REISSUE_REASON, now, crl_days)
             record = ws.load_issued() or record
         entry, kit = write_kit(project, ws, ca, who, now, public_key)
-        holders = {**record["participants"], holder_key(who): entry}
-        finish_run(project, ws, ca, holders, record.get(SERVER_SETTINGS), [entry])
+        holders = {**record.participants, holder_key(who): entry}
+        finish_run(project, ws, ca, holders, record.server_settings, [entry])
         return Signed(kit, fingerprint(ca.cert), crl)

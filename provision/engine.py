@@ -39,14 +39,12 @@ from provision.pki import (
 )
 from provision.project import Project
 from provision.revocation import CRL_DAYS, REISSUE_REASON, CrlWritten, revoke_certificates
-from provision.workspace import Workspace
+from provision.workspace import Entry, IssuedRecord, Workspace
 
 logger = logging.getLogger(__name__)
 
 _EMBEDDED = ("org", "common_name", "role")
 """Participant details a certificate carries: changing one needs a new kit."""
-SERVER_SETTINGS = "server_settings"
-"""Record key: the settings the server kit out there was issued with (None before it is)."""
 
 
 @dataclass(frozen=True)
@@ -94,18 +92,18 @@ def holder_key(who: Participant) -> str:
     return f"{who.kind}:{who.name}"
 
 
-def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) -> None:
-    if not record["participants"]:
+def _check_unchanged(project: Project, record: IssuedRecord, workspace: Path) -> None:
+    if not record.participants:
         return  # a first run stopped before any kit was issued: nothing embeds anything yet
     changes = []
-    if record.get("project") != project.name:
-        changes.append(f"name {record.get('project')!r} -> {project.name!r}")
-    old_server: dict[str, Any] = record.get("server") or {}
+    if record.project != project.name:
+        changes.append(f"name {record.project!r} -> {project.name!r}")
+    old_server = record.server
     for key, new in asdict(project.server).items():
         if old_server.get(key) != new:
             changes.append(f"server.{key} {old_server.get(key)!r} -> {new!r}")
     for who in participants(project):
-        old = record["participants"].get(holder_key(who))
+        old = record.participants.get(holder_key(who))
         if old is None or who.kind == KIND_SERVER:  # the server section was compared above
             continue
         changes.extend(
@@ -121,17 +119,17 @@ def _check_unchanged(project: Project, record: dict[str, Any], workspace: Path) 
 
 
 def _check_server_timing(
-    project: Project, record: dict[str, Any], workspace: Path, issuing: list[Participant]
+    project: Project, record: IssuedRecord, workspace: Path, issuing: list[Participant]
 ) -> None:
     """New client kits must beat more often than the server kit already out there times out.
 
     parse_settings checks the settings against themselves only; when the
     server keeps its kit, what counts is the timeout that kit was issued with.
     """
-    holders = record["participants"]
+    holders = record.participants
     server = participants(project)[0]
     new_clients = any(who.kind == KIND_CLIENT for who in issuing)
-    timeout = (record.get(SERVER_SETTINGS) or {}).get("heart_beat_timeout")
+    timeout = (record.server_settings or {}).get("heart_beat_timeout")
     interval = project.settings.heartbeat_interval
     if (
         holder_key(server) in holders
@@ -186,7 +184,7 @@ def provision_workspace(
             return _reissue(project, ws, ca, record, reissue, now, crl_days)
         if record is not None and not force:
             newcomers = [
-                w for w in participants(project) if holder_key(w) not in record["participants"]
+                w for w in participants(project) if holder_key(w) not in record.participants
             ]
             check_run(project, record, ws.root, newcomers)
         record, ca = start(project, ws, record, ca, now)
@@ -194,7 +192,7 @@ def provision_workspace(
 
 
 def check_run(
-    project: Project, record: dict[str, Any], workspace: Path, issuing: list[Participant]
+    project: Project, record: IssuedRecord, workspace: Path, issuing: list[Participant]
 ) -> None:
     """Refuse a run that would change what issued kits embed, or issue kits that beat too rarely."""
     _check_unchanged(project, record, workspace)
@@ -204,10 +202,10 @@ def check_run(
 def start(
     project: Project,
     ws: Workspace,
-    record: dict[str, Any] | None,
+    record: IssuedRecord | None,
     ca: CertifiedKey | None,
     now: datetime,
-) -> tuple[dict[str, Any], CertifiedKey]:
+) -> tuple[IssuedRecord, CertifiedKey]:
     """The workspace's record and CA, making the CA on a project's first run (lock held)."""
     if ca is not None and record is not None:
         return record, ca
@@ -228,16 +226,12 @@ def start(
 
 
 def _record(
-    project: Project, holders: dict[str, Any], server_settings: dict[str, Any] | None
-) -> dict[str, Any]:
+    project: Project, holders: dict[str, Entry], server_settings: dict[str, Any] | None
+) -> IssuedRecord:
     """What issued.json holds: the project as issued, and who holds a kit."""
-    return {
-        "project": project.name,
-        "server": asdict(project.server),
-        "settings": asdict(project.settings),
-        SERVER_SETTINGS: server_settings,
-        "participants": holders,
-    }
+    return IssuedRecord(
+        project.name, asdict(project.server), asdict(project.settings), server_settings, holders
+    )
 
 
 def write_kit(
@@ -247,7 +241,7 @@ def write_kit(
     who: Participant,
     now: datetime,
     public_key: PublicKey | None = None,
-) -> tuple[dict[str, Any], WrittenKit]:
+) -> tuple[Entry, WrittenKit]:
     """Certify ``who`` and write its kit into packages/; return its record entry and the kit.
 
     Without ``public_key`` a new key goes into an encrypted zip with a new
@@ -275,7 +269,7 @@ def write_kit(
     return entry, WrittenKit(who.name, who.kind, zip_path, password, who.email)
 
 
-def held_public_key(entry: dict[str, Any]) -> PublicKey | None:
+def held_public_key(entry: Entry) -> PublicKey | None:
     """The public key a participant that made its own key sent, as its record entry keeps it."""
     pem = entry.get("public_key")
     if not isinstance(pem, str):
@@ -289,9 +283,9 @@ def finish_run(
     project: Project,
     ws: Workspace,
     ca: CertifiedKey,
-    holders: dict[str, Any],
+    holders: dict[str, Entry],
     server_settings: dict[str, Any] | None,
-    entries: list[dict[str, Any]],
+    entries: list[Entry],
 ) -> None:
     """Record who holds a kit now (participants still in project.yml) and audit the new ones."""
     current = {holder_key(who) for who in participants(project)}
@@ -304,11 +298,11 @@ def _issue_kits(
     project: Project,
     ws: Workspace,
     ca: CertifiedKey,
-    record: dict[str, Any],
+    record: IssuedRecord,
     force: bool,
     now: datetime,
 ) -> ProvisionResult:
-    issued: dict[str, Any] = dict(record["participants"])
+    issued = dict(record.participants)
     everyone = participants(project)
     current = {holder_key(who) for who in everyone}
     removed = tuple(entry["name"] for key, entry in issued.items() if key not in current)
@@ -318,16 +312,16 @@ def _issue_kits(
         for name in removed
     ]
     settings = project.settings
-    if issued and not force and record.get("settings") != asdict(settings):
+    if issued and not force and record.settings != asdict(settings):
         warnings.append(
             "settings changed since earlier kits were issued; those kits keep the old values "
             "(sites may override some in local/, or --force re-issues every kit)"
         )
-    server_settings = record.get(SERVER_SETTINGS)
+    server_settings = record.server_settings
     written: list[WrittenKit] = []
     skipped: list[str] = []
     awaiting: list[str] = []
-    entries: list[dict[str, Any]] = []
+    entries: list[Entry] = []
     for who in everyone:
         held = issued.get(holder_key(who))
         if held is not None and not force:
@@ -359,7 +353,7 @@ def _reissue(
     project: Project,
     ws: Workspace,
     ca: CertifiedKey,
-    record: dict[str, Any],
+    record: IssuedRecord,
     name: str,
     now: datetime,
     crl_days: int,
@@ -384,12 +378,12 @@ def _reissue(
             f"its IT runs 'flprovision request {name} ...' again and you sign the new request "
             "with 'flprovision sign REQUEST.csr --reissue'"
         )
-    if holder_key(who) not in record["participants"]:
+    if holder_key(who) not in record.participants:
         raise ProvisionError(f"{name!r} has no kit yet: a plain run (without --reissue) issues it")
     check_run(project, record, ws.root, [who])
     crl = revoke_certificates(ws, ca, name, REISSUE_REASON, now, crl_days)
     record = ws.load_issued() or record  # the revocation marked the old entry
     entry, kit = write_kit(project, ws, ca, who, now)
-    holders = {**record["participants"], holder_key(who): entry}
-    finish_run(project, ws, ca, holders, record.get(SERVER_SETTINGS), [entry])
+    holders = {**record.participants, holder_key(who): entry}
+    finish_run(project, ws, ca, holders, record.server_settings, [entry])
     return ProvisionResult((kit,), (), (), (), (), crl)

@@ -19,7 +19,7 @@ pretend to protect; a leaked server key needs a new CA.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from flcore.identity import KIND_SERVER
 from provision.errors import ProvisionError
 from provision.pki import CertifiedKey, ca_summary
-from provision.workspace import Workspace
+from provision.workspace import IssuedRecord, RevokedCert, RevokedList, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +47,6 @@ REASONS: dict[str, x509.ReasonFlags] = {
 }
 """The CRL reason codes a person picks from, by the words ``--reason`` takes."""
 REISSUE_REASON = "superseded"
-
-
-@dataclass(frozen=True)
-class RevokedCert:
-    """One revoked certificate, as revoked.json and audit.json record it."""
-
-    serial: str
-    """Lowercase hex, as audit.json gives it."""
-    name: str
-    kind: str
-    reason: str
-    revoked_at: str
 
 
 @dataclass(frozen=True)
@@ -110,8 +98,8 @@ def sign_crl(
 
 def _certificates_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
     """Every certificate issued here to ``name``: audit.json, and issued.json's holders."""
-    record = ws.load_issued() or {"participants": {}}
-    entries = [*ws.load_audit()["issued"], *record["participants"].values()]
+    record = ws.load_issued() or IssuedRecord(None)
+    entries = [*ws.load_audit().issued, *record.participants.values()]
     found: dict[str, dict[str, Any]] = {}
     for entry in entries:
         if isinstance(entry, dict) and entry.get("name") == name and "serial" in entry:
@@ -129,10 +117,9 @@ def publish(
     knows more than the record.
     """
     record = ws.load_revoked()
-    listed = [RevokedCert(**entry) for entry in record["revoked"]]
-    number = record["crl_number"] + 1
-    everything = [*listed, *new]
-    ws.save_revoked({"crl_number": number, "revoked": [asdict(entry) for entry in everything]})
+    number = record.crl_number + 1
+    everything = [*record.revoked, *new]
+    ws.save_revoked(RevokedList(number, tuple(everything)))
     ws.write_crl(sign_crl(ca, everything, number, now, days))
     logger.info("wrote %s: CRL number %d, %d revoked", ws.crl_path, number, len(everything))
     return CrlWritten(ws.crl_path, number, now + timedelta(days=days), tuple(new), len(everything))
@@ -162,7 +149,7 @@ def revoke_certificates(
             "every kit; if only its kit was lost, re-issue every kit with --force"
         )
     revoked = ws.load_revoked()
-    done = {entry["serial"] for entry in revoked["revoked"]}
+    done = {entry.serial for entry in revoked.revoked}
     when = now.isoformat()
     new = [
         RevokedCert(str(entry["serial"]), name, str(entry.get("kind", "")), reason, when)
@@ -170,16 +157,14 @@ def revoke_certificates(
         if entry["serial"] not in done
     ]
     if not new:
-        return CrlWritten(ws.crl_path, revoked["crl_number"], None, (), len(done))
+        return CrlWritten(ws.crl_path, revoked.crl_number, None, (), len(done))
     written = publish(ws, ca, new, now, days)
-    record = ws.load_issued() or {"participants": {}}
-    for holder in record["participants"].values():
+    record = ws.load_issued() or IssuedRecord(None)
+    for holder in record.participants.values():
         if holder.get("name") == name:
             holder["revoked"] = True
-    ws.save_issued({key: value for key, value in record.items() if key != "format_version"})
-    ws.append_audit(
-        str(record.get("project", "")), ca_summary(ca), [], [asdict(entry) for entry in new]
-    )
+    ws.save_issued(record)
+    ws.append_audit(record.project or "", ca_summary(ca), [], new)
     for entry in new:
         logger.info("revoked %s %s (serial %s, %s)", entry.kind, name, entry.serial, reason)
     return written

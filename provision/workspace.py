@@ -19,10 +19,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 
@@ -71,6 +72,112 @@ def _read_json(path: Path) -> Any:
         ) from None
     except ConfigError as exc:
         raise ProvisionError(f"{exc}; restore it from a backup") from None
+
+
+Entry = dict[str, Any]
+"""A certificate as issued.json and audit.json keep it: the participant's fields as issued,
+its serial, fingerprint, validity and kit (``revoked`` once revoked, ``public_key`` when its
+owner made the key). Kept as JSON: records written by every earlier version read back as
+they were written."""
+
+
+@dataclass
+class IssuedRecord:
+    """issued.json: the project as its kits embed it, and who holds a kit, read once."""
+
+    project: str | None
+    """The project's name (None in a record that does not say)."""
+    server: dict[str, Any] = field(default_factory=dict)
+    """The server section as issued."""
+    settings: dict[str, Any] | None = None
+    """The settings as issued."""
+    server_settings: dict[str, Any] | None = None
+    """The settings the server's kit was issued with (None before a server kit)."""
+    participants: dict[str, Entry] = field(default_factory=dict)
+    """The kit holders' entries, by ``<kind>:<name>``."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The record as issued.json holds it."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "project": self.project,
+            "server": self.server,
+            "settings": self.settings,
+            "server_settings": self.server_settings,
+            "participants": self.participants,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> IssuedRecord:
+        """The record in issued.json's JSON, whose ``participants`` was checked to hold objects."""
+        project, server = value.get("project"), value.get("server")
+        settings, server_settings = value.get("settings"), value.get("server_settings")
+        return cls(
+            project=project if isinstance(project, str) else None,
+            server=server if isinstance(server, dict) else {},
+            settings=settings if isinstance(settings, dict) else None,
+            server_settings=server_settings if isinstance(server_settings, dict) else None,
+            participants=dict(value["participants"]),
+        )
+
+
+@dataclass(frozen=True)
+class RevokedCert:
+    """One revoked certificate, as revoked.json and audit.json record it."""
+
+    serial: str
+    """Lowercase hex, as audit.json gives it."""
+    name: str
+    kind: str
+    reason: str
+    revoked_at: str
+
+
+_REVOKED_FIELDS = tuple(f.name for f in fields(RevokedCert))
+
+
+@dataclass(frozen=True)
+class RevokedList:
+    """revoked.json: every certificate revoked here, and the number of the last CRL signed."""
+
+    crl_number: int = 0
+    revoked: tuple[RevokedCert, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        """The record as revoked.json holds it."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "crl_number": self.crl_number,
+            "revoked": [asdict(entry) for entry in self.revoked],
+        }
+
+    @staticmethod
+    def readable(value: object) -> bool:
+        """Whether ``value`` (revoked.json's JSON) is a record flprovision wrote."""
+        return (
+            isinstance(value, dict)
+            and value.get("format_version") == FORMAT_VERSION
+            and isinstance(value.get("crl_number"), int)
+            and isinstance(value.get("revoked"), list)
+            and all(
+                isinstance(entry, dict)
+                and sorted(entry) == sorted(_REVOKED_FIELDS)
+                and all(isinstance(text, str) for text in entry.values())
+                for entry in value["revoked"]
+            )
+        )
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> RevokedList:
+        """The record in revoked.json's JSON, once :meth:`readable` said it is one."""
+        return cls(value["crl_number"], tuple(RevokedCert(**entry) for entry in value["revoked"]))
+
+
+class Audit(NamedTuple):
+    """audit.json's lists, every entry as it was written (empty before the first run)."""
+
+    issued: list[object]
+    revoked: list[object]
 
 
 class Workspace:
@@ -132,7 +239,7 @@ class Workspace:
                 "backup, or provision into a new workspace and re-issue every kit"
             ) from None
 
-    def open_state(self) -> tuple[dict[str, Any] | None, CertifiedKey | None]:
+    def open_state(self) -> tuple[IssuedRecord | None, CertifiedKey | None]:
         """issued.json and the CA, which exist together or not at all (None before a first run).
 
         Raises:
@@ -166,36 +273,37 @@ class Workspace:
         _write_atomic(self.state_dir / CA_KEY_FILE, key_pem(ca.key), PRIVATE_FILE_MODE)
         _write_atomic(self.state_dir / ROOT_CERT_FILE, cert_pem(ca.cert))
 
-    def load_issued(self) -> dict[str, Any] | None:
+    def load_issued(self) -> IssuedRecord | None:
         """What earlier runs issued (see :meth:`save_issued`), or None before the first run."""
         value = _read_json(self.state_dir / ISSUED_FILE)
         if value is not None and not (
             isinstance(value, dict)
             and value.get("format_version") == FORMAT_VERSION
             and isinstance(value.get("participants"), dict)
+            and all(isinstance(entry, dict) for entry in value["participants"].values())
         ):
             raise ProvisionError(f"{self.state_dir / ISSUED_FILE}: not a record flprovision wrote")
-        return value
+        return None if value is None else IssuedRecord.from_json(value)
 
-    def save_issued(self, record: dict[str, Any]) -> None:
+    def save_issued(self, record: IssuedRecord) -> None:
         """Record the project, its server section and the participants holding kits."""
-        _write_json(self.state_dir / ISSUED_FILE, {"format_version": FORMAT_VERSION, **record})
+        _write_json(self.state_dir / ISSUED_FILE, record.as_json())
 
-    def load_audit(self) -> dict[str, Any]:
-        """audit.json: ``issued`` and ``revoked`` lists (empty before the first run)."""
-        audit = _read_json(self.audit_path) or {"issued": []}
+    def load_audit(self) -> Audit:
+        """audit.json's ``issued`` and ``revoked`` lists (empty before the first run)."""
+        audit = _read_json(self.audit_path) or {}
         if not isinstance(audit, dict) or not all(
             isinstance(audit.get(key, []), list) for key in ("issued", "revoked")
         ):
             raise ProvisionError(f"{self.audit_path}: not an audit flprovision wrote")
-        return audit
+        return Audit(audit.get("issued", []), audit.get("revoked", []))
 
     def append_audit(
         self,
         project: str,
         ca: dict[str, str],
-        issued: list[dict[str, Any]],
-        revoked: list[dict[str, Any]] | None = None,
+        issued: list[Entry],
+        revoked: Sequence[RevokedCert] = (),
     ) -> None:
         """Add this run's certificates (and revocations) to audit.json, keeping every entry."""
         earlier = self.load_audit()
@@ -203,28 +311,23 @@ class Workspace:
             "format_version": FORMAT_VERSION,
             "project": project,
             "ca": ca,
-            "issued": [*earlier["issued"], *issued],
-            "revoked": [*earlier.get("revoked", []), *(revoked or [])],
+            "issued": [*earlier.issued, *issued],
+            "revoked": [*earlier.revoked, *(asdict(entry) for entry in revoked)],
         }
         _write_json(self.audit_path, audit)
 
-    def load_revoked(self) -> dict[str, Any]:
+    def load_revoked(self) -> RevokedList:
         """Every certificate ever revoked here and the number of the last CRL signed."""
         value = _read_json(self.state_dir / REVOKED_FILE)
         if value is None:
-            return {"crl_number": 0, "revoked": []}
-        if not (
-            isinstance(value, dict)
-            and value.get("format_version") == FORMAT_VERSION
-            and isinstance(value.get("crl_number"), int)
-            and isinstance(value.get("revoked"), list)
-        ):
+            return RevokedList()
+        if not RevokedList.readable(value):
             raise ProvisionError(f"{self.state_dir / REVOKED_FILE}: not a record flprovision wrote")
-        return value
+        return RevokedList.from_json(value)
 
-    def save_revoked(self, record: dict[str, Any]) -> None:
+    def save_revoked(self, record: RevokedList) -> None:
         """Keep the revocations and the CRL number (before the CRL they are signed into)."""
-        _write_json(self.state_dir / REVOKED_FILE, {"format_version": FORMAT_VERSION, **record})
+        _write_json(self.state_dir / REVOKED_FILE, record.as_json())
 
     def write_crl(self, pem: bytes) -> None:
         """Replace crl.pem: public, so readable by everyone who may hand it to the server."""

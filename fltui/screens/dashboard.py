@@ -20,6 +20,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input
 
@@ -52,7 +53,11 @@ SHORT = 30
 """Terminals shorter than this hide the heartbeats pane (``3`` or ``z`` shows it maximised)."""
 HEARTBEAT_COLUMN_BEATS = 2
 """Heartbeat intervals per column of the heartbeats pane: one late beat is no gap."""
-LISTINGS = {"runs": RunsScreen, "apps": AppsScreen, "admins": AdminsScreen}
+LISTINGS: dict[str, Callable[[Ask], Screen[None]]] = {
+    "runs": RunsScreen,
+    "apps": AppsScreen,
+    "admins": AdminsScreen,
+}
 """The views of ``:`` that are the server's listings."""
 SAY_TICKS = 8
 """Seconds a status-line message stays."""

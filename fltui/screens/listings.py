@@ -11,7 +11,7 @@ for another page; what the server sends is shown as it is, never as markup.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from rich.text import Text
 from textual import on, work
@@ -22,6 +22,18 @@ from textual.widgets import DataTable, Footer
 
 from fladmin.client import CommandReply
 from flcore.folders import human_size
+from flcore.listingrecords import (
+    JSON,
+    AdminLine,
+    AppLine,
+    LinesPage,
+    PageCount,
+    RunLine,
+    RunPage,
+    admins_page,
+    apps_page,
+    runs_page,
+)
 from fltui.status import clock_date, training
 from fltui.widgets.line import Line
 
@@ -33,16 +45,32 @@ MAX_METRIC_COLUMNS = 8
 SITE_INDENT = "  "
 
 
-def _when(value: Any) -> str:
-    return clock_date(value) if isinstance(value, int | float) and value else "-"
+def _when(stamp: float) -> str:
+    return clock_date(stamp) if stamp else "-"
 
 
-def _metric(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else ""
+def _metric(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else ""
 
 
-class ListingScreen(Screen[None]):
-    """One listing of the server's, page by page; subclasses say which and how it reads."""
+class Listing(Protocol):
+    """A page of a listing, decoded from the reply's data."""
+
+    @property
+    def count(self) -> PageCount:
+        """Which page it is, of how many."""
+        ...
+
+
+ListingT = TypeVar("ListingT", bound=Listing)
+
+
+class ListingScreen(Screen[None], Generic[ListingT]):
+    """One listing of the server's, page by page; subclasses say which and how it reads.
+
+    The reply's data is decoded once, when it arrives, into the listing's records
+    (:mod:`flcore.listingrecords`); the table is drawn from those.
+    """
 
     COMMAND: ClassVar[str] = ""
     TITLE: ClassVar[str] = ""
@@ -60,7 +88,7 @@ class ListingScreen(Screen[None]):
         self._ask = ask
         self.page = 1
         self.pages = 1
-        self.data: dict[str, Any] = {}
+        self.listing: ListingT | None = None
 
     def compose(self) -> ComposeResult:
         """The table, a status line, the footer."""
@@ -89,34 +117,40 @@ class ListingScreen(Screen[None]):
         if not reply.ok:
             status.set(Text(reply.text, style="bold"))
             return
-        self.data = reply.data
-        self.pages = int(reply.data.get("pages", 1) or 1)
-        self.fill(reply.data)
-        status.set(f"{self.summary(reply.data)} · {self.HINT}")
+        listing = self.decode(reply.data)
+        self.listing = listing
+        self.pages = listing.count.pages
+        self.fill(listing)
+        status.set(f"{self.summary(listing)} · {self.HINT}")
 
-    def fill(self, data: dict[str, Any]) -> None:
-        """Put the reply's rows into the table, keeping the cursor's row where it can."""
+    def fill(self, listing: ListingT) -> None:
+        """Put the listing's rows into the table, keeping the cursor's row where it can."""
         table = self.query_one(DataTable)
         cursor = table.cursor_row
         table.clear(columns=True)
-        for label in self.columns(data):
+        for label in self.columns(listing):
             table.add_column(label, key=label)
-        for key, cells in self.rows(data):
+        for key, cells in self.rows(listing):
             table.add_row(*(Text(cell) for cell in cells), key=key)
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
-        total = data.get("total", table.row_count)
+        total = listing.count.total
+        total = table.row_count if total is None else total
         table.border_title = f"{self.TITLE} ({total} · page {self.page} of {self.pages})"
 
-    def columns(self, data: dict[str, Any]) -> Sequence[str]:
+    def decode(self, data: JSON) -> ListingT:
+        """The reply's data as the listing's records."""
+        raise NotImplementedError
+
+    def columns(self, listing: ListingT) -> Sequence[str]:
         """The table's column labels."""
         raise NotImplementedError
 
-    def rows(self, data: dict[str, Any]) -> Sequence[Row]:
+    def rows(self, listing: ListingT) -> Sequence[Row]:
         """The table's rows."""
         raise NotImplementedError
 
-    def summary(self, data: dict[str, Any]) -> str:
+    def summary(self, listing: ListingT) -> str:
         """What the status line says about the page."""
         return f"page {self.page} of {self.pages}"
 
@@ -132,50 +166,51 @@ class ListingScreen(Screen[None]):
             self.load()
 
 
-class RunsScreen(ListingScreen):
+class RunsScreen(ListingScreen[LinesPage[RunLine]]):
     """``:runs``: every run on the server, newest first; ``enter`` opens one."""
 
     COMMAND = "list_runs"
     TITLE = "Runs"
     HINT = "enter rounds per site · r refresh · [ ] page · esc back"
 
-    def columns(self, data: dict[str, Any]) -> Sequence[str]:
+    def decode(self, data: JSON) -> LinesPage[RunLine]:
+        """A page of runs."""
+        return runs_page(data)
+
+    def columns(self, listing: LinesPage[RunLine]) -> Sequence[str]:
         """Run, app, rounds, status, best, started, ended, and how it ended (the widest)."""
         return ("run", "app", "rounds", "status", "best", "started", "ended", "how it ended")
 
-    def rows(self, data: dict[str, Any]) -> Sequence[Row]:
+    def rows(self, listing: LinesPage[RunLine]) -> Sequence[Row]:
         """One row per run."""
-        rows = []
-        for run in data.get("runs", []):
-            rows.append(
+        return [
+            (
+                str(run.run_number),
                 (
-                    str(run.get("run_number", "")),
-                    (
-                        str(run.get("run_number", "")),
-                        str(run.get("app", "")) or "-",
-                        str(run.get("rounds", "")),
-                        training(str(run.get("status", ""))).label,
-                        str(run.get("best", "")) or "-",
-                        _when(run.get("started_at")),
-                        _when(run.get("ended_at")),
-                        str(run.get("ending", "")) or "-",
-                    ),
-                )
+                    str(run.run_number),
+                    run.app or "-",
+                    run.rounds,
+                    training(run.status).label,
+                    run.best or "-",
+                    _when(run.started_at),
+                    _when(run.ended_at),
+                    run.ending or "-",
+                ),
             )
-        return rows
+            for run in listing.lines
+        ]
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         """The whole story of the run under the cursor, however narrow the terminal."""
         number = event.row_key.value or ""
-        run = next(
-            (r for r in self.data.get("runs", []) if str(r.get("run_number")) == number), None
-        )
+        runs = self.listing.lines if self.listing is not None else ()
+        run = next((r for r in runs if str(r.run_number) == number), None)
         if run is not None:
-            ending = str(run.get("ending", ""))
-            status = str(run.get("status", ""))
             self.query_one("#listing-status", Line).set(
-                f"run {number}: {status}" + (f" ({ending})" if ending else "") + f" · {self.HINT}"
+                f"run {number}: {run.status}"
+                + (f" ({run.ending})" if run.ending else "")
+                + f" · {self.HINT}"
             )
 
     @on(DataTable.RowSelected)
@@ -185,7 +220,7 @@ class RunsScreen(ListingScreen):
             self.app.push_screen(RunScreen(self._ask, int(number)))
 
 
-class RunScreen(ListingScreen):
+class RunScreen(ListingScreen[RunPage]):
     """``enter`` on a run: its metrics round by round, each site's under its round."""
 
     TITLE = "Run"
@@ -199,115 +234,116 @@ class RunScreen(ListingScreen):
         """``show_run N [page]``."""
         return f"show_run {self.run_number}" + (f" {self.page}" if self.page > 1 else "")
 
-    def fill(self, data: dict[str, Any]) -> None:
+    def decode(self, data: JSON) -> RunPage:
+        """The run and a page of its rounds."""
+        return RunPage.from_json(data)
+
+    def fill(self, listing: RunPage) -> None:
         """The table, titled with the run."""
-        super().fill(data)
-        run = data.get("run", {})
-        title = f"Run {self.run_number} · {run.get('app') or 'no app'} · {run.get('status', '')}"
+        super().fill(listing)
+        run = listing.run
+        title = f"Run {self.run_number} · {run.app or 'no app'} · {run.status}"
         self.query_one(
             DataTable
         ).border_title = f"{title} (rounds: page {self.page} of {self.pages})"
 
-    def _metric_names(self, data: dict[str, Any]) -> list[str]:
+    def _metric_names(self, listing: RunPage) -> list[str]:
         names: dict[str, None] = {}
-        for line in data.get("rounds", []):
-            names.update(dict.fromkeys(line.get("metrics", {})))
-            for site in line.get("sites", {}).values():
-                names.update(dict.fromkeys(site.get("metrics", {})))
+        for line in listing.rounds:
+            names.update(dict.fromkeys(line.metrics))
+            for site in line.sites.values():
+                names.update(dict.fromkeys(site.metrics))
         return list(names)[:MAX_METRIC_COLUMNS]
 
-    def columns(self, data: dict[str, Any]) -> Sequence[str]:
+    def columns(self, listing: RunPage) -> Sequence[str]:
         """Round, site, samples, then the metrics reported."""
-        return ("round", "site", "samples", *self._metric_names(data))
+        return ("round", "site", "samples", *self._metric_names(listing))
 
-    def rows(self, data: dict[str, Any]) -> Sequence[Row]:
+    def rows(self, listing: RunPage) -> Sequence[Row]:
         """Each round's weighted metrics, then one row per site that sent an update."""
-        names = self._metric_names(data)
+        names = self._metric_names(listing)
         rows: list[Row] = []
-        for line in data.get("rounds", []):
-            label = "final" if line.get("final") else str(line.get("round", ""))
-            metrics = line.get("metrics", {})
-            sites = line.get("sites", {})
-            samples = sum(int(s.get("samples", 0)) for s in sites.values())
-            weighted = "all (weighted)" if sites else "all"
-            cells = [label, weighted, str(samples or ""), *(_metric(metrics.get(n)) for n in names)]
-            rows.append((f"{label}", cells))
-            for site, result in sorted(sites.items()):
-                mine = result.get("metrics", {})
+        for line in listing.rounds:
+            label = "final" if line.final else str(line.round)
+            samples = sum(s.samples for s in line.sites.values())
+            weighted = "all (weighted)" if line.sites else "all"
+            metrics = [_metric(line.metrics.get(n)) for n in names]
+            rows.append((label, [label, weighted, str(samples or ""), *metrics]))
+            for site, result in sorted(line.sites.items()):
+                mine = [_metric(result.metrics.get(n)) for n in names]
                 rows.append(
-                    (
-                        f"{label}/{site}",
-                        [
-                            "",
-                            f"{SITE_INDENT}{site}",
-                            str(result.get("samples", "")),
-                            *(_metric(mine.get(n)) for n in names),
-                        ],
-                    )
+                    (f"{label}/{site}", ["", f"{SITE_INDENT}{site}", str(result.samples), *mine])
                 )
         return rows
 
-    def summary(self, data: dict[str, Any]) -> str:
+    def summary(self, listing: RunPage) -> str:
         """The best model and the page."""
-        best = data.get("run", {}).get("best", "")
-        return (f"best {best} · " if best else "") + super().summary(data)
+        best = listing.run.best
+        return (f"best {best} · " if best else "") + super().summary(listing)
 
 
-class AppsScreen(ListingScreen):
+class AppsScreen(ListingScreen[LinesPage[AppLine]]):
     """``:apps``: the apps uploaded to the server, with size and content hash."""
 
     COMMAND = "list_apps"
     TITLE = "Apps on the server"
 
-    def columns(self, data: dict[str, Any]) -> Sequence[str]:
+    def decode(self, data: JSON) -> LinesPage[AppLine]:
+        """A page of apps."""
+        return apps_page(data)
+
+    def columns(self, listing: LinesPage[AppLine]) -> Sequence[str]:
         """App, size, files, uploaded, sha256."""
         return ("app", "size", "files", "uploaded", "sha256")
 
-    def rows(self, data: dict[str, Any]) -> Sequence[Row]:
+    def rows(self, listing: LinesPage[AppLine]) -> Sequence[Row]:
         """One row per app."""
         return [
             (
-                str(app.get("name", "")),
+                app.name,
                 (
-                    str(app.get("name", "")),
-                    human_size(int(app.get("size", 0))),
-                    str(app.get("files", "")),
-                    _when(app.get("uploaded_at")),
-                    str(app.get("sha256", "")),
+                    app.name,
+                    human_size(app.size),
+                    str(app.files),
+                    _when(app.uploaded_at),
+                    app.sha256,
                 ),
             )
-            for app in data.get("apps", [])
+            for app in listing.lines
         ]
 
 
-class AdminsScreen(ListingScreen):
+class AdminsScreen(ListingScreen[LinesPage[AdminLine]]):
     """``:admins``: who is logged in, their role, consoles open and last command."""
 
     COMMAND = "list_admins"
     TITLE = "Admins logged in"
 
-    def columns(self, data: dict[str, Any]) -> Sequence[str]:
+    def decode(self, data: JSON) -> LinesPage[AdminLine]:
+        """A page of admins."""
+        return admins_page(data)
+
+    def columns(self, listing: LinesPage[AdminLine]) -> Sequence[str]:
         """Admin, role, consoles, logins, last seen, last command."""
         return ("admin", "role", "consoles", "logins", "last seen", "last command")
 
-    def rows(self, data: dict[str, Any]) -> Sequence[Row]:
+    def rows(self, listing: LinesPage[AdminLine]) -> Sequence[Row]:
         """One row per admin."""
         rows = []
-        for admin in data.get("admins", []):
-            last = str(admin.get("last_command", ""))
-            verdict = "ok" if admin.get("last_ok") else "failed"
+        for admin in listing.lines:
+            seen = admin.activity
+            last = seen.last_command
+            verdict = "ok" if seen.last_ok else "failed"
             rows.append(
                 (
-                    str(admin.get("user", "")),
+                    admin.user,
                     (
-                        str(admin.get("user", "")),
-                        str(admin.get("role", "")),
-                        str(admin.get("consoles", 0)),
-                        str(admin.get("logins", 0)),
-                        _when(admin.get("last_used")),
-                        f"{last} ({verdict}, {_when(admin.get('last_command_at'))})"
-                        if last
-                        else "-",
+                        admin.user,
+                        seen.role,
+                        str(seen.consoles),
+                        str(seen.logins),
+                        _when(seen.last_used),
+                        f"{last} ({verdict}, {_when(seen.last_command_at)})" if last else "-",
                     ),
                 )
             )

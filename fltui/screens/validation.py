@@ -8,6 +8,7 @@ under the table with why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rich.style import Style
@@ -19,6 +20,7 @@ from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
+from flcore.crossvalmatrix import MatrixCell, ValidationMatrix
 from fltui.widgets.tones import tone_style
 
 CELL_WIDTH = 12
@@ -28,26 +30,15 @@ DIAGONAL = (
 )
 
 
-def has_matrix(data: dict[str, Any]) -> bool:
-    """Whether a ``validate`` reply holds any result (older servers send ``{"results": []}``)."""
-    return bool(data.get("cells")) and "rows" in data and "columns" in data
-
-
-def notes_text(data: dict[str, Any]) -> str:
+def notes_text(matrix: ValidationMatrix) -> str:
     """Why some sites have no results: one line per site."""
-    return "\n".join(f"{site}: {reason}" for site, reason in sorted(data.get("notes", {}).items()))
+    return "\n".join(f"{site}: {reason}" for site, reason in sorted(matrix.notes.items()))
 
 
-def metric_names(data: dict[str, Any]) -> list[str]:
-    """Every metric some cell reports; the reply's own ``metric`` first."""
-    names = {
-        name
-        for row in data.get("cells", {}).values()
-        for cell in row.values()
-        for name in cell.get("metrics", {})
-    }
-    first = data.get("metric", "")
-    return ([first] if first in names else []) + sorted(names - {first})
+def metric_names(matrix: ValidationMatrix, first: str) -> list[str]:
+    """Every metric some cell reports; ``first`` (the reply's own metric) first."""
+    names = matrix.metric_names()
+    return ([first] if first in names else []) + [name for name in names if name != first]
 
 
 def shade(value: float, low: float, high: float, lower_is_better: bool) -> float:
@@ -66,13 +57,14 @@ class ValidationScreen(Screen[None]):
         Binding("m", "next_metric", "Metric"),
     ]
 
-    def __init__(self, data: dict[str, Any], run_number: int, failure: str = "") -> None:
-        """``data`` is the reply's JSON; ``failure`` the reply text when the command failed."""
+    def __init__(self, data: Mapping[str, Any], run_number: int, failure: str = "") -> None:
+        """``data`` is the reply's JSON (decoded here, once); ``failure`` the reply text when
+        the command failed."""
         super().__init__()
-        self._data = data
-        self._run = data.get("run_number", run_number)
+        self._matrix = ValidationMatrix.from_json(data)
+        self._run = self._matrix.run_number if "run_number" in data else run_number
         self._failure = failure
-        self._metrics = metric_names(data)
+        self._metrics = metric_names(self._matrix, str(data.get("metric", "")))
         self._metric = self._metrics[0] if self._metrics else ""
 
     def compose(self) -> ComposeResult:
@@ -84,14 +76,14 @@ class ValidationScreen(Screen[None]):
             )
             if self._failure:
                 yield Static(self._failure, id="validation-empty", classes="-error", markup=False)
-            elif not has_matrix(self._data):
+            elif not self._matrix.cells:
                 yield Static(
                     f"No cross-site validation results for run {self._run}.",
                     id="validation-empty",
                     markup=False,
                 )
                 yield Static(
-                    notes_text(self._data),
+                    notes_text(self._matrix),
                     id="validation-notes",
                     classes="dialog-hint",
                     markup=False,
@@ -105,7 +97,7 @@ class ValidationScreen(Screen[None]):
 
     def on_mount(self) -> None:
         """Fill the matrix."""
-        if has_matrix(self._data) and not self._failure:
+        if self._matrix.cells and not self._failure:
             self._fill()
 
     def action_next_metric(self) -> None:
@@ -116,47 +108,45 @@ class ValidationScreen(Screen[None]):
             self._fill()
 
     def _fill(self) -> None:
-        data = self._data
-        rows: list[str] = data["rows"]
-        columns: list[str] = data["columns"]
-        cells: dict[str, dict[str, dict[str, Any]]] = data.get("cells", {})
+        matrix = self._matrix
+        cells = matrix.cells
         values = [
-            cell["metrics"][self._metric]
+            cell.metrics[self._metric]
             for row in cells.values()
             for cell in row.values()
-            if not cell.get("error") and self._metric in cell.get("metrics", {})
+            if not cell.error and self._metric in cell.metrics
         ]
         low, high = (min(values), max(values)) if values else (0.0, 0.0)
         table = self.query_one("#validation-table", DataTable)
         table.clear(columns=True)
         table.add_column("model \\ site", key="row")
-        for column in columns:
+        for column in matrix.columns:
             table.add_column(Text(column), key=column, width=max(CELL_WIDTH, len(column)))
         lower_is_better = "loss" in self._metric
-        for row in rows:
+        for row in matrix.rows:
             shown = [Text(row, style="bold")]
-            for column in columns:
-                shown.append(self._cell(cells.get(row, {}).get(column), low, high, lower_is_better))
+            for column in matrix.columns:
+                shown.append(self._cell(matrix.cell(row, column), low, high, lower_is_better))
             table.add_row(*shown, key=row)
         self.query_one("#validation-metric", Static).update(
             Text.assemble(("metric ", tone_style(self.app, "muted")), (self._metric or "-", "bold"))
         )
         errors = [
-            f"model of {row} on {column}: {cell['error']}"
+            f"model of {row} on {column}: {cell.error}"
             for row, by_site in cells.items()
             for column, cell in by_site.items()
-            if cell.get("error")
+            if cell.error
         ]
-        self.query_one("#validation-notes", Static).update("\n".join([*errors, notes_text(data)]))
+        self.query_one("#validation-notes", Static).update("\n".join([*errors, notes_text(matrix)]))
 
     def _cell(
-        self, cell: dict[str, Any] | None, low: float, high: float, lower_is_better: bool
+        self, cell: MatrixCell | None, low: float, high: float, lower_is_better: bool
     ) -> Text:
         if cell is None:
             return Text("")
-        if cell.get("error"):
-            return Text(f"✖ {cell['error']}", style=tone_style(self.app, "error"))
-        value = cell.get("metrics", {}).get(self._metric)
+        if cell.error:
+            return Text(f"✖ {cell.error}", style=tone_style(self.app, "error"))
+        value = cell.metrics.get(self._metric)
         if value is None:
             return Text("")
         return Text(f"{value:.4f}", style=self._colour(shade(value, low, high, lower_is_better)))

@@ -131,7 +131,7 @@ class Folder:
             record = Workspace(path).load_issued() if ca else None
         except ProvisionError as exc:
             return cls(path, str(exc), project_file)
-        holders = list((record or {}).get("participants", {}).values())
+        holders = list(record.participants.values()) if record is not None else []
         issued = frozenset((entry["kind"], entry["name"]) for entry in holders)
         revoked = frozenset((e["kind"], e["name"]) for e in holders if e.get("revoked"))
         return cls(path, None, project_file, issued, revoked)

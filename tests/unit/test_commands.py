@@ -13,6 +13,7 @@ from typing import Any, TypeVar, cast
 import pytest
 
 from flcore import status as st
+from flcore.crossvalmatrix import MatrixCell, ValidationMatrix
 from flcore.federation import CommandResult, MachineInfo
 from flcore.feed import ClientRow, CommandSeen, RunInfo
 from flcore.identity import ROLE_MEMBER, ROLE_SUPER
@@ -20,7 +21,6 @@ from flcore.status import ClientStatus
 from flcore.tokens import token_id, token_key
 from flserverd.admins import AdminLogins
 from flserverd.commands import AdminCommands, Reply
-from flserverd.crossval import MatrixCell, ValidationMatrix
 from flserverd.registry import RegisteredClient
 from flserverd.server import CommandError, FLServer
 from flserverd.transfer import FileChunk

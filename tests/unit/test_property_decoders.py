@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from flclientd.approvals import ApprovalError, ApprovalList, parse_digest
 from flclientd.sitestate import SiteState
 from flclientd.worker.protocol import decode, encode
+from flcore.crossvalmatrix import ValidationMatrix
 from flcore.federation import CommandResult
 from flcore.folders import FolderError, FolderReceiver, check_relpath
 from flcore.identity import ROLE_MEMBER, ROLE_SUPER
@@ -35,7 +36,6 @@ from flcore.tensorfile import (
 )
 from flcore.wire import manifest_from_proto, manifest_to_proto
 from flserverd.commands import AdminCommands
-from flserverd.crossval import ValidationMatrix
 from flserverd.runstore import RunStore
 from flserverd.server import FLServer
 from tests.fuzz import FUZZ, mutated, values

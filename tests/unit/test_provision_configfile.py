@@ -347,3 +347,46 @@ def test_property_workspace_records_are_read_or_refused_cleanly(
         load[record]()
     except ProvisionError as exc:
         assert str(exc).startswith(str(path))
+
+
+def test_issued_json_reads_once_into_its_record_and_writes_back_as_it_was(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.prepare()
+    path = ws.state_dir / "issued.json"
+    entry = {"name": "site-1", "kind": "client", "serial": "0a", "revoked": True}
+    written = {
+        "format_version": 1,
+        "project": "p",
+        "server": {"name": "server.example.org", "fed_learn_port": 8002},
+        "settings": {"heartbeat_interval": 30.0},
+        "server_settings": None,
+        "participants": {"client:site-1": entry},
+    }
+    path.write_text(json.dumps(written, indent=2) + "\n")
+    record = ws.load_issued()
+    assert record is not None and record.participants == {"client:site-1": entry}
+    before = path.read_bytes()
+    ws.save_issued(record)
+    assert path.read_bytes() == before
+
+
+def test_issued_json_with_a_holder_that_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.prepare()
+    path = ws.state_dir / "issued.json"
+    path.write_text(json.dumps({"format_version": 1, "participants": {"client:a": "x"}}))
+    with pytest.raises(ProvisionError, match="not a record flprovision wrote"):
+        ws.load_issued()
+
+
+def test_revoked_json_with_an_entry_flprovision_never_wrote_is_refused(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws")
+    ws.prepare()
+    path = ws.state_dir / "revoked.json"
+    entry = {"serial": "0a", "name": "a", "kind": "client", "reason": "superseded"}
+    path.write_text(json.dumps({"format_version": 1, "crl_number": 1, "revoked": [entry]}))
+    with pytest.raises(ProvisionError, match="not a record flprovision wrote"):
+        ws.load_revoked()
+    entry["revoked_at"] = "2026-01-01T00:00:00+00:00"
+    path.write_text(json.dumps({"format_version": 1, "crl_number": 1, "revoked": [entry]}))
+    assert [cert.serial for cert in ws.load_revoked().revoked] == ["0a"]

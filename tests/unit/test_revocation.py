@@ -18,7 +18,8 @@ from flcore.schema import ConfigError
 from flserverd.revocation import CLOCK_SLACK_S, RevocationError, Revocations
 from flserverd.statedb import StateDB
 from provision.pki import CertifiedKey, create_ca
-from provision.revocation import RevokedCert, sign_crl
+from provision.revocation import sign_crl
+from provision.workspace import RevokedCert
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SITE = Identity("site-a", "hospital-a", KIND_CLIENT, serial=0x51)
