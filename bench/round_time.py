@@ -106,6 +106,20 @@ def run_scenario(
         return result
 
 
+def start_app_run(c: Cluster) -> None:
+    """Upload and deploy the benchmark app written by :func:`fldev.mlpapp.write_app` and start
+    run 1 on the server and every connected client."""
+    c.admin(
+        "set_run_number 1",
+        f"upload_folder {APP_NAME}",
+        f"deploy {APP_NAME} server",
+        f"deploy {APP_NAME} client",
+        "start server",
+        "start client",
+        timeout=60,
+    )
+
+
 def _train(
     c: Cluster,
     server_pid: int,
@@ -118,15 +132,7 @@ def _train(
     """Train the run with the server already started; measure rounds 1 and later."""
     clients = len(names)
     daemons = [c.client(name) for name in names]
-    c.admin(
-        "set_run_number 1",
-        f"upload_folder {APP_NAME}",
-        f"deploy {APP_NAME} server",
-        f"deploy {APP_NAME} client",
-        "start server",
-        "start client",
-        timeout=60,
-    )
+    start_app_run(c)
     # Round 0 pays for starting the training children; measure from its end.
     wait_until(lambda: c.metrics(), 600, "round 0", interval=0.05)
     workers = c.worker_pids()
