@@ -7,8 +7,8 @@ model and uploads its update through the real path (mutual-TLS gRPC
 streams, chunks, the spool files on each side). The client daemon logs one
 line per transfer (``flclientd.connection``: bytes and seconds, from its
 request to the last chunk written, or to the server's verdict for an
-upload); the first download and upload are left out (the training child
-starts meanwhile).
+upload); all of them count (the final global model's download too) but
+the first download and upload (the training child starts meanwhile).
 
 In the same run, once the rounds are done, a child process and this one
 move the same number of bytes over a plain TLS 1.3 socket (Python's
