@@ -272,7 +272,13 @@ def test_a_client_killed_mid_round_leaves_nothing_behind_and_rejoins(
         sent = [r for r, instance in counted(cluster) if instance == "flclient2"]
         killed_in = max(sent) + 1  # it sends every round it is offered: the next one died
         # The round it died in goes on with flclient1 once flclient2's heartbeat is missed.
-        server.wait_log(r"client flclient2 \(flclient2\) removed: no heartbeat", timeout=30)
+        removals = index + 1  # one per kill so far
+        wait_until(
+            lambda: server.log().count("client flclient2 (flclient2) removed: no heartbeat")
+            >= removals,  # noqa: B023
+            30,
+            f"flclient2 removed after the kill at {point}",
+        )
         assert [c["instance"] for c in cluster.status()["clients"]] == ["flclient1"], point
         wait_until(
             lambda: any(

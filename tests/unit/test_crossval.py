@@ -196,3 +196,20 @@ def test_a_site_that_cannot_validate_its_own_model_withdraws(setup: Setup) -> No
     crossval.record("a", "a", {}, "no local model to share")
     assert crossval.withdrawn == {"a": "no local model to share"}
     assert crossval.results == {}
+
+
+def test_the_matrix_reads_back_from_its_json_and_other_shapes_read_as_no_results() -> None:
+    matrix = ValidationMatrix(
+        4,
+        ["global", "site-a"],
+        ["site-a", "site-b"],
+        {"global": {"site-b": MatrixCell({"acc": 0.5}, "")}, "site-a": {}},
+        {"site-c": "does not take part"},
+    )
+    assert ValidationMatrix.from_json(json.loads(json.dumps(matrix.as_json()))) == matrix
+    older = ValidationMatrix.from_json({"results": []})
+    assert older == ValidationMatrix(-1, [], [], {}, {})
+    odd = ValidationMatrix.from_json(
+        {"rows": ["global"], "columns": ["s"], "cells": {"global": {"s": {"metrics": {"a": "x"}}}}}
+    )
+    assert odd.cell("global", "s") == MatrixCell({}, "")
