@@ -34,8 +34,19 @@ leaves, the script waits out the timeout and checks that only the two real
 clients are registered, that every process is alive and that the run
 trained throughout.
 
+With ``--no-churn`` the fleet holds still instead (the scale check of
+issue 12): no run trains, every simulated client joins once and stays;
+once all have joined and settled, the script measures over ``--duration``
+seconds the server's CPU (target under 0.5 core for 1,000 clients) and
+the heartbeat round trip (p99 under 50 ms), then, with every client still
+connected, times ``check_status server`` (median under 5 ms) and the
+fan-out ``check_status client`` (median under 300 ms) from a separate admin
+process (as ``bench/many_clients.py`` does); then every client leaves and
+the drops are judged as above.
+
     .venv/bin/python bench/churn.py                              # 1,000 clients, 10 minutes
     .venv/bin/python bench/churn.py --clients 300 --duration 180
+    .venv/bin/python bench/churn.py --no-churn --duration 60     # the scale check, 1,000 clients
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,11 +72,12 @@ if str(REPO) not in sys.path:
 import grpc  # noqa: E402
 
 from bench.common import UsageSampler, percentile, proc_stat, table, usage  # noqa: E402
+from bench.many_clients import command_rows, idle_answer, probe  # noqa: E402
 from fladmin import AdminError  # noqa: E402
 from fladmin.link import AdminLink  # noqa: E402
 from flclientd.connection import Connection, ControlStream  # noqa: E402
 from flcore import status as st  # noqa: E402
-from flcore.federation import ClientHeartbeat, Hello, MachineInfo  # noqa: E402
+from flcore.federation import ClientHeartbeat, Command, Hello, MachineInfo  # noqa: E402
 from flcore.feed import ClientGone, FeedEvent, Heartbeat  # noqa: E402
 from flcore.identity import KIND_CLIENT  # noqa: E402
 from flcore.startup import ClientStartup, load_client  # noqa: E402
@@ -80,6 +93,12 @@ HEARTBEAT_S = 1.0
 DROP_SLACK_S = 3.0
 """A drop may come this long after the timeout (the server sweeps every second)."""
 JOIN_CONCURRENCY = 50
+SETTLE_S = 5.0
+"""--no-churn: seconds between the last join and the measured window."""
+TARGET_CORES = 0.5
+TARGET_P99_MS = 50.0
+COMMAND_TARGETS_MS = {"check_status server": 5.0, "check_status client": 300.0}
+"""--no-churn: the issue's targets for the median of each command, with every client connected."""
 
 
 @dataclass
@@ -114,6 +133,8 @@ class Ledger:
     joins: int = 0
     resumed: int = 0
     failed_joins: int = 0
+    recording: bool = True
+    """Whether heartbeat latencies are kept (--no-churn: only those of the measured window)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def heard(self, name: str, server_time: float, received: float) -> None:
@@ -123,7 +144,7 @@ class Ledger:
             matched = None
             while queue and queue[0] <= server_time:
                 matched = queue.popleft()
-            if matched is not None:
+            if matched is not None and self.recording:
                 self.to_server.append(server_time - matched)
                 self.round_trips.append(received - matched)
 
@@ -143,6 +164,13 @@ class Ledger:
                 target.append((name, reason))
                 return
             candidates[-1].dropped_at = when
+
+    def restart_latencies(self) -> None:
+        """Forget the heartbeat latencies so far (those of the joins' burst)."""
+        with self.lock:
+            self.to_server.clear()
+            self.round_trips.clear()
+            self.recording = True
 
     def waiting(self) -> int:
         """Departures for good (not back) that the server has not dropped yet."""
@@ -194,6 +222,7 @@ class SimClient:
     token: str = ""
     conn: Connection | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def name(self) -> str:
@@ -237,16 +266,19 @@ class SimClient:
             sent = time.time()
             with ledger.lock:
                 ledger.sent[self.name].append(sent)
-            await call.write(ClientHeartbeat(status))
+            async with self.writing:  # one write at a time on a stream
+                await call.write(ClientHeartbeat(status))
             with ledger.lock:  # written: a heartbeat cut off by leave() never counts
                 ledger.last_contact[self.name] = sent
                 ledger.heartbeats += 1
             await asyncio.sleep(HEARTBEAT_S)
 
     async def _answer(self, call: ControlStream) -> None:
-        """Read what the server sends (nothing is expected: these clients train no run)."""
-        async for _ in call:
-            pass
+        """Answer commands as a client daemon that trains no run does (``check_status``)."""
+        async for message in call:
+            if isinstance(message, Command):
+                async with self.writing:
+                    await call.write(idle_answer(message))
 
     async def leave(self, ledger: Ledger) -> None:
         """Stop and close the connection without logging out, as a crashed site would."""
@@ -301,11 +333,70 @@ def issue_certificates(c: Cluster, count: int, folder: Path) -> list[SimClient]:
     return sims
 
 
-async def churn(sims: list[SimClient], ledger: Ledger, args: argparse.Namespace) -> None:
+@dataclass
+class CpuWindow:
+    """CPU of the server and of this process over a stretch of wall time (cores)."""
+
+    server_pid: int
+    seconds: float = 0.0
+    server_cores: float = 0.0
+    own_cores: float = 0.0
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[CpuWindow]:
+        server, own, started = (
+            proc_stat(self.server_pid).cpu_s,
+            time.process_time(),
+            time.monotonic(),
+        )
+        yield self
+        self.seconds = time.monotonic() - started
+        self.server_cores = (proc_stat(self.server_pid).cpu_s - server) / self.seconds
+        self.own_cores = (time.process_time() - own) / self.seconds
+
+
+async def churn(
+    sims: list[SimClient], ledger: Ledger, args: argparse.Namespace, window: CpuWindow
+) -> list[list[str]]:
     """Every simulated client lives for the duration; then all leave."""
-    until = time.monotonic() + args.duration
+    with window.measure():
+        until = time.monotonic() + args.duration
+        joins = asyncio.Semaphore(JOIN_CONCURRENCY)
+        await asyncio.gather(*(sim.live(ledger, until, joins, args) for sim in sims))
+    return []
+
+
+async def hold(
+    sims: list[SimClient],
+    ledger: Ledger,
+    args: argparse.Namespace,
+    window: CpuWindow,
+    admin_startup: Path,
+) -> list[list[str]]:
+    """--no-churn: every client joins and stays; measure the quiet fleet, time the commands
+    with all of them connected, then all leave. Returns the commands' rows."""
     joins = asyncio.Semaphore(JOIN_CONCURRENCY)
-    await asyncio.gather(*(sim.live(ledger, until, joins, args) for sim in sims))
+
+    async def join(sim: SimClient) -> None:
+        async with joins:
+            await sim.join(ledger)
+
+    started = time.monotonic()
+    await asyncio.gather(*(join(sim) for sim in sims))
+    print(f"{ledger.joins} joined in {time.monotonic() - started:.0f} s", flush=True)
+    await asyncio.sleep(SETTLE_S)
+    ledger.restart_latencies()
+    print(f"measuring for {args.duration:g} s ...", flush=True)
+    with window.measure():
+        await asyncio.sleep(args.duration)
+    ledger.recording = False
+    print("timing admin commands ...", flush=True)
+    calls = {"check_status server": args.calls, "check_status client": args.fanout_calls}
+    samples = await probe(admin_startup, calls)
+    online = len(ledger.online)
+    await asyncio.gather(*(sim.leave(ledger) for sim in sims if sim.conn is not None))
+    rows = [["clients online while timing commands", str(online)]]
+    return rows + command_rows(samples, COMMAND_TARGETS_MS)
 
 
 def judge(ledger: Ledger, timeout: float) -> list[list[str]]:
@@ -353,12 +444,19 @@ def judge(ledger: Ledger, timeout: float) -> list[list[str]]:
     ]
 
 
-def latency(samples: list[float]) -> str:
-    """p50 and p99 of heartbeat latencies, in milliseconds."""
+def latency(samples: list[float], churning: bool = True) -> str:
+    """p50 and p99 of heartbeat latencies, in milliseconds; without churn, judged against the
+    scale check's p99 target."""
     if not samples:
         return "none matched"
     p50, p99 = (1000 * percentile(samples, q) for q in (50, 99))
-    return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(samples)} heartbeats)"
+    shown = f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(samples)} heartbeats)"
+    return shown if churning else shown + verdict(p99 < TARGET_P99_MS, TARGET_P99_MS, " ms, p99")
+
+
+def verdict(met: bool, target: float, unit: str) -> str:
+    """``; meets < 0.5`` or ``; MISSES < 50 ms, p99``: a measure against its target."""
+    return f"; {'meets' if met else 'MISSES'} < {target:g}{unit}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,6 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-timeout", type=float, default=10, help="seconds (10)")
     parser.add_argument(
         "--warmup", type=float, help="seconds left out of the RSS fit (a fifth, at least 60)"
+    )
+    parser.add_argument(
+        "--no-churn",
+        dest="churn",
+        action="store_false",
+        help="the scale check: no run, every client joins once and stays; times the commands",
+    )
+    parser.add_argument(
+        "--calls", type=int, default=50, help="--no-churn: check_status server (50)"
+    )
+    parser.add_argument(
+        "--fanout-calls", type=int, default=10, help="--no-churn: check_status client calls (10)"
     )
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
     args = parser.parse_args(argv)
@@ -392,11 +502,12 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     timeout = args.heartbeat_timeout
     server = c.server()
     real = [c.client(name) for name in REAL]
-    c.configure("config_fed_client.json", local_epochs=1)
-    c.prepare_run(1, num_rounds=10**6, min_num_clients=2, wait_after_min_clients=5)
-    c.ok("start server")
-    c.ok("start client")
-    wait_until(lambda: c.metrics(), 300, "round 0", interval=0.5)
+    if args.churn:
+        c.configure("config_fed_client.json", local_epochs=1)
+        c.prepare_run(1, num_rounds=10**6, min_num_clients=2, wait_after_min_clients=5)
+        c.ok("start server")
+        c.ok("start client")
+        wait_until(lambda: c.metrics(), 300, "round 0", interval=0.5)
     certificates = root / "churn-certs"
     certificates.mkdir()
     print(f"issuing {args.clients} client certificates ...", flush=True)
@@ -405,15 +516,16 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     feed = Feed(c.kit(), ledger)
     feed.start()
     rounds_before = len(c.metrics())
-    cpu_before, own_before = proc_stat(server.pid).cpu_s, time.process_time()
     warmup = args.warmup if args.warmup is not None else max(60.0, args.duration / 5)
-    print(f"churning for {args.duration:g} s ...", flush=True)
+    window = CpuWindow(server.pid)
     with UsageSampler({"flserverd": server.pid}, 2.0) as sampler:
-        window = time.monotonic()
-        asyncio.run(churn(sims, ledger, args))
-        window = time.monotonic() - window
-    server_cores = (proc_stat(server.pid).cpu_s - cpu_before) / window
-    own_cores = (time.process_time() - own_before) / window
+        if args.churn:
+            print(f"churning for {args.duration:g} s ...", flush=True)
+            commands = asyncio.run(churn(sims, ledger, args, window))
+        else:
+            print(f"joining {args.clients} clients ...", flush=True)
+            admin = root / ADMIN / "startup"
+            commands = asyncio.run(hold(sims, ledger, args, window, admin))
     ended = time.time()
     wait_until(
         lambda: not ledger.waiting() or time.time() > ended + timeout + 2 * DROP_SLACK_S,
@@ -425,7 +537,8 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     alive = server.alive() and all(d.alive() for d in real)
     state = c.run_state()
     rounds = len(c.metrics()) - rounds_before
-    c.ok("abort server")
+    if args.churn:
+        c.ok("abort server")
     feed.stop.set()
     feed.join(10)  # it stops at its next event and closes its channel
     trips, one_way = ledger.round_trips, ledger.to_server
@@ -437,16 +550,23 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
             "joins (resumed a registration) / failed",
             f"{ledger.joins} ({ledger.resumed}) / {ledger.failed_joins}",
         ],
-        ["heartbeats sent", f"{ledger.heartbeats} ({ledger.heartbeats / window:.0f}/s)"],
+        ["heartbeats sent", f"{ledger.heartbeats}"],
         ["heartbeat, client -> handled by the server", latency(one_way)],
-        ["heartbeat round trip, client -> server -> feed", latency(trips)],
+        ["heartbeat round trip, client -> server -> feed", latency(trips, args.churn)],
+        *commands,
         *judge(ledger, timeout),
         ["registered at the end (must be the 2 real clients)", ", ".join(registered)],
         [
-            "all daemons alive, run trained throughout",
-            f"{alive}, {state['server_status']}, {rounds} rounds in the window",
+            "all daemons alive, run trained throughout" if args.churn else "all daemons alive",
+            f"{alive}, {state['server_status']}, {rounds} rounds in the window"
+            if args.churn
+            else str(alive),
         ],
-        ["server CPU / this process's CPU", f"{server_cores:.2f} / {own_cores:.2f} cores"],
+        [
+            f"server CPU / this process's CPU over {window.seconds:.0f} s",
+            f"{window.server_cores:.3f} / {window.own_cores:.2f} cores"
+            + ("" if args.churn else verdict(window.server_cores < TARGET_CORES, TARGET_CORES, "")),
+        ],
         ["feed reconnects (cut off as too slow)", str(feed.reconnects)],
     ]
     if len(kept) >= 2:

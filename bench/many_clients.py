@@ -112,14 +112,7 @@ class Site:
                 if not isinstance(command, Command):
                     continue
                 counters.commands += 1
-                data = {"status": st.NOT_STARTED, "run_number": 0, "round": -1, "device": "cpu"}
-                result = CommandResult(
-                    command.command_id,
-                    command.name == "check_status",
-                    st.NOT_STARTED if command.name == "check_status" else "not supported",
-                    data,
-                )
-                self.outbox.put_nowait(result)
+                self.outbox.put_nowait(idle_answer(command))
 
     async def close(self) -> None:
         """Stop the tasks and close the channel."""
@@ -130,6 +123,16 @@ class Site:
                 await task
         self.call.cancel()
         await self.conn.close()
+
+
+def idle_answer(command: Command) -> CommandResult:
+    """What a client daemon that is not training answers: its status to ``check_status``,
+    ``not supported`` to anything else."""
+    data = {"status": st.NOT_STARTED, "run_number": 0, "round": -1, "device": "cpu"}
+    checked = command.name == "check_status"
+    return CommandResult(
+        command.command_id, checked, st.NOT_STARTED if checked else "not supported", data
+    )
 
 
 async def open_site(
@@ -188,6 +191,31 @@ async def probe(startup_dir: Path, calls: dict[str, int]) -> dict[str, list[list
     if process.returncode != 0:
         raise RuntimeError(f"admin probe failed with exit code {process.returncode}")
     return json.loads(out)  # type: ignore[no-any-return]
+
+
+def command_rows(
+    samples: dict[str, list[list[float]]], targets: dict[str, float] | None = None
+) -> list[list[str]]:
+    """Table rows for the probe's samples: the admin's round trip (median, p90, max) and the
+    server's own time; with a target in ms for a command line, whether its median meets it."""
+    rows = []
+    for line, values in samples.items():
+        admin_ms = [a for a, _ in values]
+        server_ms = [s for _, s in values]
+        target = (targets or {}).get(line)
+        verdict = ""
+        if target is not None:
+            met = "meets" if median(admin_ms) < target else "MISSES"
+            verdict = f"; median {met} < {target:g} ms"
+        rows.append(
+            [
+                f"{line} ({len(values)} calls)",
+                f"median {median(admin_ms):.1f} ms, p90 {percentile(admin_ms, 90):.1f} ms, "
+                f"max {max(admin_ms):.1f} ms (server's own: median {median(server_ms):.1f} ms)"
+                f"{verdict}",
+            ]
+        )
+    return rows
 
 
 def run_probe(startup_dir: Path, calls: dict[str, int]) -> int:
@@ -270,16 +298,7 @@ async def hold_sessions(
         print("timing admin commands ...", flush=True)
         lines = {"check_status server": args.calls, "check_status client": args.fanout_calls}
         samples = await probe(root / "admin@lead.org" / "startup", lines)
-        for line, values in samples.items():
-            admin_ms = [a for a, _ in values]
-            server_ms = [s for _, s in values]
-            rows.append(
-                [
-                    f"{line} ({len(values)} calls)",
-                    f"median {median(admin_ms):.0f} ms, p90 {percentile(admin_ms, 90):.0f} ms "
-                    f"(server's own: median {median(server_ms):.0f} ms)",
-                ]
-            )
+        rows.extend(command_rows(samples))
         rows.append(["sessions broken during the test", str(counters.broken)])
     finally:
         await asyncio.gather(*(site.close() for site in sites), return_exceptions=True)

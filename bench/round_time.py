@@ -20,6 +20,11 @@ received.
     .venv/bin/python bench/round_time.py --model small --clients 2 --rounds 60
     .venv/bin/python bench/round_time.py --model large --clients 8 --rounds 8
     .venv/bin/python bench/round_time.py --model small --rounds 600 --console
+    .venv/bin/python bench/round_time.py --model large --clients 2,8,32 --rounds 2 --repeats 3
+
+With a sweep (``--clients 2,8,32``) and ``--repeats``, every run gets its
+column and a second table gives the server's median peak RSS per client
+count and its growth from the fewest clients.
 """
 
 from __future__ import annotations
@@ -106,6 +111,20 @@ def run_scenario(
         return result
 
 
+def start_app_run(c: Cluster) -> None:
+    """Upload and deploy the benchmark app written by :func:`fldev.mlpapp.write_app` and start
+    run 1 on the server and every connected client."""
+    c.admin(
+        "set_run_number 1",
+        f"upload_folder {APP_NAME}",
+        f"deploy {APP_NAME} server",
+        f"deploy {APP_NAME} client",
+        "start server",
+        "start client",
+        timeout=60,
+    )
+
+
 def _train(
     c: Cluster,
     server_pid: int,
@@ -118,15 +137,7 @@ def _train(
     """Train the run with the server already started; measure rounds 1 and later."""
     clients = len(names)
     daemons = [c.client(name) for name in names]
-    c.admin(
-        "set_run_number 1",
-        f"upload_folder {APP_NAME}",
-        f"deploy {APP_NAME} server",
-        f"deploy {APP_NAME} client",
-        "start server",
-        "start client",
-        timeout=60,
-    )
+    start_app_run(c)
     # Round 0 pays for starting the training children; measure from its end.
     wait_until(lambda: c.metrics(), 600, "round 0", interval=0.05)
     workers = c.worker_pids()
@@ -202,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the scenarios and print one table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), help="default: small, then large")
-    parser.add_argument("--clients", type=int, help="default: 2 for small, 8 for large")
+    parser.add_argument(
+        "--clients",
+        type=client_counts,
+        help="clients, or a comma-separated sweep such as 2,8,32 (default: 2 small, 8 large)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="fresh runs of each scenario (1)")
     parser.add_argument("--rounds", type=int, help="rounds (default: 60 small, 8 large)")
     parser.add_argument(
         "--console",
@@ -212,23 +228,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
     args = parser.parse_args(argv)
     models = [args.model] if args.model else ["small", "large"]
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     results = []
     for name in models:
         model = MODELS[name]
-        clients = args.clients or DEFAULT_CLIENTS[name]
         rounds = args.rounds or DEFAULT_ROUNDS[name]
         if rounds < 2:
             parser.error("--rounds must be at least 2 (round 0 is not measured)")
-        print(
-            f"[{name}] {model.parameters:,} parameters ({model.megabytes:.1f} MB), "
-            f"{clients} clients, {rounds} rounds ...",
-            flush=True,
-        )
-        with tempfile.TemporaryDirectory(prefix=f"flbench-{name}-") as tmp:
-            root = (args.workdir or Path(tmp)) / f"{name}-{clients}"
-            result = run_scenario(root, model, clients, rounds, args.console)
-        results.append(result)
-        print(f"[{name}] done in {result.wall_s:.0f} s", flush=True)
+        for clients in args.clients or [DEFAULT_CLIENTS[name]]:
+            for repeat in range(1, args.repeats + 1):
+                print(
+                    f"[{name}] {model.parameters:,} parameters ({model.megabytes:.1f} MB), "
+                    f"{clients} clients, {rounds} rounds, run {repeat} of {args.repeats} ...",
+                    flush=True,
+                )
+                with tempfile.TemporaryDirectory(prefix=f"flbench-{name}-") as tmp:
+                    root = (args.workdir or Path(tmp)) / f"{name}-{clients}-{repeat}"
+                    result = run_scenario(root, model, clients, rounds, args.console)
+                results.append(result)
+                print(f"[{name}] done in {result.wall_s:.0f} s", flush=True)
     measures: list[tuple[str, Callable[[Result], object]]] = [
         ("parameters", lambda r: f"{r.model.parameters:,} ({r.model.megabytes:.0f} MB)"),
         ("clients", lambda r: r.clients),
@@ -271,7 +290,59 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[label, *(str(get(r)) for r in results)] for label, get in measures]
     print()
     print(table(headers, rows))
+    growth = memory_growth(results)
+    if growth:
+        print()
+        print(
+            table(
+                [
+                    "model",
+                    "clients",
+                    "runs",
+                    "server peak RSS MB, median",
+                    "growth (target < 10 %)",
+                ],
+                growth,
+            )
+        )
     return 0
+
+
+def client_counts(text: str) -> list[int]:
+    """``--clients``: one count or a comma-separated sweep, each at least 1."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers such as 8 or 2,8,32") from None
+    if any(count < 1 for count in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: every count must be at least 1")
+    return counts
+
+
+def memory_growth(results: list[Result]) -> list[list[str]]:
+    """Per model swept over client counts: the server's median peak RSS (VmHWM) per count and
+    its growth from the fewest clients (the issue's target: under 10 % from 2 to 32)."""
+    rows = []
+    for name in dict.fromkeys(r.model.name for r in results):
+        peaks: dict[int, list[float]] = {}
+        for r in results:
+            if r.model.name == name:
+                peaks.setdefault(r.clients, []).append(r.server_peak_mb)
+        if len(peaks) < 2:
+            continue
+        fewest = median(peaks[min(peaks)])
+        for clients in sorted(peaks):
+            peak = median(peaks[clients])
+            rows.append(
+                [
+                    name,
+                    str(clients),
+                    str(len(peaks[clients])),
+                    f"{peak:.0f}",
+                    f"{100 * (peak / fewest - 1):+.1f} %",
+                ]
+            )
+    return rows
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ uplink and the agent, which know what a failure means.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -152,11 +153,13 @@ class Connection:
         request = ModelRequest(run_number, round_number, kind, owner)
         watch = ProgressWatch(f"download of {target.name}")
         spool: SpoolWriter | None = None
+        moved = 0
 
         async def receive() -> TensorFile:
             nonlocal spool
             call = self.stub.GetModel(model_request_to_proto(self.token, request))
             received = 0
+            nonlocal moved
             async for message in call:
                 watch.moved()
                 if message.WhichOneof("body") == "manifest":
@@ -168,6 +171,7 @@ class Connection:
                 else:
                     receive_chunk(spool, chunk_from_proto(message.chunk))
                     self.traffic.received["model"] += len(message.chunk.data)
+                    moved += len(message.chunk.data)
                     received += 1
                     if received == 1:
                         faultpoints.reached(faultpoints.CLIENT_DOWNLOAD)
@@ -175,12 +179,15 @@ class Connection:
                 raise ValueError("the server sent no model")
             return spool.finish()
 
+        started = time.monotonic()
         try:
-            return await watch.run(receive())
+            model = await watch.run(receive())
         except BaseException:
             if spool is not None:
                 spool.discard()
             raise
+        _log_transfer(f"downloaded {target.name}", moved, time.monotonic() - started)
+        return model
 
     async def submit_model(
         self,
@@ -200,20 +207,25 @@ class Connection:
         watch = ProgressWatch(f"upload of {model.name}")
 
         sent = kind.value.replace(" ", "_")
+        moved = 0
 
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
+            nonlocal moved
             yield submit_header_to_proto(self.token, header)
             for index, chunk in enumerate(tensor_chunks(upload, compression)):
                 watch.moved()  # gRPC asks for the next chunk once the last one could go
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
                 self.traffic.sent[sent] += len(chunk.data)
+                moved += len(chunk.data)
                 if index == 0:
                     faultpoints.reached(faultpoints.CLIENT_UPLOAD)
 
         async def send() -> fed_pb2.SubmitReply:
             return await self.stub.SubmitModel(messages())
 
+        started = time.monotonic()
         verdict = verdict_from_proto(await watch.run(send()))
+        _log_transfer(f"uploaded {model.name}", moved, time.monotonic() - started)
         self.traffic.verdicts[verdict.outcome.value] += 1
         return verdict
 
@@ -260,3 +272,15 @@ class Connection:
             receiver.discard()
             raise
         replace_folder(staging, target)
+
+
+def _log_transfer(what: str, nbytes: int, seconds: float) -> None:
+    """One line per model transfer, so that its speed can be read from the log
+    (``bench/transfer.py`` does); an upload's time includes the server's verdict."""
+    log.info(
+        "%s: %d bytes in %.3f s (%.1f MB/s)",
+        what,
+        nbytes,
+        seconds,
+        nbytes / 1e6 / max(seconds, 1e-9),
+    )

@@ -26,7 +26,14 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from flcore.identity import KIND_CLIENT, KIND_SERVER
 from flcore.kitsig import PublicKey
 from provision.errors import ProvisionError
-from provision.kits import Participant, kit_files, new_password, participants, write_kit_zip
+from provision.kits import (
+    KitZip,
+    Participant,
+    kit_files,
+    new_password,
+    participants,
+    write_kit_zips,
+)
 from provision.pki import (
     CertifiedKey,
     ca_summary,
@@ -35,7 +42,6 @@ from provision.pki import (
     create_ca,
     generate_key,
     public_pem,
-    serial_hex,
 )
 from provision.project import Project
 from provision.revocation import CRL_DAYS, REISSUE_REASON, CrlWritten, revoke_certificates
@@ -242,12 +248,28 @@ def write_kit(
     now: datetime,
     public_key: PublicKey | None = None,
 ) -> tuple[Entry, WrittenKit]:
-    """Certify ``who`` and write its kit into packages/; return its record entry and the kit.
+    """Certify ``who`` and write its kit into packages/; return its record entry and the kit."""
+    entry, kit, zip_ = certify_kit(project, ws, ca, who, now, public_key)
+    write_kit_zips([zip_])
+    _log_written(kit, entry)
+    return entry, kit
+
+
+def certify_kit(
+    project: Project,
+    ws: Workspace,
+    ca: CertifiedKey,
+    who: Participant,
+    now: datetime,
+    public_key: PublicKey | None = None,
+) -> tuple[Entry, WrittenKit, KitZip]:
+    """Certify ``who`` and build its kit; its record entry, the kit, and the zip to write.
 
     Without ``public_key`` a new key goes into an encrypted zip with a new
     password; with one (the key its owner made) the kit is a plain zip
     without a key, and the entry keeps the public key so ``--force`` can
-    certify it again.
+    certify it again. The zip is written by the caller (many at once, see
+    :func:`provision.kits.write_kit_zips`), before the entry is recorded.
     """
     settings = project.settings
     key = generate_key(settings.key_type) if public_key is None else None
@@ -256,8 +278,7 @@ def write_kit(
     cert = certify(ca, who.subject, certified, settings.cert_validity_days, now)
     zip_path = ws.packages_dir / f"{who.name}.zip"
     password = new_password() if key is not None else None
-    write_kit_zip(zip_path, kit_files(project, who, ca, cert, key), password, now)
-    logger.info("wrote %s (certificate serial %s)", zip_path, serial_hex(cert))
+    zip_ = KitZip(zip_path, kit_files(project, who, ca, cert, key), password, now)
     entry = {
         **asdict(who),
         **cert_facts(cert),
@@ -266,7 +287,11 @@ def write_kit(
     }
     if key is None:
         entry["public_key"] = public_pem(certified)
-    return entry, WrittenKit(who.name, who.kind, zip_path, password, who.email)
+    return entry, WrittenKit(who.name, who.kind, zip_path, password, who.email), zip_
+
+
+def _log_written(kit: WrittenKit, entry: Entry) -> None:
+    logger.info("wrote %s (certificate serial %s)", kit.zip_path, entry["serial"])
 
 
 def held_public_key(entry: Entry) -> PublicKey | None:
@@ -322,6 +347,7 @@ def _issue_kits(
     skipped: list[str] = []
     awaiting: list[str] = []
     entries: list[Entry] = []
+    zips: list[KitZip] = []
     for who in everyone:
         held = issued.get(holder_key(who))
         if held is not None and not force:
@@ -337,12 +363,16 @@ def _issue_kits(
         if who.csr and public_key is None:
             awaiting.append(who.name)
             continue
-        entry, kit = write_kit(project, ws, ca, who, now, public_key)
+        entry, kit, zip_ = certify_kit(project, ws, ca, who, now, public_key)
         issued[holder_key(who)] = entry
         entries.append(entry)
         written.append(kit)
+        zips.append(zip_)
         if who.kind == KIND_SERVER:
             server_settings = asdict(settings)
+    write_kit_zips(zips)
+    for kit, entry in zip(written, entries, strict=True):
+        _log_written(kit, entry)
     finish_run(project, ws, ca, issued, server_settings, entries)
     return ProvisionResult(
         tuple(written), tuple(skipped), removed, tuple(warnings), tuple(awaiting)

@@ -50,8 +50,7 @@ def start_failure(cluster: Cluster) -> str:
 
 def test_full_run_two_clients(cluster: Cluster) -> None:
     server = cluster.server()
-    cluster.client("flclient1")
-    cluster.client("flclient2")
+    sites = [cluster.client("flclient1"), cluster.client("flclient2")]
     cluster.prepare_run(1, num_rounds=3, wait_after_min_clients=30)
     assert cluster.ok("start server").text == "Server training is starting...."
     started = cluster.ok("start client")
@@ -85,6 +84,14 @@ def test_full_run_two_clients(cluster: Cluster) -> None:
     log = server.log()
     assert "run 1 round 2 aggregated from 2 clients" in log
     assert re.search(r"final global model: val_accuracy=0\.\d+", log)
+    # One line per model transfer with its bytes and seconds (bench/transfer.py reads them):
+    # a global model down and an update of the same size up per round.
+    size = sum(w.nbytes for w in weights.values())
+    for site in sites:
+        moved = re.findall(r"(downloaded|uploaded) \S+: (\d+) bytes in \d+\.\d+ s", site.log())
+        assert [kind for kind, _ in moved].count("uploaded") == 3, moved
+        assert [kind for kind, _ in moved].count("downloaded") >= 3, moved
+        assert {int(nbytes) for _, nbytes in moved} == {size}, moved
 
 
 def test_check_status_formats(cluster: Cluster) -> None:

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from flcore.kitsig import verify_startup
 from flcore.startup import load_admin, load_client, load_server
 from flcore.tls import TlsFiles, channel_credentials, server_credentials
 from provision import extract_kit, parse_project, read_kit
-from provision.kits import new_password
+from provision.kits import PARALLEL_FROM, KitZip, new_password, write_kit_zips
 
 SERVER_FILES = [
     "fed_server.json",
@@ -305,3 +306,24 @@ def test_project_settings_reach_every_kit(
     cert = x509.load_pem_x509_certificate((startup / "client.crt").read_bytes())
     assert cert.public_key().key_size == 384  # type: ignore[union-attr]
     assert parse_project(provision_project_mapping).settings.key_type == "ecdsa-p384"
+
+
+def test_many_kits_written_by_worker_processes_are_encrypted_and_complete(
+    tmp_path: Path,
+) -> None:
+    """From PARALLEL_FROM zips on, the workers write them: each must read back whole, AES-256,
+    under its own password, and be private."""
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    zips = [
+        KitZip(tmp_path / f"site{i}.zip", {"a.txt": b"x" * i, "b.key": b"secret"}, f"pw{i}", when)
+        for i in range(PARALLEL_FROM)
+    ]
+    write_kit_zips(zips)
+    for i, each in enumerate(zips):
+        assert stat.S_IMODE(each.path.stat().st_mode) == 0o600
+        assert read_kit(each.path, f"pw{i}") == {"a.txt": b"x" * i, "b.key": b"secret"}
+        with zipfile.ZipFile(each.path) as archive:
+            for info in archive.infolist():
+                at = info.extra.index(b"\x01\x99\x07\x00")  # WinZip AES, 256 bits
+                assert info.compress_type == 99 and info.extra[at + 6 : at + 9] == b"AE\x03"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(z.path.name for z in zips)

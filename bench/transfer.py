@@ -1,0 +1,203 @@
+"""Model transfer speed against the machine's floor: a plain TLS 1.3 socket moving the same bytes.
+
+One client trains the large model (``fldev.mlpapp``, ~100 MB, one SGD step
+per round) for ``--repeats`` + 1 rounds with a real ``flserverd`` and
+``flclientd`` on 127.0.0.1: every round the client downloads the global
+model and uploads its update through the real path (mutual-TLS gRPC
+streams, chunks, the spool files on each side). The client daemon logs one
+line per transfer (``flclientd.connection``: bytes and seconds, from its
+request to the last chunk written, or to the server's verdict for an
+upload); all of them count (the final global model's download too) but
+the first download and upload (the training child starts meanwhile).
+
+In the same run, once the rounds are done, a child process and this one
+move the same number of bytes over a plain TLS 1.3 socket (Python's
+``ssl``, mutual TLS with the project's server and client certificates, the
+handshake not timed), ``--repeats`` times each way: "download" is the child
+(the server's side) sending to this process, "upload" the reverse, ended by
+a one-byte acknowledgement. Reported: MB/s of each (median over the
+repeats) and ours as a share of the floor (target: at least 80 %).
+
+    .venv/bin/python bench/transfer.py                      # large model, 5 repeats
+    .venv/bin/python bench/transfer.py --model small --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench.common import median, table  # noqa: E402
+from bench.round_time import start_app_run  # noqa: E402
+from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
+from fldev.mlpapp import MODELS, write_app  # noqa: E402
+from fldev.poll import wait_until  # noqa: E402
+
+TARGET_SHARE = 0.8
+CLIENT = "flclient1"
+CHUNK = 1 << 20
+TRANSFER = re.compile(r"(downloaded|uploaded) \S+: (\d+) bytes in ([\d.]+) s")
+DOWNLOAD, UPLOAD, ACK = b"D", b"U", b"K"
+
+
+def context(purpose: ssl.Purpose, folder: Path, kind: str) -> ssl.SSLContext:
+    """A TLS 1.3-only, mutual-TLS context from a kit's startup folder (``kind``: its key's
+    file name without the suffix)."""
+    ctx = ssl.create_default_context(purpose, cafile=str(folder / "rootCA.pem"))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(folder / f"{kind}.crt", folder / f"{kind}.key")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def receive_exactly(sock: ssl.SSLSocket, nbytes: int, buffer: memoryview) -> None:
+    """Read ``nbytes`` into the (reused) buffer, as a receiver that keeps nothing."""
+    left = nbytes
+    while left:
+        got = sock.recv_into(buffer, min(left, len(buffer)))
+        if not got:
+            raise ConnectionError("the peer closed the connection mid-transfer")
+        left -= got
+
+
+def send_exactly(sock: ssl.SSLSocket, nbytes: int, payload: memoryview) -> None:
+    """Write ``nbytes`` from the (reused) payload in chunks of its size."""
+    left = nbytes
+    while left:
+        step = min(left, len(payload))
+        sock.sendall(payload[:step])
+        left -= step
+
+
+def run_peer(folder: Path) -> int:
+    """The server's side of the floor (a child process): serve requests until closed."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    print(listener.getsockname()[1], flush=True)
+    raw, _ = listener.accept()
+    payload = memoryview(bytes(CHUNK))
+    buffer = memoryview(bytearray(CHUNK))
+    with context(ssl.Purpose.CLIENT_AUTH, folder, "server").wrap_socket(raw, True) as sock:
+        while True:
+            head = sock.recv(9)
+            if not head:
+                return 0
+            nbytes = int.from_bytes(head[1:], "big")
+            if head[:1] == DOWNLOAD:
+                send_exactly(sock, nbytes, payload)
+            else:
+                receive_exactly(sock, nbytes, buffer)
+                sock.sendall(ACK)
+
+
+def tls_floor(c: Cluster, nbytes: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per transfer of ``nbytes`` each way over a plain TLS 1.3 socket."""
+    peer = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--peer", str(c.root / "server/startup")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert peer.stdout is not None
+        port = int(peer.stdout.readline())
+        ctx = context(ssl.Purpose.SERVER_AUTH, c.root / CLIENT / "startup", "client")
+        payload = memoryview(bytes(CHUNK))
+        buffer = memoryview(bytearray(CHUNK))
+        seconds: dict[str, list[float]] = {"download": [], "upload": []}
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as sock,
+        ):
+            for _ in range(repeats):
+                started = time.perf_counter()
+                sock.sendall(DOWNLOAD + nbytes.to_bytes(8, "big"))
+                receive_exactly(sock, nbytes, buffer)
+                seconds["download"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                sock.sendall(UPLOAD + nbytes.to_bytes(8, "big"))
+                send_exactly(sock, nbytes, payload)
+                if sock.recv(1) != ACK:
+                    raise ConnectionError("the peer did not acknowledge the upload")
+                seconds["upload"].append(time.perf_counter() - started)
+        peer.wait(30)
+        return seconds
+    finally:
+        peer.kill()
+        peer.wait()
+
+
+def transfers(log: str) -> dict[str, list[tuple[int, float]]]:
+    """(bytes, seconds) of each download and upload the client daemon logged, in order."""
+    found: dict[str, list[tuple[int, float]]] = {"download": [], "upload": []}
+    for match in TRANSFER.finditer(log):
+        kind = "download" if match[1] == "downloaded" else "upload"
+        found[kind].append((int(match[2]), float(match[3])))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train, read the transfers from the client's log, measure the floor, print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="large", help="(large)")
+    parser.add_argument("--repeats", type=int, default=5, help="transfers each way (5)")
+    parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
+    parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.peer:
+        return run_peer(args.peer)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    model = MODELS[args.model]
+    rounds = args.repeats + 1
+    settings = {"heart_beat_timeout": 60, "heartbeat_interval": 5, "retry_window": 60}
+    with tempfile.TemporaryDirectory(prefix="flbench-transfer-") as tmp:
+        root = (args.workdir or Path(tmp)) / f"transfer-{args.model}"
+        with cluster(root, clients=(CLIENT,), settings=settings) as c:
+            write_app(c.root / ADMIN / "transfer", model, clients=1, num_rounds=rounds)
+            c.server()
+            client = c.client(CLIENT)
+            print(f"training {rounds} rounds of the {args.model} model ...", flush=True)
+            start_app_run(c)
+            wait_until(
+                lambda: all(len(v) >= rounds for v in transfers(client.log()).values()),
+                120 + 120 * rounds,
+                f"{rounds} downloads and uploads",
+                interval=0.2,
+            )
+            ours = {kind: moved[1:] for kind, moved in transfers(client.log()).items()}
+            nbytes = ours["download"][0][0]
+            print(f"the floor: {nbytes:,} bytes each way over TLS 1.3 ...", flush=True)
+            floor = tls_floor(c, nbytes, args.repeats)
+    rows = []
+    for kind in ("download", "upload"):
+        our_rate = median([b / s for b, s in ours[kind]]) / 1e6
+        floor_rate = median([nbytes / s for s in floor[kind]]) / 1e6
+        share = our_rate / floor_rate
+        verdict = "meets" if share >= TARGET_SHARE else "MISSES"
+        rows.append(
+            [
+                kind,
+                f"{median([b for b, _ in ours[kind]]) / 1e6:.1f}",
+                f"{our_rate:.0f} ({len(ours[kind])})",
+                f"{floor_rate:.0f} ({len(floor[kind])})",
+                f"{100 * share:.0f} % ({verdict} >= {100 * TARGET_SHARE:.0f} %)",
+            ]
+        )
+    print()
+    headers = ["transfer", "MB", "flstack MB/s (n)", "TLS 1.3 socket MB/s (n)", "share of floor"]
+    print(table(headers, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
