@@ -30,16 +30,20 @@ from fltui.wizard.draft import Draft
 from fltui.wizard.screen import WizardScreen
 from provision import extract_kit
 from tests.flprovision import flprovision
+from tests.tui.helpers import burst
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 async def type_into(pilot: Any, selector: str, text: str) -> None:
-    """Focus a field, empty it and type ``text`` key by key."""
+    """Focus a field, empty it and type ``text`` key by key, as fast as a typist or a paste
+    over SSH sends them (all queued before the first is handled)."""
     box = pilot.app.screen.query_one(selector)
     box.focus()
     box.value = ""
-    await pilot.press(*text)
+    burst(pilot.app, text)
+    await wait_for(pilot, lambda: box.value == text)
+    await pilot.pause()  # the screen handles the Changed messages the keys posted
 
 
 async def paste_into(pilot: Any, selector: str, text: str) -> None:
