@@ -88,6 +88,8 @@ class Reference:
     server: Daemon
     global_model: bytes
     metrics: list[dict[str, Any]]
+    clients: list[Daemon]
+    """The sites' daemons, started once: each server kill must leave them running."""
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +101,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
     )
     try:
         server = cluster.server()
-        for name in SITES:
-            cluster.client(name)
+        clients = [cluster.client(name) for name in SITES]
         cluster.configure("config_fed_client.json", local_epochs=1)
         cluster.prepare_run(
             1, num_rounds=ROUNDS, min_num_clients=3, max_num_clients=3, wait_after_min_clients=60
@@ -109,7 +110,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
         cluster.ok("start client")
         assert finished(cluster)["reason"] == "finished"
         model = (cluster.root / "server" / "run_1" / "global_model.safetensors").read_bytes()
-        yield Reference(cluster, server, model, cluster.metrics())
+        yield Reference(cluster, server, model, cluster.metrics(), clients)
     finally:
         cluster.stop()
 
@@ -165,6 +166,9 @@ def test_server_killed_mid_run_resumes_to_the_same_bytes(
     assert not list((run_dir / "models").glob(".*.tmp"))
     assert not list((run_dir / ".spool").iterdir())
     assert_checkpoints_intact(cluster)
+    # The sites rode out the crash in the processes they were started as (never restarted
+    # here): they reconnected on their own and did not give up.
+    assert all(client.alive() for client in reference.clients)
 
 
 def test_a_kit_cannot_arm_a_fault_point(cluster: Cluster, tmp_path: Path) -> None:
