@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 from bench.common import median, percentile, table  # noqa: E402
 from fladmin import AdminClient, load_kit  # noqa: E402
 from fldev.cluster import ADMIN, cluster  # noqa: E402
-from fldev.mlpapp import APP_NAME, MODELS, write_app  # noqa: E402
+from fldev.mlpapp import MODELS, start_app_run, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
 
 TARGET_MS = 200.0
@@ -96,15 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.training:
                 model = MODELS[args.training]
                 write_app(c.root / ADMIN / "transfer", model, clients=len(names), num_rounds=10000)
-                c.admin(
-                    "set_run_number 1",
-                    f"upload_folder {APP_NAME}",
-                    f"deploy {APP_NAME} server",
-                    f"deploy {APP_NAME} client",
-                    "start server",
-                    "start client",
-                    timeout=60,
-                )
+                start_app_run(c)
                 print(f"waiting for round 1 of the {args.training} model ...", flush=True)
                 wait_until(lambda: len(c.metrics()) >= 2, 600, "round 1", interval=0.2)
             lines = [

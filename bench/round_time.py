@@ -54,7 +54,7 @@ from bench.common import (  # noqa: E402
     table,
 )
 from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
-from fldev.mlpapp import APP_NAME, MODELS, ModelSize, write_app  # noqa: E402
+from fldev.mlpapp import MODELS, ModelSize, start_app_run, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
 
 TARGETS = {"small": (0.1, None), "large": (4.0, 500.0)}
@@ -109,20 +109,6 @@ def run_scenario(
                 print(f"console feed: {feed.error}", flush=True)
             result = replace(result, console_events=feed.events, console_mb=feed.bytes / 1e6)
         return result
-
-
-def start_app_run(c: Cluster) -> None:
-    """Upload and deploy the benchmark app written by :func:`fldev.mlpapp.write_app` and start
-    run 1 on the server and every connected client."""
-    c.admin(
-        "set_run_number 1",
-        f"upload_folder {APP_NAME}",
-        f"deploy {APP_NAME} server",
-        f"deploy {APP_NAME} client",
-        "start server",
-        "start client",
-        timeout=60,
-    )
 
 
 def _train(

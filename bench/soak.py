@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 
 from bench.common import Usage, UsageSampler, table  # noqa: E402
 from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
-from fldev.mlpapp import APP_NAME, MODELS, write_app  # noqa: E402
+from fldev.mlpapp import MODELS, start_app_run, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
 
 # What "flat" means in the verdict column: growth per minute below these.
@@ -80,15 +80,7 @@ def soak(root: Path, args: argparse.Namespace) -> tuple[list[list[str]], list[li
         )
         server = c.server()
         daemons = {name: c.client(name) for name in names}
-        c.admin(
-            "set_run_number 1",
-            f"upload_folder {APP_NAME}",
-            f"deploy {APP_NAME} server",
-            f"deploy {APP_NAME} client",
-            "start server",
-            "start client",
-            timeout=60,
-        )
+        start_app_run(c)
         wait_until(lambda: c.metrics(), 600, "round 0", interval=0.5)
         workers = c.worker_pids()
         pids = {"flserverd": server.pid, **{n: d.pid for n, d in daemons.items()}}

@@ -39,9 +39,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import median, table  # noqa: E402
-from bench.round_time import start_app_run  # noqa: E402
 from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
-from fldev.mlpapp import MODELS, write_app  # noqa: E402
+from fldev.mlpapp import MODELS, start_app_run, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
 
 TARGET_SHARE = 0.8

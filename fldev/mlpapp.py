@@ -12,7 +12,10 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fldev.cluster import Cluster
 
 APP_NAME = "bench_mlp"
 
@@ -103,3 +106,17 @@ def write_app(
     for name, values in files.items():
         (config / name).write_text(json.dumps(values, indent=2) + "\n")
     return folder / APP_NAME
+
+
+def start_app_run(c: Cluster) -> None:
+    """Upload and deploy the app :func:`write_app` wrote into the admin's transfer folder and
+    start run 1 on the server and every connected client."""
+    c.admin(
+        "set_run_number 1",
+        f"upload_folder {APP_NAME}",
+        f"deploy {APP_NAME} server",
+        f"deploy {APP_NAME} client",
+        "start server",
+        "start client",
+        timeout=60,
+    )

@@ -29,7 +29,6 @@ from flcore.federation import (
 )
 from flcore.feed import ClientGone, ClientRow
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
-from flcore.startup import ServerStartup
 from flcore.tensorfile import Manifest, TensorFile
 from fldev.poll import wait_until_async
 from flserverd.aggregator import RUNNING_SUM
@@ -40,21 +39,9 @@ from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, WireTally
 from flserverd.training import PHASE_TRAINING, Refusal, Training
 from flserverd.transfer import TransferError
+from tests.unit.serverparts import server_startup
 
 RUN = 1
-
-
-def startup() -> ServerStartup:
-    return ServerStartup(
-        project="p",
-        name="server",
-        host="localhost",
-        fed_port=1,
-        admin_port=2,
-        listen_host="localhost",
-        heart_beat_timeout=60,
-        heartbeat_interval=5,
-    )
 
 
 def write_model(path: Path, w: float = 0.0, dtype: type = np.float32) -> TensorFile:
@@ -84,7 +71,7 @@ async def chunks_of(model: TensorFile) -> AsyncIterator[WireChunk]:
 
 def on_server(tmp_path: Path, scenario: Callable[[FLServer], Awaitable[None]]) -> None:
     async def run() -> None:
-        server = FLServer(tmp_path, startup(), "test")
+        server = FLServer(tmp_path, server_startup(), "test")
         await server.open()
         try:
             await scenario(server)

@@ -15,26 +15,13 @@ import safetensors.numpy
 from flcore import status as st
 from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
-from flcore.startup import ServerStartup
 from fldev.poll import wait_until_async
 from flserverd import server as server_module
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, StateDB
+from tests.unit.serverparts import server_startup
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
-
-
-def startup() -> ServerStartup:
-    return ServerStartup(
-        project="p",
-        name="server",
-        host="localhost",
-        fed_port=1,
-        admin_port=2,
-        listen_host="localhost",
-        heart_beat_timeout=60,
-        heartbeat_interval=5,
-    )
 
 
 def interrupted_run(workspace: Path, with_app: bool) -> None:
@@ -50,7 +37,7 @@ def interrupted_run(workspace: Path, with_app: bool) -> None:
 
 def reopen(workspace: Path) -> tuple[str, str]:
     async def scenario() -> tuple[str, str]:
-        server = FLServer(workspace, startup(), "test")
+        server = FLServer(workspace, server_startup(), "test")
         await server.open()
         try:
             view = server.run_view()
@@ -78,7 +65,7 @@ def test_a_run_without_its_app_is_stopped_not_fatal(tmp_path: Path) -> None:
 
 def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None:
     async def scenario() -> tuple[list[str], float, list[str], list[str]]:
-        server = FLServer(tmp_path, startup(), "test")
+        server = FLServer(tmp_path, server_startup(), "test")
         await server.open()
         try:
             site = Identity("site", "org", KIND_CLIENT)
@@ -93,7 +80,7 @@ def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None
             # A client that agreed but never logs out holds the shutdown for `wait` at most.
             server.leaving([staying])
             late = await server.departures(0.2)
-            restarted = FLServer(tmp_path, startup(), "test")
+            restarted = FLServer(tmp_path, server_startup(), "test")
             after_restart = [s.instance for s in restarted.registry.clients()]
             restarted.db.close()
             return gone, waited, late, after_restart
@@ -128,7 +115,7 @@ def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
     monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
 
     async def scenario() -> None:
-        server = FLServer(tmp_path, startup(), "test")
+        server = FLServer(tmp_path, server_startup(), "test")
         await server.open()  # does not fail: the admins can look
         try:
             view = server.run_view()
@@ -172,7 +159,7 @@ def test_a_continued_run_forgets_how_it_ended_before(tmp_path: Path) -> None:
     safetensors.numpy.save_file(weights, models / "round_2.safetensors")
 
     async def scenario() -> None:
-        server = FLServer(tmp_path, startup(), "test")
+        server = FLServer(tmp_path, server_startup(), "test")
         await server.open()
         try:
             assert server.run_view().site_errors == {"site_1": "no DATA_ROOT set"}

@@ -15,26 +15,13 @@ import safetensors.numpy
 from flcore import status as st
 from flcore.federation import Downward, MachineInfo, RunEnded, TaskKind, TaskOffer
 from flcore.identity import KIND_CLIENT, Identity
-from flcore.startup import ServerStartup
 from fldev.poll import wait_until_async
 from flserverd import server as server_module
 from flserverd.links import ClientLink
 from flserverd.server import FLServer
+from tests.unit.serverparts import server_startup
 
 RUN = 1
-
-
-def startup() -> ServerStartup:
-    return ServerStartup(
-        project="p",
-        name="server",
-        host="localhost",
-        fed_port=1,
-        admin_port=2,
-        listen_host="localhost",
-        heart_beat_timeout=60,
-        heartbeat_interval=5,
-    )
 
 
 def deploy(server: FLServer) -> None:
@@ -63,7 +50,7 @@ def run_with(
     tmp_path: Path, scenario: Callable[[FLServer, asyncio.Event], Awaitable[None]]
 ) -> None:
     async def go() -> None:
-        server = FLServer(tmp_path, startup(), "test")
+        server = FLServer(tmp_path, server_startup(), "test")
         await server.open()
         try:
             await scenario(server, asyncio.Event())
@@ -146,7 +133,7 @@ def test_a_shutdown_during_the_build_ends_the_start_first(
                 raise
 
         monkeypatch.setattr(server_module, "build_initial_model", build)
-        server = FLServer(tmp_path, startup(), "test")
+        server = FLServer(tmp_path, server_startup(), "test")
         await server.open()
         deploy(server)
         await server.start_training()
