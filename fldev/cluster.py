@@ -43,6 +43,7 @@ MEMBER = "viewer@lead.org"
 DEPUTY = "deputy@lead.org"
 """A second super admin, for two admins at once."""
 SERVER_READY = "flserverd .* ready"
+PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy", "no_proxy", "no_grpc_proxy")
 _PREPARED: dict[tuple[str, ...], Path] = {}
 
 
@@ -79,7 +80,6 @@ def prepared_data(data_kind: tuple[str, ...], sites: tuple[str, ...]) -> Path:
 def _remove_prepared_data() -> None:
     for folder in _PREPARED.values():
         shutil.rmtree(folder.parent, ignore_errors=True)
-PROXY_VARIABLES = ("grpc_proxy", "https_proxy", "http_proxy", "no_proxy", "no_grpc_proxy")
 
 
 def free_ports(count: int) -> list[int]:
