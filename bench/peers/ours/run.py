@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -194,37 +193,23 @@ def main() -> None:
         ],
         "admin",
     )
-    try:
-        adm.wait(timeout=3600)
-    except subprocess.TimeoutExpired:
-        print("admin timed out")
-    t_end = time.time()
-    time.sleep(1)
-    h.stop_all(grace=20)
+    t_end = h.end(adm)
 
     rec = json.loads(admin_out.read_text()) if admin_out.exists() else {}
     records = server_rounds(ws / "server" / "run_1" / "metrics.jsonl", round_log)
     train = [r for r in records if not r.get("final")]
-    rounds = H.read_round_log(round_log)
     per_round = {str(r["round"] + 1): len(r.get("clients", [])) for r in train}
-    resources = h.resources()
-    res = {
-        "peer": "ours",
-        "version": version("flstack"),
-        "torch": version("torch"),
-        "mode": "production kits (flprovision), gRPC + mTLS, flserverd/flclientd from "
+    mode = (
+        "production kits (flprovision), gRPC + mTLS, flserverd/flclientd from "
         "startup/start.sh, fladmin-scripted admin, built-in MLP + SyntheticClassification, "
-        + ("built-in validation each round" if a.validate else "no per-round evaluation"),
-        "variant": "VARIANT built-in validation every round" if a.validate else "",
-        "size": a.size,
-        "width": width,
-        "n_params": W.parameters(width),
-        "clients": a.clients,
-        "rounds_cfg": a.rounds,
-        "provision_s": round(prov_s, 2),
+        + ("built-in validation each round" if a.validate else "no per-round evaluation")
+    )
+    variant = "VARIANT built-in validation every round" if a.validate else ""
+    common = h.result(a, ("ours", "flstack"), (mode, variant), W.model_of(a.size), prov_s, t_end)
+    res = {
+        **common,
         "total_s": round(rec["t_done"] - t0, 3) if "t_done" in rec else None,
         "startup_to_submit_s": round(rec["t_submitted"] - t0, 3) if "t_submitted" in rec else None,
-        "teardown_s": round(time.time() - t_end, 2),
         "job_status": rec.get("job_status"),
         "check": {
             "rounds_ok": [r["round"] for r in train] == list(range(a.rounds)),
@@ -232,13 +217,10 @@ def main() -> None:
             and all(v == a.clients for v in per_round.values()),
             "clients_per_round": per_round,
         },
-        "rounds": rounds,
-        **H.round_stats(rounds),
-        "resources": resources,
         # flserverd alone (start.sh execs it): its kernel high-water mark
-        "server_daemon_peak_rss_mb": resources["procs"].get(str(server.pid), {}).get("hwm_mb"),
-        "run_dir": str(run_dir),
-        "marks": h.marks,
+        "server_daemon_peak_rss_mb": common["resources"]["procs"]
+        .get(str(server.pid), {})
+        .get("hwm_mb"),
         "admin": rec,
     }
     H.finish(run_dir, res)
