@@ -45,10 +45,11 @@ if str(REPO) not in sys.path:
 from bench.peers import harness as H  # noqa: E402
 from bench.peers import workload as W  # noqa: E402
 from flcore.appreview import review_app  # noqa: E402
+from fldev.mlpapp import APP_NAME as APP  # noqa: E402
+from fldev.mlpapp import ModelSize, write_app  # noqa: E402
 from provision import extract_kit, parse_project, provision_workspace  # noqa: E402
 
 ADMIN = "admin@bench.local"
-APP = "bench_mlp"
 BIN = Path(sys.executable).parent
 
 
@@ -74,53 +75,6 @@ def provision(kits: Path, clients: int, port: int) -> None:
     for kit in provision_workspace(project, kits / "provision").written:
         assert kit.password is not None  # every key is made here
         extract_kit(kit.zip_path, kit.password, kits / "kits" / kit.name)
-
-
-def write_app(app: Path, width: int, clients: int, rounds: int, validate: bool) -> None:
-    """The workload as a flstack app of built-in components (see the module's docstring)."""
-    (app / "config").mkdir(parents=True)
-    (app / "resources").mkdir()
-    shutil.copy(HERE / "bench_noeval.py", app / "resources" / "bench_noeval.py")
-    trainer = None if validate else {"path": "bench_noeval.NoEvalTrainer", "args": {}}
-    configs: dict[str, Any] = {
-        "config_fed_server.json": {
-            "start_round": 0,
-            "num_rounds": rounds,
-            "min_num_clients": clients,
-            "max_num_clients": clients,
-            "wait_after_min_clients": 3600,
-            "validation_metric": "val_accuracy",
-            "final_validation_timeout": 60,
-        },
-        "config_fed_client.json": {"local_epochs": 1},
-        "config_train.json": {
-            "model": {
-                "path": "flapp.models.MLP",
-                "args": {
-                    "in_features": W.IN_DIM,
-                    "hidden": width,
-                    "out_features": W.OUT_DIM,
-                    "layers": 3,
-                },
-            },
-            "dataset": {
-                "path": "flapp.datasets.SyntheticClassification",
-                "args": {
-                    "num_samples": W.BATCH,
-                    "in_features": W.IN_DIM,
-                    "num_classes": W.OUT_DIM,
-                },
-            },
-            "optimizer": {"path": "torch.optim.SGD", "args": {"lr": W.LR}},
-            "loss": {"path": "torch.nn.CrossEntropyLoss", "args": {}},
-            "trainer": trainer,
-            "batch_size": W.BATCH,
-            "seed": 0,
-            "num_workers": 0,
-        },
-    }
-    for name, values in configs.items():
-        (app / "config" / name).write_text(json.dumps(values, indent=2) + "\n")
 
 
 def server_rounds(metrics_path: Path, round_log: Path) -> list[dict[str, Any]]:
@@ -149,7 +103,6 @@ def main() -> None:
     os.environ.update({"PATH": f"{BIN}:{os.environ['PATH']}", "FLSTACK_BIN": str(BIN)})
     os.environ.update(H.bench_env())
     os.environ.pop("DATA_ROOT", None)
-    width = W.width_for(a.size)
 
     kits = a.runs / "ours_kits" / f"n{a.clients}_p{a.port}"
     t = time.time()
@@ -158,8 +111,16 @@ def main() -> None:
     prov_s = time.time() - t
     ws = run_dir / "ws"
     shutil.copytree(kits / "kits", ws)
-    app = ws / ADMIN / "transfer" / APP
-    write_app(app, width, a.clients, a.rounds, a.validate)
+    model = ModelSize(a.size, W.IN_DIM, W.width_for(a.size), W.OUT_DIM, layers=3)
+    trainer = None if a.validate else (HERE / "bench_noeval.py", "NoEvalTrainer")
+    app = write_app(
+        ws / ADMIN / "transfer",
+        model,
+        clients=a.clients,
+        num_rounds=a.rounds,
+        batch_size=W.BATCH,
+        trainer=trainer,
+    )
     digest = review_app(app, APP).digest
     for i in range(1, a.clients + 1):
         subprocess.run(
