@@ -31,7 +31,7 @@ from flclientd.serde import (
 )
 from flclientd.siteapps import APP_NAME_FILE
 from flcore import faultpoints
-from flcore.compression import WireCompression
+from flcore.compression import WireCompression, encoded_chunks
 from flcore.compression import receive as receive_chunk
 from flcore.federation import (
     GLOBAL_OWNER,
@@ -56,7 +56,7 @@ from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.startup import ClientStartup
 from flcore.tensorfile import SpoolWriter, TensorFile
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from flcore.wire import chunk_from_proto, manifest_from_proto, tensor_chunks
+from flcore.wire import chunk_from_proto, manifest_from_proto, with_chunk
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +212,9 @@ class Connection:
         async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
             nonlocal moved
             yield submit_header_to_proto(self.token, header)
-            for index, chunk in enumerate(tensor_chunks(upload, compression)):
+            for index, (chunk, _) in enumerate(encoded_chunks(upload, compression)):
                 watch.moved()  # gRPC asks for the next chunk once the last one could go
-                yield fed_pb2.SubmitModelMessage(chunk=chunk)
+                yield with_chunk(fed_pb2.SubmitModelMessage(), chunk)
                 self.traffic.sent[sent] += len(chunk.data)
                 moved += len(chunk.data)
                 if index == 0:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flcore.compression import WireChunk, WireCompression, encoded_chunks
 from flcore.federation import MetricsKind, ModelKind, SubmitOutcome, TaskKind, UploadKind
@@ -106,6 +106,35 @@ def chunk_to_proto(chunk: WireChunk) -> common_pb2.TensorChunk:
         scale=chunk.scale,
         zero_point=chunk.zero_point,
     )
+
+
+class CarriesChunk(Protocol):
+    """A message with a ``chunk`` field (an upload's or a download's)."""
+
+    @property
+    def chunk(self) -> common_pb2.TensorChunk:
+        """The tensor chunk it carries."""
+
+
+M = TypeVar("M", bound=CarriesChunk)
+
+
+def with_chunk(message: M, chunk: WireChunk) -> M:
+    """``message`` carrying ``chunk``, its fields set in place.
+
+    protobuf (upb) copies a submessage given to a constructor about 50 times
+    more slowly than it sets the same fields (5.5 ms against 0.1 ms per MiB
+    chunk, docs/benchmarks.md section 12), so chunk messages are never built
+    as ``Message(chunk=...)``.
+    """
+    target = message.chunk
+    target.name = chunk.name
+    target.offset = chunk.offset
+    target.data = chunk.data
+    target.encoding = COMPRESSIONS[chunk.encoding]
+    target.scale = chunk.scale
+    target.zero_point = chunk.zero_point
+    return message
 
 
 def chunk_from_proto(message: common_pb2.TensorChunk) -> WireChunk:

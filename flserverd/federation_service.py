@@ -27,7 +27,7 @@ from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.tensorfile import TensorFile, TensorFileError
-from flcore.wire import WireError, chunk_to_proto, manifest_to_proto
+from flcore.wire import WireError, manifest_to_proto, with_chunk
 from flserverd.exchange import ModelExchange
 from flserverd.registry import AuthError, RegisteredClient
 from flserverd.rpc import Context, peer_identity
@@ -160,7 +160,7 @@ class FederationService(fed_grpc.FederationServicer):
         sent = 0
         chunks = encoded_chunks(model, download.compression)
         async for chunk, raw in _in_batches(chunks):
-            yield fed_pb2.ModelMessage(chunk=chunk_to_proto(chunk))
+            yield with_chunk(fed_pb2.ModelMessage(), chunk)
             self.exchange.sent_chunk(download, chunk, raw)
             sent += 1
             if sent == 1:

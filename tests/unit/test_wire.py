@@ -10,7 +10,9 @@ import pytest
 import safetensors.numpy
 
 from flcore import wire
+from flcore.compression import WireChunk, WireCompression
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError, TensorSpec
 
 MANIFEST = Manifest(
@@ -120,3 +122,13 @@ def test_tensor_chunks_rebuild_the_file(tmp_path: Path) -> None:
     loaded = safetensors.numpy.load_file(writer.finish().path)
     np.testing.assert_array_equal(loaded["a"], values["a"])
     np.testing.assert_array_equal(loaded["b"], values["b"])
+
+
+@pytest.mark.parametrize("container", [fed_pb2.SubmitModelMessage, fed_pb2.ModelMessage])
+def test_a_chunk_set_in_place_travels_as_one_given_to_the_constructor(container: Any) -> None:
+    chunk = WireChunk("layer.weight", 4096, b"\x01\x02" * 8, WireCompression.INT8, 0.5, 3)
+    message = wire.with_chunk(container(), chunk)
+    assert message.WhichOneof("body") == "chunk"
+    expected = container(chunk=wire.chunk_to_proto(chunk)).SerializeToString()
+    assert message.SerializeToString() == expected
+    assert wire.chunk_from_proto(container.FromString(expected).chunk) == chunk
