@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from flcore import status as st
@@ -67,6 +68,12 @@ class Reply:
     data: dict[str, Any] = field(default_factory=dict)
     confirm_prompt: str = ""
     then: Callable[[], None] | None = None
+
+    @cached_property
+    def data_json(self) -> str:
+        """The data as JSON, encoded once: checking the reply's size and sending it both need
+        it, and for 1,000 clients' rows it is tens of milliseconds."""
+        return json.dumps(self.data, default=str)
 
 
 @dataclass(frozen=True)
@@ -878,11 +885,11 @@ def fit_reply(reply: Reply) -> Reply:
     is cut, and past that the data is dropped; the text says so and how to
     ask for less.
     """
-    if _size(reply.text, reply.data) <= MAX_REPLY_BYTES:
+    if _size(reply) <= MAX_REPLY_BYTES:
         return reply
-    data: dict[str, Any] = _shed(reply.data, "")
-    text = clip(reply.text, MAX_REPLY_TEXT)
-    if _size(text, data) > MAX_REPLY_BYTES:
+    shed = replace(reply, text=clip(reply.text, MAX_REPLY_TEXT), data=_shed(reply.data, ""))
+    text, data = shed.text, shed.data
+    if _size(shed) > MAX_REPLY_BYTES:
         data = {}
     note = (
         "(this reply was shortened to fit: ask about fewer clients at a time, "
@@ -891,8 +898,8 @@ def fit_reply(reply: Reply) -> Reply:
     return replace(reply, text=f"{text.rstrip()}\n{note}", data={**data, "truncated": True})
 
 
-def _size(text: str, data: dict[str, Any]) -> int:
-    return len(text.encode()) + len(json.dumps(data, default=str).encode())
+def _size(reply: Reply) -> int:
+    return len(reply.text.encode()) + len(reply.data_json.encode())
 
 
 def _shed(value: Any, key: str) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 from flcore import status as st
@@ -48,13 +48,10 @@ def client_row(s: RegisteredClient, run_number: int = 0, run_started: float = 0.
     )
 
 
-ROW_FIELDS = tuple(f.name for f in fields(ClientRow))
-
-
 def row_data(row: ClientRow) -> dict[str, Any]:
     """A row as the data of a command's reply: ``dataclasses.asdict`` without its deep copy
-    (every field is a plain value), which for 1,000 rows is most of a reply's time."""
-    return {name: getattr(row, name) for name in ROW_FIELDS}
+    (every field is a plain value), which for 1,000 rows was most of a reply's time."""
+    return dict(vars(row))
 
 
 class RosterText:
