@@ -133,6 +133,9 @@ class Ledger:
     """Seconds from the server handling a heartbeat to its event arriving through the feed."""
     wrongly_dropped: list[tuple[str, str]] = field(default_factory=list)
     unmatched_drops: list[tuple[str, str]] = field(default_factory=list)
+    fan_outs: dict[str, list[float]] = field(default_factory=dict)
+    """Per command id: when the first and the last simulated client received it, and when
+    the last answer was written (all in this process: what the fan-out waited on here)."""
     heartbeats: int = 0
     joins: int = 0
     resumed: int = 0
@@ -152,6 +155,31 @@ class Ledger:
                 self.to_server.append(server_time - matched)
                 self.round_trips.append(received - matched)
                 self.to_feed.append(received - server_time)
+
+    def answered(self, command_id: str, received: float, written: float) -> None:
+        """A simulated client received a command at ``received`` and wrote its answer."""
+        with self.lock:
+            times = self.fan_outs.setdefault(command_id, [received, received, written])
+            times[0] = min(times[0], received)
+            times[1] = max(times[1], received)
+            times[2] = max(times[2], written)
+
+    def fan_out_rows(self) -> list[list[str]]:
+        """How long the fan-outs (the server sends one command id to every client of one)
+        took to reach the simulated clients and to be answered by them."""
+        with self.lock:
+            spans = list(self.fan_outs.values())
+        if not spans:
+            return []
+        arrive = [1000 * (last - first) for first, last, _ in spans]
+        answer = [1000 * (written - first) for first, _, written in spans]
+        return [
+            [
+                f"fan-out at the simulated clients ({len(spans)} commands)",
+                f"arrival spread median {percentile(arrive, 50):.0f} ms; last answer written "
+                f"median {percentile(answer, 50):.0f} ms after the first arrival",
+            ]
+        ]
 
     def gone(self, name: str, reason: str, when: float) -> None:
         """A ClientGone event (``when``: the server's time) for the latest departure of that
@@ -289,7 +317,7 @@ class SimClient:
                 previous[-1].back_at = now
         self.tasks = [
             asyncio.ensure_future(self._heartbeats(call, ledger)),
-            asyncio.ensure_future(self._answer(call)),
+            asyncio.ensure_future(self._answer(call, ledger)),
         ]
 
     async def _heartbeats(self, call: ControlStream, ledger: Ledger) -> None:
@@ -306,12 +334,14 @@ class SimClient:
                 ledger.heartbeats += 1
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _answer(self, call: ControlStream) -> None:
+    async def _answer(self, call: ControlStream, ledger: Ledger) -> None:
         """Answer commands as a client daemon that trains no run does (``check_status``)."""
         async for message in call:
             if isinstance(message, Command):
+                received = time.time()
                 async with self.writing:
                     await call.write(idle_answer(message))
+                ledger.answered(message.command_id, received, time.time())
 
     async def leave(self, ledger: Ledger) -> None:
         """Stop and close the connection without logging out, as a crashed site would."""
@@ -429,7 +459,7 @@ async def hold(
     online = len(ledger.online)
     await asyncio.gather(*(sim.leave(ledger) for sim in sims if sim.conn is not None))
     rows = [["clients online while timing commands", str(online)]]
-    return rows + command_rows(samples, COMMAND_TARGETS_MS)
+    return rows + command_rows(samples, COMMAND_TARGETS_MS) + ledger.fan_out_rows()
 
 
 def judge(ledger: Ledger, timeout: float) -> list[list[str]]:
