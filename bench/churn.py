@@ -454,12 +454,29 @@ async def hold(
         await asyncio.sleep(args.duration)
     ledger.recording = False
     print("timing admin commands ...", flush=True)
-    calls = {"check_status server": args.calls, "check_status client": args.fanout_calls}
-    samples = await probe(admin_startup, calls)
+    samples = await probe(admin_startup, {"check_status server": args.calls})
+    fanning = CpuWindow(window.server_pid)
+    with fanning.measure():
+        samples.update(await probe(admin_startup, {"check_status client": args.fanout_calls}))
     online = len(ledger.online)
     await asyncio.gather(*(sim.leave(ledger) for sim in sims if sim.conn is not None))
     rows = [["clients online while timing commands", str(online)]]
-    return rows + command_rows(samples, COMMAND_TARGETS_MS) + ledger.fan_out_rows()
+    fan_outs = int(args.fanout_calls) + 1  # and the probe's warm-up call
+
+    def per_call(cores: float, quiet: float) -> float:
+        """CPU milliseconds per fan-out beyond the quiet window's rate (the heartbeats)."""
+        return 1000 * (cores - quiet) * fanning.seconds / fan_outs
+
+    return [
+        *rows,
+        *command_rows(samples, COMMAND_TARGETS_MS),
+        *ledger.fan_out_rows(),
+        [
+            "CPU per fan-out beyond the heartbeats' (server / simulated clients)",
+            f"{per_call(fanning.server_cores, window.server_cores):.0f} / "
+            f"{per_call(fanning.own_cores, window.own_cores):.0f} ms",
+        ],
+    ]
 
 
 def judge(ledger: Ledger, timeout: float) -> list[list[str]]:
