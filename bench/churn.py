@@ -463,18 +463,18 @@ async def hold(
     rows = [["clients online while timing commands", str(online)]]
     fan_outs = int(args.fanout_calls) + 1  # and the probe's warm-up call
 
-    def per_call(cores: float, quiet: float) -> float:
-        """CPU milliseconds per fan-out beyond the quiet window's rate (the heartbeats)."""
-        return 1000 * (cores - quiet) * fanning.seconds / fan_outs
+    def per_call(cores: float) -> float:
+        """CPU milliseconds per fan-out at ``cores``."""
+        return 1000 * cores * fanning.seconds / fan_outs
 
     return [
         *rows,
         *command_rows(samples, COMMAND_TARGETS_MS),
         *ledger.fan_out_rows(),
         [
-            "CPU per fan-out beyond the heartbeats' (server / simulated clients)",
-            f"{per_call(fanning.server_cores, window.server_cores):.0f} / "
-            f"{per_call(fanning.own_cores, window.own_cores):.0f} ms",
+            "CPU per fan-out, server / simulated clients (at the measured window's rate)",
+            f"{per_call(fanning.server_cores):.0f} ({per_call(window.server_cores):.0f}) / "
+            f"{per_call(fanning.own_cores):.0f} ({per_call(window.own_cores):.0f}) ms",
         ],
     ]
 
