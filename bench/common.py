@@ -137,15 +137,22 @@ class ConsoleFeed:
         asyncio.run(until_stopped())
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """Summed CPU time of processes that are still alive (others count 0)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            total += proc_stat(pid).cpu_s
-        except (OSError, ValueError):
-            continue
-    return total
+class CpuTally:
+    """Summed CPU seconds of a set of processes, each counted at its last sighting: a
+    process that exits during a window keeps what it used (a difference of sums of the
+    processes still alive went negative when a training child ended first)."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self._pids = list(pids)
+        self._seen: dict[int, float] = {}
+
+    def sample(self) -> float:
+        for pid in self._pids:
+            try:
+                self._seen[pid] = proc_stat(pid).cpu_s
+            except (OSError, ValueError):
+                continue
+        return sum(self._seen.values())
 
 
 def machine_busy_seconds() -> float:

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.common import CLK_TCK, cpu_seconds, machine_busy_seconds, median, table  # noqa: E402
+from bench.common import CLK_TCK, CpuTally, machine_busy_seconds, median, table  # noqa: E402
 from flcore.compression import WireCompression  # noqa: E402
 from flcore.proctable import descendants  # noqa: E402
 from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
@@ -198,10 +198,15 @@ def _link_run(
         return _training_rows(c, run_number)
 
     wait_until(rows, limit, "round 0", interval=0.05)
-    workers = c.worker_pids()
-    before = _counters(c, links, workers)
-    wait_until(lambda: len(rows()) >= rounds, limit, f"{rounds} rounds", interval=0.05)
-    after = _counters(c, links, workers)
+    tallies = _tallies(c)
+    before = _counters(links, tallies)
+
+    def measured_all() -> bool:
+        _counters(links, tallies)
+        return len(rows()) >= rounds
+
+    wait_until(measured_all, limit, f"{rounds} rounds", interval=0.05)
+    after = _counters(links, tallies)
     _wait_finished(c, run_number, limit)
     measured = [r for r in rows() if r["round"] >= 1]
     assert all(r["clients"] == list(c.clients) for r in measured), "a site missed a round"
@@ -223,17 +228,25 @@ def _link_run(
     )
 
 
+def _tallies(c: Cluster) -> tuple[CpuTally, CpuTally, CpuTally]:
+    """The server, the client daemons, the training children."""
+    return (
+        CpuTally([d.pid for d in c.daemons if d.name == "server"]),
+        CpuTally([d.pid for d in c.daemons if d.name != "server"]),
+        CpuTally(c.worker_pids()),
+    )
+
+
 def _counters(
-    c: Cluster, links: Sequence[FaultyLink], workers: Sequence[int]
+    links: Sequence[FaultyLink], tallies: tuple[CpuTally, CpuTally, CpuTally]
 ) -> tuple[float, float, float, float]:
     """Bytes the links carried, CPU seconds of the server, the client daemons, the children."""
-    server = [d.pid for d in c.daemons if d.name == "server"]
-    sites = [d.pid for d in c.daemons if d.name != "server"]
+    server, sites, workers = (tally.sample() for tally in tallies)
     return (
         float(sum(link.upstream_bytes + link.downstream_bytes for link in links)),
-        cpu_seconds(server),
-        cpu_seconds(sites),
-        cpu_seconds(workers),
+        server,
+        sites,
+        workers,
     )
 
 

@@ -45,8 +45,8 @@ if str(REPO) not in sys.path:
 
 from bench.common import (  # noqa: E402
     ConsoleFeed,
+    CpuTally,
     MemorySampler,
-    cpu_seconds,
     machine_busy_seconds,
     median,
     percentile,
@@ -126,26 +126,20 @@ def _train(
     start_app_run(c)
     # Round 0 pays for starting the training children; measure from its end.
     wait_until(lambda: c.metrics(), 600, "round 0", interval=0.05)
-    workers = c.worker_pids()
+    pids = ([server_pid], [d.pid for d in daemons], c.worker_pids())
+    tallies = [CpuTally(group) for group in pids]
     window_start = (time.monotonic(), machine_busy_seconds(), time.process_time())
     server_before = proc_stat(server_pid)
-    cpu_before = (
-        server_before.cpu_s,
-        cpu_seconds([d.pid for d in daemons]),
-        cpu_seconds(workers),
-    )
-    wait_until(
-        lambda: len(_training_rows(c)) >= rounds,
-        60 + rounds * 120,
-        f"{rounds} rounds",
-        interval=0.2,
-    )
+    cpu_before = tuple(tally.sample() for tally in tallies)
+
+    def measured_all() -> bool:
+        for tally in tallies:
+            tally.sample()
+        return len(_training_rows(c)) >= rounds
+
+    wait_until(measured_all, 60 + rounds * 120, f"{rounds} rounds", interval=0.2)
     server_after = proc_stat(server_pid)
-    cpu_after = (
-        server_after.cpu_s,
-        cpu_seconds([d.pid for d in daemons]),
-        cpu_seconds(workers),
-    )
+    cpu_after = tuple(tally.sample() for tally in tallies)
     window = time.monotonic() - window_start[0]
     machine = machine_busy_seconds() - window_start[1]
     ours = sum(after - before for after, before in zip(cpu_after, cpu_before, strict=True))

@@ -58,25 +58,33 @@ def _target(rows: Sequence[ClientRow], everyone: bool) -> str:
     return f"all clients ({len(rows)})" if everyone else listing([r.instance for r in rows])
 
 
-def _client_line(row: ClientRow) -> str:
-    where = f", round {row.round}" if row.status in st.ACTIVE and row.round >= 0 else ""
+def _client_line(row: ClientRow, current_run: int) -> str:
+    """A site's line; one still training a run other than the server's current one says so,
+    since an abort stops that run's training too."""
+    where = ""
+    if row.status in st.ACTIVE and row.round >= 0:
+        where = f", round {row.round}"
+        if row.run_number and row.run_number != current_run:
+            where += f" of run {row.run_number}, not the current run"
     app = f" ({row.app})" if row.app else ""
     return f"{row.instance}: {row.status}{where}{app}"
 
 
-def _listed(rows: Sequence[ClientRow]) -> list[str]:
-    lines = [_client_line(row) for row in rows[:MAX_LISTED]]
+def _listed(rows: Sequence[ClientRow], current_run: int) -> list[str]:
+    lines = [_client_line(row, current_run) for row in rows[:MAX_LISTED]]
     if len(rows) > MAX_LISTED:
         lines.append(f"and {len(rows) - MAX_LISTED} more clients")
     return lines
 
 
-def abort_clients(rows: Sequence[ClientRow], everyone: bool) -> Confirmation | None:
+def abort_clients(
+    rows: Sequence[ClientRow], everyone: bool, current_run: int
+) -> Confirmation | None:
     """What ``abort client …`` stops; None when none of them trains (nothing to ask)."""
     running = [row for row in rows if row.status in st.ACTIVE]
     if not running:
         return None
-    lines = _listed(running)
+    lines = _listed(running, current_run)
     lines.append("Their training processes stop at once.")
     moving = [row.instance for row in running if row.status == st.STARTED and row.cross_validate]
     if moving:
@@ -106,9 +114,11 @@ def abort_server(run: RunInfo) -> Confirmation | None:
     return Confirmation("Abort training: the server", "This stops:", lines, verb="Abort")
 
 
-def shutdown_clients(rows: Sequence[ClientRow], everyone: bool) -> Confirmation:
+def shutdown_clients(
+    rows: Sequence[ClientRow], everyone: bool, current_run: int
+) -> Confirmation:
     """What ``shutdown client …`` ends."""
-    lines = _listed(rows) or ["no client is registered"]
+    lines = _listed(rows, current_run) or ["no client is registered"]
     if any(row.status in st.ACTIVE for row in rows):
         lines.append("Those training stop at once.")
     lines.append("Their client daemons exit; each site must start its own again.")
@@ -154,7 +164,9 @@ def question(
     none), ``registered`` the instances the server has."""
     verb, kind, everyone = words[0], words[1], len(words) == 2
     if verb == "abort":
-        return abort_server(run) if kind == "server" else abort_clients(targets, everyone)
+        if kind == "server":
+            return abort_server(run)
+        return abort_clients(targets, everyone, run.run_number)
     if kind == "server":
         return shutdown_server(run, registered)
-    return shutdown_clients(targets, everyone)
+    return shutdown_clients(targets, everyone, run.run_number)

@@ -634,13 +634,17 @@ class Training:
             self._adopt(record)
             self._report_outliers(state.number, summary.updates)
             # In memory the run moves on before the files are written, so that an upload
-            # arriving meanwhile is judged against the new round.
+            # arriving meanwhile is judged against the new round. The next round's model is
+            # written and committed: sites start on it while the outputs that follow from
+            # the round (links, metrics.jsonl, TensorBoard) are written.
             if record.next_round >= self.run.num_rounds:
                 self._start_final_validation()
             else:
                 self.round = RoundState(
                     record.next_round, self._aggregator(record.next_round), summary.time
                 )
+            if not self.fault:
+                self._offer_all()
             await self._publish(summary)
             saving = ""
             if summary.wire is not None and summary.wire.compression != WireCompression.NONE:
@@ -654,8 +658,6 @@ class Training:
                 format_metrics(summary.metrics),
                 saving,
             )
-            if not self.fault:
-                self._offer_all()
         self._progress()
         self._listener.run_changed()
 

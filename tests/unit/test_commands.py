@@ -385,6 +385,24 @@ def test_the_server_decides_what_an_abort_asks_and_says() -> None:
     assert on_server.data["confirm"]["lines"][0] == "Run 1 (app) on the server, at round 3 of 10."
 
 
+def test_a_confirmation_names_a_site_still_training_an_older_run() -> None:
+    """An abort stops whatever a site trains; a site still on an earlier run is listed with
+    that run, so the admin is not led to think it trains the current one."""
+    sites = [
+        client("site-a", status=st.STARTED, run_number=2, round=1, app="app"),
+        client("site-b", status=st.STARTED, run_number=1, round=7, app="old"),
+    ]
+    run = RunInfo(2, st.STARTED, "app", current_round=1, num_rounds=10)
+    server = FakeServer(FakeRegistry(sites), run_number=2, run=run)
+    lines = execute(server, "abort client", interactive=True).data["confirm"]["lines"]
+    assert lines[:2] == [
+        "site-a: training started, round 1 (app)",
+        "site-b: training started, round 7 of run 1, not the current run (old)",
+    ]
+    shutdown = execute(server, "shutdown client site-b", interactive=True)
+    assert shutdown.data["confirm"]["lines"][0] == lines[1]
+
+
 def test_set_run_number_reports_a_new_folder() -> None:
     server = two_sites()
     reply = execute(server, "set_run_number 12")
