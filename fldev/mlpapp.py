@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ def write_app(
     clients: int,
     num_rounds: int,
     batch_size: int = 32,
+    trainer: tuple[Path, str] | None = None,
 ) -> Path:
     """Write the benchmark app: one SGD step per round, rounds closed by all clients.
 
@@ -64,10 +66,16 @@ def write_app(
     1, so a round's local training is one optimizer step.
     ``min_num_clients = max_num_clients = clients`` and a wait of an hour
     mean a round closes because every client reported, never by a timer.
+
+    ``trainer``: (module file, class name) of a trainer that replaces flapp's, copied into
+    the app's resources (the peer comparison's trainer that skips validation).
     """
     config = folder / APP_NAME / "config"
     config.mkdir(parents=True, exist_ok=True)
-    (folder / APP_NAME / "resources").mkdir(exist_ok=True)
+    resources = folder / APP_NAME / "resources"
+    resources.mkdir(exist_ok=True)
+    if trainer is not None:
+        shutil.copy(trainer[0], resources / trainer[0].name)
     files: dict[str, Any] = {
         "config_fed_server.json": {
             "start_round": 0,
@@ -99,6 +107,7 @@ def write_app(
             },
             "optimizer": {"path": "torch.optim.SGD", "args": {"lr": 0.01}},
             "loss": {"path": "torch.nn.CrossEntropyLoss"},
+            "trainer": None if trainer is None else {"path": f"{trainer[0].stem}.{trainer[1]}"},
             "batch_size": batch_size,
             "seed": 0,
         },

@@ -31,6 +31,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,50 @@ class Harness:
         while not self._stop.is_set():
             self._sample_once()
             self._stop.wait(SAMPLE_S)
+
+    def end(self, admin: subprocess.Popen[bytes], timeout: float = 3600) -> float:
+        """Wait for the admin script to finish the job, then stop every process; the time
+        the job ended (teardown is timed from it)."""
+        try:
+            admin.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            print("admin timed out")
+        ended = time.time()
+        self.stop_all(grace=20)
+        return ended
+
+    def result(
+        self,
+        args: argparse.Namespace,
+        system: tuple[str, str],
+        how: tuple[str, str],
+        model: tuple[int, int],
+        provision_s: float,
+        ended: float,
+    ) -> dict[str, Any]:
+        """The fields every system's result.json has: ``system`` is (peer, its package),
+        ``how`` (mode, variant), ``model`` (width, parameters); the caller adds what is its
+        own (totals, status, checks)."""
+        rounds = read_round_log(self.run_dir / "rounds.jsonl")
+        return {
+            "peer": system[0],
+            "version": version(system[1]),
+            "torch": version("torch"),
+            "mode": how[0],
+            "variant": how[1],
+            "size": args.size,
+            "width": model[0],
+            "n_params": model[1],
+            "clients": args.clients,
+            "rounds_cfg": args.rounds,
+            "provision_s": round(provision_s, 2),
+            "teardown_s": round(time.time() - ended, 2),
+            "rounds": rounds,
+            **round_stats(rounds),
+            "resources": self.resources(),
+            "run_dir": str(self.run_dir),
+            "marks": self.marks,
+        }
 
     def stop_all(self, grace: float = 15.0) -> None:
         """SIGTERM every remaining descendant, SIGKILL after ``grace``, reap everything."""

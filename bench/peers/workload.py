@@ -53,6 +53,12 @@ def parameters(width: int) -> int:
     return width**2 + (IN_DIM + 2 + OUT_DIM) * width + OUT_DIM
 
 
+def model_of(size: str) -> tuple[int, int]:
+    """(width, parameters) of a size, as result.json records them."""
+    width = width_for(size)
+    return width, parameters(width)
+
+
 class BenchMLP(nn.Module):
     """Linear(IN, W) ReLU Linear(W, W) ReLU Linear(W, OUT)."""
 

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -106,39 +105,18 @@ def main() -> None:
         ],
         "admin",
     )
-    try:
-        adm.wait(timeout=3600)
-    except subprocess.TimeoutExpired:
-        print("admin timed out")
-    t_end = time.time()
-    time.sleep(1)
-    h.stop_all(grace=20)
+    t_end = h.end(adm)
 
     rec = json.loads(admin_out.read_text()) if admin_out.exists() else {}
-    rounds = H.read_round_log(round_log)
-    width = W.width_for(a.size)
+    mode = (
+        f"production kits (provisioned), {a.scheme} + mTLS, "
+        "FedAvgRecipe(FedAvg controller) + Client API in-process"
+    )
     res = {
-        "peer": "nvflare",
-        "version": version("nvflare"),
-        "torch": version("torch"),
-        "mode": f"production kits (provisioned), {a.scheme} + mTLS, "
-        "FedAvgRecipe(FedAvg controller) + Client API in-process",
-        "variant": "",
-        "size": a.size,
-        "width": width,
-        "n_params": W.parameters(width),
-        "clients": a.clients,
-        "rounds_cfg": a.rounds,
-        "provision_s": round(prov_s, 2),
+        **h.result(a, ("nvflare", "nvflare"), (mode, ""), W.model_of(a.size), prov_s, t_end),
         "total_s": round(rec["t_done"] - t0, 3) if "t_done" in rec else None,
         "startup_to_submit_s": round(rec["t_submitted"] - t0, 3) if "t_submitted" in rec else None,
-        "teardown_s": round(time.time() - t_end, 2),
         "job_status": rec.get("job_status"),
-        "rounds": rounds,
-        **H.round_stats(rounds),
-        "resources": h.resources(),
-        "run_dir": str(run_dir),
-        "marks": h.marks,
     }
     H.finish(run_dir, res)
 

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -141,30 +140,16 @@ def main() -> None:
         status = runs[-1].get("status") if runs else None
     except (ValueError, AttributeError):
         status = None
-    rounds = H.read_round_log(round_log)
-    width = W.width_for(a.size)
     security = "INSECURE" if a.insecure else "TLS (server-auth only)"
+    mode = (
+        "deployment runtime: flower-superlink + flower-supernode (subprocess "
+        f"isolation), {security}, ServerApp FedAvg"
+    )
+    variant = "VARIANT insecure" if a.insecure else ""
     res = {
-        "peer": "flower",
-        "version": version("flwr"),
-        "torch": version("torch"),
-        "mode": "deployment runtime: flower-superlink + flower-supernode (subprocess "
-        f"isolation), {security}, ServerApp FedAvg",
-        "variant": "VARIANT insecure" if a.insecure else "",
-        "size": a.size,
-        "width": width,
-        "n_params": W.parameters(width),
-        "clients": a.clients,
-        "rounds_cfg": a.rounds,
-        "provision_s": round(prov_s, 2),
+        **h.result(a, ("flower", "flwr"), (mode, variant), W.model_of(a.size), prov_s, t_end),
         "total_s": round(t_done - t0, 3),
-        "teardown_s": round(time.time() - t_end, 2),
         "job_status": status,
-        "rounds": rounds,
-        **H.round_stats(rounds),
-        "resources": h.resources(),
-        "run_dir": str(run_dir),
-        "marks": h.marks,
     }
     res["resources"]["cpu_s_total"] = round(res["resources"]["cpu_s_total"] - ls_cpu, 2)
     res["resources"]["cpu_s_excluded_status_check"] = round(ls_cpu, 2)

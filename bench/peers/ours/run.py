@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +45,11 @@ if str(REPO) not in sys.path:
 from bench.peers import harness as H  # noqa: E402
 from bench.peers import workload as W  # noqa: E402
 from flcore.appreview import review_app  # noqa: E402
+from fldev.mlpapp import APP_NAME as APP  # noqa: E402
+from fldev.mlpapp import ModelSize, write_app  # noqa: E402
 from provision import extract_kit, parse_project, provision_workspace  # noqa: E402
 
 ADMIN = "admin@bench.local"
-APP = "bench_mlp"
 BIN = Path(sys.executable).parent
 
 
@@ -75,53 +75,6 @@ def provision(kits: Path, clients: int, port: int) -> None:
     for kit in provision_workspace(project, kits / "provision").written:
         assert kit.password is not None  # every key is made here
         extract_kit(kit.zip_path, kit.password, kits / "kits" / kit.name)
-
-
-def write_app(app: Path, width: int, clients: int, rounds: int, validate: bool) -> None:
-    """The workload as a flstack app of built-in components (see the module's docstring)."""
-    (app / "config").mkdir(parents=True)
-    (app / "resources").mkdir()
-    shutil.copy(HERE / "bench_noeval.py", app / "resources" / "bench_noeval.py")
-    trainer = None if validate else {"path": "bench_noeval.NoEvalTrainer", "args": {}}
-    configs: dict[str, Any] = {
-        "config_fed_server.json": {
-            "start_round": 0,
-            "num_rounds": rounds,
-            "min_num_clients": clients,
-            "max_num_clients": clients,
-            "wait_after_min_clients": 3600,
-            "validation_metric": "val_accuracy",
-            "final_validation_timeout": 60,
-        },
-        "config_fed_client.json": {"local_epochs": 1},
-        "config_train.json": {
-            "model": {
-                "path": "flapp.models.MLP",
-                "args": {
-                    "in_features": W.IN_DIM,
-                    "hidden": width,
-                    "out_features": W.OUT_DIM,
-                    "layers": 3,
-                },
-            },
-            "dataset": {
-                "path": "flapp.datasets.SyntheticClassification",
-                "args": {
-                    "num_samples": W.BATCH,
-                    "in_features": W.IN_DIM,
-                    "num_classes": W.OUT_DIM,
-                },
-            },
-            "optimizer": {"path": "torch.optim.SGD", "args": {"lr": W.LR}},
-            "loss": {"path": "torch.nn.CrossEntropyLoss", "args": {}},
-            "trainer": trainer,
-            "batch_size": W.BATCH,
-            "seed": 0,
-            "num_workers": 0,
-        },
-    }
-    for name, values in configs.items():
-        (app / "config" / name).write_text(json.dumps(values, indent=2) + "\n")
 
 
 def server_rounds(metrics_path: Path, round_log: Path) -> list[dict[str, Any]]:
@@ -150,7 +103,6 @@ def main() -> None:
     os.environ.update({"PATH": f"{BIN}:{os.environ['PATH']}", "FLSTACK_BIN": str(BIN)})
     os.environ.update(H.bench_env())
     os.environ.pop("DATA_ROOT", None)
-    width = W.width_for(a.size)
 
     kits = a.runs / "ours_kits" / f"n{a.clients}_p{a.port}"
     t = time.time()
@@ -159,8 +111,16 @@ def main() -> None:
     prov_s = time.time() - t
     ws = run_dir / "ws"
     shutil.copytree(kits / "kits", ws)
-    app = ws / ADMIN / "transfer" / APP
-    write_app(app, width, a.clients, a.rounds, a.validate)
+    model = ModelSize(a.size, W.IN_DIM, W.width_for(a.size), W.OUT_DIM, layers=3)
+    trainer = None if a.validate else (HERE / "bench_noeval.py", "NoEvalTrainer")
+    app = write_app(
+        ws / ADMIN / "transfer",
+        model,
+        clients=a.clients,
+        num_rounds=a.rounds,
+        batch_size=W.BATCH,
+        trainer=trainer,
+    )
     digest = review_app(app, APP).digest
     for i in range(1, a.clients + 1):
         subprocess.run(
@@ -194,37 +154,23 @@ def main() -> None:
         ],
         "admin",
     )
-    try:
-        adm.wait(timeout=3600)
-    except subprocess.TimeoutExpired:
-        print("admin timed out")
-    t_end = time.time()
-    time.sleep(1)
-    h.stop_all(grace=20)
+    t_end = h.end(adm)
 
     rec = json.loads(admin_out.read_text()) if admin_out.exists() else {}
     records = server_rounds(ws / "server" / "run_1" / "metrics.jsonl", round_log)
     train = [r for r in records if not r.get("final")]
-    rounds = H.read_round_log(round_log)
     per_round = {str(r["round"] + 1): len(r.get("clients", [])) for r in train}
-    resources = h.resources()
-    res = {
-        "peer": "ours",
-        "version": version("flstack"),
-        "torch": version("torch"),
-        "mode": "production kits (flprovision), gRPC + mTLS, flserverd/flclientd from "
+    mode = (
+        "production kits (flprovision), gRPC + mTLS, flserverd/flclientd from "
         "startup/start.sh, fladmin-scripted admin, built-in MLP + SyntheticClassification, "
-        + ("built-in validation each round" if a.validate else "no per-round evaluation"),
-        "variant": "VARIANT built-in validation every round" if a.validate else "",
-        "size": a.size,
-        "width": width,
-        "n_params": W.parameters(width),
-        "clients": a.clients,
-        "rounds_cfg": a.rounds,
-        "provision_s": round(prov_s, 2),
+        + ("built-in validation each round" if a.validate else "no per-round evaluation")
+    )
+    variant = "VARIANT built-in validation every round" if a.validate else ""
+    common = h.result(a, ("ours", "flstack"), (mode, variant), W.model_of(a.size), prov_s, t_end)
+    res = {
+        **common,
         "total_s": round(rec["t_done"] - t0, 3) if "t_done" in rec else None,
         "startup_to_submit_s": round(rec["t_submitted"] - t0, 3) if "t_submitted" in rec else None,
-        "teardown_s": round(time.time() - t_end, 2),
         "job_status": rec.get("job_status"),
         "check": {
             "rounds_ok": [r["round"] for r in train] == list(range(a.rounds)),
@@ -232,13 +178,10 @@ def main() -> None:
             and all(v == a.clients for v in per_round.values()),
             "clients_per_round": per_round,
         },
-        "rounds": rounds,
-        **H.round_stats(rounds),
-        "resources": resources,
         # flserverd alone (start.sh execs it): its kernel high-water mark
-        "server_daemon_peak_rss_mb": resources["procs"].get(str(server.pid), {}).get("hwm_mb"),
-        "run_dir": str(run_dir),
-        "marks": h.marks,
+        "server_daemon_peak_rss_mb": common["resources"]["procs"]
+        .get(str(server.pid), {})
+        .get("hwm_mb"),
         "admin": rec,
     }
     H.finish(run_dir, res)
