@@ -14,8 +14,9 @@ crashed site or a cut cable does: it stops and closes its connection
 without logging out. After an offline spell (mean ``--mean-offline`` s) it
 comes back.
 
-An admin feed (the console's ``Events`` stream) is followed in a thread and
-gives:
+An admin feed (the console's ``Events`` stream) is followed in a process of
+its own (not beside the simulated clients, whose interpreter would delay
+it) and gives:
 
 * heartbeat round trip: from the simulated client writing a heartbeat to
   the feed delivering the server's ``Heartbeat`` event for it (through the
@@ -56,6 +57,7 @@ import asyncio
 import collections
 import contextlib
 import random
+import subprocess
 import sys
 import tempfile
 import threading
@@ -78,7 +80,7 @@ from fladmin.link import AdminLink  # noqa: E402
 from flclientd.connection import Connection, ControlStream  # noqa: E402
 from flcore import status as st  # noqa: E402
 from flcore.federation import ClientHeartbeat, Command, Hello, MachineInfo  # noqa: E402
-from flcore.feed import ClientGone, FeedEvent, Heartbeat  # noqa: E402
+from flcore.feed import ClientGone, Heartbeat  # noqa: E402
 from flcore.identity import KIND_CLIENT  # noqa: E402
 from flcore.startup import ClientStartup, load_client  # noqa: E402
 from flcore.tls import TlsFiles  # noqa: E402
@@ -127,8 +129,13 @@ class Ledger:
     """Seconds from writing a heartbeat to the server having handled it."""
     round_trips: list[float] = field(default_factory=list)
     """Seconds from writing a heartbeat to its event arriving through the feed."""
+    to_feed: list[float] = field(default_factory=list)
+    """Seconds from the server handling a heartbeat to its event arriving through the feed."""
     wrongly_dropped: list[tuple[str, str]] = field(default_factory=list)
     unmatched_drops: list[tuple[str, str]] = field(default_factory=list)
+    fan_outs: dict[str, list[float]] = field(default_factory=dict)
+    """Per command id: when the first and the last simulated client received it, and when
+    the last answer was written (all in this process: what the fan-out waited on here)."""
     heartbeats: int = 0
     joins: int = 0
     resumed: int = 0
@@ -147,6 +154,32 @@ class Ledger:
             if matched is not None and self.recording:
                 self.to_server.append(server_time - matched)
                 self.round_trips.append(received - matched)
+                self.to_feed.append(received - server_time)
+
+    def answered(self, command_id: str, received: float, written: float) -> None:
+        """A simulated client received a command at ``received`` and wrote its answer."""
+        with self.lock:
+            times = self.fan_outs.setdefault(command_id, [received, received, written])
+            times[0] = min(times[0], received)
+            times[1] = max(times[1], received)
+            times[2] = max(times[2], written)
+
+    def fan_out_rows(self) -> list[list[str]]:
+        """How long the fan-outs (the server sends one command id to every client of one)
+        took to reach the simulated clients and to be answered by them."""
+        with self.lock:
+            spans = list(self.fan_outs.values())
+        if not spans:
+            return []
+        arrive = [1000 * (last - first) for first, last, _ in spans]
+        answer = [1000 * (written - first) for first, _, written in spans]
+        return [
+            [
+                f"fan-out at the simulated clients ({len(spans)} commands)",
+                f"arrival spread median {percentile(arrive, 50):.0f} ms; last answer written "
+                f"median {percentile(answer, 50):.0f} ms after the first arrival",
+            ]
+        ]
 
     def gone(self, name: str, reason: str, when: float) -> None:
         """A ClientGone event (``when``: the server's time) for the latest departure of that
@@ -170,6 +203,7 @@ class Ledger:
         with self.lock:
             self.to_server.clear()
             self.round_trips.clear()
+            self.to_feed.clear()
             self.recording = True
 
     def waiting(self) -> int:
@@ -178,39 +212,66 @@ class Ledger:
             return sum(d.back_at is None and d.dropped_at is None for d in self.departures)
 
 
-class Feed(threading.Thread):
-    """Follows the admin feed in its own thread and loop, reconnecting if it is cut off."""
+class Feed:
+    """Follows the admin feed in a process of its own, reconnecting if it is cut off.
+
+    The feed's reader must not share an interpreter with the 1,000 simulated
+    clients: in one process it waits for the GIL they hold, and the round
+    trip it measures is then mostly this script's, not the server's. The
+    child stamps each event as it arrives and writes one line per
+    ``Heartbeat`` and ``ClientGone`` to its stdout, which a thread here hands
+    to the ledger (the matching is by the server's times, so the hand-over's
+    delay counts for nothing).
+    """
 
     def __init__(self, startup: Path, ledger: Ledger) -> None:
-        super().__init__(daemon=True)
-        self.startup = startup
         self.ledger = ledger
-        self.stop = threading.Event()
         self.reconnects = 0
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--feed", str(startup)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
-    def run(self) -> None:
-        asyncio.run(self._follow())
-
-    async def _follow(self) -> None:
-        while not self.stop.is_set():
-            link = AdminLink(self.startup, ADMIN)
-            try:
-                await link.login()
-                async for event in link.events():
-                    self._event(event)
-                    if self.stop.is_set():
-                        return
-            except AdminError:
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            kind, name, when, extra = line.rstrip("\n").split("\t", 3)
+            if kind == "H":
+                self.ledger.heard(name, float(when), float(extra))
+            elif kind == "G":
+                self.ledger.gone(name, extra, float(when))  # when the server dropped it
+            elif kind == "R":
                 self.reconnects += 1
-            finally:
-                await link.close()
 
-    def _event(self, event: FeedEvent) -> None:
-        body = event.body
-        if isinstance(body, Heartbeat):
-            self.ledger.heard(body.instance, body.time, time.time())
-        elif isinstance(body, ClientGone):
-            self.ledger.gone(body.instance, body.reason, event.time)  # when the server dropped it
+    def stop(self) -> None:
+        """End the child and take what it wrote before."""
+        self.process.terminate()
+        self.process.wait(10)
+        self.reader.join(10)
+
+
+async def follow_feed(startup: Path) -> None:
+    """The feed child: one tab-separated line per event the ledger needs."""
+    out = sys.stdout
+    while True:
+        link = AdminLink(startup, ADMIN)
+        try:
+            await link.login()
+            async for event in link.events():
+                body = event.body
+                if isinstance(body, Heartbeat):
+                    out.write(f"H\t{body.instance}\t{body.time!r}\t{time.time()!r}\n")
+                elif isinstance(body, ClientGone):
+                    out.write(f"G\t{body.instance}\t{event.time!r}\t{body.reason}\n")
+                out.flush()
+        except AdminError:
+            out.write("R\t\t\t\n")
+            out.flush()
+        finally:
+            await link.close()
 
 
 @dataclass
@@ -256,7 +317,7 @@ class SimClient:
                 previous[-1].back_at = now
         self.tasks = [
             asyncio.ensure_future(self._heartbeats(call, ledger)),
-            asyncio.ensure_future(self._answer(call)),
+            asyncio.ensure_future(self._answer(call, ledger)),
         ]
 
     async def _heartbeats(self, call: ControlStream, ledger: Ledger) -> None:
@@ -273,12 +334,14 @@ class SimClient:
                 ledger.heartbeats += 1
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _answer(self, call: ControlStream) -> None:
+    async def _answer(self, call: ControlStream, ledger: Ledger) -> None:
         """Answer commands as a client daemon that trains no run does (``check_status``)."""
         async for message in call:
             if isinstance(message, Command):
+                received = time.time()
                 async with self.writing:
                     await call.write(idle_answer(message))
+                ledger.answered(message.command_id, received, time.time())
 
     async def leave(self, ledger: Ledger) -> None:
         """Stop and close the connection without logging out, as a crashed site would."""
@@ -391,12 +454,29 @@ async def hold(
         await asyncio.sleep(args.duration)
     ledger.recording = False
     print("timing admin commands ...", flush=True)
-    calls = {"check_status server": args.calls, "check_status client": args.fanout_calls}
-    samples = await probe(admin_startup, calls)
+    samples = await probe(admin_startup, {"check_status server": args.calls})
+    fanning = CpuWindow(window.server_pid)
+    with fanning.measure():
+        samples.update(await probe(admin_startup, {"check_status client": args.fanout_calls}))
     online = len(ledger.online)
     await asyncio.gather(*(sim.leave(ledger) for sim in sims if sim.conn is not None))
     rows = [["clients online while timing commands", str(online)]]
-    return rows + command_rows(samples, COMMAND_TARGETS_MS)
+    fan_outs = int(args.fanout_calls) + 1  # and the probe's warm-up call
+
+    def per_call(cores: float) -> float:
+        """CPU milliseconds per fan-out at ``cores``."""
+        return 1000 * cores * fanning.seconds / fan_outs
+
+    return [
+        *rows,
+        *command_rows(samples, COMMAND_TARGETS_MS),
+        *ledger.fan_out_rows(),
+        [
+            "CPU per fan-out, server / simulated clients (at the measured window's rate)",
+            f"{per_call(fanning.server_cores):.0f} ({per_call(window.server_cores):.0f}) / "
+            f"{per_call(fanning.own_cores):.0f} ({per_call(window.own_cores):.0f}) ms",
+        ],
+    ]
 
 
 def judge(ledger: Ledger, timeout: float) -> list[list[str]]:
@@ -483,7 +563,12 @@ def main(argv: list[str] | None = None) -> int:
         "--fanout-calls", type=int, default=10, help="--no-churn: check_status client calls (10)"
     )
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
+    parser.add_argument("--feed", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.feed:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(follow_feed(args.feed))
+        return 0
     timeout = args.heartbeat_timeout
     settings = {"heart_beat_timeout": timeout, "heartbeat_interval": HEARTBEAT_S}
     started = time.monotonic()
@@ -514,7 +599,6 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     sims = issue_certificates(c, args.clients, certificates)
     ledger = Ledger()
     feed = Feed(c.kit(), ledger)
-    feed.start()
     rounds_before = len(c.metrics())
     warmup = args.warmup if args.warmup is not None else max(60.0, args.duration / 5)
     window = CpuWindow(server.pid)
@@ -539,8 +623,7 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     rounds = len(c.metrics()) - rounds_before
     if args.churn:
         c.ok("abort server")
-    feed.stop.set()
-    feed.join(10)  # it stops at its next event and closes its channel
+    feed.stop()
     trips, one_way = ledger.round_trips, ledger.to_server
     rss, fds, threads = sampler.slopes(warmup)["flserverd"]
     kept = sampler.after("flserverd", warmup)
@@ -552,6 +635,7 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
         ],
         ["heartbeats sent", f"{ledger.heartbeats}"],
         ["heartbeat, client -> handled by the server", latency(one_way)],
+        ["heartbeat, handled by the server -> feed", latency(ledger.to_feed)],
         ["heartbeat round trip, client -> server -> feed", latency(trips, args.churn)],
         *commands,
         *judge(ledger, timeout),

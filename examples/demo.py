@@ -218,8 +218,8 @@ class Demo:
         while time.monotonic() < deadline:
             result = self.admin("check_status server", as_json=True)
             if result.returncode == 0:
-                clients = json.loads(result.stdout.splitlines()[0])["data"]["clients"]
-                if len(clients) == len(SITES):
+                registered = json.loads(result.stdout.splitlines()[0])["data"]["registered"]
+                if registered == len(SITES):
                     return
             time.sleep(1)
         raise SystemExit("the clients did not register within 120 s: see demo-workspace/*.log")

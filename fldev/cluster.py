@@ -366,8 +366,8 @@ class Cluster:
         return asyncio.run(first())
 
     def status(self) -> dict[str, Any]:
-        """check_status server as data."""
-        return self.ok("check_status server").data
+        """check_status server as data, with every registered client's row."""
+        return self.ok("check_status server clients").data
 
     def run_state(self) -> dict[str, Any]:
         """The run part of check_status server."""

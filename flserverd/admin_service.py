@@ -8,7 +8,6 @@ logs an admin out), what a command does by
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -40,7 +39,7 @@ def _reply(reply: Reply, started: float) -> admin_pb2.CommandReply:
     return admin_pb2.CommandReply(
         ok=reply.ok,
         text=reply.text,
-        data_json=json.dumps(reply.data, default=str),
+        data_json=reply.data_json,
         usecs=int((time.perf_counter() - started) * 1e6),
         finished_at=finished.strftime("%Y-%m-%d %H:%M:%S.%f"),
         confirm_prompt=reply.confirm_prompt,

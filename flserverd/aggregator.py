@@ -321,8 +321,13 @@ class _RoundUpdates:
             raise ValueError("an update's weight (sample count) must be positive")
         if source in self.received:
             raise ValueError(f"an update of {source} was already added to this round")
-        if update.manifest != self.manifest:
-            raise ValueError("the update's tensors differ from the round's input model")
+        # By name: a file may lay its tensors out in any order (an update written by
+        # safetensors' own writer sorts them; flstack's keeps the state dict's order).
+        problems = self.manifest.differences(update.manifest)
+        if problems:
+            raise ValueError(
+                f"the update's tensors differ from the round's input model: {'; '.join(problems)}"
+            )
 
     def _read(
         self,

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from flcore import status as st
@@ -39,7 +40,7 @@ from flserverd.transfer import (
     receive_app,
     uploaded_app,
 )
-from flserverd.views import client_row
+from flserverd.views import RosterText, client_row, row_data
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,12 @@ class Reply:
     data: dict[str, Any] = field(default_factory=dict)
     confirm_prompt: str = ""
     then: Callable[[], None] | None = None
+
+    @cached_property
+    def data_json(self) -> str:
+        """The data as JSON, encoded once: checking the reply's size and sending it both need
+        it, and for 1,000 clients' rows it is tens of milliseconds."""
+        return json.dumps(self.data, default=str)
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,7 @@ class AdminCommands:
     def __init__(self, server: FLServer) -> None:
         self.server = server
         self.digests = listings.AppDigests()
+        self.roster = RosterText()
         self._one_at_a_time = asyncio.Lock()
         """Commands that change something run one at a time, in the order they arrive, so
         that two admins' conflicting commands (deploy and set_run_number, two starts, two
@@ -333,20 +341,22 @@ async def _help(cmds: AdminCommands, request: Request) -> Reply:
 
 
 @command(
-    "check_status server | client [instance...]",
-    "status of the server or of clients",
+    "check_status server [clients] | client [instance...]",
+    "status of the server (clients: with every registered client's row as data) or of clients",
     read_only=True,
 )
 async def _check_status(cmds: AdminCommands, request: Request) -> Reply:
-    kind, names = cmds.target_kind(request, "check_status")
     server = cmds.server
-    if kind == "server":
-        return _server_status(server)
+    if request.words[1:2] == ["server"]:
+        if request.words[2:] not in ([], [ROWS_WORD]):
+            raise _usage("check_status")
+        return _server_status(server, cmds.roster, with_rows=len(request.words) == 3)
+    _, names = cmds.target_kind(request, "check_status")
     clients = cmds.targets(names)
     results = await server.call(clients, "check_status", {}, request.timeout)
     lines, data = [], {}
     for client, result in results:
-        row = asdict(client_row(client))
+        row = row_data(client_row(client))
         if result.ok:
             row.update(_reported(result.data, row))
             state = row["detail"] or row["status"]
@@ -397,7 +407,18 @@ def _reported(data: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     return reported
 
 
-def _server_status(server: FLServer) -> Reply:
+ROWS_WORD = "clients"
+"""``check_status server clients``: the reply's data carries every registered client's row.
+
+Without it the data has the run, the revocation list and the number of
+registered clients: with 1,000 clients the rows are ~0.4 MB of JSON, which
+cost the server and every admin that parses them ~100 ms on every call,
+while a script that polls the status rarely needs them (the console has
+them from its feed). The text lists every client either way, as Clara's.
+"""
+
+
+def _server_status(server: FLServer, roster: RosterText, with_rows: bool) -> Reply:
     view = server.run_view()
     lines = []
     if view.run_number:
@@ -433,13 +454,16 @@ def _server_status(server: FLServer) -> Reply:
         lines.append(f"Failed sites: {view.failed_sites_text()}")
     revocation = _revocation_state(server)
     lines.extend(revocation.pop("lines"))
-    clients = server.client_rows()
-    lines.append(f"Registered clients: {len(clients)}")
-    for c in clients:
-        lines.append(
-            f"client name:{c.client_name}\tinstance name:{c.instance}\ttoken: {c.token_id}"
-        )
-    data = {"run": asdict(view), "revocation": revocation, "clients": [asdict(c) for c in clients]}
+    registered = roster.lines(server.registry)
+    lines.append(f"Registered clients: {len(registered)}")
+    lines.extend(registered)
+    data: dict[str, Any] = {
+        "run": asdict(view),
+        "revocation": revocation,
+        "registered": len(registered),
+    }
+    if with_rows:
+        data["clients"] = [row_data(row) for row in server.client_rows()]
     return Reply(True, "\n".join(lines), data)
 
 
@@ -861,11 +885,11 @@ def fit_reply(reply: Reply) -> Reply:
     is cut, and past that the data is dropped; the text says so and how to
     ask for less.
     """
-    if _size(reply.text, reply.data) <= MAX_REPLY_BYTES:
+    if _size(reply) <= MAX_REPLY_BYTES:
         return reply
-    data: dict[str, Any] = _shed(reply.data, "")
-    text = clip(reply.text, MAX_REPLY_TEXT)
-    if _size(text, data) > MAX_REPLY_BYTES:
+    shed = replace(reply, text=clip(reply.text, MAX_REPLY_TEXT), data=_shed(reply.data, ""))
+    text, data = shed.text, shed.data
+    if _size(shed) > MAX_REPLY_BYTES:
         data = {}
     note = (
         "(this reply was shortened to fit: ask about fewer clients at a time, "
@@ -874,8 +898,8 @@ def fit_reply(reply: Reply) -> Reply:
     return replace(reply, text=f"{text.rstrip()}\n{note}", data={**data, "truncated": True})
 
 
-def _size(text: str, data: dict[str, Any]) -> int:
-    return len(text.encode()) + len(json.dumps(data, default=str).encode())
+def _size(reply: Reply) -> int:
+    return len(reply.text.encode()) + len(reply.data_json.encode())
 
 
 def _shed(value: Any, key: str) -> Any:

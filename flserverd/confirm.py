@@ -114,9 +114,7 @@ def abort_server(run: RunInfo) -> Confirmation | None:
     return Confirmation("Abort training: the server", "This stops:", lines, verb="Abort")
 
 
-def shutdown_clients(
-    rows: Sequence[ClientRow], everyone: bool, current_run: int
-) -> Confirmation:
+def shutdown_clients(rows: Sequence[ClientRow], everyone: bool, current_run: int) -> Confirmation:
     """What ``shutdown client …`` ends."""
     lines = _listed(rows, current_run) or ["no client is registered"]
     if any(row.status in st.ACTIVE for row in rows):

@@ -108,6 +108,9 @@ class ClientRegistry:
         self._clients: dict[bytes, RegisteredClient] = {}
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
         self._by_instance: dict[str, RegisteredClient] = {}
+        self.version = 0
+        """Counts registrations and removals: what depends only on who is registered (their
+        names and tokens) is kept while it stays the same."""
         now = clock()
         states = db.client_states()
         for record in db.load_clients():
@@ -140,6 +143,7 @@ class ClientRegistry:
     def _add(self, client: RegisteredClient) -> None:
         self._clients[client.token_key] = client
         self._by_instance[client.instance] = client
+        self.version += 1
 
     def by_instance(self, instance: str) -> RegisteredClient | None:
         """The client registered under an instance name, if any."""
@@ -262,6 +266,7 @@ class ClientRegistry:
         """Forget a client (dropped, logged out or shut down)."""
         if self._clients.pop(client.token_key, None) is not None:
             self._by_instance.pop(client.instance, None)
+            self.version += 1
             self._saved(
                 lambda: self._db.delete_client(client.token_key), f"removal of {client.instance}"
             )

@@ -53,7 +53,7 @@ from flcore.tensorfile import Manifest, TensorFile, TensorFileError
 from flserverd.admins import AdminLogin, AdminLogins
 from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
-from flserverd.links import ClientLink
+from flserverd.links import ClientLink, call_all
 from flserverd.registry import AuthError, ClientRegistry, Login, RegisteredClient
 from flserverd.revocation import CRL_STORE, Revocations
 from flserverd.runstore import RunStore
@@ -761,35 +761,26 @@ class FLServer:
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
     ) -> list[tuple[RegisteredClient, CommandResult]]:
-        """Send a command to several clients at once and collect their results."""
-
-        async def one(client: RegisteredClient) -> CommandResult:
-            link = await self._link_of(client, min(timeout, RECONNECT_GRACE_S))
-            if link is None:
-                return CommandResult("", False, "client is not connected")
-            try:
-                return await link.call(name, dict(args), timeout)
-            except TimeoutError:
-                return CommandResult("", False, f"no reply within {timeout:g}s (see set_timeout)")
-            except ConnectionError:
-                return CommandResult("", False, "client disconnected before replying")
-
-        results = await asyncio.gather(*(one(s) for s in clients))
+        """Send a command to several clients at once and collect their results (one fan-out,
+        see :func:`flserverd.links.call_all`); clients whose stream is (re)connecting are
+        waited for briefly first."""
+        absent = [c for c in clients if c.token_key not in self.links]
+        if absent:
+            await self._links_of(absent, min(timeout, RECONNECT_GRACE_S))
+        links = [self.links.get(c.token_key) for c in clients]
+        results = await call_all(links, name, dict(args), timeout)
         return list(zip(clients, results, strict=True))
 
-    async def _link_of(self, client: RegisteredClient, wait: float) -> ClientLink | None:
-        """The client's stream, waiting briefly for one that is (re)connecting."""
-        link = self.links.get(client.token_key)
-        if link is not None:
-            return link
+    async def _links_of(self, clients: list[RegisteredClient], wait: float) -> None:
+        """Wait up to ``wait`` seconds for these clients' streams to open."""
         async with self._links_changed:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    self._links_changed.wait_for(lambda: client.token_key in self.links), wait
+                    self._links_changed.wait_for(
+                        lambda: all(c.token_key in self.links for c in clients)
+                    ),
+                    wait,
                 )
-            except TimeoutError:
-                return None
-        return self.links.get(client.token_key)
 
     def leaving(self, clients: Iterable[RegisteredClient]) -> None:
         """These clients agreed to shut down: each logs out once its training is stopped."""

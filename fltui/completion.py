@@ -33,6 +33,8 @@ def candidates(
     if name in TARGETED:
         if not args:
             return list(KINDS)
+        if args == ["server"] and name == "check_status":
+            return ["clients"]  # every client's row in the reply's data
         return unused if args[0] == "client" else []
     if name == "deploy":
         if not args:

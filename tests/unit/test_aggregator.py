@@ -14,6 +14,7 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+from flapp.runtime.modelfile import save_state
 from flcore.tensorfile import TensorFile
 from flserverd.aggregator import RUNNING_SUM, SLAB_ELEMENTS, FedAvg
 
@@ -23,6 +24,12 @@ WEIGHTS = [1.0, 3.0, 2.5]
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> TensorFile:
     safetensors.torch.save_file(tensors, path)
     return TensorFile(path)
+
+
+def _written(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """A model file in the state dict's order, as flstack's children write it."""
+    save_state(tensors, path, durable=False)
+    return path
 
 
 def _updates(tmp_path: Path, models: list[dict[str, torch.Tensor]]) -> list[TensorFile]:
@@ -189,6 +196,35 @@ def test_write_is_atomic_and_valid(tmp_path: Path) -> None:
     loaded = safetensors.torch.load_file(target)
     expected = (models[0]["w"].double() + 3 * models[1]["w"].double()) / 4
     np.testing.assert_allclose(loaded["w"].double().numpy(), expected.numpy(), rtol=1e-6)
+
+
+def test_updates_may_lay_their_tensors_out_in_any_order(tmp_path: Path) -> None:
+    """flstack's children write a state dict's order, safetensors' writer sorts by dtype and
+    name: an update from either (a site of another version) folds the same, and one that
+    lacks a tensor is refused naming it."""
+    gen = torch.Generator().manual_seed(3)
+    models = [
+        {"b": torch.randn(5, generator=gen), "a": torch.randn(2, 3, generator=gen)}
+        for _ in range(2)
+    ]
+    model = tmp_path / "model.safetensors"
+    input_model = TensorFile(_written(model, models[0]))
+    sorted_update = _save(tmp_path / "sorted.safetensors", models[1])
+    assert [t.name for t in sorted_update.manifest.tensors] == ["a", "b"]
+    assert [t.name for t in input_model.manifest.tensors] == ["b", "a"]
+    fedavg = FedAvg(input_model.manifest, input_model.path, tmp_path / "sum")
+    fedavg.add("kept-order", input_model, 1.0)
+    fedavg.add("sorted", sorted_update, 3.0)
+    target = tmp_path / "avg.safetensors"
+    fedavg.write(target)
+    result = safetensors.torch.load_file(target)
+    for name in ("a", "b"):
+        expected = (models[0][name] * 1.0 + models[1][name] * 3.0) / 4.0
+        torch.testing.assert_close(result[name], expected)
+    lacking = _save(tmp_path / "lacking.safetensors", {"a": models[1]["a"]})
+    other = FedAvg(input_model.manifest, input_model.path, tmp_path / "sum2")
+    with pytest.raises(ValueError, match="missing tensor 'b'"):
+        other.add("lacking", lacking, 1.0)
 
 
 def test_write_without_updates_refused(tmp_path: Path) -> None:

@@ -179,8 +179,11 @@ def two_sites() -> FakeServer:
         ("", "empty command"),
         ("frobnicate", "unknown command 'frobnicate'"),
         ('deploy "unclosed', "cannot parse the command"),
-        ("check_status", "usage: check_status server | client [instance...]"),
-        ("check_status server extra", "usage: check_status server | client [instance...]"),
+        ("check_status", "usage: check_status server [clients] | client [instance...]"),
+        (
+            "check_status server extra",
+            "usage: check_status server [clients] | client [instance...]",
+        ),
         ("set_run_number x", "usage: set_run_number <N>"),
         ("set_run_number 0", "usage: set_run_number <N>"),
         ("start_mgpu client 99 site-a", "between 1 and 64"),

@@ -50,7 +50,7 @@ async def drive(a: argparse.Namespace) -> dict[str, Any]:
         return reply.data
 
     try:
-        while len((await server_status())["clients"]) < a.clients:
+        while (await server_status())["registered"] < a.clients:
             await asyncio.sleep(a.poll)
         rec["t_clients_ready"] = time.time()
         replies = []
