@@ -31,11 +31,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,98 @@ DEFAULT_CLIENTS = {"small": 2, "large": 8}
 DEFAULT_ROUNDS = {"small": 60, "large": 8}
 
 
+class AnonTimeline:
+    """``RssAnon`` of a process every ``interval`` seconds, with the wall-clock time of each
+    sample, so that memory can be matched to what the daemons logged at that moment."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> AnonTimeline:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        status = Path(f"/proc/{self.pid}/status")
+        while not self._stop.wait(self.interval):
+            try:
+                text = status.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("RssAnon:"):
+                    self.samples.append((time.time(), int(line.split()[1]) / 1024))
+
+
+TRANSFER_LINE = re.compile(
+    r"^(\S+ \S+) INFO flclientd\.connection: (downloaded|uploaded) \S+: \d+ bytes in "
+    r"([0-9.]+) s",
+    re.MULTILINE,
+)
+
+
+def transfers(log: str) -> list[tuple[str, float, float]]:
+    """(direction, start, end) in epoch seconds of every model a client daemon moved, from
+    its log (the line is written when the transfer ended and says how long it took)."""
+    out = []
+    for stamp, direction, seconds in TRANSFER_LINE.findall(log):
+        end = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        out.append((direction, end - float(seconds), end))
+    return out
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The server's anonymous memory before any model moved, and its peak while only
+    downloads (only uploads) were in flight, with the most of them at once then."""
+
+    idle_mb: float
+    download_mb: float
+    downloads: int
+    upload_mb: float
+    uploads: int
+
+    def describe(self, which: str) -> str:
+        """``which``: ``download`` or ``upload``."""
+        mb, most = (
+            (self.download_mb, self.downloads)
+            if which == "download"
+            else (self.upload_mb, self.uploads)
+        )
+        return f"{mb:.0f} ({most} at once)"
+
+
+def phases(samples: list[tuple[float, float]], moved: list[tuple[str, float, float]]) -> Phases:
+    """Split a timeline of anonymous memory by the transfers in flight at each sample."""
+    first = min((start for _, start, _ in moved), default=float("inf"))
+    idle = [mb for t, mb in samples if t < first]
+    peaks = {"downloaded": (0.0, 0), "uploaded": (0.0, 0)}
+    for t, mb in samples:
+        flying = {"downloaded": 0, "uploaded": 0}
+        for direction, start, end in moved:
+            if start <= t <= end:
+                flying[direction] += 1
+        for direction, other in (("downloaded", "uploaded"), ("uploaded", "downloaded")):
+            if flying[direction] and not flying[other]:
+                peak, most = peaks[direction]
+                peaks[direction] = (max(peak, mb), max(most, flying[direction]))
+    return Phases(
+        idle_mb=max(idle, default=0.0),
+        download_mb=peaks["downloaded"][0],
+        downloads=peaks["downloaded"][1],
+        upload_mb=peaks["uploaded"][0],
+        uploads=peaks["uploaded"][1],
+    )
+
+
 @dataclass(frozen=True)
 class Result:
     """What one scenario measured."""
@@ -78,6 +173,7 @@ class Result:
     server_peak_mb: float
     server_peak_anon_mb: float
     server_peak_file_mb: float
+    phases: Phases
     server_rss_start_mb: float
     server_rss_end_mb: float
     server_cpu_per_round: float
@@ -102,8 +198,11 @@ def run_scenario(
         server = c.server()
         with contextlib.ExitStack() as stack:
             memory = stack.enter_context(MemorySampler(server.pid))
+            timeline = stack.enter_context(AnonTimeline(server.pid))
             feed = stack.enter_context(ConsoleFeed(c.kit(), ADMIN)) if console else None
             result = _train(c, server.pid, model, names, rounds, memory, started)
+        moved = [t for name in names for t in transfers(c.root.joinpath(f"{name}.log").read_text())]
+        result = replace(result, phases=phases(timeline.samples, moved))
         if feed is not None:
             if feed.error:
                 print(f"console feed: {feed.error}", flush=True)
@@ -162,6 +261,7 @@ def _train(
         server_peak_mb=server_after.peak_rss_mb,
         server_peak_anon_mb=memory.peak["RssAnon"],
         server_peak_file_mb=memory.peak["RssFile"],
+        phases=Phases(0.0, 0.0, 0, 0.0, 0),
         server_rss_start_mb=server_before.rss_mb,
         server_rss_end_mb=server_after.rss_mb,
         server_cpu_per_round=(cpu_after[0] - cpu_before[0]) / n,
@@ -244,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             "  sampled peak anon / file MB",
             lambda r: f"{r.server_peak_anon_mb:.0f} / {r.server_peak_file_mb:.0f}",
         ),
+        ("  anon MB before any model moved", lambda r: f"{r.phases.idle_mb:.0f}"),
+        ("  peak anon MB, only downloads moving", lambda r: r.phases.describe("download")),
+        ("  peak anon MB, only uploads moving", lambda r: r.phases.describe("upload")),
         (
             "server RSS MB after round 0 / at end",
             lambda r: f"{r.server_rss_start_mb:.0f} / {r.server_rss_end_mb:.0f}",
