@@ -115,8 +115,9 @@ def transfers(log: str) -> list[tuple[str, float, float]]:
 
 @dataclass(frozen=True)
 class Phases:
-    """The server's anonymous memory before any model moved, and its peak while only
-    downloads (only uploads) were in flight, with the most of them at once then."""
+    """The server's anonymous memory before any model moved; its peak while round 0's
+    downloads moved and no upload had begun (memory an upload left behind cannot count as
+    a download's); its peak while only uploads moved. With the most transfers at once."""
 
     idle_mb: float
     download_mb: float
@@ -137,6 +138,7 @@ class Phases:
 def phases(samples: list[tuple[float, float]], moved: list[tuple[str, float, float]]) -> Phases:
     """Split a timeline of anonymous memory by the transfers in flight at each sample."""
     first = min((start for _, start, _ in moved), default=float("inf"))
+    first_upload = min((s for d, s, _ in moved if d == "uploaded"), default=float("inf"))
     idle = [mb for t, mb in samples if t < first]
     peaks = {"downloaded": (0.0, 0), "uploaded": (0.0, 0)}
     for t, mb in samples:
@@ -144,10 +146,12 @@ def phases(samples: list[tuple[float, float]], moved: list[tuple[str, float, flo
         for direction, start, end in moved:
             if start <= t <= end:
                 flying[direction] += 1
-        for direction, other in (("downloaded", "uploaded"), ("uploaded", "downloaded")):
-            if flying[direction] and not flying[other]:
-                peak, most = peaks[direction]
-                peaks[direction] = (max(peak, mb), max(most, flying[direction]))
+        if flying["downloaded"] and t < first_upload:
+            peak, most = peaks["downloaded"]
+            peaks["downloaded"] = (max(peak, mb), max(most, flying["downloaded"]))
+        if flying["uploaded"] and not flying["downloaded"]:
+            peak, most = peaks["uploaded"]
+            peaks["uploaded"] = (max(peak, mb), max(most, flying["uploaded"]))
     return Phases(
         idle_mb=max(idle, default=0.0),
         download_mb=peaks["downloaded"][0],
@@ -345,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
             lambda r: f"{r.server_peak_anon_mb:.0f} / {r.server_peak_file_mb:.0f}",
         ),
         ("  anon MB before any model moved", lambda r: f"{r.phases.idle_mb:.0f}"),
-        ("  peak anon MB, only downloads moving", lambda r: r.phases.describe("download")),
+        (
+            "  peak anon MB, round 0 downloads (no upload yet)",
+            lambda r: r.phases.describe("download"),
+        ),
         ("  peak anon MB, only uploads moving", lambda r: r.phases.describe("upload")),
         (
             "server RSS MB after round 0 / at end",
