@@ -20,7 +20,7 @@ import grpc
 
 from flcore import faultpoints
 from flcore import status as st
-from flcore.compression import encoded_chunks
+from flcore.compression import WireChunk, encoded_chunks
 from flcore.folders import iter_chunks
 from flcore.progress import TransferStalled
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
@@ -31,6 +31,7 @@ from flcore.wire import WireError, manifest_to_proto, with_chunk
 from flserverd.exchange import ModelExchange
 from flserverd.registry import AuthError, RegisteredClient
 from flserverd.rpc import Context, peer_identity
+from flserverd.sendslots import SendSlots
 from flserverd.serde import (
     chunks_from_proto,
     downward_to_proto,
@@ -48,7 +49,7 @@ from flserverd.transfer import TransferError
 
 log = logging.getLogger(__name__)
 
-# Chunks read ahead per download: bounds a stream's memory to a few MiB.
+# Files of an app read per worker-thread step: bounds an app download's memory to a few MiB.
 CHUNKS_PER_READ = 2
 
 T = TypeVar("T")
@@ -70,6 +71,7 @@ class FederationService(fed_grpc.FederationServicer):
     def __init__(self, server: FLServer) -> None:
         self.server = server
         self.exchange = ModelExchange(server)
+        self.slots = SendSlots()
 
     async def _client(self, token: str, context: Context) -> RegisteredClient:
         try:
@@ -142,10 +144,14 @@ class FederationService(fed_grpc.FederationServicer):
             if not self.server.received(client, upward):
                 return
 
-    async def GetModel(
+    # gRPC's asyncio server takes a coroutine that writes (its reader/writer API) where the
+    # generated stub names only iterators: a write the handler awaits itself can be given up
+    # on a stall and releases its slot at once, which a yielded message cannot.
+    async def GetModel(  # type: ignore[override]
         self, request: fed_pb2.ModelRequest, context: Context
-    ) -> AsyncIterator[fed_pb2.ModelMessage]:
-        """Stream a model: manifest first, then its bytes in chunks."""
+    ) -> None:
+        """Stream a model: manifest first, then its bytes in chunks, sending only while
+        holding one of the server's download slots (:mod:`flserverd.sendslots`)."""
         client = await self._client(request.token, context)
         try:
             download = self.exchange.model_for(client.instance, model_request_from_proto(request))
@@ -156,15 +162,25 @@ class FederationService(fed_grpc.FederationServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise
         model = TensorFile(download.path)
-        yield fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest))
+        await context.write(fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest)))
         sent = 0
-        chunks = encoded_chunks(model, download.compression)
-        async for chunk, raw in _in_batches(chunks):
-            yield with_chunk(fed_pb2.ModelMessage(), chunk)
+
+        async def write(item: tuple[WireChunk, int]) -> None:
+            nonlocal sent
+            chunk, raw = item
+            await context.write(with_chunk(fed_pb2.ModelMessage(), chunk))
             self.exchange.sent_chunk(download, chunk, raw)
             sent += 1
             if sent == 1:
                 faultpoints.reached(faultpoints.SERVER_DOWNLOAD)
+
+        what = f"download of {download.path.name} to {client.instance}"
+        try:
+            await self.slots.send_all(what, encoded_chunks(model, download.compression), write)
+        except TransferStalled as exc:
+            log.warning("%s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
 
     async def SubmitModel(
         self,

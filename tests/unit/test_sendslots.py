@@ -1,0 +1,104 @@
+"""flserverd.sendslots: a few downloads send at once, in turns, and a stalled one lets go."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from flcore.progress import TransferStalled
+from flserverd.sendslots import CHUNKS_PER_SLOT, SendSlots
+
+CHUNKS = 3 * CHUNKS_PER_SLOT
+
+
+class Senders:
+    """Writes that take a little while, recording who wrote what and how many at once."""
+
+    def __init__(self) -> None:
+        self.writing: set[str] = set()
+        self.most_at_once = 0
+        self.order: list[tuple[str, int]] = []
+
+    def write(self, name: str) -> Callable[[int], Awaitable[None]]:
+        async def write(item: int) -> None:
+            self.writing.add(name)
+            self.most_at_once = max(self.most_at_once, len(self.writing))
+            await asyncio.sleep(0.005)
+            self.order.append((name, item))
+            self.writing.discard(name)
+
+        return write
+
+
+def test_at_most_the_slots_send_at_once_and_downloads_take_turns() -> None:
+    senders = Senders()
+
+    async def scenario() -> None:
+        slots = SendSlots(2)
+        await asyncio.gather(
+            *(
+                slots.send_all(f"download to {name}", iter(range(CHUNKS)), senders.write(name))
+                for name in ("a", "b", "c")
+            )
+        )
+
+    asyncio.run(scenario())
+    assert senders.most_at_once == 2
+    for name in ("a", "b", "c"):
+        assert [item for who, item in senders.order if who == name] == list(range(CHUNKS))
+    # The third download got a slot long before the first one had sent its whole model.
+    assert senders.order.index(("c", 0)) < senders.order.index(("a", CHUNKS - 1))
+
+
+def test_a_reader_that_stalls_gives_its_slot_back_after_the_limit() -> None:
+    senders = Senders()
+
+    async def never_taken(item: int) -> None:
+        await asyncio.Event().wait()  # the client stopped reading
+
+    async def scenario() -> float:
+        slots = SendSlots(1, stall_s=0.2)
+        stalled = asyncio.create_task(
+            slots.send_all("download of m.safetensors to s1", iter(range(CHUNKS)), never_taken)
+        )
+        await asyncio.sleep(0)  # the stalled download takes the only slot first
+        started = time.monotonic()
+        await slots.send_all("download to s2", iter(range(CHUNKS)), senders.write("s2"))
+        waited = time.monotonic() - started
+        with pytest.raises(TransferStalled, match=r"download of m\.safetensors to s1: nothing"):
+            await stalled
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert [item for _, item in senders.order] == list(range(CHUNKS))
+    assert 0.2 <= waited < 2.2
+
+
+def test_a_download_that_fails_gives_its_slot_back_at_once() -> None:
+    senders = Senders()
+
+    async def cancelled_by_client(item: int) -> None:
+        raise ConnectionResetError("the client went away")
+
+    async def scenario() -> None:
+        slots = SendSlots(1)
+        failed = asyncio.create_task(
+            slots.send_all("download to s1", iter(range(CHUNKS)), cancelled_by_client)
+        )
+        await asyncio.sleep(0)
+        await asyncio.wait_for(
+            slots.send_all("download to s2", iter(range(CHUNKS)), senders.write("s2")), 5
+        )
+        with pytest.raises(ConnectionResetError):
+            await failed
+
+    asyncio.run(scenario())
+    assert len(senders.order) == CHUNKS
+
+
+def test_no_slots_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one download"):
+        SendSlots(0)
