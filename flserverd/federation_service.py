@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -28,7 +28,7 @@ from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.tensorfile import TensorFile, TensorFileError
 from flcore.wire import WireError, manifest_to_proto, with_chunk
-from flserverd.exchange import ModelExchange
+from flserverd.exchange import Download, ModelExchange
 from flserverd.registry import AuthError, RegisteredClient
 from flserverd.rpc import Context, peer_identity
 from flserverd.sendslots import SendSlots
@@ -163,6 +163,19 @@ class FederationService(fed_grpc.FederationServicer):
             raise
         model = TensorFile(download.path)
         await context.write(fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest)))
+        chunks = encoded_chunks(model, download.compression)
+        what = f"download of {download.path.name} to {client.instance}"
+        try:
+            await self.slots.send_all(what, chunks, self._chunk_writer(context, download))
+        except TransferStalled as exc:
+            log.warning("%s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise
+
+    def _chunk_writer(
+        self, context: Context, download: Download
+    ) -> Callable[[tuple[WireChunk, int]], Awaitable[None]]:
+        """Writes one chunk of ``download`` to the call and counts its bytes."""
         sent = 0
 
         async def write(item: tuple[WireChunk, int]) -> None:
@@ -174,13 +187,7 @@ class FederationService(fed_grpc.FederationServicer):
             if sent == 1:
                 faultpoints.reached(faultpoints.SERVER_DOWNLOAD)
 
-        what = f"download of {download.path.name} to {client.instance}"
-        try:
-            await self.slots.send_all(what, encoded_chunks(model, download.compression), write)
-        except TransferStalled as exc:
-            log.warning("%s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            raise
+        return write
 
     async def SubmitModel(
         self,

@@ -20,6 +20,7 @@ A gRPC interceptor, so that no RPC of either service can skip it:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -71,9 +72,14 @@ class Gate(grpc.aio.ServerInterceptor):
                 self._unary(method, handler.stream_unary), **wire
             )
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, handler.unary_stream), **wire
+            # A coroutine that writes its messages itself (gRPC's reader/writer API:
+            # GetModel, which awaits each write) is gated as a unary handler is.
+            gated = (
+                self._unary(method, handler.unary_stream)
+                if inspect.iscoroutinefunction(handler.unary_stream)
+                else self._streaming(method, handler.unary_stream)
             )
+            return grpc.unary_stream_rpc_method_handler(gated, **wire)
         return grpc.stream_stream_rpc_method_handler(
             self._streaming(method, handler.stream_stream), **wire
         )

@@ -44,6 +44,12 @@ async def _stream(request: bytes, context: Context) -> AsyncIterator[bytes]:
     raise OSError(36, "File name too long")
 
 
+async def _writer(request: bytes, context: Context) -> None:
+    """A streaming handler that writes its messages itself (gRPC's reader/writer API)."""
+    await context.write(b"first")
+    raise OSError(36, "File name too long")
+
+
 def _handler() -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE,
@@ -52,6 +58,7 @@ def _handler() -> grpc.GenericRpcHandler:
             "Login": grpc.unary_unary_rpc_method_handler(_login),
             "Refuse": grpc.unary_unary_rpc_method_handler(_refuse),
             "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+            "Writer": grpc.unary_stream_rpc_method_handler(_writer),
         },
     )
 
@@ -119,16 +126,17 @@ def test_an_unexpected_error_becomes_a_sentence_and_a_logged_traceback(
             "the server could not handle this call (Gated/Boom) because of an unexpected "
             "error; the server's log has the details"
         )
-        call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
-            f"/{SERVICE}/Stream"
-        )
-        stream = call(b"", timeout=10)
-        received: list[bytes] = []
-        with pytest.raises(grpc.aio.AioRpcError) as broken:
-            async for message in stream:
-                received.append(message)
-        assert received == [b"first"] and broken.value.code() == grpc.StatusCode.INTERNAL
-        assert "OSError" not in (broken.value.details() or "")
+        for streaming in ("Stream", "Writer"):
+            call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                f"/{SERVICE}/{streaming}"
+            )
+            stream = call(b"", timeout=10)
+            received: list[bytes] = []
+            with pytest.raises(grpc.aio.AioRpcError) as broken:
+                async for message in stream:
+                    received.append(message)
+            assert received == [b"first"] and broken.value.code() == grpc.StatusCode.INTERNAL
+            assert "OSError" not in (broken.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as refused:  # a servicer's own refusal stands
             await _call(channel, "Refuse")
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
@@ -137,7 +145,7 @@ def test_an_unexpected_error_becomes_a_sentence_and_a_logged_traceback(
     with caplog.at_level(logging.ERROR, "flserverd.gate"):
         _on_gated_server(provisioned_workspace, tmp_path, scenario)
     traced = [r.exc_info[0] for r in caplog.records if r.exc_info is not None]
-    assert traced == [KeyError, OSError]
+    assert traced == [KeyError, OSError, OSError]
 
 
 def test_a_revoked_certificate_gets_no_call_through(
