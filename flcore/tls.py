@@ -31,11 +31,24 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 # A fixed 4 MiB flow-control window per stream instead of gRPC's BDP probing,
 # which grew windows until a server with 8 clients uploading a 100 MB model at
-# once peaked at 575 MB; with this it stays near 320 MB (docs/benchmarks.md),
-# and 4 MiB still fills a 300 Mbit/s link at 100 ms round trip.
+# once peaked at 575 MB (docs/benchmarks.md). This is a client's receive window
+# (what the server may send it: downloads); 4 MiB fills a 300 Mbit/s link at
+# 100 ms round trip and costs each client one model transfer's buffer.
 FLOW_CONTROL: list[tuple[str, int]] = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024),
+]
+
+# What a client may send the server on one stream before the server reads it: the
+# server's receive window. gRPC's C core keeps what arrived in its own buffers until
+# Python asks for the next message, so with 32 sites uploading at once and the server's
+# Python behind, each upload held ~7 MB there at a 4 MiB window (heaptrack,
+# docs/benchmarks.md §12). gRPC opens the window for a whole message whenever the
+# server waits for one, so a link still carries 1 MiB + this per round trip while the
+# server keeps up; when it does not, the senders wait instead of its memory growing.
+SERVER_FLOW_CONTROL: list[tuple[str, int]] = [
+    ("grpc.http2.bdp_probe", 0),
+    ("grpc.http2.lookahead_bytes", 256 * 1024),
 ]
 
 # A link that swallows packets without a reset (a dead NAT entry, a cable pulled
@@ -96,7 +109,7 @@ def server_options(open_files: int) -> list[tuple[str, int]]:
         ("grpc.max_connection_idle_ms", IDLE_CONNECTION_MS),
         ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ("grpc.max_allowed_incoming_connections", connection_cap(open_files)),
-        *FLOW_CONTROL,
+        *SERVER_FLOW_CONTROL,
     ]
 
 
