@@ -49,7 +49,7 @@ from flserverd.transfer import TransferError
 
 log = logging.getLogger(__name__)
 
-# Files of an app read per worker-thread step: bounds an app download's memory to a few MiB.
+# Chunks of an app's files read per worker-thread step: bounds an app download's memory.
 CHUNKS_PER_READ = 2
 
 T = TypeVar("T")
