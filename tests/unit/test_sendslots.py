@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -102,3 +103,38 @@ def test_a_download_that_fails_gives_its_slot_back_at_once() -> None:
 def test_no_slots_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one download"):
         SendSlots(0)
+
+
+class Chunk:
+    """A chunk whose lifetime a test can watch."""
+
+
+def test_a_download_waiting_for_its_next_turn_holds_none_of_the_chunks_it_sent() -> None:
+    sent: list[weakref.ref[Chunk]] = []
+    alive_while_waiting: list[bool] = []
+
+    async def scenario() -> None:
+        slots = SendSlots(1)
+        other_writing = asyncio.Event()
+        let_go = asyncio.Event()
+
+        async def remember(item: Chunk) -> None:
+            sent.append(weakref.ref(item))
+
+        async def hold(item: Chunk) -> None:
+            other_writing.set()
+            await let_go.wait()
+
+        chunks = (Chunk() for _ in range(2 * CHUNKS_PER_SLOT))
+        first = asyncio.create_task(slots.send_all("download to s1", chunks, remember))
+        await asyncio.sleep(0)  # s1 takes the slot
+        others = (Chunk() for _ in range(CHUNKS_PER_SLOT))
+        second = asyncio.create_task(slots.send_all("download to s2", others, hold))
+        await other_writing.wait()  # s1 sent its first batch and waits for its next turn
+        alive_while_waiting.extend(ref() is not None for ref in sent)
+        let_go.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(scenario())
+    assert alive_while_waiting == [False] * CHUNKS_PER_SLOT
+    assert len(sent) == 2 * CHUNKS_PER_SLOT
