@@ -51,6 +51,7 @@ import functools
 import math
 import os
 import shutil
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,7 +170,8 @@ def _finite(value: float) -> float:
 
 class Aggregator(Protocol):
     """One round's aggregation; ``add``, ``fold_due`` and ``write`` block, so callers run them
-    in a worker thread."""
+    in a worker thread. One ``fold_due`` may run beside one ``add`` (a sender's verdict does
+    not wait for the fold of the update before it); every other call runs alone."""
 
     @property
     def count(self) -> int:
@@ -593,6 +595,8 @@ class CanonicalFold:
         self._fedavg = start()
         self.keep_dir = keep_dir
         self._kept: dict[str, tuple[TensorFile, float]] = {}
+        self._kept_lock = threading.Lock()
+        """``add`` runs beside ``fold_due``: the kept updates change under it."""
         self._folded: list[str] = []
 
     @property
@@ -604,15 +608,18 @@ class CanonicalFold:
         """Keep an accepted update until its turn; its file now belongs to the round."""
         if weight <= 0:
             raise ValueError("an update's weight (sample count) must be positive")
-        if source in self._kept:
-            raise ValueError(f"an update of {source} was already added to this round")
-        self._kept[source] = (update, weight)
+        with self._kept_lock:
+            if source in self._kept:
+                raise ValueError(f"an update of {source} was already added to this round")
+            self._kept[source] = (update, weight)
 
     def fold_due(self, awaited: Collection[str]) -> int:
         """Fold the kept updates whose turn has come: no awaited client sorts before them."""
         first_awaited = min(awaited, default=None)
+        with self._kept_lock:
+            waiting = sorted(self._kept.keys() - set(self._folded))
         done = 0
-        for source in sorted(self._kept.keys() - set(self._folded)):
+        for source in waiting:
             if self._folded and source < self._folded[-1]:
                 break  # out of order: write() rebuilds the sum
             if first_awaited is not None and first_awaited < source:
@@ -639,7 +646,8 @@ class CanonicalFold:
         shutil.rmtree(self.keep_dir, ignore_errors=True)
 
     def _fold(self, source: str) -> None:
-        update, weight = self._kept[source]
+        with self._kept_lock:
+            update, weight = self._kept[source]
         try:
             self._fedavg.add(source, update, weight)
         except BaseException:

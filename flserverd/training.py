@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from flcore import faultpoints
 from flcore import status as st
@@ -53,6 +53,8 @@ from flserverd.statedb import RoundSummary, RunRecord, StateDB, WireTally
 from flserverd.tensorboard import ScalarWriter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PHASE_TRAINING = "training"
 PHASE_FINAL_VALIDATION = "final validation"
@@ -126,6 +128,15 @@ class RoundState:
     closed: bool = False
     deadline: float = 0.0
     wire: WireTally = field(default_factory=WireTally)
+    in_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by every fold, write and discard of the round's aggregator (each in a worker
+    thread), so that they run one at a time, in the order they were asked for (the lock is
+    fair). Updates are added under the run's lock, beside a fold (see Aggregator)."""
+
+    async def call(self, method: Callable[..., T], *args: Any) -> T:
+        """Call the aggregator in a worker thread, in turn."""
+        async with self.in_turn:
+            return await asyncio.to_thread(method, *args)
 
     def add_metrics(self, instance: str, metrics: dict[str, float], weight: float) -> None:
         """Keep a client's metrics and their weight for the round's weighted means."""
@@ -420,7 +431,7 @@ class Training:
     ) -> None:
         """Count an update in the round and record it, as one unit; FedAvg folds it into the
         sum when its turn in the canonical order comes
-        (:class:`flserverd.aggregator.CanonicalFold`)."""
+        (:class:`flserverd.aggregator.CanonicalFold`), after the sender has its verdict."""
         kept = self._store.keep_update(self.run.run_number, state.number, instance, update.path)
         try:
             self._db.record_folded(
@@ -436,7 +447,26 @@ class Training:
         state.participants.add(instance)
         self.ready.add(instance)
         state.add_metrics(instance, metrics, float(num_samples))
-        await asyncio.to_thread(state.aggregator.fold_due, self.awaited())
+        self._spawn(self._fold_due(state))
+
+    async def _fold_due(self, state: RoundState) -> None:
+        """Fold the updates whose turn has come, while their senders go on.
+
+        The update is recorded and kept before its verdict, so this is where
+        the sum catches up: reading 100 MB back and adding it would otherwise
+        hold the sender's verdict (and its upload's end) by as long again. A
+        fold that a disk fault cuts short restarts the sum, which the round's
+        ``write`` rebuilds from the kept files; training pauses until the disk
+        takes writes.
+        """
+        async with state.in_turn:
+            if state.closed or not self.active:
+                return  # the round's write folds what is left, or the round is dropped
+            try:
+                await asyncio.to_thread(state.aggregator.fold_due, self.awaited())
+            except Exception as exc:
+                if not self.storage_failed(exc):
+                    raise
 
     def accept_final_metrics(
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
@@ -593,7 +623,7 @@ class Training:
         following = state.number + 1
         target = self._store.round_model(number, following)
         metadata = {"run": str(number), "round": str(following)}
-        updates = await asyncio.to_thread(state.aggregator.write, target, metadata)
+        updates = await state.call(state.aggregator.write, target, metadata)
         if not self.active:
             return None
         faultpoints.reached(faultpoints.SERVER_COMMIT)
@@ -628,7 +658,7 @@ class Training:
                     return
                 raise
             if committed is None:
-                await asyncio.to_thread(state.aggregator.discard)
+                await state.call(state.aggregator.discard)
                 return
             record, summary = committed
             self._adopt(record)
@@ -840,7 +870,7 @@ class Training:
     async def _drop_round(self, state: RoundState) -> None:
         """Delete what an abandoned round kept, once no update is being added to it."""
         async with self._lock:
-            await asyncio.to_thread(state.aggregator.discard)
+            await state.call(state.aggregator.discard)
 
     async def close(self, grace: float) -> None:
         """Stop timers and let an aggregation in flight finish, without ending the run.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.tensorfile import TensorFile
 from fldev.poll import wait_until_async
 from flserverd import training as training_module
+from flserverd.aggregator import Aggregator
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Refusal, Training
@@ -239,6 +242,85 @@ def test_updates_wait_in_the_spool_until_their_round_is_aggregated(tmp_path: Pat
         assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
         await aggregated(training, setup, 1)
         assert not kept.exists()
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+class HeldFold:
+    """The round's aggregator, with its folds held until the test lets them go (or failing
+    with a full disk while ``full`` is set)."""
+
+    def __init__(self, inner: Aggregator) -> None:
+        self.inner = inner
+        self.started = threading.Event()
+        self.finished = threading.Event()
+        self.release = threading.Event()
+        self.full = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def fold_due(self, awaited: Collection[str]) -> int:
+        self.started.set()
+        assert self.release.wait(5), "the test never let the fold go"
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        done = self.inner.fold_due(awaited)
+        self.finished.set()
+        return done
+
+
+def test_the_sender_has_its_verdict_before_its_update_is_folded(tmp_path: Path) -> None:
+    """An accepted update is recorded and kept; adding it into the sum (reading it all back)
+    happens after the verdict, and the round is written only once it is done."""
+    setup = make_setup(tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        held = HeldFold(training.round.aggregator)
+        training.round.aggregator = held
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
+        await until(held.started.is_set)
+        assert not held.finished.is_set()
+        assert setup.db.is_folded(RUN, 0, "c1") and training.round.contributed == {"c1": 1}
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is SubmitOutcome.ACCEPTED
+        assert training.round.closed and training.current_round == 0  # written after the fold
+        held.release.set()
+        await aggregated(training, setup, 1)
+        assert held.finished.is_set()
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_a_fold_cut_short_by_a_full_disk_pauses_and_the_round_is_rebuilt(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=2)
+
+    async def scenario() -> None:
+        training = setup.training()
+        held = HeldFold(training.round.aggregator)
+        training.round.aggregator = held
+        held.full = True
+        held.release.set()
+        training.ready.update({"c1", "c2"})
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.ACCEPTED
+        await until(lambda: bool(training.fault))
+        assert training.fault.startswith("server disk full")
+        assert training.round.contributed == {"c1": 1}  # counted: its file and record are kept
+        assert await submit(training, setup, "c1", 0, [1, 1, 1, 1]) is SubmitOutcome.DUPLICATE
+        held.full = False
+        [retry] = setup.timer.pending
+        retry.fire()
+        await until(lambda: not training.fault)
+        assert await submit(training, setup, "c2", 0, [3, 3, 3, 3]) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
         assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
         await training.close(1)
 
