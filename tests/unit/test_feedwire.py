@@ -103,3 +103,12 @@ def test_a_site_string_in_a_batch_is_cleaned_for_the_terminal() -> None:
     events = _events(Heartbeat("evil\x1b[2J:1", 1.0), Heartbeat("b:1", 2.0))
     received = _received(list(feed_messages(events)))
     assert [e.body for e in received] == [Heartbeat("evil\ufffd[2J:1", 1.0), Heartbeat("b:1", 2.0)]
+
+
+def test_batches_nested_deep_are_read_as_nothing_without_recursion() -> None:
+    """Deeper than this the protobuf parser refuses the message itself (its depth limit)."""
+    message = admin_pb2.Event(seq=1, heartbeat=admin_pb2.HeartbeatSeen(instance="a:1"))
+    for depth in range(2, 40):
+        message = admin_pb2.Event(seq=depth, batch=admin_pb2.EventBatch(events=[message]))
+    received = admin_pb2.Event.FromString(message.SerializeToString())
+    assert events_from_proto(received) == []
