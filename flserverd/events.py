@@ -5,10 +5,10 @@ into wire messages with :mod:`flcore.feedwire`.
 
 Publishers call ``publish`` from the event loop; each subscriber (one per
 connected console) has a bounded queue, read in batches of what queued up
-(the admin servicer sends each batch as one message). A console that falls too far behind
-is cut off rather than allowed to grow the server's memory; it reconnects
-and starts again from a fresh snapshot, which is how it always shows the
-true state.
+(the admin servicer sends each batch as one message). A console that falls
+too far behind is cut off rather than allowed to grow the server's memory;
+it reconnects and starts again from a fresh snapshot, which is how it
+always shows the true state.
 """
 
 from __future__ import annotations
