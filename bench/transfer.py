@@ -18,6 +18,14 @@ handshake not timed), ``--repeats`` times each way: "download" is the child
 a one-byte acknowledgement. Reported: MB/s of each (median over the
 repeats) and ours as a share of the floor (target: at least 80 %).
 
+A second reference shows how much of the gap is the transport itself: the
+same bytes as a stream of 1 MiB messages over gRPC (``grpc.aio``, the
+daemons' TLS credentials and channel options, raw bytes: no protobuf, no
+flstack code on the path), a child serving, this process calling; the
+upload ends with the server's one-message answer. "ours / gRPC" is the
+share of that reference that flstack reaches: what is left of the floor
+beyond it is gRPC's own cost.
+
     .venv/bin/python bench/transfer.py                      # large model, 5 repeats
     .venv/bin/python bench/transfer.py --model small --repeats 3
 """
@@ -25,6 +33,7 @@ repeats) and ours as a share of the floor (target: at least 80 %).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import socket
 import ssl
@@ -32,13 +41,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import grpc
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import median, table  # noqa: E402
+from flcore.tls import (  # noqa: E402
+    CHANNEL_OPTIONS,
+    TlsFiles,
+    channel_credentials,
+    server_credentials,
+    server_options,
+)
 from fldev.cluster import ADMIN, Cluster, cluster  # noqa: E402
 from fldev.mlpapp import MODELS, start_app_run, write_app  # noqa: E402
 from fldev.poll import wait_until  # noqa: E402
@@ -48,6 +67,8 @@ CLIENT = "flclient1"
 CHUNK = 1 << 20
 TRANSFER = re.compile(r"(downloaded|uploaded) \S+: (\d+) bytes in ([\d.]+) s")
 DOWNLOAD, UPLOAD, ACK = b"D", b"U", b"K"
+BARE_SERVICE = "flbench.Bare"
+Seconds = dict[str, list[float]]
 
 
 def context(purpose: ssl.Purpose, folder: Path, kind: str) -> ssl.SSLContext:
@@ -99,7 +120,7 @@ def run_peer(folder: Path) -> int:
                 sock.sendall(ACK)
 
 
-def tls_floor(c: Cluster, nbytes: int, repeats: int) -> dict[str, list[float]]:
+def tls_floor(c: Cluster, nbytes: int, repeats: int) -> Seconds:
     """Seconds per transfer of ``nbytes`` each way over a plain TLS 1.3 socket."""
     peer = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--peer", str(c.root / "server/startup")],
@@ -112,7 +133,7 @@ def tls_floor(c: Cluster, nbytes: int, repeats: int) -> dict[str, list[float]]:
         ctx = context(ssl.Purpose.SERVER_AUTH, c.root / CLIENT / "startup", "client")
         payload = memoryview(bytes(CHUNK))
         buffer = memoryview(bytearray(CHUNK))
-        seconds: dict[str, list[float]] = {"download": [], "upload": []}
+        seconds: Seconds = {"download": [], "upload": []}
         with (
             socket.create_connection(("127.0.0.1", port)) as raw,
             ctx.wrap_socket(raw, server_hostname="localhost") as sock,
@@ -128,6 +149,114 @@ def tls_floor(c: Cluster, nbytes: int, repeats: int) -> dict[str, list[float]]:
                 if sock.recv(1) != ACK:
                     raise ConnectionError("the peer did not acknowledge the upload")
                 seconds["upload"].append(time.perf_counter() - started)
+        peer.wait(30)
+        return seconds
+    finally:
+        peer.kill()
+        peer.wait()
+
+
+def kit_files(folder: Path, kind: str) -> TlsFiles:
+    """A kit's CA, certificate and key (``kind``: the key's file name without the suffix)."""
+    return TlsFiles(folder / "rootCA.pem", folder / f"{kind}.crt", folder / f"{kind}.key")
+
+
+def chunks_of(nbytes: int, payload: bytes) -> list[bytes]:
+    """``nbytes`` as messages of at most the payload's size (one buffer, sliced once)."""
+    whole, rest = divmod(nbytes, len(payload))
+    return [payload] * whole + ([payload[:rest]] if rest else [])
+
+
+async def serve_bare_grpc(folder: Path) -> int:
+    """The server's side of the gRPC reference (a child process): serve until stdin closes."""
+    payload = bytes(CHUNK)
+
+    async def down(
+        request: bytes, _: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        for message in chunks_of(int.from_bytes(request, "big"), payload):
+            yield message
+
+    async def up(
+        requests: AsyncIterator[bytes], _: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> bytes:
+        async for _message in requests:
+            pass
+        return ACK
+
+    server = grpc.aio.server(options=server_options(1024))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                BARE_SERVICE,
+                {
+                    "Down": grpc.unary_stream_rpc_method_handler(down),
+                    "Up": grpc.stream_unary_rpc_method_handler(up),
+                },
+            ),
+        )
+    )
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(kit_files(folder, "server")))
+    await server.start()
+    print(port, flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    await server.stop(None)
+    return 0
+
+
+async def call_bare_grpc(folder: Path, port: int, nbytes: int, repeats: int) -> Seconds:
+    """Seconds per transfer of ``nbytes`` each way as gRPC messages of raw bytes."""
+    payload = bytes(CHUNK)
+    seconds: Seconds = {"download": [], "upload": []}
+    channel = grpc.aio.secure_channel(
+        f"localhost:{port}", channel_credentials(kit_files(folder, "client")), CHANNEL_OPTIONS
+    )
+    async with channel:
+        down: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            f"/{BARE_SERVICE}/Down"
+        )
+        up: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+            f"/{BARE_SERVICE}/Up"
+        )
+        await channel.channel_ready()
+        for _ in range(repeats):
+            started = time.perf_counter()
+            got = 0
+            async for message in down(nbytes.to_bytes(8, "big")):
+                got += len(message)
+            if got != nbytes:
+                raise ConnectionError(f"the gRPC reference sent {got} of {nbytes} bytes")
+            seconds["download"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+
+            async def messages() -> AsyncIterator[bytes]:
+                for message in chunks_of(nbytes, payload):
+                    yield message
+
+            if await up(messages()) != ACK:
+                raise ConnectionError("the gRPC reference did not acknowledge the upload")
+            seconds["upload"].append(time.perf_counter() - started)
+    return seconds
+
+
+def grpc_reference(c: Cluster, nbytes: int, repeats: int) -> Seconds:
+    """Seconds per transfer of ``nbytes`` each way over bare gRPC with the daemons' TLS."""
+    peer = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--grpc-peer",
+            str(c.root / "server/startup"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert peer.stdout is not None and peer.stdin is not None
+        port = int(peer.stdout.readline())
+        seconds = asyncio.run(call_bare_grpc(c.root / CLIENT / "startup", port, nbytes, repeats))
+        peer.stdin.close()
         peer.wait(30)
         return seconds
     finally:
@@ -151,9 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="transfers each way (5)")
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
     parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--grpc-peer", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer:
         return run_peer(args.peer)
+    if args.grpc_peer:
+        return asyncio.run(serve_bare_grpc(args.grpc_peer))
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     model = MODELS[args.model]
@@ -177,10 +309,13 @@ def main(argv: list[str] | None = None) -> int:
             nbytes = ours["download"][0][0]
             print(f"the floor: {nbytes:,} bytes each way over TLS 1.3 ...", flush=True)
             floor = tls_floor(c, nbytes, args.repeats)
+            print("the gRPC reference: the same bytes as raw gRPC messages ...", flush=True)
+            bare = grpc_reference(c, nbytes, args.repeats)
     rows = []
     for kind in ("download", "upload"):
         our_rate = median([b / s for b, s in ours[kind]]) / 1e6
         floor_rate = median([nbytes / s for s in floor[kind]]) / 1e6
+        bare_rate = median([nbytes / s for s in bare[kind]]) / 1e6
         share = our_rate / floor_rate
         verdict = "meets" if share >= TARGET_SHARE else "MISSES"
         rows.append(
@@ -190,10 +325,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"{our_rate:.0f} ({len(ours[kind])})",
                 f"{floor_rate:.0f} ({len(floor[kind])})",
                 f"{100 * share:.0f} % ({verdict} >= {100 * TARGET_SHARE:.0f} %)",
+                f"{bare_rate:.0f} ({len(bare[kind])})",
+                f"{100 * our_rate / bare_rate:.0f} %",
             ]
         )
     print()
-    headers = ["transfer", "MB", "flstack MB/s (n)", "TLS 1.3 socket MB/s (n)", "share of floor"]
+    headers = [
+        "transfer",
+        "MB",
+        "flstack MB/s (n)",
+        "TLS 1.3 socket MB/s (n)",
+        "share of floor",
+        "bare gRPC MB/s (n)",
+        "ours / gRPC",
+    ]
     print(table(headers, rows))
     return 0
 

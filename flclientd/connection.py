@@ -169,9 +169,11 @@ class Connection:
                 elif spool is None:
                     raise ValueError("the server sent model bytes before the manifest")
                 else:
-                    receive_chunk(spool, chunk_from_proto(message.chunk))
-                    self.traffic.received["model"] += len(message.chunk.data)
-                    moved += len(message.chunk.data)
+                    # A bytes field is copied out of the message on every read: read it once.
+                    chunk = chunk_from_proto(message.chunk)
+                    receive_chunk(spool, chunk)
+                    self.traffic.received["model"] += len(chunk.data)
+                    moved += len(chunk.data)
                     received += 1
                     if received == 1:
                         faultpoints.reached(faultpoints.CLIENT_DOWNLOAD)
@@ -261,8 +263,9 @@ class Connection:
             )
             async for chunk in call:
                 watch.moved()
-                receiver.write(chunk.path, chunk.offset, chunk.data, chunk.eof)
-                self.traffic.received["app"] += len(chunk.data)
+                data = chunk.data
+                receiver.write(chunk.path, chunk.offset, data, chunk.eof)
+                self.traffic.received["app"] += len(data)
 
         try:
             await watch.run(receive())
