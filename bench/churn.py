@@ -372,8 +372,8 @@ class SimClient:
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
-            # InvalidStateError: a heartbeat written on a stream the server had ended (under
-            # load it drops a client that looks stale); the departure is recorded all the same.
+            # InvalidStateError: a heartbeat written on a stream the server had already ended
+            # (seen at load 30 and more); the departure is recorded all the same.
             with contextlib.suppress(
                 asyncio.CancelledError, asyncio.InvalidStateError, grpc.aio.AioRpcError
             ):
