@@ -114,9 +114,9 @@ class ConsoleFeed:
             client = AdminClient(self.startup_dir, load_kit(self.startup_dir), self.user)
             await client.login()
             try:
-                async for event in client.events():
-                    self.events += 1
-                    self.bytes += event.ByteSize()
+                async for message in client.events():
+                    self.events += len(message.batch.events) if message.HasField("batch") else 1
+                    self.bytes += message.ByteSize()
                     if self._stop.is_set():
                         return
             finally:

@@ -51,7 +51,7 @@ from bench.common import median, table  # noqa: E402
 from fladmin import AdminClient, AdminError, load_kit  # noqa: E402
 from flcore import status as st  # noqa: E402
 from flcore.feed import ClientRow, RunInfo, Snapshot  # noqa: E402
-from flcore.feedwire import event_from_proto  # noqa: E402
+from flcore.feedwire import events_from_proto  # noqa: E402
 from fldev.cluster import ADMIN, Cluster, Daemon, cluster  # noqa: E402
 from fldev.mlpapp import APP_NAME, MODELS, write_app  # noqa: E402
 
@@ -115,13 +115,11 @@ async def one_run(c: Cluster, clients: int, launched: float) -> Timeline:
 
     async def follow() -> None:
         async for message in admin.events():
-            event = event_from_proto(message)
-            if event is None:
-                continue
             now = time.monotonic()
-            timeline.see(event.body, now)
-            rows = event.body.clients if isinstance(event.body, Snapshot) else (event.body,)
-            names.update(r.instance for r in rows if isinstance(r, ClientRow))
+            for event in events_from_proto(message):
+                timeline.see(event.body, now)
+                rows = event.body.clients if isinstance(event.body, Snapshot) else (event.body,)
+                names.update(r.instance for r in rows if isinstance(r, ClientRow))
             if len(names) >= clients and not registered.is_set():
                 timeline.registered = now
                 registered.set()

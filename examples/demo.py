@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fladmin import AdminClient, load_kit
+from flcore.feed import RunInfo, Snapshot
+from flcore.feedwire import events_from_proto
 
 ROOT = Path(__file__).resolve().parent.parent
 SITES = ("flclient1", "flclient2")
@@ -235,20 +237,23 @@ class Demo:
         metric = self.kind.metric
         shown = 0
         try:
-            async for event in client.events():
-                run = event.snapshot.run if event.HasField("snapshot") else event.run
-                if not (event.HasField("snapshot") or event.HasField("run")):
-                    continue
-                for record in run.history[shown:]:
-                    plural = "s" if record.round > 1 else ""
-                    rounds = (
-                        f"after {record.round} round{plural}" if record.round else "initial model"
-                    )
-                    value = record.metrics.get(metric, float("nan"))
-                    print(f"  {rounds:>16}: global model {metric} {value:.3f}", flush=True)
-                shown = max(shown, len(run.history))
-                if run.server_status == "training stopped" and run.history:
-                    return run.history[-1].metrics.get(metric, 0.0)
+            async for message in client.events():
+                for event in events_from_proto(message):
+                    run = event.body.run if isinstance(event.body, Snapshot) else event.body
+                    if not isinstance(run, RunInfo):
+                        continue
+                    for record in run.history[shown:]:
+                        plural = "s" if record.round > 1 else ""
+                        rounds = (
+                            f"after {record.round} round{plural}"
+                            if record.round
+                            else "initial model"
+                        )
+                        value = record.metrics.get(metric, float("nan"))
+                        print(f"  {rounds:>16}: global model {metric} {value:.3f}", flush=True)
+                    shown = max(shown, len(run.history))
+                    if run.server_status == "training stopped" and run.history:
+                        return run.history[-1].metrics.get(metric, 0.0)
         finally:
             await client.close()
         raise SystemExit("the server ended the event feed before training finished")

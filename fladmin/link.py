@@ -15,7 +15,7 @@ from typing import Protocol
 
 from fladmin.client import DEFAULT_TIMEOUT_S, AdminClient, AdminError, CommandReply, load_kit
 from flcore.feed import FeedEvent
-from flcore.feedwire import event_from_proto
+from flcore.feedwire import events_from_proto
 
 
 class Link(Protocol):
@@ -88,10 +88,9 @@ class AdminLink:
         return reply
 
     async def events(self) -> AsyncIterator[FeedEvent]:
-        """The feed, converted from the wire; unknown event kinds are skipped."""
+        """The feed, converted from the wire, batches opened; unknown event kinds are skipped."""
         async for message in self._session().events():
-            event = event_from_proto(message)
-            if event is not None:
+            for event in events_from_proto(message):
                 yield event
 
     async def close(self) -> None:

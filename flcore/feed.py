@@ -32,6 +32,10 @@ MAX_TRACEBACK = 16384
 """The most of a traceback the server keeps: its end, where the exception is."""
 MAX_LABEL = 128
 """The most of a short label a site sends (device, app, logger, host name)."""
+MAX_BATCH_EVENTS = 1000
+"""The most events one feed message carries. What queued up for a console while its
+last message was written goes out together (1,000 sites heartbeating every second
+make 1,000 events a second); a console reads no more than this from one message."""
 STALE_AFTER_BEATS = 3
 """A client is stale after missing this many heartbeats in a row."""
 STALE_MIN_S = 5.0

@@ -5,14 +5,20 @@ receives here, so both ends agree by construction. Only this module, the
 servicers and the admin client see generated protobuf code. Every string
 received passes :func:`flcore.feed.printable` here, once, so no pane of the
 console can draw a site's escape sequence.
+
+Events that queued up for one console travel as one ``EventBatch`` message
+(:func:`feed_messages`), bounded in count and bytes: one gRPC message per
+event made the feed a write and a turn of the server's loop per heartbeat,
+and any longer turn queued heartbeats behind it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict
 
 from flcore.feed import (
+    MAX_BATCH_EVENTS,
     Body,
     ClientGone,
     ClientRow,
@@ -29,6 +35,13 @@ from flcore.feed import (
 )
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
+from flcore.tls import MAX_MESSAGE_BYTES
+
+MAX_BATCH_BYTES = MAX_MESSAGE_BYTES // 4
+"""The most bytes of events one batch holds, well under the feed's message limit (a
+single event larger than this, which the server's own bounds do not make, goes alone)."""
+_IN_BATCH = 6
+"""Bytes an event costs inside a batch beyond its own: a field tag and a length."""
 
 
 def server_to_proto(info: ServerInfo) -> admin_pb2.ServerInfo:
@@ -172,8 +185,47 @@ def event_to_proto(event: FeedEvent) -> admin_pb2.Event:
     return out
 
 
+def feed_messages(events: Sequence[FeedEvent]) -> Iterator[admin_pb2.Event]:
+    """The wire messages for events that queued up together, in their order: an event
+    alone as itself, more as batches of at most ``MAX_BATCH_EVENTS`` events and
+    ``MAX_BATCH_BYTES`` bytes."""
+    pending: list[admin_pb2.Event] = []
+    size = 0
+    for event in events:
+        message = event_to_proto(event)
+        cost = message.ByteSize() + _IN_BATCH
+        if pending and (len(pending) >= MAX_BATCH_EVENTS or size + cost > MAX_BATCH_BYTES):
+            yield _packed(pending)
+            pending, size = [], 0
+        pending.append(message)
+        size += cost
+    if pending:
+        yield _packed(pending)
+
+
+def _packed(messages: list[admin_pb2.Event]) -> admin_pb2.Event:
+    if len(messages) == 1:
+        return messages[0]
+    last = messages[-1]
+    return admin_pb2.Event(
+        seq=last.seq, time=last.time, batch=admin_pb2.EventBatch(events=messages)
+    )
+
+
+def events_from_proto(message: admin_pb2.Event) -> list[FeedEvent]:
+    """The events one wire message carries, in order: itself, a batch's (at most
+    ``MAX_BATCH_EVENTS``), or none for a kind this console does not know (a newer server;
+    the gap in sequence numbers it leaves makes the console take a fresh snapshot)."""
+    if message.WhichOneof("body") == "batch":
+        inner = message.batch.events[:MAX_BATCH_EVENTS]
+        return [event for event in map(event_from_proto, inner) if event is not None]
+    event = event_from_proto(message)
+    return [] if event is None else [event]
+
+
 def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
-    """One feed event, or None for a kind this console does not know (a newer server)."""
+    """One feed event, or None for a kind this console does not know (a newer server) and
+    for a batch (only :func:`events_from_proto` opens one, so a batch never nests)."""
     kind = message.WhichOneof("body")
     body: Body
     if kind == "snapshot":

@@ -16,7 +16,7 @@ from datetime import datetime
 import grpc
 
 from flcore.feed import FeedEvent
-from flcore.feedwire import event_to_proto
+from flcore.feedwire import event_to_proto, feed_messages
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flserverd.admins import AdminLogin
@@ -131,15 +131,17 @@ class AdminService(admin_grpc.AdminServicer):
     async def Events(
         self, request: admin_pb2.EventsRequest, context: Context
     ) -> AsyncIterator[admin_pb2.Event]:
-        """A snapshot of everything, then every change as it happens."""
+        """A snapshot of everything, then every change as it happens: what queued up while
+        the last message was written goes out as one batch."""
         admin = await self._admin(request.token, context)
         subscription = self.server.bus.subscribe(owner=request.token)
         snapshot = self.server.snapshot()
         with self.logins.watching(admin.user):
             yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
             try:
-                async for event in subscription:
-                    yield event_to_proto(event)
+                async for batch in subscription.batches():
+                    for message in feed_messages(batch):
+                        yield message
             except Overflow as exc:
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             except Revoked as exc:

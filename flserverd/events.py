@@ -4,10 +4,11 @@ Events are :mod:`flcore.feed` dataclasses; the admin servicer turns them
 into wire messages with :mod:`flcore.feedwire`.
 
 Publishers call ``publish`` from the event loop; each subscriber (one per
-connected console) has a bounded queue. A console that falls too far behind
-is cut off rather than allowed to grow the server's memory; it reconnects
-and starts again from a fresh snapshot, which is how it always shows the
-true state.
+connected console) has a bounded queue, read in batches of what queued up
+(the admin servicer sends each batch as one message). A console that falls
+too far behind is cut off rather than allowed to grow the server's memory;
+it reconnects and starts again from a fresh snapshot, which is how it
+always shows the true state.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 
-from flcore.feed import MAX_TEXT, Body, FeedEvent, LogEntry, clip
+from flcore.feed import MAX_BATCH_EVENTS, MAX_TEXT, Body, FeedEvent, LogEntry, clip
 
 QUEUE_LIMIT = 10_000
 LOG_RING = 2_000
@@ -76,7 +78,10 @@ class Subscription:
         if not self._queue.full():
             self._queue.put_nowait(None)
 
-    async def __aiter__(self) -> AsyncIterator[FeedEvent]:
+    async def batches(self, limit: int = MAX_BATCH_EVENTS) -> AsyncGenerator[list[FeedEvent]]:
+        """The events in order, each batch all that queued up (at most ``limit``) since the
+        last was taken: a reader slower than the publishers takes more at a time rather
+        than falling further behind one event per turn."""
         try:
             while True:
                 if isinstance(self.ended, Revoked):
@@ -86,11 +91,22 @@ class Subscription:
                         raise self.ended
                     if self._closed:
                         return
-                event = await self._queue.get()
-                if event is not None:
-                    yield event
+                first = await self._queue.get()
+                batch = [] if first is None else [first]
+                while len(batch) < limit and not self._queue.empty():
+                    event = self._queue.get_nowait()
+                    if event is not None:
+                        batch.append(event)
+                if batch:
+                    yield batch
         finally:
             self._bus.unsubscribe(self)
+
+    async def __aiter__(self) -> AsyncIterator[FeedEvent]:
+        async with aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for event in batch:
+                    yield event
 
 
 class EventBus:

@@ -13,7 +13,7 @@ import pytest
 
 from fladmin.client import AdminClient, AdminError, load_kit
 from flcore import status as st
-from flcore.feedwire import event_from_proto
+from flcore.feedwire import events_from_proto
 from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, Daemon
 from fldev.poll import wait_until_async
 from provision.revocation import revoke
@@ -66,9 +66,7 @@ def test_a_revoked_site_is_dropped_within_a_heartbeat_and_cannot_log_in_again(
 
         async def follow() -> None:
             async for message in console.events():
-                event = event_from_proto(message)
-                if event is not None:
-                    seen.append(event.body)
+                seen.extend(event.body for event in events_from_proto(message))
 
         feed = asyncio.ensure_future(follow())
         try:

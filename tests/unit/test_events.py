@@ -192,6 +192,76 @@ def test_iterator_exit_unsubscribes() -> None:
     asyncio.run(scenario())
 
 
+def test_batches_take_what_queued_in_order_and_at_most_the_limit() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        batches = sub.batches(limit=1000)
+        for i in range(2500):
+            bus.publish(_tick(i))
+        sizes = [len(await anext(batches)) for _ in range(3)]
+        assert sizes == [1000, 1000, 500]
+        bus.publish(_tick("alone"))
+        alone = await anext(batches)  # a reader that keeps up gets each event at once
+        assert [e.seq for e in alone] == [2501]
+        bus.publish(_line(1))
+        bus.publish(ClientGone("a", "dropped"))
+        assert [type(e.body) for e in await anext(batches)] == [LogEntry, ClientGone]
+        await batches.aclose()
+        assert sub not in bus._subscribers
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_reader_gets_batches_not_a_backlog() -> None:
+    """A reader that takes ten turns of the loop per message (a slow write) while a site's
+    events come one per turn takes all that queued each time: it is never behind by more
+    than one batch, and nothing is lost or reordered."""
+
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        published = 1000
+
+        async def publish() -> None:
+            for i in range(published):
+                bus.publish(_tick(i))
+                await asyncio.sleep(0)
+            bus.close()
+
+        publisher = asyncio.ensure_future(publish())
+        seqs: list[int] = []
+        sizes: list[int] = []
+        async for batch in sub.batches():
+            assert batch[-1].seq == bus.seq  # everything queued was taken
+            seqs.extend(e.seq for e in batch)
+            sizes.append(len(batch))
+            for _ in range(10):  # the write of this batch
+                await asyncio.sleep(0)
+        await publisher
+        assert seqs == list(range(1, published + 1))
+        assert len(sizes) < published / 5 and max(sizes) <= 20
+
+    asyncio.run(scenario())
+
+
+def test_batches_of_a_revoked_admin_stop_before_the_queued_events() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe("t1")
+        batches = sub.batches()
+        bus.publish(_tick(1))
+        assert [e.seq for e in await anext(batches)] == [1]
+        for i in range(5):
+            bus.publish(_tick(i))
+        bus.cut_off({"t1": "certificate revoked"})
+        with pytest.raises(Revoked, match="certificate revoked"):
+            await anext(batches)
+        assert sub not in bus._subscribers
+
+    asyncio.run(scenario())
+
+
 def _logger(name: str, handler: logging.Handler) -> logging.Logger:
     logger = logging.getLogger(name)
     logger.handlers = [handler]

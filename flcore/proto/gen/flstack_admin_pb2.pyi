@@ -660,7 +660,34 @@ class ServerStopping(_message.Message):
 Global___ServerStopping: _TypeAlias = ServerStopping  # noqa: Y015
 
 @_typing.final
+class EventBatch(_message.Message):
+    """Events that queued up for one console, sent as one message in their order
+    (each keeps its own seq and time). Never nested; at most
+    flcore.feed.MAX_BATCH_EVENTS events and flcore.feedwire.MAX_BATCH_BYTES.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
+    """A batch's own seq and time are those of its last event."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
@@ -673,6 +700,7 @@ class Event(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     STOPPING_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     time: _builtins.float
     @_builtins.property
@@ -691,6 +719,8 @@ class Event(_message.Message):
     def command(self) -> Global___CommandAudit: ...
     @_builtins.property
     def stopping(self) -> Global___ServerStopping: ...
+    @_builtins.property
+    def batch(self) -> Global___EventBatch: ...
     def __init__(
         self,
         *,
@@ -704,12 +734,13 @@ class Event(_message.Message):
         heartbeat: Global___HeartbeatSeen | None = ...,
         command: Global___CommandAudit | None = ...,
         stopping: Global___ServerStopping | None = ...,
+        batch: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "snapshot", b"snapshot", "stopping", b"stopping"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "snapshot", b"snapshot", "stopping", b"stopping"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "seq", b"seq", "snapshot", b"snapshot", "stopping", b"stopping", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "seq", b"seq", "snapshot", b"snapshot", "stopping", b"stopping", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command", "stopping"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command", "stopping", "batch"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

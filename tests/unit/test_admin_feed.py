@@ -1,0 +1,67 @@
+"""The admin servicer's feed writer: what queued up while it wrote goes out as one message.
+
+The servicer sits on a fake server here (a real event bus, a stand-in for the
+logins and the snapshot); the feed through real daemons is tested in
+tests/integration and tests/tui.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from flcore.feed import Heartbeat, LogEntry, RunInfo, ServerInfo, Snapshot
+from flcore.feedwire import events_from_proto
+from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flserverd.admin_service import AdminService
+from flserverd.admins import AdminLogin
+from flserverd.events import EventBus
+from flserverd.rpc import Context
+from flserverd.server import FLServer
+
+
+class _Logins:
+    def authenticate(self, token: str, identity: object) -> AdminLogin:
+        return AdminLogin(token, "admin@x.org", "super", 0.0)
+
+    @contextmanager
+    def watching(self, user: str) -> Iterator[None]:
+        yield
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.admins = _Logins()
+        self.bus = EventBus()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(ServerInfo("project", "server"), RunInfo())
+
+
+class _Context:
+    def auth_context(self) -> dict[str, Any]:
+        return {}
+
+
+def test_events_queued_behind_a_write_go_out_as_one_batch_in_order() -> None:
+    async def scenario() -> None:
+        server = _Server()
+        service = AdminService(cast(FLServer, server))
+        feed = aiter(service.Events(admin_pb2.EventsRequest(token="t"), cast(Context, _Context())))
+        assert (await anext(feed)).WhichOneof("body") == "snapshot"
+        for i in range(5):  # published while the snapshot was on its way
+            server.bus.publish(Heartbeat(f"flclient{i}:1", float(i)))
+        server.bus.publish(LogEntry(9.0, "INFO", "x", "line", "server"))
+        batch = await anext(feed)
+        assert batch.WhichOneof("body") == "batch"
+        events = events_from_proto(batch)
+        assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
+        assert isinstance(events[-1].body, LogEntry)
+        server.bus.publish(Heartbeat("alone:1", 10.0))
+        assert (await anext(feed)).WhichOneof("body") == "heartbeat"
+        server.bus.close()
+        assert await anext(feed, None) is None
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
