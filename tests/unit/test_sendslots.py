@@ -38,7 +38,7 @@ def test_at_most_the_slots_send_at_once_and_downloads_take_turns() -> None:
     senders = Senders()
 
     async def scenario() -> None:
-        slots = SendSlots(2)
+        slots = SendSlots(2, peer_paced_s=60)
         await asyncio.gather(
             *(
                 slots.send_all(f"download to {name}", iter(range(CHUNKS)), senders.write(name))
@@ -61,7 +61,7 @@ def test_a_reader_that_stalls_gives_its_slot_back_after_the_limit() -> None:
         await asyncio.Event().wait()  # the client stopped reading
 
     async def scenario() -> float:
-        slots = SendSlots(1, stall_s=0.2)
+        slots = SendSlots(1, stall_s=0.2, peer_paced_s=60)
         stalled = asyncio.create_task(
             slots.send_all("download of m.safetensors to s1", iter(range(CHUNKS)), never_taken)
         )
@@ -76,6 +76,33 @@ def test_a_reader_that_stalls_gives_its_slot_back_after_the_limit() -> None:
     waited = asyncio.run(scenario())
     assert [item for _, item in senders.order] == list(range(CHUNKS))
     assert 0.2 <= waited < 2.2
+
+
+def test_a_download_paced_by_a_slow_link_lets_the_others_send() -> None:
+    """A site on a slow link does not hold a slot while its link drains: the fast download
+    beside it is done before the slow one's first chunk is through."""
+    senders = Senders()
+    link_drained = asyncio.Event()
+
+    async def slow_link(item: int) -> None:
+        await link_drained.wait()
+        senders.order.append(("slow", item))
+
+    async def scenario() -> None:
+        slots = SendSlots(1, peer_paced_s=0.01)
+        slow = asyncio.create_task(
+            slots.send_all("download to slow", iter(range(CHUNKS)), slow_link)
+        )
+        await asyncio.sleep(0)  # the slow download takes the only slot first
+        await asyncio.wait_for(
+            slots.send_all("download to fast", iter(range(CHUNKS)), senders.write("fast")), 5
+        )
+        link_drained.set()
+        await asyncio.wait_for(slow, 5)
+
+    asyncio.run(scenario())
+    assert senders.order[:CHUNKS] == [("fast", item) for item in range(CHUNKS)]
+    assert senders.order[CHUNKS:] == [("slow", item) for item in range(CHUNKS)]
 
 
 def test_a_download_that_fails_gives_its_slot_back_at_once() -> None:
@@ -114,7 +141,7 @@ def test_a_download_waiting_for_its_next_turn_holds_none_of_the_chunks_it_sent()
     alive_while_waiting: list[bool] = []
 
     async def scenario() -> None:
-        slots = SendSlots(1)
+        slots = SendSlots(1, peer_paced_s=60)
         other_writing = asyncio.Event()
         let_go = asyncio.Event()
 
