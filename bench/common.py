@@ -51,12 +51,15 @@ class MemorySampler:
     VmHWM gives the true peak but not what it is made of; the samples (every
     ``interval`` seconds) tell anonymous memory (heaps, buffers) apart from
     file pages mapped by the process (e.g. memory-mapped model files).
+    ``anon_timeline`` keeps each sample's ``RssAnon`` with its wall-clock time,
+    so that memory can be matched to what the daemons logged at that moment.
     """
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.pid = pid
         self.interval = interval
         self.peak: dict[str, float] = {"VmRSS": 0.0, "RssAnon": 0.0, "RssFile": 0.0}
+        self.anon_timeline: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -78,7 +81,10 @@ class MemorySampler:
             for line in text.splitlines():
                 key, _, value = line.partition(":")
                 if key in self.peak and value.strip():
-                    self.peak[key] = max(self.peak[key], int(value.split()[0]) / 1024)
+                    megabytes = int(value.split()[0]) / 1024
+                    self.peak[key] = max(self.peak[key], megabytes)
+                    if key == "RssAnon":
+                        self.anon_timeline.append((time.time(), megabytes))
 
 
 class ConsoleFeed:

@@ -34,7 +34,6 @@ import contextlib
 import re
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -63,37 +62,6 @@ from fldev.poll import wait_until  # noqa: E402
 TARGETS = {"small": (0.1, None), "large": (4.0, 500.0)}
 DEFAULT_CLIENTS = {"small": 2, "large": 8}
 DEFAULT_ROUNDS = {"small": 60, "large": 8}
-
-
-class AnonTimeline:
-    """``RssAnon`` of a process every ``interval`` seconds, with the wall-clock time of each
-    sample, so that memory can be matched to what the daemons logged at that moment."""
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> AnonTimeline:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        status = Path(f"/proc/{self.pid}/status")
-        while not self._stop.wait(self.interval):
-            try:
-                text = status.read_text()
-            except OSError:
-                return
-            for line in text.splitlines():
-                if line.startswith("RssAnon:"):
-                    self.samples.append((time.time(), int(line.split()[1]) / 1024))
 
 
 TRANSFER_LINE = re.compile(
@@ -201,12 +169,11 @@ def run_scenario(
         write_app(c.root / ADMIN / "transfer", model, clients=clients, num_rounds=rounds)
         server = c.server()
         with contextlib.ExitStack() as stack:
-            memory = stack.enter_context(MemorySampler(server.pid))
-            timeline = stack.enter_context(AnonTimeline(server.pid))
+            memory = stack.enter_context(MemorySampler(server.pid, interval=0.02))
             feed = stack.enter_context(ConsoleFeed(c.kit(), ADMIN)) if console else None
             result = _train(c, server.pid, model, names, rounds, memory, started)
         moved = [t for name in names for t in transfers(c.root.joinpath(f"{name}.log").read_text())]
-        result = replace(result, phases=phases(timeline.samples, moved))
+        result = replace(result, phases=phases(memory.anon_timeline, moved))
         if feed is not None:
             if feed.error:
                 print(f"console feed: {feed.error}", flush=True)
