@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import resource
@@ -118,6 +119,28 @@ M_ARENA_MAX = -8  # glibc's mallopt parameter number
 MALLOC_ARENAS = 2
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def return_free_memory() -> None:
+    """Hand the memory malloc keeps free back to the system (glibc's ``malloc_trim``).
+
+    A model transfer frees its chunk buffers when it ends, but glibc keeps
+    freed memory below the top of its heaps, so the server's resident
+    memory after a round of 32 transfers stayed ~20-30 MB above what it
+    used (docs/benchmarks.md §12, "Uploads take turns"). Elsewhere than
+    glibc it does nothing.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def limit_malloc_arenas() -> None:
     """Keep glibc to a couple of malloc arenas.
 
@@ -127,9 +150,8 @@ def limit_malloc_arenas() -> None:
     parameter model). Two arenas reuse those buffers instead; round times
     are unchanged (docs/benchmarks.md). Elsewhere than glibc it does nothing.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return
     if not libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS):
         log.debug("mallopt(M_ARENA_MAX) was refused")

@@ -45,7 +45,12 @@ from flserverd.server import FLServer
 from flserverd.statedb import WireTally
 from flserverd.training import Refusal, Training
 from flserverd.transfer import check_app_name, client_app_dir
-from flserverd.transferslots import DOWNLOADS_SENDING, UPLOADS_RECEIVING, TransferSlots
+from flserverd.transferslots import (
+    DOWNLOADS_SENDING,
+    TRANSFERS_MOVING,
+    UPLOADS_RECEIVING,
+    TransferSlots,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +108,8 @@ class ModelExchange:
     def __init__(self, server: FLServer) -> None:
         self.server = server
         self.watchers: list[ExchangeWatcher] = []
-        self.downloads = TransferSlots(DOWNLOADS_SENDING)
-        self.uploads = TransferSlots(UPLOADS_RECEIVING)
+        self.downloads = TransferSlots(DOWNLOADS_SENDING, TRANSFERS_MOVING)
+        self.uploads = TransferSlots(UPLOADS_RECEIVING, TRANSFERS_MOVING)
 
     def sent(self, what: str, size: int) -> None:
         """``size`` bytes of a model or an app went to a client."""

@@ -53,9 +53,11 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar, cast
 
+from flcore.daemon import return_free_memory
 from flcore.progress import TRANSFER_STALL_S, ProgressWatch
 
 T = TypeVar("T")
@@ -66,8 +68,15 @@ DOWNLOADS_SENDING = 4
 UPLOADS_RECEIVING = 4
 """Uploads whose clients may send at the same moment, server-wide."""
 
+TRANSFERS_MOVING = 8
+"""Downloads, and uploads, under way at once, server-wide, those paced by their peers'
+links included: 16 sites on 60 Mbit/s links fill a 1 Gbit/s server link."""
+
 CHUNKS_PER_SLOT = 2
 """Chunks a download reads (in one worker-thread step) and sends per slot held."""
+
+TRIM_EVERY_S = 1.0
+"""How often at most the end of a transfer returns freed memory to the system."""
 
 PEER_PACED_S = 0.02
 """A step that takes longer waits on the peer's link, not on this server: it lets its
@@ -94,11 +103,17 @@ class Slot:
         """Await ``step``; when it takes longer than the peer-paced limit, the peer sets the
         pace, so the slot goes to another transfer and the step goes on without it."""
         task = asyncio.ensure_future(step)
+        loop = asyncio.get_running_loop()
         try:
-            if self.held:
+            while self.held:
+                asked = loop.time()
                 done, _ = await asyncio.wait({task}, timeout=self._peer_paced_s)
-                if not done:
+                if done:
+                    break
+                if loop.time() - asked < 2 * self._peer_paced_s:
                     self.release()
+                # else this server's loop was held up past the limit: the wait says nothing
+                # of the peer, so it gets another
             return await task
         finally:
             if not task.done():
@@ -120,34 +135,57 @@ class Slot:
 
 
 class TransferSlots:
-    """At most ``size`` transfers move at once; the others wait their turn."""
+    """At most ``size`` transfers move at once, holding a slot, and at most ``moving`` in
+    all, those that let their slot go (peer-paced) included; the others wait their turn."""
 
     def __init__(
         self,
         size: int,
+        moving: int,
         stall_s: float = TRANSFER_STALL_S,
         peer_paced_s: float = PEER_PACED_S,
     ) -> None:
-        if size < 1:
-            raise ValueError(f"at least one transfer must be able to move (got {size})")
+        if not 1 <= size <= moving:
+            raise ValueError(
+                f"at least one transfer must be able to move, and no more with a slot than in"
+                f" all (got {size} and {moving})"
+            )
         self.stall_s = stall_s
         self.peer_paced_s = peer_paced_s
         self._free = asyncio.Semaphore(size)
+        self._places = asyncio.Semaphore(moving)
         self._owners: dict[str, asyncio.Lock] = {}
         self._owner_transfers: collections.Counter[str] = collections.Counter()
+        self._trimmed_at = -TRIM_EVERY_S
 
     @contextlib.asynccontextmanager
     async def slot(self, owner: str | None = None) -> AsyncIterator[Slot]:
-        """Wait for a free slot and hold it until the block ends or the slot is let go;
-        with ``owner``, also until that owner's earlier transfers are done (one at a time)."""
-        if owner is None:
-            async with self._shared() as held:
+        """Wait for a place and a free slot, and hold them until the block ends (the slot
+        until it is let go); with ``owner``, also until that owner's earlier transfers are
+        done (one at a time)."""
+        try:
+            async with self._owned(owner), self._places, self._shared() as held:
                 yield held
+        finally:
+            self._ended()
+
+    def _ended(self) -> None:
+        """A transfer ended and freed its buffers: give their memory back to the system, at
+        most every :data:`TRIM_EVERY_S`."""
+        now = time.monotonic()
+        if now - self._trimmed_at >= TRIM_EVERY_S:
+            self._trimmed_at = now
+            return_free_memory()
+
+    @contextlib.asynccontextmanager
+    async def _owned(self, owner: str | None) -> AsyncIterator[None]:
+        if owner is None:
+            yield
             return
         self._owner_transfers[owner] += 1
         try:
-            async with self._owners.setdefault(owner, asyncio.Lock()), self._shared() as held:
-                yield held
+            async with self._owners.setdefault(owner, asyncio.Lock()):
+                yield
         finally:
             self._owner_transfers[owner] -= 1
             if not self._owner_transfers[owner]:
@@ -171,8 +209,12 @@ class TransferSlots:
         Raises TransferStalled (naming ``what``) when one write did not finish within
         the stall limit; the slot is given back first.
         """
-        while await self._send_batch(what, items, write):
-            pass
+        try:
+            async with self._places:
+                while await self._send_batch(what, items, write):
+                    pass
+        finally:
+            self._ended()
 
     async def _send_batch(
         self, what: str, items: Iterator[T], write: Callable[[T], Awaitable[None]]
@@ -180,7 +222,7 @@ class TransferSlots:
         """One slot's turn; False when ``items`` is exhausted. Its own frame, so that the
         chunks it read are freed on return, not kept while the download waits for a slot
         again (heaptrack found 2 MiB per waiting download held that way)."""
-        async with self.slot() as held:
+        async with self._shared() as held:
             batch = await asyncio.to_thread(lambda: list(itertools.islice(items, CHUNKS_PER_SLOT)))
             for item in batch:
                 await held.paced(ProgressWatch(what, self.stall_s).run(write(item)))

@@ -397,7 +397,7 @@ def test_uploads_take_turns_and_are_judged_again_when_their_turn_comes(tmp_path:
 
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
-        exchange.uploads = TransferSlots(1, peer_paced_s=60)  # site-a's pauses keep its slot
+        exchange.uploads = TransferSlots(1, 8, peer_paced_s=60)  # site-a's pauses keep its slot
         train(server, num_rounds=2, min_num_clients=3)
         model = write_model(tmp_path / "u.safetensors", 1.0)
         refused = Sender(chunks_of(model))

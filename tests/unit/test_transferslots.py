@@ -39,7 +39,7 @@ def test_at_most_the_slots_send_at_once_and_downloads_take_turns() -> None:
     senders = Senders()
 
     async def scenario() -> None:
-        slots = TransferSlots(2, peer_paced_s=60)
+        slots = TransferSlots(2, 8, peer_paced_s=60)
         await asyncio.gather(
             *(
                 slots.send_all(f"download to {name}", iter(range(CHUNKS)), senders.write(name))
@@ -62,7 +62,7 @@ def test_a_reader_that_stalls_gives_its_slot_back_after_the_limit() -> None:
         await asyncio.Event().wait()  # the client stopped reading
 
     async def scenario() -> float:
-        slots = TransferSlots(1, stall_s=0.2, peer_paced_s=60)
+        slots = TransferSlots(1, 8, stall_s=0.2, peer_paced_s=60)
         stalled = asyncio.create_task(
             slots.send_all("download of m.safetensors to s1", iter(range(CHUNKS)), never_taken)
         )
@@ -90,7 +90,7 @@ def test_a_download_paced_by_a_slow_link_lets_the_others_send() -> None:
         senders.order.append(("slow", item))
 
     async def scenario() -> None:
-        slots = TransferSlots(1, peer_paced_s=0.01)
+        slots = TransferSlots(1, 8, peer_paced_s=0.01)
         slow = asyncio.create_task(
             slots.send_all("download to slow", iter(range(CHUNKS)), slow_link)
         )
@@ -113,7 +113,7 @@ def test_a_download_that_fails_gives_its_slot_back_at_once() -> None:
         raise ConnectionResetError("the client went away")
 
     async def scenario() -> None:
-        slots = TransferSlots(1)
+        slots = TransferSlots(1, 8)
         failed = asyncio.create_task(
             slots.send_all("download to s1", iter(range(CHUNKS)), cancelled_by_client)
         )
@@ -128,9 +128,11 @@ def test_a_download_that_fails_gives_its_slot_back_at_once() -> None:
     assert len(senders.order) == CHUNKS
 
 
-def test_no_slots_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least one transfer"):
-        TransferSlots(0)
+def test_no_slots_or_more_slots_than_places_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one transfer must be able to move"):
+        TransferSlots(0, 1)
+    with pytest.raises(ValueError, match=r"no more with a slot than in all \(got 5 and 4\)"):
+        TransferSlots(5, 4)
 
 
 class Chunk:
@@ -142,7 +144,7 @@ def test_a_download_waiting_for_its_next_turn_holds_none_of_the_chunks_it_sent()
     alive_while_waiting: list[bool] = []
 
     async def scenario() -> None:
-        slots = TransferSlots(1, peer_paced_s=60)
+        slots = TransferSlots(1, 8, peer_paced_s=60)
         other_writing = asyncio.Event()
         let_go = asyncio.Event()
 
@@ -188,7 +190,7 @@ def test_an_upload_holds_its_slot_until_received_and_the_next_waits() -> None:
         order.append(f"{name} done")
 
     async def scenario() -> None:
-        slots = TransferSlots(1, peer_paced_s=60)
+        slots = TransferSlots(1, 8, peer_paced_s=60)
         await asyncio.gather(receive(slots, "a"), receive(slots, "b"))
 
     asyncio.run(scenario())
@@ -214,7 +216,7 @@ def test_an_upload_paced_by_a_slow_link_lets_the_next_one_in() -> None:
                 order.append(f"{name} {item}")
 
     async def scenario() -> None:
-        slots = TransferSlots(1, peer_paced_s=0.01)
+        slots = TransferSlots(1, 8, peer_paced_s=0.01)
         slow = asyncio.create_task(receive(slots, "slow", slow_link()))
         await asyncio.sleep(0)  # the slow upload takes the only slot first
         await asyncio.wait_for(receive(slots, "fast", arriving([0, 1])), 5)
@@ -236,7 +238,7 @@ def test_a_site_holds_one_slot_and_its_next_upload_waits_for_its_last() -> None:
         order.append(f"{name} done")
 
     async def scenario() -> None:
-        slots = TransferSlots(3, peer_paced_s=60)
+        slots = TransferSlots(3, 8, peer_paced_s=60)
         first, second, other = asyncio.Event(), asyncio.Event(), asyncio.Event()
         uploads = [
             asyncio.create_task(receive(slots, "a", "a-1", first)),
@@ -258,7 +260,7 @@ def test_a_site_holds_one_slot_and_its_next_upload_waits_for_its_last() -> None:
 
 def test_a_transfer_cancelled_while_it_waits_or_holds_leaves_every_slot_free() -> None:
     async def scenario() -> int:
-        slots = TransferSlots(1, peer_paced_s=60)
+        slots = TransferSlots(1, 8, peer_paced_s=60)
         holding = asyncio.Event()
 
         async def hold_forever() -> None:
@@ -286,3 +288,37 @@ def test_a_transfer_cancelled_while_it_waits_or_holds_leaves_every_slot_free() -
         return turns
 
     assert asyncio.run(asyncio.wait_for(scenario(), 5)) == 3
+
+
+def test_transfers_paced_by_their_links_are_bounded_too() -> None:
+    """Slow links let their slots go but keep their places: a third upload waits for a place
+    although the slot is free, and moves once a slow one is done."""
+    order: list[str] = []
+    links = {"slow-1": asyncio.Event(), "slow-2": asyncio.Event()}
+
+    async def slow(name: str) -> AsyncIterator[int]:
+        yield 0
+        await links[name].wait()
+        yield 1
+
+    async def receive(slots: TransferSlots, name: str, sent: AsyncIterator[int]) -> None:
+        async with slots.slot(name) as held:
+            async for item in held.paced_items(sent):
+                order.append(f"{name} {item}")
+        order.append(f"{name} done")
+
+    async def scenario() -> None:
+        slots = TransferSlots(1, 2, peer_paced_s=0.01)
+        uploads = [asyncio.create_task(receive(slots, name, slow(name))) for name in links]
+        while order.count("slow-1 0") + order.count("slow-2 0") < 2:
+            await asyncio.sleep(0.01)  # both slow uploads paced: the slot is free again
+        third = asyncio.create_task(receive(slots, "fast", arriving([0])))
+        await asyncio.sleep(0.05)
+        assert "fast 0" not in order  # no place for it yet
+        links["slow-1"].set()
+        await asyncio.wait_for(third, 5)
+        links["slow-2"].set()
+        await asyncio.wait_for(asyncio.gather(*uploads), 5)
+
+    asyncio.run(scenario())
+    assert order.index("fast 0") > order.index("slow-1 done")
