@@ -73,7 +73,7 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 
-from bench.common import UsageSampler, percentile, proc_stat, table, usage  # noqa: E402
+from bench.common import UsageSampler, median, percentile, proc_stat, table, usage  # noqa: E402
 from bench.many_clients import command_rows, idle_answer, probe  # noqa: E402
 from fladmin import AdminClient, AdminError, load_kit  # noqa: E402
 from flclientd.connection import Connection, ControlStream  # noqa: E402
@@ -133,9 +133,9 @@ class Ledger:
     """Seconds from the server handling a heartbeat to its event arriving through the feed."""
     wrongly_dropped: list[tuple[str, str]] = field(default_factory=list)
     unmatched_drops: list[tuple[str, str]] = field(default_factory=list)
-    fan_outs: dict[str, list[float]] = field(default_factory=dict)
-    """Per command id: when the first and the last simulated client received it, and when
-    the last answer was written (all in this process: what the fan-out waited on here)."""
+    fan_outs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per command id: when each simulated client received it and when it had written its
+    answer (wall clock, as the clients saw it: what the fan-out waited on here)."""
     heartbeats: int = 0
     feed_messages: int = 0
     feed_events: int = 0
@@ -169,26 +169,45 @@ class Ledger:
     def answered(self, command_id: str, received: float, written: float) -> None:
         """A simulated client received a command at ``received`` and wrote its answer."""
         with self.lock:
-            times = self.fan_outs.setdefault(command_id, [received, received, written])
-            times[0] = min(times[0], received)
-            times[1] = max(times[1], received)
-            times[2] = max(times[2], written)
+            self.fan_outs.setdefault(command_id, []).append((received, written))
 
-    def fan_out_rows(self) -> list[list[str]]:
-        """How long the fan-outs (the server sends one command id to every client of one)
-        took to reach the simulated clients and to be answered by them."""
+    def fan_out_rows(self, calls: list[list[float]]) -> list[list[str]]:
+        """Where each timed fan-out's time went (medians over ``calls``: the probe's samples
+        of ``check_status client``, admin ms, server's own ms and when each was sent).
+
+        A fan-out is matched with the call during which its first command arrived. The
+        server's own time starts when the admin's request is in (a millisecond or so after it
+        was sent) and ends when its reply is built: what is after the last answer written is
+        the server reading the last answers and building the reply; what the admin's time
+        adds is the reply's way back and its decoding in the admin."""
         with self.lock:
-            spans = list(self.fan_outs.values())
-        if not spans:
-            return []
-        arrive = [1000 * (last - first) for first, last, _ in spans]
-        answer = [1000 * (written - first) for first, _, written in spans]
+            spans = [sorted(times) for times in self.fan_outs.values()]
+        parts: dict[str, list[float]] = collections.defaultdict(list)
+        for admin_ms, server_ms, sent in calls:
+            ended = sent + admin_ms / 1000
+            times = next((t for t in spans if sent <= t[0][0] <= ended), None)
+            if times is None:
+                continue
+            first, last = times[0][0], max(r for r, _ in times)
+            written = max(w for _, w in times)
+            handling = sorted(w - r for r, w in times)
+            parts["admin sent -> first command at a simulated client"].append(first - sent)
+            parts["first -> last command received by a simulated client"].append(last - first)
+            parts["received -> answer written, per client (median)"].append(
+                percentile(handling, 50)
+            )
+            parts["received -> answer written, per client (max)"].append(handling[-1])
+            parts["admin sent -> last answer written"].append(written - sent)
+            parts["last answer written -> server's reply built (server's own end)"].append(
+                server_ms / 1000 - (written - sent)
+            )
+            parts["server's reply built -> admin has it decoded"].append(
+                (admin_ms - server_ms) / 1000
+            )
+        matched = len(parts["admin sent -> last answer written"])
         return [
-            [
-                f"fan-out at the simulated clients ({len(spans)} commands)",
-                f"arrival spread median {percentile(arrive, 50):.0f} ms; last answer written "
-                f"median {percentile(answer, 50):.0f} ms after the first arrival",
-            ]
+            [f"fan-out, {name} ({matched} calls, median)", f"{1000 * median(values):.1f} ms"]
+            for name, values in parts.items()
         ]
 
     def gone(self, name: str, reason: str, when: float) -> None:
@@ -491,7 +510,7 @@ async def hold(
     return [
         *rows,
         *command_rows(samples, COMMAND_TARGETS_MS),
-        *ledger.fan_out_rows(),
+        *ledger.fan_out_rows(samples["check_status client"]),
         [
             "CPU per fan-out, server / simulated clients (at the measured window's rate)",
             f"{per_call(fanning.server_cores):.0f} ({per_call(window.server_cores):.0f}) / "
