@@ -45,9 +45,15 @@ fan-out ``check_status client`` (median under 300 ms) from a separate admin
 process (as ``bench/many_clients.py`` does); then every client leaves and
 the drops are judged as above.
 
+With ``--fleet-processes N`` the simulated clients are spread over N
+processes of their own (:class:`Fleet`), so that a fan-out's commands do not
+queue in one interpreter; the fan-out rows show where each command's time
+went (to the clients, answering there, back to the admin).
+
     .venv/bin/python bench/churn.py                              # 1,000 clients, 10 minutes
     .venv/bin/python bench/churn.py --clients 300 --duration 180
     .venv/bin/python bench/churn.py --no-churn --duration 60     # the scale check, 1,000 clients
+    .venv/bin/python bench/churn.py --no-churn --fleet-processes 8   # where there are cores for it
 """
 
 from __future__ import annotations
@@ -57,7 +63,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -98,8 +103,12 @@ HEARTBEAT_S = 1.0
 DROP_SLACK_S = 3.0
 """A drop may come this long after the timeout (the server sweeps every second)."""
 JOIN_CONCURRENCY = 50
-FLEET_PROCESSES = 4
-"""Processes the simulated clients are spread over (``--fleet-processes``; see :class:`Fleet`)."""
+FLEET_PROCESSES = 1
+"""Processes the simulated clients are spread over (``--fleet-processes``; see :class:`Fleet`).
+
+One on the 2-core development VM: there more processes cost more CPU than
+the queue they share out (docs/benchmarks.md, "Where a fan-out's time
+goes"); on a machine with cores to spare, one per free core."""
 SETTLE_S = 5.0
 """--no-churn: seconds between the last join and the measured window."""
 TARGET_CORES = 0.5
@@ -492,32 +501,33 @@ class LineRecord:
     """A fleet process's :class:`Record`: one JSON line per call on stdout, which the
     parent's :class:`Fleet` replays on its ledger in the order written."""
 
-    def _line(self, *call: object) -> None:
+    def say(self, *call: object) -> None:
         sys.stdout.write(json.dumps(call) + "\n")
         sys.stdout.flush()
 
     def joined(self, name: str, now: float, resumed: bool) -> None:
-        self._line("joined", name, now, resumed)
+        self.say("joined", name, now, resumed)
 
     def join_failed(self) -> None:
-        self._line("join_failed")
+        self.say("join_failed")
 
     def sending(self, name: str, sent: float) -> None:
-        self._line("sending", name, sent)
+        self.say("sending", name, sent)
 
     def beat(self, name: str, sent: float) -> None:
-        self._line("beat", name, sent)
+        self.say("beat", name, sent)
 
     def answered(self, command_id: str, received: float, written: float) -> None:
-        self._line("answered", command_id, received, written)
+        self.say("answered", command_id, received, written)
 
     def left(self, name: str, now: float) -> None:
-        self._line("left", name, now)
+        self.say("left", name, now)
 
 
 LEDGER_CALLS = frozenset({"joined", "join_failed", "sending", "beat", "answered", "left"})
-READY, LEAVE = "ready", "leave"
-"""--no-churn: a fleet process says READY once its clients joined, and is told LEAVE."""
+READY, LEAVE, CPU = "ready", "leave", "cpu"
+"""--no-churn: a fleet process says READY once its clients joined, and is told LEAVE; every
+fleet process says CPU with its CPU seconds as it ends."""
 
 
 class Fleet:
@@ -539,6 +549,7 @@ class Fleet:
         self.ready = threading.Semaphore(0)
         self.children = []
         self.readers = []
+        self.final_cpu: dict[int, float] = {}
         for index in range(processes):
             share = {**spec, "names": names[index::processes]}
             child = subprocess.Popen(
@@ -562,8 +573,20 @@ class Fleet:
             name, *call = json.loads(line)
             if name == READY:
                 self.ready.release()
+            elif name == CPU:
+                self.final_cpu[child.pid] = call[0]
             elif name in LEDGER_CALLS:
                 getattr(self.ledger, name)(*call)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the fleet processes used so far (an ended one's as it said at its end)."""
+        total = 0.0
+        for pid in self.pids:
+            try:
+                total += proc_stat(pid).cpu_s
+            except FileNotFoundError:
+                total += self.final_cpu.get(pid, 0.0)
+        return total
 
     def joined(self) -> None:
         """Wait until every process's clients joined (--no-churn)."""
@@ -595,11 +618,12 @@ async def fleet_main(spec: dict[str, Any]) -> None:
     if spec["churn"]:
         until = time.monotonic() + args.duration
         await asyncio.gather(*(sim.live(record, until, joins, args) for sim in sims))
-        return
-    await join_all(sims, record, joins)
-    record._line(READY)
-    await asyncio.to_thread(sys.stdin.readline)
-    await asyncio.gather(*(sim.leave(record) for sim in sims if sim.conn is not None))
+    else:
+        await join_all(sims, record, joins)
+        record.say(READY)
+        await asyncio.to_thread(sys.stdin.readline)
+        await asyncio.gather(*(sim.leave(record) for sim in sims if sim.conn is not None))
+    record.say(CPU, time.process_time())
 
 
 async def join_all(sims: list[SimClient], record: Record, joins: asyncio.Semaphore) -> None:
@@ -618,13 +642,13 @@ class CpuWindow:
     over a stretch of wall time (cores)."""
 
     server_pid: int
-    fleet_pids: list[int] = field(default_factory=list)
+    fleet: Fleet | None = None
     seconds: float = 0.0
     server_cores: float = 0.0
     own_cores: float = 0.0
 
     def _fleet_cpu(self) -> float:
-        return sum(proc_stat(pid).cpu_s for pid in [os.getpid(), *self.fleet_pids])
+        return time.process_time() + (self.fleet.cpu_s() if self.fleet is not None else 0.0)
 
     @contextlib.contextmanager
     def measure(self) -> Iterator[CpuWindow]:
@@ -676,7 +700,7 @@ async def hold(
     ledger.recording = False
     print("timing admin commands ...", flush=True)
     samples = await probe(admin_startup, {"check_status server": args.calls})
-    fanning = CpuWindow(window.server_pid, window.fleet_pids)
+    fanning = CpuWindow(window.server_pid, window.fleet)
     with fanning.measure():
         samples.update(await probe(admin_startup, {"check_status client": args.fanout_calls}))
     online = len(ledger.online)
@@ -847,7 +871,7 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
             "args": {k: vars(args)[k] for k in ("duration", "mean_online", "mean_offline")},
         }
         sims = Fleet(ledger, spec, names, processes)
-        window = CpuWindow(server.pid, sims.pids)
+        window = CpuWindow(server.pid, sims)
     else:
         sims = sim_clients(c.root, certificates, names)
         window = CpuWindow(server.pid)
