@@ -56,7 +56,13 @@ from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.startup import ClientStartup
 from flcore.tensorfile import SpoolWriter, TensorFile
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from flcore.wire import chunk_from_proto, manifest_from_proto, with_chunk
+from flcore.wire import (
+    UPLOAD_TURN_GO,
+    UPLOAD_TURN_KEY,
+    chunk_from_proto,
+    manifest_from_proto,
+    with_chunk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +115,7 @@ class Connection:
         )
         self.stub = fed_grpc.FederationStub(self._channel)
         self.token = ""
+        self.upload_turns = False
         self.traffic = Traffic()
 
     async def close(self) -> None:
@@ -121,8 +128,10 @@ class Connection:
             fed_pb2.ClientLoginRequest(token=token, info=machine_to_proto(info)),
             timeout=LOGIN_TIMEOUT_S,
         )
-        self.token = reply.token
-        return login_from_proto(reply)
+        login = login_from_proto(reply)
+        self.token = login.token
+        self.upload_turns = login.upload_turns
+        return login
 
     async def logout(self) -> None:
         """Tell the server this client is leaving (best effort)."""
@@ -201,33 +210,58 @@ class Connection:
         kind: UploadKind = UploadKind.UPDATE,
         compression: WireCompression = WireCompression.NONE,
     ) -> Verdict:
-        """Stream an update, or the best local model for cross-site validation (header,
-        then chunks, floating-point ones compressed as the round's offer said), and return
-        the server's verdict."""
+        """Send an update, or the best local model for cross-site validation, and return the
+        server's verdict: the header, then, once the server gave the upload its turn, the
+        chunks (floating-point ones compressed as the round's offer said).
+
+        The wait for the turn has no limit of its own: it lasts while the server receives
+        other uploads, and a dead link or server ends the call (gRPC keepalive).
+        """
         upload = TensorFile(model)
         header = SubmitHeader(run_number, round_number, kind, num_samples, metrics, upload.manifest)
-        watch = ProgressWatch(f"upload of {model.name}")
+        call = self.stub.SubmitModel()
+        try:
+            await call.write(submit_header_to_proto(self.token, header))
+            if self.upload_turns:
+                turn = (await call.initial_metadata()).get(UPLOAD_TURN_KEY)
+                if turn != UPLOAD_TURN_GO:  # the verdict came before any chunk
+                    return self._judged(await call)
+            return await self._send_chunks(call, upload, kind, compression)
+        finally:
+            call.cancel()  # a call already ended stays as it ended
 
+    async def _send_chunks(
+        self,
+        call: grpc.aio.StreamUnaryCall[fed_pb2.SubmitModelMessage, fed_pb2.SubmitReply],
+        upload: TensorFile,
+        kind: UploadKind,
+        compression: WireCompression,
+    ) -> Verdict:
+        watch = ProgressWatch(f"upload of {upload.path.name}")
         sent = kind.value.replace(" ", "_")
         moved = 0
 
-        async def messages() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
+        async def send() -> fed_pb2.SubmitReply:
             nonlocal moved
-            yield submit_header_to_proto(self.token, header)
             for index, (chunk, _) in enumerate(encoded_chunks(upload, compression)):
-                watch.moved()  # gRPC asks for the next chunk once the last one could go
-                yield with_chunk(fed_pb2.SubmitModelMessage(), chunk)
+                if call.done():  # the server gave its verdict before the end (a refusal)
+                    break
+                await call.write(with_chunk(fed_pb2.SubmitModelMessage(), chunk))
+                watch.moved()
                 self.traffic.sent[sent] += len(chunk.data)
                 moved += len(chunk.data)
                 if index == 0:
                     faultpoints.reached(faultpoints.CLIENT_UPLOAD)
-
-        async def send() -> fed_pb2.SubmitReply:
-            return await self.stub.SubmitModel(messages())
+            await call.done_writing()
+            return await call
 
         started = time.monotonic()
-        verdict = verdict_from_proto(await watch.run(send()))
-        _log_transfer(f"uploaded {model.name}", moved, time.monotonic() - started)
+        reply = await watch.run(send())
+        _log_transfer(f"uploaded {upload.path.name}", moved, time.monotonic() - started)
+        return self._judged(reply)
+
+    def _judged(self, reply: fed_pb2.SubmitReply) -> Verdict:
+        verdict = verdict_from_proto(reply)
         self.traffic.verdicts[verdict.outcome.value] += 1
         return verdict
 

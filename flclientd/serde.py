@@ -62,7 +62,7 @@ def status_to_proto(status: ClientStatus) -> fed_pb2.ClientStatus:
 
 def login_from_proto(reply: fed_pb2.ClientLoginReply) -> Login:
     """What the server granted at login."""
-    return Login(reply.token, reply.instance_name, reply.resumed)
+    return Login(reply.token, reply.instance_name, reply.resumed, reply.upload_turns)
 
 
 def upward_to_proto(message: Upward) -> fed_pb2.ClientMessage:

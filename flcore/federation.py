@@ -96,6 +96,8 @@ class Login:
     token: str
     instance: str
     resumed: bool
+    upload_turns: bool = False
+    """The server gives uploads turns (:data:`flcore.wire.UPLOAD_TURN_KEY`)."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ from flcore.tensorfile import Manifest, TensorFile, TensorFileError, TensorSpec
 
 MAX_TENSORS = 100_000
 
+UPLOAD_TURN_KEY = "flstack-upload-turn"
+"""Initial-metadata key of an upload's go: the server gives it, with :data:`UPLOAD_TURN_GO`,
+when the upload may send its chunks (``ClientLoginReply.upload_turns``)."""
+UPLOAD_TURN_GO = "go"
+
 E = TypeVar("E", bound=enum.Enum)
 
 

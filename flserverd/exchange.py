@@ -7,7 +7,11 @@ twice: before its bytes arrive (wrong run, late, duplicate, a manifest that
 does not match the global model), and once it is complete and every chunk
 was checked (then it is folded into its round, or kept for cross-site
 validation). Uploads stream into a spool file chunk by chunk, so a model of
-any size costs one chunk of memory.
+any size costs one chunk of memory; and only a few transfers move at once
+in each direction (:mod:`flserverd.transferslots`), so the number of clients
+does not multiply that either. An upload that passed the first judgement
+waits for its turn before its client sends a chunk, and is judged again
+when the turn comes (its round may have closed meanwhile).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import asyncio
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +45,7 @@ from flserverd.server import FLServer
 from flserverd.statedb import WireTally
 from flserverd.training import Refusal, Training
 from flserverd.transfer import check_app_name, client_app_dir
+from flserverd.transferslots import DOWNLOADS_SENDING, UPLOADS_RECEIVING, TransferSlots
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,8 @@ class ModelExchange:
     def __init__(self, server: FLServer) -> None:
         self.server = server
         self.watchers: list[ExchangeWatcher] = []
+        self.downloads = TransferSlots(DOWNLOADS_SENDING)
+        self.uploads = TransferSlots(UPLOADS_RECEIVING)
 
     def sent(self, what: str, size: int) -> None:
         """``size`` bytes of a model or an app went to a client."""
@@ -144,18 +151,34 @@ class ModelExchange:
         return verdict
 
     async def receive(
-        self, instance: str, header: SubmitHeader, chunks: AsyncIterator[WireChunk]
+        self,
+        instance: str,
+        header: SubmitHeader,
+        chunks: AsyncIterator[WireChunk],
+        go: Callable[[], Awaitable[None]],
+        *,
+        site: str,
     ) -> Verdict:
         """Judge an upload, receive it when it may be used, and hand it over once.
 
-        An update goes to the round controller that judged its header, even if
-        the run was restarted meanwhile: that one then finds it late. Raises
-        TransferStalled when the sender stopped sending mid-upload.
+        An upload that may be used waits for one of the upload slots (and for the
+        earlier uploads of its ``site``, the certificate's name); ``go`` then tells its
+        sender to send the chunks. A verdict given before that (a refusal,
+        or a round that closed while the upload waited) is the sender's answer
+        without a chunk sent. An update goes to the round controller that judged its
+        header, even if the run was restarted meanwhile: that one then finds it late.
+        Raises TransferStalled when the sender stopped sending mid-upload.
         """
         training = self.server.training
         verdict = self.check_upload(instance, header, training)
         if verdict is None:
-            verdict = await self._spool_and_accept(instance, header, training, chunks)
+            async with self.uploads.slot(site) as slot:
+                verdict = self.check_upload(instance, header, training)
+                if verdict is None:
+                    await go()
+                    verdict = await self._spool_and_accept(
+                        instance, header, training, slot.paced_items(chunks)
+                    )
         if verdict.outcome is not SubmitOutcome.ACCEPTED:
             log.info(
                 "%s from %s for round %d %s: %s",

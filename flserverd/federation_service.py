@@ -27,11 +27,16 @@ from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.tensorfile import TensorFile, TensorFileError
-from flcore.wire import WireError, manifest_to_proto, with_chunk
+from flcore.wire import (
+    UPLOAD_TURN_GO,
+    UPLOAD_TURN_KEY,
+    WireError,
+    manifest_to_proto,
+    with_chunk,
+)
 from flserverd.exchange import Download, ModelExchange
 from flserverd.registry import AuthError, RegisteredClient
 from flserverd.rpc import Context, peer_identity
-from flserverd.sendslots import SendSlots
 from flserverd.serde import (
     chunks_from_proto,
     downward_to_proto,
@@ -71,7 +76,6 @@ class FederationService(fed_grpc.FederationServicer):
     def __init__(self, server: FLServer) -> None:
         self.server = server
         self.exchange = ModelExchange(server)
-        self.slots = SendSlots()
 
     async def _client(self, token: str, context: Context) -> RegisteredClient:
         try:
@@ -97,6 +101,7 @@ class FederationService(fed_grpc.FederationServicer):
             resumed=login.resumed,
             project=self.server.startup.project,
             heartbeat_interval_s=int(self.server.startup.heartbeat_interval),
+            upload_turns=True,
         )
 
     async def Logout(
@@ -151,7 +156,7 @@ class FederationService(fed_grpc.FederationServicer):
         self, request: fed_pb2.ModelRequest, context: Context
     ) -> None:
         """Stream a model: manifest first, then its bytes in chunks, sending only while
-        holding one of the server's download slots (:mod:`flserverd.sendslots`)."""
+        holding one of the server's download slots (:mod:`flserverd.transferslots`)."""
         client = await self._client(request.token, context)
         try:
             download = self.exchange.model_for(client.instance, model_request_from_proto(request))
@@ -166,7 +171,9 @@ class FederationService(fed_grpc.FederationServicer):
         chunks = encoded_chunks(model, download.compression)
         what = f"download of {download.path.name} to {client.instance}"
         try:
-            await self.slots.send_all(what, chunks, self._chunk_writer(context, download))
+            await self.exchange.downloads.send_all(
+                what, chunks, self._chunk_writer(context, download)
+            )
         except TransferStalled as exc:
             log.warning("%s", exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
@@ -194,7 +201,8 @@ class FederationService(fed_grpc.FederationServicer):
         request_iterator: AsyncIterator[fed_pb2.SubmitModelMessage],
         context: Context,
     ) -> fed_pb2.SubmitReply:
-        """Receive an update or a best local model: a header, then its tensor chunks."""
+        """Receive an update or a best local model: a header, then, once the exchange gave the
+        upload its turn (the go in the initial metadata), its tensor chunks."""
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("body") != "header":
             await context.abort(
@@ -208,8 +216,14 @@ class FederationService(fed_grpc.FederationServicer):
             verdict = self.exchange.refuse(client.instance, str(exc))
         else:
             chunks = chunks_from_proto(request_iterator)
+
+            async def go() -> None:
+                await context.send_initial_metadata(((UPLOAD_TURN_KEY, UPLOAD_TURN_GO),))
+
             try:
-                verdict = await self.exchange.receive(client.instance, header, chunks)
+                verdict = await self.exchange.receive(
+                    client.instance, header, chunks, go, site=client.client_name
+                )
             except TransferStalled as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
                 raise

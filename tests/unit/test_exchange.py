@@ -26,6 +26,7 @@ from flcore.federation import (
     SubmitHeader,
     SubmitOutcome,
     UploadKind,
+    Verdict,
 )
 from flcore.feed import ClientGone, ClientRow
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
@@ -39,7 +40,8 @@ from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, WireTally
 from flserverd.training import PHASE_TRAINING, Refusal, Training
 from flserverd.transfer import TransferError
-from tests.unit.serverparts import server_startup
+from flserverd.transferslots import TransferSlots
+from tests.unit.serverparts import Sender, server_startup, upload
 
 RUN = 1
 
@@ -150,8 +152,8 @@ def test_an_update_is_judged_before_its_bytes_arrive(tmp_path: Path) -> None:
                 write_model(tmp_path / "f64.safetensors", 1.0, np.float64).manifest
             ),
         }
-        for expected, upload in cases.items():
-            verdict = exchange.check_upload("site-a", upload, training)
+        for expected, case in cases.items():
+            verdict = exchange.check_upload("site-a", case, training)
             assert verdict is not None and verdict.outcome is SubmitOutcome.REJECTED
             assert expected in verdict.message
         assert exchange.check_upload("site-a", header(manifest), training) is None
@@ -166,15 +168,22 @@ def test_a_complete_update_is_counted_once_and_kept_until_its_round_is_aggregate
         exchange = ModelExchange(server)
         training = train(server, num_rounds=2, min_num_clients=2)
         model = write_model(tmp_path / "u.safetensors", 1.0)
-        first = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
+        first = await upload(exchange, "site-a", header(model.manifest), chunks_of(model))
         assert first.outcome is SubmitOutcome.ACCEPTED
         assert training.round.contributed == {"site-a": 10}
-        again = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
+        again = await upload(exchange, "site-a", header(model.manifest), chunks_of(model))
         assert again.outcome is SubmitOutcome.DUPLICATE
         spool = server.store.spool_dir(RUN)
-        kept = sorted(p.relative_to(spool) for p in spool.rglob("*") if p.is_file())
-        # The duplicate's spool is gone; the round keeps the update and FedAvg's running sum.
-        assert kept == [Path("round_0") / RUNNING_SUM, Path("round_0/site-a.safetensors")]
+        # The duplicate's spool is gone; the round keeps the update and FedAvg's running sum
+        # (written by the fold, which runs after the verdict).
+        expected = [Path("round_0") / RUNNING_SUM, Path("round_0/site-a.safetensors")]
+        await wait_until_async(
+            lambda: (
+                sorted(p.relative_to(spool) for p in spool.rglob("*") if p.is_file()) == expected
+            ),
+            10,
+            "the round to keep the update and the running sum, and nothing else",
+        )
 
     on_server(tmp_path, scenario)
 
@@ -184,7 +193,7 @@ def test_a_poisoned_update_is_rejected_and_not_folded(tmp_path: Path) -> None:
         exchange = ModelExchange(server)
         training = train(server, num_rounds=2, min_num_clients=2)
         model = write_model(tmp_path / "nan.safetensors", float("nan"))
-        verdict = await exchange.receive("site-a", header(model.manifest), chunks_of(model))
+        verdict = await upload(exchange, "site-a", header(model.manifest), chunks_of(model))
         assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
         assert training.round.contributed == {}
         assert list(server.store.spool_dir(RUN).iterdir()) == []
@@ -198,14 +207,14 @@ def test_best_local_models_and_cross_site_reports(tmp_path: Path) -> None:
         train(server, num_rounds=2)
         model = write_model(tmp_path / "local.safetensors", 2.0)
         local = header(model.manifest, UploadKind.BEST_LOCAL, round=-1)
-        refused = await exchange.receive("site-a", local, chunks_of(model))
+        refused = await upload(exchange, "site-a", local, chunks_of(model))
         assert refused.outcome is SubmitOutcome.REJECTED
         assert "does not take part in cross-site validation" in refused.message
         server.crossval_for(RUN).declare("site-a")
         server.crossval_for(RUN).declare("site-b")
-        accepted = await exchange.receive("site-a", local, chunks_of(model))
+        accepted = await upload(exchange, "site-a", local, chunks_of(model))
         assert accepted.outcome is SubmitOutcome.ACCEPTED
-        again = await exchange.receive("site-a", local, chunks_of(model))
+        again = await upload(exchange, "site-a", local, chunks_of(model))
         assert again.outcome is SubmitOutcome.DUPLICATE
         path = exchange.model_for("site-b", ModelRequest(RUN, -1, ModelKind.LOCAL, "site-a")).path
         assert TensorFile(path).manifest == model.manifest
@@ -293,7 +302,7 @@ def test_revocation_drops_a_client_mid_upload_and_its_update_is_never_folded(
                     assert server.enforce_revocations() == ["site-a"]
                 yield WireChunk(*chunk)
 
-        verdict = await exchange.receive("site-a", header(model.manifest), revoked_midway())
+        verdict = await upload(exchange, "site-a", header(model.manifest), revoked_midway())
         assert verdict.outcome is SubmitOutcome.REJECTED
         assert "update discarded: site-a was revoked on this server" in verdict.message
         assert training.round.contributed == {} and len(server.registry) == 0
@@ -341,7 +350,7 @@ def test_a_compressed_round_counts_its_bytes_and_folds_the_decoded_update(tmp_pa
             for chunk, _ in encoded_chunks(update, WireCompression.INT8):
                 yield chunk
 
-        verdict = await exchange.receive("site-a", header(update.manifest), compressed())
+        verdict = await upload(exchange, "site-a", header(update.manifest), compressed())
         assert verdict.outcome is SubmitOutcome.ACCEPTED
         await wait_until_async(
             lambda: bool(training.history) and not training._tasks, 10, "round 0 aggregated"
@@ -372,10 +381,67 @@ def test_a_compressed_update_is_checked_on_its_decoded_values(tmp_path: Path) ->
         async def poisoned() -> AsyncIterator[WireChunk]:
             yield WireChunk("b", 0, nan_in_bf16, WireCompression.BF16)
 
-        verdict = await exchange.receive("site-a", header(manifest), poisoned())
+        verdict = await upload(exchange, "site-a", header(manifest), poisoned())
         assert verdict.outcome is SubmitOutcome.REJECTED
         assert verdict.message == "tensor 'b' contains NaN or infinite values"
         assert training.round.contributed == {}
         assert list(server.store.spool_dir(RUN).iterdir()) == []
 
     on_server(tmp_path, scenario)
+
+
+def test_uploads_take_turns_and_are_judged_again_when_their_turn_comes(tmp_path: Path) -> None:
+    """An upload's client sends nothing before its go; a refusal comes without one, and so
+    does the verdict on an upload that became a duplicate while it waited for its turn."""
+    order: list[str] = []
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        exchange.uploads = TransferSlots(1, peer_paced_s=60)  # site-a's pauses keep its slot
+        train(server, num_rounds=2, min_num_clients=3)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        refused = Sender(chunks_of(model))
+        verdict = await exchange.receive(
+            "site-a", header(model.manifest, run_number=2), refused.chunks(), refused.go, site="a"
+        )
+        assert verdict.outcome is SubmitOutcome.REJECTED and not refused.went
+        released = asyncio.Event()
+
+        async def held_back() -> AsyncIterator[WireChunk]:
+            await released.wait()
+            async for chunk in chunks_of(model):
+                yield chunk
+
+        async def send(name: str, sender: Sender) -> Verdict:
+            async def go() -> None:
+                order.append(f"go {name}")
+                await sender.go()
+
+            instance = name[:6]
+            verdict = await exchange.receive(
+                instance, header(model.manifest), sender.chunks(), go, site=instance
+            )
+            order.append(f"{verdict.outcome.value} {name}")
+            return verdict
+
+        first = Sender(held_back())
+        uploads = [
+            asyncio.create_task(send(name, sender))
+            for name, sender in (
+                ("site-a", first),
+                ("site-b", Sender(chunks_of(model))),
+                ("site-a again", Sender(chunks_of(model))),
+            )
+        ]
+        await wait_until_async(lambda: first.went, 5, "site-a's go")
+        released.set()
+        await asyncio.wait_for(asyncio.gather(*uploads), 10)
+
+    on_server(tmp_path, scenario)
+    assert order == [
+        "go site-a",
+        "accepted site-a",
+        "go site-b",
+        "accepted site-b",
+        "duplicate site-a again",
+    ]

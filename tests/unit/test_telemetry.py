@@ -54,6 +54,7 @@ from flserverd.server import FLServer
 from flserverd.telemetry import ServerTelemetry
 from flserverd.tracking import Tracker, end_status, tracking_uri
 from provision import pki
+from tests.unit.serverparts import upload
 from tests.unit.test_exchange import RUN, chunks_of, header, on_server, train, write_model
 from tests.unit.test_schema_configs import CLIENT, SERVER, _workspace
 
@@ -299,7 +300,7 @@ def test_rejected_uploads_are_counted_by_reason(tmp_path: Path) -> None:
             (header(good.manifest), good),
             (header(good.manifest), good),
         ]
-        verdicts = [await exchange.receive("a", h, chunks_of(m)) for h, m in cases]
+        verdicts = [await upload(exchange, "a", h, chunks_of(m)) for h, m in cases]
         assert [v.outcome for v in verdicts][-2:] == [
             SubmitOutcome.ACCEPTED,
             SubmitOutcome.DUPLICATE,
@@ -388,7 +389,7 @@ def test_a_stalled_upload_is_counted(tmp_path: Path, monkeypatch: pytest.MonkeyP
             await asyncio.Event().wait()  # the sender stops sending
 
         with pytest.raises(TransferStalled):
-            await exchange.receive("a", header(model.manifest), first_chunk_only())
+            await upload(exchange, "a", header(model.manifest), first_chunk_only())
         got = samples_of(*telemetry.collectors())
         assert value(got, "flstack_server_uploads_stalled_total", kind="update") == 1
         assert value(got, "flstack_server_uploads_total", kind="update", outcome="accepted") == 0

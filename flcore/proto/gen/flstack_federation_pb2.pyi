@@ -232,11 +232,18 @@ class ClientLoginReply(_message.Message):
     RESUMED_FIELD_NUMBER: _builtins.int
     PROJECT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    UPLOAD_TURNS_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     instance_name: _builtins.str
     resumed: _builtins.bool
     project: _builtins.str
     heartbeat_interval_s: _builtins.int
+    upload_turns: _builtins.bool
+    """The server gives uploads turns: after an upload's header, the client sends
+    no chunk until the call's initial metadata carries flstack-upload-turn: go
+    (a reply without it is the verdict, given before any chunk). A server that
+    leaves this false reads chunks sent right after the header.
+    """
     def __init__(
         self,
         *,
@@ -245,10 +252,11 @@ class ClientLoginReply(_message.Message):
         resumed: _builtins.bool = ...,
         project: _builtins.str = ...,
         heartbeat_interval_s: _builtins.int = ...,
+        upload_turns: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "instance_name", b"instance_name", "project", b"project", "resumed", b"resumed", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_s", b"heartbeat_interval_s", "instance_name", b"instance_name", "project", b"project", "resumed", b"resumed", "token", b"token", "upload_turns", b"upload_turns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

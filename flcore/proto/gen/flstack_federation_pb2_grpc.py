@@ -102,7 +102,8 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitModel(self, request_iterator, context):
-        """Uploads a model: first message is the header, then tensor chunks.
+        """Uploads a model: first message is the header, then tensor chunks (sent
+        once the server gave the upload its turn; see ClientLoginReply.upload_turns).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,9 @@ class FederationStub:
     GetModel: _grpc.UnaryStreamMultiCallable[_flstack_federation_pb2.ModelRequest, _flstack_federation_pb2.ModelMessage]
     """Downloads a model: first message is the manifest, then tensor chunks."""
     SubmitModel: _grpc.StreamUnaryMultiCallable[_flstack_federation_pb2.SubmitModelMessage, _flstack_federation_pb2.SubmitReply]
-    """Uploads a model: first message is the header, then tensor chunks."""
+    """Uploads a model: first message is the header, then tensor chunks (sent
+    once the server gave the upload its turn; see ClientLoginReply.upload_turns).
+    """
     SubmitMetrics: _grpc.UnaryUnaryMultiCallable[_flstack_federation_pb2.MetricsReport, _flstack_federation_pb2.SubmitReply]
     """Reports metrics without a model (validation of a global or peer model)."""
     GetApp: _grpc.UnaryStreamMultiCallable[_flstack_federation_pb2.AppRequest, _flstack_common_pb2.FileChunk]
@@ -68,7 +70,9 @@ class FederationAsyncStub(FederationStub):
     GetModel: _aio.UnaryStreamMultiCallable[_flstack_federation_pb2.ModelRequest, _flstack_federation_pb2.ModelMessage]  # type: ignore[assignment]
     """Downloads a model: first message is the manifest, then tensor chunks."""
     SubmitModel: _aio.StreamUnaryMultiCallable[_flstack_federation_pb2.SubmitModelMessage, _flstack_federation_pb2.SubmitReply]  # type: ignore[assignment]
-    """Uploads a model: first message is the header, then tensor chunks."""
+    """Uploads a model: first message is the header, then tensor chunks (sent
+    once the server gave the upload its turn; see ClientLoginReply.upload_turns).
+    """
     SubmitMetrics: _aio.UnaryUnaryMultiCallable[_flstack_federation_pb2.MetricsReport, _flstack_federation_pb2.SubmitReply]  # type: ignore[assignment]
     """Reports metrics without a model (validation of a global or peer model)."""
     GetApp: _aio.UnaryStreamMultiCallable[_flstack_federation_pb2.AppRequest, _flstack_common_pb2.FileChunk]  # type: ignore[assignment]
@@ -111,7 +115,9 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_flstack_federation_pb2.SubmitModelMessage],
         context: _ServicerContext,
     ) -> _typing.Union[_flstack_federation_pb2.SubmitReply, _abc.Awaitable[_flstack_federation_pb2.SubmitReply]]:
-        """Uploads a model: first message is the header, then tensor chunks."""
+        """Uploads a model: first message is the header, then tensor chunks (sent
+        once the server gave the upload its turn; see ClientLoginReply.upload_turns).
+        """
 
     @_abc_1.abstractmethod
     def SubmitMetrics(

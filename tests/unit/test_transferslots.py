@@ -1,16 +1,17 @@
-"""flserverd.sendslots: a few downloads send at once, in turns, and a stalled one lets go."""
+"""flserverd.transferslots: a few transfers move at once, in turns; a stalled or peer-paced
+one lets go."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from flcore.progress import TransferStalled
-from flserverd.sendslots import CHUNKS_PER_SLOT, SendSlots
+from flserverd.transferslots import CHUNKS_PER_SLOT, TransferSlots
 
 CHUNKS = 3 * CHUNKS_PER_SLOT
 
@@ -38,7 +39,7 @@ def test_at_most_the_slots_send_at_once_and_downloads_take_turns() -> None:
     senders = Senders()
 
     async def scenario() -> None:
-        slots = SendSlots(2, peer_paced_s=60)
+        slots = TransferSlots(2, peer_paced_s=60)
         await asyncio.gather(
             *(
                 slots.send_all(f"download to {name}", iter(range(CHUNKS)), senders.write(name))
@@ -61,7 +62,7 @@ def test_a_reader_that_stalls_gives_its_slot_back_after_the_limit() -> None:
         await asyncio.Event().wait()  # the client stopped reading
 
     async def scenario() -> float:
-        slots = SendSlots(1, stall_s=0.2, peer_paced_s=60)
+        slots = TransferSlots(1, stall_s=0.2, peer_paced_s=60)
         stalled = asyncio.create_task(
             slots.send_all("download of m.safetensors to s1", iter(range(CHUNKS)), never_taken)
         )
@@ -89,7 +90,7 @@ def test_a_download_paced_by_a_slow_link_lets_the_others_send() -> None:
         senders.order.append(("slow", item))
 
     async def scenario() -> None:
-        slots = SendSlots(1, peer_paced_s=0.01)
+        slots = TransferSlots(1, peer_paced_s=0.01)
         slow = asyncio.create_task(
             slots.send_all("download to slow", iter(range(CHUNKS)), slow_link)
         )
@@ -112,7 +113,7 @@ def test_a_download_that_fails_gives_its_slot_back_at_once() -> None:
         raise ConnectionResetError("the client went away")
 
     async def scenario() -> None:
-        slots = SendSlots(1)
+        slots = TransferSlots(1)
         failed = asyncio.create_task(
             slots.send_all("download to s1", iter(range(CHUNKS)), cancelled_by_client)
         )
@@ -128,8 +129,8 @@ def test_a_download_that_fails_gives_its_slot_back_at_once() -> None:
 
 
 def test_no_slots_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least one download"):
-        SendSlots(0)
+    with pytest.raises(ValueError, match="at least one transfer"):
+        TransferSlots(0)
 
 
 class Chunk:
@@ -141,7 +142,7 @@ def test_a_download_waiting_for_its_next_turn_holds_none_of_the_chunks_it_sent()
     alive_while_waiting: list[bool] = []
 
     async def scenario() -> None:
-        slots = SendSlots(1, peer_paced_s=60)
+        slots = TransferSlots(1, peer_paced_s=60)
         other_writing = asyncio.Event()
         let_go = asyncio.Event()
 
@@ -165,3 +166,123 @@ def test_a_download_waiting_for_its_next_turn_holds_none_of_the_chunks_it_sent()
     asyncio.run(scenario())
     assert alive_while_waiting == [False] * CHUNKS_PER_SLOT
     assert len(sent) == 2 * CHUNKS_PER_SLOT
+
+
+async def arriving(items: list[int], link: asyncio.Event | None = None) -> AsyncIterator[int]:
+    """What a peer sends: each item once ``link`` (when given) carries it."""
+    for item in items:
+        if link is not None:
+            await link.wait()
+        yield item
+
+
+def test_an_upload_holds_its_slot_until_received_and_the_next_waits() -> None:
+    order: list[str] = []
+
+    async def receive(slots: TransferSlots, name: str) -> None:
+        async with slots.slot() as held:
+            order.append(f"{name} turn")
+            async for item in held.paced_items(arriving(list(range(CHUNKS)))):
+                order.append(f"{name} {item}")
+                await asyncio.sleep(0)  # the chunk's processing yields to the loop
+        order.append(f"{name} done")
+
+    async def scenario() -> None:
+        slots = TransferSlots(1, peer_paced_s=60)
+        await asyncio.gather(receive(slots, "a"), receive(slots, "b"))
+
+    asyncio.run(scenario())
+    a = ["a turn", *(f"a {item}" for item in range(CHUNKS)), "a done"]
+    assert order == a + [entry.replace("a", "b") for entry in a]
+
+
+def test_an_upload_paced_by_a_slow_link_lets_the_next_one_in() -> None:
+    """A site whose link is slow gives its slot up while it waits for its next chunk (not its
+    first, which follows the go by a round trip): the fast upload queued behind it is
+    received before the slow one's second chunk arrives."""
+    order: list[str] = []
+    link = asyncio.Event()
+
+    async def slow_link() -> AsyncIterator[int]:
+        yield 0
+        await link.wait()
+        yield 1
+
+    async def receive(slots: TransferSlots, name: str, sent: AsyncIterator[int]) -> None:
+        async with slots.slot(name) as held:
+            async for item in held.paced_items(sent):
+                order.append(f"{name} {item}")
+
+    async def scenario() -> None:
+        slots = TransferSlots(1, peer_paced_s=0.01)
+        slow = asyncio.create_task(receive(slots, "slow", slow_link()))
+        await asyncio.sleep(0)  # the slow upload takes the only slot first
+        await asyncio.wait_for(receive(slots, "fast", arriving([0, 1])), 5)
+        link.set()
+        await asyncio.wait_for(slow, 5)
+
+    asyncio.run(scenario())
+    assert order == ["slow 0", "fast 0", "fast 1", "slow 1"]
+
+
+def test_a_site_holds_one_slot_and_its_next_upload_waits_for_its_last() -> None:
+    order: list[str] = []
+
+    async def receive(slots: TransferSlots, site: str, name: str, link: asyncio.Event) -> None:
+        async with slots.slot(site) as held:
+            order.append(f"{name} turn")
+            async for _ in held.paced_items(arriving([0], link)):
+                pass
+        order.append(f"{name} done")
+
+    async def scenario() -> None:
+        slots = TransferSlots(3, peer_paced_s=60)
+        first, second, other = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        uploads = [
+            asyncio.create_task(receive(slots, "a", "a-1", first)),
+            asyncio.create_task(receive(slots, "a", "a-2", second)),
+            asyncio.create_task(receive(slots, "b", "b-1", other)),
+        ]
+        while len(order) < 2:  # a-1 and b-1 take their turns; a-2 waits behind a-1
+            await asyncio.sleep(0)
+        for link in (other, second, first):
+            link.set()
+        await asyncio.wait_for(asyncio.gather(*uploads), 5)
+        async with slots.slot("a"), slots.slot("b"):  # nothing of the sites is left over
+            pass
+
+    asyncio.run(scenario())
+    assert order[:2] == ["a-1 turn", "b-1 turn"]
+    assert order.index("a-2 turn") > order.index("a-1 done")
+
+
+def test_a_transfer_cancelled_while_it_waits_or_holds_leaves_every_slot_free() -> None:
+    async def scenario() -> int:
+        slots = TransferSlots(1, peer_paced_s=60)
+        holding = asyncio.Event()
+
+        async def hold_forever() -> None:
+            async with slots.slot() as held:
+                holding.set()
+                async for _ in held.paced_items(arriving([0], asyncio.Event())):
+                    pass
+
+        async def wait_for_turn() -> None:
+            async with slots.slot():
+                pass
+
+        holder = asyncio.create_task(hold_forever())
+        await holding.wait()
+        waiter = asyncio.create_task(wait_for_turn())
+        await asyncio.sleep(0)  # the waiter queues for the only slot
+        for task in (waiter, holder):
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        turns = 0
+        for _ in range(3):
+            async with slots.slot():
+                turns += 1
+        return turns
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) == 3
