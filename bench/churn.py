@@ -45,9 +45,15 @@ fan-out ``check_status client`` (median under 300 ms) from a separate admin
 process (as ``bench/many_clients.py`` does); then every client leaves and
 the drops are judged as above.
 
+With ``--fleet-processes N`` the simulated clients are spread over N
+processes of their own (:class:`Fleet`), so that a fan-out's commands do not
+queue in one interpreter; the fan-out rows show where each command's time
+went (to the clients, answering there, back to the admin).
+
     .venv/bin/python bench/churn.py                              # 1,000 clients, 10 minutes
     .venv/bin/python bench/churn.py --clients 300 --duration 180
     .venv/bin/python bench/churn.py --no-churn --duration 60     # the scale check, 1,000 clients
+    .venv/bin/python bench/churn.py --no-churn --fleet-processes 8   # where there are cores for it
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import json
 import random
 import subprocess
 import sys
@@ -66,6 +73,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -73,7 +81,7 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 
-from bench.common import UsageSampler, percentile, proc_stat, table, usage  # noqa: E402
+from bench.common import UsageSampler, median, percentile, proc_stat, table, usage  # noqa: E402
 from bench.many_clients import command_rows, idle_answer, probe  # noqa: E402
 from fladmin import AdminClient, AdminError, load_kit  # noqa: E402
 from flclientd.connection import Connection, ControlStream  # noqa: E402
@@ -95,6 +103,12 @@ HEARTBEAT_S = 1.0
 DROP_SLACK_S = 3.0
 """A drop may come this long after the timeout (the server sweeps every second)."""
 JOIN_CONCURRENCY = 50
+FLEET_PROCESSES = 1
+"""Processes the simulated clients are spread over (``--fleet-processes``; see :class:`Fleet`).
+
+One on the 2-core development VM: there more processes cost more CPU than
+the queue they share out (docs/benchmarks.md, "Where a fan-out's time
+goes"); on a machine with cores to spare, one per free core."""
 SETTLE_S = 5.0
 """--no-churn: seconds between the last join and the measured window."""
 TARGET_CORES = 0.5
@@ -133,9 +147,9 @@ class Ledger:
     """Seconds from the server handling a heartbeat to its event arriving through the feed."""
     wrongly_dropped: list[tuple[str, str]] = field(default_factory=list)
     unmatched_drops: list[tuple[str, str]] = field(default_factory=list)
-    fan_outs: dict[str, list[float]] = field(default_factory=dict)
-    """Per command id: when the first and the last simulated client received it, and when
-    the last answer was written (all in this process: what the fan-out waited on here)."""
+    fan_outs: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    """Per command id: when each simulated client received it and when it had written its
+    answer (wall clock, as the clients saw it: what the fan-out waited on here)."""
     heartbeats: int = 0
     feed_messages: int = 0
     feed_events: int = 0
@@ -166,29 +180,89 @@ class Ledger:
                 self.feed_messages += 1
                 self.feed_events += events
 
+    def joined(self, name: str, now: float, resumed: bool) -> None:
+        """A simulated client logged in and opened its stream at ``now``."""
+        with self.lock:
+            self.joins += 1
+            self.resumed += resumed
+            self.online[name] = now
+            self.last_contact[name] = now
+            self.sent.setdefault(name, collections.deque())
+            previous = self.departures_of.get(name)
+            if previous:
+                previous[-1].back_at = now
+
+    def join_failed(self) -> None:
+        """A simulated client's login was refused or failed."""
+        with self.lock:
+            self.failed_joins += 1
+
+    def sending(self, name: str, sent: float) -> None:
+        """A simulated client is about to write a heartbeat stamped ``sent``."""
+        with self.lock:
+            self.sent[name].append(sent)
+
+    def beat(self, name: str, sent: float) -> None:
+        """The heartbeat stamped ``sent`` is written."""
+        with self.lock:
+            self.last_contact[name] = sent
+            self.heartbeats += 1
+
+    def left(self, name: str, now: float) -> None:
+        """A simulated client leaves (without logging out) at ``now``."""
+        with self.lock:
+            last = self.last_contact.get(name, now)
+            self.online.pop(name, None)
+            self.sent[name] = collections.deque()
+            departure = Departure(name, last)
+            self.departures.append(departure)
+            self.departures_of.setdefault(name, []).append(departure)
+
     def answered(self, command_id: str, received: float, written: float) -> None:
         """A simulated client received a command at ``received`` and wrote its answer."""
         with self.lock:
-            times = self.fan_outs.setdefault(command_id, [received, received, written])
-            times[0] = min(times[0], received)
-            times[1] = max(times[1], received)
-            times[2] = max(times[2], written)
+            self.fan_outs.setdefault(command_id, []).append((received, written))
 
-    def fan_out_rows(self) -> list[list[str]]:
-        """How long the fan-outs (the server sends one command id to every client of one)
-        took to reach the simulated clients and to be answered by them."""
+    def fan_out_rows(self, calls: list[list[float]]) -> list[list[str]]:
+        """Where each timed fan-out's time went (medians over ``calls``: the probe's samples
+        of ``check_status client``, admin ms, server's own ms and when each was sent).
+
+        A fan-out is matched with the call during which its first command arrived. The
+        server's own time starts when the admin's request is in (a millisecond or so after it
+        was sent) and ends when its reply is built: what is after the last answer written is
+        the server reading the last answers and building the reply; what the admin's time
+        adds is the reply's way back and its decoding in the admin."""
         with self.lock:
-            spans = list(self.fan_outs.values())
-        if not spans:
-            return []
-        arrive = [1000 * (last - first) for first, last, _ in spans]
-        answer = [1000 * (written - first) for first, _, written in spans]
+            spans = [sorted(times) for times in self.fan_outs.values()]
+        parts: dict[str, list[float]] = collections.defaultdict(list)
+        for admin_ms, server_ms, sent in calls:
+            ended = sent + admin_ms / 1000
+            times = next((t for t in spans if sent <= t[0][0] <= ended), None)
+            if times is None:
+                continue
+            first, last = times[0][0], max(r for r, _ in times)
+            written = max(w for _, w in times)
+            handling = sorted(w - r for r, w in times)
+            parts["admin sent -> first command at a simulated client"].append(first - sent)
+            parts["first -> last command received by a simulated client"].append(last - first)
+            parts["received -> answer written, per client (median)"].append(
+                percentile(handling, 50)
+            )
+            parts["received -> answer written, per client (max)"].append(handling[-1])
+            parts["admin sent -> last answer written"].append(written - sent)
+            parts["first command received -> last answer written (the span on the wire)"].append(
+                written - first
+            )
+            parts["last answer written -> server's reply built (server's own end)"].append(
+                server_ms / 1000 - (written - sent)
+            )
+            parts["server's reply built -> admin has it decoded"].append(
+                (admin_ms - server_ms) / 1000
+            )
+        matched = len(parts["admin sent -> last answer written"])
         return [
-            [
-                f"fan-out at the simulated clients ({len(spans)} commands)",
-                f"arrival spread median {percentile(arrive, 50):.0f} ms; last answer written "
-                f"median {percentile(answer, 50):.0f} ms after the first arrival",
-            ]
+            [f"fan-out, {name} ({matched} calls, median)", f"{1000 * median(values):.1f} ms"]
+            for name, values in parts.items()
         ]
 
     def gone(self, name: str, reason: str, when: float) -> None:
@@ -306,7 +380,7 @@ class SimClient:
     def name(self) -> str:
         return self.startup.name
 
-    async def join(self, ledger: Ledger) -> None:
+    async def join(self, ledger: Record) -> None:
         """Log in (resuming when the server still has the token), open the stream."""
         conn = Connection(self.startup, self.files)
         info = MachineInfo(
@@ -315,43 +389,31 @@ class SimClient:
         try:
             login = await conn.login(self.token, info)
         except grpc.aio.AioRpcError:
-            ledger.failed_joins += 1
+            ledger.join_failed()
             await conn.close()
             return
         self.conn, self.token = conn, login.token
         status = st.ClientStatus(status=st.NOT_STARTED, round=-1)
         call = conn.open_control()
         await call.write(Hello(login.token, status))
-        now = time.time()
-        with ledger.lock:
-            ledger.joins += 1
-            ledger.resumed += login.resumed
-            ledger.online[self.name] = now
-            ledger.last_contact[self.name] = now
-            ledger.sent.setdefault(self.name, collections.deque())
-            previous = ledger.departures_of.get(self.name)
-            if previous:
-                previous[-1].back_at = now
+        ledger.joined(self.name, time.time(), login.resumed)
         self.tasks = [
             asyncio.ensure_future(self._heartbeats(call, ledger)),
             asyncio.ensure_future(self._answer(call, ledger)),
         ]
 
-    async def _heartbeats(self, call: ControlStream, ledger: Ledger) -> None:
+    async def _heartbeats(self, call: ControlStream, ledger: Record) -> None:
         await asyncio.sleep(random.uniform(0, HEARTBEAT_S))
         status = st.ClientStatus(status=st.NOT_STARTED, round=-1)
         while True:
             sent = time.time()
-            with ledger.lock:
-                ledger.sent[self.name].append(sent)
+            ledger.sending(self.name, sent)
             async with self.writing:  # one write at a time on a stream
                 await call.write(ClientHeartbeat(status))
-            with ledger.lock:  # written: a heartbeat cut off by leave() never counts
-                ledger.last_contact[self.name] = sent
-                ledger.heartbeats += 1
+            ledger.beat(self.name, sent)  # written: one cut off by leave() never counts
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def _answer(self, call: ControlStream, ledger: Ledger) -> None:
+    async def _answer(self, call: ControlStream, ledger: Record) -> None:
         """Answer commands as a client daemon that trains no run does (``check_status``)."""
         async for message in call:
             if isinstance(message, Command):
@@ -360,15 +422,9 @@ class SimClient:
                     await call.write(idle_answer(message))
                 ledger.answered(message.command_id, received, time.time())
 
-    async def leave(self, ledger: Ledger) -> None:
+    async def leave(self, ledger: Record) -> None:
         """Stop and close the connection without logging out, as a crashed site would."""
-        with ledger.lock:
-            last = ledger.last_contact.get(self.name, time.time())
-            ledger.online.pop(self.name, None)
-            ledger.sent[self.name] = collections.deque()
-            departure = Departure(self.name, last)
-            ledger.departures.append(departure)
-            ledger.departures_of.setdefault(self.name, []).append(departure)
+        ledger.left(self.name, time.time())
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -384,7 +440,7 @@ class SimClient:
             self.conn = None
 
     async def live(
-        self, ledger: Ledger, until: float, joins: asyncio.Semaphore, args: argparse.Namespace
+        self, ledger: Record, until: float, joins: asyncio.Semaphore, args: argparse.Namespace
     ) -> None:
         """Alternate online and offline spells until ``until`` (monotonic), then leave."""
         await asyncio.sleep(random.uniform(0, args.mean_offline))
@@ -399,13 +455,11 @@ class SimClient:
             await asyncio.sleep(max(0.0, min(offline, until - time.monotonic())))
 
 
-def issue_certificates(c: Cluster, count: int, folder: Path) -> list[SimClient]:
-    """One client certificate per simulated site, from the project CA."""
+def issue_certificates(c: Cluster, count: int, folder: Path) -> list[str]:
+    """One client certificate per simulated site, from the project CA; returns their names."""
     ca = Workspace(c.root / "provision").require_ca()
-    template = load_client(c.root / REAL[0])
-    root_cert = c.root / REAL[0] / "startup" / template.ssl_root_cert
     now = datetime.now(UTC)
-    sims = []
+    names = []
     for index in range(count):
         name = f"churn{index:04d}"
         issued = issue(ca, Subject(name, "org-churn", KIND_CLIENT), "ecdsa-p256", 30, now)
@@ -413,45 +467,218 @@ def issue_certificates(c: Cluster, count: int, folder: Path) -> list[SimClient]:
         cert.write_bytes(cert_pem(issued.cert))
         key.write_bytes(key_pem(issued.key))
         key.chmod(0o600)
-        sims.append(SimClient(replace(template, name=name), TlsFiles(root_cert, cert, key)))
-    return sims
+        names.append(name)
+    return names
+
+
+def sim_clients(root: Path, folder: Path, names: list[str]) -> list[SimClient]:
+    """The simulated sites named ``names``, with the certificates in ``folder`` and the
+    settings of the project's first real client kit under ``root``."""
+    template = load_client(root / REAL[0])
+    root_cert = root / REAL[0] / "startup" / template.ssl_root_cert
+    return [
+        SimClient(
+            replace(template, name=name),
+            TlsFiles(root_cert, folder / f"{name}.crt", folder / f"{name}.key"),
+        )
+        for name in names
+    ]
+
+
+class Record(Protocol):
+    """What a simulated client tells the ledger: the ledger itself when the fleet lives in
+    this process, a line to it on stdout when the fleet is spread over processes."""
+
+    def joined(self, name: str, now: float, resumed: bool) -> None: ...
+    def join_failed(self) -> None: ...
+    def sending(self, name: str, sent: float) -> None: ...
+    def beat(self, name: str, sent: float) -> None: ...
+    def answered(self, command_id: str, received: float, written: float) -> None: ...
+    def left(self, name: str, now: float) -> None: ...
+
+
+class LineRecord:
+    """A fleet process's :class:`Record`: one JSON line per call on stdout, which the
+    parent's :class:`Fleet` replays on its ledger in the order written."""
+
+    def say(self, *call: object) -> None:
+        sys.stdout.write(json.dumps(call) + "\n")
+        sys.stdout.flush()
+
+    def joined(self, name: str, now: float, resumed: bool) -> None:
+        self.say("joined", name, now, resumed)
+
+    def join_failed(self) -> None:
+        self.say("join_failed")
+
+    def sending(self, name: str, sent: float) -> None:
+        self.say("sending", name, sent)
+
+    def beat(self, name: str, sent: float) -> None:
+        self.say("beat", name, sent)
+
+    def answered(self, command_id: str, received: float, written: float) -> None:
+        self.say("answered", command_id, received, written)
+
+    def left(self, name: str, now: float) -> None:
+        self.say("left", name, now)
+
+
+LEDGER_CALLS = frozenset({"joined", "join_failed", "sending", "beat", "answered", "left"})
+READY, LEAVE, CPU = "ready", "leave", "cpu"
+"""--no-churn: a fleet process says READY once its clients joined, and is told LEAVE; every
+fleet process says CPU with its CPU seconds as it ends."""
+
+
+class Fleet:
+    """The simulated clients spread over ``--fleet-processes`` processes of their own.
+
+    With all 1,000 in one interpreter, a fan-out's commands queue there: each
+    client reads and answers only when the one loop gets to it, behind the
+    other clients' answers and their 1,000 heartbeats a second, where 1,000
+    sites would each answer at once on their own machine. Several processes
+    share that queue out (on this machine's cores, beside the server). Each
+    runs :func:`fleet_main` on its share of the names and reports what its
+    clients do as :class:`LineRecord` lines, replayed here on the ledger.
+    """
+
+    def __init__(
+        self, ledger: Ledger, spec: dict[str, Any], names: list[str], processes: int
+    ) -> None:
+        self.ledger = ledger
+        self.ready = threading.Semaphore(0)
+        self.children = []
+        self.readers = []
+        self.final_cpu: dict[int, float] = {}
+        for index in range(processes):
+            share = {**spec, "names": names[index::processes]}
+            child = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--fleet", json.dumps(share)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            reader = threading.Thread(target=self._read, args=(child,), daemon=True)
+            reader.start()
+            self.children.append(child)
+            self.readers.append(reader)
+
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.children]
+
+    def _read(self, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            name, *call = json.loads(line)
+            if name == READY:
+                self.ready.release()
+            elif name == CPU:
+                self.final_cpu[child.pid] = call[0]
+            elif name in LEDGER_CALLS:
+                getattr(self.ledger, name)(*call)
+
+    def cpu_s(self) -> float:
+        """CPU seconds the fleet processes used so far (an ended one's as it said at its end)."""
+        total = 0.0
+        for pid in self.pids:
+            try:
+                total += proc_stat(pid).cpu_s
+            except FileNotFoundError:
+                total += self.final_cpu.get(pid, 0.0)
+        return total
+
+    def joined(self) -> None:
+        """Wait until every process's clients joined (--no-churn)."""
+        for _ in self.children:
+            self.ready.acquire()
+
+    def leave(self) -> None:
+        """Tell every process to let its clients leave (--no-churn)."""
+        for child in self.children:
+            assert child.stdin is not None
+            child.stdin.write(LEAVE + "\n")
+            child.stdin.flush()
+
+    def wait(self, timeout: float) -> None:
+        """Wait for every process to end (its clients left) and its last lines to be read."""
+        for child, reader in zip(self.children, self.readers, strict=True):
+            if child.wait(timeout) != 0:
+                raise RuntimeError(f"fleet process {child.pid} failed ({child.returncode})")
+            reader.join(timeout)
+
+
+async def fleet_main(spec: dict[str, Any]) -> None:
+    """A fleet process: its share of the simulated clients, as :func:`churn` or :func:`hold`
+    runs them in one process, reporting to the parent through :class:`LineRecord`."""
+    sims = sim_clients(Path(spec["root"]), Path(spec["certs"]), spec["names"])
+    record = LineRecord()
+    joins = asyncio.Semaphore(spec["join_concurrency"])
+    args = argparse.Namespace(**spec["args"])
+    if spec["churn"]:
+        until = time.monotonic() + args.duration
+        await asyncio.gather(*(sim.live(record, until, joins, args) for sim in sims))
+    else:
+        await join_all(sims, record, joins)
+        record.say(READY)
+        await asyncio.to_thread(sys.stdin.readline)
+        await asyncio.gather(*(sim.leave(record) for sim in sims if sim.conn is not None))
+    record.say(CPU, time.process_time())
+
+
+async def join_all(sims: list[SimClient], record: Record, joins: asyncio.Semaphore) -> None:
+    """Every client joins, at most ``joins`` logging in at once."""
+
+    async def join(sim: SimClient) -> None:
+        async with joins:
+            await sim.join(record)
+
+    await asyncio.gather(*(join(sim) for sim in sims))
 
 
 @dataclass
 class CpuWindow:
-    """CPU of the server and of this process over a stretch of wall time (cores)."""
+    """CPU of the server and of the simulated fleet (this process and its fleet processes)
+    over a stretch of wall time (cores)."""
 
     server_pid: int
+    fleet: Fleet | None = None
     seconds: float = 0.0
     server_cores: float = 0.0
     own_cores: float = 0.0
+
+    def _fleet_cpu(self) -> float:
+        return time.process_time() + (self.fleet.cpu_s() if self.fleet is not None else 0.0)
 
     @contextlib.contextmanager
     def measure(self) -> Iterator[CpuWindow]:
         server, own, started = (
             proc_stat(self.server_pid).cpu_s,
-            time.process_time(),
+            self._fleet_cpu(),
             time.monotonic(),
         )
         yield self
         self.seconds = time.monotonic() - started
         self.server_cores = (proc_stat(self.server_pid).cpu_s - server) / self.seconds
-        self.own_cores = (time.process_time() - own) / self.seconds
+        self.own_cores = (self._fleet_cpu() - own) / self.seconds
 
 
 async def churn(
-    sims: list[SimClient], ledger: Ledger, args: argparse.Namespace, window: CpuWindow
+    sims: list[SimClient] | Fleet, ledger: Ledger, args: argparse.Namespace, window: CpuWindow
 ) -> list[list[str]]:
     """Every simulated client lives for the duration; then all leave."""
     with window.measure():
-        until = time.monotonic() + args.duration
-        joins = asyncio.Semaphore(JOIN_CONCURRENCY)
-        await asyncio.gather(*(sim.live(ledger, until, joins, args) for sim in sims))
+        if isinstance(sims, Fleet):
+            await asyncio.to_thread(sims.wait, args.duration + 120)
+        else:
+            until = time.monotonic() + args.duration
+            joins = asyncio.Semaphore(JOIN_CONCURRENCY)
+            await asyncio.gather(*(sim.live(ledger, until, joins, args) for sim in sims))
     return []
 
 
 async def hold(
-    sims: list[SimClient],
+    sims: list[SimClient] | Fleet,
     ledger: Ledger,
     args: argparse.Namespace,
     window: CpuWindow,
@@ -459,14 +686,11 @@ async def hold(
 ) -> list[list[str]]:
     """--no-churn: every client joins and stays; measure the quiet fleet, time the commands
     with all of them connected, then all leave. Returns the commands' rows."""
-    joins = asyncio.Semaphore(JOIN_CONCURRENCY)
-
-    async def join(sim: SimClient) -> None:
-        async with joins:
-            await sim.join(ledger)
-
     started = time.monotonic()
-    await asyncio.gather(*(join(sim) for sim in sims))
+    if isinstance(sims, Fleet):
+        await asyncio.to_thread(sims.joined)
+    else:
+        await join_all(sims, ledger, asyncio.Semaphore(JOIN_CONCURRENCY))
     print(f"{ledger.joins} joined in {time.monotonic() - started:.0f} s", flush=True)
     await asyncio.sleep(SETTLE_S)
     ledger.restart_latencies()
@@ -476,11 +700,15 @@ async def hold(
     ledger.recording = False
     print("timing admin commands ...", flush=True)
     samples = await probe(admin_startup, {"check_status server": args.calls})
-    fanning = CpuWindow(window.server_pid)
+    fanning = CpuWindow(window.server_pid, window.fleet)
     with fanning.measure():
         samples.update(await probe(admin_startup, {"check_status client": args.fanout_calls}))
     online = len(ledger.online)
-    await asyncio.gather(*(sim.leave(ledger) for sim in sims if sim.conn is not None))
+    if isinstance(sims, Fleet):
+        sims.leave()
+        await asyncio.to_thread(sims.wait, 120)
+    else:
+        await asyncio.gather(*(sim.leave(ledger) for sim in sims if sim.conn is not None))
     rows = [["clients online while timing commands", str(online)]]
     fan_outs = int(args.fanout_calls) + 1  # and the probe's warm-up call
 
@@ -491,7 +719,7 @@ async def hold(
     return [
         *rows,
         *command_rows(samples, COMMAND_TARGETS_MS),
-        *ledger.fan_out_rows(),
+        *ledger.fan_out_rows(samples["check_status client"]),
         [
             "CPU per fan-out, server / simulated clients (at the measured window's rate)",
             f"{per_call(fanning.server_cores):.0f} ({per_call(window.server_cores):.0f}) / "
@@ -584,8 +812,18 @@ def main(argv: list[str] | None = None) -> int:
         "--fanout-calls", type=int, default=10, help="--no-churn: check_status client calls (10)"
     )
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
+    parser.add_argument(
+        "--fleet-processes",
+        type=int,
+        default=FLEET_PROCESSES,
+        help=f"processes the simulated clients are spread over ({FLEET_PROCESSES}; 1: this one)",
+    )
     parser.add_argument("--feed", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--fleet", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fleet:
+        asyncio.run(fleet_main(json.loads(args.fleet)))
+        return 0
     if args.feed:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(follow_feed(args.feed))
@@ -617,12 +855,26 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     certificates = root / "churn-certs"
     certificates.mkdir()
     print(f"issuing {args.clients} client certificates ...", flush=True)
-    sims = issue_certificates(c, args.clients, certificates)
+    names = issue_certificates(c, args.clients, certificates)
     ledger = Ledger()
     feed = Feed(c.kit(), ledger)
     rounds_before = len(c.metrics())
     warmup = args.warmup if args.warmup is not None else max(60.0, args.duration / 5)
-    window = CpuWindow(server.pid)
+    sims: list[SimClient] | Fleet
+    if args.fleet_processes > 1:
+        processes = min(args.fleet_processes, len(names))
+        spec = {
+            "root": str(c.root),
+            "certs": str(certificates),
+            "churn": args.churn,
+            "join_concurrency": max(1, JOIN_CONCURRENCY // processes),
+            "args": {k: vars(args)[k] for k in ("duration", "mean_online", "mean_offline")},
+        }
+        sims = Fleet(ledger, spec, names, processes)
+        window = CpuWindow(server.pid, sims)
+    else:
+        sims = sim_clients(c.root, certificates, names)
+        window = CpuWindow(server.pid)
     with UsageSampler({"flserverd": server.pid}, 2.0) as sampler:
         if args.churn:
             print(f"churning for {args.duration:g} s ...", flush=True)
@@ -649,7 +901,10 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
     rss, fds, threads = sampler.slopes(warmup)["flserverd"]
     kept = sampler.after("flserverd", warmup)
     rows = [
-        ["simulated clients (own certificates)", str(len(sims))],
+        [
+            "simulated clients (own certificates), fleet processes",
+            f"{len(names)}, {max(1, min(args.fleet_processes, len(names)))}",
+        ],
         [
             "joins (resumed a registration) / failed",
             f"{ledger.joins} ({ledger.resumed}) / {ledger.failed_joins}",
@@ -672,7 +927,7 @@ def run(c: Cluster, root: Path, args: argparse.Namespace) -> list[list[str]]:
             else str(alive),
         ],
         [
-            f"server CPU / this process's CPU over {window.seconds:.0f} s",
+            f"server CPU / the simulated fleet's CPU over {window.seconds:.0f} s",
             f"{window.server_cores:.3f} / {window.own_cores:.2f} cores"
             + ("" if args.churn else verdict(window.server_cores < TARGET_CORES, TARGET_CORES, "")),
         ],

@@ -48,9 +48,17 @@ Samples = dict[str, list[tuple[float, float]]]
 
 
 async def measure(
-    startup: Path, lines: list[str], calls: int, *, warmup: int = 3, timeout: float = 10.0
+    startup: Path,
+    lines: list[str],
+    calls: int,
+    *,
+    warmup: int = 3,
+    timeout: float = 10.0,
+    starts: dict[str, list[float]] | None = None,
 ) -> Samples:
-    """(admin-side ms, server-side ms) of each call of each command line, interleaved."""
+    """(admin-side ms, server-side ms) of each call of each command line, interleaved; with
+    ``starts``, the wall-clock time each timed call was sent, per line (for matching a call
+    with what other processes saw of it)."""
     client = AdminClient(startup, load_kit(startup), ADMIN)
     client.timeout = timeout
     await client.login()
@@ -61,6 +69,8 @@ async def measure(
                 await client.execute(line)
         for _ in range(calls):
             for line in lines:
+                if starts is not None:
+                    starts.setdefault(line, []).append(time.time())
                 started = time.perf_counter()
                 outcome = await client.execute(line)
                 elapsed = (time.perf_counter() - started) * 1e3

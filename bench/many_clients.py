@@ -178,7 +178,9 @@ def cpu_over(pid: int, seconds: float) -> tuple[float, float]:
 
 
 async def probe(startup_dir: Path, calls: dict[str, int]) -> dict[str, list[list[float]]]:
-    """Time admin commands from a separate process (this one is busy with the sessions)."""
+    """Time admin commands from a separate process (this one is busy with the sessions):
+    per command line, each call's admin-side ms, the server's own ms and when it was sent
+    (wall clock)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(Path(__file__).resolve()),
@@ -200,8 +202,8 @@ def command_rows(
     server's own time; with a target in ms for a command line, whether its median meets it."""
     rows = []
     for line, values in samples.items():
-        admin_ms = [a for a, _ in values]
-        server_ms = [s for _, s in values]
+        admin_ms = [sample[0] for sample in values]
+        server_ms = [sample[1] for sample in values]
         target = (targets or {}).get(line)
         verdict = ""
         if target is not None:
@@ -222,9 +224,14 @@ def run_probe(startup_dir: Path, calls: dict[str, int]) -> int:
     """The admin process: time each command line, print JSON samples."""
     from bench.command_latency import measure
 
-    results: dict[str, list[tuple[float, float]]] = {}
+    results: dict[str, list[tuple[float, float, float]]] = {}
     for line, count in calls.items():
-        results.update(asyncio.run(measure(startup_dir, [line], count, warmup=1, timeout=60)))
+        starts: dict[str, list[float]] = {}
+        samples = asyncio.run(
+            measure(startup_dir, [line], count, warmup=1, timeout=60, starts=starts)
+        )
+        timed = zip(samples[line], starts[line], strict=True)
+        results[line] = [(admin, server, sent) for (admin, server), sent in timed]
     print(json.dumps(results))
     return 0
 

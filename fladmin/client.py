@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from flcore.configfile import parse_json, read_bounded
-from flcore.feed import printable
+from flcore.feed import json_printable, printable
 from flcore.folders import FolderError, folder_size, iter_chunks
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -294,7 +294,7 @@ def _from_wire(line: str, reply: admin_pb2.CommandReply) -> CommandReply:
         raw = parse_json(reply.data_json, "reply data", allow_nan=True) if reply.data_json else {}
     except ConfigError:
         raw = {}
-    data = _printable_json(raw)
+    data = raw if json_printable(reply.data_json) else _printable_json(raw)
     return CommandReply(
         line,
         reply.ok,

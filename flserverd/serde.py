@@ -131,14 +131,36 @@ def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward:
     raise WireError("a control-stream message with no body this server knows")
 
 
+class _LastCommand:
+    """The message of the last command converted, kept for the same :class:`Command` object.
+
+    A fan-out (:func:`flserverd.links.call_all`) queues one ``Command`` on
+    every link, and each stream's writer converts what it takes from its
+    queue: 1,000 conversions of one command, ~25 µs each. gRPC serializes
+    what a handler yields and never changes it, so the streams can share
+    one message. The key is the object itself (``is``), never its id alone,
+    so a new command, even an equal one, gets its own message.
+    """
+
+    command: Command | None = None
+    message = fed_pb2.ServerMessage()
+
+
+def _command_to_proto(command: Command) -> fed_pb2.ServerMessage:
+    if _LastCommand.command is not command:
+        _LastCommand.message = fed_pb2.ServerMessage(
+            command=fed_pb2.ServerCommand(
+                command_id=command.command_id, name=command.name, args_json=json.dumps(command.args)
+            )
+        )
+        _LastCommand.command = command
+    return _LastCommand.message
+
+
 def downward_to_proto(message: Downward) -> fed_pb2.ServerMessage:
     """A message for a client's control stream."""
     if isinstance(message, Command):
-        return fed_pb2.ServerMessage(
-            command=fed_pb2.ServerCommand(
-                command_id=message.command_id, name=message.name, args_json=json.dumps(message.args)
-            )
-        )
+        return _command_to_proto(message)
     if isinstance(message, TaskOffer):
         return fed_pb2.ServerMessage(
             task=fed_pb2.TaskOffer(

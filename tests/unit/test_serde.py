@@ -126,6 +126,17 @@ def test_downward_messages_survive_the_wire(message: Downward) -> None:
     assert client_serde.downward_from_proto(wire) == message
 
 
+def test_a_fan_outs_command_is_converted_once_and_a_new_one_anew() -> None:
+    command = Command("c1", "check_status", {})
+    first = server_serde.downward_to_proto(command)
+    assert server_serde.downward_to_proto(command) is first  # the same object, every link
+    equal = Command("c1", "check_status", {})  # equal, but another command
+    assert server_serde.downward_to_proto(equal) is not first
+    other = server_serde.downward_to_proto(Command("c2", "shutdown", {"force": True}))
+    assert client_serde.downward_from_proto(other) == Command("c2", "shutdown", {"force": True})
+    assert client_serde.downward_from_proto(first) == command
+
+
 def test_an_unknown_compression_is_not_taken_for_none() -> None:
     compression = common_pb2.WireCompression.ValueType(7)
     task = fed_pb2.TaskOffer(
