@@ -322,3 +322,19 @@ def test_transfers_paced_by_their_links_are_bounded_too() -> None:
 
     asyncio.run(scenario())
     assert order.index("fast 0") > order.index("slow-1 done")
+
+
+def test_a_step_that_outlasted_the_limit_only_while_this_servers_loop_was_busy_keeps_the_slot() -> (
+    None
+):
+    async def scenario() -> bool:
+        slots = TransferSlots(1, 8, peer_paced_s=0.01)
+        loop = asyncio.get_running_loop()
+        async with slots.slot() as held:
+            arrived: asyncio.Future[int] = loop.create_future()
+            loop.call_soon(time.sleep, 0.05)  # this server's loop is held up past the limit
+            loop.call_later(0.055, arrived.set_result, 1)  # the peer's chunk, soon after
+            assert await held.paced(arrived) == 1
+            return held.held
+
+    assert asyncio.run(scenario())
