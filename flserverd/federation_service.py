@@ -172,7 +172,7 @@ class FederationService(fed_grpc.FederationServicer):
         what = f"download of {download.path.name} to {client.instance}"
         try:
             await self.exchange.downloads.send_all(
-                what, chunks, self._chunk_writer(context, download)
+                what, chunks, self._chunk_writer(context, download), owner=client.client_name
             )
         except TransferStalled as exc:
             log.warning("%s", exc)

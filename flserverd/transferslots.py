@@ -20,9 +20,11 @@ slot before its client sends any chunk: the client sends its header and
 waits for the server's go (:data:`flcore.wire.UPLOAD_TURN`), and the
 server gives it when the upload holds a slot. It keeps the slot until the
 upload is received, and its client's memory in the server is one stream
-with one header until then. A site (a certificate) holds at most one
-upload slot: its next upload waits for its last, so one site, hostile or
-busy, with several client instances cannot take every slot from the
+with one header until then.
+
+A site (a certificate) has at most one transfer under way in each
+direction: its next waits for its last, so one site, hostile or busy,
+with several client instances cannot take every slot or place from the
 others.
 
 A slot is for this server's CPU and memory, not for a peer's link. A step
@@ -201,16 +203,21 @@ class TransferSlots:
             held.release()
 
     async def send_all(
-        self, what: str, items: Iterator[T], write: Callable[[T], Awaitable[None]]
+        self,
+        what: str,
+        items: Iterator[T],
+        write: Callable[[T], Awaitable[None]],
+        owner: str | None = None,
     ) -> None:
         """Read ``items`` (a blocking, file-reading iterator) in a worker thread and
-        ``write`` each, :data:`CHUNKS_PER_SLOT` at a time while holding a slot.
+        ``write`` each, :data:`CHUNKS_PER_SLOT` at a time while holding a slot, all while
+        holding a place; with ``owner``, after that owner's earlier transfers.
 
         Raises TransferStalled (naming ``what``) when one write did not finish within
         the stall limit; the slot is given back first.
         """
         try:
-            async with self._places:
+            async with self._owned(owner), self._places:
                 while await self._send_batch(what, items, write):
                     pass
         finally:

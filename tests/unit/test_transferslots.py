@@ -338,3 +338,22 @@ def test_a_step_that_outlasted_the_limit_only_while_this_servers_loop_was_busy_k
             return held.held
 
     assert asyncio.run(scenario())
+
+
+def test_a_sites_downloads_go_one_after_another() -> None:
+    senders = Senders()
+
+    async def scenario() -> None:
+        slots = TransferSlots(2, 8, peer_paced_s=60)
+        await asyncio.gather(
+            *(
+                slots.send_all(f"download to {name}", iter(range(CHUNKS)), senders.write(name), site)
+                for name, site in (("a-1", "a"), ("a-2", "a"), ("b-1", "b"))
+            )
+        )
+
+    asyncio.run(scenario())
+    a_1 = [index for index, (who, _) in enumerate(senders.order) if who == "a-1"]
+    a_2 = [index for index, (who, _) in enumerate(senders.order) if who == "a-2"]
+    assert max(a_1) < min(a_2)  # a-2 waited for a-1, while b-1 sent beside a-1
+    assert senders.most_at_once == 2
