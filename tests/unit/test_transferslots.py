@@ -347,7 +347,9 @@ def test_a_sites_downloads_go_one_after_another() -> None:
         slots = TransferSlots(2, 8, peer_paced_s=60)
         await asyncio.gather(
             *(
-                slots.send_all(f"download to {name}", iter(range(CHUNKS)), senders.write(name), site)
+                slots.send_all(
+                    f"download to {name}", iter(range(CHUNKS)), senders.write(name), site
+                )
                 for name, site in (("a-1", "a"), ("a-2", "a"), ("b-1", "b"))
             )
         )
