@@ -140,7 +140,8 @@ class CrossValidation:
             log.info("run %d: %s takes part in cross-site validation", self.run_number, instance)
 
     def start_validating(self, instance: str) -> None:
-        """A participant finished training and is ready to validate others' models."""
+        """A participant finished training and is ready to validate others' models (or came
+        back on a new control stream, and is told again what it may validate)."""
         self.declare(instance)
         self.validating.add(instance)
         self._offer([instance])

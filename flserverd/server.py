@@ -577,7 +577,7 @@ class FLServer:
         link = ClientLink(client.instance)
         self.links[client.token_key] = link
         client.connected = True
-        self.update_status(client, status)
+        self.update_status(client, status, new_stream=True)
         self._spawn_notify()
         return link
 
@@ -599,9 +599,16 @@ class FLServer:
             log.info("control stream of %s closed; it stays registered", client.instance)
             self.publish_client(client)
 
-    def update_status(self, client: RegisteredClient, status: ClientStatus) -> None:
+    def update_status(
+        self, client: RegisteredClient, status: ClientStatus, new_stream: bool = False
+    ) -> None:
         """A client reported its status: keep the round controller and cross-site validation
-        in step."""
+        in step.
+
+        ``new_stream``: the status is a new control stream's hello. An offer made while
+        the client had no stream never reached it, so the task it has not taken up yet is
+        offered again (an offer it already took up would only be answered twice).
+        """
         previous = client.status
         client.status = status
         self.registry.heard(client)
@@ -611,7 +618,7 @@ class FLServer:
             self.registry.remember(client)
         self.publish_client(client)
         if self.known_run(status.run_number):
-            self._follow_crossval(client.instance, previous, status)
+            self._follow_crossval(client.instance, previous, status, new_stream)
         training = self.training_for(status.run_number)
         if training is None or not training.active:
             self._end_stale_run(client, status)
@@ -619,6 +626,8 @@ class FLServer:
         if status.status == st.STARTED:
             if client.instance not in training.ready:
                 training.client_ready(client.instance)
+            elif new_stream:
+                training.offer_missed(client.instance, status.round)
         elif status.status == st.FAILED:
             training.client_gone(client.instance, failed_reason=status.error or "failed")
         elif status.status != st.STARTING:
@@ -626,11 +635,14 @@ class FLServer:
         if self.blocked(training) != self._blocked:
             self.publish_run()
 
-    def _follow_crossval(self, instance: str, previous: ClientStatus, status: ClientStatus) -> None:
+    def _follow_crossval(
+        self, instance: str, previous: ClientStatus, status: ClientStatus, new_stream: bool
+    ) -> None:
         crossval = self.crossval_for(status.run_number)
         if status.cross_validate and status.status != st.FAILED:
             crossval.declare(instance)
-        if status.status == st.CROSS_VALIDATING and instance not in crossval.validating:
+        validating = status.status == st.CROSS_VALIDATING
+        if validating and (new_stream or instance not in crossval.validating):
             crossval.start_validating(instance)
         elif status.status == st.FAILED:
             crossval.withdraw(instance, f"failed: {status.error or 'unknown error'}")

@@ -268,6 +268,17 @@ class Training:
         if not self.active:
             return
         self.ready.add(instance)
+        self._offer_undone(instance)
+        self._listener.run_changed()
+
+    def offer_missed(self, instance: str, taken_round: int) -> None:
+        """A ready client came back on a new control stream, having last taken up the task
+        of ``taken_round``: offer it the current task again when that is another one, since
+        an offer sent while it had no stream was lost."""
+        if self.active and instance in self.ready and taken_round != self.current_offer().round:
+            self._offer_undone(instance)
+
+    def _offer_undone(self, instance: str) -> None:
         offer = self.current_offer()
         done = (
             instance in self.final_reports
@@ -276,7 +287,6 @@ class Training:
         )
         if not done and not self.fault:
             self._listener.offer([instance], offer)
-        self._listener.run_changed()
 
     def client_gone(self, instance: str, failed_reason: str = "") -> None:
         """A client stopped, failed or was dropped: stop waiting for it."""

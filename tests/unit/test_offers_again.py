@@ -1,0 +1,79 @@
+"""An offer the server made while a client had no control stream never reached it: the
+client's next stream gets it again, for training rounds and for cross-site validation, and a
+client that already took up its task is not offered it twice. Driven on a real FLServer
+without gRPC."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flcore import status as st
+from flcore.federation import GLOBAL_OWNER, MachineInfo, TaskKind, TaskOffer
+from flcore.identity import KIND_CLIENT, Identity
+from flserverd.links import ClientLink
+from flserverd.registry import RegisteredClient
+from flserverd.server import FLServer
+from tests.unit.test_exchange import RUN, on_server, train, write_model
+
+
+async def offers(link: ClientLink) -> list[TaskOffer]:
+    """The offers queued on ``link`` (closing it)."""
+    link.close()
+    queued = []
+    while (message := await link.next()) is not None:
+        if isinstance(message, TaskOffer):
+            queued.append(message)
+    return queued
+
+
+def site(server: FLServer, name: str) -> RegisteredClient:
+    identity = Identity(name, "hospital", KIND_CLIENT, serial=hash(name) & 0xFFFF)
+    return server.login(identity, "", MachineInfo()).client
+
+
+def training(round: int = -1) -> st.ClientStatus:
+    return st.ClientStatus(status=st.STARTED, run_number=RUN, round=round)
+
+
+def test_a_training_offer_lost_between_streams_is_made_again(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        train(server, num_rounds=2, min_num_clients=2)
+        client = site(server, "site-a")
+        first = server.attach(client, training())
+        assert [(o.kind, o.round) for o in await offers(first)] == [(TaskKind.TRAIN, 0)]
+        server.detach(client, first)
+
+        # The offer went into the first stream as it broke: the hello says round 0 was
+        # never taken up, so the new stream offers it again.
+        second = server.attach(client, training())
+        assert [(o.kind, o.round) for o in await offers(second)] == [(TaskKind.TRAIN, 0)]
+        server.detach(client, second)
+
+        # A client that took up round 0 (training or sent it) is not offered it twice.
+        third = server.attach(client, training(round=0))
+        assert await offers(third) == []
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_cross_site_offer_lost_between_streams_is_made_again(tmp_path: Path) -> None:
+    async def scenario(server: FLServer) -> None:
+        train(server, num_rounds=2)
+        crossval = server.crossval_for(RUN)
+        crossval.declare("site-b")
+        a = site(server, "site-a")
+        validating = st.ClientStatus(
+            status=st.CROSS_VALIDATING, run_number=RUN, round=-1, cross_validate=True
+        )
+        link = server.attach(a, validating)
+        assert [o.pending for o in await offers(link)] == [(GLOBAL_OWNER, "site-b")]
+        server.detach(a, link)
+
+        # site-b's model comes while site-a has no stream: the offer naming it is lost.
+        crossval.accept_model("site-b", write_model(tmp_path / "b.safetensors", 1.0))
+        again = server.attach(a, validating)
+        assert [(o.owners, o.pending) for o in await offers(again)] == [
+            (("site-b",), (GLOBAL_OWNER,))
+        ]
+
+    on_server(tmp_path, scenario)
