@@ -26,7 +26,7 @@ from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
 from flclientd.uplink import EXIT_REFUSED
-from flcore.daemon import daemon_parser, start_daemon, stop_on_signals
+from flcore.daemon import collect_garbage_in_bulk, daemon_parser, start_daemon, stop_on_signals
 from flcore.exporter import EndpointSettings, endpoint_settings, serve_metrics
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
@@ -99,6 +99,7 @@ async def serve(
             log.error("%s", exc)
             return EXIT_REFUSED
     stop_on_signals(agent.request_shutdown)
+    collect_garbage_in_bulk()
     notify("READY=1", f"STATUS=client {startup.name} of {startup.project} on {device.device}")
     if data_root is None:
         log.warning(

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import grpc
 
-from flcore.daemon import daemon_parser, raise_open_files, start_daemon, stop_on_signals
+from flcore.daemon import (
+    collect_garbage_in_bulk,
+    daemon_parser,
+    raise_open_files,
+    start_daemon,
+    stop_on_signals,
+)
 from flcore.exporter import endpoint_settings
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
@@ -104,6 +110,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     shutdown = loop.create_task(server.shutdown_requested.wait())
     stopped = loop.create_task(stop.wait())
 
+    collect_garbage_in_bulk()
     notify("READY=1", f"STATUS=serving project {startup.project}")
     log.info(
         "flserverd %s ready: project %s, federation on %s:%d, admin on %s:%d",
