@@ -139,7 +139,7 @@ def collect_garbage_in_bulk() -> None:
     10, 10) a server with 1,000 clients heartbeating made a young pass every
     ~0.1 s, an older one (5-15 ms: each client's long-lived objects pass
     through it) every ~0.4 s and a full one (~100 ms) every few minutes,
-    landing inside fan-outs and heartbeats: 0.6-0.8 s of collection in a
+    landing inside fan-outs and heartbeats: 0.8-1.1 s of collection in a
     50 s check, against ~0.1 s with these settings (docs/benchmarks.md §12,
     "The garbage collector"). Most of a daemon's containers (messages,
     futures, tasks) are freed by their reference counts long before a pass;
