@@ -270,6 +270,7 @@ def test_a_client_killed_mid_round_leaves_nothing_behind_and_rejoins(
     )
     cluster.ok("start server")
     cluster.ok("start client")
+    removed = "client flclient2 (flclient2) removed: no heartbeat"
     for index, point in enumerate(faults):
         assert victim.wait(120) == -signal.SIGKILL, point
         assert f"fault point {point} reached (2): SIGKILL" in victim.log()
@@ -278,8 +279,7 @@ def test_a_client_killed_mid_round_leaves_nothing_behind_and_rejoins(
         # The round it died in goes on with flclient1 once flclient2's heartbeat is missed.
         removals = index + 1  # one per kill so far
         wait_until(
-            lambda: server.log().count("client flclient2 (flclient2) removed: no heartbeat")
-            >= removals,  # noqa: B023
+            lambda: server.log().count(removed) >= removals,  # noqa: B023
             30,
             f"flclient2 removed after the kill at {point}",
         )
