@@ -181,9 +181,9 @@ class ModelExchange:
                 verdict = self.check_upload(instance, header, training)
                 if verdict is None:
                     await go()
-                    verdict = await self._spool_and_accept(
-                        instance, header, training, slot.paced_items(chunks)
-                    )
+                    paced = slot.paced_items(chunks)
+                    verdict = await self._spool_and_accept(instance, header, training, paced)
+                    await self._rest_dropped(instance, header, paced)
         if verdict.outcome is not SubmitOutcome.ACCEPTED:
             log.info(
                 "%s from %s for round %d %s: %s",
@@ -196,6 +196,33 @@ class ModelExchange:
         for watcher in self.watchers:
             watcher.upload_judged(instance, header, verdict)
         return verdict
+
+    async def _rest_dropped(
+        self, instance: str, header: SubmitHeader, chunks: AsyncIterator[WireChunk]
+    ) -> None:
+        """Read and drop what the sender still sends after a verdict given mid-upload (a
+        chunk refused), up to the size its header declared.
+
+        gRPC's asyncio client loses the server's answer when one of its writes
+        fails because the server had already ended the call (grpc/grpc#36066):
+        the sender then sees "Internal error from Core" instead of the reason its
+        update was refused. So the call ends once the sender is done; one that
+        sends more than it declared is cut off there, and one that stops sending
+        is given up after the stall limit (TransferStalled, as for any upload).
+        """
+        limit = header.manifest.total_bytes
+        dropped = 0
+        watch = ProgressWatch(f"the rest of a refused {_what(header.kind)} from {instance}")
+
+        async def drop() -> None:
+            nonlocal dropped
+            async for chunk in chunks:
+                watch.moved()
+                dropped += len(chunk.data)
+                if dropped > limit:
+                    return
+
+        await watch.run(drop())
 
     def check_upload(
         self, instance: str, header: SubmitHeader, training: Training | None

@@ -201,6 +201,49 @@ def test_a_poisoned_update_is_rejected_and_not_folded(tmp_path: Path) -> None:
     on_server(tmp_path, scenario)
 
 
+def test_a_refusal_mid_upload_waits_for_the_sender_to_finish_up_to_the_size_declared(
+    tmp_path: Path,
+) -> None:
+    """gRPC's asyncio client loses the verdict when it writes after the server ended the call
+    (grpc/grpc#36066), so the verdict on a refused chunk comes once the sender is done; a
+    sender that goes on past the size it declared is cut off there."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2, min_num_clients=2)
+        path = tmp_path / "nan_first.safetensors"
+        tensors = {"w": np.zeros(4, dtype=np.float32), "b": np.full(1, np.nan, dtype=np.float32)}
+        safetensors.numpy.save_file(tensors, path)
+        model = TensorFile(path)
+        first, *rest = list(model.iter_chunks())
+        assert first[0] == "b" and rest, "the refused chunk must come first"
+        sent: list[int] = []
+
+        async def honest() -> AsyncIterator[WireChunk]:
+            for chunk in [first, *rest]:
+                sent.append(len(chunk[2]))
+                yield WireChunk(*chunk)
+
+        poisoned = header(model.manifest)
+        verdict = await upload(exchange, "site-a", poisoned, honest())
+        assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
+        assert len(sent) == 1 + len(rest)  # every chunk was read before the verdict
+
+        async def endless() -> AsyncIterator[WireChunk]:
+            for chunk in [first, *rest]:
+                yield WireChunk(*chunk)
+            while True:
+                sent.append(len(rest[-1][2]))
+                yield WireChunk(*rest[-1])
+
+        sent.clear()
+        verdict = await upload(exchange, "site-b", poisoned, endless())
+        assert verdict.outcome is SubmitOutcome.REJECTED
+        assert sum(sent) <= model.manifest.total_bytes + len(rest[-1][2])
+
+    on_server(tmp_path, scenario)
+
+
 def test_best_local_models_and_cross_site_reports(tmp_path: Path) -> None:
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
