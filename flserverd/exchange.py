@@ -182,8 +182,14 @@ class ModelExchange:
                 if verdict is None:
                     await go()
                     paced = slot.paced_items(chunks)
-                    verdict = await self._spool_and_accept(instance, header, training, paced)
-                    await self._rest_dropped(instance, header, paced)
+                    try:
+                        verdict = await self._spool_and_accept(instance, header, training, paced)
+                        await self._rest_dropped(instance, header, paced)
+                    except TransferStalled as exc:
+                        log.warning("%s", exc)
+                        for watcher in self.watchers:
+                            watcher.stalled(header.kind)
+                        raise
         if verdict.outcome is not SubmitOutcome.ACCEPTED:
             log.info(
                 "%s from %s for round %d %s: %s",
@@ -326,11 +332,6 @@ class ModelExchange:
                 training.storage_failed(exc)
                 return training.postponed()
             return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
-        except TransferStalled as exc:
-            log.warning("%s", exc)
-            for watcher in self.watchers:
-                watcher.stalled(header.kind)
-            raise
         finally:
             # An accepted update's file was moved into its round (RunStore.keep_update).
             if spool is not None:
