@@ -18,6 +18,13 @@ handshake not timed), ``--repeats`` times each way: "download" is the child
 a one-byte acknowledgement. Reported: MB/s of each (median over the
 repeats) and ours as a share of the floor (target: at least 80 %).
 
+The same socket then moves the same bytes file to file: the sender reads
+the server's global model file chunk by chunk, the receiver writes each
+chunk into a new file (and, for an upload, checks it for NaN and infinity
+as the server checks every upload chunk). That is the work our receivers
+must do to hold a model of any size in O(chunk) memory, so "TLS socket,
+files" is what a transport of our own on this socket could reach at best.
+
 A second reference shows how much of the gap is the transport itself: the
 same bytes as a stream of 1 MiB messages over gRPC (``grpc.aio``, the
 daemons' TLS credentials and channel options, raw bytes: no protobuf, no
@@ -45,6 +52,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -67,6 +75,7 @@ CLIENT = "flclient1"
 CHUNK = 1 << 20
 TRANSFER = re.compile(r"(downloaded|uploaded) \S+: (\d+) bytes in ([\d.]+) s")
 DOWNLOAD, UPLOAD, ACK = b"D", b"U", b"K"
+FILE_DOWNLOAD, FILE_UPLOAD = b"d", b"u"
 BARE_SERVICE = "flbench.Bare"
 Seconds = dict[str, list[float]]
 
@@ -100,7 +109,36 @@ def send_exactly(sock: ssl.SSLSocket, nbytes: int, payload: memoryview) -> None:
         left -= step
 
 
-def run_peer(folder: Path) -> int:
+def receive_into_file(
+    sock: ssl.SSLSocket, nbytes: int, buffer: memoryview, path: Path, check: bool
+) -> None:
+    """Read ``nbytes`` chunk by chunk into a new file (deleted after), each chunk checked for
+    NaN and infinity first when ``check``, as a spool keeps a transfer."""
+    with path.open("wb") as out:
+        left = nbytes
+        while left:
+            step = min(left, len(buffer))
+            receive_exactly(sock, step, buffer)
+            if check:
+                np.isfinite(np.frombuffer(buffer[: step - step % 4], np.float32)).all()
+            out.write(buffer[:step])
+            left -= step
+    path.unlink()
+
+
+def send_from_file(sock: ssl.SSLSocket, nbytes: int, path: Path, buffer: memoryview) -> None:
+    """Write the first ``nbytes`` of a file, read chunk by chunk into the (reused) buffer."""
+    with path.open("rb") as source:
+        left = nbytes
+        while left:
+            got = source.readinto(buffer[: min(left, len(buffer))])
+            if not got:
+                raise ValueError(f"{path} holds fewer than {nbytes} bytes")
+            sock.sendall(buffer[:got])
+            left -= got
+
+
+def run_peer(folder: Path, model: Path, spool: Path) -> int:
     """The server's side of the floor (a child process): serve requests until closed."""
     listener = socket.create_server(("127.0.0.1", 0))
     print(listener.getsockname()[1], flush=True)
@@ -112,18 +150,33 @@ def run_peer(folder: Path) -> int:
             head = sock.recv(9)
             if not head:
                 return 0
-            nbytes = int.from_bytes(head[1:], "big")
-            if head[:1] == DOWNLOAD:
+            mode, nbytes = head[:1], int.from_bytes(head[1:], "big")
+            if mode == DOWNLOAD:
                 send_exactly(sock, nbytes, payload)
+            elif mode == FILE_DOWNLOAD:
+                send_from_file(sock, nbytes, model, buffer)
             else:
-                receive_exactly(sock, nbytes, buffer)
+                if mode == FILE_UPLOAD:
+                    receive_into_file(sock, nbytes, buffer, spool / "upload", check=True)
+                else:
+                    receive_exactly(sock, nbytes, buffer)
                 sock.sendall(ACK)
 
 
-def tls_floor(c: Cluster, nbytes: int, repeats: int) -> Seconds:
-    """Seconds per transfer of ``nbytes`` each way over a plain TLS 1.3 socket."""
+def tls_floor(c: Cluster, nbytes: int, repeats: int) -> tuple[Seconds, Seconds]:
+    """Seconds per transfer of ``nbytes`` each way over a plain TLS 1.3 socket: memory to
+    memory, and file to file."""
+    model = c.root / "server" / "run_1" / "global_model.safetensors"
+    spool = Path(tempfile.mkdtemp(prefix="floor-", dir=c.root))
     peer = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--peer", str(c.root / "server/startup")],
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--peer",
+            str(c.root / "server/startup"),
+            str(model),
+            str(spool),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -134,23 +187,36 @@ def tls_floor(c: Cluster, nbytes: int, repeats: int) -> Seconds:
         payload = memoryview(bytes(CHUNK))
         buffer = memoryview(bytearray(CHUNK))
         seconds: Seconds = {"download": [], "upload": []}
+        files: Seconds = {"download": [], "upload": []}
         with (
             socket.create_connection(("127.0.0.1", port)) as raw,
             ctx.wrap_socket(raw, server_hostname="localhost") as sock,
         ):
+            size = nbytes.to_bytes(8, "big")
             for _ in range(repeats):
                 started = time.perf_counter()
-                sock.sendall(DOWNLOAD + nbytes.to_bytes(8, "big"))
+                sock.sendall(DOWNLOAD + size)
                 receive_exactly(sock, nbytes, buffer)
                 seconds["download"].append(time.perf_counter() - started)
                 started = time.perf_counter()
-                sock.sendall(UPLOAD + nbytes.to_bytes(8, "big"))
+                sock.sendall(UPLOAD + size)
                 send_exactly(sock, nbytes, payload)
                 if sock.recv(1) != ACK:
                     raise ConnectionError("the peer did not acknowledge the upload")
                 seconds["upload"].append(time.perf_counter() - started)
+            for _ in range(repeats):
+                started = time.perf_counter()
+                sock.sendall(FILE_DOWNLOAD + size)
+                receive_into_file(sock, nbytes, buffer, spool / "download", check=False)
+                files["download"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                sock.sendall(FILE_UPLOAD + size)
+                send_from_file(sock, nbytes, model, buffer)
+                if sock.recv(1) != ACK:
+                    raise ConnectionError("the peer did not acknowledge the upload")
+                files["upload"].append(time.perf_counter() - started)
         peer.wait(30)
-        return seconds
+        return seconds, files
     finally:
         peer.kill()
         peer.wait()
@@ -279,11 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", choices=sorted(MODELS), default="large", help="(large)")
     parser.add_argument("--repeats", type=int, default=5, help="transfers each way (5)")
     parser.add_argument("--workdir", type=Path, help="keep the workspaces here (default: temp)")
-    parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--peer", type=Path, nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--grpc-peer", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer:
-        return run_peer(args.peer)
+        return run_peer(*args.peer)
     if args.grpc_peer:
         return asyncio.run(serve_bare_grpc(args.grpc_peer))
     if args.repeats < 1:
@@ -308,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             ours = {kind: moved[1:] for kind, moved in transfers(client.log()).items()}
             nbytes = ours["download"][0][0]
             print(f"the floor: {nbytes:,} bytes each way over TLS 1.3 ...", flush=True)
-            floor = tls_floor(c, nbytes, args.repeats)
+            floor, files = tls_floor(c, nbytes, args.repeats)
             print("the gRPC reference: the same bytes as raw gRPC messages ...", flush=True)
             bare = grpc_reference(c, nbytes, args.repeats)
     rows = []
@@ -316,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         our_rate = median([b / s for b, s in ours[kind]]) / 1e6
         floor_rate = median([nbytes / s for s in floor[kind]]) / 1e6
         bare_rate = median([nbytes / s for s in bare[kind]]) / 1e6
+        files_rate = median([nbytes / s for s in files[kind]]) / 1e6
         share = our_rate / floor_rate
         verdict = "meets" if share >= TARGET_SHARE else "MISSES"
         rows.append(
@@ -327,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{100 * share:.0f} % ({verdict} >= {100 * TARGET_SHARE:.0f} %)",
                 f"{bare_rate:.0f} ({len(bare[kind])})",
                 f"{100 * our_rate / bare_rate:.0f} %",
+                f"{files_rate:.0f} ({len(files[kind])})",
+                f"{100 * our_rate / files_rate:.0f} %",
             ]
         )
     print()
@@ -338,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         "share of floor",
         "bare gRPC MB/s (n)",
         "ours / gRPC",
+        "TLS socket, files MB/s (n)",
+        "ours / files",
     ]
     print(table(headers, rows))
     return 0
