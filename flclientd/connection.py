@@ -172,6 +172,8 @@ class Connection:
             async for message in call:
                 watch.moved()
                 if message.WhichOneof("body") == "manifest":
+                    if spool is not None:  # it would start the file again mid-download
+                        raise ValueError("the server sent the model's manifest twice")
                     spool = SpoolWriter(
                         target, manifest_from_proto(message.manifest), require_finite=False
                     )

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from fladmin import AdminClient, load_kit
@@ -21,9 +22,9 @@ from flcore.federation import MachineInfo
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
-from flcore.startup import load_client
-from flcore.tensorfile import TensorFile
-from flcore.tls import TlsFiles
+from flcore.startup import load_client, load_server
+from flcore.tensorfile import Manifest, TensorFile, TensorSpec
+from flcore.tls import TlsFiles, server_credentials
 from flcore.wire import manifest_to_proto
 from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
@@ -40,6 +41,8 @@ from tests.hostile.payloads import (
 from tests.integration.test_training import finished, start_failure
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+FEDERATION = fed_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
 
 EXPECTED = {
     "parent": "'..' and '.' are not allowed",
@@ -300,3 +303,52 @@ def test_a_pickle_checkpoint_never_runs_on_the_server(cluster: Cluster) -> None:
     cluster.ok("start server")
     cluster.ok("abort server")
     assert not marker.exists()
+
+
+def test_a_server_that_sends_the_manifest_twice_does_not_restart_the_site_s_file(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A download is one manifest, then chunks. A server (broken, or someone holding its
+    key) that sends a second manifest mid-download would have made the site open the file
+    it is writing afresh, leaving the first handle behind; the download now fails with the
+    reason, and nothing of it stays on disk."""
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    server_files = TlsFiles.named_by(
+        load_server(cluster.root / "server"), cluster.root / "server" / "startup"
+    )
+    manifest = manifest_to_proto(Manifest((TensorSpec("w", "F32", (4,)),)))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    async def two_manifests(
+        request: fed_pb2.ModelRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[fed_pb2.ModelMessage]:
+        yield fed_pb2.ModelMessage(manifest=manifest)
+        yield fed_pb2.ModelMessage(chunk=common_pb2.TensorChunk(name="w", data=bytes(8)))
+        yield fed_pb2.ModelMessage(manifest=manifest)
+
+    handler = grpc.unary_stream_rpc_method_handler(
+        two_manifests,
+        request_deserializer=fed_pb2.ModelRequest.FromString,
+        response_serializer=fed_pb2.ModelMessage.SerializeToString,
+    )
+
+    async def scenario() -> str:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(FEDERATION, {"GetModel": handler}),)
+        )
+        server.add_secure_port(startup.server_target, server_credentials(server_files))
+        await server.start()
+        conn = Connection(startup, TlsFiles.named_by(startup, workspace / "startup"))
+        try:
+            with pytest.raises(ValueError) as refused:
+                await conn.get_model(1, 0, downloads / "global.safetensors")
+            return str(refused.value)
+        finally:
+            await conn.close()
+            await server.stop(None)
+
+    assert asyncio.run(scenario()) == "the server sent the model's manifest twice"
+    assert list(downloads.iterdir()) == []
