@@ -34,6 +34,10 @@ MAX_MODEL_BYTES = 1 << 39
 MAX_DIMS = 64
 MAX_TENSOR_NAME = 1024
 """Characters of a tensor name; torch's longest real names are a few hundred."""
+MAX_DTYPE_SHOWN = 32
+"""Characters of an unknown dtype that an error message repeats (a peer sent it)."""
+METADATA_KEY = "__metadata__"
+"""The key of a safetensors header that holds the file's metadata, not a tensor."""
 
 # safetensors dtype names -> numpy dtypes of the same width. BF16 has no numpy
 # type: it is carried as raw uint16 and widened to float32 by the aggregator.
@@ -81,9 +85,16 @@ class TensorSpec:
             raise TensorFileError(
                 f"tensor name {self.name[:80]!r} must be 1-{MAX_TENSOR_NAME} printable characters"
             )
+        if self.name == METADATA_KEY:
+            raise TensorFileError(
+                f"a tensor may not be named {METADATA_KEY!r}: safetensors keeps a file's "
+                "metadata under that name"
+            )
         if self.dtype not in NUMPY_DTYPES:
             known = ", ".join(NUMPY_DTYPES)
-            raise TensorFileError(f"tensor {self.name!r}: unknown dtype {self.dtype!r} ({known})")
+            raise TensorFileError(
+                f"tensor {self.name!r}: unknown dtype {self.dtype[:MAX_DTYPE_SHOWN]!r} ({known})"
+            )
         if len(self.shape) > MAX_DIMS:
             raise TensorFileError(
                 f"tensor {self.name!r} has {len(self.shape)} dimensions; at most {MAX_DIMS}"
@@ -152,7 +163,7 @@ def header_bytes(manifest: Manifest, metadata: Mapping[str, str] | None = None) 
     """The safetensors header (length prefix included) for tensors laid out in order."""
     header: dict[str, Any] = {}
     if metadata:
-        header["__metadata__"] = dict(metadata)
+        header[METADATA_KEY] = dict(metadata)
     offset = 0
     for spec in manifest.tensors:
         header[spec.name] = {
@@ -185,9 +196,9 @@ class TensorFile:
                 raise TensorFileError(str(exc)) from None
         if not isinstance(header, dict):
             raise TensorFileError(f"{path}: header is not a JSON object")
-        metadata = header.pop("__metadata__", None) or {}
+        metadata = header.pop(METADATA_KEY, None) or {}
         if not isinstance(metadata, dict):
-            raise TensorFileError(f"{path}: __metadata__ is not a JSON object")
+            raise TensorFileError(f"{path}: {METADATA_KEY} is not a JSON object")
         self.metadata: dict[str, str] = {str(k): str(v) for k, v in metadata.items()}
         self.data_start = 8 + length
         entries = sorted(

@@ -191,6 +191,22 @@ def test_hostile_tensor_names_are_refused(name: str) -> None:
     refused(spec.check, TensorFileError, "must be 1-1024 printable characters")
 
 
+def test_a_tensor_named_like_the_metadata_is_refused_before_a_byte_arrives() -> None:
+    """Written into a spool, its entry would become the file's metadata: an empty one
+    vanished from the model, a full one failed only once every byte had come."""
+    refused(
+        TensorSpec("__metadata__", "F32", (0,)).check,
+        TensorFileError,
+        "may not be named '__metadata__'",
+    )
+
+
+def test_an_unknown_dtype_of_megabytes_is_not_repeated_in_the_refusal() -> None:
+    """The refusal becomes a log line and the site's verdict: it must stay a sentence."""
+    message = refused(TensorSpec("w", "X" * 3_000_000, (1,)).check, TensorFileError, "unknown")
+    assert len(message) < 300
+
+
 def test_feed_strings_cannot_reach_a_terminal_as_escapes() -> None:
     row = client_from_proto(
         admin_pb2.ClientState(instance="a\x1b]0;pwned\x07", error="\x1b[2J\x9b31m", detail="\0")
