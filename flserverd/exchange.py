@@ -43,7 +43,7 @@ from flcore.progress import ProgressWatch, TransferStalled
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.statedb import WireTally
-from flserverd.training import Refusal, Training
+from flserverd.training import Refusal, Training, unweighted
 from flserverd.transfer import check_app_name, client_app_dir
 from flserverd.transferslots import (
     DOWNLOADS_SENDING,
@@ -248,7 +248,9 @@ class ModelExchange:
         else:
             if training is None:
                 return Verdict(SubmitOutcome.LATE, "the server is not training; update discarded")
-            verdict = training.check_submission(instance, header.run_number, header.round)
+            verdict = training.check_submission(
+                instance, header.run_number, header.round
+            ) or unweighted(header.num_samples)
         if verdict is not None:
             return verdict
         try:

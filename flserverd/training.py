@@ -102,6 +102,17 @@ def loop_timer(delay: float, callback: Callable[[], None]) -> TimerHandle:
     return asyncio.get_running_loop().call_later(delay, callback)
 
 
+def unweighted(num_samples: int) -> Verdict | None:
+    """Refuse an update that reports no training samples: FedAvg weights each update by its
+    samples. Judged from the upload's header, before its bytes arrive, and again when
+    the update is folded."""
+    if num_samples > 0:
+        return None
+    return Verdict(
+        SubmitOutcome.REJECTED, "update reports no training samples; it cannot be weighted"
+    )
+
+
 class TrainingListener(Protocol):
     """What the controller tells the rest of the server."""
 
@@ -397,10 +408,9 @@ class Training:
         metrics: dict[str, float],
     ) -> Verdict:
         """Fold a complete, validated update into the round, exactly once."""
-        if num_samples <= 0:
-            return Verdict(
-                SubmitOutcome.REJECTED, "update reports no training samples; it cannot be weighted"
-            )
+        verdict = unweighted(num_samples)
+        if verdict is not None:
+            return verdict
         async with self._lock:
             verdict = self.check_submission(instance, self.run.run_number, round_number)
             if verdict is not None:

@@ -164,8 +164,10 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
             async def submit(label: str, tensors: dict[str, np.ndarray], samples: int = 10) -> None:
                 path = tmp_path / f"{label}.safetensors"
                 save_file(tensors, path)
+                before = conn.traffic.sent["update"]
                 verdict = await conn.submit_model(1, 0, path, samples, {"val_accuracy": 0.5})
                 outcomes.append((verdict.outcome, verdict.message))
+                sent[label] = conn.traffic.sent["update"] - before
 
             wrong_shape = dict(weights)
             wrong_shape[names[0]] = np.zeros((3, 3), dtype=np.float32)
@@ -186,8 +188,11 @@ def test_bad_updates_are_rejected_and_never_aggregated(cluster: Cluster, tmp_pat
         finally:
             await conn.close()
 
+    sent: dict[str, int] = {}
     outcomes = asyncio.run(scenario())
     results = [result for result, _ in outcomes]
+    # Refused from the header, before a byte of the model moved; a NaN only once it arrived.
+    assert sent["nosamples"] == sent["shape"] == 0 and sent["nan"] > 0, sent
     # The resend is counted once either way: "duplicate" while round 0 is being committed,
     # "late" once the server has moved on to round 1.
     assert results[:6] == ["rejected"] * 5 + ["accepted"], outcomes
