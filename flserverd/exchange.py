@@ -213,8 +213,9 @@ class ModelExchange:
         fails because the server had already ended the call (grpc/grpc#36066):
         the sender then sees "Internal error from Core" instead of the reason its
         update was refused. So the call ends once the sender is done; one that
-        sends more than it declared is cut off there, and one that stops sending
-        is given up after the stall limit (TransferStalled, as for any upload).
+        sends more than it declared is cut off there, one that sends a chunk that
+        cannot even be read (an encoding no sender uses) there, and one that stops
+        sending is given up after the stall limit (TransferStalled, as for any upload).
         """
         limit = header.manifest.total_bytes
         dropped = 0
@@ -222,11 +223,14 @@ class ModelExchange:
 
         async def drop() -> None:
             nonlocal dropped
-            async for chunk in chunks:
-                watch.moved()
-                dropped += len(chunk.data)
-                if dropped > limit:
-                    return
+            try:
+                async for chunk in chunks:
+                    watch.moved()
+                    dropped += len(chunk.data)
+                    if dropped > limit:
+                        return
+            except TensorFileError:
+                return  # the verdict stands; nothing after such a chunk is read
 
         await watch.run(drop())
 

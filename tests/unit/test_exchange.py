@@ -30,7 +30,7 @@ from flcore.federation import (
 )
 from flcore.feed import ClientGone, ClientRow
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
-from flcore.tensorfile import Manifest, TensorFile
+from flcore.tensorfile import Manifest, TensorFile, TensorFileError
 from fldev.poll import wait_until_async
 from flserverd.aggregator import RUNNING_SUM
 from flserverd.events import Revoked
@@ -240,6 +240,14 @@ def test_a_refusal_mid_upload_waits_for_the_sender_to_finish_up_to_the_size_decl
         verdict = await upload(exchange, "site-b", poisoned, endless())
         assert verdict.outcome is SubmitOutcome.REJECTED
         assert sum(sent) <= model.manifest.total_bytes + len(rest[-1][2])
+
+        async def unreadable_after() -> AsyncIterator[WireChunk]:
+            yield WireChunk(*first)
+            # What the serde edge raises for a chunk in an encoding nobody knows.
+            raise TensorFileError("tensor 'w': unknown chunk encoding 99")
+
+        verdict = await upload(exchange, "site-c", poisoned, unreadable_after())
+        assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
 
     on_server(tmp_path, scenario)
 
