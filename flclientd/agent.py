@@ -772,6 +772,8 @@ class Agent:
         except grpc.aio.AioRpcError as exc:
             log.info("final model not available: %s", exc.details())
             return None
+        except (TensorFileError, ValueError) as exc:
+            raise WorkerFailed(f"the final global model is unusable: {exc}", "") from None
         result = await self.worker.validate(model=model)
         # Weighted by training samples, like the validation metrics of every round.
         samples = self.worker.info.train_samples

@@ -24,6 +24,9 @@ from flcore.metrics import format_metrics
 
 log = logging.getLogger(__name__)
 
+CROSSVAL_MODEL = "crossval_model.safetensors"
+"""Where the model being cross-validated is downloaded, in the run's work folder."""
+
 
 class CrossSiteValidation:
     """Follows the server's cross-validation offers for one run."""
@@ -77,7 +80,8 @@ class CrossSiteValidation:
         log.info("best local model shared for cross-site validation: %s", verdict.message)
 
     async def _validate(self, run: RunContext, worker: TrainingProcess, owner: str) -> None:
-        model = run.work_dir / f"crossval_{owner}.safetensors"
+        # One model at a time, under a name of ours: the owner's name comes from the server.
+        model = run.work_dir / CROSSVAL_MODEL
         error, metrics, samples = "", {}, 0
         try:
             await self.uplink.retrying(
@@ -90,6 +94,8 @@ class CrossSiteValidation:
             error = f"cannot fetch the model: {exc.details()}"
         except WorkerFailed as exc:
             error = f"validation failed: {exc}"
+        except ValueError as exc:  # TensorFileError too: what came is not a usable model
+            error = f"the model the server sent is unusable: {exc}"
         finally:
             model.unlink(missing_ok=True)
         shown = error or format_metrics(metrics)
