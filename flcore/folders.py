@@ -41,7 +41,7 @@ BYTECODE_DIR = "__pycache__"
 """Python's compiled-code folder: never sent, and refused when it arrives, so that the code a
 site reviews and approves is the code it runs (a stale ``.pyc`` there would run instead)."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: a terminal acts on all
 
 
 def shown_path(raw: str, limit: int = 80) -> str:
@@ -188,6 +188,7 @@ class FolderReceiver:
         self.max_bytes = max_bytes
         self.max_files = max_files
         self.total_bytes = 0
+        self.ignored_bytes = 0
         self.files: list[str] = []
         self.dropped: set[str] = set()
         self._current: tuple[str, BinaryIO] | None = None
@@ -198,7 +199,7 @@ class FolderReceiver:
         """Take one chunk; raises FolderError on anything unexpected."""
         path = check_relpath(raw_path)
         if path.parts[0] not in APP_TOP_LEVEL or len(path.parts) < 2:
-            self.dropped.add(path.parts[0])
+            self._ignore(path.parts[0], len(data))
             return
         if BYTECODE_DIR in path.parts:
             raise FolderError(
@@ -239,6 +240,19 @@ class FolderReceiver:
         self._offset += len(data)
         if eof:
             self._current = None
+
+    def _ignore(self, name: str, size: int) -> None:
+        """Drop a chunk outside ``config/`` and ``resources/``, within bounds of its own: as
+        many names as an upload may have files, as many bytes as it may keep."""
+        if name not in self.dropped and len(self.dropped) >= self.max_files:
+            raise FolderError(f"upload names more than {self.max_files} other files and folders")
+        self.dropped.add(name)
+        self.ignored_bytes += size
+        if self.ignored_bytes > self.max_bytes:
+            limit = self.max_bytes / (1024 * 1024)
+            raise FolderError(
+                f"upload sends more than {limit:g} MiB outside config/ and resources/"
+            )
 
     def finish(self) -> list[str]:
         """Check the stream ended cleanly; returns the files written."""

@@ -48,6 +48,8 @@ MAX_GPUS = 64
 MAX_UNWRITTEN_AUDIT = 10_000
 INTERRUPTING = frozenset({"abort"})
 """Commands that never wait for another admin's command: abort stops a start in progress."""
+IGNORED_SHOWN = 10
+"""Names of an upload's ignored parts its reply lists; the others are counted."""
 MAX_REPLY_BYTES = 3 * 1024 * 1024
 """A reply's text and JSON together stay below gRPC's 4 MiB message limit."""
 MAX_REPLY_TEXT = 512 * 1024
@@ -129,6 +131,16 @@ def ask(question: Confirmation) -> Reply:
 def instance_line(instance: str, text: str) -> str:
     """One client's line in a multi-client reply, as in the Clara guide."""
     return f"instance:{instance} : {text}"
+
+
+def ignored_note(dropped: set[str]) -> str:
+    """What an upload's reply says of the parts outside ``config/`` and ``resources/``: the
+    first names, so that a folder of thousands does not fill the reply."""
+    names = sorted(dropped)
+    listed = ", ".join(names[:IGNORED_SHOWN])
+    if len(names) > IGNORED_SHOWN:
+        listed += f" and {len(names) - IGNORED_SHOWN} more"
+    return f"(ignored {listed}: only config/ and resources/ are kept)"
 
 
 class AdminCommands:
@@ -219,9 +231,7 @@ class AdminCommands:
             )
         text = f"Created folder {target}"
         if dropped:
-            text += (
-                f"\n(ignored {', '.join(sorted(dropped))}: only config/ and resources/ are kept)"
-            )
+            text += f"\n{ignored_note(dropped)}"
         if review.needs_approval:
             text += (
                 f"\n{app} runs custom code: each site trains it only after its IT approved "

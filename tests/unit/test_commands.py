@@ -20,7 +20,7 @@ from flcore.identity import ROLE_MEMBER, ROLE_SUPER
 from flcore.status import ClientStatus
 from flcore.tokens import token_id, token_key
 from flserverd.admins import AdminLogins
-from flserverd.commands import AdminCommands, Reply
+from flserverd.commands import AdminCommands, Reply, ignored_note
 from flserverd.registry import RegisteredClient
 from flserverd.server import CommandError, FLServer
 from flserverd.transfer import FileChunk
@@ -458,3 +458,11 @@ def test_uploads_by_members_are_refused_and_audited(tmp_path: Path) -> None:
     reply = run(commands(server).upload("viewer@lead.org", ROLE_MEMBER, "app", 10, no_chunks()))
     assert not reply.ok and "permission denied" in reply.text
     assert server.db.audited == [("viewer@lead.org", "upload_folder app", False)]
+
+
+def test_the_ignored_parts_of_an_upload_are_named_up_to_ten() -> None:
+    assert ignored_note({"models", "README.md"}) == (
+        "(ignored README.md, models: only config/ and resources/ are kept)"
+    )
+    many = ignored_note({f"f{n:04}" for n in range(10_000)})
+    assert many.startswith("(ignored f0000, f0001,") and "f0009 and 9990 more:" in many

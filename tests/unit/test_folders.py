@@ -52,6 +52,7 @@ def test_check_relpath_accepts_plain_relative_paths(raw: str) -> None:
         ("config/a\nb", "control characters"),
         ("config/\x1b[31mred", "control characters"),
         ("config/del\x7f", "control characters"),
+        ("config/a\x9b31mX\x85.json", "control characters"),  # C1: CSI and NEL
         ("resources/" + "n" * 300 + ".py", "303 bytes long, and file systems allow at most 255"),
         ("resources/" + "é" * 128, "256 bytes long"),
         ("/".join(["resources", *["d"] * 4999, "x.py"]), "5,001 levels deep"),
@@ -244,8 +245,8 @@ def test_receiver_writes_multi_chunk_file(tmp_path: Path) -> None:
 
 
 def test_receiver_drops_other_top_level_folders_and_files(tmp_path: Path) -> None:
-    receiver = _receiver(tmp_path, max_bytes=10)
-    receiver.write("models/huge.pt", 0, b"x" * 1000, True)  # dropped: not counted to the limit
+    receiver = _receiver(tmp_path, max_bytes=100)
+    receiver.write("models/weights.pt", 0, b"x" * 50, True)  # dropped: not counted to the limit
     receiver.write("README.md", 0, b"readme", True)
     receiver.write("config", 0, b"a file named config", True)
     receiver.write("config/a.json", 0, b"{}", True)
@@ -254,6 +255,23 @@ def test_receiver_drops_other_top_level_folders_and_files(tmp_path: Path) -> Non
     assert receiver.dropped == {"models", "README.md", "config", "secrets"}
     assert receiver.total_bytes == 2
     assert _tree(receiver.staging) == {"config/a.json": b"{}"}
+
+
+def test_what_the_receiver_drops_is_bounded_as_what_it_keeps(tmp_path: Path) -> None:
+    """Dropped parts are not counted to what the app may hold, but they are bounded: a
+    sender cannot stream without end, nor make the names the reply lists grow without end."""
+    receiver = _receiver(tmp_path, max_bytes=1 << 20)
+    receiver.write("models/a.pt", 0, bytes(1 << 20), True)  # as much as may be kept: fine
+    with pytest.raises(FolderError, match="more than 1 MiB outside config/ and resources/"):
+        receiver.write("models/b.pt", 0, b"x", True)
+    receiver.discard()
+    receiver = FolderReceiver(tmp_path / "names", max_bytes=1 << 20, max_files=3)
+    for name in ("a", "b", "c"):
+        receiver.write(name, 0, b"", True)
+    receiver.write("b/again", 0, b"", True)  # a name already dropped is no new one
+    with pytest.raises(FolderError, match="more than 3 other files and folders"):
+        receiver.write("d", 0, b"", True)
+    assert receiver.dropped == {"a", "b", "c"}
 
 
 def test_receiver_size_limit(tmp_path: Path) -> None:
