@@ -119,7 +119,7 @@ def receive_into_file(
         while left:
             step = min(left, len(buffer))
             receive_exactly(sock, step, buffer)
-            if check:
+            if check:  # its cost is what counts here, not its answer
                 np.isfinite(np.frombuffer(buffer[: step - step % 4], np.float32)).all()
             out.write(buffer[:step])
             left -= step
