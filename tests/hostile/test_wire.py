@@ -8,21 +8,30 @@ every honest update.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from fladmin import AdminClient, load_kit
 from flclientd.connection import Connection
-from flcore.federation import MachineInfo
+from flclientd.crossval import CrossSiteValidation
+from flclientd.runcontext import RunContext
+from flclientd.runner import TrainingProcess
+from flclientd.sitestate import SiteStore
+from flclientd.uplink import Uplink
+from flcore.appconfig import ClientAppConfig
+from flcore.federation import GLOBAL_OWNER, MachineInfo, TaskKind, TaskOffer
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client, load_server
+from flcore.status import NOT_STARTED, ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorSpec
 from flcore.tls import TlsFiles, server_credentials
 from flcore.wire import manifest_to_proto
@@ -305,6 +314,49 @@ def test_a_pickle_checkpoint_never_runs_on_the_server(cluster: Cluster) -> None:
     assert not marker.exists()
 
 
+MANIFEST = manifest_to_proto(Manifest((TensorSpec("w", "F32", (4,)),)))
+
+
+async def two_manifests(
+    request: fed_pb2.ModelRequest, context: grpc.aio.ServicerContext[object, object]
+) -> AsyncIterator[fed_pb2.ModelMessage]:
+    """A download that names the model again after its first chunk."""
+    yield fed_pb2.ModelMessage(manifest=MANIFEST)
+    yield fed_pb2.ModelMessage(chunk=common_pb2.TensorChunk(name="w", data=bytes(8)))
+    yield fed_pb2.ModelMessage(manifest=MANIFEST)
+
+
+TWO_MANIFESTS = grpc.unary_stream_rpc_method_handler(
+    two_manifests,
+    request_deserializer=fed_pb2.ModelRequest.FromString,
+    response_serializer=fed_pb2.ModelMessage.SerializeToString,
+)
+
+
+@contextlib.asynccontextmanager
+async def playing_the_server(
+    cluster: Cluster, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+) -> AsyncIterator[Connection]:
+    """A gRPC server on the project's federation port with the server's key (someone holding
+    it, or a broken server) that answers only ``handlers``; yields flclient1's real
+    connection to it."""
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    key = TlsFiles.named_by(
+        load_server(cluster.root / "server"), cluster.root / "server" / "startup"
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(FEDERATION, handlers),))
+    server.add_secure_port(startup.server_target, server_credentials(key))
+    await server.start()
+    conn = Connection(startup, TlsFiles.named_by(startup, workspace / "startup"))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await server.stop(None)
+
+
 def test_a_server_that_sends_the_manifest_twice_does_not_restart_the_site_s_file(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -312,43 +364,68 @@ def test_a_server_that_sends_the_manifest_twice_does_not_restart_the_site_s_file
     key) that sends a second manifest mid-download would have made the site open the file
     it is writing afresh, leaving the first handle behind; the download now fails with the
     reason, and nothing of it stays on disk."""
-    workspace = cluster.root / "flclient1"
-    startup = load_client(workspace)
-    server_files = TlsFiles.named_by(
-        load_server(cluster.root / "server"), cluster.root / "server" / "startup"
-    )
-    manifest = manifest_to_proto(Manifest((TensorSpec("w", "F32", (4,)),)))
     downloads = tmp_path / "downloads"
     downloads.mkdir()
 
-    async def two_manifests(
-        request: fed_pb2.ModelRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[fed_pb2.ModelMessage]:
-        yield fed_pb2.ModelMessage(manifest=manifest)
-        yield fed_pb2.ModelMessage(chunk=common_pb2.TensorChunk(name="w", data=bytes(8)))
-        yield fed_pb2.ModelMessage(manifest=manifest)
-
-    handler = grpc.unary_stream_rpc_method_handler(
-        two_manifests,
-        request_deserializer=fed_pb2.ModelRequest.FromString,
-        response_serializer=fed_pb2.ModelMessage.SerializeToString,
-    )
-
     async def scenario() -> str:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(FEDERATION, {"GetModel": handler}),)
-        )
-        server.add_secure_port(startup.server_target, server_credentials(server_files))
-        await server.start()
-        conn = Connection(startup, TlsFiles.named_by(startup, workspace / "startup"))
-        try:
+        async with playing_the_server(cluster, {"GetModel": TWO_MANIFESTS}) as conn:
             with pytest.raises(ValueError) as refused:
                 await conn.get_model(1, 0, downloads / "global.safetensors")
             return str(refused.value)
-        finally:
-            await conn.close()
-            await server.stop(None)
 
     assert asyncio.run(scenario()) == "the server sent the model's manifest twice"
     assert list(downloads.iterdir()) == []
+
+
+def test_a_model_to_cross_validate_that_is_no_model_fails_its_own_cell_only(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Once an unexpected error of the client daemon that ended the site's whole cross-site
+    phase: now the cell of that model says why it stays empty, and the phase goes on."""
+    reports: list[fed_pb2.MetricsReport] = []
+
+    async def submit_metrics(
+        request: fed_pb2.MetricsReport, context: grpc.aio.ServicerContext[object, object]
+    ) -> fed_pb2.SubmitReply:
+        reports.append(request)
+        return fed_pb2.SubmitReply(result=fed_pb2.SUBMIT_RESULT_ACCEPTED, message="recorded")
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetModel": TWO_MANIFESTS,
+        "SubmitMetrics": grpc.unary_unary_rpc_method_handler(
+            submit_metrics,
+            request_deserializer=fed_pb2.MetricsReport.FromString,
+            response_serializer=fed_pb2.SubmitReply.SerializeToString,
+        ),
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+
+    async def scenario() -> None:
+        async with playing_the_server(cluster, handlers) as conn:
+            uplink = Uplink(
+                conn,
+                conn.startup,
+                SiteStore(tmp_path / "state" / "site.json"),
+                MachineInfo(device="cpu"),
+                lambda: ClientStatus(status=NOT_STARTED, round=-1),
+                lambda _: None,
+                None,
+            )
+            uplink.connected.set()  # the calls go through; no control stream is needed
+            crossval = CrossSiteValidation(uplink, conn)
+            crossval.offered(
+                TaskOffer(1, -1, TaskKind.CROSS_VALIDATE, ("site-b", GLOBAL_OWNER), ())
+            )
+            run = RunContext(1, tmp_path / "app", work, 1, ClientAppConfig(cross_validate=True))
+            await crossval.run(run, TrainingProcess(work, tmp_path / "app", None))
+
+    asyncio.run(scenario())
+    cells = {report.model_owner: report.error for report in reports}
+    unusable = "the model the server sent is unusable: the server sent the model's manifest twice"
+    assert cells == {
+        "flclient1": "no local model to share: this site never finished a round",
+        "site-b": unusable,
+        GLOBAL_OWNER: unusable,
+    }
+    assert list(work.iterdir()) == []
