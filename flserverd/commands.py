@@ -45,6 +45,8 @@ from flserverd.views import RosterText, client_row, row_data
 log = logging.getLogger(__name__)
 
 MAX_GPUS = 64
+MAX_RUN_NUMBER = 999_999_999
+"""Run numbers have at most nine digits: they name folders and are SQLite integers."""
 MAX_UNWRITTEN_AUDIT = 10_000
 INTERRUPTING = frozenset({"abort"})
 """Commands that never wait for another admin's command: abort stops a start in progress."""
@@ -126,6 +128,16 @@ def _usage(name: str) -> CommandError:
 def ask(question: Confirmation) -> Reply:
     """The reply that asks for confirmation: the question as text and as data."""
     return Reply(False, "", {"confirm": question.as_json()}, confirm_prompt=question.prompt())
+
+
+def whole_number(word: str, most: int) -> int | None:
+    """``word`` as a whole number from 0 to ``most``; None when it is not one. ASCII digits
+    only: ``int`` also reads other scripts' digits, which ``isdigit`` accepts in forms it
+    does not ("²"), and a number of hundreds of digits is no run an admin means."""
+    if not (word.isascii() and word.isdigit()) or len(word) > len(str(most)):
+        return None
+    number = int(word)
+    return number if number <= most else None
 
 
 def instance_line(instance: str, text: str) -> str:
@@ -507,9 +519,11 @@ def _revocation_state(server: FLServer) -> dict[str, Any]:
 @command("set_run_number <N>", "select (and create) the run that training happens in")
 async def _set_run_number(cmds: AdminCommands, request: Request) -> Reply:
     word = request.words[1] if len(request.words) == 2 else ""
-    if not (word.isdigit() and len(word) <= 9 and int(word) >= 1):
-        raise CommandError("usage: set_run_number <N>  (N is a whole number from 1 to 999999999)")
-    number = int(request.words[1])
+    number = whole_number(word, MAX_RUN_NUMBER)
+    if not number:
+        raise CommandError(
+            f"usage: set_run_number <N>  (N is a whole number from 1 to {MAX_RUN_NUMBER})"
+        )
     existed = cmds.server.set_run_number(number)
     text = (
         f"Reuse the existing run folder: run_{number} (its models and logs are kept)"
@@ -599,11 +613,11 @@ def _fresh_question(server: FLServer) -> Confirmation | None:
 )
 async def _start_mgpu(cmds: AdminCommands, request: Request) -> Reply:
     words = request.words
-    if len(words) != 4 or words[1] != "client" or not words[2].isdigit():
+    if len(words) != 4 or words[1] != "client":
         raise _usage("start_mgpu")
-    if not 1 <= int(words[2]) <= MAX_GPUS:
+    gpus = whole_number(words[2], MAX_GPUS)
+    if not gpus:
         raise CommandError(f"start_mgpu: the GPU count must be between 1 and {MAX_GPUS}")
-    gpus = int(words[2])
     number = cmds.server.require_run()
     clients = cmds.targets([words[3]])
     return await cmds.per_client(request, clients, "start", {"run_number": number, "gpus": gpus})
@@ -699,9 +713,10 @@ def _run_line(server: FLServer, number: int) -> RunLine:
 )
 async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
     words = request.words
-    if len(words) < 2 or not (words[1].isascii() and words[1].isdigit()):
+    number = whole_number(words[1], MAX_RUN_NUMBER) if len(words) >= 2 else None
+    if number is None:
         raise _usage("show_run")
-    number, server = int(words[1]), cmds.server
+    server = cmds.server
     if not server.known_run(number) and server.db.get_run(number) is None:
         raise CommandError(f"there is no run {number} on this server (list_runs lists them)")
     header = _run_line(server, number)

@@ -186,7 +186,13 @@ def two_sites() -> FakeServer:
         ),
         ("set_run_number x", "usage: set_run_number <N>"),
         ("set_run_number 0", "usage: set_run_number <N>"),
+        ("set_run_number \u00b2", "usage: set_run_number <N>"),  # isdigit() says yes, int() no
+        ("set_run_number 1000000000", "from 1 to 999999999"),
         ("start_mgpu client 99 site-a", "between 1 and 64"),
+        ("start_mgpu client \u00b2 site-a", "between 1 and 64"),
+        ("start_mgpu client 0 site-a", "between 1 and 64"),
+        ("show_run 99999999999999999999", "usage: show_run <N> [page]"),
+        ("show_run " + "9" * 300, "usage: show_run <N> [page]"),
         ("validate", "usage: validate all | <instance> <instance>..."),
         ("start client", "FL run number has not been set"),
     ],
