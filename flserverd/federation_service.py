@@ -141,12 +141,7 @@ class FederationService(fed_grpc.FederationServicer):
         self, request_iterator: AsyncIterator[fed_pb2.ClientMessage], client: RegisteredClient
     ) -> None:
         async for message in request_iterator:
-            try:
-                upward = upward_from_proto(message, client.instance)
-            except WireError as exc:
-                log.warning("ignored a message from %s: %s", client.instance, exc)
-                continue
-            if not self.server.received(client, upward):
+            if not self.server.received(client, upward_from_proto(message, client.instance)):
                 return
 
     # gRPC's asyncio server takes a coroutine that writes (its reader/writer API) where the

@@ -28,6 +28,7 @@ from flcore.federation import (
     StatusChanged,
     SubmitHeader,
     TaskOffer,
+    Unreadable,
     Upward,
     Verdict,
 )
@@ -43,7 +44,6 @@ from flcore.wire import (
     SUBMIT_OUTCOMES,
     TASK_KINDS,
     UPLOAD_KINDS,
-    WireError,
     chunk_from_proto,
     enum_from_proto,
     manifest_from_proto,
@@ -108,8 +108,10 @@ def _result_data(data_json: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward:
-    """A message on a client's control stream (``source``: the instance it comes from)."""
+def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward | Unreadable:
+    """A message on a client's control stream (``source``: the instance it comes from);
+    Unreadable (with the reason) for one this server does not know, which still counts
+    against the site's message rate."""
     body = message.WhichOneof("body")
     if body == "hello":
         return Hello(message.hello.token, status_from_proto(message.hello.status))
@@ -128,7 +130,7 @@ def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward:
     if body == "logs":
         records = message.logs.records[:MAX_LOG_BATCH]
         return LogBatch(tuple(log_from_proto(r, source) for r in records), message.logs.dropped)
-    raise WireError("a control-stream message with no body this server knows")
+    return Unreadable("a control-stream message with no body this server knows")
 
 
 class _LastCommand:

@@ -32,6 +32,7 @@ from flcore.federation import (
     RunEnded,
     StatusChanged,
     TaskOffer,
+    Unreadable,
     Upward,
 )
 from flcore.feed import (
@@ -87,7 +88,8 @@ RECONNECT_GRACE_S = 5.0
 # restarted server would list them, and wait for them, until their heartbeat timeout.
 DEPARTURE_WAIT_S = 3.0
 FLOOD_LOG_EVERY_S = 60.0
-"""A site that floods its control stream is named in the log once a minute at most."""
+"""A site that floods its control stream, or sends what the server cannot read, is named in
+the log once a minute at most for each."""
 
 
 class CommandError(Exception):
@@ -145,7 +147,8 @@ class FLServer:
         self._log_handler: BusLogHandler | None = None
         self._messages = Throttle(MESSAGE_BURST, MESSAGES_PER_SECOND)
         self._log_lines = Throttle(LOG_LINE_BURST, LOG_LINES_PER_SECOND)
-        self._floods_logged: dict[str, float] = {}
+        self._warned_at: dict[tuple[str, str], float] = {}
+        """When a site was last named in the log for flooding or for an unreadable message."""
         self._revoked_instances: dict[str, str] = {}
         """Instances dropped because their certificate was revoked, and why: an upload of
         theirs still arriving is discarded."""
@@ -672,13 +675,16 @@ class FLServer:
             self.registry.heard(client)
         self.bus.publish(Heartbeat(client.instance, client.last_heartbeat))
 
-    def received(self, client: RegisteredClient, message: Upward) -> bool:
-        """A message on a client's control stream; False once the client is no longer
-        registered (dropped or replaced), when its stream should end."""
+    def received(self, client: RegisteredClient, message: Upward | Unreadable) -> bool:
+        """A message on a client's control stream, counted against the site's rate whether
+        it could be read or not; False once the client is no longer registered (dropped or
+        replaced), when its stream should end."""
         if not self.registry.is_current(client):
             return False
         if self._messages.take(client.instance):
             self._flooding(client, f"more than {MESSAGES_PER_SECOND:g} messages a second")
+        elif isinstance(message, Unreadable):
+            self._warn_rarely(client, "unreadable", f"ignored a message: {message.reason}")
         elif isinstance(message, ClientHeartbeat):
             self.heartbeat(client, message.status)
         elif isinstance(message, StatusChanged):
@@ -696,12 +702,15 @@ class FLServer:
 
     def _flooding(self, client: RegisteredClient, what: str) -> None:
         """A site sent more than the server takes; what was over is dropped."""
+        self._warn_rarely(client, "flood", f"sends {what}: the rest is dropped")
+
+    def _warn_rarely(self, client: RegisteredClient, kind: str, text: str) -> None:
+        """Name a misbehaving site in the log, once a minute at most for each ``kind``."""
         now = time.monotonic()
-        if now - self._floods_logged.get(client.instance, -FLOOD_LOG_EVERY_S) >= (
-            FLOOD_LOG_EVERY_S
-        ):
-            self._floods_logged[client.instance] = now
-            log.warning("%s sends %s: the rest is dropped", client.instance, what)
+        key = (client.instance, kind)
+        if now - self._warned_at.get(key, -FLOOD_LOG_EVERY_S) >= FLOOD_LOG_EVERY_S:
+            self._warned_at[key] = now
+            log.warning("%s %s", client.instance, text)
 
     def client_logs(self, client: RegisteredClient, batch: LogBatch) -> None:
         """Forwarded log lines of a client go to the console's log feed, as many as the

@@ -3,11 +3,14 @@ number of messages and log lines per instance and drops the rest, saying so."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+import pytest
+
 from flcore import status as st
-from flcore.federation import LogBatch, MachineInfo, StatusChanged
+from flcore.federation import LogBatch, MachineInfo, StatusChanged, Unreadable
 from flcore.feed import ClientRow, LogEntry
 from flcore.identity import KIND_CLIENT, Identity
 from flserverd.server import FLServer
@@ -56,3 +59,28 @@ def test_statuses_and_log_lines_beyond_the_limits_are_dropped_per_instance(
         assert server.registry.is_current(flooder) and server.registry.is_current(calm)
 
     on_server(tmp_path, scenario)
+
+
+def test_messages_the_server_cannot_read_count_against_the_rate_and_are_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Empty control-stream messages (five bytes each) once bypassed the rate limit and put a
+    WARNING line per message in the log and on every console's feed."""
+
+    async def scenario(server: FLServer) -> None:
+        flooder = server.login(FLOODER, "", MachineInfo()).client
+        feed = server.bus.subscribe()
+        for _ in range(10_000):
+            assert server.received(flooder, Unreadable("a message with no body"))
+        # The unreadable ones used up the site's messages: a status now is dropped too.
+        server.received(flooder, StatusChanged(st.ClientStatus(status=st.STARTED, round=7)))
+        rows = [b for b in _drain(feed) if isinstance(b, ClientRow) and b.instance == "site-a"]
+        assert all(row.round != 7 for row in rows)
+
+    with caplog.at_level(logging.WARNING, logger="flserverd.server"):
+        on_server(tmp_path, scenario)
+    named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("site-a ")]
+    assert named == [
+        "site-a ignored a message: a message with no body",
+        "site-a sends more than 20 messages a second: the rest is dropped",
+    ]
