@@ -113,17 +113,22 @@ SNAPSHOT_CLIENT_BYTES = 2 * 1024 * 1024
 """Client rows above this shed their tracebacks, then their errors, in the snapshot."""
 ROW_OVERHEAD = 128
 """Bytes a row or a log line costs on the wire beyond its texts (numbers, field tags)."""
-SHED_STEPS = ((1024, 1024), (0, 256), (0, 0))
-"""(traceback, error) characters each row keeps at each step of shedding."""
+SHED_STEPS = ((1024, 1024, 1024), (0, 256, 256), (0, 0, 0))
+"""(traceback, error, detail) characters each row keeps at each step of shedding."""
+
+
+def _utf8_bytes(*texts: str) -> int:
+    """Bytes on the wire, not characters: a site's text may be all four-byte characters."""
+    return sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
 
 
 def _row_bytes(row: ClientRow) -> int:
     texts = (row.instance, row.client_name, row.org, row.status, row.device, row.error)
-    return ROW_OVERHEAD + sum(len(t) for t in (*texts, row.traceback, row.app, row.hostname))
+    return ROW_OVERHEAD + _utf8_bytes(*texts, row.traceback, row.app, row.hostname, row.detail)
 
 
 def _log_bytes(line: LogEntry) -> int:
-    return ROW_OVERHEAD + len(line.message) + len(line.logger) + len(line.source)
+    return ROW_OVERHEAD + _utf8_bytes(line.message, line.logger, line.source)
 
 
 def fit_snapshot(snapshot: Snapshot) -> Snapshot:
@@ -134,8 +139,8 @@ def fit_snapshot(snapshot: Snapshot) -> Snapshot:
     message limit, and no console could connect. The newest log lines are
     kept up to :data:`SNAPSHOT_LOG_BYTES`; client rows above
     :data:`SNAPSHOT_CLIENT_BYTES` keep only the end of their tracebacks, then
-    less of their errors. Every row is kept, and the next change of a row
-    sends it whole.
+    less of their errors and details. Both budgets count UTF-8 bytes. Every
+    row is kept, and the next change of a row sends it whole.
     """
     logs: list[LogEntry] = []
     budget = SNAPSHOT_LOG_BYTES
@@ -145,7 +150,7 @@ def fit_snapshot(snapshot: Snapshot) -> Snapshot:
             break
         logs.append(line)
     clients = snapshot.clients
-    for traceback, error in SHED_STEPS:
+    for traceback, error, detail in SHED_STEPS:
         if sum(_row_bytes(row) for row in clients) <= SNAPSHOT_CLIENT_BYTES:
             break
         clients = tuple(
@@ -153,6 +158,7 @@ def fit_snapshot(snapshot: Snapshot) -> Snapshot:
                 row,
                 traceback=clip_end(row.traceback, traceback) if traceback else "",
                 error=clip(row.error, error) if error else "",
+                detail=clip(row.detail, detail) if detail else "",
             )
             for row in snapshot.clients
         )

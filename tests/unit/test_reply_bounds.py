@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import json
 
-from flcore.feed import ClientRow, LogEntry, RunInfo, ServerInfo, Snapshot, clip, clip_end
+from flcore.feed import (
+    ClientRow,
+    FeedEvent,
+    LogEntry,
+    RunInfo,
+    ServerInfo,
+    Snapshot,
+    clip,
+    clip_end,
+)
+from flcore.feedwire import event_to_proto
 from flcore.tls import MAX_MESSAGE_BYTES
 from flserverd.commands import MAX_REPLY_BYTES, Reply, fit_reply
 from flserverd.views import SNAPSHOT_CLIENT_BYTES, SNAPSHOT_LOG_BYTES, fit_snapshot
@@ -68,6 +78,32 @@ def test_a_snapshot_keeps_every_client_and_the_newest_logs_within_its_budget() -
     assert sum(len(line.message) for line in fitted.logs) <= SNAPSHOT_LOG_BYTES
     assert fitted.logs[-1].message.startswith("1999 ")  # newest kept, in order
     assert [line.time for line in fitted.logs] == sorted(line.time for line in fitted.logs)
+
+
+def _wire_bytes(snapshot: Snapshot) -> int:
+    return event_to_proto(FeedEvent(1, 0.0, snapshot)).ByteSize()
+
+
+def test_a_snapshot_of_four_byte_characters_still_fits_one_message() -> None:
+    """Budgets once counted characters: four instances of one kit sending the most the server
+    keeps, all in emoji, made a 4.5 MB snapshot and no console could open its feed."""
+    wide = "\U0001f600"  # four bytes in UTF-8, one character
+    rows = tuple(
+        ClientRow(
+            f"site_{i}",
+            "site",
+            error=wide * 4096,
+            traceback=wide * 16384,
+            detail=wide * 4096,
+        )
+        for i in range(4)
+    )
+    logs = tuple(LogEntry(float(i), "INFO", "x", wide * 4096, "site_0") for i in range(2000))
+    snapshot = Snapshot(ServerInfo("p", "server"), RunInfo(), clients=rows, logs=logs)
+    assert _wire_bytes(snapshot) > MAX_MESSAGE_BYTES
+    fitted = fit_snapshot(snapshot)
+    assert _wire_bytes(fitted) < MAX_MESSAGE_BYTES
+    assert len(fitted.clients) == 4 and fitted.logs[-1] == logs[-1]
 
 
 def test_a_small_snapshot_is_whole() -> None:
