@@ -620,7 +620,9 @@ class FLServer:
         if _lasting(status) != _lasting(previous):
             self.registry.remember(client)
         self.publish_client(client)
-        if self.known_run(status.run_number):
+        if self.known_run(status.run_number) and self._may_validate(
+            client.instance, status.run_number
+        ):
             self._follow_crossval(client.instance, previous, status, new_stream)
         training = self.training_for(status.run_number)
         if training is None or not training.active:
@@ -637,6 +639,18 @@ class FLServer:
             training.client_gone(client.instance)
         if self.blocked(training) != self._blocked:
             self.publish_run()
+
+    def _may_validate(self, instance: str, run_number: int) -> bool:
+        """Whether a site's status may take it into a run's cross-site validation. Any site
+        opts in to the current run's; an earlier run's only takes a site that took part in
+        it (its updates were folded there, or it declared or shared its model), so a kit that
+        joined later cannot claim that run's local models by naming it."""
+        if run_number == self.run_number:
+            return True
+        known = self._crossvals.get(run_number)
+        if known is not None and instance in known.declared | set(known.withdrawn):
+            return True
+        return instance in self.db.fold_instances(run_number)
 
     def _follow_crossval(
         self, instance: str, previous: ClientStatus, status: ClientStatus, new_stream: bool

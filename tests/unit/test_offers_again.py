@@ -77,3 +77,29 @@ def test_a_cross_site_offer_lost_between_streams_is_made_again(tmp_path: Path) -
         ]
 
     on_server(tmp_path, scenario)
+
+
+def test_an_earlier_run_s_cross_site_validation_takes_only_sites_that_took_part(
+    tmp_path: Path,
+) -> None:
+    """Naming a finished run in a status once made any site a participant of its cross-site
+    validation, free to fetch every local model shared in it."""
+
+    async def scenario(server: FLServer) -> None:
+        server.set_run_number(RUN)
+        server.db.record_folded(RUN, 0, "site-a", 10, {})
+        server.set_run_number(RUN + 1)  # run 1 is over; run 2 is the current one
+        claiming = st.ClientStatus(
+            status=st.CROSS_VALIDATING, run_number=RUN, round=-1, cross_validate=True
+        )
+        for name in ("site-a", "newcomer"):
+            server.attach(site(server, name), claiming)
+        crossval = server.crossval_for(RUN)
+        assert crossval.declared == {"site-a"}
+        assert not crossval.may_fetch("newcomer", "site-a")
+        # The current run's is open to any site that opts in, as before.
+        now = st.ClientStatus(status=st.STARTED, run_number=RUN + 1, round=-1, cross_validate=True)
+        server.update_status(site(server, "newcomer-2"), now)
+        assert server.crossval_for(RUN + 1).declared == {"newcomer-2"}
+
+    on_server(tmp_path, scenario)
