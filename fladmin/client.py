@@ -12,6 +12,7 @@ here, since they carry what sites wrote and end up on a terminal.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -73,18 +74,21 @@ class CommandReply:
         return f"{text}\n" * bool(text) + f"Done [{self.usecs} usecs] {self.finished_at}"
 
     def as_json(self) -> str:
-        """One JSON object per command, for scripts."""
-        return json.dumps(
-            {
-                "command": self.line,
-                "ok": self.ok,
-                "text": self.text,
-                "data": self.data,
-                "usecs": self.usecs,
-                "finished_at": self.finished_at,
-            },
-            sort_keys=True,
-        )
+        """One JSON object per command, for scripts: standard JSON, so a value that is not a
+        finite number (a site's NaN metric) is ``null``; Python would write ``NaN``, which
+        strict readers such as jq refuse."""
+        record = {
+            "command": self.line,
+            "ok": self.ok,
+            "text": self.text,
+            "data": self.data,
+            "usecs": self.usecs,
+            "finished_at": self.finished_at,
+        }
+        try:
+            return json.dumps(record, sort_keys=True, allow_nan=False)
+        except ValueError:
+            return json.dumps(_finite_json(record), sort_keys=True, allow_nan=False)
 
 
 def parse_timeout(text: str) -> float | None:
@@ -285,6 +289,17 @@ def _printable_json(value: Any) -> Any:
         return [_printable_json(item) for item in value]
     if isinstance(value, dict):
         return {printable(key): _printable_json(item) for key, item in value.items()}
+    return value
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite_json(item) for key, item in value.items()}
     return value
 
 

@@ -82,3 +82,19 @@ def test_a_reply_with_a_control_in_a_key_or_a_value_reaches_the_admin_cleaned() 
 def test_a_clean_reply_reaches_the_admin_as_it_is() -> None:
     rows = {f"site-{i}": {"status": "training not started", "round": -1} for i in range(1000)}
     assert _from_wire("check_status client", reply({"clients": rows})).data == {"clients": rows}
+
+
+def test_json_for_scripts_is_standard_json_whatever_a_site_reported() -> None:
+    """A site's NaN metric reached `fltui --cmd --json` as `NaN`, which jq refuses."""
+    sent = '{"clients": {"a": {"metrics": {"loss": NaN, "acc": 0.5, "x": [Infinity, 1]}}}}'
+    wire = admin_pb2.CommandReply(ok=True, text="t", data_json=sent)
+    printed = _from_wire("check_status client", wire).as_json()
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    record = json.loads(printed, parse_constant=refuse)
+    assert record["data"] == {
+        "clients": {"a": {"metrics": {"loss": None, "acc": 0.5, "x": [None, 1]}}}
+    }
+    assert record["command"] == "check_status client" and record["ok"] is True
