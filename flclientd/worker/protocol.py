@@ -111,16 +111,22 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
+MAX_LEVEL_DIGITS = 3
+"""Digits of a log level in a marked line (logging's levels are 0-50)."""
+
+
 def mark_log_line(levelno: int, text: str) -> str:
     """A log line as the child writes it."""
     return f"{LOG_MARK}{levelno} {text}"
 
 
 def parse_log_line(line: str, default_level: int) -> tuple[int, str]:
-    """The level and text of a line of the child's output."""
+    """The level and text of a line of the child's output. Only a short run of ASCII digits
+    is a level: ``isdigit`` also accepts "²", which ``int`` refuses, and an exception here
+    would stop the daemon reading the child's output, until the child blocked writing."""
     if line.startswith(LOG_MARK):
         level, _, text = line[len(LOG_MARK) :].partition(" ")
-        if level.isdigit():
+        if level.isascii() and level.isdigit() and len(level) <= MAX_LEVEL_DIGITS:
             return int(level), text
     return default_level, line
 

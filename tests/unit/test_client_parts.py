@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from flclientd.logforward import BUFFER_LINES, MAX_MESSAGE, LogForwarder
+from flclientd.runner import TrainingProcess
 from flclientd.sitestate import SiteState, SiteStore
+from flclientd.worker.protocol import mark_log_line, parse_log_line
 
 # --------------------------------------------------------------------------- logforward
 
@@ -197,3 +200,27 @@ def test_a_second_daemon_of_the_kit_does_not_share_the_state(tmp_path: Path) -> 
     assert second.state == SiteState()
     second.update(token="t2")
     assert SiteState.load(path).token == "t1"
+
+
+# --------------------------------------------------------------------------- the child's output
+
+
+def test_a_marked_line_with_a_digit_int_refuses_is_text_and_the_reading_goes_on() -> None:
+    """A marked line whose level is "²", printed by the app's code, once killed the task
+    reading the child's output; the child then blocked on its next 64 KiB and the run hung."""
+    assert parse_log_line(mark_log_line(logging.WARNING, "hello"), 20) == (30, "hello")
+    for odd in ("\x1e\u00b2 squared", "\x1e\u2460 circled", "\x1e" + "9" * 5000 + " big"):
+        assert parse_log_line(odd, logging.INFO) == (logging.INFO, odd)
+
+    async def pump() -> list[tuple[int, str]]:
+        seen: list[tuple[int, str]] = []
+        process = TrainingProcess(
+            Path("."), Path("."), lambda level, text: seen.append((level, text))
+        )
+        stream = asyncio.StreamReader()
+        stream.feed_data("first\n\x1e\u00b2 odd\nthird\n".encode())
+        stream.feed_eof()
+        await process._pump(stream, logging.INFO)
+        return seen
+
+    assert [text for _, text in asyncio.run(pump())] == ["first", "\x1e\u00b2 odd", "third"]
