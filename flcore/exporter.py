@@ -148,8 +148,10 @@ def serve_metrics(settings: EndpointSettings, collectors: Iterable[Any]) -> Endp
         PLATFORM_COLLECTOR,
         PROCESS_COLLECTOR,
         CollectorRegistry,
-        start_http_server,
+        make_wsgi_app,
     )
+
+    from flcore.metricsserver import MetricsServer
 
     registry = CollectorRegistry()
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, *collectors):
@@ -162,20 +164,28 @@ def serve_metrics(settings: EndpointSettings, collectors: Iterable[Any]) -> Endp
             settings.url,
         )
     try:
-        server, thread = start_http_server(
-            settings.port,
-            settings.host,
-            registry,
-            certfile=str(settings.cert) if settings.cert else None,
-            keyfile=str(settings.key) if settings.key else None,
-            client_cafile=str(settings.client_ca) if settings.client_ca else None,
-            client_auth_required=settings.client_ca is not None,
-            tls_min_version=ssl.TLSVersion.TLSv1_2,
-        )
+        server = MetricsServer(settings.host, settings.port, _tls_context(settings))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(
             f"cannot serve metrics on {settings.url}: {getattr(exc, 'strerror', None) or exc}; "
             "is the port in use, or the certificate not the key's?"
         ) from None
+    server.set_app(make_wsgi_app(registry))
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     log.info("metrics endpoint serving on %s", settings.url)
     return Endpoint(server, thread)
+
+
+def _tls_context(settings: EndpointSettings) -> ssl.SSLContext | None:
+    """TLS 1.2 or later with the endpoint's certificate, and the scrapers' certificates
+    required when a CA for them is set; None for plain HTTP."""
+    if settings.cert is None or settings.key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.cert, settings.key)
+    if settings.client_ca is not None:
+        context.load_verify_locations(cafile=settings.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context

@@ -7,7 +7,9 @@ import asyncio
 import io
 import json
 import re
+import socket
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -209,6 +211,33 @@ def test_endpoint_over_tls_requires_the_scrapers_certificate(tmp_path: Path) -> 
             assert b"process_cpu_seconds_total" in reply.read()
     finally:
         endpoint.close()
+
+
+def test_a_connection_that_sends_nothing_stops_neither_scrapes_nor_shutdown(
+    tmp_path: Path,
+) -> None:
+    """prometheus_client's server shook hands inside accept(): one idle TCP connection to a
+    TLS endpoint stopped every scrape while it stayed open, and the daemon's shutdown too."""
+    files = metrics_tls_files()
+    (port,) = free_ports(1)
+    ws = site_with(
+        tmp_path, files, metrics_port=port, metrics_tls_cert="m.crt", metrics_tls_key="m.key"
+    )
+    (tmp_path / "ca.pem").write_bytes(files["ca.pem"])
+    settings = settings_of(ws)
+    assert settings is not None
+    endpoint = serve_metrics(settings, [])
+    idle = socket.create_connection(("127.0.0.1", port))
+    try:
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with urllib.request.urlopen(settings.url, timeout=5, context=context) as reply:  # noqa: S310
+            assert b"process_cpu_seconds_total" in reply.read()
+    finally:
+        closing = threading.Thread(target=endpoint.close)
+        closing.start()
+        closing.join(5)
+        idle.close()
+    assert not closing.is_alive(), "close() waited for the idle connection"
 
 
 # --------------------------------------------------------------------------- mlflow config
