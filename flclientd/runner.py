@@ -36,6 +36,7 @@ from flclientd.worker.protocol import (
     EVENT_FAILED,
     EVENT_READY,
     MAX_MESSAGE_BYTES,
+    MAX_TRACEBACK_CHARS,
     OP_STOP,
     OP_TRAIN,
     OP_VALIDATE,
@@ -49,6 +50,7 @@ from flclientd.worker.protocol import (
     parse_log_line,
 )
 from flcore import faultpoints
+from flcore.feed import MAX_TEXT, clip, clip_end
 from flcore.proctable import descendants
 
 logger = logging.getLogger(__name__)
@@ -79,12 +81,29 @@ class WorkerFailed(Exception):
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> WorkerFailed:
-        """The error of a child's reply or ``failed`` event."""
+        """The error of a child's reply or ``failed`` event, as long as the child itself
+        would make it (its app code may write the reply by hand)."""
         return cls(
-            str(message["error"]),
-            str(message.get("traceback", "")),
-            str(message.get("disk_fault", "")),
+            clip(str(message["error"]), MAX_TEXT),
+            clip_end(str(message.get("traceback", "")), MAX_TRACEBACK_CHARS),
+            clip(str(message.get("disk_fault", "")), MAX_TEXT),
         )
+
+
+# What a reply the child wrote by hand can raise when read: a result that is no object,
+# metrics that are no numbers, an infinite sample count.
+MALFORMED = (KeyError, ValueError, TypeError, AttributeError, OverflowError)
+
+
+def _work_result(result: Any) -> WorkResult:
+    """The result of a train or validate reply; WorkerFailed, naming the child, when it
+    cannot be read (the app's code failed, not this daemon)."""
+    try:
+        return WorkResult.from_message(result)
+    except MALFORMED as exc:
+        raise WorkerFailed(
+            f"the training process sent a result that cannot be read: {exc}"
+        ) from None
 
 
 def _child_environment(socket_path: Path) -> dict[str, str]:
@@ -271,13 +290,11 @@ class TrainingProcess:
                 "epochs": epochs,
             },
         )
-        return WorkResult.from_message(result)
+        return _work_result(result)
 
     async def validate(self, *, model: Path) -> WorkResult:
         """Metrics of any model file on the local validation split (cross-site validation)."""
-        return WorkResult.from_message(
-            await self._call(OP_VALIDATE, {"model": str(model.resolve())})
-        )
+        return _work_result(await self._call(OP_VALIDATE, {"model": str(model.resolve())}))
 
     async def stop(self, grace: float = 3.0) -> None:
         """Ask the child to exit; kill its process group if it has not within ``grace`` seconds."""
@@ -362,7 +379,7 @@ class TrainingProcess:
                 self._dispatch(line)
             if not self._stopping:
                 self.kill()  # it hung up without being asked to stop: it cannot be trusted
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, *MALFORMED) as exc:
             logger.error("training process broke the protocol (%s); killing it", exc)
             self.kill()
         finally:

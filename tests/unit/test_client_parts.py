@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import stat
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flclientd.logforward import BUFFER_LINES, MAX_MESSAGE, LogForwarder
-from flclientd.runner import TrainingProcess
+from flclientd.runner import TrainingProcess, WorkerFailed, _work_result
 from flclientd.sitestate import SiteState, SiteStore
 from flclientd.worker.protocol import mark_log_line, parse_log_line
 
@@ -224,3 +225,42 @@ def test_a_marked_line_with_a_digit_int_refuses_is_text_and_the_reading_goes_on(
         return seen
 
     assert [text for _, text in asyncio.run(pump())] == ["first", "\x1e\u00b2 odd", "third"]
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"num_samples": float("inf")},
+        {"num_samples": 1, "metrics": [1]},
+        {"num_samples": 1, "metrics": {"a": [1]}},
+        "x",
+        {},
+    ],
+)
+def test_a_result_the_child_wrote_by_hand_that_cannot_be_read_is_the_child_s_failure(
+    result: object,
+) -> None:
+    """Such results once escaped as OverflowError or AttributeError, which the run reported
+    as "an unexpected error in the client daemon"."""
+    with pytest.raises(WorkerFailed, match="the training process sent a result that cannot be"):
+        _work_result(result)
+
+
+def test_a_ready_event_with_an_infinite_count_is_a_broken_protocol_not_a_dead_reader(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``int(Infinity)`` escaped the reader of the child's socket: nothing killed the child,
+    and the daemon waited out the whole ready timeout before saying it was not ready."""
+    info = '{"device":"cpu","gpu_count":Infinity,"world_size":1,"train_samples":1,"val_samples":1}'
+
+    async def scenario() -> None:
+        process = TrainingProcess(Path("."), Path("."), None)
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        theirs.sendall(b'{"event":"ready","info":' + info.encode() + b"}\n")
+        theirs.close()
+        await process._read(reader, writer)
+
+    with caplog.at_level(logging.ERROR, logger="flclientd.runner"):
+        asyncio.run(scenario())
+    assert "training process broke the protocol" in caplog.text
