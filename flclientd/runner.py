@@ -51,6 +51,7 @@ from flclientd.worker.protocol import (
 )
 from flcore import faultpoints
 from flcore.feed import MAX_TEXT, clip, clip_end
+from flcore.pipelines import pipe_lines
 from flcore.proctable import descendants
 
 logger = logging.getLogger(__name__)
@@ -398,17 +399,8 @@ class TrainingProcess:
                 reply.set_result(message)
 
     async def _pump(self, stream: asyncio.StreamReader, default_level: int) -> None:
-        pending = b""
-        while chunk := await stream.read(65536):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > MAX_LINE_CHARS:
-                lines.append(pending)
-                pending = b""
-            for raw in lines:
-                self._emit(raw, default_level)
-        if pending:
-            self._emit(pending, default_level)
+        async for raw in pipe_lines(stream, MAX_LINE_CHARS):
+            self._emit(raw, default_level)
 
     def _emit(self, raw: bytes, default_level: int) -> None:
         level, text = parse_log_line(raw.decode(errors="replace").rstrip("\r"), default_level)

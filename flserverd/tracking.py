@@ -40,6 +40,7 @@ from flcore.federation import (
     Verdict,
 )
 from flcore.feed import Body, RunInfo, Snapshot, ended_on_purpose
+from flcore.pipelines import pipe_lines
 from flserverd.server import FLServer
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ QUEUE_LIMIT = 10_000
 CLOSE_GRACE_S = 10.0
 RECORD_FILE = "mlflow_run.json"
 CHILD_MODULE = "flserverd.mlflow_child"
+MAX_CHILD_LINE = 64 * 1024
+"""A longer line from the MLflow child (a progress bar, a traceback) is read in pieces."""
 
 
 def tracking_uri(uri: str, workspace: Path) -> str:
@@ -298,7 +301,7 @@ class Tracker:
     async def _said(self, stdout: asyncio.StreamReader) -> bool:
         """The child's own words for the server's log; True when it said why it stopped."""
         fatal = False
-        async for raw in stdout:
+        async for raw in pipe_lines(stdout, MAX_CHILD_LINE):
             try:
                 said = json.loads(raw)
                 level, text = str(said["level"]), str(said["message"])[:2000]
@@ -328,7 +331,7 @@ class Tracker:
 
 async def _keep_tail(stream: asyncio.StreamReader, tail: deque[str]) -> None:
     """Keep the child's last lines of stderr (MLflow's own chatter) for a warning."""
-    async for raw in stream:
+    async for raw in pipe_lines(stream, MAX_CHILD_LINE):
         line = raw.decode(errors="replace").strip()
         if line:
             tail.append(line[:500])

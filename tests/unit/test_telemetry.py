@@ -4,6 +4,7 @@ exchange move them, and what the MLflow tracker hands its child."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import re
@@ -54,7 +55,7 @@ from flserverd import mlflow_child
 from flserverd.exchange import ModelExchange
 from flserverd.server import FLServer
 from flserverd.telemetry import ServerTelemetry
-from flserverd.tracking import Tracker, end_status, tracking_uri
+from flserverd.tracking import Tracker, _keep_tail, end_status, tracking_uri
 from provision import pki
 from tests.unit.serverparts import upload
 from tests.unit.test_exchange import RUN, chunks_of, header, on_server, train, write_model
@@ -718,3 +719,18 @@ def test_a_store_the_server_cannot_write_is_a_warning_from_the_real_child(
     assert said[1].startswith("MLflow: cannot log start of run 1 (1 failed call(s) so far): ")
     assert len(said) == 2  # the round failed too, within the same minute: no second warning
     assert all(r.levelname != "ERROR" for r in caplog.records)
+
+
+def test_a_line_of_the_mlflow_child_longer_than_asyncio_reads_does_not_stop_the_reading() -> None:
+    """A 200 KB line (a progress bar redrawn with carriage returns) once ended the reading of
+    the child's stderr with an error; the child then blocked on a full pipe."""
+
+    async def scenario() -> list[str]:
+        stream = asyncio.StreamReader()
+        stream.feed_data(b"\r" * 200_000 + b"\nlast words\n")
+        stream.feed_eof()
+        tail: collections.deque[str] = collections.deque(maxlen=5)
+        await _keep_tail(stream, tail)
+        return list(tail)
+
+    assert asyncio.run(scenario())[-1] == "last words"
