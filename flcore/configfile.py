@@ -189,6 +189,8 @@ def parse_yaml(text: str, where: str, loader: type[BoundedLoader] = BoundedLoade
         return yaml.load(text, Loader=loader)  # noqa: S506  unsafe-ok: a SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    except ValueError as exc:  # a value PyYAML cannot build: a date of month 13, 5,000 digits
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({' '.join(str(exc).split())})") from None
     except RecursionError:

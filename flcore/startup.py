@@ -21,6 +21,7 @@ from typing import Any
 from flcore.configfile import load_json
 from flcore.schema import (
     PORT,
+    WEEK_S,
     ConfigError,
     Field,
     at_least,
@@ -144,8 +145,8 @@ SERVER_FIELDS = [
     Field("fed_port", int, required=True, check=PORT),
     Field("admin_port", int, required=True, check=PORT),
     Field("listen_host", str, default="0.0.0.0", check=non_empty),  # noqa: S104
-    Field("heart_beat_timeout", float, default=600.0, check=at_least(1)),
-    Field("heartbeat_interval", float, default=60.0, check=at_least(0.1)),
+    Field("heart_beat_timeout", float, default=600.0, check=in_range(1, WEEK_S)),
+    Field("heartbeat_interval", float, default=60.0, check=in_range(0.1, WEEK_S)),
     Field("max_upload_mb", int, default=200, check=at_least(1)),
     Field("max_instances_per_kit", int, default=4, check=in_range(1, 10_000)),
     *_CERTS,
@@ -168,8 +169,8 @@ CLIENT_FIELDS = [
     Field("name", str, required=True, check=name_like),
     Field("server_host", str, required=True, check=non_empty),
     Field("fed_port", int, required=True, check=PORT),
-    Field("heartbeat_interval", float, default=60.0, check=at_least(0.1)),
-    Field("retry_window", float, default=30.0, check=at_least(1)),
+    Field("heartbeat_interval", float, default=60.0, check=in_range(0.1, WEEK_S)),
+    Field("retry_window", float, default=30.0, check=in_range(1, WEEK_S)),
     Field("forward_logs", bool, default=True),
     Field("log_lines_per_second", float, default=20.0, check=at_least(0.1)),
     Field("allow_cpu_mgpu", bool, default=False),

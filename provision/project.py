@@ -17,9 +17,9 @@ from typing import Any
 from flcore.identity import ROLES
 from flcore.schema import (
     PORT,
+    WEEK_S,
     ConfigError,
     Field,
-    at_least,
     email_like,
     in_range,
     name_like,
@@ -198,15 +198,22 @@ ADMIN_FIELDS = [
 ]
 _DEFAULTS = ProjectSettings()
 SETTINGS_FIELDS = [
-    Field("heart_beat_timeout", float, default=_DEFAULTS.heart_beat_timeout, check=at_least(1)),
-    Field("heartbeat_interval", float, default=_DEFAULTS.heartbeat_interval, check=at_least(0.1)),
+    Field(
+        "heart_beat_timeout", float, default=_DEFAULTS.heart_beat_timeout, check=in_range(1, WEEK_S)
+    ),
+    Field(
+        "heartbeat_interval",
+        float,
+        default=_DEFAULTS.heartbeat_interval,
+        check=in_range(0.1, WEEK_S),
+    ),
     Field(
         "cert_validity_days",
         int,
         default=_DEFAULTS.cert_validity_days,
         check=in_range(1, MAX_CERT_VALIDITY_DAYS),
     ),
-    Field("retry_window", float, default=_DEFAULTS.retry_window, check=at_least(1)),
+    Field("retry_window", float, default=_DEFAULTS.retry_window, check=in_range(1, WEEK_S)),
     Field("key_type", str, default=_DEFAULTS.key_type, check=one_of(*KEY_TYPES)),
     Field("install_prefix", str, default=_DEFAULTS.install_prefix, check=_install_path),
     Field("workspace_base", str, default=_DEFAULTS.workspace_base, check=_install_path),

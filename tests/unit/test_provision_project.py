@@ -262,7 +262,10 @@ def test_small_heartbeats_are_allowed() -> None:
         ("cert_validity_days", 0, "'cert_validity_days' must be between 1 and 3650"),
         ("install_prefix", "opt/flstack", "'install_prefix' must be an absolute path"),
         ("workspace_base", "/var/lib/fl stack", "'workspace_base' must be an absolute path"),
-        ("retry_window", 0, "'retry_window' must be at least 1"),
+        ("retry_window", 0, "'retry_window' must be between 1 and 604800"),
+        ("retry_window", float("inf"), "'retry_window' must be a finite number"),  # YAML's .inf
+        ("heart_beat_timeout", 10**400, "'heart_beat_timeout' must be a finite number"),
+        ("heartbeat_interval", 3e9, "'heartbeat_interval' must be between 0.1 and 604800"),
         ("colour", "blue", "unknown key 'colour'"),
     ],
 )
@@ -333,3 +336,17 @@ def test_public_api_is_what_the_wizard_uses() -> None:
     ]  # fmt: skip
     for name in provision.__all__:
         assert getattr(provision, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("name: 2024-13-45", "month must be in 1..12"),  # PyYAML builds a date, and fails
+        ("name: " + "9" * 5000, "Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_a_value_yaml_cannot_build_is_an_invalid_project(line: str, expected: str) -> None:
+    """Once "unexpected ValueError: month must be in 1..12", exit 1, and no file named."""
+    with pytest.raises(ConfigError, match=r"^project\.yml: not valid YAML \(") as caught:
+        parse_project_yaml(line, "project.yml")
+    assert expected in str(caught.value)
