@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 def daemon_parser(prog: str, description: str, workspace: str) -> argparse.ArgumentParser:
     """The command line both daemons start with: ``--workspace`` (``workspace`` says whose)
@@ -38,7 +40,13 @@ def daemon_parser(prog: str, description: str, workspace: str) -> argparse.Argum
         required=True,
         help=f"the {workspace} workspace: the folder that holds the kit's startup/ folder",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR",
+    )
     return parser
 
 
@@ -62,6 +70,14 @@ def start_daemon(
         return workspace, load(workspace)
     except (KitSignatureError, ConfigError) as exc:
         daemon_log.error("%s", exc)
+        return None
+    except OSError as exc:  # a kit file the daemon's user may not read, a name too long
+        daemon_log.error(
+            "cannot read the kit: %s: %s; check that this user may read every file of "
+            "startup/ and local/",
+            exc.filename or workspace,
+            exc.strerror or exc,
+        )
         return None
 
 

@@ -1,0 +1,38 @@
+"""How both daemons start when site IT got something wrong: one line that says what, exit
+code 2, never a traceback (flcore.daemon)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flcore.daemon import daemon_parser
+
+
+def start(daemon: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", daemon, *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("daemon", ["flserverd", "flclientd"])
+def test_a_workspace_name_no_file_system_holds_is_one_line_and_exit_2(
+    daemon: str, tmp_path: Path
+) -> None:
+    """Once an OSError traceback (ENAMETOOLONG) from reading the kit; the same path serves a
+    kit file the daemon's user may not read."""
+    done = start(daemon, "--workspace", str(tmp_path / ("w" * 300)))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "cannot read the kit: " in done.stderr and "File name too long" in done.stderr
+
+
+def test_a_log_level_that_is_no_level_is_refused_with_the_choices() -> None:
+    parser = daemon_parser("flserverd", "test", "server")
+    assert parser.parse_args(["--workspace", "w", "--log-level", "debug"]).log_level == "DEBUG"
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(["--workspace", "w", "--log-level", "verbose"])
+    assert refused.value.code == 2
