@@ -176,6 +176,9 @@ class AdminClient:
     async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
         """Run one command line and return its reply (AdminError when the server is gone)."""
         line = line.strip()
+        if "\x00" in line or not _is_utf8(line):  # a script's stray byte, a NUL
+            shown = line.encode("utf-8", "replace").decode().replace("\x00", "\ufffd")
+            return _local(shown, False, "a command must be UTF-8 text without NUL characters")
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -266,6 +269,16 @@ class AdminClient:
                 yield event
         except grpc.aio.AioRpcError as exc:
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be sent (no lone surrogate, as a non-UTF-8 byte read under a
+    C locale becomes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_attachment(path: Path) -> bytes:

@@ -197,7 +197,7 @@ async def run_commands(client: AdminClient, lines: list[str], as_json: bool, yes
         if as_json:
             print(reply.as_json(), flush=True)
         else:
-            print(f"> {line}\n{reply.render()}\n", flush=True)
+            print(f"> {reply.line}\n{reply.render()}\n", flush=True)
         if not reply.ok:
             code = EXIT_COMMAND
     return code

@@ -77,6 +77,10 @@ def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
     Raises:
         ProvisionError: missing file, wrong password, damaged zip, or not a kit.
     """
+    if zip_path.exists() and not zip_path.is_file():  # /dev/zero was read without end
+        raise ProvisionError(
+            f"{zip_path}: not a regular file; a kit is the .zip file flprovision wrote"
+        )
     files: dict[str, bytes] = {}
     try:
         with pyzipper.AESZipFile(zip_path) as archive:

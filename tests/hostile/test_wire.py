@@ -176,6 +176,28 @@ def test_an_admin_upload_of_odd_names_is_refused_before_sending(cluster: Cluster
     assert "upload_folder deep" not in server.log()  # nothing reached the server
 
 
+def test_a_command_line_with_a_nul_or_a_stray_byte_is_refused_before_sending(
+    cluster: Cluster,
+) -> None:
+    """A script's non-UTF-8 byte (a lone surrogate under a C locale) or a NUL once escaped
+    `fltui --cmd` and `--shell` as a UnicodeEncodeError or a ValueError traceback."""
+    startup = cluster.root / ADMIN / "startup"
+
+    async def scenario() -> list[tuple[bool, str, str]]:
+        client = AdminClient(startup, load_kit(startup), "admin@lead.org")
+        try:
+            lines = ("check_status \udcff", "load_crl /tmp/a\x00b", "show_run 1\x00")
+            replies = [await client.execute(line) for line in lines]
+        finally:
+            await client.close()
+        return [(reply.ok, reply.line, reply.text) for reply in replies]
+
+    for ok, line, text in asyncio.run(scenario()):
+        assert not ok and text == "a command must be UTF-8 text without NUL characters"
+        line.encode("utf-8")  # what is echoed can be printed
+        assert "\x00" not in line
+
+
 def test_a_100_mb_config_and_a_zip_bomb_in_uploads(cluster: Cluster) -> None:
     cluster.server()
     bomb_app = cluster.add_app("bomb", cluster.root / ADMIN / "transfer" / "digits_fedavg")

@@ -98,6 +98,16 @@ def test_stdlib_zipfile_cannot_read_a_kit(provisioned_workspace: Any) -> None:
             archive.read("startup/server.key")
 
 
+@pytest.mark.timeout(30)
+def test_a_kit_that_is_no_regular_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    """`flprovision extract /dev/zero` once read without end."""
+    from provision import ProvisionError
+
+    for path in (Path("/dev/zero"), tmp_path):
+        with pytest.raises(ProvisionError, match=r"not a regular file; a kit is the \.zip file"):
+            read_kit(path, "pw")
+
+
 def test_wrong_password_is_a_clear_error(provisioned_workspace: Any, tmp_path: Path) -> None:
     from provision import ProvisionError
 
