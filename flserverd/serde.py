@@ -129,7 +129,9 @@ def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward | U
         )
     if body == "logs":
         records = message.logs.records[:MAX_LOG_BATCH]
-        return LogBatch(tuple(log_from_proto(r, source) for r in records), message.logs.dropped)
+        # A count of lines the client dropped: never below none (a peer's int64).
+        dropped = max(0, message.logs.dropped)
+        return LogBatch(tuple(log_from_proto(r, source) for r in records), dropped)
     return Unreadable("a control-stream message with no body this server knows")
 
 

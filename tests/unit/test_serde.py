@@ -91,6 +91,8 @@ def test_server_bounds_what_a_client_sends() -> None:
     batch = server_serde.upward_from_proto(client_serde.upward_to_proto(LogBatch(lines)), "s")
     assert isinstance(batch, LogBatch) and len(batch.records) == server_serde.MAX_LOG_BATCH
     assert {r.source for r in batch.records} == {"s"}  # the server names the source
+    odd = fed_pb2.ClientMessage(logs=fed_pb2.LogBatch(dropped=-5))
+    assert server_serde.upward_from_proto(odd, "s") == LogBatch((), 0)
 
 
 def test_result_data_that_is_not_an_object_is_dropped() -> None:
