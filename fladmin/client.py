@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -296,24 +296,23 @@ def read_attachment(path: Path) -> bytes:
 
 def _printable_json(value: Any) -> Any:
     """A reply's data with every string cleaned: it carries what sites wrote (errors, notes)."""
-    if isinstance(value, str):
-        return printable(value)
-    if isinstance(value, list):
-        return [_printable_json(item) for item in value]
-    if isinstance(value, dict):
-        return {printable(key): _printable_json(item) for key, item in value.items()}
-    return value
+    return _mapped_json(value, lambda leaf: printable(leaf) if isinstance(leaf, str) else leaf)
 
 
 def _finite_json(value: Any) -> Any:
     """``value`` with every float that is not finite replaced by None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    return _mapped_json(
+        value, lambda leaf: None if isinstance(leaf, float) and not math.isfinite(leaf) else leaf
+    )
+
+
+def _mapped_json(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """Parsed JSON with ``leaf`` applied to every key and every value that is no container."""
     if isinstance(value, list):
-        return [_finite_json(item) for item in value]
+        return [_mapped_json(item, leaf) for item in value]
     if isinstance(value, dict):
-        return {key: _finite_json(item) for key, item in value.items()}
-    return value
+        return {leaf(key): _mapped_json(item, leaf) for key, item in value.items()}
+    return leaf(value)
 
 
 def _from_wire(line: str, reply: admin_pb2.CommandReply) -> CommandReply:

@@ -20,8 +20,6 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 """Both are used with ``fullmatch``: ``$`` would let a trailing newline through."""
 MAX_SHOWN = 80
-FLOAT_INTS = 10**308
-"""Integers from this size on are no float (``float()`` overflows): refused as infinite."""
 WEEK_S = 7 * 24 * 3600.0
 """The longest interval or timeout a kit may set: longer means "never", which no timing of
 the federation should, and the seconds stay within the wire's 32-bit fields."""
@@ -96,7 +94,10 @@ def parse_mapping(data: object, fields: Sequence[Field], where: str) -> dict[str
                 f"{where}: {f.name!r} must be {_describe(f.kind)}, got {shown(value)}"
             )
         if isinstance(value, int) and not isinstance(value, bool) and f.kind is float:
-            value = float(value) if abs(value) < FLOAT_INTS else math.inf
+            try:
+                value = float(value)
+            except OverflowError:  # 400 digits: no float holds it
+                value = math.inf
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: {f.name!r} must be a finite number, got {shown(value)}")
         if f.check is not None and value is not None:
