@@ -7,6 +7,7 @@ cannot be done here, so that a test can skip with the reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 FILLER = ".fill"
+_BLOCK = 4096
 
 
 def why_not_mountable() -> str:
@@ -52,15 +54,26 @@ def small_disk(folder: Path, size_mb: int) -> Iterator[Path]:
 
 
 def fill(folder: Path) -> int:
-    """Take every free byte of ``folder``'s file system; returns how many were taken."""
-    free = shutil.disk_usage(folder).free
+    """Take every free byte of ``folder``'s file system; returns how many were taken.
+
+    A daemon may be writing there at the same time, so the free space read a moment ago can be
+    gone by the time it is claimed: claim what is left, in smaller steps, until nothing is.
+    """
     fd = os.open(folder / FILLER, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
-        if free:
-            os.posix_fallocate(fd, 0, free)
+        step = shutil.disk_usage(folder).free
+        while step >= _BLOCK:
+            try:
+                os.posix_fallocate(fd, os.fstat(fd).st_size, step)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                step //= 2
+            else:
+                step = shutil.disk_usage(folder).free
+        return os.fstat(fd).st_size
     finally:
         os.close(fd)
-    return free
 
 
 def free_up(folder: Path) -> None:
