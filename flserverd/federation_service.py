@@ -22,7 +22,7 @@ from flcore import faultpoints
 from flcore import status as st
 from flcore.compression import WireChunk, encoded_chunks
 from flcore.folders import iter_chunks
-from flcore.progress import TransferStalled
+from flcore.progress import ProgressWatch, TransferStalled
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
@@ -162,11 +162,15 @@ class FederationService(fed_grpc.FederationServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise
         model = TensorFile(download.path)
-        await context.write(fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest)))
+        manifest = fed_pb2.ModelMessage(manifest=manifest_to_proto(model.manifest))
         chunks = encoded_chunks(model, download.compression)
         what = f"download of {download.path.name} to {client.instance}"
+        downloads = self.exchange.downloads
         try:
-            await self.exchange.downloads.send_all(
+            # A manifest larger than the call's flow-control window waits for the peer to read,
+            # so it is watched like the chunks that follow it.
+            await ProgressWatch(what, downloads.stall_s).run(context.write(manifest))
+            await downloads.send_all(
                 what, chunks, self._chunk_writer(context, download), owner=client.client_name
             )
         except TransferStalled as exc:

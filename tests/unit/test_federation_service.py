@@ -1,0 +1,76 @@
+"""The federation servicer's own part of a download, on a real server without gRPC: the
+whole call through real daemons is tested in tests/integration."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+
+from flcore.federation import MachineInfo
+from flcore.identity import KIND_CLIENT, identity_from_certificate
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
+from flserverd.federation_service import FederationService
+from flserverd.rpc import Context
+from flserverd.server import FLServer
+from provision import pki
+from tests.unit.test_exchange import RUN, on_server, train
+
+
+class Aborted(Exception):
+    """What grpc's ``context.abort`` raises, for this stand-in."""
+
+
+class _PeerThatDoesNotRead:
+    """A call whose peer never reads: every write waits for good."""
+
+    def __init__(self, cert_pem: bytes) -> None:
+        self._auth = {"x509_pem_cert": [cert_pem]}
+        self.written: list[fed_pb2.ModelMessage] = []
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def auth_context(self) -> dict[str, Any]:
+        return self._auth
+
+    async def write(self, message: fed_pb2.ModelMessage) -> None:
+        self.written.append(message)
+        await asyncio.Event().wait()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise Aborted(details)
+
+
+def test_a_download_whose_manifest_is_never_read_is_given_up_after_the_stall_limit(
+    tmp_path: Path,
+) -> None:
+    """The manifest was written outside the stall watch, so a peer that never read a large
+    one held its call (and the model's file) until it hung up."""
+    now = datetime.now(UTC)
+    ca = pki.create_ca("p", "org", "ecdsa-p256", 30, now)
+    site = pki.issue(ca, pki.Subject("site-a", "org", KIND_CLIENT), "ecdsa-p256", 30, now)
+
+    async def scenario(server: FLServer) -> None:
+        train(server, num_rounds=2)
+        login = server.login(identity_from_certificate(site.cert), "", MachineInfo())
+        service = FederationService(server)
+        service.exchange.downloads.stall_s = 0.2
+        context = _PeerThatDoesNotRead(pki.cert_pem(site.cert))
+        request = fed_pb2.ModelRequest(
+            token=login.token, run_number=RUN, round=0, kind=fed_pb2.MODEL_KIND_GLOBAL
+        )
+        with pytest.raises(Aborted):
+            await asyncio.wait_for(service.GetModel(request, cast(Context, context)), 10)
+        assert [m.WhichOneof("body") for m in context.written] == ["manifest"]
+        assert context.aborted is not None
+        code, details = context.aborted
+        assert code == grpc.StatusCode.UNAVAILABLE
+        assert details == (
+            "download of round_0.safetensors to site-a: nothing moved for 0.2s; given up"
+        )
+
+    on_server(tmp_path, scenario)
