@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ import grpc
 import pytest
 
 from fladmin import AdminClient, load_kit
+from flclientd.agent import Agent
 from flclientd.connection import Connection
 from flclientd.crossval import CrossSiteValidation
+from flclientd.device import DeviceInfo
 from flclientd.runcontext import RunContext
-from flclientd.runner import TrainingProcess
+from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink
 from flcore.appconfig import ClientAppConfig
@@ -451,3 +453,50 @@ def test_a_model_to_cross_validate_that_is_no_model_fails_its_own_cell_only(
         GLOBAL_OWNER: unusable,
     }
     assert list(work.iterdir()) == []
+
+
+def test_a_round_s_or_the_final_model_that_is_no_model_fails_the_run_with_the_reason(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """What came instead of a global model (here a second manifest) is the run's failure,
+    worded for the site's admin, at a round and at the final validation alike; nothing of
+    it stays in the site's models folder."""
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    work = tmp_path / "run_1" / "work_flclient1"
+    work.mkdir(parents=True)
+
+    async def scenario() -> list[str]:
+        async with playing_the_server(cluster, {"GetModel": TWO_MANIFESTS}):
+            agent = Agent(
+                workspace,
+                startup,
+                TlsFiles.named_by(startup, workspace / "startup"),
+                None,
+                DeviceInfo("cpu", 0),
+                None,
+            )
+            agent.uplink.connected.set()  # the calls go through; no control stream is needed
+            agent.worker = TrainingProcess(work, tmp_path / "app", None)  # never started
+            steps: list[Callable[[], Awaitable[object]]] = [
+                lambda: agent._train_round(TaskOffer(1, 0, TaskKind.TRAIN, (), ()), 1, work),
+                lambda: agent._validate_final(
+                    TaskOffer(1, 2, TaskKind.VALIDATE_GLOBAL, (), ()), work
+                ),
+            ]
+            errors = []
+            try:
+                for step in steps:
+                    with pytest.raises(WorkerFailed) as failed:
+                        await step()
+                    errors.append(str(failed.value))
+            finally:
+                await agent.conn.close()
+            return errors
+
+    twice = "the server sent the model's manifest twice"
+    assert asyncio.run(scenario()) == [
+        f"the global model of round 0 is unusable: {twice}",
+        f"the final global model is unusable: {twice}",
+    ]
+    assert list((tmp_path / "run_1" / "models_flclient1").iterdir()) == []
