@@ -25,6 +25,8 @@ from flcore.startup import STARTUP_DIR
 from provision.errors import ProvisionError
 from provision.kits import STARTUP_DIR_MODE, file_mode
 
+_AES_256 = 3  # WinZip AES's strength code for a 256-bit key
+
 
 def _member_name(entry: str, zip_path: Path) -> str:
     prefix = f"{STARTUP_DIR}/"
@@ -67,6 +69,23 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path
     return data
 
 
+def _check_encrypted(infos: list[pyzipper.ZipInfo], zip_path: Path) -> None:
+    """Every file of a kit with a password is AES-256 encrypted under it.
+
+    The seal is checked against the CA inside the same kit, so what proves that a kit comes
+    from lead IT is that its password opens it: AES's authentication is keyed by the password.
+    A file stored in the clear opens under any password, and would let whoever swapped the zip
+    on its way ship a CA, key and server address of their own.
+    """
+    for info in infos:
+        if getattr(info, "wz_aes_strength", None) != _AES_256:
+            raise ProvisionError(
+                f"{zip_path}: {info.filename!r} is not encrypted with the kit's password; "
+                "flprovision encrypts every file of a kit, so this zip was not made by it or "
+                "was changed on its way: do not use it, and ask lead IT for the kit again"
+            )
+
+
 def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
     """Decrypt a kit into memory: startup file name -> content.
 
@@ -88,6 +107,8 @@ def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
                 archive.setpassword(password.encode())
             infos = [info for info in archive.infolist() if not info.is_dir()]
             _check_sizes(infos, zip_path)
+            if password is not None:
+                _check_encrypted(infos, zip_path)
             for info in infos:
                 files[_member_name(info.filename, zip_path)] = _read_member(archive, info, zip_path)
     except FileNotFoundError:

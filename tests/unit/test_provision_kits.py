@@ -118,6 +118,26 @@ def test_wrong_password_is_a_clear_error(provisioned_workspace: Any, tmp_path: P
     assert not (tmp_path / "out").exists()
 
 
+def test_a_kit_with_a_file_in_the_clear_is_refused_whatever_the_password(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The seal is checked against the CA in the same zip, so only the password proves where a
+    kit comes from: a zip of plain files (here a real kit's, seal and all, as someone who swaps
+    the zip on its way would ship a CA and server address of their own) once opened under any
+    password."""
+    from provision import ProvisionError
+
+    kit = provisioned_workspace.kit("site-a")
+    files = read_kit(kit, provisioned_workspace.password("site-a"))
+    plain = tmp_path / "site-a.zip"
+    with zipfile.ZipFile(plain, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(f"startup/{name}", data)
+    with pytest.raises(ProvisionError, match=r"is not encrypted with the kit's password; "):
+        extract_kit(plain, provisioned_workspace.password("site-a"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(SEVEN_ZIP is None, reason="needs 7zz (Debian/Ubuntu 7zip) or 7z (p7zip-full)")
 def test_seven_zip_extracts_a_kit(provisioned_workspace: Any, tmp_path: Path) -> None:
     assert SEVEN_ZIP is not None
