@@ -50,6 +50,7 @@ from flcore.federation import (
     Verdict,
 )
 from flcore.folders import FolderReceiver, replace_folder
+from flcore.identity import is_instance_of
 from flcore.progress import ProgressWatch
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
@@ -59,6 +60,7 @@ from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
 from flcore.wire import (
     UPLOAD_TURN_GO,
     UPLOAD_TURN_KEY,
+    WireError,
     chunk_from_proto,
     manifest_from_proto,
     with_chunk,
@@ -129,6 +131,12 @@ class Connection:
             timeout=LOGIN_TIMEOUT_S,
         )
         login = login_from_proto(reply)
+        if not is_instance_of(login.instance, self.startup.name):
+            raise WireError(
+                f"the server named this site's instance {login.instance[:64]!r}, which is no "
+                f"instance name of kit {self.startup.name}; this site's folders are named "
+                "after it, so it logs in again later"
+            )
         self.token = login.token
         self.upload_turns = login.upload_turns
         return login

@@ -37,6 +37,7 @@ from flcore.progress import TransferStalled
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
 from flcore.tokens import token_id
+from flcore.wire import WireError
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ class Uplink:
                     self.startup.server_target,
                     exc.details() or exc.code().name,
                 )
+            except WireError as exc:
+                log.error("the server's login reply cannot be used: %s", exc)
             else:
                 delay = 0.2
                 self.logins += 1

@@ -8,6 +8,7 @@ TITLE=<role>; this module is the one place that reads it back.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -55,6 +56,20 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         role=_attr(subject, NameOID.TITLE),
         serial=cert.serial_number,
     )
+
+
+def instance_name(name: str, number: int) -> str:
+    """What the server calls instance ``number`` of kit ``name`` (0 is the kit's own name)."""
+    return name if number == 0 else f"{name}_{number}"
+
+
+def is_instance_of(instance: str, name: str) -> bool:
+    """Whether ``instance`` is a name :func:`instance_name` gives kit ``name``.
+
+    A site builds folder names from the instance name the server gives it at login, so it
+    takes no other (``x/../../local`` would have made a deploy replace the site's policy).
+    """
+    return re.fullmatch(re.escape(name) + r"(_[1-9][0-9]{0,5})?", instance) is not None
 
 
 @lru_cache(maxsize=1024)

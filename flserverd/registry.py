@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from flcore.diskfault import disk_fault
 from flcore.federation import MachineInfo
-from flcore.identity import Identity
+from flcore.identity import Identity, instance_name
 from flcore.status import ClientStatus
 from flcore.tokens import key_id, new_token, same_key, token_key
 from flserverd.statedb import ClientRecord, StateDB
@@ -234,13 +234,10 @@ class ClientRegistry:
             log.warning("%s kept in memory only: server %s", what, fault)
 
     def _free_instance(self, name: str) -> str:
-        taken = self._by_instance
-        if name not in taken:
-            return name
-        n = 1
-        while f"{name}_{n}" in taken:
-            n += 1
-        return f"{name}_{n}"
+        number = 0
+        while instance_name(name, number) in self._by_instance:
+            number += 1
+        return instance_name(name, number)
 
     def authenticate(self, token: str, identity: Identity | None) -> RegisteredClient:
         """The client of a token presented with a certificate; AuthError if they don't match."""

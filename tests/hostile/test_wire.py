@@ -29,6 +29,7 @@ from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink
 from flcore.appconfig import ClientAppConfig
 from flcore.federation import GLOBAL_OWNER, MachineInfo, TaskKind, TaskOffer
+from flcore.identity import instance_name, is_instance_of
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
@@ -36,7 +37,7 @@ from flcore.startup import load_client, load_server
 from flcore.status import NOT_STARTED, ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorSpec
 from flcore.tls import TlsFiles, server_credentials
-from flcore.wire import manifest_to_proto
+from flcore.wire import WireError, manifest_to_proto
 from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
 from tests.hostile.payloads import (
@@ -500,3 +501,46 @@ def test_a_round_s_or_the_final_model_that_is_no_model_fails_the_run_with_the_re
         f"the final global model is unusable: {twice}",
     ]
     assert list((tmp_path / "run_1" / "models_flclient1").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "instance", ["x/../../local", "flclient1/../../startup", "flclient1_0", "flclient2", ""]
+)
+def test_an_instance_name_that_is_no_instance_of_the_kit_is_refused_at_login(
+    cluster: Cluster, instance: str
+) -> None:
+    """A site names its run folders after the instance name the server gives it: a server
+    (broken, or someone holding its key) that answered a path would have made the next deploy
+    replace the site's local/ policy or its kit."""
+
+    async def login(
+        request: fed_pb2.ClientLoginRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> fed_pb2.ClientLoginReply:
+        return fed_pb2.ClientLoginReply(token="t" * 22, instance_name=instance, project="itest")
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Login": grpc.unary_unary_rpc_method_handler(
+            login,
+            request_deserializer=fed_pb2.ClientLoginRequest.FromString,
+            response_serializer=fed_pb2.ClientLoginReply.SerializeToString,
+        )
+    }
+
+    async def scenario() -> str:
+        async with playing_the_server(cluster, handlers) as conn:
+            with pytest.raises(WireError) as refused:
+                await conn.login("", MachineInfo(device="cpu"))
+            assert conn.token == ""
+            return str(refused.value)
+
+    assert asyncio.run(scenario()) == (
+        f"the server named this site's instance {instance!r}, which is no instance name of kit "
+        "flclient1; this site's folders are named after it, so it logs in again later"
+    )
+
+
+def test_the_instance_names_the_server_gives_are_those_a_site_takes() -> None:
+    assert [instance_name("site-a", n) for n in range(3)] == ["site-a", "site-a_1", "site-a_2"]
+    assert all(is_instance_of(instance_name("site-a", n), "site-a") for n in (0, 1, 9, 999_999))
+    for other in ("site-a_", "site-a_01", "site-ab", "site-a_1/..", "site-a_1\n", "Site-A"):
+        assert not is_instance_of(other, "site-a")
