@@ -355,10 +355,14 @@ class ClientsTable(DataTable[Text], VimKeys):
             wanted = list(self._shown)
         if wanted == [row.key.value for row in self.ordered_rows]:
             return
-        rank = {instance: index for index, instance in enumerate(wanted)}
+        # DataTable.sort shows the key function cells only, and a name's cell may be cut short
+        # (two long names can even look alike): each row is known by its cell object.
+        rank = {
+            id(self.get_cell(instance, "instance")): index
+            for index, instance in enumerate(wanted)
+        }
         keep = self.selected
-        # The instance column's text is the mark and the name: the row's key.
-        self.sort("instance", key=lambda cell: rank[cell.plain[len(MARK) :]])
+        self.sort("instance", key=lambda cell: rank[id(cell)])
         self._keep_cursor(keep)
 
     # ------------------------------------------------------------------ rows

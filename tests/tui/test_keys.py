@@ -10,12 +10,13 @@ views on ``:``, sorting, columns and copying a token.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from textual.widgets import OptionList, SelectionList
 
-from flcore.feed import ClientRow
+from flcore.feed import ClientRow, FeedEvent, Snapshot
 from fldev.poll import wait_for
 from fltui.screens.dialogs import ChoiceScreen, ColumnsScreen, ConfirmScreen
 from fltui.screens.sitelogs import SiteLogScreen
@@ -23,7 +24,7 @@ from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
 from tests.tui.helpers import burst, shown
-from tests.tui.recorded import NOW, recorded_events
+from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, SERVER, recorded_events
 from tests.tui.test_console import console, ready, sent, stopped_run
 
 SIZES = [(80, 24), (120, 36), (200, 50)]
@@ -192,6 +193,37 @@ def test_the_clients_table_sorts_by_a_column_and_cycles(tmp_path: Path) -> None:
                     break
                 await pilot.press("S")
             assert table.sort_column == "" and table.shown == server_order
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", SIZES, ids=ids)
+def test_sorting_keeps_working_with_names_longer_than_their_column(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """The sort found each row by its drawn name, which a long name has cut short: any sort
+    key (and the refresh while a sort was on) crashed the console."""
+    long = [
+        replace(CLIENTS[0], instance=name, client_name=name, round=r)
+        for r, name in enumerate(["hospital-bordeaux-north-wing", "hospital-bordeaux-south-wing"])
+    ]
+    events = [FeedEvent(100, NOW - 130, Snapshot(SERVER, RUN, (*CLIENTS, *long), LOGS))]
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, events)
+        async with app.run_test(size=size) as pilot:
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: app.connected and table.row_count == len(CLIENTS) + 2)
+            for _ in range(20):  # S moves the sort to the next column: each one sorts
+                await pilot.press("S")
+                if table.sort_column == "round":
+                    break
+            assert table.sort_column == "round"
+            keys = [table._views[instance].sort_value("round") for instance in table.shown]
+            assert keys == sorted(keys, reverse=table.sort_reverse)
+            assert {long[0].instance, long[1].instance} <= set(table.shown)
+            await pilot.press("H")
+            assert table.sort_column == "health" and app.is_running
 
     asyncio.run(scenario())
 
