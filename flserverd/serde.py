@@ -8,6 +8,7 @@ relays it; enums are checked (an unknown value raises WireError).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -85,10 +86,19 @@ def machine_from_proto(info: fed_pb2.ClientInfo) -> MachineInfo:
     )
 
 
-def log_from_proto(record: common_pb2.LogRecord, source: str) -> LogEntry:
-    """A forwarded log line, bounded, with the source the server knows it by."""
+LOG_BEHIND_S = 30 * 86400.0
+LOG_AHEAD_S = 60.0
+"""How far from the server's clock a site's log line may be dated: lines a site kept while
+it was away may be old, but the console orders lines by time, so one dated ahead would stay
+below every later line, and a NaN or year 30,000,000 is no time to draw."""
+
+
+def log_from_proto(record: common_pb2.LogRecord, source: str, now: float) -> LogEntry:
+    """A forwarded log line, bounded, with the source the server knows it by; dated ``now``
+    (when it arrived) where the site's time cannot be right."""
+    sane = now - LOG_BEHIND_S <= record.time <= now + LOG_AHEAD_S
     return LogEntry(
-        record.time,
+        record.time if sane else now,
         record.level[:16],
         record.logger[:MAX_LABEL],
         clip(record.message, MAX_TEXT),
@@ -131,7 +141,8 @@ def upward_from_proto(message: fed_pb2.ClientMessage, source: str) -> Upward | U
         records = message.logs.records[:MAX_LOG_BATCH]
         # A count of lines the client dropped: never below none (a peer's int64).
         dropped = max(0, message.logs.dropped)
-        return LogBatch(tuple(log_from_proto(r, source) for r in records), dropped)
+        now = time.time()
+        return LogBatch(tuple(log_from_proto(r, source, now) for r in records), dropped)
     return Unreadable("a control-stream message with no body this server knows")
 
 

@@ -7,6 +7,7 @@ leaves the glyph and the word to tell states apart.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -101,14 +102,24 @@ def age(seconds: float) -> str:
     return f"{seconds // 86400}d"
 
 
+def local_time(stamp: float, form: str) -> str:
+    """``stamp`` in local time as ``form`` (``time.strftime``), or question marks as wide as
+    that would be where the stamp is no time the platform can show (a peer's NaN or year
+    30,000,000 once took the console down)."""
+    try:
+        return time.strftime(form, time.localtime(stamp))
+    except (OverflowError, OSError, ValueError):
+        return re.sub(r"[0-9]", "?", time.strftime(form, time.localtime(0)))
+
+
 def clock_time(stamp: float) -> str:
     """``HH:MM:SS`` in local time."""
-    return time.strftime("%H:%M:%S", time.localtime(stamp))
+    return local_time(stamp, "%H:%M:%S")
 
 
 def clock_date(stamp: float) -> str:
     """``mm-dd HH:MM`` in local time: a listing's dates, short enough to leave room."""
-    return time.strftime("%m-%d %H:%M", time.localtime(stamp))
+    return local_time(stamp, "%m-%d %H:%M")
 
 
 def device(row: ClientRow) -> str:

@@ -6,7 +6,6 @@ shows is the client now, not when the screen opened.
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar
 
 from rich.text import Text
@@ -17,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from flcore.feed import ClientRow
+from fltui.status import local_time
 from fltui.store import Store
 from fltui.widgets.tones import tone_style
 
@@ -25,7 +25,7 @@ REFRESH_S = 0.25
 
 
 def _when(stamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+    return local_time(stamp, "%Y-%m-%d %H:%M:%S") if stamp else "-"
 
 
 class ClientScreen(Screen[None]):

@@ -14,7 +14,6 @@ every match and ``n``/``N`` jump between them.
 from __future__ import annotations
 
 import bisect
-import time
 from collections.abc import Iterable
 from typing import ClassVar
 
@@ -28,7 +27,7 @@ from textual.strip import Strip
 
 from flcore.feed import LogEntry, printable
 from fltui.logfilter import LogFilter
-from fltui.status import clock_time
+from fltui.status import clock_time, local_time
 from fltui.widgets.vimkeys import VimKeys
 
 SOURCE_WIDTH = 12
@@ -59,7 +58,7 @@ def one_line(message: str) -> str:
 
 def plain_line(entry: LogEntry) -> str:
     """A line as it is saved to a file: date, time, source, level, message."""
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.time))
+    stamp = local_time(entry.time, "%Y-%m-%d %H:%M:%S")
     return f"{stamp} {entry.source:<{SOURCE_WIDTH - 1}} {entry.level:<8} {one_line(entry.message)}"
 
 

@@ -7,6 +7,7 @@ run and records the command lines the keys send.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,7 +19,7 @@ from textual.widgets import DataTable, Input
 
 from fladmin.client import AdminError, CommandReply
 from fladmin.link import AdminLink
-from flcore.feed import ClientRow, FeedEvent, Snapshot
+from flcore.feed import ClientRow, FeedEvent, LogEntry, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fldev.poll import wait_for
@@ -634,6 +635,30 @@ def test_escape_sequences_from_sites_never_reach_the_terminal(tmp_path: Path) ->
             facts = str(app.screen.query_one("#client-facts").render())
             assert "host" in facts and "Traceback:\n  line" in facts
             assert "\x1b" not in facts and "\x07" not in facts
+
+    asyncio.run(scenario())
+
+
+def test_a_log_line_dated_at_no_time_is_drawn_with_question_marks(tmp_path: Path) -> None:
+    """The server dates such lines itself; a console must still not fall over one (a NaN
+    time once took every console down, and every console opened after it)."""
+    events = recorded_events()
+    seq = events[-1].seq
+    for offset, stamp in enumerate([math.nan, 1e18, -1e18], 1):
+        events.append(FeedEvent(seq + offset, NOW, LogEntry(stamp, "INFO", "x", "odd", "evil")))
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, events)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            logs = app.dashboard.query_one(LogView)
+            await wait_for(pilot, lambda: logs.line_count == 11)
+            drawn = [
+                "".join(segment.text for segment in logs.render_line(y))
+                for y in range(logs.size.height)
+            ]
+            assert sum(line.startswith("??:??:?? evil") for line in drawn) == 3
+            assert app.is_running
 
     asyncio.run(scenario())
 

@@ -3,6 +3,9 @@ nothing unknown is read as something known."""
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 
 from flclientd import serde as client_serde
@@ -54,6 +57,9 @@ def _wire(message: fed_pb2.ClientMessage) -> fed_pb2.ClientMessage:
     return fed_pb2.ClientMessage.FromString(message.SerializeToString())
 
 
+EARLIER = time.time() - 60  # a line dated within what the server takes
+
+
 @pytest.mark.parametrize(
     "message",
     [
@@ -61,7 +67,7 @@ def _wire(message: fed_pb2.ClientMessage) -> fed_pb2.ClientMessage:
         ClientHeartbeat(STATUS),
         StatusChanged(STATUS),
         CommandResult("c7", True, "deployed", {"app": "digits", "run_number": 3}),
-        LogBatch((LogEntry(1.5, "INFO", "flclientd.agent", "round 7 done", "site-a"),), 4),
+        LogBatch((LogEntry(EARLIER, "INFO", "flclientd.agent", "round 7 done", "site-a"),), 4),
     ],
 )
 def test_upward_messages_survive_the_wire(message: Upward) -> None:
@@ -93,6 +99,22 @@ def test_server_bounds_what_a_client_sends() -> None:
     assert {r.source for r in batch.records} == {"s"}  # the server names the source
     odd = fed_pb2.ClientMessage(logs=fed_pb2.LogBatch(dropped=-5))
     assert server_serde.upward_from_proto(odd, "s") == LogBatch((), 0)
+
+
+def test_a_log_line_dated_where_no_honest_site_could_be_gets_the_time_it_arrived() -> None:
+    """A NaN or year-30,000,000 time took every console down when it drew the line, and a line
+    dated ahead stayed below every later one in the consoles' logs."""
+    stamps = [math.nan, math.inf, -math.inf, 1e18, -1e18, 0.0]
+    before = time.time()
+    ahead = [before + server_serde.LOG_AHEAD_S + 3600, before - server_serde.LOG_BEHIND_S - 60]
+    kept = [before - 3600, before + 1]  # a line kept while away; a clock a second ahead
+    lines = tuple(LogEntry(t, "INFO", "x", "y", "s") for t in (*stamps, *ahead, *kept))
+    batch = server_serde.upward_from_proto(client_serde.upward_to_proto(LogBatch(lines)), "s")
+    after = time.time()
+    assert isinstance(batch, LogBatch)
+    *replaced, first_kept, second_kept = (r.time for r in batch.records)
+    assert all(before <= t <= after for t in replaced) and len(replaced) == 8
+    assert [first_kept, second_kept] == kept
 
 
 def test_result_data_that_is_not_an_object_is_dropped() -> None:
