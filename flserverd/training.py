@@ -602,9 +602,15 @@ class Training:
         database commit; records the database has but the file lacks are
         written now.
         """
+        self._rewrite_outputs(self._db.round_records(self.run.run_number))
+
+    def _rewrite_outputs(self, committed: list[RoundSummary]) -> None:
+        """The file work of :meth:`recover_outputs`, given what the database committed (read
+        on the loop's thread, which the connection belongs to), so that it can run in a
+        worker thread."""
         self.publish_models()
         written = self._store.metrics_times(self.run.run_number)
-        for summary in self._db.round_records(self.run.run_number):
+        for summary in committed:
             if summary.time not in written:
                 self._store.append_metrics(summary)
                 self._tb.add(summary.round, summary.metrics)
@@ -633,7 +639,8 @@ class Training:
 
     async def _recover_outputs(self) -> None:
         async with self._lock:  # no checkpoint is being written while its temp files go
-            await asyncio.to_thread(self.recover_outputs)
+            committed = self._db.round_records(self.run.run_number)
+            await asyncio.to_thread(self._rewrite_outputs, committed)
 
     async def _commit_round(self, state: RoundState) -> tuple[RunRecord, RoundSummary] | None:
         """Write the next round's model, then move the round pointer in one transaction;

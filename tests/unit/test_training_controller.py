@@ -1034,6 +1034,40 @@ def test_a_full_disk_at_the_commit_pauses_and_the_retry_commits_the_round(tmp_pa
     asyncio.run(scenario())
 
 
+def test_a_full_disk_as_a_rounds_files_are_written_pauses_and_the_retry_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry read the committed rounds in its worker thread, where the loop's SQLite
+    connection may not be used: every retry failed, and the run stopped on an unexpected
+    error even once the disk had room."""
+    setup = make_setup(tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=1)
+    written = setup.store.append_metrics
+    full = {"now": True}
+
+    def append_metrics(summary: RoundSummary) -> None:
+        if full["now"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written(summary)
+
+    monkeypatch.setattr(setup.store, "append_metrics", append_metrics)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
+        await until(lambda: bool(training.fault))
+        assert training.fault.startswith("server disk full")
+        full["now"] = False
+        [retry] = setup.timer.pending
+        retry.fire()
+        await until(lambda: not training.fault)
+        assert training.run.status == st.STARTED and training.round.number == 1
+        assert [row["round"] for row in setup.metrics_rows()] == [0]
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
 def test_a_stop_that_cannot_be_recorded_still_reaches_the_clients(tmp_path: Path) -> None:
     setup, db = full_disk_setup(tmp_path)
 
