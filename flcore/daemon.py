@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import fcntl
 import functools
 import gc
 import logging
@@ -102,6 +103,29 @@ def stop_on_signals(stop: Callable[[], None]) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+
+def hold_workspace(path: Path, program: str) -> int:
+    """Lock file ``path`` for as long as this process lives; returns its descriptor.
+
+    Two daemons on one workspace would each take the other's files for leftovers of a crash:
+    a second flserverd, before it found its ports taken, deleted the accepted updates of the
+    run the first one was collecting.
+
+    Raises:
+        ConfigError: another process holds the lock.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"another {program} is running on the workspace {path.parent.parent}; stop it "
+            "first (systemctl status, or the start script of this kit)"
+        ) from None
+    return fd
 
 
 OPEN_FILES_WANTED = 65_536

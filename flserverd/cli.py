@@ -19,6 +19,7 @@ import grpc
 from flcore.daemon import (
     collect_garbage_in_bulk,
     daemon_parser,
+    hold_workspace,
     raise_open_files,
     start_daemon,
     stop_on_signals,
@@ -80,6 +81,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     """Run the server until SIGTERM, SIGINT or an admin's shutdown."""
     credentials = server_credentials(TlsFiles.named_by(startup, workspace / STARTUP_DIR))
     metrics = endpoint_settings(startup, workspace, SERVER_FILE)
+    hold_workspace(workspace / "state" / "flserverd.lock", "flserverd")
     server = FLServer(workspace, startup, flstack_version())
     try:
         await server.open()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import sqlite3
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -169,6 +170,38 @@ def test_server_killed_mid_run_resumes_to_the_same_bytes(
     # The sites rode out the crash in the processes they were started as (never restarted
     # here): they reconnected on their own and did not give up.
     assert all(client.alive() for client in reference.clients)
+
+
+def test_a_second_server_on_the_workspace_refuses_to_start_and_takes_nothing(
+    cluster: Cluster,
+) -> None:
+    """A second flserverd (the service running, and someone trying the kit's start.sh) took
+    the live run's files for a crash's leftovers: it deleted the round's accepted updates
+    before it found the ports taken."""
+    cluster.server(fault="hold:server.checkpoint@1")
+    for name in CLIENTS:
+        cluster.client(name)
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=2, min_num_clients=2, max_num_clients=2)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    cluster.held("server.checkpoint")  # round 0's updates accepted, kept until it commits
+    spool = cluster.root / "server" / "run_1" / ".spool"
+    kept = sorted(str(path.relative_to(spool)) for path in spool.rglob("*"))
+    assert "round_0/flclient1.safetensors" in kept
+    second = subprocess.run(
+        [sys.executable, "-m", "flserverd", "--workspace", str(cluster.root / "server")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cluster.env(),
+    )
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert "another flserverd is running on the workspace " in second.stderr
+    assert sorted(str(path.relative_to(spool)) for path in spool.rglob("*")) == kept
+    cluster.release("server.checkpoint")
+    assert finished(cluster)["reason"] == "finished"
+    assert counted(cluster) == [(r, c) for r in range(2) for c in CLIENTS]
 
 
 def test_a_kit_cannot_arm_a_fault_point(cluster: Cluster, tmp_path: Path) -> None:
