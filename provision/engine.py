@@ -44,7 +44,13 @@ from provision.pki import (
     public_pem,
 )
 from provision.project import Project
-from provision.revocation import CRL_DAYS, REISSUE_REASON, CrlWritten, revoke_certificates
+from provision.revocation import (
+    CRL_DAYS,
+    REISSUE_REASON,
+    CrlWritten,
+    revoke_certificates,
+    revoke_issued,
+)
 from provision.workspace import Entry, IssuedRecord, Workspace
 
 logger = logging.getLogger(__name__)
@@ -90,7 +96,7 @@ class ProvisionResult:
     awaiting: tuple[str, ...] = ()
     """Participants with ``csr: true`` whose certificate request has not been signed yet."""
     crl: CrlWritten | None = None
-    """The revocation a re-issue did, and the CRL it wrote."""
+    """The revocation a re-issue or --force did, and the CRL it wrote."""
 
 
 def holder_key(who: Participant) -> str:
@@ -163,11 +169,13 @@ def provision_workspace(
     Args:
         project: a checked project (see :func:`provision.projectfile.load_project`).
         workspace: the provisioning workspace; created on the first run.
-        force: re-issue every kit, even to participants that have one.
+        force: re-issue every kit, even to participants that have one, and revoke the
+            certificates they held (all but the server's); crl.pem is written with
+            ``crl_days`` until its next update.
         now: the run time (tests pass a fixed one).
         reissue: give only this participant (kit name) a new kit and revoke its old
             certificates; crl.pem is written with ``crl_days`` until its next update.
-        crl_days: days until the next update of the CRL a re-issue writes.
+        crl_days: days until the next update of the CRL a re-issue or --force writes.
 
     Raises:
         ProvisionError: the workspace's CA or records are unusable, or (unless
@@ -194,7 +202,7 @@ def provision_workspace(
             ]
             check_run(project, record, ws.root, newcomers)
         record, ca = start(project, ws, record, ca, now)
-        return _issue_kits(project, ws, ca, record, force, now)
+        return _issue_kits(project, ws, ca, record, force, now, crl_days)
 
 
 def check_run(
@@ -326,6 +334,7 @@ def _issue_kits(
     record: IssuedRecord,
     force: bool,
     now: datetime,
+    crl_days: int,
 ) -> ProvisionResult:
     issued = dict(record.participants)
     everyone = participants(project)
@@ -348,6 +357,19 @@ def _issue_kits(
     awaiting: list[str] = []
     entries: list[Entry] = []
     zips: list[KitZip] = []
+    crl = None
+    if force:
+        # A new certificate for someone who held one supersedes the old: left valid, an old
+        # kit would keep what the new one changed (a super admin made a member stayed super).
+        superseded = [
+            who.name
+            for who in everyone
+            if who.kind != KIND_SERVER
+            and (held := issued.get(holder_key(who))) is not None
+            and not (who.csr and held_public_key(held) is None)
+        ]
+        if superseded:
+            crl = revoke_issued(ws, ca, superseded, REISSUE_REASON, now, crl_days)
     for who in everyone:
         held = issued.get(holder_key(who))
         if held is not None and not force:
@@ -375,7 +397,7 @@ def _issue_kits(
         _log_written(kit, entry)
     finish_run(project, ws, ca, issued, server_settings, entries)
     return ProvisionResult(
-        tuple(written), tuple(skipped), removed, tuple(warnings), tuple(awaiting)
+        tuple(written), tuple(skipped), removed, tuple(warnings), tuple(awaiting), crl
     )
 
 

@@ -148,12 +148,21 @@ def revoke_certificates(
             "key leaked, provision the project into a new workspace (a new CA) and replace "
             "every kit; if only its kit was lost, re-issue every kit with --force"
         )
+    return revoke_issued(ws, ca, [name], reason, now, days)
+
+
+def revoke_issued(
+    ws: Workspace, ca: CertifiedKey, names: list[str], reason: str, now: datetime, days: int
+) -> CrlWritten:
+    """Revoke, in one CRL, every certificate issued to ``names`` that is not revoked yet
+    (lock held; the names are known participants, none of them the server)."""
     revoked = ws.load_revoked()
     done = {entry.serial for entry in revoked.revoked}
     when = now.isoformat()
     new = [
         RevokedCert(str(entry["serial"]), name, str(entry.get("kind", "")), reason, when)
-        for entry in certificates
+        for name in names
+        for entry in _certificates_of(ws, name)
         if entry["serial"] not in done
     ]
     if not new:
@@ -161,12 +170,14 @@ def revoke_certificates(
     written = publish(ws, ca, new, now, days)
     record = ws.load_issued() or IssuedRecord(None)
     for holder in record.participants.values():
-        if holder.get("name") == name:
+        if holder.get("name") in names:
             holder["revoked"] = True
     ws.save_issued(record)
     ws.append_audit(record.project or "", ca_summary(ca), [], new)
     for entry in new:
-        logger.info("revoked %s %s (serial %s, %s)", entry.kind, name, entry.serial, reason)
+        logger.info(
+            "revoked %s %s (serial %s, %s)", entry.kind, entry.name, entry.serial, reason
+        )
     return written
 
 

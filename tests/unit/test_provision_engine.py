@@ -117,6 +117,35 @@ def test_force_reissues_every_kit_under_the_same_ca(
     assert forced.password("site-a") != provisioned_workspace.password("site-a")
 
 
+def test_force_revokes_what_the_kits_it_replaces_held_so_a_demoted_admin_is_demoted(
+    provisioned_workspace: Any,
+    provision_project_mapping: dict[str, Any],
+    provision_into: Any,
+    tmp_path: Path,
+) -> None:
+    """A changed role is refused without --force, and --force left the old certificates
+    valid: the old kit of a super admin made a member logged in as super until it expired."""
+    old = {
+        name: _kit_cert(
+            provisioned_workspace, name, provisioned_workspace.password(name), tmp_path / name
+        ).serial_number
+        for name in ("server", "site-a", "viewer@example.org")
+    }
+    provision_project_mapping["admins"][0]["role"] = "member"
+    with pytest.raises(ProvisionError, match="role 'super' -> 'member'"):
+        provision_into(provision_project_mapping)
+    forced = provision_into(provision_project_mapping, force=True)
+    crl = forced.result.crl
+    assert crl is not None and crl.next_update is not None
+    listed = x509.load_pem_x509_crl(crl.path.read_bytes())
+    revoked = {entry.serial_number for entry in listed}
+    assert len(revoked) == 4 == crl.listed  # both sites and both admins; never the server
+    assert old["site-a"] in revoked and old["viewer@example.org"] in revoked
+    assert old["server"] not in revoked
+    new = _kit_cert(forced, "site-a", forced.password("site-a"), tmp_path / "new")
+    assert new.serial_number not in revoked
+
+
 @pytest.mark.parametrize(
     ("section", "key", "value", "expected"),
     [
