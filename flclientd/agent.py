@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -55,8 +57,9 @@ from flcore.federation import (
     Unreadable,
     Verdict,
 )
-from flcore.folders import FolderError
+from flcore.folders import FolderError, replace_folder
 from flcore.metrics import format_metrics
+from flcore.progress import TransferStalled
 from flcore.schema import ConfigError
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
@@ -314,16 +317,27 @@ class Agent:
             raise Refused(f"run {run_number} is training here: abort it before deploying")
         target = self.app_dir(run_number)
         target.parent.mkdir(parents=True, exist_ok=True)
+        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         try:
-            await self.conn.get_app(run_number, app, target)
-            load_app(target)
-            review = await asyncio.to_thread(review_app, target, app)
-        except (FolderError, ConfigError) as exc:
+            await self.conn.get_app(run_number, app, staging)
+            load_app(staging)
+            review = await asyncio.to_thread(review_app, staging, app)
+            # The run may have started while the app came, its child reading the folder: it
+            # is never swapped under a child (whose app is the one the site reviewed).
+            if self._training() and self.status.run_number == run_number:
+                raise Refused(
+                    f"run {run_number} started training here while {app} came: "
+                    "abort it, then deploy again"
+                )
+            replace_folder(staging, target)
+        except (FolderError, ConfigError, TransferStalled) as exc:
             raise Refused(f"deploy failed: {exc}") from None
         except grpc.aio.AioRpcError as exc:
             raise Refused(f"deploy failed: {exc.details()}") from None
         except OSError as exc:
             raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # what was refused, or nothing
         self.status.app = app
         text = f"{app} deployed."
         if not self._allowed(review):

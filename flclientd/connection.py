@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from flcore.federation import (
     Upward,
     Verdict,
 )
-from flcore.folders import FolderReceiver, replace_folder
+from flcore.folders import FolderReceiver
 from flcore.identity import is_instance_of
 from flcore.progress import ProgressWatch
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
@@ -295,9 +294,9 @@ class Connection:
         )
         return verdict_from_proto(reply)
 
-    async def get_app(self, run_number: int, app: str, target: Path) -> None:
-        """Download an app deployed to this run and put it in place atomically."""
-        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    async def get_app(self, run_number: int, app: str, staging: Path) -> None:
+        """Download an app deployed to this run into the new folder ``staging`` (gone again
+        when the download fails); the caller checks it before it puts it in place."""
         receiver = FolderReceiver(staging, MAX_APP_BYTES)
         watch = ProgressWatch(f"download of app {app}")
 
@@ -318,7 +317,6 @@ class Connection:
         except BaseException:
             receiver.discard()
             raise
-        replace_folder(staging, target)
 
 
 def _log_transfer(what: str, nbytes: int, seconds: float) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import grpc
 import pytest
 
 from fladmin import AdminClient, load_kit
-from flclientd.agent import Agent
+from flclientd.agent import Agent, Refused
 from flclientd.connection import Connection
 from flclientd.crossval import CrossSiteValidation
 from flclientd.device import DeviceInfo
@@ -29,12 +30,13 @@ from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink
 from flcore.appconfig import ClientAppConfig
 from flcore.federation import GLOBAL_OWNER, MachineInfo, TaskKind, TaskOffer
+from flcore.folders import iter_chunks
 from flcore.identity import instance_name, is_instance_of
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client, load_server
-from flcore.status import NOT_STARTED, ClientStatus
+from flcore.status import NOT_STARTED, STARTED, ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorSpec
 from flcore.tls import TlsFiles, server_credentials
 from flcore.wire import WireError, manifest_to_proto
@@ -544,3 +546,75 @@ def test_the_instance_names_the_server_gives_are_those_a_site_takes() -> None:
     assert all(is_instance_of(instance_name("site-a", n), "site-a") for n in (0, 1, 9, 999_999))
     for other in ("site-a_", "site-a_01", "site-ab", "site-a_1/..", "site-a_1\n", "Site-A"):
         assert not is_instance_of(other, "site-a")
+
+
+APPS = Path(__file__).resolve().parents[2] / "examples" / "apps"
+
+
+def test_a_deploy_the_site_refuses_leaves_the_app_it_had(cluster: Cluster) -> None:
+    """A deploy whose app the site then refused (here a config that is no JSON) had already
+    replaced the app the site had, and one that came while its run started training swapped
+    the folder under the training child, whose app the site had reviewed. Now the site checks
+    the whole app, and that its run is not training, before the one swap."""
+    waiting = asyncio.Event()
+    release = asyncio.Event()
+
+    async def get_app(
+        request: fed_pb2.AppRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[common_pb2.FileChunk]:
+        for path, offset, data, eof in iter_chunks(APPS / "digits_fedavg"):
+            broken = request.app == "broken" and path == "config/config_train.json"
+            yield common_pb2.FileChunk(
+                path=path, offset=offset, data=b"{" if broken else data, eof=eof
+            )
+        if request.app == "late":
+            waiting.set()
+            await release.wait()
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "GetApp": grpc.unary_stream_rpc_method_handler(
+            get_app,
+            request_deserializer=fed_pb2.AppRequest.FromString,
+            response_serializer=common_pb2.FileChunk.SerializeToString,
+        )
+    }
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+
+    async def scenario() -> list[str]:
+        async with playing_the_server(cluster, handlers):
+            agent = Agent(
+                workspace,
+                startup,
+                TlsFiles.named_by(startup, workspace / "startup"),
+                None,
+                DeviceInfo("cpu", 0),
+                None,
+            )
+            target = agent.app_dir(1)
+            shutil.copytree(APPS / "digits_custom", target)
+            refusals = []
+            try:
+                with pytest.raises(Refused) as refused:
+                    await agent._deploy({"run_number": 1, "app": "broken"})
+                refusals.append(str(refused.value))
+                late = asyncio.ensure_future(agent._deploy({"run_number": 1, "app": "late"}))
+                await asyncio.wait_for(waiting.wait(), 30)
+                agent.status = replace(agent.status, status=STARTED, run_number=1)  # start client
+                release.set()
+                with pytest.raises(Refused) as refused:
+                    await asyncio.wait_for(late, 30)
+                refusals.append(str(refused.value))
+            finally:
+                await agent.conn.close()
+            return refusals
+
+    before = sorted(
+        p.relative_to(APPS / "digits_custom") for p in (APPS / "digits_custom").rglob("*")
+    )
+    broken, late = asyncio.run(scenario())
+    assert broken.startswith("deploy failed: ") and "config_train.json" in broken
+    assert late == "run 1 started training here while late came: abort it, then deploy again"
+    target = cluster.root / "flclient1" / "run_1" / "app_flclient1"
+    assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
+    assert [p.name for p in target.parent.iterdir()] == ["app_flclient1"]  # no staging left
