@@ -13,7 +13,10 @@ Neither needs the daemon to be running, nor the server.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
+import io
 import sys
+import tokenize
 from pathlib import Path
 from typing import TextIO
 
@@ -136,7 +139,7 @@ def show_app(workspace: Path, name: str, list_only: bool, out: TextIO) -> None:
     if review.needs_approval:
         print("custom code:", file=out)
         for line in review.custom_code():
-            print(f"  {line}", file=out)
+            print(f"  {visible(line)[0]}", file=out)
     for other, other_review in found[1:]:
         if other_review.digest != review.digest:
             print(
@@ -146,24 +149,46 @@ def show_app(workspace: Path, name: str, list_only: bool, out: TextIO) -> None:
             )
     print(f"\nfiles ({len(review.files)}):", file=out)
     for rel in review.files:
-        print(f"  {(app.folder / rel).stat().st_size:>12,}  {rel}", file=out)
+        print(f"  {(app.folder / rel).stat().st_size:>12,}  {visible(rel)[0]}", file=out)
     if list_only:
         return
     for rel in review.files:
         _show_file(app.folder / rel, rel, out)
 
 
+def _read_as_python_does(data: bytes, rel: str) -> tuple[str, str] | None:
+    """A file's text and the encoding it was read in: for Python source, the one its coding
+    declaration names, as the interpreter reads it (a ``# coding: utf-7`` line showed one
+    comment to the reviewer where Python ran a hidden line); None for what is no text."""
+    encoding = "utf-8"
+    if rel.endswith(tuple(importlib.machinery.SOURCE_SUFFIXES)):
+        try:
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        except SyntaxError:  # an unknown encoding: Python refuses the file too
+            return None
+    try:
+        text = data.decode(encoding)
+    except (UnicodeDecodeError, LookupError):
+        return None
+    return None if "\0" in text else (text, encoding)
+
+
 def _show_file(path: Path, rel: str, out: TextIO) -> None:
     data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = "\0"
-    if "\0" in text:
-        print(f"\n===== {rel} ({len(data):,} bytes): binary, not shown =====", file=out)
+    shown_rel = visible(rel)[0]
+    read = _read_as_python_does(data, rel)
+    if read is None:
+        print(f"\n===== {shown_rel} ({len(data):,} bytes): binary, not shown =====", file=out)
         return
+    text, encoding = read
     shown, hidden = visible(text)
-    print(f"\n===== {rel} ({len(data):,} bytes) =====", file=out)
+    print(f"\n===== {shown_rel} ({len(data):,} bytes) =====", file=out)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        print(
+            f"!!! declares the encoding {encoding}: shown as Python reads it, which an editor "
+            "may show otherwise; read this file with care",
+            file=out,
+        )
     if hidden:
         print(
             f"!!! {hidden} control or bidirectional character(s), shown as \\x.. or \\u....: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import json
@@ -163,6 +164,25 @@ def test_hidden_characters_are_shown_and_counted(workspace: Path) -> None:
     assert "!!! 3 control or bidirectional character(s)" in out
     assert "ok = True  # \\u202e } \\u2066if admin:\\x1b[2K\n\tpass\n" in out
     assert visible("plain\n\ttext") == ("plain\n\ttext", 0)
+
+
+def test_source_is_shown_as_python_reads_it_whatever_encoding_it_declares(
+    workspace: Path,
+) -> None:
+    """With ``# coding: utf-7`` a line an editor shows as one comment runs a hidden line
+    (``+AAo-`` is a newline): the reviewer saw the comment."""
+    resources = workspace / "run_3" / "app_site" / "resources"
+    hidden = b"# coding: utf-7\nok = True  # +AAo-import os+ADs- ran = os.sep\n"
+    # What Python makes of it: an import and an assignment after the comment.
+    assert [type(node) for node in ast.parse(hidden).body] == [ast.Assign, ast.Import, ast.Assign]
+    (resources / "trick.py").write_bytes(hidden)
+    (resources / "old.py").write_bytes(b"# -*- coding: latin-1 -*-\nname = 'Z\xfcrich'\n")
+    (resources / "bad\u202ename.py").write_text("x = 1\n")
+    _, out = run("show-app", "--workspace", str(workspace), "digits_custom")
+    assert "!!! declares the encoding utf-7: shown as Python reads it" in out
+    assert "ok = True  # \nimport os; ran = os.sep\n" in out
+    assert "name = 'Z\u00fcrich'" in out  # latin-1 source is shown, not called binary
+    assert "bad\u202ename.py" not in out and "bad\\u202ename.py" in out
 
 
 def test_binary_files_are_named_not_printed(workspace: Path) -> None:
