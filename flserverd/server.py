@@ -365,6 +365,11 @@ class FLServer:
         record = None if fresh else self.db.get_run(number)
         if record is not None:
             return self._continue(record, config)
+        # A resume still waiting for the disk would take up the old run during the build.
+        if self._resuming is not None:
+            self._resuming.cancel()
+            self._resuming = None
+        self.resume_fault = ""
         self.starting = True
         self.start_error = ""
         self.publish_run()

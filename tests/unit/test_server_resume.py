@@ -134,6 +134,59 @@ def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
     asyncio.run(scenario())
 
 
+def test_a_fresh_start_while_a_resume_waits_for_the_disk_is_the_only_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resume kept retrying while ``start server fresh`` built its model, took up the old
+    run meanwhile, and that run's timers later ended the new one."""
+    interrupted_run(tmp_path, with_app=True)
+    models = tmp_path / "run_4" / "models"
+    models.mkdir()
+    safetensors.numpy.save_file(
+        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
+    )
+    full = {"on": True}
+    write = StateDB._write
+
+    def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        if full["on"]:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+        return write(db, statements)
+
+    built = asyncio.Event()
+    building = asyncio.Event()
+
+    async def build(app_dir: Path, target: Path) -> None:  # the model-init child, held
+        building.set()
+        await built.wait()
+        safetensors.numpy.save_file({"w": np.ones(4, dtype=np.float32)}, target)
+
+    monkeypatch.setattr(StateDB, "_write", full_disk)
+    monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
+    monkeypatch.setattr(server_module, "build_initial_model", build)
+
+    async def scenario() -> None:
+        server = FLServer(tmp_path, server_startup(), "test")
+        await server.open()
+        try:
+            assert server.run_view().server_status == st.PAUSED
+            full["on"] = False  # the admin made room, and starts over
+            await server.start_training(fresh=True)
+            assert server._resuming is None and server.resume_fault == ""
+            await asyncio.wait_for(building.wait(), 10)
+            assert server.training_for(4) is None  # the old run was not taken up meanwhile
+            built.set()
+            await wait_until_async(lambda: server.training_for(4) is not None, 10, "the start")
+            view = server.run_view()
+            assert view.server_status == st.STARTED and view.current_round == 0
+        finally:
+            await server.close(1)
+
+    asyncio.run(scenario())
+
+
 def test_a_continued_run_forgets_how_it_ended_before(tmp_path: Path) -> None:
     """start server continues a stopped run: the sites that failed before, their errors and
     when it ended are the previous attempt's, and the rows of the run date from now."""
