@@ -186,10 +186,10 @@ class RunStore:
         if not path.exists():
             return set()
         times = set()
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().splitlines():  # a stray byte spoils its line only
             try:
                 times.add(float(json.loads(line)["time"]))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
                 continue  # a line half-written by a crash
         return times
 

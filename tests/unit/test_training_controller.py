@@ -1097,7 +1097,10 @@ def test_memory_keeps_the_latest_rounds_and_a_restart_rewrites_every_lost_line(
         setup.db.complete_round(
             record, RoundSummary(RUN, number, 100.0 + number, ["a"], {"val_accuracy": 0.5})
         )
-    (setup.store.run_dir(RUN) / "metrics.jsonl").write_text("")
+    # What a power loss left: a torn line, and a byte that is no UTF-8 (which once kept the
+    # server from starting at all).
+    metrics = setup.store.run_dir(RUN) / "metrics.jsonl"
+    metrics.write_bytes(b'{"round": 0, "ti\n\xa9\xfe\n')
     setup.store.round_model(RUN, 0).rename(setup.store.round_model(RUN, record.next_round))
 
     async def restart() -> None:
@@ -1107,7 +1110,9 @@ def test_memory_keeps_the_latest_rounds_and_a_restart_rewrites_every_lost_line(
         await training.close(1)
 
     asyncio.run(restart())
-    assert [row["round"] for row in setup.metrics_rows()] == [0, 1, 2, 3, 4]
+    lines = metrics.read_bytes().splitlines()
+    assert lines[:2] == [b'{"round": 0, "ti', b"\xa9\xfe"]
+    assert [json.loads(line)["round"] for line in lines[2:]] == [0, 1, 2, 3, 4]
 
 
 # --------------------------------------------------------------------------- robust aggregation
