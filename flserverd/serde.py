@@ -107,13 +107,15 @@ def log_from_proto(record: common_pb2.LogRecord, source: str, now: float) -> Log
 
 
 def _result_data(data_json: str) -> dict[str, Any]:
-    """The JSON part of a command result; a client that sends anything but an object, or
-    more than :data:`MAX_RESULT_JSON`, sends nothing."""
+    """The JSON part of a command result; a client that sends anything but an object, more
+    than :data:`MAX_RESULT_JSON`, or text that is no Unicode (an escaped lone surrogate,
+    which no reply to an admin could then carry), sends nothing."""
     if len(data_json) > MAX_RESULT_JSON:
         return {}
     try:
         data = parse_json(data_json, "command result", allow_nan=True) if data_json else {}
-    except ConfigError:
+        json.dumps(data, ensure_ascii=False).encode()
+    except (ConfigError, UnicodeEncodeError):
         return {}
     return data if isinstance(data, dict) else {}
 
