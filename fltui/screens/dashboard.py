@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import ClassVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -350,7 +351,7 @@ class DashboardScreen(CommandKeys):
         if table.sort_column:
             order = "▼" if table.sort_reverse else "▲"
             title += f" · by {BY_KEY[table.sort_column].label.lower()} {order}"
-        self.query_one("#clients-pane").border_title = title + ")"
+        self.query_one("#clients-pane").border_title = Text(title + ")")  # a filter is text
 
     def _detail(self, instance: str | None) -> None:
         detail = self.query_one("#client-detail", Line)

@@ -128,15 +128,17 @@ class ListingScreen(Screen[None], Generic[ListingT]):
         table = self.query_one(DataTable)
         cursor = table.cursor_row
         table.clear(columns=True)
-        for label in self.columns(listing):
-            table.add_column(label, key=label)
+        # Metric names come from sites: a label is text, never markup, and a column is known
+        # by its place (a metric named "round" would have clashed with the round's column).
+        for place, label in enumerate(self.columns(listing)):
+            table.add_column(Text(label), key=str(place))
         for key, cells in self.rows(listing):
             table.add_row(*(Text(cell) for cell in cells), key=key)
         if table.row_count:
             table.move_cursor(row=min(cursor, table.row_count - 1))
         total = listing.count.total
         total = table.row_count if total is None else total
-        table.border_title = f"{self.TITLE} ({total} · page {self.page} of {self.pages})"
+        table.border_title = Text(f"{self.TITLE} ({total} · page {self.page} of {self.pages})")
 
     def decode(self, data: JSON) -> ListingT:
         """The reply's data as the listing's records."""
@@ -243,9 +245,9 @@ class RunScreen(ListingScreen[RunPage]):
         super().fill(listing)
         run = listing.run
         title = f"Run {self.run_number} · {run.app or 'no app'} · {run.status}"
-        self.query_one(
-            DataTable
-        ).border_title = f"{title} (rounds: page {self.page} of {self.pages})"
+        self.query_one(DataTable).border_title = Text(
+            f"{title} (rounds: page {self.page} of {self.pages})"
+        )
 
     def _metric_names(self, listing: RunPage) -> list[str]:
         names: dict[str, None] = {}

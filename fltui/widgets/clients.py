@@ -358,8 +358,7 @@ class ClientsTable(DataTable[Text], VimKeys):
         # DataTable.sort shows the key function cells only, and a name's cell may be cut short
         # (two long names can even look alike): each row is known by its cell object.
         rank = {
-            id(self.get_cell(instance, "instance")): index
-            for index, instance in enumerate(wanted)
+            id(self.get_cell(instance, "instance")): index for index, instance in enumerate(wanted)
         }
         keep = self.selected
         self.sort("instance", key=lambda cell: rank[id(cell)])

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
+from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.geometry import Size
 from textual.reactive import reactive
@@ -246,7 +247,7 @@ class LogView(ScrollView, VimKeys, can_focus=True):
             shown += f" · search: {self.search}"
         if self.wrap:
             shown += " · wrap"
-        self.border_title = f"{self._title} ({shown} · {state})"
+        self.border_title = Text(f"{self._title} ({shown} · {state})")  # a search is text
 
     def watch_scroll_y(self, old: float, new: float) -> None:
         """Scrolling up stops following; reaching the end again resumes it."""

@@ -25,8 +25,8 @@ from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.logview import LogView
 from tests.tui.helpers import burst, screen_lines, shown
-from tests.tui.recorded import NOW
-from tests.tui.test_console import console, ready
+from tests.tui.recorded import NOW, RUN_ONE
+from tests.tui.test_console import answers, console, ready
 
 LONG = "epoch 3: " + " ".join(f"loss={i / 10:.2f}" for i in range(40))
 
@@ -268,6 +268,47 @@ def test_runs_view_lists_every_run_and_opens_one_round_by_round(tmp_path: Path) 
             await wait_for(pilot, lambda: app.screen is runs)
             await pilot.press("escape")
             await wait_for(pilot, lambda: app.screen is app.dashboard)
+
+    asyncio.run(scenario())
+
+
+def test_metric_names_and_typed_filters_are_text_never_markup(tmp_path: Path) -> None:
+    """Sites name their metrics: ``[/]`` or a name like ``round`` (a column of the view's
+    own) kept the run view on "asking the server" for good, and ``[link=...]`` drew a link;
+    a filter typed with ``[/`` took the console down."""
+    odd = ["[/]", "round", "[link=https://x.example]val_accuracy[/link]"]
+    run = {
+        **RUN_ONE,
+        "rounds": [
+            {**line, "metrics": dict.fromkeys(odd, 0.5), "sites": {}}
+            for line in RUN_ONE["rounds"]
+        ],
+    }
+
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        if line == "show_run 1":
+            return CommandReply(line, True, "run 1", run, 10, "")
+        return answers(line, confirmed)
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, reply=answer)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await ready(pilot)
+            burst(app, "/", "[/", "enter")
+            pane = app.dashboard.query_one("#clients-pane")
+            await wait_for(pilot, lambda: "filter: [/" in str(pane.border_title))
+            burst(app, ":runs", "enter")
+            runs = await shown(pilot, app, RunsScreen)
+            await wait_for(pilot, lambda: runs.query_one(DataTable).row_count == 3)
+            runs.query_one(DataTable).move_cursor(row=2)
+            await pilot.press("enter")
+            screen = await shown(pilot, app, RunScreen)
+            rounds = screen.query_one(DataTable)
+            await wait_for(pilot, lambda: rounds.row_count == 3)
+            labels = [c.label.plain for c in rounds.columns.values()]
+            assert set(odd) <= set(labels)
+            assert not any(c.label.spans for c in rounds.columns.values())  # no link, no style
+            assert app.is_running
 
     asyncio.run(scenario())
 
