@@ -140,9 +140,13 @@ def whole_number(word: str, most: int) -> int | None:
     return number if number <= most else None
 
 
+_BREAKS = {ord("\n"): " ⏎ ", ord("\r"): " ⏎ "}
+
+
 def instance_line(instance: str, text: str) -> str:
-    """One client's line in a multi-client reply, as in the Clara guide."""
-    return f"instance:{instance} : {text}"
+    """One client's line in a multi-client reply, as in the Clara guide; a line break in a
+    client's text is shown as ⏎, so that no site can add a line that reads as another's."""
+    return f"instance:{instance} : {text.translate(_BREAKS)}"
 
 
 def ignored_note(dropped: set[str]) -> str:

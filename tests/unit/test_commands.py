@@ -263,6 +263,26 @@ def test_commands_for_clients_carry_the_run_and_report_each_client() -> None:
     }
 
 
+def test_a_sites_text_cannot_add_a_line_to_a_reply() -> None:
+    """A site's reply or error with line breaks once added lines that read as another
+    site's result, and the console logged each as a line of its own."""
+    server = two_sites()
+    server.run_number = 4
+    forged = "Starting the client...\ninstance:site-b : Starting the client...\r\nx"
+    server.answers = {
+        "site-a": CommandResult("c", True, forged, {"error": "boom\ninstance:site-b : ok"}),
+        "site-b": CommandResult("c", False, "this site has 0 GPU(s)"),
+    }
+    lines = execute(server, "start client").text.splitlines()
+    assert lines == [
+        "instance:site-a : Starting the client... ⏎ instance:site-b : Starting the client... "
+        "⏎  ⏎ x",
+        "instance:site-b : this site has 0 GPU(s)",
+    ]
+    status = execute(server, "check_status client").text.splitlines()
+    assert len(status) == 2 and "error: boom ⏎ instance:site-b : ok" in status[0]
+
+
 def test_shutting_clients_down_asks_first_then_remembers_who_agreed() -> None:
     server = two_sites()
     server.answers = {
