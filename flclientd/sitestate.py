@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from flcore.atomic import atomic_write_bytes
+from flcore.configfile import load_json
 from flcore.diskfault import disk_fault
+from flcore.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +37,14 @@ class SiteState:
     def load(cls, path: Path) -> SiteState:
         """Read the state, starting afresh when it is missing or unreadable."""
         try:
-            data = json.loads(path.read_text())
+            data = load_json(path)  # bounded: a file nested deep was a RecursionError
             token, run, gpus = data["token"], data["training_run"], data["gpus"]
             if not (isinstance(token, str) and type(run) is int and type(gpus) is int):
                 raise TypeError("unexpected value types")
             return cls(token, run, gpus)
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ConfigError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable %s (%s)", path, exc)
             return cls()
 

@@ -170,6 +170,8 @@ def test_site_state_missing_file(tmp_path: Path) -> None:
         b'{"token": null, "training_run": 0, "gpus": 0}',
         b'{"token": ["t"], "training_run": 0, "gpus": 0}',
         b"",
+        b"[" * 100_000 + b"]" * 100_000,  # was a RecursionError: a restart loop under systemd
+        b" " * 2_000_000,  # more than any state file holds
     ],
 )
 def test_site_state_unreadable_gives_defaults(tmp_path: Path, content: bytes) -> None:
