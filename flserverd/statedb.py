@@ -446,6 +446,18 @@ class StateDB:
             ]
         )
 
+    def forget_fold(self, run_number: int, round_number: int, instance: str) -> None:
+        """Drop the record of one update that could not be counted after all, so that its
+        resend is taken, not answered as a duplicate."""
+        self._write(
+            [
+                (
+                    "DELETE FROM folded WHERE run_number=? AND round=? AND instance=?",
+                    (run_number, round_number, instance),
+                )
+            ]
+        )
+
     def forget_unfinished_folds(self, run_number: int, next_round: int) -> int:
         """Drop fold records of rounds that were not completed (their sums died with the
         process), so that clients resending after a restart are counted again, once."""

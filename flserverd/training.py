@@ -460,9 +460,16 @@ class Training:
         except BaseException:
             kept.unlink(missing_ok=True)
             raise
-        await asyncio.to_thread(
-            state.aggregator.add, instance, TensorFile(kept), float(num_samples)
-        )
+        try:
+            await asyncio.to_thread(
+                state.aggregator.add, instance, TensorFile(kept), float(num_samples)
+            )
+        except BaseException:
+            # Not counted after all (the median reads the whole update here): without its
+            # record the resend is taken, where it was told "duplicate" and the round waited.
+            self._db.forget_fold(self.run.run_number, state.number, instance)
+            kept.unlink(missing_ok=True)
+            raise
         state.contributed[instance] = num_samples
         state.participants.add(instance)
         self.ready.add(instance)

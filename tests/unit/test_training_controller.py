@@ -24,7 +24,7 @@ from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.tensorfile import TensorFile
 from fldev.poll import wait_until_async
 from flserverd import training as training_module
-from flserverd.aggregator import Aggregator
+from flserverd.aggregator import Aggregator, CoordinateWise
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB
 from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Refusal, Training
@@ -1152,6 +1152,42 @@ def test_median_round_keeps_updates_until_written_and_names_the_outlier(
     assert setup.db.round_records(RUN)[0].updates["c3"].score == scores["c3"]
     [warning] = [r.getMessage() for r in caplog.records if "outlier" in r.getMessage()]
     assert "run 1 round 0: the update of c3 is an outlier" in warning
+
+
+def test_an_update_the_median_could_not_read_is_taken_when_it_is_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its fold record stayed while the read failed: the resend was told "duplicate" and
+    the round waited for it for good."""
+    setup = make_setup(
+        tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=2, aggregator="median"
+    )
+    read = CoordinateWise._read
+    failing = {"once": True}
+
+    def read_failing_once(self: CoordinateWise, *args: Any, **kwargs: Any) -> Any:
+        if failing.pop("once", False):
+            raise OSError(errno.EIO, "Input/output error")
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(CoordinateWise, "_read", read_failing_once)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.POSTPONED
+        assert not setup.db.is_folded(RUN, 0, "c1")
+        assert not (setup.store.spool_dir(RUN) / "round_0" / "c1.safetensors").exists()
+        [retry] = setup.timer.pending
+        retry.fire()
+        await until(lambda: not training.fault)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
+        assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        await training.close(1)
+
+    asyncio.run(scenario())
 
 
 def test_abort_deletes_the_kept_updates_of_the_open_round(tmp_path: Path) -> None:
