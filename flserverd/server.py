@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -993,6 +994,12 @@ def _lasting(status: ClientStatus) -> tuple[object, ...]:
     return (status.status, status.run_number, status.app, status.cross_validate, status.error)
 
 
+def without_tracking_secrets(environment: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the model-init child: the app's code runs there, and only the
+    tracking child needs MLflow's credentials (``MLFLOW_TRACKING_PASSWORD`` and the like)."""
+    return {key: value for key, value in environment.items() if not key.startswith("MLFLOW_")}
+
+
 async def build_initial_model(app_dir: Path, target: Path) -> None:
     """Build the run's first global model in a child process (custom code and torch stay out
     of the server), raising with the child's one-line error on failure."""
@@ -1007,6 +1014,7 @@ async def build_initial_model(app_dir: Path, target: Path) -> None:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        env=without_tracking_secrets(os.environ),
     )
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), MODEL_INIT_TIMEOUT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ from flapp.runtime.modelinit import init_model, main
 from flcore.diskfault import disk_fault
 from flcore.tensorfile import TensorFile, TensorFileError
 from fldev.smalldisk import small_disk, why_not_mountable
+from flserverd.server import build_initial_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -173,6 +175,35 @@ def test_custom_models_come_from_resources(tmp_path: Path) -> None:
     )
     init_model(app, tmp_path / "g.safetensors")
     assert load_file(str(tmp_path / "g.safetensors"))["layer.weight"].shape == (2, 5)
+
+
+def test_the_servers_model_init_child_gets_no_mlflow_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child runs the app's code; only the server's tracking child needs MLflow's
+    credentials, which the server's environment holds."""
+    net = """
+        import os
+        from pathlib import Path
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self, seen):
+                super().__init__()
+                Path(seen).write_text(" ".join(sorted(k for k in os.environ if "MLFLOW" in k)))
+                self.layer = nn.Linear(2, 2)
+    """
+    seen = tmp_path / "seen"
+    app = write_app(
+        tmp_path / "app",
+        model={"path": "mynet.Net", "args": {"seen": str(seen)}},
+        resources={"mynet.py": net},
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-for-apps")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "not-for-apps")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    asyncio.run(build_initial_model(app, tmp_path / "g.safetensors"))
+    assert (tmp_path / "g.safetensors").is_file() and seen.read_text() == ""
 
 
 def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

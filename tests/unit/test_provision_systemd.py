@@ -46,6 +46,8 @@ def test_server_unit() -> None:
         assert setting in lines
     assert "ExecStart=/opt/flstack/venv/bin/flserverd --workspace /var/lib/flstack/server" in lines
     assert "ReadWritePaths=/var/lib/flstack/server" in lines
+    # MLflow's credentials: an Environment= line would show them to every local user
+    assert "EnvironmentFile=-/etc/flstack/flserverd.env" in lines
 
 
 def test_client_unit_is_a_template_that_can_reach_gpus() -> None:
