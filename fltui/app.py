@@ -40,6 +40,7 @@ from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
+from fltui.screenshots import deliver_privately
 from fltui.state import ConsoleState, Who
 from fltui.status import Look, clock_time
 from fltui.store import Store
@@ -440,17 +441,12 @@ class ConsoleApp(App[None]):
     def deliver_screenshot(
         self, filename: str | None = None, path: str | None = None, time_format: str | None = None
     ) -> str | None:
-        """Save a screenshot under the admin's folder (not ``~/Downloads``) and say where."""
+        """Save a screenshot under the admin's folder (not ``~/Downloads``), for the admin's
+        eyes only, and say where."""
         folder = Path(path) if path else self.state.save_dir / "screenshots"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            saved = self.save_screenshot(filename, str(folder), time_format)
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            self.notify(f"cannot save to {folder}: {reason}", severity="error", markup=False)
-            return None
-        self.notify(f"saved to {saved}", title="screenshot", markup=False)
-        self.log_line("INFO", f"screenshot saved to {saved}")
+        saved = deliver_privately(self, folder, filename, time_format)
+        if saved is not None:
+            self.log_line("INFO", f"screenshot saved to {saved}")
         return None
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:

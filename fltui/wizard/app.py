@@ -6,6 +6,7 @@ from pathlib import Path
 
 from textual.app import App
 
+from fltui.screenshots import deliver_privately
 from fltui.wizard.screen import WizardScreen
 
 
@@ -23,6 +24,14 @@ class ProvisionApp(App[None]):
     def on_mount(self) -> None:
         """Show the wizard; closing it ends the app."""
         self.push_screen(WizardScreen(self.workspace), lambda _: self.exit())
+
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """Save a screenshot in the workspace (it may show kit passwords), owner-only."""
+        folder = Path(path) if path else self.workspace / "screenshots"
+        deliver_privately(self, folder, filename, time_format)
+        return None
 
     async def action_quit(self) -> None:
         """Quit as the wizard closes: asking first while passwords are unsaved."""

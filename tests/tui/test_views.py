@@ -9,6 +9,7 @@ screenshot that needs no ``~/Downloads`` (issue 10, defect 11).
 from __future__ import annotations
 
 import asyncio
+import stat
 from dataclasses import replace
 from pathlib import Path
 
@@ -157,6 +158,9 @@ def test_a_screenshot_goes_under_the_admins_folder_and_says_where(
             (shot,) = folder.glob("*.svg")
             await wait_for(pilot, lambda: [n for n in app._notifications if str(shot) in n.message])
             assert not (home / "Downloads").exists()
+            # The admin's eyes only (the wizard's Kits step shows every kit's password).
+            assert stat.S_IMODE(shot.stat().st_mode) == 0o600
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
 
     asyncio.run(scenario())
 

@@ -248,3 +248,26 @@ def test_wizard_kits_start_real_daemons(tmp_path: Path) -> None:
     finally:
         for daemon in daemons:
             daemon.kill()
+
+
+def test_a_screenshot_of_the_wizard_is_kept_in_the_workspace_for_its_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Kits step shows every kit's password; Textual's own screenshot went to
+    ~/Downloads with the default mode."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DOWNLOAD_DIR", str(home / "Downloads"))
+    workspace = tmp_path / "workspace"
+
+    async def scenario() -> None:
+        async with ProvisionApp(workspace).run_test(size=(120, 36)) as pilot:
+            pilot.app.deliver_screenshot()
+            folder = workspace / "screenshots"
+            (shot,) = folder.glob("*.svg")
+            assert stat.S_IMODE(shot.stat().st_mode) == 0o600
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+            assert not (home / "Downloads").exists()
+
+    asyncio.run(scenario())
