@@ -16,7 +16,7 @@ certifies the public key they sent again.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ class WrittenKit:
     name: str
     kind: str
     zip_path: Path
-    password: str | None
+    password: str | None = field(repr=False)  # a crash report prints reprs
     """None for a kit without a key (its owner made its own): nothing to protect."""
     email: str | None = None
 

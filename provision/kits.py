@@ -18,7 +18,7 @@ import stat
 import string
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -232,8 +232,8 @@ class KitZip:
     """A kit's zip to write: where, what, under which password (None: plain), dated when."""
 
     path: Path
-    files: Mapping[str, bytes]
-    password: str | None
+    files: Mapping[str, bytes] = field(repr=False)  # a private key among them
+    password: str | None = field(repr=False)  # a crash report prints reprs
     when: datetime
 
 

@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import yaml
 
 from fladmin.client import AdminError, load_kit
 from provision import extract_kit
+from provision.kits import KitZip
 from tests.flprovision import flprovision
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,3 +94,14 @@ def test_verbose_provisioning_logs_no_password_and_no_key(
     assert "wrote" in done.stderr
     for secret in (*passwords, "PRIVATE KEY"):
         assert secret not in done.stderr
+
+
+def test_what_holds_a_password_or_a_key_does_not_print_it(provisioned_workspace: Any) -> None:
+    """A crash report (Textual's shows local variables) prints the reprs of what the wizard
+    and flprovision hold."""
+    written = provisioned_workspace.result.written
+    kit = next(each for each in written if each.name == "site-a")
+    assert kit.password and kit.password not in repr(written)
+    files = {"client.key": b"-----BEGIN PRIVATE KEY-----\nsecret\n"}
+    zip_ = KitZip(Path("k.zip"), files, "pw-not-shown", datetime.now(UTC))
+    assert "pw-not-shown" not in repr(zip_) and "PRIVATE KEY" not in repr(zip_)
