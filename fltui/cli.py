@@ -26,6 +26,7 @@ from fladmin.client import (
     parse_timeout,
 )
 from fladmin.link import AdminLink
+from flcore.daemon import forbid_core_dumps
 
 DEFAULT_STARTUP = Path("startup")
 EXIT_OK = 0
@@ -95,6 +96,7 @@ def parse_provision_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the fltui console script."""
+    forbid_core_dumps()  # it holds the admin's key, a login token, the wizard's passwords
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["provision"]:
         return open_wizard(parse_provision_args(argv[1:]).workspace)

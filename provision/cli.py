@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flcore.daemon import forbid_core_dumps
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR
@@ -378,6 +379,7 @@ COMMANDS: dict[str, Command] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run flprovision with ``argv`` (default: the command line) and return the exit code."""
+    forbid_core_dumps()  # it holds the CA key and the kits' passwords
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args and args[0] in COMMANDS else None
     make_parser, run = COMMANDS[command] if command else (_provision_parser, _run_provision)

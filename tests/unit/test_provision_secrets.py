@@ -105,3 +105,19 @@ def test_what_holds_a_password_or_a_key_does_not_print_it(provisioned_workspace:
     files = {"client.key": b"-----BEGIN PRIVATE KEY-----\nsecret\n"}
     zip_ = KitZip(Path("k.zip"), files, "pw-not-shown", datetime.now(UTC))
     assert "pw-not-shown" not in repr(zip_) and "PRIVATE KEY" not in repr(zip_)
+
+
+@pytest.mark.parametrize("tool", ["provision.cli", "fltui.cli"])
+def test_the_tools_that_hold_keys_and_passwords_leave_no_core_file(tool: str) -> None:
+    """The daemons already forbade core files; flprovision holds the CA key and every kit's
+    password, fltui an admin's key, a login token and the wizard's passwords."""
+    probe = (
+        "import resource, sys\n"
+        f"from {tool} import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(repr(resource.getrlimit(resource.RLIMIT_CORE)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=_env()
+    )
+    assert done.stderr.endswith("(0, 0)"), done.stderr
