@@ -134,7 +134,7 @@ class AdminService(admin_grpc.AdminServicer):
         """A snapshot of everything, then every change as it happens: what queued up while
         the last message was written goes out as one batch."""
         admin = await self._admin(request.token, context)
-        subscription = self.server.bus.subscribe(owner=request.token)
+        subscription = self.server.bus.subscribe(owner=(admin.user, admin.serial))
         snapshot = self.server.snapshot()
         with self.logins.watching(admin.user):
             yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))

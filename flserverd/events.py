@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 
 from flcore.feed import MAX_BATCH_EVENTS, MAX_TEXT, Body, FeedEvent, LogEntry, clip
@@ -38,10 +38,14 @@ class Revoked(CutOff):
     """The subscriber's admin certificate was revoked."""
 
 
-class Subscription:
-    """One subscriber's queue of events; ``owner`` is the admin token it was opened with."""
+FeedOwner = tuple[str, int]
+"""Who follows a feed: the admin's name and the serial of the certificate it logged in with."""
 
-    def __init__(self, bus: EventBus, owner: str = "") -> None:
+
+class Subscription:
+    """One subscriber's queue of events, and whose (None: the server's own, or a test's)."""
+
+    def __init__(self, bus: EventBus, owner: FeedOwner | None = None) -> None:
         self._bus = bus
         self.owner = owner
         self._queue: asyncio.Queue[FeedEvent | None] = asyncio.Queue(QUEUE_LIMIT)
@@ -126,16 +130,20 @@ class EventBus:
         for sub in list(self._subscribers):
             sub.push(event)
 
-    def subscribe(self, owner: str = "") -> Subscription:
-        """Start receiving events published from now on (``owner``: the admin's token)."""
+    def subscribe(self, owner: FeedOwner | None = None) -> Subscription:
+        """Start receiving events published from now on."""
         sub = Subscription(self, owner)
         self._subscribers.add(sub)
         return sub
 
-    def cut_off(self, owners: dict[str, str]) -> None:
-        """End the subscriptions of these admin tokens, each with its reason."""
+    def cut_off(self, refusal: Callable[[str, int], str | None]) -> None:
+        """End every subscription whose owner ``refusal`` refuses now, with its reason.
+
+        By the admin's certificate, not its login token: a feed outlives the token it was
+        opened with (dropped after 12 idle hours, or as the admin's 65th login came).
+        """
         for sub in list(self._subscribers):
-            reason = owners.get(sub.owner) if sub.owner else None
+            reason = None if sub.owner is None else refusal(*sub.owner)
             if reason is not None:
                 sub.cut(reason)
 

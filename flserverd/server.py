@@ -788,10 +788,9 @@ class FLServer:
         def refused(admin: AdminLogin) -> str | None:
             return self.revocations.refusal(admin.user, admin.serial)
 
-        admins = self.admins.revoke(refused)
-        for reason in admins.values():
+        for reason in self.admins.revoke(refused).values():
             log.warning("admin logged out: %s", reason)
-        self.bus.cut_off(admins)
+        self.bus.cut_off(self.revocations.refusal)
         return removed
 
     def revoked_sender(self, instance: str) -> str | None:

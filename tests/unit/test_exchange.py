@@ -32,6 +32,7 @@ from flcore.feed import ClientGone, ClientRow
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
 from fldev.poll import wait_until_async
+from flserverd.admins import MAX_LOGINS_PER_ADMIN
 from flserverd.aggregator import RUNNING_SUM
 from flserverd.events import Revoked
 from flserverd.exchange import MAX_METRICS, ModelExchange, check_metrics
@@ -371,17 +372,24 @@ def test_revocation_drops_a_client_mid_upload_and_its_update_is_never_folded(
 
 
 def test_revocation_logs_an_admin_out_and_ends_its_feed(tmp_path: Path) -> None:
+    """Even once the token the feed was opened with is gone: feeds were cut by token, and a
+    token is dropped after 12 idle hours (watching does not count) or as the admin's 65th
+    login comes, which a revoked admin could make happen on purpose."""
+
     async def scenario(server: FLServer) -> None:
         admin = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=0x71)
-        token, _ = server.admins.login(admin, admin.name)
-        feed = server.bus.subscribe(owner=token)
+        first, _ = server.admins.login(admin, admin.name)
+        feed = server.bus.subscribe(owner=(admin.name, admin.serial))
+        for _ in range(MAX_LOGINS_PER_ADMIN):
+            token, _ = server.admins.login(admin, admin.name)
+        with pytest.raises(AuthError):
+            server.admins.authenticate(first, admin)  # the feed's token is gone
         server.revocations.revoke(admin.name, "boss@lead.org")
         assert server.enforce_revocations() == []
         with pytest.raises(AuthError):
             server.admins.authenticate(token, admin)
         with pytest.raises(Revoked, match=r"it@lead\.org was revoked on this server"):
-            async for _ in feed:
-                pass
+            await asyncio.wait_for(anext(aiter(feed)), 5)
 
     on_server(tmp_path, scenario)
 
