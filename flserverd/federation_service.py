@@ -171,15 +171,24 @@ class FederationService(fed_grpc.FederationServicer):
             # so it is watched like the chunks that follow it.
             await ProgressWatch(what, downloads.stall_s).run(context.write(manifest))
             await downloads.send_all(
-                what, chunks, self._chunk_writer(context, download), owner=client.client_name
+                what,
+                chunks,
+                self._chunk_writer(context, download, client),
+                owner=client.client_name,
             )
         except TransferStalled as exc:
             log.warning("%s", exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
             raise
 
+    async def _unless_revoked(self, client: RegisteredClient, context: Context) -> None:
+        """End a transfer to a client revoked since it began (its call was let in before)."""
+        reason = self.server.revoked_sender(client.instance)
+        if reason is not None and not self.server.registry.is_current(client):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, reason)
+
     def _chunk_writer(
-        self, context: Context, download: Download
+        self, context: Context, download: Download, client: RegisteredClient
     ) -> Callable[[tuple[WireChunk, int]], Awaitable[None]]:
         """Writes one chunk of ``download`` to the call and counts its bytes."""
         sent = 0
@@ -187,6 +196,7 @@ class FederationService(fed_grpc.FederationServicer):
         async def write(item: tuple[WireChunk, int]) -> None:
             nonlocal sent
             chunk, raw = item
+            await self._unless_revoked(client, context)
             await context.write(with_chunk(fed_pb2.ModelMessage(), chunk))
             self.exchange.sent_chunk(download, chunk, raw)
             sent += 1
@@ -245,7 +255,7 @@ class FederationService(fed_grpc.FederationServicer):
         self, request: fed_pb2.AppRequest, context: Context
     ) -> AsyncIterator[common_pb2.FileChunk]:
         """Stream the copy of an app deployed to clients of a run."""
-        await self._client(request.token, context)
+        client = await self._client(request.token, context)
         try:
             folder = self.exchange.app_folder(request.run_number, request.app)
         except TransferError as exc:
@@ -255,5 +265,6 @@ class FederationService(fed_grpc.FederationServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise
         async for path, offset, data, eof in _in_batches(iter_chunks(folder)):
+            await self._unless_revoked(client, context)
             yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
             self.exchange.sent("app", len(data))

@@ -25,8 +25,9 @@ class Aborted(Exception):
     """What grpc's ``context.abort`` raises, for this stand-in."""
 
 
-class _PeerThatDoesNotRead:
-    """A call whose peer never reads: every write waits for good."""
+class _Call:
+    """A call's context, as gRPC gives the servicer: its peer's certificate, and what the
+    servicer writes and why it ended the call."""
 
     def __init__(self, cert_pem: bytes) -> None:
         self._auth = {"x509_pem_cert": [cert_pem]}
@@ -38,11 +39,18 @@ class _PeerThatDoesNotRead:
 
     async def write(self, message: fed_pb2.ModelMessage) -> None:
         self.written.append(message)
-        await asyncio.Event().wait()
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         self.aborted = (code, details)
         raise Aborted(details)
+
+
+class _PeerThatDoesNotRead(_Call):
+    """A call whose peer never reads: every write waits for good."""
+
+    async def write(self, message: fed_pb2.ModelMessage) -> None:
+        await super().write(message)
+        await asyncio.Event().wait()
 
 
 def test_a_download_whose_manifest_is_never_read_is_given_up_after_the_stall_limit(
@@ -72,5 +80,38 @@ def test_a_download_whose_manifest_is_never_read_is_given_up_after_the_stall_lim
         assert details == (
             "download of round_0.safetensors to site-a: nothing moved for 0.2s; given up"
         )
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(tmp_path: Path) -> None:
+    """Its call was let in before the revocation, and went on sending the model."""
+    now = datetime.now(UTC)
+    ca = pki.create_ca("p", "org", "ecdsa-p256", 30, now)
+    site = pki.issue(ca, pki.Subject("site-a", "org", KIND_CLIENT), "ecdsa-p256", 30, now)
+
+    async def scenario(server: FLServer) -> None:
+        train(server, num_rounds=2)
+        login = server.login(identity_from_certificate(site.cert), "", MachineInfo())
+        service = FederationService(server)
+
+        class RevokedAfterTheManifest(_Call):
+            async def write(self, message: fed_pb2.ModelMessage) -> None:
+                await super().write(message)
+                if len(self.written) == 2:  # the manifest and a first chunk went out
+                    server.revocations.revoke("site-a", "admin@lead.org")
+                    server.enforce_revocations()
+
+        context = RevokedAfterTheManifest(pki.cert_pem(site.cert))
+        request = fed_pb2.ModelRequest(
+            token=login.token, run_number=RUN, round=0, kind=fed_pb2.MODEL_KIND_GLOBAL
+        )
+        with pytest.raises(Aborted):
+            await asyncio.wait_for(service.GetModel(request, cast(Context, context)), 10)
+        assert [m.WhichOneof("body") for m in context.written] == ["manifest", "chunk"]
+        assert context.aborted is not None
+        code, details = context.aborted
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert details.startswith("site-a was revoked on this server by admin@lead.org")
 
     on_server(tmp_path, scenario)
