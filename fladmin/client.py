@@ -317,15 +317,18 @@ def _mapped_json(value: Any, leaf: Callable[[Any], Any]) -> Any:
 
 def _from_wire(line: str, reply: admin_pb2.CommandReply) -> CommandReply:
     """A reply as the console and scripts see it, its texts safe to draw on a terminal."""
+    text = reply.text
     try:
         raw = parse_json(reply.data_json, "reply data", allow_nan=True) if reply.data_json else {}
-    except ConfigError:
+    except ConfigError as exc:  # said, not dropped in silence: --json would print {} as "ok"
         raw = {}
+        note = f"(this reply's data cannot be read: {exc})\n"
+        text = note if not text else text + ("" if text.endswith("\n") else "\n") + note
     data = raw if json_printable(reply.data_json) else _printable_json(raw)
     return CommandReply(
         line,
         reply.ok,
-        printable(reply.text),
+        printable(text),
         data,
         reply.usecs,
         reply.finished_at,

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from flcore.compression import WireChunk
-from flcore.configfile import parse_json
+from flcore.configfile import MAX_DEPTH, parse_json
 from flcore.federation import (
     ClientHeartbeat,
     Closed,
@@ -106,6 +106,12 @@ def log_from_proto(record: common_pb2.LogRecord, source: str, now: float) -> Log
     )
 
 
+SITE_DATA_DEPTH = MAX_DEPTH - 4
+"""How deep a site's result data may nest: a reply to admins carries it a few levels down
+(``{"clients": {instance: data}}``), and a reply deeper than any JSON may be is unreadable,
+so one site nested to the limit blanked every site's data in it."""
+
+
 def _result_data(data_json: str) -> dict[str, Any]:
     """The JSON part of a command result; a client that sends anything but an object, more
     than :data:`MAX_RESULT_JSON`, or text that is no Unicode (an escaped lone surrogate,
@@ -113,7 +119,11 @@ def _result_data(data_json: str) -> dict[str, Any]:
     if len(data_json) > MAX_RESULT_JSON:
         return {}
     try:
-        data = parse_json(data_json, "command result", allow_nan=True) if data_json else {}
+        data = (
+            parse_json(data_json, "command result", SITE_DATA_DEPTH, allow_nan=True)
+            if data_json
+            else {}
+        )
         json.dumps(data, ensure_ascii=False).encode()
     except (ConfigError, UnicodeEncodeError):
         return {}

@@ -32,7 +32,7 @@ from flclientd.serde import downward_from_proto
 from flclientd.worker.protocol import decode
 from flcore import appconfig, startup
 from flcore.appreview import review_app
-from flcore.configfile import parse_json
+from flcore.configfile import MAX_DEPTH, parse_json
 from flcore.feedwire import client_from_proto
 from flcore.folders import FolderError, FolderReceiver
 from flcore.kitsig import KitSignatureError, verify_startup
@@ -42,9 +42,9 @@ from flcore.schema import ConfigError
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError, TensorSpec
 from flcore.wire import manifest_from_proto
 from fldev.cluster import APPS
-from flserverd.serde import upward_from_proto
+from flserverd.serde import SITE_DATA_DEPTH, upward_from_proto
 from flserverd.transfer import TransferError, check_app_name
-from provision import ProvisionError, extract_kit, load_project
+from provision import ProvisionError, extract_kit, load_project, read_kit
 from tests.hostile import payloads
 from tests.hostile.payloads import (
     CLASS_NAMING,
@@ -282,7 +282,27 @@ def test_deeply_nested_json_from_peers_is_read_as_nothing() -> None:
     assert upward_from_proto(result, "site").data == {}  # type: ignore[union-attr]
     command = fed_pb2.ServerMessage(command=fed_pb2.ServerCommand(command_id="2", args_json=deep))
     assert downward_from_proto(command).reason == "malformed command arguments"  # type: ignore[union-attr]
-    assert _from_wire("x", admin_pb2.CommandReply(ok=True, data_json=deep)).data == {}
+    read = _from_wire("x", admin_pb2.CommandReply(ok=True, text="done\n", data_json=deep))
+    assert read.data == {}  # and the admin is told, not shown an "ok" reply with no data
+    assert read.text.startswith("done\n(this reply's data cannot be read: reply data: nested")
+
+
+def test_a_site_nested_to_the_limit_cannot_blank_every_sites_data_in_a_reply() -> None:
+    """The server took a site's data nested to the very limit, then put it two levels
+    deeper in its reply, which the admin's client then refused whole: every site's data of
+    a check_status client was gone."""
+
+    def result(depth: int) -> object:
+        nested = "{}" if depth == 1 else '{"a": ' * (depth - 1) + "{}" + "}" * (depth - 1)
+        message = fed_pb2.ClientMessage(
+            result=fed_pb2.CommandResult(command_id="1", ok=True, data_json=nested)
+        )
+        return upward_from_proto(message, "site").data  # type: ignore[union-attr]
+
+    assert result(SITE_DATA_DEPTH) != {} and result(SITE_DATA_DEPTH + 1) == {}
+    wrapped = json.dumps({"clients": {"site": result(SITE_DATA_DEPTH), "b": {"ok": True}}})
+    read = _from_wire("x", admin_pb2.CommandReply(ok=True, data_json=wrapped))
+    assert read.data["clients"]["b"] == {"ok": True} and SITE_DATA_DEPTH + 2 < MAX_DEPTH
 
 
 def test_a_training_child_speaking_deep_json_is_killed_not_followed(tmp_path: Path) -> None:
@@ -394,9 +414,15 @@ def test_a_zip_bomb_as_a_kit_is_refused_before_it_inflates(
     refused(
         lambda: extract_kit(bombs[kind], "x", tmp_path / "dest"),
         ProvisionError,
-        "more than any kit file|not a readable zip",
+        "more than any kit file|not a readable zip|is not encrypted with the kit's password",
     )
     assert not (tmp_path / "dest").exists()
+    # A kit without a key (the CSR flow's) has no password: there its sizes refuse it.
+    refused(
+        lambda: read_kit(bombs[kind], None),
+        ProvisionError,
+        "more than any kit file|not a readable zip",
+    )
 
 
 def test_a_zip_bomb_inside_an_upload_is_kept_as_the_bytes_it_is(
