@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -29,7 +28,7 @@ from pathlib import Path
 from flcore.atomic import atomic_write_bytes
 from flcore.configfile import load_json
 from flcore.schema import ConfigError, Field, one_of, parse_mapping
-from flcore.startup import LOCAL_DIR
+from flcore.startup import LOCAL_DIR, others_may_change
 
 APPROVALS_FILE = "approved_apps.json"
 FORMAT_VERSION = 1
@@ -100,15 +99,15 @@ class ApprovalList:
             ApprovalError: the file is unreadable, malformed, or writable by others.
         """
         try:
-            mode = self.path.stat().st_mode
+            changeable = others_may_change(self.path)
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise ApprovalError(f"{self.path}: cannot read it ({exc.strerror or exc})") from None
-        if stat.S_IMODE(mode) & 0o022:
+        if changeable is not None:
             raise ApprovalError(
-                f"{self.path}: others than its owner may change it (mode "
-                f"{stat.S_IMODE(mode):04o}), so it approves nothing: run chmod 644 {self.path}"
+                f"{self.path}: others than its owner may change it ({changeable}), so it "
+                f"approves nothing: run chmod go-w {self.path} {self.path.parent}"
             )
         try:
             data = parse_mapping(load_json(self.path), FILE_FIELDS, str(self.path))

@@ -244,6 +244,21 @@ def check_private_key(path: Path) -> None:
         )
 
 
+def others_may_change(path: Path) -> str | None:
+    """How others than its owner may change ``path``, the file or the folder it is in (None
+    when they may not): what a site's own files decide (the code it trusts, what it
+    approved) must be site IT's decision alone.
+
+    Raises:
+        OSError: it cannot be looked at.
+    """
+    for what, checked in ((path.name, path), (f"its folder {path.parent}", path.parent)):
+        mode = stat.S_IMODE(checked.stat().st_mode)
+        if mode & 0o022:
+            return f"{what} has mode {mode:04o}"
+    return None
+
+
 def _load(
     workspace: Path,
     file_name: str,
@@ -257,6 +272,12 @@ def _load(
     check_private_key(workspace / STARTUP_DIR / values["ssl_private_key"])
     local = workspace / LOCAL_DIR / file_name
     if local.exists():
+        changeable = others_may_change(local)
+        if changeable is not None:
+            raise ConfigError(
+                f"{local}: others than its owner may change it ({changeable}), and it decides "
+                f"for this site: run chmod go-w {local} {local.parent}"
+            )
         raw = _read_json(local)
         local_fields = [f for f in fields if f.name in local_keys] + list(site_only)
         overrides = parse_mapping(raw, local_fields, str(local))

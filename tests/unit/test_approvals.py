@@ -94,8 +94,14 @@ def test_a_file_others_may_change_approves_nothing(workspace: Path) -> None:
     approvals_ = ApprovalList(workspace)
     approvals_.approve(DIGEST, "x")
     approvals_.path.chmod(0o666)
-    with pytest.raises(ApprovalError, match=r"mode 0666.*chmod 644"):
+    with pytest.raises(ApprovalError, match=r"approved_apps.json has mode 0666.*chmod go-w"):
         approvals_.allows(DIGEST)
+    approvals_.path.chmod(0o644)  # its folder: whoever may write there may replace the file
+    approvals_.path.parent.chmod(0o777)
+    with pytest.raises(ApprovalError, match=r"its folder .*local has mode 0777"):
+        approvals_.allows(DIGEST)
+    approvals_.path.parent.chmod(0o755)
+    assert approvals_.allows(DIGEST)
 
 
 def test_a_huge_file_is_refused_before_it_is_read(workspace: Path) -> None:

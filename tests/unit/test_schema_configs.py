@@ -237,6 +237,22 @@ def test_trust_custom_code_is_off_unless_the_site_turns_it_on(tmp_path: Path) ->
     assert startup.load_client(ws).trust_custom_code is True
 
 
+@pytest.mark.parametrize(("changed", "mode"), [("file", 0o666), ("file", 0o620), ("folder", 0o777)])
+def test_a_local_override_others_may_change_is_refused(
+    tmp_path: Path, changed: str, mode: int
+) -> None:
+    """It may turn trust_custom_code on: anyone who may write it, or replace it through its
+    folder, would decide which code the site runs."""
+    ws = _workspace(
+        tmp_path, "fed_client.json", startup.to_json(CLIENT), {"trust_custom_code": True}
+    )
+    local = ws / "local" / "fed_client.json"
+    (local if changed == "file" else local.parent).chmod(mode)
+    what = "fed_client.json" if changed == "file" else f"its folder {local.parent}"
+    with pytest.raises(ConfigError, match=f"{re.escape(what)} has mode {mode:04o}.*chmod go-w"):
+        startup.load_client(ws)
+
+
 def test_a_kit_cannot_decide_to_trust_custom_code_for_the_site(tmp_path: Path) -> None:
     signed = json.loads(startup.to_json(CLIENT))
     signed["trust_custom_code"] = True
