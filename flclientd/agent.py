@@ -568,12 +568,12 @@ class Agent:
         resumed = self.status.status
         self._set_status(status=st.WAITING_APPROVAL, detail=review.waiting)
         log.warning(
-            "%s (%s): review it with 'flclientd show-app --workspace %s %s', then approve it "
-            "with 'flclientd approve --workspace %s %s'",
+            "%s (%s): review it with 'flclientd show-app --workspace %s sha256:%s', then "
+            "approve it with 'flclientd approve --workspace %s %s'",
             review.waiting,
             code,
             self.workspace,
-            name,
+            review.digest,
             self.workspace,
             review.digest,
         )

@@ -1,6 +1,7 @@
 """``flclientd show-app`` and ``flclientd approve``: site IT reads an app's code and approves it.
 
-``show-app --workspace W NAME`` prints the newest deployed copy of an app:
+``show-app --workspace W NAME`` prints the newest deployed copy of an app (``show-app
+--workspace W sha256:DIGEST`` the copy with that digest, which a waiting run names):
 its digest, whether this site lets it run, what in it is custom code, and
 every file with its content. Control characters and the Unicode controls
 that reorder or hide text ("Trojan Source") are printed as visible escapes
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.machinery
 import io
+import re
 import sys
 import tokenize
 from pathlib import Path
@@ -60,7 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "show-app", help="print a deployed app's files, its digest and whether it may run here"
     )
     show.add_argument("--workspace", type=Path, required=True, help="the client workspace")
-    show.add_argument("app", help="the app's name, as deployed")
+    show.add_argument(
+        "app", help="the app's name as deployed, or sha256:DIGEST for the copy a waiting run names"
+    )
     show.add_argument("--list", action="store_true", help="list the files without their contents")
     approve = commands.add_parser("approve", help="let the app with this SHA-256 run at this site")
     approve.add_argument("--workspace", type=Path, required=True, help="the client workspace")
@@ -124,14 +128,22 @@ def _may_run(workspace: Path, review: AppReview) -> str:
 
 
 def show_app(workspace: Path, name: str, list_only: bool, out: TextIO) -> None:
-    """Print the newest deployed copy of app ``name``."""
-    found = _reviews(workspace, name)
+    """Print the newest deployed copy of app ``name``, or the copy whose digest ``name`` is
+    (``sha256:…``): the one a waiting run names, which is the one ``approve`` lets run,
+    even where a newer copy of the same name was deployed since."""
+    digest = _digest_in(name)
+    if digest is None:
+        found = _reviews(workspace, name)
+    else:
+        found = [(app, review) for app, review in _reviews(workspace) if review.digest == digest]
     if not found:
+        wanted = f"with the digest {digest}" if digest else f"named {name!r}"
         raise ReviewError(
-            f"no app named {name!r} is deployed in {workspace} (deployed apps are in "
+            f"no app {wanted} is deployed in {workspace} (deployed apps are in "
             "run_<N>/app_<instance>/; an admin deploys them with 'deploy <app> client')"
         )
     app, review = found[0]
+    name = app.name
     where = app.folder.relative_to(workspace)
     print(f"app {name}, deployed in {where}", file=out)
     print(f"sha256:{review.digest}", file=out)
@@ -171,6 +183,14 @@ def _read_as_python_does(data: bytes, rel: str) -> tuple[str, str] | None:
     except (UnicodeDecodeError, LookupError):
         return None
     return None if "\0" in text else (text, encoding)
+
+
+def _digest_in(text: str) -> str | None:
+    """The digest ``text`` gives (``sha256:`` and 64 hex digits, or the digits alone), else
+    None: then it is an app's name."""
+    if not (text.startswith("sha256:") or re.fullmatch(r"[0-9a-fA-F]{64}", text)):
+        return None
+    return parse_digest(text)
 
 
 def _show_file(path: Path, rel: str, out: TextIO) -> None:

@@ -80,7 +80,7 @@ def test_custom_code_runs_only_after_the_site_approved_it(cluster: Cluster) -> N
     assert f"status: waiting for approval of app {APP} sha256:{digest[:12]}" in text
     rows = {c["instance"]: c for c in cluster.status()["clients"]}
     assert rows["flclient1"]["detail"] == f"waiting for approval of app {APP} sha256:{digest[:12]}"
-    first.wait_log(f"flclientd show-app --workspace {cluster.root / 'flclient1'} {APP}")
+    first.wait_log(f"flclientd show-app --workspace {cluster.root / 'flclient1'} sha256:{digest}")
     # Nothing of the app was imported at a site, and no training process exists.
     assert cluster.worker_pids() == []
     assert not imported_under(marker, first.pid) and not imported_under(marker, second.pid)
@@ -95,6 +95,8 @@ def test_custom_code_runs_only_after_the_site_approved_it(cluster: Cluster) -> N
 
     shown = site_tool(cluster, "show-app", "--workspace", str(cluster.root / "flclient1"), APP)
     assert f"sha256:{digest}" in shown.splitlines()
+    by_digest = ["show-app", "--workspace", str(cluster.root / "flclient1"), f"sha256:{digest}"]
+    assert site_tool(cluster, *by_digest) == shown  # the copy the log names
     assert "NOT approved at this site" in shown and "_os.getppid()" in shown
     approved = site_tool(
         cluster, "approve", "--workspace", str(cluster.root / "flclient1"), f"sha256:{digest}"

@@ -191,6 +191,21 @@ def test_source_is_shown_as_python_reads_it_whatever_encoding_it_declares(
     assert "bad\u202ename.py" not in out and "bad\\u202ename.py" in out
 
 
+def test_show_app_by_digest_shows_the_copy_a_waiting_run_names(workspace: Path) -> None:
+    """By name it shows the newest copy: with run 4's copy benign and run 3's waiting,
+    site IT read the one and approved the other's digest, unread."""
+    newer = shutil.copytree(workspace / "run_3" / "app_site", workspace / "run_4" / "app_site")
+    (newer / "resources" / "extra.py").write_text("benign = True\n")
+    (workspace / "run_3" / "app_site" / "resources" / "hidden.py").write_text("evil = 1\n")
+    waiting = review_app(workspace / "run_3" / "app_site", "digits_custom").digest
+    _, by_name = run("show-app", "--workspace", str(workspace), "digits_custom")
+    assert "run_4/app_site" in by_name and "evil = 1" not in by_name
+    _, by_digest = run("show-app", "--workspace", str(workspace), f"sha256:{waiting}")
+    assert by_digest.startswith("app digits_custom, deployed in run_3/app_site\n")
+    assert f"sha256:{waiting}" in by_digest and "evil = 1" in by_digest
+    assert run("show-app", "--workspace", str(workspace), "sha256:" + "0" * 64)[0] == 1
+
+
 def test_binary_files_are_named_not_printed(workspace: Path) -> None:
     (workspace / "run_3" / "app_site" / "resources" / "blob.so").write_bytes(b"\x7fELF\x00\x01")
     _, out = run("show-app", "--workspace", str(workspace), "digits_custom")
