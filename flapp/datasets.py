@@ -20,11 +20,19 @@ from flcore.schema import ConfigError
 
 
 def _load_split(data_root: Path | None, name: str) -> TensorDataset:
-    if data_root is None and not Path(name).is_absolute():
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        # The app comes from the server and runs without the site's approval when it names
+        # built-in components only: it reads inside the site's data folder, nowhere else.
+        raise ConfigError(
+            f"dataset file {name[:200]!r} must be a path inside DATA_ROOT (relative, "
+            "without '..')"
+        )
+    if data_root is None:
         raise ConfigError(
             f"dataset file {name!r} is relative to DATA_ROOT, but this site has no DATA_ROOT set"
         )
-    path = Path(name) if data_root is None else data_root / name
+    path = data_root / relative
     if not path.is_file():
         raise ConfigError(f"dataset file {path} is missing (DATA_ROOT is {data_root})")
     try:

@@ -214,6 +214,17 @@ def test_relative_files_need_a_data_root() -> None:
         NpzClassification(None)
 
 
+@pytest.mark.parametrize("name", ["/etc/shadow", "../outside.npz", "held/../../outside.npz"])
+def test_a_dataset_file_outside_data_root_is_refused_unread(tmp_path: Path, name: str) -> None:
+    """A built-in-only app runs without the site's approval: it read any .npz the service
+    user could, and its errors told the server which paths exist."""
+    root = tmp_path / "data"
+    root.mkdir()
+    write_split(tmp_path / "outside.npz", np.ones((2, 2), np.float32), np.ones(2, np.int64))
+    with pytest.raises(ConfigError, match="must be a path inside DATA_ROOT"):
+        NpzClassification(root, train=name)
+
+
 @pytest.mark.parametrize(
     ("x", "y", "message"),
     [
