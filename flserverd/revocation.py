@@ -25,6 +25,7 @@ connection that completed a handshake can do nothing without a call.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,8 @@ CLOCK_SLACK_S = 300.0
 """How much earlier than a console revocation a CRL may say it was signed and still carry it:
 lead IT's clock and the server's differ, and a CRL's time has whole seconds."""
 _NEW_KIT = "this kit no longer works; ask lead IT for a new one"
+_INSTANCE = re.compile(r"(.+)_[1-9][0-9]{0,5}")
+"""An instance's name: its kit's name, then ``_<n>`` (:func:`flcore.identity.instance_name`)."""
 _REFRESH = "lead IT should run 'flprovision crl' and load the new crl.pem with load_crl"
 
 
@@ -206,6 +209,20 @@ class Revocations:
         if name_like(name) is not None and email_like(name) is not None:
             raise RevocationError(
                 f"{name[:80]!r} is not a client name or an admin's email as project.yml names them"
+            )
+        # What a console shows or a person types that is not the certificate's name: revoking
+        # it would answer "revoked" while the kit went on working.
+        if self._db.certificates_of(name):
+            return
+        kit = _INSTANCE.fullmatch(name)
+        meant = self._db.name_like(name) or (
+            kit.group(1) if kit and self._db.certificates_of(kit.group(1)) else None
+        )
+        if meant is not None:
+            raise RevocationError(
+                f"no certificate named {name!r} logged in here, but {meant!r} did: revoke "
+                f"{meant} (a kit's name, exactly as project.yml has it; {name!r} may be one of "
+                "its instances, or differ in case)"
             )
 
     def revoke(self, name: str, by: str) -> RevokedName | None:

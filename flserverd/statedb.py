@@ -580,6 +580,15 @@ class StateDB:
         rows = self._db.execute("SELECT serial FROM certificates WHERE name=?", (name,))
         return sorted(int(row[0], 16) for row in rows)
 
+    def name_like(self, name: str) -> str | None:
+        """A name some certificate logged in with that differs from ``name`` only by case
+        (None: there is none, or ``name`` itself logged in)."""
+        rows = self._db.execute(
+            "SELECT DISTINCT name FROM certificates WHERE lower(name)=lower(?)", (name,)
+        ).fetchall()
+        names = {str(row[0]) for row in rows}
+        return None if name in names or not names else min(names)
+
     def save_revoked_name(self, name: str, since: float, by_user: str) -> None:
         """Record that an admin revoked ``name`` on this server."""
         self._write(

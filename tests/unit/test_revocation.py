@@ -7,6 +7,7 @@ read back the way the server reads them.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -165,6 +166,29 @@ def test_the_server_and_names_no_kit_can_have_cannot_be_revoked(
     with pytest.raises(RevocationError, match=words):
         revocations.revoke(name, ADMIN.name)
     assert revocations.names() == []
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [("Site-A", "site-a"), ("site-a_1", "site-a"), ("IT@lead.org", "it@lead.org")],
+)
+def test_a_name_that_only_looks_like_a_kit_that_logged_in_is_refused_with_the_kit(
+    db: StateDB, tmp_path: Path, typed: str, meant: str
+) -> None:
+    """The console shows instance names (site-a_1) and people type emails in any case:
+    revoking those answered "revoked" while the kit went on working."""
+    _, ca_path = _ca(tmp_path)
+    revocations = _revocations(db, tmp_path, ca_path, Clock(NOW))
+    for identity in (SITE, ADMIN):
+        revocations.seen(identity)
+    with pytest.raises(RevocationError, match=f"but '{re.escape(meant)}' did: revoke"):
+        revocations.revoke(typed, "boss@lead.org")
+    assert revocations.names() == []
+    # A name no certificate used yet (a kit stolen before its first use) is revoked as typed,
+    # and a kit whose own name ends like an instance's is itself.
+    revocations.seen(Identity("site-a_7", "hospital-a", KIND_CLIENT, serial=0x99))
+    assert revocations.revoke("site-c", "boss@lead.org") is not None
+    assert revocations.revoke("site-a_7", "boss@lead.org") is not None
 
 
 def test_a_stale_crl_keeps_revoking_and_warns_once(
