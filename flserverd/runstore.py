@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from flcore.atomic import fsync_dir
 from flcore.diskfault import free_bytes
+from flcore.folders import restore_interrupted
 from flserverd.statedb import RoundSummary
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,24 @@ class RunStore:
     def clear_spool(self, run_number: int) -> None:
         """Delete half-received uploads (after a restart they are worthless)."""
         shutil.rmtree(self.run_dir(run_number) / SPOOL_DIR, ignore_errors=True)
+
+    def clear_leftovers(self) -> None:
+        """At start: what uploads, deploys and rounds cut short by a crash left (every run's
+        spool: a resumed run's clients send again; apps half uploaded or half copied), and an
+        app whose replacement a crash cut off put back."""
+        for previous in (
+            *self.workspace.glob("run_*/.*.old"),
+            *self.workspace.glob("run_*/*/.*.old"),
+        ):
+            restore_interrupted(previous.with_name(previous.name[1 : -len(".old")]))
+        for folder in (
+            *self.workspace.glob(f"run_*/{SPOOL_DIR}"),
+            *self.transfer.glob(".upload-*"),
+            *self.workspace.glob("run_*/.app_server.*"),
+            *self.workspace.glob("run_*/deploy/.*.*"),
+        ):
+            if not folder.name.endswith(".old"):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def clear_outputs(self, run_number: int, keep_round: int) -> None:
         """Forget what an earlier start of run N produced (it is trained again from the

@@ -163,6 +163,7 @@ class FLServer:
         loop = asyncio.get_running_loop()
         self._log_handler = BusLogHandler(self.bus, loop)
         logging.getLogger().addHandler(self._log_handler)
+        self.store.clear_leftovers()
         number = self.run_number
         record = self.db.get_run(number) if number else None
         if record is not None and record.status in st.ACTIVE and not self._try_resume(record):

@@ -104,11 +104,26 @@ def uploaded_app(store: RunStore, app: str) -> App:
 
 
 def copy_app(source: Path, target: Path, app: str) -> None:
-    """Copy an app folder into a run atomically and remember its name."""
+    """Copy an app folder into a run atomically and remember its name.
+
+    File by file, so that a failure is the OSError it is (``copytree`` gathers them into one
+    error without an errno, and a full disk read as an unexpected error), and whatever was
+    copied goes again.
+    """
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    shutil.copytree(source, staging, symlinks=False)
-    (staging / ".app_name").write_text(app + "\n")
-    replace_folder(staging, target)
+    try:
+        staging.mkdir(parents=True)
+        for path in sorted(source.rglob("*")):  # an uploaded app: folders and plain files
+            copy = staging / path.relative_to(source)
+            if path.is_dir():
+                copy.mkdir(exist_ok=True)
+            else:
+                shutil.copy2(path, copy)
+        (staging / ".app_name").write_text(app + "\n")
+        replace_folder(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def client_app_dir(store: RunStore, run_number: int, app: str) -> Path:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from flcore.diskfault import disk_fault
+from fldev.smalldisk import small_disk, why_not_mountable
 from flserverd.runstore import RunStore
+from flserverd.transfer import copy_app
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -43,3 +48,45 @@ def test_publishing_replaces_the_name_and_clears_a_leftover(tmp_path: Path) -> N
     assert target.read_bytes() == b"new" and os.path.samefile(new, target)
     assert old.read_bytes() == b"old"
     assert leftovers(run) == []
+
+
+def test_what_a_crash_left_is_cleared_and_an_interrupted_deploy_put_back(tmp_path: Path) -> None:
+    """Spools of runs that are not resumed, half uploads and half copies stayed forever; an
+    app whose replacement a crash cut off was "not deployed"."""
+    store = RunStore(tmp_path)
+    left = [
+        "run_1/.spool/round_0/site-a.safetensors",
+        "run_2/.spool/.running_sum",
+        "transfer/.upload-0a1b/config/config_train.json",
+        "run_1/.app_server.0a1b/config/config_train.json",
+        "run_1/deploy/.digits.0a1b/config/config_train.json",
+    ]
+    kept = ["transfer/digits/config/config_train.json", "run_1/deploy/digits/config/x.json"]
+    for name in (*left, *kept, "run_1/.app_server.old/config/config_train.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    store.clear_leftovers()
+    assert [name for name in left if (tmp_path / name).exists()] == []
+    assert all((tmp_path / name).exists() for name in kept)
+    assert (tmp_path / "run_1" / "app_server" / "config" / "config_train.json").exists()
+    assert not (tmp_path / "run_1" / ".app_server.old").exists()
+
+
+def test_an_app_copied_onto_a_full_disk_is_a_disk_fault_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    """copytree gathered the ENOSPC into an error without an errno: the admin read "an
+    unexpected error", and the half copy stayed."""
+    reason = why_not_mountable()
+    if reason:
+        pytest.skip(reason)
+    source = tmp_path / "app"
+    (source / "resources").mkdir(parents=True)
+    (source / "resources" / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with small_disk(disk, 2):
+        with pytest.raises(OSError) as failed:
+            copy_app(source, disk / "run_1" / "app_server", "app")
+        assert disk_fault(failed.value) is not None
+        assert [p.name for p in (disk / "run_1").iterdir()] == []
