@@ -920,7 +920,9 @@ class FLServer:
             start_round=record.start_round,
             current_round=record.next_round,
             num_rounds=record.num_rounds,
-            history=tuple(round_record(r) for r in self.db.round_records(number)[-HISTORY_SHOWN:]),
+            history=tuple(
+                round_record(r) for r in self.db.round_records(number, last=HISTORY_SHOWN)
+            ),
             failed_sites=tuple(record.failed_sites),
             best_metric=best_text(record),
             reason=record.reason,

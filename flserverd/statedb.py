@@ -402,10 +402,14 @@ class StateDB:
             ]
         )
 
-    def round_records(self, run_number: int) -> list[RoundSummary]:
-        """Metrics of every completed round of a run, in order."""
+    def round_records(self, run_number: int, last: int | None = None) -> list[RoundSummary]:
+        """Metrics of every completed round of a run, in order; with ``last``, of the last
+        that many only (what the feed shows: a run of thousands of rounds and sites is
+        hundreds of megabytes of records, once read at every start and status)."""
         rows = self._db.execute(
-            "SELECT record FROM round_metrics WHERE run_number=? ORDER BY round", (run_number,)
+            "SELECT record FROM (SELECT round, record FROM round_metrics WHERE run_number=?"
+            " ORDER BY round DESC LIMIT ?) ORDER BY round",
+            (run_number, -1 if last is None else last),  # LIMIT -1: no limit
         ).fetchall()
         return [RoundSummary.from_json(json.loads(r[0])) for r in rows]
 

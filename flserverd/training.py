@@ -200,7 +200,7 @@ class Training:
         self._retry_timer: TimerHandle | None = None
         self.ready: set[str] = set()
         self.history: collections.deque[RoundSummary] = collections.deque(
-            db.round_records(run.run_number), maxlen=HISTORY_SHOWN
+            db.round_records(run.run_number, last=HISTORY_SHOWN), maxlen=HISTORY_SHOWN
         )
         """The latest rounds, for the feed; metrics.jsonl and the database have them all."""
         self.final_reports: dict[str, int] = {}

@@ -282,6 +282,8 @@ def test_complete_round_moves_pointer_and_stores_metrics(tmp_path: Path, db: Sta
     run = db.get_run(3)
     assert run is not None and run.next_round == 2
     assert db.round_records(3) == [_summary(0, acc=0.5), _summary(1, acc=0.6)]
+    assert db.round_records(3, last=1) == [_summary(1, acc=0.6)]  # what the feed shows
+    assert db.round_records(3, last=5) == db.round_records(3)
     assert db.round_records(4) == []
 
 
