@@ -55,13 +55,12 @@ class Connection:
             return None
         return self.lost_at
 
-    def banner(self, now: float) -> str:
-        """The line under the header, or "" when the link is fine; its countdown ticks."""
+    def banner(self, now: float, keys: bool = True) -> str:
+        """The line under the header, or "" when the link is fine; its countdown ticks.
+        ``keys``: with the dashboard's keys for it (the views over it have none)."""
         if self.look is SHUT_DOWN and self.shutdown is not None:
-            return (
-                f"■ server shut down by {self.shutdown.user} at {clock_time(self.shutdown.time)}"
-                " · r reconnect · q quit"
-            )
+            shut = f"■ server shut down by {self.shutdown.user} at {clock_time(self.shutdown.time)}"
+            return shut + (" · r reconnect · q quit" if keys else "")
         if not self.lost_at or self.up:
             return ""
         since = f"✖ connection lost since {clock_time(self.lost_at)}"
@@ -69,6 +68,6 @@ class Connection:
             left = max(math.ceil(self.retry_at - now), 0)
             return (
                 f"{since}: {self.problem} · reconnecting in {left}s "
-                f"(attempt {self.attempt}) · r now"
+                f"(attempt {self.attempt})" + (" · r now" if keys else "")
             )
         return f"{since} · reconnecting to {self.target} (attempt {self.attempt})…"

@@ -18,6 +18,7 @@ from textual.widgets import Static
 from flcore.feed import ClientRow
 from fltui.status import local_time
 from fltui.store import Store
+from fltui.widgets.header import LinkBanner
 from fltui.widgets.tones import tone_style
 
 CLOSE = "esc, enter or q close"
@@ -42,6 +43,7 @@ class ClientScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         """Title, facts, and how to close."""
+        yield LinkBanner(id="banner")
         with VerticalScroll(classes="dialog", id="client-dialog"):
             yield Static(f"Client {self._instance}", classes="dialog-title", markup=False)
             yield Static(id="client-facts")

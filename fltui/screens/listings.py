@@ -35,6 +35,7 @@ from flcore.listingrecords import (
     runs_page,
 )
 from fltui.status import clock_date, training
+from fltui.widgets.header import LinkBanner
 from fltui.widgets.line import Line
 
 Ask = Callable[[str], Awaitable[CommandReply | None]]
@@ -92,6 +93,7 @@ class ListingScreen(Screen[None], Generic[ListingT]):
 
     def compose(self) -> ComposeResult:
         """The table, a status line, the footer."""
+        yield LinkBanner(id="banner")
         yield DataTable(id="listing", cursor_type="row", zebra_stripes=True)
         yield Line(id="listing-status")
         yield Footer(compact=True, show_command_palette=False)

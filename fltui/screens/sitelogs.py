@@ -22,6 +22,7 @@ from textual.widgets import Footer, Input
 
 from fltui.logfilter import LogFilter
 from fltui.store import LOG_LIMIT, Store
+from fltui.widgets.header import LinkBanner
 from fltui.widgets.line import Line
 from fltui.widgets.logview import LogView, plain_line
 
@@ -57,6 +58,7 @@ class SiteLogScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         """The log, the search box, the footer."""
+        yield LinkBanner(id="banner")
         yield LogView(LOG_LIMIT, id="site-log", title=f"Logs of {self.instance}")
         yield Line(id="site-log-status")
         yield Input(placeholder="search this site's lines", id="site-search")

@@ -8,6 +8,9 @@ text (a screen reader, a copied SVG screenshot) must not run words together.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol, cast
+
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
@@ -15,7 +18,7 @@ from textual.containers import Horizontal
 
 from flcore import status as st
 from flcore.feed import RunInfo
-from fltui.state import Who
+from fltui.state import ConsoleState, Who
 from fltui.status import Look, server_look
 from fltui.widgets.line import Line
 from fltui.widgets.tones import look_text, tone_style
@@ -75,3 +78,26 @@ class Banner(Line):
         """Show ``message``, or hide the banner when it is empty."""
         self.set(message)
         self.display = bool(message)
+
+
+class Following(Protocol):
+    """An app that follows a server: its connection, and its clock."""
+
+    state: ConsoleState
+    clock: Callable[[], float]
+
+
+class LinkBanner(Banner):
+    """The banner of the views that cover the dashboard (a client's details, a site's log,
+    the listings): while the link is down what they show is no longer current, and they say
+    so, not only the dashboard beneath them."""
+
+    def on_mount(self) -> None:
+        """Draw now and every second (its countdown ticks)."""
+        self.redraw()
+        self.set_interval(1.0, self.redraw)
+
+    def redraw(self) -> None:
+        """Show the app's connection as it is now."""
+        app = cast(Following, self.app)
+        self.show(app.state.connection.banner(app.clock(), keys=False))

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Input
 from fladmin.client import CommandReply
 from flcore.feed import LogEntry
 from fldev.poll import wait_for
+from fltui.connection import CONNECTED, DISCONNECTED, Connection
 from fltui.screens.client import ClientScreen
 from fltui.screens.help import HelpScreen
 from fltui.screens.listings import AdminsScreen, AppsScreen, RunScreen, RunsScreen
@@ -98,6 +99,31 @@ def test_the_client_screen_follows_the_client_and_says_how_to_close(tmp_path: Pa
             await wait_for(pilot, lambda: "ValueError: bad batch" in str(facts.render()))
             assert "training failed" in str(facts.render())
             assert any("esc, enter or q close" in line for line in screen_lines(app))
+
+    asyncio.run(scenario())
+
+
+def test_views_over_the_dashboard_say_when_the_link_is_down(tmp_path: Path) -> None:
+    """A client's details and a site's log ("following") went on looking current during an
+    outage: only the dashboard beneath them had the banner, and a toast said it once."""
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("enter")
+            await shown(pilot, app, ClientScreen)
+            banner = app.screen.query_one("#banner")
+            assert not banner.display
+            app.publish(Connection(DISCONNECTED, NOW, "server unreachable", NOW + 4, 1))
+            await wait_for(pilot, lambda: "connection lost since" in str(banner.render()))
+            assert banner.display and "r now" not in str(banner.render())
+            await pilot.press("escape", "l")
+            await shown(pilot, app, SiteLogScreen)
+            logs_banner = app.screen.query_one("#banner")
+            await wait_for(pilot, lambda: "connection lost since" in str(logs_banner.render()))
+            app.publish(Connection(CONNECTED, NOW))
+            await wait_for(pilot, lambda: not logs_banner.display)
 
     asyncio.run(scenario())
 
