@@ -331,7 +331,7 @@ def _from_wire(line: str, reply: admin_pb2.CommandReply) -> CommandReply:
         printable(text),
         data,
         reply.usecs,
-        reply.finished_at,
+        printable(reply.finished_at),
         printable(reply.confirm_prompt),
     )
 

@@ -24,7 +24,21 @@ def ended_on_purpose(reason: str) -> bool:
     return reason == FINISHED or reason.startswith(ORDINARY_ENDS)
 
 
-_CONTROLS = {code: "\ufffd" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)}
+_CONTROLS = {
+    code: "\ufffd"
+    for code in (
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        # Bidirectional marks, embeddings, overrides and isolates: in a terminal that applies
+        # them, a site's host name or error could reorder the rest of the line it is on.
+        0x061C,
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+    if code not in (9, 10)
+}
 
 
 MAX_TEXT = 4096
@@ -76,7 +90,9 @@ def printable(text: str) -> str:
 
 
 _RAW_CONTROL = re.compile("[" + "".join(re.escape(chr(code)) for code in _CONTROLS) + "]")
-_ESCAPED_CONTROL = re.compile(r"\\(?:[bfr]|u00(?:[01]|7[fF]|[89]))")
+_ESCAPED_CONTROL = re.compile(
+    r"\\(?:[bfr]|u(?:00(?:[01]|7[fF]|[89])|061[cC]|200[eEfF]|202[a-eA-E]|206[6-9]))"
+)
 """A JSON escape that may decode to a control (``\\u0009``, ``\\u000a`` and an escaped
 backslash before ``u00..`` match too: a false alarm only costs the walk it would save)."""
 

@@ -256,7 +256,9 @@ class ConsoleApp(App[None]):
         self.publish(connection)
         message = f"server shut down by {shutdown.user} at {clock_time(shutdown.time)}"
         self.log_line("INFO", message)
-        self.notify(f"{message}: r reconnects, q quits", title="server shut down", timeout=10)
+        self.notify(
+            f"{message}: r reconnects, q quits", title="server shut down", timeout=10, markup=False
+        )
         await self._reconnect.wait()
         self.store.shutdown = None
 

@@ -17,7 +17,10 @@ from flcore.feed import json_printable, printable
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 
 # Strings rich in what the scans must see through: quotes, backslashes, brackets, controls.
-TEXT = st.text(alphabet=st.sampled_from('a"\\[]{}u01\t\n\r\x08\x1b\x7f\x85\x9fé'), max_size=8)
+TEXT = st.text(
+    alphabet=st.sampled_from('a"\\[]{}u01\t\n\r\x08\x1b\x7f\x85\x9fé\u202e\u2066\u200f\u061c'),
+    max_size=8,
+)
 VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | TEXT,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
@@ -67,6 +70,10 @@ def test_json_printable_sees_raw_and_escaped_controls() -> None:
     assert json_printable('{"name": "site-1", "note": "tab\\tand\\nnewline", "x": "é"}')
     for dirty in ('{"a": "\\u001b[2J"}', '{"a": "\\r"}', '{"\\b": 1}', '["\x85"]', '["\x7f"]'):
         assert not json_printable(dirty), dirty
+    # Bidirectional overrides and isolates reorder the rest of a terminal's line.
+    for dirty in ('["\\u202E"]', '["\u202e"]', '["\\u2066x"]', '["\\u200f"]'):
+        assert not json_printable(dirty), dirty
+    assert printable("host\u202eexe.txt") == "host\ufffdexe.txt"
 
 
 def reply(data: dict[str, Any]) -> admin_pb2.CommandReply:
