@@ -171,7 +171,12 @@ def _extract_parser() -> argparse.ArgumentParser:
         description="Decrypt a kit, check its signature and unpack it with the right file modes.",
     )
     parser.add_argument("kit", type=Path, metavar="KIT.zip")
-    parser.add_argument("-p", "--password", help="the kit's password (asked for when left out)")
+    parser.add_argument(
+        "-p",
+        "--password",
+        help="the kit's password; left out, it is asked for, or read as the first line of the "
+        "input when that is no terminal (ps and the shell's history show a -p)",
+    )
     parser.add_argument(
         "-d",
         "--dest",
@@ -353,12 +358,20 @@ def _run_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+MAX_PASSWORD_LINE = 1024
+
+
 def _run_extract(args: argparse.Namespace) -> int:
     password = args.password
-    if password is None:
-        if not sys.stdin.isatty():
-            raise ProvisionError("give the kit's password with -p PASSWORD")
+    if password is None and sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.kit}: ")
+    elif password is None:  # a script's pipe or file: kept out of ps and the shell's history
+        password = sys.stdin.readline(MAX_PASSWORD_LINE).rstrip("\r\n")
+        if not password:
+            raise ProvisionError(
+                "no password: type it when asked, or give it as the first line of the input "
+                f"({PROG} extract KIT.zip < password-file)"
+            )
     startup = extract_kit(args.kit, password, args.dest)
     print(f"extracted {args.kit} into {startup}")
     return EXIT_OK

@@ -314,3 +314,27 @@ def test_module_entry_pointsflprovision(tmp_path: Path) -> None:
     assert cli.returncode == 1
     assert cli.stderr.startswith("flprovision: error: ")
     assert "Traceback" not in cli.stderr
+
+
+def test_extract_reads_the_password_from_a_pipe_not_the_command_line(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """Without a terminal, -p was the only way: the password went to ps and the shell's
+    history. Now the first line of the input is the password."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    kit = provisioned_workspace.kit("site-a")
+    command = [sys.executable, "-m", "provision", "extract", str(kit), "-d"]
+    done = subprocess.run(
+        [*command, str(tmp_path / "site-a")],
+        input=provisioned_workspace.password("site-a") + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "site-a" / "startup" / "client.key").is_file()
+    empty = subprocess.run(
+        [*command, str(tmp_path / "other")], input="", capture_output=True, text=True, env=env
+    )
+    assert empty.returncode == 1 and "no password: type it when asked" in empty.stderr
