@@ -88,7 +88,11 @@ async def serve(
     """Run the agent until shutdown, SIGTERM or the end of the retry window."""
     files = TlsFiles.named_by(startup, workspace / STARTUP_DIR)
     device = await asyncio.to_thread(probe_device)
-    agent = Agent(workspace, startup, files, data_root, device, forwarder)
+    try:
+        agent = Agent(workspace, startup, files, data_root, device, forwarder)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
     endpoint = None
     if metrics is not None:
         from flclientd.telemetry import ClientTelemetry  # imports prometheus_client

@@ -19,6 +19,7 @@ from flclientd.logforward import BUFFER_LINES, MAX_MESSAGE, LogForwarder
 from flclientd.runner import TrainingProcess, WorkerFailed, _work_result
 from flclientd.sitestate import SiteState, SiteStore
 from flclientd.worker.protocol import mark_log_line, parse_log_line
+from flcore.schema import ConfigError
 
 # --------------------------------------------------------------------------- logforward
 
@@ -266,3 +267,10 @@ def test_a_ready_event_with_an_infinite_count_is_a_broken_protocol_not_a_dead_re
     with caplog.at_level(logging.ERROR, logger="flclientd.runner"):
         asyncio.run(scenario())
     assert "training process broke the protocol" in caplog.text
+
+
+def test_a_state_folder_the_daemon_cannot_use_is_one_clear_error(tmp_path: Path) -> None:
+    """It was an uncaught OSError: a traceback, and a restart loop under systemd."""
+    (tmp_path / "state").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot keep this site's state in .*state: .*chown"):
+        SiteStore(tmp_path / "state" / "site.json")
