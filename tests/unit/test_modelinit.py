@@ -190,7 +190,8 @@ def test_the_servers_model_init_child_gets_no_mlflow_credentials(
         class Net(nn.Module):
             def __init__(self, seen):
                 super().__init__()
-                Path(seen).write_text(" ".join(sorted(k for k in os.environ if k.startswith("MLFLOW_"))))
+                names = (k for k in os.environ if k.startswith("MLFLOW_"))
+                Path(seen).write_text(" ".join(sorted(names)))
                 self.layer = nn.Linear(2, 2)
     """
     seen = tmp_path / "seen"
