@@ -458,27 +458,26 @@ def test_a_model_to_cross_validate_that_is_no_model_fails_its_own_cell_only(
     assert list(work.iterdir()) == []
 
 
+def site_agent(cluster: Cluster) -> Agent:
+    """flclient1's real agent on its kit (its connection goes to whoever plays the server)."""
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    files = TlsFiles.named_by(startup, workspace / "startup")
+    return Agent(workspace, startup, files, None, DeviceInfo("cpu", 0), None)
+
+
 def test_a_round_s_or_the_final_model_that_is_no_model_fails_the_run_with_the_reason(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """What came instead of a global model (here a second manifest) is the run's failure,
     worded for the site's admin, at a round and at the final validation alike; nothing of
     it stays in the site's models folder."""
-    workspace = cluster.root / "flclient1"
-    startup = load_client(workspace)
     work = tmp_path / "run_1" / "work_flclient1"
     work.mkdir(parents=True)
 
     async def scenario() -> list[str]:
         async with playing_the_server(cluster, {"GetModel": TWO_MANIFESTS}):
-            agent = Agent(
-                workspace,
-                startup,
-                TlsFiles.named_by(startup, workspace / "startup"),
-                None,
-                DeviceInfo("cpu", 0),
-                None,
-            )
+            agent = site_agent(cluster)
             agent.uplink.connected.set()  # the calls go through; no control stream is needed
             agent.worker = TrainingProcess(work, tmp_path / "app", None)  # never started
             steps: list[Callable[[], Awaitable[object]]] = [
@@ -578,19 +577,10 @@ def test_a_deploy_the_site_refuses_leaves_the_app_it_had(cluster: Cluster) -> No
             response_serializer=common_pb2.FileChunk.SerializeToString,
         )
     }
-    workspace = cluster.root / "flclient1"
-    startup = load_client(workspace)
 
     async def scenario() -> list[str]:
         async with playing_the_server(cluster, handlers):
-            agent = Agent(
-                workspace,
-                startup,
-                TlsFiles.named_by(startup, workspace / "startup"),
-                None,
-                DeviceInfo("cpu", 0),
-                None,
-            )
+            agent = site_agent(cluster)
             target = agent.app_dir(1)
             shutil.copytree(APPS / "digits_custom", target)
             refusals = []

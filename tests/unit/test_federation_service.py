@@ -21,6 +21,23 @@ from provision import pki
 from tests.unit.test_exchange import RUN, on_server, train
 
 
+def _site_a() -> pki.CertifiedKey:
+    now = datetime.now(UTC)
+    ca = pki.create_ca("p", "org", "ecdsa-p256", 30, now)
+    return pki.issue(ca, pki.Subject("site-a", "org", KIND_CLIENT), "ecdsa-p256", 30, now)
+
+
+SITE_A = _site_a()
+"""A site's key and certificate, as its kit holds them."""
+
+
+def training_for_site_a(server: FLServer) -> tuple[FederationService, str]:
+    """Run 1 training on ``server``, site-a logged in; the servicer and site-a's token."""
+    train(server, num_rounds=2)
+    login = server.login(identity_from_certificate(SITE_A.cert), "", MachineInfo())
+    return FederationService(server), login.token
+
+
 class Aborted(Exception):
     """What grpc's ``context.abort`` raises, for this stand-in."""
 
@@ -58,18 +75,12 @@ def test_a_download_whose_manifest_is_never_read_is_given_up_after_the_stall_lim
 ) -> None:
     """The manifest was written outside the stall watch, so a peer that never read a large
     one held its call (and the model's file) until it hung up."""
-    now = datetime.now(UTC)
-    ca = pki.create_ca("p", "org", "ecdsa-p256", 30, now)
-    site = pki.issue(ca, pki.Subject("site-a", "org", KIND_CLIENT), "ecdsa-p256", 30, now)
-
     async def scenario(server: FLServer) -> None:
-        train(server, num_rounds=2)
-        login = server.login(identity_from_certificate(site.cert), "", MachineInfo())
-        service = FederationService(server)
+        service, token = training_for_site_a(server)
         service.exchange.downloads.stall_s = 0.2
-        context = _PeerThatDoesNotRead(pki.cert_pem(site.cert))
+        context = _PeerThatDoesNotRead(pki.cert_pem(SITE_A.cert))
         request = fed_pb2.ModelRequest(
-            token=login.token, run_number=RUN, round=0, kind=fed_pb2.MODEL_KIND_GLOBAL
+            token=token, run_number=RUN, round=0, kind=fed_pb2.MODEL_KIND_GLOBAL
         )
         with pytest.raises(Aborted):
             await asyncio.wait_for(service.GetModel(request, cast(Context, context)), 10)
@@ -86,14 +97,8 @@ def test_a_download_whose_manifest_is_never_read_is_given_up_after_the_stall_lim
 
 def test_a_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(tmp_path: Path) -> None:
     """Its call was let in before the revocation, and went on sending the model."""
-    now = datetime.now(UTC)
-    ca = pki.create_ca("p", "org", "ecdsa-p256", 30, now)
-    site = pki.issue(ca, pki.Subject("site-a", "org", KIND_CLIENT), "ecdsa-p256", 30, now)
-
     async def scenario(server: FLServer) -> None:
-        train(server, num_rounds=2)
-        login = server.login(identity_from_certificate(site.cert), "", MachineInfo())
-        service = FederationService(server)
+        service, token = training_for_site_a(server)
 
         class RevokedAfterTheManifest(_Call):
             async def write(self, message: fed_pb2.ModelMessage) -> None:
@@ -102,9 +107,9 @@ def test_a_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(tmp_path:
                     server.revocations.revoke("site-a", "admin@lead.org")
                     server.enforce_revocations()
 
-        context = RevokedAfterTheManifest(pki.cert_pem(site.cert))
+        context = RevokedAfterTheManifest(pki.cert_pem(SITE_A.cert))
         request = fed_pb2.ModelRequest(
-            token=login.token, run_number=RUN, round=0, kind=fed_pb2.MODEL_KIND_GLOBAL
+            token=token, run_number=RUN, round=0, kind=fed_pb2.MODEL_KIND_GLOBAL
         )
         with pytest.raises(Aborted):
             await asyncio.wait_for(service.GetModel(request, cast(Context, context)), 10)

@@ -93,9 +93,9 @@ def test_shutdown_waits_for_clients_that_agreed_to_leave(tmp_path: Path) -> None
     assert after_restart == ["site_1"]  # the one that logged out is gone from the database too
 
 
-def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def restarting_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
+    """Run 4 interrupted at round 2, and a state database on a disk that is full while the
+    returned ``on`` is set; the server retries every 10 ms."""
     interrupted_run(tmp_path, with_app=True)
     models = tmp_path / "run_4" / "models"
     models.mkdir()
@@ -113,6 +113,13 @@ def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
 
     monkeypatch.setattr(StateDB, "_write", full_disk)
     monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
+    return full
+
+
+def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = restarting_on_a_full_disk(tmp_path, monkeypatch)
 
     async def scenario() -> None:
         server = FLServer(tmp_path, server_startup(), "test")
@@ -139,22 +146,7 @@ def test_a_fresh_start_while_a_resume_waits_for_the_disk_is_the_only_run(
 ) -> None:
     """The resume kept retrying while ``start server fresh`` built its model, took up the old
     run meanwhile, and that run's timers later ended the new one."""
-    interrupted_run(tmp_path, with_app=True)
-    models = tmp_path / "run_4" / "models"
-    models.mkdir()
-    safetensors.numpy.save_file(
-        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
-    )
-    full = {"on": True}
-    write = StateDB._write
-
-    def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
-        if full["on"]:
-            error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL
-            raise error
-        return write(db, statements)
-
+    full = restarting_on_a_full_disk(tmp_path, monkeypatch)
     built = asyncio.Event()
     building = asyncio.Event()
 
@@ -163,8 +155,6 @@ def test_a_fresh_start_while_a_resume_waits_for_the_disk_is_the_only_run(
         await built.wait()
         safetensors.numpy.save_file({"w": np.ones(4, dtype=np.float32)}, target)
 
-    monkeypatch.setattr(StateDB, "_write", full_disk)
-    monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
     monkeypatch.setattr(server_module, "build_initial_model", build)
 
     async def scenario() -> None:
