@@ -25,11 +25,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
-from flcore.atomic import atomic_write_bytes
+from flcore.atomic import atomic_write_bytes, fsync_dir
 from flcore.crossvalmatrix import MatrixCell, ValidationMatrix
 from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
-from flcore.tensorfile import TensorFile
+from flcore.tensorfile import TensorFile, TensorFileError
 from flserverd.runstore import RunStore
 from flserverd.statedb import StateDB
 from flserverd.training import Refusal
@@ -79,7 +79,7 @@ class CrossValidation:
         self.validating: set[str] = set()
         self.withdrawn: dict[str, str] = {}
         self.training_over = False
-        self.submitted: set[str] = {p.stem for p in self.folder.glob("*.safetensors")}
+        self.submitted: set[str] = {p.stem for p in self.folder.glob("*.safetensors") if _whole(p)}
         self.declared |= self.submitted
         self.results: dict[tuple[str, str], tuple[dict[str, float], str]] = {
             (owner, validator): (metrics, error)
@@ -153,9 +153,12 @@ class CrossValidation:
             self._offer(self.validating)
 
     def accept_model(self, instance: str, spool: TensorFile) -> None:
-        """Keep a participant's best local model and offer it to the others."""
+        """Keep a participant's best local model (its content made durable by the caller) and
+        offer it to the others. It is accepted once: after a power loss it must still be
+        there, whole, or the owner's resend would be a duplicate of a file that is not."""
         self.folder.mkdir(parents=True, exist_ok=True)
         os.replace(spool.path, self.site_model(instance))
+        fsync_dir(self.folder)
         self.declare(instance)
         self.submitted.add(instance)
         log.info(
@@ -247,3 +250,15 @@ class CrossValidation:
                     cells.setdefault(row, {})[column] = MatrixCell(metrics, error)
         notes = {site: reason for site, reason in notes.items() if site in rows}
         return ValidationMatrix(self.run_number, rows, columns, cells, notes)
+
+
+def _whole(model: Path) -> bool:
+    """Whether a site's model kept from before a restart can be offered; one a power loss
+    left cut short is deleted, so that its owner is asked for it again."""
+    try:
+        TensorFile(model)  # reads the header, and checks the size against it
+    except (TensorFileError, OSError) as exc:
+        log.warning("dropping %s, kept before the restart: %s", model, exc)
+        model.unlink(missing_ok=True)
+        return False
+    return True

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from flcore import faultpoints
+from flcore.atomic import fsync_file
 from flcore.compression import WireChunk, WireCompression
 from flcore.compression import receive as receive_chunk
 from flcore.diskfault import disk_fault
@@ -320,6 +321,7 @@ class ModelExchange:
             if revoked is not None:
                 return Verdict(SubmitOutcome.REJECTED, f"{_what(header.kind)} discarded: {revoked}")
             if header.kind is UploadKind.BEST_LOCAL:
+                await asyncio.to_thread(fsync_file, model.path)
                 self.server.crossval_for(header.run_number).accept_model(instance, model)
                 return Verdict(
                     SubmitOutcome.ACCEPTED, "local model accepted for cross-site validation"

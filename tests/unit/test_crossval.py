@@ -178,6 +178,20 @@ def test_results_survive_a_restart_and_are_written_as_json(setup: Setup) -> None
     assert written["cells"]["a"]["b"] == {"metrics": {"acc": 0.75}, "error": ""}
 
 
+def test_a_site_model_a_power_loss_cut_short_is_asked_for_again(setup: Setup) -> None:
+    """It was accepted once and counted as submitted after the restart, whole or not: the
+    owner's resend was a duplicate, and every other site's validation of it failed."""
+    crossval = setup.crossval()
+    crossval.declare("a")
+    crossval.declare("b")
+    crossval.accept_model("a", setup.model("a"))
+    crossval.accept_model("b", setup.model("b"))
+    kept = crossval.site_model("b")
+    kept.write_bytes(kept.read_bytes()[:-5])  # what a power loss left of it
+    restarted = setup.crossval()
+    assert restarted.submitted == {"a"} and not kept.exists()
+
+
 def test_the_matrix_can_be_narrowed_and_shows_bystanders(setup: Setup) -> None:
     crossval = setup.crossval()
     for site in ("a", "b", "c"):
