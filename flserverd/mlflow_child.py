@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flcore.atomic import atomic_write_bytes
+
 WARN_EVERY_S = 60.0
 """While the tracking server stays away, one warning a minute says how many calls failed."""
 TO_SERVER = sys.stdout
@@ -55,9 +57,8 @@ class Run:
     def save(self) -> None:
         """Remember the run ids, so a resumed run logs into the same MLflow runs."""
         data = {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "sites": self.sites}
-        tmp = self.record.with_name(f".{self.record.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, self.record)
+        # Durable: after a power loss an empty file would make the resumed run a new one.
+        atomic_write_bytes(self.record, (json.dumps(data, indent=1) + "\n").encode())
 
     def site_run(self, site: str) -> str:
         """The nested run of a site (created the first time the site reports)."""
