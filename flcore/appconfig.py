@@ -106,6 +106,8 @@ class BundleConfig:
 
 
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
+ROBUST_AGGREGATORS = ("median", "trimmed_mean")
+"""The rules that count one vote per site, whatever its samples."""
 
 
 def below_half(value: Any) -> str | None:

@@ -268,13 +268,16 @@ def _parse_entry(path: Path, name: str, entry: Any) -> tuple[TensorSpec, int, in
     return spec, begin, end
 
 
-def _all_finite(dtype: str, data: bytes) -> bool:
+def _largest(dtype: str, data: bytes) -> float:
+    """The largest magnitude among float values (NaN when one is NaN); 0 for other dtypes."""
     if dtype not in FLOAT_DTYPES or not data:
-        return True
+        return 0.0
     values = np.frombuffer(data, dtype=NUMPY_DTYPES[dtype])
     if dtype == "BF16":
-        return not bool(np.any((values & 0x7F80) == 0x7F80))
-    return bool(np.isfinite(values).all())
+        if np.any((values & 0x7F80) == 0x7F80):  # NaN, infinity
+            return math.nan
+        values = (values.astype(np.uint32) << 16).view(np.float32)
+    return float(max(values.max(), -values.min()))
 
 
 class SpoolWriter:
@@ -293,12 +296,18 @@ class SpoolWriter:
         manifest: Manifest,
         *,
         require_finite: bool = True,
+        largest: float = math.inf,
+        largest_why: str = "",
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         manifest.check()
         self.path = path
         self.manifest = manifest
         self.require_finite = require_finite
+        self.largest = largest
+        """The largest magnitude a float value may have (checked with the finiteness), and
+        ``largest_why``, why: what the error says."""
+        self.largest_why = largest_why
         self._index = 0
         self._position = 0
         self._handle = path.open("wb")
@@ -341,8 +350,15 @@ class SpoolWriter:
             raise TensorFileError(
                 f"tensor {name!r}: chunk runs past the declared size of {spec.nbytes} bytes"
             )
-        if self.require_finite and not _all_finite(spec.dtype, data):
-            raise TensorFileError(f"tensor {name!r} contains NaN or infinite values")
+        if self.require_finite:
+            largest = _largest(spec.dtype, data)
+            if not math.isfinite(largest):
+                raise TensorFileError(f"tensor {name!r} contains NaN or infinite values")
+            if largest > self.largest:
+                raise TensorFileError(
+                    f"tensor {name!r} holds a value of {largest:.3g}, more than the "
+                    f"{self.largest:.3g} this upload may hold{self.largest_why}"
+                )
         self._handle.write(data)
         self._position += len(data)
         self._skip_empty()

@@ -44,7 +44,7 @@ from flcore.progress import ProgressWatch, TransferStalled
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.statedb import WireTally
-from flserverd.training import Refusal, Training, unweighted
+from flserverd.training import Refusal, Training, largest_value, refused_weight
 from flserverd.transfer import check_app_name, client_app_dir
 from flserverd.transferslots import (
     DOWNLOADS_SENDING,
@@ -123,7 +123,7 @@ class ModelExchange:
         if download.tally is not None:
             download.tally.add(True, len(chunk.data), raw)
 
-    def model_for(self, instance: str, request: ModelRequest) -> Download:
+    def model_for(self, instance: str, request: ModelRequest, kit: str = "") -> Download:
         """The model a client may download now; Refusal says why it may not. A round's model
         travels as the app's ``wire_compression`` says; cross-site models as stored, so that
         sites validate the very models the matrix names."""
@@ -131,7 +131,7 @@ class ModelExchange:
             training = self.server.training_for(request.run_number)
             if training is None:
                 raise Refusal(f"run {request.run_number} is not training")
-            path = training.admit(instance, request.round)
+            path = training.admit(instance, request.round, kit)
             return Download(path, training.compression, training.tally)
         if not self.server.known_run(request.run_number):
             raise Refusal(f"run {request.run_number} does not exist on this server")
@@ -176,15 +176,17 @@ class ModelExchange:
         Raises TransferStalled when the sender stopped sending mid-upload.
         """
         training = self.server.training
-        verdict = self.check_upload(instance, header, training)
+        verdict = self.check_upload(instance, header, training, site)
         if verdict is None:
             async with self.uploads.slot(site) as slot:
-                verdict = self.check_upload(instance, header, training)
+                verdict = self.check_upload(instance, header, training, site)
                 if verdict is None:
                     await go()
                     paced = slot.paced_items(chunks)
                     try:
-                        verdict = await self._spool_and_accept(instance, header, training, paced)
+                        verdict = await self._spool_and_accept(
+                            instance, header, training, paced, site
+                        )
                         await self._rest_dropped(instance, header, paced)
                     except TransferStalled as exc:
                         log.warning("%s", exc)
@@ -236,10 +238,10 @@ class ModelExchange:
         await watch.run(drop())
 
     def check_upload(
-        self, instance: str, header: SubmitHeader, training: Training | None
+        self, instance: str, header: SubmitHeader, training: Training | None, site: str = ""
     ) -> Verdict | None:
         """The verdict on an upload when it is known before its bytes arrive (None: receive it);
-        ``training`` is the run the server holds."""
+        ``training`` is the run the server holds, ``site`` the sender's kit."""
         problem = check_metrics(header.metrics)
         if problem:
             return Verdict(SubmitOutcome.REJECTED, problem)
@@ -254,8 +256,8 @@ class ModelExchange:
             if training is None:
                 return Verdict(SubmitOutcome.LATE, "the server is not training; update discarded")
             verdict = training.check_submission(
-                instance, header.run_number, header.round
-            ) or unweighted(header.num_samples)
+                instance, header.run_number, header.round, site
+            ) or refused_weight(header.num_samples)
         if verdict is not None:
             return verdict
         try:
@@ -280,12 +282,29 @@ class ModelExchange:
             raise TensorFileError(f"run {run_number} has no global model to compare with")
         return TensorFile(model).manifest
 
+    @staticmethod
+    def _spool_writer(path: Path, header: SubmitHeader) -> SpoolWriter:
+        """Where an upload's chunks go, checked as they come: an update's values within what
+        its weight allows (:data:`flserverd.training.MAX_WEIGHTED`)."""
+        if header.kind is not UploadKind.UPDATE:
+            return SpoolWriter(path, header.manifest)
+        return SpoolWriter(
+            path,
+            header.manifest,
+            largest=largest_value(header.num_samples),
+            largest_why=(
+                f" ({header.num_samples:,} samples times a value must stay below 1e30, or the "
+                "round's sum could overflow)"
+            ),
+        )
+
     async def _spool_and_accept(
         self,
         instance: str,
         header: SubmitHeader,
         training: Training | None,
         chunks: AsyncIterator[WireChunk],
+        site: str,
     ) -> Verdict:
         spool_path = (
             self.server.store.spool_dir(header.run_number)
@@ -315,7 +334,7 @@ class ModelExchange:
             return await asyncio.to_thread(spool.finish)
 
         try:
-            spool = SpoolWriter(spool_path, header.manifest)
+            spool = self._spool_writer(spool_path, header)
             model = await watch.run(receive(spool))
             revoked = self.server.revoked_sender(instance)
             if revoked is not None:
@@ -328,7 +347,7 @@ class ModelExchange:
                 )
             assert training is not None  # check_upload refuses updates when nothing trains
             return await training.accept_update(
-                instance, header.round, model, header.num_samples, header.metrics
+                instance, header.round, model, header.num_samples, header.metrics, site
             )
         except TensorFileError as exc:
             return Verdict(SubmitOutcome.REJECTED, str(exc))

@@ -154,7 +154,9 @@ class FederationService(fed_grpc.FederationServicer):
         holding one of the server's download slots (:mod:`flserverd.transferslots`)."""
         client = await self._client(request.token, context)
         try:
-            download = self.exchange.model_for(client.instance, model_request_from_proto(request))
+            download = self.exchange.model_for(
+                client.instance, model_request_from_proto(request), client.client_name
+            )
         except WireError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise

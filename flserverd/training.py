@@ -33,6 +33,7 @@ import collections
 import contextlib
 import errno
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
@@ -41,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 
 from flcore import faultpoints
 from flcore import status as st
-from flcore.appconfig import ServerAppConfig
+from flcore.appconfig import ROBUST_AGGREGATORS, ServerAppConfig
 from flcore.compression import WireCompression
 from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
@@ -102,15 +103,31 @@ def loop_timer(delay: float, callback: Callable[[], None]) -> TimerHandle:
     return asyncio.get_running_loop().call_later(delay, callback)
 
 
-def unweighted(num_samples: int) -> Verdict | None:
-    """Refuse an update that reports no training samples: FedAvg weights each update by its
-    samples. Judged from the upload's header, before its bytes arrive, and again when
-    the update is folded."""
-    if num_samples > 0:
+MAX_SAMPLES = 10**12
+"""The most training samples an update may report (its weight in FedAvg)."""
+MAX_WEIGHTED = 1e30
+"""The most that a value of an update times its samples may be: far beyond any trained model
+(values near 1, samples in the millions) and far below float32's 3.4e38, so that a round's
+sum of any number of updates stays finite. Finite values times a weight had overflowed it:
+one site made the global model infinite."""
+
+
+def refused_weight(num_samples: int) -> Verdict | None:
+    """Refuse an update whose sample count cannot weight it: none, or more than
+    :data:`MAX_SAMPLES`. Judged from the upload's header, before its bytes arrive, and again
+    when the update is folded."""
+    if 0 < num_samples <= MAX_SAMPLES:
         return None
-    return Verdict(
-        SubmitOutcome.REJECTED, "update reports no training samples; it cannot be weighted"
-    )
+    if num_samples <= 0:
+        why = "reports no training samples; it cannot be weighted"
+    else:
+        why = f"reports {num_samples:,} training samples, more than any site has ({MAX_SAMPLES:,})"
+    return Verdict(SubmitOutcome.REJECTED, f"update {why}")
+
+
+def largest_value(num_samples: int) -> float:
+    """The largest magnitude a value of an update of ``num_samples`` may have."""
+    return MAX_WEIGHTED / max(num_samples, 1)
 
 
 class TrainingListener(Protocol):
@@ -134,6 +151,8 @@ class RoundState:
     aggregator: Aggregator
     started: float
     participants: set[str] = field(default_factory=set)
+    kits: dict[str, str] = field(default_factory=dict)
+    """The kit of each participant instance (a kit may run several)."""
     contributed: dict[str, int] = field(default_factory=dict)
     reports: dict[str, tuple[dict[str, float], float]] = field(default_factory=dict)
     closed: bool = False
@@ -163,7 +182,10 @@ class RoundState:
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
                 weights[key] = weights.get(key, 0.0) + weight
-        return {key: sums[key] / weight for key, weight in weights.items() if weight > 0}
+        means = {key: sums[key] / weight for key, weight in weights.items() if weight > 0}
+        # Finite reports times their weights may overflow: such a mean says nothing, and an
+        # infinite best value would never be beaten again.
+        return {key: mean for key, mean in means.items() if math.isfinite(mean)}
 
 
 class Training:
@@ -314,8 +336,9 @@ class Training:
             self._progress()
             self._listener.run_changed()
 
-    def admit(self, instance: str, round_number: int) -> Path:
-        """Let a client fetch a round's input model; raises Refusal when it may not."""
+    def admit(self, instance: str, round_number: int, kit: str = "") -> Path:
+        """Let a client (instance ``instance`` of kit ``kit``, by default its own) fetch a
+        round's input model; raises Refusal when it may not."""
         if not self.active:
             raise Refusal(f"run {self.run.run_number} is not training")
         if self.run.phase == PHASE_FINAL_VALIDATION:
@@ -338,13 +361,35 @@ class Training:
                 f"round {state.number} already has max_num_clients="
                 f"{self.config.max_num_clients} participants; wait for the next round",
             )
+        kit = kit or instance
+        twin = self._twin(state, instance, kit)
+        if twin is not None:
+            raise Refusal(twin)
         self.ready.add(instance)
         state.participants.add(instance)
+        state.kits[instance] = kit
         self._listener.run_changed()
         return self._store.round_model(self.run.run_number, round_number)
 
-    def check_submission(self, instance: str, run_number: int, round_number: int) -> Verdict | None:
-        """Refuse an update before its bytes are received, when the verdict is already known."""
+    def _twin(self, state: RoundState, instance: str, kit: str) -> str | None:
+        """Why ``instance`` may not take part in a robust rule's round (None: it may): another
+        instance of its kit does. One site, one vote: a kit runs up to 4 instances, which
+        would outvote the median that one site alone cannot move."""
+        if self.config.aggregator not in ROBUST_AGGREGATORS:
+            return None
+        twin = next((i for i, k in state.kits.items() if k == kit and i != instance), None)
+        if twin is None:
+            return None
+        return (
+            f"round {state.number} already has {twin}, an instance of kit {kit}: the "
+            f"{self.config.aggregator} takes one update per site"
+        )
+
+    def check_submission(
+        self, instance: str, run_number: int, round_number: int, kit: str = ""
+    ) -> Verdict | None:
+        """Refuse an update (of instance ``instance`` of kit ``kit``, by default its own)
+        before its bytes are received, when the verdict is already known."""
         if run_number != self.run.run_number:
             return Verdict(
                 SubmitOutcome.REJECTED,
@@ -388,6 +433,9 @@ class Training:
                 SubmitOutcome.DUPLICATE,
                 f"update of {instance} for round {round_number} was already counted",
             )
+        twin = self._twin(state, instance, kit or instance)
+        if twin is not None:
+            return Verdict(SubmitOutcome.LATE, f"{twin}; update discarded")
         if self.fault:
             return self.postponed()
         return None
@@ -406,16 +454,18 @@ class Training:
         update: TensorFile,
         num_samples: int,
         metrics: dict[str, float],
+        kit: str = "",
     ) -> Verdict:
         """Fold a complete, validated update into the round, exactly once."""
-        verdict = unweighted(num_samples)
+        verdict = refused_weight(num_samples)
         if verdict is not None:
             return verdict
         async with self._lock:
-            verdict = self.check_submission(instance, self.run.run_number, round_number)
+            verdict = self.check_submission(instance, self.run.run_number, round_number, kit)
             if verdict is not None:
                 return verdict
             state = self.round
+            state.kits[instance] = kit or instance
             fold = asyncio.ensure_future(self._fold(state, instance, update, num_samples, metrics))
             try:
                 await asyncio.shield(fold)

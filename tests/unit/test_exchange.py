@@ -202,6 +202,32 @@ def test_a_poisoned_update_is_rejected_and_not_folded(tmp_path: Path) -> None:
     on_server(tmp_path, scenario)
 
 
+def test_finite_values_whose_weighted_sum_could_overflow_are_refused(tmp_path: Path) -> None:
+    """3e38 with 2 samples is finite and passed every check; FedAvg's float32 sum made the
+    global model infinite. Sample counts no site has are refused from the header."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=2, min_num_clients=2)
+        model = write_model(tmp_path / "big.safetensors", 3e38)
+        weighted = SubmitHeader(RUN, 0, UploadKind.UPDATE, 2, {}, model.manifest)
+        verdict = await upload(exchange, "site-a", weighted, chunks_of(model))
+        assert verdict.outcome is SubmitOutcome.REJECTED
+        assert "holds a value of" in verdict.message and "below 1e30" in verdict.message
+        many = SubmitHeader(RUN, 0, UploadKind.UPDATE, 2**62, {}, model.manifest)
+        verdict = await upload(exchange, "site-a", many, chunks_of(model))
+        assert (
+            verdict.outcome is SubmitOutcome.REJECTED
+            and "more than any site has" in verdict.message
+        )
+        honest = write_model(tmp_path / "honest.safetensors", 0.5)
+        verdict = await upload(exchange, "site-a", header(honest.manifest), chunks_of(honest))
+        assert verdict.outcome is SubmitOutcome.ACCEPTED
+        assert training.round.contributed == {"site-a": 10}
+
+    on_server(tmp_path, scenario)
+
+
 def test_a_refusal_mid_upload_waits_for_the_sender_to_finish_up_to_the_size_declared(
     tmp_path: Path,
 ) -> None:

@@ -521,3 +521,24 @@ def test_manifest_differences_limit() -> None:
         "missing tensor 't2'",
         "... and 5 more",
     ]
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16", "F64"])
+def test_spool_refuses_values_beyond_the_largest_it_may_hold(tmp_path: Path, dtype: str) -> None:
+    """Every float dtype, BF16 as raw bits too: the bound keeps a round's sum finite."""
+    spec = TensorSpec("w", dtype, (2,))
+    writer = SpoolWriter(
+        tmp_path / "spool.safetensors", Manifest((spec,)), largest=100.0, largest_why=" (why)"
+    )
+
+    def encoded(values: list[float]) -> bytes:
+        if dtype == "BF16":
+            return (np.array(values, np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
+        return np.array(values, NUMPY_DTYPES[dtype]).tobytes()
+
+    _refused(
+        writer, "w", 0, encoded([1.0, -200.0]), r"holds a value of 200, more than the 100 .*\(why\)"
+    )
+    _refused(writer, "w", 0, encoded([1.0, float("nan")]), "NaN or infinite")
+    writer.write("w", 0, encoded([100.0, -100.0]))
+    assert writer.finish().manifest.tensors == (spec,)

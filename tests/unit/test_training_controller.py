@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -27,7 +27,13 @@ from flserverd import training as training_module
 from flserverd.aggregator import Aggregator, CoordinateWise
 from flserverd.runstore import RunStore
 from flserverd.statedb import RoundSummary, RunRecord, StateDB
-from flserverd.training import PHASE_FINAL_VALIDATION, PHASE_TRAINING, Refusal, Training
+from flserverd.training import (
+    PHASE_FINAL_VALIDATION,
+    PHASE_TRAINING,
+    Refusal,
+    RoundState,
+    Training,
+)
 
 RUN = 1
 
@@ -1116,6 +1122,40 @@ def test_memory_keeps_the_latest_rounds_and_a_restart_rewrites_every_lost_line(
 
 
 # --------------------------------------------------------------------------- robust aggregation
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed_mean"])
+def test_a_robust_rule_takes_one_update_per_site_whatever_its_instances(
+    tmp_path: Path, rule: str
+) -> None:
+    """A kit may run 4 instances: each was a vote, and one site outvoted the median that
+    one site alone cannot move. FedAvg weights by samples, so it takes them all."""
+    extra: dict[str, Any] = {"trim_fraction": 0.1} if rule == "trimmed_mean" else {}
+    setup = make_setup(
+        tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=8, aggregator=rule, **extra
+    )
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("site-a", 0, kit="site-a")
+        with pytest.raises(Refusal, match="already has site-a, an instance of kit site-a"):
+            training.admit("site-a_1", 0, kit="site-a")
+        late = training.check_submission("site-a_2", RUN, 0, kit="site-a")
+        assert late is not None and late.outcome is SubmitOutcome.LATE
+        assert "takes one update per site" in late.message
+        training.admit("site-b", 0, kit="site-b")
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_a_round_metric_whose_weighted_mean_overflows_is_left_out() -> None:
+    """1e300 from a site of 1e12 samples is finite, and so is -1e300: their weighted mean
+    was inf or NaN, and an infinite best value is never beaten again."""
+    state = RoundState(0, cast(Aggregator, None), 0.0)
+    state.add_metrics("a", {"val_loss": 1e300, "val_accuracy": 0.5}, 1e12)
+    state.add_metrics("b", {"val_loss": -1e300, "val_accuracy": 0.7}, 1e12)
+    assert state.mean_metrics() == {"val_accuracy": pytest.approx(0.6)}
 
 
 def test_median_round_keeps_updates_until_written_and_names_the_outlier(
