@@ -36,11 +36,11 @@ from fladmin.link import AdminLink, Link
 from flcore.feed import LogEntry, Snapshot
 from fltui.connection import CONNECTED, CONNECTING, DISCONNECTED, SHUT_DOWN, Connection
 from fltui.messages import OpenWizard, Reconnect, RunCommand, ShowValidation
+from fltui.privatefiles import deliver_privately
 from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
-from fltui.screenshots import deliver_privately
 from fltui.state import ConsoleState, Who
 from fltui.status import Look, clock_time
 from fltui.store import Store

@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input
 
 from fltui.logfilter import LogFilter
+from fltui.privatefiles import file_part, write_private
 from fltui.store import LOG_LIMIT, Store
 from fltui.widgets.header import LinkBanner
 from fltui.widgets.line import Line
@@ -123,10 +124,9 @@ class SiteLogScreen(Screen[None]):
         """Write the lines shown to ``<admin folder>/logs/<site>-<time>.log`` and say where."""
         lines = [plain_line(entry) for entry in self.query_one(LogView).entries]
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
-        path = self._save_dir / "logs" / f"{self.instance}-{stamp}.log"
+        path = self._save_dir / "logs" / f"{file_part(self.instance)}-{stamp}.log"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+            write_private(path, "".join(f"{line}\n" for line in lines))
         except OSError as exc:
             reason = exc.strerror or str(exc)
             self.notify(f"cannot save to {path}: {reason}", severity="error", markup=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from textual.app import App
 
-from fltui.screenshots import deliver_privately
+from fltui.privatefiles import deliver_privately
 from fltui.wizard.screen import WizardScreen
 
 

