@@ -29,7 +29,6 @@ from flserverd.transfer import FileChunk
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 4096
 DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 3600.0
 
@@ -91,7 +90,7 @@ class AdminService(admin_grpc.AdminServicer):
         """Run one command line."""
         started = time.perf_counter()
         admin = await self._admin(request.token, context)
-        line = request.line.strip()[:MAX_LINE]
+        line = request.line.strip()
         timeout = request.timeout_s if 0 < request.timeout_s <= MAX_TIMEOUT_S else DEFAULT_TIMEOUT_S
         reply = await self.commands.execute(
             admin.user,

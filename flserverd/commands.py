@@ -130,6 +130,10 @@ def ask(question: Confirmation) -> Reply:
     return Reply(False, "", {"confirm": question.as_json()}, confirm_prompt=question.prompt())
 
 
+MAX_LINE = 4096
+"""The longest command line: longer ones are refused whole, and what is audited is cut."""
+
+
 def whole_number(word: str, most: int) -> int | None:
     """``word`` as a whole number from 0 to ``most``; None when it is not one. ASCII digits
     only: ``int`` also reads other scripts' digits, which ``isdigit`` accepts in forms it
@@ -197,6 +201,7 @@ class AdminCommands:
         On a full disk the entry waits in memory (in order, bounded) and is written
         with the next one that can be: the command itself still runs and answers.
         """
+        line = clip(line, MAX_LINE)  # an upload's app name is not bounded before it is judged
         self._unwritten.append((time.time(), user, line, ok))
         del self._unwritten[:-MAX_UNWRITTEN_AUDIT]
         try:
@@ -266,6 +271,12 @@ class AdminCommands:
         attachment: bytes,
         interactive: bool,
     ) -> Reply:
+        if len(line) > MAX_LINE:  # cut, it would act on a part of what was asked
+            return Reply(
+                False,
+                f"the command line is {len(line):,} characters, more than the {MAX_LINE:,} a "
+                "command may have: name fewer clients at a time",
+            )
         try:
             words = shlex.split(line)
         except ValueError as exc:

@@ -20,7 +20,7 @@ from flcore.identity import ROLE_MEMBER, ROLE_SUPER
 from flcore.status import ClientStatus
 from flcore.tokens import token_id, token_key
 from flserverd.admins import AdminLogins
-from flserverd.commands import AdminCommands, Reply, ignored_note
+from flserverd.commands import MAX_LINE, AdminCommands, Reply, ignored_note
 from flserverd.registry import RegisteredClient
 from flserverd.server import CommandError, FLServer
 from flserverd.transfer import FileChunk
@@ -484,6 +484,21 @@ def test_uploads_by_members_are_refused_and_audited(tmp_path: Path) -> None:
     reply = run(commands(server).upload("viewer@lead.org", ROLE_MEMBER, "app", 10, no_chunks()))
     assert not reply.ok and "permission denied" in reply.text
     assert server.db.audited == [("viewer@lead.org", "upload_folder app", False)]
+
+
+def test_what_is_audited_is_bounded_and_a_long_line_is_refused_whole() -> None:
+    """A member's upload with a 4 MiB app name went whole into the audit, the server's log
+    and every console's feed; a line over the limit was cut and carried out in part (a cut
+    name can be another site's)."""
+    server = two_sites()
+    name = "a" * 4_000_000
+    run(commands(server).upload("viewer@lead.org", ROLE_MEMBER, name, 10, no_chunks()))
+    [(_, audited, _)] = server.db.audited
+    assert audited.startswith("upload_folder aaa") and len(audited) <= MAX_LINE
+    sites = " ".join(f"flclient{n}" for n in range(1000))
+    reply = execute(server, f"abort client {sites}")
+    assert not reply.ok and "more than the 4,096 a command may have" in reply.text
+    assert server.calls == []
 
 
 def test_the_ignored_parts_of_an_upload_are_named_up_to_ten() -> None:
