@@ -49,6 +49,21 @@ def server_to_proto(info: ServerInfo) -> admin_pb2.ServerInfo:
     return admin_pb2.ServerInfo(**asdict(info))
 
 
+LAST_STAMP = 1e11
+"""Later than any time a server means (the year 5138): a stamp beyond it, or a NaN, is no
+time, and drawing it (an age, a clock) took the console down."""
+
+
+def _stamp(value: float) -> float:
+    """A time from the server, or 0 (unknown) when it is none."""
+    return value if 0.0 <= value < LAST_STAMP else 0.0
+
+
+def _seconds(value: float, default: float) -> float:
+    """A positive duration from the server, or ``default`` when it is none."""
+    return value if 0.0 < value < LAST_STAMP else default
+
+
 def server_from_proto(message: admin_pb2.ServerInfo) -> ServerInfo:
     """The server's identity and heartbeat timing."""
     return ServerInfo(
@@ -56,10 +71,10 @@ def server_from_proto(message: admin_pb2.ServerInfo) -> ServerInfo:
         name=printable(message.name),
         fed_target=printable(message.fed_target),
         admin_target=printable(message.admin_target),
-        started_at=message.started_at,
+        started_at=_stamp(message.started_at),
         version=printable(message.version),
-        heart_beat_timeout_s=message.heart_beat_timeout_s,
-        heartbeat_interval_s=message.heartbeat_interval_s,
+        heart_beat_timeout_s=_seconds(message.heart_beat_timeout_s, 600.0),
+        heartbeat_interval_s=_seconds(message.heartbeat_interval_s, 60.0),
     )
 
 
@@ -76,8 +91,8 @@ def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
         token_id=printable(message.token_id),
         org=printable(message.org),
         status=printable(message.status),
-        last_heartbeat=message.last_heartbeat,
-        connected_at=message.connected_at,
+        last_heartbeat=_stamp(message.last_heartbeat),
+        connected_at=_stamp(message.connected_at),
         run_number=message.run_number,
         round=message.round,
         samples=message.samples,
@@ -118,7 +133,7 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         updates_received=message.updates_received,
         contributed=_names(message.contributed),
         awaited=_names(message.awaited),
-        wait_deadline=message.wait_deadline,
+        wait_deadline=_stamp(message.wait_deadline),
         history=tuple(
             RoundRecord(
                 r.round,
@@ -147,7 +162,7 @@ def log_to_proto(entry: LogEntry) -> common_pb2.LogRecord:
 def log_from_proto(message: common_pb2.LogRecord) -> LogEntry:
     """One log line."""
     return LogEntry(
-        message.time,
+        _stamp(message.time),
         printable(message.level),
         printable(message.logger),
         printable(message.message),
@@ -246,7 +261,7 @@ def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
     elif kind == "log":
         body = log_from_proto(message.log)
     elif kind == "heartbeat":
-        body = Heartbeat(printable(message.heartbeat.instance), message.heartbeat.time)
+        body = Heartbeat(printable(message.heartbeat.instance), _stamp(message.heartbeat.time))
     elif kind == "command":
         command = message.command
         body = CommandSeen(printable(command.user), printable(command.line), command.ok)
@@ -254,4 +269,4 @@ def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
         body = ServerStopping(printable(message.stopping.by), message.stopping.admin)
     else:
         return None
-    return FeedEvent(message.seq, message.time, body)
+    return FeedEvent(message.seq, _stamp(message.time), body)

@@ -668,6 +668,45 @@ def test_a_log_line_dated_at_no_time_is_drawn_with_question_marks(tmp_path: Path
     asyncio.run(scenario())
 
 
+def test_times_a_server_sends_that_are_no_time_are_drawn_as_unknown(tmp_path: Path) -> None:
+    """A NaN or infinite heartbeat time made the age drawing raise: the console exited, and
+    again at every start, since the snapshot repeats the row."""
+    from flcore.feedwire import event_from_proto
+
+    nan, inf = math.nan, math.inf
+    odd = admin_pb2.ClientState(
+        instance="odd",
+        client_name="odd",
+        status="training started",
+        last_heartbeat=nan,
+        connected_at=inf,
+        connected=True,
+    )
+    events = recorded_events()
+    seq = events[-1].seq
+    messages = [
+        admin_pb2.Event(seq=seq + 1, time=nan, client=odd),
+        admin_pb2.Event(seq=seq + 2, heartbeat=admin_pb2.HeartbeatSeen(instance="odd", time=1e300)),
+        admin_pb2.Event(seq=seq + 3, heartbeat=admin_pb2.HeartbeatSeen(instance="odd", time=-inf)),
+    ]
+    for message in messages:
+        event = event_from_proto(message)
+        assert event is not None
+        events.append(event)
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, events)
+        async with app.run_test(size=(120, 36)) as pilot:
+            table = await six_rows(pilot)
+            row = app.store.clients["odd"]
+            assert (row.last_heartbeat, row.connected_at) == (0.0, 0.0)
+            app.dashboard.tick()  # ages and heartbeat strips are drawn from these
+            await pilot.pause()
+            assert app.is_running and "odd" in table.shown
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------- commands
 
 
