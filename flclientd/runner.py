@@ -111,6 +111,10 @@ def _child_environment(socket_path: Path) -> dict[str, str]:
     env = dict(os.environ)
     env[SOCKET_ENV] = str(socket_path)
     env["PYTHONUNBUFFERED"] = "1"
+    # The child runs in the run's work folder: without this, a module an earlier app left
+    # there (json.py, argparse.py) would be imported before the standard library's, in a
+    # later app that needs no approval. Apps' own code comes from resources/ only.
+    env["PYTHONSAFEPATH"] = "1"
     # cuBLAS matrix products are deterministic only with a fixed workspace (the training
     # child turns on torch's deterministic algorithms: flclientd.worker.workbench).
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -8,6 +8,8 @@ import logging
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flclientd.logforward import BUFFER_LINES, MAX_MESSAGE, LogForwarder
-from flclientd.runner import TrainingProcess, WorkerFailed, _work_result
+from flclientd.runner import TrainingProcess, WorkerFailed, _child_environment, _work_result
 from flclientd.sitestate import SiteState, SiteStore
 from flclientd.worker.protocol import mark_log_line, parse_log_line
 from flcore.schema import ConfigError
@@ -274,3 +276,21 @@ def test_a_state_folder_the_daemon_cannot_use_is_one_clear_error(tmp_path: Path)
     (tmp_path / "state").write_text("not a folder")
     with pytest.raises(ConfigError, match=r"cannot keep this site's state in .*state: .*chown"):
         SiteStore(tmp_path / "state" / "site.json")
+
+
+def test_the_training_child_does_not_import_from_its_work_folder(tmp_path: Path) -> None:
+    """It runs in the run's work folder, which a deploy to the same run keeps: a json.py an
+    earlier approved app left there was imported before the standard library's, in a later
+    app that needed no approval."""
+    (tmp_path / "json.py").write_text("raise SystemExit('the work folder was imported')\n")
+    env = _child_environment(tmp_path / "socket")
+    done = subprocess.run(
+        [sys.executable, "-c", "import json; print(json.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not done.stdout.startswith(str(tmp_path))
