@@ -11,6 +11,7 @@ written.
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import os
 import re
 import shutil
@@ -261,6 +262,12 @@ class FolderReceiver:
             self._current[1].close()
             self._current = None
             raise FolderError(f"{name}: upload ended in the middle of this file")
+        shadowing = _shadowing_binaries(self.files)
+        if shadowing:
+            raise FolderError(
+                f"{shadowing}: Python would import this compiled module instead of the source "
+                "beside it, which is what a reviewer reads; send one or the other"
+            )
         return self.files
 
     def discard(self) -> None:
@@ -269,6 +276,23 @@ class FolderReceiver:
             self._current[1].close()
             self._current = None
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _shadowing_binaries(files: list[str]) -> str:
+    """The first extension module that has a source module of the same name beside it (the
+    interpreter prefers the extension), or ''."""
+    sources = {
+        str(PurePosixPath(name).with_suffix(""))
+        for name in files
+        if name.endswith(tuple(importlib.machinery.SOURCE_SUFFIXES))
+    }
+    for name in files:
+        if name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            path = PurePosixPath(name)
+            module = str(path.with_name(path.name.split(".", 1)[0]))
+            if module in sources:
+                return name
+    return ""
 
 
 def _unstorable(raw_path: str, exc: OSError) -> FolderError:

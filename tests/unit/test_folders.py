@@ -322,6 +322,20 @@ def test_receiver_refuses_compiled_python(tmp_path: Path) -> None:
     assert not (receiver.staging / "resources").exists()
 
 
+def test_receiver_refuses_an_extension_module_beside_its_source(tmp_path: Path) -> None:
+    """Python imports model.abi3.so before model.py: show-app printed the source in full and
+    the binary as "not shown", and the binary is what ran."""
+    receiver = _receiver(tmp_path)
+    receiver.write("resources/pkg/model.py", 0, b"x = 1\n", True)
+    receiver.write("resources/pkg/model.abi3.so", 0, b"\x7fELF", True)
+    with pytest.raises(FolderError, match=r"resources/pkg/model\.abi3\.so: Python would import"):
+        receiver.finish()
+    alone = _receiver(tmp_path / "alone")  # a compiled module of its own is code to approve
+    alone.write("resources/pkg/fast.abi3.so", 0, b"\x7fELF", True)
+    alone.write("resources/other/model.py", 0, b"x = 1\n", True)
+    assert sorted(alone.finish()) == ["resources/other/model.py", "resources/pkg/fast.abi3.so"]
+
+
 def test_receiver_turns_what_the_disk_refuses_into_a_clear_error(tmp_path: Path) -> None:
     """A file larger than the process may write (as a full disk would refuse it)."""
     receiver = _receiver(tmp_path)
