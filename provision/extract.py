@@ -21,7 +21,7 @@ import pyzipper
 
 from flcore.configfile import MAX_CONFIG_BYTES
 from flcore.kitsig import MAX_KIT_FILES, KitSignatureError, verify_files
-from flcore.startup import STARTUP_DIR
+from flcore.startup import LOCAL_DIR, STARTUP_DIR
 from provision.errors import ProvisionError
 from provision.kits import STARTUP_DIR_MODE, file_mode
 
@@ -191,6 +191,9 @@ def install_startup(files: dict[str, bytes], dest: Path, replace: bool = False) 
                 raise
         else:
             folder.rename(target)
+        # Site IT's own settings and approvals: there from the start, so that the service
+        # unit can make it read-only for everything the daemon runs (ReadOnlyPaths).
+        (dest / LOCAL_DIR).mkdir(mode=0o755, exist_ok=True)
     except OSError as exc:
         raise ProvisionError(f"{dest}: cannot write the kit ({exc.strerror})") from None
     finally:

@@ -325,7 +325,7 @@ def test_a_file_that_cannot_be_read_fails_the_upload_clearly(
 
 def test_upload_size_limit(cluster: Cluster) -> None:
     local = cluster.root / "server" / "local"
-    local.mkdir()
+    local.mkdir(exist_ok=True)  # extracting a kit makes it
     (local / "fed_server.json").write_text(json.dumps({"max_upload_mb": 1}))
     cluster.server()
     app = cluster.root / ADMIN / "transfer" / "digits_fedavg"

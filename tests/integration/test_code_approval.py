@@ -153,7 +153,7 @@ def test_a_built_in_app_runs_at_once_and_a_changed_file_asks_again(cluster: Clus
 def test_a_site_that_trusts_custom_code_runs_it_without_approval(cluster: Cluster) -> None:
     marker = cluster.root / "imported.txt"
     local = cluster.root / "flclient1" / "local"
-    local.mkdir()
+    local.mkdir(exist_ok=True)  # extracting a kit makes it
     (local / "fed_client.json").write_text('{"trust_custom_code": true}')
     cluster.server()
     site = cluster.client("flclient1")

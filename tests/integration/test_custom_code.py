@@ -161,7 +161,7 @@ def test_continue_from_a_checkpoint(cluster: Cluster) -> None:
 
 def test_start_mgpu_with_two_cpu_processes_aggregates_correctly(cluster: Cluster) -> None:
     local = cluster.root / "flclient1" / "local"
-    local.mkdir()
+    local.mkdir(exist_ok=True)  # extracting a kit makes it
     (local / "fed_client.json").write_text(json.dumps({"allow_cpu_mgpu": True}))
     # Held at the checkpoint of round 2, the server still keeps round 1's updates: the
     # sites delete theirs once the run no longer needs them.

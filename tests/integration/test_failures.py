@@ -69,7 +69,7 @@ def test_training_error_reaches_the_server_with_its_traceback(cluster: Cluster) 
 
 def test_client_logs_reach_the_console_unless_switched_off(cluster: Cluster) -> None:
     local = cluster.root / "flclient2" / "local"
-    local.mkdir()
+    local.mkdir(exist_ok=True)  # extracting a kit makes it
     (local / "fed_client.json").write_text(json.dumps({"forward_logs": False}))
     cluster.server()
     cluster.client("flclient1")

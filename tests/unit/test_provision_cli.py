@@ -233,6 +233,8 @@ def test_extract_restores_modes(extracted_client: Path) -> None:
         "signature.json": 0o644,
         "start.sh": 0o755,
     }
+    # site IT's own folder is there from the start, for the unit to make it read-only
+    assert stat.S_IMODE((extracted_client / "local").stat().st_mode) == 0o755
 
 
 def test_extract_with_wrong_password_leaves_nothing(
@@ -252,7 +254,7 @@ def test_extract_refuses_to_overwrite(
     password = provisioned_workspace.password("site-a")
     assert main(["extract", str(kit), "-p", password, "-d", str(extracted_client)]) == 1
     assert "startup: already exists" in capsys.readouterr().err
-    assert sorted(p.name for p in extracted_client.iterdir()) == ["startup"]
+    assert sorted(p.name for p in extracted_client.iterdir()) == ["local", "startup"]
 
 
 def test_extract_refuses_a_damaged_zip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

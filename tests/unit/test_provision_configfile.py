@@ -173,7 +173,7 @@ def test_kit_loaders_refuse_huge_and_deep_files(
 ) -> None:
     workspace = kit_folder(tmp_path, provision_project_mapping)
     local = workspace / "local"
-    local.mkdir()
+    local.mkdir(exist_ok=True)  # extracting a kit makes it
     (local / startup.CLIENT_FILE).write_text("[" * 50 + "]" * 50)
     with pytest.raises(ConfigError, match=r"local/fed_client.json: nested more than 32 levels"):
         startup.load_client(workspace)

@@ -328,7 +328,7 @@ def test_force_certifies_the_key_a_site_holds_and_assemble_renews(
     assemble(renewed.zip_path, site)
     verify_startup(site / "startup")
     assert (site / "startup" / "client.key").read_bytes() == key
-    assert sorted(p.name for p in site.iterdir()) == ["request", "startup"]
+    assert sorted(p.name for p in site.iterdir()) == ["local", "request", "startup"]
 
 
 def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:

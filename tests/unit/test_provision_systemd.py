@@ -48,6 +48,9 @@ def test_server_unit() -> None:
     assert "ReadWritePaths=/var/lib/flstack/server" in lines
     # MLflow's credentials: an Environment= line would show them to every local user
     assert "EnvironmentFile=-/etc/flstack/flserverd.env" in lines
+    # what decides for the site is read-only to everything the service runs
+    ro = "ReadOnlyPaths=/var/lib/flstack/server/startup -/var/lib/flstack/server/local"
+    assert ro in lines
 
 
 def test_client_unit_is_a_template_that_can_reach_gpus() -> None:
@@ -57,6 +60,7 @@ def test_client_unit_is_a_template_that_can_reach_gpus() -> None:
     assert "ExecStart=/opt/flstack/venv/bin/flclientd --workspace /var/lib/flstack/%i" in lines
     assert "ReadWritePaths=/var/lib/flstack/%i" in lines
     assert "EnvironmentFile=-/etc/flstack/%i.env" in lines
+    assert "ReadOnlyPaths=/var/lib/flstack/%i/startup -/var/lib/flstack/%i/local" in lines
     assert not any(line.startswith(("PrivateDevices=", "ProtectClock=")) for line in lines)
 
 
