@@ -129,6 +129,7 @@ def hold_workspace(path: Path, program: str) -> int:
 
 
 OPEN_FILES_WANTED = 65_536
+PR_SET_DUMPABLE = 4  # prctl(2)
 
 
 def forbid_core_dumps() -> None:
@@ -138,8 +139,15 @@ def forbid_core_dumps() -> None:
     tokens, models and site data, written to wherever the system keeps
     cores, readable by whoever reads those. The limit is inherited, and a
     hard limit of 0 cannot be raised again by anything the daemon runs.
+
+    The process is also made not dumpable: then only root may read its memory and its
+    environment under /proc, not the children it starts as the same user (an app's code
+    there read the server's MLflow credentials from /proc/<parent>/environ).
     """
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc = _libc()
+    if libc is not None:
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def raise_open_files() -> int:

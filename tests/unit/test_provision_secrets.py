@@ -115,9 +115,12 @@ def test_the_tools_that_hold_keys_and_passwords_leave_no_core_file(tool: str) ->
         "import resource, sys\n"
         f"from {tool} import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "sys.stderr.write(repr(resource.getrlimit(resource.RLIMIT_CORE)))\n"
+        "import ctypes\n"
+        "dumpable = ctypes.CDLL('libc.so.6').prctl(3, 0, 0, 0, 0)\n"  # PR_GET_DUMPABLE
+        "sys.stderr.write(repr((resource.getrlimit(resource.RLIMIT_CORE), dumpable)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=_env()
     )
-    assert done.stderr.endswith("(0, 0)"), done.stderr
+    # Not dumpable either: a child of the same user cannot read its memory or environment.
+    assert done.stderr.endswith("((0, 0), 0)"), done.stderr
