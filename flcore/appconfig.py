@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from flcore.compression import WireCompression
 from flcore.configfile import parse_json, read_bounded
-from flcore.schema import ConfigError, Field, at_least, non_empty, one_of, parse_mapping
+from flcore.schema import ConfigError, Field, at_least, in_range, non_empty, one_of, parse_mapping
 
 CONFIG_DIR = "config"
 RESOURCES_DIR = "resources"
@@ -105,6 +105,8 @@ class BundleConfig:
     seed: int = 0
 
 
+MAX_LOADER_WORKERS = 64
+"""The most data loader processes an app may ask a site for (each of its two loaders)."""
 AGGREGATORS = ("fedavg", "median", "trimmed_mean")
 ROBUST_AGGREGATORS = ("median", "trimmed_mean")
 """The rules that count one vote per site, whatever its samples."""
@@ -199,7 +201,8 @@ TRAIN_FIELDS = [
     Field("trainer", (dict, type(None)), default=None),
     Field("batch_size", int, default=32, check=at_least(1)),
     Field("seed", int, default=0),
-    Field("num_workers", int, default=0, check=at_least(0)),
+    # Data loader processes at the site, started for an app that may need no approval.
+    Field("num_workers", int, default=0, check=in_range(0, MAX_LOADER_WORKERS)),
 ]
 
 

@@ -555,6 +555,10 @@ def test_load_app_bad_client_config(tmp_path: Path, client: object, message: str
             "config/config_train.json: trainer: 'path' must not be empty",
         ),
         ({**TRAIN, "model": "torch.nn.Linear"}, "config/config_train.json: 'model' must be a"),
+        (  # forked at the site, for an app that may need no approval
+            {**TRAIN, "num_workers": 10_000},
+            "config/config_train.json: 'num_workers' must be",
+        ),
     ],
 )
 def test_load_app_bad_train_config(tmp_path: Path, train: object, message: str) -> None:
