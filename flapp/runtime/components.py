@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flcore.appconfig import TRAIN_CONFIG, ComponentSpec
+from flcore.appreview import CODE_SUFFIXES
 from flcore.schema import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,15 @@ MOVED_MODULES: dict[str, str] = {
     "flclientd.worker.trainer": "flapp.trainer",
 }
 """Modules of the app API that moved to :mod:`flapp`, old name to new."""
+
+
+def holds_code(resources: Path) -> bool:
+    """Whether an app's ``resources/`` has a file Python could import. One without keeps the
+    folder off ``sys.path``: its data (a folder named like a package, ``triton/``) would be
+    taken for packages by the libraries the run imports."""
+    return resources.is_dir() and any(
+        path.name.endswith(CODE_SUFFIXES) for path in resources.rglob("*") if path.is_file()
+    )
 
 
 def use_resources(resources: Path) -> None:

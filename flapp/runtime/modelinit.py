@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from flapp.runtime.components import use_resources
+from flapp.runtime.components import holds_code, use_resources
 from flapp.runtime.leave import leave
 from flapp.runtime.modelfile import build_model, check_fits, save_state, state_manifest
 from flcore.appconfig import SERVER_CONFIG, App, TrainConfig, load_app
@@ -115,7 +115,8 @@ def init_model(app_dir: Path, out: Path, seed: int | None = None) -> Manifest:
         The tensors written.
     """
     app = load_app(app_dir)
-    use_resources(app.resources)
+    if holds_code(app.resources):
+        use_resources(app.resources)
     torch.manual_seed(app.train.seed if seed is None else seed)
     model = _model(app)
     expected = state_manifest(model.state_dict())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from flapp.runtime.components import use_resources
+from flapp.runtime.components import holds_code, use_resources
 from flapp.runtime.modelfile import check_fits, read_state, save_state, state_manifest
 from flclientd.worker.learner import ComponentLearner, Learner, checked_metrics
 from flclientd.worker.protocol import BEST_LOCAL_MODEL, WorkerInfo, WorkResult
@@ -79,7 +79,8 @@ class Workbench:
         device: torch.device,
     ) -> None:
         app = load_app(app_dir)
-        use_resources(app.resources)
+        if holds_code(app.resources):
+            use_resources(app.resources)
         make_reproducible(app.train.seed)
         self.ranks = ranks
         self.device = device

@@ -14,7 +14,7 @@ import torch
 
 from flapp.datasets import NpzClassification
 from flapp.models import MLP, DigitsCNN
-from flapp.runtime.components import build, import_object, resolve, use_resources
+from flapp.runtime.components import build, holds_code, import_object, resolve, use_resources
 from flapp.trainer import SupervisedTrainer
 from flcore.appconfig import ComponentSpec
 from flcore.schema import ConfigError
@@ -48,6 +48,17 @@ def test_custom_code_leaves_no_bytecode_beside_it(resources: Path) -> None:
     write_module(resources, "approved_pkg.model", "class Net:\n    pass\n")
     assert import_object("approved_pkg.model.Net", WHERE).__name__ == "Net"
     assert not list(resources.rglob("__pycache__"))
+
+
+def test_resources_without_code_are_no_packages(tmp_path: Path) -> None:
+    """Only an app with code puts resources/ on the import path: a data folder named like a
+    package (triton/) made torch take it for the package, for an app needing no approval."""
+    resources = tmp_path / "resources"
+    (resources / "triton").mkdir(parents=True)
+    (resources / "triton" / "README").write_text("data\n")
+    assert not holds_code(resources) and not holds_code(tmp_path / "none")
+    (resources / "net.py").write_text("x = 1\n")
+    assert holds_code(resources)
 
 
 def test_imports_classes_by_dotted_path() -> None:
