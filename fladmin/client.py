@@ -291,6 +291,12 @@ def read_attachment(path: Path) -> bytes:
         raise AdminError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not data:
         raise AdminError(f"{path} is empty")
+    if b"PRIVATE KEY" in data or b"-----BEGIN X509 CRL-----" not in data:
+        # A mistyped path beside crl.pem (a kit's key) would reach the server before it
+        # refused it.
+        raise AdminError(
+            f"{path} is not a revocation list (crl.pem, as flprovision wrote it); nothing sent"
+        )
     return data
 
 

@@ -12,6 +12,7 @@ The keys that send commands are in :mod:`fltui.screens.commandkeys`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import ClassVar
@@ -454,7 +455,8 @@ class DashboardScreen(CommandKeys):
         """Copy the selected client's token id to the clipboard (OSC 52) and say so: the id
         is what the daemons' logs name a session by (the token itself never leaves them)."""
         row = self.store.clients.get(self.query_one("#clients", ClientsTable).selected or "")
-        if row is None or not row.token_id:
+        if row is None or not re.fullmatch(r"[0-9a-f]{8}", row.token_id):
+            # Only a token id: a server's other text pasted into a terminal could run.
             self.say("no client with a token selected")
             return
         self.app.copy_to_clipboard(row.token_id)

@@ -198,7 +198,10 @@ def test_a_stale_list_is_still_enforced_with_a_warning_and_an_older_one_is_refus
     assert not older.ok
     assert "number 1, and this server holds number 2" in older.text
     (foreign,) = cluster.admin(f"load_crl {cluster.kit() / 'client.crt'}")
-    assert not foreign.ok and "not a certificate revocation list" in foreign.text
+    assert not foreign.ok and "is not a revocation list" in foreign.text
+    # A mistyped path beside crl.pem: the kit's key never leaves the admin's machine.
+    (key,) = cluster.admin(f"load_crl {cluster.kit() / 'client.key'}")
+    assert not key.ok and "is not a revocation list (crl.pem" in key.text
     (missing,) = cluster.admin(f"load_crl {workspace / 'nope.pem'}")
     assert not missing.ok and "cannot read" in missing.text
     assert cluster.status()["revocation"]["crl_number"] == 2

