@@ -10,11 +10,14 @@ written.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.machinery
+import io
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -129,6 +132,22 @@ def iter_app_files(root: Path) -> Iterator[tuple[str, Path]]:
                         yield rel, path
 
 
+def _open_plain(path: Path, rel: str) -> io.BufferedReader:
+    """Open a listed file for reading as the plain file it was listed as: never through a
+    link, never a FIFO or device (the listing and the reading are moments apart, and what
+    stood there could be swapped for a link to the admin's key)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FolderError(f"{rel} is a symbolic link; links are not uploaded") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FolderError(f"{rel} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 def folder_size(root: Path) -> tuple[int, int]:
     """Bytes and file count of what iter_app_files would send."""
     files = list(iter_app_files(root))
@@ -146,7 +165,7 @@ def app_digest(root: Path) -> tuple[int, int, str]:
     size = count = 0
     for rel, path in sorted(iter_app_files(root), key=lambda item: item[0].encode()):
         digest = hashlib.sha256()
-        with path.open("rb") as handle:
+        with _open_plain(path, rel) as handle:
             while chunk := handle.read(CHUNK_BYTES):
                 digest.update(chunk)
                 size += len(chunk)
@@ -170,7 +189,7 @@ def human_size(size: int) -> str:
 def iter_chunks(root: Path) -> Iterator[tuple[str, int, bytes, bool]]:
     """Yield (path, offset, data, eof) for every file, in chunks."""
     for rel, path in iter_app_files(root):
-        with path.open("rb") as handle:
+        with _open_plain(path, rel) as handle:
             offset = 0
             while True:
                 data = handle.read(CHUNK_BYTES)

@@ -13,6 +13,7 @@ import pytest
 from flcore.folders import (
     FolderError,
     FolderReceiver,
+    _open_plain,
     check_relpath,
     folder_size,
     iter_app_files,
@@ -320,6 +321,19 @@ def test_receiver_refuses_compiled_python(tmp_path: Path) -> None:
     with pytest.raises(FolderError, match="compiled Python"):
         receiver.write("resources/pkg/__pycache__/model.cpython-311.pyc", 0, b"\0", True)
     assert not (receiver.staging / "resources").exists()
+
+
+def test_a_listed_file_is_read_only_as_the_plain_file_it_was(tmp_path: Path) -> None:
+    """Listing and reading are moments apart: what stood there could be swapped for a link
+    to the admin's key, or a FIFO that blocks the upload, and would have been sent."""
+    secret = tmp_path / "client.key"
+    secret.write_text("PRIVATE KEY")
+    (tmp_path / "link.py").symlink_to(secret)
+    os.mkfifo(tmp_path / "fifo.py")
+    with pytest.raises(FolderError, match=r"link\.py is a symbolic link"):
+        _open_plain(tmp_path / "link.py", "link.py")
+    with pytest.raises(FolderError, match=r"fifo\.py is not a regular file"):
+        _open_plain(tmp_path / "fifo.py", "fifo.py")
 
 
 def test_receiver_refuses_an_extension_module_beside_its_source(tmp_path: Path) -> None:
