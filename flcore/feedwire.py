@@ -19,6 +19,8 @@ from dataclasses import asdict
 
 from flcore.feed import (
     MAX_BATCH_EVENTS,
+    MAX_TEXT,
+    MAX_TRACEBACK,
     Body,
     ClientGone,
     ClientRow,
@@ -31,6 +33,8 @@ from flcore.feed import (
     ServerInfo,
     ServerStopping,
     Snapshot,
+    clip,
+    clip_end,
     printable,
 )
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -47,6 +51,13 @@ _IN_BATCH = 6
 def server_to_proto(info: ServerInfo) -> admin_pb2.ServerInfo:
     """The server's identity and heartbeat timing, for the wire."""
     return admin_pb2.ServerInfo(**asdict(info))
+
+
+def _shown(text: str) -> str:
+    """A string of the server's as the console keeps it: at most what the server itself
+    keeps of one (a broken server's megabyte strings would fill the admin's memory), safe
+    to draw."""
+    return printable(clip(text, MAX_TEXT))
 
 
 LAST_STAMP = 1e11
@@ -67,12 +78,12 @@ def _seconds(value: float, default: float) -> float:
 def server_from_proto(message: admin_pb2.ServerInfo) -> ServerInfo:
     """The server's identity and heartbeat timing."""
     return ServerInfo(
-        project=printable(message.project),
-        name=printable(message.name),
-        fed_target=printable(message.fed_target),
-        admin_target=printable(message.admin_target),
+        project=_shown(message.project),
+        name=_shown(message.name),
+        fed_target=_shown(message.fed_target),
+        admin_target=_shown(message.admin_target),
         started_at=_stamp(message.started_at),
-        version=printable(message.version),
+        version=_shown(message.version),
         heart_beat_timeout_s=_seconds(message.heart_beat_timeout_s, 600.0),
         heartbeat_interval_s=_seconds(message.heartbeat_interval_s, 60.0),
     )
@@ -86,24 +97,24 @@ def client_to_proto(row: ClientRow) -> admin_pb2.ClientState:
 def client_from_proto(message: admin_pb2.ClientState) -> ClientRow:
     """One row of the clients table."""
     return ClientRow(
-        instance=printable(message.instance),
-        client_name=printable(message.client_name),
-        token_id=printable(message.token_id),
-        org=printable(message.org),
-        status=printable(message.status),
+        instance=_shown(message.instance),
+        client_name=_shown(message.client_name),
+        token_id=_shown(message.token_id),
+        org=_shown(message.org),
+        status=_shown(message.status),
         last_heartbeat=_stamp(message.last_heartbeat),
         connected_at=_stamp(message.connected_at),
         run_number=message.run_number,
         round=message.round,
         samples=message.samples,
-        device=printable(message.device),
+        device=_shown(message.device),
         gpu_count=message.gpu_count,
-        error=printable(message.error),
-        traceback=printable(message.traceback),
-        app=printable(message.app),
-        hostname=printable(message.hostname),
+        error=_shown(message.error),
+        traceback=printable(clip_end(message.traceback, MAX_TRACEBACK)),
+        app=_shown(message.app),
+        hostname=_shown(message.hostname),
         connected=message.connected,
-        detail=printable(message.detail),
+        detail=_shown(message.detail),
         cross_validate=message.cross_validate,
     )
 
@@ -116,15 +127,15 @@ def run_to_proto(run: RunInfo) -> admin_pb2.RunState:
 
 
 def _names(values: Iterable[str]) -> tuple[str, ...]:
-    return tuple(printable(value) for value in values)
+    return tuple(_shown(value) for value in values)
 
 
 def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
     """The run and its round progress."""
     return RunInfo(
         run_number=message.run_number,
-        server_status=printable(message.server_status),
-        app=printable(message.app),
+        server_status=_shown(message.server_status),
+        app=_shown(message.app),
         start_round=message.start_round,
         current_round=message.current_round,
         num_rounds=message.num_rounds,
@@ -137,20 +148,20 @@ def run_from_proto(message: admin_pb2.RunState) -> RunInfo:
         history=tuple(
             RoundRecord(
                 r.round,
-                {printable(k): v for k, v in r.metrics.items()},
+                {_shown(k): v for k, v in r.metrics.items()},
                 r.clients,
                 r.seconds,
-                {printable(k): v for k, v in r.outliers.items()},
+                {_shown(k): v for k, v in r.outliers.items()},
             )
             for r in message.history
         ),
         failed_sites=_names(message.failed_sites),
-        phase=printable(message.phase),
-        best_metric=printable(message.best_metric),
-        reason=printable(message.reason),
-        site_errors={printable(k): printable(v) for k, v in message.site_errors.items()},
-        blocked=printable(message.blocked),
-        fault=printable(message.fault),
+        phase=_shown(message.phase),
+        best_metric=_shown(message.best_metric),
+        reason=_shown(message.reason),
+        site_errors={_shown(k): _shown(v) for k, v in message.site_errors.items()},
+        blocked=_shown(message.blocked),
+        fault=_shown(message.fault),
     )
 
 
@@ -163,10 +174,10 @@ def log_from_proto(message: common_pb2.LogRecord) -> LogEntry:
     """One log line."""
     return LogEntry(
         _stamp(message.time),
-        printable(message.level),
-        printable(message.logger),
-        printable(message.message),
-        printable(message.source),
+        _shown(message.level),
+        _shown(message.logger),
+        _shown(message.message),
+        _shown(message.source),
     )
 
 
@@ -255,18 +266,18 @@ def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
         body = client_from_proto(message.client)
     elif kind == "client_gone":
         gone = message.client_gone
-        body = ClientGone(printable(gone.instance), printable(gone.reason))
+        body = ClientGone(_shown(gone.instance), _shown(gone.reason))
     elif kind == "run":
         body = run_from_proto(message.run)
     elif kind == "log":
         body = log_from_proto(message.log)
     elif kind == "heartbeat":
-        body = Heartbeat(printable(message.heartbeat.instance), _stamp(message.heartbeat.time))
+        body = Heartbeat(_shown(message.heartbeat.instance), _stamp(message.heartbeat.time))
     elif kind == "command":
         command = message.command
-        body = CommandSeen(printable(command.user), printable(command.line), command.ok)
+        body = CommandSeen(_shown(command.user), _shown(command.line), command.ok)
     elif kind == "stopping":
-        body = ServerStopping(printable(message.stopping.by), message.stopping.admin)
+        body = ServerStopping(_shown(message.stopping.by), message.stopping.admin)
     else:
         return None
     return FeedEvent(message.seq, _stamp(message.time), body)

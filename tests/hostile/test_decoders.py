@@ -33,10 +33,13 @@ from flclientd.worker.protocol import decode
 from flcore import appconfig, startup
 from flcore.appreview import review_app
 from flcore.configfile import MAX_DEPTH, parse_json
+from flcore.feed import MAX_TEXT, MAX_TRACEBACK
 from flcore.feedwire import client_from_proto
+from flcore.feedwire import log_from_proto as feed_log_from_proto
 from flcore.folders import FolderError, FolderReceiver
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.schema import ConfigError
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError, TensorSpec
@@ -213,6 +216,16 @@ def test_feed_strings_cannot_reach_a_terminal_as_escapes() -> None:
     )
     assert "\x1b" not in row.instance + row.error and "\x9b" not in row.error
     assert "\0" not in row.detail
+
+
+def test_the_console_keeps_no_more_of_a_string_than_the_server_itself_would() -> None:
+    """A broken server's megabyte strings were kept whole: 5,000 log lines of 4 MiB each."""
+    mib = "x" * (1 << 20)
+    row = client_from_proto(admin_pb2.ClientState(instance="a", error=mib, traceback=mib + "End"))
+    assert len(row.error) <= MAX_TEXT and "characters cut" in row.error
+    assert len(row.traceback) <= MAX_TRACEBACK and row.traceback.endswith("End")
+    line = feed_log_from_proto(common_pb2.LogRecord(time=1.0, message=mib, source=mib))
+    assert len(line.message) <= MAX_TEXT and len(line.source) <= MAX_TEXT
 
 
 # --------------------------------------------------------------------------- 2^40 bytes
