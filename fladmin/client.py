@@ -251,7 +251,9 @@ class AdminClient:
                 failure.append(str(exc))
 
         try:
-            reply = await self._stub.UploadFolder(messages(), timeout=max(60.0, self.timeout))
+            reply = await self._stub.UploadFolder(
+                messages(), timeout=upload_deadline(total, self.timeout)
+            )
         except grpc.aio.AioRpcError as exc:
             if not failure:
                 raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
@@ -279,6 +281,17 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+UPLOAD_SLOWEST_BYTES_S = 125_000
+"""The slowest link an upload is given time for: 1 Mbit/s."""
+
+
+def upload_deadline(total_bytes: int, timeout: float) -> float:
+    """Seconds an upload of ``total_bytes`` may take: a minute (or the command timeout) plus
+    its bytes at :data:`UPLOAD_SLOWEST_BYTES_S` (a fixed minute cut a 200 MB app off any
+    link under 27 Mbit/s)."""
+    return max(60.0, timeout) + total_bytes / UPLOAD_SLOWEST_BYTES_S
 
 
 def read_attachment(path: Path) -> bytes:

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fladmin.client import _from_wire
+from fladmin.client import _from_wire, upload_deadline
 from flcore.configfile import json_depth
 from flcore.feed import json_printable, printable
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -105,3 +106,10 @@ def test_json_for_scripts_is_standard_json_whatever_a_site_reported() -> None:
         "clients": {"a": {"metrics": {"loss": None, "acc": 0.5, "x": [None, 1]}}}
     }
     assert record["command"] == "check_status client" and record["ok"] is True
+
+
+def test_an_upload_is_given_time_for_its_size_on_a_slow_link() -> None:
+    """A fixed minute cut a 200 MB app off any link under 27 Mbit/s."""
+    assert upload_deadline(10_000, 10.0) == pytest.approx(60.08)
+    assert upload_deadline(200_000_000, 10.0) >= 200_000_000 * 8 / 1_000_000  # at 1 Mbit/s
+    assert upload_deadline(0, 120.0) == 120.0
