@@ -87,7 +87,10 @@ Rule = Callable[[Array, Array], Array]
 
 
 def _accumulator_dtype(dtype: str) -> np.dtype[Any]:
-    return np.dtype(np.float64) if dtype in ("F64", "I64") else np.dtype(np.float32)
+    """float64 for F64 and every integer dtype (float32 holds integers exactly only up to
+    2^24: 123456789 from every site became 123456792), float32 for the other floats."""
+    wide = dtype == "F64" or dtype.startswith(("I", "U"))
+    return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 
 def _widen(dtype: str, values: Array) -> Array:
@@ -106,7 +109,10 @@ def _narrow(dtype: str, values: Array) -> Array:
     if dtype == "BOOL":
         values = values >= 0.5
     elif dtype.startswith(("I", "U")):
-        values = np.rint(values)
+        # Within the dtype's range: a float at its top (2^63) would wrap to its bottom.
+        info = np.iinfo(NUMPY_DTYPES[dtype])
+        top = np.nextafter(np.float64(info.max), -np.inf) if info.bits == 64 else info.max
+        values = np.clip(np.rint(values), info.min, top)
     return values.astype(NUMPY_DTYPES[dtype], copy=False)
 
 

@@ -122,6 +122,23 @@ def test_large_int64_is_exact(tmp_path: Path) -> None:
     assert safetensors.torch.load_file(target)["n"].item() == big
 
 
+@pytest.mark.parametrize(
+    ("dtype", "value"),
+    [(torch.int32, 123_456_789), (torch.int32, 2**31 - 1), (torch.int64, 2**63 - 1)],
+)
+def test_an_integer_every_site_sends_is_the_average(
+    tmp_path: Path, dtype: torch.dtype, value: int
+) -> None:
+    """Summed in float32, 123456789 came out 123456792; at the top of their range values
+    wrapped to the bottom (INT32_MAX became INT32_MIN)."""
+    updates = _updates(tmp_path, [{"n": torch.tensor([value], dtype=dtype)}] * 2)
+    target = tmp_path / "avg.safetensors"
+    _average(updates, [1.0, 3.0], target)
+    result = safetensors.torch.load_file(target)["n"].item()
+    # float64 holds 2^63 - 1 only as 2^63 - 1024: near its top, never wrapped to the bottom
+    assert result == value or (value == 2**63 - 1 and result >= 2**63 - 1024)
+
+
 def test_bool_takes_weighted_majority(tmp_path: Path) -> None:
     a = torch.tensor([True, True, False, False])
     b = torch.tensor([True, False, True, False])
