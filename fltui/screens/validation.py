@@ -119,9 +119,10 @@ class ValidationScreen(Screen[None]):
         low, high = (min(values), max(values)) if values else (0.0, 0.0)
         table = self.query_one("#validation-table", DataTable)
         table.clear(columns=True)
-        table.add_column("model \\ site", key="model")
-        for column in matrix.columns:  # a site named "model" is its own column
-            table.add_column(Text(column), key=f"site:{column}", width=max(CELL_WIDTH, len(column)))
+        # Keyed by a text no site name can be: a site named "row" once clashed with it.
+        table.add_column("model \\ site", key="model \\ site")
+        for column in matrix.columns:
+            table.add_column(Text(column), key=column, width=max(CELL_WIDTH, len(column)))
         lower_is_better = "loss" in self._metric
         for row in matrix.rows:
             shown = [Text(row, style="bold")]
