@@ -350,6 +350,10 @@ class SpoolWriter:
             raise TensorFileError(
                 f"tensor {name!r}: chunk runs past the declared size of {spec.nbytes} bytes"
             )
+        if spec.dtype == "BOOL" and max(data) > 1:
+            # Stored as they come and forwarded to sites (cross-site models), where torch
+            # misbehaves on a bool that is neither 0 nor 1.
+            raise TensorFileError(f"tensor {name!r} holds a bool that is neither 0 nor 1")
         if self.require_finite:
             largest = _largest(spec.dtype, data)
             if not math.isfinite(largest):

@@ -542,3 +542,10 @@ def test_spool_refuses_values_beyond_the_largest_it_may_hold(tmp_path: Path, dty
     _refused(writer, "w", 0, encoded([1.0, float("nan")]), "NaN or infinite")
     writer.write("w", 0, encoded([100.0, -100.0]))
     assert writer.finish().manifest.tensors == (spec,)
+
+
+def test_spool_refuses_a_bool_that_is_neither_0_nor_1(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path / "spool.safetensors", Manifest((TensorSpec("m", "BOOL", (3,)),)))
+    _refused(writer, "m", 0, bytes([1, 0, 7]), "neither 0 nor 1")
+    writer.write("m", 0, bytes([1, 0, 1]))
+    assert writer.finish().manifest.tensors[0].name == "m"
