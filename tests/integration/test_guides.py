@@ -24,11 +24,13 @@ import re
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from fldev.cluster import free_ports
+from fldev.poll import wait_until
 from tests.guides import DOCS, REPO, Command, walkthrough
 from tests.unit.test_provision_guide import mask
 
@@ -101,6 +103,10 @@ def test_the_provisioning_quick_start(tmp_path: Path) -> None:
     assert (tmp_path / "fl-workspace" / "packages" / "server.zip").is_file()
 
 
+def _says_stopped(log: Path) -> bool:
+    return "stopped" in log.read_text().splitlines()[-1]
+
+
 def test_operations_on_one_machine(tmp_path: Path) -> None:
     commands = walkthrough(DOCS / "operations.md", "one-machine")
     assert commands[-1].line.endswith('--cmd "shutdown client" --cmd "shutdown server"')
@@ -112,7 +118,8 @@ def test_operations_on_one_machine(tmp_path: Path) -> None:
     fl = tmp_path / "home" / "fl"
     assert (fl / "email@hello.world.com" / "transfer" / "digits_fedavg").is_dir()
     for log in ("server.log", "flclient1.log", "flclient2.log"):
+        # The shutdown command returns as the daemons begin to stop: their last line follows.
+        wait_until(partial(_says_stopped, fl / log), 30, f"{log} to end with 'stopped'")
         text = (fl / log).read_text()
         trouble = [line for line in text.splitlines() if TROUBLE.search(line)]
         assert trouble == [], f"{log}:\n" + "\n".join(trouble)
-        assert "stopped" in text.splitlines()[-1]
