@@ -24,7 +24,7 @@ from safetensors.numpy import load_file
 from fldev.cluster import ADMIN, SERVER_READY, Cluster, Daemon
 from fldev.faultswitch import fault_spec
 from fldev.poll import wait_until
-from fldev.smalldisk import fill, free_up, small_disk, why_not_mountable
+from fldev.smalldisk import fill, free_up, small_disk
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -341,13 +341,6 @@ def test_a_client_killed_mid_round_leaves_nothing_behind_and_rejoins(
 
 
 # --------------------------------------------------------------------------- full disks
-
-
-@pytest.fixture
-def mountable() -> None:
-    reason = why_not_mountable()
-    if reason:
-        pytest.skip(reason)
 
 
 def stray_spool_files(cluster: Cluster) -> list[Path]:

@@ -75,6 +75,7 @@ def test_a_download_whose_manifest_is_never_read_is_given_up_after_the_stall_lim
 ) -> None:
     """The manifest was written outside the stall watch, so a peer that never read a large
     one held its call (and the model's file) until it hung up."""
+
     async def scenario(server: FLServer) -> None:
         service, token = training_for_site_a(server)
         service.exchange.downloads.stall_s = 0.2
@@ -97,6 +98,7 @@ def test_a_download_whose_manifest_is_never_read_is_given_up_after_the_stall_lim
 
 def test_a_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(tmp_path: Path) -> None:
     """Its call was let in before the revocation, and went on sending the model."""
+
     async def scenario(server: FLServer) -> None:
         service, token = training_for_site_a(server)
 

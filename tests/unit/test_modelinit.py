@@ -22,7 +22,7 @@ from flapp.runtime.modelfile import load_state, save_state, state_manifest
 from flapp.runtime.modelinit import init_model, main
 from flcore.diskfault import disk_fault
 from flcore.tensorfile import TensorFile, TensorFileError
-from fldev.smalldisk import small_disk, why_not_mountable
+from fldev.smalldisk import small_disk
 from flserverd.server import build_initial_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,12 +328,10 @@ def test_state_manifest_refuses_dtypes_model_files_cannot_hold() -> None:
         state_manifest({"z": torch.zeros(2, dtype=torch.complex64)})
 
 
+@pytest.mark.usefixtures("mountable")
 def test_a_full_disk_while_saving_is_the_oserror_it_is(tmp_path: Path) -> None:
     """A full disk must be recognised as one (the site pauses instead of failing), and
     nothing half-written stays: a real 1 MiB tmpfs, a 4 MiB state dict."""
-    reason = why_not_mountable()
-    if reason:
-        pytest.skip(reason)
     folder = tmp_path / "disk"
     folder.mkdir()
     with small_disk(folder, 1):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flcore.diskfault import disk_fault
-from fldev.smalldisk import small_disk, why_not_mountable
+from fldev.smalldisk import small_disk
 from flserverd.runstore import RunStore
 from flserverd.transfer import copy_app
 
@@ -72,14 +72,12 @@ def test_what_a_crash_left_is_cleared_and_an_interrupted_deploy_put_back(tmp_pat
     assert not (tmp_path / "run_1" / ".app_server.old").exists()
 
 
+@pytest.mark.usefixtures("mountable")
 def test_an_app_copied_onto_a_full_disk_is_a_disk_fault_and_leaves_nothing(
     tmp_path: Path,
 ) -> None:
     """copytree gathered the ENOSPC into an error without an errno: the admin read "an
     unexpected error", and the half copy stayed."""
-    reason = why_not_mountable()
-    if reason:
-        pytest.skip(reason)
     source = tmp_path / "app"
     (source / "resources").mkdir(parents=True)
     (source / "resources" / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fldev.smalldisk import fill, free_up, small_disk, why_not_mountable
+from fldev.smalldisk import fill, free_up, small_disk
 from flserverd.tensorboard import ScalarWriter
 
 
@@ -22,12 +22,10 @@ def test_a_writer_never_written_opens_nothing(tmp_path: Path) -> None:
 
 # tensorboard's writer thread ends on the error and prints it, as the daemon's does to stderr.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.usefixtures("mountable")
 def test_a_write_that_failed_on_a_full_disk_is_not_the_last(tmp_path: Path) -> None:
     """tensorboard's writer keeps its first error: every later round's write failed with a
     stale "disk full" until the server restarted."""
-    reason = why_not_mountable()
-    if reason:
-        pytest.skip(reason)
     disk = tmp_path / "disk"
     disk.mkdir()
     with small_disk(disk, 1):
