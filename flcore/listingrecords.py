@@ -11,6 +11,7 @@ empty, so a listing shows what it can.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -34,7 +35,9 @@ def _number(data: JSON, key: str) -> float:
 
 def _count(data: JSON, key: str) -> int:
     value = data.get(key)
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) else 0  # 1e999 in the JSON reads as infinity
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _flag(data: JSON, key: str) -> bool:

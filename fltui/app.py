@@ -34,6 +34,7 @@ from textual.screen import Screen
 from fladmin.client import DEFAULT_TIMEOUT_S, AdminError, CommandReply
 from fladmin.link import AdminLink, Link
 from flcore.feed import LogEntry, Snapshot
+from flcore.listingrecords import apps_page
 from fltui.connection import CONNECTED, CONNECTING, DISCONNECTED, SHUT_DOWN, Connection
 from fltui.messages import OpenWizard, Reconnect, RunCommand, ShowValidation
 from fltui.privatefiles import deliver_privately
@@ -47,6 +48,7 @@ from fltui.store import Store
 from fltui.vocabulary import command_words, refusal
 from fltui.wizard.app import guard_quit
 from fltui.wizard.screen import WizardScreen
+from fltui.workfaults import SaysWhenWorkFails, console_fault
 
 FLUSH_S = 0.25
 RETRY_MAX_S = 10.0
@@ -58,7 +60,7 @@ LOCAL_COMMANDS = frozenset({"set_timeout"})
 """Commands the admin client answers itself: the server never audits them."""
 
 
-class ConsoleApp(App[None]):
+class ConsoleApp(App[None], SaysWhenWorkFails):
     """fltui's full-screen console."""
 
     CSS_PATH = "console.tcss"
@@ -210,7 +212,7 @@ class ConsoleApp(App[None]):
         self.follow_feed(logged_in=True)
         return None
 
-    @work(exclusive=True, exit_on_error=False, group="feed")
+    @work(exclusive=True, exit_on_error=False, group="feed", description="following the server")
     async def follow_feed(self, logged_in: bool = False) -> None:
         """Follow the feed for as long as the app runs, reconnecting when it breaks."""
         link = self.link
@@ -236,6 +238,9 @@ class ConsoleApp(App[None]):
                     self.ask_login(str(exc))
                     return
                 problem = str(exc)
+            except Exception as exc:  # the console's own fault: say so, never freeze "connected"
+                problem = f"the console could not follow the feed: {console_fault(exc)}"
+                self.problem(problem)
             self._reconnect.clear()
             if self.store.stopped_by and self.connected:
                 problem = f"the server stopped ({self.store.stopped_by}); it may be starting again"
@@ -295,7 +300,7 @@ class ConsoleApp(App[None]):
     def _run_command(self, message: RunCommand) -> None:
         self.send(message.line)
 
-    @work(group=COMMANDS, exit_on_error=False)
+    @work(group=COMMANDS, exit_on_error=False, description="a command")
     async def send(self, line: str) -> None:
         """Run a command line in a worker of its own.
 
@@ -370,9 +375,9 @@ class ConsoleApp(App[None]):
             self.problem(f"{line}: {exc}")
             return None
         if reply.ok and command_words(line)[:1] == ["list_apps"]:
-            named = [str(app.get("name", "")) for app in reply.data.get("apps", [])]
-            page = reply.data.get("page", 1)
-            known = [] if page == 1 else self.server_apps
+            listed = apps_page(reply.data)
+            named = [app.name for app in listed.lines]
+            known = [] if listed.count.page == 1 else self.server_apps
             self.server_apps = sorted({*known, *named})
         return reply
 
@@ -421,7 +426,7 @@ class ConsoleApp(App[None]):
     def _show_validation(self) -> None:
         self.validation()
 
-    @work(group=COMMANDS, exit_on_error=False)
+    @work(group=COMMANDS, exit_on_error=False, description="the validation matrix")
     async def validation(self) -> None:
         """Run ``validate all`` and show the matrix."""
         reply = await self.run_command("validate all", quiet=True)

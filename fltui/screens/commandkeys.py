@@ -19,6 +19,7 @@ from textual.screen import Screen
 
 from fladmin.client import TIMEOUT_RULE, parse_timeout
 from flcore import status as st
+from flcore.listingrecords import apps_page
 from fltui.messages import RunCommand, ShowValidation
 from fltui.screens.dialogs import ChoiceScreen, PromptScreen
 from fltui.screens.help import HelpScreen
@@ -28,6 +29,7 @@ from fltui.store import Store
 from fltui.targets import Choice, target_choices
 from fltui.vocabulary import SUPER
 from fltui.widgets.clients import ClientsTable
+from fltui.workfaults import SaysWhenWorkFails
 
 SERVER_ACTIONS = frozenset(
     {"upload", "deploy", "start", "abort", "shutdown", "run_number", "validate"}
@@ -55,7 +57,7 @@ def check_seconds(value: str) -> str | None:
     return None if parse_timeout(value) is not None else TIMEOUT_RULE
 
 
-class CommandKeys(Screen[None]):
+class CommandKeys(Screen[None], SaysWhenWorkFails):
     """Keys that send admin commands; the screen using it has a ``#clients`` table.
 
     The screen is handed the store and the app names it offers, and the app
@@ -156,8 +158,9 @@ class CommandKeys(Screen[None]):
             reply = await self.ask("list_apps" if page == 1 else f"list_apps {page}")
             if reply is None or not reply.ok:
                 return None
-            names += [str(app.get("name", "")) for app in reply.data.get("apps", [])]
-            pages = int(reply.data.get("pages", 1) or 1)
+            listed = apps_page(reply.data)
+            names += [app.name for app in listed.lines]
+            pages = listed.count.pages
             page += 1
         return names
 
@@ -165,7 +168,7 @@ class CommandKeys(Screen[None]):
         """Hand a finished command line to the app."""
         self.post_message(RunCommand(line))
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the upload dialog")
     async def action_upload(self) -> None:
         """Pick an app from transfer/ and upload it."""
         none = f"no apps in {self.state.transfer_dir}: copy an app folder there"
@@ -173,7 +176,7 @@ class CommandKeys(Screen[None]):
         if app:
             self.send(f"upload_folder {app}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the deploy dialog")
     async def action_deploy(self) -> None:
         """Pick an app the server has, then where to deploy it."""
         apps = await self._server_apps()
@@ -185,28 +188,28 @@ class CommandKeys(Screen[None]):
         if app and target:
             self.send(f"deploy {app} {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the start dialog")
     async def action_start(self) -> None:
         """Pick where to start training."""
         target = await self._pick_target("Start training")
         if target:
             self.send(f"start {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the abort dialog")
     async def action_abort(self) -> None:
         """Pick what to abort (nothing is preselected); the app asks for confirmation."""
         target = await self._pick_target("Abort training", careful=True)
         if target:
             self.send(f"abort {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the shutdown dialog")
     async def action_shutdown(self) -> None:
         """Pick what to shut down (nothing is preselected); a confirmation follows."""
         target = await self._pick_target("Shut down", careful=True)
         if target:
             self.send(f"shutdown {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the run number dialog")
     async def action_run_number(self) -> None:
         """Ask for a run number and set it."""
         current = self.store.run.run_number
@@ -217,7 +220,7 @@ class CommandKeys(Screen[None]):
         if number:
             self.send(f"set_run_number {number}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False)
+    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the timeout dialog")
     async def action_timeout(self) -> None:
         """Ask how long commands wait for clients."""
         current = f"{self.state.timeout:g}"

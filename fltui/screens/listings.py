@@ -37,6 +37,7 @@ from flcore.listingrecords import (
 from fltui.status import clock_date, training
 from fltui.widgets.header import LinkBanner
 from fltui.widgets.line import Line
+from fltui.workfaults import SaysWhenWorkFails
 
 Ask = Callable[[str], Awaitable[CommandReply | None]]
 """Runs a read-only command and returns its reply (None when it could not be sent)."""
@@ -66,7 +67,7 @@ class Listing(Protocol):
 ListingT = TypeVar("ListingT", bound=Listing)
 
 
-class ListingScreen(Screen[None], Generic[ListingT]):
+class ListingScreen(Screen[None], SaysWhenWorkFails, Generic[ListingT]):
     """One listing of the server's, page by page; subclasses say which and how it reads.
 
     The reply's data is decoded once, when it arrives, into the listing's records
@@ -107,7 +108,7 @@ class ListingScreen(Screen[None], Generic[ListingT]):
         """The command line that asks for the current page."""
         return self.COMMAND if self.page == 1 else f"{self.COMMAND} {self.page}"
 
-    @work(exclusive=True, exit_on_error=False)
+    @work(exclusive=True, exit_on_error=False, description="the listing")
     async def load(self) -> None:
         """Ask for the page and show it (the reason, when the server refuses)."""
         status = self.query_one("#listing-status", Line)

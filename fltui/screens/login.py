@@ -19,12 +19,13 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Static
 
 from fltui.paths import typed_path
+from fltui.workfaults import SaysWhenWorkFails
 
 LogIn = Callable[[Path, str], Awaitable[str | None]]
 """Tries a login; returns why it failed, or None."""
 
 
-class LoginScreen(Screen[None]):
+class LoginScreen(Screen[None], SaysWhenWorkFails):
     """Startup folder and user name; the login is tried on ``enter`` or the button."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "app.quit", "Quit")]
@@ -74,7 +75,7 @@ class LoginScreen(Screen[None]):
         """The button logs in."""
         self.attempt()
 
-    @work(exclusive=True, exit_on_error=False)
+    @work(exclusive=True, exit_on_error=False, description="logging in")
     async def attempt(self) -> None:
         """Try the login; stay here with the reason if it fails."""
         startup = typed_path(self.query_one("#login-startup", Input).value)

@@ -40,6 +40,7 @@ from fltui.wizard.forms import Field, Form
 from fltui.wizard.kits import KitsStep
 from fltui.wizard.question import Answer, Question, Reply
 from fltui.wizard.rows import RowsEditor
+from fltui.workfaults import SaysWhenWorkFails
 from provision import ProvisionError, ProvisionResult, project_to_yaml
 from provision.csr import colon_hex
 from provision.project import KEY_TYPES
@@ -78,7 +79,7 @@ SETTINGS_FIELDS = (
 )
 
 
-class WizardScreen(Screen[None]):
+class WizardScreen(Screen[None], SaysWhenWorkFails):
     """Step by step to a project.yml and its kits."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -504,7 +505,7 @@ class WizardScreen(Screen[None]):
 
         self.run_engine(f"signing the request of {name}…", sign)
 
-    @work(exclusive=True, exit_on_error=False)
+    @work(exclusive=True, exit_on_error=False, description="provisioning")
     async def run_engine(self, doing: str, run: Callable[[], ProvisionResult]) -> None:
         """Run provisioning, a re-issue or a signing in a thread, then show the kits.
 

@@ -100,3 +100,8 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def console_errors(app: Any) -> list[str]:
+    """The ERROR lines the console wrote about itself (not the sites' or the server's)."""
+    return [e.message for e in app.store.logs if e.level == "ERROR" and e.source == "console"]

@@ -18,7 +18,7 @@ from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.heartbeats import HeartbeatView
-from tests.tui.helpers import Clock, burst
+from tests.tui.helpers import Clock, burst, console_errors
 from tests.tui.recorded import NOW, recorded_events
 from tests.tui.test_console import ready
 
@@ -215,5 +215,52 @@ def test_own_commands_are_logged_once_and_others_commands_too(tmp_path: Path) ->
             ]
             audits = [e.message for e in app.store.logs if e.source == "admin"]
             assert audits == ["other@lead.org: check_status client (ok)"]
+
+    asyncio.run(scenario())
+
+
+class FaultyFeedLink(ReplayLink):
+    """The recorded run, whose second subscription fails in the console's own code (not the
+    link's: no AdminError), as a bug in decoding the feed would; the third works."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(recorded_events(), **kwargs)  # type: ignore[arg-type]
+        self.subscriptions = 0
+        self.fail = asyncio.Event()
+
+    async def events(self) -> AsyncIterator[FeedEvent]:
+        self.subscriptions += 1
+        feed = super().events()
+        if self.subscriptions == 1:
+            yield await anext(feed)
+            await self.fail.wait()
+            raise ValueError("no such field 'x' in the event")
+        async for event in feed:
+            yield event
+
+
+def test_a_fault_in_the_consoles_own_feed_code_is_said_and_the_feed_taken_again(
+    tmp_path: Path,
+) -> None:
+    """The header never keeps saying "connected" over a feed that stopped: a fault in the
+    console's code is a lost link with its reason, and a fresh snapshot follows."""
+
+    async def scenario() -> None:
+        link = FaultyFeedLink(transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05, retry_first_s=0.2)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            link.fail.set()
+            await wait_for(pilot, lambda: link.subscriptions == 2, what="a second subscription")
+            await wait_for(pilot, lambda: app.link_look is CONNECTED, what="the fresh snapshot")
+            said = console_errors(app)
+            assert len(said) == 1, said
+            assert said[0].startswith(
+                "the console could not follow the feed: no such field 'x' in the event (at "
+                "test_link.py line "
+            )
+            assert "ValueError" not in said[0]
+            lost = [e.message for e in app.store.logs if e.message.startswith("connection lost")]
+            assert lost == [f"connection lost: {said[0]}"]
 
     asyncio.run(scenario())

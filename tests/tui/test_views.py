@@ -12,6 +12,7 @@ import asyncio
 import stat
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 from textual.widgets import DataTable, Input
@@ -27,8 +28,8 @@ from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
-from tests.tui.helpers import burst, screen_lines, shown
-from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, RUN_ONE, SERVER
+from tests.tui.helpers import burst, console_errors, screen_lines, shown
+from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, RUN_ONE, RUNS, SERVER
 from tests.tui.test_console import answers, console, ready
 
 LONG = "epoch 3: " + " ".join(f"loss={i / 10:.2f}" for i in range(40))
@@ -437,5 +438,59 @@ def test_a_paused_run_says_why(tmp_path: Path) -> None:
             assert str(updates.render()).startswith(f"Paused: {fault}\n")
             link.push(replace(app.store.run, server_status="training started", fault=""))
             await wait_for(pilot, lambda: "Paused" not in str(updates.render()))
+
+    asyncio.run(scenario())
+
+
+def test_a_listing_whose_numbers_are_no_numbers_still_shows(tmp_path: Path) -> None:
+    """A count the server sent as 1e999 (JSON reads it as infinity) reads as none; it stopped
+    the listing's worker, and the view said "asking the server" for good."""
+    lines = cast(list[dict[str, object]], RUNS["runs"])
+    first, *others = lines
+    odd = {**first, "run_number": float("inf"), "started_at": float("nan")}
+    runs = {**RUNS, "runs": [odd, *others], "page": float("-inf"), "pages": float("inf")}
+
+    def reply(line: str, confirmed: bool) -> CommandReply:
+        if line == "list_runs":
+            return CommandReply(line, True, "runs", runs, 10, "")
+        return answers(line, confirmed)
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, reply=reply)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await ready(pilot)
+            burst(app, ":runs", "enter")
+            screen = await shown(pilot, app, RunsScreen)
+            table = screen.query_one(DataTable)
+            await wait_for(pilot, lambda: table.row_count == 3)
+            assert cells(table, 0)[:3] == ["0", "digits_fedavg", "3/10"]
+            assert cells(table, 1)[:3] == ["2", "digits_custom", "4/10"]
+            assert "page 1 of 1" in str(table.border_title)
+
+    asyncio.run(scenario())
+
+
+def test_a_view_that_fails_in_the_consoles_code_says_so(tmp_path: Path) -> None:
+    """A view's worker that fails would leave it waiting without a word: the console says what
+    failed and where, never the error's class."""
+
+    def reply(line: str, confirmed: bool) -> CommandReply:
+        if line == "list_apps":
+            raise LookupError("no reader for this page")
+        return answers(line, confirmed)
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, reply=reply)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            burst(app, ":apps", "enter")
+            await shown(pilot, app, AppsScreen)
+            expected = "the listing stopped on an error in the console: no reader for this page"
+            await wait_for(
+                pilot, lambda: any(n.message.startswith(expected) for n in app._notifications)
+            )
+            said = console_errors(app)
+            assert len(said) == 1 and said[0].startswith(expected + " (at test_views.py line ")
+            assert "LookupError" not in said[0]
 
     asyncio.run(scenario())
