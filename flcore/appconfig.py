@@ -117,6 +117,12 @@ def below_half(value: Any) -> str | None:
     return None if 0 <= value < 0.5 else "must be at least 0 and below 0.5"
 
 
+def trimmed_per_end(fraction: float, updates: int) -> int:
+    """How many of ``updates`` values a trimmed mean drops at each end of a coordinate: the
+    one rule that the config check, the aggregator and the server's warning share."""
+    return int(fraction * updates)
+
+
 def positive(value: Any) -> str | None:
     """A bound that must be above zero."""
     return None if value > 0 else "must be above 0"
@@ -283,7 +289,7 @@ def _check_aggregation(config: ServerAppConfig, trim_given: bool, where: str) ->
                 "'aggregator': 'trimmed_mean'"
             )
         return
-    if int(config.trim_fraction * config.max_num_clients) == 0:
+    if trimmed_per_end(config.trim_fraction, config.max_num_clients) == 0:
         raise ConfigError(
             f"{where}: 'trim_fraction' {config.trim_fraction:g} trims nothing even with "
             f"'max_num_clients' ({config.max_num_clients}) updates; it must be at least "

@@ -61,7 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flcore import faultpoints
-from flcore.appconfig import ServerAppConfig
+from flcore.appconfig import ServerAppConfig, trimmed_per_end
 from flcore.atomic import atomic_writer
 from flcore.tensorfile import (
     FLOAT_DTYPES,
@@ -140,7 +140,7 @@ def trimmed_mean(fraction: float) -> Rule:
 
     def rule(matrix: Array, weights: Array) -> Array:
         count = matrix.shape[0]
-        cut = int(fraction * count)
+        cut = trimmed_per_end(fraction, count)
         if cut == 0:
             return np.asarray(matrix.mean(axis=0))
         return np.asarray(np.sort(matrix, axis=0)[cut : count - cut].mean(axis=0))

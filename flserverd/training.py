@@ -42,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 
 from flcore import faultpoints
 from flcore import status as st
-from flcore.appconfig import ROBUST_AGGREGATORS, ServerAppConfig
+from flcore.appconfig import ROBUST_AGGREGATORS, ServerAppConfig, trimmed_per_end
 from flcore.compression import WireCompression
 from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
@@ -699,6 +699,21 @@ class Training:
             committed = self._db.round_records(self.run.run_number)
             await asyncio.to_thread(self._rewrite_outputs, committed)
 
+    def _say_if_nothing_trimmed(self, state: RoundState) -> None:
+        """A trimmed mean that may close with fewer updates than it was sized for trims
+        nothing then: the round is a plain mean, and whoever chose the rule must hear it."""
+        config, count = self.config, len(state.contributed)
+        if config.aggregator == "trimmed_mean" and not trimmed_per_end(config.trim_fraction, count):
+            log.warning(
+                "run %d round %d: trimmed_mean trims nothing from %d updates (trim_fraction "
+                "%g), so this round is a plain mean; a min_num_clients of %d trims every round",
+                self.run.run_number,
+                state.number,
+                count,
+                config.trim_fraction,
+                math.ceil(1 / config.trim_fraction),  # above 0: the config check sees to it
+            )
+
     async def _commit_round(self, state: RoundState) -> tuple[RunRecord, RoundSummary] | None:
         """Write the next round's model, then move the round pointer in one transaction;
         None when the run stopped meanwhile. The run itself moves on only once this is done,
@@ -707,6 +722,7 @@ class Training:
         following = state.number + 1
         target = self._store.round_model(number, following)
         metadata = {"run": str(number), "round": str(following)}
+        self._say_if_nothing_trimmed(state)
         updates = await state.call(state.aggregator.write, target, metadata)
         if not self.active:
             return None

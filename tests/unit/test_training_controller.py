@@ -1194,6 +1194,51 @@ def test_median_round_keeps_updates_until_written_and_names_the_outlier(
     assert "run 1 round 0: the update of c3 is an outlier" in warning
 
 
+@pytest.mark.parametrize(("min_clients", "max_clients", "warned"), [(2, 10, True), (5, 5, False)])
+def test_a_trimmed_mean_round_too_small_to_trim_says_it_was_a_plain_mean(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    min_clients: int,
+    max_clients: int,
+    warned: bool,
+) -> None:
+    """The config is checked at max_num_clients, and a round may close at min_num_clients:
+    with 2 updates a trim_fraction of 0.2 trims nothing, and the round's mean took every
+    value, an attacker's too."""
+    setup = make_setup(
+        tmp_path,
+        num_rounds=2,
+        min_num_clients=min_clients,
+        max_num_clients=max_clients,
+        wait_after_min_clients=0,
+        aggregator="trimmed_mean",
+        trim_fraction=0.2,
+    )
+    names = [f"c{i}" for i in range(min_clients)]
+
+    async def scenario() -> None:
+        training = setup.training()
+        for name in names:
+            training.admit(name, 0)
+        for value, name in enumerate(names):
+            assert await submit(training, setup, name, 0, [value] * 4) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        await training.close(1)
+
+    with caplog.at_level("WARNING", logger="flserverd.training"):
+        asyncio.run(scenario())
+    said = [r.getMessage() for r in caplog.records if "trims nothing" in r.getMessage()]
+    if warned:
+        assert said == [
+            "run 1 round 0: trimmed_mean trims nothing from 2 updates (trim_fraction 0.2), so "
+            "this round is a plain mean; a min_num_clients of 5 trims every round"
+        ]
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [0.5] * 4
+    else:
+        assert said == []
+        assert setup.model(setup.store.global_model(RUN))["w"].tolist() == [2.0] * 4
+
+
 def test_an_update_the_median_could_not_read_is_taken_when_it_is_sent_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
