@@ -14,9 +14,11 @@ every match and ``n``/``N`` jump between them.
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Iterable
 from typing import ClassVar
 
+from rich.cells import cell_len, chop_cells
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -44,6 +46,8 @@ LEVEL_CLASSES = {
 }
 
 
+WHOLE = sys.maxsize
+"""The end of a row that shows its whole message (not wrapped)."""
 _LINE_BREAKS = {ord("\n"): " ⏎ ", ord("\t"): "    "}
 
 
@@ -61,6 +65,20 @@ def plain_line(entry: LogEntry) -> str:
     """A line as it is saved to a file: date, time, source, level, message."""
     stamp = local_time(entry.time, "%Y-%m-%d %H:%M:%S")
     return f"{stamp} {entry.source:<{SOURCE_WIDTH - 1}} {entry.level:<8} {one_line(entry.message)}"
+
+
+def wrapped(message: str, width: int) -> list[tuple[int, int]]:
+    """Where each row of ``message`` wrapped at ``width`` terminal cells starts and ends, in
+    characters: a wide character (CJK, most emoji) takes two cells, and cutting by characters
+    lost half of a wide line past the pane's edge."""
+    if message.isascii():  # one cell each (controls are gone): no need to measure
+        return [(start, start + width) for start in range(0, max(len(message), 1), width)]
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for piece in chop_cells(message, width):
+        spans.append((start, start + len(piece)))
+        start += len(piece)
+    return spans or [(0, 0)]
 
 
 def _time(entry: LogEntry) -> float:
@@ -100,8 +118,9 @@ class LogView(ScrollView, VimKeys, can_focus=True):
         self.filter = LogFilter()
         self.search = ""
         self._lines: list[LogEntry] = []
-        self._rows: list[tuple[int, int]] = []
-        """What each screen row shows: (index into the lines, offset into the message)."""
+        self._rows: list[tuple[int, int, int]] = []
+        """What each screen row shows: the index into the lines, and where in the message (in
+        characters) the row starts and ends."""
         self._row_width = 0
         self._width = 0
         self._match = -1
@@ -162,12 +181,11 @@ class LogView(ScrollView, VimKeys, can_focus=True):
     def _message_width(self) -> int:
         return max(self.scrollable_content_region.width - PREFIX_WIDTH, MIN_WRAP)
 
-    def _rows_of(self, index: int) -> list[tuple[int, int]]:
+    def _rows_of(self, index: int) -> list[tuple[int, int, int]]:
         if not self.wrap:
-            return [(index, 0)]
-        width = self._row_width
-        length = len(one_line(self._lines[index].message))
-        return [(index, start) for start in range(0, max(length, 1), width)]
+            return [(index, 0, WHOLE)]
+        message = one_line(self._lines[index].message)
+        return [(index, start, end) for start, end in wrapped(message, self._row_width)]
 
     def _layout_rows(self) -> None:
         """Work out every screen row again (wrap, width or order changed)."""
@@ -194,7 +212,10 @@ class LogView(ScrollView, VimKeys, can_focus=True):
 
     @staticmethod
     def _line_width(entry: LogEntry) -> int:
-        return PREFIX_WIDTH + len(entry.message)
+        message = entry.message
+        if message.isascii() and "\n" not in message and "\t" not in message:
+            return PREFIX_WIDTH + len(message)  # as drawn, one cell a character
+        return PREFIX_WIDTH + cell_len(one_line(message))
 
     def on_resize(self) -> None:
         """A new width re-wraps; a new height must not leave a following view short of the end."""
@@ -290,7 +311,9 @@ class LogView(ScrollView, VimKeys, can_focus=True):
 
     def _show_match(self, index: int) -> None:
         self._match = index
-        row = next(r for r, (line, start) in enumerate(self._rows) if line == index and not start)
+        row = next(
+            r for r, (line, start, _) in enumerate(self._rows) if line == index and not start
+        )
         self.follow = False
         target = max(row - self.scrollable_content_region.height // 2, 0)
         self.scroll_to(y=target, animate=False, immediate=True)
@@ -311,13 +334,11 @@ class LogView(ScrollView, VimKeys, can_focus=True):
         base = self.rich_style
         if index >= len(self._rows):
             return Strip.blank(width, base)
-        line, start = self._rows[index]
+        line, start, end = self._rows[index]
         entry = self._lines[line]
         style = self.get_component_rich_style
         level_style = base + style(LEVEL_CLASSES.get(entry.level.upper(), "log--info"))
-        message = one_line(entry.message)
-        if self.wrap:
-            message = message[start : start + self._row_width]
+        message = one_line(entry.message)[start:end]
         if start:
             segments = [Segment(" " * PREFIX_WIDTH, base)]
         else:

@@ -27,7 +27,7 @@ from fltui.screens.listings import AdminsScreen, AppsScreen, RunScreen, RunsScre
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
-from fltui.widgets.logview import LogView
+from fltui.widgets.logview import PREFIX_WIDTH, LogView
 from tests.tui.helpers import burst, console_errors, screen_lines, shown
 from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, RUN_ONE, RUNS, SERVER
 from tests.tui.test_console import answers, console, ready
@@ -492,5 +492,32 @@ def test_a_view_that_fails_in_the_consoles_code_says_so(tmp_path: Path) -> None:
             said = console_errors(app)
             assert len(said) == 1 and said[0].startswith(expected + " (at test_views.py line ")
             assert "LookupError" not in said[0]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(120, 36), (83, 30)])
+def test_a_wide_line_wraps_whole_and_scrolls_to_its_end(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """A line of wide characters (two cells each) was cut by characters: wrapped, about half
+    of it fell past the pane's edge; unwrapped, the scroll stopped half way."""
+    wide = "日本語" * 60 + " END"  # 184 characters, 364 cells
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            await pilot.press("l")
+            screen = await shown(pilot, app, SiteLogScreen)
+            view = screen.query_one(LogView)
+            link.push(LogEntry(NOW, "INFO", "flclientd.agent", wide, "flclient1"))
+            await wait_for(pilot, lambda: view.line_count == 3)
+            assert view.virtual_size.width == PREFIX_WIDTH + 364
+            await pilot.press("w")
+            await wait_for(pilot, lambda: view.wrap)
+            shown_text = "".join(screen_lines(app))
+            assert shown_text.count("日") == 60 and shown_text.count("語") == 60
+            assert " END" in shown_text.replace("│", "")
 
     asyncio.run(scenario())
