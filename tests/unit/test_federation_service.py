@@ -17,6 +17,7 @@ from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flserverd.federation_service import FederationService
 from flserverd.rpc import Context
 from flserverd.server import FLServer
+from flserverd.transfer import client_app_dir
 from provision import pki
 from tests.unit.test_exchange import RUN, on_server, train
 
@@ -116,6 +117,34 @@ def test_a_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(tmp_path:
         with pytest.raises(Aborted):
             await asyncio.wait_for(service.GetModel(request, cast(Context, context)), 10)
         assert [m.WhichOneof("body") for m in context.written] == ["manifest", "chunk"]
+        assert context.aborted is not None
+        code, details = context.aborted
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        assert details.startswith("site-a was revoked on this server by admin@lead.org")
+
+    on_server(tmp_path, scenario)
+
+
+def test_an_app_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(
+    tmp_path: Path,
+) -> None:
+    """The app's half of the rule above: the first file went out, the second does not."""
+
+    async def scenario(server: FLServer) -> None:
+        service, token = training_for_site_a(server)
+        folder = client_app_dir(server.store, RUN, "digits")
+        (folder / "config").mkdir(parents=True)
+        (folder / "config" / "config_fed_client.json").write_text("{}")
+        (folder / "config" / "config_train.json").write_text("{}")
+        context = _Call(pki.cert_pem(SITE_A.cert))
+        request = fed_pb2.AppRequest(token=token, run_number=RUN, app="digits")
+        paths = []
+        with pytest.raises(Aborted):
+            async for chunk in service.GetApp(request, cast(Context, context)):
+                paths.append(chunk.path)
+                server.revocations.revoke("site-a", "admin@lead.org")
+                server.enforce_revocations()
+        assert paths == ["config/config_fed_client.json"]
         assert context.aborted is not None
         code, details = context.aborted
         assert code == grpc.StatusCode.PERMISSION_DENIED
