@@ -15,6 +15,7 @@ from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
 from flcore import status as st
 from flcore.federation import Command, CommandResult, RunEnded
+from flcore.progress import TransferStalled
 from flcore.startup import STARTUP_DIR, load_client
 from flcore.tls import TlsFiles
 from fldev.poll import wait_until_async
@@ -176,3 +177,24 @@ def test_aborting_a_site_paused_by_a_full_disk_leaves_no_error_on_its_row(
 
     status = asyncio.run(run())
     assert (status.status, status.error) == (st.STOPPED, "")
+
+
+def test_a_deploy_whose_app_download_stalls_fails_with_the_reason(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """A stalled app download was "an unexpected error" (the stall was not among the
+    deploy's failures), and the staging folder is gone with it."""
+    stalled = "download of app digits: nothing moved for 60s; given up"
+
+    async def stall(run_number: int, app: str, staging: Path) -> None:
+        staging.mkdir()
+        raise TransferStalled(stalled)
+
+    def stalling(agent: Agent) -> None:
+        agent.conn.get_app = stall  # type: ignore[method-assign]
+
+    command = Command("c1", "deploy", {"run_number": 1, "app": "digits"})
+    result = _answer(provisioned_workspace, tmp_path, command, stalling)
+    assert not result.ok
+    assert result.text == f"deploy failed: {stalled}"
+    assert [p.name for p in (tmp_path / "site-a" / "run_1").iterdir()] == []
