@@ -18,6 +18,7 @@ from flcore.federation import Command, CommandResult, RunEnded
 from flcore.progress import TransferStalled
 from flcore.startup import STARTUP_DIR, load_client
 from flcore.tls import TlsFiles
+from flcore.wire import WireError
 from fldev.poll import wait_until_async
 from provision import extract_kit
 
@@ -198,3 +199,35 @@ def test_a_deploy_whose_app_download_stalls_fails_with_the_reason(
     assert not result.ok
     assert result.text == f"deploy failed: {stalled}"
     assert [p.name for p in (tmp_path / "site-a" / "run_1").iterdir()] == []
+
+
+def test_a_login_reply_the_site_cannot_use_is_logged_and_tried_again(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply naming an instance that is none of this kit's is no login: the uplink says why
+    and logs in again, as after a lost link, instead of ending on an exception."""
+    refused = "the server named this client 'x/../../local', which is no instance of site-a"
+
+    async def run() -> tuple[int, int]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        tries = 0
+
+        async def login(token: str, info: object) -> object:
+            nonlocal tries
+            tries += 1
+            if tries == 3:
+                agent.uplink.stop()
+            raise WireError(refused)
+
+        agent.conn.login = login  # type: ignore[method-assign,assignment]
+        try:
+            code = await asyncio.wait_for(agent.uplink.run(), 10)
+        finally:
+            await agent.conn.close()
+        return code, tries
+
+    with caplog.at_level(logging.ERROR, "flclientd.uplink"):
+        code, tries = asyncio.run(run())
+    assert (code, tries) == (0, 3)
+    said = [r.getMessage() for r in caplog.records if r.name == "flclientd.uplink"]
+    assert said == [f"the server's login reply cannot be used: {refused}"] * 3
