@@ -735,10 +735,9 @@ async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
     if not server.known_run(number) and server.db.get_run(number) is None:
         raise CommandError(f"there is no run {number} on this server (list_runs lists them)")
     header = _run_line(server, number)
-    rounds = listings.rounds_of(server.db, number)
     per_page = listings.rounds_per_page(len(server.db.fold_instances(number)))
-    page = _page(_page_word(request, "show_run", 2), len(rounds), per_page)
-    shown = rounds[page.start : page.start + page.size]
+    page = _page(_page_word(request, "show_run", 2), server.db.round_count(number), per_page)
+    shown = listings.rounds_of(server.db, number, page)
     listings.add_sites(server.db, number, shown)
     data = {
         "run": asdict(header),

@@ -187,11 +187,12 @@ def runs_data(lines: Sequence[RunLine], page: Page) -> dict[str, Any]:
 # ---------------------------------------------------------------------- one run
 
 
-def rounds_of(db: StateDB, run_number: int) -> list[RoundLine]:
-    """Every completed round of a run (the final validation last), without the sites yet."""
+def rounds_of(db: StateDB, run_number: int, page: Page) -> list[RoundLine]:
+    """The completed rounds of a run on ``page`` (the final validation last), without the
+    sites yet."""
     return [
         RoundLine(s.round, bounded_metrics(s.metrics), s.duration_s, s.final)
-        for s in db.round_records(run_number)
+        for s in db.round_records_from(run_number, page.start, page.size)
     ]
 
 

@@ -413,6 +413,22 @@ class StateDB:
         ).fetchall()
         return [RoundSummary.from_json(json.loads(r[0])) for r in rows]
 
+    def round_count(self, run_number: int) -> int:
+        """How many completed rounds (the final validation among them) a run has."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM round_metrics WHERE run_number=?", (run_number,)
+        ).fetchone()
+        return int(row[0])
+
+    def round_records_from(self, run_number: int, start: int, count: int) -> list[RoundSummary]:
+        """Up to ``count`` of a run's completed rounds in order, from the ``start``-th (a page
+        of ``show_run``: reading every round of a long run held the server's loop)."""
+        rows = self._db.execute(
+            "SELECT record FROM round_metrics WHERE run_number=? ORDER BY round LIMIT ? OFFSET ?",
+            (run_number, count, start),
+        ).fetchall()
+        return [RoundSummary.from_json(json.loads(r[0])) for r in rows]
+
     def clear_round_records(self, run_number: int) -> None:
         """Forget metrics and folds of a run that is trained again from the start."""
         self._write(

@@ -106,6 +106,9 @@ def test_show_run_gives_each_sites_metrics_per_round_in_bounded_pages(
         assert lines[2] == "round 0: acc=0.0000 · 1.5s"
         assert lines[3].startswith("  site-a: 10 samples m00=0.0000 m01=1.0000")
         assert lines[-1] == "rounds 1-2 of 6 (page 1 of 3; show_run 2 2 for the next)"
+        middle = await execute(server, "show_run 2 2")
+        assert [r["round"] for r in middle.data["rounds"]] == [2, 3]
+        assert sorted(middle.data["rounds"][1]["sites"]) == sites
         last = await execute(server, "show_run 2 3")
         assert last.data["rounds"][-1]["final"] is True
         assert "final validation: acc=0.9900" in last.text
