@@ -55,7 +55,6 @@ REJECTIONS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ("revoked", r"discarded: .*revoked|certificate .* revoked"),
         ("metrics", r"^too many metrics|^metric "),
         ("wrong_run", r"^update is for run \d+|^run \d+ does not exist"),
-        ("wrong_round", r"^round \d+ has not started"),
         ("manifest", r"does not match the global model|has no global model"),
         ("no_samples", r"reports no training samples"),
     )

@@ -424,9 +424,12 @@ class Training:
                 f"{self.config.max_num_clients} participants; update discarded",
             )
         if round_number > state.number:
+            # Only a server that went back in time (restored from a backup) ever offered that
+            # round: the site follows this server, as after any round it missed.
             return Verdict(
-                SubmitOutcome.REJECTED,
-                f"round {round_number} has not started (current round is {state.number})",
+                SubmitOutcome.LATE,
+                f"round {round_number} is ahead of this server's round {state.number} (was "
+                "the server restored from a backup?); update discarded",
             )
         if self._db.is_folded(self.run.run_number, round_number, instance):
             return Verdict(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +61,50 @@ def test_sigterm_stops_server_cleanly_and_run_resumes(cluster: Cluster) -> None:
     server.restart(SERVER_READY)
     assert finished(cluster)["reason"] == "finished"
     assert [r["round"] for r in cluster.metrics() if not r.get("final")] == list(range(6))
+
+
+BACKUP_LEAVES_OUT = ("./startup", "./state/flserverd.lock")
+"""What docs/operations.md's backup leaves out: the kit (its private key) and the lock."""
+
+
+def test_a_server_restored_from_an_earlier_backup_finishes_the_run_from_there(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """docs/operations.md, "Backing up the server": stopped, archived, started; later the
+    archive is put back. The sites had trained rounds the restored server never saw: they
+    follow it back, and the run finishes with every round once in its metrics."""
+    server = cluster.server()
+    cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=8, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    wait_until(lambda: rounds_done(cluster) >= 2, 120, "two rounds")
+    workspace = cluster.root / "server"
+    archive = tmp_path / "server-backup.tgz"
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    backed_up = rounds_done(cluster)
+    excluded = [f"--exclude={path}" for path in BACKUP_LEAVES_OUT]
+    tar = ["tar", "--create", "--gzip", f"--file={archive}", f"--directory={workspace}"]
+    subprocess.run([*tar, *excluded, "."], check=True)
+    server.restart(SERVER_READY)
+    wait_until(lambda: rounds_done(cluster) >= backed_up + 2, 120, "two rounds after the backup")
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    assert rounds_done(cluster) >= backed_up + 2
+    for entry in workspace.iterdir():  # everything but the kit, as the guide says
+        if entry.name != "startup":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    subprocess.run(
+        ["tar", "--extract", f"--file={archive}", f"--directory={workspace}"], check=True
+    )
+    offset = server.restart(SERVER_READY)
+    server.wait_log(rf"resumed run 1 at round {backed_up} of 8", after=offset)
+    assert finished(cluster)["reason"] == "finished"
+    assert [r["round"] for r in cluster.metrics() if not r.get("final")] == list(range(8))
+    assert (workspace / "run_1" / "global_model.safetensors").is_file()
 
 
 def test_client_exits_after_retry_window(make_cluster: Callable[..., Cluster]) -> None:

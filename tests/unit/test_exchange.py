@@ -148,7 +148,6 @@ def test_an_update_is_judged_before_its_bytes_arrive(tmp_path: Path) -> None:
                 manifest, metrics={f"m{i}": 1.0 for i in range(MAX_METRICS + 1)}
             ),
             "update is for run 2": header(manifest, run_number=2),
-            "has not started": header(manifest, round=4),
             "does not match the global model": header(
                 write_model(tmp_path / "f64.safetensors", 1.0, np.float64).manifest
             ),
@@ -158,6 +157,12 @@ def test_an_update_is_judged_before_its_bytes_arrive(tmp_path: Path) -> None:
             assert verdict is not None and verdict.outcome is SubmitOutcome.REJECTED
             assert expected in verdict.message
         assert exchange.check_upload("site-a", header(manifest), training) is None
+        # Only a server restored from an earlier state offered a later round: the site follows.
+        assert exchange.check_upload("site-a", header(manifest, round=4), training) == (
+            SubmitOutcome.LATE,
+            "round 4 is ahead of this server's round 0 (was the server restored from a "
+            "backup?); update discarded",
+        )
 
     on_server(tmp_path, scenario)
 

@@ -342,10 +342,11 @@ def test_rejected_uploads_are_counted_by_reason(tmp_path: Path) -> None:
         exchange.sent("model", 100)
         got = samples_of(*telemetry.collectors())
         rejected = "flstack_server_uploads_rejected_total"
-        for reason in ("wrong_run", "wrong_round", "manifest", "metrics", "content"):
+        for reason in ("wrong_run", "manifest", "metrics", "content"):
             assert value(got, rejected, kind="update", reason=reason) == 1, reason
         assert value(got, rejected, kind="unknown", reason="unreadable") == 1
-        assert value(got, "flstack_server_uploads_total", kind="update", outcome="rejected") == 5
+        assert value(got, "flstack_server_uploads_total", kind="update", outcome="rejected") == 4
+        assert value(got, "flstack_server_uploads_total", kind="update", outcome="late") == 1
         assert value(got, "flstack_server_uploads_total", kind="update", outcome="duplicate") == 1
         # what arrived: the accepted update, and the poisoned one's "b" before its NaN "w"
         received = value(got, "flstack_server_received_bytes_total", kind="update")
