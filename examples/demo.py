@@ -127,7 +127,7 @@ class Demo:
             f"admin_port: {admin_port}, org: lead}}\n"
             f"clients:\n{clients}\n"
             f"admins:\n  - {{email: {ADMIN}, org: lead, role: super}}\n"
-            "settings: {heart_beat_timeout: 60, heartbeat_interval: 5, cert_validity_days: 30}\n"
+            "settings: {heart_beat_timeout: 60, heartbeat_interval: 5}\n"
         )
         out = run(
             [

@@ -26,7 +26,13 @@ from flclientd.agent import Agent
 from flclientd.device import probe_device
 from flclientd.logforward import LogForwarder
 from flclientd.uplink import EXIT_REFUSED
-from flcore.daemon import collect_garbage_in_bulk, daemon_parser, start_daemon, stop_on_signals
+from flcore.certlife import kit_lives, watch_lives
+from flcore.daemon import (
+    collect_garbage_in_bulk,
+    daemon_parser,
+    start_daemon,
+    stop_on_signals,
+)
 from flcore.exporter import EndpointSettings, endpoint_settings, serve_metrics
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
@@ -87,6 +93,7 @@ async def serve(
 ) -> int:
     """Run the agent until shutdown, SIGTERM or the end of the retry window."""
     files = TlsFiles.named_by(startup, workspace / STARTUP_DIR)
+    lives = kit_lives(workspace / STARTUP_DIR, startup, startup.name)
     device = await asyncio.to_thread(probe_device)
     try:
         agent = Agent(workspace, startup, files, data_root, device, forwarder)
@@ -98,11 +105,12 @@ async def serve(
         from flclientd.telemetry import ClientTelemetry  # imports prometheus_client
 
         try:
-            endpoint = serve_metrics(metrics, [ClientTelemetry(agent)])
+            endpoint = serve_metrics(metrics, [ClientTelemetry(agent)], lives)
         except ConfigError as exc:
             log.error("%s", exc)
             return EXIT_REFUSED
     stop_on_signals(agent.request_shutdown)
+    kit_watch = asyncio.get_running_loop().create_task(watch_lives(lives))
     collect_garbage_in_bulk()
     notify("READY=1", f"STATUS=client {startup.name} of {startup.project} on {device.device}")
     if data_root is None:
@@ -122,6 +130,7 @@ async def serve(
     try:
         code = await agent.run()
     finally:
+        kit_watch.cancel()
         if endpoint is not None:
             await asyncio.to_thread(endpoint.close)
     log.info("flclientd stopped")

@@ -14,19 +14,31 @@ import os
 import resource
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flcore import faultpoints
+from flcore.certlife import check_lives, kit_lives
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import STARTUP_DIR
+from flcore.tls import NamesTlsFiles
 
 log = logging.getLogger(__name__)
 
-S = TypeVar("S")
+
+class KitConfig(NamesTlsFiles, Protocol):
+    """A daemon's startup config: the kit's PEM files and the participant's name."""
+
+    @property
+    def name(self) -> str:
+        """The participant the kit was issued to."""
+
+
+S = TypeVar("S", bound=KitConfig)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -55,7 +67,8 @@ def start_daemon(
     args: argparse.Namespace, load: Callable[[Path], S], daemon_log: logging.Logger
 ) -> tuple[Path, S] | None:
     """What both daemons do before anything else: no core dumps, room for connections,
-    few malloc arenas, logging to stderr, then the kit's signature and its startup config.
+    few malloc arenas, logging to stderr, then the kit's signature, its startup config and
+    its certificates' validity (an ended one is refused, one that ends soon warned about).
 
     Returns the resolved workspace and the loaded config, or None after
     logging (to ``daemon_log``) why the kit cannot be used.
@@ -68,7 +81,9 @@ def start_daemon(
     workspace: Path = args.workspace.resolve()
     try:
         verify_startup(workspace / STARTUP_DIR)
-        return workspace, load(workspace)
+        config = load(workspace)
+        check_lives(kit_lives(workspace / STARTUP_DIR, config, config.name), datetime.now(UTC))
+        return workspace, config
     except (KitSignatureError, ConfigError) as exc:
         daemon_log.error("%s", exc)
         return None

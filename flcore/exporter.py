@@ -25,11 +25,12 @@ import ipaddress
 import logging
 import ssl
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flcore.certlife import CertLife
 from flcore.schema import ConfigError
 from flcore.startup import LOCAL_DIR, ClientStartup, ServerStartup, check_private_key
 
@@ -140,9 +141,33 @@ def status_family(name: str, whose: str, statuses: Iterable[str], current: str) 
     return family
 
 
-def serve_metrics(settings: EndpointSettings, collectors: Iterable[Any]) -> Endpoint:
-    """Serve the daemon's own collectors, with the process's memory and CPU and Python's
-    garbage collector beside them; ConfigError when the address cannot be served."""
+class _Certificates:
+    """When the kit's certificates end, for an alert well before they do (the daemon warns in
+    its log from 30 days before; an alert can look further ahead)."""
+
+    def __init__(self, lives: Sequence[CertLife]) -> None:
+        self._lives = lives
+
+    def collect(self) -> Iterator[Any]:
+        """One series per certificate: ``own`` and ``ca``."""
+        from prometheus_client.core import GaugeMetricFamily  # with the endpoint only
+
+        family = GaugeMetricFamily(
+            "flstack_certificate_expiry_timestamp_seconds",
+            "When the kit's certificate (own) and the project CA (ca) end, in Unix time",
+            labels=["certificate"],
+        )
+        for label, life in zip(("own", "ca"), self._lives, strict=True):
+            family.add_metric([label], life.not_after.timestamp())
+        yield family
+
+
+def serve_metrics(
+    settings: EndpointSettings, collectors: Iterable[Any], lives: Sequence[CertLife]
+) -> Endpoint:
+    """Serve the daemon's own collectors, with when its kit's certificates (``lives``: its
+    own, then the CA's) end, the process's memory and CPU and Python's garbage collector
+    beside them; ConfigError when the address cannot be served."""
     from prometheus_client import (  # here: only a site that turned it on pays for it
         GC_COLLECTOR,
         PLATFORM_COLLECTOR,
@@ -154,7 +179,8 @@ def serve_metrics(settings: EndpointSettings, collectors: Iterable[Any]) -> Endp
     from flcore.metricsserver import MetricsServer
 
     registry = CollectorRegistry()
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, *collectors):
+    own = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, _Certificates(lives))
+    for collector in (*own, *collectors):
         registry.register(collector)
     if not settings.loopback and settings.cert is None:
         log.warning(

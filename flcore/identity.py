@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 
 from cryptography import x509
@@ -36,6 +37,8 @@ class Identity:
     role: str = ""
     serial: int = 0
     """The certificate's serial number: what a revocation list names."""
+    valid_until: datetime | None = None
+    """When the certificate ends (the server warns as it nears)."""
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
@@ -55,6 +58,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         kind=_attr(subject, NameOID.ORGANIZATIONAL_UNIT_NAME),
         role=_attr(subject, NameOID.TITLE),
         serial=cert.serial_number,
+        valid_until=cert.not_valid_after_utc,
     )
 
 

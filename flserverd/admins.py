@@ -45,8 +45,14 @@ class AdminLogin:
 class AdminLogins:
     """Logged-in admins by token, with what each admin did last."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        on_login: Callable[[Identity], None] = lambda _: None,
+    ) -> None:
+        """``on_login`` hears of every admitted admin's certificate (its end is checked)."""
         self._clock = clock
+        self._on_login = on_login
         self._logins: dict[bytes, AdminLogin] = {}
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
         self._feeds: dict[str, int] = {}
@@ -72,6 +78,7 @@ class AdminLogins:
         mine = sorted((s.last_used, k) for k, s in self._logins.items() if s.user == identity.name)
         for _, key in mine[: max(0, len(mine) - MAX_LOGINS_PER_ADMIN + 1)]:
             del self._logins[key]
+        self._on_login(identity)
         token = new_token()
         admin = AdminLogin(token, identity.name, identity.role, now, identity.serial)
         self._logins[token_key(token)] = admin

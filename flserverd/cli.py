@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from flcore.certlife import kit_lives, watch_lives
 from flcore.daemon import (
     collect_garbage_in_bulk,
     daemon_parser,
@@ -80,6 +81,7 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 async def serve(workspace: Path, startup: ServerStartup) -> int:
     """Run the server until SIGTERM, SIGINT or an admin's shutdown."""
     credentials = server_credentials(TlsFiles.named_by(startup, workspace / STARTUP_DIR))
+    lives = kit_lives(workspace / STARTUP_DIR, startup, startup.name)
     metrics = endpoint_settings(startup, workspace, SERVER_FILE)
     hold_workspace(workspace / "state" / "flserverd.lock", "flserverd")
     server = FLServer(workspace, startup, flstack_version())
@@ -99,7 +101,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     try:
         _bind(federation, f"{startup.listen_host}:{startup.fed_port}", credentials)
         _bind(admin, f"{startup.listen_host}:{startup.admin_port}", credentials)
-        watching = start_watching(server, federation_service.exchange, metrics, workspace)
+        watching = start_watching(server, federation_service.exchange, metrics, workspace, lives)
     except ConfigError:
         await server.close(0)
         raise
@@ -112,6 +114,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     shutdown = loop.create_task(server.shutdown_requested.wait())
     stopped = loop.create_task(stop.wait())
 
+    kit_watch = loop.create_task(watch_lives(lives))
     collect_garbage_in_bulk()
     notify("READY=1", f"STATUS=serving project {startup.project}")
     log.info(
@@ -130,5 +133,6 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     await asyncio.gather(federation.stop(RPC_GRACE_S), admin.stop(RPC_GRACE_S))
     await server.close(CHECKPOINT_GRACE_S)
     await watching.close()
+    kit_watch.cancel()
     log.info("flserverd stopped")
     return 0

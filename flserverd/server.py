@@ -22,6 +22,7 @@ from pathlib import Path
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
+from flcore.certlife import EndingPeers
 from flcore.diskfault import disk_fault
 from flcore.federation import (
     ClientHeartbeat,
@@ -113,7 +114,8 @@ class FLServer:
         self.registry = ClientRegistry(
             self.db, startup.heart_beat_timeout, max_instances=startup.max_instances_per_kit
         )
-        self.admins = AdminLogins()
+        self.ending_certificates = EndingPeers()
+        self.admins = AdminLogins(on_login=self.ending_certificates.logged_in)
         self.revocations = Revocations(
             self.db,
             state_dir / CRL_STORE,
@@ -565,6 +567,7 @@ class FLServer:
             log.warning("refused federation login with %s", who)
             raise AuthError(f"the federation service accepts client certificates only, got {who}")
         login = self.registry.login(identity, token, machine)
+        self.ending_certificates.logged_in(identity)
         client = login.client
         self._revoked_instances.pop(client.instance, None)
         verb = "resumed its registration" if login.resumed else "joined"

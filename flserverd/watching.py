@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from flcore.certlife import CertLife
 from flcore.exporter import Endpoint, EndpointSettings, serve_metrics
 from flcore.feed import Body
 from flserverd.events import CutOff
@@ -89,10 +91,15 @@ class Watching:
 
 
 def start_watching(
-    server: FLServer, exchange: ModelExchange, metrics: EndpointSettings | None, workspace: Path
+    server: FLServer,
+    exchange: ModelExchange,
+    metrics: EndpointSettings | None,
+    workspace: Path,
+    lives: Sequence[CertLife],
 ) -> Watching:
     """The tracker (idle until a run's app asks for MLflow) and, when the site turned it on,
-    the metrics endpoint; ConfigError when the endpoint cannot be served."""
+    the metrics endpoint (with when the kit's certificates, ``lives``, end); ConfigError when
+    the endpoint cannot be served."""
     watching = Watching(server, exchange)
     watching.tracker = Tracker(server, workspace)
     watching.add(watching.tracker)
@@ -101,6 +108,6 @@ def start_watching(
 
         telemetry = ServerTelemetry(server)
         watching.add(telemetry)
-        watching.endpoint = serve_metrics(metrics, telemetry.collectors())
+        watching.endpoint = serve_metrics(metrics, telemetry.collectors(), lives)
     watching.start()
     return watching

@@ -33,6 +33,7 @@ from flclientd.telemetry import ClientTelemetry
 from flcore import startup
 from flcore import status as st
 from flcore.appconfig import MlflowSettings, parse_server_config
+from flcore.certlife import CertLife
 from flcore.compression import WireChunk
 from flcore.exporter import EndpointSettings, endpoint_settings, serve_metrics
 from flcore.federation import MetricsKind, MetricsReport, SubmitOutcome, UploadKind, Verdict
@@ -158,16 +159,26 @@ def test_only_loopback_counts_as_this_machine() -> None:
     assert EndpointSettings("::1", 9).url == "http://[::1]:9/metrics"
 
 
+LIVES = [
+    CertLife("own", datetime.fromtimestamp(1.7e9, UTC), datetime.fromtimestamp(1.8e9, UTC), ""),
+    CertLife("ca", datetime.fromtimestamp(1.7e9, UTC), datetime.fromtimestamp(2.1e9, UTC), ""),
+]
+"""A kit's certificates, as the endpoint shows when they end."""
+
+
 def test_endpoint_serves_plain_http_on_loopback_and_refuses_a_port_in_use() -> None:
     (port,) = free_ports(1)
-    endpoint = serve_metrics(EndpointSettings("127.0.0.1", port), [])
+    endpoint = serve_metrics(EndpointSettings("127.0.0.1", port), [], LIVES)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as reply:
             text = reply.read().decode()
         assert "process_resident_memory_bytes" in text
+        expiry = "flstack_certificate_expiry_timestamp_seconds"
+        assert f'{expiry}{{certificate="own"}} 1.8e+09' in text
+        assert f'{expiry}{{certificate="ca"}} 2.1e+09' in text
         with pytest.raises(ConfigError, match=rf"cannot serve metrics on {url}"):
-            serve_metrics(EndpointSettings("127.0.0.1", port), [])
+            serve_metrics(EndpointSettings("127.0.0.1", port), [], LIVES)
     finally:
         endpoint.close()
 
@@ -202,7 +213,7 @@ def test_endpoint_over_tls_requires_the_scrapers_certificate(tmp_path: Path) -> 
     (tmp_path / "ca.pem").write_bytes(files["ca.pem"])
     settings = settings_of(ws)
     assert settings is not None and settings.url == f"https://127.0.0.1:{port}/metrics"
-    endpoint = serve_metrics(settings, [])
+    endpoint = serve_metrics(settings, [], LIVES)
     try:
         context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
         with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
@@ -227,7 +238,7 @@ def test_a_connection_that_sends_nothing_stops_neither_scrapes_nor_shutdown(
     (tmp_path / "ca.pem").write_bytes(files["ca.pem"])
     settings = settings_of(ws)
     assert settings is not None
-    endpoint = serve_metrics(settings, [])
+    endpoint = serve_metrics(settings, [], LIVES)
     idle = socket.create_connection(("127.0.0.1", port))
     try:
         context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))

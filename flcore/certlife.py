@@ -1,0 +1,188 @@
+"""How long a kit's certificates stay valid, and what is said before they end.
+
+A participant's certificate is issued for ``cert_validity_days`` (360 by
+default) and the project CA for ten years. When one ends, every TLS
+handshake of its holder fails and gRPC says no more than "handshake
+failed", a year after anyone last thought about the kits. So a daemon reads
+its own certificate and the CA's at start: one that has ended, or is not
+valid yet (a clock that is wrong), is a clear error before any port opens,
+and one that ends within :data:`WARN_DAYS` is a warning, repeated daily
+while the daemon runs. The server also warns when a site or an admin whose
+certificate ends soon logs in, since only lead IT can issue new kits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from flcore.identity import Identity
+from flcore.schema import ConfigError
+from flcore.tls import NamesTlsFiles
+
+log = logging.getLogger(__name__)
+
+WARN_DAYS = 30
+"""Days before its end from which a certificate's end is warned about."""
+DAY_S = 86_400.0
+
+
+def _when(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+@dataclass(frozen=True)
+class CertLife:
+    """One certificate's validity, named for the log, with what to do when it ends."""
+
+    what: str
+    """``this kit's certificate (flclient1)``, ``the project CA``."""
+    not_before: datetime
+    not_after: datetime
+    renewal: str
+    """Who makes a new one, and how."""
+
+    @classmethod
+    def of(cls, cert: x509.Certificate, what: str, renewal: str) -> CertLife:
+        """The validity of ``cert``."""
+        return cls(what, cert.not_valid_before_utc, cert.not_valid_after_utc, renewal)
+
+    def problem(self, now: datetime) -> str | None:
+        """Why the certificate cannot be used at ``now``, or None."""
+        if now >= self.not_after:
+            return f"{self.what} expired on {_when(self.not_after)}: {self.renewal}"
+        if now < self.not_before:
+            return (
+                f"{self.what} is valid from {_when(self.not_before)} only, and this machine's "
+                f"clock says {_when(now)}: set the clock right (NTP)"
+            )
+        return None
+
+    def warning(self, now: datetime) -> str | None:
+        """That the certificate ends within :data:`WARN_DAYS` of ``now``, or None."""
+        return ends_soon(self.what, self.not_after, now, self.renewal)
+
+
+def ends_soon(what: str, end: datetime, now: datetime, renewal: str) -> str | None:
+    """That ``what`` ends at ``end``, within :data:`WARN_DAYS` of ``now``, and what to do;
+    None when it does not (or has ended already)."""
+    left = end - now
+    if not timedelta(0) < left <= timedelta(days=WARN_DAYS):
+        return None
+    days = left.days
+    within = "less than a day" if days < 1 else f"{days} day{'s' if days > 1 else ''}"
+    return f"{what} expires on {_when(end)}, in {within}: {renewal} before then"
+
+
+def participant_renewal(name: str) -> str:
+    """What a participant whose certificate ends must do."""
+    return (
+        f"ask lead IT for a new kit (flprovision --reissue {name}) and extract it in place "
+        "of this one"
+    )
+
+
+CA_RENEWAL = "lead IT must provision the project again (every kit ends with its CA)"
+
+
+def kit_lives(startup_dir: Path, config: NamesTlsFiles, name: str) -> list[CertLife]:
+    """The validity of a kit's own certificate and of its project CA.
+
+    Raises:
+        ConfigError: a certificate file cannot be read or is no certificate.
+    """
+    lives = []
+    for file_name, what, renewal in (
+        (config.ssl_cert, f"this kit's certificate ({name})", participant_renewal(name)),
+        (config.ssl_root_cert, "the project CA", CA_RENEWAL),
+    ):
+        path = startup_dir / file_name
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise ConfigError(f"{path} holds no certificate; re-extract the kit") from None
+        lives.append(CertLife.of(cert, what, renewal))
+    return lives
+
+
+def tell(lives: Sequence[CertLife], now: datetime) -> list[str]:
+    """Log a warning for each certificate that ends soon; the problems of those that cannot
+    be used at ``now``."""
+    problems = []
+    for life in lives:
+        problem = life.problem(now)
+        warning = life.warning(now)
+        if problem is not None:
+            problems.append(problem)
+        elif warning is not None:
+            log.warning("%s", warning)
+    return problems
+
+
+def check_lives(lives: Sequence[CertLife], now: datetime) -> None:
+    """What a daemon checks at start: warns about a certificate that ends soon.
+
+    Raises:
+        ConfigError: a certificate has ended or is not valid yet.
+    """
+    problems = tell(lives, now)
+    if problems:
+        raise ConfigError(problems[0])
+
+
+async def watch_lives(
+    lives: Sequence[CertLife],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Say once a day, for as long as the daemon runs, what :func:`check_lives` says at start
+    (an ended certificate as an error: the daemon goes on, and its peers refuse it)."""
+    while True:
+        await pause(DAY_S)
+        for problem in tell(lives, clock()):
+            log.error("%s", problem)
+
+
+MAX_WARNED = 10_000
+"""Participants remembered as warned today (they are provisioned kits, so few; bounded
+all the same)."""
+
+
+class EndingPeers:
+    """The server's warning, at most once a day per participant, when a site or an admin
+    whose certificate ends soon logs in: lead IT reads the server's log, and only lead IT
+    can issue the new kit."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self._clock = clock
+        self._warned: dict[str, str] = {}
+        """The day (ISO date) each participant was last warned about."""
+
+    def logged_in(self, identity: Identity) -> None:
+        """Warn about ``identity``'s certificate if it ends soon and was not warned of today."""
+        if identity.valid_until is None:
+            return
+        now = self._clock()
+        today = now.date().isoformat()
+        if self._warned.get(identity.name) == today:
+            return
+        warning = ends_soon(
+            f"the certificate of {identity.kind} {identity.name}",
+            identity.valid_until,
+            now,
+            f"lead IT must issue it a new kit (flprovision --reissue {identity.name})",
+        )
+        if warning is None:
+            return
+        if len(self._warned) >= MAX_WARNED:
+            self._warned.clear()
+        self._warned[identity.name] = today
+        log.warning("%s", warning)
