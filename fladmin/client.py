@@ -16,12 +16,13 @@ import math
 import shlex
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from flcore.certlife import judged, kit_lives
 from flcore.configfile import parse_json, read_bounded
 from flcore.feed import json_printable, printable
 from flcore.folders import FolderError, folder_size, iter_chunks
@@ -109,20 +110,36 @@ def _local(line: str, ok: bool, text: str, data: dict[str, Any] | None = None) -
 
 
 def load_kit(startup_dir: Path) -> AdminStartup:
-    """Check an admin kit's signature and read its settings.
+    """Check an admin kit's signature and its certificates' validity and read its settings.
 
     Raises:
         AdminError: the kit is missing, tampered with or unreadable (a folder
-            without permission, a name too long): the console then asks again.
+            without permission, a name too long), or its certificate or the CA has
+            ended (the server would refuse the handshake without a word on why): the
+            console then asks again.
     """
     try:
         verify_startup(startup_dir)
-        return load_admin(startup_dir)
+        kit = load_admin(startup_dir)
+        problems, _ = judged(kit_lives(startup_dir, kit, kit.email), datetime.now(UTC))
+        if problems:
+            raise AdminError(problems[0])
+        return kit
     except (KitSignatureError, ConfigError) as exc:
         raise AdminError(str(exc)) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise AdminError(f"{startup_dir}: cannot read the admin kit ({reason})") from None
+
+
+def kit_warnings(startup_dir: Path, kit: AdminStartup) -> list[str]:
+    """What the admin should hear of the kit's certificates: that one ends soon (the server
+    logs it too, but lead IT may not read that log before the kit stops working)."""
+    try:
+        _, warnings = judged(kit_lives(startup_dir, kit, kit.email), datetime.now(UTC))
+    except ConfigError:
+        return []  # load_kit read them a moment ago; a kit swapped meanwhile says so at login
+    return warnings
 
 
 class AdminClient:

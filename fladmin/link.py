@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
-from fladmin.client import DEFAULT_TIMEOUT_S, AdminClient, AdminError, CommandReply, load_kit
+from fladmin.client import (
+    DEFAULT_TIMEOUT_S,
+    AdminClient,
+    AdminError,
+    CommandReply,
+    kit_warnings,
+    load_kit,
+)
 from flcore.feed import FeedEvent
 from flcore.feedwire import events_from_proto
 
@@ -28,6 +35,8 @@ class Link(Protocol):
     target: str
     transfer_dir: Path
     timeout: float
+    kit_warnings: list[str]
+    """What the admin should hear of the kit at the first login (its certificate ends soon)."""
 
     async def login(self) -> None:
         """Log in (again); AdminError says why not, ``refused`` when retrying cannot help."""
@@ -58,6 +67,7 @@ class AdminLink:
         """
         self.startup = startup.resolve()
         self.kit = load_kit(self.startup)
+        self.kit_warnings = kit_warnings(self.startup, self.kit)
         self.user = user or self.kit.email
         self.role = self.kit.role
         self.project = self.kit.project

@@ -113,17 +113,20 @@ def kit_lives(startup_dir: Path, config: NamesTlsFiles, name: str) -> list[CertL
     return lives
 
 
+def judged(lives: Sequence[CertLife], now: datetime) -> tuple[list[str], list[str]]:
+    """What ``lives`` say at ``now``: the problems of the certificates that cannot be used,
+    and the warnings about those that end soon."""
+    problems = [p for p in (life.problem(now) for life in lives) if p is not None]
+    warnings = [w for w in (life.warning(now) for life in lives) if w is not None]
+    return problems, warnings
+
+
 def tell(lives: Sequence[CertLife], now: datetime) -> list[str]:
     """Log a warning for each certificate that ends soon; the problems of those that cannot
     be used at ``now``."""
-    problems = []
-    for life in lives:
-        problem = life.problem(now)
-        warning = life.warning(now)
-        if problem is not None:
-            problems.append(problem)
-        elif warning is not None:
-            log.warning("%s", warning)
+    problems, warnings = judged(lives, now)
+    for warning in warnings:
+        log.warning("%s", warning)
     return problems
 
 

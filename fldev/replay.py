@@ -64,6 +64,7 @@ class ReplayLink:
         self.transfer_dir = transfer_dir
         self.startup = transfer_dir.parent / "startup"
         self.timeout = 10.0
+        self.kit_warnings: list[str] = []
         self.sent: list[tuple[str, bool]] = []
         self._pushed: asyncio.Queue[FeedEvent] = asyncio.Queue()
         self._seq = self._events[-1].seq if self._events else 0

@@ -284,6 +284,12 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             return
 
     def _connected(self) -> None:
+        if not self._ever_connected and self.link is not None:
+            for warning in self.link.kit_warnings:
+                self.log_line("WARNING", warning)
+                self.notify(
+                    warning, title="admin kit", severity="warning", timeout=20, markup=False
+                )
         if self._ever_connected and not self.connected:
             self.notify("reconnected: showing a fresh snapshot", title="connection")
             self.log_line("INFO", "reconnected")

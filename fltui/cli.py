@@ -22,6 +22,7 @@ from fladmin.client import (
     AdminClient,
     AdminError,
     CommandReply,
+    kit_warnings,
     load_kit,
     parse_timeout,
 )
@@ -139,6 +140,8 @@ async def connect(args: argparse.Namespace) -> AdminClient:
     """Read the kit, connect and log in (AdminError on failure)."""
     startup = (args.startup or DEFAULT_STARTUP).resolve()
     kit = load_kit(startup)
+    for warning in kit_warnings(startup, kit):
+        print(f"fltui: warning: {warning}", file=sys.stderr)
     client = AdminClient(startup, kit, args.user or kit.email)
     try:
         await client.login()

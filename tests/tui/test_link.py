@@ -264,3 +264,30 @@ def test_a_fault_in_the_consoles_own_feed_code_is_said_and_the_feed_taken_again(
             assert lost == [f"connection lost: {said[0]}"]
 
     asyncio.run(scenario())
+
+
+def test_an_admin_kit_that_ends_soon_is_said_once_at_the_first_connection(
+    tmp_path: Path,
+) -> None:
+    ending = (
+        "this kit's certificate (admin@lead.org) expires on 2025-07-01 12:00 UTC, in 16 days: "
+        "ask lead IT for a new kit (flprovision --reissue admin@lead.org) and extract it in "
+        "place of this one before then"
+    )
+
+    async def scenario() -> None:
+        link = DroppingLink(transfer_dir=tmp_path / "transfer")
+        link.kit_warnings = [ending]
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05, retry_first_s=0.2)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            link.drop()
+            await wait_for(pilot, lambda: app.link_look is DISCONNECTED)
+            link.heal()
+            await wait_for(pilot, lambda: app.link_look is CONNECTED, what="the reconnection")
+            said = [e.message for e in app.store.logs if e.level == "WARNING"]
+            assert said.count(ending) == 1
+            notes = [n for n in app._notifications if n.title == "admin kit"]
+            assert [n.message for n in notes] == [ending]
+
+    asyncio.run(scenario())

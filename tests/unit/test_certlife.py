@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from fladmin.client import AdminError, kit_warnings, load_kit
 from flcore.certlife import (
     DAY_S,
     CertLife,
@@ -140,26 +141,28 @@ def test_the_server_warns_of_an_ending_peer_once_a_day(caplog: pytest.LogCapture
     ]
 
 
+def ended_kit(provisioned: Any, name: str, subject: pki.Subject, into: Path) -> datetime:
+    """Extract ``name``'s kit into ``into`` with a certificate of the project's CA that ended,
+    sealed again by the CA as lead IT would have; returns when it ended."""
+    extract_kit(provisioned.kit(name), provisioned.password(name), into)
+    startup = into / STARTUP_DIR
+    ca = Workspace(provisioned.root).require_ca()
+    ended = pki.issue(ca, subject, "ecdsa-p256", 30, datetime.now(UTC) - timedelta(days=40))
+    (startup / "client.crt").write_bytes(pki.cert_pem(ended.cert))
+    (startup / "client.key").write_bytes(pki.key_pem(ended.key))
+    files = {k: v for k, v in read_startup(startup).items() if k != SIGNATURE_FILE}
+    (startup / SIGNATURE_FILE).write_bytes(sign_files(files, ca.key))
+    return ended.cert.not_valid_after_utc
+
+
 def test_a_daemon_whose_certificate_ended_refuses_to_start_and_says_why(
     provisioned_workspace: Any, tmp_path: Path
 ) -> None:
     """A kit of the project's CA, sealed by it, whose certificate ended: before, the daemon
     started and every handshake failed with gRPC's "handshake failed"."""
     workspace = tmp_path / "site-a"
-    extract_kit(
-        provisioned_workspace.kit("site-a"), provisioned_workspace.password("site-a"), workspace
-    )
-    startup = workspace / STARTUP_DIR
-    ca = Workspace(provisioned_workspace.root).require_ca()
-    long_ago = datetime.now(UTC) - timedelta(days=40)
-    ended = pki.issue(
-        ca, pki.Subject("site-a", "hospital-a", KIND_CLIENT), "ecdsa-p256", 30, long_ago
-    )
-    config = load_client(workspace)
-    (startup / config.ssl_cert).write_bytes(pki.cert_pem(ended.cert))
-    (startup / config.ssl_private_key).write_bytes(pki.key_pem(ended.key))
-    files = {k: v for k, v in read_startup(startup).items() if k != SIGNATURE_FILE}
-    (startup / SIGNATURE_FILE).write_bytes(sign_files(files, ca.key))
+    subject = pki.Subject("site-a", "hospital-a", KIND_CLIENT)
+    end = ended_kit(provisioned_workspace, "site-a", subject, workspace)
     daemon = subprocess.run(
         [sys.executable, "-m", "flclientd", "--workspace", str(workspace)],
         capture_output=True,
@@ -167,11 +170,31 @@ def test_a_daemon_whose_certificate_ended_refuses_to_start_and_says_why(
         timeout=60,
     )
     assert daemon.returncode == 2
-    end = ended.cert.not_valid_after_utc
     assert f"this kit's certificate (site-a) expired on {end:%Y-%m-%d %H:%M} UTC: ask lead IT" in (
         daemon.stderr
     )
     assert "Traceback" not in daemon.stderr
+
+
+def test_an_admin_kit_that_ended_is_refused_and_one_that_ends_soon_is_said(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The console would have shown the server's handshake failing, nothing about the kit."""
+    admin = "lead@example.org"
+    soon = tmp_path / "soon"
+    extract_kit(provisioned_workspace.kit(admin), provisioned_workspace.password(admin), soon)
+    kit = load_kit(soon / STARTUP_DIR)
+    [warning] = kit_warnings(soon / STARTUP_DIR, kit)
+    assert warning.startswith(f"this kit's certificate ({admin}) expires on ")  # 30-day kits
+    ended = tmp_path / "ended"
+    end = ended_kit(
+        provisioned_workspace, admin, pki.Subject(admin, "lead", KIND_ADMIN, "super"), ended
+    )
+    with pytest.raises(AdminError) as refused:
+        load_kit(ended / STARTUP_DIR)
+    assert str(refused.value).startswith(
+        f"this kit's certificate ({admin}) expired on {end:%Y-%m-%d %H:%M} UTC: ask lead IT"
+    )
 
 
 def test_a_site_and_an_admin_whose_certificates_end_soon_are_warned_of_at_login(
