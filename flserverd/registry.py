@@ -68,6 +68,7 @@ class RegisteredClient:
     org: str
     connected_at: float
     last_heartbeat: float
+    """When it was last heard from, by the wall clock (what people are shown)."""
     connected: bool = False
     status: ClientStatus = field(default_factory=ClientStatus)
     machine: MachineInfo = field(default_factory=MachineInfo)
@@ -75,6 +76,10 @@ class RegisteredClient:
     """When the client last changed its status word or run (0: not since the server started)."""
     serial: int = 0
     """Serial of the certificate it last presented (0 until it does after a restart)."""
+    heard_at: float = 0.0
+    """When it was last heard from, by the registry's monotonic clock: what its silence is
+    measured on, so that a step of the wall clock (NTP, a resumed VM) drops no one and keeps
+    no dead client."""
 
     @property
     def token_id(self) -> str:
@@ -100,11 +105,14 @@ class ClientRegistry:
         heart_beat_timeout: float,
         clock: Callable[[], float] = time.time,
         max_instances: int = 4,
+        ticks: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` dates what people see; ``ticks`` measures silences."""
         self._db = db
         self.heart_beat_timeout = heart_beat_timeout
         self.max_instances = max_instances
         self._clock = clock
+        self._ticks = ticks
         self._clients: dict[bytes, RegisteredClient] = {}
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
         self._by_instance: dict[str, RegisteredClient] = {}
@@ -125,6 +133,7 @@ class ClientRegistry:
                     org=record.org,
                     connected_at=record.created_at,
                     last_heartbeat=now,
+                    heard_at=ticks(),
                     status=_restored(ClientStatus, status),
                     machine=_restored(MachineInfo, machine),
                     status_at=_number(status.get(STATUS_AT)),
@@ -177,7 +186,7 @@ class ClientRegistry:
                 f"not to certificate {identity.name!r}"
             )
         if client is not None:
-            client.last_heartbeat = now
+            self.heard(client)
             client.machine = machine
             client.serial = identity.serial
             self.remember(client)
@@ -200,6 +209,7 @@ class ClientRegistry:
             org=identity.org,
             connected_at=now,
             last_heartbeat=now,
+            heard_at=self._ticks(),
             machine=machine,
             serial=identity.serial,
         )
@@ -246,18 +256,23 @@ class ClientRegistry:
             raise AuthError("unknown or expired token: log in again")
         if identity is None or identity.name != client.client_name:
             raise AuthError("token was issued to another certificate")
-        client.last_heartbeat = self._clock()
+        self.heard(client)
         client.serial = identity.serial
         return client
 
     def heard(self, client: RegisteredClient) -> None:
         """Note that a client was heard from just now."""
         client.last_heartbeat = self._clock()
+        client.heard_at = self._ticks()
+
+    def silence(self, client: RegisteredClient) -> float:
+        """Seconds since the client was last heard from."""
+        return self._ticks() - client.heard_at
 
     def expired(self) -> list[RegisteredClient]:
         """Clients silent for longer than the heartbeat timeout."""
-        limit = self._clock() - self.heart_beat_timeout
-        return [s for s in self._clients.values() if s.last_heartbeat < limit]
+        limit = self._ticks() - self.heart_beat_timeout
+        return [s for s in self._clients.values() if s.heard_at < limit]
 
     def remove(self, client: RegisteredClient) -> None:
         """Forget a client (dropped, logged out or shut down)."""

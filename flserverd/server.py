@@ -273,7 +273,7 @@ class FLServer:
         while True:
             await asyncio.sleep(interval)
             for client in self.registry.expired():
-                silent = time.time() - client.last_heartbeat
+                silent = self.registry.silence(client)
                 self.drop(client, f"no heartbeat for {silent:.0f}s")
             self.revocations.check_stale()
 

@@ -169,7 +169,7 @@ def test_unknown_token_at_login_registers_anew(db: StateDB) -> None:
 
 def test_expired_after_timeout(db: StateDB) -> None:
     clock = Clock()
-    registry = ClientRegistry(db, 10, clock)
+    registry = ClientRegistry(db, 10, ticks=clock)
     quiet, _, _ = registry.login(SITE_A, "", MachineInfo())
     chatty, _, _ = registry.login(SITE_B, "", MachineInfo())
     clock.now += 6
@@ -182,6 +182,25 @@ def test_expired_after_timeout(db: StateDB) -> None:
     assert {s.instance for s in registry.expired()} == {"site-a", "site-b"}
     registry.remove(quiet)
     assert registry.expired() == [chatty]
+
+
+def test_a_step_of_the_wall_clock_drops_no_one_and_keeps_no_dead_client(db: StateDB) -> None:
+    """NTP or a resumed VM moves the wall clock an hour: silences are measured on the
+    monotonic clock. Forward, every client was dropped at the next sweep; back, a dead one
+    stayed registered for an hour."""
+    wall, ticks = Clock(1_000_000), Clock()
+    registry = ClientRegistry(db, 10, wall, ticks=ticks)
+    alive, _, _ = registry.login(SITE_A, "", MachineInfo())
+    dead, _, _ = registry.login(SITE_B, "", MachineInfo())
+    wall.now += 3600
+    ticks.now += 6
+    registry.heard(alive)
+    assert registry.expired() == []
+    assert alive.last_heartbeat == 1_003_600  # what people are shown: the wall clock
+    wall.now -= 7200
+    ticks.now += 5
+    assert registry.expired() == [dead]
+    assert registry.silence(dead) == 11
 
 
 def test_a_full_disk_keeps_registrations_in_memory(
