@@ -3,7 +3,10 @@
 A daemon whose disk fills up must pause and say why, not fail the run or
 show an exception's class name: both daemons ask :func:`disk_fault` whether
 an exception from a file or SQLite write means the disk, and show its
-answer ("disk full: <path>: No space left on device") to admins.
+answer ("disk full: <path>: No space left on device") to admins. A state
+database that another program holds locked (an ``sqlite3`` shell, a backup
+tool writing to it) is told the same way: the write is tried again once
+the lock is gone, as once there is room.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from pathlib import Path
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DISK_ERRNOS = {errno.EIO: "disk I/O error", errno.EROFS: "disk is read-only"}
 SQLITE_FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
+LOCKED = "state database locked by another program (an sqlite3 shell or a backup tool; close it)"
 SQLITE_DISK_CODES = {
-    sqlite3.SQLITE_IOERR: "disk I/O error",
-    sqlite3.SQLITE_READONLY: "disk is read-only",
+    sqlite3.SQLITE_IOERR: "disk I/O error: state database",
+    sqlite3.SQLITE_READONLY: "disk is read-only: state database",
+    sqlite3.SQLITE_BUSY: LOCKED,
+    sqlite3.SQLITE_LOCKED: LOCKED,
 }
 
 
@@ -46,7 +52,7 @@ def disk_fault(exc: BaseException, where: Path | None = None) -> str | None:
             return f"disk full: state database: {exc}"
         primary = code & 0xFF
         if primary in SQLITE_DISK_CODES:
-            return f"{SQLITE_DISK_CODES[primary]}: state database: {exc}"
+            return f"{SQLITE_DISK_CODES[primary]}: {exc}"
     return None
 
 

@@ -258,12 +258,18 @@ class ClientRecord:
     created_at: float
 
 
+BUSY_WAIT_S = 0.5
+"""How long a write waits for a lock another program holds (only one server may use the
+database, flserverd.lock sees to it): on the event loop, so briefly; then the write fails
+as a storage fault, training pauses, and the write is tried again later."""
+
+
 class StateDB:
     """Typed access to the state database; used from the server's event loop only."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db = sqlite3.connect(path, timeout=BUSY_WAIT_S, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         # Deleted rows (a dropped client, a legacy table of tokens) are overwritten, not left

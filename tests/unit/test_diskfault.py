@@ -35,6 +35,12 @@ def sqlite_error(code: int, message: str) -> sqlite3.OperationalError:
             None,
             "disk I/O error: state database: disk I/O error",
         ),
+        (
+            sqlite_error(sqlite3.SQLITE_BUSY, "database is locked"),
+            None,
+            "state database locked by another program (an sqlite3 shell or a backup tool; "
+            "close it): database is locked",
+        ),
     ],
 )
 def test_disk_errors_are_told_in_words(

@@ -1041,6 +1041,40 @@ def test_a_full_disk_at_the_commit_pauses_and_the_retry_commits_the_round(tmp_pa
     asyncio.run(scenario())
 
 
+def test_a_state_database_another_program_locked_pauses_training_until_it_lets_go(
+    tmp_path: Path,
+) -> None:
+    """An sqlite3 shell holding a write lock made the fold's record fail after 5 s of the
+    whole server waiting, and the update was "an unexpected error"; now the server waits half
+    a second, postpones the update and goes on once the lock is gone."""
+    setup = make_setup(tmp_path, num_rounds=2, min_num_clients=2, max_num_clients=2)
+    shell = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.admit("c1", 0)
+        training.admit("c2", 0)
+        shell.execute("BEGIN EXCLUSIVE")
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.POSTPONED
+        assert training.fault == (
+            "server state database locked by another program (an sqlite3 shell or a backup "
+            "tool; close it): database is locked"
+        )
+        shell.execute("ROLLBACK")
+        [retry] = setup.timer.pending
+        retry.fire()
+        await until(lambda: not training.fault)
+        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
+        assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.ACCEPTED
+        await aggregated(training, setup, 1)
+        await training.close(1)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        shell.close()
+
+
 def test_a_full_disk_as_a_rounds_files_are_written_pauses_and_the_retry_writes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
