@@ -44,6 +44,7 @@ from flcore.appconfig import load_app
 from flcore.appreview import AppReview, review_app
 from flcore.diskfault import disk_fault, free_bytes
 from flcore.federation import (
+    MAX_RUN_NUMBER,
     Closed,
     Command,
     CommandResult,
@@ -121,6 +122,18 @@ def _argument(
             f"{command}: the server sent {key} {str(value)[:40]!r}, which is not {what}; {hint}"
         )
     return value
+
+
+def _run_number(command: str, args: Mapping[str, object]) -> int:
+    """The run a command from the server is for: it names this site's folders, so a number
+    the server could never have set (0, -1, twelve digits) is refused."""
+    number = _argument(command, args, "run_number", int)
+    if not 1 <= number <= MAX_RUN_NUMBER:
+        raise Refused(
+            f"{command}: the server sent run_number {number}, which is no run number "
+            f"(1 to {MAX_RUN_NUMBER})"
+        )
+    return number
 
 
 @dataclass(frozen=True)
@@ -311,7 +324,7 @@ class Agent:
         return self.worker is not None or status in st.ACTIVE or status == st.STOPPING
 
     async def _deploy(self, args: Mapping[str, object]) -> Answer:
-        run_number = _argument("deploy", args, "run_number", int)
+        run_number = _run_number("deploy", args)
         app = _argument("deploy", args, "app", str)
         if self._training() and self.status.run_number == run_number:
             raise Refused(f"run {run_number} is training here: abort it before deploying")
@@ -346,7 +359,7 @@ class Agent:
         return text, Deployed(app, run_number, review.digest)
 
     async def _start(self, args: Mapping[str, object]) -> Answer:
-        run_number = _argument("start", args, "run_number", int)
+        run_number = _run_number("start", args)
         return await self._start_run(run_number, _argument("start", args, "gpus", int, 0))
 
     async def _start_run(self, run_number: int, gpus: int) -> Answer:

@@ -23,6 +23,9 @@ from flcore.tensorfile import Manifest
 
 GLOBAL_OWNER = "global"
 """The owner name of the best global model in cross-site validation."""
+MAX_RUN_NUMBER = 999_999_999
+"""Run numbers go from 1 to this, nine digits: they name folders on the server and at every
+site, and are SQLite integers."""
 
 
 class SubmitOutcome(enum.StrEnum):

@@ -23,6 +23,7 @@ from flcore import status as st
 from flcore.appreview import review_app
 from flcore.crossvalmatrix import ValidationMatrix
 from flcore.diskfault import disk_fault
+from flcore.federation import MAX_RUN_NUMBER
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, clip_end
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
@@ -45,8 +46,6 @@ from flserverd.views import RosterText, client_row, row_data
 log = logging.getLogger(__name__)
 
 MAX_GPUS = 64
-MAX_RUN_NUMBER = 999_999_999
-"""Run numbers have at most nine digits: they name folders and are SQLite integers."""
 MAX_UNWRITTEN_AUDIT = 10_000
 INTERRUPTING = frozenset({"abort"})
 """Commands that never wait for another admin's command: abort stops a start in progress."""

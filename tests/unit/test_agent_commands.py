@@ -80,6 +80,20 @@ def test_a_malformed_argument_gets_a_sentence(
     assert "same flstack version" in result.text and "KeyError" not in result.text
 
 
+@pytest.mark.parametrize(("name", "number"), [("deploy", -3), ("deploy", 0), ("start", 10**12)])
+def test_a_run_number_no_server_could_have_set_is_refused_before_a_folder_is_made(
+    provisioned_workspace: Any, tmp_path: Path, name: str, number: int
+) -> None:
+    """It names the site's folders (run_-3/): a server sends only what set_run_number took."""
+    args = {"run_number": number, "app": "digits"}
+    result = _answer(provisioned_workspace, tmp_path, Command("c1", name, args))
+    assert not result.ok
+    assert result.text == (
+        f"{name}: the server sent run_number {number}, which is no run number (1 to 999999999)"
+    )
+    assert not list((tmp_path / "site-a").glob("run_*"))
+
+
 def test_an_unforeseen_failure_is_a_sentence_and_its_traceback_stays_in_the_log(
     provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
