@@ -42,8 +42,9 @@ from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.login import LoginScreen
 from fltui.screens.validation import ValidationScreen
+from fltui.serverclock import TOLD_OFFSET_S, ServerClock
 from fltui.state import ConsoleState, Who
-from fltui.status import Look, clock_time
+from fltui.status import Look, age, clock_time
 from fltui.store import Store
 from fltui.vocabulary import command_words, refusal
 from fltui.wizard.app import guard_quit
@@ -89,7 +90,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             workspace: provisioning workspace the wizard opens first.
             timeout: the command timeout (``--timeout``), for this link and any
                 the login screen makes; None keeps the default.
-            clock: the time source of ages and countdowns (tests freeze it).
+            clock: this computer's clock (tests freeze it); ages and countdowns use the
+                server's, this one moved by the offset the feed shows (fltui.serverclock).
             flush_s: how often queued changes are drawn.
             retry_first_s: the pause before the first reconnection attempt; it
                 doubles with each failed attempt, up to ten seconds (or this).
@@ -100,7 +102,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             link.timeout = timeout
         self.link = link
         self.store = Store()
-        self.clock = clock
+        self.clock = ServerClock(clock)
+        self._told_offset = False
         self.workspace = workspace or Path("fl-workspace")
         self._startup = startup
         self._user = user
@@ -112,7 +115,7 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         self.server_apps: list[str] = []
         """The apps on the server, as its last ``list_apps`` named them."""
         self.dashboard = DashboardScreen(
-            self.store, clock, self.app_names, self.ask, self.server_app_names, flush_s
+            self.store, self.clock, self.app_names, self.ask, self.server_app_names, flush_s
         )
 
     # ------------------------------------------------------------------ facts
@@ -226,6 +229,7 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
                 self.store.user = link.user
                 problem = "the server ended the event stream"
                 async for event in link.events():
+                    self._heard(event.time)
                     if not self.store.apply(event):
                         problem = "events were missed; fetching a fresh snapshot"
                         break
@@ -251,6 +255,20 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
                 attempt += 1
                 await self._after_loss(problem, attempt)
             self.publish(replace(self.state.connection, look=CONNECTING, retry_at=0.0))
+
+    def _heard(self, stamp: float) -> None:
+        """An event stamped by the server's clock arrived: follow that clock, and say once
+        when it is far from this computer's."""
+        self.clock.heard(stamp)
+        offset = self.clock.offset
+        if not self._told_offset and self.clock.settled and abs(offset) > TOLD_OFFSET_S:
+            self._told_offset = True
+            way = "behind" if offset > 0 else "ahead of"
+            self.log_line(
+                "INFO",
+                f"this computer's clock is {age(abs(offset))} {way} the server's: the console "
+                "shows the server's time",
+            )
 
     async def _after_shutdown(self) -> None:
         """The server went away because an admin shut it down: say so, wait for ``r``."""

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from fladmin.client import AdminError, CommandReply
-from flcore.feed import CommandSeen, FeedEvent, ServerStopping
+from flcore.feed import ClientRow, CommandSeen, FeedEvent, Heartbeat, ServerStopping, Snapshot
 from fldev.poll import wait_for
 from fldev.replay import ReplayLink, ok_reply
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
+from fltui.serverclock import SAMPLES, ServerClock
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.heartbeats import HeartbeatView
 from tests.tui.helpers import Clock, burst, console_errors
@@ -291,3 +295,55 @@ def test_an_admin_kit_that_ends_soon_is_said_once_at_the_first_connection(
             assert [n.message for n in notes] == [ending]
 
     asyncio.run(scenario())
+
+
+def shifted(events: list[FeedEvent], seconds: float) -> list[FeedEvent]:
+    """The recorded feed from a server whose clock is ``seconds`` ahead of the console's."""
+
+    def moved(body: object) -> object:
+        if isinstance(body, Heartbeat):
+            return replace(body, time=body.time + seconds)
+        if isinstance(body, ClientRow):
+            return replace(body, last_heartbeat=body.last_heartbeat + seconds)
+        if isinstance(body, Snapshot):
+            return replace(body, clients=tuple(moved(row) for row in body.clients))  # type: ignore[misc]
+        return body
+
+    return [replace(e, time=e.time + seconds, body=moved(e.body)) for e in events]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("skew", [-300.0, 300.0])
+def test_ages_are_the_servers_whatever_this_computers_clock_says(
+    tmp_path: Path, skew: float
+) -> None:
+    """Ages were this computer's time less the server's: a laptop five minutes ahead showed
+    every site stale, five minutes behind showed them all heard from in the future."""
+
+    async def scenario() -> None:
+        link = ReplayLink(shifted(recorded_events(), skew), transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: str(table.get_cell("flclient1", "health")) == "● online")
+            assert str(table.get_cell("flclient1", "beat")) == "2s"
+            way = "behind" if skew > 0 else "ahead of"
+            said = f"this computer's clock is 5m {way} the server's: the console shows the server's"
+            said += " time"
+            assert [e.message for e in app.store.logs if e.source == "console"] == [said]
+
+    asyncio.run(scenario())
+
+
+def test_the_server_clock_takes_the_fastest_delivery_and_follows_a_step() -> None:
+    local = [1000.0]
+    clock = ServerClock(lambda: local[0])
+    for delay in (0.4, 0.05, 0.2):  # the server is 60 s ahead; deliveries take their time
+        clock.heard(local[0] + 60 - delay)
+    assert clock.offset == pytest.approx(59.95) and clock() == pytest.approx(1059.95)
+    for broken in (float("nan"), float("inf"), 1e12):
+        clock.heard(broken)
+    assert clock.offset == pytest.approx(59.95)
+    for _ in range(SAMPLES):  # the server's clock was stepped back to this one's
+        clock.heard(local[0] - 0.01)
+    assert clock.offset == pytest.approx(-0.01) and clock.settled
