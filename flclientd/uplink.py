@@ -119,11 +119,14 @@ class Uplink:
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     log.error("the server refused this client: %s", exc.details())
                     return EXIT_REFUSED
-                log.warning(
-                    "Could not connect to server %s: %s",
-                    self.startup.server_target,
-                    exc.details() or exc.code().name,
-                )
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    log.warning("the server takes no more now: %s; trying again", exc.details())
+                else:
+                    log.warning(
+                        "Could not connect to server %s: %s",
+                        self.startup.server_target,
+                        exc.details() or exc.code().name,
+                    )
             except WireError as exc:
                 log.error("the server's login reply cannot be used: %s", exc)
             else:

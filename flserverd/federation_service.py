@@ -35,7 +35,7 @@ from flcore.wire import (
     with_chunk,
 )
 from flserverd.exchange import Download, ModelExchange
-from flserverd.registry import AuthError, RegisteredClient
+from flserverd.registry import AuthError, InstancesFull, RegisteredClient
 from flserverd.rpc import Context, peer_identity
 from flserverd.serde import (
     chunks_from_proto,
@@ -92,6 +92,9 @@ class FederationService(fed_grpc.FederationServicer):
             login = self.server.login(
                 peer_identity(context), request.token, machine_from_proto(request.info)
             )
+        except InstancesFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
         except AuthError as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise

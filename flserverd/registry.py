@@ -57,6 +57,12 @@ class AuthError(PermissionError):
     """A token is unknown or does not belong to the caller's certificate."""
 
 
+class InstancesFull(AuthError):
+    """A kit runs as many instances as the server allows: for now, since one that crashed is
+    dropped at its heartbeat timeout (the client tries again; systemd would not restart a
+    client that the server refused for good)."""
+
+
 @dataclass
 class RegisteredClient:
     """One logged-in client instance."""
@@ -196,7 +202,7 @@ class ClientRegistry:
             log.warning(
                 "refused another instance of %s: it runs %d already", identity.name, running
             )
-            raise AuthError(
+            raise InstancesFull(
                 f"kit {identity.name} already runs {running} instances, the most this server "
                 f"allows (max_instances_per_kit in the server's local/fed_server.json): stop "
                 f"one, or wait up to {self.heart_beat_timeout:g}s for one that crashed to time out"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from flclientd.agent import Agent
@@ -245,3 +246,37 @@ def test_a_login_reply_the_site_cannot_use_is_logged_and_tried_again(
     assert (code, tries) == (0, 3)
     said = [r.getMessage() for r in caplog.records if r.name == "flclientd.uplink"]
     assert said == [f"the server's login reply cannot be used: {refused}"] * 3
+
+
+def test_a_kit_at_its_instance_limit_tries_again_and_is_not_refused_for_good(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance that crashed counts until its heartbeat timeout: the restarted one is told
+    "no more now" and tries again, where "refused" would end it with exit 2 (which systemd
+    does not restart) and leave the site down."""
+    full = "kit site-a already runs 4 instances, the most this server allows"
+
+    async def run() -> tuple[int, int]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        tries = 0
+
+        async def login(token: str, info: object) -> object:
+            nonlocal tries
+            tries += 1
+            if tries == 3:
+                agent.uplink.stop()
+            metadata = grpc.aio.Metadata()
+            raise grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, metadata, metadata, full)
+
+        agent.conn.login = login  # type: ignore[method-assign,assignment]
+        try:
+            code = await asyncio.wait_for(agent.uplink.run(), 10)
+        finally:
+            await agent.conn.close()
+        return code, tries
+
+    with caplog.at_level(logging.WARNING, "flclientd.uplink"):
+        code, tries = asyncio.run(run())
+    assert (code, tries) == (0, 3)
+    said = [r.getMessage() for r in caplog.records if r.name == "flclientd.uplink"]
+    assert said == [f"the server takes no more now: {full}; trying again"] * 3

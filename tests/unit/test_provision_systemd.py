@@ -18,6 +18,7 @@ HARDENING = [
     "NotifyAccess=main",
     "Restart=on-failure",
     "RestartSec=5",
+    "RestartPreventExitStatus=2",
     "TimeoutStopSec=60",
     "User=flstack",
     "NoNewPrivileges=yes",
