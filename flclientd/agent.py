@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -134,6 +135,16 @@ def _run_number(command: str, args: Mapping[str, object]) -> int:
             f"(1 to {MAX_RUN_NUMBER})"
         )
     return number
+
+
+def _remove_stagings(target: Path) -> None:
+    """Delete what a deploy of this instance that a crash cut off left beside ``target``: a
+    half-received app (up to MAX_APP_BYTES) that nothing would ever read or remove."""
+    pattern = re.compile(re.escape(f".{target.name}.") + "[0-9a-f]{32}")
+    for leftover in target.parent.iterdir():
+        if pattern.fullmatch(leftover.name):
+            log.info("removing %s, left by a deploy that did not finish", leftover.name)
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -330,6 +341,7 @@ class Agent:
             raise Refused(f"run {run_number} is training here: abort it before deploying")
         target = self.app_dir(run_number)
         target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stagings(target)
         staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         try:
             await self.conn.get_app(run_number, app, staging)

@@ -280,3 +280,32 @@ def test_a_kit_at_its_instance_limit_tries_again_and_is_not_refused_for_good(
     assert (code, tries) == (0, 3)
     said = [r.getMessage() for r in caplog.records if r.name == "flclientd.uplink"]
     assert said == [f"the server takes no more now: {full}; trying again"] * 3
+
+
+def test_a_deploy_removes_what_a_deploy_cut_off_by_a_crash_left(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """A half-received app in its staging folder: nothing read or removed it, up to 1 GiB a
+    crash. The previous copy (.app_site-a.old) is a crash's too, but it is put back, not
+    removed; another instance's staging is its own."""
+    run = tmp_path / "site-a" / "run_1"
+    stalled = "download of app digits: nothing moved for 60s; given up"
+    mine, theirs, previous = (
+        run / f".app_site-a.{'a' * 32}",
+        run / f".app_site-a_1.{'b' * 32}",
+        run / ".app_site-a.old",
+    )
+
+    def prepare(agent: Agent) -> None:
+        for folder in (mine, theirs, previous):
+            (folder / "config").mkdir(parents=True)
+
+        async def stall(run_number: int, app: str, staging: Path) -> None:
+            raise TransferStalled(stalled)
+
+        agent.conn.get_app = stall  # type: ignore[method-assign]
+
+    command = Command("c1", "deploy", {"run_number": 1, "app": "digits"})
+    result = _answer(provisioned_workspace, tmp_path, command, prepare)
+    assert result.text == f"deploy failed: {stalled}"
+    assert sorted(p.name for p in run.iterdir()) == [".app_site-a.old", ".app_site-a_1." + "b" * 32]
