@@ -33,7 +33,7 @@ from flcore.proctable import command_line, process_table
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from fldev.faultswitch import FAULT_DIR_ENV, hold_path, release
 from fldev.poll import wait_until
-from provision import extract_kit, parse_project, provision_workspace
+from provision import Project, extract_kit, parse_project, provision_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 APPS = REPO / "examples" / "apps"
@@ -201,6 +201,8 @@ class Cluster:
     """Settings for each named client's local/fed_client.json (e.g. metrics_port)."""
     daemons: list[Daemon] = field(default_factory=list)
     passwords: dict[str, str] = field(default_factory=dict)
+    project: Project = field(init=False)
+    """The project as lead IT wrote it (a test re-issues kits from it)."""
 
     def __post_init__(self) -> None:
         if not self.fed_port:
@@ -223,8 +225,8 @@ class Cluster:
             ],
             "settings": self.settings,
         }
-        project = parse_project(mapping)
-        result = provision_workspace(project, self.root / "provision")
+        self.project = parse_project(mapping)
+        result = provision_workspace(self.project, self.root / "provision")
         for kit in result.written:
             assert kit.password is not None  # no participant here makes its own key
             self.passwords[kit.name] = kit.password

@@ -639,7 +639,9 @@ class FLServer:
             self._end_stale_run(client, status)
             return
         if status.status == st.STARTED:
-            if client.instance not in training.ready:
+            if client.instance not in training.ready or previous.status != st.STARTED:
+                # New to the run, or a new training process (a daemon restarted within its
+                # heartbeat timeout): whatever it was offered before died with the old one.
                 training.client_ready(client.instance)
             elif new_stream:
                 training.offer_missed(client.instance, status.round)

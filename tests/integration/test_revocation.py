@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from fladmin.client import AdminClient, AdminError, load_kit
 from flcore import status as st
 from flcore.feedwire import events_from_proto
 from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, Daemon
-from fldev.poll import wait_until_async
+from fldev.poll import wait_until, wait_until_async
+from provision import extract_kit, provision_workspace
 from provision.revocation import revoke
 from tests.flprovision import flprovision
 from tests.integration.test_admin import fltui
@@ -206,3 +208,40 @@ def test_a_stale_list_is_still_enforced_with_a_warning_and_an_older_one_is_refus
     assert not missing.ok and "cannot read" in missing.text
     assert cluster.status()["revocation"]["crl_number"] == 2
     assert server.alive()
+
+
+def test_a_site_renews_its_kit_mid_run_as_the_guide_says_and_the_old_one_is_revoked(
+    cluster: Cluster,
+) -> None:
+    """docs/operations.md, "Certificates end": lead IT re-issues the kit, the site moves
+    startup/ away, extracts the new kit into the same workspace and restarts; lead IT loads
+    the list that revokes the old certificate. The site keeps its registration and its run."""
+    cluster.server()
+    one = cluster.client("flclient1")
+    cluster.client("flclient2")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=6, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    wait_until(lambda: len(cluster.metrics()) >= 1, 120, "a first round")
+    renewal = provision_workspace(cluster.project, _provisioning(cluster), reissue="flclient1")
+    [kit] = renewal.written
+    assert kit.password is not None
+    one.signal(signal.SIGTERM)
+    assert one.wait(30) == 0
+    workspace = cluster.root / "flclient1"
+    (workspace / "startup").rename(workspace / "startup.old")
+    extract_kit(kit.zip_path, kit.password, workspace)
+    one.restart("Resumed registration as flclient1")
+    loaded = fltui(cluster, "--cmd", f"load_crl {_provisioning(cluster) / 'crl.pem'}")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert "1 certificate(s) revoked" in loaded.stdout
+    assert "Disconnected and removed" not in loaded.stdout  # no one holds the old one now
+    wait_until(
+        lambda: cluster.run_state()["server_status"] == "training stopped", 180, "the run to end"
+    )
+    assert cluster.run_state()["reason"] == "finished"
+    rows = [r for r in cluster.metrics() if not r.get("final")]
+    assert [r["round"] for r in rows] == list(range(6))
+    assert all(r["clients"] == ["flclient1", "flclient2"] for r in rows)
+    assert one.alive()

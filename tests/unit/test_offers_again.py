@@ -56,6 +56,27 @@ def test_a_training_offer_lost_between_streams_is_made_again(tmp_path: Path) -> 
     on_server(tmp_path, scenario)
 
 
+def test_a_site_restarted_mid_round_is_offered_the_round_again(tmp_path: Path) -> None:
+    """systemd restarts a site in 5 s, well within its heartbeat timeout: the server still
+    counted it ready, busy with the round it had taken up, and its new training process
+    waited for an offer while the round waited for its update, for good."""
+
+    async def scenario(server: FLServer) -> None:
+        train(server, num_rounds=2, min_num_clients=2)
+        client = site(server, "site-a")
+        first = server.attach(client, training())
+        server.update_status(client, training(round=0))  # took round 0 up
+        assert [(o.kind, o.round) for o in await offers(first)] == [(TaskKind.TRAIN, 0)]
+        server.detach(client, first)
+
+        # The restarted daemon's hello: a new training process, starting; then it is ready.
+        second = server.attach(client, st.ClientStatus(status=st.STARTING, run_number=RUN))
+        server.update_status(client, training())
+        assert [(o.kind, o.round) for o in await offers(second)] == [(TaskKind.TRAIN, 0)]
+
+    on_server(tmp_path, scenario)
+
+
 def test_a_cross_site_offer_lost_between_streams_is_made_again(tmp_path: Path) -> None:
     async def scenario(server: FLServer) -> None:
         train(server, num_rounds=2)
