@@ -31,6 +31,10 @@ BEAT_HISTORY = 240
 DEFAULT_HEARTBEAT_INTERVAL = 60.0
 KEPT_HISTORIES = 1_000
 """Heartbeat histories kept for instances the server no longer lists (they may come back)."""
+KEPT_GONE = 1_000
+"""Rows of dropped clients kept until the next snapshot: the oldest go beyond this, so a
+console open for days over sites that come and go (or a server that names ever new ones)
+keeps a bounded table."""
 OWN_PENDING = 32
 """Own command lines remembered until the feed's audit of them arrives."""
 AUDIT = "admin"
@@ -237,6 +241,12 @@ class Store:
         self._beat(gone.instance, Beat(when, GONE))
         self._changes.clients.add(gone.instance)
         self._changes.statuses = True
+        while len(self.gone) > KEPT_GONE:  # the oldest dropped row goes (in the order dropped)
+            oldest = next(iter(self.gone))
+            del self.gone[oldest]
+            del self.clients[oldest]
+            self._changes.clients.add(oldest)
+        self._keep_histories()
 
     def _beat(self, instance: str, beat: Beat) -> None:
         history = self.beats.get(instance)

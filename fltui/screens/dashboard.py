@@ -239,6 +239,7 @@ class DashboardScreen(CommandKeys):
         table = self.query_one("#clients", ClientsTable)
         if changes.clients:
             table.keep_marks(self.store.clients)
+            table.forget(changes.clients - self.store.clients.keys())
             table.update_rows(self._views(changes.clients))
             if table.selected in changes.clients:
                 self._detail(table.selected)

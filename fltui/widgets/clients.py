@@ -394,6 +394,12 @@ class ClientsTable(DataTable[Text], VimKeys):
                 self._set(instance, key, cell)
         self.resort()
 
+    def forget(self, instances: Iterable[str]) -> None:
+        """Take out the rows of clients the console no longer keeps."""
+        for instance in instances:
+            if instance in self._shown:
+                self._remove(instance)
+
     def tick(self, views: Iterable[ClientView]) -> None:
         """Refresh ages and health of these rows (pass the visible ones: see :meth:`in_view`)."""
         for view in views:

@@ -19,11 +19,12 @@ from textual.widgets import DataTable, Input
 
 from fladmin.client import AdminError, CommandReply
 from fladmin.link import AdminLink
-from flcore.feed import ClientRow, FeedEvent, LogEntry, Snapshot
+from flcore.feed import ClientGone, ClientRow, FeedEvent, LogEntry, Snapshot
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from fldev.poll import wait_for
 from fldev.replay import ReplayLink, confirming, ok_reply
+from fltui import store as store_module
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, Connection
 from fltui.screens.client import ClientScreen
@@ -878,5 +879,25 @@ def test_an_unreadable_kit_is_an_error_not_a_crash(
             await pilot.press("enter")
             problem = app.screen.query_one("#login-problem")
             await wait_for(pilot, lambda: "cannot read the admin kit" in str(problem.render()))
+
+    asyncio.run(scenario())
+
+
+def test_the_oldest_dropped_rows_leave_the_table_beyond_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "KEPT_GONE", 1)
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            link.push(ClientGone("flclient1", "no heartbeat for 31s"))
+            await wait_for(pilot, lambda: str(table.get_cell("flclient1", "health")) == "✖ lost")
+            link.push(ClientGone("flclient2", "no heartbeat for 31s"))
+            await wait_for(pilot, lambda: "flclient1" not in table.shown)
+            assert str(table.get_cell("flclient2", "health")) == "✖ lost"
+            assert table.row_count == 4
 
     asyncio.run(scenario())

@@ -21,7 +21,7 @@ from fltui.cli import parse_args
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, REVOKED, STALE, age, health
-from fltui.store import BEAT, DOWN, GONE, UP, Store
+from fltui.store import BEAT, DOWN, GONE, KEPT_GONE, KEPT_HISTORIES, UP, Store
 from fltui.targets import target_choices
 from fltui.vocabulary import COMMAND_NAMES, READ_ONLY, refusal
 from fltui.widgets.logview import one_line
@@ -448,3 +448,22 @@ def test_the_consoles_vocabulary_is_the_servers() -> None:
     """The console refuses a member's command before asking only where the server would."""
     assert set(COMMAND_NAMES) == set(COMMANDS) | {"set_timeout"}
     assert {n for n, spec in COMMANDS.items() if spec.read_only} | {"set_timeout"} == READ_ONLY
+
+
+def test_dropped_rows_between_snapshots_are_bounded() -> None:
+    """A console open for days over sites that come and go (or a server naming ever new
+    ones) kept every dropped row until the next snapshot, which comes only at a reconnect."""
+    store = Store()
+    seq = 1
+    store.apply(FeedEvent(seq, NOW, Snapshot(SERVER, RunInfo(), (), ())))
+    for number in range(KEPT_GONE + 3):
+        name = f"site-{number}"
+        store.apply(FeedEvent(seq + 1, NOW, ClientRow(name, name, last_heartbeat=NOW)))
+        store.apply(FeedEvent(seq + 2, NOW, ClientGone(name, "no heartbeat for 31s")))
+        seq += 2
+    assert len(store.clients) == len(store.gone) == KEPT_GONE
+    assert "site-2" not in store.clients and "site-3" in store.clients
+    assert len(store.beats) <= KEPT_GONE + KEPT_HISTORIES
+    again = ClientRow("site-3", "site-3", last_heartbeat=NOW)
+    store.apply(FeedEvent(seq + 1, NOW, again))  # back: a row like any other
+    assert "site-3" not in store.gone and store.clients["site-3"] == again
