@@ -8,6 +8,7 @@ logs an admin out), what a command does by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from flcore.feed import FeedEvent
 from flcore.feedwire import event_to_proto, feed_messages
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
-from flserverd.admins import AdminLogin
+from flserverd.admins import AdminBusy, AdminLogin
 from flserverd.commands import AdminCommands, Reply
 from flserverd.events import Overflow, Revoked
 from flserverd.registry import AuthError
@@ -68,6 +69,20 @@ class AdminService(admin_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
             raise
 
+    @contextlib.asynccontextmanager
+    async def _running(self, admin: AdminLogin, context: Context) -> AsyncIterator[None]:
+        """While one of ``admin``'s commands runs; the call ends with the reason when the
+        admin has as many under way as one may."""
+        try:
+            self.logins.command_started(admin.user)
+        except AdminBusy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
+        try:
+            yield
+        finally:
+            self.logins.command_ended(admin.user)
+
     async def Login(
         self, request: admin_pb2.AdminLoginRequest, context: Context
     ) -> admin_pb2.AdminLoginReply:
@@ -92,15 +107,16 @@ class AdminService(admin_grpc.AdminServicer):
         admin = await self._admin(request.token, context)
         line = request.line.strip()
         timeout = request.timeout_s if 0 < request.timeout_s <= MAX_TIMEOUT_S else DEFAULT_TIMEOUT_S
-        reply = await self.commands.execute(
-            admin.user,
-            admin.role,
-            line,
-            timeout,
-            request.confirmed,
-            attachment=request.attachment,
-            interactive=request.interactive,
-        )
+        async with self._running(admin, context):
+            reply = await self.commands.execute(
+                admin.user,
+                admin.role,
+                line,
+                timeout,
+                request.confirmed,
+                attachment=request.attachment,
+                interactive=request.interactive,
+            )
         then = reply.then
         if then is not None:
             # grpc-stubs declare the callback as a class rather than a protocol.
@@ -122,9 +138,14 @@ class AdminService(admin_grpc.AdminServicer):
         assert first is not None
         header = first.header
         admin = await self._admin(header.token, context)
-        reply = await self.commands.upload(
-            admin.user, admin.role, header.app, header.total_bytes, _file_chunks(request_iterator)
-        )
+        async with self._running(admin, context):
+            reply = await self.commands.upload(
+                admin.user,
+                admin.role,
+                header.app,
+                header.total_bytes,
+                _file_chunks(request_iterator),
+            )
         return _reply(reply, started)
 
     async def Events(
@@ -133,6 +154,11 @@ class AdminService(admin_grpc.AdminServicer):
         """A snapshot of everything, then every change as it happens: what queued up while
         the last message was written goes out as one batch."""
         admin = await self._admin(request.token, context)
+        try:
+            self.logins.may_follow(admin.user)
+        except AdminBusy as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise
         subscription = self.server.bus.subscribe(owner=(admin.user, admin.serial))
         snapshot = self.server.snapshot()
         with self.logins.watching(admin.user):

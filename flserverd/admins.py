@@ -26,8 +26,17 @@ log = logging.getLogger(__name__)
 # An admin token unused this long is forgotten (every fltui --cmd logs in afresh).
 ADMIN_LOGIN_IDLE_S = 12 * 3600
 MAX_LOGINS_PER_ADMIN = 64
+MAX_FEEDS_PER_ADMIN = 8
+"""Live feeds one admin may follow at once (each holds a subscription's queue)."""
+MAX_COMMANDS_PER_ADMIN = 8
+"""Commands of one admin under way at once: a script that fires fan-outs without waiting
+for their replies cannot keep every site's control stream busy."""
 MAX_USER_SHOWN = 100
 """A typed user name is the peer's text: logs and replies show this much of it."""
+
+
+class AdminBusy(Exception):
+    """An admin has as many feeds or commands under way as one admin may: the reason."""
 
 
 @dataclass
@@ -56,6 +65,7 @@ class AdminLogins:
         self._logins: dict[bytes, AdminLogin] = {}
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
         self._feeds: dict[str, int] = {}
+        self._running: dict[str, int] = {}
         self._last: dict[str, tuple[str, float, bool]] = {}
 
     def login(self, identity: Identity | None, user: str) -> tuple[str, AdminLogin]:
@@ -127,9 +137,40 @@ class AdminLogins:
         """An admin's command was carried out (or refused)."""
         self._last[user] = (line, self._clock(), ok)
 
+    def may_follow(self, user: str) -> None:
+        """Whether ``user`` may open one more live feed now.
+
+        Raises:
+            AdminBusy: the admin follows :data:`MAX_FEEDS_PER_ADMIN` feeds already.
+        """
+        if self._feeds.get(user, 0) >= MAX_FEEDS_PER_ADMIN:
+            raise AdminBusy(
+                f"{user[:MAX_USER_SHOWN]} follows the live feed in {MAX_FEEDS_PER_ADMIN} "
+                "consoles already, the most at once: close one"
+            )
+
+    def command_started(self, user: str) -> None:
+        """One of ``user``'s commands is under way (:meth:`command_ended` when it is done).
+
+        Raises:
+            AdminBusy: the admin has :data:`MAX_COMMANDS_PER_ADMIN` commands under way.
+        """
+        if self._running.get(user, 0) >= MAX_COMMANDS_PER_ADMIN:
+            raise AdminBusy(
+                f"{user[:MAX_USER_SHOWN]} has {MAX_COMMANDS_PER_ADMIN} commands under way "
+                "already, the most at once: wait for their replies"
+            )
+        self._running[user] = self._running.get(user, 0) + 1
+
+    def command_ended(self, user: str) -> None:
+        """One of ``user``'s commands is done."""
+        self._running[user] -= 1
+        if not self._running[user]:
+            del self._running[user]
+
     @contextmanager
     def watching(self, user: str) -> Iterator[None]:
-        """While an admin's console follows the live feed."""
+        """While an admin's console follows the live feed (:meth:`may_follow` said it may)."""
         self._feeds[user] = self._feeds.get(user, 0) + 1
         try:
             yield

@@ -455,3 +455,31 @@ def test_two_admins_at_once_get_definite_answers_and_leave_a_consistent_state(
     assert_audited_in_order(
         cluster, before, [one, two], unheard=[one, two].index(last) if gone else -1
     )
+
+
+def test_one_admin_may_follow_a_bounded_number_of_feeds_at_once(cluster: Cluster) -> None:
+    """Each feed holds a subscription's queue on the server: a script that opened them in a
+    loop grew it without bound. The ninth is refused with the reason; another admin's is not."""
+    cluster.server()
+
+    async def scenario() -> None:
+        clients = [AdminClient(cluster.kit(), load_kit(cluster.kit()), ADMIN) for _ in range(9)]
+        other = AdminClient(cluster.kit(MEMBER), load_kit(cluster.kit(MEMBER)), MEMBER)
+        feeds: list[asyncio.Task[object]] = []
+        try:
+            for client in [*clients, other]:
+                await client.login()
+            for client in clients[:8]:
+                events = client.events()
+                await anext(events)  # the snapshot: the feed is open
+                feeds.append(asyncio.ensure_future(anext(events)))
+            with pytest.raises(AdminError, match="follows the live feed in 8 consoles already"):
+                await anext(clients[8].events())
+            assert await anext(other.events())  # another admin is not held up
+        finally:
+            for waiting in feeds:
+                waiting.cancel()
+            for client in [*clients, other]:
+                await client.close()
+
+    asyncio.run(scenario())

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import pytest
 
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
-from flserverd.admins import MAX_LOGINS_PER_ADMIN, AdminLogins
+from flserverd.admins import (
+    MAX_COMMANDS_PER_ADMIN,
+    MAX_FEEDS_PER_ADMIN,
+    MAX_LOGINS_PER_ADMIN,
+    AdminBusy,
+    AdminLogins,
+)
 from flserverd.registry import AuthError
 
 ADMIN = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=7)
@@ -60,3 +68,24 @@ def test_revoke_logs_out_exactly_the_refused_admins() -> None:
     assert logins.authenticate(kept, OTHER).user == OTHER.name
     with pytest.raises(AuthError):
         logins.authenticate(mine[0], ADMIN)
+
+
+def test_one_admin_has_a_bounded_number_of_feeds_and_commands_under_way() -> None:
+    """A script that opens feeds or fires fan-outs without waiting for their replies held
+    the server's queues and every site's control stream; another admin is not held up."""
+    logins = AdminLogins(Clock())
+    with ExitStack() as feeds:
+        for _ in range(MAX_FEEDS_PER_ADMIN):
+            logins.may_follow(ADMIN.name)
+            feeds.enter_context(logins.watching(ADMIN.name))
+        with pytest.raises(AdminBusy, match=r"follows the live feed in 8 consoles already.*close"):
+            logins.may_follow(ADMIN.name)
+        logins.may_follow(OTHER.name)
+    logins.may_follow(ADMIN.name)  # the feeds ended
+    for _ in range(MAX_COMMANDS_PER_ADMIN):
+        logins.command_started(ADMIN.name)
+    with pytest.raises(AdminBusy, match=r"has 8 commands under way already.*wait for their"):
+        logins.command_started(ADMIN.name)
+    logins.command_started(OTHER.name)
+    logins.command_ended(ADMIN.name)
+    logins.command_started(ADMIN.name)  # one done: one more may start
