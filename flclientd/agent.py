@@ -532,9 +532,11 @@ class Agent:
         if (
             run is not None
             and run.config.cross_validate
-            and self.worker is not None
-            and self.status.status == st.STARTED
+            and self.status.status in (st.STARTING, st.STARTED)
         ):
+            # Starting: the daemon restarted as training ended (or during cross-site
+            # validation), and its new process is not up yet; it still shares its best model
+            # and validates the others' (a new process is launched for it).
             work, self._work = self._work, None
             if work is not None:
                 work.cancel()

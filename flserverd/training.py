@@ -230,6 +230,13 @@ class Training:
         self.round = RoundState(run.next_round, self._aggregator(run.next_round), clock())
         if run.phase == PHASE_FINAL_VALIDATION:
             self._start_final_validation()
+            # Resumed after a restart: the reports already in died with the last process, and
+            # the first site back would otherwise have ended the validation alone. It waits
+            # for the last round's sites (they report again when offered; one that never
+            # comes back is dropped at its heartbeat timeout, or the validation times out).
+            trained = [r for r in self.history if not r.final]
+            if trained:
+                self.ready.update(trained[-1].clients)
 
     def _aggregator(self, round_number: int) -> Aggregator:
         """The aggregator the app's config asks for, for a round (files opened when used)."""
@@ -307,8 +314,13 @@ class Training:
     def offer_missed(self, instance: str, taken_round: int) -> None:
         """A ready client came back on a new control stream, having last taken up the task
         of ``taken_round``: offer it the current task again when that is another one, since
-        an offer sent while it had no stream was lost."""
-        if self.active and instance in self.ready and taken_round != self.current_offer().round:
+        an offer sent while it had no stream was lost. The final validation is offered again
+        whenever this server holds no report of it: a server that restarted lost the reports
+        it had, and a site that reported waits for no other task (it resends what it sent)."""
+        if not (self.active and instance in self.ready):
+            return
+        offer = self.current_offer()
+        if taken_round != offer.round or offer.kind is TaskKind.VALIDATE_GLOBAL:
             self._offer_undone(instance)
 
     def _offer_undone(self, instance: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -214,3 +215,44 @@ def test_a_model_that_never_comes_is_given_up(make_cluster: Callable[..., Cluste
         "model of flclient2 on flclient1: gave up after waiting 3s"
         in cluster.ok("validate all").text
     )
+
+
+def test_a_site_restarted_as_it_shares_its_model_still_takes_part(cluster: Cluster) -> None:
+    """systemd restarts a site within its heartbeat timeout while it uploads its best local
+    model: the restarted daemon said "starting", was told the run had ended and stopped, so
+    its model never came (the other site waited until its timeout) and it validated nothing."""
+    cluster.server()
+    one = cluster.client("flclient1", fault="hold:client.upload@3")  # the best local model
+    two = cluster.client("flclient2")
+    cluster.add_app("digits_custom")
+    cluster.configure(
+        "config_fed_server.json",
+        app="digits_custom",
+        num_rounds=2,
+        min_num_clients=2,
+        wait_after_min_clients=30,
+    )
+    cluster.configure(
+        "config_fed_client.json", app="digits_custom", local_epochs=1, cross_validation_timeout=90
+    )
+    cluster.ok("set_run_number 1")
+    cluster.ok("upload_folder digits_custom")
+    cluster.ok("deploy digits_custom server")
+    cluster.ok("deploy digits_custom client")
+    cluster.approve("digits_custom")
+    cluster.ok("start server")
+    cluster.ok("start client")
+    cluster.held("client.upload", 120)
+    one.signal(signal.SIGTERM)
+    cluster.release("client.upload")
+    assert one.wait(30) == 0
+    offset = one.arm("").restart("Resumed registration")
+    everything = [
+        (row, column)
+        for row in ("global", "flclient1", "flclient2")
+        for column in ("flclient1", "flclient2")
+        if row != column
+    ]
+    wait_until(lambda: matrix_with(cluster, everything), 120, "the whole matrix")
+    one.wait_log("cross-site validation done", after=offset)
+    assert "gave up waiting" not in two.log()

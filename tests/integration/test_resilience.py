@@ -63,6 +63,31 @@ def test_sigterm_stops_server_cleanly_and_run_resumes(cluster: Cluster) -> None:
     assert [r["round"] for r in cluster.metrics() if not r.get("final")] == list(range(6))
 
 
+def test_a_server_restarted_during_final_validation_waits_for_every_sites_report(
+    cluster: Cluster,
+) -> None:
+    """flclient2 had reported on the final model, flclient1 not yet, when the server
+    restarted: the reports died with it, and flclient1's, the first back, ended the run
+    alone: flclient2's metrics were lost from the final model's."""
+    server = cluster.server()
+    one = cluster.client("flclient1", fault="hold:client.download@3")  # the final model
+    two = cluster.client("flclient2")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=2, min_num_clients=2, wait_after_min_clients=30)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    cluster.held("client.download", 120)
+    two.wait_log(r"final global model validated: .* \(accepted\)")
+    server.signal(signal.SIGTERM)
+    assert server.wait(30) == 0
+    server.restart(SERVER_READY)
+    cluster.release("client.download")
+    assert finished(cluster)["reason"] == "finished"
+    [final] = [r for r in cluster.metrics() if r.get("final")]
+    assert final["clients"] == ["flclient1", "flclient2"]
+    assert one.alive() and two.alive()
+
+
 BACKUP_LEAVES_OUT = ("./startup", "./state/flserverd.lock")
 """What docs/operations.md's backup leaves out: the kit (its private key) and the lock."""
 

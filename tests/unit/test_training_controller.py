@@ -789,6 +789,38 @@ def test_resume_in_final_validation(tmp_path: Path) -> None:
     asyncio.run(second_life())
 
 
+def test_a_final_validation_resumed_waits_for_the_last_rounds_sites(tmp_path: Path) -> None:
+    """c2 had reported, c1 had not, when the server restarted: the reports died with it, and
+    the first site back (c1) ended the validation alone, c2's metrics lost."""
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=2, max_num_clients=2)
+
+    async def first_life() -> None:
+        training = setup.training()
+        await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([1] * 4, 1, {})})
+        training.accept_final_metrics("c2", 1, {"val_accuracy": 0.6}, 30)
+        await training.close(1)
+
+    asyncio.run(first_life())
+    record = setup.db.get_run(RUN)
+    assert record is not None and record.phase == PHASE_FINAL_VALIDATION
+    setup.record = record
+
+    async def second_life() -> None:
+        training = setup.training()
+        assert training.awaited() == ["c1", "c2"]
+        training.client_ready("c1")
+        training.accept_final_metrics("c1", 1, {"val_accuracy": 0.8}, 10)
+        assert setup.listener.ended == [] and training.awaited() == ["c2"]
+        training.client_ready("c2")  # back: offered the validation again, it reports again
+        training.accept_final_metrics("c2", 1, {"val_accuracy": 0.6}, 30)
+        await until(lambda: bool(setup.listener.ended))
+        final = training.history[-1]
+        assert final.clients == ["c1", "c2"]
+        assert final.metrics["val_accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40)
+
+    asyncio.run(second_life())
+
+
 @pytest.mark.parametrize(
     ("mode", "values", "final", "best_round", "best_value"),
     [
