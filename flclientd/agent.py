@@ -718,7 +718,8 @@ class Agent:
 
     async def _crossval(self, run: RunContext, relaunch: bool) -> None:
         """Take part in cross-site validation, then stop."""
-        self._set_status(status=st.CROSS_VALIDATING, round=-1)
+        # Said here too: a site restarted as training ended never said it while started.
+        self._set_status(status=st.CROSS_VALIDATING, round=-1, cross_validate=True)
         self._drop_round_files(run.work_dir)
         try:
             worker = await self._launch(run) if relaunch or self.worker is None else self.worker

@@ -253,6 +253,7 @@ def test_a_site_restarted_as_it_shares_its_model_still_takes_part(cluster: Clust
         for column in ("flclient1", "flclient2")
         if row != column
     ]
-    wait_until(lambda: matrix_with(cluster, everything), 120, "the whole matrix")
+    data = wait_until(lambda: matrix_with(cluster, everything), 120, "the whole matrix")
     one.wait_log("cross-site validation done", after=offset)
     assert "gave up waiting" not in two.log()
+    assert data["notes"] == {}  # it was said to take no part
