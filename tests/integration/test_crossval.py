@@ -40,6 +40,12 @@ def filled(data: dict[str, Any], row: str, column: str) -> dict[str, Any]:
     return found
 
 
+def every_cell(*sites: str) -> list[tuple[str, str]]:
+    """The cells of a full matrix over ``sites``: the global model and each site's by each
+    other site."""
+    return [(row, column) for row in ("global", *sites) for column in sites if row != column]
+
+
 def matrix_with(cluster: Cluster, cells: list[tuple[str, str]]) -> dict[str, Any] | None:
     """The matrix once all of ``cells`` are filled, else None."""
     data = matrix(cluster)
@@ -112,12 +118,7 @@ def test_matrix_over_three_sites_two_taking_part(make_cluster: Callable[..., Clu
     cluster.ok("start server")
     cluster.ok("start client")
     finished(cluster)
-    expected = [
-        (row, column)
-        for row in ("global", "flclient1", "flclient2")
-        for column in ("flclient1", "flclient2")
-        if row != column
-    ]
+    expected = every_cell("flclient1", "flclient2")
     data = wait_until(lambda: matrix_with(cluster, expected), 90, "the full cross-site matrix")
     assert data["rows"] == ["global", "flclient1", "flclient2", "flclient3"]
     assert data["columns"] == ["flclient1", "flclient2", "flclient3"]
@@ -247,12 +248,7 @@ def test_a_site_restarted_as_it_shares_its_model_still_takes_part(cluster: Clust
     cluster.release("client.upload")
     assert one.wait(30) == 0
     offset = one.arm("").restart("Resumed registration")
-    everything = [
-        (row, column)
-        for row in ("global", "flclient1", "flclient2")
-        for column in ("flclient1", "flclient2")
-        if row != column
-    ]
+    everything = every_cell("flclient1", "flclient2")
     data = wait_until(lambda: matrix_with(cluster, everything), 120, "the whole matrix")
     one.wait_log("cross-site validation done", after=offset)
     assert "gave up waiting" not in two.log()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import stat
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from textual.widgets import DataTable, Input
@@ -33,6 +34,17 @@ from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, RUN_ONE, RUNS, SERVER
 from tests.tui.test_console import answers, console, ready
 
 LONG = "epoch 3: " + " ".join(f"loss={i / 10:.2f}" for i in range(40))
+
+
+def answering(listings: dict[str, dict[str, Any]]) -> Callable[[str, bool], CommandReply]:
+    """The recorded server's answers, with the data of these command lines instead."""
+
+    def reply(line: str, confirmed: bool) -> CommandReply:
+        if line in listings:
+            return CommandReply(line, True, line, listings[line], 10, "")
+        return answers(line, confirmed)
+
+    return reply
 
 
 def test_l_shows_one_sites_lines_with_wrap_search_follow_and_save(tmp_path: Path) -> None:
@@ -347,13 +359,8 @@ def test_metric_names_and_typed_filters_are_text_never_markup(tmp_path: Path) ->
         ],
     }
 
-    def answer(line: str, confirmed: bool) -> CommandReply:
-        if line == "show_run 1":
-            return CommandReply(line, True, "run 1", run, 10, "")
-        return answers(line, confirmed)
-
     async def scenario() -> None:
-        app, _ = console(tmp_path, reply=answer)
+        app, _ = console(tmp_path, reply=answering({"show_run 1": run}))
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot)
             burst(app, "/", "[/", "enter")
@@ -450,13 +457,8 @@ def test_a_listing_whose_numbers_are_no_numbers_still_shows(tmp_path: Path) -> N
     odd = {**first, "run_number": float("inf"), "started_at": float("nan")}
     runs = {**RUNS, "runs": [odd, *others], "page": float("-inf"), "pages": float("inf")}
 
-    def reply(line: str, confirmed: bool) -> CommandReply:
-        if line == "list_runs":
-            return CommandReply(line, True, "runs", runs, 10, "")
-        return answers(line, confirmed)
-
     async def scenario() -> None:
-        app, _ = console(tmp_path, reply=reply)
+        app, _ = console(tmp_path, reply=answering({"list_runs": runs}))
         async with app.run_test(size=(160, 40)) as pilot:
             await ready(pilot)
             burst(app, ":runs", "enter")

@@ -216,12 +216,11 @@ def test_a_deploy_whose_app_download_stalls_fails_with_the_reason(
     assert [p.name for p in (tmp_path / "site-a" / "run_1").iterdir()] == []
 
 
-def test_a_login_reply_the_site_cannot_use_is_logged_and_tried_again(
-    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A reply naming an instance that is none of this kit's is no login: the uplink says why
-    and logs in again, as after a lost link, instead of ending on an exception."""
-    refused = "the server named this client 'x/../../local', which is no instance of site-a"
+def _logins_refused(
+    provisioned_workspace: Any, tmp_path: Path, refusal: Exception, caplog: Any
+) -> tuple[int, int, list[str]]:
+    """The uplink's exit code, its login attempts and what it logged, when every login
+    raises ``refusal`` (the third stops the daemon)."""
 
     async def run() -> tuple[int, int]:
         agent = _agent(provisioned_workspace, tmp_path)
@@ -232,41 +231,7 @@ def test_a_login_reply_the_site_cannot_use_is_logged_and_tried_again(
             tries += 1
             if tries == 3:
                 agent.uplink.stop()
-            raise WireError(refused)
-
-        agent.conn.login = login  # type: ignore[method-assign,assignment]
-        try:
-            code = await asyncio.wait_for(agent.uplink.run(), 10)
-        finally:
-            await agent.conn.close()
-        return code, tries
-
-    with caplog.at_level(logging.ERROR, "flclientd.uplink"):
-        code, tries = asyncio.run(run())
-    assert (code, tries) == (0, 3)
-    said = [r.getMessage() for r in caplog.records if r.name == "flclientd.uplink"]
-    assert said == [f"the server's login reply cannot be used: {refused}"] * 3
-
-
-def test_a_kit_at_its_instance_limit_tries_again_and_is_not_refused_for_good(
-    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An instance that crashed counts until its heartbeat timeout: the restarted one is told
-    "no more now" and tries again, where "refused" would end it with exit 2 (which systemd
-    does not restart) and leave the site down."""
-    full = "kit site-a already runs 4 instances, the most this server allows"
-
-    async def run() -> tuple[int, int]:
-        agent = _agent(provisioned_workspace, tmp_path)
-        tries = 0
-
-        async def login(token: str, info: object) -> object:
-            nonlocal tries
-            tries += 1
-            if tries == 3:
-                agent.uplink.stop()
-            metadata = grpc.aio.Metadata()
-            raise grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, metadata, metadata, full)
+            raise refusal
 
         agent.conn.login = login  # type: ignore[method-assign,assignment]
         try:
@@ -277,8 +242,31 @@ def test_a_kit_at_its_instance_limit_tries_again_and_is_not_refused_for_good(
 
     with caplog.at_level(logging.WARNING, "flclientd.uplink"):
         code, tries = asyncio.run(run())
+    return code, tries, [r.getMessage() for r in caplog.records if r.name == "flclientd.uplink"]
+
+
+def test_a_login_reply_the_site_cannot_use_is_logged_and_tried_again(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply naming an instance that is none of this kit's is no login: the uplink says why
+    and logs in again, as after a lost link, instead of ending on an exception."""
+    refused = "the server named this client 'x/../../local', which is no instance of site-a"
+    code, tries, said = _logins_refused(provisioned_workspace, tmp_path, WireError(refused), caplog)
     assert (code, tries) == (0, 3)
-    said = [r.getMessage() for r in caplog.records if r.name == "flclientd.uplink"]
+    assert said == [f"the server's login reply cannot be used: {refused}"] * 3
+
+
+def test_a_kit_at_its_instance_limit_tries_again_and_is_not_refused_for_good(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An instance that crashed counts until its heartbeat timeout: the restarted one is told
+    "no more now" and tries again, where "refused" would end it with exit 2 (which systemd
+    does not restart) and leave the site down."""
+    full = "kit site-a already runs 4 instances, the most this server allows"
+    metadata = grpc.aio.Metadata()
+    busy = grpc.aio.AioRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, metadata, metadata, full)
+    code, tries, said = _logins_refused(provisioned_workspace, tmp_path, busy, caplog)
+    assert (code, tries) == (0, 3)
     assert said == [f"the server takes no more now: {full}; trying again"] * 3
 
 

@@ -762,19 +762,30 @@ def test_final_validation_ends_when_last_validator_leaves(tmp_path: Path) -> Non
     asyncio.run(scenario())
 
 
-def test_resume_in_final_validation(tmp_path: Path) -> None:
-    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=1, max_num_clients=1)
+def restarted_in_final_validation(
+    setup: Setup, sites: list[str], reports: dict[str, tuple[float, int]] | None = None
+) -> None:
+    """Train the run's one round with ``sites``, let ``reports`` (site: accuracy, samples)
+    come for the final model, and stop: ``setup`` then makes the next Training from the
+    database, as a restarted server does."""
 
     async def first_life() -> None:
         training = setup.training()
-        await run_round(training, setup, {"c1": ([1] * 4, 1, {})})
+        await run_round(training, setup, {site: ([1] * 4, 1, {}) for site in sites})
         assert training.run.phase == PHASE_FINAL_VALIDATION
+        for site, (accuracy, samples) in (reports or {}).items():
+            training.accept_final_metrics(site, 1, {"val_accuracy": accuracy}, samples)
         await training.close(1)
 
     asyncio.run(first_life())
     record = setup.db.get_run(RUN)
     assert record is not None and record.phase == PHASE_FINAL_VALIDATION
     setup.record = record
+
+
+def test_resume_in_final_validation(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=1, max_num_clients=1)
+    restarted_in_final_validation(setup, ["c1"])
 
     async def second_life() -> None:
         training = setup.training()
@@ -793,17 +804,7 @@ def test_a_final_validation_resumed_waits_for_the_last_rounds_sites(tmp_path: Pa
     """c2 had reported, c1 had not, when the server restarted: the reports died with it, and
     the first site back (c1) ended the validation alone, c2's metrics lost."""
     setup = make_setup(tmp_path, num_rounds=1, min_num_clients=2, max_num_clients=2)
-
-    async def first_life() -> None:
-        training = setup.training()
-        await run_round(training, setup, {"c1": ([1] * 4, 1, {}), "c2": ([1] * 4, 1, {})})
-        training.accept_final_metrics("c2", 1, {"val_accuracy": 0.6}, 30)
-        await training.close(1)
-
-    asyncio.run(first_life())
-    record = setup.db.get_run(RUN)
-    assert record is not None and record.phase == PHASE_FINAL_VALIDATION
-    setup.record = record
+    restarted_in_final_validation(setup, ["c1", "c2"], {"c2": (0.6, 30)})
 
     async def second_life() -> None:
         training = setup.training()
@@ -1073,6 +1074,18 @@ def test_a_full_disk_at_the_commit_pauses_and_the_retry_commits_the_round(tmp_pa
     asyncio.run(scenario())
 
 
+async def retried_then_trained(training: Training, setup: Setup) -> None:
+    """The storage retry comes: training goes on, and c1 and c2 train round 0 and the run is
+    closed."""
+    [retry] = setup.timer.pending
+    retry.fire()
+    await until(lambda: not training.fault)
+    assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
+    assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.ACCEPTED
+    await aggregated(training, setup, 1)
+    await training.close(1)
+
+
 def test_a_state_database_another_program_locked_pauses_training_until_it_lets_go(
     tmp_path: Path,
 ) -> None:
@@ -1093,13 +1106,7 @@ def test_a_state_database_another_program_locked_pauses_training_until_it_lets_g
             "tool; close it): database is locked"
         )
         shell.execute("ROLLBACK")
-        [retry] = setup.timer.pending
-        retry.fire()
-        await until(lambda: not training.fault)
-        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
-        assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.ACCEPTED
-        await aggregated(training, setup, 1)
-        await training.close(1)
+        await retried_then_trained(training, setup)
 
     try:
         asyncio.run(scenario())
@@ -1331,13 +1338,7 @@ def test_an_update_the_median_could_not_read_is_taken_when_it_is_sent_again(
         assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.POSTPONED
         assert not setup.db.is_folded(RUN, 0, "c1")
         assert not (setup.store.spool_dir(RUN) / "round_0" / "c1.safetensors").exists()
-        [retry] = setup.timer.pending
-        retry.fire()
-        await until(lambda: not training.fault)
-        assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
-        assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.ACCEPTED
-        await aggregated(training, setup, 1)
-        await training.close(1)
+        await retried_then_trained(training, setup)
 
     asyncio.run(scenario())
 
