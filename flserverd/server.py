@@ -244,6 +244,9 @@ class FLServer:
         dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
         self.store.clear_spool(record.run_number)
         self.training = Training(record, config, manifest, self.store, self.db, self)
+        # A final validation taken up waits for the last round's sites: not for one that is no
+        # longer registered (dropped, revoked), which would never report.
+        self.training.ready &= {client.instance for client in self.registry.clients()}
         self.training.recover_outputs()
         return dropped
 

@@ -15,10 +15,11 @@ import safetensors.numpy
 from flcore import status as st
 from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
+from flcore.tokens import new_token, token_key
 from fldev.poll import wait_until_async
 from flserverd import server as server_module
 from flserverd.server import FLServer
-from flserverd.statedb import RunRecord, StateDB
+from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
 from tests.unit.serverparts import server_startup
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
@@ -214,6 +215,36 @@ def test_a_continued_run_forgets_how_it_ended_before(tmp_path: Path) -> None:
             record = server.db.get_run(4)
             assert record is not None and record.failures == {}
             assert record.ended_at == 0.0 and record.started_at > 200.0
+        finally:
+            await server.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_a_final_validation_taken_up_waits_for_the_last_rounds_sites_still_registered(
+    tmp_path: Path,
+) -> None:
+    """The reports it had died with the last process: it waits for the last round's sites
+    (they report again), but not for one no longer registered, which never would."""
+    interrupted_run(tmp_path, with_app=True)
+    db = StateDB(tmp_path / "state" / "flserverd.sqlite3")
+    record = RunRecord(4, st.STARTED, phase="final validation", num_rounds=2, next_round=2)
+    db.complete_round(record, RoundSummary(4, 1, 1.0e9, ["site-a", "site-b", "site-c"], {}))
+    for name in ("site-a", "site-b"):
+        db.save_client(ClientRecord(token_key(new_token()), name, name, "org", 1.0e9))
+    db.close()
+    models = tmp_path / "run_4" / "models"
+    models.mkdir()
+    safetensors.numpy.save_file(
+        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
+    )
+
+    async def scenario() -> None:
+        server = FLServer(tmp_path, server_startup(), "test")
+        await server.open()
+        try:
+            training = server.training_for(4)
+            assert training is not None and training.awaited() == ["site-a", "site-b"]
         finally:
             await server.close(1)
 
