@@ -16,11 +16,13 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
 from flcore import status as st
 from flcore.appreview import review_app
+from flcore.certlife import WARN_DAYS
 from flcore.crossvalmatrix import ValidationMatrix
 from flcore.diskfault import disk_fault
 from flcore.federation import MAX_RUN_NUMBER
@@ -493,14 +495,31 @@ def _server_status(server: FLServer, roster: RosterText, with_rows: bool) -> Rep
     registered = roster.lines(server.registry)
     lines.append(f"Registered clients: {len(registered)}")
     lines.extend(registered)
+    ending = _ending_certificates(server)
+    if ending:
+        soon = ", ".join(f"{name} on {until:%Y-%m-%d}" for name, until in ending.items())
+        lines.append(f"Certificates ending within {WARN_DAYS} days: {soon}")
     data: dict[str, Any] = {
         "run": asdict(view),
         "revocation": revocation,
         "registered": len(registered),
+        "certificates_ending": {name: until.isoformat() for name, until in ending.items()},
     }
     if with_rows:
         data["clients"] = [row_data(row) for row in server.client_rows()]
     return Reply(True, "\n".join(lines), data)
+
+
+def _ending_certificates(server: FLServer) -> dict[str, datetime]:
+    """The kits of registered clients whose certificates end within WARN_DAYS, by name: lead
+    IT re-issues them before they do (docs/operations.md, "Certificates end")."""
+    soon = datetime.now(UTC) + timedelta(days=WARN_DAYS)
+    ending: dict[str, datetime] = {}
+    for client in server.registry.clients():
+        until = client.valid_until
+        if until is not None and until <= soon:
+            ending[client.client_name] = min(until, ending.get(client.client_name, until))
+    return dict(sorted(ending.items()))
 
 
 def _revocation_state(server: FLServer) -> dict[str, Any]:

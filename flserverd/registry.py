@@ -21,6 +21,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
 
 from flcore.diskfault import disk_fault
@@ -82,6 +83,8 @@ class RegisteredClient:
     """When the client last changed its status word or run (0: not since the server started)."""
     serial: int = 0
     """Serial of the certificate it last presented (0 until it does after a restart)."""
+    valid_until: datetime | None = None
+    """When the certificate it last presented ends (None until it presents one)."""
     heard_at: float = 0.0
     """When it was last heard from, by the registry's monotonic clock: what its silence is
     measured on, so that a step of the wall clock (NTP, a resumed VM) drops no one and keeps
@@ -194,7 +197,7 @@ class ClientRegistry:
         if client is not None:
             self.heard(client)
             client.machine = machine
-            client.serial = identity.serial
+            client.serial, client.valid_until = identity.serial, identity.valid_until
             self.remember(client)
             return Login(client, token, True)
         running = sum(1 for c in self._clients.values() if c.client_name == identity.name)
@@ -218,6 +221,7 @@ class ClientRegistry:
             heard_at=self._ticks(),
             machine=machine,
             serial=identity.serial,
+            valid_until=identity.valid_until,
         )
         self._add(client)
         record = ClientRecord(
@@ -263,7 +267,7 @@ class ClientRegistry:
         if identity is None or identity.name != client.client_name:
             raise AuthError("token was issued to another certificate")
         self.heard(client)
-        client.serial = identity.serial
+        client.serial, client.valid_until = identity.serial, identity.valid_until
         return client
 
     def heard(self, client: RegisteredClient) -> None:

@@ -28,6 +28,7 @@ from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity, identity_from_cer
 from flcore.kitsig import SIGNATURE_FILE, read_startup, sign_files
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR, load_client
+from flserverd.commands import AdminCommands, Reply
 from flserverd.server import FLServer
 from provision import extract_kit, pki
 from provision.workspace import Workspace
@@ -207,11 +208,22 @@ def test_a_site_and_an_admin_whose_certificates_end_soon_are_warned_of_at_login(
         ca, pki.Subject("lead@org", "org", KIND_ADMIN, "super"), "ecdsa-p256", 20, now
     )
 
+    lasting = pki.issue(ca, pki.Subject("site-b", "org", KIND_CLIENT), "ecdsa-p256", 300, now)
+    shown: list[Reply] = []
+
     async def scenario(server: FLServer) -> None:
         server.login(identity_from_certificate(site.cert), "", MachineInfo())
+        server.login(identity_from_certificate(lasting.cert), "", MachineInfo())
         server.admins.login(identity_from_certificate(admin.cert), "lead@org")
+        commands = AdminCommands(server)
+        shown.append(await commands.execute("lead@org", "super", "check_status server", 5, False))
 
     with caplog.at_level(logging.WARNING, "flcore.certlife"):
         on_server(tmp_path, scenario)
     said = [r.getMessage().split(" expires on ")[0] for r in caplog.records]
     assert said == ["the certificate of client site-a", "the certificate of admin lead@org"]
+    # lead IT reads it in check_status server too, whenever it looks
+    end = site.cert.not_valid_after_utc
+    [status] = shown
+    assert f"Certificates ending within 30 days: site-a on {end:%Y-%m-%d}" in status.text
+    assert status.data["certificates_ending"] == {"site-a": end.isoformat()}
