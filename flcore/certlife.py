@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from flcore.identity import Identity
+from flcore.identity import KIND_SERVER, Identity, identity_from_certificate
 from flcore.schema import ConfigError
 from flcore.tls import NamesTlsFiles
 
@@ -81,13 +81,17 @@ def ends_soon(what: str, end: datetime, now: datetime, renewal: str) -> str | No
 
 
 def participant_renewal(name: str) -> str:
-    """What a participant whose certificate ends must do."""
+    """What a site or an admin whose certificate ends must do."""
     return (
-        f"ask lead IT for a new kit (flprovision --reissue {name}) and extract it in place "
-        "of this one"
+        f"ask lead IT for a new kit (flprovision --reissue {name}; a site that makes its own "
+        "key sends a new request) and extract it in place of this one"
     )
 
 
+SERVER_RENEWAL = (
+    "lead IT re-issues every kit with flprovision --force (the server's kit is never re-issued "
+    "alone); extract the new server kit in place of this one and hand out the others"
+)
 CA_RENEWAL = "lead IT must provision the project again (every kit ends with its CA)"
 
 
@@ -97,20 +101,25 @@ def kit_lives(startup_dir: Path, config: NamesTlsFiles, name: str) -> list[CertL
     Raises:
         ConfigError: a certificate file cannot be read or is no certificate.
     """
-    lives = []
-    for file_name, what, renewal in (
-        (config.ssl_cert, f"this kit's certificate ({name})", participant_renewal(name)),
-        (config.ssl_root_cert, "the project CA", CA_RENEWAL),
-    ):
-        path = startup_dir / file_name
-        try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except ValueError:
-            raise ConfigError(f"{path} holds no certificate; re-extract the kit") from None
-        lives.append(CertLife.of(cert, what, renewal))
-    return lives
+    own, ca = (_certificate(startup_dir / f) for f in (config.ssl_cert, config.ssl_root_cert))
+    server = identity_from_certificate(own).kind == KIND_SERVER
+    return [
+        CertLife.of(
+            own,
+            f"this kit's certificate ({name})",
+            SERVER_RENEWAL if server else participant_renewal(name),
+        ),
+        CertLife.of(ca, "the project CA", CA_RENEWAL),
+    ]
+
+
+def _certificate(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        raise ConfigError(f"{path} holds no certificate; re-extract the kit") from None
 
 
 def judged(lives: Sequence[CertLife], now: datetime) -> tuple[list[str], list[str]]:
@@ -181,7 +190,8 @@ class EndingPeers:
             f"the certificate of {identity.kind} {identity.name}",
             identity.valid_until,
             now,
-            f"lead IT must issue it a new kit (flprovision --reissue {identity.name})",
+            f"lead IT must issue it a new kit (flprovision --reissue {identity.name}, or sign "
+            "its new request if it makes its own key)",
         )
         if warning is None:
             return

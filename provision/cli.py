@@ -26,7 +26,15 @@ from provision.extract import extract_kit
 from provision.passwords import PasswordsFile
 from provision.project import KEY_TYPES
 from provision.projectfile import load_project
-from provision.revocation import CRL_DAYS, REASONS, CrlWritten, check_days, refresh_crl, revoke
+from provision.revocation import (
+    CRL_DAYS,
+    REASONS,
+    REISSUE_REASON,
+    CrlWritten,
+    check_days,
+    refresh_crl,
+    revoke,
+)
 from provision.templates import sample_project
 
 PROG = "flprovision"
@@ -225,10 +233,18 @@ def _print_crl(crl: CrlWritten) -> None:
         print(f"===> revoked {each.name}: certificate serial {each.serial} ({each.reason})")
     if crl.next_update is None:
         return
+    replaced = any(each.reason == REISSUE_REASON for each in crl.revoked)
+    # A re-issue revokes kits still in use: loading the list before the new ones are in place
+    # cuts those sites (and the lead's own console) off.
+    when = (
+        "once every new kit is in place (until then the old ones keep working)"
+        if replaced
+        else "now"
+    )
     print(
         f"===> wrote {crl.path}: CRL number {crl.number}, {crl.listed} certificate(s) revoked "
         f"in all, next update {crl.next_update:%Y-%m-%d}; load it into the running server "
-        "(console command load_crl)"
+        f"(console command load_crl) {when}"
     )
 
 

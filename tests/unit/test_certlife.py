@@ -27,7 +27,7 @@ from flcore.federation import MachineInfo
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity, identity_from_certificate
 from flcore.kitsig import SIGNATURE_FILE, read_startup, sign_files
 from flcore.schema import ConfigError
-from flcore.startup import STARTUP_DIR, load_client
+from flcore.startup import STARTUP_DIR, load_client, load_server
 from flserverd.commands import AdminCommands, Reply
 from flserverd.server import FLServer
 from provision import extract_kit, pki
@@ -44,7 +44,8 @@ def test_an_ended_certificate_says_when_and_who_makes_a_new_one() -> None:
     assert OWN.problem(END - timedelta(seconds=1)) is None
     assert OWN.problem(END) == (
         "this kit's certificate (site-a) expired on 2027-12-01 12:00 UTC: ask lead IT for a "
-        "new kit (flprovision --reissue site-a) and extract it in place of this one"
+        "new kit (flprovision --reissue site-a; a site that makes its own key sends a new "
+        "request) and extract it in place of this one"
     )
 
 
@@ -75,9 +76,7 @@ def test_the_end_is_warned_about_from_thirty_days_before(
     else:
         assert warning is not None and said in warning
         assert warning.startswith("this kit's certificate (site-a) expires on 2027-12-01 12:00")
-        assert warning.endswith(
-            "(flprovision --reissue site-a) and extract it in place of this one before then"
-        )
+        assert warning.endswith("a new request) and extract it in place of this one before then")
 
 
 def test_a_kits_lives_are_its_own_certificate_and_the_ca(
@@ -134,11 +133,13 @@ def test_the_server_warns_of_an_ending_peer_once_a_day(caplog: pytest.LogCapture
         now[0] += timedelta(days=1)
         peers.logged_in(ending)
     said = [r.getMessage() for r in caplog.records]
+    renew = (
+        "lead IT must issue it a new kit (flprovision --reissue site-a, or sign its new request "
+        "if it makes its own key) before then"
+    )
     assert said == [
-        "the certificate of client site-a expires on 2027-12-01 12:00 UTC, in 10 days: lead IT "
-        "must issue it a new kit (flprovision --reissue site-a) before then",
-        "the certificate of client site-a expires on 2027-12-01 12:00 UTC, in 9 days: lead IT "
-        "must issue it a new kit (flprovision --reissue site-a) before then",
+        f"the certificate of client site-a expires on 2027-12-01 12:00 UTC, in {days} days: {renew}"
+        for days in (10, 9)
     ]
 
 
@@ -227,3 +228,17 @@ def test_a_site_and_an_admin_whose_certificates_end_soon_are_warned_of_at_login(
     [status] = shown
     assert f"Certificates ending within 30 days: site-a on {end:%Y-%m-%d}" in status.text
     assert status.data["certificates_ending"] == {"site-a": end.isoformat()}
+
+
+def test_the_servers_kit_is_renewed_with_all_the_others(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """flprovision refuses to re-issue the server's kit alone: the advice is --force."""
+    workspace = tmp_path / "server"
+    extract_kit(
+        provisioned_workspace.kit("server"), provisioned_workspace.password("server"), workspace
+    )
+    own, _ = kit_lives(workspace / STARTUP_DIR, load_server(workspace), "server")
+    warning = own.warning(datetime.now(UTC))  # the example project's kits last 30 days
+    assert warning is not None and "flprovision --force" in warning
+    assert "--reissue" not in warning

@@ -295,6 +295,7 @@ def test_cli_revoke_reissue_and_crl(tmp_path: Path) -> None:
     assert first.startswith("===> revoked flclient2: certificate serial ")
     assert first.endswith(" (key-compromise)")
     assert second.startswith("===> wrote ws/crl.pem: CRL number 1, 1 certificate(s) revoked in all")
+    assert second.endswith("(console command load_crl) now")  # a stolen kit: at once
     assert done.stderr == ""
 
     done = flprovision("-p", "project.yml", "-w", "ws", "--reissue", "flclient1", cwd=tmp_path)
@@ -303,6 +304,11 @@ def test_cli_revoke_reissue_and_crl(tmp_path: Path) -> None:
     assert lines[0].startswith("===> revoked flclient1: certificate serial ")
     assert lines[0].endswith(" (superseded)")
     assert lines[1].startswith("===> wrote ws/crl.pem: CRL number 2, 2 certificate(s)")
+    # the old kit is still in use: loaded before the new one is in place, it cuts the site off
+    assert lines[1].endswith(
+        "(console command load_crl) once every new kit is in place (until then the old ones "
+        "keep working)"
+    )
     assert lines[2].startswith("===> password: ")
     assert lines[2].endswith(" for flclient1.zip to optional.email@flclient.org")
 
