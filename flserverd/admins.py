@@ -180,12 +180,12 @@ class AdminLogins:
                 del self._feeds[user]
 
     def revoke(self, refused: Callable[[AdminLogin], str | None]) -> dict[str, str]:
-        """Log out every admin whose certificate is now refused; returns their tokens and
-        why each was refused."""
+        """Log out every admin whose certificate is now refused; returns who (by user, once
+        however many logins each had) and why."""
         out = {}
         for key, admin in list(self._logins.items()):
             reason = refused(admin)
             if reason is not None:
                 del self._logins[key]
-                out[admin.token] = reason
+                out[admin.user] = reason
         return out

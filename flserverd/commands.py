@@ -34,7 +34,7 @@ from flserverd import confirm, listings
 from flserverd.confirm import Confirmation
 from flserverd.registry import RegisteredClient
 from flserverd.revocation import RevocationError, when
-from flserverd.server import DEPARTURE_WAIT_S, CommandError, FLServer
+from flserverd.server import DEPARTURE_WAIT_S, CommandError, Enforced, FLServer
 from flserverd.transfer import (
     FileChunk,
     TransferError,
@@ -802,7 +802,7 @@ async def _load_crl(cmds: AdminCommands, request: Request) -> Reply:
         loaded = server.revocations.load(request.attachment)
     except RevocationError as exc:
         raise CommandError(f"revocation list refused: {exc}") from None
-    removed = server.enforce_revocations()
+    enforced = server.enforce_revocations()
     crl = loaded.crl
     replaced = f" (replaces number {loaded.previous})" if loaded.previous is not None else ""
     due = f", next update {when(crl.next_update)}" if crl.next_update else ""
@@ -810,7 +810,7 @@ async def _load_crl(cmds: AdminCommands, request: Request) -> Reply:
         f"Loaded revocation list number {crl.number}{replaced}: "
         f"{len(crl.serials)} certificate(s) revoked{due}."
     ]
-    lines.append(_removed_line(removed))
+    lines.extend(_enforced_lines(enforced))
     if loaded.lifted:
         lines.append(f"Revoked on this server, now carried by the list: {', '.join(loaded.lifted)}")
     lines.extend(
@@ -823,7 +823,8 @@ async def _load_crl(cmds: AdminCommands, request: Request) -> Reply:
         "crl_number": crl.number,
         "replaced": loaded.previous,
         "revoked": len(crl.serials),
-        "removed": removed,
+        "removed": enforced.clients,
+        "logged_out": enforced.admins,
         "lifted": list(loaded.lifted),
         "kept": loaded.kept,
         "stale": bool(stale),
@@ -831,10 +832,17 @@ async def _load_crl(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(True, "\n".join(lines), data)
 
 
-def _removed_line(removed: list[str]) -> str:
-    if not removed:
-        return "No client logged in now is revoked."
-    return f"Disconnected and removed: {', '.join(removed)}"
+def _enforced_lines(enforced: Enforced) -> list[str]:
+    """Who a revocation took effect on: the admin who ran it may be among those logged out
+    (an old kit), and their next command fails on it."""
+    lines = [
+        f"Disconnected and removed: {', '.join(enforced.clients)}"
+        if enforced.clients
+        else "No client logged in now is revoked."
+    ]
+    if enforced.admins:
+        lines.append(f"Admins logged out: {', '.join(enforced.admins)}")
+    return lines
 
 
 @command("revoke <name>", "refuse a client's or admin's certificates now (asks for confirmation)")
@@ -861,17 +869,21 @@ async def _revoke(cmds: AdminCommands, request: Request) -> Reply:
             ),
         )
     revoked = server.revocations.revoke(name, request.user)
-    removed = server.enforce_revocations()
+    enforced = server.enforce_revocations()
     lines = [
         f"{name} is revoked on this server: its certificates are refused from now on."
         if revoked is not None
         else f"{name} was revoked on this server already.",
-        _removed_line(removed),
+        *_enforced_lines(enforced),
         f"To revoke it for good, run 'flprovision revoke {name}' (or re-issue its kit with "
         f"'flprovision --reissue {name}') where the project was provisioned, and load the "
         "crl.pem it writes with load_crl.",
     ]
-    return Reply(True, "\n".join(lines), {"name": name, "removed": removed})
+    return Reply(
+        True,
+        "\n".join(lines),
+        {"name": name, "removed": enforced.clients, "logged_out": enforced.admins},
+    )
 
 
 @command("validate all | <instance> <instance>...", "cross-site validation results", read_only=True)

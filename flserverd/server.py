@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
@@ -96,6 +97,14 @@ the log once a minute at most for each."""
 
 class CommandError(Exception):
     """An admin command cannot be carried out; the message tells the admin why."""
+
+
+class Enforced(NamedTuple):
+    """Who a revocation took effect on at once: client instances dropped, admins logged
+    out."""
+
+    clients: list[str]
+    admins: list[str]
 
 
 class FLServer:
@@ -778,7 +787,7 @@ class FLServer:
         for crossval in self._crossvals.values():
             crossval.withdraw(client.instance, f"removed: {reason}")
 
-    def enforce_revocations(self) -> list[str]:
+    def enforce_revocations(self) -> Enforced:
         """Apply the revocation list and the names revoked here to everyone logged in now:
         revoked clients are dropped (their control stream closes, an update they are still
         sending is discarded) and revoked admins logged out (their feed ends). Returns who."""
@@ -797,10 +806,11 @@ class FLServer:
         def refused(admin: AdminLogin) -> str | None:
             return self.revocations.refusal(admin.user, admin.serial)
 
-        for reason in self.admins.revoke(refused).values():
+        logged_out = self.admins.revoke(refused)
+        for reason in logged_out.values():
             log.warning("admin logged out: %s", reason)
         self.bus.cut_off(self.revocations.refusal)
-        return removed
+        return Enforced(removed, sorted(logged_out))
 
     def revoked_sender(self, instance: str) -> str | None:
         """Why an upload of ``instance`` must not be used: its certificate was revoked while

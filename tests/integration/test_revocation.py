@@ -133,6 +133,7 @@ def test_a_revoked_admin_is_logged_out_and_refused(cluster: Cluster) -> None:
             revoked = await asyncio.to_thread(fltui, cluster, "--yes", "--cmd", f"revoke {MEMBER}")
             assert revoked.returncode == 0, revoked.stdout
             assert f"{MEMBER} is revoked on this server" in revoked.stdout
+            assert f"Admins logged out: {MEMBER}" in revoked.stdout  # said, not only done
             assert f"flprovision revoke {MEMBER}" in revoked.stdout
             try:
                 async for _ in events:
