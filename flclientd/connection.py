@@ -149,7 +149,7 @@ class Connection:
 
     def open_control(self) -> ControlStream:
         """Open the long-lived control stream."""
-        return ControlStream(self.stub.Control())
+        return ControlStream(self.stub.Session())
 
     async def get_model(
         self, run_number: int, round_number: int, target: Path, owner: str = ""

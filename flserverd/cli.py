@@ -27,14 +27,13 @@ from flcore.daemon import (
 )
 from flcore.exporter import endpoint_settings
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
-from flcore.proto.gen import flstack_federation_pb2_grpc as fed_grpc
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import SERVER_FILE, STARTUP_DIR, ServerStartup, load_server
 from flcore.tls import TlsFiles, server_credentials, server_options
 from flcore.version import flstack_version
 from flserverd.admin_service import AdminService
-from flserverd.federation_service import FederationService
+from flserverd.federation_service import FederationService, serve_federation
 from flserverd.gate import Gate
 from flserverd.server import FLServer
 from flserverd.throttle import LOGIN_BURST, LOGINS_PER_SECOND, Throttle
@@ -95,7 +94,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     options = server_options(raise_open_files())
     federation = grpc.aio.server(options=options, interceptors=[gate])
     federation_service = FederationService(server)
-    fed_grpc.add_FederationServicer_to_server(federation_service, federation)
+    serve_federation(federation_service, federation)
     admin = grpc.aio.server(options=options, interceptors=[gate])
     admin_grpc.add_AdminServicer_to_server(AdminService(server), admin)
     try:

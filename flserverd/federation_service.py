@@ -115,12 +115,13 @@ class FederationService(fed_grpc.FederationServicer):
         self.server.drop(client, st.LOGGED_OUT)
         return fed_pb2.ClientLogoutReply()
 
-    async def Control(
+    async def Session(
         self,
         request_iterator: AsyncIterator[fed_pb2.ClientMessage],
         context: Context,
     ) -> AsyncIterator[fed_pb2.ServerMessage]:
-        """Heartbeats, statuses, results and logs up; commands and offers down."""
+        """The control stream (Session on the wire): heartbeats, statuses, results and logs up;
+        commands and offers down."""
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("body") != "hello":
             await context.abort(
@@ -273,3 +274,22 @@ class FederationService(fed_grpc.FederationServicer):
             await self._unless_revoked(client, context)
             yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
             self.exchange.sent("app", len(data))
+
+
+CONTROL_OF_DECEMBER = "Control"
+"""The control stream's name on the wire for sites of 2026-12-06 and -07 (it is Session before
+and after): the server answers it too, so that such a site is not "Method not found!"."""
+
+
+def serve_federation(service: FederationService, server: grpc.aio.Server) -> None:
+    """Put the federation service on ``server``, under every wire name a site may call."""
+    fed_grpc.add_FederationServicer_to_server(service, server)
+    control = grpc.stream_stream_rpc_method_handler(
+        service.Session,
+        request_deserializer=fed_pb2.ClientMessage.FromString,
+        response_serializer=fed_pb2.ServerMessage.SerializeToString,
+    )
+    name = fed_pb2.DESCRIPTOR.services_by_name["Federation"].full_name
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(name, {CONTROL_OF_DECEMBER: control}),)
+    )

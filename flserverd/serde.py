@@ -30,6 +30,7 @@ from flcore.federation import (
     SubmitHeader,
     TaskOffer,
     Unreadable,
+    UploadKind,
     Upward,
     Verdict,
 )
@@ -221,13 +222,20 @@ def model_request_from_proto(message: fed_pb2.ModelRequest) -> ModelRequest:
     )
 
 
+BEST_LOCAL_OF_DECEMBER = 2
+"""What sites of 2026-12-06 and -07 sent for a best local model: UploadKind had given it a
+number of its own, which later took back ModelKind's 3 (the number sites before sent)."""
+
+
 def submit_header_from_proto(message: fed_pb2.SubmitHeader) -> SubmitHeader:
     """What an upload declares; WireError for an unknown kind, TensorFileError for a
     manifest that contradicts itself."""
     return SubmitHeader(
         run_number=message.run_number,
         round=message.round,
-        kind=enum_from_proto(UPLOAD_KINDS, message.kind, "upload kind"),
+        kind=UploadKind.BEST_LOCAL
+        if message.kind == BEST_LOCAL_OF_DECEMBER
+        else enum_from_proto(UPLOAD_KINDS, message.kind, "upload kind"),
         num_samples=message.num_samples,
         metrics=dict(message.metrics),
         manifest=manifest_from_proto(message.manifest),

@@ -238,7 +238,7 @@ def test_a_hostile_site_cannot_stop_a_run_or_lose_an_update(
         conn = Connection(startup, files)
         try:
             await conn.login("", MachineInfo(device="cpu"))
-            control = conn.stub.Control()
+            control = conn.stub.Session()
             status = fed_pb2.ClientStatus(
                 status="\x1b[2J" + "x" * 100_000, error="\x1b]0;pwned\x07" * 1000
             )

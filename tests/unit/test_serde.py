@@ -214,7 +214,7 @@ def test_an_unknown_upload_kind_is_refused() -> None:
     proto = client_serde.submit_header_to_proto(
         "tok", SubmitHeader(4, 2, UploadKind.UPDATE, 48, {}, MANIFEST)
     ).header
-    for kind in (0, 3, 99):  # 3 was MODEL_KIND_LOCAL, the old way to send a local model
+    for kind in (0, 4, 99):
         proto.kind = fed_pb2.UploadKind.ValueType(kind)
         with pytest.raises(WireError, match=f"unknown upload kind {kind}"):
             server_serde.submit_header_from_proto(proto)
@@ -252,3 +252,14 @@ def test_an_unknown_verdict_is_not_read_as_rejected() -> None:
         with pytest.raises(WireError, match=f"unknown submit result {result}"):
             reply = fed_pb2.SubmitReply(result=fed_pb2.SubmitResult.ValueType(result))
             client_serde.verdict_from_proto(reply)
+
+
+@pytest.mark.parametrize(
+    ("number", "kind"),
+    [(1, UploadKind.UPDATE), (3, UploadKind.BEST_LOCAL), (2, UploadKind.BEST_LOCAL)],
+)
+def test_upload_kinds_of_every_version_are_read(number: int, kind: UploadKind) -> None:
+    """1 and 3 are what every version but one sent (ModelKind's GLOBAL and LOCAL); 2 is the
+    best local model of sites of 2026-12-06 and -07."""
+    header = fed_pb2.SubmitHeader(kind=number)  # type: ignore[arg-type]
+    assert server_serde.submit_header_from_proto(header).kind is kind

@@ -97,16 +97,19 @@ class _UploadKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UploadKind
     UPLOAD_KIND_UNSPECIFIED: _UploadKind.ValueType  # 0
     UPLOAD_KIND_UPDATE: _UploadKind.ValueType  # 1
     """a training update for a round"""
-    UPLOAD_KIND_BEST_LOCAL: _UploadKind.ValueType  # 2
+    UPLOAD_KIND_BEST_LOCAL: _UploadKind.ValueType  # 3
     """the site's best local model, for cross-site validation"""
 
 class UploadKind(_UploadKind, metaclass=_UploadKindEnumTypeWrapper):
-    """What a client uploads (SubmitModel)."""
+    """What a client uploads (SubmitModel).
+    The values are those ModelKind gave uploads before (GLOBAL = 1, LOCAL = 3), so that a peer
+    of either version reads the other's.
+    """
 
 UPLOAD_KIND_UNSPECIFIED: UploadKind.ValueType  # 0
 UPLOAD_KIND_UPDATE: UploadKind.ValueType  # 1
 """a training update for a round"""
-UPLOAD_KIND_BEST_LOCAL: UploadKind.ValueType  # 2
+UPLOAD_KIND_BEST_LOCAL: UploadKind.ValueType  # 3
 """the site's best local model, for cross-site validation"""
 Global___UploadKind: _TypeAlias = UploadKind  # noqa: Y015
 

@@ -45,8 +45,8 @@ class FederationStub:
                 request_serializer=flstack__federation__pb2.ClientLogoutRequest.SerializeToString,
                 response_deserializer=flstack__federation__pb2.ClientLogoutReply.FromString,
                 _registered_method=True)
-        self.Control = channel.stream_stream(
-                '/flstack.v1.Federation/Control',
+        self.Session = channel.stream_stream(
+                '/flstack.v1.Federation/Session',
                 request_serializer=flstack__federation__pb2.ClientMessage.SerializeToString,
                 response_deserializer=flstack__federation__pb2.ServerMessage.FromString,
                 _registered_method=True)
@@ -88,8 +88,11 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Control(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+    def Session(self, request_iterator, context):
+        """The control stream. Its wire name stays Session, the name 0.1 shipped with: a method's
+        name is its path on the wire, and a renamed one is "Method not found!" to every peer of
+        the other version (tests/unit/test_wire_contract.py pins the wire).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -136,8 +139,8 @@ def add_FederationServicer_to_server(servicer, server):
                     request_deserializer=flstack__federation__pb2.ClientLogoutRequest.FromString,
                     response_serializer=flstack__federation__pb2.ClientLogoutReply.SerializeToString,
             ),
-            'Control': grpc.stream_stream_rpc_method_handler(
-                    servicer.Control,
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
                     request_deserializer=flstack__federation__pb2.ClientMessage.FromString,
                     response_serializer=flstack__federation__pb2.ServerMessage.SerializeToString,
             ),
@@ -227,7 +230,7 @@ class Federation:
             _registered_method=True)
 
     @staticmethod
-    def Control(request_iterator,
+    def Session(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -240,7 +243,7 @@ class Federation:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/flstack.v1.Federation/Control',
+            '/flstack.v1.Federation/Session',
             flstack__federation__pb2.ClientMessage.SerializeToString,
             flstack__federation__pb2.ServerMessage.FromString,
             options,

@@ -48,7 +48,11 @@ class FederationStub:
     Login: _grpc.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLoginRequest, _flstack_federation_pb2.ClientLoginReply]
     Logout: _grpc.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLogoutRequest, _flstack_federation_pb2.ClientLogoutReply]
     """Ends the client's registration at once instead of waiting for the heartbeat timeout."""
-    Control: _grpc.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]
+    Session: _grpc.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]
+    """The control stream. Its wire name stays Session, the name 0.1 shipped with: a method's
+    name is its path on the wire, and a renamed one is "Method not found!" to every peer of
+    the other version (tests/unit/test_wire_contract.py pins the wire).
+    """
     GetModel: _grpc.UnaryStreamMultiCallable[_flstack_federation_pb2.ModelRequest, _flstack_federation_pb2.ModelMessage]
     """Downloads a model: first message is the manifest, then tensor chunks."""
     SubmitModel: _grpc.StreamUnaryMultiCallable[_flstack_federation_pb2.SubmitModelMessage, _flstack_federation_pb2.SubmitReply]
@@ -66,7 +70,11 @@ class FederationAsyncStub(FederationStub):
     Login: _aio.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLoginRequest, _flstack_federation_pb2.ClientLoginReply]  # type: ignore[assignment]
     Logout: _aio.UnaryUnaryMultiCallable[_flstack_federation_pb2.ClientLogoutRequest, _flstack_federation_pb2.ClientLogoutReply]  # type: ignore[assignment]
     """Ends the client's registration at once instead of waiting for the heartbeat timeout."""
-    Control: _aio.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]  # type: ignore[assignment]
+    Session: _aio.StreamStreamMultiCallable[_flstack_federation_pb2.ClientMessage, _flstack_federation_pb2.ServerMessage]  # type: ignore[assignment]
+    """The control stream. Its wire name stays Session, the name 0.1 shipped with: a method's
+    name is its path on the wire, and a renamed one is "Method not found!" to every peer of
+    the other version (tests/unit/test_wire_contract.py pins the wire).
+    """
     GetModel: _aio.UnaryStreamMultiCallable[_flstack_federation_pb2.ModelRequest, _flstack_federation_pb2.ModelMessage]  # type: ignore[assignment]
     """Downloads a model: first message is the manifest, then tensor chunks."""
     SubmitModel: _aio.StreamUnaryMultiCallable[_flstack_federation_pb2.SubmitModelMessage, _flstack_federation_pb2.SubmitReply]  # type: ignore[assignment]
@@ -95,11 +103,15 @@ class FederationServicer(metaclass=_abc_1.ABCMeta):
         """Ends the client's registration at once instead of waiting for the heartbeat timeout."""
 
     @_abc_1.abstractmethod
-    def Control(
+    def Session(
         self,
         request_iterator: _MaybeAsyncIterator[_flstack_federation_pb2.ClientMessage],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_flstack_federation_pb2.ServerMessage], _abc.AsyncIterator[_flstack_federation_pb2.ServerMessage]]: ...
+    ) -> _typing.Union[_abc.Iterator[_flstack_federation_pb2.ServerMessage], _abc.AsyncIterator[_flstack_federation_pb2.ServerMessage]]:
+        """The control stream. Its wire name stays Session, the name 0.1 shipped with: a method's
+        name is its path on the wire, and a renamed one is "Method not found!" to every peer of
+        the other version (tests/unit/test_wire_contract.py pins the wire).
+        """
 
     @_abc_1.abstractmethod
     def GetModel(
