@@ -129,6 +129,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     shutdown.cancel()
     stopped.cancel()
     server.announce_stop(SIGNALLED)
+    server.end_control_streams()
     await asyncio.gather(federation.stop(RPC_GRACE_S), admin.stop(RPC_GRACE_S))
     await server.close(CHECKPOINT_GRACE_S)
     await watching.close()

@@ -245,6 +245,13 @@ class FLServer:
         self.bus.publish(ServerStopping(by, admin=bool(self.stopped_by)))
         self.bus.close()
 
+    def end_control_streams(self) -> None:
+        """The server stops: end every client's control stream now. They never end by
+        themselves, so the RPCs' grace was spent on them in full at every stop (5 s of a
+        restart); transfers still under way keep it. Sites reconnect to the next server."""
+        for link in self.links.values():
+            link.close()
+
     def _hold(self, record: RunRecord, config: ServerAppConfig) -> int:
         """Take up a run from its last committed round (after a restart, or to continue a
         stopped run); returns how many updates of the unfinished round were forgotten."""
