@@ -241,12 +241,12 @@ class Store:
         self._beat(gone.instance, Beat(when, GONE))
         self._changes.clients.add(gone.instance)
         self._changes.statuses = True
-        while len(self.gone) > KEPT_GONE:  # the oldest dropped row goes (in the order dropped)
+        if len(self.gone) > KEPT_GONE:  # the oldest dropped row goes (in the order dropped)
             oldest = next(iter(self.gone))
             del self.gone[oldest]
             del self.clients[oldest]
             self._changes.clients.add(oldest)
-        self._keep_histories()
+            self._keep_histories()
 
     def _beat(self, instance: str, beat: Beat) -> None:
         history = self.beats.get(instance)
