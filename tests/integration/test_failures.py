@@ -47,13 +47,16 @@ def test_training_error_reaches_the_server_with_its_traceback(cluster: Cluster) 
     cluster.ok("upload_folder digits_broken")
     cluster.ok("deploy digits_broken client flclient1")
     cluster.ok("start server")
-    cluster.ok("start client")
+    # flclient2 starts once flclient1 has failed: started together, flclient2 could train both
+    # rounds while flclient1 was still importing torch, and the run ended before it failed
+    cluster.ok("start client flclient1")
 
     def failed() -> dict[str, Any] | None:
         row = cluster.ok("check_status client flclient1").data["clients"]["flclient1"]
         return row if row["status"] == "training failed" else None
 
     row = wait_until(failed, 60, "flclient1 to fail")
+    cluster.ok("start client flclient2")
     assert "Invalid learning rate" in row["error"]
     assert "Traceback" in row["traceback"] and "lr" in row["traceback"]
     text = cluster.ok("check_status client flclient1").text
