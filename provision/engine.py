@@ -10,7 +10,8 @@ A re-issue (``reissue``) gives one participant a new kit (new key, serial
 and password) and revokes its old certificates in the same locked step.
 Participants marked ``csr: true`` make their own key: a run never writes a
 kit for them; :mod:`provision.csr` signs their request, and ``force`` then
-certifies the public key they sent again.
+certifies the public key they sent again, unless its certificate was revoked
+(the key may be what was stolen): such a site sends a new request.
 """
 
 from __future__ import annotations
@@ -380,6 +381,12 @@ def _issue_kits(
                     f"{who.name}'s kit is revoked; flprovision --reissue {who.name} gives it a new "
                     "one, or remove it from project.yml"
                 )
+            continue
+        if who.csr and held is not None and held.get("revoked"):
+            warnings.append(
+                f"{who.name}'s certificate is revoked, so the key it holds is not certified "
+                f"again: it sends a new request (flprovision sign REQUEST.csr --reissue)"
+            )
             continue
         public_key = None if held is None else held_public_key(held)
         if who.csr and public_key is None:

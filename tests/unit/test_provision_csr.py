@@ -29,6 +29,7 @@ from flcore.kitsig import KitSignatureError, verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
 from provision.csr import assemble, make_request, read_request, sign_request
 from provision.pki import key_pem
+from provision.revocation import revoke
 from tests.flprovision import flprovision
 from tests.fuzz import FUZZ
 
@@ -329,6 +330,22 @@ def test_force_certifies_the_key_a_site_holds_and_assemble_renews(
     verify_startup(site / "startup")
     assert (site / "startup" / "client.key").read_bytes() == key
     assert sorted(p.name for p in site.iterdir()) == ["local", "request", "startup"]
+
+
+def test_force_never_certifies_a_revoked_key_again(lead: Any, tmp_path: Path) -> None:
+    """A site that makes its own key and was revoked (its key stolen, say): a later --force,
+    to renew every kit, certified the same key again with a new serial that no list revokes."""
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    sign_request(project, root, made.csr)
+    revoke(root, "site-b", "key-compromise")
+    again = provision_workspace(project, root, force=True)
+    assert "site-b" not in [kit.name for kit in again.written]
+    assert any("site-b's certificate is revoked" in w and "--reissue" in w for w in again.warnings)
+    # The site's new key is what gets signed.
+    renewed = make_request("site-b", "client", tmp_path / "site-b-new")
+    assert sign_request(project, root, renewed.csr, reissue=True).kit.name == "site-b"
 
 
 def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:
