@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from cryptography import x509
@@ -21,6 +21,9 @@ KIND_SERVER = "server"
 KIND_CLIENT = "client"
 KIND_ADMIN = "admin"
 KINDS = (KIND_SERVER, KIND_CLIENT, KIND_ADMIN)
+BACKDATED = timedelta(minutes=5)
+"""How long before its signing provisioning starts a certificate's validity, so that a peer
+whose clock is a little behind accepts it: a certificate was issued this long after its start."""
 
 ROLE_SUPER = "super"
 ROLE_MEMBER = "member"
@@ -39,6 +42,9 @@ class Identity:
     """The certificate's serial number: what a revocation list names."""
     valid_until: datetime | None = None
     """When the certificate ends (the server warns as it nears)."""
+    issued: datetime | None = None
+    """When provisioning signed the certificate: a revocation at the server's console refuses
+    the certificates of a name issued before it, not a kit issued to replace them."""
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
@@ -59,6 +65,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         role=_attr(subject, NameOID.TITLE),
         serial=cert.serial_number,
         valid_until=cert.not_valid_after_utc,
+        issued=cert.not_valid_before_utc + BACKDATED,
     )
 
 

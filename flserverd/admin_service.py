@@ -159,7 +159,7 @@ class AdminService(admin_grpc.AdminServicer):
         except AdminBusy as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
-        subscription = self.server.bus.subscribe(owner=(admin.user, admin.serial))
+        subscription = self.server.bus.subscribe(owner=(admin.user, admin.serial, admin.issued))
         snapshot = self.server.snapshot()
         with self.logins.watching(admin.user):
             yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))

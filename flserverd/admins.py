@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from flcore.identity import KIND_ADMIN, ROLES, Identity
 from flcore.listingrecords import AdminActivity
@@ -49,6 +50,8 @@ class AdminLogin:
     last_used: float
     serial: int = 0
     """Serial of the certificate it logged in with."""
+    issued: datetime | None = None
+    """When that certificate was issued."""
 
 
 class AdminLogins:
@@ -90,7 +93,9 @@ class AdminLogins:
             del self._logins[key]
         self._on_login(identity)
         token = new_token()
-        admin = AdminLogin(token, identity.name, identity.role, now, identity.serial)
+        admin = AdminLogin(
+            token, identity.name, identity.role, now, identity.serial, identity.issued
+        )
         self._logins[token_key(token)] = admin
         log.info(
             "admin %s logged in (role %s, token %s)", identity.name, identity.role, token_id(token)

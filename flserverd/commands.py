@@ -33,7 +33,7 @@ from flcore.listingrecords import AdminLine, RunLine
 from flserverd import confirm, listings
 from flserverd.confirm import Confirmation
 from flserverd.registry import RegisteredClient
-from flserverd.revocation import RevocationError, when
+from flserverd.revocation import CLOCK_SLACK_S, RevocationError, minute_after, when
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, Enforced, FLServer
 from flserverd.transfer import (
     FileChunk,
@@ -811,11 +811,6 @@ async def _load_crl(cmds: AdminCommands, request: Request) -> Reply:
         f"{len(crl.serials)} certificate(s) revoked{due}."
     ]
     lines.extend(_enforced_lines(enforced))
-    if loaded.lifted:
-        lines.append(f"Revoked on this server, now carried by the list: {', '.join(loaded.lifted)}")
-    lines.extend(
-        f"Still revoked on this server: {name}: {why}" for name, why in loaded.kept.items()
-    )
     stale = server.revocations.stale_warning()
     if stale:
         lines.append(f"Warning: {stale}")
@@ -825,8 +820,6 @@ async def _load_crl(cmds: AdminCommands, request: Request) -> Reply:
         "revoked": len(crl.serials),
         "removed": enforced.clients,
         "logged_out": enforced.admins,
-        "lifted": list(loaded.lifted),
-        "kept": loaded.kept,
         "stale": bool(stale),
     }
     return Reply(True, "\n".join(lines), data)
@@ -863,21 +856,23 @@ async def _revoke(cmds: AdminCommands, request: Request) -> Reply:
             False,
             "",
             confirm_prompt=(
-                f"Every certificate of {name} will be refused by this server, and its "
-                "clients disconnected, until a revocation list that revokes them is loaded.\n"
+                f"Every certificate of {name} issued until now will be refused by this "
+                "server, for good, and its clients disconnected; only a kit lead IT issues "
+                f"from {CLOCK_SLACK_S / 60:g} minutes from now on will work.\n"
                 "Are you sure (Y/N):"
             ),
         )
     revoked = server.revocations.revoke(name, request.user)
     enforced = server.enforce_revocations()
     lines = [
-        f"{name} is revoked on this server: its certificates are refused from now on."
+        f"{name} is revoked on this server: every certificate of it issued until now is "
+        f"refused from now on; a kit issued after {minute_after(revoked.works_from)} works."
         if revoked is not None
         else f"{name} was revoked on this server already.",
         *_enforced_lines(enforced),
-        f"To revoke it for good, run 'flprovision revoke {name}' (or re-issue its kit with "
+        f"Lead IT should also run 'flprovision revoke {name}' (or re-issue its kit with "
         f"'flprovision --reissue {name}') where the project was provisioned, and load the "
-        "crl.pem it writes with load_crl.",
+        "crl.pem it writes with load_crl: the list is the project's record of it.",
     ]
     return Reply(
         True,

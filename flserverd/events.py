@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
+from datetime import datetime
 
 from flcore.feed import MAX_BATCH_EVENTS, MAX_TEXT, Body, FeedEvent, LogEntry, clip
 
@@ -38,8 +39,9 @@ class Revoked(CutOff):
     """The subscriber's admin certificate was revoked."""
 
 
-FeedOwner = tuple[str, int]
-"""Who follows a feed: the admin's name and the serial of the certificate it logged in with."""
+FeedOwner = tuple[str, int, datetime | None]
+"""Who follows a feed: the admin's name, and the serial and issue time of the certificate it
+logged in with."""
 
 
 class Subscription:
@@ -136,7 +138,7 @@ class EventBus:
         self._subscribers.add(sub)
         return sub
 
-    def cut_off(self, refusal: Callable[[str, int], str | None]) -> None:
+    def cut_off(self, refusal: Callable[[str, int, datetime | None], str | None]) -> None:
         """End every subscription whose owner ``refusal`` refuses now, with its reason.
 
         By the admin's certificate, not its login token: a feed outlives the token it was

@@ -113,7 +113,7 @@ class Gate(grpc.aio.ServerInterceptor):
         identity = peer_identity(context)
         if identity is None:  # mutual TLS makes every peer present a certificate
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
-        reason = self._revocations.refusal(identity.name, identity.serial)
+        reason = self._revocations.refusal(identity.name, identity.serial, identity.issued)
         if reason is not None:
             now = time.monotonic()
             if now - self._refusals_logged.get(identity.serial, -REFUSAL_LOG_EVERY_S) >= (

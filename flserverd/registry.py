@@ -85,6 +85,8 @@ class RegisteredClient:
     """Serial of the certificate it last presented (0 until it does after a restart)."""
     valid_until: datetime | None = None
     """When the certificate it last presented ends (None until it presents one)."""
+    issued: datetime | None = None
+    """When the certificate it last presented was issued (None until it presents one)."""
     heard_at: float = 0.0
     """When it was last heard from, by the registry's monotonic clock: what its silence is
     measured on, so that a step of the wall clock (NTP, a resumed VM) drops no one and keeps
@@ -198,6 +200,7 @@ class ClientRegistry:
             self.heard(client)
             client.machine = machine
             client.serial, client.valid_until = identity.serial, identity.valid_until
+            client.issued = identity.issued
             self.remember(client)
             return Login(client, token, True)
         running = sum(1 for c in self._clients.values() if c.client_name == identity.name)
@@ -222,6 +225,7 @@ class ClientRegistry:
             machine=machine,
             serial=identity.serial,
             valid_until=identity.valid_until,
+            issued=identity.issued,
         )
         self._add(client)
         record = ClientRecord(
@@ -268,6 +272,7 @@ class ClientRegistry:
             raise AuthError("token was issued to another certificate")
         self.heard(client)
         client.serial, client.valid_until = identity.serial, identity.valid_until
+        client.issued = identity.issued
         return client
 
     def heard(self, client: RegisteredClient) -> None:

@@ -9,12 +9,15 @@ Two things revoke a certificate on this server:
   accepted only when it is newer than the list held (a replayed old list
   would un-revoke), kept in ``state/crl.pem`` and read again at every start.
 - ``revoke NAME`` typed at the console. The server has no CA key and cannot
-  sign a CRL, so this is the server's own refusal: every certificate naming
-  NAME is refused at once, whatever its serial, and the refusal is kept in
-  the state database. It lasts until a CRL is loaded that revokes every
-  certificate NAME ever logged in with here: lead IT's list has caught up,
-  the CRL decides from then on, and a kit re-issued with ``flprovision
-  --reissue NAME`` (a new serial) works.
+  sign a CRL, so this is the server's own refusal, kept in the state
+  database: every certificate naming NAME that was issued before the
+  revocation is refused, whatever its serial. A kit issued after it (by
+  ``flprovision --reissue NAME``, :data:`CLOCK_SLACK_S` later or more) works:
+  only the CA's holder can issue one, so it is the replacement, not the kit
+  revoked. So the refusal never has to end, and no CRL ends it: a list
+  names serials, and the server may never have seen the serial of the kit
+  it refuses (one stolen before its first use), so a list signed later for
+  another reason would have let that kit in again.
 
 A stale CRL (past its next update) keeps revoking what it lists; the server
 warns and says how to refresh it. gRPC Python has no hook into the TLS
@@ -25,6 +28,7 @@ connection that completed a handshake can do nothing without a call.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -45,8 +49,8 @@ log = logging.getLogger(__name__)
 CRL_STORE = "crl.pem"
 """The CRL the server holds, in its ``state/`` folder."""
 CLOCK_SLACK_S = 300.0
-"""How much earlier than a console revocation a CRL may say it was signed and still carry it:
-lead IT's clock and the server's differ, and a CRL's time has whole seconds."""
+"""How far lead IT's clock may be ahead of the server's: a certificate that says it was issued
+up to this long after a console revocation is refused too (its time has whole seconds)."""
 _NEW_KIT = "this kit no longer works; ask lead IT for a new one"
 _INSTANCE = re.compile(r"(.+)_[1-9][0-9]{0,5}")
 """An instance's name: its kit's name, then ``_<n>`` (:func:`flcore.identity.instance_name`)."""
@@ -65,6 +69,11 @@ class RevokedName:
     since: float
     by: str
 
+    @property
+    def works_from(self) -> float:
+        """After when a kit of this name must have been issued to work: its replacement."""
+        return self.since + CLOCK_SLACK_S
+
 
 @dataclass(frozen=True)
 class CrlLoaded:
@@ -73,10 +82,6 @@ class CrlLoaded:
     crl: RevocationList
     previous: int | None
     """The number of the list it replaced (None: the server held none)."""
-    lifted: tuple[str, ...]
-    """Names revoked at the console whose every certificate this CRL revokes."""
-    kept: dict[str, str]
-    """Names still revoked at the console, and why this CRL does not carry them."""
 
 
 def _certificate(path: Path, what: str) -> x509.Certificate:
@@ -91,6 +96,11 @@ def when(stamp: datetime | float) -> str:
     """A moment as people read it in replies and logs (UTC)."""
     moment = stamp if isinstance(stamp, datetime) else datetime.fromtimestamp(stamp, UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def minute_after(stamp: float) -> str:
+    """The whole minute at or after a moment, as :func:`when` says it: "after" it is true."""
+    return when(math.ceil(stamp / 60) * 60.0)
 
 
 class Revocations:
@@ -162,13 +172,14 @@ class Revocations:
         return self._crl
 
     def names(self) -> list[RevokedName]:
-        """Names revoked at the console and not yet carried by a CRL, oldest first."""
+        """Names revoked at the console, oldest first."""
         return sorted(self._names.values(), key=lambda revoked: revoked.since)
 
     # ------------------------------------------------------------------ verdicts
 
-    def refusal(self, name: str, serial: int) -> str | None:
-        """Why the certificate ``serial`` of ``name`` is refused (None: it is not)."""
+    def refusal(self, name: str, serial: int, issued: datetime | None) -> str | None:
+        """Why the certificate ``serial`` of ``name``, issued at ``issued``, is refused (None:
+        it is not)."""
         crl = self._crl
         if crl is not None and crl.is_revoked(serial):
             return (
@@ -176,16 +187,16 @@ class Revocations:
                 f"revocation list (number {crl.number}): {_NEW_KIT}"
             )
         revoked = self._names.get(name)
-        if revoked is not None:
+        if revoked is not None and (issued is None or issued.timestamp() <= revoked.works_from):
             return (
                 f"{name} was revoked on this server by {revoked.by} on {when(revoked.since)}: "
-                f"{_NEW_KIT}"
+                f"{_NEW_KIT} (one issued after {minute_after(revoked.works_from)} works)"
             )
         return None
 
     def seen(self, identity: Identity) -> None:
-        """Remember the certificate a peer logs in with: ``revoke`` lasts until a CRL lists
-        every one of a name's certificates."""
+        """Remember the certificate a peer logs in with: ``revoke`` tells a name no kit can
+        have from one that logged in here."""
         if identity.serial and identity.serial not in self._recorded:
             self._db.record_certificate(identity.serial, identity.name, identity.kind)
             self._recorded.add(identity.serial)
@@ -226,7 +237,8 @@ class Revocations:
             )
 
     def revoke(self, name: str, by: str) -> RevokedName | None:
-        """Refuse every certificate of ``name`` from now on; None when it is refused already.
+        """Refuse every certificate of ``name`` issued until now; None when it is refused
+        already.
 
         Raises:
             RevocationError: ``name`` is the server's or cannot be a participant's.
@@ -264,22 +276,6 @@ class Revocations:
         atomic_write_bytes(self.crl_path, crl.pem)
         self._crl = crl
         self._stale_warned = False
-        lifted, kept = [], {}
-        for name, revoked in self._names.items():
-            missing = [f"{s:x}" for s in self._db.certificates_of(name) if not crl.is_revoked(s)]
-            if missing:
-                kept[name] = f"the list does not revoke its certificate serial {', '.join(missing)}"
-            elif revoked.since > crl.last_update.timestamp() + CLOCK_SLACK_S:
-                kept[name] = (
-                    f"the list was signed on {when(crl.last_update)}, before {name} was "
-                    f"revoked here"
-                )
-            else:
-                lifted.append(name)
-        if lifted:
-            self._db.delete_revoked_names(lifted)
-            for name in lifted:
-                del self._names[name]
         log.info(
             "revocation list number %d loaded (was %s): %d certificate(s) revoked",
             crl.number,
@@ -287,7 +283,7 @@ class Revocations:
             len(crl.serials),
         )
         self.check_stale()
-        return CrlLoaded(crl, None if held is None else held.number, tuple(lifted), kept)
+        return CrlLoaded(crl, None if held is None else held.number)
 
     # ------------------------------------------------------------------ staleness
 

@@ -800,7 +800,7 @@ class FLServer:
         sending is discarded) and revoked admins logged out (their feed ends). Returns who."""
         removed = []
         for client in self.registry.clients():
-            reason = self.revocations.refusal(client.client_name, client.serial)
+            reason = self.revocations.refusal(client.client_name, client.serial, client.issued)
             if reason is None:
                 continue
             log.warning("client %s: %s", client.instance, reason)
@@ -811,7 +811,7 @@ class FLServer:
             removed.append(client.instance)
 
         def refused(admin: AdminLogin) -> str | None:
-            return self.revocations.refusal(admin.user, admin.serial)
+            return self.revocations.refusal(admin.user, admin.serial, admin.issued)
 
         logged_out = self.admins.revoke(refused)
         for reason in logged_out.values():

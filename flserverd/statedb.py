@@ -626,10 +626,6 @@ class StateDB:
             ]
         )
 
-    def delete_revoked_names(self, names: list[str]) -> None:
-        """Forget names whose revocation a CRL now carries."""
-        self._write([("DELETE FROM revoked_names WHERE name=?", (name,)) for name in names])
-
     def revoked_names(self) -> list[tuple[str, float, str]]:
         """(name, since, by_user) of every name revoked here, oldest first."""
         rows = self._db.execute("SELECT name, since, by_user FROM revoked_names ORDER BY since")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from flcore.identity import KIND_SERVER
+from flcore.identity import BACKDATED, KIND_SERVER
 from flcore.kitsig import PublicKey, SigningKey
 from provision.errors import ProvisionError
 
@@ -30,8 +30,6 @@ PrivateKey = SigningKey
 CA_MIN_VALIDITY_DAYS = 3650
 CA_NAME_SUFFIX = " root CA"
 """The CA is called ``<project><suffix>``; the project name's cap leaves room for it."""
-CLOCK_SKEW = timedelta(minutes=5)
-"""not_before is set this far back so a peer whose clock is a little behind accepts it."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def create_ca(
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_before(now - BACKDATED)
         .not_valid_after(now + timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -155,7 +153,7 @@ def certify(
         .issuer_name(ca.cert.subject)
         .public_key(key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_before(now - BACKDATED)
         .not_valid_after(min(now + timedelta(days=validity_days), ca_end))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

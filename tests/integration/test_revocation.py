@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import signal
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from flcore import status as st
 from flcore.feedwire import events_from_proto
 from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, Daemon
 from fldev.poll import wait_until, wait_until_async
+from flserverd.revocation import CLOCK_SLACK_S
 from provision import extract_kit, provision_workspace
 from provision.revocation import revoke
 from tests.flprovision import flprovision
@@ -163,14 +166,60 @@ def test_a_revoked_admin_is_logged_out_and_refused(cluster: Cluster) -> None:
     assert not asked.ok and "Are you sure (Y/N):" in asked.confirm_prompt
     assert cluster.status()["revocation"]["revoked_here"] == [MEMBER]
 
-    # Lead IT's list catches up: it carries the revocation from now on.
+    # Lead IT's list catches up: it revokes the certificate too; the console's refusal stays.
     done = flprovision("revoke", MEMBER, "-w", str(_provisioning(cluster)), cwd=cluster.root)
     assert done.returncode == 0, done.stderr
-    loaded = cluster.ok(f"load_crl {_provisioning(cluster) / 'crl.pem'}")
-    assert loaded.data["lifted"] == [MEMBER]
-    assert cluster.status()["revocation"]["revoked_here"] == []
+    cluster.ok(f"load_crl {_provisioning(cluster) / 'crl.pem'}")
+    assert cluster.status()["revocation"]["revoked_here"] == [MEMBER]
     refused = fltui(cluster, "--cmd", "check_status server", user=MEMBER)
     assert refused.returncode == 2 and "revocation list (number 1)" in refused.stderr
+    assert server.alive()
+
+
+def test_a_kit_revoked_before_its_first_use_stays_out_and_its_replacement_works(
+    cluster: Cluster,
+) -> None:
+    """A site's kit is stolen before the site first connected, and an admin revokes it at the
+    console. The server never saw its serial, so the next list lead IT signs (for another
+    kit) must not let it in, as it did; a kit issued to the site after the revocation works
+    without waiting for any list, and one issued within minutes after it does not (lead IT's
+    clock may be ahead of the server's)."""
+    server = cluster.server()
+    (revoked,) = cluster.admin("revoke flclient2", confirmed=True)
+    assert revoked.ok, revoked.text
+    revoked_at = time.time()
+    done = flprovision("revoke", "flclient1", "-w", str(_provisioning(cluster)), cwd=cluster.root)
+    assert done.returncode == 0, done.stderr
+    cluster.ok(f"load_crl {_provisioning(cluster) / 'crl.pem'}")
+    stolen = cluster.client("flclient2", wait=False)
+    assert stolen.wait(30) == EXIT_REFUSED
+    assert "flclient2 was revoked on this server by" in stolen.log()
+
+    workspace = cluster.root / "flclient2"
+    (workspace / "startup").rename(workspace / "startup.stolen")
+
+    def reissue(now: datetime) -> None:
+        renewal = provision_workspace(
+            cluster.project, _provisioning(cluster), now=now, reissue="flclient2"
+        )
+        [kit] = renewal.written
+        assert kit.password is not None
+        shutil.rmtree(workspace / "startup", ignore_errors=True)
+        extract_kit(kit.zip_path, kit.password, workspace)
+
+    reissue(datetime.now(UTC))  # within the server's allowance for lead IT's clock
+    early = cluster.client("flclient2", wait=False)
+    assert early.wait(30) == EXIT_REFUSED
+    assert "one issued after" in early.log()
+    # Issued a full allowance after the revocation (its certificate starts 5 minutes before
+    # its issue, so it is valid now): the replacement. Times have whole seconds.
+    wait_until(lambda: time.time() > revoked_at + 3, 10, "3 s after the revocation")
+    reissue(datetime.now(UTC) + timedelta(seconds=CLOCK_SLACK_S - 2))
+    cluster.client("flclient2")
+    loaded = cluster.ok(f"load_crl {_provisioning(cluster) / 'crl.pem'}")  # the re-issues'
+    assert "Disconnected and removed" not in loaded.text
+    assert cluster.status()["revocation"]["revoked_here"] == ["flclient2"]
+    assert [c["instance"] for c in cluster.status()["clients"]] == ["flclient2"]
     assert server.alive()
 
 

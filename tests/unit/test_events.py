@@ -155,7 +155,7 @@ def test_cut_off_ends_an_admins_feeds_at_once_and_no_one_elses() -> None:
 
     async def scenario() -> None:
         bus = EventBus()
-        bob, alice = ("bob@x.org", 1), ("alice@x.org", 2)
+        bob, alice = ("bob@x.org", 1, None), ("alice@x.org", 2, None)
         revoked, waiting, kept = bus.subscribe(bob), bus.subscribe(bob), bus.subscribe(alice)
         for i in range(5):
             bus.publish(_tick(i))
@@ -169,7 +169,7 @@ def test_cut_off_ends_an_admins_feeds_at_once_and_no_one_elses() -> None:
         reader = asyncio.ensure_future(read_all(waiting))
         while not waiting._queue.empty():  # the reader drains its queue, then waits for more
             await asyncio.sleep(0)
-        bus.cut_off(lambda user, serial: "certificate revoked" if serial == 1 else None)
+        bus.cut_off(lambda user, serial, issued: "certificate revoked" if serial == 1 else None)
         with pytest.raises(Revoked, match="certificate revoked"):
             await asyncio.wait_for(read_all(revoked), 1.0)  # 5 events queued, none delivered
         with pytest.raises(Revoked):
@@ -249,13 +249,13 @@ def test_a_slow_reader_gets_batches_not_a_backlog() -> None:
 def test_batches_of_a_revoked_admin_stop_before_the_queued_events() -> None:
     async def scenario() -> None:
         bus = EventBus()
-        sub = bus.subscribe(("bob@x.org", 1))
+        sub = bus.subscribe(("bob@x.org", 1, None))
         batches = sub.batches()
         bus.publish(_tick(1))
         assert [e.seq for e in await anext(batches)] == [1]
         for i in range(5):
             bus.publish(_tick(i))
-        bus.cut_off(lambda user, serial: "certificate revoked")
+        bus.cut_off(lambda user, serial, issued: "certificate revoked")
         with pytest.raises(Revoked, match="certificate revoked"):
             await anext(batches)
         assert sub not in bus._subscribers

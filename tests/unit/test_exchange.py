@@ -410,7 +410,7 @@ def test_revocation_logs_an_admin_out_and_ends_its_feed(tmp_path: Path) -> None:
     async def scenario(server: FLServer) -> None:
         admin = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=0x71)
         first, _ = server.admins.login(admin, admin.name)
-        feed = server.bus.subscribe(owner=(admin.name, admin.serial))
+        feed = server.bus.subscribe(owner=(admin.name, admin.serial, admin.issued))
         for _ in range(MAX_LOGINS_PER_ADMIN):
             token, _ = server.admins.login(admin, admin.name)
         with pytest.raises(AuthError):

@@ -70,6 +70,10 @@ def test_client_certificate(ca: CertifiedKey) -> None:
         cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert cert.subject.get_attributes_for_oid(NameOID.TITLE) == []
     assert cert.not_valid_after_utc - NOW == timedelta(days=30)
+    # Backdated for a peer whose clock is behind; the server reads when it was issued (a
+    # console revocation refuses what was issued before it).
+    assert cert.not_valid_before_utc < NOW
+    assert identity_from_certificate(cert).issued == NOW
 
 
 def test_admin_certificate_carries_its_role(ca: CertifiedKey) -> None:

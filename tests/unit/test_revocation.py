@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,17 +17,18 @@ from cryptography.hazmat.primitives import serialization
 
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
 from flcore.schema import ConfigError
-from flserverd.revocation import CLOCK_SLACK_S, RevocationError, Revocations
+from flserverd.revocation import CLOCK_SLACK_S, RevocationError, Revocations, minute_after
 from flserverd.statedb import StateDB
 from provision.pki import CertifiedKey, create_ca
 from provision.revocation import sign_crl
 from provision.workspace import RevokedCert
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SITE = Identity("site-a", "hospital-a", KIND_CLIENT, serial=0x51)
-SITE_NEW = Identity("site-a", "hospital-a", KIND_CLIENT, serial=0x52)
-OTHER = Identity("site-b", "hospital-b", KIND_CLIENT, serial=0x61)
-ADMIN = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=0x71)
+ISSUED = NOW - timedelta(days=30)
+SITE = Identity("site-a", "hospital-a", KIND_CLIENT, serial=0x51, issued=ISSUED)
+SITE_NEW = Identity("site-a", "hospital-a", KIND_CLIENT, serial=0x52, issued=ISSUED)
+OTHER = Identity("site-b", "hospital-b", KIND_CLIENT, serial=0x61, issued=ISSUED)
+ADMIN = Identity("it@lead.org", "lead", KIND_ADMIN, "super", serial=0x71, issued=ISSUED)
 
 
 class Clock:
@@ -61,6 +63,10 @@ def _revocations(db: StateDB, tmp_path: Path, ca_path: Path, clock: Clock) -> Re
     return Revocations(db, tmp_path / "crl.pem", ca_path, "server", clock=clock)
 
 
+def refused(revocations: Revocations, who: Identity) -> str | None:
+    return revocations.refusal(who.name, who.serial, who.issued)
+
+
 def test_a_loaded_crl_refuses_what_it_lists_and_survives_a_restart(
     db: StateDB, tmp_path: Path
 ) -> None:
@@ -68,20 +74,20 @@ def test_a_loaded_crl_refuses_what_it_lists_and_survives_a_restart(
     clock = Clock(NOW)
     revocations = _revocations(db, tmp_path, ca_path, clock)
     revocations.open()
-    assert revocations.crl is None and revocations.refusal(SITE.name, SITE.serial) is None
+    assert revocations.crl is None and refused(revocations, SITE) is None
 
     loaded = revocations.load(_crl(ca, [SITE.serial], 1))
     assert loaded.previous is None and loaded.crl.number == 1
-    reason = revocations.refusal(SITE.name, SITE.serial)
+    reason = refused(revocations, SITE)
     assert reason is not None and "serial 51" in reason and "number 1" in reason
     assert "ask lead IT for a new one" in reason
-    assert revocations.refusal(OTHER.name, OTHER.serial) is None
+    assert refused(revocations, OTHER) is None
     assert (tmp_path / "crl.pem").read_bytes() == loaded.crl.pem
 
     restarted = _revocations(db, tmp_path, ca_path, clock)
     restarted.open()
     assert restarted.crl is not None and restarted.crl.number == 1
-    assert restarted.refusal(SITE.name, SITE.serial) is not None
+    assert refused(restarted, SITE) is not None
 
 
 def test_an_older_a_replayed_or_a_foreign_crl_is_refused_and_changes_nothing(
@@ -101,7 +107,7 @@ def test_an_older_a_replayed_or_a_foreign_crl_is_refused_and_changes_nothing(
         with pytest.raises(RevocationError, match=words):
             revocations.load(data)
     assert (tmp_path / "crl.pem").read_bytes() == kept
-    assert revocations.refusal(SITE.name, SITE.serial) is not None
+    assert refused(revocations, SITE) is not None
 
 
 def test_a_damaged_stored_crl_stops_the_server_from_starting(db: StateDB, tmp_path: Path) -> None:
@@ -111,7 +117,7 @@ def test_a_damaged_stored_crl_stops_the_server_from_starting(db: StateDB, tmp_pa
         _revocations(db, tmp_path, ca_path, Clock(NOW)).open()
 
 
-def test_revoke_refuses_every_certificate_of_a_name_until_a_crl_carries_it(
+def test_revoke_refuses_every_certificate_of_a_name_issued_before_it_for_good(
     db: StateDB, tmp_path: Path
 ) -> None:
     ca, ca_path = _ca(tmp_path)
@@ -121,37 +127,63 @@ def test_revoke_refuses_every_certificate_of_a_name_until_a_crl_carries_it(
     revocations.seen(ADMIN)
     assert revocations.revoke(SITE.name, ADMIN.name) is not None
     assert revocations.revoke(SITE.name, ADMIN.name) is None  # once is enough
-    for serial in (SITE.serial, SITE_NEW.serial):  # whatever the serial: the name is refused
-        reason = revocations.refusal(SITE.name, serial)
+    for who in (SITE, SITE_NEW):  # whatever the serial: the name is refused
+        reason = refused(revocations, who)
         assert reason is not None and f"revoked on this server by {ADMIN.name}" in reason
     # Kept across a restart (the state database).
     assert [n.name for n in _revocations(db, tmp_path, ca_path, clock).names()] == [SITE.name]
 
-    # A list without the serial the site logged in with does not lift it.
-    clock.now += 60
-    loaded = revocations.load(_crl(ca, [OTHER.serial], 1, NOW + timedelta(seconds=60)))
-    assert loaded.lifted == () and "serial 51" in loaded.kept[SITE.name]
-    # Nor does a list signed well before the revocation, even if it lists the serial.
-    loaded = revocations.load(_crl(ca, [SITE.serial], 2, NOW - timedelta(days=1)))
-    assert loaded.lifted == () and "before site-a was revoked here" in loaded.kept[SITE.name]
-    # Lead IT's list caught up: it decides from now on, and a re-issued kit works.
-    loaded = revocations.load(_crl(ca, [SITE.serial], 3, NOW + timedelta(seconds=90)))
-    assert loaded.lifted == (SITE.name,) and loaded.kept == {}
-    assert revocations.refusal(SITE.name, SITE.serial) is not None  # by the CRL now
-    assert revocations.refusal(SITE_NEW.name, SITE_NEW.serial) is None
-    assert revocations.names() == []
-    assert _revocations(db, tmp_path, ca_path, clock).names() == []
+    # Lead IT's lists come, with its serial or without: the CRL refuses what it lists, and
+    # the console's refusal stays (a list cannot show that it carries every kit of a name).
+    for number, serials in ((1, [OTHER.serial]), (2, [OTHER.serial, SITE.serial])):
+        clock.now += 60
+        revocations.load(_crl(ca, serials, number, NOW + timedelta(seconds=60 * number)))
+        assert [n.name for n in revocations.names()] == [SITE.name]
+        assert refused(revocations, SITE) is not None and refused(revocations, SITE_NEW) is not None
+    assert refused(revocations, OTHER) is not None  # by the list
 
 
-def test_a_crl_signed_a_little_before_the_revocation_still_carries_it(
-    db: StateDB, tmp_path: Path
-) -> None:
-    ca, ca_path = _ca(tmp_path)
+def test_a_kit_issued_after_the_revocation_works_at_once(db: StateDB, tmp_path: Path) -> None:
+    """Only the CA's holder issues kits, so one issued after ``revoke`` is the replacement:
+    it need not wait for lead IT's list. Lead IT's clock may be ahead of the server's, so one
+    that says it was issued within CLOCK_SLACK_S after the revocation is refused too."""
+    _, ca_path = _ca(tmp_path)
     revocations = _revocations(db, tmp_path, ca_path, Clock(NOW))
     revocations.seen(SITE)
-    revocations.revoke(SITE.name, ADMIN.name)
-    signed = NOW - timedelta(seconds=CLOCK_SLACK_S / 2)  # lead IT's clock is a bit behind
-    assert revocations.load(_crl(ca, [SITE.serial], 1, signed)).lifted == (SITE.name,)
+    revoked = revocations.revoke(SITE.name, ADMIN.name)
+    assert revoked is not None and revoked.works_from == NOW.timestamp() + CLOCK_SLACK_S
+    works_from = datetime.fromtimestamp(revoked.works_from, UTC)
+    reissued = replace(SITE, serial=0x53, issued=works_from + timedelta(seconds=1))
+    for issued in (None, NOW, works_from - timedelta(seconds=1), works_from):
+        reason = refused(revocations, replace(reissued, issued=issued))
+        assert (
+            reason is not None and f"one issued after {minute_after(revoked.works_from)}" in reason
+        )
+    assert refused(revocations, reissued) is None
+
+
+def test_a_kit_revoked_before_its_first_use_stays_out_whatever_list_comes(
+    db: StateDB, tmp_path: Path
+) -> None:
+    """A kit stolen before its first use and revoked at the console: the server never saw its
+    serial, so no list can show that it revokes it. Lifting the console's refusal with the
+    next, newer list (one signed for another site) let the stolen kit in."""
+    ca, ca_path = _ca(tmp_path)
+    clock = Clock(NOW)
+    revocations = _revocations(db, tmp_path, ca_path, clock)
+    revocations.seen(SITE)
+    stolen = replace(OTHER, serial=0x62)
+    revocations.revoke(stolen.name, ADMIN.name)
+    clock.now += 3600
+    revocations.seen(SITE_NEW)  # another site's kit logs in; the stolen one never did
+    for number in (1, 2):
+        revocations.load(_crl(ca, [SITE.serial], number, NOW + timedelta(hours=number)))
+        assert refused(revocations, stolen) is not None
+    restarted = _revocations(db, tmp_path, ca_path, clock)
+    restarted.open()
+    assert refused(restarted, stolen) is not None
+    # Lead IT issues the site a new kit: it works; the stolen one never does.
+    assert refused(restarted, replace(stolen, serial=0x63, issued=NOW + timedelta(hours=3))) is None
 
 
 @pytest.mark.parametrize(
@@ -206,7 +238,7 @@ def test_a_stale_crl_keeps_revoking_and_warns_once(
     warnings = [r.getMessage() for r in caplog.records if "stale" in r.getMessage()]
     assert len(warnings) == 1 and "flprovision crl" in warnings[0]
     assert "stale" in revocations.stale_warning()
-    assert revocations.refusal(SITE.name, SITE.serial) is not None
+    assert refused(revocations, SITE) is not None
 
 
 def test_a_list_that_revokes_the_server_itself_is_refused(db: StateDB, tmp_path: Path) -> None:
