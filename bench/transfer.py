@@ -48,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -250,6 +250,19 @@ async def serve_bare_grpc(folder: Path) -> int:
             pass
         return ACK
 
+    server = await start_bare_server(folder, down, up)
+    await asyncio.to_thread(sys.stdin.read)
+    await server.stop(None)
+    return 0
+
+
+async def start_bare_server(
+    folder: Path,
+    down: Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], AsyncIterator[bytes]],
+    up: Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]],
+) -> grpc.aio.Server:
+    """The gRPC reference's server (in a child) with the server kit in ``folder``, started; its
+    port is the child's first line of output, which the parent reads."""
     server = grpc.aio.server(options=server_options(1024))
     server.add_generic_rpc_handlers(
         (
@@ -265,9 +278,7 @@ async def serve_bare_grpc(folder: Path) -> int:
     port = server.add_secure_port("127.0.0.1:0", server_credentials(kit_files(folder, "server")))
     await server.start()
     print(port, flush=True)
-    await asyncio.to_thread(sys.stdin.read)
-    await server.stop(None)
-    return 0
+    return server
 
 
 async def call_bare_grpc(folder: Path, port: int, nbytes: int, repeats: int) -> Seconds:

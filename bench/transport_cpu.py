@@ -49,13 +49,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.common import median, table  # noqa: E402
-from bench.transfer import ACK, BARE_SERVICE, CHUNK, chunks_of, context, kit_files  # noqa: E402
-from flcore.tls import (  # noqa: E402
-    CHANNEL_OPTIONS,
-    channel_credentials,
-    server_credentials,
-    server_options,
+from bench.transfer import (  # noqa: E402
+    ACK,
+    BARE_SERVICE,
+    CHUNK,
+    chunks_of,
+    context,
+    kit_files,
+    start_bare_server,
 )
+from flcore.tls import CHANNEL_OPTIONS, channel_credentials  # noqa: E402
 from provision import extract_kit, parse_project, provision_workspace  # noqa: E402
 
 TRANSPORTS = ("tcp", "tls", "tls+loop", "grpc up", "grpc down")
@@ -162,21 +165,7 @@ async def serve_grpc(startup: Path, transfers: int) -> None:
             yield message
         one_more()
 
-    server = grpc.aio.server(options=server_options(1024))
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                BARE_SERVICE,
-                {
-                    "Up": grpc.stream_unary_rpc_method_handler(up),
-                    "Down": grpc.unary_stream_rpc_method_handler(down),
-                },
-            ),
-        )
-    )
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(kit_files(startup, "server")))
-    await server.start()
-    print(port, flush=True)
+    server = await start_bare_server(startup, down, up)
     before = own_cpu()
     await ended.wait()
     print(own_cpu() - before, flush=True)
