@@ -281,38 +281,52 @@ async def start_bare_server(
     return server
 
 
-async def call_bare_grpc(folder: Path, port: int, nbytes: int, repeats: int) -> Seconds:
-    """Seconds per transfer of ``nbytes`` each way as gRPC messages of raw bytes."""
-    payload = bytes(CHUNK)
-    seconds: Seconds = {"download": [], "upload": []}
-    channel = grpc.aio.secure_channel(
-        f"localhost:{port}", channel_credentials(kit_files(folder, "client")), CHANNEL_OPTIONS
-    )
-    async with channel:
-        down: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+class BareClient:
+    """The gRPC reference's client side: the daemons' TLS credentials and channel options, a
+    client kit in ``folder``, raw 1 MiB messages."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.channel = grpc.aio.secure_channel(
+            f"localhost:{port}", channel_credentials(kit_files(folder, "client")), CHANNEL_OPTIONS
+        )
+        self._down: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = self.channel.unary_stream(
             f"/{BARE_SERVICE}/Down"
         )
-        up: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
+        self._up: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = self.channel.stream_unary(
             f"/{BARE_SERVICE}/Up"
         )
-        await channel.channel_ready()
+        self._payload = bytes(CHUNK)
+
+    async def download(self, nbytes: int) -> None:
+        """Have the server stream ``nbytes``."""
+        got = 0
+        async for message in self._down(nbytes.to_bytes(8, "big")):
+            got += len(message)
+        if got != nbytes:
+            raise ConnectionError(f"the gRPC reference sent {got} of {nbytes} bytes")
+
+    async def upload(self, nbytes: int) -> None:
+        """Stream ``nbytes`` to the server and wait for its acknowledgement."""
+
+        async def messages() -> AsyncIterator[bytes]:
+            for message in chunks_of(nbytes, self._payload):
+                yield message
+
+        if await self._up(messages()) != ACK:
+            raise ConnectionError("the gRPC reference did not acknowledge the upload")
+
+
+async def call_bare_grpc(folder: Path, port: int, nbytes: int, repeats: int) -> Seconds:
+    """Seconds per transfer of ``nbytes`` each way as gRPC messages of raw bytes."""
+    seconds: Seconds = {"download": [], "upload": []}
+    client = BareClient(folder, port)
+    async with client.channel:
+        await client.channel.channel_ready()
         for _ in range(repeats):
-            started = time.perf_counter()
-            got = 0
-            async for message in down(nbytes.to_bytes(8, "big")):
-                got += len(message)
-            if got != nbytes:
-                raise ConnectionError(f"the gRPC reference sent {got} of {nbytes} bytes")
-            seconds["download"].append(time.perf_counter() - started)
-            started = time.perf_counter()
-
-            async def messages() -> AsyncIterator[bytes]:
-                for message in chunks_of(nbytes, payload):
-                    yield message
-
-            if await up(messages()) != ACK:
-                raise ConnectionError("the gRPC reference did not acknowledge the upload")
-            seconds["upload"].append(time.perf_counter() - started)
+            for way, move in (("download", client.download), ("upload", client.upload)):
+                started = time.perf_counter()
+                await move(nbytes)
+                seconds[way].append(time.perf_counter() - started)
     return seconds
 
 

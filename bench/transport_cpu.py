@@ -51,14 +51,12 @@ if str(REPO) not in sys.path:
 from bench.common import median, table  # noqa: E402
 from bench.transfer import (  # noqa: E402
     ACK,
-    BARE_SERVICE,
     CHUNK,
+    BareClient,
     chunks_of,
     context,
-    kit_files,
     start_bare_server,
 )
-from flcore.tls import CHANNEL_OPTIONS, channel_credentials  # noqa: E402
 from provision import extract_kit, parse_project, provision_workspace  # noqa: E402
 
 TRANSPORTS = ("tcp", "tls", "tls+loop", "grpc up", "grpc down")
@@ -160,8 +158,10 @@ async def serve_grpc(startup: Path, transfers: int) -> None:
 
     payload = bytes(CHUNK)
 
-    async def down(_: bytes, __: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
-        for message in chunks_of(TRANSFER_BYTES, payload):
+    async def down(
+        request: bytes, _: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        for message in chunks_of(int.from_bytes(request, "big"), payload):
             yield message
         one_more()
 
@@ -175,34 +175,13 @@ async def serve_grpc(startup: Path, transfers: int) -> None:
 async def call_grpc(startup: Path, transport: str, port: int, transfers: int) -> None:
     """The client's side over gRPC (a child): ``transfers`` uploads or downloads of 100 MiB;
     prints this process's CPU and the wall time."""
-    payload = bytes(CHUNK)
-    channel = grpc.aio.secure_channel(
-        f"localhost:{port}", channel_credentials(kit_files(startup, "client")), CHANNEL_OPTIONS
-    )
-    async with channel:
-        up: grpc.aio.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(
-            f"/{BARE_SERVICE}/Up"
-        )
-        down: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
-            f"/{BARE_SERVICE}/Down"
-        )
-        await channel.channel_ready()
+    client = BareClient(startup, port)
+    move = client.download if transport == "grpc down" else client.upload
+    async with client.channel:
+        await client.channel.channel_ready()
         before, started = own_cpu(), time.perf_counter()
         for _ in range(transfers):
-            if transport == "grpc down":
-                got = 0
-                async for message in down(b""):
-                    got += len(message)
-                if got != TRANSFER_BYTES:
-                    raise ConnectionError(f"the server sent {got} of {TRANSFER_BYTES} bytes")
-                continue
-
-            async def messages() -> AsyncIterator[bytes]:
-                for message in chunks_of(TRANSFER_BYTES, payload):
-                    yield message
-
-            if await up(messages()) != ACK:
-                raise ConnectionError("the server did not acknowledge the transfer")
+            await move(TRANSFER_BYTES)
         print(own_cpu() - before, time.perf_counter() - started, flush=True)
 
 
