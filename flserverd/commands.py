@@ -536,7 +536,11 @@ def _revocation_state(server: FLServer) -> dict[str, Any]:
         lines = [f"Revocation list: number {crl.number}, {len(crl.serials)} revoked{due}"]
     if stale:
         lines.append(f"Warning: {stale}")
-    lines.extend(f"Revoked on this server: {n.name} (by {n.by} on {when(n.since)})" for n in names)
+    lines.extend(
+        f"Revoked on this server: {n.name} (by {n.by} on {when(n.since)}; a kit issued after "
+        f"{minute_after(n.works_from)} works)"
+        for n in names
+    )
     return {
         "lines": lines,
         "crl_number": None if crl is None else crl.number,

@@ -218,8 +218,10 @@ def test_a_kit_revoked_before_its_first_use_stays_out_and_its_replacement_works(
     cluster.client("flclient2")
     loaded = cluster.ok(f"load_crl {_provisioning(cluster) / 'crl.pem'}")  # the re-issues'
     assert "Disconnected and removed" not in loaded.text
-    assert cluster.status()["revocation"]["revoked_here"] == ["flclient2"]
-    assert [c["instance"] for c in cluster.status()["clients"]] == ["flclient2"]
+    status = cluster.ok("check_status server clients")
+    assert status.data["revocation"]["revoked_here"] == ["flclient2"]
+    assert re.search(r"Revoked on this server: flclient2 \(by .*; a kit issued after", status.text)
+    assert [c["instance"] for c in status.data["clients"]] == ["flclient2"]
     assert server.alive()
 
 
