@@ -217,7 +217,9 @@ class Training:
         self._writing: asyncio.Future[None] | None = None
         self.fault = ""
         """Why training is paused ("server disk full: ..."); empty while it is not."""
-        self._failed_step: Step | None = None
+        self._failed_steps: list[Step] = []
+        """The writes a disk fault stopped, in the order they failed: each is tried again (a
+        later fault, such as a site failing while a round's commit waits, adds its own)."""
         self._failures = 0
         self._retry_timer: TimerHandle | None = None
         self.ready: set[str] = set()
@@ -764,6 +766,10 @@ class Training:
 
     async def _aggregate(self, state: RoundState) -> None:
         async with self._lock:
+            if not self.active and state is self.round:
+                # Ended while the round waited for its commit (paused by a disk fault, or
+                # behind a fold): nothing will commit it, and its updates fill the disk.
+                await state.call(state.aggregator.discard)
             if not self.active or state is not self.round:
                 return
             try:
@@ -929,8 +935,8 @@ class Training:
             )
         self.fault = message
         self._failures += 1
-        if step is not None:
-            self._failed_step = step
+        if step is not None and step not in self._failed_steps:
+            self._failed_steps.append(step)
         if self._retry_timer is None:
             self._retry_timer = self._call_later(STORAGE_RETRY_S, self._retry_due)
         self._listener.run_changed()
@@ -948,11 +954,11 @@ class Training:
         return True
 
     async def _retry(self) -> None:
-        step, self._failed_step = self._failed_step, None
+        steps, self._failed_steps = self._failed_steps, []
         failures = self._failures
-        if step is not None:
+        for step in steps:
             await step()
-        else:
+        if not steps:
             self._check_room()
         if self._failures == failures and self.fault:
             self._resume_after_fault()

@@ -1074,6 +1074,64 @@ def test_a_full_disk_at_the_commit_pauses_and_the_retry_commits_the_round(tmp_pa
     asyncio.run(scenario())
 
 
+async def a_commit_paused_by_a_full_disk(training: Training, setup: Setup, db: FullDiskDB) -> None:
+    """Round 0 of c1 and c2 closes and its commit meets a full disk: training pauses."""
+    training.ready.update({"c1", "c2", "c3"})
+    training.admit("c1", 0)
+    training.admit("c2", 0)
+    db.commits_full = True
+    assert await submit(training, setup, "c1", 0, [1] * 4) is SubmitOutcome.ACCEPTED
+    assert await submit(training, setup, "c2", 0, [3] * 4) is SubmitOutcome.ACCEPTED
+    await until(lambda: bool(training.fault) and not training._tasks)
+    assert training.round.closed and training.round.number == 0
+
+
+def test_a_second_write_failing_while_paused_does_not_take_the_commits_place(
+    tmp_path: Path,
+) -> None:
+    """A site failing while a round's commit waited for room saved its run record on the
+    same full disk; its retry replaced the commit's, and once the disk had room the round
+    stayed closed for good (sites told "round 0 is not open") with nothing left to run."""
+    setup, db = full_disk_setup(tmp_path)
+
+    async def scenario() -> None:
+        training = setup.training()
+        await a_commit_paused_by_a_full_disk(training, setup, db)
+        db.full = True
+        training.client_gone("c3", "the training process crashed")
+        db.full = db.commits_full = False
+        [retry] = setup.timer.pending
+        retry.fire()
+        await aggregated(training, setup, 1)
+        assert not training.fault and training.round.number == 1
+        record = db.get_run(RUN)
+        assert record is not None and record.next_round == 1 and record.failed_sites == ["c3"]
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_an_abort_while_a_commit_is_paused_deletes_the_rounds_kept_updates(
+    tmp_path: Path,
+) -> None:
+    """The round was closed, so the abort left its updates to the aggregation, which
+    returned without them once the run had ended: the disk being freed kept them."""
+    setup, db = full_disk_setup(tmp_path)
+    kept = setup.store.spool_dir(RUN) / "round_0"
+
+    async def scenario() -> None:
+        training = setup.training()
+        await a_commit_paused_by_a_full_disk(training, setup, db)
+        assert any(kept.iterdir())
+        training.abort()
+        [retry] = setup.timer.pending
+        retry.fire()
+        await until(lambda: not kept.exists() or not any(kept.iterdir()))
+        await training.close(1)
+
+    asyncio.run(scenario())
+
+
 async def retried_then_trained(training: Training, setup: Setup) -> None:
     """The storage retry comes: training goes on, and c1 and c2 train round 0 and the run is
     closed."""
