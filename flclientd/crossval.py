@@ -19,13 +19,16 @@ from flclientd.connection import Connection
 from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.uplink import Uplink
-from flcore.federation import GLOBAL_OWNER, TaskOffer, UploadKind
+from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskOffer, UploadKind
 from flcore.metrics import format_metrics
 
 log = logging.getLogger(__name__)
 
 CROSSVAL_MODEL = "crossval_model.safetensors"
 """Where the model being cross-validated is downloaded, in the run's work folder."""
+
+POSTPONED_RETRY_S = 5.0
+"""How long a report the server postponed waits before it is sent again."""
 
 
 class CrossSiteValidation:
@@ -115,10 +118,22 @@ class CrossSiteValidation:
     async def _report(
         self, run: RunContext, owner: str, metrics: dict[str, float], samples: int, error: str
     ) -> None:
-        """Send one cell of the matrix (metrics, or why there are none)."""
-        await self.uplink.retrying(
-            "cross-site report",
-            lambda: self.conn.submit_metrics(
-                run.run_number, -1, metrics, samples, error=error, owner=owner
-            ),
-        )
+        """Send one cell of the matrix (metrics, or why there are none); again while the
+        server postpones it (its disk is full: it kept nothing)."""
+        while True:
+            verdict = await self.uplink.retrying(
+                "cross-site report",
+                lambda: self.conn.submit_metrics(
+                    run.run_number, -1, metrics, samples, error=error, owner=owner
+                ),
+            )
+            if verdict.outcome is not SubmitOutcome.POSTPONED:
+                return
+            log.warning(
+                "cross-site report on %s's model postponed by the server (%s); sending it "
+                "again in %gs",
+                owner,
+                verdict.message,
+                POSTPONED_RETRY_S,
+            )
+            await asyncio.sleep(POSTPONED_RETRY_S)

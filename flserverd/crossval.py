@@ -21,12 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 from flcore.atomic import atomic_write_bytes, fsync_dir
 from flcore.crossvalmatrix import MatrixCell, ValidationMatrix
+from flcore.diskfault import disk_fault
 from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskKind, TaskOffer, Verdict
 from flcore.metrics import format_metrics
 from flcore.tensorfile import TensorFile, TensorFileError
@@ -85,6 +87,8 @@ class CrossValidation:
             (owner, validator): (metrics, error)
             for owner, validator, metrics, error in db.validation_results(run_number)
         }
+        if self.results and store.run_dir(run_number).is_dir():
+            self._write_matrix()  # a disk fault may have left it behind the database
 
     def site_model_for(self, instance: str, owner: str) -> Path:
         """The site ``owner``'s model for ``instance`` to validate; Refusal when it may not
@@ -127,6 +131,12 @@ class CrossValidation:
             self.record(owner, validator, metrics, error)
         except ValueError as exc:
             return Verdict(SubmitOutcome.REJECTED, str(exc))
+        except (OSError, sqlite3.Error) as exc:
+            fault = disk_fault(exc, self._store.workspace)
+            if fault is None:
+                raise
+            # Nothing was kept: the site sends the cell again, as it does an update.
+            return Verdict(SubmitOutcome.POSTPONED, f"server {fault}; send it again later")
         return Verdict(SubmitOutcome.ACCEPTED, "recorded")
 
     def site_model(self, owner: str) -> Path:
@@ -187,16 +197,33 @@ class CrossValidation:
         if owner == validator and error:
             self.withdraw(owner, error)
             return
-        self.results[(owner, validator)] = (metrics, error)
         self._db.save_validation(self.run_number, owner, validator, metrics, error)
-        atomic_write_bytes(
-            self._store.run_dir(self.run_number) / "cross_site_validation.json",
-            json.dumps(self.matrix().as_json(), indent=2, sort_keys=True).encode(),
-        )
+        self.results[(owner, validator)] = (metrics, error)
+        self._write_matrix()
         shown = error or format_metrics(metrics)
         log.info(
             "run %d: %s validated the model of %s: %s", self.run_number, validator, owner, shown
         )
+
+    def _write_matrix(self) -> None:
+        """Write ``cross_site_validation.json`` from the results held. The database has the
+        cells: a disk fault here loses none, and the file is whole again with the next
+        cell or the next start of the server."""
+        try:
+            atomic_write_bytes(
+                self._store.run_dir(self.run_number) / "cross_site_validation.json",
+                json.dumps(self.matrix().as_json(), indent=2, sort_keys=True).encode(),
+            )
+        except OSError as exc:
+            fault = disk_fault(exc, self._store.workspace)
+            if fault is None:
+                raise
+            log.warning(
+                "run %d: cross_site_validation.json not updated (server %s); the results are "
+                "in the state database and the file is written again with the next one",
+                self.run_number,
+                fault,
+            )
 
     def may_fetch(self, instance: str, owner: str) -> bool:
         """Sites' models for validation go to the other participating sites only, once

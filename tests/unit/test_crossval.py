@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,6 +178,44 @@ def test_results_survive_a_restart_and_are_written_as_json(setup: Setup) -> None
     written = json.loads((setup.store.run_dir(RUN) / "cross_site_validation.json").read_text())
     assert written == matrix.as_json()
     assert written["cells"]["a"]["b"] == {"metrics": {"acc": 0.75}, "error": ""}
+
+
+def test_a_full_disk_postpones_a_cell_and_loses_none(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk made a report "an unexpected error" five times, and the site failed; a
+    cell held only in memory died with a restart."""
+    crossval = setup.crossval()
+    crossval.declare("a")
+    crossval.declare("b")
+    crossval.accept_model("a", setup.model("a"))
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+
+    def no_room(*_: object) -> None:
+        raise full
+
+    with monkeypatch.context() as patched:
+        patched.setattr(setup.db, "save_validation", no_room)
+        verdict = crossval.record_report("b", "a", {"acc": 0.75}, "")
+    assert verdict.outcome is SubmitOutcome.POSTPONED
+    assert verdict.message.startswith("server disk full: state database")
+    assert crossval.results == {} and setup.crossval().results == {}
+
+    matrix_file = setup.store.run_dir(RUN) / "cross_site_validation.json"
+
+    def file_full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(matrix_file))
+
+    with monkeypatch.context() as patched:
+        patched.setattr("flserverd.crossval.atomic_write_bytes", file_full)
+        assert crossval.record_report("b", "a", {"acc": 0.75}, "").outcome is (
+            SubmitOutcome.ACCEPTED
+        )
+    assert not matrix_file.exists()  # the database has the cell; the file follows it
+    restarted = setup.crossval()
+    assert restarted.matrix().cell("a", "b") == MatrixCell({"acc": 0.75}, "")
+    assert json.loads(matrix_file.read_text()) == restarted.matrix().as_json()
 
 
 def test_a_site_model_a_power_loss_cut_short_is_asked_for_again(setup: Setup) -> None:
