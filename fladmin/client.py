@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -39,6 +39,8 @@ MAX_TIMEOUT_S = 3600.0
 LOGIN_TIMEOUT_S = 10.0
 RPC_SLACK_S = 5.0
 REFUSED_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+T = TypeVar("T")
 ATTACHING = frozenset({"load_crl"})
 """Commands whose one argument is a file on the admin's machine, sent along."""
 MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024
@@ -215,18 +217,36 @@ class AdminClient:
             except AdminError as exc:
                 return _local(line, False, str(exc))
         request = admin_pb2.CommandRequest(
-            token=self.token,
             line=line,
             timeout_s=self.timeout,
             confirmed=confirmed,
             interactive=self.interactive,
             attachment=attachment,
         )
+
+        def send() -> Awaitable[admin_pb2.CommandReply]:
+            request.token = self.token
+            return self._stub.Execute(request, timeout=self.timeout + RPC_SLACK_S)
+
         try:
-            reply = await self._stub.Execute(request, timeout=self.timeout + RPC_SLACK_S)
+            reply = await self._logged_in(send)
         except grpc.aio.AioRpcError as exc:
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
         return _from_wire(line, reply)
+
+    async def _logged_in(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call`` (which sends the token), again after a new login when the server no
+        longer knows the token: it forgets one idle for 12 hours and an admin's oldest once
+        there are 64, and a console that only followed the feed meanwhile would otherwise
+        be refused every command until it quit. The server refused before doing anything,
+        so nothing runs twice; a kit refused now is refused by the login."""
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+        await self.login()
+        return await call()
 
     def _set_timeout(self, line: str, words: list[str]) -> CommandReply:
         seconds = parse_timeout(words[1]) if len(words) == 2 else None
@@ -268,8 +288,10 @@ class AdminClient:
                 failure.append(str(exc))
 
         try:
-            reply = await self._stub.UploadFolder(
-                messages(), timeout=upload_deadline(total, self.timeout)
+            reply = await self._logged_in(
+                lambda: self._stub.UploadFolder(
+                    messages(), timeout=upload_deadline(total, self.timeout)
+                )
             )
         except grpc.aio.AioRpcError as exc:
             if not failure:

@@ -128,7 +128,7 @@ class Gate(grpc.aio.ServerInterceptor):
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"too many logins with the certificate of {identity.name}: "
-                    f"try again in {wait:.1f}s",
+                    f"try again in {max(wait, 0.1):.1f}s",
                 )
             self._revocations.seen(identity)
 

@@ -22,6 +22,7 @@ from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
 from fldev.cluster import ADMIN, DEPUTY, MEMBER, SERVER_READY, Cluster
 from fldev.poll import wait_until
+from flserverd.admins import MAX_LOGINS_PER_ADMIN
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -483,3 +484,49 @@ def test_one_admin_may_follow_a_bounded_number_of_feeds_at_once(cluster: Cluster
                 await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_console_whose_token_the_server_forgot_logs_in_again(cluster: Cluster) -> None:
+    """A console kept open while its admin's kit logged in 64 more times (a polling script)
+    lost its token to the oldest-first pruning: every command then failed with "login
+    refused" until it quit, though the kit was fine. It logs in again and the command runs
+    once; a stranger's token is still refused."""
+    cluster.server()
+    startup = cluster.kit(ADMIN)
+
+    async def go() -> tuple[CommandReply, CommandReply, str]:
+        console = AdminClient(startup, load_kit(startup), ADMIN)
+        await console.login()
+        forgotten = console.token
+        script = AdminClient(startup, load_kit(startup), ADMIN)
+        logins = 0
+        while logins < MAX_LOGINS_PER_ADMIN:
+            try:
+                await script.login()
+                logins += 1
+            except AdminError as exc:  # the server's pace: 10 logins a second per kit
+                assert "too many logins" in str(exc)
+                await asyncio.sleep(0.1)
+        await script.close()
+        before = audit_rows(cluster)
+        try:
+            status = await console.execute("set_run_number 7")
+            assert console.token != forgotten
+            channel, stub = admin_stub(startup, load_kit(startup).admin_target)
+            try:
+                await stub.Execute(admin_pb2.CommandRequest(token=forgotten, line="check_status"))
+                refused = "accepted"
+            except grpc.aio.AioRpcError as exc:
+                refused = exc.details() or ""
+            finally:
+                await channel.close()
+            audited = audit_since(cluster, before)
+            assert audited == [(ADMIN, "set_run_number 7", True)]  # once, not twice
+            return status, await console.execute("check_status server"), refused
+        finally:
+            await console.close()
+
+    status, again, refused = asyncio.run(go())
+    assert status.ok and "7" in status.text
+    assert again.ok
+    assert refused == "not logged in: log in again"
