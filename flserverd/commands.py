@@ -9,6 +9,7 @@ say what was expected. ``member`` admins may only look.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import logging
 import shlex
@@ -53,6 +54,8 @@ INTERRUPTING = frozenset({"abort"})
 """Commands that never wait for another admin's command: abort stops a start in progress."""
 IGNORED_SHOWN = 10
 """Names of an upload's ignored parts its reply lists; the others are counted."""
+ENDING_SHOWN = 10
+"""Kits ending soon that check_status server names (the first to end); the others are counted."""
 MAX_REPLY_BYTES = 3 * 1024 * 1024
 """A reply's text and JSON together stay below gRPC's 4 MiB message limit."""
 MAX_REPLY_TEXT = 512 * 1024
@@ -495,31 +498,36 @@ def _server_status(server: FLServer, roster: RosterText, with_rows: bool) -> Rep
     registered = roster.lines(server.registry)
     lines.append(f"Registered clients: {len(registered)}")
     lines.extend(registered)
-    ending = _ending_certificates(server)
+    ending, first = _ending_certificates(server)
     if ending:
-        soon = ", ".join(f"{name} on {until:%Y-%m-%d}" for name, until in ending.items())
-        lines.append(f"Certificates ending within {WARN_DAYS} days: {soon}")
+        soon = ", ".join(f"{name} on {until:%Y-%m-%d}" for name, until in first.items())
+        more = f", and {ending - len(first)} more" if ending > len(first) else ""
+        lines.append(f"Certificates ending within {WARN_DAYS} days: {soon}{more}")
     data: dict[str, Any] = {
         "run": asdict(view),
         "revocation": revocation,
         "registered": len(registered),
-        "certificates_ending": {name: until.isoformat() for name, until in ending.items()},
+        "certificates_ending": {name: until.isoformat() for name, until in first.items()},
+        "certificates_ending_count": ending,
     }
     if with_rows:
         data["clients"] = [row_data(row) for row in server.client_rows()]
     return Reply(True, "\n".join(lines), data)
 
 
-def _ending_certificates(server: FLServer) -> dict[str, datetime]:
-    """The kits of registered clients whose certificates end within WARN_DAYS, by name: lead
-    IT re-issues them before they do (docs/operations.md, "Certificates end")."""
+def _ending_certificates(server: FLServer) -> tuple[int, dict[str, datetime]]:
+    """How many registered clients' kits end within WARN_DAYS, and the ENDING_SHOWN that end
+    first, by name: lead IT re-issues them before they do (docs/operations.md, "Certificates
+    end"). Kits issued together end together: a fleet's thousand would make every status
+    a thousand dates long, and slow."""
     soon = datetime.now(UTC) + timedelta(days=WARN_DAYS)
     ending: dict[str, datetime] = {}
     for client in server.registry.clients():
         until = client.valid_until
         if until is not None and until <= soon:
             ending[client.client_name] = min(until, ending.get(client.client_name, until))
-    return dict(sorted(ending.items()))
+    first = heapq.nsmallest(ENDING_SHOWN, ending.items(), key=lambda item: (item[1], item[0]))
+    return len(ending), dict(first)
 
 
 def _revocation_state(server: FLServer) -> dict[str, Any]:
