@@ -41,6 +41,8 @@ RPC_SLACK_S = 5.0
 REFUSED_CODES = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
 
 T = TypeVar("T")
+MAX_ASKED = 8
+"""Command lines whose last question a session remembers."""
 ATTACHING = frozenset({"load_crl"})
 """Commands whose one argument is a file on the admin's machine, sent along."""
 MAX_ATTACHMENT_BYTES = 3 * 1024 * 1024
@@ -161,6 +163,9 @@ class AdminClient:
         self.token = ""
         self.role = ""
         self.project = kit.project
+        self._asked: dict[str, str] = {}
+        """The digest of the last question each command line was asked (a few lines at
+        most): its confirmation names it, so that the server asks again if it changed."""
         files = TlsFiles.named_by(kit, startup_dir)
         try:
             credentials = channel_credentials(files)
@@ -222,6 +227,7 @@ class AdminClient:
             confirmed=confirmed,
             interactive=self.interactive,
             attachment=attachment,
+            confirm_digest=self._asked.pop(line, "") if confirmed else "",
         )
 
         def send() -> Awaitable[admin_pb2.CommandReply]:
@@ -232,7 +238,13 @@ class AdminClient:
             reply = await self._logged_in(send)
         except grpc.aio.AioRpcError as exc:
             raise AdminError(describe_rpc_error(exc, self.kit.admin_target)) from None
-        return _from_wire(line, reply)
+        answer = _from_wire(line, reply)
+        question = answer.data.get("confirm") if answer.confirm_prompt else None
+        if isinstance(question, dict) and isinstance(question.get("digest"), str):
+            self._asked[line] = question["digest"]
+            while len(self._asked) > MAX_ASKED:
+                del self._asked[next(iter(self._asked))]
+        return answer
 
     async def _logged_in(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call`` (which sends the token), again after a new login when the server no

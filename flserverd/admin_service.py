@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 3600.0
+MAX_DIGEST = 64
+"""A confirmation's question digest is 16 characters; anything longer matches none."""
 
 
 def _reply(reply: Reply, started: float) -> admin_pb2.CommandReply:
@@ -116,6 +118,7 @@ class AdminService(admin_grpc.AdminServicer):
                 request.confirmed,
                 attachment=request.attachment,
                 interactive=request.interactive,
+                answered=request.confirm_digest[:MAX_DIGEST],
             )
         then = reply.then
         if then is not None:

@@ -97,6 +97,8 @@ class Request:
     """A file the command line names, read by the admin client (load_crl)."""
     interactive: bool = False
     """The admin sits at a console that confirms whatever stops training."""
+    answered: str = ""
+    """The digest of the question a confirmation answers (empty: an older client's)."""
 
 
 Handler = Callable[["AdminCommands", Request], Awaitable[Reply]]
@@ -132,6 +134,21 @@ def _usage(name: str) -> CommandError:
 def ask(question: Confirmation) -> Reply:
     """The reply that asks for confirmation: the question as text and as data."""
     return Reply(False, "", {"confirm": question.as_json()}, confirm_prompt=question.prompt())
+
+
+def ask_first(request: Request, question: Confirmation | None) -> Reply | None:
+    """The question to answer before the command runs, or None to run it: asked when the
+    request is not confirmed, and again when it confirms a question that no longer says
+    what the command would do (the console's dialog may stay open while another admin
+    sets a new run or a site joins). A confirmation naming no question (an older
+    client's) goes ahead, as it always did."""
+    if question is None:
+        return None
+    if not request.confirmed:
+        return ask(question)
+    if request.answered and request.answered != question.digest():
+        return ask(replace(question, title=f"{question.title} (changed since you were asked)"))
+    return None
 
 
 MAX_LINE = 4096
@@ -190,11 +207,14 @@ class AdminCommands:
         confirmed: bool,
         attachment: bytes = b"",
         interactive: bool = False,
+        answered: str = "",
     ) -> Reply:
         """Parse and run one command line, and audit it once it ran (not when it only asked
         for confirmation); never raises for a bad command, and the reply always fits one
-        message."""
-        reply = await self._run(user, role, line, timeout, confirmed, attachment, interactive)
+        message. ``answered``: the digest of the question a confirmation answers."""
+        reply = await self._run(
+            user, role, line, timeout, confirmed, attachment, interactive, answered
+        )
         if not reply.confirm_prompt:
             self.audit(user, line, reply.ok)
         return fit_reply(reply)
@@ -274,6 +294,7 @@ class AdminCommands:
         confirmed: bool,
         attachment: bytes,
         interactive: bool,
+        answered: str,
     ) -> Reply:
         if len(line) > MAX_LINE:  # cut, it would act on a part of what was asked
             return Reply(
@@ -296,7 +317,7 @@ class AdminCommands:
                 f"permission denied: {user} has the {role!r} role, which may only run "
                 + ", ".join(name for name, spec in COMMANDS.items() if spec.read_only),
             )
-        request = Request(user, role, words, timeout, confirmed, attachment, interactive)
+        request = Request(user, role, words, timeout, confirmed, attachment, interactive, answered)
         if spec.read_only or words[0] in INTERRUPTING:
             return await self._handle(spec, request, line)
         async with self._one_at_a_time:
@@ -629,10 +650,9 @@ async def _start(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "start") if not fresh else ("server", [])
     server = cmds.server
     if kind == "server":
-        if fresh and not request.confirmed:
-            question = _fresh_question(server)
-            if question is not None:
-                return ask(question)
+        asked = ask_first(request, _fresh_question(server)) if fresh else None
+        if asked is not None:
+            return asked
         text = await server.start_training(fresh=fresh)
         return Reply(True, text, {"run_number": server.run_number, "fresh": fresh})
     number = server.require_run()
@@ -673,10 +693,9 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "abort")
     server = cmds.server
     clients = cmds.targets(names) if kind == "client" else []
-    if request.interactive and not request.confirmed:
-        question = cmds.question(request, clients)
-        if question is not None:
-            return ask(question)
+    asked = ask_first(request, cmds.question(request, clients)) if request.interactive else None
+    if asked is not None:
+        return asked
     if kind == "server":
         reason = f"aborted by {request.user}"
         if server.starting:
@@ -702,10 +721,9 @@ async def _shutdown(cmds: AdminCommands, request: Request) -> Reply:
     kind, names = cmds.target_kind(request, "shutdown")
     server = cmds.server
     clients = cmds.targets(names) if kind == "client" else []
-    if not request.confirmed:
-        question = cmds.question(request, clients)
-        if question is not None:
-            return ask(question)
+    asked = ask_first(request, cmds.question(request, clients))
+    if asked is not None:
+        return asked
     if kind == "client":
         reply = await cmds.per_client(request, clients, "shutdown", {})
         answers = reply.data["clients"]

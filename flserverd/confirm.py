@@ -12,6 +12,7 @@ before its ``Are you sure (Y/N):``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +35,15 @@ class Confirmation:
     warning: str = ""
     verb: str = ""
     """The word of the button that goes ahead (``Abort``, ``Shut down``)."""
+    acts_on: tuple[str, ...] = ()
+    """What an answer commits to (the sites that stop, the run that is deleted): a
+    confirmation sent back for a question whose ``acts_on`` has changed since is asked
+    again (another admin started a run, a site joined), since the answer was to the old one.
+    Statuses and rounds are left out: they move on while the question is read."""
+
+    def digest(self) -> str:
+        """A short name of ``acts_on``, which the admin client sends back with its answer."""
+        return hashlib.sha256("\0".join(self.acts_on).encode()).hexdigest()[:16]
 
     def prompt(self) -> str:
         """The question as text, for a terminal: everything, then ``Are you sure (Y/N):``."""
@@ -43,8 +53,12 @@ class Confirmation:
         return "\n".join([*body, QUESTION])
 
     def as_json(self) -> dict[str, Any]:
-        """The question as the reply's data carries it (the console draws it)."""
-        return asdict(self)
+        """The question as the reply's data carries it (the console draws it), with the
+        digest its answer names."""
+        data = asdict(self)
+        data["acts_on"] = list(self.acts_on)
+        data["digest"] = self.digest()
+        return data
 
 
 def listing(names: Sequence[str]) -> str:
@@ -96,7 +110,8 @@ def abort_clients(
     if idle:
         lines.append(f"Not training, left as they are: {listing(idle)}.")
     title = f"Abort training: {_target(rows, everyone)}"
-    return Confirmation(title, "This stops:", lines, verb="Abort")
+    stopped = ("abort client", *sorted(row.instance for row in running))
+    return Confirmation(title, "This stops:", lines, verb="Abort", acts_on=stopped)
 
 
 def abort_server(run: RunInfo) -> Confirmation | None:
@@ -111,7 +126,10 @@ def abort_server(run: RunInfo) -> Confirmation | None:
         ]
     else:
         return None
-    return Confirmation("Abort training: the server", "This stops:", lines, verb="Abort")
+    stopped = ("abort server", str(run.run_number))
+    return Confirmation(
+        "Abort training: the server", "This stops:", lines, verb="Abort", acts_on=stopped
+    )
 
 
 def shutdown_clients(rows: Sequence[ClientRow], everyone: bool, current_run: int) -> Confirmation:
@@ -121,7 +139,8 @@ def shutdown_clients(rows: Sequence[ClientRow], everyone: bool, current_run: int
         lines.append("Those training stop at once.")
     lines.append("Their client daemons exit; each site must start its own again.")
     title = f"Shut down: {_target(rows, everyone)}"
-    return Confirmation(title, "This shuts down:", lines, verb="Shut down")
+    ended = ("shutdown client", *sorted(row.instance for row in rows))
+    return Confirmation(title, "This shuts down:", lines, verb="Shut down", acts_on=ended)
 
 
 def shutdown_server(run: RunInfo, registered: Sequence[str]) -> Confirmation:
@@ -138,7 +157,15 @@ def shutdown_server(run: RunInfo, registered: Sequence[str]) -> Confirmation:
             f"{len(registered)} client(s) still registered ({listing(registered)}); shut clients "
             "down first (shutdown client), because they receive commands through the server."
         )
-    return Confirmation("Shut down: the server", "This shuts down:", lines, warning, "Shut down")
+    training = str(run.run_number) if run.server_status in st.ACTIVE else ""
+    return Confirmation(
+        "Shut down: the server",
+        "This shuts down:",
+        lines,
+        warning,
+        "Shut down",
+        acts_on=("shutdown server", training),
+    )
 
 
 def start_fresh(run_number: int, rounds_done: int, ended: str) -> Confirmation:
@@ -150,7 +177,12 @@ def start_fresh(run_number: int, rounds_done: int, ended: str) -> Confirmation:
     ]
     warning = "Starting fresh deletes its models, metrics and cross-site results."
     return Confirmation(
-        f"Start fresh: run {run_number}", "This starts over:", lines, warning, "Start fresh"
+        f"Start fresh: run {run_number}",
+        "This starts over:",
+        lines,
+        warning,
+        "Start fresh",
+        acts_on=("start server fresh", str(run_number)),
     )
 
 

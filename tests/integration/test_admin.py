@@ -20,7 +20,7 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
-from fldev.cluster import ADMIN, DEPUTY, MEMBER, SERVER_READY, Cluster
+from fldev.cluster import ADMIN, DEPUTY, MEMBER, SERVER_READY, Cluster, Daemon
 from fldev.poll import wait_until
 from flserverd.admins import MAX_LOGINS_PER_ADMIN
 from tests.integration.test_training import finished
@@ -201,6 +201,36 @@ def test_abort_then_start_again(cluster: Cluster) -> None:
     cluster.ok("start client")
     assert finished(cluster)["reason"] == "finished"
     assert [r["round"] for r in cluster.metrics()] == [0, 1, 2]
+
+
+def test_a_shutdown_confirmed_after_another_site_joined_is_asked_again(cluster: Cluster) -> None:
+    """The console's question said "all clients (1)"; a site that registered while it was
+    open would have been shut down by the answer to it. The admin client names the
+    question it answers, and the server asks again."""
+    cluster.server()
+    one = cluster.client("flclient1")
+    startup = cluster.kit(ADMIN)
+
+    async def go() -> tuple[CommandReply, CommandReply, CommandReply, Daemon]:
+        console = AdminClient(startup, load_kit(startup), ADMIN)
+        await console.login()
+        try:
+            asked = await console.execute("shutdown client")
+            two = cluster.client("flclient2")
+            again = await console.execute("shutdown client", confirmed=True)
+            return asked, again, await console.execute("shutdown client", confirmed=True), two
+        finally:
+            await console.close()
+
+    asked, again, done, two = asyncio.run(go())
+    assert asked.data["confirm"]["title"] == "Shut down: all clients (1)"
+    assert not again.ok and one.alive() and two.alive()
+    assert again.data["confirm"]["title"] == (
+        "Shut down: all clients (2) (changed since you were asked)"
+    )
+    assert "  flclient2: training not started" in again.confirm_prompt.splitlines()
+    assert done.ok and "instance:flclient2 : Shutdown the client..." in done.text
+    assert one.wait(20) == 0 and two.wait(20) == 0
 
 
 def test_shutdown_one_client_then_all_then_server(cluster: Cluster) -> None:

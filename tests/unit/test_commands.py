@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -165,8 +165,13 @@ def execute(
     role: str = ROLE_SUPER,
     confirmed: bool = False,
     interactive: bool = False,
+    answered: str = "",
 ) -> Reply:
-    return run(commands(server).execute(ADMIN, role, line, 5.0, confirmed, interactive=interactive))
+    return run(
+        commands(server).execute(
+            ADMIN, role, line, 5.0, confirmed, interactive=interactive, answered=answered
+        )
+    )
 
 
 def two_sites() -> FakeServer:
@@ -409,6 +414,41 @@ def test_the_server_decides_what_an_abort_asks_and_says() -> None:
     assert script.ok and not script.confirm_prompt
     on_server = execute(server, "abort server", interactive=True)
     assert on_server.data["confirm"]["lines"][0] == "Run 1 (app) on the server, at round 3 of 10."
+
+
+def test_a_confirmation_of_a_question_that_changed_since_is_asked_again() -> None:
+    """The console's dialog may stay open: "Abort training: all clients (4)" confirmed after
+    a fifth site had joined and started stopped the fifth too; the answer was to the old
+    question. Rounds moving on change nothing the answer commits to."""
+    server = training_sites()
+    server.answers = {f"site-{i}": CommandResult("c", True, "Aborting") for i in "abcde"}
+    asked = execute(server, "abort client", interactive=True).data["confirm"]
+    assert asked["acts_on"] == ["abort client", "site-a", "site-b"]
+    assert server.run is not None
+    server.run = replace(server.run, current_round=4)
+    for site in server.registry.registered:
+        if site.status.status == st.STARTED:
+            site.status = replace(site.status, round=4)
+    same = execute(server, "abort client", interactive=True).data["confirm"]
+    assert same["digest"] == asked["digest"] and same["lines"] != asked["lines"]
+    server.registry.registered.append(
+        client("site-e", status=st.STARTED, run_number=1, round=4, app="app")
+    )
+    again = execute(
+        server, "abort client", interactive=True, confirmed=True, answered=asked["digest"]
+    )
+    assert not again.ok and server.calls == [] and server.db.audited == []
+    assert again.data["confirm"]["title"] == (
+        "Abort training: all clients (5) (changed since you were asked)"
+    )
+    assert "  site-e: training started, round 4 (app)" in again.confirm_prompt.splitlines()
+    digest = again.data["confirm"]["digest"]
+    done = execute(server, "abort client", interactive=True, confirmed=True, answered=digest)
+    assert done.ok and server.calls == [
+        (["site-a", "site-b", "site-c", "site-d", "site-e"], "abort", {})
+    ]
+    older = execute(server, "shutdown server", confirmed=True)  # a client that names no question
+    assert older.ok
 
 
 def test_a_confirmation_names_a_site_still_training_an_older_run() -> None:

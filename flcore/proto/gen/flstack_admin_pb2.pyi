@@ -83,6 +83,7 @@ class CommandRequest(_message.Message):
     CONFIRMED_FIELD_NUMBER: _builtins.int
     ATTACHMENT_FIELD_NUMBER: _builtins.int
     INTERACTIVE_FIELD_NUMBER: _builtins.int
+    CONFIRM_DIGEST_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     line: _builtins.str
     """e.g. "check_status client flclient1" """
@@ -97,6 +98,10 @@ class CommandRequest(_message.Message):
     screen): the server then asks before an abort too, as it always does
     before a shutdown; a script or the line console (Clara's) is not asked.
     """
+    confirm_digest: _builtins.str
+    """With confirmed: the digest of the question the admin answered (the "digest" of the
+    "confirm" data that asked it); a question that has changed since is asked again.
+    """
     def __init__(
         self,
         *,
@@ -106,10 +111,11 @@ class CommandRequest(_message.Message):
         confirmed: _builtins.bool = ...,
         attachment: _builtins.bytes = ...,
         interactive: _builtins.bool = ...,
+        confirm_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "confirmed", b"confirmed", "interactive", b"interactive", "line", b"line", "timeout_s", b"timeout_s", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "confirm_digest", b"confirm_digest", "confirmed", b"confirmed", "interactive", b"interactive", "line", b"line", "timeout_s", b"timeout_s", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
