@@ -925,18 +925,21 @@ async def _validate(cmds: AdminCommands, request: Request) -> Reply:
         if s.status.run_number == number and not s.status.cross_validate
     }
     matrix = crossval.matrix([] if names == ["all"] else names, bystanders)
-    metric = _matrix_metric(matrix)
-    data = {**matrix.as_json(), "metric": metric}
+    modes = server.metric_modes(number)
+    metric = _matrix_metric(matrix, modes)
+    data = {**matrix.as_json(), "metric": metric, "metric_modes": modes}
     if not matrix.cells and not matrix.notes:
         text = f"No cross-site validation results for run {number}."
         return Reply(True, text, data)
     return Reply(True, render_matrix(matrix, metric), data)
 
 
-def _matrix_metric(matrix: ValidationMatrix) -> str:
-    """The metric to show: val_accuracy when present, else the first one reported."""
+def _matrix_metric(matrix: ValidationMatrix, modes: dict[str, str]) -> str:
+    """The metric to show: the app's validation metric when reported, else val_accuracy,
+    else the first one reported."""
     names = matrix.metric_names()
-    return "val_accuracy" if "val_accuracy" in names or not names else names[0]
+    known = [name for name in (*modes, "val_accuracy") if name in names]
+    return known[0] if known else names[0] if names else "val_accuracy"
 
 
 def render_matrix(matrix: ValidationMatrix, metric: str) -> str:

@@ -414,6 +414,15 @@ class FLServer:
             raise CommandError("the deployed app has no config/config_fed_server.json")
         return app.server
 
+    def metric_modes(self, number: int) -> dict[str, str]:
+        """Which way is better for the metrics whose direction the run's app declares (its
+        ``validation_metric``: ``max`` or ``min``); empty when its app cannot be read."""
+        try:
+            config = self._deployed_config(number)
+        except CommandError:
+            return {}
+        return {config.validation_metric: config.metric_mode}
+
     def _continue(self, record: RunRecord, config: ServerAppConfig) -> str:
         """Go on with a run that stopped before its end (a fault, an abort) from its last
         completed round, with the settings of the app deployed now."""

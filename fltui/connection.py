@@ -66,8 +66,7 @@ class Connection:
         since = f"✖ connection lost since {clock_time(self.lost_at)}"
         if self.look is DISCONNECTED:
             left = max(math.ceil(self.retry_at - now), 0)
-            return (
-                f"{since}: {self.problem} · reconnecting in {left}s "
-                f"(attempt {self.attempt})" + (" · r now" if keys else "")
+            return f"{since}: {self.problem} · reconnecting in {left}s (attempt {self.attempt})" + (
+                " · r now" if keys else ""
             )
         return f"{since} · reconnecting to {self.target} (attempt {self.attempt})…"

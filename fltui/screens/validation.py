@@ -41,6 +41,16 @@ def metric_names(matrix: ValidationMatrix, first: str) -> list[str]:
     return ([first] if first in names else []) + [name for name in names if name != first]
 
 
+def lower_is_better(data: Mapping[str, Any]) -> dict[str, bool]:
+    """For each metric whose direction the run's app declares (its validation metric and
+    ``metric_mode``), whether lower is better. Any other metric is drawn uncoloured: a
+    guess from its name once drew the best of a ``val_mae`` red."""
+    modes = data.get("metric_modes")
+    if not isinstance(modes, dict):
+        return {}
+    return {str(name): mode == "min" for name, mode in modes.items() if mode in ("max", "min")}
+
+
 def shade(value: float, low: float, high: float, lower_is_better: bool) -> float:
     """Where ``value`` sits between the worst (0) and the best (1) of its metric."""
     if high <= low:
@@ -65,6 +75,7 @@ class ValidationScreen(Screen[None]):
         self._run = self._matrix.run_number if "run_number" in data else run_number
         self._failure = failure
         self._metrics = metric_names(self._matrix, str(data.get("metric", "")))
+        self._lower_is_better = lower_is_better(data)
         self._metric = self._metrics[0] if self._metrics else ""
 
     def compose(self) -> ComposeResult:
@@ -123,14 +134,22 @@ class ValidationScreen(Screen[None]):
         table.add_column("model \\ site", key="model \\ site")
         for column in matrix.columns:
             table.add_column(Text(column), key=column, width=max(CELL_WIDTH, len(column)))
-        lower_is_better = "loss" in self._metric
+        lower = self._lower_is_better.get(self._metric)
         for row in matrix.rows:
             shown = [Text(row, style="bold")]
             for column in matrix.columns:
-                shown.append(self._cell(matrix.cell(row, column), low, high, lower_is_better))
+                shown.append(self._cell(matrix.cell(row, column), low, high, lower))
             table.add_row(*shown, key=row)
+        way = (
+            "not coloured: the app does not say which way is better"
+            if lower is None
+            else "lower is better"
+            if lower
+            else "higher is better"
+        )
+        muted = tone_style(self.app, "muted")
         self.query_one("#validation-metric", Static).update(
-            Text.assemble(("metric ", tone_style(self.app, "muted")), (self._metric or "-", "bold"))
+            Text.assemble(("metric ", muted), (self._metric or "-", "bold"), (f"  ({way})", muted))
         )
         errors = [
             f"model of {row} on {column}: {cell.error}"
@@ -141,7 +160,7 @@ class ValidationScreen(Screen[None]):
         self.query_one("#validation-notes", Static).update("\n".join([*errors, notes_text(matrix)]))
 
     def _cell(
-        self, cell: MatrixCell | None, low: float, high: float, lower_is_better: bool
+        self, cell: MatrixCell | None, low: float, high: float, lower_is_better: bool | None
     ) -> Text:
         if cell is None:
             return Text("")
@@ -150,6 +169,8 @@ class ValidationScreen(Screen[None]):
         value = cell.metrics.get(self._metric)
         if value is None:
             return Text("")
+        if lower_is_better is None:
+            return Text(f"{value:.4f}")
         return Text(f"{value:.4f}", style=self._colour(shade(value, low, high, lower_is_better)))
 
     def _colour(self, where: float) -> Style:

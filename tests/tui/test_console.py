@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.style import Style
 from textual.widgets import DataTable, Input
 
 from fladmin.client import AdminError, CommandReply
@@ -42,6 +43,7 @@ from tests.tui.recorded import CLIENTS, LISTINGS, NOW, RUN, recorded_events
 MATRIX = {
     "run_number": 1,
     "metric": "val_accuracy",
+    "metric_modes": {"val_accuracy": "max"},
     "rows": ["global", "flclient1", "flclient2"],
     "columns": ["flclient1", "flclient2"],
     "cells": {
@@ -267,6 +269,53 @@ def test_validation_matrix_and_the_empty_case(tmp_path: Path) -> None:
 
     asyncio.run(scenario(MATRIX))
     asyncio.run(scenario({"results": []}))
+
+
+def test_the_matrix_is_coloured_the_way_the_app_says_is_better(tmp_path: Path) -> None:
+    """A guess from the metric's name drew the best models of a val_mae red; the app's
+    metric_mode says which way is better, and a metric it says nothing of is not coloured."""
+
+    async def best_and_way(modes: dict[str, str] | None, size: tuple[int, int]) -> tuple[str, str]:
+        data = {**MATRIX, "metric_modes": modes} if modes is not None else {**MATRIX}
+        if modes is None:
+            del data["metric_modes"]  # an older server's reply
+
+        def answer(line: str, confirmed: bool) -> CommandReply:
+            return CommandReply(line, True, "", data, 1, "")
+
+        app, _ = console(tmp_path / f"{modes}{size}", reply=answer)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            await pilot.press("v")
+            screen = await shown(pilot, app, ValidationScreen)
+            table = screen.query_one("DataTable", DataTable)
+            cells = {
+                (row, column): table.get_cell(row, column)
+                for row, column in (("global", "flclient1"), ("global", "flclient2"))
+            }
+            cells[("flclient1", "flclient2")] = table.get_cell("flclient1", "flclient2")
+            styles = {
+                str(cell): cell.style if isinstance(cell.style, Style) else Style.parse(cell.style)
+                for cell in cells.values()
+            }
+            bold = [text for text, style in styles.items() if style.bold]
+            coloured = [text for text, style in styles.items() if style.color]
+            way = str(screen.query_one("#validation-metric").render())
+            return (",".join(bold) if coloured else "uncoloured"), way
+
+    for size in ((120, 36), (80, 24)):
+        assert asyncio.run(best_and_way({"val_accuracy": "max"}, size)) == (
+            "0.9700",
+            "metric val_accuracy  (higher is better)",
+        )
+        assert asyncio.run(best_and_way({"val_accuracy": "min"}, size)) == (
+            "0.9100",
+            "metric val_accuracy  (lower is better)",
+        )
+    assert asyncio.run(best_and_way(None, (120, 36))) == (
+        "uncoloured",
+        "metric val_accuracy  (not coloured: the app does not say which way is better)",
+    )
 
 
 def test_enter_shows_the_traceback_of_a_failed_site(tmp_path: Path) -> None:

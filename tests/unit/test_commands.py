@@ -107,6 +107,7 @@ class FakeServer:
     shutting_down: bool = False
     crossval: FakeCrossValidation | None = None
     admins: AdminLogins = field(default_factory=AdminLogins)
+    modes: dict[str, str] = field(default_factory=dict)
 
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
@@ -149,6 +150,9 @@ class FakeServer:
     def crossval_for(self, run_number: int) -> FakeCrossValidation:
         assert self.crossval is not None and run_number == self.run_number
         return self.crossval
+
+    def metric_modes(self, number: int) -> dict[str, str]:
+        return self.modes
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -502,8 +506,16 @@ def test_validate_renders_the_matrix_and_names_bystanders() -> None:
         "model of site-a on site-a: cannot fetch the model: gone",
         "site-c: does not take part (cross_validate is off)",
     ]
-    assert reply.data["metric"] == "val_accuracy"
+    assert reply.data["metric"] == "val_accuracy" and reply.data["metric_modes"] == {}
     assert reply.data["cells"]["global"]["site-a"]["metrics"]["val_accuracy"] == 0.91234
+    server.modes = {"loss": "min"}  # the app's validation metric comes first, with its way
+    reply = execute(server, "validate all", role=ROLE_MEMBER)
+    assert reply.text.splitlines()[:3] == [
+        "Cross-site validation of run 3 (loss)",
+        "model \\ site  site-a    site-c",
+        "global        0.3000",
+    ]
+    assert reply.data["metric"] == "loss" and reply.data["metric_modes"] == {"loss": "min"}
 
 
 def test_help_lists_every_command() -> None:
