@@ -332,6 +332,13 @@ class FLServer:
                 f"run {active.run.run_number} is still training: abort it before "
                 "setting a new run number"
             )
+        if self._resuming is not None and not self._resuming.done() and self.resume_fault:
+            # Moving on would leave that run "training started" in its record for good.
+            raise CommandError(
+                f"run {self.run_number} waits to be taken up again ({self.resume_fault}): "
+                f"free space on the server (it goes on within {STORAGE_RETRY_S:g}s, or at "
+                "once with start server), then abort it before setting a new run number"
+            )
         existed = self.store.create_run(number)
         self.db.set_meta(RUN_NUMBER_KEY, str(number))
         self._run_number = number

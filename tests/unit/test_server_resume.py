@@ -18,7 +18,7 @@ from flcore.identity import KIND_CLIENT, Identity
 from flcore.tokens import new_token, token_key
 from fldev.poll import wait_until_async
 from flserverd import server as server_module
-from flserverd.server import FLServer
+from flserverd.server import CommandError, FLServer
 from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
 from tests.unit.serverparts import server_startup
 
@@ -129,6 +129,12 @@ def test_a_server_restarted_on_a_full_disk_resumes_the_run_once_there_is_room(
             view = server.run_view()
             assert view.server_status == st.PAUSED
             assert view.fault.startswith("server disk full: state database")
+            with pytest.raises(CommandError) as refused:  # it would stay "started" for good
+                server.set_run_number(5)
+            assert str(refused.value).startswith(
+                "run 4 waits to be taken up again (server disk full: state database"
+            )
+            assert server.run_number == 4
             full["on"] = False
             await wait_until_async(
                 lambda: server.training_for(4) is not None, 10, "the run to resume"
