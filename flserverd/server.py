@@ -513,10 +513,11 @@ class FLServer:
         )
 
     def _begin(self, number: int, config: ServerAppConfig, manifest: Manifest) -> None:
-        """The initial model is ready: a fresh run record, and the first round offered."""
-        self.db.clear_round_records(number)
+        """The initial model is ready: a fresh run record, and the first round offered.
+        The old run's files go first: a crash before the record is replaced leaves the old
+        record, whose continuation refuses for want of its model, never a new record beside
+        the old run's metrics."""
         self.store.clear_outputs(number, keep_round=config.start_round)
-        self._crossvals[number] = CrossValidation(number, self.store, self.db, self)
         record = RunRecord(
             run_number=number,
             status=st.STARTED,
@@ -528,7 +529,8 @@ class FLServer:
             metric=config.validation_metric,
             started_at=time.time(),
         )
-        self.db.save_run(record)
+        self.db.start_over(record)
+        self._crossvals[number] = CrossValidation(number, self.store, self.db, self)
         training = Training(record, config, manifest, self.store, self.db, self)
         self.training = training
         log.info(

@@ -435,13 +435,17 @@ class StateDB:
         ).fetchall()
         return [RoundSummary.from_json(json.loads(r[0])) for r in rows]
 
-    def clear_round_records(self, run_number: int) -> None:
-        """Forget metrics and folds of a run that is trained again from the start."""
+    def start_over(self, run: RunRecord) -> None:
+        """A run trained again from its start: its metrics, folds and cross-site results are
+        forgotten and ``run`` is its record, in one transaction, so that a crash leaves
+        either the old run whole or the new one."""
+        number = run.run_number
         self._write(
             [
-                ("DELETE FROM round_metrics WHERE run_number=?", (run_number,)),
-                ("DELETE FROM folded WHERE run_number=?", (run_number,)),
-                ("DELETE FROM validation WHERE run_number=?", (run_number,)),
+                ("DELETE FROM round_metrics WHERE run_number=?", (number,)),
+                ("DELETE FROM folded WHERE run_number=?", (number,)),
+                ("DELETE FROM validation WHERE run_number=?", (number,)),
+                self._run_upsert(run),
             ]
         )
 

@@ -390,17 +390,31 @@ def test_forget_unfinished_folds(db: StateDB) -> None:
     assert db.forget_unfinished_folds(3, 5) == 0
 
 
-def test_clear_round_records(db: StateDB) -> None:
+def test_a_run_started_over_forgets_its_rounds_with_its_record_replaced(db: StateDB) -> None:
     db.complete_round(_run(next_round=1), _summary(0))
     db.record_folded(3, 0, "site-a", 1, {})
     db.save_validation(3, "site-a", "site-b", {"acc": 1.0}, "")
     db.complete_round(_run(run_number=4, next_round=1), _summary(0, run_number=4))
-    db.clear_round_records(3)
+    db.start_over(_run(next_round=0))
     assert db.round_records(3) == []
     assert not db.is_folded(3, 0, "site-a")
     assert db.validation_results(3) == []
     assert db.round_records(4) == [_summary(0, run_number=4)]
-    assert db.get_run(3) is not None  # the run itself stays
+    assert db.get_run(3) == _run(next_round=0)
+
+
+def test_a_start_over_that_fails_leaves_the_old_run_whole(
+    db: StateDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows went in one transaction and the new record in another: a crash between them
+    left the old record without its history."""
+    db.complete_round(_run(next_round=1), _summary(0))
+    failing = ("INSERT INTO no_such_table VALUES (?)", (1,))
+    monkeypatch.setattr(db, "_run_upsert", lambda run: failing)
+    with pytest.raises(sqlite3.OperationalError):
+        db.start_over(_run(next_round=0))
+    assert db.round_records(3) == [_summary(0)]
+    assert db.get_run(3) == _run(next_round=1)
 
 
 def test_clients_table(db: StateDB) -> None:
