@@ -33,6 +33,7 @@ from flcore.federation import (
     Upward,
     Verdict,
 )
+from flcore.feed import MAX_TEXT, clip
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.schema import ConfigError
@@ -176,5 +177,8 @@ def metrics_report_to_proto(token: str, report: MetricsReport) -> fed_pb2.Metric
 
 def verdict_from_proto(reply: fed_pb2.SubmitReply) -> Verdict:
     """The server's verdict on an upload or report; WireError for an outcome this client
-    does not know (never read as "rejected" or anything else)."""
-    return Verdict(enum_from_proto(SUBMIT_OUTCOMES, reply.result, "submit result"), reply.message)
+    does not know (never read as "rejected" or anything else). The message is cut to what
+    the server keeps of an error: the site copies it into its status, which a longer one
+    would push past the message limit."""
+    outcome = enum_from_proto(SUBMIT_OUTCOMES, reply.result, "submit result")
+    return Verdict(outcome, clip(reply.message, MAX_TEXT))

@@ -254,6 +254,13 @@ def test_an_unknown_verdict_is_not_read_as_rejected() -> None:
             client_serde.verdict_from_proto(reply)
 
 
+def test_a_verdict_s_message_is_cut_to_what_the_server_keeps_of_an_error() -> None:
+    """The site copies a rejection's message into its status: a longer one made every
+    status and heartbeat exceed the message limit."""
+    reply = fed_pb2.SubmitReply(result=fed_pb2.SUBMIT_RESULT_REJECTED, message="x" * 5_000_000)
+    assert len(client_serde.verdict_from_proto(reply).message) <= MAX_TEXT
+
+
 @pytest.mark.parametrize(
     ("number", "kind"),
     [(1, UploadKind.UPDATE), (3, UploadKind.BEST_LOCAL), (2, UploadKind.BEST_LOCAL)],
