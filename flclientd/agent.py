@@ -59,10 +59,11 @@ from flcore.federation import (
     Unreadable,
     Verdict,
 )
+from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, clip, clip_end
 from flcore.folders import FolderError, replace_folder
 from flcore.metrics import format_metrics
 from flcore.progress import TransferStalled
-from flcore.schema import ConfigError
+from flcore.schema import ConfigError, name_like, shown
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import TensorFileError
@@ -85,6 +86,15 @@ FINAL_MODEL = "final_global_model.safetensors"
 
 Sending = Callable[[], Awaitable[Verdict]] | None
 """How to send a round's result again (None when there was nothing to send)."""
+
+STATUS_BOUNDS: dict[str, Callable[[str], str]] = {
+    "error": partial(clip, limit=MAX_TEXT),
+    "traceback": partial(clip_end, limit=MAX_TRACEBACK),
+    "app": partial(clip, limit=MAX_LABEL),
+    "detail": partial(clip, limit=MAX_TEXT),
+}
+"""The bounds of the status's texts, which may quote the server: the status goes with every
+heartbeat, and one past the message limit cut the site off its control stream."""
 
 
 class Refused(Exception):
@@ -278,7 +288,8 @@ class Agent:
             changes.setdefault("error", "")
             changes.setdefault("traceback", "")
         for key, value in changes.items():
-            setattr(self.status, key, value)
+            bound = STATUS_BOUNDS.get(key)
+            setattr(self.status, key, value if bound is None else bound(value))
         self.uplink.send(StatusChanged(self._status_now()))
 
     def status_data(self) -> dict[str, Any]:
@@ -337,6 +348,11 @@ class Agent:
     async def _deploy(self, args: Mapping[str, object]) -> Answer:
         run_number = _run_number("deploy", args)
         app = _argument("deploy", args, "app", str)
+        problem = name_like(app)
+        if problem:
+            # The server refuses such a name at upload: it would go into this site's status,
+            # its log and the answer, megabytes of it.
+            raise Refused(f"deploy: the app name {shown(app)} {problem}")
         if self._training() and self.status.run_number == run_number:
             raise Refused(f"run {run_number} is training here: abort it before deploying")
         target = self.app_dir(run_number)

@@ -16,6 +16,7 @@ from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
 from flcore import status as st
 from flcore.federation import Command, CommandResult, RunEnded
+from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
 from flcore.progress import TransferStalled
 from flcore.startup import STARTUP_DIR, load_client
 from flcore.tls import TlsFiles
@@ -297,3 +298,53 @@ def test_a_deploy_removes_what_a_deploy_cut_off_by_a_crash_left(
     result = _answer(provisioned_workspace, tmp_path, command, prepare)
     assert result.text == f"deploy failed: {stalled}"
     assert sorted(p.name for p in run.iterdir()) == [".app_site-a.old", ".app_site-a_1." + "b" * 32]
+
+
+@pytest.mark.parametrize(
+    "app",
+    ["x" * 1_000_000, "../local", "digits\n<3>forged", ""],
+    ids=["long", "path", "newline", "empty"],
+)
+def test_a_deploy_of_an_app_name_the_server_never_takes_is_refused_before_a_download(
+    provisioned_workspace: Any, tmp_path: Path, app: str
+) -> None:
+    """The name goes into the site's status, its log and the answer: a megabyte of it cut
+    the site off its control stream."""
+    fetched: list[str] = []
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        fetched.append(app)
+
+    def prepare(agent: Agent) -> None:
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+
+    command = Command("c1", "deploy", {"run_number": 1, "app": app})
+    result = _answer(provisioned_workspace, tmp_path, command, prepare)
+    assert not result.ok and result.text.startswith("deploy: the app name ")
+    assert "must be 1-63 letters, digits" in result.text and len(result.text) < 300
+    assert fetched == [] and not (tmp_path / "site-a" / "run_1").exists()
+
+
+def test_the_status_s_texts_are_bounded_whatever_they_quote(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The status goes with every heartbeat: a text of megabytes (a server's message quoted
+    in an error) made each exceed the message limit."""
+
+    async def run() -> tuple[st.ClientStatus, st.ClientStatus]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            agent._set_status(
+                status=st.FAILED, error="e" * 5_000_000, traceback="t" * 5_000_000 + "end"
+            )
+            agent._set_status(app="a" * 5_000_000)
+            failed = agent._status_now()
+            agent._set_status(status=st.WAITING_APPROVAL, detail="d" * 5_000_000)
+            return failed, agent.status
+        finally:
+            await agent.conn.close()
+
+    failed, waiting = asyncio.run(run())
+    assert 0 < len(failed.error) <= MAX_TEXT and 0 < len(waiting.detail) <= MAX_TEXT
+    assert len(failed.traceback) <= MAX_TRACEBACK and failed.traceback.endswith("end")
+    assert 0 < len(failed.app) <= MAX_LABEL
