@@ -20,6 +20,7 @@ from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.uplink import Uplink
 from flcore.federation import GLOBAL_OWNER, TaskOffer, UploadKind
+from flcore.feed import MAX_TEXT, clip
 from flcore.metrics import format_metrics
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,10 @@ class CrossSiteValidation:
     async def _report(
         self, run: RunContext, owner: str, metrics: dict[str, float], samples: int, error: str
     ) -> None:
-        """Send one cell of the matrix (metrics, or why there are none)."""
+        """Send one cell of the matrix (metrics, or why there are none). The reason is cut to
+        what the server keeps of an error: it may quote the server (a model's tensor name, a
+        call's details), and a report past the message limit failed the whole phase."""
+        error = clip(error, MAX_TEXT)
         await self.uplink.retrying(
             "cross-site report",
             lambda: self.conn.submit_metrics(

@@ -1,0 +1,82 @@
+"""flclientd.crossval.CrossSiteValidation against a stand-in connection: what one bad model
+does to a site's cross-site phase."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from flclientd.crossval import CrossSiteValidation
+from flclientd.runcontext import RunContext
+from flclientd.worker.protocol import WorkResult
+from flcore.appconfig import ClientAppConfig
+from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskKind, TaskOffer, Verdict
+from flcore.feed import MAX_TEXT
+
+T = TypeVar("T")
+MESSAGE_LIMIT = 4 * 1024 * 1024
+
+
+class Uplink:
+    """Always connected: each call is made once."""
+
+    instance = "site-a"
+
+    async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        return await call()
+
+
+class Conn:
+    """Serves site-b's model as megabytes of an error, the global model as a model; refuses
+    a report past the message limit as gRPC does."""
+
+    def __init__(self) -> None:
+        self.cells: dict[str, str] = {}
+
+    async def get_model(self, run_number: int, round: int, path: Path, owner: str) -> None:
+        if owner == "site-b":
+            raise ValueError("tensor " + "x" * 5_000_000)
+        path.write_bytes(b"model")
+
+    async def submit_metrics(
+        self,
+        run_number: int,
+        round: int,
+        metrics: dict[str, float],
+        samples: int,
+        error: str = "",
+        owner: str = "",
+    ) -> Verdict:
+        if len(error.encode()) > MESSAGE_LIMIT:
+            metadata = grpc.aio.Metadata()
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, metadata, metadata, "larger than max"
+            )
+        self.cells[owner] = error or f"{metrics}"
+        return Verdict(SubmitOutcome.ACCEPTED, "recorded")
+
+
+class Worker:
+    best_local_model = None
+
+    async def validate(self, model: Path) -> WorkResult:
+        return WorkResult(10, {"accuracy": 0.9})
+
+
+def test_a_model_whose_error_is_megabytes_long_fails_only_its_own_cell(tmp_path: Path) -> None:
+    """The error quotes what the server sent: unbounded, its report exceeded the message
+    limit, and the whole cross-site phase failed with it."""
+    conn = Conn()
+    crossval = CrossSiteValidation(Uplink(), conn)  # type: ignore[arg-type]
+    crossval.offered(TaskOffer(1, -1, TaskKind.CROSS_VALIDATE, ("site-b", GLOBAL_OWNER), ()))
+    run = RunContext(1, tmp_path / "app", tmp_path, 1, ClientAppConfig(cross_validate=True))
+    worker: Any = Worker()
+    asyncio.run(crossval.run(run, worker))
+    assert set(conn.cells) == {"site-a", "site-b", GLOBAL_OWNER}
+    assert conn.cells["site-b"].startswith("the model the server sent is unusable: tensor x")
+    assert len(conn.cells["site-b"]) <= MAX_TEXT
+    assert conn.cells[GLOBAL_OWNER] == "{'accuracy': 0.9}"
