@@ -39,7 +39,7 @@ from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.siteapps import deployed_name
 from flclientd.sitestate import SiteStore
-from flclientd.uplink import Uplink
+from flclientd.uplink import Uplink, details
 from flcore import status as st
 from flcore.appconfig import load_app
 from flcore.appreview import AppReview, review_app
@@ -61,6 +61,7 @@ from flcore.federation import (
 )
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, clip, clip_end
 from flcore.folders import FolderError, replace_folder
+from flcore.logs import one_line
 from flcore.metrics import format_metrics
 from flcore.progress import TransferStalled
 from flcore.schema import ConfigError, name_like, shown
@@ -261,11 +262,11 @@ class Agent:
         elif isinstance(message, TaskOffer):
             self._offer(message)
         elif isinstance(message, RunEnded):
-            log.info("server ended run %d: %s", message.run_number, message.reason)
+            log.info("server ended run %d: %s", message.run_number, one_line(message.reason))
             if message.run_number == self.status.run_number:
                 self._ending = self._spawn(self._end_run())
         elif isinstance(message, Closed):
-            log.warning("the server ended this client's registration: %s", message.reason)
+            log.warning("the server ended this client's registration: %s", one_line(message.reason))
             self.store.update(token="")
         elif message.command_id:
             self.uplink.send(CommandResult(message.command_id, False, message.reason))
@@ -304,7 +305,7 @@ class Agent:
         try:
             handler = self._handlers().get(command.name)
             if handler is None:
-                raise Refused(f"unknown command {command.name!r}")
+                raise Refused(f"unknown command {shown(command.name)}")
             text, result = await handler(command.args)
             ok, data = True, _json(result)
         except Refused as exc:
@@ -588,7 +589,7 @@ class Agent:
         An app of built-in components needs nothing; custom code needs its
         digest in ``local/approved_apps.json`` or ``trust_custom_code``.
         """
-        name = self.status.app or run.app_dir.name
+        name = one_line(self.status.app or run.app_dir.name)
         try:
             review = await asyncio.to_thread(review_app, run.app_dir, name)
         except (FolderError, OSError) as exc:
@@ -596,7 +597,7 @@ class Agent:
         if not review.needs_approval:
             log.info("app %s (%s) uses built-in components only", name, review.short)
             return
-        code = "; ".join(review.custom_code())
+        code = one_line("; ".join(review.custom_code()))
         if self.startup.trust_custom_code:
             log.warning(
                 "app %s (%s) runs custom code without approval, since trust_custom_code is on: %s",
@@ -670,7 +671,7 @@ class Agent:
                     verdict = await self.uplink.retrying(
                         f"resend for round {task.round}", sent[key]
                     )
-                    log.info("round %d sent again: %s", task.round, verdict.message)
+                    log.info("round %d sent again: %s", task.round, one_line(verdict.message))
                 elif task.kind is TaskKind.TRAIN:
                     train = partial(self._train_round, task, app.client.local_epochs, work_dir)
                     send = await self._despite_disk_faults(train, work_dir)
@@ -723,7 +724,7 @@ class Agent:
                 "",
             )
         trace = getattr(exc, "traceback", "")
-        log.error("training failed: %s", exc)
+        log.error("training failed: %s", one_line(str(exc)))
         if trace:
             log.debug("where the training failed:\n%s", trace)
         self._set_status(status=st.FAILED, error=str(exc), traceback=trace)
@@ -775,7 +776,7 @@ class Agent:
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
         except grpc.aio.AioRpcError as exc:
-            log.info("round %d not available: %s", task.round, exc.details())
+            log.info("round %d not available: %s", task.round, details(exc))
             return None
         except (TensorFileError, ValueError) as exc:
             raise WorkerFailed(
@@ -806,7 +807,7 @@ class Agent:
             "round %d update %s: %s (%s)",
             task.round,
             verdict.outcome,
-            verdict.message,
+            one_line(verdict.message),
             format_metrics(result.metrics),
         )
         if verdict.outcome is SubmitOutcome.REJECTED:
@@ -828,7 +829,7 @@ class Agent:
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
         except grpc.aio.AioRpcError as exc:
-            log.info("final model not available: %s", exc.details())
+            log.info("final model not available: %s", details(exc))
             return None
         except (TensorFileError, ValueError) as exc:
             raise WorkerFailed(f"the final global model is unusable: {exc}", "") from None

@@ -21,6 +21,7 @@ from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.uplink import Uplink
 from flcore.federation import GLOBAL_OWNER, TaskOffer, UploadKind
 from flcore.feed import MAX_TEXT, clip
+from flcore.logs import one_line
 from flcore.metrics import format_metrics
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class CrossSiteValidation:
                 run.run_number, -1, best, worker.info.train_samples, {}, UploadKind.BEST_LOCAL
             ),
         )
-        log.info("best local model shared for cross-site validation: %s", verdict.message)
+        log.info("best local model shared for cross-site validation: %s", one_line(verdict.message))
 
     async def _validate(self, run: RunContext, worker: TrainingProcess, owner: str) -> None:
         # One model at a time, under a name of ours: the owner's name comes from the server.
@@ -99,15 +100,15 @@ class CrossSiteValidation:
             error = f"the model the server sent is unusable: {exc}"
         finally:
             model.unlink(missing_ok=True)
-        shown = error or format_metrics(metrics)
-        log.info("cross-site validation of %s's model: %s", owner, shown)
+        said = error or format_metrics(metrics)
+        log.info("cross-site validation of %s's model: %s", one_line(owner), one_line(said))
         await self._report(run, owner, metrics, samples, error)
 
     async def _give_up(self, run: RunContext, pending: tuple[str, ...], timeout: float) -> None:
         reason = f"gave up after waiting {timeout:g}s for this model"
         log.warning(
             "cross-site validation: gave up waiting for the models of %s after %gs",
-            ", ".join(pending),
+            one_line(", ".join(pending)),
             timeout,
         )
         for owner in pending:

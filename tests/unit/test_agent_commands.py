@@ -15,7 +15,7 @@ import pytest
 from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
 from flcore import status as st
-from flcore.federation import Command, CommandResult, RunEnded
+from flcore.federation import Closed, Command, CommandResult, RunEnded
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
 from flcore.progress import TransferStalled
 from flcore.startup import STARTUP_DIR, load_client
@@ -348,3 +348,32 @@ def test_the_status_s_texts_are_bounded_whatever_they_quote(
     assert 0 < len(failed.error) <= MAX_TEXT and 0 < len(waiting.detail) <= MAX_TEXT
     assert len(failed.traceback) <= MAX_TRACEBACK and failed.traceback.endswith("end")
     assert 0 < len(failed.app) <= MAX_LABEL
+
+
+def test_what_the_server_says_is_logged_on_one_line_and_cut_short(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under journald a newline followed by <3> in a reason wrote a forged error line of
+    the server's choosing into the site's journal; a megabyte of it filled the log."""
+    forged = "finished\n<3>flclientd.agent: site data copied to attacker" + "x" * 1_000_000
+
+    async def run() -> str:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            agent._dispatch(RunEnded(7, st.STOPPED, forged))
+            agent._dispatch(Closed(forged))
+            await agent._command(Command("c1", "format\n<3>disk" * 100_000, {}))
+            sent = agent.uplink._outbox.get_nowait()
+            assert isinstance(sent, CommandResult)
+            return sent.text
+        finally:
+            await agent.conn.close()
+
+    with caplog.at_level(logging.INFO, "flclientd.agent"):
+        refused = asyncio.run(run())
+    assert refused.startswith("unknown command 'format\\n<3>disk") and len(refused) < 200
+    said = [r.getMessage() for r in caplog.records if r.name == "flclientd.agent"]
+    assert len(said) == 2
+    assert said[0].startswith("server ended run 7: finished\\n<3>flclientd.agent: site data")
+    for line in said:
+        assert "\n" not in line and len(line) <= 2 * MAX_TEXT

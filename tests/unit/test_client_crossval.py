@@ -4,11 +4,13 @@ does to a site's cross-site phase."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import pytest
 
 from flclientd.crossval import CrossSiteValidation
 from flclientd.runcontext import RunContext
@@ -80,3 +82,20 @@ def test_a_model_whose_error_is_megabytes_long_fails_only_its_own_cell(tmp_path:
     assert conn.cells["site-b"].startswith("the model the server sent is unusable: tensor x")
     assert len(conn.cells["site-b"]) <= MAX_TEXT
     assert conn.cells[GLOBAL_OWNER] == "{'accuracy': 0.9}"
+
+
+def test_owners_and_errors_from_the_server_are_logged_on_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newline and <3> in an owner's name or an error forged journal lines."""
+    forged = "site-c\n<3>flclientd.crossval: forged"
+    crossval = CrossSiteValidation(Uplink(), Conn())  # type: ignore[arg-type]
+    crossval.offered(TaskOffer(1, -1, TaskKind.CROSS_VALIDATE, ("site-b", forged), ()))
+    run = RunContext(1, tmp_path / "app", tmp_path, 1, ClientAppConfig(cross_validate=True))
+    worker: Any = Worker()
+    with caplog.at_level(logging.INFO, "flclientd.crossval"):
+        asyncio.run(crossval.run(run, worker))
+    said = [r.getMessage() for r in caplog.records if r.name == "flclientd.crossval"]
+    assert "cross-site validation of site-c\\n<3>flclientd.crossval: forged's model" in said[-1]
+    for line in said:
+        assert "\n" not in line and len(line) <= 2 * MAX_TEXT
