@@ -393,6 +393,12 @@ class Agent:
 
     async def _start_run(self, run_number: int, gpus: int) -> Answer:
         """Train run ``run_number`` on ``gpus`` GPUs (0: the app's default of one)."""
+        if gpus < 0:
+            # It is kept for a rejoin and would go to torchrun as its process count.
+            raise Refused(
+                f"start: the server sent gpus {gpus}, which is no GPU count (0 for the app's "
+                "default, or more)"
+            )
         if self.status.status == st.WAITING_APPROVAL:
             raise Refused(
                 f"{self.status.detail}: the site's IT approves it with flclientd approve, "
@@ -413,6 +419,13 @@ class Agent:
             raise Refused(
                 f"this site has {self.device.gpu_count} GPU(s); start_mgpu asked for {gpus}"
                 + ("" if self.device.gpu_count else " (and allow_cpu_mgpu is off)")
+            )
+        cpus = len(os.sched_getaffinity(0))
+        if cpu_allowed and gpus > cpus:
+            # Each is a process of torchrun's: more than the CPUs would only thrash them.
+            raise Refused(
+                f"this site trains on its {cpus} CPU(s) (allow_cpu_mgpu); start_mgpu asked "
+                f"for {gpus} processes"
             )
         app_name = deployed_name(app_dir)
         self.offer = None

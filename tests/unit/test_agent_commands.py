@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
+from flclientd.sitestate import SiteState
 from flcore import status as st
 from flcore.federation import Closed, Command, CommandResult, RunEnded
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
@@ -377,3 +379,33 @@ def test_what_the_server_says_is_logged_on_one_line_and_cut_short(
     assert said[0].startswith("server ended run 7: finished\\n<3>flclientd.agent: site data")
     for line in said:
         assert "\n" not in line and len(line) <= 2 * MAX_TEXT
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "cpu_mgpu", "words"),
+    [
+        (-1, DeviceInfo("cpu", 0), False, "start: the server sent gpus -1, which is no GPU count"),
+        (3, DeviceInfo("cuda", 2), False, "this site has 2 GPU(s); start_mgpu asked for 3"),
+        (10**6, DeviceInfo("cpu", 0), True, "this site trains on its "),
+    ],
+)
+def test_a_gpu_count_the_site_cannot_run_is_refused_and_not_kept(
+    provisioned_workspace: Any,
+    tmp_path: Path,
+    gpus: int,
+    device: DeviceInfo,
+    cpu_mgpu: bool,
+    words: str,
+) -> None:
+    """-1 was kept for the rejoin, and any count went to torchrun's --nproc_per_node."""
+
+    def prepare(agent: Agent) -> None:
+        agent.device = device
+        agent.startup = replace(agent.startup, allow_cpu_mgpu=cpu_mgpu)
+        agent.app_dir(1).mkdir(parents=True)
+
+    command = Command("c1", "start", {"run_number": 1, "gpus": gpus})
+    result = _answer(provisioned_workspace, tmp_path, command, prepare)
+    assert not result.ok and result.text.startswith(words)
+    state = SiteState.load(tmp_path / "site-a" / "state" / "flclientd_site-a.json")
+    assert (state.training_run, state.gpus) == (0, 0)
