@@ -22,7 +22,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -60,7 +60,7 @@ from flcore.federation import (
     Verdict,
 )
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, clip, clip_end
-from flcore.folders import FolderError, replace_folder
+from flcore.folders import FolderError, replace_folder, restore_interrupted
 from flcore.logs import one_line
 from flcore.metrics import format_metrics
 from flcore.progress import TransferStalled
@@ -236,6 +236,8 @@ class Agent:
         self.last_round: RoundDone | None = None
         self._ending: asyncio.Task[Any] | None = None
         """The end of a run the server ended, while this site winds it down."""
+        self._deploys: dict[Path, tuple[asyncio.Lock, int]] = {}
+        """Each app folder being deployed: its lock and how many deploys hold or await it."""
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
@@ -358,34 +360,49 @@ class Agent:
             raise Refused(f"run {run_number} is training here: abort it before deploying")
         target = self.app_dir(run_number)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stagings(target)
-        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        try:
-            await self.conn.get_app(run_number, app, staging)
-            load_app(staging)
-            review = await asyncio.to_thread(review_app, staging, app)
-            # The run may have started while the app came, its child reading the folder: it
-            # is never swapped under a child (whose app is the one the site reviewed).
-            if self._training() and self.status.run_number == run_number:
-                raise Refused(
-                    f"run {run_number} started training here while {app} came: "
-                    "abort it, then deploy again"
-                )
-            replace_folder(staging, target)
-        except (FolderError, ConfigError, TransferStalled) as exc:
-            raise Refused(f"deploy failed: {exc}") from None
-        except grpc.aio.AioRpcError as exc:
-            raise Refused(f"deploy failed: {exc.details()}") from None
-        except OSError as exc:
-            raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # what was refused, or nothing
+        async with self._one_deploy(target):
+            _remove_stagings(target)
+            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+            try:
+                await self.conn.get_app(run_number, app, staging)
+                load_app(staging)
+                review = await asyncio.to_thread(review_app, staging, app)
+                # The run may have started while the app came, its child reading the folder: it
+                # is never swapped under a child (whose app is the one the site reviewed).
+                if self._training() and self.status.run_number == run_number:
+                    raise Refused(
+                        f"run {run_number} started training here while {app} came: "
+                        "abort it, then deploy again"
+                    )
+                replace_folder(staging, target)
+            except (FolderError, ConfigError, TransferStalled) as exc:
+                raise Refused(f"deploy failed: {exc}") from None
+            except grpc.aio.AioRpcError as exc:
+                raise Refused(f"deploy failed: {exc.details()}") from None
+            except OSError as exc:
+                raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # what was refused, or nothing
         self.status.app = app
         text = f"{app} deployed."
         if not self._allowed(review):
             text += f" It runs custom code that this site has not approved yet ({review.short})."
         log.info("app %s deployed for run %d (%s)", app, run_number, review.short)
         return text, Deployed(app, run_number, review.digest)
+
+    @contextlib.asynccontextmanager
+    async def _one_deploy(self, target: Path) -> AsyncIterator[None]:
+        """One deploy of an app folder at a time: a second (the same run deployed again at
+        once) waits for the first, whose staging folder it would remove as a crash's."""
+        lock, users = self._deploys.get(target, (asyncio.Lock(), 0))
+        self._deploys[target] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._deploys.pop(target)
+            if users > 1:
+                self._deploys[target] = (lock, users - 1)
 
     async def _start(self, args: Mapping[str, object]) -> Answer:
         run_number = _run_number("start", args)
@@ -412,6 +429,14 @@ class Agent:
         if self._training():
             raise Refused(f"already {self.status.status} (run {self.status.run_number})")
         app_dir = self.app_dir(run_number)
+        try:
+            # A crash between the two renames of a deploy left the app as .app_<instance>.old.
+            restore_interrupted(app_dir)
+        except OSError as exc:
+            raise Refused(
+                f"the app of run {run_number}, set aside by a deploy that a crash cut off, "
+                f"cannot be put back: {exc.strerror or exc} ({app_dir})"
+            ) from None
         if not app_dir.is_dir():
             raise Refused(f"no app is deployed here for run {run_number}: deploy one first")
         cpu_allowed = self.device.gpu_count == 0 and self.startup.allow_cpu_mgpu

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from flcore.progress import TransferStalled
 from flcore.startup import STARTUP_DIR, load_client
 from flcore.tls import TlsFiles
 from flcore.wire import WireError
+from fldev.cluster import APPS
 from fldev.poll import wait_until_async
 from provision import extract_kit
 
@@ -42,15 +44,16 @@ def _answer(
     command: Command,
     prepare: Callable[[Agent], None] = lambda _: None,
 ) -> CommandResult:
-    """Build an agent on a real kit (inside the loop, as the daemon does) and let it answer."""
+    """Build an agent on a real kit (inside the loop, as the daemon does) and let it answer
+    (its answer follows the statuses it changed on the way)."""
 
     async def run() -> CommandResult:
         agent = _agent(provisioned_workspace, tmp_path)
         prepare(agent)
         try:
             await agent._command(command)
-            sent = agent.uplink._outbox.get_nowait()
-            assert isinstance(sent, CommandResult)
+            while not isinstance(sent := agent.uplink._outbox.get_nowait(), CommandResult):
+                pass  # the statuses the command changed
             return sent
         finally:
             await agent.conn.close()
@@ -409,3 +412,57 @@ def test_a_gpu_count_the_site_cannot_run_is_refused_and_not_kept(
     assert not result.ok and result.text.startswith(words)
     state = SiteState.load(tmp_path / "site-a" / "state" / "flclientd_site-a.json")
     assert (state.training_run, state.gpus) == (0, 0)
+
+
+def test_two_deploys_of_one_run_at_once_take_turns(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The second removed the first's staging folder, as if a crash had left it, while the
+    first was still receiving into it: the first failed for no fault of the app."""
+    first_in = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        shutil.copytree(APPS / "digits_fedavg", staging)
+        if not first_in.is_set():
+            first_in.set()
+            await go_on.wait()
+
+    async def run() -> tuple[list[CommandResult], Agent]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+        try:
+            args = {"run_number": 1, "app": "digits"}
+            first = asyncio.ensure_future(agent._command(Command("c1", "deploy", args)))
+            await asyncio.wait_for(first_in.wait(), 10)
+            second = asyncio.ensure_future(agent._command(Command("c2", "deploy", args)))
+            await asyncio.sleep(0.2)
+            go_on.set()
+            await asyncio.gather(first, second)
+            results = [agent.uplink._outbox.get_nowait() for _ in range(2)]
+            return [r for r in results if isinstance(r, CommandResult)], agent
+        finally:
+            await agent.conn.close()
+
+    results, agent = asyncio.run(run())
+    assert [(r.command_id, r.ok, r.text) for r in results] == [
+        ("c1", True, "digits deployed."),
+        ("c2", True, "digits deployed."),
+    ]
+    assert agent._deploys == {}, "a lock is kept only while a deploy holds or awaits it"
+
+
+def test_a_start_puts_back_the_app_a_crash_in_the_middle_of_a_deploy_set_aside(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """A crash between the two renames of a deploy left only .app_<instance>.old: the site
+    said no app was deployed for the run."""
+
+    def prepare(agent: Agent) -> None:
+        shutil.copytree(APPS / "digits_fedavg", agent.app_dir(1).with_name(".app_site-a.old"))
+
+    result = _answer(
+        provisioned_workspace, tmp_path, Command("c1", "start", {"run_number": 1}), prepare
+    )
+    assert (result.ok, result.text) == (True, "Starting the client...")
+    assert (tmp_path / "site-a" / "run_1" / "app_site-a" / "config").is_dir()
