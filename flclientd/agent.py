@@ -22,7 +22,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -39,7 +39,7 @@ from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.siteapps import deployed_name
 from flclientd.sitestate import SiteStore
-from flclientd.uplink import Uplink
+from flclientd.uplink import Uplink, details
 from flcore import status as st
 from flcore.appconfig import load_app
 from flcore.appreview import AppReview, review_app
@@ -59,10 +59,12 @@ from flcore.federation import (
     Unreadable,
     Verdict,
 )
-from flcore.folders import FolderError, replace_folder
+from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, clip, clip_end
+from flcore.folders import FolderError, replace_folder, restore_interrupted
+from flcore.logs import one_line
 from flcore.metrics import format_metrics
 from flcore.progress import TransferStalled
-from flcore.schema import ConfigError
+from flcore.schema import ConfigError, name_like, shown
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import TensorFileError
@@ -85,6 +87,15 @@ FINAL_MODEL = "final_global_model.safetensors"
 
 Sending = Callable[[], Awaitable[Verdict]] | None
 """How to send a round's result again (None when there was nothing to send)."""
+
+STATUS_BOUNDS: dict[str, Callable[[str], str]] = {
+    "error": partial(clip, limit=MAX_TEXT),
+    "traceback": partial(clip_end, limit=MAX_TRACEBACK),
+    "app": partial(clip, limit=MAX_LABEL),
+    "detail": partial(clip, limit=MAX_TEXT),
+}
+"""The bounds of the status's texts, which may quote the server: the status goes with every
+heartbeat, and one past the message limit cut the site off its control stream."""
 
 
 class Refused(Exception):
@@ -225,6 +236,8 @@ class Agent:
         self.last_round: RoundDone | None = None
         self._ending: asyncio.Task[Any] | None = None
         """The end of a run the server ended, while this site winds it down."""
+        self._deploys: dict[Path, tuple[asyncio.Lock, int]] = {}
+        """Each app folder being deployed: its lock and how many deploys hold or await it."""
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
@@ -251,11 +264,11 @@ class Agent:
         elif isinstance(message, TaskOffer):
             self._offer(message)
         elif isinstance(message, RunEnded):
-            log.info("server ended run %d: %s", message.run_number, message.reason)
+            log.info("server ended run %d: %s", message.run_number, one_line(message.reason))
             if message.run_number == self.status.run_number:
                 self._ending = self._spawn(self._end_run())
         elif isinstance(message, Closed):
-            log.warning("the server ended this client's registration: %s", message.reason)
+            log.warning("the server ended this client's registration: %s", one_line(message.reason))
             self.store.update(token="")
         elif message.command_id:
             self.uplink.send(CommandResult(message.command_id, False, message.reason))
@@ -278,7 +291,8 @@ class Agent:
             changes.setdefault("error", "")
             changes.setdefault("traceback", "")
         for key, value in changes.items():
-            setattr(self.status, key, value)
+            bound = STATUS_BOUNDS.get(key)
+            setattr(self.status, key, value if bound is None else bound(value))
         self.uplink.send(StatusChanged(self._status_now()))
 
     def status_data(self) -> dict[str, Any]:
@@ -293,7 +307,7 @@ class Agent:
         try:
             handler = self._handlers().get(command.name)
             if handler is None:
-                raise Refused(f"unknown command {command.name!r}")
+                raise Refused(f"unknown command {shown(command.name)}")
             text, result = await handler(command.args)
             ok, data = True, _json(result)
         except Refused as exc:
@@ -337,32 +351,38 @@ class Agent:
     async def _deploy(self, args: Mapping[str, object]) -> Answer:
         run_number = _run_number("deploy", args)
         app = _argument("deploy", args, "app", str)
+        problem = name_like(app)
+        if problem:
+            # The server refuses such a name at upload: it would go into this site's status,
+            # its log and the answer, megabytes of it.
+            raise Refused(f"deploy: the app name {shown(app)} {problem}")
         if self._training() and self.status.run_number == run_number:
             raise Refused(f"run {run_number} is training here: abort it before deploying")
         target = self.app_dir(run_number)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stagings(target)
-        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-        try:
-            await self.conn.get_app(run_number, app, staging)
-            load_app(staging)
-            review = await asyncio.to_thread(review_app, staging, app)
-            # The run may have started while the app came, its child reading the folder: it
-            # is never swapped under a child (whose app is the one the site reviewed).
-            if self._training() and self.status.run_number == run_number:
-                raise Refused(
-                    f"run {run_number} started training here while {app} came: "
-                    "abort it, then deploy again"
-                )
-            replace_folder(staging, target)
-        except (FolderError, ConfigError, TransferStalled) as exc:
-            raise Refused(f"deploy failed: {exc}") from None
-        except grpc.aio.AioRpcError as exc:
-            raise Refused(f"deploy failed: {exc.details()}") from None
-        except OSError as exc:
-            raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # what was refused, or nothing
+        async with self._one_deploy(target):
+            _remove_stagings(target)
+            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+            try:
+                await self.conn.get_app(run_number, app, staging)
+                load_app(staging)
+                review = await asyncio.to_thread(review_app, staging, app)
+                # The run may have started while the app came, its child reading the folder: it
+                # is never swapped under a child (whose app is the one the site reviewed).
+                if self._training() and self.status.run_number == run_number:
+                    raise Refused(
+                        f"run {run_number} started training here while {app} came: "
+                        "abort it, then deploy again"
+                    )
+                replace_folder(staging, target)
+            except (FolderError, ConfigError, TransferStalled) as exc:
+                raise Refused(f"deploy failed: {exc}") from None
+            except grpc.aio.AioRpcError as exc:
+                raise Refused(f"deploy failed: {exc.details()}") from None
+            except OSError as exc:
+                raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # what was refused, or nothing
         self.status.app = app
         text = f"{app} deployed."
         if not self._allowed(review):
@@ -370,12 +390,32 @@ class Agent:
         log.info("app %s deployed for run %d (%s)", app, run_number, review.short)
         return text, Deployed(app, run_number, review.digest)
 
+    @contextlib.asynccontextmanager
+    async def _one_deploy(self, target: Path) -> AsyncIterator[None]:
+        """One deploy of an app folder at a time: a second (the same run deployed again at
+        once) waits for the first, whose staging folder it would remove as a crash's."""
+        lock, users = self._deploys.get(target, (asyncio.Lock(), 0))
+        self._deploys[target] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._deploys.pop(target)
+            if users > 1:
+                self._deploys[target] = (lock, users - 1)
+
     async def _start(self, args: Mapping[str, object]) -> Answer:
         run_number = _run_number("start", args)
         return await self._start_run(run_number, _argument("start", args, "gpus", int, 0))
 
     async def _start_run(self, run_number: int, gpus: int) -> Answer:
         """Train run ``run_number`` on ``gpus`` GPUs (0: the app's default of one)."""
+        if gpus < 0:
+            # It is kept for a rejoin and would go to torchrun as its process count.
+            raise Refused(
+                f"start: the server sent gpus {gpus}, which is no GPU count (0 for the app's "
+                "default, or more)"
+            )
         if self.status.status == st.WAITING_APPROVAL:
             raise Refused(
                 f"{self.status.detail}: the site's IT approves it with flclientd approve, "
@@ -389,6 +429,14 @@ class Agent:
         if self._training():
             raise Refused(f"already {self.status.status} (run {self.status.run_number})")
         app_dir = self.app_dir(run_number)
+        try:
+            # A crash between the two renames of a deploy left the app as .app_<instance>.old.
+            restore_interrupted(app_dir)
+        except OSError as exc:
+            raise Refused(
+                f"the app of run {run_number}, set aside by a deploy that a crash cut off, "
+                f"cannot be put back: {exc.strerror or exc} ({app_dir})"
+            ) from None
         if not app_dir.is_dir():
             raise Refused(f"no app is deployed here for run {run_number}: deploy one first")
         cpu_allowed = self.device.gpu_count == 0 and self.startup.allow_cpu_mgpu
@@ -396,6 +444,13 @@ class Agent:
             raise Refused(
                 f"this site has {self.device.gpu_count} GPU(s); start_mgpu asked for {gpus}"
                 + ("" if self.device.gpu_count else " (and allow_cpu_mgpu is off)")
+            )
+        cpus = len(os.sched_getaffinity(0))
+        if cpu_allowed and gpus > cpus:
+            # Each is a process of torchrun's: more than the CPUs would only thrash them.
+            raise Refused(
+                f"this site trains on its {cpus} CPU(s) (allow_cpu_mgpu); start_mgpu asked "
+                f"for {gpus} processes"
             )
         app_name = deployed_name(app_dir)
         self.offer = None
@@ -572,7 +627,7 @@ class Agent:
         An app of built-in components needs nothing; custom code needs its
         digest in ``local/approved_apps.json`` or ``trust_custom_code``.
         """
-        name = self.status.app or run.app_dir.name
+        name = one_line(self.status.app or run.app_dir.name)
         try:
             review = await asyncio.to_thread(review_app, run.app_dir, name)
         except (FolderError, OSError) as exc:
@@ -580,7 +635,7 @@ class Agent:
         if not review.needs_approval:
             log.info("app %s (%s) uses built-in components only", name, review.short)
             return
-        code = "; ".join(review.custom_code())
+        code = one_line("; ".join(review.custom_code()))
         if self.startup.trust_custom_code:
             log.warning(
                 "app %s (%s) runs custom code without approval, since trust_custom_code is on: %s",
@@ -654,7 +709,7 @@ class Agent:
                     verdict = await self.uplink.retrying(
                         f"resend for round {task.round}", sent[key]
                     )
-                    log.info("round %d sent again: %s", task.round, verdict.message)
+                    log.info("round %d sent again: %s", task.round, one_line(verdict.message))
                 elif task.kind is TaskKind.TRAIN:
                     train = partial(self._train_round, task, app.client.local_epochs, work_dir)
                     send = await self._despite_disk_faults(train, work_dir)
@@ -707,7 +762,7 @@ class Agent:
                 "",
             )
         trace = getattr(exc, "traceback", "")
-        log.error("training failed: %s", exc)
+        log.error("training failed: %s", one_line(str(exc)))
         if trace:
             log.debug("where the training failed:\n%s", trace)
         self._set_status(status=st.FAILED, error=str(exc), traceback=trace)
@@ -759,7 +814,7 @@ class Agent:
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
         except grpc.aio.AioRpcError as exc:
-            log.info("round %d not available: %s", task.round, exc.details())
+            log.info("round %d not available: %s", task.round, details(exc))
             return None
         except (TensorFileError, ValueError) as exc:
             raise WorkerFailed(
@@ -790,7 +845,7 @@ class Agent:
             "round %d update %s: %s (%s)",
             task.round,
             verdict.outcome,
-            verdict.message,
+            one_line(verdict.message),
             format_metrics(result.metrics),
         )
         if verdict.outcome is SubmitOutcome.REJECTED:
@@ -812,7 +867,7 @@ class Agent:
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
         except grpc.aio.AioRpcError as exc:
-            log.info("final model not available: %s", exc.details())
+            log.info("final model not available: %s", details(exc))
             return None
         except (TensorFileError, ValueError) as exc:
             raise WorkerFailed(f"the final global model is unusable: {exc}", "") from None

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from flcore.atomic import atomic_write_bytes
 from flcore.configfile import load_json
+from flcore.feed import MAX_LABEL, clip
 from flcore.schema import ConfigError, Field, one_of, parse_mapping
 from flcore.startup import LOCAL_DIR, others_may_change
 
@@ -125,7 +126,9 @@ class ApprovalList:
         return any(approval.sha256 == digest for approval in self.load())
 
     def approve(self, digest: str, app: str) -> bool:
-        """Add ``digest``; returns False when it was approved already.
+        """Add ``digest``, noting ``app`` (cut to MAX_LABEL: it is the names deployed apps
+        were given by the server, and past the reader's 1 MiB every approval would be void);
+        returns False when it was approved already.
 
         Held under a lock, so two ``flclientd approve`` at once both land.
 
@@ -142,7 +145,7 @@ class ApprovalList:
             if any(approval.sha256 == digest for approval in approvals):
                 return False
             now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            approvals.append(Approval(digest, app, now))
+            approvals.append(Approval(digest, clip(app, MAX_LABEL), now))
             document = {
                 "format_version": FORMAT_VERSION,
                 "approved": [asdict(approval) for approval in approvals],

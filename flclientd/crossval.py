@@ -20,6 +20,8 @@ from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.uplink import Uplink
 from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskOffer, UploadKind
+from flcore.feed import MAX_TEXT, clip
+from flcore.logs import one_line
 from flcore.metrics import format_metrics
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ class CrossSiteValidation:
                 run.run_number, -1, best, worker.info.train_samples, {}, UploadKind.BEST_LOCAL
             ),
         )
-        log.info("best local model shared for cross-site validation: %s", verdict.message)
+        log.info("best local model shared for cross-site validation: %s", one_line(verdict.message))
 
     async def _validate(self, run: RunContext, worker: TrainingProcess, owner: str) -> None:
         # One model at a time, under a name of ours: the owner's name comes from the server.
@@ -101,15 +103,15 @@ class CrossSiteValidation:
             error = f"the model the server sent is unusable: {exc}"
         finally:
             model.unlink(missing_ok=True)
-        shown = error or format_metrics(metrics)
-        log.info("cross-site validation of %s's model: %s", owner, shown)
+        said = error or format_metrics(metrics)
+        log.info("cross-site validation of %s's model: %s", one_line(owner), one_line(said))
         await self._report(run, owner, metrics, samples, error)
 
     async def _give_up(self, run: RunContext, pending: tuple[str, ...], timeout: float) -> None:
         reason = f"gave up after waiting {timeout:g}s for this model"
         log.warning(
             "cross-site validation: gave up waiting for the models of %s after %gs",
-            ", ".join(pending),
+            one_line(", ".join(pending)),
             timeout,
         )
         for owner in pending:
@@ -119,7 +121,10 @@ class CrossSiteValidation:
         self, run: RunContext, owner: str, metrics: dict[str, float], samples: int, error: str
     ) -> None:
         """Send one cell of the matrix (metrics, or why there are none); again while the
-        server postpones it (its disk is full: it kept nothing)."""
+        server postpones it (its disk is full: it kept nothing). The reason is cut to what
+        the server keeps of an error: it may quote the server (a model's tensor name, a
+        call's details), and a report past the message limit failed the whole phase."""
+        error = clip(error, MAX_TEXT)
         while True:
             verdict = await self.uplink.retrying(
                 "cross-site report",
@@ -132,7 +137,7 @@ class CrossSiteValidation:
             log.warning(
                 "cross-site report on %s's model postponed by the server (%s); sending it "
                 "again in %gs",
-                owner,
+                one_line(owner),
                 verdict.message,
                 POSTPONED_RETRY_S,
             )

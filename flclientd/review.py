@@ -25,6 +25,7 @@ from typing import TextIO
 from flclientd.approvals import ApprovalError, ApprovalList, parse_digest
 from flclientd.siteapps import DeployedApp, deployed_apps
 from flcore.appreview import AppReview, review_app
+from flcore.feed import MAX_LABEL, clip
 from flcore.folders import FolderError
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR, load_client
@@ -36,15 +37,16 @@ _INVISIBLE = {0x200E, 0x200F, 0x061C, *range(0x202A, 0x202F), *range(0x2066, 0x2
 terminal shows code, not the order in which Python reads it."""
 
 
-def visible(text: str) -> tuple[str, int]:
+def visible(text: str, keep: str = "\n\t") -> tuple[str, int]:
     """``text`` with control and bidirectional characters as escapes, and how many there were.
 
-    Newlines and tabs stay as they are.
+    The controls in ``keep`` stay as they are: newlines and tabs of a file's content; a
+    name keeps none (a newline in it could pass for another line of the output).
     """
     out, hidden = [], 0
     for char in text:
         code = ord(char)
-        if (code < 0x20 and char not in "\n\t") or 0x7F <= code < 0xA0 or code in _INVISIBLE:
+        if (code < 0x20 and char not in keep) or 0x7F <= code < 0xA0 or code in _INVISIBLE:
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
             hidden += 1
         else:
@@ -145,7 +147,7 @@ def show_app(workspace: Path, name: str, list_only: bool, out: TextIO) -> None:
     app, review = found[0]
     name = app.name
     where = app.folder.relative_to(workspace)
-    print(f"app {name}, deployed in {where}", file=out)
+    print(f"app {visible(name, keep='')[0]}, deployed in {where}", file=out)
     print(f"sha256:{review.digest}", file=out)
     print(f"status: {_may_run(workspace, review)}", file=out)
     if review.needs_approval:
@@ -224,7 +226,9 @@ def approve(workspace: Path, text: str, out: TextIO) -> None:
     names = sorted({app.name for app, review in _reviews(workspace) if review.digest == digest})
     approvals = ApprovalList(workspace)
     added = approvals.approve(digest, ", ".join(names))
-    what = f"app {', '.join(names)} sha256:{digest}" if names else f"sha256:{digest}"
+    # The names are what the server deployed the apps under: escapes are shown, not obeyed.
+    listed = visible(clip(", ".join(names), MAX_LABEL), keep="")[0]
+    what = f"app {listed} sha256:{digest}" if names else f"sha256:{digest}"
     if not added:
         print(f"{what} was approved already ({approvals.path})", file=out)
         return

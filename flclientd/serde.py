@@ -10,6 +10,7 @@ becomes :class:`~flcore.federation.Unreadable` with the reason).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 
 from flcore.configfile import parse_json
@@ -33,6 +34,7 @@ from flcore.federation import (
     Upward,
     Verdict,
 )
+from flcore.feed import MAX_TEXT, clip
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.schema import ConfigError
@@ -49,6 +51,10 @@ from flcore.wire import (
     manifest_to_proto,
 )
 
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+"""What a login token may be: the server issues ``secrets.token_urlsafe(16)`` (22 characters);
+one of another shape is no token of an flstack server."""
+
 
 def machine_to_proto(info: MachineInfo) -> fed_pb2.ClientInfo:
     """What this client says about its machine at login."""
@@ -63,7 +69,14 @@ def status_to_proto(status: ClientStatus) -> fed_pb2.ClientStatus:
 
 
 def login_from_proto(reply: fed_pb2.ClientLoginReply) -> Login:
-    """What the server granted at login."""
+    """What the server granted at login; WireError for a token that is no short URL-safe
+    string: the site keeps it in its state file, which it refuses to read past 1 MiB (a
+    megabyte-long token made the site forget its run at its next start)."""
+    if not TOKEN_RE.fullmatch(reply.token):
+        raise WireError(
+            "the server's login reply holds no usable token: a token is 1 to 256 letters, "
+            "digits, '-' or '_'"
+        )
     return Login(reply.token, reply.instance_name, reply.resumed, reply.upload_turns)
 
 
@@ -176,5 +189,8 @@ def metrics_report_to_proto(token: str, report: MetricsReport) -> fed_pb2.Metric
 
 def verdict_from_proto(reply: fed_pb2.SubmitReply) -> Verdict:
     """The server's verdict on an upload or report; WireError for an outcome this client
-    does not know (never read as "rejected" or anything else)."""
-    return Verdict(enum_from_proto(SUBMIT_OUTCOMES, reply.result, "submit result"), reply.message)
+    does not know (never read as "rejected" or anything else). The message is cut to what
+    the server keeps of an error: the site copies it into its status, which a longer one
+    would push past the message limit."""
+    outcome = enum_from_proto(SUBMIT_OUTCOMES, reply.result, "submit result")
+    return Verdict(outcome, clip(reply.message, MAX_TEXT))

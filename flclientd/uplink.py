@@ -33,6 +33,7 @@ from flcore.federation import (
     Upward,
 )
 from flcore.feed import LogEntry
+from flcore.logs import one_line
 from flcore.progress import TransferStalled
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
@@ -40,6 +41,13 @@ from flcore.tokens import token_id
 from flcore.wire import WireError
 
 log = logging.getLogger(__name__)
+
+
+def details(exc: grpc.aio.AioRpcError) -> str:
+    """What the server said of a failed call, as a log argument (the peer's words, so
+    through one_line), or the status code's name when it said nothing."""
+    return one_line(exc.details() or exc.code().name)
+
 
 T = TypeVar("T")
 
@@ -117,15 +125,15 @@ class Uplink:
                 login = await self.conn.login(self.store.state.token, self._info)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-                    log.error("the server refused this client: %s", exc.details())
+                    log.error("the server refused this client: %s", details(exc))
                     return EXIT_REFUSED
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    log.warning("the server takes no more now: %s; trying again", exc.details())
+                    log.warning("the server takes no more now: %s; trying again", details(exc))
                 else:
                     log.warning(
                         "Could not connect to server %s: %s",
                         self.startup.server_target,
-                        exc.details() or exc.code().name,
+                        details(exc),
                     )
             except WireError as exc:
                 log.error("the server's login reply cannot be used: %s", exc)
@@ -179,7 +187,7 @@ class Uplink:
             # Any of them ending (stream broken, write failed, shutdown) ends the stream.
             await asyncio.wait(helpers, return_when=asyncio.FIRST_COMPLETED)
         except grpc.aio.AioRpcError as exc:
-            log.warning("lost the control stream: %s", exc.details() or exc.code().name)
+            log.warning("lost the control stream: %s", details(exc))
         finally:
             self.connected.clear()
             call.cancel()
@@ -210,7 +218,7 @@ class Uplink:
                 self._dispatch(message)
             log.warning("the server closed the control stream")
         except grpc.aio.AioRpcError as exc:
-            log.warning("lost the control stream: %s", exc.details() or exc.code().name)
+            log.warning("lost the control stream: %s", details(exc))
 
     async def _write(self, call: ControlStream) -> None:
         """Send queued messages; returns when the stream can take no more (it ended)."""

@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from flcore.feed import MAX_TEXT, clip
+
 _PRIORITIES = {
     logging.CRITICAL: 2,
     logging.ERROR: 3,
@@ -27,6 +29,14 @@ class JournaldFormatter(logging.Formatter):
         """Render the record with its syslog priority prefix."""
         priority = _PRIORITIES.get(record.levelno, 6)
         return f"<{priority}>{super().format(record)}"
+
+
+def one_line(text: str, limit: int = MAX_TEXT) -> str:
+    """A peer's string as a log argument: cut to ``limit``, its controls (newlines,
+    escapes, bidirectional overrides) written as Python escapes. A newline followed by
+    ``<3>`` would forge a journal line of another priority, and a megabyte would fill the
+    log with one line."""
+    return repr(clip(text, limit))[1:-1]
 
 
 def setup_logging(level: str = "INFO") -> None:

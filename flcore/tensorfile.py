@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flcore.configfile import parse_json
-from flcore.schema import ConfigError
+from flcore.schema import ConfigError, shown
 
 CHUNK_BYTES = 1024 * 1024
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -329,10 +329,11 @@ class SpoolWriter:
         when a chunk of ``name`` at ``offset`` is not that chunk."""
         tensors = self.manifest.tensors
         if self._index >= len(tensors):
-            raise TensorFileError(f"chunk for {name!r} after the last tensor")
+            raise TensorFileError(f"chunk for {shown(name)} after the last tensor")
         spec = tensors[self._index]
         if name != spec.name:
-            raise TensorFileError(f"expected a chunk of tensor {spec.name!r}, got {name!r}")
+            # The name came from the peer and may be megabytes long: the error is relayed.
+            raise TensorFileError(f"expected a chunk of tensor {spec.name!r}, got {shown(name)}")
         if offset != self._position:
             raise TensorFileError(
                 f"tensor {name!r}: chunk at byte {offset}, expected byte {self._position}"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,15 @@ import pytest
 
 from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
+from flclientd.sitestate import SiteState
 from flcore import status as st
-from flcore.federation import Command, CommandResult, RunEnded
+from flcore.federation import Closed, Command, CommandResult, RunEnded
+from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
 from flcore.progress import TransferStalled
 from flcore.startup import STARTUP_DIR, load_client
 from flcore.tls import TlsFiles
 from flcore.wire import WireError
+from fldev.cluster import APPS
 from fldev.poll import wait_until_async
 from provision import extract_kit
 
@@ -39,15 +44,16 @@ def _answer(
     command: Command,
     prepare: Callable[[Agent], None] = lambda _: None,
 ) -> CommandResult:
-    """Build an agent on a real kit (inside the loop, as the daemon does) and let it answer."""
+    """Build an agent on a real kit (inside the loop, as the daemon does) and let it answer
+    (its answer follows the statuses it changed on the way)."""
 
     async def run() -> CommandResult:
         agent = _agent(provisioned_workspace, tmp_path)
         prepare(agent)
         try:
             await agent._command(command)
-            sent = agent.uplink._outbox.get_nowait()
-            assert isinstance(sent, CommandResult)
+            while not isinstance(sent := agent.uplink._outbox.get_nowait(), CommandResult):
+                pass  # the statuses the command changed
             return sent
         finally:
             await agent.conn.close()
@@ -297,3 +303,166 @@ def test_a_deploy_removes_what_a_deploy_cut_off_by_a_crash_left(
     result = _answer(provisioned_workspace, tmp_path, command, prepare)
     assert result.text == f"deploy failed: {stalled}"
     assert sorted(p.name for p in run.iterdir()) == [".app_site-a.old", ".app_site-a_1." + "b" * 32]
+
+
+@pytest.mark.parametrize(
+    "app",
+    ["x" * 1_000_000, "../local", "digits\n<3>forged", ""],
+    ids=["long", "path", "newline", "empty"],
+)
+def test_a_deploy_of_an_app_name_the_server_never_takes_is_refused_before_a_download(
+    provisioned_workspace: Any, tmp_path: Path, app: str
+) -> None:
+    """The name goes into the site's status, its log and the answer: a megabyte of it cut
+    the site off its control stream."""
+    fetched: list[str] = []
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        fetched.append(app)
+
+    def prepare(agent: Agent) -> None:
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+
+    command = Command("c1", "deploy", {"run_number": 1, "app": app})
+    result = _answer(provisioned_workspace, tmp_path, command, prepare)
+    assert not result.ok and result.text.startswith("deploy: the app name ")
+    assert "must be 1-63 letters, digits" in result.text and len(result.text) < 300
+    assert fetched == [] and not (tmp_path / "site-a" / "run_1").exists()
+
+
+def test_the_status_s_texts_are_bounded_whatever_they_quote(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The status goes with every heartbeat: a text of megabytes (a server's message quoted
+    in an error) made each exceed the message limit."""
+
+    async def run() -> tuple[st.ClientStatus, st.ClientStatus]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            agent._set_status(
+                status=st.FAILED, error="e" * 5_000_000, traceback="t" * 5_000_000 + "end"
+            )
+            agent._set_status(app="a" * 5_000_000)
+            failed = agent._status_now()
+            agent._set_status(status=st.WAITING_APPROVAL, detail="d" * 5_000_000)
+            return failed, agent.status
+        finally:
+            await agent.conn.close()
+
+    failed, waiting = asyncio.run(run())
+    assert 0 < len(failed.error) <= MAX_TEXT and 0 < len(waiting.detail) <= MAX_TEXT
+    assert len(failed.traceback) <= MAX_TRACEBACK and failed.traceback.endswith("end")
+    assert 0 < len(failed.app) <= MAX_LABEL
+
+
+def test_what_the_server_says_is_logged_on_one_line_and_cut_short(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under journald a newline followed by <3> in a reason wrote a forged error line of
+    the server's choosing into the site's journal; a megabyte of it filled the log."""
+    forged = "finished\n<3>flclientd.agent: site data copied to attacker" + "x" * 1_000_000
+
+    async def run() -> str:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            agent._dispatch(RunEnded(7, st.STOPPED, forged))
+            agent._dispatch(Closed(forged))
+            await agent._command(Command("c1", "format\n<3>disk" * 100_000, {}))
+            sent = agent.uplink._outbox.get_nowait()
+            assert isinstance(sent, CommandResult)
+            return sent.text
+        finally:
+            await agent.conn.close()
+
+    with caplog.at_level(logging.INFO, "flclientd.agent"):
+        refused = asyncio.run(run())
+    assert refused.startswith("unknown command 'format\\n<3>disk") and len(refused) < 200
+    said = [r.getMessage() for r in caplog.records if r.name == "flclientd.agent"]
+    assert len(said) == 2
+    assert said[0].startswith("server ended run 7: finished\\n<3>flclientd.agent: site data")
+    for line in said:
+        assert "\n" not in line and len(line) <= 2 * MAX_TEXT
+
+
+@pytest.mark.parametrize(
+    ("gpus", "device", "cpu_mgpu", "words"),
+    [
+        (-1, DeviceInfo("cpu", 0), False, "start: the server sent gpus -1, which is no GPU count"),
+        (3, DeviceInfo("cuda", 2), False, "this site has 2 GPU(s); start_mgpu asked for 3"),
+        (10**6, DeviceInfo("cpu", 0), True, "this site trains on its "),
+    ],
+)
+def test_a_gpu_count_the_site_cannot_run_is_refused_and_not_kept(
+    provisioned_workspace: Any,
+    tmp_path: Path,
+    gpus: int,
+    device: DeviceInfo,
+    cpu_mgpu: bool,
+    words: str,
+) -> None:
+    """-1 was kept for the rejoin, and any count went to torchrun's --nproc_per_node."""
+
+    def prepare(agent: Agent) -> None:
+        agent.device = device
+        agent.startup = replace(agent.startup, allow_cpu_mgpu=cpu_mgpu)
+        agent.app_dir(1).mkdir(parents=True)
+
+    command = Command("c1", "start", {"run_number": 1, "gpus": gpus})
+    result = _answer(provisioned_workspace, tmp_path, command, prepare)
+    assert not result.ok and result.text.startswith(words)
+    state = SiteState.load(tmp_path / "site-a" / "state" / "flclientd_site-a.json")
+    assert (state.training_run, state.gpus) == (0, 0)
+
+
+def test_two_deploys_of_one_run_at_once_take_turns(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The second removed the first's staging folder, as if a crash had left it, while the
+    first was still receiving into it: the first failed for no fault of the app."""
+    first_in = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        shutil.copytree(APPS / "digits_fedavg", staging)
+        if not first_in.is_set():
+            first_in.set()
+            await go_on.wait()
+
+    async def run() -> tuple[list[CommandResult], Agent]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+        try:
+            args = {"run_number": 1, "app": "digits"}
+            first = asyncio.ensure_future(agent._command(Command("c1", "deploy", args)))
+            await asyncio.wait_for(first_in.wait(), 10)
+            second = asyncio.ensure_future(agent._command(Command("c2", "deploy", args)))
+            await asyncio.sleep(0.2)
+            go_on.set()
+            await asyncio.gather(first, second)
+            results = [agent.uplink._outbox.get_nowait() for _ in range(2)]
+            return [r for r in results if isinstance(r, CommandResult)], agent
+        finally:
+            await agent.conn.close()
+
+    results, agent = asyncio.run(run())
+    assert [(r.command_id, r.ok, r.text) for r in results] == [
+        ("c1", True, "digits deployed."),
+        ("c2", True, "digits deployed."),
+    ]
+    assert agent._deploys == {}, "a lock is kept only while a deploy holds or awaits it"
+
+
+def test_a_start_puts_back_the_app_a_crash_in_the_middle_of_a_deploy_set_aside(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """A crash between the two renames of a deploy left only .app_<instance>.old: the site
+    said no app was deployed for the run."""
+
+    def prepare(agent: Agent) -> None:
+        shutil.copytree(APPS / "digits_fedavg", agent.app_dir(1).with_name(".app_site-a.old"))
+
+    result = _answer(
+        provisioned_workspace, tmp_path, Command("c1", "start", {"run_number": 1}), prepare
+    )
+    assert (result.ok, result.text) == (True, "Starting the client...")
+    assert (tmp_path / "site-a" / "run_1" / "app_site-a" / "config").is_dir()

@@ -226,3 +226,30 @@ def test_the_daemon_command_dispatches_site_it_commands(
     assert flclientd_main(["approve", "--workspace", str(workspace), DIGEST]) == 0
     assert f"approved sha256:{DIGEST}" in capsys.readouterr().out
     assert ApprovalList(workspace).allows(DIGEST)
+
+
+def test_the_app_names_the_server_gave_are_noted_cut_short_and_shown_escaped(
+    workspace: Path,
+) -> None:
+    """The names come from the server: megabytes of them made the approvals file pass the
+    reader's 1 MiB, which voided every approval; an escape sequence in one reached site IT's
+    terminal."""
+    long_name = "x" * 2_000_000
+    for run_number, name in ((4, long_name), (5, "evil\x1b]0;owned\x07\n<3>forged")):
+        copy = shutil.copytree(
+            workspace / "run_3" / "app_site", workspace / f"run_{run_number}" / "app_site"
+        )
+        (copy / ".app_name").write_text(name + "\n")
+    digest = review_app(workspace / "run_3" / "app_site", "digits_custom").digest
+    code, out = run("approve", "--workspace", str(workspace), digest)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and len(out) < 1000
+    assert ApprovalList(workspace).allows(digest)
+    (entry,) = json.loads(ApprovalList(workspace).path.read_text())["approved"]
+    assert len(entry["app"]) <= 128
+    shutil.rmtree(workspace / "run_4")
+    code, out = run("show-app", "--workspace", str(workspace), "--list", f"sha256:{digest}")
+    assert code == 0 and "\x1b" not in out and "\x07" not in out
+    assert (
+        out.splitlines()[0]
+        == "app evil\\x1b]0;owned\\x07\\x0a<3>forged, deployed in run_5/app_site"
+    )

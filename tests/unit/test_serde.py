@@ -18,6 +18,7 @@ from flcore.federation import (
     Downward,
     Hello,
     LogBatch,
+    Login,
     MetricsKind,
     MetricsReport,
     ModelKind,
@@ -38,6 +39,7 @@ from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorSpec
+from flcore.tokens import new_token
 from flcore.wire import WireError
 from flserverd import serde as server_serde
 
@@ -252,6 +254,28 @@ def test_an_unknown_verdict_is_not_read_as_rejected() -> None:
         with pytest.raises(WireError, match=f"unknown submit result {result}"):
             reply = fed_pb2.SubmitReply(result=fed_pb2.SubmitResult.ValueType(result))
             client_serde.verdict_from_proto(reply)
+
+
+def test_a_verdict_s_message_is_cut_to_what_the_server_keeps_of_an_error() -> None:
+    """The site copies a rejection's message into its status: a longer one made every
+    status and heartbeat exceed the message limit."""
+    reply = fed_pb2.SubmitReply(result=fed_pb2.SUBMIT_RESULT_REJECTED, message="x" * 5_000_000)
+    assert len(client_serde.verdict_from_proto(reply).message) <= MAX_TEXT
+
+
+@pytest.mark.parametrize("token", ["", "t" * 257, "a b", "tok\n<3>", "tok/../x", "é" * 22])
+def test_a_login_token_that_is_no_short_url_safe_string_is_refused(token: str) -> None:
+    """The site keeps its token in a state file it reads only up to 1 MiB: a longer token
+    made it forget its run at the next start."""
+    reply = fed_pb2.ClientLoginReply(token=token, instance_name="site-a")
+    with pytest.raises(WireError, match="the server's login reply holds no usable token"):
+        client_serde.login_from_proto(reply)
+
+
+def test_a_token_as_the_server_issues_it_is_taken() -> None:
+    token = new_token()
+    reply = fed_pb2.ClientLoginReply(token=token, instance_name="site-a", resumed=True)
+    assert client_serde.login_from_proto(reply) == Login(token, "site-a", True)
 
 
 @pytest.mark.parametrize(

@@ -549,3 +549,17 @@ def test_spool_refuses_a_bool_that_is_neither_0_nor_1(tmp_path: Path) -> None:
     _refused(writer, "m", 0, bytes([1, 0, 7]), "neither 0 nor 1")
     writer.write("m", 0, bytes([1, 0, 1]))
     assert writer.finish().manifest.tensors[0].name == "m"
+
+
+def test_a_chunk_s_long_name_is_quoted_cut_short(tmp_path: Path) -> None:
+    """The error reaches the site's status and the server's matrix: a megabyte-long name
+    quoted whole made every status the site sent exceed the message limit."""
+    writer = _writer(tmp_path)
+    with pytest.raises(TensorFileError) as refused:
+        writer.write("x" * 1_000_000 + "\n<3>forged", 0, A)
+    assert len(str(refused.value)) < 200 and "\n" not in str(refused.value)
+    writer.write("a", 0, A)
+    writer.write("b", 0, B)
+    with pytest.raises(TensorFileError) as late:
+        writer.write("y" * 1_000_000, 0, B)
+    assert len(str(late.value)) < 200
