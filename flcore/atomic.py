@@ -34,6 +34,20 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: Path) -> None:
+    """Make every file and folder under ``folder`` durable, deepest first, before a rename
+    puts it in place: else a power loss soon after can leave the new folder with empty
+    files where the old one was whole (a kill -9 cannot; the kernel has the pages)."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            fsync_dir(path)
+        elif path.is_file():
+            fsync_file(path)
+    fsync_dir(folder)
+
+
 @contextlib.contextmanager
 def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``target`` only if the block succeeds."""

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from flcore.appconfig import APP_TOP_LEVEL
-from flcore.atomic import fsync_dir
+from flcore.atomic import fsync_dir, fsync_tree
 from flcore.tensorfile import CHUNK_BYTES
 
 MAX_FILES = 10_000
@@ -336,8 +336,10 @@ def replace_folder(staging: Path, target: Path) -> None:
     """Move a complete staging folder over ``target`` (old content removed).
 
     Two renames: a crash between them leaves the previous copy as
-    ``.<name>.old``, which :func:`restore_interrupted` puts back.
+    ``.<name>.old``, which :func:`restore_interrupted` puts back. The new content is made
+    durable first, so that it is whole once the old copy is gone.
     """
+    fsync_tree(staging)
     restore_interrupted(target)
     if target.exists():
         previous = _previous(target)

@@ -438,6 +438,41 @@ def test_replace_folder_over_existing(tmp_path: Path) -> None:
     assert sorted(p.name for p in target.parent.iterdir()) == ["app"]
 
 
+def test_the_new_folder_is_durable_before_the_old_one_goes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy's files were never fsynced: a power loss soon after could leave the run's
+    app with empty config files where the old copy had been whole."""
+    target = tmp_path / "app"
+    (target / "config").mkdir(parents=True)
+    staging = tmp_path / ".staging"
+    (staging / "config").mkdir(parents=True)
+    (staging / "config" / "config_fed_client.json").write_text("{}")
+    (staging / "resources" / "pkg").mkdir(parents=True)
+    (staging / "resources" / "pkg" / "m.py").write_text("pass")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if target.exists() and not (target / "config" / "config_fed_client.json").exists():
+            synced.append(os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), staging))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    replace_folder(staging, target)
+    assert sorted(synced) == sorted(
+        [
+            ".",
+            "config",
+            "config/config_fed_client.json",
+            "resources",
+            "resources/pkg",
+            "resources/pkg/m.py",
+        ]
+    )
+    assert _tree(target) == {"config/config_fed_client.json": b"{}", "resources/pkg/m.py": b"pass"}
+
+
 def test_replace_folder_creates_parents(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     (staging / "resources").mkdir(parents=True)
