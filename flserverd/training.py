@@ -686,8 +686,8 @@ class Training:
         written = self._store.metrics_times(self.run.run_number)
         for summary in committed:
             if summary.time not in written:
-                self._store.append_metrics(summary)
                 self._tb.add(summary.round, summary.metrics)
+                self._store.append_metrics(summary)
 
     def _write_outputs(self, summary: RoundSummary) -> None:
         """The files that follow from a committed round, fsyncs and all (in a worker thread);
@@ -696,8 +696,9 @@ class Training:
         if not summary.final:
             self._store.drop_round_updates(summary.run, summary.round)
         self.publish_models()
-        self._store.append_metrics(summary)
+        # The metrics line last: a restart writes again what follows a round that has none.
         self._tb.add(summary.round, summary.metrics)
+        self._store.append_metrics(summary)
 
     async def _publish(self, summary: RoundSummary) -> None:
         """Write a committed round's files off the loop: the SQLite commit stays on the loop

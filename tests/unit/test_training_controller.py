@@ -1010,6 +1010,33 @@ def test_a_crash_after_the_commit_loses_no_published_output(tmp_path: Path) -> N
     assert [row["round"] for row in setup.metrics_rows()] == [0]
 
 
+def test_a_rounds_tensorboard_point_is_written_before_its_metrics_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart writes again what follows a round whose metrics.jsonl line is missing; the
+    line went first, so a crash before the TensorBoard point lost that point for good."""
+    setup = make_setup(tmp_path, num_rounds=5, min_num_clients=1, max_num_clients=1)
+    events = setup.store.tensorboard_dir(RUN)
+    seen: list[bool] = []
+    append = RunStore.append_metrics
+
+    def append_metrics(store: RunStore, summary: RoundSummary) -> None:
+        seen.append(any(events.glob("events.out.tfevents.*")))
+        append(store, summary)
+
+    monkeypatch.setattr(RunStore, "append_metrics", append_metrics)
+
+    async def scenario() -> None:
+        training = setup.training()
+        training.client_ready("a")
+        await submit(training, setup, "a", 0, [1, 1, 1, 1], metrics={"val_accuracy": 0.5})
+        await aggregated(training, setup, 1)
+        await training.close(1)
+
+    asyncio.run(scenario())
+    assert seen == [True]
+
+
 # --------------------------------------------------------------------------- disk faults
 
 
