@@ -33,6 +33,8 @@ DEFAULT_STARTUP = Path("startup")
 EXIT_OK = 0
 EXIT_COMMAND = 1
 EXIT_CONNECT = 2
+MAX_ASKS = 3
+"""Questions one command may ask: the first, and again while what it acts on changes."""
 
 
 def timeout_seconds(text: str) -> float:
@@ -177,17 +179,29 @@ async def confirm(prompt: str) -> bool:
 
 
 async def execute(client: AdminClient, line: str, assume_yes: bool) -> CommandReply:
-    """Run one command, asking for confirmation when the server wants it."""
+    """Run one command, asking for confirmation when the server wants it: again when what
+    it would act on changed before the answer came (the server then asks anew), a few
+    times at most."""
     reply = await client.execute(line)
-    if reply.confirm_prompt:
-        if assume_yes or await confirm(reply.confirm_prompt):
-            reply = await client.execute(line, confirmed=True)
-        else:
+    for _ in range(MAX_ASKS):
+        if not reply.confirm_prompt:
+            return reply
+        if not (assume_yes or await confirm(reply.confirm_prompt)):
             reason = "not confirmed" if sys.stdin.isatty() else "needs confirmation: add --yes"
-            reply = CommandReply(
-                line, False, f"{line.split()[0]} cancelled: {reason}", {}, 0, reply.finished_at
-            )
+            return cancelled(line, reason, reply)
+        reply = await client.execute(line, confirmed=True)
+    if reply.confirm_prompt:
+        return cancelled(
+            line, "what it acts on kept changing while it was asked: run it again", reply
+        )
     return reply
+
+
+def cancelled(line: str, reason: str, asked: CommandReply) -> CommandReply:
+    """The reply of a command that asked and was not confirmed (nothing was run)."""
+    return CommandReply(
+        line, False, f"{line.split()[0]} cancelled: {reason}", {}, 0, asked.finished_at
+    )
 
 
 async def run_commands(client: AdminClient, lines: list[str], as_json: bool, yes: bool) -> int:

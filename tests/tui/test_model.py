@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 from google.protobuf.message import Message
 
+from fladmin.client import AdminClient, CommandReply
 from flcore import status as st
 from flcore.feed import ClientGone, ClientRow, FeedEvent, Heartbeat, LogEntry, RunInfo, Snapshot
 from flcore.feedwire import event_from_proto
@@ -17,7 +20,7 @@ from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flserverd.commands import COMMANDS
 from flserverd.confirm import Confirmation, question
-from fltui.cli import parse_args
+from fltui.cli import execute, parse_args
 from fltui.completion import complete
 from fltui.logfilter import LogFilter
 from fltui.status import LEFT, LOST, OFFLINE, ONLINE, REVOKED, STALE, age, health
@@ -467,3 +470,33 @@ def test_dropped_rows_between_snapshots_are_bounded() -> None:
     again = ClientRow("site-3", "site-3", last_heartbeat=NOW)
     store.apply(FeedEvent(seq + 1, NOW, again))  # back: a row like any other
     assert "site-3" not in store.gone and store.clients["site-3"] == again
+
+
+class ScriptedClient:
+    """Answers each command with the next reply given; notes whether each was confirmed."""
+
+    def __init__(self, *replies: CommandReply) -> None:
+        self.replies = list(replies)
+        self.confirmed: list[bool] = []
+
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
+        self.confirmed.append(confirmed)
+        return self.replies.pop(0)
+
+
+def test_fltui_cmd_answers_again_a_question_that_changed_and_gives_up_at_the_third() -> None:
+    """The server asks again when what a shutdown acts on changed before the answer came; a
+    script with --yes printed that second question as the command's failure."""
+    asked = CommandReply(
+        "shutdown client", False, "", {}, 0, "", "Shut down: …\nAre you sure (Y/N):"
+    )
+    done = CommandReply("shutdown client", True, "instance:a : Shutdown the client...", {}, 1, "")
+    client = ScriptedClient(asked, asked, done)
+    reply = asyncio.run(execute(cast(AdminClient, client), "shutdown client", assume_yes=True))
+    assert reply is done and client.confirmed == [False, True, True]
+    client = ScriptedClient(asked, asked, asked, asked)
+    reply = asyncio.run(execute(cast(AdminClient, client), "shutdown client", assume_yes=True))
+    assert not reply.ok and client.confirmed == [False, True, True, True]
+    assert reply.text == (
+        "shutdown cancelled: what it acts on kept changing while it was asked: run it again"
+    )
