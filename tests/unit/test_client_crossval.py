@@ -35,10 +35,13 @@ class Uplink:
 
 class Conn:
     """Serves site-b's model as megabytes of an error, the global model as a model; refuses
-    a report past the message limit as gRPC does."""
+    a report past the message limit as gRPC does, and postpones the first ``postponing``
+    reports as a server with a full disk does."""
 
-    def __init__(self) -> None:
+    def __init__(self, postponing: int = 0) -> None:
         self.cells: dict[str, str] = {}
+        self.postponing = postponing
+        self.reports = 0
 
     async def get_model(self, run_number: int, round: int, path: Path, owner: str) -> None:
         if owner == "site-b":
@@ -59,6 +62,9 @@ class Conn:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, metadata, metadata, "larger than max"
             )
+        self.reports += 1
+        if self.reports <= self.postponing:
+            return Verdict(SubmitOutcome.POSTPONED, "server disk full: state database")
         self.cells[owner] = error or f"{metrics}"
         return Verdict(SubmitOutcome.ACCEPTED, "recorded")
 
@@ -102,36 +108,13 @@ def test_owners_and_errors_from_the_server_are_logged_on_one_line(
         assert "\n" not in line and len(line) <= 2 * MAX_TEXT
 
 
-class PostponingConn(Conn):
-    """A server whose disk is full for the first ``full`` reports."""
-
-    def __init__(self, full: int) -> None:
-        super().__init__()
-        self.full = full
-        self.sent = 0
-
-    async def submit_metrics(
-        self,
-        run_number: int,
-        round: int,
-        metrics: dict[str, float],
-        samples: int,
-        error: str = "",
-        owner: str = "",
-    ) -> Verdict:
-        self.sent += 1
-        if self.sent <= self.full:
-            return Verdict(SubmitOutcome.POSTPONED, "server disk full: state database")
-        return await super().submit_metrics(run_number, round, metrics, samples, error, owner)
-
-
 def test_a_report_the_server_postponed_is_sent_again_until_it_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The site moved on from a postponed report, and its cell stayed empty for good."""
     monkeypatch.setattr(crossval_module, "POSTPONED_RETRY_S", 0.0)
-    conn = PostponingConn(full=2)
+    conn = Conn(postponing=2)
     crossval = CrossSiteValidation(Uplink(), conn)  # type: ignore[arg-type]
     run = RunContext(1, tmp_path / "app", tmp_path, 1, ClientAppConfig(cross_validate=True))
     asyncio.run(crossval._report(run, "site-b", {"acc": 0.5}, 10, ""))
-    assert conn.sent == 3 and conn.cells == {"site-b": "{'acc': 0.5}"}
+    assert conn.reports == 3 and conn.cells == {"site-b": "{'acc': 0.5}"}

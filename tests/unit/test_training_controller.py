@@ -976,18 +976,20 @@ def test_abort_ends_run_and_later_updates_are_late(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+async def one_round_of_a(setup: Setup) -> None:
+    """Site a trains round 0 alone, and the round's outputs are written."""
+    training = setup.training()
+    training.client_ready("a")
+    await submit(training, setup, "a", 0, [1, 1, 1, 1], metrics={"val_accuracy": 0.5})
+    await aggregated(training, setup, 1)
+    await training.close(1)
+
+
 def test_a_crash_after_the_commit_loses_no_published_output(tmp_path: Path) -> None:
     """kill -9 between the round's commit and its publishing: a restart catches up."""
     setup = make_setup(tmp_path, num_rounds=5, min_num_clients=1, max_num_clients=1)
 
-    async def scenario() -> None:
-        training = setup.training()
-        training.client_ready("a")
-        await submit(training, setup, "a", 0, [1, 1, 1, 1], metrics={"val_accuracy": 0.5})
-        await aggregated(training, setup, 1)
-        await training.close(1)
-
-    asyncio.run(scenario())
+    asyncio.run(one_round_of_a(setup))
     run_dir = setup.store.run_dir(RUN)
     # What the crash would have cut off: the published files and the metrics line.
     (run_dir / "global_model.safetensors").unlink()
@@ -1026,14 +1028,7 @@ def test_a_rounds_tensorboard_point_is_written_before_its_metrics_line(
 
     monkeypatch.setattr(RunStore, "append_metrics", append_metrics)
 
-    async def scenario() -> None:
-        training = setup.training()
-        training.client_ready("a")
-        await submit(training, setup, "a", 0, [1, 1, 1, 1], metrics={"val_accuracy": 0.5})
-        await aggregated(training, setup, 1)
-        await training.close(1)
-
-    asyncio.run(scenario())
+    asyncio.run(one_round_of_a(setup))
     assert seen == [True]
 
 
