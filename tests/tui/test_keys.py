@@ -23,7 +23,7 @@ from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
-from tests.tui.helpers import burst, shown
+from tests.tui.helpers import burst, queue, shown, typed
 from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, SERVER, recorded_events
 from tests.tui.test_console import console, ready, sent, stopped_run
 
@@ -110,6 +110,32 @@ def test_confirmation_titles_name_the_target_as_the_picker_did(tmp_path: Path) -
             title = str(confirm.query_one(".dialog-title").render())
             assert title == "Shut down: all clients (5)"
             assert str(confirm.query_one(".dialog-label").render()) == "This shuts down:"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_before_a_confirmation_was_shown_never_answer_it(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``:abort client⏎`` then ``:ch⇥⏎`` typed at once: the tab and enter meant for the
+    command line waited in the queue while the server's question came, then moved the focus
+    to *abort* and pressed it. Keys typed before the question was shown answer nothing."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            burst(app, ":abort client", "enter")
+            ahead = typed(":ch", "tab", "enter")  # typed while the question is on its way
+            confirm = await shown(pilot, app, ConfirmScreen)
+            queue(app, ahead)
+            await pilot.press("tab")  # the first key after the question was shown
+            assert app.screen is confirm and sent(link) == ["abort client"]
+            assert confirm.focused is confirm.query_one("#confirm-ok")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: len(link.sent) == 2)
+            assert sent(link) == ["abort client", "abort client!"]
 
     asyncio.run(scenario())
 

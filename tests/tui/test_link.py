@@ -19,10 +19,11 @@ from fldev.poll import wait_for
 from fldev.replay import ReplayLink, ok_reply
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
+from fltui.screens.dialogs import ConfirmScreen
 from fltui.serverclock import SAMPLES, ServerClock
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.heartbeats import HeartbeatView
-from tests.tui.helpers import Clock, burst, console_errors
+from tests.tui.helpers import Clock, burst, console_errors, shown
 from tests.tui.recorded import NOW, recorded_events
 from tests.tui.test_console import ready
 
@@ -156,7 +157,7 @@ def test_our_own_shutdown_is_no_outage_either(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             burst(app, ":shutdown server", "enter")
-            await wait_for(pilot, lambda: app.screen is not app.dashboard)
+            await shown(pilot, app, ConfirmScreen)  # keys typed before it shows answer nothing
             await pilot.press("tab", "enter")
             await wait_for(pilot, lambda: ("shutdown server", True) in link.sent)
             link.push(ServerStopping("admin@lead.org", admin=True), time=NOW)  # as the server does
