@@ -151,12 +151,17 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         return await self._pick(title, [Choice(app, app) for app in apps])
 
     async def _server_apps(self) -> list[str] | None:
-        """The apps uploaded to the server, every page of them (None: it did not answer)."""
+        """The apps uploaded to the server, every page of them (None: it did not answer,
+        or refused, which the status line says: a key must not do nothing without a word)."""
         names: list[str] = []
         page, pages = 1, 1
         while page <= min(pages, MAX_APP_PAGES):
-            reply = await self.ask("list_apps" if page == 1 else f"list_apps {page}")
-            if reply is None or not reply.ok:
+            line = "list_apps" if page == 1 else f"list_apps {page}"
+            reply = await self.ask(line)
+            if reply is None:
+                return None
+            if not reply.ok:
+                self.say(f"{line}: {reply.text.strip()}")
                 return None
             listed = apps_page(reply.data)
             names += [app.name for app in listed.lines]
