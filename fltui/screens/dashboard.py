@@ -132,7 +132,7 @@ class DashboardScreen(CommandKeys):
                 yield Line(id="client-detail")
             with Vertical(id="right"):
                 yield RoundPane(id="round", classes="pane")
-                yield HeartbeatView(self._lane_clock, id="heartbeats")
+                yield HeartbeatView(self._seen_clock, id="heartbeats")
         yield LogView(LOG_LIMIT, id="logs")
         yield Line(id="status-line")
         yield Input(placeholder="filter", id="filter")
@@ -166,8 +166,13 @@ class DashboardScreen(CommandKeys):
             if was_up != state.connection.up:
                 self._redraw_rows()
 
-    def _lane_clock(self) -> float:
-        """The heartbeat strips stop where the console stopped hearing from the server."""
+    def _seen_clock(self) -> float:
+        """The time the server was last seen at: now, or when the console's link broke.
+
+        What only the clock moves (the heartbeat strips, the round's countdown)
+        stops there: what happened since is unknown, and a countdown running
+        out would pass for a round aggregated.
+        """
         frozen = self.state.connection.frozen_at
         return frozen if frozen is not None else self.clock()
 
@@ -271,7 +276,7 @@ class DashboardScreen(CommandKeys):
         shown = table.shown if table.sorts_by_time else table.in_view()
         table.tick(self._views(shown))
         table.resort()
-        self.query_one("#round", RoundPane).show_countdown(self.store.run, self.clock())
+        self.query_one("#round", RoundPane).show_countdown(self.store.run, self._seen_clock())
         self._draw_banner()
         self._draw_lanes()
         self._titles()
@@ -312,7 +317,7 @@ class DashboardScreen(CommandKeys):
         self.query_one("#header", StatusHeader).show(
             who, self.store.run, self.state.connection.look, self.has_class("-narrow")
         )
-        self.query_one("#round", RoundPane).show(self.store.run, self.clock())
+        self.query_one("#round", RoundPane).show(self.store.run, self._seen_clock())
 
     def _draw_lanes(self) -> None:
         store = self.store
