@@ -77,21 +77,23 @@ class DashboardScreen(CommandKeys):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         # The footer shows them in this order and cuts the end off on a narrow
-        # terminal: the ways in and out come first. ``:`` and ``/`` are priority
-        # bindings, acted on as the key is read: see _open_line.
+        # terminal: the ways in and out come first. ``:``, ``/`` and the keys
+        # that open a dialog are priority bindings, acted on as the key is read,
+        # so the keys after them go to the line (see _open_line) or wait for the
+        # dialog (CommandKeys.open_dialog).
         Binding("colon", "command_line", "Command", key_display=":", priority=True),
         Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "app.quit", "Quit"),
         Binding("r", "reconnect", "Reconnect"),
-        Binding("u", "upload", "Upload"),
-        Binding("d", "deploy", "Deploy"),
-        Binding("s", "start", "Start"),
-        Binding("a", "abort", "Abort"),
-        Binding("x", "shutdown", "Shutdown"),
-        Binding("n", "run_number", "Run #"),
+        Binding("u", "upload", "Upload", priority=True),
+        Binding("d", "deploy", "Deploy", priority=True),
+        Binding("s", "start", "Start", priority=True),
+        Binding("a", "abort", "Abort", priority=True),
+        Binding("x", "shutdown", "Shutdown", priority=True),
+        Binding("n", "run_number", "Run #", priority=True),
         Binding("v", "validate", "Validate"),
-        Binding("t", "timeout", "Timeout"),
+        Binding("t", "timeout", "Timeout", priority=True),
         Binding("p", "provision", "Provision"),
         Binding("l", "site_logs", "Logs", show=False),
         Binding("z", "zoom", "Zoom", show=False),

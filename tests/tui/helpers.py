@@ -60,7 +60,14 @@ def queue(app: Any, keys: list[events.Key]) -> None:
         app._driver.send_message(event)
 
 
-KEY_NAMES = {"enter": "\r", "escape": "\x1b", "tab": "\t", "backspace": "\x7f", "up": None}
+KEY_NAMES = {
+    "enter": "\r",
+    "escape": "\x1b",
+    "tab": "\t",
+    "backspace": "\x7f",
+    "up": None,
+    "down": None,
+}
 
 
 def _keys(item: str) -> list[tuple[str, str | None]]:
