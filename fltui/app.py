@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, SystemCommand
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
@@ -114,6 +114,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         self.state = self._state_of(Connection(target=link.target if link else ""))
         self.server_apps: list[str] = []
         """The apps on the server, as its last ``list_apps`` named them."""
+        self._held: list[events.Key] | None = None
+        """Keys read while a dialog is on its way (see hold_keys)."""
         self.dashboard = DashboardScreen(
             self.store, self.clock, self.app_names, self.ask, self.server_app_names, flush_s
         )
@@ -173,6 +175,52 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             )
         except OSError:  # an unreadable transfer/ offers no apps (the picker then says so)
             return []
+
+    # ------------------------------------------------------------------ keys held for a dialog
+
+    def hold_keys(self) -> Callable[[], None]:
+        """Hold every key read from now on, in order, until the returned release is called.
+
+        A command key opens its dialog from a worker, a moment (or, for ``d``,
+        a reply from the server) later; keys typed meanwhile would reach the
+        dashboard as hotkeys (``a↓⏎`` moved the cursor and opened a client
+        before the picker came). The key's binding holds the keys, as it is
+        read; the dialog releases them once it has the focus, and the worker
+        when it ends without one. Released keys are handled here, on the app's
+        queue, before any key read after the release: none overtakes another.
+        Releasing a hold that has been released, or replaced, does nothing.
+        """
+        held: list[events.Key] = []
+        self._held = held
+
+        def release() -> None:
+            self.call_later(self._replay_keys, held)
+
+        return release
+
+    async def _replay_keys(self, held: list[events.Key]) -> None:
+        if self._held is not held:
+            return
+        self._held = None
+        for index, key in enumerate(held):
+            if self._held is not None:  # a replayed key held the keys again
+                self._held.extend(held[index:])
+                return
+            await super().on_event(key)
+
+    async def on_event(self, event: events.Event) -> None:
+        """A key read while keys are held waits (keys bubbling up from widgets do not), but
+        the app's own priority keys (``ctrl+q``) act at once: a slow server's reply to ``d``
+        must not keep the admin from quitting."""
+        if (
+            isinstance(event, events.Key)
+            and not event.is_forwarded
+            and self._held is not None
+            and not any(b.priority for b in self._bindings.key_to_bindings.get(event.key, ()))
+        ):
+            self._held.append(event)
+            return
+        await super().on_event(event)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -11,6 +11,8 @@ import re
 import time
 from dataclasses import dataclass
 
+from rich.cells import cell_len, set_cell_size
+
 from flcore import status as st
 from flcore.feed import ClientRow, stale_after
 
@@ -127,3 +129,24 @@ def device(row: ClientRow) -> str:
     if row.gpu_count:
         return f"{row.gpu_count} GPU" + ("s" if row.gpu_count > 1 else "")
     return row.device.upper() if row.device in ("", "cpu") else row.device
+
+
+def shortened(name: str, width: int) -> str:
+    """``name`` in at most ``width`` cells, cut in the middle with ``…`` when longer.
+
+    Names of one site's instances differ at the end (``hospital-ab``,
+    ``hospital-ab_1``) and those of a project's sites often share their
+    start, so a cut that drops the end makes two sites look like one:
+    the start and the end are kept, the marker says something is missing.
+    """
+    if cell_len(name) <= width:
+        return name
+    if width < 2:
+        return "…"[:width]
+    room = width - 1
+    tail = ""
+    for char in reversed(name):
+        if cell_len(char + tail) > room // 2:
+            break
+        tail = char + tail
+    return set_cell_size(name, room - cell_len(tail)) + "…" + tail

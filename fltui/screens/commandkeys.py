@@ -3,19 +3,22 @@
 Each key opens a picker or a prompt and posts the finished command line up
 to the app (:class:`~fltui.messages.RunCommand`), which asks before
 anything is stopped and sends it in a worker of its own, so the next key
-never cancels a reply still on its way. :meth:`CommandKeys.check_action`
-dims the keys that cannot work now, so a member, a console without a
-connection, or a run with nothing deployed shows them greyed out; pressing
-one says why in the status line instead of doing nothing.
+never cancels a reply still on its way. The dialogs open from workers, so
+the keys typed after a command key are held until its dialog has the focus
+(:meth:`CommandKeys.open_dialog`): they answer the dialog, never the
+dashboard behind it. :meth:`CommandKeys.check_action` dims the keys that
+cannot work now, so a member, a console without a connection, or a run with
+nothing deployed shows them greyed out; pressing one says why in the status
+line instead of doing nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
-from textual import events, work
-from textual.screen import Screen
+from textual import events
+from textual.screen import ModalScreen, Screen
 
 from fladmin.client import TIMEOUT_RULE, parse_timeout
 from flcore import status as st
@@ -43,6 +46,19 @@ DIALOGS = "dialog"
 """Worker group of the pickers and prompts: one at a time."""
 
 Names = Callable[[], Sequence[str]]
+AnswerT = TypeVar("AnswerT")
+
+
+@runtime_checkable
+class HoldsKeys(Protocol):
+    """An app that can hold the keys it reads until a dialog is ready for them (the console)."""
+
+    def hold_keys(self) -> Callable[[], None]:
+        """Hold the keys read from now on; call the result to hand them on."""
+
+
+def no_keys_held() -> None:
+    """The release of an app that cannot hold keys: nothing to hand on."""
 
 
 def check_positive_int(value: str) -> str | None:
@@ -92,6 +108,7 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         self.apps = apps
         self.ask = ask
         self.state = ConsoleState()
+        self._release_keys = no_keys_held
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Dim what cannot run now: server commands while disconnected, changes for members,
@@ -135,10 +152,37 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
     def _targets(self) -> list[str]:
         return self.query_one("#clients", ClientsTable).targets()
 
+    def open_dialog(self, dialog: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run ``dialog`` (``what`` names it) in a worker, holding the keys typed meanwhile.
+
+        Called from the key's binding, as the key is read: every key after it
+        waits until the dialog has the focus (:meth:`_answer`), or until the
+        worker ends without one, and then goes where the focus is.
+        """
+        release = self.app.hold_keys() if isinstance(self.app, HoldsKeys) else no_keys_held
+        self._release_keys = release
+
+        async def holding() -> None:
+            try:
+                await dialog()
+            finally:
+                release()
+
+        self.run_worker(
+            holding(), group=DIALOGS, exclusive=True, exit_on_error=False, description=what
+        )
+
+    async def _answer(self, dialog: ModalScreen[AnswerT]) -> AnswerT:
+        """Show ``dialog`` and wait for its answer; the held keys go to it once it has the
+        focus (a screen focuses its widget as it resumes, before the callbacks queued after)."""
+        answer = self.app.push_screen(dialog, wait_for_dismiss=True)
+        dialog.call_later(self._release_keys)
+        return await answer
+
     async def _pick(self, title: str, choices: list[Choice], careful: bool = False) -> str | None:
         if not choices:
             return None
-        return await self.app.push_screen_wait(ChoiceScreen(title, choices, careful=careful))
+        return await self._answer(ChoiceScreen(title, choices, careful=careful))
 
     async def _pick_target(self, verb: str, careful: bool = False) -> str | None:
         choices = target_choices(self.store, self._targets(), careful=careful)
@@ -151,12 +195,17 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         return await self._pick(title, [Choice(app, app) for app in apps])
 
     async def _server_apps(self) -> list[str] | None:
-        """The apps uploaded to the server, every page of them (None: it did not answer)."""
+        """The apps uploaded to the server, every page of them (None: it did not answer,
+        or refused, which the status line says: a key must not do nothing without a word)."""
         names: list[str] = []
         page, pages = 1, 1
         while page <= min(pages, MAX_APP_PAGES):
-            reply = await self.ask("list_apps" if page == 1 else f"list_apps {page}")
-            if reply is None or not reply.ok:
+            line = "list_apps" if page == 1 else f"list_apps {page}"
+            reply = await self.ask(line)
+            if reply is None:
+                return None
+            if not reply.ok:
+                self.say(f"{line}: {reply.text.strip()}")
                 return None
             listed = apps_page(reply.data)
             names += [app.name for app in listed.lines]
@@ -168,17 +217,21 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         """Hand a finished command line to the app."""
         self.post_message(RunCommand(line))
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the upload dialog")
-    async def action_upload(self) -> None:
+    def action_upload(self) -> None:
         """Pick an app from transfer/ and upload it."""
+        self.open_dialog(self._upload_dialog, "the upload dialog")
+
+    async def _upload_dialog(self) -> None:
         none = f"no apps in {self.state.transfer_dir}: copy an app folder there"
         app = await self._pick_app("Upload which app from transfer/?", self.apps(), none)
         if app:
             self.send(f"upload_folder {app}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the deploy dialog")
-    async def action_deploy(self) -> None:
+    def action_deploy(self) -> None:
         """Pick an app the server has, then where to deploy it."""
+        self.open_dialog(self._deploy_dialog, "the deploy dialog")
+
+    async def _deploy_dialog(self) -> None:
         apps = await self._server_apps()
         if apps is None:
             return
@@ -188,43 +241,51 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         if app and target:
             self.send(f"deploy {app} {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the start dialog")
-    async def action_start(self) -> None:
+    def action_start(self) -> None:
         """Pick where to start training."""
+        self.open_dialog(self._start_dialog, "the start dialog")
+
+    async def _start_dialog(self) -> None:
         target = await self._pick_target("Start training")
         if target:
             self.send(f"start {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the abort dialog")
-    async def action_abort(self) -> None:
+    def action_abort(self) -> None:
         """Pick what to abort (nothing is preselected); the app asks for confirmation."""
+        self.open_dialog(self._abort_dialog, "the abort dialog")
+
+    async def _abort_dialog(self) -> None:
         target = await self._pick_target("Abort training", careful=True)
         if target:
             self.send(f"abort {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the shutdown dialog")
-    async def action_shutdown(self) -> None:
+    def action_shutdown(self) -> None:
         """Pick what to shut down (nothing is preselected); a confirmation follows."""
+        self.open_dialog(self._shutdown_dialog, "the shutdown dialog")
+
+    async def _shutdown_dialog(self) -> None:
         target = await self._pick_target("Shut down", careful=True)
         if target:
             self.send(f"shutdown {target}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the run number dialog")
-    async def action_run_number(self) -> None:
+    def action_run_number(self) -> None:
         """Ask for a run number and set it."""
+        self.open_dialog(self._run_number_dialog, "the run number dialog")
+
+    async def _run_number_dialog(self) -> None:
         current = self.store.run.run_number
         hint = f"current run: {current}" if current else "no run set yet"
-        number = await self.app.push_screen_wait(
-            PromptScreen("Set the run number", hint, check_positive_int)
-        )
+        number = await self._answer(PromptScreen("Set the run number", hint, check_positive_int))
         if number:
             self.send(f"set_run_number {number}")
 
-    @work(exclusive=True, group=DIALOGS, exit_on_error=False, description="the timeout dialog")
-    async def action_timeout(self) -> None:
+    def action_timeout(self) -> None:
         """Ask how long commands wait for clients."""
+        self.open_dialog(self._timeout_dialog, "the timeout dialog")
+
+    async def _timeout_dialog(self) -> None:
         current = f"{self.state.timeout:g}"
-        seconds = await self.app.push_screen_wait(
+        seconds = await self._answer(
             PromptScreen("Command timeout (seconds)", f"now {current}s", check_seconds, current)
         )
         if seconds:

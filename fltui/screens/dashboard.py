@@ -77,21 +77,23 @@ class DashboardScreen(CommandKeys):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         # The footer shows them in this order and cuts the end off on a narrow
-        # terminal: the ways in and out come first. ``:`` and ``/`` are priority
-        # bindings, acted on as the key is read: see _open_line.
+        # terminal: the ways in and out come first. ``:``, ``/`` and the keys
+        # that open a dialog are priority bindings, acted on as the key is read,
+        # so the keys after them go to the line (see _open_line) or wait for the
+        # dialog (CommandKeys.open_dialog).
         Binding("colon", "command_line", "Command", key_display=":", priority=True),
         Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "app.quit", "Quit"),
         Binding("r", "reconnect", "Reconnect"),
-        Binding("u", "upload", "Upload"),
-        Binding("d", "deploy", "Deploy"),
-        Binding("s", "start", "Start"),
-        Binding("a", "abort", "Abort"),
-        Binding("x", "shutdown", "Shutdown"),
-        Binding("n", "run_number", "Run #"),
+        Binding("u", "upload", "Upload", priority=True),
+        Binding("d", "deploy", "Deploy", priority=True),
+        Binding("s", "start", "Start", priority=True),
+        Binding("a", "abort", "Abort", priority=True),
+        Binding("x", "shutdown", "Shutdown", priority=True),
+        Binding("n", "run_number", "Run #", priority=True),
         Binding("v", "validate", "Validate"),
-        Binding("t", "timeout", "Timeout"),
+        Binding("t", "timeout", "Timeout", priority=True),
         Binding("p", "provision", "Provision"),
         Binding("l", "site_logs", "Logs", show=False),
         Binding("z", "zoom", "Zoom", show=False),
@@ -132,7 +134,7 @@ class DashboardScreen(CommandKeys):
                 yield Line(id="client-detail")
             with Vertical(id="right"):
                 yield RoundPane(id="round", classes="pane")
-                yield HeartbeatView(self._lane_clock, id="heartbeats")
+                yield HeartbeatView(self._seen_clock, id="heartbeats")
         yield LogView(LOG_LIMIT, id="logs")
         yield Line(id="status-line")
         yield Input(placeholder="filter", id="filter")
@@ -166,8 +168,13 @@ class DashboardScreen(CommandKeys):
             if was_up != state.connection.up:
                 self._redraw_rows()
 
-    def _lane_clock(self) -> float:
-        """The heartbeat strips stop where the console stopped hearing from the server."""
+    def _seen_clock(self) -> float:
+        """The time the server was last seen at: now, or when the console's link broke.
+
+        What only the clock moves (the heartbeat strips, the round's countdown)
+        stops there: what happened since is unknown, and a countdown running
+        out would pass for a round aggregated.
+        """
         frozen = self.state.connection.frozen_at
         return frozen if frozen is not None else self.clock()
 
@@ -271,7 +278,7 @@ class DashboardScreen(CommandKeys):
         shown = table.shown if table.sorts_by_time else table.in_view()
         table.tick(self._views(shown))
         table.resort()
-        self.query_one("#round", RoundPane).show_countdown(self.store.run, self.clock())
+        self.query_one("#round", RoundPane).show_countdown(self.store.run, self._seen_clock())
         self._draw_banner()
         self._draw_lanes()
         self._titles()
@@ -312,7 +319,7 @@ class DashboardScreen(CommandKeys):
         self.query_one("#header", StatusHeader).show(
             who, self.store.run, self.state.connection.look, self.has_class("-narrow")
         )
-        self.query_one("#round", RoundPane).show(self.store.run, self.clock())
+        self.query_one("#round", RoundPane).show(self.store.run, self._seen_clock())
 
     def _draw_lanes(self) -> None:
         store = self.store

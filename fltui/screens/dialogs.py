@@ -1,7 +1,8 @@
 """The dashboard's small dialogs: confirm, pick one, type a value.
 
 Danger is slow: :class:`ConfirmScreen` opens with *Cancel* focused, so
-``enter`` right away does nothing harmful, and it has no one-key yes; the
+``enter`` right away does nothing harmful, it has no one-key yes, and keys
+typed before it was shown (meant for what came before) never answer it; the
 pickers of commands that stop something open with nothing highlighted, so
 an ``enter`` typed ahead picks nothing (least of all the server).
 Safe things are fast: other pickers take ``enter`` on the highlighted choice.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -48,6 +50,7 @@ class ConfirmScreen(ModalScreen[bool]):
         self._warning = warning
         self._verb = verb
         self._heading = heading
+        self._shown_at: float | None = None
 
     @classmethod
     def asking(cls, line: str, question: Any, prompt: str) -> ConfirmScreen:
@@ -80,6 +83,23 @@ class ConfirmScreen(ModalScreen[bool]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="confirm-cancel")
                 yield Button(self._verb, id="confirm-ok", variant="error")
+
+    def on_mount(self, event: events.Mount) -> None:
+        """Note when the question was put, on the clock that stamps the keys."""
+        self._shown_at = event.time
+
+    def on_key(self, event: events.Key) -> None:
+        """Drop a key typed before the question was shown: it was meant for something else.
+
+        The server's question takes a moment to come, and keys typed meanwhile
+        (``:ch⇥⏎`` after ``:abort client⏎``, a paste) wait in the app's queue;
+        they would reach this dialog, ``tab`` moving the focus to the button
+        that stops and ``enter`` pressing it. Stopping the key here, before it
+        bubbles up to the app, keeps its bindings from acting on it.
+        """
+        if self._shown_at is None or event.time < self._shown_at:
+            event.prevent_default()
+            event.stop()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         """Answer with the button pressed."""

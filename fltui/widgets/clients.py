@@ -36,6 +36,7 @@ from fltui.status import (
     age,
     device,
     health,
+    shortened,
     training,
 )
 from fltui.widgets.tones import toned
@@ -77,6 +78,8 @@ COLUMNS = (
 """In display order. Widths include the one space that separates a column from the next."""
 BY_KEY = {column.key: column for column in COLUMNS}
 SORTABLE = [column for column in COLUMNS if column.sort_key]
+NAMES = ("instance", "client")
+"""Columns of site names: two sites must never look alike there."""
 TICKING = ("health", "beat")
 """Columns that change with time alone."""
 HEALTH_ORDER = {LOST: 0, OFFLINE: 1, STALE: 2, UNKNOWN: 3, ONLINE: 4, LEFT: 5}
@@ -457,9 +460,12 @@ class ClientsTable(DataTable[Text], VimKeys):
                 self.update_cell(instance, key, self._text(cell, BY_KEY[key]))
 
     def _text(self, cell: Cell, column: Column) -> Text:
-        """A cell's text, cut one short of its column so the next column keeps its gap."""
-        text = toned(self.app, *cell)
-        text.truncate(column.width - 1, overflow="ellipsis")
+        """A cell's text, cut one short of its column so the next column keeps its gap; a
+        name is cut in the middle, keeping the end that tells one site from another."""
+        words, tone = cell
+        room = column.width - 1
+        text = toned(self.app, shortened(words, room) if column.key in NAMES else words, tone)
+        text.truncate(room, overflow="ellipsis")
         return text
 
     def restyle(self) -> None:

@@ -18,7 +18,7 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from fltui.status import LEFT, LOST, ONLINE
+from fltui.status import LEFT, LOST, ONLINE, shortened
 from fltui.store import BEAT, DOWN, GONE, UP, Beat
 from fltui.widgets.vimkeys import VimKeys
 
@@ -113,7 +113,7 @@ class HeartbeatView(ScrollView, VimKeys, can_focus=True):
         name_style = style("heartbeat--name")
         if lane.tone in ("warning", "error"):
             name_style = style(f"heartbeat--{lane.tone}")
-        name = lane.instance[: NAME_WIDTH - 1].ljust(NAME_WIDTH)
+        name = shortened(lane.instance, NAME_WIDTH - 1).ljust(NAME_WIDTH)
         segments = [Segment(name, base + name_style)]
         now = self._clock()
         styles: dict[str | None, tuple[str, Style]] = {

@@ -30,7 +30,7 @@ from textual.strip import Strip
 
 from flcore.feed import LogEntry, printable
 from fltui.logfilter import LogFilter
-from fltui.status import clock_time, local_time
+from fltui.status import clock_time, local_time, shortened
 from fltui.widgets.vimkeys import VimKeys
 
 SOURCE_WIDTH = 12
@@ -345,7 +345,7 @@ class LogView(ScrollView, VimKeys, can_focus=True):
             segments = [
                 Segment(clock_time(entry.time) + " ", base + style("log--time")),
                 Segment(
-                    entry.source[: SOURCE_WIDTH - 1].ljust(SOURCE_WIDTH),
+                    shortened(entry.source, SOURCE_WIDTH - 1).ljust(SOURCE_WIDTH),
                     base + style("log--source"),
                 ),
                 Segment(entry.level[: LEVEL_WIDTH - 1].ljust(LEVEL_WIDTH), level_style),

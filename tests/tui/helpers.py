@@ -41,14 +41,33 @@ def burst(app: Any, *keys: str) -> None:
     before the app handles the first. A string is typed character by
     character; a name of :data:`KEY_NAMES` (``enter``) is that one key.
     """
-    for item in keys:
-        for key, char in _keys(item):
-            event = events.Key(key, char)
-            event.set_sender(app)
-            app._driver.send_message(event)
+    queue(app, typed(*keys))
 
 
-KEY_NAMES = {"enter": "\r", "escape": "\x1b", "tab": "\t", "backspace": "\x7f", "up": None}
+def typed(*keys: str) -> list[events.Key]:
+    """The key events of ``keys`` (as :func:`burst` reads them), stamped with the time now.
+
+    A key is stamped when the terminal's bytes are read; :func:`queue` them
+    later to have the app handle keys that waited in its queue meanwhile.
+    """
+    return [events.Key(key, char) for item in keys for key, char in _keys(item)]
+
+
+def queue(app: Any, keys: list[events.Key]) -> None:
+    """Put key events in the app's queue, in order, as its driver does."""
+    for event in keys:
+        event.set_sender(app)
+        app._driver.send_message(event)
+
+
+KEY_NAMES = {
+    "enter": "\r",
+    "escape": "\x1b",
+    "tab": "\t",
+    "backspace": "\x7f",
+    "up": None,
+    "down": None,
+}
 
 
 def _keys(item: str) -> list[tuple[str, str | None]]:

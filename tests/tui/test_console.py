@@ -158,6 +158,27 @@ def test_keys_send_their_commands(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_refused_list_of_apps_says_why_on_d(tmp_path: Path) -> None:
+    """``d`` asks the server for its apps first; a refusal left the key doing nothing."""
+
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        if line == "list_apps":
+            return CommandReply(line, False, "unknown command 'list_apps'", {}, 10, "")
+        return reply(line, confirmed)
+
+    async def scenario() -> None:
+        app, link = console(tmp_path, reply=answer)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            await pilot.press("d")
+            status = app.dashboard.query_one("#status-line")
+            await wait_for(pilot, lambda: status.display)
+            assert str(status.render()) == "list_apps: unknown command 'list_apps'"
+            assert app.screen is app.dashboard and sent(link) == ["list_apps"]
+
+    asyncio.run(scenario())
+
+
 def test_selected_and_marked_clients_are_offered(tmp_path: Path) -> None:
     async def scenario() -> None:
         app, link = console(tmp_path)

@@ -16,14 +16,17 @@ from pathlib import Path
 import pytest
 from textual.widgets import OptionList, SelectionList
 
+from fladmin.client import CommandReply
 from flcore.feed import ClientRow, FeedEvent, Snapshot
 from fldev.poll import wait_for
+from fldev.replay import ReplayLink
+from fltui.app import ConsoleApp
 from fltui.screens.dialogs import ChoiceScreen, ColumnsScreen, ConfirmScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
-from tests.tui.helpers import burst, shown
+from tests.tui.helpers import burst, queue, shown, typed
 from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, SERVER, recorded_events
 from tests.tui.test_console import console, ready, sent, stopped_run
 
@@ -110,6 +113,103 @@ def test_confirmation_titles_name_the_target_as_the_picker_did(tmp_path: Path) -
             title = str(confirm.query_one(".dialog-title").render())
             assert title == "Shut down: all clients (5)"
             assert str(confirm.query_one(".dialog-label").render()) == "This shuts down:"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_before_a_confirmation_was_shown_never_answer_it(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``:abort client⏎`` then ``:ch⇥⏎`` typed at once: the tab and enter meant for the
+    command line waited in the queue while the server's question came, then moved the focus
+    to *abort* and pressed it. Keys typed before the question was shown answer nothing."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            burst(app, ":abort client", "enter")
+            ahead = typed(":ch", "tab", "enter")  # typed while the question is on its way
+            confirm = await shown(pilot, app, ConfirmScreen)
+            queue(app, ahead)
+            await pilot.press("tab")  # the first key after the question was shown
+            assert app.screen is confirm and sent(link) == ["abort client"]
+            assert confirm.focused is confirm.query_one("#confirm-ok")
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: len(link.sent) == 2)
+            assert sent(link) == ["abort client", "abort client!"]
+
+    asyncio.run(scenario())
+
+
+def dialog_titles(app: ConsoleApp) -> list[str]:
+    """The title of the picker on top, once it is set up (none while the dashboard is)."""
+    screen = app.screen
+    if isinstance(screen, ChoiceScreen) and screen.is_mounted:
+        return [str(screen.query_one(".dialog-title").render())]
+    return []
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_after_a_command_key_land_in_the_dialog_it_opens(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``a↓⏎`` at once: ``↓`` moved the table's cursor and ``⏎`` opened a client's details
+    before the abort picker came, which then offered the client under the moved cursor.
+    Keys typed after a command key wait for its dialog, even one that asks the server first
+    (``d``), and a prompt gets the characters (``n7⏎``)."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path, stopped_run())
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            await wait_for(pilot, lambda: app.store.run.server_status == "training stopped")
+            burst(app, "n7", "enter")
+            await wait_for(pilot, lambda: link.sent)
+            assert sent(link) == ["set_run_number 7"]
+            burst(app, "d", "enter")  # the first app the server lists
+            title = "Deploy digits_custom on"
+            await wait_for(pilot, lambda: title in dialog_titles(app), what="the target picker")
+            assert sent(link) == ["set_run_number 7", "list_apps"]
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+
+        app, link = console(tmp_path / "training")
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            burst(app, "a", "down", "enter")  # the client under the cursor: flclient1
+            await shown(pilot, app, ConfirmScreen)
+            assert sent(link) == ["abort client flclient1"]
+            assert app.dashboard.query_one(ClientsTable).selected == "flclient1"
+
+    asyncio.run(scenario())
+
+
+class SilentServer(ReplayLink):
+    """The recorded run, on a server that never answers ``list_apps``."""
+
+    async def execute(self, line: str, confirmed: bool = False) -> CommandReply:
+        reply = await super().execute(line, confirmed)  # remembered as sent
+        if line == "list_apps":
+            await asyncio.Event().wait()
+        return reply
+
+
+def test_quitting_works_while_keys_wait_for_a_dialog(tmp_path: Path) -> None:
+    """Keys typed after ``d`` wait for the server's apps, but ``ctrl+q`` acts at once."""
+
+    async def scenario() -> None:
+        link = SilentServer(recorded_events())
+        app = ConsoleApp(link, clock=lambda: NOW, flush_s=0.05)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            burst(app, "d", "down")
+            await wait_for(pilot, lambda: link.sent)
+            table = app.dashboard.query_one(ClientsTable)
+            assert table.selected == "flclient1"  # down waits for the picker
+            await pilot.press("ctrl+q")
+            await wait_for(pilot, lambda: not app.is_running)
 
     asyncio.run(scenario())
 

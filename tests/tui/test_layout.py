@@ -24,7 +24,7 @@ from fltui.connection import DISCONNECTED, Connection
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.logview import LogView
 from tests.tui.helpers import reader_lines, screen_lines
-from tests.tui.recorded import NOW, RUN, recorded_events
+from tests.tui.recorded import CLIENTS, NOW, RUN, SERVER, recorded_events
 from tests.tui.test_console import console, ready
 
 SIZES = [(80, 24), (120, 36), (200, 50)]
@@ -234,5 +234,45 @@ def test_z_maximises_the_focused_pane_and_a_hidden_pane_opens_maximised(tmp_path
             assert screen.maximized is None and not heartbeats.display
             await pilot.press("4", "z")
             assert screen.maximized is screen.query_one(LogView)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_site_names_too_long_to_show_keep_the_end_that_tells_them_apart(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``hospital-ab`` and ``hospital-ab_1`` both read ``hospital-ab`` in the logs, and longer
+    names lost their instance number in the heartbeats and the clients table: a cut name
+    keeps its end, and a mark says it was cut."""
+    names = ("hospital-ab", "hospital-ab_1", "hospital-north_1", "hospital-north_2")
+    rows = tuple(replace(CLIENTS[0], instance=name, client_name=name) for name in names)
+    logs = tuple(LogEntry(NOW - 1, "INFO", "agent", f"hello from {name}", name) for name in names)
+    events = [FeedEvent(100, NOW - 1, Snapshot(SERVER, RUN, rows, logs))]
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path, events)
+        async with app.run_test(size=size) as pilot:
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: app.connected and table.row_count == len(names))
+            cells = {name: str(table.get_cell(name, "instance")) for name in names}
+            assert cells == {
+                "hospital-ab": "  hospital-ab",
+                "hospital-ab_1": "  hosp…l-ab_1",
+                "hospital-north_1": "  hosp…orth_1",
+                "hospital-north_2": "  hosp…orth_2",
+            }
+            await pilot.press("3")  # hidden below 30 rows: 3 opens it maximised
+            if app.dashboard.maximized is None:
+                await pilot.press("z")
+            lanes = [line.strip("│ ").split(" ")[0] for line in screen_lines(app)]
+            for shown in ("hospital-ab", "hospital-ab_1", "hospit…orth_1", "hospit…orth_2"):
+                assert shown in lanes
+            await pilot.press("escape", "4", "z")
+            lines = screen_lines(app)
+            for name, source in zip(
+                names, ("hospital-ab", "hospi…-ab_1", "hospi…rth_1", "hospi…rth_2"), strict=True
+            ):
+                assert any(f"{source} INFO" in ln and f"from {name}" in ln for ln in lines)
 
     asyncio.run(scenario())

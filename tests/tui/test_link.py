@@ -19,10 +19,11 @@ from fldev.poll import wait_for
 from fldev.replay import ReplayLink, ok_reply
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
+from fltui.screens.dialogs import ConfirmScreen
 from fltui.serverclock import SAMPLES, ServerClock
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.heartbeats import HeartbeatView
-from tests.tui.helpers import Clock, burst, console_errors
+from tests.tui.helpers import Clock, burst, console_errors, shown
 from tests.tui.recorded import NOW, recorded_events
 from tests.tui.test_console import ready
 
@@ -109,6 +110,28 @@ def test_a_lost_console_link_freezes_the_sites_as_unknown_and_counts_down(tmp_pa
     asyncio.run(scenario())
 
 
+def test_the_round_countdown_stops_where_the_link_was_lost(tmp_path: Path) -> None:
+    """The wait-after-min countdown ran on while the link was down, then vanished as if
+    the round were aggregated: the console cannot know that, so it stops where it lost sight."""
+    clock = Clock(NOW)
+
+    async def scenario() -> None:
+        link = DroppingLink(transfer_dir=tmp_path / "transfer")
+        app = ConsoleApp(link, clock=clock, flush_s=0.05, retry_first_s=30)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ready(pilot)
+            countdown = app.dashboard.query_one("#round-countdown")
+            assert str(countdown.render()) == "Aggregating in 8s (wait after min)"
+            link.drop()
+            await wait_for(pilot, lambda: app.link_look is DISCONNECTED)
+            for later in (5, 20):  # before and after the deadline
+                clock.now = NOW + later
+                app.dashboard.tick()
+                assert str(countdown.render()) == "Aggregating in 8s (wait after min)"
+
+    asyncio.run(scenario())
+
+
 def test_a_shutdown_by_another_admin_is_said_and_waits_for_r(tmp_path: Path) -> None:
     async def scenario() -> None:
         link = DroppingLink(transfer_dir=tmp_path / "transfer")
@@ -156,7 +179,7 @@ def test_our_own_shutdown_is_no_outage_either(tmp_path: Path) -> None:
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             burst(app, ":shutdown server", "enter")
-            await wait_for(pilot, lambda: app.screen is not app.dashboard)
+            await shown(pilot, app, ConfirmScreen)  # keys typed before it shows answer nothing
             await pilot.press("tab", "enter")
             await wait_for(pilot, lambda: ("shutdown server", True) in link.sent)
             link.push(ServerStopping("admin@lead.org", admin=True), time=NOW)  # as the server does
