@@ -409,7 +409,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             if audited:
                 self.store.sending(line)
             reply = await self.link.execute(line)
-            if reply.confirm_prompt:
+            # Asked again when what it acts on changed while the question was open.
+            while reply.confirm_prompt:
                 if not await self.confirm(reply):
                     self.store.not_sent(line)
                     self.log_line("INFO", f"{line}: cancelled")

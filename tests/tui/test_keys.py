@@ -406,3 +406,47 @@ def test_a_row_of_another_run_shows_no_round_or_samples(tmp_path: Path) -> None:
             assert str(table.get_cell("flclient1", "samples")) == "-"
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_a_question_asked_again_is_shown_again(tmp_path: Path, size: tuple[int, int]) -> None:
+    """A site joined while the question was open: the server asks again, and the console
+    showed that second question as a failed command ("(no reply text)")."""
+    asks: list[str] = []
+
+    def answer(line: str, confirmed: bool) -> CommandReply:
+        asks.append(line)
+        if len(asks) <= 2:
+            title = "Shut down: all clients (6)" + (" (changed since you were asked)" * confirmed)
+            question = {
+                "title": title,
+                "heading": "This shuts down:",
+                "lines": [],
+                "verb": "Shut down",
+            }
+            return CommandReply(
+                line, False, "", {"confirm": question}, 0, "", f"{title}\nAre you sure (Y/N):"
+            )
+        return CommandReply(line, True, "Shutting down the clients...", {}, 1, "")
+
+    async def scenario() -> None:
+        app, link = console(tmp_path, reply=answer)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            await pilot.press("colon", *"shutdown client", "enter")
+            first = await shown(pilot, app, ConfirmScreen)
+            await pilot.press("tab", "enter")
+            await wait_for(
+                pilot, lambda: app.screen is not first and isinstance(app.screen, ConfirmScreen)
+            )
+            again = await shown(pilot, app, ConfirmScreen)
+            title = str(again.query_one(".dialog-title").render())
+            assert title == "Shut down: all clients (6) (changed since you were asked)"
+            await pilot.press("tab", "enter")
+            await wait_for(pilot, lambda: len(link.sent) == 3)
+            assert sent(link) == ["shutdown client", "shutdown client!", "shutdown client!"]
+            await wait_for(
+                pilot, lambda: any("Shutting down the clients" in e.message for e in app.store.logs)
+            )
+
+    asyncio.run(scenario())
