@@ -163,14 +163,20 @@ class AdminService(admin_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
         subscription = self.server.bus.subscribe(owner=(admin.user, admin.serial, admin.issued))
-        snapshot = self.server.snapshot()
-        with self.logins.watching(admin.user):
-            yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
-            try:
-                async for batch in subscription.batches():
-                    for message in feed_messages(batch):
-                        yield message
-            except Overflow as exc:
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-            except Revoked as exc:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        # Until the last line: a console gone while its snapshot was sent (or a snapshot that
+        # failed) left the subscription on the bus, filling its queue, while the count of
+        # feeds, which bounds them, went back down.
+        try:
+            snapshot = self.server.snapshot()
+            with self.logins.watching(admin.user):
+                yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
+                try:
+                    async for batch in subscription.batches():
+                        for message in feed_messages(batch):
+                            yield message
+                except Overflow as exc:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+                except Revoked as exc:
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        finally:
+            self.server.bus.unsubscribe(subscription)

@@ -8,7 +8,7 @@ tests/integration and tests/tui.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -66,5 +66,25 @@ def test_events_queued_behind_a_write_go_out_as_one_batch_in_order() -> None:
         assert (await anext(feed)).WhichOneof("body") == "heartbeat"
         server.bus.close()
         assert await anext(feed, None) is None
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_a_console_gone_while_its_snapshot_went_out_leaves_no_subscription() -> None:
+    """Only the batches' loop unsubscribed: a feed cancelled during its first message (a
+    member's script opening and dropping feeds) stayed on the bus, its queue filling, while
+    the count of feeds that bounds them went back down."""
+
+    async def scenario() -> None:
+        server = _Server()
+        service = AdminService(cast(FLServer, server))
+        for _ in range(3):
+            feed = cast(
+                AsyncGenerator[admin_pb2.Event],
+                service.Events(admin_pb2.EventsRequest(token="t"), cast(Context, _Context())),
+            )
+            assert (await anext(feed)).WhichOneof("body") == "snapshot"
+            await feed.aclose()  # gRPC closes the generator of a call that was cancelled
+        assert server.bus._subscribers == set()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
