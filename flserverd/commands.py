@@ -53,6 +53,8 @@ MAX_UNWRITTEN_AUDIT = 10_000
 INTERRUPTING = frozenset({"abort"})
 """Commands that never wait for another admin's command: abort stops a start in progress."""
 IGNORED_SHOWN = 10
+FILES_LISTED = 100
+"""Files of an upload its reply's data lists (in upload order); ``file_count`` counts all."""
 """Names of an upload's ignored parts its reply lists; the others are counted."""
 ENDING_SHOWN = 10
 """Kits ending soon that check_status server names (the first to end); the others are counted."""
@@ -258,13 +260,20 @@ class AdminCommands:
         else:
             reply = await self._receive(app, total_bytes, chunks)
         self.audit(user, f"upload_folder {app}", reply.ok)
-        return reply
+        return fit_reply(reply)
 
     async def _receive(self, app: str, total_bytes: int, chunks: AsyncIterator[FileChunk]) -> Reply:
         store, limit = self.server.store, self.server.startup.max_upload_mb
         try:
-            target, files, dropped = await receive_app(store, app, total_bytes, limit, chunks)
-            review = await asyncio.to_thread(review_app, target, app)
+            upload = await receive_app(store, app, total_bytes, limit, chunks)
+            # In place like any command that changes what is deployed: a deploy copying the
+            # app meanwhile took half of each version.
+            async with self._one_at_a_time:
+                if self.server.shutting_down:
+                    await asyncio.to_thread(upload.discard)
+                    return Reply(False, "the server is shutting down")
+                target, files, dropped = await asyncio.to_thread(upload.finish)
+                review = await asyncio.to_thread(review_app, target, app)
         except (FolderError, TransferError) as exc:
             return Reply(False, f"upload refused: {exc}")
         except Exception as exc:  # the admin gets an answer and the server carries on
@@ -282,7 +291,13 @@ class AdminCommands:
                 f"\n{app} runs custom code: each site trains it only after its IT approved "
                 f"sha256:{review.digest} (flclientd approve)"
             )
-        data = {"app": app, "path": str(target), "files": files, "sha256": review.digest}
+        data = {
+            "app": app,
+            "path": str(target),
+            "files": files[:FILES_LISTED],
+            "file_count": len(files),
+            "sha256": review.digest,
+        }
         return Reply(True, text, {**data, "needs_approval": review.needs_approval})
 
     async def _run(

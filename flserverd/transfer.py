@@ -8,6 +8,7 @@ the app into the run, so later uploads do not change what a run trains.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from flcore.appconfig import App, load_app
 from flcore.folders import FolderError, FolderReceiver, replace_folder, restore_interrupted
-from flcore.schema import ConfigError, name_like
+from flcore.schema import ConfigError, name_like, shown
 from flserverd.runstore import RunStore
 
 FileChunk = tuple[str, int, bytes, bool]
@@ -30,7 +31,7 @@ def check_app_name(name: str) -> str:
     """App names become folder names: refuse anything else."""
     problem = name_like(name)
     if problem:
-        raise TransferError(f"app name {name!r} {problem}")
+        raise TransferError(f"app name {shown(name)} {problem}")
     return name
 
 
@@ -68,11 +69,14 @@ class Upload:
 
 async def receive_app(
     store: RunStore, app: str, total_bytes: int, max_mb: int, chunks: AsyncIterator[FileChunk]
-) -> tuple[Path, list[str], set[str]]:
-    """Receive an upload_folder into ``transfer/<app>``; returns (folder, files, dropped).
+) -> Upload:
+    """Receive an upload_folder into a staging folder; :meth:`Upload.finish` (in a worker
+    thread: it fsyncs every file) puts it in place as ``transfer/<app>``.
 
     Raises TransferError (or FolderError) with what was wrong; a refused
-    upload leaves the app that was there untouched.
+    upload leaves the app that was there untouched, and its staging folder
+    is removed in a worker thread (thousands of files must not stall the
+    server's loop).
     """
     max_bytes = max_mb * 1024 * 1024
     if total_bytes > max_bytes:
@@ -83,10 +87,10 @@ async def receive_app(
     try:
         async for path, offset, data, eof in chunks:
             upload.write(path, offset, data, eof)
-        return upload.finish()
     except BaseException:
-        upload.discard()
+        asyncio.get_running_loop().run_in_executor(None, upload.discard)
         raise
+    return upload
 
 
 def uploaded_app(store: RunStore, app: str) -> App:

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 import pytest
@@ -22,6 +23,7 @@ from flcore.tokens import token_id, token_key
 from flserverd.admins import AdminLogins
 from flserverd.commands import MAX_LINE, AdminCommands, Reply, ignored_note
 from flserverd.registry import RegisteredClient
+from flserverd.runstore import RunStore
 from flserverd.server import CommandError, FLServer
 from flserverd.transfer import FileChunk
 from flserverd.views import client_row
@@ -108,6 +110,8 @@ class FakeServer:
     crossval: FakeCrossValidation | None = None
     admins: AdminLogins = field(default_factory=AdminLogins)
     modes: dict[str, str] = field(default_factory=dict)
+    store: RunStore | None = None
+    startup: Any = field(default_factory=lambda: SimpleNamespace(max_upload_mb=10))
 
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
@@ -551,6 +555,64 @@ def test_what_is_audited_is_bounded_and_a_long_line_is_refused_whole() -> None:
     reply = execute(server, f"abort client {sites}")
     assert not reply.ok and "more than the 4,096 a command may have" in reply.text
     assert server.calls == []
+
+
+APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
+
+
+async def app_files(count: int, sent: asyncio.Event | None = None) -> AsyncIterator[FileChunk]:
+    """The digits app's files as an upload streams them, with notes up to ``count`` files;
+    ``sent`` is set once the last chunk was taken."""
+    files = sorted(p for p in APP.rglob("*") if p.is_file())
+    for path in files:
+        yield str(path.relative_to(APP)), 0, path.read_bytes(), True
+    for n in range(count - len(files)):
+        yield f"resources/note{n:04}.md", 0, b"a note", True
+    if sent is not None:
+        sent.set()
+
+
+def uploading(tmp_path: Path) -> tuple[FakeServer, AdminCommands]:
+    server = two_sites()
+    server.store = RunStore(tmp_path)
+    return server, commands(server)
+
+
+def test_an_upload_reply_fits_whatever_the_name_and_the_files(tmp_path: Path) -> None:
+    """An app name of a million NULs came back quoted whole, and an upload of thousands of
+    long paths listed every one: past gRPC's 4 MiB the admin was told the upload failed,
+    though it had replaced the app."""
+    _, cmds = uploading(tmp_path)
+    refused = run(cmds.upload(ADMIN, ROLE_SUPER, "\x00" * 1_100_000, 10, app_files(4)))
+    assert not refused.ok and refused.text.startswith("upload refused: app name '\\x00")
+    assert len(refused.text) < 300
+    done = run(cmds.upload(ADMIN, ROLE_SUPER, "app", 10, app_files(150)))
+    assert done.ok and done.text == f"Created folder {tmp_path / 'transfer' / 'app'}"
+    assert done.data["file_count"] == 150 and len(done.data["files"]) == 100
+
+
+def test_an_upload_is_put_in_place_one_command_at_a_time(tmp_path: Path) -> None:
+    """A deploy copying transfer/<app> while an upload replaced it took half of each
+    version; an upload also went through after shutdown server."""
+    server, cmds = uploading(tmp_path)
+    target = tmp_path / "transfer" / "app"
+
+    async def scenario() -> Reply:
+        sent = asyncio.Event()
+        async with cmds._one_at_a_time:  # another admin's command, under way
+            upload = asyncio.ensure_future(
+                cmds.upload(ADMIN, ROLE_SUPER, "app", 10, app_files(4, sent))
+            )
+            await sent.wait()  # the upload has every byte and waits for its turn
+            assert not upload.done() and not target.exists()
+        return await upload
+
+    assert run(scenario()).ok and target.is_dir()
+    server.shutting_down = True
+    late = run(cmds.upload(ADMIN, ROLE_SUPER, "other", 10, app_files(4)))
+    assert not late.ok and late.text == "the server is shutting down"
+    assert not (tmp_path / "transfer" / "other").exists()
+    assert list((tmp_path / "transfer").glob(".upload-*")) == []
 
 
 def test_the_ignored_parts_of_an_upload_are_named_up_to_ten() -> None:
