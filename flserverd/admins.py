@@ -104,7 +104,12 @@ class AdminLogins:
 
     def authenticate(self, token: str, identity: Identity | None) -> AdminLogin:
         """The admin of a token presented with its certificate; AuthError otherwise."""
-        admin = self._logins.get(token_key(token))
+        key = token_key(token)
+        admin = self._logins.get(key)
+        now = self._clock()
+        if admin is not None and now - admin.last_used >= ADMIN_LOGIN_IDLE_S:
+            del self._logins[key]  # idle too long: pruned only at a login before
+            admin = None
         if (
             admin is None
             or not same_token(admin.token, token)
@@ -112,7 +117,7 @@ class AdminLogins:
             or identity.name != admin.user
         ):
             raise AuthError("not logged in: log in again")
-        admin.last_used = self._clock()
+        admin.last_used = now
         return admin
 
     def _live(self) -> list[AdminLogin]:

@@ -8,6 +8,7 @@ import pytest
 
 from flcore.identity import KIND_ADMIN, KIND_CLIENT, Identity
 from flserverd.admins import (
+    ADMIN_LOGIN_IDLE_S,
     MAX_COMMANDS_PER_ADMIN,
     MAX_FEEDS_PER_ADMIN,
     MAX_LOGINS_PER_ADMIN,
@@ -57,6 +58,20 @@ def test_a_token_works_only_whole_and_with_its_certificate() -> None:
     with pytest.raises(AuthError, match="does not match the certificate") as refused:
         logins.login(ADMIN, "x" * 10_000)
     assert len(str(refused.value)) < 300  # the typed name is the peer's: shown bounded
+
+
+def test_a_token_idle_for_12_hours_is_refused_though_nobody_logged_in_since() -> None:
+    """Idle tokens were dropped only when someone logged in: on a quiet server one idle for
+    days still worked, while list_admins said nobody was logged in."""
+    clock = Clock()
+    logins = AdminLogins(clock)
+    token, _ = logins.login(ADMIN, ADMIN.name)
+    clock.now += ADMIN_LOGIN_IDLE_S - 10
+    assert logins.authenticate(token, ADMIN).user == ADMIN.name  # used: idle from now on
+    clock.now += ADMIN_LOGIN_IDLE_S
+    with pytest.raises(AuthError, match="not logged in"):
+        logins.authenticate(token, ADMIN)
+    assert logins._logins == {}
 
 
 def test_revoke_logs_out_exactly_the_refused_admins() -> None:
