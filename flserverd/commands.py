@@ -39,6 +39,7 @@ from flserverd.server import DEPARTURE_WAIT_S, CommandError, Enforced, FLServer
 from flserverd.transfer import (
     FileChunk,
     TransferError,
+    Upload,
     client_app_dir,
     copy_app,
     receive_app,
@@ -153,8 +154,47 @@ def ask_first(request: Request, question: Confirmation | None) -> Reply | None:
     return None
 
 
+SHUTTING_DOWN = "the server is shutting down"
+
+
+def _unstored(app: str, exc: Exception) -> Reply:
+    """An upload that failed for a reason of the server's (its log has the traceback)."""
+    log.error("upload_folder %s failed", app[:80], exc_info=exc)
+    return Reply(
+        False,
+        f"the server could not store the upload: {getattr(exc, 'strerror', None) or exc};"
+        " the app that was there is unchanged",
+    )
+
+
 MAX_LINE = 4096
 """The longest command line: longer ones are refused whole, and what is audited is cut."""
+
+
+def _refusal(user: str, role: str, line: str) -> Reply | tuple[list[str], Spec]:
+    """Why ``line`` is refused before it runs, or its words and command."""
+    if len(line) > MAX_LINE:  # cut, it would act on a part of what was asked
+        return Reply(
+            False,
+            f"the command line is {len(line):,} characters, more than the {MAX_LINE:,} a "
+            "command may have: name fewer clients at a time",
+        )
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        return Reply(False, f"cannot parse the command: {exc}")
+    if not words:
+        return Reply(False, "empty command: type help for the list of commands")
+    spec = COMMANDS.get(words[0])
+    if spec is None:
+        return Reply(False, f"unknown command {words[0]!r}: type help for the list of commands")
+    if not spec.read_only and role != ROLE_SUPER:
+        return Reply(
+            False,
+            f"permission denied: {user} has the {role!r} role, which may only run "
+            + ", ".join(name for name, spec in COMMANDS.items() if spec.read_only),
+        )
+    return words, spec
 
 
 def whole_number(word: str, most: int) -> int | None:
@@ -197,6 +237,8 @@ class AdminCommands:
         """Commands that change something run one at a time, in the order they arrive, so
         that two admins' conflicting commands (deploy and set_run_number, two starts, two
         shutdowns) each see the state the other one left."""
+        self._turns: set[asyncio.Future[Reply]] = set()
+        """Commands under way in their turn, kept until they end (their admin may be gone)."""
         self._unwritten: list[tuple[float, str, str, bool]] = []
         """Audit entries a full disk kept out of the state database, oldest first."""
 
@@ -217,9 +259,14 @@ class AdminCommands:
         reply = await self._run(
             user, role, line, timeout, confirmed, attachment, interactive, answered
         )
+        return fit_reply(reply)
+
+    def _audited(self, user: str, line: str, reply: Reply) -> Reply:
+        """``reply``, once the command it answers is in the audit trail (a question asked
+        first is not: nothing ran)."""
         if not reply.confirm_prompt:
             self.audit(user, line, reply.ok)
-        return fit_reply(reply)
+        return reply
 
     def audit(self, user: str, line: str, ok: bool) -> None:
         """Record an admin's command in the state database and the console's feed.
@@ -266,23 +313,27 @@ class AdminCommands:
         store, limit = self.server.store, self.server.startup.max_upload_mb
         try:
             upload = await receive_app(store, app, total_bytes, limit, chunks)
-            # In place like any command that changes what is deployed: a deploy copying the
-            # app meanwhile took half of each version.
-            async with self._one_at_a_time:
-                if self.server.shutting_down:
-                    await asyncio.to_thread(upload.discard)
-                    return Reply(False, "the server is shutting down")
-                target, files, dropped = await asyncio.to_thread(upload.finish)
-                review = await asyncio.to_thread(review_app, target, app)
         except (FolderError, TransferError) as exc:
             return Reply(False, f"upload refused: {exc}")
         except Exception as exc:  # the admin gets an answer and the server carries on
-            log.exception("upload_folder %s failed", app[:80])
-            return Reply(
-                False,
-                f"the server could not store the upload: {getattr(exc, 'strerror', None) or exc};"
-                " the app that was there is unchanged",
-            )
+            return _unstored(app, exc)
+        # In place in its turn, like any command that changes what is deployed: a deploy
+        # copying the app meanwhile took half of each version.
+        reply = await self._in_turn(lambda: self._put_in_place(upload, app))
+        if not reply.ok:
+            await asyncio.to_thread(upload.discard)
+        return reply
+
+    async def _put_in_place(self, upload: Upload, app: str) -> Reply:
+        if self.server.shutting_down:
+            return Reply(False, SHUTTING_DOWN)
+        try:
+            target, files, dropped = await asyncio.to_thread(upload.finish)
+            review = await asyncio.to_thread(review_app, target, app)
+        except (FolderError, TransferError) as exc:
+            return Reply(False, f"upload refused: {exc}")
+        except Exception as exc:  # the admin gets an answer and the server carries on
+            return _unstored(app, exc)
         text = f"Created folder {target}"
         if dropped:
             text += f"\n{ignored_note(dropped)}"
@@ -311,37 +362,45 @@ class AdminCommands:
         interactive: bool,
         answered: str,
     ) -> Reply:
-        if len(line) > MAX_LINE:  # cut, it would act on a part of what was asked
-            return Reply(
-                False,
-                f"the command line is {len(line):,} characters, more than the {MAX_LINE:,} a "
-                "command may have: name fewer clients at a time",
-            )
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            return Reply(False, f"cannot parse the command: {exc}")
-        if not words:
-            return Reply(False, "empty command: type help for the list of commands")
-        spec = COMMANDS.get(words[0])
-        if spec is None:
-            return Reply(False, f"unknown command {words[0]!r}: type help for the list of commands")
-        if not spec.read_only and role != ROLE_SUPER:
-            return Reply(
-                False,
-                f"permission denied: {user} has the {role!r} role, which may only run "
-                + ", ".join(name for name, spec in COMMANDS.items() if spec.read_only),
-            )
+        refusal = _refusal(user, role, line)
+        if isinstance(refusal, Reply):
+            return self._audited(user, line, refusal)
+        words, spec = refusal
         request = Request(user, role, words, timeout, confirmed, attachment, interactive, answered)
         if spec.read_only or words[0] in INTERRUPTING:
             return await self._handle(spec, request, line)
-        async with self._one_at_a_time:
-            if self.server.shutting_down:
-                return Reply(False, "the server is shutting down")
-            return await self._handle(spec, request, line)
+        return await self._in_turn(lambda: self._changing(spec, request, line))
+
+    async def _changing(self, spec: Spec, request: Request, line: str) -> Reply:
+        if self.server.shutting_down:
+            return self._audited(request.user, line, Reply(False, SHUTTING_DOWN))
+        return await self._handle(spec, request, line)
+
+    async def _in_turn(self, work: Callable[[], Awaitable[Reply]]) -> Reply:
+        """``work``, a command that changes something, after every other such command. Once
+        begun it runs to its end (and is audited) even when the admin's call ends first
+        (its deadline passed while sites were waited for): cut off, a fan-out reached some
+        sites and not others, and what was carried out went missing from the audit trail.
+        An admin gone while it waits for its turn runs nothing."""
+        await self._one_at_a_time.acquire()
+
+        async def turn() -> Reply:
+            try:
+                return await work()
+            finally:
+                self._one_at_a_time.release()
+
+        running = asyncio.ensure_future(turn())
+        self._turns.add(running)
+        running.add_done_callback(self._turns.discard)
+        return await asyncio.shield(running)
 
     async def _handle(self, spec: Spec, request: Request, line: str) -> Reply:
-        """Run a command's handler; whatever goes wrong becomes the admin's answer."""
+        """Run a command's handler, and audit it; whatever goes wrong becomes the admin's
+        answer."""
+        return self._audited(request.user, line, await self._answer(spec, request, line))
+
+    async def _answer(self, spec: Spec, request: Request, line: str) -> Reply:
         words = request.words
         try:
             return await spec.handler(self, request)

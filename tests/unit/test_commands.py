@@ -111,12 +111,18 @@ class FakeServer:
     admins: AdminLogins = field(default_factory=AdminLogins)
     modes: dict[str, str] = field(default_factory=dict)
     store: RunStore | None = None
+    sites_asked: asyncio.Event = field(default_factory=asyncio.Event)
+    sites_answer: asyncio.Event | None = None
+    """While set and not yet set off, the sites have not answered a command sent them."""
     startup: Any = field(default_factory=lambda: SimpleNamespace(max_upload_mb=10))
 
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
     ) -> list[tuple[RegisteredClient, CommandResult]]:
         self.calls.append(([c.instance for c in clients], name, args))
+        self.sites_asked.set()
+        if self.sites_answer is not None:
+            await self.sites_answer.wait()
         return [(c, self.answers[c.instance]) for c in clients]
 
     def require_run(self) -> int:
@@ -558,6 +564,34 @@ def test_what_is_audited_is_bounded_and_a_long_line_is_refused_whole() -> None:
 
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
+
+
+def test_a_command_whose_admin_gave_up_runs_to_its_end_and_is_audited() -> None:
+    """The admin's call reached its deadline while the sites were waited for: the command
+    was cut off after some sites had it, and what was carried out never reached the audit
+    trail. One that waits for its turn when its admin gives up runs nothing."""
+    server = two_sites()
+    server.answers = {site: CommandResult("c", True, "Starting") for site in ("site-a", "site-b")}
+    server.run_number = 1
+
+    async def scenario() -> None:
+        cmds = commands(server)
+        server.sites_answer = asyncio.Event()
+        started = asyncio.ensure_future(cmds.execute(ADMIN, ROLE_SUPER, "start client", 5.0, False))
+        waiting = asyncio.ensure_future(
+            cmds.execute(ADMIN, ROLE_SUPER, "start client site-a", 5.0, False)
+        )
+        await server.sites_asked.wait()  # the first is with the sites, the second waits
+        started.cancel()
+        waiting.cancel()
+        await asyncio.gather(started, waiting, return_exceptions=True)
+        server.sites_answer.set()
+        await asyncio.gather(*cmds._turns)
+        assert server.calls == [(["site-a", "site-b"], "start", {"run_number": 1, "gpus": 0})]
+        assert server.db.audited == [(ADMIN, "start client", True)]
+        assert not cmds._one_at_a_time.locked()
+
+    run(scenario())
 
 
 async def app_files(count: int, sent: asyncio.Event | None = None) -> AsyncIterator[FileChunk]:
