@@ -348,6 +348,30 @@ def test_force_never_certifies_a_revoked_key_again(lead: Any, tmp_path: Path) ->
     assert sign_request(project, root, renewed.csr, reissue=True).kit.name == "site-b"
 
 
+def test_force_revokes_a_zip_kit_whose_owner_now_makes_its_own_key(
+    tmp_path: Path, provision_project_mapping: dict[str, Any]
+) -> None:
+    """A super admin with a zip kit made a member who makes their own key: --force left the
+    old kit valid (still super) and its record stuck, so sign refused the new request and
+    --force changed nothing."""
+    root = tmp_path / "lead"
+    first = provision_workspace(parse_project(provision_project_mapping), root)
+    kit = next(kit for kit in first.written if kit.name == "lead@example.org")
+    assert kit.password is not None
+    old_kit = extract_kit(kit.zip_path, kit.password, tmp_path / "old-kit")
+    old_cert = x509.load_pem_x509_certificate((old_kit / "client.crt").read_bytes())
+    provision_project_mapping["admins"][0].update(role="member", csr=True)
+    project = parse_project(provision_project_mapping)
+    again = provision_workspace(project, root, force=True)
+    assert "lead@example.org" in again.awaiting
+    ca = x509.load_pem_x509_certificate((root / "state" / "rootCA.pem").read_bytes())
+    assert read_crl(root / CRL_FILE, ca).revokes(old_cert)
+    made = make_request("lead@example.org", "admin", tmp_path / "lead-admin")
+    signed = sign_request(project, root, made.csr)
+    cert = x509.load_pem_x509_certificate(_kit_files(signed.kit.zip_path)["startup/client.crt"])
+    assert identity_from_certificate(cert).role == "member"
+
+
 def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:
     project, root = lead
     with pytest.raises(
