@@ -355,6 +355,7 @@ def sign_request(
         if record is not None:
             check_run(project, record, workspace, [who])
         record, ca = start(project, ws, record, ca, now)
+        _refuse_revoked_key(ws, public_key, csr_path)
         held = record.participants.get(holder_key(who))
         crl = None
         if held is not None:
@@ -374,3 +375,25 @@ def sign_request(
         holders = {**record.participants, holder_key(who): entry}
         finish_run(project, ws, ca, holders, record.server_settings, [entry])
         return Signed(kit, fingerprint(ca.cert), crl)
+
+
+def _refuse_revoked_key(ws: Workspace, key: PublicKey, csr_path: Path) -> None:
+    """Refuse a key any revoked certificate of this workspace was for (lock held).
+
+    A revocation may mean the key was stolen; certified again (under
+    ``--reissue``, or after the name left project.yml and came back) it would
+    be trusted anew. audit.json keeps the public key of every certificate
+    issued for a request.
+    """
+    revoked = {entry.serial for entry in ws.load_revoked().revoked}
+    for entry in ws.load_audit().issued:
+        if (
+            isinstance(entry, dict)
+            and entry.get("serial") in revoked
+            and held_public_key(entry) == key
+        ):
+            raise ProvisionError(
+                f"{csr_path}: its key was certified before for {entry.get('name')!r} (serial "
+                f"{entry['serial']}) and that certificate is revoked, so it is never certified "
+                "again: the site makes a new key and request (flprovision request)"
+            )

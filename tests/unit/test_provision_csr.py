@@ -372,6 +372,28 @@ def test_force_revokes_a_zip_kit_whose_owner_now_makes_its_own_key(
     assert identity_from_certificate(cert).role == "member"
 
 
+def test_sign_never_certifies_a_revoked_key_again(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any]
+) -> None:
+    """A key whose certificate was revoked (stolen, say) was certified again by sign: under
+    --reissue once the site held another key, or after the name left project.yml and came
+    back."""
+    project, root = lead
+    stolen = make_request("site-b", "client", tmp_path / "stolen")
+    sign_request(project, root, stolen.csr)
+    revoke(root, "site-b", "key-compromise")
+    fresh = make_request("site-b", "client", tmp_path / "fresh")
+    sign_request(project, root, fresh.csr, reissue=True)
+    refused = r"certified before for 'site-b' \(serial [0-9a-f]+\) and that certificate is revoked"
+    with pytest.raises(ProvisionError, match=refused):
+        sign_request(project, root, stolen.csr, reissue=True)
+    revoke(root, "site-b", "key-compromise")
+    del csr_mapping["clients"][1]
+    provision_workspace(parse_project(csr_mapping), root)
+    with pytest.raises(ProvisionError, match=refused):
+        sign_request(project, root, fresh.csr)
+
+
 def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:
     project, root = lead
     with pytest.raises(
