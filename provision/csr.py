@@ -172,7 +172,8 @@ def assemble(kit_zip: Path, workspace: Path, ca_fingerprint: str | None = None) 
     Raises:
         ProvisionError: no request was made here, the key is not private, the
             kit is not for this key or fails its seal, or the CA is not the
-            one whose fingerprint was given.
+            one whose fingerprint was given (when renewing without one: not
+            the one startup/ trusts).
     """
     wanted = _fingerprint_argument(ca_fingerprint)
     folder = workspace / REQUEST_DIR
@@ -212,10 +213,30 @@ def assemble(kit_zip: Path, workspace: Path, ca_fingerprint: str | None = None) 
             f"{kit_zip}: its project CA has fingerprint {colon_hex(found)}, not the "
             f"{colon_hex(wanted)} you were given: do not use this kit, and ask lead IT"
         )
+    if renewing and wanted is None:
+        _refuse_new_ca(ca, workspace / STARTUP_DIR / ROOT_CERT_FILE, kit_zip)
     startup = install_startup(files, workspace, replace=renewing)
     if not renewing:
         key_path.unlink()
     return Assembled(startup, name, found)
+
+
+def _refuse_new_ca(ca: x509.Certificate, trusted: Path, kit_zip: Path) -> None:
+    """Without a fingerprint to check, a renewal keeps the project CA the site trusts.
+
+    Whoever carries the kit could otherwise swap in a CA of their own (and a
+    server of their own) for the key they saw in the plain kit.
+    """
+    try:
+        held = x509.load_pem_x509_certificate(read_bounded(trusted))
+    except (ConfigError, OSError, ValueError):
+        held = None
+    if held is None or held.public_key() != ca.public_key():
+        raise ProvisionError(
+            f"{kit_zip}: its project CA (fingerprint {colon_hex(fingerprint(ca))}) is not the "
+            f"one in {trusted}; if lead IT made a new CA, run assemble again with "
+            "--ca-fingerprint and the fingerprint lead IT gives you by another channel (phone)"
+        )
 
 
 def _fingerprint_argument(text: str | None) -> str | None:

@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import zipfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from flcore.identity import identity_from_certificate
 from flcore.kitsig import KitSignatureError, verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
 from provision.csr import assemble, make_request, read_request, sign_request
-from provision.pki import key_pem
+from provision.kits import kit_files, participants, write_kit_zip
+from provision.pki import certify, create_ca, fingerprint, key_pem
 from provision.revocation import revoke
 from tests.flprovision import flprovision
 from tests.fuzz import FUZZ
@@ -296,6 +298,32 @@ def test_assemble_refuses_what_does_not_fit(lead: Any, tmp_path: Path) -> None:
     with pytest.raises(ProvisionError, match="encrypted, so it holds a key of its own"):
         assemble(zip_kit, site)
     assert made.key.exists() and not (site / "startup").exists()  # nothing moved, nothing lost
+
+
+def test_a_renewal_keeps_the_project_ca_unless_a_fingerprint_names_the_new_one(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any]
+) -> None:
+    """Renewing (startup/ there already) took a kit of any CA without --ca-fingerprint: whoever
+    carried it could swap in a CA and a server of their own for the key seen in the plain kit."""
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    assemble(sign_request(project, root, made.csr).kit.zip_path, site)
+    trusted = (site / "startup" / "rootCA.pem").read_bytes()
+    csr_mapping["server"]["host"] = "evil.example.net"
+    evil = parse_project(csr_mapping)
+    now = datetime.now(UTC)
+    ca = create_ca("demo", "lead", "ecdsa-p256", 30, now)
+    who = next(each for each in participants(evil) if each.name == "site-b")
+    site_key = read_request(made.csr).public_key()
+    assert isinstance(site_key, ec.EllipticCurvePublicKey)
+    cert = certify(ca, who.subject, site_key, 30, now)
+    swapped = tmp_path / "swapped.zip"
+    write_kit_zip(swapped, kit_files(evil, who, ca, cert, None), None, now)
+    with pytest.raises(ProvisionError, match=r"its project CA \(fingerprint [0-9A-F:]+\) is not"):
+        assemble(swapped, site)
+    assert (site / "startup" / "rootCA.pem").read_bytes() == trusted
+    assert assemble(swapped, site, fingerprint(ca.cert)).ca_fingerprint == fingerprint(ca.cert)
 
 
 def test_assemble_refuses_a_tampered_kit(lead: Any, tmp_path: Path) -> None:
