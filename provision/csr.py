@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -266,12 +267,22 @@ def _kit_owner(files: dict[str, bytes], key: PrivateKey, kit_zip: Path, key_path
         cert = x509.load_pem_x509_certificate(files.get(cert_file(KIND_CLIENT), b""))
     except ValueError:
         raise ProvisionError(f"{kit_zip}: no certificate in it; not a startup kit") from None
-    if cert.public_key() != key.public_key():
+    try:
+        certified = cert.public_key()
+    except UnsupportedAlgorithm:
+        certified = None  # not a key type of ours, so not the one made here
+    if certified != key.public_key():
         raise ProvisionError(
             f"{kit_zip}: its certificate was made for another key than {key_path}: was the "
             "request sent from this workspace? Ask lead IT for the kit of your request"
         )
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        raise ProvisionError(
+            f"{kit_zip}: its certificate names no single owner (CN); not a kit flprovision "
+            "wrote: ask lead IT for the kit of your request"
+        )
+    return str(names[0].value)
 
 
 # --------------------------------------------------------------------------- at lead IT
@@ -295,7 +306,7 @@ def read_request(path: Path) -> x509.CertificateSigningRequest:
         else:
             csr = x509.load_der_x509_csr(data)
         valid = csr.is_signature_valid
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ProvisionError(
             f"{path}: not a certificate request (make one with flprovision request)"
         ) from None

@@ -11,7 +11,7 @@ import json
 import os
 import stat
 import zipfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +181,13 @@ def _csr(name: str, kind: str, key: Any) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def _der(pem: bytes) -> bytes:
+    return x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER)
+
+
 P256 = ec.generate_private_key(ec.SECP256R1())
+EC_PUBLIC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")
+"""DER of id-ecPublicKey, the key algorithm of an ECDSA request's public key."""
 
 
 @pytest.mark.parametrize(
@@ -207,6 +213,12 @@ P256 = ec.generate_private_key(ec.SECP256R1())
             "its key is not one flstack accepts",
         ),
         (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", "not a certificate request"),
+        (
+            _der(_csr("site-b", "client", P256)).replace(
+                EC_PUBLIC_KEY_OID, EC_PUBLIC_KEY_OID[:-1] + b"\x09"
+            ),
+            "not a certificate request",
+        ),
     ],
     # Named ids: the requests are made afresh by each process, and pytest-xdist's
     # workers must collect the same test names.
@@ -219,6 +231,7 @@ P256 = ec.generate_private_key(ec.SECP256R1())
         "rsa-2048",
         "p521",
         "not-a-request",
+        "unknown-key-algorithm",
     ],
 )
 def test_sign_checks_the_request_against_project_yml(
@@ -324,6 +337,29 @@ def test_a_renewal_keeps_the_project_ca_unless_a_fingerprint_names_the_new_one(
         assemble(swapped, site)
     assert (site / "startup" / "rootCA.pem").read_bytes() == trusted
     assert assemble(swapped, site, fingerprint(ca.cert)).ca_fingerprint == fingerprint(ca.cert)
+
+
+def test_assemble_refuses_a_certificate_without_a_name(lead: Any, tmp_path: Path) -> None:
+    """Its missing CN ended as an IndexError."""
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    now = datetime.now(UTC)
+    ca = create_ca("demo", "lead", "ecdsa-p256", 30, now)
+    nameless = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(nameless)
+        .issuer_name(ca.cert.subject)
+        .public_key(read_request(made.csr).public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(ca.key, hashes.SHA256())
+    )
+    kit = tmp_path / "nameless.zip"
+    write_kit_zip(kit, {"client.crt": cert.public_bytes(serialization.Encoding.PEM)}, None, now)
+    with pytest.raises(ProvisionError, match="its certificate names no single owner"):
+        assemble(kit, site)
 
 
 def test_assemble_refuses_a_tampered_kit(lead: Any, tmp_path: Path) -> None:
