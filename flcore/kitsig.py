@@ -207,7 +207,12 @@ def _load_cert(files: Mapping[str, bytes], name: str, where: str) -> x509.Certif
 def _check_manifest_signature(
     manifest: Mapping[str, Any], ca_cert: x509.Certificate, where: str
 ) -> None:
-    public_key = ca_cert.public_key()
+    try:
+        public_key = ca_cert.public_key()
+    except UnsupportedAlgorithm:
+        raise KitSignatureError(
+            f"{where}: {ROOT_CERT_FILE} holds a key of a type flstack does not use; {_FIX}"
+        ) from None
     payload = _canonical(manifest["files"])
     try:
         signature = base64.b64decode(manifest["signature"], validate=True)
@@ -233,7 +238,7 @@ def _check_participant_cert(
         cert = _load_cert(files, name, where)
         try:
             cert.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             raise KitSignatureError(
                 f"{where}: {name} was not issued by the CA in {ROOT_CERT_FILE}; {_FIX}"
             ) from None

@@ -259,6 +259,25 @@ def others_may_change(path: Path) -> str | None:
     return None
 
 
+def check_kit_modes(startup_dir: Path) -> None:
+    """Refuse a ``startup/`` that others than its owner may change, itself or a file in it.
+
+    The seal is checked once, at start; a file others may replace afterwards
+    (the CA the daemon trusts, its key) would make the check worth nothing.
+
+    Raises:
+        ConfigError: others may change the folder or one of its files.
+        OSError: a file cannot be looked at.
+    """
+    for path in sorted(startup_dir.iterdir()):
+        changeable = others_may_change(path)
+        if changeable is not None:
+            raise ConfigError(
+                f"{path}: others than its owner may change it ({changeable}), and it is what "
+                f"this site trusts and who it is: run chmod -R go-w {startup_dir}"
+            )
+
+
 def _load(
     workspace: Path,
     file_name: str,
@@ -270,6 +289,7 @@ def _load(
     values = parse_mapping(_read_json(signed), fields, str(signed))
     values.update({field.name: field.default for field in site_only})
     check_private_key(workspace / STARTUP_DIR / values["ssl_private_key"])
+    check_kit_modes(workspace / STARTUP_DIR)
     local = workspace / LOCAL_DIR / file_name
     if local.exists():
         changeable = others_may_change(local)

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
@@ -172,7 +173,8 @@ def assemble(kit_zip: Path, workspace: Path, ca_fingerprint: str | None = None) 
     Raises:
         ProvisionError: no request was made here, the key is not private, the
             kit is not for this key or fails its seal, or the CA is not the
-            one whose fingerprint was given.
+            one whose fingerprint was given (when renewing without one: not
+            the one startup/ trusts).
     """
     wanted = _fingerprint_argument(ca_fingerprint)
     folder = workspace / REQUEST_DIR
@@ -212,10 +214,30 @@ def assemble(kit_zip: Path, workspace: Path, ca_fingerprint: str | None = None) 
             f"{kit_zip}: its project CA has fingerprint {colon_hex(found)}, not the "
             f"{colon_hex(wanted)} you were given: do not use this kit, and ask lead IT"
         )
+    if renewing and wanted is None:
+        _refuse_new_ca(ca, workspace / STARTUP_DIR / ROOT_CERT_FILE, kit_zip)
     startup = install_startup(files, workspace, replace=renewing)
     if not renewing:
         key_path.unlink()
     return Assembled(startup, name, found)
+
+
+def _refuse_new_ca(ca: x509.Certificate, trusted: Path, kit_zip: Path) -> None:
+    """Without a fingerprint to check, a renewal keeps the project CA the site trusts.
+
+    Whoever carries the kit could otherwise swap in a CA of their own (and a
+    server of their own) for the key they saw in the plain kit.
+    """
+    try:
+        held = x509.load_pem_x509_certificate(read_bounded(trusted))
+    except (ConfigError, OSError, ValueError):
+        held = None
+    if held is None or held.public_key() != ca.public_key():
+        raise ProvisionError(
+            f"{kit_zip}: its project CA (fingerprint {colon_hex(fingerprint(ca))}) is not the "
+            f"one in {trusted}; if lead IT made a new CA, run assemble again with "
+            "--ca-fingerprint and the fingerprint lead IT gives you by another channel (phone)"
+        )
 
 
 def _fingerprint_argument(text: str | None) -> str | None:
@@ -245,12 +267,22 @@ def _kit_owner(files: dict[str, bytes], key: PrivateKey, kit_zip: Path, key_path
         cert = x509.load_pem_x509_certificate(files.get(cert_file(KIND_CLIENT), b""))
     except ValueError:
         raise ProvisionError(f"{kit_zip}: no certificate in it; not a startup kit") from None
-    if cert.public_key() != key.public_key():
+    try:
+        certified = cert.public_key()
+    except UnsupportedAlgorithm:
+        certified = None  # not a key type of ours, so not the one made here
+    if certified != key.public_key():
         raise ProvisionError(
             f"{kit_zip}: its certificate was made for another key than {key_path}: was the "
             "request sent from this workspace? Ask lead IT for the kit of your request"
         )
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1:
+        raise ProvisionError(
+            f"{kit_zip}: its certificate names no single owner (CN); not a kit flprovision "
+            "wrote: ask lead IT for the kit of your request"
+        )
+    return str(names[0].value)
 
 
 # --------------------------------------------------------------------------- at lead IT
@@ -274,7 +306,7 @@ def read_request(path: Path) -> x509.CertificateSigningRequest:
         else:
             csr = x509.load_der_x509_csr(data)
         valid = csr.is_signature_valid
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ProvisionError(
             f"{path}: not a certificate request (make one with flprovision request)"
         ) from None
@@ -355,6 +387,7 @@ def sign_request(
         if record is not None:
             check_run(project, record, workspace, [who])
         record, ca = start(project, ws, record, ca, now)
+        _refuse_revoked_key(ws, public_key, csr_path)
         held = record.participants.get(holder_key(who))
         crl = None
         if held is not None:
@@ -374,3 +407,25 @@ def sign_request(
         holders = {**record.participants, holder_key(who): entry}
         finish_run(project, ws, ca, holders, record.server_settings, [entry])
         return Signed(kit, fingerprint(ca.cert), crl)
+
+
+def _refuse_revoked_key(ws: Workspace, key: PublicKey, csr_path: Path) -> None:
+    """Refuse a key any revoked certificate of this workspace was for (lock held).
+
+    A revocation may mean the key was stolen; certified again (under
+    ``--reissue``, or after the name left project.yml and came back) it would
+    be trusted anew. audit.json keeps the public key of every certificate
+    issued for a request.
+    """
+    revoked = {entry.serial for entry in ws.load_revoked().revoked}
+    for entry in ws.load_audit().issued:
+        if (
+            isinstance(entry, dict)
+            and entry.get("serial") in revoked
+            and held_public_key(entry) == key
+        ):
+            raise ProvisionError(
+                f"{csr_path}: its key was certified before for {entry.get('name')!r} (serial "
+                f"{entry['serial']}) and that certificate is revoked, so it is never certified "
+                "again: the site makes a new key and request (flprovision request)"
+            )

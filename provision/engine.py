@@ -11,7 +11,8 @@ and password) and revokes its old certificates in the same locked step.
 Participants marked ``csr: true`` make their own key: a run never writes a
 kit for them; :mod:`provision.csr` signs their request, and ``force`` then
 certifies the public key they sent again, unless its certificate was revoked
-(the key may be what was stolen): such a site sends a new request.
+(the key may be what was stolen): such a site sends a new request, as does
+one that had a zip kit before it made its own key (that kit is revoked).
 """
 
 from __future__ import annotations
@@ -362,12 +363,10 @@ def _issue_kits(
     if force:
         # A new certificate for someone who held one supersedes the old: left valid, an old
         # kit would keep what the new one changed (a super admin made a member stayed super).
+        # So for a participant that had a zip kit and now makes its own key, whose
+        # request is still to come.
         superseded = [
-            who.name
-            for who in everyone
-            if who.kind != KIND_SERVER
-            and (held := issued.get(holder_key(who))) is not None
-            and not (who.csr and held_public_key(held) is None)
+            who.name for who in everyone if who.kind != KIND_SERVER and holder_key(who) in issued
         ]
         if superseded:
             crl = revoke_issued(ws, ca, superseded, REISSUE_REASON, now, crl_days)
@@ -382,15 +381,19 @@ def _issue_kits(
                     "one, or remove it from project.yml"
                 )
             continue
-        if who.csr and held is not None and held.get("revoked"):
-            warnings.append(
-                f"{who.name}'s certificate is revoked, so the key it holds is not certified "
-                f"again: it sends a new request (flprovision sign REQUEST.csr --reissue)"
-            )
-            continue
+        revoked = held is not None and bool(held.get("revoked"))
         public_key = None if held is None else held_public_key(held)
-        if who.csr and public_key is None:
-            awaiting.append(who.name)
+        if who.csr and (revoked or public_key is None):
+            # Whatever it held is revoked by now. Kept, its entry would tie the site's next
+            # request to what project.yml said before (an old role), which sign refuses.
+            issued.pop(holder_key(who), None)
+            if revoked:
+                warnings.append(
+                    f"{who.name}'s certificate is revoked, so the key it holds is not certified "
+                    f"again: it sends a new request (flprovision sign REQUEST.csr --reissue)"
+                )
+            else:
+                awaiting.append(who.name)
             continue
         entry, kit, zip_ = certify_kit(project, ws, ca, who, now, public_key)
         issued[holder_key(who)] = entry

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -122,7 +123,14 @@ def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
                 ) from None
             raise ProvisionError(f"{zip_path}: wrong password") from None
         raise ProvisionError(f"{zip_path}: cannot read it ({exc})") from None
-    except (pyzipper.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
+    except (
+        pyzipper.BadZipFile,
+        zlib.error,
+        EOFError,
+        NotImplementedError,
+        OSError,
+        struct.error,  # an AES entry cut short: its salt is not all there
+    ) as exc:
         raise ProvisionError(f"{zip_path}: not a readable zip file ({exc})") from None
     if not files:
         raise ProvisionError(f"{zip_path}: not a startup kit (no {STARTUP_DIR}/ folder)")

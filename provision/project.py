@@ -117,15 +117,24 @@ class Project:
 
 
 def _host_like(value: Any) -> str | None:
+    """A host clients can dial and a certificate can name.
+
+    An IPv6 zone (``fe80::1%eth0``) is refused: ipaddress takes any text after
+    the ``%``, and the zone names an interface of one machine, not the server.
+    """
+    problem = (
+        f"must be a DNS name or an IP address (without a %zone) of at most {X509_NAME_MAX} "
+        "characters"
+    )
+    if len(value) > X509_NAME_MAX:
+        return problem
     try:
-        ipaddress.ip_address(value)
-        return None
+        address = ipaddress.ip_address(value)
     except ValueError:
-        pass
-    labels = value.removesuffix(".").split(".")
-    if len(value) <= X509_NAME_MAX and all(_HOST_LABEL.fullmatch(label) for label in labels):
-        return None
-    return f"must be a DNS name or an IP address of at most {X509_NAME_MAX} characters"
+        labels = value.removesuffix(".").split(".")
+        return None if all(_HOST_LABEL.fullmatch(label) for label in labels) else problem
+    zoned = isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None
+    return problem if zoned else None
 
 
 def _org_like(value: Any) -> str | None:

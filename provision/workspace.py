@@ -229,15 +229,26 @@ class Workspace:
         if not key_path.exists() and not cert_path.exists():
             return None
         try:
-            return CertifiedKey(
-                load_key(key_path.read_bytes()),
-                x509.load_pem_x509_certificate(cert_path.read_bytes()),
-            )
+            key = load_key(key_path.read_bytes())
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except TypeError:  # cryptography's word for a key that needs a passphrase
+            raise ProvisionError(
+                f"{key_path}: the CA key is encrypted with a passphrase, and flprovision uses "
+                "it unencrypted (state/ is private to you); restore the unencrypted key from "
+                "a backup"
+            ) from None
         except (OSError, ValueError) as exc:
             raise ProvisionError(
                 f"{self.state_dir}: cannot load the project CA ({exc}); restore state/ from a "
                 "backup, or provision into a new workspace and re-issue every kit"
             ) from None
+        # Restored from different backups, the pair would sign CRLs and kits no site accepts.
+        if key.public_key() != cert.public_key():
+            raise ProvisionError(
+                f"{key_path}: this key is not the one {cert_path} certifies (restored from "
+                "different backups?); restore both from the same backup"
+            )
+        return CertifiedKey(key, cert)
 
     def open_state(self) -> tuple[IssuedRecord | None, CertifiedKey | None]:
         """issued.json and the CA, which exist together or not at all (None before a first run).

@@ -104,19 +104,30 @@ class KitsStep(Vertical):
     @on(Input.Changed, "#kits-file")
     def _offer_append(self) -> None:
         """Append is offered only for a file that exists; Save only for one that does not."""
-        exists = self._path().exists()
+        exists = self._exists()
         self.query_one("#kits-append", Button).disabled = not exists or not self.passwords
-        self.query_one("#kits-save", Button).disabled = exists or not self.passwords
+        self.query_one("#kits-save", Button).disabled = exists is not False or not self.passwords
         if exists:
             self._say(
                 f"{self._path().name} exists (an earlier run's passwords?): Append adds these "
                 "lines at its end, or type the name of a new file"
             )
-        elif not self.query_one("#kits-saved", Static).has_class("-done"):
+        elif exists is False and not self.query_one("#kits-saved", Static).has_class("-done"):
             self._say("")
 
     def _path(self) -> Path:
         return typed_path(self.query_one("#kits-file", Input).value)
+
+    def _exists(self) -> bool | None:
+        """Whether the file named exists; None, said in the field, when the name cannot be
+        looked up (a part over 255 characters, say): raised in an event handler, that
+        would end the app and lose the passwords without asking."""
+        path = self._path()
+        try:
+            return path.exists()
+        except OSError as exc:
+            self._say(f"{path}: cannot use this name ({exc.strerror}); type another", error=True)
+            return None
 
     def _say(self, text: str, error: bool = False, done: bool = False) -> None:
         message = self.query_one("#kits-saved", Static)
@@ -127,13 +138,14 @@ class KitsStep(Vertical):
     @on(Button.Pressed, "#kits-save")
     @on(Input.Submitted, "#kits-file")
     def _save_pressed(self) -> None:
-        if self._path().exists():  # adding to a file is a choice of its own: Append
+        exists = self._exists()
+        if exists:  # adding to a file is a choice of its own: Append
             self._say(
                 f"{self._path()}: already exists; Append adds these lines at its end, or type "
                 "the name of a new file",
                 error=True,
             )
-        else:
+        elif exists is False:
             self.save()
 
     @on(Button.Pressed, "#kits-append")

@@ -111,6 +111,24 @@ def test_closing_without_saving_is_a_choice_of_its_own(tmp_path: Path) -> None:
     assert not (tmp_path / "ws" / "passwords.txt").exists()
 
 
+def test_a_passwords_file_name_too_long_is_said_in_the_field(tmp_path: Path) -> None:
+    """Looking such a name up raised in the field's handler: the app ended, and the passwords
+    were lost without the question."""
+
+    async def scenario() -> None:
+        async with ProvisionApp(tmp_path / "ws").run_test(size=(120, 36)) as pilot:
+            screen = await provisioned(pilot)
+            screen.query_one("#kits-file", Input).value = str(tmp_path / ("x" * 300))
+            message = screen.query_one("#kits-saved", Static)
+            await wait_for(pilot, lambda: "cannot use this name" in str(message.render()))
+            assert screen.query_one("#kits-save", Button).disabled
+            assert screen.query_one("#kits-append", Button).disabled
+            await pilot.press("escape")  # still unsaved: it asks
+            await shown(pilot, pilot.app, Question)
+
+    asyncio.run(scenario())
+
+
 def test_quitting_the_console_asks_while_the_wizard_holds_unsaved_passwords(
     tmp_path: Path,
 ) -> None:

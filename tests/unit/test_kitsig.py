@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from flcore.identity import KIND_CLIENT
 from flcore.kitsig import (
@@ -123,6 +125,21 @@ def test_certificate_from_another_ca_is_refused_even_when_resigned(
     foreign = _ca(project="other")
     folder = _write_kit(tmp_path / "startup", ca, _client(foreign))
     assert "client.crt was not issued by the CA in rootCA.pem" in _problem(folder)
+
+
+EC_PUBLIC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")
+"""DER of id-ecPublicKey, the key algorithm in an ECDSA certificate's public key."""
+
+
+def test_a_ca_of_an_unknown_key_type_is_refused_in_words(startup: Path, ca: CertifiedKey) -> None:
+    """cryptography's UnsupportedAlgorithm went past the daemons' error handling."""
+    der = ca.cert.public_bytes(Encoding.DER).replace(
+        EC_PUBLIC_KEY_OID, EC_PUBLIC_KEY_OID[:-1] + b"\x09"
+    )
+    (startup / "rootCA.pem").write_bytes(cert_pem(x509.load_der_x509_certificate(der)))
+    (startup / SIGNATURE_FILE).unlink()
+    _seal(startup, ca.key)
+    assert "rootCA.pem holds a key of a type flstack does not use" in _problem(startup)
 
 
 def test_manifest_signed_by_another_key_is_refused(startup: Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import stat
+import struct
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import yaml
 
 import provision
 from provision.cli import main
+from provision.kits import write_kit_zip
 from tests.flprovision import flprovision
 
 REPO = Path(provision.__file__).resolve().parents[1]
@@ -262,6 +265,20 @@ def test_extract_refuses_a_damaged_zip(tmp_path: Path, capsys: pytest.CaptureFix
     bad.write_bytes(b"not a zip")
     assert main(["extract", str(bad), "-p", "x", "-d", str(tmp_path / "out")]) == 1
     assert "bad.zip: not a readable zip file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_extract_refuses_an_aes_entry_cut_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pyzipper's struct.error (the entry's salt not all there) reached the user by name."""
+    kit = tmp_path / "kit.zip"
+    write_kit_zip(kit, {"fed_client.json": b"{}"}, "pw", datetime.now(UTC))
+    data = bytearray(kit.read_bytes())
+    data[28:30] = struct.pack("<H", 0xFFFF)  # the first entry's extra field runs past the end
+    kit.write_bytes(bytes(data))
+    assert main(["extract", str(kit), "-p", "pw", "-d", str(tmp_path / "out")]) == 1
+    assert "kit.zip: not a readable zip file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from flcore.identity import identity_from_certificate
 from flcore.kitsig import KitSignatureError, verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
 from provision.csr import assemble, make_request, read_request, sign_request
-from provision.pki import key_pem
+from provision.kits import kit_files, participants, write_kit_zip
+from provision.pki import certify, create_ca, fingerprint, key_pem
 from provision.revocation import revoke
 from tests.flprovision import flprovision
 from tests.fuzz import FUZZ
@@ -179,7 +181,13 @@ def _csr(name: str, kind: str, key: Any) -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def _der(pem: bytes) -> bytes:
+    return x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER)
+
+
 P256 = ec.generate_private_key(ec.SECP256R1())
+EC_PUBLIC_KEY_OID = bytes.fromhex("06072a8648ce3d0201")
+"""DER of id-ecPublicKey, the key algorithm of an ECDSA request's public key."""
 
 
 @pytest.mark.parametrize(
@@ -205,6 +213,12 @@ P256 = ec.generate_private_key(ec.SECP256R1())
             "its key is not one flstack accepts",
         ),
         (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n", "not a certificate request"),
+        (
+            _der(_csr("site-b", "client", P256)).replace(
+                EC_PUBLIC_KEY_OID, EC_PUBLIC_KEY_OID[:-1] + b"\x09"
+            ),
+            "not a certificate request",
+        ),
     ],
     # Named ids: the requests are made afresh by each process, and pytest-xdist's
     # workers must collect the same test names.
@@ -217,6 +231,7 @@ P256 = ec.generate_private_key(ec.SECP256R1())
         "rsa-2048",
         "p521",
         "not-a-request",
+        "unknown-key-algorithm",
     ],
 )
 def test_sign_checks_the_request_against_project_yml(
@@ -298,6 +313,55 @@ def test_assemble_refuses_what_does_not_fit(lead: Any, tmp_path: Path) -> None:
     assert made.key.exists() and not (site / "startup").exists()  # nothing moved, nothing lost
 
 
+def test_a_renewal_keeps_the_project_ca_unless_a_fingerprint_names_the_new_one(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any]
+) -> None:
+    """Renewing (startup/ there already) took a kit of any CA without --ca-fingerprint: whoever
+    carried it could swap in a CA and a server of their own for the key seen in the plain kit."""
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    assemble(sign_request(project, root, made.csr).kit.zip_path, site)
+    trusted = (site / "startup" / "rootCA.pem").read_bytes()
+    csr_mapping["server"]["host"] = "evil.example.net"
+    evil = parse_project(csr_mapping)
+    now = datetime.now(UTC)
+    ca = create_ca("demo", "lead", "ecdsa-p256", 30, now)
+    who = next(each for each in participants(evil) if each.name == "site-b")
+    site_key = read_request(made.csr).public_key()
+    assert isinstance(site_key, ec.EllipticCurvePublicKey)
+    cert = certify(ca, who.subject, site_key, 30, now)
+    swapped = tmp_path / "swapped.zip"
+    write_kit_zip(swapped, kit_files(evil, who, ca, cert, None), None, now)
+    with pytest.raises(ProvisionError, match=r"its project CA \(fingerprint [0-9A-F:]+\) is not"):
+        assemble(swapped, site)
+    assert (site / "startup" / "rootCA.pem").read_bytes() == trusted
+    assert assemble(swapped, site, fingerprint(ca.cert)).ca_fingerprint == fingerprint(ca.cert)
+
+
+def test_assemble_refuses_a_certificate_without_a_name(lead: Any, tmp_path: Path) -> None:
+    """Its missing CN ended as an IndexError."""
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    now = datetime.now(UTC)
+    ca = create_ca("demo", "lead", "ecdsa-p256", 30, now)
+    nameless = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(nameless)
+        .issuer_name(ca.cert.subject)
+        .public_key(read_request(made.csr).public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(ca.key, hashes.SHA256())
+    )
+    kit = tmp_path / "nameless.zip"
+    write_kit_zip(kit, {"client.crt": cert.public_bytes(serialization.Encoding.PEM)}, None, now)
+    with pytest.raises(ProvisionError, match="its certificate names no single owner"):
+        assemble(kit, site)
+
+
 def test_assemble_refuses_a_tampered_kit(lead: Any, tmp_path: Path) -> None:
     project, root = lead
     site = tmp_path / "site-b"
@@ -346,6 +410,52 @@ def test_force_never_certifies_a_revoked_key_again(lead: Any, tmp_path: Path) ->
     # The site's new key is what gets signed.
     renewed = make_request("site-b", "client", tmp_path / "site-b-new")
     assert sign_request(project, root, renewed.csr, reissue=True).kit.name == "site-b"
+
+
+def test_force_revokes_a_zip_kit_whose_owner_now_makes_its_own_key(
+    tmp_path: Path, provision_project_mapping: dict[str, Any]
+) -> None:
+    """A super admin with a zip kit made a member who makes their own key: --force left the
+    old kit valid (still super) and its record stuck, so sign refused the new request and
+    --force changed nothing."""
+    root = tmp_path / "lead"
+    first = provision_workspace(parse_project(provision_project_mapping), root)
+    kit = next(kit for kit in first.written if kit.name == "lead@example.org")
+    assert kit.password is not None
+    old_kit = extract_kit(kit.zip_path, kit.password, tmp_path / "old-kit")
+    old_cert = x509.load_pem_x509_certificate((old_kit / "client.crt").read_bytes())
+    provision_project_mapping["admins"][0].update(role="member", csr=True)
+    project = parse_project(provision_project_mapping)
+    again = provision_workspace(project, root, force=True)
+    assert "lead@example.org" in again.awaiting
+    ca = x509.load_pem_x509_certificate((root / "state" / "rootCA.pem").read_bytes())
+    assert read_crl(root / CRL_FILE, ca).revokes(old_cert)
+    made = make_request("lead@example.org", "admin", tmp_path / "lead-admin")
+    signed = sign_request(project, root, made.csr)
+    cert = x509.load_pem_x509_certificate(_kit_files(signed.kit.zip_path)["startup/client.crt"])
+    assert identity_from_certificate(cert).role == "member"
+
+
+def test_sign_never_certifies_a_revoked_key_again(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any]
+) -> None:
+    """A key whose certificate was revoked (stolen, say) was certified again by sign: under
+    --reissue once the site held another key, or after the name left project.yml and came
+    back."""
+    project, root = lead
+    stolen = make_request("site-b", "client", tmp_path / "stolen")
+    sign_request(project, root, stolen.csr)
+    revoke(root, "site-b", "key-compromise")
+    fresh = make_request("site-b", "client", tmp_path / "fresh")
+    sign_request(project, root, fresh.csr, reissue=True)
+    refused = r"certified before for 'site-b' \(serial [0-9a-f]+\) and that certificate is revoked"
+    with pytest.raises(ProvisionError, match=refused):
+        sign_request(project, root, stolen.csr, reissue=True)
+    revoke(root, "site-b", "key-compromise")
+    del csr_mapping["clients"][1]
+    provision_workspace(parse_project(csr_mapping), root)
+    with pytest.raises(ProvisionError, match=refused):
+        sign_request(project, root, fresh.csr)
 
 
 def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from flcore.kitsig import verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
+from provision.pki import generate_key, key_pem
+from provision.revocation import refresh_crl
 from tests.unit.conftest import ProvisionedWorkspace
 
 
@@ -264,6 +267,31 @@ def test_corrupt_record_is_refused(
     expected = r"issued\.json: not valid JSON \(.*\); restore it from a backup"
     with pytest.raises(ProvisionError, match=expected):
         provision_into(provision_project_mapping)
+
+
+def test_a_ca_key_that_is_not_the_certificate_s_is_refused(
+    provisioned_workspace: Any, provision_project_mapping: dict[str, Any]
+) -> None:
+    """Restored from different backups, the pair signed CRLs and kits no site accepts."""
+    other = generate_key("ecdsa-p256")
+    (provisioned_workspace.root / "state" / "rootCA.key").write_bytes(key_pem(other))
+    with pytest.raises(ProvisionError, match=r"rootCA\.key: this key is not the one .* certifies"):
+        refresh_crl(provisioned_workspace.root)
+    assert not (provisioned_workspace.root / "crl.pem").exists()
+
+
+def test_a_ca_key_with_a_passphrase_is_refused_in_words(provisioned_workspace: Any) -> None:
+    path = provisioned_workspace.root / "state" / "rootCA.key"
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(ProvisionError, match=r"the CA key is encrypted with a passphrase"):
+        refresh_crl(provisioned_workspace.root)
 
 
 def test_changed_settings_warn_and_keep_old_kits(

@@ -151,7 +151,19 @@ def test_bad_client_name(provision_project_mapping: dict[str, Any], name: str) -
     assert "project.yml: clients[0]: 'name' must be" in _error(provision_project_mapping)
 
 
-@pytest.mark.parametrize("host", ["bad host", "-x.org", "a..b", "x" * 65])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "bad host",
+        "-x.org",
+        "a..b",
+        "x" * 65,
+        "fe80::1%eth0",
+        "::1%x,CN=evil",
+        "fe80::1%a b\n$(id)",
+        "::1%" + "a" * 200,
+    ],
+)
 def test_bad_server_host(provision_project_mapping: dict[str, Any], host: str) -> None:
     provision_project_mapping["server"]["host"] = host
     assert "'host' must be a DNS name or an IP address" in _error(provision_project_mapping)

@@ -253,6 +253,20 @@ def test_a_local_override_others_may_change_is_refused(
         startup.load_client(ws)
 
 
+@pytest.mark.parametrize(("changed", "mode"), [("file", 0o666), ("folder", 0o777)])
+def test_a_startup_folder_others_may_change_is_refused(
+    tmp_path: Path, changed: str, mode: int
+) -> None:
+    """The seal is checked once, at start: anyone who may replace a kit file afterwards (the
+    CA, the key) through its mode or its folder's decides whom the site trusts."""
+    ws = _workspace(tmp_path, "fed_client.json", startup.to_json(CLIENT))
+    signed = ws / "startup" / "fed_client.json"
+    (signed if changed == "file" else signed.parent).chmod(mode)
+    what = "fed_client.json" if changed == "file" else f"its folder {signed.parent}"
+    with pytest.raises(ConfigError, match=f"{re.escape(what)} has mode {mode:04o}.*chmod -R go-w"):
+        startup.load_client(ws)
+
+
 def test_a_kit_cannot_decide_to_trust_custom_code_for_the_site(tmp_path: Path) -> None:
     signed = json.loads(startup.to_json(CLIENT))
     signed["trust_custom_code"] = True
