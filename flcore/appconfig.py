@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from flcore.compression import WireCompression
 from flcore.configfile import parse_json, read_bounded
+from flcore.metrics import metric_name_problem
 from flcore.schema import ConfigError, Field, at_least, in_range, non_empty, one_of, parse_mapping
 
 CONFIG_DIR = "config"
@@ -123,6 +124,12 @@ def trimmed_per_end(fraction: float, updates: int) -> int:
     return int(fraction * updates)
 
 
+def seed_problem(value: int) -> str | None:
+    """torch takes a seed of 64 bits: a larger one passed the upload and failed the run's
+    start with an overflow."""
+    return None if 0 <= value < 2**63 else "must be a whole number from 0 to 2**63 - 1"
+
+
 def positive(value: Any) -> str | None:
     """A bound that must be above zero."""
     return None if value > 0 else "must be above 0"
@@ -134,7 +141,7 @@ SERVER_FIELDS = [
     Field("min_num_clients", int, default=1, check=at_least(1)),
     Field("max_num_clients", int, default=100, check=at_least(1)),
     Field("wait_after_min_clients", float, default=10.0, check=at_least(0)),
-    Field("validation_metric", str, default="val_accuracy", check=non_empty),
+    Field("validation_metric", str, default="val_accuracy", check=metric_name_problem),
     Field("metric_mode", str, default="max", check=one_of("max", "min")),
     Field("initial_checkpoint", (str, type(None)), default=None),
     Field("final_validation_timeout", float, default=120.0, check=at_least(1)),
@@ -206,7 +213,7 @@ TRAIN_FIELDS = [
     Field("loss", dict, default={"path": "torch.nn.CrossEntropyLoss"}),
     Field("trainer", (dict, type(None)), default=None),
     Field("batch_size", int, default=32, check=at_least(1)),
-    Field("seed", int, default=0),
+    Field("seed", int, default=0, check=seed_problem),
     # Data loader processes at the site, started for an app that may need no approval.
     Field("num_workers", int, default=0, check=in_range(0, MAX_LOADER_WORKERS)),
 ]
@@ -229,7 +236,7 @@ BUNDLE_FIELDS = [
 
 BUNDLE_TRAIN_FIELDS = [
     Field("bundle", dict, required=True),
-    Field("seed", int, default=0),
+    Field("seed", int, default=0, check=seed_problem),
 ]
 
 

@@ -40,7 +40,10 @@ from flcore.federation import (
     UploadKind,
     Verdict,
 )
+from flcore.logs import one_line
+from flcore.metrics import metric_name_problem
 from flcore.progress import ProgressWatch, TransferStalled
+from flcore.schema import shown
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.statedb import WireTally
@@ -56,7 +59,6 @@ from flserverd.transferslots import (
 log = logging.getLogger(__name__)
 
 MAX_METRICS = 64
-MAX_METRIC_NAME = 64
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,9 @@ def check_metrics(metrics: dict[str, float]) -> str | None:
     if len(metrics) > MAX_METRICS:
         return f"too many metrics ({len(metrics)} > {MAX_METRICS})"
     for key, value in metrics.items():
-        if not key or len(key) > MAX_METRIC_NAME:
-            return f"metric name {key[:70]!r} must be 1-{MAX_METRIC_NAME} characters"
+        problem = metric_name_problem(key)
+        if problem:
+            return f"metric name {shown(key)} {problem}"
         if not math.isfinite(value):
             return f"metric {key!r} is not a finite number"
     return None
@@ -380,7 +383,7 @@ class ModelExchange:
                 "validation of %s's model on %s failed: %s",
                 report.owner,
                 instance,
-                report.error[:500],
+                one_line(report.error, 500),
             )
         if report.kind is MetricsKind.CROSS_VALIDATION:
             if not self.server.known_run(report.run_number):

@@ -46,6 +46,7 @@ from flcore.appconfig import ROBUST_AGGREGATORS, ServerAppConfig, trimmed_per_en
 from flcore.compression import WireCompression
 from flcore.diskfault import disk_fault
 from flcore.federation import SubmitOutcome, TaskKind, TaskOffer, Verdict
+from flcore.logs import one_line
 from flcore.metrics import format_metrics
 from flcore.tensorfile import Manifest, TensorFile
 from flserverd.aggregator import Aggregator, RunningSum, UpdateStats, make_aggregator
@@ -341,7 +342,8 @@ class Training:
             self.run.failed_sites.append(instance)
             self.run.failures[instance] = first_line(failed_reason)
             self._save_record()
-            log.warning("run %d: site %s failed: %s", self.run.run_number, instance, failed_reason)
+            reason = one_line(failed_reason)  # the site's words
+            log.warning("run %d: site %s failed: %s", self.run.run_number, instance, reason)
         was_known = instance in self.ready or instance in self.round.participants
         self.ready.discard(instance)
         if self.run.phase == PHASE_TRAINING and instance not in self.round.contributed:

@@ -332,10 +332,15 @@ def test_final_validation_reports(tmp_path: Path) -> None:
 
 
 def test_check_metrics_bounds_names_and_values() -> None:
-    assert check_metrics({"val_accuracy": 0.5}) is None
-    assert "1-64 characters" in (check_metrics({"": 1.0}) or "")
-    assert "1-64 characters" in (check_metrics({"x" * 65: 1.0}) or "")
+    assert check_metrics({"val_accuracy": 0.5, "val/mean dice-2.5": 0.1}) is None
+    assert "must be 1-64 letters" in (check_metrics({"": 1.0}) or "")
+    assert "must be 1-64 letters" in (check_metrics({"x" * 65: 1.0}) or "")
     assert "not a finite number" in (check_metrics({"loss": float("inf")}) or "")
+    # A name reaches the server's log (a newline forged a journal line) and MLflow (which
+    # refused a round's whole batch for one name it does not take).
+    forged = check_metrics({"x\n<3>flserverd.server: run 1 aborted": 1.0}) or ""
+    assert forged.startswith("metric name 'x\\n<3>flserverd.server") and "\n" not in forged
+    assert "must be 1-64 letters" in (check_metrics({"dice@0.5": 1.0}) or "")
 
 
 def test_only_client_certificates_register(tmp_path: Path) -> None:

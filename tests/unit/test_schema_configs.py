@@ -515,6 +515,14 @@ def test_load_app_missing_train_config(tmp_path: Path) -> None:
             "int8, got 'int4'",
         ),
         ([], "config/config_fed_server.json: expected a mapping"),
+        (  # no site could report it, so no best model was ever chosen, and MLflow refused it
+            {"validation_metric": "x" * 65},
+            "config/config_fed_server.json: 'validation_metric' must be 1-64 letters, digits,",
+        ),
+        (
+            {"validation_metric": "dice@0.5"},
+            "config/config_fed_server.json: 'validation_metric' must be 1-64 letters, digits,",
+        ),
     ],
 )
 def test_load_app_bad_server_config(tmp_path: Path, server: object, message: str) -> None:
@@ -573,6 +581,11 @@ def test_load_app_bad_client_config(tmp_path: Path, client: object, message: str
             {**TRAIN, "num_workers": 10_000},
             "config/config_train.json: 'num_workers' must be",
         ),
+        (  # passed the upload, then failed the run's start with an overflow
+            {**TRAIN, "seed": 2**64},
+            "config/config_train.json: 'seed' must be a whole number from 0 to 2**63 - 1",
+        ),
+        ({**TRAIN, "seed": -1}, "config/config_train.json: 'seed' must be a whole number"),
     ],
 )
 def test_load_app_bad_train_config(tmp_path: Path, train: object, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -591,7 +592,7 @@ def test_max_clients_blocks_unadmitted_update(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_client_gone_lets_round_close(tmp_path: Path) -> None:
+def test_client_gone_lets_round_close(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     setup = make_setup(
         tmp_path, num_rounds=3, min_num_clients=1, max_num_clients=3, wait_after_min_clients=60
     )
@@ -603,7 +604,12 @@ def test_client_gone_lets_round_close(tmp_path: Path) -> None:
         assert await submit(training, setup, "c1", 0, [2] * 4) is SubmitOutcome.ACCEPTED
         assert not training.round.closed and training.awaited() == ["c2"]
         assert [s.delay for s in setup.timer.pending] == [60]
-        training.client_gone("c2", "training process crashed")
+        with caplog.at_level(logging.WARNING, "flserverd.training"):
+            training.client_gone("c2", "training process crashed\n<3>flserverd: forged")
+        # The site's words: a newline and <3> forged a journal line of the server's.
+        assert caplog.messages == [
+            "run 1: site c2 failed: training process crashed\\n<3>flserverd: forged"
+        ]
         assert training.round.closed
         await aggregated(training, setup, 1)
         assert training.history[-1].clients == ["c1"]
