@@ -158,6 +158,21 @@ def _remove_stagings(target: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _takes_writes(folder: Path, needed: int) -> bool:
+    """Whether ``folder`` has ``needed`` bytes free and a file can be made and removed in it
+    (a probe named like the temporary files that a run's start removes, should its removal
+    fail)."""
+    probe = folder / f".disk_probe.{uuid.uuid4().hex}.tmp"
+    try:
+        if free_bytes(folder) < needed:
+            return False
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Deployed:
     """What ``deploy`` put in place (the JSON part of its answer)."""
@@ -223,8 +238,6 @@ class Agent:
         self.offer: TaskOffer | None = None
         self._offers = 0
         self.crossval = CrossSiteValidation(self.uplink, self.conn)
-        self._model_bytes = 0
-        """Size of the last global model downloaded: how much room a paused site waits for."""
         self.approvals = ApprovalList(workspace)
         self._offer_changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
@@ -742,11 +755,19 @@ class Agent:
                 DISK_CHECK_S,
             )
             self._set_status(status=st.PAUSED, error=message)
-            needed = max(2 * self._model_bytes, MIN_ROOM_BYTES)
-            while free_bytes(folder) < needed:
-                await asyncio.sleep(DISK_CHECK_S)
+            await self._until_writable(folder)
             log.info("the disk has room again: training goes on")
             self._set_status(status=st.STARTED, error="")
+
+    async def _until_writable(self, folder: Path) -> None:
+        """Return once ``folder`` has room for two models and takes a write, after at least
+        one check's wait: a read-only or failing disk reports free space, and retrying at
+        once spun without ever yielding (no heartbeat, no abort, no SIGTERM)."""
+        needed = max(2 * self.conn.model_bytes, MIN_ROOM_BYTES)
+        while True:
+            await asyncio.sleep(DISK_CHECK_S)
+            if _takes_writes(folder, needed):
+                return
 
     def _fail(self, exc: Exception) -> None:
         """Report a failure of the run at this site with its traceback, and stop training."""
@@ -793,9 +814,23 @@ class Agent:
 
     def _drop_round_files(self, work_dir: Path) -> None:
         """Delete the files of earlier rounds: once the server offers something new, the update
-        it was sent (kept to be sent again) is counted or no longer wanted."""
+        it was sent (kept to be sent again) is counted or no longer wanted.
+
+        A file that cannot be deleted (a read-only or failing disk) is logged once and left:
+        it only takes room, and raising here left an aborted or ended run stuck in
+        ``training stopping`` or ``cross site validation``."""
+        failed: list[OSError] = []
         for old in self._models_dir(work_dir).glob(ROUND_FILES):
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:
+                failed.append(exc)
+        if failed:
+            log.warning(
+                "%d file(s) of earlier rounds could not be deleted, left as they are: %s",
+                len(failed),
+                disk_fault(failed[0]) or failed[0].strerror or failed[0],
+            )
 
     async def _train_round(self, task: TaskOffer, epochs: int, work_dir: Path) -> Sending:
         """Train one round and send the update; returns how to send it again (None when
@@ -809,7 +844,7 @@ class Agent:
         started = time.monotonic()
         self._set_status(round=task.round)
         try:
-            downloaded = await self.uplink.retrying(
+            await self.uplink.retrying(
                 f"download of round {task.round}",
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
@@ -820,7 +855,6 @@ class Agent:
             raise WorkerFailed(
                 f"the global model of round {task.round} is unusable: {exc}", ""
             ) from None
-        self._model_bytes = downloaded.manifest.total_bytes
         result = await self.worker.train(
             round=task.round, global_model=model, out=update, epochs=epochs
         )

@@ -4,6 +4,7 @@ in a way the client did not foresee: a sentence, never an exception's class name
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 from collections.abc import Callable
@@ -14,10 +15,13 @@ from typing import Any
 import grpc
 import pytest
 
+from flclientd import agent as agent_module
 from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
+from flclientd.runcontext import RunContext
 from flclientd.sitestate import SiteState
 from flcore import status as st
+from flcore.appconfig import ClientAppConfig
 from flcore.federation import Closed, Command, CommandResult, RunEnded
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
 from flcore.progress import TransferStalled
@@ -466,3 +470,102 @@ def test_a_start_puts_back_the_app_a_crash_in_the_middle_of_a_deploy_set_aside(
     )
     assert (result.ok, result.text) == (True, "Starting the client...")
     assert (tmp_path / "site-a" / "run_1" / "app_site-a" / "config").is_dir()
+
+
+def _read_only(path: Path) -> OSError:
+    return OSError(errno.EROFS, "Read-only file system", str(path))
+
+
+def test_a_step_a_read_only_disk_stopped_is_tried_again_only_after_a_wait(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only disk reports free space: the step was tried again at once, over and over,
+    and nothing else ran (no heartbeat, no abort, no SIGTERM)."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+
+    async def run() -> list[bool]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        others_ran = asyncio.Event()
+        seen: list[bool] = []
+
+        async def step() -> None:
+            seen.append(others_ran.is_set())
+            if len(seen) == 1:
+                asyncio.get_running_loop().call_soon(others_ran.set)
+                raise _read_only(tmp_path / "update_round_3.safetensors")
+
+        try:
+            await agent._despite_disk_faults(step, tmp_path)
+        finally:
+            await agent.conn.close()
+        return seen
+
+    assert asyncio.run(run()) == [False, True]
+
+
+def test_a_paused_site_goes_on_only_once_its_folder_takes_a_write(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free space alone said nothing of a read-only disk."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+    probes: list[Path] = []
+    write_bytes = Path.write_bytes
+
+    def probed(path: Path, data: bytes) -> int:
+        probes.append(path)
+        if len(probes) < 3:
+            raise _read_only(path)
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", probed)
+
+    async def run() -> int:
+        agent = _agent(provisioned_workspace, tmp_path)
+        calls = 0
+
+        async def step() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise _read_only(tmp_path / "global_round_0.safetensors")
+            assert len(probes) == 3
+
+        try:
+            await agent._despite_disk_faults(step, tmp_path)
+        finally:
+            await agent.conn.close()
+        return calls
+
+    assert asyncio.run(run()) == 2
+    assert all(p.parent == tmp_path and p.name.endswith(".tmp") for p in probes)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_abort_on_a_read_only_disk_stops_the_site(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round files that could not be deleted raised, and the site stayed in `training
+    stopping` for good."""
+    unlink = Path.unlink
+
+    def read_only(path: Path, missing_ok: bool = False) -> None:
+        if "_round_" in path.name:
+            raise _read_only(path)
+        unlink(path, missing_ok)
+
+    async def run() -> st.ClientStatus:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            work = agent.run_dir(1) / "work_site-a"
+            models = agent.run_dir(1) / "models_site-a"
+            models.mkdir(parents=True)
+            (models / "update_round_3.safetensors").write_bytes(b"update")
+            agent.context = RunContext(1, agent.app_dir(1), work, 1, ClientAppConfig())
+            agent.status = st.ClientStatus(status=st.STARTED, run_number=1)
+            monkeypatch.setattr(Path, "unlink", read_only)
+            await agent._command(Command("c1", "abort", {}))
+            return agent.status
+        finally:
+            await agent.conn.close()
+
+    assert asyncio.run(run()).status == st.STOPPED
