@@ -496,8 +496,11 @@ class Agent:
         if not self._training():
             raise Refused("the client is not training")
         run = self.context
+        # Paused (a full disk) too: its best local model is kept, and the others wait for it.
         to_crossval = (
-            run is not None and run.config.cross_validate and self.status.status == st.STARTED
+            run is not None
+            and run.config.cross_validate
+            and self.status.status in (st.STARTED, st.PAUSED)
         )
         self._set_status(status=st.STOPPING)
         await self._stop_worker(graceful=False)
@@ -600,11 +603,12 @@ class Agent:
         if (
             run is not None
             and run.config.cross_validate
-            and self.status.status in (st.STARTING, st.STARTED)
+            and self.status.status in (st.STARTING, st.STARTED, st.PAUSED)
         ):
             # Starting: the daemon restarted as training ended (or during cross-site
             # validation), and its new process is not up yet; it still shares its best model
-            # and validates the others' (a new process is launched for it).
+            # and validates the others' (a new process is launched for it). Paused: a full
+            # disk stopped its round, and the others would wait for it until their timeout.
             work, self._work = self._work, None
             if work is not None:
                 work.cancel()
@@ -757,7 +761,17 @@ class Agent:
             self._set_status(status=st.PAUSED, error=message)
             await self._until_writable(folder)
             log.info("the disk has room again: training goes on")
+            await self._relaunch_if_ended()
             self._set_status(status=st.STARTED, error="")
+
+    async def _relaunch_if_ended(self) -> None:
+        """Start the run's child again if it ended during a pause: under start_mgpu a full
+        disk at rank 0's save ends torchrun, and the step tried again on the dead child
+        failed the run as "training process exited with code 1", the disk never said."""
+        worker, run = self.worker, self.context
+        if worker is not None and not worker.running and run is not None:
+            log.info("the training process ended while the site was paused: starting it again")
+            await self._launch(run)
 
     async def _until_writable(self, folder: Path) -> None:
         """Return once ``folder`` has room for two models and takes a write, after at least
@@ -798,7 +812,10 @@ class Agent:
         self._set_status(status=st.CROSS_VALIDATING, round=-1, cross_validate=True)
         self._drop_round_files(run.work_dir)
         try:
-            worker = await self._launch(run) if relaunch or self.worker is None else self.worker
+            worker = self.worker
+            if relaunch or worker is None or not worker.running:
+                # A child that a full disk ended (torchrun ends with its rank 0) is started again.
+                worker = await self._launch(run)
             await self.crossval.run(run, worker)
         except Exception as exc:  # whatever stops it is reported, never swallowed
             self._fail(exc)

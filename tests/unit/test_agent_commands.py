@@ -19,6 +19,7 @@ from flclientd import agent as agent_module
 from flclientd.agent import Agent
 from flclientd.device import DeviceInfo
 from flclientd.runcontext import RunContext
+from flclientd.runner import WorkerFailed
 from flclientd.sitestate import SiteState
 from flcore import status as st
 from flcore.appconfig import ClientAppConfig
@@ -569,3 +570,76 @@ def test_an_abort_on_a_read_only_disk_stops_the_site(
             await agent.conn.close()
 
     assert asyncio.run(run()).status == st.STOPPED
+
+
+@pytest.mark.parametrize("ending", ["run ended", "abort"])
+def test_a_site_paused_by_a_full_disk_still_takes_part_in_cross_site_validation(
+    provisioned_workspace: Any, tmp_path: Path, ending: str
+) -> None:
+    """It stopped instead, and the other sites waited for its model until their timeout."""
+
+    async def run() -> list[bool]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        crossvals: list[bool] = []
+        went = asyncio.Event()
+
+        async def crossval(run: RunContext, relaunch: bool) -> None:
+            crossvals.append(relaunch)
+            went.set()
+
+        agent._crossval = crossval  # type: ignore[method-assign]
+        try:
+            work = agent.run_dir(1) / "work_site-a"
+            config = ClientAppConfig(cross_validate=True)
+            agent.context = RunContext(1, agent.app_dir(1), work, 1, config)
+            agent.status = st.ClientStatus(
+                status=st.PAUSED, run_number=1, error="client disk full: /data"
+            )
+            if ending == "abort":
+                await agent._command(Command("c1", "abort", {}))
+            else:
+                agent._dispatch(RunEnded(1, st.STOPPED, "finished"))
+            await asyncio.wait_for(went.wait(), 5)
+            return crossvals
+        finally:
+            await agent.conn.close()
+
+    assert asyncio.run(run()) == [ending == "abort"]
+
+
+def test_a_child_a_full_disk_ended_is_started_again_before_the_step_is(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under start_mgpu torchrun ends with its rank 0: the step went to the dead child and the
+    run failed as "training process exited with code 1", the disk never mentioned."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+
+    class Child:
+        def __init__(self, running: bool) -> None:
+            self.running = running
+
+    async def run() -> list[bool]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        used: list[bool] = []
+
+        async def launch(run: RunContext) -> Any:
+            agent.worker = Child(running=True)  # type: ignore[assignment]
+            return agent.worker
+
+        async def step() -> None:
+            assert agent.worker is not None
+            used.append(agent.worker.running)
+            if len(used) == 1:
+                agent.worker = Child(running=False)  # type: ignore[assignment]
+                raise WorkerFailed("rank 0 failed", "", disk_fault="disk full: /data")
+
+        agent._launch = launch  # type: ignore[method-assign]
+        agent.worker = Child(running=True)  # type: ignore[assignment]
+        agent.context = RunContext(1, agent.app_dir(1), tmp_path, 2, ClientAppConfig())
+        try:
+            await agent._despite_disk_faults(step, tmp_path)
+        finally:
+            await agent.conn.close()
+        return used
+
+    assert asyncio.run(run()) == [True, True]
