@@ -396,7 +396,10 @@ class Agent:
                 raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)  # what was refused, or nothing
-        self.status.app = app
+        if self.status.run_number == run_number and not self._training():
+            # A deploy for another run, or for this one while it trains its app, says nothing
+            # of what the site trains now: _start_run names the app when it starts.
+            self.status.app = app
         text = f"{app} deployed."
         if not self._allowed(review):
             text += f" It runs custom code that this site has not approved yet ({review.short})."

@@ -643,3 +643,22 @@ def test_a_child_a_full_disk_ended_is_started_again_before_the_step_is(
         return used
 
     assert asyncio.run(run()) == [True, True]
+
+
+def test_a_deploy_for_another_run_leaves_the_app_the_site_trains_on_its_row(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The row named the app just deployed for run 2 while run 1 trained another."""
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        shutil.copytree(APPS / "digits_fedavg", staging)
+
+    def training(agent: Agent) -> None:
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+        agent.status = st.ClientStatus(status=st.STARTED, run_number=1, app="app-a")
+        statuses.append(agent.status)
+
+    statuses: list[st.ClientStatus] = []
+    command = Command("c1", "deploy", {"run_number": 2, "app": "digits"})
+    result = _answer(provisioned_workspace, tmp_path, command, training)
+    assert (result.ok, statuses[0].app) == (True, "app-a")
