@@ -82,6 +82,9 @@ DISK_CHECK_S = 2.0
 MIN_ROOM_BYTES = 1 << 20
 ROUND_FILES = "*_round_*.safetensors"
 """A round's global model (deleted once trained on) and update (kept until the next task)."""
+TEMP_FILES = ".*.tmp"
+"""What a write cut off leaves beside its file (a killed child's update or best local model):
+nothing else removes them."""
 FINAL_MODEL = "final_global_model.safetensors"
 """The run's final global model: what a site keeps of a run (docs/operations.md)."""
 
@@ -712,6 +715,7 @@ class Agent:
                 raise WorkerFailed("the deployed app has no config/config_fed_client.json", "")
             work_dir = self.run_dir(run_number) / f"work_{self.uplink.instance}"
             work_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_round_files(work_dir)  # a start or a rejoin: nothing is sent again
             run = RunContext(run_number, app_dir, work_dir, nproc, app.client)
             self.context = run
             worker = await self._launch(run)
@@ -834,13 +838,20 @@ class Agent:
 
     def _drop_round_files(self, work_dir: Path) -> None:
         """Delete the files of earlier rounds: once the server offers something new, the update
-        it was sent (kept to be sent again) is counted or no longer wanted.
+        it was sent (kept to be sent again) is counted or no longer wanted. What writes cut
+        off left in the run's folders goes too: they piled up with each killed child.
 
         A file that cannot be deleted (a read-only or failing disk) is logged once and left:
         it only takes room, and raising here left an aborted or ended run stuck in
         ``training stopping`` or ``cross site validation``."""
+        models = self._models_dir(work_dir)
+        leftovers = [
+            *models.glob(ROUND_FILES),
+            *models.glob(TEMP_FILES),
+            *work_dir.glob(TEMP_FILES),
+        ]
         failed: list[OSError] = []
-        for old in self._models_dir(work_dir).glob(ROUND_FILES):
+        for old in leftovers:
             try:
                 old.unlink(missing_ok=True)
             except OSError as exc:

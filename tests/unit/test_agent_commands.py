@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from flclientd import agent as agent_module
-from flclientd.agent import Agent
+from flclientd.agent import FINAL_MODEL, Agent
 from flclientd.device import DeviceInfo
 from flclientd.runcontext import RunContext
 from flclientd.runner import WorkerFailed
@@ -662,3 +662,32 @@ def test_a_deploy_for_another_run_leaves_the_app_the_site_trains_on_its_row(
     command = Command("c1", "deploy", {"run_number": 2, "app": "digits"})
     result = _answer(provisioned_workspace, tmp_path, command, training)
     assert (result.ok, statuses[0].app) == (True, "app-a")
+
+
+def test_a_start_removes_what_killed_children_left_half_written(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """Nothing removed them, and each killed child added up to two models' worth."""
+
+    async def run() -> list[str]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        shutil.copytree(APPS / "digits_fedavg", agent.app_dir(1))
+        work = agent.run_dir(1) / "work_site-a"
+        models = agent.run_dir(1) / "models_site-a"
+        for kept in (work / "best_local_model.safetensors", models / FINAL_MODEL):
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_bytes(b"kept")
+        (work / ".best_local_model.safetensors.x1y2.tmp").write_bytes(b"cut off")
+        (models / ".update_round_3.safetensors.a1b2.tmp").write_bytes(b"cut off")
+
+        async def launch(run: RunContext) -> Any:
+            raise WorkerFailed("not started in this test", "")
+
+        agent._launch = launch  # type: ignore[method-assign]
+        try:
+            await agent._run_training(1, agent.app_dir(1), 1)
+            return sorted(p.name for folder in (work, models) for p in folder.iterdir())
+        finally:
+            await agent.conn.close()
+
+    assert asyncio.run(run()) == ["best_local_model.safetensors", FINAL_MODEL]
