@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from flclientd import agent as agent_module
+from flclientd import connection as connection_module
 from flclientd.agent import FINAL_MODEL, Agent
 from flclientd.device import DeviceInfo
 from flclientd.runcontext import RunContext
@@ -26,9 +27,11 @@ from flcore.appconfig import ClientAppConfig
 from flcore.federation import Closed, Command, CommandResult, RunEnded
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
 from flcore.progress import TransferStalled
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import STARTUP_DIR, load_client
+from flcore.tensorfile import Manifest, TensorSpec
 from flcore.tls import TlsFiles
-from flcore.wire import WireError
+from flcore.wire import WireError, manifest_to_proto
 from fldev.cluster import APPS
 from fldev.poll import wait_until_async
 from provision import extract_kit
@@ -691,3 +694,52 @@ def test_a_start_removes_what_killed_children_left_half_written(
             await agent.conn.close()
 
     assert asyncio.run(run()) == ["best_local_model.safetensors", FINAL_MODEL]
+
+
+def test_a_site_whose_first_download_found_the_disk_full_waits_for_room_for_that_model(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 0's model was never stored, so the site knew of no model's size and went on
+    at the first megabyte free: the download failed again, and again, with no wait."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+    manifest = Manifest((TensorSpec("w", "F32", (1 << 20,)),))
+    frees = [2 * manifest.total_bytes - 1, 2 * manifest.total_bytes]
+    asked: list[int] = []
+
+    def free_bytes(folder: Path) -> int:
+        asked.append(frees[min(len(asked), 1)])
+        return asked[-1]
+
+    monkeypatch.setattr(agent_module, "free_bytes", free_bytes)
+
+    def full_disk(target: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(connection_module, "SpoolWriter", full_disk)
+
+    class Stub:
+        def GetModel(self, request: object) -> Any:
+            async def stream() -> Any:
+                yield fed_pb2.ModelMessage(manifest=manifest_to_proto(manifest))
+
+            return stream()
+
+    async def run() -> int:
+        agent = _agent(provisioned_workspace, tmp_path)
+        agent.conn.stub = Stub()  # type: ignore[assignment]
+        calls = 0
+
+        async def download() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await agent.conn.get_model(1, 0, tmp_path / "global_round_0.safetensors")
+
+        try:
+            await agent._despite_disk_faults(download, tmp_path)
+        finally:
+            await agent.conn.close()
+        return calls
+
+    assert asyncio.run(run()) == 2
+    assert asked == [2 * manifest.total_bytes - 1, 2 * manifest.total_bytes]
