@@ -82,6 +82,9 @@ DISK_CHECK_S = 2.0
 MIN_ROOM_BYTES = 1 << 20
 ROUND_FILES = "*_round_*.safetensors"
 """A round's global model (deleted once trained on) and update (kept until the next task)."""
+TEMP_FILES = ".*.tmp"
+"""What a write cut off leaves beside its file (a killed child's update or best local model):
+nothing else removes them."""
 FINAL_MODEL = "final_global_model.safetensors"
 """The run's final global model: what a site keeps of a run (docs/operations.md)."""
 
@@ -158,6 +161,21 @@ def _remove_stagings(target: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _takes_writes(folder: Path, needed: int) -> bool:
+    """Whether ``folder`` has ``needed`` bytes free and a file can be made and removed in it
+    (a probe named like the temporary files that a run's start removes, should its removal
+    fail)."""
+    probe = folder / f".disk_probe.{uuid.uuid4().hex}.tmp"
+    try:
+        if free_bytes(folder) < needed:
+            return False
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Deployed:
     """What ``deploy`` put in place (the JSON part of its answer)."""
@@ -223,8 +241,6 @@ class Agent:
         self.offer: TaskOffer | None = None
         self._offers = 0
         self.crossval = CrossSiteValidation(self.uplink, self.conn)
-        self._model_bytes = 0
-        """Size of the last global model downloaded: how much room a paused site waits for."""
         self.approvals = ApprovalList(workspace)
         self._offer_changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
@@ -383,7 +399,10 @@ class Agent:
                 raise Refused(f"deploy failed: {exc.strerror or exc} ({target})") from None
             finally:
                 shutil.rmtree(staging, ignore_errors=True)  # what was refused, or nothing
-        self.status.app = app
+        if self.status.run_number == run_number and not self._training():
+            # A deploy for another run, or for this one while it trains its app, says nothing
+            # of what the site trains now: _start_run names the app when it starts.
+            self.status.app = app
         text = f"{app} deployed."
         if not self._allowed(review):
             text += f" It runs custom code that this site has not approved yet ({review.short})."
@@ -483,8 +502,11 @@ class Agent:
         if not self._training():
             raise Refused("the client is not training")
         run = self.context
+        # Paused (a full disk) too: its best local model is kept, and the others wait for it.
         to_crossval = (
-            run is not None and run.config.cross_validate and self.status.status == st.STARTED
+            run is not None
+            and run.config.cross_validate
+            and self.status.status in (st.STARTED, st.PAUSED)
         )
         self._set_status(status=st.STOPPING)
         await self._stop_worker(graceful=False)
@@ -587,11 +609,12 @@ class Agent:
         if (
             run is not None
             and run.config.cross_validate
-            and self.status.status in (st.STARTING, st.STARTED)
+            and self.status.status in (st.STARTING, st.STARTED, st.PAUSED)
         ):
             # Starting: the daemon restarted as training ended (or during cross-site
             # validation), and its new process is not up yet; it still shares its best model
-            # and validates the others' (a new process is launched for it).
+            # and validates the others' (a new process is launched for it). Paused: a full
+            # disk stopped its round, and the others would wait for it until their timeout.
             work, self._work = self._work, None
             if work is not None:
                 work.cancel()
@@ -692,6 +715,7 @@ class Agent:
                 raise WorkerFailed("the deployed app has no config/config_fed_client.json", "")
             work_dir = self.run_dir(run_number) / f"work_{self.uplink.instance}"
             work_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_round_files(work_dir)  # a start or a rejoin: nothing is sent again
             run = RunContext(run_number, app_dir, work_dir, nproc, app.client)
             self.context = run
             worker = await self._launch(run)
@@ -742,11 +766,29 @@ class Agent:
                 DISK_CHECK_S,
             )
             self._set_status(status=st.PAUSED, error=message)
-            needed = max(2 * self._model_bytes, MIN_ROOM_BYTES)
-            while free_bytes(folder) < needed:
-                await asyncio.sleep(DISK_CHECK_S)
+            await self._until_writable(folder)
             log.info("the disk has room again: training goes on")
+            await self._relaunch_if_ended()
             self._set_status(status=st.STARTED, error="")
+
+    async def _relaunch_if_ended(self) -> None:
+        """Start the run's child again if it ended during a pause: under start_mgpu a full
+        disk at rank 0's save ends torchrun, and the step tried again on the dead child
+        failed the run as "training process exited with code 1", the disk never said."""
+        worker, run = self.worker, self.context
+        if worker is not None and not worker.running and run is not None:
+            log.info("the training process ended while the site was paused: starting it again")
+            await self._launch(run)
+
+    async def _until_writable(self, folder: Path) -> None:
+        """Return once ``folder`` has room for two models and takes a write, after at least
+        one check's wait: a read-only or failing disk reports free space, and retrying at
+        once spun without ever yielding (no heartbeat, no abort, no SIGTERM)."""
+        needed = max(2 * self.conn.model_bytes, MIN_ROOM_BYTES)
+        while True:
+            await asyncio.sleep(DISK_CHECK_S)
+            if _takes_writes(folder, needed):
+                return
 
     def _fail(self, exc: Exception) -> None:
         """Report a failure of the run at this site with its traceback, and stop training."""
@@ -777,7 +819,10 @@ class Agent:
         self._set_status(status=st.CROSS_VALIDATING, round=-1, cross_validate=True)
         self._drop_round_files(run.work_dir)
         try:
-            worker = await self._launch(run) if relaunch or self.worker is None else self.worker
+            worker = self.worker
+            if relaunch or worker is None or not worker.running:
+                # A child that a full disk ended (torchrun ends with its rank 0) is started again.
+                worker = await self._launch(run)
             await self.crossval.run(run, worker)
         except Exception as exc:  # whatever stops it is reported, never swallowed
             self._fail(exc)
@@ -793,9 +838,30 @@ class Agent:
 
     def _drop_round_files(self, work_dir: Path) -> None:
         """Delete the files of earlier rounds: once the server offers something new, the update
-        it was sent (kept to be sent again) is counted or no longer wanted."""
-        for old in self._models_dir(work_dir).glob(ROUND_FILES):
-            old.unlink(missing_ok=True)
+        it was sent (kept to be sent again) is counted or no longer wanted. What writes cut
+        off left in the run's folders goes too: they piled up with each killed child.
+
+        A file that cannot be deleted (a read-only or failing disk) is logged once and left:
+        it only takes room, and raising here left an aborted or ended run stuck in
+        ``training stopping`` or ``cross site validation``."""
+        models = self._models_dir(work_dir)
+        leftovers = [
+            *models.glob(ROUND_FILES),
+            *models.glob(TEMP_FILES),
+            *work_dir.glob(TEMP_FILES),
+        ]
+        failed: list[OSError] = []
+        for old in leftovers:
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:
+                failed.append(exc)
+        if failed:
+            log.warning(
+                "%d file(s) of earlier rounds could not be deleted, left as they are: %s",
+                len(failed),
+                disk_fault(failed[0]) or failed[0].strerror or failed[0],
+            )
 
     async def _train_round(self, task: TaskOffer, epochs: int, work_dir: Path) -> Sending:
         """Train one round and send the update; returns how to send it again (None when
@@ -809,7 +875,7 @@ class Agent:
         started = time.monotonic()
         self._set_status(round=task.round)
         try:
-            downloaded = await self.uplink.retrying(
+            await self.uplink.retrying(
                 f"download of round {task.round}",
                 lambda: self.conn.get_model(task.run_number, task.round, model),
             )
@@ -820,7 +886,6 @@ class Agent:
             raise WorkerFailed(
                 f"the global model of round {task.round} is unusable: {exc}", ""
             ) from None
-        self._model_bytes = downloaded.manifest.total_bytes
         result = await self.worker.train(
             round=task.round, global_model=model, out=update, epochs=epochs
         )

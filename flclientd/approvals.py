@@ -159,13 +159,9 @@ class ApprovalList:
     async def wait_for(self, digest: str, on_error: Callable[[ApprovalError], None]) -> None:
         """Return once ``digest`` is approved; a file that cannot be used is reported to
         ``on_error`` once per change of the file, and approves nothing meanwhile."""
-        seen: tuple[int, int, int] | None = None
+        seen: tuple[int, ...] | None = None
         while True:
-            try:
-                info = self.path.stat()
-                signature = (info.st_ino, info.st_mtime_ns, info.st_size)
-            except OSError:
-                signature = (0, 0, 0)
+            signature = self._signature()
             if signature != seen:
                 seen = signature
                 try:
@@ -174,3 +170,13 @@ class ApprovalList:
                 except ApprovalError as exc:
                     on_error(exc)
             await asyncio.sleep(POLL_S)
+
+    def _signature(self) -> tuple[int, ...]:
+        """What changes when the file's verdict may: the file itself, and the modes of the
+        file and its folder (the ``chmod go-w`` that a refusal advises changes only those,
+        and a waiting run stayed waiting after it)."""
+        try:
+            info, folder = self.path.stat(), self.path.parent.stat()
+        except OSError:
+            return ()
+        return (info.st_ino, info.st_mtime_ns, info.st_size, info.st_mode, folder.st_mode)

@@ -118,6 +118,9 @@ class Connection:
         self.token = ""
         self.upload_turns = False
         self.traffic = Traffic()
+        self.model_bytes = 0
+        """Size of the last model whose manifest came, even if it could not be stored: how
+        much room a site paused by a full disk waits for."""
 
     async def close(self) -> None:
         """Close the channel."""
@@ -181,9 +184,9 @@ class Connection:
                 if message.WhichOneof("body") == "manifest":
                     if spool is not None:  # it would start the file again mid-download
                         raise ValueError("the server sent the model's manifest twice")
-                    spool = SpoolWriter(
-                        target, manifest_from_proto(message.manifest), require_finite=False
-                    )
+                    manifest = manifest_from_proto(message.manifest)
+                    self.model_bytes = manifest.total_bytes
+                    spool = SpoolWriter(target, manifest, require_finite=False)
                 elif spool is None:
                     raise ValueError("the server sent model bytes before the manifest")
                 else:

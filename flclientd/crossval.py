@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -19,7 +20,8 @@ from flclientd.connection import Connection
 from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.uplink import Uplink
-from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskOffer, UploadKind
+from flcore.diskfault import disk_fault
+from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskOffer, UploadKind, Verdict
 from flcore.feed import MAX_TEXT, clip
 from flcore.logs import one_line
 from flcore.metrics import format_metrics
@@ -30,7 +32,7 @@ CROSSVAL_MODEL = "crossval_model.safetensors"
 """Where the model being cross-validated is downloaded, in the run's work folder."""
 
 POSTPONED_RETRY_S = 5.0
-"""How long a report the server postponed waits before it is sent again."""
+"""How long a report or model the server postponed waits before it is sent again."""
 
 
 class CrossSiteValidation:
@@ -72,17 +74,33 @@ class CrossSiteValidation:
     async def _share(self, run: RunContext, worker: TrainingProcess) -> None:
         best = worker.best_local_model
         if best is None:
-            reason = "no local model to share: this site never finished a round"
-            log.warning("%s", reason)
-            await self._report(run, self.uplink.instance, {}, 0, reason)
+            await self._nothing_to_share(run, "this site never finished a round")
             return
-        verdict = await self.uplink.retrying(
-            "upload of the local model",
-            lambda: self.conn.submit_model(
-                run.run_number, -1, best, worker.info.train_samples, {}, UploadKind.BEST_LOCAL
-            ),
-        )
+        try:
+            verdict = await self._until_kept(
+                "upload of the local model",
+                lambda: self.conn.submit_model(
+                    run.run_number, -1, best, worker.info.train_samples, {}, UploadKind.BEST_LOCAL
+                ),
+            )
+        except (OSError, ValueError) as exc:  # TensorFileError too: the file is damaged
+            what = disk_fault(exc) or getattr(exc, "strerror", None) or str(exc)
+            await self._nothing_to_share(run, f"{best.name} cannot be read: {what}")
+            return
+        if verdict.outcome is SubmitOutcome.REJECTED:
+            log.warning(
+                "best local model not shared: the server rejected it: %s",
+                one_line(verdict.message),
+            )
+            return
         log.info("best local model shared for cross-site validation: %s", one_line(verdict.message))
+
+    async def _nothing_to_share(self, run: RunContext, why: str) -> None:
+        """Tell the others' matrix why this site's column stays empty, instead of failing
+        the site: it still validates the others' models."""
+        reason = f"no local model to share: {why}"
+        log.warning("%s", one_line(reason))
+        await self._report(run, self.uplink.instance, {}, 0, reason)
 
     async def _validate(self, run: RunContext, worker: TrainingProcess, owner: str) -> None:
         # One model at a time, under a name of ours: the owner's name comes from the server.
@@ -101,6 +119,8 @@ class CrossSiteValidation:
             error = f"validation failed: {exc}"
         except ValueError as exc:  # TensorFileError too: what came is not a usable model
             error = f"the model the server sent is unusable: {exc}"
+        except OSError as exc:  # a full disk: this cell fails, the others may still fit
+            error = f"cannot store the model: {disk_fault(exc, model) or exc.strerror or exc}"
         finally:
             model.unlink(missing_ok=True)
         said = error or format_metrics(metrics)
@@ -125,20 +145,25 @@ class CrossSiteValidation:
         the server keeps of an error: it may quote the server (a model's tensor name, a
         call's details), and a report past the message limit failed the whole phase."""
         error = clip(error, MAX_TEXT)
+        await self._until_kept(
+            f"cross-site report on {one_line(owner)}'s model",
+            lambda: self.conn.submit_metrics(
+                run.run_number, -1, metrics, samples, error=error, owner=owner
+            ),
+        )
+
+    async def _until_kept(self, what: str, send: Callable[[], Awaitable[Verdict]]) -> Verdict:
+        """Send until the server gives a verdict other than POSTPONED: a server whose disk
+        is full kept nothing and asks for it again; taking that for "sent" left a cell of
+        the matrix empty for good."""
         while True:
-            verdict = await self.uplink.retrying(
-                "cross-site report",
-                lambda: self.conn.submit_metrics(
-                    run.run_number, -1, metrics, samples, error=error, owner=owner
-                ),
-            )
+            verdict = await self.uplink.retrying(what, send)
             if verdict.outcome is not SubmitOutcome.POSTPONED:
-                return
+                return verdict
             log.warning(
-                "cross-site report on %s's model postponed by the server (%s); sending it "
-                "again in %gs",
-                one_line(owner),
-                verdict.message,
+                "%s postponed by the server (%s); sending it again in %gs",
+                what,
+                one_line(verdict.message),
                 POSTPONED_RETRY_S,
             )
             await asyncio.sleep(POSTPONED_RETRY_S)

@@ -4,6 +4,7 @@ in a way the client did not foresee: a sentence, never an exception's class name
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 from collections.abc import Callable
@@ -14,16 +15,23 @@ from typing import Any
 import grpc
 import pytest
 
-from flclientd.agent import Agent
+from flclientd import agent as agent_module
+from flclientd import connection as connection_module
+from flclientd.agent import FINAL_MODEL, Agent
 from flclientd.device import DeviceInfo
+from flclientd.runcontext import RunContext
+from flclientd.runner import WorkerFailed
 from flclientd.sitestate import SiteState
 from flcore import status as st
+from flcore.appconfig import ClientAppConfig
 from flcore.federation import Closed, Command, CommandResult, RunEnded
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
 from flcore.progress import TransferStalled
+from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import STARTUP_DIR, load_client
+from flcore.tensorfile import Manifest, TensorSpec
 from flcore.tls import TlsFiles
-from flcore.wire import WireError
+from flcore.wire import WireError, manifest_to_proto
 from fldev.cluster import APPS
 from fldev.poll import wait_until_async
 from provision import extract_kit
@@ -466,3 +474,272 @@ def test_a_start_puts_back_the_app_a_crash_in_the_middle_of_a_deploy_set_aside(
     )
     assert (result.ok, result.text) == (True, "Starting the client...")
     assert (tmp_path / "site-a" / "run_1" / "app_site-a" / "config").is_dir()
+
+
+def _read_only(path: Path) -> OSError:
+    return OSError(errno.EROFS, "Read-only file system", str(path))
+
+
+def test_a_step_a_read_only_disk_stopped_is_tried_again_only_after_a_wait(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only disk reports free space: the step was tried again at once, over and over,
+    and nothing else ran (no heartbeat, no abort, no SIGTERM)."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+
+    async def run() -> list[bool]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        others_ran = asyncio.Event()
+        seen: list[bool] = []
+
+        async def step() -> None:
+            seen.append(others_ran.is_set())
+            if len(seen) == 1:
+                asyncio.get_running_loop().call_soon(others_ran.set)
+                raise _read_only(tmp_path / "update_round_3.safetensors")
+
+        try:
+            await agent._despite_disk_faults(step, tmp_path)
+        finally:
+            await agent.conn.close()
+        return seen
+
+    assert asyncio.run(run()) == [False, True]
+
+
+def test_a_paused_site_goes_on_only_once_its_folder_takes_a_write(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free space alone said nothing of a read-only disk."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+    probes: list[Path] = []
+    write_bytes = Path.write_bytes
+
+    def probed(path: Path, data: bytes) -> int:
+        probes.append(path)
+        if len(probes) < 3:
+            raise _read_only(path)
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", probed)
+
+    async def run() -> int:
+        agent = _agent(provisioned_workspace, tmp_path)
+        calls = 0
+
+        async def step() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise _read_only(tmp_path / "global_round_0.safetensors")
+            assert len(probes) == 3
+
+        try:
+            await agent._despite_disk_faults(step, tmp_path)
+        finally:
+            await agent.conn.close()
+        return calls
+
+    assert asyncio.run(run()) == 2
+    assert all(p.parent == tmp_path and p.name.endswith(".tmp") for p in probes)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_abort_on_a_read_only_disk_stops_the_site(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round files that could not be deleted raised, and the site stayed in `training
+    stopping` for good."""
+    unlink = Path.unlink
+
+    def read_only(path: Path, missing_ok: bool = False) -> None:
+        if "_round_" in path.name:
+            raise _read_only(path)
+        unlink(path, missing_ok)
+
+    async def run() -> st.ClientStatus:
+        agent = _agent(provisioned_workspace, tmp_path)
+        try:
+            work = agent.run_dir(1) / "work_site-a"
+            models = agent.run_dir(1) / "models_site-a"
+            models.mkdir(parents=True)
+            (models / "update_round_3.safetensors").write_bytes(b"update")
+            agent.context = RunContext(1, agent.app_dir(1), work, 1, ClientAppConfig())
+            agent.status = st.ClientStatus(status=st.STARTED, run_number=1)
+            monkeypatch.setattr(Path, "unlink", read_only)
+            await agent._command(Command("c1", "abort", {}))
+            return agent.status
+        finally:
+            await agent.conn.close()
+
+    assert asyncio.run(run()).status == st.STOPPED
+
+
+@pytest.mark.parametrize("ending", ["run ended", "abort"])
+def test_a_site_paused_by_a_full_disk_still_takes_part_in_cross_site_validation(
+    provisioned_workspace: Any, tmp_path: Path, ending: str
+) -> None:
+    """It stopped instead, and the other sites waited for its model until their timeout."""
+
+    async def run() -> list[bool]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        crossvals: list[bool] = []
+        went = asyncio.Event()
+
+        async def crossval(run: RunContext, relaunch: bool) -> None:
+            crossvals.append(relaunch)
+            went.set()
+
+        agent._crossval = crossval  # type: ignore[method-assign]
+        try:
+            work = agent.run_dir(1) / "work_site-a"
+            config = ClientAppConfig(cross_validate=True)
+            agent.context = RunContext(1, agent.app_dir(1), work, 1, config)
+            agent.status = st.ClientStatus(
+                status=st.PAUSED, run_number=1, error="client disk full: /data"
+            )
+            if ending == "abort":
+                await agent._command(Command("c1", "abort", {}))
+            else:
+                agent._dispatch(RunEnded(1, st.STOPPED, "finished"))
+            await asyncio.wait_for(went.wait(), 5)
+            return crossvals
+        finally:
+            await agent.conn.close()
+
+    assert asyncio.run(run()) == [ending == "abort"]
+
+
+def test_a_child_a_full_disk_ended_is_started_again_before_the_step_is(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under start_mgpu torchrun ends with its rank 0: the step went to the dead child and the
+    run failed as "training process exited with code 1", the disk never mentioned."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+
+    class Child:
+        def __init__(self, running: bool) -> None:
+            self.running = running
+
+    async def run() -> list[bool]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        used: list[bool] = []
+
+        async def launch(run: RunContext) -> Any:
+            agent.worker = Child(running=True)  # type: ignore[assignment]
+            return agent.worker
+
+        async def step() -> None:
+            assert agent.worker is not None
+            used.append(agent.worker.running)
+            if len(used) == 1:
+                agent.worker = Child(running=False)  # type: ignore[assignment]
+                raise WorkerFailed("rank 0 failed", "", disk_fault="disk full: /data")
+
+        agent._launch = launch  # type: ignore[method-assign]
+        agent.worker = Child(running=True)  # type: ignore[assignment]
+        agent.context = RunContext(1, agent.app_dir(1), tmp_path, 2, ClientAppConfig())
+        try:
+            await agent._despite_disk_faults(step, tmp_path)
+        finally:
+            await agent.conn.close()
+        return used
+
+    assert asyncio.run(run()) == [True, True]
+
+
+def test_a_deploy_for_another_run_leaves_the_app_the_site_trains_on_its_row(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """The row named the app just deployed for run 2 while run 1 trained another."""
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        shutil.copytree(APPS / "digits_fedavg", staging)
+
+    def training(agent: Agent) -> None:
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+        agent.status = st.ClientStatus(status=st.STARTED, run_number=1, app="app-a")
+        statuses.append(agent.status)
+
+    statuses: list[st.ClientStatus] = []
+    command = Command("c1", "deploy", {"run_number": 2, "app": "digits"})
+    result = _answer(provisioned_workspace, tmp_path, command, training)
+    assert (result.ok, statuses[0].app) == (True, "app-a")
+
+
+def test_a_start_removes_what_killed_children_left_half_written(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """Nothing removed them, and each killed child added up to two models' worth."""
+
+    async def run() -> list[str]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        shutil.copytree(APPS / "digits_fedavg", agent.app_dir(1))
+        work = agent.run_dir(1) / "work_site-a"
+        models = agent.run_dir(1) / "models_site-a"
+        for kept in (work / "best_local_model.safetensors", models / FINAL_MODEL):
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_bytes(b"kept")
+        (work / ".best_local_model.safetensors.x1y2.tmp").write_bytes(b"cut off")
+        (models / ".update_round_3.safetensors.a1b2.tmp").write_bytes(b"cut off")
+
+        async def launch(run: RunContext) -> Any:
+            raise WorkerFailed("not started in this test", "")
+
+        agent._launch = launch  # type: ignore[method-assign]
+        try:
+            await agent._run_training(1, agent.app_dir(1), 1)
+            return sorted(p.name for folder in (work, models) for p in folder.iterdir())
+        finally:
+            await agent.conn.close()
+
+    assert asyncio.run(run()) == ["best_local_model.safetensors", FINAL_MODEL]
+
+
+def test_a_site_whose_first_download_found_the_disk_full_waits_for_room_for_that_model(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 0's model was never stored, so the site knew of no model's size and went on
+    at the first megabyte free: the download failed again, and again, with no wait."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+    manifest = Manifest((TensorSpec("w", "F32", (1 << 20,)),))
+    frees = [2 * manifest.total_bytes - 1, 2 * manifest.total_bytes]
+    asked: list[int] = []
+
+    def free_bytes(folder: Path) -> int:
+        asked.append(frees[min(len(asked), 1)])
+        return asked[-1]
+
+    monkeypatch.setattr(agent_module, "free_bytes", free_bytes)
+
+    def full_disk(target: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(connection_module, "SpoolWriter", full_disk)
+
+    class Stub:
+        def GetModel(self, request: object) -> Any:
+            async def stream() -> Any:
+                yield fed_pb2.ModelMessage(manifest=manifest_to_proto(manifest))
+
+            return stream()
+
+    async def run() -> int:
+        agent = _agent(provisioned_workspace, tmp_path)
+        agent.conn.stub = Stub()  # type: ignore[assignment]
+        calls = 0
+
+        async def download() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await agent.conn.get_model(1, 0, tmp_path / "global_round_0.safetensors")
+
+        try:
+            await agent._despite_disk_faults(download, tmp_path)
+        finally:
+            await agent.conn.close()
+        return calls
+
+    assert asyncio.run(run()) == 2
+    assert asked == [2 * manifest.total_bytes - 1, 2 * manifest.total_bytes]

@@ -253,3 +253,32 @@ def test_the_app_names_the_server_gave_are_noted_cut_short_and_shown_escaped(
         out.splitlines()[0]
         == "app evil\\x1b]0;owned\\x07\\x0a<3>forged, deployed in run_5/app_site"
     )
+
+
+@pytest.mark.parametrize("writable", ["file", "folder"])
+def test_a_waiting_run_sees_the_chmod_the_refusal_advises(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, writable: str
+) -> None:
+    """Only the file's content and identity were watched: after `chmod go-w` the run stayed
+    waiting."""
+    monkeypatch.setattr(approvals, "POLL_S", 0.01)
+    approvals_ = ApprovalList(workspace)
+    approvals_.approve(DIGEST, "this app")
+    changed = approvals_.path if writable == "file" else approvals_.path.parent
+    mode = changed.stat().st_mode & 0o777
+    changed.chmod(mode | 0o020)
+    errors: list[ApprovalError] = []
+    reported = asyncio.Event()
+
+    def report(exc: ApprovalError) -> None:
+        errors.append(exc)
+        reported.set()
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(approvals_.wait_for(DIGEST, report))
+        await asyncio.wait_for(reported.wait(), 5)
+        changed.chmod(mode)
+        await asyncio.wait_for(waiting, 5)
+
+    asyncio.run(scenario())
+    assert len(errors) == 1 and "chmod go-w" in str(errors[0])
