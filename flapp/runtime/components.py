@@ -139,7 +139,11 @@ def build(spec: ComponentSpec, where: str, *args: Any, **extra: Any) -> Any:
 
     The call's arguments are checked against the factory's signature first,
     so a misspelt key in ``args`` reads as a config error rather than as a
-    TypeError from deep inside a library.
+    TypeError from deep inside a library. A factory that refuses the values
+    it is given (``torch.optim.SGD(lr="x")``, a negative layer size) raises
+    TypeError, ValueError or RuntimeError; that too is a mistake in the
+    config, so it reaches the admin as a sentence naming the component, and
+    the traceback still shows where it was raised.
 
     Args:
         spec: The component as written in the config.
@@ -163,7 +167,15 @@ def build(spec: ComponentSpec, where: str, *args: Any, **extra: Any) -> Any:
             raise ConfigError(
                 f"{where}: {spec.path!r} does not accept these arguments: {exc}"
             ) from None
-    return factory(*args, **kwargs)
+    try:
+        return factory(*args, **kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            f"{where}: {spec.path!r} could not be built from its args: {str(exc)[:500]}; "
+            "correct them in the config"
+        ) from exc
 
 
 def train_where(component: str) -> str:

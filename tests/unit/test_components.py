@@ -257,3 +257,33 @@ def test_pickled_arrays_are_refused(tmp_path: Path) -> None:
     write_split(tmp_path / "train.npz", objects, np.ones(2, np.int64))
     with pytest.raises(ConfigError, match=re.escape("cannot read it as .npz")):
         NpzClassification(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "args", "message"),
+    [
+        (
+            ComponentSpec("torch.optim.SGD", {"lr": "x"}),
+            ([torch.nn.Parameter(torch.zeros(2))],),
+            "'torch.optim.SGD' could not be built from its args: .*correct them in the config",
+        ),
+        (
+            ComponentSpec("torch.nn.Linear", {"in_features": -1, "out_features": 2}),
+            (),
+            "'torch.nn.Linear' could not be built from its args: .*negative dimension",
+        ),
+    ],
+)
+def test_a_factory_that_refuses_its_values_is_a_config_error(
+    spec: ComponentSpec, args: tuple[object, ...], message: str
+) -> None:
+    """A built-in app's bad value reached the admin as "an error it did not expect,
+    TypeError (...)" instead of a sentence about the config."""
+    with pytest.raises(ConfigError, match=f"^config_train.json: x: {message}"):
+        build(spec, "config_train.json: x", *args)
+
+
+def test_a_config_error_of_a_factory_reaches_the_admin_as_it_is(tmp_path: Path) -> None:
+    spec = ComponentSpec("flapp.datasets.NpzClassification")
+    with pytest.raises(ConfigError, match=r"^dataset file .* is missing"):
+        build(spec, "config_train.json: dataset", data_root=tmp_path)
