@@ -7,6 +7,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -190,9 +191,58 @@ def test_mlp_size_follows_its_arguments(layers: int, expected: int) -> None:
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
 
 
-def test_mlp_needs_a_layer() -> None:
-    with pytest.raises(ValueError, match="at least 1 layer"):
-        MLP(4, 4, 2, layers=0)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"layers": 0}, "MLP: layers must be a positive integer, got 0"),
+        ({"hidden": 2.5}, "MLP: hidden must be a positive integer, got 2.5"),
+        ({"in_features": True}, "MLP: in_features must be a positive integer, got True"),
+        ({"layers": 1025}, "MLP: 1,025 layers is more than the 1,024 allowed; use fewer layers"),
+        (
+            {"hidden": 2**15, "layers": 3},
+            "MLP: 1,074,003,970 parameters is more than the 536,870,912 allowed; "
+            "make hidden or layers smaller",
+        ),
+    ],
+)
+def test_mlp_refuses_bad_and_too_large_sizes_before_allocating(
+    args: dict[str, object], message: str
+) -> None:
+    """An app of built-ins runs at a site unapproved: MLP(layers=0) reached the admin as an
+    unexpected ValueError, and a large ``hidden`` took the site's memory."""
+    sizes: dict[str, object] = {"in_features": 4, "hidden": 4, "out_features": 2, **args}
+    with pytest.raises(ConfigError) as failure:
+        MLP(**sizes)  # type: ignore[arg-type]
+    assert str(failure.value) == message
+
+
+@pytest.mark.parametrize(
+    ("args", "parameters"), [({}, 38_282), ({"num_classes": 3, "channels": 5, "hidden": 7}, 1_661)]
+)
+def test_digits_cnn_counts_its_parameters_before_building(
+    args: dict[str, int], parameters: int
+) -> None:
+    """The count the cap is checked against is the one the model ends up with."""
+    model = DigitsCNN(**args)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    too_many = f"DigitsCNN: {parameters:,} parameters is more than"
+    with (
+        mock.patch("flapp.models.MAX_PARAMETERS", parameters - 1),
+        pytest.raises(ConfigError, match=too_many),
+    ):
+        DigitsCNN(**args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"channels": 0}, "DigitsCNN: channels must be a positive integer, got 0"),
+        ({"hidden": 2**20}, "DigitsCNN: 548,410,058 parameters is more than the 536,870,912"),
+    ],
+)
+def test_digits_cnn_refuses_bad_and_too_large_sizes(args: dict[str, int], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DigitsCNN(**args)
 
 
 def write_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
