@@ -16,7 +16,16 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import TensorDataset
 
+from flapp._checks import at_most, positive_int
 from flcore.schema import ConfigError
+
+MAX_SYNTHETIC_VALUES = 2**27
+"""Most values (features and label) in each split of SyntheticClassification: 1 GiB at
+most per split, as labels are int64. Only the site builds the dataset, from an app that
+needs no approval there when it names built-ins only, so its size must not be able to take
+the site's memory."""
+_SEEDS = range(2**64)
+"""The seeds SyntheticClassification takes: those of torch's generator from 0."""
 
 
 def _load_split(data_root: Path | None, name: str) -> TensorDataset:
@@ -25,8 +34,7 @@ def _load_split(data_root: Path | None, name: str) -> TensorDataset:
         # The app comes from the server and runs without the site's approval when it names
         # built-in components only: it reads inside the site's data folder, nowhere else.
         raise ConfigError(
-            f"dataset file {name[:200]!r} must be a path inside DATA_ROOT (relative, "
-            "without '..')"
+            f"dataset file {name[:200]!r} must be a path inside DATA_ROOT (relative, without '..')"
         )
     if data_root is None:
         raise ConfigError(
@@ -99,6 +107,8 @@ class SyntheticClassification:
         in_features: Size of one input vector.
         num_classes: Number of classes of the labels.
         seed: Seed of the random generator.
+
+    Each split holds at most :data:`MAX_SYNTHETIC_VALUES` values.
     """
 
     def __init__(
@@ -109,13 +119,21 @@ class SyntheticClassification:
         num_classes: int,
         seed: int = 0,
     ) -> None:
-        for name, value in (
-            ("num_samples", num_samples),
-            ("in_features", in_features),
-            ("num_classes", num_classes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"SyntheticClassification: {name} must be a positive integer")
+        owner = type(self).__name__
+        num_samples = positive_int(owner, "num_samples", num_samples)
+        in_features = positive_int(owner, "in_features", in_features)
+        num_classes = positive_int(owner, "num_classes", num_classes)
+        at_most(
+            owner,
+            "values per split (num_samples × (in_features + 1))",
+            num_samples * (in_features + 1),
+            MAX_SYNTHETIC_VALUES,
+            "make num_samples or in_features smaller",
+        )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed not in _SEEDS:
+            raise ConfigError(
+                f"{owner}: seed must be an integer from 0 to 2**64 - 1, got {seed!r:.50}"
+            )
         generator = torch.Generator().manual_seed(seed)
         self.train = _random_split(generator, num_samples, in_features, num_classes)
         self.validation = _random_split(generator, num_samples, in_features, num_classes)
