@@ -302,6 +302,54 @@ def test_bad_arrays_are_refused(tmp_path: Path, x: np.ndarray, y: np.ndarray, me
         NpzClassification(tmp_path)
 
 
+def damaged(path: Path, how: str) -> None:
+    """Write at ``path`` an .npz file that is broken in the way ``how`` names."""
+    write_split(path, np.ones((2, 2), np.float32), np.ones(2, np.int64))
+    data = path.read_bytes()
+    if how == "cut short":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # the local header of 'x.npy' names another file, which zipfile's error quotes
+        path.write_bytes(data.replace(b"x.npy", b"Q.npy", 1))
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("cut short", "it is no zip archive, or a damaged one (numpy.savez writes them)"),
+        ("renamed in its header", "it is no zip archive, or a damaged one"),
+    ],
+)
+def test_a_damaged_npz_is_refused_without_quoting_its_bytes(
+    tmp_path: Path, how: str, why: str
+) -> None:
+    """zipfile's error went uncaught, and its message (which reaches the server) quoted
+    bytes of the site's file."""
+    damaged(tmp_path / "train.npz", how)
+    with pytest.raises(ConfigError) as failure:
+        NpzClassification(tmp_path)
+    message = str(failure.value)
+    assert message.startswith(f"dataset file {tmp_path / 'train.npz'}: cannot read it as .npz: ")
+    assert why in message and "Q.npy" not in message
+
+
+def test_a_npy_file_is_refused_unread(tmp_path: Path) -> None:
+    """np.load read a .npy file whole, and then failed on it with a TypeError."""
+    np.save(tmp_path / "train.npy", np.ones((2, 2), np.float32))
+    with (
+        mock.patch("numpy.lib.format.read_array", side_effect=AssertionError("read")),
+        pytest.raises(ConfigError, match=r"train.npy is no .npz archive .* numpy.savez$"),
+    ):
+        NpzClassification(tmp_path, train="train.npy")
+
+
+@pytest.mark.parametrize("name", [5, None, ["train.npz"]])
+def test_a_file_name_must_be_a_string(tmp_path: Path, name: object) -> None:
+    with pytest.raises(
+        ConfigError, match="must be a file name \\(a string\\) relative to DATA_ROOT"
+    ):
+        NpzClassification(tmp_path, train=name)  # type: ignore[arg-type]
+
+
 def test_pickled_arrays_are_refused(tmp_path: Path) -> None:
     objects = np.array([{"a": 1}, None], dtype=object)
     write_split(tmp_path / "train.npz", objects, np.ones(2, np.int64))
