@@ -381,6 +381,14 @@ def test_a_factory_that_refuses_its_values_is_a_config_error(
         build(spec, "config_train.json: x", *args)
 
 
+def test_a_custom_factory_that_refuses_its_values_is_left_as_it_is() -> None:
+    """Outside the built-ins such an error may be a bug in the code, which its traceback
+    shows (the model-init child prints none for a config error)."""
+    with pytest.raises(ValueError, match="Invalid literal for Fraction") as failure:
+        build(ComponentSpec("fractions.Fraction", {"numerator": "x"}), "config_train.json: x")
+    assert not isinstance(failure.value, ConfigError)
+
+
 def test_a_config_error_of_a_factory_reaches_the_admin_as_it_is(tmp_path: Path) -> None:
     spec = ComponentSpec("flapp.datasets.NpzClassification")
     with pytest.raises(ConfigError, match=r"^dataset file .* is missing"):
