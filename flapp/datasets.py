@@ -8,25 +8,40 @@ relative to it and never a hospital's paths.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from numpy.lib.npyio import NpzFile
 from torch.utils.data import TensorDataset
 
+from flapp._checks import at_most, positive_int
 from flcore.schema import ConfigError
 
+MAX_SYNTHETIC_VALUES = 2**27
+"""Most values (features and label) in each split of SyntheticClassification: 1 GiB at
+most per split, as labels are int64. Only the site builds the dataset, from an app that
+needs no approval there when it names built-ins only, so its size must not be able to take
+the site's memory."""
+_SEEDS = range(2**64)
+"""The seeds SyntheticClassification takes: those of torch's generator from 0."""
 
-def _load_split(data_root: Path | None, name: str) -> TensorDataset:
+
+def _load_split(data_root: Path | None, name: object) -> TensorDataset:
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"dataset file {name!r:.50} must be a file name (a string) relative to DATA_ROOT"
+        )
     relative = Path(name)
     if relative.is_absolute() or ".." in relative.parts:
         # The app comes from the server and runs without the site's approval when it names
         # built-in components only: it reads inside the site's data folder, nowhere else.
         raise ConfigError(
-            f"dataset file {name[:200]!r} must be a path inside DATA_ROOT (relative, "
-            "without '..')"
+            f"dataset file {name[:200]!r} must be a path inside DATA_ROOT (relative, without '..')"
         )
     if data_root is None:
         raise ConfigError(
@@ -35,11 +50,7 @@ def _load_split(data_root: Path | None, name: str) -> TensorDataset:
     path = data_root / relative
     if not path.is_file():
         raise ConfigError(f"dataset file {path} is missing (DATA_ROOT is {data_root})")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in ("x", "y") if key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"dataset file {path}: cannot read it as .npz ({exc})") from None
+    arrays = _read_npz(path)
     if set(arrays) != {"x", "y"}:
         raise ConfigError(f"dataset file {path}: needs arrays 'x' and 'y', has {sorted(arrays)}")
     x, y = _features(path, arrays["x"]), _labels(path, arrays["y"])
@@ -48,6 +59,43 @@ def _load_split(data_root: Path | None, name: str) -> TensorDataset:
     if not len(x):
         raise ConfigError(f"dataset file {path} holds no samples")
     return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+
+_UNREADABLE: tuple[tuple[type[Exception], str], ...] = (
+    (zipfile.BadZipFile, "it is no zip archive, or a damaged one (numpy.savez writes them)"),
+    (EOFError, "it ends before its data does (was it copied whole?)"),
+    (zlib.error, "its compressed data is damaged"),
+    (NotImplementedError, "it is compressed in a way numpy cannot read"),
+    (RuntimeError, "it is encrypted"),
+    (ValueError, "it holds a damaged array, or Python objects, which are never loaded"),
+)
+"""Why a file is no readable .npz, by the error that reading it raised. The message says
+this, never the error's own text: that may quote bytes of the site's file, and the message
+goes to the server."""
+
+
+def _read_npz(path: Path) -> dict[str, npt.NDArray[Any]]:
+    """The arrays ``x`` and ``y`` of an .npz file, those of the two that it holds.
+
+    ``mmap_mode`` leaves a .npy file unread: numpy would read it whole only for it to be
+    refused. ``allow_pickle=False``: site data is never a way to run code.
+    """
+    try:
+        loaded = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(loaded, NpzFile):
+            raise ConfigError(
+                f"dataset file {path} is no .npz archive (a .npy file holds one array); "
+                "save 'x' and 'y' in one file with numpy.savez"
+            )
+        with loaded as npz:
+            return {key: npz[key] for key in ("x", "y") if key in npz.files}
+    except ConfigError:
+        raise
+    except OSError as exc:
+        why = exc.strerror or "the system could not read it"
+    except tuple(kind for kind, _ in _UNREADABLE) as exc:
+        why = next(why for kind, why in _UNREADABLE if isinstance(exc, kind))
+    raise ConfigError(f"dataset file {path}: cannot read it as .npz: {why}") from None
 
 
 def _features(path: Path, x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
@@ -69,7 +117,8 @@ class NpzClassification:
 
     ``x`` holds float32 samples (first axis = sample), ``y`` int64 class
     labels. Files are read with ``allow_pickle=False``: site data is never a
-    way to run code.
+    way to run code. A file that is not an .npz archive (a .npy file, a
+    damaged archive) is refused with a message that quotes none of its bytes.
 
     Args:
         data_root: The site's DATA_ROOT; file names are relative to it.
@@ -99,6 +148,8 @@ class SyntheticClassification:
         in_features: Size of one input vector.
         num_classes: Number of classes of the labels.
         seed: Seed of the random generator.
+
+    Each split holds at most :data:`MAX_SYNTHETIC_VALUES` values.
     """
 
     def __init__(
@@ -109,13 +160,21 @@ class SyntheticClassification:
         num_classes: int,
         seed: int = 0,
     ) -> None:
-        for name, value in (
-            ("num_samples", num_samples),
-            ("in_features", in_features),
-            ("num_classes", num_classes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"SyntheticClassification: {name} must be a positive integer")
+        owner = type(self).__name__
+        num_samples = positive_int(owner, "num_samples", num_samples)
+        in_features = positive_int(owner, "in_features", in_features)
+        num_classes = positive_int(owner, "num_classes", num_classes)
+        at_most(
+            owner,
+            "values per split (num_samples × (in_features + 1))",
+            num_samples * (in_features + 1),
+            MAX_SYNTHETIC_VALUES,
+            "make num_samples or in_features smaller",
+        )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed not in _SEEDS:
+            raise ConfigError(
+                f"{owner}: seed must be an integer from 0 to 2**64 - 1, got {seed!r:.50}"
+            )
         generator = torch.Generator().manual_seed(seed)
         self.train = _random_split(generator, num_samples, in_features, num_classes)
         self.validation = _random_split(generator, num_samples, in_features, num_classes)

@@ -11,17 +11,42 @@ import itertools
 import torch
 from torch import nn
 
+from flapp._checks import at_most, positive_int
+
+MAX_PARAMETERS = 2**29
+"""Most parameters a built-in model may have (2 GiB of float32 weights, about three times
+that to train). An app of built-ins runs at a site without its IT's approval, so its sizes
+must not be able to take the site's memory; this still fits the 2.1 GB model of
+``bench/big_model.py``. Larger models are custom code, which each site approves."""
+MAX_MLP_LAYERS = 1024
+"""Most Linear layers of an MLP: every layer is Python objects as well as weights, so a
+million layers of width 1 would take the site's memory under any parameter cap."""
+
 
 class DigitsCNN(nn.Module):
     """A small CNN for 1x8x8 images in 10 classes (scikit-learn's digits).
 
     About 38,000 parameters: big enough to pass 90 % validation accuracy on
     the digits data within a few federated rounds, small enough that a round
-    of local training takes a fraction of a second on one CPU core.
+    of local training takes a fraction of a second on one CPU core. Its
+    arguments may make it larger, up to :data:`MAX_PARAMETERS` parameters.
     """
 
     def __init__(self, num_classes: int = 10, channels: int = 16, hidden: int = 64) -> None:
         super().__init__()
+        owner = type(self).__name__
+        num_classes = positive_int(owner, "num_classes", num_classes)
+        channels = positive_int(owner, "channels", channels)
+        hidden = positive_int(owner, "hidden", hidden)
+        # Weights and biases of the two 3x3 convolutions, then of the two Linear layers.
+        parameters = (
+            10 * channels
+            + 18 * channels * channels
+            + 2 * channels
+            + (32 * channels + 1) * hidden
+            + (hidden + 1) * num_classes
+        )
+        at_most(owner, "parameters", parameters, MAX_PARAMETERS, "make channels or hidden smaller")
         self.features = nn.Sequential(
             nn.Conv2d(1, channels, kernel_size=3, padding=1),
             nn.ReLU(),
@@ -53,14 +78,25 @@ class MLP(nn.Module):
         in_features: Size of one flattened input.
         hidden: Width of every hidden layer.
         out_features: Number of outputs (classes).
-        layers: Number of Linear layers in total (at least 1; 1 is a linear model).
+        layers: Number of Linear layers in total (at least 1; 1 is a linear model; at
+            most :data:`MAX_MLP_LAYERS`).
+
+    At most :data:`MAX_PARAMETERS` parameters in all.
     """
 
     def __init__(self, in_features: int, hidden: int, out_features: int, layers: int = 2) -> None:
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"MLP needs at least 1 layer, got layers={layers}")
+        owner = type(self).__name__
+        in_features = positive_int(owner, "in_features", in_features)
+        hidden = positive_int(owner, "hidden", hidden)
+        out_features = positive_int(owner, "out_features", out_features)
+        layers = positive_int(owner, "layers", layers)
+        at_most(owner, "layers", layers, MAX_MLP_LAYERS, "use fewer layers")
         widths = [in_features, *([hidden] * (layers - 1)), out_features]
+        parameters = sum(
+            (width_in + 1) * width_out for width_in, width_out in itertools.pairwise(widths)
+        )
+        at_most(owner, "parameters", parameters, MAX_PARAMETERS, "make hidden or layers smaller")
         modules: list[nn.Module] = [nn.Flatten()]
         for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
             if index:

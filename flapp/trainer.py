@@ -36,6 +36,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from flapp.metrics import ClassificationMetrics, DiceMetrics
+from flcore.schema import ConfigError
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Anything yielding batches, (inputs, targets) or mappings such as MONAI's {"image": ..., "label":
@@ -138,17 +139,29 @@ class SegmentationTrainer:
         self._scaler: torch.amp.GradScaler | None = None
 
     def pair(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The images and labels of a batch, whichever form it has."""
+        """The images and labels of a batch, whichever form it has.
+
+        A batch of another form is a mistake in the app (its dataset or the trainer's keys),
+        so it is a ConfigError whose message the admin reads as it is.
+        """
+        owner = type(self).__name__
         if isinstance(batch, Mapping):
             missing = [key for key in (self.image_key, self.label_key) if key not in batch]
             if missing:
-                raise KeyError(
-                    f"the batch has no {', '.join(map(repr, missing))} "
-                    f"(it has {', '.join(map(repr, sorted(map(str, batch))))}); "
+                raise ConfigError(
+                    f"{owner}: the batch has no {', '.join(map(repr, missing))} "
+                    f"(it has {', '.join(map(repr, sorted(map(str, batch))))[:500]}); "
                     "set image_key and label_key of the trainer"
                 )
             return batch[self.image_key], batch[self.label_key]
-        inputs, targets = batch
+        try:
+            inputs, targets = batch
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{owner}: a batch must be an (image, label) pair or a mapping with keys "
+                f"{self.image_key!r} and {self.label_key!r}, not a {type(batch).__name__} "
+                "of another form; check what the dataset gives"
+            ) from None
         return inputs, targets
 
     def infer(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flcore.appconfig import TRAIN_CONFIG, ComponentSpec
-from flcore.appreview import CODE_SUFFIXES
+from flcore.appreview import CODE_SUFFIXES, is_built_in
 from flcore.schema import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,13 @@ def build(spec: ComponentSpec, where: str, *args: Any, **extra: Any) -> Any:
 
     The call's arguments are checked against the factory's signature first,
     so a misspelt key in ``args`` reads as a config error rather than as a
-    TypeError from deep inside a library.
+    TypeError from deep inside a library. A built-in factory
+    (:func:`flcore.appreview.is_built_in`) that refuses the values it is
+    given (``torch.optim.SGD(lr="x")``, a negative layer size) raises
+    TypeError, ValueError or RuntimeError; that is a mistake in the config,
+    so it reaches the admin as a sentence naming the component. Custom code
+    raising them is left as it is: there they may be a bug in the code,
+    which its traceback shows.
 
     Args:
         spec: The component as written in the config.
@@ -163,7 +169,17 @@ def build(spec: ComponentSpec, where: str, *args: Any, **extra: Any) -> Any:
             raise ConfigError(
                 f"{where}: {spec.path!r} does not accept these arguments: {exc}"
             ) from None
-    return factory(*args, **kwargs)
+    if not is_built_in(spec.path):
+        return factory(*args, **kwargs)
+    try:
+        return factory(*args, **kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            f"{where}: {spec.path!r} could not be built from its args: {str(exc)[:500]}; "
+            "correct them in the config"
+        ) from exc
 
 
 def train_where(component: str) -> str:

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -190,9 +191,58 @@ def test_mlp_size_follows_its_arguments(layers: int, expected: int) -> None:
     assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
 
 
-def test_mlp_needs_a_layer() -> None:
-    with pytest.raises(ValueError, match="at least 1 layer"):
-        MLP(4, 4, 2, layers=0)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"layers": 0}, "MLP: layers must be a positive integer, got 0"),
+        ({"hidden": 2.5}, "MLP: hidden must be a positive integer, got 2.5"),
+        ({"in_features": True}, "MLP: in_features must be a positive integer, got True"),
+        ({"layers": 1025}, "MLP: 1,025 layers is more than the 1,024 allowed; use fewer layers"),
+        (
+            {"hidden": 2**15, "layers": 3},
+            "MLP: 1,074,003,970 parameters is more than the 536,870,912 allowed; "
+            "make hidden or layers smaller",
+        ),
+    ],
+)
+def test_mlp_refuses_bad_and_too_large_sizes_before_allocating(
+    args: dict[str, object], message: str
+) -> None:
+    """An app of built-ins runs at a site unapproved: MLP(layers=0) reached the admin as an
+    unexpected ValueError, and a large ``hidden`` took the site's memory."""
+    sizes: dict[str, object] = {"in_features": 4, "hidden": 4, "out_features": 2, **args}
+    with pytest.raises(ConfigError) as failure:
+        MLP(**sizes)  # type: ignore[arg-type]
+    assert str(failure.value) == message
+
+
+@pytest.mark.parametrize(
+    ("args", "parameters"), [({}, 38_282), ({"num_classes": 3, "channels": 5, "hidden": 7}, 1_661)]
+)
+def test_digits_cnn_counts_its_parameters_before_building(
+    args: dict[str, int], parameters: int
+) -> None:
+    """The count the cap is checked against is the one the model ends up with."""
+    model = DigitsCNN(**args)
+    assert sum(p.numel() for p in model.parameters()) == parameters
+    too_many = f"DigitsCNN: {parameters:,} parameters is more than"
+    with (
+        mock.patch("flapp.models.MAX_PARAMETERS", parameters - 1),
+        pytest.raises(ConfigError, match=too_many),
+    ):
+        DigitsCNN(**args)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"channels": 0}, "DigitsCNN: channels must be a positive integer, got 0"),
+        ({"hidden": 2**20}, "DigitsCNN: 548,410,058 parameters is more than the 536,870,912"),
+    ],
+)
+def test_digits_cnn_refuses_bad_and_too_large_sizes(args: dict[str, int], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DigitsCNN(**args)
 
 
 def write_split(path: Path, x: np.ndarray, y: np.ndarray) -> None:
@@ -252,8 +302,94 @@ def test_bad_arrays_are_refused(tmp_path: Path, x: np.ndarray, y: np.ndarray, me
         NpzClassification(tmp_path)
 
 
+def damaged(path: Path, how: str) -> None:
+    """Write at ``path`` an .npz file that is broken in the way ``how`` names."""
+    write_split(path, np.ones((2, 2), np.float32), np.ones(2, np.int64))
+    data = path.read_bytes()
+    if how == "cut short":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # the local header of 'x.npy' names another file, which zipfile's error quotes
+        path.write_bytes(data.replace(b"x.npy", b"Q.npy", 1))
+
+
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("cut short", "it is no zip archive, or a damaged one (numpy.savez writes them)"),
+        ("renamed in its header", "it is no zip archive, or a damaged one"),
+    ],
+)
+def test_a_damaged_npz_is_refused_without_quoting_its_bytes(
+    tmp_path: Path, how: str, why: str
+) -> None:
+    """zipfile's error went uncaught, and its message (which reaches the server) quoted
+    bytes of the site's file."""
+    damaged(tmp_path / "train.npz", how)
+    with pytest.raises(ConfigError) as failure:
+        NpzClassification(tmp_path)
+    message = str(failure.value)
+    assert message.startswith(f"dataset file {tmp_path / 'train.npz'}: cannot read it as .npz: ")
+    assert why in message and "Q.npy" not in message
+
+
+def test_a_npy_file_is_refused_unread(tmp_path: Path) -> None:
+    """np.load read a .npy file whole, and then failed on it with a TypeError."""
+    np.save(tmp_path / "train.npy", np.ones((2, 2), np.float32))
+    with (
+        mock.patch("numpy.lib.format.read_array", side_effect=AssertionError("read")),
+        pytest.raises(ConfigError, match=r"train.npy is no .npz archive .* numpy.savez$"),
+    ):
+        NpzClassification(tmp_path, train="train.npy")
+
+
+@pytest.mark.parametrize("name", [5, None, ["train.npz"]])
+def test_a_file_name_must_be_a_string(tmp_path: Path, name: object) -> None:
+    with pytest.raises(
+        ConfigError, match="must be a file name \\(a string\\) relative to DATA_ROOT"
+    ):
+        NpzClassification(tmp_path, train=name)  # type: ignore[arg-type]
+
+
 def test_pickled_arrays_are_refused(tmp_path: Path) -> None:
     objects = np.array([{"a": 1}, None], dtype=object)
     write_split(tmp_path / "train.npz", objects, np.ones(2, np.int64))
     with pytest.raises(ConfigError, match=re.escape("cannot read it as .npz")):
         NpzClassification(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "args", "message"),
+    [
+        (
+            ComponentSpec("torch.optim.SGD", {"lr": "x"}),
+            ([torch.nn.Parameter(torch.zeros(2))],),
+            "'torch.optim.SGD' could not be built from its args: .*correct them in the config",
+        ),
+        (
+            ComponentSpec("torch.nn.Linear", {"in_features": -1, "out_features": 2}),
+            (),
+            "'torch.nn.Linear' could not be built from its args: .*negative dimension",
+        ),
+    ],
+)
+def test_a_factory_that_refuses_its_values_is_a_config_error(
+    spec: ComponentSpec, args: tuple[object, ...], message: str
+) -> None:
+    """A built-in app's bad value reached the admin as "an error it did not expect,
+    TypeError (...)" instead of a sentence about the config."""
+    with pytest.raises(ConfigError, match=f"^config_train.json: x: {message}"):
+        build(spec, "config_train.json: x", *args)
+
+
+def test_a_custom_factory_that_refuses_its_values_is_left_as_it_is() -> None:
+    """Outside the built-ins such an error may be a bug in the code, which its traceback
+    shows (the model-init child prints none for a config error)."""
+    with pytest.raises(ValueError, match="Invalid literal for Fraction") as failure:
+        build(ComponentSpec("fractions.Fraction", {"numerator": "x"}), "config_train.json: x")
+    assert not isinstance(failure.value, ConfigError)
+
+
+def test_a_config_error_of_a_factory_reaches_the_admin_as_it_is(tmp_path: Path) -> None:
+    spec = ComponentSpec("flapp.datasets.NpzClassification")
+    with pytest.raises(ConfigError, match=r"^dataset file .* is missing"):
+        build(spec, "config_train.json: dataset", data_root=tmp_path)

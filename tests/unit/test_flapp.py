@@ -11,6 +11,7 @@ from torch import nn
 import flapp
 from flapp import (
     ClassificationMetrics,
+    ConfigError,
     DiceMetrics,
     SegmentationTrainer,
     SupervisedTrainer,
@@ -160,9 +161,22 @@ def test_the_segmentation_trainer_learns_from_dict_batches_and_reports_dice() ->
 
 
 def test_a_batch_without_the_keys_says_which_to_set() -> None:
+    """A KeyError reached the admin as "an error it did not expect", not as the sentence."""
     trainer = SegmentationTrainer(image_key="img")
-    with pytest.raises(KeyError, match=r"no 'img'.*it has 'image', 'label'.*set image_key"):
+    with pytest.raises(ConfigError) as failure:
         trainer.pair({"image": torch.zeros(1), "label": torch.zeros(1)})
+    assert str(failure.value) == (
+        "SegmentationTrainer: the batch has no 'img' (it has 'image', 'label'); "
+        "set image_key and label_key of the trainer"
+    )
+
+
+@pytest.mark.parametrize("batch", [(torch.zeros(1),) * 3, torch.zeros(3)])
+def test_a_batch_of_another_form_says_what_it_must_be(batch: object) -> None:
+    with pytest.raises(
+        ConfigError, match="a batch must be an \\(image, label\\) pair or a mapping"
+    ):
+        SegmentationTrainer().pair(batch)
 
 
 def test_mixed_precision_only_on_cuda() -> None:

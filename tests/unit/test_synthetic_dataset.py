@@ -53,6 +53,42 @@ def test_bad_sizes_are_config_errors(args: dict[str, object]) -> None:
         SyntheticClassification(None, **args)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            {"num_samples": 2**20, "in_features": 2**7},
+            "SyntheticClassification: 135,266,304 values per split "
+            "(num_samples × (in_features + 1)) is more than the 134,217,728 allowed; "
+            "make num_samples or in_features smaller",
+        ),
+        (
+            {"num_samples": 2**62, "in_features": 2**62},
+            "SyntheticClassification: 21,267,647,932,558,653,971,072,598,982,912,901,120 "
+            "values per split",
+        ),
+        (
+            {"seed": 2**64},
+            "SyntheticClassification: seed must be an integer from 0 to 2**64 - 1, "
+            "got 18446744073709551616",
+        ),
+        (
+            {"seed": "x"},
+            "SyntheticClassification: seed must be an integer from 0 to 2**64 - 1, got 'x'",
+        ),
+    ],
+)
+def test_splits_over_the_cap_and_bad_seeds_are_refused_before_allocating(
+    args: dict[str, object], message: str
+) -> None:
+    """An app of built-ins runs at a site unapproved: sizes just under the site's memory
+    built two splits of that size there, and a bad seed was an unexpected ValueError."""
+    sizes: dict[str, object] = {"num_samples": 4, "in_features": 4, "num_classes": 2, **args}
+    with pytest.raises(ConfigError) as failure:
+        SyntheticClassification(None, **sizes)  # type: ignore[arg-type]
+    assert str(failure.value).startswith(message)
+
+
 def test_one_training_step_with_the_mlp() -> None:
     data = SyntheticClassification(None, num_samples=16, in_features=10, num_classes=4)
     model = MLP(10, 8, 4, layers=2)
