@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from flcore.schema import ConfigError
 
+MAX_PARAMETERS = 2**29
+"""Most values a built-in model may hold (2 GiB of float32 weights, about three times that
+to train): this still fits the 2.1 GB model of ``bench/big_model.py``. Larger models are
+custom code, which each site approves."""
+
 
 def positive_int(owner: str, name: str, value: object) -> int:
     """``value`` if it is a positive integer (``true`` in JSON is not one)."""

@@ -11,13 +11,8 @@ import itertools
 import torch
 from torch import nn
 
-from flapp._checks import at_most, positive_int
+from flapp._checks import MAX_PARAMETERS, at_most, positive_int
 
-MAX_PARAMETERS = 2**29
-"""Most parameters a built-in model may have (2 GiB of float32 weights, about three times
-that to train). An app of built-ins runs at a site without its IT's approval, so its sizes
-must not be able to take the site's memory; this still fits the 2.1 GB model of
-``bench/big_model.py``. Larger models are custom code, which each site approves."""
 MAX_MLP_LAYERS = 1024
 """Most Linear layers of an MLP: every layer is Python objects as well as weights, so a
 million layers of width 1 would take the site's memory under any parameter cap."""

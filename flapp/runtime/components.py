@@ -28,9 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flapp._checks import MAX_PARAMETERS, at_most
 from flcore.appconfig import TRAIN_CONFIG, ComponentSpec
 from flcore.appreview import CODE_SUFFIXES, is_built_in
 from flcore.schema import ConfigError
+
+TORCH_NN = "torch.nn."
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +175,8 @@ def build(spec: ComponentSpec, where: str, *args: Any, **extra: Any) -> Any:
     if not is_built_in(spec.path):
         return factory(*args, **kwargs)
     try:
+        if spec.path.startswith(TORCH_NN):
+            _refuse_oversized(factory, args, kwargs, spec.path, where)
         return factory(*args, **kwargs)
     except ConfigError:
         raise
@@ -180,6 +185,26 @@ def build(spec: ComponentSpec, where: str, *args: Any, **extra: Any) -> Any:
             f"{where}: {spec.path!r} could not be built from its args: {str(exc)[:500]}; "
             "correct them in the config"
         ) from exc
+
+
+def _refuse_oversized(
+    factory: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    path: str,
+    where: str,
+) -> None:
+    """Build a ``torch.nn`` module on the meta device (no memory) and refuse it past
+    MAX_PARAMETERS values: an app of built-in components runs at a site without its IT's
+    approval, and ``torch.nn.Linear(2**20, 2**20)`` would take all of its memory (flapp's own
+    models check their sizes themselves)."""
+    import torch  # the child's: this module is read where torch is not
+
+    with torch.device("meta"):
+        probe = factory(*args, **kwargs)
+    if isinstance(probe, torch.nn.Module):
+        values = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+        at_most(f"{where}: {path!r}", "values", values, MAX_PARAMETERS, "make it smaller")
 
 
 def train_where(component: str) -> str:

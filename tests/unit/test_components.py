@@ -393,3 +393,15 @@ def test_a_config_error_of_a_factory_reaches_the_admin_as_it_is(tmp_path: Path) 
     spec = ComponentSpec("flapp.datasets.NpzClassification")
     with pytest.raises(ConfigError, match=r"^dataset file .* is missing"):
         build(spec, "config_train.json: dataset", data_root=tmp_path)
+
+
+def test_a_torch_nn_module_too_large_for_a_built_in_app_is_refused_before_it_is_made() -> None:
+    """torch.nn modules count as built-in (an app of them runs without the site's approval),
+    and nothing capped their sizes: Linear(2**20, 2**20) would take 4 TiB."""
+    where = "config_train.json: model"
+    huge = ComponentSpec("torch.nn.Linear", {"in_features": 2**20, "out_features": 2**20})
+    too_many = rf"^{where}: 'torch.nn.Linear': 1,099,512,676,352 values is more than the"
+    with pytest.raises(ConfigError, match=too_many):
+        build(huge, where)
+    small = build(ComponentSpec("torch.nn.Linear", {"in_features": 4, "out_features": 2}), where)
+    assert isinstance(small, torch.nn.Linear) and small.weight.device.type == "cpu"
