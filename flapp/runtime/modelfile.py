@@ -70,8 +70,14 @@ def check_fits(expected: Manifest, found: Manifest, what: str) -> None:
         raise TensorFileError(f"{what} does not fit the model: {'; '.join(problems)}")
 
 
-def save_state(state: Mapping[str, torch.Tensor], path: Path, durable: bool = True) -> None:
-    """Write a state dict as a safetensors file, atomically (and durably unless told otherwise).
+def save_state(
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    durable: bool = True,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write a state dict as a safetensors file, atomically (and durably unless told otherwise),
+    with ``metadata`` in its header beside safetensors' own.
 
     Written here rather than by safetensors' ``save_file``, which builds the whole
     file in memory first: the header, then each tensor's bytes handed straight to
@@ -79,7 +85,7 @@ def save_state(state: Mapping[str, torch.Tensor], path: Path, durable: bool = Tr
     Tensors stay in the state dict's order; a full disk is the OSError it is.
     """
     tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in state.items()}
-    header = header_bytes(state_manifest(tensors), {"format": "pt"})
+    header = header_bytes(state_manifest(tensors), {"format": "pt", **(metadata or {})})
 
     def write(tmp: Path) -> None:
         with tmp.open("wb") as handle:

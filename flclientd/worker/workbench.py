@@ -28,8 +28,22 @@ from flclientd.worker.protocol import BEST_LOCAL_MODEL, WorkerInfo, WorkResult
 from flclientd.worker.ranks import Ranks, describe_device
 from flcore.appconfig import App, TrainConfig, load_app
 from flcore.schema import ConfigError
+from flcore.tensorfile import TensorFile, TensorFileError
 
 logger = logging.getLogger(__name__)
+
+BEST_SCORE_KEY = "flstack_best_score"
+"""The header metadata that holds a best local model's score on the site's own data."""
+
+
+def _kept_score(path: Path) -> float | None:
+    """The score kept in a best local model's header; None without one (no file, or one a
+    power loss cut short, whose first better model then replaces it)."""
+    try:
+        score = float(TensorFile(path).metadata[BEST_SCORE_KEY])
+    except (OSError, TensorFileError, KeyError, ValueError):
+        return None
+    return None if math.isnan(score) else score
 
 
 def open_learner(
@@ -90,7 +104,10 @@ class Workbench:
         self.keeps_best = app.client is not None and app.client.cross_validate
         self.best_metric = app.server.validation_metric if app.server else "val_accuracy"
         self.higher_is_better = app.server.metric_mode == "max" if app.server else True
-        self.best_score: float | None = None
+        self.best_score = _kept_score(self.best_path) if self.keeps_best else None
+        """The score of the best local model kept: read back from it, so that a child
+        started again (a restart, start client after a failure) does not let a worse
+        model replace it."""
         self.learner = open_learner(app, data_root, work_dir, ranks, device)
         self.manifest = state_manifest(self.learner.state())
         logger.info(
@@ -156,4 +173,5 @@ class Workbench:
             self.best_score = score
         else:
             return
-        save_state(state, self.best_path, durable=False)
+        scored = {} if self.best_score is None else {BEST_SCORE_KEY: repr(self.best_score)}
+        save_state(state, self.best_path, durable=False, metadata=scored)

@@ -21,8 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from flapp.runtime.modelfile import save_state
 from flapp.runtime.modelinit import init_model
 from flclientd.runner import TrainingProcess, WorkerFailed
+from flclientd.worker.workbench import BEST_SCORE_KEY
 from flcore.proctable import command_line, descendants, process_table
 from flcore.tensorfile import TensorFile
 from fldev.poll import wait_until_async
@@ -559,5 +561,38 @@ def test_two_ranks_train_with_ddp_on_the_cpu(
             await process.stop(grace=10)
         assert wait_until_gone(pgid) == []
         assert [pid for pid in ranks if Path(f"/proc/{pid}").exists()] == []
+
+    run(scenario())
+
+
+@pytest.mark.timeout(120)
+def test_a_child_started_again_keeps_the_best_local_model_it_cannot_beat(
+    digits_run: tuple[Path, Path, Path, Path], keeper: Keeper
+) -> None:
+    """A new child began with no best score, so the first round after a restart replaced
+    the best local model (what cross-site validation shares) whatever its score."""
+    app, data, work, global_model = digits_run
+    best = work / "best_local_model.safetensors"
+
+    async def scenario() -> None:
+        process = await keeper.start(app, data, work)
+        try:
+            result = await process.train(
+                round=0, global_model=global_model, out=work / "u0.safetensors", epochs=1
+            )
+        finally:
+            await process.stop()
+        kept = TensorFile(best).metadata[BEST_SCORE_KEY]
+        assert float(kept) == pytest.approx(result.metrics["local_val_accuracy"])
+        # As if an earlier round had scored what no later one can.
+        save_state(load_file(str(best)), best, metadata={BEST_SCORE_KEY: "2.0"})
+        again = await keeper.start(app, data, work)
+        try:
+            await again.train(
+                round=1, global_model=global_model, out=work / "u1.safetensors", epochs=1
+            )
+        finally:
+            await again.stop()
+        assert TensorFile(best).metadata[BEST_SCORE_KEY] == "2.0"
 
     run(scenario())
