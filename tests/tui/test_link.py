@@ -69,12 +69,17 @@ class DroppingLink(ReplayLink):
             waiter.cancel()
 
 
+def dropping_console(tmp_path: Path, clock: Clock) -> tuple[DroppingLink, ConsoleApp]:
+    """A console on a link the test drops, first trying again after 30 s."""
+    link = DroppingLink(transfer_dir=tmp_path / "transfer")
+    return link, ConsoleApp(link, clock=clock, flush_s=0.05, retry_first_s=30)
+
+
 def test_a_lost_console_link_freezes_the_sites_as_unknown_and_counts_down(tmp_path: Path) -> None:
     clock = Clock(NOW)
 
     async def scenario() -> None:
-        link = DroppingLink(transfer_dir=tmp_path / "transfer")
-        app = ConsoleApp(link, clock=clock, flush_s=0.05, retry_first_s=30)
+        link, app = dropping_console(tmp_path, clock)
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             table = app.dashboard.query_one(ClientsTable)
@@ -116,8 +121,7 @@ def test_the_round_countdown_stops_where_the_link_was_lost(tmp_path: Path) -> No
     clock = Clock(NOW)
 
     async def scenario() -> None:
-        link = DroppingLink(transfer_dir=tmp_path / "transfer")
-        app = ConsoleApp(link, clock=clock, flush_s=0.05, retry_first_s=30)
+        link, app = dropping_console(tmp_path, clock)
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
             countdown = app.dashboard.query_one("#round-countdown")
