@@ -54,9 +54,9 @@ MAX_UNWRITTEN_AUDIT = 10_000
 INTERRUPTING = frozenset({"abort"})
 """Commands that never wait for another admin's command: abort stops a start in progress."""
 IGNORED_SHOWN = 10
+"""Names of an upload's ignored parts its reply lists; the others are counted."""
 FILES_LISTED = 100
 """Files of an upload its reply's data lists (in upload order); ``file_count`` counts all."""
-"""Names of an upload's ignored parts its reply lists; the others are counted."""
 ENDING_SHOWN = 10
 """Kits ending soon that check_status server names (the first to end); the others are counted."""
 MAX_REPLY_BYTES = 3 * 1024 * 1024
