@@ -154,6 +154,9 @@ SERVER_FIELDS = [
 ]
 MAX_URI = 2048
 MLFLOW_SCHEMES = ("", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql")
+REMOTE_SCHEMES = ("http", "https")
+"""A tracking server's URI: a query string there is a token's place (a database URI's query
+holds its options, ``?sslmode=require``)."""
 """A path (the file store), MLflow's REST server, or a database it tracks in directly."""
 
 
@@ -181,11 +184,12 @@ def tracking_uri_problem(uri: str) -> str | None:
         scheme = ""
     if scheme not in MLFLOW_SCHEMES:
         return f"has the scheme {scheme!r}; use one of {', '.join(s for s in MLFLOW_SCHEMES if s)}"
-    if parts.username or parts.password:
+    if parts.username or parts.password or (scheme in REMOTE_SCHEMES and parts.query):
+        # A tracking server's query string carries tokens as well (?token=…).
         return (
-            "must not carry a user name or password (the app reaches every site): set "
-            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, "
-            "in the server's environment"
+            "must not carry a user name, password or query string (the app reaches every "
+            "site): set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+            "MLFLOW_TRACKING_TOKEN, in the server's environment"
         )
     return None
 

@@ -259,8 +259,12 @@ def test_the_mlflow_key_of_an_app() -> None:
     config = parse_server_config({"mlflow": {"tracking_uri": "mlruns", "experiment": "spleen"}})
     assert config.mlflow == MlflowSettings("mlruns", "spleen")
     assert parse_server_config({}).mlflow is None
+    database = "postgresql://db.example.org/mlflow?sslmode=require"  # its options, no token
+    assert parse_server_config({"mlflow": {"tracking_uri": database}}).mlflow is not None
     for uri, message in (
-        ("https://me:secret@mlflow.example.org", "must not carry a user name or password"),
+        ("https://me:secret@mlflow.example.org", "must not carry a user name, password"),
+        # a tracking server's token in the query reached every site with the app
+        ("https://mlflow.example.org/?token=abc", "must not carry a user name, password or query"),
         ("ftp://mlflow.example.org", "has the scheme 'ftp'"),
         ("  ", "must not be empty"),
         ("file:///x\n", "control characters"),
