@@ -162,6 +162,21 @@ class _Certificates:
         yield family
 
 
+def exposure(settings: EndpointSettings) -> str | None:
+    """How anyone who reaches a non-loopback endpoint may read it (None: only this machine,
+    or scrapers with a certificate of ``metrics_tls_client_ca``)."""
+    if settings.loopback or settings.client_ca is not None:
+        return None
+    if settings.cert is None:
+        how, remedy = "is plain HTTP", "give it metrics_tls_cert and metrics_tls_key"
+    else:
+        how, remedy = "takes any scraper over HTTPS", "give it metrics_tls_client_ca"
+    return (
+        f"{how} on a non-loopback address: anyone who reaches it reads this site's activity; "
+        f"{remedy} unless that network is yours alone"
+    )
+
+
 def serve_metrics(
     settings: EndpointSettings, collectors: Iterable[Any], lives: Sequence[CertLife]
 ) -> Endpoint:
@@ -182,13 +197,9 @@ def serve_metrics(
     own = (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, _Certificates(lives))
     for collector in (*own, *collectors):
         registry.register(collector)
-    if not settings.loopback and settings.cert is None:
-        log.warning(
-            "metrics endpoint on %s is plain HTTP on a non-loopback address: anyone who "
-            "reaches it reads this site's activity; give it metrics_tls_cert and "
-            "metrics_tls_key unless that network is yours alone",
-            settings.url,
-        )
+    exposed = exposure(settings)
+    if exposed:
+        log.warning("metrics endpoint on %s %s", settings.url, exposed)
     try:
         server = MetricsServer(settings.host, settings.port, _tls_context(settings))
     except (OSError, ssl.SSLError) as exc:

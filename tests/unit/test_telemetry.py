@@ -35,7 +35,7 @@ from flcore import status as st
 from flcore.appconfig import MlflowSettings, parse_server_config
 from flcore.certlife import CertLife
 from flcore.compression import WireChunk
-from flcore.exporter import EndpointSettings, endpoint_settings, serve_metrics
+from flcore.exporter import EndpointSettings, endpoint_settings, exposure, serve_metrics
 from flcore.federation import MetricsKind, MetricsReport, SubmitOutcome, UploadKind, Verdict
 from flcore.feed import (
     ClientGone,
@@ -157,6 +157,19 @@ def test_only_loopback_counts_as_this_machine() -> None:
     for host in ("0.0.0.0", "192.0.2.1", "metrics.example.org"):  # noqa: S104
         assert not EndpointSettings(host, 1).loopback
     assert EndpointSettings("::1", 9).url == "http://[::1]:9/metrics"
+
+
+def test_an_endpoint_any_scraper_reaches_is_said_so() -> None:
+    """With a certificate but no client CA, an HTTPS endpoint on the network was as open as
+    plain HTTP, and nothing said so."""
+    cert, key, ca = Path("m.crt"), Path("m.key"), Path("ca.pem")
+    plain = exposure(EndpointSettings("0.0.0.0", 9))  # noqa: S104
+    assert plain is not None and plain.startswith("is plain HTTP on a non-loopback address")
+    tls = exposure(EndpointSettings("192.0.2.1", 9, cert, key))
+    assert tls is not None and tls.startswith("takes any scraper over HTTPS")
+    assert "give it metrics_tls_client_ca" in tls
+    assert exposure(EndpointSettings("192.0.2.1", 9, cert, key, ca)) is None
+    assert exposure(EndpointSettings("127.0.0.1", 9)) is None
 
 
 LIVES = [
