@@ -426,7 +426,7 @@ class TrainingProcess:
         if self._proc is not None:
             code = await self._proc.wait()
             if not self._stopping:
-                message = f"training process exited with code {code}"
+                message = _ended(code)
             # Whatever is left (ranks, DataLoader workers, custom code's children) goes too.
             self.kill()
         tasks = [task for task in [self._reader_task, *self._pumps] if task is not None]
@@ -452,6 +452,19 @@ class TrainingProcess:
         if self._writer is not None:
             self._writer.close()
         shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _ended(code: int) -> str:
+    """Why the child ended, as the site's status says it. Killed without an abort, most
+    often it took more memory than the machine or the service may give (the unit's
+    MemoryMax)."""
+    if code == -signal.SIGKILL:
+        return (
+            "training process was killed (SIGKILL): by an abort, or else most often for taking "
+            "more memory than the machine or the service's MemoryMax allows (journalctl -k "
+            "says)"
+        )
+    return f"training process exited with code {code}"
 
 
 def kill_tree(leader: int) -> None:

@@ -63,6 +63,9 @@ def test_client_unit_is_a_template_that_can_reach_gpus() -> None:
     assert "EnvironmentFile=-/etc/flstack/%i.env" in lines
     assert "ReadOnlyPaths=/var/lib/flstack/%i/startup -/var/lib/flstack/%i/local" in lines
     assert not any(line.startswith(("PrivateDevices=", "ProtectClock=")) for line in lines)
+    # an app of built-ins (no approval needed) may not take the machine's memory, and the
+    # daemon outlives a training child the kernel ends for it
+    assert "MemoryMax=80%" in lines and "OOMPolicy=continue" in lines
 
 
 def _systemd_analyze() -> str:

@@ -447,7 +447,7 @@ def test_kill_ends_every_process_of_the_group_at_once(tmp_path: Path, keeper: Ke
         )
         killed_at = time.monotonic()
         process.kill()
-        with pytest.raises(WorkerFailed, match=r"^training process exited with code -9$"):
+        with pytest.raises(WorkerFailed, match=r"^training process was killed \(SIGKILL\): by an"):
             await training
         assert time.monotonic() - killed_at < 2
         assert wait_until_gone(pgid) == []
@@ -465,8 +465,8 @@ def test_a_child_that_dies_fails_the_next_call(
     async def scenario() -> None:
         process = await keeper.start(app, data, work)
         assert process.pgid is not None
-        os.kill(process.pgid, signal.SIGKILL)
-        with pytest.raises(WorkerFailed, match="exited with code -9"):
+        os.kill(process.pgid, signal.SIGKILL)  # as the kernel's OOM killer would
+        with pytest.raises(WorkerFailed, match=r"or else most often for taking more memory"):
             await process.train(
                 round=0, global_model=global_model, out=work / "u.safetensors", epochs=1
             )
