@@ -15,8 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cryptography import x509
+
 from flcore.daemon import forbid_core_dumps
-from flcore.kitsig import KitSignatureError, verify_startup
+from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, verify_startup
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR
 from provision.csr import REQUEST_ROLES, assemble, colon_hex, make_request, sign_request
@@ -24,6 +26,7 @@ from provision.engine import provision_workspace
 from provision.errors import ProvisionError
 from provision.extract import extract_kit
 from provision.passwords import PasswordsFile
+from provision.pki import fingerprint
 from provision.project import KEY_TYPES
 from provision.projectfile import load_project
 from provision.revocation import (
@@ -371,6 +374,10 @@ def _run_verify(args: argparse.Namespace) -> int:
     startup = kit_dir / STARTUP_DIR if (kit_dir / STARTUP_DIR).is_dir() else kit_dir
     verify_startup(startup)
     print(f"OK: {startup} matches its signature")
+    # The seal is the kit's own CA's: a kit swapped on its way is sealed too. Its CA's
+    # fingerprint, compared with lead IT's by another channel, is what tells.
+    ca = x509.load_pem_x509_certificate((startup / ROOT_CERT_FILE).read_bytes())
+    print(f"project CA fingerprint (SHA-256): {colon_hex(fingerprint(ca))}")
     return EXIT_OK
 
 

@@ -14,10 +14,13 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 
 import provision
 from provision.cli import main
+from provision.csr import colon_hex
 from provision.kits import write_kit_zip
+from provision.pki import fingerprint
 from tests.flprovision import flprovision
 
 REPO = Path(provision.__file__).resolve().parents[1]
@@ -287,7 +290,11 @@ def test_verify_accepts_workspace_or_startup(
     extracted_client: Path, subfolder: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["verify", str(extracted_client / subfolder)]) == 0
-    assert capsys.readouterr().out.startswith("OK: ")
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("OK: ")
+    # what site IT compares with lead IT's by phone: a swapped kit is sealed by its own CA
+    ca = x509.load_pem_x509_certificate((extracted_client / "startup" / "rootCA.pem").read_bytes())
+    assert said[1] == f"project CA fingerprint (SHA-256): {colon_hex(fingerprint(ca))}"
 
 
 @pytest.mark.parametrize(
