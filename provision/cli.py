@@ -376,9 +376,15 @@ def _run_verify(args: argparse.Namespace) -> int:
     print(f"OK: {startup} matches its signature")
     # The seal is the kit's own CA's: a kit swapped on its way is sealed too. Its CA's
     # fingerprint, compared with lead IT's by another channel, is what tells.
-    ca = x509.load_pem_x509_certificate((startup / ROOT_CERT_FILE).read_bytes())
-    print(f"project CA fingerprint (SHA-256): {colon_hex(fingerprint(ca))}")
+    print(_ca_fingerprint(startup / ROOT_CERT_FILE))
     return EXIT_OK
+
+
+def _ca_fingerprint(cert_path: Path) -> str:
+    """The line that names a project CA by its fingerprint, as lead IT and site IT compare
+    it over the phone."""
+    ca = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return f"project CA fingerprint (SHA-256): {colon_hex(fingerprint(ca))}"
 
 
 MAX_PASSWORD_LINE = 1024
