@@ -328,6 +328,8 @@ def _run_sign(args: argparse.Namespace) -> int:
     check_days(args.days)
     project = load_project(args.project)
     signed = sign_request(project, args.workspace, args.request, args.reissue, crl_days=args.days)
+    for warning in signed.warnings:
+        print(f"{PROG}: {warning}", file=sys.stderr)
     if signed.crl is not None:
         _print_crl(signed.crl)
     print(signed.kit.password_line())
