@@ -61,10 +61,20 @@ def _canonical(files: Mapping[str, str]) -> bytes:
     return json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
 
 
+def public_key_sha256(public_key: PublicKey) -> str:
+    """SHA-256 of a public key's SubjectPublicKeyInfo (DER), as lowercase hex.
+
+    Names a key by its public half: in a seal, and in the provisioning
+    records, where a key a request brings is known again without any
+    private key being kept.
+    """
+    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
 def public_key_digest(public_key: PublicKey) -> str:
     """How the manifest lists a private key held at its site: its public key's SHA-256."""
-    der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-    return f"{PUBLIC_KEY_DIGEST}{hashlib.sha256(der).hexdigest()}"
+    return f"{PUBLIC_KEY_DIGEST}{public_key_sha256(public_key)}"
 
 
 def _private_key_digest(pem: bytes) -> str:

@@ -2,8 +2,10 @@
 
 Exit codes: 0 success, 2 project.yml is invalid (and nothing was written),
 1 any other error, a wrong command line included. Errors and warnings are
-one line each on stderr. Passwords appear only in the password lines on
-stdout and, with ``--passwords-file``, in that file (created with mode 0600).
+one line each on stderr, and so is the project CA's fingerprint after a
+provisioning run, so that stdout stays the lines scripts read. Passwords
+appear only in the password lines on stdout and, with ``--passwords-file``,
+in that file (created with mode 0600).
 """
 
 from __future__ import annotations
@@ -228,7 +230,20 @@ def _run_provision(args: argparse.Namespace) -> int:
         print(f"===> awaiting {name}: csr: true, so it sends a request ({PROG} sign REQUEST.csr)")
     if passwords is not None:
         passwords.write(result.written)
+    # Last, and on stderr: stdout stays the lines scripts parse (and --passwords-file copies).
+    sys.stdout.flush()
+    print(_fingerprint_line(result.ca_fingerprint), file=sys.stderr)
     return EXIT_OK
+
+
+def _fingerprint_line(digest: str) -> str:
+    """The line that gives lead IT the project CA's fingerprint to pass on by phone."""
+    return f"===> {_named_ca(digest)}"
+
+
+def _named_ca(digest: str) -> str:
+    """A project CA named by its fingerprint, as lead IT and site IT compare it over the phone."""
+    return f"project CA fingerprint (SHA-256): {colon_hex(digest)}"
 
 
 def _print_crl(crl: CrlWritten) -> None:
@@ -328,17 +343,19 @@ def _run_sign(args: argparse.Namespace) -> int:
     check_days(args.days)
     project = load_project(args.project)
     signed = sign_request(project, args.workspace, args.request, args.reissue, crl_days=args.days)
+    for warning in signed.warnings:
+        print(f"{PROG}: {warning}", file=sys.stderr)
     if signed.crl is not None:
         _print_crl(signed.crl)
     print(signed.kit.password_line())
-    print(f"===> project CA fingerprint (SHA-256): {colon_hex(signed.ca_fingerprint)}")
+    print(_fingerprint_line(signed.ca_fingerprint))
     return EXIT_OK
 
 
 def _run_assemble(args: argparse.Namespace) -> int:
     done = assemble(args.kit, args.workspace, args.ca_fingerprint)
     print(f"assembled {done.startup} for {done.name} with the key made here")
-    print(f"project CA fingerprint (SHA-256): {colon_hex(done.ca_fingerprint)}")
+    print(_named_ca(done.ca_fingerprint))
     if args.ca_fingerprint is None:
         print("compare it with the one lead IT gave you (or pass it with --ca-fingerprint)")
     return EXIT_OK
@@ -376,15 +393,9 @@ def _run_verify(args: argparse.Namespace) -> int:
     print(f"OK: {startup} matches its signature")
     # The seal is the kit's own CA's: a kit swapped on its way is sealed too. Its CA's
     # fingerprint, compared with lead IT's by another channel, is what tells.
-    print(_ca_fingerprint(startup / ROOT_CERT_FILE))
+    ca = x509.load_pem_x509_certificate((startup / ROOT_CERT_FILE).read_bytes())
+    print(_named_ca(fingerprint(ca)))
     return EXIT_OK
-
-
-def _ca_fingerprint(cert_path: Path) -> str:
-    """The line that names a project CA by its fingerprint, as lead IT and site IT compare
-    it over the phone."""
-    ca = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    return f"project CA fingerprint (SHA-256): {colon_hex(fingerprint(ca))}"
 
 
 MAX_PASSWORD_LINE = 1024

@@ -33,7 +33,13 @@ from cryptography.x509.oid import NameOID
 
 from flcore.configfile import read_bounded
 from flcore.identity import KIND_ADMIN, KIND_CLIENT
-from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, PublicKey, verify_files
+from flcore.kitsig import (
+    ROOT_CERT_FILE,
+    KitSignatureError,
+    PublicKey,
+    public_key_sha256,
+    verify_files,
+)
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR, check_private_key
 from provision.engine import (
@@ -47,16 +53,25 @@ from provision.engine import (
 )
 from provision.errors import ProvisionError
 from provision.extract import install_startup, read_kit, refuse_existing
-from provision.kits import KEY_MODE, STARTUP_DIR_MODE, cert_file, key_file, participants
-from provision.pki import PrivateKey, fingerprint, generate_key, key_pem
+from provision.kits import (
+    KEY_MODE,
+    STARTUP_DIR_MODE,
+    Participant,
+    cert_file,
+    key_file,
+    participants,
+)
+from provision.pki import CertifiedKey, PrivateKey, fingerprint, generate_key, key_pem
 from provision.project import KEY_TYPES, Project, admin_email_problem, client_name_problem
 from provision.revocation import CRL_DAYS, REISSUE_REASON, CrlWritten, revoke_certificates
-from provision.workspace import Workspace
+from provision.workspace import Entry, Workspace
 
 REQUEST_DIR = "request"
 REQUEST_ROLES = {"client": KIND_CLIENT, "admin": KIND_ADMIN}
 """``--role`` words and the kind (certificate OU) they ask for."""
 MAX_CSR_BYTES = 64 * 1024
+UNKNOWN_SHOWN = 3
+"""Names a warning gives of the certificates whose keys are not on record."""
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -77,6 +92,8 @@ class Signed:
     kit: WrittenKit
     ca_fingerprint: str
     crl: CrlWritten | None
+    warnings: tuple[str, ...]
+    """What the lead should know: keys of older certificates the request was not compared with."""
 
 
 @dataclass(frozen=True)
@@ -387,7 +404,7 @@ def sign_request(
         if record is not None:
             check_run(project, record, workspace, [who])
         record, ca = start(project, ws, record, ca, now)
-        _refuse_revoked_key(ws, public_key, csr_path)
+        warnings = _refuse_known_key(ws, ca, who, public_key, csr_path)
         held = record.participants.get(holder_key(who))
         crl = None
         if held is not None:
@@ -406,26 +423,77 @@ def sign_request(
         entry, kit = write_kit(project, ws, ca, who, now, public_key)
         holders = {**record.participants, holder_key(who): entry}
         finish_run(project, ws, ca, holders, record.server_settings, [entry])
-        return Signed(kit, fingerprint(ca.cert), crl)
+        return Signed(kit, fingerprint(ca.cert), crl, warnings)
 
 
-def _refuse_revoked_key(ws: Workspace, key: PublicKey, csr_path: Path) -> None:
-    """Refuse a key any revoked certificate of this workspace was for (lock held).
+def _refuse_known_key(
+    ws: Workspace, ca: CertifiedKey, who: Participant, key: PublicKey, csr_path: Path
+) -> tuple[str, ...]:
+    """Refuse a key this workspace certified before, unless it is ``who``'s own request key
+    and not revoked (lock held); the warning to give when older records cannot tell.
 
-    A revocation may mean the key was stolen; certified again (under
-    ``--reissue``, or after the name left project.yml and came back) it would
-    be trusted anew. audit.json keeps the public key of every certificate
-    issued for a request.
+    A key made here for a zip kit travelled in that kit, so it is not one only
+    a site knows, which is what a request stands for. A key certified for
+    another participant would make two of them one. A revoked key may be a
+    stolen one: certified again, it would be trusted anew. The participant's
+    own request key is left to the checks that follow (a certificate held
+    already needs ``--reissue`` and a new key; one that left project.yml and
+    came back may send its request again).
     """
+    digest = public_key_sha256(key)
+    if digest == public_key_sha256(ca.key.public_key()):
+        raise ProvisionError(
+            f"{csr_path}: its key is the project CA's, and only the holder of the CA key could "
+            f"have signed it: the key has left {ws.state_dir}, so this CA cannot be trusted "
+            "any more; provision the project into a new workspace and replace every kit"
+        )
     revoked = {entry.serial for entry in ws.load_revoked().revoked}
-    for entry in ws.load_audit().issued:
-        if (
-            isinstance(entry, dict)
-            and entry.get("serial") in revoked
-            and held_public_key(entry) == key
-        ):
+    unknown: list[str] = []
+    matches: list[Entry] = []
+    for entry in ws.certificates():
+        on_record = _key_on_record(entry)
+        if on_record is None:
+            unknown.append(str(entry.get("name")))
+        elif on_record == digest:
+            matches.append(entry)
+    for entry in sorted(matches, key=lambda each: each["serial"] not in revoked):
+        owner, serial = entry.get("name"), entry["serial"]
+        if serial in revoked:
             raise ProvisionError(
-                f"{csr_path}: its key was certified before for {entry.get('name')!r} (serial "
-                f"{entry['serial']}) and that certificate is revoked, so it is never certified "
-                "again: the site makes a new key and request (flprovision request)"
+                f"{csr_path}: its key was certified before for {owner!r} (serial {serial}) and "
+                "that certificate is revoked, so it is never certified again: the site makes a "
+                "new key and request (flprovision request)"
             )
+        if "public_key" not in entry:
+            raise ProvisionError(
+                f"{csr_path}: its key is the one made here for the zip kit of {owner!r} (serial "
+                f"{serial}), so it is no key only the site knows: the site makes a new key and "
+                "request (flprovision request)"
+            )
+        if (owner, entry.get("kind")) != (who.name, who.kind):
+            raise ProvisionError(
+                f"{csr_path}: its key was certified before for {owner!r} (serial {serial}), and "
+                "a key is one participant's only: the site makes a new key and request "
+                "(flprovision request)"
+            )
+    if not unknown:
+        return ()
+    names = list(dict.fromkeys(unknown))
+    shown = ", ".join(names[:UNKNOWN_SHOWN])
+    if len(names) > UNKNOWN_SHOWN:
+        shown += f" and {len(names) - UNKNOWN_SHOWN} more"
+    return (
+        f"the request's key could not be compared with {len(unknown)} certificate(s) that an "
+        f"earlier flprovision issued ({shown}): it kept no record of their keys, and their "
+        "kits are encrypted; certificates issued from now on are on record",
+    )
+
+
+def _key_on_record(entry: Entry) -> str | None:
+    """The SHA-256 of a certificate's key from its record entry; None where an older version
+    kept neither it nor the key (a zip kit's)."""
+    digest = entry.get("public_key_sha256")
+    if isinstance(digest, str):
+        return digest
+    held = held_public_key(entry)
+    return None if held is None else public_key_sha256(held)

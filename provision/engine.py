@@ -42,6 +42,7 @@ from provision.pki import (
     cert_facts,
     certify,
     create_ca,
+    fingerprint,
     generate_key,
     public_pem,
 )
@@ -93,6 +94,8 @@ class ProvisionResult:
     """Kit names left alone because an earlier run issued them."""
     removed: tuple[str, ...]
     """Kits issued earlier to participants no longer in project.yml; they stay valid."""
+    ca_fingerprint: str
+    """The project CA's SHA-256 (hex): lead IT tells the sites, who compare it with their kit's."""
     warnings: tuple[str, ...] = ()
     """What the lead should know about the run (removed participants, changed settings)."""
     awaiting: tuple[str, ...] = ()
@@ -407,7 +410,13 @@ def _issue_kits(
         _log_written(kit, entry)
     finish_run(project, ws, ca, issued, server_settings, entries)
     return ProvisionResult(
-        tuple(written), tuple(skipped), removed, tuple(warnings), tuple(awaiting), crl
+        tuple(written),
+        tuple(skipped),
+        removed,
+        fingerprint(ca.cert),
+        tuple(warnings),
+        tuple(awaiting),
+        crl,
     )
 
 
@@ -448,4 +457,4 @@ def _reissue(
     entry, kit = write_kit(project, ws, ca, who, now)
     holders = {**record.participants, holder_key(who): entry}
     finish_run(project, ws, ca, holders, record.server_settings, [entry])
-    return ProvisionResult((kit,), (), (), (), (), crl)
+    return ProvisionResult((kit,), (), (), fingerprint(ca.cert), crl=crl)

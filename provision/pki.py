@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flcore.identity import BACKDATED, KIND_SERVER
-from flcore.kitsig import PublicKey, SigningKey
+from flcore.kitsig import PublicKey, SigningKey, public_key_sha256
 from provision.errors import ProvisionError
 
 PrivateKey = SigningKey
@@ -225,10 +225,14 @@ def serial_hex(cert: x509.Certificate) -> str:
 
 
 def cert_facts(cert: x509.Certificate) -> dict[str, str]:
-    """What issued.json and audit.json say of a certificate: serial, fingerprint, validity."""
+    """What issued.json and audit.json say of a certificate: serial, fingerprint, validity,
+    and its public key's SHA-256, by which a request bringing that key again is known."""
+    key = cert.public_key()
+    assert isinstance(key, PublicKey)  # the CA certifies only keys of our types
     return {
         "serial": serial_hex(cert),
         "sha256": fingerprint(cert),
+        "public_key_sha256": public_key_sha256(key),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
     }

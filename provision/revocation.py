@@ -22,7 +22,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from flcore.identity import KIND_SERVER
 from provision.errors import ProvisionError
 from provision.pki import CertifiedKey, ca_summary
-from provision.workspace import IssuedRecord, RevokedCert, RevokedList, Workspace
+from provision.workspace import Entry, IssuedRecord, RevokedCert, RevokedList, Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +95,9 @@ def sign_crl(
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
-def _certificates_of(ws: Workspace, name: str) -> list[dict[str, Any]]:
-    """Every certificate issued here to ``name``: audit.json, and issued.json's holders."""
-    record = ws.load_issued() or IssuedRecord(None)
-    entries = [*ws.load_audit().issued, *record.participants.values()]
-    found: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        if isinstance(entry, dict) and entry.get("name") == name and "serial" in entry:
-            found.setdefault(str(entry["serial"]), entry)
-    return list(found.values())
+def _certificates_of(ws: Workspace, name: str) -> list[Entry]:
+    """Every certificate issued here to ``name``."""
+    return [entry for entry in ws.certificates() if entry.get("name") == name]
 
 
 def publish(
@@ -175,9 +168,7 @@ def revoke_issued(
     ws.save_issued(record)
     ws.append_audit(record.project or "", ca_summary(ca), [], new)
     for entry in new:
-        logger.info(
-            "revoked %s %s (serial %s, %s)", entry.kind, entry.name, entry.serial, reason
-        )
+        logger.info("revoked %s %s (serial %s, %s)", entry.kind, entry.name, entry.serial, reason)
     return written
 
 

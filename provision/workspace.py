@@ -76,9 +76,9 @@ def _read_json(path: Path) -> Any:
 
 Entry = dict[str, Any]
 """A certificate as issued.json and audit.json keep it: the participant's fields as issued,
-its serial, fingerprint, validity and kit (``revoked`` once revoked, ``public_key`` when its
-owner made the key). Kept as JSON: records written by every earlier version read back as
-they were written."""
+its serial, fingerprint, validity, public key's SHA-256 and kit (``revoked`` once revoked,
+``public_key`` when its owner made the key). Kept as JSON: records written by every earlier
+version read back as they were written (older ones lack ``public_key_sha256``)."""
 
 
 @dataclass
@@ -308,6 +308,21 @@ class Workspace:
         ):
             raise ProvisionError(f"{self.audit_path}: not an audit flprovision wrote")
         return Audit(audit.get("issued", []), audit.get("revoked", []))
+
+    def certificates(self) -> list[Entry]:
+        """Every certificate issued here, one entry per serial.
+
+        audit.json lists them all; issued.json's holders are read too, since
+        a run cut short between saving the two leaves a holder audit.json
+        lacks.
+        """
+        record = self.load_issued()
+        holders = record.participants.values() if record is not None else []
+        found: dict[str, Entry] = {}
+        for entry in [*self.load_audit().issued, *holders]:
+            if isinstance(entry, dict) and "serial" in entry:
+                found.setdefault(str(entry["serial"]), entry)
+        return list(found.values())
 
     def append_audit(
         self,

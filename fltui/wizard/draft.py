@@ -359,11 +359,10 @@ class Draft:
         project = self._checked()
         return self._saved(project, provision_workspace(project, self.workspace, reissue=name))
 
-    def sign(self, request: Path, reissue: bool = False) -> tuple[ProvisionResult, str]:
+    def sign(self, request: Path, reissue: bool = False) -> ProvisionResult:
         """Sign a certificate request (``flprovision sign``) into a kit without a key.
 
-        Returns the run as a result of one kit, and the project CA's
-        fingerprint for the site to compare. With ``reissue`` the request
+        Returns the run as a result of one kit. With ``reissue`` the request
         replaces a certificate, which is revoked.
 
         Raises:
@@ -372,8 +371,10 @@ class Draft:
         """
         project = self._checked()
         signed = sign_request(project, self.workspace, request, reissue)
-        result = ProvisionResult((signed.kit,), (), (), crl=signed.crl)
-        return self._saved(project, result), signed.ca_fingerprint
+        result = ProvisionResult(
+            (signed.kit,), (), (), signed.ca_fingerprint, signed.warnings, crl=signed.crl
+        )
+        return self._saved(project, result)
 
     def _checked(self) -> Project:
         project = self.project()

@@ -23,6 +23,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 
 from fltui.paths import typed_path
 from provision import PasswordsFile, ProvisionError, ProvisionResult, WrittenKit
+from provision.csr import colon_hex
 
 PASSWORDS_FILE = "passwords.txt"
 
@@ -81,6 +82,10 @@ class KitsStep(Vertical):
             summary.append(f"Kept (already issued): {', '.join(result.skipped)}.")
         if result.awaiting:
             summary.append(f"Awaiting certificate requests: {', '.join(result.awaiting)}.")
+        summary.append(
+            f"Project CA fingerprint (SHA-256): {colon_hex(result.ca_fingerprint)}. Tell each "
+            "site's IT by phone: they compare it with what flprovision verify or assemble prints."
+        )
         if note:
             summary.append(note)
         if self.passwords:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
@@ -42,7 +41,6 @@ from fltui.wizard.question import Answer, Question, Reply
 from fltui.wizard.rows import RowsEditor
 from fltui.workfaults import SaysWhenWorkFails
 from provision import ProvisionError, ProvisionResult, project_to_yaml
-from provision.csr import colon_hex
 from provision.project import KEY_TYPES
 
 STEPS = ("project", "server", "clients", "admins", "settings", "review", "kits")
@@ -494,16 +492,10 @@ class WizardScreen(Screen[None], SaysWhenWorkFails):
         if reply.key == "reissue":
             self.run_engine(f"re-issuing {name}…", lambda: self.draft.reissue(name))
             return
-
-        def sign() -> ProvisionResult:
-            result, fingerprint = self.draft.sign(typed_path(reply.text), reissue=issued)
-            note = (
-                f"Project CA fingerprint (SHA-256) for {name}'s IT to compare: "
-                f"{colon_hex(fingerprint)}."
-            )
-            return replace(result, warnings=(note, *result.warnings))
-
-        self.run_engine(f"signing the request of {name}…", sign)
+        self.run_engine(
+            f"signing the request of {name}…",
+            lambda: self.draft.sign(typed_path(reply.text), reissue=issued),
+        )
 
     @work(exclusive=True, exit_on_error=False, description="provisioning")
     async def run_engine(self, doing: str, run: Callable[[], ProvisionResult]) -> None:

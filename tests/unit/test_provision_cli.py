@@ -60,7 +60,9 @@ def test_provision_prints_one_line_per_kit(
     assert lines[1].endswith(" to it@a.example.org")
     assert lines[2].endswith("site-b.zip")
     assert "PRIVATE KEY" not in out + err
-    assert err == ""
+    # Lead IT reads the CA's fingerprint to pass on; stdout stays the password lines.
+    ca = x509.load_pem_x509_certificate((tmp_path / "ws" / "state" / "rootCA.pem").read_bytes())
+    assert err == f"===> project CA fingerprint (SHA-256): {colon_hex(fingerprint(ca))}\n"
 
 
 def test_second_run_names_the_skipped_kits(
@@ -164,10 +166,12 @@ def test_warnings_go_to_stderr(
     _write_project(tmp_path, provision_project_mapping)
     assert main(["-p", str(project), "-w", str(tmp_path / "ws")]) == 0
     out, err = capsys.readouterr()
-    assert err == (
+    warning, fingerprint_line = err.splitlines()
+    assert warning == (
         "flprovision: site-b left project.yml; its kit stays valid until it expires "
-        f"(flprovision revoke site-b -w {tmp_path / 'ws'} ends it now)\n"
+        f"(flprovision revoke site-b -w {tmp_path / 'ws'} ends it now)"
     )
+    assert fingerprint_line.startswith("===> project CA fingerprint (SHA-256): ")
     assert out.startswith("===> skipped ")
 
 

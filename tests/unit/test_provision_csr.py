@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -28,6 +29,7 @@ from flcore.crl import CRL_FILE, read_crl
 from flcore.identity import identity_from_certificate
 from flcore.kitsig import KitSignatureError, verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
+from provision.cli import main
 from provision.csr import assemble, make_request, read_request, sign_request
 from provision.kits import kit_files, participants, write_kit_zip
 from provision.pki import certify, create_ca, fingerprint, key_pem
@@ -458,6 +460,101 @@ def test_sign_never_certifies_a_revoked_key_again(
         sign_request(project, root, fresh.csr)
 
 
+def _request_with(key: Any, name: str, kind: str, folder: Path) -> Path:
+    """A request for ``name`` carrying ``key``, as whoever holds that key can make one."""
+    path = folder / f"{name}.csr"
+    path.write_bytes(_csr(name, kind, key))
+    return path
+
+
+def _private_key(path: Path) -> Any:
+    return serialization.load_pem_private_key(path.read_bytes(), None)
+
+
+def test_sign_refuses_a_key_made_here_for_a_zip_kit(
+    tmp_path: Path, csr_mapping: dict[str, Any], provision_into: Any
+) -> None:
+    """A zip kit's key was made at lead IT and travelled in the kit: a request bringing it
+    (a stolen kit, or a site that kept its old kit's key) was certified, since the record
+    kept no key of a zip kit."""
+    lead = provision_into(csr_mapping)
+    for holder in ("server", "site-a", "lead@example.org"):
+        startup = extract_kit(lead.kit(holder), lead.password(holder), tmp_path / holder)
+        key_path = startup / ("server.key" if holder == "server" else "client.key")
+        request = _request_with(_private_key(key_path), "site-b", "client", tmp_path)
+        with pytest.raises(
+            ProvisionError,
+            match=rf"its key is the one made here for the zip kit of '{holder}' \(serial ",
+        ):
+            sign_request(lead.project, lead.root, request)
+    assert not (lead.root / "packages" / "site-b.zip").exists()
+    ca_key = _private_key(lead.root / "state" / "rootCA.key")
+    with pytest.raises(ProvisionError, match="its key is the project CA's"):
+        sign_request(lead.project, lead.root, _request_with(ca_key, "site-b", "client", tmp_path))
+
+
+def test_a_key_is_one_participants_only(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any]
+) -> None:
+    """A key certified for site-b's request was certified again for the viewer's: one key,
+    two participants. site-b's own request, sent again after site-b left project.yml and came
+    back, is still signed: that key was never anyone else's."""
+    project, root = lead
+    made = make_request("site-b", "client", tmp_path / "site-b")
+    sign_request(project, root, made.csr)
+    borrowed = _request_with(_private_key(made.key), "viewer@example.org", "admin", tmp_path)
+    with pytest.raises(
+        ProvisionError,
+        match=r"its key was certified before for 'site-b' \(serial [0-9a-f]+\), and a key is "
+        "one participant's only",
+    ):
+        sign_request(project, root, borrowed)
+    assert not (root / "packages" / "viewer@example.org.zip").exists()
+    left = {**csr_mapping, "clients": csr_mapping["clients"][:1]}
+    provision_workspace(parse_project(left), root)
+    again = sign_request(project, root, made.csr)
+    assert again.kit.name == "site-b" and again.warnings == ()
+
+
+def _as_an_older_flprovision_left_it(root: Path) -> None:
+    """The records without the keys' SHA-256, as versions before it was kept wrote them."""
+    audit, issued = root / "audit.json", root / "state" / "issued.json"
+    for path, key in ((audit, "issued"), (issued, "participants")):
+        record = json.loads(path.read_text())
+        entries = record[key] if key == "issued" else record[key].values()
+        for entry in [*entries, record.get("ca", {})]:
+            entry.pop("public_key_sha256", None)
+        path.write_text(json.dumps(record))
+
+
+def test_an_older_workspace_is_checked_by_what_its_records_keep(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records of an older flprovision keep the public key of a request's certificate, so
+    that key is still known again; of a zip kit they keep no key, and sign says so."""
+    project, root = lead
+    made = make_request("site-b", "client", tmp_path / "site-b")
+    sign_request(project, root, made.csr)
+    _as_an_older_flprovision_left_it(root)
+    borrowed = _request_with(_private_key(made.key), "viewer@example.org", "admin", tmp_path)
+    with pytest.raises(ProvisionError, match="its key was certified before for 'site-b'"):
+        sign_request(project, root, borrowed)
+    (tmp_path / "project.yml").write_text(yaml.safe_dump(csr_mapping))
+    viewer = make_request("viewer@example.org", "admin", tmp_path / "viewer")
+    argv = ["sign", str(viewer.csr), "-p", str(tmp_path / "project.yml"), "-w", str(root)]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        "flprovision: the request's key could not be compared with 3 certificate(s) that an "
+        "earlier flprovision issued (server, site-a, lead@example.org): it kept no record of "
+        "their keys, and their kits are encrypted; certificates issued from now on are on "
+        "record\n"
+    )
+    assert out.startswith("===> no password: viewer@example.org.zip holds no key")
+    audit = json.loads((root / "audit.json").read_text())
+    assert "public_key_sha256" in audit["issued"][-1]
+
+
 def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:
     project, root = lead
     with pytest.raises(
@@ -479,8 +576,6 @@ def test_property_any_file_is_a_request_or_a_clear_error(tmp_path: Path, data: b
 
 
 def test_cli_request_sign_assemble(tmp_path: Path, csr_mapping: dict[str, Any]) -> None:
-    import yaml
-
     (tmp_path / "project.yml").write_text(yaml.safe_dump(csr_mapping))
     done = flprovision("-p", "project.yml", "-w", "ws", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from flcore.kitsig import verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
-from provision.pki import generate_key, key_pem
+from provision.pki import fingerprint, generate_key, key_pem
 from provision.revocation import refresh_crl
 from tests.unit.conftest import ProvisionedWorkspace
 
@@ -48,6 +48,8 @@ def test_first_run_writes_every_kit(provisioned_workspace: Any) -> None:
     assert lines[2].endswith(" for site-b.zip")
     assert lines[3].endswith(" for lead@example.org.zip to lead@example.org")
     assert len({k.password for k in result.written}) == 5
+    ca = x509.load_pem_x509_certificate(_root_ca(provisioned_workspace))
+    assert result.ca_fingerprint == fingerprint(ca)  # what lead IT tells the sites
 
 
 def test_state_is_private(provisioned_workspace: Any) -> None:
