@@ -69,7 +69,7 @@ class KitsStep(Vertical):
         """The kits shown that have a password (a kit without a key has none)."""
         return tuple(kit for kit in self._kits if kit.password)
 
-    def show(self, result: ProvisionResult, workspace: Path, note: str = "") -> None:
+    def show(self, result: ProvisionResult, workspace: Path) -> None:
         """List what a run wrote, what it revoked, and what the lead should know about it."""
         table = self.query_one(DataTable)
         table.clear()
@@ -86,8 +86,6 @@ class KitsStep(Vertical):
             f"Project CA fingerprint (SHA-256): {colon_hex(result.ca_fingerprint)}. Tell each "
             "site's IT by phone: they compare it with what flprovision verify or assemble prints."
         )
-        if note:
-            summary.append(note)
         if self.passwords:
             summary.append("The passwords are shown only now.")
         self.query_one("#kits-summary", Static).update(" ".join(summary))
