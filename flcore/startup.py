@@ -77,6 +77,9 @@ class ServerStartup:
     metrics_tls_cert: str = ""
     metrics_tls_key: str = ""
     metrics_tls_client_ca: str = ""
+    checkpoint_dirs: tuple[str, ...] = ()
+    """Folders besides the workspace whose files an app may name as ``initial_checkpoint``
+    (flcore.serverpaths)."""
     format_version: int = FORMAT_VERSION
 
 
@@ -163,6 +166,26 @@ METRICS_FIELDS = [
 ]
 """The Prometheus endpoint (flcore.exporter), a setting only the site may make: it opens a
 listening port on the site's machine, which a kit must not do for the site."""
+MAX_CHECKPOINT_DIRS = 64
+
+
+def absolute_folders(value: Any) -> str | None:
+    """``checkpoint_dirs``: a few absolute paths, each a plain string."""
+    if len(value) > MAX_CHECKPOINT_DIRS:
+        return f"must list at most {MAX_CHECKPOINT_DIRS} folders"
+    for entry in value:
+        if not isinstance(entry, str) or not Path(entry).is_absolute() or "\0" in entry:
+            return "must be a list of absolute folder paths"
+    return None
+
+
+SERVER_SITE_ONLY = [
+    *METRICS_FIELDS,
+    Field("checkpoint_dirs", list, default=(), check=absolute_folders),
+]
+"""Settings only the server's operator may make: the metrics endpoint, and the folders whose
+files the server reads for an app (a kit that carried them would let whoever provisions
+decide what the server reads)."""
 
 CLIENT_FIELDS = [
     *_COMMON,
@@ -206,7 +229,7 @@ def to_json(config: ServerStartup | ClientStartup | AdminStartup) -> str:
     """Serialise a startup config the way provisioning writes it (without the settings only
     a site may make)."""
     values = asdict(config)
-    for field in (*CLIENT_SITE_ONLY, *METRICS_FIELDS):
+    for field in (*CLIENT_SITE_ONLY, *SERVER_SITE_ONLY):
         values.pop(field.name, None)
     return json.dumps(values, indent=2) + "\n"
 
@@ -307,9 +330,11 @@ def _load(
 
 def load_server(workspace: Path) -> ServerStartup:
     """Read ``startup/fed_server.json`` (and ``local/fed_server.json`` overrides)."""
-    return ServerStartup(
-        **_load(workspace, SERVER_FILE, SERVER_FIELDS, SERVER_LOCAL_KEYS, tuple(METRICS_FIELDS))
+    values = _load(
+        workspace, SERVER_FILE, SERVER_FIELDS, SERVER_LOCAL_KEYS, tuple(SERVER_SITE_ONLY)
     )
+    values["checkpoint_dirs"] = tuple(values["checkpoint_dirs"])
+    return ServerStartup(**values)
 
 
 def load_client(workspace: Path) -> ClientStartup:

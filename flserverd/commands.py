@@ -310,9 +310,11 @@ class AdminCommands:
         return fit_reply(reply)
 
     async def _receive(self, app: str, total_bytes: int, chunks: AsyncIterator[FileChunk]) -> Reply:
-        store, limit = self.server.store, self.server.startup.max_upload_mb
+        store, startup = self.server.store, self.server.startup
         try:
-            upload = await receive_app(store, app, total_bytes, limit, chunks)
+            upload = await receive_app(
+                store, app, total_bytes, startup.max_upload_mb, startup.checkpoint_dirs, chunks
+            )
         except (FolderError, TransferError) as exc:
             return Reply(False, f"upload refused: {exc}")
         except Exception as exc:  # the admin gets an answer and the server carries on

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -51,6 +51,7 @@ from flcore.feed import (
 from flcore.identity import KIND_CLIENT, Identity
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
+from flcore.serverpaths import check_app_paths, checkpoint_folders
 from flcore.startup import STARTUP_DIR, ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
@@ -392,6 +393,12 @@ class FLServer:
         if self.busy:
             raise CommandError(f"run {number} is already training")
         config = self._deployed_config(number)
+        try:
+            check_app_paths(
+                self.store.server_app(number), config, self.workspace, self.startup.checkpoint_dirs
+            )
+        except ConfigError as exc:
+            raise CommandError(f"the deployed app cannot run on this server: {exc}") from None
         record = None if fresh else self.db.get_run(number)
         if record is not None:
             return self._continue(record, config)
@@ -477,7 +484,8 @@ class FLServer:
     async def _prepare_and_begin(self, number: int, config: ServerAppConfig) -> None:
         try:
             model = self.store.round_model(number, config.start_round)
-            await build_initial_model(self.store.server_app(number), model)
+            folders = checkpoint_folders(self.workspace, self.startup.checkpoint_dirs)
+            await build_initial_model(self.store.server_app(number), model, folders)
             manifest = TensorFile(model).manifest
             self._begin(number, config, manifest)
         except asyncio.CancelledError:
@@ -1045,9 +1053,11 @@ def without_tracking_secrets(environment: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in environment.items() if not key.startswith("MLFLOW_")}
 
 
-async def build_initial_model(app_dir: Path, target: Path) -> None:
+async def build_initial_model(app_dir: Path, target: Path, checkpoint_dirs: Sequence[Path]) -> None:
     """Build the run's first global model in a child process (custom code and torch stay out
-    of the server), raising with the child's one-line error on failure."""
+    of the server), raising with the child's one-line error on failure; an absolute
+    ``initial_checkpoint`` is read only from ``checkpoint_dirs``."""
+    folders = [arg for folder in checkpoint_dirs for arg in ("--checkpoint-dir", str(folder))]
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -1056,6 +1066,7 @@ async def build_initial_model(app_dir: Path, target: Path) -> None:
         str(app_dir),
         "--out",
         str(target),
+        *folders,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,

@@ -41,6 +41,8 @@ from flcore.federation import (
 )
 from flcore.feed import Body, RunInfo, Snapshot, ended_on_purpose
 from flcore.pipelines import pipe_lines
+from flcore.schema import ConfigError
+from flcore.serverpaths import tracking_store
 from flserverd.server import FLServer
 
 log = logging.getLogger(__name__)
@@ -52,15 +54,6 @@ RECORD_FILE = "mlflow_run.json"
 CHILD_MODULE = "flserverd.mlflow_child"
 MAX_CHILD_LINE = 64 * 1024
 """A longer line from the MLflow child (a progress bar, a traceback) is read in pieces."""
-
-
-def tracking_uri(uri: str, workspace: Path) -> str:
-    """The URI the child gets: a relative path (or ``file:`` URI) is the server workspace's."""
-    parts = urlsplit(uri)
-    if len(parts.scheme) > 1 and parts.scheme != "file":
-        return uri
-    path = Path(parts.path if parts.scheme == "file" else uri)
-    return (workspace / path).resolve().as_uri()
 
 
 def end_status(reason: str) -> str:
@@ -155,13 +148,18 @@ class Tracker:
                 number,
             )
             return None
+        try:
+            uri = tracking_store(settings.tracking_uri, self._workspace)
+        except ConfigError as exc:  # an app deployed before the server checked its store
+            self._given_up.add(number)
+            log.warning("run %d: not logged to MLflow: %s; the run goes on without it", number, exc)
+            return None
         resumed = number not in self._fresh
         self._fresh.discard(number)
         done = [r.round for r in run.history] if resumed else []
         tracked = _Tracked(number, run.num_rounds, max(done, default=-1))
         self._runs[number] = tracked
         config = training.config
-        uri = tracking_uri(settings.tracking_uri, self._workspace)
         self._send(
             op="start",
             run=number,

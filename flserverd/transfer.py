@@ -1,8 +1,9 @@
 """Apps on the server: receiving uploads into transfer/, deploying them into runs.
 
 An upload lands in a staging folder and replaces ``transfer/<app>`` only
-after every file arrived and the app's configs validated, so a broken or
-interrupted upload never damages the copy that was there. Deploying copies
+after every file arrived and the app's configs validated (its paths for the
+server among them: flcore.serverpaths), so a broken or interrupted upload
+never damages the copy that was there. Deploying copies
 the app into the run, so later uploads do not change what a run trains.
 """
 
@@ -11,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from flcore.appconfig import App, load_app
 from flcore.folders import FolderError, FolderReceiver, replace_folder, restore_interrupted
 from flcore.schema import ConfigError, name_like, shown
+from flcore.serverpaths import check_app_paths
 from flserverd.runstore import RunStore
 
 FileChunk = tuple[str, int, bytes, bool]
@@ -38,9 +40,12 @@ def check_app_name(name: str) -> str:
 class Upload:
     """One upload_folder in progress."""
 
-    def __init__(self, store: RunStore, app: str, max_bytes: int) -> None:
+    def __init__(
+        self, store: RunStore, app: str, max_bytes: int, checkpoint_dirs: Sequence[str]
+    ) -> None:
         self.store = store
         self.app = check_app_name(app)
+        self.checkpoint_dirs = checkpoint_dirs
         staging = store.transfer / f".upload-{uuid.uuid4().hex}"
         self.receiver = FolderReceiver(staging, max_bytes)
 
@@ -54,7 +59,8 @@ class Upload:
             files = self.receiver.finish()
             if not files:
                 raise FolderError("the upload holds no files under config/ or resources/")
-            load_app(self.receiver.staging)
+            app = load_app(self.receiver.staging)
+            check_app_paths(app.root, app.server, self.store.workspace, self.checkpoint_dirs)
         except (FolderError, ConfigError) as exc:
             self.receiver.discard()
             raise TransferError(str(exc)) from None
@@ -68,7 +74,12 @@ class Upload:
 
 
 async def receive_app(
-    store: RunStore, app: str, total_bytes: int, max_mb: int, chunks: AsyncIterator[FileChunk]
+    store: RunStore,
+    app: str,
+    total_bytes: int,
+    max_mb: int,
+    checkpoint_dirs: Sequence[str],
+    chunks: AsyncIterator[FileChunk],
 ) -> Upload:
     """Receive an upload_folder into a staging folder; :meth:`Upload.finish` (in a worker
     thread: it fsyncs every file) puts it in place as ``transfer/<app>``.
@@ -83,7 +94,7 @@ async def receive_app(
         raise TransferError(
             f"app is {total_bytes / 1048576:.1f} MiB, over the server's limit of {max_mb} MiB"
         )
-    upload = Upload(store, app, max_bytes)
+    upload = Upload(store, app, max_bytes, checkpoint_dirs)
     try:
         async for path, offset, data, eof in chunks:
             upload.write(path, offset, data, eof)

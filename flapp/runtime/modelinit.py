@@ -5,11 +5,14 @@ import torch or an app's custom code itself. So it runs this module as a
 short child process::
 
     python -m flapp.runtime.modelinit --app APP_DIR --out FILE [--seed N]
+        [--checkpoint-dir DIR ...]
 
 which builds the app's model (its ``model`` component, or the network
 definition of its MONAI bundle), optionally loads the pre-trained checkpoint
 named by ``initial_checkpoint`` in config_fed_server.json (to continue
-training), and writes the state dict as safetensors. On failure it exits
+training: a file in the app, or under a ``--checkpoint-dir``, the folders
+the server allows; see flcore.serverpaths), and writes the state dict as
+safetensors. On failure it exits
 with code 2 and one line ``error: <message>`` on stderr (followed by the
 traceback when the failure was not a plain configuration mistake), which
 the server shows to the admin as is.
@@ -32,6 +35,7 @@ from flapp.runtime.leave import leave
 from flapp.runtime.modelfile import build_model, check_fits, save_state, state_manifest
 from flcore.appconfig import SERVER_CONFIG, App, TrainConfig, load_app
 from flcore.schema import ConfigError
+from flcore.serverpaths import checkpoint_file
 from flcore.tensorfile import Manifest, TensorFileError
 
 
@@ -102,7 +106,9 @@ def _model(app: App) -> nn.Module:
     return bundle_network(app.resources / app.train.folder, app.train)
 
 
-def init_model(app_dir: Path, out: Path, seed: int | None = None) -> Manifest:
+def init_model(
+    app_dir: Path, out: Path, seed: int | None = None, checkpoint_dirs: Sequence[Path] = ()
+) -> Manifest:
     """Build the app's initial global model and write it to ``out``.
 
     Args:
@@ -110,19 +116,21 @@ def init_model(app_dir: Path, out: Path, seed: int | None = None) -> Manifest:
         out: The safetensors file to write.
         seed: Seed of torch's generator; config_train.json's ``seed`` when None,
             so that the same app always starts from the same weights.
+        checkpoint_dirs: Where an absolute ``initial_checkpoint`` may lie (none:
+            only a file in the app is read).
 
     Returns:
         The tensors written.
     """
     app = load_app(app_dir)
+    checkpoint = app.server.initial_checkpoint if app.server else None
+    path = checkpoint_file(app_dir, checkpoint, checkpoint_dirs) if checkpoint else None
     if holds_code(app.resources):
         use_resources(app.resources)
     torch.manual_seed(app.train.seed if seed is None else seed)
     model = _model(app)
     expected = state_manifest(model.state_dict())
-    checkpoint = app.server.initial_checkpoint if app.server else None
-    if checkpoint:
-        path = app_dir / checkpoint
+    if path is not None:
         state = read_checkpoint(path)
         try:
             check_fits(expected, state_manifest(state), f"initial_checkpoint {path}")
@@ -141,9 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--app", type=Path, required=True, help="the app folder")
     parser.add_argument("--out", type=Path, required=True, help="the safetensors file to write")
     parser.add_argument("--seed", type=int, default=None, help="torch seed (default: the app's)")
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder an absolute initial_checkpoint may lie in (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:
-        manifest = init_model(args.app, args.out, args.seed)
+        manifest = init_model(args.app, args.out, args.seed, args.checkpoint_dir)
     except (ConfigError, TensorFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from safetensors.torch import save_file
 
+from flapp.models import DigitsCNN
 from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
-from tests.integration.test_training import finished, start_failure
+from tests.integration.test_training import finished, start_failure, started
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -157,6 +161,51 @@ def test_continue_from_a_checkpoint(cluster: Cluster) -> None:
     text = start_failure(cluster)
     assert "checkpoint" in text and "features.0.weight" in text
     assert cluster.metrics(3) == []
+
+
+def test_the_server_uses_only_the_paths_its_operator_allows(
+    make_cluster: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Another project's model on the same host would fit this app's model and be sent to
+    every site; MLflow would write wherever the server may. Upload refuses both, with what
+    is allowed; a checkpoint in a folder of the operator's checkpoint_dirs is read."""
+    allowed, other = tmp_path / "pretrained", tmp_path / "other_project" / "run_1"
+    cluster = make_cluster(server_local={"checkpoint_dirs": [str(allowed)]})
+    for folder in (allowed, other):
+        folder.mkdir(parents=True)
+    shape = {name: tensor.shape for name, tensor in DigitsCNN().state_dict().items()}
+    for folder, value in ((allowed, 0.25), (other, 0.5)):
+        state = {name: torch.full(size, value) for name, size in shape.items()}
+        save_file(state, str(folder / "model.safetensors"))
+    cluster.server()
+    cluster.ok("set_run_number 1")
+    for settings, words in (
+        (
+            {"initial_checkpoint": str(other / "model.safetensors")},
+            f"is outside the folders this server reads checkpoints from ({cluster.root / 'server'}"
+            f", {allowed}): put the file in the app's resources/ and name it relative to the app, "
+            "or ask the server's operator to add its folder to checkpoint_dirs in the server's "
+            "local/fed_server.json",
+        ),
+        ({"initial_checkpoint": "../../../other_project/run_1/model.safetensors"}, "leads out"),
+        ({"mlflow": {"tracking_uri": "../mlruns"}}, "leads MLflow out of the server's workspace"),
+        ({"mlflow": {"tracking_uri": "sqlite:///state/flserverd.sqlite3"}}, "keeps for itself"),
+    ):
+        cluster.configure("config_fed_server.json", initial_checkpoint=None, mlflow=None)
+        cluster.configure("config_fed_server.json", **settings)
+        (reply,) = cluster.admin("upload_folder digits_fedavg")
+        assert not reply.ok and reply.text.startswith("upload refused: config/config_fed_server")
+        assert words in reply.text, reply.text
+    assert not (cluster.root / "server" / "transfer" / "digits_fedavg").exists()
+
+    cluster.configure(
+        "config_fed_server.json", initial_checkpoint=str(allowed / "model.safetensors"), mlflow=None
+    )
+    cluster.prepare_run(1, deploy_clients=False)
+    cluster.ok("start server")
+    started(cluster)
+    first = load_file(cluster.root / "server" / "run_1" / "models" / "round_0.safetensors")
+    assert all(np.all(values == 0.25) for values in first.values())
 
 
 def test_start_mgpu_with_two_cpu_processes_aggregates_correctly(cluster: Cluster) -> None:

@@ -76,10 +76,9 @@ def test_metrics_move_and_mlflow_logs_a_run(
         read(site_url, scraper)  # no client certificate: no metrics
     scraper.load_cert_chain(tls / "s.crt", tls / "s.key")
     cluster.client("flclient2")
-    store = tmp_path / "mlruns"
+    store = cluster.root / "server" / "mlruns"  # the app's relative path: in the workspace
     cluster.configure(
-        "config_fed_server.json",
-        mlflow={"tracking_uri": store.as_uri(), "experiment": "itest"},
+        "config_fed_server.json", mlflow={"tracking_uri": "mlruns", "experiment": "itest"}
     )
     cluster.prepare_run(1, num_rounds=3, wait_after_min_clients=30)
 
@@ -179,5 +178,5 @@ def check_mlflow_store(store: Path) -> None:
     for site in sites:
         steps = client.get_metric_history(site.info.run_id, "val_accuracy")
         assert sorted(m.step for m in steps) == [0, 1, 2, 3]  # rounds 0-2 and the final model
-    record = json.loads((store.parent / "c0" / "server" / "run_1" / "mlflow_run.json").read_text())
+    record = json.loads((store.parent / "run_1" / "mlflow_run.json").read_text())  # the workspace
     assert record["run_id"] == run.info.run_id

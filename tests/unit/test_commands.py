@@ -114,7 +114,9 @@ class FakeServer:
     sites_asked: asyncio.Event = field(default_factory=asyncio.Event)
     sites_answer: asyncio.Event | None = None
     """While set and not yet set off, the sites have not answered a command sent them."""
-    startup: Any = field(default_factory=lambda: SimpleNamespace(max_upload_mb=10))
+    startup: Any = field(
+        default_factory=lambda: SimpleNamespace(max_upload_mb=10, checkpoint_dirs=())
+    )
 
     async def call(
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -91,7 +92,7 @@ def test_continues_from_an_initial_checkpoint(tmp_path: Path, form: str) -> None
         checkpoint = tmp_path / "pretrained.pt"
         torch.save(state if form == "plain" else {form: state, "epoch": 7}, checkpoint)
     app = write_app(tmp_path / "app", {"initial_checkpoint": str(checkpoint)})
-    init_model(app, tmp_path / "global.safetensors")
+    init_model(app, tmp_path / "global.safetensors", checkpoint_dirs=[tmp_path])
     written = load_file(str(tmp_path / "global.safetensors"))
     assert all(torch.equal(written[name], value) for name, value in state.items())
 
@@ -123,7 +124,9 @@ def test_a_checkpoint_that_does_not_fit_is_refused(
     save_file(state, str(tmp_path / "bad.safetensors"))
     app = write_app(tmp_path / "app", {"initial_checkpoint": str(tmp_path / "bad.safetensors")})
     out = tmp_path / "global.safetensors"
-    code, err = run_main(capsys, "--app", str(app), "--out", str(out))
+    code, err = run_main(
+        capsys, "--app", str(app), "--out", str(out), "--checkpoint-dir", str(tmp_path)
+    )
     assert code == 2
     assert len(err) == 1
     line = err[0]
@@ -144,7 +147,10 @@ def test_a_checkpoint_that_would_run_code_is_refused(
     checkpoint = tmp_path / "evil.pt"
     torch.save({"state_dict": DigitsCNN().state_dict(), "hook": Path("/")}, checkpoint)
     app = write_app(tmp_path / "app", {"initial_checkpoint": str(checkpoint)})
-    code, err = run_main(capsys, "--app", str(app), "--out", str(tmp_path / "g.safetensors"))
+    out = tmp_path / "g.safetensors"
+    code, err = run_main(
+        capsys, "--app", str(app), "--out", str(out), "--checkpoint-dir", str(tmp_path)
+    )
     assert code == 2
     assert err[0].startswith(f"error: config_fed_server.json: initial_checkpoint {checkpoint}:")
     assert "cannot read it" in err[0]
@@ -157,6 +163,33 @@ def test_a_missing_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFix
         2,
         [f"error: config_fed_server.json: initial_checkpoint {app / 'nowhere.pt'} does not exist"],
     )
+
+
+def test_a_checkpoint_is_read_only_where_the_server_allows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another project's model on the same host is a fine checkpoint for this model: the child
+    reads none but in the app or a --checkpoint-dir (the server's workspace and the folders
+    its operator allows), links followed, and builds nothing from it."""
+    other, allowed = tmp_path / "other_project", tmp_path / "allowed"
+    for folder in (other, allowed):
+        folder.mkdir()
+    save_file(DigitsCNN().state_dict(), str(other / "best_global_model.safetensors"))
+    (allowed / "link.safetensors").symlink_to(other / "best_global_model.safetensors")
+    for name, words in (
+        (str(other / "best_global_model.safetensors"), "is outside the folders"),
+        (str(allowed / "link.safetensors"), "is outside the folders"),
+        ("../other_project/best_global_model.safetensors", "leads out of the app"),
+    ):
+        app = write_app(tmp_path / "app", {"initial_checkpoint": name})
+        out = tmp_path / "g.safetensors"
+        code, err = run_main(
+            capsys, "--app", str(app), "--out", str(out), "--checkpoint-dir", str(allowed)
+        )
+        assert code == 2 and len(err) == 1 and words in err[0], err
+        assert err[0].startswith("error: config/config_fed_server.json: initial_checkpoint ")
+        assert not out.exists()
+        shutil.rmtree(app)
 
 
 def test_custom_models_come_from_resources(tmp_path: Path) -> None:
@@ -203,7 +236,7 @@ def test_the_servers_model_init_child_gets_no_mlflow_credentials(
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-for-apps")
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "not-for-apps")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    asyncio.run(build_initial_model(app, tmp_path / "g.safetensors"))
+    asyncio.run(build_initial_model(app, tmp_path / "g.safetensors", []))
     assert (tmp_path / "g.safetensors").is_file() and seen.read_text() == ""
 
 

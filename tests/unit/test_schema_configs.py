@@ -277,6 +277,43 @@ def test_a_kit_cannot_decide_to_trust_custom_code_for_the_site(tmp_path: Path) -
         startup.load_client(ws)
 
 
+def test_only_the_servers_operator_names_the_folders_it_reads_checkpoints_from(
+    tmp_path: Path,
+) -> None:
+    """What the server reads for an app and sends to every site is its operator's decision:
+    not the kit's, nor the app's (flcore.serverpaths)."""
+    assert (
+        startup.load_server(
+            _workspace(tmp_path / "a", "fed_server.json", startup.to_json(SERVER))
+        ).checkpoint_dirs
+        == ()
+    )
+    assert "checkpoint_dirs" not in startup.to_json(SERVER)
+    ws = _workspace(
+        tmp_path / "b",
+        "fed_server.json",
+        startup.to_json(SERVER),
+        {"checkpoint_dirs": ["/srv/pretrained", "/data/models"]},
+    )
+    assert startup.load_server(ws).checkpoint_dirs == ("/srv/pretrained", "/data/models")
+    signed = json.loads(startup.to_json(SERVER))
+    signed["checkpoint_dirs"] = ["/"]
+    ws = _workspace(tmp_path / "c", "fed_server.json", json.dumps(signed))
+    with pytest.raises(
+        ConfigError, match=r"startup/fed_server\.json: unknown key 'checkpoint_dirs'"
+    ):
+        startup.load_server(ws)
+    for number, value in enumerate((["pretrained"], [7], "/srv", ["/a\0b"])):
+        ws = _workspace(
+            tmp_path / f"d{number}",
+            "fed_server.json",
+            startup.to_json(SERVER),
+            {"checkpoint_dirs": value},
+        )
+        with pytest.raises(ConfigError, match=r"local/fed_server\.json: 'checkpoint_dirs' must be"):
+            startup.load_server(ws)
+
+
 @pytest.mark.parametrize("key", ["fed_port", "server_host", "ssl_cert", "name", "project"])
 def test_load_client_local_refuses_signed_keys(tmp_path: Path, key: str) -> None:
     value = getattr(CLIENT, key)

@@ -157,7 +157,7 @@ def test_a_fresh_start_while_a_resume_waits_for_the_disk_is_the_only_run(
     built = asyncio.Event()
     building = asyncio.Event()
 
-    async def build(app_dir: Path, target: Path) -> None:  # the model-init child, held
+    async def build(app_dir: Path, target: Path, _: object) -> None:  # the model-init child, held
         building.set()
         await built.wait()
         safetensors.numpy.save_file({"w": np.ones(4, dtype=np.float32)}, target)

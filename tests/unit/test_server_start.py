@@ -4,6 +4,7 @@ processes start while it is built; a build that fails stops the sites started me
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,18 +19,18 @@ from flcore.identity import KIND_CLIENT, Identity
 from fldev.poll import wait_until_async
 from flserverd import server as server_module
 from flserverd.links import ClientLink
-from flserverd.server import FLServer
+from flserverd.server import CommandError, FLServer
 from tests.unit.serverparts import server_startup
 
 RUN = 1
 
 
-def deploy(server: FLServer) -> None:
+def deploy(server: FLServer, **settings: object) -> None:
     """What set_run_number and deploy <app> server leave: run 1 with its server app."""
     server.set_run_number(RUN)
     config = server.store.server_app(RUN) / "config"
     config.mkdir(parents=True)
-    (config / "config_fed_server.json").write_text(json.dumps({"num_rounds": 2}))
+    (config / "config_fed_server.json").write_text(json.dumps({"num_rounds": 2, **settings}))
     train = {"model": {"path": "flapp.models.MLP"}, "dataset": {"path": "flapp.datasets.X"}}
     (config / "config_train.json").write_text(json.dumps(train))
 
@@ -47,10 +48,13 @@ def sent(link: ClientLink) -> list[Downward | None]:
 
 
 def run_with(
-    tmp_path: Path, scenario: Callable[[FLServer, asyncio.Event], Awaitable[None]]
+    tmp_path: Path,
+    scenario: Callable[[FLServer, asyncio.Event], Awaitable[None]],
+    checkpoint_dirs: tuple[str, ...] = (),
 ) -> None:
     async def go() -> None:
-        server = FLServer(tmp_path, server_startup(), "test")
+        startup = dataclasses.replace(server_startup(), checkpoint_dirs=checkpoint_dirs)
+        server = FLServer(tmp_path, startup, "test")
         await server.open()
         try:
             await scenario(server, asyncio.Event())
@@ -64,7 +68,7 @@ def test_the_reply_comes_before_the_model_and_sites_started_meanwhile_get_round_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario(server: FLServer, built: asyncio.Event) -> None:
-        async def build(app_dir: Path, target: Path) -> None:
+        async def build(app_dir: Path, target: Path, _: object) -> None:
             await built.wait()
             target.parent.mkdir(parents=True, exist_ok=True)
             safetensors.numpy.save_file({"w": np.zeros(3, np.float32)}, target)
@@ -87,7 +91,7 @@ def test_a_failed_build_stops_the_sites_started_meanwhile(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario(server: FLServer, failed: asyncio.Event) -> None:
-        async def build(app_dir: Path, target: Path) -> None:
+        async def build(app_dir: Path, target: Path, _: object) -> None:
             await failed.wait()
             raise RuntimeError("cannot import 'flapp.models.Nope'")
 
@@ -124,7 +128,7 @@ def test_a_shutdown_during_the_build_ends_the_start_first(
     async def go() -> None:
         never, building = asyncio.Event(), asyncio.Event()
 
-        async def build(app_dir: Path, target: Path) -> None:
+        async def build(app_dir: Path, target: Path, _: object) -> None:
             building.set()
             try:
                 await never.wait()
@@ -144,3 +148,39 @@ def test_a_shutdown_during_the_build_ends_the_start_first(
 
     asyncio.run(go())
     assert ended == ["build ended"]
+
+
+def test_start_refuses_an_app_whose_checkpoint_the_server_may_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An app uploaded before the server checked, or a folder the operator has taken off
+    checkpoint_dirs since: start server says so, and nothing is built or started."""
+    workspace, pretrained = tmp_path / "ws", tmp_path / "pretrained"
+    workspace.mkdir()
+    builds: list[list[Path]] = []
+
+    async def build(app_dir: Path, target: Path, folders: list[Path]) -> None:
+        builds.append(list(folders))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        safetensors.numpy.save_file({"w": np.zeros(3, np.float32)}, target)
+
+    monkeypatch.setattr(server_module, "build_initial_model", build)
+
+    async def refused(server: FLServer, _: asyncio.Event) -> None:
+        deploy(server, initial_checkpoint=str(pretrained / "x.pt"))
+        with pytest.raises(CommandError) as refusal:
+            await server.start_training()
+        assert str(refusal.value).startswith("the deployed app cannot run on this server: ")
+        assert "is outside the folders this server reads checkpoints from" in str(refusal.value)
+        assert server.server_status() == st.NOT_STARTED
+
+    run_with(workspace, refused)
+    assert builds == []
+
+    async def allowed(server: FLServer, _: asyncio.Event) -> None:
+        assert await server.start_training() == "Server training is starting...."
+        await wait_until_async(lambda: not server.starting, 5, "the start to end")
+        assert server.server_status() == st.STARTED
+
+    run_with(workspace, allowed, checkpoint_dirs=(str(pretrained),))
+    assert builds == [[workspace, pretrained]]  # what the model-init child may read

@@ -56,7 +56,7 @@ from flserverd import mlflow_child
 from flserverd.exchange import ModelExchange
 from flserverd.server import FLServer
 from flserverd.telemetry import ServerTelemetry
-from flserverd.tracking import Tracker, _keep_tail, end_status, tracking_uri
+from flserverd.tracking import Tracker, _keep_tail, end_status
 from provision import pki
 from tests.unit.serverparts import upload
 from tests.unit.test_exchange import RUN, chunks_of, header, on_server, train, write_model
@@ -286,11 +286,7 @@ def test_the_mlflow_key_of_an_app() -> None:
             parse_server_config({"mlflow": {"tracking_uri": uri}})
 
 
-def test_tracking_uris_relative_to_the_server_workspace(tmp_path: Path) -> None:
-    assert tracking_uri("mlruns", tmp_path) == (tmp_path / "mlruns").as_uri()
-    assert tracking_uri("file:mlruns", tmp_path) == (tmp_path / "mlruns").as_uri()
-    assert tracking_uri("/srv/mlruns", tmp_path) == "file:///srv/mlruns"
-    assert tracking_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
+def test_how_a_run_ended_in_mlflows_words() -> None:
     ends = ("finished", "aborted by admin", "server shut down by a@b.org", "an unexpected error")
     assert [end_status(r) for r in ends] == ["FINISHED", "KILLED", "KILLED", "FAILED"]
 
@@ -569,6 +565,26 @@ def test_a_tracked_run_without_mlflow_installed_is_a_warning(
     assert len(warnings) == 1 and "pip install 'flstack[mlflow]'" in warnings[0]
 
 
+def test_a_tracked_run_whose_store_leaves_the_workspace_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An app deployed before the server checked its store at upload and start (a run the
+    server resumes after an upgrade): MLflow never gets the path, the run trains on."""
+
+    async def scenario(server: FLServer) -> None:
+        tracker = Recording(server)
+        train(server, num_rounds=2, mlflow=MlflowSettings(str(tmp_path.parent / "mlruns")))
+        tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2))
+        tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2))
+        assert tracker.sent == []
+
+    on_server(tmp_path, scenario)
+    warnings = [r.getMessage() for r in caplog.records if "not logged to MLflow" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "leads MLflow out of the server's workspace" in warnings[0]
+    assert warnings[0].endswith("the run goes on without it")
+
+
 # --------------------------------------------------------------------------- the child
 
 
@@ -736,7 +752,8 @@ def test_a_store_the_server_cannot_write_is_a_warning_from_the_real_child(
 
     async def scenario(server: FLServer) -> None:
         tracker = Tracker(server, server.workspace)
-        train(server, num_rounds=2, mlflow=MlflowSettings("/dev/null/mlruns"))
+        (server.workspace / "blocker").write_text("a file, where MLflow needs a folder")
+        train(server, num_rounds=2, mlflow=MlflowSettings("blocker/mlruns"))
         tracker.seen(RunInfo(RUN, st.STARTING))
         tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2))
         tracker.seen(RunInfo(RUN, st.STARTED, num_rounds=2, history=(RoundRecord(0, {"a": 1}),)))
@@ -744,7 +761,7 @@ def test_a_store_the_server_cannot_write_is_a_warning_from_the_real_child(
 
     on_server(tmp_path, scenario)
     said = [r.getMessage() for r in caplog.records if r.name == "flserverd.tracking"]
-    assert said[0] == "run 1: logging to MLflow at file:///dev/null/mlruns"
+    assert said[0] == f"run 1: logging to MLflow at {(tmp_path / 'blocker' / 'mlruns').as_uri()}"
     assert said[1].startswith("MLflow: cannot log start of run 1 (1 failed call(s) so far): ")
     assert len(said) == 2  # the round failed too, within the same minute: no second warning
     assert all(r.levelname != "ERROR" for r in caplog.records)
