@@ -80,6 +80,10 @@ ANSWER_FLUSH_S = 3.0
 # A site paused by a full disk looks for room this often, and wants room for two models.
 DISK_CHECK_S = 2.0
 MIN_ROOM_BYTES = 1 << 20
+MAX_RELAUNCHES = 5
+"""How many times one round's work starts the run's child again after pauses. A disk fault
+that the probe of the run's folder does not see (another file system full: /tmp, a cache the
+app writes) would otherwise start a child every few seconds for good."""
 ROUND_FILES = "*_round_*.safetensors"
 """A round's global model (deleted once trained on) and update (kept until the next task)."""
 TEMP_FILES = ".*.tmp"
@@ -159,6 +163,14 @@ def _remove_stagings(target: Path) -> None:
         if pattern.fullmatch(leftover.name):
             log.info("removing %s, left by a deploy that did not finish", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _disk_fault_of(exc: OSError | WorkerFailed, folder: Path) -> str:
+    """What is wrong with the disk when that is why ``exc`` was raised ('' when it is not):
+    the training child says so itself, a write of the daemon's is read from its errno."""
+    if isinstance(exc, WorkerFailed):
+        return exc.disk_fault
+    return disk_fault(exc, folder) or ""
 
 
 def _takes_writes(folder: Path, needed: int) -> bool:
@@ -751,12 +763,21 @@ class Agent:
         self, step: Callable[[], Awaitable[Sending]], folder: Path
     ) -> Sending:
         """Do a round's work; when the site's disk is full (or failing) pause until it has room
-        again, then do it again. The server meanwhile goes on with the other sites."""
+        again, then do it again. The server meanwhile goes on with the other sites. A child
+        that ended during the pause is started again first, and a start that a disk fault
+        stops pauses again like the work itself."""
+        relaunches = 0
+        fault = ""
         while True:
             try:
+                if fault:
+                    if self._child_ended():
+                        relaunches += 1
+                        await self._relaunch(relaunches, fault)
+                    self._set_status(status=st.STARTED, error="")
                 return await step()
             except (OSError, WorkerFailed) as exc:
-                fault = exc.disk_fault if isinstance(exc, WorkerFailed) else disk_fault(exc, folder)
+                fault = _disk_fault_of(exc, folder)
                 if not fault:
                     raise
             message = f"client {fault}"
@@ -768,17 +789,38 @@ class Agent:
             self._set_status(status=st.PAUSED, error=message)
             await self._until_writable(folder)
             log.info("the disk has room again: training goes on")
-            await self._relaunch_if_ended()
-            self._set_status(status=st.STARTED, error="")
 
-    async def _relaunch_if_ended(self) -> None:
-        """Start the run's child again if it ended during a pause: under start_mgpu a full
-        disk at rank 0's save ends torchrun, and the step tried again on the dead child
-        failed the run as "training process exited with code 1", the disk never said."""
-        worker, run = self.worker, self.context
-        if worker is not None and not worker.running and run is not None:
-            log.info("the training process ended while the site was paused: starting it again")
+    def _child_ended(self) -> bool:
+        """Whether the run's child ended on its own (a full disk at rank 0's save ends
+        torchrun under start_mgpu; the kernel's OOM killer ends any child)."""
+        return self.worker is not None and not self.worker.running
+
+    async def _relaunch(self, attempt: int, fault: str) -> None:
+        """Start the run's child again after a pause: the step tried again on the dead child
+        failed the run as "training process exited with code 1", the disk never said.
+
+        A start that a disk fault stops raises it (the site pauses again). One that fails for
+        another reason (the app, the data) fails the run, saying it was this start; so does
+        the start past ``MAX_RELAUNCHES`` in one round's work."""
+        run = self.context
+        assert run is not None, "a run's work set its context"
+        if attempt > MAX_RELAUNCHES:
+            raise WorkerFailed(
+                f"the training process was started again {MAX_RELAUNCHES} times in this round "
+                f"after the disk had room, and a disk fault stopped it each time (last: client "
+                f"{fault}); free room where that says, then start the client again",
+                "",
+            )
+        log.info("the training process ended while the site was paused: starting it again")
+        try:
             await self._launch(run)
+        except WorkerFailed as exc:
+            if exc.disk_fault:
+                raise
+            raise WorkerFailed(
+                f"the training process could not be started again after the site was paused: {exc}",
+                exc.traceback,
+            ) from None
 
     async def _until_writable(self, folder: Path) -> None:
         """Return once ``folder`` has room for two models and takes a write, after at least
