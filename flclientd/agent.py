@@ -37,7 +37,7 @@ from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
 from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
-from flclientd.siteapps import deployed_name
+from flclientd.siteapps import DeployedApp, deployed_name, instance_apps, retired_apps
 from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink, details
 from flcore import status as st
@@ -419,7 +419,49 @@ class Agent:
         if not self._allowed(review):
             text += f" It runs custom code that this site has not approved yet ({review.short})."
         log.info("app %s deployed for run %d (%s)", app, run_number, review.short)
+        self._retire_apps(run_number)
         return text, Deployed(app, run_number, review.digest)
+
+    def _retire_apps(self, deployed: int) -> None:
+        """Remove the apps the site no longer keeps (flclientd.siteapps), each set aside at
+        once and deleted in a thread: no ``start`` finds half an app, and a big one does
+        not hold up the heartbeats. An app another deploy is replacing now is left to it."""
+        in_use = {deployed, self.status.run_number, self.store.state.training_run}
+        try:
+            found = instance_apps(self.workspace, self.uplink.instance)
+        except OSError as exc:  # the deploy itself succeeded: its answer says so
+            log.warning("the apps of earlier runs were not looked at: %s", exc.strerror or exc)
+            return
+        mine = [app for app in found if app.folder not in self._deploys]
+        for app in retired_apps(mine, in_use, self.startup.keep_deployed_apps):
+            aside = app.folder.with_name(f".{app.folder.name}.{uuid.uuid4().hex}")
+            try:
+                app.folder.rename(aside)
+            except OSError as exc:
+                log.warning(
+                    "the app of run %d could not be removed, left as it is: %s",
+                    app.run_number,
+                    disk_fault(exc) or exc.strerror or exc,
+                )
+                continue
+            self._spawn(self._remove_app(app, aside))
+
+    async def _remove_app(self, app: DeployedApp, aside: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, aside, ignore_errors=True)
+        if aside.exists():
+            log.warning(
+                "the app of run %d could not be removed entirely: what is left is %s",
+                app.run_number,
+                aside,
+            )
+            return
+        log.info(
+            "removed the app of run %d (%s): this site keeps the apps of the runs it uses and "
+            "of the %d newest others (keep_deployed_apps)",
+            app.run_number,
+            one_line(app.name) or "no name recorded",
+            self.startup.keep_deployed_apps,
+        )
 
     @contextlib.asynccontextmanager
     async def _one_deploy(self, target: Path) -> AsyncIterator[None]:

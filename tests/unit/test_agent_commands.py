@@ -774,6 +774,57 @@ def test_a_deploy_for_another_run_leaves_the_app_the_site_trains_on_its_row(
     assert (result.ok, statuses[0].app) == (True, "app-a")
 
 
+def test_a_deploy_removes_the_apps_the_site_no_longer_keeps(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every deploy left its app at the site for good: months of runs, months of apps."""
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        shutil.copytree(APPS / "digits_fedavg", staging)
+
+    async def run() -> Agent:
+        agent = _agent(provisioned_workspace, tmp_path)
+        agent.startup = replace(agent.startup, keep_deployed_apps=1)
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+        for number in range(1, 6):
+            shutil.copytree(APPS / "digits_fedavg", agent.app_dir(number))
+            (agent.app_dir(number) / ".app_name").write_text(f"app-{number}\n")
+        final = agent.run_dir(3) / "models_site-a" / FINAL_MODEL
+        final.parent.mkdir()
+        final.write_bytes(b"kept")
+        shutil.copytree(APPS / "digits_fedavg", agent.run_dir(3) / "app_site-a_2")
+        # Run 1 is the site's last: `start client` continues it. Run 2 is being deployed again.
+        agent.status = st.ClientStatus(status=st.STOPPED, run_number=1)
+        agent._deploys[agent.app_dir(2)] = (asyncio.Lock(), 1)
+        try:
+            await agent._command(Command("c1", "deploy", {"run_number": 6, "app": "digits"}))
+            await asyncio.gather(*agent._tasks)
+            return agent
+        finally:
+            await agent.conn.close()
+
+    caplog.set_level(logging.INFO, logger="flclientd.agent")
+    agent = asyncio.run(run())
+    left = sorted(
+        p.relative_to(agent.workspace).as_posix() for p in agent.workspace.glob("run_*/*")
+    )
+    assert left == [
+        "run_1/app_site-a",
+        "run_2/app_site-a",
+        "run_3/app_site-a_2",
+        "run_3/models_site-a",
+        "run_5/app_site-a",
+        "run_6/app_site-a",
+    ]
+    assert not list(agent.workspace.glob("run_*/.app_*"))
+    removed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removed")]
+    assert sorted(removed) == [
+        f"removed the app of run {n} (app-{n}): this site keeps the apps of the runs it uses "
+        "and of the 1 newest others (keep_deployed_apps)"
+        for n in (3, 4)
+    ]
+
+
 def test_a_start_removes_what_killed_children_left_half_written(
     provisioned_workspace: Any, tmp_path: Path
 ) -> None:
