@@ -37,7 +37,7 @@ from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
 from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
-from flclientd.siteapps import deployed_name
+from flclientd.siteapps import DeployedApp, deployed_name, instance_apps, retired_apps
 from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink, details
 from flcore import status as st
@@ -80,6 +80,10 @@ ANSWER_FLUSH_S = 3.0
 # A site paused by a full disk looks for room this often, and wants room for two models.
 DISK_CHECK_S = 2.0
 MIN_ROOM_BYTES = 1 << 20
+MAX_RELAUNCHES = 5
+"""How many times one round's work starts the run's child again after pauses. A disk fault
+that the probe of the run's folder does not see (another file system full: /tmp, a cache the
+app writes) would otherwise start a child every few seconds for good."""
 ROUND_FILES = "*_round_*.safetensors"
 """A round's global model (deleted once trained on) and update (kept until the next task)."""
 TEMP_FILES = ".*.tmp"
@@ -159,6 +163,14 @@ def _remove_stagings(target: Path) -> None:
         if pattern.fullmatch(leftover.name):
             log.info("removing %s, left by a deploy that did not finish", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _disk_fault_of(exc: OSError | WorkerFailed, folder: Path) -> str:
+    """What is wrong with the disk when that is why ``exc`` was raised ('' when it is not):
+    the training child says so itself, a write of the daemon's is read from its errno."""
+    if isinstance(exc, WorkerFailed):
+        return exc.disk_fault
+    return disk_fault(exc, folder) or ""
 
 
 def _takes_writes(folder: Path, needed: int) -> bool:
@@ -407,7 +419,49 @@ class Agent:
         if not self._allowed(review):
             text += f" It runs custom code that this site has not approved yet ({review.short})."
         log.info("app %s deployed for run %d (%s)", app, run_number, review.short)
+        self._retire_apps(run_number)
         return text, Deployed(app, run_number, review.digest)
+
+    def _retire_apps(self, deployed: int) -> None:
+        """Remove the apps the site no longer keeps (flclientd.siteapps), each set aside at
+        once and deleted in a thread: no ``start`` finds half an app, and a big one does
+        not hold up the heartbeats. An app another deploy is replacing now is left to it."""
+        in_use = {deployed, self.status.run_number, self.store.state.training_run}
+        try:
+            found = instance_apps(self.workspace, self.uplink.instance)
+        except OSError as exc:  # the deploy itself succeeded: its answer says so
+            log.warning("the apps of earlier runs were not looked at: %s", exc.strerror or exc)
+            return
+        mine = [app for app in found if app.folder not in self._deploys]
+        for app in retired_apps(mine, in_use, self.startup.keep_deployed_apps):
+            aside = app.folder.with_name(f".{app.folder.name}.{uuid.uuid4().hex}")
+            try:
+                app.folder.rename(aside)
+            except OSError as exc:
+                log.warning(
+                    "the app of run %d could not be removed, left as it is: %s",
+                    app.run_number,
+                    disk_fault(exc) or exc.strerror or exc,
+                )
+                continue
+            self._spawn(self._remove_app(app, aside))
+
+    async def _remove_app(self, app: DeployedApp, aside: Path) -> None:
+        await asyncio.to_thread(shutil.rmtree, aside, ignore_errors=True)
+        if aside.exists():
+            log.warning(
+                "the app of run %d could not be removed entirely: what is left is %s",
+                app.run_number,
+                aside,
+            )
+            return
+        log.info(
+            "removed the app of run %d (%s): this site keeps the apps of the runs it uses and "
+            "of the %d newest others (keep_deployed_apps)",
+            app.run_number,
+            one_line(app.name) or "no name recorded",
+            self.startup.keep_deployed_apps,
+        )
 
     @contextlib.asynccontextmanager
     async def _one_deploy(self, target: Path) -> AsyncIterator[None]:
@@ -751,12 +805,21 @@ class Agent:
         self, step: Callable[[], Awaitable[Sending]], folder: Path
     ) -> Sending:
         """Do a round's work; when the site's disk is full (or failing) pause until it has room
-        again, then do it again. The server meanwhile goes on with the other sites."""
+        again, then do it again. The server meanwhile goes on with the other sites. A child
+        that ended during the pause is started again first, and a start that a disk fault
+        stops pauses again like the work itself."""
+        relaunches = 0
+        fault = ""
         while True:
             try:
+                if fault:
+                    if self._child_ended():
+                        relaunches += 1
+                        await self._relaunch(relaunches, fault)
+                    self._set_status(status=st.STARTED, error="")
                 return await step()
             except (OSError, WorkerFailed) as exc:
-                fault = exc.disk_fault if isinstance(exc, WorkerFailed) else disk_fault(exc, folder)
+                fault = _disk_fault_of(exc, folder)
                 if not fault:
                     raise
             message = f"client {fault}"
@@ -768,17 +831,38 @@ class Agent:
             self._set_status(status=st.PAUSED, error=message)
             await self._until_writable(folder)
             log.info("the disk has room again: training goes on")
-            await self._relaunch_if_ended()
-            self._set_status(status=st.STARTED, error="")
 
-    async def _relaunch_if_ended(self) -> None:
-        """Start the run's child again if it ended during a pause: under start_mgpu a full
-        disk at rank 0's save ends torchrun, and the step tried again on the dead child
-        failed the run as "training process exited with code 1", the disk never said."""
-        worker, run = self.worker, self.context
-        if worker is not None and not worker.running and run is not None:
-            log.info("the training process ended while the site was paused: starting it again")
+    def _child_ended(self) -> bool:
+        """Whether the run's child ended on its own (a full disk at rank 0's save ends
+        torchrun under start_mgpu; the kernel's OOM killer ends any child)."""
+        return self.worker is not None and not self.worker.running
+
+    async def _relaunch(self, attempt: int, fault: str) -> None:
+        """Start the run's child again after a pause: the step tried again on the dead child
+        failed the run as "training process exited with code 1", the disk never said.
+
+        A start that a disk fault stops raises it (the site pauses again). One that fails for
+        another reason (the app, the data) fails the run, saying it was this start; so does
+        the start past ``MAX_RELAUNCHES`` in one round's work."""
+        run = self.context
+        assert run is not None, "a run's work set its context"
+        if attempt > MAX_RELAUNCHES:
+            raise WorkerFailed(
+                f"the training process was started again {MAX_RELAUNCHES} times in this round "
+                f"after the disk had room, and a disk fault stopped it each time (last: client "
+                f"{fault}); free room where that says, then start the client again",
+                "",
+            )
+        log.info("the training process ended while the site was paused: starting it again")
+        try:
             await self._launch(run)
+        except WorkerFailed as exc:
+            if exc.disk_fault:
+                raise
+            raise WorkerFailed(
+                f"the training process could not be started again after the site was paused: {exc}",
+                exc.traceback,
+            ) from None
 
     async def _until_writable(self, folder: Path) -> None:
         """Return once ``folder`` has room for two models and takes a write, after at least

@@ -1,9 +1,15 @@
 """The apps deployed at a site: ``run_<N>/app_<instance>/``, each with the name it was
-deployed under in ``.app_name`` (the folder itself is named for the instance)."""
+deployed under in ``.app_name`` (the folder itself is named for the instance).
+
+A site keeps the apps of the runs it uses and of the ``keep_deployed_apps`` newest
+others; each deploy removes the rest (:func:`retired_apps`). They are copies: the server
+keeps every run's app for good, and a deploy brings one back.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,3 +42,29 @@ def deployed_apps(workspace: Path) -> list[DeployedApp]:
         if match and folder.is_dir():
             found.append(DeployedApp(int(match[1]), folder, deployed_name(folder)))
     return sorted(found, key=lambda app: (-app.run_number, app.folder.name))
+
+
+def instance_apps(workspace: Path, instance: str) -> list[DeployedApp]:
+    """The apps this instance deployed, newest run first, each a folder of the workspace
+    itself: not a link, nor in a run folder that is one (what site IT linked in, or moved
+    to another disk, stays theirs). Other instances of the kit in the same workspace keep
+    their own."""
+    root = workspace.resolve()
+    return [
+        app
+        for app in deployed_apps(workspace)
+        if app.folder.name == f"app_{instance}"
+        and app.folder.resolve() == root / app.folder.parent.name / app.folder.name
+    ]
+
+
+def retired_apps(
+    apps: Sequence[DeployedApp], in_use: Collection[int], keep: int
+) -> list[DeployedApp]:
+    """Which of one instance's ``apps`` the site removes: all but those of the runs
+    ``in_use`` (the one deployed, trained, rejoined or waiting for approval) and of the
+    ``keep`` highest-numbered other runs. Numbers, not dates: a folder's time changes with
+    a copy or a restore, a run's number does not."""
+    others = sorted({app.run_number for app in apps} - set(in_use), reverse=True)
+    kept = set(in_use) | set(others[:keep])
+    return [app for app in apps if app.run_number not in kept]

@@ -97,6 +97,7 @@ class ClientStartup:
     log_lines_per_second: float = 20.0
     allow_cpu_mgpu: bool = False
     trust_custom_code: bool = False
+    keep_deployed_apps: int = 5
     metrics_port: int = 0
     metrics_host: str = LOOPBACK
     metrics_tls_cert: str = ""
@@ -208,10 +209,15 @@ CLIENT_LOCAL_KEYS = (
     "log_lines_per_second",
     "allow_cpu_mgpu",
 )
-CLIENT_SITE_ONLY = [Field("trust_custom_code", bool, default=False), *METRICS_FIELDS]
+CLIENT_SITE_ONLY = [
+    Field("trust_custom_code", bool, default=False),
+    Field("keep_deployed_apps", int, default=5, check=at_least(0)),
+    *METRICS_FIELDS,
+]
 """Settings only the site may make: a kit that carried them would let whoever provisions
-decide for the site (``trust_custom_code`` runs apps' code without the site's approval; the
-metrics endpoint opens a port)."""
+decide for the site (``trust_custom_code`` runs apps' code without the site's approval;
+``keep_deployed_apps`` is how much of the site's disk old apps keep; the metrics endpoint
+opens a port)."""
 
 ADMIN_FIELDS = [
     *_COMMON,

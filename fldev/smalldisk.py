@@ -76,6 +76,13 @@ def fill(folder: Path) -> int:
         os.close(fd)
 
 
+def free_some(folder: Path, nbytes: int) -> None:
+    """Give back ``nbytes`` of what :func:`fill` took, in one step: a daemon checking for
+    room never sees more than that free."""
+    filler = folder / FILLER
+    os.truncate(filler, max(0, filler.stat().st_size - nbytes))
+
+
 def free_up(folder: Path) -> None:
     """Give back what :func:`fill` took."""
     (folder / FILLER).unlink(missing_ok=True)

@@ -164,6 +164,35 @@ def test_set_run_number_reuse_keeps_logs(cluster: Cluster) -> None:
         assert not outcome.ok and outcome.text.startswith("usage: set_run_number <N>")
 
 
+def test_a_site_keeps_the_apps_of_its_newest_runs_only(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Every deploy left a copy of its app at the site for good."""
+    cluster = make_cluster(
+        clients=("flclient1",), client_local={"flclient1": {"keep_deployed_apps": 1}}
+    )
+    cluster.server()
+    site = cluster.client("flclient1")
+    workspace = cluster.root / "flclient1"
+    cluster.ok("upload_folder digits_fedavg")
+    for number in range(1, 5):
+        cluster.ok(f"set_run_number {number}")
+        cluster.ok("deploy digits_fedavg client")
+    site.wait_log("removed the app of run 2 ")
+    assert sorted(p.parent.name for p in workspace.glob("run_*/app_flclient1")) == [
+        "run_3",
+        "run_4",
+    ]
+    assert sorted(p.name for p in workspace.glob("run_*")) == [f"run_{n}" for n in range(1, 5)]
+    assert [
+        line.split(": ", 1)[1] for line in site.log().splitlines() if "removed the" in line
+    ] == [
+        f"removed the app of run {n} (digits_fedavg): this site keeps the apps of the runs it "
+        "uses and of the 1 newest others (keep_deployed_apps)"
+        for n in (1, 2)
+    ]
+
+
 def test_abort_then_start_again(cluster: Cluster) -> None:
     cluster.server()
     cluster.client("flclient1")

@@ -7,6 +7,7 @@ cases share one cluster (and its reference run) on one xdist worker.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sqlite3
@@ -24,7 +25,7 @@ from safetensors.numpy import load_file
 from fldev.cluster import ADMIN, SERVER_READY, Cluster, Daemon
 from fldev.faultswitch import fault_spec
 from fldev.poll import wait_until
-from fldev.smalldisk import fill, free_up, small_disk
+from fldev.smalldisk import fill, free_some, free_up, small_disk
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -493,5 +494,77 @@ def test_a_full_client_disk_pauses_that_site_only(make_cluster: Callable[..., Cl
             "flclient2 to contribute again",
         )
         assert client_statuses(cluster)["flclient2"]["error"] == ""
+        cluster.ok("abort server")
+        cluster.stop()
+
+
+TRUSTING = {"trust_custom_code": True}
+CACHE_BYTES = 6 << 20
+CACHING_TRAINER = f'''
+
+class CachingTrainer(ShiftAugmentingTrainer):
+    """Rebuilds a cache of {CACHE_BYTES} bytes in the run's work folder as it starts, and
+    swaps it in whole: a start that needs room."""
+
+    def __init__(self, max_shift: int = 1) -> None:
+        super().__init__(max_shift)
+        import os
+
+        with open("shift_cache.new", "wb") as cache:
+            cache.write(bytes({CACHE_BYTES}))
+        os.replace("shift_cache.new", "shift_cache.bin")
+'''
+
+
+@pytest.mark.usefixtures("mountable")
+def test_a_child_started_again_on_a_disk_still_short_of_room_pauses_the_site_again(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The child ended while its site was paused (the OOM killer; torchrun's rank 0 under
+    start_mgpu); the disk had room for the round but not for the new child's start, and the
+    run failed at the site instead of pausing again."""
+    cluster = make_cluster(clients=("flclient1",), client_local={"flclient1": TRUSTING})
+    app = cluster.add_app("digits_custom")
+    trainer = app / "resources" / "digits_custom" / "trainer.py"
+    trainer.write_text(trainer.read_text() + CACHING_TRAINER)
+    cluster.configure(
+        "config_train.json",
+        app="digits_custom",
+        trainer={"path": "digits_custom.trainer.CachingTrainer", "args": {"max_shift": 1}},
+    )
+    cluster.configure("config_fed_client.json", app="digits_custom", cross_validate=False)
+    cluster.configure(
+        "config_fed_server.json", app="digits_custom", num_rounds=5000, min_num_clients=1
+    )
+    workspace = cluster.root / "flclient1"
+    with small_disk(workspace, 24):
+        cluster.server()
+        site = cluster.client("flclient1", fault="hold:client.download@2")
+        cluster.ok("set_run_number 1")
+        cluster.ok("upload_folder digits_custom")
+        cluster.ok("deploy digits_custom server")
+        cluster.ok("deploy digits_custom client")
+        cluster.ok("start server")
+        cluster.ok("start client")
+        cluster.held("client.download")
+        fill(workspace)
+        cluster.release("client.download")
+        site.wait_log(r"training paused: client disk full: ")
+        (child,) = cluster.worker_pids()
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: not cluster.worker_pids(), 30, "the training process to end")
+
+        offset = len(site.log())
+        free_some(workspace, CACHE_BYTES // 2)  # room for the round's models, not the cache
+        site.wait_log("the training process ended while the site was paused", after=offset)
+        site.wait_log(r"training paused: client disk full: ", after=offset)
+        row = client_statuses(cluster)["flclient1"]
+        assert (row["status"], row["error"][:17]) == ("training paused", "client disk full:")
+
+        trained = len(training_rows(cluster))
+        free_up(workspace)
+        wait_until(lambda: len(training_rows(cluster)) > trained, 120, "a round with flclient1")
+        assert client_statuses(cluster)["flclient1"]["status"] == "training started"
+        assert "training failed" not in site.log()
         cluster.ok("abort server")
         cluster.stop()

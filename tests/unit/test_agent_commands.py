@@ -8,7 +8,7 @@ import errno
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from flclientd.runner import WorkerFailed
 from flclientd.sitestate import SiteState
 from flcore import status as st
 from flcore.appconfig import ClientAppConfig
-from flcore.federation import Closed, Command, CommandResult, RunEnded
+from flcore.federation import Closed, Command, CommandResult, RunEnded, StatusChanged
 from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK
 from flcore.progress import TransferStalled
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
@@ -610,6 +610,13 @@ def test_a_site_paused_by_a_full_disk_still_takes_part_in_cross_site_validation(
     assert asyncio.run(run()) == [ending == "abort"]
 
 
+class _Child:
+    """A training child as a pause sees it: running, or ended."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+
+
 def test_a_child_a_full_disk_ended_is_started_again_before_the_step_is(
     provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -617,27 +624,23 @@ def test_a_child_a_full_disk_ended_is_started_again_before_the_step_is(
     run failed as "training process exited with code 1", the disk never mentioned."""
     monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
 
-    class Child:
-        def __init__(self, running: bool) -> None:
-            self.running = running
-
     async def run() -> list[bool]:
         agent = _agent(provisioned_workspace, tmp_path)
         used: list[bool] = []
 
         async def launch(run: RunContext) -> Any:
-            agent.worker = Child(running=True)  # type: ignore[assignment]
+            agent.worker = _Child(running=True)  # type: ignore[assignment]
             return agent.worker
 
         async def step() -> None:
             assert agent.worker is not None
             used.append(agent.worker.running)
             if len(used) == 1:
-                agent.worker = Child(running=False)  # type: ignore[assignment]
+                agent.worker = _Child(running=False)  # type: ignore[assignment]
                 raise WorkerFailed("rank 0 failed", "", disk_fault="disk full: /data")
 
         agent._launch = launch  # type: ignore[method-assign]
-        agent.worker = Child(running=True)  # type: ignore[assignment]
+        agent.worker = _Child(running=True)  # type: ignore[assignment]
         agent.context = RunContext(1, agent.app_dir(1), tmp_path, 2, ClientAppConfig())
         try:
             await agent._despite_disk_faults(step, tmp_path)
@@ -646,6 +649,110 @@ def test_a_child_a_full_disk_ended_is_started_again_before_the_step_is(
         return used
 
     assert asyncio.run(run()) == [True, True]
+
+
+@dataclass
+class _Relaunched:
+    """What one round's work did when its child ended in a pause and was started again."""
+
+    launches: int
+    steps: int
+    statuses: list[str]
+    raised: WorkerFailed | None
+
+
+def _relaunched(
+    provisioned_workspace: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    starts: Callable[[int], Exception | None],
+) -> _Relaunched:
+    """A round whose first step a full disk stops, ending the child (torchrun's rank 0);
+    ``starts`` says how the n-th start of a new child goes (None: it starts)."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+
+    async def run() -> _Relaunched:
+        agent = _agent(provisioned_workspace, tmp_path)
+        launches = steps = 0
+
+        async def launch(run: RunContext) -> Any:
+            nonlocal launches
+            launches += 1
+            error = starts(launches)
+            if error is not None:
+                raise error
+            agent.worker = _Child(running=True)  # type: ignore[assignment]
+            return agent.worker
+
+        async def step() -> None:
+            nonlocal steps
+            steps += 1
+            assert agent.worker is not None and agent.worker.running
+            if steps == 1:
+                agent.worker = _Child(running=False)  # type: ignore[assignment]
+                raise WorkerFailed("rank 0 failed", "", disk_fault="disk full: /data")
+
+        agent._launch = launch  # type: ignore[method-assign]
+        agent.worker = _Child(running=True)  # type: ignore[assignment]
+        agent.context = RunContext(1, agent.app_dir(1), tmp_path, 2, ClientAppConfig())
+        raised = None
+        try:
+            await agent._despite_disk_faults(step, tmp_path)
+        except WorkerFailed as exc:
+            raised = exc
+        finally:
+            await agent.conn.close()
+        sent = []
+        while not agent.uplink._outbox.empty():
+            sent.append(agent.uplink._outbox.get_nowait())
+        statuses = [m.status.status for m in sent if isinstance(m, StatusChanged)]
+        return _Relaunched(launches, steps, statuses, raised)
+
+    return asyncio.run(run())
+
+
+def test_a_new_child_a_full_disk_stops_at_its_start_pauses_the_site_again(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk filled again while the new child started (an app that writes a cache as it
+    starts): the whole run failed at this site instead of pausing again."""
+    failures: dict[int, Exception] = {
+        1: WorkerFailed("client disk full: cache", "", disk_fault="disk full: cache"),
+        2: _read_only(tmp_path / "work"),  # a start of the daemon's own that cannot write
+    }
+    done = _relaunched(provisioned_workspace, tmp_path, monkeypatch, failures.get)
+    assert (done.raised, done.launches, done.steps) == (None, 3, 2)
+    assert done.statuses == [st.PAUSED, st.PAUSED, st.PAUSED, st.STARTED]
+
+
+def test_a_new_child_that_fails_to_start_for_another_reason_fails_the_run_saying_so(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It failed with the child's words alone, as if the run had just been started."""
+    broken = WorkerFailed("train.npz: no such file in DATA_ROOT", "where it failed")
+    done = _relaunched(provisioned_workspace, tmp_path, monkeypatch, lambda _: broken)
+    assert done.raised is not None and (done.launches, done.steps) == (1, 1)
+    assert str(done.raised) == (
+        "the training process could not be started again after the site was paused: "
+        "train.npz: no such file in DATA_ROOT"
+    )
+    assert done.raised.traceback == "where it failed"
+
+
+def test_a_child_a_disk_fault_stops_at_every_start_is_started_a_bounded_number_of_times(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault the probe of the run's folder does not see (/tmp full) started a child every
+    few seconds for good."""
+    full = WorkerFailed("client disk full: /tmp", "", disk_fault="disk full: /tmp")
+    done = _relaunched(provisioned_workspace, tmp_path, monkeypatch, lambda _: full)
+    assert (done.launches, done.steps) == (agent_module.MAX_RELAUNCHES, 1)
+    assert done.raised is not None and done.raised.disk_fault == ""
+    assert str(done.raised) == (
+        f"the training process was started again {agent_module.MAX_RELAUNCHES} times in this "
+        "round after the disk had room, and a disk fault stopped it each time (last: client "
+        "disk full: /tmp); free room where that says, then start the client again"
+    )
 
 
 def test_a_deploy_for_another_run_leaves_the_app_the_site_trains_on_its_row(
@@ -665,6 +772,57 @@ def test_a_deploy_for_another_run_leaves_the_app_the_site_trains_on_its_row(
     command = Command("c1", "deploy", {"run_number": 2, "app": "digits"})
     result = _answer(provisioned_workspace, tmp_path, command, training)
     assert (result.ok, statuses[0].app) == (True, "app-a")
+
+
+def test_a_deploy_removes_the_apps_the_site_no_longer_keeps(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every deploy left its app at the site for good: months of runs, months of apps."""
+
+    async def get_app(run_number: int, app: str, staging: Path) -> None:
+        shutil.copytree(APPS / "digits_fedavg", staging)
+
+    async def run() -> Agent:
+        agent = _agent(provisioned_workspace, tmp_path)
+        agent.startup = replace(agent.startup, keep_deployed_apps=1)
+        agent.conn.get_app = get_app  # type: ignore[method-assign]
+        for number in range(1, 6):
+            shutil.copytree(APPS / "digits_fedavg", agent.app_dir(number))
+            (agent.app_dir(number) / ".app_name").write_text(f"app-{number}\n")
+        final = agent.run_dir(3) / "models_site-a" / FINAL_MODEL
+        final.parent.mkdir()
+        final.write_bytes(b"kept")
+        shutil.copytree(APPS / "digits_fedavg", agent.run_dir(3) / "app_site-a_2")
+        # Run 1 is the site's last: `start client` continues it. Run 2 is being deployed again.
+        agent.status = st.ClientStatus(status=st.STOPPED, run_number=1)
+        agent._deploys[agent.app_dir(2)] = (asyncio.Lock(), 1)
+        try:
+            await agent._command(Command("c1", "deploy", {"run_number": 6, "app": "digits"}))
+            await asyncio.gather(*agent._tasks)
+            return agent
+        finally:
+            await agent.conn.close()
+
+    caplog.set_level(logging.INFO, logger="flclientd.agent")
+    agent = asyncio.run(run())
+    left = sorted(
+        p.relative_to(agent.workspace).as_posix() for p in agent.workspace.glob("run_*/*")
+    )
+    assert left == [
+        "run_1/app_site-a",
+        "run_2/app_site-a",
+        "run_3/app_site-a_2",
+        "run_3/models_site-a",
+        "run_5/app_site-a",
+        "run_6/app_site-a",
+    ]
+    assert not list(agent.workspace.glob("run_*/.app_*"))
+    removed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removed")]
+    assert sorted(removed) == [
+        f"removed the app of run {n} (app-{n}): this site keeps the apps of the runs it uses "
+        "and of the 1 newest others (keep_deployed_apps)"
+        for n in (3, 4)
+    ]
 
 
 def test_a_start_removes_what_killed_children_left_half_written(

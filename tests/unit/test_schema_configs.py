@@ -237,6 +237,22 @@ def test_trust_custom_code_is_off_unless_the_site_turns_it_on(tmp_path: Path) ->
     assert startup.load_client(ws).trust_custom_code is True
 
 
+def test_how_many_old_apps_a_site_keeps_is_the_sites_to_set(tmp_path: Path) -> None:
+    """Its disk, its call: the kit carries no such key, and local/ sets it."""
+    assert "keep_deployed_apps" not in startup.to_json(CLIENT)
+    default = _workspace(tmp_path / "a", "fed_client.json", startup.to_json(CLIENT))
+    assert startup.load_client(default).keep_deployed_apps == 5
+    ws = _workspace(
+        tmp_path / "b", "fed_client.json", startup.to_json(CLIENT), {"keep_deployed_apps": 0}
+    )
+    assert startup.load_client(ws).keep_deployed_apps == 0
+    ws = _workspace(
+        tmp_path / "c", "fed_client.json", startup.to_json(CLIENT), {"keep_deployed_apps": -1}
+    )
+    with pytest.raises(ConfigError, match=r"keep_deployed_apps.*must be at least 0"):
+        startup.load_client(ws)
+
+
 @pytest.mark.parametrize(("changed", "mode"), [("file", 0o666), ("file", 0o620), ("folder", 0o777)])
 def test_a_local_override_others_may_change_is_refused(
     tmp_path: Path, changed: str, mode: int
