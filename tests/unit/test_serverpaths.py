@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flcore.appconfig import MlflowSettings, ServerAppConfig
-from flcore.schema import ConfigError
+from flcore.schema import ConfigError, shown
 from flcore.serverpaths import check_app_paths, checkpoint_file, checkpoint_folders, tracking_store
 
 
@@ -83,7 +83,7 @@ def test_mlflow_files_stay_in_the_workspace(host: Path) -> None:
         "sqlite:////srv/mlflow.db",
         "sqlite:///../other/mlflow.db",
     ):
-        with refused(f"'tracking_uri' {outside!r} leads MLflow out of the server's workspace"):
+        with refused(f"'tracking_uri' {shown(outside)} leads MLflow out of the server's workspace"):
             tracking_store(outside, ws)
     (ws / "elsewhere").symlink_to(host / "other")
     with refused("leads MLflow out of the server's workspace"):
