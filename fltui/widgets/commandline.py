@@ -41,6 +41,10 @@ class CommandSuggester(Suggester):
         return complete(value, self._instances(), self._apps(), self._server_apps())
 
 
+HISTORY_LINES = 500
+"""Lines the history keeps: a console stays open for weeks, and up-arrow reaches back far enough."""
+
+
 class CommandLine(Input):
     """An input with a history of submitted lines."""
 
@@ -82,6 +86,7 @@ class CommandLine(Input):
         """Add a submitted line to the history (not twice in a row)."""
         if line and (not self.history or self.history[-1] != line):
             self.history.append(line)
+            del self.history[:-HISTORY_LINES]
         self._position = len(self.history)
 
     def action_history(self, step: int) -> None:
