@@ -343,6 +343,7 @@ class FLServer:
         existed = self.store.create_run(number)
         self.db.set_meta(RUN_NUMBER_KEY, str(number))
         self._run_number = number
+        self._forget_settled_crossvals(number)
         if self.training_for(number) is None:
             self.training = None
         self.publish_run()
@@ -555,6 +556,16 @@ class FLServer:
         """Whether a run number from a peer names a run of this server."""
         return run_number > 0 and self.store.run_dir(run_number).is_dir()
 
+    def _forget_settled_crossvals(self, current: int) -> None:
+        """Hold in memory the cross-site validations of the current run and of runs still
+        under way, not of every run this process has seen: a server that lives through
+        hundreds of runs kept each one's matrix. A forgotten one is rebuilt from disk and the
+        database when a site names its run again, as after a restart."""
+        for number, crossval in list(self._crossvals.items()):
+            settled = not crossval.validating and crossval.declared <= crossval.submitted
+            if number != current and settled:
+                del self._crossvals[number]
+
     def crossval_for(self, run_number: int) -> CrossValidation:
         """The cross-site validation of a run (rebuilt from disk after a restart)."""
         current = self._crossvals.get(run_number)
@@ -712,6 +723,10 @@ class FLServer:
     def _follow_crossval(
         self, instance: str, previous: ClientStatus, status: ClientStatus, new_stream: bool
     ) -> None:
+        if status.run_number and previous.run_number != status.run_number:
+            earlier = self._crossvals.get(previous.run_number)
+            if earlier is not None:
+                earlier.withdraw(instance, f"moved on to run {status.run_number}")
         crossval = self.crossval_for(status.run_number)
         if status.cross_validate and status.status != st.FAILED:
             crossval.declare(instance)

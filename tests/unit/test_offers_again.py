@@ -124,3 +124,33 @@ def test_an_earlier_run_s_cross_site_validation_takes_only_sites_that_took_part(
         assert server.crossval_for(RUN + 1).declared == {"newcomer-2"}
 
     on_server(tmp_path, scenario)
+
+
+def test_the_server_holds_the_cross_site_validations_of_runs_under_way_only(
+    tmp_path: Path,
+) -> None:
+    """Every run this process had seen stayed in memory with its matrix, for months."""
+
+    async def scenario(server: FLServer) -> None:
+        validating = st.ClientStatus(
+            status=st.CROSS_VALIDATING, run_number=RUN, round=-1, cross_validate=True
+        )
+        server.set_run_number(RUN)
+        server.db.record_folded(RUN, 0, "site-a", 10, {})
+        server.attach(site(server, "site-a"), validating)
+        for number in range(RUN + 1, RUN + 40):
+            server.set_run_number(number)
+            server.crossval_for(number).record(GLOBAL_OWNER, "site-x", {"dice": 0.5}, "")
+        # Run 1, where site-a still validates, and the current run stay; the others go.
+        assert sorted(server._crossvals) == [RUN, RUN + 39]
+        # One that comes back is rebuilt from what the server keeps.
+        assert server.crossval_for(RUN + 5).results[(GLOBAL_OWNER, "site-x")][0] == {"dice": 0.5}
+        a = server.registry.by_instance("site-a")
+        assert a is not None
+        # A site that moves on to another run no longer validates the earlier one.
+        server.update_status(a, st.ClientStatus(status=st.STARTED, run_number=RUN + 39, round=-1))
+        assert "site-a" not in server.crossval_for(RUN).validating
+        server.set_run_number(RUN + 40)
+        assert sorted(server._crossvals) == []
+
+    on_server(tmp_path, scenario)
