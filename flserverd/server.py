@@ -257,13 +257,15 @@ class FLServer:
         stopped run); returns how many updates of the unfinished round were forgotten."""
         model = self.store.round_model(record.run_number, record.next_round)
         manifest = TensorFile(model).manifest
-        dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
-        self.store.clear_spool(record.run_number)
+        number = record.run_number
+        dropped = self.db.forget_unfinished_folds(number, record.next_round, record.num_rounds)
+        self.store.clear_spool(number)
         self.training = Training(record, config, manifest, self.store, self.db, self)
         # A final validation taken up waits for the last round's sites: not for one that is no
         # longer registered (dropped, revoked), which would never report.
         self.training.ready &= {client.instance for client in self.registry.clients()}
         self.training.recover_outputs()
+        self.training.take_up()
         return dropped
 
     async def close(self, grace: float) -> None:

@@ -1,11 +1,12 @@
 """Server state that must survive a restart, in one SQLite file.
 
 Runs and their round pointer, registered clients and their tokens' SHA-256, which updates were
-folded into which round, round metrics, cross-site validation results, the
-audit of admin commands, the certificates peers logged in with and the
-names an admin revoked here. SQLite in WAL mode with synchronous=FULL gives
-atomic, durable transactions, which is what lets a round's completion and
-the exactly-once record of its updates survive kill -9.
+folded into which round (and which sites reported on the final model), round
+metrics, cross-site validation results, the audit of admin commands, the
+certificates peers logged in with and the names an admin revoked here. SQLite
+in WAL mode with synchronous=FULL gives atomic, durable transactions, which is
+what lets a round's completion and the exactly-once record of its updates
+survive kill -9.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ SAVE_RUN = (
     " next_round, best_round, best_value, failed_sites, reason, failures, metric, started_at,"
     " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+UNCOMMITTED_FOLDS = "DELETE FROM folded WHERE run_number=? AND round>=? AND round<?"
+"""Fold records of a run's training rounds from its round pointer on (run, next_round,
+num_rounds): rounds not committed, whose sums died with the process. Reports on
+the final model are recorded as round num_rounds and are not among them."""
 GET_RUN = (
     "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
     " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
@@ -377,7 +382,8 @@ class StateDB:
         return [int(r[0]) for r in self._db.execute("SELECT run_number FROM runs")]
 
     def fold_instances(self, run_number: int) -> list[str]:
-        """The sites whose updates were folded into a round of a run."""
+        """The sites whose updates were folded into a round of a run (or that reported on its
+        final model)."""
         rows = self._db.execute(
             "SELECT DISTINCT instance FROM folded WHERE run_number=?", (run_number,)
         ).fetchall()
@@ -385,7 +391,8 @@ class StateDB:
 
     def folds(self, run_number: int, first: int, last: int) -> list[tuple[int, str, int, str]]:
         """(round, instance, samples, metrics JSON) of each update folded into rounds
-        ``first``..``last`` of a run, by round and instance."""
+        ``first``..``last`` of a run, by round and instance; round ``num_rounds`` holds the
+        sites' reports on the final model."""
         return [
             (int(r[0]), str(r[1]), int(r[2]), str(r[3]))
             for r in self._db.execute(
@@ -465,7 +472,8 @@ class StateDB:
         samples: int,
         metrics: dict[str, float],
     ) -> None:
-        """Record that an update was folded into the round's running sum."""
+        """Record that an update was folded into the round's running sum, or (as round
+        ``num_rounds``) that a site's report on the final model was counted."""
         self._write(
             [
                 (
@@ -488,12 +496,12 @@ class StateDB:
             ]
         )
 
-    def forget_unfinished_folds(self, run_number: int, next_round: int) -> int:
-        """Drop fold records of rounds that were not completed (their sums died with the
-        process), so that clients resending after a restart are counted again, once."""
-        return self._write(
-            [("DELETE FROM folded WHERE run_number=? AND round>=?", (run_number, next_round))]
-        )
+    def forget_unfinished_folds(self, run_number: int, next_round: int, num_rounds: int) -> int:
+        """Drop fold records of training rounds that were not completed (their sums died with
+        the process), so that clients resending after a restart are counted again, once. The
+        reports on the final model stay: they are counted whole (``num_rounds`` is the run's
+        number of rounds as it is taken up)."""
+        return self._write([(UNCOMMITTED_FOLDS, (run_number, next_round, num_rounds))])
 
     def save_client(self, client: ClientRecord) -> None:
         """Persist a registered client so its token survives a server restart."""

@@ -382,12 +382,12 @@ def test_forget_unfinished_folds(db: StateDB) -> None:
         db.record_folded(3, round_number, "site-a", 1, {})
     db.record_folded(3, 2, "site-b", 1, {})
     db.record_folded(4, 2, "site-a", 1, {})
-    assert db.forget_unfinished_folds(3, 2) == 2
+    assert db.forget_unfinished_folds(3, 2, 5) == 2
     assert db.is_folded(3, 0, "site-a") and db.is_folded(3, 1, "site-a")
     assert not db.is_folded(3, 2, "site-a") and not db.is_folded(3, 2, "site-b")
     assert db.is_folded(4, 2, "site-a")  # other runs untouched
     db.record_folded(3, 2, "site-a", 1, {})  # may be recorded again
-    assert db.forget_unfinished_folds(3, 5) == 0
+    assert db.forget_unfinished_folds(3, 5, 5) == 0
 
 
 def test_a_run_started_over_forgets_its_rounds_with_its_record_replaced(db: StateDB) -> None:
