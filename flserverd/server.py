@@ -205,7 +205,7 @@ class FLServer:
             # Keep serving: admins can look, fix and start the run again.
             log.error("cannot resume run %d: %s; marking it stopped", record.run_number, exc)
             record.status, record.reason = st.STOPPED, f"could not resume: {exc}"
-            self.db.save_run(record)
+            self.db.end_run(record)
         self.resume_fault = ""
         return True
 

@@ -950,9 +950,11 @@ class Training:
         self._save_record()
 
     def _save_record(self) -> None:
-        """Store the run record; a disk fault pauses (or, once it ended, keeps retrying)."""
+        """Store the run record (once it ended, with the fold records of the round it ended
+        in forgotten); a disk fault pauses (or, once it ended, keeps retrying)."""
+        save = self._db.save_run if self.active else self._db.end_run
         try:
-            self._db.save_run(self.run)
+            save(self.run)
         except Exception as exc:
             if not self.storage_failed(exc, self._save_record_again):
                 raise
