@@ -206,7 +206,7 @@ class FLServer:
             # Keep serving: admins can look, fix and start the run again.
             log.error("cannot resume run %d: %s; marking it stopped", record.run_number, exc)
             record.status, record.reason = st.STOPPED, f"could not resume: {exc}"
-            self.db.save_run(record)
+            self.db.end_run(record)
         self.resume_fault = ""
         return True
 
@@ -258,13 +258,15 @@ class FLServer:
         stopped run); returns how many updates of the unfinished round were forgotten."""
         model = self.store.round_model(record.run_number, record.next_round)
         manifest = TensorFile(model).manifest
-        dropped = self.db.forget_unfinished_folds(record.run_number, record.next_round)
-        self.store.clear_spool(record.run_number)
+        number = record.run_number
+        dropped = self.db.forget_unfinished_folds(number, record.next_round, record.num_rounds)
+        self.store.clear_spool(number)
         self.training = Training(record, config, manifest, self.store, self.db, self)
         # A final validation taken up waits for the last round's sites: not for one that is no
         # longer registered (dropped, revoked), which would never report.
         self.training.ready &= {client.instance for client in self.registry.clients()}
         self.training.recover_outputs()
+        self.training.take_up()
         return dropped
 
     async def close(self, grace: float) -> None:

@@ -1,11 +1,19 @@
 """Server state that must survive a restart, in one SQLite file.
 
 Runs and their round pointer, registered clients and their tokens' SHA-256, which updates were
-folded into which round, round metrics, cross-site validation results, the
-audit of admin commands, the certificates peers logged in with and the
-names an admin revoked here. SQLite in WAL mode with synchronous=FULL gives
-atomic, durable transactions, which is what lets a round's completion and
-the exactly-once record of its updates survive kill -9.
+folded into which round (and which sites reported on the final model), round
+metrics, cross-site validation results, the audit of admin commands, the
+certificates peers logged in with and the names an admin revoked here. SQLite
+in WAL mode with synchronous=FULL gives atomic, durable transactions, which is
+what lets a round's completion and the exactly-once record of its updates
+survive kill -9.
+
+What is kept for how long (docs/operations.md, "What the state database
+keeps"): a run's rounds, fold records and cross-site results are its history
+(``show_run``, ``validate``) and go only when the run starts over; fold records
+of a round that will never be committed go when the run ends; registrations
+and the client states beside them go with the client; the audit, the
+certificates seen and the revoked names are never deleted.
 """
 
 from __future__ import annotations
@@ -108,6 +116,10 @@ SAVE_RUN = (
     " next_round, best_round, best_value, failed_sites, reason, failures, metric, started_at,"
     " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+UNCOMMITTED_FOLDS = "DELETE FROM folded WHERE run_number=? AND round>=? AND round<?"
+"""Fold records of a run's training rounds from its round pointer on (run, next_round,
+num_rounds): rounds not committed, whose sums died with a process or with the run. Reports on
+the final model are recorded as round num_rounds and are not among them."""
 GET_RUN = (
     "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
     " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
@@ -258,6 +270,10 @@ class ClientRecord:
     created_at: float
 
 
+WAL_KEPT_BYTES = 4 << 20
+"""What the write-ahead log is cut back to once it was checkpointed: its size between SQLite's
+automatic checkpoints (1,000 pages of 4 KiB)."""
+
 BUSY_WAIT_S = 0.5
 """How long a write waits for a lock another program holds (only one server may use the
 database, flserverd.lock sees to it): on the event loop, so briefly; then the write fails
@@ -275,6 +291,9 @@ class StateDB:
         # Deleted rows (a dropped client, a legacy table of tokens) are overwritten, not left
         # in free pages for a copy of the file to give away.
         self._db.execute("PRAGMA secure_delete=ON")
+        # A transaction that deletes a long run's history (start server fresh) writes every page
+        # it zeroes to the WAL; without a limit the file kept that size until the server stopped.
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_KEPT_BYTES}")
         self._db.executescript(SCHEMA)
         self._add_missing_columns()
         self._hash_legacy_tokens()
@@ -367,6 +386,17 @@ class StateDB:
         """Insert or replace a run record."""
         self._write([self._run_upsert(run)])
 
+    def end_run(self, run: RunRecord) -> None:
+        """Store the record of a run that ended, and forget the fold records of the round it
+        ended in, in one transaction: that round is never committed (continuing the run
+        takes its updates again), and its updates were deleted with it."""
+        self._write(
+            [
+                self._run_upsert(run),
+                (UNCOMMITTED_FOLDS, (run.run_number, run.next_round, run.num_rounds)),
+            ]
+        )
+
     def get_run(self, run_number: int) -> RunRecord | None:
         """The record of one run, or None if it never trained."""
         row = self._db.execute(GET_RUN, (run_number,)).fetchone()
@@ -377,7 +407,8 @@ class StateDB:
         return [int(r[0]) for r in self._db.execute("SELECT run_number FROM runs")]
 
     def fold_instances(self, run_number: int) -> list[str]:
-        """The sites whose updates were folded into a round of a run."""
+        """The sites whose updates were folded into a round of a run (or that reported on its
+        final model)."""
         rows = self._db.execute(
             "SELECT DISTINCT instance FROM folded WHERE run_number=?", (run_number,)
         ).fetchall()
@@ -385,7 +416,8 @@ class StateDB:
 
     def folds(self, run_number: int, first: int, last: int) -> list[tuple[int, str, int, str]]:
         """(round, instance, samples, metrics JSON) of each update folded into rounds
-        ``first``..``last`` of a run, by round and instance."""
+        ``first``..``last`` of a run, by round and instance; round ``num_rounds`` holds the
+        sites' reports on the final model."""
         return [
             (int(r[0]), str(r[1]), int(r[2]), str(r[3]))
             for r in self._db.execute(
@@ -465,7 +497,8 @@ class StateDB:
         samples: int,
         metrics: dict[str, float],
     ) -> None:
-        """Record that an update was folded into the round's running sum."""
+        """Record that an update was folded into the round's running sum, or (as round
+        ``num_rounds``) that a site's report on the final model was counted."""
         self._write(
             [
                 (
@@ -488,12 +521,12 @@ class StateDB:
             ]
         )
 
-    def forget_unfinished_folds(self, run_number: int, next_round: int) -> int:
-        """Drop fold records of rounds that were not completed (their sums died with the
-        process), so that clients resending after a restart are counted again, once."""
-        return self._write(
-            [("DELETE FROM folded WHERE run_number=? AND round>=?", (run_number, next_round))]
-        )
+    def forget_unfinished_folds(self, run_number: int, next_round: int, num_rounds: int) -> int:
+        """Drop fold records of training rounds that were not completed (their sums died with
+        the process), so that clients resending after a restart are counted again, once. The
+        reports on the final model stay: they are counted whole (``num_rounds`` is the run's
+        number of rounds as it is taken up)."""
+        return self._write([(UNCOMMITTED_FOLDS, (run_number, next_round, num_rounds))])
 
     def save_client(self, client: ClientRecord) -> None:
         """Persist a registered client so its token survives a server restart."""
@@ -515,11 +548,17 @@ class StateDB:
         )
 
     def delete_client(self, key: bytes) -> None:
-        """Forget a dropped or logged-out client (by its token's SHA-256)."""
+        """Forget a dropped or logged-out client (by its token's SHA-256), with its state and
+        any state left without a registration (a status saved as its client was removed, by
+        an earlier version): no start reads those, and nothing else would delete them."""
         self._write(
             [
                 ("DELETE FROM registrations WHERE token_sha256=?", (key,)),
-                ("DELETE FROM client_state WHERE token_sha256=?", (key,)),
+                (
+                    "DELETE FROM client_state"
+                    " WHERE token_sha256 NOT IN (SELECT token_sha256 FROM registrations)",
+                    (),
+                ),
             ]
         )
 
@@ -527,13 +566,16 @@ class StateDB:
         self, key: bytes, status: dict[str, Any], machine: dict[str, Any]
     ) -> None:
         """What a registered client (by its token's SHA-256) last said about itself and its
-        machine, so that a restarted server shows it (offline) as it was rather than blank."""
+        machine, so that a restarted server shows it (offline) as it was rather than blank.
+        Kept only beside its registration: a client removed meanwhile leaves no row that
+        nothing would read or delete."""
         self._write(
             [
                 (
                     "INSERT OR REPLACE INTO client_state(token_sha256, status, machine)"
-                    " VALUES (?, ?, ?)",
-                    (key, json.dumps(status), json.dumps(machine)),
+                    " SELECT ?, ?, ? WHERE EXISTS"
+                    " (SELECT 1 FROM registrations WHERE token_sha256=?)",
+                    (key, json.dumps(status), json.dumps(machine), key),
                 )
             ]
         )

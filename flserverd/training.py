@@ -21,6 +21,11 @@ resumes from the pointer and fold records of the unfinished round are
 dropped, so each update is counted exactly once. The files that follow from
 the commit (global and best model links, metrics.jsonl, TensorBoard) are
 written in one worker-thread step, so their fsyncs never stall the loop.
+The final validation is as careful: each site's report is recorded when it
+is counted (as a fold record of round ``num_rounds``), its result is
+committed before its files are written, and the run's end is recorded last;
+a restart counts the reports recorded and asks only the sites missing, and
+ends a run whose final result was committed without asking anyone again.
 
 The clock and the round timer are injected, so tests drive the
 ``wait_after_min_clients`` and final-validation timers themselves.
@@ -32,6 +37,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import json
 import logging
 import math
 import time
@@ -233,13 +239,38 @@ class Training:
         self.round = RoundState(run.next_round, self._aggregator(run.next_round), clock())
         if run.phase == PHASE_FINAL_VALIDATION:
             self._start_final_validation()
-            # Resumed after a restart: the reports already in died with the last process, and
-            # the first site back would otherwise have ended the validation alone. It waits
-            # for the last round's sites (they report again when offered; one that never
-            # comes back is dropped at its heartbeat timeout, or the validation times out).
-            trained = [r for r in self.history if not r.final]
-            if trained:
-                self.ready.update(trained[-1].clients)
+            self._take_up_final_reports()
+
+    def _take_up_final_reports(self) -> None:
+        """A final validation taken up again (after a restart, or continuing a stopped run)
+        counts the reports recorded before and waits for the rest of the last round's sites,
+        not for the first site back only, which would have ended the validation alone (one
+        that never comes back is dropped at its heartbeat timeout, or the validation times
+        out)."""
+        final = self.run.num_rounds
+        for _, instance, samples, metrics in self._db.folds(self.run.run_number, final, final):
+            self._count_final(instance, json.loads(metrics), samples)
+        trained = [r for r in self.history if not r.final]
+        if trained:
+            self.ready.update(trained[-1].clients)
+
+    def take_up(self) -> None:
+        """Go on from what the database holds, once the server took the run up again. A final
+        validation whose result was committed ends the run as finished: the last process died
+        before it recorded the end, and the sites are not asked again. One whose sites still
+        registered have all reported is finished now."""
+        if not self.active or self.run.phase != PHASE_FINAL_VALIDATION:
+            return
+        last = self.history[-1] if self.history else None
+        if last is not None and last.final and last.round == self.run.num_rounds:
+            log.info(
+                "run %d: its final validation was recorded before the server stopped; the run "
+                "ends without asking the sites again",
+                self.run.run_number,
+            )
+            self._end(st.STOPPED, st.FINISHED)
+        elif self.final_reports:
+            self._progress()
 
     def _aggregator(self, round_number: int) -> Aggregator:
         """The aggregator the app's config asks for, for a round (files opened when used)."""
@@ -318,8 +349,9 @@ class Training:
         """A ready client came back on a new control stream, having last taken up the task
         of ``taken_round``: offer it the current task again when that is another one, since
         an offer sent while it had no stream was lost. The final validation is offered again
-        whenever this server holds no report of it: a server that restarted lost the reports
-        it had, and a site that reported waits for no other task (it resends what it sent)."""
+        whenever this server holds no report of it (one sent to the server that died before
+        recording it, or postponed on a full disk): a site that reported waits for no other
+        task (it resends what it sent)."""
         if not (self.active and instance in self.ready):
             return
         offer = self.current_offer()
@@ -463,7 +495,7 @@ class Training:
         """The verdict on an update that cannot be stored while training is paused."""
         return Verdict(
             SubmitOutcome.POSTPONED,
-            f"{self.fault}; training is paused and asks for the update again when it goes on",
+            f"{self.fault}; training is paused and asks for it again when it goes on",
         )
 
     async def accept_update(
@@ -574,11 +606,22 @@ class Training:
             )
         if instance in self.final_reports:
             return Verdict(SubmitOutcome.DUPLICATE, "final validation metrics were already counted")
-        self.final_reports[instance] = num_samples
-        self._final.add_metrics(instance, metrics, float(max(num_samples, 1)))
+        try:
+            self._db.record_folded(
+                self.run.run_number, round_number, instance, num_samples, metrics
+            )
+        except Exception as exc:
+            if not self.storage_failed(exc):
+                raise
+            return self.postponed()
+        self._count_final(instance, metrics, num_samples)
         self._progress()
         self._listener.run_changed()
         return Verdict(SubmitOutcome.ACCEPTED, "final validation metrics accepted")
+
+    def _count_final(self, instance: str, metrics: dict[str, float], num_samples: int) -> None:
+        self.final_reports[instance] = num_samples
+        self._final.add_metrics(instance, metrics, float(max(num_samples, 1)))
 
     def _progress(self) -> None:
         """Decide whether the round (or final validation) is complete."""
@@ -907,9 +950,11 @@ class Training:
         self._save_record()
 
     def _save_record(self) -> None:
-        """Store the run record; a disk fault pauses (or, once it ended, keeps retrying)."""
+        """Store the run record (once it ended, with the fold records of the round it ended
+        in forgotten); a disk fault pauses (or, once it ended, keeps retrying)."""
+        save = self._db.save_run if self.active else self._db.end_run
         try:
-            self._db.save_run(self.run)
+            save(self.run)
         except Exception as exc:
             if not self.storage_failed(exc, self._save_record_again):
                 raise

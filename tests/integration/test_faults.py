@@ -7,6 +7,7 @@ cases share one cluster (and its reference run) on one xdist worker.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -41,12 +42,14 @@ def state_db(cluster: Cluster) -> sqlite3.Connection:
     return sqlite3.connect(cluster.root / "server" / "state" / "flserverd.sqlite3")
 
 
-def counted(cluster: Cluster, run_number: int = 1) -> list[tuple[int, str]]:
-    """(round, instance) of every update the server counted, in order."""
+def counted(cluster: Cluster, run_number: int = 1, final: bool = False) -> list[tuple[int, str]]:
+    """(round, instance) of every update the server counted, in order; with ``final``, of
+    every report on the final model (recorded as round num_rounds) instead."""
     with state_db(cluster) as db:
         rows = db.execute(
-            "SELECT round, instance FROM folded WHERE run_number=? ORDER BY round, instance",
-            (run_number,),
+            "SELECT round, instance FROM folded JOIN runs USING (run_number)"
+            " WHERE run_number=? AND (round >= num_rounds) = ? ORDER BY round, instance",
+            (run_number, final),
         ).fetchall()
     return [(int(r), str(i)) for r, i in rows]
 
@@ -171,6 +174,43 @@ def test_server_killed_mid_run_resumes_to_the_same_bytes(
     # The sites rode out the crash in the processes they were started as (never restarted
     # here): they reconnected on their own and did not give up.
     assert all(client.alive() for client in reference.clients)
+
+
+@pytest.mark.xdist_group("server-kills")
+def test_a_server_killed_after_the_final_validation_was_recorded_does_not_repeat_it(
+    reference: Reference,
+) -> None:
+    """Killed once the final validation's result was committed and before the run's finished
+    record: the restarted server took the run up in its final validation, asked every site
+    for it again and wrote the final line of metrics.jsonl twice."""
+    cluster, server = reference.cluster, reference.server
+    rerun_with_server_killed(reference, "server.outputs", ROUNDS + 1)  # the final validation's
+    with state_db(cluster) as db:
+        status, phase = db.execute("SELECT status, phase FROM runs WHERE run_number=1").fetchone()
+        (final,) = db.execute(
+            "SELECT record FROM round_metrics WHERE round=?", (ROUNDS,)
+        ).fetchone()
+    assert (status, phase) == ("training started", "final validation")
+    assert json.loads(final)["final"] is True
+    sites_from = [len(client.log()) for client in reference.clients]
+
+    offset = server.arm("").restart(SERVER_READY)
+    server.wait_log(rf"resumed run 1 at round {ROUNDS} of {ROUNDS}", after=offset)
+    assert finished(cluster)["reason"] == "finished"
+    wait_until(
+        lambda: {s["status"] for s in client_statuses(cluster).values()} == {"training stopped"},
+        60,
+        "the sites to be told the run finished",
+    )
+    rows = cluster.metrics()
+    assert [r["round"] for r in rows] == [*range(ROUNDS), ROUNDS]  # the final line once
+    assert rows[-1]["clients"] == list(SITES)
+    assert rows[-1]["metrics"] == reference.metrics[-1]["metrics"]
+    for client, start in zip(reference.clients, sites_from, strict=True):
+        assert f"round {ROUNDS} sent again" not in client.log()[start:], client.name
+    assert counted(cluster) == [(r, c) for r in range(ROUNDS) for c in SITES]
+    assert counted(cluster, final=True) == [(ROUNDS, c) for c in SITES]
+    assert_checkpoints_intact(cluster)
 
 
 def test_a_second_server_on_the_workspace_refuses_to_start_and_takes_nothing(

@@ -14,7 +14,14 @@ from flcore.identity import KIND_CLIENT, Identity
 from flcore.tokens import token_key
 from flserverd.aggregator import UpdateStats
 from flserverd.registry import AuthError, ClientRegistry
-from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB, WireTally
+from flserverd.statedb import (
+    WAL_KEPT_BYTES,
+    ClientRecord,
+    RoundSummary,
+    RunRecord,
+    StateDB,
+    WireTally,
+)
 
 SITE_A = Identity("site-a", "hospital-a", KIND_CLIENT)
 SITE_B = Identity("site-b", "hospital-b", KIND_CLIENT)
@@ -382,12 +389,12 @@ def test_forget_unfinished_folds(db: StateDB) -> None:
         db.record_folded(3, round_number, "site-a", 1, {})
     db.record_folded(3, 2, "site-b", 1, {})
     db.record_folded(4, 2, "site-a", 1, {})
-    assert db.forget_unfinished_folds(3, 2) == 2
+    assert db.forget_unfinished_folds(3, 2, 5) == 2
     assert db.is_folded(3, 0, "site-a") and db.is_folded(3, 1, "site-a")
     assert not db.is_folded(3, 2, "site-a") and not db.is_folded(3, 2, "site-b")
     assert db.is_folded(4, 2, "site-a")  # other runs untouched
     db.record_folded(3, 2, "site-a", 1, {})  # may be recorded again
-    assert db.forget_unfinished_folds(3, 5) == 0
+    assert db.forget_unfinished_folds(3, 5, 5) == 0
 
 
 def test_a_run_started_over_forgets_its_rounds_with_its_record_replaced(db: StateDB) -> None:
@@ -502,3 +509,112 @@ def test_validation_results(db: StateDB) -> None:
     ]
     assert db.validation_results(4) == [("global", "site-a", {"acc": 0.1}, "")]
     assert db.validation_results(5) == []
+
+
+# --------------------------------------------------------------------------- what is kept
+
+
+def _fold_rounds(db: StateDB, rounds: range, sites: tuple[str, ...], run_number: int = 3) -> None:
+    for round_number in rounds:
+        for site in sites:
+            db.record_folded(run_number, round_number, site, 10, {"acc": 0.5})
+
+
+def _folds(db: StateDB, run_number: int = 3) -> list[tuple[int, str]]:
+    return [(r, site) for r, site, _, _ in db.folds(run_number, 0, 100)]
+
+
+def test_a_run_that_ends_forgets_the_round_it_ended_in_and_keeps_its_history(
+    db: StateDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The open round's fold records were left behind by every abort, and by every failure:
+    rows that no round and no resume would read (continuing the run forgets them)."""
+    sites = ("site-a", "site-b")
+    for number in (0, 1):
+        db.complete_round(_run(next_round=number + 1), _summary(number))
+    _fold_rounds(db, range(3), sites)  # rounds 0 and 1 committed, round 2 open
+    _fold_rounds(db, range(3), sites, run_number=4)
+    db.save_validation(3, "global", "site-a", {"acc": 0.9}, "")
+    db.audit("admin@example.org", "abort server", ok=True)
+    db.record_certificate(0x1F, "site-a", KIND_CLIENT)
+    db.save_revoked_name("site-c", 1.0, "admin@example.org")
+    ended = _run(next_round=2, status="training stopped", reason="aborted by admin@example.org")
+
+    failing = ("INSERT INTO no_such_table VALUES (?)", (1,))
+    with monkeypatch.context() as patched:
+        patched.setattr(db, "_run_upsert", lambda run: failing)
+        with pytest.raises(sqlite3.OperationalError):
+            db.end_run(ended)
+    assert (2, "site-a") in _folds(db)  # one transaction: nothing went without the record
+
+    db.end_run(ended)
+    assert db.get_run(3) == ended
+    assert _folds(db) == [(r, s) for r in (0, 1) for s in sites]  # show_run's sites stay
+    assert len(_folds(db, run_number=4)) == 6  # other runs untouched
+    assert db.round_records(3) == [_summary(0), _summary(1)]
+    assert db.validation_results(3) == [("global", "site-a", {"acc": 0.9}, "")]
+    # What a security officer reads is never pruned, by a run's end or its start over.
+    db.start_over(_run(next_round=0))
+    assert [line for _, _, line, _ in db.audit_log()] == ["abort server"]
+    assert db.certificates_of("site-a") == [0x1F]
+    assert db.revoked_names() == [("site-c", 1.0, "admin@example.org")]
+
+
+def test_the_reports_on_the_final_model_stay_until_the_final_model_changes(db: StateDB) -> None:
+    """They are recorded as round num_rounds: a run that ends in (or is taken up in) its
+    final validation keeps them; a run continued with more rounds trains that model on, and
+    they go."""
+    in_final = _run(num_rounds=2, next_round=2, phase="final validation")
+    _fold_rounds(db, range(3), ("site-a", "site-b"))
+    everything = _folds(db)
+    assert db.forget_unfinished_folds(3, 2, 2) == 0  # a restart in the final validation
+    db.end_run(replace(in_final, status="training stopped", reason="finished"))
+    assert _folds(db) == everything
+    assert db.forget_unfinished_folds(3, 2, 4) == 2  # continued with num_rounds=4
+    assert _folds(db) == everything[:4]
+
+
+def test_a_client_state_is_kept_only_beside_its_registration(tmp_path: Path) -> None:
+    """A status saved for a client removed meanwhile (or left by an earlier version) was a
+    row no start read and no removal deleted."""
+    path = tmp_path / "state.db"
+    db = StateDB(path)
+    kept, other, gone = token_key("t-kept"), token_key("t-other"), token_key("t-gone")
+    for key, name in ((kept, "site-a"), (other, "site-b")):
+        db.save_client(ClientRecord(key, name, name, "org", 1.0))
+        db.save_client_state(key, {"status": "training started"}, {"host": name})
+    db.save_client_state(gone, {"status": "training started"}, {"host": "c"})
+    assert sorted(db.client_states()) == sorted([kept, other])
+    db.close()
+
+    older = sqlite3.connect(path)  # what an earlier version could leave
+    older.execute("INSERT INTO client_state VALUES (?, '{}', '{}')", (gone,))
+    older.commit()
+    older.close()
+    db = StateDB(path)
+    try:
+        db.delete_client(other)  # the next removal takes it with it
+        assert db.client_states() == {kept: ({"status": "training started"}, {"host": "site-a"})}
+    finally:
+        db.close()
+
+
+def test_the_write_ahead_log_shrinks_back_after_a_long_run_is_forgotten(tmp_path: Path) -> None:
+    """start server fresh of a long run zeroes its history's pages through the WAL, which then
+    kept that size (tens of MB for thousands of rounds) until the server stopped."""
+    path = tmp_path / "state.db"
+    db = StateDB(path)
+    try:
+        sites = [f"site-{i:05d}" for i in range(4000)]
+        updates = {site: UpdateStats(1.0, 0.5) for site in sites}
+        for number in range(30):  # ~9 MB of round records
+            summary = RoundSummary(3, number, 100.0 + number, sites, {}, updates=updates)
+            db.complete_round(_run(next_round=number + 1), summary)
+        db.start_over(_run(next_round=0))
+        wal = Path(f"{path}-wal")
+        assert wal.stat().st_size > 2 * WAL_KEPT_BYTES  # the deletion went through it
+        db.set_meta("run_number", "3")  # the next write starts the WAL over
+        assert wal.stat().st_size <= WAL_KEPT_BYTES
+        assert db.round_records(3) == []
+    finally:
+        db.close()

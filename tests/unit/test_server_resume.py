@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -255,3 +256,33 @@ def test_a_final_validation_taken_up_waits_for_the_last_rounds_sites_still_regis
             await server.close(1)
 
     asyncio.run(scenario())
+
+
+def test_a_run_whose_final_validation_was_committed_ends_when_taken_up(tmp_path: Path) -> None:
+    """Killed between the final validation's commit and the run's end: the restarted server
+    took the run up in its final validation and waited for every site to report again."""
+    interrupted_run(tmp_path, with_app=True)
+    db = StateDB(tmp_path / "state" / "flserverd.sqlite3")
+    record = RunRecord(4, st.STARTED, phase="final validation", num_rounds=2, next_round=2)
+    db.complete_round(record, RoundSummary(4, 1, 1.0e9, ["site-a"], {}))
+    db.record_folded(4, 2, "site-a", 10, {"val_accuracy": 0.9})
+    db.complete_round(
+        record, RoundSummary(4, 2, 1.0e9 + 1, ["site-a"], {"val_accuracy": 0.9}, final=True)
+    )
+    db.save_client(ClientRecord(token_key(new_token()), "site-a", "site-a", "org", 1.0e9))
+    db.close()
+    models = tmp_path / "run_4" / "models"
+    models.mkdir()
+    safetensors.numpy.save_file(
+        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
+    )
+    assert reopen(tmp_path) == (st.STOPPED, st.FINISHED)
+    db = StateDB(tmp_path / "state" / "flserverd.sqlite3")
+    try:
+        ended = db.get_run(4)
+        assert ended is not None and (ended.status, ended.reason) == (st.STOPPED, st.FINISHED)
+        assert [r.round for r in db.round_records(4)] == [1, 2]
+    finally:
+        db.close()
+    lines = (tmp_path / "run_4" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2]  # written once, after all

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -522,7 +522,7 @@ def test_exactly_once_across_restart(tmp_path: Path) -> None:
     record = db.get_run(RUN)
     assert record is not None
     assert record.next_round == 1 and record.status == st.STARTED
-    assert db.forget_unfinished_folds(RUN, record.next_round) == 1
+    assert db.forget_unfinished_folds(RUN, record.next_round, record.num_rounds) == 1
     assert db.is_folded(RUN, 0, "c1")  # completed rounds keep their records
     assert not db.is_folded(RUN, 1, "c1")
     setup.db, setup.record = db, record
@@ -806,26 +806,85 @@ def test_resume_in_final_validation(tmp_path: Path) -> None:
     asyncio.run(second_life())
 
 
-def test_a_final_validation_resumed_waits_for_the_last_rounds_sites(tmp_path: Path) -> None:
-    """c2 had reported, c1 had not, when the server restarted: the reports died with it, and
-    the first site back (c1) ended the validation alone, c2's metrics lost."""
+def test_a_final_validation_resumed_counts_the_reports_recorded_and_waits_for_the_rest(
+    tmp_path: Path,
+) -> None:
+    """c2 had reported, c1 had not, when the server restarted: the reports had died with the
+    process, so c2 was asked again (and a site restarted meanwhile validated again)."""
     setup = make_setup(tmp_path, num_rounds=1, min_num_clients=2, max_num_clients=2)
     restarted_in_final_validation(setup, ["c1", "c2"], {"c2": (0.6, 30)})
 
     async def second_life() -> None:
         training = setup.training()
-        assert training.awaited() == ["c1", "c2"]
+        training.take_up()
+        assert training.awaited() == ["c1"]
+        offered = len(setup.listener.offers)
+        training.client_ready("c2")  # back, and not asked again
+        assert len(setup.listener.offers) == offered
+        resent = training.accept_final_metrics("c2", 1, {"val_accuracy": 0.6}, 30)
+        assert resent.outcome is SubmitOutcome.DUPLICATE
         training.client_ready("c1")
         training.accept_final_metrics("c1", 1, {"val_accuracy": 0.8}, 10)
-        assert setup.listener.ended == [] and training.awaited() == ["c2"]
-        training.client_ready("c2")  # back: offered the validation again, it reports again
-        training.accept_final_metrics("c2", 1, {"val_accuracy": 0.6}, 30)
         await until(lambda: bool(setup.listener.ended))
         final = training.history[-1]
         assert final.clients == ["c1", "c2"]
         assert final.metrics["val_accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40)
 
     asyncio.run(second_life())
+
+
+def test_a_final_validation_whose_sites_all_reported_ends_when_taken_up(tmp_path: Path) -> None:
+    """Every report was recorded when the server died, the result not yet committed."""
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=2, max_num_clients=2)
+    restarted_in_final_validation(setup, ["c1", "c2"])
+    setup.db.record_folded(RUN, 1, "c1", 10, {"val_accuracy": 0.8})
+    setup.db.record_folded(RUN, 1, "c2", 30, {"val_accuracy": 0.6})
+
+    async def second_life() -> None:
+        offered = len(setup.listener.offers)
+        training = setup.training()
+        training.take_up()
+        await until(lambda: bool(setup.listener.ended))
+        assert len(setup.listener.offers) == offered  # nobody was asked
+        final = training.history[-1]
+        assert final.final and final.clients == ["c1", "c2"]
+        assert final.metrics["val_accuracy"] == pytest.approx((0.8 * 10 + 0.6 * 30) / 40)
+
+    asyncio.run(second_life())
+    saved = setup.db.get_run(RUN)
+    assert saved is not None and (saved.status, saved.reason) == (st.STOPPED, st.FINISHED)
+
+
+def test_a_final_validation_committed_before_a_crash_is_not_done_again(tmp_path: Path) -> None:
+    """The server died after the final validation's result was committed and before the run's
+    end was: it took the run up in its final validation and asked every site again."""
+    setup = make_setup(tmp_path, num_rounds=1, min_num_clients=1, max_num_clients=1)
+    restarted_in_final_validation(setup, ["c1"])
+    # What the final validation records and commits before the run's end.
+    setup.db.record_folded(RUN, 1, "c1", 4, {"val_accuracy": 0.7})
+    record = replace(setup.record, best_round=1, best_value=0.7)
+    final = RoundSummary(RUN, 1, 999.0, ["c1"], {"val_accuracy": 0.7}, final=True)
+    setup.db.complete_round(record, final)
+    setup.record = record
+
+    async def second_life() -> None:
+        offered = len(setup.listener.offers)
+        training = setup.training()
+        training.recover_outputs()
+        training.take_up()
+        assert [run.reason for run in setup.listener.ended] == [st.FINISHED]
+        assert not training.active and len(setup.listener.offers) == offered
+        assert setup.timer.pending == []  # the final validation's timeout is cancelled
+        training.client_ready("c1")
+        assert len(setup.listener.offers) == offered
+        await training.close(1)
+
+    asyncio.run(second_life())
+    saved = setup.db.get_run(RUN)
+    assert saved is not None and (saved.status, saved.reason) == (st.STOPPED, st.FINISHED)
+    assert (saved.best_round, saved.best_value) == (1, 0.7)
+    assert [r.round for r in setup.db.round_records(RUN)] == [0, 1]
+    assert [r["round"] for r in setup.metrics_rows()] == [0, 1]
 
 
 @pytest.mark.parametrize(
