@@ -17,6 +17,7 @@ when the turn comes (its round may have closed meanwhile).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
@@ -59,6 +60,12 @@ from flserverd.transferslots import (
 log = logging.getLogger(__name__)
 
 MAX_METRICS = 64
+
+REFUSED_REST_S = 120.0
+"""How long the server reads and drops the rest of an upload refused mid-way, at most: a
+sender on a 50 Mbit/s link sends some 700 MB meanwhile; one with more to send is cut off and
+sees a transport error instead of the reason (which the server's log has)."""
+
 
 
 @dataclass(frozen=True)
@@ -219,26 +226,31 @@ class ModelExchange:
         fails because the server had already ended the call (grpc/grpc#36066):
         the sender then sees "Internal error from Core" instead of the reason its
         update was refused. So the call ends once the sender is done; one that
-        sends more than it declared is cut off there, one that sends a chunk that
-        cannot even be read (an encoding no sender uses) there, and one that stops
-        sending is given up after the stall limit (TransferStalled, as for any upload).
+        sends more than it declared, or more chunks than the model can come in, is
+        cut off there, one that sends a chunk that cannot even be read (an encoding
+        no sender uses) there, one still sending after :data:`REFUSED_REST_S` there,
+        and one that stops sending is given up after the stall limit (TransferStalled,
+        as for any upload).
         """
         limit = header.manifest.total_bytes
-        dropped = 0
+        most = header.manifest.most_chunks
         watch = ProgressWatch(f"the rest of a refused {_what(header.kind)} from {instance}")
 
         async def drop() -> None:
-            nonlocal dropped
+            dropped = count = 0
             try:
                 async for chunk in chunks:
                     watch.moved()
                     dropped += len(chunk.data)
-                    if dropped > limit:
+                    count += 1
+                    if dropped > limit or count > most:
                         return
             except TensorFileError:
                 return  # the verdict stands; nothing after such a chunk is read
 
-        await watch.run(drop())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REFUSED_REST_S):
+                await watch.run(drop())
 
     def check_upload(
         self, instance: str, header: SubmitHeader, training: Training | None, site: str = ""

@@ -284,6 +284,56 @@ def test_a_refusal_mid_upload_waits_for_the_sender_to_finish_up_to_the_size_decl
     on_server(tmp_path, scenario)
 
 
+def test_empty_chunks_without_end_neither_keep_an_upload_nor_its_refused_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty chunk counted as progress and as nothing at once: a site that streamed them
+    after its go kept an upload slot for good, and so did the rest of a refused upload,
+    which never reached the size declared. Now an empty chunk is refused, the rest of a
+    refused upload is read up to the chunks the model can come in, and for a bounded time."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2, min_num_clients=2)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        declared = header(model.manifest)
+        first = model.manifest.tensors[0].name
+        sent = 0
+
+        async def empty_chunks(refused: WireChunk | None = None) -> AsyncIterator[WireChunk]:
+            nonlocal sent
+            if refused is not None:
+                yield refused
+            while True:
+                sent += 1
+                yield WireChunk(first, 0, b"")
+
+        verdict = await asyncio.wait_for(upload(exchange, "site-a", declared, empty_chunks()), 10)
+        assert verdict == Verdict(
+            SubmitOutcome.REJECTED,
+            f"tensor {first!r}: an empty chunk at byte 0; a chunk holds at least one value",
+        )
+        assert sent == 1 + model.manifest.most_chunks + 1  # refused, then the rest read and cut
+        nan = WireChunk(first, 0, np.full(1, np.nan, dtype=np.float32).tobytes())
+        sent = 0
+        verdict = await asyncio.wait_for(
+            upload(exchange, "site-b", declared, empty_chunks(nan)), 10
+        )
+        assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
+        assert sent == model.manifest.most_chunks + 1
+
+        async def then_silent() -> AsyncIterator[WireChunk]:
+            yield nan
+            await asyncio.Event().wait()
+            yield nan
+
+        monkeypatch.setattr("flserverd.exchange.REFUSED_REST_S", 0.2)
+        verdict = await asyncio.wait_for(upload(exchange, "site-c", declared, then_silent()), 10)
+        assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
+
+    on_server(tmp_path, scenario)
+
+
 def test_best_local_models_and_cross_site_reports(tmp_path: Path) -> None:
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
