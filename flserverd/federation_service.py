@@ -231,7 +231,7 @@ class FederationService(fed_grpc.FederationServicer):
         try:
             report = metrics_report_from_proto(request)
         except WireError as exc:
-            verdict = self.exchange.refuse(client.instance, str(exc))
+            verdict = self.exchange.refuse(client.instance, str(exc), "report")
         else:
             verdict = self.exchange.accept_metrics(client.instance, report)
         return verdict_to_proto(verdict, self.server.current_round)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from flserverd.exchange import MAX_METRICS, ModelExchange, check_metrics
 from flserverd.registry import AuthError
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, WireTally
+from flserverd.throttle import REPORT_BURST, UPLOAD_BURST
 from flserverd.training import PHASE_TRAINING, Refusal, Training
 from flserverd.transfer import TransferError
 from flserverd.transferslots import TransferSlots
@@ -377,6 +379,85 @@ def test_final_validation_reports(tmp_path: Path) -> None:
         assert late.outcome is SubmitOutcome.LATE and "not in progress" in late.message
         bad = MetricsReport(RUN, 2, MetricsKind.GLOBAL_VALIDATION, GLOBAL_OWNER, {"a": 1e999}, 4)
         assert "not a finite number" in exchange.accept_metrics("site-a", bad).message
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_report_s_owner_and_error_reach_the_log_only_once_accepted_and_on_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The owner a report names was logged as sent before it was checked, and its error
+    went to the log unescaped: newlines and ``<3>`` forged server log lines."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2)
+        crossval = server.crossval_for(RUN)
+        crossval.declare("site-a")
+        crossval.declare("site-b")
+        forged = "\n<3>flserverd: FORGED"
+        reports = [
+            ("site-b", MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, forged, {}, 0, "x")),
+            (
+                "site-c",
+                MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, "site-a", {}, 0, forged),
+            ),
+            (
+                "site-b",
+                MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, "site-a", {}, 0, forged),
+            ),
+        ]
+        with caplog.at_level(logging.INFO):
+            verdicts = [exchange.accept_metrics(site, report).outcome for site, report in reports]
+        assert verdicts == [SubmitOutcome.REJECTED, SubmitOutcome.REJECTED, SubmitOutcome.ACCEPTED]
+        lines = [record.getMessage() for record in caplog.records]
+        assert not any("\n" in line for line in lines)
+        assert [line for line in lines if "FORGED" in line] == [
+            "run 1: site-b validated the model of site-a: \\n<3>flserverd: FORGED"
+        ]
+
+    on_server(tmp_path, scenario)
+
+
+def test_reports_and_uploads_past_what_a_site_sends_are_refused_and_logged_rarely(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Metrics reports and uploads had no bound: each was judged on the loop, a report could
+    be written to the state database, and each refused upload wrote a log line."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2)
+        late = MetricsReport(RUN, 2, MetricsKind.GLOBAL_VALIDATION, GLOBAL_OWNER, {"a": 1.0}, 4)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        elsewhere = header(model.manifest, run_number=7)
+        with caplog.at_level(logging.INFO, "flserverd.exchange"):
+            reports = [exchange.accept_metrics("site-a", late) for _ in range(REPORT_BURST + 5)]
+            other = exchange.accept_metrics("site-b", late)
+            uploads = [
+                await upload(exchange, "site-a", elsewhere, chunks_of(model))
+                for _ in range(UPLOAD_BURST + 5)
+            ]
+            unreadable = [exchange.refuse("site-a", "no\nheader") for _ in range(5)]
+        assert {v.outcome for v in reports[:REPORT_BURST]} == {SubmitOutcome.LATE}
+        assert other.outcome is SubmitOutcome.LATE  # each instance has its own bound
+        assert {v.outcome for v in uploads + unreadable + reports[REPORT_BURST:]} == {
+            SubmitOutcome.REJECTED
+        }
+        assert "for run 7" in uploads[0].message
+        assert all(
+            v.message.startswith("too many reports from site-a: try again in ")
+            for v in reports[REPORT_BURST:]
+        )
+        assert all(
+            v.message.startswith("too many uploads from site-a: try again in ")
+            for v in uploads[UPLOAD_BURST:] + unreadable
+        )
+        assert [r.getMessage() for r in caplog.records] == [
+            "site-a sends more reports than the server takes: they are refused",
+            "update from site-a for round 0 rejected: update is for run 7, the server trains run 1",
+            "site-a sends more uploads than the server takes: they are refused",
+        ]
 
     on_server(tmp_path, scenario)
 
