@@ -41,7 +41,13 @@ from flserverd.registry import AuthError
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, WireTally
 from flserverd.throttle import REPORT_BURST, UPLOAD_BURST
-from flserverd.training import PHASE_TRAINING, Refusal, Training
+from flserverd.training import (
+    MAX_SAMPLES,
+    PHASE_FINAL_VALIDATION,
+    PHASE_TRAINING,
+    Refusal,
+    Training,
+)
 from flserverd.transfer import TransferError
 from flserverd.transferslots import TransferSlots
 from tests.unit.serverparts import Sender, server_startup, upload
@@ -458,6 +464,46 @@ def test_reports_and_uploads_past_what_a_site_sends_are_refused_and_logged_rarel
             "update from site-a for round 0 rejected: update is for run 7, the server trains run 1",
             "site-a sends more uploads than the server takes: they are refused",
         ]
+
+    on_server(tmp_path, scenario)
+
+
+def test_the_final_model_s_validation_counts_from_a_site_of_the_run_with_a_weight_it_may_have(
+    tmp_path: Path,
+) -> None:
+    """Any instance's report was counted, and its sample count (2^63 - 1, or negative)
+    weighted the run's final metrics unbounded."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=1, min_num_clients=1)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        training.client_ready("site-a")
+        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
+            SubmitOutcome.ACCEPTED
+        )
+        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+
+        def final(site: str, samples: int) -> Verdict:
+            report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", {"a": 1.0}, samples)
+            return exchange.accept_metrics(site, report)
+
+        assert final("site-b", 5) == (
+            SubmitOutcome.REJECTED,
+            "site-b does not take part in run 1; its validation of the final model is not counted",
+        )
+        assert final("site-a", 2**63 - 1) == (
+            SubmitOutcome.REJECTED,
+            f"validation of the final model reports {2**63 - 1:,} training samples, more than"
+            f" any site has ({MAX_SAMPLES:,})",
+        )
+        assert final("site-a", -5) == (
+            SubmitOutcome.REJECTED,
+            "validation of the final model reports no training samples; it cannot be weighted",
+        )
+        assert training.final_reports == {}
+        assert final("site-a", 5).outcome is SubmitOutcome.ACCEPTED
+        assert training.final_reports == {"site-a": 5}
 
     on_server(tmp_path, scenario)
 
