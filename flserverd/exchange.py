@@ -188,8 +188,8 @@ class ModelExchange:
     def _flooding(self, instance: str, what: str) -> Verdict | None:
         """Count one call of ``what`` (an upload or a report) of ``instance``: the verdict
         on it when the instance makes more than an honest site ever does (None: go on)."""
-        wait = self._calls[what].take(instance)
-        if not wait:
+        calls = self._calls[what]
+        if not calls.take(instance):
             return None
         self._rarely(
             instance,
@@ -199,7 +199,8 @@ class ModelExchange:
         )
         return Verdict(
             SubmitOutcome.REJECTED,
-            f"too many {what}s from {instance}: try again in {max(wait, 0.1):.1f}s",
+            f"{instance} sent more {what}s than the server takes ({calls.burst:g} at once, then "
+            f"{calls.per_second:g} a second); this one is refused",
         )
 
     def _rarely(self, instance: str, kind: str, text: str, level: int = logging.INFO) -> None:
