@@ -24,7 +24,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from flcore import faultpoints
 from flcore.atomic import fsync_file
@@ -68,6 +68,9 @@ from flserverd.transferslots import (
 log = logging.getLogger(__name__)
 
 MAX_METRICS = 64
+
+Call = Literal["upload", "report"]
+"""A kind of call a client instance makes a bounded number of (flserverd.throttle)."""
 
 REFUSED_REST_S = 120.0
 """How long the server reads and drops the rest of an upload refused mid-way, at most: a
@@ -128,7 +131,7 @@ class ModelExchange:
         self.watchers: list[ExchangeWatcher] = []
         self.downloads = TransferSlots(DOWNLOADS_SENDING, TRANSFERS_MOVING)
         self.uploads = TransferSlots(UPLOADS_RECEIVING, TRANSFERS_MOVING)
-        self._calls = {
+        self._calls: dict[Call, Throttle] = {
             "upload": Throttle(UPLOAD_BURST, UPLOADS_PER_SECOND),
             "report": Throttle(REPORT_BURST, REPORTS_PER_SECOND),
         }
@@ -170,7 +173,7 @@ class ModelExchange:
             raise Refusal(f"app {app!r} is not deployed to clients of run {run_number}")
         return folder
 
-    def refuse(self, instance: str, reason: str, what: str = "upload") -> Verdict:
+    def refuse(self, instance: str, reason: str, what: Call = "upload") -> Verdict:
         """The verdict on an upload whose header (or a metrics report, ``what``) could not
         be read."""
         verdict = self._flooding(instance, what)
@@ -185,7 +188,7 @@ class ModelExchange:
             watcher.upload_judged(instance, None, verdict)
         return verdict
 
-    def _flooding(self, instance: str, what: str) -> Verdict | None:
+    def _flooding(self, instance: str, what: Call) -> Verdict | None:
         """Count one call of ``what`` (an upload or a report) of ``instance``: the verdict
         on it when the instance makes more than an honest site ever does (None: go on)."""
         calls = self._calls[what]
