@@ -228,7 +228,9 @@ def decode(spec: TensorSpec, chunk: WireChunk) -> bytes:
 
 def receive(spool: SpoolWriter, chunk: WireChunk) -> int:
     """Decode a received chunk and append it to a spool (which checks it as any chunk);
-    returns the bytes it stood for. TensorFileError for a chunk that is wrong."""
+    returns the bytes it stood for. TensorFileError for a chunk that is wrong, among them
+    an empty one but of a tensor of zero bytes and one more than the model can come in."""
+    spool.arrived(chunk.name, chunk.offset, not chunk.data)
     if not chunk.data:
         return 0
     spec, room = spool.expect(chunk.name, chunk.offset)

@@ -187,17 +187,22 @@ def human_size(size: int) -> str:
 
 
 def iter_chunks(root: Path) -> Iterator[tuple[str, int, bytes, bool]]:
-    """Yield (path, offset, data, eof) for every file, in chunks."""
+    """Yield (path, offset, data, eof) for every file, in chunks.
+
+    Each chunk is read and its file closed before it is yielded: a reader that pauses
+    between chunks (the server's sender while a site does not read) holds no descriptor.
+    """
     for rel, path in iter_app_files(root):
-        with _open_plain(path, rel) as handle:
-            offset = 0
-            while True:
+        offset = 0
+        while True:
+            with _open_plain(path, rel) as handle:
+                handle.seek(offset)
                 data = handle.read(CHUNK_BYTES)
                 at_end = len(data) < CHUNK_BYTES or not handle.peek(1)
-                yield rel, offset, data, at_end
-                offset += len(data)
-                if at_end:
-                    break
+            yield rel, offset, data, at_end
+            offset += len(data)
+            if at_end:
+                break
 
 
 class FolderReceiver:

@@ -124,6 +124,13 @@ class Manifest:
         """Elements of all tensors together."""
         return sum(math.prod(t.shape) for t in self.tensors)
 
+    @property
+    def most_chunks(self) -> int:
+        """The most chunks the model can come in: each holds at least one element, and a
+        tensor of zero bytes may come as one empty chunk. A sender that goes on past it
+        (empty chunks without end) sends nothing that moves the transfer on."""
+        return self.num_elements + len(self.tensors)
+
     def check(self) -> None:
         """Refuse a manifest that a peer or a file could declare but no model has: every
         tensor checked, no name twice, a total size within bounds."""
@@ -310,6 +317,9 @@ class SpoolWriter:
         self.largest_why = largest_why
         self._index = 0
         self._position = 0
+        self._chunks = 0
+        self._most_chunks = manifest.most_chunks
+        self._empty = {spec.name for spec in manifest.tensors if not spec.nbytes}
         self._handle = path.open("wb")
         try:
             self._handle.write(header_bytes(manifest, metadata))
@@ -339,6 +349,26 @@ class SpoolWriter:
                 f"tensor {name!r}: chunk at byte {offset}, expected byte {self._position}"
             )
         return spec, spec.nbytes - self._position
+
+    def arrived(self, name: str, offset: int, empty: bool) -> None:
+        """Count a chunk as it arrives, before anything is decoded; TensorFileError for one
+        more than the model can come in (:attr:`Manifest.most_chunks`), and for an empty
+        one unless its tensor holds zero bytes (a wrong name or offset says so first).
+        Every chunk counted as the transfer's progress: empty ones without end had kept
+        an upload alive, and its slot taken, for good."""
+        self._chunks += 1
+        if self._chunks > self._most_chunks:
+            raise TensorFileError(
+                f"more than {self._most_chunks:,} chunks for a model of "
+                f"{self.manifest.num_elements:,} values in {len(self.manifest.tensors):,} "
+                "tensors; a chunk holds at least one value"
+            )
+        if empty and not (name in self._empty and offset == 0):
+            spec, _ = self.expect(name, offset)
+            raise TensorFileError(
+                f"tensor {spec.name!r}: an empty chunk at byte {offset}; a chunk holds at "
+                "least one value"
+            )
 
     def write(self, name: str, offset: int, data: bytes) -> None:
         """Append one chunk; raises TensorFileError (and keeps nothing) when it is wrong."""

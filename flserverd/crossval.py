@@ -30,6 +30,7 @@ from flcore.atomic import atomic_write_bytes, fsync_dir
 from flcore.crossvalmatrix import MatrixCell, ValidationMatrix
 from flcore.diskfault import disk_fault
 from flcore.federation import GLOBAL_OWNER, SubmitOutcome, TaskKind, TaskOffer, Verdict
+from flcore.logs import one_line
 from flcore.metrics import format_metrics
 from flcore.tensorfile import TensorFile, TensorFileError
 from flserverd.runstore import RunStore
@@ -127,6 +128,12 @@ class CrossValidation:
             return Verdict(
                 SubmitOutcome.REJECTED, f"{validator} does not take part in cross-site validation"
             )
+        if (owner, validator) in self.results:
+            # A site reports a cell once (the offers leave out what it reported); one sent
+            # again, or changed, is neither written nor logged again.
+            return Verdict(
+                SubmitOutcome.DUPLICATE, f"{validator}'s validation of this model was recorded"
+            )
         try:
             self.record(owner, validator, metrics, error)
         except ValueError as exc:
@@ -200,9 +207,13 @@ class CrossValidation:
         self._db.save_validation(self.run_number, owner, validator, metrics, error)
         self.results[(owner, validator)] = (metrics, error)
         self._write_matrix()
-        shown = error or format_metrics(metrics)
-        log.info(
-            "run %d: %s validated the model of %s: %s", self.run_number, validator, owner, shown
+        log.log(
+            logging.WARNING if error else logging.INFO,
+            "run %d: %s validated the model of %s: %s",
+            self.run_number,
+            validator,
+            owner,
+            one_line(error) if error else format_metrics(metrics),
         )
 
     def _write_matrix(self) -> None:

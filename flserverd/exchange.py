@@ -17,13 +17,14 @@ when the turn comes (its round may have closed meanwhile).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from flcore import faultpoints
 from flcore.atomic import fsync_file
@@ -47,6 +48,14 @@ from flcore.schema import shown
 from flcore.tensorfile import Manifest, SpoolWriter, TensorFile, TensorFileError
 from flserverd.server import FLServer
 from flserverd.statedb import WireTally
+from flserverd.throttle import (
+    REPORT_BURST,
+    REPORTS_PER_SECOND,
+    UPLOAD_BURST,
+    UPLOADS_PER_SECOND,
+    Rarely,
+    Throttle,
+)
 from flserverd.training import Refusal, Training, largest_value, refused_weight
 from flserverd.transfer import check_app_name, client_app_dir
 from flserverd.transferslots import (
@@ -59,6 +68,14 @@ from flserverd.transferslots import (
 log = logging.getLogger(__name__)
 
 MAX_METRICS = 64
+
+Call = Literal["upload", "report"]
+"""A kind of call a client instance makes a bounded number of (flserverd.throttle)."""
+
+REFUSED_REST_S = 120.0
+"""How long the server reads and drops the rest of an upload refused mid-way, at most: a
+sender on a 50 Mbit/s link sends some 700 MB meanwhile; one with more to send is cut off and
+sees a transport error instead of the reason (which the server's log has)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,11 @@ class ModelExchange:
         self.watchers: list[ExchangeWatcher] = []
         self.downloads = TransferSlots(DOWNLOADS_SENDING, TRANSFERS_MOVING)
         self.uploads = TransferSlots(UPLOADS_RECEIVING, TRANSFERS_MOVING)
+        self._calls: dict[Call, Throttle] = {
+            "upload": Throttle(UPLOAD_BURST, UPLOADS_PER_SECOND),
+            "report": Throttle(REPORT_BURST, REPORTS_PER_SECOND),
+        }
+        self._said = Rarely()
 
     def sent(self, what: str, size: int) -> None:
         """``size`` bytes of a model or an app went to a client."""
@@ -151,13 +173,45 @@ class ModelExchange:
             raise Refusal(f"app {app!r} is not deployed to clients of run {run_number}")
         return folder
 
-    def refuse(self, instance: str, reason: str) -> Verdict:
-        """The verdict on an upload whose header could not be read."""
-        log.info("upload from %s rejected: %s", instance, reason)
-        verdict = Verdict(SubmitOutcome.REJECTED, reason)
+    def refuse(self, instance: str, reason: str, what: Call = "upload") -> Verdict:
+        """The verdict on an upload whose header (or a metrics report, ``what``) could not
+        be read."""
+        verdict = self._flooding(instance, what)
+        if verdict is None:
+            verdict = Verdict(SubmitOutcome.REJECTED, reason)
+            self._rarely(
+                instance,
+                f"{what} unreadable",
+                f"{what} from {instance} rejected: {one_line(reason)}",
+            )
         for watcher in self.watchers:
             watcher.upload_judged(instance, None, verdict)
         return verdict
+
+    def _flooding(self, instance: str, what: Call) -> Verdict | None:
+        """Count one call of ``what`` (an upload or a report) of ``instance``: the verdict
+        on it when the instance makes more than an honest site ever does (None: go on)."""
+        calls = self._calls[what]
+        if not calls.take(instance):
+            return None
+        self._rarely(
+            instance,
+            f"{what} flood",
+            f"{instance} sends more {what}s than the server takes: they are refused",
+            logging.WARNING,
+        )
+        return Verdict(
+            SubmitOutcome.REJECTED,
+            f"{instance} sent more {what}s than the server takes ({calls.burst:g} at once, then "
+            f"{calls.per_second:g} a second); this one is refused",
+        )
+
+    def _rarely(self, instance: str, kind: str, text: str, level: int = logging.INFO) -> None:
+        """Log what became of an upload or a report, once a minute at most for each kind
+        and site: one sending the same wrong call in a loop had written a line for each."""
+        said = self._said.due(instance, kind)
+        if said is not None:
+            log.log(level, "%s%s", text, said)
 
     async def receive(
         self,
@@ -179,7 +233,9 @@ class ModelExchange:
         Raises TransferStalled when the sender stopped sending mid-upload.
         """
         training = self.server.training
-        verdict = self.check_upload(instance, header, training, site)
+        verdict = self._flooding(instance, "upload") or self.check_upload(
+            instance, header, training, site
+        )
         if verdict is None:
             async with self.uploads.slot(site) as slot:
                 verdict = self.check_upload(instance, header, training, site)
@@ -197,13 +253,11 @@ class ModelExchange:
                             watcher.stalled(header.kind)
                         raise
         if verdict.outcome is not SubmitOutcome.ACCEPTED:
-            log.info(
-                "%s from %s for round %d %s: %s",
-                _what(header.kind),
+            self._rarely(
                 instance,
-                header.round,
-                verdict.outcome.value,
-                verdict.message,
+                f"upload {verdict.outcome.value}",
+                f"{_what(header.kind)} from {instance} for round {header.round} "
+                f"{verdict.outcome.value}: {one_line(verdict.message)}",
             )
         for watcher in self.watchers:
             watcher.upload_judged(instance, header, verdict)
@@ -219,26 +273,31 @@ class ModelExchange:
         fails because the server had already ended the call (grpc/grpc#36066):
         the sender then sees "Internal error from Core" instead of the reason its
         update was refused. So the call ends once the sender is done; one that
-        sends more than it declared is cut off there, one that sends a chunk that
-        cannot even be read (an encoding no sender uses) there, and one that stops
-        sending is given up after the stall limit (TransferStalled, as for any upload).
+        sends more than it declared, or more chunks than the model can come in, is
+        cut off there, one that sends a chunk that cannot even be read (an encoding
+        no sender uses) there, one still sending after :data:`REFUSED_REST_S` there,
+        and one that stops sending is given up after the stall limit (TransferStalled,
+        as for any upload).
         """
         limit = header.manifest.total_bytes
-        dropped = 0
+        most = header.manifest.most_chunks
         watch = ProgressWatch(f"the rest of a refused {_what(header.kind)} from {instance}")
 
         async def drop() -> None:
-            nonlocal dropped
+            dropped = count = 0
             try:
                 async for chunk in chunks:
                     watch.moved()
                     dropped += len(chunk.data)
-                    if dropped > limit:
+                    count += 1
+                    if dropped > limit or count > most:
                         return
             except TensorFileError:
                 return  # the verdict stands; nothing after such a chunk is read
 
-        await watch.run(drop())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REFUSED_REST_S):
+                await watch.run(drop())
 
     def check_upload(
         self, instance: str, header: SubmitHeader, training: Training | None, site: str = ""
@@ -369,7 +428,7 @@ class ModelExchange:
 
     def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
         """A validation report: of the final global model, or one cross-site cell."""
-        verdict = self._judge_report(instance, report)
+        verdict = self._flooding(instance, "report") or self._judge_report(instance, report)
         for watcher in self.watchers:
             watcher.report_judged(instance, report, verdict)
         return verdict
@@ -378,13 +437,6 @@ class ModelExchange:
         problem = check_metrics(report.metrics)
         if problem:
             return Verdict(SubmitOutcome.REJECTED, problem)
-        if report.error:
-            log.warning(
-                "validation of %s's model on %s failed: %s",
-                report.owner,
-                instance,
-                one_line(report.error, 500),
-            )
         if report.kind is MetricsKind.CROSS_VALIDATION:
             if not self.server.known_run(report.run_number):
                 return Verdict(

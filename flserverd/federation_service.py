@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -53,21 +51,6 @@ from flserverd.training import Refusal
 from flserverd.transfer import TransferError
 
 log = logging.getLogger(__name__)
-
-# Chunks of an app's files read per worker-thread step: bounds an app download's memory.
-CHUNKS_PER_READ = 2
-
-T = TypeVar("T")
-
-
-async def _in_batches(items: Iterator[T]) -> AsyncIterator[T]:
-    """Iterate a blocking (file-reading) iterator from a thread, a few items at a time."""
-    while True:
-        batch = await asyncio.to_thread(lambda: list(itertools.islice(items, CHUNKS_PER_READ)))
-        if not batch:
-            return
-        for item in batch:
-            yield item
 
 
 class FederationService(fed_grpc.FederationServicer):
@@ -172,7 +155,7 @@ class FederationService(fed_grpc.FederationServicer):
         chunks = encoded_chunks(model, download.compression)
         what = f"download of {download.path.name} to {client.instance}"
         downloads = self.exchange.downloads
-        try:
+        async with _ended_when_stalled(context):
             # A manifest larger than the call's flow-control window waits for the peer to read,
             # so it is watched like the chunks that follow it.
             await ProgressWatch(what, downloads.stall_s).run(context.write(manifest))
@@ -182,10 +165,6 @@ class FederationService(fed_grpc.FederationServicer):
                 self._chunk_writer(context, download, client),
                 owner=client.client_name,
             )
-        except TransferStalled as exc:
-            log.warning("%s", exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            raise
 
     async def _unless_revoked(self, client: RegisteredClient, context: Context) -> None:
         """End a transfer to a client revoked since it began (its call was let in before)."""
@@ -252,15 +231,18 @@ class FederationService(fed_grpc.FederationServicer):
         try:
             report = metrics_report_from_proto(request)
         except WireError as exc:
-            verdict = self.exchange.refuse(client.instance, str(exc))
+            verdict = self.exchange.refuse(client.instance, str(exc), "report")
         else:
             verdict = self.exchange.accept_metrics(client.instance, report)
         return verdict_to_proto(verdict, self.server.current_round)
 
-    async def GetApp(
+    async def GetApp(  # type: ignore[override]
         self, request: fed_pb2.AppRequest, context: Context
-    ) -> AsyncIterator[common_pb2.FileChunk]:
-        """Stream the copy of an app deployed to clients of a run."""
+    ) -> None:
+        """Stream the copy of an app deployed to clients of a run as a model is sent: in the
+        download slots, one transfer of a site at a time, a write given up after the stall
+        limit (a site that opened many and read none had kept each, with its file open and
+        its buffers, for as long as it liked)."""
         client = await self._client(request.token, context)
         try:
             folder = self.exchange.app_folder(request.run_number, request.app)
@@ -270,10 +252,37 @@ class FederationService(fed_grpc.FederationServicer):
         except Refusal as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise
-        async for path, offset, data, eof in _in_batches(iter_chunks(folder)):
+        async with _ended_when_stalled(context):
+            await self.exchange.downloads.send_all(
+                f"download of app {request.app} to {client.instance}",
+                iter_chunks(folder),
+                self._file_writer(context, client),
+                owner=client.client_name,
+            )
+
+    def _file_writer(
+        self, context: Context, client: RegisteredClient
+    ) -> Callable[[tuple[str, int, bytes, bool]], Awaitable[None]]:
+        """Writes one chunk of an app's file to the call and counts its bytes."""
+
+        async def write(item: tuple[str, int, bytes, bool]) -> None:
+            path, offset, data, eof = item
             await self._unless_revoked(client, context)
-            yield common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof)
+            await context.write(common_pb2.FileChunk(path=path, offset=offset, data=data, eof=eof))
             self.exchange.sent("app", len(data))
+
+        return write
+
+
+@contextlib.asynccontextmanager
+async def _ended_when_stalled(context: Context) -> AsyncIterator[None]:
+    """A transfer that stalled ends its call with the reason (the peer tries again)."""
+    try:
+        yield
+    except TransferStalled as exc:
+        log.warning("%s", exc)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        raise
 
 
 CONTROL_OF_DECEMBER = "Control"

@@ -68,6 +68,7 @@ from flserverd.throttle import (
     LOG_LINES_PER_SECOND,
     MESSAGE_BURST,
     MESSAGES_PER_SECOND,
+    Rarely,
     Throttle,
 )
 from flserverd.training import (
@@ -160,7 +161,7 @@ class FLServer:
         self._log_handler: BusLogHandler | None = None
         self._messages = Throttle(MESSAGE_BURST, MESSAGES_PER_SECOND)
         self._log_lines = Throttle(LOG_LINE_BURST, LOG_LINES_PER_SECOND)
-        self._warned_at: dict[tuple[str, str], float] = {}
+        self._warned = Rarely(FLOOD_LOG_EVERY_S)
         """When a site was last named in the log for flooding or for an unreadable message."""
         self._revoked_instances: dict[str, str] = {}
         """Instances dropped because their certificate was revoked, and why: an upload of
@@ -794,11 +795,9 @@ class FLServer:
 
     def _warn_rarely(self, client: RegisteredClient, kind: str, text: str) -> None:
         """Name a misbehaving site in the log, once a minute at most for each ``kind``."""
-        now = time.monotonic()
-        key = (client.instance, kind)
-        if now - self._warned_at.get(key, -FLOOD_LOG_EVERY_S) >= FLOOD_LOG_EVERY_S:
-            self._warned_at[key] = now
-            log.warning("%s %s", client.instance, text)
+        said = self._warned.due(client.instance, kind)
+        if said is not None:
+            log.warning("%s %s%s", client.instance, text, said)
 
     def client_logs(self, client: RegisteredClient, batch: LogBatch) -> None:
         """Forwarded log lines of a client go to the console's log feed, as many as the

@@ -119,17 +119,17 @@ sum of any number of updates stays finite. Finite values times a weight had over
 one site made the global model infinite."""
 
 
-def refused_weight(num_samples: int) -> Verdict | None:
-    """Refuse an update whose sample count cannot weight it: none, or more than
-    :data:`MAX_SAMPLES`. Judged from the upload's header, before its bytes arrive, and again
-    when the update is folded."""
+def refused_weight(num_samples: int, what: str = "update") -> Verdict | None:
+    """Refuse an update (or a validation of the final model, ``what``) whose sample count
+    cannot weight it: none, or more than :data:`MAX_SAMPLES`. An update's is judged from the
+    upload's header, before its bytes arrive, and again when the update is folded."""
     if 0 < num_samples <= MAX_SAMPLES:
         return None
     if num_samples <= 0:
         why = "reports no training samples; it cannot be weighted"
     else:
         why = f"reports {num_samples:,} training samples, more than any site has ({MAX_SAMPLES:,})"
-    return Verdict(SubmitOutcome.REJECTED, f"update {why}")
+    return Verdict(SubmitOutcome.REJECTED, f"{what} {why}")
 
 
 def largest_value(num_samples: int) -> float:
@@ -599,13 +599,23 @@ class Training:
     def accept_final_metrics(
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
     ) -> Verdict:
-        """Record a client's validation of the final global model."""
+        """Record a client's validation of the final global model: of a site it was offered
+        to (one that trains the run), weighted by a sample count an update could have."""
         if self.run.phase != PHASE_FINAL_VALIDATION or round_number != self.run.num_rounds:
             return Verdict(
                 SubmitOutcome.LATE, "final validation is not in progress; metrics discarded"
             )
         if instance in self.final_reports:
             return Verdict(SubmitOutcome.DUPLICATE, "final validation metrics were already counted")
+        if instance not in self.ready:
+            return Verdict(
+                SubmitOutcome.REJECTED,
+                f"{instance} does not take part in run {self.run.run_number}; its validation "
+                "of the final model is not counted",
+            )
+        refused = refused_weight(num_samples, "validation of the final model")
+        if refused is not None:
+            return refused
         try:
             self._db.record_folded(
                 self.run.run_number, round_number, instance, num_samples, metrics

@@ -29,7 +29,7 @@ from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink
 from flcore.appconfig import ClientAppConfig
-from flcore.federation import GLOBAL_OWNER, MachineInfo, TaskKind, TaskOffer
+from flcore.federation import GLOBAL_OWNER, MachineInfo, SubmitOutcome, TaskKind, TaskOffer
 from flcore.folders import iter_chunks
 from flcore.identity import instance_name, is_instance_of
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
@@ -42,6 +42,7 @@ from flcore.tls import TlsFiles, server_credentials
 from flcore.wire import WireError, manifest_to_proto
 from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
+from flserverd.throttle import REPORT_BURST
 from tests.hostile.payloads import (
     CLASS_NAMING,
     HOSTILE_PATHS,
@@ -319,6 +320,122 @@ def test_a_hostile_site_cannot_stop_a_run_or_lose_an_update(
     assert honest.alive() and server.alive()
     shown = cluster.ok("check_status server")
     assert "flclient2" in shown.text and "\x1b" not in shown.text
+
+
+def test_a_hostile_site_cannot_keep_an_upload_forge_log_lines_flood_reports_or_weigh_the_end(
+    cluster: Cluster,
+) -> None:
+    """flclient1's kit in hostile hands, the one site of a run of one round: after its go
+    it sends empty chunks without end (which had kept an upload slot for good), reports
+    cross-site cells under a forged owner (logged as sent: a newline and ``<3>`` forged a
+    journal line), reports the final model's validation with 2^63 - 1 and -5 samples
+    (which had weighted the run's final metrics), and reports in a loop."""
+    server = cluster.server()
+    cluster.prepare_run(
+        1, deploy_clients=False, num_rounds=1, min_num_clients=1, wait_after_min_clients=0
+    )
+    cluster.ok("start server")
+    wait_until(lambda: cluster.run_state()["server_status"] == "training started", 60, "training")
+    model = TensorFile(cluster.root / "server" / "run_1" / "models" / "round_0.safetensors")
+    first = model.manifest.tensors[0]
+    workspace = cluster.root / "flclient1"
+    startup = load_client(workspace)
+    forged = "\n<3>flserverd: FORGED"
+
+    async def hostile() -> dict[str, list[tuple[int, str]]]:
+        conn = Connection(startup, TlsFiles.named_by(startup, workspace / "startup"))
+        verdicts: dict[str, list[tuple[int, str]]] = {}
+        try:
+            await conn.login("", MachineInfo(device="cpu"))
+            control = conn.stub.Session()
+            status = fed_pb2.ClientStatus(status=STARTED, run_number=1, round=0)
+            await control.write(
+                fed_pb2.ClientMessage(hello=fed_pb2.Hello(token=conn.token, status=status))
+            )
+
+            async def empty_chunks() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
+                header = fed_pb2.SubmitHeader(
+                    token=conn.token,
+                    run_number=1,
+                    round=0,
+                    kind=fed_pb2.UPLOAD_KIND_UPDATE,
+                    num_samples=10,
+                    manifest=manifest_to_proto(model.manifest),
+                )
+                yield fed_pb2.SubmitModelMessage(header=header)
+                empty = common_pb2.TensorChunk(name=first.name, offset=0)
+                while True:
+                    yield fed_pb2.SubmitModelMessage(chunk=empty)
+
+            reply = await conn.stub.SubmitModel(empty_chunks(), timeout=30)
+            verdicts["empty"] = [(reply.result, reply.message)]
+
+            async def report(samples: int, error: str = "", owner: str = "") -> tuple[int, str]:
+                request = fed_pb2.MetricsReport(
+                    token=conn.token,
+                    run_number=1,
+                    round=1,
+                    kind=fed_pb2.METRICS_KIND_CROSS_VALIDATION
+                    if owner
+                    else fed_pb2.METRICS_KIND_GLOBAL_VALIDATION,
+                    model_owner=owner,
+                    metrics={} if owner else {"accuracy": 0.5},
+                    num_samples=samples,
+                    error=error,
+                )
+                answer = await conn.stub.SubmitMetrics(request, timeout=30)
+                return answer.result, answer.message
+
+            verdicts["forged"] = [
+                await report(0, "x", f"flclient2{forged}"),
+                await report(0, forged, GLOBAL_OWNER),
+            ]
+            update = await conn.submit_model(1, 0, model.path, 10, {})
+            assert update.outcome is SubmitOutcome.ACCEPTED, update
+            async for message in control:  # the run's one round closed: the final model
+                if message.task.kind == fed_pb2.TASK_KIND_VALIDATE_GLOBAL:
+                    break
+            verdicts["final"] = [await report(samples) for samples in (2**63 - 1, -5, 5)]
+            verdicts["loop"] = [await report(5) for _ in range(REPORT_BURST + 1)]
+            control.cancel()
+        finally:
+            await conn.close()
+        return verdicts
+
+    verdicts = asyncio.run(hostile())
+    rejected, accepted = fed_pb2.SUBMIT_RESULT_REJECTED, fed_pb2.SUBMIT_RESULT_ACCEPTED
+    assert verdicts["empty"] == [
+        (
+            rejected,
+            f"tensor {first.name!r}: an empty chunk at byte 0; a chunk holds at least one value",
+        )
+    ]
+    assert [result for result, _ in verdicts["forged"]] == [rejected, rejected]
+    assert verdicts["final"] == [
+        (
+            rejected,
+            f"validation of the final model reports {2**63 - 1:,} training samples, more than "
+            "any site has (1,000,000,000,000)",
+        ),
+        (
+            rejected,
+            "validation of the final model reports no training samples; it cannot be weighted",
+        ),
+        (accepted, "final validation metrics accepted"),
+    ]
+    assert verdicts["loop"][0] == (
+        fed_pb2.SUBMIT_RESULT_DUPLICATE,
+        "final validation metrics were already counted",
+    )
+    assert verdicts["loop"][-1][0] == rejected
+    assert verdicts["loop"][-1][1].startswith("flclient1 sent more reports than the server takes")
+    finished(cluster, 1)
+    assert cluster.metrics()[-1]["final"] is True
+    assert server.alive()
+    lines = server.log().splitlines()
+    assert not [line for line in lines if "FORGED" in line]
+    assert len([line for line in lines if "flclient1 sends more reports" in line]) == 1
+    assert not list((cluster.root / "server" / "run_1" / ".spool").glob("*"))
 
 
 def test_a_pickle_checkpoint_never_runs_on_the_server(cluster: Cluster) -> None:

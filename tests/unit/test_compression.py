@@ -227,6 +227,39 @@ def test_a_chunk_is_measured_against_the_tensor_before_it_is_decoded(tmp_path: P
         decoded_size(huge, WireChunk("w", 0, bytes(MAX_DECODED_CHUNK // 8 + 1), INT8, 1.0, 0))
 
 
+def test_an_empty_chunk_is_refused_unless_its_tensor_holds_zero_bytes(tmp_path: Path) -> None:
+    """An empty chunk was taken as nothing, whatever it named: a sender could send them
+    without end, each one the upload's progress."""
+    manifest = Manifest((TensorSpec("w", "F32", (4,)), TensorSpec("e", "F32", (0,))))
+    spool = SpoolWriter(tmp_path / "u.safetensors", manifest)
+    assert receive(spool, WireChunk("e", 0, b"")) == 0
+    with pytest.raises(TensorFileError, match="tensor 'w': an empty chunk at byte 0; a chunk"):
+        receive(spool, WireChunk("w", 0, b""))
+    with pytest.raises(TensorFileError, match="expected a chunk of tensor 'w', got 'x'"):
+        receive(spool, WireChunk("x", 0, b""))
+    with pytest.raises(TensorFileError, match="chunk at byte 8, expected byte 0"):
+        receive(spool, WireChunk("w", 8, b""))
+    with pytest.raises(TensorFileError, match="expected a chunk of tensor 'w', got 'e'"):
+        receive(spool, WireChunk("e", 4, b""))
+    spool.discard()
+
+
+def test_a_model_comes_in_at_most_one_chunk_per_value_and_one_per_tensor(
+    tmp_path: Path,
+) -> None:
+    manifest = Manifest((TensorSpec("w", "F32", (4,)), TensorSpec("e", "F32", (0,))))
+    assert manifest.most_chunks == 6
+    values = np.arange(4, dtype=np.float32).tobytes()
+    spool = SpoolWriter(tmp_path / "u.safetensors", manifest)
+    for offset in range(0, 16, 4):  # one value a chunk, compressed to one byte each
+        receive(spool, encode(manifest.tensors[0], offset, values[offset : offset + 4], INT8))
+    receive(spool, WireChunk("e", 0, b""))
+    receive(spool, WireChunk("e", 0, b""))
+    with pytest.raises(TensorFileError, match="more than 6 chunks for a model of 4 values in 2"):
+        receive(spool, WireChunk("e", 0, b""))
+    spool.discard()
+
+
 def model_file(path: Path) -> dict[str, Array]:
     rng = np.random.default_rng(5)
     values: dict[str, Array] = {

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -268,3 +270,36 @@ def test_the_matrix_reads_back_from_its_json_and_other_shapes_read_as_no_results
         {"rows": ["global"], "columns": ["s"], "cells": {"global": {"s": {"metrics": {"a": "x"}}}}}
     )
     assert odd.cell("global", "s") == MatrixCell({}, "")
+
+
+def test_a_cell_is_written_once_and_a_site_s_error_is_logged_on_one_line(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each report was a durable write and a rewrite of the matrix file, and its error went
+    to the log as the site wrote it: a newline followed by ``<3>`` forged a journal line of
+    another priority."""
+    crossval = setup.crossval()
+    crossval.declare("a")
+    crossval.declare("b")
+    crossval.accept_model("a", setup.model("a"))
+    writes: list[tuple[object, ...]] = []
+    save = setup.db.save_validation
+
+    def counted(*cell: Any) -> None:
+        writes.append(cell)
+        save(*cell)
+
+    monkeypatch.setattr(setup.db, "save_validation", counted)
+    forged = "boom\n<3>flserverd: FORGED by site b"
+    with caplog.at_level(logging.INFO, "flserverd.crossval"):
+        assert crossval.record_report("b", "a", {}, forged).outcome is SubmitOutcome.ACCEPTED
+        for metrics, error in (({}, forged), ({"acc": 0.1}, "")):
+            again = crossval.record_report("b", "a", metrics, error)
+            assert again == (
+                SubmitOutcome.DUPLICATE,
+                "b's validation of this model was recorded",
+            )
+    assert len(writes) == 1
+    assert crossval.matrix().cell("a", "b") == MatrixCell({}, forged)
+    (line,) = [r.getMessage() for r in caplog.records if "validated" in r.getMessage()]
+    assert "\n" not in line and line.endswith("boom\\n<3>flserverd: FORGED by site b")

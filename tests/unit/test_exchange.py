@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,14 @@ from flserverd.exchange import MAX_METRICS, ModelExchange, check_metrics
 from flserverd.registry import AuthError
 from flserverd.server import FLServer
 from flserverd.statedb import RunRecord, WireTally
-from flserverd.training import PHASE_TRAINING, Refusal, Training
+from flserverd.throttle import REPORT_BURST, UPLOAD_BURST
+from flserverd.training import (
+    MAX_SAMPLES,
+    PHASE_FINAL_VALIDATION,
+    PHASE_TRAINING,
+    Refusal,
+    Training,
+)
 from flserverd.transfer import TransferError
 from flserverd.transferslots import TransferSlots
 from tests.unit.serverparts import Sender, server_startup, upload
@@ -284,6 +292,56 @@ def test_a_refusal_mid_upload_waits_for_the_sender_to_finish_up_to_the_size_decl
     on_server(tmp_path, scenario)
 
 
+def test_empty_chunks_without_end_neither_keep_an_upload_nor_its_refused_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty chunk counted as progress and as nothing at once: a site that streamed them
+    after its go kept an upload slot for good, and so did the rest of a refused upload,
+    which never reached the size declared. Now an empty chunk is refused, the rest of a
+    refused upload is read up to the chunks the model can come in, and for a bounded time."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2, min_num_clients=2)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        declared = header(model.manifest)
+        first = model.manifest.tensors[0].name
+        sent = 0
+
+        async def empty_chunks(refused: WireChunk | None = None) -> AsyncIterator[WireChunk]:
+            nonlocal sent
+            if refused is not None:
+                yield refused
+            while True:
+                sent += 1
+                yield WireChunk(first, 0, b"")
+
+        verdict = await asyncio.wait_for(upload(exchange, "site-a", declared, empty_chunks()), 10)
+        assert verdict == Verdict(
+            SubmitOutcome.REJECTED,
+            f"tensor {first!r}: an empty chunk at byte 0; a chunk holds at least one value",
+        )
+        assert sent == 1 + model.manifest.most_chunks + 1  # refused, then the rest read and cut
+        nan = WireChunk(first, 0, np.full(1, np.nan, dtype=np.float32).tobytes())
+        sent = 0
+        verdict = await asyncio.wait_for(
+            upload(exchange, "site-b", declared, empty_chunks(nan)), 10
+        )
+        assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
+        assert sent == model.manifest.most_chunks + 1
+
+        async def then_silent() -> AsyncIterator[WireChunk]:
+            yield nan
+            await asyncio.Event().wait()
+            yield nan
+
+        monkeypatch.setattr("flserverd.exchange.REFUSED_REST_S", 0.2)
+        verdict = await asyncio.wait_for(upload(exchange, "site-c", declared, then_silent()), 10)
+        assert verdict.outcome is SubmitOutcome.REJECTED and "NaN" in verdict.message
+
+    on_server(tmp_path, scenario)
+
+
 def test_best_local_models_and_cross_site_reports(tmp_path: Path) -> None:
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
@@ -327,6 +385,125 @@ def test_final_validation_reports(tmp_path: Path) -> None:
         assert late.outcome is SubmitOutcome.LATE and "not in progress" in late.message
         bad = MetricsReport(RUN, 2, MetricsKind.GLOBAL_VALIDATION, GLOBAL_OWNER, {"a": 1e999}, 4)
         assert "not a finite number" in exchange.accept_metrics("site-a", bad).message
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_report_s_owner_and_error_reach_the_log_only_once_accepted_and_on_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The owner a report names was logged as sent before it was checked, and its error
+    went to the log unescaped: newlines and ``<3>`` forged server log lines."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2)
+        crossval = server.crossval_for(RUN)
+        crossval.declare("site-a")
+        crossval.declare("site-b")
+        forged = "\n<3>flserverd: FORGED"
+        reports = [
+            ("site-b", MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, forged, {}, 0, "x")),
+            (
+                "site-c",
+                MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, "site-a", {}, 0, forged),
+            ),
+            (
+                "site-b",
+                MetricsReport(RUN, -1, MetricsKind.CROSS_VALIDATION, "site-a", {}, 0, forged),
+            ),
+        ]
+        with caplog.at_level(logging.INFO):
+            verdicts = [exchange.accept_metrics(site, report).outcome for site, report in reports]
+        assert verdicts == [SubmitOutcome.REJECTED, SubmitOutcome.REJECTED, SubmitOutcome.ACCEPTED]
+        lines = [record.getMessage() for record in caplog.records]
+        assert not any("\n" in line for line in lines)
+        assert [line for line in lines if "FORGED" in line] == [
+            "run 1: site-b validated the model of site-a: \\n<3>flserverd: FORGED"
+        ]
+
+    on_server(tmp_path, scenario)
+
+
+def test_reports_and_uploads_past_what_a_site_sends_are_refused_and_logged_rarely(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Metrics reports and uploads had no bound: each was judged on the loop, a report could
+    be written to the state database, and each refused upload wrote a log line."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        train(server, num_rounds=2)
+        late = MetricsReport(RUN, 2, MetricsKind.GLOBAL_VALIDATION, GLOBAL_OWNER, {"a": 1.0}, 4)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        elsewhere = header(model.manifest, run_number=7)
+        with caplog.at_level(logging.INFO, "flserverd.exchange"):
+            reports = [exchange.accept_metrics("site-a", late) for _ in range(REPORT_BURST + 5)]
+            other = exchange.accept_metrics("site-b", late)
+            uploads = [
+                await upload(exchange, "site-a", elsewhere, chunks_of(model))
+                for _ in range(UPLOAD_BURST + 5)
+            ]
+            unreadable = [exchange.refuse("site-a", "no\nheader") for _ in range(5)]
+        assert {v.outcome for v in reports[:REPORT_BURST]} == {SubmitOutcome.LATE}
+        assert other.outcome is SubmitOutcome.LATE  # each instance has its own bound
+        assert {v.outcome for v in uploads + unreadable + reports[REPORT_BURST:]} == {
+            SubmitOutcome.REJECTED
+        }
+        assert "for run 7" in uploads[0].message
+        assert {v.message for v in reports[REPORT_BURST:]} == {
+            "site-a sent more reports than the server takes (500 at once, then 2 a second); "
+            "this one is refused"
+        }
+        assert {v.message for v in uploads[UPLOAD_BURST:] + unreadable} == {
+            "site-a sent more uploads than the server takes (20 at once, then 2 a second); "
+            "this one is refused"
+        }
+        assert [r.getMessage() for r in caplog.records] == [
+            "site-a sends more reports than the server takes: they are refused",
+            "update from site-a for round 0 rejected: update is for run 7, the server trains run 1",
+            "site-a sends more uploads than the server takes: they are refused",
+        ]
+
+    on_server(tmp_path, scenario)
+
+
+def test_the_final_model_s_validation_counts_from_a_site_of_the_run_with_a_weight_it_may_have(
+    tmp_path: Path,
+) -> None:
+    """Any instance's report was counted, and its sample count (2^63 - 1, or negative)
+    weighted the run's final metrics unbounded."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=1, min_num_clients=1)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        training.client_ready("site-a")
+        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
+            SubmitOutcome.ACCEPTED
+        )
+        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+
+        def final(site: str, samples: int) -> Verdict:
+            report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", {"a": 1.0}, samples)
+            return exchange.accept_metrics(site, report)
+
+        assert final("site-b", 5) == (
+            SubmitOutcome.REJECTED,
+            "site-b does not take part in run 1; its validation of the final model is not counted",
+        )
+        assert final("site-a", 2**63 - 1) == (
+            SubmitOutcome.REJECTED,
+            f"validation of the final model reports {2**63 - 1:,} training samples, more than"
+            f" any site has ({MAX_SAMPLES:,})",
+        )
+        assert final("site-a", -5) == (
+            SubmitOutcome.REJECTED,
+            "validation of the final model reports no training samples; it cannot be weighted",
+        )
+        assert training.final_reports == {}
+        assert final("site-a", 5).outcome is SubmitOutcome.ACCEPTED
+        assert training.final_reports == {"site-a": 5}
 
     on_server(tmp_path, scenario)
 

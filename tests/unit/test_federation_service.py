@@ -20,6 +20,7 @@ from flserverd.server import FLServer
 from flserverd.transfer import client_app_dir
 from provision import pki
 from tests.unit.test_exchange import RUN, on_server, train
+from tests.unit.test_folders import open_files_under
 
 
 def _site_a() -> pki.CertifiedKey:
@@ -49,13 +50,13 @@ class _Call:
 
     def __init__(self, cert_pem: bytes) -> None:
         self._auth = {"x509_pem_cert": [cert_pem]}
-        self.written: list[fed_pb2.ModelMessage] = []
+        self.written: list[Any] = []
         self.aborted: tuple[grpc.StatusCode, str] | None = None
 
     def auth_context(self) -> dict[str, Any]:
         return self._auth
 
-    async def write(self, message: fed_pb2.ModelMessage) -> None:
+    async def write(self, message: Any) -> None:
         self.written.append(message)
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
@@ -66,7 +67,7 @@ class _Call:
 class _PeerThatDoesNotRead(_Call):
     """A call whose peer never reads: every write waits for good."""
 
-    async def write(self, message: fed_pb2.ModelMessage) -> None:
+    async def write(self, message: Any) -> None:
         await super().write(message)
         await asyncio.Event().wait()
 
@@ -104,7 +105,7 @@ def test_a_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(tmp_path:
         service, token = training_for_site_a(server)
 
         class RevokedAfterTheManifest(_Call):
-            async def write(self, message: fed_pb2.ModelMessage) -> None:
+            async def write(self, message: Any) -> None:
                 await super().write(message)
                 if len(self.written) == 2:  # the manifest and a first chunk went out
                     server.revocations.revoke("site-a", "admin@lead.org")
@@ -125,6 +126,15 @@ def test_a_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(tmp_path:
     on_server(tmp_path, scenario)
 
 
+def deployed_app(server: FLServer) -> Path:
+    """An app of two config files deployed to the clients of run 1."""
+    folder = client_app_dir(server.store, RUN, "digits")
+    (folder / "config").mkdir(parents=True)
+    (folder / "config" / "config_fed_client.json").write_text("{}")
+    (folder / "config" / "config_train.json").write_text("{}")
+    return folder
+
+
 def test_an_app_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(
     tmp_path: Path,
 ) -> None:
@@ -132,22 +142,69 @@ def test_an_app_download_to_a_site_revoked_meanwhile_ends_at_its_next_chunk(
 
     async def scenario(server: FLServer) -> None:
         service, token = training_for_site_a(server)
-        folder = client_app_dir(server.store, RUN, "digits")
-        (folder / "config").mkdir(parents=True)
-        (folder / "config" / "config_fed_client.json").write_text("{}")
-        (folder / "config" / "config_train.json").write_text("{}")
-        context = _Call(pki.cert_pem(SITE_A.cert))
-        request = fed_pb2.AppRequest(token=token, run_number=RUN, app="digits")
-        paths = []
-        with pytest.raises(Aborted):
-            async for chunk in service.GetApp(request, cast(Context, context)):
-                paths.append(chunk.path)
+        deployed_app(server)
+
+        class RevokedAfterTheFirstFile(_Call):
+            async def write(self, message: Any) -> None:
+                await super().write(message)
                 server.revocations.revoke("site-a", "admin@lead.org")
                 server.enforce_revocations()
-        assert paths == ["config/config_fed_client.json"]
+
+        context = RevokedAfterTheFirstFile(pki.cert_pem(SITE_A.cert))
+        request = fed_pb2.AppRequest(token=token, run_number=RUN, app="digits")
+        with pytest.raises(Aborted):
+            await asyncio.wait_for(service.GetApp(request, cast(Context, context)), 10)
+        assert [chunk.path for chunk in context.written] == ["config/config_fed_client.json"]
         assert context.aborted is not None
         code, details = context.aborted
         assert code == grpc.StatusCode.PERMISSION_DENIED
         assert details.startswith("site-a was revoked on this server by admin@lead.org")
+
+    on_server(tmp_path, scenario)
+
+
+def test_app_downloads_a_site_does_not_read_are_given_up_one_after_another(
+    tmp_path: Path,
+) -> None:
+    """A site that opened app downloads and read none kept each for as long as it liked,
+    with its file open and its buffers: now they go one after another like its model
+    downloads, none holds a file while it waits for the site, and each is given up after
+    the stall limit."""
+
+    async def scenario(server: FLServer) -> None:
+        service, token = training_for_site_a(server)
+        folder = deployed_app(server)
+        service.exchange.downloads.stall_s = 0.2
+        request = fed_pb2.AppRequest(token=token, run_number=RUN, app="digits")
+        held: list[list[Path]] = []
+
+        class Stalled(_PeerThatDoesNotRead):
+            async def write(self, message: Any) -> None:
+                held.append(open_files_under(folder))
+                await super().write(message)
+
+        stalled = Stalled(pki.cert_pem(SITE_A.cert))
+
+        class Next(_Call):
+            async def write(self, message: Any) -> None:
+                assert stalled.aborted is not None, "a site's second download went at once"
+                await super().write(message)
+
+        following = Next(pki.cert_pem(SITE_A.cert))
+        first = asyncio.ensure_future(service.GetApp(request, cast(Context, stalled)))
+        second = asyncio.ensure_future(service.GetApp(request, cast(Context, following)))
+        with pytest.raises(Aborted):
+            await asyncio.wait_for(first, 10)
+        await asyncio.wait_for(second, 10)
+        assert held == [[]]
+        assert stalled.aborted == (
+            grpc.StatusCode.UNAVAILABLE,
+            "download of app digits to site-a: nothing moved for 0.2s; given up",
+        )
+        assert [chunk.path for chunk in following.written] == [
+            "config/config_fed_client.json",
+            "config/config_train.json",
+        ]
+        assert following.aborted is None
 
     on_server(tmp_path, scenario)

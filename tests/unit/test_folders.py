@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -200,6 +201,28 @@ def test_iter_chunks_covers_every_byte(tmp_path: Path) -> None:
         assert offsets == [sum(len(d) for _, d, _ in parts[:i]) for i in range(len(parts))]
     assert by_file["config/empty.txt"] == [(0, b"", True)]
     assert len(by_file["config/exact.bin"]) == 1
+
+
+def open_files_under(folder: Path) -> list[Path]:
+    """Files under ``folder`` this process holds open now."""
+    held = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = Path(os.readlink(fd))
+            if target.is_relative_to(folder):
+                held.append(target)
+    return held
+
+
+def test_iter_chunks_holds_no_file_open_while_its_reader_pauses(tmp_path: Path) -> None:
+    """The server sends an app's chunks as the site reads them: a file held open across
+    each chunk kept a descriptor per download for as long as the site did not read."""
+    root = tmp_path / "app"
+    (root / "config").mkdir(parents=True)
+    (root / "config" / "big.bin").write_bytes(b"b" * (CHUNK_BYTES * 2 + 1))
+    (root / "config" / "small.json").write_bytes(b"{}")
+    held = [open_files_under(root) for _ in iter_chunks(root)]
+    assert held == [[]] * 4
 
 
 # --------------------------------------------------------------------------- FolderReceiver

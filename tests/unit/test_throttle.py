@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flserverd.throttle import Throttle
+from flserverd.throttle import Rarely, Throttle
 
 
 class Clock:
@@ -35,3 +35,18 @@ def test_it_forgets_full_buckets_rather_than_grow() -> None:
     clock.now += 10
     throttle.take("late")
     assert len(throttle._buckets) == 1
+
+
+def test_a_repeated_line_is_written_once_a_minute_with_how_many_were_left_out() -> None:
+    clock = Clock()
+    rarely = Rarely(60, clock=clock)
+    assert rarely.due("site-a", "late") == ""
+    assert [rarely.due("site-a", "late") for _ in range(3)] == [None] * 3
+    assert rarely.due("site-a", "flood") == ""  # another kind has its own minute
+    assert rarely.due("site-b", "late") == ""  # and so has another site
+    clock.now += 60
+    assert rarely.due("site-a", "late") == " (3 more like it left out since the last)"
+    assert rarely.due("site-a", "late") is None
+    clock.now += 600
+    assert rarely.due("site-a", "late") == " (1 more like it left out since the last)"
+    assert rarely.due("site-a", "flood") == ""
