@@ -188,6 +188,12 @@ class ModelExchange:
             watcher.upload_judged(instance, None, verdict)
         return verdict
 
+    def _settled(self, instance: str, what: Call, verdict: Verdict) -> None:
+        """Only refusals count towards the bound on a site's calls: accepted and postponed
+        ones come as fast as rounds go, which is many a second for a small model."""
+        if verdict.outcome in (SubmitOutcome.ACCEPTED, SubmitOutcome.POSTPONED):
+            self._calls[what].give_back(instance)
+
     def _flooding(self, instance: str, what: Call) -> Verdict | None:
         """Count one call of ``what`` (an upload or a report) of ``instance``: the verdict
         on it when the instance makes more than an honest site ever does (None: go on)."""
@@ -197,13 +203,14 @@ class ModelExchange:
         self._rarely(
             instance,
             f"{what} flood",
-            f"{instance} sends more {what}s than the server takes: they are refused",
+            f"{instance} has more {what}s refused than the server takes: the rest are refused "
+            "unread",
             logging.WARNING,
         )
         return Verdict(
             SubmitOutcome.REJECTED,
-            f"{instance} sent more {what}s than the server takes ({calls.burst:g} at once, then "
-            f"{calls.per_second:g} a second); this one is refused",
+            f"{instance} had more {what}s refused than the server takes ({calls.burst:g} at once, "
+            f"then {calls.per_second:g} a second); this one is refused",
         )
 
     def _rarely(self, instance: str, kind: str, text: str, level: int = logging.INFO) -> None:
@@ -252,6 +259,7 @@ class ModelExchange:
                         for watcher in self.watchers:
                             watcher.stalled(header.kind)
                         raise
+        self._settled(instance, "upload", verdict)
         if verdict.outcome is not SubmitOutcome.ACCEPTED:
             self._rarely(
                 instance,
@@ -429,6 +437,7 @@ class ModelExchange:
     def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
         """A validation report: of the final global model, or one cross-site cell."""
         verdict = self._flooding(instance, "report") or self._judge_report(instance, report)
+        self._settled(instance, "report", verdict)
         for watcher in self.watchers:
             watcher.report_judged(instance, report, verdict)
         return verdict

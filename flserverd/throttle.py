@@ -34,14 +34,16 @@ LOG_LINE_BURST = 1000
 ``log_lines_per_second`` (20 by default)."""
 UPLOADS_PER_SECOND = 2.0
 UPLOAD_BURST = 20
-"""Uploads (``SubmitModel`` calls) of one instance: an honest one sends one update a round
-and one local model a run, and sends one again at most twice a second after an
-interruption."""
+"""Refused uploads (``SubmitModel`` calls) of one instance: an honest one is refused now and
+then (a round that closed, a duplicate after a reconnect) and sends again at most twice a
+second. Accepted and postponed uploads do not count: an honest site sends one update a
+round, and small rounds go by many times a second."""
 REPORTS_PER_SECOND = 2.0
 REPORT_BURST = 500
-"""Metrics reports (``SubmitMetrics`` calls) of one instance: one for the final model, and
-in cross-site validation one per site of the run, all at once when its validations fail
-fast (a model that cannot be fetched); a run of 500 sites fits the burst."""
+"""Refused metrics reports (``SubmitMetrics`` calls) of one instance, counted as uploads are:
+an honest site sends one for the final model, and in cross-site validation one per site of
+the run, all at once when its validations fail fast (a model that cannot be fetched); a run
+of 500 sites fits the burst."""
 LOG_EVERY_S = 60.0
 """A site that does the same wrong thing again and again is named in the log once a minute
 at most for each thing, with how often it did it meanwhile."""
@@ -82,6 +84,12 @@ class Throttle:
             return (1 - bucket.tokens) / self.per_second
         bucket.tokens -= 1
         return 0.0
+
+    def give_back(self, name: str) -> None:
+        """Undo one ``take`` of ``name``: the call turned out to be one that does not count."""
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1)
 
     def _forget_full(self, now: float) -> None:
         """Drop the buckets that have refilled: they hold nothing a new one would not."""

@@ -175,6 +175,28 @@ def test_an_update_is_judged_before_its_bytes_arrive(tmp_path: Path) -> None:
     on_server(tmp_path, scenario)
 
 
+def test_a_site_may_send_updates_as_fast_as_rounds_go(tmp_path: Path) -> None:
+    """Only refusals count towards a site's bound on uploads: small rounds go by many times
+    a second, and an honest site was refused its update after the first 20."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        rounds = UPLOAD_BURST * 2
+        training = train(server, num_rounds=rounds + 1, min_num_clients=1, max_num_clients=1)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+
+        def past(number: int) -> Callable[[], bool]:
+            return lambda: training.round.number > number
+
+        for number in range(rounds):
+            sent = header(model.manifest, round=number)
+            verdict = await upload(exchange, "site-a", sent, chunks_of(model))
+            assert verdict.outcome is SubmitOutcome.ACCEPTED, verdict.message
+            await wait_until_async(past(number), 10, "the next round")
+
+    on_server(tmp_path, scenario)
+
+
 def test_a_complete_update_is_counted_once_and_kept_until_its_round_is_aggregated(
     tmp_path: Path,
 ) -> None:
@@ -452,17 +474,17 @@ def test_reports_and_uploads_past_what_a_site_sends_are_refused_and_logged_rarel
         }
         assert "for run 7" in uploads[0].message
         assert {v.message for v in reports[REPORT_BURST:]} == {
-            "site-a sent more reports than the server takes (500 at once, then 2 a second); "
+            "site-a had more reports refused than the server takes (500 at once, then 2 a second); "
             "this one is refused"
         }
         assert {v.message for v in uploads[UPLOAD_BURST:] + unreadable} == {
-            "site-a sent more uploads than the server takes (20 at once, then 2 a second); "
+            "site-a had more uploads refused than the server takes (20 at once, then 2 a second); "
             "this one is refused"
         }
         assert [r.getMessage() for r in caplog.records] == [
-            "site-a sends more reports than the server takes: they are refused",
+            "site-a has more reports refused than the server takes: the rest are refused unread",
             "update from site-a for round 0 rejected: update is for run 7, the server trains run 1",
-            "site-a sends more uploads than the server takes: they are refused",
+            "site-a has more uploads refused than the server takes: the rest are refused unread",
         ]
 
     on_server(tmp_path, scenario)
