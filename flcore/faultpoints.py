@@ -45,6 +45,8 @@ SERVER_COMMIT = "server.commit"
 """The next round's model was renamed into place; the state database does not point at it yet."""
 SERVER_OUTPUTS = "server.outputs"
 """The round is committed; global_model, metrics.jsonl and TensorBoard are not written yet."""
+SERVER_DELETE_RUN = "server.delete_run"
+"""A run's history is deleted and its folder renamed aside; the folder is not removed yet."""
 CLIENT_DOWNLOAD = "client.download"
 """A client has received the first chunk of a round's global model."""
 CLIENT_TRAIN = "client.train"
@@ -60,6 +62,7 @@ POINTS = frozenset(
         SERVER_CHECKPOINT,
         SERVER_COMMIT,
         SERVER_OUTPUTS,
+        SERVER_DELETE_RUN,
         CLIENT_DOWNLOAD,
         CLIENT_TRAIN,
         CLIENT_UPLOAD,

@@ -856,7 +856,7 @@ async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
     if number is None:
         raise _usage("show_run")
     server = cmds.server
-    if not server.known_run(number) and server.db.get_run(number) is None:
+    if not server.has_run(number):
         raise CommandError(f"there is no run {number} on this server (list_runs lists them)")
     header = _run_line(server, number)
     per_page = listings.rounds_per_page(len(server.db.fold_instances(number)))
@@ -869,6 +869,50 @@ async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
         **page.as_json(),
     }
     return Reply(True, listings.run_text(number, header, shown, page), data)
+
+
+@command(
+    "delete_run <N>",
+    "delete a run that is over: its folder and its history (asks for confirmation)",
+)
+async def _delete_run(cmds: AdminCommands, request: Request) -> Reply:
+    word = request.words[1] if len(request.words) == 2 else ""
+    number = whole_number(word, MAX_RUN_NUMBER)
+    if not number:
+        raise CommandError(
+            f"usage: delete_run <N>  (N is a whole number from 1 to {MAX_RUN_NUMBER})"
+        )
+    server = cmds.server
+    refusal = server.deletion_refusal(number)
+    if refusal:
+        raise CommandError(refusal)
+    size_bytes = await asyncio.to_thread(server.store.run_bytes, number)
+    size = megabytes(size_bytes)
+    question = confirm.delete_run(number, size, _history(server, number))
+    asked = ask_first(request, question)
+    if asked is not None:
+        return asked
+    left = await server.delete_run(number)
+    text = f"Deleted run {number} ({size})." + (f"\n{left}" if left else "")
+    return Reply(True, text, {"run_number": number, "bytes": size_bytes, "left": left})
+
+
+def megabytes(size: int) -> str:
+    """``412.5 MB``: how a run's size is said (decimal megabytes, as the log says models)."""
+    return f"{size / 1e6:.1f} MB"
+
+
+def _history(server: FLServer, number: int) -> str:
+    """What the state database holds of a run, as the question before its deletion says."""
+    record = server.db.get_run(number)
+    if record is None:
+        return "It has no history in the state database: it never trained."
+    ended = record.status + (f": {record.reason}" if record.reason else "")
+    app = f" of {record.app}" if record.app else ""
+    return (
+        f"Its history: {record.next_round - record.start_round} completed round(s){app} "
+        f"({ended}), each site's results and the cross-site results."
+    )
 
 
 @command("list_apps [page]", "the apps uploaded to the server, with size and hash", read_only=True)

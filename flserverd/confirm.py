@@ -3,11 +3,11 @@
 The server decides, in one place, which commands ask (``shutdown`` always,
 as in Clara; ``abort`` when the admin sits at a console that confirms
 stops, see :class:`Confirmation`; ``start server fresh`` when the run has
-trained before) and says what will happen from its own picture at that
-moment: which sites are training and stop, which move on to cross-site
-validation instead, which are idle and are left alone, what a fresh start
-deletes. The console shows this text as it is; ``fltui --cmd`` prints it
-before its ``Are you sure (Y/N):``.
+trained before; ``delete_run`` always) and says what will happen from its
+own picture at that moment: which sites are training and stop, which move
+on to cross-site validation instead, which are idle and are left alone,
+what a fresh start or a deletion deletes. The console shows this text as it
+is; ``fltui --cmd`` prints it before its ``Are you sure (Y/N):``.
 """
 
 from __future__ import annotations
@@ -183,6 +183,28 @@ def start_fresh(run_number: int, rounds_done: int, ended: str) -> Confirmation:
         warning,
         "Start fresh",
         acts_on=("start server fresh", str(run_number)),
+    )
+
+
+def delete_run(run_number: int, size: str, history: str) -> Confirmation:
+    """What ``delete_run`` throws away: the run's folder (``size``, as the reply will say it)
+    and its ``history`` (a line saying what the state database holds of it)."""
+    lines = [
+        f"run_{run_number}/ ({size}): its models, metrics.jsonl, TensorBoard files, the "
+        "apps deployed for it and the sites' models shared for cross-site validation.",
+        history,
+    ]
+    warning = (
+        f"This cannot be undone: copy run_{run_number}/ away first if you may need it. The "
+        "audit keeps the record of the commands that made and deleted it."
+    )
+    return Confirmation(
+        f"Delete: run {run_number}",
+        "This deletes:",
+        lines,
+        warning,
+        "Delete",
+        acts_on=("delete_run", str(run_number), size),
     )
 
 

@@ -13,6 +13,7 @@
     <workspace>/run_<N>/.spool/            uploads in flight (deleted at start)
     <workspace>/run_<N>/.spool/round_<r>/  accepted updates of round r, until it is aggregated
     <workspace>/run_<N>/mlflow_run.json    the MLflow run this run logs to (flserverd.tracking)
+    <workspace>/state/deleting/run_<N>.<hex>/  a deleted run's folder, until it is removed
 
 Models are only ever replaced by rename (or a hard link renamed into place),
 so a reader or a crash sees either the old file or the new one.
@@ -25,6 +26,8 @@ import json
 import logging
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 GLOBAL_MODEL = "global_model.safetensors"
 BEST_MODEL = "best_global_model.safetensors"
 SPOOL_DIR = ".spool"
+DELETING_DIR = "deleting"
+"""Subfolder of ``state/`` that a deleted run's folder is renamed into before it is removed:
+the server's own, where neither a run nor an app's MLflow store may be (flcore.serverpaths)."""
 
 
 class RunStore:
@@ -47,6 +53,7 @@ class RunStore:
         self.workspace = workspace
         self.transfer = workspace / "transfer"
         self.transfer.mkdir(exist_ok=True)
+        self.deleting = workspace / "state" / DELETING_DIR
 
     def run_dir(self, run_number: int) -> Path:
         """The folder of run N (``run_N``)."""
@@ -90,21 +97,47 @@ class RunStore:
         """Files and bytes in a run's spool now: uploads being received and accepted updates
         waiting for their round's aggregation (creates nothing; safe from any thread)."""
         files = size = 0
-        folders = [self.run_dir(run_number) / SPOOL_DIR]
-        while folders:
-            try:
-                with os.scandir(folders.pop()) as entries:
-                    for entry in entries:
-                        # An entry may go meanwhile: a file folded, a round's folder dropped.
-                        with contextlib.suppress(FileNotFoundError):
-                            if entry.is_dir(follow_symlinks=False):
-                                folders.append(Path(entry.path))
-                                continue
-                            size += entry.stat(follow_symlinks=False).st_size
-                            files += 1
-            except FileNotFoundError:
-                continue
+        for info in _files(self.run_dir(run_number) / SPOOL_DIR):
+            size += info.st_size
+            files += 1
         return files, size
+
+    def run_bytes(self, run_number: int) -> int:
+        """Bytes run N's folder holds: each file once, however many names it has (the global
+        models are hard links to round models), links not followed; safe from any thread."""
+        sizes = {
+            (info.st_dev, info.st_ino): info.st_size for info in _files(self.run_dir(run_number))
+        }
+        return sum(sizes.values())
+
+    def aside_problem(self, run_number: int) -> str:
+        """Why run N's folder cannot be taken away in one rename ("" when it can, or when the
+        run has no folder): the server removes only folders of its own, inside the workspace."""
+        folder = self.run_dir(run_number)
+        if folder.is_symlink():
+            return (
+                f"run_{run_number} is a link to {os.readlink(folder)}, not a folder of the "
+                "server's own: remove the link (and what it leads to, if you mean to) by hand"
+            )
+        if folder.is_dir() and folder.stat().st_dev != self.deleting.parent.stat().st_dev:
+            return (
+                f"run_{run_number} is on another file system than the server's state/ folder, "
+                "so it cannot be taken away in one step: remove it by hand"
+            )
+        return ""
+
+    def set_aside(self, run_number: int) -> Path | None:
+        """Take run N's folder away in one rename, into ``state/deleting/``, where it waits to
+        be removed (off the server's loop; a start removes what a crash left there); None when
+        the run has no folder. Nothing else of the workspace moves."""
+        folder = self.run_dir(run_number)
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        self.deleting.mkdir(exist_ok=True)
+        target = self.deleting / f"{folder.name}.{uuid.uuid4().hex}"
+        os.rename(folder, target)
+        fsync_dir(self.workspace)
+        return target
 
     def keep_update(self, run_number: int, round_number: int, instance: str, spool: Path) -> Path:
         """Move an accepted update's spool file into its round's folder, where it waits to be
@@ -136,6 +169,13 @@ class RunStore:
             *self.workspace.glob("run_*/*/.*.old"),
         ):
             restore_interrupted(previous.with_name(previous.name[1 : -len(".old")]))
+        for folder in self.deleting.glob("run_*"):
+            try:
+                shutil.rmtree(folder)
+            except OSError as exc:
+                log.warning("could not remove %s, a deleted run's folder: %s", folder, exc)
+            else:
+                log.info("removed %s, a deleted run's folder a stop had left", folder)
         for folder in (
             *self.workspace.glob(f"run_*/{SPOOL_DIR}"),
             *self.transfer.glob(".upload-*"),
@@ -215,6 +255,23 @@ class RunStore:
     def tensorboard_dir(self, run_number: int) -> Path:
         """Folder of the TensorBoard event files of a run."""
         return self.run_dir(run_number) / "tb"
+
+
+def _files(folder: Path) -> Iterator[os.stat_result]:
+    """What ``os.lstat`` says of every file under ``folder`` (links are not followed); an
+    entry that goes meanwhile (a file folded, a round's folder dropped) is left out."""
+    folders = [folder]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append(Path(entry.path))
+                        else:
+                            yield entry.stat(follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
 
 
 def _ends_with_newline(handle: BinaryIO) -> bool:

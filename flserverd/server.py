@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+from flcore import faultpoints
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
 from flcore.certlife import EndingPeers
@@ -56,6 +58,7 @@ from flcore.startup import STARTUP_DIR, ServerStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import Manifest, TensorFile, TensorFileError
 from flserverd.admins import AdminLogin, AdminLogins
+from flserverd.confirm import listing
 from flserverd.crossval import CrossValidation
 from flserverd.events import BusLogHandler, EventBus
 from flserverd.links import ClientLink, call_all
@@ -558,6 +561,86 @@ class FLServer:
     def known_run(self, run_number: int) -> bool:
         """Whether a run number from a peer names a run of this server."""
         return run_number > 0 and self.store.run_dir(run_number).is_dir()
+
+    def has_run(self, run_number: int) -> bool:
+        """Whether run N is on this server: its folder, or its record."""
+        return self.known_run(run_number) or self.db.get_run(run_number) is not None
+
+    def deletion_refusal(self, number: int) -> str:
+        """Why run ``number`` may not be deleted now ("" when it may). Only a run that is
+        over goes: not the current one (the next deploy, start or resume uses it), and not
+        one a site still trains or validates (its uploads and reports would be refused)."""
+        if not self.has_run(number) and not self.store.run_dir(number).is_symlink():
+            return f"there is no run {number} on this server (list_runs lists them)"
+        then = "and set another run number (set_run_number <N>) before deleting it"
+        training = self.training_for(number)
+        if number == self.run_number and self.starting:
+            return f"run {number} is starting training: abort it (abort server) {then}"
+        if training is not None and training.active:
+            return f"run {number} is training: abort it (abort server) {then}"
+        if number == self.run_number and self._resuming is not None and not self._resuming.done():
+            return (
+                f"run {number} waits to be resumed ({self.resume_fault}): free space on the "
+                f"server, let it resume, abort it (abort server) {then}"
+            )
+        if number == self.run_number:
+            return (
+                f"run {number} is the current run: set another run number first "
+                "(set_run_number <N>), then delete it"
+            )
+        crossval = self._crossvals.get(number)
+        sites = sorted(
+            {
+                c.instance
+                for c in self.registry.clients()
+                if c.status.run_number == number and c.status.status in st.ACTIVE
+            }
+            | (crossval.validating if crossval is not None else set())
+        )
+        if sites:
+            return (
+                f"sites still train or validate run {number} (cross-site validation): "
+                f"{listing(sites)}; wait until they are done, or stop them (abort client "
+                "<instance>...), then delete it"
+            )
+        return self.store.aside_problem(number)
+
+    async def delete_run(self, number: int) -> str:
+        """Delete run ``number``, or raise CommandError saying why it may not go now.
+
+        Its history leaves the state database first, in one transaction;
+        then its folder is renamed aside at once and removed in a thread, so
+        a crash leaves either a folder without history (listed, and deleted
+        again) or a renamed folder the next start removes, never history
+        naming files that are gone. Returns what could not be removed ("":
+        everything was); the run is gone either way.
+        """
+        refusal = self.deletion_refusal(number)
+        if refusal:
+            raise CommandError(refusal)
+        rows = self.db.delete_run(number)
+        self._crossvals.pop(number, None)
+        try:
+            aside = self.store.set_aside(number)
+        except OSError as exc:
+            log.error("run %d: history deleted, its folder not moved aside: %s", number, exc)
+            raise CommandError(
+                f"run {number}'s history is deleted, but its folder could not be moved aside "
+                f"({exc.strerror or exc}): delete_run {number} again removes it"
+            ) from None
+        faultpoints.reached(faultpoints.SERVER_DELETE_RUN)
+        log.info("run %d deleted: %d rows of its history, and its folder", number, rows)
+        if aside is None:
+            return ""
+        try:
+            await asyncio.to_thread(shutil.rmtree, aside)
+        except OSError as exc:
+            log.warning("run %d: %s not removed: %s", number, aside, exc)
+            return (
+                f"Part of its folder could not be removed ({exc.strerror or exc}); the server "
+                f"removes {aside} at its next start."
+            )
+        return ""
 
     def _forget_settled_crossvals(self, current: int) -> None:
         """Hold in memory the cross-site validations of the current run and of runs still

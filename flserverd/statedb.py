@@ -10,10 +10,11 @@ survive kill -9.
 
 What is kept for how long (docs/operations.md, "What the state database
 keeps"): a run's rounds, fold records and cross-site results are its history
-(``show_run``, ``validate``) and go only when the run starts over; fold records
-of a round that will never be committed go when the run ends; registrations
-and the client states beside them go with the client; the audit, the
-certificates seen and the revoked names are never deleted.
+(``show_run``, ``validate``) and go only when the run starts over or is
+deleted (``delete_run``, with its record); fold records of a round that will
+never be committed go when the run ends; registrations and the client states
+beside them go with the client; the audit, the certificates seen and the
+revoked names are never deleted.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ UNCOMMITTED_FOLDS = "DELETE FROM folded WHERE run_number=? AND round>=? AND roun
 """Fold records of a run's training rounds from its round pointer on (run, next_round,
 num_rounds): rounds not committed, whose sums died with a process or with the run. Reports on
 the final model are recorded as round num_rounds and are not among them."""
+RUN_HISTORY = ("round_metrics", "folded", "validation")
+"""The tables that hold a run's history beside its record, each by its ``run_number``."""
 GET_RUN = (
     "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
     " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
@@ -471,14 +474,15 @@ class StateDB:
         """A run trained again from its start: its metrics, folds and cross-site results are
         forgotten and ``run`` is its record, in one transaction, so that a crash leaves
         either the old run whole or the new one."""
-        number = run.run_number
-        self._write(
-            [
-                ("DELETE FROM round_metrics WHERE run_number=?", (number,)),
-                ("DELETE FROM folded WHERE run_number=?", (number,)),
-                ("DELETE FROM validation WHERE run_number=?", (number,)),
-                self._run_upsert(run),
-            ]
+        self._write([*_forget_history(run.run_number), self._run_upsert(run)])
+
+    def delete_run(self, run_number: int) -> int:
+        """Forget a run: its record, rounds, fold records and cross-site results, in one
+        transaction (the audit keeps the commands that made and deleted it); returns the rows
+        deleted. The caller removes its folder only after this: a crash between the two leaves
+        a folder without history, never history naming files that are gone."""
+        return self._write(
+            [*_forget_history(run_number), ("DELETE FROM runs WHERE run_number=?", (run_number,))]
         )
 
     def is_folded(self, run_number: int, round_number: int, instance: str) -> bool:
@@ -676,6 +680,14 @@ class StateDB:
         """(name, since, by_user) of every name revoked here, oldest first."""
         rows = self._db.execute("SELECT name, since, by_user FROM revoked_names ORDER BY since")
         return [(str(r[0]), float(r[1]), str(r[2])) for r in rows]
+
+
+def _forget_history(run_number: int) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements that delete a run's rounds, fold records and cross-site results."""
+    return [
+        (f"DELETE FROM {table} WHERE run_number=?", (run_number,))  # noqa: S608 (RUN_HISTORY)
+        for table in RUN_HISTORY
+    ]
 
 
 def _run_record(row: tuple[Any, ...]) -> RunRecord:

@@ -15,6 +15,7 @@ import shlex
 COMMAND_NAMES = (
     "abort",
     "check_status",
+    "delete_run",
     "deploy",
     "help",
     "list_admins",

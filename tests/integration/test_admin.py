@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -162,6 +164,71 @@ def test_set_run_number_reuse_keeps_logs(cluster: Cluster) -> None:
     ):
         (outcome,) = cluster.admin(bad)
         assert not outcome.ok and outcome.text.startswith("usage: set_run_number <N>")
+
+
+def run_history_rows(cluster: Cluster, run_number: int) -> int:
+    """Rows the state database holds of a run (its record, rounds, folds, cross-site cells)."""
+    counted = 0
+    with sqlite3.connect(cluster.root / "server" / "state" / "flserverd.sqlite3") as db:
+        for table in ("runs", "round_metrics", "folded", "validation"):
+            query = f"SELECT count(*) FROM {table} WHERE run_number=?"  # noqa: S608 (names above)
+            counted += db.execute(query, (run_number,)).fetchone()[0]
+    return counted
+
+
+def test_an_old_run_is_deleted_with_its_history_and_a_deletion_cut_short_ends_at_the_start(
+    cluster: Cluster,
+) -> None:
+    """The workspace grew with every run and nothing removed one. The second deletion is cut
+    short by a kill after the history went and the folder was renamed aside."""
+    server = cluster.server(fault="kill:server.delete_run@2")
+    cluster.client("flclient1")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=1, min_num_clients=1, wait_after_min_clients=0)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    finished(cluster)
+    workspace = cluster.root / "server"
+    assert run_history_rows(cluster, 1) > 0 and (workspace / "run_1" / "models").is_dir()
+
+    result = fltui(cluster, "--yes", "--cmd", "delete_run 1")
+    assert result.returncode == 1
+    assert "run 1 is the current run: set another run number first" in result.stdout
+    cluster.ok("set_run_number 2")
+    result = fltui(
+        cluster, "--yes", "--cmd", "delete_run 7", "--cmd", "delete_run x", "--cmd", "delete_run 2"
+    )
+    assert result.returncode == 1
+    assert "there is no run 7 on this server (list_runs lists them)" in result.stdout
+    assert "usage: delete_run <N>  (N is a whole number from 1 to" in result.stdout
+    assert "run 2 is the current run" in result.stdout
+    result = fltui(cluster, "--yes", "--cmd", "delete_run 1", user=MEMBER)
+    assert result.returncode == 1 and "permission denied" in result.stdout
+    result = fltui(cluster, "--cmd", "delete_run 1")  # a script must say yes
+    assert result.returncode == 1
+    assert "delete_run cancelled: needs confirmation: add --yes" in result.stdout
+    assert (workspace / "run_1").is_dir() and run_history_rows(cluster, 1) > 0
+
+    rows_before = audit_rows(cluster)
+    result = fltui(cluster, "--yes", "--cmd", "delete_run 1")
+    assert result.returncode == 0, result.stdout
+    assert re.search(r"^Deleted run 1 \(\d+\.\d MB\)\.$", result.stdout, re.MULTILINE)
+    assert not (workspace / "run_1").exists() and run_history_rows(cluster, 1) == 0
+    assert (workspace / "run_2").is_dir() and (workspace / "transfer" / "digits_fedavg").is_dir()
+    assert list((workspace / "state" / "deleting").iterdir()) == []
+    assert [r["run_number"] for r in cluster.ok("list_runs").data["runs"]] == [2]
+    assert audit_since(cluster, rows_before)[0] == (ADMIN, "delete_run 1", True)
+
+    cluster.ok("set_run_number 3")
+    result = fltui(cluster, "--yes", "--cmd", "delete_run 2")
+    assert result.returncode == 2  # the server was killed before it answered
+    assert server.wait(30) == -signal.SIGKILL
+    (aside,) = (workspace / "state" / "deleting").iterdir()
+    assert aside.name.startswith("run_2.") and not (workspace / "run_2").exists()
+    server.arm("").restart(SERVER_READY)
+    assert list((workspace / "state" / "deleting").iterdir()) == []
+    assert [r["run_number"] for r in cluster.ok("list_runs").data["runs"]] == [3]
+    assert "a deleted run's folder a stop had left" in server.log()
 
 
 def test_a_site_keeps_the_apps_of_its_newest_runs_only(

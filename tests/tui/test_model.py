@@ -99,6 +99,9 @@ def test_a_member_may_run_only_read_only_commands() -> None:
     assert refusal("check_status", "member") is None
     assert refusal("set_timeout", "member") is None
     assert refusal("abort", "super") is None
+    assert refusal("delete_run", "member") == (
+        "member role: read-only (delete_run needs the super role)"
+    )
 
 
 def test_logs_are_bounded_and_a_resubscription_does_not_repeat_them() -> None:
@@ -164,6 +167,8 @@ def test_health_and_ages_read_as_glyph_word_and_tone() -> None:
         ("validate ", "validate all"),
         ("start_mgpu client 2 f", "start_mgpu client 2 flclient1"),
         ("set_run_number 1", None),
+        ("dele", "delete_run"),
+        ("delete_run 3", None),
         ("nonsense", None),
     ],
 )
