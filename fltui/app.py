@@ -38,6 +38,7 @@ from flcore.listingrecords import apps_page
 from fltui.connection import CONNECTED, CONNECTING, DISCONNECTED, SHUT_DOWN, Connection
 from fltui.messages import OpenWizard, Reconnect, RunCommand, ShowValidation
 from fltui.privatefiles import deliver_privately
+from fltui.screens.commandkeys import show_holding
 from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.login import LoginScreen
@@ -181,14 +182,16 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
     def hold_keys(self) -> Callable[[], None]:
         """Hold every key read from now on, in order, until the returned release is called.
 
-        A command key opens its dialog from a worker, a moment (or, for ``d``,
-        a reply from the server) later; keys typed meanwhile would reach the
-        dashboard as hotkeys (``a↓⏎`` moved the cursor and opened a client
+        A key opens its dialog from a worker, a moment (or, for ``d`` and
+        ``v``, a reply from the server) later; keys typed meanwhile would reach
+        the dashboard as hotkeys (``a↓⏎`` moved the cursor and opened a client
         before the picker came). The key's binding holds the keys, as it is
         read; the dialog releases them once it has the focus, and the worker
-        when it ends without one. Released keys are handled here, on the app's
-        queue, before any key read after the release: none overtakes another.
-        Releasing a hold that has been released, or replaced, does nothing.
+        when it ends without one. A dialog that another follows holds them
+        again as its answer is read. Released keys are handled here, on the
+        app's queue, before any key read after the release: none overtakes
+        another. Releasing a hold that has been released, or replaced, does
+        nothing.
         """
         held: list[events.Key] = []
         self._held = held
@@ -496,17 +499,21 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
     # ------------------------------------------------------------------ screens
 
     @on(ShowValidation)
-    def _show_validation(self) -> None:
-        self.validation()
+    def _show_validation(self, message: ShowValidation) -> None:
+        self.validation(message.release)
 
     @work(group=COMMANDS, exit_on_error=False, description="the validation matrix")
-    async def validation(self) -> None:
-        """Run ``validate all`` and show the matrix."""
-        reply = await self.run_command("validate all", quiet=True)
-        if reply is not None:
-            failure = "" if reply.ok else reply.text
-            screen = ValidationScreen(reply.data, self.store.run.run_number, failure)
-            await self.push_screen_wait(screen)
+    async def validation(self, release: Callable[[], None]) -> None:
+        """Run ``validate all`` and show the matrix, handing it the keys typed meanwhile
+        (``release``), or handing them on without one."""
+        try:
+            reply = await self.run_command("validate all", quiet=True)
+            if reply is not None:
+                failure = "" if reply.ok else reply.text
+                screen = ValidationScreen(reply.data, self.store.run.run_number, failure)
+                await show_holding(self, screen, release)
+        finally:
+            release()
 
     @on(OpenWizard)
     def open_wizard(self) -> None:

@@ -9,6 +9,8 @@ with ``@on`` handlers; tests can post them too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from textual.message import Message
 
 
@@ -21,7 +23,12 @@ class RunCommand(Message):
 
 
 class ShowValidation(Message):
-    """Run ``validate all`` and show the matrix."""
+    """Run ``validate all`` and show the matrix; ``release`` hands on the keys typed after
+    ``v``, held for the matrix, once it has the focus (or at once when there is none)."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        super().__init__()
+        self.release = release
 
 
 class OpenWizard(Message):

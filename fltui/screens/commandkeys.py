@@ -6,7 +6,10 @@ anything is stopped and sends it in a worker of its own, so the next key
 never cancels a reply still on its way. The dialogs open from workers, so
 the keys typed after a command key are held until its dialog has the focus
 (:meth:`CommandKeys.open_dialog`): they answer the dialog, never the
-dashboard behind it. :meth:`CommandKeys.check_action` dims the keys that
+dashboard behind it. A flow of two dialogs (``d``: the app, then where)
+holds them again as the first is answered (:class:`KeyHold`), and ``v``
+holds them for the matrix the app shows once the server has worked it out
+(:func:`show_holding`). :meth:`CommandKeys.check_action` dims the keys that
 cannot work now, so a member, a console without a connection, or a run with
 nothing deployed shows them greyed out; pressing one says why in the status
 line instead of doing nothing.
@@ -15,10 +18,11 @@ line instead of doing nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from textual import events
-from textual.screen import ModalScreen, Screen
+from textual.app import App
+from textual.screen import Screen
 
 from fladmin.client import TIMEOUT_RULE, parse_timeout
 from flcore import status as st
@@ -59,6 +63,43 @@ class HoldsKeys(Protocol):
 
 def no_keys_held() -> None:
     """The release of an app that cannot hold keys: nothing to hand on."""
+
+
+class KeyHold:
+    """The keys held for one command key, from the key to its last dialog.
+
+    The key holds the keys read after it, and its dialog takes them once it
+    has the focus. A dialog that another follows (``d``'s app picker, then
+    its target picker) holds them again as its answer is read: the keys
+    typed after that answer wait for the next dialog instead of reaching the
+    dashboard in between, as hotkeys.
+    """
+
+    def __init__(self, app: object) -> None:
+        """Hold the keys ``app`` reads from now on (nothing, for an app that cannot)."""
+        self._app = app
+        self._release: Callable[[], None] = no_keys_held
+        self.again()
+
+    def again(self) -> None:
+        """Hold the keys read from now on: a dialog was answered, the next is on its way."""
+        app = self._app
+        self._release = app.hold_keys() if isinstance(app, HoldsKeys) else no_keys_held
+
+    def release(self) -> None:
+        """Hand the held keys on, to where the focus is (a dialog, once it has it)."""
+        self._release()
+
+
+async def show_holding(
+    app: App[Any], screen: Screen[AnswerT], release: Callable[[], None]
+) -> AnswerT:
+    """Show ``screen`` and wait for it to be dismissed; ``release`` hands it the keys held
+    for it once it has the focus (a screen focuses its widget as it resumes, before the
+    callbacks queued after). Must run in a worker."""
+    answer = app.push_screen(screen, wait_for_dismiss=True)
+    screen.call_later(release)
+    return await answer
 
 
 def check_positive_int(value: str) -> str | None:
@@ -108,7 +149,7 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         self.apps = apps
         self.ask = ask
         self.state = ConsoleState()
-        self._release_keys = no_keys_held
+        self._keys = KeyHold(None)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Dim what cannot run now: server commands while disconnected, changes for members,
@@ -157,42 +198,53 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
 
         Called from the key's binding, as the key is read: every key after it
         waits until the dialog has the focus (:meth:`_answer`), or until the
-        worker ends without one, and then goes where the focus is.
+        worker ends without one, and then goes where the focus is. A picker
+        that another follows holds them again as it is answered (:meth:`_pick`).
         """
-        release = self.app.hold_keys() if isinstance(self.app, HoldsKeys) else no_keys_held
-        self._release_keys = release
+        keys = self._keys = KeyHold(self.app)
 
         async def holding() -> None:
             try:
                 await dialog()
             finally:
-                release()
+                keys.release()
 
         self.run_worker(
             holding(), group=DIALOGS, exclusive=True, exit_on_error=False, description=what
         )
 
-    async def _answer(self, dialog: ModalScreen[AnswerT]) -> AnswerT:
-        """Show ``dialog`` and wait for its answer; the held keys go to it once it has the
-        focus (a screen focuses its widget as it resumes, before the callbacks queued after)."""
-        answer = self.app.push_screen(dialog, wait_for_dismiss=True)
-        dialog.call_later(self._release_keys)
-        return await answer
+    def open_screen(self, screen: Screen[Any], what: str) -> None:
+        """Show ``screen`` (``what`` names it), holding the keys typed meanwhile for it."""
 
-    async def _pick(self, title: str, choices: list[Choice], careful: bool = False) -> str | None:
+        async def showing() -> None:
+            await self._answer(screen)
+
+        self.open_dialog(showing, what)
+
+    async def _answer(self, dialog: Screen[AnswerT]) -> AnswerT:
+        """Show ``dialog`` and wait for its answer; the held keys go to it."""
+        return await show_holding(self.app, dialog, self._keys.release)
+
+    async def _pick(
+        self, title: str, choices: list[Choice], careful: bool = False, leads_on: bool = False
+    ) -> str | None:
+        """Pick one of ``choices``; ``leads_on`` when another dialog follows a choice."""
         if not choices:
             return None
-        return await self._answer(ChoiceScreen(title, choices, careful=careful))
+        then = self._keys.again if leads_on else None
+        return await self._answer(ChoiceScreen(title, choices, careful=careful, then=then))
 
     async def _pick_target(self, verb: str, careful: bool = False) -> str | None:
         choices = target_choices(self.store, self._targets(), careful=careful)
         return await self._pick(f"{verb} on", choices, careful)
 
-    async def _pick_app(self, title: str, apps: Sequence[str], none: str) -> str | None:
+    async def _pick_app(
+        self, title: str, apps: Sequence[str], none: str, leads_on: bool = False
+    ) -> str | None:
         if not apps:
             self.say(none)
             return None
-        return await self._pick(title, [Choice(app, app) for app in apps])
+        return await self._pick(title, [Choice(app, app) for app in apps], leads_on=leads_on)
 
     async def _server_apps(self) -> list[str] | None:
         """The apps uploaded to the server, every page of them (None: it did not answer,
@@ -236,7 +288,7 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         if apps is None:
             return
         none = "no apps on the server yet: u uploads one from your transfer/ folder"
-        app = await self._pick_app("Deploy which app (on the server)?", apps, none)
+        app = await self._pick_app("Deploy which app (on the server)?", apps, none, leads_on=True)
         target = await self._pick_target(f"Deploy {app}") if app else None
         if app and target:
             self.send(f"deploy {app} {target}")
@@ -292,8 +344,9 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
             self.send(f"set_timeout {seconds}")
 
     def action_validate(self) -> None:
-        """Ask the app for the validation matrix."""
-        self.post_message(ShowValidation())
+        """Ask the app for the validation matrix; the keys typed meanwhile wait for it (the
+        server works it out first)."""
+        self.post_message(ShowValidation(KeyHold(self.app).release))
 
     def key_help(self) -> list[tuple[str, str, str]]:
         """Key, action and what it does, for every documented key of this screen."""
@@ -315,4 +368,4 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         if not self.app.is_screen_installed(name):
             keys = [(key, text) for key, _, text in self.key_help()]
             self.app.install_screen(HelpScreen(keys), name)
-        self.app.push_screen(name)
+        self.open_screen(self.app.get_screen(name), "the help")

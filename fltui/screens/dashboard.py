@@ -83,7 +83,7 @@ class DashboardScreen(CommandKeys):
         # dialog (CommandKeys.open_dialog).
         Binding("colon", "command_line", "Command", key_display=":", priority=True),
         Binding("slash", "filter", "Filter", key_display="/", priority=True),
-        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("question_mark", "help", "Help", key_display="?", priority=True),
         Binding("q", "app.quit", "Quit"),
         Binding("r", "reconnect", "Reconnect"),
         Binding("u", "upload", "Upload", priority=True),
@@ -92,13 +92,13 @@ class DashboardScreen(CommandKeys):
         Binding("a", "abort", "Abort", priority=True),
         Binding("x", "shutdown", "Shutdown", priority=True),
         Binding("n", "run_number", "Run #", priority=True),
-        Binding("v", "validate", "Validate"),
+        Binding("v", "validate", "Validate", priority=True),
         Binding("t", "timeout", "Timeout", priority=True),
         Binding("p", "provision", "Provision"),
         Binding("l", "site_logs", "Logs", show=False),
         Binding("z", "zoom", "Zoom", show=False),
         Binding("y", "copy_token", "Copy token", show=False),
-        Binding("c", "columns", "Columns", show=False),
+        Binding("c", "columns", "Columns", show=False, priority=True),
         Binding("escape", "escape", "Back", show=False),
         *(Binding(key, f"focus_pane('{key}')", f"Pane {key}", show=False) for key in PANES),
     ]
@@ -480,7 +480,7 @@ class DashboardScreen(CommandKeys):
         columns = [
             (c.key, c.label, c.key not in table.hidden) for c in COLUMNS if c.key != "instance"
         ]
-        self.app.push_screen(ColumnsScreen(columns, table.toggle_column))
+        self.open_screen(ColumnsScreen(columns, table.toggle_column), "the columns dialog")
 
     def action_command_line(self) -> None:
         """Open the command line."""

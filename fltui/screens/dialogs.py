@@ -106,19 +106,49 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(event.button.id == "confirm-ok")
 
 
-class ChoiceScreen(ModalScreen[str | None]):
-    """Pick one of a few choices (an app, a target)."""
+MOVES = {
+    "up": "cursor_up",
+    "down": "cursor_down",
+    "home": "first",
+    "end": "last",
+    "pageup": "page_up",
+    "pagedown": "page_down",
+}
+"""The picker's keys that move the highlight, and the option list's actions for them."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel")]
+
+class ChoiceScreen(ModalScreen[str | None]):
+    """Pick one of a few choices (an app, a target).
+
+    Its keys act as the app reads them (priority bindings), in the order
+    they were typed: an ``enter`` typed ahead answers with the choice the
+    keys before it highlighted, and a picker that another follows (``then``)
+    holds the keys after that ``enter`` for the next one. The option list's
+    own bindings act only once a key has come back up to the app, when the
+    keys behind it have gone to this picker too, to be lost as it closes.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "dismiss(None)", "Cancel", priority=True),
+        Binding("enter", "choose", "Choose", priority=True),
+        *(Binding(key, f"move('{to}')", show=False, priority=True) for key, to in MOVES.items()),
+    ]
 
     def __init__(
-        self, title: str, choices: Sequence[Choice], hint: str = "", careful: bool = False
+        self,
+        title: str,
+        choices: Sequence[Choice],
+        hint: str = "",
+        careful: bool = False,
+        then: Callable[[], None] | None = None,
     ) -> None:
-        """Offer ``choices``: the first is highlighted, or none when ``careful``."""
+        """Offer ``choices``: the first is highlighted, or none when ``careful``; ``then`` is
+        called as a choice is made, before the picker closes (another dialog follows)."""
         super().__init__()
         self._title = title
         self._choices = list(choices)
         self._careful = careful
+        self._then = then
         default = "↑ ↓ to pick, then enter" if careful else "enter to choose"
         self._hint = hint or f"{default} · esc to cancel"
 
@@ -138,9 +168,26 @@ class ChoiceScreen(ModalScreen[str | None]):
         if self._careful:
             self.query_one("#choice-list", OptionList).highlighted = None
 
+    def action_move(self, to: str) -> None:
+        """Move the highlight (``to`` names the option list's action)."""
+        getattr(self.query_one("#choice-list", OptionList), f"action_{to}")()
+
+    def action_choose(self) -> None:
+        """Answer with the highlighted choice (nothing highlighted: no answer)."""
+        highlighted = self.query_one("#choice-list", OptionList).highlighted
+        if highlighted is not None:
+            self._choose(highlighted)
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
-        """Answer with the chosen value."""
-        self.dismiss(self._choices[int(event.option.id or 0)].value)
+        """A click answers too."""
+        self._choose(event.option_index)
+
+    def _choose(self, index: int) -> None:
+        if not self.is_current:  # answered already (a click and a key, both read)
+            return
+        if self._then is not None:
+            self._then()
+        self.dismiss(self._choices[index].value)
 
 
 class PromptScreen(ModalScreen[str | None]):

@@ -37,7 +37,7 @@ from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
 from fltui.widgets.logview import LogView
 from fltui.wizard.screen import WizardScreen
-from tests.tui.helpers import shown
+from tests.tui.helpers import screen_lines, shown
 from tests.tui.recorded import CLIENTS, LISTINGS, NOW, RUN, recorded_events
 
 MATRIX = {
@@ -526,6 +526,9 @@ def test_no_color_leaves_glyphs_and_words(tmp_path: Path, monkeypatch: pytest.Mo
         app, _ = console(tmp_path)
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
+            # The snapshot is drawn first; the heartbeats recorded after it (which move the
+            # server's clock on, making a site stale) come with a later flush.
+            await wait_for(pilot, lambda: any("◌ stale" in row for row in screen_lines(app)))
             return app.export_screenshot()
 
     svg = asyncio.run(scenario())

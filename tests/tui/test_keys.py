@@ -12,20 +12,25 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from textual.widgets import OptionList, SelectionList
+from textual.screen import Screen
+from textual.widgets import DataTable, OptionList, SelectionList
 
 from fladmin.client import CommandReply
 from flcore.feed import ClientRow, FeedEvent, Snapshot
 from fldev.poll import wait_for
 from fldev.replay import ReplayLink
 from fltui.app import ConsoleApp
+from fltui.screens.client import ClientScreen
 from fltui.screens.dialogs import ChoiceScreen, ColumnsScreen, ConfirmScreen
+from fltui.screens.help import HelpScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from fltui.widgets.commandline import CommandLine
+from fltui.widgets.logview import LogView
 from tests.tui.helpers import burst, queue, shown, typed
 from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, SERVER, recorded_events
 from tests.tui.test_console import console, ready, sent, stopped_run
@@ -182,6 +187,132 @@ def test_keys_typed_after_a_command_key_land_in_the_dialog_it_opens(
             await shown(pilot, app, ConfirmScreen)
             assert sent(link) == ["abort client flclient1"]
             assert app.dashboard.query_one(ClientsTable).selected == "flclient1"
+
+    asyncio.run(scenario())
+
+
+def screens_shown(app: ConsoleApp) -> list[Screen[Any]]:
+    """Every screen the app shows from now on, in turn (one shown briefly too)."""
+    seen: list[Screen[Any]] = []
+    app.screen_change_signal.subscribe(app, seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_through_the_deploy_flow_reach_each_picker_in_turn(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``d↓⏎↓⏎`` at once: the keys after the app picker's ``⏎`` reached the dashboard before
+    the target picker came; the last ``⏎`` opened a client's details over it, and nothing
+    was deployed. The whole deploy flow holds the keys: each picker gets its own, in order."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            burst(app, "d", "down", "enter", "down", "enter")  # the second app, all clients
+            await wait_for(pilot, lambda: len(link.sent) == 2, what="the deploy")
+            assert sent(link) == ["list_apps", "deploy digits_fedavg client"]
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            assert table.selected == "flclient1"
+            seen = screens_shown(app)
+            burst(app, "d", "enter", "escape", "down")  # esc cancels the target picker
+            await wait_for(pilot, lambda: table.selected == "flclient2", what="the cursor")
+            assert app.screen is app.dashboard and len(link.sent) == 3
+            assert not any(isinstance(s, ClientScreen) for s in seen)
+            assert sum(isinstance(s, ChoiceScreen) for s in seen) == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_after_v_wait_for_the_validation_matrix(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``v↓`` at once: ``↓`` moved the clients' cursor while the server worked out the
+    matrix, and ``vq`` quit the console instead of closing the matrix."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            burst(app, "v", "down")
+            matrix = await shown(pilot, app, ValidationScreen)
+            cells = matrix.query_one(DataTable)
+            await wait_for(pilot, lambda: cells.cursor_coordinate.row == 1, what="the cursor")
+            assert table.selected == "flclient1"
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            seen = screens_shown(app)
+            burst(app, "v", "q")  # q closes the matrix
+            await wait_for(pilot, lambda: len(link.sent) == 2)
+            await wait_for(
+                pilot,
+                lambda: (
+                    sum(isinstance(s, ValidationScreen) for s in seen) == 1
+                    and app.screen is app.dashboard
+                ),
+                what="the second matrix shown and closed",
+            )
+            assert app.is_running and sent(link) == ["validate all", "validate all"]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_after_c_land_in_the_columns_dialog(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``c↓␣d`` at once: ``d``, a key acted on as it is read, opened the deploy picker
+    (asking the server for its apps) before the columns dialog came. Every key after ``c``
+    goes to the dialog, where ``d`` means nothing."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            seen = screens_shown(app)
+            burst(app, "c", "down", " ", "d")
+            dialog = await shown(pilot, app, ColumnsScreen)
+            choices = dialog.query_one(SelectionList)
+            await wait_for(pilot, lambda: table.hidden, what="a column hidden")
+            assert table.hidden == {choices.get_option_at_index(1).value}
+            assert table.selected == "flclient1" and not table.marked
+            await pilot.press("space")
+            await wait_for(pilot, lambda: not table.hidden, what="the column shown again")
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            assert link.sent == []
+            assert not any(isinstance(s, ChoiceScreen) for s in seen)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_after_a_question_mark_land_in_the_help(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``?/x⎋`` at once: ``/`` opened the dashboard's log filter before the help came, the
+    rest went to the filter, and the help then stayed open."""
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            seen = screens_shown(app)
+            burst(app, "?", "/x", "escape")  # the help has no / and closes on esc
+            await wait_for(
+                pilot,
+                lambda: (
+                    any(isinstance(s, HelpScreen) for s in seen) and app.screen is app.dashboard
+                ),
+                what="the help shown and closed",
+            )
+            assert not app.dashboard.query_one("#filter").display
+            assert app.dashboard.query_one(LogView).filter_text == ""
 
     asyncio.run(scenario())
 
