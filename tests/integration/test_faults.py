@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from fldev.cluster import ADMIN, SERVER_READY, Cluster, Daemon
 from fldev.faultswitch import fault_spec
 from fldev.poll import wait_until
 from fldev.smalldisk import fill, free_some, free_up, small_disk
+from tests.integration.serverstate import counted, state_db
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -36,22 +36,6 @@ CLIENTS = ("flclient1", "flclient2")
 SITES = ("flclient1", "flclient2", "flclient3")
 """The server-kill cases train with three sites: with two, addition is commutative and the
 order updates are folded in could not change the bytes."""
-
-
-def state_db(cluster: Cluster) -> sqlite3.Connection:
-    return sqlite3.connect(cluster.root / "server" / "state" / "flserverd.sqlite3")
-
-
-def counted(cluster: Cluster, run_number: int = 1, final: bool = False) -> list[tuple[int, str]]:
-    """(round, instance) of every update the server counted, in order; with ``final``, of
-    every report on the final model (recorded as round num_rounds) instead."""
-    with state_db(cluster) as db:
-        rows = db.execute(
-            "SELECT round, instance FROM folded JOIN runs USING (run_number)"
-            " WHERE run_number=? AND (round >= num_rounds) = ? ORDER BY round, instance",
-            (run_number, final),
-        ).fetchall()
-    return [(int(r), str(i)) for r, i in rows]
 
 
 def round_pointer(cluster: Cluster, run_number: int = 1) -> int:

@@ -8,7 +8,6 @@ that every update is folded exactly once.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from fldev.cluster import ADMIN, Cluster, Daemon
 from fldev.mlpapp import APP_NAME, ModelSize, write_app
 from fldev.netproxy import FaultyLink
 from fldev.poll import wait_until
+from tests.integration.serverstate import counted
 from tests.integration.test_training import finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -37,25 +37,12 @@ def link() -> Iterator[FaultyLink]:
         yield faulty
 
 
-def folds(cluster: Cluster, run_number: int = 1) -> list[tuple[int, str]]:
-    """(round, instance) of every fold record of a run, in order."""
-    db = sqlite3.connect(cluster.root / "server" / "state" / "flserverd.sqlite3")
-    try:
-        rows = db.execute(
-            "SELECT round, instance FROM folded WHERE run_number=? ORDER BY round, instance",
-            (run_number,),
-        ).fetchall()
-    finally:
-        db.close()
-    return [(int(r), str(i)) for r, i in rows]
-
-
 def assert_every_update_once(cluster: Cluster, rounds: int) -> None:
     """Each round was aggregated from both sites, each folded exactly once."""
     rows = [r for r in cluster.metrics() if not r.get("final")]
     assert [r["round"] for r in rows] == list(range(rounds))
     assert all(r["clients"] == list(CLIENTS) for r in rows)
-    assert folds(cluster) == [(r, c) for r in range(rounds) for c in CLIENTS]
+    assert counted(cluster) == [(r, c) for r in range(rounds) for c in CLIENTS]
 
 
 def rounds_done(cluster: Cluster) -> int:
@@ -138,7 +125,7 @@ def test_a_cut_longer_than_the_retry_window_exits_3_and_the_restarted_client_rej
     )
     cluster.ok("abort server")
     rounds: dict[int, list[str]] = {}
-    for round_number, instance in folds(cluster):
+    for round_number, instance in counted(cluster):
         rounds.setdefault(round_number, []).append(instance)
     assert all(len(names) == len(set(names)) for names in rounds.values())
 
@@ -167,4 +154,4 @@ def test_a_round_completes_over_a_20_mbit_link(
     # The round's model went down and its update up through the link, at the limited rate.
     assert link.downstream_bytes > model_bytes and link.upstream_bytes > model_bytes
     assert row["duration_s"] > 2 * model_bytes / rate * 0.8
-    assert folds(cluster) == [(0, c) for c in CLIENTS]
+    assert counted(cluster) == [(0, c) for c in CLIENTS]
