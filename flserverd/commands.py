@@ -197,6 +197,15 @@ def _refusal(user: str, role: str, line: str) -> Reply | tuple[list[str], Spec]:
     return words, spec
 
 
+def _run_number_of(request: Request, name: str) -> int:
+    """The run number that ``name <N>`` names; CommandError with the usage otherwise."""
+    word = request.words[1] if len(request.words) == 2 else ""
+    number = whole_number(word, MAX_RUN_NUMBER)
+    if not number:
+        raise CommandError(f"usage: {name} <N>  (N is a whole number from 1 to {MAX_RUN_NUMBER})")
+    return number
+
+
 def whole_number(word: str, most: int) -> int | None:
     """``word`` as a whole number from 0 to ``most``; None when it is not one. ASCII digits
     only: ``int`` also reads other scripts' digits, which ``isdigit`` accepts in forms it
@@ -660,12 +669,7 @@ def _revocation_state(server: FLServer) -> dict[str, Any]:
 
 @command("set_run_number <N>", "select (and create) the run that training happens in")
 async def _set_run_number(cmds: AdminCommands, request: Request) -> Reply:
-    word = request.words[1] if len(request.words) == 2 else ""
-    number = whole_number(word, MAX_RUN_NUMBER)
-    if not number:
-        raise CommandError(
-            f"usage: set_run_number <N>  (N is a whole number from 1 to {MAX_RUN_NUMBER})"
-        )
+    number = _run_number_of(request, "set_run_number")
     existed = cmds.server.set_run_number(number)
     text = (
         f"Reuse the existing run folder: run_{number} (its models and logs are kept)"
@@ -876,12 +880,7 @@ async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
     "delete a run that is over: its folder and its history (asks for confirmation)",
 )
 async def _delete_run(cmds: AdminCommands, request: Request) -> Reply:
-    word = request.words[1] if len(request.words) == 2 else ""
-    number = whole_number(word, MAX_RUN_NUMBER)
-    if not number:
-        raise CommandError(
-            f"usage: delete_run <N>  (N is a whole number from 1 to {MAX_RUN_NUMBER})"
-        )
+    number = _run_number_of(request, "delete_run")
     server = cmds.server
     refusal = server.deletion_refusal(number)
     if refusal:

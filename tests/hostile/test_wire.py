@@ -54,6 +54,7 @@ from tests.hostile.payloads import (
     zip_bomb,
 )
 from tests.integration.test_training import finished, start_failure
+from tests.integration.test_upload_turns import update_header
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -252,14 +253,7 @@ def test_a_hostile_site_cannot_stop_a_run_or_lose_an_update(
             await control.write(fed_pb2.ClientMessage(heartbeat=fed_pb2.Heartbeat(status=status)))
 
             async def upload() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
-                header = fed_pb2.SubmitHeader(
-                    token=conn.token,
-                    run_number=1,
-                    round=0,
-                    kind=fed_pb2.UPLOAD_KIND_UPDATE,
-                    num_samples=10,
-                    manifest=huge_manifest(),
-                )
+                header = update_header(conn.token, huge_manifest())
                 yield fed_pb2.SubmitModelMessage(header=header)
                 chunk = common_pb2.TensorChunk(name="w", offset=0, data=bytes(1024 * 1024))
                 for _ in range(8):
@@ -268,14 +262,7 @@ def test_a_hostile_site_cannot_stop_a_run_or_lose_an_update(
             async def compressed(
                 chunk: common_pb2.TensorChunk,
             ) -> AsyncIterator[fed_pb2.SubmitModelMessage]:
-                header = fed_pb2.SubmitHeader(
-                    token=conn.token,
-                    run_number=1,
-                    round=0,
-                    kind=fed_pb2.UPLOAD_KIND_UPDATE,
-                    num_samples=10,
-                    manifest=manifest_to_proto(model.manifest),
-                )
+                header = update_header(conn.token, manifest_to_proto(model.manifest))
                 yield fed_pb2.SubmitModelMessage(header=header)
                 yield fed_pb2.SubmitModelMessage(chunk=chunk)
 
@@ -354,14 +341,7 @@ def test_a_hostile_site_cannot_keep_an_upload_forge_log_lines_flood_reports_or_w
             )
 
             async def empty_chunks() -> AsyncIterator[fed_pb2.SubmitModelMessage]:
-                header = fed_pb2.SubmitHeader(
-                    token=conn.token,
-                    run_number=1,
-                    round=0,
-                    kind=fed_pb2.UPLOAD_KIND_UPDATE,
-                    num_samples=10,
-                    manifest=manifest_to_proto(model.manifest),
-                )
+                header = update_header(conn.token, manifest_to_proto(model.manifest))
                 yield fed_pb2.SubmitModelMessage(header=header)
                 empty = common_pb2.TensorChunk(name=first.name, offset=0)
                 while True:

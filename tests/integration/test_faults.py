@@ -475,6 +475,16 @@ def test_a_full_server_disk_pauses_training_and_loses_nothing(
         server.kill()
 
 
+def start_and_fill_while_downloading(cluster: Cluster, site: Daemon, workspace: Path) -> None:
+    """Start the run; the site (held at its second download) finds its disk full and pauses."""
+    cluster.ok("start server")
+    cluster.ok("start client")
+    cluster.held("client.download")
+    fill(workspace)
+    cluster.release("client.download")
+    site.wait_log(r"training paused: client disk full: ")
+
+
 @pytest.mark.usefixtures("mountable")
 def test_a_full_client_disk_pauses_that_site_only(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster()
@@ -487,12 +497,7 @@ def test_a_full_client_disk_pauses_that_site_only(make_cluster: Callable[..., Cl
         cluster.prepare_run(
             1, num_rounds=5000, min_num_clients=1, max_num_clients=2, wait_after_min_clients=30
         )
-        cluster.ok("start server")
-        cluster.ok("start client")
-        cluster.held("client.download")
-        fill(workspace)
-        cluster.release("client.download")
-        site.wait_log(r"training paused: client disk full: ")
+        start_and_fill_while_downloading(cluster, site, workspace)
         row = wait_until(
             lambda: (
                 (r := client_statuses(cluster)["flclient2"])["status"] == "training paused" and r
@@ -568,12 +573,7 @@ def test_a_child_started_again_on_a_disk_still_short_of_room_pauses_the_site_aga
         cluster.ok("upload_folder digits_custom")
         cluster.ok("deploy digits_custom server")
         cluster.ok("deploy digits_custom client")
-        cluster.ok("start server")
-        cluster.ok("start client")
-        cluster.held("client.download")
-        fill(workspace)
-        cluster.release("client.download")
-        site.wait_log(r"training paused: client disk full: ")
+        start_and_fill_while_downloading(cluster, site, workspace)
         (child,) = cluster.worker_pids()
         os.kill(child, signal.SIGKILL)
         wait_until(lambda: not cluster.worker_pids(), 30, "the training process to end")

@@ -13,6 +13,7 @@ import pytest
 
 from flclientd.connection import Connection
 from flcore.federation import MachineInfo, SubmitOutcome
+from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.proto.gen import flstack_federation_pb2 as fed_pb2
 from flcore.startup import load_client
 from flcore.tensorfile import Manifest, TensorFile
@@ -71,16 +72,21 @@ def test_a_client_sends_no_chunk_before_its_turn(cluster: Cluster, tmp_path: Pat
     assert outcome is SubmitOutcome.ACCEPTED
 
 
-async def upload_with_turn(conn: Connection, manifest: Manifest) -> Upload:
-    """An update's header, sent as a client does, once the server gave it its turn."""
-    header = fed_pb2.SubmitHeader(
-        token=conn.token,
+def update_header(token: str, manifest: common_pb2.ModelManifest) -> fed_pb2.SubmitHeader:
+    """The header of round 0's update of run 1, 10 samples, as a client sends it."""
+    return fed_pb2.SubmitHeader(
+        token=token,
         run_number=1,
         round=0,
         kind=fed_pb2.UPLOAD_KIND_UPDATE,
         num_samples=10,
-        manifest=manifest_to_proto(manifest),
+        manifest=manifest,
     )
+
+
+async def upload_with_turn(conn: Connection, manifest: Manifest) -> Upload:
+    """An update's header, sent as a client does, once the server gave it its turn."""
+    header = update_header(conn.token, manifest_to_proto(manifest))
     call: Upload = conn.stub.SubmitModel()
     await call.write(fed_pb2.SubmitModelMessage(header=header))
     metadata = await asyncio.wait_for(call.initial_metadata(), 30)
