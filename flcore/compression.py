@@ -48,6 +48,10 @@ from flcore.tensorfile import (
 MAX_DECODED_CHUNK = 4 * CHUNK_BYTES
 """What one received chunk may decode to: a sender's chunk holds at most ``CHUNK_BYTES`` of the
 tensor as stored; this leaves room and bounds what a peer makes the receiver allocate."""
+MIN_CHUNK = 64 * 1024
+"""What a received chunk decodes to at least, but the last of its tensor: a sender cuts each
+tensor into chunks of ``CHUNK_BYTES``, and a peer sending a value at a time held its transfer
+(and its slot) for as many decoding steps as the model has values."""
 INT8_LEVELS = 255
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -229,7 +233,8 @@ def decode(spec: TensorSpec, chunk: WireChunk) -> bytes:
 def receive(spool: SpoolWriter, chunk: WireChunk) -> int:
     """Decode a received chunk and append it to a spool (which checks it as any chunk);
     returns the bytes it stood for. TensorFileError for a chunk that is wrong, among them
-    an empty one but of a tensor of zero bytes and one more than the model can come in."""
+    an empty one but of a tensor of zero bytes, a short one but a tensor's last, and one
+    more than the model can come in."""
     spool.arrived(chunk.name, chunk.offset, not chunk.data)
     if not chunk.data:
         return 0
@@ -238,6 +243,11 @@ def receive(spool: SpoolWriter, chunk: WireChunk) -> int:
     if size > room:
         raise TensorFileError(
             f"tensor {spec.name!r}: chunk runs past the declared size of {spec.nbytes} bytes"
+        )
+    if size < min(MIN_CHUNK, room):
+        raise TensorFileError(
+            f"tensor {spec.name!r}: a chunk of {size} bytes at byte {chunk.offset} that does "
+            f"not end the tensor; a chunk holds at least {MIN_CHUNK} bytes but a tensor's last"
         )
     spool.write(chunk.name, chunk.offset, decode(spec, chunk))
     return size

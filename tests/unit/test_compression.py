@@ -14,6 +14,7 @@ import safetensors.numpy
 from flcore import wire
 from flcore.compression import (
     MAX_DECODED_CHUNK,
+    MIN_CHUNK,
     WireChunk,
     WireCompression,
     bf16_bits,
@@ -251,12 +252,29 @@ def test_a_model_comes_in_at_most_one_chunk_per_value_and_one_per_tensor(
     assert manifest.most_chunks == 6
     values = np.arange(4, dtype=np.float32).tobytes()
     spool = SpoolWriter(tmp_path / "u.safetensors", manifest)
-    for offset in range(0, 16, 4):  # one value a chunk, compressed to one byte each
-        receive(spool, encode(manifest.tensors[0], offset, values[offset : offset + 4], INT8))
-    receive(spool, WireChunk("e", 0, b""))
-    receive(spool, WireChunk("e", 0, b""))
+    receive(spool, encode(manifest.tensors[0], 0, values, INT8))
+    for _ in range(5):  # the empty tensor's chunk, again and again
+        receive(spool, WireChunk("e", 0, b""))
     with pytest.raises(TensorFileError, match="more than 6 chunks for a model of 4 values in 2"):
         receive(spool, WireChunk("e", 0, b""))
+    spool.discard()
+
+
+def test_a_short_chunk_must_end_its_tensor(tmp_path: Path) -> None:
+    """A peer sending a value at a time held its transfer, and a slot, for as many decoding
+    steps as the model has values: but a tensor's last, a chunk stands for 64 KiB at least
+    (as stored: a compressed one is smaller on the wire)."""
+    values = np.arange(MIN_CHUNK // 4 + 1, dtype=np.float32).tobytes()
+    spec = TensorSpec("w", "F32", (len(values) // 4,))
+    spool = SpoolWriter(tmp_path / "u.safetensors", Manifest((spec,)))
+    with pytest.raises(
+        TensorFileError, match="tensor 'w': a chunk of 65532 bytes at byte 0 that does not end"
+    ):
+        receive(spool, WireChunk("w", 0, values[: MIN_CHUNK - 4]))
+    spool.discard()
+    spool = SpoolWriter(tmp_path / "u.safetensors", Manifest((spec,)))
+    assert receive(spool, encode(spec, 0, values[:MIN_CHUNK], INT8)) == MIN_CHUNK
+    assert receive(spool, WireChunk("w", MIN_CHUNK, values[MIN_CHUNK:])) == 4
     spool.discard()
 
 
