@@ -451,7 +451,7 @@ async def two_manifests(
 ) -> AsyncIterator[fed_pb2.ModelMessage]:
     """A download that names the model again after its first chunk."""
     yield fed_pb2.ModelMessage(manifest=MANIFEST)
-    yield fed_pb2.ModelMessage(chunk=common_pb2.TensorChunk(name="w", data=bytes(8)))
+    yield fed_pb2.ModelMessage(chunk=common_pb2.TensorChunk(name="w", data=bytes(16)))
     yield fed_pb2.ModelMessage(manifest=MANIFEST)
 
 
