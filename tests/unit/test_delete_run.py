@@ -391,6 +391,38 @@ def test_the_history_goes_first_and_a_folder_left_without_it_is_deleted_again(
         )
         assert (await confirmed(cmds, "delete_run 2")).ok
         assert not (tmp_path / "run_2").exists()
+        assert audited(server) == [
+            ("delete_run 2", False),
+            ("list_runs", True),
+            ("delete_run 2", True),
+        ]
+
+    on_server(tmp_path, scenario)
+
+
+def test_the_deletion_is_in_the_audit_once_its_history_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit was written once the command answered: a server killed after the history
+    went (before the folder moved, or before it answered) had no record of the deletion.
+    Entries a full disk kept waiting go first, in order."""
+    seen: list[list[tuple[str, bool]]] = []
+    set_aside = RunStore.set_aside
+
+    async def scenario(server: FLServer, cmds: AdminCommands) -> None:
+        def killed_here(store: RunStore, number: int) -> Path | None:
+            seen.append(audited(server))  # what a kill at this moment leaves in the audit
+            return set_aside(store, number)
+
+        finished_run(server, 2)
+        server.set_run_number(3)
+        cmds._unwritten.append((1.0, "other@lead.org", "list_runs", True))
+        with monkeypatch.context() as patch:
+            patch.setattr(RunStore, "set_aside", killed_here)
+            assert (await confirmed(cmds, "delete_run 2")).ok
+        assert seen == [[("list_runs", True), ("delete_run 2", True)]]
+        assert audited(server) == [("list_runs", True), ("delete_run 2", True)]
+        assert cmds._unwritten == []
 
     on_server(tmp_path, scenario)
 
