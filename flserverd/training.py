@@ -181,15 +181,22 @@ class RoundState:
 
     def mean_metrics(self) -> dict[str, float]:
         """Sample-weighted mean of every metric reported this round, summed in instance
-        order (like the updates) so that a repeated run gives the same numbers."""
+        order (like the updates) so that a repeated run gives the same numbers. A metric
+        only sites of weight 0 reported (final validations by sites without training
+        samples) is their plain mean: it was measured, and has nothing else to weigh it."""
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
+        plain: dict[str, list[float]] = {}
         for instance in sorted(self.reports):
             metrics, weight = self.reports[instance]
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
                 weights[key] = weights.get(key, 0.0) + weight
-        means = {key: sums[key] / weight for key, weight in weights.items() if weight > 0}
+                plain.setdefault(key, []).append(value)
+        means = {
+            key: sums[key] / weight if weight > 0 else math.fsum(plain[key]) / len(plain[key])
+            for key, weight in weights.items()
+        }
         # Finite reports times their weights may overflow: such a mean says nothing, and an
         # infinite best value would never be beaten again.
         return {key: mean for key, mean in means.items() if math.isfinite(mean)}
@@ -600,7 +607,8 @@ class Training:
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
     ) -> Verdict:
         """Record a client's validation of the final global model: of a site it was offered
-        to (one that trains the run), weighted by a sample count an update could have."""
+        to (one that trains the run), weighted by a sample count an update could have, or by
+        none (0 samples: docs/operations.md, "Apps")."""
         if self.run.phase != PHASE_FINAL_VALIDATION or round_number != self.run.num_rounds:
             return Verdict(
                 SubmitOutcome.LATE, "final validation is not in progress; metrics discarded"
@@ -613,8 +621,11 @@ class Training:
                 f"{instance} does not take part in run {self.run.run_number}; its validation "
                 "of the final model is not counted",
             )
+        # A site with no training samples of its own (it holds validation data only, or its
+        # training set is empty) still validated the final model on its data: its report is
+        # recorded with a weight of 0, not refused (the run then waited for its timeout).
         refused = refused_weight(num_samples, "validation of the final model")
-        if refused is not None:
+        if refused is not None and num_samples != 0:
             return refused
         try:
             self._db.record_folded(
@@ -631,7 +642,7 @@ class Training:
 
     def _count_final(self, instance: str, metrics: dict[str, float], num_samples: int) -> None:
         self.final_reports[instance] = num_samples
-        self._final.add_metrics(instance, metrics, float(max(num_samples, 1)))
+        self._final.add_metrics(instance, metrics, float(num_samples))
 
     def _progress(self) -> None:
         """Decide whether the round (or final validation) is complete."""

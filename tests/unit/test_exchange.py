@@ -530,6 +530,43 @@ def test_the_final_model_s_validation_counts_from_a_site_of_the_run_with_a_weigh
     on_server(tmp_path, scenario)
 
 
+def test_a_site_without_training_samples_is_counted_in_the_final_validation_with_no_weight(
+    tmp_path: Path,
+) -> None:
+    """Its report on the final model was refused, and the run waited for the final
+    validation's timeout for a report it would never take."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=1, min_num_clients=1, wait_after_min_clients=0)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        training.client_ready("site-a")
+        training.client_ready("site-b")  # validation data only: it sends no update
+        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
+            SubmitOutcome.ACCEPTED
+        )
+        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+
+        def final(site: str, metrics: dict[str, float], samples: int) -> Verdict:
+            report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", metrics, samples)
+            return exchange.accept_metrics(site, report)
+
+        assert final("site-b", {"acc": 0.0, "only_b": 0.25}, 0) == (
+            SubmitOutcome.ACCEPTED,
+            "final validation metrics accepted",
+        )
+        assert training.active and training.awaited() == ["site-a"]
+        assert final("site-a", {"acc": 0.8}, 5).outcome is SubmitOutcome.ACCEPTED
+        await wait_until_async(lambda: not training.active, 10, "the run to end")
+        assert training.run.reason == st.FINISHED
+        last = server.db.round_records(RUN)[-1]
+        assert last.final and last.clients == ["site-a", "site-b"]
+        assert last.metrics == {"acc": 0.8, "only_b": 0.25}
+        assert sorted(server.db.fold_instances(RUN)) == ["site-a", "site-b"]
+
+    on_server(tmp_path, scenario)
+
+
 def test_check_metrics_bounds_names_and_values() -> None:
     assert check_metrics({"val_accuracy": 0.5, "val/mean dice-2.5": 0.1}) is None
     assert "must be 1-64 letters" in (check_metrics({"": 1.0}) or "")
