@@ -818,6 +818,14 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
         training = server.active_training()
         if training is None or not server.abort_training(reason):
             raise CommandError("the server is not training")
+        number = training.run.run_number
+        if training.run.reason == st.FINISHED:
+            return Reply(
+                True,
+                f"Run {number} had already finished (its final validation is recorded); "
+                "nothing was aborted.",
+                {"run_number": number, "round": training.current_round, "finished": True},
+            )
         return Reply(
             True,
             f"Server training aborted: run {training.run.run_number} stopped at round "

@@ -461,7 +461,10 @@ class FLServer:
         completed round, with the settings of the app deployed now."""
         number = record.run_number
         again = f"start server fresh trains run {number} again from round {config.start_round}"
-        if record.reason == st.FINISHED:
+        last = self.db.round_records(number, last=1)
+        # An older server recorded an abort that came after the final result as the end.
+        final = bool(last) and last[0].final and last[0].round == record.num_rounds
+        if record.reason == st.FINISHED or final:
             raise CommandError(
                 f"run {number} finished all its rounds: {again} (replacing its models and "
                 "metrics), or set_run_number <N> starts a new run"

@@ -268,8 +268,7 @@ class Training:
         registered have all reported is finished now."""
         if not self.active or self.run.phase != PHASE_FINAL_VALIDATION:
             return
-        last = self.history[-1] if self.history else None
-        if last is not None and last.final and last.round == self.run.num_rounds:
+        if self.final_committed:
             log.info(
                 "run %d: its final validation was recorded before the server stopped; the run "
                 "ends without asking the sites again",
@@ -278,6 +277,13 @@ class Training:
             self._end(st.STOPPED, st.FINISHED)
         elif self.final_reports:
             self._progress()
+
+    @property
+    def final_committed(self) -> bool:
+        """Whether the final validation's result is in the state database: the run has
+        finished, whatever stops it before its end is recorded."""
+        last = self.history[-1] if self.history else None
+        return last is not None and last.final and last.round == self.run.num_rounds
 
     def _aggregator(self, round_number: int) -> Aggregator:
         """The aggregator the app's config asks for, for a round (files opened when used)."""
@@ -949,8 +955,20 @@ class Training:
             self._end(st.STOPPED, st.FINISHED)
 
     def abort(self, reason: str = "aborted by admin") -> None:
-        """Stop the run now; the last completed round's model stays on disk."""
-        if self.active:
+        """Stop the run now; the last completed round's model stays on disk. A run whose
+        final result was committed (its files being written, its end not recorded yet) has
+        finished, and ends so: recorded as aborted, a later start offered to continue it at
+        its final validation, and then ended it at once as finished."""
+        if not self.active:
+            return
+        if self.final_committed:
+            log.info(
+                "run %d: %s came after its final result; the run has finished",
+                self.run.run_number,
+                reason,
+            )
+            self._end(st.STOPPED, st.FINISHED)
+        else:
             self._end(st.STOPPED, reason)
 
     def _end(self, status: str, reason: str) -> None:
