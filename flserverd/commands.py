@@ -828,9 +828,8 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
             )
         return Reply(
             True,
-            f"Server training aborted: run {training.run.run_number} stopped at round "
-            f"{training.current_round}.",
-            {"run_number": training.run.run_number, "round": training.current_round},
+            f"Server training aborted: run {number} stopped at round {training.current_round}.",
+            {"run_number": number, "round": training.current_round},
         )
     return await cmds.per_client(request, clients, "abort", {})
 

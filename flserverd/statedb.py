@@ -122,10 +122,9 @@ UNCOMMITTED_FOLDS = "DELETE FROM folded WHERE run_number=? AND round>=? AND roun
 num_rounds): rounds not committed, whose sums died with a process or with the run. Reports on
 the final model are recorded as round num_rounds and are not among them."""
 RUN_HISTORY = ("round_metrics", "folded", "validation")
-
+"""The tables that hold a run's history beside its record, each by its ``run_number``."""
 AuditEntry = tuple[float, str, str, bool]
 """One admin command in the audit: when it ran, who ran it, its line, whether it succeeded."""
-"""The tables that hold a run's history beside its record, each by its ``run_number``."""
 GET_RUN = (
     "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
     " best_value, failed_sites, reason, failures, metric, started_at, ended_at"

@@ -957,8 +957,8 @@ class Training:
     def abort(self, reason: str = "aborted by admin") -> None:
         """Stop the run now; the last completed round's model stays on disk. A run whose
         final result was committed (its files being written, its end not recorded yet) has
-        finished, and ends so: recorded as aborted, a later start offered to continue it at
-        its final validation, and then ended it at once as finished."""
+        finished, and ends so: recorded as aborted, a later start offered to continue it "at
+        the final validation" and then ended it at once as finished."""
         if not self.active:
             return
         if self.final_committed:
