@@ -36,6 +36,7 @@ from flserverd.confirm import Confirmation
 from flserverd.registry import RegisteredClient
 from flserverd.revocation import CLOCK_SLACK_S, RevocationError, minute_after, when
 from flserverd.server import DEPARTURE_WAIT_S, CommandError, Enforced, FLServer
+from flserverd.statedb import AuditEntry
 from flserverd.transfer import (
     FileChunk,
     TransferError,
@@ -79,6 +80,9 @@ class Reply:
     data: dict[str, Any] = field(default_factory=dict)
     confirm_prompt: str = ""
     then: Callable[[], None] | None = None
+    audit_id: int = 0
+    """The audit row the command wrote in the transaction that carried it out (``delete_run``):
+    it is not written again, and it says failed when the reply does."""
 
     @cached_property
     def data_json(self) -> str:
@@ -102,6 +106,8 @@ class Request:
     """The admin sits at a console that confirms whatever stops training."""
     answered: str = ""
     """The digest of the question a confirmation answers (empty: an older client's)."""
+    line: str = ""
+    """The command line as the admin sent it (what the audit records)."""
 
 
 Handler = Callable[["AdminCommands", Request], Awaitable[Reply]]
@@ -248,7 +254,7 @@ class AdminCommands:
         shutdowns) each see the state the other one left."""
         self._turns: set[asyncio.Future[Reply]] = set()
         """Commands under way in their turn, kept until they end (their admin may be gone)."""
-        self._unwritten: list[tuple[float, str, str, bool]] = []
+        self._unwritten: list[AuditEntry] = []
         """Audit entries a full disk kept out of the state database, oldest first."""
 
     async def execute(
@@ -273,9 +279,31 @@ class AdminCommands:
     def _audited(self, user: str, line: str, reply: Reply) -> Reply:
         """``reply``, once the command it answers is in the audit trail (a question asked
         first is not: nothing ran)."""
-        if not reply.confirm_prompt:
+        if reply.confirm_prompt:
+            return reply
+        if not reply.audit_id:
             self.audit(user, line, reply.ok)
+            return reply
+        if not reply.ok:
+            try:
+                self.server.db.audit_failed(reply.audit_id)
+            except sqlite3.Error as exc:
+                fault = disk_fault(exc)
+                if fault is None:
+                    raise
+                log.error("the audit keeps %r as carried out: server %s", line, fault)
+        self._announce(user, clip(line, MAX_LINE), reply.ok)
         return reply
+
+    def audit_entries_with(self, request: Request) -> list[AuditEntry]:
+        """What a command writes to the audit in the transaction that carries it out: the
+        entries a full disk kept waiting, then its own, as succeeding (:meth:`_audited`
+        marks it failed when its reply is). Once written, :meth:`audit_written`."""
+        return [*self._unwritten, (time.time(), request.user, clip(request.line, MAX_LINE), True)]
+
+    def audit_written(self) -> None:
+        """The entries of :meth:`audit_entries_with` are in the state database."""
+        self._unwritten.clear()
 
     def audit(self, user: str, line: str, ok: bool) -> None:
         """Record an admin's command in the state database and the console's feed.
@@ -302,6 +330,10 @@ class AdminCommands:
             if len(self._unwritten) > 1:
                 log.info("%d audit entries kept in memory written", len(self._unwritten))
             self._unwritten.clear()
+        self._announce(user, line, ok)
+
+    def _announce(self, user: str, line: str, ok: bool) -> None:
+        """Tell the admins' feed and the log that a command ran (it is in the audit)."""
         self.server.admins.ran(user, line, ok)
         self.server.bus.publish(CommandSeen(user, line, ok))
         log.info("admin %s ran %r: %s", user, line, "ok" if ok else "failed")
@@ -377,7 +409,9 @@ class AdminCommands:
         if isinstance(refusal, Reply):
             return self._audited(user, line, refusal)
         words, spec = refusal
-        request = Request(user, role, words, timeout, confirmed, attachment, interactive, answered)
+        request = Request(
+            user, role, words, timeout, confirmed, attachment, interactive, answered, line
+        )
         if spec.read_only or words[0] in INTERRUPTING:
             return await self._handle(spec, request, line)
         return await self._in_turn(lambda: self._changing(spec, request, line))
@@ -784,11 +818,18 @@ async def _abort(cmds: AdminCommands, request: Request) -> Reply:
         training = server.active_training()
         if training is None or not server.abort_training(reason):
             raise CommandError("the server is not training")
+        number = training.run.run_number
+        if training.run.reason == st.FINISHED:
+            return Reply(
+                True,
+                f"Run {number} had already finished (its final validation is recorded); "
+                "nothing was aborted.",
+                {"run_number": number, "round": training.current_round, "finished": True},
+            )
         return Reply(
             True,
-            f"Server training aborted: run {training.run.run_number} stopped at round "
-            f"{training.current_round}.",
-            {"run_number": training.run.run_number, "round": training.current_round},
+            f"Server training aborted: run {number} stopped at round {training.current_round}.",
+            {"run_number": number, "round": training.current_round},
         )
     return await cmds.per_client(request, clients, "abort", {})
 
@@ -891,9 +932,14 @@ async def _delete_run(cmds: AdminCommands, request: Request) -> Reply:
     asked = ask_first(request, question)
     if asked is not None:
         return asked
-    left = await server.delete_run(number)
+    deletion = await server.delete_run(number, cmds.audit_entries_with(request))
+    cmds.audit_written()
+    if deletion.unmoved:
+        return Reply(False, deletion.unmoved, audit_id=deletion.audit_id)
+    left = deletion.left
     text = f"Deleted run {number} ({size})." + (f"\n{left}" if left else "")
-    return Reply(True, text, {"run_number": number, "bytes": size_bytes, "left": left})
+    data = {"run_number": number, "bytes": size_bytes, "left": left}
+    return Reply(True, text, data, audit_id=deletion.audit_id)
 
 
 def megabytes(size: int) -> str:

@@ -172,8 +172,11 @@ class CrossValidation:
     def accept_model(self, instance: str, spool: TensorFile) -> None:
         """Keep a participant's best local model (its content made durable by the caller) and
         offer it to the others. It is accepted once: after a power loss it must still be
-        there, whole, or the owner's resend would be a duplicate of a file that is not."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        there, whole, or the owner's resend would be a duplicate of a file that is not. The
+        run's folder must be there: one deleted meanwhile is not made again (the caller
+        refuses the model; this raises FileNotFoundError)."""
+        self.folder.parent.mkdir(exist_ok=True)
+        self.folder.mkdir(exist_ok=True)
         os.replace(spool.path, self.site_model(instance))
         fsync_dir(self.folder)
         self.declare(instance)

@@ -411,6 +411,9 @@ class ModelExchange:
                 return Verdict(SubmitOutcome.REJECTED, f"{_what(header.kind)} discarded: {revoked}")
             if header.kind is UploadKind.BEST_LOCAL:
                 await asyncio.to_thread(fsync_file, model.path)
+                deleted = self._deleted_meanwhile(header)
+                if deleted is not None:
+                    return deleted
                 self.server.crossval_for(header.run_number).accept_model(instance, model)
                 return Verdict(
                     SubmitOutcome.ACCEPTED, "local model accepted for cross-site validation"
@@ -422,6 +425,9 @@ class ModelExchange:
         except TensorFileError as exc:
             return Verdict(SubmitOutcome.REJECTED, str(exc))
         except OSError as exc:
+            deleted = self._deleted_meanwhile(header)
+            if deleted is not None:
+                return deleted  # its spool went with the run's folder
             fault = disk_fault(exc)
             if fault is None:
                 raise
@@ -433,6 +439,17 @@ class ModelExchange:
             # An accepted update's file was moved into its round (RunStore.keep_update).
             if spool is not None:
                 await asyncio.to_thread(spool.discard)
+
+    def _deleted_meanwhile(self, header: SubmitHeader) -> Verdict | None:
+        """The verdict on a local model whose run was deleted (``delete_run``) while it was
+        received: it is not kept, and the run's folder is not made again for it."""
+        if header.kind is not UploadKind.BEST_LOCAL or self.server.known_run(header.run_number):
+            return None
+        return Verdict(
+            SubmitOutcome.REJECTED,
+            f"run {header.run_number} was deleted from this server while the local model was "
+            "received; the model is not kept",
+        )
 
     def accept_metrics(self, instance: str, report: MetricsReport) -> Verdict:
         """A validation report: of the final global model, or one cross-site cell."""

@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -65,7 +65,7 @@ from flserverd.links import ClientLink, call_all
 from flserverd.registry import AuthError, ClientRegistry, Login, RegisteredClient
 from flserverd.revocation import CRL_STORE, Revocations
 from flserverd.runstore import RunStore
-from flserverd.statedb import RunRecord, StateDB
+from flserverd.statedb import AuditEntry, RunRecord, StateDB
 from flserverd.throttle import (
     LOG_LINE_BURST,
     LOG_LINES_PER_SECOND,
@@ -110,6 +110,18 @@ class Enforced(NamedTuple):
 
     clients: list[str]
     admins: list[str]
+
+
+@dataclass(frozen=True)
+class RunDeletion:
+    """What ``delete_run`` did once the run's history was gone."""
+
+    audit_id: int
+    """The audit row written with the history's deletion."""
+    left: str = ""
+    """What of its folder could not be removed (the next start removes it)."""
+    unmoved: str = ""
+    """Why its folder could not be moved aside: the command failed after the history went."""
 
 
 class FLServer:
@@ -449,7 +461,10 @@ class FLServer:
         completed round, with the settings of the app deployed now."""
         number = record.run_number
         again = f"start server fresh trains run {number} again from round {config.start_round}"
-        if record.reason == st.FINISHED:
+        last = self.db.round_records(number, last=1)
+        # An older server recorded an abort that came after the final result as the end.
+        final = bool(last) and last[0].final and last[0].round == record.num_rounds
+        if record.reason == st.FINISHED or final:
             raise CommandError(
                 f"run {number} finished all its rounds: {again} (replacing its models and "
                 "metrics), or set_run_number <N> starts a new run"
@@ -605,42 +620,48 @@ class FLServer:
             )
         return self.store.aside_problem(number)
 
-    async def delete_run(self, number: int) -> str:
+    async def delete_run(self, number: int, audit: list[AuditEntry]) -> RunDeletion:
         """Delete run ``number``, or raise CommandError saying why it may not go now.
 
-        Its history leaves the state database first, in one transaction;
-        then its folder is renamed aside at once and removed in a thread, so
-        a crash leaves either a folder without history (listed, and deleted
-        again) or a renamed folder the next start removes, never history
-        naming files that are gone. Returns what could not be removed ("":
-        everything was); the run is gone either way.
+        Its history leaves the state database first, in one transaction with
+        the ``audit`` entries that record the command; then its folder is
+        renamed aside at once and removed in a thread, so a crash leaves
+        either a folder without history (listed, and deleted again) or a
+        renamed folder the next start removes, never history naming files
+        that are gone, and never history gone without its deletion audited.
         """
         refusal = self.deletion_refusal(number)
         if refusal:
             raise CommandError(refusal)
-        rows = self.db.delete_run(number)
+        rows, audit_id = self.db.delete_run(number, audit)
         self._crossvals.pop(number, None)
         try:
             aside = self.store.set_aside(number)
         except OSError as exc:
             log.error("run %d: history deleted, its folder not moved aside: %s", number, exc)
-            raise CommandError(
-                f"run {number}'s history is deleted, but its folder could not be moved aside "
-                f"({exc.strerror or exc}): delete_run {number} again removes it"
-            ) from None
+            return RunDeletion(
+                audit_id,
+                unmoved=(
+                    f"run {number}'s history is deleted, but its folder could not be moved "
+                    f"aside ({exc.strerror or exc}): delete_run {number} again removes it"
+                ),
+            )
         faultpoints.reached(faultpoints.SERVER_DELETE_RUN)
         log.info("run %d deleted: %d rows of its history, and its folder", number, rows)
         if aside is None:
-            return ""
+            return RunDeletion(audit_id)
         try:
             await asyncio.to_thread(shutil.rmtree, aside)
         except OSError as exc:
             log.warning("run %d: %s not removed: %s", number, aside, exc)
-            return (
-                f"Part of its folder could not be removed ({exc.strerror or exc}); the server "
-                f"removes {aside} at its next start."
+            return RunDeletion(
+                audit_id,
+                left=(
+                    f"Part of its folder could not be removed ({exc.strerror or exc}); the "
+                    f"server removes {aside} at its next start."
+                ),
             )
-        return ""
+        return RunDeletion(audit_id)
 
     def _forget_settled_crossvals(self, current: int) -> None:
         """Hold in memory the cross-site validations of the current run and of runs still

@@ -123,6 +123,8 @@ num_rounds): rounds not committed, whose sums died with a process or with the ru
 the final model are recorded as round num_rounds and are not among them."""
 RUN_HISTORY = ("round_metrics", "folded", "validation")
 """The tables that hold a run's history beside its record, each by its ``run_number``."""
+AuditEntry = tuple[float, str, str, bool]
+"""One admin command in the audit: when it ran, who ran it, its line, whether it succeeded."""
 GET_RUN = (
     "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
     " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
@@ -476,14 +478,24 @@ class StateDB:
         either the old run whole or the new one."""
         self._write([*_forget_history(run.run_number), self._run_upsert(run)])
 
-    def delete_run(self, run_number: int) -> int:
-        """Forget a run: its record, rounds, fold records and cross-site results, in one
-        transaction (the audit keeps the commands that made and deleted it); returns the rows
-        deleted. The caller removes its folder only after this: a crash between the two leaves
-        a folder without history, never history naming files that are gone."""
-        return self._write(
-            [*_forget_history(run_number), ("DELETE FROM runs WHERE run_number=?", (run_number,))]
+    def delete_run(self, run_number: int, audit: list[AuditEntry]) -> tuple[int, int]:
+        """Forget a run: its record, rounds, fold records and cross-site results, and record
+        the ``audit`` entries (the command deleting it last), in one transaction: a process
+        killed once the history is gone has the command in the audit all the same. Returns
+        the history rows deleted and the id of the command's audit row. The caller removes
+        its folder only after this: a crash between the two leaves a folder without history,
+        never history naming files that are gone."""
+        rows = self._write(
+            [
+                *_forget_history(run_number),
+                ("DELETE FROM runs WHERE run_number=?", (run_number,)),
+                *_audit_inserts(audit),
+            ]
         )
+        # The audit insert was this connection's last, and nothing writes in between: the
+        # loop's thread owns the connection.
+        audit_id = int(self._db.execute("SELECT last_insert_rowid()").fetchone()[0])
+        return rows - len(audit), audit_id
 
     def is_folded(self, run_number: int, round_number: int, instance: str) -> bool:
         """Whether this (run, round, instance) update was already counted."""
@@ -623,16 +635,16 @@ class StateDB:
         """Record an admin command (run at ``at``, now by default)."""
         self.audit_entries([(time.time() if at is None else at, user, line, ok)])
 
-    def audit_entries(self, entries: list[tuple[float, str, str, bool]]) -> None:
+    def audit_entries(self, entries: list[AuditEntry]) -> None:
         """Record admin commands (time, user, line, ok), in this order, in one transaction."""
-        self._write(
-            [
-                ("INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)", (t, u, x, int(ok)))
-                for t, u, x, ok in entries
-            ]
-        )
+        self._write(_audit_inserts(entries))
 
-    def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, bool]]:
+    def audit_failed(self, audit_id: int) -> None:
+        """A command recorded as carried out with what it changed (``delete_run``) failed
+        after that: its one audit row says so."""
+        self._write([("UPDATE audit SET ok=0 WHERE id=?", (audit_id,))])
+
+    def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         """The most recent admin commands, newest last."""
         rows = self._db.execute(
             "SELECT time, user, line, ok FROM audit ORDER BY id DESC LIMIT ?", (limit,)
@@ -687,6 +699,13 @@ def _forget_history(run_number: int) -> list[tuple[str, tuple[Any, ...]]]:
     return [
         (f"DELETE FROM {table} WHERE run_number=?", (run_number,))  # noqa: S608 (RUN_HISTORY)
         for table in RUN_HISTORY
+    ]
+
+
+def _audit_inserts(entries: list[AuditEntry]) -> list[tuple[str, tuple[Any, ...]]]:
+    return [
+        ("INSERT INTO audit(time, user, line, ok) VALUES (?, ?, ?, ?)", (t, u, x, int(ok)))
+        for t, u, x, ok in entries
     ]
 
 

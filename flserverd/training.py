@@ -181,15 +181,22 @@ class RoundState:
 
     def mean_metrics(self) -> dict[str, float]:
         """Sample-weighted mean of every metric reported this round, summed in instance
-        order (like the updates) so that a repeated run gives the same numbers."""
+        order (like the updates) so that a repeated run gives the same numbers. A metric
+        only sites of weight 0 reported (final validations by sites without training
+        samples) is their plain mean: it was measured, and has nothing else to weigh it."""
         sums: dict[str, float] = {}
         weights: dict[str, float] = {}
+        plain: dict[str, list[float]] = {}
         for instance in sorted(self.reports):
             metrics, weight = self.reports[instance]
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + value * weight
                 weights[key] = weights.get(key, 0.0) + weight
-        means = {key: sums[key] / weight for key, weight in weights.items() if weight > 0}
+                plain.setdefault(key, []).append(value)
+        means = {
+            key: sums[key] / weight if weight > 0 else math.fsum(plain[key]) / len(plain[key])
+            for key, weight in weights.items()
+        }
         # Finite reports times their weights may overflow: such a mean says nothing, and an
         # infinite best value would never be beaten again.
         return {key: mean for key, mean in means.items() if math.isfinite(mean)}
@@ -261,8 +268,7 @@ class Training:
         registered have all reported is finished now."""
         if not self.active or self.run.phase != PHASE_FINAL_VALIDATION:
             return
-        last = self.history[-1] if self.history else None
-        if last is not None and last.final and last.round == self.run.num_rounds:
+        if self.final_committed:
             log.info(
                 "run %d: its final validation was recorded before the server stopped; the run "
                 "ends without asking the sites again",
@@ -271,6 +277,13 @@ class Training:
             self._end(st.STOPPED, st.FINISHED)
         elif self.final_reports:
             self._progress()
+
+    @property
+    def final_committed(self) -> bool:
+        """Whether the final validation's result is in the state database: the run has
+        finished, whatever stops it before its end is recorded."""
+        last = self.history[-1] if self.history else None
+        return last is not None and last.final and last.round == self.run.num_rounds
 
     def _aggregator(self, round_number: int) -> Aggregator:
         """The aggregator the app's config asks for, for a round (files opened when used)."""
@@ -600,7 +613,8 @@ class Training:
         self, instance: str, round_number: int, metrics: dict[str, float], num_samples: int
     ) -> Verdict:
         """Record a client's validation of the final global model: of a site it was offered
-        to (one that trains the run), weighted by a sample count an update could have."""
+        to (one that trains the run), weighted by a sample count an update could have, or by
+        none (0 samples: docs/operations.md, "Apps")."""
         if self.run.phase != PHASE_FINAL_VALIDATION or round_number != self.run.num_rounds:
             return Verdict(
                 SubmitOutcome.LATE, "final validation is not in progress; metrics discarded"
@@ -613,8 +627,11 @@ class Training:
                 f"{instance} does not take part in run {self.run.run_number}; its validation "
                 "of the final model is not counted",
             )
+        # A site with no training samples of its own (it holds validation data only, or its
+        # training set is empty) still validated the final model on its data: its report is
+        # recorded with a weight of 0, not refused (the run then waited for its timeout).
         refused = refused_weight(num_samples, "validation of the final model")
-        if refused is not None:
+        if refused is not None and num_samples != 0:
             return refused
         try:
             self._db.record_folded(
@@ -631,7 +648,7 @@ class Training:
 
     def _count_final(self, instance: str, metrics: dict[str, float], num_samples: int) -> None:
         self.final_reports[instance] = num_samples
-        self._final.add_metrics(instance, metrics, float(max(num_samples, 1)))
+        self._final.add_metrics(instance, metrics, float(num_samples))
 
     def _progress(self) -> None:
         """Decide whether the round (or final validation) is complete."""
@@ -938,8 +955,20 @@ class Training:
             self._end(st.STOPPED, st.FINISHED)
 
     def abort(self, reason: str = "aborted by admin") -> None:
-        """Stop the run now; the last completed round's model stays on disk."""
-        if self.active:
+        """Stop the run now; the last completed round's model stays on disk. A run whose
+        final result was committed (its files being written, its end not recorded yet) has
+        finished, and ends so: recorded as aborted, a later start offered to continue it "at
+        the final validation" and then ended it at once as finished."""
+        if not self.active:
+            return
+        if self.final_committed:
+            log.info(
+                "run %d: %s came after its final result; the run has finished",
+                self.run.run_number,
+                reason,
+            )
+            self._end(st.STOPPED, st.FINISHED)
+        else:
             self._end(st.STOPPED, reason)
 
     def _end(self, status: str, reason: str) -> None:

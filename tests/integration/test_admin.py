@@ -180,7 +180,8 @@ def test_an_old_run_is_deleted_with_its_history_and_a_deletion_cut_short_ends_at
     cluster: Cluster,
 ) -> None:
     """The workspace grew with every run and nothing removed one. The second deletion is cut
-    short by a kill after the history went and the folder was renamed aside."""
+    short by a kill after the history went and the folder was renamed aside: the audit has it
+    all the same."""
     server = cluster.server(fault="kill:server.delete_run@2")
     cluster.client("flclient1")
     cluster.configure("config_fed_client.json", local_epochs=1)
@@ -220,9 +221,12 @@ def test_an_old_run_is_deleted_with_its_history_and_a_deletion_cut_short_ends_at
     assert audit_since(cluster, rows_before)[0] == (ADMIN, "delete_run 1", True)
 
     cluster.ok("set_run_number 3")
+    rows_before = audit_rows(cluster)
     result = fltui(cluster, "--yes", "--cmd", "delete_run 2")
     assert result.returncode == 2  # the server was killed before it answered
     assert server.wait(30) == -signal.SIGKILL
+    # Recorded with the history's deletion, not once it answered.
+    assert audit_since(cluster, rows_before) == [(ADMIN, "delete_run 2", True)]
     (aside,) = (workspace / "state" / "deleting").iterdir()
     assert aside.name.startswith("run_2.") and not (workspace / "run_2").exists()
     server.arm("").restart(SERVER_READY)

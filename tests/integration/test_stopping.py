@@ -70,3 +70,26 @@ def test_abort_takes_effect_at_once_and_a_clean_shutdown_logs_no_error(cluster: 
         trouble = [line for line in daemon.log().splitlines() if TROUBLE.search(line)]
         assert trouble == [], f"{daemon.name}:\n" + "\n".join(trouble)
     assert "flclientd stopped" in one.log() and "flserverd stopped" in server.log()
+
+
+def test_an_abort_after_the_final_result_finds_the_run_finished(cluster: Cluster) -> None:
+    """An abort while the final result's files were written (the result committed, the run's
+    end not yet) recorded the run as aborted: start server then said it "continues run 1 at
+    the final validation", and ended it at once as finished."""
+    cluster.server(fault="hold:server.outputs@2")  # round 0's files, then the final result's
+    cluster.client("flclient1")
+    cluster.configure("config_fed_client.json", local_epochs=1)
+    cluster.prepare_run(1, num_rounds=1, min_num_clients=1, wait_after_min_clients=0)
+    cluster.ok("start server")
+    cluster.ok("start client")
+    cluster.held("server.outputs")
+    aborted = cluster.ok("abort server")
+    assert aborted.text == (
+        "Run 1 had already finished (its final validation is recorded); nothing was aborted."
+    )
+    cluster.release("server.outputs")
+    run = cluster.ok("check_status server").data["run"]
+    assert (run["server_status"], run["reason"]) == (st.STOPPED, st.FINISHED)
+    (again,) = cluster.admin("start server")
+    assert not again.ok and again.text.startswith("run 1 finished all its rounds: ")
+    assert cluster.metrics()[-1]["final"] is True

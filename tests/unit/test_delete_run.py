@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import safetensors.numpy
 
 from flcore import status as st
+from flcore.compression import WireChunk
 from flcore.federation import (
     GLOBAL_OWNER,
     MAX_RUN_NUMBER,
@@ -20,17 +22,21 @@ from flcore.federation import (
     MetricsKind,
     MetricsReport,
     SubmitOutcome,
+    UploadKind,
+    Verdict,
 )
 from flcore.identity import KIND_CLIENT, ROLE_MEMBER, ROLE_SUPER, Identity
 from flcore.status import ClientStatus
+from flcore.tensorfile import TensorFile
+from flserverd import exchange as exchange_module
 from flserverd import server as server_module
 from flserverd.commands import AdminCommands, Reply
 from flserverd.exchange import ModelExchange
 from flserverd.runstore import RunStore
 from flserverd.server import FLServer
 from flserverd.statedb import RoundSummary, RunRecord
-from tests.unit.serverparts import server_startup
-from tests.unit.test_exchange import train
+from tests.unit.serverparts import server_startup, upload
+from tests.unit.test_exchange import header, train
 from tests.unit.test_server_resume import APP, restarting_on_a_full_disk
 
 ADMIN = "admin@lead.org"
@@ -182,6 +188,66 @@ def test_a_deleted_run_takes_no_more_reports_or_models_and_is_not_made_again(
         assert verdict.outcome is SubmitOutcome.REJECTED
         assert verdict.message == "run 2 does not exist on this server"
         assert not (tmp_path / "run_2").exists() and server.db.validation_results(2) == []
+
+    on_server(tmp_path, scenario)
+
+
+@pytest.mark.parametrize("moment", ["streaming", "made durable"])
+def test_a_local_model_received_while_its_run_is_deleted_is_refused_and_makes_no_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """A site's model for cross-site validation already streaming when its run was deleted
+    made ``run_N/cross_site/sites`` again once it arrived (or failed with a file error)."""
+    local = tmp_path.parent / f"{tmp_path.name}-local.safetensors"
+    weights = {"w": np.ones(MODEL_BYTES // 4, dtype=np.float32)}
+    safetensors.numpy.save_file(weights, local)
+    model = TensorFile(local)
+    data = weights["w"].tobytes()
+    half = len(data) // 2
+
+    async def scenario(server: FLServer, cmds: AdminCommands) -> None:
+        finished_run(server, 2)
+        server.set_run_number(3)
+        server.crossval_for(2).declare("site-b")
+
+        async def delete() -> None:
+            assert (await confirmed(cmds, "delete_run 2")).ok
+            assert not (tmp_path / "run_2").exists()
+
+        async def chunks() -> AsyncIterator[WireChunk]:
+            yield WireChunk("w", 0, data[:half])
+            if moment == "streaming":
+                await delete()
+            yield WireChunk("w", half, data[half:])
+
+        loop = asyncio.get_running_loop()
+        durable = asyncio.Event()
+        deleted = threading.Event()
+
+        def fsync_while_deleted(path: Path) -> None:
+            loop.call_soon_threadsafe(durable.set)
+            assert deleted.wait(10)
+
+        async def upload_it() -> Verdict:
+            declared = header(model.manifest, UploadKind.BEST_LOCAL, run_number=2, round=-1)
+            return await upload(ModelExchange(server), "site-b", declared, chunks())
+
+        if moment == "made durable":
+            monkeypatch.setattr(exchange_module, "fsync_file", fsync_while_deleted)
+            receiving = asyncio.ensure_future(upload_it())
+            await asyncio.wait_for(durable.wait(), 10)
+            await delete()
+            deleted.set()
+            verdict = await asyncio.wait_for(receiving, 10)
+        else:
+            verdict = await asyncio.wait_for(upload_it(), 10)
+        assert verdict == Verdict(
+            SubmitOutcome.REJECTED,
+            "run 2 was deleted from this server while the local model was received; the model "
+            "is not kept",
+        )
+        assert not (tmp_path / "run_2").exists()
+        assert list(server.store.deleting.iterdir()) == []
 
     on_server(tmp_path, scenario)
 
@@ -391,6 +457,38 @@ def test_the_history_goes_first_and_a_folder_left_without_it_is_deleted_again(
         )
         assert (await confirmed(cmds, "delete_run 2")).ok
         assert not (tmp_path / "run_2").exists()
+        assert audited(server) == [
+            ("delete_run 2", False),
+            ("list_runs", True),
+            ("delete_run 2", True),
+        ]
+
+    on_server(tmp_path, scenario)
+
+
+def test_the_deletion_is_in_the_audit_once_its_history_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit was written once the command answered: a server killed after the history
+    went (before the folder moved, or before it answered) had no record of the deletion.
+    Entries a full disk kept waiting go first, in order."""
+    seen: list[list[tuple[str, bool]]] = []
+    set_aside = RunStore.set_aside
+
+    async def scenario(server: FLServer, cmds: AdminCommands) -> None:
+        def killed_here(store: RunStore, number: int) -> Path | None:
+            seen.append(audited(server))  # what a kill at this moment leaves in the audit
+            return set_aside(store, number)
+
+        finished_run(server, 2)
+        server.set_run_number(3)
+        cmds._unwritten.append((1.0, "other@lead.org", "list_runs", True))
+        with monkeypatch.context() as patch:
+            patch.setattr(RunStore, "set_aside", killed_here)
+            assert (await confirmed(cmds, "delete_run 2")).ok
+        assert seen == [[("list_runs", True), ("delete_run 2", True)]]
+        assert audited(server) == [("list_runs", True), ("delete_run 2", True)]
+        assert cmds._unwritten == []
 
     on_server(tmp_path, scenario)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,12 @@ from flcore.tensorfile import Manifest, TensorFile, TensorFileError
 from fldev.poll import wait_until_async
 from flserverd.admins import MAX_LOGINS_PER_ADMIN
 from flserverd.aggregator import RUNNING_SUM
+from flserverd.commands import AdminCommands
 from flserverd.events import Revoked
 from flserverd.exchange import MAX_METRICS, ModelExchange, check_metrics
 from flserverd.registry import AuthError
 from flserverd.server import FLServer
-from flserverd.statedb import RunRecord, WireTally
+from flserverd.statedb import RoundSummary, RunRecord, WireTally
 from flserverd.throttle import REPORT_BURST, UPLOAD_BURST
 from flserverd.training import (
     MAX_SAMPLES,
@@ -526,6 +528,88 @@ def test_the_final_model_s_validation_counts_from_a_site_of_the_run_with_a_weigh
         assert training.final_reports == {}
         assert final("site-a", 5).outcome is SubmitOutcome.ACCEPTED
         assert training.final_reports == {"site-a": 5}
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_site_without_training_samples_is_counted_in_the_final_validation_with_no_weight(
+    tmp_path: Path,
+) -> None:
+    """Its report on the final model was refused, and the run waited for the final
+    validation's timeout for a report it would never take."""
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=1, min_num_clients=1, wait_after_min_clients=0)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        training.client_ready("site-a")
+        training.client_ready("site-b")  # validation data only: it sends no update
+        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
+            SubmitOutcome.ACCEPTED
+        )
+        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+
+        def final(site: str, metrics: dict[str, float], samples: int) -> Verdict:
+            report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", metrics, samples)
+            return exchange.accept_metrics(site, report)
+
+        assert final("site-b", {"acc": 0.0, "only_b": 0.25}, 0) == (
+            SubmitOutcome.ACCEPTED,
+            "final validation metrics accepted",
+        )
+        assert training.active and training.awaited() == ["site-a"]
+        assert final("site-a", {"acc": 0.8}, 5).outcome is SubmitOutcome.ACCEPTED
+        await wait_until_async(lambda: not training.active, 10, "the run to end")
+        assert training.run.reason == st.FINISHED
+        last = server.db.round_records(RUN)[-1]
+        assert last.final and last.clients == ["site-a", "site-b"]
+        assert last.metrics == {"acc": 0.8, "only_b": 0.25}
+        assert sorted(server.db.fold_instances(RUN)) == ["site-a", "site-b"]
+
+    on_server(tmp_path, scenario)
+
+
+def test_an_abort_after_the_final_result_leaves_the_run_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An abort while the final result's files were written (committed, the run's end not
+    recorded yet) recorded the run as aborted: a later start offered to continue it "at the
+    final validation", and then ended it at once as finished."""
+    writing = threading.Event()
+    written = threading.Event()
+    write_outputs = Training._write_outputs
+
+    def slow_outputs(training: Training, summary: RoundSummary) -> None:
+        if summary.final:
+            writing.set()
+            assert written.wait(10)
+        write_outputs(training, summary)
+
+    monkeypatch.setattr(Training, "_write_outputs", slow_outputs)
+
+    async def scenario(server: FLServer) -> None:
+        exchange = ModelExchange(server)
+        training = train(server, num_rounds=1, min_num_clients=1)
+        model = write_model(tmp_path / "u.safetensors", 1.0)
+        training.client_ready("site-a")
+        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
+            SubmitOutcome.ACCEPTED
+        )
+        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+        report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", {"acc": 0.8}, 5)
+        assert exchange.accept_metrics("site-a", report).outcome is SubmitOutcome.ACCEPTED
+        await asyncio.wait_for(asyncio.to_thread(writing.wait, 10), 11)
+        try:
+            reply = await AdminCommands(server).execute(
+                "admin@lead.org", "super", "abort server", 5.0, True
+            )
+        finally:
+            written.set()
+        assert reply.ok and reply.text == (
+            "Run 1 had already finished (its final validation is recorded); nothing was aborted."
+        )
+        record = server.db.get_run(RUN)
+        assert record is not None and (record.status, record.reason) == (st.STOPPED, st.FINISHED)
 
     on_server(tmp_path, scenario)
 

@@ -286,3 +286,41 @@ def test_a_run_whose_final_validation_was_committed_ends_when_taken_up(tmp_path:
         db.close()
     lines = (tmp_path / "run_4" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1, 2]  # written once, after all
+
+
+def test_a_run_recorded_aborted_after_its_final_result_is_finished_not_continued(
+    tmp_path: Path,
+) -> None:
+    """An older server recorded an abort that came after the final result as the run's end:
+    start server said it "continues run 4 at the final validation", then ended it at once."""
+    interrupted_run(tmp_path, with_app=True)
+    db = StateDB(tmp_path / "state" / "flserverd.sqlite3")
+    record = RunRecord(4, st.STARTED, phase="final validation", num_rounds=2, next_round=2)
+    db.complete_round(record, RoundSummary(4, 1, 1.0e9, ["site-a"], {}))
+    db.complete_round(
+        record, RoundSummary(4, 2, 1.0e9 + 1, ["site-a"], {"val_accuracy": 0.9}, final=True)
+    )
+    record.status, record.reason = st.STOPPED, "aborted by admin@lead.org"
+    db.end_run(record)
+    db.close()
+    models = tmp_path / "run_4" / "models"
+    models.mkdir()
+    safetensors.numpy.save_file(
+        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
+    )
+
+    async def scenario() -> None:
+        server = FLServer(tmp_path, server_startup(), "test")
+        await server.open()
+        try:
+            with pytest.raises(CommandError) as refused:
+                await server.start_training()
+            assert str(refused.value).startswith(
+                "run 4 finished all its rounds: start server fresh trains run 4 again"
+            )
+            training = server.training_for(4)
+            assert training is None or not training.active
+        finally:
+            await server.close(1)
+
+    asyncio.run(scenario())
