@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -37,7 +36,15 @@ from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
 from flclientd.runcontext import RunContext
 from flclientd.runner import TrainingProcess, WorkerFailed
-from flclientd.siteapps import DeployedApp, deployed_name, instance_apps, retired_apps
+from flclientd.siteapps import (
+    DeployedApp,
+    aside_name,
+    deployed_name,
+    instance_apps,
+    leftovers,
+    own_run_folders,
+    retired_apps,
+)
 from flclientd.sitestate import SiteStore
 from flclientd.uplink import Uplink, details
 from flcore import status as st
@@ -81,9 +88,10 @@ ANSWER_FLUSH_S = 3.0
 DISK_CHECK_S = 2.0
 MIN_ROOM_BYTES = 1 << 20
 MAX_RELAUNCHES = 5
-"""How many times one round's work starts the run's child again after pauses. A disk fault
-that the probe of the run's folder does not see (another file system full: /tmp, a cache the
-app writes) would otherwise start a child every few seconds for good."""
+"""How many times one step of a run's work (a round, the first start of its child, the start
+of cross-site validation) starts the run's child again after pauses. A disk fault that the
+probe of the run's folder does not see (another file system full: /tmp, a cache the app
+writes) would otherwise start a child every few seconds for good."""
 ROUND_FILES = "*_round_*.safetensors"
 """A round's global model (deleted once trained on) and update (kept until the next task)."""
 TEMP_FILES = ".*.tmp"
@@ -120,6 +128,7 @@ class RoundDone:
 
 
 Kind = TypeVar("Kind", int, str)
+Result = TypeVar("Result")
 
 
 def _argument(
@@ -153,16 +162,6 @@ def _run_number(command: str, args: Mapping[str, object]) -> int:
             f"(1 to {MAX_RUN_NUMBER})"
         )
     return number
-
-
-def _remove_stagings(target: Path) -> None:
-    """Delete what a deploy of this instance that a crash cut off left beside ``target``: a
-    half-received app (up to MAX_APP_BYTES) that nothing would ever read or remove."""
-    pattern = re.compile(re.escape(f".{target.name}.") + "[0-9a-f]{32}")
-    for leftover in target.parent.iterdir():
-        if pattern.fullmatch(leftover.name):
-            log.info("removing %s, left by a deploy that did not finish", leftover.name)
-            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _disk_fault_of(exc: OSError | WorkerFailed, folder: Path) -> str:
@@ -266,12 +265,15 @@ class Agent:
         """The end of a run the server ended, while this site winds it down."""
         self._deploys: dict[Path, tuple[asyncio.Lock, int]] = {}
         """Each app folder being deployed: its lock and how many deploys hold or await it."""
+        self._removing: set[Path] = set()
+        """Apps set aside that this daemon is deleting now."""
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
         state = self.store.state
         if state.training_run:
             self._spawn(self._rejoin(state.training_run, state.gpus))
+        self._spawn(self._tidy_apps())
         try:
             return await self.uplink.run()
         finally:
@@ -389,8 +391,8 @@ class Agent:
         target = self.app_dir(run_number)
         target.parent.mkdir(parents=True, exist_ok=True)
         async with self._one_deploy(target):
-            _remove_stagings(target)
-            staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+            self._remove_leftovers(target)
+            staging = aside_name(target)
             try:
                 await self.conn.get_app(run_number, app, staging)
                 load_app(staging)
@@ -422,11 +424,39 @@ class Agent:
         self._retire_apps(run_number)
         return text, Deployed(app, run_number, review.digest)
 
-    def _retire_apps(self, deployed: int) -> None:
+    def _remove_leftovers(self, target: Path) -> None:
+        """Delete what a deploy or a removal of this instance's app that a crash cut off left
+        beside ``target``: half an app (up to MAX_APP_BYTES) that nothing would ever read or
+        remove. One this daemon is deleting now is left to it."""
+        for leftover in leftovers(target):
+            if leftover in self._removing:
+                continue
+            log.info(
+                "removing %s, left by a deploy or a removal of an app that did not finish",
+                leftover.relative_to(self.workspace),
+            )
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    async def _tidy_apps(self) -> None:
+        """Once logged in after the daemon's start (the folders carry the instance name the
+        server gives): remove what a crash left set aside, then the apps the site no longer
+        keeps, as a deploy does. A crash in the middle of a removal left its folder until the
+        next deploy of that run, and a site that deploys nothing more kept every app."""
+        await self.uplink.connected.wait()
+        try:
+            for run_dir in own_run_folders(self.workspace):
+                target = run_dir / f"app_{self.uplink.instance}"
+                if target not in self._deploys:  # a deploy removes its own run's
+                    self._remove_leftovers(target)
+        except OSError as exc:
+            log.warning("the runs' folders were not looked at: %s", exc.strerror or exc)
+        self._retire_apps()
+
+    def _retire_apps(self, *deployed: int) -> None:
         """Remove the apps the site no longer keeps (flclientd.siteapps), each set aside at
         once and deleted in a thread: no ``start`` finds half an app, and a big one does
         not hold up the heartbeats. An app another deploy is replacing now is left to it."""
-        in_use = {deployed, self.status.run_number, self.store.state.training_run}
+        in_use = {*deployed, self.status.run_number, self.store.state.training_run}
         try:
             found = instance_apps(self.workspace, self.uplink.instance)
         except OSError as exc:  # the deploy itself succeeded: its answer says so
@@ -434,7 +464,7 @@ class Agent:
             return
         mine = [app for app in found if app.folder not in self._deploys]
         for app in retired_apps(mine, in_use, self.startup.keep_deployed_apps):
-            aside = app.folder.with_name(f".{app.folder.name}.{uuid.uuid4().hex}")
+            aside = aside_name(app.folder)
             try:
                 app.folder.rename(aside)
             except OSError as exc:
@@ -444,10 +474,14 @@ class Agent:
                     disk_fault(exc) or exc.strerror or exc,
                 )
                 continue
+            self._removing.add(aside)
             self._spawn(self._remove_app(app, aside))
 
     async def _remove_app(self, app: DeployedApp, aside: Path) -> None:
-        await asyncio.to_thread(shutil.rmtree, aside, ignore_errors=True)
+        try:
+            await asyncio.to_thread(shutil.rmtree, aside, ignore_errors=True)
+        finally:
+            self._removing.discard(aside)
         if aside.exists():
             log.warning(
                 "the app of run %d could not be removed entirely: what is left is %s",
@@ -566,7 +600,7 @@ class Agent:
         await self._stop_worker(graceful=False)
         if to_crossval and run is not None:
             log.info("training aborted by an admin: moving to cross-site validation")
-            self._work = self._spawn(self._crossval(run, relaunch=True))
+            self._work = self._spawn(self._crossval(run))
             return (
                 "Aborting the client... (moving to cross-site validation; abort again to stop)",
                 None,
@@ -672,7 +706,7 @@ class Agent:
             work, self._work = self._work, None
             if work is not None:
                 work.cancel()
-            self._work = self._spawn(self._crossval(run, relaunch=False))
+            self._work = self._spawn(self._crossval(run))
             return
         if self.status.status == st.CROSS_VALIDATING:
             return
@@ -708,6 +742,8 @@ class Agent:
         try:
             review = await asyncio.to_thread(review_app, run.app_dir, name)
         except (FolderError, OSError) as exc:
+            if isinstance(exc, OSError) and disk_fault(exc, run.app_dir):
+                raise  # the site pauses, and reviews the app again once the disk has room
             raise WorkerFailed(f"the deployed app {name} cannot be reviewed: {exc}") from None
         if not review.needs_approval:
             log.info("app %s (%s) uses built-in components only", name, review.short)
@@ -761,6 +797,15 @@ class Agent:
         )
         return self.worker
 
+    async def _child(self, run: RunContext) -> TrainingProcess:
+        """The run's training child, started when none is running: at the run's start or
+        rejoin, and for cross-site validation after an abort (or a restart, or an end that
+        found the child gone). As a step of the run's work it pauses on a disk fault like a
+        round (:meth:`_despite_disk_faults`)."""
+        if self.worker is not None and self.worker.running:
+            return self.worker
+        return await self._launch(run)
+
     async def _run_training(self, run_number: int, app_dir: Path, nproc: int) -> None:
         """The run's work: start the child, then do each offered task once."""
         try:
@@ -768,11 +813,11 @@ class Agent:
             if app.client is None:
                 raise WorkerFailed("the deployed app has no config/config_fed_client.json", "")
             work_dir = self.run_dir(run_number) / f"work_{self.uplink.instance}"
-            work_dir.mkdir(parents=True, exist_ok=True)
             self._drop_round_files(work_dir)  # a start or a rejoin: nothing is sent again
             run = RunContext(run_number, app_dir, work_dir, nproc, app.client)
             self.context = run
-            worker = await self._launch(run)
+            # The run's folder, not its work folder: a full disk may keep that from being made.
+            worker = await self._despite_disk_faults(partial(self._child, run), work_dir.parent)
             self._set_status(
                 status=st.STARTED,
                 samples=worker.info.train_samples,
@@ -802,21 +847,23 @@ class Agent:
             self._fail(exc)
 
     async def _despite_disk_faults(
-        self, step: Callable[[], Awaitable[Sending]], folder: Path
-    ) -> Sending:
-        """Do a round's work; when the site's disk is full (or failing) pause until it has room
-        again, then do it again. The server meanwhile goes on with the other sites. A child
-        that ended during the pause is started again first, and a start that a disk fault
-        stops pauses again like the work itself."""
+        self, step: Callable[[], Awaitable[Result]], folder: Path
+    ) -> Result:
+        """Do a step of the run's work (a round, the start of its child); when the site's disk
+        is full (or failing) pause until ``folder`` has room again, then do it again, in the
+        status the step began in. The server meanwhile goes on with the other sites. A child
+        that ended during the pause, or whose start the fault stopped, is started again first,
+        and a start that a disk fault stops pauses again like the work itself."""
         relaunches = 0
         fault = ""
+        resumed = self.status.status
         while True:
             try:
                 if fault:
-                    if self._child_ended():
+                    if self._no_child():
                         relaunches += 1
                         await self._relaunch(relaunches, fault)
-                    self._set_status(status=st.STARTED, error="")
+                    self._set_status(status=resumed)
                 return await step()
             except (OSError, WorkerFailed) as exc:
                 fault = _disk_fault_of(exc, folder)
@@ -832,10 +879,11 @@ class Agent:
             await self._until_writable(folder)
             log.info("the disk has room again: training goes on")
 
-    def _child_ended(self) -> bool:
-        """Whether the run's child ended on its own (a full disk at rank 0's save ends
-        torchrun under start_mgpu; the kernel's OOM killer ends any child)."""
-        return self.worker is not None and not self.worker.running
+    def _no_child(self) -> bool:
+        """Whether the run has no running child: a full disk stopped its start, or ended it
+        (a full disk at rank 0's save ends torchrun under start_mgpu; the kernel's OOM
+        killer ends any child)."""
+        return self.worker is None or not self.worker.running
 
     async def _relaunch(self, attempt: int, fault: str) -> None:
         """Start the run's child again after a pause: the step tried again on the dead child
@@ -843,17 +891,20 @@ class Agent:
 
         A start that a disk fault stops raises it (the site pauses again). One that fails for
         another reason (the app, the data) fails the run, saying it was this start; so does
-        the start past ``MAX_RELAUNCHES`` in one round's work."""
+        the start past ``MAX_RELAUNCHES`` in one step of the run's work."""
         run = self.context
         assert run is not None, "a run's work set its context"
         if attempt > MAX_RELAUNCHES:
             raise WorkerFailed(
-                f"the training process was started again {MAX_RELAUNCHES} times in this round "
-                f"after the disk had room, and a disk fault stopped it each time (last: client "
-                f"{fault}); free room where that says, then start the client again",
+                f"the training process was started again {MAX_RELAUNCHES} times after the disk "
+                f"had room, and a disk fault stopped it each time (last: client {fault}); free "
+                "room where that says, then start the client again",
                 "",
             )
-        log.info("the training process ended while the site was paused: starting it again")
+        if self.worker is None:
+            log.info("the disk fault stopped the training process's start: starting it again")
+        else:
+            log.info("the training process ended while the site was paused: starting it again")
         try:
             await self._launch(run)
         except WorkerFailed as exc:
@@ -897,16 +948,15 @@ class Agent:
         if worker is not None:
             worker.kill()
 
-    async def _crossval(self, run: RunContext, relaunch: bool) -> None:
+    async def _crossval(self, run: RunContext) -> None:
         """Take part in cross-site validation, then stop."""
         # Said here too: a site restarted as training ended never said it while started.
         self._set_status(status=st.CROSS_VALIDATING, round=-1, cross_validate=True)
         self._drop_round_files(run.work_dir)
         try:
-            worker = self.worker
-            if relaunch or worker is None or not worker.running:
-                # A child that a full disk ended (torchrun ends with its rank 0) is started again.
-                worker = await self._launch(run)
+            # A child an abort stopped, or that a full disk ended (torchrun ends with its rank
+            # 0), is started again.
+            worker = await self._despite_disk_faults(partial(self._child, run), run.work_dir.parent)
             await self.crossval.run(run, worker)
         except Exception as exc:  # whatever stops it is reported, never swallowed
             self._fail(exc)

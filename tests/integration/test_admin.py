@@ -264,6 +264,53 @@ def test_a_site_keeps_the_apps_of_its_newest_runs_only(
     ]
 
 
+def test_a_site_s_start_removes_what_a_crash_left_set_aside_and_the_apps_it_no_longer_keeps(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A site killed while it deleted a retired app kept what it had set aside until the next
+    deploy of that run, and one that deployed nothing more kept every app, whatever
+    keep_deployed_apps said."""
+    cluster = make_cluster(clients=("flclient1",))
+    cluster.server()
+    site = cluster.client("flclient1")
+    workspace = cluster.root / "flclient1"
+    cluster.ok("upload_folder digits_fedavg")
+    for number in range(1, 4):
+        cluster.ok(f"set_run_number {number}")
+        cluster.ok("deploy digits_fedavg client")
+    site.kill()
+    # What a kill in the middle of the removal of run 1's app leaves; another instance's
+    # app set aside, and the runs' models, are not this start's to remove.
+    aside = workspace / "run_1" / f".app_flclient1.{'5a' * 16}"
+    (workspace / "run_1" / "app_flclient1").rename(aside)
+    others = [
+        workspace / "run_2" / f".app_flclient1_2.{'5a' * 16}",
+        workspace / "run_2" / "models_flclient1",
+    ]
+    for other in others:
+        other.mkdir()
+    (workspace / "local").mkdir(exist_ok=True)
+    (workspace / "local" / "fed_client.json").write_text(json.dumps({"keep_deployed_apps": 1}))
+    offset = len(site.log())
+    site.start()
+    site.wait_log("removed the app of run 2 ", after=offset)
+    said = [
+        line.split(": ", 1)[1]
+        for line in site.log()[offset:].splitlines()
+        if re.search("removing run_|removed the app", line)
+    ]
+    assert said == [
+        f"removing run_1/{aside.name}, left by a deploy or a removal of an app that did not finish",
+        "removed the app of run 2 (digits_fedavg): this site keeps the apps of the runs it uses "
+        "and of the 1 newest others (keep_deployed_apps)",
+    ]
+    assert sorted(p.relative_to(workspace).as_posix() for p in workspace.glob("run_*/*")) == [
+        "run_2/" + others[0].name,
+        "run_2/models_flclient1",
+        "run_3/app_flclient1",
+    ]
+
+
 def test_abort_then_start_again(cluster: Cluster) -> None:
     cluster.server()
     cluster.client("flclient1")

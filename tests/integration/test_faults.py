@@ -545,13 +545,9 @@ class CachingTrainer(ShiftAugmentingTrainer):
 '''
 
 
-@pytest.mark.usefixtures("mountable")
-def test_a_child_started_again_on_a_disk_still_short_of_room_pauses_the_site_again(
-    make_cluster: Callable[..., Cluster],
-) -> None:
-    """The child ended while its site was paused (the OOM killer; torchrun's rank 0 under
-    start_mgpu); the disk had room for the round but not for the new child's start, and the
-    run failed at the site instead of pausing again."""
+def caching_cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    """One site whose app writes a cache as its training process starts, for a run that goes
+    on until aborted."""
     cluster = make_cluster(clients=("flclient1",), client_local={"flclient1": TRUSTING})
     app = cluster.add_app("digits_custom")
     trainer = app / "resources" / "digits_custom" / "trainer.py"
@@ -565,14 +561,30 @@ def test_a_child_started_again_on_a_disk_still_short_of_room_pauses_the_site_aga
     cluster.configure(
         "config_fed_server.json", app="digits_custom", num_rounds=5000, min_num_clients=1
     )
+    return cluster
+
+
+def deploy_caching_app(cluster: Cluster) -> None:
+    """Make run 1 with :func:`caching_cluster`'s app, deployed at the server and the site."""
+    cluster.ok("set_run_number 1")
+    cluster.ok("upload_folder digits_custom")
+    cluster.ok("deploy digits_custom server")
+    cluster.ok("deploy digits_custom client")
+
+
+@pytest.mark.usefixtures("mountable")
+def test_a_child_started_again_on_a_disk_still_short_of_room_pauses_the_site_again(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """The child ended while its site was paused (the OOM killer; torchrun's rank 0 under
+    start_mgpu); the disk had room for the round but not for the new child's start, and the
+    run failed at the site instead of pausing again."""
+    cluster = caching_cluster(make_cluster)
     workspace = cluster.root / "flclient1"
     with small_disk(workspace, 24):
         cluster.server()
         site = cluster.client("flclient1", fault="hold:client.download@2")
-        cluster.ok("set_run_number 1")
-        cluster.ok("upload_folder digits_custom")
-        cluster.ok("deploy digits_custom server")
-        cluster.ok("deploy digits_custom client")
+        deploy_caching_app(cluster)
         start_and_fill_while_downloading(cluster, site, workspace)
         (child,) = cluster.worker_pids()
         os.kill(child, signal.SIGKILL)
@@ -589,6 +601,52 @@ def test_a_child_started_again_on_a_disk_still_short_of_room_pauses_the_site_aga
         free_up(workspace)
         wait_until(lambda: len(training_rows(cluster)) > trained, 120, "a round with flclient1")
         assert client_statuses(cluster)["flclient1"]["status"] == "training started"
+        assert "training failed" not in site.log()
+        cluster.ok("abort server")
+        cluster.stop()
+
+
+@pytest.mark.usefixtures("mountable")
+def test_a_full_disk_at_a_rejoin_and_at_a_run_s_first_start_pauses_the_site(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """Only a start after a pause paused again: a run rejoined on a full disk by a restarted
+    site, or started on one, failed at that site."""
+    cluster = caching_cluster(make_cluster)
+    workspace = cluster.root / "flclient1"
+
+    def paused_then_on(offset: int) -> None:
+        site.wait_log(r"training paused: client disk full: ", after=offset)
+        row = client_statuses(cluster)["flclient1"]
+        assert (row["status"], row["error"][:17]) == ("training paused", "client disk full:")
+        trained = len(training_rows(cluster))
+        free_up(workspace)
+        site.wait_log("the disk has room again: training goes on", after=offset)
+        wait_until(lambda: len(training_rows(cluster)) > trained, 120, "a round with flclient1")
+        assert client_statuses(cluster)["flclient1"]["status"] == "training started"
+
+    with small_disk(workspace, 24):
+        cluster.server()
+        site = cluster.client("flclient1")
+        deploy_caching_app(cluster)
+        cluster.ok("start server")
+        cluster.ok("start client")
+        wait_until(lambda: training_rows(cluster), 120, "a first round")
+
+        offset = len(site.log())
+        site.kill()
+        wait_until(lambda: not cluster.worker_pids(), 30, "the training process to end")
+        fill(workspace)
+        site.start()
+        site.wait_log("rejoining", after=offset)
+        paused_then_on(offset)
+
+        offset = len(site.log())
+        cluster.ok("abort client")
+        wait_until(lambda: not cluster.worker_pids(), 30, "the training process to end")
+        fill(workspace)
+        cluster.ok("start client")
+        paused_then_on(offset)
         assert "training failed" not in site.log()
         cluster.ok("abort server")
         cluster.stop()

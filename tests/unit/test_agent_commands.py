@@ -20,8 +20,10 @@ from flclientd import connection as connection_module
 from flclientd.agent import FINAL_MODEL, Agent
 from flclientd.device import DeviceInfo
 from flclientd.runcontext import RunContext
-from flclientd.runner import WorkerFailed
+from flclientd.runner import TrainingProcess, WorkerFailed
 from flclientd.sitestate import SiteState
+from flclientd.worker.protocol import WorkerInfo
+from flcore import appreview
 from flcore import status as st
 from flcore.appconfig import ClientAppConfig
 from flcore.federation import Closed, Command, CommandResult, RunEnded, StatusChanged
@@ -476,6 +478,13 @@ def test_a_start_puts_back_the_app_a_crash_in_the_middle_of_a_deploy_set_aside(
     assert (tmp_path / "site-a" / "run_1" / "app_site-a" / "config").is_dir()
 
 
+class _Child:
+    """A training child as a pause sees it: running, or ended."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+
+
 def _read_only(path: Path) -> OSError:
     return OSError(errno.EROFS, "Read-only file system", str(path))
 
@@ -498,6 +507,7 @@ def test_a_step_a_read_only_disk_stopped_is_tried_again_only_after_a_wait(
                 asyncio.get_running_loop().call_soon(others_ran.set)
                 raise _read_only(tmp_path / "update_round_3.safetensors")
 
+        agent.worker = _Child(running=True)  # type: ignore[assignment]
         try:
             await agent._despite_disk_faults(step, tmp_path)
         finally:
@@ -534,6 +544,7 @@ def test_a_paused_site_goes_on_only_once_its_folder_takes_a_write(
                 raise _read_only(tmp_path / "global_round_0.safetensors")
             assert len(probes) == 3
 
+        agent.worker = _Child(running=True)  # type: ignore[assignment]
         try:
             await agent._despite_disk_faults(step, tmp_path)
         finally:
@@ -581,13 +592,13 @@ def test_a_site_paused_by_a_full_disk_still_takes_part_in_cross_site_validation(
 ) -> None:
     """It stopped instead, and the other sites waited for its model until their timeout."""
 
-    async def run() -> list[bool]:
+    async def run() -> list[int]:
         agent = _agent(provisioned_workspace, tmp_path)
-        crossvals: list[bool] = []
+        crossvals: list[int] = []
         went = asyncio.Event()
 
-        async def crossval(run: RunContext, relaunch: bool) -> None:
-            crossvals.append(relaunch)
+        async def crossval(run: RunContext) -> None:
+            crossvals.append(run.run_number)
             went.set()
 
         agent._crossval = crossval  # type: ignore[method-assign]
@@ -607,14 +618,7 @@ def test_a_site_paused_by_a_full_disk_still_takes_part_in_cross_site_validation(
         finally:
             await agent.conn.close()
 
-    assert asyncio.run(run()) == [ending == "abort"]
-
-
-class _Child:
-    """A training child as a pause sees it: running, or ended."""
-
-    def __init__(self, running: bool) -> None:
-        self.running = running
+    assert asyncio.run(run()) == [1]
 
 
 def test_a_child_a_full_disk_ended_is_started_again_before_the_step_is(
@@ -695,6 +699,7 @@ def _relaunched(
         agent._launch = launch  # type: ignore[method-assign]
         agent.worker = _Child(running=True)  # type: ignore[assignment]
         agent.context = RunContext(1, agent.app_dir(1), tmp_path, 2, ClientAppConfig())
+        agent.status = st.ClientStatus(status=st.STARTED, run_number=1)
         raised = None
         try:
             await agent._despite_disk_faults(step, tmp_path)
@@ -749,9 +754,9 @@ def test_a_child_a_disk_fault_stops_at_every_start_is_started_a_bounded_number_o
     assert (done.launches, done.steps) == (agent_module.MAX_RELAUNCHES, 1)
     assert done.raised is not None and done.raised.disk_fault == ""
     assert str(done.raised) == (
-        f"the training process was started again {agent_module.MAX_RELAUNCHES} times in this "
-        "round after the disk had room, and a disk fault stopped it each time (last: client "
-        "disk full: /tmp); free room where that says, then start the client again"
+        f"the training process was started again {agent_module.MAX_RELAUNCHES} times after the "
+        "disk had room, and a disk fault stopped it each time (last: client disk full: /tmp); "
+        "free room where that says, then start the client again"
     )
 
 
@@ -893,6 +898,7 @@ def test_a_site_whose_first_download_found_the_disk_full_waits_for_room_for_that
             if calls == 1:
                 await agent.conn.get_model(1, 0, tmp_path / "global_round_0.safetensors")
 
+        agent.worker = _Child(running=True)  # type: ignore[assignment]
         try:
             await agent._despite_disk_faults(download, tmp_path)
         finally:
@@ -901,3 +907,202 @@ def test_a_site_whose_first_download_found_the_disk_full_waits_for_room_for_that
 
     assert asyncio.run(run()) == 2
     assert asked == [2 * manifest.total_bytes - 1, 2 * manifest.total_bytes]
+
+
+class _Started(_Child):
+    """A training child that got ready, as a run's start and its end see it."""
+
+    info = WorkerInfo("cpu", 0, 1, 10, 5)
+    busy = False
+
+    def __init__(self) -> None:
+        super().__init__(running=True)
+
+    def kill(self) -> None:
+        self.running = False
+
+    async def wait(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self.running = False
+
+
+def _on_a_failing_disk(monkeypatch: pytest.MonkeyPatch, fault: str) -> list[int]:
+    """The first start of a run's child stops on the disk: the child's own start (``child``:
+    a full disk), or the review of the app before it (``review``: an I/O error). Returns the
+    count of the child's starts, updated as they come."""
+    monkeypatch.setattr(agent_module, "DISK_CHECK_S", 0.0)
+    starts = [0]
+    reviews = 0
+
+    async def start(**kwargs: Any) -> _Started:
+        starts[0] += 1
+        if fault == "child" and starts[0] == 1:
+            raise WorkerFailed("client disk full: cache", "", disk_fault="disk full: cache")
+        return _Started()
+
+    def review(root: Path, name: str) -> Any:
+        nonlocal reviews
+        reviews += 1
+        if fault == "review" and reviews == 1:
+            config = root / "config" / "config_fed_client.json"
+            raise OSError(errno.EIO, "Input/output error", str(config))
+        return appreview.review_app(root, name)
+
+    monkeypatch.setattr(TrainingProcess, "start", start)
+    monkeypatch.setattr(agent_module, "review_app", review)
+    return starts
+
+
+def _statuses(agent: Agent) -> list[st.ClientStatus]:
+    """What the site told the server of itself so far."""
+    sent = []
+    while not agent.uplink._outbox.empty():
+        sent.append(agent.uplink._outbox.get_nowait())
+    return [m.status for m in sent if isinstance(m, StatusChanged)]
+
+
+@pytest.mark.parametrize("fault", ["child", "review"])
+@pytest.mark.parametrize("how", ["start", "rejoin"])
+def test_a_disk_fault_at_a_run_s_first_start_pauses_the_site_and_it_goes_on(
+    provisioned_workspace: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+    fault: str,
+) -> None:
+    """Only a start after a pause paused again: the first one (and a rejoin's) failed the run
+    at the site, and so did an I/O error while the app was reviewed."""
+    starts = _on_a_failing_disk(monkeypatch, fault)
+
+    async def run() -> list[st.ClientStatus]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        shutil.copytree(APPS / "digits_fedavg", agent.app_dir(1))
+        try:
+            if how == "start":
+                await agent._command(Command("c1", "start", {"run_number": 1}))
+            else:
+                agent.store.update(training_run=1)
+                agent.uplink.connected.set()
+                await agent._rejoin(1, 0)
+            await wait_until_async(
+                lambda: agent.status.status in (st.STARTED, st.FAILED), 10, "the run's start"
+            )
+            await agent._stop_worker(graceful=False)
+            return _statuses(agent)
+        finally:
+            await agent.conn.close()
+
+    statuses = asyncio.run(run())
+    said = [(s.status, s.error.split(": ")[0]) for s in statuses]
+    assert said == [
+        (st.STARTING, ""),
+        (st.PAUSED, "client disk full" if fault == "child" else "client disk I/O error"),
+        (st.STARTING, ""),
+        (st.STARTED, ""),
+    ]
+    assert starts == [2 if fault == "child" else 1]
+
+
+def test_a_disk_fault_at_the_start_of_cross_site_validation_pauses_the_site_and_it_goes_on(
+    provisioned_workspace: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child that an abort stopped is started again for cross-site validation: a full
+    disk at that start failed the site's part in it instead of pausing."""
+    starts = _on_a_failing_disk(monkeypatch, "child")
+
+    async def run() -> list[st.ClientStatus]:
+        agent = _agent(provisioned_workspace, tmp_path)
+        shutil.copytree(APPS / "digits_fedavg", agent.app_dir(1))
+        validated: list[Any] = []
+
+        async def crossval(run: RunContext, worker: Any) -> None:
+            validated.append(worker)
+
+        agent.crossval.run = crossval  # type: ignore[method-assign]
+        work = agent.run_dir(1) / "work_site-a"
+        config = ClientAppConfig(cross_validate=True)
+        agent.context = RunContext(1, agent.app_dir(1), work, 1, config)
+        agent.status = st.ClientStatus(status=st.STARTED, run_number=1)
+        try:
+            await agent._command(Command("c1", "abort", {}))
+            assert agent._work is not None
+            await agent._work
+            assert len(validated) == 1 and isinstance(validated[0], _Started)
+            return _statuses(agent)
+        finally:
+            await agent.conn.close()
+
+    statuses = asyncio.run(run())
+    assert [(s.status, s.error[:17]) for s in statuses] == [
+        (st.STOPPING, ""),
+        (st.CROSS_VALIDATING, ""),
+        (st.PAUSED, "client disk full:"),
+        (st.CROSS_VALIDATING, ""),
+        (st.STOPPED, ""),
+    ]
+    assert starts == [2]
+
+
+def test_the_daemon_s_start_removes_what_a_crash_left_set_aside_and_the_apps_it_no_longer_keeps(
+    provisioned_workspace: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash while a retired app was deleted left it as ``.app_<instance>.<hex>`` until the
+    next deploy of that run, and a site that deployed nothing more kept every app."""
+    aside = ".app_site-a." + "0123456789abcdef" * 2
+
+    async def run() -> Agent:
+        agent = _agent(provisioned_workspace, tmp_path)
+        agent.startup = replace(agent.startup, keep_deployed_apps=1)
+        workspace = agent.workspace
+        for number in range(1, 6):
+            shutil.copytree(APPS / "digits_fedavg", agent.app_dir(number))
+        for cut_off in ("run_2", "run_4", "run_6"):  # run 6: its app was set aside, then the crash
+            shutil.copytree(APPS / "digits_fedavg", workspace / cut_off / aside)
+        others = [
+            "run_2/.app_site-a_2." + "ab" * 16,  # another instance's
+            "run_3/app_site-a_2",
+            "run_1/.app_site-a.old",  # a deploy's swap cut off: a start puts it back
+            "run_3/models_site-a",
+            "run_4/work_site-a",
+        ]
+        for other in others:
+            (workspace / other).mkdir()
+        linked = tmp_path / "elsewhere"
+        (linked / aside).mkdir(parents=True)
+        (workspace / "run_7").symlink_to(linked)
+        agent.store.update(training_run=1)  # the run it rejoins
+        agent.uplink.connected.set()
+        try:
+            await agent._tidy_apps()
+            await asyncio.gather(*agent._tasks)
+            return agent
+        finally:
+            await agent.conn.close()
+
+    caplog.set_level(logging.INFO, logger="flclientd.agent")
+    agent = asyncio.run(run())
+    left = sorted(
+        p.relative_to(agent.workspace).as_posix() for p in agent.workspace.glob("run_*/*")
+    )
+    assert left == [
+        "run_1/.app_site-a.old",
+        "run_1/app_site-a",
+        "run_2/.app_site-a_2." + "ab" * 16,
+        "run_3/app_site-a_2",
+        "run_3/models_site-a",
+        "run_4/work_site-a",
+        "run_5/app_site-a",
+        f"run_7/{aside}",
+    ]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("remov")]
+    assert said[:3] == [
+        f"removing run_{n}/{aside}, left by a deploy or a removal of an app that did not finish"
+        for n in (2, 4, 6)
+    ]
+    assert sorted(said[3:]) == [
+        f"removed the app of run {n} (no name recorded): this site keeps the apps of the runs "
+        "it uses and of the 1 newest others (keep_deployed_apps)"
+        for n in (2, 3, 4)
+    ]
