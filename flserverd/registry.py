@@ -91,6 +91,9 @@ class RegisteredClient:
     """When it was last heard from, by the registry's monotonic clock: what its silence is
     measured on, so that a step of the wall clock (NTP, a resumed VM) drops no one and keeps
     no dead client."""
+    stream_closed_at: float = 0.0
+    """When its control stream last ended, by the same clock (0: not since the server
+    started)."""
 
     @property
     def token_id(self) -> str:
@@ -279,6 +282,16 @@ class ClientRegistry:
         """Note that a client was heard from just now."""
         client.last_heartbeat = self._clock()
         client.heard_at = self._ticks()
+
+    def stream_closed(self, client: RegisteredClient) -> None:
+        """Note that the client's control stream ended just now."""
+        client.stream_closed_at = self._ticks()
+
+    def reconnect_wait(self, client: RegisteredClient, grace: float) -> float:
+        """How much longer, of ``grace`` seconds after its stream ended (or the client was
+        last heard from, or the server started), a client without a stream may be coming
+        back: a command waits that long for it, and not at all for one gone longer."""
+        return grace - (self._ticks() - max(client.heard_at, client.stream_closed_at))
 
     def silence(self, client: RegisteredClient) -> float:
         """Seconds since the client was last heard from."""

@@ -772,6 +772,7 @@ class FLServer:
         if self.links.get(client.token_key) is link:
             del self.links[client.token_key]
             client.connected = False
+            self.registry.stream_closed(client)
             log.info("control stream of %s closed; it stays registered", client.instance)
             self.publish_client(client)
 
@@ -974,11 +975,18 @@ class FLServer:
         self, clients: list[RegisteredClient], name: str, args: dict[str, object], timeout: float
     ) -> list[tuple[RegisteredClient, CommandResult]]:
         """Send a command to several clients at once and collect their results (one fan-out,
-        see :func:`flserverd.links.call_all`); clients whose stream is (re)connecting are
-        waited for briefly first."""
-        absent = [c for c in clients if c.token_key not in self.links]
-        if absent:
-            await self._links_of(absent, min(timeout, RECONNECT_GRACE_S))
+        see :func:`flserverd.links.call_all`); clients whose stream ended moments ago, and
+        may be reconnecting, are waited for briefly first. One gone for longer (stopped by its
+        site, or its machine down) is answered "not connected" at once: a command to every
+        client waited the whole grace for it, every time, until its heartbeat timeout."""
+        waits = {
+            c.token_key: self.registry.reconnect_wait(c, RECONNECT_GRACE_S)
+            for c in clients
+            if c.token_key not in self.links
+        }
+        coming = [c for c in clients if waits.get(c.token_key, 0.0) > 0]
+        if coming:
+            await self._links_of(coming, min(timeout, max(waits[c.token_key] for c in coming)))
         links = [self.links.get(c.token_key) for c in clients]
         results = await call_all(links, name, dict(args), timeout)
         return list(zip(clients, results, strict=True))
