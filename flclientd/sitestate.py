@@ -77,7 +77,11 @@ class SiteStore:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log.warning(
-                "another flclientd uses %s: this instance will not remember its registration", path
+                "another flclientd of this kit already runs in this workspace (it holds %s): "
+                "this one joins as one more instance of the kit, trains on the same DATA_ROOT "
+                "unless given another, and will not remember its registration; stop it if it "
+                "was started twice by mistake",
+                path,
             )
             self.owned = False
             self.state = SiteState()
