@@ -20,9 +20,8 @@ from pathlib import Path
 from cryptography import x509
 
 from flcore.daemon import forbid_core_dumps
-from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, verify_startup
+from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, startup_folder, verify_startup
 from flcore.schema import ConfigError
-from flcore.startup import STARTUP_DIR
 from provision.csr import REQUEST_ROLES, assemble, colon_hex, make_request, sign_request
 from provision.engine import provision_workspace
 from provision.errors import ProvisionError
@@ -387,8 +386,7 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    kit_dir: Path = args.kit_dir
-    startup = kit_dir / STARTUP_DIR if (kit_dir / STARTUP_DIR).is_dir() else kit_dir
+    startup = startup_folder(args.kit_dir)
     verify_startup(startup)
     print(f"OK: {startup} matches its signature")
     # The seal is the kit's own CA's: a kit swapped on its way is sealed too. Its CA's
