@@ -7,7 +7,8 @@ the provisioning wizard without a server. ``--cmd "<command>"``
 console would; ``--json`` prints each reply as one JSON object instead.
 ``--shell`` gives a line-mode prompt. Exit codes: 0 when every command
 succeeded, 1 when one failed, 2 when the server cannot be reached or the
-login is refused.
+login is refused; 141 when the reader of the output left (``| head``),
+as for any Unix tool.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fladmin.client import (
 from fladmin.link import AdminLink
 from flcore.daemon import forbid_core_dumps
 from flcore.kitsig import startup_folder
+from flcore.pipes import stops_when_reader_leaves
 
 DEFAULT_STARTUP = Path("startup")
 EXIT_OK = 0
@@ -98,6 +100,7 @@ def parse_provision_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@stops_when_reader_leaves
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the fltui console script."""
     forbid_core_dumps()  # it holds the admin's key, a login token, the wizard's passwords

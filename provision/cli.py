@@ -21,6 +21,7 @@ from cryptography import x509
 
 from flcore.daemon import forbid_core_dumps
 from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, startup_folder, verify_startup
+from flcore.pipes import stops_when_reader_leaves
 from flcore.schema import ConfigError
 from provision.csr import REQUEST_ROLES, assemble, colon_hex, make_request, sign_request
 from provision.engine import provision_workspace
@@ -428,6 +429,7 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+@stops_when_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Run flprovision with ``argv`` (default: the command line) and return the exit code."""
     forbid_core_dumps()  # it holds the CA key and the kits' passwords
@@ -441,6 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK if exc.code in (0, None) else EXIT_ERROR
     try:
         return run(namespace)
+    except BrokenPipeError:
+        raise  # the reader left (``| head``): stop without a word
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID_PROJECT
