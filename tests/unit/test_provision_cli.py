@@ -17,10 +17,12 @@ import yaml
 from cryptography import x509
 
 import provision
+from flserverd.commands import COMMANDS
 from provision.cli import main
 from provision.csr import colon_hex
 from provision.kits import write_kit_zip
 from provision.pki import fingerprint
+from provision.templates import sample_project
 from tests.flprovision import flprovision
 
 REPO = Path(provision.__file__).resolve().parents[1]
@@ -258,6 +260,19 @@ def test_init_writes_a_sample_that_provisions(tmp_path: Path) -> None:
         "email@hello.world.com.zip",
     ]
     assert "Traceback" not in run.stderr
+
+
+def test_the_sample_lists_every_command_a_member_may_run() -> None:
+    """It listed check_status and validate only."""
+    text = sample_project()
+    intro = "member: only the commands that look:"
+    start = text.index(intro) + len(intro)
+    listed = []
+    for line in text[start:].splitlines()[1:]:
+        if not line.strip().startswith("#"):
+            break
+        listed += [name.strip() for name in line.strip(" #").split(",") if name.strip()]
+    assert listed == [name for name, spec in COMMANDS.items() if spec.read_only]
 
 
 def test_init_to_a_named_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
