@@ -161,7 +161,10 @@ def startup_folder(path: Path) -> Path:
     ``startup/`` folder take its workspace too rather than call the kit damaged.
     """
     inner = path / STARTUP_DIR
-    return inner if inner.is_dir() and not (path / SIGNATURE_FILE).exists() else path
+    try:
+        return inner if inner.is_dir() and not (path / SIGNATURE_FILE).exists() else path
+    except OSError:  # a path that cannot be looked at: reading the kit says why
+        return path
 
 
 def verify_startup(startup_dir: Path) -> None:
