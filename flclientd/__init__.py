@@ -1,1 +1,5 @@
 """flclientd."""
+
+from flcore.grpcquiet import quiet_grpc_core
+
+quiet_grpc_core()  # before any module of flclientd imports grpc: the core reads it then

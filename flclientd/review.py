@@ -27,6 +27,7 @@ from flclientd.siteapps import DeployedApp, deployed_apps
 from flcore.appreview import AppReview, review_app
 from flcore.feed import MAX_LABEL, clip
 from flcore.folders import FolderError
+from flcore.pipes import stops_when_reader_leaves
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR, load_client
 
@@ -74,6 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@stops_when_reader_leaves
 def main(argv: list[str], out: TextIO | None = None) -> int:
     """Run ``show-app`` or ``approve`` (printing to ``out``, stdout by default); 0 on success,
     1 when it cannot be done."""
@@ -89,6 +91,8 @@ def main(argv: list[str], out: TextIO | None = None) -> int:
             show_app(workspace, args.app, args.list, out)
         else:
             approve(workspace, args.sha256, out)
+    except BrokenPipeError:
+        raise  # the reader left (``| head``): stop without a word
     except (ReviewError, ApprovalError, FolderError, ConfigError, OSError) as exc:
         print(f"flclientd {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -191,7 +191,23 @@ def parse_yaml(text: str, where: str, loader: type[BoundedLoader] = BoundedLoade
         raise ConfigError(f"{where}: {exc}") from None
     except ValueError as exc:  # a value PyYAML cannot build: a date of month 13, 5,000 digits
         raise ConfigError(f"{where}: not valid YAML ({exc})") from None
+    except yaml.MarkedYAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML ({' '.join(str(exc).split())})") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
+
+
+def _at(mark: yaml.Mark | None) -> str:
+    return "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """What PyYAML found wrong and where, on one line: its own text names the text as
+    ``"<unicode string>"`` and draws a caret under a copy of the line, which one line of
+    error flattens into noise."""
+    problem = f"{exc.problem or 'cannot be read'}{_at(exc.problem_mark)}"
+    if exc.context:
+        problem += f" ({exc.context}{_at(exc.context_mark)})"
+    return problem

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import errno
 import fcntl
 import functools
 import gc
@@ -13,6 +14,7 @@ import logging
 import os
 import resource
 import signal
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,6 +143,33 @@ def hold_workspace(path: Path, program: str) -> int:
             "first (systemctl status, or the start script of this kit)"
         ) from None
     return fd
+
+
+def listen_problem(address: str) -> str:
+    """Why a server cannot listen on ``address`` (``host:port``), found by binding it as gRPC
+    does: gRPC says only that it failed, and to set one of its own variables to learn why.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return f"cannot listen on {address}: {host} is no name or address this machine knows"
+    reasons = {
+        errno.EADDRINUSE: "the address is in use; is another server running? (ss -ltnp "
+        f"shows which process listens on port {port})",
+        errno.EADDRNOTAVAIL: f"{host} is no address of this machine",
+        errno.EACCES: "this user may not listen on a port below 1024: choose another port",
+    }
+    for family, kind, protocol, _, where in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(where)
+            except OSError as exc:
+                reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+                return f"cannot listen on {address}: {reason}"
+    return f"cannot listen on {address}, though the address is free now: start the server again"
 
 
 OPEN_FILES_WANTED = 65_536

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from flcore.configfile import parse_json, read_bounded
 from flcore.schema import ConfigError
+from flcore.startup import KIT_FILES, STARTUP_DIR
 
 SIGNATURE_FILE = "signature.json"
 ROOT_CERT_FILE = "rootCA.pem"
@@ -153,6 +154,19 @@ def read_startup(startup_dir: Path) -> dict[str, bytes]:
         raise KitSignatureError(f"{exc}; {_FIX}") from None
 
 
+def startup_folder(path: Path) -> Path:
+    """The kit's ``startup/`` folder, given either it or the workspace that holds it.
+
+    People give either, and a workspace holds little else: the tools that take a
+    ``startup/`` folder take its workspace too rather than call the kit damaged.
+    """
+    inner = path / STARTUP_DIR
+    try:
+        return inner if inner.is_dir() and not (path / SIGNATURE_FILE).exists() else path
+    except OSError:  # a path that cannot be looked at: reading the kit says why
+        return path
+
+
 def verify_startup(startup_dir: Path) -> None:
     """Check that ``startup_dir`` is exactly what provisioning signed.
 
@@ -161,8 +175,39 @@ def verify_startup(startup_dir: Path) -> None:
             or saying why the manifest or the certificates do not check out.
     """
     if not startup_dir.is_dir():
-        raise KitSignatureError(f"{startup_dir}: not a folder; {_FIX}")
+        raise KitSignatureError(_no_folder(startup_dir))
+    if not any((startup_dir / name).is_file() for name in (SIGNATURE_FILE, *KIT_FILES)):
+        raise KitSignatureError(
+            f"{startup_dir}: not a kit's {STARTUP_DIR}/ folder (it holds no {SIGNATURE_FILE}, "
+            f"no {' or '.join(KIT_FILES)}); check the path"
+        )
     verify_files(read_startup(startup_dir), str(startup_dir))
+
+
+def _no_folder(startup_dir: Path) -> str:
+    """Why there is no ``startup_dir`` to check: a wrong path, not a damaged kit, so the
+    advice is about the path given."""
+    if startup_dir.exists():
+        extract = f" (flprovision extract {startup_dir})" if startup_dir.suffix == ".zip" else ""
+        return (
+            f"{startup_dir}: not a folder; give the kit's {STARTUP_DIR}/ folder, extracted from "
+            f"its zip{extract}"
+        )
+    workspace = startup_dir.parent
+    if startup_dir.name == STARTUP_DIR and workspace.is_dir():
+        if (workspace / SIGNATURE_FILE).exists():
+            return (
+                f"{workspace} is a kit's {STARTUP_DIR}/ folder itself: give the workspace, the "
+                f"folder that holds {STARTUP_DIR}/ ({workspace.parent})"
+            )
+        return (
+            f"{workspace} holds no {STARTUP_DIR}/ folder: give the workspace the kit was "
+            f"extracted into, the folder that holds {STARTUP_DIR}/"
+        )
+    missing = startup_dir
+    while not missing.parent.exists() and missing.parent != missing:
+        missing = missing.parent
+    return f"{missing}: no such folder; check the path"
 
 
 def verify_files(files: Mapping[str, bytes], where: str) -> None:

@@ -23,7 +23,20 @@ MAX_SHOWN = 80
 WEEK_S = 7 * 24 * 3600.0
 """The longest interval or timeout a kit may set: longer means "never", which no timing of
 the federation should, and the seconds stay within the wire's 32-bit fields."""
-_SHORT_REPR = reprlib.Repr()
+
+
+class _AsWritten(reprlib.Repr):
+    """Spells ``true``, ``false`` and ``null`` as the JSON or YAML file that held them does,
+    not as Python's ``True``, ``False`` and ``None``."""
+
+    def repr_bool(self, value: bool, level: int) -> str:
+        return "true" if value else "false"
+
+    def repr_NoneType(self, value: None, level: int) -> str:
+        return "null"
+
+
+_SHORT_REPR = _AsWritten()
 """Never walks more of a value than a message shows (a value may be a billion-laughs list)."""
 _SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, MAX_SHOWN, MAX_SHOWN
 

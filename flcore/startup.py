@@ -39,6 +39,13 @@ LOCAL_DIR = "local"
 SERVER_FILE = "fed_server.json"
 CLIENT_FILE = "fed_client.json"
 ADMIN_FILE = "fed_admin.json"
+KIT_FILES = {SERVER_FILE: "server", CLIENT_FILE: "client", ADMIN_FILE: "admin"}
+"""The startup file each kind of kit holds, and the kind it says the kit is."""
+TAKES_KIT = {
+    "server": "flserverd takes the server kit's workspace (--workspace)",
+    "client": "flclientd takes a client kit's workspace (--workspace)",
+    "admin": "fltui takes an admin kit's startup/ folder (--startup)",
+}
 MiB = 1024 * 1024
 LOOPBACK = "127.0.0.1"
 
@@ -244,11 +251,27 @@ def _read_json(path: Path) -> Any:
     try:
         return load_json(path)
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: not found; is this the folder that holds the kit's startup/ folder?"
-        ) from None
+        raise ConfigError(_not_found(path)) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind == "admin" else f"a {kind}"
+
+
+def _not_found(path: Path) -> str:
+    """Why a kit lacks its startup file: most often it is a kit of another kind (a client's
+    kit given to the console), which the file it holds instead says."""
+    wanted = KIT_FILES.get(path.name)
+    held = [(name, kind) for name, kind in KIT_FILES.items() if (path.parent / name).is_file()]
+    if wanted is None or not held:
+        return f"{path}: not found; is this the folder that holds the kit's startup/ folder?"
+    name, kind = held[0]
+    return (
+        f"{path.parent}: this is {_a(kind)} kit, not {_a(wanted)} kit ({name} instead of "
+        f"{path.name}); {TAKES_KIT[wanted]}"
+    )
 
 
 def check_private_key(path: Path) -> None:

@@ -1,1 +1,5 @@
 """fltui."""
+
+from flcore.grpcquiet import quiet_grpc_core
+
+quiet_grpc_core()  # before any module of fltui imports grpc: the core reads it then

@@ -7,7 +7,8 @@ the provisioning wizard without a server. ``--cmd "<command>"``
 console would; ``--json`` prints each reply as one JSON object instead.
 ``--shell`` gives a line-mode prompt. Exit codes: 0 when every command
 succeeded, 1 when one failed, 2 when the server cannot be reached or the
-login is refused.
+login is refused; 141 when the reader of the output left (``| head``),
+as for any Unix tool.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from fladmin.client import (
 )
 from fladmin.link import AdminLink
 from flcore.daemon import forbid_core_dumps
+from flcore.kitsig import startup_folder
+from flcore.pipes import stops_when_reader_leaves
 
 DEFAULT_STARTUP = Path("startup")
 EXIT_OK = 0
@@ -57,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--startup",
         type=Path,
-        help="the admin kit's startup/ folder (default: ./startup)",
+        help="the admin kit's startup/ folder, or the folder that holds it (default: ./startup)",
     )
     parser.add_argument("--user", help="your admin email (default: the kit's)")
     parser.add_argument(
@@ -97,6 +100,7 @@ def parse_provision_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@stops_when_reader_leaves
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the fltui console script."""
     forbid_core_dumps()  # it holds the admin's key, a login token, the wizard's passwords
@@ -116,6 +120,8 @@ def open_console(args: argparse.Namespace) -> int:
     startup: Path | None = args.startup
     if startup is None and DEFAULT_STARTUP.is_dir():
         startup = DEFAULT_STARTUP
+    if startup is not None:
+        startup = startup_folder(startup)
     user = args.user or ""
     if startup is None:
         app = ConsoleApp(user=user, timeout=args.timeout)
@@ -138,9 +144,24 @@ def open_wizard(workspace: Path) -> int:
     return EXIT_OK
 
 
+def kit_folder(given: Path | None) -> Path:
+    """The admin kit's startup/ folder: ``--startup``, ./startup without it.
+
+    Raises:
+        AdminError: neither was given nor is there a ./startup here, said as such rather
+            than as a damaged kit.
+    """
+    if given is None and not DEFAULT_STARTUP.is_dir():
+        raise AdminError(
+            f"no --startup given and no {DEFAULT_STARTUP}/ folder in {Path.cwd()}: give the "
+            "admin kit's startup/ folder with --startup"
+        )
+    return startup_folder((given or DEFAULT_STARTUP).resolve())
+
+
 async def connect(args: argparse.Namespace) -> AdminClient:
     """Read the kit, connect and log in (AdminError on failure)."""
-    startup = (args.startup or DEFAULT_STARTUP).resolve()
+    startup = kit_folder(args.startup)
     kit = load_kit(startup)
     for warning in kit_warnings(startup, kit):
         print(f"fltui: warning: {warning}", file=sys.stderr)

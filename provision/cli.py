@@ -11,6 +11,7 @@ in that file (created with mode 0600).
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import logging
 import sys
@@ -20,9 +21,9 @@ from pathlib import Path
 from cryptography import x509
 
 from flcore.daemon import forbid_core_dumps
-from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, verify_startup
+from flcore.kitsig import ROOT_CERT_FILE, KitSignatureError, startup_folder, verify_startup
+from flcore.pipes import stops_when_reader_leaves
 from flcore.schema import ConfigError
-from flcore.startup import STARTUP_DIR
 from provision.csr import REQUEST_ROLES, assemble, colon_hex, make_request, sign_request
 from provision.engine import provision_workspace
 from provision.errors import ProvisionError
@@ -387,8 +388,7 @@ def _run_init(args: argparse.Namespace) -> int:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    kit_dir: Path = args.kit_dir
-    startup = kit_dir / STARTUP_DIR if (kit_dir / STARTUP_DIR).is_dir() else kit_dir
+    startup = startup_folder(args.kit_dir)
     verify_startup(startup)
     print(f"OK: {startup} matches its signature")
     # The seal is the kit's own CA's: a kit swapped on its way is sealed too. Its CA's
@@ -430,10 +430,25 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _unknown_command(word: str) -> str:
+    """What to say of a first word that names no command: argparse took it for an argument
+    of provisioning and asked for -w instead."""
+    close = difflib.get_close_matches(word, COMMANDS, n=1)
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    return (
+        f"unknown command {word!r}: {guess}the commands are {', '.join(COMMANDS)}, and "
+        f"'{PROG} -p project.yml -w WORKSPACE' provisions ('{PROG} --help' says more)"
+    )
+
+
+@stops_when_reader_leaves
 def main(argv: Sequence[str] | None = None) -> int:
     """Run flprovision with ``argv`` (default: the command line) and return the exit code."""
     forbid_core_dumps()  # it holds the CA key and the kits' passwords
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-") and args[0] not in COMMANDS:
+        print(f"{PROG}: error: {_unknown_command(args[0])}", file=sys.stderr)
+        return EXIT_ERROR
     command = args.pop(0) if args and args[0] in COMMANDS else None
     make_parser, run = COMMANDS[command] if command else (_provision_parser, _run_provision)
     try:
@@ -443,11 +458,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK if exc.code in (0, None) else EXIT_ERROR
     try:
         return run(namespace)
+    except BrokenPipeError:
+        raise  # the reader left (``| head``): stop without a word
     except ConfigError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_INVALID_PROJECT
-    except (ProvisionError, KitSignatureError, OSError) as exc:
+    except (ProvisionError, KitSignatureError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:  # a bug: still one line, not a traceback, and exit 1
         print(f"{PROG}: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)

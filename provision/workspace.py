@@ -199,7 +199,10 @@ class Workspace:
                 folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
                 folder.chmod(PRIVATE_DIR_MODE)
         except OSError as exc:
-            raise ProvisionError(f"{self.root}: cannot create the workspace ({exc})") from None
+            inside = f"{exc.filename}: " if exc.filename and exc.filename != str(self.root) else ""
+            raise ProvisionError(
+                f"{self.root}: cannot create the workspace ({inside}{exc.strerror or exc})"
+            ) from None
 
     @contextmanager
     def lock(self) -> Iterator[None]:

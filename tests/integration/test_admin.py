@@ -129,6 +129,36 @@ def test_fltui_cmd_output_json_and_exit_codes(cluster: Cluster) -> None:
     assert result.returncode == 1 and "needs confirmation: add --yes" in result.stdout
 
 
+@pytest.mark.parametrize("mode", ["--cmd", "--json", "--shell"])
+def test_fltui_stops_quietly_when_the_reader_of_its_output_leaves(
+    cluster: Cluster, mode: str
+) -> None:
+    """``fltui --cmd help --cmd list_runs | head -2`` printed a BrokenPipeError traceback.
+    The replies here outgrow a pipe's buffer, so fltui is still writing when the reader
+    goes."""
+    cluster.server()
+    commands = ["help"] * 200
+    given = [mode] if mode != "--cmd" else []
+    if mode != "--shell":
+        given += [arg for line in commands for arg in ("--cmd", line)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fltui", "--startup", str(cluster.kit()), *given],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    process.stdin.write("".join(f"{line}\n" for line in commands) if mode == "--shell" else "")
+    process.stdin.close()
+    assert process.stdout.readline()
+    process.stdout.close()
+    errors = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert errors == ""
+
+
 def test_set_run_number_reuse_keeps_logs(cluster: Cluster) -> None:
     cluster.server()
     cluster.client("flclient1")

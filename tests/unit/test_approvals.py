@@ -7,6 +7,8 @@ import asyncio
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from flcore.appreview import review_app
 from fldev.cluster import APPS
 
 DIGEST = "ab" * 32
+APP = "digits_custom"
 
 
 @pytest.fixture
@@ -149,6 +152,26 @@ def test_show_app_prints_the_digest_the_code_and_how_to_approve(workspace: Path)
     assert model in out
     code, listed = run("show-app", "--workspace", str(workspace), "digits_custom", "--list")
     assert code == 0 and model not in listed and "resources/digits_custom/model.py" in listed
+
+
+def test_show_app_stops_quietly_when_the_reader_of_its_output_leaves(workspace: Path) -> None:
+    """``flclientd show-app --workspace W APP | head -30`` printed ``[Errno 32] Broken pipe``
+    and exited 1. The app here outgrows a pipe's buffer, so show-app is still writing when
+    the reader goes."""
+    app = workspace / "run_3" / "app_site"
+    (app / "resources" / "notes.py").write_text("# a long comment\n" * 20_000)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flclientd", "show-app", "--workspace", str(workspace), APP],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith("app digits_custom")
+    process.stdout.close()
+    errors = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert errors == ""
 
 
 def test_approve_names_the_app_and_show_app_then_says_approved(workspace: Path) -> None:

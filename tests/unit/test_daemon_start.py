@@ -3,13 +3,14 @@ code 2, never a traceback (flcore.daemon)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from flcore.daemon import daemon_parser
+from flcore.daemon import daemon_parser, listen_problem
 
 
 def start(daemon: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,3 +37,26 @@ def test_a_log_level_that_is_no_level_is_refused_with_the_choices() -> None:
     with pytest.raises(SystemExit) as refused:
         parser.parse_args(["--workspace", "w", "--log-level", "verbose"])
     assert refused.value.code == 2
+
+
+def test_a_port_in_use_is_said_plainly() -> None:
+    """gRPC said 'Failed to bind to address localhost:18602; set GRPC_VERBOSITY=debug
+    environment variable to see detailed error message.'"""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        said = listen_problem(f"localhost:{port}")
+    assert said.startswith(f"cannot listen on localhost:{port}: the address is in use; ")
+    assert "is another server running?" in said and "GRPC" not in said
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("192.0.2.7", "192.0.2.7 is no address of this machine"),
+        ("no-such-host.invalid", "no-such-host.invalid is no name or address this machine knows"),
+    ],
+)
+def test_an_address_that_is_not_this_machines_is_said_plainly(host: str, reason: str) -> None:
+    assert listen_problem(f"{host}:18602") == f"cannot listen on {host}:18602: {reason}"

@@ -173,4 +173,4 @@ def test_broken_manifest_is_refused(startup: Path, content: str | None, expected
 
 
 def test_missing_folder_is_refused(tmp_path: Path) -> None:
-    assert "not a folder" in _problem(tmp_path / "nope")
+    assert "nope: no such folder; check the path" in _problem(tmp_path / "nope")

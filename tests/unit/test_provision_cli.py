@@ -17,10 +17,12 @@ import yaml
 from cryptography import x509
 
 import provision
+from flserverd.commands import COMMANDS
 from provision.cli import main
 from provision.csr import colon_hex
 from provision.kits import write_kit_zip
 from provision.pki import fingerprint
+from provision.templates import sample_project
 from tests.flprovision import flprovision
 
 REPO = Path(provision.__file__).resolve().parents[1]
@@ -103,6 +105,7 @@ def test_passwords_file_is_private_and_matches_stdout(
         (lambda m: m["clients"][1].update(name="site-a"), "clients[1]: duplicate client name"),
         (lambda m: m["admins"][0].update(email="x"), "admins[0]: 'email' must be an email"),
         (lambda m: m["server"].update(admin_port=70000), "'admin_port' must be between 1 and"),
+        (lambda m: m["server"].update(fed_port=True), "'fed_port' must be an integer, got true"),
         (lambda m: m.update(extra=1), "unknown key 'extra'"),
         (lambda m: m["clients"][0].update(name="global"), "'name' must not be a word flstack"),
     ],
@@ -154,6 +157,50 @@ def test_usage_error_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert "-w/--workspace" in capsys.readouterr().err
     assert main(["extract"]) == 1
     assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["bogus"], "unknown command 'bogus': the commands are init, revoke, crl, "),
+        (["extrct", "kit.zip", "-d", "x"], "unknown command 'extrct': did you mean 'extract'? "),
+    ],
+)
+def test_an_unknown_command_is_named(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said 'the following arguments are required: -w/--workspace'."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"flprovision: error: {said}") and "-w/--workspace" not in err
+    assert "'flprovision -p project.yml -w WORKSPACE' provisions" in err
+
+
+def test_a_workspace_that_cannot_be_made_is_said_in_words(
+    tmp_path: Path, provision_project_mapping: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It showed ``[Errno 2] No such file or directory: '/proc/forbidden'``."""
+    project = _write_project(tmp_path, provision_project_mapping)
+    (tmp_path / "a-file").write_text("")
+    workspace = tmp_path / "a-file" / "ws"
+    assert main(["-p", str(project), "-w", str(workspace)]) == 1
+    assert capsys.readouterr().err == (
+        f"flprovision: error: {workspace}: cannot create the workspace (Not a directory)\n"
+    )
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said 'not valid YAML (while parsing a flow mapping in "<unicode string>", line 2,
+    column 9: server: {host: a, ^ expected ...'."""
+    project = tmp_path / "project.yml"
+    project.write_text("name: x\nserver: {host: a,\n  fed_port: 1\n  admin_port: 2}\n")
+    assert main(["-p", str(project), "-w", str(tmp_path / "ws")]) == 2
+    assert capsys.readouterr().err == (
+        f"flprovision: error: {project}: not valid YAML: expected ',' or '}}', but got ':' at "
+        "line 4, column 13 (while parsing a flow mapping at line 2, column 9)\n"
+    )
 
 
 def test_warnings_go_to_stderr(
@@ -213,6 +260,19 @@ def test_init_writes_a_sample_that_provisions(tmp_path: Path) -> None:
         "email@hello.world.com.zip",
     ]
     assert "Traceback" not in run.stderr
+
+
+def test_the_sample_lists_every_command_a_member_may_run() -> None:
+    """It listed check_status and validate only."""
+    text = sample_project()
+    intro = "member: only the commands that look:"
+    start = text.index(intro) + len(intro)
+    listed = []
+    for line in text[start:].splitlines()[1:]:
+        if not line.strip().startswith("#"):
+            break
+        listed += [name.strip() for name in line.strip(" #").split(",") if name.strip()]
+    assert listed == [name for name, spec in COMMANDS.items() if spec.read_only]
 
 
 def test_init_to_a_named_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

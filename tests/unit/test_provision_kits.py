@@ -317,6 +317,53 @@ def test_scripts_start_the_right_program(
     assert (root / "transfer").is_dir() == (script == "fl_admin.sh")
 
 
+def test_a_virtual_environment_given_as_flstack_bin_is_taken_for_its_bin(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    startup = _extract(provisioned_workspace, "site-a", tmp_path / "kit")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    _fake_commands(venv / "bin")
+    run = subprocess.run(
+        [str(startup / "start.sh")],
+        env={**os.environ, "FLSTACK_BIN": str(venv)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert run.stdout.splitlines()[0] == "flclientd"
+
+
+@pytest.mark.parametrize(
+    ("kit", "script", "program"),
+    [("site-a", "start.sh", "flclientd"), ("lead@example.org", "fl_admin.sh", "fltui")],
+)
+def test_a_command_not_found_says_where_to_find_it(
+    provisioned_workspace: Any, tmp_path: Path, kit: str, script: str, program: str
+) -> None:
+    """It said ``exec: flclientd: not found``."""
+    startup = _extract(provisioned_workspace, kit, tmp_path / "kit")
+    bare = {key: value for key, value in os.environ.items() if key != "FLSTACK_BIN"}
+    bare["PATH"] = "/usr/bin:/bin"
+    run = subprocess.run([str(startup / script)], env=bare, capture_output=True, text=True)
+    assert run.returncode == 127
+    assert run.stderr == (
+        f"{script}: {program} is not on PATH: activate the virtual environment where flstack "
+        "is installed (source <venv>/bin/activate), or set FLSTACK_BIN to its bin/ folder\n"
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = subprocess.run(
+        [str(startup / script)],
+        env={**bare, "FLSTACK_BIN": str(empty)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 127
+    assert run.stderr.startswith(f"{script}: FLSTACK_BIN={empty} holds no {program}, nor ")
+    assert "set FLSTACK_BIN to the bin/ folder of the virtual environment" in run.stderr
+
+
 def test_kits_verify_after_extract(provisioned_workspace: Any, tmp_path: Path) -> None:
     for kit in ("server", "site-a", "site-b", "lead@example.org", "viewer@example.org"):
         startup = _extract(provisioned_workspace, kit, tmp_path / kit)
