@@ -21,6 +21,7 @@ from flcore.daemon import (
     collect_garbage_in_bulk,
     daemon_parser,
     hold_workspace,
+    listen_problem,
     raise_open_files,
     start_daemon,
     stop_on_signals,
@@ -69,12 +70,10 @@ def main(argv: list[str] | None = None) -> int:
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials) -> None:
     try:
         port = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"cannot listen on {address}: {exc}; is another server running?"
-        ) from None
+    except RuntimeError:  # gRPC says only that it failed, and to set one of its variables
+        raise ConfigError(listen_problem(address)) from None
     if port == 0:
-        raise ConfigError(f"cannot listen on {address}: is the port in use?")
+        raise ConfigError(listen_problem(address))
 
 
 async def serve(workspace: Path, startup: ServerStartup) -> int:
