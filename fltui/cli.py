@@ -208,8 +208,13 @@ async def execute(client: AdminClient, line: str, assume_yes: bool) -> CommandRe
         if not reply.confirm_prompt:
             return reply
         if not (assume_yes or await confirm(reply.confirm_prompt)):
-            reason = "not confirmed" if sys.stdin.isatty() else "needs confirmation: add --yes"
-            return cancelled(line, reason, reply)
+            if sys.stdin.isatty():
+                return cancelled(line, "not confirmed", reply)
+            # A script is shown what it would have done, so that its author can decide.
+            asked = reply.confirm_prompt.rsplit("\n", 1)[0]
+            return cancelled(
+                line, f"needs confirmation: add --yes to go ahead with\n{asked}", reply
+            )
         reply = await client.execute(line, confirmed=True)
     if reply.confirm_prompt:
         return cancelled(
@@ -229,6 +234,9 @@ async def run_commands(client: AdminClient, lines: list[str], as_json: bool, yes
     """The --cmd mode: each command's reply, in order; stop at a lost connection."""
     code = EXIT_OK
     for line in lines:
+        if not as_json:
+            # Echoed first: a question asked on the terminal belongs under the command.
+            print(f"> {line}", flush=True)
         try:
             reply = await execute(client, line, yes)
         except AdminError as exc:
@@ -237,7 +245,7 @@ async def run_commands(client: AdminClient, lines: list[str], as_json: bool, yes
         if as_json:
             print(reply.as_json(), flush=True)
         else:
-            print(f"> {reply.line}\n{reply.render()}\n", flush=True)
+            print(f"{reply.render()}\n", flush=True)
         if not reply.ok:
             code = EXIT_COMMAND
     return code

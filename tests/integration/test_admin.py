@@ -238,6 +238,8 @@ def test_an_old_run_is_deleted_with_its_history_and_a_deletion_cut_short_ends_at
     result = fltui(cluster, "--cmd", "delete_run 1")  # a script must say yes
     assert result.returncode == 1
     assert "delete_run cancelled: needs confirmation: add --yes" in result.stdout
+    assert "Delete: run 1\nThis deletes:\n  run_1/ (" in result.stdout  # what it would do
+    assert "Are you sure" not in result.stdout
     assert (workspace / "run_1").is_dir() and run_history_rows(cluster, 1) > 0
 
     rows_before = audit_rows(cluster)
