@@ -131,7 +131,11 @@ def read_kit(zip_path: Path, password: str | None) -> dict[str, bytes]:
         OSError,
         struct.error,  # an AES entry cut short: its salt is not all there
     ) as exc:
-        raise ProvisionError(f"{zip_path}: not a readable zip file ({exc})") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ProvisionError(
+            f"{zip_path}: not a readable zip file ({reason or 'it ends too soon or is damaged'}); "
+            "copy the kit again from where it was issued"
+        ) from None
     if not files:
         raise ProvisionError(f"{zip_path}: not a startup kit (no {STARTUP_DIR}/ folder)")
     return files

@@ -331,7 +331,9 @@ def test_extract_refuses_a_damaged_zip(tmp_path: Path, capsys: pytest.CaptureFix
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"not a zip")
     assert main(["extract", str(bad), "-p", "x", "-d", str(tmp_path / "out")]) == 1
-    assert "bad.zip: not a readable zip file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.zip: not a readable zip file" in err
+    assert "copy the kit again from where it was issued" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -345,7 +347,9 @@ def test_extract_refuses_an_aes_entry_cut_short(
     data[28:30] = struct.pack("<H", 0xFFFF)  # the first entry's extra field runs past the end
     kit.write_bytes(bytes(data))
     assert main(["extract", str(kit), "-p", "pw", "-d", str(tmp_path / "out")]) == 1
-    assert "kit.zip: not a readable zip file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "kit.zip: not a readable zip file" in err
+    assert "copy the kit again from where it was issued" in err
     assert not (tmp_path / "out").exists()
 
 
