@@ -164,7 +164,7 @@ class AppLine:
     size: int
     files: int
     sha256: str
-    """SHA-256 of the app's ``sha256sum`` listing (see :func:`flcore.folders.app_digest`)."""
+    """The digest sites approve the app by (:mod:`flcore.appreview`)."""
     uploaded_at: float
 
     @classmethod

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from flcore import status as st
+from flcore.appreview import app_digest, app_files
 from flcore.feed import RunInfo
-from flcore.folders import app_digest, human_size
+from flcore.folders import human_size
 from flcore.listingrecords import AppLine, RoundLine, RunLine, SiteResult
 from flserverd.admins import AdminLogins
 from flserverd.runstore import RunStore
@@ -250,7 +251,8 @@ def app_names(store: RunStore) -> list[str]:
 
 
 class AppDigests:
-    """App hashes, computed again only when the app's folder was replaced (an upload)."""
+    """App digests (the one sites approve), computed again only when the app's folder was
+    replaced (an upload)."""
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[tuple[int, int], tuple[int, int, str]]] = {}
@@ -261,10 +263,12 @@ class AppDigests:
         key = (info.st_ino, info.st_mtime_ns)
         known = self._known.get(folder.name)
         if known is None or known[0] != key:
-            known = (key, app_digest(folder))
+            found = app_files(folder)
+            size = sum(path.stat().st_size for _, path in found)
+            known = (key, (size, len(found), app_digest(found)))
             self._known[folder.name] = known
-        size, files, digest = known[1]
-        return AppLine(folder.name, size, files, digest, info.st_mtime)
+        size, count, digest = known[1]
+        return AppLine(folder.name, size, count, digest, info.st_mtime)
 
 
 def apps_text(lines: Sequence[AppLine], page: Page) -> str:
