@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -1057,21 +1057,45 @@ class FLServer:
         if not training.active or training.run.phase != PHASE_TRAINING:
             return ""
         number, needed = training.run.run_number, training.config.min_num_clients
-        able = set(training.round.contributed) | {
-            s.instance
-            for s in self.registry.clients()
-            if s.status.run_number == number and s.status.status in TRAINING_ON
-        }
+        able = set(training.round.contributed) | self._on_run(number, TRAINING_ON)
         if len(able) >= needed:
             return ""
         failures = training.run.failures
-        if failures:
-            why = ", ".join(f"{site} failed ({error})" for site, error in sorted(failures.items()))
-            return f"min_num_clients {needed} but only {len(able)} site(s) can train: {why}"
+        why = [f"{site} failed ({error})" for site, error in sorted(failures.items())]
+        approving = self._on_run(number, {st.WAITING_APPROVAL}) - set(failures)
+        if approving:
+            why.append(
+                f"{', '.join(sorted(approving))} wait for their site IT's approval of the "
+                f"app's code (site IT: flclientd show-app, then flclientd approve)"
+            )
+        if why:
+            return f"min_num_clients {needed} but only {len(able)} site(s) can train: " + (
+                "; ".join(why)
+            )
         return (
             f"min_num_clients {needed} but only {len(able)} site(s) are training: "
             "start more clients (start client)"
         )
+
+    def _on_run(self, number: int, statuses: Collection[str]) -> set[str]:
+        """The instances that report one of ``statuses`` for run ``number``."""
+        return {
+            s.instance
+            for s in self.registry.clients()
+            if s.status.run_number == number and s.status.status in statuses
+        }
+
+    def awaited(self, training: Training) -> tuple[str, ...]:
+        """Who the run waits for now: those the round waits for, and in training the sites
+        of this run on their way to it (starting, or waiting for their IT's approval), which
+        the round counts only once they ask for its task."""
+        if not training.active:
+            return ()
+        awaited = set(training.awaited())
+        if training.run.phase == PHASE_TRAINING:
+            coming = self._on_run(training.run.run_number, {st.STARTING, st.WAITING_APPROVAL})
+            awaited |= coming - set(training.round.contributed)
+        return tuple(sorted(awaited))
 
     def run_view(self) -> RunInfo:
         """The run's state now (from the database when it is not training here)."""
@@ -1116,7 +1140,7 @@ class FLServer:
             max_num_clients=training.config.max_num_clients,
             updates_received=len(state.contributed),
             contributed=tuple(sorted(state.contributed)),
-            awaited=tuple(training.awaited()) if training.active else (),
+            awaited=self.awaited(training),
             wait_deadline=state.deadline,
             history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
