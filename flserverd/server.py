@@ -516,7 +516,15 @@ class FLServer:
             raise
         except Exception as exc:
             self.start_error = _start_failure(exc)
-            log.error("run %d: cannot start training: %s", number, exc, exc_info=exc)
+            # The app's or the checkpoint's fault is said in one line; only a fault of the
+            # server's own code earns its traceback.
+            expected = isinstance(exc, ModelInitError | ConfigError | TensorFileError | OSError)
+            log.error(
+                "run %d: cannot start training: %s",
+                number,
+                self.start_error,
+                exc_info=None if expected else exc,
+            )
         finally:
             self.starting = False
             self._starting_task = None
@@ -1179,7 +1187,7 @@ class FLServer:
 
 def _start_failure(exc: Exception) -> str:
     """Why a run could not start, as a sentence (the log has the traceback)."""
-    if isinstance(exc, RuntimeError | ConfigError | TensorFileError):
+    if isinstance(exc, ModelInitError | ConfigError | TensorFileError):
         return str(exc)  # build_initial_model's and the model file's words
     if isinstance(exc, OSError):
         return f"the server could not write the initial model: {exc.strerror or exc}"
@@ -1195,6 +1203,11 @@ def without_tracking_secrets(environment: Mapping[str, str]) -> dict[str, str]:
     """The environment of the model-init child: the app's code runs there, and only the
     tracking child needs MLflow's credentials (``MLFLOW_TRACKING_PASSWORD`` and the like)."""
     return {key: value for key, value in environment.items() if not key.startswith("MLFLOW_")}
+
+
+class ModelInitError(Exception):
+    """The model-init child could not build the run's first model: the app's config or code,
+    or its checkpoint, is at fault (the message is the child's one-line error)."""
 
 
 async def build_initial_model(app_dir: Path, target: Path, checkpoint_dirs: Sequence[Path]) -> None:
@@ -1219,7 +1232,7 @@ async def build_initial_model(app_dir: Path, target: Path, checkpoint_dirs: Sequ
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), MODEL_INIT_TIMEOUT)
     except TimeoutError:
-        raise RuntimeError("building the initial model took too long") from None
+        raise ModelInitError("building the initial model took too long") from None
     finally:
         if process.returncode is None:  # timed out, or the start was aborted
             process.kill()
@@ -1227,4 +1240,4 @@ async def build_initial_model(app_dir: Path, target: Path, checkpoint_dirs: Sequ
     if process.returncode != 0:
         text = stderr.decode(errors="replace").strip()
         first = next((ln for ln in text.splitlines() if ln.startswith("error:")), text[-500:])
-        raise RuntimeError(first.removeprefix("error:").strip() or "model init failed")
+        raise ModelInitError(first.removeprefix("error:").strip() or "model init failed")

@@ -137,6 +137,20 @@ def test_check_status_formats(cluster: Cluster) -> None:
     assert "status: training started" in client_line
 
 
+def test_a_config_naming_a_missing_class_fails_the_start_in_one_line(cluster: Cluster) -> None:
+    """A user's config mistake is said once, in the status and one log line: no traceback of
+    the server's own code in its log."""
+    server = cluster.server()
+    cluster.configure("config_train.json", model={"path": "flapp.models.DigitCNN"})
+    cluster.prepare_run(1, deploy_clients=False)
+    cluster.ok("start server")
+    text = start_failure(cluster)
+    assert "flapp.models.DigitCNN" in text
+    said = [line for line in server.log().splitlines() if "cannot start training" in line]
+    assert len(said) == 1 and "flapp.models.DigitCNN" in said[0]
+    assert "Traceback" not in server.log()
+
+
 def test_client_joins_mid_run(cluster: Cluster) -> None:
     cluster.server()
     cluster.client("flclient1")
