@@ -108,7 +108,11 @@ class RunLine:
     ending: str
     best: str
     started_at: float
+    """When the run first started (a continuation after a stop keeps it)."""
     ended_at: float
+    resumed_at: float = 0.0
+    """When the run last continued after it stopped before its end (0: it never did; also
+    what an older server's reply gives)."""
 
     @classmethod
     def from_json(cls, data: JSON) -> RunLine:

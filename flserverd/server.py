@@ -478,7 +478,7 @@ class FLServer:
         record.num_rounds = config.num_rounds
         record.phase = PHASE_TRAINING if training_left else PHASE_FINAL_VALIDATION
         record.status, record.reason, record.failed_sites = st.STARTED, "", []
-        record.failures, record.started_at, record.ended_at = {}, time.time(), 0.0
+        record.failures, record.resumed_at, record.ended_at = {}, time.time(), 0.0
         try:
             self._hold(record, config)
             self.db.save_run(record)
@@ -1037,7 +1037,7 @@ class FLServer:
         number = self.run_number
         training = self.training_for(number)
         record = training.run if training is not None else self.db.get_run(number)
-        return number, record.started_at if record is not None else 0.0
+        return number, record.last_started if record is not None else 0.0
 
     def publish_clients(self) -> None:
         """Send every client's row again: the run changed, and with it what the rows say."""

@@ -113,11 +113,32 @@ def test_show_run_gives_each_sites_metrics_per_round_in_bounded_pages(
         last = await execute(server, "show_run 2 3")
         assert last.data["rounds"][-1]["final"] is True
         assert "final validation: acc=0.9900" in last.text
+        # The final model is validated on each site's validation data, its metrics weighed
+        # by the site's training samples: not a count of samples validated.
+        server.db.record_folded(2, 5, "site-a", 10, {"acc": 0.99})
+        final = (await execute(server, "show_run 2 3")).text.splitlines()
+        assert final[-2] == "  site-a: weight 10 acc=0.9900"
         missing = await execute(server, "show_run 9")
         assert not missing.ok
         assert missing.text == "there is no run 9 on this server (list_runs lists them)"
         assert not (await execute(server, "show_run")).ok
         assert not (await execute(server, "show_run 2 4")).ok
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_long_failure_is_clipped_in_list_runs_and_whole_in_show_run(tmp_path: Path) -> None:
+    """One run's long failure must not widen every row of list_runs."""
+    why = "server error: " + "the checkpoint folder could not be written, " * 12
+
+    async def scenario(server: FLServer) -> None:
+        server.db.save_run(record(1, started_at=1.0e9))
+        server.db.save_run(record(2, status=st.STOPPED, reason=why, started_at=1.0e9))
+        listed = (await execute(server, "list_runs")).text.splitlines()
+        assert max(len(line) for line in listed[:-1]) < 200
+        assert listed[1].startswith("2  ") and "…" in listed[1]
+        shown = await execute(server, "show_run 2")
+        assert shown.text.splitlines()[0] == f"Run 2 · digits · training stopped (failed: {why})"
 
     on_server(tmp_path, scenario)
 
