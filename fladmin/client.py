@@ -33,7 +33,7 @@ from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flcore.proto.gen import flstack_common_pb2 as common_pb2
 from flcore.schema import ConfigError
 from flcore.startup import AdminStartup, load_admin
-from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials
+from flcore.tls import CHANNEL_OPTIONS, TlsFiles, channel_credentials, foreign_server
 
 DEFAULT_TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 3600.0
@@ -421,6 +421,9 @@ def describe_rpc_error(exc: grpc.aio.AioRpcError, target: str) -> str:
     """Turn a gRPC failure into a sentence an admin can act on."""
     code = exc.code()
     details = printable(exc.details() or code.name)
+    foreign = foreign_server(exc, target)
+    if foreign is not None:
+        return foreign
     if code == grpc.StatusCode.UNAVAILABLE:
         return f"cannot connect to the server at {target}: {details}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

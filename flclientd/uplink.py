@@ -37,6 +37,7 @@ from flcore.logs import one_line
 from flcore.progress import TransferStalled
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
+from flcore.tls import foreign_server
 from flcore.tokens import token_id
 from flcore.wire import WireError
 
@@ -126,6 +127,10 @@ class Uplink:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     log.error("the server refused this client: %s", details(exc))
+                    return EXIT_REFUSED
+                foreign = foreign_server(exc, self.startup.server_target)
+                if foreign is not None:
+                    log.error("%s", foreign)
                     return EXIT_REFUSED
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     log.warning("the server takes no more now: %s; trying again", details(exc))

@@ -15,8 +15,13 @@ give the same input to the hash::
 Every regular file counts, whatever its name; empty folders do not (they
 travel nowhere). Changing, adding, removing or renaming a file changes the
 digest, so a site is asked again. The server prints the digest when the app
-is uploaded, and ``flclientd show-app`` at the site prints the same one,
-so an app's author can tell sites which digest to expect.
+is uploaded and ``list_apps`` lists it, ``flclientd show-app`` at the site
+prints the same one, and ``python3 -m flcore.appreview APP_FOLDER`` computes
+it from a local copy (what ``upload_folder`` would send of it), so an app's
+author can tell sites which digest to expect and anyone can check a copy.
+It is the only digest of an app anywhere: one that standard tools compute
+(``sha256sum`` of a listing) would be a second value for the same app, and
+its listing is ambiguous for names holding newlines.
 
 An app needs no approval when nothing in it can run as code: no file that
 Python would import (any suffix of ``importlib.machinery.all_suffixes()``:
@@ -33,11 +38,13 @@ expressions they hold (``"$..."``) as Python.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.machinery
 import os
 import re
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +58,7 @@ from flcore.appconfig import (
     parse_train_config,
     read_json,
 )
-from flcore.folders import FolderError
+from flcore.folders import FolderError, iter_app_files
 
 DIGEST_DOMAIN = b"flstack-app-v1\0"
 """Prefix of the hashed input: a digest of this format can never be one of another."""
@@ -142,7 +149,7 @@ def app_files(root: Path) -> list[tuple[str, Path]]:
                     if not stat.S_ISREG(mode):
                         raise FolderError(f"{rel} is not a regular file")
                     found.append((rel, path))
-    return sorted(found, key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+    return _in_digest_order(found)
 
 
 def app_digest(files: list[tuple[str, Path]]) -> str:
@@ -169,6 +176,41 @@ def app_digest(files: list[tuple[str, Path]]) -> str:
             if left or handle.read(1):
                 raise FolderError(f"{rel} changed while it was read; try again")
     return digest.hexdigest()
+
+
+def _in_digest_order(files: list[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    return sorted(files, key=lambda item: item[0].encode("utf-8", "surrogateescape"))
+
+
+def upload_digest(root: Path) -> str:
+    """The digest of what ``upload_folder`` sends of a local app folder (it leaves out
+    ``__pycache__``), which is the digest the server and the sites give the app once
+    uploaded.
+
+    Raises:
+        FolderError: a link, special file or path an upload refuses.
+        OSError: a file cannot be read.
+    """
+    return app_digest(_in_digest_order(list(iter_app_files(root))))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python3 -m flcore.appreview APP_FOLDER...``: print each folder's digest as
+    ``sha256:<hex>  <folder>``, the value ``upload_folder``, ``list_apps`` and the sites
+    show, so that an admin can confirm it to site IT without the server."""
+    parser = argparse.ArgumentParser(
+        prog="python3 -m flcore.appreview",
+        description="Print the SHA-256 by which sites approve an app, from a local copy.",
+    )
+    parser.add_argument("folders", nargs="+", type=Path, metavar="APP_FOLDER")
+    failed = 0
+    for folder in parser.parse_args(argv).folders:
+        try:
+            print(f"sha256:{upload_digest(folder)}  {folder}")
+        except (FolderError, OSError) as exc:
+            print(f"cannot hash {folder}: {exc}", file=sys.stderr)
+            failed = 1
+    return failed
 
 
 def review_app(root: Path, name: str) -> AppReview:
@@ -207,3 +249,7 @@ def _custom_components(train: TrainConfig | BundleConfig) -> tuple[str, ...]:
         for role, spec in named.items()
         if spec is not None and not is_built_in(spec.path)
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

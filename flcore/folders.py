@@ -11,7 +11,6 @@ written.
 from __future__ import annotations
 
 import errno
-import hashlib
 import importlib.machinery
 import io
 import os
@@ -152,26 +151,6 @@ def folder_size(root: Path) -> tuple[int, int]:
     """Bytes and file count of what iter_app_files would send."""
     files = list(iter_app_files(root))
     return sum(p.stat().st_size for _, p in files), len(files)
-
-
-def app_digest(root: Path) -> tuple[int, int, str]:
-    """Bytes, file count and content hash of what iter_app_files would send.
-
-    The hash is the SHA-256 of what ``sha256sum`` prints for those files,
-    sorted by path, so anyone can check a copy with standard tools:
-    ``cd APP && find config resources -type f | LC_ALL=C sort | xargs sha256sum | sha256sum``.
-    """
-    listing = hashlib.sha256()
-    size = count = 0
-    for rel, path in sorted(iter_app_files(root), key=lambda item: item[0].encode()):
-        digest = hashlib.sha256()
-        with _open_plain(path, rel) as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                digest.update(chunk)
-                size += len(chunk)
-        count += 1
-        listing.update(f"{digest.hexdigest()}  {rel}\n".encode())
-    return size, count, listing.hexdigest()
 
 
 def human_size(size: int) -> str:

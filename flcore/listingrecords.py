@@ -108,7 +108,11 @@ class RunLine:
     ending: str
     best: str
     started_at: float
+    """When the run first started (a continuation after a stop keeps it)."""
     ended_at: float
+    resumed_at: float = 0.0
+    """When the run last continued after it stopped before its end (0: it never did; also
+    what an older server's reply gives)."""
 
     @classmethod
     def from_json(cls, data: JSON) -> RunLine:
@@ -164,7 +168,7 @@ class AppLine:
     size: int
     files: int
     sha256: str
-    """SHA-256 of the app's ``sha256sum`` listing (see :func:`flcore.folders.app_digest`)."""
+    """The digest sites approve the app by (:mod:`flcore.appreview`)."""
     uploaded_at: float
 
     @classmethod

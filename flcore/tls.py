@@ -179,3 +179,30 @@ def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         root_certificates=root, private_key=key, certificate_chain=cert
     )
+
+
+# What OpenSSL says, inside gRPC's UNAVAILABLE details, when the server's certificate
+# does not chain to the CA the client trusts: the server belongs to another project
+# (or the host/port is some other TLS service). Retrying cannot cure it.
+_FOREIGN_ISSUER = (
+    "unable to get local issuer certificate",
+    "unable to get issuer certificate",
+    "self signed certificate in certificate chain",
+    "self-signed certificate in certificate chain",
+)
+
+
+def foreign_server(exc: grpc.aio.AioRpcError, target: str) -> str | None:
+    """The sentence for a server whose certificate the kit's project CA did not issue,
+    or None when the failure is something else (a server down is retried, not this)."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    said = (exc.details() or "").lower()
+    if "certificate_verify_failed" not in said or not any(
+        words in said for words in _FOREIGN_ISSUER
+    ):
+        return None
+    return (
+        f"the server at {target} presents a certificate not issued by this kit's project "
+        "CA: this is the wrong kit for this server, or the wrong host/port"
+    )

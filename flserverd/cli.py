@@ -36,6 +36,7 @@ from flcore.version import flstack_version
 from flserverd.admin_service import AdminService
 from flserverd.federation_service import FederationService, serve_federation
 from flserverd.gate import Gate
+from flserverd.project import claim_state, kit_project
 from flserverd.server import FLServer
 from flserverd.throttle import LOGIN_BURST, LOGINS_PER_SECOND, Throttle
 from flserverd.watching import start_watching
@@ -82,6 +83,8 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     lives = kit_lives(workspace / STARTUP_DIR, startup, startup.name)
     metrics = endpoint_settings(startup, workspace, SERVER_FILE)
     hold_workspace(workspace / "state" / "flserverd.lock", "flserverd")
+    ca_path = workspace / STARTUP_DIR / startup.ssl_root_cert
+    claim_state(workspace / "state", kit_project(startup.project, ca_path))
     server = FLServer(workspace, startup, flstack_version())
     try:
         await server.open()

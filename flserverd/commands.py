@@ -885,11 +885,12 @@ async def _list_runs(cmds: AdminCommands, request: Request) -> Reply:
     return Reply(True, listings.runs_text(lines, page), listings.runs_data(lines, page))
 
 
-def _run_line(server: FLServer, number: int) -> RunLine:
+def _run_line(server: FLServer, number: int, limit: int = listings.MAX_TEXT) -> RunLine:
     training = server.training_for(number)
     record = training.run if training is not None else server.db.get_run(number)
     view = server.run_view() if number == server.run_number else None
-    return listings.run_line(number, record, view, server.store.deployed_app_name(number))
+    app = server.store.deployed_app_name(number)
+    return listings.run_line(number, record, view, app, limit)
 
 
 @command(
@@ -903,7 +904,7 @@ async def _show_run(cmds: AdminCommands, request: Request) -> Reply:
     server = cmds.server
     if not server.has_run(number):
         raise CommandError(f"there is no run {number} on this server (list_runs lists them)")
-    header = _run_line(server, number)
+    header = _run_line(server, number, listings.MAX_ENDING)
     per_page = listings.rounds_per_page(len(server.db.fold_instances(number)))
     page = _page(_page_word(request, "show_run", 2), server.db.round_count(number), per_page)
     shown = listings.rounds_of(server.db, number, page)

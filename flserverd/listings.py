@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from flcore import status as st
+from flcore.appreview import app_digest, app_files
 from flcore.feed import RunInfo
-from flcore.folders import app_digest, human_size
+from flcore.folders import human_size
 from flcore.listingrecords import AppLine, RoundLine, RunLine, SiteResult
 from flserverd.admins import AdminLogins
 from flserverd.runstore import RunStore
@@ -36,6 +37,12 @@ MAX_METRICS = 16
 """Metrics shown per result (sites choose their metrics' names and number)."""
 MAX_NAME = 64
 MAX_TEXT = 200
+MAX_ENDING = 4096
+"""How a run ended, as show_run gives it: a reason and each failed site's first error line
+(each at most 4 KiB as a site sends it), bounded so that the reply stays small."""
+STATUS_CELL = 80
+"""The status column of list_runs: one run's long failure must not widen every row
+(show_run has the whole text)."""
 
 
 def clip(text: str, limit: int = MAX_TEXT) -> str:
@@ -130,9 +137,11 @@ def run_numbers(store: RunStore, db_numbers: Iterable[int]) -> list[int]:
     return sorted(folders | set(db_numbers), reverse=True)
 
 
-def run_line(number: int, record: RunRecord | None, view: RunInfo | None, app: str) -> RunLine:
+def run_line(
+    number: int, record: RunRecord | None, view: RunInfo | None, app: str, limit: int = MAX_TEXT
+) -> RunLine:
     """A run from its record (or, for the current run, the server's view of it: how it
-    ended, or why it is paused now)."""
+    ended, or why it is paused now), how it ended clipped at ``limit`` characters."""
     if record is None:
         return RunLine(number, app, "-", st.NOT_STARTED, "", "", 0.0, 0.0)
     status = view.server_status if view is not None else record.status
@@ -153,10 +162,11 @@ def run_line(number: int, record: RunRecord | None, view: RunInfo | None, app: s
         app=record.app or app,
         rounds=f"{done}/{record.num_rounds - record.start_round}",
         status=status,
-        ending=clip(ending),
+        ending=clip(ending, limit),
         best=best_text(record),
         started_at=record.started_at,
         ended_at=record.ended_at if status not in st.ACTIVE else 0.0,
+        resumed_at=record.resumed_at,
     )
 
 
@@ -167,7 +177,7 @@ def runs_text(lines: Sequence[RunLine], page: Page) -> str:
             str(r.run_number),
             r.app or "-",
             r.rounds,
-            r.status + (f" ({r.ending})" if r.ending else ""),
+            clip(r.status + (f" ({r.ending})" if r.ending else ""), STATUS_CELL),
             r.best or "-",
             when(r.started_at),
             when(r.ended_at),
@@ -227,14 +237,20 @@ def run_text(number: int, header: RunLine, rounds: Sequence[RoundLine], page: Pa
     """One run, round by round, each site's result under its round."""
     status = header.status + (f" ({header.ending})" if header.ending else "")
     lines = [f"Run {number} · {header.app or 'no app'} · {status}"]
+    if header.resumed_at:
+        lines.append(f"Started {when(header.started_at)}, continued {when(header.resumed_at)}")
     if header.best:
         lines.append(f"Best global model: {header.best}")
     for line in rounds:
         name = "final validation" if line.final else f"round {line.round}"
         took = f" · {line.seconds:.1f}s" if line.seconds else ""
         lines.append(f"{name}: {metrics_text(line.metrics) or '(no metrics)'}{took}")
+        # A final validation runs on each site's validation data; the count it reports is
+        # its training samples, which weigh its metrics, not the samples it validated.
+        count = "weight {}" if line.final else "{} samples"
         for site, result in sorted(line.sites.items()):
-            lines.append(f"  {site}: {result.samples} samples {metrics_text(result.metrics)}")
+            said = count.format(result.samples)
+            lines.append(f"  {site}: {said} {metrics_text(result.metrics)}".rstrip())
     lines.append(page.footer("rounds", f"show_run {number}"))
     return "\n".join(lines)
 
@@ -250,7 +266,8 @@ def app_names(store: RunStore) -> list[str]:
 
 
 class AppDigests:
-    """App hashes, computed again only when the app's folder was replaced (an upload)."""
+    """App digests (the one sites approve), computed again only when the app's folder was
+    replaced (an upload)."""
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[tuple[int, int], tuple[int, int, str]]] = {}
@@ -261,10 +278,12 @@ class AppDigests:
         key = (info.st_ino, info.st_mtime_ns)
         known = self._known.get(folder.name)
         if known is None or known[0] != key:
-            known = (key, app_digest(folder))
+            found = app_files(folder)
+            size = sum(path.stat().st_size for _, path in found)
+            known = (key, (size, len(found), app_digest(found)))
             self._known[folder.name] = known
-        size, files, digest = known[1]
-        return AppLine(folder.name, size, files, digest, info.st_mtime)
+        size, count, digest = known[1]
+        return AppLine(folder.name, size, count, digest, info.st_mtime)
 
 
 def apps_text(lines: Sequence[AppLine], page: Page) -> str:

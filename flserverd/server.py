@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -478,7 +478,7 @@ class FLServer:
         record.num_rounds = config.num_rounds
         record.phase = PHASE_TRAINING if training_left else PHASE_FINAL_VALIDATION
         record.status, record.reason, record.failed_sites = st.STARTED, "", []
-        record.failures, record.started_at, record.ended_at = {}, time.time(), 0.0
+        record.failures, record.resumed_at, record.ended_at = {}, time.time(), 0.0
         try:
             self._hold(record, config)
             self.db.save_run(record)
@@ -516,7 +516,15 @@ class FLServer:
             raise
         except Exception as exc:
             self.start_error = _start_failure(exc)
-            log.error("run %d: cannot start training: %s", number, exc, exc_info=exc)
+            # The app's or the checkpoint's fault is said in one line; only a fault of the
+            # server's own code earns its traceback.
+            expected = isinstance(exc, ModelInitError | ConfigError | TensorFileError | OSError)
+            log.error(
+                "run %d: cannot start training: %s",
+                number,
+                self.start_error,
+                exc_info=None if expected else exc,
+            )
         finally:
             self.starting = False
             self._starting_task = None
@@ -1037,7 +1045,7 @@ class FLServer:
         number = self.run_number
         training = self.training_for(number)
         record = training.run if training is not None else self.db.get_run(number)
-        return number, record.started_at if record is not None else 0.0
+        return number, record.last_started if record is not None else 0.0
 
     def publish_clients(self) -> None:
         """Send every client's row again: the run changed, and with it what the rows say."""
@@ -1065,21 +1073,45 @@ class FLServer:
         if not training.active or training.run.phase != PHASE_TRAINING:
             return ""
         number, needed = training.run.run_number, training.config.min_num_clients
-        able = set(training.round.contributed) | {
-            s.instance
-            for s in self.registry.clients()
-            if s.status.run_number == number and s.status.status in TRAINING_ON
-        }
+        able = set(training.round.contributed) | self._on_run(number, TRAINING_ON)
         if len(able) >= needed:
             return ""
         failures = training.run.failures
-        if failures:
-            why = ", ".join(f"{site} failed ({error})" for site, error in sorted(failures.items()))
-            return f"min_num_clients {needed} but only {len(able)} site(s) can train: {why}"
+        why = [f"{site} failed ({error})" for site, error in sorted(failures.items())]
+        approving = self._on_run(number, {st.WAITING_APPROVAL}) - set(failures)
+        if approving:
+            why.append(
+                f"{', '.join(sorted(approving))} wait for their site IT's approval of the "
+                f"app's code (site IT: flclientd show-app, then flclientd approve)"
+            )
+        if why:
+            return f"min_num_clients {needed} but only {len(able)} site(s) can train: " + (
+                "; ".join(why)
+            )
         return (
             f"min_num_clients {needed} but only {len(able)} site(s) are training: "
             "start more clients (start client)"
         )
+
+    def _on_run(self, number: int, statuses: Collection[str]) -> set[str]:
+        """The instances that report one of ``statuses`` for run ``number``."""
+        return {
+            s.instance
+            for s in self.registry.clients()
+            if s.status.run_number == number and s.status.status in statuses
+        }
+
+    def awaited(self, training: Training) -> tuple[str, ...]:
+        """Who the run waits for now: those the round waits for, and in training the sites
+        of this run on their way to it (starting, or waiting for their IT's approval), which
+        the round counts only once they ask for its task."""
+        if not training.active:
+            return ()
+        awaited = set(training.awaited())
+        if training.run.phase == PHASE_TRAINING:
+            coming = self._on_run(training.run.run_number, {st.STARTING, st.WAITING_APPROVAL})
+            awaited |= coming - set(training.round.contributed)
+        return tuple(sorted(awaited))
 
     def run_view(self) -> RunInfo:
         """The run's state now (from the database when it is not training here)."""
@@ -1124,7 +1156,7 @@ class FLServer:
             max_num_clients=training.config.max_num_clients,
             updates_received=len(state.contributed),
             contributed=tuple(sorted(state.contributed)),
-            awaited=tuple(training.awaited()) if training.active else (),
+            awaited=self.awaited(training),
             wait_deadline=state.deadline,
             history=tuple(round_record(r) for r in training.history),
             failed_sites=tuple(run.failed_sites),
@@ -1163,7 +1195,7 @@ class FLServer:
 
 def _start_failure(exc: Exception) -> str:
     """Why a run could not start, as a sentence (the log has the traceback)."""
-    if isinstance(exc, RuntimeError | ConfigError | TensorFileError):
+    if isinstance(exc, ModelInitError | ConfigError | TensorFileError):
         return str(exc)  # build_initial_model's and the model file's words
     if isinstance(exc, OSError):
         return f"the server could not write the initial model: {exc.strerror or exc}"
@@ -1179,6 +1211,11 @@ def without_tracking_secrets(environment: Mapping[str, str]) -> dict[str, str]:
     """The environment of the model-init child: the app's code runs there, and only the
     tracking child needs MLflow's credentials (``MLFLOW_TRACKING_PASSWORD`` and the like)."""
     return {key: value for key, value in environment.items() if not key.startswith("MLFLOW_")}
+
+
+class ModelInitError(Exception):
+    """The model-init child could not build the run's first model: the app's config or code,
+    or its checkpoint, is at fault (the message is the child's one-line error)."""
 
 
 async def build_initial_model(app_dir: Path, target: Path, checkpoint_dirs: Sequence[Path]) -> None:
@@ -1203,7 +1240,7 @@ async def build_initial_model(app_dir: Path, target: Path, checkpoint_dirs: Sequ
     try:
         _, stderr = await asyncio.wait_for(process.communicate(), MODEL_INIT_TIMEOUT)
     except TimeoutError:
-        raise RuntimeError("building the initial model took too long") from None
+        raise ModelInitError("building the initial model took too long") from None
     finally:
         if process.returncode is None:  # timed out, or the start was aborted
             process.kill()
@@ -1211,4 +1248,4 @@ async def build_initial_model(app_dir: Path, target: Path, checkpoint_dirs: Sequ
     if process.returncode != 0:
         text = stderr.decode(errors="replace").strip()
         first = next((ln for ln in text.splitlines() if ln.startswith("error:")), text[-500:])
-        raise RuntimeError(first.removeprefix("error:").strip() or "model init failed")
+        raise ModelInitError(first.removeprefix("error:").strip() or "model init failed")

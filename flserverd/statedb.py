@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
     failures TEXT NOT NULL DEFAULT '{}',
     metric TEXT NOT NULL DEFAULT '',
     started_at REAL NOT NULL DEFAULT 0,
-    ended_at REAL NOT NULL DEFAULT 0
+    ended_at REAL NOT NULL DEFAULT 0,
+    resumed_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS registrations (
     token_sha256 BLOB PRIMARY KEY,
@@ -111,11 +112,13 @@ RUN_COLUMNS_ADDED = {
     "metric": "TEXT NOT NULL DEFAULT ''",
     "started_at": "REAL NOT NULL DEFAULT 0",
     "ended_at": "REAL NOT NULL DEFAULT 0",
+    "resumed_at": "REAL NOT NULL DEFAULT 0",
 }
 SAVE_RUN = (
     "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
     " next_round, best_round, best_value, failed_sites, reason, failures, metric, started_at,"
-    " ended_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ended_at, resumed_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UNCOMMITTED_FOLDS = "DELETE FROM folded WHERE run_number=? AND round>=? AND round<?"
 """Fold records of a run's training rounds from its round pointer on (run, next_round,
@@ -127,7 +130,7 @@ AuditEntry = tuple[float, str, str, bool]
 """One admin command in the audit: when it ran, who ran it, its line, whether it succeeded."""
 GET_RUN = (
     "SELECT run_number, status, phase, app, start_round, num_rounds, next_round, best_round,"
-    " best_value, failed_sites, reason, failures, metric, started_at, ended_at"
+    " best_value, failed_sites, reason, failures, metric, started_at, ended_at, resumed_at"
     " FROM runs WHERE run_number=?"
 )
 
@@ -153,7 +156,16 @@ class RunRecord:
     """The validation metric that picks the best model (best_value is its value)."""
     started_at: float = 0.0
     ended_at: float = 0.0
-    """When the run last started and ended (0: not yet)."""
+    """When the run first started (its start from round ``start_round``) and when it last
+    ended (0: not yet)."""
+    resumed_at: float = 0.0
+    """When the run last continued after it stopped before its end (0: it never did)."""
+
+    @property
+    def last_started(self) -> float:
+        """When the run last started or continued: statuses from before are of an earlier
+        start."""
+        return max(self.started_at, self.resumed_at)
 
 
 @dataclass
@@ -383,6 +395,7 @@ class StateDB:
                 run.metric,
                 run.started_at,
                 run.ended_at,
+                run.resumed_at,
                 time.time(),
             ),
         )
@@ -726,4 +739,5 @@ def _run_record(row: tuple[Any, ...]) -> RunRecord:
         metric=row[12],
         started_at=row[13],
         ended_at=row[14],
+        resumed_at=row[15],
     )

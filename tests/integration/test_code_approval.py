@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fldev.cluster import Cluster
+from fldev.cluster import ADMIN, Cluster
 from fldev.poll import wait_until
 from tests.integration.test_training import finished
 
@@ -67,6 +67,17 @@ def test_custom_code_runs_only_after_the_site_approved_it(cluster: Cluster) -> N
     upload = cluster.ok(f"upload_folder {APP}")
     assert f"each site trains it only after its IT approved sha256:{digest}" in upload.text
     assert upload.data["sha256"] == digest and upload.data["needs_approval"] is True
+    # One digest everywhere: the list, and the documented command on the admin's copy.
+    (listed,) = [a for a in cluster.ok("list_apps").data["apps"] if a["name"] == APP]
+    assert listed["sha256"] == digest
+    local = cluster.root / ADMIN / "transfer" / APP
+    done = subprocess.run(
+        [sys.executable, "-m", "flcore.appreview", str(local)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == f"sha256:{digest}  {local}\n"
     cluster.ok(f"deploy {APP} server")
     deployed = cluster.ok(f"deploy {APP} client")
     assert f"not approved yet (sha256:{digest[:12]})" in deployed.text

@@ -6,10 +6,11 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from flcore.startup import load_client
 from flcore.tensorfile import TensorFile
 from flcore.tls import TlsFiles
 from flcore.wire import manifest_to_proto, tensor_chunks
-from fldev.cluster import ADMIN, Cluster
+from fldev.cluster import ADMIN, SERVER_READY, Cluster
 from fldev.poll import wait_until
 from tests.integration.test_training import finished, started
 
@@ -112,6 +113,41 @@ def test_tampered_kit_is_refused(cluster: Cluster) -> None:
     )
     assert result.returncode == 2
     assert "fed_client.json" in result.stderr and "re-extract the kit" in result.stderr
+
+
+def test_a_server_workspace_refuses_another_project_s_kit(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    """A workspace copied for another project, its startup/ replaced by that project's kit
+    and its revocation list deleted, would start as the other project with this one's runs
+    and registrations; the state names its project, so the start is refused."""
+    ours = make_cluster()
+    first = ours.server()
+    ours.client("flclient1")
+    ours.ok("set_run_number 1")
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0
+    record = json.loads((ours.root / "server" / "state" / "project.json").read_text())
+    assert record["name"] == "itest" and len(record["ca_sha256"]) == 64
+    other = make_cluster(fed_port=ours.fed_port, admin_port=ours.admin_port)
+    shutil.rmtree(ours.root / "server" / "startup")
+    shutil.copytree(other.root / "server" / "startup", ours.root / "server" / "startup")
+    (ours.root / "server" / "state" / "crl.pem").unlink(missing_ok=True)
+    refused = subprocess.run(
+        [sys.executable, "-m", "flserverd", "--workspace", str(ours.root / "server")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ours.env(),
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "this workspace's state belongs to project itest (CA fingerprint " in refused.stderr
+    assert "but its startup kit is of project itest (CA fingerprint " in refused.stderr
+    # A state from before the record adopts the kit it starts with, and then keeps to it.
+    (ours.root / "server" / "state" / "project.json").unlink()
+    offset = first.restart(SERVER_READY)
+    assert "records that this state belongs to project itest" in first.log()[offset:]
+    assert other.ok("check_status server").data["run"]["run_number"] == 1
 
 
 def test_server_tells_systemd_when_ready(cluster: Cluster, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 from fladmin import AdminClient, load_kit
 from fladmin.link import AdminLink
 from flcore import status as st
+from flcore.appreview import review_app
 from flcore.feed import FeedEvent, ServerStopping
-from flcore.folders import app_digest
 from fldev.cluster import ADMIN, SERVER_READY, Cluster
 from fldev.poll import wait_until
 from tests.integration.test_training import finished
@@ -94,7 +94,9 @@ def test_why_a_run_stopped_and_what_the_server_lists(cluster: Cluster) -> None:
 
     apps = cluster.ok("list_apps").data["apps"]
     copy = cluster.root / "server" / "transfer" / "digits_fedavg"
-    assert [(a["name"], a["sha256"]) for a in apps] == [("digits_fedavg", app_digest(copy)[2])]
+    assert [(a["name"], a["sha256"]) for a in apps] == [
+        ("digits_fedavg", review_app(copy, "").digest)
+    ]
     admins = cluster.ok("list_admins").data["admins"]
     assert [a["user"] for a in admins] == [ADMIN]
     assert admins[0]["last_command"] == "list_apps" and admins[0]["role"] == "super"

@@ -123,18 +123,37 @@ def test_check_status_formats(cluster: Cluster) -> None:
     cluster.prepare_run(7, num_rounds=2, min_num_clients=2, wait_after_min_clients=30)
     cluster.ok("start server")
     cluster.ok("start client flclient1")
+    # Awaited from its start on: while its training process starts, and once it trains.
     status = wait_until(
         lambda: (s := cluster.ok("check_status server")).data["run"]["awaited"] and s,
         60,
         "a waiting round",
     )
-    text = status.text
+    assert re.search(r"Waiting for: flclient1$", status.text, re.M)
+    wait_until(
+        lambda: "status: training started" in cluster.ok("check_status client flclient1").text,
+        60,
+        "flclient1 to train",
+    )
+    text = cluster.ok("check_status server").text
     assert "FL run number: 7" in text
     assert "FL server status: training started" in text
     assert "Current round: 0 / 2" in text
     assert re.search(r"Waiting for: flclient1$", text, re.M)
-    client_line = cluster.ok("check_status client flclient1").text
-    assert "status: training started" in client_line
+
+
+def test_a_config_naming_a_missing_class_fails_the_start_in_one_line(cluster: Cluster) -> None:
+    """A user's config mistake is said once, in the status and one log line: no traceback of
+    the server's own code in its log."""
+    server = cluster.server()
+    cluster.configure("config_train.json", model={"path": "flapp.models.DigitCNN"})
+    cluster.prepare_run(1, deploy_clients=False)
+    cluster.ok("start server")
+    text = start_failure(cluster)
+    assert "flapp.models.DigitCNN" in text
+    said = [line for line in server.log().splitlines() if "cannot start training" in line]
+    assert len(said) == 1 and "flapp.models.DigitCNN" in said[0]
+    assert "Traceback" not in server.log()
 
 
 def test_client_joins_mid_run(cluster: Cluster) -> None:

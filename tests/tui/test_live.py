@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Input, ProgressBar
 
 from fladmin.client import CommandReply
 from fladmin.link import AdminLink
-from flcore.folders import app_digest
+from flcore.appreview import review_app
 from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, free_ports
 from fldev.poll import wait_for
 from fltui.app import ConsoleApp
@@ -213,7 +213,7 @@ def test_runs_apps_and_admins_views_show_the_servers_listings(live: Cluster) -> 
             table = apps.query_one(DataTable)
             await wait_for(pilot, lambda: table.row_count == 1, 30, "the apps")
             copy = live.root / "server" / "transfer" / "digits_fedavg"
-            assert str(table.get_row_at(0)[-1]) == app_digest(copy)[2]
+            assert str(table.get_row_at(0)[-1]) == review_app(copy, "").digest
             await pilot.press("escape")
             burst(app, ":admins", "enter")
             admins = await shown(pilot, app, AdminsScreen)

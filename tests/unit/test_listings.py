@@ -6,13 +6,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from flcore import status as st
+from flcore.appreview import review_app
 from flcore.feed import RunInfo
-from flcore.folders import app_digest
 from flcore.identity import KIND_ADMIN, Identity
 from flserverd import listings
 from flserverd.admins import AdminLogins
@@ -112,11 +113,32 @@ def test_show_run_gives_each_sites_metrics_per_round_in_bounded_pages(
         last = await execute(server, "show_run 2 3")
         assert last.data["rounds"][-1]["final"] is True
         assert "final validation: acc=0.9900" in last.text
+        # The final model is validated on each site's validation data, its metrics weighed
+        # by the site's training samples: not a count of samples validated.
+        server.db.record_folded(2, 5, "site-a", 10, {"acc": 0.99})
+        final = (await execute(server, "show_run 2 3")).text.splitlines()
+        assert final[-2] == "  site-a: weight 10 acc=0.9900"
         missing = await execute(server, "show_run 9")
         assert not missing.ok
         assert missing.text == "there is no run 9 on this server (list_runs lists them)"
         assert not (await execute(server, "show_run")).ok
         assert not (await execute(server, "show_run 2 4")).ok
+
+    on_server(tmp_path, scenario)
+
+
+def test_a_long_failure_is_clipped_in_list_runs_and_whole_in_show_run(tmp_path: Path) -> None:
+    """One run's long failure must not widen every row of list_runs."""
+    why = "server error: " + "the checkpoint folder could not be written, " * 12
+
+    async def scenario(server: FLServer) -> None:
+        server.db.save_run(record(1, started_at=1.0e9))
+        server.db.save_run(record(2, status=st.STOPPED, reason=why, started_at=1.0e9))
+        listed = (await execute(server, "list_runs")).text.splitlines()
+        assert max(len(line) for line in listed[:-1]) < 200
+        assert listed[1].startswith("2  ") and "…" in listed[1]
+        shown = await execute(server, "show_run 2")
+        assert shown.text.splitlines()[0] == f"Run 2 · digits · training stopped (failed: {why})"
 
     on_server(tmp_path, scenario)
 
@@ -132,28 +154,35 @@ def test_a_page_of_show_run_stays_far_below_the_message_limit() -> None:
     assert all(len(name) <= listings.MAX_NAME for name in shown)
 
 
-def test_list_apps_gives_size_and_the_hash_sha256sum_gives(tmp_path: Path) -> None:
+def test_list_apps_gives_size_and_the_digest_sites_approve(tmp_path: Path) -> None:
     apps = Path(__file__).resolve().parents[2] / "examples" / "apps"
+    local = tmp_path / "digits_custom"
+    shutil.copytree(apps / "digits_custom", local)
+    (local / "resources" / "a name with spaces.txt").write_text("notes")
+    (local / "resources" / "__pycache__").mkdir()  # never uploaded, so never hashed
+    (local / "resources" / "__pycache__" / "x.pyc").write_bytes(b"\0")
 
     async def scenario(server: FLServer) -> None:
-        shutil.copytree(apps / "digits_fedavg", server.store.transfer / "digits_fedavg")
+        folder = server.store.transfer / "digits_custom"
+        shutil.copytree(local, folder, ignore=shutil.ignore_patterns("__pycache__"))
         (server.store.transfer / ".upload-123").mkdir()  # an upload in progress is no app
         reply = await execute(server, "list_apps")
-        assert reply.ok and [a["name"] for a in reply.data["apps"]] == ["digits_fedavg"]
+        assert reply.ok and [a["name"] for a in reply.data["apps"]] == ["digits_custom"]
         app = reply.data["apps"][0]
-        folder = server.store.transfer / "digits_fedavg"
         assert app["size"] == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        assert reply.text.splitlines()[1].startswith("digits_fedavg  ")
+        assert reply.text.splitlines()[1].startswith("digits_custom  ")
         assert app["sha256"] in reply.text
-        # The documented way to check a local copy gives the same hash.
-        shell = "find config resources -type f | LC_ALL=C sort | xargs sha256sum | sha256sum"
-        if shutil.which("sha256sum"):
-            done = subprocess.run(
-                ["sh", "-c", shell], cwd=folder, capture_output=True, text=True, check=True
-            )
-            assert done.stdout.split()[0] == app["sha256"]
+        # The digest a site approves, and the documented command on the admin's copy.
+        assert app["sha256"] == review_app(folder, "digits_custom").digest
+        done = subprocess.run(
+            [sys.executable, "-m", "flcore.appreview", str(local)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert done.stdout == f"sha256:{app['sha256']}  {local}\n"
         (folder / "config" / "extra.json").write_text("{}")
-        assert app_digest(folder)[2] != app["sha256"]
+        assert review_app(folder, "digits_custom").digest != app["sha256"]
 
     on_server(tmp_path, scenario)
 

@@ -33,3 +33,36 @@ def test_a_site_paused_by_its_disk_still_counts_as_training(tmp_path: Path) -> N
         )
 
     on_server(tmp_path, scenario)
+
+
+def test_sites_waiting_for_approval_are_named_and_sites_starting_are_awaited(
+    tmp_path: Path,
+) -> None:
+    """Sites that wait for their IT's approval cannot be cured by "start client", and sites
+    still starting their training are who the round waits for, not "nobody"."""
+
+    async def scenario(server: FLServer) -> None:
+        training = train(server, num_rounds=5, min_num_clients=2)
+        training.begin()
+        sites = [
+            server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo()).client
+            for name in ("site-a", "site-b")
+        ]
+        for site in sites:
+            server.update_status(site, ClientStatus(st.STARTING, RUN, round=0))
+        view = server.run_view()
+        assert view.blocked == "" and view.awaited == ("site-a", "site-b")
+        detail = "waiting for approval of app app sha256:3f2a9c0d11e4"
+        for site in sites:
+            server.update_status(site, ClientStatus(st.WAITING_APPROVAL, RUN, detail=detail))
+        view = server.run_view()
+        assert view.blocked == (
+            "min_num_clients 2 but only 0 site(s) can train: site-a, site-b wait for their "
+            "site IT's approval of the app's code (site IT: flclientd show-app, then "
+            "flclientd approve)"
+        )
+        assert view.awaited == ("site-a", "site-b")
+        server.update_status(sites[0], ClientStatus(st.STOPPED, RUN))
+        assert server.run_view().awaited == ("site-b",)
+
+    on_server(tmp_path, scenario)

@@ -19,6 +19,8 @@ from flcore.identity import KIND_CLIENT, Identity
 from flcore.tokens import new_token, token_key
 from fldev.poll import wait_until_async
 from flserverd import server as server_module
+from flserverd.commands import AdminCommands
+from flserverd.listings import when
 from flserverd.server import CommandError, FLServer
 from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
 from tests.unit.serverparts import server_startup
@@ -221,7 +223,18 @@ def test_a_continued_run_forgets_how_it_ended_before(tmp_path: Path) -> None:
             assert view.failed_sites == () and view.site_errors == {}
             record = server.db.get_run(4)
             assert record is not None and record.failures == {}
-            assert record.ended_at == 0.0 and record.started_at > 200.0
+            # The run started at 100 and continues now: list_runs keeps its first start,
+            # show_run says when it continued.
+            assert record.ended_at == 0.0 and record.started_at == 100.0
+            assert record.resumed_at > 200.0 and record.last_started == record.resumed_at
+            commands = AdminCommands(server)
+            listed = await commands.execute("a@b.org", "member", "list_runs", 5.0, False)
+            (line,) = listed.data["runs"]
+            assert (line["started_at"], line["resumed_at"]) == (100.0, record.resumed_at)
+            shown = await commands.execute("a@b.org", "member", "show_run 4", 5.0, False)
+            assert shown.text.splitlines()[1] == (
+                f"Started {when(100.0)}, continued {when(record.resumed_at)}"
+            )
         finally:
             await server.close(1)
 

@@ -93,7 +93,7 @@ def test_a_failed_build_stops_the_sites_started_meanwhile(
     async def scenario(server: FLServer, failed: asyncio.Event) -> None:
         async def build(app_dir: Path, target: Path, _: object) -> None:
             await failed.wait()
-            raise RuntimeError("cannot import 'flapp.models.Nope'")
+            raise server_module.ModelInitError("cannot import 'flapp.models.Nope'")
 
         monkeypatch.setattr(server_module, "build_initial_model", build)
         deploy(server)

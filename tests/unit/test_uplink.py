@@ -26,6 +26,7 @@ from flcore.federation import (
 from flcore.progress import TransferStalled
 from flcore.startup import ClientStartup
 from flcore.status import ClientStatus
+from flcore.tls import foreign_server
 
 
 class FakeStream:
@@ -141,3 +142,32 @@ class FakeRpcError(grpc.aio.AioRpcError):
 
     def __init__(self, code: grpc.StatusCode) -> None:
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata())
+
+
+def test_only_a_server_certificate_of_another_ca_is_called_the_wrong_kit() -> None:
+    """A server down is retried; one whose certificate the kit's CA did not issue is not."""
+    empty = grpc.aio.Metadata()
+
+    def failure(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(code, empty, empty, details)
+
+    handshake = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:18602: "
+        "Ssl handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: error:1000007d:SSL "
+        "routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED: {}: OK"
+    )
+    for issuer in (
+        "unable to get local issuer certificate",
+        "self signed certificate in certificate chain",
+    ):
+        said = foreign_server(failure(grpc.StatusCode.UNAVAILABLE, handshake.format(issuer)), "h:1")
+        assert said == (
+            "the server at h:1 presents a certificate not issued by this kit's project CA: "
+            "this is the wrong kit for this server, or the wrong host/port"
+        )
+    for code, details in (
+        (grpc.StatusCode.UNAVAILABLE, "Failed to connect to remote host: Connection refused"),
+        (grpc.StatusCode.UNAVAILABLE, handshake.format("certificate has expired")),
+        (grpc.StatusCode.PERMISSION_DENIED, handshake.format("unable to get issuer certificate")),
+    ):
+        assert foreign_server(failure(code, details), "h:1") is None
