@@ -82,9 +82,12 @@ class KeyHold:
         self.again()
 
     def again(self) -> None:
-        """Hold the keys read from now on: a dialog was answered, the next is on its way."""
+        """Hold the keys read from now on: a dialog was answered, the next is on its way
+        (a hold still on is handed over to this one)."""
         app = self._app
+        before = self._release
         self._release = app.hold_keys() if isinstance(app, HoldsKeys) else no_keys_held
+        before()
 
     def release(self) -> None:
         """Hand the held keys on, to where the focus is (a dialog, once it has it)."""

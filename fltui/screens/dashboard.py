@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual import on
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -29,7 +30,7 @@ from textual.widgets import DataTable, Footer, Input
 from fltui.connection import SHUT_DOWN
 from fltui.messages import OpenWizard, Reconnect
 from fltui.screens.client import ClientScreen
-from fltui.screens.commandkeys import CommandKeys, Names
+from fltui.screens.commandkeys import CommandKeys, KeyHold, Names
 from fltui.screens.dialogs import ColumnsScreen
 from fltui.screens.listings import AdminsScreen, AppsScreen, Ask, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
@@ -94,8 +95,9 @@ class DashboardScreen(CommandKeys):
         Binding("n", "run_number", "Run #", priority=True),
         Binding("v", "validate", "Validate", priority=True),
         Binding("t", "timeout", "Timeout", priority=True),
-        Binding("p", "provision", "Provision"),
-        Binding("l", "site_logs", "Logs", show=False),
+        Binding("p", "provision", "Provision", priority=True),
+        Binding("l", "site_logs", "Logs", show=False, priority=True),
+        Binding("enter", "open_client", "Details", show=False, priority=True),
         Binding("z", "zoom", "Zoom", show=False),
         Binding("y", "copy_token", "Copy token", show=False),
         Binding("c", "columns", "Columns", show=False, priority=True),
@@ -381,9 +383,14 @@ class DashboardScreen(CommandKeys):
 
     @on(DataTable.RowSelected, "#clients")
     def _selected(self, event: DataTable.RowSelected) -> None:
-        instance = event.row_key.value or ""
-        if instance in self.store.clients:
-            self.app.push_screen(ClientScreen(self.store, instance))
+        self._open_client(event.row_key.value or "")
+
+    def _open_client(self, instance: str) -> bool:
+        """Show everything about ``instance`` (False: the server lists no such client)."""
+        if instance not in self.store.clients:
+            return False
+        self.open_screen(ClientScreen(self.store, instance), f"the details of {instance}")
+        return True
 
     @on(ClientsTable.Scrolled)
     def _scrolled(self) -> None:
@@ -424,8 +431,14 @@ class DashboardScreen(CommandKeys):
         self.post_message(Reconnect())
 
     def action_provision(self) -> None:
-        """Ask the app for the provisioning wizard."""
-        self.post_message(OpenWizard())
+        """Ask the app for the provisioning wizard; the keys typed meanwhile wait for it."""
+        self.post_message(OpenWizard(KeyHold(self.app).release))
+
+    def action_open_client(self) -> None:
+        """``enter`` on a client row: its details (elsewhere ``enter`` is the focused pane's)."""
+        table = self.focused
+        if not (isinstance(table, ClientsTable) and self._open_client(table.selected or "")):
+            raise SkipAction()
 
     def action_focus_pane(self, key: str) -> None:
         """Focus a pane by its number (a pane hidden for want of room opens maximised)."""
@@ -457,7 +470,7 @@ class DashboardScreen(CommandKeys):
             self.say(f"no client {name!r}" if name else "no client selected")
             return
         screen = SiteLogScreen(self.store, name, self.state.save_dir, self.clock)
-        self.app.push_screen(screen)
+        self.open_screen(screen, f"the logs of {name}")
 
     def action_copy_token(self) -> None:
         """Copy the selected client's token id to the clipboard (OSC 52) and say so: the id
