@@ -79,9 +79,10 @@ class DashboardScreen(CommandKeys):
     BINDINGS: ClassVar[list[BindingType]] = [
         # The footer shows them in this order and cuts the end off on a narrow
         # terminal: the ways in and out come first. ``:``, ``/`` and the keys
-        # that open a dialog are priority bindings, acted on as the key is read,
-        # so the keys after them go to the line (see _open_line) or wait for the
-        # dialog (CommandKeys.open_dialog).
+        # that open a dialog or a screen are priority bindings, acted on as the
+        # key is read (the keys before it have been handled by then: see
+        # ConsoleApp.hold_keys), so the keys after them go to the line (see
+        # _open_line) or wait for the screen (CommandKeys.open_dialog).
         Binding("colon", "command_line", "Command", key_display=":", priority=True),
         Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("question_mark", "help", "Help", key_display="?", priority=True),
@@ -529,10 +530,9 @@ class DashboardScreen(CommandKeys):
         """Show a line and give it the focus *now*.
 
         Keys typed ahead (a paste, keys bunched over SSH) are queued in the
-        app together. An ordinary binding acts only once its key has gone to
-        the focused table and bubbled back up, by which time the keys after
-        it have gone to the table too, as hotkeys; and ``Widget.focus``
-        takes effect one message later still. So ``:`` and ``/`` are
+        app together, and each waits until the one before it has been
+        handled (``ConsoleApp.hold_keys``); but ``Widget.focus`` takes
+        effect a message later, after the key has. So ``:`` and ``/`` are
         priority bindings, run as the key is read, and ``set_focus`` moves
         the focus at once: every key after them lands in the line, in order
         (the line itself reads its ``enter`` and ``esc`` in that order too).
