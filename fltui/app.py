@@ -217,6 +217,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         """Act on ``key`` as the app reads it; one passed on to a widget holds the keys after
         it until it has been handled (:meth:`_pass_marker`), or until another screen shows
         (the key closed its own: the rest go to the one under it)."""
+        if not self._screen_stack:  # the console is closing: nothing to type into
+            return
         target = self.focused or self.screen
         await super().on_event(key)
         if key.is_forwarded:
