@@ -122,6 +122,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         self._holds: set[object] = set()
         self._in_flight: set[Callable[[], None]] = set()
         """Releases of the keys passed on to a widget and not yet handled."""
+        self._handed: set[Callable[[], None]] = set()
+        """Releases of such keys, left to the screen shown since (see _screen_changed)."""
         self.dashboard = DashboardScreen(
             self.store, self.clock, self.app_names, self.ask, self.server_app_names, flush_s
         )
@@ -244,6 +246,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
     def _key_handled(self, marker: KeyHandled) -> None:
         if marker.release not in self._in_flight:  # another screen shows: it hands them on
             return
+        if not self._screen_stack:  # the console is closing: no keys to hand on
+            return
         if marker.laps > 1:
             self._pass_marker(self.focused or self.screen, KeyHandled(marker.release, 1))
             return
@@ -253,10 +257,15 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
     def _screen_changed(self, screen: Screen[Any]) -> None:
         """Keys passed on to the screen that closed never come back up: the keys after them
         wait for the screen now shown to have the focus (it takes it as it resumes, before
-        the callbacks queued after)."""
-        for release in self._in_flight:
-            screen.call_later(release)
+        the callbacks queued after), or for the next, should this one close first."""
+        self._handed |= self._in_flight
         self._in_flight.clear()
+        for release in self._handed:
+            screen.call_later(self._hand_on, release)
+
+    def _hand_on(self, release: Callable[[], None]) -> None:
+        self._handed.discard(release)
+        release()
 
     async def on_event(self, event: events.Event) -> None:
         """A key read while keys are held waits (keys bubbling up from widgets do not), but
