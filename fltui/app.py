@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
@@ -30,13 +31,14 @@ from textual import events, on, work
 from textual.app import App, SystemCommand
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
+from textual.widget import Widget
 
 from fladmin.client import DEFAULT_TIMEOUT_S, AdminError, CommandReply
 from fladmin.link import AdminLink, Link
 from flcore.feed import LogEntry, Snapshot
 from flcore.listingrecords import apps_page
 from fltui.connection import CONNECTED, CONNECTING, DISCONNECTED, SHUT_DOWN, Connection
-from fltui.messages import OpenWizard, Reconnect, RunCommand, ShowValidation
+from fltui.messages import KeyHandled, OpenWizard, Reconnect, RunCommand, ShowValidation
 from fltui.privatefiles import deliver_privately
 from fltui.screens.commandkeys import show_holding
 from fltui.screens.dashboard import DashboardScreen
@@ -115,8 +117,13 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         self.state = self._state_of(Connection(target=link.target if link else ""))
         self.server_apps: list[str] = []
         """The apps on the server, as its last ``list_apps`` named them."""
-        self._held: list[events.Key] | None = None
-        """Keys read while a dialog is on its way (see hold_keys)."""
+        self._held: deque[events.Key] = deque()
+        """Keys read while an earlier one is on its way (see hold_keys)."""
+        self._holds: set[object] = set()
+        self._in_flight: set[Callable[[], None]] = set()
+        """Releases of the keys passed on to a widget and not yet handled."""
+        self._handed: set[Callable[[], None]] = set()
+        """Releases of such keys, left to the screen shown since (see _screen_changed)."""
         self.dashboard = DashboardScreen(
             self.store, self.clock, self.app_names, self.ask, self.server_app_names, flush_s
         )
@@ -177,39 +184,88 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         except OSError:  # an unreadable transfer/ offers no apps (the picker then says so)
             return []
 
-    # ------------------------------------------------------------------ keys held for a dialog
+    # ------------------------------------------------------------------ keys, one at a time
 
     def hold_keys(self) -> Callable[[], None]:
         """Hold every key read from now on, in order, until the returned release is called.
 
-        A key opens its dialog from a worker, a moment (or, for ``d`` and
-        ``v``, a reply from the server) later; keys typed meanwhile would reach
-        the dashboard as hotkeys (``a↓⏎`` moved the cursor and opened a client
-        before the picker came). The key's binding holds the keys, as it is
-        read; the dialog releases them once it has the focus, and the worker
-        when it ends without one. A dialog that another follows holds them
-        again as its answer is read. Released keys are handled here, on the
-        app's queue, before any key read after the release: none overtakes
-        another. Releasing a hold that has been released, or replaced, does
-        nothing.
+        Keys typed ahead (a paste, keys bunched over SSH) are read together,
+        but each must act on what the keys before it made: ``↓l`` opens the
+        logs of the row ``↓`` moved to, ``␣a`` aborts on the row ``␣``
+        marked, and the keys after a key that opens a screen go to that
+        screen. So a key passed on to a widget holds the keys after it until
+        it has been handled (:meth:`_read_key`), and a key that opens a
+        dialog holds them until the dialog has the focus (the dialog releases
+        them then, or the worker when it ends without one). Keys wait while
+        any hold is on, and are then read again one by one, each holding the
+        rest in turn: none overtakes another. Releasing twice does nothing.
         """
-        held: list[events.Key] = []
-        self._held = held
+        hold = object()
+        self._holds.add(hold)
 
         def release() -> None:
-            self.call_later(self._replay_keys, held)
+            if hold in self._holds:
+                self._holds.discard(hold)
+                if not self._holds:
+                    self.call_later(self._read_held_keys)
 
         return release
 
-    async def _replay_keys(self, held: list[events.Key]) -> None:
-        if self._held is not held:
+    async def _read_held_keys(self) -> None:
+        while self._held and not self._holds:
+            await self._read_key(self._held.popleft())
+
+    async def _read_key(self, key: events.Key) -> None:
+        """Act on ``key`` as the app reads it; one passed on to a widget holds the keys after
+        it until it has been handled (:meth:`_pass_marker`), or until another screen shows
+        (the key closed its own: the rest go to the one under it)."""
+        if not self._screen_stack:  # the console is closing: nothing to type into
             return
-        self._held = None
-        for index, key in enumerate(held):
-            if self._held is not None:  # a replayed key held the keys again
-                self._held.extend(held[index:])
-                return
-            await super().on_event(key)
+        target = self.focused or self.screen
+        await super().on_event(key)
+        if key.is_forwarded:
+            release = self.hold_keys()
+            self._in_flight.add(release)
+            self._pass_marker(target, KeyHandled(release))
+
+    def _pass_marker(self, target: Widget, marker: KeyHandled) -> None:
+        """Send ``marker`` up from ``target`` the way its key went.
+
+        The key goes up from the focused widget to the app, each widget
+        handling it in turn, and the app's bindings act on it last: the
+        marker, posted behind it, follows it up. What those bindings post
+        (an input's ``Submitted``, a table's ``RowSelected``) starts at the
+        focused widget again, behind the marker: so the marker goes round a
+        second time, from where the focus is then, and the keys after wait
+        for both laps.
+        """
+        if not target.post_message(marker):
+            self._key_handled(marker)
+
+    @on(KeyHandled)
+    def _key_handled(self, marker: KeyHandled) -> None:
+        if marker.release not in self._in_flight:  # another screen shows: it hands them on
+            return
+        if not self._screen_stack:  # the console is closing: no keys to hand on
+            return
+        if marker.laps > 1:
+            self._pass_marker(self.focused or self.screen, KeyHandled(marker.release, 1))
+            return
+        self._in_flight.discard(marker.release)
+        marker.release()
+
+    def _screen_changed(self, screen: Screen[Any]) -> None:
+        """Keys passed on to the screen that closed never come back up: the keys after them
+        wait for the screen now shown to have the focus (it takes it as it resumes, before
+        the callbacks queued after), or for the next, should this one close first."""
+        self._handed |= self._in_flight
+        self._in_flight.clear()
+        for release in self._handed:
+            screen.call_later(self._hand_on, release)
+
+    def _hand_on(self, release: Callable[[], None]) -> None:
+        self._handed.discard(release)
+        release()
 
     async def on_event(self, event: events.Event) -> None:
         """A key read while keys are held waits (keys bubbling up from widgets do not), but
@@ -218,10 +274,12 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         if (
             isinstance(event, events.Key)
             and not event.is_forwarded
-            and self._held is not None
             and not any(b.priority for b in self._bindings.key_to_bindings.get(event.key, ()))
         ):
-            self._held.append(event)
+            if self._holds or self._held:
+                self._held.append(event)
+            else:
+                await self._read_key(event)
             return
         await super().on_event(event)
 
@@ -229,6 +287,7 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
 
     async def on_mount(self) -> None:
         """Show the dashboard, then log in or ask how to."""
+        self.screen_change_signal.subscribe(self, self._screen_changed)
         await self.push_screen(self.dashboard)
         self.publish()
         if self.link is None:
@@ -516,9 +575,18 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             release()
 
     @on(OpenWizard)
-    def open_wizard(self) -> None:
+    def open_wizard(self, message: OpenWizard) -> None:
         """Push the provisioning wizard over the dashboard."""
-        self.push_screen(WizardScreen(self.workspace))
+        self.wizard(message.release)
+
+    @work(exit_on_error=False, description="the provisioning wizard")
+    async def wizard(self, release: Callable[[], None]) -> None:
+        """Show the wizard, handing it the keys typed after ``p`` (``release``) once it has
+        the focus."""
+        try:
+            await show_holding(self, WizardScreen(self.workspace), release)
+        finally:
+            release()
 
     async def action_quit(self) -> None:
         """Quit, through the wizard's question when it holds unsaved kit passwords."""

@@ -32,7 +32,23 @@ class ShowValidation(Message):
 
 
 class OpenWizard(Message):
-    """Open the provisioning wizard."""
+    """Open the provisioning wizard; ``release`` hands on the keys typed after ``p``, held
+    for it, once it has the focus."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        super().__init__()
+        self.release = release
+
+
+class KeyHandled(Message):
+    """Posted behind a key the app passed on to a widget: it bubbles up the same way, so it
+    reaches the app once the key has been handled (``laps`` times round: what the key's
+    bindings post goes up after it), and ``release`` hands on the keys after."""
+
+    def __init__(self, release: Callable[[], None], laps: int = 2) -> None:
+        super().__init__()
+        self.release = release
+        self.laps = laps
 
 
 class Reconnect(Message):

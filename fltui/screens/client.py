@@ -38,14 +38,14 @@ class ClientScreen(Screen[None]):
         """Show ``instance`` as ``store`` has it."""
         super().__init__()
         self._store = store
-        self._instance = instance
+        self.instance = instance
         self._drawn: tuple[ClientRow | None, str | None] = (None, None)
 
     def compose(self) -> ComposeResult:
         """Title, facts, and how to close."""
         yield LinkBanner(id="banner")
         with VerticalScroll(classes="dialog", id="client-dialog"):
-            yield Static(f"Client {self._instance}", classes="dialog-title", markup=False)
+            yield Static(f"Client {self.instance}", classes="dialog-title", markup=False)
             yield Static(id="client-facts")
             yield Static(CLOSE, classes="dialog-hint")
 
@@ -56,8 +56,8 @@ class ClientScreen(Screen[None]):
 
     def redraw(self) -> None:
         """Draw the client's facts again if they changed."""
-        row = self._store.clients.get(self._instance)
-        gone = self._store.gone.get(self._instance)
+        row = self._store.clients.get(self.instance)
+        gone = self._store.gone.get(self.instance)
         if (row, gone) == self._drawn:
             return
         self._drawn = (row, gone)

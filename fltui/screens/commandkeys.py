@@ -9,10 +9,13 @@ the keys typed after a command key are held until its dialog has the focus
 dashboard behind it. A flow of two dialogs (``d``: the app, then where)
 holds them again as the first is answered (:class:`KeyHold`), and ``v``
 holds them for the matrix the app shows once the server has worked it out
-(:func:`show_holding`). :meth:`CommandKeys.check_action` dims the keys that
-cannot work now, so a member, a console without a connection, or a run with
-nothing deployed shows them greyed out; pressing one says why in the status
-line instead of doing nothing.
+(:func:`show_holding`); ``l``, ``enter`` on a client and ``p`` hold them for
+the screen they open too (:meth:`CommandKeys.open_screen`). The keys before
+a command key have been handled when it acts: the app reads keys one at a
+time (``ConsoleApp.hold_keys``). :meth:`CommandKeys.check_action` dims the
+keys that cannot work now, so a member, a console without a connection, or
+a run with nothing deployed shows them greyed out; pressing one says why in
+the status line instead of doing nothing.
 """
 
 from __future__ import annotations
@@ -82,9 +85,12 @@ class KeyHold:
         self.again()
 
     def again(self) -> None:
-        """Hold the keys read from now on: a dialog was answered, the next is on its way."""
+        """Hold the keys read from now on: a dialog was answered, the next is on its way
+        (a hold still on is handed over to this one)."""
         app = self._app
+        before = self._release
         self._release = app.hold_keys() if isinstance(app, HoldsKeys) else no_keys_held
+        before()
 
     def release(self) -> None:
         """Hand the held keys on, to where the focus is (a dialog, once it has it)."""

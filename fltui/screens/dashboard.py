@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual import on
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -29,7 +30,7 @@ from textual.widgets import DataTable, Footer, Input
 from fltui.connection import SHUT_DOWN
 from fltui.messages import OpenWizard, Reconnect
 from fltui.screens.client import ClientScreen
-from fltui.screens.commandkeys import CommandKeys, Names
+from fltui.screens.commandkeys import CommandKeys, KeyHold, Names
 from fltui.screens.dialogs import ColumnsScreen
 from fltui.screens.listings import AdminsScreen, AppsScreen, Ask, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen
@@ -78,9 +79,10 @@ class DashboardScreen(CommandKeys):
     BINDINGS: ClassVar[list[BindingType]] = [
         # The footer shows them in this order and cuts the end off on a narrow
         # terminal: the ways in and out come first. ``:``, ``/`` and the keys
-        # that open a dialog are priority bindings, acted on as the key is read,
-        # so the keys after them go to the line (see _open_line) or wait for the
-        # dialog (CommandKeys.open_dialog).
+        # that open a dialog or a screen are priority bindings, acted on as the
+        # key is read (the keys before it have been handled by then: see
+        # ConsoleApp.hold_keys), so the keys after them go to the line (see
+        # _open_line) or wait for the screen (CommandKeys.open_dialog).
         Binding("colon", "command_line", "Command", key_display=":", priority=True),
         Binding("slash", "filter", "Filter", key_display="/", priority=True),
         Binding("question_mark", "help", "Help", key_display="?", priority=True),
@@ -94,8 +96,9 @@ class DashboardScreen(CommandKeys):
         Binding("n", "run_number", "Run #", priority=True),
         Binding("v", "validate", "Validate", priority=True),
         Binding("t", "timeout", "Timeout", priority=True),
-        Binding("p", "provision", "Provision"),
-        Binding("l", "site_logs", "Logs", show=False),
+        Binding("p", "provision", "Provision", priority=True),
+        Binding("l", "site_logs", "Logs", show=False, priority=True),
+        Binding("enter", "open_client", "Details", show=False, priority=True),
         Binding("z", "zoom", "Zoom", show=False),
         Binding("y", "copy_token", "Copy token", show=False),
         Binding("c", "columns", "Columns", show=False, priority=True),
@@ -381,9 +384,14 @@ class DashboardScreen(CommandKeys):
 
     @on(DataTable.RowSelected, "#clients")
     def _selected(self, event: DataTable.RowSelected) -> None:
-        instance = event.row_key.value or ""
-        if instance in self.store.clients:
-            self.app.push_screen(ClientScreen(self.store, instance))
+        self._open_client(event.row_key.value or "")
+
+    def _open_client(self, instance: str) -> bool:
+        """Show everything about ``instance`` (False: the server lists no such client)."""
+        if instance not in self.store.clients:
+            return False
+        self.open_screen(ClientScreen(self.store, instance), f"the details of {instance}")
+        return True
 
     @on(ClientsTable.Scrolled)
     def _scrolled(self) -> None:
@@ -424,8 +432,14 @@ class DashboardScreen(CommandKeys):
         self.post_message(Reconnect())
 
     def action_provision(self) -> None:
-        """Ask the app for the provisioning wizard."""
-        self.post_message(OpenWizard())
+        """Ask the app for the provisioning wizard; the keys typed meanwhile wait for it."""
+        self.post_message(OpenWizard(KeyHold(self.app).release))
+
+    def action_open_client(self) -> None:
+        """``enter`` on a client row: its details (elsewhere ``enter`` is the focused pane's)."""
+        table = self.focused
+        if not (isinstance(table, ClientsTable) and self._open_client(table.selected or "")):
+            raise SkipAction()
 
     def action_focus_pane(self, key: str) -> None:
         """Focus a pane by its number (a pane hidden for want of room opens maximised)."""
@@ -457,7 +471,7 @@ class DashboardScreen(CommandKeys):
             self.say(f"no client {name!r}" if name else "no client selected")
             return
         screen = SiteLogScreen(self.store, name, self.state.save_dir, self.clock)
-        self.app.push_screen(screen)
+        self.open_screen(screen, f"the logs of {name}")
 
     def action_copy_token(self) -> None:
         """Copy the selected client's token id to the clipboard (OSC 52) and say so: the id
@@ -516,10 +530,9 @@ class DashboardScreen(CommandKeys):
         """Show a line and give it the focus *now*.
 
         Keys typed ahead (a paste, keys bunched over SSH) are queued in the
-        app together. An ordinary binding acts only once its key has gone to
-        the focused table and bubbled back up, by which time the keys after
-        it have gone to the table too, as hotkeys; and ``Widget.focus``
-        takes effect one message later still. So ``:`` and ``/`` are
+        app together, and each waits until the one before it has been
+        handled (``ConsoleApp.hold_keys``); but ``Widget.focus`` takes
+        effect a message later, after the key has. So ``:`` and ``/`` are
         priority bindings, run as the key is read, and ``set_focus`` moves
         the focus at once: every key after them lands in the line, in order
         (the line itself reads its ``enter`` and ``esc`` in that order too).

@@ -157,13 +157,15 @@ class WizardScreen(Screen[None], SaysWhenWorkFails):
         yield Footer()
 
     def on_mount(self) -> None:
-        """Fill the forms from the draft."""
+        """Fill the forms from the draft, and focus the first field now: keys typed before
+        the wizard showed wait for its focus (the console's ``p``) and go there."""
         self._load_draft()
         if self._open_error:
             self.notify(
                 self._open_error, title="cannot open the workspace", severity="error", markup=False
             )
         self._show_step()
+        self._focus_step()
 
     # ---------------------------------------------------------------- draft <-> forms
 

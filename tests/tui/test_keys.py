@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from textual.screen import Screen
-from textual.widgets import DataTable, OptionList, SelectionList
+from textual.widgets import DataTable, Input, OptionList, SelectionList
 
 from fladmin.client import CommandReply
 from flcore.feed import ClientRow, FeedEvent, Snapshot
@@ -28,9 +28,10 @@ from fltui.screens.dialogs import ChoiceScreen, ColumnsScreen, ConfirmScreen
 from fltui.screens.help import HelpScreen
 from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
-from fltui.widgets.clients import ClientsTable
+from fltui.widgets.clients import COLUMNS, ClientsTable
 from fltui.widgets.commandline import CommandLine
 from fltui.widgets.logview import LogView
+from fltui.wizard.screen import WizardScreen
 from tests.tui.helpers import burst, queue, shown, typed
 from tests.tui.recorded import CLIENTS, LOGS, NOW, RUN, SERVER, recorded_events
 from tests.tui.test_console import console, ready, sent, stopped_run
@@ -579,5 +580,105 @@ def test_a_question_asked_again_is_shown_again(tmp_path: Path, size: tuple[int, 
             await wait_for(
                 pilot, lambda: any("Shutting down the clients" in e.message for e in app.store.logs)
             )
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_around_l_and_enter_apply_in_order(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``↓lx`` at once: ``x``, acted on as it was read, opened the shutdown picker before
+    ``↓`` moved the cursor and ``l`` opened the logs, which then covered the picker. Each
+    key acts on what the keys before it made: the logs of the row ``↓`` moved to, then ``x``
+    in them (where it means nothing); the same for ``enter`` and a client's details."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path)
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            table = app.dashboard.query_one(ClientsTable)
+            for opening, screen_type in (("l", SiteLogScreen), ("enter", ClientScreen)):
+                seen = screens_shown(app)
+                burst(app, "down", opening, "x")
+                screen = await shown(pilot, app, screen_type)
+                assert table.selected == "flclient2"
+                assert [type(s) for s in seen] == [screen_type]
+                assert screen.instance == "flclient2"
+                burst(app, "escape", "up")  # esc closes it, ↑ moves the cursor back
+                await wait_for(pilot, lambda: table.selected == "flclient1", what="the cursor")
+                assert app.screen is app.dashboard
+            assert link.sent == []
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_after_p_land_in_the_wizard(tmp_path: Path, size: tuple[int, int]) -> None:
+    """``px`` at once: ``x`` opened the shutdown picker on the dashboard before the wizard
+    came over it. The keys after ``p`` wait for the wizard and go to its first field."""
+
+    async def scenario() -> None:
+        app, _ = console(tmp_path)
+        app.workspace = tmp_path / "ws"
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            seen = screens_shown(app)
+            burst(app, "p", "x")
+            wizard = await shown(pilot, app, WizardScreen)
+            field = wizard.query_one("#project-workspace", Input)
+            await wait_for(pilot, lambda: field.value.endswith("x"), what="the x typed")
+            assert [type(s) for s in seen] == [WizardScreen]
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_with_a_dialogs_closing_key_all_take_effect(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``n7⏎x`` at once: ``x`` went to the prompt as ``⏎`` was closing it, and was lost with
+    it. Each key takes effect in turn: a dialog's last key closes it, and the keys after go
+    to what is shown then (the shutdown picker here; in the columns dialog, ``␣⎋↓`` hides a
+    column, closes and moves the clients' cursor)."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path, stopped_run())
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            await wait_for(pilot, lambda: app.store.run.server_status == "training stopped")
+            table = app.dashboard.query_one(ClientsTable)
+            burst(app, "n7", "enter", "x")
+            await shown(pilot, app, ChoiceScreen)
+            assert sent(link) == ["set_run_number 7"]
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            burst(app, "c", " ", "escape", "down")
+            await wait_for(pilot, lambda: table.selected == "flclient2", what="the cursor")
+            assert app.screen is app.dashboard
+            assert table.hidden == {COLUMNS[1].key}
+            await pilot.press("c")
+            await shown(pilot, app, ColumnsScreen)
+            burst(app, " ", "escape", "up")
+            await wait_for(pilot, lambda: table.selected == "flclient1", what="the cursor")
+            assert app.screen is app.dashboard
+            assert not table.hidden
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_a_command_key_reads_the_marks_and_cursor_the_keys_before_it_made(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """``␣↓␣a↓⏎`` at once: the abort picker read the selection before the marks were made."""
+
+    async def scenario() -> None:
+        app, link = console(tmp_path / "training")
+        async with app.run_test(size=size) as pilot:
+            await ready(pilot)
+            burst(app, " ", "down", " ", "a", "down", "enter")
+            await shown(pilot, app, ConfirmScreen)
+            assert sent(link) == ["abort client flclient1 flclient2"]
 
     asyncio.run(scenario())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Input, ProgressBar
+from textual.widgets import DataTable, Input, OptionList, ProgressBar
 
 from fladmin.client import CommandReply
 from fladmin.link import AdminLink
@@ -23,9 +23,11 @@ from fldev.cluster import ADMIN, MEMBER, SERVER_READY, Cluster, free_ports
 from fldev.poll import wait_for
 from fltui.app import ConsoleApp
 from fltui.connection import CONNECTED, DISCONNECTED, SHUT_DOWN
+from fltui.screens.client import ClientScreen
 from fltui.screens.dialogs import ChoiceScreen, ConfirmScreen, PromptScreen
 from fltui.screens.listings import AdminsScreen, AppsScreen, RunScreen, RunsScreen
 from fltui.screens.login import LoginScreen
+from fltui.screens.sitelogs import SiteLogScreen
 from fltui.screens.validation import ValidationScreen
 from fltui.widgets.clients import ClientsTable
 from tests.tui.helpers import burst, shown
@@ -264,6 +266,44 @@ def test_keys_sent_in_one_go_reach_the_command_line(live: Cluster) -> None:
             await ok(pilot, link, "check_status client")
             assert [r.line for r in link.replies] == ["check_status server", "check_status client"]
             assert app.screen is app.dashboard
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_keys_typed_ahead_apply_in_order(live: Cluster, size: tuple[int, int]) -> None:
+    """Keys in one go against the real server, each acting on what the keys before made:
+    ``↓lx`` the logs of the second row, ``x`` in them; ``↓⏎x`` its details, likewise;
+    ``t⏎x`` the timeout prompt answered, then the shutdown picker (``x`` was lost in the
+    closing prompt); ``␣↓␣x`` the shutdown picker offering the two rows just marked."""
+
+    async def scenario() -> None:
+        app, link = open_console(live)
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.connected and len(app.store.clients) == 2)
+            table = app.dashboard.query_one(ClientsTable)
+            await wait_for(pilot, lambda: table.row_count == 2, what="both rows")
+            first, second = table.shown
+            for opening, screen_type in (("l", SiteLogScreen), ("enter", ClientScreen)):
+                burst(app, "down", opening, "x")
+                screen = await shown(pilot, app, screen_type)
+                assert screen.instance == second and table.selected == second
+                burst(app, "escape", "up")
+                await wait_for(pilot, lambda: table.selected == first, what="the cursor back")
+                assert app.screen is app.dashboard
+            burst(app, "t", "enter", "x")
+            picker = await shown(pilot, app, ChoiceScreen)
+            assert "Shut down" in str(picker.query_one(".dialog-title").render())
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            burst(app, " ", "down", " ", "x")
+            picker = await shown(pilot, app, ChoiceScreen)
+            options = picker.query_one(OptionList)
+            labels = [str(options.get_option_at_index(i).prompt) for i in range(3)]
+            assert f"selected: {first}, {second}" in labels
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: app.screen is app.dashboard)
+            assert [r.line.split()[0] for r in link.replies] == ["set_timeout"]  # nothing else
 
     asyncio.run(scenario())
 
