@@ -195,12 +195,16 @@ def _refusal(user: str, role: str, line: str) -> Reply | tuple[list[str], Spec]:
     if spec is None:
         return Reply(False, f"unknown command {words[0]!r}: type help for the list of commands")
     if not spec.read_only and role != ROLE_SUPER:
-        return Reply(
-            False,
-            f"permission denied: {user} has the {role!r} role, which may only run "
-            + ", ".join(name for name, spec in COMMANDS.items() if spec.read_only),
-        )
+        return permission_denied(user, role)
     return words, spec
+
+
+def permission_denied(user: str, role: str) -> Reply:
+    """The refusal of a command ``role`` may not run, naming those it may."""
+    allowed = ", ".join(name for name, spec in COMMANDS.items() if spec.read_only)
+    return Reply(
+        False, f"permission denied: {user} has the {role!r} role, which may only run {allowed}"
+    )
 
 
 def _run_number_of(request: Request, name: str) -> int:
@@ -344,7 +348,7 @@ class AdminCommands:
         """Receive an app into transfer/ (upload_folder), validating every chunk and the
         configs; audited like a command."""
         if role != ROLE_SUPER:
-            reply = Reply(False, f"permission denied: {user} has the {role!r} role")
+            reply = permission_denied(user, role)
         else:
             reply = await self._receive(app, total_bytes, chunks)
         self.audit(user, f"upload_folder {app}", reply.ok)

@@ -547,6 +547,7 @@ def test_uploads_by_members_are_refused_and_audited(tmp_path: Path) -> None:
     server = two_sites()
     reply = run(commands(server).upload("viewer@lead.org", ROLE_MEMBER, "app", 10, no_chunks()))
     assert not reply.ok and "permission denied" in reply.text
+    assert "which may only run help, check_status" in reply.text  # as every other refusal
     assert server.db.audited == [("viewer@lead.org", "upload_folder app", False)]
 
 
