@@ -50,8 +50,10 @@ def test_server_unit() -> None:
     # MLflow's credentials: an Environment= line would show them to every local user
     assert "EnvironmentFile=-/etc/flstack/flserverd.env" in lines
     # what decides for the site is read-only to everything the service runs
-    ro = "ReadOnlyPaths=/var/lib/flstack/server/startup -/var/lib/flstack/server/local"
+    ro = "ReadOnlyPaths=/var/lib/flstack/server/startup /var/lib/flstack/server/local"
     assert ro in lines
+    # the model-init child runs the app's code in the unit's cgroup
+    assert {"MemoryMax=80%", "OOMPolicy=continue"} <= set(lines)
 
 
 def test_client_unit_is_a_template_that_can_reach_gpus() -> None:
