@@ -29,7 +29,8 @@ from flcore.atomic import atomic_write_bytes
 from flcore.configfile import load_json
 from flcore.feed import MAX_LABEL, clip
 from flcore.schema import ConfigError, Field, one_of, parse_mapping
-from flcore.startup import LOCAL_DIR, others_may_change
+from flcore.startup import LOCAL_DIR
+from flcore.strictmodes import others_may_change, trusted_owners
 
 APPROVALS_FILE = "approved_apps.json"
 FORMAT_VERSION = 1
@@ -91,7 +92,14 @@ class ApprovalList:
     """The approvals file of one workspace."""
 
     def __init__(self, workspace: Path) -> None:
+        self.workspace = workspace
         self.path = workspace / LOCAL_DIR / APPROVALS_FILE
+
+    def _owners(self) -> frozenset[int]:
+        """Whose file to trust: this user's and root's, and the workspace owner's, whom the
+        daemon runs as (it refuses to start on a workspace of another user): site IT
+        running ``flclientd approve`` as root reads the service user's file."""
+        return trusted_owners() | {self.workspace.stat().st_uid}
 
     def load(self) -> list[Approval]:
         """Every approval in the file (none when there is no file).
@@ -100,15 +108,15 @@ class ApprovalList:
             ApprovalError: the file is unreadable, malformed, or writable by others.
         """
         try:
-            changeable = others_may_change(self.path)
+            changeable = others_may_change(self.path, self._owners())
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise ApprovalError(f"{self.path}: cannot read it ({exc.strerror or exc})") from None
         if changeable is not None:
             raise ApprovalError(
-                f"{self.path}: others than its owner may change it ({changeable}), so it "
-                f"approves nothing: run chmod go-w {self.path} {self.path.parent}"
+                f"{self.path}: others than its owner may change it ({changeable.reason}), so "
+                f"it approves nothing: run {changeable.fix(self.path)} {self.path.parent}"
             )
         try:
             data = parse_mapping(load_json(self.path), FILE_FIELDS, str(self.path))
@@ -151,6 +159,8 @@ class ApprovalList:
                 "approved": [asdict(approval) for approval in approvals],
             }
             text = json.dumps(document, indent=2) + "\n"
+            # Readable by others: site IT may approve as root, and the daemon reads it as the
+            # service's user. Nothing in it is secret; only who may write it matters.
             atomic_write_bytes(self.path, text.encode(), mode=0o644)
             return True
         finally:

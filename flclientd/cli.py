@@ -34,6 +34,7 @@ from flcore.daemon import (
     stop_on_signals,
 )
 from flcore.exporter import EndpointSettings, endpoint_settings, serve_metrics
+from flcore.project import claim_state, kit_project
 from flcore.schema import ConfigError
 from flcore.sdnotify import notify
 from flcore.startup import CLIENT_FILE, STARTUP_DIR, ClientStartup, load_client
@@ -68,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     if started is None:
         return EXIT_REFUSED
     workspace, startup = started
+    try:
+        claim_state(
+            workspace / "state",
+            kit_project(startup.project, workspace / STARTUP_DIR / startup.ssl_root_cert),
+            "its approvals and local/ settings (which code it runs) and its login",
+            "Extract this project's kit into a workspace of its own (or put this workspace's "
+            "own kit back)",
+        )
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_REFUSED
     data_root = args.data_root.resolve() if args.data_root else None
     if data_root is not None and not data_root.is_dir():
         log.error("data root %s is not a folder: check --data-root or DATA_ROOT", data_root)

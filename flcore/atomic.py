@@ -49,8 +49,13 @@ def fsync_tree(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a binary file that replaces ``target`` only if the block succeeds."""
+def atomic_writer(target: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield a binary file that replaces ``target`` only if the block succeeds.
+
+    The file is its owner's alone unless ``mode`` says otherwise: the mode is set
+    explicitly (the umask does not apply), so a wider default would undo the daemons'
+    umask for every model and record they write.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     tmp = Path(tmp_name)
@@ -67,7 +72,7 @@ def atomic_writer(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``target`` with ``data`` atomically."""
     with atomic_writer(target, mode) as handle:
         handle.write(data)

@@ -43,6 +43,9 @@ class KitConfig(NamesTlsFiles, Protocol):
 S = TypeVar("S", bound=KitConfig)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DAEMON_UMASK = 0o077
+"""Every file and folder a daemon or its training child creates is its user's alone (models,
+metrics, run folders), as the units' ``UMask=`` has it, however the daemon was started."""
 
 
 def daemon_parser(prog: str, description: str, workspace: str) -> argparse.ArgumentParser:
@@ -68,13 +71,15 @@ def daemon_parser(prog: str, description: str, workspace: str) -> argparse.Argum
 def start_daemon(
     args: argparse.Namespace, load: Callable[[Path], S], daemon_log: logging.Logger
 ) -> tuple[Path, S] | None:
-    """What both daemons do before anything else: no core dumps, room for connections,
-    few malloc arenas, logging to stderr, then the kit's signature, its startup config and
-    its certificates' validity (an ended one is refused, one that ends soon warned about).
+    """What both daemons do before anything else: files for their user alone, no core
+    dumps, room for connections, few malloc arenas, logging to stderr, then the kit's
+    signature, its startup config (refused where others may change it) and its
+    certificates' validity (an ended one is refused, one that ends soon warned about).
 
     Returns the resolved workspace and the loaded config, or None after
     logging (to ``daemon_log``) why the kit cannot be used.
     """
+    os.umask(DAEMON_UMASK)
     forbid_core_dumps()
     raise_open_files()
     limit_malloc_arenas()

@@ -32,6 +32,7 @@ from flcore.schema import (
     one_of,
     parse_mapping,
 )
+from flcore.strictmodes import check_folders_to, exposure, others_may_change, trusted_owners
 
 FORMAT_VERSION = 1
 STARTUP_DIR = "startup"
@@ -296,23 +297,8 @@ def check_private_key(path: Path) -> None:
         )
 
 
-def others_may_change(path: Path) -> str | None:
-    """How others than its owner may change ``path``, the file or the folder it is in (None
-    when they may not): what a site's own files decide (the code it trusts, what it
-    approved) must be site IT's decision alone.
-
-    Raises:
-        OSError: it cannot be looked at.
-    """
-    for what, checked in ((path.name, path), (f"its folder {path.parent}", path.parent)):
-        mode = stat.S_IMODE(checked.stat().st_mode)
-        if mode & 0o022:
-            return f"{what} has mode {mode:04o}"
-    return None
-
-
-def check_kit_modes(startup_dir: Path) -> None:
-    """Refuse a ``startup/`` that others than its owner may change, itself or a file in it.
+def check_kit_modes(startup_dir: Path, owners: frozenset[int]) -> None:
+    """Refuse a ``startup/`` that others than ``owners`` may change, itself or a file in it.
 
     The seal is checked once, at start; a file others may replace afterwards
     (the CA the daemon trusts, its key) would make the check worth nothing.
@@ -322,12 +308,47 @@ def check_kit_modes(startup_dir: Path) -> None:
         OSError: a file cannot be looked at.
     """
     for path in sorted(startup_dir.iterdir()):
-        changeable = others_may_change(path)
-        if changeable is not None:
+        found = others_may_change(path, owners)
+        if found is not None:
             raise ConfigError(
-                f"{path}: others than its owner may change it ({changeable}), and it is what "
-                f"this site trusts and who it is: run chmod -R go-w {startup_dir}"
+                f"{path}: others than this user may change it ({found.reason}), and it is what "
+                f"this site trusts and who it is: run {found.fix(startup_dir, recursive=True)}"
             )
+
+
+def check_local(local_dir: Path, owners: frozenset[int]) -> None:
+    """Refuse a ``local/`` that others than ``owners`` may change, itself or anything in it:
+    site IT's settings and approvals there decide which code the site runs.
+
+    Raises:
+        ConfigError: others may change the folder or something in it.
+        OSError: a file cannot be looked at.
+    """
+    if not local_dir.exists():
+        return
+    entries = [(local_dir, f"its folder {local_dir}")]
+    entries += [(path, path.name) for path in sorted(local_dir.iterdir())]
+    for path, what in entries:
+        exposed = exposure(path, what, owners)
+        if exposed is not None:
+            raise ConfigError(
+                f"{path}: others than this user may change it ({exposed.reason}), and it "
+                f"decides for this site: run {exposed.fix(path)}"
+            )
+
+
+def check_workspace(workspace: Path) -> None:
+    """Refuse a workspace whose kit or ``local/`` others than this user and root may change,
+    through the files, their folders, or any folder above them (:mod:`flcore.strictmodes`).
+
+    Raises:
+        ConfigError: the message names what others may change, and the fix.
+        OSError: a file cannot be looked at.
+    """
+    owners = trusted_owners()
+    check_folders_to(workspace, "the kit and local/", owners)
+    check_kit_modes(workspace / STARTUP_DIR, owners)
+    check_local(workspace / LOCAL_DIR, owners)
 
 
 def _load(
@@ -341,15 +362,9 @@ def _load(
     values = parse_mapping(_read_json(signed), fields, str(signed))
     values.update({field.name: field.default for field in site_only})
     check_private_key(workspace / STARTUP_DIR / values["ssl_private_key"])
-    check_kit_modes(workspace / STARTUP_DIR)
+    check_workspace(workspace)
     local = workspace / LOCAL_DIR / file_name
     if local.exists():
-        changeable = others_may_change(local)
-        if changeable is not None:
-            raise ConfigError(
-                f"{local}: others than its owner may change it ({changeable}), and it decides "
-                f"for this site: run chmod go-w {local} {local.parent}"
-            )
         raw = _read_json(local)
         local_fields = [f for f in fields if f.name in local_keys] + list(site_only)
         overrides = parse_mapping(raw, local_fields, str(local))

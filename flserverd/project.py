@@ -1,103 +1,27 @@
-"""Which project a server's ``state/`` belongs to, so that a kit of another project does not
-take it over.
-
-A server workspace copied for a new project, with ``startup/`` replaced by the new
-project's kit, would otherwise start as that project with the first one's runs,
-registrations, audit and refusals: its sites' tokens and revoked names would meet
-certificates of another CA. ``state/project.json`` records the project's name and the
-SHA-256 fingerprint of its CA certificate, written at the first start (and by a state
-from before the record, which adopts the kit it starts with); a start with a kit of a
-different CA or name is refused. A project that deliberately moved to a new CA deletes
-the file once, and the state adopts the new kit.
-"""
+"""Which project a server's ``state/`` belongs to (:mod:`flcore.project`, shared with the
+sites), in the server's words: what another project's kit would take over here."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from flcore import project
+from flcore.project import Project, kit_project
 
-from flcore.atomic import atomic_write_bytes
-from flcore.configfile import parse_json, read_bounded
-from flcore.schema import ConfigError
-
-log = logging.getLogger(__name__)
-
-PROJECT_FILE = "project.json"
-PROJECT_KEYS = ("name", "ca_sha256")
-
-
-@dataclass(frozen=True)
-class Project:
-    """A project as the state records it."""
-
-    name: str
-    ca_sha256: str
-
-    @property
-    def shown(self) -> str:
-        """The project as a message names it: its name and CA fingerprint, as people read
-        a fingerprint aloud (``AB:CD:…``)."""
-        digest = self.ca_sha256.upper()
-        return (
-            f"{self.name} (CA fingerprint {':'.join(digest[i : i + 2] for i in range(0, 64, 2))})"
-        )
-
-
-def kit_project(name: str, ca_path: Path) -> Project:
-    """The project of the server's kit: its name and its CA certificate's fingerprint.
-
-    Raises:
-        ConfigError: the CA certificate cannot be read.
-    """
-    try:
-        cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise ConfigError(f"cannot read the project CA certificate {ca_path}: {reason}") from None
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return Project(name, hashlib.sha256(der).hexdigest())
+__all__ = ["claim_state", "kit_project"]
 
 
 def claim_state(state_dir: Path, kit: Project) -> None:
-    """Refuse a state that belongs to another project; record the kit's project in a state
-    that names none (a new workspace, or one from before the record).
+    """Refuse a server state of another project; record the kit's project in one that names
+    none.
 
     Raises:
         ConfigError: the state belongs to another project, or its record cannot be read.
     """
-    path = state_dir / PROJECT_FILE
-    if not path.exists():
-        data = {"name": kit.name, "ca_sha256": kit.ca_sha256}
-        atomic_write_bytes(path, json.dumps(data, indent=1).encode() + b"\n", mode=0o600)
-        log.info("%s records that this state belongs to project %s", path, kit.shown)
-        return
-    held = _read(path)
-    if held != kit:
-        raise ConfigError(
-            f"this workspace's state belongs to project {held.shown}, but its startup kit is "
-            f"of project {kit.shown}: a kit of another project would take over its runs, "
-            f"registrations and audit. Start this project's server in a workspace of its own "
-            f"(or put this workspace's own kit back); only if this project deliberately moved "
-            f"to a new CA, delete {path} and start again"
-        )
-
-
-def _read(path: Path) -> Project:
-    where = str(path)
-    try:
-        data = parse_json(read_bounded(path, where=where), where)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    name, digest = (data.get(key) if isinstance(data, dict) else None for key in PROJECT_KEYS)
-    if not isinstance(name, str) or not isinstance(digest, str) or len(digest) != 64:
-        raise ConfigError(
-            f"{path} is damaged (it must name the project and its CA's SHA-256): restore it "
-            "from a backup, or delete it to let the kit the server starts with adopt the state"
-        )
-    return Project(name, digest.lower())
+    project.claim_state(
+        state_dir,
+        kit,
+        "its runs, registrations and audit",
+        "Start this project's server in a workspace of its own (or put this workspace's own "
+        "kit back)",
+    )

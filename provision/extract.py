@@ -22,7 +22,9 @@ import pyzipper
 
 from flcore.configfile import MAX_CONFIG_BYTES
 from flcore.kitsig import MAX_KIT_FILES, KitSignatureError, verify_files
+from flcore.schema import ConfigError
 from flcore.startup import LOCAL_DIR, STARTUP_DIR
+from flcore.strictmodes import check_folders_to, make_private_folder
 from provision.errors import ProvisionError
 from provision.kits import STARTUP_DIR_MODE, file_mode
 
@@ -179,8 +181,11 @@ def install_startup(files: dict[str, bytes], dest: Path, replace: bool = False) 
         refuse_existing(dest)
     target = dest / STARTUP_DIR
     try:
-        dest.mkdir(parents=True, exist_ok=True)
+        make_private_folder(dest)
+        check_folders_to(dest, "the kit and local/")
         staging = Path(tempfile.mkdtemp(prefix=".flprovision-", dir=dest))
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from None
     except OSError as exc:
         raise ProvisionError(f"{dest}: cannot create it ({exc.strerror})") from None
     try:

@@ -31,6 +31,7 @@ from flcore.configfile import parse_json, read_bounded
 from flcore.crl import CRL_FILE
 from flcore.kitsig import ROOT_CERT_FILE
 from flcore.schema import ConfigError
+from flcore.strictmodes import check_folders_to, make_private_folder, trusted_owners
 from provision.errors import ProvisionError
 from provision.pki import CertifiedKey, cert_pem, key_pem, load_key
 
@@ -192,12 +193,17 @@ class Workspace:
         self.crl_path = root / CRL_FILE
 
     def prepare(self) -> None:
-        """Create the folders, keeping ``state/`` and ``packages/`` private to the owner."""
+        """Create the folders, keeping the workspace (when created here), ``state/`` and
+        ``packages/`` private to the owner; refuse a workspace others may change (they
+        could put a CA key of their own in the place of ``state/``)."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_private_folder(self.root)
+            check_folders_to(self.root, f"the project CA's key in {STATE_DIR}/", trusted_owners())
             for folder in (self.state_dir, self.packages_dir):
                 folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
                 folder.chmod(PRIVATE_DIR_MODE)
+        except ConfigError as exc:
+            raise ProvisionError(str(exc)) from None
         except OSError as exc:
             inside = f"{exc.filename}: " if exc.filename and exc.filename != str(self.root) else ""
             raise ProvisionError(

@@ -6,6 +6,7 @@ import ast
 import asyncio
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,9 @@ from fldev.cluster import APPS
 
 DIGEST = "ab" * 32
 APP = "digits_custom"
+
+
+NOBODY = 65534
 
 
 @pytest.fixture
@@ -104,6 +108,22 @@ def test_a_file_others_may_change_approves_nothing(workspace: Path) -> None:
     with pytest.raises(ApprovalError, match=r"its folder .*local has mode 0777"):
         approvals_.allows(DIGEST)
     approvals_.path.parent.chmod(0o755)
+    assert approvals_.allows(DIGEST)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_a_file_of_another_user_approves_nothing_unless_the_workspace_is_theirs(
+    workspace: Path,
+) -> None:
+    """Another user's file is theirs to change whatever its mode. The workspace's owner is
+    whom the daemon runs as: site IT running `flclientd approve` as root reads that file."""
+    approvals_ = ApprovalList(workspace)
+    approvals_.approve(DIGEST, "x")
+    os.chown(approvals_.path, NOBODY, NOBODY)
+    with pytest.raises(ApprovalError, match=r"approved_apps.json is owned by nobody.*chown root"):
+        approvals_.allows(DIGEST)
+    os.chown(workspace, NOBODY, NOBODY)
+    os.chown(approvals_.path.parent, NOBODY, NOBODY)
     assert approvals_.allows(DIGEST)
 
 

@@ -3,8 +3,12 @@ code 2, never a traceback (flcore.daemon)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -97,3 +101,140 @@ def test_a_server_whose_port_is_taken_says_so_in_one_line(
         f"server running? (ss -ltnp shows which process listens on port {port})"
     )
     assert "GRPC" not in done.stderr and "add_port" not in done.stderr
+
+
+NOBODY = 65534
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+KITS = {"flserverd": "server", "flclientd": "site-a"}
+
+
+@pytest.fixture
+def kit_workspace(
+    provision_project_mapping: dict[str, Any],
+    provision_into: Callable[..., ProvisionedWorkspace],
+    tmp_path: Path,
+) -> Callable[[str], Path]:
+    """A daemon's kit extracted as flprovision extract does, its server on ports free now; a
+    client gives up on the server (there is none) after a second."""
+    for port in ("fed_port", "admin_port"):
+        with socket.create_server(("127.0.0.1", 0)) as free:
+            provision_project_mapping["server"][port] = free.getsockname()[1]
+    provisioned = provision_into(provision_project_mapping)
+
+    def extract(daemon: str) -> Path:
+        workspace = tmp_path / KITS[daemon]
+        extract_kit(provisioned.kit(KITS[daemon]), provisioned.password(KITS[daemon]), workspace)
+        if daemon == "flclientd":
+            (workspace / "local" / "fed_client.json").write_text('{"retry_window": 1}\n')
+        return workspace
+
+    return extract
+
+
+def _replace_local_as_nobody(workspace: Path) -> None:
+    """What `nobody` could do in a workspace others may write: move local/ away and make
+    one of its own that trusts every app's code."""
+    (workspace / "local").rename(workspace / "local.old")
+    (workspace / "local").mkdir()
+    (workspace / "local" / "fed_client.json").write_text(
+        '{"trust_custom_code": true, "retry_window": 1}\n'
+    )
+    for path in (workspace / "local", workspace / "local" / "fed_client.json"):
+        os.chown(path, NOBODY, NOBODY)
+
+
+@AS_ROOT
+def test_a_client_in_a_workspace_others_may_write_refuses_to_start(
+    kit_workspace: Callable[[str], Path],
+) -> None:
+    """The security review's case: a workspace extracted under umask 000 (0777), where
+    `nobody` replaced local/; the daemon ran with trust_custom_code."""
+    workspace = kit_workspace("flclientd")
+    workspace.chmod(0o777)
+    _replace_local_as_nobody(workspace)
+    done = start("flclientd", "--workspace", str(workspace))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{workspace} has mode 0777" in done.stderr
+    assert f"run chmod go-w {workspace}" in done.stderr
+    workspace.chmod(0o700)  # the mode fixed, the other user's local/ is still refused
+    done = start("flclientd", "--workspace", str(workspace))
+    assert done.returncode == 2
+    assert f"{workspace / 'local'}: others than this user may change it" in done.stderr
+    assert "is owned by nobody, not by root" in done.stderr
+    assert f"run chown root {workspace / 'local'}" in done.stderr
+
+
+@AS_ROOT
+@pytest.mark.parametrize("daemon", ["flserverd", "flclientd"])
+def test_a_local_file_of_another_user_stops_both_daemons(
+    daemon: str, kit_workspace: Callable[[str], Path]
+) -> None:
+    workspace = kit_workspace(daemon)
+    settings = workspace / "local" / "settings.json"
+    settings.write_text("{}\n")
+    os.chown(settings, NOBODY, NOBODY)
+    done = start(daemon, "--workspace", str(workspace))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{settings}: others than this user may change it (settings.json is owned by" in (
+        done.stderr
+    )
+
+
+def test_a_client_records_its_project_and_refuses_another_s_kit(
+    kit_workspace: Callable[[str], Path],
+) -> None:
+    """A site's workspace given another project's kit would run that project's apps under
+    this one's approvals and local/ settings."""
+    workspace = kit_workspace("flclientd")
+    record = workspace / "state" / "project.json"
+    first = start("flclientd", "--workspace", str(workspace))
+    assert first.returncode == 3, first.stderr  # no server: it gave up after its retry window
+    held = json.loads(record.read_text())
+    assert held["name"] == "demo" and len(held["ca_sha256"]) == 64
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    record.write_text(json.dumps({"name": "demo", "ca_sha256": "ab" * 32}))
+    refused = start("flclientd", "--workspace", str(workspace))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "this workspace's state belongs to project demo (CA fingerprint AB:AB:" in (
+        refused.stderr
+    )
+    assert "a kit of another project would take over its approvals" in refused.stderr
+
+
+def test_a_server_started_under_umask_000_keeps_its_files_to_itself(
+    kit_workspace: Callable[[str], Path],
+) -> None:
+    """Started by hand, the daemons took the shell's umask: under 000 the database, run
+    folders and metrics were anyone's to read."""
+    workspace = kit_workspace("flserverd")
+    (workspace / "local" / "fed_server.json").write_text('{"listen_host": "127.0.0.1"}\n')
+    server = subprocess.Popen(
+        [
+            "sh",
+            "-c",
+            'umask 000 && exec "$0" -m flserverd --workspace "$1"',
+            sys.executable,
+            str(workspace),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        for line in server.stderr:
+            if re.search(r"flserverd .* ready", line):
+                break
+        else:
+            pytest.fail("the server exited before it was ready")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        server.kill()
+        server.wait()
+    shared = {
+        str(path.relative_to(workspace)): oct(stat.S_IMODE(path.stat().st_mode))
+        for path in workspace.rglob("*")
+        if path.relative_to(workspace).parts[0] not in ("startup", "local")
+        and stat.S_IMODE(path.stat().st_mode) & 0o077
+    }
+    assert shared == {}

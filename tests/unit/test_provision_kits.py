@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import zipfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from flcore.kitsig import verify_startup
 from flcore.startup import load_admin, load_client, load_server
 from flcore.tls import TlsFiles, channel_credentials, server_credentials
 from provision import extract_kit, parse_project, read_kit
+from provision.errors import ProvisionError
 from provision.kits import PARALLEL_FROM, KitZip, new_password, write_kit_zips
 
 SERVER_FILES = [
@@ -404,3 +406,68 @@ def test_many_kits_written_by_worker_processes_are_encrypted_and_complete(
                 at = info.extra.index(b"\x01\x99\x07\x00")  # WinZip AES, 256 bits
                 assert info.compress_type == 99 and info.extra[at + 6 : at + 9] == b"AE\x03"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(z.path.name for z in zips)
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    """A shell whose umask lets everyone write what it creates."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_000")
+def test_extract_makes_the_workspace_private_whatever_the_umask(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """Under umask 000 the workspace was created 0777: anyone could replace its local/."""
+    dest = tmp_path / "sites" / "site-a"
+    _extract(provisioned_workspace, "site-a", dest)
+    assert (_mode(dest.parent), _mode(dest), _mode(dest / "startup")) == (0o700, 0o700, 0o700)
+    assert _mode(dest / "local") == 0o755
+
+
+def test_extract_leaves_an_existing_folder_s_mode_but_refuses_one_others_may_write(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    dest = tmp_path / "site-a"
+    dest.mkdir(mode=0o750)
+    dest.chmod(0o750)
+    _extract(provisioned_workspace, "site-a", dest)
+    assert _mode(dest) == 0o750
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ProvisionError, match=f"{shared} has mode 0777.*run chmod go-w {shared}$"):
+        _extract(provisioned_workspace, "site-a", shared)
+    assert list(shared.iterdir()) == []
+
+
+@pytest.mark.usefixtures("umask_000")
+def test_provisioning_makes_its_workspace_private_whatever_the_umask(
+    provision_project_mapping: dict[str, Any],
+    provision_into: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """The folder above state/, which holds the CA's key: under umask 000 anyone could have
+    replaced state/ with one holding a CA of their own."""
+    provision_into(provision_project_mapping)
+    assert _mode(tmp_path / "workspace") == 0o700
+
+
+def test_provisioning_refuses_a_workspace_others_may_write(
+    provision_project_mapping: dict[str, Any],
+    provision_into: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    workspace.chmod(0o777)
+    with pytest.raises(ProvisionError, match=f"{workspace} has mode 0777.*the project CA's key"):
+        provision_into(provision_project_mapping)

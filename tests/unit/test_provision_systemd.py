@@ -63,7 +63,8 @@ def test_client_unit_is_a_template_that_can_reach_gpus() -> None:
     assert "ExecStart=/opt/flstack/venv/bin/flclientd --workspace /var/lib/flstack/%i" in lines
     assert "ReadWritePaths=/var/lib/flstack/%i" in lines
     assert "EnvironmentFile=-/etc/flstack/%i.env" in lines
-    assert "ReadOnlyPaths=/var/lib/flstack/%i/startup -/var/lib/flstack/%i/local" in lines
+    # no "-": systemd would skip a missing local/, which app code could then create
+    assert "ReadOnlyPaths=/var/lib/flstack/%i/startup /var/lib/flstack/%i/local" in lines
     assert not any(line.startswith(("PrivateDevices=", "ProtectClock=")) for line in lines)
     # an app of built-ins (no approval needed) may not take the machine's memory, and the
     # daemon outlives a training child the kernel ends for it

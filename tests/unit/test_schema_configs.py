@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -734,3 +736,58 @@ def test_a_bundle_without_its_configs_is_refused(tmp_path: Path) -> None:
         "config/config_train.json: bundle: resources/seg/configs/evaluate.json is missing "
         "(a bundle holds configs/train.json and configs/evaluate.json)"
     )
+
+
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+NOBODY = 65534
+
+
+def test_a_workspace_others_may_write_is_refused(tmp_path: Path) -> None:
+    """Bits on the files alone were judged: in a workspace of mode 0777 anyone could move
+    local/ away and put one that sets trust_custom_code in its place."""
+    ws = _workspace(tmp_path / "ws", "fed_client.json", startup.to_json(CLIENT))
+    ws.chmod(0o777)
+    with pytest.raises(ConfigError, match=f"{re.escape(str(ws))} has mode 0777.*chmod go-w {ws}$"):
+        startup.load_client(ws)
+    ws.chmod(0o755)
+    assert startup.load_client(ws) == CLIENT
+
+
+def test_a_folder_above_the_workspace_others_may_write_is_refused(tmp_path: Path) -> None:
+    above = tmp_path / "shared"
+    ws = _workspace(above / "ws", "fed_client.json", startup.to_json(CLIENT))
+    above.chmod(0o775)
+    with pytest.raises(
+        ConfigError, match=f"{re.escape(str(above))} has mode 0775.*run chmod go-w {above}, or move"
+    ):
+        startup.load_client(ws)
+
+
+@AS_ROOT
+def test_a_root_owned_sticky_folder_above_is_fine_as_tmp_is(tmp_path: Path) -> None:
+    above = tmp_path / "shared"
+    ws = _workspace(above / "ws", "fed_client.json", startup.to_json(CLIENT))
+    above.chmod(0o1777)
+    assert startup.load_client(ws) == CLIENT
+    ws.chmod(0o1777)  # the workspace itself: others could create a local/ where none is
+    with pytest.raises(ConfigError, match=f"{re.escape(str(ws))} has mode 1777"):
+        startup.load_client(ws)
+
+
+@AS_ROOT
+@pytest.mark.parametrize("owned", ["local", "local/fed_client.json", "startup/rootCA.pem", "ws"])
+def test_a_kit_or_local_file_of_another_user_is_refused(tmp_path: Path, owned: str) -> None:
+    """Another user's file is that user's to change, whatever its mode: as `nobody` in a
+    workspace others could write, `mv local local.old && mkdir local` with a
+    fed_client.json setting trust_custom_code was loaded."""
+    ws = _workspace(
+        tmp_path / "ws", "fed_client.json", startup.to_json(CLIENT), {"trust_custom_code": True}
+    )
+    (ws / "startup" / "rootCA.pem").write_text("ca\n")
+    path = ws if owned == "ws" else ws / owned
+    os.chown(path, NOBODY, NOBODY)
+    name = pwd.getpwuid(NOBODY).pw_name
+    with pytest.raises(ConfigError, match=f"owned by {name}, not by root.*run chown (-R )?root "):
+        startup.load_client(ws)
+    os.chown(path, 0, 0)
+    assert startup.load_client(ws).trust_custom_code
