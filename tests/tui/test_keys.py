@@ -598,7 +598,11 @@ def test_keys_typed_around_l_and_enter_apply_in_order(
         async with app.run_test(size=size) as pilot:
             await ready(pilot)
             table = app.dashboard.query_one(ClientsTable)
-            for opening, screen_type in (("l", SiteLogScreen), ("enter", ClientScreen)):
+            opens: list[tuple[str, type[SiteLogScreen | ClientScreen]]] = [
+                ("l", SiteLogScreen),
+                ("enter", ClientScreen),
+            ]
+            for opening, screen_type in opens:
                 seen = screens_shown(app)
                 burst(app, "down", opening, "x")
                 screen = await shown(pilot, app, screen_type)

@@ -284,7 +284,11 @@ def test_keys_typed_ahead_apply_in_order(live: Cluster, size: tuple[int, int]) -
             table = app.dashboard.query_one(ClientsTable)
             await wait_for(pilot, lambda: table.row_count == 2, what="both rows")
             first, second = table.shown
-            for opening, screen_type in (("l", SiteLogScreen), ("enter", ClientScreen)):
+            opens: list[tuple[str, type[SiteLogScreen | ClientScreen]]] = [
+                ("l", SiteLogScreen),
+                ("enter", ClientScreen),
+            ]
+            for opening, screen_type in opens:
                 burst(app, "down", opening, "x")
                 screen = await shown(pilot, app, screen_type)
                 assert screen.instance == second and table.selected == second
