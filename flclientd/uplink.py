@@ -84,6 +84,8 @@ class Uplink:
         self.store = store
         self.instance = startup.name
         self.connected = asyncio.Event()
+        self._reconnected = asyncio.Condition()
+        """Notified as each control stream is up: a call refused for its token waits for it."""
         self._info = info
         self._status = status
         self._dispatch = dispatch
@@ -164,6 +166,21 @@ class Uplink:
             delay = min(delay * 2, 2.0)
         return 0
 
+    async def _logged_in_since(self, logins: int) -> bool:
+        """Whether the uplink logged in again after ``logins`` and has its stream up, waiting
+        for it as long as the retry window (past which the daemon exits anyway)."""
+        async with self._reconnected:
+            try:
+                await asyncio.wait_for(
+                    self._reconnected.wait_for(
+                        lambda: self.logins > logins and self.connected.is_set()
+                    ),
+                    self.startup.retry_window,
+                )
+            except TimeoutError:
+                return False
+        return True
+
     def _logged_in(self, token: str, instance: str, resumed: bool) -> None:
         self.instance = instance
         self.store.update(token=token)
@@ -185,6 +202,8 @@ class Uplink:
         try:
             await call.write(Hello(self.store.state.token, self._status()))
             self.connected.set()
+            async with self._reconnected:
+                self._reconnected.notify_all()
             jobs = [self._read(call), self._write(call), self._heartbeats(), self._stop.wait()]
             if self._forwarder is not None:
                 jobs.append(self._forward_logs(self._forwarder))
@@ -256,11 +275,12 @@ class Uplink:
 
     async def retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Retry a call across reconnects (bounded by the retry window: the daemon exits),
-        a transfer that stalled, and a server error a few times; anything else is the
-        server's verdict."""
+        a transfer that stalled, a token the server dropped once the uplink logged in again,
+        and a server error a few times; anything else is the server's verdict."""
         server_errors = 0
         while True:
             await self.connected.wait()
+            logins = self.logins
             try:
                 return await call()
             except TransferStalled as exc:
@@ -268,7 +288,14 @@ class Uplink:
                 log.warning("%s; retrying", exc)
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                if code in SERVER_ERRORS and server_errors < SERVER_ERROR_TRIES:
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    # The server dropped the registration this call's token belonged to (the
+                    # site was silent past heart_beat_timeout: a frozen VM, a stalled link).
+                    # The uplink logs in again by itself: the call goes again with the new
+                    # token, where it failed the site's run (an admin had to start it again).
+                    if not await self._logged_in_since(logins):
+                        raise
+                elif code in SERVER_ERRORS and server_errors < SERVER_ERROR_TRIES:
                     server_errors += 1
                 elif code not in TRANSIENT:
                     raise

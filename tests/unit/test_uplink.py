@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import grpc
+import pytest
 
 from flclientd.connection import Connection
 from flclientd.sitestate import SiteStore
@@ -171,3 +173,53 @@ def test_only_a_server_certificate_of_another_ca_is_called_the_wrong_kit() -> No
         (grpc.StatusCode.PERMISSION_DENIED, handshake.format("unable to get issuer certificate")),
     ):
         assert foreign_server(failure(code, details), "h:1") is None
+
+
+def test_a_call_refused_for_a_dropped_token_goes_again_once_logged_in_again(
+    tmp_path: Path,
+) -> None:
+    """The server drops a site silent past its heartbeat timeout (a frozen VM, a stalled
+    link); the upload the site went on with carried the old token and was refused. That
+    failed the site's run for good, though the uplink logged in again by itself: an admin
+    had to start the site again."""
+
+    async def scenario() -> None:
+        uplink, _ = make_uplink(tmp_path)
+        uplink.logins = 1
+        uplink.connected.set()
+        tries: list[int] = []
+
+        async def call() -> str:
+            tries.append(uplink.logins)
+            if len(tries) == 1:
+                raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED)
+            return "accepted"
+
+        retrying = asyncio.ensure_future(uplink.retrying("upload of round 3", call))
+        for _ in range(3):
+            await asyncio.sleep(0)  # the call is refused; the upload waits for a login
+        assert not retrying.done() and tries == [1]
+        uplink.connected.clear()  # its control stream is refused too: the uplink logs in
+        uplink.logins += 1
+        stream = asyncio.ensure_future(uplink._control())
+        assert await retrying == "accepted"
+        assert tries == [1, 2]  # once with each login's token
+        uplink.stop()
+        await stream
+
+    asyncio.run(scenario())
+
+
+def test_a_token_refused_with_no_login_after_it_is_the_answer(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        uplink, _ = make_uplink(tmp_path)
+        uplink.startup = replace(uplink.startup, retry_window=0.05)
+        uplink.connected.set()
+
+        async def call() -> str:
+            raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED)
+
+        with pytest.raises(grpc.aio.AioRpcError):
+            await uplink.retrying("upload of round 3", call)
+
+    asyncio.run(scenario())
