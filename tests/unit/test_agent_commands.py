@@ -48,6 +48,13 @@ def _agent(provisioned_workspace: Any, tmp_path: Path) -> Agent:
     return Agent(workspace, startup, files, None, DeviceInfo("cpu", 0), None)
 
 
+def run_entries(agent: Agent) -> list[str]:
+    """What the site's run folders hold, as paths from its workspace."""
+    return sorted(
+        p.relative_to(agent.workspace).as_posix() for p in agent.workspace.glob("run_*/*")
+    )
+
+
 def _answer(
     provisioned_workspace: Any,
     tmp_path: Path,
@@ -810,9 +817,7 @@ def test_a_deploy_removes_the_apps_the_site_no_longer_keeps(
 
     caplog.set_level(logging.INFO, logger="flclientd.agent")
     agent = asyncio.run(run())
-    left = sorted(
-        p.relative_to(agent.workspace).as_posix() for p in agent.workspace.glob("run_*/*")
-    )
+    left = run_entries(agent)
     assert left == [
         "run_1/app_site-a",
         "run_2/app_site-a",
@@ -1083,9 +1088,7 @@ def test_the_daemon_s_start_removes_what_a_crash_left_set_aside_and_the_apps_it_
 
     caplog.set_level(logging.INFO, logger="flclientd.agent")
     agent = asyncio.run(run())
-    left = sorted(
-        p.relative_to(agent.workspace).as_posix() for p in agent.workspace.glob("run_*/*")
-    )
+    left = run_entries(agent)
     assert left == [
         "run_1/.app_site-a.old",
         "run_1/app_site-a",

@@ -449,6 +449,18 @@ def test_a_report_s_owner_and_error_reach_the_log_only_once_accepted_and_on_one_
     on_server(tmp_path, scenario)
 
 
+async def one_round_to_final_validation(
+    exchange: ModelExchange, training: Training, tmp_path: Path
+) -> None:
+    """Site-a's one update closes a one-round run's round: the run validates the final model."""
+    model = write_model(tmp_path / "u.safetensors", 1.0)
+    training.client_ready("site-a")
+    assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
+        SubmitOutcome.ACCEPTED
+    )
+    await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+
+
 def test_reports_and_uploads_past_what_a_site_sends_are_refused_and_logged_rarely(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -501,12 +513,7 @@ def test_the_final_model_s_validation_counts_from_a_site_of_the_run_with_a_weigh
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
         training = train(server, num_rounds=1, min_num_clients=1)
-        model = write_model(tmp_path / "u.safetensors", 1.0)
-        training.client_ready("site-a")
-        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
-            SubmitOutcome.ACCEPTED
-        )
-        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+        await one_round_to_final_validation(exchange, training, tmp_path)
 
         def final(site: str, samples: int) -> Verdict:
             report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", {"a": 1.0}, samples)
@@ -541,13 +548,8 @@ def test_a_site_without_training_samples_is_counted_in_the_final_validation_with
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
         training = train(server, num_rounds=1, min_num_clients=1, wait_after_min_clients=0)
-        model = write_model(tmp_path / "u.safetensors", 1.0)
-        training.client_ready("site-a")
         training.client_ready("site-b")  # validation data only: it sends no update
-        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
-            SubmitOutcome.ACCEPTED
-        )
-        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+        await one_round_to_final_validation(exchange, training, tmp_path)
 
         def final(site: str, metrics: dict[str, float], samples: int) -> Verdict:
             report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", metrics, samples)
@@ -590,12 +592,7 @@ def test_an_abort_after_the_final_result_leaves_the_run_finished(
     async def scenario(server: FLServer) -> None:
         exchange = ModelExchange(server)
         training = train(server, num_rounds=1, min_num_clients=1)
-        model = write_model(tmp_path / "u.safetensors", 1.0)
-        training.client_ready("site-a")
-        assert (await upload(exchange, "site-a", header(model.manifest), chunks_of(model)))[0] is (
-            SubmitOutcome.ACCEPTED
-        )
-        await wait_until_async(lambda: training.run.phase == PHASE_FINAL_VALIDATION, 10, "final")
+        await one_round_to_final_validation(exchange, training, tmp_path)
         report = MetricsReport(RUN, 1, MetricsKind.GLOBAL_VALIDATION, "", {"acc": 0.8}, 5)
         assert exchange.accept_metrics("site-a", report).outcome is SubmitOutcome.ACCEPTED
         await asyncio.wait_for(asyncio.to_thread(writing.wait, 10), 11)

@@ -9,8 +9,21 @@ from flcore import status as st
 from flcore.federation import MachineInfo
 from flcore.identity import KIND_CLIENT, Identity
 from flcore.status import ClientStatus
+from flserverd.registry import RegisteredClient
 from flserverd.server import FLServer
+from flserverd.training import Training
 from tests.unit.test_exchange import RUN, on_server, train
+
+
+def training_two_sites(server: FLServer) -> tuple[Training, list[RegisteredClient]]:
+    """A run training for 5 rounds that needs 2 sites, and site-a and site-b logged in."""
+    training = train(server, num_rounds=5, min_num_clients=2)
+    training.begin()
+    sites = [
+        server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo()).client
+        for name in ("site-a", "site-b")
+    ]
+    return training, sites
 
 
 def test_a_site_paused_by_its_disk_still_counts_as_training(tmp_path: Path) -> None:
@@ -18,12 +31,7 @@ def test_a_site_paused_by_its_disk_still_counts_as_training(tmp_path: Path) -> N
     advice. A site that is not training at all leaves the run blocked."""
 
     async def scenario(server: FLServer) -> None:
-        training = train(server, num_rounds=5, min_num_clients=2)
-        training.begin()
-        sites = [
-            server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo()).client
-            for name in ("site-a", "site-b")
-        ]
+        training, sites = training_two_sites(server)
         server.update_status(sites[0], ClientStatus(st.STARTED, RUN))
         server.update_status(sites[1], ClientStatus(st.PAUSED, RUN, error="client disk full"))
         assert server.blocked(training) == "" and server.run_view().blocked == ""
@@ -42,12 +50,7 @@ def test_sites_waiting_for_approval_are_named_and_sites_starting_are_awaited(
     still starting their training are who the round waits for, not "nobody"."""
 
     async def scenario(server: FLServer) -> None:
-        training = train(server, num_rounds=5, min_num_clients=2)
-        training.begin()
-        sites = [
-            server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo()).client
-            for name in ("site-a", "site-b")
-        ]
+        _, sites = training_two_sites(server)
         for site in sites:
             server.update_status(site, ClientStatus(st.STARTING, RUN, round=0))
         view = server.run_view()

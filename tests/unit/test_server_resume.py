@@ -187,6 +187,15 @@ def test_a_fresh_start_while_a_resume_waits_for_the_disk_is_the_only_run(
     asyncio.run(scenario())
 
 
+def write_round_2_model(workspace: Path) -> None:
+    """The model run 4's record names as its latest (round 2), there for a start to find."""
+    models = workspace / "run_4" / "models"
+    models.mkdir()
+    safetensors.numpy.save_file(
+        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
+    )
+
+
 def test_a_continued_run_forgets_how_it_ended_before(tmp_path: Path) -> None:
     """start server continues a stopped run: the sites that failed before, their errors and
     when it ended are the previous attempt's, and the rows of the run date from now."""
@@ -253,11 +262,7 @@ def test_a_final_validation_taken_up_waits_for_the_last_rounds_sites_still_regis
     for name in ("site-a", "site-b"):
         db.save_client(ClientRecord(token_key(new_token()), name, name, "org", 1.0e9))
     db.close()
-    models = tmp_path / "run_4" / "models"
-    models.mkdir()
-    safetensors.numpy.save_file(
-        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
-    )
+    write_round_2_model(tmp_path)
 
     async def scenario() -> None:
         server = FLServer(tmp_path, server_startup(), "test")
@@ -284,11 +289,7 @@ def test_a_run_whose_final_validation_was_committed_ends_when_taken_up(tmp_path:
     )
     db.save_client(ClientRecord(token_key(new_token()), "site-a", "site-a", "org", 1.0e9))
     db.close()
-    models = tmp_path / "run_4" / "models"
-    models.mkdir()
-    safetensors.numpy.save_file(
-        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
-    )
+    write_round_2_model(tmp_path)
     assert reopen(tmp_path) == (st.STOPPED, st.FINISHED)
     db = StateDB(tmp_path / "state" / "flserverd.sqlite3")
     try:
@@ -316,11 +317,7 @@ def test_a_run_recorded_aborted_after_its_final_result_is_finished_not_continued
     record.status, record.reason = st.STOPPED, "aborted by admin@lead.org"
     db.end_run(record)
     db.close()
-    models = tmp_path / "run_4" / "models"
-    models.mkdir()
-    safetensors.numpy.save_file(
-        {"w": np.zeros(4, dtype=np.float32)}, models / "round_2.safetensors"
-    )
+    write_round_2_model(tmp_path)
 
     async def scenario() -> None:
         server = FLServer(tmp_path, server_startup(), "test")
