@@ -121,16 +121,22 @@ def _may_run(workspace: Path, review: AppReview) -> str:
             return f"approved at this site ({approvals.path})"
     except ApprovalError as exc:
         return f"NOT approved: {exc}"
-    try:
-        trusted = load_client(workspace).trust_custom_code
-    except ConfigError:
-        trusted = False
-    if trusted:
-        return "runs without approval: this site set trust_custom_code"
-    return (
-        "NOT approved at this site. After reading it, approve it with:\n"
+    approve = (
+        "After reading it, approve it with:\n"
         f"  flclientd approve --workspace {workspace} {review.digest}"
     )
+    try:
+        trusted = load_client(workspace).trust_custom_code
+    except ConfigError as exc:
+        # Run by another user than the daemon's (root on a service's workspace), the site's
+        # settings may be refused to this process: "NOT approved" alone could be untrue.
+        return (
+            "NOT approved at this site; whether it runs anyway (trust_custom_code) cannot be "
+            f"told from here, its settings are refused: {exc}\n{approve}"
+        )
+    if trusted:
+        return "runs without approval: this site set trust_custom_code"
+    return f"NOT approved at this site. {approve}"
 
 
 def show_app(workspace: Path, name: str, list_only: bool, out: TextIO) -> None:

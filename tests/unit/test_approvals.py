@@ -174,6 +174,17 @@ def test_show_app_prints_the_digest_the_code_and_how_to_approve(workspace: Path)
     assert code == 0 and model not in listed and "resources/digits_custom/model.py" in listed
 
 
+def test_show_app_says_when_it_cannot_tell_whether_the_site_trusts_custom_code(
+    workspace: Path,
+) -> None:
+    """Site IT running show-app as root on the service's workspace has its settings refused
+    (another user's files): it said "NOT approved" even where the site trusts custom code."""
+    code, out = run("show-app", "--workspace", str(workspace), "digits_custom")
+    assert code == 0
+    assert "whether it runs anyway (trust_custom_code) cannot be told from here" in out
+    assert "flclientd approve --workspace" in out
+
+
 def test_show_app_stops_quietly_when_the_reader_of_its_output_leaves(workspace: Path) -> None:
     """``flclientd show-app --workspace W APP | head -30`` printed ``[Errno 32] Broken pipe``
     and exited 1. The app here outgrows a pipe's buffer, so show-app is still writing when
