@@ -32,7 +32,7 @@ from flcore.schema import (
     one_of,
     parse_mapping,
 )
-from flcore.strictmodes import check_folders_to, exposure, others_may_change, trusted_owners
+from flcore.strictmodes import check_folders_to, exposure, trusted_owners
 
 FORMAT_VERSION = 1
 STARTUP_DIR = "startup"
@@ -297,43 +297,26 @@ def check_private_key(path: Path) -> None:
         )
 
 
-def check_kit_modes(startup_dir: Path, owners: frozenset[int]) -> None:
-    """Refuse a ``startup/`` that others than ``owners`` may change, itself or a file in it.
-
-    The seal is checked once, at start; a file others may replace afterwards
-    (the CA the daemon trusts, its key) would make the check worth nothing.
-
-    Raises:
-        ConfigError: others may change the folder or one of its files.
-        OSError: a file cannot be looked at.
-    """
-    for path in sorted(startup_dir.iterdir()):
-        found = others_may_change(path, owners)
-        if found is not None:
-            raise ConfigError(
-                f"{path}: others than this user may change it ({found.reason}), and it is what "
-                f"this site trusts and who it is: run {found.fix(startup_dir, recursive=True)}"
-            )
-
-
-def check_local(local_dir: Path, owners: frozenset[int]) -> None:
-    """Refuse a ``local/`` that others than ``owners`` may change, itself or anything in it:
-    site IT's settings and approvals there decide which code the site runs.
+def check_folder(folder: Path, matters: str, owners: frozenset[int], whole: bool) -> None:
+    """Refuse ``folder`` when others than ``owners`` may change it or anything in it:
+    ``startup/`` (its seal is checked once, at start, so a file others may replace
+    afterwards, the CA the daemon trusts or its key, would make that check worth nothing)
+    and ``local/`` (site IT's settings and approvals decide which code the site runs).
+    ``matters`` says why in the refusal; ``whole`` fixes the whole folder at once.
 
     Raises:
         ConfigError: others may change the folder or something in it.
         OSError: a file cannot be looked at.
     """
-    if not local_dir.exists():
-        return
-    entries = [(local_dir, f"its folder {local_dir}")]
-    entries += [(path, path.name) for path in sorted(local_dir.iterdir())]
+    entries = [(folder, f"its folder {folder}")]
+    entries += [(path, path.name) for path in sorted(folder.iterdir())]
     for path, what in entries:
         exposed = exposure(path, what, owners)
         if exposed is not None:
+            fix = exposed.fix(folder, recursive=True) if whole else exposed.fix(path)
             raise ConfigError(
                 f"{path}: others than this user may change it ({exposed.reason}), and it "
-                f"decides for this site: run {exposed.fix(path)}"
+                f"{matters}: run {fix}"
             )
 
 
@@ -347,8 +330,10 @@ def check_workspace(workspace: Path) -> None:
     """
     owners = trusted_owners()
     check_folders_to(workspace, "the kit and local/", owners)
-    check_kit_modes(workspace / STARTUP_DIR, owners)
-    check_local(workspace / LOCAL_DIR, owners)
+    check_folder(workspace / STARTUP_DIR, "is what this site trusts and who it is", owners, True)
+    local = workspace / LOCAL_DIR
+    if local.exists():
+        check_folder(local, "decides for this site", owners, False)
 
 
 def _load(
