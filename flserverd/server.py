@@ -613,11 +613,7 @@ class FLServer:
             )
         crossval = self._crossvals.get(number)
         sites = sorted(
-            {
-                c.instance
-                for c in self.registry.clients()
-                if c.status.run_number == number and c.status.status in st.ACTIVE
-            }
+            self._on_run(number, st.ACTIVE)
             | (crossval.validating if crossval is not None else set())
         )
         if sites:
@@ -1081,7 +1077,7 @@ class FLServer:
         approving = self._on_run(number, {st.WAITING_APPROVAL}) - set(failures)
         if approving:
             why.append(
-                f"{', '.join(sorted(approving))} wait for their site IT's approval of the "
+                f"{listing(sorted(approving))} wait for their site IT's approval of the "
                 f"app's code (site IT: flclientd show-app, then flclientd approve)"
             )
         if why:

@@ -69,3 +69,20 @@ def test_sites_waiting_for_approval_are_named_and_sites_starting_are_awaited(
         assert server.run_view().awaited == ("site-b",)
 
     on_server(tmp_path, scenario)
+
+
+def test_sites_waiting_for_approval_are_named_eight_at_most_and_counted(tmp_path: Path) -> None:
+    """The reason is in every run-state event: a thousand sites waiting named each of them."""
+
+    async def scenario(server: FLServer) -> None:
+        training = train(server, num_rounds=5, min_num_clients=2)
+        training.begin()
+        for number in range(12):
+            name = f"site-{number:02d}"
+            site = server.login(Identity(name, "hospital", KIND_CLIENT), "", MachineInfo()).client
+            server.update_status(site, ClientStatus(st.WAITING_APPROVAL, RUN))
+        blocked = server.run_view().blocked
+        assert "site-00, site-01" in blocked and "site-07 and 4 more wait for" in blocked
+        assert "site-08" not in blocked
+
+    on_server(tmp_path, scenario)
