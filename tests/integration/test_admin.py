@@ -397,20 +397,28 @@ def test_a_shutdown_confirmed_after_another_site_joined_is_asked_again(cluster: 
     one = cluster.client("flclient1")
     startup = cluster.kit(ADMIN)
 
-    async def go() -> tuple[CommandReply, CommandReply, CommandReply, Daemon]:
+    async def go() -> tuple[CommandReply, CommandReply, bool, CommandReply, Daemon]:
         console = AdminClient(startup, load_kit(startup), ADMIN)
         await console.login()
         try:
             asked = await console.execute("shutdown client")
             two = cluster.client("flclient2")
             again = await console.execute("shutdown client", confirmed=True)
-            return asked, again, await console.execute("shutdown client", confirmed=True), two
+            # Judged before the third command, which does shut both down.
+            both_alive = one.alive() and two.alive()
+            return (
+                asked,
+                again,
+                both_alive,
+                await console.execute("shutdown client", confirmed=True),
+                two,
+            )
         finally:
             await console.close()
 
-    asked, again, done, two = asyncio.run(go())
+    asked, again, both_alive, done, two = asyncio.run(go())
     assert asked.data["confirm"]["title"] == "Shut down: all clients (1)"
-    assert not again.ok and one.alive() and two.alive()
+    assert not again.ok and both_alive
     assert again.data["confirm"]["title"] == (
         "Shut down: all clients (2) (changed since you were asked)"
     )
