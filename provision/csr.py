@@ -42,6 +42,7 @@ from flcore.kitsig import (
 )
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR, check_private_key
+from flcore.strictmodes import check_folders_to, make_private_folder
 from provision.engine import (
     WrittenKit,
     check_run,
@@ -140,9 +141,15 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 def make_request(name: str, role: str, workspace: Path, key_type: str = KEY_TYPES[0]) -> Request:
     """``flprovision request``: a private key (0600) and a CSR in ``workspace/request/``.
 
+    The workspace and ``request/`` are made 0700 whatever the umask, as
+    ``extract`` makes them: ``assemble`` puts ``startup/`` beside ``request/``
+    and refuses a workspace others may change, so a wide umask here would
+    only be found out there. A workspace that exists already keeps its mode,
+    but one others may change is refused before any key is made in it.
+
     Raises:
         ProvisionError: a bad name or role, a kit or a request already there,
-            or the folder cannot be written.
+            a workspace others may change, or the folder cannot be written.
     """
     kind = REQUEST_ROLES.get(role)
     if kind is None:
@@ -169,10 +176,14 @@ def make_request(name: str, role: str, workspace: Path, key_type: str = KEY_TYPE
     )
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=STARTUP_DIR_MODE)
+        make_private_folder(workspace)
+        check_folders_to(workspace, f"the private key of this request, in {REQUEST_DIR}/")
+        folder.mkdir(mode=STARTUP_DIR_MODE, exist_ok=True)
         folder.chmod(STARTUP_DIR_MODE)
         _write_new(key_path, key_pem(key), KEY_MODE)
         _write_new(csr_path, csr.public_bytes(serialization.Encoding.PEM), 0o644)
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from None
     except OSError as exc:
         key_path.unlink(missing_ok=True)
         raise ProvisionError(f"{folder}: cannot write the request ({exc.strerror})") from None

@@ -8,7 +8,6 @@ the same seal check as a zip kit and loads as a client's or admin's kit.
 from __future__ import annotations
 
 import json
-import os
 import stat
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -66,16 +65,26 @@ def _kit_files(zip_path: Path) -> dict[str, bytes]:
         return {info.filename: archive.read(info) for info in archive.infolist()}
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_000")
 def test_request_makes_a_private_key_and_a_csr(tmp_path: Path) -> None:
-    old = os.umask(0)
-    try:
-        made = make_request("site-b", "client", tmp_path / "site-b")
-    finally:
-        os.umask(old)
-    assert made.key == tmp_path / "site-b" / "request" / "client.key"
-    assert made.csr == tmp_path / "site-b" / "request" / "site-b.csr"
-    assert stat.S_IMODE(made.key.stat().st_mode) == 0o600
-    assert stat.S_IMODE(made.key.parent.stat().st_mode) == 0o700
+    """Under umask 000 the workspace (and any folder above it that was missing) was made
+    0777, which assemble then refused, after lead IT had signed the request."""
+    made = make_request("site-b", "client", tmp_path / "sites" / "site-b")
+    site = tmp_path / "sites" / "site-b"
+    assert made.key == site / "request" / "client.key"
+    assert made.csr == site / "request" / "site-b.csr"
+    folders = (site.parent, site, made.key.parent)
+    assert [_mode(path) for path in (*folders, made.key, made.csr)] == [
+        0o700,
+        0o700,
+        0o700,
+        0o600,
+        0o644,  # sent to lead IT as it is: nothing in it is secret
+    ]
     assert b"PRIVATE KEY" not in made.csr.read_bytes()
     csr = read_request(made.csr)
     assert csr.subject.rfc4514_string() == "OU=client,CN=site-b"
@@ -98,6 +107,32 @@ def test_request_refuses_bad_names_and_roles(
     with pytest.raises(ProvisionError, match=message):
         make_request(name, role, tmp_path / "ws")
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.usefixtures("umask_000")
+def test_a_request_made_under_umask_000_is_assembled(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    signed = sign_request(project, root, made.csr)
+    done = assemble(signed.kit.zip_path, site, signed.ca_fingerprint)
+    assert startup.load_client(site).name == "site-b"
+    assert [_mode(path) for path in (site, done.startup, done.startup / "client.key")] == [
+        0o700,
+        0o700,
+        0o600,
+    ]
+
+
+def test_request_refuses_a_workspace_others_may_write_before_making_a_key(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ProvisionError, match=f"{shared} has mode 0777.*run chmod go-w {shared}$"):
+        make_request("site-b", "client", shared)
+    assert list(shared.iterdir()) == []
 
 
 def test_request_never_overwrites_a_key(tmp_path: Path) -> None:
