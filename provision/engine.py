@@ -380,9 +380,9 @@ def _issue_kits(
         revoked = held is not None and bool(held.get("revoked"))
         public_key = None if held is None else held_public_key(held)
         refusal = None
-        if records is not None and public_key is not None and not revoked:
+        if who.csr and records is not None and public_key is not None and not revoked:
             refusal = records.refusal(who, public_key, again=True)
-        if (who.csr and (revoked or public_key is None)) or refusal is not None:
+        if who.csr and (revoked or public_key is None or refusal is not None):
             # Whatever it held is revoked by now. Kept, its entry would tie the site's next
             # request to what project.yml said before (an old role), which sign refuses.
             issued.pop(holder_key(who), None)

@@ -98,8 +98,8 @@ class KeyRecords:
     def _renewed(self, entry: Entry, who: Participant) -> bool:
         """``who``'s own request-key certificate, valid or superseded by a renewal."""
         mine = (entry.get("name"), entry.get("kind")) == (who.name, who.kind)
-        reason = self._revoked.get(entry["serial"], REISSUE_REASON)
-        return mine and "public_key" in entry and reason == REISSUE_REASON
+        reason = self._revoked.get(entry["serial"])
+        return mine and "public_key" in entry and reason in (None, REISSUE_REASON)
 
     def uncompared(self, whose: str) -> str | None:
         """The warning that ``whose`` could not be compared with every certificate; None when
