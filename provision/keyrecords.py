@@ -56,7 +56,7 @@ class KeyRecords:
                 unknown.append(str(entry.get("name")))
             else:
                 self._by_key.setdefault(digest, []).append(entry)
-        self.unknown = tuple(unknown)
+        self._unknown = tuple(unknown)
         """Owners of the certificates whose keys the records do not keep, one per certificate."""
 
     def refusal(self, who: Participant, key: PublicKey, again: bool = False) -> str | None:
@@ -104,14 +104,14 @@ class KeyRecords:
     def uncompared(self, whose: str) -> str | None:
         """The warning that ``whose`` could not be compared with every certificate; None when
         every certificate's key is on record."""
-        if not self.unknown:
+        if not self._unknown:
             return None
-        names = list(dict.fromkeys(self.unknown))
+        names = list(dict.fromkeys(self._unknown))
         shown = ", ".join(names[:UNKNOWN_SHOWN])
         if len(names) > UNKNOWN_SHOWN:
             shown += f" and {len(names) - UNKNOWN_SHOWN} more"
         return (
-            f"{whose} could not be compared with {len(self.unknown)} certificate(s) that an "
+            f"{whose} could not be compared with {len(self._unknown)} certificate(s) that an "
             f"earlier flprovision issued ({shown}): it kept no record of their keys, and their "
             "kits are encrypted; certificates issued from now on are on record"
         )
