@@ -42,21 +42,21 @@ from flcore.kitsig import (
 )
 from flcore.schema import ConfigError
 from flcore.startup import STARTUP_DIR, check_private_key
+from flcore.strictmodes import check_folders_to, make_private_folder
 from provision.engine import (
     WrittenKit,
     check_run,
     finish_run,
-    held_public_key,
     holder_key,
     start,
     write_kit,
 )
 from provision.errors import ProvisionError
 from provision.extract import install_startup, read_kit, refuse_existing
+from provision.keyrecords import KeyRecords, held_public_key
 from provision.kits import (
     KEY_MODE,
     STARTUP_DIR_MODE,
-    Participant,
     cert_file,
     key_file,
     participants,
@@ -64,14 +64,12 @@ from provision.kits import (
 from provision.pki import CertifiedKey, PrivateKey, fingerprint, generate_key, key_pem
 from provision.project import KEY_TYPES, Project, admin_email_problem, client_name_problem
 from provision.revocation import CRL_DAYS, REISSUE_REASON, CrlWritten, revoke_certificates
-from provision.workspace import Entry, Workspace
+from provision.workspace import Workspace
 
 REQUEST_DIR = "request"
 REQUEST_ROLES = {"client": KIND_CLIENT, "admin": KIND_ADMIN}
 """``--role`` words and the kind (certificate OU) they ask for."""
 MAX_CSR_BYTES = 64 * 1024
-UNKNOWN_SHOWN = 3
-"""Names a warning gives of the certificates whose keys are not on record."""
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -140,9 +138,15 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
 def make_request(name: str, role: str, workspace: Path, key_type: str = KEY_TYPES[0]) -> Request:
     """``flprovision request``: a private key (0600) and a CSR in ``workspace/request/``.
 
+    The workspace and ``request/`` are made 0700 whatever the umask, as
+    ``extract`` makes them: ``assemble`` puts ``startup/`` beside ``request/``
+    and refuses a workspace others may change, so a wide umask here would
+    only be found out there. A workspace that exists already keeps its mode,
+    but one others may change is refused before any key is made in it.
+
     Raises:
         ProvisionError: a bad name or role, a kit or a request already there,
-            or the folder cannot be written.
+            a workspace others may change, or the folder cannot be written.
     """
     kind = REQUEST_ROLES.get(role)
     if kind is None:
@@ -169,10 +173,14 @@ def make_request(name: str, role: str, workspace: Path, key_type: str = KEY_TYPE
     )
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=STARTUP_DIR_MODE)
+        make_private_folder(workspace)
+        check_folders_to(workspace, f"the private key of this request, in {REQUEST_DIR}/")
+        folder.mkdir(mode=STARTUP_DIR_MODE, exist_ok=True)
         folder.chmod(STARTUP_DIR_MODE)
         _write_new(key_path, key_pem(key), KEY_MODE)
         _write_new(csr_path, csr.public_bytes(serialization.Encoding.PEM), 0o644)
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from None
     except OSError as exc:
         key_path.unlink(missing_ok=True)
         raise ProvisionError(f"{folder}: cannot write the request ({exc.strerror})") from None
@@ -404,7 +412,14 @@ def sign_request(
         if record is not None:
             check_run(project, record, workspace, [who])
         record, ca = start(project, ws, record, ca, now)
-        warnings = _refuse_known_key(ws, ca, who, public_key, csr_path)
+        _refuse_ca_key(ws, ca, public_key, csr_path)
+        records = KeyRecords(ws)
+        refusal = records.refusal(who, public_key)
+        if refusal is not None:
+            raise ProvisionError(
+                f"{csr_path}: {refusal}: the site makes a new key and request (flprovision request)"
+            )
+        uncompared = records.uncompared("the request's key")
         held = record.participants.get(holder_key(who))
         crl = None
         if held is not None:
@@ -423,77 +438,15 @@ def sign_request(
         entry, kit = write_kit(project, ws, ca, who, now, public_key)
         holders = {**record.participants, holder_key(who): entry}
         finish_run(project, ws, ca, holders, record.server_settings, [entry])
-        return Signed(kit, fingerprint(ca.cert), crl, warnings)
+        return Signed(kit, fingerprint(ca.cert), crl, () if uncompared is None else (uncompared,))
 
 
-def _refuse_known_key(
-    ws: Workspace, ca: CertifiedKey, who: Participant, key: PublicKey, csr_path: Path
-) -> tuple[str, ...]:
-    """Refuse a key this workspace certified before, unless it is ``who``'s own request key
-    and not revoked (lock held); the warning to give when older records cannot tell.
-
-    A key made here for a zip kit travelled in that kit, so it is not one only
-    a site knows, which is what a request stands for. A key certified for
-    another participant would make two of them one. A revoked key may be a
-    stolen one: certified again, it would be trusted anew. The participant's
-    own request key is left to the checks that follow (a certificate held
-    already needs ``--reissue`` and a new key; one that left project.yml and
-    came back may send its request again).
-    """
-    digest = public_key_sha256(key)
-    if digest == public_key_sha256(ca.key.public_key()):
+def _refuse_ca_key(ws: Workspace, ca: CertifiedKey, key: PublicKey, csr_path: Path) -> None:
+    """A request signed with the CA's key shows that key has leaked: no kit of the project
+    can be trusted any more, so the refusal says to start again, not to send a new key."""
+    if public_key_sha256(key) == public_key_sha256(ca.key.public_key()):
         raise ProvisionError(
             f"{csr_path}: its key is the project CA's, and only the holder of the CA key could "
             f"have signed it: the key has left {ws.state_dir}, so this CA cannot be trusted "
             "any more; provision the project into a new workspace and replace every kit"
         )
-    revoked = {entry.serial for entry in ws.load_revoked().revoked}
-    unknown: list[str] = []
-    matches: list[Entry] = []
-    for entry in ws.certificates():
-        on_record = _key_on_record(entry)
-        if on_record is None:
-            unknown.append(str(entry.get("name")))
-        elif on_record == digest:
-            matches.append(entry)
-    for entry in sorted(matches, key=lambda each: each["serial"] not in revoked):
-        owner, serial = entry.get("name"), entry["serial"]
-        if serial in revoked:
-            raise ProvisionError(
-                f"{csr_path}: its key was certified before for {owner!r} (serial {serial}) and "
-                "that certificate is revoked, so it is never certified again: the site makes a "
-                "new key and request (flprovision request)"
-            )
-        if "public_key" not in entry:
-            raise ProvisionError(
-                f"{csr_path}: its key is the one made here for the zip kit of {owner!r} (serial "
-                f"{serial}), so it is no key only the site knows: the site makes a new key and "
-                "request (flprovision request)"
-            )
-        if (owner, entry.get("kind")) != (who.name, who.kind):
-            raise ProvisionError(
-                f"{csr_path}: its key was certified before for {owner!r} (serial {serial}), and "
-                "a key is one participant's only: the site makes a new key and request "
-                "(flprovision request)"
-            )
-    if not unknown:
-        return ()
-    names = list(dict.fromkeys(unknown))
-    shown = ", ".join(names[:UNKNOWN_SHOWN])
-    if len(names) > UNKNOWN_SHOWN:
-        shown += f" and {len(names) - UNKNOWN_SHOWN} more"
-    return (
-        f"the request's key could not be compared with {len(unknown)} certificate(s) that an "
-        f"earlier flprovision issued ({shown}): it kept no record of their keys, and their "
-        "kits are encrypted; certificates issued from now on are on record",
-    )
-
-
-def _key_on_record(entry: Entry) -> str | None:
-    """The SHA-256 of a certificate's key from its record entry; None where an older version
-    kept neither it nor the key (a zip kit's)."""
-    digest = entry.get("public_key_sha256")
-    if isinstance(digest, str):
-        return digest
-    held = held_public_key(entry)
-    return None if held is None else public_key_sha256(held)

@@ -11,7 +11,8 @@ and password) and revokes its old certificates in the same locked step.
 Participants marked ``csr: true`` make their own key: a run never writes a
 kit for them; :mod:`provision.csr` signs their request, and ``force`` then
 certifies the public key they sent again, unless its certificate was revoked
-(the key may be what was stolen): such a site sends a new request, as does
+(the key may be what was stolen) or the records say ``sign`` would refuse it
+now (:mod:`provision.keyrecords`): such a site sends a new request, as does
 one that had a zip kit before it made its own key (that kit is revoked).
 """
 
@@ -23,11 +24,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from flcore.identity import KIND_CLIENT, KIND_SERVER
 from flcore.kitsig import PublicKey
 from provision.errors import ProvisionError
+from provision.keyrecords import KeyRecords, held_public_key
 from provision.kits import (
     KitZip,
     Participant,
@@ -307,16 +307,6 @@ def _log_written(kit: WrittenKit, entry: Entry) -> None:
     logger.info("wrote %s (certificate serial %s)", kit.zip_path, entry["serial"])
 
 
-def held_public_key(entry: Entry) -> PublicKey | None:
-    """The public key a participant that made its own key sent, as its record entry keeps it."""
-    pem = entry.get("public_key")
-    if not isinstance(pem, str):
-        return None
-    key = load_pem_public_key(pem.encode())
-    assert isinstance(key, PublicKey)  # only keys of our types were ever certified
-    return key
-
-
 def finish_run(
     project: Project,
     ws: Workspace,
@@ -363,6 +353,8 @@ def _issue_kits(
     entries: list[Entry] = []
     zips: list[KitZip] = []
     crl = None
+    records = None
+    renewed: list[str] = []
     if force:
         # A new certificate for someone who held one supersedes the old: left valid, an old
         # kit would keep what the new one changed (a super admin made a member stayed super).
@@ -373,6 +365,7 @@ def _issue_kits(
         ]
         if superseded:
             crl = revoke_issued(ws, ca, superseded, REISSUE_REASON, now, crl_days)
+        records = KeyRecords(ws)
     for who in everyone:
         held = issued.get(holder_key(who))
         if held is not None and not force:
@@ -386,7 +379,10 @@ def _issue_kits(
             continue
         revoked = held is not None and bool(held.get("revoked"))
         public_key = None if held is None else held_public_key(held)
-        if who.csr and (revoked or public_key is None):
+        refusal = None
+        if who.csr and records is not None and public_key is not None and not revoked:
+            refusal = records.refusal(who, public_key, again=True)
+        if who.csr and (revoked or public_key is None or refusal is not None):
             # Whatever it held is revoked by now. Kept, its entry would tie the site's next
             # request to what project.yml said before (an old role), which sign refuses.
             issued.pop(holder_key(who), None)
@@ -395,9 +391,17 @@ def _issue_kits(
                     f"{who.name}'s certificate is revoked, so the key it holds is not certified "
                     f"again: it sends a new request (flprovision sign REQUEST.csr --reissue)"
                 )
+            elif refusal is not None:
+                warnings.append(
+                    f"{who.name}'s certificate is not renewed: {refusal}. Its site makes a new "
+                    "key and request (flprovision request), which you sign (flprovision sign "
+                    "REQUEST.csr)"
+                )
             else:
                 awaiting.append(who.name)
             continue
+        if public_key is not None:
+            renewed.append(who.name)
         entry, kit, zip_ = certify_kit(project, ws, ca, who, now, public_key)
         issued[holder_key(who)] = entry
         entries.append(entry)
@@ -405,6 +409,13 @@ def _issue_kits(
         zips.append(zip_)
         if who.kind == KIND_SERVER:
             server_settings = asdict(settings)
+    if records is not None and renewed:
+        plural = "s" if len(renewed) > 1 else ""
+        uncompared = records.uncompared(
+            f"the key{plural} that {', '.join(renewed)} made, certified again,"
+        )
+        if uncompared is not None:
+            warnings.append(uncompared)
     write_kit_zips(zips)
     for kit, entry in zip(written, entries, strict=True):
         _log_written(kit, entry)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,13 @@ def provisioned_workspace(
 ) -> ProvisionedWorkspace:
     """The example project provisioned once into a fresh workspace."""
     return provision_into(provision_project_mapping)
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    """A shell whose umask lets everyone write what it creates."""
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)

@@ -8,7 +8,7 @@ the same seal check as a zip kit and loads as a client's or admin's kit.
 from __future__ import annotations
 
 import json
-import os
+import re
 import stat
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -31,6 +31,7 @@ from flcore.kitsig import KitSignatureError, verify_startup
 from provision import ProvisionError, extract_kit, parse_project, provision_workspace
 from provision.cli import main
 from provision.csr import assemble, make_request, read_request, sign_request
+from provision.keyrecords import KeyRecords
 from provision.kits import kit_files, participants, write_kit_zip
 from provision.pki import certify, create_ca, fingerprint, key_pem
 from provision.revocation import revoke
@@ -66,16 +67,26 @@ def _kit_files(zip_path: Path) -> dict[str, bytes]:
         return {info.filename: archive.read(info) for info in archive.infolist()}
 
 
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("umask_000")
 def test_request_makes_a_private_key_and_a_csr(tmp_path: Path) -> None:
-    old = os.umask(0)
-    try:
-        made = make_request("site-b", "client", tmp_path / "site-b")
-    finally:
-        os.umask(old)
-    assert made.key == tmp_path / "site-b" / "request" / "client.key"
-    assert made.csr == tmp_path / "site-b" / "request" / "site-b.csr"
-    assert stat.S_IMODE(made.key.stat().st_mode) == 0o600
-    assert stat.S_IMODE(made.key.parent.stat().st_mode) == 0o700
+    """Under umask 000 the workspace (and any folder above it that was missing) was made
+    0777, which assemble then refused, after lead IT had signed the request."""
+    made = make_request("site-b", "client", tmp_path / "sites" / "site-b")
+    site = tmp_path / "sites" / "site-b"
+    assert made.key == site / "request" / "client.key"
+    assert made.csr == site / "request" / "site-b.csr"
+    folders = (site.parent, site, made.key.parent)
+    assert [_mode(path) for path in (*folders, made.key, made.csr)] == [
+        0o700,
+        0o700,
+        0o700,
+        0o600,
+        0o644,  # sent to lead IT as it is: nothing in it is secret
+    ]
     assert b"PRIVATE KEY" not in made.csr.read_bytes()
     csr = read_request(made.csr)
     assert csr.subject.rfc4514_string() == "OU=client,CN=site-b"
@@ -98,6 +109,32 @@ def test_request_refuses_bad_names_and_roles(
     with pytest.raises(ProvisionError, match=message):
         make_request(name, role, tmp_path / "ws")
     assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.usefixtures("umask_000")
+def test_a_request_made_under_umask_000_is_assembled(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    site = tmp_path / "site-b"
+    made = make_request("site-b", "client", site)
+    signed = sign_request(project, root, made.csr)
+    done = assemble(signed.kit.zip_path, site, signed.ca_fingerprint)
+    assert startup.load_client(site).name == "site-b"
+    assert [_mode(path) for path in (site, done.startup, done.startup / "client.key")] == [
+        0o700,
+        0o700,
+        0o600,
+    ]
+
+
+def test_request_refuses_a_workspace_others_may_write_before_making_a_key(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ProvisionError, match=f"{shared} has mode 0777.*run chmod go-w {shared}$"):
+        make_request("site-b", "client", shared)
+    assert list(shared.iterdir()) == []
 
 
 def test_request_never_overwrites_a_key(tmp_path: Path) -> None:
@@ -553,6 +590,52 @@ def test_an_older_workspace_is_checked_by_what_its_records_keep(
     assert out.startswith("===> no password: viewer@example.org.zip holds no key")
     audit = json.loads((root / "audit.json").read_text())
     assert "public_key_sha256" in audit["issued"][-1]
+
+
+def test_force_compares_the_key_it_renews_as_sign_compares_a_request(
+    lead: Any, tmp_path: Path, csr_mapping: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sign that compared no revoked keys (as before it did) certified a stolen key again
+    for a site that left project.yml and came back; --force renewed that key without
+    comparing it with anything, for as long again as the kit lasts."""
+    project, root = lead
+    stolen = make_request("site-b", "client", tmp_path / "stolen")
+    sign_request(project, root, stolen.csr)
+    revoke(root, "site-b", "key-compromise")
+    provision_workspace(parse_project({**csr_mapping, "clients": csr_mapping["clients"][:1]}), root)
+    with monkeypatch.context() as older:
+        older.setattr(KeyRecords, "refusal", lambda *_args, **_kwargs: None)
+        certified_again = sign_request(project, root, stolen.csr).kit.zip_path
+    again = provision_workspace(project, root, force=True)
+    assert "site-b" not in [kit.name for kit in again.written]
+    (warning,) = [w for w in again.warnings if w.startswith("site-b")]
+    assert re.fullmatch(
+        r"site-b's certificate is not renewed: its key was certified before for 'site-b' "
+        r"\(serial [0-9a-f]+\) and that certificate is revoked, so it is never certified "
+        r"again\. Its site makes a new key and request \(flprovision request\), which you "
+        r"sign \(flprovision sign REQUEST\.csr\)",
+        warning,
+    )
+    ca = x509.load_pem_x509_certificate((root / "state" / "rootCA.pem").read_bytes())
+    cert = x509.load_pem_x509_certificate(_kit_files(certified_again)["startup/client.crt"])
+    assert read_crl(root / CRL_FILE, ca).revokes(cert)
+    fresh = make_request("site-b", "client", tmp_path / "fresh")
+    assert sign_request(project, root, fresh.csr).kit.name == "site-b"
+
+
+def test_force_says_when_a_key_it_renews_could_not_be_compared(lead: Any, tmp_path: Path) -> None:
+    project, root = lead
+    made = make_request("site-b", "client", tmp_path / "site-b")
+    sign_request(project, root, made.csr)
+    _as_an_older_flprovision_left_it(root)
+    again = provision_workspace(project, root, force=True)
+    assert "site-b" in [kit.name for kit in again.written]
+    assert again.warnings == (
+        "the key that site-b made, certified again, could not be compared with 3 "
+        "certificate(s) that an earlier flprovision issued (server, site-a, lead@example.org): "
+        "it kept no record of their keys, and their kits are encrypted; certificates issued "
+        "from now on are on record",
+    )
 
 
 def test_a_csr_site_has_no_kit_to_reissue(lead: Any) -> None:

@@ -10,7 +10,7 @@ import socket
 import stat
 import subprocess
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -406,16 +406,6 @@ def test_many_kits_written_by_worker_processes_are_encrypted_and_complete(
                 at = info.extra.index(b"\x01\x99\x07\x00")  # WinZip AES, 256 bits
                 assert info.compress_type == 99 and info.extra[at + 6 : at + 9] == b"AE\x03"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(z.path.name for z in zips)
-
-
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    """A shell whose umask lets everyone write what it creates."""
-    previous = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(previous)
 
 
 def _mode(path: Path) -> int:
