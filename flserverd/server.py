@@ -241,6 +241,7 @@ class FLServer:
         if app.server is None:
             raise ConfigError(f"run {record.run_number}: the deployed app has no server config")
         dropped = self._hold(record, app.server)
+        self._expect_returning(record)
         log.info(
             "resumed run %d at round %d of %d (%d unfinished updates will be resent by clients)",
             record.run_number,
@@ -248,6 +249,15 @@ class FLServer:
             record.num_rounds,
             dropped,
         )
+
+    def _expect_returning(self, record: RunRecord) -> None:
+        """A round taken up after a restart waits for the sites that trained the run when the
+        server stopped (their status as the state database kept it), as the round would
+        have: those back first must not close it alone. A final validation taken up waits
+        for the last round's sites instead (Training)."""
+        training = self.training
+        if training is not None and record.phase == PHASE_TRAINING:
+            training.returning = self._on_run(record.run_number, {st.STARTED}) - training.ready
 
     def stop_soon(self, user: str) -> None:
         """An admin's ``shutdown server`` was answered: the daemon stops now."""
