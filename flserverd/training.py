@@ -311,15 +311,20 @@ class Training:
         return self.round.number if self.run.phase == PHASE_TRAINING else self.run.num_rounds
 
     def awaited(self) -> list[str]:
-        """Clients the current round (or final validation) still waits for."""
+        """Clients the current round (or final validation) still waits for, by name."""
+        return sorted(self.pending())
+
+    def pending(self) -> set[str]:
+        """Clients the current round (or final validation) still waits for, in no order:
+        what the run's state, published at every update, starts from."""
         if self.run.phase == PHASE_FINAL_VALIDATION:
-            return sorted((self.ready | self.returning) - set(self.final_reports))
+            return (self.ready | self.returning) - self.final_reports.keys()
         state = self.round
         if len(state.participants) >= self.config.max_num_clients:
             pending = state.participants
         else:
             pending = state.participants | self.ready | self.returning
-        return sorted(pending - set(state.contributed))
+        return pending - state.contributed.keys()
 
     def current_offer(self) -> TaskOffer:
         """The task a client joining now should do."""
