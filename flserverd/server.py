@@ -253,12 +253,19 @@ class FLServer:
     def _expect_returning(self, record: RunRecord) -> None:
         """A round taken up after a restart waits for the sites that trained the run when the
         server stopped (their status as the state database kept it), as the round would
-        have: those back first must not close it alone. A final validation taken up waits
+        have: those back first must not close it alone. A site already back (the resume
+        waited for room on the disk) said so before the server held the run, and says it
+        no more: it is ready now, and offered the round. A final validation taken up waits
         for the last round's sites instead (Training)."""
         training = self.training
-        if training is not None and record.phase == PHASE_TRAINING:
-            trained = self.registry.on_run(record.run_number, {st.STARTED})
-            training.returning = trained - training.ready
+        if training is None or record.phase != PHASE_TRAINING:
+            return
+        for instance in sorted(self.registry.on_run(record.run_number, {st.STARTED})):
+            client = self.registry.by_instance(instance)
+            if client is not None and client.token_key in self.links:
+                training.client_ready(instance)
+            else:
+                training.returning.add(instance)
 
     def stop_soon(self, user: str) -> None:
         """An admin's ``shutdown server`` was answered: the daemon stops now."""

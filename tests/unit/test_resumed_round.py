@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import safetensors.numpy
 
 from flcore import status as st
+from flcore.federation import TaskKind
 from flcore.status import ClientStatus
 from flcore.tokens import new_token, token_key
+from fldev.poll import wait_until_async
+from flserverd import server as server_module
 from flserverd.server import FLServer
 from flserverd.statedb import ClientRecord, RunRecord, StateDB
 from tests.unit.serverparts import server_startup
+from tests.unit.test_offers_again import offers
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
 TRAINING = ("site-a", "site-b", "site-c")
@@ -70,6 +77,45 @@ def test_the_round_taken_up_waits_for_every_site_training_until_it_is_back_or_dr
             assert gone is not None
             server.drop(gone, "no heartbeat for 60s")  # the heartbeat timeout, as the sweep
             assert training.awaited() == list(TRAINING[:2])
+        finally:
+            await server.close(1)
+
+    asyncio.run(scenario())
+
+
+def test_sites_back_while_the_resume_waited_for_the_disk_are_offered_the_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restarted on a full disk takes the run up once there is room. A site that
+    came back meanwhile said it trained the run, before the server held it, and says so no
+    more: nothing offered it the round, which waited for its update."""
+    interrupted_round(tmp_path)
+    full = {"on": True}
+    write = StateDB._write
+
+    def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+        if full["on"]:
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL
+            raise error
+        return write(db, statements)
+
+    monkeypatch.setattr(StateDB, "_write", full_disk)
+    monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
+
+    async def scenario() -> None:
+        server = FLServer(tmp_path, server_startup(), "test")
+        await server.open()
+        try:
+            assert server.training_for(4) is None  # waits for room
+            back = server.registry.by_instance("site-a")
+            assert back is not None
+            link = server.attach(back, ClientStatus(st.STARTED, 4, 2))
+            full["on"] = False
+            await wait_until_async(lambda: server.training_for(4) is not None, 10, "the resume")
+            training = server.training_for(4)
+            assert training is not None and training.awaited() == list(TRAINING)
+            assert [(o.kind, o.round) for o in await offers(link)] == [(TaskKind.TRAIN, 2)]
         finally:
             await server.close(1)
 
