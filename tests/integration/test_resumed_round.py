@@ -16,6 +16,10 @@ from tests.integration.test_training import finished
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SITES = ("flclient1", "flclient2", "flclient3")
+PATIENT = {"heart_beat_timeout": 90, "heartbeat_interval": 1, "retry_window": 120}
+"""flclient3 is frozen while the server restarts and the others send their updates: on a
+busy machine that may be longer than the harness's 30 s, and it must be neither dropped
+nor give up on the server."""
 
 
 def test_a_resumed_round_waits_for_the_sites_not_back_yet(
@@ -25,7 +29,7 @@ def test_a_resumed_round_waits_for_the_sites_not_back_yet(
     (frozen here): the resumed round closed on the first two updates, as soon as
     min_num_clients was reached, where a round never interrupted waits for every site
     training (wait_after_min_clients)."""
-    cluster = make_cluster(clients=SITES)
+    cluster = make_cluster(clients=SITES, settings=PATIENT)
     server = cluster.server()
     late = [cluster.client(name) for name in SITES][-1]
     cluster.configure("config_fed_client.json", local_epochs=1)
