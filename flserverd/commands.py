@@ -1064,15 +1064,19 @@ async def _revoke(cmds: AdminCommands, request: Request) -> Reply:
         )
     revoked = server.revocations.revoke(name, request.user)
     enforced = server.enforce_revocations()
+    held = server.revocations.named(name)
+    assert held is not None  # revoked now, or before
+    works = minute_after(held.works_from)
     lines = [
         f"{name} is revoked on this server: every certificate of it issued until now is "
-        f"refused from now on; a kit issued after {minute_after(revoked.works_from)} works."
+        f"refused from now on; a kit issued after {works} works."
         if revoked is not None
         else f"{name} was revoked on this server already.",
         *_enforced_lines(enforced),
         f"Lead IT should also run 'flprovision revoke {name}' (or re-issue its kit with "
-        f"'flprovision --reissue {name}') where the project was provisioned, and load the "
-        "crl.pem it writes with load_crl: the list is the project's record of it.",
+        f"'flprovision --reissue {name}' after {works}: a kit issued earlier is refused too) "
+        "where the project was provisioned, and load the crl.pem it writes with load_crl: "
+        "the list is the project's record of it.",
     ]
     return Reply(
         True,

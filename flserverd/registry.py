@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, NamedTuple, TypeVar
@@ -162,6 +162,15 @@ class ClientRegistry:
     def clients(self) -> list[RegisteredClient]:
         """Registered clients ordered by instance name."""
         return sorted(self._clients.values(), key=lambda s: s.instance)
+
+    def on_run(self, number: int, statuses: Collection[str]) -> set[str]:
+        """The instances that report one of ``statuses`` for run ``number``: a walk over
+        every client at each run-state event, so without :meth:`clients`' sort."""
+        return {
+            c.instance
+            for c in self._clients.values()
+            if c.status.run_number == number and c.status.status in statuses
+        }
 
     def _add(self, client: RegisteredClient) -> None:
         self._clients[client.token_key] = client

@@ -175,6 +175,10 @@ class Revocations:
         """Names revoked at the console, oldest first."""
         return sorted(self._names.values(), key=lambda revoked: revoked.since)
 
+    def named(self, name: str) -> RevokedName | None:
+        """The console's revocation of ``name`` (None: it has none)."""
+        return self._names.get(name)
+
     # ------------------------------------------------------------------ verdicts
 
     def refusal(self, name: str, serial: int, issued: datetime | None) -> str | None:
@@ -187,12 +191,23 @@ class Revocations:
                 f"revocation list (number {crl.number}): {_NEW_KIT}"
             )
         revoked = self._names.get(name)
-        if revoked is not None and (issued is None or issued.timestamp() <= revoked.works_from):
+        if revoked is None or (issued is not None and issued.timestamp() > revoked.works_from):
+            return None
+        if issued is not None and issued.timestamp() > revoked.since:
+            # Most likely the replacement, issued too soon: its site must hear that it needs
+            # another one, and when, not that its kit "no longer works".
             return (
-                f"{name} was revoked on this server by {revoked.by} on {when(revoked.since)}: "
-                f"{_NEW_KIT} (one issued after {minute_after(revoked.works_from)} works)"
+                f"this kit of {name} was issued on {when(issued)}, within "
+                f"{CLOCK_SLACK_S / 60:g} minutes after {revoked.by} revoked {name} on this "
+                f"server ({when(revoked.since)}), a margin kept for lead IT's clock being "
+                f"ahead of the server's, so it is refused too: lead IT should re-issue it "
+                f"once more ('flprovision --reissue {name}'); one issued after "
+                f"{minute_after(revoked.works_from)} works"
             )
-        return None
+        return (
+            f"{name} was revoked on this server by {revoked.by} on {when(revoked.since)}: "
+            f"{_NEW_KIT} (one issued after {minute_after(revoked.works_from)} works)"
+        )
 
     def seen(self, identity: Identity) -> None:
         """Remember the certificate a peer logs in with: ``revoke`` tells a name no kit can

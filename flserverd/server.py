@@ -17,7 +17,7 @@ import shutil
 import sqlite3
 import sys
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -241,6 +241,7 @@ class FLServer:
         if app.server is None:
             raise ConfigError(f"run {record.run_number}: the deployed app has no server config")
         dropped = self._hold(record, app.server)
+        self._expect_returning(record)
         log.info(
             "resumed run %d at round %d of %d (%d unfinished updates will be resent by clients)",
             record.run_number,
@@ -248,6 +249,23 @@ class FLServer:
             record.num_rounds,
             dropped,
         )
+
+    def _expect_returning(self, record: RunRecord) -> None:
+        """A round taken up after a restart waits for the sites that trained the run when the
+        server stopped (their status as the state database kept it), as the round would
+        have: those back first must not close it alone. A site already back (the resume
+        waited for room on the disk) said so before the server held the run, and says it
+        no more: it is ready now, and offered the round. A final validation taken up waits
+        for the last round's sites instead (Training)."""
+        training = self.training
+        if training is None or record.phase != PHASE_TRAINING:
+            return
+        for instance in sorted(self.registry.on_run(record.run_number, {st.STARTED})):
+            client = self.registry.by_instance(instance)
+            if client is not None and client.token_key in self.links:
+                training.client_ready(instance)
+            else:
+                training.returning.add(instance)
 
     def stop_soon(self, user: str) -> None:
         """An admin's ``shutdown server`` was answered: the daemon stops now."""
@@ -613,7 +631,7 @@ class FLServer:
             )
         crossval = self._crossvals.get(number)
         sites = sorted(
-            self._on_run(number, st.ACTIVE)
+            self.registry.on_run(number, st.ACTIVE)
             | (crossval.validating if crossval is not None else set())
         )
         if sites:
@@ -1069,12 +1087,14 @@ class FLServer:
         if not training.active or training.run.phase != PHASE_TRAINING:
             return ""
         number, needed = training.run.run_number, training.config.min_num_clients
-        able = set(training.round.contributed) | self._on_run(number, TRAINING_ON)
+        if len(training.round.contributed) >= needed:
+            return ""  # the round has its updates: no need to ask every site
+        able = set(training.round.contributed) | self.registry.on_run(number, TRAINING_ON)
         if len(able) >= needed:
             return ""
         failures = training.run.failures
         why = [f"{site} failed ({error})" for site, error in sorted(failures.items())]
-        approving = self._on_run(number, {st.WAITING_APPROVAL}) - set(failures)
+        approving = self.registry.on_run(number, {st.WAITING_APPROVAL}) - set(failures)
         if approving:
             why.append(
                 f"{listing(sorted(approving))} wait for their site IT's approval of the "
@@ -1089,24 +1109,18 @@ class FLServer:
             "start more clients (start client)"
         )
 
-    def _on_run(self, number: int, statuses: Collection[str]) -> set[str]:
-        """The instances that report one of ``statuses`` for run ``number``."""
-        return {
-            s.instance
-            for s in self.registry.clients()
-            if s.status.run_number == number and s.status.status in statuses
-        }
-
     def awaited(self, training: Training) -> tuple[str, ...]:
         """Who the run waits for now: those the round waits for, and in training the sites
         of this run on their way to it (starting, or waiting for their IT's approval), which
         the round counts only once they ask for its task."""
         if not training.active:
             return ()
-        awaited = set(training.awaited())
+        awaited = training.pending()
         if training.run.phase == PHASE_TRAINING:
-            coming = self._on_run(training.run.run_number, {st.STARTING, st.WAITING_APPROVAL})
-            awaited |= coming - set(training.round.contributed)
+            coming = self.registry.on_run(
+                training.run.run_number, {st.STARTING, st.WAITING_APPROVAL}
+            )
+            awaited |= coming - training.round.contributed.keys()
         return tuple(sorted(awaited))
 
     def run_view(self) -> RunInfo:

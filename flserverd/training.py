@@ -237,6 +237,11 @@ class Training:
         self._failures = 0
         self._retry_timer: TimerHandle | None = None
         self.ready: set[str] = set()
+        self.returning: set[str] = set()
+        """Sites that trained the run when the last server process stopped and have not said
+        so to this one yet: a run taken up waits for them as for ready sites, until they come
+        back (then they are ready) or are dropped at their heartbeat timeout. Without them
+        the first round taken up closed on the first sites back."""
         self.history: collections.deque[RoundSummary] = collections.deque(
             db.round_records(run.run_number, last=HISTORY_SHOWN), maxlen=HISTORY_SHOWN
         )
@@ -306,15 +311,20 @@ class Training:
         return self.round.number if self.run.phase == PHASE_TRAINING else self.run.num_rounds
 
     def awaited(self) -> list[str]:
-        """Clients the current round (or final validation) still waits for."""
+        """Clients the current round (or final validation) still waits for, by name."""
+        return sorted(self.pending())
+
+    def pending(self) -> set[str]:
+        """Clients the current round (or final validation) still waits for, in no order:
+        what the run's state, published at every update, starts from."""
         if self.run.phase == PHASE_FINAL_VALIDATION:
-            return sorted(self.ready - set(self.final_reports))
+            return (self.ready | self.returning) - self.final_reports.keys()
         state = self.round
         if len(state.participants) >= self.config.max_num_clients:
             pending = state.participants
         else:
-            pending = state.participants | self.ready
-        return sorted(pending - set(state.contributed))
+            pending = state.participants | self.ready | self.returning
+        return pending - state.contributed.keys()
 
     def current_offer(self) -> TaskOffer:
         """The task a client joining now should do."""
@@ -355,6 +365,7 @@ class Training:
         if not self.active:
             return
         self.ready.add(instance)
+        self.returning.discard(instance)
         self._offer_undone(instance)
         self._listener.run_changed()
 
@@ -389,8 +400,9 @@ class Training:
             self._save_record()
             reason = one_line(failed_reason)  # the site's words
             log.warning("run %d: site %s failed: %s", self.run.run_number, instance, reason)
-        was_known = instance in self.ready or instance in self.round.participants
+        was_known = instance in self.ready | self.returning or instance in self.round.participants
         self.ready.discard(instance)
+        self.returning.discard(instance)
         if self.run.phase == PHASE_TRAINING and instance not in self.round.contributed:
             self.round.participants.discard(instance)
         if was_known and self.active:
