@@ -8,14 +8,20 @@ above it, may rename what is in it away and put something of their own in its pl
 the reading user or root and nobody else may write it, and so is every folder above it up
 to ``/``, except a root-owned folder with the sticky bit (``/tmp``), where others may create
 files but not rename or delete those of others.
+
+A link is judged by all it leads through: the file it ends at, and every folder that its
+resolution passes, each link's own folder included (whoever may write one of them may point
+the path elsewhere), so a link in ``startup/`` to a file in a folder others may write is as
+unsafe as that file in such a folder.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flcore.schema import ConfigError
@@ -23,6 +29,8 @@ from flcore.schema import ConfigError
 ROOT_UID = 0
 OTHERS_WRITE = 0o022
 PRIVATE_DIR_MODE = 0o700
+MAX_LINKS = 40
+"""Links followed in one path before it is refused, as the kernel's ELOOP limit."""
 
 
 def trusted_owners() -> frozenset[int]:
@@ -45,10 +53,16 @@ class Exposure:
 
     reason: str
     foreign_owner: bool
+    place: Path | None = None
+    """The path to fix when it is not the one judged: a folder a link leads through."""
 
     def fix(self, target: Path, recursive: bool = False) -> str:
-        """The command that makes ``target`` this user's alone."""
-        flag = "-R " if recursive else ""
+        """The command that makes ``target`` (or :attr:`place`) this user's alone."""
+        if self.place is not None:
+            return f"{self._command(self.place, '')}, or put the file itself in place of the link"
+        return self._command(target, "-R " if recursive else "")
+
+    def _command(self, target: Path, flag: str) -> str:
         if self.foreign_owner:
             return f"chown {flag}{user_name(os.geteuid())} {target}"
         return f"chmod {flag}go-w {target}"
@@ -80,15 +94,65 @@ def exposure(
     return None
 
 
+def _lookups(link: Path) -> tuple[list[Path], Path]:
+    """The real folders in which resolving ``link`` looks a name up (the folder holding it
+    first), and the path it ends at.
+
+    Raises:
+        OSError: a link cannot be read, or it leads through more than :data:`MAX_LINKS`.
+    """
+    current = link.parent.resolve()
+    folders = [current]
+    todo = list(Path(os.readlink(link)).parts)
+    links = 1
+    while todo:
+        part = todo.pop(0)
+        if part == os.sep:
+            current = Path(os.sep)
+        elif part == "..":
+            current = current.parent
+        elif part != ".":
+            if current not in folders:
+                folders.append(current)
+            step = current / part
+            if not step.is_symlink():
+                current = step
+                continue
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(link))
+            todo[:0] = Path(os.readlink(step)).parts
+    return folders, current
+
+
+def entry_exposure(path: Path, what: str, owners: frozenset[int] | None) -> Exposure | None:
+    """As :func:`exposure`, but a link is judged by all it leads through: every folder its
+    resolution looks a name up in, and the file it ends at (see the module's docstring).
+
+    Raises:
+        OSError: it cannot be looked at.
+    """
+    if not path.is_symlink():
+        return exposure(path, what, owners)
+    folders, target = _lookups(path)
+    led = f"{what} is a link to {target}, and"
+    for folder in folders:
+        found = exposure(folder, f"{led} {folder}", owners, sticky_ok=True)
+        if found is not None:
+            return replace(found, place=folder)
+    found = exposure(target, f"{led} that", owners)
+    return None if found is None else replace(found, place=target)
+
+
 def others_may_change(path: Path, owners: frozenset[int] | None = None) -> Exposure | None:
     """How others than the owners (this user and root by default) may change ``path``, the
-    file or the folder it is in (None when they may not).
+    file (and all a link leads through) or the folder it is in (None when they may not).
 
     Raises:
         OSError: it cannot be looked at.
     """
     owners = trusted_owners() if owners is None else owners
-    return exposure(path, path.name, owners) or exposure(
+    return entry_exposure(path, path.name, owners) or exposure(
         path.parent, f"its folder {path.parent}", owners
     )
 
