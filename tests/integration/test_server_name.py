@@ -1,16 +1,18 @@
-"""A site whose kit names the server by a host name the server's certificate is not for: the
-TLS hostname check fails on every try, and the site retried it for good as if the network
-were down (systemd restarting it after each retry window) instead of saying its kit is wrong."""
+"""A kit that names the server by a host name the server's certificate is not for: the TLS
+hostname check fails on every try, and the site retried it for good as if the network were
+down (systemd restarting it after each retry window) instead of saying its kit is wrong; the
+console said it could not connect."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
-from fldev.cluster import Cluster, Daemon
+from fldev.cluster import ADMIN, Cluster, Daemon
 from provision import extract_kit, provision_workspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -25,10 +27,12 @@ def test_a_kit_naming_the_server_by_a_name_not_in_its_certificate_stops_the_site
     server = cluster.server()
     renamed = replace(cluster.project, server=replace(cluster.project.server, host="127.0.0.1"))
     issued = provision_workspace(renamed, cluster.root / "provision", force=True)
-    (kit,) = [k for k in issued.written if k.name == "flclient1"]
-    assert kit.password is not None
-    workspace = cluster.root / "renamed-site"
-    extract_kit(kit.zip_path, kit.password, workspace)
+    kits = {k.name: k for k in issued.written}
+    workspace, console = cluster.root / "renamed-site", cluster.root / "renamed-admin"
+    for name, folder in (("flclient1", workspace), (ADMIN, console)):
+        password = kits[name].password
+        assert password is not None
+        extract_kit(kits[name].zip_path, password, folder)
     site = Daemon(
         "renamed-site",
         [sys.executable, "-m", "flclientd", "--workspace", str(workspace)],
@@ -49,3 +53,19 @@ def test_a_kit_naming_the_server_by_a_name_not_in_its_certificate_stops_the_site
     )
     assert not any("Could not connect" in line for line in ours)
     assert "joined" not in server.log()
+
+    command = ["-m", "fltui", "--startup", str(console / "startup"), "--cmd", "check_status server"]
+    result = subprocess.run(
+        [sys.executable, *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=cluster.env(),
+    )
+    assert result.returncode == 2
+    (told,) = [line for line in result.stderr.splitlines() if line.startswith("fltui:")]
+    assert (
+        f"the server at 127.0.0.1:{cluster.admin_port} presents a certificate for localhost, "
+        "not for 127.0.0.1" in told
+    )
