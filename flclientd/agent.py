@@ -35,7 +35,7 @@ from flclientd.crossval import CrossSiteValidation
 from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
 from flclientd.runcontext import RunContext
-from flclientd.runner import TrainingProcess, WorkerFailed
+from flclientd.runner import TrainingProcess, WorkerFailed, tidy_temp_dir
 from flclientd.siteapps import (
     DeployedApp,
     aside_name,
@@ -270,6 +270,7 @@ class Agent:
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
+        tidy_temp_dir()
         state = self.store.state
         if state.training_run:
             self._spawn(self._rejoin(state.training_run, state.gpus))

@@ -60,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 PRIVATE_DIR_PREFIX = "flworker-"
 """The child's private folder (its IPC socket) in the temp dir; removed when it ends, and by
-the next child's start of any daemon of this user once the daemon that made it is gone."""
+any daemon of this user starting, or starting a child, once the daemon that made it is gone."""
 ORPHAN_AGE_S = 60.0
 """How old a private folder nobody locks must be to be taken for a dead daemon's: the one
 moment a live daemon's folder is not locked is between its creation and the lock."""
@@ -170,6 +170,20 @@ def remove_orphans(temp_dir: Path) -> int:
     return removed
 
 
+def tidy_temp_dir() -> None:
+    """Remove the private folders that dead daemons of this user left in the temp dir (see
+    :func:`remove_orphans`): as the daemon starts, and as each child does."""
+    temp_dir = Path(tempfile.gettempdir())
+    left = remove_orphans(temp_dir)
+    if left:
+        logger.info(
+            "removed %d training process folder(s) left in %s by daemons killed before they "
+            "could remove them",
+            left,
+            temp_dir,
+        )
+
+
 class TrainingProcess:
     """A running training child; create it with :meth:`start`."""
 
@@ -231,15 +245,7 @@ class TrainingProcess:
         if nproc < 1:
             raise ValueError(f"nproc must be at least 1, got {nproc}")
         work_dir.mkdir(parents=True, exist_ok=True)
-        temp_dir = Path(tempfile.gettempdir())
-        left = remove_orphans(temp_dir)
-        if left:
-            logger.info(
-                "removed %d training process folder(s) left in %s by daemons killed before "
-                "they could remove them",
-                left,
-                temp_dir,
-            )
+        tidy_temp_dir()
         folder, folder_lock = private_folder()
         self = cls(work_dir, folder, on_log, folder_lock)
         try:

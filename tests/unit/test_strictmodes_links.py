@@ -17,6 +17,7 @@ from flcore.schema import ConfigError
 from flcore.strictmodes import others_may_change
 
 NOBODY = 65534
+AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="another user's or root's folder needs root")
 SETTINGS = {"trust_custom_code": True}
 CLIENT = startup.ClientStartup("demo", "site-a", "fl.example.org", 8002, heartbeat_interval=1.0)
 
@@ -70,6 +71,7 @@ def test_a_link_through_a_link_in_a_folder_others_may_write_is_refused(tmp_path:
         startup.load_client(ws)
 
 
+@AS_ROOT
 def test_a_link_to_another_user_s_folder_or_file_is_refused(tmp_path: Path) -> None:
     ws = _workspace(tmp_path)
     theirs = tmp_path / "theirs"
@@ -86,6 +88,7 @@ def test_a_link_to_another_user_s_folder_or_file_is_refused(tmp_path: Path) -> N
     assert startup.load_client(ws).trust_custom_code
 
 
+@AS_ROOT
 def test_a_link_into_a_private_folder_under_a_sticky_one_is_fine(tmp_path: Path) -> None:
     """As the workspace's own folders: a root-owned sticky folder above (``/tmp``) is fine."""
     ws = _workspace(tmp_path)
