@@ -64,6 +64,7 @@ class Exposure:
 
     def _command(self, target: Path, flag: str) -> str:
         if self.foreign_owner:
+            flag += "-h " if target.is_symlink() else ""
             return f"chown {flag}{user_name(os.geteuid())} {target}"
         return f"chmod {flag}go-w {target}"
 
@@ -94,17 +95,25 @@ def exposure(
     return None
 
 
-def _lookups(link: Path) -> tuple[list[Path], Path]:
-    """The real folders in which resolving ``link`` looks a name up (the folder holding it
-    first), and the path it ends at.
+@dataclass(frozen=True)
+class _Way:
+    """What resolving a link passes: the real folders in which it looks a name up (the one
+    holding the link first), the further links it follows, and the path it ends at."""
+
+    folders: list[Path]
+    links: list[Path]
+    target: Path
+
+
+def _way(link: Path) -> _Way:
+    """The way resolving ``link`` goes.
 
     Raises:
         OSError: a link cannot be read, or it leads through more than :data:`MAX_LINKS`.
     """
     current = link.parent.resolve()
-    folders = [current]
+    way = _Way([current], [], current)
     todo = list(Path(os.readlink(link)).parts)
-    links = 1
     while todo:
         part = todo.pop(0)
         if part == os.sep:
@@ -112,36 +121,42 @@ def _lookups(link: Path) -> tuple[list[Path], Path]:
         elif part == "..":
             current = current.parent
         elif part != ".":
-            if current not in folders:
-                folders.append(current)
+            if current not in way.folders:
+                way.folders.append(current)
             step = current / part
             if not step.is_symlink():
                 current = step
                 continue
-            links += 1
-            if links > MAX_LINKS:
+            way.links.append(step)
+            if len(way.links) >= MAX_LINKS:
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(link))
             todo[:0] = Path(os.readlink(step)).parts
-    return folders, current
+    return replace(way, target=current)
 
 
 def entry_exposure(path: Path, what: str, owners: frozenset[int] | None) -> Exposure | None:
     """As :func:`exposure`, but a link is judged by all it leads through: every folder its
-    resolution looks a name up in, and the file it ends at (see the module's docstring).
+    resolution looks a name up in, each further link (its owner may replace it in a sticky
+    folder), and the file it ends at (see the module's docstring).
 
     Raises:
         OSError: it cannot be looked at.
     """
     if not path.is_symlink():
         return exposure(path, what, owners)
-    folders, target = _lookups(path)
-    led = f"{what} is a link to {target}, and"
-    for folder in folders:
+    way = _way(path)
+    led = f"{what} is a link to {way.target}, and"
+    for folder in way.folders:
         found = exposure(folder, f"{led} {folder}", owners, sticky_ok=True)
         if found is not None:
             return replace(found, place=folder)
-    found = exposure(target, f"{led} that", owners)
-    return None if found is None else replace(found, place=target)
+    for link in way.links:
+        uid = link.lstat().st_uid
+        if owners is not None and uid not in owners:
+            reason = f"{led} the link {link} on its way is owned by {user_name(uid)}"
+            return Exposure(f"{reason}, not by {_owners_words(owners)}", True, link)
+    found = exposure(way.target, f"{led} that", owners)
+    return None if found is None else replace(found, place=way.target)
 
 
 def others_may_change(path: Path, owners: frozenset[int] | None = None) -> Exposure | None:

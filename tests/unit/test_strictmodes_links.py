@@ -89,6 +89,29 @@ def test_a_link_to_another_user_s_folder_or_file_is_refused(tmp_path: Path) -> N
 
 
 @AS_ROOT
+def test_a_link_through_another_user_s_link_in_a_sticky_folder_is_refused(tmp_path: Path) -> None:
+    """In a sticky folder (``/tmp``) the owner of a link may replace it, whoever owns the
+    folder."""
+    ws = _workspace(tmp_path)
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    hop = sticky / "settings"
+    hop.symlink_to(_settings_in(tmp_path / "private"))
+    os.chown(hop, NOBODY, NOBODY, follow_symlinks=False)
+    (ws / "local" / "fed_client.json").symlink_to(hop)
+    name = pwd.getpwuid(NOBODY).pw_name
+    said = (
+        f"the link {hop} on its way is owned by {name}, not by root), and it decides for this "
+        f"site: run chown -h root {hop}, or put the file itself in place of the link"
+    )
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        startup.load_client(ws)
+    os.chown(hop, 0, 0, follow_symlinks=False)
+    assert startup.load_client(ws).trust_custom_code
+
+
+@AS_ROOT
 def test_a_link_into_a_private_folder_under_a_sticky_one_is_fine(tmp_path: Path) -> None:
     """As the workspace's own folders: a root-owned sticky folder above (``/tmp``) is fine."""
     ws = _workspace(tmp_path)
