@@ -35,7 +35,7 @@ from flclientd.crossval import CrossSiteValidation
 from flclientd.device import DeviceInfo
 from flclientd.logforward import LogForwarder
 from flclientd.runcontext import RunContext
-from flclientd.runner import TrainingProcess, WorkerFailed
+from flclientd.runner import TrainingProcess, WorkerFailed, tidy_temp_dir
 from flclientd.siteapps import (
     DeployedApp,
     aside_name,
@@ -270,6 +270,7 @@ class Agent:
 
     async def run(self) -> int:
         """Serve until shut down; returns the daemon's exit code."""
+        tidy_temp_dir()
         state = self.store.state
         if state.training_run:
             self._spawn(self._rejoin(state.training_run, state.gpus))
@@ -570,7 +571,7 @@ class Agent:
             app=app_name,
             gpus_in_use=gpus,
         )
-        self.store.update(training_run=run_number, gpus=gpus)
+        self.store.change(training_run=run_number, gpus=gpus)  # saved as the work begins
         self.crossval = CrossSiteValidation(self.uplink, self.conn)
         self._work = self._spawn(self._run_training(run_number, app_dir, max(gpus, 1)))
         return "Starting the client...", Started(run_number, gpus)
@@ -816,6 +817,9 @@ class Agent:
             self._drop_round_files(work_dir)  # a start or a rejoin: nothing is sent again
             run = RunContext(run_number, app_dir, work_dir, nproc, app.client)
             self.context = run
+            # A restart rejoins the run the state file names, so the site trains no round of
+            # a run it has not noted there: a full disk pauses it until it has.
+            await self._despite_disk_faults(self._note_run, self.store.path.parent, relaunch=False)
             # The run's folder, not its work folder: a full disk may keep that from being made.
             worker = await self._despite_disk_faults(partial(self._child, run), work_dir.parent)
             self._set_status(
@@ -846,21 +850,27 @@ class Agent:
         except Exception as exc:  # whatever stops the run is reported, never swallowed
             self._fail(exc)
 
+    async def _note_run(self) -> None:
+        """Write the site's state (the run it trains), as a step of the run's work."""
+        self.store.save()
+
     async def _despite_disk_faults(
-        self, step: Callable[[], Awaitable[Result]], folder: Path
+        self, step: Callable[[], Awaitable[Result]], folder: Path, relaunch: bool = True
     ) -> Result:
-        """Do a step of the run's work (a round, the start of its child); when the site's disk
-        is full (or failing) pause until ``folder`` has room again, then do it again, in the
-        status the step began in. The server meanwhile goes on with the other sites. A child
-        that ended during the pause, or whose start the fault stopped, is started again first,
-        and a start that a disk fault stops pauses again like the work itself."""
+        """Do a step of the run's work (a round, the start of its child, the note of the run
+        in the site's state); when the site's disk is full (or failing) pause until ``folder``
+        has room again, then do it again, in the status the step began in. The server
+        meanwhile goes on with the other sites. Unless ``relaunch`` is off (a step before the
+        child's start), a child that ended during the pause, or whose start the fault
+        stopped, is started again first, and a start that a disk fault stops pauses again
+        like the work itself."""
         relaunches = 0
         fault = ""
         resumed = self.status.status
         while True:
             try:
                 if fault:
-                    if self._no_child():
+                    if relaunch and self._no_child():
                         relaunches += 1
                         await self._relaunch(relaunches, fault)
                     self._set_status(status=resumed)

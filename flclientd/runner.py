@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
@@ -26,6 +27,7 @@ import signal
 import sys
 import sysconfig
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -57,7 +59,11 @@ from flcore.proctable import descendants
 logger = logging.getLogger(__name__)
 
 PRIVATE_DIR_PREFIX = "flworker-"
-"""The child's private folder (its IPC socket) in the temp dir; removed when it ends."""
+"""The child's private folder (its IPC socket) in the temp dir; removed when it ends, and by
+any daemon of this user starting, or starting a child, once the daemon that made it is gone."""
+ORPHAN_AGE_S = 60.0
+"""How old a private folder nobody locks must be to be taken for a dead daemon's: the one
+moment a live daemon's folder is not locked is between its creation and the lock."""
 
 LogCallback = Callable[[int, str], None]
 
@@ -124,12 +130,69 @@ def _child_environment(socket_path: Path) -> dict[str, str]:
     return env
 
 
+def private_folder() -> tuple[Path, int]:
+    """A new private folder (0700) in the temp dir for a child's socket, and the descriptor
+    whose lock says a live daemon uses it: a daemon killed with SIGKILL outside systemd's
+    PrivateTmp cannot remove it, and the lock is how a later daemon knows (the kernel
+    drops it with the daemon).
+
+    Raises:
+        OSError: the folder cannot be made.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX))
+    held = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    return folder, held
+
+
+def remove_orphans(temp_dir: Path) -> int:
+    """Remove the private folders in ``temp_dir`` that this user's daemons made and left
+    (killed with SIGKILL): those no daemon locks, older than :data:`ORPHAN_AGE_S`. Returns
+    how many went; one that cannot be looked at is left alone."""
+    removed = 0
+    for folder in temp_dir.glob(f"{PRIVATE_DIR_PREFIX}*"):
+        try:
+            info = folder.lstat()
+            if info.st_uid != os.geteuid() or time.time() - info.st_mtime < ORPHAN_AGE_S:
+                continue
+            probe = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live daemon's
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(probe)
+    return removed
+
+
+def tidy_temp_dir() -> None:
+    """Remove the private folders that dead daemons of this user left in the temp dir (see
+    :func:`remove_orphans`): as the daemon starts, and as each child does."""
+    temp_dir = Path(tempfile.gettempdir())
+    left = remove_orphans(temp_dir)
+    if left:
+        logger.info(
+            "removed %d training process folder(s) left in %s by daemons killed before they "
+            "could remove them",
+            left,
+            temp_dir,
+        )
+
+
 class TrainingProcess:
     """A running training child; create it with :meth:`start`."""
 
-    def __init__(self, work_dir: Path, folder: Path, on_log: LogCallback | None) -> None:
+    def __init__(
+        self, work_dir: Path, folder: Path, on_log: LogCallback | None, folder_lock: int = -1
+    ) -> None:
         self.work_dir = work_dir
         self._folder = folder
+        self._folder_lock = folder_lock
         self._on_log = on_log
         self._proc: asyncio.subprocess.Process | None = None
         self._pgid: int | None = None
@@ -182,7 +245,9 @@ class TrainingProcess:
         if nproc < 1:
             raise ValueError(f"nproc must be at least 1, got {nproc}")
         work_dir.mkdir(parents=True, exist_ok=True)
-        self = cls(work_dir, Path(tempfile.mkdtemp(prefix=PRIVATE_DIR_PREFIX)), on_log)
+        tidy_temp_dir()
+        folder, folder_lock = private_folder()
+        self = cls(work_dir, folder, on_log, folder_lock)
         try:
             socket_path = self._folder / "ipc.sock"
             self._server = await asyncio.start_unix_server(
@@ -330,7 +395,7 @@ class TrainingProcess:
         """
         if self._pgid is not None and not self._exited.is_set():
             kill_tree(self._pgid)
-            shutil.rmtree(self._folder, ignore_errors=True)
+            self._remove_folder()
 
     async def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         async with self._lock:
@@ -451,7 +516,15 @@ class TrainingProcess:
             self._server.close()
         if self._writer is not None:
             self._writer.close()
+        self._remove_folder()
+
+    def _remove_folder(self) -> None:
+        """Remove the private folder, then give up its lock (-1: none held, or given up
+        already: the kill and the end both come here)."""
         shutil.rmtree(self._folder, ignore_errors=True)
+        if self._folder_lock >= 0:
+            os.close(self._folder_lock)
+            self._folder_lock = -1
 
 
 def _ended(code: int) -> str:

@@ -89,18 +89,29 @@ class SiteStore:
         self.owned = True
         self.state = SiteState.load(path)
 
+    def change(self, **changes: Any) -> None:
+        """Change some fields in memory only: the caller writes them with :meth:`save`."""
+        for key, value in changes.items():
+            setattr(self.state, key, value)
+
+    def save(self) -> None:
+        """Write the state now when this daemon owns the file.
+
+        Raises:
+            OSError: it could not be written (a full disk: :func:`disk_fault` says).
+        """
+        if self.owned:
+            self.state.save(self.path)
+
     def update(self, **changes: Any) -> None:
         """Change some fields, and write the file at once when this daemon owns it.
 
         On a full disk the state stays in memory (the daemon goes on) and is written
         with the next change that can be.
         """
-        for key, value in changes.items():
-            setattr(self.state, key, value)
-        if not self.owned:
-            return
+        self.change(**changes)
         try:
-            self.state.save(self.path)
+            self.save()
         except OSError as exc:
             fault = disk_fault(exc)
             if fault is None:

@@ -130,7 +130,8 @@ class Uplink:
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     log.error("the server refused this client: %s", details(exc))
                     return EXIT_REFUSED
-                foreign = foreign_server(exc, self.startup.server_target)
+                # In a thread: for a misnamed server it looks at the certificate.
+                foreign = await asyncio.to_thread(foreign_server, exc, self.startup.server_target)
                 if foreign is not None:
                     log.error("%s", foreign)
                     return EXIT_REFUSED

@@ -32,7 +32,7 @@ from flcore.schema import (
     one_of,
     parse_mapping,
 )
-from flcore.strictmodes import check_folders_to, exposure, trusted_owners
+from flcore.strictmodes import check_folders_to, entry_exposure, trusted_owners
 
 FORMAT_VERSION = 1
 STARTUP_DIR = "startup"
@@ -311,7 +311,7 @@ def check_folder(folder: Path, matters: str, owners: frozenset[int], whole: bool
     entries = [(folder, f"its folder {folder}")]
     entries += [(path, path.name) for path in sorted(folder.iterdir())]
     for path, what in entries:
-        exposed = exposure(path, what, owners)
+        exposed = entry_exposure(path, what, owners)
         if exposed is not None:
             fix = exposed.fix(folder, recursive=True) if whole else exposed.fix(path)
             raise ConfigError(

@@ -8,14 +8,20 @@ above it, may rename what is in it away and put something of their own in its pl
 the reading user or root and nobody else may write it, and so is every folder above it up
 to ``/``, except a root-owned folder with the sticky bit (``/tmp``), where others may create
 files but not rename or delete those of others.
+
+A link is judged by all it leads through: the file it ends at, and every folder that its
+resolution passes, each link's own folder included (whoever may write one of them may point
+the path elsewhere), so a link in ``startup/`` to a file in a folder others may write is as
+unsafe as that file in such a folder.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pwd
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flcore.schema import ConfigError
@@ -23,6 +29,8 @@ from flcore.schema import ConfigError
 ROOT_UID = 0
 OTHERS_WRITE = 0o022
 PRIVATE_DIR_MODE = 0o700
+MAX_LINKS = 40
+"""Links followed in one path before it is refused, as the kernel's ELOOP limit."""
 
 
 def trusted_owners() -> frozenset[int]:
@@ -45,11 +53,18 @@ class Exposure:
 
     reason: str
     foreign_owner: bool
+    place: Path | None = None
+    """The path to fix when it is not the one judged: a folder a link leads through."""
 
     def fix(self, target: Path, recursive: bool = False) -> str:
-        """The command that makes ``target`` this user's alone."""
-        flag = "-R " if recursive else ""
+        """The command that makes ``target`` (or :attr:`place`) this user's alone."""
+        if self.place is not None:
+            return f"{self._command(self.place, '')}, or put the file itself in place of the link"
+        return self._command(target, "-R " if recursive else "")
+
+    def _command(self, target: Path, flag: str) -> str:
         if self.foreign_owner:
+            flag += "-h " if target.is_symlink() else ""
             return f"chown {flag}{user_name(os.geteuid())} {target}"
         return f"chmod {flag}go-w {target}"
 
@@ -80,15 +95,79 @@ def exposure(
     return None
 
 
+@dataclass(frozen=True)
+class _Way:
+    """What resolving a link passes: the real folders in which it looks a name up (the one
+    holding the link first), the further links it follows, and the path it ends at."""
+
+    folders: list[Path]
+    links: list[Path]
+    target: Path
+
+
+def _way(link: Path) -> _Way:
+    """The way resolving ``link`` goes.
+
+    Raises:
+        OSError: a link cannot be read, or it leads through more than :data:`MAX_LINKS`.
+    """
+    current = link.parent.resolve()
+    way = _Way([current], [], current)
+    todo = list(Path(os.readlink(link)).parts)
+    while todo:
+        part = todo.pop(0)
+        if part == os.sep:
+            current = Path(os.sep)
+        elif part == "..":
+            current = current.parent
+        elif part != ".":
+            if current not in way.folders:
+                way.folders.append(current)
+            step = current / part
+            if not step.is_symlink():
+                current = step
+                continue
+            way.links.append(step)
+            if len(way.links) >= MAX_LINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(link))
+            todo[:0] = Path(os.readlink(step)).parts
+    return replace(way, target=current)
+
+
+def entry_exposure(path: Path, what: str, owners: frozenset[int] | None) -> Exposure | None:
+    """As :func:`exposure`, but a link is judged by all it leads through: every folder its
+    resolution looks a name up in, each further link (its owner may replace it in a sticky
+    folder), and the file it ends at (see the module's docstring).
+
+    Raises:
+        OSError: it cannot be looked at.
+    """
+    if not path.is_symlink():
+        return exposure(path, what, owners)
+    way = _way(path)
+    led = f"{what} is a link to {way.target}, and"
+    for folder in way.folders:
+        found = exposure(folder, f"{led} {folder}", owners, sticky_ok=True)
+        if found is not None:
+            return replace(found, place=folder)
+    for link in way.links:
+        uid = link.lstat().st_uid
+        if owners is not None and uid not in owners:
+            reason = f"{led} the link {link} on its way is owned by {user_name(uid)}"
+            return Exposure(f"{reason}, not by {_owners_words(owners)}", True, link)
+    found = exposure(way.target, f"{led} that", owners)
+    return None if found is None else replace(found, place=way.target)
+
+
 def others_may_change(path: Path, owners: frozenset[int] | None = None) -> Exposure | None:
     """How others than the owners (this user and root by default) may change ``path``, the
-    file or the folder it is in (None when they may not).
+    file (and all a link leads through) or the folder it is in (None when they may not).
 
     Raises:
         OSError: it cannot be looked at.
     """
     owners = trusted_owners() if owners is None else owners
-    return exposure(path, path.name, owners) or exposure(
+    return entry_exposure(path, path.name, owners) or exposure(
         path.parent, f"its folder {path.parent}", owners
     )
 

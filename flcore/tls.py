@@ -18,11 +18,14 @@ descriptors (which would also stop it writing checkpoints).
 
 from __future__ import annotations
 
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import grpc
+from cryptography import x509
 
 from flcore.schema import ConfigError
 from flcore.startup import check_private_key
@@ -190,14 +193,33 @@ _FOREIGN_ISSUER = (
     "self signed certificate in certificate chain",
     "self-signed certificate in certificate chain",
 )
+# What gRPC says when the certificate chains to the project CA but is not for the host name
+# dialled (gRPC >= 1.6x; older ones said the peer name "is not in peer certificate"): the
+# kit names the server by a name its certificate does not have. Retrying cannot cure it.
+_WRONG_NAME = ("hostname verification check failed", "is not in peer certificate")
+NAMES_TIMEOUT_S = 3.0
+"""How long the look at a misnamed server's certificate may take (it only words an error)."""
 
 
 def foreign_server(exc: grpc.aio.AioRpcError, target: str) -> str | None:
-    """The sentence for a server whose certificate the kit's project CA did not issue,
-    or None when the failure is something else (a server down is retried, not this)."""
+    """The sentence for a server this kit cannot use however often it retries: one whose
+    certificate the kit's project CA did not issue, or one whose certificate is not for the
+    host name the kit dials; None when the failure is something else (a server down is
+    retried, not this). For a misnamed server it connects once more, for at most
+    :data:`NAMES_TIMEOUT_S`, to say what the certificate is for."""
     if exc.code() != grpc.StatusCode.UNAVAILABLE:
         return None
     said = (exc.details() or "").lower()
+    if any(words in said for words in _WRONG_NAME):
+        host = split_target(target)[0]
+        names = certificate_names(target)
+        found = f"a certificate for {', '.join(names)}, not" if names else "a certificate not"
+        return (
+            f"the server at {target} presents {found} for {host}, the host name this kit "
+            "dials: the kit names the server wrongly (or the server runs with a kit for "
+            "another name); provision the kits with the host name the server's certificate "
+            "is for"
+        )
     if "certificate_verify_failed" not in said or not any(
         words in said for words in _FOREIGN_ISSUER
     ):
@@ -206,3 +228,38 @@ def foreign_server(exc: grpc.aio.AioRpcError, target: str) -> str | None:
         f"the server at {target} presents a certificate not issued by this kit's project "
         "CA: this is the wrong kit for this server, or the wrong host/port"
     )
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as host and port."""
+    host, _, port = target.rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def certificate_names(target: str) -> list[str]:
+    """The host names and addresses the certificate of the server at ``target`` is for,
+    read without verifying it (only to word an error: nothing is sent but a handshake);
+    empty when they cannot be read."""
+    host, port = split_target(target)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3  # the certificate before ours is asked
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection((host, port), timeout=NAMES_TIMEOUT_S) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        return []
+    if der is None:
+        return []
+    try:
+        names = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    return [str(name.value) for name in names.value]
