@@ -136,9 +136,9 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         self._in_flight: set[Callable[[], None]] = set()
         """Releases of the keys passed on to a widget and not yet handled."""
         self._handed: set[Callable[[], None]] = set()
+        """Releases of such keys, left to the screen shown since (see _screen_changed)."""
         self._awaited: list[Awaited] = []
         """Commands sent and not yet answered, the latest last."""
-        """Releases of such keys, left to the screen shown since (see _screen_changed)."""
         self.dashboard = DashboardScreen(
             self.store, self.clock, self.app_names, self.ask, self.server_app_names, flush_s
         )

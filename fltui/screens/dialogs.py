@@ -3,9 +3,9 @@
 Danger is slow: :class:`ConfirmScreen` opens with *Cancel* focused, so
 ``enter`` right away does nothing harmful, it has no one-key yes, and keys
 typed before it was shown (meant for what came before) never answer it: it
-drops them and says so; the
-pickers of commands that stop something open with nothing highlighted, so
-an ``enter`` typed ahead picks nothing (least of all the server).
+drops them and says so; the pickers of commands that stop something open
+with nothing highlighted, so an ``enter`` typed ahead picks nothing (least
+of all the server).
 Safe things are fast: other pickers take ``enter`` on the highlighted choice.
 What they show (client names and states, the server's warning, app folder
 names) is never read as markup.
@@ -147,10 +147,10 @@ class ChoiceScreen(ModalScreen[str | None]):
     Its keys act as the app reads them (priority bindings), in the order
     they were typed: an ``enter`` typed ahead answers with the choice the
     keys before it highlighted, and ``then`` holds the keys after that
-    ``enter`` for what follows (the next picker, or the command's reply). The
-    option list's
-    own bindings act only once a key has come back up to the app, when the
-    keys behind it have gone to this picker too, to be lost as it closes.
+    ``enter`` for what follows (the next picker, or the command's reply).
+    The option list's own bindings act only once a key has come back up to
+    the app, when the keys behind it have gone to this picker too, to be
+    lost as it closes.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
