@@ -13,7 +13,8 @@ again and takes a fresh snapshot. When the server went away because an
 admin shut it down (the feed's audit, or our own reply, says who), that is
 no outage: the console says so and waits for ``r`` or ``q``. Commands run
 in workers too, so a slow server never freezes the screen; their replies
-become notifications and log lines.
+become notifications and log lines, and the keys typed after a command
+wait for its reply (:meth:`ConsoleApp.send`), as a shell's do.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,9 @@ from fladmin.link import AdminLink, Link
 from flcore.feed import LogEntry, Snapshot
 from flcore.listingrecords import apps_page
 from fltui.connection import CONNECTED, CONNECTING, DISCONNECTED, SHUT_DOWN, Connection
+from fltui.keyhold import KeyHold, show_holding
 from fltui.messages import KeyHandled, OpenWizard, Reconnect, RunCommand, ShowValidation
 from fltui.privatefiles import deliver_privately
-from fltui.screens.commandkeys import show_holding
 from fltui.screens.dashboard import DashboardScreen
 from fltui.screens.dialogs import ConfirmScreen
 from fltui.screens.login import LoginScreen
@@ -62,6 +63,18 @@ COMMANDS = "commands"
 """Worker group of commands on their way: never cancelled by another key."""
 LOCAL_COMMANDS = frozenset({"set_timeout"})
 """Commands the admin client answers itself: the server never audits them."""
+WAIT_TOLD_S = 1.0
+"""A key typed this long after a command was sent, its reply not in yet, is told why it waits."""
+
+
+@dataclass
+class Awaited:
+    """A command on its way: the keys typed after it wait for its reply ``since`` then
+    (None while its question is shown: they answer that)."""
+
+    line: str
+    since: float | None
+    told: bool = False
 
 
 class ConsoleApp(App[None], SaysWhenWorkFails):
@@ -124,6 +137,8 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         """Releases of the keys passed on to a widget and not yet handled."""
         self._handed: set[Callable[[], None]] = set()
         """Releases of such keys, left to the screen shown since (see _screen_changed)."""
+        self._awaited: list[Awaited] = []
+        """Commands sent and not yet answered, the latest last."""
         self.dashboard = DashboardScreen(
             self.store, self.clock, self.app_names, self.ask, self.server_app_names, flush_s
         )
@@ -278,10 +293,25 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         ):
             if self._holds or self._held:
                 self._held.append(event)
+                self._tell_waiting()
             else:
                 await self._read_key(event)
             return
         await super().on_event(event)
+
+    def _tell_waiting(self) -> None:
+        """A key waits for the reply to a command sent a while ago: say so, once per command,
+        or the console looks frozen (a paste's keys, typed at once, are not told)."""
+        if not self._awaited:
+            return
+        awaited = self._awaited[-1]
+        if awaited.told or awaited.since is None or self.clock() - awaited.since < WAIT_TOLD_S:
+            return
+        awaited.told = True
+        self.dashboard.say(
+            f"waiting for the reply to {awaited.line}: the keys typed meanwhile act once it "
+            "comes (ctrl+q quits)"
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -432,19 +462,25 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
 
     @on(RunCommand)
     def _run_command(self, message: RunCommand) -> None:
-        self.send(message.line)
+        self.send(message.line, message.keys)
 
     @work(group=COMMANDS, exit_on_error=False, description="a command")
-    async def send(self, line: str) -> None:
-        """Run a command line in a worker of its own.
+    async def send(self, line: str, keys: KeyHold) -> None:
+        """Run a command line in a worker of its own; the keys typed after it (``keys``)
+        wait for its reply, as a shell's do.
 
         The pickers are exclusive, one at a time; a command already on its
         way must not be, or the next key would cancel it and its reply would
         never be shown.
         """
-        await self.run_command(line)
+        try:
+            await self.run_command(line, keys=keys)
+        finally:
+            keys.release()
 
-    async def run_command(self, line: str, quiet: bool = False) -> CommandReply | None:
+    async def run_command(
+        self, line: str, quiet: bool = False, keys: KeyHold | None = None
+    ) -> CommandReply | None:
         """Run a command line, confirming what is dangerous; report the reply.
 
         Must run in a worker (the confirmation is a modal screen awaited here).
@@ -454,6 +490,9 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         Args:
             line: the command, as typed.
             quiet: log the reply but notify only failures (the caller shows it).
+            keys: the keys typed since the line was finished, held for the reply: a
+                confirmation gets them, to drop (they were not typed in answer to
+                it), and a yes holds the keys typed after it again, for the reply.
 
         Returns:
             The reply, or None when refused, cancelled or the server could not be reached.
@@ -466,27 +505,40 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             self.dashboard.say(f"{line}: not sent · {reason}")
             self.log_line("INFO", f"{line}: not sent ({reason})")
             return None
-        audited = words[0] not in LOCAL_COMMANDS
+        if words[0] not in LOCAL_COMMANDS:
+            self.store.sending(line)
+        awaited = Awaited(line, self.clock())
+        self._awaited.append(awaited)
         try:
-            if audited:
-                self.store.sending(line)
-            reply = await self.link.execute(line)
-            # Asked again when what it acts on changed while the question was open.
-            while reply.confirm_prompt:
-                if not await self.confirm(reply):
-                    self.store.not_sent(line)
-                    self.log_line("INFO", f"{line}: cancelled")
-                    return None
-                reply = await self.link.execute(line, confirmed=True)
+            reply = await self._answered(self.link, awaited, keys or KeyHold(None))
         except AdminError as exc:
             self.store.not_sent(line)
             self.problem(f"{line}: {exc}")
+            return None
+        finally:
+            self._awaited.remove(awaited)
+        if reply is None:
+            self.store.not_sent(line)
+            self.log_line("INFO", f"{line}: cancelled")
             return None
         self.report(reply, quiet)
         if words[0] == "set_timeout":
             self.publish()
         if reply.ok and words[0] == "upload_folder" and len(words) == 2:
             self.server_apps = sorted({*self.server_apps, words[1]})
+        return reply
+
+    async def _answered(self, link: Link, awaited: Awaited, keys: KeyHold) -> CommandReply | None:
+        """The server's reply to ``awaited``'s line, its questions answered (asked again when
+        what it acts on changed while the question was open); None when the admin cancels."""
+        line = awaited.line
+        reply = await link.execute(line)
+        while reply.confirm_prompt:
+            awaited.since = None
+            if not await self.confirm(reply, keys):
+                return None
+            awaited.since = self.clock()  # the keys typed after the yes wait from now
+            reply = await link.execute(line, confirmed=True)
         return reply
 
     def server_app_names(self) -> list[str]:
@@ -516,12 +568,14 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
             self.server_apps = sorted({*known, *named})
         return reply
 
-    async def confirm(self, reply: CommandReply) -> bool:
+    async def confirm(self, reply: CommandReply, keys: KeyHold) -> bool:
         """Ask in a modal, showing the server's question as it is: the server decides what
-        asks and says what will really happen."""
-        question = ConfirmScreen.asking(reply.line, reply.data.get("confirm"), reply.confirm_prompt)
-        answer: bool = await self.push_screen_wait(question)
-        return answer
+        asks and says what will really happen. The keys held for the reply (``keys``) go to
+        the question, which drops them; a yes holds the keys typed after it again."""
+        question = ConfirmScreen.asking(
+            reply.line, reply.data.get("confirm"), reply.confirm_prompt, keys.again
+        )
+        return await show_holding(self, question, keys.release)
 
     def report(self, reply: CommandReply, quiet: bool = False) -> None:
         """A reply becomes log lines and (unless quiet and fine) a notification."""

@@ -13,13 +13,17 @@ from collections.abc import Callable
 
 from textual.message import Message
 
+from fltui.keyhold import KeyHold
+
 
 class RunCommand(Message):
-    """Send a command line (the app asks first where something would stop)."""
+    """Send a command line (the app asks first where something would stop); ``keys`` holds
+    the keys typed since the line was finished, for its reply (none: nothing is held)."""
 
-    def __init__(self, line: str) -> None:
+    def __init__(self, line: str, keys: KeyHold | None = None) -> None:
         super().__init__()
         self.line = line
+        self.keys = keys or KeyHold(None)
 
 
 class ShowValidation(Message):

@@ -6,8 +6,9 @@ anything is stopped and sends it in a worker of its own, so the next key
 never cancels a reply still on its way. The dialogs open from workers, so
 the keys typed after a command key are held until its dialog has the focus
 (:meth:`CommandKeys.open_dialog`): they answer the dialog, never the
-dashboard behind it. A flow of two dialogs (``d``: the app, then where)
-holds them again as the first is answered (:class:`KeyHold`), and ``v``
+dashboard behind it. A dialog's answer holds them again (:class:`KeyHold`):
+for the next dialog of a flow of two (``d``: the app, then where), or for
+the reply to the command it sends (:meth:`CommandKeys.send`), and ``v``
 holds them for the matrix the app shows once the server has worked it out
 (:func:`show_holding`); ``l``, ``enter`` on a client and ``p`` hold them for
 the screen they open too (:meth:`CommandKeys.open_screen`). The keys before
@@ -21,15 +22,15 @@ the status line instead of doing nothing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, TypeVar
 
 from textual import events
-from textual.app import App
 from textual.screen import Screen
 
 from fladmin.client import TIMEOUT_RULE, parse_timeout
 from flcore import status as st
 from flcore.listingrecords import apps_page
+from fltui.keyhold import KeyHold, show_holding
 from fltui.messages import RunCommand, ShowValidation
 from fltui.screens.dialogs import ChoiceScreen, PromptScreen
 from fltui.screens.help import HelpScreen
@@ -54,58 +55,6 @@ DIALOGS = "dialog"
 
 Names = Callable[[], Sequence[str]]
 AnswerT = TypeVar("AnswerT")
-
-
-@runtime_checkable
-class HoldsKeys(Protocol):
-    """An app that can hold the keys it reads until a dialog is ready for them (the console)."""
-
-    def hold_keys(self) -> Callable[[], None]:
-        """Hold the keys read from now on; call the result to hand them on."""
-
-
-def no_keys_held() -> None:
-    """The release of an app that cannot hold keys: nothing to hand on."""
-
-
-class KeyHold:
-    """The keys held for one command key, from the key to its last dialog.
-
-    The key holds the keys read after it, and its dialog takes them once it
-    has the focus. A dialog that another follows (``d``'s app picker, then
-    its target picker) holds them again as its answer is read: the keys
-    typed after that answer wait for the next dialog instead of reaching the
-    dashboard in between, as hotkeys.
-    """
-
-    def __init__(self, app: object) -> None:
-        """Hold the keys ``app`` reads from now on (nothing, for an app that cannot)."""
-        self._app = app
-        self._release: Callable[[], None] = no_keys_held
-        self.again()
-
-    def again(self) -> None:
-        """Hold the keys read from now on: a dialog was answered, the next is on its way
-        (a hold still on is handed over to this one)."""
-        app = self._app
-        before = self._release
-        self._release = app.hold_keys() if isinstance(app, HoldsKeys) else no_keys_held
-        before()
-
-    def release(self) -> None:
-        """Hand the held keys on, to where the focus is (a dialog, once it has it)."""
-        self._release()
-
-
-async def show_holding(
-    app: App[Any], screen: Screen[AnswerT], release: Callable[[], None]
-) -> AnswerT:
-    """Show ``screen`` and wait for it to be dismissed; ``release`` hands it the keys held
-    for it once it has the focus (a screen focuses its widget as it resumes, before the
-    callbacks queued after). Must run in a worker."""
-    answer = app.push_screen(screen, wait_for_dismiss=True)
-    screen.call_later(release)
-    return await answer
 
 
 def check_positive_int(value: str) -> str | None:
@@ -231,26 +180,24 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         """Show ``dialog`` and wait for its answer; the held keys go to it."""
         return await show_holding(self.app, dialog, self._keys.release)
 
-    async def _pick(
-        self, title: str, choices: list[Choice], careful: bool = False, leads_on: bool = False
-    ) -> str | None:
-        """Pick one of ``choices``; ``leads_on`` when another dialog follows a choice."""
+    async def _pick(self, title: str, choices: list[Choice], careful: bool = False) -> str | None:
+        """Pick one of ``choices``: another dialog or a command follows a choice, and the keys
+        typed after it wait for that."""
         if not choices:
             return None
-        then = self._keys.again if leads_on else None
-        return await self._answer(ChoiceScreen(title, choices, careful=careful, then=then))
+        return await self._answer(
+            ChoiceScreen(title, choices, careful=careful, then=self._keys.again)
+        )
 
     async def _pick_target(self, verb: str, careful: bool = False) -> str | None:
         choices = target_choices(self.store, self._targets(), careful=careful)
         return await self._pick(f"{verb} on", choices, careful)
 
-    async def _pick_app(
-        self, title: str, apps: Sequence[str], none: str, leads_on: bool = False
-    ) -> str | None:
+    async def _pick_app(self, title: str, apps: Sequence[str], none: str) -> str | None:
         if not apps:
             self.say(none)
             return None
-        return await self._pick(title, [Choice(app, app) for app in apps], leads_on=leads_on)
+        return await self._pick(title, [Choice(app, app) for app in apps])
 
     async def _server_apps(self) -> list[str] | None:
         """The apps uploaded to the server, every page of them (None: it did not answer,
@@ -272,8 +219,9 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         return names
 
     def send(self, line: str) -> None:
-        """Hand a finished command line to the app."""
-        self.post_message(RunCommand(line))
+        """Hand a finished command line to the app; the keys typed from now on wait for its
+        reply (``ConsoleApp.send``)."""
+        self.post_message(RunCommand(line, KeyHold(self.app)))
 
     def action_upload(self) -> None:
         """Pick an app from transfer/ and upload it."""
@@ -294,7 +242,7 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
         if apps is None:
             return
         none = "no apps on the server yet: u uploads one from your transfer/ folder"
-        app = await self._pick_app("Deploy which app (on the server)?", apps, none, leads_on=True)
+        app = await self._pick_app("Deploy which app (on the server)?", apps, none)
         target = await self._pick_target(f"Deploy {app}") if app else None
         if app and target:
             self.send(f"deploy {app} {target}")
@@ -333,7 +281,9 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
     async def _run_number_dialog(self) -> None:
         current = self.store.run.run_number
         hint = f"current run: {current}" if current else "no run set yet"
-        number = await self._answer(PromptScreen("Set the run number", hint, check_positive_int))
+        number = await self._answer(
+            PromptScreen("Set the run number", hint, check_positive_int, then=self._keys.again)
+        )
         if number:
             self.send(f"set_run_number {number}")
 
@@ -344,7 +294,13 @@ class CommandKeys(Screen[None], SaysWhenWorkFails):
     async def _timeout_dialog(self) -> None:
         current = f"{self.state.timeout:g}"
         seconds = await self._answer(
-            PromptScreen("Command timeout (seconds)", f"now {current}s", check_seconds, current)
+            PromptScreen(
+                "Command timeout (seconds)",
+                f"now {current}s",
+                check_seconds,
+                current,
+                then=self._keys.again,
+            )
         )
         if seconds:
             self.send(f"set_timeout {seconds}")

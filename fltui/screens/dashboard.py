@@ -28,9 +28,10 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input
 
 from fltui.connection import SHUT_DOWN
+from fltui.keyhold import KeyHold
 from fltui.messages import OpenWizard, Reconnect
 from fltui.screens.client import ClientScreen
-from fltui.screens.commandkeys import CommandKeys, KeyHold, Names
+from fltui.screens.commandkeys import CommandKeys, Names
 from fltui.screens.dialogs import ColumnsScreen
 from fltui.screens.listings import AdminsScreen, AppsScreen, Ask, RunsScreen
 from fltui.screens.sitelogs import SiteLogScreen

@@ -2,9 +2,10 @@
 
 Danger is slow: :class:`ConfirmScreen` opens with *Cancel* focused, so
 ``enter`` right away does nothing harmful, it has no one-key yes, and keys
-typed before it was shown (meant for what came before) never answer it; the
-pickers of commands that stop something open with nothing highlighted, so
-an ``enter`` typed ahead picks nothing (least of all the server).
+typed before it was shown (meant for what came before) never answer it: it
+drops them and says so; the pickers of commands that stop something open
+with nothing highlighted, so an ``enter`` typed ahead picks nothing (least
+of all the server).
 Safe things are fast: other pickers take ``enter`` on the highlighted choice.
 What they show (client names and states, the server's warning, app folder
 names) is never read as markup.
@@ -27,10 +28,16 @@ from fltui.targets import Choice
 
 Check = Callable[[str], str | None]
 QUESTION = "Are you sure (Y/N):"
+"""The last line of the server's question as text (``fltui --cmd`` asks it)."""
+QUESTION_SHOWN = "Are you sure?"
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Names what will stop, shows the server's warning, and asks; Cancel is the default."""
+    """Names what will stop, shows the server's warning, and asks; Cancel is the default.
+
+    ``then`` is called as the admin says yes, before the question closes:
+    the keys typed after that wait for the reply (``ConsoleApp.run_command``).
+    """
 
     AUTO_FOCUS = "#confirm-cancel"
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(False)", "Cancel")]
@@ -42,6 +49,7 @@ class ConfirmScreen(ModalScreen[bool]):
         warning: str,
         verb: str,
         heading: str = "This stops:",
+        then: Callable[[], None] | None = None,
     ) -> None:
         """``stops`` lists what ``heading`` announces; ``verb`` labels the button that does it."""
         super().__init__()
@@ -50,10 +58,16 @@ class ConfirmScreen(ModalScreen[bool]):
         self._warning = warning
         self._verb = verb
         self._heading = heading
+        self._then = then
         self._shown_at: float | None = None
+        self.ignored = 0
+        """Keys dropped for having been typed before the question showed."""
+        self._question = Static(QUESTION_SHOWN, id="confirm-question", markup=False)
 
     @classmethod
-    def asking(cls, line: str, question: Any, prompt: str) -> ConfirmScreen:
+    def asking(
+        cls, line: str, question: Any, prompt: str, then: Callable[[], None] | None = None
+    ) -> ConfirmScreen:
         """The server's question about ``line`` (its reply's ``confirm`` data), shown as it
         is; a question without that data (an older server) shows its text as the lines."""
         if isinstance(question, dict):
@@ -65,9 +79,10 @@ class ConfirmScreen(ModalScreen[bool]):
                 str(question.get("warning", "")),
                 str(question.get("verb", "") or line.split()[0]),
                 str(question.get("heading", "")),
+                then,
             )
         lines = [ln for ln in prompt.splitlines() if ln.strip() and ln != QUESTION]
-        return cls(line, lines, "", line.split()[0], "")
+        return cls(line, lines, "", line.split()[0], "", then)
 
     def compose(self) -> ComposeResult:
         """Title, what stops, warning, question, buttons."""
@@ -79,7 +94,7 @@ class ConfirmScreen(ModalScreen[bool]):
             yield Static(stops, id="confirm-stops", markup=False)
             if self._warning:
                 yield Static(f"⚠ {self._warning}", id="confirm-warning", markup=False)
-            yield Static("Are you sure?", id="confirm-question")
+            yield self._question
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Cancel", id="confirm-cancel")
                 yield Button(self._verb, id="confirm-ok", variant="error")
@@ -91,19 +106,28 @@ class ConfirmScreen(ModalScreen[bool]):
     def on_key(self, event: events.Key) -> None:
         """Drop a key typed before the question was shown: it was meant for something else.
 
-        The server's question takes a moment to come, and keys typed meanwhile
-        (``:ch⇥⏎`` after ``:abort client⏎``, a paste) wait in the app's queue;
-        they would reach this dialog, ``tab`` moving the focus to the button
-        that stops and ``enter`` pressing it. Stopping the key here, before it
-        bubbles up to the app, keeps its bindings from acting on it.
+        The server's question takes a moment to come, and the keys typed
+        meanwhile (``⇥⏎`` after ``:abort client⏎``, a paste) wait for it in the
+        app's queue; they would reach this dialog, ``tab`` moving the focus to
+        the button that stops and ``enter`` pressing it. Stopping the key
+        here, before it bubbles up to the app, keeps its bindings from acting
+        on it; the dialog says how many it dropped, so the admin knows why
+        the rest of a paste did nothing.
         """
         if self._shown_at is None or event.time < self._shown_at:
             event.prevent_default()
             event.stop()
+            self.ignored += 1
+            self._question.update(
+                f"{QUESTION_SHOWN} · {self.ignored} key(s) typed before this question were ignored"
+            )
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         """Answer with the button pressed."""
-        self.dismiss(event.button.id == "confirm-ok")
+        yes = event.button.id == "confirm-ok"
+        if yes and self._then is not None:
+            self._then()
+        self.dismiss(yes)
 
 
 MOVES = {
@@ -122,10 +146,11 @@ class ChoiceScreen(ModalScreen[str | None]):
 
     Its keys act as the app reads them (priority bindings), in the order
     they were typed: an ``enter`` typed ahead answers with the choice the
-    keys before it highlighted, and a picker that another follows (``then``)
-    holds the keys after that ``enter`` for the next one. The option list's
-    own bindings act only once a key has come back up to the app, when the
-    keys behind it have gone to this picker too, to be lost as it closes.
+    keys before it highlighted, and ``then`` holds the keys after that
+    ``enter`` for what follows (the next picker, or the command's reply).
+    The option list's own bindings act only once a key has come back up to
+    the app, when the keys behind it have gone to this picker too, to be
+    lost as it closes.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -143,7 +168,8 @@ class ChoiceScreen(ModalScreen[str | None]):
         then: Callable[[], None] | None = None,
     ) -> None:
         """Offer ``choices``: the first is highlighted, or none when ``careful``; ``then`` is
-        called as a choice is made, before the picker closes (another dialog follows)."""
+        called as a choice is made, before the picker closes (another dialog, or the command
+        sent, follows: the keys after wait for it)."""
         super().__init__()
         self._title = title
         self._choices = list(choices)
@@ -195,13 +221,23 @@ class PromptScreen(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, title: str, hint: str, check: Check, value: str = "") -> None:
-        """Ask for a value; ``check`` returns a message for a bad one, None for a good one."""
+    def __init__(
+        self,
+        title: str,
+        hint: str,
+        check: Check,
+        value: str = "",
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        """Ask for a value; ``check`` returns a message for a bad one, None for a good one;
+        ``then`` is called as a good one is accepted, before the prompt closes (it is sent,
+        and the keys after wait for the reply)."""
         super().__init__()
         self._title = title
         self._hint = hint
         self._check = check
         self._value = value
+        self._then = then
 
     def compose(self) -> ComposeResult:
         """Title, input, hint or error."""
@@ -221,6 +257,8 @@ class PromptScreen(ModalScreen[str | None]):
         """Accept a good value."""
         problem = self._check(event.value)
         if problem is None:
+            if self._then is not None:
+                self._then()
             self.dismiss(event.value.strip())
         else:
             hint = self.query_one("#prompt-hint", Static)

@@ -807,9 +807,8 @@ def test_a_key_pressed_meanwhile_does_not_cancel_a_command(tmp_path: Path) -> No
             await pilot.press("s")
             await choose(pilot, "the server")
             await wait_for(pilot, lambda: link.sent)
-            await pilot.press("t")  # opens a prompt while the start is on its way
-            await shown(pilot, app, PromptScreen)
-            await pilot.press("escape")
+            await pilot.press("t")  # typed while the start is on its way: waits for its reply
+            assert app.screen is app.dashboard
             link.release.set()
             await wait_for(
                 pilot,
@@ -817,6 +816,8 @@ def test_a_key_pressed_meanwhile_does_not_cancel_a_command(tmp_path: Path) -> No
                 timeout=5,
                 what="the reply to start server",
             )
+            await shown(pilot, app, PromptScreen)  # then the t opens its prompt
+            await pilot.press("escape")
 
     asyncio.run(scenario())
 
