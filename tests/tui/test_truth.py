@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,10 +93,10 @@ def console_lines(app: ConsoleApp) -> list[str]:
     return [entry.message for entry in app.store.logs if entry.source == "console"]
 
 
-async def both_online(pilot: object, app: ConsoleApp) -> None:
-    await wait_for(pilot, lambda: app.link_look is CONNECTED, 30, "the feed")  # type: ignore[arg-type]
+async def both_online(pilot: Any, app: ConsoleApp) -> None:
+    await wait_for(pilot, lambda: app.link_look is CONNECTED, 30, "the feed")
     await wait_for(
-        pilot,  # type: ignore[arg-type]
+        pilot,
         lambda: all(cell(app, i, "health") == "● online" for i in ("flclient1", "flclient2")),
         30,
         "both sites online",
