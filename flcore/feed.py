@@ -271,6 +271,13 @@ class CommandSeen:
     ok: bool
 
 
+@dataclass(frozen=True)
+class Tick:
+    """Nothing happened for a while, and the server says so: a feed that stays quiet
+    otherwise tells a server that is alive from one that stopped. Never on the bus: each
+    feed sends its own, numbered 0 (outside the sequence), stamped as it is sent."""
+
+
 Body = (
     Snapshot
     | ClientRow
@@ -280,6 +287,7 @@ Body = (
     | Heartbeat
     | CommandSeen
     | ServerStopping
+    | Tick
 )
 
 

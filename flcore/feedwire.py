@@ -33,6 +33,7 @@ from flcore.feed import (
     ServerInfo,
     ServerStopping,
     Snapshot,
+    Tick,
     clip,
     clip_end,
     printable,
@@ -206,6 +207,8 @@ def event_to_proto(event: FeedEvent) -> admin_pb2.Event:
         out.heartbeat.CopyFrom(admin_pb2.HeartbeatSeen(instance=body.instance, time=body.time))
     elif isinstance(body, ServerStopping):
         out.stopping.CopyFrom(admin_pb2.ServerStopping(by=body.by, admin=body.admin))
+    elif isinstance(body, Tick):
+        out.tick.SetInParent()
     else:
         out.command.CopyFrom(admin_pb2.CommandAudit(user=body.user, line=body.line, ok=body.ok))
     return out
@@ -278,6 +281,8 @@ def event_from_proto(message: admin_pb2.Event) -> FeedEvent | None:
         body = CommandSeen(_shown(command.user), _shown(command.line), command.ok)
     elif kind == "stopping":
         body = ServerStopping(_shown(message.stopping.by), message.stopping.admin)
+    elif kind == "tick":
+        body = Tick()
     else:
         return None
     return FeedEvent(message.seq, _stamp(message.time), body)

@@ -16,13 +16,13 @@ from datetime import datetime
 
 import grpc
 
-from flcore.feed import FeedEvent
+from flcore.feed import FeedEvent, Tick
 from flcore.feedwire import event_to_proto, feed_messages
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
 from flcore.proto.gen import flstack_admin_pb2_grpc as admin_grpc
 from flserverd.admins import AdminBusy, AdminLogin
 from flserverd.commands import AdminCommands, Reply
-from flserverd.events import Overflow, Revoked
+from flserverd.events import TICK_S, Overflow, Revoked
 from flserverd.registry import AuthError
 from flserverd.rpc import Context, peer_identity
 from flserverd.server import FLServer
@@ -171,7 +171,9 @@ class AdminService(admin_grpc.AdminServicer):
             with self.logins.watching(admin.user):
                 yield event_to_proto(FeedEvent(self.server.bus.seq, time.time(), snapshot))
                 try:
-                    async for batch in subscription.batches():
+                    async for batch in subscription.batches(tick_s=TICK_S):
+                        if not batch:
+                            yield event_to_proto(FeedEvent(0, time.time(), Tick()))
                         for message in feed_messages(batch):
                             yield message
                 except Overflow as exc:

@@ -6,9 +6,14 @@ into wire messages with :mod:`flcore.feedwire`.
 Publishers call ``publish`` from the event loop; each subscriber (one per
 connected console) has a bounded queue, read in batches of what queued up
 (the admin servicer sends each batch as one message). A console that falls
-too far behind is cut off rather than allowed to grow the server's memory;
-it reconnects and starts again from a fresh snapshot, which is how it
-always shows the true state.
+too far behind is cut off rather than allowed to grow the server's memory or
+to show an old picture as live: behind by ``QUEUE_LIMIT`` events, or by
+``LAG_LIMIT_S`` seconds (its oldest event waiting that long when the feed
+takes the next batch; a console starved of CPU showed rounds one to two
+minutes old as current while its queue stayed far below the count). It
+reconnects and starts again from a fresh snapshot, which is how it always
+shows the true state. A feed with nothing to send for ``TICK_S`` sends a
+:class:`~flcore.feed.Tick`, so a quiet server is told apart from a stopped one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from datetime import datetime
 from flcore.feed import MAX_BATCH_EVENTS, MAX_TEXT, Body, FeedEvent, LogEntry, clip
 
 QUEUE_LIMIT = 10_000
+LAG_LIMIT_S = 10.0
+"""A subscriber whose next event waited longer than this is cut off (the console's own
+bound, fltui.app.BEHIND_S, is tighter: it sees the delay in the network's buffers too)."""
+TICK_S = 1.0
+"""A feed with nothing to send for this long sends a tick."""
 LOG_RING = 2_000
 
 
@@ -84,10 +94,17 @@ class Subscription:
         if not self._queue.full():
             self._queue.put_nowait(None)
 
-    async def batches(self, limit: int = MAX_BATCH_EVENTS) -> AsyncGenerator[list[FeedEvent]]:
+    async def batches(
+        self, limit: int = MAX_BATCH_EVENTS, tick_s: float | None = None
+    ) -> AsyncGenerator[list[FeedEvent]]:
         """The events in order, each batch all that queued up (at most ``limit``) since the
         last was taken: a reader slower than the publishers takes more at a time rather
-        than falling further behind one event per turn."""
+        than falling further behind one event per turn. With ``tick_s``, an empty batch
+        when nothing came for that long (the feed sends a tick).
+
+        Raises:
+            Overflow: the next event waited longer than ``LAG_LIMIT_S``.
+        """
         try:
             while True:
                 if isinstance(self.ended, Revoked):
@@ -97,7 +114,17 @@ class Subscription:
                         raise self.ended
                     if self._closed:
                         return
-                first = await self._queue.get()
+                try:
+                    first = await asyncio.wait_for(self._queue.get(), tick_s)
+                except TimeoutError:
+                    yield []
+                    continue
+                if first is not None and time.time() - first.time > LAG_LIMIT_S:
+                    self.ended = Overflow(
+                        f"the console fell more than {LAG_LIMIT_S:g}s behind the server's events;"
+                        " reconnect for a fresh snapshot"
+                    )
+                    raise self.ended
                 batch = [] if first is None else [first]
                 while len(batch) < limit and not self._queue.empty():
                     event = self._queue.get_nowait()

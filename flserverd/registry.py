@@ -306,6 +306,13 @@ class ClientRegistry:
         """Seconds since the client was last heard from."""
         return self._ticks() - client.heard_at
 
+    def excuse(self, seconds: float) -> None:
+        """The server itself stood still for ``seconds`` (stopped, or its loop blocked): the
+        sites could not be heard meanwhile, so that time does not count as their silence."""
+        now = self._ticks()
+        for client in self._clients.values():
+            client.heard_at = min(client.heard_at + seconds, now)
+
     def expired(self) -> list[RegisteredClient]:
         """Clients silent for longer than the heartbeat timeout."""
         limit = self._ticks() - self.heart_beat_timeout

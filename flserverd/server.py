@@ -324,10 +324,25 @@ class FLServer:
 
     async def _sweep(self) -> None:
         """Drop clients not heard from within the heartbeat timeout; warn once when the
-        revocation list goes stale."""
+        revocation list goes stale.
+
+        A sweep that wakes far later than asked found the server itself stood still
+        (stopped, its loop blocked): no heartbeat could be read meanwhile, so that gap is
+        not the sites' silence (a server stopped for 14s once dropped every site as it
+        resumed, "no heartbeat for 32s")."""
         interval = min(1.0, self.startup.heart_beat_timeout / 4)
+        swept = time.monotonic()
         while True:
             await asyncio.sleep(interval)
+            now = time.monotonic()
+            stood = now - swept - interval
+            swept = now
+            if stood > interval:
+                log.warning(
+                    "the server stood still for %.0fs; the sites' silence during it is not counted",
+                    stood,
+                )
+                self.registry.excuse(stood)
             for client in self.registry.expired():
                 silent = self.registry.silence(client)
                 self.drop(client, f"no heartbeat for {silent:.0f}s")

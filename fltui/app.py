@@ -20,6 +20,7 @@ wait for its reply (:meth:`ConsoleApp.send`), as a shell's do.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -36,9 +37,18 @@ from textual.widget import Widget
 
 from fladmin.client import DEFAULT_TIMEOUT_S, AdminError, CommandReply
 from fladmin.link import AdminLink, Link
-from flcore.feed import LogEntry, Snapshot
+from flcore.feed import LogEntry, Snapshot, Tick
 from flcore.listingrecords import apps_page
-from fltui.connection import CONNECTED, CONNECTING, DISCONNECTED, SHUT_DOWN, Connection
+from fltui.connection import (
+    CONNECTED,
+    CONNECTING,
+    DISCONNECTED,
+    REFRESHING,
+    SHUT_DOWN,
+    SILENT,
+    SILENT_S,
+    Connection,
+)
 from fltui.keyhold import KeyHold, show_holding
 from fltui.messages import KeyHandled, OpenWizard, Reconnect, RunCommand, ShowValidation
 from fltui.privatefiles import deliver_privately
@@ -56,6 +66,13 @@ from fltui.wizard.screen import WizardScreen
 from fltui.workfaults import SaysWhenWorkFails, console_fault
 
 FLUSH_S = 0.25
+BEHIND_S = 5.0
+"""An event older than this when the console handles it (on the server's clock) means the
+console fell behind its feed: it refreshes rather than show an old picture as live."""
+TELL_BEHIND_S = 60.0
+"""A console that keeps falling behind notifies once in this long (each refresh is logged)."""
+WATCH_S = 1.0
+"""How often the console checks that the server still talks."""
 RETRY_MAX_S = 10.0
 NOTIFY_LINES = 8
 CONSOLE = "console"
@@ -120,6 +137,11 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         self.store = Store()
         self.clock = ServerClock(clock)
         self._told_offset = False
+        self._heard_at = 0.0
+        """When (this computer's clock) the feed last said anything."""
+        self._watched_at = 0.0
+        """When the silence was last checked (this computer's clock)."""
+        self._told_behind_at = -math.inf
         self.workspace = workspace or Path("fl-workspace")
         self._startup = startup
         self._user = user
@@ -319,6 +341,7 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         """Show the dashboard, then log in or ask how to."""
         self.screen_change_signal.subscribe(self, self._screen_changed)
         await self.push_screen(self.dashboard)
+        self.set_interval(WATCH_S, self._watch_silence)
         self.publish()
         if self.link is None:
             self.ask_login(self._problem)
@@ -368,14 +391,25 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
                 logged_in = False
                 self.store.user = link.user
                 problem = "the server ended the event stream"
+                behind = 0.0
                 async for event in link.events():
-                    self._heard(event.time)
+                    fresh = isinstance(event.body, Snapshot)
+                    self._heard(event.time, fresh)
+                    behind = 0.0 if fresh else self.clock.behind(event.time)
+                    if behind > BEHIND_S:
+                        break
+                    self._talking()
+                    if isinstance(event.body, Tick):
+                        continue
                     if not self.store.apply(event):
                         problem = "events were missed; fetching a fresh snapshot"
                         break
-                    if isinstance(event.body, Snapshot):
+                    if fresh:
                         attempt = 0
                         self._connected()
+                if behind > BEHIND_S:
+                    self._fell_behind(behind)
+                    continue
             except AdminError as exc:
                 if exc.refused and not self._ever_connected:
                     self.publish(Connection(DISCONNECTED, problem=str(exc), target=link.target))
@@ -396,10 +430,11 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
                 await self._after_loss(problem, attempt)
             self.publish(replace(self.state.connection, look=CONNECTING, retry_at=0.0))
 
-    def _heard(self, stamp: float) -> None:
-        """An event stamped by the server's clock arrived: follow that clock, and say once
-        when it is far from this computer's."""
-        self.clock.heard(stamp)
+    def _heard(self, stamp: float, first: bool) -> None:
+        """An event stamped by the server's clock arrived (``first``: a fresh subscription's
+        snapshot): follow that clock, and say once when it is far from this computer's."""
+        self._heard_at = self.clock.local()
+        self.clock.heard(stamp, first)
         offset = self.clock.offset
         if not self._told_offset and self.clock.settled and abs(offset) > TOLD_OFFSET_S:
             self._told_offset = True
@@ -409,6 +444,43 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
                 f"this computer's clock is {age(abs(offset))} {way} the server's: the console "
                 "shows the server's time",
             )
+
+    def _talking(self) -> None:
+        """A current event came: a silence is over."""
+        connection = self.state.connection
+        if connection.look is SILENT:
+            self.log_line(
+                "INFO", f"the server talks again after {age(self.clock() - connection.lost_at)}"
+            )
+            self.publish(Connection(CONNECTED, target=connection.target))
+
+    def _watch_silence(self) -> None:
+        """Say when the feed went quiet for longer than the server's ticks allow: the server
+        is stopped or overloaded, and the sites are not to blame. Not judged after this
+        console's own loop stalled (the feed may have waited on it, not on the server)."""
+        local = self.clock.local()
+        stalled = local - self._watched_at > 2 * WATCH_S
+        self._watched_at = local
+        connection = self.state.connection
+        if stalled or connection.look is not CONNECTED or local - self._heard_at <= SILENT_S:
+            return
+        since = self.clock() - (local - self._heard_at)
+        self.log_line("WARNING", f"nothing from the server since {clock_time(since)}")
+        self.publish(replace(connection, look=SILENT, lost_at=since))
+
+    def _fell_behind(self, behind: float) -> None:
+        """The console handled an event long after the server sent it (this computer was
+        busy, or its network slow): the picture is old. Say so once, and take a fresh one."""
+        message = (
+            f"the console fell {age(behind)} behind the server's events (this computer or its "
+            "network was slow); fetching a fresh snapshot"
+        )
+        self.log_line("WARNING", message)
+        now = self.clock()
+        if now - self._told_behind_at > TELL_BEHIND_S:
+            self._told_behind_at = now
+            self.notify(message, title="refreshing", severity="warning", timeout=8, markup=False)
+        self.publish(Connection(REFRESHING, now, message, target=self.state.connection.target))
 
     async def _after_shutdown(self) -> None:
         """The server went away because an admin shut it down: say so, wait for ``r``."""
@@ -434,7 +506,7 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
         if old.up:
             self.notify(problem, title="connection lost", severity="error", timeout=8, markup=False)
             self.log_line("WARNING", f"connection lost: {problem}")
-        lost_at = now if old.up or not old.lost_at else old.lost_at
+        lost_at = old.lost_at or now
         self.publish(Connection(DISCONNECTED, lost_at, problem, now + delay, attempt, old.target))
         try:
             await asyncio.wait_for(self._reconnect.wait(), delay)
@@ -448,7 +520,7 @@ class ConsoleApp(App[None], SaysWhenWorkFails):
                 self.notify(
                     warning, title="admin kit", severity="warning", timeout=20, markup=False
                 )
-        if self._ever_connected and not self.connected:
+        if self._ever_connected and not self.connected and self.link_look is not REFRESHING:
             self.notify("reconnected: showing a fresh snapshot", title="connection")
             self.log_line("INFO", "reconnected")
         self._ever_connected = True

@@ -61,8 +61,6 @@ class Changes:
     server: bool = False
     run: bool = False
     clients: set[str] = field(default_factory=set)
-    beating: set[str] = field(default_factory=set)
-    """Clients whose only news is a heartbeat (only their age and health cells change)."""
     statuses: bool = False
     """A client's training status or app changed (which keys make sense may change)."""
     logs: list[LogEntry] = field(default_factory=list)
@@ -74,7 +72,6 @@ class Changes:
             or self.server
             or self.run
             or self.clients
-            or self.beating
             or self.logs
             or self.beats
         )
@@ -231,7 +228,6 @@ class Store:
             return
         if beat.time > row.last_heartbeat:
             self.clients[beat.instance] = replace(row, last_heartbeat=beat.time)
-            self._changes.beating.add(beat.instance)
         self._beat(beat.instance, Beat(beat.time, BEAT))
 
     def _apply_gone(self, gone: ClientGone, when: float) -> None:

@@ -127,6 +127,8 @@ class DashboardScreen(CommandKeys):
         self._return_focus: Widget | None = None
         self._said_ticks = 0
         self._run_number = 0
+        self._now = 0.0
+        """The moment the panes are drawn for: read once per refresh (see :meth:`_refresh_now`)."""
 
     def compose(self) -> ComposeResult:
         """Header, banner, the four panes, the status, filter and command lines, the footer."""
@@ -165,11 +167,11 @@ class DashboardScreen(CommandKeys):
 
     def set_state(self, state: ConsoleState) -> None:
         """The app's news about the admin and the link: redraw what shows it."""
-        was_up = self.state.connection.up
+        was = self.state.connection
         self.state = state
         if self.is_mounted:
             self.show_state()
-            if was_up != state.connection.up:
+            if (was.up, was.frozen_at) != (state.connection.up, state.connection.frozen_at):
                 self._redraw_rows()
 
     def _seen_clock(self) -> float:
@@ -180,7 +182,7 @@ class DashboardScreen(CommandKeys):
         out would pass for a round aggregated.
         """
         frozen = self.state.connection.frozen_at
-        return frozen if frozen is not None else self.clock()
+        return frozen if frozen is not None else self._now
 
     # ------------------------------------------------------------------ drawing
 
@@ -209,10 +211,17 @@ class DashboardScreen(CommandKeys):
         """Instance names the server has now (for completion)."""
         return live_clients(self.store)
 
+    def _refresh_now(self) -> None:
+        """Read the clock once for a refresh of the whole picture: the title's count, the
+        rows, the strips and the countdown all show the same moment (read apart, a console
+        running late titled "0/3 online" over three rows drawn "● online 1s"). A flush of
+        changes is a refresh too: it re-ticks the rows in sight along with the title."""
+        self._now = self.clock()
+
     def _views(self, names: Iterable[str]) -> Iterator[ClientView]:
         store = self.store
         table = self.query_one("#clients", ClientsTable)
-        now = self.clock()
+        now = self._now
         interval = store.heartbeat_interval
         frozen = self.state.connection.frozen_at
         run = store.run.run_number
@@ -226,6 +235,7 @@ class DashboardScreen(CommandKeys):
     def render_all(self) -> None:
         """Redraw everything (after a snapshot)."""
         store = self.store
+        self._refresh_now()
         table = self.query_one("#clients", ClientsTable)
         table.keep_marks(store.clients)
         self._run_number = store.run.run_number
@@ -236,6 +246,7 @@ class DashboardScreen(CommandKeys):
         self._titles()
 
     def _redraw_rows(self) -> None:
+        self._refresh_now()
         table = self.query_one("#clients", ClientsTable)
         table.update_rows(self._views(list(self.store.clients)))
         self._draw_lanes()
@@ -247,6 +258,7 @@ class DashboardScreen(CommandKeys):
             self.render_all()
             self.refresh_bindings()
             return
+        self._refresh_now()
         table = self.query_one("#clients", ClientsTable)
         if changes.clients:
             table.keep_marks(self.store.clients)
@@ -254,8 +266,9 @@ class DashboardScreen(CommandKeys):
             table.update_rows(self._views(changes.clients))
             if table.selected in changes.clients:
                 self._detail(table.selected)
-        if changes.beating:
-            table.tick(self._views(set(table.in_view()) & changes.beating - changes.clients))
+        # Every row in sight and the countdown at the new moment, not only the rows that beat.
+        table.tick(self._views(set(table.in_view()) - changes.clients))
+        self.query_one("#round", RoundPane).show_countdown(self.store.run, self._seen_clock())
         if changes.logs:
             self.query_one("#logs", LogView).append(changes.logs)
         if changes.run or changes.server:
@@ -278,6 +291,7 @@ class DashboardScreen(CommandKeys):
         """What time alone changes: ages, staleness, countdowns, the heartbeat strips."""
         if not self.is_current:
             return
+        self._refresh_now()
         table = self.query_one("#clients", ClientsTable)
         shown = table.shown if table.sorts_by_time else table.in_view()
         table.tick(self._views(shown))
@@ -327,7 +341,7 @@ class DashboardScreen(CommandKeys):
 
     def _draw_lanes(self) -> None:
         store = self.store
-        now = self.clock()
+        now = self._now
         interval = store.heartbeat_interval
         frozen = self.state.connection.frozen_at
         lanes = [
@@ -349,7 +363,7 @@ class DashboardScreen(CommandKeys):
         if frozen is not None:
             title = f"Clients ({len(store.clients)} · unknown since {clock_time(frozen)}"
         else:
-            now = self.clock()
+            now = self._now
             interval = store.heartbeat_interval
             online = sum(
                 1

@@ -7,7 +7,9 @@ the dashboard's single one-second tick.
 
 Columns have a rank: when the table is too narrow for all of them, the
 lowest-ranked go first, so instance, status, training, beat and round stay
-at 80 columns and org, host and app appear where there is room. The admin
+at 80 columns and org, host and app appear where there is room. Room left
+over widens the columns whose texts are cut, most important first (at 200
+columns the org was cut to ``org-flclie…`` beside 26 empty columns of host). The admin
 can hide and show columns (``c``) and sort by one (``S`` cycles, a column's
 shift-key picks it, again reverses).
 """
@@ -15,7 +17,7 @@ shift-key picks it, again reverses).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from rich.text import Text
@@ -80,6 +82,9 @@ BY_KEY = {column.key: column for column in COLUMNS}
 SORTABLE = [column for column in COLUMNS if column.sort_key]
 NAMES = ("instance", "client")
 """Columns of site names: two sites must never look alike there."""
+FREE_TEXT = ("client", "app", "org", "host")
+"""Columns of texts the admin's sites chose (the others hold words of a known width, or
+names that tell sites apart): narrowed to their texts when another is cut."""
 TICKING = ("health", "beat")
 """Columns that change with time alone."""
 HEALTH_ORDER = {LOST: 0, OFFLINE: 1, STALE: 2, UNKNOWN: 3, ONLINE: 4, LEFT: 5}
@@ -117,15 +122,22 @@ class ClientView:
 
     @property
     def in_current_run(self) -> bool:
-        """Whether the row's round and samples belong to the server's run."""
+        """Whether the row's round and samples belong to the server's run (never once the
+        server dropped the client: what it does since is not known)."""
         row = self.row
         same_run = not self.current_run or row.run_number == self.current_run
-        return row.round >= 0 and row.run_number > 0 and same_run
+        return row.round >= 0 and row.run_number > 0 and same_run and self.gone is None
+
+    @property
+    def training(self) -> Look:
+        """The client's training as it last said, or unknown once the server dropped it: a
+        lost site may train on or have died, and "✖ lost ▶ started" read as both."""
+        return training(self.row.status) if self.gone is None else UNKNOWN
 
     def cells(self) -> dict[str, Cell]:
         """Every cell of the row."""
         row = self.row
-        state = training(row.status)
+        state = self.training
         failed = state.tone == "error"
         current = self.in_current_run
         return {
@@ -152,7 +164,7 @@ class ClientView:
             "instance": "",
             "client": row.client_name,
             "health": HEALTH_ORDER.get(self.health, 3),
-            "training": training(row.status).word,
+            "training": self.training.word,
             "beat": row.last_heartbeat,
             "round": row.round if self.in_current_run else -1,
             "samples": row.samples if self.in_current_run else -1,
@@ -170,8 +182,12 @@ class ClientView:
         return needle.lower() in haystack
 
 
-def fitting(hidden: Collection[str], width: int) -> list[Column]:
-    """The columns shown in ``width`` cells: all but the hidden, lowest ranks dropped first."""
+def fitting(
+    hidden: Collection[str], width: int, needs: Mapping[str, int] | None = None
+) -> list[Column]:
+    """The columns shown in ``width`` cells: all but the hidden, lowest ranks dropped first;
+    with the cells their texts ``needs``, each as wide as its texts, the room left going to
+    the texts still cut."""
     shown = [column for column in COLUMNS if column.key not in hidden]
     by_rank = sorted(shown, key=lambda column: column.rank, reverse=True)
     total = sum(column.width for column in shown)
@@ -180,6 +196,22 @@ def fitting(hidden: Collection[str], width: int) -> list[Column]:
             break
         shown.remove(column)
         total -= column.width
+    if not needs or all(needs.get(c.key, 0) <= c.width for c in shown):
+        return shown
+    # A text is cut: the columns of free text as wide as their texts (never narrower than the
+    # label and a sort arrow), then the room left to those still cut, lowest ranks first.
+    shown = [
+        replace(c, width=min(c.width, max(needs.get(c.key, c.width), len(c.label) + 3)))
+        if c.key in FREE_TEXT
+        else c
+        for c in shown
+    ]
+    spare = width - sum(column.width for column in shown)
+    for column in sorted(shown, key=lambda column: column.rank):
+        grow = min(needs.get(column.key, 0) - column.width, spare)
+        if grow > 0:
+            shown[shown.index(column)] = replace(column, width=column.width + grow)
+            spare -= grow
     return shown
 
 
@@ -208,6 +240,11 @@ class ClientsTable(DataTable[Text], VimKeys):
         self._shown: dict[str, dict[str, Cell]] = {}
         self._views: dict[str, ClientView] = {}
         self._picked: list[Column] = []
+        self._widths: dict[str, Column] = {}
+        """The shown columns, by key, as wide as they are drawn."""
+        self._refitting = False
+        self._needs: dict[str, int] = {}
+        """The cells each column's texts needed when the widths were last picked."""
 
     def on_mount(self) -> None:
         """Add the columns that fit."""
@@ -237,16 +274,39 @@ class ClientsTable(DataTable[Text], VimKeys):
         return self.size.width - 1 if self.size.width else 200  # leave room for a scrollbar
 
     def refit(self) -> None:
-        """Re-pick the columns (after a resize or a change of the hidden ones)."""
-        columns = fitting(self.hidden, self._room())
+        """Re-pick the columns (after a resize, a change of the hidden ones, or a text that
+        outgrew its column)."""
+        needs: dict[str, int] = {}
+        for cells in self._shown.values():
+            for key, (words, _) in cells.items():
+                needs[key] = max(needs.get(key, 0), len(words) + 1)
+        self._needs = needs
+        columns = fitting(self.hidden, self._room(), needs)
         if columns != self._picked:
             self._set_columns(columns)
+
+    def _outgrown(self, key: str, words: str) -> None:
+        """A text longer than its column, and than any the widths were last picked for:
+        re-pick them once the batch is drawn."""
+        column = self._widths.get(key)
+        need = len(words) + 1
+        if column is None or need <= max(column.width, self._needs.get(key, 0)):
+            return
+        self._needs[key] = need
+        if not self._refitting:
+            self._refitting = True
+            self.call_after_refresh(self._refit_later)
+
+    def _refit_later(self) -> None:
+        self._refitting = False
+        self.refit()
 
     def _set_columns(self, columns: list[Column]) -> None:
         keep = self.selected
         order = [row.key.value for row in self.ordered_rows if row.key.value is not None]
         self.clear(columns=True)
         self._picked = columns
+        self._widths = {column.key: column for column in columns}
         for column in columns:
             self.add_column(self._label(column), width=column.width, key=column.key)
         for instance in order:
@@ -443,6 +503,8 @@ class ClientsTable(DataTable[Text], VimKeys):
         self._shown[instance] = cells
         self._views[instance] = view
         self.add_row(*(self._text(cells[c.key], c) for c in self._picked), key=instance)
+        for key, (words, _) in cells.items():
+            self._outgrown(key, words)
 
     def _remove(self, instance: str) -> None:
         del self._shown[instance]
@@ -456,8 +518,10 @@ class ClientsTable(DataTable[Text], VimKeys):
         shown = self._shown[instance]
         if shown.get(key) != cell:
             shown[key] = cell
-            if key in self.columns:
-                self.update_cell(instance, key, self._text(cell, BY_KEY[key]))
+            column = self._widths.get(key)
+            if column is not None:
+                self.update_cell(instance, key, self._text(cell, column))
+                self._outgrown(key, cell[0])
 
     def _text(self, cell: Cell, column: Column) -> Text:
         """A cell's text, cut one short of its column so the next column keeps its gap; a

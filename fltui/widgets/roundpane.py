@@ -1,7 +1,11 @@
 """The round pane: where the run stands, who it waits for, and how the model is doing.
 
 Everything comes from the feed's run state; only the wait-after-min
-countdown moves with the clock, on the dashboard's one-second tick.
+countdown moves with the clock, on the dashboard's one-second tick. Texts
+of any length (why the run paused, stopped or cannot progress, the failed
+sites' errors) take at most ``TEXT_LINES`` lines, the last cut with an
+ellipsis: at 120x36 a long failure pushed the heartbeats pane below it down
+to its border (the full errors are in the sites' rows and the logs).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ DEFAULT_METRIC = "val_accuracy"
 MAX_NAMES = 6
 BEST_ROUND = re.compile(r"\(round (\d+)\)")
 SEPARATOR = " · "
+TEXT_LINES = 3
 
 
 def chart_metric(run: RunInfo) -> str:
@@ -89,8 +94,16 @@ class RoundPane(Vertical, can_focus=True):
         yield Line(id="round-metric")
         yield Sparkline([], id="round-chart")
 
+    _run: RunInfo | None = None
+
+    def on_resize(self) -> None:
+        """The texts are cut to the lines of the new width."""
+        if self._run is not None:
+            self.query_one("#round-updates", Line).set(self._updates(self._run))
+
     def show(self, run: RunInfo, now: float) -> None:
         """Redraw from the run state."""
+        self._run = run
         muted = tone_style(self.app, "muted")
         title = Text(no_wrap=True, overflow="ellipsis")
         bar = self.query_one("#round-bar", ProgressBar)
@@ -132,7 +145,8 @@ class RoundPane(Vertical, can_focus=True):
     def _updates(self, run: RunInfo) -> Text:
         text = Text()
         if run.fault:
-            text.append(f"Paused: {run.fault}\n", style=tone_style(self.app, "error"))
+            text.append(self._clipped(f"Paused: {run.fault}", "error"))
+            text.append("\n")
         if run.server_status not in st.ACTIVE and run.run_number:
             ending = ending_of(run)
             if ending:
@@ -140,7 +154,7 @@ class RoundPane(Vertical, can_focus=True):
                 text.append(ending, style=tone_style(self.app, tone))
             if run.failed_sites:
                 text.append("\n" if ending else "")
-                text.append(failed_text(run), style=tone_style(self.app, "error"))
+                text.append(self._clipped(failed_text(run), "error"))
             return text
         # While it trains, the failed sites' errors are in their rows (enter): names only.
         failed = f"Failed: {names(run.failed_sites)}"
@@ -158,8 +172,24 @@ class RoundPane(Vertical, can_focus=True):
         if run.failed_sites:
             text.append(f"\n{failed}", style=tone_style(self.app, "error"))
         if run.blocked:
-            text.append(f"\nCannot progress: {run.blocked}", style=tone_style(self.app, "warning"))
+            text.append("\n")
+            text.append(self._clipped(f"Cannot progress: {run.blocked}", "warning"))
         return text
+
+    def _clipped(self, words: str, tone: str) -> Text:
+        """``words`` in ``tone``, at most ``TEXT_LINES`` lines as wide as the pane draws them."""
+        text = Text(words, style=tone_style(self.app, tone))
+        width = self.query_one("#round-updates", Line).content_size.width
+        if width <= 1:
+            return text
+        lines = text.wrap(self.app.console, width)
+        if len(lines) <= TEXT_LINES:
+            return text
+        kept = list(lines)[:TEXT_LINES]
+        kept[-1].rstrip()
+        kept[-1].truncate(width - 1)
+        kept[-1].append("…")
+        return Text("\n").join(kept)
 
     def show_countdown(self, run: RunInfo, now: float) -> None:
         """The wait-after-min countdown: seconds until the round is aggregated anyway."""

@@ -256,12 +256,20 @@ def test_site_names_too_long_to_show_keep_the_end_that_tells_them_apart(
             table = app.dashboard.query_one(ClientsTable)
             await wait_for(pilot, lambda: app.connected and table.row_count == len(names))
             cells = {name: str(table.get_cell(name, "instance")) for name in names}
-            assert cells == {
-                "hospital-ab": "  hospital-ab",
-                "hospital-ab_1": "  hosp…l-ab_1",
-                "hospital-north_1": "  hosp…orth_1",
-                "hospital-north_2": "  hosp…orth_2",
-            }
+            if size[0] >= 200:  # room to spare widens the column: the names show whole
+                whole = {name: f"  {name}" for name in names}
+
+                def shown_whole() -> bool:
+                    return all(str(table.get_cell(n, "instance")) == whole[n] for n in names)
+
+                await wait_for(pilot, shown_whole)
+            else:
+                assert cells == {
+                    "hospital-ab": "  hospital-ab",
+                    "hospital-ab_1": "  hosp…l-ab_1",
+                    "hospital-north_1": "  hosp…orth_1",
+                    "hospital-north_2": "  hosp…orth_2",
+                }
             await pilot.press("3")  # hidden below 30 rows: 3 opens it maximised
             if app.dashboard.maximized is None:
                 await pilot.press("z")

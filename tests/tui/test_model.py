@@ -54,7 +54,7 @@ def test_store_folds_deltas_and_skips_what_the_snapshot_had() -> None:
     assert store.clients["a"].last_heartbeat == NOW
     assert store.apply(FeedEvent(12, NOW, ClientRow("b", "b", connected=True)))
     changes = store.take_changes()
-    assert changes.beating == {"a"} and changes.clients == {"b"} and changes.statuses
+    assert changes.beats and changes.clients == {"b"} and changes.statuses
     assert not store.take_changes()
 
 

@@ -252,9 +252,11 @@ def test_a_stopped_run_says_why(tmp_path: Path) -> None:
             assert "■ training stopped (aborted by admin · failed sites: flclient3 (Runtime" in str(
                 header.render()
             )
-            assert str(updates.render()) == (
-                "Stopped: aborted by admin\n"
-                "Failed: flclient3 (RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB)"
+            # At most three lines of it in the pane's 28 columns (the heartbeats keep their room):
+            # the whole error is in the site's row and the logs.
+            assert str(updates.render()).replace("\n", "") == (
+                "Stopped: aborted by admin"
+                "Failed: flclient3 (RuntimeError: CUDA out of memory. Tried to allocate…"
             )
             link.push(replace(stopped, reason="finished", failed_sites=()))
             await wait_for(pilot, lambda: str(updates.render()) == "Finished all rounds")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from flcore.feed import ClientGone, FeedEvent, Heartbeat, LogEntry
 from flserverd.events import (
+    LAG_LIMIT_S,
     LOG_RING,
     QUEUE_LIMIT,
     BusLogHandler,
@@ -328,5 +330,36 @@ def test_bus_log_handler_bad_format_does_not_raise() -> None:
             logging.raiseExceptions = previous
             logger.handlers = []
         assert bus.seq == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_subscriber_whose_next_event_waited_too_long_is_cut_off() -> None:
+    """Behind by seconds, not only by a count: a console starved of CPU showed a picture
+    minutes old as live while its queue stayed far below QUEUE_LIMIT."""
+
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        batches = sub.batches()
+        sub.push(FeedEvent(1, time.time() - 1, _tick("fresh")))
+        assert [e.seq for e in await anext(batches)] == [1]
+        sub.push(FeedEvent(2, time.time() - LAG_LIMIT_S - 1, _tick("old")))
+        with pytest.raises(Overflow, match="behind"):
+            await anext(batches)
+        assert sub.overflowed and sub not in bus._subscribers
+
+    asyncio.run(scenario())
+
+
+def test_a_quiet_feed_ticks_and_then_delivers_what_comes() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        sub = bus.subscribe()
+        batches = sub.batches(tick_s=0.01)
+        assert await anext(batches) == []  # nothing happened: a tick
+        bus.publish(_tick(1))
+        assert [e.seq for e in await anext(batches)] == [1]
+        await batches.aclose()
 
     asyncio.run(scenario())

@@ -666,6 +666,25 @@ class ServerStopping(_message.Message):
 Global___ServerStopping: _TypeAlias = ServerStopping  # noqa: Y015
 
 @_typing.final
+class Tick(_message.Message):
+    """Nothing happened for a while: the server is alive and sends this much (the event's
+    time is the server's clock as it sent it; its seq is 0, outside the numbered events).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tick: _TypeAlias = Tick  # noqa: Y015
+
+@_typing.final
 class EventBatch(_message.Message):
     """Events that queued up for one console, sent as one message in their order
     (each keeps its own seq and time). Never nested; at most
@@ -707,6 +726,7 @@ class Event(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     STOPPING_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    TICK_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     time: _builtins.float
     @_builtins.property
@@ -727,6 +747,8 @@ class Event(_message.Message):
     def stopping(self) -> Global___ServerStopping: ...
     @_builtins.property
     def batch(self) -> Global___EventBatch: ...
+    @_builtins.property
+    def tick(self) -> Global___Tick: ...
     def __init__(
         self,
         *,
@@ -741,12 +763,13 @@ class Event(_message.Message):
         command: Global___CommandAudit | None = ...,
         stopping: Global___ServerStopping | None = ...,
         batch: Global___EventBatch | None = ...,
+        tick: Global___Tick | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "snapshot", b"snapshot", "stopping", b"stopping"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "snapshot", b"snapshot", "stopping", b"stopping", "tick", b"tick"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "seq", b"seq", "snapshot", b"snapshot", "stopping", b"stopping", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "body", b"body", "client", b"client", "client_gone", b"client_gone", "command", b"command", "heartbeat", b"heartbeat", "log", b"log", "run", b"run", "seq", b"seq", "snapshot", b"snapshot", "stopping", b"stopping", "tick", b"tick", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command", "stopping", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["snapshot", "client", "client_gone", "run", "log", "heartbeat", "command", "stopping", "batch", "tick"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
