@@ -124,8 +124,17 @@ def test_the_round_countdown_stops_where_the_link_was_lost(tmp_path: Path) -> No
         link, app = dropping_console(tmp_path, clock)
         async with app.run_test(size=(120, 36)) as pilot:
             await ready(pilot)
+            # The heartbeats stamped NOW were heard: the snapshot alone, stamped 130 s before
+            # this console's clock, puts the server's clock 130 s behind (and the link may drop
+            # before they come).
             countdown = app.dashboard.query_one("#round-countdown")
-            assert str(countdown.render()) == "Aggregating in 8s (wait after min)"
+            await wait_for(
+                pilot,
+                lambda: (
+                    app.clock.offset == 0.0
+                    and str(countdown.render()) == "Aggregating in 8s (wait after min)"
+                ),
+            )
             link.drop()
             await wait_for(pilot, lambda: app.link_look is DISCONNECTED)
             for later in (5, 20):  # before and after the deadline
