@@ -48,10 +48,15 @@ class AdminLogin:
     user: str
     role: str
     last_used: float
+    """When it was last used, by the wall clock (what list_admins shows)."""
     serial: int = 0
     """Serial of the certificate it logged in with."""
     issued: datetime | None = None
     """When that certificate was issued."""
+    used_tick: float = 0.0
+    """When it was last used, by the monotonic clock: its idleness is measured on it, so
+    that a step of the wall clock (NTP, a resumed VM) logs no one out and keeps no idle
+    token."""
 
 
 class AdminLogins:
@@ -61,9 +66,11 @@ class AdminLogins:
         self,
         clock: Callable[[], float] = time.time,
         on_login: Callable[[Identity], None] = lambda _: None,
+        ticks: Callable[[], float] = time.monotonic,
     ) -> None:
         """``on_login`` hears of every admitted admin's certificate (its end is checked)."""
         self._clock = clock
+        self._ticks = ticks
         self._on_login = on_login
         self._logins: dict[bytes, AdminLogin] = {}
         """By the SHA-256 of the token (flcore.tokens.token_key)."""
@@ -84,17 +91,23 @@ class AdminLogins:
             shown = user[:MAX_USER_SHOWN]
             log.warning("refused admin login: user %r with certificate of %r", shown, identity.name)
             raise AuthError(f"user name {shown!r} does not match the certificate ({identity.name})")
-        now = self._clock()
+        tick = self._ticks()
         self._logins = {
-            k: s for k, s in self._logins.items() if now - s.last_used < ADMIN_LOGIN_IDLE_S
+            k: s for k, s in self._logins.items() if tick - s.used_tick < ADMIN_LOGIN_IDLE_S
         }
-        mine = sorted((s.last_used, k) for k, s in self._logins.items() if s.user == identity.name)
+        mine = sorted((s.used_tick, k) for k, s in self._logins.items() if s.user == identity.name)
         for _, key in mine[: max(0, len(mine) - MAX_LOGINS_PER_ADMIN + 1)]:
             del self._logins[key]
         self._on_login(identity)
         token = new_token()
         admin = AdminLogin(
-            token, identity.name, identity.role, now, identity.serial, identity.issued
+            token,
+            identity.name,
+            identity.role,
+            self._clock(),
+            identity.serial,
+            identity.issued,
+            tick,
         )
         self._logins[token_key(token)] = admin
         log.info(
@@ -106,8 +119,8 @@ class AdminLogins:
         """The admin of a token presented with its certificate; AuthError otherwise."""
         key = token_key(token)
         admin = self._logins.get(key)
-        now = self._clock()
-        if admin is not None and now - admin.last_used >= ADMIN_LOGIN_IDLE_S:
+        tick = self._ticks()
+        if admin is not None and tick - admin.used_tick >= ADMIN_LOGIN_IDLE_S:
             del self._logins[key]  # idle too long: pruned only at a login before
             admin = None
         if (
@@ -117,12 +130,12 @@ class AdminLogins:
             or identity.name != admin.user
         ):
             raise AuthError("not logged in: log in again")
-        admin.last_used = now
+        admin.last_used, admin.used_tick = self._clock(), tick
         return admin
 
     def _live(self) -> list[AdminLogin]:
-        now = self._clock()
-        return [a for a in self._logins.values() if now - a.last_used < ADMIN_LOGIN_IDLE_S]
+        tick = self._ticks()
+        return [a for a in self._logins.values() if tick - a.used_tick < ADMIN_LOGIN_IDLE_S]
 
     def users(self) -> list[str]:
         """Admins logged in now (a token used within the idle limit, or a console open)."""

@@ -105,6 +105,10 @@ class _Seen:
     clients: dict[str, ClientRow] = field(default_factory=dict)
     lost: dict[str, str] = field(default_factory=dict)
     """Instances dropped for silence and not back, and their kit names."""
+    heard: dict[str, float] = field(default_factory=dict)
+    """When each instance last beat, by the monotonic clock: its silence is measured on it,
+    so that a step of the wall clock (NTP, a resumed VM) makes no site stale, nor hides a
+    silent one."""
 
 
 class ServerTelemetry:
@@ -235,11 +239,13 @@ class ServerTelemetry:
             with self._lock:
                 self._seen.clients[body.instance] = body
                 self._seen.lost.pop(body.instance, None)
+                self._heard(body.instance, body.last_heartbeat)
         elif isinstance(body, Heartbeat):
             with self._lock:
                 row = self._seen.clients.get(body.instance)
                 if row is not None:
                     self._seen.clients[body.instance] = _beat(row, body.time)
+                    self._heard(body.instance, body.time)
         elif isinstance(body, ClientGone):
             self._gone(body)
         elif isinstance(body, CommandSeen):
@@ -248,12 +254,24 @@ class ServerTelemetry:
             with self._lock:
                 self._seen.heartbeat_interval = body.server.heartbeat_interval_s
                 self._seen.clients = {row.instance: row for row in body.clients}
+                self._seen.heard = {}
+                for row in body.clients:
+                    self._heard(row.instance, row.last_heartbeat)
             self._run(body.run)
+
+    def _heard(self, instance: str, beat: float) -> None:
+        """Note a beat the feed stamped ``beat`` on the wall clock: as long ago on the
+        monotonic clock as it is now on the wall clock (a beat just published: now)."""
+        if beat:
+            self._seen.heard[instance] = time.monotonic() - max(0.0, time.time() - beat)
+        else:
+            self._seen.heard.pop(instance, None)
 
     def _gone(self, gone: ClientGone) -> None:
         self.removals.labels(removal_reason(gone.reason)).inc()
         with self._lock:
             row = self._seen.clients.pop(gone.instance, None)
+            self._seen.heard.pop(gone.instance, None)
             if gone.reason not in (st.LOGGED_OUT, st.REVOKED):
                 self._seen.lost[gone.instance] = row.client_name if row else gone.instance
 
@@ -293,21 +311,26 @@ class ServerTelemetry:
             run = self._seen.run
             rows = list(self._seen.clients.values())
             lost = dict(self._seen.lost)
+            heard = dict(self._seen.heard)
             stale_s = stale_after(self._seen.heartbeat_interval)
-        yield from self._client_gauges(rows, lost, stale_s)
+        yield from self._client_gauges(rows, lost, heard, stale_s)
         yield from _run_gauges(run)
         yield from self._disk_gauges(run.run_number)
 
     def _client_gauges(
-        self, rows: list[ClientRow], lost: dict[str, str], stale_s: float
+        self,
+        rows: list[ClientRow],
+        lost: dict[str, str],
+        heard: dict[str, float],
+        stale_s: float,
     ) -> Iterator[Metric]:
-        now = time.time()
+        now = time.monotonic()
         states = dict.fromkeys(CLIENT_STATES, 0)
         last_beat: dict[str, float] = {}
         for row in rows:
             if not row.connected:
                 states["offline"] += 1
-            elif row.last_heartbeat and now - row.last_heartbeat > stale_s:
+            elif row.instance in heard and now - heard[row.instance] > stale_s:
                 states["stale"] += 1
             else:
                 states["online"] += 1

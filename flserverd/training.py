@@ -27,8 +27,11 @@ committed before its files are written, and the run's end is recorded last;
 a restart counts the reports recorded and asks only the sites missing, and
 ends a run whose final result was committed without asking anyone again.
 
-The clock and the round timer are injected, so tests drive the
-``wait_after_min_clients`` and final-validation timers themselves.
+The clock, the ticks and the round timer are injected, so tests drive the
+``wait_after_min_clients`` and final-validation timers themselves. Timestamps
+(when a round was aggregated, when a run ended) come from the wall clock; a
+round's duration comes from the ticks (the monotonic clock), so that a step of
+the wall clock (NTP, a resumed VM) never records a negative or inflated one.
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ class RoundState:
     number: int
     aggregator: Aggregator
     started: float
+    """When the round began, by the ticks (the monotonic clock): only its duration is shown."""
     participants: set[str] = field(default_factory=set)
     kits: dict[str, str] = field(default_factory=dict)
     """The kit of each participant instance (a kit may run several)."""
@@ -215,6 +219,7 @@ class Training:
         listener: TrainingListener,
         clock: Callable[[], float] = time.time,
         timer: Timer = loop_timer,
+        ticks: Callable[[], float] = time.monotonic,
     ) -> None:
         self.run = run
         self.config = config
@@ -223,6 +228,7 @@ class Training:
         self._db = db
         self._listener = listener
         self._clock = clock
+        self._ticks = ticks
         self._call_later = timer
         self._lock = asyncio.Lock()
         self._timer: TimerHandle | None = None
@@ -247,8 +253,8 @@ class Training:
         )
         """The latest rounds, for the feed; metrics.jsonl and the database have them all."""
         self.final_reports: dict[str, int] = {}
-        self._final = RoundState(run.num_rounds, self._aggregator(run.num_rounds), clock())
-        self.round = RoundState(run.next_round, self._aggregator(run.next_round), clock())
+        self._final = RoundState(run.num_rounds, self._aggregator(run.num_rounds), ticks())
+        self.round = RoundState(run.next_round, self._aggregator(run.next_round), ticks())
         if run.phase == PHASE_FINAL_VALIDATION:
             self._start_final_validation()
             self._take_up_final_reports()
@@ -830,14 +836,13 @@ class Training:
             return None
         faultpoints.reached(faultpoints.SERVER_COMMIT)
         metrics = state.mean_metrics()
-        now = self._clock()
         summary = RoundSummary(
             run=number,
             round=state.number,
-            time=now,
+            time=self._clock(),
             clients=sorted(state.contributed),
             metrics=metrics,
-            duration_s=round(now - state.started, 4),
+            duration_s=round(self._ticks() - state.started, 4),
             samples=sum(state.contributed.values()),
             updates=updates,
             wire=replace(state.wire, compression=self.config.wire_compression.value),
@@ -877,7 +882,7 @@ class Training:
                 self._start_final_validation()
             else:
                 self.round = RoundState(
-                    record.next_round, self._aggregator(record.next_round), summary.time
+                    record.next_round, self._aggregator(record.next_round), self._ticks()
                 )
             if not self.fault:
                 self._offer_all()
@@ -921,7 +926,7 @@ class Training:
     def _start_final_validation(self) -> None:
         self.run.phase = PHASE_FINAL_VALIDATION
         self._final = RoundState(
-            self.run.num_rounds, self._aggregator(self.run.num_rounds), self._clock()
+            self.run.num_rounds, self._aggregator(self.run.num_rounds), self._ticks()
         )
         self.final_reports = {}
         self._cancel_timer()

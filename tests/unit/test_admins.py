@@ -31,7 +31,7 @@ class Clock:
 
 
 def test_a_looping_script_keeps_a_bounded_number_of_tokens_least_recently_used_first() -> None:
-    logins = AdminLogins(Clock())
+    logins = AdminLogins(ticks=Clock())
     console, _ = logins.login(ADMIN, ADMIN.name)
     scripts = [logins.login(ADMIN, ADMIN.name)[0] for _ in range(MAX_LOGINS_PER_ADMIN - 2)]
     logins.authenticate(console, ADMIN)  # the console keeps working: its token is recent
@@ -47,7 +47,7 @@ def test_a_looping_script_keeps_a_bounded_number_of_tokens_least_recently_used_f
 
 
 def test_a_token_works_only_whole_and_with_its_certificate() -> None:
-    logins = AdminLogins(Clock())
+    logins = AdminLogins(ticks=Clock())
     token, _ = logins.login(ADMIN, ADMIN.name)
     for presented, identity in ((token, OTHER), (token, None), (token[:-1], ADMIN), ("", ADMIN)):
         with pytest.raises(AuthError, match="not logged in"):
@@ -64,7 +64,7 @@ def test_a_token_idle_for_12_hours_is_refused_though_nobody_logged_in_since() ->
     """Idle tokens were dropped only when someone logged in: on a quiet server one idle for
     days still worked, while list_admins said nobody was logged in."""
     clock = Clock()
-    logins = AdminLogins(clock)
+    logins = AdminLogins(ticks=clock)
     token, _ = logins.login(ADMIN, ADMIN.name)
     clock.now += ADMIN_LOGIN_IDLE_S - 10
     assert logins.authenticate(token, ADMIN).user == ADMIN.name  # used: idle from now on
@@ -75,7 +75,7 @@ def test_a_token_idle_for_12_hours_is_refused_though_nobody_logged_in_since() ->
 
 
 def test_revoke_logs_out_exactly_the_refused_admins() -> None:
-    logins = AdminLogins(Clock())
+    logins = AdminLogins(ticks=Clock())
     mine = [logins.login(ADMIN, ADMIN.name)[0] for _ in range(2)]
     kept, _ = logins.login(OTHER, OTHER.name)
     out = logins.revoke(lambda admin: "revoked" if admin.serial == ADMIN.serial else None)
@@ -88,7 +88,7 @@ def test_revoke_logs_out_exactly_the_refused_admins() -> None:
 def test_one_admin_has_a_bounded_number_of_feeds_and_commands_under_way() -> None:
     """A script that opens feeds or fires fan-outs without waiting for their replies held
     the server's queues and every site's control stream; another admin is not held up."""
-    logins = AdminLogins(Clock())
+    logins = AdminLogins(ticks=Clock())
     with ExitStack() as feeds:
         for _ in range(MAX_FEEDS_PER_ADMIN):
             logins.may_follow(ADMIN.name)

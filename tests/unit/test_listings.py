@@ -189,7 +189,7 @@ def test_list_apps_gives_size_and_the_digest_sites_approve(tmp_path: Path) -> No
 
 def test_list_admins_says_who_is_logged_in_and_what_they_ran_last() -> None:
     now = [1000.0]
-    logins = AdminLogins(clock=lambda: now[0])
+    logins = AdminLogins(clock=lambda: now[0], ticks=lambda: now[0])
     lead = Identity(ADMIN, "lead", KIND_ADMIN, "super")
     viewer = Identity("viewer@example.org", "lead", KIND_ADMIN, "member")
     logins.login(lead, ADMIN)
