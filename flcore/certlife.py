@@ -53,9 +53,13 @@ class CertLife:
         """The validity of ``cert``."""
         return cls(what, cert.not_valid_before_utc, cert.not_valid_after_utc, renewal)
 
+    def ended(self, now: datetime) -> bool:
+        """Whether the certificate has ended at ``now`` (no clock fix makes it valid again)."""
+        return now >= self.not_after
+
     def problem(self, now: datetime) -> str | None:
         """Why the certificate cannot be used at ``now``, or None."""
-        if now >= self.not_after:
+        if self.ended(now):
             return f"{self.what} expired on {_when(self.not_after)}: {self.renewal}"
         if now < self.not_before:
             return (
@@ -139,15 +143,24 @@ def tell(lives: Sequence[CertLife], now: datetime) -> list[str]:
     return problems
 
 
+class NotValidYet(ConfigError):
+    """A certificate is not valid yet by this machine's clock: a clock that NTP corrects
+    soon after boot, so the daemon is started again (exit 3), unlike for an ended one."""
+
+
 def check_lives(lives: Sequence[CertLife], now: datetime) -> None:
     """What a daemon checks at start: warns about a certificate that ends soon.
 
     Raises:
-        ConfigError: a certificate has ended or is not valid yet.
+        ConfigError: a certificate has ended.
+        NotValidYet: none has ended, and one is not valid yet.
     """
     problems = tell(lives, now)
+    ended = [life.problem(now) for life in lives if life.ended(now)]
+    if ended:
+        raise ConfigError(str(ended[0]))
     if problems:
-        raise ConfigError(problems[0])
+        raise NotValidYet(problems[0])
 
 
 async def watch_lives(
@@ -161,6 +174,18 @@ async def watch_lives(
         await pause(DAY_S)
         for problem in tell(lives, clock()):
             log.error("%s", problem)
+
+
+def peer_ended(identity: Identity, now: datetime) -> str | None:
+    """Why the server refuses a call of ``identity`` whose certificate has ended at ``now``
+    (None: it has not). TLS checks the end at the handshake only, and a connection that
+    stays up outlives it."""
+    if identity.valid_until is None or now < identity.valid_until:
+        return None
+    return (
+        f"the certificate of {identity.name} expired on {_when(identity.valid_until)}: "
+        f"{participant_renewal(identity.name)}"
+    )
 
 
 MAX_WARNED = 10_000

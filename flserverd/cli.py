@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flserverd console script."""
     started = start_daemon(parse_args(argv), load_server, log)
-    if started is None:
-        return EXIT_CONFIG
+    if isinstance(started, int):
+        return started
     workspace, startup = started
     try:
         return asyncio.run(serve(workspace, startup))

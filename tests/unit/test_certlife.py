@@ -143,13 +143,16 @@ def test_the_server_warns_of_an_ending_peer_once_a_day(caplog: pytest.LogCapture
     ]
 
 
-def ended_kit(provisioned: Any, name: str, subject: pki.Subject, into: Path) -> datetime:
-    """Extract ``name``'s kit into ``into`` with a certificate of the project's CA that ended,
-    sealed again by the CA as lead IT would have; returns when it ended."""
+def ended_kit(
+    provisioned: Any, name: str, subject: pki.Subject, into: Path, ago: timedelta = timedelta(40)
+) -> datetime:
+    """Extract ``name``'s kit into ``into`` with a 30-day certificate of the project's CA
+    issued ``ago`` (one that ended, by default), sealed again by the CA as lead IT would
+    have; returns when it ends."""
     extract_kit(provisioned.kit(name), provisioned.password(name), into)
     startup = into / STARTUP_DIR
     ca = Workspace(provisioned.root).require_ca()
-    ended = pki.issue(ca, subject, "ecdsa-p256", 30, datetime.now(UTC) - timedelta(days=40))
+    ended = pki.issue(ca, subject, "ecdsa-p256", 30, datetime.now(UTC) - ago)
     (startup / "client.crt").write_bytes(pki.cert_pem(ended.cert))
     (startup / "client.key").write_bytes(pki.key_pem(ended.key))
     files = {k: v for k, v in read_startup(startup).items() if k != SIGNATURE_FILE}
@@ -176,6 +179,25 @@ def test_a_daemon_whose_certificate_ended_refuses_to_start_and_says_why(
         daemon.stderr
     )
     assert "Traceback" not in daemon.stderr
+
+
+def test_a_daemon_whose_clock_is_behind_its_certificate_exits_to_be_started_again(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """A host that boots with its clock wrong has it set by NTP soon after: exit 3, which
+    systemd restarts, where exit 2 left the unit failed for good."""
+    workspace = tmp_path / "site-a"
+    subject = pki.Subject("site-a", "hospital-a", KIND_CLIENT)
+    ended_kit(provisioned_workspace, "site-a", subject, workspace, -timedelta(days=1))
+    daemon = subprocess.run(
+        [sys.executable, "-m", "flclientd", "--workspace", str(workspace)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert daemon.returncode == 3
+    assert "this kit's certificate (site-a) is valid from " in daemon.stderr
+    assert "set the clock right (NTP); exiting to be started again" in daemon.stderr
 
 
 def test_an_admin_kit_that_ended_is_refused_and_one_that_ends_soon_is_said(
