@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fldev.cluster import Cluster
 from flcore.identity import KIND_CLIENT
 from flcore.kitsig import SIGNATURE_FILE, read_startup, sign_files
 from flcore.startup import STARTUP_DIR
+from fldev.cluster import Cluster
 from provision import pki
 from provision.workspace import Workspace
 
