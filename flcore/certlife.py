@@ -188,20 +188,53 @@ def peer_ended(identity: Identity, now: datetime) -> str | None:
     )
 
 
+PEER_ENDS_CHECK_S = 3600.0
+"""How often the server looks for certificates of its participants that have ended."""
+
+
+async def watch_peer_ends(
+    ends: Callable[[], Sequence[tuple[str, str, float]]],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Log one WARNING when the certificate of a site or an admin the server has seen ends
+    (``ends``: name, kind and end as a POSIX time, its newest certificate's): TLS then
+    refuses it at the handshake, where gRPC gives the server no hook and nothing to log,
+    so lead IT would hear of it from the site alone. One that ended before the server
+    started is said at its start."""
+    said: set[tuple[str, float]] = set()
+    while True:
+        now = clock().timestamp()
+        for name, kind, end in ends():
+            if end <= now and (name, end) not in said:
+                said.add((name, end))
+                log.warning(
+                    "the certificate of %s %s expired on %s: it can no longer connect until "
+                    "lead IT issues it a renewed kit (flprovision --reissue %s, or signs its "
+                    "new request if it makes its own key)",
+                    kind,
+                    name,
+                    _when(datetime.fromtimestamp(end, UTC)),
+                    name,
+                )
+        await pause(PEER_ENDS_CHECK_S)
+
+
 MAX_WARNED = 10_000
 """Participants remembered as warned today (they are provisioned kits, so few; bounded
 all the same)."""
 
 
 class EndingPeers:
-    """The server's warning, at most once a day per participant, when a site or an admin
+    """The server's warning, at most once a day per certificate, when a site or an admin
     whose certificate ends soon logs in: lead IT reads the server's log, and only lead IT
-    can issue the new kit."""
+    can issue the new kit. By certificate, not name: a replacement kit that ends sooner
+    than the one warned of today is warned of too."""
 
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._clock = clock
-        self._warned: dict[str, str] = {}
-        """The day (ISO date) each participant was last warned about."""
+        self._warned: dict[int, str] = {}
+        """The day (ISO date) each certificate (by serial) was last warned about."""
 
     def logged_in(self, identity: Identity) -> None:
         """Warn about ``identity``'s certificate if it ends soon and was not warned of today."""
@@ -209,7 +242,7 @@ class EndingPeers:
             return
         now = self._clock()
         today = now.date().isoformat()
-        if self._warned.get(identity.name) == today:
+        if self._warned.get(identity.serial) == today:
             return
         warning = ends_soon(
             f"the certificate of {identity.kind} {identity.name}",
@@ -222,5 +255,5 @@ class EndingPeers:
             return
         if len(self._warned) >= MAX_WARNED:
             self._warned.clear()
-        self._warned[identity.name] = today
+        self._warned[identity.serial] = today
         log.warning("%s", warning)

@@ -245,12 +245,18 @@ def test_a_site_and_an_admin_whose_certificates_end_soon_are_warned_of_at_login(
         on_server(tmp_path, scenario)
     said = [r.getMessage().split(" expires on ")[0] for r in caplog.records]
     assert said == ["the certificate of client site-a", "the certificate of admin lead@org"]
-    # lead IT reads it in check_status server too, whenever it looks
+    # lead IT reads it in check_status server too, whenever it looks: the admin's as well
     end = site.cert.not_valid_after_utc
     [status] = shown
-    assert f"Certificates ending within 30 days: site-a on {end:%Y-%m-%d}" in status.text
-    assert status.data["certificates_ending"] == {"site-a": end.isoformat()}
-    assert status.data["certificates_ending_count"] == 1
+    assert (
+        f"Certificates ending within 30 days: lead@org on {end:%Y-%m-%d}, site-a on {end:%Y-%m-%d}"
+        in status.text
+    )
+    assert status.data["certificates_ending"] == {
+        "lead@org": end.isoformat(),
+        "site-a": end.isoformat(),
+    }
+    assert status.data["certificates_ending_count"] == 2
 
 
 def test_check_status_server_names_the_kits_that_end_first_and_counts_the_rest(
