@@ -8,7 +8,9 @@ its own certificate and the CA's at start: one that has ended, or is not
 valid yet (a clock that is wrong), is a clear error before any port opens,
 and one that ends within :data:`WARN_DAYS` is a warning, repeated daily
 while the daemon runs. The server also warns when a site or an admin whose
-certificate ends soon logs in, since only lead IT can issue new kits.
+certificate ends soon logs in, since only lead IT can issue new kits, and
+says once when one has ended (the handshake TLS then refuses gives gRPC
+Python's server no hook, so nothing else would be logged).
 """
 
 from __future__ import annotations
