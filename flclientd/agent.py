@@ -50,6 +50,7 @@ from flclientd.uplink import Uplink, details
 from flcore import status as st
 from flcore.appconfig import load_app
 from flcore.appreview import AppReview, review_app
+from flcore.certlife import kit_lives
 from flcore.diskfault import disk_fault, free_bytes
 from flcore.federation import (
     MAX_RUN_NUMBER,
@@ -72,7 +73,7 @@ from flcore.logs import one_line
 from flcore.metrics import format_metrics
 from flcore.progress import TransferStalled
 from flcore.schema import ConfigError, name_like, shown
-from flcore.startup import ClientStartup
+from flcore.startup import STARTUP_DIR, ClientStartup
 from flcore.status import ClientStatus
 from flcore.tensorfile import TensorFileError
 from flcore.tls import TlsFiles
@@ -245,7 +246,14 @@ class Agent:
             pid=os.getpid(),
         )
         self.uplink = Uplink(
-            self.conn, startup, self.store, info, self._status_now, self._dispatch, forwarder
+            self.conn,
+            startup,
+            self.store,
+            info,
+            self._status_now,
+            self._dispatch,
+            forwarder,
+            kit_lives(workspace / STARTUP_DIR, startup, startup.name),
         )
         self.worker: TrainingProcess | None = None
         self.context: RunContext | None = None

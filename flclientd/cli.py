@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return review.main(argv)
     args = parse_args(argv)
     started = start_daemon(args, load_client, log)
-    if started is None:
-        return EXIT_REFUSED
+    if isinstance(started, int):
+        return started
     workspace, startup = started
     try:
         claim_state(

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -22,6 +23,7 @@ import grpc
 from flclientd.connection import Connection, ControlStream
 from flclientd.logforward import LogForwarder
 from flclientd.sitestate import SiteStore
+from flcore.certlife import CertLife
 from flcore.federation import (
     ClientHeartbeat,
     Downward,
@@ -66,6 +68,19 @@ SERVER_ERRORS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 SERVER_ERROR_TRIES = 5
 
 
+CLOSED_HINT = (
+    "; the server closed every TLS handshake, so it runs but refuses this kit: its clock may "
+    "be wrong (ahead of this kit's end, or behind its start), this kit may be revoked, or it "
+    "may be another project's kit; the server's IT can tell which"
+)
+
+
+def handshake_closed(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the server closed the connection during the TLS handshake: what a server that
+    refuses the client's certificate does (gRPC says no more than "Socket closed")."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and "Socket closed" in (exc.details() or "")
+
+
 class Uplink:
     """The client's side of its registration with the server and its control stream."""
 
@@ -78,8 +93,12 @@ class Uplink:
         status: Callable[[], ClientStatus],
         dispatch: Callable[[Downward | Unreadable], None],
         forwarder: LogForwarder | None,
+        lives: Sequence[CertLife] = (),
     ) -> None:
         self.conn = conn
+        self._lives = lives
+        """The kit's certificates, checked again when connecting fails: TLS refuses one that
+        ended while the daemon ran, and the server says nothing the client can read."""
         self.startup = startup
         self.store = store
         self.instance = startup.name
@@ -123,10 +142,19 @@ class Uplink:
         """Stay connected until stopped (0), or until the retry window runs out (3)."""
         lost_since = time.monotonic()
         delay = 0.2
+        tries = closed = 0
+        """Tries since the connection was lost, and those the server closed at the handshake
+        (a server down refuses the connection, or does not answer, instead)."""
         while not self._stop.is_set():
             try:
                 login = await self.conn.login(self.store.state.token, self._info)
             except grpc.aio.AioRpcError as exc:
+                ended = self._ended()
+                if ended is not None:
+                    log.error("%s", ended)
+                    return EXIT_REFUSED
+                tries += 1
+                closed += handshake_closed(exc)
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     log.error("the server refused this client: %s", details(exc))
                     return EXIT_REFUSED
@@ -153,19 +181,26 @@ class Uplink:
                 if self._stop.is_set():
                     break
                 lost_since = time.monotonic()
+                tries = closed = 0
             waited = time.monotonic() - lost_since
             if waited > self.startup.retry_window:
                 log.error(
                     "server unreachable for %.0fs (retry window %.0fs): exiting so that the "
-                    "service manager restarts this client",
+                    "service manager restarts this client%s",
                     waited,
                     self.startup.retry_window,
+                    CLOSED_HINT if tries and closed == tries else "",
                 )
                 return EXIT_RETRY_WINDOW
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 2.0)
         return 0
+
+    def _ended(self) -> str | None:
+        """Why the kit's certificate or its CA has ended by this machine's clock, or None."""
+        now = datetime.now(UTC)
+        return next((life.problem(now) for life in self._lives if life.ended(now)), None)
 
     async def _logged_in_since(self, logins: int) -> bool:
         """Whether the uplink logged in again after ``logins`` and has its stream up, waiting

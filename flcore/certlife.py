@@ -8,7 +8,9 @@ its own certificate and the CA's at start: one that has ended, or is not
 valid yet (a clock that is wrong), is a clear error before any port opens,
 and one that ends within :data:`WARN_DAYS` is a warning, repeated daily
 while the daemon runs. The server also warns when a site or an admin whose
-certificate ends soon logs in, since only lead IT can issue new kits.
+certificate ends soon logs in, since only lead IT can issue new kits, and
+says once when one has ended (the handshake TLS then refuses gives gRPC
+Python's server no hook, so nothing else would be logged).
 """
 
 from __future__ import annotations
@@ -53,9 +55,13 @@ class CertLife:
         """The validity of ``cert``."""
         return cls(what, cert.not_valid_before_utc, cert.not_valid_after_utc, renewal)
 
+    def ended(self, now: datetime) -> bool:
+        """Whether the certificate has ended at ``now`` (no clock fix makes it valid again)."""
+        return now >= self.not_after
+
     def problem(self, now: datetime) -> str | None:
         """Why the certificate cannot be used at ``now``, or None."""
-        if now >= self.not_after:
+        if self.ended(now):
             return f"{self.what} expired on {_when(self.not_after)}: {self.renewal}"
         if now < self.not_before:
             return (
@@ -139,15 +145,24 @@ def tell(lives: Sequence[CertLife], now: datetime) -> list[str]:
     return problems
 
 
+class NotValidYet(ConfigError):
+    """A certificate is not valid yet by this machine's clock: a clock that NTP corrects
+    soon after boot, so the daemon is started again (exit 3), unlike for an ended one."""
+
+
 def check_lives(lives: Sequence[CertLife], now: datetime) -> None:
     """What a daemon checks at start: warns about a certificate that ends soon.
 
     Raises:
-        ConfigError: a certificate has ended or is not valid yet.
+        ConfigError: a certificate has ended.
+        NotValidYet: none has ended, and one is not valid yet.
     """
     problems = tell(lives, now)
+    ended = [life.problem(now) for life in lives if life.ended(now)]
+    if ended:
+        raise ConfigError(str(ended[0]))
     if problems:
-        raise ConfigError(problems[0])
+        raise NotValidYet(problems[0])
 
 
 async def watch_lives(
@@ -163,20 +178,65 @@ async def watch_lives(
             log.error("%s", problem)
 
 
+def peer_ended(identity: Identity, now: datetime) -> str | None:
+    """Why the server refuses a call of ``identity`` whose certificate has ended at ``now``
+    (None: it has not). TLS checks the end at the handshake only, and a connection that
+    stays up outlives it."""
+    if identity.valid_until is None or now < identity.valid_until:
+        return None
+    return (
+        f"the certificate of {identity.name} expired on {_when(identity.valid_until)}: "
+        f"{participant_renewal(identity.name)}"
+    )
+
+
+PEER_ENDS_CHECK_S = 3600.0
+"""How often the server looks for certificates of its participants that have ended."""
+
+
+async def watch_peer_ends(
+    ends: Callable[[], Sequence[tuple[str, str, float]]],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Log one WARNING when the certificate of a site or an admin the server has seen ends
+    (``ends``: name, kind and end as a POSIX time, its newest certificate's): TLS then
+    refuses it at the handshake, where gRPC gives the server no hook and nothing to log,
+    so lead IT would hear of it from the site alone. One that ended before the server
+    started is said at its start."""
+    said: set[tuple[str, float]] = set()
+    while True:
+        now = clock().timestamp()
+        for name, kind, end in ends():
+            if end <= now and (name, end) not in said:
+                said.add((name, end))
+                log.warning(
+                    "the certificate of %s %s expired on %s: it can no longer connect until "
+                    "lead IT issues it a renewed kit (flprovision --reissue %s, or signs its "
+                    "new request if it makes its own key)",
+                    kind,
+                    name,
+                    _when(datetime.fromtimestamp(end, UTC)),
+                    name,
+                )
+        await pause(PEER_ENDS_CHECK_S)
+
+
 MAX_WARNED = 10_000
 """Participants remembered as warned today (they are provisioned kits, so few; bounded
 all the same)."""
 
 
 class EndingPeers:
-    """The server's warning, at most once a day per participant, when a site or an admin
+    """The server's warning, at most once a day per certificate, when a site or an admin
     whose certificate ends soon logs in: lead IT reads the server's log, and only lead IT
-    can issue the new kit."""
+    can issue the new kit. By certificate, not name: a replacement kit that ends sooner
+    than the one warned of today is warned of too."""
 
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._clock = clock
-        self._warned: dict[str, str] = {}
-        """The day (ISO date) each participant was last warned about."""
+        self._warned: dict[int, str] = {}
+        """The day (ISO date) each certificate (by serial) was last warned about."""
 
     def logged_in(self, identity: Identity) -> None:
         """Warn about ``identity``'s certificate if it ends soon and was not warned of today."""
@@ -184,7 +244,7 @@ class EndingPeers:
             return
         now = self._clock()
         today = now.date().isoformat()
-        if self._warned.get(identity.name) == today:
+        if self._warned.get(identity.serial) == today:
             return
         warning = ends_soon(
             f"the certificate of {identity.kind} {identity.name}",
@@ -197,5 +257,5 @@ class EndingPeers:
             return
         if len(self._warned) >= MAX_WARNED:
             self._warned.clear()
-        self._warned[identity.name] = today
+        self._warned[identity.serial] = today
         log.warning("%s", warning)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from flcore import faultpoints
-from flcore.certlife import check_lives, kit_lives
+from flcore.certlife import NotValidYet, check_lives, kit_lives
 from flcore.kitsig import KitSignatureError, verify_startup
 from flcore.logs import setup_logging
 from flcore.schema import ConfigError
@@ -68,16 +68,24 @@ def daemon_parser(prog: str, description: str, workspace: str) -> argparse.Argum
     return parser
 
 
+EXIT_KIT = 2
+"""The kit cannot be used as it is: systemd does not start the daemon again."""
+EXIT_RETRY = 3
+"""Worth starting again (systemd does, after 5 s): the server was unreachable, or the
+clock is behind the kit's certificates (NTP corrects it soon after boot)."""
+
+
 def start_daemon(
     args: argparse.Namespace, load: Callable[[Path], S], daemon_log: logging.Logger
-) -> tuple[Path, S] | None:
+) -> tuple[Path, S] | int:
     """What both daemons do before anything else: files for their user alone, no core
     dumps, room for connections, few malloc arenas, logging to stderr, then the kit's
     signature, its startup config (refused where others may change it) and its
     certificates' validity (an ended one is refused, one that ends soon warned about).
 
-    Returns the resolved workspace and the loaded config, or None after
-    logging (to ``daemon_log``) why the kit cannot be used.
+    Returns the resolved workspace and the loaded config, or after logging (to
+    ``daemon_log``) why the kit cannot be used, the exit code: :data:`EXIT_RETRY` when
+    a certificate is not valid yet by this machine's clock, :data:`EXIT_KIT` otherwise.
     """
     os.umask(DAEMON_UMASK)
     forbid_core_dumps()
@@ -91,9 +99,12 @@ def start_daemon(
         config = load(workspace)
         check_lives(kit_lives(workspace / STARTUP_DIR, config, config.name), datetime.now(UTC))
         return workspace, config
+    except NotValidYet as exc:
+        daemon_log.error("%s; exiting to be started again", exc)
+        return EXIT_RETRY
     except (KitSignatureError, ConfigError) as exc:
         daemon_log.error("%s", exc)
-        return None
+        return EXIT_KIT
     except OSError as exc:  # a kit file the daemon's user may not read, a name too long
         daemon_log.error(
             "cannot read the kit: %s: %s; check that this user may read every file of "
@@ -101,7 +112,7 @@ def start_daemon(
             exc.filename or workspace,
             exc.strerror or exc,
         )
-        return None
+        return EXIT_KIT
 
 
 def stop_on_signals(stop: Callable[[], None]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 
-from flcore.certlife import kit_lives, watch_lives
+from flcore.certlife import kit_lives, watch_lives, watch_peer_ends
 from flcore.daemon import (
     collect_garbage_in_bulk,
     daemon_parser,
@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the flserverd console script."""
     started = start_daemon(parse_args(argv), load_server, log)
-    if started is None:
-        return EXIT_CONFIG
+    if isinstance(started, int):
+        return started
     workspace, startup = started
     try:
         return asyncio.run(serve(workspace, startup))
@@ -116,6 +116,7 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     stopped = loop.create_task(stop.wait())
 
     kit_watch = loop.create_task(watch_lives(lives))
+    peers_watch = loop.create_task(watch_peer_ends(server.db.certificate_ends))
     collect_garbage_in_bulk()
     notify("READY=1", f"STATUS=serving project {startup.project}")
     log.info(
@@ -136,5 +137,6 @@ async def serve(workspace: Path, startup: ServerStartup) -> int:
     await server.close(CHECKPOINT_GRACE_S)
     await watching.close()
     kit_watch.cancel()
+    peers_watch.cancel()
     log.info("flserverd stopped")
     return 0

@@ -23,7 +23,7 @@ from typing import Any
 
 from flcore import status as st
 from flcore.appreview import review_app
-from flcore.certlife import WARN_DAYS
+from flcore.certlife import WARN_DAYS, kit_lives
 from flcore.crossvalmatrix import ValidationMatrix
 from flcore.diskfault import disk_fault
 from flcore.federation import MAX_RUN_NUMBER
@@ -31,6 +31,8 @@ from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, c
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
 from flcore.listingrecords import AdminLine, RunLine
+from flcore.schema import ConfigError
+from flcore.startup import STARTUP_DIR
 from flserverd import confirm, listings
 from flserverd.confirm import Confirmation
 from flserverd.registry import RegisteredClient
@@ -644,7 +646,11 @@ def _server_status(server: FLServer, roster: RosterText, with_rows: bool) -> Rep
     lines.extend(registered)
     ending, first = _ending_certificates(server)
     if ending:
-        soon = ", ".join(f"{name} on {until:%Y-%m-%d}" for name, until in first.items())
+        now = datetime.now(UTC)
+        soon = ", ".join(
+            f"{name} {'ended on' if until <= now else 'on'} {until:%Y-%m-%d}"
+            for name, until in first.items()
+        )
         more = f", and {ending - len(first)} more" if ending > len(first) else ""
         lines.append(f"Certificates ending within {WARN_DAYS} days: {soon}{more}")
     data: dict[str, Any] = {
@@ -660,16 +666,25 @@ def _server_status(server: FLServer, roster: RosterText, with_rows: bool) -> Rep
 
 
 def _ending_certificates(server: FLServer) -> tuple[int, dict[str, datetime]]:
-    """How many registered clients' kits end within WARN_DAYS, and the ENDING_SHOWN that end
-    first, by name: lead IT re-issues them before they do (docs/operations.md, "Certificates
-    end"). Kits issued together end together: a fleet's thousand would make every status
-    a thousand dates long, and slow."""
+    """How many certificates end within WARN_DAYS or have ended, and the ENDING_SHOWN that
+    end first, by name: lead IT re-issues them before they do (docs/operations.md,
+    "Certificates end"). The server's own (every kit issued with it ends with it), and each
+    site's and admin's the server has seen, whether it is connected or not (its newest
+    certificate's end: an older kit's is no news). Kits issued together end together: a
+    fleet's thousand would make every status a thousand dates long, and slow."""
     soon = datetime.now(UTC) + timedelta(days=WARN_DAYS)
-    ending: dict[str, datetime] = {}
-    for client in server.registry.clients():
-        until = client.valid_until
-        if until is not None and until <= soon:
-            ending[client.client_name] = min(until, ending.get(client.client_name, until))
+    ending = {
+        name: until
+        for name, _, end in server.db.certificate_ends()
+        if (until := datetime.fromtimestamp(end, UTC)) <= soon
+    }
+    try:
+        own = kit_lives(server.workspace / STARTUP_DIR, server.startup, server.startup.name)[0]
+    except ConfigError:
+        pass  # its kit was readable at start; it says so itself, daily, if it is no more
+    else:
+        if own.not_after <= soon:
+            ending[server.startup.name] = own.not_after
     first = heapq.nsmallest(ENDING_SHOWN, ending.items(), key=lambda item: (item[1], item[0]))
     return len(ending), dict(first)
 

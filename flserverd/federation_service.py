@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import grpc
 
 from flcore import faultpoints
 from flcore import status as st
+from flcore.certlife import peer_ended
 from flcore.compression import WireChunk, encoded_chunks
 from flcore.folders import iter_chunks
 from flcore.progress import ProgressWatch, TransferStalled
@@ -113,12 +115,26 @@ class FederationService(fed_grpc.FederationServicer):
         assert first is not None
         client = await self._client(first.hello.token, context)
         link = self.server.attach(client, status_from_proto(first.hello.status))
-        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, client))
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read(request_iterator, client))
         reader.add_done_callback(lambda _: link.close())
+        # TLS checked the certificate's end at the handshake only: the stream ends with it.
+        identity = peer_identity(context)
+        end = identity.valid_until if identity is not None else None
+        ending = (
+            loop.call_later(max((end - datetime.now(UTC)).total_seconds(), 0.0), link.close)
+            if end is not None
+            else None
+        )
         try:
             while (message := await link.next()) is not None:
                 yield downward_to_proto(message)
+            ended = peer_ended(identity, datetime.now(UTC)) if identity is not None else None
+            if ended is not None:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, ended)
         finally:
+            if ending is not None:
+                ending.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await reader

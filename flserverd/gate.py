@@ -8,7 +8,8 @@ A gRPC interceptor, so that no RPC of either service can skip it:
   (:class:`flserverd.revocation.Revocations`); a revoked one is refused
   with ``PERMISSION_DENIED`` and the reason. gRPC Python offers no hook into
   the TLS handshake itself, so this is where revocation bites: a connection
-  can do nothing but make calls.
+  can do nothing but make calls. So is a certificate's end: TLS checks it
+  at the handshake only, and a connection that stays up outlives it.
 - ``Login`` calls are counted per certificate name
   (:class:`flserverd.throttle.Throttle`); one over the limit gets
   ``RESOURCE_EXHAUSTED`` and how long to wait. The certificate of an
@@ -24,10 +25,12 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import grpc
 
+from flcore.certlife import peer_ended
 from flserverd.revocation import Revocations
 from flserverd.rpc import Context, peer_identity
 from flserverd.throttle import Throttle
@@ -35,7 +38,8 @@ from flserverd.throttle import Throttle
 log = logging.getLogger(__name__)
 
 REFUSAL_LOG_EVERY_S = 60.0
-"""A refused certificate is logged once a minute at most: a revoked kit may keep trying."""
+"""A refused certificate is logged once a minute at most: a revoked or ended kit may keep
+trying."""
 
 Unary = Callable[[Any, Context], Awaitable[Any]]
 Streaming = Callable[[Any, Context], AsyncIterator[Any]]
@@ -113,7 +117,9 @@ class Gate(grpc.aio.ServerInterceptor):
         identity = peer_identity(context)
         if identity is None:  # mutual TLS makes every peer present a certificate
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
-        reason = self._revocations.refusal(identity.name, identity.serial, identity.issued)
+        reason = self._revocations.refusal(
+            identity.name, identity.serial, identity.issued
+        ) or peer_ended(identity, datetime.now(UTC))
         if reason is not None:
             now = time.monotonic()
             if now - self._refusals_logged.get(identity.serial, -REFUSAL_LOG_EVERY_S) >= (

@@ -213,7 +213,8 @@ class Revocations:
         """Remember the certificate a peer logs in with: ``revoke`` tells a name no kit can
         have from one that logged in here."""
         if identity.serial and identity.serial not in self._recorded:
-            self._db.record_certificate(identity.serial, identity.name, identity.kind)
+            end = identity.valid_until.timestamp() if identity.valid_until else None
+            self._db.record_certificate(identity.serial, identity.name, identity.kind, end)
             self._recorded.add(identity.serial)
 
     # ------------------------------------------------------------------ changes

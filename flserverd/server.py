@@ -141,7 +141,7 @@ class FLServer:
             self.db, startup.heart_beat_timeout, max_instances=startup.max_instances_per_kit
         )
         self.ending_certificates = EndingPeers()
-        self.admins = AdminLogins(on_login=self.ending_certificates.logged_in)
+        self.admins = AdminLogins(on_login=self._certificate_seen)
         self.revocations = Revocations(
             self.db,
             state_dir / CRL_STORE,
@@ -759,6 +759,12 @@ class FLServer:
 
     # ------------------------------------------------------------------ clients
 
+    def _certificate_seen(self, identity: Identity) -> None:
+        """A site or an admin logged in: its certificate and end are recorded (the end is
+        watched and shown by check_status server), and warned of if it ends soon."""
+        self.revocations.seen(identity)
+        self.ending_certificates.logged_in(identity)
+
     def login(self, identity: Identity | None, token: str, machine: MachineInfo) -> Login:
         """Register a client certificate (or resume its registration); AuthError for any
         other certificate or a token that belongs to another."""
@@ -767,7 +773,7 @@ class FLServer:
             log.warning("refused federation login with %s", who)
             raise AuthError(f"the federation service accepts client certificates only, got {who}")
         login = self.registry.login(identity, token, machine)
-        self.ending_certificates.logged_in(identity)
+        self._certificate_seen(identity)
         client = login.client
         self._revoked_instances.pop(client.instance, None)
         verb = "resumed its registration" if login.resumed else "joined"

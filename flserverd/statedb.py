@@ -97,7 +97,8 @@ CREATE TABLE IF NOT EXISTS certificates (
     serial TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     kind TEXT NOT NULL,
-    first_seen REAL NOT NULL
+    first_seen REAL NOT NULL,
+    not_after REAL
 );
 CREATE TABLE IF NOT EXISTS revoked_names (
     name TEXT PRIMARY KEY,
@@ -114,6 +115,8 @@ RUN_COLUMNS_ADDED = {
     "ended_at": "REAL NOT NULL DEFAULT 0",
     "resumed_at": "REAL NOT NULL DEFAULT 0",
 }
+CERTIFICATE_COLUMNS_ADDED = {"not_after": "REAL"}
+"""A certificate seen before the server recorded ends has none until it logs in again."""
 SAVE_RUN = (
     "INSERT OR REPLACE INTO runs(run_number, status, phase, app, start_round, num_rounds,"
     " next_round, best_round, best_value, failed_sites, reason, failures, metric, started_at,"
@@ -342,11 +345,15 @@ class StateDB:
             )
 
     def _add_missing_columns(self) -> None:
-        """A database written before the runs table grew its newer columns gets them, empty."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(runs)")}
-        for name, declaration in RUN_COLUMNS_ADDED.items():
-            if name not in have:
-                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+        """A database written before a table grew its newer columns gets them, empty."""
+        for table, added in (
+            ("runs", RUN_COLUMNS_ADDED),
+            ("certificates", CERTIFICATE_COLUMNS_ADDED),
+        ):
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in added.items():
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         """Close the connection (the WAL is checkpointed by SQLite)."""
@@ -664,17 +671,30 @@ class StateDB:
         ).fetchall()
         return [(r[0], r[1], r[2], bool(r[3])) for r in reversed(rows)]
 
-    def record_certificate(self, serial: int, name: str, kind: str) -> None:
-        """Remember a certificate a peer logged in with (its first time only)."""
+    def record_certificate(
+        self, serial: int, name: str, kind: str, not_after: float | None = None
+    ) -> None:
+        """Remember a certificate a peer logged in with (its first time only), and when it
+        ends (also for one recorded before ends were)."""
         self._write(
             [
                 (
-                    "INSERT OR IGNORE INTO certificates(serial, name, kind, first_seen)"
-                    " VALUES (?, ?, ?, ?)",
-                    (f"{serial:x}", name, kind, time.time()),
+                    "INSERT INTO certificates(serial, name, kind, first_seen, not_after)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(serial) DO UPDATE SET"
+                    " not_after=excluded.not_after WHERE certificates.not_after IS NULL",
+                    (f"{serial:x}", name, kind, time.time(), not_after),
                 )
             ]
         )
+
+    def certificate_ends(self) -> list[tuple[str, str, float]]:
+        """Each participant's name, kind and the end of its certificate that ends last (its
+        newest kit's: an older one's end is no news), for those whose end is known."""
+        rows = self._db.execute(
+            "SELECT name, kind, MAX(not_after) FROM certificates"
+            " WHERE not_after IS NOT NULL GROUP BY name, kind"
+        )
+        return [(str(name), str(kind), float(end)) for name, kind, end in rows]
 
     def certificates_of(self, name: str) -> list[int]:
         """Serial numbers of every certificate ``name`` ever logged in with."""

@@ -143,13 +143,16 @@ def test_the_server_warns_of_an_ending_peer_once_a_day(caplog: pytest.LogCapture
     ]
 
 
-def ended_kit(provisioned: Any, name: str, subject: pki.Subject, into: Path) -> datetime:
-    """Extract ``name``'s kit into ``into`` with a certificate of the project's CA that ended,
-    sealed again by the CA as lead IT would have; returns when it ended."""
+def ended_kit(
+    provisioned: Any, name: str, subject: pki.Subject, into: Path, ago: timedelta = timedelta(40)
+) -> datetime:
+    """Extract ``name``'s kit into ``into`` with a 30-day certificate of the project's CA
+    issued ``ago`` (one that ended, by default), sealed again by the CA as lead IT would
+    have; returns when it ends."""
     extract_kit(provisioned.kit(name), provisioned.password(name), into)
     startup = into / STARTUP_DIR
     ca = Workspace(provisioned.root).require_ca()
-    ended = pki.issue(ca, subject, "ecdsa-p256", 30, datetime.now(UTC) - timedelta(days=40))
+    ended = pki.issue(ca, subject, "ecdsa-p256", 30, datetime.now(UTC) - ago)
     (startup / "client.crt").write_bytes(pki.cert_pem(ended.cert))
     (startup / "client.key").write_bytes(pki.key_pem(ended.key))
     files = {k: v for k, v in read_startup(startup).items() if k != SIGNATURE_FILE}
@@ -176,6 +179,25 @@ def test_a_daemon_whose_certificate_ended_refuses_to_start_and_says_why(
         daemon.stderr
     )
     assert "Traceback" not in daemon.stderr
+
+
+def test_a_daemon_whose_clock_is_behind_its_certificate_exits_to_be_started_again(
+    provisioned_workspace: Any, tmp_path: Path
+) -> None:
+    """A host that boots with its clock wrong has it set by NTP soon after: exit 3, which
+    systemd restarts, where exit 2 left the unit failed for good."""
+    workspace = tmp_path / "site-a"
+    subject = pki.Subject("site-a", "hospital-a", KIND_CLIENT)
+    ended_kit(provisioned_workspace, "site-a", subject, workspace, -timedelta(days=1))
+    daemon = subprocess.run(
+        [sys.executable, "-m", "flclientd", "--workspace", str(workspace)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert daemon.returncode == 3
+    assert "this kit's certificate (site-a) is valid from " in daemon.stderr
+    assert "set the clock right (NTP); exiting to be started again" in daemon.stderr
 
 
 def test_an_admin_kit_that_ended_is_refused_and_one_that_ends_soon_is_said(
@@ -223,12 +245,18 @@ def test_a_site_and_an_admin_whose_certificates_end_soon_are_warned_of_at_login(
         on_server(tmp_path, scenario)
     said = [r.getMessage().split(" expires on ")[0] for r in caplog.records]
     assert said == ["the certificate of client site-a", "the certificate of admin lead@org"]
-    # lead IT reads it in check_status server too, whenever it looks
+    # lead IT reads it in check_status server too, whenever it looks: the admin's as well
     end = site.cert.not_valid_after_utc
     [status] = shown
-    assert f"Certificates ending within 30 days: site-a on {end:%Y-%m-%d}" in status.text
-    assert status.data["certificates_ending"] == {"site-a": end.isoformat()}
-    assert status.data["certificates_ending_count"] == 1
+    assert (
+        f"Certificates ending within 30 days: lead@org on {end:%Y-%m-%d}, site-a on {end:%Y-%m-%d}"
+        in status.text
+    )
+    assert status.data["certificates_ending"] == {
+        "lead@org": end.isoformat(),
+        "site-a": end.isoformat(),
+    }
+    assert status.data["certificates_ending_count"] == 2
 
 
 def test_check_status_server_names_the_kits_that_end_first_and_counts_the_rest(
