@@ -24,7 +24,7 @@ from flserverd.admins import AdminBusy, AdminLogin
 from flserverd.commands import AdminCommands, Reply
 from flserverd.events import TICK_S, Overflow, Revoked
 from flserverd.registry import AuthError
-from flserverd.rpc import Context, peer_identity
+from flserverd.rpc import Context, at_certificate_end, peer_identity
 from flserverd.server import FLServer
 from flserverd.transfer import FileChunk
 
@@ -163,6 +163,7 @@ class AdminService(admin_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
             raise
         subscription = self.server.bus.subscribe(owner=(admin.user, admin.serial, admin.issued))
+        ending = at_certificate_end(peer_identity(context), subscription.cut)
         # Until the last line: a console gone while its snapshot was sent (or a snapshot that
         # failed) left the subscription on the bus, filling its queue, while the count of
         # feeds, which bounds them, went back down.
@@ -181,4 +182,6 @@ class AdminService(admin_grpc.AdminServicer):
                 except Revoked as exc:
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         finally:
+            if ending is not None:
+                ending.cancel()
             self.server.bus.unsubscribe(subscription)

@@ -36,7 +36,7 @@ from flcore.wire import (
 )
 from flserverd.exchange import Download, ModelExchange
 from flserverd.registry import AuthError, InstancesFull, RegisteredClient
-from flserverd.rpc import Context, peer_identity
+from flserverd.rpc import Context, at_certificate_end, peer_identity
 from flserverd.serde import (
     chunks_from_proto,
     downward_to_proto,
@@ -115,17 +115,10 @@ class FederationService(fed_grpc.FederationServicer):
         assert first is not None
         client = await self._client(first.hello.token, context)
         link = self.server.attach(client, status_from_proto(first.hello.status))
-        loop = asyncio.get_running_loop()
-        reader = loop.create_task(self._read(request_iterator, client))
+        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, client))
         reader.add_done_callback(lambda _: link.close())
-        # TLS checked the certificate's end at the handshake only: the stream ends with it.
         identity = peer_identity(context)
-        end = identity.valid_until if identity is not None else None
-        ending = (
-            loop.call_later(max((end - datetime.now(UTC)).total_seconds(), 0.0), link.close)
-            if end is not None
-            else None
-        )
+        ending = at_certificate_end(identity, lambda _: link.close())
         try:
             while (message := await link.next()) is not None:
                 yield downward_to_proto(message)

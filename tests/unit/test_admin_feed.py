@@ -10,11 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
+
+import grpc
+import pytest
 
 from flcore.feed import Heartbeat, LogEntry, RunInfo, ServerInfo, Snapshot
 from flcore.feedwire import events_from_proto
+from flcore.identity import KIND_ADMIN, Identity
 from flcore.proto.gen import flstack_admin_pb2 as admin_pb2
+from flserverd import admin_service
 from flserverd.admin_service import AdminService
 from flserverd.admins import AdminLogin
 from flserverd.events import EventBus
@@ -88,3 +94,35 @@ def test_a_console_gone_while_its_snapshot_went_out_leaves_no_subscription() -> 
         assert server.bus._subscribers == set()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+class _Refused(Exception):
+    """What the context's abort raises (gRPC's ends the call the same way)."""
+
+
+class _EndingContext(_Context):
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Refused(code, details)
+
+
+def test_a_feed_ends_when_its_admins_certificate_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS checked the certificate's end at the handshake only: a console left open kept
+    its feed past it, while every other call of that admin was refused."""
+    end = datetime.now(UTC) + timedelta(seconds=0.3)
+    admin = Identity("admin@x.org", "x.org", KIND_ADMIN, valid_until=end)
+    monkeypatch.setattr(admin_service, "peer_identity", lambda _: admin)
+
+    async def scenario() -> tuple[grpc.StatusCode, str]:
+        service = AdminService(cast(FLServer, _Server()))
+        context = cast(Context, _EndingContext())
+        feed = aiter(service.Events(admin_pb2.EventsRequest(token="t"), context))
+        assert (await anext(feed)).WhichOneof("body") == "snapshot"
+        try:
+            while True:
+                assert (await anext(feed)).WhichOneof("body") == "tick"
+        except _Refused as refused:
+            return refused.args[0], refused.args[1]
+
+    code, details = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert details.startswith(f"the certificate of admin@x.org expired on {end:%Y-%m-%d %H:%M}")
