@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,12 +26,15 @@ def utc() -> Iterator[None]:
     time.tzset()
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A real server with two clients, shared by the tests that need one (killed at the end)."""
+def two_sites(root: Path, heart_beat_timeout: float) -> Iterator[Cluster]:
+    """A real server and two sites beating every second, killed when the caller is done."""
     cluster = Cluster(
-        tmp_path_factory.mktemp("live"),
-        settings={"heart_beat_timeout": 30, "heartbeat_interval": 1, "retry_window": 60},
+        root,
+        settings={
+            "heart_beat_timeout": heart_beat_timeout,
+            "heartbeat_interval": 1,
+            "retry_window": 60,
+        },
     )
     try:
         cluster.server()
@@ -39,3 +43,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real server with two clients, shared by the tests that need one (killed at the end)."""
+    yield from two_sites(tmp_path_factory.mktemp("live"), 30)

@@ -25,6 +25,7 @@ from fldev.poll import wait_for
 from fltui.app import BEHIND_S, ConsoleApp
 from fltui.connection import CONNECTED, SILENT
 from fltui.widgets.clients import ClientsTable
+from tests.tui.conftest import two_sites
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,17 +41,7 @@ TIMEOUT_S = 3
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real server that drops a site after 3 silent seconds, and two sites."""
-    cluster = Cluster(
-        tmp_path_factory.mktemp("truth"),
-        settings={"heart_beat_timeout": TIMEOUT_S, "heartbeat_interval": 1, "retry_window": 60},
-    )
-    try:
-        cluster.server()
-        cluster.client("flclient1")
-        cluster.client("flclient2")
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from two_sites(tmp_path_factory.mktemp("truth"), TIMEOUT_S)
 
 
 def daemon(cluster: Cluster, name: str) -> Daemon:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sqlite3
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,10 +16,9 @@ from flcore.federation import TaskKind
 from flcore.status import ClientStatus
 from flcore.tokens import new_token, token_key
 from fldev.poll import wait_until_async
-from flserverd import server as server_module
 from flserverd.server import FLServer
 from flserverd.statedb import ClientRecord, RunRecord, StateDB
-from tests.unit.serverparts import server_startup
+from tests.unit.serverparts import full_state_disk, server_startup
 from tests.unit.test_offers_again import offers
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
@@ -90,18 +87,7 @@ def test_sites_back_while_the_resume_waited_for_the_disk_are_offered_the_round(
     came back meanwhile said it trained the run, before the server held it, and says so no
     more: nothing offered it the round, which waited for its update."""
     interrupted_round(tmp_path)
-    full = {"on": True}
-    write = StateDB._write
-
-    def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
-        if full["on"]:
-            error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL
-            raise error
-        return write(db, statements)
-
-    monkeypatch.setattr(StateDB, "_write", full_disk)
-    monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
+    full = full_state_disk(monkeypatch)
 
     async def scenario() -> None:
         server = FLServer(tmp_path, server_startup(), "test")

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import sqlite3
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from flserverd.commands import AdminCommands
 from flserverd.listings import when
 from flserverd.server import CommandError, FLServer
 from flserverd.statedb import ClientRecord, RoundSummary, RunRecord, StateDB
-from tests.unit.serverparts import server_startup
+from tests.unit.serverparts import full_state_disk, server_startup
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_fedavg"
 
@@ -105,18 +103,7 @@ def restarting_on_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     models.mkdir()
     weights = {"w": np.zeros(4, dtype=np.float32)}
     safetensors.numpy.save_file(weights, models / "round_2.safetensors")
-    full = {"on": True}
-    write = StateDB._write
-
-    def full_disk(db: StateDB, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
-        if full["on"]:
-            error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL
-            raise error
-        return write(db, statements)
-
-    monkeypatch.setattr(StateDB, "_write", full_disk)
-    monkeypatch.setattr(server_module, "STORAGE_RETRY_S", 0.01)
+    full = full_state_disk(monkeypatch)
     return full
 
 
