@@ -18,7 +18,7 @@ from provision.workspace import Workspace
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 EXIT_REFUSED = 2
-LIFE_S = 40
+LIFE_S = 20
 """How long the site's certificate lasts from the test's start: time for both daemons to
 start and the site to log in."""
 
