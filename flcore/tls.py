@@ -27,6 +27,7 @@ from typing import Protocol
 import grpc
 from cryptography import x509
 
+from flcore.logs import one_line
 from flcore.schema import ConfigError
 from flcore.startup import check_private_key
 
@@ -199,6 +200,10 @@ _FOREIGN_ISSUER = (
 _WRONG_NAME = ("hostname verification check failed", "is not in peer certificate")
 NAMES_TIMEOUT_S = 3.0
 """How long the look at a misnamed server's certificate may take (it only words an error)."""
+MAX_NAMES = 8
+"""The most names of a misnamed server's certificate an error lists."""
+MAX_NAME_CHARS = 253
+"""The longest a DNS name can be: longer is cut."""
 
 
 def foreign_server(exc: grpc.aio.AioRpcError, target: str) -> str | None:
@@ -262,4 +267,5 @@ def certificate_names(target: str) -> list[str]:
         )
     except (ValueError, x509.ExtensionNotFound):
         return []
-    return [str(name.value) for name in names.value]
+    # The peer wrote them, unverified: bounded, and each one line, before a log shows them.
+    return [one_line(str(name.value), MAX_NAME_CHARS) for name in names.value][:MAX_NAMES]

@@ -4,13 +4,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
+import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from flcore.tls import (
     CHANNEL_OPTIONS,
+    MAX_NAMES,
     TlsFiles,
     certificate_names,
     channel_credentials,
@@ -105,3 +114,49 @@ def test_a_misnamed_server_whose_certificate_cannot_be_read_again_is_still_named
     )
     with socket.create_server(("127.0.0.1", 0)) as plain:  # no TLS there: nothing to read
         assert certificate_names(f"127.0.0.1:{plain.getsockname()[1]}") == []
+
+
+def test_a_misnamed_server_s_names_are_bounded_and_one_line_each(tmp_path: Path) -> None:
+    """The names come from a certificate read unverified, on their way into a log line: a
+    name with a newline forged a line, and a thousand names made one of megabytes."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")])
+    forged = "server\n<3>flserverd: forged"
+    names = [x509.DNSName(forged)] + [x509.DNSName(f"n{i}.example") for i in range(1000)]
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                pass
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        got = certificate_names(f"127.0.0.1:{port}")
+        server.join(10)
+    assert len(got) == MAX_NAMES
+    assert got[0] == "server\\n<3>flserverd: forged"
+    assert all("\n" not in name for name in got)
