@@ -23,7 +23,7 @@ from typing import Any
 
 from flcore import status as st
 from flcore.appreview import review_app
-from flcore.certlife import WARN_DAYS, kit_lives
+from flcore.certlife import WARN_DAYS
 from flcore.crossvalmatrix import ValidationMatrix
 from flcore.diskfault import disk_fault
 from flcore.federation import MAX_RUN_NUMBER
@@ -31,8 +31,6 @@ from flcore.feed import MAX_LABEL, MAX_TEXT, MAX_TRACEBACK, CommandSeen, clip, c
 from flcore.folders import FolderError
 from flcore.identity import ROLE_SUPER
 from flcore.listingrecords import AdminLine, RunLine
-from flcore.schema import ConfigError
-from flcore.startup import STARTUP_DIR
 from flserverd import confirm, listings
 from flserverd.confirm import Confirmation
 from flserverd.registry import RegisteredClient
@@ -678,13 +676,9 @@ def _ending_certificates(server: FLServer) -> tuple[int, dict[str, datetime]]:
         for name, _, end in server.db.certificate_ends()
         if (until := datetime.fromtimestamp(end, UTC)) <= soon
     }
-    try:
-        own = kit_lives(server.workspace / STARTUP_DIR, server.startup, server.startup.name)[0]
-    except ConfigError:
-        pass  # its kit was readable at start; it says so itself, daily, if it is no more
-    else:
-        if own.not_after <= soon:
-            ending[server.startup.name] = own.not_after
+    own = server.own_certificate_end
+    if own is not None and own <= soon:
+        ending[server.startup.name] = own
     first = heapq.nsmallest(ENDING_SHOWN, ending.items(), key=lambda item: (item[1], item[0]))
     return len(ending), dict(first)
 

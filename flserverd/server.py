@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -19,13 +20,14 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from flcore import faultpoints
 from flcore import status as st
 from flcore.appconfig import ServerAppConfig, load_app
-from flcore.certlife import EndingPeers
+from flcore.certlife import EndingPeers, kit_lives
 from flcore.diskfault import disk_fault
 from flcore.federation import (
     ClientHeartbeat,
@@ -758,6 +760,16 @@ class FLServer:
         log.info("run %d ended (%s)%s", run.run_number, run.reason, failed)
 
     # ------------------------------------------------------------------ clients
+
+    @functools.cached_property
+    def own_certificate_end(self) -> datetime | None:
+        """When the server's own certificate ends, read once (a renewed kit takes a
+        restart); None when its kit cannot be read (the daemon says so itself, daily)."""
+        try:
+            lives = kit_lives(self.workspace / STARTUP_DIR, self.startup, self.startup.name)
+        except ConfigError:
+            return None
+        return lives[0].not_after
 
     def _certificate_seen(self, identity: Identity) -> None:
         """A site or an admin logged in: its certificate and end are recorded (the end is
